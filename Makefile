@@ -1,0 +1,62 @@
+# Top-level wrapper around CMake. `make demo` and `make test` do all set-up on
+# a fresh Debian machine (missing packages are installed when run as root).
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+DEB_PACKAGES = cmake gcc clang make pkg-config libssl-dev libcbor-dev libcmocka-dev python3 valgrind
+
+.PHONY: all deps build demo test test-plain test-asan test-tsan test-valgrind bench fuzz install clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
+	fi
+
+$(BUILD)/Makefile: | deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+
+build: deps $(BUILD)/Makefile
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	@./examples/tour.sh $(BUILD)
+
+# Every test: the plain build, then ASan+UBSan, then TSan.
+test: test-plain test-asan test-tsan
+
+test-plain: build
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+test-asan: deps
+	cmake -S . -B build-asan -DMPROC_SANITIZE=address -DCMAKE_C_COMPILER=clang \
+	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF >/dev/null
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && MPROC_TEST_SLOW=4 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2
+
+test-tsan: deps
+	cmake -S . -B build-tsan -DMPROC_SANITIZE=thread -DCMAKE_C_COMPILER=clang \
+	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF >/dev/null
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && MPROC_TEST_SLOW=6 ctest --output-on-failure -j 2
+
+bench: build
+	@./bench/run.sh $(BUILD)
+
+fuzz: deps
+	cmake -S . -B build-fuzz -DMPROC_FUZZ=ON -DCMAKE_C_COMPILER=clang -DMPROC_SANITIZE=address \
+	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF -DMPROC_TESTS=OFF >/dev/null
+	cmake --build build-fuzz -j $(JOBS)
+	@./fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+install: build
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz

@@ -1,0 +1,312 @@
+/* mproc.h - Python's multiprocessing, threading and concurrent.futures in C.
+ *
+ * One header, one library. Every call returns 0 (or a count where stated) on
+ * success and a negative MP_E* code on failure; no call prints, aborts or exits
+ * on bad input. Timeouts are seconds: MP_FOREVER blocks, 0 never blocks.
+ * Handles are opaque; options are zero-initialised structs (NULL = defaults),
+ * and more fields may be added to them at any time.
+ */
+#ifndef MPROC_H
+#define MPROC_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MP_BUILDING) && defined(__GNUC__)
+#define MP_EXTERN __attribute__((visibility("default")))
+#else
+#define MP_EXTERN
+#endif
+
+#define MP_VERSION_MAJOR 0
+#define MP_VERSION_MINOR 1
+#define MP_VERSION_PATCH 0
+#define MP_VERSION_HEX ((MP_VERSION_MAJOR << 16) | (MP_VERSION_MINOR << 8) | MP_VERSION_PATCH)
+MP_EXTERN unsigned mp_version(void);            /* MP_VERSION_HEX of the library */
+MP_EXTERN const char *mp_version_string(void);  /* "0.1.0" */
+
+/* ------------------------------------------------------------------ errors */
+
+enum {
+    MP_EINVAL = -EINVAL,        /* bad argument (ValueError) */
+    MP_ETIMEDOUT = -ETIMEDOUT,  /* timeout expired (TimeoutError) */
+    MP_ENOMEM = -ENOMEM,        /* out of memory */
+    MP_EFULL = -1001,           /* queue full on a bounded wait (queue.Full) */
+    MP_EEMPTY = -1002,          /* queue empty on a bounded wait (queue.Empty) */
+    MP_ECLOSED = -1003,         /* object closed or shut down */
+    MP_EEOF = -1004,            /* peer closed, stream or iterator ended */
+    MP_ETOOBIG = -1005,         /* message larger than the buffer or limit */
+    MP_EAUTH = -1006,           /* authentication failed */
+    MP_ESTATE = -1007,          /* wrong state for this call */
+    MP_EOWNERDEAD = -1008,      /* lock acquired; its previous owner died holding it */
+    MP_EBROKEN = -1009,         /* barrier broken / pool or manager unusable */
+    MP_ETASK = -1010,           /* a task returned non-zero: mp_future_code() */
+    MP_ECRASHED = -1011,        /* the worker running the task died: mp_future_code() */
+    MP_ECANCELLED = -1012,      /* the future was cancelled */
+    MP_EKILLED = -1013,         /* the pool killed the task (timeout or terminate) */
+    MP_ENOTFOUND = -1014,       /* no such key or name (KeyError) */
+    MP_ETYPE = -1015,           /* stored value has another type (TypeError) */
+    MP_ERANGE = -1016,          /* index out of range (IndexError) */
+    MP_ECONFLICT = -1017,       /* compare-and-swap found another value */
+    MP_EPROTO = -1018,          /* malformed message from a peer */
+};
+
+MP_EXTERN const char *mp_strerror(int rc);  /* "timeout expired"; any int is accepted */
+MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
+
+#define MP_FOREVER (-1.0)
+
+/* ------------------------------------------------------------------ buffers */
+
+/* A call that fills an mp_buf replaces its contents, reusing its capacity. */
+typedef struct { void *data; size_t len, cap; } mp_buf;   /* zero-init = empty */
+MP_EXTERN int  mp_buf_append(mp_buf *b, const void *data, size_t len);
+MP_EXTERN int  mp_buf_reserve(mp_buf *b, size_t cap);      /* capacity at least cap */
+MP_EXTERN void mp_buf_free(mp_buf *b);                     /* frees data, resets */
+
+/* ------------------------------------------------------------------ processes */
+
+typedef struct mp_process mp_process;
+typedef int (*mp_target)(void *arg);        /* return value = exit code (0-255) */
+typedef enum { MP_START_DEFAULT, MP_FORK, MP_SPAWN, MP_FORKSERVER } mp_start_method;
+typedef struct {
+    const char *name;        /* default "Process-N" (N counts per parent) */
+    bool daemon;             /* killed when the parent exits, normally or not */
+    mp_start_method method;
+    size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver) */
+} mp_process_opts;
+
+MP_EXTERN int   mp_process_new(mp_process **p, mp_target target, void *arg, const mp_process_opts *o);
+MP_EXTERN int   mp_process_set_daemon(mp_process *p, bool daemon);   /* MP_ESTATE after start */
+MP_EXTERN int   mp_process_start(mp_process *p);                     /* MP_ESTATE if started */
+MP_EXTERN int   mp_process_join(mp_process *p, double timeout);      /* 0, MP_ETIMEDOUT */
+MP_EXTERN bool  mp_process_is_alive(mp_process *p);
+MP_EXTERN int   mp_process_terminate(mp_process *p);                 /* SIGTERM */
+MP_EXTERN int   mp_process_kill(mp_process *p);                      /* SIGKILL */
+MP_EXTERN int   mp_process_exitcode(mp_process *p, int *code);       /* MP_ESTATE if not finished; <0 = -signal */
+MP_EXTERN pid_t mp_process_pid(const mp_process *p);
+MP_EXTERN const char *mp_process_name(const mp_process *p);
+MP_EXTERN bool  mp_process_daemon(const mp_process *p);
+MP_EXTERN int   mp_process_sentinel(const mp_process *p);            /* fd readable once ended */
+MP_EXTERN int   mp_process_free(mp_process *p);                      /* MP_ESTATE while it runs */
+
+MP_EXTERN mp_process *mp_current_process(void);   /* "MainProcess" in the main one */
+MP_EXTERN mp_process *mp_parent_process(void);    /* NULL in the main process */
+MP_EXTERN int  mp_active_children(mp_process **out, size_t cap);   /* count; reaps finished ones */
+MP_EXTERN int  mp_cpu_count(void);
+MP_EXTERN int  mp_set_start_method(mp_start_method m);
+MP_EXTERN mp_start_method mp_get_start_method(void);
+
+/* ------------------------------------------------------------------ threads */
+
+typedef struct mp_thread mp_thread;
+typedef struct { const char *name; bool daemon; } mp_thread_opts;  /* "Thread-N" */
+MP_EXTERN int  mp_thread_new(mp_thread **t, mp_target target, void *arg, const mp_thread_opts *o);
+MP_EXTERN int  mp_thread_start(mp_thread *t);
+MP_EXTERN int  mp_thread_join(mp_thread *t, double timeout);  /* 0, MP_ETIMEDOUT */
+MP_EXTERN bool mp_thread_is_alive(mp_thread *t);
+MP_EXTERN int  mp_thread_exitcode(mp_thread *t, int *code);   /* target's return value */
+MP_EXTERN const char *mp_thread_name(const mp_thread *t);
+MP_EXTERN int  mp_thread_free(mp_thread *t);                  /* MP_ESTATE while it runs */
+MP_EXTERN mp_thread *mp_current_thread(void);                 /* "MainThread" on the main one */
+MP_EXTERN int  mp_active_count(void);                         /* live threads started here + main */
+
+/* ------------------------------------------------------------------ synchronisation */
+
+typedef struct mp_lock mp_lock;
+typedef struct mp_semaphore mp_semaphore;
+typedef struct mp_event mp_event;
+typedef struct mp_condition mp_condition;
+typedef struct mp_barrier mp_barrier;
+
+MP_EXTERN int  mp_lock_new(mp_lock **l);
+MP_EXTERN int  mp_rlock_new(mp_lock **l);
+MP_EXTERN int  mp_lock_acquire(mp_lock *l, double timeout);  /* 0, MP_ETIMEDOUT, MP_EOWNERDEAD */
+MP_EXTERN int  mp_lock_release(mp_lock *l);                  /* MP_EINVAL unlocked / not owner */
+MP_EXTERN void mp_lock_free(mp_lock *l);
+/* Runs the following statement or block with l held. Do not leave it with
+ * break, goto or return: the release would be skipped. */
+#define MP_WITH_LOCK(l) \
+    for (int mp__once_ = (mp_lock_acquire((l), MP_FOREVER), 1); mp__once_; \
+         mp__once_ = (mp_lock_release(l), 0))
+
+MP_EXTERN int  mp_semaphore_new(mp_semaphore **s, unsigned value);
+MP_EXTERN int  mp_bounded_semaphore_new(mp_semaphore **s, unsigned value);
+MP_EXTERN int  mp_semaphore_acquire(mp_semaphore *s, double timeout);
+MP_EXTERN int  mp_semaphore_release(mp_semaphore *s);        /* bounded: MP_EINVAL past the bound */
+MP_EXTERN int  mp_semaphore_value(mp_semaphore *s);
+MP_EXTERN void mp_semaphore_free(mp_semaphore *s);
+
+MP_EXTERN int  mp_event_new(mp_event **e);
+MP_EXTERN int  mp_event_set(mp_event *e);
+MP_EXTERN int  mp_event_clear(mp_event *e);
+MP_EXTERN bool mp_event_is_set(mp_event *e);
+MP_EXTERN int  mp_event_wait(mp_event *e, double timeout);   /* 0, MP_ETIMEDOUT */
+MP_EXTERN void mp_event_free(mp_event *e);
+
+MP_EXTERN int  mp_condition_new(mp_condition **c, mp_lock *l);   /* l NULL: its own RLock */
+MP_EXTERN int  mp_condition_acquire(mp_condition *c, double timeout);
+MP_EXTERN int  mp_condition_release(mp_condition *c);
+MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);  /* 0, MP_ETIMEDOUT */
+MP_EXTERN int  mp_condition_notify(mp_condition *c, int n);
+MP_EXTERN int  mp_condition_notify_all(mp_condition *c);
+MP_EXTERN void mp_condition_free(mp_condition *c);
+
+MP_EXTERN int  mp_barrier_new(mp_barrier **b, unsigned parties);
+MP_EXTERN int  mp_barrier_wait(mp_barrier *b, double timeout);  /* 0..parties-1; MP_EBROKEN */
+MP_EXTERN int  mp_barrier_abort(mp_barrier *b);
+MP_EXTERN int  mp_barrier_reset(mp_barrier *b);
+MP_EXTERN int  mp_barrier_parties(mp_barrier *b);
+MP_EXTERN int  mp_barrier_n_waiting(mp_barrier *b);
+MP_EXTERN void mp_barrier_free(mp_barrier *b);
+
+/* ------------------------------------------------------------------ queues */
+
+typedef struct mp_queue mp_queue;
+typedef struct { size_t maxsize; /* items; 0 = unbounded */ } mp_queue_opts;
+MP_EXTERN int  mp_queue_new(mp_queue **q, const mp_queue_opts *o);
+MP_EXTERN int  mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout);  /* MP_EFULL, MP_ECLOSED */
+MP_EXTERN int  mp_queue_get(mp_queue *q, void *buf, size_t cap, size_t *len, double timeout);
+                            /* MP_EEMPTY; MP_ETOOBIG sets *len, item stays queued */
+MP_EXTERN int  mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout);   /* any size */
+MP_EXTERN int  mp_queue_put_nowait(mp_queue *q, const void *data, size_t len);
+MP_EXTERN int  mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len);
+MP_EXTERN size_t mp_queue_qsize(mp_queue *q);
+MP_EXTERN bool mp_queue_empty(mp_queue *q);
+MP_EXTERN bool mp_queue_full(mp_queue *q);
+MP_EXTERN int  mp_queue_task_done(mp_queue *q);             /* MP_EINVAL if more than items got */
+MP_EXTERN int  mp_queue_join(mp_queue *q, double timeout);  /* until every item got is task_done */
+MP_EXTERN int  mp_queue_shutdown(mp_queue *q);              /* puts MP_ECLOSED; gets drain, then MP_EEOF */
+MP_EXTERN void mp_queue_free(mp_queue *q);
+
+/* ------------------------------------------------------------------ pipes and connections */
+
+typedef struct mp_conn mp_conn;
+typedef struct mp_listener mp_listener;
+MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */
+MP_EXTERN int  mp_conn_send_bytes(mp_conn *c, const void *data, size_t len);
+MP_EXTERN int  mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len);  /* MP_EEOF, MP_ETOOBIG */
+MP_EXTERN int  mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen);            /* maxlen 0: no limit */
+MP_EXTERN int  mp_conn_poll(mp_conn *c, double timeout);     /* 1 data ready (or EOF), 0 none */
+MP_EXTERN int  mp_conn_fileno(const mp_conn *c);
+MP_EXTERN void mp_conn_close(mp_conn *c);
+MP_EXTERN int  mp_wait(const int *fds, size_t n, bool *ready, double timeout);      /* count ready */
+
+MP_EXTERN int  mp_listener_new(mp_listener **l, const char *address, const void *authkey, size_t keylen);
+MP_EXTERN int  mp_listener_accept(mp_listener *l, mp_conn **c, double timeout);    /* MP_EAUTH */
+MP_EXTERN const char *mp_listener_address(const mp_listener *l);
+MP_EXTERN int  mp_listener_fileno(const mp_listener *l);
+MP_EXTERN void mp_listener_free(mp_listener *l);
+MP_EXTERN int  mp_client(mp_conn **c, const char *address, const void *authkey, size_t keylen, double timeout);
+
+/* ------------------------------------------------------------------ shared memory */
+
+typedef struct mp_shm mp_shm;
+enum { MP_CREATE = 1, MP_EXCL = 2 };
+MP_EXTERN void *mp_shared_alloc(size_t size);   /* zeroed, visible to children started after it */
+MP_EXTERN void  mp_shared_free(void *p);
+MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);  /* MP_CREATE | MP_EXCL */
+MP_EXTERN void *mp_shm_buf(const mp_shm *s);
+MP_EXTERN size_t mp_shm_size(const mp_shm *s);
+MP_EXTERN const char *mp_shm_name(const mp_shm *s);
+MP_EXTERN int   mp_shm_unlink(mp_shm *s);
+MP_EXTERN void  mp_shm_free(mp_shm *s);
+
+/* ------------------------------------------------------------------ pool and futures */
+
+typedef struct mp_pool mp_pool;
+typedef struct mp_future mp_future;
+typedef struct mp_iter mp_iter;
+typedef int (*mp_fn)(const void *in, size_t len, mp_buf *out);   /* non-zero = task error */
+typedef enum { MP_PROCESSES, MP_THREADS, MP_MPI /* libmproc_mpi, under mpirun */ } mp_backend;
+typedef struct {
+    int processes;                    /* 0: mp_cpu_count() */
+    void (*initializer)(void *arg); void *initarg; size_t initarg_size;
+    int maxtasksperchild;             /* 0: unlimited */
+    mp_start_method method;  mp_backend backend;
+    double task_timeout;              /* 0: none; an overrunning task's worker is killed */
+    void (*progress)(size_t done, size_t total, void *ctx);   /* at most every 100 ms */
+    void *progress_ctx;
+} mp_pool_opts;
+
+MP_EXTERN int  mp_pool_new(mp_pool **p, const mp_pool_opts *o);
+MP_EXTERN int  mp_pool_apply(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_buf *out);
+MP_EXTERN int  mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **f);
+MP_EXTERN int  mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                           void *out, size_t out_size, size_t chunksize);   /* chunksize 0: automatic */
+MP_EXTERN int  mp_pool_map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                                 void *out, size_t out_size, size_t chunksize, mp_future **f);
+MP_EXTERN int  mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                            size_t chunksize, bool unordered, mp_iter **it);
+MP_EXTERN int  mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout);  /* MP_EEOF at end */
+MP_EXTERN void mp_iter_free(mp_iter *it);
+MP_EXTERN int  mp_pool_close(mp_pool *p);
+MP_EXTERN int  mp_pool_terminate(mp_pool *p);
+MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);
+MP_EXTERN void mp_pool_free(mp_pool *p);
+
+MP_EXTERN int  mp_future_wait(mp_future *f, double timeout);
+MP_EXTERN bool mp_future_done(mp_future *f);
+MP_EXTERN int  mp_future_result(mp_future *f, mp_buf *out, double timeout);
+               /* 0, MP_ETASK, MP_ECRASHED, MP_EKILLED, MP_ECANCELLED; MP_ETIMEDOUT = not done yet */
+MP_EXTERN int  mp_future_code(mp_future *f);                 /* task's return code or signal */
+MP_EXTERN int  mp_future_cancel(mp_future *f);               /* 0 if it had not started */
+MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx);
+enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
+MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);  /* count done */
+MP_EXTERN void mp_future_free(mp_future *f);
+
+/* ------------------------------------------------------------------ manager */
+
+typedef struct mp_manager mp_manager;
+typedef struct mp_dict mp_dict;
+typedef struct mp_list mp_list;
+typedef struct mp_mqueue mp_mqueue;
+typedef struct { const char *address; const void *authkey; size_t authkey_len; } mp_manager_opts;
+MP_EXTERN int  mp_manager_start(mp_manager **m, const mp_manager_opts *o);   /* starts a server process */
+MP_EXTERN int  mp_manager_connect(mp_manager **m, const char *address, const void *authkey, size_t len);
+MP_EXTERN const char *mp_manager_address(const mp_manager *m);
+MP_EXTERN int  mp_manager_shutdown(mp_manager *m);
+MP_EXTERN void mp_manager_free(mp_manager *m);
+
+MP_EXTERN int mp_dict_open(mp_manager *m, const char *name, mp_dict **d);   /* created if missing */
+MP_EXTERN int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len);
+MP_EXTERN int mp_dict_get(mp_dict *d, const char *key, mp_buf *val);        /* MP_ENOTFOUND */
+MP_EXTERN int mp_dict_del(mp_dict *d, const char *key);
+MP_EXTERN int mp_dict_len(mp_dict *d, size_t *n);
+MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);                        /* NUL-separated */
+MP_EXTERN int mp_dict_clear(mp_dict *d);
+MP_EXTERN int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v);
+MP_EXTERN int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v);     /* MP_ETYPE */
+MP_EXTERN int mp_dict_set_f64(mp_dict *d, const char *key, double v);
+MP_EXTERN int mp_dict_get_f64(mp_dict *d, const char *key, double *v);
+MP_EXTERN int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result);  /* atomic */
+MP_EXTERN int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
+                          const void *val, size_t vlen);                     /* 0 or MP_ECONFLICT */
+MP_EXTERN void mp_dict_free(mp_dict *d);
+
+MP_EXTERN int mp_list_open(mp_manager *m, const char *name, mp_list **l);
+MP_EXTERN int mp_list_append(mp_list *l, const void *val, size_t len);
+MP_EXTERN int mp_list_get(mp_list *l, long i, mp_buf *val);                 /* negative i from the end; MP_ERANGE */
+MP_EXTERN int mp_list_set(mp_list *l, long i, const void *val, size_t len);
+MP_EXTERN int mp_list_pop(mp_list *l, long i, mp_buf *val);
+MP_EXTERN int mp_list_len(mp_list *l, size_t *n);
+MP_EXTERN void mp_list_free(mp_list *l);
+
+MP_EXTERN int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue **q);
+MP_EXTERN int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout);
+MP_EXTERN int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout);
+MP_EXTERN void mp_mqueue_free(mp_mqueue *q);
+MP_EXTERN int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l);  /* same mp_lock_* calls */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MPROC_H */

@@ -1,0 +1,116 @@
+/* internal.h - what the library's files share and users never see.
+ *
+ * The arena (one memfd mapped at the same address in every process of a
+ * family) holds every shared object, so a pointer is valid in every process
+ * under every start method. Waiting is a futex word: spin briefly, then sleep.
+ */
+#ifndef MPROC_INTERNAL_H
+#define MPROC_INTERNAL_H
+
+#include "mproc.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#define MP_CACHELINE 64
+#define MP_UNUSED(x) ((void)(x))
+
+/* Magic words at the head of every handle: a misused handle is refused with
+ * MP_EINVAL instead of crashing (SQLite's SafetyCheck). */
+enum {
+    MAGIC_LOCK = 0x4c4f434b,      /* LOCK */
+    MAGIC_MLOCK = 0x4d4c434b,     /* MLCK: a manager lock (same mp_lock calls) */
+    MAGIC_SEM = 0x53454d41,       /* SEMA */
+    MAGIC_EVENT = 0x45564e54,     /* EVNT */
+    MAGIC_COND = 0x434f4e44,      /* COND */
+    MAGIC_BARRIER = 0x42415252,   /* BARR */
+    MAGIC_QUEUE = 0x51554555,     /* QUEU */
+    MAGIC_PROCESS = 0x50524f43,   /* PROC */
+    MAGIC_THREAD = 0x54485244,    /* THRD */
+    MAGIC_CONN = 0x434f4e4e,      /* CONN */
+    MAGIC_LISTENER = 0x4c53544e,  /* LSTN */
+    MAGIC_SHM = 0x53484d5f,       /* SHM_ */
+    MAGIC_POOL = 0x504f4f4c,      /* POOL */
+    MAGIC_FUTURE = 0x46555452,    /* FUTR */
+    MAGIC_ITER = 0x49544552,      /* ITER */
+    MAGIC_FREED = 0x66726565,     /* free: a use after free is refused too */
+};
+
+/* ------------------------------------------------------------------ arena */
+
+/* Allocates zeroed memory in the family arena, creating the arena on first
+ * use. NULL when size is 0 or too large, or the arena cannot be made. */
+void *arena_alloc(size_t size);
+void *arena_alloc_nozero(size_t size);    /* big message buffers: no memset */
+void arena_free(void *p);
+bool arena_contains(const void *p, size_t len);
+int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
+void *arena_base(void);                  /* NULL until created */
+size_t arena_size(void);
+/* Maps an inherited arena at the parent's address (spawn, forkserver). */
+int arena_attach(int fd, uintptr_t base, size_t size);
+
+/* Family-wide named slots, so subsystems keep one shared root object each
+ * (the fork server's state, ...). Slot values are arena pointers. */
+enum { ARENA_SLOT_FORKSERVER, ARENA_SLOT_COUNT = 16 };
+void **arena_slot(int slot);
+
+/* ------------------------------------------------------------------ time */
+
+/* A timeout turned once into an absolute CLOCK_MONOTONIC deadline. */
+typedef struct { struct timespec at; bool forever; } mp_deadline;
+mp_deadline deadline_in(double timeout);   /* timeout < 0: forever */
+bool deadline_passed(const mp_deadline *d);
+double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever */
+uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
+bool timeout_valid(double timeout);         /* not NaN */
+
+/* ------------------------------------------------------------------ futex */
+
+/* Sleeps while *word == val, until woken or the deadline: 0 (woken, changed,
+ * or spurious: recheck), MP_ETIMEDOUT. Process-shared, EINTR-safe. */
+int futex_wait(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
+void futex_wake(_Atomic uint32_t *word, int n);   /* n = INT32_MAX: all */
+/* Spins a few microseconds for *word != val, then futex_wait. */
+int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
+void cpu_relax(void);
+
+/* ------------------------------------------------------------------ robust mutex */
+
+/* A process-shared robust pthread mutex living in the arena: the kernel's
+ * robust list tells the next owner when a holder died (MP_EOWNERDEAD, and the
+ * mutex is made consistent and held). Used by locks, queues, the pool. */
+typedef struct { pthread_mutex_t m; } rmutex;
+int rmutex_init(rmutex *m);
+int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT */
+int rmutex_unlock(rmutex *m);                        /* MP_EINVAL if not owner */
+void rmutex_destroy(rmutex *m);
+
+/* ------------------------------------------------------------------ functions across exec */
+
+/* A function named by (object, offset) so spawn, forkserver, the pool and
+ * MPI ranks can find it in another image of the program. */
+typedef struct {
+    char object[256];     /* "" = main executable, else the shared object's path */
+    uint64_t offset;      /* from the object's load base */
+} fnref;
+int fnref_from(const void *fn, fnref *out);   /* MP_EINVAL if fn is not in a loaded object */
+void *fnref_resolve(const fnref *r);          /* NULL if it cannot be found */
+
+/* ------------------------------------------------------------------ manager locks */
+
+/* mp_manager_lock hands out an mp_lock whose magic is MAGIC_MLOCK; the
+ * mp_lock_* calls in sync.c forward such handles here (manager/). Every
+ * handle struct starts with a uint32_t magic word. */
+int mlock_acquire(mp_lock *l, double timeout);
+int mlock_release(mp_lock *l);
+void mlock_free(mp_lock *l);
+
+/* ------------------------------------------------------------------ runtime */
+
+uint32_t mp_gettid(void);
+int errno_to_mp(int err);    /* -err, with ENOMEM etc. kept as -errno */
+
+#endif

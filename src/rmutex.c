@@ -1,0 +1,60 @@
+/* rmutex.c - the robust, process-shared mutex every shared structure uses.
+ *
+ * glibc's robust pthread mutex registers each held mutex on the thread's
+ * kernel robust list, so when a holder dies the kernel marks the word and the
+ * next locker learns it (EOWNERDEAD). We spin on trylock before sleeping.
+ */
+#include "internal.h"
+
+#define SPIN_TRIES 200
+
+int rmutex_init(rmutex *m)
+{
+    pthread_mutexattr_t a;
+    if (pthread_mutexattr_init(&a) != 0)
+        return MP_ENOMEM;
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+    int rc = pthread_mutex_init(&m->m, &a);
+    pthread_mutexattr_destroy(&a);
+    return rc ? -rc : 0;
+}
+
+static int owner_died(rmutex *m)
+{
+    pthread_mutex_consistent(&m->m);
+    return MP_EOWNERDEAD;
+}
+
+int rmutex_lock(rmutex *m, const mp_deadline *d)
+{
+    int rc = pthread_mutex_trylock(&m->m);
+    for (int i = 0; rc == EBUSY && i < SPIN_TRIES; i++) {
+        cpu_relax();
+        rc = pthread_mutex_trylock(&m->m);
+    }
+    if (rc == EBUSY) {
+        if (d->forever)
+            rc = pthread_mutex_lock(&m->m);
+        else
+            rc = pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, &d->at);
+    }
+    switch (rc) {
+    case 0: return 0;
+    case EOWNERDEAD: return owner_died(m);
+    case ETIMEDOUT: case EBUSY: return MP_ETIMEDOUT;
+    case EDEADLK: return MP_EINVAL;
+    default: return -rc;
+    }
+}
+
+int rmutex_unlock(rmutex *m)
+{
+    return pthread_mutex_unlock(&m->m) == 0 ? 0 : MP_EINVAL;
+}
+
+void rmutex_destroy(rmutex *m)
+{
+    pthread_mutex_destroy(&m->m);
+}

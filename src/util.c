@@ -1,0 +1,106 @@
+/* util.c - deadlines, mp_buf and the version: small things every file uses.
+ *
+ * A timeout becomes an absolute CLOCK_MONOTONIC deadline once, at the start
+ * of a call, and every retry (EINTR, spurious wake-up) is measured against it.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool timeout_valid(double timeout)
+{
+    return !isnan(timeout);
+}
+
+mp_deadline deadline_in(double timeout)
+{
+    mp_deadline d = { { 0, 0 }, false };
+    if (timeout < 0 || isinf(timeout) || timeout > 1e9) {
+        d.forever = true;
+        return d;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &d.at);
+    double whole = floor(timeout);
+    d.at.tv_sec += (time_t)whole;
+    d.at.tv_nsec += (long)((timeout - whole) * 1e9);
+    if (d.at.tv_nsec >= 1000000000L) {
+        d.at.tv_sec++;
+        d.at.tv_nsec -= 1000000000L;
+    }
+    return d;
+}
+
+bool deadline_passed(const mp_deadline *d)
+{
+    return !d->forever && deadline_left(d) <= 0;
+}
+
+double deadline_left(const mp_deadline *d)
+{
+    if (d->forever)
+        return 1e18;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double left = (double)(d->at.tv_sec - now.tv_sec) + (double)(d->at.tv_nsec - now.tv_nsec) / 1e9;
+    return left > 0 ? left : 0;
+}
+
+int mp_buf_reserve(mp_buf *b, size_t cap)
+{
+    if (!b)
+        return MP_EINVAL;
+    if (b->cap >= cap)
+        return 0;
+    size_t want = b->cap ? b->cap : 64;
+    while (want < cap)
+        want = want > SIZE_MAX / 2 ? cap : want * 2;
+    void *p = realloc(b->data, want);
+    if (!p)
+        return MP_ENOMEM;
+    b->data = p;
+    b->cap = want;
+    return 0;
+}
+
+int mp_buf_append(mp_buf *b, const void *data, size_t len)
+{
+    if (!b || (!data && len))
+        return MP_EINVAL;
+    if (len > SIZE_MAX - b->len)
+        return MP_ETOOBIG;
+    int rc = mp_buf_reserve(b, b->len + len);
+    if (rc != 0)
+        return rc;
+    if (len)
+        memcpy((char *)b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+void mp_buf_free(mp_buf *b)
+{
+    if (!b)
+        return;
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+unsigned mp_version(void)
+{
+    return MP_VERSION_HEX;
+}
+
+const char *mp_version_string(void)
+{
+    return "0.1.0";
+}

@@ -1,0 +1,89 @@
+/* test_core.c - error names, mp_buf, the shared arena. */
+#include "testutil.h"
+
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void test_errname_names_every_code(void **state)
+{
+    (void)state;
+    assert_string_equal(mp_errname(MP_ETIMEDOUT), "MP_ETIMEDOUT");
+    assert_string_equal(mp_errname(MP_EOWNERDEAD), "MP_EOWNERDEAD");
+    assert_string_equal(mp_errname(MP_ECONFLICT), "MP_ECONFLICT");
+    assert_string_equal(mp_errname(0), "OK");
+    assert_string_equal(mp_errname(-EBADF), "EBADF");
+    assert_string_equal(mp_errname(123456), "UNKNOWN");
+    for (int rc = MP_EFULL; rc >= MP_EPROTO; rc--) {
+        assert_non_null(mp_strerror(rc));
+        assert_string_not_equal(mp_strerror(rc), "unknown error");
+        assert_memory_equal(mp_errname(rc), "MP_E", 4);
+    }
+    assert_string_equal(mp_strerror(MP_ETIMEDOUT), "timeout expired");
+}
+
+static void test_buf_append_grows_and_free_resets(void **state)
+{
+    (void)state;
+    mp_buf b = { 0 };
+    for (int i = 0; i < 1000; i++)
+        TU_OK(mp_buf_append(&b, "abcd", 4));
+    assert_int_equal(b.len, 4000);
+    assert_true(b.cap >= 4000);
+    assert_memory_equal((char *)b.data + 3996, "abcd", 4);
+    TU_ASSERT_RC(mp_buf_append(NULL, "a", 1), MP_EINVAL);
+    TU_ASSERT_RC(mp_buf_append(&b, NULL, 1), MP_EINVAL);
+    TU_OK(mp_buf_append(&b, NULL, 0));
+    mp_buf_free(&b);
+    assert_null(b.data);
+    assert_int_equal(b.len + b.cap, 0);
+    mp_buf_free(NULL);
+}
+
+static int child_writes(void *arg)
+{
+    int *p = arg;
+    p[0] = 42;
+    return 0;
+}
+
+static void test_shared_alloc_is_zeroed_and_shared_with_children(void **state)
+{
+    (void)state;
+    int *p = mp_shared_alloc(4096);
+    assert_non_null(p);
+    for (int i = 0; i < 1024; i++)
+        assert_int_equal(p[i], 0);
+    pid_t pid = tu_fork(child_writes, p);
+    assert_int_equal(tu_wait(pid, 10), 0);
+    assert_int_equal(p[0], 42);
+    mp_shared_free(p);
+    int *q = mp_shared_alloc(4096);   /* reused and zeroed again */
+    assert_int_equal(q[0], 0);
+    mp_shared_free(q);
+    mp_shared_free(NULL);
+    assert_null(mp_shared_alloc(0));
+    assert_null(mp_shared_alloc(SIZE_MAX));
+}
+
+static void test_shared_alloc_big_block(void **state)
+{
+    (void)state;
+    size_t n = (size_t)300 << 20;
+    char *p = mp_shared_alloc(n);
+    assert_non_null(p);
+    p[n - 1] = 7;
+    mp_shared_free(p);
+}
+
+int main(void)
+{
+    tu_watchdog(60);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_errname_names_every_code),
+        cmocka_unit_test(test_buf_append_grows_and_free_resets),
+        cmocka_unit_test(test_shared_alloc_is_zeroed_and_shared_with_children),
+        cmocka_unit_test(test_shared_alloc_big_block),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,82 @@
+/* testutil.c - shared helpers for the test executables. */
+#include "testutil.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+double tu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double tu_slow(void)
+{
+    const char *s = getenv("MPROC_TEST_SLOW");
+    double f = s ? atof(s) : 1.0;
+    return f >= 1.0 ? f : 1.0;
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\n*** test watchdog expired: deadlock or hang ***\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    kill(getpid(), SIGKILL);
+}
+
+void tu_watchdog(unsigned sec)
+{
+    signal(SIGALRM, on_alarm);
+    alarm((unsigned)(sec * tu_slow()));
+}
+
+pid_t tu_fork(int (*fn)(void *), void *arg)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(fn(arg) & 0xff);
+    return pid;
+}
+
+int tu_wait(pid_t pid, double timeout)
+{
+    double end = tu_now() + timeout * tu_slow();
+    int st;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+        if (r < 0)
+            return TU_TIMEOUT - 1;
+        if (tu_now() > end)
+            break;
+        usleep(1000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return TU_TIMEOUT;
+}
+
+bool tu_wait_for(bool (*cond)(void *), void *arg, double timeout)
+{
+    double end = tu_now() + timeout * tu_slow();
+    while (!cond(arg)) {
+        if (tu_now() > end)
+            return false;
+        usleep(1000);
+    }
+    return true;
+}
+
+bool tu_pid_gone(pid_t pid)
+{
+    return kill(pid, 0) != 0;
+}

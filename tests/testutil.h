@@ -1,0 +1,39 @@
+/* testutil.h - what every test file shares: cmocka, a watchdog, and helpers
+ * that start a child doing X and wait for it with a bound (never a sleep). */
+#ifndef MPROC_TESTUTIL_H
+#define MPROC_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "mproc.h"
+
+/* Aborts the whole test binary after sec seconds: a deadlock fails loudly.
+ * Scaled by MPROC_TEST_SLOW (e.g. 4 under sanitizers). */
+void tu_watchdog(unsigned sec);
+
+/* Forks a child that runs fn(arg) and _exits with its return value. */
+pid_t tu_fork(int (*fn)(void *), void *arg);
+
+/* Waits up to timeout seconds for pid: its exit code, -signal, or
+ * TU_TIMEOUT (after which the child has been SIGKILLed and reaped). */
+#define TU_TIMEOUT (-1000)
+int tu_wait(pid_t pid, double timeout);
+
+/* Polls cond(arg) every millisecond up to timeout: true once it holds. */
+bool tu_wait_for(bool (*cond)(void *), void *arg, double timeout);
+
+double tu_now(void);                 /* CLOCK_MONOTONIC seconds */
+bool tu_pid_gone(pid_t pid);         /* no such process (or a zombie of ours reaped) */
+double tu_slow(void);                /* the MPROC_TEST_SLOW multiplier, >= 1 */
+
+#define TU_ASSERT_RC(expr, want) assert_int_equal((expr), (want))
+#define TU_OK(expr) assert_int_equal((expr), 0)
+
+#endif
