@@ -108,6 +108,14 @@ int mlock_acquire(mp_lock *l, double timeout);
 int mlock_release(mp_lock *l);
 void mlock_free(mp_lock *l);
 
+/* ------------------------------------------------------------------ spawn hooks */
+
+/* Called by spawn in the child between fork and exec: clears FD_CLOEXEC on the
+ * descriptors of live mp_conn handles, so a connection created before the
+ * child starts stays usable in it at the same fd number (as under fork).
+ * Defined in conn.c; spawn.c declares it weak so either can land first. */
+void conn_keep_across_exec(void);
+
 /* ------------------------------------------------------------------ runtime */
 
 uint32_t mp_gettid(void);
