@@ -47,7 +47,7 @@ test-tsan: deps
 	cd build-tsan && MPROC_TEST_SLOW=6 ctest --output-on-failure -j 2
 
 bench: build
-	@./bench/run.sh $(BUILD)
+	@./bench/run.sh $(BUILD) $(AREAS)
 
 fuzz: deps
 	cmake -S . -B build-fuzz -DMPROC_FUZZ=ON -DCMAKE_C_COMPILER=clang -DMPROC_SANITIZE=address \
