@@ -449,8 +449,8 @@ int mp_process_join(mp_process *p, double timeout)
     if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
         return MP_ESTATE;
     mp_deadline d = deadline_in(timeout);
-    if (!i_reap(p))
-        return wait_published(p, &d);
+    if (!i_reap(p) && p->creator == getpid())
+        return wait_published(p, &d);   /* ours, reaped by the fork server */
     while (!ended_now(p)) {
         runtime_lock();
         int fd = fd_for(p);
@@ -460,6 +460,8 @@ int mp_process_join(mp_process *p, double timeout)
             return rc;
         if (rc == 0)
             return MP_ETIMEDOUT;
+        if (!i_reap(p))
+            break;                  /* someone else's child: ended; its reaper publishes */
     }
     return 0;
 }
