@@ -34,7 +34,7 @@ static void after_fork_parent(void) { pthread_mutex_unlock(&rt.lock); }
  * forget them (their pidfds are the parent's business). */
 static void after_fork_child(void)
 {
-    pthread_mutex_init(&rt.lock, NULL);
+    pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
     rt.pid = getpid();
     for (size_t i = 0; i < rt.nfds; i++)
         close(rt.fds[i].fd);
