@@ -463,12 +463,12 @@ static void mm_check(struct mm *m)
     assert_int_equal(h, want);
 }
 
-static void test_queue_4x4_processes_lose_and_duplicate_nothing(void **state)
+/* P producer and C consumer processes; consumers end on shutdown. */
+static void run_many_to_many(size_t maxsize, long per)
 {
-    (void)state;
     struct mm *m = mp_shared_alloc(sizeof *m);
-    m->q = new_queue(0);
-    m->per = (long)(250000 / tu_slow());
+    m->q = new_queue(maxsize);
+    m->per = per;
     pid_t cons[C], prod[P];
     for (int c = 0; c < C; c++) {
         mm_child_index = c;
@@ -488,29 +488,16 @@ static void test_queue_4x4_processes_lose_and_duplicate_nothing(void **state)
     mp_shared_free(m);
 }
 
+static void test_queue_4x4_processes_lose_and_duplicate_nothing(void **state)
+{
+    (void)state;
+    run_many_to_many(0, (long)(250000 / tu_slow()));
+}
+
 static void test_queue_bounded_4x4_loses_and_duplicates_nothing(void **state)
 {
     (void)state;
-    struct mm *m = mp_shared_alloc(sizeof *m);
-    m->q = new_queue(16);
-    m->per = (long)(20000 / tu_slow());
-    pid_t cons[C], prod[P];
-    for (int c = 0; c < C; c++) {
-        mm_child_index = c;
-        cons[c] = tu_fork(mm_consumer_child, m);
-    }
-    for (int p = 0; p < P; p++) {
-        mm_child_index = p;
-        prod[p] = tu_fork(mm_producer_child, m);
-    }
-    for (int p = 0; p < P; p++)
-        assert_int_equal(tu_wait(prod[p], 120), 0);
-    TU_OK(mp_queue_shutdown(m->q));
-    for (int c = 0; c < C; c++)
-        assert_int_equal(tu_wait(cons[c], 60), 0);
-    mm_check(m);
-    mp_queue_free(m->q);
-    mp_shared_free(m);
+    run_many_to_many(16, (long)(20000 / tu_slow()));
 }
 
 struct thread_arg { struct mm *m; int i; };
