@@ -67,44 +67,49 @@ def echo_queue(inq, outq):
         outq.put(msg)
 
 
-def row_roundtrip_pipe(n=2000, reps=3):
+def roundtrip_us(start_echo, send, recv, stop, n=2000, reps=3):
+    """Median microseconds per request/reply with an echoing child."""
     results = []
+    msg = b"p" * 64
     for _ in range(reps):
-        a, b = mp.Pipe()
-        p = mp.Process(target=echo_pipe, args=(b,))
-        p.start()
-        msg = b"p" * 64
-        for _ in range(100):
-            a.send_bytes(msg)
-            a.recv_bytes()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            a.send_bytes(msg)
-            a.recv_bytes()
+        ends, p = start_echo()
+        for i in range(100 + n):
+            if i == 100:
+                t0 = time.perf_counter()
+            send(ends, msg)
+            recv(ends)
         results.append((time.perf_counter() - t0) / n * 1e6)
-        a.send_bytes(b"")
+        stop(ends)
         p.join()
-    emit("queue_roundtrip", statistics.median(results), "us", "lower")
+    return statistics.median(results)
 
 
-def row_roundtrip_queue(n=2000, reps=3):
-    results = []
-    for _ in range(reps):
-        ping, pong = mp.Queue(), mp.Queue()
-        p = mp.Process(target=echo_queue, args=(ping, pong))
-        p.start()
-        msg = b"p" * 64
-        for _ in range(100):
-            ping.put(msg)
-            pong.get()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            ping.put(msg)
-            pong.get()
-        results.append((time.perf_counter() - t0) / n * 1e6)
-        ping.put(None)
-        p.join()
-    emit("queue_roundtrip_pyqueue", statistics.median(results), "us", "lower")
+def start_process(target, args):
+    p = mp.Process(target=target, args=args)
+    p.start()
+    return p
+
+
+def pipe_echo():
+    a, b = mp.Pipe()
+    return a, start_process(echo_pipe, (b,))
+
+
+def queue_echo():
+    ping, pong = mp.Queue(), mp.Queue()
+    return (ping, pong), start_process(echo_queue, (ping, pong))
+
+
+def row_roundtrip_pipe():
+    us = roundtrip_us(pipe_echo, lambda a, m: a.send_bytes(m), lambda a: a.recv_bytes(),
+                      lambda a: a.send_bytes(b""))
+    emit("queue_roundtrip", us, "us", "lower")
+
+
+def row_roundtrip_queue():
+    us = roundtrip_us(queue_echo, lambda e, m: e[0].put(m), lambda e: e[1].get(),
+                      lambda e: e[0].put(None))
+    emit("queue_roundtrip_pyqueue", us, "us", "lower")
 
 
 def mm_producer(q, base, n):
