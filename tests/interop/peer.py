@@ -33,6 +33,8 @@ def py_address(a):
 def mproc_address(a, family):
     if family == "AF_INET":
         return "tcp:%s:%d" % a
+    if isinstance(a, bytes):
+        a = a.decode()
     return "unix:@" + a[1:] if a.startswith("\0") else "unix:" + a
 
 
