@@ -914,12 +914,6 @@ static int start_all(mp_pool *p)
     return rc;
 }
 
-static int cpu_count(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
 {
     static const mp_pool_opts defaults;
@@ -937,7 +931,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     p->owner = getpid();
     p->o = *o;
     p->efd = -1;
-    p->nworkers = o->processes ? o->processes : cpu_count();
+    p->nworkers = o->processes ? o->processes : mp_cpu_count();
     p->ops = o->backend == MP_THREADS ? &threads_backend
            : o->backend == MP_MPI ? &pool_mpi_backend : &processes_backend;
     pthread_mutex_init(&p->lock, NULL);
