@@ -8,6 +8,7 @@
 #include "pool_internal.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -109,8 +110,8 @@ static bool spin_until_final(mp_future *f)
     for (unsigned i = 0;; i++) {
         if (state_final(atomic_load_explicit(&f->state, memory_order_acquire)))
             return true;
-        cpu_relax();
-        if ((i & 63) == 63 && now_ns() - start > SPIN_NS)
+        sched_yield();               /* the worker we wait for may need this CPU */
+        if ((i & 7) == 7 && now_ns() - start > SPIN_NS)
             return false;
     }
 }

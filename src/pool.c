@@ -12,6 +12,7 @@
 
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,18 @@ struct mp_pool {
     struct fncache *fns;
     size_t nfns, capfns;
     uint64_t progress_done, progress_total, progress_ns;
+    mp_pool *next_live;
 };
+
+/* Pools still running in this process, terminated at exit (Python's Pool
+ * finalizer) before the process module stops their workers: the one piece
+ * of global state here, or workers would be replaced while exit kills them. */
+static struct {
+    pthread_mutex_t lock;
+    mp_pool *list;
+    bool registered;
+} live = { PTHREAD_MUTEX_INITIALIZER, NULL, false };
+static void live_add(mp_pool *p);
 
 static bool valid(const mp_pool *p)
 {
@@ -283,8 +295,8 @@ static void idle_wait(struct pool_shared *sh, uint32_t seq)
 {
     uint64_t start = now_ns();
     for (unsigned i = 0; atomic_load_explicit(&sh->seq, memory_order_acquire) == seq; i++) {
-        cpu_relax();
-        if ((i & 63) == 63 && now_ns() - start > SPIN_NS) {
+        sched_yield();               /* on a busy machine the submitter needs the CPU */
+        if ((i & 7) == 7 && now_ns() - start > SPIN_NS) {
             mp_deadline forever = deadline_in(MP_FOREVER);
             atomic_fetch_add(&sh->sleepers, 1);
             if (atomic_load(&sh->seq) == seq)
@@ -946,6 +958,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
         pool_destroy(p);
         return rc;
     }
+    live_add(p);
     *out = p;
     return 0;
 }
@@ -1027,6 +1040,45 @@ static int join_threads(mp_pool *p, const mp_deadline *d)
     return 0;
 }
 
+static void pools_at_exit(void)
+{
+    pthread_mutex_lock(&live.lock);
+    for (mp_pool *p = live.list; p; p = p->next_live)
+        if (pool_owned_here(p) && !atomic_load(&p->finished))
+            stop_workers_now(p);
+    for (mp_pool *p = live.list; p; p = p->next_live) {
+        bool own_thread = pthread_equal(pthread_self(), p->monitor) ||
+                          pthread_equal(pthread_self(), p->collector);
+        /* Threads cannot be killed, and exit ends them anyway: don't wait. */
+        if (pool_owned_here(p) && p->ops != &threads_backend && !own_thread) {
+            mp_deadline forever = deadline_in(MP_FOREVER);
+            join_threads(p, &forever);
+        }
+    }
+    pthread_mutex_unlock(&live.lock);
+}
+
+static void live_add(mp_pool *p)
+{
+    pthread_mutex_lock(&live.lock);
+    p->next_live = live.list;
+    live.list = p;
+    if (!live.registered)
+        live.registered = atexit(pools_at_exit) == 0;
+    pthread_mutex_unlock(&live.lock);
+}
+
+static void live_remove(mp_pool *p)
+{
+    pthread_mutex_lock(&live.lock);
+    for (mp_pool **l = &live.list; *l; l = &(*l)->next_live)
+        if (*l == p) {
+            *l = p->next_live;
+            break;
+        }
+    pthread_mutex_unlock(&live.lock);
+}
+
 int mp_pool_terminate(mp_pool *p)
 {
     if (!valid(p))
@@ -1060,5 +1112,6 @@ void mp_pool_free(mp_pool *p)
         mp_pool_terminate(p);
     else
         mp_pool_join(p, MP_FOREVER);
+    live_remove(p);
     pool_destroy(p);
 }
