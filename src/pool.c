@@ -171,6 +171,10 @@ bool list_unlink(struct pool_shared *sh, mp_future *f)
 void pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, uint32_t count)
 {
     last->next = NULL;
+#ifdef POOL_TSAN
+    for (mp_future *f = first; f; f = f->next)
+        HANDOVER_RELEASE(f);
+#endif
     list_lock(sh);
     if (sh->tail)
         sh->tail->next = first;
@@ -738,6 +742,7 @@ static void collect(mp_pool *p, mp_future *f)
 static void handle_notice(mp_pool *p, const struct notice *n)
 {
     mp_future *f = n->f;
+    HANDOVER_ACQUIRE(f);
     if (atomic_load(&f->id) != n->id)
         return;                      /* finished and freed since */
     uint32_t s = atomic_load(&f->state);
@@ -751,6 +756,7 @@ static mp_future *take_done(struct pool_shared *sh)
 {
     mp_future *list = atomic_exchange(&sh->done_head, NULL), *fifo = NULL;
     while (list) {                   /* the stack is newest first */
+        HANDOVER_ACQUIRE(list);
         mp_future *next = atomic_load_explicit(&list->next_done, memory_order_relaxed);
         atomic_store_explicit(&list->next_done, fifo, memory_order_relaxed);
         fifo = list;

@@ -13,6 +13,26 @@
 
 #include <stdalign.h>
 
+/* A task written by one thread of the caller's process and read by another
+ * after passing through a worker process: ThreadSanitizer cannot see the
+ * other process's atomics, so the hand-over is declared to it. */
+#if defined(__SANITIZE_THREAD__)
+#define POOL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define POOL_TSAN 1
+#endif
+#endif
+#ifdef POOL_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define HANDOVER_RELEASE(p) __tsan_release(p)
+#define HANDOVER_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define HANDOVER_RELEASE(p) ((void)(p))
+#define HANDOVER_ACQUIRE(p) ((void)(p))
+#endif
+
 /* ------------------------------------------------------------------ tasks */
 
 enum { TASK_QUEUED = 1, TASK_RUNNING = 2, TASK_FINAL = 3 };   /* state & TASK_BASE */
