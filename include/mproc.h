@@ -274,11 +274,14 @@ MP_EXTERN int  mp_pool_terminate(mp_pool *p);   /* kills the workers, pending ta
                                                    (MP_THREADS: running tasks finish); returns when all is gone */
 MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);   /* after close/terminate, else MP_ESTATE */
 MP_EXTERN void mp_pool_free(mp_pool *p);        /* terminates a pool still running */
+/* join, terminate and free wait for the pool's own threads: from an on_done
+ * or progress callback they return MP_ESTATE (free does nothing). */
 
 MP_EXTERN int  mp_future_wait(mp_future *f, double timeout);   /* 0 done, MP_ETIMEDOUT */
 MP_EXTERN bool mp_future_done(mp_future *f);
 MP_EXTERN int  mp_future_result(mp_future *f, mp_buf *out, double timeout);
                /* 0, MP_ETASK, MP_ECRASHED, MP_EKILLED, MP_ECANCELLED; MP_ETIMEDOUT = not done yet;
+                  MP_EBROKEN: the pool could not keep a worker alive (its initializer kills them);
                   out (may be NULL) gets what fn wrote, also when it returned non-zero */
 /* MP_ETASK: fn's return value; MP_ECRASHED: the signal that killed the
  * worker, or its exit status if it called exit(); 0 otherwise. */

@@ -1031,8 +1031,16 @@ static void stop_workers_now(mp_pool *p)
     signal_monitor(p);
 }
 
+static bool in_pool_thread(const mp_pool *p)
+{
+    return p->threads_running && (pthread_equal(pthread_self(), p->monitor) ||
+                                  pthread_equal(pthread_self(), p->collector));
+}
+
 static int join_threads(mp_pool *p, const mp_deadline *d)
 {
+    if (in_pool_thread(p))
+        return MP_ESTATE;            /* a callback cannot wait for its own thread */
     while (!atomic_load(&p->finished))
         if (futex_wait(&p->finished, 0, d) == MP_ETIMEDOUT && !atomic_load(&p->finished))
             return MP_ETIMEDOUT;
@@ -1053,10 +1061,8 @@ static void pools_at_exit(void)
         if (pool_owned_here(p) && !atomic_load(&p->finished))
             stop_workers_now(p);
     for (mp_pool *p = live.list; p; p = p->next_live) {
-        bool own_thread = pthread_equal(pthread_self(), p->monitor) ||
-                          pthread_equal(pthread_self(), p->collector);
         /* Threads cannot be killed, and exit ends them anyway: don't wait. */
-        if (pool_owned_here(p) && p->ops != &threads_backend && !own_thread) {
+        if (pool_owned_here(p) && p->ops != &threads_backend && !in_pool_thread(p)) {
             mp_deadline forever = deadline_in(MP_FOREVER);
             join_threads(p, &forever);
         }
@@ -1064,13 +1070,23 @@ static void pools_at_exit(void)
     pthread_mutex_unlock(&live.lock);
 }
 
+/* A forked child owns none of its parent's pools (and the lock may have
+ * been held by another thread at the fork). */
+static void live_after_fork_child(void)
+{
+    pthread_mutex_init(&live.lock, NULL);
+    live.list = NULL;
+}
+
 static void live_add(mp_pool *p)
 {
     pthread_mutex_lock(&live.lock);
     p->next_live = live.list;
     live.list = p;
-    if (!live.registered)
+    if (!live.registered) {
+        pthread_atfork(NULL, NULL, live_after_fork_child);
         live.registered = atexit(pools_at_exit) == 0;
+    }
     pthread_mutex_unlock(&live.lock);
 }
 
@@ -1114,6 +1130,8 @@ void mp_pool_free(mp_pool *p)
         p->magic = MAGIC_FREED;
         return;
     }
+    if (in_pool_thread(p))
+        return;                      /* from a callback: it would free its own thread */
     if (!atomic_load(&p->finished))
         mp_pool_terminate(p);
     else

@@ -241,6 +241,12 @@ void chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, m
         if (timed)
             atomic_store(&s->started_ns, now_ns());
         int rc = run_item(job, f, index, fn, out, &code);
+        if (job->imap && rc == MP_ENOMEM) {
+            /* no record for this item: end the chunk as if the worker died in it */
+            atomic_store(&s->started_ns, 0);
+            task_finish(f, TASK_RUNNING, MP_ENOMEM, 0);
+            return;
+        }
         if (rc != 0 && f->fail_index == SIZE_MAX) {
             f->fail_index = index;
             f->fail_rc = rc;

@@ -1,197 +1,18 @@
 /* test_pool.c - the pool: apply, map, imap, crash recovery, timeouts,
- * lifecycle, start methods and backends. Tasks that must hold a worker wait
- * on a flag in shared memory that the test raises; nothing sleeps to sync. */
-#include "testutil.h"
+ * lifecycle, start methods and backends (futures: test_future.c). */
+#include "pool_tasks.h"
 
-#include <dirent.h>
-#include <pthread.h>
 #include <dlfcn.h>
-#include <signal.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
 
 #include "proc_targets.h"
 
-/* ------------------------------------------------------------------ tasks */
-
-static int get_int(const void *in) { int x; memcpy(&x, in, sizeof x); return x; }
-
-int t_square(const void *in, size_t len, mp_buf *out)
-{
-    (void)len;
-    unsigned x = (unsigned)get_int(in);
-    x *= x;                                  /* wraps, as the checks expect */
-    return mp_buf_append(out, &x, sizeof x);
-}
-
-int t_fail_with_input(const void *in, size_t len, mp_buf *out)
-{
-    (void)len;
-    mp_buf_append(out, "bad", 3);
-    return get_int(in);
-}
-
-int t_signal_self(const void *in, size_t len, mp_buf *out)
-{
-    (void)len, (void)out;
-    raise(get_int(in));
-    return 0;
-}
-
-int t_exit_with_input(const void *in, size_t len, mp_buf *out)
-{
-    (void)len, (void)out;
-    exit(get_int(in));
-}
-
-int t_pid(const void *in, size_t len, mp_buf *out)
-{
-    (void)in, (void)len;
-    pid_t pid = getpid();
-    return mp_buf_append(out, &pid, sizeof pid);
-}
-
-/* Input: a pointer to two shared ints; sets flag[1] (started), then
- * returns once flag[0] is non-zero (30 s at most). */
-int t_wait_flag(const void *in, size_t len, mp_buf *out)
-{
-    (void)len, (void)out;
-    _Atomic int *flag;
-    memcpy(&flag, in, sizeof flag);
-    atomic_store(&flag[1], 1);
-    for (int i = 0; i < 30000 && !atomic_load(flag); i++)
-        usleep(1000);
-    return 0;
-}
-
-int t_spin_forever(const void *in, size_t len, mp_buf *out)
-{
-    (void)in, (void)len, (void)out;
-    for (;;)
-        pause();
-}
-
-/* map item: killed on 7, fails with code 50 on 13, squares the rest. */
-int t_map_mixed(const void *in, size_t len, mp_buf *out)
-{
-    int x = get_int(in);
-    if (x == 7)
-        raise(SIGKILL);
-    if (x == 13)
-        return 50;
-    return t_square(in, len, out);
-}
-
-/* imap item: a result as long as the input says. */
-int t_repeat(const void *in, size_t len, mp_buf *out)
-{
-    (void)len;
-    int x = get_int(in);
-    for (int i = 0; i < x; i++)
-        mp_buf_append(out, "x", 1);
-    return 0;
-}
-
 static _Atomic int *shared_counter;
 
-void init_count(void *arg)
+static void init_count(void *arg)
 {
     _Atomic int *c;
     memcpy(&c, arg, sizeof c);
     atomic_fetch_add(c, 1);
-}
-
-/* ------------------------------------------------------------------ helpers */
-
-static _Atomic int *shared_flag(void)
-{
-    _Atomic int *f = mp_shared_alloc(2 * sizeof *f);
-    assert_non_null(f);
-    return f;
-}
-
-static mp_future *submit_int(mp_pool *p, mp_fn fn, int x)
-{
-    mp_future *f;
-    TU_OK(mp_pool_apply_async(p, fn, &x, sizeof x, &f));
-    return f;
-}
-
-static bool started(void *flag)
-{
-    return atomic_load(&((_Atomic int *)flag)[1]) != 0;
-}
-
-static mp_future *submit_wait(mp_pool *p, _Atomic int *flag)
-{
-    mp_future *f;
-    TU_OK(mp_pool_apply_async(p, t_wait_flag, &flag, sizeof flag, &f));
-    return f;
-}
-
-static int result_int(mp_future *f, int *value)
-{
-    mp_buf b = { 0 };
-    int rc = mp_future_result(f, &b, 30);
-    if (rc == 0 && b.len == sizeof(int))
-        memcpy(value, b.data, sizeof(int));
-    mp_buf_free(&b);
-    return rc;
-}
-
-static void expect_squares(mp_pool *p, int from, int to)
-{
-    mp_future *fs[64];
-    assert_true(to - from <= 64);
-    for (int i = from; i < to; i++)
-        fs[i - from] = submit_int(p, t_square, i);
-    for (int i = from; i < to; i++) {
-        int v = -1;
-        TU_OK(result_int(fs[i - from], &v));
-        assert_int_equal(v, i * i);
-        mp_future_free(fs[i - from]);
-    }
-}
-
-/* Children of this process, and how many of them are zombies. */
-static int count_children(int *zombies)
-{
-    DIR *d = opendir("/proc");
-    int n = 0;
-    *zombies = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        char path[300], buf[512];
-        if (e->d_name[0] < '0' || e->d_name[0] > '9')
-            continue;
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        FILE *fp = fopen(path, "r");
-        if (!fp)
-            continue;
-        size_t r = fread(buf, 1, sizeof buf - 1, fp);
-        fclose(fp);
-        buf[r] = 0;
-        char *close = strrchr(buf, ')');
-        char st;
-        int ppid;
-        if (close && sscanf(close + 2, "%c %d", &st, &ppid) == 2 && ppid == getpid()) {
-            n++;
-            *zombies += st == 'Z';
-        }
-    }
-    if (d)
-        closedir(d);
-    return n;
-}
-
-static mp_pool *pool_of(int n, mp_backend backend)
-{
-    mp_pool *p;
-    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = n, .backend = backend }));
-    return p;
 }
 
 /* ------------------------------------------------------------------ arguments */
@@ -322,142 +143,6 @@ static void test_pool_close_lets_queued_tasks_finish(void **state)
     }
     mp_pool_free(p);
 }
-
-/* ------------------------------------------------------------------ futures */
-
-static void test_future_result_times_out_while_pending(void **state)
-{
-    (void)state;
-    mp_pool *p = pool_of(1, MP_PROCESSES);
-    _Atomic int *flag = shared_flag();
-    mp_future *f = submit_wait(p, flag);
-    TU_ASSERT_RC(mp_future_result(f, NULL, 0), MP_ETIMEDOUT);
-    TU_ASSERT_RC(mp_future_wait(f, 0.05), MP_ETIMEDOUT);
-    assert_false(mp_future_done(f));
-    assert_int_equal(mp_future_code(f), 0);
-    size_t index;
-    TU_ASSERT_RC(mp_future_failed_index(f, &index), MP_ESTATE);
-    atomic_store(flag, 1);
-    TU_OK(mp_future_wait(f, 30));
-    TU_OK(mp_future_result(f, NULL, 0));
-    mp_future_free(f);
-    mp_shared_free(flag);
-    mp_pool_free(p);
-}
-
-static void test_future_cancel_before_start_gives_ecancelled(void **state)
-{
-    (void)state;
-    mp_pool *p = pool_of(1, MP_PROCESSES);
-    _Atomic int *flag = shared_flag();
-    mp_future *busy = submit_wait(p, flag);
-    mp_future *queued = submit_int(p, t_square, 5);
-    mp_future *after = submit_int(p, t_square, 6);
-    TU_OK(mp_future_cancel(queued));
-    TU_ASSERT_RC(mp_future_result(queued, NULL, 0), MP_ECANCELLED);
-    TU_ASSERT_RC(mp_future_cancel(queued), MP_ESTATE);
-    assert_true(mp_future_done(queued));
-    atomic_store(flag, 1);
-    TU_OK(mp_future_wait(busy, 30));
-    TU_ASSERT_RC(mp_future_cancel(busy), MP_ESTATE);         /* it ran */
-    int v;
-    TU_OK(result_int(after, &v));                              /* the one behind it still runs */
-    assert_int_equal(v, 36);
-    mp_future_free(busy);
-    mp_future_free(queued);
-    mp_future_free(after);
-    mp_shared_free(flag);
-    mp_pool_free(p);
-}
-
-struct cb_record { _Atomic int calls; _Atomic pthread_t thread; _Atomic int rc; };
-
-static void on_done_cb(mp_future *f, void *ctx)
-{
-    struct cb_record *r = ctx;
-    r->rc = mp_future_result(f, NULL, 0);
-    r->thread = pthread_self();
-    atomic_fetch_add(&r->calls, 1);
-}
-
-static bool cb_called(void *arg)
-{
-    return atomic_load(&((struct cb_record *)arg)->calls) > 0;
-}
-
-static void test_future_on_done_runs_on_result_thread_or_at_once(void **state)
-{
-    (void)state;
-    mp_pool *p = pool_of(1, MP_PROCESSES);
-    _Atomic int *flag = shared_flag();
-    mp_future *f = submit_wait(p, flag);
-    struct cb_record later = { 0 }, now = { 0 };
-    TU_OK(mp_future_on_done(f, on_done_cb, &later));
-    assert_int_equal(later.calls, 0);
-    atomic_store(flag, 1);
-    assert_true(tu_wait_for(cb_called, &later, 30));
-    assert_false(pthread_equal(later.thread, pthread_self()));   /* the pool's thread */
-    TU_OK(later.rc);
-    TU_OK(mp_future_on_done(f, on_done_cb, &now));                /* already done: here, now */
-    assert_int_equal(now.calls, 1);
-    assert_true(pthread_equal(now.thread, pthread_self()));
-    assert_int_equal(later.calls, 1);
-    mp_future_free(f);
-
-    f = submit_int(p, t_fail_with_input, 3);                      /* errors reach callbacks too */
-    struct cb_record failed = { 0 };
-    TU_OK(mp_future_on_done(f, on_done_cb, &failed));
-    assert_true(tu_wait_for(cb_called, &failed, 30));
-    TU_ASSERT_RC(failed.rc, MP_ETASK);
-    mp_future_free(f);
-    mp_shared_free(flag);
-    mp_pool_free(p);
-}
-
-static void test_futures_wait_first_completed_first_exception_all(void **state)
-{
-    (void)state;
-    mp_pool *p = pool_of(2, MP_PROCESSES);
-    _Atomic int *flag = shared_flag();
-    mp_future *fs[3];
-    fs[0] = submit_wait(p, flag);
-    fs[1] = submit_int(p, t_square, 2);
-    assert_int_equal(mp_futures_wait(fs, 2, MP_FIRST_COMPLETED, 30), 1);
-    assert_true(mp_future_done(fs[1]));
-    assert_int_equal(mp_futures_wait(fs, 2, MP_ALL_COMPLETED, 0.05), 1);   /* timeout: count */
-    fs[2] = submit_int(p, t_fail_with_input, 1);
-    int n = mp_futures_wait(fs, 3, MP_FIRST_EXCEPTION, 30);
-    assert_int_equal(n, 2);
-    assert_false(mp_future_done(fs[0]));
-    atomic_store(flag, 1);
-    assert_int_equal(mp_futures_wait(fs, 3, MP_ALL_COMPLETED, 30), 3);
-    assert_int_equal(mp_futures_wait(fs, 0, MP_ALL_COMPLETED, 0), 0);
-    for (int i = 0; i < 3; i++)
-        mp_future_free(fs[i]);
-    mp_shared_free(flag);
-    mp_pool_free(p);
-}
-
-static void test_future_free_while_pending_detaches(void **state)
-{
-    (void)state;
-    mp_pool *p = pool_of(1, MP_PROCESSES);
-    _Atomic int *flag = shared_flag();
-    mp_future *f = submit_wait(p, flag);
-    struct cb_record r = { 0 };
-    TU_OK(mp_future_on_done(f, on_done_cb, &r));
-    mp_future_free(f);                                 /* still running: it goes on */
-    for (int i = 0; i < 10; i++)
-        mp_future_free(submit_int(p, t_square, i));    /* queued, never looked at */
-    atomic_store(flag, 1);
-    assert_true(tu_wait_for(cb_called, &r, 30));       /* and its callback still runs */
-    expect_squares(p, 0, 4);
-    TU_OK(mp_pool_close(p));
-    TU_OK(mp_pool_join(p, 30));
-    mp_shared_free(flag);
-    mp_pool_free(p);
-}
-
 /* ------------------------------------------------------------------ crashes */
 
 static void expect_crash_reported(int method, mp_fn fn, int arg, int rc, int code)
@@ -738,6 +423,34 @@ static void test_pool_initializer_runs_once_per_worker(void **state)
     mp_shared_free(shared_counter);
 }
 
+static void init_dies(void *arg)
+{
+    (void)arg;
+    raise(SIGKILL);
+}
+
+static void test_pool_initializer_that_kills_workers_breaks_the_pool(void **state)
+{
+    (void)state;
+    int zombies, before = count_children(&zombies);
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .initializer = init_dies }));
+    mp_future *f;
+    int x = 2;
+    int rc = mp_pool_apply_async(p, t_square, &x, sizeof x, &f);
+    if (rc == 0) {                       /* queued before the pool gave up: */
+        TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_EBROKEN);
+        mp_future_free(f);
+    } else {
+        TU_ASSERT_RC(rc, MP_ECLOSED);
+    }
+    TU_OK(mp_pool_close(p));
+    TU_OK(mp_pool_join(p, 30));         /* no endless respawning */
+    TU_ASSERT_RC(mp_pool_apply_async(p, t_square, &x, sizeof x, &f), MP_ECLOSED);
+    assert_int_equal(count_children(&zombies), before);
+    mp_pool_free(p);
+}
+
 static void test_pool_threads_backend_runs_everything(void **state)
 {
     (void)state;
@@ -895,11 +608,6 @@ int main(void)
         cmocka_unit_test(test_pool_task_error_gives_etask_and_its_code),
         cmocka_unit_test(test_pool_submit_to_closed_pool_returns_eclosed),
         cmocka_unit_test(test_pool_close_lets_queued_tasks_finish),
-        cmocka_unit_test(test_future_result_times_out_while_pending),
-        cmocka_unit_test(test_future_cancel_before_start_gives_ecancelled),
-        cmocka_unit_test(test_future_on_done_runs_on_result_thread_or_at_once),
-        cmocka_unit_test(test_futures_wait_first_completed_first_exception_all),
-        cmocka_unit_test(test_future_free_while_pending_detaches),
         cmocka_unit_test(test_pool_killed_worker_fails_only_its_task),
         cmocka_unit_test(test_pool_exit_in_task_reports_its_status),
         cmocka_unit_test(test_pool_abort_in_task_reports_sigabrt),
@@ -912,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_pool_imap_reports_crashed_item_and_continues),
         cmocka_unit_test(test_pool_maxtasksperchild_replaces_workers),
         cmocka_unit_test(test_pool_initializer_runs_once_per_worker),
+        cmocka_unit_test(test_pool_initializer_that_kills_workers_breaks_the_pool),
         cmocka_unit_test(test_pool_threads_backend_runs_everything),
         cmocka_unit_test(test_pool_spawn_and_forkserver_workers),
         cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_spawn),
