@@ -362,18 +362,20 @@ static void run_apply(struct pool_shared *sh, struct slot *s, mp_future *f, mp_f
     task_finish(f, TASK_RUNNING, rc, code);
 }
 
-static void run_initializer(struct pool_shared *sh, void **keep)
+static bool run_initializer(struct pool_shared *sh, void **keep)
 {
     void (*init)(void *) = (void (*)(void *))fnref_resolve(&sh->init_ref);
     void *arg = sh->initarg;
+    if (!init)
+        return false;
     if (sh->initarg_size) {          /* each worker gets its own copy, kept for its life */
         *keep = malloc(sh->initarg_size);
         if (*keep)
             memcpy(*keep, sh->initarg, sh->initarg_size);
         arg = *keep;
     }
-    if (init)
-        init(arg);
+    init(arg);
+    return true;
 }
 
 int pool_worker_main(void *arg)
@@ -383,8 +385,8 @@ int pool_worker_main(void *arg)
     struct slot *s = &sh->slots[a.slot];
     struct worker_local L = { 0 };
     void *initarg = NULL;
-    if (sh->has_init)
-        run_initializer(sh, &initarg);
+    if (sh->has_init && !run_initializer(sh, &initarg))
+        return 127;                  /* not found in this image: counts as a failed start */
     atomic_store(&s->ready, 1);
     for (int done = 0; sh->maxtasks == 0 || done < sh->maxtasks; done++) {
         mp_future *f = take_task(sh, s);
@@ -778,6 +780,16 @@ static void collector_sleep(mp_pool *p, bool tick)
     atomic_store(&sh->collector_sleeping, 0);
 }
 
+static bool collect_pushed(mp_pool *p)
+{
+    mp_future *done = take_done(p->sh);
+    for (mp_future *f = done, *next; f; f = next) {
+        next = atomic_load_explicit(&f->next_done, memory_order_relaxed);
+        collect(p, f);
+    }
+    return done != NULL;
+}
+
 static bool collector_round(mp_pool *p)
 {
     pthread_mutex_lock(&p->lock);
@@ -788,12 +800,7 @@ static bool collector_round(mp_pool *p)
         list_lock(p->sh);
         list_unlock(p->sh);
     }
-    mp_future *done = take_done(p->sh);
-    bool any = notes || done;
-    for (mp_future *f = done, *next; f; f = next) {
-        next = atomic_load_explicit(&f->next_done, memory_order_relaxed);
-        collect(p, f);
-    }
+    bool any = collect_pushed(p) || notes;
     uint32_t handled = 0;
     for (struct notice *n = notes, *next; n; n = next, handled++) {
         next = n->next;
@@ -801,6 +808,9 @@ static bool collector_round(mp_pool *p)
         free(n);
     }
     if (handled) {
+        /* What the notices just failed (a chunk queues its rest again) is
+         * collected before the monitor may decide that all work is done. */
+        collect_pushed(p);
         atomic_fetch_sub(&p->notices_pending, handled);
         signal_monitor(p);
     }
