@@ -73,18 +73,30 @@ struct mp_pool {
 static struct {
     pthread_mutex_t lock;
     mp_pool *list;
-    bool registered;
-} live = { PTHREAD_MUTEX_INITIALIZER, NULL, false };
+    pthread_once_t registered;
+    _Atomic pid_t pid;               /* getpid() is a system call: cached, reset at fork */
+} live = { PTHREAD_MUTEX_INITIALIZER, NULL, PTHREAD_ONCE_INIT, 0 };
 static void live_add(mp_pool *p);
+static void live_register(void);
 
 static bool valid(const mp_pool *p)
 {
     return p && p->magic == MAGIC_POOL;
 }
 
+static pid_t self_pid(void)
+{
+    pid_t pid = atomic_load_explicit(&live.pid, memory_order_relaxed);
+    if (!pid) {
+        pid = getpid();
+        atomic_store_explicit(&live.pid, pid, memory_order_relaxed);
+    }
+    return pid;
+}
+
 bool pool_owned_here(const mp_pool *p)
 {
-    return p->owner == getpid();
+    return p->owner == self_pid();
 }
 
 pthread_mutex_t *pool_lock(mp_pool *p)
@@ -952,11 +964,12 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     int rc = check_opts(o);
     if (rc != 0)
         return rc;
+    pthread_once(&live.registered, live_register);   /* before the first fork */
     mp_pool *p = calloc(1, sizeof *p);
     if (!p)
         return MP_ENOMEM;
     p->magic = MAGIC_POOL;
-    p->owner = getpid();
+    p->owner = self_pid();
     p->o = *o;
     p->efd = -1;
     p->nworkers = o->processes ? o->processes : mp_cpu_count();
@@ -1086,6 +1099,13 @@ static void live_after_fork_child(void)
 {
     pthread_mutex_init(&live.lock, NULL);
     live.list = NULL;
+    atomic_store(&live.pid, 0);
+}
+
+static void live_register(void)
+{
+    pthread_atfork(NULL, NULL, live_after_fork_child);
+    atexit(pools_at_exit);
 }
 
 static void live_add(mp_pool *p)
@@ -1093,10 +1113,6 @@ static void live_add(mp_pool *p)
     pthread_mutex_lock(&live.lock);
     p->next_live = live.list;
     live.list = p;
-    if (!live.registered) {
-        pthread_atfork(NULL, NULL, live_after_fork_child);
-        live.registered = atexit(pools_at_exit) == 0;
-    }
     pthread_mutex_unlock(&live.lock);
 }
 
