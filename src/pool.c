@@ -860,7 +860,7 @@ static int check_opts(const mp_pool_opts *o)
         return MP_EINVAL;
     if (o->backend == MP_THREADS && o->task_timeout > 0)
         return MP_EINVAL;            /* a thread cannot be killed */
-    if (o->backend == MP_MPI && !&pool_mpi_backend)
+    if (o->backend == MP_MPI && !&mp__pool_mpi_backend)
         return MP_EINVAL;            /* needs libmproc_mpi */
     if (o->backend != MP_PROCESSES && o->backend != MP_THREADS && o->backend != MP_MPI)
         return MP_EINVAL;
@@ -974,7 +974,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     p->efd = -1;
     p->nworkers = o->processes ? o->processes : mp_cpu_count();
     p->ops = o->backend == MP_THREADS ? &threads_backend
-           : o->backend == MP_MPI ? &pool_mpi_backend : &processes_backend;
+           : o->backend == MP_MPI ? &mp__pool_mpi_backend : &processes_backend;
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->cblock, NULL);
     pthread_mutex_init(&p->fnlock, NULL);

@@ -182,7 +182,8 @@ void chunk_collect(mp_pool *p, mp_future *chunk);
 /* ------------------------------------------------------------------ backends */
 
 /* How workers are started, watched and stopped. Processes and threads live
- * in pool.c; an MPI backend (libmproc_mpi) provides pool_mpi_backend. */
+ * in pool.c; an MPI backend (libmproc_mpi, linked beside libmproc) defines
+ * mp__pool_mpi_backend, a weak reference here: absent, MP_MPI is refused. */
 struct pool_backend {
     const char *name;
     int (*start)(mp_pool *p, int slot);               /* runs pool_worker_main */
@@ -192,7 +193,8 @@ struct pool_backend {
     void (*release)(mp_pool *p, int slot);            /* after ended */
     void (*stop)(mp_pool *p, int slot);               /* kill, wait, release: failure paths */
 };
-extern const struct pool_backend pool_mpi_backend __attribute__((weak));
+extern const struct pool_backend mp__pool_mpi_backend
+    __attribute__((weak, visibility("default")));
 
 struct worker_arg { struct pool_shared *sh; int slot; };
 int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
