@@ -58,6 +58,7 @@ struct mp_pool {
     bool threads_running, threads_joined;
     _Atomic uint32_t monitor_done;
     _Atomic uint32_t finished;      /* futex: the collector has drained everything */
+    _Atomic uint32_t start_rc;      /* futex: 0 starting, 1 started, else the error */
     struct notice *notices;
     _Atomic uint32_t notices_pending;   /* posted, not yet handled */
     int init_failures;
@@ -691,9 +692,30 @@ static void monitor_poll(mp_pool *p, double wait)
     }
 }
 
-static void *monitor_main(void *arg)
+/* The first workers are started here too: a process worker is a daemon,
+ * killed when the *thread* that started it ends (PR_SET_PDEATHSIG), and this
+ * thread lives as long as the pool. mp_pool_new waits for the outcome. */
+static int start_first_workers(mp_pool *p)
 {
-    mp_pool *p = arg;
+    pthread_mutex_lock(&p->lock);
+    int rc = 0;
+    for (int i = 0; i < p->nworkers && rc == 0; i++)
+        rc = start_worker(p, i);
+    if (rc != 0) {
+        atomic_store(&p->sh->closing, CLOSING_NOW);
+        wake_workers(p->sh);
+        for (int i = 0; i < p->nworkers; i++)
+            if (p->workers[i].alive)
+                p->ops->stop(p, i);
+    }
+    pthread_mutex_unlock(&p->lock);
+    atomic_store(&p->start_rc, rc == 0 ? 1u : (uint32_t)rc);
+    futex_wake(&p->start_rc, INT_MAX);
+    return rc;
+}
+
+static void monitor_loop(mp_pool *p)
+{
     for (;;) {
         pthread_mutex_lock(&p->lock);
         if (reap_workers(p))
@@ -704,9 +726,16 @@ static void *monitor_main(void *arg)
         double wait = done ? 0 : enforce_timeouts(p);
         pthread_mutex_unlock(&p->lock);
         if (done)
-            break;
+            return;
         monitor_poll(p, wait);
     }
+}
+
+static void *monitor_main(void *arg)
+{
+    mp_pool *p = arg;
+    if (start_first_workers(p) == 0)
+        monitor_loop(p);
     atomic_store(&p->monitor_done, 1);
     wake_collector(p->sh);
     return NULL;
@@ -931,27 +960,30 @@ static void pool_destroy(mp_pool *p)
 }
 
 /* Workers first, so a pool that cannot start them is refused. */
+/* Starts the collector and the monitor, which starts the workers; a pool
+ * whose workers cannot start is refused. */
 static int start_all(mp_pool *p)
 {
-    int rc = 0;
-    for (int i = 0; i < p->nworkers && rc == 0; i++)
-        rc = start_worker(p, i);
-    if (rc == 0)
-        rc = -pthread_create(&p->collector, NULL, collector_main, p);
-    if (rc == 0 && (rc = -pthread_create(&p->monitor, NULL, monitor_main, p)) != 0) {
+    int rc = -pthread_create(&p->collector, NULL, collector_main, p);
+    if (rc != 0)
+        return rc;
+    if ((rc = -pthread_create(&p->monitor, NULL, monitor_main, p)) != 0) {
         atomic_store(&p->monitor_done, 1);
         wake_collector(p->sh);
         pthread_join(p->collector, NULL);
+        return rc;
     }
-    if (rc != 0) {
-        atomic_store(&p->sh->closing, CLOSING_NOW);
-        wake_workers(p->sh);
-        for (int i = 0; i < p->nworkers; i++)
-            if (p->workers[i].alive)
-                p->ops->stop(p, i);
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    uint32_t started;
+    while ((started = atomic_load(&p->start_rc)) == 0)
+        futex_wait(&p->start_rc, 0, &forever);
+    if (started != 1) {
+        pthread_join(p->monitor, NULL);
+        pthread_join(p->collector, NULL);
+        return (int)started;
     }
-    p->threads_running = rc == 0;
-    return rc;
+    p->threads_running = true;
+    return 0;
 }
 
 int mp_pool_new(mp_pool **out, const mp_pool_opts *o)

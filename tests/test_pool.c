@@ -3,6 +3,7 @@
 #include "pool_tasks.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include "proc_targets.h"
 
@@ -451,6 +452,41 @@ static void test_pool_initializer_that_kills_workers_breaks_the_pool(void **stat
     mp_pool_free(p);
 }
 
+static pid_t worker_pid(mp_pool *p)
+{
+    mp_buf b = { 0 };
+    pid_t pid = 0;
+    if (mp_pool_apply(p, t_pid, NULL, 0, &b) == 0)
+        memcpy(&pid, b.data, sizeof pid);
+    mp_buf_free(&b);
+    return pid;
+}
+
+struct made { mp_pool *pool; pid_t pid; };
+
+static void *make_pool_and_leave(void *arg)
+{
+    struct made *m = arg;
+    if (mp_pool_new(&m->pool, &(mp_pool_opts){ .processes = 1 }) == 0)
+        m->pid = worker_pid(m->pool);
+    return NULL;
+}
+
+static void test_pool_outlives_the_thread_that_made_it(void **state)
+{
+    (void)state;
+    struct made m = { 0 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, make_pool_and_leave, &m), 0);
+    pthread_join(t, NULL);
+    assert_non_null(m.pool);
+    assert_true(m.pid > 0);
+    /* Workers are daemons killed when their starting thread ends: the pool's
+     * own thread starts them, so they outlive the caller's thread. */
+    assert_int_equal(worker_pid(m.pool), m.pid);
+    mp_pool_free(m.pool);
+}
+
 static void test_pool_threads_backend_runs_everything(void **state)
 {
     (void)state;
@@ -621,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_pool_maxtasksperchild_replaces_workers),
         cmocka_unit_test(test_pool_initializer_runs_once_per_worker),
         cmocka_unit_test(test_pool_initializer_that_kills_workers_breaks_the_pool),
+        cmocka_unit_test(test_pool_outlives_the_thread_that_made_it),
         cmocka_unit_test(test_pool_threads_backend_runs_everything),
         cmocka_unit_test(test_pool_spawn_and_forkserver_workers),
         cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_spawn),
