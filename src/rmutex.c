@@ -6,6 +6,8 @@
  */
 #include "internal.h"
 
+#include <linux/futex.h>
+
 #define SPIN_TRIES 200
 
 int rmutex_init(rmutex *m)
@@ -25,6 +27,23 @@ static int owner_died(rmutex *m)
 {
     pthread_mutex_consistent(&m->m);
     return MP_EOWNERDEAD;
+}
+
+int rmutex_trylock(rmutex *m)
+{
+    switch (pthread_mutex_trylock(&m->m)) {
+    case 0: return 0;
+    case EOWNERDEAD: return owner_died(m);
+    case EDEADLK: return -EDEADLK;
+    default: return MP_ETIMEDOUT;        /* EBUSY, or ENOTRECOVERABLE: never ours */
+    }
+}
+
+uint32_t rmutex_owner(rmutex *m)
+{
+    /* The futex word holds the owner's tid; the kernel clears it (and sets
+     * FUTEX_OWNER_DIED) when that owner dies. */
+    return __atomic_load_n(&m->m.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK;
 }
 
 int rmutex_lock(rmutex *m, const mp_deadline *d)

@@ -60,10 +60,27 @@ int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
     return futex_wait(word, val, d);
 }
 
+/* fork copies the forking thread's cached tid into the child; bumping a
+ * generation in the child (pthread_atfork) makes every cache refresh. */
+static _Atomic uint32_t tid_generation = 1;
+
+static void tid_after_fork(void)
+{
+    atomic_fetch_add_explicit(&tid_generation, 1, memory_order_relaxed);
+}
+
+__attribute__((constructor)) static void tid_cache_init(void)
+{
+    pthread_atfork(NULL, NULL, tid_after_fork);
+}
+
 uint32_t mp_gettid(void)
 {
-    static __thread uint32_t tid;
-    if (!tid)
+    static __thread uint32_t tid, generation;
+    uint32_t g = atomic_load_explicit(&tid_generation, memory_order_relaxed);
+    if (generation != g) {
         tid = (uint32_t)syscall(SYS_gettid);
+        generation = g;
+    }
     return tid;
 }
