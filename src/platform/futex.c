@@ -44,10 +44,13 @@ void futex_wake(_Atomic uint32_t *word, int n)
 int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
 {
     /* Only spin when another CPU can be changing the word. */
-    static int ncpu;
-    if (!ncpu)
-        ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu > 1) {
+    static _Atomic int ncpu;
+    int n = atomic_load_explicit(&ncpu, memory_order_relaxed);
+    if (!n) {
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        atomic_store_explicit(&ncpu, n, memory_order_relaxed);
+    }
+    if (n > 1) {
         uint64_t start = now_ns();
         for (unsigned i = 0;; i++) {
             if (atomic_load_explicit(word, memory_order_acquire) != val)
