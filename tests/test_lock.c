@@ -339,6 +339,57 @@ static void test_rlock_is_held_until_the_last_release(void **state)
     mp_lock_free(l);
 }
 
+/* ------------------------------------------------------------------ start methods */
+
+struct spawned {
+    mp_lock *lock;
+    tu_flag *tried, *holding;
+    long counter;
+};
+
+static int contend_then_hold(void *arg)
+{
+    struct spawned *sp = *(struct spawned **)arg;
+    if (mp_lock_acquire(sp->lock, 0) != MP_ETIMEDOUT)      /* the parent holds it */
+        return 1;
+    atomic_store(&sp->tried->n, 1);
+    if (mp_lock_acquire(sp->lock, 30) != 0)
+        return 2;
+    sp->counter++;
+    atomic_store(&sp->holding->n, 1);
+    return block_forever();                                 /* until killed, holding it */
+}
+
+static void test_lock_works_and_stays_robust_under_every_start_method(void **state)
+{
+    (void)state;
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int m = 0; m < 3; m++) {
+        struct spawned *sp = mp_shared_alloc(sizeof *sp);
+        TU_OK(mp_lock_new(&sp->lock));
+        sp->tried = flag_new();
+        sp->holding = flag_new();
+        TU_OK(mp_lock_acquire(sp->lock, 0));
+        mp_process *p;
+        mp_process_opts o = { .method = methods[m], .arg_size = sizeof sp };
+        TU_OK(mp_process_new(&p, contend_then_hold, &sp, &o));
+        TU_OK(mp_process_start(p));
+        assert_true(flag_wait(sp->tried, 20));
+        TU_OK(mp_lock_release(sp->lock));
+        assert_true(flag_wait(sp->holding, 20));
+        assert_int_equal(sp->counter, 1);
+        TU_OK(mp_process_kill(p));
+        TU_OK(mp_process_join(p, 20));
+        TU_ASSERT_RC(mp_lock_acquire(sp->lock, 1), MP_EOWNERDEAD);
+        TU_OK(mp_lock_release(sp->lock));
+        TU_OK(mp_process_free(p));
+        mp_shared_free(sp->tried);
+        mp_shared_free(sp->holding);
+        mp_lock_free(sp->lock);
+        mp_shared_free(sp);
+    }
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -359,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed),
         cmocka_unit_test(test_rlock_is_recursive_and_counts_releases),
         cmocka_unit_test(test_rlock_is_held_until_the_last_release),
+        cmocka_unit_test(test_lock_works_and_stays_robust_under_every_start_method),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
