@@ -264,6 +264,86 @@ static void test_condition_wait_reports_eownerdead_if_the_notifier_dies_holding_
     room_free(r);
 }
 
+/* ------------------------------------------------------------------ a bounded buffer */
+
+#define SLOTS 4
+#define ITEMS 3000
+
+struct buffer {
+    mp_condition *not_empty, *not_full;     /* two conditions on one lock */
+    mp_lock *lock;
+    int items[SLOTS];
+    int head, count, produced;
+    atomic_long sum;
+    atomic_int taken;
+};
+
+static bool waited(int rc)
+{
+    return rc == 0 || rc == MP_ETIMEDOUT;
+}
+
+static int produce(void *arg)
+{
+    struct buffer *b = arg;
+    for (int i = 1; i <= ITEMS; i++) {
+        if (mp_lock_acquire(b->lock, 30) != 0)
+            return 1;
+        while (b->count == SLOTS)
+            if (!waited(mp_condition_wait(b->not_full, 0.01)))   /* short: exercise timeouts */
+                return 2;
+        b->items[(b->head + b->count++) % SLOTS] = i;
+        mp_condition_notify(b->not_empty, 1);
+        mp_lock_release(b->lock);
+    }
+    return 0;
+}
+
+static int consume(void *arg)
+{
+    struct buffer *b = arg;
+    for (;;) {
+        if (mp_lock_acquire(b->lock, 30) != 0)
+            return 1;
+        while (b->count == 0 && atomic_load(&b->taken) < 2 * ITEMS)
+            if (!waited(mp_condition_wait(b->not_empty, 0.01)))
+                return 2;
+        if (b->count == 0) {
+            mp_lock_release(b->lock);
+            return 0;
+        }
+        int v = b->items[b->head];
+        b->head = (b->head + 1) % SLOTS;
+        b->count--;
+        atomic_fetch_add(&b->sum, v);
+        atomic_fetch_add(&b->taken, 1);
+        mp_condition_notify(b->not_full, 1);
+        if (atomic_load(&b->taken) == 2 * ITEMS)
+            mp_condition_notify_all(b->not_empty);    /* the other consumer can stop */
+        mp_lock_release(b->lock);
+    }
+}
+
+static void test_condition_bounded_buffer_between_processes_loses_nothing(void **state)
+{
+    (void)state;
+    struct buffer *b = mp_shared_alloc(sizeof *b);
+    TU_OK(mp_lock_new(&b->lock));
+    TU_OK(mp_condition_new(&b->not_empty, b->lock));
+    TU_OK(mp_condition_new(&b->not_full, b->lock));
+    pid_t pids[4];
+    for (int i = 0; i < 4; i++)
+        pids[i] = tu_fork(i < 2 ? produce : consume, b);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(tu_wait(pids[i], 60), 0);
+    assert_int_equal(atomic_load(&b->taken), 2 * ITEMS);
+    assert_int_equal(atomic_load(&b->sum), 2L * ITEMS * (ITEMS + 1) / 2);
+    mp_condition_free(b->not_full);
+    mp_condition_free(b->not_empty);
+    mp_lock_free(b->lock);
+    mp_shared_free(b);
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -276,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_condition_notify_all_wakes_waiting_processes),
         cmocka_unit_test(test_condition_killed_waiter_swallows_no_notification),
         cmocka_unit_test(test_condition_wait_reports_eownerdead_if_the_notifier_dies_holding_the_lock),
+        cmocka_unit_test(test_condition_bounded_buffer_between_processes_loses_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
