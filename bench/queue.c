@@ -104,7 +104,7 @@ static void row_rate(const char *id, size_t size, long n)
 static void row_bandwidth(void)
 {
     size_t size = (size_t)64 << 20;
-    long n = 24;
+    long n = 16;
     double v[3];
     for (int r = 0; r < 3; r++)
         v[r] = (double)size * (double)n / one_to_one(size, n) / 1e9;
