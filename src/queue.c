@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-void (*queue_test_hook)(const char *point);
+void (*mp__queue_test_hook)(const char *point);
 
 enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 
@@ -78,8 +78,8 @@ struct mp_queue {
 
 static void hook(const char *point)
 {
-    if (queue_test_hook)
-        queue_test_hook(point);
+    if (mp__queue_test_hook)
+        mp__queue_test_hook(point);
 }
 
 static bool queue_ok(const mp_queue *q)

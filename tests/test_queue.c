@@ -567,7 +567,7 @@ static int child_puts_until_killed(void *arg)
 {
     struct kill_job *k = arg;
     unsigned char *item = malloc(k->size);
-    queue_test_hook = kill_at_point;
+    mp__queue_test_hook = kill_at_point;
     for (uint64_t x = k->first; x < k->first + k->count; x++) {
         make_item(item, k->size, x);
         mp_queue_put(k->q, item, k->size, MP_FOREVER);
@@ -579,7 +579,7 @@ static int child_gets_until_killed(void *arg)
 {
     struct kill_job *k = arg;
     mp_buf out = { 0 };
-    queue_test_hook = kill_at_point;
+    mp__queue_test_hook = kill_at_point;
     while (mp_queue_get_buf(k->q, &out, MP_FOREVER) == 0)
         ;
     return 1;                          /* not reached: killed inside a get */
