@@ -359,6 +359,55 @@ static void test_queue_shutdown_wakes_blocked_getters_and_putters(void **state)
     mp_queue_free(q);
 }
 
+static int spawned_echo(void *arg)
+{
+    mp_queue *const *qs = arg;          /* {requests, replies}: pointers into the arena */
+    mp_buf item = { 0 };
+    int rc;
+    while ((rc = mp_queue_get_buf(qs[0], &item, 30)) == 0)
+        if (mp_queue_put(qs[1], item.data, item.len, 30) != 0)
+            return 2;
+    mp_buf_free(&item);
+    return rc == MP_EEOF ? 0 : 1;
+}
+
+static void echo_through_child(mp_start_method method)
+{
+    mp_queue *qs[2] = { new_queue(0), new_queue(4) };
+    mp_process *p;
+    TU_OK(mp_process_new(&p, spawned_echo, qs,
+                         &(mp_process_opts){ .method = method, .arg_size = sizeof qs }));
+    TU_OK(mp_process_start(p));
+    size_t sizes[] = { 0, 100, QUEUE_INLINE_MAX * 4 };
+    unsigned char *buf = malloc(sizes[2]);
+    mp_buf out = { 0 };
+    for (unsigned i = 0; i < 3; i++) {
+        pattern(buf, sizes[i], i);
+        TU_OK(mp_queue_put(qs[0], buf, sizes[i], 0));
+        TU_OK(mp_queue_get_buf(qs[1], &out, 30 * tu_slow()));
+        assert_int_equal(out.len, sizes[i]);
+        assert_true(pattern_ok(out.data, out.len, i));
+    }
+    TU_OK(mp_queue_shutdown(qs[0]));
+    TU_OK(mp_process_join(p, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 0);
+    mp_process_free(p);
+    mp_buf_free(&out);
+    free(buf);
+    mp_queue_free(qs[0]);
+    mp_queue_free(qs[1]);
+}
+
+static void test_queue_works_in_fork_spawn_and_forkserver_children(void **state)
+{
+    (void)state;
+    echo_through_child(MP_FORK);
+    echo_through_child(MP_SPAWN);
+    echo_through_child(MP_FORKSERVER);
+}
+
 /* ------------------------------------------------------------------ joining */
 
 static int child_consumes_and_marks_done(void *arg)
@@ -728,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_queue_bounded_put_blocks_until_a_get),
         cmocka_unit_test(test_queue_shutdown_fails_puts_and_drains_gets),
         cmocka_unit_test(test_queue_shutdown_wakes_blocked_getters_and_putters),
+        cmocka_unit_test(test_queue_works_in_fork_spawn_and_forkserver_children),
         cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
         cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
         cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
