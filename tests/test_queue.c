@@ -203,6 +203,10 @@ static void test_queue_refuses_bad_arguments_and_handles(void **state)
     TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, NAN), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_get_buf(q, NULL, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_join(q, NAN), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_put(q, buf, SIZE_MAX, 0), MP_EINVAL);
+    /* More than the arena can ever hold: refused before a byte is read. */
+    TU_ASSERT_RC(mp_queue_put(q, buf, (size_t)1 << 45, 0), MP_ENOMEM);
+    assert_true(mp_queue_empty(q));
     mp_queue_free(q);
     /* A freed handle is refused, not used. */
     TU_ASSERT_RC(mp_queue_put(q, "x", 1, 0), MP_EINVAL);
