@@ -56,9 +56,11 @@ struct side {
     struct journal j;
 };
 
+/* A futex word: bit 0 says "someone sleeps here", the rest is a sequence
+ * number wakers bump. A flag rather than a count of sleepers, so a waiter
+ * killed in its sleep costs one spare wake-up, not a syscall on every put. */
 struct waitword {
-    _Atomic uint32_t word;    /* bumped to wake sleepers */
-    _Atomic uint32_t sleepers;
+    _Atomic uint32_t word;
 };
 
 struct mp_queue {
@@ -169,27 +171,29 @@ static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
 }
 
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. A
- * sleeper registers before its last check, and wakers look for sleepers
- * after their commit, so a wake-up is never lost and never a wasted syscall. */
+ * sleeper raises the flag before its last check, and wakers look at the flag
+ * after their commit (Dekker, seq_cst), so a wake-up is never lost, and the
+ * uncontended path makes no syscall. */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
                       const mp_deadline *d)
 {
     if (spin_until(q, ready))
         return 0;
-    atomic_fetch_add(&w->sleepers, 1);
     uint32_t v = atomic_load(&w->word);
-    int rc = ready(q) ? 0 : futex_wait(&w->word, v, d);
-    atomic_fetch_sub(&w->sleepers, 1);
-    return rc == MP_ETIMEDOUT ? rc : 0;
+    while (!(v & 1) && !atomic_compare_exchange_weak(&w->word, &v, v | 1))
+        ;
+    if (ready(q))
+        return 0;
+    return futex_wait(&w->word, v | 1, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
-static void wake(struct waitword *w, int n)
+/* Wakes every sleeper: those that find nothing to do sleep again. */
+static void wake(struct waitword *w)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load(&w->sleepers) == 0)
-        return;
-    atomic_fetch_add(&w->word, 1);
-    futex_wake(&w->word, n);
+    uint32_t v = atomic_load(&w->word);
+    if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
+        futex_wake(&w->word, INT_MAX);
 }
 
 static bool get_ready(mp_queue *q)
@@ -337,7 +341,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
             break;
     }
     if (rc == 0)
-        wake(&q->not_empty, 1);
+        wake(&q->not_empty);
     else
         arena_free(big);
     return rc;
@@ -418,19 +422,16 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 {
     mp_deadline d = deadline_in(timeout);
     void *big = NULL;
-    bool more = false;
     int rc;
     for (;;) {
         rc = lock_side(q, &q->get, get_repair);
         if (rc != 0)
             break;
         bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
-        if (has_item_locked(q)) {
+        if (has_item_locked(q))
             rc = get_locked(q, buf, cap, len, out, &big);
-            more = q->get.cached > atomic_load_explicit(&q->gets, memory_order_relaxed);
-        } else {
+        else
             rc = closed ? MP_EEOF : MP_EEMPTY;
-        }
         rmutex_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
@@ -438,9 +439,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     if (rc == 0) {
         arena_free(big);
         if (q->maxsize)
-            wake(&q->not_full, 1);
-        if (more)             /* pass on a wake-up a spinning consumer overtook */
-            wake(&q->not_empty, 1);
+            wake(&q->not_full);
     }
     return rc;
 }
@@ -496,7 +495,7 @@ int mp_queue_task_done(mp_queue *q)
             return MP_EINVAL;
     } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
     if (d + 1 >= atomic_load(&q->puts))
-        wake(&q->all_done, INT_MAX);
+        wake(&q->all_done);
     return 0;
 }
 
@@ -551,9 +550,9 @@ int mp_queue_shutdown(mp_queue *q)
         return rc;
     atomic_store(&q->closed, 1);
     rmutex_unlock(&q->put.lock);
-    atomic_fetch_add(&q->not_empty.word, 1);
+    atomic_fetch_add(&q->not_empty.word, 2);
     futex_wake(&q->not_empty.word, INT_MAX);
-    atomic_fetch_add(&q->not_full.word, 1);
+    atomic_fetch_add(&q->not_full.word, 2);
     futex_wake(&q->not_full.word, INT_MAX);
     return 0;
 }

@@ -412,6 +412,23 @@ static void test_queue_works_in_fork_spawn_and_forkserver_children(void **state)
     echo_through_child(MP_FORKSERVER);
 }
 
+static void test_queue_waiter_killed_in_its_sleep_blocks_nobody(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    pid_t dead = tu_fork(child_gets_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &dead, 10));
+    kill(dead, SIGKILL);
+    assert_int_equal(tu_wait(dead, 10), -SIGKILL);
+    pid_t live = tu_fork(child_gets_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &live, 10));
+    put_u64(q, 1);
+    assert_int_equal(tu_wait(live, 10), 0);
+    put_u64(q, 2);                    /* and puts go on as before */
+    assert_int_equal(get_u64(q), 2);
+    mp_queue_free(q);
+}
+
 /* ------------------------------------------------------------------ joining */
 
 static int child_consumes_and_marks_done(void *arg)
@@ -782,6 +799,7 @@ int main(void)
         cmocka_unit_test(test_queue_shutdown_fails_puts_and_drains_gets),
         cmocka_unit_test(test_queue_shutdown_wakes_blocked_getters_and_putters),
         cmocka_unit_test(test_queue_works_in_fork_spawn_and_forkserver_children),
+        cmocka_unit_test(test_queue_waiter_killed_in_its_sleep_blocks_nobody),
         cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
         cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
         cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
