@@ -752,6 +752,132 @@ static void test_queue_kill_after_get_commit_never_duplicates(void **state)
     kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true);
 }
 
+/* ------------------------------------------------------------------ a kill -9 storm */
+
+/* Producers and consumers are SIGKILLed wherever they happen to be, and
+ * replaced, many times over. Each producer incarnation puts (incarnation,
+ * seq) items and records how many puts returned; consumers count every item
+ * they get. At the end: no item twice, none torn, each incarnation's items a
+ * prefix of its sequence (plus perhaps the put in flight), and no more items
+ * missing than consumers killed. */
+enum { STORM_INCARNATIONS = 64, STORM_SEQ = 1 << 15 };
+
+struct storm {
+    mp_queue *q;
+    _Atomic uint32_t returned[STORM_INCARNATIONS];
+    _Atomic uint8_t seen[STORM_INCARNATIONS][STORM_SEQ];
+    _Atomic uint32_t torn;
+};
+
+static int storm_incarnation;
+
+static size_t storm_size(uint32_t seq)
+{
+    return seq % 16 == 15 ? QUEUE_INLINE_MAX + 5000 : 64;   /* some go out of line */
+}
+
+static int storm_producer(void *arg)
+{
+    struct storm *st = arg;
+    int inc = storm_incarnation;
+    unsigned char *item = malloc(QUEUE_INLINE_MAX + 5000);
+    for (uint32_t seq = 0; seq < STORM_SEQ; seq++) {
+        uint64_t id = (uint64_t)inc << 32 | seq;
+        make_item(item, storm_size(seq), id);
+        if (mp_queue_put(st->q, item, storm_size(seq), MP_FOREVER) != 0)
+            return 1;
+        atomic_store(&st->returned[inc], seq + 1);
+    }
+    return 0;
+}
+
+static int storm_consumer(void *arg)
+{
+    struct storm *st = arg;
+    mp_buf out = { 0 };
+    int rc;
+    while ((rc = mp_queue_get_buf(st->q, &out, MP_FOREVER)) == 0) {
+        uint64_t id;
+        memcpy(&id, out.data, sizeof id);
+        uint32_t inc = (uint32_t)(id >> 32), seq = (uint32_t)id;
+        unsigned char *p = out.data;
+        pattern(p, 8, (unsigned)id);
+        if (inc >= STORM_INCARNATIONS || seq >= STORM_SEQ || out.len != storm_size(seq) ||
+            !pattern_ok(p, out.len, (unsigned)id)) {
+            atomic_fetch_add(&st->torn, 1);
+            continue;
+        }
+        atomic_fetch_add(&st->seen[inc][seq], 1);
+    }
+    return rc == MP_EEOF ? 0 : 1;
+}
+
+static pid_t storm_start(struct storm *st, bool producer, int *incarnations)
+{
+    if (producer)
+        storm_incarnation = (*incarnations)++;
+    return tu_fork(producer ? storm_producer : storm_consumer, st);
+}
+
+static void storm_check(struct storm *st, int incarnations, int consumers_killed)
+{
+    assert_int_equal(atomic_load(&st->torn), 0);
+    long missing = 0, delivered = 0;
+    for (int inc = 0; inc < incarnations; inc++) {
+        uint32_t r = atomic_load(&st->returned[inc]);
+        for (uint32_t seq = 0; seq < STORM_SEQ; seq++) {
+            uint8_t n = atomic_load(&st->seen[inc][seq]);
+            if (n > 1)
+                fail_msg("item %d/%u delivered %u times", inc, seq, n);
+            if (seq > r && n)
+                fail_msg("item %d/%u delivered, but its put never began", inc, seq);
+            missing += seq < r && !n;
+            delivered += n;
+        }
+    }
+    print_message("storm: %d producers started, %d consumers killed, %ld items delivered, "
+                  "%ld lost with them\n", incarnations, consumers_killed, delivered, missing);
+    if (missing > consumers_killed)
+        fail_msg("%ld items lost, but only %d consumers were killed", missing, consumers_killed);
+}
+
+static void test_queue_kill9_storm_loses_only_what_the_dead_held(void **state)
+{
+    (void)state;
+    struct storm *st = mp_shared_alloc(sizeof *st);
+    assert_non_null(st);
+    st->q = new_queue(64);
+    int incarnations = 0, consumers_killed = 0, rounds = (int)(40 / tu_slow());
+    pid_t prod[2], cons[2];
+    for (int i = 0; i < 2; i++) {
+        prod[i] = storm_start(st, true, &incarnations);
+        cons[i] = storm_start(st, false, &incarnations);
+    }
+    srand(12345);
+    for (int round = 0; round < rounds; round++) {
+        usleep((useconds_t)(2000 + rand() % 20000));   /* let them run: a random moment */
+        bool producer = (round % 2 == 0) && incarnations < STORM_INCARNATIONS;
+        int i = rand() % 2;
+        pid_t *victim = producer ? &prod[i] : &cons[i];
+        kill(*victim, SIGKILL);
+        int rc = tu_wait(*victim, 10);
+        assert_true(rc == -SIGKILL || rc == 0);
+        consumers_killed += !producer && rc == -SIGKILL;
+        *victim = storm_start(st, producer, &incarnations);
+    }
+    for (int i = 0; i < 2; i++) {      /* the last producers are killed too */
+        kill(prod[i], SIGKILL);
+        assert_true(tu_wait(prod[i], 10) != TU_TIMEOUT);
+    }
+    TU_OK(mp_queue_shutdown(st->q));
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(tu_wait(cons[i], 60), 0);
+    storm_check(st, incarnations, consumers_killed);
+    assert_true(mp_queue_empty(st->q));
+    mp_queue_free(st->q);
+    mp_shared_free(st);
+}
+
 /* ------------------------------------------------------------------ idle cost */
 
 static int child_waits_two_seconds(void *arg)
@@ -809,6 +935,7 @@ int main(void)
         cmocka_unit_test(test_queue_kill_after_put_commit_delivers_the_item_once),
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
+        cmocka_unit_test(test_queue_kill9_storm_loses_only_what_the_dead_held),
         cmocka_unit_test(test_queue_idle_blocked_consumer_uses_no_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
