@@ -204,7 +204,7 @@ static bool get_ready(mp_queue *q)
 static bool put_ready(mp_queue *q)
 {
     uint64_t g = atomic_load(&q->gets);
-    return atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
+    return !q->maxsize || atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
 }
 
 static bool join_ready(mp_queue *q)
