@@ -557,30 +557,53 @@ int mp_queue_shutdown(mp_queue *q)
     return 0;
 }
 
-/* Frees what is still queued: walks the records from the consumers' position
- * to the producers' segment. Nobody may use the queue any more. */
-static void release_items(mp_queue *q)
+/* Walks the records from the consumers' position to the producers', checking
+ * each (ck_ring_valid) and, if release, freeing what it passes. True when the
+ * structure is whole: every counted item is there and nothing else. */
+static bool walk_records(mp_queue *q, bool release)
 {
     struct seg *s = q->get.seg;
     uint64_t head = atomic_load(&s->head);
     uint64_t left = atomic_load(&q->puts) - atomic_load(&q->gets);
-    for (;;) {
-        uint64_t hdr = left || s != q->put.seg ? *ring_word(s, head) : REC_INLINE;
-        if ((hdr & 3) == REC_LINK) {
-            struct seg *n = (struct seg *)(uintptr_t)*ring_word(s, head + 8);
-            arena_free(s);
-            s = n;
-            head = atomic_load(&s->head);
+    bool ok = true;
+    while (ok && (left || s != q->put.seg)) {
+        uint64_t hdr = *ring_word(s, head), kind = hdr & 3;
+        void *ref = kind == REC_INLINE ? NULL : (void *)(uintptr_t)*ring_word(s, head + 8);
+        size_t len = (size_t)(hdr >> 2);
+        if (kind == REC_LINK) {
+            ok = arena_contains(ref, sizeof *s);
+            if (release)
+                arena_free(s);
+            s = ref;
+            head = ok ? atomic_load(&s->head) : 0;
             continue;
         }
-        if (!left)
-            break;
-        if ((hdr & 3) == REC_BIG)
-            arena_free((void *)(uintptr_t)*ring_word(s, head + 8));
-        head += record_size((size_t)(hdr >> 2), (hdr & 3) == REC_BIG);
+        ok = left > 0 && (kind == REC_INLINE ? len <= QUEUE_INLINE_MAX
+                                             : kind == REC_BIG && len > QUEUE_INLINE_MAX &&
+                                                   arena_contains(ref, len));
+        if (ok && release && kind == REC_BIG)
+            arena_free(ref);
+        head += record_size(len, kind == REC_BIG);
+        ok = ok && head <= atomic_load(&s->tail);
         left--;
     }
-    arena_free(s);
+    ok = ok && s == q->put.seg && head == atomic_load(&s->tail);
+    if (release)
+        arena_free(s);
+    return ok;
+}
+
+bool mp__queue_valid(mp_queue *q)
+{
+    if (!queue_ok(q) || lock_side(q, &q->put, put_repair) != 0)
+        return false;
+    bool ok = lock_side(q, &q->get, get_repair) == 0;
+    if (ok) {
+        ok = walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets);
+        rmutex_unlock(&q->get.lock);
+    }
+    rmutex_unlock(&q->put.lock);
+    return ok;
 }
 
 void mp_queue_free(mp_queue *q)
@@ -589,7 +612,7 @@ void mp_queue_free(mp_queue *q)
     if (!queue_ok(q) || q->creator != getpid())
         return;
     q->magic = MAGIC_FREED;
-    release_items(q);
+    walk_records(q, true);
     rmutex_destroy(&q->put.lock);
     rmutex_destroy(&q->get.lock);
     arena_free(q);

@@ -159,6 +159,7 @@ static void test_queue_unbounded_grows_past_its_first_segment(void **state)
         TU_OK(mp_queue_put(q, item, sizeof item, 0));
     }
     assert_int_equal(mp_queue_qsize(q), n);
+    assert_true(mp__queue_valid(q));
     for (long i = 0; i < n; i++) {
         size_t len;
         TU_OK(mp_queue_get(q, item, sizeof item, &len, 0));
@@ -694,7 +695,8 @@ static void kill_inside_put(const char *point, size_t size, bool delivered)
     struct kill_job k = { q, size, 10, 5 };
     pid_t pid = tu_fork(child_puts_until_killed, &k);
     assert_int_equal(tu_wait(pid, 30), -SIGKILL);
-    put_items(q, size, 20, 3);         /* the next producer repairs */
+    assert_true(mp__queue_valid(q));   /* repairs, then finds the structure whole */
+    put_items(q, size, 20, 3);
     uint64_t with[] = { 1, 2, 3, 10, 11, 12, 20, 21, 22 };
     uint64_t without[] = { 1, 2, 3, 10, 11, 20, 21, 22 };
     if (delivered)
@@ -715,6 +717,7 @@ static void kill_inside_get(const char *point, size_t size, bool consumed)
     struct kill_job k = { q, size, 0, 0 };
     pid_t pid = tu_fork(child_gets_until_killed, &k);
     assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    assert_true(mp__queue_valid(q));
     put_items(q, size, 7, 1);
     uint64_t kept[] = { 3, 4, 5, 6, 7 };
     if (consumed)
@@ -869,9 +872,11 @@ static void test_queue_kill9_storm_loses_only_what_the_dead_held(void **state)
         kill(prod[i], SIGKILL);
         assert_true(tu_wait(prod[i], 10) != TU_TIMEOUT);
     }
+    assert_true(mp__queue_valid(st->q));
     TU_OK(mp_queue_shutdown(st->q));
     for (int i = 0; i < 2; i++)
         assert_int_equal(tu_wait(cons[i], 60), 0);
+    assert_true(mp__queue_valid(st->q));
     storm_check(st, incarnations, consumers_killed);
     assert_true(mp_queue_empty(st->q));
     mp_queue_free(st->q);
