@@ -191,6 +191,7 @@ static void test_queue_refuses_bad_arguments_and_handles(void **state)
     assert_int_equal(mp_queue_qsize(NULL), 0);
     assert_true(mp_queue_empty(NULL));
     assert_false(mp_queue_full(NULL));
+    assert_false(mp__queue_valid(NULL));
     mp_queue_free(NULL);
 
     int not_a_queue[64] = { 0 };
