@@ -317,6 +317,10 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
 {
     if (!queue_ok(q) || (!data && len) || !timeout_valid(timeout) || len > (SIZE_MAX >> 2))
         return MP_EINVAL;
+    if (atomic_load(&q->closed))
+        return MP_ECLOSED;            /* early outs, so no big item is copied in vain */
+    if (timeout == 0 && mp_queue_full(q))
+        return MP_EFULL;
     void *big = NULL;
     if (len > QUEUE_INLINE_MAX) {
         big = arena_alloc_nozero(len);
