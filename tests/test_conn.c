@@ -338,6 +338,61 @@ static void test_send_to_closed_peer_is_epipe_not_sigpipe(void **state)
     }
 }
 
+static void test_buffered_messages_count_as_ready(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    for (int i = 0; i < 3; i++)
+        TU_OK(mp_conn_send_bytes(a, "msg", 3));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* one read took all three */
+    int fd = mp_conn_fileno(b);
+    bool ready;
+    assert_int_equal(mp_conn_poll(b, 0), 1);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 1);
+    assert_true(ready);
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(mp_conn_poll(b, 0), 0);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 0);
+    assert_false(ready);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_reads_two(void *p)
+{
+    char buf[8];
+    size_t len;
+    for (int i = 1; i <= 2; i++)
+        if (mp_conn_recv_bytes(p, buf, sizeof buf, &len) != 0 || len != 1 || buf[0] != '0' + i)
+            return i;
+    return 0;
+}
+
+static void test_processes_sharing_a_conn_read_one_stream(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    for (char m = '0'; m <= '4'; m++)
+        TU_OK(mp_conn_send_bytes(a, &m, 1));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* '0', the rest read ahead */
+    assert_int_equal(buf[0], '0');
+    pid_t pid = tu_fork(child_reads_two, b);                 /* '1', '2' from the shared buffer */
+    assert_int_equal(tu_wait(pid, 10), 0);
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(buf[0], '3');
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(buf[0], '4');
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 /* ------------------------------------------------------------------ children */
 
 struct echo_arg { mp_conn *c; size_t size; };
@@ -685,6 +740,8 @@ int main(void)
         cmocka_unit_test(test_negative_length_is_eproto),
         cmocka_unit_test(test_poll_times_out_then_sees_data),
         cmocka_unit_test(test_send_to_closed_peer_is_epipe_not_sigpipe),
+        cmocka_unit_test(test_buffered_messages_count_as_ready),
+        cmocka_unit_test(test_processes_sharing_a_conn_read_one_stream),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
