@@ -489,6 +489,8 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
 {
     uint32_t have = atomic_load(&c->ahead_len);
     size_t take = n < have ? n : have;
+    if (n == 0)
+        return 0;
     memcpy(dst, c->ahead + c->ahead_pos, take);
     c->ahead_pos += (uint32_t)take;
     atomic_store(&c->ahead_len, have - (uint32_t)take);
