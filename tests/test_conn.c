@@ -475,6 +475,48 @@ static void test_keep_across_exec_clears_cloexec_on_live_connections(void **stat
     mp_conn_close(b);
 }
 
+/* A target for mp_process: echoes one message back, upper-cased. */
+int conn_test_child_echoes(void *arg)
+{
+    mp_conn *c = *(mp_conn **)arg;
+    char buf[64];
+    size_t len;
+    if (mp_conn_recv_bytes(c, buf, sizeof buf, &len) != 0)
+        return 1;
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)(buf[i] >= 'a' && buf[i] <= 'z' ? buf[i] - 32 : buf[i]);
+    int rc = mp_conn_send_bytes(c, buf, len);
+    mp_conn_close(c);
+    return rc == 0 ? 0 : 2;
+}
+
+static void test_conn_reaches_children_under_fork_and_spawn(void **state)
+{
+    (void)state;
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN };
+    for (int m = 0; m < 2; m++) {
+        mp_conn *a, *b;
+        TU_OK(mp_pipe(&a, &b, true));
+        mp_process *p;
+        mp_process_opts o = { .method = methods[m], .arg_size = sizeof b };
+        TU_OK(mp_process_new(&p, conn_test_child_echoes, &b, &o));
+        TU_OK(mp_process_start(p));
+        mp_conn_close(b);                      /* Python's child_conn.close() in the parent */
+        char buf[64];
+        size_t len;
+        TU_OK(mp_conn_send_bytes(a, "across", 6));
+        TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));
+        assert_memory_equal(buf, "ACROSS", 6);
+        TU_OK(mp_process_join(p, 20 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_ASSERT_RC(mp_conn_recv_bytes(a, buf, sizeof buf, &len), MP_EEOF);   /* no copy left open */
+        TU_OK(mp_process_free(p));
+        mp_conn_close(a);
+    }
+}
+
 /* ------------------------------------------------------------------ mp_wait */
 
 static void test_wait_reports_which_pipes_are_ready(void **state)
@@ -526,6 +568,36 @@ static void test_wait_sees_a_process_end_through_a_pidfd(void **state)
     assert_true(ready[1]);
     assert_int_equal(tu_wait(pid, 10), 0);
     close(pidfd);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_waits_for_a_message(void *arg)
+{
+    char buf[8];
+    size_t len;
+    return mp_conn_recv_bytes(*(mp_conn **)arg, buf, sizeof buf, &len) == 0 ? 7 : 1;
+}
+
+static void test_wait_sees_a_conn_and_a_process_sentinel(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    mp_process *p;
+    TU_OK(mp_process_new(&p, child_waits_for_a_message, &b, &(mp_process_opts){ .arg_size = sizeof b }));
+    TU_OK(mp_process_start(p));
+    int fds[2] = { mp_conn_fileno(a), mp_process_sentinel(p) };
+    bool ready[2];
+    assert_int_equal(mp_wait(fds, 2, ready, 0.02), 0);       /* child waits, nothing to read */
+    TU_OK(mp_conn_send_bytes(a, "go", 2));
+    assert_int_equal(mp_wait(fds + 1, 1, ready + 1, 20 * tu_slow()), 1);
+    assert_true(ready[1]);
+    TU_OK(mp_process_join(p, 10));
+    int code;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 7);
+    TU_OK(mp_process_free(p));
     mp_conn_close(a);
     mp_conn_close(b);
 }
@@ -747,8 +819,10 @@ int main(void)
         cmocka_unit_test(test_big_message_crosses_to_a_child),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
+        cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),
+        cmocka_unit_test(test_wait_sees_a_conn_and_a_process_sentinel),
         cmocka_unit_test(test_wait_validates_and_times_out),
         cmocka_unit_test(test_tcp_v4_port_zero_reports_the_port_it_got),
         cmocka_unit_test(test_tcp_v6_when_available),
