@@ -4,118 +4,70 @@
  *               mp_pipe (duplex): messages/s
  * pipe_rtt_64B  64-byte ping-pong between two processes: round trips/s
  * pipe_1MiB     1 MiB messages streamed one way: MB/s
- * Rows on stdout (id, value, unit, higher|lower), medians of several runs.
- * The peer process is started with fork() (mp_process does the same).
+ * The peer is an mp_process (fork, like Python's default on Linux).
  */
+#include "bench.h"
+
 #include <mproc.h>
 
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+struct workload { size_t size; long n; bool echo; };
+struct peer_arg { mp_conn *c; struct workload w; };
 
-static double now(void)
+/* Receives n messages (echoing each, for ping-pong), then says "done". */
+static int peer(void *arg)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int reps(int def)
-{
-    const char *s = getenv("BENCH_REPS");
-    return s && atoi(s) > 0 ? atoi(s) : def;
-}
-
-static bool selected(int argc, char **argv, const char *name)
-{
-    for (int i = 1; i < argc; i++)
-        if (strstr(name, argv[i]))
-            return true;
-    return argc < 2;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-typedef double (*rep_fn)(size_t size, long n);
-
-static void row(const char *name, rep_fn fn, size_t size, long n, int count, const char *unit)
-{
-    double v[16];
-    count = count > 16 ? 16 : count;
-    for (int i = 0; i < count; i++)
-        v[i] = (double)n / fn(size, n);
-    qsort(v, (size_t)count, sizeof v[0], cmp_double);
-    printf("%s\t%.6g\t%s\thigher\n", name, v[count / 2], unit);
-    fflush(stdout);
-}
-
-/* The peer: receives n messages (echoing each if echo), then says "done". */
-static void peer(mp_conn *c, long n, bool echo)
-{
+    struct peer_arg *a = arg;
     mp_buf in = { 0 };
-    for (long i = 0; i < n; i++) {
-        if (mp_conn_recv_buf(c, &in, 0) != 0)
-            _exit(1);
-        if (echo && mp_conn_send_bytes(c, in.data, in.len) != 0)
-            _exit(1);
+    for (long i = 0; i < a->w.n; i++) {
+        if (mp_conn_recv_buf(a->c, &in, 0) != 0)
+            return 1;
+        if (a->w.echo && mp_conn_send_bytes(a->c, in.data, in.len) != 0)
+            return 1;
     }
-    if (!echo)
-        mp_conn_send_bytes(c, "done", 4);
-    _exit(0);
+    mp_buf_free(&in);
+    return a->w.echo ? 0 : mp_conn_send_bytes(a->c, "done", 4) != 0;
 }
 
-static double run(size_t size, long n, bool echo)
+/* One repetition: messages (or round trips) per second; MB/s for 1 MiB. */
+static double one_rep(void *arg)
 {
-    mp_conn *a, *b;
-    if (mp_pipe(&a, &b, true) != 0)
-        exit(1);
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0)
-        peer(b, n, echo);
-    char *msg = calloc(1, size);
+    struct workload *w = arg;
+    struct peer_arg pa = { NULL, *w };
+    mp_conn *a;
+    mp_process *p;
+    if (mp_pipe(&a, &pa.c, true) != 0 ||
+        mp_process_new(&p, peer, &pa, &(mp_process_opts){ .arg_size = sizeof pa }) != 0 ||
+        mp_process_start(p) != 0)
+        return NAN;
+    char *msg = calloc(1, w->size);
     mp_buf in = { 0 };
-    double t0 = now();
-    for (long i = 0; i < n; i++) {
-        mp_conn_send_bytes(a, msg, size);
-        if (echo)
-            mp_conn_recv_buf(a, &in, 0);
+    int rc = 0;
+    double t0 = bench_now();
+    for (long i = 0; i < w->n && rc == 0; i++) {
+        rc = mp_conn_send_bytes(a, msg, w->size);
+        if (rc == 0 && w->echo)
+            rc = mp_conn_recv_buf(a, &in, 0);
     }
-    if (!echo)
-        mp_conn_recv_buf(a, &in, 0);
-    double dt = now() - t0;
-    waitpid(pid, NULL, 0);
+    if (rc == 0 && !w->echo)
+        rc = mp_conn_recv_buf(a, &in, 0);
+    double rate = bench_rate(t0, (double)w->n);
+    mp_process_join(p, MP_FOREVER);
+    mp_process_free(p);
     free(msg);
     mp_buf_free(&in);
     mp_conn_close(a);
-    mp_conn_close(b);
-    return dt;
-}
-
-static double stream(size_t size, long n)
-{
-    return run(size, n, false);
-}
-
-static double ping_pong(size_t size, long n)
-{
-    return run(size, n, true);
+    mp_conn_close(pa.c);
+    return rc == 0 ? rate : NAN;
 }
 
 int main(int argc, char **argv)
 {
-    if (selected(argc, argv, "pipe_64B"))
-        row("pipe_64B", stream, 64, 200000, reps(5), "msgs/s");
-    if (selected(argc, argv, "pipe_rtt_64B"))
-        row("pipe_rtt_64B", ping_pong, 64, 20000, reps(5), "roundtrips/s");
-    if (selected(argc, argv, "pipe_1MiB"))
-        row("pipe_1MiB", stream, 1 << 20, 500, reps(5), "MB/s");
+    struct workload small = { 64, 200000, false }, rtt = { 64, 20000, true }, big = { 1 << 20, 500, false };
+    if (bench_selected(argc, argv, "pipe_64B"))
+        bench_row("pipe_64B", bench_median_of(bench_reps(5), one_rep, &small), "msgs/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "pipe_rtt_64B"))
+        bench_row("pipe_rtt_64B", bench_median_of(bench_reps(5), one_rep, &rtt), "roundtrips/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "pipe_1MiB"))
+        bench_row("pipe_1MiB", bench_median_of(bench_reps(5), one_rep, &big), "MB/s", BENCH_HIGHER);
     return 0;
 }

@@ -29,23 +29,6 @@ static int handler(void *arg)
     return 0;
 }
 
-static mp_process *start(mp_target fn, void *arg, size_t size)
-{
-    mp_process *p = NULL;
-    if (mp_process_new(&p, fn, arg, &(mp_process_opts){ .arg_size = size }) != 0 || mp_process_start(p) != 0)
-        return NULL;
-    return p;
-}
-
-static int finish(mp_process *p)
-{
-    int code = 1;
-    if (p && mp_process_join(p, 10) == 0)
-        mp_process_exitcode(p, &code);
-    mp_process_free(p);
-    return code;
-}
-
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -57,20 +40,20 @@ int main(void)
     for (int i = 0; i < CLIENTS; i++) {
         struct client_arg a = { "", i };
         snprintf(a.address, sizeof a.address, "%s", mp_listener_address(l));
-        clients[i] = start(client, &a, sizeof a);
+        clients[i] = start_process(client, &a, sizeof a);
     }
     for (int i = 0; i < CLIENTS; i++) {
         mp_conn *c;
         if (mp_listener_accept(l, &c, 10) != 0)
             return 1;
-        handlers[i] = start(handler, &c, sizeof c);
+        handlers[i] = start_process(handler, &c, sizeof c);
         printf("server accepted connection %d, handler process %d talks on it\n", i,
                (int)mp_process_pid(handlers[i]));
         mp_conn_close(c);              /* the handler holds its own copy */
     }
     int failed = 0;
     for (int i = 0; i < CLIENTS; i++)
-        failed |= finish(clients[i]) | finish(handlers[i]);
+        failed |= finish_process(clients[i]) | finish_process(handlers[i]);
     mp_listener_free(l);
     printf("all %d clients served, %d handler processes ended\n", CLIENTS, CLIENTS);
     return failed;

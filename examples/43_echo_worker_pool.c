@@ -45,23 +45,6 @@ static int client(void *arg)
     return echo_client(a->address, NULL, a->id, 1);
 }
 
-static mp_process *start(mp_target fn, void *arg, size_t size)
-{
-    mp_process *p = NULL;
-    if (mp_process_new(&p, fn, arg, &(mp_process_opts){ .arg_size = size }) != 0 || mp_process_start(p) != 0)
-        return NULL;
-    return p;
-}
-
-static int finish(mp_process *p)
-{
-    int code = 1;
-    if (p && mp_process_join(p, 30) == 0)
-        mp_process_exitcode(p, &code);
-    mp_process_free(p);
-    return code;
-}
-
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -73,20 +56,20 @@ int main(void)
     mp_process *workers[WORKERS], *clients[CLIENTS];
     for (int i = 0; i < WORKERS; i++) {
         struct worker_arg w = { i, l, stop_rx, stop_tx };
-        workers[i] = start(worker, &w, sizeof w);
+        workers[i] = start_process(worker, &w, sizeof w);
     }
     for (int i = 0; i < CLIENTS; i++) {
         struct client_arg a = { "", i };
         snprintf(a.address, sizeof a.address, "%s", mp_listener_address(l));
-        clients[i] = start(client, &a, sizeof a);
+        clients[i] = start_process(client, &a, sizeof a);
     }
     int failed = 0;
     for (int i = 0; i < CLIENTS; i++)
-        failed |= finish(clients[i]);
+        failed |= finish_process(clients[i]);
     printf("all %d clients answered; closing the stop pipe\n", CLIENTS);
     mp_conn_close(stop_tx);
     for (int i = 0; i < WORKERS; i++)
-        failed |= finish(workers[i]);
+        failed |= finish_process(workers[i]);
     mp_conn_close(stop_rx);
     mp_listener_free(l);
     return failed;

@@ -23,6 +23,7 @@
 #define RECV_FIRST_CHUNK ((size_t)16 << 20)   /* grow beyond this only as bytes arrive */
 #define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
 #define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
+#define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
 
 struct mp_conn {
     struct fdhandle h;
@@ -480,6 +481,23 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
     return rc == -EBADF ? MP_ECLOSED : rc;
 }
 
+/* One read. On a socket with nothing queued yet, spin a few microseconds
+ * on non-blocking reads before sleeping in the kernel: a sleeping reader
+ * makes every send pay for a wake-up, and that dominates small messages. */
+static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
+{
+    if (c->is_socket) {
+        uint64_t end = now_ns() + READ_SPIN_NS;
+        do {
+            ssize_t r = recv(c->h.fd, buf, cap, MSG_DONTWAIT);
+            if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                return r;
+            cpu_relax();
+        } while (now_ns() < end);
+    }
+    return read(c->h.fd, buf, cap);
+}
+
 /* Under recv_lock: n bytes of the stream, buffered ones first. A short
  * remainder refills the buffer with one read of whatever is queued; a long
  * one is read straight into dst. A handle that crossed an exec reads
@@ -502,7 +520,7 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
         return fd_read_full(c->h.fd, dst, n, NULL);
     size_t got = 0;
     while (got < n) {
-        ssize_t r = read(c->h.fd, c->ahead + got, READ_AHEAD - got);
+        ssize_t r = read_spin(c, c->ahead + got, READ_AHEAD - got);
         if (r > 0)
             got += (size_t)r;
         else if (r == 0 || errno == ECONNRESET)
