@@ -25,6 +25,8 @@
 #define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
 
+static const mp_deadline forever = { { 0, 0 }, true };
+
 struct mp_conn {
     struct fdhandle h;
     bool readable, writable, is_socket;
@@ -473,7 +475,7 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
         return MP_EINVAL;
     uint8_t head[FRAME_HEADER_MAX];
     size_t n = frame_header_encode(len, head);
-    int rc = rmutex_lock(&c->send_lock, NULL);
+    int rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     rc = write_all(c->h.fd, c->is_socket, head, n, data, len);
@@ -556,7 +558,7 @@ static int recv_begin(mp_conn *c, uint64_t *len)
 {
     if (conn_check(c) != 0 || !c->readable)
         return MP_EINVAL;
-    int rc = rmutex_lock(&c->recv_lock, NULL);
+    int rc = rmutex_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     rc = 0;

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -389,6 +390,46 @@ static void test_processes_sharing_a_conn_read_one_stream(void **state)
     assert_int_equal(buf[0], '3');
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
     assert_int_equal(buf[0], '4');
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+struct sender_arg { mp_conn *c; char tag; };
+
+static void *send_many(void *p)
+{
+    struct sender_arg *a = p;
+    char msg[300];
+    memset(msg, a->tag, sizeof msg);
+    for (int i = 0; i < 2000; i++)
+        if (mp_conn_send_bytes(a->c, msg, 1 + (size_t)i % sizeof msg) != 0)
+            return (void *)1;
+    return NULL;
+}
+
+static void test_threads_sending_at_once_never_interleave_frames(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pthread_t t[2];
+    struct sender_arg args[2] = { { a, 'x' }, { a, 'y' } };
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, send_many, &args[i]), 0);
+    mp_buf in = { 0 };
+    for (int i = 0; i < 4000; i++) {
+        TU_OK(mp_conn_recv_buf(b, &in, 300));
+        const char *d = in.data;
+        for (size_t j = 1; j < in.len; j++)
+            assert_int_equal(d[j], d[0]);          /* one sender's bytes only */
+    }
+    for (int i = 0; i < 2; i++) {
+        void *rc;
+        pthread_join(t[i], &rc);
+        assert_null(rc);
+    }
+    assert_int_equal(mp_conn_poll(b, 0), 0);
+    mp_buf_free(&in);
     mp_conn_close(a);
     mp_conn_close(b);
 }
@@ -816,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_send_to_closed_peer_is_epipe_not_sigpipe),
         cmocka_unit_test(test_buffered_messages_count_as_ready),
         cmocka_unit_test(test_processes_sharing_a_conn_read_one_stream),
+        cmocka_unit_test(test_threads_sending_at_once_never_interleave_frames),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
