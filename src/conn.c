@@ -20,7 +20,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define RECV_FIRST_CHUNK ((size_t)16 << 20)   /* grow beyond this only as bytes arrive */
+#define RECV_FIRST_CHUNK ((size_t)64 << 10)   /* grow beyond this only as bytes arrive */
 #define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
 #define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
