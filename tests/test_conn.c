@@ -558,6 +558,65 @@ static void test_conn_reaches_children_under_fork_and_spawn(void **state)
     }
 }
 
+static bool child_sleeps(void *arg)
+{
+    return tu_proc_state(*(pid_t *)arg) == 'S';
+}
+
+static int child_receives_forever(void *arg)
+{
+    char buf[8];
+    size_t len;
+    mp_conn_recv_bytes(arg, buf, sizeof buf, &len);
+    return 1;
+}
+
+static void test_receiver_killed_while_waiting_does_not_wedge_the_conn(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_receives_forever, b);   /* holds b's receive lock, asleep */
+    assert_true(tu_wait_for(child_sleeps, &pid, 10));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    TU_OK(mp_conn_send_bytes(a, "after", 5));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* the dead owner's lock is taken over */
+    assert_memory_equal(buf, "after", 5);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_sends_too_much(void *arg)
+{
+    size_t size = (size_t)8 << 20;
+    char *big = calloc(1, size);
+    mp_conn_send_bytes(arg, big, size);
+    return 1;
+}
+
+static void test_sender_killed_mid_frame_does_not_wedge_other_senders(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_sends_too_much, a);   /* blocks with a's send lock held */
+    assert_true(tu_wait_for(child_sleeps, &pid, 10));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    char sink[65536];
+    int raw = mp_conn_fileno(b);
+    while (recv(raw, sink, sizeof sink, MSG_DONTWAIT) > 0)
+        ;                                            /* drop the torn frame */
+    TU_OK(mp_conn_send_bytes(a, "next", 4));         /* lock recovered, not deadlocked */
+    assert_int_equal(recv(raw, sink, sizeof sink, 0), 8);
+    assert_memory_equal(sink, "\0\0\0\4next", 8);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 /* ------------------------------------------------------------------ mp_wait */
 
 static void test_wait_reports_which_pipes_are_ready(void **state)
@@ -858,6 +917,8 @@ int main(void)
         cmocka_unit_test(test_buffered_messages_count_as_ready),
         cmocka_unit_test(test_processes_sharing_a_conn_read_one_stream),
         cmocka_unit_test(test_threads_sending_at_once_never_interleave_frames),
+        cmocka_unit_test(test_receiver_killed_while_waiting_does_not_wedge_the_conn),
+        cmocka_unit_test(test_sender_killed_mid_frame_does_not_wedge_other_senders),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
