@@ -122,6 +122,43 @@ void conn_keep_across_exec(void)
     }
 }
 
+size_t conn_live_fds(int *fds, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = 0; i < registry.n && n < cap; i++) {
+        fds[n++] = registry.items[i]->fd;
+        atomic_store(&registry.items[i]->immortal, 1);
+    }
+    pthread_mutex_unlock(&registry.lock);
+    return n;
+}
+
+/* First lift every received descriptor above all the wanted numbers, so
+ * none sits where another must go, then drop each at its number. */
+int conn_adopt_fds(const int *received, const int *numbers, size_t n)
+{
+    int lifted[CONN_PASS_MAX], top = 0, rc = 0;
+    if (n > CONN_PASS_MAX)
+        return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        top = numbers[i] >= top ? numbers[i] + 1 : top;
+    for (size_t i = 0; i < n; i++) {
+        lifted[i] = fcntl(received[i], F_DUPFD_CLOEXEC, top);
+        if (lifted[i] < 0 && rc == 0)
+            rc = -errno;
+        close(received[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (lifted[i] < 0)
+            continue;
+        if (dup3(lifted[i], numbers[i], O_CLOEXEC) < 0 && rc == 0)
+            rc = -errno;
+        close(lifted[i]);
+    }
+    return rc;
+}
+
 bool fdhandle_release(struct fdhandle *h)
 {
     if (registry_remove(h)) {

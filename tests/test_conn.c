@@ -617,6 +617,40 @@ static void test_sender_killed_mid_frame_does_not_wedge_other_senders(void **sta
     mp_conn_close(b);
 }
 
+/* What a fork server's child does with the descriptors sent to it. */
+static int child_adopts_sent_descriptors(void *arg)
+{
+    mp_conn **ends = arg;
+    int want[2] = { mp_conn_fileno(ends[0]), mp_conn_fileno(ends[1]) };
+    int live[8];
+    if (conn_live_fds(live, 8) < 2)
+        return 1;
+    int got[2] = { dup(want[0]), dup(want[1]) };          /* as if they came by SCM_RIGHTS */
+    close(want[1]);
+    dup2(open("/dev/null", O_RDONLY), want[0]);           /* a number taken by something else */
+    if (conn_adopt_fds(got, want, 2) != 0)
+        return 2;
+    if (fcntl(got[0], F_GETFD) != -1 || fcntl(got[1], F_GETFD) != -1)
+        return 3;                                          /* the received copies are gone */
+    char buf[8];
+    size_t len;
+    if (mp_conn_send_bytes(ends[1], "adopted", 7) != 0 || mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len) != 0)
+        return 4;
+    return len == 7 && memcmp(buf, "adopted", 7) == 0 ? 0 : 5;
+}
+
+static void test_adopt_fds_puts_descriptors_back_at_their_numbers(void **state)
+{
+    (void)state;
+    mp_conn *ends[2];
+    TU_OK(mp_pipe(&ends[0], &ends[1], true));
+    assert_int_equal(tu_wait(tu_fork(child_adopts_sent_descriptors, ends), 10), 0);
+    int one = 0;
+    TU_ASSERT_RC(conn_adopt_fds(&one, &one, CONN_PASS_MAX + 1), MP_EINVAL);
+    mp_conn_close(ends[0]);
+    mp_conn_close(ends[1]);
+}
+
 /* ------------------------------------------------------------------ mp_wait */
 
 static void test_wait_reports_which_pipes_are_ready(void **state)
@@ -921,6 +955,7 @@ int main(void)
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
         cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
+        cmocka_unit_test(test_adopt_fds_puts_descriptors_back_at_their_numbers),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),
         cmocka_unit_test(test_wait_sees_a_conn_and_a_process_sentinel),
