@@ -10,6 +10,7 @@
 #include "conn_internal.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -434,6 +435,21 @@ static void test_threads_sending_at_once_never_interleave_frames(void **state)
     mp_conn_close(b);
 }
 
+static void test_conn_whose_descriptor_was_closed_reports_eclosed(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    close(mp_conn_fileno(a));                      /* behind the handle's back */
+    char buf[4];
+    size_t len;
+    TU_ASSERT_RC(mp_conn_send_bytes(a, "x", 1), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_recv_bytes(a, buf, sizeof buf, &len), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_poll(a, 0), MP_ECLOSED);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 /* ------------------------------------------------------------------ children */
 
 struct echo_arg { mp_conn *c; size_t size; };
@@ -854,6 +870,23 @@ static void test_accept_times_out(void **state)
     mp_listener_free(NULL);
 }
 
+static void test_accept_gives_up_on_a_silent_client(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", "key", 3));
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    int raw = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(raw, (struct sockaddr *)&sin, sizeof sin), 0);   /* then says nothing */
+    mp_conn *c;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.3), MP_ETIMEDOUT);   /* the handshake shares the timeout */
+    assert_true(tu_now() - t0 < 10 * tu_slow());
+    close(raw);
+    mp_listener_free(l);
+}
+
 static void test_bad_addresses_are_einval(void **state)
 {
     (void)state;
@@ -951,6 +984,7 @@ int main(void)
         cmocka_unit_test(test_threads_sending_at_once_never_interleave_frames),
         cmocka_unit_test(test_receiver_killed_while_waiting_does_not_wedge_the_conn),
         cmocka_unit_test(test_sender_killed_mid_frame_does_not_wedge_other_senders),
+        cmocka_unit_test(test_conn_whose_descriptor_was_closed_reports_eclosed),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
@@ -965,6 +999,7 @@ int main(void)
         cmocka_unit_test(test_unix_path_listener_removes_its_file),
         cmocka_unit_test(test_unix_abstract_listener),
         cmocka_unit_test(test_accept_times_out),
+        cmocka_unit_test(test_accept_gives_up_on_a_silent_client),
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
         cmocka_unit_test(test_forked_workers_share_one_listener),
