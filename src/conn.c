@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -527,12 +528,17 @@ static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
 {
     if (c->is_socket) {
         uint64_t end = now_ns() + READ_SPIN_NS;
-        do {
+        for (unsigned i = 0;; i++) {
             ssize_t r = recv(c->h.fd, buf, cap, MSG_DONTWAIT);
             if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
                 return r;
-            cpu_relax();
-        } while (now_ns() < end);
+            if (now_ns() >= end)
+                break;
+            if (i & 1)
+                sched_yield();         /* the peer may need this very CPU */
+            else
+                cpu_relax();
+        }
     }
     return read(c->h.fd, buf, cap);
 }
