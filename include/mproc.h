@@ -207,6 +207,17 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
 
 /* ------------------------------------------------------------------ pipes and connections */
 
+/* Frames and the authkey handshake are CPython's multiprocessing.connection,
+ * byte for byte. A message too big for the buffer (recv_bytes: *len says its
+ * size) or over maxlen (recv_buf) gives MP_ETOOBIG and stays pending: the
+ * next call with room enough gets it; nothing is allocated for it first.
+ * A conn reads ahead: wait on it with mp_conn_poll or mp_wait (which count
+ * buffered messages), not with poll() on its fileno. Sends never raise
+ * SIGPIPE (a vanished peer is -EPIPE). Handles work in children started
+ * after them; mp_conn_close closes only this process's copy. Addresses:
+ * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT" (port 0:
+ * the kernel picks, mp_listener_address tells). authkey NULL: no handshake;
+ * accept's timeout covers the handshake too (at most 30 s when forever). */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */
