@@ -144,7 +144,7 @@ static void list_repair(struct pool_shared *sh)
 {
     if (sh->head && (atomic_load(&sh->head->state) & TASK_BASE) != TASK_QUEUED)
         sh->head = sh->head->next;
-    uint32_t n = 0;
+    uint64_t n = 0;
     sh->tail = NULL;
     for (mp_future *f = sh->head; f; f = f->next, n++)
         sh->tail = f;
@@ -181,7 +181,7 @@ bool list_unlink(struct pool_shared *sh, mp_future *f)
     return false;
 }
 
-void pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, uint32_t count)
+int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t count)
 {
     last->next = NULL;
 #ifdef POOL_TSAN
@@ -189,6 +189,10 @@ void pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, uint32
         HANDOVER_RELEASE(f);
 #endif
     list_lock(sh);
+    if (atomic_load(&sh->closing) == CLOSING_NOW) {   /* terminated since the caller looked */
+        list_unlock(sh);
+        return MP_ECLOSED;
+    }
     if (sh->tail)
         sh->tail->next = first;
     else
@@ -198,7 +202,8 @@ void pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, uint32
     list_unlock(sh);
     atomic_fetch_add(&sh->seq, 1);
     if (atomic_load(&sh->sleepers))
-        futex_wake(&sh->seq, (int)(count < INT_MAX ? count : INT_MAX));
+        futex_wake(&sh->seq, count < INT_MAX ? (int)count : INT_MAX);
+    return 0;
 }
 
 /* The slot is written before the task leaves the list, so at every point a
@@ -571,7 +576,12 @@ static int start_worker(mp_pool *p, int slot)
     atomic_store(&s->started_ns, 0);
     atomic_store(&s->ready, 0);
     atomic_store(&s->exited, 0);
+    /* Not while a submitter is inside dlopen/dladdr (pool_fn): a child
+     * forked then could inherit the loader's lock held (ThreadSanitizer's
+     * interceptor does deadlock so), and it needs the loader to find fns. */
+    pthread_mutex_lock(&p->fnlock);
     int rc = p->ops->start(p, slot);
+    pthread_mutex_unlock(&p->fnlock);
     p->workers[slot].alive = rc == 0;
     p->workers[slot].killing = false;
     return rc;
@@ -1046,7 +1056,10 @@ int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_fut
         memcpy(f->in, in, len);
     atomic_store_explicit(&f->state, TASK_QUEUED, memory_order_relaxed);
     pool_progress_add_total(p, 1);
-    pool_push(p->sh, f, f, 1);
+    if ((rc = pool_push(p->sh, f, f, 1)) != 0) {
+        task_free(f);
+        return rc;
+    }
     *out = f;
     return 0;
 }

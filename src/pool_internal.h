@@ -135,7 +135,7 @@ struct pool_shared {
     uint32_t magic;
     rmutex lock;                        /* the task list */
     mp_future *head, *tail;
-    _Atomic uint32_t queued;            /* list length, readable without the lock */
+    _Atomic uint64_t queued;            /* list length, readable without the lock */
     _Atomic uint32_t closing;           /* CLOSING_*: workers leave when drained / at once */
     alignas(MP_CACHELINE) _Atomic uint32_t seq;   /* bumped on push and close: workers sleep here */
     _Atomic uint32_t sleepers;
@@ -162,7 +162,7 @@ void list_lock(struct pool_shared *sh);
 void list_unlock(struct pool_shared *sh);
 bool list_unlink(struct pool_shared *sh, mp_future *f);   /* under the lock */
 /* Pushes the tasks first..last (linked by next) in one go and wakes workers. */
-void pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, uint32_t count);
+int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t count);   /* MP_ECLOSED */
 /* The collector's inbox: lock-free push from any process. */
 void collector_push(struct pool_shared *sh, mp_future *f);
 const struct fnentry *pool_fn(mp_pool *p, mp_fn fn);   /* NULL: not in a loaded object */

@@ -72,16 +72,14 @@ static int job_start(mp_pool *p, struct pool_shared *sh, struct job *job, size_t
     size_t nchunks = job->n / chunksize + (job->n % chunksize != 0);
     mp_future *first = NULL, *last = NULL;
     uint64_t id = atomic_fetch_add(&sh->next_id, nchunks);
-    for (size_t i = 0; i < nchunks; i++) {
+    int rc = 0;
+    for (size_t i = 0; i < nchunks && rc == 0; i++) {
         size_t start = i * chunksize;
         size_t count = job->n - start < chunksize ? job->n - start : chunksize;
         mp_future *c = chunk_new(p, job, start, count);
         if (!c) {
-            for (mp_future *t = first, *next; t; t = next) {
-                next = t->next;
-                task_free(t);
-            }
-            return MP_ENOMEM;
+            rc = MP_ENOMEM;
+            break;
         }
         c->sh = sh;
         atomic_store_explicit(&c->id, id + i, memory_order_relaxed);
@@ -92,10 +90,15 @@ static int job_start(mp_pool *p, struct pool_shared *sh, struct job *job, size_t
         last = c;
     }
     job->chunks_left = nchunks;
-    pool_progress_add_total(p, job->n);
-    if (first)
-        pool_push(sh, first, last, nchunks > UINT32_MAX ? UINT32_MAX : (uint32_t)nchunks);
-    return 0;
+    if (rc == 0 && first && (rc = pool_push(sh, first, last, nchunks)) == 0) {
+        pool_progress_add_total(p, job->n);
+        return 0;
+    }
+    for (mp_future *t = first, *next; t; t = next) {
+        next = t->next;
+        task_free(t);
+    }
+    return rc;
 }
 
 static struct job *job_new(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
@@ -358,6 +361,22 @@ static void job_finish(mp_pool *p, struct job *job)
     task_finish(f, TASK_RUNNING, rc, code);
 }
 
+/* Queues items [from, to) of c's job again: false if the pool is stopping. */
+static bool requeue(mp_pool *p, mp_future *c, size_t from, size_t to)
+{
+    mp_future *rest = pool_terminating(p) ? NULL : chunk_new(p, c->job, from, to - from);
+    if (!rest)
+        return false;
+    rest->sh = c->sh;
+    atomic_store(&rest->id, atomic_fetch_add(&c->sh->next_id, 1));
+    if (pool_push(c->sh, rest, rest, 1) != 0) {
+        task_free(rest);
+        return false;
+    }
+    c->job->chunks_left++;
+    return true;
+}
+
 /* What a finished, crashed or killed chunk leaves: its results, the item
  * that failed, and the rest of the chunk queued again (or killed). */
 void chunk_collect(mp_pool *p, mp_future *c)
@@ -378,17 +397,11 @@ void chunk_collect(mp_pool *p, mp_future *c)
     }
     if (done < c->count) {
         size_t from = c->start + done, to = c->start + c->count;
-        mp_future *rest = pool_terminating(p) ? NULL : chunk_new(p, job, from, to - from);
-        if (rest) {
-            rest->sh = c->sh;
-            atomic_store(&rest->id, atomic_fetch_add(&c->sh->next_id, 1));
-            job->chunks_left++;
-            pool_push(c->sh, rest, rest, 1);
-        } else if (job->imap) {
-            iter_deliver_failed(job->iter, from, to, MP_EKILLED, 0);
-            items += to - from;
-        } else {
-            job_fail(job, from, MP_EKILLED, 0);
+        if (!requeue(p, c, from, to)) {
+            if (job->imap)
+                iter_deliver_failed(job->iter, from, to, MP_EKILLED, 0);
+            else
+                job_fail(job, from, MP_EKILLED, 0);
             items += to - from;
         }
     }

@@ -102,6 +102,14 @@ static inline int t_map_mixed(const void *in, size_t len, mp_buf *out)
     return t_square(in, len, out);
 }
 
+/* map item: kills its worker on multiples of 25, squares the rest. */
+static inline int t_square_or_die(const void *in, size_t len, mp_buf *out)
+{
+    if (get_int(in) % 25 == 0)
+        raise(SIGKILL);
+    return t_square(in, len, out);
+}
+
 /* imap item: a result as long as the input says. */
 static inline int t_repeat(const void *in, size_t len, mp_buf *out)
 {

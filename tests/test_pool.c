@@ -303,6 +303,40 @@ static void test_pool_map_reports_the_lowest_failing_index(void **state)
     mp_pool_free(p);
 }
 
+static void test_pool_map_survives_a_crash_in_every_chunk(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(3, MP_PROCESSES);
+    enum { N = 1000 };
+    static int in[N], out[N];
+    for (int i = 0; i < N; i++)
+        in[i] = i + 1;                  /* items 24, 49, ... kill their worker */
+    mp_future *f;
+    TU_OK(mp_pool_map_async(p, t_square_or_die, in, N, sizeof *in, out, sizeof *out, 10, &f));
+    TU_ASSERT_RC(mp_future_result(f, NULL, 60), MP_ECRASHED);
+    size_t index;
+    TU_OK(mp_future_failed_index(f, &index));
+    assert_int_equal(index, 24);
+    mp_future_free(f);
+    for (int i = 0; i < N; i++)         /* the rest of each chunk ran on another worker */
+        assert_int_equal(out[i], in[i] % 25 ? in[i] * in[i] : 0);
+    mp_iter *it;
+    TU_OK(mp_pool_imap(p, t_square_or_die, in, N, sizeof *in, 7, true, &it));
+    size_t count = 0, crashed = 0;
+    int rc;
+    while ((rc = mp_iter_next(it, &index, NULL, 60)) != MP_EEOF) {
+        assert_true(rc == 0 || rc == MP_ECRASHED);
+        assert_int_equal(rc == MP_ECRASHED, in[index] % 25 == 0);
+        crashed += rc == MP_ECRASHED;
+        count++;
+    }
+    assert_int_equal(count, N);
+    assert_int_equal(crashed, N / 25);
+    mp_iter_free(it);
+    expect_squares(p, 0, 10);
+    mp_pool_free(p);
+}
+
 static void test_pool_map_result_larger_than_out_size_is_etoobig(void **state)
 {
     (void)state;
@@ -652,6 +686,7 @@ int main(void)
         cmocka_unit_test(test_pool_task_timeout_kills_only_the_overrunning_task),
         cmocka_unit_test(test_pool_map_keeps_order_for_every_chunking),
         cmocka_unit_test(test_pool_map_reports_the_lowest_failing_index),
+        cmocka_unit_test(test_pool_map_survives_a_crash_in_every_chunk),
         cmocka_unit_test(test_pool_map_result_larger_than_out_size_is_etoobig),
         cmocka_unit_test(test_pool_imap_streams_in_order_and_unordered),
         cmocka_unit_test(test_pool_imap_reports_crashed_item_and_continues),
