@@ -540,6 +540,10 @@ static void test_pool_threads_backend_runs_everything(void **state)
     TU_OK(mp_pool_close(p));
     TU_OK(mp_pool_join(p, 30));
     mp_pool_free(p);
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .backend = MP_THREADS,
+                                            .maxtasksperchild = 1 }));
+    expect_squares(p, 0, 20);                          /* twenty threads, one task each */
+    mp_pool_free(p);
 }
 
 static void test_pool_spawn_and_forkserver_workers(void **state)
