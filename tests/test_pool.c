@@ -561,7 +561,7 @@ static void test_pool_spawn_and_forkserver_workers(void **state)
     expect_crash_reported(MP_FORKSERVER, t_exit_with_input, 3, MP_ECRASHED, 3);
 }
 
-static void test_pool_runs_a_function_of_a_loaded_library_under_spawn(void **state)
+static void test_pool_runs_a_function_of_a_loaded_library_under_every_method(void **state)
 {
     (void)state;
     char path[4096];
@@ -574,15 +574,18 @@ static void test_pool_runs_a_function_of_a_loaded_library_under_spawn(void **sta
      * returns a + b: as an mp_fn, the task "fails" with code a + b. */
     mp_fn fn = (mp_fn)dlsym(lib, "lib_target_sum");
     assert_non_null(fn);
-    mp_pool *p;
-    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .method = MP_SPAWN }));
-    struct lib_job job = { 20, 22, NULL };
-    mp_future *f;
-    TU_OK(mp_pool_apply_async(p, fn, &job, sizeof job, &f));
-    TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_ETASK);
-    assert_int_equal(mp_future_code(f), 42);
-    mp_future_free(f);
-    mp_pool_free(p);
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int m = 0; m < 3; m++) {
+        mp_pool *p;
+        TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .method = methods[m] }));
+        struct lib_job job = { 20, 22 + m, NULL };
+        mp_future *f;
+        TU_OK(mp_pool_apply_async(p, fn, &job, sizeof job, &f));
+        TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_ETASK);
+        assert_int_equal(mp_future_code(f), 42 + m);
+        mp_future_free(f);
+        mp_pool_free(p);
+    }
 }
 
 /* ------------------------------------------------------------------ lifecycle */
@@ -700,7 +703,7 @@ int main(void)
         cmocka_unit_test(test_pool_outlives_the_thread_that_made_it),
         cmocka_unit_test(test_pool_threads_backend_runs_everything),
         cmocka_unit_test(test_pool_spawn_and_forkserver_workers),
-        cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_spawn),
+        cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_every_method),
         cmocka_unit_test(test_pool_terminate_kills_pending_and_leaves_no_process),
         cmocka_unit_test(test_pool_free_of_a_running_pool_terminates_it),
         cmocka_unit_test(test_pool_leaves_no_zombie_after_crashes_and_join),
