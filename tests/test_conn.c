@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -487,6 +488,54 @@ static void test_big_message_crosses_to_a_child(void **state)
     assert_int_equal(tu_wait(pid, 30), 0);
     free(big);
     mp_conn_close(a);
+}
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+}
+
+struct pester { pthread_t target; pid_t child; _Atomic bool stop; };
+
+static void *pester_with_signals(void *p)
+{
+    struct pester *ps = p;
+    while (!atomic_load(&ps->stop)) {
+        pthread_kill(ps->target, SIGUSR1);     /* the sender */
+        kill(ps->child, SIGUSR1);              /* the receiver, same handler */
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void test_big_send_and_receive_survive_signals(void **state)
+{
+    (void)state;
+    struct sigaction sa = { .sa_handler = on_usr1 }, old;   /* no SA_RESTART: EINTR */
+    sigaction(SIGUSR1, &sa, &old);
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    struct echo_arg e = { b, (size_t)32 << 20 };
+    pid_t pid = tu_fork(child_echo_checksum, &e);
+    struct pester ps = { pthread_self(), pid, false };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pester_with_signals, &ps), 0);
+    unsigned char *big = malloc(e.size);
+    uint64_t sum = 0;
+    for (size_t i = 0; i < e.size; i++)
+        sum += big[i] = (unsigned char)(i * 13);
+    TU_OK(mp_conn_send_bytes(a, big, e.size));
+    uint64_t got;
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(a, &got, sizeof got, &len));
+    atomic_store(&ps.stop, true);
+    pthread_join(t, NULL);
+    assert_int_equal(got, sum);
+    assert_int_equal(tu_wait(pid, 30), 0);
+    sigaction(SIGUSR1, &old, NULL);
+    free(big);
+    mp_conn_close(a);
+    mp_conn_close(b);
 }
 
 static int child_closes_then_exits(void *p)
@@ -986,6 +1035,7 @@ int main(void)
         cmocka_unit_test(test_sender_killed_mid_frame_does_not_wedge_other_senders),
         cmocka_unit_test(test_conn_whose_descriptor_was_closed_reports_eclosed),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
+        cmocka_unit_test(test_big_send_and_receive_survive_signals),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
         cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
