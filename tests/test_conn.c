@@ -468,28 +468,6 @@ static int child_echo_checksum(void *p)
     return mp_conn_send_bytes(e->c, &sum, sizeof sum) == 0 ? 0 : 2;
 }
 
-static void test_big_message_crosses_to_a_child(void **state)
-{
-    (void)state;
-    mp_conn *a, *b;
-    TU_OK(mp_pipe(&a, &b, true));
-    struct echo_arg e = { b, (size_t)48 << 20 };
-    pid_t pid = tu_fork(child_echo_checksum, &e);
-    mp_conn_close(b);             /* the child keeps its copy: the handle stays valid there */
-    unsigned char *big = malloc(e.size);
-    uint64_t sum = 0;
-    for (size_t i = 0; i < e.size; i++)
-        sum += big[i] = (unsigned char)(i * 7);
-    TU_OK(mp_conn_send_bytes(a, big, e.size));
-    uint64_t got;
-    size_t len;
-    TU_OK(mp_conn_recv_bytes(a, &got, sizeof got, &len));
-    assert_int_equal(got, sum);
-    assert_int_equal(tu_wait(pid, 30), 0);
-    free(big);
-    mp_conn_close(a);
-}
-
 static void on_usr1(int sig)
 {
     (void)sig;
@@ -508,34 +486,49 @@ static void *pester_with_signals(void *p)
     return NULL;
 }
 
+/* Sends size bytes to a child that answers their checksum, under a storm
+ * of signals if asked. */
+static void big_exchange(size_t size, bool signals)
+{
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    struct echo_arg e = { b, size };
+    pid_t pid = tu_fork(child_echo_checksum, &e);
+    mp_conn_close(b);             /* the child keeps its copy: the handle stays valid there */
+    struct pester ps = { pthread_self(), pid, false };
+    pthread_t t;
+    if (signals)
+        assert_int_equal(pthread_create(&t, NULL, pester_with_signals, &ps), 0);
+    unsigned char *big = malloc(size);
+    uint64_t sum = 0, got;
+    for (size_t i = 0; i < size; i++)
+        sum += big[i] = (unsigned char)(i * 7);
+    TU_OK(mp_conn_send_bytes(a, big, size));
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(a, &got, sizeof got, &len));
+    if (signals) {
+        atomic_store(&ps.stop, true);
+        pthread_join(t, NULL);
+    }
+    assert_int_equal(got, sum);
+    assert_int_equal(tu_wait(pid, 30), 0);
+    free(big);
+    mp_conn_close(a);
+}
+
+static void test_big_message_crosses_to_a_child(void **state)
+{
+    (void)state;
+    big_exchange((size_t)48 << 20, false);
+}
+
 static void test_big_send_and_receive_survive_signals(void **state)
 {
     (void)state;
     struct sigaction sa = { .sa_handler = on_usr1 }, old;   /* no SA_RESTART: EINTR */
     sigaction(SIGUSR1, &sa, &old);
-    mp_conn *a, *b;
-    TU_OK(mp_pipe(&a, &b, true));
-    struct echo_arg e = { b, (size_t)32 << 20 };
-    pid_t pid = tu_fork(child_echo_checksum, &e);
-    struct pester ps = { pthread_self(), pid, false };
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, pester_with_signals, &ps), 0);
-    unsigned char *big = malloc(e.size);
-    uint64_t sum = 0;
-    for (size_t i = 0; i < e.size; i++)
-        sum += big[i] = (unsigned char)(i * 13);
-    TU_OK(mp_conn_send_bytes(a, big, e.size));
-    uint64_t got;
-    size_t len;
-    TU_OK(mp_conn_recv_bytes(a, &got, sizeof got, &len));
-    atomic_store(&ps.stop, true);
-    pthread_join(t, NULL);
-    assert_int_equal(got, sum);
-    assert_int_equal(tu_wait(pid, 30), 0);
+    big_exchange((size_t)32 << 20, true);
     sigaction(SIGUSR1, &old, NULL);
-    free(big);
-    mp_conn_close(a);
-    mp_conn_close(b);
 }
 
 static int child_closes_then_exits(void *p)
