@@ -15,12 +15,14 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -339,6 +341,11 @@ static void test_send_to_closed_peer_is_epipe_not_sigpipe(void **state)
         assert_false(sigismember(&pending, SIGPIPE));
         mp_conn_close(b);
     }
+    int p[2];                                      /* the raw framing call too */
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    close(p[0]);
+    TU_ASSERT_RC(conn_send_frame(p[1], "x", 1), -EPIPE);
+    close(p[1]);
 }
 
 static void test_buffered_messages_count_as_ready(void **state)
@@ -929,6 +936,38 @@ static void test_accept_gives_up_on_a_silent_client(void **state)
     mp_listener_free(l);
 }
 
+static void test_client_waits_for_room_in_a_full_unix_backlog(void **state)
+{
+    (void)state;
+    char name[64];
+    snprintf(name, sizeof name, "@mproc-backlog-%d", (int)getpid());
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    memcpy(un.sun_path, name, strlen(name));
+    un.sun_path[0] = '\0';
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name));
+    int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(l, (struct sockaddr *)&un, len), 0);
+    assert_int_equal(listen(l, 0), 0);                     /* never accepts */
+    int fill[4], n = 0;
+    for (; n < 4; n++) {
+        fill[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fill[n], (struct sockaddr *)&un, len) != 0) {
+            close(fill[n]);
+            break;                                         /* the backlog is full */
+        }
+    }
+    assert_true(n < 4);
+    char addr[80];
+    snprintf(addr, sizeof addr, "unix:%s", name);
+    mp_conn *c;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_client(&c, addr, NULL, 0, 0.2), MP_ETIMEDOUT);   /* waited, not EAGAIN */
+    assert_true(tu_now() - t0 >= 0.15);
+    for (int i = 0; i < n; i++)
+        close(fill[i]);
+    close(l);
+}
+
 static void test_bad_addresses_are_einval(void **state)
 {
     (void)state;
@@ -1043,6 +1082,7 @@ int main(void)
         cmocka_unit_test(test_unix_abstract_listener),
         cmocka_unit_test(test_accept_times_out),
         cmocka_unit_test(test_accept_gives_up_on_a_silent_client),
+        cmocka_unit_test(test_client_waits_for_room_in_a_full_unix_backlog),
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
         cmocka_unit_test(test_forked_workers_share_one_listener),
