@@ -54,6 +54,7 @@ struct mp_pool {
     pthread_mutex_t fnlock;         /* fncache and the shared function list */
     _Atomic int state;              /* POOL_* */
     int efd;                        /* wakes the monitor */
+    struct pollfd *pollfds;         /* the monitor's: efd and one per worker */
     pthread_t monitor, collector;
     bool threads_running, threads_joined;
     _Atomic uint32_t monitor_done;
@@ -684,7 +685,7 @@ static double enforce_timeouts(mp_pool *p)
 
 static void monitor_poll(mp_pool *p, double wait)
 {
-    struct pollfd fds[p->nworkers + 1];
+    struct pollfd *fds = p->pollfds;
     nfds_t n = 0;
     fds[n++] = (struct pollfd){ .fd = p->efd, .events = POLLIN };
     pthread_mutex_lock(&p->lock);
@@ -964,6 +965,7 @@ static void pool_destroy(mp_pool *p)
     pthread_mutex_destroy(&p->cblock);
     pthread_mutex_destroy(&p->fnlock);
     free(p->workers);
+    free(p->pollfds);
     free(p->fns);
     p->magic = MAGIC_FREED;
     free(p);
@@ -1021,8 +1023,9 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     pthread_mutex_init(&p->cblock, NULL);
     pthread_mutex_init(&p->fnlock, NULL);
     p->workers = calloc((size_t)p->nworkers, sizeof *p->workers);
+    p->pollfds = calloc((size_t)p->nworkers + 1, sizeof *p->pollfds);
     p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    rc = !p->workers || p->efd < 0 ? MP_ENOMEM : shared_new(p);
+    rc = !p->workers || !p->pollfds || p->efd < 0 ? MP_ENOMEM : shared_new(p);
     if (rc == 0)
         rc = start_all(p);
     if (rc != 0) {
