@@ -240,6 +240,27 @@ static void test_pool_task_timeout_kills_only_the_overrunning_task(void **state)
     mp_pool_free(p);
 }
 
+static void test_pool_task_timeout_applies_to_each_item_of_a_map(void **state)
+{
+    (void)state;
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .task_timeout = 0.3 * tu_slow() }));
+    int in[40], out[40];
+    for (int i = 0; i < 40; i++)
+        in[i] = i;
+    mp_future *f;
+    TU_OK(mp_pool_map_async(p, t_square_or_hang, in, 40, sizeof *in, out, sizeof *out, 8, &f));
+    TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_EKILLED);
+    size_t index;
+    TU_OK(mp_future_failed_index(f, &index));
+    assert_int_equal(index, 5);
+    for (int i = 0; i < 40; i++)           /* the items after it in its chunk ran too */
+        if (i != 5)
+            assert_int_equal(out[i], i * i);
+    mp_future_free(f);
+    mp_pool_free(p);
+}
+
 /* ------------------------------------------------------------------ map */
 
 static void check_map(mp_pool *p, size_t n, size_t chunksize)
@@ -691,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_pool_abort_in_task_reports_sigabrt),
         cmocka_unit_test(test_pool_worker_killed_from_outside_is_replaced),
         cmocka_unit_test(test_pool_task_timeout_kills_only_the_overrunning_task),
+        cmocka_unit_test(test_pool_task_timeout_applies_to_each_item_of_a_map),
         cmocka_unit_test(test_pool_map_keeps_order_for_every_chunking),
         cmocka_unit_test(test_pool_map_reports_the_lowest_failing_index),
         cmocka_unit_test(test_pool_map_survives_a_crash_in_every_chunk),
