@@ -358,6 +358,31 @@ static void test_pool_map_survives_a_crash_in_every_chunk(void **state)
     mp_pool_free(p);
 }
 
+struct pair { int a, b; };
+
+static int add_pair(const void *in, size_t len, mp_buf *out)
+{
+    struct pair pr;
+    assert_int_equal(len, sizeof pr);
+    memcpy(&pr, in, sizeof pr);
+    long sum = (long)pr.a + pr.b;
+    return mp_buf_append(out, &sum, sizeof sum);
+}
+
+static void test_pool_starmap_is_map_over_argument_structs(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    struct pair args[100];                 /* pool.starmap(add, [(a, b), ...]) */
+    long sums[100];
+    for (int i = 0; i < 100; i++)
+        args[i] = (struct pair){ i, 1000 * i };
+    TU_OK(mp_pool_map(p, add_pair, args, 100, sizeof *args, sums, sizeof *sums, 0));
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(sums[i], 1001 * i);
+    mp_pool_free(p);
+}
+
 static void test_pool_map_result_larger_than_out_size_is_etoobig(void **state)
 {
     (void)state;
@@ -716,6 +741,7 @@ int main(void)
         cmocka_unit_test(test_pool_map_keeps_order_for_every_chunking),
         cmocka_unit_test(test_pool_map_reports_the_lowest_failing_index),
         cmocka_unit_test(test_pool_map_survives_a_crash_in_every_chunk),
+        cmocka_unit_test(test_pool_starmap_is_map_over_argument_structs),
         cmocka_unit_test(test_pool_map_result_larger_than_out_size_is_etoobig),
         cmocka_unit_test(test_pool_imap_streams_in_order_and_unordered),
         cmocka_unit_test(test_pool_imap_reports_crashed_item_and_continues),
