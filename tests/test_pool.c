@@ -363,7 +363,8 @@ struct pair { int a, b; };
 static int add_pair(const void *in, size_t len, mp_buf *out)
 {
     struct pair pr;
-    assert_int_equal(len, sizeof pr);
+    if (len != sizeof pr)
+        return 99;                         /* runs in a worker: no cmocka here */
     memcpy(&pr, in, sizeof pr);
     long sum = (long)pr.a + pr.b;
     return mp_buf_append(out, &sum, sizeof sum);
