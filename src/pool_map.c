@@ -222,7 +222,8 @@ static int append_record(mp_future *f, size_t index, int rc, int code, const mp_
 static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn, mp_buf *out, int *code)
 {
     out->len = 0;
-    *code = fn ? fn(job->in + index * job->in_size, job->in_size, out) : 0;
+    const unsigned char *in = job->in ? job->in + index * job->in_size : NULL;   /* in_size 0 */
+    *code = fn ? fn(in, job->in_size, out) : 0;
     int rc = !fn ? MP_EINVAL : *code ? MP_ETASK : 0;   /* !fn: not found in this image */
     if (job->imap) {
         int arc = append_record(f, index, rc, *code, out);
