@@ -5,8 +5,9 @@
  * a consumer never wait for each other. An operation commits with ONE store of
  * a counter (puts, gets); a journal written just before it lets the next
  * holder finish the bookkeeping of an operation whose process was killed, so
- * no item is torn, lost or delivered twice. Items above QUEUE_INLINE_MAX go
- * out of line in their own arena block: one copy in, one copy out.
+ * no item is torn or delivered twice, and only an item a killed consumer had
+ * already taken is lost (docs/queue.md). Items above QUEUE_INLINE_MAX go out
+ * of line in their own arena block: one copy in, one copy out.
  */
 #include "queue_internal.h"
 
