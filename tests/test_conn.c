@@ -10,7 +10,9 @@
 #include "conn_internal.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,7 +225,7 @@ static void test_recv_buf_without_limit_grows_only_with_bytes_sent(void **state)
     close(peer);
     mp_buf out = { 0 };
     TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_EEOF);
-    assert_true(out.cap <= ((size_t)32 << 20));
+    assert_true(out.cap <= ((size_t)64 << 10));
     mp_buf_free(&out);
     mp_conn_close(c);
 }
@@ -338,6 +340,116 @@ static void test_send_to_closed_peer_is_epipe_not_sigpipe(void **state)
     }
 }
 
+static void test_buffered_messages_count_as_ready(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    for (int i = 0; i < 3; i++)
+        TU_OK(mp_conn_send_bytes(a, "msg", 3));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* one read took all three */
+    int fd = mp_conn_fileno(b);
+    bool ready;
+    assert_int_equal(mp_conn_poll(b, 0), 1);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 1);
+    assert_true(ready);
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(mp_conn_poll(b, 0), 0);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 0);
+    assert_false(ready);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_reads_two(void *p)
+{
+    char buf[8];
+    size_t len;
+    for (int i = 1; i <= 2; i++)
+        if (mp_conn_recv_bytes(p, buf, sizeof buf, &len) != 0 || len != 1 || buf[0] != '0' + i)
+            return i;
+    return 0;
+}
+
+static void test_processes_sharing_a_conn_read_one_stream(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    for (char m = '0'; m <= '4'; m++)
+        TU_OK(mp_conn_send_bytes(a, &m, 1));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* '0', the rest read ahead */
+    assert_int_equal(buf[0], '0');
+    pid_t pid = tu_fork(child_reads_two, b);                 /* '1', '2' from the shared buffer */
+    assert_int_equal(tu_wait(pid, 10), 0);
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(buf[0], '3');
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(buf[0], '4');
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+struct sender_arg { mp_conn *c; char tag; };
+
+static void *send_many(void *p)
+{
+    struct sender_arg *a = p;
+    char msg[300];
+    memset(msg, a->tag, sizeof msg);
+    for (int i = 0; i < 2000; i++)
+        if (mp_conn_send_bytes(a->c, msg, 1 + (size_t)i % sizeof msg) != 0)
+            return (void *)1;
+    return NULL;
+}
+
+static void test_threads_sending_at_once_never_interleave_frames(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pthread_t t[2];
+    struct sender_arg args[2] = { { a, 'x' }, { a, 'y' } };
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, send_many, &args[i]), 0);
+    mp_buf in = { 0 };
+    for (int i = 0; i < 4000; i++) {
+        TU_OK(mp_conn_recv_buf(b, &in, 300));
+        const char *d = in.data;
+        for (size_t j = 1; j < in.len; j++)
+            assert_int_equal(d[j], d[0]);          /* one sender's bytes only */
+    }
+    for (int i = 0; i < 2; i++) {
+        void *rc;
+        pthread_join(t[i], &rc);
+        assert_null(rc);
+    }
+    assert_int_equal(mp_conn_poll(b, 0), 0);
+    mp_buf_free(&in);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static void test_conn_whose_descriptor_was_closed_reports_eclosed(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    close(mp_conn_fileno(a));                      /* behind the handle's back */
+    char buf[4];
+    size_t len;
+    TU_ASSERT_RC(mp_conn_send_bytes(a, "x", 1), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_recv_bytes(a, buf, sizeof buf, &len), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_poll(a, 0), MP_ECLOSED);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 /* ------------------------------------------------------------------ children */
 
 struct echo_arg { mp_conn *c; size_t size; };
@@ -420,6 +532,141 @@ static void test_keep_across_exec_clears_cloexec_on_live_connections(void **stat
     mp_conn_close(b);
 }
 
+/* A target for mp_process: echoes one message back, upper-cased. */
+int conn_test_child_echoes(void *arg)
+{
+    mp_conn *c = *(mp_conn **)arg;
+    char buf[64];
+    size_t len;
+    if (mp_conn_recv_bytes(c, buf, sizeof buf, &len) != 0)
+        return 1;
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)(buf[i] >= 'a' && buf[i] <= 'z' ? buf[i] - 32 : buf[i]);
+    int rc = mp_conn_send_bytes(c, buf, len);
+    mp_conn_close(c);
+    return rc == 0 ? 0 : 2;
+}
+
+static void test_conn_reaches_children_under_fork_and_spawn(void **state)
+{
+    (void)state;
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN };
+    for (int m = 0; m < 2; m++) {
+        mp_conn *a, *b;
+        TU_OK(mp_pipe(&a, &b, true));
+        mp_process *p;
+        mp_process_opts o = { .method = methods[m], .arg_size = sizeof b };
+        TU_OK(mp_process_new(&p, conn_test_child_echoes, &b, &o));
+        TU_OK(mp_process_start(p));
+        mp_conn_close(b);                      /* Python's child_conn.close() in the parent */
+        char buf[64];
+        size_t len;
+        TU_OK(mp_conn_send_bytes(a, "across", 6));
+        TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));
+        assert_memory_equal(buf, "ACROSS", 6);
+        TU_OK(mp_process_join(p, 20 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_ASSERT_RC(mp_conn_recv_bytes(a, buf, sizeof buf, &len), MP_EEOF);   /* no copy left open */
+        TU_OK(mp_process_free(p));
+        mp_conn_close(a);
+    }
+}
+
+static bool child_sleeps(void *arg)
+{
+    return tu_proc_state(*(pid_t *)arg) == 'S';
+}
+
+static int child_receives_forever(void *arg)
+{
+    char buf[8];
+    size_t len;
+    mp_conn_recv_bytes(arg, buf, sizeof buf, &len);
+    return 1;
+}
+
+static void test_receiver_killed_while_waiting_does_not_wedge_the_conn(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_receives_forever, b);   /* holds b's receive lock, asleep */
+    assert_true(tu_wait_for(child_sleeps, &pid, 10));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    TU_OK(mp_conn_send_bytes(a, "after", 5));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* the dead owner's lock is taken over */
+    assert_memory_equal(buf, "after", 5);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_sends_too_much(void *arg)
+{
+    size_t size = (size_t)8 << 20;
+    char *big = calloc(1, size);
+    mp_conn_send_bytes(arg, big, size);
+    return 1;
+}
+
+static void test_sender_killed_mid_frame_does_not_wedge_other_senders(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_sends_too_much, a);   /* blocks with a's send lock held */
+    assert_true(tu_wait_for(child_sleeps, &pid, 10));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    char sink[65536];
+    int raw = mp_conn_fileno(b);
+    while (recv(raw, sink, sizeof sink, MSG_DONTWAIT) > 0)
+        ;                                            /* drop the torn frame */
+    TU_OK(mp_conn_send_bytes(a, "next", 4));         /* lock recovered, not deadlocked */
+    assert_int_equal(recv(raw, sink, sizeof sink, 0), 8);
+    assert_memory_equal(sink, "\0\0\0\4next", 8);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+/* What a fork server's child does with the descriptors sent to it. */
+static int child_adopts_sent_descriptors(void *arg)
+{
+    mp_conn **ends = arg;
+    int want[2] = { mp_conn_fileno(ends[0]), mp_conn_fileno(ends[1]) };
+    int live[8];
+    if (conn_live_fds(live, 8) < 2)
+        return 1;
+    int got[2] = { dup(want[0]), dup(want[1]) };          /* as if they came by SCM_RIGHTS */
+    close(want[1]);
+    dup2(open("/dev/null", O_RDONLY), want[0]);           /* a number taken by something else */
+    if (conn_adopt_fds(got, want, 2) != 0)
+        return 2;
+    if (fcntl(got[0], F_GETFD) != -1 || fcntl(got[1], F_GETFD) != -1)
+        return 3;                                          /* the received copies are gone */
+    char buf[8];
+    size_t len;
+    if (mp_conn_send_bytes(ends[1], "adopted", 7) != 0 || mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len) != 0)
+        return 4;
+    return len == 7 && memcmp(buf, "adopted", 7) == 0 ? 0 : 5;
+}
+
+static void test_adopt_fds_puts_descriptors_back_at_their_numbers(void **state)
+{
+    (void)state;
+    mp_conn *ends[2];
+    TU_OK(mp_pipe(&ends[0], &ends[1], true));
+    assert_int_equal(tu_wait(tu_fork(child_adopts_sent_descriptors, ends), 10), 0);
+    int one = 0;
+    TU_ASSERT_RC(conn_adopt_fds(&one, &one, CONN_PASS_MAX + 1), MP_EINVAL);
+    mp_conn_close(ends[0]);
+    mp_conn_close(ends[1]);
+}
+
 /* ------------------------------------------------------------------ mp_wait */
 
 static void test_wait_reports_which_pipes_are_ready(void **state)
@@ -471,6 +718,36 @@ static void test_wait_sees_a_process_end_through_a_pidfd(void **state)
     assert_true(ready[1]);
     assert_int_equal(tu_wait(pid, 10), 0);
     close(pidfd);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_waits_for_a_message(void *arg)
+{
+    char buf[8];
+    size_t len;
+    return mp_conn_recv_bytes(*(mp_conn **)arg, buf, sizeof buf, &len) == 0 ? 7 : 1;
+}
+
+static void test_wait_sees_a_conn_and_a_process_sentinel(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    mp_process *p;
+    TU_OK(mp_process_new(&p, child_waits_for_a_message, &b, &(mp_process_opts){ .arg_size = sizeof b }));
+    TU_OK(mp_process_start(p));
+    int fds[2] = { mp_conn_fileno(a), mp_process_sentinel(p) };
+    bool ready[2];
+    assert_int_equal(mp_wait(fds, 2, ready, 0.02), 0);       /* child waits, nothing to read */
+    TU_OK(mp_conn_send_bytes(a, "go", 2));
+    assert_int_equal(mp_wait(fds + 1, 1, ready + 1, 20 * tu_slow()), 1);
+    assert_true(ready[1]);
+    TU_OK(mp_process_join(p, 10));
+    int code;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 7);
+    TU_OK(mp_process_free(p));
     mp_conn_close(a);
     mp_conn_close(b);
 }
@@ -593,6 +870,23 @@ static void test_accept_times_out(void **state)
     mp_listener_free(NULL);
 }
 
+static void test_accept_gives_up_on_a_silent_client(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", "key", 3));
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    int raw = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(raw, (struct sockaddr *)&sin, sizeof sin), 0);   /* then says nothing */
+    mp_conn *c;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.3), MP_ETIMEDOUT);   /* the handshake shares the timeout */
+    assert_true(tu_now() - t0 < 10 * tu_slow());
+    close(raw);
+    mp_listener_free(l);
+}
+
 static void test_bad_addresses_are_einval(void **state)
 {
     (void)state;
@@ -685,17 +979,27 @@ int main(void)
         cmocka_unit_test(test_negative_length_is_eproto),
         cmocka_unit_test(test_poll_times_out_then_sees_data),
         cmocka_unit_test(test_send_to_closed_peer_is_epipe_not_sigpipe),
+        cmocka_unit_test(test_buffered_messages_count_as_ready),
+        cmocka_unit_test(test_processes_sharing_a_conn_read_one_stream),
+        cmocka_unit_test(test_threads_sending_at_once_never_interleave_frames),
+        cmocka_unit_test(test_receiver_killed_while_waiting_does_not_wedge_the_conn),
+        cmocka_unit_test(test_sender_killed_mid_frame_does_not_wedge_other_senders),
+        cmocka_unit_test(test_conn_whose_descriptor_was_closed_reports_eclosed),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
+        cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
+        cmocka_unit_test(test_adopt_fds_puts_descriptors_back_at_their_numbers),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),
+        cmocka_unit_test(test_wait_sees_a_conn_and_a_process_sentinel),
         cmocka_unit_test(test_wait_validates_and_times_out),
         cmocka_unit_test(test_tcp_v4_port_zero_reports_the_port_it_got),
         cmocka_unit_test(test_tcp_v6_when_available),
         cmocka_unit_test(test_unix_path_listener_removes_its_file),
         cmocka_unit_test(test_unix_abstract_listener),
         cmocka_unit_test(test_accept_times_out),
+        cmocka_unit_test(test_accept_gives_up_on_a_silent_client),
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
         cmocka_unit_test(test_forked_workers_share_one_listener),
