@@ -23,7 +23,7 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define REC_HEADER 8          /* (len << 2) | kind; records are 8-byte aligned */
 #define REC_REF 16            /* header + an arena pointer (big item, link) */
 #define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
-#define SEG_MAX_CLASS 24      /* ... doubling up to 16 MiB, then chained */
+#define SEG_MAX_CLASS 20      /* ... doubling up to 1 MiB, then chained */
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 2000
