@@ -19,11 +19,8 @@
 
 int proc_pidfd_open(pid_t pid)
 {
-    long fd = syscall(SYS_pidfd_open, pid, 0);
-    if (fd < 0)
-        return -errno;
-    proc_fd_inherit((int)fd, false);
-    return (int)fd;
+    long fd = syscall(SYS_pidfd_open, pid, 0);     /* always close-on-exec */
+    return fd < 0 ? -errno : (int)fd;
 }
 
 bool proc_have_pidfd(void)
