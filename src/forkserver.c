@@ -117,6 +117,21 @@ void forkserver_after_fork_child(void)
     r->fs_pid = 0;
 }
 
+bool forkserver_running(pid_t server)
+{
+    struct mp_runtime *r = runtime();
+    siginfo_t si;
+    pthread_mutex_lock(&r->fs_lock);
+    bool alive = server == r->fs_pid && r->fs_sock >= 0 && proc_wait_pid(server, &si, true) == 0;
+    if (!alive && server == r->fs_pid && r->fs_sock >= 0) {
+        close(r->fs_sock);          /* it died (and is reaped now): forget it */
+        r->fs_sock = -1;
+        r->fs_pid = 0;
+    }
+    pthread_mutex_unlock(&r->fs_lock);
+    return alive;
+}
+
 void forkserver_shutdown(void)
 {
     struct mp_runtime *r = runtime();

@@ -496,12 +496,26 @@ int mp_process_start(mp_process *p)
     return rc;
 }
 
+#define SERVER_CHECK 0.1      /* seconds between checks that the fork server lives */
+
+/* A fork-server child: the server publishes its status. Should the server
+ * die first, nobody will; then, once the child has ended too, say 255 as
+ * Python does when its fork server is lost. */
 static int wait_published(mp_process *p, const mp_deadline *d)
 {
     uint32_t s;
-    while ((s = atomic_load_explicit(&p->state, memory_order_acquire)) != PROC_DONE)
-        if (futex_wait(&p->state, s, d) == MP_ETIMEDOUT)
+    while ((s = atomic_load_explicit(&p->state, memory_order_acquire)) != PROC_DONE) {
+        mp_deadline slice = deadline_in(SERVER_CHECK);
+        if (!d->forever && deadline_left(d) < SERVER_CHECK)
+            slice = *d;
+        futex_wait(&p->state, s, &slice);
+        if (atomic_load(&p->state) == PROC_DONE)
+            break;
+        if (deadline_passed(d))
             return MP_ETIMEDOUT;
+        if (!forkserver_running(p->reaper) && proc_pid_ended(p->pid))
+            process_publish_exit(p, 255);
+    }
     return 0;
 }
 

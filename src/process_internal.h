@@ -84,6 +84,7 @@ int spawn_start(struct mp_process *p, int *pidfd);
 int forkserver_start(struct mp_process *p, int *pidfd);
 void forkserver_after_fork_child(void);
 void forkserver_shutdown(void);
+bool forkserver_running(pid_t server);                /* ours, and not exited */
 #define SPAWN_ENV "MPROC_SPAWN"
 #define SERVER_ENV "MPROC_FORKSERVER"
 /* Forks a child that execs this program with name=spec in its environment,

@@ -7,6 +7,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,12 @@ static void test_child_dying_by_signal_reports_minus_signal(void **state)
     assert_int_equal(finish(start(state, lib_target_raise, &sig, sizeof sig, false)), -SIGUSR2);
     sig = SIGUSR1;
     assert_int_equal(finish(start(state, lib_target_raise, &sig, sizeof sig, false)), -SIGUSR1);
+}
+
+static int returns_ten(void *arg)
+{
+    (void)arg;
+    return 10;
 }
 
 static int waits_forever(void *arg)
@@ -250,6 +257,56 @@ static void test_daemon_dies_when_its_parent_is_sigkilled(void **state)
     close(fds[1]);
 }
 
+static int waits_until_orphaned(void *arg)
+{
+    _Atomic int *started = *(_Atomic int **)arg;
+    pid_t parent = getppid();
+    atomic_store(started, 1);
+    while (getppid() == parent)
+        usleep(10000);
+    return 0;
+}
+
+static bool flag_set(void *arg)
+{
+    return atomic_load((_Atomic int *)arg) != 0;
+}
+
+static pid_t parent_of(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *end = strrchr(buf, ')');
+    int ppid = 0;
+    return end && sscanf(end + 2, "%*c %d", &ppid) == 1 ? ppid : 0;
+}
+
+static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
+{
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));   /* the orphaned child comes to us */
+    _Atomic int *started = mp_shared_alloc(sizeof *started);
+    mp_process *p = start(state, waits_until_orphaned, &started, sizeof started, false);
+    assert_true(tu_wait_for(flag_set, (void *)started, 10));
+    pid_t child = mp_process_pid(p), server = parent_of(child);
+    assert_true(server > 0 && server != getpid());
+    TU_OK(kill(server, SIGKILL));              /* the child, orphaned, then returns */
+    int code = 0;
+    TU_OK(mp_process_join(p, 10 * tu_slow()));
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 255);               /* nobody left to tell: as Python */
+    assert_int_equal(tu_wait(child, 10), 0);
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
+    TU_OK(mp_process_free(p));
+    mp_shared_free((void *)started);
+    assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);   /* a new server */
+}
+
 static int exits_with_a_child(void *arg)
 {
     struct helper_arg *h = arg;
@@ -304,6 +361,7 @@ int main(void)
         BOTH(test_many_children_in_a_row),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
+        cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
