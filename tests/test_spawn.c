@@ -203,16 +203,8 @@ static int starts_daemon_and_reports(void *arg)
 /* Dead: no /proc entry, or a zombie waiting for init (its orphan). */
 static bool dead(void *arg)
 {
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", *(pid_t *)arg);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return true;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *close_paren = strrchr(buf, ')');
-    return close_paren && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+    char st = tu_proc_state(*(pid_t *)arg);
+    return st == 0 || st == 'Z' || st == 'X';
 }
 
 static size_t children_of(pid_t pid, pid_t *out, size_t cap)
