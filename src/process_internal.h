@@ -113,6 +113,7 @@ bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
 int proc_exit_pipe(int fds[2]);                       /* {-1,-1} when pidfds work */
 int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
 int proc_set_pdeathsig(int sig);
+void proc_set_name(const char *name);                 /* the comm shown by ps/top */
 int proc_fd_inherit(int fd, bool inherit);            /* clears / sets FD_CLOEXEC */
 int proc_read_file(const char *path, char **data, size_t *len);
 int proc_send_fd(int sock, const void *data, size_t len, int fd);   /* fd < 0: none */

@@ -8,6 +8,7 @@
  */
 #include "process_internal.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -152,6 +153,7 @@ static void run_spawned(const char *spec)
     if (sscanf(spec, "%d:%" SCNxPTR ":%zx:%" SCNxPTR ":%d", &fd, &base, &size, &rec, &exit_fd) != 5)
         _exit(127);
     unsetenv(SPAWN_ENV);            /* our own children must not see it */
+    proc_set_name(program_invocation_short_name);   /* not the "N" of /proc/self/fd/N */
     if (arena_attach(fd, base, size) != 0)
         _exit(127);
     proc_fd_inherit(fd, false);
@@ -178,6 +180,7 @@ __attribute__((constructor)) static void spawn_take_aside(void)
         char copy[160];
         snprintf(copy, sizeof copy, "%s", spec);
         unsetenv(SERVER_ENV);
+        proc_set_name("mp-forkserver");
         _exit(spawn_run_server(copy));
     }
 }

@@ -103,6 +103,11 @@ int proc_set_pdeathsig(int sig)
     return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0 ? 0 : -errno;
 }
 
+void proc_set_name(const char *name)
+{
+    prctl(PR_SET_NAME, name, 0, 0, 0);    /* truncated to 15 bytes by the kernel */
+}
+
 int proc_fd_inherit(int fd, bool inherit)
 {
     int flags = fcntl(fd, F_GETFD);
