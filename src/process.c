@@ -2,8 +2,8 @@
  *
  * Records live in the arena, so any process of the family can look at one.
  * The OS parent (the creator under fork and spawn, the fork server under
- * forkserver) reaps through a pidfd and publishes the exit status in the
- * record's state word; everyone else waits on that word. Nothing here touches
+ * forkserver) waits on a pidfd, reaps its own pid and publishes the exit
+ * status in the record's state word for everyone else. Nothing here touches
  * SIGCHLD or waits for a pid the library did not start.
  */
 #include "process_internal.h"
@@ -38,7 +38,6 @@ static void after_fork_parent(void) { pthread_mutex_unlock(&rt.lock); }
 static void after_fork_child(void)
 {
     pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
-    rt.pid = getpid();
     for (size_t i = 0; i < rt.nfds; i++)
         close(rt.fds[i].fd);
     rt.nfds = 0;
@@ -52,7 +51,6 @@ static void after_fork_child(void)
 
 static void runtime_init(void)
 {
-    rt.pid = getpid();
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     atexit(at_exit);
 }
@@ -78,16 +76,24 @@ static bool i_reap(const mp_process *p)
     return p->reaper == getpid();
 }
 
+/* Makes room for one more element in a growing array. */
+static int grow(void **array, size_t *cap, size_t used, size_t elem)
+{
+    if (used < *cap)
+        return 0;
+    size_t n = *cap ? *cap * 2 : 16;
+    void *a = realloc(*array, n * elem);
+    if (!a)
+        return MP_ENOMEM;
+    *array = a;
+    *cap = n;
+    return 0;
+}
+
 static int add_child(mp_process *p)
 {
-    if (rt.nchildren == rt.capchildren) {
-        size_t cap = rt.capchildren ? rt.capchildren * 2 : 16;
-        void *n = realloc(rt.children, cap * sizeof *rt.children);
-        if (!n)
-            return MP_ENOMEM;
-        rt.children = n;
-        rt.capchildren = cap;
-    }
+    if (grow((void **)&rt.children, &rt.capchildren, rt.nchildren, sizeof *rt.children) != 0)
+        return MP_ENOMEM;
     rt.children[rt.nchildren++] = p;
     return 0;
 }
@@ -112,14 +118,8 @@ static struct proc_fd *find_fd(const mp_process *p)
 
 static int add_fd(mp_process *p, int fd)
 {
-    if (rt.nfds == rt.capfds) {
-        size_t cap = rt.capfds ? rt.capfds * 2 : 16;
-        void *n = realloc(rt.fds, cap * sizeof *rt.fds);
-        if (!n)
-            return MP_ENOMEM;
-        rt.fds = n;
-        rt.capfds = cap;
-    }
+    if (grow((void **)&rt.fds, &rt.capfds, rt.nfds, sizeof *rt.fds) != 0)
+        return MP_ENOMEM;
     rt.fds[rt.nfds++] = (struct proc_fd){ p, p->pid, fd };
     return 0;
 }
@@ -134,16 +134,6 @@ static void drop_fds(const mp_process *p)
             i++;
         }
     }
-}
-
-int process_keep_fd(mp_process *p, int fd)
-{
-    runtime_lock();
-    int rc = add_fd(p, fd);
-    runtime_unlock();
-    if (rc != 0)
-        close(fd);
-    return rc;
 }
 
 /* Under rt.lock. An fd readable once p has ended: our pidfd, one opened now

@@ -41,7 +41,6 @@ struct mp_process {
 struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
 struct mp_runtime {
     pthread_mutex_t lock;
-    pid_t pid;
     struct mp_process *current;      /* this process's record, made on demand */
     unsigned next_child;             /* last N given to a child of this process */
     mp_start_method method;          /* mp_set_start_method */
@@ -74,7 +73,6 @@ int process_exit_pipe_parent(int fds[2], pid_t pid);
 int process_run_target(struct mp_process *p);         /* the target's code, 0-255 */
 void process_publish_exit(struct mp_process *p, int code);   /* reaper: status + wake */
 int process_code_from_siginfo(const siginfo_t *si);
-int process_keep_fd(struct mp_process *p, int fd);     /* takes ownership of a pidfd */
 void process_daemon_guard(pid_t expected_parent);     /* PDEATHSIG + getppid check */
 /* argv of this program (NULL-terminated) and a path that execs its image. */
 const char *const *process_exec_argv(const char **path);
