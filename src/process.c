@@ -38,6 +38,7 @@ static void after_fork_parent(void) { pthread_mutex_unlock(&rt.lock); }
 static void after_fork_child(void)
 {
     pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
+    rt.pid = getpid();
     for (size_t i = 0; i < rt.nfds; i++)
         close(rt.fds[i].fd);
     rt.nfds = 0;
@@ -51,6 +52,7 @@ static void after_fork_child(void)
 
 static void runtime_init(void)
 {
+    rt.pid = getpid();
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     atexit(at_exit);
 }
@@ -73,7 +75,7 @@ static bool valid(const mp_process *p)
 
 static bool i_reap(const mp_process *p)
 {
-    return p->reaper == getpid();
+    return p->reaper == runtime()->pid;
 }
 
 /* Makes room for one more element in a growing array. */
@@ -171,8 +173,9 @@ int process_code_from_siginfo(const siginfo_t *si)
 void process_publish_exit(mp_process *p, int code)
 {
     p->exitcode = code;
-    atomic_store_explicit(&p->state, PROC_DONE, memory_order_release);
-    futex_wake(&p->state, INT32_MAX);
+    atomic_store(&p->state, PROC_DONE);         /* seq_cst, against the waiter count */
+    if (atomic_load(&p->waiters))
+        futex_wake(&p->state, INT32_MAX);
 }
 
 /* Under rt.lock. The exit pipe closes as the child exits, a moment before
@@ -396,7 +399,7 @@ static int fork_start(mp_process *p, int *fd)
     int rc = proc_exit_pipe(exit_pipe);
     if (rc != 0)
         return rc;
-    pid_t parent = getpid();
+    pid_t parent = rt.pid;
     pid_t pid = fork();
     if (pid < 0) {
         rc = -errno;
@@ -462,7 +465,7 @@ int mp_process_start(mp_process *p)
     int pidfd = -1;
     int rc = prepare(p, method);
     p->parent = me;
-    p->creator = getpid();
+    p->creator = rt.pid;
     if (rc == 0) {
         fflush(NULL);               /* or buffered output is printed twice */
         if (method == MP_FORK)
@@ -498,7 +501,10 @@ static int wait_published(mp_process *p, const mp_deadline *d)
         mp_deadline slice = deadline_in(SERVER_CHECK);
         if (!d->forever && deadline_left(d) < SERVER_CHECK)
             slice = *d;
-        futex_wait(&p->state, s, &slice);
+        atomic_fetch_add(&p->waiters, 1);
+        if (atomic_load(&p->state) == s)
+            futex_wait(&p->state, s, &slice);
+        atomic_fetch_sub(&p->waiters, 1);
         if (atomic_load(&p->state) == PROC_DONE)
             break;
         if (deadline_passed(d))
@@ -528,10 +534,10 @@ int mp_process_join(mp_process *p, double timeout)
     if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
         return MP_ESTATE;
     mp_deadline d = deadline_in(timeout);
-    if (!i_reap(p) && p->creator == getpid())
+    if (!i_reap(p) && p->creator == rt.pid)
         return wait_published(p, &d);   /* ours, reaped by the fork server */
     for (;;) {
-        if (ended_now(p))
+        if (atomic_load(&p->state) == PROC_DONE)
             return 0;
         runtime_lock();
         int fd = fd_for(p);
@@ -602,7 +608,7 @@ pid_t mp_process_pid(const mp_process *p)
 {
     if (!valid(p) || atomic_load(&p->state) == PROC_NEW)
         return 0;
-    return p == rt.current ? getpid() : p->pid;
+    return p == rt.current ? rt.pid : p->pid;
 }
 
 const char *mp_process_name(const mp_process *p)

@@ -21,6 +21,7 @@ enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
 struct mp_process {
     uint32_t magic;
     _Atomic uint32_t state;          /* PROC_*; futex word, woken at PROC_DONE */
+    _Atomic uint32_t waiters;        /* sleeping on state: wake only if any */
     int exitcode;                    /* valid at PROC_DONE: code or -signal */
     pid_t pid;
     pid_t creator;                   /* the process that called mp_process_start */
@@ -41,6 +42,7 @@ struct mp_process {
 struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
 struct mp_runtime {
     pthread_mutex_t lock;
+    pid_t pid;                       /* getpid(), kept: it is asked for often */
     struct mp_process *current;      /* this process's record, made on demand */
     unsigned next_child;             /* last N given to a child of this process */
     mp_start_method method;          /* mp_set_start_method */
