@@ -43,7 +43,7 @@ struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
 struct mp_runtime {
     pthread_mutex_t lock;
     pid_t pid;                       /* getpid(), kept: it is asked for often */
-    struct mp_process *current;      /* this process's record, made on demand */
+    struct mp_process *_Atomic current;   /* this process's record, made on demand */
     unsigned next_child;             /* last N given to a child of this process */
     mp_start_method method;          /* mp_set_start_method */
     struct mp_process **children;    /* started here and not yet freed */
