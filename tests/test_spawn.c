@@ -176,6 +176,31 @@ static void test_target_outside_any_object_is_refused(void **state)
     free(heap);
 }
 
+static int starts_with_a_huge_environment(void *arg)
+{
+    mp_start_method m = *(mp_start_method *)arg;
+    static char big[200 * 1024];         /* one string over MAX_ARG_STRLEN: E2BIG */
+    memset(big, 'x', sizeof big - 1);
+    setenv("MPROC_TEST_HUGE", big, 1);
+    mp_process *p;
+    int v = 0;
+    mp_process_opts o = { .method = m, .arg_size = sizeof v };
+    if (mp_process_new(&p, sums_job, &v, &o) != 0)
+        return 1;
+    int rc = mp_process_start(p);
+    if (rc != -E2BIG)
+        return 2;
+    if (mp_process_is_alive(p) || mp_process_free(p) != 0)
+        return 3;
+    return mp_active_children(NULL, 0) == 0 ? 0 : 4;
+}
+
+static void test_exec_failure_is_reported_by_start(void **state)
+{
+    mp_start_method m = method_of(state);
+    assert_int_equal(tu_wait(tu_fork(starts_with_a_huge_environment, &m), 20), 0);
+}
+
 static void test_many_children_in_a_row(void **state)
 {
     for (int i = 0; i < 20; i++) {
@@ -351,6 +376,7 @@ int main(void)
         BOTH(test_sentinel_is_readable_once_the_child_ends),
         BOTH(test_target_outside_any_object_is_refused),
         BOTH(test_many_children_in_a_row),
+        BOTH(test_exec_failure_is_reported_by_start),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
         cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
