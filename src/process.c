@@ -703,6 +703,11 @@ mp_start_method mp_get_start_method(void)
  * A daemon that ignores SIGTERM gets SIGKILL after a grace period. */
 static void at_exit(void)
 {
+    runtime_lock();
+    bool idle = !rt.nchildren && !rt.threads && rt.fs_sock < 0;
+    runtime_unlock();
+    if (idle)
+        return;                     /* the common case: a child that started nothing */
     thread_join_all_at_exit();
     mp_process *kids[64];
     int n, before = INT32_MAX;
