@@ -314,9 +314,10 @@ static bool fd_is_socket(int fd)
     return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+/* Tries the socket call first: a pipe answers ENOTSOCK and takes the pipe path. */
 int fd_write_full(int fd, const void *head, size_t head_len, const void *body, size_t body_len)
 {
-    return write_all(fd, fd_is_socket(fd), head, head_len, body, body_len);
+    return write_all(fd, true, head, head_len, body, body_len);
 }
 
 /* ------------------------------------------------------------------ frames */

@@ -13,13 +13,16 @@
 #include <netinet/in.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -338,6 +341,11 @@ static void test_send_to_closed_peer_is_epipe_not_sigpipe(void **state)
         assert_false(sigismember(&pending, SIGPIPE));
         mp_conn_close(b);
     }
+    int p[2];                                      /* the raw framing call too */
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    close(p[0]);
+    TU_ASSERT_RC(conn_send_frame(p[1], "x", 1), -EPIPE);
+    close(p[1]);
 }
 
 static void test_buffered_messages_count_as_ready(void **state)
@@ -467,26 +475,67 @@ static int child_echo_checksum(void *p)
     return mp_conn_send_bytes(e->c, &sum, sizeof sum) == 0 ? 0 : 2;
 }
 
-static void test_big_message_crosses_to_a_child(void **state)
+static void on_usr1(int sig)
 {
-    (void)state;
+    (void)sig;
+}
+
+struct pester { pthread_t target; pid_t child; _Atomic bool stop; };
+
+static void *pester_with_signals(void *p)
+{
+    struct pester *ps = p;
+    while (!atomic_load(&ps->stop)) {
+        pthread_kill(ps->target, SIGUSR1);     /* the sender */
+        kill(ps->child, SIGUSR1);              /* the receiver, same handler */
+        sched_yield();
+    }
+    return NULL;
+}
+
+/* Sends size bytes to a child that answers their checksum, under a storm
+ * of signals if asked. */
+static void big_exchange(size_t size, bool signals)
+{
     mp_conn *a, *b;
     TU_OK(mp_pipe(&a, &b, true));
-    struct echo_arg e = { b, (size_t)48 << 20 };
+    struct echo_arg e = { b, size };
     pid_t pid = tu_fork(child_echo_checksum, &e);
     mp_conn_close(b);             /* the child keeps its copy: the handle stays valid there */
-    unsigned char *big = malloc(e.size);
-    uint64_t sum = 0;
-    for (size_t i = 0; i < e.size; i++)
+    struct pester ps = { pthread_self(), pid, false };
+    pthread_t t;
+    if (signals)
+        assert_int_equal(pthread_create(&t, NULL, pester_with_signals, &ps), 0);
+    unsigned char *big = malloc(size);
+    uint64_t sum = 0, got;
+    for (size_t i = 0; i < size; i++)
         sum += big[i] = (unsigned char)(i * 7);
-    TU_OK(mp_conn_send_bytes(a, big, e.size));
-    uint64_t got;
+    TU_OK(mp_conn_send_bytes(a, big, size));
     size_t len;
     TU_OK(mp_conn_recv_bytes(a, &got, sizeof got, &len));
+    if (signals) {
+        atomic_store(&ps.stop, true);
+        pthread_join(t, NULL);
+    }
     assert_int_equal(got, sum);
     assert_int_equal(tu_wait(pid, 30), 0);
     free(big);
     mp_conn_close(a);
+}
+
+static void test_big_message_crosses_to_a_child(void **state)
+{
+    (void)state;
+    big_exchange((size_t)48 << 20, false);
+}
+
+static void test_big_send_and_receive_survive_signals(void **state)
+{
+    (void)state;
+    struct sigaction sa = { .sa_handler = on_usr1 }, old;   /* no SA_RESTART: EINTR */
+    sigaction(SIGUSR1, &sa, &old);
+    big_exchange((size_t)32 << 20, true);
+    sigaction(SIGUSR1, &old, NULL);
 }
 
 static int child_closes_then_exits(void *p)
@@ -887,6 +936,38 @@ static void test_accept_gives_up_on_a_silent_client(void **state)
     mp_listener_free(l);
 }
 
+static void test_client_waits_for_room_in_a_full_unix_backlog(void **state)
+{
+    (void)state;
+    char name[64];
+    snprintf(name, sizeof name, "@mproc-backlog-%d", (int)getpid());
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    memcpy(un.sun_path, name, strlen(name));
+    un.sun_path[0] = '\0';
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name));
+    int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(l, (struct sockaddr *)&un, len), 0);
+    assert_int_equal(listen(l, 0), 0);                     /* never accepts */
+    int fill[4], n = 0;
+    for (; n < 4; n++) {
+        fill[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fill[n], (struct sockaddr *)&un, len) != 0) {
+            close(fill[n]);
+            break;                                         /* the backlog is full */
+        }
+    }
+    assert_true(n < 4);
+    char addr[80];
+    snprintf(addr, sizeof addr, "unix:%s", name);
+    mp_conn *c;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_client(&c, addr, NULL, 0, 0.2), MP_ETIMEDOUT);   /* waited, not EAGAIN */
+    assert_true(tu_now() - t0 >= 0.15);
+    for (int i = 0; i < n; i++)
+        close(fill[i]);
+    close(l);
+}
+
 static void test_bad_addresses_are_einval(void **state)
 {
     (void)state;
@@ -986,6 +1067,7 @@ int main(void)
         cmocka_unit_test(test_sender_killed_mid_frame_does_not_wedge_other_senders),
         cmocka_unit_test(test_conn_whose_descriptor_was_closed_reports_eclosed),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
+        cmocka_unit_test(test_big_send_and_receive_survive_signals),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
         cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
@@ -1000,6 +1082,7 @@ int main(void)
         cmocka_unit_test(test_unix_abstract_listener),
         cmocka_unit_test(test_accept_times_out),
         cmocka_unit_test(test_accept_gives_up_on_a_silent_client),
+        cmocka_unit_test(test_client_waits_for_room_in_a_full_unix_backlog),
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
         cmocka_unit_test(test_forked_workers_share_one_listener),
