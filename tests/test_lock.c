@@ -339,6 +339,28 @@ static void test_rlock_is_held_until_the_last_release(void **state)
     mp_lock_free(l);
 }
 
+static int rlock_twice(void *arg)
+{
+    for (int i = 0; i < 2; i++)
+        if (mp_lock_acquire(arg, 0) != 0)
+            return 1;
+    for (int i = 0; i < 2; i++)
+        if (mp_lock_release(arg) != 0)       /* owner checks need the child's own tid */
+            return 2;
+    return mp_lock_release(arg) == MP_EINVAL ? 0 : 3;
+}
+
+static void test_rlock_owner_checks_use_the_forked_childs_own_tid(void **state)
+{
+    (void)state;
+    mp_lock *l;
+    TU_OK(mp_rlock_new(&l));
+    TU_OK(mp_lock_acquire(l, 0));            /* the parent's tid is cached by now */
+    TU_OK(mp_lock_release(l));
+    assert_int_equal(tu_wait(tu_fork(rlock_twice, l), 10), 0);
+    mp_lock_free(l);
+}
+
 /* ------------------------------------------------------------------ start methods */
 
 struct spawned {
@@ -410,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed),
         cmocka_unit_test(test_rlock_is_recursive_and_counts_releases),
         cmocka_unit_test(test_rlock_is_held_until_the_last_release),
+        cmocka_unit_test(test_rlock_owner_checks_use_the_forked_childs_own_tid),
         cmocka_unit_test(test_lock_works_and_stays_robust_under_every_start_method),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
