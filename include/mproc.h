@@ -167,8 +167,8 @@ MP_EXTERN int  mp_condition_new(mp_condition **c, mp_lock *l);
 MP_EXTERN int  mp_condition_acquire(mp_condition *c, double timeout);
 MP_EXTERN int  mp_condition_release(mp_condition *c);
 /* Needs the lock (else MP_EINVAL); releases it fully, however deep, and holds
- * it again at that depth on return: 0 notified, MP_ETIMEDOUT, or
- * MP_EOWNERDEAD if a holder died meanwhile (notified or not). */
+ * it again at that depth on return: 0 notified, MP_ETIMEDOUT, MP_EOWNERDEAD
+ * if a holder died meanwhile (notified or not), MP_ENOMEM (arena full). */
 MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);
 /* Needs the lock (else MP_EINVAL; n < 0 too): wakes the first n of those
  * waiting now, oldest first. A waiter killed while waiting is skipped. */

@@ -8,8 +8,6 @@
  */
 #include "sync_internal.h"
 
-#include <limits.h>
-
 /* Manager locks (MAGIC_MLOCK) are served by manager/; these stand in until
  * it is linked, and a strong definition there replaces them. */
 __attribute__((weak)) int mlock_acquire(mp_lock *l, double timeout)
