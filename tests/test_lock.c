@@ -2,6 +2,7 @@
  * every error code, timeouts on time, and a holder killed with SIGKILL. */
 #include "sync_helpers.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------ arguments */
@@ -299,6 +300,42 @@ static void test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed(void
     mp_lock_free(l);
 }
 
+static int hammer(void *arg)
+{
+    struct counter *c = arg;
+    for (;;) {
+        int rc = mp_lock_acquire(c->lock, 30);
+        if (rc != 0 && rc != MP_EOWNERDEAD)
+            return 1;
+        c->value++;
+        if (mp_lock_release(c->lock) != 0)
+            return 2;
+    }
+}
+
+static void test_lock_survives_holders_killed_at_random_moments(void **state)
+{
+    (void)state;
+    struct counter *c = mp_shared_alloc(sizeof *c);
+    TU_OK(mp_rlock_new(&c->lock));
+    srand((unsigned)getpid());
+    for (int round = 0; round < 20; round++) {
+        pid_t pids[3];
+        for (int i = 0; i < 3; i++)
+            pids[i] = tu_fork(hammer, c);
+        for (int i = 0; i < 3; i++) {
+            usleep((useconds_t)(rand() % 3000));     /* a random moment, not a synchronisation */
+            kill_child(pids[i]);
+        }
+        int rc = mp_lock_acquire(c->lock, 1);
+        assert_true(rc == 0 || rc == MP_EOWNERDEAD);
+        TU_OK(mp_lock_release(c->lock));
+        TU_ASSERT_RC(mp_lock_release(c->lock), MP_EINVAL);
+    }
+    mp_lock_free(c->lock);
+    mp_shared_free(c);
+}
+
 /* ------------------------------------------------------------------ RLock */
 
 static void test_rlock_is_recursive_and_counts_releases(void **state)
@@ -430,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_lock_holder_killed_gives_next_acquirer_eownerdead),
         cmocka_unit_test(test_rlock_holder_killed_gives_next_acquirer_eownerdead),
         cmocka_unit_test(test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed),
+        cmocka_unit_test(test_lock_survives_holders_killed_at_random_moments),
         cmocka_unit_test(test_rlock_is_recursive_and_counts_releases),
         cmocka_unit_test(test_rlock_is_held_until_the_last_release),
         cmocka_unit_test(test_rlock_owner_checks_use_the_forked_childs_own_tid),
