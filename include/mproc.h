@@ -273,6 +273,9 @@ typedef struct { const char *address; const void *authkey; size_t authkey_len; }
 MP_EXTERN int  mp_manager_start(mp_manager **m, const mp_manager_opts *o);   /* starts a server process */
 MP_EXTERN int  mp_manager_connect(mp_manager **m, const char *address, const void *authkey, size_t len);
 MP_EXTERN const char *mp_manager_address(const mp_manager *m);
+/* The authkey clients must present (random when the opts gave none). */
+MP_EXTERN const void *mp_manager_authkey(const mp_manager *m, size_t *len);
+MP_EXTERN pid_t mp_manager_pid(const mp_manager *m);   /* server pid if started here, else -1 */
 MP_EXTERN int  mp_manager_shutdown(mp_manager *m);
 MP_EXTERN void mp_manager_free(mp_manager *m);
 

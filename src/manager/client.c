@@ -1,0 +1,707 @@
+/* client.c - mp_manager and the proxies: dicts, lists, queues and locks.
+ *
+ * A proxy call is one request/reply round trip on a connection guarded by a
+ * mutex. The manager's connection carries dict and list calls; each queue
+ * and lock handle has its own, so a blocked get or acquire never holds up
+ * the others and a lock's owner is exactly that connection. Blocking calls
+ * wait on the server in slices and re-ask until their own deadline, letting
+ * other threads in between. A connection notices fork (its pid changes) and
+ * reconnects, like Python's proxies do.
+ */
+#include "manager/manager_internal.h"
+#include "manager/protocol.h"
+#include "manager/wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct mconn {
+    pthread_mutex_t mu;
+    struct wire w;       /* fd -1 until connected */
+    pid_t pid;           /* process the socket belongs to */
+    mp_buf req;
+};
+
+struct mp_manager {
+    uint32_t magic;
+    char address[WIRE_MAX_ADDRESS];
+    uint8_t key[WIRE_MAX_AUTHKEY];
+    size_t keylen;
+    pid_t server_pid;     /* > 0 when started by starter_pid */
+    pid_t starter_pid;
+    bool shut;
+    struct mconn conn;
+};
+
+/* A dict or list proxy: a name on the manager's connection. */
+struct proxy {
+    uint32_t magic;
+    mp_manager *m;
+    struct mconn *c;
+    struct mconn own;     /* queues and locks: their own connection */
+    size_t nlen;
+    char name[MSG_MAX_NAME + 1];
+};
+
+struct mp_dict { struct proxy p; };
+struct mp_list { struct proxy p; };
+struct mp_mqueue { struct proxy p; };
+struct mlock { struct proxy p; };
+
+/* ------------------------------------------------------------------ connections */
+
+static void mconn_init(struct mconn *c)
+{
+    pthread_mutex_init(&c->mu, NULL);
+    wire_init(&c->w, -1, MANAGER_SPIN_NS);
+    c->pid = 0;
+    memset(&c->req, 0, sizeof c->req);
+}
+
+static void mconn_drop(struct mconn *c)
+{
+    wire_close(&c->w);
+    c->pid = 0;
+}
+
+static void mconn_destroy(struct mconn *c)
+{
+    mconn_drop(c);
+    mp_buf_free(&c->req);
+    pthread_mutex_destroy(&c->mu);
+}
+
+static int mconn_open(struct mconn *c, const mp_manager *m)
+{
+    mp_deadline d = deadline_in(MANAGER_AUTH_TIMEOUT_S);
+    int fd;
+    int rc = wire_connect(m->address, &fd, &d);
+    if (rc < 0)
+        return rc;
+    wire_close(&c->w);
+    wire_init(&c->w, fd, MANAGER_SPIN_NS);
+    rc = wire_auth_client(&c->w, m->key, m->keylen, &d);
+    if (rc < 0) {
+        mconn_drop(c);
+        return rc == MP_EAUTH ? rc : MP_EBROKEN;
+    }
+    c->pid = getpid();
+    return 0;
+}
+
+/* Locks c and makes sure it is connected in this process. */
+static int mconn_begin(struct mconn *c, const mp_manager *m)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->w.fd >= 0 && c->pid == getpid())
+        return 0;
+    if (c->w.fd >= 0)
+        mconn_drop(c);     /* inherited over fork: the parent's socket, not ours */
+    int rc = mconn_open(c, m);
+    return rc == MP_EAUTH ? rc : rc < 0 ? MP_EBROKEN : 0;
+}
+
+static void mconn_end(struct mconn *c)
+{
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Sends c->req and decodes the reply into rep; the reply's status, or a
+ * transport error (the connection is dropped: the server is gone). */
+static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
+{
+    const uint8_t *data;
+    size_t len;
+    int rc = wire_send(&c->w, c->req.data, c->req.len);
+    if (rc == 0)
+        rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, NULL);
+    if (rc == 0)
+        rc = msg_decode(data, len, rep);
+    if (rc == 0 && rep->v[0].type != MV_INT)
+        rc = MP_EPROTO;
+    if (rc < 0) {
+        mconn_drop(c);
+        return MP_EBROKEN;
+    }
+    return (int)rep->v[0].i;
+}
+
+/* One call: the request is the op, the proxy's name, then args. Returns
+ * with the connection locked (the reply points into it): call mconn_end. */
+static int proxy_call(struct proxy *p, int op, const struct mval *args, size_t n, struct mmsg *rep)
+{
+    int rc = mconn_begin(p->c, p->m);
+    if (rc < 0)
+        return rc;
+    struct menc e;
+    enc_begin(&e, &p->c->req, 2 + n);
+    enc_int(&e, op);
+    enc_text(&e, p->name, p->nlen);
+    for (size_t i = 0; i < n; i++)
+        enc_val(&e, &args[i]);
+    return e.rc < 0 ? e.rc : mconn_roundtrip(p->c, rep);
+}
+
+/* A call whose reply carries nothing the caller needs. */
+static int proxy_simple(struct proxy *p, int op, const struct mval *args, size_t n)
+{
+    struct mmsg rep;
+    int rc = proxy_call(p, op, args, n, &rep);
+    mconn_end(p->c);
+    return rc;
+}
+
+/* A call whose reply value is an int (lengths, incr). */
+static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n, int64_t *out)
+{
+    struct mmsg rep;
+    int rc = proxy_call(p, op, args, n, &rep);
+    if (rc == 0 && (rep.n != 2 || rep.v[1].type != MV_INT))
+        rc = MP_EPROTO;
+    if (rc == 0 && out)
+        *out = rep.v[1].i;
+    mconn_end(p->c);
+    return rc;
+}
+
+/* A call whose reply value is bytes, copied into out. */
+static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t n, mp_buf *out)
+{
+    struct mmsg rep;
+    int rc = proxy_call(p, op, args, n, &rep);
+    if (rc == 0 && rep.n != 2)
+        rc = MP_EPROTO;
+    if (rc == 0 && rep.v[1].type != MV_BYTES)
+        rc = MP_ETYPE;
+    if (rc == 0) {
+        out->len = 0;
+        rc = mp_buf_append(out, rep.v[1].p, rep.v[1].len);
+    }
+    mconn_end(p->c);
+    return rc;
+}
+
+/* A blocking call: asks the server in slices until the deadline, so the
+ * connection is free for other threads between slices. `expire` is the
+ * code the server gives when a slice ends empty-handed. */
+static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, size_t targ,
+                          double timeout, int expire, mp_buf *out)
+{
+    mp_deadline d = deadline_in(timeout);
+    for (;;) {
+        double left = d.forever ? -1.0 : deadline_left(&d);
+        args[targ] = (struct mval){ .type = MV_FLOAT, .f = left };
+        int rc = out ? proxy_bytes(p, op, args, n, out) : proxy_simple(p, op, args, n);
+        if (rc != expire || timeout == 0 || deadline_passed(&d))
+            return rc;
+    }
+}
+
+/* ------------------------------------------------------------------ arguments */
+
+static struct mval text_arg(const char *s) { return (struct mval){ .type = MV_TEXT, .p = (const uint8_t *)s, .len = strlen(s) }; }
+static struct mval bytes_arg(const void *p, size_t len) { return (struct mval){ .type = MV_BYTES, .p = p, .len = len }; }
+static struct mval int_arg(int64_t i) { return (struct mval){ .type = MV_INT, .i = i }; }
+
+static bool key_ok(const char *key) { return key && strlen(key) <= MSG_MAX_KEY; }
+static bool bytes_ok(const void *p, size_t len) { return (p || len == 0) && len <= MSG_MAX_VALUE; }
+
+static bool proxy_ok(const struct proxy *p, uint32_t magic) { return p && p->magic == magic; }
+
+/* ------------------------------------------------------------------ managers */
+
+static bool manager_ok(const mp_manager *m) { return m && m->magic == MAGIC_MANAGER; }
+
+static int manager_alloc(mp_manager **out, const void *key, size_t keylen)
+{
+    if (keylen > WIRE_MAX_AUTHKEY || (!key && keylen))
+        return MP_EINVAL;
+    mp_manager *m = calloc(1, sizeof *m);
+    if (!m)
+        return MP_ENOMEM;
+    m->magic = MAGIC_MANAGER;
+    if (keylen)
+        memcpy(m->key, key, keylen);
+    m->keylen = keylen;
+    mconn_init(&m->conn);
+    *out = m;
+    return 0;
+}
+
+static void manager_release(mp_manager *m)
+{
+    mconn_destroy(&m->conn);
+    m->magic = MAGIC_FREED;
+    free(m);
+}
+
+int mp_manager_connect(mp_manager **out, const char *address, const void *authkey, size_t len)
+{
+    if (!out || !address || strlen(address) >= WIRE_MAX_ADDRESS)
+        return MP_EINVAL;
+    mp_manager *m;
+    int rc = manager_alloc(&m, authkey, len);
+    if (rc < 0)
+        return rc;
+    snprintf(m->address, sizeof m->address, "%s", address);
+    pthread_mutex_lock(&m->conn.mu);
+    rc = mconn_open(&m->conn, m);
+    pthread_mutex_unlock(&m->conn.mu);
+    if (rc < 0) {
+        manager_release(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+/* The child side of mp_manager_start: keep only the listener, serve, exit. */
+static void manager_child(int lfd, pid_t parent, const mp_manager *m)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(0);
+    if (lfd != 3 && dup2(lfd, 3) < 0)
+        _exit(1);
+    syscall(SYS_close_range, 4u, ~0u, 0u);   /* other managers' sockets must not linger here */
+    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key,
+                                      .authkey_len = m->keylen, .stop_fd = -1 };
+    _exit(manager_serve(&so) < 0 ? 1 : 0);
+}
+
+static int manager_default_address(char *buf, size_t cap)
+{
+    uint64_t r;
+    if (getrandom(&r, sizeof r, 0) != sizeof r)
+        return MP_EINVAL;
+    snprintf(buf, cap, "unix:@mproc-manager-%d-%016llx", (int)getpid(), (unsigned long long)r);
+    return 0;
+}
+
+int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
+{
+    mp_manager_opts none = { 0 };
+    if (!o)
+        o = &none;
+    if (!out || (o->address && strlen(o->address) >= WIRE_MAX_ADDRESS))
+        return MP_EINVAL;
+    uint8_t random_key[MANAGER_KEY_LEN];
+    const void *key = o->authkey;
+    size_t keylen = o->authkey_len;
+    if (!key) {          /* like Python: a manager always has an authkey */
+        if (keylen || getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
+            return MP_EINVAL;
+        key = random_key;
+        keylen = sizeof random_key;
+    }
+    mp_manager *m;
+    int rc = manager_alloc(&m, key, keylen);
+    char wanted[WIRE_MAX_ADDRESS];
+    if (rc < 0)
+        return rc;
+    if (o->address)
+        snprintf(wanted, sizeof wanted, "%s", o->address);
+    else if ((rc = manager_default_address(wanted, sizeof wanted)) < 0)
+        goto fail;
+    int lfd;
+    if ((rc = wire_listen(wanted, &lfd, m->address, sizeof m->address)) < 0)
+        goto fail;
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        manager_child(lfd, parent, m);
+    close(lfd);
+    if (pid < 0) {
+        rc = errno_to_mp(errno);
+        wire_unlink(m->address);
+        goto fail;
+    }
+    m->server_pid = pid;
+    m->starter_pid = parent;
+    pthread_mutex_lock(&m->conn.mu);
+    rc = mconn_open(&m->conn, m);
+    pthread_mutex_unlock(&m->conn.mu);
+    if (rc < 0) {
+        mp_manager_shutdown(m);
+        goto fail;
+    }
+    *out = m;
+    return 0;
+fail:
+    manager_release(m);
+    return rc;
+}
+
+const char *mp_manager_address(const mp_manager *m)
+{
+    return manager_ok(m) ? m->address : NULL;
+}
+
+const void *mp_manager_authkey(const mp_manager *m, size_t *len)
+{
+    if (!manager_ok(m))
+        return NULL;
+    if (len)
+        *len = m->keylen;
+    return m->key;
+}
+
+pid_t mp_manager_pid(const mp_manager *m)
+{
+    return manager_ok(m) && m->server_pid > 0 ? m->server_pid : -1;
+}
+
+/* Waits for our server child to exit; SIGKILL when it will not. */
+static void manager_reap(pid_t pid, double timeout)
+{
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pfd >= 0) {
+        struct pollfd p = { .fd = pfd, .events = POLLIN };
+        if (poll(&p, 1, (int)(timeout * 1000)) == 0)
+            kill(pid, SIGKILL);
+        close(pfd);
+    } else {
+        kill(pid, SIGKILL);
+    }
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
+int mp_manager_shutdown(mp_manager *m)
+{
+    if (!manager_ok(m))
+        return MP_EINVAL;
+    if (m->server_pid <= 0 || m->starter_pid != getpid())
+        return MP_ESTATE;       /* only the process that started the server stops it */
+    if (m->shut)
+        return 0;
+    struct mmsg rep;
+    int rc = mconn_begin(&m->conn, m);
+    if (rc == 0) {
+        struct menc e;
+        enc_begin(&e, &m->conn.req, 1);
+        enc_int(&e, OP_SHUTDOWN);
+        if (e.rc == 0)
+            mconn_roundtrip(&m->conn, &rep);
+    }
+    mconn_drop(&m->conn);
+    mconn_end(&m->conn);
+    manager_reap(m->server_pid, 5.0);
+    wire_unlink(m->address);
+    m->shut = true;
+    return 0;
+}
+
+void mp_manager_free(mp_manager *m)
+{
+    if (!manager_ok(m))
+        return;
+    if (m->server_pid > 0 && m->starter_pid == getpid() && !m->shut)
+        mp_manager_shutdown(m);
+    manager_release(m);
+}
+
+/* ------------------------------------------------------------------ proxies */
+
+/* Opens a proxy: checks arguments, sends the kind's OPEN op (which creates
+ * the object when missing). own: the proxy gets its own connection. */
+static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, bool own,
+                      const struct mval *args, size_t n, void **out)
+{
+    if (!manager_ok(m) || !name || !out || strlen(name) == 0 || strlen(name) > MSG_MAX_NAME)
+        return MP_EINVAL;
+    struct proxy *p = calloc(1, sizeof *p);
+    if (!p)
+        return MP_ENOMEM;
+    p->magic = magic;
+    p->m = m;
+    p->nlen = strlen(name);
+    memcpy(p->name, name, p->nlen + 1);
+    p->c = &m->conn;
+    if (own) {
+        mconn_init(&p->own);
+        p->c = &p->own;
+    }
+    int rc = proxy_simple(p, op, args, n);
+    if (rc < 0) {
+        if (own)
+            mconn_destroy(&p->own);
+        free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+static void proxy_free(struct proxy *p, uint32_t magic)
+{
+    if (!proxy_ok(p, magic))
+        return;
+    if (p->c == &p->own)
+        mconn_destroy(&p->own);
+    p->magic = MAGIC_FREED;
+    free(p);
+}
+
+/* ------------------------------------------------------------------ dicts */
+
+int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
+{
+    return proxy_open(m, name, MAGIC_DICT, OP_DICT_OPEN, false, NULL, 0, (void **)d);
+}
+
+static int dict_set_val(mp_dict *d, const char *key, struct mval v)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[2] = { text_arg(key), v };
+    return proxy_simple(&d->p, OP_DICT_SET, args, 2);
+}
+
+int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
+{
+    if (!bytes_ok(val, len))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    return dict_set_val(d, key, bytes_arg(val, len));
+}
+
+int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v)
+{
+    return dict_set_val(d, key, int_arg(v));
+}
+
+int mp_dict_set_f64(mp_dict *d, const char *key, double v)
+{
+    return dict_set_val(d, key, (struct mval){ .type = MV_FLOAT, .f = v });
+}
+
+int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key) || !val)
+        return MP_EINVAL;
+    struct mval args[1] = { text_arg(key) };
+    return proxy_bytes(&d->p, OP_DICT_GET, args, 1, val);
+}
+
+/* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
+static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct mval *out)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[1] = { text_arg(key) };
+    struct mmsg rep;
+    int rc = proxy_call(&d->p, OP_DICT_GET, args, 1, &rep);
+    if (rc == 0 && rep.n != 2)
+        rc = MP_EPROTO;
+    if (rc == 0 && rep.v[1].type != want)
+        rc = MP_ETYPE;
+    if (rc == 0)
+        *out = rep.v[1];
+    mconn_end(d->p.c);
+    return rc;
+}
+
+int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v)
+{
+    struct mval got;
+    if (!v)
+        return MP_EINVAL;
+    int rc = dict_get_scalar(d, key, MV_INT, &got);
+    if (rc == 0)
+        *v = got.i;
+    return rc;
+}
+
+int mp_dict_get_f64(mp_dict *d, const char *key, double *v)
+{
+    struct mval got;
+    if (!v)
+        return MP_EINVAL;
+    int rc = dict_get_scalar(d, key, MV_FLOAT, &got);
+    if (rc == 0)
+        *v = got.f;
+    return rc;
+}
+
+int mp_dict_del(mp_dict *d, const char *key)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[1] = { text_arg(key) };
+    return proxy_simple(&d->p, OP_DICT_DEL, args, 1);
+}
+
+int mp_dict_len(mp_dict *d, size_t *n)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !n)
+        return MP_EINVAL;
+    int64_t v;
+    int rc = proxy_int(&d->p, OP_DICT_LEN, NULL, 0, &v);
+    if (rc == 0)
+        *n = (size_t)v;
+    return rc;
+}
+
+int mp_dict_keys(mp_dict *d, mp_buf *keys)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !keys)
+        return MP_EINVAL;
+    return proxy_bytes(&d->p, OP_DICT_KEYS, NULL, 0, keys);
+}
+
+int mp_dict_clear(mp_dict *d)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT))
+        return MP_EINVAL;
+    return proxy_simple(&d->p, OP_DICT_CLEAR, NULL, 0);
+}
+
+int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[2] = { text_arg(key), int_arg(delta) };
+    return proxy_int(&d->p, OP_DICT_INCR, args, 2, result);
+}
+
+int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
+                const void *val, size_t vlen)
+{
+    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
+        (!expect && elen) || elen > MSG_MAX_VALUE)
+        return MP_EINVAL;
+    struct mval args[3] = { text_arg(key),
+                            expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
+                            bytes_arg(val, vlen) };
+    return proxy_simple(&d->p, OP_DICT_CAS, args, 3);
+}
+
+void mp_dict_free(mp_dict *d)
+{
+    proxy_free((struct proxy *)d, MAGIC_DICT);
+}
+
+/* ------------------------------------------------------------------ lists */
+
+int mp_list_open(mp_manager *m, const char *name, mp_list **l)
+{
+    return proxy_open(m, name, MAGIC_LIST, OP_LIST_OPEN, false, NULL, 0, (void **)l);
+}
+
+int mp_list_append(mp_list *l, const void *val, size_t len)
+{
+    if (!proxy_ok(&l->p, MAGIC_LIST) || !bytes_ok(val, len))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    struct mval args[1] = { bytes_arg(val, len) };
+    return proxy_simple(&l->p, OP_LIST_APPEND, args, 1);
+}
+
+int mp_list_get(mp_list *l, long i, mp_buf *val)
+{
+    if (!proxy_ok(&l->p, MAGIC_LIST) || !val)
+        return MP_EINVAL;
+    struct mval args[1] = { int_arg(i) };
+    return proxy_bytes(&l->p, OP_LIST_GET, args, 1, val);
+}
+
+int mp_list_set(mp_list *l, long i, const void *val, size_t len)
+{
+    if (!proxy_ok(&l->p, MAGIC_LIST) || !bytes_ok(val, len))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    struct mval args[2] = { int_arg(i), bytes_arg(val, len) };
+    return proxy_simple(&l->p, OP_LIST_SET, args, 2);
+}
+
+int mp_list_pop(mp_list *l, long i, mp_buf *val)
+{
+    if (!proxy_ok(&l->p, MAGIC_LIST) || !val)
+        return MP_EINVAL;
+    struct mval args[1] = { int_arg(i) };
+    return proxy_bytes(&l->p, OP_LIST_POP, args, 1, val);
+}
+
+int mp_list_len(mp_list *l, size_t *n)
+{
+    if (!proxy_ok(&l->p, MAGIC_LIST) || !n)
+        return MP_EINVAL;
+    int64_t v;
+    int rc = proxy_int(&l->p, OP_LIST_LEN, NULL, 0, &v);
+    if (rc == 0)
+        *n = (size_t)v;
+    return rc;
+}
+
+void mp_list_free(mp_list *l)
+{
+    proxy_free((struct proxy *)l, MAGIC_LIST);
+}
+
+/* ------------------------------------------------------------------ queues */
+
+int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue **q)
+{
+    if (maxsize > INT64_MAX)
+        return MP_EINVAL;
+    struct mval args[1] = { int_arg((int64_t)maxsize) };
+    return proxy_open(m, name, MAGIC_MQUEUE, OP_QUEUE_OPEN, true, args, 1, (void **)q);
+}
+
+int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout)
+{
+    if (!proxy_ok(&q->p, MAGIC_MQUEUE) || !bytes_ok(data, len) || !timeout_valid(timeout))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    struct mval args[2] = { bytes_arg(data, len), { 0 } };
+    return proxy_blocking(&q->p, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL);
+}
+
+int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout)
+{
+    if (!proxy_ok(&q->p, MAGIC_MQUEUE) || !out || !timeout_valid(timeout))
+        return MP_EINVAL;
+    struct mval args[1] = { { 0 } };
+    return proxy_blocking(&q->p, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out);
+}
+
+void mp_mqueue_free(mp_mqueue *q)
+{
+    proxy_free((struct proxy *)q, MAGIC_MQUEUE);
+}
+
+/* ------------------------------------------------------------------ locks */
+
+int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l)
+{
+    return proxy_open(m, name, MAGIC_MLOCK, OP_LOCK_OPEN, true, NULL, 0, (void **)l);
+}
+
+int mlock_acquire(mp_lock *l, double timeout)
+{
+    struct proxy *p = (struct proxy *)l;
+    if (!proxy_ok(p, MAGIC_MLOCK) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    struct mval args[1] = { { 0 } };
+    return proxy_blocking(p, OP_LOCK_ACQUIRE, args, 1, 0, timeout, MP_ETIMEDOUT, NULL);
+}
+
+int mlock_release(mp_lock *l)
+{
+    struct proxy *p = (struct proxy *)l;
+    if (!proxy_ok(p, MAGIC_MLOCK))
+        return MP_EINVAL;
+    return proxy_simple(p, OP_LOCK_RELEASE, NULL, 0);
+}
+
+void mlock_free(mp_lock *l)
+{
+    proxy_free((struct proxy *)l, MAGIC_MLOCK);
+}
