@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,7 +122,7 @@ static int wire_header(struct wire *w, size_t maxlen, size_t *hdr, size_t *body)
 static int wire_wait(struct wire *w, uint64_t spin_until, const mp_deadline *d)
 {
     if (now_ns() < spin_until) {
-        cpu_relax();
+        sched_yield();       /* on a busy machine the peer may need this CPU */
         return 0;
     }
     int ms = -1;
