@@ -462,10 +462,10 @@ int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
 
 static int dict_set_val(mp_dict *d, const char *key, struct mval v)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[2] = { text_arg(key), v };
-    return proxy_simple(&d->p, OP_DICT_SET, args, 2);
+    return proxy_simple((struct proxy *)d, OP_DICT_SET, args, 2);
 }
 
 int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
@@ -487,27 +487,27 @@ int mp_dict_set_f64(mp_dict *d, const char *key, double v)
 
 int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key) || !val)
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !val)
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
-    return proxy_bytes(&d->p, OP_DICT_GET, args, 1, val);
+    return proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val);
 }
 
 /* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
 static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct mval *out)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
     struct mmsg rep;
-    int rc = proxy_call(&d->p, OP_DICT_GET, args, 1, &rep);
+    int rc = proxy_call((struct proxy *)d, OP_DICT_GET, args, 1, &rep);
     if (rc == 0 && rep.n != 2)
         rc = MP_EPROTO;
     if (rc == 0 && rep.v[1].type != want)
         rc = MP_ETYPE;
     if (rc == 0)
         *out = rep.v[1];
-    mconn_end(d->p.c);
+    mconn_end(((struct proxy *)d)->c);
     return rc;
 }
 
@@ -535,18 +535,18 @@ int mp_dict_get_f64(mp_dict *d, const char *key, double *v)
 
 int mp_dict_del(mp_dict *d, const char *key)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
-    return proxy_simple(&d->p, OP_DICT_DEL, args, 1);
+    return proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1);
 }
 
 int mp_dict_len(mp_dict *d, size_t *n)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !n)
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !n)
         return MP_EINVAL;
     int64_t v;
-    int rc = proxy_int(&d->p, OP_DICT_LEN, NULL, 0, &v);
+    int rc = proxy_int((struct proxy *)d, OP_DICT_LEN, NULL, 0, &v);
     if (rc == 0)
         *n = (size_t)v;
     return rc;
@@ -554,36 +554,36 @@ int mp_dict_len(mp_dict *d, size_t *n)
 
 int mp_dict_keys(mp_dict *d, mp_buf *keys)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !keys)
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !keys)
         return MP_EINVAL;
-    return proxy_bytes(&d->p, OP_DICT_KEYS, NULL, 0, keys);
+    return proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys);
 }
 
 int mp_dict_clear(mp_dict *d)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT))
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT))
         return MP_EINVAL;
-    return proxy_simple(&d->p, OP_DICT_CLEAR, NULL, 0);
+    return proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0);
 }
 
 int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key))
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[2] = { text_arg(key), int_arg(delta) };
-    return proxy_int(&d->p, OP_DICT_INCR, args, 2, result);
+    return proxy_int((struct proxy *)d, OP_DICT_INCR, args, 2, result);
 }
 
 int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
                 const void *val, size_t vlen)
 {
-    if (!proxy_ok(&d->p, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
         (!expect && elen) || elen > MSG_MAX_VALUE)
         return MP_EINVAL;
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
                             bytes_arg(val, vlen) };
-    return proxy_simple(&d->p, OP_DICT_CAS, args, 3);
+    return proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3);
 }
 
 void mp_dict_free(mp_dict *d)
@@ -600,42 +600,42 @@ int mp_list_open(mp_manager *m, const char *name, mp_list **l)
 
 int mp_list_append(mp_list *l, const void *val, size_t len)
 {
-    if (!proxy_ok(&l->p, MAGIC_LIST) || !bytes_ok(val, len))
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
         return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
     struct mval args[1] = { bytes_arg(val, len) };
-    return proxy_simple(&l->p, OP_LIST_APPEND, args, 1);
+    return proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1);
 }
 
 int mp_list_get(mp_list *l, long i, mp_buf *val)
 {
-    if (!proxy_ok(&l->p, MAGIC_LIST) || !val)
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
         return MP_EINVAL;
     struct mval args[1] = { int_arg(i) };
-    return proxy_bytes(&l->p, OP_LIST_GET, args, 1, val);
+    return proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val);
 }
 
 int mp_list_set(mp_list *l, long i, const void *val, size_t len)
 {
-    if (!proxy_ok(&l->p, MAGIC_LIST) || !bytes_ok(val, len))
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
         return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
     struct mval args[2] = { int_arg(i), bytes_arg(val, len) };
-    return proxy_simple(&l->p, OP_LIST_SET, args, 2);
+    return proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2);
 }
 
 int mp_list_pop(mp_list *l, long i, mp_buf *val)
 {
-    if (!proxy_ok(&l->p, MAGIC_LIST) || !val)
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
         return MP_EINVAL;
     struct mval args[1] = { int_arg(i) };
-    return proxy_bytes(&l->p, OP_LIST_POP, args, 1, val);
+    return proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val);
 }
 
 int mp_list_len(mp_list *l, size_t *n)
 {
-    if (!proxy_ok(&l->p, MAGIC_LIST) || !n)
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !n)
         return MP_EINVAL;
     int64_t v;
-    int rc = proxy_int(&l->p, OP_LIST_LEN, NULL, 0, &v);
+    int rc = proxy_int((struct proxy *)l, OP_LIST_LEN, NULL, 0, &v);
     if (rc == 0)
         *n = (size_t)v;
     return rc;
@@ -658,18 +658,18 @@ int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue 
 
 int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout)
 {
-    if (!proxy_ok(&q->p, MAGIC_MQUEUE) || !bytes_ok(data, len) || !timeout_valid(timeout))
+    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !bytes_ok(data, len) || !timeout_valid(timeout))
         return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
     struct mval args[2] = { bytes_arg(data, len), { 0 } };
-    return proxy_blocking(&q->p, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL);
+    return proxy_blocking((struct proxy *)q, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL);
 }
 
 int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout)
 {
-    if (!proxy_ok(&q->p, MAGIC_MQUEUE) || !out || !timeout_valid(timeout))
+    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !out || !timeout_valid(timeout))
         return MP_EINVAL;
     struct mval args[1] = { { 0 } };
-    return proxy_blocking(&q->p, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out);
+    return proxy_blocking((struct proxy *)q, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out);
 }
 
 void mp_mqueue_free(mp_mqueue *q)

@@ -25,11 +25,15 @@ struct server {
     const void *key;
     size_t keylen;
     int wake[2];                 /* a SHUTDOWN request writes here */
-    _Atomic int clients;
+    pthread_mutex_t mu;          /* guards the client list */
+    pthread_cond_t gone;         /* a client thread has finished */
+    struct client *clients;
+    int nclients;
 };
 
 struct client {
     struct server *srv;
+    struct client *prev, *next;
     struct wire w;
     mp_buf out;
 };
@@ -72,6 +76,25 @@ static int client_serve_frame(struct client *c, const uint8_t *data, size_t len,
     return wire_send(&c->w, c->out.data, c->out.len);
 }
 
+/* Unlinks, closes and frees c; the last thing its thread does. */
+static void client_remove(struct client *c)
+{
+    struct server *srv = c->srv;
+    pthread_mutex_lock(&srv->mu);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    srv->nclients--;
+    wire_close(&c->w);
+    mp_buf_free(&c->out);
+    free(c);
+    pthread_cond_broadcast(&srv->gone);
+    pthread_mutex_unlock(&srv->mu);
+}
+
 static void *client_main(void *arg)
 {
     struct client *c = arg;
@@ -95,10 +118,7 @@ static void *client_main(void *arg)
         ssize_t n = write(srv->wake[1], &b, 1);
         MP_UNUSED(n);
     }
-    wire_close(&c->w);
-    mp_buf_free(&c->out);
-    free(c);
-    atomic_fetch_sub(&srv->clients, 1);
+    client_remove(c);
     return NULL;
 }
 
@@ -107,24 +127,50 @@ static void server_accept(struct server *srv, int lfd, pthread_attr_t *attr)
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0)
         return;
-    struct client *c = NULL;
-    if (atomic_fetch_add(&srv->clients, 1) < MANAGER_MAX_CLIENTS)
-        c = calloc(1, sizeof *c);
+    struct client *c = calloc(1, sizeof *c);
+    pthread_mutex_lock(&srv->mu);
     pthread_t t;
-    if (c) {
+    if (c && srv->nclients < MANAGER_MAX_CLIENTS) {
         c->srv = srv;
         wire_init(&c->w, fd, MANAGER_SPIN_NS);
-        if (pthread_create(&t, attr, client_main, c) == 0)
-            return;
-        free(c);
+        if (pthread_create(&t, attr, client_main, c) == 0) {
+            c->next = srv->clients;
+            if (c->next)
+                c->next->prev = c;
+            srv->clients = c;
+            srv->nclients++;
+            c = NULL;
+            fd = -1;
+        }
     }
-    close(fd);
-    atomic_fetch_sub(&srv->clients, 1);
+    pthread_mutex_unlock(&srv->mu);
+    free(c);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Hangs up on every client and waits (bounded) for their threads to go, so
+ * the store can be freed; a thread inside a wait leaves within one slice. */
+static bool server_drain(struct server *srv)
+{
+    pthread_mutex_lock(&srv->mu);
+    for (struct client *c = srv->clients; c; c = c->next)
+        shutdown(c->w.fd, SHUT_RDWR);
+    struct timespec at;
+    clock_gettime(CLOCK_REALTIME, &at);
+    at.tv_sec += 2;
+    int rc = 0;
+    while (srv->nclients > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&srv->gone, &srv->mu, &at);
+    bool drained = srv->nclients == 0;
+    pthread_mutex_unlock(&srv->mu);
+    return drained;
 }
 
 int manager_serve(const struct manager_server_opts *o)
 {
-    struct server srv = { .key = o->authkey, .keylen = o->authkey_len };
+    struct server srv = { .key = o->authkey, .keylen = o->authkey_len,
+                          .mu = PTHREAD_MUTEX_INITIALIZER, .gone = PTHREAD_COND_INITIALIZER };
     int rc = store_new(&srv.store, 0);
     if (rc < 0)
         return rc;
@@ -146,8 +192,12 @@ int manager_serve(const struct manager_server_opts *o)
         if (pfd[0].revents & POLLIN)
             server_accept(&srv, o->listen_fd, &attr);
     }
-    /* Client threads still use the store: the process exits next, so it is
-     * deliberately not freed. */
     pthread_attr_destroy(&attr);
+    /* A thread that outlives the drain still uses the store: then it is
+     * left to the process exit that follows. */
+    if (server_drain(&srv))
+        store_free(srv.store);
+    close(srv.wake[0]);
+    close(srv.wake[1]);
     return 0;
 }
