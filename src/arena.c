@@ -8,9 +8,19 @@
  */
 #include "internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
 
 #define ARENA_MAGIC 0x6d7072636172656eULL   /* "mprcaren" */
 #define BLOCK_MAGIC 0x626c6b21u
@@ -35,6 +45,10 @@
 #else
 #define ARENA_SIZE ((size_t)64 << 30)
 #endif
+/* Valgrind's leak check reads every byte of every readable mapping at exit,
+ * and reading a memfd's holes allocates its pages: 64 GiB would fill memory. */
+#define ARENA_SIZE_VALGRIND ((size_t)256 << 20)
+#define ARENA_SIZE_MIN ((size_t)1 << 20)
 
 struct block {
     uint32_t magic;
@@ -73,28 +87,45 @@ static int map_at(int fd, uintptr_t base, size_t size, void **out)
     return 0;
 }
 
+/* The arena's size: MPROC_ARENA_SIZE (bytes, or with a K/M/G suffix) when
+ * set, e.g. where overcommit is off; a small one under valgrind. */
+static size_t arena_pick_size(void)
+{
+    const char *s = getenv("MPROC_ARENA_SIZE");
+    if (s && *s) {
+        char *end;
+        unsigned long long n = strtoull(s, &end, 10);
+        int shift = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+        if (n > 0 && end[shift ? 1 : 0] == '\0' && n <= (ARENA_SIZE >> shift)
+            && (n << shift) >= ARENA_SIZE_MIN)
+            return ((size_t)n << shift) & ~(size_t)4095;
+    }
+    return RUNNING_ON_VALGRIND ? ARENA_SIZE_VALGRIND : ARENA_SIZE;
+}
+
 static struct arena_header *arena_create(void)
 {
     int fd = memfd_create("mproc-arena", MFD_CLOEXEC);
     if (fd < 0)
         return NULL;
     void *p = NULL;
-    if (ftruncate(fd, (off_t)ARENA_SIZE) != 0)
+    size_t size = arena_pick_size();
+    if (ftruncate(fd, (off_t)size) != 0)
         goto fail;
     for (int i = 0; i < 64 && !p; i++)
-        map_at(fd, ARENA_BASE + (uintptr_t)i * ARENA_SIZE, ARENA_SIZE, &p);
+        map_at(fd, ARENA_BASE + (uintptr_t)i * size, size, &p);
     if (!p)
         goto fail;
     struct arena_header *h = p;
     h->magic = ARENA_MAGIC;
-    h->size = ARENA_SIZE;
+    h->size = size;
     h->bump = (sizeof *h + 4095) & ~(uint64_t)4095;
     if (rmutex_init(&h->lock) != 0) {
-        munmap(p, ARENA_SIZE);
+        munmap(p, size);
         goto fail;
     }
     arena.fd = fd;
-    arena.size = ARENA_SIZE;
+    arena.size = size;
     return h;
 fail:
     close(fd);

@@ -1,0 +1,123 @@
+/* bench.h - what every bench/<area>.c shares: a clock, medians, the row format.
+ *
+ * A bench program prints one line per workload on stdout and nothing else:
+ *     <workload-id> TAB <value> TAB <unit> TAB <higher|lower>
+ * where value is the median of several repetitions. bench/run.sh pairs these
+ * rows with the ones bench/<area>.py prints (same ids, Python's
+ * multiprocessing) and reports how many times better mproc is. Progress and
+ * diagnostics go to stderr. Header-only: static functions, no library.
+ *
+ *     static double one_rep(void *arg)            // one repetition -> value
+ *     {
+ *         long n = 100000;
+ *         double t0 = bench_now();
+ *         for (long i = 0; i < n; i++) work(arg);
+ *         return bench_per_op_ns(t0, n);          // ns per op
+ *     }
+ *     ...
+ *     if (bench_selected(argc, argv, "lock_uncontended"))
+ *         bench_row("lock_uncontended", bench_median_of(bench_reps(5), one_rep, l),
+ *                   "ns", BENCH_LOWER);
+ *
+ * Environment: BENCH_REPS overrides every repetition count (e.g. 1 for a
+ * quick smoke run). Command-line arguments, if any, select workloads by
+ * substring of their id (bench_selected).
+ */
+#ifndef MPROC_BENCH_H
+#define MPROC_BENCH_H
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BENCH_HIGHER true    /* throughput: items/s, MB/s, ops/s */
+#define BENCH_LOWER false    /* latency: ns, us, ms, s */
+
+/* CLOCK_MONOTONIC in seconds. */
+static inline double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Nanoseconds per operation since t0 (from bench_now) for n operations. */
+static inline double bench_per_op_ns(double t0, long n)
+{
+    return n > 0 ? (bench_now() - t0) * 1e9 / (double)n : NAN;
+}
+
+/* Operations per second since t0 for n operations. */
+static inline double bench_rate(double t0, double n)
+{
+    double dt = bench_now() - t0;
+    return dt > 0 ? n / dt : NAN;
+}
+
+/* Repetition count: BENCH_REPS if set (>= 1), else def. */
+static inline int bench_reps(int def)
+{
+    const char *s = getenv("BENCH_REPS");
+    int n = s ? atoi(s) : 0;
+    return n >= 1 ? n : def;
+}
+
+static inline int bench_cmp_double_(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of v[0..n) (sorts v in place); NaN entries (failed repetitions) are
+ * ignored; NaN if none is left. */
+static inline double bench_median(double *v, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(v[i]))
+            v[k++] = v[i];
+    if (k == 0)
+        return NAN;
+    qsort(v, (size_t)k, sizeof *v, bench_cmp_double_);
+    return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
+/* Runs rep(arg) reps times (at most 64) and returns the median of what it
+ * returned. A repetition that fails should return NAN. */
+static inline double bench_median_of(int reps, double (*rep)(void *arg), void *arg)
+{
+    double v[64];
+    if (reps > 64)
+        reps = 64;
+    for (int i = 0; i < reps; i++)
+        v[i] = rep(arg);
+    return bench_median(v, reps);
+}
+
+/* True when workload id was asked for: no arguments, or an argument that is
+ * a substring of id. Lets `bench_queue 1to1` run a subset. */
+static inline bool bench_selected(int argc, char **argv, const char *id)
+{
+    if (argc <= 1)
+        return true;
+    for (int i = 1; i < argc; i++)
+        if (strstr(id, argv[i]))
+            return true;
+    return false;
+}
+
+/* Prints one result row (the contract with bench/run.sh) and flushes, so a
+ * later crash of the program still leaves the rows printed so far. */
+static inline void bench_row(const char *id, double value, const char *unit, bool higher)
+{
+    if (isnan(value))
+        printf("%s\tnan\t%s\t%s\n", id, unit, higher ? "higher" : "lower");
+    else
+        printf("%s\t%.6g\t%s\t%s\n", id, value, unit, higher ? "higher" : "lower");
+    fflush(stdout);
+}
+
+#endif

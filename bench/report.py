@@ -1,0 +1,272 @@
+"""report.py - pairs the rows of the C benchmarks with their Python peers.
+
+Called by bench/run.sh with a directory of raw outputs (<area>.c.out,
+<area>.python.out and a .status beside each). Prints the table
+`workload | mproc | python | ratio | unit`, where ratio is how many times
+better mproc is (mproc/python when higher is better, python/mproc when lower
+is better), writes bench/results/latest.json and regenerates
+docs/BENCHMARKS.md from it. Areas not run this time keep their previous rows.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+
+SIDES = ("c", "python")
+ROW_RE = re.compile(r"^([A-Za-z0-9_.:+-]+)\t([^\t]+)\t([^\t]+)\t(higher|lower)$")
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def compiler(build):
+    """C compiler and build type from the CMake cache, for the doc's header."""
+    info = {}
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            for line in f:
+                for key in ("CMAKE_C_COMPILER", "CMAKE_BUILD_TYPE"):
+                    if line.startswith(key + ":"):
+                        info[key] = line.split("=", 1)[1].strip()
+    except OSError:
+        return "unknown"
+    cc = info.get("CMAKE_C_COMPILER", "cc")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        version = os.path.basename(cc)
+    return "%s, %s" % (version, info.get("CMAKE_BUILD_TYPE") or "no build type")
+
+
+def parse(path, problems, label):
+    """Rows of one program's stdout: {id: (value, unit, better)}."""
+    rows = {}
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        if not line.strip():
+            continue
+        m = ROW_RE.match(line)
+        if not m:
+            problems.append("%s: ignored malformed line %r" % (label, line[:80]))
+            continue
+        wid, value, unit, better = m.groups()
+        try:
+            v = float(value)
+        except ValueError:
+            problems.append("%s: %s: value %r is not a number" % (label, wid, value))
+            v = math.nan
+        if math.isinf(v):
+            v = math.nan
+        if wid in rows:
+            problems.append("%s: %s printed twice, keeping the last" % (label, wid))
+        rows[wid] = (v, unit, better)
+    return rows
+
+
+def read_status(raw, area, side):
+    try:
+        with open(os.path.join(raw, "%s.%s.status" % (area, side))) as f:
+            return f.read().strip()
+    except OSError:
+        return None                        # no such program: not an error
+
+
+def stderr_tail(raw, area, side, n=5):
+    try:
+        with open(os.path.join(raw, "%s.%s.err" % (area, side)), errors="replace") as f:
+            return f.read().splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def ratio(c, py, better):
+    if c is None or py is None or math.isnan(c) or math.isnan(py) or c <= 0 or py <= 0:
+        return None
+    return c / py if better == "higher" else py / c
+
+
+def collect(raw, area):
+    """One area's result: rows paired by id, plus statuses and problems."""
+    problems, status, rows = [], {}, {}
+    for side in SIDES:
+        status[side] = read_status(raw, area, side)
+        if status[side] not in (None, "ok"):
+            tail = stderr_tail(raw, area, side)
+            problems.append("%s (%s): %s%s" % (area, side, status[side],
+                                               ": " + tail[-1] if tail else ""))
+        path = os.path.join(raw, "%s.%s.out" % (area, side))
+        rows[side] = parse(path, problems, "%s (%s)" % (area, side))
+    ids = list(rows["c"]) + [w for w in rows["python"] if w not in rows["c"]]
+    out = []
+    for wid in ids:
+        c, py = rows["c"].get(wid), rows["python"].get(wid)
+        unit, better = (c or py)[1], (c or py)[2]
+        if c and py and (c[1] != py[1] or c[2] != py[2]):
+            problems.append("%s: %s: C says %s/%s, Python %s/%s: not compared"
+                            % (area, wid, c[1], c[2], py[1], py[2]))
+            py = None
+        cv = c[0] if c else None
+        pv = py[0] if py else None
+        out.append({"workload": wid, "unit": unit, "better": better,
+                    "mproc": None if cv is None or math.isnan(cv) else cv,
+                    "python": None if pv is None or math.isnan(pv) else pv,
+                    "ratio": ratio(cv, pv, better)})
+    return {"status": status, "problems": problems, "rows": out}
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if v == 0 or 0.01 <= abs(v) < 1e6:
+        return ("%.3g" % v) if abs(v) < 100 else ("%d" % round(v))
+    return "%.3g" % v
+
+
+def fmt_ratio(r):
+    return "-" if r is None else ("%.2fx" % r if r < 10 else "%.0fx" % r)
+
+
+def table_lines(result, areas, markdown):
+    head = ("workload", "mproc", "python", "ratio", "unit")
+    body = []
+    for area in areas:
+        for r in result["areas"].get(area, {}).get("rows", []):
+            body.append((r["workload"], fmt(r["mproc"]), fmt(r["python"]),
+                         fmt_ratio(r["ratio"]), "%s (%s)" % (r["unit"], r["better"])))
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---|"]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return lines
+    widths = [max([len(head[i])] + [len(b[i]) for b in body]) for i in range(5)]
+    def line(cols):
+        return "  ".join(c.ljust(widths[i]) if i in (0, 4) else c.rjust(widths[i])
+                         for i, c in enumerate(cols)).rstrip()
+    return [line(head), line(tuple("-" * w for w in widths))] + [line(b) for b in body]
+
+
+def area_description(src_dir, area):
+    """The opening comment of bench/<area>.c (or the .py docstring), minus
+    its first line: what the workloads are."""
+    for name, start, end in (("%s.c" % area, "/*", "*/"), ("%s.py" % area, '"""', '"""')):
+        try:
+            with open(os.path.join(src_dir, name)) as f:
+                text = f.read()
+        except OSError:
+            continue
+        text = text.lstrip()
+        if not text.startswith(start):
+            continue
+        body = text[len(start):text.find(end, len(start))]
+        lines = [re.sub(r"^\s*\* ?", "", l).rstrip() for l in body.splitlines()[1:]]
+        return "\n".join(lines).strip()
+    return ""
+
+
+def write_doc(path, result, areas, src_dir):
+    m = result["machine"]
+    out = ["# Benchmarks", "",
+           "<!-- Generated by `make bench` (bench/run.sh + bench/report.py) from",
+           "     bench/results/latest.json. Do not edit by hand: re-run it. -->", "",
+           "mproc against Python's `multiprocessing` (%s) on the same workloads." % m["python"],
+           "Each figure is the median of several repetitions. **ratio** is how many",
+           "times better mproc is: mproc/python where higher is better (throughput),",
+           "python/mproc where lower is better (latency). `-` means one side has no",
+           "such workload or it failed.", "",
+           "| machine | |", "|---|---|",
+           "| CPU | %s (%s logical CPUs) |" % (m["cpu"], m["nproc"]),
+           "| kernel | Linux %s |" % m["kernel"],
+           "| compiler | %s |" % result.get("compiler", "unknown"),
+           "| Python | %s |" % m["python"],
+           "| run | %s |" % m["date"], "",
+           "The machine is a small shared VM: absolute numbers are noisy, the",
+           "ratios are the point. Run `make bench` (or `make bench AREAS=\"queue pool\"`)",
+           "to measure yours.", ""]
+    for area in areas:
+        a = result["areas"].get(area)
+        if not a:
+            continue
+        out += ["## %s" % area, ""]
+        if a.get("date") and a["date"] != m["date"]:
+            out += ["*(measured %s)*" % a["date"], ""]
+        desc = area_description(src_dir, area)
+        if desc:
+            out += [desc, ""]
+        if a["rows"]:
+            out += table_lines({"areas": {area: a}}, [area], True) + [""]
+        for p in a["problems"]:
+            out.append("- problem: %s" % p.replace("|", "\\|"))
+        if a["problems"]:
+            out.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(out).rstrip() + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--areas", default="")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--doc", required=True)
+    ap.add_argument("--build", default="build")
+    args = ap.parse_args()
+    ran = args.areas.split()
+
+    result = {"machine": machine(), "compiler": compiler(args.build), "areas": {}}
+    try:                                   # keep the areas not run this time
+        with open(args.json) as f:
+            old = json.load(f)
+        for area, a in old.get("areas", {}).items():
+            a.setdefault("date", old.get("machine", {}).get("date"))
+            result["areas"][area] = a
+    except (OSError, ValueError):
+        pass
+    for area in ran:
+        a = collect(args.raw, area)
+        a["date"] = result["machine"]["date"]
+        result["areas"][area] = a
+
+    for line in table_lines(result, ran, False):
+        print(line)
+    problems = [p for area in ran for p in result["areas"][area]["problems"]]
+    for p in problems:
+        print("problem: " + p, file=sys.stderr)
+
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+        f.write("\n")
+    write_doc(args.doc, result, sorted(result["areas"]), os.path.dirname(os.path.abspath(__file__)))
+    print("wrote %s and %s" % (os.path.relpath(args.json), os.path.relpath(args.doc)), file=sys.stderr)
+    # A failing C program fails the run; Python-side trouble is only reported.
+    return 1 if any(result["areas"][a]["status"]["c"] not in (None, "ok") for a in ran) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

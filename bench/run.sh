@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# run.sh BUILD_DIR [AREA...] - runs every benchmark beside its Python peer.
+#
+# For each area (bench/<area>.c and/or bench/<area>.py) it runs the built C
+# program BUILD_DIR/bench/bench_<area>, then `python3 bench/<area>.py`, each
+# under a timeout, and hands their rows to bench/report.py, which pairs them
+# by workload id, prints the table, writes bench/results/latest.json and
+# regenerates docs/BENCHMARKS.md. A missing peer, a crash or a timeout is
+# reported and the run carries on. AREA arguments run only those areas; the
+# others keep their previous results.
+#
+# Environment: BENCH_TIMEOUT (seconds per program, default 120), BENCH_REPS
+# (repetitions, passed through to the programs), PYTHON (default python3).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-build}
+shift || true
+build=$(cd "$build" 2>/dev/null && pwd) || { echo "run.sh: no build dir '${1:-build}'" >&2; exit 2; }
+timeout_s=${BENCH_TIMEOUT:-120}
+python=${PYTHON:-python3}
+raw=$(mktemp -d)
+trap 'rm -rf "$raw"' EXIT
+
+# Areas: every bench/<area>.c or .py except the shared helpers.
+areas=$(cd "$here" && ls -1 ./*.c ./*.py 2>/dev/null | sed -e 's|^\./||' -e 's|\.c$||' -e 's|\.py$||' |
+        grep -vx -e common -e report -e bench | sort -u)
+if [ $# -gt 0 ]; then
+  wanted=" $* "
+  areas=$(for a in $areas; do case "$wanted" in *" $a "*) echo "$a";; esac; done)
+  for a in "$@"; do
+    echo "$areas" | grep -qx "$a" || echo "run.sh: no benchmark area '$a'" >&2
+  done
+fi
+
+# run_one AREA SIDE CMD...: stdout -> $raw/AREA.SIDE.out, status -> .status
+run_one() {
+  local area=$1 side=$2; shift 2
+  local base="$raw/$area.$side" start rc
+  start=$(date +%s)
+  printf '%-10s %-7s ' "$area" "$side" >&2
+  # timeout signals the program's whole process group, so no child lingers.
+  # The outer 2>/dev/null hides bash's own "Segmentation fault" notice.
+  (timeout -k 5 "$timeout_s" "$@" >"$base.out" 2>"$base.err" </dev/null; exit $?) 2>/dev/null
+  rc=$?
+  case $rc in
+    0) echo "ok" >"$base.status" ;;
+    124) echo "timeout after ${timeout_s}s" >"$base.status" ;;
+    *) if [ $rc -gt 128 ]; then echo "killed by signal $((rc - 128))" >"$base.status"
+       else echo "exit code $rc" >"$base.status"; fi ;;
+  esac
+  echo "$(cat "$base.status") ($(( $(date +%s) - start )) s)" >&2
+  [ $rc -ne 0 ] && tail -n 5 "$base.err" | sed 's/^/    | /' >&2
+  return 0
+}
+
+for area in $areas; do
+  exe="$build/bench/bench_$area"
+  if [ -f "$here/$area.c" ]; then
+    if [ -x "$exe" ]; then run_one "$area" c "$exe"
+    else echo "not built: $exe" >"$raw/$area.c.status"; printf '%-10s c       not built\n' "$area" >&2; fi
+  fi
+  if [ -f "$here/$area.py" ]; then
+    (cd "$here" && run_one "$area" python "$python" "$here/$area.py")
+  fi
+done
+
+"$python" "$here/report.py" --raw "$raw" --areas "$(echo $areas)" \
+     --json "$here/results/latest.json" --doc "$here/../docs/BENCHMARKS.md" \
+     --build "$build"

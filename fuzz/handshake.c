@@ -1,0 +1,42 @@
+/* handshake.c - fuzzes both sides of the authkey handshake against a peer
+ * that says arbitrary bytes. The first byte picks the side (answer a
+ * challenge as a client does, or deliver one as a listener does, in the
+ * 3.12 or the legacy form); the rest is all the peer writes before closing.
+ */
+#include "conn_internal.h"
+
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char KEY[] = "fuzz key";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        abort();
+    if (size > 1 && write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
+        abort();
+    shutdown(sv[1], SHUT_WR);          /* keep reading end open: our replies fit in its buffer */
+    mp_deadline d = deadline_in(5);
+    int rc;
+    switch (data[0] % 3) {
+    case 0:
+        rc = auth_answer_challenge(sv[0], KEY, sizeof KEY - 1, &d);
+        break;
+    case 1:
+        rc = auth_deliver_challenge(sv[0], KEY, sizeof KEY - 1, AUTH_DEFAULT_DIGEST, &d);
+        break;
+    default:
+        rc = auth_deliver_challenge(sv[0], KEY, sizeof KEY - 1, NULL, &d);
+        break;
+    }
+    if (rc != 0 && rc != MP_EAUTH)
+        abort();                       /* a peer can only make it fail as MP_EAUTH */
+    close(sv[0]);
+    close(sv[1]);
+    return 0;
+}

@@ -1,0 +1,178 @@
+/* auth.c - the authkey handshake of multiprocessing.connection, both
+ * generations, byte for byte.
+ *
+ * The challenger sends "#CHALLENGE#" and random bytes; the answer is an HMAC
+ * of those bytes under the shared key; the challenger replies "#WELCOME#" or
+ * "#FAILURE#". Python <= 3.11 sends 20 bytes and expects a bare HMAC-MD5;
+ * 3.12+ sends "{sha256}" + 40 bytes and expects "{sha256}" + HMAC-SHA256 (the
+ * MAC covers the prefix too), and still accepts a bare 16-byte MD5 answer.
+ * A message's length or prefix tells which generation the peer speaks.
+ */
+#include "conn_internal.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define CHALLENGE "#CHALLENGE#"
+#define WELCOME "#WELCOME#"
+#define FAILURE "#FAILURE#"
+#define CHALLENGE_LEN (sizeof CHALLENGE - 1)
+#define MESSAGE_LENGTH 40          /* random bytes in a 3.12+ challenge */
+#define LEGACY_MESSAGE_LENGTH 20   /* random bytes in a <= 3.11 challenge */
+#define MD5_LEN 16
+#define MAX_DIGEST_NAME 8          /* "sha3_256" */
+#define HANDSHAKE_MAX 256          /* CPython's recv_bytes(256) */
+
+static const EVP_MD *digest_by_name(const char *name, size_t n)
+{
+    static const struct { const char *name; const EVP_MD *(*md)(void); } known[] = {
+        { "md5", EVP_md5 }, { "sha256", EVP_sha256 }, { "sha384", EVP_sha384 },
+        { "sha3_256", EVP_sha3_256 }, { "sha3_384", EVP_sha3_384 },
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strlen(known[i].name) == n && memcmp(known[i].name, name, n) == 0)
+            return known[i].md();
+    return NULL;
+}
+
+/* CPython's _get_digest_name_and_payload: a 16- or 20-byte message is
+ * legacy (name_len 0, MD5); otherwise it must start "{name}" with an
+ * allowed name. Returns the offset of the payload, or -1. */
+static int split_digest(const uint8_t *m, size_t len, const char **name, size_t *name_len)
+{
+    if (len == MD5_LEN || len == LEGACY_MESSAGE_LENGTH) {
+        *name = "md5";
+        *name_len = 0;
+        return 0;
+    }
+    if (len < 2 || m[0] != '{')
+        return -1;
+    for (size_t i = 1; i < len && i < MAX_DIGEST_NAME + 2; i++) {
+        if (m[i] == '}') {
+            if (!digest_by_name((const char *)m + 1, i - 1))
+                return -1;
+            *name = (const char *)m + 1;
+            *name_len = i - 1;
+            return (int)i + 1;
+        }
+    }
+    return -1;
+}
+
+static int hmac_of(const char *name, size_t name_len, const void *key, size_t keylen,
+                   const uint8_t *msg, size_t len, uint8_t *out, unsigned *out_len)
+{
+    const EVP_MD *md = digest_by_name(name, name_len ? name_len : strlen(name));
+    if (!md || keylen > INT32_MAX)
+        return MP_EAUTH;
+    static const uint8_t no_key[1];
+    if (!HMAC(md, keylen ? key : no_key, (int)keylen, msg, len, out, out_len))
+        return MP_EAUTH;
+    return 0;
+}
+
+/* Any failure to talk is a failed authentication, except running out of time. */
+static int auth_error(int rc)
+{
+    return rc == 0 || rc == MP_ETIMEDOUT ? rc : MP_EAUTH;
+}
+
+static int verify_answer(const void *key, size_t keylen, const uint8_t *message, size_t mlen,
+                         const mp_buf *answer)
+{
+    const char *name;
+    size_t name_len;
+    int at = split_digest(answer->data, answer->len, &name, &name_len);
+    if (at < 0)
+        return MP_EAUTH;
+    uint8_t expected[EVP_MAX_MD_SIZE];
+    unsigned elen;
+    int rc = hmac_of(name, name_len, key, keylen, message, mlen, expected, &elen);
+    if (rc != 0)
+        return rc;
+    size_t got = answer->len - (size_t)at;
+    if (got != elen || CRYPTO_memcmp(expected, (const uint8_t *)answer->data + at, elen) != 0)
+        return MP_EAUTH;
+    return 0;
+}
+
+int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *digest,
+                           const mp_deadline *d)
+{
+    uint8_t msg[CHALLENGE_LEN + MAX_DIGEST_NAME + 2 + MESSAGE_LENGTH];
+    size_t n = CHALLENGE_LEN;
+    memcpy(msg, CHALLENGE, n);
+    size_t random_len = LEGACY_MESSAGE_LENGTH;
+    if (digest) {
+        size_t dl = strlen(digest);
+        if (dl > MAX_DIGEST_NAME || !digest_by_name(digest, dl))
+            return MP_EINVAL;
+        msg[n++] = '{';
+        memcpy(msg + n, digest, dl);
+        n += dl;
+        msg[n++] = '}';
+        random_len = MESSAGE_LENGTH;
+    }
+    if (getrandom(msg + n, random_len, 0) != (ssize_t)random_len)
+        return MP_EAUTH;
+    n += random_len;
+    mp_buf answer = { 0 };
+    int rc = conn_send_frame(fd, msg, n);
+    if (rc == 0)
+        rc = conn_recv_frame(fd, &answer, HANDSHAKE_MAX, d);
+    if (rc == 0) {
+        rc = verify_answer(key, keylen, msg + CHALLENGE_LEN, n - CHALLENGE_LEN, &answer);
+        const char *reply = rc == 0 ? WELCOME : FAILURE;
+        int sent = conn_send_frame(fd, reply, strlen(reply));
+        if (rc == 0)
+            rc = sent;
+    }
+    mp_buf_free(&answer);
+    return auth_error(rc);
+}
+
+static int build_answer(const void *key, size_t keylen, const mp_buf *challenge, uint8_t *out,
+                        size_t *out_len)
+{
+    const uint8_t *m = challenge->data;
+    if (challenge->len < CHALLENGE_LEN || memcmp(m, CHALLENGE, CHALLENGE_LEN) != 0)
+        return MP_EAUTH;
+    m += CHALLENGE_LEN;
+    size_t mlen = challenge->len - CHALLENGE_LEN;
+    const char *name;
+    size_t name_len;
+    if (mlen < LEGACY_MESSAGE_LENGTH || split_digest(m, mlen, &name, &name_len) < 0)
+        return MP_EAUTH;
+    size_t n = 0;
+    if (name_len) {                     /* answer in the form we were asked */
+        out[n++] = '{';
+        memcpy(out + n, name, name_len);
+        n += name_len;
+        out[n++] = '}';
+    }
+    unsigned mac_len;
+    int rc = hmac_of(name, name_len, key, keylen, m, mlen, out + n, &mac_len);
+    *out_len = n + mac_len;
+    return rc;
+}
+
+int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d)
+{
+    mp_buf msg = { 0 };
+    uint8_t answer[MAX_DIGEST_NAME + 2 + EVP_MAX_MD_SIZE];
+    size_t answer_len = 0;
+    int rc = conn_recv_frame(fd, &msg, HANDSHAKE_MAX, d);
+    if (rc == 0)
+        rc = build_answer(key, keylen, &msg, answer, &answer_len);
+    if (rc == 0)
+        rc = conn_send_frame(fd, answer, answer_len);
+    if (rc == 0)
+        rc = conn_recv_frame(fd, &msg, HANDSHAKE_MAX, d);
+    if (rc == 0 && (msg.len != strlen(WELCOME) || memcmp(msg.data, WELCOME, msg.len) != 0))
+        rc = MP_EAUTH;
+    mp_buf_free(&msg);
+    return auth_error(rc);
+}

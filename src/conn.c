@@ -1,0 +1,562 @@
+/* conn.c - pipes and connections: CPython's length-prefixed frames on a
+ * socket or pipe, byte-compatible with multiprocessing.connection.
+ *
+ * An mp_conn lives in the arena and names its descriptor by number, so a
+ * child started afterwards (fork, or spawn: conn_keep_across_exec keeps the
+ * fds open across exec) uses the same handle. Each process keeps a registry
+ * of the handles it holds; the fork hook counts one more holder for each.
+ * Sends and receives each take a robust lock so frames never interleave.
+ */
+#include "conn_internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define RECV_FIRST_CHUNK ((size_t)16 << 20)   /* grow beyond this only as bytes arrive */
+#define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
+
+struct mp_conn {
+    struct fdhandle h;
+    bool readable, writable, is_socket;
+    _Atomic bool has_pending;  /* a header was read, its body was not (MP_ETOOBIG) */
+    uint64_t pending_len;
+    rmutex send_lock, recv_lock;
+};
+
+/* ------------------------------------------------------------------ registry */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_once_t once;
+    struct fdhandle **items;
+    size_t n, cap;
+} registry = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_ONCE_INIT, NULL, 0, 0 };
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = 0; i < registry.n; i++)
+        atomic_fetch_add(&registry.items[i]->refs, 1);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&registry.lock);
+}
+
+static void fork_child(void)
+{
+    pthread_mutex_unlock(&registry.lock);
+}
+
+static void registry_init(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+int fdhandle_register(struct fdhandle *h)
+{
+    pthread_once(&registry.once, registry_init);
+    int rc = 0;
+    pthread_mutex_lock(&registry.lock);
+    if (registry.n == registry.cap) {
+        size_t cap = registry.cap ? registry.cap * 2 : 16;
+        void *p = realloc(registry.items, cap * sizeof *registry.items);
+        if (p) {
+            registry.items = p;
+            registry.cap = cap;
+        } else {
+            rc = MP_ENOMEM;
+        }
+    }
+    if (rc == 0)
+        registry.items[registry.n++] = h;
+    pthread_mutex_unlock(&registry.lock);
+    return rc;
+}
+
+static bool registry_remove(struct fdhandle *h)
+{
+    bool found = false;
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = registry.n; i-- > 0;) {
+        if (registry.items[i] == h) {
+            registry.items[i] = registry.items[--registry.n];
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry.lock);
+    return found;
+}
+
+/* Runs in a forked child just before exec: no locks, no allocation. The
+ * registry is this process's copy, so nobody changes it under us. */
+void conn_keep_across_exec(void)
+{
+    for (size_t i = 0; i < registry.n; i++) {
+        struct fdhandle *h = registry.items[i];
+        int flags = fcntl(h->fd, F_GETFD);
+        if (flags >= 0)
+            fcntl(h->fd, F_SETFD, flags & ~FD_CLOEXEC);
+        atomic_store(&h->immortal, 1);
+    }
+}
+
+bool fdhandle_release(struct fdhandle *h)
+{
+    if (registry_remove(h)) {
+        close(h->fd);
+        return !atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1;
+    }
+    /* Reached through a spawned child's argument: never registered here. */
+    if (atomic_load(&h->immortal))
+        close(h->fd);
+    return false;
+}
+
+/* ------------------------------------------------------------------ raw I/O */
+
+/* The time left before d as a relative timespec for ppoll; NULL = forever. */
+static struct timespec *deadline_timespec(const mp_deadline *d, struct timespec *ts)
+{
+    if (!d || d->forever)
+        return NULL;
+    double left = deadline_left(d);
+    ts->tv_sec = (time_t)left;
+    ts->tv_nsec = (long)((left - (double)ts->tv_sec) * 1e9);
+    return ts;
+}
+
+int fd_poll(int fd, short events, const mp_deadline *d)
+{
+    struct pollfd p = { .fd = fd, .events = events };
+    for (;;) {
+        struct timespec ts;
+        int r = ppoll(&p, 1, deadline_timespec(d, &ts), NULL);
+        if (r > 0)
+            return (p.revents & POLLNVAL) ? -EBADF : 1;
+        if (r == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+        if (d && deadline_passed(d))
+            return 0;
+    }
+}
+
+int fd_read_full(int fd, void *buf, size_t n, const mp_deadline *d)
+{
+    bool timed = d && !d->forever;
+    size_t done = 0;
+    while (done < n) {
+        if (timed) {
+            int r = fd_poll(fd, POLLIN, d);
+            if (r <= 0)
+                return r == 0 ? MP_ETIMEDOUT : r;
+        }
+        size_t want = n - done < IO_CHUNK_MAX ? n - done : IO_CHUNK_MAX;
+        ssize_t got = read(fd, (char *)buf + done, want);
+        if (got > 0) {
+            done += (size_t)got;
+        } else if (got == 0) {
+            return MP_EEOF;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int r = fd_poll(fd, POLLIN, d);
+            if (r <= 0)
+                return r == 0 ? MP_ETIMEDOUT : r;
+        } else if (errno == ECONNRESET) {
+            return MP_EEOF;
+        } else if (errno != EINTR) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
+/* A write to a pipe whose reader is gone raises SIGPIPE. Rather than touch
+ * the process's disposition, block it in this thread for the call and, if
+ * the write raised it, take it back with sigtimedwait. If the caller had it
+ * blocked already, leave it pending as a plain write would. */
+static ssize_t pipe_writev(int fd, const struct iovec *iov, int n)
+{
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+    ssize_t r = writev(fd, iov, n);
+    int err = errno;
+    if (r < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+        struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return r;
+}
+
+static ssize_t writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socket)
+{
+    if (!is_socket)
+        return pipe_writev(fd, iov, n);
+    struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
+    ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (r < 0 && errno == ENOTSOCK)
+        return pipe_writev(fd, iov, n);
+    return r;
+}
+
+static int write_all(int fd, bool is_socket, const void *head, size_t head_len,
+                     const void *body, size_t body_len)
+{
+    struct iovec iov[2] = { { (void *)head, head_len }, { (void *)body, body_len } };
+    int first = head_len ? 0 : 1;
+    while (first < 2) {
+        struct iovec chunk[2];
+        int n = 0;
+        for (int i = first; i < 2; i++) {
+            chunk[n] = iov[i];
+            if (chunk[n].iov_len > IO_CHUNK_MAX)
+                chunk[n].iov_len = IO_CHUNK_MAX;
+            n++;
+        }
+        ssize_t w = writev_nosignal(fd, chunk, n, is_socket);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                int r = fd_poll(fd, POLLOUT, NULL);
+                if (r < 0)
+                    return r;
+                continue;
+            }
+            return -errno;
+        }
+        size_t left = (size_t)w;
+        while (first < 2 && left >= iov[first].iov_len) {
+            left -= iov[first].iov_len;
+            first++;
+        }
+        if (first < 2) {
+            iov[first].iov_base = (char *)iov[first].iov_base + left;
+            iov[first].iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+static bool fd_is_socket(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+int fd_write_full(int fd, const void *head, size_t head_len, const void *body, size_t body_len)
+{
+    return write_all(fd, fd_is_socket(fd), head, head_len, body, body_len);
+}
+
+/* ------------------------------------------------------------------ frames */
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+size_t frame_header_encode(uint64_t len, uint8_t out[FRAME_HEADER_MAX])
+{
+    if (len <= FRAME_SMALL_MAX) {
+        put_be32(out, (uint32_t)len);
+        return 4;
+    }
+    put_be32(out, 0xffffffffu);   /* -1: an 8-byte length follows */
+    put_be64(out + 4, len);
+    return 12;
+}
+
+/* Reads a header: -1 announces a 64-bit length, other negatives are
+ * malformed. A stream that ends inside the header is MP_EEOF. */
+static int read_header(int fd, uint64_t *len, const mp_deadline *d)
+{
+    uint8_t b[8];
+    int rc = fd_read_full(fd, b, 4, d);
+    if (rc != 0)
+        return rc;
+    int32_t small = (int32_t)(uint32_t)get_be(b, 4);
+    if (small >= 0) {
+        *len = (uint64_t)small;
+        return 0;
+    }
+    if (small != -1)
+        return MP_EPROTO;
+    rc = fd_read_full(fd, b, 8, d);
+    if (rc != 0)
+        return rc;
+    *len = get_be(b, 8);
+    return *len > (uint64_t)PTRDIFF_MAX ? MP_ETOOBIG : 0;
+}
+
+/* Reads a body of len bytes into out, growing it only as bytes arrive. */
+static int read_body(int fd, mp_buf *out, size_t len, const mp_deadline *d)
+{
+    size_t first = len < RECV_FIRST_CHUNK ? len : RECV_FIRST_CHUNK;
+    int rc = mp_buf_reserve(out, first ? first : 1);
+    size_t done = 0;
+    while (rc == 0 && done < len) {
+        if (done == out->cap)
+            rc = mp_buf_reserve(out, done > len / 2 ? len : done * 2);
+        if (rc != 0)
+            break;
+        size_t want = (len < out->cap ? len : out->cap) - done;
+        rc = fd_read_full(fd, (char *)out->data + done, want, d);
+        done += want;
+    }
+    if (rc == 0)
+        out->len = len;
+    return rc;
+}
+
+int conn_send_frame(int fd, const void *data, size_t len)
+{
+    if (fd < 0 || (!data && len))
+        return MP_EINVAL;
+    uint8_t head[FRAME_HEADER_MAX];
+    size_t n = frame_header_encode(len, head);
+    return fd_write_full(fd, head, n, data, len);
+}
+
+int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
+{
+    if (fd < 0 || !out)
+        return MP_EINVAL;
+    uint64_t len;
+    int rc = read_header(fd, &len, d);
+    if (rc != 0)
+        return rc;
+    if (maxlen && len > maxlen)
+        return MP_ETOOBIG;
+    return read_body(fd, out, (size_t)len, d);
+}
+
+/* ------------------------------------------------------------------ handles */
+
+static int conn_check(mp_conn *c)
+{
+    return c && c->h.magic == MAGIC_CONN ? 0 : MP_EINVAL;
+}
+
+static void conn_destroy(mp_conn *c)
+{
+    c->h.magic = MAGIC_FREED;
+    rmutex_destroy(&c->send_lock);
+    rmutex_destroy(&c->recv_lock);
+    arena_free(c);
+}
+
+int conn_from_fd(mp_conn **out, int fd, bool readable, bool writable)
+{
+    if (!out || fd < 0)
+        return MP_EINVAL;
+    mp_conn *c = arena_alloc(sizeof *c);
+    if (!c)
+        return MP_ENOMEM;
+    c->h.fd = fd;
+    atomic_init(&c->h.refs, 1);
+    atomic_init(&c->h.immortal, 0);
+    c->readable = readable;
+    c->writable = writable;
+    c->is_socket = fd_is_socket(fd);
+    int rc = rmutex_init(&c->send_lock);
+    if (rc == 0 && (rc = rmutex_init(&c->recv_lock)) != 0)
+        rmutex_destroy(&c->send_lock);
+    if (rc != 0) {
+        arena_free(c);
+        return rc;
+    }
+    c->h.magic = MAGIC_CONN;
+    if ((rc = fdhandle_register(&c->h)) != 0) {
+        conn_destroy(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+static int conn_pair(mp_conn **a, mp_conn **b, int fds[2], bool duplex)
+{
+    int rc = conn_from_fd(a, fds[0], true, duplex);
+    if (rc != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return rc;
+    }
+    rc = conn_from_fd(b, fds[1], duplex, true);
+    if (rc != 0) {
+        close(fds[1]);
+        mp_conn_close(*a);
+        *a = NULL;
+    }
+    return rc;
+}
+
+int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
+{
+    if (!a || !b)
+        return MP_EINVAL;
+    int fds[2];
+    int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)
+                   : pipe2(fds, O_CLOEXEC);
+    if (r != 0)
+        return errno_to_mp(errno);
+    return conn_pair(a, b, fds, duplex);
+}
+
+int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
+{
+    if (conn_check(c) != 0 || (!data && len))
+        return MP_EINVAL;
+    if (!c->writable)
+        return MP_EINVAL;
+    uint8_t head[FRAME_HEADER_MAX];
+    size_t n = frame_header_encode(len, head);
+    int rc = rmutex_lock(&c->send_lock, NULL);
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return rc;
+    rc = write_all(c->h.fd, c->is_socket, head, n, data, len);
+    rmutex_unlock(&c->send_lock);
+    return rc == -EBADF ? MP_ECLOSED : rc;
+}
+
+/* Takes recv_lock and learns the length of the next message, reading its
+ * header unless an earlier call left it pending. On success the lock is
+ * held; the caller ends with recv_end. */
+static int recv_begin(mp_conn *c, uint64_t *len)
+{
+    if (conn_check(c) != 0 || !c->readable)
+        return MP_EINVAL;
+    int rc = rmutex_lock(&c->recv_lock, NULL);
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return rc;
+    rc = 0;
+    if (!c->has_pending) {
+        rc = read_header(c->h.fd, &c->pending_len, NULL);
+        c->has_pending = rc == 0;
+    }
+    *len = c->pending_len;
+    if (rc != 0)
+        rmutex_unlock(&c->recv_lock);
+    return rc == -EBADF ? MP_ECLOSED : rc;
+}
+
+static int recv_end(mp_conn *c, int rc)
+{
+    rmutex_unlock(&c->recv_lock);
+    return rc;
+}
+
+int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
+{
+    uint64_t n;
+    int rc = !len || (!buf && cap) ? MP_EINVAL : recv_begin(c, &n);
+    if (rc != 0)
+        return rc;
+    *len = (size_t)n;
+    if (n > cap)
+        return recv_end(c, MP_ETOOBIG);     /* the message stays pending for a bigger buffer */
+    c->has_pending = false;
+    return recv_end(c, fd_read_full(c->h.fd, buf, (size_t)n, NULL));
+}
+
+int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
+{
+    uint64_t n;
+    int rc = !out ? MP_EINVAL : recv_begin(c, &n);
+    if (rc != 0)
+        return rc;
+    if (maxlen && n > maxlen)
+        return recv_end(c, MP_ETOOBIG);     /* pending, and nothing allocated */
+    c->has_pending = false;
+    return recv_end(c, read_body(c->h.fd, out, (size_t)n, NULL));
+}
+
+int mp_conn_poll(mp_conn *c, double timeout)
+{
+    if (conn_check(c) != 0 || !c->readable || !timeout_valid(timeout))
+        return MP_EINVAL;
+    if (c->has_pending)
+        return 1;
+    mp_deadline d = deadline_in(timeout);
+    int r = fd_poll(c->h.fd, POLLIN, &d);
+    return r == -EBADF ? MP_ECLOSED : r;
+}
+
+int mp_conn_fileno(const mp_conn *c)
+{
+    return c && c->h.magic == MAGIC_CONN ? c->h.fd : MP_EINVAL;
+}
+
+void mp_conn_close(mp_conn *c)
+{
+    if (conn_check(c) != 0)
+        return;
+    if (fdhandle_release(&c->h))
+        conn_destroy(c);
+}
+
+/* ------------------------------------------------------------------ wait */
+
+int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
+{
+    if ((!fds && n) || !timeout_valid(timeout) || n > INT_MAX)
+        return MP_EINVAL;
+    struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
+    if (n && !p)
+        return MP_ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (fds[i] < 0)
+            rc = MP_EINVAL;
+        p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+    }
+    mp_deadline d = deadline_in(timeout);
+    while (rc == 0) {
+        struct timespec ts;
+        int r = ppoll(p, (nfds_t)n, deadline_timespec(&d, &ts), NULL);
+        if (r >= 0) {
+            rc = r;
+            break;
+        }
+        if (errno != EINTR)
+            rc = -errno;
+        else if (deadline_passed(&d))
+            break;
+    }
+    for (size_t i = 0; ready && i < n; i++)
+        ready[i] = rc > 0 && p[i].revents != 0;
+    free(p);
+    return rc;
+}

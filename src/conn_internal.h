@@ -1,0 +1,71 @@
+/* conn_internal.h - framing, handles and the authkey handshake, for the files
+ * that speak CPython's multiprocessing.connection wire format (conn.c,
+ * auth.c, listener.c, the manager, the fuzz targets).
+ *
+ * Wire: a frame is a 4-byte big-endian signed length and the body; a body
+ * longer than 0x7fffffff is announced by -1 and an 8-byte big-endian length.
+ */
+#ifndef MPROC_CONN_INTERNAL_H
+#define MPROC_CONN_INTERNAL_H
+
+#include "internal.h"
+
+#include <poll.h>
+#include <stdint.h>
+
+#define FRAME_HEADER_MAX 12
+#define FRAME_SMALL_MAX 0x7fffffffu
+
+/* The header for a body of len bytes: writes 4 or 12 bytes, returns how many. */
+size_t frame_header_encode(uint64_t len, uint8_t out[FRAME_HEADER_MAX]);
+
+/* Every handle that owns a descriptor (mp_conn, mp_listener) starts with
+ * this. Handles live in the arena, so a child reaches them after fork or
+ * spawn; refs counts the processes that may hold fd (each fork adds one per
+ * live handle), and a handle that crossed an exec is never freed, because
+ * its holders can no longer be counted. */
+struct fdhandle {
+    uint32_t magic;
+    int fd;
+    _Atomic uint32_t refs;
+    _Atomic uint32_t immortal;
+};
+
+/* Records a live handle of this process (fork and exec hooks walk them). */
+int fdhandle_register(struct fdhandle *h);
+/* Closes h's descriptor in this process: true when no process holds it any
+ * more and the caller must free the handle. */
+bool fdhandle_release(struct fdhandle *h);
+
+/* Blocking I/O on a raw descriptor, EINTR-safe, whole buffers. d NULL or
+ * forever: no timeout. Reads return MP_EEOF when the peer closes first;
+ * writes never raise SIGPIPE. */
+int fd_read_full(int fd, void *buf, size_t n, const mp_deadline *d);
+int fd_write_full(int fd, const void *head, size_t head_len, const void *body, size_t body_len);
+/* Waits for events (POLLIN, POLLOUT) on fd, or a hang-up: 1, 0 on timeout,
+ * <0 error. EINTR-safe against the deadline. */
+int fd_poll(int fd, short events, const mp_deadline *d);
+
+/* One frame on a raw descriptor. conn_recv_frame checks the claimed length
+ * against maxlen (0: no limit) before allocating anything: MP_ETOOBIG then,
+ * with the header consumed, so the stream is unusable: close it. Memory
+ * grows with the bytes that actually arrive, so a peer lying about a huge
+ * length costs at most twice what it sent. */
+int conn_send_frame(int fd, const void *data, size_t len);
+int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d);
+
+/* Wraps a connected descriptor (socket or pipe end) in an mp_conn; on
+ * success the conn owns fd, on failure fd is left open. */
+int conn_from_fd(mp_conn **c, int fd, bool readable, bool writable);
+
+/* The authkey handshake of multiprocessing.connection. The listener calls
+ * deliver then answer, the client answer then deliver. digest NULL sends
+ * the legacy (<= 3.11) 20-byte challenge; otherwise "{digest}" + 40 bytes
+ * (3.12+, default "sha256"). Either returns 0, MP_EAUTH (wrong key, a
+ * malformed or oversized message, the peer leaving) or MP_ETIMEDOUT. */
+#define AUTH_DEFAULT_DIGEST "sha256"
+int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *digest,
+                           const mp_deadline *d);
+int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d);
+
+#endif

@@ -1,0 +1,273 @@
+/* forkserver.c - children forked from a clean, single-threaded server.
+ *
+ * On first use a process execs a copy of the program whose constructor runs
+ * the server loop instead of main. The client sends a record's address over
+ * a unix socketpair; the server forks, runs the target in the child, and
+ * answers with the pid and a pidfd (SCM_RIGHTS). It reaps its children and
+ * publishes their status in the record, so the client joins on a futex word.
+ * It watches the client's pidfd: when the client dies it kills the client's
+ * daemons and leaves.
+ */
+#include "process_internal.h"
+
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SHUTDOWN_GRACE 2.0   /* seconds the server gets to leave after EOF */
+
+struct request { uint64_t record; };
+struct reply { int32_t rc; int32_t pid; };
+
+/* ------------------------------------------------------------------ client side */
+
+static int server_launch(struct mp_runtime *r)
+{
+    int sv[2];
+    int afd = arena_fd();
+    if (afd < 0)
+        return MP_ENOMEM;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        return -errno;
+    char spec[160];
+    snprintf(spec, sizeof spec, "%d:%d:%" PRIxPTR ":%zx:%d", sv[1], afd,
+             (uintptr_t)arena_base(), arena_size(), (int)getpid());
+    int keep[2] = { sv[1], afd };
+    pid_t pid;
+    int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, &pid);
+    close(sv[1]);
+    if (rc != 0) {
+        close(sv[0]);
+        return rc;
+    }
+    r->fs_sock = sv[0];
+    r->fs_pid = pid;
+    return 0;
+}
+
+/* Closes the connection and reaps the server (our child), killing it if it
+ * does not leave within the grace period. */
+static void server_close(struct mp_runtime *r)
+{
+    if (r->fs_sock < 0)
+        return;
+    close(r->fs_sock);
+    r->fs_sock = -1;
+    int fd = proc_pidfd_open(r->fs_pid);
+    if (fd >= 0) {
+        mp_deadline d = deadline_in(SHUTDOWN_GRACE);
+        if (proc_poll_fd(fd, &d) != 1)
+            proc_pidfd_signal(fd, SIGKILL);
+        close(fd);
+    }
+    waitpid(r->fs_pid, NULL, 0);
+    r->fs_pid = 0;
+}
+
+static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd)
+{
+    struct request req = { (uint64_t)(uintptr_t)p };
+    int rc = proc_send_fd(sock, &req, sizeof req, -1);
+    if (rc != 0)
+        return rc;
+    ssize_t n = proc_recv_fd(sock, rep, sizeof *rep, pidfd);
+    if (n == (ssize_t)sizeof *rep)
+        return 0;
+    if (*pidfd >= 0)
+        close(*pidfd);
+    return n < 0 ? (int)n : n == 0 ? -ECONNRESET : MP_EPROTO;
+}
+
+int forkserver_start(struct mp_process *p, int *pidfd)
+{
+    struct mp_runtime *r = runtime();
+    struct reply rep = { 0, 0 };
+    int rc = 0;
+    pthread_mutex_lock(&r->fs_lock);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (r->fs_sock < 0 && (rc = server_launch(r)) != 0)
+            break;
+        rc = ask(r->fs_sock, p, &rep, pidfd);
+        if (rc != -EPIPE && rc != -ECONNRESET)
+            break;
+        server_close(r);            /* the server died: start another one */
+    }
+    pthread_mutex_unlock(&r->fs_lock);
+    if (rc == 0 && rep.rc != 0) {
+        close(*pidfd);
+        rc = rep.rc;
+    }
+    return rc;
+}
+
+void forkserver_after_fork_child(void)
+{
+    struct mp_runtime *r = runtime();
+    pthread_mutex_init(&r->fs_lock, NULL);
+    if (r->fs_sock >= 0)
+        close(r->fs_sock);          /* the parent's server, not ours */
+    r->fs_sock = -1;
+    r->fs_pid = 0;
+}
+
+void forkserver_shutdown(void)
+{
+    struct mp_runtime *r = runtime();
+    pthread_mutex_lock(&r->fs_lock);
+    server_close(r);
+    pthread_mutex_unlock(&r->fs_lock);
+}
+
+/* ------------------------------------------------------------------ server side */
+
+struct kid { struct mp_process *p; int fd; };
+struct server {
+    int sock, client_fd;
+    struct kid *kids;
+    size_t nkids, cap;
+    struct pollfd *pfds;
+};
+
+static void reap_kid(struct server *s, size_t i, bool block)
+{
+    siginfo_t si;
+    if (proc_wait_pidfd(s->kids[i].fd, &si, !block, false) != 1)
+        return;
+    close(s->kids[i].fd);
+    process_publish_exit(s->kids[i].p, process_code_from_siginfo(&si));
+    s->kids[i] = s->kids[--s->nkids];
+}
+
+static bool request_valid(const struct mp_process *p)
+{
+    return arena_contains(p, sizeof *p) && p->magic == MAGIC_PROCESS &&
+           p->method == MP_FORKSERVER && atomic_load(&p->state) == PROC_RUNNING;
+}
+
+/* In the new child: drop the server's descriptors, become p, run it. */
+static void run_kid(struct server *s, struct mp_process *p, pid_t server)
+{
+    close(s->sock);
+    close(s->client_fd);
+    for (size_t i = 0; i < s->nkids; i++)
+        close(s->kids[i].fd);
+    signal(SIGINT, SIG_DFL);
+    process_enter_child(p);
+    if (p->daemon)
+        process_daemon_guard(server);
+    exit(process_run_target(p));
+}
+
+static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep)
+{
+    if (s->nkids == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        void *k = realloc(s->kids, cap * sizeof *s->kids);
+        void *f = realloc(s->pfds, (cap + 2) * sizeof *s->pfds);
+        if (k)
+            s->kids = k;
+        if (f)
+            s->pfds = f;
+        if (!k || !f)
+            return MP_ENOMEM;
+        s->cap = cap;
+    }
+    pid_t server = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0)
+        run_kid(s, p, server);
+    p->pid = pid;
+    p->reaper = server;
+    int fd = proc_pidfd_open(pid);  /* our own unreaped child: cannot fail but EMFILE */
+    if (fd < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return fd;
+    }
+    s->kids[s->nkids++] = (struct kid){ p, fd };
+    rep->pid = pid;
+    return 0;
+}
+
+/* false once the client has closed its end. */
+static bool serve_request(struct server *s)
+{
+    struct request req;
+    ssize_t n;
+    do
+        n = recv(s->sock, &req, sizeof req, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return false;
+    struct reply rep = { MP_EPROTO, 0 };
+    struct mp_process *p = (struct mp_process *)(uintptr_t)req.record;
+    if (n == (ssize_t)sizeof req && request_valid(p))
+        rep.rc = fork_kid(s, p, &rep);
+    int fd = rep.rc == 0 ? s->kids[s->nkids - 1].fd : -1;
+    return proc_send_fd(s->sock, &rep, sizeof rep, fd) == 0 || rep.rc != 0;
+}
+
+static void kill_daemons(struct server *s)
+{
+    for (size_t i = 0; i < s->nkids; i++)
+        if (s->kids[i].p->daemon)
+            proc_pidfd_signal(s->kids[i].fd, SIGKILL);
+    for (size_t i = s->nkids; i-- > 0;)
+        if (s->kids[i].p->daemon)
+            reap_kid(s, i, true);
+}
+
+static void serve(struct server *s)
+{
+    for (;;) {
+        size_t n = s->nkids;
+        s->pfds[0] = (struct pollfd){ s->sock, POLLIN, 0 };
+        s->pfds[1] = (struct pollfd){ s->client_fd, POLLIN, 0 };
+        for (size_t i = 0; i < n; i++)
+            s->pfds[i + 2] = (struct pollfd){ s->kids[i].fd, POLLIN, 0 };
+        if (poll(s->pfds, n + 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        for (size_t i = n; i-- > 0;)    /* backwards: reaping moves the last kid */
+            if (s->pfds[i + 2].revents)
+                reap_kid(s, i, false);
+        if (s->pfds[1].revents)
+            return;                     /* the client died */
+        if (s->pfds[0].revents && !serve_request(s))
+            return;
+    }
+}
+
+int spawn_run_server(const char *spec)
+{
+    struct server s = { -1, -1, NULL, 0, 0, NULL };
+    int afd;
+    uintptr_t base;
+    size_t size;
+    int client;
+    if (sscanf(spec, "%d:%d:%" SCNxPTR ":%zx:%d", &s.sock, &afd, &base, &size, &client) != 5)
+        return 2;
+    signal(SIGINT, SIG_IGN);            /* Ctrl-C is for the client (as Python's) */
+    if (arena_attach(afd, base, size) != 0)
+        return 2;
+    proc_fd_inherit(afd, false);
+    proc_fd_inherit(s.sock, false);
+    s.client_fd = proc_pidfd_open(client);
+    if (s.client_fd < 0 || getppid() != client)
+        return 0;                       /* the client is gone already */
+    s.pfds = malloc(2 * sizeof *s.pfds);
+    if (!s.pfds)
+        return 2;
+    serve(&s);
+    kill_daemons(&s);
+    return 0;
+}

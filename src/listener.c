@@ -1,0 +1,341 @@
+/* listener.c - Listener and Client: addresses as strings, sockets, and the
+ * authkey handshake on every new connection.
+ *
+ * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT". The
+ * listening socket is non-blocking, so several processes may share one
+ * listener (a pre-started set of workers) and each waits with poll; the
+ * accepted sockets are blocking. Like CPython, the listener challenges then
+ * answers, the client answers then challenges; a silent peer cannot hold
+ * the listener longer than the accept timeout (or HANDSHAKE_TIMEOUT).
+ */
+#include "conn_internal.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define HANDSHAKE_TIMEOUT 30.0
+#define ADDRESS_MAX 128
+
+struct mp_listener {
+    struct fdhandle h;
+    pid_t creator;
+    bool unlink_path;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    char address[ADDRESS_MAX];
+    size_t keylen;
+    uint8_t *key;              /* in the arena too; NULL: no handshake */
+};
+
+struct sockaddress {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+/* ------------------------------------------------------------------ addresses */
+
+static int parse_unix(const char *rest, struct sockaddress *out)
+{
+    struct sockaddr_un *un = (struct sockaddr_un *)&out->ss;
+    size_t n = strlen(rest);
+    if (n == 0 || n >= sizeof un->sun_path)
+        return MP_EINVAL;
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, rest, n);
+    if (rest[0] == '@')
+        un->sun_path[0] = '\0';        /* abstract: no file, gone with the socket */
+    out->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (rest[0] == '@' ? 0 : 1));
+    return 0;
+}
+
+static int parse_tcp(const char *rest, bool passive, struct sockaddress *out)
+{
+    char host[ADDRESS_MAX];
+    const char *port;
+    if (rest[0] == '[') {
+        const char *end = strchr(rest, ']');
+        if (!end || end[1] != ':' || (size_t)(end - rest - 1) >= sizeof host)
+            return MP_EINVAL;
+        memcpy(host, rest + 1, (size_t)(end - rest - 1));
+        host[end - rest - 1] = '\0';
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(rest, ':');
+        if (!colon || (size_t)(colon - rest) >= sizeof host)
+            return MP_EINVAL;
+        memcpy(host, rest, (size_t)(colon - rest));
+        host[colon - rest] = '\0';
+        port = colon + 1;
+    }
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (!host[0] || !port[0] || *end || p < 0 || p > 65535)
+        return MP_EINVAL;
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0) };
+    struct addrinfo *ai;
+    if (getaddrinfo(host, port, &hints, &ai) != 0)
+        return MP_EINVAL;
+    memcpy(&out->ss, ai->ai_addr, ai->ai_addrlen);
+    out->len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    return 0;
+}
+
+static int parse_address(const char *address, bool passive, struct sockaddress *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!address)
+        return MP_EINVAL;
+    if (strncmp(address, "unix:", 5) == 0)
+        return parse_unix(address + 5, out);
+    if (strncmp(address, "tcp:", 4) == 0)
+        return parse_tcp(address + 4, passive, out);
+    return MP_EINVAL;
+}
+
+/* The bound address as a string: tcp shows the port the kernel picked. */
+static void format_address(int fd, const char *asked, char *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN];
+    snprintf(out, ADDRESS_MAX, "%s", asked);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, ADDRESS_MAX, "tcp:%s:%u", host, ntohs(in->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(out, ADDRESS_MAX, "tcp:[%s]:%u", host, ntohs(in6->sin6_port));
+    }
+}
+
+/* ------------------------------------------------------------------ listener */
+
+static int listen_on(const struct sockaddress *a)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return errno_to_mp(errno);
+    int one = 1;
+    if (a->ss.ss_family != AF_UNIX)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(fd, SOMAXCONN) != 0) {
+        int err = errno;
+        close(fd);
+        return errno_to_mp(err);
+    }
+    return fd;
+}
+
+static void listener_destroy(mp_listener *l)
+{
+    l->h.magic = MAGIC_FREED;
+    arena_free(l->key);
+    arena_free(l);
+}
+
+static int listener_fill(mp_listener *l, const char *address, const struct sockaddress *a,
+                         const void *authkey, size_t keylen)
+{
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&a->ss;
+    if (a->ss.ss_family == AF_UNIX && un->sun_path[0]) {
+        l->unlink_path = true;
+        memcpy(l->path, un->sun_path, sizeof l->path);
+    }
+    l->creator = getpid();
+    format_address(l->h.fd, address, l->address);
+    atomic_init(&l->h.refs, 1);
+    atomic_init(&l->h.immortal, 0);
+    if (authkey && keylen) {
+        if (!(l->key = arena_alloc(keylen)))
+            return MP_ENOMEM;
+        memcpy(l->key, authkey, keylen);
+        l->keylen = keylen;
+    }
+    l->h.magic = MAGIC_LISTENER;
+    return fdhandle_register(&l->h);
+}
+
+int mp_listener_new(mp_listener **out, const char *address, const void *authkey, size_t keylen)
+{
+    struct sockaddress a;
+    if (!out || (!authkey && keylen))
+        return MP_EINVAL;
+    int rc = parse_address(address, true, &a);
+    if (rc != 0)
+        return rc;
+    if (strlen(address) >= ADDRESS_MAX)
+        return MP_EINVAL;
+    mp_listener *l = arena_alloc(sizeof *l);
+    if (!l)
+        return MP_ENOMEM;
+    int fd = listen_on(&a);
+    if (fd < 0) {
+        arena_free(l);
+        return fd;
+    }
+    l->h.fd = fd;
+    rc = listener_fill(l, address, &a, authkey, keylen);
+    if (rc != 0) {
+        if (l->unlink_path)
+            unlink(l->path);
+        close(fd);
+        listener_destroy(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+static int listener_check(const mp_listener *l)
+{
+    return l && l->h.magic == MAGIC_LISTENER ? 0 : MP_EINVAL;
+}
+
+/* Waits for and takes one connection; EAGAIN means a sibling process
+ * sharing the listener took it first. */
+static int accept_one(mp_listener *l, const mp_deadline *d)
+{
+    for (;;) {
+        int r = fd_poll(l->h.fd, POLLIN, d);
+        if (r == 0)
+            return MP_ETIMEDOUT;
+        if (r < 0)
+            return r == -EBADF ? MP_ECLOSED : r;
+        int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+            return errno_to_mp(errno);
+        if (deadline_passed(d))
+            return MP_ETIMEDOUT;
+    }
+}
+
+/* The handshake gets what is left of the caller's timeout, at most
+ * HANDSHAKE_TIMEOUT, so a peer that connects and says nothing cannot wedge
+ * a listener that was asked to wait forever. */
+static mp_deadline handshake_deadline(const mp_deadline *d)
+{
+    double left = deadline_left(d);
+    return deadline_in(left < HANDSHAKE_TIMEOUT ? left : HANDSHAKE_TIMEOUT);
+}
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* fails harmlessly on unix */
+}
+
+int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
+{
+    if (listener_check(l) != 0 || !c || !timeout_valid(timeout))
+        return MP_EINVAL;
+    mp_deadline d = deadline_in(timeout);
+    int fd = accept_one(l, &d);
+    if (fd < 0)
+        return fd;
+    set_nodelay(fd);
+    int rc = 0;
+    if (l->key) {
+        mp_deadline hd = handshake_deadline(&d);
+        rc = auth_deliver_challenge(fd, l->key, l->keylen, AUTH_DEFAULT_DIGEST, &hd);
+        if (rc == 0)
+            rc = auth_answer_challenge(fd, l->key, l->keylen, &hd);
+    }
+    if (rc == 0)
+        rc = conn_from_fd(c, fd, true, true);
+    if (rc != 0)
+        close(fd);
+    return rc;
+}
+
+const char *mp_listener_address(const mp_listener *l)
+{
+    return listener_check(l) == 0 ? l->address : NULL;
+}
+
+int mp_listener_fileno(const mp_listener *l)
+{
+    return listener_check(l) == 0 ? l->h.fd : MP_EINVAL;
+}
+
+/* Like CPython's Finalize, only the creating process removes the path. */
+void mp_listener_free(mp_listener *l)
+{
+    if (listener_check(l) != 0)
+        return;
+    if (l->unlink_path && l->creator == getpid()) {
+        unlink(l->path);
+        l->unlink_path = false;
+    }
+    if (fdhandle_release(&l->h))
+        listener_destroy(l);
+}
+
+/* ------------------------------------------------------------------ client */
+
+static int connect_by(const struct sockaddress *a, const mp_deadline *d)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return errno_to_mp(errno);
+    int rc = 0;
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
+        rc = errno == EINPROGRESS || errno == EINTR ? 0 : errno_to_mp(errno);
+        if (rc == 0) {
+            int r = fd_poll(fd, POLLOUT, d);
+            rc = r < 0 ? r : r == 0 ? MP_ETIMEDOUT : 0;
+        }
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+            rc = errno_to_mp(err);
+    }
+    if (rc == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+        rc = errno_to_mp(errno);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    set_nodelay(fd);
+    return fd;
+}
+
+int mp_client(mp_conn **c, const char *address, const void *authkey, size_t keylen, double timeout)
+{
+    struct sockaddress a;
+    if (!c || (!authkey && keylen) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    int rc = parse_address(address, false, &a);
+    if (rc != 0)
+        return rc;
+    mp_deadline d = deadline_in(timeout);
+    int fd = connect_by(&a, &d);
+    if (fd < 0)
+        return fd;
+    if (authkey && keylen) {
+        mp_deadline hd = handshake_deadline(&d);
+        rc = auth_answer_challenge(fd, authkey, keylen, &hd);
+        if (rc == 0)
+            rc = auth_deliver_challenge(fd, authkey, keylen, AUTH_DEFAULT_DIGEST, &hd);
+    }
+    if (rc == 0)
+        rc = conn_from_fd(c, fd, true, true);
+    if (rc != 0)
+        close(fd);
+    return rc;
+}

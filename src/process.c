@@ -1,0 +1,634 @@
+/* process.c - mp_process: lifecycle, names, joins and exit handling.
+ *
+ * Records live in the arena, so any process of the family can look at one.
+ * The OS parent (the creator under fork and spawn, the fork server under
+ * forkserver) reaps through a pidfd and publishes the exit status in the
+ * record's state word; everyone else waits on that word. Nothing here touches
+ * SIGCHLD or waits for a pid the library did not start.
+ */
+#include "process_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define DAEMON_GRACE 1.0     /* seconds a daemon gets after SIGTERM at exit */
+
+static struct mp_runtime rt = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .fs_lock = PTHREAD_MUTEX_INITIALIZER,
+    .fs_sock = -1,
+};
+static pthread_once_t rt_once = PTHREAD_ONCE_INIT;
+
+static void at_exit(void);
+
+/* ------------------------------------------------------------------ runtime */
+
+static void before_fork(void) { pthread_mutex_lock(&rt.lock); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&rt.lock); }
+
+/* The child has only the forking thread and none of the parent's children:
+ * forget them (their pidfds are the parent's business). */
+static void after_fork_child(void)
+{
+    pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
+    rt.pid = getpid();
+    for (size_t i = 0; i < rt.nfds; i++)
+        close(rt.fds[i].fd);
+    rt.nfds = 0;
+    rt.nchildren = 0;
+    forkserver_after_fork_child();
+    thread_after_fork_child();
+}
+
+static void runtime_init(void)
+{
+    rt.pid = getpid();
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    atexit(at_exit);
+}
+
+struct mp_runtime *runtime(void)
+{
+    pthread_once(&rt_once, runtime_init);
+    return &rt;
+}
+
+void runtime_lock(void) { pthread_mutex_lock(&runtime()->lock); }
+void runtime_unlock(void) { pthread_mutex_unlock(&rt.lock); }
+
+/* ------------------------------------------------------------------ small helpers */
+
+static bool valid(const mp_process *p)
+{
+    return p && p->magic == MAGIC_PROCESS;
+}
+
+static bool i_reap(const mp_process *p)
+{
+    return p->reaper == getpid();
+}
+
+static int add_child(mp_process *p)
+{
+    if (rt.nchildren == rt.capchildren) {
+        size_t cap = rt.capchildren ? rt.capchildren * 2 : 16;
+        void *n = realloc(rt.children, cap * sizeof *rt.children);
+        if (!n)
+            return MP_ENOMEM;
+        rt.children = n;
+        rt.capchildren = cap;
+    }
+    rt.children[rt.nchildren++] = p;
+    return 0;
+}
+
+static void drop_child(mp_process *p)
+{
+    for (size_t i = 0; i < rt.nchildren; i++)
+        if (rt.children[i] == p) {
+            rt.children[i] = rt.children[--rt.nchildren];
+            return;
+        }
+}
+
+/* Under rt.lock. The entry for p, if this process holds an fd for it. */
+static struct proc_fd *find_fd(const mp_process *p)
+{
+    for (size_t i = 0; i < rt.nfds; i++)
+        if (rt.fds[i].p == p && rt.fds[i].pid == p->pid)
+            return &rt.fds[i];
+    return NULL;
+}
+
+static int add_fd(mp_process *p, int fd)
+{
+    if (rt.nfds == rt.capfds) {
+        size_t cap = rt.capfds ? rt.capfds * 2 : 16;
+        void *n = realloc(rt.fds, cap * sizeof *rt.fds);
+        if (!n)
+            return MP_ENOMEM;
+        rt.fds = n;
+        rt.capfds = cap;
+    }
+    rt.fds[rt.nfds++] = (struct proc_fd){ p, p->pid, fd };
+    return 0;
+}
+
+static void drop_fds(const mp_process *p)
+{
+    for (size_t i = 0; i < rt.nfds;) {
+        if (rt.fds[i].p == p) {
+            close(rt.fds[i].fd);
+            rt.fds[i] = rt.fds[--rt.nfds];
+        } else {
+            i++;
+        }
+    }
+}
+
+int process_keep_fd(mp_process *p, int fd)
+{
+    runtime_lock();
+    int rc = add_fd(p, fd);
+    runtime_unlock();
+    if (rc != 0)
+        close(fd);
+    return rc;
+}
+
+/* Under rt.lock. An fd readable once p has ended: our pidfd, one opened now
+ * (p is someone else's child), or, for a process already gone, an eventfd
+ * that is readable from the start. */
+static int fd_for(mp_process *p)
+{
+    struct proc_fd *e = find_fd(p);
+    if (e)
+        return e->fd;
+    int fd = MP_ESTATE;
+    if (atomic_load(&p->state) == PROC_RUNNING)
+        fd = proc_pidfd_open(p->pid);
+    if (fd < 0)
+        fd = eventfd(1, EFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (add_fd(p, fd) != 0) {
+        close(fd);
+        return MP_ENOMEM;
+    }
+    return fd;
+}
+
+int process_code_from_siginfo(const siginfo_t *si)
+{
+    if (si->si_code == CLD_EXITED)
+        return si->si_status;
+    return -si->si_status;          /* CLD_KILLED, CLD_DUMPED */
+}
+
+void process_publish_exit(mp_process *p, int code)
+{
+    p->exitcode = code;
+    atomic_store_explicit(&p->state, PROC_DONE, memory_order_release);
+    futex_wake(&p->state, INT32_MAX);
+}
+
+/* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
+static bool reap_if_ended(mp_process *p)
+{
+    if (atomic_load(&p->state) == PROC_DONE)
+        return true;
+    struct proc_fd *e = find_fd(p);
+    siginfo_t si;
+    if (!e)
+        return false;
+    int rc = proc_wait_pidfd(e->fd, &si, true, false);
+    if (rc == 1)
+        process_publish_exit(p, process_code_from_siginfo(&si));
+    else if (rc < 0)                /* not ours to wait for after all (SIGCHLD ignored) */
+        process_publish_exit(p, 0);
+    return rc != 0;
+}
+
+static bool ended_now(mp_process *p)
+{
+    runtime_lock();
+    bool done = i_reap(p) ? reap_if_ended(p) : atomic_load(&p->state) == PROC_DONE;
+    runtime_unlock();
+    return done;
+}
+
+/* ------------------------------------------------------------------ the current process */
+
+static mp_process *current_record(void)
+{
+    runtime_lock();
+    if (!rt.current) {
+        mp_process *p = arena_alloc(sizeof *p);
+        if (p) {
+            p->magic = MAGIC_PROCESS;
+            atomic_store(&p->state, PROC_RUNNING);
+            p->pid = getpid();
+            strcpy(p->name, "MainProcess");
+            rt.current = p;
+        }
+    }
+    mp_process *cur = rt.current;
+    runtime_unlock();
+    return cur;
+}
+
+mp_process *mp_current_process(void)
+{
+    return current_record();
+}
+
+mp_process *mp_parent_process(void)
+{
+    mp_process *cur = current_record();
+    return cur ? cur->parent : NULL;
+}
+
+void process_enter_child(mp_process *p)
+{
+    runtime();
+    rt.current = p;
+    rt.next_child = 0;
+    p->pid = getpid();
+}
+
+int process_run_target(mp_process *p)
+{
+    mp_target fn = p->target;
+    if (p->method != MP_FORK)
+        fn = (mp_target)fnref_resolve(&p->target_ref);
+    if (!fn)
+        return 127;                 /* like a shell's "command not found" */
+    return fn(p->arg) & 0xff;
+}
+
+void process_daemon_guard(pid_t expected_parent)
+{
+    /* The signal is sent when the creating *thread* exits; if the parent
+     * was gone before prctl, getppid already shows the new parent. */
+    proc_set_pdeathsig(SIGKILL);
+    if (getppid() != expected_parent)
+        raise(SIGKILL);
+}
+
+const char *const *process_exec_argv(void)
+{
+    runtime_lock();
+    if (!rt.argv) {
+        char *data;
+        size_t len;
+        if (proc_read_file("/proc/self/cmdline", &data, &len) == 0) {
+            size_t n = 0;
+            for (size_t i = 0; i < len; i++)
+                n += data[i] == '\0';
+            char **argv = calloc(n + 2, sizeof *argv);
+            if (argv) {
+                size_t k = 0;
+                for (size_t i = 0; i < len; i += strlen(data + i) + 1)
+                    argv[k++] = data + i;
+                rt.cmdline = data;
+                rt.argv = argv;
+            } else {
+                free(data);
+            }
+        }
+    }
+    const char *const *argv = (const char *const *)rt.argv;
+    runtime_unlock();
+    return argv;
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+static bool method_valid(mp_start_method m)
+{
+    return m == MP_START_DEFAULT || m == MP_FORK || m == MP_SPAWN || m == MP_FORKSERVER;
+}
+
+static int name_child(mp_process *p, const mp_process *parent, const char *name)
+{
+    runtime_lock();
+    unsigned n = ++rt.next_child;
+    runtime_unlock();
+    const char *sep = parent->ident[0] ? ":" : "";
+    int len = snprintf(p->ident, sizeof p->ident, "%s%s%u", parent->ident, sep, n);
+    if (len < 0 || (size_t)len >= sizeof p->ident)
+        return MP_EINVAL;           /* a family deeper than any real one */
+    len = name ? snprintf(p->name, sizeof p->name, "%s", name)
+               : snprintf(p->name, sizeof p->name, "Process-%s", p->ident);
+    return len < 0 || (size_t)len >= sizeof p->name ? MP_EINVAL : 0;
+}
+
+int mp_process_new(mp_process **out, mp_target target, void *arg, const mp_process_opts *o)
+{
+    static const mp_process_opts defaults = { 0 };
+    if (!o)
+        o = &defaults;
+    if (!out || !target || !method_valid(o->method) || (o->arg_size && !arg))
+        return MP_EINVAL;
+    mp_process *parent = current_record();
+    mp_process *p = arena_alloc(sizeof *p);
+    if (!parent || !p) {
+        arena_free(p);
+        return MP_ENOMEM;
+    }
+    int rc = name_child(p, parent, o->name);
+    if (rc != 0) {
+        arena_free(p);
+        return rc;
+    }
+    p->magic = MAGIC_PROCESS;
+    atomic_store(&p->state, PROC_NEW);
+    p->method = o->method;
+    p->daemon = o->daemon;
+    p->target = target;
+    p->arg = arg;
+    p->arg_size = o->arg_size;
+    *out = p;
+    return 0;
+}
+
+int mp_process_set_daemon(mp_process *p, bool daemon)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    if (atomic_load(&p->state) != PROC_NEW)
+        return MP_ESTATE;
+    p->daemon = daemon;
+    return 0;
+}
+
+static int fork_start(mp_process *p, int *pidfd)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        process_enter_child(p);
+        if (p->daemon)
+            process_daemon_guard(parent);
+        int code = process_run_target(p);
+        at_exit();                  /* join our own children and threads, */
+        fflush(NULL);               /* but not the parent's atexit handlers */
+        _exit(code);
+    }
+    p->pid = pid;
+    p->reaper = parent;
+    *pidfd = proc_pidfd_open(pid);
+    return 0;
+}
+
+/* Copies the argument into the arena and names the target for another
+ * image: what every start method but fork needs before the child exists. */
+static int prepare(mp_process *p, mp_start_method method)
+{
+    if (p->arg_size) {
+        void *copy = arena_alloc_nozero(p->arg_size);
+        if (!copy)
+            return MP_ENOMEM;
+        memcpy(copy, p->arg, p->arg_size);
+        p->arg = p->arg_copy = copy;
+    }
+    p->method = method;
+    if (method != MP_FORK && fnref_from((const void *)p->target, &p->target_ref) != 0)
+        return MP_EINVAL;
+    return 0;
+}
+
+static void unprepare(mp_process *p, void *arg)
+{
+    arena_free(p->arg_copy);
+    p->arg = arg;
+    p->arg_copy = NULL;
+    atomic_store(&p->state, PROC_NEW);
+}
+
+int mp_process_start(mp_process *p)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    mp_process *me = current_record();
+    if (!me)
+        return MP_ENOMEM;
+    uint32_t expect = PROC_NEW;
+    if (me->daemon || p == me)
+        return MP_ESTATE;           /* daemons have no children (as Python) */
+    if (!atomic_compare_exchange_strong(&p->state, &expect, PROC_RUNNING))
+        return MP_ESTATE;
+    mp_start_method method = p->method ? p->method : mp_get_start_method();
+    void *arg = p->arg;
+    int pidfd = -1;
+    int rc = prepare(p, method);
+    p->parent = me;
+    p->creator = getpid();
+    if (rc == 0) {
+        fflush(NULL);               /* or buffered output is printed twice */
+        if (method == MP_FORK)
+            rc = fork_start(p, &pidfd);
+        else if (method == MP_SPAWN)
+            rc = spawn_start(p, &pidfd);
+        else
+            rc = forkserver_start(p, &pidfd);
+    }
+    if (rc != 0) {
+        unprepare(p, arg);
+        return rc;
+    }
+    runtime_lock();
+    rc = add_child(p);
+    if (rc == 0 && pidfd >= 0)
+        rc = add_fd(p, pidfd);
+    else if (pidfd < 0 && i_reap(p))
+        process_publish_exit(p, 0); /* already reaped by the kernel: SIGCHLD ignored */
+    runtime_unlock();
+    return rc;
+}
+
+static int wait_published(mp_process *p, const mp_deadline *d)
+{
+    uint32_t s;
+    while ((s = atomic_load_explicit(&p->state, memory_order_acquire)) != PROC_DONE)
+        if (futex_wait(&p->state, s, d) == MP_ETIMEDOUT)
+            return MP_ETIMEDOUT;
+    return 0;
+}
+
+int mp_process_join(mp_process *p, double timeout)
+{
+    if (!valid(p) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
+        return MP_ESTATE;
+    mp_deadline d = deadline_in(timeout);
+    if (!i_reap(p) && p->creator == getpid())
+        return wait_published(p, &d);   /* ours, reaped by the fork server */
+    while (!ended_now(p)) {
+        runtime_lock();
+        int fd = fd_for(p);
+        runtime_unlock();
+        int rc = fd < 0 ? fd : proc_poll_fd(fd, &d);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return MP_ETIMEDOUT;
+        if (!i_reap(p))
+            break;                  /* someone else's child: ended; its reaper publishes */
+    }
+    return 0;
+}
+
+bool mp_process_is_alive(mp_process *p)
+{
+    if (!valid(p))
+        return false;
+    if (p == rt.current)
+        return true;
+    if (atomic_load(&p->state) != PROC_RUNNING || ended_now(p))
+        return false;
+    if (i_reap(p))
+        return true;
+    runtime_lock();                 /* someone else's: ended, if not yet published? */
+    int fd = fd_for(p);
+    runtime_unlock();
+    mp_deadline now = deadline_in(0);
+    return fd < 0 || proc_poll_fd(fd, &now) == 0;
+}
+
+static int send_signal(mp_process *p, int sig)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
+        return MP_ESTATE;
+    if (atomic_load(&p->state) == PROC_DONE)
+        return 0;                   /* finished: nothing to do (as Python) */
+    runtime_lock();
+    int fd = fd_for(p);
+    int rc = fd < 0 ? fd : proc_pidfd_signal(fd, sig);
+    runtime_unlock();
+    return rc == -ESRCH || rc == -EINVAL ? 0 : rc;   /* gone, or an eventfd: gone */
+}
+
+int mp_process_terminate(mp_process *p) { return send_signal(p, SIGTERM); }
+int mp_process_kill(mp_process *p) { return send_signal(p, SIGKILL); }
+
+int mp_process_exitcode(mp_process *p, int *code)
+{
+    if (!valid(p) || !code)
+        return MP_EINVAL;
+    if (atomic_load(&p->state) == PROC_NEW || !ended_now(p))
+        return MP_ESTATE;
+    *code = p->exitcode;
+    return 0;
+}
+
+pid_t mp_process_pid(const mp_process *p)
+{
+    if (!valid(p) || atomic_load(&p->state) == PROC_NEW)
+        return 0;
+    return p == rt.current ? getpid() : p->pid;
+}
+
+const char *mp_process_name(const mp_process *p)
+{
+    return valid(p) ? p->name : NULL;
+}
+
+bool mp_process_daemon(const mp_process *p)
+{
+    return valid(p) && p->daemon;
+}
+
+int mp_process_sentinel(const mp_process *p)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
+        return MP_ESTATE;
+    runtime_lock();
+    int fd = fd_for((mp_process *)p);
+    runtime_unlock();
+    return fd;
+}
+
+int mp_process_free(mp_process *p)
+{
+    if (!p)
+        return 0;
+    if (!valid(p))
+        return MP_EINVAL;
+    if (p == rt.current || (atomic_load(&p->state) == PROC_RUNNING && !ended_now(p)))
+        return MP_ESTATE;
+    runtime_lock();
+    drop_child(p);
+    drop_fds(p);
+    runtime_unlock();
+    arena_free(p->arg_copy);
+    p->magic = MAGIC_FREED;
+    arena_free(p);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the family */
+
+int mp_active_children(mp_process **out, size_t cap)
+{
+    if (!out && cap)
+        return MP_EINVAL;
+    runtime_lock();
+    size_t live = 0;
+    for (size_t i = 0; i < rt.nchildren;) {
+        mp_process *c = rt.children[i];
+        bool done = i_reap(c) ? reap_if_ended(c) : atomic_load(&c->state) == PROC_DONE;
+        if (done) {                 /* forgotten here, still the caller's handle */
+            rt.children[i] = rt.children[--rt.nchildren];
+            continue;
+        }
+        if (live < cap)
+            out[live] = c;
+        live++;
+        i++;
+    }
+    runtime_unlock();
+    return (int)live;
+}
+
+int mp_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int mp_set_start_method(mp_start_method m)
+{
+    if (!method_valid(m))
+        return MP_EINVAL;
+    runtime_lock();
+    rt.method = m;
+    runtime_unlock();
+    return 0;
+}
+
+mp_start_method mp_get_start_method(void)
+{
+    runtime_lock();
+    mp_start_method m = rt.method ? rt.method : MP_FORK;
+    runtime_unlock();
+    return m;
+}
+
+/* Python's _exit_function: daemons are terminated, everyone else joined.
+ * A daemon that ignores SIGTERM gets SIGKILL after a grace period. */
+static void at_exit(void)
+{
+    thread_join_all_at_exit();
+    mp_process *kids[64];
+    int n, before = INT32_MAX;
+    /* Each round ends at least one child unless a join fails: then stop. */
+    while ((n = mp_active_children(kids, 64)) > 0 && n < before) {
+        before = n;
+        if (n > 64)
+            n = 64;
+        for (int i = 0; i < n; i++)
+            if (kids[i]->daemon)
+                mp_process_terminate(kids[i]);
+        for (int i = 0; i < n; i++) {
+            if (!kids[i]->daemon) {
+                mp_process_join(kids[i], MP_FOREVER);
+            } else if (mp_process_join(kids[i], DAEMON_GRACE) != 0) {
+                mp_process_kill(kids[i]);
+                mp_process_join(kids[i], MP_FOREVER);
+            }
+        }
+    }
+    forkserver_shutdown();
+}

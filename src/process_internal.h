@@ -1,0 +1,106 @@
+/* process_internal.h - what process.c, spawn.c, forkserver.c and thread.c share.
+ *
+ * A process record lives in the family arena, so the same pointer names the
+ * same process in every member of the family; whoever reaps the process
+ * publishes its exit status in the record (a futex word) for everyone else.
+ * Everything per-process (fds, child lists, counters) is in one mp_runtime.
+ */
+#ifndef MPROC_PROCESS_INTERNAL_H
+#define MPROC_PROCESS_INTERNAL_H
+
+#include "internal.h"
+
+#include <signal.h>
+#include <sys/types.h>
+
+enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
+
+#define PROC_NAME_MAX 64
+#define PROC_IDENT_MAX 48
+
+struct mp_process {
+    uint32_t magic;
+    _Atomic uint32_t state;          /* PROC_*; futex word, woken at PROC_DONE */
+    int exitcode;                    /* valid at PROC_DONE: code or -signal */
+    pid_t pid;
+    pid_t creator;                   /* the process that called mp_process_start */
+    pid_t reaper;                    /* its OS parent: creator, or the fork server */
+    mp_start_method method;          /* resolved at start: never MP_START_DEFAULT */
+    bool daemon;
+    char name[PROC_NAME_MAX];
+    char ident[PROC_IDENT_MAX];      /* "1:2": counters down the family, as Python's _identity */
+    struct mp_process *parent;       /* the creator's own record */
+    mp_target target;                /* fork: called directly */
+    fnref target_ref;                /* spawn, forkserver: found again in the new image */
+    void *arg;                       /* what the target gets (the copy when arg_size > 0) */
+    void *arg_copy;                  /* arena copy to free, or NULL */
+    size_t arg_size;                 /* bytes to copy at start; 0 = pass arg as is */
+};
+
+/* One per process; reset in the child after fork (pthread_atfork). */
+struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
+struct mp_runtime {
+    pthread_mutex_t lock;
+    pid_t pid;
+    struct mp_process *current;      /* this process's record, made on demand */
+    unsigned next_child;             /* last N given to a child of this process */
+    mp_start_method method;          /* mp_set_start_method */
+    struct mp_process **children;    /* started here and not yet freed */
+    size_t nchildren, capchildren;
+    struct proc_fd *fds;             /* pidfds this process holds, by record */
+    size_t nfds, capfds;
+    struct mp_thread *threads;       /* started here, not yet freed */
+    unsigned next_thread;
+    char *cmdline;                   /* /proc/self/cmdline, for spawn's exec */
+    char **argv;                     /* pointers into cmdline, NULL-terminated */
+    int fs_sock;                     /* fork server connection, -1 = none */
+    pid_t fs_pid;
+    pthread_mutex_t fs_lock;         /* one request at a time on fs_sock */
+};
+
+struct mp_runtime *runtime(void);     /* initialised on first call */
+void runtime_lock(void);
+void runtime_unlock(void);
+
+/* process.c: the child side, shared by every start method. */
+void process_enter_child(struct mp_process *p);       /* runtime says: I am p */
+int process_run_target(struct mp_process *p);         /* the target's code, 0-255 */
+void process_publish_exit(struct mp_process *p, int code);   /* reaper: status + wake */
+int process_code_from_siginfo(const siginfo_t *si);
+int process_keep_fd(struct mp_process *p, int fd);     /* takes ownership of a pidfd */
+void process_daemon_guard(pid_t expected_parent);     /* PDEATHSIG + getppid check */
+const char *const *process_exec_argv(void);           /* argv of this program, NULL-terminated */
+
+/* spawn.c / forkserver.c: start p (already RUNNING, arg copied); fill p->pid. */
+int spawn_start(struct mp_process *p, int *pidfd);
+int forkserver_start(struct mp_process *p, int *pidfd);
+void forkserver_after_fork_child(void);
+void forkserver_shutdown(void);
+#define SPAWN_ENV "MPROC_SPAWN"
+#define SERVER_ENV "MPROC_FORKSERVER"
+/* Forks a child that execs this program with name=spec in its environment,
+ * keeping keep_fds open; exec failure comes back through an O_CLOEXEC pipe. */
+int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t nkeep,
+               bool daemon, pid_t *pid);
+/* Builds "NAME=value" plus the current environment without NAME. */
+char **spawn_env(const char *name, const char *value);
+/* In a child after fork: execs this program, keeping keep_fds open; returns errno. */
+int spawn_exec_self(const char *const *argv, char **envp, const int *keep_fds, size_t nkeep);
+int spawn_run_server(const char *spec);               /* forkserver.c: the server loop */
+
+/* thread.c */
+void thread_join_all_at_exit(void);
+void thread_after_fork_child(void);
+
+/* platform/proc.c: the Linux calls, no policy. */
+int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
+int proc_pidfd_signal(int pidfd, int sig);            /* 0 or -errno */
+int proc_wait_pidfd(int pidfd, siginfo_t *si, bool nohang, bool keep);   /* 1 ended, 0 not yet, -errno */
+int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
+int proc_set_pdeathsig(int sig);
+int proc_fd_inherit(int fd, bool inherit);            /* clears / sets FD_CLOEXEC */
+int proc_read_file(const char *path, char **data, size_t *len);
+int proc_send_fd(int sock, const void *data, size_t len, int fd);   /* fd < 0: none */
+ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd);    /* *fd = -1 if none */
+
+#endif

@@ -1,0 +1,597 @@
+/* queue.c - Queue, SimpleQueue and JoinableQueue: one MPMC queue in the arena.
+ *
+ * Items are records in a chain of byte rings ("segments") in the family arena.
+ * One robust mutex serialises producers, another consumers, so a producer and
+ * a consumer never wait for each other. An operation commits with ONE store of
+ * a counter (puts, gets); a journal written just before it lets the next
+ * holder finish the bookkeeping of an operation whose process was killed, so
+ * no item is torn, lost or delivered twice. Items above QUEUE_INLINE_MAX go
+ * out of line in their own arena block: one copy in, one copy out.
+ */
+#include "queue_internal.h"
+
+#include <limits.h>
+#include <stdalign.h>
+#include <string.h>
+#include <unistd.h>
+
+void (*mp__queue_test_hook)(const char *point);
+
+enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
+
+#define REC_HEADER 8          /* (len << 2) | kind; records are 8-byte aligned */
+#define REC_REF 16            /* header + an arena pointer (big item, link) */
+#define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
+#define SEG_MAX_CLASS 24      /* ... doubling up to 16 MiB, then chained */
+#define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
+#define SPIN_MAX_NS 50000
+#define SPIN_MIN_NS 2000
+
+/* A byte ring. Producers own tail, consumers own head; head is published so
+ * a producer knows how much room is left. */
+struct seg {
+    _Atomic uint64_t tail;
+    char pad0[MP_CACHELINE - 8];
+    _Atomic uint64_t head;
+    char pad1[MP_CACHELINE - 8];
+    uint64_t cap;             /* data bytes, a multiple of 8 */
+    uint32_t class;
+    char pad2[MP_CACHELINE - 12];
+    alignas(8) unsigned char data[];
+};
+
+/* What the holder of a side is about to commit: if it dies right after the
+ * commit store, the next holder moves the position from here. */
+struct journal {
+    struct seg *seg;
+    uint64_t pos_after;
+    uint64_t count_after;
+};
+
+struct side {
+    rmutex lock;
+    struct seg *seg;          /* producers: the tail segment; consumers: the head one */
+    uint64_t cached;          /* producers: gets last seen; consumers: puts last seen */
+    uint64_t cached_head;     /* producers: seg->head last seen */
+    struct journal j;
+};
+
+struct waitword {
+    _Atomic uint32_t word;    /* bumped to wake sleepers */
+    _Atomic uint32_t sleepers;
+};
+
+struct mp_queue {
+    uint32_t magic;
+    pid_t creator;
+    uint64_t maxsize;
+    _Atomic uint32_t closed;
+    alignas(MP_CACHELINE) struct side put;
+    alignas(MP_CACHELINE) struct side get;
+    alignas(MP_CACHELINE) _Atomic uint64_t puts;   /* items committed by producers */
+    alignas(MP_CACHELINE) _Atomic uint64_t gets;   /* items committed by consumers */
+    alignas(MP_CACHELINE) _Atomic uint64_t done;   /* task_done calls */
+    alignas(MP_CACHELINE) struct waitword not_empty;
+    alignas(MP_CACHELINE) struct waitword not_full;
+    alignas(MP_CACHELINE) struct waitword all_done;
+};
+
+static void hook(const char *point)
+{
+    if (mp__queue_test_hook)
+        mp__queue_test_hook(point);
+}
+
+static bool queue_ok(const mp_queue *q)
+{
+    return q && arena_contains(q, sizeof *q) && q->magic == MAGIC_QUEUE;
+}
+
+/* ------------------------------------------------------------------ segments */
+
+static struct seg *seg_new(uint32_t class)
+{
+    size_t total = ((size_t)1 << class) - ARENA_BLOCK_HEADER;
+    struct seg *s = arena_alloc_nozero(total);
+    if (!s)
+        return NULL;
+    atomic_init(&s->tail, 0);
+    atomic_init(&s->head, 0);
+    s->cap = (total - sizeof *s) & ~(uint64_t)7;
+    s->class = class;
+    return s;
+}
+
+static void ring_write(struct seg *s, uint64_t pos, const void *src, size_t n)
+{
+    size_t off = pos % s->cap, first = s->cap - off;
+    if (n == 0)
+        return;
+    if (first >= n) {
+        memcpy(s->data + off, src, n);
+    } else {
+        memcpy(s->data + off, src, first);
+        memcpy(s->data, (const char *)src + first, n - first);
+    }
+}
+
+static void ring_read(const struct seg *s, uint64_t pos, void *dst, size_t n)
+{
+    size_t off = pos % s->cap, first = s->cap - off;
+    if (n == 0)
+        return;
+    if (first >= n) {
+        memcpy(dst, s->data + off, n);
+    } else {
+        memcpy(dst, s->data + off, first);
+        memcpy((char *)dst + first, s->data, n - first);
+    }
+}
+
+/* Headers and references are 8-byte words at 8-aligned positions, so they
+ * never straddle the end of the ring. */
+static uint64_t *ring_word(struct seg *s, uint64_t pos)
+{
+    return (uint64_t *)(void *)(s->data + pos % s->cap);
+}
+
+static size_t record_size(size_t len, bool big)
+{
+    return big ? REC_REF : REC_HEADER + ((len + 7) & ~(size_t)7);
+}
+
+/* ------------------------------------------------------------------ waiting */
+
+static __thread uint64_t spin_budget_ns = SPIN_MAX_NS;
+
+/* Spins briefly for ready(q). The budget doubles when spinning paid off and
+ * halves when it did not, so busy pairs hand off in microseconds while
+ * waiters on an idle queue (or an oversubscribed machine) soon just sleep. */
+static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
+{
+    static _Atomic int ncpu;
+    if (!atomic_load_explicit(&ncpu, memory_order_relaxed))
+        atomic_store_explicit(&ncpu, (int)sysconf(_SC_NPROCESSORS_ONLN), memory_order_relaxed);
+    if (atomic_load_explicit(&ncpu, memory_order_relaxed) < 2)
+        return false;
+    uint64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (ready(q)) {
+            spin_budget_ns = spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : spin_budget_ns * 2;
+            return true;
+        }
+        cpu_relax();
+        if ((i & 31) == 0 && now_ns() - start > spin_budget_ns) {
+            spin_budget_ns = spin_budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : spin_budget_ns / 2;
+            return false;
+        }
+    }
+}
+
+/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. A
+ * sleeper registers before its last check, and wakers look for sleepers
+ * after their commit, so a wake-up is never lost and never a wasted syscall. */
+static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
+                      const mp_deadline *d)
+{
+    if (spin_until(q, ready))
+        return 0;
+    atomic_fetch_add(&w->sleepers, 1);
+    uint32_t v = atomic_load(&w->word);
+    int rc = ready(q) ? 0 : futex_wait(&w->word, v, d);
+    atomic_fetch_sub(&w->sleepers, 1);
+    return rc == MP_ETIMEDOUT ? rc : 0;
+}
+
+static void wake(struct waitword *w, int n)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&w->sleepers) == 0)
+        return;
+    atomic_fetch_add(&w->word, 1);
+    futex_wake(&w->word, n);
+}
+
+static bool get_ready(mp_queue *q)
+{
+    return atomic_load(&q->puts) > atomic_load(&q->gets) || atomic_load(&q->closed);
+}
+
+static bool put_ready(mp_queue *q)
+{
+    uint64_t g = atomic_load(&q->gets);
+    return atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
+}
+
+static bool join_ready(mp_queue *q)
+{
+    uint64_t p = atomic_load(&q->puts);
+    return atomic_load(&q->done) >= p;
+}
+
+/* ------------------------------------------------------------------ repair */
+
+/* A holder died. If its commit store happened, finish moving the position it
+ * journaled; otherwise its record was never counted and is overwritten. The
+ * journal names the segment, so a stale one (already left behind) is ignored. */
+static void put_repair(mp_queue *q)
+{
+    struct journal *j = &q->put.j;
+    if (atomic_load(&q->puts) == j->count_after && j->seg == q->put.seg)
+        atomic_store(&j->seg->tail, j->pos_after);
+    q->put.cached_head = atomic_load(&q->put.seg->head);
+}
+
+static void get_repair(mp_queue *q)
+{
+    struct journal *j = &q->get.j;
+    if (atomic_load(&q->gets) == j->count_after && j->seg == q->get.seg)
+        atomic_store(&j->seg->head, j->pos_after);
+}
+
+static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *))
+{
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    int rc = rmutex_lock(&s->lock, &forever);
+    if (rc == MP_EOWNERDEAD) {
+        repair(q);
+        rc = 0;
+    }
+    return rc;
+}
+
+/* Invalidates the old journal before filling in the new one, so a holder
+ * killed half-way through writing it leaves nothing to replay. */
+static void journal_write(struct journal *j, struct seg *s, uint64_t pos_after,
+                          uint64_t count_after)
+{
+    j->count_after = count_after;
+    atomic_thread_fence(memory_order_release);
+    j->seg = s;
+    j->pos_after = pos_after;
+    atomic_thread_fence(memory_order_release);
+}
+
+/* ------------------------------------------------------------------ put */
+
+static bool full_locked(mp_queue *q)
+{
+    if (!q->maxsize)
+        return false;
+    uint64_t p = atomic_load_explicit(&q->puts, memory_order_relaxed);
+    if (p - q->put.cached < q->maxsize)
+        return false;
+    q->put.cached = atomic_load_explicit(&q->gets, memory_order_acquire);
+    return p - q->put.cached >= q->maxsize;
+}
+
+/* Room for need bytes plus a link record, moving to a new segment (linked
+ * from the old one) if the tail segment has none. */
+static struct seg *room_locked(mp_queue *q, size_t need)
+{
+    struct seg *s = q->put.seg;
+    uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
+        return s;
+    q->put.cached_head = atomic_load_explicit(&s->head, memory_order_acquire);
+    if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
+        return s;
+    uint32_t class = s->class < SEG_MAX_CLASS ? s->class + 1 : s->class;
+    struct seg *n = seg_new(class);
+    if (!n)
+        return NULL;
+    /* Consumers reach the link only once an item after it is committed. */
+    *ring_word(s, tail) = REC_LINK;
+    *ring_word(s, tail + 8) = (uint64_t)(uintptr_t)n;
+    q->put.cached_head = 0;
+    q->put.seg = n;           /* the switch is this one store */
+    return n;
+}
+
+static int put_locked(mp_queue *q, const void *data, size_t len, void *big)
+{
+    size_t need = record_size(len, big != NULL);
+    struct seg *s = room_locked(q, need);
+    if (!s)
+        return MP_ENOMEM;
+    uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    *ring_word(s, tail) = ((uint64_t)len << 2) | (big ? REC_BIG : REC_INLINE);
+    if (big)
+        *ring_word(s, tail + 8) = (uint64_t)(uintptr_t)big;
+    else
+        ring_write(s, tail + REC_HEADER, data, len);
+    hook("put_written");
+    uint64_t count = atomic_load_explicit(&q->puts, memory_order_relaxed) + 1;
+    journal_write(&q->put.j, s, tail + need, count);
+    atomic_store_explicit(&q->puts, count, memory_order_release);   /* commit */
+    hook("put_committed");
+    atomic_store_explicit(&s->tail, tail + need, memory_order_relaxed);
+    return 0;
+}
+
+int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
+{
+    if (!queue_ok(q) || (!data && len) || !timeout_valid(timeout) || len > (SIZE_MAX >> 2))
+        return MP_EINVAL;
+    void *big = NULL;
+    if (len > QUEUE_INLINE_MAX) {
+        big = arena_alloc_nozero(len);
+        if (!big)
+            return MP_ENOMEM;
+        memcpy(big, data, len);
+    }
+    mp_deadline d = deadline_in(timeout);
+    int rc;
+    for (;;) {
+        rc = lock_side(q, &q->put, put_repair);
+        if (rc != 0)
+            break;
+        if (atomic_load(&q->closed))
+            rc = MP_ECLOSED;
+        else if (full_locked(q))
+            rc = MP_EFULL;
+        else
+            rc = put_locked(q, data, len, big);
+        rmutex_unlock(&q->put.lock);
+        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
+            break;
+    }
+    if (rc == 0)
+        wake(&q->not_empty, 1);
+    else
+        arena_free(big);
+    return rc;
+}
+
+int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
+{
+    return mp_queue_put(q, data, len, 0);
+}
+
+/* ------------------------------------------------------------------ get */
+
+static bool has_item_locked(mp_queue *q)
+{
+    uint64_t g = atomic_load_explicit(&q->gets, memory_order_relaxed);
+    if (q->get.cached > g)
+        return true;
+    q->get.cached = atomic_load_explicit(&q->puts, memory_order_acquire);
+    return q->get.cached > g;
+}
+
+/* Where the next item is: follows (and frees) segments the producers left. */
+static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr)
+{
+    struct seg *s = q->get.seg;
+    *head = atomic_load_explicit(&s->head, memory_order_relaxed);
+    *hdr = *ring_word(s, *head);
+    while ((*hdr & 3) == REC_LINK) {
+        struct seg *n = (struct seg *)(uintptr_t)*ring_word(s, *head + 8);
+        q->get.seg = n;       /* a consumer killed here only leaks the old one */
+        arena_free(s);
+        s = n;
+        *head = atomic_load_explicit(&s->head, memory_order_relaxed);
+        *hdr = *ring_word(s, *head);
+    }
+    return s;
+}
+
+/* Copies the head item into buf (or out) and commits. Bounded by the copy:
+ * the item stays queued until the commit, so a consumer killed mid-copy
+ * loses nothing. *big is the out-of-line block to free after unlocking. */
+static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
+                      void **big)
+{
+    uint64_t head, hdr;
+    struct seg *s = next_record_locked(q, &head, &hdr);
+    size_t n = (size_t)(hdr >> 2);
+    bool is_big = (hdr & 3) == REC_BIG;
+    if (out) {
+        int rc = mp_buf_reserve(out, n);
+        if (rc != 0)
+            return rc;
+        buf = out->data;
+        out->len = n;
+    } else {
+        *len = n;
+        if (n > cap)
+            return MP_ETOOBIG;
+    }
+    void *src = is_big ? (void *)(uintptr_t)*ring_word(s, head + 8) : NULL;
+    if (is_big && n)
+        memcpy(buf, src, n);
+    else
+        ring_read(s, head + REC_HEADER, buf, n);
+    hook("get_copied");
+    uint64_t after = head + record_size(n, is_big);
+    uint64_t count = atomic_load_explicit(&q->gets, memory_order_relaxed) + 1;
+    journal_write(&q->get.j, s, after, count);
+    atomic_store_explicit(&q->gets, count, memory_order_release);   /* commit */
+    hook("get_committed");
+    atomic_store_explicit(&s->head, after, memory_order_release);
+    *big = src;
+    return 0;
+}
+
+static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
+                      double timeout)
+{
+    mp_deadline d = deadline_in(timeout);
+    void *big = NULL;
+    bool more = false;
+    int rc;
+    for (;;) {
+        rc = lock_side(q, &q->get, get_repair);
+        if (rc != 0)
+            break;
+        bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
+        if (has_item_locked(q)) {
+            rc = get_locked(q, buf, cap, len, out, &big);
+            more = q->get.cached > atomic_load_explicit(&q->gets, memory_order_relaxed);
+        } else {
+            rc = closed ? MP_EEOF : MP_EEMPTY;
+        }
+        rmutex_unlock(&q->get.lock);
+        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
+            break;
+    }
+    if (rc == 0) {
+        arena_free(big);
+        if (q->maxsize)
+            wake(&q->not_full, 1);
+        if (more)             /* pass on a wake-up a spinning consumer overtook */
+            wake(&q->not_empty, 1);
+    }
+    return rc;
+}
+
+int mp_queue_get(mp_queue *q, void *buf, size_t cap, size_t *len, double timeout)
+{
+    if (!queue_ok(q) || (!buf && cap) || !len || !timeout_valid(timeout))
+        return MP_EINVAL;
+    return queue_take(q, buf, cap, len, NULL, timeout);
+}
+
+int mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len)
+{
+    return mp_queue_get(q, buf, cap, len, 0);
+}
+
+int mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout)
+{
+    if (!queue_ok(q) || !out || !timeout_valid(timeout))
+        return MP_EINVAL;
+    return queue_take(q, NULL, 0, NULL, out, timeout);
+}
+
+/* ------------------------------------------------------------------ sizes */
+
+size_t mp_queue_qsize(mp_queue *q)
+{
+    if (!queue_ok(q))
+        return 0;
+    uint64_t g = atomic_load(&q->gets);   /* gets first: never more than puts */
+    return (size_t)(atomic_load(&q->puts) - g);
+}
+
+bool mp_queue_empty(mp_queue *q)
+{
+    return mp_queue_qsize(q) == 0;
+}
+
+bool mp_queue_full(mp_queue *q)
+{
+    return queue_ok(q) && q->maxsize && mp_queue_qsize(q) >= q->maxsize;
+}
+
+/* ------------------------------------------------------------------ joining */
+
+int mp_queue_task_done(mp_queue *q)
+{
+    if (!queue_ok(q))
+        return MP_EINVAL;
+    uint64_t d = atomic_load(&q->done);
+    do {
+        if (d >= atomic_load(&q->gets))
+            return MP_EINVAL;
+    } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
+    if (d + 1 >= atomic_load(&q->puts))
+        wake(&q->all_done, INT_MAX);
+    return 0;
+}
+
+int mp_queue_join(mp_queue *q, double timeout)
+{
+    if (!queue_ok(q) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    mp_deadline d = deadline_in(timeout);
+    while (!join_ready(q)) {
+        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
+            return join_ready(q) ? 0 : MP_ETIMEDOUT;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
+{
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    mp_queue *q = arena_alloc(sizeof *q);
+    struct seg *s = seg_new(SEG_MIN_CLASS);
+    if (!q || !s)
+        goto fail;
+    if (rmutex_init(&q->put.lock) != 0)
+        goto fail;
+    if (rmutex_init(&q->get.lock) != 0) {
+        rmutex_destroy(&q->put.lock);
+        goto fail;
+    }
+    q->put.seg = q->get.seg = s;
+    q->maxsize = o ? o->maxsize : 0;
+    q->creator = getpid();
+    q->magic = MAGIC_QUEUE;
+    *out = q;
+    return 0;
+fail:
+    arena_free(s);
+    arena_free(q);
+    return MP_ENOMEM;
+}
+
+int mp_queue_shutdown(mp_queue *q)
+{
+    if (!queue_ok(q))
+        return MP_EINVAL;
+    /* Under the producers' lock: a put either committed before, or fails. */
+    int rc = lock_side(q, &q->put, put_repair);
+    if (rc != 0)
+        return rc;
+    atomic_store(&q->closed, 1);
+    rmutex_unlock(&q->put.lock);
+    atomic_fetch_add(&q->not_empty.word, 1);
+    futex_wake(&q->not_empty.word, INT_MAX);
+    atomic_fetch_add(&q->not_full.word, 1);
+    futex_wake(&q->not_full.word, INT_MAX);
+    return 0;
+}
+
+/* Frees what is still queued: walks the records from the consumers' position
+ * to the producers' segment. Nobody may use the queue any more. */
+static void release_items(mp_queue *q)
+{
+    struct seg *s = q->get.seg;
+    uint64_t head = atomic_load(&s->head);
+    uint64_t left = atomic_load(&q->puts) - atomic_load(&q->gets);
+    for (;;) {
+        uint64_t hdr = left || s != q->put.seg ? *ring_word(s, head) : REC_INLINE;
+        if ((hdr & 3) == REC_LINK) {
+            struct seg *n = (struct seg *)(uintptr_t)*ring_word(s, head + 8);
+            arena_free(s);
+            s = n;
+            head = atomic_load(&s->head);
+            continue;
+        }
+        if (!left)
+            break;
+        if ((hdr & 3) == REC_BIG)
+            arena_free((void *)(uintptr_t)*ring_word(s, head + 8));
+        head += record_size((size_t)(hdr >> 2), (hdr & 3) == REC_BIG);
+        left--;
+    }
+    arena_free(s);
+}
+
+void mp_queue_free(mp_queue *q)
+{
+    /* A child's handle is a view of the creator's queue: only the creator frees. */
+    if (!queue_ok(q) || q->creator != getpid())
+        return;
+    q->magic = MAGIC_FREED;
+    release_items(q);
+    rmutex_destroy(&q->put.lock);
+    rmutex_destroy(&q->get.lock);
+    arena_free(q);
+}

@@ -1,0 +1,20 @@
+/* queue_internal.h - what the queue shows its tests and nobody else.
+ *
+ * mp__queue_test_hook, when set, is called at named points inside put and get so
+ * a test child can SIGKILL itself exactly there. NULL in production.
+ */
+#ifndef MPROC_QUEUE_INTERNAL_H
+#define MPROC_QUEUE_INTERNAL_H
+
+#include "internal.h"
+
+/* Points: "put_written" (record in the ring, not yet committed),
+ * "put_committed" (item counted, producer position not yet advanced),
+ * "get_copied" (item copied out, not yet committed),
+ * "get_committed" (item counted as got, consumer position not yet advanced). */
+MP_EXTERN extern void (*mp__queue_test_hook)(const char *point);
+
+/* Items inline in the ring up to this size; bigger ones go out of line. */
+#define QUEUE_INLINE_MAX ((size_t)16 << 10)
+
+#endif

@@ -1,0 +1,172 @@
+/* spawn.c - start a fresh copy of the program and run the target before main.
+ *
+ * The parent forks and execs /proc/self/exe with its own argv and one extra
+ * environment variable naming the arena (fd, address, size) and the process
+ * record. In the new image a constructor sees the variable before main runs,
+ * maps the arena at the same address, finds the target by fnref, runs it and
+ * exits: the user's main never runs there, so it needs no guard.
+ */
+#include "process_internal.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SELF_EXE "/proc/self/exe"
+
+extern char **environ;
+
+/* Defined by conn.c when connections exist in the build. */
+__attribute__((weak)) void conn_keep_across_exec(void);
+
+static bool is_ours(const char *entry)
+{
+    return strncmp(entry, SPAWN_ENV "=", sizeof SPAWN_ENV) == 0 ||
+           strncmp(entry, SERVER_ENV "=", sizeof SERVER_ENV) == 0;
+}
+
+char **spawn_env(const char *name, const char *value)
+{
+    size_t n = 0;
+    while (environ && environ[n])
+        n++;
+    size_t var_len = strlen(name) + 1 + strlen(value) + 1;
+    char **envp = malloc((n + 2) * sizeof *envp + var_len);
+    if (!envp)
+        return NULL;
+    char *var = (char *)(envp + n + 2);
+    snprintf(var, var_len, "%s=%s", name, value);
+    size_t k = 0;
+    envp[k++] = var;
+    for (size_t i = 0; i < n; i++)
+        if (!is_ours(environ[i]))
+            envp[k++] = environ[i];
+    envp[k] = NULL;
+    return envp;
+}
+
+/* In the child between fork and exec: only async-signal-safe calls. */
+int spawn_exec_self(const char *const *argv, char **envp, const int *keep_fds, size_t nkeep)
+{
+    for (size_t i = 0; i < nkeep; i++) {
+        int rc = proc_fd_inherit(keep_fds[i], true);
+        if (rc != 0)
+            return -rc;
+    }
+    execve(SELF_EXE, (char *const *)argv, envp);
+    return errno;
+}
+
+int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t nkeep,
+               bool daemon, pid_t *out)
+{
+    const char *const *argv = process_exec_argv();
+    char **envp = spawn_env(name, spec);
+    int pipefd[2] = { -1, -1 }, rc = 0;
+    if (!argv || !envp) {
+        rc = MP_ENOMEM;
+        goto out;
+    }
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        rc = -errno;
+        goto out;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pipefd[0]);
+        if (daemon)
+            process_daemon_guard(parent);   /* PDEATHSIG survives exec */
+        /* The fork server must not hold connections open: EOF would never come. */
+        if (conn_keep_across_exec && strcmp(name, SPAWN_ENV) == 0)
+            conn_keep_across_exec();
+        int err = spawn_exec_self(argv, envp, keep_fds, nkeep);
+        ssize_t w = write(pipefd[1], &err, sizeof err);
+        (void)w;
+        _exit(127);
+    }
+    if (pid < 0) {
+        rc = -errno;
+        goto out;
+    }
+    close(pipefd[1]);
+    pipefd[1] = -1;
+    int err = 0;
+    ssize_t n;
+    do
+        n = read(pipefd[0], &err, sizeof err);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {                        /* exec failed: the child is ours to reap */
+        waitpid(pid, NULL, 0);
+        rc = err ? -err : MP_ENOMEM;
+        goto out;
+    }
+    *out = pid;
+out:
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    free(envp);
+    return rc;
+}
+
+int spawn_start(struct mp_process *p, int *pidfd)
+{
+    int afd = arena_fd();
+    if (afd < 0)
+        return MP_ENOMEM;
+    char spec[128];
+    snprintf(spec, sizeof spec, "%d:%" PRIxPTR ":%zx:%" PRIxPTR, afd,
+             (uintptr_t)arena_base(), arena_size(), (uintptr_t)p);
+    pid_t pid;
+    int rc = spawn_exec(SPAWN_ENV, spec, &afd, 1, p->daemon, &pid);
+    if (rc != 0)
+        return rc;
+    p->pid = pid;
+    p->reaper = getpid();
+    *pidfd = proc_pidfd_open(pid);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the child side */
+
+static void run_spawned(const char *spec)
+{
+    int fd;
+    uintptr_t base, rec;
+    size_t size;
+    if (sscanf(spec, "%d:%" SCNxPTR ":%zx:%" SCNxPTR, &fd, &base, &size, &rec) != 4)
+        _exit(127);
+    unsetenv(SPAWN_ENV);            /* our own children must not see it */
+    if (arena_attach(fd, base, size) != 0)
+        _exit(127);
+    proc_fd_inherit(fd, false);
+    struct mp_process *p = (struct mp_process *)rec;
+    if (!arena_contains(p, sizeof *p) || p->magic != MAGIC_PROCESS)
+        _exit(127);
+    process_enter_child(p);
+    exit(process_run_target(p));    /* the normal exit path: atexit, stdio */
+}
+
+/* Runs before main in every image of a program linked with mproc; costs one
+ * getenv when the process is not a spawned child or a fork server. */
+__attribute__((constructor)) static void spawn_take_aside(void)
+{
+    const char *spec = getenv(SPAWN_ENV);
+    if (spec) {
+        run_spawned(spec);
+        return;
+    }
+    spec = getenv(SERVER_ENV);
+    if (spec) {
+        char copy[160];
+        snprintf(copy, sizeof copy, "%s", spec);
+        unsetenv(SERVER_ENV);
+        _exit(spawn_run_server(copy));
+    }
+}

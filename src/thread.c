@@ -1,0 +1,251 @@
+/* thread.c - mp_thread: threading.Thread over pthreads.
+ *
+ * A thread publishes its end in a futex word, so a join with a timeout waits
+ * on that word and only then calls pthread_join (which cannot time out).
+ * Threads started here are listed in the runtime, so exit can join the
+ * non-daemon ones and mp_active_count can count them.
+ */
+#include "process_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct mp_thread {
+    uint32_t magic;
+    _Atomic uint32_t state;          /* PROC_NEW, PROC_RUNNING, PROC_DONE; futex word */
+    int exitcode;
+    bool daemon;
+    bool joined;                     /* pthread_join done (under join_lock) */
+    bool listed;                     /* in the runtime's list (under runtime_lock) */
+    pthread_t handle;
+    pthread_mutex_t join_lock;
+    mp_target target;
+    void *arg;
+    char name[PROC_NAME_MAX];
+    struct mp_thread *next, *prev;
+};
+
+static struct mp_thread main_thread = {
+    .magic = MAGIC_THREAD, .state = PROC_RUNNING, .name = "MainThread",
+};
+static __thread struct mp_thread *self;
+static __thread struct mp_thread foreign;   /* a thread mproc did not start */
+
+static bool valid(const mp_thread *t)
+{
+    return t && t->magic == MAGIC_THREAD;
+}
+
+static bool is_builtin(const mp_thread *t)
+{
+    return t == &main_thread || t == &foreign;
+}
+
+static void list_add(struct mp_runtime *r, struct mp_thread *t)
+{
+    t->prev = NULL;
+    t->next = r->threads;
+    if (r->threads)
+        r->threads->prev = t;
+    r->threads = t;
+    t->listed = true;
+}
+
+static void list_remove(struct mp_runtime *r, struct mp_thread *t)
+{
+    if (!t->listed)
+        return;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        r->threads = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->listed = false;
+}
+
+int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_opts *o)
+{
+    if (!out || !target)
+        return MP_EINVAL;
+    struct mp_thread *t = calloc(1, sizeof *t);
+    if (!t)
+        return MP_ENOMEM;
+    runtime_lock();
+    unsigned n = ++runtime()->next_thread;
+    runtime_unlock();
+    int len = o && o->name ? snprintf(t->name, sizeof t->name, "%s", o->name)
+                           : snprintf(t->name, sizeof t->name, "Thread-%u", n);
+    if (len < 0 || (size_t)len >= sizeof t->name) {
+        free(t);
+        return MP_EINVAL;
+    }
+    t->magic = MAGIC_THREAD;
+    t->daemon = o && o->daemon;
+    t->target = target;
+    t->arg = arg;
+    pthread_mutex_init(&t->join_lock, NULL);
+    *out = t;
+    return 0;
+}
+
+static void *trampoline(void *arg)
+{
+    struct mp_thread *t = arg;
+    self = t;
+    t->exitcode = t->target(t->arg);
+    atomic_store_explicit(&t->state, PROC_DONE, memory_order_release);
+    futex_wake(&t->state, INT32_MAX);
+    return NULL;
+}
+
+int mp_thread_start(mp_thread *t)
+{
+    if (!valid(t) || is_builtin(t))
+        return valid(t) ? MP_ESTATE : MP_EINVAL;
+    uint32_t expect = PROC_NEW;
+    if (!atomic_compare_exchange_strong(&t->state, &expect, PROC_RUNNING))
+        return MP_ESTATE;
+    struct mp_runtime *r = runtime();
+    runtime_lock();
+    list_add(r, t);
+    runtime_unlock();
+    int err = pthread_create(&t->handle, NULL, trampoline, t);
+    if (err != 0) {
+        runtime_lock();
+        list_remove(r, t);
+        runtime_unlock();
+        atomic_store(&t->state, PROC_NEW);
+        return -err;
+    }
+    return 0;
+}
+
+/* Once the thread has ended: releases its pthread, exactly once. */
+static void reap(struct mp_thread *t)
+{
+    pthread_mutex_lock(&t->join_lock);
+    if (!t->joined) {
+        pthread_join(t->handle, NULL);
+        t->joined = true;
+    }
+    pthread_mutex_unlock(&t->join_lock);
+}
+
+int mp_thread_join(mp_thread *t, double timeout)
+{
+    if (!valid(t) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    if (atomic_load(&t->state) == PROC_NEW || t == mp_current_thread() || is_builtin(t))
+        return MP_ESTATE;           /* Python: cannot join the current thread */
+    mp_deadline d = deadline_in(timeout);
+    uint32_t s;
+    while ((s = atomic_load_explicit(&t->state, memory_order_acquire)) != PROC_DONE)
+        if (futex_wait(&t->state, s, &d) == MP_ETIMEDOUT)
+            return MP_ETIMEDOUT;
+    reap(t);
+    return 0;
+}
+
+bool mp_thread_is_alive(mp_thread *t)
+{
+    return valid(t) && atomic_load(&t->state) == PROC_RUNNING;
+}
+
+int mp_thread_exitcode(mp_thread *t, int *code)
+{
+    if (!valid(t) || !code)
+        return MP_EINVAL;
+    if (atomic_load_explicit(&t->state, memory_order_acquire) != PROC_DONE)
+        return MP_ESTATE;
+    *code = t->exitcode;
+    return 0;
+}
+
+const char *mp_thread_name(const mp_thread *t)
+{
+    return valid(t) ? t->name : NULL;
+}
+
+int mp_thread_free(mp_thread *t)
+{
+    if (!t)
+        return 0;
+    if (!valid(t) || is_builtin(t))
+        return MP_EINVAL;
+    if (atomic_load(&t->state) == PROC_RUNNING)
+        return MP_ESTATE;
+    if (atomic_load(&t->state) == PROC_DONE)
+        reap(t);
+    runtime_lock();
+    list_remove(runtime(), t);
+    runtime_unlock();
+    pthread_mutex_destroy(&t->join_lock);
+    t->magic = MAGIC_FREED;
+    free(t);
+    return 0;
+}
+
+mp_thread *mp_current_thread(void)
+{
+    if (self)
+        return self;
+    if (mp_gettid() == (uint32_t)getpid())
+        return &main_thread;
+    if (!foreign.magic) {
+        static _Atomic unsigned dummies;
+        foreign.magic = MAGIC_THREAD;
+        atomic_store(&foreign.state, PROC_RUNNING);
+        snprintf(foreign.name, sizeof foreign.name, "Dummy-%u", atomic_fetch_add(&dummies, 1) + 1);
+    }
+    return &foreign;
+}
+
+int mp_active_count(void)
+{
+    int n = 1;
+    runtime_lock();
+    for (struct mp_thread *t = runtime()->threads; t; t = t->next)
+        n += atomic_load(&t->state) == PROC_RUNNING;
+    runtime_unlock();
+    return n;
+}
+
+/* Joins every running non-daemon thread but the caller, including any they
+ * start meanwhile (threading._shutdown). */
+void thread_join_all_at_exit(void)
+{
+    struct mp_thread *me = mp_current_thread();
+    for (;;) {
+        struct mp_thread *wait_for = NULL;
+        runtime_lock();
+        for (struct mp_thread *t = runtime()->threads; t && !wait_for; t = t->next)
+            if (t != me && !t->daemon && atomic_load(&t->state) == PROC_RUNNING)
+                wait_for = t;
+        runtime_unlock();
+        if (!wait_for)
+            return;
+        mp_thread_join(wait_for, MP_FOREVER);
+    }
+}
+
+/* Only the forking thread exists in the child: the others are over there. */
+void thread_after_fork_child(void)
+{
+    struct mp_runtime *r = runtime();
+    struct mp_thread *t = r->threads;
+    while (t) {
+        struct mp_thread *next = t->next;
+        t->listed = false;
+        if (t != self) {
+            pthread_mutex_init(&t->join_lock, NULL);
+            t->joined = true;
+            t->exitcode = -1;
+            atomic_store(&t->state, PROC_DONE);
+        }
+        t = next;
+    }
+    r->threads = NULL;
+}

@@ -1,0 +1,55 @@
+#!/bin/sh
+# run.sh BUILD_DIR [CC] - installs BUILD_DIR into a scratch prefix and uses it
+# the way a user would: an outside CMake project with find_package(mproc)
+# linking mproc::mproc and mproc::mproc_static, a pkg-config consumer (shared
+# and static libmproc.a), the versioned soname and the exported symbols.
+set -eu
+build=$(cd "$1" && pwd)
+cc=${2:-cc}
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+prefix=$tmp/prefix
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+echo "== cmake --install into $prefix"
+cmake --install "$build" --prefix "$prefix" >/dev/null
+libdir=$(dirname "$(find "$prefix" -name 'libmproc.so' | head -1)")
+[ -f "$prefix/include/mproc.h" ] || fail "header not installed"
+[ -f "$libdir/libmproc.a" ] || fail "static library not installed"
+[ -f "$libdir/pkgconfig/mproc.pc" ] || fail "mproc.pc not installed"
+[ -f "$libdir/cmake/mproc/mprocConfig.cmake" ] || fail "CMake package not installed"
+
+echo "== soname and exported symbols"
+soname=$(readelf -d "$libdir/libmproc.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+[ "$soname" = libmproc.so.0 ] || fail "soname is '$soname', want libmproc.so.0"
+[ -e "$libdir/libmproc.so.0" ] || fail "libmproc.so.0 missing"
+others=$(nm -D --defined-only "$libdir/libmproc.so" | awk '{print $3}' | grep -v '^mp_' || true)
+[ -z "$others" ] || fail "exported symbols outside mp_*: $others"
+
+echo "== outside CMake project: find_package(mproc)"
+cmake -S "$here" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
+      -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" >"$tmp/configure.log" 2>&1 ||
+  { cat "$tmp/configure.log"; fail "configure"; }
+grep 'readme_example:' "$tmp/configure.log" || true
+cmake --build "$tmp/consumer" >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; fail "build"; }
+"$tmp/consumer/consumer_shared" || fail "consumer_shared"
+"$tmp/consumer/consumer_static" || fail "consumer_static"
+readelf -d "$tmp/consumer/consumer_static" | grep -q 'libmproc' &&
+  fail "consumer_static needs libmproc.so"
+if [ -x "$tmp/consumer/readme_example" ]; then
+  out=$(timeout 60 "$tmp/consumer/readme_example") || fail "readme_example"
+  [ "$(echo $out)" = "0 1 4 9 16 25 36 49 64 81" ] || fail "readme_example printed '$out'"
+  echo "readme_example: $out"
+fi
+
+echo "== pkg-config consumer"
+export PKG_CONFIG_PATH="$libdir/pkgconfig"
+# shellcheck disable=SC2046
+$cc -o "$tmp/pc_shared" "$here/consumer.c" $(pkg-config --cflags --libs mproc) || fail "pkg-config shared build"
+LD_LIBRARY_PATH=$libdir "$tmp/pc_shared" || fail "pc_shared"
+static_libs=$(pkg-config --static --libs mproc | sed 's/-lmproc\( \|$\)/-l:libmproc.a /')
+# shellcheck disable=SC2046,SC2086
+$cc -o "$tmp/pc_static" "$here/consumer.c" $(pkg-config --cflags mproc) $static_libs || fail "pkg-config static build"
+env -u LD_LIBRARY_PATH "$tmp/pc_static" || fail "pc_static"
+echo "install test passed"

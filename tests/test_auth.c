@@ -1,0 +1,437 @@
+/* test_auth.c - the authkey handshake: C against C in both generations of
+ * the protocol, malformed and hostile peers, and the machine's real python3
+ * (multiprocessing.connection's Client and Listener, plus a hand-written
+ * 3.12 {sha256} peer in tests/interop/peer.py) in both directions.
+ * MPROC_WHITEBOX: links the static library to reach conn_internal.h.
+ */
+#include "testutil.h"
+
+#include "conn_internal.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char KEY[] = "secret key";
+static const char OTHER[] = "another key";
+
+/* ------------------------------------------------------------------ C against C */
+
+struct side { int fd; const char *key; const char *digest; bool deliver_first; };
+
+/* One side of the handshake on a raw descriptor: the listener's order
+ * (deliver, answer) or the client's (answer, deliver). */
+static int run_side(void *p)
+{
+    struct side *s = p;
+    mp_deadline d = deadline_in(10 * tu_slow());
+    size_t kl = strlen(s->key);
+    int rc;
+    if (s->deliver_first) {
+        rc = auth_deliver_challenge(s->fd, s->key, kl, s->digest, &d);
+        if (rc == 0)
+            rc = auth_answer_challenge(s->fd, s->key, kl, &d);
+    } else {
+        rc = auth_answer_challenge(s->fd, s->key, kl, &d);
+        if (rc == 0)
+            rc = auth_deliver_challenge(s->fd, s->key, kl, s->digest, &d);
+    }
+    return rc == 0 ? 0 : rc == MP_EAUTH ? 3 : 4;
+}
+
+/* Runs a listener side here and a client side in a child: their codes. */
+static void handshake(const char *lkey, const char *ckey, const char *digest, int *lcode, int *ccode)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    struct side client = { sv[1], ckey, digest, false };
+    pid_t pid = tu_fork(run_side, &client);
+    close(sv[1]);
+    struct side listener = { sv[0], lkey, digest, true };
+    *lcode = run_side(&listener);
+    close(sv[0]);
+    *ccode = tu_wait(pid, 20);
+}
+
+static void test_handshake_succeeds_with_each_digest_and_legacy_md5(void **state)
+{
+    (void)state;
+    static const char *digests[] = { "sha256", "md5", "sha384", "sha3_256", "sha3_384", NULL };
+    for (size_t i = 0; i < sizeof digests / sizeof digests[0]; i++) {
+        int l, c;
+        handshake(KEY, KEY, digests[i], &l, &c);
+        assert_int_equal(l, 0);
+        assert_int_equal(c, 0);
+    }
+}
+
+static void test_wrong_key_fails_on_both_sides(void **state)
+{
+    (void)state;
+    const char *digests[] = { "sha256", NULL };
+    for (int i = 0; i < 2; i++) {
+        int l, c;
+        handshake(KEY, OTHER, digests[i], &l, &c);
+        assert_int_equal(l, 3);
+        assert_int_equal(c, 3);
+    }
+}
+
+static void test_deliver_refuses_unknown_digest_name(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    TU_ASSERT_RC(auth_deliver_challenge(sv[0], KEY, 3, "sha1", NULL), MP_EINVAL);
+    TU_ASSERT_RC(auth_deliver_challenge(sv[0], KEY, 3, "much_too_long", NULL), MP_EINVAL);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* ------------------------------------------------------------------ hostile peers */
+
+static void send_frame_raw(int fd, const void *p, size_t n)
+{
+    TU_OK(conn_send_frame(fd, p, n));
+}
+
+/* Answers whatever the peer sent first on fd with the challenge `msg`. */
+static int answer_crafted(const void *msg, size_t n, bool close_after)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    if (n)
+        send_frame_raw(sv[1], msg, n);
+    if (close_after)
+        shutdown(sv[1], SHUT_WR);
+    mp_deadline d = deadline_in(0.2);
+    int rc = auth_answer_challenge(sv[0], KEY, strlen(KEY), &d);
+    close(sv[0]);
+    close(sv[1]);
+    return rc;
+}
+
+static void test_answer_refuses_malformed_challenges(void **state)
+{
+    (void)state;
+    char big[300];
+    memset(big, 'x', sizeof big);
+    memcpy(big, "#CHALLENGE#", 11);
+    TU_ASSERT_RC(answer_crafted("#WELCOME#", 9, true), MP_EAUTH);              /* no challenge */
+    TU_ASSERT_RC(answer_crafted("#CHALLENGE#short", 16, true), MP_EAUTH);      /* < 20 bytes */
+    TU_ASSERT_RC(answer_crafted("#CHALLENGE#{sha1}0123456789012345678901234", 42, true), MP_EAUTH);
+    TU_ASSERT_RC(answer_crafted("#CHALLENGE#0123456789012345678901", 33, true), MP_EAUTH); /* 22: no prefix */
+    TU_ASSERT_RC(answer_crafted(big, sizeof big, true), MP_EAUTH);             /* over 256 */
+    TU_ASSERT_RC(answer_crafted(NULL, 0, true), MP_EAUTH);                     /* peer left */
+    TU_ASSERT_RC(answer_crafted(NULL, 0, false), MP_ETIMEDOUT);                /* peer silent */
+}
+
+static void test_answer_to_legacy_challenge_is_bare_md5(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    const char *challenge = "#CHALLENGE#0123456789abcdefghij";     /* 20 bytes: Python 3.11 */
+    send_frame_raw(sv[1], challenge, strlen(challenge));
+    send_frame_raw(sv[1], "#WELCOME#", 9);
+    mp_deadline d = deadline_in(5);
+    TU_OK(auth_answer_challenge(sv[0], KEY, strlen(KEY), &d));
+    mp_buf answer = { 0 };
+    TU_OK(conn_recv_frame(sv[1], &answer, 256, &d));
+    uint8_t want[16];
+    unsigned wl;
+    HMAC(EVP_md5(), KEY, (int)strlen(KEY), (const uint8_t *)challenge + 11, 20, want, &wl);
+    assert_int_equal(answer.len, 16);
+    assert_memory_equal(answer.data, want, 16);
+    mp_buf_free(&answer);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* The challenger's side: reads our challenge, sends `answer_kind`, returns rc. */
+static int deliver_against(const char *answer_kind)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    mp_buf ch = { 0 };
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sv[0]);
+        mp_deadline d = deadline_in(5);
+        if (conn_recv_frame(sv[1], &ch, 256, &d) != 0)
+            _exit(1);
+        const uint8_t *m = (const uint8_t *)ch.data + 11;
+        size_t ml = ch.len - 11;
+        uint8_t out[128];
+        unsigned n = 0;
+        size_t pre = 0;
+        if (strcmp(answer_kind, "bare-md5") == 0) {
+            HMAC(EVP_md5(), KEY, (int)strlen(KEY), m, ml, out, &n);
+        } else if (strcmp(answer_kind, "prefixed-md5") == 0) {
+            memcpy(out, "{md5}", pre = 5);
+            HMAC(EVP_md5(), KEY, (int)strlen(KEY), m, ml, out + pre, &n);
+        } else if (strcmp(answer_kind, "bare-sha256") == 0) {
+            HMAC(EVP_sha256(), KEY, (int)strlen(KEY), m, ml, out, &n);
+        } else {
+            memcpy(out, "{sha999}", pre = 8);
+            n = 16;
+        }
+        conn_send_frame(sv[1], out, pre + n);
+        conn_recv_frame(sv[1], &ch, 256, &d);      /* #WELCOME# or #FAILURE# */
+        _exit(0);
+    }
+    close(sv[1]);
+    mp_deadline d = deadline_in(10);
+    int rc = auth_deliver_challenge(sv[0], KEY, strlen(KEY), "sha256", &d);
+    assert_int_equal(tu_wait(pid, 10), 0);
+    close(sv[0]);
+    return rc;
+}
+
+static void test_deliver_accepts_answers_where_cpython_does(void **state)
+{
+    (void)state;
+    TU_OK(deliver_against("bare-md5"));             /* a Python 3.11 client */
+    TU_OK(deliver_against("prefixed-md5"));         /* any allowed digest, prefixed */
+    TU_ASSERT_RC(deliver_against("bare-sha256"), MP_EAUTH);   /* 32 bytes, no prefix */
+    TU_ASSERT_RC(deliver_against("unknown"), MP_EAUTH);
+}
+
+/* ------------------------------------------------------------------ listener and client */
+
+struct client_arg { const char *address; const char *key; };
+
+static int child_client(void *p)
+{
+    struct client_arg *a = p;
+    mp_conn *c;
+    int rc = mp_client(&c, a->address, a->key, a->key ? strlen(a->key) : 0, 10 * tu_slow());
+    if (rc != 0)
+        return rc == MP_EAUTH ? 3 : 4;
+    rc = mp_conn_send_bytes(c, "payload", 7);
+    mp_conn_close(c);
+    return rc == 0 ? 0 : 5;
+}
+
+static void test_listener_and_client_authenticate_each_other(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    struct client_arg good = { mp_listener_address(l), KEY }, bad = { mp_listener_address(l), OTHER };
+    pid_t pid = tu_fork(child_client, &good);
+    mp_conn *c;
+    TU_OK(mp_listener_accept(l, &c, 10 * tu_slow()));
+    char buf[16];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(c, buf, sizeof buf, &len));
+    assert_memory_equal(buf, "payload", 7);
+    assert_int_equal(tu_wait(pid, 10), 0);
+    mp_conn_close(c);
+
+    pid = tu_fork(child_client, &bad);
+    c = NULL;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 10 * tu_slow()), MP_EAUTH);
+    assert_null(c);                                 /* no connection, no data */
+    assert_int_equal(tu_wait(pid, 10), 3);          /* MP_EAUTH in the client too */
+    mp_listener_free(l);
+}
+
+static void test_client_without_key_meets_a_challenge_and_is_refused(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    struct client_arg none = { mp_listener_address(l), NULL };
+    pid_t pid = tu_fork(child_client, &none);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 10 * tu_slow()), MP_EAUTH);
+    assert_int_equal(tu_wait(pid, 10), 0);   /* it connected and sent, unauthenticated */
+    mp_listener_free(l);
+}
+
+/* ------------------------------------------------------------------ python3 */
+
+static bool have_python(void)
+{
+    return system("python3 -c 'import multiprocessing.connection' >/dev/null 2>&1") == 0;
+}
+
+/* Starts tests/interop/peer.py MODE ADDRESS KEYHEX with stdout on *out. */
+static pid_t python_peer(const char *mode, const char *address, const char *key, int *out)
+{
+    char script[512], hex[128] = "-";
+    const char *src = getenv("MPROC_SOURCE_DIR");
+    snprintf(script, sizeof script, "%s/tests/interop/peer.py", src ? src : ".");
+    for (size_t i = 0; key && key[i]; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)key[i]);
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        execlp("python3", "python3", script, mode, address, hex, (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    *out = p[0];
+    return pid;
+}
+
+/* The first line a python listener prints: its address. */
+static void read_line(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    while (n + 1 < cap) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        assert_int_equal(poll(&p, 1, (int)(20000 * tu_slow())), 1);
+        assert_int_equal(read(fd, buf + n, 1), 1);
+        if (buf[n] == '\n')
+            break;
+        n++;
+    }
+    buf[n] = '\0';
+}
+
+/* Serves the python client: two messages echoed upper-cased. */
+static void serve_python(mp_conn *c)
+{
+    mp_buf in = { 0 };
+    for (int i = 0; i < 2; i++) {
+        TU_OK(mp_conn_recv_buf(c, &in, 0));
+        for (size_t j = 0; j < in.len; j++) {
+            char *ch = (char *)in.data + j;
+            if (*ch >= 'a' && *ch <= 'z')
+                *ch = (char)(*ch - 32);
+        }
+        TU_OK(mp_conn_send_bytes(c, in.data, in.len));
+    }
+    mp_buf_free(&in);
+}
+
+static void python_client_against_listener(const char *mode, const char *lkey, const char *pkey,
+                                           int want_rc, int want_exit)
+{
+    if (!have_python())
+        skip();
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", lkey, lkey ? strlen(lkey) : 0));
+    int out;
+    pid_t pid = python_peer(mode, mp_listener_address(l), pkey, &out);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 30 * tu_slow()), want_rc);
+    if (want_rc == 0) {
+        serve_python(c);
+        mp_conn_close(c);
+    }
+    assert_int_equal(tu_wait(pid, 30), want_exit);
+    close(out);
+    mp_listener_free(l);
+}
+
+static void test_python_client_talks_to_mproc_listener(void **state)
+{
+    (void)state;
+    python_client_against_listener("client", KEY, KEY, 0, 0);
+    python_client_against_listener("client", NULL, NULL, 0, 0);    /* authkey=None */
+}
+
+static void test_python_client_with_wrong_key_is_refused(void **state)
+{
+    (void)state;
+    python_client_against_listener("client", KEY, OTHER, MP_EAUTH, 3);
+}
+
+static void test_python312_sha256_client_talks_to_mproc_listener(void **state)
+{
+    (void)state;
+    python_client_against_listener("client312", KEY, KEY, 0, 0);
+    python_client_against_listener("client312", KEY, OTHER, MP_EAUTH, 3);
+}
+
+static void client_against_python_listener(const char *mode, const char *address, const char *ckey,
+                                           const char *pkey, int want_rc, int want_exit)
+{
+    if (!have_python())
+        skip();
+    int out;
+    pid_t pid = python_peer(mode, address, pkey, &out);
+    char bound[256];
+    read_line(out, bound, sizeof bound);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_client(&c, bound, ckey, ckey ? strlen(ckey) : 0, 30 * tu_slow()), want_rc);
+    if (want_rc == 0) {
+        mp_buf in = { 0 };
+        TU_OK(mp_conn_send_bytes(c, "hello from c", 12));
+        TU_OK(mp_conn_recv_buf(c, &in, 0));
+        assert_int_equal(in.len, 12);
+        assert_memory_equal(in.data, "HELLO FROM C", 12);
+        size_t big = (size_t)3 << 20;
+        char *data = malloc(big);
+        memset(data, 'q', big);
+        TU_OK(mp_conn_send_bytes(c, data, big));
+        TU_OK(mp_conn_recv_buf(c, &in, big));
+        assert_int_equal(in.len, big);
+        assert_int_equal(((char *)in.data)[big - 1], 'Q');
+        free(data);
+        mp_buf_free(&in);
+        mp_conn_close(c);
+    }
+    assert_int_equal(tu_wait(pid, 30), want_exit);
+    close(out);
+}
+
+static void test_mproc_client_talks_to_python_listener(void **state)
+{
+    (void)state;
+    char path[80];
+    snprintf(path, sizeof path, "unix:/tmp/mproc-auth-%d.sock", (int)getpid());
+    client_against_python_listener("listener", path, KEY, KEY, 0, 0);
+    client_against_python_listener("listener", "tcp:127.0.0.1:0", KEY, KEY, 0, 0);
+    snprintf(path, sizeof path, "unix:@mproc-auth-%d", (int)getpid());
+    client_against_python_listener("listener", path, NULL, NULL, 0, 0);
+}
+
+static void test_mproc_client_with_wrong_key_is_refused_by_python(void **state)
+{
+    (void)state;
+    client_against_python_listener("listener", "tcp:127.0.0.1:0", OTHER, KEY, MP_EAUTH, 3);
+}
+
+static void test_mproc_client_talks_to_python312_sha256_listener(void **state)
+{
+    (void)state;
+    client_against_python_listener("listener312", "tcp:127.0.0.1:0", KEY, KEY, 0, 0);
+    client_against_python_listener("listener312", "tcp:127.0.0.1:0", OTHER, KEY, MP_EAUTH, 3);
+}
+
+int main(void)
+{
+    tu_watchdog(200);
+    signal(SIGPIPE, SIG_DFL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_handshake_succeeds_with_each_digest_and_legacy_md5),
+        cmocka_unit_test(test_wrong_key_fails_on_both_sides),
+        cmocka_unit_test(test_deliver_refuses_unknown_digest_name),
+        cmocka_unit_test(test_answer_refuses_malformed_challenges),
+        cmocka_unit_test(test_answer_to_legacy_challenge_is_bare_md5),
+        cmocka_unit_test(test_deliver_accepts_answers_where_cpython_does),
+        cmocka_unit_test(test_listener_and_client_authenticate_each_other),
+        cmocka_unit_test(test_client_without_key_meets_a_challenge_and_is_refused),
+        cmocka_unit_test(test_python_client_talks_to_mproc_listener),
+        cmocka_unit_test(test_python_client_with_wrong_key_is_refused),
+        cmocka_unit_test(test_python312_sha256_client_talks_to_mproc_listener),
+        cmocka_unit_test(test_mproc_client_talks_to_python_listener),
+        cmocka_unit_test(test_mproc_client_with_wrong_key_is_refused_by_python),
+        cmocka_unit_test(test_mproc_client_talks_to_python312_sha256_listener),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,743 @@
+/* test_queue.c - the Queue: order, sizes, bounds, timeouts, joining,
+ * shutdown, many producers and consumers, and processes killed mid-operation. */
+#include "testutil.h"
+#include "queue_internal.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static mp_queue *new_queue(size_t maxsize)
+{
+    mp_queue *q = NULL;
+    TU_OK(mp_queue_new(&q, &(mp_queue_opts){ .maxsize = maxsize }));
+    assert_non_null(q);
+    return q;
+}
+
+static void put_u64(mp_queue *q, uint64_t x)
+{
+    TU_OK(mp_queue_put(q, &x, sizeof x, MP_FOREVER));
+}
+
+static uint64_t get_u64(mp_queue *q)
+{
+    uint64_t x = 0;
+    size_t len = 0;
+    TU_OK(mp_queue_get(q, &x, sizeof x, &len, 10 * tu_slow()));
+    assert_int_equal(len, sizeof x);
+    return x;
+}
+
+/* Fills n bytes with a pattern that depends on seed, so a torn or misplaced
+ * item is noticed. */
+static void pattern(unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(i * 31 + seed * 7 + (i >> 12));
+}
+
+static bool pattern_ok(const unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != (unsigned char)(i * 31 + seed * 7 + (i >> 12)))
+            return false;
+    return true;
+}
+
+/* ------------------------------------------------------------------ basics */
+
+static void test_queue_keeps_fifo_order(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    for (uint64_t i = 0; i < 1000; i++)
+        put_u64(q, i);
+    for (uint64_t i = 0; i < 1000; i++)
+        assert_int_equal(get_u64(q), i);
+    assert_true(mp_queue_empty(q));
+    mp_queue_free(q);
+}
+
+static void test_queue_passes_items_of_every_size_in_order(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    static const size_t sizes[] = { 0, 1, 7, 8, 9, 63, 4096, QUEUE_INLINE_MAX,
+                                    QUEUE_INLINE_MAX + 1, (size_t)3 << 20, 0 };
+    size_t n = sizeof sizes / sizeof *sizes;
+    unsigned char *buf = malloc((size_t)3 << 20);
+    for (unsigned i = 0; i < n; i++) {
+        pattern(buf, sizes[i], i);
+        TU_OK(mp_queue_put(q, buf, sizes[i], MP_FOREVER));
+    }
+    assert_int_equal(mp_queue_qsize(q), n);
+    mp_buf out = { 0 };
+    for (unsigned i = 0; i < n; i++) {
+        TU_OK(mp_queue_get_buf(q, &out, 0));
+        assert_int_equal(out.len, sizes[i]);
+        assert_true(pattern_ok(out.data, out.len, i));
+    }
+    mp_buf_free(&out);
+    free(buf);
+    mp_queue_free(q);
+}
+
+static void test_queue_zero_byte_item_needs_no_buffer(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    TU_OK(mp_queue_put(q, NULL, 0, 0));
+    size_t len = 99;
+    TU_OK(mp_queue_get(q, NULL, 0, &len, 0));
+    assert_int_equal(len, 0);
+    mp_queue_free(q);
+}
+
+static void test_queue_get_returns_etoobig_and_keeps_the_item(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    size_t sizes[] = { 100, QUEUE_INLINE_MAX * 2 };
+    unsigned char *data = malloc(sizes[1]), *buf = malloc(sizes[1]);
+    for (int k = 0; k < 2; k++) {
+        pattern(data, sizes[k], 5);
+        TU_OK(mp_queue_put(q, data, sizes[k], 0));
+        size_t len = 0;
+        TU_ASSERT_RC(mp_queue_get(q, buf, 10, &len, 0), MP_ETOOBIG);
+        assert_int_equal(len, sizes[k]);
+        TU_ASSERT_RC(mp_queue_get(q, NULL, 0, &len, 0), MP_ETOOBIG);
+        assert_int_equal(mp_queue_qsize(q), 1);
+        TU_OK(mp_queue_get(q, buf, sizes[k], &len, 0));
+        assert_int_equal(len, sizes[k]);
+        assert_true(pattern_ok(buf, len, 5));
+    }
+    free(data);
+    free(buf);
+    mp_queue_free(q);
+}
+
+static void test_queue_qsize_empty_full_are_exact(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(3);
+    assert_true(mp_queue_empty(q));
+    assert_false(mp_queue_full(q));
+    for (uint64_t i = 0; i < 3; i++) {
+        assert_int_equal(mp_queue_qsize(q), i);
+        put_u64(q, i);
+    }
+    assert_true(mp_queue_full(q));
+    assert_false(mp_queue_empty(q));
+    get_u64(q);
+    assert_int_equal(mp_queue_qsize(q), 2);
+    assert_false(mp_queue_full(q));
+    mp_queue_free(q);
+
+    q = new_queue(0);                 /* unbounded is never full */
+    for (uint64_t i = 0; i < 100; i++)
+        put_u64(q, i);
+    assert_false(mp_queue_full(q));
+    assert_int_equal(mp_queue_qsize(q), 100);
+    mp_queue_free(q);
+}
+
+static void test_queue_unbounded_grows_past_its_first_segment(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    unsigned char item[200];
+    long n = 100000;                  /* ~21 MB: several segments */
+    for (long i = 0; i < n; i++) {
+        pattern(item, sizeof item, (unsigned)i);
+        TU_OK(mp_queue_put(q, item, sizeof item, 0));
+    }
+    assert_int_equal(mp_queue_qsize(q), n);
+    for (long i = 0; i < n; i++) {
+        size_t len;
+        TU_OK(mp_queue_get(q, item, sizeof item, &len, 0));
+        assert_int_equal(len, sizeof item);
+        if (!pattern_ok(item, len, (unsigned)i))
+            fail_msg("item %ld torn", i);
+    }
+    TU_ASSERT_RC(mp_queue_get_nowait(q, item, sizeof item, &(size_t){ 0 }), MP_EEMPTY);
+    mp_queue_free(q);
+}
+
+/* ------------------------------------------------------------------ errors */
+
+static void test_queue_refuses_bad_arguments_and_handles(void **state)
+{
+    (void)state;
+    char buf[8];
+    size_t len;
+    mp_buf out = { 0 };
+    TU_ASSERT_RC(mp_queue_new(NULL, NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_put(NULL, "x", 1, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get(NULL, buf, sizeof buf, &len, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get_buf(NULL, &out, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_put_nowait(NULL, "x", 1), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get_nowait(NULL, buf, sizeof buf, &len), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_task_done(NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_join(NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_shutdown(NULL), MP_EINVAL);
+    assert_int_equal(mp_queue_qsize(NULL), 0);
+    assert_true(mp_queue_empty(NULL));
+    assert_false(mp_queue_full(NULL));
+    mp_queue_free(NULL);
+
+    int not_a_queue[64] = { 0 };
+    TU_ASSERT_RC(mp_queue_put((mp_queue *)not_a_queue, "x", 1, 0), MP_EINVAL);
+
+    mp_queue *q = new_queue(0);
+    TU_ASSERT_RC(mp_queue_put(q, NULL, 1, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_put(q, "x", 1, NAN), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get(q, NULL, 8, &len, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, NAN), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get_buf(q, NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_join(q, NAN), MP_EINVAL);
+    mp_queue_free(q);
+    /* A freed handle is refused, not used. */
+    TU_ASSERT_RC(mp_queue_put(q, "x", 1, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, 0), MP_EINVAL);
+    mp_queue_free(q);
+}
+
+static void test_queue_put_returns_efull_when_bounded(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(2);
+    put_u64(q, 1);
+    put_u64(q, 2);
+    uint64_t x = 3;
+    TU_ASSERT_RC(mp_queue_put_nowait(q, &x, sizeof x), MP_EFULL);
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_queue_put(q, &x, sizeof x, 0.2), MP_EFULL);
+    double took = tu_now() - t0;
+    assert_true(took >= 0.19);
+    assert_true(took < 5 * tu_slow());
+    assert_int_equal(mp_queue_qsize(q), 2);
+    assert_int_equal(get_u64(q), 1);
+    TU_OK(mp_queue_put_nowait(q, &x, sizeof x));
+    assert_int_equal(get_u64(q), 2);
+    assert_int_equal(get_u64(q), 3);
+    mp_queue_free(q);
+}
+
+static void test_queue_get_returns_eempty_on_time(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    char buf[8];
+    size_t len;
+    mp_buf out = { 0 };
+    TU_ASSERT_RC(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+    TU_ASSERT_RC(mp_queue_get_buf(q, &out, 0), MP_EEMPTY);
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, 0.2), MP_EEMPTY);
+    double took = tu_now() - t0;
+    assert_true(took >= 0.19);
+    assert_true(took < 5 * tu_slow());
+    mp_queue_free(q);
+}
+
+/* ------------------------------------------------------------------ processes */
+
+static int child_puts_then_exits(void *arg)
+{
+    mp_queue *q = arg;
+    unsigned char *big = malloc((size_t)5 << 20);
+    pattern(big, (size_t)5 << 20, 9);
+    for (uint64_t i = 0; i < 100; i++)
+        put_u64(q, i);
+    int rc = mp_queue_put(q, big, (size_t)5 << 20, MP_FOREVER);
+    _exit(rc == 0 ? 0 : 1);           /* no flushing, no atexit: nothing may be lost */
+}
+
+static void test_queue_producer_exit_right_after_put_loses_nothing(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    pid_t pid = tu_fork(child_puts_then_exits, q);
+    assert_int_equal(tu_wait(pid, 30), 0);   /* joining the producer never blocks */
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(get_u64(q), i);
+    mp_buf out = { 0 };
+    TU_OK(mp_queue_get_buf(q, &out, 0));
+    assert_int_equal(out.len, (size_t)5 << 20);
+    assert_true(pattern_ok(out.data, out.len, 9));
+    mp_buf_free(&out);
+    mp_queue_free(q);
+}
+
+static int child_gets_forever(void *arg)
+{
+    mp_queue *q = arg;
+    char buf[8];
+    size_t len;
+    int rc = mp_queue_get(q, buf, sizeof buf, &len, MP_FOREVER);
+    return rc == 0 ? 0 : -rc - 1000;
+}
+
+static int child_puts_forever(void *arg)
+{
+    mp_queue *q = arg;
+    int rc = mp_queue_put(q, "x", 1, MP_FOREVER);
+    return rc == 0 ? 0 : -rc - 1000;
+}
+
+static bool has_sleeper(void *arg)
+{
+    /* The child is blocked once the kernel shows it sleeping. */
+    pid_t pid = *(pid_t *)arg;
+    char path[64], st = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    int n = fscanf(f, "%*d %*s %c", &st);
+    fclose(f);
+    return n == 1 && st == 'S';
+}
+
+static void test_queue_bounded_put_blocks_until_a_get(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(1);
+    put_u64(q, 7);
+    pid_t pid = tu_fork(child_puts_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &pid, 10));
+    assert_int_equal(mp_queue_qsize(q), 1);
+    assert_int_equal(get_u64(q), 7);
+    assert_int_equal(tu_wait(pid, 10), 0);
+    assert_int_equal(mp_queue_qsize(q), 1);
+    mp_queue_free(q);
+}
+
+static void test_queue_shutdown_fails_puts_and_drains_gets(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    put_u64(q, 1);
+    put_u64(q, 2);
+    TU_OK(mp_queue_shutdown(q));
+    uint64_t x = 3;
+    TU_ASSERT_RC(mp_queue_put(q, &x, sizeof x, MP_FOREVER), MP_ECLOSED);
+    TU_ASSERT_RC(mp_queue_put_nowait(q, &x, sizeof x), MP_ECLOSED);
+    assert_int_equal(get_u64(q), 1);
+    assert_int_equal(get_u64(q), 2);
+    size_t len;
+    TU_ASSERT_RC(mp_queue_get(q, &x, sizeof x, &len, MP_FOREVER), MP_EEOF);
+    TU_ASSERT_RC(mp_queue_get_nowait(q, &x, sizeof x, &len), MP_EEOF);
+    TU_OK(mp_queue_shutdown(q));       /* twice is harmless */
+    mp_queue_free(q);
+}
+
+static void test_queue_shutdown_wakes_blocked_getters_and_putters(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(1);
+    pid_t getter = tu_fork(child_gets_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &getter, 10));
+    TU_OK(mp_queue_shutdown(q));
+    assert_int_equal(tu_wait(getter, 10), -MP_EEOF - 1000);
+    mp_queue_free(q);
+
+    q = new_queue(1);
+    put_u64(q, 1);
+    pid_t putter = tu_fork(child_puts_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &putter, 10));
+    TU_OK(mp_queue_shutdown(q));
+    assert_int_equal(tu_wait(putter, 10), -MP_ECLOSED - 1000);
+    mp_queue_free(q);
+}
+
+/* ------------------------------------------------------------------ joining */
+
+static int child_consumes_and_marks_done(void *arg)
+{
+    mp_queue *q = arg;
+    for (int i = 0; i < 5; i++) {
+        get_u64(q);
+        if (mp_queue_task_done(q) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void test_queue_join_waits_until_every_item_is_done(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    TU_OK(mp_queue_join(q, 0));         /* nothing put: nothing to wait for */
+    for (uint64_t i = 0; i < 5; i++)
+        put_u64(q, i);
+    TU_ASSERT_RC(mp_queue_join(q, 0), MP_ETIMEDOUT);
+    TU_ASSERT_RC(mp_queue_join(q, 0.05), MP_ETIMEDOUT);
+    pid_t pid = tu_fork(child_consumes_and_marks_done, q);
+    TU_OK(mp_queue_join(q, 30 * tu_slow()));
+    assert_int_equal(tu_wait(pid, 10), 0);
+    assert_true(mp_queue_empty(q));
+    mp_queue_free(q);
+}
+
+static void test_queue_task_done_more_than_got_returns_einval(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    TU_ASSERT_RC(mp_queue_task_done(q), MP_EINVAL);
+    put_u64(q, 1);
+    put_u64(q, 2);
+    TU_ASSERT_RC(mp_queue_task_done(q), MP_EINVAL);   /* put, but not got */
+    get_u64(q);
+    TU_OK(mp_queue_task_done(q));
+    TU_ASSERT_RC(mp_queue_task_done(q), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_join(q, 0), MP_ETIMEDOUT);  /* item 2 is not done */
+    get_u64(q);
+    TU_OK(mp_queue_task_done(q));
+    TU_OK(mp_queue_join(q, 0));
+    mp_queue_free(q);
+}
+
+/* ------------------------------------------------------------------ many to many */
+
+enum { P = 4, C = 4 };
+
+struct tally { uint64_t count, sum, xor_hash; int rc; };
+
+struct mm { mp_queue *q; long per; struct tally t[C]; };
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    return x ^ (x >> 33);
+}
+
+static int mm_consumer(struct mm *m, int c)
+{
+    uint64_t x;
+    size_t len;
+    int rc;
+    while ((rc = mp_queue_get(m->q, &x, sizeof x, &len, MP_FOREVER)) == 0) {
+        m->t[c].count++;
+        m->t[c].sum += x;
+        m->t[c].xor_hash ^= mix(x);
+    }
+    return rc == MP_EEOF ? 0 : 1;
+}
+
+static int mm_producer(struct mm *m, int p)
+{
+    for (long i = 0; i < m->per; i++) {
+        uint64_t x = (uint64_t)p * (uint64_t)m->per + (uint64_t)i + 1;
+        if (mp_queue_put(m->q, &x, sizeof x, MP_FOREVER) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int mm_child_index;
+static int mm_consumer_child(void *arg) { return mm_consumer(arg, mm_child_index); }
+static int mm_producer_child(void *arg) { return mm_producer(arg, mm_child_index); }
+
+static void mm_check(struct mm *m)
+{
+    uint64_t n = (uint64_t)P * (uint64_t)m->per, count = 0, sum = 0, h = 0, want = 0;
+    for (int c = 0; c < C; c++) {
+        count += m->t[c].count;
+        sum += m->t[c].sum;
+        h ^= m->t[c].xor_hash;
+    }
+    for (uint64_t x = 1; x <= n; x++)
+        want ^= mix(x);
+    assert_int_equal(count, n);
+    assert_int_equal(sum, n * (n + 1) / 2);
+    assert_int_equal(h, want);
+}
+
+/* P producer and C consumer processes; consumers end on shutdown. */
+static void run_many_to_many(size_t maxsize, long per)
+{
+    struct mm *m = mp_shared_alloc(sizeof *m);
+    m->q = new_queue(maxsize);
+    m->per = per;
+    pid_t cons[C], prod[P];
+    for (int c = 0; c < C; c++) {
+        mm_child_index = c;
+        cons[c] = tu_fork(mm_consumer_child, m);
+    }
+    for (int p = 0; p < P; p++) {
+        mm_child_index = p;
+        prod[p] = tu_fork(mm_producer_child, m);
+    }
+    for (int p = 0; p < P; p++)
+        assert_int_equal(tu_wait(prod[p], 120), 0);
+    TU_OK(mp_queue_shutdown(m->q));
+    for (int c = 0; c < C; c++)
+        assert_int_equal(tu_wait(cons[c], 60), 0);
+    mm_check(m);
+    mp_queue_free(m->q);
+    mp_shared_free(m);
+}
+
+static void test_queue_4x4_processes_lose_and_duplicate_nothing(void **state)
+{
+    (void)state;
+    run_many_to_many(0, (long)(250000 / tu_slow()));
+}
+
+static void test_queue_bounded_4x4_loses_and_duplicates_nothing(void **state)
+{
+    (void)state;
+    run_many_to_many(16, (long)(20000 / tu_slow()));
+}
+
+struct thread_arg { struct mm *m; int i; };
+
+static void *thread_consumer(void *arg)
+{
+    struct thread_arg *a = arg;
+    a->m->t[a->i].rc = mm_consumer(a->m, a->i);
+    return NULL;
+}
+
+static void *thread_producer(void *arg)
+{
+    struct thread_arg *a = arg;
+    a->m->t[a->i].rc |= mm_producer(a->m, a->i) << 1;
+    return NULL;
+}
+
+static void test_queue_works_between_threads(void **state)
+{
+    (void)state;
+    struct mm *m = calloc(1, sizeof *m);
+    m->q = new_queue(8);
+    m->per = (long)(20000 / tu_slow());
+    pthread_t cons[C], prod[P];
+    struct thread_arg ca[C], pa[P];
+    for (int c = 0; c < C; c++) {
+        ca[c] = (struct thread_arg){ m, c };
+        assert_int_equal(pthread_create(&cons[c], NULL, thread_consumer, &ca[c]), 0);
+    }
+    for (int p = 0; p < P; p++) {
+        pa[p] = (struct thread_arg){ m, p };
+        assert_int_equal(pthread_create(&prod[p], NULL, thread_producer, &pa[p]), 0);
+    }
+    for (int p = 0; p < P; p++)
+        pthread_join(prod[p], NULL);
+    TU_OK(mp_queue_shutdown(m->q));
+    for (int c = 0; c < C; c++)
+        pthread_join(cons[c], NULL);
+    for (int c = 0; c < C; c++)
+        assert_int_equal(m->t[c].rc, 0);
+    mm_check(m);
+    mp_queue_free(m->q);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ kill -9 mid-operation */
+
+static const char *kill_point;
+static unsigned kill_countdown;        /* how many passes of the point to survive */
+
+static void kill_at_point(const char *point)
+{
+    if (strcmp(point, kill_point) == 0 && kill_countdown-- == 0)
+        raise(SIGKILL);
+}
+
+struct kill_job { mp_queue *q; size_t size; uint64_t first, count; };
+
+static void make_item(unsigned char *p, size_t size, uint64_t x)
+{
+    pattern(p, size, (unsigned)x);
+    memcpy(p, &x, sizeof x);
+}
+
+static int child_puts_until_killed(void *arg)
+{
+    struct kill_job *k = arg;
+    unsigned char *item = malloc(k->size);
+    mp__queue_test_hook = kill_at_point;
+    for (uint64_t x = k->first; x < k->first + k->count; x++) {
+        make_item(item, k->size, x);
+        mp_queue_put(k->q, item, k->size, MP_FOREVER);
+    }
+    return 0;                          /* not reached: killed inside a put */
+}
+
+static int child_gets_until_killed(void *arg)
+{
+    struct kill_job *k = arg;
+    mp_buf out = { 0 };
+    mp__queue_test_hook = kill_at_point;
+    while (mp_queue_get_buf(k->q, &out, MP_FOREVER) == 0)
+        ;
+    return 1;                          /* not reached: killed inside a get */
+}
+
+/* Puts items first..first+count-1 from this process. */
+static void put_items(mp_queue *q, size_t size, uint64_t first, uint64_t count)
+{
+    unsigned char *item = malloc(size);
+    for (uint64_t x = first; x < first + count; x++) {
+        make_item(item, size, x);
+        TU_OK(mp_queue_put(q, item, size, MP_FOREVER));
+    }
+    free(item);
+}
+
+/* Gets every remaining item: each must be whole, and arrive once, in order. */
+static void expect_items(mp_queue *q, size_t size, const uint64_t *want, size_t n)
+{
+    mp_buf out = { 0 };
+    for (size_t i = 0; i < n; i++) {
+        TU_OK(mp_queue_get_buf(q, &out, 5 * tu_slow()));
+        assert_int_equal(out.len, size);
+        uint64_t x;
+        memcpy(&x, out.data, sizeof x);
+        assert_int_equal(x, want[i]);
+        unsigned char *p = out.data;
+        pattern(p, 8, (unsigned)x);    /* the id overwrote the first bytes */
+        assert_true(pattern_ok(p, size, (unsigned)x));
+    }
+    size_t len;
+    TU_ASSERT_RC(mp_queue_get_nowait(q, NULL, 0, &len), MP_EEMPTY);
+    mp_buf_free(&out);
+}
+
+static void kill_inside_put(const char *point, size_t size, bool delivered)
+{
+    mp_queue *q = new_queue(0);
+    put_items(q, size, 1, 3);
+    kill_point = point;
+    kill_countdown = 2;                /* items 10, 11 go through; 12 is cut */
+    struct kill_job k = { q, size, 10, 5 };
+    pid_t pid = tu_fork(child_puts_until_killed, &k);
+    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    put_items(q, size, 20, 3);         /* the next producer repairs */
+    uint64_t with[] = { 1, 2, 3, 10, 11, 12, 20, 21, 22 };
+    uint64_t without[] = { 1, 2, 3, 10, 11, 20, 21, 22 };
+    if (delivered)
+        expect_items(q, size, with, 9);
+    else
+        expect_items(q, size, without, 8);
+    put_items(q, size, 30, 1);         /* and the queue keeps working */
+    expect_items(q, size, (uint64_t[]){ 30 }, 1);
+    mp_queue_free(q);
+}
+
+static void kill_inside_get(const char *point, size_t size, bool consumed)
+{
+    mp_queue *q = new_queue(0);
+    put_items(q, size, 1, 6);
+    kill_point = point;
+    kill_countdown = 2;                /* items 1, 2 are got; 3 is cut */
+    struct kill_job k = { q, size, 0, 0 };
+    pid_t pid = tu_fork(child_gets_until_killed, &k);
+    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    put_items(q, size, 7, 1);
+    uint64_t kept[] = { 3, 4, 5, 6, 7 };
+    if (consumed)
+        expect_items(q, size, kept + 1, 4);
+    else
+        expect_items(q, size, kept, 5);
+    mp_queue_free(q);
+}
+
+static void test_queue_kill_before_put_commit_drops_only_that_item(void **state)
+{
+    (void)state;
+    kill_inside_put("put_written", 100, false);
+    kill_inside_put("put_written", QUEUE_INLINE_MAX * 3, false);
+}
+
+static void test_queue_kill_after_put_commit_delivers_the_item_once(void **state)
+{
+    (void)state;
+    kill_inside_put("put_committed", 100, true);
+    kill_inside_put("put_committed", QUEUE_INLINE_MAX * 3, true);
+}
+
+static void test_queue_kill_before_get_commit_leaves_the_item_queued(void **state)
+{
+    (void)state;
+    kill_inside_get("get_copied", 100, false);
+    kill_inside_get("get_copied", QUEUE_INLINE_MAX * 3, false);
+}
+
+static void test_queue_kill_after_get_commit_never_duplicates(void **state)
+{
+    (void)state;
+    kill_inside_get("get_committed", 100, true);
+    kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true);
+}
+
+/* ------------------------------------------------------------------ idle cost */
+
+static int child_waits_two_seconds(void *arg)
+{
+    mp_queue *q = arg;
+    char b[8];
+    size_t len;
+    return mp_queue_get(q, b, sizeof b, &len, 2.0) == MP_EEMPTY ? 0 : 1;
+}
+
+static void test_queue_idle_blocked_consumer_uses_no_cpu(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    double t0 = tu_now();
+    pid_t pid = tu_fork(child_waits_two_seconds, q);
+    struct rusage ru;
+    int st;
+    assert_int_equal(wait4(pid, &st, 0, &ru), pid);
+    double wall = tu_now() - t0;
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    assert_true(wall >= 1.9);
+    if (cpu / wall >= 0.01)
+        fail_msg("idle consumer used %.2f%% CPU", cpu / wall * 100);
+    mp_queue_free(q);
+}
+
+int main(void)
+{
+    tu_watchdog(200);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_queue_keeps_fifo_order),
+        cmocka_unit_test(test_queue_passes_items_of_every_size_in_order),
+        cmocka_unit_test(test_queue_zero_byte_item_needs_no_buffer),
+        cmocka_unit_test(test_queue_get_returns_etoobig_and_keeps_the_item),
+        cmocka_unit_test(test_queue_qsize_empty_full_are_exact),
+        cmocka_unit_test(test_queue_unbounded_grows_past_its_first_segment),
+        cmocka_unit_test(test_queue_refuses_bad_arguments_and_handles),
+        cmocka_unit_test(test_queue_put_returns_efull_when_bounded),
+        cmocka_unit_test(test_queue_get_returns_eempty_on_time),
+        cmocka_unit_test(test_queue_producer_exit_right_after_put_loses_nothing),
+        cmocka_unit_test(test_queue_bounded_put_blocks_until_a_get),
+        cmocka_unit_test(test_queue_shutdown_fails_puts_and_drains_gets),
+        cmocka_unit_test(test_queue_shutdown_wakes_blocked_getters_and_putters),
+        cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
+        cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
+        cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
+        cmocka_unit_test(test_queue_bounded_4x4_loses_and_duplicates_nothing),
+        cmocka_unit_test(test_queue_works_between_threads),
+        cmocka_unit_test(test_queue_kill_before_put_commit_drops_only_that_item),
+        cmocka_unit_test(test_queue_kill_after_put_commit_delivers_the_item_once),
+        cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
+        cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
+        cmocka_unit_test(test_queue_idle_blocked_consumer_uses_no_cpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,308 @@
+/* test_spawn.c - the spawn and forkserver start methods: targets from the
+ * executable and from a shared library, copied arguments, exit codes and
+ * signals, shared memory, daemons, and main never running in the child.
+ * Every test runs once per method (the cmocka state is the method). */
+#include "testutil.h"
+#include "proc_targets.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int main_ran;                 /* set first thing in main */
+
+static mp_start_method method_of(void **state)
+{
+    return (mp_start_method)(intptr_t)*state;
+}
+
+static mp_process *start(void **state, mp_target fn, void *arg, size_t arg_size, bool daemon)
+{
+    mp_process *p = NULL;
+    mp_process_opts o = { .method = method_of(state), .arg_size = arg_size, .daemon = daemon };
+    TU_OK(mp_process_new(&p, fn, arg, &o));
+    TU_OK(mp_process_start(p));
+    return p;
+}
+
+static int finish(mp_process *p)
+{
+    int code = -1000;
+    TU_OK(mp_process_join(p, 20 * tu_slow()));
+    TU_OK(mp_process_exitcode(p, &code));
+    TU_OK(mp_process_free(p));
+    return code;
+}
+
+static bool proc_entry_gone(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d", pid);
+    return access(path, F_OK) != 0;
+}
+
+struct job { int a, b; char text[32]; };
+
+static int sums_job(void *arg)
+{
+    struct job *j = arg;
+    return strcmp(j->text, "copied") == 0 ? j->a + j->b : 255;
+}
+
+static void test_runs_executable_target_with_copied_arg(void **state)
+{
+    struct job j = { 40, 2, "copied" };
+    mp_process *p = start(state, sums_job, &j, sizeof j, false);
+    memset(&j, 0, sizeof j);             /* the child has its own copy */
+    assert_int_equal(finish(p), 42);
+}
+
+static void test_runs_shared_library_target(void **state)
+{
+    int *out = mp_shared_alloc(sizeof *out);
+    struct lib_job j = { 30, 7, out };
+    assert_int_equal(finish(start(state, lib_target_sum, &j, sizeof j, false)), 37);
+    assert_int_equal(*out, 37);          /* written through an arena pointer */
+    mp_shared_free(out);
+}
+
+static void test_child_dying_by_signal_reports_minus_signal(void **state)
+{
+    int sig = SIGUSR2;
+    assert_int_equal(finish(start(state, lib_target_raise, &sig, sizeof sig, false)), -SIGUSR2);
+    sig = SIGUSR1;
+    assert_int_equal(finish(start(state, lib_target_raise, &sig, sizeof sig, false)), -SIGUSR1);
+}
+
+static int waits_forever(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+
+static void test_kill_terminate_and_join_timeout(void **state)
+{
+    mp_process *p = start(state, waits_forever, NULL, 0, false);
+    assert_true(mp_process_is_alive(p));
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_process_join(p, 0.2), MP_ETIMEDOUT);
+    assert_true(tu_now() - t0 >= 0.2);
+    TU_ASSERT_RC(mp_process_free(p), MP_ESTATE);
+    TU_OK(mp_process_kill(p));
+    assert_int_equal(finish(p), -SIGKILL);
+    p = start(state, waits_forever, NULL, 0, false);
+    TU_OK(mp_process_terminate(p));
+    assert_int_equal(finish(p), -SIGTERM);
+}
+
+struct seen { int main_ran; pid_t pid; char name[64], parent[64], grandchild[64]; int value; };
+
+static int grandchild(void *arg)
+{
+    struct seen *s = arg;
+    snprintf(s->grandchild, sizeof s->grandchild, "%s", mp_process_name(mp_current_process()));
+    return 0;
+}
+
+static int reports_what_it_sees(void *arg)
+{
+    struct seen *s = *(struct seen **)arg;   /* an arena pointer inside the copy */
+    s->main_ran = main_ran;
+    s->pid = getpid();
+    s->value++;
+    snprintf(s->name, sizeof s->name, "%s", mp_process_name(mp_current_process()));
+    snprintf(s->parent, sizeof s->parent, "%s", mp_process_name(mp_parent_process()));
+    mp_process *g;
+    if (mp_process_new(&g, grandchild, s, NULL) != 0 || mp_process_start(g) != 0 ||
+        mp_process_join(g, MP_FOREVER) != 0 || mp_process_free(g) != 0)
+        return 1;
+    return 0;
+}
+
+static void test_child_sees_shared_memory_names_and_no_main(void **state)
+{
+    struct seen *s = mp_shared_alloc(sizeof *s);
+    s->value = 41;
+    mp_process *p = start(state, reports_what_it_sees, &s, sizeof s, false);
+    char name[64], want[80];
+    snprintf(name, sizeof name, "%s", mp_process_name(p));
+    pid_t pid = mp_process_pid(p);
+    assert_int_equal(finish(p), 0);
+    assert_int_equal(s->main_ran, 0);    /* taken aside before main */
+    assert_int_equal(s->pid, pid);
+    assert_int_equal(s->value, 42);
+    assert_string_equal(s->name, name);
+    assert_string_equal(s->parent, "MainProcess");
+    snprintf(want, sizeof want, "%s:1", name);
+    assert_string_equal(s->grandchild, want);
+    assert_true(proc_entry_gone(pid));   /* no zombie after join */
+    mp_shared_free(s);
+}
+
+static void test_sentinel_is_readable_once_the_child_ends(void **state)
+{
+    mp_process *p = start(state, waits_forever, NULL, 0, false);
+    struct pollfd pfd = { mp_process_sentinel(p), POLLIN, 0 };
+    assert_true(pfd.fd >= 0);
+    assert_int_equal(poll(&pfd, 1, 0), 0);
+    TU_OK(mp_process_kill(p));
+    assert_int_equal(poll(&pfd, 1, (int)(10000 * tu_slow())), 1);
+    assert_int_equal(finish(p), -SIGKILL);
+}
+
+static void test_target_outside_any_object_is_refused(void **state)
+{
+    void *heap = malloc(64);
+    mp_process *p;
+    TU_OK(mp_process_new(&p, (mp_target)heap, NULL, &(mp_process_opts){ .method = method_of(state) }));
+    TU_ASSERT_RC(mp_process_start(p), MP_EINVAL);
+    assert_false(mp_process_is_alive(p));
+    TU_OK(mp_process_free(p));
+    free(heap);
+}
+
+static void test_many_children_in_a_row(void **state)
+{
+    for (int i = 0; i < 20; i++) {
+        struct job j = { i, 1, "copied" };
+        assert_int_equal(finish(start(state, sums_job, &j, sizeof j, false)), i + 1);
+    }
+}
+
+struct helper_arg { mp_start_method method; int fd; };
+
+static int starts_daemon_and_reports(void *arg)
+{
+    struct helper_arg *h = arg;
+    mp_process *d;
+    mp_process_opts o = { .method = h->method, .daemon = true };
+    if (mp_process_new(&d, waits_forever, NULL, &o) != 0 || mp_process_start(d) != 0)
+        return 1;
+    pid_t pid = mp_process_pid(d);
+    if (write(h->fd, &pid, sizeof pid) != sizeof pid)
+        return 2;
+    for (;;)
+        pause();
+}
+
+/* Dead: no /proc entry, or a zombie waiting for init (its orphan). */
+static bool dead(void *arg)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", *(pid_t *)arg);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+}
+
+static size_t children_of(pid_t pid, pid_t *out, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
+    FILE *f = fopen(path, "r");
+    size_t n = 0;
+    int v;
+    while (f && n < cap && fscanf(f, "%d", &v) == 1)
+        out[n++] = v;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static void test_daemon_dies_when_its_parent_is_sigkilled(void **state)
+{
+    int fds[2];
+    TU_OK(pipe(fds));
+    struct helper_arg h = { method_of(state), fds[1] };
+    pid_t helper = tu_fork(starts_daemon_and_reports, &h);
+    pid_t daemon = 0;
+    assert_int_equal(read(fds[0], &daemon, sizeof daemon), sizeof daemon);
+    assert_false(dead(&daemon));
+    /* The helper's children (the daemon, or its fork server) are orphaned
+     * when it dies: have them come back to us, to reap them. */
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));
+    pid_t orphans[8];
+    size_t norphans = children_of(helper, orphans, 8);
+    TU_OK(kill(helper, SIGKILL));
+    assert_int_equal(tu_wait(helper, 10), -SIGKILL);
+    bool gone = tu_wait_for(dead, &daemon, 1.0);
+    if (!gone)
+        kill(daemon, SIGKILL);
+    for (size_t i = 0; i < norphans; i++)
+        tu_wait(orphans[i], 5);
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
+    assert_true(gone);                   /* within a second */
+    assert_true(norphans >= 1);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+static int exits_with_a_child(void *arg)
+{
+    struct helper_arg *h = arg;
+    int *out = mp_shared_alloc(sizeof *out);
+    struct lib_job j = { 1, 2, out };
+    mp_process *p;
+    mp_process_opts o = { .method = h->method, .arg_size = sizeof j };
+    if (mp_process_new(&p, lib_target_sum, &j, &o) != 0 || mp_process_start(p) != 0)
+        return 1;
+    if (write(h->fd, &out, sizeof out) != sizeof out)
+        return 2;
+    exit(0);                             /* joins p first */
+}
+
+static void test_exit_joins_children_of_every_method(void **state)
+{
+    int fds[2];
+    TU_OK(pipe(fds));
+    struct helper_arg h = { method_of(state), fds[1] };
+    pid_t helper = tu_fork(exits_with_a_child, &h);
+    assert_int_equal(tu_wait(helper, 20), 0);
+    int *out = NULL;
+    assert_int_equal(read(fds[0], &out, sizeof out), sizeof out);
+    assert_int_equal(*out, 3);
+    mp_shared_free(out);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+static int set_method(void **state, mp_start_method m)
+{
+    *state = (void *)(intptr_t)m;
+    return 0;
+}
+static int use_spawn(void **state) { return set_method(state, MP_SPAWN); }
+static int use_forkserver(void **state) { return set_method(state, MP_FORKSERVER); }
+
+#define BOTH(fn) cmocka_unit_test_setup(fn, use_spawn), cmocka_unit_test_setup(fn, use_forkserver)
+
+int main(void)
+{
+    main_ran = 1;
+    tu_watchdog(180);
+    const struct CMUnitTest tests[] = {
+        BOTH(test_runs_executable_target_with_copied_arg),
+        BOTH(test_runs_shared_library_target),
+        BOTH(test_child_dying_by_signal_reports_minus_signal),
+        BOTH(test_kill_terminate_and_join_timeout),
+        BOTH(test_child_sees_shared_memory_names_and_no_main),
+        BOTH(test_sentinel_is_readable_once_the_child_ends),
+        BOTH(test_target_outside_any_object_is_refused),
+        BOTH(test_many_children_in_a_row),
+        BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
+        BOTH(test_exit_joins_children_of_every_method),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
