@@ -106,8 +106,9 @@ static int mconn_begin(struct mconn *c, const mp_manager *m)
         return 0;
     if (c->w.fd >= 0)
         mconn_drop(c);     /* inherited over fork: the parent's socket, not ours */
-    int rc = mconn_open(c, m);
-    return rc == MP_EAUTH ? rc : rc < 0 ? MP_EBROKEN : 0;
+    /* The key was good when the manager connected: any failure now means
+     * the server is gone. */
+    return mconn_open(c, m) < 0 ? MP_EBROKEN : 0;
 }
 
 static void mconn_end(struct mconn *c)

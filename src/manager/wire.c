@@ -1,11 +1,14 @@
-/* wire.c - sockets, CPython frames and the authkey handshake for the manager.
+/* wire.c - sockets and CPython frames for the manager, on conn's handshake.
  *
- * One input buffer per socket: recv fills it with whatever has arrived, a
- * frame is handed out as a pointer into it, so a request costs one recv and
- * one sendmsg. Lengths are checked against the caller's limit before the
+ * conn_recv_frame reads a header, then a body, and sleeps in poll; the
+ * manager's hot path needs better: one input buffer per socket that recv
+ * fills with whatever has arrived (a frame is a pointer into it, so a
+ * request costs one recv and one send) and a short spin before sleeping. Lengths are checked against the caller's limit before the
  * buffer grows for a frame, so a hostile header cannot make us allocate.
  */
 #include "manager/wire.h"
+
+#include "conn_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,15 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 void wire_init(struct wire *w, int fd, uint32_t spin_ns)
 {
@@ -46,32 +44,9 @@ void wire_close(struct wire *w)
 
 int wire_send(struct wire *w, const void *data, size_t len)
 {
-    if (len > INT32_MAX)
-        return MP_ETOOBIG;
-    uint8_t hdr[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len };
-    struct iovec iov[2] = { { hdr, 4 }, { (void *)data, len } };
-    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
-    size_t left = 4 + len;
-    while (left > 0) {
-        ssize_t n = sendmsg(w->fd, &msg, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return MP_EBROKEN;
-        }
-        left -= (size_t)n;
-        while (n > 0 && msg.msg_iovlen > 0) {
-            size_t step = (size_t)n < msg.msg_iov->iov_len ? (size_t)n : msg.msg_iov->iov_len;
-            msg.msg_iov->iov_base = (uint8_t *)msg.msg_iov->iov_base + step;
-            msg.msg_iov->iov_len -= step;
-            n -= (ssize_t)step;
-            if (msg.msg_iov->iov_len == 0) {
-                msg.msg_iov++;
-                msg.msg_iovlen--;
-            }
-        }
-    }
-    return 0;
+    uint8_t head[FRAME_HEADER_MAX];
+    size_t n = frame_header_encode(len, head);
+    return fd_write_full(w->fd, head, n, data, len) < 0 ? MP_EBROKEN : 0;
 }
 
 /* Makes room for `need` live bytes plus some read-ahead. */
@@ -319,93 +294,16 @@ fail:
 
 /* ------------------------------------------------------------------ handshake */
 
-static const char CHALLENGE[] = "#CHALLENGE#";
-static const char WELCOME[] = "#WELCOME#";
-static const char FAILURE[] = "#FAILURE#";
-static const char SHA256_TAG[] = "{sha256}";
-enum { MESSAGE_LENGTH = 40, LEGACY_MESSAGE_LENGTH = 20, MD5_LEN = 16, SHA256_LEN = 32, AUTH_MAX = 256 };
-
-static void wire_hmac(const EVP_MD *md, const void *key, size_t keylen, const void *msg,
-                      size_t len, uint8_t *out)
-{
-    static const uint8_t empty = 0;
-    unsigned outlen = 0;
-    HMAC(md, keylen ? key : &empty, (int)keylen, msg, len, out, &outlen);
-}
-
-static int wire_recv_auth(struct wire *w, const uint8_t **p, size_t *n, const mp_deadline *d)
-{
-    int rc = wire_recv(w, p, n, AUTH_MAX, d);
-    if (rc == MP_ETOOBIG || rc == MP_EPROTO)
-        return MP_EAUTH;       /* not a handshake message */
-    return rc == MP_EEOF ? MP_EBROKEN : rc;
-}
-
-/* Sends a challenge and checks the peer's HMAC of it (deliver_challenge). */
-static int wire_deliver(struct wire *w, const void *key, size_t keylen, const mp_deadline *d)
-{
-    uint8_t msg[sizeof CHALLENGE - 1 + sizeof SHA256_TAG - 1 + MESSAGE_LENGTH];
-    size_t pre = sizeof CHALLENGE - 1, tag = sizeof SHA256_TAG - 1;
-    memcpy(msg, CHALLENGE, pre);
-    memcpy(msg + pre, SHA256_TAG, tag);
-    if (getrandom(msg + pre + tag, MESSAGE_LENGTH, 0) != MESSAGE_LENGTH)
-        return MP_EAUTH;
-    int rc = wire_send(w, msg, sizeof msg);
-    const uint8_t *resp;
-    size_t n;
-    if (rc == 0)
-        rc = wire_recv_auth(w, &resp, &n, d);
-    if (rc < 0)
-        return rc;
-    uint8_t want[SHA256_LEN];
-    bool ok;
-    if (n == MD5_LEN) {          /* a 3.11 peer: raw HMAC-MD5 */
-        wire_hmac(EVP_md5(), key, keylen, msg + pre, sizeof msg - pre, want);
-        ok = CRYPTO_memcmp(want, resp, MD5_LEN) == 0;
-    } else {
-        wire_hmac(EVP_sha256(), key, keylen, msg + pre, sizeof msg - pre, want);
-        ok = n == tag + SHA256_LEN && memcmp(resp, SHA256_TAG, tag) == 0 &&
-             CRYPTO_memcmp(want, resp + tag, SHA256_LEN) == 0;
-    }
-    wire_send(w, ok ? WELCOME : FAILURE, ok ? sizeof WELCOME - 1 : sizeof FAILURE - 1);
-    return ok ? 0 : MP_EAUTH;
-}
-
-/* Answers the peer's challenge and waits for its verdict (answer_challenge). */
-static int wire_answer(struct wire *w, const void *key, size_t keylen, const mp_deadline *d)
-{
-    const uint8_t *p;
-    size_t n, pre = sizeof CHALLENGE - 1, tag = sizeof SHA256_TAG - 1;
-    int rc = wire_recv_auth(w, &p, &n, d);
-    if (rc < 0)
-        return rc;
-    if (n < pre + LEGACY_MESSAGE_LENGTH || memcmp(p, CHALLENGE, pre) != 0)
-        return MP_EAUTH;
-    uint8_t resp[sizeof SHA256_TAG - 1 + SHA256_LEN];
-    size_t rlen;
-    if (n - pre == LEGACY_MESSAGE_LENGTH) {
-        wire_hmac(EVP_md5(), key, keylen, p + pre, n - pre, resp);
-        rlen = MD5_LEN;
-    } else if (n - pre > tag && memcmp(p + pre, SHA256_TAG, tag) == 0) {
-        memcpy(resp, SHA256_TAG, tag);
-        wire_hmac(EVP_sha256(), key, keylen, p + pre, n - pre, resp + tag);
-        rlen = tag + SHA256_LEN;
-    } else {
-        return MP_EAUTH;
-    }
-    if ((rc = wire_send(w, resp, rlen)) < 0 || (rc = wire_recv_auth(w, &p, &n, d)) < 0)
-        return rc;
-    return n == sizeof WELCOME - 1 && memcmp(p, WELCOME, n) == 0 ? 0 : MP_EAUTH;
-}
-
+/* conn's handshake reads exact frames from the descriptor, so nothing is
+ * buffered ahead of the first request: the wire buffer starts empty. */
 int wire_auth_server(struct wire *w, const void *key, size_t keylen, const mp_deadline *d)
 {
-    int rc = wire_deliver(w, key, keylen, d);
-    return rc < 0 ? rc : wire_answer(w, key, keylen, d);
+    int rc = auth_deliver_challenge(w->fd, key, keylen, AUTH_DEFAULT_DIGEST, d);
+    return rc < 0 ? rc : auth_answer_challenge(w->fd, key, keylen, d);
 }
 
 int wire_auth_client(struct wire *w, const void *key, size_t keylen, const mp_deadline *d)
 {
-    int rc = wire_answer(w, key, keylen, d);
-    return rc < 0 ? rc : wire_deliver(w, key, keylen, d);
+    int rc = auth_answer_challenge(w->fd, key, keylen, d);
+    return rc < 0 ? rc : auth_deliver_challenge(w->fd, key, keylen, AUTH_DEFAULT_DIGEST, d);
 }

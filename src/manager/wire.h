@@ -43,8 +43,8 @@ int wire_listen(const char *address, int *fd, char *actual, size_t cap);
 int wire_connect(const char *address, int *fd, const mp_deadline *d);
 void wire_unlink(const char *address);    /* removes a unix: path socket file */
 
-/* CPython's mutual HMAC challenge (3.12 `{sha256}` messages; also answers a
- * 3.11 HMAC-MD5 challenge). 0 or MP_EAUTH / MP_EBROKEN / MP_ETIMEDOUT. */
+/* CPython's mutual HMAC challenge (auth.c): 0, MP_EAUTH (wrong key or the
+ * peer left), MP_ETIMEDOUT. */
 int wire_auth_server(struct wire *w, const void *key, size_t keylen, const mp_deadline *d);
 int wire_auth_client(struct wire *w, const void *key, size_t keylen, const mp_deadline *d);
 
