@@ -602,6 +602,38 @@ static void test_handles_created_before_fork_work_in_the_child(void **state)
     mp_manager_free(m);
 }
 
+static int target_set_from_child(void *arg)
+{
+    mp_dict *d = arg;
+    int rc = mp_dict_set(d, "spawned", "yes", 3);
+    mp_dict_free(d);             /* an inherited handle: only our connection goes */
+    return rc == 0 ? 0 : 10;
+}
+
+static void test_handles_work_in_spawned_and_forked_processes(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "inherit");
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        mp_dict_del(d, "spawned");
+        mp_process *p = NULL;
+        TU_OK(mp_process_new(&p, target_set_from_child, d, &(mp_process_opts){ .method = methods[i] }));
+        TU_OK(mp_process_start(p));
+        TU_OK(mp_process_join(p, 30));
+        int code = -1;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_OK(mp_process_free(p));
+        mp_buf b = { 0 };
+        TU_OK(mp_dict_get(d, "spawned", &b));       /* and the handle still works here */
+        assert_memory_equal(b.data, "yes", 3);
+        mp_buf_free(&b);
+    }
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
 /* ------------------------------------------------------------------ server death */
 
 static bool is_gone_error(int rc) { return rc == MP_EBROKEN || rc == MP_EEOF; }
@@ -932,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_500_clients_connecting_and_leaving_leave_no_fds_or_memory),
         cmocka_unit_test(test_server_stays_responsive_with_500_connected_clients),
         cmocka_unit_test(test_handles_created_before_fork_work_in_the_child),
+        cmocka_unit_test(test_handles_work_in_spawned_and_forked_processes),
         cmocka_unit_test(test_server_killed_makes_every_call_fail_within_a_second),
         cmocka_unit_test(test_malformed_requests_get_an_error_and_others_are_served),
         cmocka_unit_test(test_oversized_and_truncated_frames_close_only_that_connection),

@@ -1,12 +1,15 @@
 /* client.c - mp_manager and the proxies: dicts, lists, queues and locks.
  *
- * A proxy call is one request/reply round trip on a connection guarded by a
- * mutex. The manager's connection carries dict and list calls; each queue
- * and lock handle has its own, so a blocked get or acquire never holds up
- * the others and a lock's owner is exactly that connection. Blocking calls
- * wait on the server in slices and re-ask until their own deadline, letting
- * other threads in between. A connection notices fork (its pid changes) and
- * reconnects, like Python's proxies do.
+ * Handles live in the family arena, so a handle made before a child starts
+ * works in it under every start method; they hold only what names the
+ * object (address, key, object name). Connections are per process: a local
+ * registry maps a handle to its socket, and the child side of fork closes
+ * the inherited ones (a child must not keep its parent's lock connection
+ * alive), so each process connects on first use, like Python's proxies.
+ * Dicts and lists share the manager's connection; each queue and lock handle
+ * has its own, so a blocked get or acquire never holds up the others and a
+ * lock's owner is exactly one connection. Blocking calls wait on the server
+ * in slices and re-ask until their own deadline, letting other threads in.
  */
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
@@ -24,30 +27,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-struct mconn {
-    pthread_mutex_t mu;
-    struct wire w;       /* fd -1 until connected */
-    pid_t pid;           /* process the socket belongs to */
-    mp_buf req;
-};
-
 struct mp_manager {
     uint32_t magic;
+    pid_t creator;        /* frees the handle; others only drop their connection */
+    pid_t server_pid;     /* > 0 when creator started the server */
+    bool shut;
+    size_t keylen;
     char address[WIRE_MAX_ADDRESS];
     uint8_t key[WIRE_MAX_AUTHKEY];
-    size_t keylen;
-    pid_t server_pid;     /* > 0 when started by starter_pid */
-    pid_t starter_pid;
-    bool shut;
-    struct mconn conn;
 };
 
-/* A dict or list proxy: a name on the manager's connection. */
+/* A proxy: an object's name, reached through a manager. */
 struct proxy {
     uint32_t magic;
+    pid_t creator;
     mp_manager *m;
-    struct mconn *c;
-    struct mconn own;     /* queues and locks: their own connection */
+    bool own;             /* queues and locks: a connection of their own */
     size_t nlen;
     char name[MSG_MAX_NAME + 1];
 };
@@ -59,25 +54,96 @@ struct mlock { struct proxy p; };
 
 /* ------------------------------------------------------------------ connections */
 
-static void mconn_init(struct mconn *c)
+/* One process's connection for a handle (the manager, or an own-connection
+ * proxy). */
+struct mconn {
+    pthread_mutex_t mu;
+    struct wire w;       /* fd -1 until connected */
+    pid_t pid;           /* process the socket belongs to */
+    mp_buf req;
+    const void *handle;
+    struct mconn *next;
+};
+
+static struct {
+    pthread_once_t once;
+    pthread_mutex_t mu;
+    struct mconn *head;
+} local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
+static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
+
+/* The parent's sockets are not ours: close them without a word to the
+ * server (the parent's connections stay up), and reset the mutexes another
+ * thread may have held at the fork. */
+static void local_child(void)
 {
-    pthread_mutex_init(&c->mu, NULL);
-    wire_init(&c->w, -1, MANAGER_SPIN_NS);
-    c->pid = 0;
-    memset(&c->req, 0, sizeof c->req);
+    for (struct mconn *c = local.head; c; c = c->next) {
+        pthread_mutex_init(&c->mu, NULL);
+        if (c->w.fd >= 0)
+            close(c->w.fd);
+        c->w.fd = -1;
+        c->w.start = c->w.len = 0;
+        c->pid = 0;
+    }
+    pthread_mutex_unlock(&local.mu);
+}
+
+static void local_init(void)
+{
+    pthread_atfork(local_prepare, local_parent, local_child);
 }
 
 static void mconn_drop(struct mconn *c)
 {
     wire_close(&c->w);
+    c->w.spin_ns = MANAGER_SPIN_NS;
     c->pid = 0;
 }
 
-static void mconn_destroy(struct mconn *c)
+/* This process's connection for handle, created (unconnected) on first use. */
+static struct mconn *mconn_of(const void *handle)
 {
-    mconn_drop(c);
-    mp_buf_free(&c->req);
-    pthread_mutex_destroy(&c->mu);
+    pthread_once(&local.once, local_init);
+    pthread_mutex_lock(&local.mu);
+    struct mconn **link = &local.head;
+    while (*link && (*link)->handle != handle)
+        link = &(*link)->next;
+    struct mconn *c = *link;
+    if (c && link != &local.head) {      /* most recently used first */
+        *link = c->next;
+        c->next = local.head;
+        local.head = c;
+    } else if (!c && (c = calloc(1, sizeof *c))) {
+        pthread_mutex_init(&c->mu, NULL);
+        wire_init(&c->w, -1, MANAGER_SPIN_NS);
+        c->handle = handle;
+        c->next = local.head;
+        local.head = c;
+    }
+    pthread_mutex_unlock(&local.mu);
+    return c;
+}
+
+/* Closes and forgets this process's connection for handle, if any. */
+static void mconn_forget(const void *handle)
+{
+    pthread_once(&local.once, local_init);
+    pthread_mutex_lock(&local.mu);
+    struct mconn **link = &local.head;
+    while (*link && (*link)->handle != handle)
+        link = &(*link)->next;
+    struct mconn *c = *link;
+    if (c)
+        *link = c->next;
+    pthread_mutex_unlock(&local.mu);
+    if (c) {
+        mconn_drop(c);
+        mp_buf_free(&c->req);
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+    }
 }
 
 static int mconn_open(struct mconn *c, const mp_manager *m)
@@ -105,7 +171,7 @@ static int mconn_begin(struct mconn *c, const mp_manager *m)
     if (c->w.fd >= 0 && c->pid == getpid())
         return 0;
     if (c->w.fd >= 0)
-        mconn_drop(c);     /* inherited over fork: the parent's socket, not ours */
+        mconn_drop(c);     /* forked without the atfork hook (raw clone) */
     /* The key was good when the manager connected: any failure now means
      * the server is gone. */
     return mconn_open(c, m) < 0 ? MP_EBROKEN : 0;
@@ -136,49 +202,64 @@ static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
     return (int)rep->v[0].i;
 }
 
-/* One call: the request is the op, the proxy's name, then args. Returns
- * with the connection locked (the reply points into it): call mconn_end. */
-static int proxy_call(struct proxy *p, int op, const struct mval *args, size_t n, struct mmsg *rep)
+static struct mconn *proxy_conn(const struct proxy *p)
 {
-    int rc = mconn_begin(p->c, p->m);
+    return mconn_of(p->own ? (const void *)p : (const void *)p->m);
+}
+
+/* One call: the request is the op, the proxy's name, then args. Returns
+ * with c locked (the reply points into its buffer): call mconn_end(c). */
+static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mval *args, size_t n,
+                      struct mmsg *rep)
+{
+    int rc = mconn_begin(c, p->m);
     if (rc < 0)
         return rc;
     struct menc e;
-    enc_begin(&e, &p->c->req, 2 + n);
+    enc_begin(&e, &c->req, 2 + n);
     enc_int(&e, op);
     enc_text(&e, p->name, p->nlen);
     for (size_t i = 0; i < n; i++)
         enc_val(&e, &args[i]);
-    return e.rc < 0 ? e.rc : mconn_roundtrip(p->c, rep);
+    return e.rc < 0 ? e.rc : mconn_roundtrip(c, rep);
 }
 
 /* A call whose reply carries nothing the caller needs. */
 static int proxy_simple(struct proxy *p, int op, const struct mval *args, size_t n)
 {
+    struct mconn *c = proxy_conn(p);
+    if (!c)
+        return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call(p, op, args, n, &rep);
-    mconn_end(p->c);
+    int rc = proxy_call(p, c, op, args, n, &rep);
+    mconn_end(c);
     return rc;
 }
 
 /* A call whose reply value is an int (lengths, incr). */
 static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n, int64_t *out)
 {
+    struct mconn *c = proxy_conn(p);
+    if (!c)
+        return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call(p, op, args, n, &rep);
+    int rc = proxy_call(p, c, op, args, n, &rep);
     if (rc == 0 && (rep.n != 2 || rep.v[1].type != MV_INT))
         rc = MP_EPROTO;
     if (rc == 0 && out)
         *out = rep.v[1].i;
-    mconn_end(p->c);
+    mconn_end(c);
     return rc;
 }
 
 /* A call whose reply value is bytes, copied into out. */
 static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t n, mp_buf *out)
 {
+    struct mconn *c = proxy_conn(p);
+    if (!c)
+        return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call(p, op, args, n, &rep);
+    int rc = proxy_call(p, c, op, args, n, &rep);
     if (rc == 0 && rep.n != 2)
         rc = MP_EPROTO;
     if (rc == 0 && rep.v[1].type != MV_BYTES)
@@ -187,7 +268,7 @@ static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t 
         out->len = 0;
         rc = mp_buf_append(out, rep.v[1].p, rep.v[1].len);
     }
-    mconn_end(p->c);
+    mconn_end(c);
     return rc;
 }
 
@@ -222,42 +303,51 @@ static bool proxy_ok(const struct proxy *p, uint32_t magic) { return p && p->mag
 
 static bool manager_ok(const mp_manager *m) { return m && m->magic == MAGIC_MANAGER; }
 
-static int manager_alloc(mp_manager **out, const void *key, size_t keylen)
+static int manager_alloc(mp_manager **out, const char *address, const void *key, size_t keylen)
 {
-    if (keylen > WIRE_MAX_AUTHKEY || (!key && keylen))
+    if (keylen > WIRE_MAX_AUTHKEY || (!key && keylen) || strlen(address) >= WIRE_MAX_ADDRESS)
         return MP_EINVAL;
-    mp_manager *m = calloc(1, sizeof *m);
+    mp_manager *m = arena_alloc(sizeof *m);
     if (!m)
         return MP_ENOMEM;
     m->magic = MAGIC_MANAGER;
+    m->creator = getpid();
+    snprintf(m->address, sizeof m->address, "%s", address);
     if (keylen)
         memcpy(m->key, key, keylen);
     m->keylen = keylen;
-    mconn_init(&m->conn);
     *out = m;
     return 0;
 }
 
 static void manager_release(mp_manager *m)
 {
-    mconn_destroy(&m->conn);
+    mconn_forget(m);
     m->magic = MAGIC_FREED;
-    free(m);
+    arena_free(m);
+}
+
+/* Connects this process's connection for m: 0, MP_EAUTH, or the socket's error. */
+static int manager_connect_now(mp_manager *m)
+{
+    struct mconn *c = mconn_of(m);
+    if (!c)
+        return MP_ENOMEM;
+    pthread_mutex_lock(&c->mu);
+    int rc = mconn_open(c, m);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
 }
 
 int mp_manager_connect(mp_manager **out, const char *address, const void *authkey, size_t len)
 {
-    if (!out || !address || strlen(address) >= WIRE_MAX_ADDRESS)
+    if (!out || !address)
         return MP_EINVAL;
     mp_manager *m;
-    int rc = manager_alloc(&m, authkey, len);
+    int rc = manager_alloc(&m, address, authkey, len);
     if (rc < 0)
         return rc;
-    snprintf(m->address, sizeof m->address, "%s", address);
-    pthread_mutex_lock(&m->conn.mu);
-    rc = mconn_open(&m->conn, m);
-    pthread_mutex_unlock(&m->conn.mu);
-    if (rc < 0) {
+    if ((rc = manager_connect_now(m)) < 0) {
         manager_release(m);
         return rc;
     }
@@ -304,18 +394,21 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         key = random_key;
         keylen = sizeof random_key;
     }
-    mp_manager *m;
-    int rc = manager_alloc(&m, key, keylen);
-    char wanted[WIRE_MAX_ADDRESS];
-    if (rc < 0)
-        return rc;
+    char wanted[WIRE_MAX_ADDRESS], actual[WIRE_MAX_ADDRESS];
+    int rc = 0;
     if (o->address)
         snprintf(wanted, sizeof wanted, "%s", o->address);
-    else if ((rc = manager_default_address(wanted, sizeof wanted)) < 0)
-        goto fail;
+    else
+        rc = manager_default_address(wanted, sizeof wanted);
     int lfd;
-    if ((rc = wire_listen(wanted, &lfd, m->address, sizeof m->address)) < 0)
-        goto fail;
+    if (rc < 0 || (rc = wire_listen(wanted, &lfd, actual, sizeof actual)) < 0)
+        return rc;
+    mp_manager *m;
+    if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
+        close(lfd);
+        wire_unlink(actual);
+        return rc;
+    }
     pid_t parent = getpid();
     fflush(NULL);
     pid_t pid = fork();
@@ -324,23 +417,18 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
     close(lfd);
     if (pid < 0) {
         rc = errno_to_mp(errno);
-        wire_unlink(m->address);
-        goto fail;
+        wire_unlink(actual);
+        manager_release(m);
+        return rc;
     }
     m->server_pid = pid;
-    m->starter_pid = parent;
-    pthread_mutex_lock(&m->conn.mu);
-    rc = mconn_open(&m->conn, m);
-    pthread_mutex_unlock(&m->conn.mu);
-    if (rc < 0) {
+    if ((rc = manager_connect_now(m)) < 0) {
         mp_manager_shutdown(m);
-        goto fail;
+        manager_release(m);
+        return rc;
     }
     *out = m;
     return 0;
-fail:
-    manager_release(m);
-    return rc;
 }
 
 const char *mp_manager_address(const mp_manager *m)
@@ -382,21 +470,23 @@ int mp_manager_shutdown(mp_manager *m)
 {
     if (!manager_ok(m))
         return MP_EINVAL;
-    if (m->server_pid <= 0 || m->starter_pid != getpid())
+    if (m->server_pid <= 0 || m->creator != getpid())
         return MP_ESTATE;       /* only the process that started the server stops it */
     if (m->shut)
         return 0;
-    struct mmsg rep;
-    int rc = mconn_begin(&m->conn, m);
-    if (rc == 0) {
+    struct mconn *c = mconn_of(m);
+    if (c && mconn_begin(c, m) == 0) {
         struct menc e;
-        enc_begin(&e, &m->conn.req, 1);
+        struct mmsg rep;
+        enc_begin(&e, &c->req, 1);
         enc_int(&e, OP_SHUTDOWN);
         if (e.rc == 0)
-            mconn_roundtrip(&m->conn, &rep);
+            mconn_roundtrip(c, &rep);
     }
-    mconn_drop(&m->conn);
-    mconn_end(&m->conn);
+    if (c) {
+        mconn_drop(c);
+        mconn_end(c);
+    }
     manager_reap(m->server_pid, 5.0);
     wire_unlink(m->address);
     m->shut = true;
@@ -407,7 +497,11 @@ void mp_manager_free(mp_manager *m)
 {
     if (!manager_ok(m))
         return;
-    if (m->server_pid > 0 && m->starter_pid == getpid() && !m->shut)
+    if (m->creator != getpid()) {
+        mconn_forget(m);      /* an inherited handle: the creator owns it */
+        return;
+    }
+    if (m->server_pid > 0 && !m->shut)
         mp_manager_shutdown(m);
     manager_release(m);
 }
@@ -421,23 +515,21 @@ static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, b
 {
     if (!manager_ok(m) || !name || !out || strlen(name) == 0 || strlen(name) > MSG_MAX_NAME)
         return MP_EINVAL;
-    struct proxy *p = calloc(1, sizeof *p);
+    struct proxy *p = arena_alloc(sizeof *p);
     if (!p)
         return MP_ENOMEM;
     p->magic = magic;
+    p->creator = getpid();
     p->m = m;
+    p->own = own;
     p->nlen = strlen(name);
     memcpy(p->name, name, p->nlen + 1);
-    p->c = &m->conn;
-    if (own) {
-        mconn_init(&p->own);
-        p->c = &p->own;
-    }
     int rc = proxy_simple(p, op, args, n);
     if (rc < 0) {
         if (own)
-            mconn_destroy(&p->own);
-        free(p);
+            mconn_forget(p);
+        p->magic = MAGIC_FREED;
+        arena_free(p);
         return rc;
     }
     *out = p;
@@ -448,13 +540,13 @@ static void proxy_free(struct proxy *p, uint32_t magic)
 {
     if (!proxy_ok(p, magic))
         return;
-    if (p->c == &p->own)
-        mconn_destroy(&p->own);
+    if (p->own)
+        mconn_forget(p);
+    if (p->creator != getpid())
+        return;               /* an inherited handle: the creator owns it */
     p->magic = MAGIC_FREED;
-    free(p);
+    arena_free(p);
 }
-
-/* ------------------------------------------------------------------ dicts */
 
 int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
 {
@@ -500,15 +592,18 @@ static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct 
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
+    struct mconn *c = proxy_conn((struct proxy *)d);
+    if (!c)
+        return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call((struct proxy *)d, OP_DICT_GET, args, 1, &rep);
+    int rc = proxy_call((struct proxy *)d, c, OP_DICT_GET, args, 1, &rep);
     if (rc == 0 && rep.n != 2)
         rc = MP_EPROTO;
     if (rc == 0 && rep.v[1].type != want)
         rc = MP_ETYPE;
     if (rc == 0)
         *out = rep.v[1];
-    mconn_end(((struct proxy *)d)->c);
+    mconn_end(c);
     return rc;
 }
 
