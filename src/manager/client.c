@@ -102,14 +102,22 @@ static void mconn_drop(struct mconn *c)
     c->pid = 0;
 }
 
-/* This process's connection for handle, created (unconnected) on first use. */
-static struct mconn *mconn_of(const void *handle)
+/* Locks the registry and finds handle's entry: the link pointing at it, or
+ * at the NULL ending the list. */
+static struct mconn **local_find(const void *handle)
 {
     pthread_once(&local.once, local_init);
     pthread_mutex_lock(&local.mu);
     struct mconn **link = &local.head;
     while (*link && (*link)->handle != handle)
         link = &(*link)->next;
+    return link;
+}
+
+/* This process's connection for handle, created (unconnected) on first use. */
+static struct mconn *mconn_of(const void *handle)
+{
+    struct mconn **link = local_find(handle);
     struct mconn *c = *link;
     if (c && link != &local.head) {      /* most recently used first */
         *link = c->next;
@@ -129,11 +137,7 @@ static struct mconn *mconn_of(const void *handle)
 /* Closes and forgets this process's connection for handle, if any. */
 static void mconn_forget(const void *handle)
 {
-    pthread_once(&local.once, local_init);
-    pthread_mutex_lock(&local.mu);
-    struct mconn **link = &local.head;
-    while (*link && (*link)->handle != handle)
-        link = &(*link)->next;
+    struct mconn **link = local_find(handle);
     struct mconn *c = *link;
     if (c)
         *link = c->next;
