@@ -401,7 +401,7 @@ static void test_mlock_acquire_release_and_errors(void **state)
     mp_manager_free(m);
 }
 
-struct lctx { mp_manager *m; int ready[2]; };
+struct lctx { mp_manager *m; int ready[2]; int hold[2]; };
 
 static int child_hold_lock_forever(void *arg)
 {
@@ -436,6 +436,52 @@ static void test_mlock_held_by_killed_client_gives_eownerdead(void **state)
     TU_OK(mp_lock_release(l));
     close(c.ready[0]);
     close(c.ready[1]);
+    mp_lock_free(l);
+    mp_manager_free(m);
+}
+
+/* Holds the lock, forks a child that outlives us with the inherited handle,
+ * and waits to be killed. */
+static int child_hold_lock_then_fork(void *arg)
+{
+    struct lctx *c = arg;
+    mp_lock *l = NULL;
+    if (mp_manager_lock(c->m, "L", &l) < 0 || mp_lock_acquire(l, 5) < 0)
+        return 10;
+    pid_t grandchild = fork();
+    if (grandchild == 0) {
+        char x;
+        ssize_t n = read(c->hold[0], &x, 1);    /* until the test lets go */
+        _exit(n < 0 ? 1 : 0);
+    }
+    char x = 1;
+    if (write(c->ready[1], &x, 1) != 1)
+        return 11;
+    for (;;)
+        pause();
+}
+
+static void test_mlock_of_killed_holder_is_freed_though_its_child_lives(void **state)
+{
+    skip_without_sync();
+    mp_manager *m = start();
+    struct lctx c = { .m = m };
+    TU_OK(pipe(c.ready));
+    TU_OK(pipe(c.hold));
+    pid_t pid = tu_fork(child_hold_lock_then_fork, &c);
+    char x;
+    assert_int_equal(read(c.ready[0], &x, 1), 1);
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 5), -SIGKILL);
+    mp_lock *l = NULL;
+    TU_OK(mp_manager_lock(m, "L", &l));
+    TU_ASSERT_RC(mp_lock_acquire(l, 5), MP_EOWNERDEAD);
+    TU_OK(mp_lock_release(l));
+    assert_int_equal(write(c.hold[1], "x", 1), 1);     /* let the grandchild go */
+    close(c.ready[0]);
+    close(c.ready[1]);
+    close(c.hold[0]);
+    close(c.hold[1]);
     mp_lock_free(l);
     mp_manager_free(m);
 }
@@ -960,6 +1006,7 @@ int main(void)
         cmocka_unit_test(test_mqueue_blocked_get_wakes_on_put_from_another_process),
         cmocka_unit_test(test_mlock_acquire_release_and_errors),
         cmocka_unit_test(test_mlock_held_by_killed_client_gives_eownerdead),
+        cmocka_unit_test(test_mlock_of_killed_holder_is_freed_though_its_child_lives),
         cmocka_unit_test(test_dict_incr_from_8_processes_is_exact),
         cmocka_unit_test(test_500_clients_connecting_and_leaving_leave_no_fds_or_memory),
         cmocka_unit_test(test_server_stays_responsive_with_500_connected_clients),
