@@ -3,7 +3,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,8 +17,9 @@ static void nap_ms(int ms)
 /* The seed's f1: read the number, think a little, write it back minus one.
  * Between the read and the write another process can do the same, and one
  * of the two decrements is lost. */
-static int racy_worker(mp_dict *d)
+static int racy_worker(void *arg)
 {
+    mp_dict *d = arg;
     for (int i = 0; i < STEPS; i++) {
         int64_t n;
         if (mp_dict_get_i64(d, "num", &n) != 0)
@@ -32,8 +32,9 @@ static int racy_worker(mp_dict *d)
 }
 
 /* The server does the read-modify-write itself: no window, no lock. */
-static int incr_worker(mp_dict *d)
+static int incr_worker(void *arg)
 {
+    mp_dict *d = arg;
     for (int i = 0; i < STEPS; i++) {
         if (mp_dict_incr(d, "num", -1, NULL) != 0)
             return 1;
@@ -42,17 +43,19 @@ static int incr_worker(mp_dict *d)
     return 0;
 }
 
-static int64_t run(mp_dict *d, int (*worker)(mp_dict *))
+/* Ten processes, each given the dict handle: in each child the handle
+ * opens its own connection to the server on first use. */
+static int64_t run(mp_dict *d, mp_target worker)
 {
     mp_dict_set_i64(d, "num", 100);
-    pid_t pids[WORKERS];
-    for (int i = 0; i < WORKERS; i++) {
-        pids[i] = fork();
-        if (pids[i] == 0)
-            _exit(worker(d));     /* the dict handle reconnects in the child */
-    }
+    mp_process *ps[WORKERS];
     for (int i = 0; i < WORKERS; i++)
-        waitpid(pids[i], NULL, 0);
+        if (mp_process_new(&ps[i], worker, d, NULL) != 0 || mp_process_start(ps[i]) != 0)
+            return -1;
+    for (int i = 0; i < WORKERS; i++) {
+        mp_process_join(ps[i], MP_FOREVER);
+        mp_process_free(ps[i]);
+    }
     int64_t n = -1;
     mp_dict_get_i64(d, "num", &n);
     return n;
