@@ -130,8 +130,11 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
             w->len -= hdr + body;
             return 0;
         }
+        /* Grow with what has arrived, not with what the header claims: a
+         * peer announcing 16 MiB and sending nothing costs us nothing. */
         size_t want = rc == 1 ? hdr + body : 12;
-        if (wire_reserve(w, want > w->len + 4096 ? want : w->len + 4096) < 0)
+        size_t grown = w->len * 2 + 65536;
+        if (wire_reserve(w, want < grown ? want : grown) < 0)
             return MP_ENOMEM;
         ssize_t n = recv(w->fd, w->in + w->start + w->len, w->cap - w->start - w->len, MSG_DONTWAIT);
         if (n > 0) {
