@@ -3,6 +3,7 @@
  * happens when a client or the server dies, and when a peer sends garbage. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -519,16 +520,13 @@ static int count_fds(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *dir = opendir(path);
     int n = 0;
-    FILE *f = NULL;
-    char cmd[96];
-    snprintf(cmd, sizeof cmd, "ls %s | wc -l", path);
-    if ((f = popen(cmd, "r"))) {
-        if (fscanf(f, "%d", &n) != 1)
-            n = -1;
-        pclose(f);
-    }
-    return n;
+    while (dir && readdir(dir))
+        n++;
+    if (dir)
+        closedir(dir);
+    return n - 2;           /* . and .. */
 }
 
 static long rss_kb(pid_t pid)
@@ -886,6 +884,40 @@ static void test_oversized_and_truncated_frames_close_only_that_connection(void 
     mp_manager_free(m);
 }
 
+/* ------------------------------------------------------------------ another language */
+
+/* Python's own Client does the handshake; the request is hand-made CBOR,
+ * as docs/manager-protocol.md describes: [17, "py", "n", 5] -> [0, 5]. */
+static const char PY_CLIENT[] =
+    "import sys\n"
+    "from multiprocessing.connection import Client\n"
+    "c = Client('\\0' + sys.argv[1], authkey=b'pykey')\n"
+    "c.send_bytes(bytes([0x84, 17, 0x62]) + b'py' + bytes([0x61]) + b'n' + bytes([5]))\n"
+    "print(c.recv_bytes().hex())\n";
+
+static void test_python_client_speaks_the_documented_protocol(void **state)
+{
+    if (system("python3 -c 'import multiprocessing.connection' >/dev/null 2>&1") != 0)
+        skip();
+    mp_manager *m = NULL;
+    TU_OK(mp_manager_start(&m, &(mp_manager_opts){ .authkey = "pykey", .authkey_len = 5 }));
+    char cmd[512], out[64] = "";
+    /* Python spells "unix:@name" as "\0name": the script adds the NUL. */
+    snprintf(cmd, sizeof cmd, "python3 -c \"$PY\" '%s'", mp_manager_address(m) + 6);
+    setenv("PY", PY_CLIENT, 1);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(out, sizeof out, f));
+    pclose(f);
+    assert_string_equal(out, "820005\n");
+    mp_dict *d = open_dict(m, "py");
+    int64_t n;
+    TU_OK(mp_dict_get_i64(d, "n", &n));
+    assert_int_equal(n, 5);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
 /* ------------------------------------------------------------------ mproc-manager */
 
 static char tool[512], keyfile[64], badkey[64], address[64];
@@ -1015,6 +1047,7 @@ int main(void)
         cmocka_unit_test(test_server_killed_makes_every_call_fail_within_a_second),
         cmocka_unit_test(test_malformed_requests_get_an_error_and_others_are_served),
         cmocka_unit_test(test_oversized_and_truncated_frames_close_only_that_connection),
+        cmocka_unit_test(test_python_client_speaks_the_documented_protocol),
         cmocka_unit_test(test_cli_serve_and_one_shot_commands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
