@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,68 @@ static void test_manager_start_gives_address_authkey_and_pid(void **state)
     TU_OK(mp_manager_shutdown(m));          /* twice is harmless */
     mp_manager_free(m);
     mp_manager_free(NULL);
+}
+
+static void *start_in_thread(void *arg)
+{
+    return mp_manager_start((mp_manager **)arg, NULL) == 0 ? arg : NULL;
+}
+
+static void test_manager_outlives_the_thread_that_started_it(void **state)
+{
+    mp_manager *m = NULL;
+    pthread_t t;
+    void *ok = NULL;
+    TU_OK(pthread_create(&t, NULL, start_in_thread, &m));
+    TU_OK(pthread_join(t, &ok));
+    assert_non_null(ok);
+    mp_dict *d = open_dict(m, "d");
+    TU_OK(mp_dict_set(d, "k", "v", 1));         /* the server is still there */
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
+/* Dead, or a zombie no one has reaped yet. */
+static bool server_gone(void *arg)
+{
+    pid_t pid = *(pid_t *)arg;
+    char path[64], state = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true;
+    if (fscanf(f, "%*d %*s %c", &state) != 1)
+        state = 0;
+    fclose(f);
+    return state == 'Z' || state == 'X';
+}
+
+static int child_start_and_wait(void *arg)
+{
+    int *fds = arg;
+    mp_manager *m = NULL;
+    if (mp_manager_start(&m, NULL) != 0)
+        return 10;
+    pid_t pid = mp_manager_pid(m);
+    if (write(fds[1], &pid, sizeof pid) != sizeof pid)
+        return 11;
+    for (;;)
+        pause();
+}
+
+static void test_manager_server_exits_when_its_starter_is_killed(void **state)
+{
+    int fds[2];
+    TU_OK(pipe(fds));
+    pid_t starter = tu_fork(child_start_and_wait, fds);
+    pid_t server = -1;
+    assert_int_equal(read(fds[0], &server, sizeof server), sizeof server);
+    assert_false(server_gone(&server));
+    kill(starter, SIGKILL);
+    assert_int_equal(tu_wait(starter, 5), -SIGKILL);
+    assert_true(tu_wait_for(server_gone, &server, 5));
+    close(fds[0]);
+    close(fds[1]);
 }
 
 static void test_manager_connect_by_address_and_key_sees_same_objects(void **state)
@@ -1023,6 +1086,8 @@ int main(void)
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_manager_start_gives_address_authkey_and_pid),
+        cmocka_unit_test(test_manager_outlives_the_thread_that_started_it),
+        cmocka_unit_test(test_manager_server_exits_when_its_starter_is_killed),
         cmocka_unit_test(test_manager_connect_by_address_and_key_sees_same_objects),
         cmocka_unit_test(test_manager_tcp_address_with_port_zero_gets_a_port),
         cmocka_unit_test(test_manager_unix_path_address_is_removed_at_shutdown),

@@ -359,17 +359,21 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
     return 0;
 }
 
-/* The child side of mp_manager_start: keep only the listener, serve, exit. */
+/* The child side of mp_manager_start: keep only the listener, serve until
+ * shut down or until the parent process exits (a pidfd: PR_SET_PDEATHSIG
+ * would fire when the forking *thread* ends), then exit. */
 static void manager_child(int lfd, pid_t parent, const mp_manager *m)
 {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(0);
     if (lfd != 3 && dup2(lfd, 3) < 0)
         _exit(1);
     syscall(SYS_close_range, 4u, ~0u, 0u);   /* other managers' sockets must not linger here */
+    int parent_fd = (int)syscall(SYS_pidfd_open, parent, 0);
+    if (parent_fd < 0)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);    /* old kernel: the next best thing */
+    if (getppid() != parent)
+        _exit(0);
     struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key,
-                                      .authkey_len = m->keylen, .stop_fd = -1 };
+                                      .authkey_len = m->keylen, .stop_fd = parent_fd };
     _exit(manager_serve(&so) < 0 ? 1 : 0);
 }
 

@@ -26,7 +26,7 @@ struct manager_server_opts {
     int listen_fd;
     const void *authkey;
     size_t authkey_len;
-    int stop_fd;          /* readable: stop serving (a signal pipe); -1 none */
+    int stop_fd;          /* readable: stop serving (signalfd, parent's pidfd); -1 none */
 };
 
 /* Serves until a SHUTDOWN request or stop_fd turns readable; returns 0 then
