@@ -69,7 +69,8 @@ static struct {
     pthread_once_t once;
     pthread_mutex_t mu;
     struct mconn *head;
-} local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL };
+    _Atomic pid_t pid;       /* getpid() is a system call: cached, reset on fork */
+} local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
 
 static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
 static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
@@ -79,6 +80,7 @@ static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
  * thread may have held at the fork. */
 static void local_child(void)
 {
+    local.pid = getpid();
     for (struct mconn *c = local.head; c; c = c->next) {
         pthread_mutex_init(&c->mu, NULL);
         if (c->w.fd >= 0)
@@ -92,6 +94,7 @@ static void local_child(void)
 
 static void local_init(void)
 {
+    local.pid = getpid();
     pthread_atfork(local_prepare, local_parent, local_child);
 }
 
@@ -164,7 +167,7 @@ static int mconn_open(struct mconn *c, const mp_manager *m)
         mconn_drop(c);
         return rc == MP_EAUTH ? rc : MP_EBROKEN;
     }
-    c->pid = getpid();
+    c->pid = local.pid;
     return 0;
 }
 
@@ -172,7 +175,7 @@ static int mconn_open(struct mconn *c, const mp_manager *m)
 static int mconn_begin(struct mconn *c, const mp_manager *m)
 {
     pthread_mutex_lock(&c->mu);
-    if (c->w.fd >= 0 && c->pid == getpid())
+    if (c->w.fd >= 0 && c->pid == local.pid)
         return 0;
     if (c->w.fd >= 0)
         mconn_drop(c);     /* forked without the atfork hook (raw clone) */

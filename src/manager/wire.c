@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -42,11 +43,30 @@ void wire_close(struct wire *w)
     w->fd = -1;
 }
 
+/* fd_write_full would fstat the descriptor on every frame to tell a pipe
+ * from a socket; this is always a socket, and this is the hot path. */
 int wire_send(struct wire *w, const void *data, size_t len)
 {
     uint8_t head[FRAME_HEADER_MAX];
-    size_t n = frame_header_encode(len, head);
-    return fd_write_full(w->fd, head, n, data, len) < 0 ? MP_EBROKEN : 0;
+    struct iovec iov[2] = { { head, frame_header_encode(len, head) }, { (void *)data, len } };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+    while (msg.msg_iovlen > 0) {
+        ssize_t n = sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return MP_EBROKEN;
+        while (msg.msg_iovlen > 0 && (size_t)n >= msg.msg_iov->iov_len) {
+            n -= (ssize_t)msg.msg_iov->iov_len;
+            msg.msg_iov++;
+            msg.msg_iovlen--;
+        }
+        if (msg.msg_iovlen > 0) {
+            msg.msg_iov->iov_base = (uint8_t *)msg.msg_iov->iov_base + n;
+            msg.msg_iov->iov_len -= (size_t)n;
+        }
+    }
+    return 0;
 }
 
 /* Makes room for `need` live bytes plus some read-ahead. */
