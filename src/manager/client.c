@@ -11,6 +11,7 @@
  * lock's owner is exactly one connection. Blocking calls wait on the server
  * in slices and re-ask until their own deadline, letting other threads in.
  */
+#include "manager/channel.h"
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
 #include "manager/wire.h"
@@ -60,6 +61,8 @@ struct mconn {
     pthread_mutex_t mu;
     struct wire w;       /* fd -1 until connected */
     pid_t pid;           /* process the socket belongs to */
+    struct channel *ch;  /* same-family fast path; the server's once attached */
+    uint32_t seq;        /* last request posted on ch */
     mp_buf req;
     const void *handle;
     struct mconn *next;
@@ -71,6 +74,8 @@ static struct {
     struct mconn *head;
     _Atomic pid_t pid;       /* getpid() is a system call: cached, reset on fork */
 } local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
+
+static void mconn_attach(struct mconn *c);
 
 static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
 static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
@@ -88,6 +93,7 @@ static void local_child(void)
         c->w.fd = -1;
         c->w.start = c->w.len = 0;
         c->pid = 0;
+        c->ch = NULL;        /* the parent's connection's: its server frees it */
     }
     pthread_mutex_unlock(&local.mu);
 }
@@ -100,6 +106,7 @@ static void local_init(void)
 
 static void mconn_drop(struct mconn *c)
 {
+    c->ch = NULL;            /* the server thread frees it when it sees us hang up */
     wire_close(&c->w);
     c->w.spin_ns = MANAGER_SPIN_NS;
     c->pid = 0;
@@ -168,6 +175,7 @@ static int mconn_open(struct mconn *c, const mp_manager *m)
         return rc == MP_EAUTH ? rc : MP_EBROKEN;
     }
     c->pid = local.pid;
+    mconn_attach(c);
     return 0;
 }
 
@@ -189,15 +197,44 @@ static void mconn_end(struct mconn *c)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* One request and its reply through the shared channel (channel.h). */
+static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len)
+{
+    struct channel *ch = c->ch;
+    bool big = c->req.len > CHANNEL_BUF;
+    if (!big)
+        memcpy(ch->buf, c->req.data, c->req.len);
+    ch->req_len = big ? CHANNEL_VIA_SOCKET : (uint32_t)c->req.len;
+    uint32_t seq = ++c->seq;
+    /* posted before a big send, or both sides would wait on each other */
+    channel_post(&ch->req_seq, seq, &ch->server_sleeping);
+    if (big && wire_send(&c->w, c->req.data, c->req.len) < 0)
+        return MP_EBROKEN;
+    if (channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS, c->w.fd) < 0)
+        return MP_EBROKEN;
+    if (ch->resp_len == CHANNEL_VIA_SOCKET)
+        return wire_recv(&c->w, data, len, WIRE_MAX_FRAME, NULL);
+    if (ch->resp_len > CHANNEL_BUF)
+        return MP_EPROTO;
+    *data = ch->buf;
+    *len = ch->resp_len;
+    return 0;
+}
+
 /* Sends c->req and decodes the reply into rep; the reply's status, or a
  * transport error (the connection is dropped: the server is gone). */
 static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
 {
     const uint8_t *data;
     size_t len;
-    int rc = wire_send(&c->w, c->req.data, c->req.len);
-    if (rc == 0)
-        rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, NULL);
+    int rc;
+    if (c->ch) {
+        rc = mconn_channel_call(c, &data, &len);
+    } else {
+        rc = wire_send(&c->w, c->req.data, c->req.len);
+        if (rc == 0)
+            rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, NULL);
+    }
     if (rc == 0)
         rc = msg_decode(data, len, rep);
     if (rc == 0 && rep->v[0].type != MV_INT)
@@ -207,6 +244,35 @@ static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
         return MP_EBROKEN;
     }
     return (int)rep->v[0].i;
+}
+
+/* Offers the server a channel in our arena; it takes it only if it shares
+ * that arena (same family). Either way the connection works. */
+static void mconn_attach(struct mconn *c)
+{
+    if (!arena_base())
+        return;
+    struct channel *ch = arena_alloc(sizeof *ch);
+    uint64_t nonce;
+    if (!ch || getrandom(&nonce, sizeof nonce, 0) != sizeof nonce) {
+        arena_free(ch);
+        return;
+    }
+    ch->nonce = nonce & INT64_MAX;
+    atomic_store(&ch->magic, CHANNEL_MAGIC);
+    struct menc e;
+    enc_begin(&e, &c->req, 3);
+    enc_int(&e, OP_ATTACH);
+    enc_int(&e, (int64_t)(uintptr_t)ch);
+    enc_int(&e, (int64_t)ch->nonce);
+    struct mmsg rep;
+    int rc = e.rc < 0 ? e.rc : mconn_roundtrip(c, &rep);
+    if (rc == 0) {
+        c->ch = ch;
+        c->seq = 0;
+    } else if (rc != MP_EBROKEN) {
+        arena_free(ch);      /* refused: never the server's */
+    }                        /* else: unknown whether it took it; leave it be */
 }
 
 static struct mconn *proxy_conn(const struct proxy *p)
@@ -433,10 +499,10 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         return rc;
     }
     m->server_pid = pid;
-    if ((rc = manager_connect_now(m)) < 0) {
+    if (manager_connect_now(m) < 0) {      /* our own key: the server died */
         mp_manager_shutdown(m);
         manager_release(m);
-        return rc;
+        return MP_EBROKEN;
     }
     *out = m;
     return 0;

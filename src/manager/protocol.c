@@ -150,6 +150,7 @@ static const char *op_shape(int64_t op)
 {
     switch (op) {
     case OP_PING: case OP_SHUTDOWN: return "";
+    case OP_ATTACH: return "ii";
     case OP_DICT_OPEN: case OP_DICT_LEN: case OP_DICT_KEYS: case OP_DICT_CLEAR: return "n";
     case OP_DICT_SET: return "nkv";
     case OP_DICT_GET: case OP_DICT_DEL: return "nk";

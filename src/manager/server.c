@@ -7,6 +7,7 @@
  * connection only. When a client goes, the locks it held are released and
  * marked so the next acquirer gets MP_EOWNERDEAD.
  */
+#include "manager/channel.h"
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
 #include "manager/store.h"
@@ -35,7 +36,9 @@ struct client {
     struct server *srv;
     struct client *prev, *next;
     struct wire w;
-    mp_buf out;
+    mp_buf in, out;
+    struct channel *ch;          /* attached: requests come through it */
+    uint32_t seq;                /* last request served on ch */
 };
 
 int manager_decode_request(const uint8_t *data, size_t len)
@@ -53,27 +56,79 @@ static int client_reply_status(struct client *c, int status)
     return e.rc < 0 ? e.rc : wire_send(&c->w, c->out.data, c->out.len);
 }
 
-/* Executes one frame and sends its reply. */
-static int client_serve_frame(struct client *c, const uint8_t *data, size_t len, bool *shutdown)
+/* Takes over a client's shared-memory channel: only if it lies in our
+ * arena, carries the nonce the client sent over the socket (so the memory
+ * is really shared), and no other connection has it. */
+static int client_attach(struct client *c, const struct mmsg *req)
+{
+    struct channel *ch = (struct channel *)(uintptr_t)req->v[1].i;
+    uint32_t magic = CHANNEL_MAGIC;
+    if (c->ch || !arena_contains(ch, sizeof *ch) || ch->nonce != (uint64_t)req->v[2].i ||
+        !atomic_compare_exchange_strong(&ch->magic, &magic, CHANNEL_ATTACHED))
+        return MP_EINVAL;
+    c->ch = ch;
+    c->seq = atomic_load(&ch->req_seq);
+    return 0;
+}
+
+/* Executes one request; its encoded reply is left in c->out. */
+static void client_exec(struct client *c, const uint8_t *data, size_t len, bool *shutdown)
 {
     struct mmsg req;
+    struct menc e;
     int rc = msg_decode(data, len, &req);
     if (rc == 0)
         rc = msg_check_request(&req);
-    if (rc < 0)
-        return client_reply_status(c, rc);
-    struct sreply r;
-    store_exec(c->srv->store, (struct store_owner *)c, &req, &r);
-    struct menc e;
-    enc_begin(&e, &c->out, r.v.type == MV_NONE ? 1 : 2);
-    enc_int(&e, r.status);
-    if (r.v.type != MV_NONE)
-        enc_val(&e, &r.v);
-    store_done(c->srv->store, &r);
-    *shutdown = req.v[0].i == OP_SHUTDOWN;
-    if (e.rc < 0)
-        return client_reply_status(c, e.rc);
-    return wire_send(&c->w, c->out.data, c->out.len);
+    if (rc == 0 && req.v[0].i == OP_ATTACH)
+        rc = client_attach(c, &req);
+    else if (rc == 0) {
+        struct sreply r;
+        store_exec(c->srv->store, (struct store_owner *)c, &req, &r);
+        enc_begin(&e, &c->out, r.v.type == MV_NONE ? 1 : 2);
+        enc_int(&e, r.status);
+        if (r.v.type != MV_NONE)
+            enc_val(&e, &r.v);
+        store_done(c->srv->store, &r);
+        *shutdown = req.v[0].i == OP_SHUTDOWN;
+        if (e.rc == 0)
+            return;
+        rc = e.rc;
+    }
+    enc_begin(&e, &c->out, 1);
+    enc_int(&e, rc);
+}
+
+/* Serves requests arriving through the channel until the peer goes. */
+static void client_serve_channel(struct client *c, bool *shutdown)
+{
+    struct channel *ch = c->ch;
+    while (!*shutdown) {
+        if (channel_wait(&ch->req_seq, c->seq, &ch->server_sleeping, MANAGER_SPIN_NS, c->w.fd) < 0)
+            return;
+        c->seq = atomic_load(&ch->req_seq);
+        uint32_t len = ch->req_len;
+        const uint8_t *data;
+        size_t n = len;
+        if (len == CHANNEL_VIA_SOCKET) {
+            if (wire_recv(&c->w, &data, &n, WIRE_MAX_FRAME, NULL) < 0)
+                return;
+        } else {
+            /* copied first: the peer could rewrite shared memory while we decode */
+            if (len > CHANNEL_BUF || mp_buf_reserve(&c->in, len ? len : 1) < 0)
+                return;
+            memcpy(c->in.data, ch->buf, len);
+            data = c->in.data;
+        }
+        client_exec(c, data, n, shutdown);
+        bool big = c->out.len > CHANNEL_BUF;
+        if (!big)
+            memcpy(ch->buf, c->out.data, c->out.len);
+        ch->resp_len = big ? CHANNEL_VIA_SOCKET : (uint32_t)c->out.len;
+        /* posted before a big send, or both sides would wait on each other */
+        channel_post(&ch->resp_seq, c->seq, &ch->client_sleeping);
+        if (big && wire_send(&c->w, c->out.data, c->out.len) < 0)
+            return;
+    }
 }
 
 /* Unlinks, closes and frees c; the last thing its thread does. */
@@ -89,7 +144,14 @@ static void client_remove(struct client *c)
         c->next->prev = c->prev;
     srv->nclients--;
     wire_close(&c->w);
+    mp_buf_free(&c->in);
     mp_buf_free(&c->out);
+    if (c->ch) {                 /* the client let go of it when it hung up */
+        /* a release the next owner's CAS on magic pairs with (ThreadSanitizer
+         * cannot see the client process that reuses the memory in between) */
+        atomic_store_explicit(&c->ch->magic, 0, memory_order_release);
+        arena_free(c->ch);
+    }
     free(c);
     pthread_cond_broadcast(&srv->gone);
     pthread_mutex_unlock(&srv->mu);
@@ -102,15 +164,20 @@ static void *client_main(void *arg)
     mp_deadline d = deadline_in(MANAGER_AUTH_TIMEOUT_S);
     bool authed = wire_auth_server(&c->w, srv->key, srv->keylen, &d) == 0;
     bool shutdown = false;
-    while (authed && !shutdown) {
+    while (authed && !shutdown && !c->ch) {
         const uint8_t *data;
         size_t len;
         int rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, NULL);
         if (rc == MP_ETOOBIG)
             client_reply_status(c, rc);
-        if (rc < 0 || client_serve_frame(c, data, len, &shutdown) < 0)
+        if (rc < 0)
+            break;
+        client_exec(c, data, len, &shutdown);
+        if (wire_send(&c->w, c->out.data, c->out.len) < 0)
             break;
     }
+    if (c->ch)
+        client_serve_channel(c, &shutdown);
     if (authed)
         store_owner_gone(srv->store, (struct store_owner *)c);
     if (shutdown) {
