@@ -26,7 +26,7 @@ static bool peer_alive(int fd)
 }
 
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
-                 uint32_t spin_ns, int fd)
+                 uint32_t spin_ns, int slice_ms, int fd)
 {
     uint64_t until = now_ns() + spin_ns;
     while (atomic_load(seq) == old) {
@@ -35,7 +35,7 @@ int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping
             continue;
         }
         atomic_store(sleeping, 1);
-        mp_deadline d = deadline_in(CHANNEL_SLICE_MS / 1000.0);
+        mp_deadline d = deadline_in(slice_ms / 1000.0);
         int rc = atomic_load(seq) == old ? futex_wait(seq, old, &d) : 0;
         atomic_store(sleeping, 0);
         if (rc == MP_ETIMEDOUT && atomic_load(seq) == old && !peer_alive(fd))

@@ -10,8 +10,10 @@
  * the same buf and bumps resp_seq. Both sides spin briefly, then sleep on
  * the futex word in slices, polling the socket between slices: the socket
  * stays the liveness signal (EOF = the peer died) and carries any message
- * too big for buf (len == CHANNEL_VIA_SOCKET). The server frees the channel
- * when its connection ends; the client never touches it after hanging up.
+ * too big for buf (len == CHANNEL_VIA_SOCKET). A client hanging up posts
+ * CHANNEL_BYE first, so the server thread leaves at once. Both sides hold a
+ * reference and the last to let go frees it; a server that finds the
+ * client's socket dead frees it outright (no one else can touch it).
  */
 #ifndef MPROC_MANAGER_CHANNEL_H
 #define MPROC_MANAGER_CHANNEL_H
@@ -22,9 +24,11 @@ enum {
     CHANNEL_MAGIC = 0x4d434843,            /* MCHC */
     CHANNEL_ATTACHED = 0x4d434841,         /* MCHA: a server thread owns it */
     CHANNEL_BUF = 32 * 1024,
-    CHANNEL_SLICE_MS = 100,                /* sleep between liveness checks */
+    CHANNEL_CLIENT_SLICE_MS = 100,         /* a caller notices a dead server this fast */
+    CHANNEL_SERVER_SLICE_MS = 500,         /* an idle client costs the server 2 wake-ups/s */
 };
-#define CHANNEL_VIA_SOCKET UINT32_MAX
+#define CHANNEL_VIA_SOCKET UINT32_MAX        /* req_len/resp_len: the frame is on the socket */
+#define CHANNEL_BYE (UINT32_MAX - 1)         /* req_len: the client hangs up */
 
 struct channel {
     _Atomic uint32_t magic;                /* CHANNEL_MAGIC, then _ATTACHED once served */
@@ -32,7 +36,8 @@ struct channel {
     _Atomic uint32_t req_seq;              /* client: a request is in buf */
     _Atomic uint32_t server_sleeping;
     uint32_t req_len;
-    char pad1[MP_CACHELINE - 5 * sizeof(uint32_t) - sizeof(uint64_t)];
+    _Atomic uint32_t refs;                 /* client + server; the last one frees */
+    char pad1[MP_CACHELINE - 6 * sizeof(uint32_t) - sizeof(uint64_t)];
     _Atomic uint32_t resp_seq;             /* server: the reply is in buf */
     _Atomic uint32_t client_sleeping;
     uint32_t resp_len;
@@ -41,10 +46,11 @@ struct channel {
 };
 
 /* Waits until *seq != old: spins (yielding) for spin_ns, then sleeps on the
- * futex in slices, calling alive(fd) between slices. 0, or MP_EBROKEN once
- * alive says the peer is gone. sleeping is this side's "wake me" flag. */
+ * futex in slices of slice_ms, checking the peer's socket fd between slices.
+ * 0, or MP_EBROKEN once the peer is gone. sleeping is this side's "wake me"
+ * flag. */
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
-                 uint32_t spin_ns, int fd);
+                 uint32_t spin_ns, int slice_ms, int fd);
 /* Publishes seq = val and wakes the other side if it sleeps. */
 void channel_post(_Atomic uint32_t *seq, uint32_t val, _Atomic uint32_t *sleeping);
 

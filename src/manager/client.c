@@ -104,9 +104,23 @@ static void local_init(void)
     pthread_atfork(local_prepare, local_parent, local_child);
 }
 
+/* Lets go of the channel: tells the server thread to leave, and frees the
+ * channel if that thread has already gone. */
+static void mconn_leave_channel(struct mconn *c)
+{
+    struct channel *ch = c->ch;
+    if (!ch)
+        return;
+    ch->req_len = CHANNEL_BYE;
+    channel_post(&ch->req_seq, ++c->seq, &ch->server_sleeping);
+    if (atomic_fetch_sub(&ch->refs, 1) == 1)
+        arena_free(ch);
+    c->ch = NULL;
+}
+
 static void mconn_drop(struct mconn *c)
 {
-    c->ch = NULL;            /* the server thread frees it when it sees us hang up */
+    mconn_leave_channel(c);
     wire_close(&c->w);
     c->w.spin_ns = MANAGER_SPIN_NS;
     c->pid = 0;
@@ -185,8 +199,10 @@ static int mconn_begin(struct mconn *c, const mp_manager *m)
     pthread_mutex_lock(&c->mu);
     if (c->w.fd >= 0 && c->pid == local.pid)
         return 0;
-    if (c->w.fd >= 0)
-        mconn_drop(c);     /* forked without the atfork hook (raw clone) */
+    if (c->w.fd >= 0) {    /* forked without the atfork hook (raw clone): */
+        c->ch = NULL;      /* the parent's channel and socket, not ours */
+        mconn_drop(c);
+    }
     /* The key was good when the manager connected: any failure now means
      * the server is gone. */
     return mconn_open(c, m) < 0 ? MP_EBROKEN : 0;
@@ -210,7 +226,8 @@ static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len
     channel_post(&ch->req_seq, seq, &ch->server_sleeping);
     if (big && wire_send(&c->w, c->req.data, c->req.len) < 0)
         return MP_EBROKEN;
-    if (channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS, c->w.fd) < 0)
+    if (channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS,
+                     CHANNEL_CLIENT_SLICE_MS, c->w.fd) < 0)
         return MP_EBROKEN;
     if (ch->resp_len == CHANNEL_VIA_SOCKET)
         return wire_recv(&c->w, data, len, WIRE_MAX_FRAME, NULL);
@@ -259,6 +276,7 @@ static void mconn_attach(struct mconn *c)
         return;
     }
     ch->nonce = nonce & INT64_MAX;
+    atomic_store(&ch->refs, 2);
     atomic_store(&ch->magic, CHANNEL_MAGIC);
     struct menc e;
     enc_begin(&e, &c->req, 3);

@@ -39,6 +39,7 @@ struct client {
     mp_buf in, out;
     struct channel *ch;          /* attached: requests come through it */
     uint32_t seq;                /* last request served on ch */
+    bool peer_dead;              /* its socket died: nobody else holds ch */
 };
 
 int manager_decode_request(const uint8_t *data, size_t len)
@@ -103,10 +104,15 @@ static void client_serve_channel(struct client *c, bool *shutdown)
 {
     struct channel *ch = c->ch;
     while (!*shutdown) {
-        if (channel_wait(&ch->req_seq, c->seq, &ch->server_sleeping, MANAGER_SPIN_NS, c->w.fd) < 0)
+        if (channel_wait(&ch->req_seq, c->seq, &ch->server_sleeping, MANAGER_SPIN_NS,
+                         CHANNEL_SERVER_SLICE_MS, c->w.fd) < 0) {
+            c->peer_dead = true;
             return;
+        }
         c->seq = atomic_load(&ch->req_seq);
         uint32_t len = ch->req_len;
+        if (len == CHANNEL_BYE)
+            return;
         const uint8_t *data;
         size_t n = len;
         if (len == CHANNEL_VIA_SOCKET) {
@@ -146,7 +152,7 @@ static void client_remove(struct client *c)
     wire_close(&c->w);
     mp_buf_free(&c->in);
     mp_buf_free(&c->out);
-    if (c->ch) {                 /* the client let go of it when it hung up */
+    if (c->ch && (c->peer_dead || atomic_fetch_sub(&c->ch->refs, 1) == 1)) {
         /* a release the next owner's CAS on magic pairs with (ThreadSanitizer
          * cannot see the client process that reuses the memory in between) */
         atomic_store_explicit(&c->ch->magic, 0, memory_order_release);
