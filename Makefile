@@ -50,19 +50,11 @@ test-tsan: deps
 	cd build-tsan && MPROC_TEST_SLOW=6 ctest --output-on-failure -j 2
 
 # The process and sync tests (and core) under valgrind's memcheck; a test
-# not built yet is skipped with a note. Under valgrind the arena is 256 MiB
-# (src/arena.c); test_core allocates a 300 MiB block, so it gets 1 GiB.
-VALGRIND = valgrind -q --error-exitcode=1 --trace-children=no \
-           --leak-check=full --errors-for-leak-kinds=definite
-VALGRIND_TESTS = test_core test_process test_sync
+# not built yet is skipped with a note (tests/valgrind.sh).
+VALGRIND_TESTS = test_core test_process test_spawn test_thread \
+                 test_sync test_lock test_condition test_barrier
 test-valgrind: build
-	@status=0; for t in $(VALGRIND_TESTS); do \
-	  if [ ! -x $(BUILD)/tests/$$t ]; then echo "test-valgrind: $$t not built, skipped"; continue; fi; \
-	  size=; [ $$t = test_core ] && size=1G; echo "== valgrind $$t"; \
-	  (cd $(BUILD)/tests && MPROC_ARENA_SIZE=$$size MPROC_TEST_SLOW=8 \
-	   MPROC_SOURCE_DIR=$(CURDIR) MPROC_BINARY_DIR=$(abspath $(BUILD)) \
-	   timeout 1200 $(VALGRIND) ./$$t) || status=1; \
-	done; exit $$status
+	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)
 
 bench: build
 	@./bench/run.sh $(BUILD) $(AREAS)

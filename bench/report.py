@@ -141,11 +141,16 @@ def collect(raw, area):
 
 
 def fmt(v):
+    """Three significant digits; k/M/G from ten thousand up (2.09M items/s)."""
     if v is None:
         return "-"
-    if v == 0 or 0.01 <= abs(v) < 1e6:
-        return ("%.3g" % v) if abs(v) < 100 else ("%d" % round(v))
-    return "%.3g" % v
+    if abs(v) >= 1e12:
+        return "%.3g" % v
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(v) >= scale:
+            scale = 1e3 if suffix == "k" else scale
+            return "%.3g%s" % (v / scale, suffix)
+    return "%d" % round(v) if abs(v) >= 100 else "%.3g" % v
 
 
 def fmt_ratio(r):
@@ -171,8 +176,8 @@ def table_lines(result, areas, markdown):
 
 
 def area_description(src_dir, area):
-    """The opening comment of bench/<area>.c (or the .py docstring), minus
-    its first line: what the workloads are."""
+    """The opening comment of bench/<area>.c (or the .py docstring) without
+    its "<file> - " prefix: what the workloads are."""
     for name, start, end in (("%s.c" % area, "/*", "*/"), ("%s.py" % area, '"""', '"""')):
         try:
             with open(os.path.join(src_dir, name)) as f:
@@ -183,8 +188,10 @@ def area_description(src_dir, area):
         if not text.startswith(start):
             continue
         body = text[len(start):text.find(end, len(start))]
-        lines = [re.sub(r"^\s*\* ?", "", l).rstrip() for l in body.splitlines()[1:]]
-        return "\n".join(lines).strip()
+        lines = [re.sub(r"^\s*\* ?", "", l).rstrip() for l in body.splitlines()]
+        lines[0] = re.sub(r"^\s*\S+\.(c|py) - ", "", lines[0])
+        text = "\n".join(lines).strip()
+        return text[:1].upper() + text[1:]
     return ""
 
 

@@ -2,39 +2,43 @@
 /*
  * The seeds' bun shop: producers put buns into one queue, consumers take them
  * and call task_done() for each; the main process waits on mp_queue_join()
- * until every bun put has been eaten, then stops the (daemon) eaters, which
- * would otherwise wait forever. Children are plain fork()s sharing the queue:
- * the queue lives in the family's shared arena, so the handle just works.
+ * until every bun put has been eaten. The eaters loop forever, so they are
+ * daemons: they end with the main process. The queue lives in the family's
+ * shared arena, so the handle passed to each child just works.
  */
 #include <mproc.h>
 
-#include <signal.h>
 #include <stdio.h>
-#include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-static void cook(mp_queue *q, const char *name, const char *food)
+struct cook { mp_queue *q; const char *name, *food; };
+struct eater { mp_queue *q; const char *name; };
+
+static int cook(void *arg)
 {
+    struct cook *c = arg;
     for (int i = 0; i < 3; i++) {
         char bun[64];
-        int n = snprintf(bun, sizeof bun, "%s #%d", food, i);
+        int n = snprintf(bun, sizeof bun, "%s #%d", c->food, i);
         usleep(20000 + 10000 * (unsigned)i);          /* baking takes a while */
-        mp_queue_put(q, bun, (size_t)n, MP_FOREVER);
-        printf("  %-8s made   %s\n", name, bun);
+        mp_queue_put(c->q, bun, (size_t)n, MP_FOREVER);
+        printf("  %-8s made   %s\n", c->name, bun);
     }
+    return 0;                                         /* put has returned: nothing to flush */
 }
 
-static void eat(mp_queue *q, const char *name)
+static int eat(void *arg)
 {
+    struct eater *e = arg;
     char bun[64];
     size_t len;
-    while (mp_queue_get(q, bun, sizeof bun - 1, &len, MP_FOREVER) == 0) {
+    while (mp_queue_get(e->q, bun, sizeof bun - 1, &len, MP_FOREVER) == 0) {
         bun[len] = '\0';
         usleep(30000);                                /* eating takes longer */
-        printf("  %-8s ate    %s\n", name, bun);
-        mp_queue_task_done(q);                        /* "this one is handled" */
+        printf("  %-8s ate    %s\n", e->name, bun);
+        mp_queue_task_done(e->q);                     /* "this one is handled" */
     }
+    return 0;
 }
 
 int main(void)
@@ -43,36 +47,27 @@ int main(void)
     mp_queue *q;
     if (mp_queue_new(&q, &(mp_queue_opts){ .maxsize = 30 }) != 0)
         return 1;
-    static const char *cooks[][2] = { { "Jason", "marsala" }, { "Asan", "flatbread" },
-                                      { "Arun", "durian" } };
-    static const char *eaters[] = { "Afei", "Xiaofei" };
-    pid_t eater_pid[2], cook_pid[3];
+    struct cook cooks[] = { { q, "Jason", "marsala" }, { q, "Asan", "flatbread" },
+                            { q, "Arun", "durian" } };
+    struct eater eaters[] = { { q, "Afei" }, { q, "Xiaofei" } };
+    mp_process *e[2], *c[3];
 
     printf("Two daemon eaters wait on a JoinableQueue(30); three cooks start baking.\n");
-    for (int i = 0; i < 2; i++)
-        if ((eater_pid[i] = fork()) == 0) {
-            eat(q, eaters[i]);
-            _exit(0);
-        }
+    for (int i = 0; i < 2; i++) {
+        mp_process_new(&e[i], eat, &eaters[i], &(mp_process_opts){ .daemon = true });
+        mp_process_start(e[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        mp_process_new(&c[i], cook, &cooks[i], NULL);
+        mp_process_start(c[i]);
+    }
     for (int i = 0; i < 3; i++)
-        if ((cook_pid[i] = fork()) == 0) {
-            cook(q, cooks[i][0], cooks[i][1]);
-            _exit(0);                                 /* put has returned: nothing to flush */
-        }
-    for (int i = 0; i < 3; i++)
-        waitpid(cook_pid[i], NULL, 0);
+        mp_process_join(c[i], MP_FOREVER);
     printf("All cooks are done (joining them never blocks on unsent data).\n");
 
     int rc = mp_queue_join(q, 10.0);                  /* every bun put, got and task_done */
-    printf("q.join() returned %s: all %d buns were eaten, the queue holds %zu.\n",
-           rc == 0 ? "0" : mp_errname(rc), 9, mp_queue_qsize(q));
-
-    /* Daemon eaters end with the main process: stop them now. */
-    for (int i = 0; i < 2; i++) {
-        kill(eater_pid[i], SIGTERM);
-        waitpid(eater_pid[i], NULL, 0);
-    }
-    printf("Main: the daemon eaters were stopped; bye.\n");
-    mp_queue_free(q);
+    printf("q.join() returned %s: all 9 buns were eaten, the queue holds %zu.\n",
+           rc == 0 ? "0" : mp_errname(rc), mp_queue_qsize(q));
+    printf("Main ends here; the daemon eaters, still waiting for buns, end with it.\n");
     return rc == 0 ? 0 : 1;
 }

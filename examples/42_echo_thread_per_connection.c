@@ -2,32 +2,44 @@
 /*
  * Threads are cheaper than processes and share the server's memory, which
  * is all an echo handler needs. The clients here are threads of the same
- * program too. Connections are handles like any other, so a thread can own
- * one and close it when its client hangs up. (pthreads here; mp_thread is
- * the same thing with Python's names.)
+ * program too. A connection is a handle like any other: a thread can own
+ * one and close it when its client hangs up.
  */
 #include "echo.h"
 
-#include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
-#include <string.h>
 #include <unistd.h>
 
 #define CLIENTS 3
 
-static void *talk(void *c)
+static int talk(void *c)
 {
-    return (void *)(intptr_t)echo_serve(c);
+    return echo_serve(c);              /* the thread's exit code: messages echoed */
 }
 
-struct client_arg { const char *address; int id; int rc; };
+struct client_arg { const char *address; int id; };
 
-static void *client(void *p)
+static int client(void *p)
 {
     struct client_arg *a = p;
-    a->rc = echo_client(a->address, NULL, a->id, 2);
-    return NULL;
+    return echo_client(a->address, NULL, a->id, 2);
+}
+
+static mp_thread *start(mp_target fn, void *arg)
+{
+    mp_thread *t = NULL;
+    if (mp_thread_new(&t, fn, arg, NULL) != 0 || mp_thread_start(t) != 0)
+        return NULL;
+    return t;
+}
+
+static int finish(mp_thread *t)
+{
+    int code = -1;
+    if (t && mp_thread_join(t, 10) == 0)
+        mp_thread_exitcode(t, &code);
+    mp_thread_free(t);
+    return code;
 }
 
 int main(void)
@@ -39,26 +51,23 @@ int main(void)
         return 1;
     printf("server listens on %s (an abstract unix socket: no file to clean up)\n",
            mp_listener_address(l));
-    pthread_t clients[CLIENTS], handlers[CLIENTS];
+    mp_thread *clients[CLIENTS], *handlers[CLIENTS];
     struct client_arg args[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
-        args[i] = (struct client_arg){ mp_listener_address(l), i, 1 };
-        pthread_create(&clients[i], NULL, client, &args[i]);
+        args[i] = (struct client_arg){ mp_listener_address(l), i };
+        clients[i] = start(client, &args[i]);
     }
     for (int i = 0; i < CLIENTS; i++) {
         mp_conn *c;
         if (mp_listener_accept(l, &c, 10) != 0)
             return 1;
-        pthread_create(&handlers[i], NULL, talk, c);
+        handlers[i] = start(talk, c);
         printf("server accepted connection %d, a thread talks on it\n", i);
     }
     int failed = 0;
     for (int i = 0; i < CLIENTS; i++) {
-        void *served;
-        pthread_join(clients[i], NULL);
-        pthread_join(handlers[i], &served);
-        failed |= args[i].rc;
-        printf("handler thread %d echoed %d messages\n", i, (int)(intptr_t)served);
+        failed |= finish(clients[i]);
+        printf("handler thread %d echoed %d messages\n", i, finish(handlers[i]));
     }
     mp_listener_free(l);
     return failed;

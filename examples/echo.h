@@ -1,5 +1,6 @@
-/* echo.h - the echo handler and the client that examples 41-43 share, so
- * those files show only what differs: how a connection gets its worker. */
+/* echo.h - the echo handler, the client and the process helpers that
+ * examples 41-43 share, so those files show only what differs: how a
+ * connection gets its worker. */
 #ifndef MPROC_EXAMPLE_ECHO_H
 #define MPROC_EXAMPLE_ECHO_H
 
@@ -49,6 +50,25 @@ static inline int echo_client(const char *address, const char *key, int id, int 
     }
     mp_conn_close(c);
     return rc == 0 ? 0 : 1;
+}
+
+/* Starts fn(arg) in a new process (arg_size bytes of arg are copied to it). */
+static inline mp_process *start_process(mp_target fn, void *arg, size_t size)
+{
+    mp_process *p = NULL;
+    if (mp_process_new(&p, fn, arg, &(mp_process_opts){ .arg_size = size }) != 0 || mp_process_start(p) != 0)
+        return NULL;
+    return p;
+}
+
+/* Joins p (up to 30 s) and frees it: its exit code, or 1. */
+static inline int finish_process(mp_process *p)
+{
+    int code = 1;
+    if (p && mp_process_join(p, 30) == 0)
+        mp_process_exitcode(p, &code);
+    mp_process_free(p);
+    return code;
 }
 
 #endif

@@ -120,6 +120,9 @@ MP_EXTERN int  mp_active_count(void);                         /* live threads st
 
 /* ------------------------------------------------------------------ synchronisation */
 
+/* Every object lives in the family's shared arena: create it before starting
+ * a child, pass it through the child's argument, and it works between the
+ * threads and processes of the family alike. Free it once, in the creator. */
 typedef struct mp_lock mp_lock;
 typedef struct mp_semaphore mp_semaphore;
 typedef struct mp_event mp_event;
@@ -127,44 +130,60 @@ typedef struct mp_condition mp_condition;
 typedef struct mp_barrier mp_barrier;
 
 MP_EXTERN int  mp_lock_new(mp_lock **l);
-MP_EXTERN int  mp_rlock_new(mp_lock **l);
-MP_EXTERN int  mp_lock_acquire(mp_lock *l, double timeout);  /* 0, MP_ETIMEDOUT, MP_EOWNERDEAD */
-MP_EXTERN int  mp_lock_release(mp_lock *l);                  /* MP_EINVAL unlocked / not owner */
-MP_EXTERN void mp_lock_free(mp_lock *l);
+MP_EXTERN int  mp_rlock_new(mp_lock **l);       /* recursive: the owner may acquire again */
+/* 0, MP_ETIMEDOUT, or MP_EOWNERDEAD: held now, but its holder died holding it
+ * (killed or thread ended), so guarded data may be half-updated. A thread
+ * taking a plain Lock it already holds gets MP_ETIMEDOUT after the timeout,
+ * or -EDEADLK at once for MP_FOREVER (Python would hang). */
+MP_EXTERN int  mp_lock_acquire(mp_lock *l, double timeout);
+MP_EXTERN int  mp_lock_release(mp_lock *l);     /* MP_EINVAL unlocked / not the owner's thread */
+MP_EXTERN void mp_lock_free(mp_lock *l);        /* releases it first if the caller holds it */
 /* Runs the following statement or block with l held. Do not leave it with
  * break, goto or return: the release would be skipped. */
 #define MP_WITH_LOCK(l) \
     for (int mp__once_ = (mp_lock_acquire((l), MP_FOREVER), 1); mp__once_; \
          mp__once_ = (mp_lock_release(l), 0))
 
+/* value <= INT_MAX. No owner: a count taken by a process that dies is lost. */
 MP_EXTERN int  mp_semaphore_new(mp_semaphore **s, unsigned value);
 MP_EXTERN int  mp_bounded_semaphore_new(mp_semaphore **s, unsigned value);
-MP_EXTERN int  mp_semaphore_acquire(mp_semaphore *s, double timeout);
-MP_EXTERN int  mp_semaphore_release(mp_semaphore *s);        /* bounded: MP_EINVAL past the bound */
-MP_EXTERN int  mp_semaphore_value(mp_semaphore *s);
+MP_EXTERN int  mp_semaphore_acquire(mp_semaphore *s, double timeout);   /* 0, MP_ETIMEDOUT */
+MP_EXTERN int  mp_semaphore_release(mp_semaphore *s);   /* MP_EINVAL past the bound or INT_MAX */
+MP_EXTERN int  mp_semaphore_value(mp_semaphore *s);     /* the count now (>= 0) */
 MP_EXTERN void mp_semaphore_free(mp_semaphore *s);
 
 MP_EXTERN int  mp_event_new(mp_event **e);
-MP_EXTERN int  mp_event_set(mp_event *e);
+MP_EXTERN int  mp_event_set(mp_event *e);       /* wakes every waiter */
 MP_EXTERN int  mp_event_clear(mp_event *e);
-MP_EXTERN bool mp_event_is_set(mp_event *e);
-MP_EXTERN int  mp_event_wait(mp_event *e, double timeout);   /* 0, MP_ETIMEDOUT */
+MP_EXTERN bool mp_event_is_set(mp_event *e);    /* false for a bad handle */
+MP_EXTERN int  mp_event_wait(mp_event *e, double timeout);   /* 0 once set, MP_ETIMEDOUT */
 MP_EXTERN void mp_event_free(mp_event *e);
 
-MP_EXTERN int  mp_condition_new(mp_condition **c, mp_lock *l);   /* l NULL: its own RLock */
+/* On a Lock or RLock made by mp_lock_new/mp_rlock_new (not a manager lock);
+ * l NULL: its own RLock, freed with it. */
+MP_EXTERN int  mp_condition_new(mp_condition **c, mp_lock *l);
 MP_EXTERN int  mp_condition_acquire(mp_condition *c, double timeout);
 MP_EXTERN int  mp_condition_release(mp_condition *c);
-MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);  /* 0, MP_ETIMEDOUT */
+/* Needs the lock (else MP_EINVAL); releases it fully, however deep, and holds
+ * it again at that depth on return: 0 notified, MP_ETIMEDOUT, or
+ * MP_EOWNERDEAD if a holder died meanwhile (notified or not). */
+MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);
+/* Needs the lock (else MP_EINVAL; n < 0 too): wakes the first n of those
+ * waiting now, oldest first. A waiter killed while waiting is skipped. */
 MP_EXTERN int  mp_condition_notify(mp_condition *c, int n);
 MP_EXTERN int  mp_condition_notify_all(mp_condition *c);
 MP_EXTERN void mp_condition_free(mp_condition *c);
 
-MP_EXTERN int  mp_barrier_new(mp_barrier **b, unsigned parties);
-MP_EXTERN int  mp_barrier_wait(mp_barrier *b, double timeout);  /* 0..parties-1; MP_EBROKEN */
+/* threading.Barrier: wait returns a distinct index 0..parties-1 to each party
+ * of a round. A wait that times out, abort, or a party killed while waiting
+ * (noticed within 0.1 s) breaks it: every waiter and every later wait gets
+ * MP_EBROKEN until reset; a reset while parties wait breaks their wait too. */
+MP_EXTERN int  mp_barrier_new(mp_barrier **b, unsigned parties);   /* parties >= 1 */
+MP_EXTERN int  mp_barrier_wait(mp_barrier *b, double timeout);     /* index, MP_EBROKEN */
 MP_EXTERN int  mp_barrier_abort(mp_barrier *b);
 MP_EXTERN int  mp_barrier_reset(mp_barrier *b);
 MP_EXTERN int  mp_barrier_parties(mp_barrier *b);
-MP_EXTERN int  mp_barrier_n_waiting(mp_barrier *b);
+MP_EXTERN int  mp_barrier_n_waiting(mp_barrier *b);   /* 0 unless filling, as Python */
 MP_EXTERN void mp_barrier_free(mp_barrier *b);
 
 /* ------------------------------------------------------------------ queues */
@@ -188,6 +207,17 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
 
 /* ------------------------------------------------------------------ pipes and connections */
 
+/* Frames and the authkey handshake are CPython's multiprocessing.connection,
+ * byte for byte. A message too big for the buffer (recv_bytes: *len says its
+ * size) or over maxlen (recv_buf) gives MP_ETOOBIG and stays pending: the
+ * next call with room enough gets it; nothing is allocated for it first.
+ * A conn reads ahead: wait on it with mp_conn_poll or mp_wait (which count
+ * buffered messages), not with poll() on its fileno. Sends never raise
+ * SIGPIPE (a vanished peer is -EPIPE). Handles work in children started
+ * after them; mp_conn_close closes only this process's copy. Addresses:
+ * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT" (port 0:
+ * the kernel picks, mp_listener_address tells). authkey NULL: no handshake;
+ * accept's timeout covers the handshake too (at most 30 s when forever). */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */
@@ -212,12 +242,18 @@ typedef struct mp_shm mp_shm;
 enum { MP_CREATE = 1, MP_EXCL = 2 };
 MP_EXTERN void *mp_shared_alloc(size_t size);   /* zeroed, visible to children started after it */
 MP_EXTERN void  mp_shared_free(void *p);
-MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);  /* MP_CREATE | MP_EXCL */
+/* A POSIX shm segment, named as Python's SharedMemory(name=...) names it
+ * (name without '/'). MP_CREATE|MP_EXCL: a new one, -EEXIST if taken;
+ * MP_CREATE: new or existing; 0: existing, -ENOENT if none. A new one needs
+ * size > 0; an existing one keeps its own size, which must be >= size (0: any).
+ * name NULL with MP_CREATE: a fresh "psm_xxxxxxxx". The handle is per process:
+ * a forked child inherits it, a spawned one opens the name again. */
+MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);
 MP_EXTERN void *mp_shm_buf(const mp_shm *s);
 MP_EXTERN size_t mp_shm_size(const mp_shm *s);
-MP_EXTERN const char *mp_shm_name(const mp_shm *s);
-MP_EXTERN int   mp_shm_unlink(mp_shm *s);
-MP_EXTERN void  mp_shm_free(mp_shm *s);
+MP_EXTERN const char *mp_shm_name(const mp_shm *s);    /* as given, as Python's .name */
+MP_EXTERN int   mp_shm_unlink(mp_shm *s);   /* removes the name; mappings stay valid; -ENOENT */
+MP_EXTERN void  mp_shm_free(mp_shm *s);     /* unmaps; the segment stays until unlinked */
 
 /* ------------------------------------------------------------------ pool and futures */
 

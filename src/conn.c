@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define RECV_FIRST_CHUNK ((size_t)16 << 20)   /* grow beyond this only as bytes arrive */
+#define RECV_FIRST_CHUNK ((size_t)64 << 10)   /* grow beyond this only as bytes arrive */
 #define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
+#define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
+#define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
+
+static const mp_deadline forever = { { 0, 0 }, true };
 
 struct mp_conn {
     struct fdhandle h;
@@ -29,6 +34,13 @@ struct mp_conn {
     _Atomic bool has_pending;  /* a header was read, its body was not (MP_ETOOBIG) */
     uint64_t pending_len;
     rmutex send_lock, recv_lock;
+    /* Read-ahead: one read() takes whatever the peer has queued, so a
+     * stream of small messages costs one syscall for many. It lives here,
+     * in the arena, so every process holding the conn sees the same stream;
+     * mp_conn_poll and mp_wait count buffered bytes as ready. */
+    _Atomic uint32_t ahead_len;
+    uint32_t ahead_pos;
+    uint8_t ahead[READ_AHEAD];
 };
 
 /* ------------------------------------------------------------------ registry */
@@ -111,6 +123,43 @@ void conn_keep_across_exec(void)
     }
 }
 
+size_t conn_live_fds(int *fds, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = 0; i < registry.n && n < cap; i++) {
+        fds[n++] = registry.items[i]->fd;
+        atomic_store(&registry.items[i]->immortal, 1);
+    }
+    pthread_mutex_unlock(&registry.lock);
+    return n;
+}
+
+/* First lift every received descriptor above all the wanted numbers, so
+ * none sits where another must go, then drop each at its number. */
+int conn_adopt_fds(const int *received, const int *numbers, size_t n)
+{
+    int lifted[CONN_PASS_MAX], top = 0, rc = 0;
+    if (n > CONN_PASS_MAX)
+        return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        top = numbers[i] >= top ? numbers[i] + 1 : top;
+    for (size_t i = 0; i < n; i++) {
+        lifted[i] = fcntl(received[i], F_DUPFD_CLOEXEC, top);
+        if (lifted[i] < 0 && rc == 0)
+            rc = -errno;
+        close(received[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (lifted[i] < 0)
+            continue;
+        if (dup3(lifted[i], numbers[i], O_CLOEXEC) < 0 && rc == 0)
+            rc = -errno;
+        close(lifted[i]);
+    }
+    return rc;
+}
+
 bool fdhandle_release(struct fdhandle *h)
 {
     if (registry_remove(h)) {
@@ -136,21 +185,26 @@ static struct timespec *deadline_timespec(const mp_deadline *d, struct timespec 
     return ts;
 }
 
-int fd_poll(int fd, short events, const mp_deadline *d)
+/* ppoll until something is ready or d passes: the count, 0, or -errno. */
+static int poll_all(struct pollfd *p, size_t n, const mp_deadline *d)
 {
-    struct pollfd p = { .fd = fd, .events = events };
     for (;;) {
         struct timespec ts;
-        int r = ppoll(&p, 1, deadline_timespec(d, &ts), NULL);
-        if (r > 0)
-            return (p.revents & POLLNVAL) ? -EBADF : 1;
-        if (r == 0)
-            return 0;
+        int r = ppoll(p, (nfds_t)n, deadline_timespec(d, &ts), NULL);
+        if (r >= 0)
+            return r;
         if (errno != EINTR)
             return -errno;
         if (d && deadline_passed(d))
             return 0;
     }
+}
+
+int fd_poll(int fd, short events, const mp_deadline *d)
+{
+    struct pollfd p = { .fd = fd, .events = events };
+    int r = poll_all(&p, 1, d);
+    return r > 0 && (p.revents & POLLNVAL) ? -EBADF : r;
 }
 
 int fd_read_full(int fd, void *buf, size_t n, const mp_deadline *d)
@@ -260,9 +314,10 @@ static bool fd_is_socket(int fd)
     return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+/* Tries the socket call first: a pipe answers ENOTSOCK and takes the pipe path. */
 int fd_write_full(int fd, const void *head, size_t head_len, const void *body, size_t body_len)
 {
-    return write_all(fd, fd_is_socket(fd), head, head_len, body, body_len);
+    return write_all(fd, true, head, head_len, body, body_len);
 }
 
 /* ------------------------------------------------------------------ frames */
@@ -298,12 +353,27 @@ size_t frame_header_encode(uint64_t len, uint8_t out[FRAME_HEADER_MAX])
     return 12;
 }
 
+/* Where frames are read from: a raw descriptor (with a deadline) or a
+ * conn, whose read-ahead buffer comes first. */
+struct source {
+    int fd;
+    mp_conn *c;
+    const mp_deadline *d;
+};
+
+static int conn_read(mp_conn *c, void *dst, size_t n);
+
+static int source_read(const struct source *s, void *buf, size_t n)
+{
+    return s->c ? conn_read(s->c, buf, n) : fd_read_full(s->fd, buf, n, s->d);
+}
+
 /* Reads a header: -1 announces a 64-bit length, other negatives are
  * malformed. A stream that ends inside the header is MP_EEOF. */
-static int read_header(int fd, uint64_t *len, const mp_deadline *d)
+static int read_header(const struct source *src, uint64_t *len)
 {
     uint8_t b[8];
-    int rc = fd_read_full(fd, b, 4, d);
+    int rc = source_read(src, b, 4);
     if (rc != 0)
         return rc;
     int32_t small = (int32_t)(uint32_t)get_be(b, 4);
@@ -313,7 +383,7 @@ static int read_header(int fd, uint64_t *len, const mp_deadline *d)
     }
     if (small != -1)
         return MP_EPROTO;
-    rc = fd_read_full(fd, b, 8, d);
+    rc = source_read(src, b, 8);
     if (rc != 0)
         return rc;
     *len = get_be(b, 8);
@@ -321,7 +391,7 @@ static int read_header(int fd, uint64_t *len, const mp_deadline *d)
 }
 
 /* Reads a body of len bytes into out, growing it only as bytes arrive. */
-static int read_body(int fd, mp_buf *out, size_t len, const mp_deadline *d)
+static int read_body(const struct source *src, mp_buf *out, size_t len)
 {
     size_t first = len < RECV_FIRST_CHUNK ? len : RECV_FIRST_CHUNK;
     int rc = mp_buf_reserve(out, first ? first : 1);
@@ -332,7 +402,7 @@ static int read_body(int fd, mp_buf *out, size_t len, const mp_deadline *d)
         if (rc != 0)
             break;
         size_t want = (len < out->cap ? len : out->cap) - done;
-        rc = fd_read_full(fd, (char *)out->data + done, want, d);
+        rc = source_read(src, (char *)out->data + done, want);
         done += want;
     }
     if (rc == 0)
@@ -353,13 +423,14 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
 {
     if (fd < 0 || !out)
         return MP_EINVAL;
+    struct source src = { fd, NULL, d };
     uint64_t len;
-    int rc = read_header(fd, &len, d);
+    int rc = read_header(&src, &len);
     if (rc != 0)
         return rc;
     if (maxlen && len > maxlen)
         return MP_ETOOBIG;
-    return read_body(fd, out, (size_t)len, d);
+    return read_body(&src, out, (size_t)len);
 }
 
 /* ------------------------------------------------------------------ handles */
@@ -443,12 +514,85 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
         return MP_EINVAL;
     uint8_t head[FRAME_HEADER_MAX];
     size_t n = frame_header_encode(len, head);
-    int rc = rmutex_lock(&c->send_lock, NULL);
+    int rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     rc = write_all(c->h.fd, c->is_socket, head, n, data, len);
     rmutex_unlock(&c->send_lock);
     return rc == -EBADF ? MP_ECLOSED : rc;
+}
+
+/* One read. On a socket with nothing queued yet, spin a few microseconds
+ * on non-blocking reads before sleeping in the kernel: a sleeping reader
+ * makes every send pay for a wake-up, and that dominates small messages. */
+static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
+{
+    if (c->is_socket) {
+        uint64_t end = now_ns() + READ_SPIN_NS;
+        for (unsigned i = 0;; i++) {
+            ssize_t r = recv(c->h.fd, buf, cap, MSG_DONTWAIT);
+            if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                return r;
+            if (now_ns() >= end)
+                break;
+            if (i & 1)
+                sched_yield();         /* the peer may need this very CPU */
+            else
+                cpu_relax();
+        }
+    }
+    return read(c->h.fd, buf, cap);
+}
+
+/* Under recv_lock: n bytes of the stream, buffered ones first. A short
+ * remainder refills the buffer with one read of whatever is queued; a long
+ * one is read straight into dst. A handle that crossed an exec reads
+ * exactly, because a process that has it but not our registry could not
+ * see buffered bytes in mp_wait. */
+static int conn_read(mp_conn *c, void *dst, size_t n)
+{
+    uint32_t have = atomic_load(&c->ahead_len);
+    size_t take = n < have ? n : have;
+    if (n == 0)
+        return 0;
+    memcpy(dst, c->ahead + c->ahead_pos, take);
+    c->ahead_pos += (uint32_t)take;
+    atomic_store(&c->ahead_len, have - (uint32_t)take);
+    dst = (char *)dst + take;
+    n -= take;
+    if (n == 0)
+        return 0;
+    if (n > READ_AHEAD / 2 || atomic_load(&c->h.immortal))
+        return fd_read_full(c->h.fd, dst, n, NULL);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read_spin(c, c->ahead + got, READ_AHEAD - got);
+        if (r > 0)
+            got += (size_t)r;
+        else if (r == 0 || errno == ECONNRESET)
+            return MP_EEOF;
+        else if (errno == EAGAIN || errno == EWOULDBLOCK)
+            fd_poll(c->h.fd, POLLIN, NULL);
+        else if (errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+    memcpy(dst, c->ahead, n);
+    c->ahead_pos = (uint32_t)n;
+    atomic_store(&c->ahead_len, (uint32_t)(got - n));
+    return 0;
+}
+
+/* True when fd is a conn of this process with bytes in its read-ahead. */
+static bool fd_has_buffered(int fd)
+{
+    bool found = false;
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = 0; i < registry.n && !found; i++) {
+        struct fdhandle *h = registry.items[i];
+        found = h->fd == fd && h->magic == MAGIC_CONN && atomic_load(&((mp_conn *)h)->ahead_len) > 0;
+    }
+    pthread_mutex_unlock(&registry.lock);
+    return found;
 }
 
 /* Takes recv_lock and learns the length of the next message, reading its
@@ -458,12 +602,13 @@ static int recv_begin(mp_conn *c, uint64_t *len)
 {
     if (conn_check(c) != 0 || !c->readable)
         return MP_EINVAL;
-    int rc = rmutex_lock(&c->recv_lock, NULL);
+    int rc = rmutex_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     rc = 0;
     if (!c->has_pending) {
-        rc = read_header(c->h.fd, &c->pending_len, NULL);
+        struct source src = { c->h.fd, c, NULL };
+        rc = read_header(&src, &c->pending_len);
         c->has_pending = rc == 0;
     }
     *len = c->pending_len;
@@ -488,7 +633,7 @@ int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
     if (n > cap)
         return recv_end(c, MP_ETOOBIG);     /* the message stays pending for a bigger buffer */
     c->has_pending = false;
-    return recv_end(c, fd_read_full(c->h.fd, buf, (size_t)n, NULL));
+    return recv_end(c, conn_read(c, buf, (size_t)n));
 }
 
 int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
@@ -500,14 +645,15 @@ int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
     if (maxlen && n > maxlen)
         return recv_end(c, MP_ETOOBIG);     /* pending, and nothing allocated */
     c->has_pending = false;
-    return recv_end(c, read_body(c->h.fd, out, (size_t)n, NULL));
+    struct source src = { c->h.fd, c, NULL };
+    return recv_end(c, read_body(&src, out, (size_t)n));
 }
 
 int mp_conn_poll(mp_conn *c, double timeout)
 {
     if (conn_check(c) != 0 || !c->readable || !timeout_valid(timeout))
         return MP_EINVAL;
-    if (c->has_pending)
+    if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
     int r = fd_poll(c->h.fd, POLLIN, &d);
@@ -529,34 +675,39 @@ void mp_conn_close(mp_conn *c)
 
 /* ------------------------------------------------------------------ wait */
 
+/* Conns with bytes in their read-ahead are ready whatever poll says: their
+ * entries are switched off (fd -1) and counted. */
+static size_t take_buffered(struct pollfd *p, size_t n)
+{
+    size_t buffered = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fd_has_buffered(p[i].fd)) {
+            p[i].fd = -1;
+            buffered++;
+        }
+    }
+    return buffered;
+}
+
 int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
 {
     if ((!fds && n) || !timeout_valid(timeout) || n > INT_MAX)
         return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] < 0)
+            return MP_EINVAL;
     struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
     if (n && !p)
         return MP_ENOMEM;
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        if (fds[i] < 0)
-            rc = MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
         p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
-    }
-    mp_deadline d = deadline_in(timeout);
-    while (rc == 0) {
-        struct timespec ts;
-        int r = ppoll(p, (nfds_t)n, deadline_timespec(&d, &ts), NULL);
-        if (r >= 0) {
-            rc = r;
-            break;
-        }
-        if (errno != EINTR)
-            rc = -errno;
-        else if (deadline_passed(&d))
-            break;
-    }
+    size_t buffered = take_buffered(p, n);
+    mp_deadline d = deadline_in(buffered ? 0 : timeout);
+    int rc = poll_all(p, n, &d);
+    if (rc >= 0)
+        rc += (int)buffered;
     for (size_t i = 0; ready && i < n; i++)
-        ready[i] = rc > 0 && p[i].revents != 0;
+        ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);
     return rc;
 }

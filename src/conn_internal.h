@@ -50,7 +50,7 @@ int fd_poll(int fd, short events, const mp_deadline *d);
  * against maxlen (0: no limit) before allocating anything: MP_ETOOBIG then,
  * with the header consumed, so the stream is unusable: close it. Memory
  * grows with the bytes that actually arrive, so a peer lying about a huge
- * length costs at most twice what it sent. */
+ * length costs at most 64 KiB or twice what it sent. */
 int conn_send_frame(int fd, const void *data, size_t len);
 int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d);
 

@@ -86,6 +86,8 @@ typedef struct { pthread_mutex_t m; } rmutex;
 int rmutex_init(rmutex *m);
 int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT */
 int rmutex_unlock(rmutex *m);                        /* MP_EINVAL if not owner */
+int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -EDEADLK (ours) */
+uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
 
 /* ------------------------------------------------------------------ functions across exec */
@@ -115,6 +117,17 @@ void mlock_free(mp_lock *l);
  * child starts stays usable in it at the same fd number (as under fork).
  * Defined in conn.c; spawn.c declares it weak so either can land first. */
 void conn_keep_across_exec(void);
+
+/* For the fork server start method, whose children inherit nothing from the
+ * requester: the requester sends the descriptors of its live handles
+ * (conn_live_fds, which also marks those handles as shared for good) with
+ * the start request, SCM_RIGHTS; the server's child, once it has closed the
+ * server's own descriptors, puts each received one back at the number it
+ * has in the requester (conn_adopt_fds), so handles reached through the
+ * argument work as under fork. Defined in conn.c. */
+#define CONN_PASS_MAX 253                      /* SCM_MAX_FD */
+size_t conn_live_fds(int *fds, size_t cap);
+int conn_adopt_fds(const int *received, const int *numbers, size_t n);
 
 /* ------------------------------------------------------------------ runtime */
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -288,10 +289,10 @@ void mp_listener_free(mp_listener *l)
 
 /* ------------------------------------------------------------------ client */
 
-static int connect_by(const struct sockaddress *a, const mp_deadline *d)
+/* TCP: a non-blocking connect, then poll for the handshake's end. */
+static int connect_tcp(int fd, const struct sockaddress *a, const mp_deadline *d)
 {
-    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
+    if (fcntl(fd, F_SETFL, O_NONBLOCK) != 0)
         return errno_to_mp(errno);
     int rc = 0;
     if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
@@ -305,8 +306,43 @@ static int connect_by(const struct sockaddress *a, const mp_deadline *d)
         if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
             rc = errno_to_mp(err);
     }
-    if (rc == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+    if (rc == 0 && fcntl(fd, F_SETFL, 0) != 0)
         rc = errno_to_mp(errno);
+    return rc;
+}
+
+/* Unix: a non-blocking connect fails at once (EAGAIN) while the listener's
+ * backlog is full, so connect blocking, bounded by SO_SNDTIMEO, which
+ * Linux applies to that wait. */
+static int connect_unix(int fd, const struct sockaddress *a, const mp_deadline *d)
+{
+    struct timeval tv = { 0, 0 };
+    if (!d->forever) {
+        double left = deadline_left(d);
+        tv.tv_sec = (time_t)left;
+        tv.tv_usec = (suseconds_t)((left - (double)tv.tv_sec) * 1e6);
+        if (tv.tv_sec == 0 && tv.tv_usec == 0)
+            tv.tv_usec = 1;                   /* 0 would mean forever */
+    }
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int rc = 0;
+    while (rc == 0 && connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
+        if (errno == EISCONN)
+            break;
+        if (errno != EINTR)
+            rc = errno == EAGAIN || errno == EINPROGRESS ? MP_ETIMEDOUT : errno_to_mp(errno);
+    }
+    struct timeval none = { 0, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof none);
+    return rc;
+}
+
+static int connect_by(const struct sockaddress *a, const mp_deadline *d)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno_to_mp(errno);
+    int rc = a->ss.ss_family == AF_UNIX ? connect_unix(fd, a, d) : connect_tcp(fd, a, d);
     if (rc != 0) {
         close(fd);
         return rc;

@@ -56,9 +56,11 @@ struct side {
     struct journal j;
 };
 
+/* A futex word: bit 0 says "someone sleeps here", the rest is a sequence
+ * number wakers bump. A flag rather than a count of sleepers, so a waiter
+ * killed in its sleep costs one spare wake-up, not a syscall on every put. */
 struct waitword {
-    _Atomic uint32_t word;    /* bumped to wake sleepers */
-    _Atomic uint32_t sleepers;
+    _Atomic uint32_t word;
 };
 
 struct mp_queue {
@@ -169,27 +171,29 @@ static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
 }
 
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. A
- * sleeper registers before its last check, and wakers look for sleepers
- * after their commit, so a wake-up is never lost and never a wasted syscall. */
+ * sleeper raises the flag before its last check, and wakers look at the flag
+ * after their commit (Dekker, seq_cst), so a wake-up is never lost, and the
+ * uncontended path makes no syscall. */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
                       const mp_deadline *d)
 {
     if (spin_until(q, ready))
         return 0;
-    atomic_fetch_add(&w->sleepers, 1);
     uint32_t v = atomic_load(&w->word);
-    int rc = ready(q) ? 0 : futex_wait(&w->word, v, d);
-    atomic_fetch_sub(&w->sleepers, 1);
-    return rc == MP_ETIMEDOUT ? rc : 0;
+    while (!(v & 1) && !atomic_compare_exchange_weak(&w->word, &v, v | 1))
+        ;
+    if (ready(q))
+        return 0;
+    return futex_wait(&w->word, v | 1, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
-static void wake(struct waitword *w, int n)
+/* Wakes every sleeper: those that find nothing to do sleep again. */
+static void wake(struct waitword *w)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load(&w->sleepers) == 0)
-        return;
-    atomic_fetch_add(&w->word, 1);
-    futex_wake(&w->word, n);
+    uint32_t v = atomic_load(&w->word);
+    if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
+        futex_wake(&w->word, INT_MAX);
 }
 
 static bool get_ready(mp_queue *q)
@@ -200,7 +204,7 @@ static bool get_ready(mp_queue *q)
 static bool put_ready(mp_queue *q)
 {
     uint64_t g = atomic_load(&q->gets);
-    return atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
+    return !q->maxsize || atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
 }
 
 static bool join_ready(mp_queue *q)
@@ -313,6 +317,10 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
 {
     if (!queue_ok(q) || (!data && len) || !timeout_valid(timeout) || len > (SIZE_MAX >> 2))
         return MP_EINVAL;
+    if (atomic_load(&q->closed))
+        return MP_ECLOSED;            /* early outs, so no big item is copied in vain */
+    if (timeout == 0 && mp_queue_full(q))
+        return MP_EFULL;
     void *big = NULL;
     if (len > QUEUE_INLINE_MAX) {
         big = arena_alloc_nozero(len);
@@ -337,7 +345,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
             break;
     }
     if (rc == 0)
-        wake(&q->not_empty, 1);
+        wake(&q->not_empty);
     else
         arena_free(big);
     return rc;
@@ -418,19 +426,16 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 {
     mp_deadline d = deadline_in(timeout);
     void *big = NULL;
-    bool more = false;
     int rc;
     for (;;) {
         rc = lock_side(q, &q->get, get_repair);
         if (rc != 0)
             break;
         bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
-        if (has_item_locked(q)) {
+        if (has_item_locked(q))
             rc = get_locked(q, buf, cap, len, out, &big);
-            more = q->get.cached > atomic_load_explicit(&q->gets, memory_order_relaxed);
-        } else {
+        else
             rc = closed ? MP_EEOF : MP_EEMPTY;
-        }
         rmutex_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
@@ -438,9 +443,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     if (rc == 0) {
         arena_free(big);
         if (q->maxsize)
-            wake(&q->not_full, 1);
-        if (more)             /* pass on a wake-up a spinning consumer overtook */
-            wake(&q->not_empty, 1);
+            wake(&q->not_full);
     }
     return rc;
 }
@@ -496,7 +499,7 @@ int mp_queue_task_done(mp_queue *q)
             return MP_EINVAL;
     } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
     if (d + 1 >= atomic_load(&q->puts))
-        wake(&q->all_done, INT_MAX);
+        wake(&q->all_done);
     return 0;
 }
 
@@ -551,37 +554,60 @@ int mp_queue_shutdown(mp_queue *q)
         return rc;
     atomic_store(&q->closed, 1);
     rmutex_unlock(&q->put.lock);
-    atomic_fetch_add(&q->not_empty.word, 1);
+    atomic_fetch_add(&q->not_empty.word, 2);
     futex_wake(&q->not_empty.word, INT_MAX);
-    atomic_fetch_add(&q->not_full.word, 1);
+    atomic_fetch_add(&q->not_full.word, 2);
     futex_wake(&q->not_full.word, INT_MAX);
     return 0;
 }
 
-/* Frees what is still queued: walks the records from the consumers' position
- * to the producers' segment. Nobody may use the queue any more. */
-static void release_items(mp_queue *q)
+/* Walks the records from the consumers' position to the producers', checking
+ * each (ck_ring_valid) and, if release, freeing what it passes. True when the
+ * structure is whole: every counted item is there and nothing else. */
+static bool walk_records(mp_queue *q, bool release)
 {
     struct seg *s = q->get.seg;
     uint64_t head = atomic_load(&s->head);
     uint64_t left = atomic_load(&q->puts) - atomic_load(&q->gets);
-    for (;;) {
-        uint64_t hdr = left || s != q->put.seg ? *ring_word(s, head) : REC_INLINE;
-        if ((hdr & 3) == REC_LINK) {
-            struct seg *n = (struct seg *)(uintptr_t)*ring_word(s, head + 8);
-            arena_free(s);
-            s = n;
-            head = atomic_load(&s->head);
+    bool ok = true;
+    while (ok && (left || s != q->put.seg)) {
+        uint64_t hdr = *ring_word(s, head), kind = hdr & 3;
+        void *ref = kind == REC_INLINE ? NULL : (void *)(uintptr_t)*ring_word(s, head + 8);
+        size_t len = (size_t)(hdr >> 2);
+        if (kind == REC_LINK) {
+            ok = arena_contains(ref, sizeof *s);
+            if (release)
+                arena_free(s);
+            s = ref;
+            head = ok ? atomic_load(&s->head) : 0;
             continue;
         }
-        if (!left)
-            break;
-        if ((hdr & 3) == REC_BIG)
-            arena_free((void *)(uintptr_t)*ring_word(s, head + 8));
-        head += record_size((size_t)(hdr >> 2), (hdr & 3) == REC_BIG);
+        ok = left > 0 && (kind == REC_INLINE ? len <= QUEUE_INLINE_MAX
+                                             : kind == REC_BIG && len > QUEUE_INLINE_MAX &&
+                                                   arena_contains(ref, len));
+        if (ok && release && kind == REC_BIG)
+            arena_free(ref);
+        head += record_size(len, kind == REC_BIG);
+        ok = ok && head <= atomic_load(&s->tail);
         left--;
     }
-    arena_free(s);
+    ok = ok && s == q->put.seg && head == atomic_load(&s->tail);
+    if (release)
+        arena_free(s);
+    return ok;
+}
+
+bool mp__queue_valid(mp_queue *q)
+{
+    if (!queue_ok(q) || lock_side(q, &q->put, put_repair) != 0)
+        return false;
+    bool ok = lock_side(q, &q->get, get_repair) == 0;
+    if (ok) {
+        ok = walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets);
+        rmutex_unlock(&q->get.lock);
+    }
+    rmutex_unlock(&q->put.lock);
+    return ok;
 }
 
 void mp_queue_free(mp_queue *q)
@@ -590,7 +616,7 @@ void mp_queue_free(mp_queue *q)
     if (!queue_ok(q) || q->creator != getpid())
         return;
     q->magic = MAGIC_FREED;
-    release_items(q);
+    walk_records(q, true);
     rmutex_destroy(&q->put.lock);
     rmutex_destroy(&q->get.lock);
     arena_free(q);

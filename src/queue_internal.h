@@ -14,6 +14,11 @@
  * "get_committed" (item counted as got, consumer position not yet advanced). */
 MP_EXTERN extern void (*mp__queue_test_hook)(const char *point);
 
+/* Checks the queue's structure under both of its locks (repairing after a
+ * dead holder first): every counted item present and well-formed, nothing
+ * else. For tests; safe while the queue is in use. */
+MP_EXTERN bool mp__queue_valid(mp_queue *q);
+
 /* Items inline in the ring up to this size; bigger ones go out of line. */
 #define QUEUE_INLINE_MAX ((size_t)16 << 10)
 

@@ -6,6 +6,19 @@
  */
 #include "internal.h"
 
+#include <linux/futex.h>
+
+#if defined(__SANITIZE_THREAD__)
+#define RMUTEX_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RMUTEX_TSAN 1
+#endif
+#endif
+#ifdef RMUTEX_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #define SPIN_TRIES 200
 
 int rmutex_init(rmutex *m)
@@ -27,6 +40,37 @@ static int owner_died(rmutex *m)
     return MP_EOWNERDEAD;
 }
 
+int rmutex_trylock(rmutex *m)
+{
+    switch (pthread_mutex_trylock(&m->m)) {
+    case 0: return 0;
+    case EOWNERDEAD: return owner_died(m);
+    case EDEADLK: return -EDEADLK;
+    default: return MP_ETIMEDOUT;        /* EBUSY, or ENOTRECOVERABLE: never ours */
+    }
+}
+
+uint32_t rmutex_owner(rmutex *m)
+{
+    /* The futex word holds the owner's tid; the kernel clears it (and sets
+     * FUTEX_OWNER_DIED) when that owner dies. */
+    return __atomic_load_n(&m->m.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK;
+}
+
+/* ThreadSanitizer does not intercept pthread_mutex_clocklock: tell it. */
+static int clocklock(rmutex *m, const struct timespec *at)
+{
+#ifdef RMUTEX_TSAN
+    __tsan_mutex_pre_lock(&m->m, __tsan_mutex_try_lock);
+    int rc = pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, at);
+    bool got = rc == 0 || rc == EOWNERDEAD;
+    __tsan_mutex_post_lock(&m->m, __tsan_mutex_try_lock | (got ? 0 : __tsan_mutex_try_lock_failed), 0);
+    return rc;
+#else
+    return pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, at);
+#endif
+}
+
 int rmutex_lock(rmutex *m, const mp_deadline *d)
 {
     int rc = pthread_mutex_trylock(&m->m);
@@ -38,7 +82,7 @@ int rmutex_lock(rmutex *m, const mp_deadline *d)
         if (d->forever)
             rc = pthread_mutex_lock(&m->m);
         else
-            rc = pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, &d->at);
+            rc = clocklock(m, &d->at);
     }
     switch (rc) {
     case 0: return 0;
@@ -51,6 +95,9 @@ int rmutex_lock(rmutex *m, const mp_deadline *d)
 
 int rmutex_unlock(rmutex *m)
 {
+    /* Asked first so a wrong unlock never reaches pthread (sanitizers flag it). */
+    if (rmutex_owner(m) != mp_gettid())
+        return MP_EINVAL;
     return pthread_mutex_unlock(&m->m) == 0 ? 0 : MP_EINVAL;
 }
 

@@ -169,7 +169,7 @@ static int deliver_against(const char *answer_kind)
             _exit(1);
         const uint8_t *m = (const uint8_t *)ch.data + 11;
         size_t ml = ch.len - 11;
-        uint8_t out[128];
+        uint8_t out[128] = { 0 };
         unsigned n = 0;
         size_t pre = 0;
         if (strcmp(answer_kind, "bare-md5") == 0) {

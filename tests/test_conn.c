@@ -10,14 +10,19 @@
 #include "conn_internal.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -223,7 +228,7 @@ static void test_recv_buf_without_limit_grows_only_with_bytes_sent(void **state)
     close(peer);
     mp_buf out = { 0 };
     TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_EEOF);
-    assert_true(out.cap <= ((size_t)32 << 20));
+    assert_true(out.cap <= ((size_t)64 << 10));
     mp_buf_free(&out);
     mp_conn_close(c);
 }
@@ -336,6 +341,121 @@ static void test_send_to_closed_peer_is_epipe_not_sigpipe(void **state)
         assert_false(sigismember(&pending, SIGPIPE));
         mp_conn_close(b);
     }
+    int p[2];                                      /* the raw framing call too */
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    close(p[0]);
+    TU_ASSERT_RC(conn_send_frame(p[1], "x", 1), -EPIPE);
+    close(p[1]);
+}
+
+static void test_buffered_messages_count_as_ready(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    for (int i = 0; i < 3; i++)
+        TU_OK(mp_conn_send_bytes(a, "msg", 3));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* one read took all three */
+    int fd = mp_conn_fileno(b);
+    bool ready;
+    assert_int_equal(mp_conn_poll(b, 0), 1);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 1);
+    assert_true(ready);
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(mp_conn_poll(b, 0), 0);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 0);
+    assert_false(ready);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_reads_two(void *p)
+{
+    char buf[8];
+    size_t len;
+    for (int i = 1; i <= 2; i++)
+        if (mp_conn_recv_bytes(p, buf, sizeof buf, &len) != 0 || len != 1 || buf[0] != '0' + i)
+            return i;
+    return 0;
+}
+
+static void test_processes_sharing_a_conn_read_one_stream(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    for (char m = '0'; m <= '4'; m++)
+        TU_OK(mp_conn_send_bytes(a, &m, 1));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* '0', the rest read ahead */
+    assert_int_equal(buf[0], '0');
+    pid_t pid = tu_fork(child_reads_two, b);                 /* '1', '2' from the shared buffer */
+    assert_int_equal(tu_wait(pid, 10), 0);
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(buf[0], '3');
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(buf[0], '4');
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+struct sender_arg { mp_conn *c; char tag; };
+
+static void *send_many(void *p)
+{
+    struct sender_arg *a = p;
+    char msg[300];
+    memset(msg, a->tag, sizeof msg);
+    for (int i = 0; i < 2000; i++)
+        if (mp_conn_send_bytes(a->c, msg, 1 + (size_t)i % sizeof msg) != 0)
+            return (void *)1;
+    return NULL;
+}
+
+static void test_threads_sending_at_once_never_interleave_frames(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pthread_t t[2];
+    struct sender_arg args[2] = { { a, 'x' }, { a, 'y' } };
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, send_many, &args[i]), 0);
+    mp_buf in = { 0 };
+    for (int i = 0; i < 4000; i++) {
+        TU_OK(mp_conn_recv_buf(b, &in, 300));
+        const char *d = in.data;
+        for (size_t j = 1; j < in.len; j++)
+            assert_int_equal(d[j], d[0]);          /* one sender's bytes only */
+    }
+    for (int i = 0; i < 2; i++) {
+        void *rc;
+        pthread_join(t[i], &rc);
+        assert_null(rc);
+    }
+    assert_int_equal(mp_conn_poll(b, 0), 0);
+    mp_buf_free(&in);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static void test_conn_whose_descriptor_was_closed_reports_eclosed(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    close(mp_conn_fileno(a));                      /* behind the handle's back */
+    char buf[4];
+    size_t len;
+    TU_ASSERT_RC(mp_conn_send_bytes(a, "x", 1), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_recv_bytes(a, buf, sizeof buf, &len), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_poll(a, 0), MP_ECLOSED);
+    mp_conn_close(a);
+    mp_conn_close(b);
 }
 
 /* ------------------------------------------------------------------ children */
@@ -355,26 +475,67 @@ static int child_echo_checksum(void *p)
     return mp_conn_send_bytes(e->c, &sum, sizeof sum) == 0 ? 0 : 2;
 }
 
-static void test_big_message_crosses_to_a_child(void **state)
+static void on_usr1(int sig)
 {
-    (void)state;
+    (void)sig;
+}
+
+struct pester { pthread_t target; pid_t child; _Atomic bool stop; };
+
+static void *pester_with_signals(void *p)
+{
+    struct pester *ps = p;
+    while (!atomic_load(&ps->stop)) {
+        pthread_kill(ps->target, SIGUSR1);     /* the sender */
+        kill(ps->child, SIGUSR1);              /* the receiver, same handler */
+        sched_yield();
+    }
+    return NULL;
+}
+
+/* Sends size bytes to a child that answers their checksum, under a storm
+ * of signals if asked. */
+static void big_exchange(size_t size, bool signals)
+{
     mp_conn *a, *b;
     TU_OK(mp_pipe(&a, &b, true));
-    struct echo_arg e = { b, (size_t)48 << 20 };
+    struct echo_arg e = { b, size };
     pid_t pid = tu_fork(child_echo_checksum, &e);
     mp_conn_close(b);             /* the child keeps its copy: the handle stays valid there */
-    unsigned char *big = malloc(e.size);
-    uint64_t sum = 0;
-    for (size_t i = 0; i < e.size; i++)
+    struct pester ps = { pthread_self(), pid, false };
+    pthread_t t;
+    if (signals)
+        assert_int_equal(pthread_create(&t, NULL, pester_with_signals, &ps), 0);
+    unsigned char *big = malloc(size);
+    uint64_t sum = 0, got;
+    for (size_t i = 0; i < size; i++)
         sum += big[i] = (unsigned char)(i * 7);
-    TU_OK(mp_conn_send_bytes(a, big, e.size));
-    uint64_t got;
+    TU_OK(mp_conn_send_bytes(a, big, size));
     size_t len;
     TU_OK(mp_conn_recv_bytes(a, &got, sizeof got, &len));
+    if (signals) {
+        atomic_store(&ps.stop, true);
+        pthread_join(t, NULL);
+    }
     assert_int_equal(got, sum);
     assert_int_equal(tu_wait(pid, 30), 0);
     free(big);
     mp_conn_close(a);
+}
+
+static void test_big_message_crosses_to_a_child(void **state)
+{
+    (void)state;
+    big_exchange((size_t)48 << 20, false);
+}
+
+static void test_big_send_and_receive_survive_signals(void **state)
+{
+    (void)state;
+    struct sigaction sa = { .sa_handler = on_usr1 }, old;   /* no SA_RESTART: EINTR */
+    sigaction(SIGUSR1, &sa, &old);
+    big_exchange((size_t)32 << 20, true);
+    sigaction(SIGUSR1, &old, NULL);
 }
 
 static int child_closes_then_exits(void *p)
@@ -418,6 +579,141 @@ static void test_keep_across_exec_clears_cloexec_on_live_connections(void **stat
     close(other);
     mp_conn_close(a);
     mp_conn_close(b);
+}
+
+/* A target for mp_process: echoes one message back, upper-cased. */
+int conn_test_child_echoes(void *arg)
+{
+    mp_conn *c = *(mp_conn **)arg;
+    char buf[64];
+    size_t len;
+    if (mp_conn_recv_bytes(c, buf, sizeof buf, &len) != 0)
+        return 1;
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)(buf[i] >= 'a' && buf[i] <= 'z' ? buf[i] - 32 : buf[i]);
+    int rc = mp_conn_send_bytes(c, buf, len);
+    mp_conn_close(c);
+    return rc == 0 ? 0 : 2;
+}
+
+static void test_conn_reaches_children_under_fork_and_spawn(void **state)
+{
+    (void)state;
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN };
+    for (int m = 0; m < 2; m++) {
+        mp_conn *a, *b;
+        TU_OK(mp_pipe(&a, &b, true));
+        mp_process *p;
+        mp_process_opts o = { .method = methods[m], .arg_size = sizeof b };
+        TU_OK(mp_process_new(&p, conn_test_child_echoes, &b, &o));
+        TU_OK(mp_process_start(p));
+        mp_conn_close(b);                      /* Python's child_conn.close() in the parent */
+        char buf[64];
+        size_t len;
+        TU_OK(mp_conn_send_bytes(a, "across", 6));
+        TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));
+        assert_memory_equal(buf, "ACROSS", 6);
+        TU_OK(mp_process_join(p, 20 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_ASSERT_RC(mp_conn_recv_bytes(a, buf, sizeof buf, &len), MP_EEOF);   /* no copy left open */
+        TU_OK(mp_process_free(p));
+        mp_conn_close(a);
+    }
+}
+
+static bool child_sleeps(void *arg)
+{
+    return tu_proc_state(*(pid_t *)arg) == 'S';
+}
+
+static int child_receives_forever(void *arg)
+{
+    char buf[8];
+    size_t len;
+    mp_conn_recv_bytes(arg, buf, sizeof buf, &len);
+    return 1;
+}
+
+static void test_receiver_killed_while_waiting_does_not_wedge_the_conn(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_receives_forever, b);   /* holds b's receive lock, asleep */
+    assert_true(tu_wait_for(child_sleeps, &pid, 10));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    TU_OK(mp_conn_send_bytes(a, "after", 5));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* the dead owner's lock is taken over */
+    assert_memory_equal(buf, "after", 5);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_sends_too_much(void *arg)
+{
+    size_t size = (size_t)8 << 20;
+    char *big = calloc(1, size);
+    mp_conn_send_bytes(arg, big, size);
+    return 1;
+}
+
+static void test_sender_killed_mid_frame_does_not_wedge_other_senders(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_sends_too_much, a);   /* blocks with a's send lock held */
+    assert_true(tu_wait_for(child_sleeps, &pid, 10));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    char sink[65536];
+    int raw = mp_conn_fileno(b);
+    while (recv(raw, sink, sizeof sink, MSG_DONTWAIT) > 0)
+        ;                                            /* drop the torn frame */
+    TU_OK(mp_conn_send_bytes(a, "next", 4));         /* lock recovered, not deadlocked */
+    assert_int_equal(recv(raw, sink, sizeof sink, 0), 8);
+    assert_memory_equal(sink, "\0\0\0\4next", 8);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+/* What a fork server's child does with the descriptors sent to it. */
+static int child_adopts_sent_descriptors(void *arg)
+{
+    mp_conn **ends = arg;
+    int want[2] = { mp_conn_fileno(ends[0]), mp_conn_fileno(ends[1]) };
+    int live[8];
+    if (conn_live_fds(live, 8) < 2)
+        return 1;
+    int got[2] = { dup(want[0]), dup(want[1]) };          /* as if they came by SCM_RIGHTS */
+    close(want[1]);
+    dup2(open("/dev/null", O_RDONLY), want[0]);           /* a number taken by something else */
+    if (conn_adopt_fds(got, want, 2) != 0)
+        return 2;
+    if (fcntl(got[0], F_GETFD) != -1 || fcntl(got[1], F_GETFD) != -1)
+        return 3;                                          /* the received copies are gone */
+    char buf[8];
+    size_t len;
+    if (mp_conn_send_bytes(ends[1], "adopted", 7) != 0 || mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len) != 0)
+        return 4;
+    return len == 7 && memcmp(buf, "adopted", 7) == 0 ? 0 : 5;
+}
+
+static void test_adopt_fds_puts_descriptors_back_at_their_numbers(void **state)
+{
+    (void)state;
+    mp_conn *ends[2];
+    TU_OK(mp_pipe(&ends[0], &ends[1], true));
+    assert_int_equal(tu_wait(tu_fork(child_adopts_sent_descriptors, ends), 10), 0);
+    int one = 0;
+    TU_ASSERT_RC(conn_adopt_fds(&one, &one, CONN_PASS_MAX + 1), MP_EINVAL);
+    mp_conn_close(ends[0]);
+    mp_conn_close(ends[1]);
 }
 
 /* ------------------------------------------------------------------ mp_wait */
@@ -471,6 +767,36 @@ static void test_wait_sees_a_process_end_through_a_pidfd(void **state)
     assert_true(ready[1]);
     assert_int_equal(tu_wait(pid, 10), 0);
     close(pidfd);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
+static int child_waits_for_a_message(void *arg)
+{
+    char buf[8];
+    size_t len;
+    return mp_conn_recv_bytes(*(mp_conn **)arg, buf, sizeof buf, &len) == 0 ? 7 : 1;
+}
+
+static void test_wait_sees_a_conn_and_a_process_sentinel(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    mp_process *p;
+    TU_OK(mp_process_new(&p, child_waits_for_a_message, &b, &(mp_process_opts){ .arg_size = sizeof b }));
+    TU_OK(mp_process_start(p));
+    int fds[2] = { mp_conn_fileno(a), mp_process_sentinel(p) };
+    bool ready[2];
+    assert_int_equal(mp_wait(fds, 2, ready, 0.02), 0);       /* child waits, nothing to read */
+    TU_OK(mp_conn_send_bytes(a, "go", 2));
+    assert_int_equal(mp_wait(fds + 1, 1, ready + 1, 20 * tu_slow()), 1);
+    assert_true(ready[1]);
+    TU_OK(mp_process_join(p, 10));
+    int code;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 7);
+    TU_OK(mp_process_free(p));
     mp_conn_close(a);
     mp_conn_close(b);
 }
@@ -593,6 +919,55 @@ static void test_accept_times_out(void **state)
     mp_listener_free(NULL);
 }
 
+static void test_accept_gives_up_on_a_silent_client(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", "key", 3));
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    int raw = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(raw, (struct sockaddr *)&sin, sizeof sin), 0);   /* then says nothing */
+    mp_conn *c;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.3), MP_ETIMEDOUT);   /* the handshake shares the timeout */
+    assert_true(tu_now() - t0 < 10 * tu_slow());
+    close(raw);
+    mp_listener_free(l);
+}
+
+static void test_client_waits_for_room_in_a_full_unix_backlog(void **state)
+{
+    (void)state;
+    char name[64];
+    snprintf(name, sizeof name, "@mproc-backlog-%d", (int)getpid());
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    memcpy(un.sun_path, name, strlen(name));
+    un.sun_path[0] = '\0';
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name));
+    int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(l, (struct sockaddr *)&un, len), 0);
+    assert_int_equal(listen(l, 0), 0);                     /* never accepts */
+    int fill[4], n = 0;
+    for (; n < 4; n++) {
+        fill[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fill[n], (struct sockaddr *)&un, len) != 0) {
+            close(fill[n]);
+            break;                                         /* the backlog is full */
+        }
+    }
+    assert_true(n < 4);
+    char addr[80];
+    snprintf(addr, sizeof addr, "unix:%s", name);
+    mp_conn *c;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_client(&c, addr, NULL, 0, 0.2), MP_ETIMEDOUT);   /* waited, not EAGAIN */
+    assert_true(tu_now() - t0 >= 0.15);
+    for (int i = 0; i < n; i++)
+        close(fill[i]);
+    close(l);
+}
+
 static void test_bad_addresses_are_einval(void **state)
 {
     (void)state;
@@ -685,17 +1060,29 @@ int main(void)
         cmocka_unit_test(test_negative_length_is_eproto),
         cmocka_unit_test(test_poll_times_out_then_sees_data),
         cmocka_unit_test(test_send_to_closed_peer_is_epipe_not_sigpipe),
+        cmocka_unit_test(test_buffered_messages_count_as_ready),
+        cmocka_unit_test(test_processes_sharing_a_conn_read_one_stream),
+        cmocka_unit_test(test_threads_sending_at_once_never_interleave_frames),
+        cmocka_unit_test(test_receiver_killed_while_waiting_does_not_wedge_the_conn),
+        cmocka_unit_test(test_sender_killed_mid_frame_does_not_wedge_other_senders),
+        cmocka_unit_test(test_conn_whose_descriptor_was_closed_reports_eclosed),
         cmocka_unit_test(test_big_message_crosses_to_a_child),
+        cmocka_unit_test(test_big_send_and_receive_survive_signals),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
+        cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
+        cmocka_unit_test(test_adopt_fds_puts_descriptors_back_at_their_numbers),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),
+        cmocka_unit_test(test_wait_sees_a_conn_and_a_process_sentinel),
         cmocka_unit_test(test_wait_validates_and_times_out),
         cmocka_unit_test(test_tcp_v4_port_zero_reports_the_port_it_got),
         cmocka_unit_test(test_tcp_v6_when_available),
         cmocka_unit_test(test_unix_path_listener_removes_its_file),
         cmocka_unit_test(test_unix_abstract_listener),
         cmocka_unit_test(test_accept_times_out),
+        cmocka_unit_test(test_accept_gives_up_on_a_silent_client),
+        cmocka_unit_test(test_client_waits_for_room_in_a_full_unix_backlog),
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
         cmocka_unit_test(test_forked_workers_share_one_listener),

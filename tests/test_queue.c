@@ -159,6 +159,7 @@ static void test_queue_unbounded_grows_past_its_first_segment(void **state)
         TU_OK(mp_queue_put(q, item, sizeof item, 0));
     }
     assert_int_equal(mp_queue_qsize(q), n);
+    assert_true(mp__queue_valid(q));
     for (long i = 0; i < n; i++) {
         size_t len;
         TU_OK(mp_queue_get(q, item, sizeof item, &len, 0));
@@ -190,6 +191,7 @@ static void test_queue_refuses_bad_arguments_and_handles(void **state)
     assert_int_equal(mp_queue_qsize(NULL), 0);
     assert_true(mp_queue_empty(NULL));
     assert_false(mp_queue_full(NULL));
+    assert_false(mp__queue_valid(NULL));
     mp_queue_free(NULL);
 
     int not_a_queue[64] = { 0 };
@@ -203,6 +205,10 @@ static void test_queue_refuses_bad_arguments_and_handles(void **state)
     TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, NAN), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_get_buf(q, NULL, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_join(q, NAN), MP_EINVAL);
+    TU_ASSERT_RC(mp_queue_put(q, buf, SIZE_MAX, 0), MP_EINVAL);
+    /* More than the arena can ever hold: refused before a byte is read. */
+    TU_ASSERT_RC(mp_queue_put(q, buf, (size_t)1 << 45, 0), MP_ENOMEM);
+    assert_true(mp_queue_empty(q));
     mp_queue_free(q);
     /* A freed handle is refused, not used. */
     TU_ASSERT_RC(mp_queue_put(q, "x", 1, 0), MP_EINVAL);
@@ -356,6 +362,72 @@ static void test_queue_shutdown_wakes_blocked_getters_and_putters(void **state)
     assert_true(tu_wait_for(has_sleeper, &putter, 10));
     TU_OK(mp_queue_shutdown(q));
     assert_int_equal(tu_wait(putter, 10), -MP_ECLOSED - 1000);
+    mp_queue_free(q);
+}
+
+static int spawned_echo(void *arg)
+{
+    mp_queue *const *qs = arg;          /* {requests, replies}: pointers into the arena */
+    mp_buf item = { 0 };
+    int rc;
+    while ((rc = mp_queue_get_buf(qs[0], &item, 30)) == 0)
+        if (mp_queue_put(qs[1], item.data, item.len, 30) != 0)
+            return 2;
+    mp_buf_free(&item);
+    return rc == MP_EEOF ? 0 : 1;
+}
+
+static void echo_through_child(mp_start_method method)
+{
+    mp_queue *qs[2] = { new_queue(0), new_queue(4) };
+    mp_process *p;
+    TU_OK(mp_process_new(&p, spawned_echo, qs,
+                         &(mp_process_opts){ .method = method, .arg_size = sizeof qs }));
+    TU_OK(mp_process_start(p));
+    size_t sizes[] = { 0, 100, QUEUE_INLINE_MAX * 4 };
+    unsigned char *buf = malloc(sizes[2]);
+    mp_buf out = { 0 };
+    for (unsigned i = 0; i < 3; i++) {
+        pattern(buf, sizes[i], i);
+        TU_OK(mp_queue_put(qs[0], buf, sizes[i], 0));
+        TU_OK(mp_queue_get_buf(qs[1], &out, 30 * tu_slow()));
+        assert_int_equal(out.len, sizes[i]);
+        assert_true(pattern_ok(out.data, out.len, i));
+    }
+    TU_OK(mp_queue_shutdown(qs[0]));
+    TU_OK(mp_process_join(p, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 0);
+    mp_process_free(p);
+    mp_buf_free(&out);
+    free(buf);
+    mp_queue_free(qs[0]);
+    mp_queue_free(qs[1]);
+}
+
+static void test_queue_works_in_fork_spawn_and_forkserver_children(void **state)
+{
+    (void)state;
+    echo_through_child(MP_FORK);
+    echo_through_child(MP_SPAWN);
+    echo_through_child(MP_FORKSERVER);
+}
+
+static void test_queue_waiter_killed_in_its_sleep_blocks_nobody(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    pid_t dead = tu_fork(child_gets_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &dead, 10));
+    kill(dead, SIGKILL);
+    assert_int_equal(tu_wait(dead, 10), -SIGKILL);
+    pid_t live = tu_fork(child_gets_forever, q);
+    assert_true(tu_wait_for(has_sleeper, &live, 10));
+    put_u64(q, 1);
+    assert_int_equal(tu_wait(live, 10), 0);
+    put_u64(q, 2);                    /* and puts go on as before */
+    assert_int_equal(get_u64(q), 2);
     mp_queue_free(q);
 }
 
@@ -624,7 +696,8 @@ static void kill_inside_put(const char *point, size_t size, bool delivered)
     struct kill_job k = { q, size, 10, 5 };
     pid_t pid = tu_fork(child_puts_until_killed, &k);
     assert_int_equal(tu_wait(pid, 30), -SIGKILL);
-    put_items(q, size, 20, 3);         /* the next producer repairs */
+    assert_true(mp__queue_valid(q));   /* repairs, then finds the structure whole */
+    put_items(q, size, 20, 3);
     uint64_t with[] = { 1, 2, 3, 10, 11, 12, 20, 21, 22 };
     uint64_t without[] = { 1, 2, 3, 10, 11, 20, 21, 22 };
     if (delivered)
@@ -645,6 +718,7 @@ static void kill_inside_get(const char *point, size_t size, bool consumed)
     struct kill_job k = { q, size, 0, 0 };
     pid_t pid = tu_fork(child_gets_until_killed, &k);
     assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    assert_true(mp__queue_valid(q));
     put_items(q, size, 7, 1);
     uint64_t kept[] = { 3, 4, 5, 6, 7 };
     if (consumed)
@@ -680,6 +754,134 @@ static void test_queue_kill_after_get_commit_never_duplicates(void **state)
     (void)state;
     kill_inside_get("get_committed", 100, true);
     kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true);
+}
+
+/* ------------------------------------------------------------------ a kill -9 storm */
+
+/* Producers and consumers are SIGKILLed wherever they happen to be, and
+ * replaced, many times over. Each producer incarnation puts (incarnation,
+ * seq) items and records how many puts returned; consumers count every item
+ * they get. At the end: no item twice, none torn, each incarnation's items a
+ * prefix of its sequence (plus perhaps the put in flight), and no more items
+ * missing than consumers killed. */
+enum { STORM_INCARNATIONS = 64, STORM_SEQ = 1 << 15 };
+
+struct storm {
+    mp_queue *q;
+    _Atomic uint32_t returned[STORM_INCARNATIONS];
+    _Atomic uint8_t seen[STORM_INCARNATIONS][STORM_SEQ];
+    _Atomic uint32_t torn;
+};
+
+static int storm_incarnation;
+
+static size_t storm_size(uint32_t seq)
+{
+    return seq % 16 == 15 ? QUEUE_INLINE_MAX + 5000 : 64;   /* some go out of line */
+}
+
+static int storm_producer(void *arg)
+{
+    struct storm *st = arg;
+    int inc = storm_incarnation;
+    unsigned char *item = malloc(QUEUE_INLINE_MAX + 5000);
+    for (uint32_t seq = 0; seq < STORM_SEQ; seq++) {
+        uint64_t id = (uint64_t)inc << 32 | seq;
+        make_item(item, storm_size(seq), id);
+        if (mp_queue_put(st->q, item, storm_size(seq), MP_FOREVER) != 0)
+            return 1;
+        atomic_store(&st->returned[inc], seq + 1);
+    }
+    return 0;
+}
+
+static int storm_consumer(void *arg)
+{
+    struct storm *st = arg;
+    mp_buf out = { 0 };
+    int rc;
+    while ((rc = mp_queue_get_buf(st->q, &out, MP_FOREVER)) == 0) {
+        uint64_t id;
+        memcpy(&id, out.data, sizeof id);
+        uint32_t inc = (uint32_t)(id >> 32), seq = (uint32_t)id;
+        unsigned char *p = out.data;
+        pattern(p, 8, (unsigned)id);
+        if (inc >= STORM_INCARNATIONS || seq >= STORM_SEQ || out.len != storm_size(seq) ||
+            !pattern_ok(p, out.len, (unsigned)id)) {
+            atomic_fetch_add(&st->torn, 1);
+            continue;
+        }
+        atomic_fetch_add(&st->seen[inc][seq], 1);
+    }
+    return rc == MP_EEOF ? 0 : 1;
+}
+
+static pid_t storm_start(struct storm *st, bool producer, int *incarnations)
+{
+    if (producer)
+        storm_incarnation = (*incarnations)++;
+    return tu_fork(producer ? storm_producer : storm_consumer, st);
+}
+
+static void storm_check(struct storm *st, int incarnations, int consumers_killed)
+{
+    assert_int_equal(atomic_load(&st->torn), 0);
+    long missing = 0, delivered = 0;
+    for (int inc = 0; inc < incarnations; inc++) {
+        uint32_t r = atomic_load(&st->returned[inc]);
+        for (uint32_t seq = 0; seq < STORM_SEQ; seq++) {
+            uint8_t n = atomic_load(&st->seen[inc][seq]);
+            if (n > 1)
+                fail_msg("item %d/%u delivered %u times", inc, seq, n);
+            if (seq > r && n)
+                fail_msg("item %d/%u delivered, but its put never began", inc, seq);
+            missing += seq < r && !n;
+            delivered += n;
+        }
+    }
+    print_message("storm: %d producers started, %d consumers killed, %ld items delivered, "
+                  "%ld lost with them\n", incarnations, consumers_killed, delivered, missing);
+    if (missing > consumers_killed)
+        fail_msg("%ld items lost, but only %d consumers were killed", missing, consumers_killed);
+}
+
+static void test_queue_kill9_storm_loses_only_what_the_dead_held(void **state)
+{
+    (void)state;
+    struct storm *st = mp_shared_alloc(sizeof *st);
+    assert_non_null(st);
+    st->q = new_queue(64);
+    int incarnations = 0, consumers_killed = 0, rounds = (int)(40 / tu_slow());
+    pid_t prod[2], cons[2];
+    for (int i = 0; i < 2; i++) {
+        prod[i] = storm_start(st, true, &incarnations);
+        cons[i] = storm_start(st, false, &incarnations);
+    }
+    srand(12345);
+    for (int round = 0; round < rounds; round++) {
+        usleep((useconds_t)(2000 + rand() % 20000));   /* let them run: a random moment */
+        bool producer = (round % 2 == 0) && incarnations < STORM_INCARNATIONS;
+        int i = rand() % 2;
+        pid_t *victim = producer ? &prod[i] : &cons[i];
+        kill(*victim, SIGKILL);
+        int rc = tu_wait(*victim, 10);
+        assert_true(rc == -SIGKILL || rc == 0);
+        consumers_killed += !producer && rc == -SIGKILL;
+        *victim = storm_start(st, producer, &incarnations);
+    }
+    for (int i = 0; i < 2; i++) {      /* the last producers are killed too */
+        kill(prod[i], SIGKILL);
+        assert_true(tu_wait(prod[i], 10) != TU_TIMEOUT);
+    }
+    assert_true(mp__queue_valid(st->q));
+    TU_OK(mp_queue_shutdown(st->q));
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(tu_wait(cons[i], 60), 0);
+    assert_true(mp__queue_valid(st->q));
+    storm_check(st, incarnations, consumers_killed);
+    assert_true(mp_queue_empty(st->q));
+    mp_queue_free(st->q);
+    mp_shared_free(st);
 }
 
 /* ------------------------------------------------------------------ idle cost */
@@ -728,6 +930,8 @@ int main(void)
         cmocka_unit_test(test_queue_bounded_put_blocks_until_a_get),
         cmocka_unit_test(test_queue_shutdown_fails_puts_and_drains_gets),
         cmocka_unit_test(test_queue_shutdown_wakes_blocked_getters_and_putters),
+        cmocka_unit_test(test_queue_works_in_fork_spawn_and_forkserver_children),
+        cmocka_unit_test(test_queue_waiter_killed_in_its_sleep_blocks_nobody),
         cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
         cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
         cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
@@ -737,6 +941,7 @@ int main(void)
         cmocka_unit_test(test_queue_kill_after_put_commit_delivers_the_item_once),
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
+        cmocka_unit_test(test_queue_kill9_storm_loses_only_what_the_dead_held),
         cmocka_unit_test(test_queue_idle_blocked_consumer_uses_no_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,4 +80,18 @@ bool tu_wait_for(bool (*cond)(void *), void *arg, double timeout)
 bool tu_pid_gone(pid_t pid)
 {
     return kill(pid, 0) != 0;
+}
+
+char tu_proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *end = strrchr(buf, ')');     /* the name may hold spaces and parens */
+    return end && end[1] == ' ' ? end[2] : 0;
 }

@@ -11,7 +11,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define SPIN_NS 20000        /* how long a waiter spins before sleeping */
+#define SPIN_NS 20000        /* how long a waiter first spins before sleeping */
+#define SPIN_MAX_NS 50000
+#define SPIN_MIN_NS 1000
 
 void cpu_relax(void)
 {
@@ -41,29 +43,58 @@ void futex_wake(_Atomic uint32_t *word, int n)
     syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
+/* Per thread: doubles when a spin saw the change, halves when it did not, so
+ * a busy pair hands off in a microsecond while a waiter on an idle object,
+ * or on an oversubscribed machine, soon goes straight to sleep. */
+static __thread uint32_t spin_budget_ns = SPIN_NS;
+
 int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
 {
     /* Only spin when another CPU can be changing the word. */
-    static int ncpu;
-    if (!ncpu)
-        ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu > 1) {
+    static _Atomic int ncpu;
+    int n = atomic_load_explicit(&ncpu, memory_order_relaxed);
+    if (!n) {
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        atomic_store_explicit(&ncpu, n, memory_order_relaxed);
+    }
+    if (n > 1) {
         uint64_t start = now_ns();
         for (unsigned i = 0;; i++) {
-            if (atomic_load_explicit(word, memory_order_acquire) != val)
+            if (atomic_load_explicit(word, memory_order_acquire) != val) {
+                spin_budget_ns = spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : spin_budget_ns * 2;
                 return 0;
+            }
             cpu_relax();
-            if ((i & 63) == 63 && now_ns() - start > SPIN_NS)
+            if ((i & 63) == 63 && now_ns() - start > spin_budget_ns) {
+                spin_budget_ns = spin_budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : spin_budget_ns / 2;
                 break;
+            }
         }
     }
     return futex_wait(word, val, d);
 }
 
+/* fork copies the forking thread's cached tid into the child; bumping a
+ * generation in the child (pthread_atfork) makes every cache refresh. */
+static _Atomic uint32_t tid_generation = 1;
+
+static void tid_after_fork(void)
+{
+    atomic_fetch_add_explicit(&tid_generation, 1, memory_order_relaxed);
+}
+
+__attribute__((constructor)) static void tid_cache_init(void)
+{
+    pthread_atfork(NULL, NULL, tid_after_fork);
+}
+
 uint32_t mp_gettid(void)
 {
-    static __thread uint32_t tid;
-    if (!tid)
+    static __thread uint32_t tid, generation;
+    uint32_t g = atomic_load_explicit(&tid_generation, memory_order_relaxed);
+    if (generation != g) {
         tid = (uint32_t)syscall(SYS_gettid);
+        generation = g;
+    }
     return tid;
 }

@@ -1,0 +1,237 @@
+/* barrier.c - Barrier with exactly threading.Barrier's states and rules.
+ *
+ * State lives under a robust mutex; every change bumps a futex word that
+ * waiters sleep on. Each party inside wait() holds a robust mutex of its own
+ * slot, and sleepers wake every POLL_S to try those: a party that was killed
+ * (MP_EOWNERDEAD) is taken out, and if the barrier was still filling it is
+ * broken, so the survivors get MP_EBROKEN instead of waiting forever.
+ */
+#include "sync_internal.h"
+
+#include <limits.h>
+
+#define POLL_S 0.1            /* how soon a killed party is noticed */
+
+enum { FILLING = 0, DRAINING = 1, RESETTING = -1, BROKEN = -2 };   /* Python's _state */
+
+struct party {
+    rmutex alive;             /* held by the party while it is inside wait() */
+    uint32_t used;
+};
+
+struct mp_barrier {
+    uint32_t magic;
+    uint32_t parties;
+    rmutex m;
+    _Atomic uint32_t seq;     /* bumped on every change of state or count */
+    int32_t state;
+    uint32_t count;           /* parties inside wait(), as Python's _count */
+    struct party slot[];
+};
+
+int mp_barrier_new(mp_barrier **out, unsigned parties)
+{
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    if (parties == 0 || parties > INT_MAX / sizeof(struct party))
+        return MP_EINVAL;
+    mp_barrier *b = arena_alloc(sizeof *b + parties * sizeof(struct party));
+    if (!b)
+        return MP_ENOMEM;
+    int rc = rmutex_init(&b->m);
+    for (unsigned i = 0; i < parties && rc == 0; i++)
+        rc = rmutex_init(&b->slot[i].alive);
+    if (rc != 0) {
+        arena_free(b);
+        return rc;
+    }
+    b->parties = parties;
+    b->magic = MAGIC_BARRIER;
+    *out = b;
+    return 0;
+}
+
+static bool barrier_ok(const mp_barrier *b)
+{
+    return b && b->magic == MAGIC_BARRIER;
+}
+
+static void changed(mp_barrier *b)
+{
+    atomic_fetch_add(&b->seq, 1);
+    futex_wake(&b->seq, INT32_MAX);
+}
+
+static void barrier_break(mp_barrier *b)
+{
+    b->state = BROKEN;
+    changed(b);
+}
+
+/* The last party out lets the next round fill (Python's _exit). */
+static void barrier_exit(mp_barrier *b)
+{
+    if (b->count == 0 && (b->state == RESETTING || b->state == DRAINING)) {
+        b->state = FILLING;
+        changed(b);
+    }
+}
+
+static void barrier_lock(mp_barrier *b)
+{
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    /* A party died in here: what it was changing cannot be trusted. */
+    if (rmutex_lock(&b->m, &forever) == MP_EOWNERDEAD)
+        barrier_break(b);
+}
+
+static struct party *party_enter(mp_barrier *b)
+{
+    for (uint32_t i = 0; i < b->parties; i++) {
+        struct party *p = &b->slot[i];
+        if (!p->used && rmutex_trylock(&p->alive) == 0) {
+            p->used = 1;
+            return p;
+        }
+    }
+    return NULL;               /* not reached: count < parties whenever one enters */
+}
+
+static void party_leave(mp_barrier *b, struct party *p)
+{
+    b->count--;
+    if (p) {
+        p->used = 0;
+        rmutex_unlock(&p->alive);
+    }
+}
+
+/* Under the lock: takes out the parties that were killed inside wait(). */
+static void barrier_reap(mp_barrier *b)
+{
+    for (uint32_t i = 0; i < b->parties; i++) {
+        struct party *p = &b->slot[i];
+        int rc = p->used ? rmutex_trylock(&p->alive) : MP_ETIMEDOUT;
+        if (rc == MP_ETIMEDOUT || rc == -EDEADLK)
+            continue;                  /* free, or held by a live party */
+        if (b->state == FILLING)
+            barrier_break(b);
+        party_leave(b, p);
+        barrier_exit(b);
+        changed(b);
+    }
+}
+
+/* Under the lock; returns with it held. MP_ETIMEDOUT once d has passed. */
+static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
+{
+    if (deadline_passed(d))
+        return MP_ETIMEDOUT;
+    uint32_t seen = atomic_load(&b->seq);
+    rmutex_unlock(&b->m);
+    double left = deadline_left(d);
+    mp_deadline slice = deadline_in(left < POLL_S ? left : POLL_S);
+    int rc = futex_wait_spin(&b->seq, seen, &slice);
+    barrier_lock(b);
+    if (rc == MP_ETIMEDOUT)
+        barrier_reap(b);
+    return deadline_passed(d) ? MP_ETIMEDOUT : 0;
+}
+
+/* Python's _enter: wait while the previous round drains or resets. */
+static int barrier_enter(mp_barrier *b, const mp_deadline *d)
+{
+    while (b->state == DRAINING || b->state == RESETTING)
+        if (barrier_sleep(b, d) == MP_ETIMEDOUT &&
+            (b->state == DRAINING || b->state == RESETTING)) {
+            barrier_break(b);
+            return MP_EBROKEN;
+        }
+    return b->state < 0 ? MP_EBROKEN : 0;
+}
+
+/* Python's _wait: until the barrier trips; timing out breaks it. */
+static int barrier_await(mp_barrier *b, const mp_deadline *d, int index)
+{
+    while (b->state == FILLING)
+        if (barrier_sleep(b, d) == MP_ETIMEDOUT && b->state == FILLING) {
+            barrier_break(b);
+            return MP_EBROKEN;
+        }
+    return b->state < 0 ? MP_EBROKEN : index;
+}
+
+int mp_barrier_wait(mp_barrier *b, double timeout)
+{
+    if (!barrier_ok(b) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    mp_deadline d = deadline_in(timeout);
+    barrier_lock(b);
+    int rc = barrier_enter(b, &d);
+    if (rc == 0) {
+        int index = (int)b->count++;
+        struct party *me = party_enter(b);
+        if ((uint32_t)index + 1 == b->parties) {
+            b->state = DRAINING;
+            changed(b);
+            rc = index;
+        } else {
+            rc = barrier_await(b, &d, index);
+        }
+        party_leave(b, me);
+        barrier_exit(b);
+    }
+    rmutex_unlock(&b->m);
+    return rc;
+}
+
+int mp_barrier_abort(mp_barrier *b)
+{
+    if (!barrier_ok(b))
+        return MP_EINVAL;
+    barrier_lock(b);
+    barrier_break(b);
+    rmutex_unlock(&b->m);
+    return 0;
+}
+
+int mp_barrier_reset(mp_barrier *b)
+{
+    if (!barrier_ok(b))
+        return MP_EINVAL;
+    barrier_lock(b);
+    if (b->count == 0)
+        b->state = FILLING;
+    else if (b->state == FILLING || b->state == BROKEN)
+        b->state = RESETTING;     /* cleared when the last party leaves */
+    changed(b);
+    rmutex_unlock(&b->m);
+    return 0;
+}
+
+int mp_barrier_parties(mp_barrier *b)
+{
+    return barrier_ok(b) ? (int)b->parties : MP_EINVAL;
+}
+
+int mp_barrier_n_waiting(mp_barrier *b)
+{
+    if (!barrier_ok(b))
+        return MP_EINVAL;
+    barrier_lock(b);
+    int n = b->state == FILLING ? (int)b->count : 0;
+    rmutex_unlock(&b->m);
+    return n;
+}
+
+void mp_barrier_free(mp_barrier *b)
+{
+    if (!barrier_ok(b))
+        return;
+    b->magic = MAGIC_FREED;
+    for (uint32_t i = 0; i < b->parties; i++)
+        rmutex_destroy(&b->slot[i].alive);
+    rmutex_destroy(&b->m);
+    arena_free(b);
+}

@@ -1,0 +1,192 @@
+/* condition.c - Condition: a FIFO of waiters, each asleep on its own word.
+ *
+ * As in Python's threading.Condition, a waiter queues a record of its own
+ * (here in the arena) under the lock, releases the lock fully and sleeps;
+ * notify(n) takes the first n records off the queue and wakes them, so it
+ * wakes exactly those already waiting and at most n. Each record holds a
+ * robust mutex while its waiter lives: notify finds a waiter that was killed
+ * (MP_EOWNERDEAD on a trylock), drops its record and wakes the next instead,
+ * so a dead waiter neither swallows a notification nor wedges the notifier.
+ */
+#include "sync_internal.h"
+
+#include <limits.h>
+
+struct waiter {
+    rmutex alive;                   /* held by the waiting thread */
+    _Atomic uint32_t notified;
+    struct waiter *next;
+};
+
+struct mp_condition {
+    uint32_t magic;
+    uint32_t own_lock;
+    mp_lock *lock;
+    struct waiter *head, *tail;     /* under lock */
+};
+
+int mp_condition_new(mp_condition **out, mp_lock *l)
+{
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    if (l && l->magic != MAGIC_LOCK)     /* manager locks cannot wake our waiters */
+        return MP_EINVAL;
+    mp_condition *c = arena_alloc(sizeof *c);
+    if (!c)
+        return MP_ENOMEM;
+    c->lock = l;
+    if (!l) {
+        int rc = mp_rlock_new(&c->lock);
+        if (rc != 0) {
+            arena_free(c);
+            return rc;
+        }
+        c->own_lock = true;
+    }
+    c->magic = MAGIC_COND;
+    *out = c;
+    return 0;
+}
+
+static bool condition_ok(const mp_condition *c)
+{
+    return c && c->magic == MAGIC_COND;
+}
+
+int mp_condition_acquire(mp_condition *c, double timeout)
+{
+    return condition_ok(c) ? mp_lock_acquire(c->lock, timeout) : MP_EINVAL;
+}
+
+int mp_condition_release(mp_condition *c)
+{
+    return condition_ok(c) ? mp_lock_release(c->lock) : MP_EINVAL;
+}
+
+static struct waiter *waiter_new(void)
+{
+    struct waiter *w = arena_alloc(sizeof *w);
+    if (!w)
+        return NULL;
+    if (rmutex_init(&w->alive) != 0 || rmutex_trylock(&w->alive) != 0) {
+        arena_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+static void waiter_free(struct waiter *w)
+{
+    rmutex_unlock(&w->alive);
+    rmutex_destroy(&w->alive);
+    arena_free(w);
+}
+
+/* Under the lock. */
+static void queue_push(mp_condition *c, struct waiter *w)
+{
+    w->next = NULL;
+    if (c->tail)
+        c->tail->next = w;
+    else
+        c->head = w;
+    c->tail = w;
+}
+
+static struct waiter *queue_pop(mp_condition *c)
+{
+    struct waiter *w = c->head;
+    if (w) {
+        c->head = w->next;
+        if (!c->head)
+            c->tail = NULL;
+    }
+    return w;
+}
+
+static void queue_remove(mp_condition *c, struct waiter *w)
+{
+    struct waiter *prev = NULL;
+    for (struct waiter *p = c->head; p; prev = p, p = p->next) {
+        if (p != w)
+            continue;
+        if (prev)
+            prev->next = p->next;
+        else
+            c->head = p->next;
+        if (c->tail == p)
+            c->tail = prev;
+        return;
+    }
+}
+
+int mp_condition_wait(mp_condition *c, double timeout)
+{
+    if (!condition_ok(c) || !timeout_valid(timeout) || !lock_is_mine(c->lock))
+        return MP_EINVAL;
+    struct waiter *w = waiter_new();
+    if (!w)
+        return MP_ENOMEM;
+    queue_push(c, w);
+    uint32_t depth;
+    lock_release_all(c->lock, &depth);
+
+    mp_deadline d = deadline_in(timeout);
+    int rc = 0;
+    while (!atomic_load(&w->notified) && rc == 0)
+        rc = futex_wait_spin(&w->notified, 0, &d);
+
+    int relock = lock_restore(c->lock, depth);
+    /* A notify that came while the time ran out still counts: it chose us. */
+    if (atomic_load(&w->notified))
+        rc = 0;
+    else
+        queue_remove(c, w);
+    waiter_free(w);
+    return relock == MP_EOWNERDEAD ? MP_EOWNERDEAD : rc;
+}
+
+/* Under the lock. Pops one waiter: true if it was alive (and is now woken). */
+static bool wake_one(mp_condition *c)
+{
+    struct waiter *w = queue_pop(c);
+    int rc = rmutex_trylock(&w->alive);
+    if (rc == MP_ETIMEDOUT) {           /* busy: its waiter lives */
+        atomic_store(&w->notified, 1);
+        futex_wake(&w->notified, 1);
+        return true;
+    }
+    waiter_free(w);                     /* MP_EOWNERDEAD: killed while waiting */
+    return false;
+}
+
+int mp_condition_notify(mp_condition *c, int n)
+{
+    if (!condition_ok(c) || n < 0 || !lock_is_mine(c->lock))
+        return MP_EINVAL;
+    for (int woken = 0; woken < n && c->head;)
+        woken += wake_one(c);
+    return 0;
+}
+
+int mp_condition_notify_all(mp_condition *c)
+{
+    return mp_condition_notify(c, INT_MAX);
+}
+
+void mp_condition_free(mp_condition *c)
+{
+    if (!condition_ok(c))
+        return;
+    c->magic = MAGIC_FREED;
+    /* Records left behind belong to waiters that were killed. */
+    for (struct waiter *w; (w = c->head); ) {
+        c->head = w->next;
+        if (rmutex_trylock(&w->alive) != MP_ETIMEDOUT)
+            waiter_free(w);
+    }
+    if (c->own_lock)
+        mp_lock_free(c->lock);
+    arena_free(c);
+}

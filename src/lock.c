@@ -1,0 +1,154 @@
+/* lock.c - Lock and RLock: a robust, process-shared mutex in the arena.
+ *
+ * The mutex is glibc's robust errorcheck pthread mutex (rmutex): its futex
+ * word holds the owner's tid, and the kernel's robust list marks it when the
+ * owner dies, so the next acquirer gets MP_EOWNERDEAD instead of hanging.
+ * The uncontended path is one trylock and one unlock, no clock, no syscall.
+ * An RLock keeps its depth beside the mutex; only the owner touches it.
+ */
+#include "sync_internal.h"
+
+#include <limits.h>
+
+/* Manager locks (MAGIC_MLOCK) are served by manager/; these stand in until
+ * it is linked, and a strong definition there replaces them. */
+__attribute__((weak)) int mlock_acquire(mp_lock *l, double timeout)
+{
+    MP_UNUSED(l);
+    MP_UNUSED(timeout);
+    return MP_EINVAL;
+}
+
+__attribute__((weak)) int mlock_release(mp_lock *l)
+{
+    MP_UNUSED(l);
+    return MP_EINVAL;
+}
+
+__attribute__((weak)) void mlock_free(mp_lock *l)
+{
+    MP_UNUSED(l);
+}
+
+static int lock_create(mp_lock **out, bool recursive)
+{
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    mp_lock *l = arena_alloc(sizeof *l);
+    if (!l)
+        return MP_ENOMEM;
+    int rc = rmutex_init(&l->m);
+    if (rc != 0) {
+        arena_free(l);
+        return rc;
+    }
+    l->recursive = recursive;
+    l->magic = MAGIC_LOCK;
+    *out = l;
+    return 0;
+}
+
+int mp_lock_new(mp_lock **l)
+{
+    return lock_create(l, false);
+}
+
+int mp_rlock_new(mp_lock **l)
+{
+    return lock_create(l, true);
+}
+
+/* A thread taking a plain Lock it already holds would wait forever (Python
+ * blocks): a bounded wait runs out its time, an unbounded one is refused. */
+static int self_deadlock(double timeout)
+{
+    if (timeout < 0)
+        return -EDEADLK;
+    mp_deadline d = deadline_in(timeout);
+    while (!d.forever && clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &d.at, NULL) == EINTR)
+        ;
+    return MP_ETIMEDOUT;
+}
+
+int mp_lock_acquire(mp_lock *l, double timeout)
+{
+    if (!l)
+        return MP_EINVAL;
+    if (l->magic != MAGIC_LOCK)
+        return l->magic == MAGIC_MLOCK ? mlock_acquire(l, timeout) : MP_EINVAL;
+    if (!timeout_valid(timeout))
+        return MP_EINVAL;
+    int rc = rmutex_trylock(&l->m);
+    if (rc == -EDEADLK) {
+        if (!l->recursive)
+            return self_deadlock(timeout);
+        if (l->depth == UINT32_MAX)
+            return MP_EINVAL;
+        l->depth++;
+        return 0;
+    }
+    if (rc == MP_ETIMEDOUT && timeout != 0) {
+        mp_deadline d = deadline_in(timeout);
+        rc = rmutex_lock(&l->m, &d);
+    }
+    if (rc == 0 || rc == MP_EOWNERDEAD)
+        l->depth = 1;
+    return rc;
+}
+
+int mp_lock_release(mp_lock *l)
+{
+    if (!l)
+        return MP_EINVAL;
+    if (l->magic != MAGIC_LOCK)
+        return l->magic == MAGIC_MLOCK ? mlock_release(l) : MP_EINVAL;
+    if (l->recursive) {
+        if (!lock_is_mine(l))
+            return MP_EINVAL;
+        if (--l->depth > 0)
+            return 0;
+    }
+    return rmutex_unlock(&l->m);     /* the mutex itself refuses a non-owner */
+}
+
+void mp_lock_free(mp_lock *l)
+{
+    if (!l)
+        return;
+    if (l->magic == MAGIC_MLOCK) {
+        mlock_free(l);
+        return;
+    }
+    if (l->magic != MAGIC_LOCK)
+        return;
+    /* A mutex we still hold sits on our robust list: take it off first. */
+    if (lock_is_mine(l))
+        rmutex_unlock(&l->m);
+    l->magic = MAGIC_FREED;
+    rmutex_destroy(&l->m);
+    arena_free(l);
+}
+
+bool lock_is_mine(mp_lock *l)
+{
+    return rmutex_owner(&l->m) == mp_gettid();
+}
+
+int lock_release_all(mp_lock *l, uint32_t *depth)
+{
+    if (!lock_is_mine(l))
+        return MP_EINVAL;
+    *depth = l->depth;
+    l->depth = 0;
+    return rmutex_unlock(&l->m);
+}
+
+int lock_restore(mp_lock *l, uint32_t depth)
+{
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    int rc = rmutex_lock(&l->m, &forever);
+    if (rc == 0 || rc == MP_EOWNERDEAD)
+        l->depth = depth;
+    return rc;
+}

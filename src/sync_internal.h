@@ -1,0 +1,30 @@
+/* sync_internal.h - what lock.c shares with condition.c.
+ *
+ * A Lock is a robust process-shared mutex in the arena; an RLock adds a depth
+ * that only its owner touches. A Condition must release a lock fully while it
+ * waits and put the same depth back afterwards.
+ */
+#ifndef MPROC_SYNC_INTERNAL_H
+#define MPROC_SYNC_INTERNAL_H
+
+#include "internal.h"
+
+struct mp_lock {
+    uint32_t magic;        /* MAGIC_LOCK (MAGIC_MLOCK handles live elsewhere) */
+    uint32_t recursive;
+    uint32_t depth;        /* RLock: times acquired by the owner; Lock: 1 while held */
+    rmutex m;
+};
+
+bool lock_is_mine(mp_lock *l);
+/* Releases l however deep the caller holds it; *depth says how deep. */
+int lock_release_all(mp_lock *l, uint32_t *depth);
+/* Takes l again (no timeout) at that depth: 0 or MP_EOWNERDEAD. */
+int lock_restore(mp_lock *l, uint32_t depth);
+
+/* Spins a few microseconds for *word != val: 0 once it differs, else
+ * MP_ETIMEDOUT. Waiters spin before counting themselves, so a release that
+ * finds nobody counted makes no system call. */
+int sync_spin(_Atomic uint32_t *word, uint32_t val);
+
+#endif

@@ -1,0 +1,225 @@
+/* test_shm.c - named shared memory: create/open/exclusive rules, sizes,
+ * names as Python spells them, sharing with a child and with python3, and
+ * nothing left in /dev/shm afterwards. */
+#include "testutil.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static char prefix[64];
+
+/* A name no other test run uses: "mptest_<pid>_<tag>". */
+static const char *name_of(const char *tag)
+{
+    static char buf[128];
+    snprintf(buf, sizeof buf, "%s%s", prefix, tag);
+    return buf;
+}
+
+static int leftovers(void)
+{
+    DIR *d = opendir("/dev/shm");
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* ------------------------------------------------------------------ arguments */
+
+static void test_shm_new_refuses_bad_arguments(void **state)
+{
+    (void)state;
+    mp_shm *s;
+    TU_ASSERT_RC(mp_shm_new(NULL, "x", 10, MP_CREATE), MP_EINVAL);
+    TU_ASSERT_RC(mp_shm_new(&s, name_of("a"), 0, MP_CREATE), MP_EINVAL);   /* create needs a size */
+    assert_null(s);
+    TU_ASSERT_RC(mp_shm_new(&s, name_of("a"), 10, MP_EXCL), MP_EINVAL);    /* EXCL needs CREATE */
+    TU_ASSERT_RC(mp_shm_new(&s, name_of("a"), 10, 4), MP_EINVAL);          /* unknown flag */
+    TU_ASSERT_RC(mp_shm_new(&s, NULL, 10, 0), MP_EINVAL);                  /* open needs a name */
+    TU_ASSERT_RC(mp_shm_new(&s, "a/b", 10, MP_CREATE), MP_EINVAL);         /* as shm_open says */
+    TU_ASSERT_RC(mp_shm_new(&s, "", 10, MP_CREATE), MP_EINVAL);
+    char longname[300];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    TU_ASSERT_RC(mp_shm_new(&s, longname, 10, MP_CREATE), MP_EINVAL);    /* glibc: past NAME_MAX */
+    assert_null(mp_shm_buf(NULL));
+    assert_int_equal(mp_shm_size(NULL), 0);
+    assert_null(mp_shm_name(NULL));
+    TU_ASSERT_RC(mp_shm_unlink(NULL), MP_EINVAL);
+    mp_shm_free(NULL);
+    assert_int_equal(leftovers(), 0);
+}
+
+static void test_shm_open_of_missing_name_returns_enoent(void **state)
+{
+    (void)state;
+    mp_shm *s;
+    TU_ASSERT_RC(mp_shm_new(&s, name_of("missing"), 0, 0), -ENOENT);
+    assert_null(s);
+}
+
+/* ------------------------------------------------------------------ create and open */
+
+static void test_shm_create_then_open_share_one_buffer(void **state)
+{
+    (void)state;
+    mp_shm *a, *b;
+    TU_OK(mp_shm_new(&a, name_of("share"), 5000, MP_CREATE | MP_EXCL));
+    assert_string_equal(mp_shm_name(a), name_of("share"));   /* without the '/' */
+    assert_int_equal(mp_shm_size(a), 5000);
+    memcpy(mp_shm_buf(a), "hello", 6);
+    TU_OK(mp_shm_new(&b, name_of("share"), 0, 0));           /* size 0: whatever it has */
+    assert_int_equal(mp_shm_size(b), 5000);
+    assert_string_equal(mp_shm_buf(b), "hello");
+    mp_shm_free(b);
+    TU_OK(mp_shm_new(&b, name_of("share"), 100, 0));         /* less than it has: fine */
+    assert_int_equal(mp_shm_size(b), 5000);
+    mp_shm_free(b);
+    TU_ASSERT_RC(mp_shm_new(&b, name_of("share"), 6000, 0), MP_EINVAL);   /* more: refused */
+    TU_ASSERT_RC(mp_shm_new(&b, name_of("share"), 10, MP_CREATE | MP_EXCL), -EEXIST);
+    TU_OK(mp_shm_new(&b, name_of("share"), 10, MP_CREATE));  /* CREATE alone opens it */
+    assert_int_equal(mp_shm_size(b), 5000);
+    assert_string_equal(mp_shm_buf(b), "hello");
+    TU_OK(mp_shm_unlink(b));
+    mp_shm_free(b);
+    TU_ASSERT_RC(mp_shm_unlink(a), -ENOENT);                 /* already gone */
+    assert_string_equal(mp_shm_buf(a), "hello");             /* mapped until freed */
+    mp_shm_free(a);
+    assert_int_equal(leftovers(), 0);
+}
+
+static void test_shm_without_a_name_gets_a_python_style_one(void **state)
+{
+    (void)state;
+    mp_shm *s;
+    TU_OK(mp_shm_new(&s, NULL, 64, MP_CREATE));
+    const char *n = mp_shm_name(s);
+    assert_int_equal(strlen(n), 12);
+    assert_memory_equal(n, "psm_", 4);
+    mp_shm *again;
+    TU_OK(mp_shm_new(&again, n, 0, 0));
+    mp_shm_free(again);
+    TU_OK(mp_shm_unlink(s));
+    mp_shm_free(s);
+}
+
+static void test_shm_name_keeps_a_leading_slash_the_caller_gave(void **state)
+{
+    (void)state;
+    char slashed[160];
+    snprintf(slashed, sizeof slashed, "/%s", name_of("slash"));
+    mp_shm *s, *t;
+    TU_OK(mp_shm_new(&s, slashed, 64, MP_CREATE | MP_EXCL));
+    assert_string_equal(mp_shm_name(s), slashed);            /* as Python's .name */
+    TU_OK(mp_shm_new(&t, name_of("slash"), 0, 0));           /* shm_open ignores extra '/' */
+    mp_shm_free(t);
+    TU_OK(mp_shm_unlink(s));
+    mp_shm_free(s);
+}
+
+static int child_writes(void *arg)
+{
+    mp_shm *s = arg;
+    strcpy(mp_shm_buf(s), "from child");
+    return 0;
+}
+
+static void test_shm_is_shared_with_a_forked_child(void **state)
+{
+    (void)state;
+    mp_shm *s;
+    TU_OK(mp_shm_new(&s, name_of("fork"), 4096, MP_CREATE | MP_EXCL));
+    assert_int_equal(tu_wait(tu_fork(child_writes, s), 10), 0);
+    assert_string_equal(mp_shm_buf(s), "from child");
+    TU_OK(mp_shm_unlink(s));
+    mp_shm_free(s);
+}
+
+/* ------------------------------------------------------------------ python3 */
+
+static bool have_python(void)
+{
+    return system("python3 -c 'import multiprocessing.shared_memory' >/dev/null 2>&1") == 0;
+}
+
+/* Python's tracker would unlink (and warn about) a segment it did not make. */
+#define PY_PRELUDE "from multiprocessing import shared_memory as sm, resource_tracker as rt; "
+
+static void test_shm_python_reads_what_c_wrote(void **state)
+{
+    (void)state;
+    if (!have_python())
+        skip();
+    mp_shm *s;
+    TU_OK(mp_shm_new(&s, name_of("c2py"), 1000, MP_CREATE | MP_EXCL));
+    strcpy(mp_shm_buf(s), "written by C");
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"" PY_PRELUDE "s = sm.SharedMemory(name='%s'); "
+             "rt.unregister(s._name, 'shared_memory'); "
+             "assert s.size == 1000, s.size; assert bytes(s.buf[:12]) == b'written by C'; "
+             "s.buf[:3] = b'py!'; s.close()\"",
+             mp_shm_name(s));
+    assert_int_equal(system(cmd), 0);
+    assert_memory_equal(mp_shm_buf(s), "py!", 3);
+    TU_OK(mp_shm_unlink(s));
+    mp_shm_free(s);
+    assert_int_equal(leftovers(), 0);
+}
+
+static void test_shm_c_reads_what_python_wrote(void **state)
+{
+    (void)state;
+    if (!have_python())
+        skip();
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"" PY_PRELUDE "s = sm.SharedMemory(name='%s', create=True, size=3000); "
+             "s.buf[:14] = b'written by py\\0'; rt.unregister(s._name, 'shared_memory'); s.close()\"",
+             name_of("py2c"));
+    assert_int_equal(system(cmd), 0);
+    mp_shm *s;
+    TU_OK(mp_shm_new(&s, name_of("py2c"), 0, 0));
+    assert_true(mp_shm_size(s) >= 3000);                     /* Python may round up to a page */
+    assert_string_equal(mp_shm_buf(s), "written by py");
+    TU_OK(mp_shm_unlink(s));
+    mp_shm_free(s);
+    assert_int_equal(leftovers(), 0);
+}
+
+static int remove_leftovers(void **state)
+{
+    (void)state;
+    DIR *d = opendir("/dev/shm");
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+            shm_unlink(e->d_name);
+    if (d)
+        closedir(d);
+    return 0;
+}
+
+int main(void)
+{
+    tu_watchdog(60);
+    snprintf(prefix, sizeof prefix, "mptest_%d_", (int)getpid());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shm_new_refuses_bad_arguments),
+        cmocka_unit_test(test_shm_open_of_missing_name_returns_enoent),
+        cmocka_unit_test(test_shm_create_then_open_share_one_buffer),
+        cmocka_unit_test(test_shm_without_a_name_gets_a_python_style_one),
+        cmocka_unit_test(test_shm_name_keeps_a_leading_slash_the_caller_gave),
+        cmocka_unit_test(test_shm_is_shared_with_a_forked_child),
+        cmocka_unit_test(test_shm_python_reads_what_c_wrote),
+        cmocka_unit_test(test_shm_c_reads_what_python_wrote),
+    };
+    /* a failed test must not leave its segment behind either */
+    return cmocka_run_group_tests(tests, NULL, remove_leftovers);
+}
