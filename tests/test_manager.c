@@ -238,6 +238,52 @@ static void test_manager_bad_arguments_are_einval(void **state)
     mp_manager_free(m);
 }
 
+static void test_proxy_calls_check_sizes_and_handles(void **state)
+{
+    mp_manager *m = start();
+    mp_list *l = NULL;
+    mp_mqueue *q = NULL;
+    mp_dict *d = open_dict(m, "d");
+    TU_OK(mp_list_open(m, "l", &l));
+    TU_OK(mp_manager_queue(m, "q", 0, &q));
+    size_t big = (size_t)17 * 1024 * 1024;
+    TU_ASSERT_RC(mp_list_append(l, "x", big), MP_ETOOBIG);
+    TU_ASSERT_RC(mp_list_set(l, 0, "x", big), MP_ETOOBIG);
+    TU_ASSERT_RC(mp_mqueue_put(q, "x", big, 0), MP_ETOOBIG);
+    TU_ASSERT_RC(mp_dict_cas(d, "k", NULL, 1, "v", 1), MP_EINVAL);
+    TU_ASSERT_RC(mp_list_get(l, 0, NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_list_len(NULL, &(size_t){ 0 }), MP_EINVAL);
+    TU_ASSERT_RC(mp_dict_len(d, NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_dict_keys(NULL, &(mp_buf){ 0 }), MP_EINVAL);
+    TU_ASSERT_RC(mp_mqueue_get(NULL, &(mp_buf){ 0 }, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_manager_queue(NULL, "q", 0, &q), MP_EINVAL);
+    TU_ASSERT_RC(mp_manager_lock(NULL, "l", &(mp_lock *){ NULL }), MP_EINVAL);
+    TU_ASSERT_RC(mp_list_open(m, NULL, &l), MP_EINVAL);
+    mp_list_free(l);
+    mp_mqueue_free(q);
+    mp_mqueue_free(NULL);
+    mp_list_free(NULL);
+    mp_dict_free(NULL);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
+static void test_calls_after_shutdown_return_ebroken(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "d");
+    mp_mqueue *q = NULL;
+    TU_OK(mp_manager_queue(m, "q", 0, &q));
+    TU_OK(mp_manager_shutdown(m));
+    TU_ASSERT_RC(mp_dict_set(d, "k", "v", 1), MP_EBROKEN);
+    TU_ASSERT_RC(mp_mqueue_get(q, &(mp_buf){ 0 }, 1), MP_EBROKEN);
+    mp_dict *again = NULL;
+    TU_ASSERT_RC(mp_dict_open(m, "d", &again), MP_EBROKEN);
+    mp_mqueue_free(q);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
 /* ------------------------------------------------------------------ dicts */
 
 static void test_dict_set_get_del_len_keys_clear(void **state)
@@ -1108,6 +1154,8 @@ int main(void)
         cmocka_unit_test(test_manager_unix_path_address_is_removed_at_shutdown),
         cmocka_unit_test(test_manager_wrong_authkey_is_refused_with_eauth),
         cmocka_unit_test(test_manager_bad_arguments_are_einval),
+        cmocka_unit_test(test_proxy_calls_check_sizes_and_handles),
+        cmocka_unit_test(test_calls_after_shutdown_return_ebroken),
         cmocka_unit_test(test_dict_set_get_del_len_keys_clear),
         cmocka_unit_test(test_dict_typed_values_return_etype_on_mismatch),
         cmocka_unit_test(test_dict_incr_starts_at_zero_and_checks_type_and_overflow),

@@ -388,7 +388,12 @@ static struct mval int_arg(int64_t i) { return (struct mval){ .type = MV_INT, .i
 static bool key_ok(const char *key) { return key && strlen(key) <= MSG_MAX_KEY; }
 static bool bytes_ok(const void *p, size_t len) { return (p || len == 0) && len <= MSG_MAX_VALUE; }
 
-static bool proxy_ok(const struct proxy *p, uint32_t magic) { return p && p->magic == magic; }
+/* A freed manager makes its proxies unusable too (arena memory stays
+ * mapped, so the check itself is safe). */
+static bool proxy_ok(const struct proxy *p, uint32_t magic)
+{
+    return p && p->magic == magic && p->m && p->m->magic == MAGIC_MANAGER;
+}
 
 /* ------------------------------------------------------------------ managers */
 
@@ -633,7 +638,7 @@ static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, b
 
 static void proxy_free(struct proxy *p, uint32_t magic)
 {
-    if (!proxy_ok(p, magic))
+    if (!p || p->magic != magic)      /* its manager may be gone already */
         return;
     if (p->own)
         mconn_forget(p);
