@@ -550,7 +550,8 @@ pid_t mp_manager_pid(const mp_manager *m)
     return manager_ok(m) && m->server_pid > 0 ? m->server_pid : -1;
 }
 
-/* Waits for our server child to exit; SIGKILL when it will not. */
+/* Waits for our server child to exit; SIGKILL when it will not. Without
+ * pidfd_open (old kernels, valgrind) it polls waitpid. */
 static void manager_reap(pid_t pid, double timeout)
 {
     int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -560,6 +561,12 @@ static void manager_reap(pid_t pid, double timeout)
             kill(pid, SIGKILL);
         close(pfd);
     } else {
+        mp_deadline d = deadline_in(timeout);
+        pid_t r;
+        while ((r = waitpid(pid, NULL, WNOHANG)) == 0 && !deadline_passed(&d))
+            poll(NULL, 0, 1);
+        if (r == pid)
+            return;              /* reaped: the pid may already be someone else's */
         kill(pid, SIGKILL);
     }
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
