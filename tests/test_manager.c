@@ -750,6 +750,33 @@ static void test_server_stays_responsive_with_500_connected_clients(void **state
     mp_manager_free(m);
 }
 
+static void *thread_incr(void *arg)
+{
+    for (int i = 0; i < 500; i++)
+        if (mp_dict_incr(arg, "n", 1, NULL) != 0)
+            return NULL;
+    return arg;
+}
+
+static void test_threads_share_one_handle_safely(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "threads");
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        TU_OK(pthread_create(&t[i], NULL, thread_incr, d));
+    for (int i = 0; i < 4; i++) {
+        void *ok = NULL;
+        TU_OK(pthread_join(t[i], &ok));
+        assert_non_null(ok);
+    }
+    int64_t n;
+    TU_OK(mp_dict_get_i64(d, "n", &n));
+    assert_int_equal(n, 2000);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
 static int child_uses_inherited_handle(void *arg)
 {
     mp_dict *d = arg;
@@ -1170,6 +1197,7 @@ int main(void)
         cmocka_unit_test(test_dict_incr_from_8_processes_is_exact),
         cmocka_unit_test(test_500_clients_connecting_and_leaving_leave_no_fds_or_memory),
         cmocka_unit_test(test_server_stays_responsive_with_500_connected_clients),
+        cmocka_unit_test(test_threads_share_one_handle_safely),
         cmocka_unit_test(test_handles_created_before_fork_work_in_the_child),
         cmocka_unit_test(test_handles_work_in_spawned_and_forked_processes),
         cmocka_unit_test(test_server_killed_makes_every_call_fail_within_a_second),

@@ -10,6 +10,8 @@
  * has its own, so a blocked get or acquire never holds up the others and a
  * lock's owner is exactly one connection. Blocking calls wait on the server
  * in slices and re-ask until their own deadline, letting other threads in.
+ * A process sharing the server's arena sends its requests through a
+ * shared-memory channel instead of the socket (channel.h).
  */
 #include "manager/channel.h"
 #include "manager/manager_internal.h"

@@ -2,10 +2,12 @@
  *
  * A client thread authenticates its peer, then loops: receive a frame
  * (spinning briefly before it sleeps, so a chatty client gets microsecond
- * round trips), decode, execute on the store, reply. Any malformed frame
- * gets an MP_EPROTO reply; an oversized or unreadable one closes that
- * connection only. When a client goes, the locks it held are released and
- * marked so the next acquirer gets MP_EOWNERDEAD.
+ * round trips), decode, execute on the store, reply. A client of the same
+ * family may move its requests to a shared-memory channel (channel.h); the
+ * thread then serves that instead. Any malformed request gets an MP_EPROTO
+ * reply; an oversized or unreadable frame closes that connection only. When
+ * a client goes, the locks it held are released and marked so the next
+ * acquirer gets MP_EOWNERDEAD.
  */
 #include "manager/channel.h"
 #include "manager/manager_internal.h"
@@ -64,7 +66,8 @@ static int client_attach(struct client *c, const struct mmsg *req)
 {
     struct channel *ch = (struct channel *)(uintptr_t)req->v[1].i;
     uint32_t magic = CHANNEL_MAGIC;
-    if (c->ch || !arena_contains(ch, sizeof *ch) || ch->nonce != (uint64_t)req->v[2].i ||
+    if (c->ch || (uintptr_t)ch % _Alignof(struct channel) != 0 ||
+        !arena_contains(ch, sizeof *ch) || ch->nonce != (uint64_t)req->v[2].i ||
         !atomic_compare_exchange_strong(&ch->magic, &magic, CHANNEL_ATTACHED))
         return MP_EINVAL;
     c->ch = ch;
