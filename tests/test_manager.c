@@ -25,6 +25,15 @@
 #pragma weak mp_lock_release
 #pragma weak mp_lock_free
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 #if defined(__SANITIZE_THREAD__)
 #define TU_TSAN 1
 #elif defined(__has_feature)
@@ -90,6 +99,8 @@ static void test_manager_outlives_the_thread_that_started_it(void **state)
 #if TU_TSAN
     skip();         /* ThreadSanitizer cannot run threads after a multi-threaded fork */
 #endif
+    if (RUNNING_ON_VALGRIND)
+        skip();     /* no pidfd_open there: the server falls back to PDEATHSIG */
     mp_manager *m = NULL;
     pthread_t t;
     void *ok = NULL;
@@ -713,7 +724,8 @@ static void test_500_clients_connecting_and_leaving_leave_no_fds_or_memory(void 
     assert_true(tu_wait_for(fds_back_to, &c, 10));
     long rss1 = rss_kb(srv);
     print_message("server private RSS %ld kB -> %ld kB\n", rss0, rss1);
-    assert_true(rss1 - rss0 < RSS_SLACK_KB);
+    if (!RUNNING_ON_VALGRIND)           /* whose own bookkeeping grows */
+        assert_true(rss1 - rss0 < RSS_SLACK_KB);
     mp_dict *d = open_dict(m, "churn");
     int64_t n;
     TU_OK(mp_dict_get_i64(d, "n", &n));
@@ -724,6 +736,8 @@ static void test_500_clients_connecting_and_leaving_leave_no_fds_or_memory(void 
 
 static void test_server_stays_responsive_with_500_connected_clients(void **state)
 {
+    if (RUNNING_ON_VALGRIND)
+        skip();     /* 500 server threads under valgrind miss the 5 s handshake limit */
     mp_manager *m = start();
     size_t klen;
     const void *key = mp_manager_authkey(m, &klen);
@@ -807,6 +821,8 @@ static int target_set_from_child(void *arg)
 
 static void test_handles_work_in_spawned_and_forked_processes(void **state)
 {
+    if (RUNNING_ON_VALGRIND)
+        skip();     /* spawn re-executes valgrind itself; join returns early there */
     mp_manager *m = start();
     mp_dict *d = open_dict(m, "inherit");
     mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
