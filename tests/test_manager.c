@@ -1021,6 +1021,47 @@ static void test_malformed_requests_get_an_error_and_others_are_served(void **st
     mp_manager_free(m);
 }
 
+/* [2, address, nonce] as CBOR: array(3), 2, uint64 address, uint64 nonce. */
+static size_t attach_request(uint8_t *out, uint64_t addr, uint64_t nonce)
+{
+    out[0] = 0x83;
+    out[1] = 0x02;
+    out[2] = 0x1b;
+    out[11] = 0x1b;
+    for (int i = 0; i < 8; i++) {
+        out[3 + i] = (uint8_t)(addr >> (56 - 8 * i));
+        out[12 + i] = (uint8_t)(nonce >> (56 - 8 * i));
+    }
+    return 20;
+}
+
+static void test_attach_refuses_memory_that_is_not_a_shared_channel(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "d");
+    uint8_t req[20], buf[16];
+    const uint64_t bad[][2] = {
+        { 0x1000, 1 },                                  /* not in the arena */
+        { (uint64_t)(uintptr_t)m, 1 },                 /* in the arena, not a channel */
+        { (uint64_t)(uintptr_t)m + 1, 1 },             /* misaligned */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int fd = raw_connect(m);
+        TU_OK(raw_send(fd, req, attach_request(req, bad[i][0], bad[i][1])));
+        ssize_t n = raw_recv(fd, buf, sizeof buf);
+        assert_int_equal(n, 2);
+        assert_int_equal(buf[0], 0x81);
+        assert_int_equal(buf[1], 0x20 + 21);          /* -22: MP_EINVAL */
+        static const uint8_t ping[] = { 0x81, 0x00 };  /* still served on the socket */
+        TU_OK(raw_send(fd, ping, sizeof ping));
+        assert_int_equal(raw_recv(fd, buf, sizeof buf), 2);
+        close(fd);
+    }
+    TU_OK(mp_dict_incr(d, "alive", 1, NULL));
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
 static void test_oversized_and_truncated_frames_close_only_that_connection(void **state)
 {
     mp_manager *m = start();
@@ -1219,6 +1260,7 @@ int main(void)
         cmocka_unit_test(test_server_killed_makes_every_call_fail_within_a_second),
         cmocka_unit_test(test_malformed_requests_get_an_error_and_others_are_served),
         cmocka_unit_test(test_oversized_and_truncated_frames_close_only_that_connection),
+        cmocka_unit_test(test_attach_refuses_memory_that_is_not_a_shared_channel),
         cmocka_unit_test(test_python_client_speaks_the_documented_protocol),
         cmocka_unit_test(test_cli_serve_and_one_shot_commands),
     };
