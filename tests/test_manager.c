@@ -893,8 +893,10 @@ static void test_server_killed_makes_every_call_fail_within_a_second(void **stat
     pid_t getter = tu_fork(child_blocked_get, q);
     mp_buf b = { 0 };
     TU_OK(mp_dict_set(d, "k", "v", 1));
-    kill(mp_manager_pid(m), SIGKILL);
+    pid_t srv = mp_manager_pid(m);
+    kill(srv, SIGKILL);
     double t0 = tu_now();
+    assert_true(tu_wait_for(server_gone, &srv, 5));   /* kill is asynchronous */
     assert_true(is_gone_error(mp_dict_get(d, "k", &b)));
     assert_true(is_gone_error(mp_dict_set(d, "k", "v", 1)));
     assert_true(is_gone_error(mp_mqueue_put(q, "x", 1, 0)));
