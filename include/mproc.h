@@ -248,8 +248,9 @@ MP_EXTERN void  mp_shared_free(void *p);
  * (name without '/'). MP_CREATE|MP_EXCL: a new one, -EEXIST if taken;
  * MP_CREATE: new or existing; 0: existing, -ENOENT if none. A new one needs
  * size > 0; an existing one keeps its own size, which must be >= size (0: any).
- * name NULL with MP_CREATE: a fresh "psm_xxxxxxxx". The handle is per process:
- * a forked child inherits it, a spawned one opens the name again. */
+ * name NULL with MP_CREATE: a fresh "psm_xxxxxxxx". The handle reaches children
+ * through their argument; a spawned one maps the name on its first mp_shm_buf
+ * (NULL if unlinked by then). mp_shm_free in a child only unmaps it there. */
 MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);
 MP_EXTERN void *mp_shm_buf(const mp_shm *s);
 MP_EXTERN size_t mp_shm_size(const mp_shm *s);
