@@ -3,6 +3,8 @@
  * killed while waiting breaks it instead of wedging the others. */
 #include "sync_helpers.h"
 
+#include <limits.h>
+
 #include <stdlib.h>
 
 #define ROUNDS 20
@@ -81,6 +83,7 @@ static void test_barrier_calls_refuse_bad_arguments(void **state)
     TU_ASSERT_RC(mp_barrier_new(NULL, 2), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_new(&b, 0), MP_EINVAL);
     assert_null(b);
+    TU_ASSERT_RC(mp_barrier_new(&b, UINT_MAX), MP_EINVAL);     /* indices are ints */
     TU_ASSERT_RC(mp_barrier_wait(NULL, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_abort(NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_reset(NULL), MP_EINVAL);
