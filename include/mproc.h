@@ -186,6 +186,7 @@ MP_EXTERN int  mp_barrier_abort(mp_barrier *b);
 MP_EXTERN int  mp_barrier_reset(mp_barrier *b);
 MP_EXTERN int  mp_barrier_parties(mp_barrier *b);
 MP_EXTERN int  mp_barrier_n_waiting(mp_barrier *b);   /* 0 unless filling, as Python */
+MP_EXTERN bool mp_barrier_broken(mp_barrier *b);      /* Python's .broken; false for a bad handle */
 MP_EXTERN void mp_barrier_free(mp_barrier *b);
 
 /* ------------------------------------------------------------------ queues */

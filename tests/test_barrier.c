@@ -89,6 +89,7 @@ static void test_barrier_calls_refuse_bad_arguments(void **state)
     TU_ASSERT_RC(mp_barrier_reset(NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_parties(NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_n_waiting(NULL), MP_EINVAL);
+    assert_false(mp_barrier_broken(NULL));
     mp_barrier_free(NULL);
     TU_OK(mp_barrier_new(&b, 2));
     TU_ASSERT_RC(mp_barrier_wait(b, 0.0 / 0.0), MP_EINVAL);
@@ -154,8 +155,10 @@ static void test_barrier_wait_timeout_breaks_it_for_every_waiter(void **state)
     assert_int_equal((intptr_t)thread_join(th), 100);
     assert_int_equal(tu_wait(pid, 10), 100);
     TU_ASSERT_RC(mp_barrier_wait(t->b, 10), MP_EBROKEN);    /* stays broken */
+    assert_true(mp_barrier_broken(t->b));
     assert_int_equal(mp_barrier_n_waiting(t->b), 0);
     TU_OK(mp_barrier_reset(t->b));                           /* reset mends it */
+    assert_false(mp_barrier_broken(t->b));
     pid_t pids[3];
     for (int i = 0; i < 3; i++)
         pids[i] = tu_fork(wait_once, t);
