@@ -423,6 +423,7 @@ static int contend_then_hold(void *arg)
 static void test_lock_works_and_stays_robust_under_every_start_method(void **state)
 {
     (void)state;
+    SKIP_START_METHODS_UNDER_VALGRIND();
     mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
     for (int m = 0; m < 3; m++) {
         struct spawned *sp = mp_shared_alloc(sizeof *sp);

@@ -1,7 +1,7 @@
 /* test_shm.c - named shared memory: create/open/exclusive rules, sizes,
  * names as Python spells them, sharing with a child and with python3, and
  * nothing left in /dev/shm afterwards. */
-#include "testutil.h"
+#include "sync_helpers.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -156,6 +156,7 @@ static int child_reads_writes_and_frees(void *arg)
 static void test_shm_handle_reaches_children_under_every_start_method(void **state)
 {
     (void)state;
+    SKIP_START_METHODS_UNDER_VALGRIND();
     mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
     for (int m = 0; m < 3; m++) {
         mp_shm *s;
