@@ -52,6 +52,7 @@ struct mp_runtime {
     size_t nfds, capfds;
     struct mp_thread *threads;       /* started here, not yet freed */
     unsigned next_thread;
+    struct env_block *envs;          /* environments of execs under way (spawn.c) */
     char *cmdline;                   /* /proc/self/cmdline, for spawn's exec */
     char **argv;                     /* pointers into cmdline, NULL-terminated */
     int exe_fd;                      /* /proc/self/exe, opened once; -1 = not yet */
@@ -93,6 +94,7 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
                bool daemon, pid_t *pid);
 /* Builds "NAME=value" plus the current environment without NAME. */
 char **spawn_env(const char *name, const char *value);
+void spawn_env_free(char **envp);
 /* In a child after fork: execs this program, keeping keep_fds open; returns errno. */
 int spawn_exec_self(const char *path, const char *const *argv, char **envp,
                     const int *keep_fds, size_t nkeep);

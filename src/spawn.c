@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +30,34 @@ static bool is_ours(const char *entry)
            strncmp(entry, SERVER_ENV "=", sizeof SERVER_ENV) == 0;
 }
 
+/* An environment built for one exec. It stays on a runtime list while in
+ * use: a fork by another thread meanwhile then leaves its child a block that
+ * a global still points to, not one that looks leaked (to valgrind). */
+struct env_block {
+    struct env_block *next, *prev;
+    char *envp[];
+};
+
 char **spawn_env(const char *name, const char *value)
 {
     size_t n = 0;
     while (environ && environ[n])
         n++;
     size_t var_len = strlen(name) + 1 + strlen(value) + 1;
-    char **envp = malloc((n + 2) * sizeof *envp + var_len);
-    if (!envp)
+    struct mp_runtime *r = runtime();
+    runtime_lock();                 /* no fork between malloc and listing */
+    struct env_block *b = malloc(sizeof *b + (n + 2) * sizeof(char *) + var_len);
+    if (!b) {
+        runtime_unlock();
         return NULL;
+    }
+    b->prev = NULL;
+    b->next = r->envs;
+    if (b->next)
+        b->next->prev = b;
+    r->envs = b;
+    runtime_unlock();
+    char **envp = b->envp;
     char *var = (char *)(envp + n + 2);
     snprintf(var, var_len, "%s=%s", name, value);
     size_t k = 0;
@@ -47,6 +67,23 @@ char **spawn_env(const char *name, const char *value)
             envp[k++] = environ[i];
     envp[k] = NULL;
     return envp;
+}
+
+void spawn_env_free(char **envp)
+{
+    if (!envp)
+        return;
+    struct env_block *b = (struct env_block *)((char *)envp - offsetof(struct env_block, envp));
+    struct mp_runtime *r = runtime();
+    runtime_lock();
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        r->envs = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    free(b);
+    runtime_unlock();
 }
 
 /* In the child between fork and exec: only async-signal-safe calls. */
@@ -113,7 +150,7 @@ out:
         close(pipefd[0]);
     if (pipefd[1] >= 0)
         close(pipefd[1]);
-    free(envp);
+    spawn_env_free(envp);
     return rc;
 }
 

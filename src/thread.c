@@ -233,21 +233,19 @@ void thread_join_all_at_exit(void)
     }
 }
 
-/* Only the forking thread exists in the child: the others are over there. */
+/* Only the forking thread exists in the child: the others are over there.
+ * Their records stay listed (the handles are the program's; valgrind would
+ * call them leaked otherwise) but read as ended and joined. */
 void thread_after_fork_child(void)
 {
-    struct mp_runtime *r = runtime();
-    struct mp_thread *t = r->threads;
-    while (t) {
-        struct mp_thread *next = t->next;
-        t->listed = false;
-        if (t != self) {
-            pthread_mutex_init(&t->join_lock, NULL);
-            t->joined = true;
+    for (struct mp_thread *t = runtime()->threads; t; t = t->next) {
+        if (t == self)
+            continue;
+        pthread_mutex_init(&t->join_lock, NULL);
+        t->joined = true;
+        if (atomic_load(&t->state) == PROC_RUNNING) {
             t->exitcode = -1;
             atomic_store(&t->state, PROC_DONE);
         }
-        t = next;
     }
-    r->threads = NULL;
 }
