@@ -32,20 +32,23 @@ static int server_launch(struct mp_runtime *r)
     int afd = arena_fd();
     if (afd < 0)
         return MP_ENOMEM;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+    process_fork_lock();
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        process_fork_unlock();
         return -errno;
+    }
+    r->fs_sock = sv[0];                 /* from now on, forked children close it */
     char spec[160];
     snprintf(spec, sizeof spec, "%d:%d:%" PRIxPTR ":%zx:%d", sv[1], afd,
              (uintptr_t)arena_base(), arena_size(), (int)getpid());
     int keep[2] = { sv[1], afd };
     pid_t pid;
-    int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, &pid);
-    close(sv[1]);
+    int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, sv[1], &pid);
     if (rc != 0) {
         close(sv[0]);
+        r->fs_sock = -1;
         return rc;
     }
-    r->fs_sock = sv[0];
     r->fs_pid = pid;
     return 0;
 }

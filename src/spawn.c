@@ -100,23 +100,19 @@ int spawn_exec_self(const char *path, const char *const *argv, char **envp,
 }
 
 int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t nkeep,
-               bool daemon, pid_t *out)
+               bool daemon, int parent_close, pid_t *out)
 {
     const char *path;
     const char *const *argv = process_exec_argv(&path);
     char **envp = spawn_env(name, spec);
     int pipefd[2] = { -1, -1 }, rc = 0;
-    if (!argv || !envp) {
+    pid_t pid = -1;
+    if (!argv || !envp)
         rc = MP_ENOMEM;
-        goto out;
-    }
-    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+    else if (pipe2(pipefd, O_CLOEXEC) != 0)
         rc = -errno;
-        goto out;
-    }
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
+    if (rc == 0 && (pid = fork()) == 0) {
         close(pipefd[0]);
         if (daemon)
             process_daemon_guard(parent);   /* PDEATHSIG survives exec */
@@ -128,28 +124,28 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
         (void)w;
         _exit(127);
     }
-    if (pid < 0) {
+    if (rc == 0 && pid < 0)
         rc = -errno;
-        goto out;
-    }
-    close(pipefd[1]);
-    pipefd[1] = -1;
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    if (parent_close >= 0)
+        close(parent_close);
+    process_fork_unlock();              /* no write end is left to inherit */
     int err = 0;
-    ssize_t n;
-    do
-        n = read(pipefd[0], &err, sizeof err);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = 0;
+    if (rc == 0) {
+        do
+            n = read(pipefd[0], &err, sizeof err);
+        while (n < 0 && errno == EINTR);
+    }
     if (n > 0) {                        /* exec failed: the child is ours to reap */
         waitpid(pid, NULL, 0);
         rc = err ? -err : MP_ENOMEM;
-        goto out;
     }
-    *out = pid;
-out:
+    if (rc == 0)
+        *out = pid;
     if (pipefd[0] >= 0)
         close(pipefd[0]);
-    if (pipefd[1] >= 0)
-        close(pipefd[1]);
     spawn_env_free(envp);
     return rc;
 }
@@ -160,18 +156,23 @@ int spawn_start(struct mp_process *p, int *fd)
     int exit_pipe[2];
     if (afd < 0)
         return MP_ENOMEM;
+    process_fork_lock();
     int rc = proc_exit_pipe(exit_pipe);
-    if (rc != 0)
+    if (rc != 0) {
+        process_fork_unlock();
         return rc;
+    }
     char spec[128];
     snprintf(spec, sizeof spec, "%d:%" PRIxPTR ":%zx:%" PRIxPTR ":%d", afd,
              (uintptr_t)arena_base(), arena_size(), (uintptr_t)p, exit_pipe[1]);
     int keep[2] = { afd, exit_pipe[1] };
     pid_t pid;
-    rc = spawn_exec(SPAWN_ENV, spec, keep, exit_pipe[1] >= 0 ? 2 : 1, p->daemon, &pid);
+    rc = spawn_exec(SPAWN_ENV, spec, keep, exit_pipe[1] >= 0 ? 2 : 1, p->daemon,
+                    exit_pipe[1], &pid);
+    exit_pipe[1] = -1;                  /* closed by spawn_exec */
     if (rc != 0) {
-        close(exit_pipe[0]);
-        close(exit_pipe[1]);
+        if (exit_pipe[0] >= 0)
+            close(exit_pipe[0]);
         return rc;
     }
     p->pid = pid;

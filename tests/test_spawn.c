@@ -362,6 +362,50 @@ static void test_exit_joins_children_of_every_method(void **state)
     close(fds[1]);
 }
 
+#define FORKER_MAX 40
+struct forker { mp_process *kids[FORKER_MAX]; int n; _Atomic int stop; };
+
+static int forks_long_lived_children(void *arg)
+{
+    struct forker *f = arg;
+    while (!atomic_load(&f->stop) && f->n < FORKER_MAX) {
+        mp_process **k = &f->kids[f->n];
+        if (mp_process_new(k, waits_forever, NULL, NULL) != 0 || mp_process_start(*k) != 0)
+            return 1;
+        f->n++;
+    }
+    return 0;
+}
+
+/* Descriptors a child must hold alone (exit, exec-error and server pipes)
+ * must not leak into a child another thread forks at the same moment, or
+ * a start or join would wait for that long-lived child. */
+static void test_start_is_not_held_up_by_a_concurrent_fork(void **state)
+{
+    struct forker *f = calloc(1, sizeof *f);
+    mp_thread *t;
+    TU_OK(mp_thread_new(&t, forks_long_lived_children, f, NULL));
+    TU_OK(mp_thread_start(t));
+    double t0 = tu_now();
+    for (int i = 0; i < 10; i++) {
+        struct job j = { i, 0, "copied" };
+        assert_int_equal(finish(start(state, sums_job, &j, sizeof j, false)), i);
+    }
+    assert_true(tu_now() - t0 < 15 * tu_slow());
+    atomic_store(&f->stop, 1);
+    TU_OK(mp_thread_join(t, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_thread_exitcode(t, &code));
+    assert_int_equal(code, 0);
+    TU_OK(mp_thread_free(t));
+    for (int i = 0; i < f->n; i++) {
+        TU_OK(mp_process_kill(f->kids[i]));
+        TU_OK(mp_process_join(f->kids[i], 10 * tu_slow()));
+        TU_OK(mp_process_free(f->kids[i]));
+    }
+    free(f);
+}
+
 static int set_method(void **state, mp_start_method m)
 {
     *state = (void *)(intptr_t)m;
@@ -386,6 +430,7 @@ int main(void)
         BOTH(test_target_outside_any_object_is_refused),
         BOTH(test_many_children_in_a_row),
         BOTH(test_exec_failure_is_reported_by_start),
+        BOTH(test_start_is_not_held_up_by_a_concurrent_fork),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
         cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
