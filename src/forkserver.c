@@ -98,13 +98,14 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         if (r->fs_sock < 0 && (rc = server_launch(r)) != 0)
             break;
         rc = ask(r->fs_sock, p, &rep, pidfd);
-        if (rc != -EPIPE && rc != -ECONNRESET)
-            break;
-        server_close(r);            /* the server died: start another one */
+        if (rc != -EPIPE)
+            break;                  /* sent: a retry could start the child twice */
+        server_close(r);            /* it died before the request: start another */
     }
     pthread_mutex_unlock(&r->fs_lock);
     if (rc == 0 && rep.rc != 0) {
-        close(*pidfd);
+        if (*pidfd >= 0)
+            close(*pidfd);
         rc = rep.rc;
     }
     return rc;

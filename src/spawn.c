@@ -18,7 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-
 extern char **environ;
 
 /* Defined by conn.c when connections exist in the build. */

@@ -333,6 +333,19 @@ static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
     assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);   /* a new server */
 }
 
+static void test_forkserver_is_restarted_when_found_dead(void **state)
+{
+    mp_process *p = start(state, waits_forever, NULL, 0, false);
+    pid_t server = parent_of(mp_process_pid(p));
+    TU_OK(mp_process_kill(p));
+    assert_int_equal(finish(p), -SIGKILL);
+    assert_true(server > 0 && server != getpid());
+    TU_OK(kill(server, SIGKILL));          /* idle, and nobody notices */
+    assert_true(tu_wait_for(dead, &server, 10));
+    assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);
+    assert_true(tu_pid_gone(server));      /* the dead one was reaped on the way */
+}
+
 static int exits_with_a_child(void *arg)
 {
     struct helper_arg *h = arg;
@@ -434,6 +447,7 @@ int main(void)
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
         cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
+        cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
