@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 struct mp_thread {
@@ -193,8 +192,7 @@ mp_thread *mp_current_thread(void)
 {
     if (self)
         return self;
-    /* Not mp_gettid(): its cached value is the parent's in a forked child. */
-    if (syscall(SYS_gettid) == getpid())
+    if (mp_gettid() == (uint32_t)runtime()->pid)
         return &main_thread;
     if (!foreign.magic) {
         static _Atomic unsigned dummies;
