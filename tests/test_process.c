@@ -490,10 +490,16 @@ static int joins_sibling(void *arg)
         return 1;
     if (mp_process_join(sibling, 0.05) != MP_ETIMEDOUT)
         return 2;
+    int fd = mp_process_sentinel(sibling);     /* a pidfd opened here; none without pidfds */
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    if (fd != -ENOSYS && (fd < 0 || poll(&pfd, 1, 0) != 0))
+        return 6;
     if (mp_process_kill(sibling) != 0)
         return 3;
     if (mp_process_join(sibling, 10) != 0)
         return 4;
+    if (fd != -ENOSYS && poll(&pfd, 1, 0) != 1)
+        return 7;
     return mp_process_is_alive(sibling) ? 5 : 0;
 }
 
