@@ -2,7 +2,8 @@
 # run.sh BUILD_DIR [CC] - installs BUILD_DIR into a scratch prefix and uses it
 # the way a user would: an outside CMake project with find_package(mproc)
 # linking mproc::mproc and mproc::mproc_static, a pkg-config consumer (shared
-# and static libmproc.a), the versioned soname and the exported symbols.
+# and static libmproc.a), the versioned soname, the exported symbols and the
+# mproc-manager program.
 set -eu
 build=$(cd "$1" && pwd)
 cc=${2:-cc}
@@ -19,6 +20,11 @@ libdir=$(dirname "$(find "$prefix" -name 'libmproc.so' | head -1)")
 [ -f "$libdir/libmproc.a" ] || fail "static library not installed"
 [ -f "$libdir/pkgconfig/mproc.pc" ] || fail "mproc.pc not installed"
 [ -f "$libdir/cmake/mproc/mprocConfig.cmake" ] || fail "CMake package not installed"
+
+if [ -x "$build/tools/mproc-manager" ]; then
+  "$prefix/bin/mproc-manager" --help 2>&1 | grep -q '^usage: mproc-manager' ||
+    fail "mproc-manager not installed or not runnable"
+fi
 
 echo "== soname and exported symbols"
 soname=$(readelf -d "$libdir/libmproc.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
