@@ -257,6 +257,12 @@ MP_EXTERN void  mp_shm_free(mp_shm *s);     /* unmaps; the segment stays until u
 
 /* ------------------------------------------------------------------ pool and futures */
 
+/* A task is fn(in, len, out): in is a copy of the caller's bytes, out starts
+ * empty and what fn appends comes back; non-zero means the task failed.
+ * fn is found again in each worker (by object and offset), so it may be any
+ * function of the program or of a library it loaded, under every method.
+ * A worker that dies fails only its task (MP_ECRASHED) and is replaced.
+ * A pool is used from the process (and any thread) that created it. */
 typedef struct mp_pool mp_pool;
 typedef struct mp_future mp_future;
 typedef struct mp_iter mp_iter;
@@ -265,39 +271,70 @@ typedef enum { MP_PROCESSES, MP_THREADS, MP_MPI /* libmproc_mpi, under mpirun */
 typedef struct {
     int processes;                    /* 0: mp_cpu_count() */
     void (*initializer)(void *arg); void *initarg; size_t initarg_size;
-    int maxtasksperchild;             /* 0: unlimited */
-    mp_start_method method;  mp_backend backend;
-    double task_timeout;              /* 0: none; an overrunning task's worker is killed */
-    void (*progress)(size_t done, size_t total, void *ctx);   /* at most every 100 ms */
+                                      /* once per worker; initarg_size bytes copied (0: pointer as is) */
+    int maxtasksperchild;             /* 0: unlimited; a chunk of a map counts as one task */
+    mp_start_method method;  mp_backend backend;   /* MP_MPI: MP_EINVAL without libmproc_mpi */
+    double task_timeout;              /* 0: none; an overrunning task's worker is killed
+                                         (MP_EKILLED) and replaced; MP_EINVAL with MP_THREADS */
+    void (*progress)(size_t done, size_t total, void *ctx);   /* items (a map counts each one),
+                                         on the pool's result thread, at most every 100 ms
+                                         and once more when all submitted work is done */
     void *progress_ctx;
 } mp_pool_opts;
 
 MP_EXTERN int  mp_pool_new(mp_pool **p, const mp_pool_opts *o);
 MP_EXTERN int  mp_pool_apply(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_buf *out);
+                                      /* the task's result code, as mp_future_result */
 MP_EXTERN int  mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **f);
+                                      /* MP_ECLOSED after close or terminate */
+/* map: out[i] = fn(in[i]) for n elements of in_size bytes; each result must
+ * fit out_size bytes (shorter ones are zero-padded; longer fail the item
+ * with MP_ETOOBIG). starmap is map over an array of argument structs. Every
+ * item runs even when some fail; the call returns the error of the lowest
+ * failing item (MP_ETASK, MP_ECRASHED, ...); map_async's future tells its
+ * index (mp_future_failed_index) and code. out must stay valid until done. */
 MP_EXTERN int  mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                            void *out, size_t out_size, size_t chunksize);   /* chunksize 0: automatic */
 MP_EXTERN int  mp_pool_map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                                  void *out, size_t out_size, size_t chunksize, mp_future **f);
+/* imap: results of any size, streamed with their index, in order or as they
+ * come. mp_iter_next returns that item's code (0, MP_ETASK, MP_ECRASHED,
+ * MP_EKILLED; mp_iter_code tells the task's code) or MP_EEOF after the last. */
 MP_EXTERN int  mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                             size_t chunksize, bool unordered, mp_iter **it);
 MP_EXTERN int  mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout);  /* MP_EEOF at end */
-MP_EXTERN void mp_iter_free(mp_iter *it);
-MP_EXTERN int  mp_pool_close(mp_pool *p);
-MP_EXTERN int  mp_pool_terminate(mp_pool *p);
-MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);
-MP_EXTERN void mp_pool_free(mp_pool *p);
+MP_EXTERN int  mp_iter_code(mp_iter *it);                   /* code of the item last returned */
+MP_EXTERN void mp_iter_free(mp_iter *it);                   /* safe while items are pending */
+MP_EXTERN int  mp_pool_close(mp_pool *p);       /* no more tasks; workers leave once all are done */
+MP_EXTERN int  mp_pool_terminate(mp_pool *p);   /* kills the workers, pending tasks end MP_EKILLED
+                                                   (MP_THREADS: running tasks finish); returns when all is gone */
+MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);   /* after close/terminate, else MP_ESTATE */
+MP_EXTERN void mp_pool_free(mp_pool *p);        /* terminates a pool still running */
+/* join, terminate and free wait for the pool's own threads: from an on_done
+ * or progress callback they return MP_ESTATE (free does nothing). */
 
-MP_EXTERN int  mp_future_wait(mp_future *f, double timeout);
+MP_EXTERN int  mp_future_wait(mp_future *f, double timeout);   /* 0 done, MP_ETIMEDOUT */
 MP_EXTERN bool mp_future_done(mp_future *f);
 MP_EXTERN int  mp_future_result(mp_future *f, mp_buf *out, double timeout);
-               /* 0, MP_ETASK, MP_ECRASHED, MP_EKILLED, MP_ECANCELLED; MP_ETIMEDOUT = not done yet */
-MP_EXTERN int  mp_future_code(mp_future *f);                 /* task's return code or signal */
-MP_EXTERN int  mp_future_cancel(mp_future *f);               /* 0 if it had not started */
+               /* 0, MP_ETASK, MP_ECRASHED, MP_EKILLED, MP_ECANCELLED; MP_ETIMEDOUT = not done yet;
+                  MP_EBROKEN: the pool could not keep a worker alive (its initializer kills them);
+                  out (may be NULL) gets what fn wrote, also when it returned non-zero */
+/* MP_ETASK: fn's return value; MP_ECRASHED: the signal that killed the
+ * worker, or its exit status if it called exit(); 0 otherwise. */
+MP_EXTERN int  mp_future_code(mp_future *f);
+MP_EXTERN int  mp_future_failed_index(mp_future *f, size_t *index);   /* map: lowest failing item;
+                                                   MP_ESTATE if none failed or not done */
+MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (result: MP_ECANCELLED),
+                                                   else MP_ESTATE; maps cannot be cancelled */
+/* cb runs once f is done: at once in the calling thread if it already is,
+ * else on the pool's result thread in the process that created the pool. */
 MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx);
 enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
-MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);  /* count done */
-MP_EXTERN void mp_future_free(mp_future *f);
+/* Count done when the mode is met or at the timeout (like Python's wait:
+ * a timeout is not an error). FIRST_EXCEPTION: any ended with an error
+ * other than MP_ECANCELLED. */
+MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);
+MP_EXTERN void mp_future_free(mp_future *f);    /* safe while pending: the task still runs */
 
 /* ------------------------------------------------------------------ manager */
 

@@ -1,0 +1,313 @@
+/* future.c - the result of a task: waiting on it, reading it, cancelling it.
+ *
+ * A future is the task itself, in the arena. Its 32-bit state word is also
+ * the futex its waiters sleep on; whoever finishes the task publishes rc,
+ * code and output with one CAS on that word, and wakes only if a waiter set
+ * TASK_WAITERS, so an uncontended completion makes no system call.
+ */
+#include "pool_internal.h"
+
+#include <limits.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SPIN_NS 20000
+
+static bool valid(const mp_future *f)
+{
+    return f && arena_contains(f, sizeof *f) && f->magic == MAGIC_FUTURE;
+}
+
+mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
+{
+    if (in_len > SIZE_MAX - sizeof(mp_future))
+        return NULL;
+    mp_future *f = arena_alloc_nozero(sizeof *f + in_len);
+    if (!f)
+        return NULL;
+    memset(f, 0, sizeof *f);
+    f->magic = MAGIC_FUTURE;
+    f->kind = kind;
+    f->owner = p;
+    f->fail_index = SIZE_MAX;
+    f->in_len = in_len;
+    return f;
+}
+
+void task_free(mp_future *f)
+{
+    atomic_store(&f->id, 0);
+    f->magic = MAGIC_FREED;
+    if (f->out && f->out != f->out_inline)
+        arena_free(f->out);
+    arena_free(f->blob);
+    for (struct callback *c = f->callbacks, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    arena_free(f);
+}
+
+int task_finish(mp_future *f, uint32_t from, int rc, int code)
+{
+    struct pool_shared *sh = f->sh;
+    uint32_t kind = f->kind;
+    uint32_t s = atomic_load(&f->state);
+    if ((s & TASK_BASE) != from)
+        return -1;
+    f->rc = rc;
+    f->code = code;
+    while (!atomic_compare_exchange_weak(&f->state, &s, (s & ~TASK_BASE) | TASK_FINAL))
+        if ((s & TASK_BASE) != from)
+            return -1;
+    /* From here f may belong to its caller again: touch only what s allows. */
+    if (kind == KIND_APPLY && sh->count_items)
+        atomic_fetch_add(&sh->items_done, 1);
+    if (s & TASK_WAITERS)
+        futex_wake(&f->state, INT_MAX);
+    if (atomic_load(&sh->any_waiters)) {
+        atomic_fetch_add(&sh->any_seq, 1);
+        futex_wake(&sh->any_seq, INT_MAX);
+    }
+    if (s & TASK_NOTIFY)
+        collector_push(sh, f);
+    else if (s & TASK_DETACHED)
+        task_free(f);
+    return 0;
+}
+
+void task_processed(mp_future *f)
+{
+    uint32_t s = atomic_fetch_or(&f->state, TASK_PROCESSED);
+    if (s & TASK_DETACHED)
+        task_free(f);
+}
+
+void task_run_callbacks(mp_future *f)
+{
+    pthread_mutex_t *lock = pool_lock(f->owner);
+    pthread_mutex_lock(lock);
+    struct callback *list = f->callbacks;
+    f->callbacks = NULL;
+    pthread_mutex_unlock(lock);
+    for (struct callback *c = list, *next; c; c = next) {
+        next = c->next;
+        c->cb(f, c->ctx);
+        free(c);
+    }
+}
+
+static bool spin_until_final(mp_future *f)
+{
+    static int ncpu;
+    if (!ncpu)
+        ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 2)
+        return false;
+    uint64_t start = now_ns();
+    for (unsigned i = 0;; i++) {
+        if (state_final(atomic_load_explicit(&f->state, memory_order_acquire)))
+            return true;
+        sched_yield();               /* the worker we wait for may need this CPU */
+        if ((i & 7) == 7 && now_ns() - start > SPIN_NS)
+            return false;
+    }
+}
+
+int task_wait(mp_future *f, const mp_deadline *d)
+{
+    if (state_final(atomic_load(&f->state)))
+        return 0;
+    if (deadline_passed(d))
+        return MP_ETIMEDOUT;
+    if (spin_until_final(f))
+        return 0;
+    for (;;) {
+        uint32_t s = atomic_load(&f->state);
+        if (state_final(s))
+            return 0;
+        if (!(s & TASK_WAITERS)) {
+            if (!atomic_compare_exchange_weak(&f->state, &s, s | TASK_WAITERS))
+                continue;
+            s |= TASK_WAITERS;
+        }
+        if (futex_wait(&f->state, s, d) == MP_ETIMEDOUT)
+            return state_final(atomic_load(&f->state)) ? 0 : MP_ETIMEDOUT;
+    }
+}
+
+int mp_future_wait(mp_future *f, double timeout)
+{
+    if (!valid(f) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    mp_deadline d = deadline_in(timeout);
+    return task_wait(f, &d);
+}
+
+bool mp_future_done(mp_future *f)
+{
+    return valid(f) && state_final(atomic_load(&f->state));
+}
+
+int mp_future_result(mp_future *f, mp_buf *out, double timeout)
+{
+    int rc = mp_future_wait(f, timeout);
+    if (rc != 0)
+        return rc;
+    if (out) {
+        out->len = 0;
+        rc = mp_buf_append(out, f->out, f->out_len);
+        if (rc != 0)
+            return rc;
+    }
+    return f->rc;
+}
+
+int mp_future_code(mp_future *f)
+{
+    if (!valid(f) || !state_final(atomic_load(&f->state)))
+        return 0;
+    return f->code;
+}
+
+int mp_future_failed_index(mp_future *f, size_t *index)
+{
+    if (!valid(f) || !index)
+        return MP_EINVAL;
+    if (!state_final(atomic_load(&f->state)) || f->fail_index == SIZE_MAX)
+        return MP_ESTATE;
+    *index = f->fail_index;
+    return 0;
+}
+
+int mp_future_cancel(mp_future *f)
+{
+    if (!valid(f))
+        return MP_EINVAL;
+    if (f->kind != KIND_APPLY)
+        return MP_ESTATE;
+    if ((atomic_load(&f->state) & TASK_BASE) != TASK_QUEUED)
+        return MP_ESTATE;
+    struct pool_shared *sh = f->sh;
+    int rc = MP_ESTATE;
+    list_lock(sh);
+    if ((atomic_load(&f->state) & TASK_BASE) == TASK_QUEUED && list_unlink(sh, f))
+        rc = task_finish(f, TASK_QUEUED, MP_ECANCELLED, 0) == 0 ? 0 : MP_ESTATE;
+    list_unlock(sh);
+    return rc;
+}
+
+int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
+{
+    if (!valid(f) || !cb)
+        return MP_EINVAL;
+    if (state_final(atomic_load(&f->state))) {
+        cb(f, ctx);
+        return 0;
+    }
+    if (!f->owner || !pool_owned_here(f->owner))
+        return MP_ESTATE;
+    struct callback *c = calloc(1, sizeof *c);
+    if (!c)
+        return MP_ENOMEM;
+    c->cb = cb;
+    c->ctx = ctx;
+    pthread_mutex_t *lock = pool_lock(f->owner);
+    pthread_mutex_lock(lock);
+    uint32_t s = atomic_load(&f->state);
+    while (!state_final(s) && !atomic_compare_exchange_weak(&f->state, &s, s | TASK_NOTIFY))
+        ;
+    if (state_final(s)) {            /* finished meanwhile: run it here, now */
+        pthread_mutex_unlock(lock);
+        free(c);
+        cb(f, ctx);
+        return 0;
+    }
+    struct callback **tail = &f->callbacks;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = c;
+    pthread_mutex_unlock(lock);
+    return 0;
+}
+
+static bool wait_satisfied(mp_future **fs, size_t n, int mode, int *done)
+{
+    int count = 0;
+    bool failed = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!state_final(atomic_load(&fs[i]->state)))
+            continue;
+        count++;
+        failed |= fs[i]->rc != 0 && fs[i]->rc != MP_ECANCELLED;
+    }
+    *done = count;
+    if (mode == MP_FIRST_COMPLETED)
+        return count > 0;
+    if (mode == MP_FIRST_EXCEPTION && failed)
+        return true;
+    return (size_t)count == n;
+}
+
+/* Any pool one of the pending futures belongs to, and whether they span
+ * several (then waits are sliced, since only one word is watched). */
+static struct pool_shared *pending_pool(mp_future **fs, size_t n, bool *mixed)
+{
+    struct pool_shared *sh = NULL;
+    *mixed = false;
+    for (size_t i = 0; i < n; i++) {
+        if (state_final(atomic_load(&fs[i]->state)))
+            continue;
+        if (sh && fs[i]->sh != sh)
+            *mixed = true;
+        if (!sh)
+            sh = fs[i]->sh;
+    }
+    return sh;
+}
+
+int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
+{
+    if ((!fs && n) || n > INT_MAX || !timeout_valid(timeout) ||
+        (mode != MP_FIRST_COMPLETED && mode != MP_FIRST_EXCEPTION && mode != MP_ALL_COMPLETED))
+        return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!valid(fs[i]))
+            return MP_EINVAL;
+    mp_deadline d = deadline_in(timeout);
+    int done;
+    for (;;) {
+        if (wait_satisfied(fs, n, mode, &done) || deadline_passed(&d))
+            return done;
+        bool mixed;
+        struct pool_shared *sh = pending_pool(fs, n, &mixed);
+        if (!sh)
+            continue;
+        atomic_fetch_add(&sh->any_waiters, 1);
+        uint32_t seq = atomic_load(&sh->any_seq);
+        if (!wait_satisfied(fs, n, mode, &done)) {
+            mp_deadline slice = d;
+            if (mixed && deadline_left(&d) > 0.01)
+                slice = deadline_in(0.01);
+            futex_wait(&sh->any_seq, seq, &slice);
+        }
+        atomic_fetch_sub(&sh->any_waiters, 1);
+    }
+}
+
+void mp_future_free(mp_future *f)
+{
+    if (!valid(f))
+        return;
+    uint32_t s = atomic_load(&f->state);
+    for (;;) {
+        if (state_final(s) && (!(s & TASK_NOTIFY) || (s & TASK_PROCESSED))) {
+            task_free(f);
+            return;
+        }
+        if (atomic_compare_exchange_weak(&f->state, &s, s | TASK_DETACHED))
+            return;
+    }
+}

@@ -1,0 +1,1212 @@
+/* pool.c - worker pools that survive their workers: Pool and ProcessPoolExecutor.
+ *
+ * Tasks are futures in the arena, queued on one list under a robust mutex.
+ * A worker claims a task by writing it into its slot before unlinking it, so
+ * when a worker dies the pool knows exactly which task it took: the monitor
+ * thread sees the death (pidfd), the collector thread fails that one task
+ * (MP_ECRASHED, or MP_EKILLED for task_timeout and terminate) and the monitor
+ * starts a replacement. The collector also runs on_done callbacks, finishes
+ * maps and feeds imap iterators, all in the caller's process.
+ */
+#include "pool_internal.h"
+
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define SPIN_NS 20000
+#define PROGRESS_NS 100000000ull
+#define INIT_FAILURES_MAX 3        /* workers dying in their initializer: pool broken */
+
+enum { POOL_OPEN, POOL_CLOSED, POOL_TERMINATED };
+
+struct worker {
+    mp_process *proc;               /* processes backend */
+    pthread_t thread;               /* threads backend */
+    bool alive;
+    bool killing;                   /* we killed it: its task ends MP_EKILLED */
+};
+
+struct notice {                     /* a worker died holding this task */
+    struct notice *next;
+    mp_future *f;
+    uint64_t id;
+    int rc, code;
+};
+
+struct fncache { const void *fn; const struct fnentry *e; };
+
+struct mp_pool {
+    uint32_t magic;
+    pid_t owner;
+    struct pool_shared *sh;
+    const struct pool_backend *ops;
+    mp_pool_opts o;
+    int nworkers;
+    struct worker *workers;
+    pthread_mutex_t lock;           /* workers, state, notices */
+    pthread_mutex_t cblock;         /* callbacks of this pool's futures */
+    pthread_mutex_t fnlock;         /* fncache and the shared function list */
+    _Atomic int state;              /* POOL_* */
+    int efd;                        /* wakes the monitor */
+    pthread_t monitor, collector;
+    bool threads_running, threads_joined;
+    _Atomic uint32_t monitor_done;
+    _Atomic uint32_t finished;      /* futex: the collector has drained everything */
+    _Atomic uint32_t start_rc;      /* futex: 0 starting, 1 started, else the error */
+    struct notice *notices;
+    _Atomic uint32_t notices_pending;   /* posted, not yet handled */
+    int init_failures;
+    struct fncache *fns;
+    size_t nfns, capfns;
+    uint64_t progress_done, progress_total, progress_ns;
+    mp_pool *next_live;
+};
+
+/* Pools still running in this process, terminated at exit (Python's Pool
+ * finalizer) before the process module stops their workers: the one piece
+ * of global state here, or workers would be replaced while exit kills them. */
+static struct {
+    pthread_mutex_t lock;
+    mp_pool *list;
+    pthread_once_t registered;
+    _Atomic pid_t pid;               /* getpid() is a system call: cached, reset at fork */
+} live = { PTHREAD_MUTEX_INITIALIZER, NULL, PTHREAD_ONCE_INIT, 0 };
+static void live_add(mp_pool *p);
+static void live_register(void);
+
+static bool valid(const mp_pool *p)
+{
+    return p && p->magic == MAGIC_POOL;
+}
+
+static pid_t self_pid(void)
+{
+    pid_t pid = atomic_load_explicit(&live.pid, memory_order_relaxed);
+    if (!pid) {
+        pid = getpid();
+        atomic_store_explicit(&live.pid, pid, memory_order_relaxed);
+    }
+    return pid;
+}
+
+bool pool_owned_here(const mp_pool *p)
+{
+    return p->owner == self_pid();
+}
+
+pthread_mutex_t *pool_lock(mp_pool *p)
+{
+    return &p->cblock;
+}
+
+struct pool_shared *pool_shared_of(const mp_pool *p)
+{
+    return p->sh;
+}
+
+int pool_worker_count(const mp_pool *p)
+{
+    return p->nworkers;
+}
+
+bool pool_terminating(const mp_pool *p)
+{
+    return atomic_load(&p->state) == POOL_TERMINATED;
+}
+
+int pool_check_open(mp_pool *p)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    if (!pool_owned_here(p))
+        return MP_ESTATE;
+    return atomic_load(&p->state) == POOL_OPEN ? 0 : MP_ECLOSED;
+}
+
+static void signal_monitor(mp_pool *p)
+{
+    uint64_t one = 1;
+    ssize_t w = write(p->efd, &one, sizeof one);
+    (void)w;
+}
+
+/* ------------------------------------------------------------------ task list */
+
+/* A worker killed inside list_pop may have claimed the head without
+ * unlinking it: the head is then no longer QUEUED. */
+static void list_repair(struct pool_shared *sh)
+{
+    if (sh->head && (atomic_load(&sh->head->state) & TASK_BASE) != TASK_QUEUED)
+        sh->head = sh->head->next;
+    uint64_t n = 0;
+    sh->tail = NULL;
+    for (mp_future *f = sh->head; f; f = f->next, n++)
+        sh->tail = f;
+    atomic_store(&sh->queued, n);
+}
+
+void list_lock(struct pool_shared *sh)
+{
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    if (rmutex_lock(&sh->lock, &forever) == MP_EOWNERDEAD)
+        list_repair(sh);
+}
+
+void list_unlock(struct pool_shared *sh)
+{
+    rmutex_unlock(&sh->lock);
+}
+
+bool list_unlink(struct pool_shared *sh, mp_future *f)
+{
+    mp_future *prev = NULL;
+    for (mp_future *t = sh->head; t; prev = t, t = t->next) {
+        if (t != f)
+            continue;
+        if (prev)
+            prev->next = t->next;
+        else
+            sh->head = t->next;
+        if (sh->tail == t)
+            sh->tail = prev;
+        atomic_fetch_sub(&sh->queued, 1);
+        return true;
+    }
+    return false;
+}
+
+int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t count)
+{
+    last->next = NULL;
+#ifdef POOL_TSAN
+    for (mp_future *f = first; f; f = f->next)
+        HANDOVER_RELEASE(f);
+#endif
+    list_lock(sh);
+    if (atomic_load(&sh->closing) == CLOSING_NOW) {   /* terminated since the caller looked */
+        list_unlock(sh);
+        return MP_ECLOSED;
+    }
+    if (sh->tail)
+        sh->tail->next = first;
+    else
+        sh->head = first;
+    sh->tail = last;
+    atomic_fetch_add(&sh->queued, count);
+    list_unlock(sh);
+    atomic_fetch_add(&sh->seq, 1);
+    if (atomic_load(&sh->sleepers))
+        futex_wake(&sh->seq, count < INT_MAX ? (int)count : INT_MAX);
+    return 0;
+}
+
+/* The slot is written before the task leaves the list, so at every point a
+ * dead worker's slot or the list (see list_repair) still names the task. */
+static mp_future *list_pop(struct pool_shared *sh, struct slot *s)
+{
+    list_lock(sh);
+    mp_future *f = sh->head;
+    if (f) {
+        atomic_store(&s->current_id, atomic_load(&f->id));
+        atomic_store(&s->current, f);
+        uint32_t st = atomic_load(&f->state);
+        while (!atomic_compare_exchange_weak(&f->state, &st, (st & ~TASK_BASE) | TASK_RUNNING))
+            ;
+        sh->head = f->next;
+        if (!sh->head)
+            sh->tail = NULL;
+        atomic_fetch_sub(&sh->queued, 1);
+    }
+    list_unlock(sh);
+    return f;
+}
+
+static void wake_workers(struct pool_shared *sh)
+{
+    atomic_fetch_add(&sh->seq, 1);
+    futex_wake(&sh->seq, INT_MAX);
+}
+
+void collector_push(struct pool_shared *sh, mp_future *f)
+{
+    mp_future *old = atomic_load(&sh->done_head);
+    do
+        atomic_store_explicit(&f->next_done, old, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak(&sh->done_head, &old, f));
+    if (atomic_load(&sh->collector_sleeping)) {
+        atomic_fetch_add(&sh->done_seq, 1);
+        futex_wake(&sh->done_seq, 1);
+    }
+}
+
+static void wake_collector(struct pool_shared *sh)
+{
+    atomic_fetch_add(&sh->done_seq, 1);
+    futex_wake(&sh->done_seq, 1);
+}
+
+/* ------------------------------------------------------------------ functions */
+
+/* Every function a task names is registered once per pool as an fnref in
+ * the arena; tasks carry the entry, workers cache what it resolves to. */
+const struct fnentry *pool_fn(mp_pool *p, mp_fn fn)
+{
+    const struct fnentry *e = NULL;
+    pthread_mutex_lock(&p->fnlock);
+    for (size_t i = p->nfns; i-- > 0;)
+        if (p->fns[i].fn == (const void *)fn) {
+            e = p->fns[i].e;
+            goto out;
+        }
+    if (p->nfns == p->capfns) {
+        size_t cap = p->capfns ? p->capfns * 2 : 8;
+        struct fncache *n = realloc(p->fns, cap * sizeof *n);
+        if (!n)
+            goto out;
+        p->fns = n;
+        p->capfns = cap;
+    }
+    struct fnentry *ne = arena_alloc(sizeof *ne);
+    if (!ne)
+        goto out;
+    if (fnref_from((const void *)fn, &ne->ref) != 0) {
+        arena_free(ne);
+        goto out;
+    }
+    ne->index = p->sh->nfns++;
+    ne->next = p->sh->fns;
+    p->sh->fns = ne;
+    p->fns[p->nfns++] = (struct fncache){ (const void *)fn, ne };
+    e = ne;
+out:
+    pthread_mutex_unlock(&p->fnlock);
+    return e;
+}
+
+/* ------------------------------------------------------------------ the worker */
+
+struct worker_local {
+    void **fns;                     /* resolved, by fnentry index */
+    uint32_t cap;
+    mp_buf out;
+};
+
+static mp_fn worker_resolve(struct worker_local *L, const struct fnentry *e)
+{
+    if (e->index >= L->cap) {
+        uint32_t cap = e->index + 16;
+        void **n = realloc(L->fns, cap * sizeof *n);
+        if (!n)
+            return NULL;
+        memset(n + L->cap, 0, (cap - L->cap) * sizeof *n);
+        L->fns = n;
+        L->cap = cap;
+    }
+    if (!L->fns[e->index])
+        L->fns[e->index] = fnref_resolve(&e->ref);
+    return (mp_fn)L->fns[e->index];
+}
+
+static void idle_wait(struct pool_shared *sh, uint32_t seq)
+{
+    uint64_t start = now_ns();
+    for (unsigned i = 0; atomic_load_explicit(&sh->seq, memory_order_acquire) == seq; i++) {
+        sched_yield();               /* on a busy machine the submitter needs the CPU */
+        if ((i & 7) == 7 && now_ns() - start > SPIN_NS) {
+            mp_deadline forever = deadline_in(MP_FOREVER);
+            atomic_fetch_add(&sh->sleepers, 1);
+            if (atomic_load(&sh->seq) == seq)
+                futex_wait(&sh->seq, seq, &forever);
+            atomic_fetch_sub(&sh->sleepers, 1);
+            return;
+        }
+    }
+}
+
+static mp_future *take_task(struct pool_shared *sh, struct slot *s)
+{
+    for (;;) {
+        uint32_t seq = atomic_load(&sh->seq);
+        uint32_t closing = atomic_load(&sh->closing);
+        if (closing == CLOSING_NOW)
+            return NULL;
+        if (atomic_load(&sh->queued) > 0) {
+            mp_future *f = list_pop(sh, s);
+            if (f)
+                return f;
+            continue;
+        }
+        if (closing == CLOSING_DRAIN)
+            return NULL;
+        idle_wait(sh, seq);
+    }
+}
+
+/* Copies the worker's output into the task: inline when small. */
+static int store_output(mp_future *f, const mp_buf *out)
+{
+    if (out->len == 0)
+        return 0;
+    void *dst = f->out_inline;
+    if (out->len > TASK_INLINE && !(dst = arena_alloc_nozero(out->len)))
+        return MP_ENOMEM;
+    memcpy(dst, out->data, out->len);
+    f->out = dst;
+    f->out_len = out->len;
+    return 0;
+}
+
+static void run_apply(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, mp_buf *out)
+{
+    int rc = 0, code = 0;
+    out->len = 0;
+    if (!fn) {
+        rc = MP_EINVAL;                  /* its object cannot be found in this image */
+    } else {
+        if (sh->task_timeout > 0)
+            atomic_store(&s->started_ns, now_ns());
+        code = fn(f->in, f->in_len, out);
+        atomic_store(&s->started_ns, 0);
+        rc = store_output(f, out);
+        if (rc == 0 && code != 0)
+            rc = MP_ETASK;
+    }
+    task_finish(f, TASK_RUNNING, rc, code);
+}
+
+static bool run_initializer(struct pool_shared *sh, void **keep)
+{
+    void (*init)(void *) = (void (*)(void *))fnref_resolve(&sh->init_ref);
+    void *arg = sh->initarg;
+    if (!init)
+        return false;
+    if (sh->initarg_size) {          /* each worker gets its own copy, kept for its life */
+        *keep = malloc(sh->initarg_size);
+        if (*keep)
+            memcpy(*keep, sh->initarg, sh->initarg_size);
+        arg = *keep;
+    }
+    init(arg);
+    return true;
+}
+
+int pool_worker_main(void *arg)
+{
+    struct worker_arg a = *(struct worker_arg *)arg;
+    struct pool_shared *sh = a.sh;
+    struct slot *s = &sh->slots[a.slot];
+    struct worker_local L = { 0 };
+    void *initarg = NULL;
+    if (sh->has_init && !run_initializer(sh, &initarg))
+        return 127;                  /* not found in this image: counts as a failed start */
+    atomic_store(&s->ready, 1);
+    for (int done = 0; sh->maxtasks == 0 || done < sh->maxtasks; done++) {
+        mp_future *f = take_task(sh, s);
+        if (!f)
+            break;
+        mp_fn fn = worker_resolve(&L, f->kind == KIND_CHUNK ? f->job->fn : f->fn);
+        if (f->kind == KIND_CHUNK)
+            chunk_run(sh, s, f, fn, &L.out);
+        else
+            run_apply(sh, s, f, fn, &L.out);
+        atomic_store(&s->current, NULL);
+    }
+    free(initarg);
+    free(L.fns);
+    mp_buf_free(&L.out);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ backends */
+
+static int proc_start(mp_pool *p, int slot)
+{
+    struct worker_arg a = { p->sh, slot };
+    char name[32];
+    snprintf(name, sizeof name, "PoolWorker-%d", slot + 1);
+    mp_process_opts po = { .name = name, .daemon = true, .method = p->o.method, .arg_size = sizeof a };
+    mp_process *proc;
+    int rc = mp_process_new(&proc, pool_worker_main, &a, &po);
+    if (rc != 0)
+        return rc;
+    rc = mp_process_start(proc);
+    if (rc != 0) {
+        mp_process_free(proc);
+        return rc;
+    }
+    p->workers[slot].proc = proc;
+    return 0;
+}
+
+static bool proc_ended(mp_pool *p, int slot, int *status)
+{
+    mp_process *proc = p->workers[slot].proc;
+    return mp_process_join(proc, 0) == 0 && mp_process_exitcode(proc, status) == 0;
+}
+
+static int proc_kill(mp_pool *p, int slot)
+{
+    return mp_process_kill(p->workers[slot].proc);
+}
+
+static int proc_sentinel(mp_pool *p, int slot)
+{
+    return mp_process_sentinel(p->workers[slot].proc);
+}
+
+static void proc_release(mp_pool *p, int slot)
+{
+    mp_process_free(p->workers[slot].proc);
+    p->workers[slot].proc = NULL;
+}
+
+static void proc_stop(mp_pool *p, int slot)
+{
+    mp_process_kill(p->workers[slot].proc);
+    mp_process_join(p->workers[slot].proc, MP_FOREVER);
+    proc_release(p, slot);
+}
+
+static const struct pool_backend processes_backend = {
+    "processes", proc_start, proc_ended, proc_kill, proc_sentinel, proc_release, proc_stop,
+};
+
+struct thread_arg { struct worker_arg a; mp_pool *p; };
+
+static void *thread_main(void *arg)
+{
+    struct thread_arg t = *(struct thread_arg *)arg;
+    free(arg);
+    pool_worker_main(&t.a);
+    atomic_store(&t.a.sh->slots[t.a.slot].exited, 1);
+    signal_monitor(t.p);
+    return NULL;
+}
+
+static int thread_start(mp_pool *p, int slot)
+{
+    struct thread_arg *t = malloc(sizeof *t);
+    if (!t)
+        return MP_ENOMEM;
+    *t = (struct thread_arg){ { p->sh, slot }, p };
+    int rc = pthread_create(&p->workers[slot].thread, NULL, thread_main, t);
+    if (rc != 0) {
+        free(t);
+        return -rc;
+    }
+    return 0;
+}
+
+static bool thread_ended(mp_pool *p, int slot, int *status)
+{
+    if (!atomic_load(&p->sh->slots[slot].exited))
+        return false;
+    pthread_join(p->workers[slot].thread, NULL);
+    *status = 0;
+    return true;
+}
+
+static int thread_kill(mp_pool *p, int slot)
+{
+    (void)p, (void)slot;
+    return MP_ESTATE;                /* a thread cannot be killed; it ends with its task */
+}
+
+static int thread_sentinel(mp_pool *p, int slot)
+{
+    (void)p, (void)slot;
+    return -1;
+}
+
+static void thread_release(mp_pool *p, int slot)
+{
+    (void)p, (void)slot;
+}
+
+static void thread_stop(mp_pool *p, int slot)
+{
+    pthread_join(p->workers[slot].thread, NULL);   /* the pool is closing: it returns */
+}
+
+static const struct pool_backend threads_backend = {
+    "threads", thread_start, thread_ended, thread_kill, thread_sentinel, thread_release, thread_stop,
+};
+
+/* ------------------------------------------------------------------ stopping */
+
+/* Fails every queued task with rc: terminate, or a pool that cannot run. */
+static void fail_queued(struct pool_shared *sh, int rc)
+{
+    list_lock(sh);
+    mp_future *list = sh->head;
+    sh->head = sh->tail = NULL;
+    atomic_store(&sh->queued, 0);
+    list_unlock(sh);
+    for (mp_future *f = list, *next; f; f = next) {
+        next = f->next;
+        task_finish(f, TASK_QUEUED, rc, 0);
+    }
+}
+
+/* Under p->lock: no new work, no replacements, every worker killed. */
+static void halt(mp_pool *p, int rc)
+{
+    atomic_store(&p->state, POOL_TERMINATED);
+    atomic_store(&p->sh->closing, CLOSING_NOW);
+    wake_workers(p->sh);
+    fail_queued(p->sh, rc);
+    for (int i = 0; i < p->nworkers; i++)
+        if (p->workers[i].alive)
+            p->ops->kill(p, i);
+}
+
+/* ------------------------------------------------------------------ the monitor */
+
+static int start_worker(mp_pool *p, int slot)
+{
+    struct slot *s = &p->sh->slots[slot];
+    atomic_store(&s->current, NULL);
+    atomic_store(&s->current_id, 0);
+    atomic_store(&s->started_ns, 0);
+    atomic_store(&s->ready, 0);
+    atomic_store(&s->exited, 0);
+    /* Not while a submitter is inside dlopen/dladdr (pool_fn): a child
+     * forked then could inherit the loader's lock held (ThreadSanitizer's
+     * interceptor does deadlock so), and it needs the loader to find fns. */
+    pthread_mutex_lock(&p->fnlock);
+    int rc = p->ops->start(p, slot);
+    pthread_mutex_unlock(&p->fnlock);
+    p->workers[slot].alive = rc == 0;
+    p->workers[slot].killing = false;
+    return rc;
+}
+
+static void post_notice(mp_pool *p, int slot, int status)
+{
+    struct slot *s = &p->sh->slots[slot];
+    mp_future *f = atomic_load(&s->current);
+    if (!atomic_load(&s->ready) && ++p->init_failures >= INIT_FAILURES_MAX)
+        halt(p, MP_EBROKEN);         /* its initializer kills every worker it starts */
+    else if (atomic_load(&s->ready))
+        p->init_failures = 0;
+    if (!f)
+        return;
+    struct notice *n = calloc(1, sizeof *n);
+    if (!n)
+        return;                      /* out of memory: that task stays pending */
+    n->f = f;
+    n->id = atomic_load(&s->current_id);
+    bool killed = p->workers[slot].killing || atomic_load(&p->state) == POOL_TERMINATED;
+    n->rc = killed ? MP_EKILLED : MP_ECRASHED;
+    n->code = status < 0 ? -status : status;
+    n->next = p->notices;
+    p->notices = n;
+    atomic_fetch_add(&p->notices_pending, 1);
+}
+
+/* Under p->lock: reaps ended workers, posting what each held. */
+static bool reap_workers(mp_pool *p)
+{
+    bool any = false;
+    for (int i = 0; i < p->nworkers; i++) {
+        int status;
+        if (!p->workers[i].alive || !p->ops->ended(p, i, &status))
+            continue;
+        p->workers[i].alive = false;
+        post_notice(p, i, status);
+        p->ops->release(p, i);
+        any = true;
+    }
+    return any;
+}
+
+static int alive_count(const mp_pool *p)
+{
+    int n = 0;
+    for (int i = 0; i < p->nworkers; i++)
+        n += p->workers[i].alive;
+    return n;
+}
+
+/* Under p->lock: keeps the pool at full strength while there is work. */
+static void replace_workers(mp_pool *p)
+{
+    struct pool_shared *sh = p->sh;
+    if (atomic_load(&p->state) == POOL_TERMINATED)
+        return;
+    if (atomic_load(&sh->closing) != CLOSING_NO && atomic_load(&sh->queued) == 0)
+        return;
+    for (int i = 0; i < p->nworkers; i++)
+        if (!p->workers[i].alive)
+            start_worker(p, i);
+    if (alive_count(p) == 0)
+        halt(p, MP_EBROKEN);         /* no worker can be started: fail, don't hang */
+}
+
+static bool monitor_finished(mp_pool *p)
+{
+    if (alive_count(p) > 0)
+        return false;
+    if (atomic_load(&p->state) == POOL_TERMINATED)
+        return true;
+    return atomic_load(&p->sh->closing) != CLOSING_NO && atomic_load(&p->sh->queued) == 0 &&
+           atomic_load(&p->notices_pending) == 0;
+}
+
+/* Kills workers whose item overran task_timeout; seconds to the next check. */
+static double enforce_timeouts(mp_pool *p)
+{
+    double limit = p->sh->task_timeout;
+    if (limit <= 0)
+        return -1;
+    double next = limit;
+    uint64_t now = now_ns();
+    for (int i = 0; i < p->nworkers; i++) {
+        uint64_t started = atomic_load(&p->sh->slots[i].started_ns);
+        if (!p->workers[i].alive || started == 0 || started > now)
+            continue;
+        double age = (double)(now - started) / 1e9;
+        if (age < limit) {
+            next = next < limit - age ? next : limit - age;
+        } else if (!p->workers[i].killing) {
+            p->workers[i].killing = true;
+            p->ops->kill(p, i);
+        }
+    }
+    return next;
+}
+
+static void monitor_poll(mp_pool *p, double wait)
+{
+    struct pollfd fds[p->nworkers + 1];
+    nfds_t n = 0;
+    fds[n++] = (struct pollfd){ .fd = p->efd, .events = POLLIN };
+    pthread_mutex_lock(&p->lock);
+    for (int i = 0; i < p->nworkers; i++) {
+        int fd = p->workers[i].alive ? p->ops->sentinel(p, i) : -1;
+        if (fd >= 0)
+            fds[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
+    }
+    pthread_mutex_unlock(&p->lock);
+    int ms = wait < 0 ? -1 : (int)(wait * 1000) + 1;
+    if (poll(fds, n, ms) > 0 && (fds[0].revents & POLLIN)) {
+        uint64_t v;
+        ssize_t r = read(p->efd, &v, sizeof v);
+        (void)r;
+    }
+}
+
+/* The first workers are started here too: a process worker is a daemon,
+ * killed when the *thread* that started it ends (PR_SET_PDEATHSIG), and this
+ * thread lives as long as the pool. mp_pool_new waits for the outcome. */
+static int start_first_workers(mp_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int rc = 0;
+    for (int i = 0; i < p->nworkers && rc == 0; i++)
+        rc = start_worker(p, i);
+    if (rc != 0) {
+        atomic_store(&p->sh->closing, CLOSING_NOW);
+        wake_workers(p->sh);
+        for (int i = 0; i < p->nworkers; i++)
+            if (p->workers[i].alive)
+                p->ops->stop(p, i);
+    }
+    pthread_mutex_unlock(&p->lock);
+    atomic_store(&p->start_rc, rc == 0 ? 1u : (uint32_t)rc);
+    futex_wake(&p->start_rc, INT_MAX);
+    return rc;
+}
+
+static void monitor_loop(mp_pool *p)
+{
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        if (reap_workers(p))
+            wake_collector(p->sh);
+        bool done = monitor_finished(p);
+        if (!done)
+            replace_workers(p);
+        double wait = done ? 0 : enforce_timeouts(p);
+        pthread_mutex_unlock(&p->lock);
+        if (done)
+            return;
+        monitor_poll(p, wait);
+    }
+}
+
+static void *monitor_main(void *arg)
+{
+    mp_pool *p = arg;
+    if (start_first_workers(p) == 0)
+        monitor_loop(p);
+    atomic_store(&p->monitor_done, 1);
+    wake_collector(p->sh);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ the collector */
+
+static void progress_tick(mp_pool *p, bool force)
+{
+    if (!p->o.progress)
+        return;
+    uint64_t done = atomic_load(&p->sh->items_done), total = atomic_load(&p->sh->items_total);
+    if (done == p->progress_done && total == p->progress_total)
+        return;
+    uint64_t now = now_ns();
+    if (!force && done != total && now - p->progress_ns < PROGRESS_NS)
+        return;
+    p->progress_done = done;
+    p->progress_total = total;
+    p->progress_ns = now;
+    p->o.progress(done, total, p->o.progress_ctx);
+}
+
+void pool_progress_add_total(mp_pool *p, uint64_t items)
+{
+    if (p->sh->count_items)
+        atomic_fetch_add(&p->sh->items_total, items);
+}
+
+void pool_progress_final(mp_pool *p)
+{
+    progress_tick(p, true);
+}
+
+static void collect(mp_pool *p, mp_future *f)
+{
+    if (f->kind == KIND_CHUNK) {
+        chunk_collect(p, f);
+        return;
+    }
+    task_run_callbacks(f);
+    task_processed(f);
+}
+
+/* The worker is gone, and everything it pushed has been collected: its
+ * slot's task either still runs (it died in it) or ended unannounced. */
+static void handle_notice(mp_pool *p, const struct notice *n)
+{
+    mp_future *f = n->f;
+    HANDOVER_ACQUIRE(f);
+    if (atomic_load(&f->id) != n->id)
+        return;                      /* finished and freed since */
+    uint32_t s = atomic_load(&f->state);
+    if ((s & TASK_BASE) == TASK_RUNNING)
+        task_finish(f, TASK_RUNNING, n->rc, n->code);
+    else if (state_final(s) && (s & TASK_NOTIFY) && !(s & TASK_PROCESSED))
+        collector_push(p->sh, f);
+}
+
+static mp_future *take_done(struct pool_shared *sh)
+{
+    mp_future *list = atomic_exchange(&sh->done_head, NULL), *fifo = NULL;
+    while (list) {                   /* the stack is newest first */
+        HANDOVER_ACQUIRE(list);
+        mp_future *next = atomic_load_explicit(&list->next_done, memory_order_relaxed);
+        atomic_store_explicit(&list->next_done, fifo, memory_order_relaxed);
+        fifo = list;
+        list = next;
+    }
+    return fifo;
+}
+
+static void collector_sleep(mp_pool *p, bool tick)
+{
+    struct pool_shared *sh = p->sh;
+    atomic_store(&sh->collector_sleeping, 1);
+    uint32_t seq = atomic_load(&sh->done_seq);
+    if (!atomic_load(&sh->done_head) && !atomic_load(&p->notices_pending) &&
+        !atomic_load(&p->monitor_done)) {
+        mp_deadline d = deadline_in(tick ? 0.1 : MP_FOREVER);
+        futex_wait(&sh->done_seq, seq, &d);
+    }
+    atomic_store(&sh->collector_sleeping, 0);
+}
+
+static bool collect_pushed(mp_pool *p)
+{
+    mp_future *done = take_done(p->sh);
+    for (mp_future *f = done, *next; f; f = next) {
+        next = atomic_load_explicit(&f->next_done, memory_order_relaxed);
+        collect(p, f);
+    }
+    return done != NULL;
+}
+
+static bool collector_round(mp_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    struct notice *notes = p->notices;
+    p->notices = NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (notes) {                     /* repairs the list before slots are trusted */
+        list_lock(p->sh);
+        list_unlock(p->sh);
+    }
+    bool any = collect_pushed(p) || notes;
+    uint32_t handled = 0;
+    for (struct notice *n = notes, *next; n; n = next, handled++) {
+        next = n->next;
+        handle_notice(p, n);
+        free(n);
+    }
+    if (handled) {
+        /* What the notices just failed (a chunk queues its rest again) is
+         * collected before the monitor may decide that all work is done. */
+        collect_pushed(p);
+        atomic_fetch_sub(&p->notices_pending, handled);
+        signal_monitor(p);
+    }
+    return any;
+}
+
+static void *collector_main(void *arg)
+{
+    mp_pool *p = arg;
+    for (;;) {
+        bool stop = atomic_load(&p->monitor_done);
+        bool any = collector_round(p);
+        progress_tick(p, false);
+        if (stop && !any && !atomic_load(&p->sh->done_head) && !atomic_load(&p->notices_pending))
+            break;
+        if (!any) {
+            bool busy = atomic_load(&p->sh->items_done) != atomic_load(&p->sh->items_total);
+            collector_sleep(p, p->o.progress && (busy || p->progress_done != p->progress_total));
+        }
+    }
+    progress_tick(p, true);
+    atomic_store(&p->finished, 1);
+    futex_wake(&p->finished, INT_MAX);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ the pool */
+
+static int check_opts(const mp_pool_opts *o)
+{
+    if (o->processes < 0 || o->maxtasksperchild < 0 || !timeout_valid(o->task_timeout) ||
+        o->task_timeout < 0 || (o->initarg_size && !o->initarg))
+        return MP_EINVAL;
+    if (o->method < MP_START_DEFAULT || o->method > MP_FORKSERVER)
+        return MP_EINVAL;
+    if (o->backend == MP_THREADS && o->task_timeout > 0)
+        return MP_EINVAL;            /* a thread cannot be killed */
+    if (o->backend == MP_MPI && !&mp__pool_mpi_backend)
+        return MP_EINVAL;            /* needs libmproc_mpi */
+    if (o->backend != MP_PROCESSES && o->backend != MP_THREADS && o->backend != MP_MPI)
+        return MP_EINVAL;
+    return 0;
+}
+
+static int shared_new(mp_pool *p)
+{
+    const mp_pool_opts *o = &p->o;
+    size_t size = sizeof(struct pool_shared) + (size_t)p->nworkers * sizeof(struct slot);
+    struct pool_shared *sh = arena_alloc(size);
+    if (!sh)
+        return MP_ENOMEM;
+    p->sh = sh;
+    sh->magic = MAGIC_POOL;
+    int rc = rmutex_init(&sh->lock);
+    if (rc != 0)
+        return rc;
+    sh->next_id = 1;
+    sh->count_items = o->progress != NULL;
+    sh->task_timeout = o->task_timeout;
+    sh->maxtasks = o->maxtasksperchild;
+    sh->nslots = p->nworkers;
+    if (o->initializer) {
+        sh->has_init = true;
+        if (fnref_from((const void *)o->initializer, &sh->init_ref) != 0)
+            return MP_EINVAL;
+        sh->initarg = o->initarg;
+        sh->initarg_size = o->initarg_size;
+        if (o->initarg_size) {
+            if (!(sh->initarg = arena_alloc_nozero(o->initarg_size)))
+                return MP_ENOMEM;
+            memcpy(sh->initarg, o->initarg, o->initarg_size);
+        }
+    }
+    return 0;
+}
+
+static void shared_free(mp_pool *p)
+{
+    struct pool_shared *sh = p->sh;
+    if (!sh)
+        return;
+    for (struct fnentry *e = sh->fns, *next; e; e = next) {
+        next = e->next;
+        arena_free(e);
+    }
+    if (sh->initarg_size)
+        arena_free(sh->initarg);
+    rmutex_destroy(&sh->lock);
+    sh->magic = MAGIC_FREED;
+    arena_free(sh);
+    p->sh = NULL;
+}
+
+static void pool_destroy(mp_pool *p)
+{
+    shared_free(p);
+    if (p->efd >= 0)
+        close(p->efd);
+    pthread_mutex_destroy(&p->lock);
+    pthread_mutex_destroy(&p->cblock);
+    pthread_mutex_destroy(&p->fnlock);
+    free(p->workers);
+    free(p->fns);
+    p->magic = MAGIC_FREED;
+    free(p);
+}
+
+/* Workers first, so a pool that cannot start them is refused. */
+/* Starts the collector and the monitor, which starts the workers; a pool
+ * whose workers cannot start is refused. */
+static int start_all(mp_pool *p)
+{
+    int rc = -pthread_create(&p->collector, NULL, collector_main, p);
+    if (rc != 0)
+        return rc;
+    if ((rc = -pthread_create(&p->monitor, NULL, monitor_main, p)) != 0) {
+        atomic_store(&p->monitor_done, 1);
+        wake_collector(p->sh);
+        pthread_join(p->collector, NULL);
+        return rc;
+    }
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    uint32_t started;
+    while ((started = atomic_load(&p->start_rc)) == 0)
+        futex_wait(&p->start_rc, 0, &forever);
+    if (started != 1) {
+        pthread_join(p->monitor, NULL);
+        pthread_join(p->collector, NULL);
+        return (int)started;
+    }
+    p->threads_running = true;
+    return 0;
+}
+
+int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
+{
+    static const mp_pool_opts defaults;
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    o = o ? o : &defaults;
+    int rc = check_opts(o);
+    if (rc != 0)
+        return rc;
+    pthread_once(&live.registered, live_register);   /* before the first fork */
+    mp_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return MP_ENOMEM;
+    p->magic = MAGIC_POOL;
+    p->owner = self_pid();
+    p->o = *o;
+    p->efd = -1;
+    p->nworkers = o->processes ? o->processes : mp_cpu_count();
+    p->ops = o->backend == MP_THREADS ? &threads_backend
+           : o->backend == MP_MPI ? &mp__pool_mpi_backend : &processes_backend;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_mutex_init(&p->cblock, NULL);
+    pthread_mutex_init(&p->fnlock, NULL);
+    p->workers = calloc((size_t)p->nworkers, sizeof *p->workers);
+    p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    rc = !p->workers || p->efd < 0 ? MP_ENOMEM : shared_new(p);
+    if (rc == 0)
+        rc = start_all(p);
+    if (rc != 0) {
+        pool_destroy(p);
+        return rc;
+    }
+    live_add(p);
+    *out = p;
+    return 0;
+}
+
+int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **out)
+{
+    if (out)
+        *out = NULL;
+    int rc = pool_check_open(p);
+    if (rc != 0)
+        return rc;
+    if (!fn || !out || (!in && len))
+        return MP_EINVAL;
+    const struct fnentry *e = pool_fn(p, fn);
+    if (!e)
+        return MP_EINVAL;
+    mp_future *f = task_new(p, KIND_APPLY, len);
+    if (!f)
+        return MP_ENOMEM;
+    f->sh = p->sh;
+    f->fn = e;
+    atomic_store_explicit(&f->id, atomic_fetch_add(&p->sh->next_id, 1), memory_order_relaxed);
+    if (len)
+        memcpy(f->in, in, len);
+    atomic_store_explicit(&f->state, TASK_QUEUED, memory_order_relaxed);
+    pool_progress_add_total(p, 1);
+    if ((rc = pool_push(p->sh, f, f, 1)) != 0) {
+        task_free(f);
+        return rc;
+    }
+    *out = f;
+    return 0;
+}
+
+int mp_pool_apply(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_buf *out)
+{
+    mp_future *f;
+    int rc = mp_pool_apply_async(p, fn, in, len, &f);
+    if (rc != 0)
+        return rc;
+    rc = mp_future_result(f, out, MP_FOREVER);
+    mp_future_free(f);
+    return rc;
+}
+
+int mp_pool_close(mp_pool *p)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    if (!pool_owned_here(p))
+        return MP_ESTATE;
+    int open = POOL_OPEN;
+    if (atomic_compare_exchange_strong(&p->state, &open, POOL_CLOSED)) {
+        uint32_t no = CLOSING_NO;
+        atomic_compare_exchange_strong(&p->sh->closing, &no, CLOSING_DRAIN);
+        wake_workers(p->sh);
+        signal_monitor(p);
+    }
+    return 0;
+}
+
+static void stop_workers_now(mp_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    halt(p, MP_EKILLED);
+    pthread_mutex_unlock(&p->lock);
+    signal_monitor(p);
+}
+
+static bool in_pool_thread(const mp_pool *p)
+{
+    return p->threads_running && (pthread_equal(pthread_self(), p->monitor) ||
+                                  pthread_equal(pthread_self(), p->collector));
+}
+
+static int join_threads(mp_pool *p, const mp_deadline *d)
+{
+    if (in_pool_thread(p))
+        return MP_ESTATE;            /* a callback cannot wait for its own thread */
+    while (!atomic_load(&p->finished))
+        if (futex_wait(&p->finished, 0, d) == MP_ETIMEDOUT && !atomic_load(&p->finished))
+            return MP_ETIMEDOUT;
+    pthread_mutex_lock(&p->lock);
+    if (p->threads_running && !p->threads_joined) {
+        p->threads_joined = true;
+        pthread_join(p->monitor, NULL);
+        pthread_join(p->collector, NULL);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+static void pools_at_exit(void)
+{
+    pthread_mutex_lock(&live.lock);
+    for (mp_pool *p = live.list; p; p = p->next_live)
+        if (pool_owned_here(p) && !atomic_load(&p->finished))
+            stop_workers_now(p);
+    for (mp_pool *p = live.list; p; p = p->next_live) {
+        /* Threads cannot be killed, and exit ends them anyway: don't wait. */
+        if (pool_owned_here(p) && p->ops != &threads_backend && !in_pool_thread(p)) {
+            mp_deadline forever = deadline_in(MP_FOREVER);
+            join_threads(p, &forever);
+        }
+    }
+    pthread_mutex_unlock(&live.lock);
+}
+
+/* A forked child owns none of its parent's pools (and the lock may have
+ * been held by another thread at the fork). */
+static void live_after_fork_child(void)
+{
+    pthread_mutex_init(&live.lock, NULL);
+    live.list = NULL;
+    atomic_store(&live.pid, 0);
+}
+
+static void live_register(void)
+{
+    pthread_atfork(NULL, NULL, live_after_fork_child);
+    atexit(pools_at_exit);
+}
+
+static void live_add(mp_pool *p)
+{
+    pthread_mutex_lock(&live.lock);
+    p->next_live = live.list;
+    live.list = p;
+    pthread_mutex_unlock(&live.lock);
+}
+
+static void live_remove(mp_pool *p)
+{
+    pthread_mutex_lock(&live.lock);
+    for (mp_pool **l = &live.list; *l; l = &(*l)->next_live)
+        if (*l == p) {
+            *l = p->next_live;
+            break;
+        }
+    pthread_mutex_unlock(&live.lock);
+}
+
+int mp_pool_terminate(mp_pool *p)
+{
+    if (!valid(p))
+        return MP_EINVAL;
+    if (!pool_owned_here(p))
+        return MP_ESTATE;
+    stop_workers_now(p);
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    return join_threads(p, &forever);
+}
+
+int mp_pool_join(mp_pool *p, double timeout)
+{
+    if (!valid(p) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    if (!pool_owned_here(p) || atomic_load(&p->state) == POOL_OPEN)
+        return MP_ESTATE;
+    mp_deadline d = deadline_in(timeout);
+    return join_threads(p, &d);
+}
+
+void mp_pool_free(mp_pool *p)
+{
+    if (!valid(p))
+        return;
+    if (!pool_owned_here(p)) {       /* a forked child's copy: the parent owns the rest */
+        p->magic = MAGIC_FREED;
+        return;
+    }
+    if (in_pool_thread(p))
+        return;                      /* from a callback: it would free its own thread */
+    if (!atomic_load(&p->finished))
+        mp_pool_terminate(p);
+    else
+        mp_pool_join(p, MP_FOREVER);
+    live_remove(p);
+    pool_destroy(p);
+}

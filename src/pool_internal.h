@@ -1,0 +1,202 @@
+/* pool_internal.h - what pool.c, pool_map.c and future.c share.
+ *
+ * Every task is an mp_future in the family arena, so the caller, the worker
+ * that runs it and the pool's threads all hold the same pointer. Its state
+ * word says where it is (queued, running, final) plus three flags; each
+ * change is one CAS on that word, so a worker killed at any instruction
+ * leaves a task the pool can still account for exactly once.
+ */
+#ifndef MPROC_POOL_INTERNAL_H
+#define MPROC_POOL_INTERNAL_H
+
+#include "internal.h"
+
+#include <stdalign.h>
+
+/* A task written by one thread of the caller's process and read by another
+ * after passing through a worker process: ThreadSanitizer cannot see the
+ * other process's atomics, so the hand-over is declared to it. */
+#if defined(__SANITIZE_THREAD__)
+#define POOL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define POOL_TSAN 1
+#endif
+#endif
+#ifdef POOL_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define HANDOVER_RELEASE(p) __tsan_release(p)
+#define HANDOVER_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define HANDOVER_RELEASE(p) ((void)(p))
+#define HANDOVER_ACQUIRE(p) ((void)(p))
+#endif
+
+/* ------------------------------------------------------------------ tasks */
+
+enum { TASK_QUEUED = 1, TASK_RUNNING = 2, TASK_FINAL = 3 };   /* state & TASK_BASE */
+#define TASK_BASE 0xffu
+#define TASK_NOTIFY 0x100u      /* the caller's process must see the end: callbacks, chunks */
+#define TASK_DETACHED 0x200u    /* nobody holds a handle: whoever finishes it frees it */
+#define TASK_PROCESSED 0x400u   /* the collector has handled a NOTIFY task */
+#define TASK_WAITERS 0x800u     /* someone sleeps on the word: wake at the end */
+
+enum task_kind { KIND_APPLY, KIND_CHUNK, KIND_JOB };
+
+struct fnentry {                /* a function the pool has seen, named for other images */
+    fnref ref;
+    uint32_t index;             /* a worker's cache slot for the resolved pointer */
+    struct fnentry *next;
+};
+
+struct callback { void (*cb)(mp_future *, void *); void *ctx; struct callback *next; };
+struct job;
+struct pool_shared;
+
+#define TASK_INLINE 32          /* small results live in the task itself */
+
+struct mp_future {
+    uint32_t magic;
+    uint32_t kind;
+    _Atomic uint32_t state;
+    _Atomic uint64_t id;                /* unique per pool; 0 once freed */
+    struct pool_shared *sh;
+    mp_pool *owner;                     /* the creating process's pool: callbacks */
+    struct mp_future *next;             /* task list, under sh->lock */
+    struct mp_future *_Atomic next_done;   /* collector stack */
+    const struct fnentry *fn;
+    int rc, code;                       /* valid once final */
+    void *out;                          /* result: out_inline or an arena block */
+    size_t out_len;
+    struct callback *callbacks;         /* creating process only, under owner's lock */
+    struct job *job;                    /* chunks: their map or imap; KIND_JOB: its own */
+    size_t start, count;                /* chunks: items [start, start + count) */
+    _Atomic size_t cur;                 /* chunks: items finished so far */
+    size_t fail_index;                  /* chunks: first failing item, SIZE_MAX none */
+    int fail_rc, fail_code;
+    unsigned char *blob;                /* imap chunks: records, arena */
+    _Atomic size_t blob_len;
+    size_t blob_cap;
+    unsigned char out_inline[TASK_INLINE];
+    size_t in_len;
+    alignas(16) unsigned char in[];
+};
+
+/* One imap record: a header and len bytes of result, 8-byte aligned. */
+struct record { uint64_t index, len; int32_t rc, code; };
+#define RECORD_SIZE(len) ((sizeof(struct record) + (len) + 7) & ~(size_t)7)
+
+struct job {                            /* a map or imap, in the arena */
+    bool imap;
+    const struct fnentry *fn;
+    unsigned char *in;                  /* n * in_size, arena copy */
+    unsigned char *out;                 /* map: n * out_size, arena */
+    size_t n, in_size, out_size;
+    /* Only the collector (creating process) touches what follows. */
+    size_t chunks_left;
+    size_t fail_index;
+    int fail_rc, fail_code;
+    void *user_out;
+    mp_future *future;                  /* map: the caller's future */
+    mp_iter *iter;                      /* imap: the caller's iterator */
+};
+
+static inline bool state_final(uint32_t s) { return (s & TASK_BASE) == TASK_FINAL; }
+
+mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len);
+void task_free(mp_future *f);
+/* Moves f from base state `from` to final with rc/code, wakes its waiters
+ * and hands it on: to the collector if NOTIFY, freed if DETACHED. Only one
+ * party may finish a task from a given state (the worker running it, the
+ * collector after that worker died, cancel or terminate under the list
+ * lock), so rc and code are written before the one CAS that publishes them.
+ * Returns 0, or -1 if f was not in state `from`. f may be gone on return. */
+int task_finish(mp_future *f, uint32_t from, int rc, int code);
+int task_wait(mp_future *f, const mp_deadline *d);
+void task_run_callbacks(mp_future *f);
+/* The collector marks a NOTIFY task handled; frees it if detached. */
+void task_processed(mp_future *f);
+
+/* ------------------------------------------------------------------ the pool */
+
+struct slot {                           /* one worker's record, read after it dies */
+    _Atomic(mp_future *) current;
+    _Atomic uint64_t current_id;
+    _Atomic uint64_t started_ns;        /* this item's start (task_timeout only), 0 idle */
+    _Atomic uint32_t ready;             /* initializer ran */
+    _Atomic uint32_t exited;            /* threads backend: the loop returned */
+    char pad[MP_CACHELINE - 32];
+};
+
+enum { CLOSING_NO, CLOSING_DRAIN, CLOSING_NOW };
+
+struct pool_shared {
+    uint32_t magic;
+    rmutex lock;                        /* the task list */
+    mp_future *head, *tail;
+    _Atomic uint64_t queued;            /* list length, readable without the lock */
+    _Atomic uint32_t closing;           /* CLOSING_*: workers leave when drained / at once */
+    alignas(MP_CACHELINE) _Atomic uint32_t seq;   /* bumped on push and close: workers sleep here */
+    _Atomic uint32_t sleepers;
+    alignas(MP_CACHELINE) mp_future *_Atomic done_head;   /* tasks the collector must see */
+    _Atomic uint32_t done_seq;
+    _Atomic uint32_t collector_sleeping;
+    alignas(MP_CACHELINE) _Atomic uint64_t items_done, items_total;
+    _Atomic uint32_t any_seq, any_waiters;   /* mp_futures_wait */
+    _Atomic uint64_t next_id;
+    bool count_items;                   /* a progress callback wants items_done */
+    double task_timeout;
+    int maxtasks, nslots;
+    bool has_init;
+    fnref init_ref;
+    void *initarg;                      /* arena copy, or the caller's pointer */
+    size_t initarg_size;
+    uint32_t nfns;
+    struct fnentry *fns;
+    alignas(MP_CACHELINE) struct slot slots[];
+};
+
+/* The task list: lock repairs what a worker killed mid-pop left. */
+void list_lock(struct pool_shared *sh);
+void list_unlock(struct pool_shared *sh);
+bool list_unlink(struct pool_shared *sh, mp_future *f);   /* under the lock */
+/* Pushes the tasks first..last (linked by next) in one go and wakes workers. */
+int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t count);   /* MP_ECLOSED */
+/* The collector's inbox: lock-free push from any process. */
+void collector_push(struct pool_shared *sh, mp_future *f);
+const struct fnentry *pool_fn(mp_pool *p, mp_fn fn);   /* NULL: not in a loaded object */
+int pool_check_open(mp_pool *p);        /* 0, MP_EINVAL, MP_ECLOSED, MP_ESTATE */
+bool pool_owned_here(const mp_pool *p); /* this process created p */
+int pool_worker_count(const mp_pool *p);
+struct pool_shared *pool_shared_of(const mp_pool *p);
+pthread_mutex_t *pool_lock(mp_pool *p);
+bool pool_terminating(const mp_pool *p);
+void pool_progress_add_total(mp_pool *p, uint64_t items);
+void pool_progress_final(mp_pool *p);   /* the progress callback, now, if anything changed */
+
+/* pool_map.c: chunks in the worker, and in the collector. */
+void chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, mp_buf *out);
+void chunk_collect(mp_pool *p, mp_future *chunk);
+
+/* ------------------------------------------------------------------ backends */
+
+/* How workers are started, watched and stopped. Processes and threads live
+ * in pool.c; an MPI backend (libmproc_mpi, linked beside libmproc) defines
+ * mp__pool_mpi_backend, a weak reference here: absent, MP_MPI is refused. */
+struct pool_backend {
+    const char *name;
+    int (*start)(mp_pool *p, int slot);               /* runs pool_worker_main */
+    bool (*ended)(mp_pool *p, int slot, int *status); /* reaped: exit code or -signal */
+    int (*kill)(mp_pool *p, int slot);                /* MP_ESTATE if it cannot */
+    int (*sentinel)(mp_pool *p, int slot);            /* fd to poll, or -1 */
+    void (*release)(mp_pool *p, int slot);            /* after ended */
+    void (*stop)(mp_pool *p, int slot);               /* kill, wait, release: failure paths */
+};
+extern const struct pool_backend mp__pool_mpi_backend
+    __attribute__((weak, visibility("default")));
+
+struct worker_arg { struct pool_shared *sh; int slot; };
+int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
+
+#endif

@@ -1,0 +1,559 @@
+/* pool_map.c - map and imap: many items, moved as a few chunks.
+ *
+ * The input is copied once into the arena and cut into chunks; a chunk is a
+ * task naming a range of items, so a worker takes a whole chunk in one
+ * claim. map results land straight in an arena array; imap results are
+ * appended as records to the chunk's own arena buffer. A worker publishes
+ * how many items of its chunk are finished after each one, so when it dies
+ * the pool keeps those, fails only the item it was running and queues the
+ * rest of the chunk again.
+ */
+#include "pool_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct segment {                        /* imap records, moved to the caller's heap */
+    struct segment *next;
+    size_t chunk;                       /* original chunk: first item / chunksize */
+    unsigned char *data;
+    size_t len, off;                    /* off: next record to read */
+};
+
+struct mp_iter {
+    uint32_t magic;
+    mp_pool *pool;
+    struct job *job;                    /* NULL once every chunk is collected */
+    size_t n, chunksize;
+    bool unordered;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct segment *segs, **tail;       /* arrival order */
+    size_t emitted;                     /* items handed out */
+    int last_code;
+    bool detached;
+};
+
+static bool mul_overflows(size_t a, size_t b)
+{
+    return b && a > SIZE_MAX / b;
+}
+
+/* Python's Pool.map: divmod(n, 4 * workers), rounded up. */
+static size_t auto_chunksize(mp_pool *p, size_t n)
+{
+    size_t per = (size_t)pool_worker_count(p) * 4;
+    size_t c = n / per + (n % per != 0);
+    return c ? c : 1;
+}
+
+static mp_future *chunk_new(mp_pool *p, struct job *job, size_t start, size_t count)
+{
+    mp_future *c = task_new(p, KIND_CHUNK, 0);
+    if (!c)
+        return NULL;
+    c->job = job;
+    c->start = start;
+    c->count = count;
+    atomic_store_explicit(&c->state, TASK_QUEUED | TASK_NOTIFY | TASK_DETACHED, memory_order_relaxed);
+    return c;
+}
+
+static void job_free(struct job *job)
+{
+    arena_free(job->in);
+    arena_free(job->out);
+    arena_free(job);
+}
+
+/* Builds the job and queues its chunks; the caller sets future or iter. */
+static int job_start(mp_pool *p, struct pool_shared *sh, struct job *job, size_t chunksize)
+{
+    size_t nchunks = job->n / chunksize + (job->n % chunksize != 0);
+    mp_future *first = NULL, *last = NULL;
+    uint64_t id = atomic_fetch_add(&sh->next_id, nchunks);
+    int rc = 0;
+    for (size_t i = 0; i < nchunks && rc == 0; i++) {
+        size_t start = i * chunksize;
+        size_t count = job->n - start < chunksize ? job->n - start : chunksize;
+        mp_future *c = chunk_new(p, job, start, count);
+        if (!c) {
+            rc = MP_ENOMEM;
+            break;
+        }
+        c->sh = sh;
+        atomic_store_explicit(&c->id, id + i, memory_order_relaxed);
+        if (last)
+            last->next = c;
+        else
+            first = c;
+        last = c;
+    }
+    job->chunks_left = nchunks;
+    if (rc == 0 && first && (rc = pool_push(sh, first, last, nchunks)) == 0) {
+        pool_progress_add_total(p, job->n);
+        return 0;
+    }
+    for (mp_future *t = first, *next; t; t = next) {
+        next = t->next;
+        task_free(t);
+    }
+    return rc;
+}
+
+static struct job *job_new(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                           size_t out_size, int *rc)
+{
+    *rc = MP_EINVAL;
+    const struct fnentry *e = pool_fn(p, fn);
+    if (!e || mul_overflows(n, in_size) || mul_overflows(n, out_size))
+        return NULL;
+    *rc = MP_ENOMEM;
+    struct job *job = arena_alloc(sizeof *job);
+    if (!job)
+        return NULL;
+    job->fn = e;
+    job->n = n;
+    job->in_size = in_size;
+    job->out_size = out_size;
+    job->fail_index = SIZE_MAX;
+    size_t in_bytes = n * in_size, out_bytes = n * out_size;
+    if (in_bytes > 0 && !(job->in = arena_alloc_nozero(in_bytes)))
+        goto fail;
+    if (in_bytes > 0)
+        memcpy(job->in, in, in_bytes);
+    if (out_bytes > 0 && !(job->out = arena_alloc(out_bytes)))
+        goto fail;
+    *rc = 0;
+    return job;
+fail:
+    job_free(job);
+    return NULL;
+}
+
+static int map_args_valid(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size)
+{
+    int rc = pool_check_open(p);
+    if (rc != 0)
+        return rc;
+    return !fn || (n && in_size && !in) ? MP_EINVAL : 0;
+}
+
+int mp_pool_map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                      void *out, size_t out_size, size_t chunksize, mp_future **f)
+{
+    if (f)
+        *f = NULL;
+    int rc = map_args_valid(p, fn, in, n, in_size);
+    if (rc != 0)
+        return rc;
+    if (!f || (n && out_size && !out))
+        return MP_EINVAL;
+    mp_future *future = task_new(p, KIND_JOB, 0);
+    if (!future)
+        return MP_ENOMEM;
+    struct job *job = job_new(p, fn, in, n, in_size, out_size, &rc);
+    if (!job) {
+        task_free(future);
+        return rc;
+    }
+    struct pool_shared *sh = pool_shared_of(p);
+    future->sh = sh;
+    atomic_store_explicit(&future->id, atomic_fetch_add(&sh->next_id, 1), memory_order_relaxed);
+    atomic_store_explicit(&future->state, TASK_RUNNING, memory_order_relaxed);
+    future->job = job;
+    job->future = future;
+    job->user_out = out;
+    *f = future;
+    if (n == 0) {
+        job_free(job);
+        future->job = NULL;
+        task_finish(future, TASK_RUNNING, 0, 0);
+        return 0;
+    }
+    rc = job_start(p, sh, job, chunksize ? chunksize : auto_chunksize(p, n));
+    if (rc != 0) {
+        job_free(job);
+        task_free(future);
+        *f = NULL;
+    }
+    return rc;
+}
+
+int mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                void *out, size_t out_size, size_t chunksize)
+{
+    mp_future *f;
+    int rc = mp_pool_map_async(p, fn, in, n, in_size, out, out_size, chunksize, &f);
+    if (rc != 0)
+        return rc;
+    rc = mp_future_result(f, NULL, MP_FOREVER);
+    mp_future_free(f);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ in the worker */
+
+static int append_record(mp_future *f, size_t index, int rc, int code, const mp_buf *out)
+{
+    size_t need = RECORD_SIZE(out->len), len = atomic_load(&f->blob_len);
+    if (len + need > f->blob_cap) {
+        size_t cap = f->blob_cap ? f->blob_cap * 2 : 4096;
+        while (cap < len + need)
+            cap *= 2;
+        unsigned char *b = arena_alloc_nozero(cap), *old = f->blob;
+        if (!b)
+            return MP_ENOMEM;
+        if (len)
+            memcpy(b, old, len);
+        f->blob = b;                     /* published before the old one goes */
+        f->blob_cap = cap;
+        arena_free(old);
+    }
+    struct record r = { index, out->len, rc, code };
+    memcpy(f->blob + len, &r, sizeof r);
+    if (out->len)
+        memcpy(f->blob + len + sizeof r, out->data, out->len);
+    atomic_store_explicit(&f->blob_len, len + need, memory_order_release);
+    return 0;
+}
+
+static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn, mp_buf *out, int *code)
+{
+    out->len = 0;
+    *code = fn ? fn(job->in + index * job->in_size, job->in_size, out) : 0;
+    int rc = !fn ? MP_EINVAL : *code ? MP_ETASK : 0;   /* !fn: not found in this image */
+    if (job->imap) {
+        int arc = append_record(f, index, rc, *code, out);
+        return arc ? arc : rc;
+    }
+    if (rc == 0 && out->len > job->out_size)
+        return MP_ETOOBIG;
+    if (rc == 0 && out->len)
+        memcpy(job->out + index * job->out_size, out->data, out->len);
+    return rc;
+}
+
+void chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, mp_buf *out)
+{
+    struct job *job = f->job;
+    bool timed = sh->task_timeout > 0;
+    for (size_t i = atomic_load(&f->cur); i < f->count; i++) {
+        size_t index = f->start + i;
+        int code = 0;
+        if (timed)
+            atomic_store(&s->started_ns, now_ns());
+        int rc = run_item(job, f, index, fn, out, &code);
+        if (job->imap && rc == MP_ENOMEM) {
+            /* no record for this item: end the chunk as if the worker died in it */
+            atomic_store(&s->started_ns, 0);
+            task_finish(f, TASK_RUNNING, MP_ENOMEM, 0);
+            return;
+        }
+        if (rc != 0 && f->fail_index == SIZE_MAX) {
+            f->fail_index = index;
+            f->fail_rc = rc;
+            f->fail_code = code;
+        }
+        atomic_store_explicit(&f->cur, i + 1, memory_order_release);
+    }
+    atomic_store(&s->started_ns, 0);
+    task_finish(f, TASK_RUNNING, 0, 0);
+}
+
+/* ------------------------------------------------------------------ in the collector */
+
+static void job_fail(struct job *job, size_t index, int rc, int code)
+{
+    if (index < job->fail_index) {
+        job->fail_index = index;
+        job->fail_rc = rc;
+        job->fail_code = code;
+    }
+}
+
+static void iter_destroy(mp_iter *it)
+{
+    for (struct segment *s = it->segs, *next; s; s = next) {
+        next = s->next;
+        free(s->data);
+        free(s);
+    }
+    pthread_mutex_destroy(&it->lock);
+    pthread_cond_destroy(&it->cond);
+    it->magic = MAGIC_FREED;
+    free(it);
+}
+
+/* Hands records to the iterator; on allocation failure they are lost and
+ * the reader would wait for them forever, so the data is kept by the caller. */
+static void iter_deliver(mp_iter *it, size_t chunk, const unsigned char *data, size_t len)
+{
+    struct segment *s = calloc(1, sizeof *s);
+    unsigned char *copy = len ? malloc(len) : NULL;
+    if (!s || (len && !copy)) {
+        free(s);
+        free(copy);
+        return;
+    }
+    if (len)
+        memcpy(copy, data, len);
+    s->chunk = chunk;
+    s->data = copy;
+    s->len = len;
+    pthread_mutex_lock(&it->lock);
+    *it->tail = s;
+    it->tail = &s->next;
+    pthread_cond_broadcast(&it->cond);
+    pthread_mutex_unlock(&it->lock);
+}
+
+/* Records of items [from, to) that never ran, all failing with rc. */
+static void iter_deliver_failed(mp_iter *it, size_t from, size_t to, int rc, int code)
+{
+    size_t n = to - from, size = RECORD_SIZE(0);
+    unsigned char *data = malloc(n * size);
+    if (!data)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        struct record r = { from + i, 0, rc, code };
+        memcpy(data + i * size, &r, sizeof r);
+    }
+    iter_deliver(it, from / it->chunksize, data, n * size);
+    free(data);
+}
+
+static size_t records_len(const unsigned char *blob, size_t count)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < count; i++) {
+        struct record r;
+        memcpy(&r, blob + off, sizeof r);
+        off += RECORD_SIZE(r.len);
+    }
+    return off;
+}
+
+static void job_finish(mp_pool *p, struct job *job)
+{
+    if (job->imap) {
+        mp_iter *it = job->iter;
+        pthread_mutex_lock(&it->lock);
+        it->job = NULL;
+        bool gone = it->detached;
+        pthread_cond_broadcast(&it->cond);
+        pthread_mutex_unlock(&it->lock);
+        if (gone)
+            iter_destroy(it);
+        job_free(job);
+        return;
+    }
+    mp_future *f = job->future;
+    bool detached = atomic_load(&f->state) & TASK_DETACHED;
+    if (job->out_size && !detached)
+        memcpy(job->user_out, job->out, job->n * job->out_size);
+    f->fail_index = job->fail_index;
+    int rc = job->fail_index == SIZE_MAX ? 0 : job->fail_rc;
+    int code = job->fail_index == SIZE_MAX ? 0 : job->fail_code;
+    f->job = NULL;
+    job_free(job);
+    pool_progress_final(p);
+    task_finish(f, TASK_RUNNING, rc, code);
+}
+
+/* Queues items [from, to) of c's job again: false if the pool is stopping. */
+static bool requeue(mp_pool *p, mp_future *c, size_t from, size_t to)
+{
+    mp_future *rest = pool_terminating(p) ? NULL : chunk_new(p, c->job, from, to - from);
+    if (!rest)
+        return false;
+    rest->sh = c->sh;
+    atomic_store(&rest->id, atomic_fetch_add(&c->sh->next_id, 1));
+    if (pool_push(c->sh, rest, rest, 1) != 0) {
+        task_free(rest);
+        return false;
+    }
+    c->job->chunks_left++;
+    return true;
+}
+
+/* What a finished, crashed or killed chunk leaves: its results, the item
+ * that failed, and the rest of the chunk queued again (or killed). */
+void chunk_collect(mp_pool *p, mp_future *c)
+{
+    struct job *job = c->job;
+    size_t done = atomic_load_explicit(&c->cur, memory_order_acquire), items = done;
+    if (job->imap && done)
+        iter_deliver(job->iter, c->start / job->iter->chunksize, c->blob, records_len(c->blob, done));
+    if (!job->imap && c->fail_index != SIZE_MAX)
+        job_fail(job, c->fail_index, c->fail_rc, c->fail_code);
+    if (c->rc != 0 && done < c->count) {          /* the worker died in item `done` */
+        size_t index = c->start + done++;
+        if (job->imap)
+            iter_deliver_failed(job->iter, index, index + 1, c->rc, c->code);
+        else
+            job_fail(job, index, c->rc, c->code);
+        items++;
+    }
+    if (done < c->count) {
+        size_t from = c->start + done, to = c->start + c->count;
+        if (!requeue(p, c, from, to)) {
+            if (job->imap)
+                iter_deliver_failed(job->iter, from, to, MP_EKILLED, 0);
+            else
+                job_fail(job, from, MP_EKILLED, 0);
+            items += to - from;
+        }
+    }
+    if (c->sh->count_items)
+        atomic_fetch_add(&c->sh->items_done, items);
+    task_processed(c);
+    if (--job->chunks_left == 0)
+        job_finish(p, job);
+}
+
+/* ------------------------------------------------------------------ imap */
+
+int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                 size_t chunksize, bool unordered, mp_iter **out)
+{
+    if (out)
+        *out = NULL;
+    int rc = map_args_valid(p, fn, in, n, in_size);
+    if (rc != 0)
+        return rc;
+    if (!out)
+        return MP_EINVAL;
+    mp_iter *it = calloc(1, sizeof *it);
+    if (!it)
+        return MP_ENOMEM;
+    it->magic = MAGIC_ITER;
+    it->pool = p;
+    it->n = n;
+    it->chunksize = chunksize ? chunksize : auto_chunksize(p, n);
+    it->unordered = unordered;
+    it->tail = &it->segs;
+    pthread_mutex_init(&it->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&it->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (n) {
+        it->job = job_new(p, fn, in, n, in_size, 0, &rc);
+        if (!it->job)
+            goto fail;
+        it->job->imap = true;
+        it->job->iter = it;
+        if ((rc = job_start(p, pool_shared_of(p), it->job, it->chunksize)) != 0) {
+            job_free(it->job);
+            goto fail;
+        }
+    }
+    *out = it;
+    return 0;
+fail:
+    iter_destroy(it);
+    return rc;
+}
+
+static bool iter_valid(const mp_iter *it)
+{
+    return it && it->magic == MAGIC_ITER;
+}
+
+/* The segment holding the next record to hand out, or NULL if not here yet. */
+static struct segment *next_segment(mp_iter *it, struct segment ***link)
+{
+    size_t want_chunk = it->emitted / it->chunksize;
+    for (struct segment **l = &it->segs; *l; l = &(*l)->next) {
+        struct segment *s = *l;
+        if (s->off == s->len)
+            continue;
+        struct record r;
+        memcpy(&r, s->data + s->off, sizeof r);
+        if (it->unordered || (s->chunk == want_chunk && r.index == it->emitted)) {
+            *link = l;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static int take_record(mp_iter *it, struct segment *s, struct segment **link, size_t *index, mp_buf *out)
+{
+    struct record r;
+    memcpy(&r, s->data + s->off, sizeof r);
+    int rc = 0;
+    if (out) {
+        out->len = 0;
+        rc = mp_buf_append(out, s->data + s->off + sizeof r, (size_t)r.len);
+        if (rc != 0)
+            return rc;                   /* the record stays: try again with memory */
+    }
+    s->off += RECORD_SIZE(r.len);
+    it->emitted++;
+    it->last_code = r.code;
+    if (index)
+        *index = (size_t)r.index;
+    if (s->off == s->len) {
+        *link = s->next;
+        if (it->tail == &s->next)
+            it->tail = link;
+        free(s->data);
+        free(s);
+    }
+    return r.rc;
+}
+
+int mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
+{
+    if (!iter_valid(it) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    mp_deadline d = deadline_in(timeout);
+    pthread_mutex_lock(&it->lock);
+    int rc;
+    for (;;) {
+        struct segment **link, *s;
+        if (it->emitted == it->n) {
+            rc = MP_EEOF;
+            break;
+        }
+        if ((s = next_segment(it, &link))) {
+            rc = take_record(it, s, link, index, out);
+            break;
+        }
+        if (deadline_passed(&d) || (!it->job && !it->segs)) {
+            rc = it->job ? MP_ETIMEDOUT : MP_EEOF;
+            break;
+        }
+        if (d.forever)
+            pthread_cond_wait(&it->cond, &it->lock);
+        else
+            pthread_cond_timedwait(&it->cond, &it->lock, &d.at);
+    }
+    pthread_mutex_unlock(&it->lock);
+    return rc;
+}
+
+int mp_iter_code(mp_iter *it)
+{
+    if (!iter_valid(it))
+        return 0;
+    pthread_mutex_lock(&it->lock);
+    int code = it->last_code;
+    pthread_mutex_unlock(&it->lock);
+    return code;
+}
+
+void mp_iter_free(mp_iter *it)
+{
+    if (!iter_valid(it))
+        return;
+    pthread_mutex_lock(&it->lock);
+    bool pending = it->job != NULL;
+    it->detached = pending;
+    pthread_mutex_unlock(&it->lock);
+    if (!pending)
+        iter_destroy(it);
+}

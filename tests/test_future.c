@@ -1,0 +1,187 @@
+/* test_future.c - futures: waiting with timeouts, cancel, callbacks,
+ * waiting on many, and freeing one that is still pending. */
+#include "pool_tasks.h"
+
+#include <pthread.h>
+
+/* ------------------------------------------------------------------ futures */
+
+static void test_future_result_times_out_while_pending(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *f = submit_wait(p, flag);
+    TU_ASSERT_RC(mp_future_result(f, NULL, 0), MP_ETIMEDOUT);
+    TU_ASSERT_RC(mp_future_wait(f, 0.05), MP_ETIMEDOUT);
+    assert_false(mp_future_done(f));
+    assert_int_equal(mp_future_code(f), 0);
+    size_t index;
+    TU_ASSERT_RC(mp_future_failed_index(f, &index), MP_ESTATE);
+    atomic_store(flag, 1);
+    TU_OK(mp_future_wait(f, 30));
+    TU_OK(mp_future_result(f, NULL, 0));
+    mp_future_free(f);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+static void test_future_cancel_before_start_gives_ecancelled(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *busy = submit_wait(p, flag);
+    mp_future *queued = submit_int(p, t_square, 5);
+    mp_future *after = submit_int(p, t_square, 6);
+    TU_OK(mp_future_cancel(queued));
+    TU_ASSERT_RC(mp_future_result(queued, NULL, 0), MP_ECANCELLED);
+    TU_ASSERT_RC(mp_future_cancel(queued), MP_ESTATE);
+    assert_true(mp_future_done(queued));
+    atomic_store(flag, 1);
+    TU_OK(mp_future_wait(busy, 30));
+    TU_ASSERT_RC(mp_future_cancel(busy), MP_ESTATE);         /* it ran */
+    int v;
+    TU_OK(result_int(after, &v));                              /* the one behind it still runs */
+    assert_int_equal(v, 36);
+    mp_future_free(busy);
+    mp_future_free(queued);
+    mp_future_free(after);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+struct cb_record { _Atomic int calls; _Atomic pthread_t thread; _Atomic int rc; };
+
+static void on_done_cb(mp_future *f, void *ctx)
+{
+    struct cb_record *r = ctx;
+    r->rc = mp_future_result(f, NULL, 0);
+    r->thread = pthread_self();
+    atomic_fetch_add(&r->calls, 1);
+}
+
+static bool cb_called(void *arg)
+{
+    return atomic_load(&((struct cb_record *)arg)->calls) > 0;
+}
+
+static void test_future_on_done_runs_on_result_thread_or_at_once(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *f = submit_wait(p, flag);
+    struct cb_record later = { 0 }, now = { 0 };
+    TU_OK(mp_future_on_done(f, on_done_cb, &later));
+    assert_int_equal(later.calls, 0);
+    atomic_store(flag, 1);
+    assert_true(tu_wait_for(cb_called, &later, 30));
+    assert_false(pthread_equal(later.thread, pthread_self()));   /* the pool's thread */
+    TU_OK(later.rc);
+    TU_OK(mp_future_on_done(f, on_done_cb, &now));                /* already done: here, now */
+    assert_int_equal(now.calls, 1);
+    assert_true(pthread_equal(now.thread, pthread_self()));
+    assert_int_equal(later.calls, 1);
+    mp_future_free(f);
+
+    f = submit_int(p, t_fail_with_input, 3);                      /* errors reach callbacks too */
+    struct cb_record failed = { 0 };
+    TU_OK(mp_future_on_done(f, on_done_cb, &failed));
+    assert_true(tu_wait_for(cb_called, &failed, 30));
+    TU_ASSERT_RC(failed.rc, MP_ETASK);
+    mp_future_free(f);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+static void test_futures_wait_first_completed_first_exception_all(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *fs[3];
+    fs[0] = submit_wait(p, flag);
+    fs[1] = submit_int(p, t_square, 2);
+    assert_int_equal(mp_futures_wait(fs, 2, MP_FIRST_COMPLETED, 30), 1);
+    assert_true(mp_future_done(fs[1]));
+    assert_int_equal(mp_futures_wait(fs, 2, MP_ALL_COMPLETED, 0.05), 1);   /* timeout: count */
+    fs[2] = submit_int(p, t_fail_with_input, 1);
+    int n = mp_futures_wait(fs, 3, MP_FIRST_EXCEPTION, 30);
+    assert_int_equal(n, 2);
+    assert_false(mp_future_done(fs[0]));
+    atomic_store(flag, 1);
+    assert_int_equal(mp_futures_wait(fs, 3, MP_ALL_COMPLETED, 30), 3);
+    assert_int_equal(mp_futures_wait(fs, 0, MP_ALL_COMPLETED, 0), 0);
+    for (int i = 0; i < 3; i++)
+        mp_future_free(fs[i]);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+static void test_future_free_while_pending_detaches(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *f = submit_wait(p, flag);
+    struct cb_record r = { 0 };
+    TU_OK(mp_future_on_done(f, on_done_cb, &r));
+    mp_future_free(f);                                 /* still running: it goes on */
+    for (int i = 0; i < 10; i++)
+        mp_future_free(submit_int(p, t_square, i));    /* queued, never looked at */
+    atomic_store(flag, 1);
+    assert_true(tu_wait_for(cb_called, &r, 30));       /* and its callback still runs */
+    expect_squares(p, 0, 4);
+    TU_OK(mp_pool_close(p));
+    TU_OK(mp_pool_join(p, 30));
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+struct self_join { mp_pool *pool; _Atomic int rc, calls; };
+
+static void join_from_callback(mp_future *f, void *ctx)
+{
+    (void)f;
+    struct self_join *j = ctx;
+    j->rc = mp_pool_join(j->pool, 0);
+    atomic_fetch_add(&j->calls, 1);
+}
+
+static bool joined(void *arg)
+{
+    return atomic_load(&((struct self_join *)arg)->calls) > 0;
+}
+
+static void test_future_callback_cannot_wait_for_its_own_pool(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *f = submit_wait(p, flag);
+    struct self_join j = { p, 0, 0 };
+    TU_OK(mp_future_on_done(f, join_from_callback, &j));
+    TU_OK(mp_pool_close(p));
+    atomic_store(flag, 1);
+    assert_true(tu_wait_for(joined, &j, 30));
+    TU_ASSERT_RC(j.rc, MP_ESTATE);       /* it would wait for itself: refused */
+    TU_OK(mp_pool_join(p, 30));
+    mp_future_free(f);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+int main(void)
+{
+    tu_watchdog(200);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_future_result_times_out_while_pending),
+        cmocka_unit_test(test_future_cancel_before_start_gives_ecancelled),
+        cmocka_unit_test(test_future_on_done_runs_on_result_thread_or_at_once),
+        cmocka_unit_test(test_futures_wait_first_completed_first_exception_all),
+        cmocka_unit_test(test_future_free_while_pending_detaches),
+        cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
