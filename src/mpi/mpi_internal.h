@@ -13,6 +13,7 @@
 #include "mproc_mpi.h"
 
 #include <mpi.h>
+#include <sys/types.h>
 
 enum { TAG_REQUEST = 0x6d70, TAG_REPLY };
 enum { OP_RUN = 1, OP_INIT, OP_STOP };
@@ -35,6 +36,7 @@ struct mpi_world {
     bool serialize;                     /* thread level below MULTIPLE: one call at a time */
     bool usable;                        /* rank 0 can run proxies (level SERIALIZED or more) */
     int rank, size;
+    pid_t pid;                          /* the process that initialised MPI: not its forks */
 };
 extern struct mpi_world mpi_world;
 

@@ -187,9 +187,10 @@ static int proxy_initializer(struct proxy *x, struct pool_shared *sh)
 {
     int code;
     mp_buf none = { 0 };
-    if (exchange(x, OP_INIT, &sh->init_ref, sh->initarg, sh->initarg_size, 1) != 0)
-        return x->status;
-    int rc = take_item(x, &none, &code);
+    int rc = exchange(x, OP_INIT, &sh->init_ref, sh->initarg, sh->initarg_size, 1);
+    if (rc != 0)
+        return rc == WORKER_GONE ? x->status : 127;
+    rc = take_item(x, &none, &code);
     mp_buf_free(&none);
     return rc == 0 ? 0 : 127;           /* not found on the rank: a failed start */
 }
@@ -297,7 +298,8 @@ static void mpi_stop(mp_pool *p, int slot)
 /* All ranks but rank 0 by default; more than there are is an error. */
 static int mpi_workers(int processes)
 {
-    if (!mpi_world.active || !mpi_world.usable || mpi_world.size < 2 || !R.ranks)
+    if (!mpi_world.active || !mpi_world.usable || mpi_world.size < 2 || !R.ranks ||
+        getpid() != mpi_world.pid)
         return MP_ESTATE;
     if (processes > mpi_world.size - 1)
         return MP_EINVAL;

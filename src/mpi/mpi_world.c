@@ -22,9 +22,14 @@
 struct mpi_world mpi_world = { .rank = 0, .size = 1 };
 static pthread_mutex_t mpi_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Started by mpirun, and not a program that a rank (spawn) ran in turn: its
+ * child inherits the environment, not the place in the job. */
 static bool under_mpirun(void)
 {
-    return getenv("OMPI_COMM_WORLD_RANK") || getenv("PMIX_RANK") || getenv("PMI_RANK");
+    if (!getenv("OMPI_COMM_WORLD_RANK") && !getenv("PMIX_RANK") && !getenv("PMI_RANK"))
+        return false;
+    const char *owner = getenv("MPROC_MPI_PID");
+    return !owner || atol(owner) == (long)getpid();
 }
 
 /* ------------------------------------------------------------------ the wire */
@@ -228,6 +233,8 @@ static void serve(void)
 
 static void at_exit(void)
 {
+    if (getpid() != mpi_world.pid)
+        return;                         /* a forked child calling exit: not the job's */
     if (!ranks_shutdown()) {            /* a rank lost or still driven: never hang in Finalize */
         fprintf(stderr, "mproc: a rank could not be stopped cleanly: aborting the MPI job\n");
         MPI_Abort(MPI_COMM_WORLD, 1);
@@ -251,6 +258,10 @@ __attribute__((constructor)) static void take_ranks_aside(void)
     MPI_Comm_rank(MPI_COMM_WORLD, &mpi_world.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &mpi_world.size);
     mpi_world.active = true;
+    mpi_world.pid = getpid();
+    char pid[24];
+    snprintf(pid, sizeof pid, "%ld", (long)mpi_world.pid);
+    setenv("MPROC_MPI_PID", pid, 1);
     if (mpi_world.rank != 0) {
         serve();
         MPI_Finalize();

@@ -388,6 +388,30 @@ static void test_mpi_terminate_fails_running_and_queued_tasks_with_ekilled(void 
     mp_pool_free(p);
 }
 
+static void test_mpi_main_runs_on_rank_zero_of_the_job(void **state)
+{
+    assert_int_equal(mp_mpi_rank(), 0);
+    assert_int_equal(mp_mpi_size(), RANKS);
+}
+
+static int child_tries_an_mpi_pool(void *arg)
+{
+    mp_pool *p = NULL;
+    mp_pool_opts o = { .backend = MP_MPI };
+    return mp_pool_new(&p, &o) == MP_ESTATE && !p ? 0 : 1;
+}
+
+static void test_mpi_forked_child_of_rank_zero_cannot_drive_the_ranks(void **state)
+{
+    pid_t pid = tu_fork(child_tries_an_mpi_pool, NULL);
+    assert_int_equal(tu_wait(pid, 30 * tu_slow()), 0);
+    mp_pool *p = new_pool(NULL);       /* and the ranks still serve rank 0 */
+    int r;
+    TU_OK(apply_int(p, t_square, 4, &r));
+    assert_int_equal(r, 16);
+    mp_pool_free(p);
+}
+
 /* ------------------------------------------------------------------ a rank that dies */
 
 static int dead_rank(void)
@@ -416,6 +440,7 @@ int main(int argc, char **argv)
         return dead_rank();
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mpi_main_runs_on_rank_zero_of_the_job),
         cmocka_unit_test(test_mpi_pool_runs_tasks_on_ranks_other_than_zero),
         cmocka_unit_test(test_mpi_apply_returns_the_result_of_a_function_in_the_executable),
         cmocka_unit_test(test_mpi_apply_async_resolves_every_future),
@@ -434,6 +459,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_mpi_maxtasksperchild_reruns_the_initializer_on_the_same_rank),
         cmocka_unit_test(test_mpi_task_timeout_kills_the_task_and_the_rank_serves_again),
         cmocka_unit_test(test_mpi_terminate_fails_running_and_queued_tasks_with_ekilled),
+        cmocka_unit_test(test_mpi_forked_child_of_rank_zero_cannot_drive_the_ranks),
     };
     return cmocka_run_group_tests_name("mpi_pool", tests, NULL, NULL);
 }
