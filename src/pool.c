@@ -6,20 +6,19 @@
  * thread sees the death (pidfd), the collector thread fails that one task
  * (MP_ECRASHED, or MP_EKILLED for task_timeout and terminate) and the monitor
  * starts a replacement. The collector also runs on_done callbacks, finishes
- * maps and feeds imap iterators, all in the caller's process.
+ * maps and feeds imap iterators, all in the caller's process. The worker's
+ * side is pool_worker.c; map and imap are pool_map.c; futures future.c.
  */
 #include "pool_internal.h"
 
 #include <limits.h>
 #include <poll.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define SPIN_NS 20000
 #define PROGRESS_NS 100000000ull
 #define INIT_FAILURES_MAX 3        /* workers dying in their initializer: pool broken */
 
@@ -54,6 +53,7 @@ struct mp_pool {
     pthread_mutex_t fnlock;         /* fncache and the shared function list */
     _Atomic int state;              /* POOL_* */
     int efd;                        /* wakes the monitor */
+    struct pollfd *pollfds;         /* the monitor's: efd and one per worker */
     pthread_t monitor, collector;
     bool threads_running, threads_joined;
     _Atomic uint32_t monitor_done;
@@ -106,6 +106,11 @@ pthread_mutex_t *pool_lock(mp_pool *p)
 }
 
 struct pool_shared *pool_shared_of(const mp_pool *p)
+{
+    return p->sh;
+}
+
+struct pool_shared *mp__pool_shared_of(const mp_pool *p)
 {
     return p->sh;
 }
@@ -206,27 +211,6 @@ int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t 
     return 0;
 }
 
-/* The slot is written before the task leaves the list, so at every point a
- * dead worker's slot or the list (see list_repair) still names the task. */
-static mp_future *list_pop(struct pool_shared *sh, struct slot *s)
-{
-    list_lock(sh);
-    mp_future *f = sh->head;
-    if (f) {
-        atomic_store(&s->current_id, atomic_load(&f->id));
-        atomic_store(&s->current, f);
-        uint32_t st = atomic_load(&f->state);
-        while (!atomic_compare_exchange_weak(&f->state, &st, (st & ~TASK_BASE) | TASK_RUNNING))
-            ;
-        sh->head = f->next;
-        if (!sh->head)
-            sh->tail = NULL;
-        atomic_fetch_sub(&sh->queued, 1);
-    }
-    list_unlock(sh);
-    return f;
-}
-
 static void wake_workers(struct pool_shared *sh)
 {
     atomic_fetch_add(&sh->seq, 1);
@@ -287,174 +271,6 @@ const struct fnentry *pool_fn(mp_pool *p, mp_fn fn)
 out:
     pthread_mutex_unlock(&p->fnlock);
     return e;
-}
-
-/* ------------------------------------------------------------------ the worker */
-
-struct worker_local {
-    void **fns;                     /* resolved, by fnentry index */
-    uint32_t cap;
-    mp_buf out;
-};
-
-static mp_fn worker_resolve(struct worker_local *L, const struct fnentry *e)
-{
-    if (e->index >= L->cap) {
-        uint32_t cap = e->index + 16;
-        void **n = realloc(L->fns, cap * sizeof *n);
-        if (!n)
-            return NULL;
-        memset(n + L->cap, 0, (cap - L->cap) * sizeof *n);
-        L->fns = n;
-        L->cap = cap;
-    }
-    if (!L->fns[e->index])
-        L->fns[e->index] = fnref_resolve(&e->ref);
-    return (mp_fn)L->fns[e->index];
-}
-
-static void idle_wait(struct pool_shared *sh, uint32_t seq)
-{
-    uint64_t start = now_ns();
-    for (unsigned i = 0; atomic_load_explicit(&sh->seq, memory_order_acquire) == seq; i++) {
-        sched_yield();               /* on a busy machine the submitter needs the CPU */
-        if ((i & 7) == 7 && now_ns() - start > SPIN_NS) {
-            mp_deadline forever = deadline_in(MP_FOREVER);
-            atomic_fetch_add(&sh->sleepers, 1);
-            if (atomic_load(&sh->seq) == seq)
-                futex_wait(&sh->seq, seq, &forever);
-            atomic_fetch_sub(&sh->sleepers, 1);
-            return;
-        }
-    }
-}
-
-static mp_future *take_task(struct pool_shared *sh, struct slot *s)
-{
-    for (;;) {
-        uint32_t seq = atomic_load(&sh->seq);
-        uint32_t closing = atomic_load(&sh->closing);
-        if (closing == CLOSING_NOW)
-            return NULL;
-        if (atomic_load(&sh->queued) > 0) {
-            mp_future *f = list_pop(sh, s);
-            if (f)
-                return f;
-            continue;
-        }
-        if (closing == CLOSING_DRAIN)
-            return NULL;
-        idle_wait(sh, seq);
-    }
-}
-
-/* Copies the worker's output into the task: inline when small. */
-static int store_output(mp_future *f, const mp_buf *out)
-{
-    if (out->len == 0)
-        return 0;
-    void *dst = f->out_inline;
-    if (out->len > TASK_INLINE && !(dst = arena_alloc_nozero(out->len)))
-        return MP_ENOMEM;
-    memcpy(dst, out->data, out->len);
-    f->out = dst;
-    f->out_len = out->len;
-    return 0;
-}
-
-int task_call(const struct task_runner *r, const struct fnentry *e, mp_fn fn, const void *in,
-              size_t len, mp_buf *out, int *code)
-{
-    int rc = 0;
-    *code = 0;
-    out->len = 0;
-    if (r)
-        rc = r->call(r->ctx, e, in, len, out, code);
-    else if (fn)
-        *code = fn(in, len, out);
-    else
-        rc = MP_EINVAL;                  /* its object cannot be found in this image */
-    return rc == 0 && *code != 0 ? MP_ETASK : rc;
-}
-
-static int run_apply(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn,
-                     const struct task_runner *r, mp_buf *out)
-{
-    int code;
-    if (sh->task_timeout > 0)
-        atomic_store(&s->started_ns, now_ns());
-    int rc = task_call(r, f->fn, fn, f->in, f->in_len, out, &code);
-    if (rc == WORKER_GONE)
-        return rc;
-    atomic_store(&s->started_ns, 0);
-    if (rc == 0 || rc == MP_ETASK) {
-        int src = store_output(f, out);
-        rc = src ? src : rc;
-    }
-    task_finish(f, TASK_RUNNING, rc, code);
-    return 0;
-}
-
-static bool run_initializer(struct pool_shared *sh, void **keep)
-{
-    void (*init)(void *) = (void (*)(void *))fnref_resolve(&sh->init_ref);
-    void *arg = sh->initarg;
-    if (!init)
-        return false;
-    if (sh->initarg_size) {          /* each worker gets its own copy, kept for its life */
-        *keep = malloc(sh->initarg_size);
-        if (*keep)
-            memcpy(*keep, sh->initarg, sh->initarg_size);
-        arg = *keep;
-    }
-    init(arg);
-    return true;
-}
-
-int pool_worker_main(void *arg)
-{
-    struct worker_arg a = *(struct worker_arg *)arg;
-    struct pool_shared *sh = a.sh;
-    struct slot *s = &sh->slots[a.slot];
-    struct worker_local L = { 0 };
-    void *initarg = NULL;
-    int status = 0;
-    /* A runner runs the initializer where it runs tasks, before this. */
-    if (sh->has_init && !a.runner && !run_initializer(sh, &initarg))
-        return 127;                  /* not found in this image: counts as a failed start */
-    atomic_store(&s->ready, 1);
-    for (int done = 0; sh->maxtasks == 0 || done < sh->maxtasks; done++) {
-        mp_future *f = take_task(sh, s);
-        if (!f)
-            break;
-        mp_fn fn = a.runner ? NULL : worker_resolve(&L, f->kind == KIND_CHUNK ? f->job->fn : f->fn);
-        int rc = f->kind == KIND_CHUNK ? chunk_run(sh, s, f, fn, a.runner, &L.out)
-                                       : run_apply(sh, s, f, fn, a.runner, &L.out);
-        if (rc == WORKER_GONE) {
-            status = -1;
-            break;
-        }
-        atomic_store(&s->current, NULL);
-    }
-    free(initarg);
-    free(L.fns);
-    mp_buf_free(&L.out);
-    return status;
-}
-
-int mp__pool_worker_main(void *arg)
-{
-    return pool_worker_main(arg);
-}
-
-struct pool_shared *mp__pool_shared_of(const mp_pool *p)
-{
-    return p->sh;
-}
-
-void *mp__fnref_resolve(const fnref *r)
-{
-    return fnref_resolve(r);
 }
 
 /* ------------------------------------------------------------------ backends */
@@ -719,7 +535,7 @@ static double enforce_timeouts(mp_pool *p)
 
 static void monitor_poll(mp_pool *p, double wait)
 {
-    struct pollfd fds[p->nworkers + 1];
+    struct pollfd *fds = p->pollfds;
     nfds_t n = 0;
     fds[n++] = (struct pollfd){ .fd = p->efd, .events = POLLIN };
     pthread_mutex_lock(&p->lock);
@@ -999,6 +815,7 @@ static void pool_destroy(mp_pool *p)
     pthread_mutex_destroy(&p->cblock);
     pthread_mutex_destroy(&p->fnlock);
     free(p->workers);
+    free(p->pollfds);
     free(p->fns);
     p->magic = MAGIC_FREED;
     free(p);
@@ -1062,8 +879,9 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     pthread_mutex_init(&p->cblock, NULL);
     pthread_mutex_init(&p->fnlock, NULL);
     p->workers = calloc((size_t)p->nworkers, sizeof *p->workers);
+    p->pollfds = calloc((size_t)p->nworkers + 1, sizeof *p->pollfds);
     p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    rc = !p->workers || p->efd < 0 ? MP_ENOMEM : shared_new(p);
+    rc = !p->workers || !p->pollfds || p->efd < 0 ? MP_ENOMEM : shared_new(p);
     if (rc == 0)
         rc = start_all(p);
     if (rc != 0) {

@@ -15,7 +15,6 @@
 
 struct segment {                        /* imap records, moved to the caller's heap */
     struct segment *next;
-    size_t chunk;                       /* original chunk: first item / chunksize */
     unsigned char *data;
     size_t len, off;                    /* off: next record to read */
 };
@@ -28,7 +27,9 @@ struct mp_iter {
     bool unordered;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct segment *segs, **tail;       /* arrival order */
+    struct segment *segs, **tail;       /* unordered: arrival order */
+    struct segment **by_chunk;          /* ordered: each original chunk's segments */
+    size_t nchunks, pending;            /* pending: segments not yet read out */
     size_t emitted;                     /* items handed out */
     int last_code;
     bool detached;
@@ -221,7 +222,8 @@ static int append_record(mp_future *f, size_t index, int rc, int code, const mp_
 static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn,
                     const struct task_runner *r, mp_buf *out, int *code)
 {
-    int rc = task_call(r, job->fn, fn, job->in + index * job->in_size, job->in_size, out, code);
+    const unsigned char *in = job->in ? job->in + index * job->in_size : NULL;   /* in_size 0 */
+    int rc = task_call(r, job->fn, fn, in, job->in_size, out, code);
     if (rc == WORKER_GONE)
         return rc;
     if (job->imap) {
@@ -282,11 +284,15 @@ static void job_fail(struct job *job, size_t index, int rc, int code)
 
 static void iter_destroy(mp_iter *it)
 {
-    for (struct segment *s = it->segs, *next; s; s = next) {
-        next = s->next;
-        free(s->data);
-        free(s);
+    for (size_t c = 0; c <= it->nchunks; c++) {
+        struct segment *list = c < it->nchunks ? (it->by_chunk ? it->by_chunk[c] : NULL) : it->segs;
+        for (struct segment *s = list, *next; s; s = next) {
+            next = s->next;
+            free(s->data);
+            free(s);
+        }
     }
+    free(it->by_chunk);
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
     it->magic = MAGIC_FREED;
@@ -306,12 +312,17 @@ static void iter_deliver(mp_iter *it, size_t chunk, const unsigned char *data, s
     }
     if (len)
         memcpy(copy, data, len);
-    s->chunk = chunk;
     s->data = copy;
     s->len = len;
     pthread_mutex_lock(&it->lock);
-    *it->tail = s;
-    it->tail = &s->next;
+    if (it->unordered) {
+        *it->tail = s;
+        it->tail = &s->next;
+    } else {                             /* read by index: file it under its chunk */
+        s->next = it->by_chunk[chunk];
+        it->by_chunk[chunk] = s;
+    }
+    it->pending++;
     pthread_cond_broadcast(&it->cond);
     pthread_mutex_unlock(&it->lock);
 }
@@ -441,6 +452,11 @@ int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     it->chunksize = chunksize ? chunksize : auto_chunksize(p, n);
     it->unordered = unordered;
     it->tail = &it->segs;
+    it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
+    if (!unordered && !(it->by_chunk = calloc(it->nchunks ? it->nchunks : 1, sizeof *it->by_chunk))) {
+        free(it);
+        return MP_ENOMEM;
+    }
     pthread_mutex_init(&it->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -473,14 +489,14 @@ static bool iter_valid(const mp_iter *it)
 /* The segment holding the next record to hand out, or NULL if not here yet. */
 static struct segment *next_segment(mp_iter *it, struct segment ***link)
 {
-    size_t want_chunk = it->emitted / it->chunksize;
-    for (struct segment **l = &it->segs; *l; l = &(*l)->next) {
+    struct segment **head = it->unordered ? &it->segs : &it->by_chunk[it->emitted / it->chunksize];
+    for (struct segment **l = head; *l; l = &(*l)->next) {
         struct segment *s = *l;
         if (s->off == s->len)
             continue;
         struct record r;
         memcpy(&r, s->data + s->off, sizeof r);
-        if (it->unordered || (s->chunk == want_chunk && r.index == it->emitted)) {
+        if (it->unordered || r.index == it->emitted) {
             *link = l;
             return s;
         }
@@ -508,6 +524,7 @@ static int take_record(mp_iter *it, struct segment *s, struct segment **link, si
         *link = s->next;
         if (it->tail == &s->next)
             it->tail = link;
+        it->pending--;
         free(s->data);
         free(s);
     }
@@ -531,7 +548,7 @@ int mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
             rc = take_record(it, s, link, index, out);
             break;
         }
-        if (deadline_passed(&d) || (!it->job && !it->segs)) {
+        if (deadline_passed(&d) || (!it->job && !it->pending)) {
             rc = it->job ? MP_ETIMEDOUT : MP_EEOF;
             break;
         }

@@ -110,6 +110,14 @@ static inline int t_square_or_die(const void *in, size_t len, mp_buf *out)
     return t_square(in, len, out);
 }
 
+/* map item: hangs on 5, squares the rest. */
+static inline int t_square_or_hang(const void *in, size_t len, mp_buf *out)
+{
+    if (get_int(in) == 5)
+        return t_spin_forever(in, len, out);
+    return t_square(in, len, out);
+}
+
 /* imap item: a result as long as the input says. */
 static inline int t_repeat(const void *in, size_t len, mp_buf *out)
 {

@@ -139,6 +139,31 @@ static void test_future_free_while_pending_detaches(void **state)
     mp_pool_free(p);
 }
 
+static void test_future_of_a_map_takes_callbacks_and_waits(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    int in[50], out[50];
+    for (int i = 0; i < 50; i++)
+        in[i] = i;
+    mp_future *fs[2];
+    TU_OK(mp_pool_map_async(p, t_square, in, 50, sizeof *in, out, sizeof *out, 3, &fs[0]));
+    TU_OK(mp_pool_map_async(p, t_square, in, 0, sizeof *in, NULL, 0, 0, &fs[1]));   /* n = 0 */
+    struct cb_record r = { 0 };
+    TU_OK(mp_future_on_done(fs[0], on_done_cb, &r));
+    assert_int_equal(mp_futures_wait(fs, 2, MP_ALL_COMPLETED, 30), 2);
+    assert_true(tu_wait_for(cb_called, &r, 30));
+    TU_OK(r.rc);
+    TU_ASSERT_RC(mp_future_cancel(fs[0]), MP_ESTATE);       /* maps cannot be cancelled */
+    size_t index;
+    TU_ASSERT_RC(mp_future_failed_index(fs[0], &index), MP_ESTATE);   /* none failed */
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(out[i], i * i);
+    mp_future_free(fs[0]);
+    mp_future_free(fs[1]);
+    mp_pool_free(p);
+}
+
 struct self_join { mp_pool *pool; _Atomic int rc, calls; };
 
 static void join_from_callback(mp_future *f, void *ctx)
@@ -181,6 +206,7 @@ int main(void)
         cmocka_unit_test(test_future_on_done_runs_on_result_thread_or_at_once),
         cmocka_unit_test(test_futures_wait_first_completed_first_exception_all),
         cmocka_unit_test(test_future_free_while_pending_detaches),
+        cmocka_unit_test(test_future_of_a_map_takes_callbacks_and_waits),
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -240,6 +240,27 @@ static void test_pool_task_timeout_kills_only_the_overrunning_task(void **state)
     mp_pool_free(p);
 }
 
+static void test_pool_task_timeout_applies_to_each_item_of_a_map(void **state)
+{
+    (void)state;
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .task_timeout = 0.3 * tu_slow() }));
+    int in[40], out[40];
+    for (int i = 0; i < 40; i++)
+        in[i] = i;
+    mp_future *f;
+    TU_OK(mp_pool_map_async(p, t_square_or_hang, in, 40, sizeof *in, out, sizeof *out, 8, &f));
+    TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_EKILLED);
+    size_t index;
+    TU_OK(mp_future_failed_index(f, &index));
+    assert_int_equal(index, 5);
+    for (int i = 0; i < 40; i++)           /* the items after it in its chunk ran too */
+        if (i != 5)
+            assert_int_equal(out[i], i * i);
+    mp_future_free(f);
+    mp_pool_free(p);
+}
+
 /* ------------------------------------------------------------------ map */
 
 static void check_map(mp_pool *p, size_t n, size_t chunksize)
@@ -334,6 +355,32 @@ static void test_pool_map_survives_a_crash_in_every_chunk(void **state)
     assert_int_equal(crashed, N / 25);
     mp_iter_free(it);
     expect_squares(p, 0, 10);
+    mp_pool_free(p);
+}
+
+struct pair { int a, b; };
+
+static int add_pair(const void *in, size_t len, mp_buf *out)
+{
+    struct pair pr;
+    if (len != sizeof pr)
+        return 99;                         /* runs in a worker: no cmocka here */
+    memcpy(&pr, in, sizeof pr);
+    long sum = (long)pr.a + pr.b;
+    return mp_buf_append(out, &sum, sizeof sum);
+}
+
+static void test_pool_starmap_is_map_over_argument_structs(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    struct pair args[100];                 /* pool.starmap(add, [(a, b), ...]) */
+    long sums[100];
+    for (int i = 0; i < 100; i++)
+        args[i] = (struct pair){ i, 1000 * i };
+    TU_OK(mp_pool_map(p, add_pair, args, 100, sizeof *args, sums, sizeof *sums, 0));
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(sums[i], 1001 * i);
     mp_pool_free(p);
 }
 
@@ -540,6 +587,10 @@ static void test_pool_threads_backend_runs_everything(void **state)
     TU_OK(mp_pool_close(p));
     TU_OK(mp_pool_join(p, 30));
     mp_pool_free(p);
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .backend = MP_THREADS,
+                                            .maxtasksperchild = 1 }));
+    expect_squares(p, 0, 20);                          /* twenty threads, one task each */
+    mp_pool_free(p);
 }
 
 static void test_pool_spawn_and_forkserver_workers(void **state)
@@ -557,7 +608,7 @@ static void test_pool_spawn_and_forkserver_workers(void **state)
     expect_crash_reported(MP_FORKSERVER, t_exit_with_input, 3, MP_ECRASHED, 3);
 }
 
-static void test_pool_runs_a_function_of_a_loaded_library_under_spawn(void **state)
+static void test_pool_runs_a_function_of_a_loaded_library_under_every_method(void **state)
 {
     (void)state;
     char path[4096];
@@ -570,15 +621,18 @@ static void test_pool_runs_a_function_of_a_loaded_library_under_spawn(void **sta
      * returns a + b: as an mp_fn, the task "fails" with code a + b. */
     mp_fn fn = (mp_fn)dlsym(lib, "lib_target_sum");
     assert_non_null(fn);
-    mp_pool *p;
-    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .method = MP_SPAWN }));
-    struct lib_job job = { 20, 22, NULL };
-    mp_future *f;
-    TU_OK(mp_pool_apply_async(p, fn, &job, sizeof job, &f));
-    TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_ETASK);
-    assert_int_equal(mp_future_code(f), 42);
-    mp_future_free(f);
-    mp_pool_free(p);
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int m = 0; m < 3; m++) {
+        mp_pool *p;
+        TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .method = methods[m] }));
+        struct lib_job job = { 20, 22 + m, NULL };
+        mp_future *f;
+        TU_OK(mp_pool_apply_async(p, fn, &job, sizeof job, &f));
+        TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_ETASK);
+        assert_int_equal(mp_future_code(f), 42 + m);
+        mp_future_free(f);
+        mp_pool_free(p);
+    }
 }
 
 /* ------------------------------------------------------------------ lifecycle */
@@ -684,9 +738,11 @@ int main(void)
         cmocka_unit_test(test_pool_abort_in_task_reports_sigabrt),
         cmocka_unit_test(test_pool_worker_killed_from_outside_is_replaced),
         cmocka_unit_test(test_pool_task_timeout_kills_only_the_overrunning_task),
+        cmocka_unit_test(test_pool_task_timeout_applies_to_each_item_of_a_map),
         cmocka_unit_test(test_pool_map_keeps_order_for_every_chunking),
         cmocka_unit_test(test_pool_map_reports_the_lowest_failing_index),
         cmocka_unit_test(test_pool_map_survives_a_crash_in_every_chunk),
+        cmocka_unit_test(test_pool_starmap_is_map_over_argument_structs),
         cmocka_unit_test(test_pool_map_result_larger_than_out_size_is_etoobig),
         cmocka_unit_test(test_pool_imap_streams_in_order_and_unordered),
         cmocka_unit_test(test_pool_imap_reports_crashed_item_and_continues),
@@ -696,7 +752,7 @@ int main(void)
         cmocka_unit_test(test_pool_outlives_the_thread_that_made_it),
         cmocka_unit_test(test_pool_threads_backend_runs_everything),
         cmocka_unit_test(test_pool_spawn_and_forkserver_workers),
-        cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_spawn),
+        cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_every_method),
         cmocka_unit_test(test_pool_terminate_kills_pending_and_leaves_no_process),
         cmocka_unit_test(test_pool_free_of_a_running_pool_terminates_it),
         cmocka_unit_test(test_pool_leaves_no_zombie_after_crashes_and_join),

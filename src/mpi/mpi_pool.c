@@ -160,7 +160,7 @@ static int proxy_call(void *ctx, const struct fnentry *e, const void *in, size_t
     if (x->left && (in != x->next_in || len != x->in_size))
         x->left = 0;                    /* a chunk ended early: its prefetch is stale */
     if (x->left) {
-        x->next_in += len;
+        x->next_in = x->next_in ? x->next_in + len : NULL;   /* in_size 0: no input */
     } else {
         int rc = exchange(x, OP_RUN, &e->ref, in, len, 1);
         if (rc != 0)
@@ -174,7 +174,7 @@ static void proxy_prefetch(void *ctx, const struct job *job, size_t from, size_t
     struct proxy *x = ctx;
     if (x->gone || from >= to)
         return;
-    const unsigned char *in = job->in + from * job->in_size;
+    const unsigned char *in = job->in ? job->in + from * job->in_size : NULL;   /* in_size 0 */
     if (exchange(x, OP_RUN, &job->fn->ref, in, job->in_size, to - from) == 0) {
         x->next_in = in;
         x->in_size = job->in_size;

@@ -1,0 +1,86 @@
+/* test_pool_arena.c - the pool gives back the arena memory it takes, through
+ * crashes, cancels, detached futures, imap and terminate (MPROC_WHITEBOX).
+ *
+ * The arena takes new memory only when a size class has no free block. A
+ * block of a size nobody used before comes from that new memory, so two such
+ * probes, one before and one after the rounds, show how far it moved: a leak
+ * of one block per task would move it by hundreds of KiB a round. */
+#include "pool_tasks.h"
+
+#include "internal.h"
+
+#define MIB ((size_t)1 << 20)
+
+static void on_done_count(mp_future *f, void *ctx)
+{
+    (void)f;
+    atomic_fetch_add((_Atomic int *)ctx, 1);
+}
+
+static void one_round(void)
+{
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .maxtasksperchild = 40 }));
+    enum { N = 400 };
+    mp_future *fs[N];
+    _Atomic int callbacks = 0;
+    for (int i = 0; i < N; i++) {
+        fs[i] = submit_int(p, i % 100 == 1 ? t_signal_self : t_square, i % 100 == 1 ? SIGKILL : i);
+        if (i % 10 == 0)
+            TU_OK(mp_future_on_done(fs[i], on_done_count, &callbacks));
+    }
+    for (int i = N - 1; i >= N - 20; i--)
+        mp_future_cancel(fs[i]);              /* some of these may have started */
+    for (int i = 0; i < N; i += 2) {          /* detach half while they may still run */
+        mp_future_free(fs[i]);
+        fs[i] = NULL;
+    }
+    for (int i = 1; i < N; i += 2) {
+        mp_future_wait(fs[i], 30);
+        mp_future_free(fs[i]);
+    }
+    static int in[2000], out[2000];
+    for (int i = 0; i < 2000; i++)
+        in[i] = i + 1;
+    mp_pool_map(p, t_square_or_die, in, 2000, sizeof *in, out, sizeof *out, 7);
+    mp_iter *it;
+    /* Few chunks: how many result buffers are alive at once depends on timing. */
+    TU_OK(mp_pool_imap(p, t_repeat, in, 300, sizeof *in, 50, true, &it));
+    mp_buf b = { 0 };
+    for (int i = 0; i < 150; i++)
+        mp_iter_next(it, NULL, &b, 30);
+    mp_iter_free(it);                          /* half read: the pool frees the rest */
+    mp_buf_free(&b);
+    for (int i = 0; i < 20; i++)
+        mp_future_free(submit_int(p, t_spin_forever, 0));   /* pending at terminate */
+    mp_pool_free(p);
+}
+
+static void test_pool_rounds_do_not_grow_the_arena(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 3; i++)                           /* warm-up: the peaks */
+        one_round();
+    char *before = arena_alloc_nozero(MIB - 64);        /* a 1 MiB block: fresh memory */
+    assert_non_null(before);
+    for (int i = 0; i < 8; i++)
+        one_round();
+    char *after = arena_alloc_nozero(2 * MIB - 64);     /* a 2 MiB block: fresh memory */
+    assert_non_null(after);
+    size_t grown = (size_t)(after - (before + MIB));
+    print_message("arena grew by %zu KiB in 8 rounds after the warm-up\n", grown >> 10);
+    /* Timing can still raise a peak a little; one leaked block per task
+     * would be 8 rounds x 400 tasks x 512 bytes = 1.6 MiB. */
+    assert_true(grown <= 256 << 10);
+    arena_free(before);
+    arena_free(after);
+}
+
+int main(void)
+{
+    tu_watchdog(200);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pool_rounds_do_not_grow_the_arena),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
