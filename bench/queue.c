@@ -1,42 +1,18 @@
 /* queue.c - queue throughput, round trip, 4x4 and idle cost (bench/queue.py
  * runs the same workloads with Python's multiprocessing).
  *
- * Producers and consumers are separate processes (fork); each row is the
- * median of several repetitions and prints "<id>\t<value>\t<unit>\t<better>".
+ * Producers and consumers are separate processes (fork); every row is the
+ * median of several repetitions (bench.h).
  */
 #include <mproc.h>
 
-#include <signal.h>
+#include "bench.h"
+
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-
-#define REPS 5
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
-}
 
 static void die(const char *what, int rc)
 {
@@ -53,6 +29,8 @@ static int reap(pid_t pid)
 
 /* ------------------------------------------------------------------ 1 -> 1 */
 
+struct one_to_one { size_t size; long n; };
+
 static void produce(mp_queue *q, size_t size, long n)
 {
     char *item = malloc(size ? size : 1);
@@ -67,7 +45,7 @@ static void produce(mp_queue *q, size_t size, long n)
 }
 
 /* Seconds to move n items of size bytes from a child process to this one. */
-static double one_to_one(size_t size, long n)
+static double one_to_one_secs(size_t size, long n)
 {
     mp_queue *q;
     int rc = mp_queue_new(&q, NULL);
@@ -76,7 +54,7 @@ static double one_to_one(size_t size, long n)
     mp_buf buf = { 0 };
     mp_buf_reserve(&buf, size);
     memset(buf.data, 0, size);            /* fault the pages in before timing */
-    double t0 = now();
+    double t0 = bench_now();
     pid_t pid = fork();
     if (pid == 0) {
         produce(q, size, n);
@@ -85,73 +63,61 @@ static double one_to_one(size_t size, long n)
     for (long i = 0; i < n; i++)
         if ((rc = mp_queue_get_buf(q, &buf, MP_FOREVER)) != 0)
             die("get", rc);
-    double t = now() - t0;
+    double t = bench_now() - t0;
     reap(pid);
     mp_buf_free(&buf);
     mp_queue_free(q);
     return t;
 }
 
-static void row_rate(const char *id, size_t size, long n)
+static double items_per_sec(void *arg)
 {
-    double v[REPS];
-    for (int r = 0; r < REPS; r++)
-        v[r] = (double)n / one_to_one(size, n);
-    printf("%s\t%.0f\titems/s\thigher\n", id, median(v, REPS));
-    fflush(stdout);
+    struct one_to_one *w = arg;
+    return (double)w->n / one_to_one_secs(w->size, w->n);
 }
 
-static void row_bandwidth(void)
+static double gb_per_sec(void *arg)
 {
-    size_t size = (size_t)64 << 20;
-    long n = 16;
-    double v[3];
-    for (int r = 0; r < 3; r++)
-        v[r] = (double)size * (double)n / one_to_one(size, n) / 1e9;
-    printf("queue_1to1_64MiB\t%.2f\tGB/s\thigher\n", median(v, 3));
-    fflush(stdout);
+    struct one_to_one *w = arg;
+    return (double)w->size * (double)w->n / one_to_one_secs(w->size, w->n) / 1e9;
 }
 
 /* ------------------------------------------------------------------ round trip */
 
-static void row_roundtrip(void)
+static double roundtrip_us(void *arg)
 {
-    long n = 100000;
-    double v[REPS];
-    for (int r = 0; r < REPS; r++) {
-        mp_queue *ping, *pong;
-        mp_queue_new(&ping, NULL);
-        mp_queue_new(&pong, NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-            char b[64];
-            size_t len;
-            while (mp_queue_get(ping, b, sizeof b, &len, MP_FOREVER) == 0)
-                mp_queue_put(pong, b, len, MP_FOREVER);
-            _exit(0);
-        }
-        char msg[64] = "ping";
+    long n = *(long *)arg;
+    mp_queue *ping, *pong;
+    mp_queue_new(&ping, NULL);
+    mp_queue_new(&pong, NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char b[64];
         size_t len;
-        for (int i = 0; i < 1000; i++) {      /* warm up */
-            mp_queue_put(ping, msg, sizeof msg, MP_FOREVER);
-            mp_queue_get(pong, msg, sizeof msg, &len, MP_FOREVER);
-        }
-        double t0 = now();
-        for (long i = 0; i < n; i++) {
-            mp_queue_put(ping, msg, sizeof msg, MP_FOREVER);
-            mp_queue_get(pong, msg, sizeof msg, &len, MP_FOREVER);
-        }
-        v[r] = (now() - t0) / (double)n * 1e6;
-        mp_queue_shutdown(ping);
-        reap(pid);
-        mp_queue_free(ping);
-        mp_queue_free(pong);
+        while (mp_queue_get(ping, b, sizeof b, &len, MP_FOREVER) == 0)
+            mp_queue_put(pong, b, len, MP_FOREVER);
+        _exit(0);
     }
-    printf("queue_roundtrip\t%.2f\tus\tlower\n", median(v, REPS));
-    fflush(stdout);
+    char msg[64] = "ping";
+    size_t len;
+    double t0 = 0;
+    for (long i = -1000; i < n; i++) {    /* the first thousand warm up */
+        if (i == 0)
+            t0 = bench_now();
+        mp_queue_put(ping, msg, sizeof msg, MP_FOREVER);
+        mp_queue_get(pong, msg, sizeof msg, &len, MP_FOREVER);
+    }
+    double us = bench_per_op_ns(t0, n) / 1e3;
+    mp_queue_shutdown(ping);
+    reap(pid);
+    mp_queue_free(ping);
+    mp_queue_free(pong);
+    return us;
 }
 
 /* ------------------------------------------------------------------ 4 x 4 */
+
+enum { P = 4, C = 4 };
 
 struct tally { uint64_t count, sum; };
 
@@ -167,62 +133,60 @@ static int consume_all(mp_queue *q, struct tally *t)
     return rc == MP_EEOF ? 0 : 1;
 }
 
-static void row_4x4(void)
+static void produce_ids(mp_queue *q, uint64_t first, long n)
 {
-    enum { P = 4, C = 4 };
-    long per = 250000;
-    double v[3];
-    for (int r = 0; r < 3; r++) {
-        mp_queue *q;
-        mp_queue_new(&q, NULL);
-        struct tally *t = mp_shared_alloc(C * sizeof *t);
-        pid_t prod[P], cons[C];
-        double t0 = now();
-        for (int c = 0; c < C; c++)
-            if ((cons[c] = fork()) == 0)
-                _exit(consume_all(q, &t[c]));
-        for (int p = 0; p < P; p++) {
-            if ((prod[p] = fork()) == 0) {
-                for (uint64_t i = 0; i < (uint64_t)per; i++) {
-                    uint64_t x = (uint64_t)p * (uint64_t)per + i + 1;
-                    mp_queue_put(q, &x, sizeof x, MP_FOREVER);
-                }
-                _exit(0);
-            }
+    for (uint64_t x = first; x < first + (uint64_t)n; x++)
+        mp_queue_put(q, &x, sizeof x, MP_FOREVER);
+}
+
+/* Items/s through 4 producer and 4 consumer processes; every item must
+ * arrive exactly once (count and checksum), or the run fails. */
+static double many_to_many(void *arg)
+{
+    long per = *(long *)arg;
+    mp_queue *q;
+    mp_queue_new(&q, NULL);
+    struct tally *t = mp_shared_alloc(C * sizeof *t);
+    pid_t prod[P], cons[C];
+    double t0 = bench_now();
+    for (int c = 0; c < C; c++)
+        if ((cons[c] = fork()) == 0)
+            _exit(consume_all(q, &t[c]));
+    for (int p = 0; p < P; p++)
+        if ((prod[p] = fork()) == 0) {
+            produce_ids(q, (uint64_t)p * (uint64_t)per + 1, per);
+            _exit(0);
         }
-        for (int p = 0; p < P; p++)
-            reap(prod[p]);
-        mp_queue_shutdown(q);
-        int bad = 0;
-        for (int c = 0; c < C; c++)
-            bad |= reap(cons[c]);
-        double el = now() - t0;
-        uint64_t n = (uint64_t)P * (uint64_t)per, count = 0, sum = 0;
-        for (int c = 0; c < C; c++) {
-            count += t[c].count;
-            sum += t[c].sum;
-        }
-        if (bad || count != n || sum != n * (n + 1) / 2) {
-            fprintf(stderr, "bench_queue: 4x4 lost or duplicated items\n");
-            exit(1);
-        }
-        v[r] = (double)n / el;
-        mp_shared_free(t);
-        mp_queue_free(q);
+    for (int p = 0; p < P; p++)
+        reap(prod[p]);
+    mp_queue_shutdown(q);
+    int bad = 0;
+    for (int c = 0; c < C; c++)
+        bad |= reap(cons[c]);
+    uint64_t n = (uint64_t)P * (uint64_t)per, count = 0, sum = 0;
+    double rate = bench_rate(t0, (double)n);
+    for (int c = 0; c < C; c++) {
+        count += t[c].count;
+        sum += t[c].sum;
     }
-    printf("queue_4x4\t%.0f\titems/s\thigher\n", median(v, 3));
-    fflush(stdout);
+    if (bad || count != n || sum != n * (n + 1) / 2) {
+        fprintf(stderr, "bench_queue: 4x4 lost or duplicated items\n");
+        exit(1);
+    }
+    mp_shared_free(t);
+    mp_queue_free(q);
+    return rate;
 }
 
 /* ------------------------------------------------------------------ idle */
 
-/* Three consumers block on an empty queue for 2 s at once; the median of
+/* Three consumers block on an empty queue for 2 s at once: the median of
  * their CPU use (getrusage of each child) over the wall time. */
 static void row_idle_cpu(void)
 {
     mp_queue *q;
     mp_queue_new(&q, NULL);
-    double t0 = now(), v[3];
+    double t0 = bench_now(), v[3];
     pid_t pid[3];
     for (int i = 0; i < 3; i++)
         if ((pid[i] = fork()) == 0) {
@@ -236,26 +200,33 @@ static void row_idle_cpu(void)
         wait4(pid[i], &st, 0, &ru);
         double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
                      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-        v[i] = cpu / (now() - t0) * 100.0;
+        v[i] = cpu / (bench_now() - t0) * 100.0;
     }
-    printf("queue_idle_cpu\t%.3f\t%%\tlower\n", median(v, 3));
+    bench_row("queue_idle_cpu", bench_median(v, 3), "%", BENCH_LOWER);
     mp_queue_free(q);
 }
 
 int main(int argc, char **argv)
 {
-    const char *only = argc > 1 ? argv[1] : "";
-    if (!*only || strstr("queue_1to1_64B", only))
-        row_rate("queue_1to1_64B", 64, 2000000);
-    if (!*only || strstr("queue_1to1_4KiB", only))
-        row_rate("queue_1to1_4KiB", 4096, 400000);
-    if (!*only || strstr("queue_1to1_64MiB", only))
-        row_bandwidth();
-    if (!*only || strstr("queue_roundtrip", only))
-        row_roundtrip();
-    if (!*only || strstr("queue_4x4", only))
-        row_4x4();
-    if (!*only || strstr("queue_idle_cpu", only))
+    struct one_to_one small = { 64, 2000000 }, page = { 4096, 400000 },
+                      huge = { (size_t)64 << 20, 16 };
+    long roundtrips = 100000, per_producer = 250000;
+    if (bench_selected(argc, argv, "queue_1to1_64B"))
+        bench_row("queue_1to1_64B", bench_median_of(bench_reps(5), items_per_sec, &small),
+                  "items/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_1to1_4KiB"))
+        bench_row("queue_1to1_4KiB", bench_median_of(bench_reps(5), items_per_sec, &page),
+                  "items/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_1to1_64MiB"))
+        bench_row("queue_1to1_64MiB", bench_median_of(bench_reps(3), gb_per_sec, &huge),
+                  "GB/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_roundtrip"))
+        bench_row("queue_roundtrip", bench_median_of(bench_reps(5), roundtrip_us, &roundtrips),
+                  "us", BENCH_LOWER);
+    if (bench_selected(argc, argv, "queue_4x4"))
+        bench_row("queue_4x4", bench_median_of(bench_reps(3), many_to_many, &per_producer),
+                  "items/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_idle_cpu"))
         row_idle_cpu();
     return 0;
 }

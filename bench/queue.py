@@ -1,25 +1,25 @@
 #!/usr/bin/env python3
-"""queue.py - the workloads of bench/queue.c with Python's multiprocessing.
+"""queue.py - Python peer of bench/queue.c: multiprocessing.Queue and Pipe.
 
-One line per workload on stdout: <id>\t<value>\t<unit>\t<higher|lower>,
-medians of a few repetitions; sizes are smaller than the C side's (Python is
-slower), the rates are comparable.
+queue_1to1_*: one producer process, the main process consumes (items/s, or
+GB/s for 64 MiB items). queue_roundtrip: request/reply over a Pipe (the
+issue's reference); queue_roundtrip_pyqueue: the same over two Queues.
+queue_4x4: 4 producers x 4 consumers, sentinels end the consumers.
+queue_idle_cpu: CPU % of getters blocked 2 s on an empty queue. Item counts
+are smaller than the C side's (Python is slower); the rates are comparable.
 """
 import os
 import sys
 
-# This file is named queue.py: keep its directory off the path, or it would
-# shadow the standard library's queue module that multiprocessing imports.
+# This file is named queue.py: its directory must come AFTER the standard
+# library on the path, or it would shadow the queue module multiprocessing
+# imports (also in spawned children, which inherit sys.path).
 _here = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here] + [_here]
+
+from common import now, rate, median_of, reps, selected, row, HIGHER, LOWER  # noqa: E402
 
 import multiprocessing as mp  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-
-def emit(name, value, unit, better):
-    print(f"{name}\t{value:.6g}\t{unit}\t{better}", flush=True)
 
 
 def producer(q, size, n):
@@ -28,26 +28,24 @@ def producer(q, size, n):
         q.put(item)
 
 
-def one_to_one(size, n):
+def one_to_one_secs(size, n):
     q = mp.Queue()
-    t0 = time.perf_counter()
+    t0 = now()
     p = mp.Process(target=producer, args=(q, size, n))
     p.start()
     for _ in range(n):
         q.get()
-    t = time.perf_counter() - t0
+    t = now() - t0
     p.join()
     return t
 
 
-def row_rate(name, size, n, reps=3):
-    emit(name, statistics.median(n / one_to_one(size, n) for _ in range(reps)), "items/s", "higher")
+def items_per_sec(size, n):
+    return n / one_to_one_secs(size, n)
 
 
-def row_bandwidth():
-    size, n = 64 << 20, 3
-    emit("queue_1to1_64MiB",
-         statistics.median(size * n / one_to_one(size, n) / 1e9 for _ in range(3)), "GB/s", "higher")
+def gb_per_sec(size, n):
+    return size * n / one_to_one_secs(size, n) / 1e9
 
 
 def echo_pipe(conn):
@@ -66,23 +64,6 @@ def echo_queue(inq, outq):
         outq.put(msg)
 
 
-def roundtrip_us(start_echo, send, recv, stop, n=2000, reps=3):
-    """Median microseconds per request/reply with an echoing child."""
-    results = []
-    msg = b"p" * 64
-    for _ in range(reps):
-        ends, p = start_echo()
-        for i in range(100 + n):
-            if i == 100:
-                t0 = time.perf_counter()
-            send(ends, msg)
-            recv(ends)
-        results.append((time.perf_counter() - t0) / n * 1e6)
-        stop(ends)
-        p.join()
-    return statistics.median(results)
-
-
 def start_process(target, args):
     p = mp.Process(target=target, args=args)
     p.start()
@@ -99,16 +80,29 @@ def queue_echo():
     return (ping, pong), start_process(echo_queue, (ping, pong))
 
 
-def row_roundtrip_pipe():
-    us = roundtrip_us(pipe_echo, lambda a, m: a.send_bytes(m), lambda a: a.recv_bytes(),
-                      lambda a: a.send_bytes(b""))
-    emit("queue_roundtrip", us, "us", "lower")
+def roundtrip_us(start_echo, send, recv, stop, n=2000):
+    """Microseconds per request/reply with an echoing child."""
+    ends, p = start_echo()
+    msg = b"p" * 64
+    for i in range(100 + n):
+        if i == 100:
+            t0 = now()
+        send(ends, msg)
+        recv(ends)
+    us = (now() - t0) / n * 1e6
+    stop(ends)
+    p.join()
+    return us
 
 
-def row_roundtrip_queue():
-    us = roundtrip_us(queue_echo, lambda e, m: e[0].put(m), lambda e: e[1].get(),
-                      lambda e: e[0].put(None))
-    emit("queue_roundtrip_pyqueue", us, "us", "lower")
+def pipe_roundtrip_us():
+    return roundtrip_us(pipe_echo, lambda a, m: a.send_bytes(m), lambda a: a.recv_bytes(),
+                        lambda a: a.send_bytes(b""))
+
+
+def queue_roundtrip_us():
+    return roundtrip_us(queue_echo, lambda e, m: e[0].put(m), lambda e: e[1].get(),
+                        lambda e: e[0].put(None))
 
 
 def mm_producer(q, base, n):
@@ -127,28 +121,23 @@ def mm_consumer(q, out):
     out.put((count, total))
 
 
-def row_4x4(per=25000, reps=3):
-    results = []
-    for _ in range(reps):
-        q, out = mp.Queue(), mp.Queue()
-        t0 = time.perf_counter()
-        cons = [mp.Process(target=mm_consumer, args=(q, out)) for _ in range(4)]
-        prods = [mp.Process(target=mm_producer, args=(q, i * per, per)) for i in range(4)]
-        for p in cons + prods:
-            p.start()
-        for p in prods:
-            p.join()
-        for _ in cons:
-            q.put(None)
-        tallies = [out.get() for _ in cons]
-        for p in cons:
-            p.join()
-        elapsed = time.perf_counter() - t0
-        n = 4 * per
-        if sum(c for c, _ in tallies) != n or sum(s for _, s in tallies) != n * (n + 1) // 2:
-            sys.exit("queue.py: 4x4 lost or duplicated items")
-        results.append(n / elapsed)
-    emit("queue_4x4", statistics.median(results), "items/s", "higher")
+def many_to_many(per=25000):
+    q, out = mp.Queue(), mp.Queue()
+    t0 = now()
+    cons = [start_process(mm_consumer, (q, out)) for _ in range(4)]
+    prods = [start_process(mm_producer, (q, i * per, per)) for i in range(4)]
+    for p in prods:
+        p.join()
+    for _ in cons:
+        q.put(None)
+    tallies = [out.get() for _ in cons]
+    for p in cons:
+        p.join()
+    n = 4 * per
+    result = rate(t0, n)
+    if sum(c for c, _ in tallies) != n or sum(s for _, s in tallies) != n * (n + 1) // 2:
+        sys.exit("queue.py: 4x4 lost or duplicated items")
+    return result
 
 
 def idle_getter(q):
@@ -158,36 +147,31 @@ def idle_getter(q):
         pass
 
 
-def row_idle_cpu():
+def idle_cpu():
     """Three getters block on an empty queue for 2 s at once: median CPU %."""
     q = mp.Queue()
-    t0 = time.perf_counter()
-    procs = [mp.Process(target=idle_getter, args=(q,)) for _ in range(3)]
-    for p in procs:
-        p.start()
+    t0 = now()
+    procs = [start_process(idle_getter, (q,)) for _ in range(3)]
     results = []
     for p in procs:
-        _, status, ru = os.wait4(p.pid, 0)
-        results.append((ru.ru_utime + ru.ru_stime) / (time.perf_counter() - t0) * 100.0)
-    emit("queue_idle_cpu", statistics.median(results), "%", "lower")
-
-
-def main():
-    only = sys.argv[1] if len(sys.argv) > 1 else ""
-    rows = [
-        ("queue_1to1_64B", lambda: row_rate("queue_1to1_64B", 64, 100000)),
-        ("queue_1to1_4KiB", lambda: row_rate("queue_1to1_4KiB", 4096, 50000)),
-        ("queue_1to1_64MiB", row_bandwidth),
-        ("queue_roundtrip", row_roundtrip_pipe),
-        ("queue_roundtrip_pyqueue", row_roundtrip_queue),
-        ("queue_4x4", row_4x4),
-        ("queue_idle_cpu", row_idle_cpu),
-    ]
-    for name, run in rows:
-        if not only or only == name:
-            run()
+        _, _, ru = os.wait4(p.pid, 0)
+        results.append((ru.ru_utime + ru.ru_stime) / (now() - t0) * 100.0)
+    return sorted(results)[1]
 
 
 if __name__ == "__main__":
     mp.set_start_method("fork")
-    main()
+    if selected("queue_1to1_64B"):
+        row("queue_1to1_64B", median_of(reps(3), items_per_sec, 64, 100000), "items/s", HIGHER)
+    if selected("queue_1to1_4KiB"):
+        row("queue_1to1_4KiB", median_of(reps(3), items_per_sec, 4096, 50000), "items/s", HIGHER)
+    if selected("queue_1to1_64MiB"):
+        row("queue_1to1_64MiB", median_of(reps(3), gb_per_sec, 64 << 20, 3), "GB/s", HIGHER)
+    if selected("queue_roundtrip"):
+        row("queue_roundtrip", median_of(reps(3), pipe_roundtrip_us), "us", LOWER)
+    if selected("queue_roundtrip_pyqueue"):
+        row("queue_roundtrip_pyqueue", median_of(reps(3), queue_roundtrip_us), "us", LOWER)
+    if selected("queue_4x4"):
+        row("queue_4x4", median_of(reps(3), many_to_many), "items/s", HIGHER)
+    if selected("queue_idle_cpu"):
+        row("queue_idle_cpu", idle_cpu(), "%", LOWER)

@@ -80,7 +80,9 @@ typedef struct {
     const char *name;        /* default "Process-N" (N counts per parent) */
     bool daemon;             /* killed when the parent exits, normally or not */
     mp_start_method method;
-    size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver) */
+    size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver);
+                                0: arg passed as is, so under spawn/forkserver it must
+                                point into shared memory (mp_shared_alloc) */
 } mp_process_opts;
 
 MP_EXTERN int   mp_process_new(mp_process **p, mp_target target, void *arg, const mp_process_opts *o);

@@ -58,14 +58,16 @@ static void server_close(struct mp_runtime *r)
         return;
     close(r->fs_sock);
     r->fs_sock = -1;
-    int fd = proc_pidfd_open(r->fs_pid);
-    if (fd >= 0) {
-        mp_deadline d = deadline_in(SHUTDOWN_GRACE);
-        if (proc_poll_fd(fd, &d) != 1)
-            proc_pidfd_signal(fd, SIGKILL);
-        close(fd);
+    mp_deadline d = deadline_in(SHUTDOWN_GRACE);
+    siginfo_t si;
+    while (proc_wait_pid(r->fs_pid, &si, true) == 0) {
+        if (deadline_passed(&d)) {
+            kill(r->fs_pid, SIGKILL);
+            proc_wait_pid(r->fs_pid, &si, false);
+            break;
+        }
+        usleep(500);                /* it is on its way out: EOF is its signal */
     }
-    waitpid(r->fs_pid, NULL, 0);
     r->fs_pid = 0;
 }
 
@@ -115,6 +117,21 @@ void forkserver_after_fork_child(void)
     r->fs_pid = 0;
 }
 
+bool forkserver_running(pid_t server)
+{
+    struct mp_runtime *r = runtime();
+    siginfo_t si;
+    pthread_mutex_lock(&r->fs_lock);
+    bool alive = server == r->fs_pid && r->fs_sock >= 0 && proc_wait_pid(server, &si, true) == 0;
+    if (!alive && server == r->fs_pid && r->fs_sock >= 0) {
+        close(r->fs_sock);          /* it died (and is reaped now): forget it */
+        r->fs_sock = -1;
+        r->fs_pid = 0;
+    }
+    pthread_mutex_unlock(&r->fs_lock);
+    return alive;
+}
+
 void forkserver_shutdown(void)
 {
     struct mp_runtime *r = runtime();
@@ -125,9 +142,12 @@ void forkserver_shutdown(void)
 
 /* ------------------------------------------------------------------ server side */
 
-struct kid { struct mp_process *p; int fd; };
+/* fd: pidfd, or the exit pipe's read end; ending: that pipe has closed but
+ * the kid is not reapable yet (it is between closing its files and exit). */
+struct kid { struct mp_process *p; int fd; bool ending; };
 struct server {
-    int sock, client_fd;
+    int sock, client_fd;            /* client_fd -1: no pidfds, check getppid */
+    pid_t client;
     struct kid *kids;
     size_t nkids, cap;
     struct pollfd *pfds;
@@ -136,8 +156,10 @@ struct server {
 static void reap_kid(struct server *s, size_t i, bool block)
 {
     siginfo_t si;
-    if (proc_wait_pidfd(s->kids[i].fd, &si, !block, false) != 1)
+    if (proc_wait_pid(s->kids[i].p->pid, &si, !block) != 1) {
+        s->kids[i].ending = true;   /* readable, so it has ended or nearly */
         return;
+    }
     close(s->kids[i].fd);
     process_publish_exit(s->kids[i].p, process_code_from_siginfo(&si));
     s->kids[i] = s->kids[--s->nkids];
@@ -150,14 +172,16 @@ static bool request_valid(const struct mp_process *p)
 }
 
 /* In the new child: drop the server's descriptors, become p, run it. */
-static void run_kid(struct server *s, struct mp_process *p, pid_t server)
+static void run_kid(struct server *s, struct mp_process *p, pid_t server, int exit_pipe[2])
 {
     close(s->sock);
-    close(s->client_fd);
+    if (s->client_fd >= 0)
+        close(s->client_fd);
     for (size_t i = 0; i < s->nkids; i++)
         close(s->kids[i].fd);
     signal(SIGINT, SIG_DFL);
-    process_enter_child(p);
+    process_exit_pipe_child(exit_pipe);
+    process_enter_child(p, exit_pipe[1]);
     if (p->daemon)
         process_daemon_guard(server);
     exit(process_run_target(p));
@@ -177,21 +201,29 @@ static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep)
             return MP_ENOMEM;
         s->cap = cap;
     }
+    int exit_pipe[2];
+    int rc = proc_exit_pipe(exit_pipe);
+    if (rc != 0)
+        return rc;
     pid_t server = getpid();
     pid_t pid = fork();
-    if (pid < 0)
-        return -errno;
+    if (pid < 0) {
+        rc = -errno;
+        close(exit_pipe[0]);
+        close(exit_pipe[1]);
+        return rc;
+    }
     if (pid == 0)
-        run_kid(s, p, server);
+        run_kid(s, p, server, exit_pipe);
     p->pid = pid;
     p->reaper = server;
-    int fd = proc_pidfd_open(pid);  /* our own unreaped child: cannot fail but EMFILE */
-    if (fd < 0) {
+    int fd = process_exit_pipe_parent(exit_pipe, pid);
+    if (fd < 0) {                   /* our own unreaped child: only EMFILE and such */
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         return fd;
     }
-    s->kids[s->nkids++] = (struct kid){ p, fd };
+    s->kids[s->nkids++] = (struct kid){ p, fd, false };
     rep->pid = pid;
     return 0;
 }
@@ -218,30 +250,40 @@ static void kill_daemons(struct server *s)
 {
     for (size_t i = 0; i < s->nkids; i++)
         if (s->kids[i].p->daemon)
-            proc_pidfd_signal(s->kids[i].fd, SIGKILL);
+            proc_signal(s->kids[i].fd, s->kids[i].p->pid, SIGKILL);
     for (size_t i = s->nkids; i-- > 0;)
         if (s->kids[i].p->daemon)
             reap_kid(s, i, true);
+}
+
+static bool client_gone(const struct server *s, const struct pollfd *client)
+{
+    return s->client_fd >= 0 ? client->revents != 0 : getppid() != s->client;
 }
 
 static void serve(struct server *s)
 {
     for (;;) {
         size_t n = s->nkids;
+        bool ending = false;
         s->pfds[0] = (struct pollfd){ s->sock, POLLIN, 0 };
         s->pfds[1] = (struct pollfd){ s->client_fd, POLLIN, 0 };
-        for (size_t i = 0; i < n; i++)
-            s->pfds[i + 2] = (struct pollfd){ s->kids[i].fd, POLLIN, 0 };
-        if (poll(s->pfds, n + 2, -1) < 0) {
+        for (size_t i = 0; i < n; i++) {
+            ending |= s->kids[i].ending;
+            s->pfds[i + 2] = (struct pollfd){ s->kids[i].ending ? -1 : s->kids[i].fd, POLLIN, 0 };
+        }
+        /* Short naps only while a kid is ending or the client has no pidfd. */
+        int ms = ending ? 1 : s->client_fd < 0 ? 100 : -1;
+        if (poll(s->pfds, n + 2, ms) < 0) {
             if (errno == EINTR)
                 continue;
             return;
         }
         for (size_t i = n; i-- > 0;)    /* backwards: reaping moves the last kid */
-            if (s->pfds[i + 2].revents)
+            if (s->pfds[i + 2].revents || s->kids[i].ending)
                 reap_kid(s, i, false);
-        if (s->pfds[1].revents)
-            return;                     /* the client died */
+        if (client_gone(s, &s->pfds[1]))
+            return;
         if (s->pfds[0].revents && !serve_request(s))
             return;
     }
@@ -249,20 +291,19 @@ static void serve(struct server *s)
 
 int spawn_run_server(const char *spec)
 {
-    struct server s = { -1, -1, NULL, 0, 0, NULL };
+    struct server s = { -1, -1, 0, NULL, 0, 0, NULL };
     int afd;
     uintptr_t base;
     size_t size;
-    int client;
-    if (sscanf(spec, "%d:%d:%" SCNxPTR ":%zx:%d", &s.sock, &afd, &base, &size, &client) != 5)
+    if (sscanf(spec, "%d:%d:%" SCNxPTR ":%zx:%d", &s.sock, &afd, &base, &size, &s.client) != 5)
         return 2;
     signal(SIGINT, SIG_IGN);            /* Ctrl-C is for the client (as Python's) */
     if (arena_attach(afd, base, size) != 0)
         return 2;
     proc_fd_inherit(afd, false);
     proc_fd_inherit(s.sock, false);
-    s.client_fd = proc_pidfd_open(client);
-    if (s.client_fd < 0 || getppid() != client)
+    s.client_fd = proc_pidfd_open(s.client);
+    if ((s.client_fd < 0 && s.client_fd != -ENOSYS) || getppid() != s.client)
         return 0;                       /* the client is gone already */
     s.pfds = malloc(2 * sizeof *s.pfds);
     if (!s.pfds)

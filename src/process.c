@@ -2,8 +2,8 @@
  *
  * Records live in the arena, so any process of the family can look at one.
  * The OS parent (the creator under fork and spawn, the fork server under
- * forkserver) reaps through a pidfd and publishes the exit status in the
- * record's state word; everyone else waits on that word. Nothing here touches
+ * forkserver) waits on a pidfd, reaps its own pid and publishes the exit
+ * status in the record's state word for everyone else. Nothing here touches
  * SIGCHLD or waits for a pid the library did not start.
  */
 #include "process_internal.h"
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -20,6 +21,8 @@ static struct mp_runtime rt = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .fs_lock = PTHREAD_MUTEX_INITIALIZER,
     .fs_sock = -1,
+    .exe_fd = -1,
+    .exit_fd = -1,
 };
 static pthread_once_t rt_once = PTHREAD_ONCE_INIT;
 
@@ -40,6 +43,9 @@ static void after_fork_child(void)
         close(rt.fds[i].fd);
     rt.nfds = 0;
     rt.nchildren = 0;
+    if (rt.exit_fd >= 0)            /* our parent watches us, not our children */
+        close(rt.exit_fd);
+    rt.exit_fd = -1;
     forkserver_after_fork_child();
     thread_after_fork_child();
 }
@@ -69,19 +75,27 @@ static bool valid(const mp_process *p)
 
 static bool i_reap(const mp_process *p)
 {
-    return p->reaper == getpid();
+    return p->reaper == runtime()->pid;
+}
+
+/* Makes room for one more element in a growing array. */
+static int grow(void **array, size_t *cap, size_t used, size_t elem)
+{
+    if (used < *cap)
+        return 0;
+    size_t n = *cap ? *cap * 2 : 16;
+    void *a = realloc(*array, n * elem);
+    if (!a)
+        return MP_ENOMEM;
+    *array = a;
+    *cap = n;
+    return 0;
 }
 
 static int add_child(mp_process *p)
 {
-    if (rt.nchildren == rt.capchildren) {
-        size_t cap = rt.capchildren ? rt.capchildren * 2 : 16;
-        void *n = realloc(rt.children, cap * sizeof *rt.children);
-        if (!n)
-            return MP_ENOMEM;
-        rt.children = n;
-        rt.capchildren = cap;
-    }
+    if (grow((void **)&rt.children, &rt.capchildren, rt.nchildren, sizeof *rt.children) != 0)
+        return MP_ENOMEM;
     rt.children[rt.nchildren++] = p;
     return 0;
 }
@@ -106,14 +120,8 @@ static struct proc_fd *find_fd(const mp_process *p)
 
 static int add_fd(mp_process *p, int fd)
 {
-    if (rt.nfds == rt.capfds) {
-        size_t cap = rt.capfds ? rt.capfds * 2 : 16;
-        void *n = realloc(rt.fds, cap * sizeof *rt.fds);
-        if (!n)
-            return MP_ENOMEM;
-        rt.fds = n;
-        rt.capfds = cap;
-    }
+    if (grow((void **)&rt.fds, &rt.capfds, rt.nfds, sizeof *rt.fds) != 0)
+        return MP_ENOMEM;
     rt.fds[rt.nfds++] = (struct proc_fd){ p, p->pid, fd };
     return 0;
 }
@@ -130,16 +138,6 @@ static void drop_fds(const mp_process *p)
     }
 }
 
-int process_keep_fd(mp_process *p, int fd)
-{
-    runtime_lock();
-    int rc = add_fd(p, fd);
-    runtime_unlock();
-    if (rc != 0)
-        close(fd);
-    return rc;
-}
-
 /* Under rt.lock. An fd readable once p has ended: our pidfd, one opened now
  * (p is someone else's child), or, for a process already gone, an eventfd
  * that is readable from the start. */
@@ -149,8 +147,11 @@ static int fd_for(mp_process *p)
     if (e)
         return e->fd;
     int fd = MP_ESTATE;
-    if (atomic_load(&p->state) == PROC_RUNNING)
+    if (atomic_load(&p->state) == PROC_RUNNING && !proc_pid_ended(p->pid)) {
         fd = proc_pidfd_open(p->pid);
+        if (fd == -ENOSYS)
+            return fd;              /* no pidfds: callers poll instead */
+    }
     if (fd < 0)
         fd = eventfd(1, EFD_CLOEXEC);
     if (fd < 0)
@@ -172,8 +173,28 @@ int process_code_from_siginfo(const siginfo_t *si)
 void process_publish_exit(mp_process *p, int code)
 {
     p->exitcode = code;
-    atomic_store_explicit(&p->state, PROC_DONE, memory_order_release);
-    futex_wake(&p->state, INT32_MAX);
+    atomic_store(&p->state, PROC_DONE);         /* seq_cst, against the waiter count */
+    if (atomic_load(&p->waiters))
+        futex_wake(&p->state, INT32_MAX);
+}
+
+/* Under rt.lock. The exit pipe closes as the child exits, a moment before
+ * it can be reaped: wait out that moment, but not for ever (the child may
+ * have closed the pipe itself). */
+static bool exit_pipe_closed(const mp_process *p)
+{
+    struct proc_fd *e = find_fd(p);
+    mp_deadline now = deadline_in(0);
+    return e && proc_poll_fd(e->fd, &now) == 1;
+}
+
+static int wait_for_zombie(mp_process *p, siginfo_t *si)
+{
+    mp_deadline d = deadline_in(0.1);
+    int rc;
+    while ((rc = proc_wait_pid(p->pid, si, true)) == 0 && !deadline_passed(&d))
+        usleep(20);
+    return rc;
 }
 
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
@@ -181,11 +202,10 @@ static bool reap_if_ended(mp_process *p)
 {
     if (atomic_load(&p->state) == PROC_DONE)
         return true;
-    struct proc_fd *e = find_fd(p);
     siginfo_t si;
-    if (!e)
-        return false;
-    int rc = proc_wait_pidfd(e->fd, &si, true, false);
+    int rc = proc_wait_pid(p->pid, &si, true);
+    if (rc == 0 && !proc_have_pidfd() && exit_pipe_closed(p))
+        rc = wait_for_zombie(p, &si);
     if (rc == 1)
         process_publish_exit(p, process_code_from_siginfo(&si));
     else if (rc < 0)                /* not ours to wait for after all (SIGCHLD ignored) */
@@ -232,12 +252,26 @@ mp_process *mp_parent_process(void)
     return cur ? cur->parent : NULL;
 }
 
-void process_enter_child(mp_process *p)
+void process_enter_child(mp_process *p, int exit_fd)
 {
     runtime();
     rt.current = p;
     rt.next_child = 0;
+    rt.exit_fd = exit_fd;
     p->pid = getpid();
+}
+
+void process_exit_pipe_child(int fds[2])
+{
+    if (fds[0] >= 0)
+        close(fds[0]);
+}
+
+int process_exit_pipe_parent(int fds[2], pid_t pid)
+{
+    if (fds[1] >= 0)
+        close(fds[1]);
+    return fds[0] >= 0 ? fds[0] : proc_pidfd_open(pid);
 }
 
 int process_run_target(mp_process *p)
@@ -259,9 +293,22 @@ void process_daemon_guard(pid_t expected_parent)
         raise(SIGKILL);
 }
 
-const char *const *process_exec_argv(void)
+/* Under rt.lock. Opened once and kept: /proc/self/fd/N execs this very
+ * image even if the file was replaced, and valgrind maps it to its client. */
+static void open_exe(void)
+{
+    if (rt.exe_fd >= 0)
+        return;
+    rt.exe_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (rt.exe_fd >= 0)
+        snprintf(rt.exe_path, sizeof rt.exe_path, "/proc/self/fd/%d", rt.exe_fd);
+}
+
+const char *const *process_exec_argv(const char **path)
 {
     runtime_lock();
+    open_exe();
+    *path = rt.exe_fd >= 0 ? rt.exe_path : "/proc/self/exe";
     if (!rt.argv) {
         char *data;
         size_t len;
@@ -346,14 +393,23 @@ int mp_process_set_daemon(mp_process *p, bool daemon)
     return 0;
 }
 
-static int fork_start(mp_process *p, int *pidfd)
+static int fork_start(mp_process *p, int *fd)
 {
-    pid_t parent = getpid();
+    int exit_pipe[2];
+    int rc = proc_exit_pipe(exit_pipe);
+    if (rc != 0)
+        return rc;
+    pid_t parent = rt.pid;
     pid_t pid = fork();
-    if (pid < 0)
-        return -errno;
+    if (pid < 0) {
+        rc = -errno;
+        close(exit_pipe[0]);
+        close(exit_pipe[1]);
+        return rc;
+    }
     if (pid == 0) {
-        process_enter_child(p);
+        process_exit_pipe_child(exit_pipe);
+        process_enter_child(p, exit_pipe[1]);
         if (p->daemon)
             process_daemon_guard(parent);
         int code = process_run_target(p);
@@ -363,7 +419,7 @@ static int fork_start(mp_process *p, int *pidfd)
     }
     p->pid = pid;
     p->reaper = parent;
-    *pidfd = proc_pidfd_open(pid);
+    *fd = process_exit_pipe_parent(exit_pipe, pid);
     return 0;
 }
 
@@ -409,7 +465,7 @@ int mp_process_start(mp_process *p)
     int pidfd = -1;
     int rc = prepare(p, method);
     p->parent = me;
-    p->creator = getpid();
+    p->creator = rt.pid;
     if (rc == 0) {
         fflush(NULL);               /* or buffered output is printed twice */
         if (method == MP_FORK)
@@ -433,12 +489,41 @@ int mp_process_start(mp_process *p)
     return rc;
 }
 
+#define SERVER_CHECK 0.1      /* seconds between checks that the fork server lives */
+
+/* A fork-server child: the server publishes its status. Should the server
+ * die first, nobody will; then, once the child has ended too, say 255 as
+ * Python does when its fork server is lost. */
 static int wait_published(mp_process *p, const mp_deadline *d)
 {
     uint32_t s;
-    while ((s = atomic_load_explicit(&p->state, memory_order_acquire)) != PROC_DONE)
-        if (futex_wait(&p->state, s, d) == MP_ETIMEDOUT)
+    while ((s = atomic_load_explicit(&p->state, memory_order_acquire)) != PROC_DONE) {
+        mp_deadline slice = deadline_in(SERVER_CHECK);
+        if (!d->forever && deadline_left(d) < SERVER_CHECK)
+            slice = *d;
+        atomic_fetch_add(&p->waiters, 1);
+        if (atomic_load(&p->state) == s)
+            futex_wait(&p->state, s, &slice);
+        atomic_fetch_sub(&p->waiters, 1);
+        if (atomic_load(&p->state) == PROC_DONE)
+            break;
+        if (deadline_passed(d))
             return MP_ETIMEDOUT;
+        if (!forkserver_running(p->reaper) && proc_pid_ended(p->pid))
+            process_publish_exit(p, 255);
+    }
+    return 0;
+}
+
+/* Without pidfds nothing wakes us for someone else's child: look at /proc
+ * every millisecond (a fallback for old kernels and valgrind only). */
+static int poll_until_ended(mp_process *p, const mp_deadline *d)
+{
+    while (atomic_load(&p->state) != PROC_DONE && !proc_pid_ended(p->pid)) {
+        if (deadline_passed(d))
+            return MP_ETIMEDOUT;
+        usleep(1000);
+    }
     return 0;
 }
 
@@ -449,21 +534,27 @@ int mp_process_join(mp_process *p, double timeout)
     if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
         return MP_ESTATE;
     mp_deadline d = deadline_in(timeout);
-    if (!i_reap(p) && p->creator == getpid())
+    if (!i_reap(p) && p->creator == rt.pid)
         return wait_published(p, &d);   /* ours, reaped by the fork server */
-    while (!ended_now(p)) {
+    for (;;) {
+        if (atomic_load(&p->state) == PROC_DONE)
+            return 0;
         runtime_lock();
         int fd = fd_for(p);
         runtime_unlock();
+        if (fd == -ENOSYS)
+            return poll_until_ended(p, &d);
         int rc = fd < 0 ? fd : proc_poll_fd(fd, &d);
-        if (rc < 0)
-            return rc;
-        if (rc == 0)
-            return MP_ETIMEDOUT;
+        if (rc <= 0)
+            return rc == 0 ? MP_ETIMEDOUT : rc;
         if (!i_reap(p))
-            break;                  /* someone else's child: ended; its reaper publishes */
+            return 0;               /* someone else's child has ended; its reaper publishes */
+        if (!ended_now(p)) {        /* an exit pipe the child closed itself */
+            if (deadline_passed(&d))
+                return MP_ETIMEDOUT;
+            usleep(1000);
+        }
     }
-    return 0;
 }
 
 bool mp_process_is_alive(mp_process *p)
@@ -479,6 +570,8 @@ bool mp_process_is_alive(mp_process *p)
     runtime_lock();                 /* someone else's: ended, if not yet published? */
     int fd = fd_for(p);
     runtime_unlock();
+    if (fd == -ENOSYS)
+        return !proc_pid_ended(p->pid);
     mp_deadline now = deadline_in(0);
     return fd < 0 || proc_poll_fd(fd, &now) == 0;
 }
@@ -493,7 +586,7 @@ static int send_signal(mp_process *p, int sig)
         return 0;                   /* finished: nothing to do (as Python) */
     runtime_lock();
     int fd = fd_for(p);
-    int rc = fd < 0 ? fd : proc_pidfd_signal(fd, sig);
+    int rc = fd == -ENOSYS || fd >= 0 ? proc_signal(fd, p->pid, sig) : fd;
     runtime_unlock();
     return rc == -ESRCH || rc == -EINVAL ? 0 : rc;   /* gone, or an eventfd: gone */
 }
@@ -515,7 +608,7 @@ pid_t mp_process_pid(const mp_process *p)
 {
     if (!valid(p) || atomic_load(&p->state) == PROC_NEW)
         return 0;
-    return p == rt.current ? getpid() : p->pid;
+    return p == rt.current ? rt.pid : p->pid;
 }
 
 const char *mp_process_name(const mp_process *p)
@@ -610,6 +703,11 @@ mp_start_method mp_get_start_method(void)
  * A daemon that ignores SIGTERM gets SIGKILL after a grace period. */
 static void at_exit(void)
 {
+    runtime_lock();
+    bool idle = !rt.nchildren && !rt.threads && rt.fs_sock < 0;
+    runtime_unlock();
+    if (idle)
+        return;                     /* the common case: a child that started nothing */
     thread_join_all_at_exit();
     mp_process *kids[64];
     int n, before = INT32_MAX;

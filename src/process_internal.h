@@ -21,6 +21,7 @@ enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
 struct mp_process {
     uint32_t magic;
     _Atomic uint32_t state;          /* PROC_*; futex word, woken at PROC_DONE */
+    _Atomic uint32_t waiters;        /* sleeping on state: wake only if any */
     int exitcode;                    /* valid at PROC_DONE: code or -signal */
     pid_t pid;
     pid_t creator;                   /* the process that called mp_process_start */
@@ -41,8 +42,8 @@ struct mp_process {
 struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
 struct mp_runtime {
     pthread_mutex_t lock;
-    pid_t pid;
-    struct mp_process *current;      /* this process's record, made on demand */
+    pid_t pid;                       /* getpid(), kept: it is asked for often */
+    struct mp_process *_Atomic current;   /* this process's record, made on demand */
     unsigned next_child;             /* last N given to a child of this process */
     mp_start_method method;          /* mp_set_start_method */
     struct mp_process **children;    /* started here and not yet freed */
@@ -53,6 +54,9 @@ struct mp_runtime {
     unsigned next_thread;
     char *cmdline;                   /* /proc/self/cmdline, for spawn's exec */
     char **argv;                     /* pointers into cmdline, NULL-terminated */
+    int exe_fd;                      /* /proc/self/exe, opened once; -1 = not yet */
+    char exe_path[32];               /* "/proc/self/fd/N": exec'able under valgrind too */
+    int exit_fd;                     /* write end of our exit pipe, -1 = none */
     int fs_sock;                     /* fork server connection, -1 = none */
     pid_t fs_pid;
     pthread_mutex_t fs_lock;         /* one request at a time on fs_sock */
@@ -63,19 +67,24 @@ void runtime_lock(void);
 void runtime_unlock(void);
 
 /* process.c: the child side, shared by every start method. */
-void process_enter_child(struct mp_process *p);       /* runtime says: I am p */
+void process_enter_child(struct mp_process *p, int exit_fd);   /* runtime says: I am p */
+/* An exit pipe around fork: the child keeps the write end, the parent gets
+ * the fd to watch (the read end, or a pidfd). */
+void process_exit_pipe_child(int fds[2]);
+int process_exit_pipe_parent(int fds[2], pid_t pid);
 int process_run_target(struct mp_process *p);         /* the target's code, 0-255 */
 void process_publish_exit(struct mp_process *p, int code);   /* reaper: status + wake */
 int process_code_from_siginfo(const siginfo_t *si);
-int process_keep_fd(struct mp_process *p, int fd);     /* takes ownership of a pidfd */
 void process_daemon_guard(pid_t expected_parent);     /* PDEATHSIG + getppid check */
-const char *const *process_exec_argv(void);           /* argv of this program, NULL-terminated */
+/* argv of this program (NULL-terminated) and a path that execs its image. */
+const char *const *process_exec_argv(const char **path);
 
 /* spawn.c / forkserver.c: start p (already RUNNING, arg copied); fill p->pid. */
 int spawn_start(struct mp_process *p, int *pidfd);
 int forkserver_start(struct mp_process *p, int *pidfd);
 void forkserver_after_fork_child(void);
 void forkserver_shutdown(void);
+bool forkserver_running(pid_t server);                /* ours, and not exited */
 #define SPAWN_ENV "MPROC_SPAWN"
 #define SERVER_ENV "MPROC_FORKSERVER"
 /* Forks a child that execs this program with name=spec in its environment,
@@ -85,7 +94,8 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
 /* Builds "NAME=value" plus the current environment without NAME. */
 char **spawn_env(const char *name, const char *value);
 /* In a child after fork: execs this program, keeping keep_fds open; returns errno. */
-int spawn_exec_self(const char *const *argv, char **envp, const int *keep_fds, size_t nkeep);
+int spawn_exec_self(const char *path, const char *const *argv, char **envp,
+                    const int *keep_fds, size_t nkeep);
 int spawn_run_server(const char *spec);               /* forkserver.c: the server loop */
 
 /* thread.c */
@@ -93,11 +103,17 @@ void thread_join_all_at_exit(void);
 void thread_after_fork_child(void);
 
 /* platform/proc.c: the Linux calls, no policy. */
+/* Without pidfds (kernels before 5.3, valgrind, strict seccomp) a child is
+ * watched through an exit pipe: it holds the write end, EOF means it ended. */
+bool proc_have_pidfd(void);
 int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
-int proc_pidfd_signal(int pidfd, int sig);            /* 0 or -errno */
-int proc_wait_pidfd(int pidfd, siginfo_t *si, bool nohang, bool keep);   /* 1 ended, 0 not yet, -errno */
+int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
+int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
+bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
+int proc_exit_pipe(int fds[2]);                       /* {-1,-1} when pidfds work */
 int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
 int proc_set_pdeathsig(int sig);
+void proc_set_name(const char *name);                 /* the comm shown by ps/top */
 int proc_fd_inherit(int fd, bool inherit);            /* clears / sets FD_CLOEXEC */
 int proc_read_file(const char *path, char **data, size_t *len);
 int proc_send_fd(int sock, const void *data, size_t len, int fd);   /* fd < 0: none */

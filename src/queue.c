@@ -5,8 +5,9 @@
  * a consumer never wait for each other. An operation commits with ONE store of
  * a counter (puts, gets); a journal written just before it lets the next
  * holder finish the bookkeeping of an operation whose process was killed, so
- * no item is torn, lost or delivered twice. Items above QUEUE_INLINE_MAX go
- * out of line in their own arena block: one copy in, one copy out.
+ * no item is torn or delivered twice, and only an item a killed consumer had
+ * already taken is lost (docs/queue.md). Items above QUEUE_INLINE_MAX go out
+ * of line in their own arena block: one copy in, one copy out.
  */
 #include "queue_internal.h"
 
@@ -22,7 +23,7 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define REC_HEADER 8          /* (len << 2) | kind; records are 8-byte aligned */
 #define REC_REF 16            /* header + an arena pointer (big item, link) */
 #define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
-#define SEG_MAX_CLASS 24      /* ... doubling up to 16 MiB, then chained */
+#define SEG_MAX_CLASS 20      /* ... doubling up to 1 MiB, then chained */
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 2000

@@ -8,6 +8,7 @@
  */
 #include "process_internal.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -16,7 +17,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define SELF_EXE "/proc/self/exe"
 
 extern char **environ;
 
@@ -50,21 +50,23 @@ char **spawn_env(const char *name, const char *value)
 }
 
 /* In the child between fork and exec: only async-signal-safe calls. */
-int spawn_exec_self(const char *const *argv, char **envp, const int *keep_fds, size_t nkeep)
+int spawn_exec_self(const char *path, const char *const *argv, char **envp,
+                    const int *keep_fds, size_t nkeep)
 {
     for (size_t i = 0; i < nkeep; i++) {
         int rc = proc_fd_inherit(keep_fds[i], true);
         if (rc != 0)
             return -rc;
     }
-    execve(SELF_EXE, (char *const *)argv, envp);
+    execve(path, (char *const *)argv, envp);
     return errno;
 }
 
 int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t nkeep,
                bool daemon, pid_t *out)
 {
-    const char *const *argv = process_exec_argv();
+    const char *path;
+    const char *const *argv = process_exec_argv(&path);
     char **envp = spawn_env(name, spec);
     int pipefd[2] = { -1, -1 }, rc = 0;
     if (!argv || !envp) {
@@ -84,7 +86,7 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
         /* The fork server must not hold connections open: EOF would never come. */
         if (conn_keep_across_exec && strcmp(name, SPAWN_ENV) == 0)
             conn_keep_across_exec();
-        int err = spawn_exec_self(argv, envp, keep_fds, nkeep);
+        int err = spawn_exec_self(path, argv, envp, keep_fds, nkeep);
         ssize_t w = write(pipefd[1], &err, sizeof err);
         (void)w;
         _exit(127);
@@ -115,21 +117,29 @@ out:
     return rc;
 }
 
-int spawn_start(struct mp_process *p, int *pidfd)
+int spawn_start(struct mp_process *p, int *fd)
 {
     int afd = arena_fd();
+    int exit_pipe[2];
     if (afd < 0)
         return MP_ENOMEM;
-    char spec[128];
-    snprintf(spec, sizeof spec, "%d:%" PRIxPTR ":%zx:%" PRIxPTR, afd,
-             (uintptr_t)arena_base(), arena_size(), (uintptr_t)p);
-    pid_t pid;
-    int rc = spawn_exec(SPAWN_ENV, spec, &afd, 1, p->daemon, &pid);
+    int rc = proc_exit_pipe(exit_pipe);
     if (rc != 0)
         return rc;
+    char spec[128];
+    snprintf(spec, sizeof spec, "%d:%" PRIxPTR ":%zx:%" PRIxPTR ":%d", afd,
+             (uintptr_t)arena_base(), arena_size(), (uintptr_t)p, exit_pipe[1]);
+    int keep[2] = { afd, exit_pipe[1] };
+    pid_t pid;
+    rc = spawn_exec(SPAWN_ENV, spec, keep, exit_pipe[1] >= 0 ? 2 : 1, p->daemon, &pid);
+    if (rc != 0) {
+        close(exit_pipe[0]);
+        close(exit_pipe[1]);
+        return rc;
+    }
     p->pid = pid;
     p->reaper = getpid();
-    *pidfd = proc_pidfd_open(pid);
+    *fd = process_exit_pipe_parent(exit_pipe, pid);
     return 0;
 }
 
@@ -137,19 +147,22 @@ int spawn_start(struct mp_process *p, int *pidfd)
 
 static void run_spawned(const char *spec)
 {
-    int fd;
+    int fd, exit_fd;
     uintptr_t base, rec;
     size_t size;
-    if (sscanf(spec, "%d:%" SCNxPTR ":%zx:%" SCNxPTR, &fd, &base, &size, &rec) != 4)
+    if (sscanf(spec, "%d:%" SCNxPTR ":%zx:%" SCNxPTR ":%d", &fd, &base, &size, &rec, &exit_fd) != 5)
         _exit(127);
     unsetenv(SPAWN_ENV);            /* our own children must not see it */
+    proc_set_name(program_invocation_short_name);   /* not the "N" of /proc/self/fd/N */
     if (arena_attach(fd, base, size) != 0)
         _exit(127);
     proc_fd_inherit(fd, false);
+    if (exit_fd >= 0)
+        proc_fd_inherit(exit_fd, false);
     struct mp_process *p = (struct mp_process *)rec;
     if (!arena_contains(p, sizeof *p) || p->magic != MAGIC_PROCESS)
         _exit(127);
-    process_enter_child(p);
+    process_enter_child(p, exit_fd);
     exit(process_run_target(p));    /* the normal exit path: atexit, stdio */
 }
 
@@ -167,6 +180,7 @@ __attribute__((constructor)) static void spawn_take_aside(void)
         char copy[160];
         snprintf(copy, sizeof copy, "%s", spec);
         unsetenv(SERVER_ENV);
+        proc_set_name("mp-forkserver");
         _exit(spawn_run_server(copy));
     }
 }

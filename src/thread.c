@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 struct mp_thread {
@@ -192,7 +193,8 @@ mp_thread *mp_current_thread(void)
 {
     if (self)
         return self;
-    if (mp_gettid() == (uint32_t)getpid())
+    /* Not mp_gettid(): its cached value is the parent's in a forked child. */
+    if (syscall(SYS_gettid) == getpid())
         return &main_thread;
     if (!foreign.magic) {
         static _Atomic unsigned dummies;

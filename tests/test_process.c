@@ -20,8 +20,9 @@ static int returns_arg(void *arg)
 static int sleeps_forever(void *arg)
 {
     (void)arg;
-    for (;;)
-        pause();
+    pid_t parent = getppid();
+    while (getppid() == parent)     /* until killed, or orphaned by a failed test */
+        usleep(10000);
     return 0;
 }
 
@@ -483,6 +484,42 @@ static void test_handle_works_in_another_process_of_the_family(void **state)
     TU_OK(mp_process_free(victim));
 }
 
+static int starts_many(void *arg)
+{
+    mp_start_method m = *(mp_start_method *)arg;
+    for (int i = 0; i < 10; i++) {
+        mp_process *p;
+        int v = i, code = -1;
+        mp_process_opts o = { .method = m, .arg_size = sizeof v };
+        if (mp_process_new(&p, returns_arg, &v, &o) != 0 || mp_process_start(p) != 0 ||
+            mp_process_join(p, 30) != 0 || mp_process_exitcode(p, &code) != 0 ||
+            mp_process_free(p) != 0)
+            return 1;
+        if (code != i)
+            return 2;
+    }
+    return 0;
+}
+
+static void test_threads_start_and_join_processes_at_once(void **state)
+{
+    (void)state;
+    mp_start_method methods[4] = { MP_FORK, MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    mp_thread *t[4];
+    for (int i = 0; i < 4; i++) {
+        TU_OK(mp_thread_new(&t[i], starts_many, &methods[i], NULL));
+        TU_OK(mp_thread_start(t[i]));
+    }
+    for (int i = 0; i < 4; i++) {
+        int code = -1;
+        TU_OK(mp_thread_join(t[i], 60 * tu_slow()));
+        TU_OK(mp_thread_exitcode(t[i], &code));
+        assert_int_equal(code, 0);
+        TU_OK(mp_thread_free(t[i]));
+    }
+    assert_int_equal(mp_active_children(NULL, 0), 0);
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -508,6 +545,7 @@ int main(void)
         cmocka_unit_test(test_start_method_defaults_to_fork_and_can_be_set),
         cmocka_unit_test(test_process_exit_code_keeps_low_eight_bits),
         cmocka_unit_test(test_handle_works_in_another_process_of_the_family),
+        cmocka_unit_test(test_threads_start_and_join_processes_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,11 +80,18 @@ static void test_child_dying_by_signal_reports_minus_signal(void **state)
     assert_int_equal(finish(start(state, lib_target_raise, &sig, sizeof sig, false)), -SIGUSR1);
 }
 
+static int returns_ten(void *arg)
+{
+    (void)arg;
+    return 10;
+}
+
 static int waits_forever(void *arg)
 {
     (void)arg;
-    for (;;)
-        pause();
+    pid_t parent = getppid();
+    while (getppid() == parent)     /* until killed, or orphaned by a failed test */
+        usleep(10000);
     return 0;
 }
 
@@ -168,6 +176,31 @@ static void test_target_outside_any_object_is_refused(void **state)
     free(heap);
 }
 
+static int starts_with_a_huge_environment(void *arg)
+{
+    mp_start_method m = *(mp_start_method *)arg;
+    static char big[200 * 1024];         /* one string over MAX_ARG_STRLEN: E2BIG */
+    memset(big, 'x', sizeof big - 1);
+    setenv("MPROC_TEST_HUGE", big, 1);
+    mp_process *p;
+    int v = 0;
+    mp_process_opts o = { .method = m, .arg_size = sizeof v };
+    if (mp_process_new(&p, sums_job, &v, &o) != 0)
+        return 1;
+    int rc = mp_process_start(p);
+    if (rc != -E2BIG)
+        return 2;
+    if (mp_process_is_alive(p) || mp_process_free(p) != 0)
+        return 3;
+    return mp_active_children(NULL, 0) == 0 ? 0 : 4;
+}
+
+static void test_exec_failure_is_reported_by_start(void **state)
+{
+    mp_start_method m = method_of(state);
+    assert_int_equal(tu_wait(tu_fork(starts_with_a_huge_environment, &m), 20), 0);
+}
+
 static void test_many_children_in_a_row(void **state)
 {
     for (int i = 0; i < 20; i++) {
@@ -195,16 +228,8 @@ static int starts_daemon_and_reports(void *arg)
 /* Dead: no /proc entry, or a zombie waiting for init (its orphan). */
 static bool dead(void *arg)
 {
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", *(pid_t *)arg);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return true;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *close_paren = strrchr(buf, ')');
-    return close_paren && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+    char st = tu_proc_state(*(pid_t *)arg);
+    return st == 0 || st == 'Z' || st == 'X';
 }
 
 static size_t children_of(pid_t pid, pid_t *out, size_t cap)
@@ -247,6 +272,56 @@ static void test_daemon_dies_when_its_parent_is_sigkilled(void **state)
     assert_true(norphans >= 1);
     close(fds[0]);
     close(fds[1]);
+}
+
+static int waits_until_orphaned(void *arg)
+{
+    _Atomic int *started = *(_Atomic int **)arg;
+    pid_t parent = getppid();
+    atomic_store(started, 1);
+    while (getppid() == parent)
+        usleep(10000);
+    return 0;
+}
+
+static bool flag_set(void *arg)
+{
+    return atomic_load((_Atomic int *)arg) != 0;
+}
+
+static pid_t parent_of(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *end = strrchr(buf, ')');
+    int ppid = 0;
+    return end && sscanf(end + 2, "%*c %d", &ppid) == 1 ? ppid : 0;
+}
+
+static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
+{
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));   /* the orphaned child comes to us */
+    _Atomic int *started = mp_shared_alloc(sizeof *started);
+    mp_process *p = start(state, waits_until_orphaned, &started, sizeof started, false);
+    assert_true(tu_wait_for(flag_set, (void *)started, 10));
+    pid_t child = mp_process_pid(p), server = parent_of(child);
+    assert_true(server > 0 && server != getpid());
+    TU_OK(kill(server, SIGKILL));              /* the child, orphaned, then returns */
+    int code = 0;
+    TU_OK(mp_process_join(p, 10 * tu_slow()));
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 255);               /* nobody left to tell: as Python */
+    assert_int_equal(tu_wait(child, 10), 0);
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
+    TU_OK(mp_process_free(p));
+    mp_shared_free((void *)started);
+    assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);   /* a new server */
 }
 
 static int exits_with_a_child(void *arg)
@@ -301,8 +376,10 @@ int main(void)
         BOTH(test_sentinel_is_readable_once_the_child_ends),
         BOTH(test_target_outside_any_object_is_refused),
         BOTH(test_many_children_in_a_row),
+        BOTH(test_exec_failure_is_reported_by_start),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
+        cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -81,6 +81,19 @@ static void test_current_thread_is_main_or_the_thread_itself(void **state)
     TU_OK(mp_thread_free(t));
 }
 
+static int names_its_thread(void *arg)
+{
+    (void)arg;
+    return strcmp(mp_thread_name(mp_current_thread()), "MainThread") == 0 ? 0 : 1;
+}
+
+static void test_forked_child_runs_on_its_main_thread(void **state)
+{
+    (void)state;
+    assert_string_equal(mp_thread_name(mp_current_thread()), "MainThread");
+    assert_int_equal(tu_wait(tu_fork(names_its_thread, NULL), 10), 0);
+}
+
 static void test_thread_join_timeout_returns_etimedout_on_time(void **state)
 {
     (void)state;
@@ -217,6 +230,7 @@ int main(void)
         cmocka_unit_test(test_thread_exit_code_is_targets_return_value),
         cmocka_unit_test(test_thread_names_count_up_and_can_be_chosen),
         cmocka_unit_test(test_current_thread_is_main_or_the_thread_itself),
+        cmocka_unit_test(test_forked_child_runs_on_its_main_thread),
         cmocka_unit_test(test_thread_join_timeout_returns_etimedout_on_time),
         cmocka_unit_test(test_active_count_counts_live_threads_and_main),
         cmocka_unit_test(test_exit_joins_non_daemon_threads_only),

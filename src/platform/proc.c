@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -18,30 +19,64 @@
 
 int proc_pidfd_open(pid_t pid)
 {
-    long fd = syscall(SYS_pidfd_open, pid, 0);
-    if (fd < 0)
-        return -errno;
-    proc_fd_inherit((int)fd, false);
-    return (int)fd;
+    long fd = syscall(SYS_pidfd_open, pid, 0);     /* always close-on-exec */
+    return fd < 0 ? -errno : (int)fd;
 }
 
-int proc_pidfd_signal(int pidfd, int sig)
+bool proc_have_pidfd(void)
 {
-    if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) != 0)
-        return -errno;
-    return 0;
+    static _Atomic int have;        /* 0 unknown, 1 yes, -1 no */
+    if (!atomic_load(&have)) {
+        /* MPROC_NO_PIDFD=1 takes the fallback path on purpose (its tests). */
+        const char *off = getenv("MPROC_NO_PIDFD");
+        long fd = off && *off == '1' ? -1 : syscall(SYS_pidfd_open, getpid(), 0);
+        if (fd >= 0)
+            close((int)fd);
+        atomic_store(&have, fd >= 0 ? 1 : -1);
+    }
+    return atomic_load(&have) > 0;
 }
 
-int proc_wait_pidfd(int pidfd, siginfo_t *si, bool nohang, bool keep)
+int proc_signal(int fd, pid_t pid, int sig)
 {
-    int flags = WEXITED | (nohang ? WNOHANG : 0) | (keep ? WNOWAIT : 0);
+    long rc = fd >= 0 && proc_have_pidfd() ? syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0)
+                                           : kill(pid, sig);
+    return rc == 0 ? 0 : -errno;
+}
+
+int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang)
+{
     for (;;) {
         memset(si, 0, sizeof *si);
-        if (waitid(P_PIDFD, (id_t)pidfd, si, flags) == 0)
+        if (waitid(P_PID, (id_t)pid, si, WEXITED | (nohang ? WNOHANG : 0)) == 0)
             return si->si_pid != 0;
         if (errno != EINTR)
             return -errno;
     }
+}
+
+bool proc_pid_ended(pid_t pid)
+{
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return true;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return true;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    const char *end = strrchr(buf, ')');      /* the name may hold anything */
+    return !end || end[1] == '\0' || end[2] == 'Z' || end[2] == 'X';
+}
+
+int proc_exit_pipe(int fds[2])
+{
+    fds[0] = fds[1] = -1;
+    if (proc_have_pidfd())
+        return 0;
+    return pipe2(fds, O_CLOEXEC) == 0 ? 0 : -errno;
 }
 
 int proc_poll_fd(int fd, const mp_deadline *d)
@@ -66,6 +101,11 @@ int proc_poll_fd(int fd, const mp_deadline *d)
 int proc_set_pdeathsig(int sig)
 {
     return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+void proc_set_name(const char *name)
+{
+    prctl(PR_SET_NAME, name, 0, 0, 0);    /* truncated to 15 bytes by the kernel */
 }
 
 int proc_fd_inherit(int fd, bool inherit)
