@@ -2,7 +2,8 @@
  *
  * Run directly, the program relaunches itself as `mpirun -np 3` (two serving
  * ranks); `test_mpi_pool dead-rank` kills a rank inside a task and must end
- * with MP_ECRASHED or with mpirun's report that the rank died: never hang.
+ * with MP_ECRASHED or with mpirun's report that the rank died: never hang;
+ * `test_mpi_pool exit-busy` returns from main while a rank is busy.
  */
 #include "testutil.h"
 #include "mproc_mpi.h"
@@ -429,6 +430,22 @@ static int dead_rank(void)
     return rc == MP_ECRASHED ? 0 : 1;
 }
 
+/* main returns with a pool open and a call running on a rank: the pool is
+ * terminated, the rank's late reply is drained, every rank stops, exit 0. */
+static int exit_with_busy_pool(void)
+{
+    alarm((unsigned)(60 * tu_slow()));
+    mp_pool_opts o = { .backend = MP_MPI };
+    mp_pool *p;
+    mp_future *f;
+    int ms = 1000;
+    if (mp_pool_new(&p, &o) != 0 || mp_pool_apply_async(p, t_sleep_ms, &ms, sizeof ms, &f) != 0)
+        return 2;
+    mp_future_wait(f, 0.2);            /* most likely running by then; either way, no hang */
+    printf("returning from main with a task running on a rank\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int rc = mp_mpi_relaunch(RANKS, argv);
@@ -438,6 +455,8 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "dead-rank") == 0)
         return dead_rank();
+    if (argc > 1 && strcmp(argv[1], "exit-busy") == 0)
+        return exit_with_busy_pool();
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mpi_main_runs_on_rank_zero_of_the_job),
