@@ -40,11 +40,15 @@ struct mpi_world {
 };
 extern struct mpi_world mpi_world;
 
-/* Waits for a request with backoff; WORKER_GONE once *abandon is set, or
- * MP_ECRASHED if MPI reports the peer lost. abandon may be NULL. */
-int mpi_wait(MPI_Request *req, _Atomic bool *abandon);
+/* How long a wait may last: until *abandon is set (WORKER_GONE) or the
+ * CLOCK_MONOTONIC time until_ns passes (MP_ETIMEDOUT); NULL/0: no limit. */
+struct mpi_limit { _Atomic bool *abandon; uint64_t until_ns; };
+/* Waits for a request with backoff; MP_ECRASHED if MPI reports the peer
+ * lost, or what the limit says. */
+int mpi_wait(MPI_Request *req, struct mpi_limit lim);
 /* Receives one message of any size from src on tag into b, same returns. */
-int mpi_recv(int src, int tag, mp_buf *b, _Atomic bool *abandon);
+int mpi_recv(int src, int tag, mp_buf *b, struct mpi_limit lim);
+uint64_t mpi_clock_ns(void);
 int mpi_isend(const void *data, size_t len, int dst, int tag, MPI_Request *req);
 
 /* mpi_pool.c: rank 0's side of the job. */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #define STATUS_LOST 255                 /* the rank's MPI calls failed: MP_ECRASHED */
+#define EXIT_WAIT_NS 10000000000ull     /* at exit, for calls abandoned on ranks */
 
 struct proxy {
     mp_pool *pool;
@@ -57,17 +58,17 @@ void ranks_setup(int size)
 /* ------------------------------------------------------------------ the exchange */
 
 /* Reads and drops what the rank still owes from abandoned requests. */
-static int settle(struct rank_state *st, _Atomic bool *abandon)
+static int settle(struct rank_state *st, struct mpi_limit lim)
 {
     int rc = 0;
     if (st->send_buf) {
-        if ((rc = mpi_wait(&st->send, abandon)) != 0)
+        if ((rc = mpi_wait(&st->send, lim)) != 0)
             return rc;
         free(st->send_buf);
         st->send_buf = NULL;
     }
     mp_buf scratch = { 0 };
-    while (st->owed > 0 && (rc = mpi_recv((int)(st - R.ranks), TAG_REPLY, &scratch, abandon)) == 0)
+    while (st->owed > 0 && (rc = mpi_recv((int)(st - R.ranks), TAG_REPLY, &scratch, lim)) == 0)
         st->owed--;
     mp_buf_free(&scratch);
     return rc;
@@ -108,7 +109,7 @@ static int exchange(struct proxy *x, uint32_t op, const fnref *fn, const void *i
         return rc;
     if (rc == 0) {
         st->owed++;
-        rc = mpi_wait(&send, &x->abandon);
+        rc = mpi_wait(&send, (struct mpi_limit){ &x->abandon, 0 });
         if (rc == WORKER_GONE) {         /* MPI may still read the buffer: the rank keeps it */
             st->send = send;
             st->send_buf = x->req.data;
@@ -116,7 +117,7 @@ static int exchange(struct proxy *x, uint32_t op, const fnref *fn, const void *i
         }
     }
     if (rc == 0)
-        rc = mpi_recv(x->rank, TAG_REPLY, &x->reply, &x->abandon);
+        rc = mpi_recv(x->rank, TAG_REPLY, &x->reply, (struct mpi_limit){ &x->abandon, 0 });
     if (rc == 0 && !reply_valid(&x->reply, count))
         rc = MP_EPROTO;
     if (rc == 0) {
@@ -199,7 +200,7 @@ static void *proxy_main(void *arg)
 {
     struct proxy *x = arg;
     struct pool_shared *sh = mp__pool_shared_of(x->pool);
-    int rc = settle(&R.ranks[x->rank], &x->abandon);
+    int rc = settle(&R.ranks[x->rank], (struct mpi_limit){ &x->abandon, 0 });
     if (rc != 0)
         x->status = rc == WORKER_GONE ? -SIGKILL : STATUS_LOST;
     else if (!sh->has_init || (x->status = proxy_initializer(x, sh)) == 0) {
@@ -311,17 +312,19 @@ const struct pool_backend mp__pool_mpi_backend = {
 };
 
 /* At exit, after every pool has stopped: each rank gets what it is owed
- * read, then STOP; a rank still running an abandoned call is waited for.
- * False if a rank could not be stopped so: MPI_Finalize would wait for it. */
+ * read, then STOP; a rank still running an abandoned call is waited for,
+ * up to EXIT_WAIT_NS in all. False if a rank could not be stopped so:
+ * MPI_Finalize would wait for it forever. */
 bool ranks_shutdown(void)
 {
     struct request h = { .op = OP_STOP };
+    struct mpi_limit lim = { NULL, mpi_clock_ns() + EXIT_WAIT_NS };
     bool all = true;
     for (int r = 1; r < R.n; r++) {
         struct rank_state *st = &R.ranks[r];
         MPI_Request req;
-        if (st->lost || st->proxy || settle(st, NULL) != 0 ||
-            mpi_isend(&h, sizeof h, r, TAG_REQUEST, &req) != 0 || mpi_wait(&req, NULL) != 0)
+        if (st->lost || st->proxy || settle(st, lim) != 0 ||
+            mpi_isend(&h, sizeof h, r, TAG_REQUEST, &req) != 0 || mpi_wait(&req, lim) != 0)
             all = false;
     }
     return all;

@@ -46,7 +46,7 @@ static void unlock(void)
         pthread_mutex_unlock(&mpi_lock);
 }
 
-static uint64_t clock_ns(void)          /* libmproc's now_ns is not exported */
+uint64_t mpi_clock_ns(void)             /* libmproc's now_ns is not exported */
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -56,7 +56,7 @@ static uint64_t clock_ns(void)          /* libmproc's now_ns is not exported */
 /* Replies are usually there within microseconds; a task may take hours. */
 static void backoff(uint64_t start, uint64_t *sleep_ns)
 {
-    if (clock_ns() - start < SPIN_NS) {
+    if (mpi_clock_ns() - start < SPIN_NS) {
         sched_yield();
         return;
     }
@@ -77,9 +77,16 @@ int mpi_isend(const void *data, size_t len, int dst, int tag, MPI_Request *req)
     return e == MPI_SUCCESS ? 0 : MP_ECRASHED;
 }
 
-int mpi_wait(MPI_Request *req, _Atomic bool *abandon)
+static int limit_reached(const struct mpi_limit *lim)
 {
-    uint64_t start = clock_ns(), sleep_ns = 0;
+    if (lim->abandon && atomic_load(lim->abandon))
+        return WORKER_GONE;
+    return lim->until_ns && mpi_clock_ns() > lim->until_ns ? MP_ETIMEDOUT : 0;
+}
+
+int mpi_wait(MPI_Request *req, struct mpi_limit lim)
+{
+    uint64_t start = mpi_clock_ns(), sleep_ns = 0;
     for (;;) {
         int done = 0;
         lock();
@@ -89,15 +96,16 @@ int mpi_wait(MPI_Request *req, _Atomic bool *abandon)
             return MP_ECRASHED;
         if (done)
             return 0;
-        if (abandon && atomic_load(abandon))
-            return WORKER_GONE;
+        int stop = limit_reached(&lim);
+        if (stop)
+            return stop;
         backoff(start, &sleep_ns);
     }
 }
 
-int mpi_recv(int src, int tag, mp_buf *b, _Atomic bool *abandon)
+int mpi_recv(int src, int tag, mp_buf *b, struct mpi_limit lim)
 {
-    uint64_t start = clock_ns(), sleep_ns = 0;
+    uint64_t start = mpi_clock_ns(), sleep_ns = 0;
     for (;;) {
         int found = 0, count = 0, e;
         MPI_Status st;
@@ -117,8 +125,9 @@ int mpi_recv(int src, int tag, mp_buf *b, _Atomic bool *abandon)
             b->len = (size_t)count;
             return 0;
         }
-        if (abandon && atomic_load(abandon))
-            return WORKER_GONE;
+        int stop = limit_reached(&lim);
+        if (stop)
+            return stop;
         backoff(start, &sleep_ns);
     }
 }
@@ -204,7 +213,7 @@ static void serve(void)
     struct server s = { 0 };
     for (;;) {
         struct request h;
-        if (mpi_recv(0, TAG_REQUEST, &s.in, NULL) != 0)
+        if (mpi_recv(0, TAG_REQUEST, &s.in, (struct mpi_limit){ 0 }) != 0)
             break;                      /* rank 0 is gone */
         if (!request_valid(&s.in, &h)) {
             fprintf(stderr, "mproc: rank %d: malformed request\n", mpi_world.rank);
@@ -220,7 +229,7 @@ static void serve(void)
             server_run(&s, &h, in);
         MPI_Request req;
         if (mpi_isend(s.reply.data, s.reply.len, 0, TAG_REPLY, &req) != 0 ||
-            mpi_wait(&req, NULL) != 0)
+            mpi_wait(&req, (struct mpi_limit){ 0 }) != 0)
             break;
     }
     free(s.initarg);
@@ -236,8 +245,11 @@ static void at_exit(void)
     if (getpid() != mpi_world.pid)
         return;                         /* a forked child calling exit: not the job's */
     if (!ranks_shutdown()) {            /* a rank lost or still driven: never hang in Finalize */
-        fprintf(stderr, "mproc: a rank could not be stopped cleanly: aborting the MPI job\n");
-        MPI_Abort(MPI_COMM_WORLD, 1);
+        fprintf(stderr, "mproc: a rank could not be stopped cleanly (lost, or still running a "
+                        "call abandoned by terminate or task_timeout after 10 s): "
+                        "ending the MPI job\n");
+        fflush(NULL);
+        _exit(1);                       /* mpirun then ends the job (MPI_Abort can wedge it) */
     }
     MPI_Finalize();
 }

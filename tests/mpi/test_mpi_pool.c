@@ -3,7 +3,8 @@
  * Run directly, the program relaunches itself as `mpirun -np 3` (two serving
  * ranks); `test_mpi_pool dead-rank` kills a rank inside a task and must end
  * with MP_ECRASHED or with mpirun's report that the rank died: never hang;
- * `test_mpi_pool exit-busy` returns from main while a rank is busy.
+ * `test_mpi_pool exit-busy` returns from main while a rank is busy, and
+ * `exit-stuck` while a rank is stuck: the job must end, aborted if need be.
  */
 #include "testutil.h"
 #include "mproc_mpi.h"
@@ -446,6 +447,22 @@ static int exit_with_busy_pool(void)
     return 0;
 }
 
+/* As above, but the abandoned call would outlast any patience: rank 0
+ * aborts the job after its bounded wait instead of hanging in Finalize. */
+static int exit_with_stuck_rank(void)
+{
+    alarm((unsigned)(60 * tu_slow()));
+    mp_pool_opts o = { .backend = MP_MPI, .processes = 1, .task_timeout = 0.1 };
+    mp_pool *p;
+    int ms = 600000, r;
+    if (mp_pool_new(&p, &o) != 0 || apply_int(p, t_sleep_ms, ms, &r) != MP_EKILLED)
+        return 2;
+    printf("rank 1 is stuck in a call the pool gave up on; exiting\n");
+    fflush(stdout);
+    mp_pool_free(p);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int rc = mp_mpi_relaunch(RANKS, argv);
@@ -457,6 +474,8 @@ int main(int argc, char **argv)
         return dead_rank();
     if (argc > 1 && strcmp(argv[1], "exit-busy") == 0)
         return exit_with_busy_pool();
+    if (argc > 1 && strcmp(argv[1], "exit-stuck") == 0)
+        return exit_with_stuck_rank();
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mpi_main_runs_on_rank_zero_of_the_job),
