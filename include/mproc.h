@@ -341,6 +341,11 @@ MP_EXTERN void mp_future_free(mp_future *f);    /* safe while pending: the task 
 
 /* ------------------------------------------------------------------ manager */
 
+/* A manager serves named dicts, lists, queues and locks to any process that
+ * has its address ("unix:/path", "unix:@abstract", "tcp:host:port") and
+ * authkey. NULL opts or address: a fresh abstract unix address; no authkey:
+ * 32 random bytes (mp_manager_authkey). Handles work in children under every
+ * start method. Wire protocol: docs/manager-protocol.md. */
 typedef struct mp_manager mp_manager;
 typedef struct mp_dict mp_dict;
 typedef struct mp_list mp_list;
@@ -349,7 +354,10 @@ typedef struct { const char *address; const void *authkey; size_t authkey_len; }
 MP_EXTERN int  mp_manager_start(mp_manager **m, const mp_manager_opts *o);   /* starts a server process */
 MP_EXTERN int  mp_manager_connect(mp_manager **m, const char *address, const void *authkey, size_t len);
 MP_EXTERN const char *mp_manager_address(const mp_manager *m);
-MP_EXTERN int  mp_manager_shutdown(mp_manager *m);
+/* The authkey clients must present (random when the opts gave none). */
+MP_EXTERN const void *mp_manager_authkey(const mp_manager *m, size_t *len);
+MP_EXTERN pid_t mp_manager_pid(const mp_manager *m);   /* server pid if started here, else -1 */
+MP_EXTERN int  mp_manager_shutdown(mp_manager *m);   /* MP_ESTATE unless started by this process */
 MP_EXTERN void mp_manager_free(mp_manager *m);
 
 MP_EXTERN int mp_dict_open(mp_manager *m, const char *name, mp_dict **d);   /* created if missing */

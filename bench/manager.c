@@ -1,0 +1,107 @@
+/* manager.c - manager round trips: dict set/get from one client, and atomic
+ * incr from 8 client processes at once (aggregate ops/s; total checked).
+ * Python's peer (manager.py) uses Manager().dict() and, for incr, a manager
+ * Lock around get+set, as Python code has to. */
+#include "bench.h"
+
+#include <mproc.h>
+
+#include <signal.h>
+#include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { OPS = 40000, INCR_CLIENTS = 8, INCR_OPS = 4000 };
+
+static mp_manager *manager;
+static mp_dict *dict;
+
+static double rep_set(void *arg)
+{
+    char val[8] = "12345678";
+    double t0 = bench_now();
+    for (long i = 0; i < OPS; i++)
+        if (mp_dict_set(dict, "key", val, sizeof val) != 0)
+            return NAN;
+    return bench_rate(t0, OPS);
+}
+
+static double rep_get(void *arg)
+{
+    mp_buf b = { 0 };
+    double t0 = bench_now();
+    for (long i = 0; i < OPS; i++)
+        if (mp_dict_get(dict, "key", &b) != 0)
+            return NAN;
+    double r = bench_rate(t0, OPS);
+    mp_buf_free(&b);
+    return r;
+}
+
+/* A client process: connect, say so, wait for the start byte, incr. */
+static int incr_client(int ready, int go)
+{
+    size_t klen;
+    const void *key = mp_manager_authkey(manager, &klen);
+    mp_manager *m;
+    mp_dict *d;
+    char c;
+    if (mp_manager_connect(&m, mp_manager_address(manager), key, klen) != 0 ||
+        mp_dict_open(m, "bench", &d) != 0 || write(ready, "r", 1) != 1 || read(go, &c, 1) != 1)
+        return 1;
+    for (int i = 0; i < INCR_OPS; i++)
+        if (mp_dict_incr(d, "n", 1, NULL) != 0)
+            return 1;
+    return 0;
+}
+
+static double rep_incr(void *arg)
+{
+    int go[2], ready[2];
+    pid_t pids[INCR_CLIENTS];
+    if (pipe(go) < 0 || pipe(ready) < 0 || mp_dict_set_i64(dict, "n", 0) != 0)
+        return NAN;
+    for (int i = 0; i < INCR_CLIENTS; i++)
+        if ((pids[i] = fork()) == 0)
+            _exit(incr_client(ready[1], go[0]));
+    char start[INCR_CLIENTS] = { 0 };
+    bool ok = true;
+    for (int i = 0; ok && i < INCR_CLIENTS; i++)     /* all connected */
+        ok = read(ready[0], start, 1) == 1;
+    double t0 = bench_now();
+    ok = ok && write(go[1], start, sizeof start) == sizeof start;
+    for (int i = 0; i < INCR_CLIENTS; i++) {
+        int st;
+        waitpid(pids[i], &st, 0);
+        ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    double r = bench_rate(t0, (double)INCR_CLIENTS * INCR_OPS);
+    close(go[0]);
+    close(go[1]);
+    close(ready[0]);
+    close(ready[1]);
+    int64_t n = 0;
+    mp_dict_get_i64(dict, "n", &n);
+    if (!ok || n != (int64_t)INCR_CLIENTS * INCR_OPS) {
+        fprintf(stderr, "incr: total %lld, want %d\n", (long long)n, INCR_CLIENTS * INCR_OPS);
+        return NAN;
+    }
+    return r;
+}
+
+int main(int argc, char **argv)
+{
+    if (mp_manager_start(&manager, NULL) != 0 || mp_dict_open(manager, "bench", &dict) != 0) {
+        fprintf(stderr, "cannot start a manager\n");
+        return 1;
+    }
+    if (bench_selected(argc, argv, "manager_dict_set"))
+        bench_row("manager_dict_set", bench_median_of(bench_reps(5), rep_set, NULL), "ops/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "manager_dict_get"))
+        bench_row("manager_dict_get", bench_median_of(bench_reps(5), rep_get, NULL), "ops/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "manager_incr_8clients"))
+        bench_row("manager_incr_8clients", bench_median_of(bench_reps(3), rep_incr, NULL), "ops/s", BENCH_HIGHER);
+    mp_dict_free(dict);
+    mp_manager_free(manager);
+    return 0;
+}

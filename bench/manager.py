@@ -1,0 +1,77 @@
+"""manager.py - the workloads of bench/manager.c with multiprocessing.Manager.
+
+manager_dict_set / manager_dict_get: one client, d['key'] = 8 bytes / d['key'].
+manager_incr_8clients: 8 processes each add 1 to d['n'] under a manager Lock
+(Python has no atomic increment on a proxy), aggregate ops/s; total checked.
+"""
+import os
+import sys
+
+# bench/queue.py would shadow the standard queue module that
+# multiprocessing.managers imports: load that with our directory off the path.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+import multiprocessing as mp  # noqa: E402
+import multiprocessing.managers  # noqa: E402,F401
+sys.path.insert(0, _here)
+from common import now, rate, median_of, reps, selected, row, HIGHER  # noqa: E402
+
+OPS = 5000
+INCR_CLIENTS = 8
+INCR_OPS = 500
+
+
+def rep_set(d):
+    val = b"12345678"
+    t0 = now()
+    for _ in range(OPS):
+        d["key"] = val
+    return rate(t0, OPS)
+
+
+def rep_get(d):
+    t0 = now()
+    for _ in range(OPS):
+        d["key"]
+    return rate(t0, OPS)
+
+
+def incr_client(d, lock, ready, go):
+    ready.release()
+    go.wait()
+    for _ in range(INCR_OPS):
+        with lock:
+            d["n"] = d["n"] + 1
+
+
+def rep_incr(manager, d):
+    d["n"] = 0
+    lock = manager.Lock()
+    ready = mp.Semaphore(0)
+    go = mp.Event()
+    procs = [mp.Process(target=incr_client, args=(d, lock, ready, go)) for _ in range(INCR_CLIENTS)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    t0 = now()
+    go.set()
+    for p in procs:
+        p.join()
+    r = rate(t0, INCR_CLIENTS * INCR_OPS)
+    if d["n"] != INCR_CLIENTS * INCR_OPS:
+        print(f"incr: total {d['n']}", file=sys.stderr)
+        return float("nan")
+    return r
+
+
+if __name__ == "__main__":
+    with mp.Manager() as manager:
+        d = manager.dict()
+        d["key"] = b"12345678"
+        if selected("manager_dict_set"):
+            row("manager_dict_set", median_of(reps(3), lambda: rep_set(d)), "ops/s", HIGHER)
+        if selected("manager_dict_get"):
+            row("manager_dict_get", median_of(reps(3), lambda: rep_get(d)), "ops/s", HIGHER)
+        if selected("manager_incr_8clients"):
+            row("manager_incr_8clients", median_of(reps(3), lambda: rep_incr(manager, d)), "ops/s", HIGHER)

@@ -1,0 +1,912 @@
+/* client.c - mp_manager and the proxies: dicts, lists, queues and locks.
+ *
+ * Handles live in the family arena, so a handle made before a child starts
+ * works in it under every start method; they hold only what names the
+ * object (address, key, object name). Connections are per process: a local
+ * registry maps a handle to its socket, and the child side of fork closes
+ * the inherited ones (a child must not keep its parent's lock connection
+ * alive), so each process connects on first use, like Python's proxies.
+ * Dicts and lists share the manager's connection; each queue and lock handle
+ * has its own, so a blocked get or acquire never holds up the others and a
+ * lock's owner is exactly one connection. Blocking calls wait on the server
+ * in slices and re-ask until their own deadline, letting other threads in.
+ * A process sharing the server's arena sends its requests through a
+ * shared-memory channel instead of the socket (channel.h).
+ */
+#include "manager/channel.h"
+#include "manager/manager_internal.h"
+#include "manager/protocol.h"
+#include "manager/wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct mp_manager {
+    uint32_t magic;
+    pid_t creator;        /* frees the handle; others only drop their connection */
+    pid_t server_pid;     /* > 0 when creator started the server */
+    bool shut;
+    size_t keylen;
+    char address[WIRE_MAX_ADDRESS];
+    uint8_t key[WIRE_MAX_AUTHKEY];
+};
+
+/* A proxy: an object's name, reached through a manager. */
+struct proxy {
+    uint32_t magic;
+    pid_t creator;
+    mp_manager *m;
+    bool own;             /* queues and locks: a connection of their own */
+    size_t nlen;
+    char name[MSG_MAX_NAME + 1];
+};
+
+struct mp_dict { struct proxy p; };
+struct mp_list { struct proxy p; };
+struct mp_mqueue { struct proxy p; };
+struct mlock { struct proxy p; };
+
+/* ------------------------------------------------------------------ connections */
+
+/* One process's connection for a handle (the manager, or an own-connection
+ * proxy). */
+struct mconn {
+    pthread_mutex_t mu;
+    struct wire w;       /* fd -1 until connected */
+    pid_t pid;           /* process the socket belongs to */
+    struct channel *ch;  /* same-family fast path; the server's once attached */
+    uint32_t seq;        /* last request posted on ch */
+    mp_buf req;
+    const void *handle;
+    struct mconn *next;
+};
+
+static struct {
+    pthread_once_t once;
+    pthread_mutex_t mu;
+    struct mconn *head;
+    _Atomic pid_t pid;       /* getpid() is a system call: cached, reset on fork */
+} local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
+
+static void mconn_attach(struct mconn *c);
+
+static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
+static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
+
+/* The parent's sockets are not ours: close them without a word to the
+ * server (the parent's connections stay up), and reset the mutexes another
+ * thread may have held at the fork. */
+static void local_child(void)
+{
+    local.pid = getpid();
+    for (struct mconn *c = local.head; c; c = c->next) {
+        pthread_mutex_init(&c->mu, NULL);
+        if (c->w.fd >= 0)
+            close(c->w.fd);
+        c->w.fd = -1;
+        c->w.start = c->w.len = 0;
+        c->pid = 0;
+        c->ch = NULL;        /* the parent's connection's: its server frees it */
+    }
+    pthread_mutex_unlock(&local.mu);
+}
+
+static void local_init(void)
+{
+    local.pid = getpid();
+    pthread_atfork(local_prepare, local_parent, local_child);
+}
+
+/* Lets go of the channel: tells the server thread to leave, and frees the
+ * channel if that thread has already gone. */
+static void mconn_leave_channel(struct mconn *c)
+{
+    struct channel *ch = c->ch;
+    if (!ch)
+        return;
+    ch->req_len = CHANNEL_BYE;
+    channel_post(&ch->req_seq, ++c->seq, &ch->server_sleeping);
+    if (atomic_fetch_sub(&ch->refs, 1) == 1)
+        arena_free(ch);
+    c->ch = NULL;
+}
+
+static void mconn_drop(struct mconn *c)
+{
+    mconn_leave_channel(c);
+    wire_close(&c->w);
+    c->w.spin_ns = MANAGER_SPIN_NS;
+    c->pid = 0;
+}
+
+/* Locks the registry and finds handle's entry: the link pointing at it, or
+ * at the NULL ending the list. */
+static struct mconn **local_find(const void *handle)
+{
+    pthread_once(&local.once, local_init);
+    pthread_mutex_lock(&local.mu);
+    struct mconn **link = &local.head;
+    while (*link && (*link)->handle != handle)
+        link = &(*link)->next;
+    return link;
+}
+
+/* This process's connection for handle, created (unconnected) on first use. */
+static struct mconn *mconn_of(const void *handle)
+{
+    struct mconn **link = local_find(handle);
+    struct mconn *c = *link;
+    if (c && link != &local.head) {      /* most recently used first */
+        *link = c->next;
+        c->next = local.head;
+        local.head = c;
+    } else if (!c && (c = calloc(1, sizeof *c))) {
+        pthread_mutex_init(&c->mu, NULL);
+        wire_init(&c->w, -1, MANAGER_SPIN_NS);
+        c->handle = handle;
+        c->next = local.head;
+        local.head = c;
+    }
+    pthread_mutex_unlock(&local.mu);
+    return c;
+}
+
+/* Closes and forgets this process's connection for handle, if any. */
+static void mconn_forget(const void *handle)
+{
+    struct mconn **link = local_find(handle);
+    struct mconn *c = *link;
+    if (c)
+        *link = c->next;
+    pthread_mutex_unlock(&local.mu);
+    if (c) {
+        mconn_drop(c);
+        mp_buf_free(&c->req);
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+    }
+}
+
+static int mconn_open(struct mconn *c, const mp_manager *m)
+{
+    mp_deadline d = deadline_in(MANAGER_AUTH_TIMEOUT_S);
+    int fd;
+    int rc = wire_connect(m->address, &fd, &d);
+    if (rc < 0)
+        return rc;
+    wire_close(&c->w);
+    wire_init(&c->w, fd, MANAGER_SPIN_NS);
+    rc = wire_auth_client(&c->w, m->key, m->keylen, &d);
+    if (rc < 0) {
+        mconn_drop(c);
+        return rc == MP_EAUTH ? rc : MP_EBROKEN;
+    }
+    c->pid = local.pid;
+    mconn_attach(c);
+    return 0;
+}
+
+/* Locks c and makes sure it is connected in this process. */
+static int mconn_begin(struct mconn *c, const mp_manager *m)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->w.fd >= 0 && c->pid == local.pid)
+        return 0;
+    if (c->w.fd >= 0) {    /* forked without the atfork hook (raw clone): */
+        c->ch = NULL;      /* the parent's channel and socket, not ours */
+        mconn_drop(c);
+    }
+    /* The key was good when the manager connected: any failure now means
+     * the server is gone. */
+    return mconn_open(c, m) < 0 ? MP_EBROKEN : 0;
+}
+
+static void mconn_end(struct mconn *c)
+{
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* One request and its reply through the shared channel (channel.h). */
+static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len)
+{
+    struct channel *ch = c->ch;
+    bool big = c->req.len > CHANNEL_BUF;
+    if (!big)
+        memcpy(ch->buf, c->req.data, c->req.len);
+    ch->req_len = big ? CHANNEL_VIA_SOCKET : (uint32_t)c->req.len;
+    uint32_t seq = ++c->seq;
+    /* posted before a big send, or both sides would wait on each other */
+    channel_post(&ch->req_seq, seq, &ch->server_sleeping);
+    if (big && wire_send(&c->w, c->req.data, c->req.len) < 0)
+        return MP_EBROKEN;
+    if (channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS,
+                     CHANNEL_CLIENT_SLICE_MS, c->w.fd) < 0)
+        return MP_EBROKEN;
+    if (ch->resp_len == CHANNEL_VIA_SOCKET)
+        return wire_recv(&c->w, data, len, WIRE_MAX_FRAME, NULL);
+    if (ch->resp_len > CHANNEL_BUF)
+        return MP_EPROTO;
+    *data = ch->buf;
+    *len = ch->resp_len;
+    return 0;
+}
+
+/* Sends c->req and decodes the reply into rep; the reply's status, or a
+ * transport error (the connection is dropped: the server is gone). */
+static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
+{
+    const uint8_t *data;
+    size_t len;
+    int rc;
+    if (c->ch) {
+        rc = mconn_channel_call(c, &data, &len);
+    } else {
+        rc = wire_send(&c->w, c->req.data, c->req.len);
+        if (rc == 0)
+            rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, NULL);
+    }
+    if (rc == 0)
+        rc = msg_decode(data, len, rep);
+    if (rc == 0 && rep->v[0].type != MV_INT)
+        rc = MP_EPROTO;
+    if (rc < 0) {
+        mconn_drop(c);
+        return MP_EBROKEN;
+    }
+    return (int)rep->v[0].i;
+}
+
+/* Offers the server a channel in our arena; it takes it only if it shares
+ * that arena (same family). Either way the connection works. */
+static void mconn_attach(struct mconn *c)
+{
+    if (!arena_base())
+        return;
+    struct channel *ch = arena_alloc(sizeof *ch);
+    uint64_t nonce;
+    if (!ch || getrandom(&nonce, sizeof nonce, 0) != sizeof nonce) {
+        arena_free(ch);
+        return;
+    }
+    ch->nonce = nonce & INT64_MAX;
+    atomic_store(&ch->refs, 2);
+    atomic_store(&ch->magic, CHANNEL_MAGIC);
+    struct menc e;
+    enc_begin(&e, &c->req, 3);
+    enc_int(&e, OP_ATTACH);
+    enc_int(&e, (int64_t)(uintptr_t)ch);
+    enc_int(&e, (int64_t)ch->nonce);
+    struct mmsg rep;
+    int rc = e.rc < 0 ? e.rc : mconn_roundtrip(c, &rep);
+    if (rc == 0) {
+        c->ch = ch;
+        c->seq = 0;
+    } else if (rc != MP_EBROKEN) {
+        arena_free(ch);      /* refused: never the server's */
+    }                        /* else: unknown whether it took it; leave it be */
+}
+
+static struct mconn *proxy_conn(const struct proxy *p)
+{
+    return mconn_of(p->own ? (const void *)p : (const void *)p->m);
+}
+
+/* One call: the request is the op, the proxy's name, then args. Returns
+ * with c locked (the reply points into its buffer): call mconn_end(c). */
+static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mval *args, size_t n,
+                      struct mmsg *rep)
+{
+    int rc = mconn_begin(c, p->m);
+    if (rc < 0)
+        return rc;
+    struct menc e;
+    enc_begin(&e, &c->req, 2 + n);
+    enc_int(&e, op);
+    enc_text(&e, p->name, p->nlen);
+    for (size_t i = 0; i < n; i++)
+        enc_val(&e, &args[i]);
+    return e.rc < 0 ? e.rc : mconn_roundtrip(c, rep);
+}
+
+/* A call whose reply carries nothing the caller needs. */
+static int proxy_simple(struct proxy *p, int op, const struct mval *args, size_t n)
+{
+    struct mconn *c = proxy_conn(p);
+    if (!c)
+        return MP_ENOMEM;
+    struct mmsg rep;
+    int rc = proxy_call(p, c, op, args, n, &rep);
+    mconn_end(c);
+    return rc;
+}
+
+/* A call whose reply value is an int (lengths, incr). */
+static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n, int64_t *out)
+{
+    struct mconn *c = proxy_conn(p);
+    if (!c)
+        return MP_ENOMEM;
+    struct mmsg rep;
+    int rc = proxy_call(p, c, op, args, n, &rep);
+    if (rc == 0 && (rep.n != 2 || rep.v[1].type != MV_INT))
+        rc = MP_EPROTO;
+    if (rc == 0 && out)
+        *out = rep.v[1].i;
+    mconn_end(c);
+    return rc;
+}
+
+/* A call whose reply value is bytes, copied into out. */
+static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t n, mp_buf *out)
+{
+    struct mconn *c = proxy_conn(p);
+    if (!c)
+        return MP_ENOMEM;
+    struct mmsg rep;
+    int rc = proxy_call(p, c, op, args, n, &rep);
+    if (rc == 0 && rep.n != 2)
+        rc = MP_EPROTO;
+    if (rc == 0 && rep.v[1].type != MV_BYTES)
+        rc = MP_ETYPE;
+    if (rc == 0) {
+        out->len = 0;
+        rc = mp_buf_append(out, rep.v[1].p, rep.v[1].len);
+    }
+    mconn_end(c);
+    return rc;
+}
+
+/* A blocking call: asks the server in slices until the deadline, so the
+ * connection is free for other threads between slices. `expire` is the
+ * code the server gives when a slice ends empty-handed. */
+static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, size_t targ,
+                          double timeout, int expire, mp_buf *out)
+{
+    mp_deadline d = deadline_in(timeout);
+    for (;;) {
+        double left = d.forever ? -1.0 : deadline_left(&d);
+        args[targ] = (struct mval){ .type = MV_FLOAT, .f = left };
+        int rc = out ? proxy_bytes(p, op, args, n, out) : proxy_simple(p, op, args, n);
+        if (rc != expire || timeout == 0 || deadline_passed(&d))
+            return rc;
+    }
+}
+
+/* ------------------------------------------------------------------ arguments */
+
+static struct mval text_arg(const char *s) { return (struct mval){ .type = MV_TEXT, .p = (const uint8_t *)s, .len = strlen(s) }; }
+static struct mval bytes_arg(const void *p, size_t len) { return (struct mval){ .type = MV_BYTES, .p = p, .len = len }; }
+static struct mval int_arg(int64_t i) { return (struct mval){ .type = MV_INT, .i = i }; }
+
+static bool key_ok(const char *key) { return key && strlen(key) <= MSG_MAX_KEY; }
+static bool bytes_ok(const void *p, size_t len) { return (p || len == 0) && len <= MSG_MAX_VALUE; }
+
+/* A freed manager makes its proxies unusable too (arena memory stays
+ * mapped, so the check itself is safe). */
+static bool proxy_ok(const struct proxy *p, uint32_t magic)
+{
+    return p && p->magic == magic && p->m && p->m->magic == MAGIC_MANAGER;
+}
+
+/* ------------------------------------------------------------------ managers */
+
+static bool manager_ok(const mp_manager *m) { return m && m->magic == MAGIC_MANAGER; }
+
+static int manager_alloc(mp_manager **out, const char *address, const void *key, size_t keylen)
+{
+    if (keylen > WIRE_MAX_AUTHKEY || (!key && keylen) || strlen(address) >= WIRE_MAX_ADDRESS)
+        return MP_EINVAL;
+    mp_manager *m = arena_alloc(sizeof *m);
+    if (!m)
+        return MP_ENOMEM;
+    m->magic = MAGIC_MANAGER;
+    m->creator = getpid();
+    snprintf(m->address, sizeof m->address, "%s", address);
+    if (keylen)
+        memcpy(m->key, key, keylen);
+    m->keylen = keylen;
+    *out = m;
+    return 0;
+}
+
+static void manager_release(mp_manager *m)
+{
+    mconn_forget(m);
+    m->magic = MAGIC_FREED;
+    arena_free(m);
+}
+
+/* Connects this process's connection for m: 0, MP_EAUTH, or the socket's error. */
+static int manager_connect_now(mp_manager *m)
+{
+    struct mconn *c = mconn_of(m);
+    if (!c)
+        return MP_ENOMEM;
+    pthread_mutex_lock(&c->mu);
+    int rc = mconn_open(c, m);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+int mp_manager_connect(mp_manager **out, const char *address, const void *authkey, size_t len)
+{
+    if (!out || !address)
+        return MP_EINVAL;
+    mp_manager *m;
+    int rc = manager_alloc(&m, address, authkey, len);
+    if (rc < 0)
+        return rc;
+    if ((rc = manager_connect_now(m)) < 0) {
+        manager_release(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+/* The child side of mp_manager_start: keep only the listener, serve until
+ * shut down or until the parent process exits (a pidfd: PR_SET_PDEATHSIG
+ * would fire when the forking *thread* ends), then exit. */
+static void manager_child(int lfd, pid_t parent, const mp_manager *m)
+{
+    if (lfd != 3 && dup2(lfd, 3) < 0)
+        _exit(1);
+    syscall(SYS_close_range, 4u, ~0u, 0u);   /* other managers' sockets must not linger here */
+    int parent_fd = (int)syscall(SYS_pidfd_open, parent, 0);
+    if (parent_fd < 0)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);    /* old kernel: the next best thing */
+    if (getppid() != parent)
+        _exit(0);
+    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key,
+                                      .authkey_len = m->keylen, .stop_fd = parent_fd };
+    _exit(manager_serve(&so) < 0 ? 1 : 0);
+}
+
+static int manager_default_address(char *buf, size_t cap)
+{
+    uint64_t r;
+    if (getrandom(&r, sizeof r, 0) != sizeof r)
+        return MP_EINVAL;
+    snprintf(buf, cap, "unix:@mproc-manager-%d-%016llx", (int)getpid(), (unsigned long long)r);
+    return 0;
+}
+
+int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
+{
+    mp_manager_opts none = { 0 };
+    if (!o)
+        o = &none;
+    if (!out || (o->address && strlen(o->address) >= WIRE_MAX_ADDRESS))
+        return MP_EINVAL;
+    uint8_t random_key[MANAGER_KEY_LEN];
+    const void *key = o->authkey;
+    size_t keylen = o->authkey_len;
+    if (!key) {          /* like Python: a manager always has an authkey */
+        if (keylen || getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
+            return MP_EINVAL;
+        key = random_key;
+        keylen = sizeof random_key;
+    }
+    char wanted[WIRE_MAX_ADDRESS], actual[WIRE_MAX_ADDRESS];
+    int rc = 0;
+    if (o->address)
+        snprintf(wanted, sizeof wanted, "%s", o->address);
+    else
+        rc = manager_default_address(wanted, sizeof wanted);
+    int lfd;
+    if (rc < 0 || (rc = wire_listen(wanted, &lfd, actual, sizeof actual)) < 0)
+        return rc;
+    mp_manager *m;
+    if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
+        close(lfd);
+        wire_unlink(actual);
+        return rc;
+    }
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        manager_child(lfd, parent, m);
+    close(lfd);
+    if (pid < 0) {
+        rc = errno_to_mp(errno);
+        wire_unlink(actual);
+        manager_release(m);
+        return rc;
+    }
+    m->server_pid = pid;
+    if (manager_connect_now(m) < 0) {      /* our own key: the server died */
+        mp_manager_shutdown(m);
+        manager_release(m);
+        return MP_EBROKEN;
+    }
+    *out = m;
+    return 0;
+}
+
+const char *mp_manager_address(const mp_manager *m)
+{
+    return manager_ok(m) ? m->address : NULL;
+}
+
+const void *mp_manager_authkey(const mp_manager *m, size_t *len)
+{
+    if (!manager_ok(m))
+        return NULL;
+    if (len)
+        *len = m->keylen;
+    return m->key;
+}
+
+pid_t mp_manager_pid(const mp_manager *m)
+{
+    return manager_ok(m) && m->server_pid > 0 ? m->server_pid : -1;
+}
+
+/* Waits for our server child to exit; SIGKILL when it will not. Without
+ * pidfd_open (old kernels, valgrind) it polls waitpid. */
+static void manager_reap(pid_t pid, double timeout)
+{
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pfd >= 0) {
+        struct pollfd p = { .fd = pfd, .events = POLLIN };
+        if (poll(&p, 1, (int)(timeout * 1000)) == 0)
+            kill(pid, SIGKILL);
+        close(pfd);
+    } else {
+        mp_deadline d = deadline_in(timeout);
+        pid_t r;
+        while ((r = waitpid(pid, NULL, WNOHANG)) == 0 && !deadline_passed(&d))
+            poll(NULL, 0, 1);
+        if (r == pid)
+            return;              /* reaped: the pid may already be someone else's */
+        kill(pid, SIGKILL);
+    }
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
+int mp_manager_shutdown(mp_manager *m)
+{
+    if (!manager_ok(m))
+        return MP_EINVAL;
+    if (m->server_pid <= 0 || m->creator != getpid())
+        return MP_ESTATE;       /* only the process that started the server stops it */
+    if (m->shut)
+        return 0;
+    struct mconn *c = mconn_of(m);
+    if (c && mconn_begin(c, m) == 0) {
+        struct menc e;
+        struct mmsg rep;
+        enc_begin(&e, &c->req, 1);
+        enc_int(&e, OP_SHUTDOWN);
+        if (e.rc == 0)
+            mconn_roundtrip(c, &rep);
+    }
+    if (c) {
+        mconn_drop(c);
+        mconn_end(c);
+    }
+    manager_reap(m->server_pid, 5.0);
+    wire_unlink(m->address);
+    m->shut = true;
+    return 0;
+}
+
+void mp_manager_free(mp_manager *m)
+{
+    if (!manager_ok(m))
+        return;
+    if (m->creator != getpid()) {
+        mconn_forget(m);      /* an inherited handle: the creator owns it */
+        return;
+    }
+    if (m->server_pid > 0 && !m->shut)
+        mp_manager_shutdown(m);
+    manager_release(m);
+}
+
+/* ------------------------------------------------------------------ proxies */
+
+/* Opens a proxy: checks arguments, sends the kind's OPEN op (which creates
+ * the object when missing). own: the proxy gets its own connection. */
+static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, bool own,
+                      const struct mval *args, size_t n, void **out)
+{
+    if (!manager_ok(m) || !name || !out || strlen(name) == 0 || strlen(name) > MSG_MAX_NAME)
+        return MP_EINVAL;
+    struct proxy *p = arena_alloc(sizeof *p);
+    if (!p)
+        return MP_ENOMEM;
+    p->magic = magic;
+    p->creator = getpid();
+    p->m = m;
+    p->own = own;
+    p->nlen = strlen(name);
+    memcpy(p->name, name, p->nlen + 1);
+    int rc = proxy_simple(p, op, args, n);
+    if (rc < 0) {
+        if (own)
+            mconn_forget(p);
+        p->magic = MAGIC_FREED;
+        arena_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+static void proxy_free(struct proxy *p, uint32_t magic)
+{
+    if (!p || p->magic != magic)      /* its manager may be gone already */
+        return;
+    if (p->own)
+        mconn_forget(p);
+    if (p->creator != getpid())
+        return;               /* an inherited handle: the creator owns it */
+    p->magic = MAGIC_FREED;
+    arena_free(p);
+}
+
+int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
+{
+    return proxy_open(m, name, MAGIC_DICT, OP_DICT_OPEN, false, NULL, 0, (void **)d);
+}
+
+static int dict_set_val(mp_dict *d, const char *key, struct mval v)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[2] = { text_arg(key), v };
+    return proxy_simple((struct proxy *)d, OP_DICT_SET, args, 2);
+}
+
+int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
+{
+    if (!bytes_ok(val, len))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    return dict_set_val(d, key, bytes_arg(val, len));
+}
+
+int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v)
+{
+    return dict_set_val(d, key, int_arg(v));
+}
+
+int mp_dict_set_f64(mp_dict *d, const char *key, double v)
+{
+    return dict_set_val(d, key, (struct mval){ .type = MV_FLOAT, .f = v });
+}
+
+int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !val)
+        return MP_EINVAL;
+    struct mval args[1] = { text_arg(key) };
+    return proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val);
+}
+
+/* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
+static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct mval *out)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[1] = { text_arg(key) };
+    struct mconn *c = proxy_conn((struct proxy *)d);
+    if (!c)
+        return MP_ENOMEM;
+    struct mmsg rep;
+    int rc = proxy_call((struct proxy *)d, c, OP_DICT_GET, args, 1, &rep);
+    if (rc == 0 && rep.n != 2)
+        rc = MP_EPROTO;
+    if (rc == 0 && rep.v[1].type != want)
+        rc = MP_ETYPE;
+    if (rc == 0)
+        *out = rep.v[1];
+    mconn_end(c);
+    return rc;
+}
+
+int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v)
+{
+    struct mval got;
+    if (!v)
+        return MP_EINVAL;
+    int rc = dict_get_scalar(d, key, MV_INT, &got);
+    if (rc == 0)
+        *v = got.i;
+    return rc;
+}
+
+int mp_dict_get_f64(mp_dict *d, const char *key, double *v)
+{
+    struct mval got;
+    if (!v)
+        return MP_EINVAL;
+    int rc = dict_get_scalar(d, key, MV_FLOAT, &got);
+    if (rc == 0)
+        *v = got.f;
+    return rc;
+}
+
+int mp_dict_del(mp_dict *d, const char *key)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[1] = { text_arg(key) };
+    return proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1);
+}
+
+int mp_dict_len(mp_dict *d, size_t *n)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !n)
+        return MP_EINVAL;
+    int64_t v;
+    int rc = proxy_int((struct proxy *)d, OP_DICT_LEN, NULL, 0, &v);
+    if (rc == 0)
+        *n = (size_t)v;
+    return rc;
+}
+
+int mp_dict_keys(mp_dict *d, mp_buf *keys)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !keys)
+        return MP_EINVAL;
+    return proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys);
+}
+
+int mp_dict_clear(mp_dict *d)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT))
+        return MP_EINVAL;
+    return proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0);
+}
+
+int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
+        return MP_EINVAL;
+    struct mval args[2] = { text_arg(key), int_arg(delta) };
+    return proxy_int((struct proxy *)d, OP_DICT_INCR, args, 2, result);
+}
+
+int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
+                const void *val, size_t vlen)
+{
+    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
+        (!expect && elen) || elen > MSG_MAX_VALUE)
+        return MP_EINVAL;
+    struct mval args[3] = { text_arg(key),
+                            expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
+                            bytes_arg(val, vlen) };
+    return proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3);
+}
+
+void mp_dict_free(mp_dict *d)
+{
+    proxy_free((struct proxy *)d, MAGIC_DICT);
+}
+
+/* ------------------------------------------------------------------ lists */
+
+int mp_list_open(mp_manager *m, const char *name, mp_list **l)
+{
+    return proxy_open(m, name, MAGIC_LIST, OP_LIST_OPEN, false, NULL, 0, (void **)l);
+}
+
+int mp_list_append(mp_list *l, const void *val, size_t len)
+{
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    struct mval args[1] = { bytes_arg(val, len) };
+    return proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1);
+}
+
+int mp_list_get(mp_list *l, long i, mp_buf *val)
+{
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
+        return MP_EINVAL;
+    struct mval args[1] = { int_arg(i) };
+    return proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val);
+}
+
+int mp_list_set(mp_list *l, long i, const void *val, size_t len)
+{
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    struct mval args[2] = { int_arg(i), bytes_arg(val, len) };
+    return proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2);
+}
+
+int mp_list_pop(mp_list *l, long i, mp_buf *val)
+{
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
+        return MP_EINVAL;
+    struct mval args[1] = { int_arg(i) };
+    return proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val);
+}
+
+int mp_list_len(mp_list *l, size_t *n)
+{
+    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !n)
+        return MP_EINVAL;
+    int64_t v;
+    int rc = proxy_int((struct proxy *)l, OP_LIST_LEN, NULL, 0, &v);
+    if (rc == 0)
+        *n = (size_t)v;
+    return rc;
+}
+
+void mp_list_free(mp_list *l)
+{
+    proxy_free((struct proxy *)l, MAGIC_LIST);
+}
+
+/* ------------------------------------------------------------------ queues */
+
+int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue **q)
+{
+    if (maxsize > INT64_MAX)
+        return MP_EINVAL;
+    struct mval args[1] = { int_arg((int64_t)maxsize) };
+    return proxy_open(m, name, MAGIC_MQUEUE, OP_QUEUE_OPEN, true, args, 1, (void **)q);
+}
+
+int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout)
+{
+    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !bytes_ok(data, len) || !timeout_valid(timeout))
+        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+    struct mval args[2] = { bytes_arg(data, len), { 0 } };
+    return proxy_blocking((struct proxy *)q, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL);
+}
+
+int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout)
+{
+    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !out || !timeout_valid(timeout))
+        return MP_EINVAL;
+    struct mval args[1] = { { 0 } };
+    return proxy_blocking((struct proxy *)q, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out);
+}
+
+void mp_mqueue_free(mp_mqueue *q)
+{
+    proxy_free((struct proxy *)q, MAGIC_MQUEUE);
+}
+
+/* ------------------------------------------------------------------ locks */
+
+int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l)
+{
+    return proxy_open(m, name, MAGIC_MLOCK, OP_LOCK_OPEN, true, NULL, 0, (void **)l);
+}
+
+int mlock_acquire(mp_lock *l, double timeout)
+{
+    struct proxy *p = (struct proxy *)l;
+    if (!proxy_ok(p, MAGIC_MLOCK) || !timeout_valid(timeout))
+        return MP_EINVAL;
+    struct mval args[1] = { { 0 } };
+    return proxy_blocking(p, OP_LOCK_ACQUIRE, args, 1, 0, timeout, MP_ETIMEDOUT, NULL);
+}
+
+int mlock_release(mp_lock *l)
+{
+    struct proxy *p = (struct proxy *)l;
+    if (!proxy_ok(p, MAGIC_MLOCK))
+        return MP_EINVAL;
+    return proxy_simple(p, OP_LOCK_RELEASE, NULL, 0);
+}
+
+void mlock_free(mp_lock *l)
+{
+    proxy_free((struct proxy *)l, MAGIC_MLOCK);
+}

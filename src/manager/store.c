@@ -1,0 +1,635 @@
+/* store.c - the manager server's objects and the operations on them.
+ *
+ * Names and dict keys live in one kind of chained hash table. A request is
+ * executed under the store mutex; queue put/get and lock acquire wait on the
+ * object's condition variable for at most one wait slice, and the client
+ * re-asks until its own deadline, so no server thread waits on a dead peer
+ * for long.
+ */
+#include "manager/store.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------ values and tables */
+
+struct value {
+    enum mtype type;     /* MV_INT, MV_FLOAT or MV_BYTES */
+    int64_t i;
+    double f;
+    uint8_t *p;
+    size_t len;
+};
+
+struct entry {
+    struct entry *next;
+    uint64_t hash;
+    char *key;
+    size_t klen;
+    struct value v;      /* dict entries */
+    void *obj;           /* name table entries */
+};
+
+struct table {
+    struct entry **slots;
+    size_t nslots, count;
+};
+
+enum kind { KIND_DICT = 'd', KIND_LIST = 'l', KIND_QUEUE = 'q', KIND_LOCK = 'k' };
+
+struct object {
+    enum kind kind;
+    pthread_cond_t changed;       /* queue items / lock owner changed */
+    struct table dict;
+    struct value *items;          /* list items, or the queue's ring */
+    size_t head, count, cap;
+    size_t maxsize;               /* queue bound, 0 = none */
+    struct store_owner *owner;    /* lock holder */
+    bool owner_died;
+    struct object *next_lock;
+};
+
+struct store {
+    pthread_mutex_t mu;
+    struct table names;
+    size_t bytes, max_bytes;
+    struct object *locks;
+};
+
+static uint64_t hash_bytes(const void *p, size_t len)
+{
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static struct entry **table_find(struct table *t, const void *key, size_t klen, uint64_t h)
+{
+    if (t->nslots == 0)
+        return NULL;
+    struct entry **e = &t->slots[h & (t->nslots - 1)];
+    for (; *e; e = &(*e)->next)
+        if ((*e)->hash == h && (*e)->klen == klen && memcmp((*e)->key, key, klen) == 0)
+            return e;
+    return NULL;
+}
+
+static int table_grow(struct table *t)
+{
+    if (t->count < t->nslots)
+        return 0;
+    size_t n = t->nslots ? t->nslots * 2 : 16;
+    struct entry **slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return MP_ENOMEM;
+    for (size_t i = 0; i < t->nslots; i++) {
+        for (struct entry *e = t->slots[i], *next; e; e = next) {
+            next = e->next;
+            e->next = slots[e->hash & (n - 1)];
+            slots[e->hash & (n - 1)] = e;
+        }
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->nslots = n;
+    return 0;
+}
+
+/* Adds an entry for a key known to be absent. */
+static struct entry *table_add(struct table *t, const void *key, size_t klen, uint64_t h)
+{
+    struct entry *e = table_grow(t) == 0 ? calloc(1, sizeof *e) : NULL;
+    char *k = e ? malloc(klen + 1) : NULL;
+    if (!k) {
+        free(e);
+        return NULL;
+    }
+    memcpy(k, key, klen);
+    k[klen] = '\0';
+    e->key = k;
+    e->klen = klen;
+    e->hash = h;
+    e->next = t->slots[h & (t->nslots - 1)];
+    t->slots[h & (t->nslots - 1)] = e;
+    t->count++;
+    return e;
+}
+
+static size_t value_cost(const struct value *v) { return v->type == MV_BYTES ? v->len : 0; }
+
+static void value_clear(struct store *s, struct value *v)
+{
+    s->bytes -= value_cost(v);
+    free(v->p);
+    memset(v, 0, sizeof *v);
+}
+
+/* Copies a request value into owned storage, within the byte budget. */
+static int value_set(struct store *s, struct value *dst, const struct mval *src)
+{
+    struct value v = { .type = src->type, .i = src->i, .f = src->f };
+    if (src->type == MV_BYTES) {
+        if (src->len > s->max_bytes - s->bytes)
+            return MP_ENOMEM;
+        v.p = malloc(src->len ? src->len : 1);
+        if (!v.p)
+            return MP_ENOMEM;
+        memcpy(v.p, src->p, src->len);
+        v.len = src->len;
+    }
+    value_clear(s, dst);
+    *dst = v;
+    s->bytes += value_cost(&v);
+    return 0;
+}
+
+static struct mval value_view(const struct value *v)
+{
+    return (struct mval){ .type = v->type, .i = v->i, .f = v->f, .p = v->p, .len = v->len };
+}
+
+static void entry_free(struct store *s, struct entry *e)
+{
+    s->bytes -= e->klen;
+    value_clear(s, &e->v);
+    free(e->key);
+    free(e);
+}
+
+static void table_clear(struct store *s, struct table *t)
+{
+    for (size_t i = 0; i < t->nslots; i++) {
+        for (struct entry *e = t->slots[i], *next; e; e = next) {
+            next = e->next;
+            entry_free(s, e);
+        }
+        t->slots[i] = NULL;
+    }
+    t->count = 0;
+}
+
+/* ------------------------------------------------------------------ objects */
+
+static int object_new(struct object **out, enum kind kind)
+{
+    struct object *o = calloc(1, sizeof *o);
+    if (!o)
+        return MP_ENOMEM;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&o->changed, &ca);
+    pthread_condattr_destroy(&ca);
+    o->kind = kind;
+    *out = o;
+    return 0;
+}
+
+static void object_free(struct store *s, struct object *o)
+{
+    table_clear(s, &o->dict);
+    free(o->dict.slots);
+    for (size_t i = 0; i < o->count; i++)
+        value_clear(s, &o->items[(o->head + i) % (o->cap ? o->cap : 1)]);
+    free(o->items);
+    pthread_cond_destroy(&o->changed);
+    free(o);
+}
+
+/* Finds the object kind:name, creating it when missing. */
+static int object_get(struct store *s, enum kind kind, const struct mval *name, struct object **out)
+{
+    char key[1 + MSG_MAX_NAME];
+    key[0] = (char)kind;
+    memcpy(key + 1, name->p, name->len);
+    size_t klen = 1 + name->len;
+    uint64_t h = hash_bytes(key, klen);
+    struct entry **found = table_find(&s->names, key, klen, h);
+    if (found) {
+        *out = (*found)->obj;
+        return 0;
+    }
+    if (s->names.count >= STORE_MAX_OBJECTS)
+        return MP_ENOMEM;
+    struct object *o;
+    int rc = object_new(&o, kind);
+    if (rc < 0)
+        return rc;
+    struct entry *e = table_add(&s->names, key, klen, h);
+    if (!e) {
+        object_free(s, o);
+        return MP_ENOMEM;
+    }
+    e->obj = o;
+    if (kind == KIND_LOCK) {
+        o->next_lock = s->locks;
+        s->locks = o;
+    }
+    *out = o;
+    return 0;
+}
+
+int store_new(struct store **out, size_t max_bytes)
+{
+    struct store *s = calloc(1, sizeof *s);
+    if (!s)
+        return MP_ENOMEM;
+    pthread_mutex_init(&s->mu, NULL);
+    s->max_bytes = max_bytes ? max_bytes : STORE_MAX_BYTES_DEFAULT;
+    *out = s;
+    return 0;
+}
+
+void store_free(struct store *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->names.nslots; i++) {
+        for (struct entry *e = s->names.slots[i], *next; e; e = next) {
+            next = e->next;
+            object_free(s, e->obj);
+            free(e->key);
+            free(e);
+        }
+    }
+    free(s->names.slots);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* ------------------------------------------------------------------ waiting */
+
+/* The absolute time a blocking request may wait until: its timeout, capped
+ * at one slice. Returns false for timeout 0 (do not wait). */
+static bool wait_until(const struct mval *timeout, struct timespec *at)
+{
+    double t = timeout->type == MV_INT ? (double)timeout->i : timeout->f;
+    if (t == 0)
+        return false;
+    double slice = MSG_WAIT_SLICE_MS / 1000.0;
+    if (t < 0 || t > slice)
+        t = slice;
+    clock_gettime(CLOCK_MONOTONIC, at);
+    long ns = at->tv_nsec + (long)(t * 1e9);
+    at->tv_sec += ns / 1000000000L;
+    at->tv_nsec = ns % 1000000000L;
+    return true;
+}
+
+/* One wait on o->changed: false once the time is up. */
+static bool wait_changed(struct store *s, struct object *o, const struct timespec *at)
+{
+    return pthread_cond_timedwait(&o->changed, &s->mu, at) != ETIMEDOUT;
+}
+
+/* ------------------------------------------------------------------ dicts */
+
+static struct entry **dict_find(struct object *o, const struct mval *key)
+{
+    return table_find(&o->dict, key->p, key->len, hash_bytes(key->p, key->len));
+}
+
+/* The entry for key, added with an empty value when missing. */
+static int dict_slot(struct store *s, struct object *o, const struct mval *key, struct entry **out)
+{
+    struct entry **found = dict_find(o, key);
+    if (found) {
+        *out = *found;
+        return 0;
+    }
+    if (key->len > s->max_bytes - s->bytes)
+        return MP_ENOMEM;
+    struct entry *e = table_add(&o->dict, key->p, key->len, hash_bytes(key->p, key->len));
+    if (!e)
+        return MP_ENOMEM;
+    s->bytes += key->len;
+    *out = e;
+    return 0;
+}
+
+static void dict_remove(struct store *s, struct object *o, struct entry **link)
+{
+    struct entry *e = *link;
+    *link = e->next;
+    o->dict.count--;
+    entry_free(s, e);
+}
+
+static int dict_set(struct store *s, struct object *o, const struct mval *key, const struct mval *val)
+{
+    struct entry *e;
+    int rc = dict_slot(s, o, key, &e);
+    if (rc == 0 && (rc = value_set(s, &e->v, val)) < 0 && e->v.type == MV_NONE)
+        dict_remove(s, o, dict_find(o, key));
+    return rc;
+}
+
+static int dict_incr(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+{
+    struct entry **found = dict_find(o, &m->v[2]);
+    int64_t now = 0;
+    if (found && (*found)->v.type != MV_INT)
+        return MP_ETYPE;
+    if (found)
+        now = (*found)->v.i;
+    if (__builtin_add_overflow(now, m->v[3].i, &now))
+        return MP_ERANGE;
+    struct mval nv = { .type = MV_INT, .i = now };
+    int rc = dict_set(s, o, &m->v[2], &nv);
+    r->v = nv;
+    return rc;
+}
+
+static int dict_cas(struct store *s, struct object *o, const struct mmsg *m)
+{
+    struct entry **found = dict_find(o, &m->v[2]);
+    const struct mval *expect = &m->v[3];
+    if (expect->type == MV_NULL) {
+        if (found)
+            return MP_ECONFLICT;
+    } else {
+        if (!found)
+            return MP_ECONFLICT;
+        const struct value *v = &(*found)->v;
+        if (v->type != MV_BYTES)
+            return MP_ETYPE;
+        if (v->len != expect->len || memcmp(v->p, expect->p, v->len) != 0)
+            return MP_ECONFLICT;
+    }
+    return dict_set(s, o, &m->v[2], &m->v[4]);
+}
+
+/* Keys, each followed by a NUL, as one byte string. */
+static int dict_keys(struct object *o, struct sreply *r)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < o->dict.nslots; i++)
+        for (struct entry *e = o->dict.slots[i]; e; e = e->next)
+            total += e->klen + 1;
+    uint8_t *p = malloc(total ? total : 1);
+    if (!p)
+        return MP_ENOMEM;
+    size_t at = 0;
+    for (size_t i = 0; i < o->dict.nslots; i++) {
+        for (struct entry *e = o->dict.slots[i]; e; e = e->next) {
+            memcpy(p + at, e->key, e->klen + 1);
+            at += e->klen + 1;
+        }
+    }
+    r->owned = p;
+    r->v = (struct mval){ .type = MV_BYTES, .p = p, .len = total };
+    return 0;
+}
+
+static int dict_exec(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+{
+    struct entry **found;
+    switch (m->v[0].i) {
+    case OP_DICT_OPEN:
+        return 0;
+    case OP_DICT_SET:
+        return dict_set(s, o, &m->v[2], &m->v[3]);
+    case OP_DICT_GET:
+        if (!(found = dict_find(o, &m->v[2])))
+            return MP_ENOTFOUND;
+        r->v = value_view(&(*found)->v);
+        return 0;
+    case OP_DICT_DEL:
+        if (!(found = dict_find(o, &m->v[2])))
+            return MP_ENOTFOUND;
+        dict_remove(s, o, found);
+        return 0;
+    case OP_DICT_LEN:
+        r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->dict.count };
+        return 0;
+    case OP_DICT_KEYS:
+        return dict_keys(o, r);
+    case OP_DICT_CLEAR:
+        table_clear(s, &o->dict);
+        return 0;
+    case OP_DICT_INCR:
+        return dict_incr(s, o, m, r);
+    case OP_DICT_CAS:
+        return dict_cas(s, o, m);
+    }
+    return MP_EPROTO;
+}
+
+/* ------------------------------------------------------------------ lists and queues */
+
+/* Items live in a ring (head, count, cap); a list is a ring with head 0. */
+static struct value *ring_at(struct object *o, size_t i) { return &o->items[(o->head + i) % o->cap]; }
+
+static int ring_push(struct store *s, struct object *o, const struct mval *v)
+{
+    if (o->count == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 8;
+        struct value *items = calloc(cap, sizeof *items);
+        if (!items)
+            return MP_ENOMEM;
+        for (size_t i = 0; i < o->count; i++)
+            items[i] = *ring_at(o, i);
+        free(o->items);
+        o->items = items;
+        o->cap = cap;
+        o->head = 0;
+    }
+    struct value *slot = &o->items[(o->head + o->count) % o->cap];
+    memset(slot, 0, sizeof *slot);
+    int rc = value_set(s, slot, v);
+    if (rc == 0)
+        o->count++;
+    return rc;
+}
+
+/* Removes item i, handing its storage to the reply. */
+static void ring_take(struct store *s, struct object *o, size_t i, struct sreply *r)
+{
+    struct value v = *ring_at(o, i);
+    if (i == 0) {
+        o->head = (o->head + 1) % o->cap;
+    } else {
+        for (size_t j = i; j + 1 < o->count; j++)
+            *ring_at(o, j) = *ring_at(o, j + 1);
+    }
+    o->count--;
+    s->bytes -= value_cost(&v);
+    r->v = value_view(&v);
+    r->owned = v.p;
+}
+
+/* Python's index rules: negative counts from the end. */
+static int list_index(const struct object *o, int64_t i, size_t *at)
+{
+    if (i < 0)
+        i += (int64_t)o->count;
+    if (i < 0 || (uint64_t)i >= o->count)
+        return MP_ERANGE;
+    *at = (size_t)i;
+    return 0;
+}
+
+static int list_exec(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+{
+    size_t at;
+    int rc;
+    switch (m->v[0].i) {
+    case OP_LIST_OPEN:
+        return 0;
+    case OP_LIST_APPEND:
+        return ring_push(s, o, &m->v[2]);
+    case OP_LIST_LEN:
+        r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->count };
+        return 0;
+    }
+    if ((rc = list_index(o, m->v[2].i, &at)) < 0)
+        return rc;
+    switch (m->v[0].i) {
+    case OP_LIST_GET:
+        r->v = value_view(ring_at(o, at));
+        return 0;
+    case OP_LIST_SET:
+        return value_set(s, ring_at(o, at), &m->v[3]);
+    case OP_LIST_POP:
+        ring_take(s, o, at, r);
+        return 0;
+    }
+    return MP_EPROTO;
+}
+
+static int queue_put(struct store *s, struct object *o, const struct mmsg *m)
+{
+    struct timespec at;
+    bool may_wait = wait_until(&m->v[3], &at);
+    while (o->maxsize && o->count >= o->maxsize) {
+        if (!may_wait || !wait_changed(s, o, &at))
+            if (o->count >= o->maxsize)
+                return MP_EFULL;
+    }
+    int rc = ring_push(s, o, &m->v[2]);
+    if (rc == 0)
+        pthread_cond_broadcast(&o->changed);
+    return rc;
+}
+
+static int queue_get(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+{
+    struct timespec at;
+    bool may_wait = wait_until(&m->v[2], &at);
+    while (o->count == 0) {
+        if (!may_wait || !wait_changed(s, o, &at))
+            if (o->count == 0)
+                return MP_EEMPTY;
+    }
+    ring_take(s, o, 0, r);
+    pthread_cond_broadcast(&o->changed);
+    return 0;
+}
+
+static int queue_exec(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+{
+    switch (m->v[0].i) {
+    case OP_QUEUE_OPEN:
+        if (m->v[2].i < 0)
+            return MP_EINVAL;
+        if (o->count == 0 && o->cap == 0 && o->maxsize == 0)
+            o->maxsize = (size_t)m->v[2].i;     /* the first opener sets the bound */
+        return 0;
+    case OP_QUEUE_PUT:
+        return queue_put(s, o, m);
+    case OP_QUEUE_GET:
+        return queue_get(s, o, m, r);
+    case OP_QUEUE_LEN:
+        r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->count };
+        return 0;
+    }
+    return MP_EPROTO;
+}
+
+/* ------------------------------------------------------------------ locks */
+
+static int lock_acquire(struct store *s, struct object *o, struct store_owner *me, const struct mval *timeout)
+{
+    struct timespec at;
+    bool may_wait = wait_until(timeout, &at);
+    while (o->owner) {
+        if (!may_wait || !wait_changed(s, o, &at))
+            if (o->owner)
+                return MP_ETIMEDOUT;
+    }
+    o->owner = me;
+    if (o->owner_died) {
+        o->owner_died = false;
+        return MP_EOWNERDEAD;
+    }
+    return 0;
+}
+
+static int lock_exec(struct store *s, struct object *o, struct store_owner *me, const struct mmsg *m)
+{
+    switch (m->v[0].i) {
+    case OP_LOCK_OPEN:
+        return 0;
+    case OP_LOCK_ACQUIRE:
+        return lock_acquire(s, o, me, &m->v[2]);
+    case OP_LOCK_RELEASE:
+        if (o->owner != me)
+            return MP_EINVAL;
+        o->owner = NULL;
+        pthread_cond_broadcast(&o->changed);
+        return 0;
+    }
+    return MP_EPROTO;
+}
+
+void store_owner_gone(struct store *s, struct store_owner *owner)
+{
+    pthread_mutex_lock(&s->mu);
+    for (struct object *o = s->locks; o; o = o->next_lock) {
+        if (o->owner == owner) {
+            o->owner = NULL;
+            o->owner_died = true;
+            pthread_cond_broadcast(&o->changed);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+static enum kind op_kind(int64_t op)
+{
+    return op < OP_LIST_OPEN ? KIND_DICT : op < OP_QUEUE_OPEN ? KIND_LIST
+         : op < OP_LOCK_OPEN ? KIND_QUEUE : KIND_LOCK;
+}
+
+void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_lock(&s->mu);
+    int64_t op = req->v[0].i;
+    if (op == OP_PING || op == OP_SHUTDOWN)
+        return;
+    enum kind kind = op_kind(op);
+    struct object *o;
+    r->status = object_get(s, kind, &req->v[1], &o);
+    if (r->status < 0)
+        return;
+    switch (kind) {
+    case KIND_DICT: r->status = dict_exec(s, o, req, r); break;
+    case KIND_LIST: r->status = list_exec(s, o, req, r); break;
+    case KIND_QUEUE: r->status = queue_exec(s, o, req, r); break;
+    case KIND_LOCK: r->status = lock_exec(s, o, owner, req); break;
+    }
+}
+
+void store_done(struct store *s, struct sreply *r)
+{
+    pthread_mutex_unlock(&s->mu);
+    free(r->owned);
+    r->owned = NULL;
+}

@@ -1,0 +1,44 @@
+/* store.h - the manager server's named objects: dicts, lists, queues, locks.
+ *
+ * One mutex guards the whole store (requests are microseconds long); each
+ * object has a condition variable that blocked queue and lock requests wait
+ * on, so a waiter never holds the mutex. Values are owned copies, typed as
+ * bytes, int64 or double. Every size is checked against a byte budget
+ * before anything is allocated.
+ */
+#ifndef MPROC_MANAGER_STORE_H
+#define MPROC_MANAGER_STORE_H
+
+#include "manager/protocol.h"
+
+#include <pthread.h>
+
+enum {
+    STORE_MAX_OBJECTS = 100000,
+    STORE_MAX_BYTES_DEFAULT = 1024 * 1024 * 1024,  /* all values and keys together */
+};
+
+struct store;
+struct store_owner;    /* a client connection, as lock owner */
+
+/* A reply: status, an optional value view, and storage to free after it is
+ * encoded (a popped item). */
+struct sreply {
+    int status;
+    struct mval v;
+    void *owned;
+};
+
+int store_new(struct store **s, size_t max_bytes);
+void store_free(struct store *s);
+
+/* Runs one checked request for owner; may block up to the request's
+ * timeout (capped at MSG_WAIT_SLICE_MS). The store mutex is held on return
+ * so the reply can be encoded from the value view; call store_done after. */
+void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
+void store_done(struct store *s, struct sreply *r);
+
+/* Releases every lock owner holds; the next acquirer gets MP_EOWNERDEAD. */
+void store_owner_gone(struct store *s, struct store_owner *owner);
+
+#endif
