@@ -17,7 +17,8 @@ MP_EXTERN int mp_mpi_rank(void);   /* this process's rank; 0 when not under mpir
 MP_EXTERN int mp_mpi_size(void);   /* ranks in the job; 1 when not under mpirun */
 /* Not under mpirun: replaces this process with `mpirun -np nranks argv...`
  * (with --oversubscribe, and --allow-run-as-root as root); returns 0 at once
- * under mpirun, else MP_ESTATE (already relaunched) or the exec's error. */
+ * under mpirun, else MP_ESTATE (already relaunched) or the exec's error.
+ * The environment variable MPROC_MPIRUN names another mpirun (Open MPI's). */
 MP_EXTERN int mp_mpi_relaunch(int nranks, char **argv);
 
 #ifdef __cplusplus

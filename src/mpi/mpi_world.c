@@ -315,8 +315,9 @@ int mp_mpi_relaunch(int nranks, char **argv)
     ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
     if (len > 0)
         self[len] = '\0';
+    const char *mpirun = getenv("MPROC_MPIRUN");   /* Open MPI's, elsewhere than PATH */
     int n = 0;
-    args[n++] = "mpirun";
+    args[n++] = mpirun && *mpirun ? (char *)mpirun : "mpirun";
     if (geteuid() == 0)
         args[n++] = "--allow-run-as-root";
     args[n++] = "--oversubscribe";
@@ -326,7 +327,7 @@ int mp_mpi_relaunch(int nranks, char **argv)
         args[n++] = i == 0 && len > 0 ? self : argv[i];
     setenv("MPROC_MPI_RELAUNCHED", "1", 1);
     fflush(NULL);
-    execvp("mpirun", args);
+    execvp(args[0], args);
     int rc = -errno;
     unsetenv("MPROC_MPI_RELAUNCHED");
     free(args);
