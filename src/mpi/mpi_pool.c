@@ -36,6 +36,7 @@ struct proxy {
 
 struct rank_state {                     /* in rank 0, one per remote rank */
     mp_pool *owner;
+    bool fault;                         /* fault injection: MPI "reports it lost" */
     struct proxy *proxy;
     bool lost;
     int owed;                           /* replies to requests whose proxy left */
@@ -49,10 +50,17 @@ static struct {
     int n;
 } R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
 
+/* MPROC_MPI_FAULT_LOSE_RANK=r makes every call to rank r fail as an MPI
+ * that survives a dead rank would (ULFM): Open MPI 4 cannot, so the tests
+ * reach the MP_ECRASHED path this way. */
 void ranks_setup(int size)
 {
     R.ranks = calloc((size_t)size, sizeof *R.ranks);
     R.n = R.ranks ? size : 0;
+    const char *lose = getenv("MPROC_MPI_FAULT_LOSE_RANK");
+    int r = lose ? atoi(lose) : 0;
+    if (r > 0 && r < R.n)
+        R.ranks[r].fault = true;
 }
 
 /* ------------------------------------------------------------------ the exchange */
@@ -104,7 +112,8 @@ static int exchange(struct proxy *x, uint32_t op, const fnref *fn, const void *i
     if (body)
         memcpy((unsigned char *)x->req.data + sizeof h, in, body);
     MPI_Request send;
-    int rc = mpi_isend(x->req.data, sizeof h + body, x->rank, TAG_REQUEST, &send);
+    int rc = st->fault ? MP_ECRASHED
+                       : mpi_isend(x->req.data, sizeof h + body, x->rank, TAG_REQUEST, &send);
     if (rc == MP_ETOOBIG || rc == MP_ENOMEM)
         return rc;
     if (rc == 0) {

@@ -4,7 +4,8 @@
  * ranks); `test_mpi_pool dead-rank` kills a rank inside a task and must end
  * with MP_ECRASHED or with mpirun's report that the rank died: never hang;
  * `test_mpi_pool exit-busy` returns from main while a rank is busy, and
- * `exit-stuck` while a rank is stuck: the job must end, aborted if need be.
+ * `exit-stuck` while a rank is stuck: the job must end, aborted if need be;
+ * `lost-rank` injects a rank loss an MPI might survive: MP_ECRASHED.
  */
 #include "testutil.h"
 #include "mproc_mpi.h"
@@ -463,6 +464,31 @@ static int exit_with_stuck_rank(void)
     return 0;
 }
 
+/* Under MPROC_MPI_FAULT_LOSE_RANK=1, rank 1 looks dead to MPI without
+ * ending the job (as under ULFM): its task fails MP_ECRASHED, the pool
+ * cannot replace its only worker and breaks; at exit the lost rank cannot
+ * be stopped, so the job ends with rank 0's message. */
+static int lost_rank(void)
+{
+    alarm((unsigned)(60 * tu_slow()));
+    mp_pool_opts o = { .backend = MP_MPI, .processes = 1 };
+    mp_pool *p;
+    int r, first, second;
+    if (mp_pool_new(&p, &o) != 0)
+        return 2;
+    first = apply_int(p, t_square, 3, &r);
+    mp_future *f;
+    second = mp_pool_apply_async(p, t_square, &r, sizeof r, &f);
+    if (second == 0) {                 /* queued before the pool broke */
+        second = mp_future_result(f, NULL, 30 * tu_slow());
+        mp_future_free(f);
+    }
+    printf("lost rank: %s, then %s\n", mp_errname(first), mp_errname(second));
+    fflush(stdout);
+    mp_pool_free(p);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int rc = mp_mpi_relaunch(RANKS, argv);
@@ -476,6 +502,8 @@ int main(int argc, char **argv)
         return exit_with_busy_pool();
     if (argc > 1 && strcmp(argv[1], "exit-stuck") == 0)
         return exit_with_stuck_rank();
+    if (argc > 1 && strcmp(argv[1], "lost-rank") == 0)
+        return lost_rank();
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mpi_main_runs_on_rank_zero_of_the_job),
