@@ -321,19 +321,23 @@ const struct pool_backend mp__pool_mpi_backend = {
 };
 
 /* At exit, after every pool has stopped: each rank gets what it is owed
- * read, then STOP; a rank still running an abandoned call is waited for,
- * up to EXIT_WAIT_NS in all. False if a rank could not be stopped so:
- * MPI_Finalize would wait for it forever. */
+ * read, up to EXIT_WAIT_NS in all, then STOP. If any rank cannot be settled
+ * none is stopped, so that no rank sits in MPI_Finalize when mpirun ends
+ * the job (Open MPI 4.1's mpirun can crash tearing such a job down); false
+ * then: MPI_Finalize would wait forever. */
 bool ranks_shutdown(void)
 {
-    struct request h = { .op = OP_STOP };
     struct mpi_limit lim = { NULL, mpi_clock_ns() + EXIT_WAIT_NS };
-    bool all = true;
     for (int r = 1; r < R.n; r++) {
         struct rank_state *st = &R.ranks[r];
+        if (st->lost || st->proxy || settle(st, lim) != 0)
+            return false;
+    }
+    struct request h = { .op = OP_STOP };
+    bool all = true;
+    for (int r = 1; r < R.n; r++) {
         MPI_Request req;
-        if (st->lost || st->proxy || settle(st, lim) != 0 ||
-            mpi_isend(&h, sizeof h, r, TAG_REQUEST, &req) != 0 || mpi_wait(&req, lim) != 0)
+        if (mpi_isend(&h, sizeof h, r, TAG_REQUEST, &req) != 0 || mpi_wait(&req, lim) != 0)
             all = false;
     }
     return all;
