@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 # libclang-rt-dev: the sanitizer and libFuzzer runtimes (clang only recommends it).
 DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbor-dev \
-               libcmocka-dev python3 valgrind
+               libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin
 
 .PHONY: all deps build demo test test-plain test-asan test-tsan test-valgrind bench fuzz install clean
 

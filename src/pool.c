@@ -110,6 +110,11 @@ struct pool_shared *pool_shared_of(const mp_pool *p)
     return p->sh;
 }
 
+struct pool_shared *mp__pool_shared_of(const mp_pool *p)
+{
+    return p->sh;
+}
+
 int pool_worker_count(const mp_pool *p)
 {
     return p->nworkers;
@@ -272,7 +277,7 @@ out:
 
 static int proc_start(mp_pool *p, int slot)
 {
-    struct worker_arg a = { p->sh, slot };
+    struct worker_arg a = { p->sh, slot, NULL };
     char name[32];
     snprintf(name, sizeof name, "PoolWorker-%d", slot + 1);
     mp_process_opts po = { .name = name, .daemon = true, .method = p->o.method, .arg_size = sizeof a };
@@ -319,7 +324,7 @@ static void proc_stop(mp_pool *p, int slot)
 }
 
 static const struct pool_backend processes_backend = {
-    "processes", proc_start, proc_ended, proc_kill, proc_sentinel, proc_release, proc_stop,
+    "processes", proc_start, proc_ended, proc_kill, proc_sentinel, proc_release, proc_stop, NULL,
 };
 
 struct thread_arg { struct worker_arg a; mp_pool *p; };
@@ -339,7 +344,7 @@ static int thread_start(mp_pool *p, int slot)
     struct thread_arg *t = malloc(sizeof *t);
     if (!t)
         return MP_ENOMEM;
-    *t = (struct thread_arg){ { p->sh, slot }, p };
+    *t = (struct thread_arg){ { p->sh, slot, NULL }, p };
     int rc = pthread_create(&p->workers[slot].thread, NULL, thread_main, t);
     if (rc != 0) {
         free(t);
@@ -381,6 +386,7 @@ static void thread_stop(mp_pool *p, int slot)
 
 static const struct pool_backend threads_backend = {
     "threads", thread_start, thread_ended, thread_kill, thread_sentinel, thread_release, thread_stop,
+    NULL,
 };
 
 /* ------------------------------------------------------------------ stopping */
@@ -860,9 +866,15 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     p->owner = self_pid();
     p->o = *o;
     p->efd = -1;
-    p->nworkers = o->processes ? o->processes : mp_cpu_count();
     p->ops = o->backend == MP_THREADS ? &threads_backend
            : o->backend == MP_MPI ? &mp__pool_mpi_backend : &processes_backend;
+    p->nworkers = p->ops->workers ? p->ops->workers(o->processes)
+                : o->processes ? o->processes : mp_cpu_count();
+    if (p->nworkers <= 0) {          /* MPI: not under mpirun, or too few ranks */
+        rc = p->nworkers < 0 ? p->nworkers : MP_EINVAL;
+        free(p);
+        return rc;
+    }
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->cblock, NULL);
     pthread_mutex_init(&p->fnlock, NULL);

@@ -175,8 +175,27 @@ bool pool_terminating(const mp_pool *p);
 void pool_progress_add_total(mp_pool *p, uint64_t items);
 void pool_progress_final(mp_pool *p);   /* the progress callback, now, if anything changed */
 
+/* How a worker runs its tasks' function: in its own image (runner NULL), or
+ * elsewhere (libmproc_mpi's proxy threads ship each call to an MPI rank). */
+#define WORKER_GONE 1                   /* the worker must end now: its slot names its task */
+struct task_runner {
+    /* One call: 0 (code = fn's return), MP_EINVAL (fn not found there), or
+     * WORKER_GONE: the worker returns at once and the monitor fails its
+     * task as for a dead process (MP_EKILLED if killed, else MP_ECRASHED). */
+    int (*call)(void *ctx, const struct fnentry *e, const void *in, size_t len, mp_buf *out,
+                int *code);
+    /* Optional: items [from, to) of a map are about to be called in order. */
+    void (*prefetch)(void *ctx, const struct job *job, size_t from, size_t to);
+    void *ctx;
+};
+/* 0, MP_ETASK (code set), MP_EINVAL (fn not found) or WORKER_GONE. */
+int task_call(const struct task_runner *r, const struct fnentry *e, mp_fn fn, const void *in,
+              size_t len, mp_buf *out, int *code);
+
 /* pool_map.c: chunks in the worker, and in the collector. */
-void chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, mp_buf *out);
+/* Returns WORKER_GONE, leaving f running, if the runner says so; else 0. */
+int chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn,
+              const struct task_runner *r, mp_buf *out);
 void chunk_collect(mp_pool *p, mp_future *chunk);
 
 /* ------------------------------------------------------------------ backends */
@@ -192,11 +211,18 @@ struct pool_backend {
     int (*sentinel)(mp_pool *p, int slot);            /* fd to poll, or -1 */
     void (*release)(mp_pool *p, int slot);            /* after ended */
     void (*stop)(mp_pool *p, int slot);               /* kill, wait, release: failure paths */
+    int (*workers)(int processes);    /* optional: pool size for opts.processes, or MP_E* */
 };
 extern const struct pool_backend mp__pool_mpi_backend
     __attribute__((weak, visibility("default")));
 
-struct worker_arg { struct pool_shared *sh; int slot; };
+struct worker_arg { struct pool_shared *sh; int slot; const struct task_runner *runner; };
 int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
+
+/* The internals libmproc_mpi, a library of its own, calls: exported. */
+#define POOL_SEAM __attribute__((visibility("default")))
+POOL_SEAM int mp__pool_worker_main(void *arg);   /* pool_worker_main; -1: WORKER_GONE */
+POOL_SEAM struct pool_shared *mp__pool_shared_of(const mp_pool *p);
+POOL_SEAM void *mp__fnref_resolve(const fnref *r);
 
 #endif

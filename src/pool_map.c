@@ -219,12 +219,13 @@ static int append_record(mp_future *f, size_t index, int rc, int code, const mp_
     return 0;
 }
 
-static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn, mp_buf *out, int *code)
+static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn,
+                    const struct task_runner *r, mp_buf *out, int *code)
 {
-    out->len = 0;
     const unsigned char *in = job->in ? job->in + index * job->in_size : NULL;   /* in_size 0 */
-    *code = fn ? fn(in, job->in_size, out) : 0;
-    int rc = !fn ? MP_EINVAL : *code ? MP_ETASK : 0;   /* !fn: not found in this image */
+    int rc = task_call(r, job->fn, fn, in, job->in_size, out, code);
+    if (rc == WORKER_GONE)
+        return rc;
     if (job->imap) {
         int arc = append_record(f, index, rc, *code, out);
         return arc ? arc : rc;
@@ -236,21 +237,27 @@ static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn, mp_bu
     return rc;
 }
 
-void chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, mp_buf *out)
+int chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn,
+              const struct task_runner *r, mp_buf *out)
 {
     struct job *job = f->job;
     bool timed = sh->task_timeout > 0;
+    /* Shipped at once unless each item must be timed on its own. */
+    if (r && r->prefetch && !timed)
+        r->prefetch(r->ctx, job, f->start + atomic_load(&f->cur), f->start + f->count);
     for (size_t i = atomic_load(&f->cur); i < f->count; i++) {
         size_t index = f->start + i;
         int code = 0;
         if (timed)
             atomic_store(&s->started_ns, now_ns());
-        int rc = run_item(job, f, index, fn, out, &code);
+        int rc = run_item(job, f, index, fn, r, out, &code);
+        if (rc == WORKER_GONE)
+            return rc;
         if (job->imap && rc == MP_ENOMEM) {
             /* no record for this item: end the chunk as if the worker died in it */
             atomic_store(&s->started_ns, 0);
             task_finish(f, TASK_RUNNING, MP_ENOMEM, 0);
-            return;
+            return 0;
         }
         if (rc != 0 && f->fail_index == SIZE_MAX) {
             f->fail_index = index;
@@ -261,6 +268,7 @@ void chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, m
     }
     atomic_store(&s->started_ns, 0);
     task_finish(f, TASK_RUNNING, 0, 0);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ in the collector */

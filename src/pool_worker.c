@@ -106,22 +106,37 @@ static int store_output(mp_future *f, const mp_buf *out)
     return 0;
 }
 
-static void run_apply(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn, mp_buf *out)
+int task_call(const struct task_runner *r, const struct fnentry *e, mp_fn fn, const void *in,
+              size_t len, mp_buf *out, int *code)
 {
-    int rc = 0, code = 0;
+    int rc = 0;
+    *code = 0;
     out->len = 0;
-    if (!fn) {
+    if (r)
+        rc = r->call(r->ctx, e, in, len, out, code);
+    else if (fn)
+        *code = fn(in, len, out);
+    else
         rc = MP_EINVAL;                  /* its object cannot be found in this image */
-    } else {
-        if (sh->task_timeout > 0)
-            atomic_store(&s->started_ns, now_ns());
-        code = fn(f->in, f->in_len, out);
-        atomic_store(&s->started_ns, 0);
-        rc = store_output(f, out);
-        if (rc == 0 && code != 0)
-            rc = MP_ETASK;
+    return rc == 0 && *code != 0 ? MP_ETASK : rc;
+}
+
+static int run_apply(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn,
+                     const struct task_runner *r, mp_buf *out)
+{
+    int code;
+    if (sh->task_timeout > 0)
+        atomic_store(&s->started_ns, now_ns());
+    int rc = task_call(r, f->fn, fn, f->in, f->in_len, out, &code);
+    if (rc == WORKER_GONE)
+        return rc;
+    atomic_store(&s->started_ns, 0);
+    if (rc == 0 || rc == MP_ETASK) {
+        int src = store_output(f, out);
+        rc = src ? src : rc;
     }
     task_finish(f, TASK_RUNNING, rc, code);
+    return 0;
 }
 
 static bool run_initializer(struct pool_shared *sh, void **keep)
@@ -147,22 +162,36 @@ int pool_worker_main(void *arg)
     struct slot *s = &sh->slots[a.slot];
     struct worker_local L = { 0 };
     void *initarg = NULL;
-    if (sh->has_init && !run_initializer(sh, &initarg))
+    int status = 0;
+    /* A runner runs the initializer where it runs tasks, before this. */
+    if (sh->has_init && !a.runner && !run_initializer(sh, &initarg))
         return 127;                  /* not found in this image: counts as a failed start */
     atomic_store(&s->ready, 1);
     for (int done = 0; sh->maxtasks == 0 || done < sh->maxtasks; done++) {
         mp_future *f = take_task(sh, s);
         if (!f)
             break;
-        mp_fn fn = worker_resolve(&L, f->kind == KIND_CHUNK ? f->job->fn : f->fn);
-        if (f->kind == KIND_CHUNK)
-            chunk_run(sh, s, f, fn, &L.out);
-        else
-            run_apply(sh, s, f, fn, &L.out);
+        mp_fn fn = a.runner ? NULL : worker_resolve(&L, f->kind == KIND_CHUNK ? f->job->fn : f->fn);
+        int rc = f->kind == KIND_CHUNK ? chunk_run(sh, s, f, fn, a.runner, &L.out)
+                                       : run_apply(sh, s, f, fn, a.runner, &L.out);
+        if (rc == WORKER_GONE) {
+            status = -1;
+            break;
+        }
         atomic_store(&s->current, NULL);
     }
     free(initarg);
     free(L.fns);
     mp_buf_free(&L.out);
-    return 0;
+    return status;
+}
+
+int mp__pool_worker_main(void *arg)
+{
+    return pool_worker_main(arg);
+}
+
+void *mp__fnref_resolve(const fnref *r)
+{
+    return fnref_resolve(r);
 }
