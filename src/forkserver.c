@@ -7,10 +7,17 @@
  * publishes their status in the record, so the client joins on a futex word.
  * It watches the client's pidfd: when the client dies it kills the client's
  * daemons and leaves.
+ *
+ * The server inherits nothing from the client after it started, so each
+ * request carries the descriptors of the client's live connections
+ * (SCM_RIGHTS) and their numbers; the child puts them back at those
+ * numbers, and an mp_conn reached through the argument works as under fork.
  */
 #include "process_internal.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +28,9 @@
 
 #define SHUTDOWN_GRACE 2.0   /* seconds the server gets to leave after EOF */
 
-struct request { uint64_t record; };
+/* Only the first nfds numbers are sent. */
+struct request { uint64_t record; uint32_t nfds; int32_t numbers[CONN_PASS_MAX]; };
+#define REQUEST_SIZE(n) (offsetof(struct request, numbers) + (n) * sizeof(int32_t))
 struct reply { int32_t rc; int32_t pid; };
 
 /* ------------------------------------------------------------------ client side */
@@ -76,8 +85,13 @@ static void server_close(struct mp_runtime *r)
 
 static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd)
 {
-    struct request req = { (uint64_t)(uintptr_t)p };
-    int rc = proc_send_fd(sock, &req, sizeof req, -1);
+    struct request req = { (uint64_t)(uintptr_t)p, 0, { 0 } };
+    int live[CONN_PASS_MAX];
+    size_t n_live = conn_live_fds(live, CONN_PASS_MAX);
+    for (size_t i = 0; i < n_live; i++)      /* one closed behind our back would fail them all */
+        if (fcntl(live[i], F_GETFD) >= 0)
+            req.numbers[req.nfds++] = live[i];
+    int rc = proc_send_fds(sock, &req, REQUEST_SIZE(req.nfds), req.numbers, req.nfds);
     if (rc != 0)
         return rc;
     ssize_t n = proc_recv_fd(sock, rep, sizeof *rep, pidfd);
@@ -175,8 +189,21 @@ static bool request_valid(const struct mp_process *p)
            p->method == MP_FORKSERVER && atomic_load(&p->state) == PROC_RUNNING;
 }
 
-/* In the new child: drop the server's descriptors, become p, run it. */
-static void run_kid(struct server *s, struct mp_process *p, pid_t server, int exit_pipe[2])
+/* The client's connections, received with the request. */
+struct passed { const struct request *req; int fds[CONN_PASS_MAX]; size_t n; };
+
+static void passed_close(struct passed *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        close(c->fds[i]);
+    c->n = 0;
+}
+
+/* In the new child: drop the server's descriptors, put the client's
+ * connections at their numbers, become p, run it. The exit pipe's write
+ * end (no pidfds) first moves above those numbers, out of their way. */
+static void run_kid(struct server *s, struct mp_process *p, pid_t server, int exit_pipe[2],
+                    struct passed *c)
 {
     close(s->sock);
     if (s->client_fd >= 0)
@@ -185,13 +212,25 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
         close(s->kids[i].fd);
     signal(SIGINT, SIG_DFL);
     process_exit_pipe_child(exit_pipe);
+    int top = 0;
+    for (size_t i = 0; i < c->n; i++)
+        top = c->req->numbers[i] >= top ? c->req->numbers[i] + 1 : top;
+    if (exit_pipe[1] >= 0 && exit_pipe[1] < top) {
+        int moved = fcntl(exit_pipe[1], F_DUPFD_CLOEXEC, top);
+        if (moved < 0)
+            _exit(127);
+        close(exit_pipe[1]);
+        exit_pipe[1] = moved;
+    }
+    if (conn_adopt_fds(c->fds, c->req->numbers, c->n) != 0)
+        _exit(127);
     process_enter_child(p, exit_pipe[1]);
     if (p->daemon)
         process_daemon_guard(server);
     exit(process_run_target(p));
 }
 
-static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep)
+static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep, struct passed *c)
 {
     if (s->nkids == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 16;
@@ -218,7 +257,7 @@ static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep)
         return rc;
     }
     if (pid == 0)
-        run_kid(s, p, server, exit_pipe);
+        run_kid(s, p, server, exit_pipe, c);
     p->pid = pid;
     p->reaper = server;
     int fd = process_exit_pipe_parent(exit_pipe, pid);
@@ -236,16 +275,16 @@ static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep)
 static bool serve_request(struct server *s)
 {
     struct request req;
-    ssize_t n;
-    do
-        n = recv(s->sock, &req, sizeof req, 0);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0)
+    struct passed c = { &req, { 0 }, 0 };
+    ssize_t n = proc_recv_fds(s->sock, &req, sizeof req, c.fds, CONN_PASS_MAX, &c.n);
+    if (n == 0 || (n < 0 && n != -EMFILE))
         return false;
-    struct reply rep = { MP_EPROTO, 0 };
+    struct reply rep = { n < 0 ? (int)n : MP_EPROTO, 0 };
     struct mp_process *p = (struct mp_process *)(uintptr_t)req.record;
-    if (n == (ssize_t)sizeof req && request_valid(p))
-        rep.rc = fork_kid(s, p, &rep);
+    if (n >= (ssize_t)REQUEST_SIZE(0) && req.nfds == c.n && n == (ssize_t)REQUEST_SIZE(c.n) &&
+        request_valid(p))
+        rep.rc = fork_kid(s, p, &rep, &c);
+    passed_close(&c);                   /* the child has its own copies now */
     int fd = rep.rc == 0 ? s->kids[s->nkids - 1].fd : -1;
     return proc_send_fd(s->sock, &rep, sizeof rep, fd) == 0 || rep.rc != 0;
 }

@@ -596,11 +596,13 @@ int conn_test_child_echoes(void *arg)
     return rc == 0 ? 0 : 2;
 }
 
-static void test_conn_reaches_children_under_fork_and_spawn(void **state)
+/* Under the fork server the child comes from a process that never had the
+ * pipe: the request carries it there, at the same descriptor number. */
+static void test_conn_reaches_children_under_every_start_method(void **state)
 {
     (void)state;
-    mp_start_method methods[] = { MP_FORK, MP_SPAWN };
-    for (int m = 0; m < 2; m++) {
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int m = 0; m < 3; m++) {
         mp_conn *a, *b;
         TU_OK(mp_pipe(&a, &b, true));
         mp_process *p;
@@ -1070,7 +1072,7 @@ int main(void)
         cmocka_unit_test(test_big_send_and_receive_survive_signals),
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
-        cmocka_unit_test(test_conn_reaches_children_under_fork_and_spawn),
+        cmocka_unit_test(test_conn_reaches_children_under_every_start_method),
         cmocka_unit_test(test_adopt_fds_puts_descriptors_back_at_their_numbers),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),

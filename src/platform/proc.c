@@ -152,20 +152,25 @@ int proc_read_file(const char *path, char **data, size_t *len)
     return 0;
 }
 
-int proc_send_fd(int sock, const void *data, size_t len, int fd)
+/* Room for as many descriptors as one message may carry (SCM_MAX_FD). */
+union fd_ctl { char buf[CMSG_SPACE(CONN_PASS_MAX * sizeof(int))]; struct cmsghdr align; };
+
+int proc_send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds)
 {
     struct iovec iov = { (void *)data, len };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+    union fd_ctl ctl;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (fd >= 0) {
+    if (nfds > CONN_PASS_MAX)
+        return MP_EINVAL;
+    if (nfds > 0) {
         memset(&ctl, 0, sizeof ctl);
         msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof ctl.buf;
+        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
         struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
     }
     for (;;) {
         ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
@@ -178,21 +183,52 @@ int proc_send_fd(int sock, const void *data, size_t len, int fd)
     }
 }
 
-ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd)
+int proc_send_fd(int sock, const void *data, size_t len, int fd)
+{
+    return proc_send_fds(sock, data, len, &fd, fd >= 0 ? 1 : 0);
+}
+
+ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds)
 {
     struct iovec iov = { data, len };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
-                          .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
-    *fd = -1;
+    union fd_ctl ctl;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                          .msg_controllen = CMSG_SPACE((cap < CONN_PASS_MAX ? cap : CONN_PASS_MAX) *
+                                                       sizeof(int)) };
+    *nfds = 0;
     ssize_t n;
     do
         n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     if (n < 0)
         return -errno;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-            memcpy(fd, CMSG_DATA(c), sizeof *fd);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t got = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *at = CMSG_DATA(c);
+        for (size_t i = 0; i < got; i++) {
+            int fd;
+            memcpy(&fd, at + i * sizeof fd, sizeof fd);
+            if (*nfds < cap)
+                fds[(*nfds)++] = fd;
+            else
+                close(fd);       /* more than asked for: never leak them */
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {   /* some were lost (EMFILE): all or none */
+        for (size_t i = 0; i < *nfds; i++)
+            close(fds[i]);
+        *nfds = 0;
+        return -EMFILE;
+    }
+    return n;
+}
+
+ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd)
+{
+    size_t got;
+    *fd = -1;
+    ssize_t n = proc_recv_fds(sock, data, len, fd, 1, &got);
     return n;
 }
