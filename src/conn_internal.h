@@ -12,6 +12,7 @@
 
 #include <poll.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #define FRAME_HEADER_MAX 12
 #define FRAME_SMALL_MAX 0x7fffffffu
@@ -57,6 +58,23 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d);
 /* Wraps a connected descriptor (socket or pipe end) in an mp_conn; on
  * success the conn owns fd, on failure fd is left open. */
 int conn_from_fd(mp_conn **c, int fd, bool readable, bool writable);
+
+/* Socket addresses as strings (listener.c; the manager uses them too):
+ * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT".
+ * sock_parse_address: 0 or MP_EINVAL (passive: an address to bind).
+ * sock_listen_on: a bound, listening, non-blocking, close-on-exec socket,
+ * or an error. sock_connect_by: a connected, blocking, close-on-exec socket
+ * (TCP_NODELAY), bounded by d; MP_ETIMEDOUT, or the errno's error.
+ * sock_format_address: fd's bound address into out (tcp with the port the
+ * kernel picked), asked if it has none. */
+struct sockaddress {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+int sock_parse_address(const char *address, bool passive, struct sockaddress *out);
+int sock_listen_on(const struct sockaddress *a);
+int sock_connect_by(const struct sockaddress *a, const mp_deadline *d);
+void sock_format_address(int fd, const char *asked, char *out, size_t cap);
 
 /* The authkey handshake of multiprocessing.connection. The listener calls
  * deliver then answer, the client answer then deliver. digest NULL sends

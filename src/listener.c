@@ -36,11 +36,6 @@ struct mp_listener {
     uint8_t *key;              /* in the arena too; NULL: no handshake */
 };
 
-struct sockaddress {
-    struct sockaddr_storage ss;
-    socklen_t len;
-};
-
 /* ------------------------------------------------------------------ addresses */
 
 static int parse_unix(const char *rest, struct sockaddress *out)
@@ -91,7 +86,7 @@ static int parse_tcp(const char *rest, bool passive, struct sockaddress *out)
     return 0;
 }
 
-static int parse_address(const char *address, bool passive, struct sockaddress *out)
+int sock_parse_address(const char *address, bool passive, struct sockaddress *out)
 {
     memset(out, 0, sizeof *out);
     if (!address)
@@ -103,29 +98,28 @@ static int parse_address(const char *address, bool passive, struct sockaddress *
     return MP_EINVAL;
 }
 
-/* The bound address as a string: tcp shows the port the kernel picked. */
-static void format_address(int fd, const char *asked, char *out)
+void sock_format_address(int fd, const char *asked, char *out, size_t cap)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     char host[INET6_ADDRSTRLEN];
-    snprintf(out, ADDRESS_MAX, "%s", asked);
+    snprintf(out, cap, "%s", asked);
     if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
         return;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        snprintf(out, ADDRESS_MAX, "tcp:%s:%u", host, ntohs(in->sin_port));
+        snprintf(out, cap, "tcp:%s:%u", host, ntohs(in->sin_port));
     } else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-        snprintf(out, ADDRESS_MAX, "tcp:[%s]:%u", host, ntohs(in6->sin6_port));
+        snprintf(out, cap, "tcp:[%s]:%u", host, ntohs(in6->sin6_port));
     }
 }
 
 /* ------------------------------------------------------------------ listener */
 
-static int listen_on(const struct sockaddress *a)
+int sock_listen_on(const struct sockaddress *a)
 {
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
@@ -157,7 +151,7 @@ static int listener_fill(mp_listener *l, const char *address, const struct socka
         memcpy(l->path, un->sun_path, sizeof l->path);
     }
     l->creator = getpid();
-    format_address(l->h.fd, address, l->address);
+    sock_format_address(l->h.fd, address, l->address, sizeof l->address);
     atomic_init(&l->h.refs, 1);
     atomic_init(&l->h.immortal, 0);
     if (authkey && keylen) {
@@ -175,7 +169,7 @@ int mp_listener_new(mp_listener **out, const char *address, const void *authkey,
     struct sockaddress a;
     if (!out || (!authkey && keylen))
         return MP_EINVAL;
-    int rc = parse_address(address, true, &a);
+    int rc = sock_parse_address(address, true, &a);
     if (rc != 0)
         return rc;
     if (strlen(address) >= ADDRESS_MAX)
@@ -183,7 +177,7 @@ int mp_listener_new(mp_listener **out, const char *address, const void *authkey,
     mp_listener *l = arena_alloc(sizeof *l);
     if (!l)
         return MP_ENOMEM;
-    int fd = listen_on(&a);
+    int fd = sock_listen_on(&a);
     if (fd < 0) {
         arena_free(l);
         return fd;
@@ -337,7 +331,7 @@ static int connect_unix(int fd, const struct sockaddress *a, const mp_deadline *
     return rc;
 }
 
-static int connect_by(const struct sockaddress *a, const mp_deadline *d)
+int sock_connect_by(const struct sockaddress *a, const mp_deadline *d)
 {
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -356,11 +350,11 @@ int mp_client(mp_conn **c, const char *address, const void *authkey, size_t keyl
     struct sockaddress a;
     if (!c || (!authkey && keylen) || !timeout_valid(timeout))
         return MP_EINVAL;
-    int rc = parse_address(address, false, &a);
+    int rc = sock_parse_address(address, false, &a);
     if (rc != 0)
         return rc;
     mp_deadline d = deadline_in(timeout);
-    int fd = connect_by(&a, &d);
+    int fd = sock_connect_by(&a, &d);
     if (fd < 0)
         return fd;
     if (authkey && keylen) {

@@ -10,15 +10,9 @@
 
 #include "conn_internal.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -174,145 +168,47 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
 
 /* ------------------------------------------------------------------ addresses */
 
-struct wire_addr {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    bool tcp;
-    bool path;     /* a unix socket with a file name */
-};
-
-static int wire_parse_unix(const char *name, struct wire_addr *a)
+/* The listener's parsing and socket setup, with the manager's length cap. */
+static int wire_parse(const char *address, bool passive, struct sockaddress *a)
 {
-    struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
-    size_t n = strlen(name);
-    if (n == 0 || n >= sizeof un->sun_path)
-        return MP_EINVAL;
-    un->sun_family = AF_UNIX;
-    memcpy(un->sun_path, name, n);
-    if (name[0] == '@') {
-        un->sun_path[0] = '\0';        /* abstract: nothing on the file system */
-        a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-    } else {
-        a->path = true;
-        a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-    }
-    return 0;
-}
-
-static int wire_parse_tcp(const char *hostport, struct wire_addr *a)
-{
-    const char *colon = strrchr(hostport, ':');
-    if (!colon || colon == hostport || colon[1] == '\0' || colon - hostport >= 256)
-        return MP_EINVAL;
-    char host[256];
-    memcpy(host, hostport, (size_t)(colon - hostport));
-    host[colon - hostport] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535)
-        return MP_EINVAL;
-    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM };
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(host, colon + 1, &hints, &res) != 0 || !res)
-        return MP_EINVAL;
-    memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
-    a->len = res->ai_addrlen;
-    a->tcp = true;
-    freeaddrinfo(res);
-    return 0;
-}
-
-static int wire_parse(const char *address, struct wire_addr *a)
-{
-    memset(a, 0, sizeof *a);
     if (!address || strlen(address) >= WIRE_MAX_ADDRESS)
         return MP_EINVAL;
-    if (strncmp(address, "unix:", 5) == 0)
-        return wire_parse_unix(address + 5, a);
-    if (strncmp(address, "tcp:", 4) == 0)
-        return wire_parse_tcp(address + 4, a);
-    return MP_EINVAL;
-}
-
-static void wire_nodelay(int fd)
-{
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return sock_parse_address(address, passive, a);
 }
 
 int wire_listen(const char *address, int *fd, char *actual, size_t cap)
 {
-    struct wire_addr a;
-    int rc = wire_parse(address, &a);
+    struct sockaddress a;
+    int rc = wire_parse(address, true, &a);
     if (rc < 0)
         return rc;
-    int s = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int s = sock_listen_on(&a);
     if (s < 0)
-        return errno_to_mp(errno);
-    int one = 1;
-    if (a.tcp)
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(s, (struct sockaddr *)&a.ss, a.len) < 0 || listen(s, 1024) < 0) {
-        rc = errno_to_mp(errno);
-        close(s);
-        return rc;
-    }
-    snprintf(actual, cap, "%s", address);
-    if (a.tcp) {
-        struct sockaddr_in sin;
-        socklen_t sl = sizeof sin;
-        getsockname(s, (struct sockaddr *)&sin, &sl);
-        char host[64];
-        inet_ntop(AF_INET, &sin.sin_addr, host, sizeof host);
-        snprintf(actual, cap, "tcp:%s:%u", host, (unsigned)ntohs(sin.sin_port));
-    }
+        return s;
+    sock_format_address(s, address, actual, cap);
     *fd = s;
     return 0;
 }
 
 void wire_unlink(const char *address)
 {
-    struct wire_addr a;
-    if (wire_parse(address, &a) == 0 && a.path)
-        unlink(((struct sockaddr_un *)&a.ss)->sun_path);
+    struct sockaddress a;
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&a.ss;
+    if (wire_parse(address, false, &a) == 0 && a.ss.ss_family == AF_UNIX && un->sun_path[0])
+        unlink(un->sun_path);
 }
 
 int wire_connect(const char *address, int *fd, const mp_deadline *d)
 {
-    struct wire_addr a;
-    int rc = wire_parse(address, &a);
+    struct sockaddress a;
+    int rc = wire_parse(address, false, &a);
     if (rc < 0)
         return rc;
-    int s = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int s = sock_connect_by(&a, d);
     if (s < 0)
-        return errno_to_mp(errno);
-    if (connect(s, (struct sockaddr *)&a.ss, a.len) < 0) {
-        if (errno != EINPROGRESS && errno != EAGAIN) {
-            rc = errno_to_mp(errno);
-            goto fail;
-        }
-        double left = deadline_left(d);
-        struct pollfd pfd = { .fd = s, .events = POLLOUT };
-        int r = poll(&pfd, 1, d->forever ? -1 : (int)(left * 1000.0) + 1);
-        int err = 0;
-        socklen_t el = sizeof err;
-        if (r == 0) {
-            rc = MP_ETIMEDOUT;
-            goto fail;
-        }
-        if (r < 0 || getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
-            rc = errno_to_mp(err ? err : errno);
-            goto fail;
-        }
-    }
-    fcntl(s, F_SETFL, fcntl(s, F_GETFL) & ~O_NONBLOCK);
-    if (a.tcp)
-        wire_nodelay(s);
+        return s;
     *fd = s;
     return 0;
-fail:
-    close(s);
-    return rc;
 }
 
 /* ------------------------------------------------------------------ handshake */

@@ -37,8 +37,10 @@ int wire_send(struct wire *w, const void *data, size_t len);
 int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d);
 
-/* "unix:/path", "unix:@abstract", "tcp:host:port" (port 0: any). The listener
- * writes its real address (chosen port) into actual. */
+/* "unix:/path", "unix:@abstract", "tcp:host:port", "tcp:[v6]:port" (port
+ * 0: any), parsed and set up by listener.c's sock_* calls. The listener
+ * writes its real address (chosen port) into actual; its socket is
+ * non-blocking, the accepted and connected ones are blocking. */
 int wire_listen(const char *address, int *fd, char *actual, size_t cap);
 int wire_connect(const char *address, int *fd, const mp_deadline *d);
 void wire_unlink(const char *address);    /* removes a unix: path socket file */
