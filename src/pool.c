@@ -427,9 +427,11 @@ static int start_worker(mp_pool *p, int slot)
     atomic_store(&s->started_ns, 0);
     atomic_store(&s->ready, 0);
     atomic_store(&s->exited, 0);
-    /* Not while a submitter is inside dlopen/dladdr (pool_fn): a child
-     * forked then could inherit the loader's lock held (ThreadSanitizer's
-     * interceptor does deadlock so), and it needs the loader to find fns. */
+    /* Not while a submitter is inside dladdr (pool_fn): a child forked
+     * then could inherit the loader's lock held (ThreadSanitizer's
+     * interceptor does deadlock so), and it needs the loader to find fns.
+     * fnref names the main program's functions without the loader now;
+     * this still guards those of shared objects. */
     pthread_mutex_lock(&p->fnlock);
     int rc = p->ops->start(p, slot);
     pthread_mutex_unlock(&p->fnlock);

@@ -1,6 +1,10 @@
-/* test_core.c - error names, mp_buf, the shared arena. */
+/* test_core.c - error names, mp_buf, the shared arena, fnref.
+ * MPROC_WHITEBOX: links the static library to reach fnref (internal.h). */
 #include "testutil.h"
 
+#include "internal.h"
+
+#include <pthread.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,10 +80,85 @@ static void test_shared_alloc_big_block(void **state)
     mp_shared_free(p);
 }
 
+/* ------------------------------------------------------------------ fnref */
+
+int core_test_target(void *arg);
+int core_test_target(void *arg)
+{
+    return arg ? 1 : 2;
+}
+
+static void *names_the_target(void *arg)
+{
+    fnref *r = arg;
+    return (void *)(intptr_t)fnref_from((const void *)core_test_target, r);
+}
+
+/* The first calls race to find the main program once; every one of them
+ * gets the same name, and it leads back to the function. Runs first. */
+static void test_fnref_names_a_main_program_function_from_racing_threads(void **state)
+{
+    (void)state;
+    enum { N = 4 };
+    pthread_t t[N];
+    fnref r[N];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, names_the_target, &r[i]), 0);
+    for (int i = 0; i < N; i++) {
+        void *rc;
+        assert_int_equal(pthread_join(t[i], &rc), 0);
+        assert_int_equal((intptr_t)rc, 0);
+        assert_string_equal(r[i].object, "");           /* the main program */
+        assert_int_equal(r[i].offset, r[0].offset);
+        assert_ptr_equal(fnref_resolve(&r[i]), (void *)core_test_target);
+    }
+}
+
+static void test_fnref_names_a_shared_object_function_by_path(void **state)
+{
+    (void)state;
+    fnref r;
+    TU_OK(fnref_from((const void *)getpid, &r));
+    assert_string_not_equal(r.object, "");              /* libc, by its path */
+    assert_ptr_equal(fnref_resolve(&r), (void *)getpid);
+}
+
+static int child_resolves_the_target(void *arg)
+{
+    fnref *r = arg;
+    int (*fn)(void *) = (int (*)(void *))fnref_resolve(r);
+    return fn == core_test_target ? fn(NULL) : 99;
+}
+
+static void test_fnref_resolves_in_a_forked_child(void **state)
+{
+    (void)state;
+    fnref r;
+    TU_OK(fnref_from((const void *)core_test_target, &r));
+    assert_int_equal(tu_wait(tu_fork(child_resolves_the_target, &r), 20), 2);
+}
+
+static void test_fnref_refuses_what_is_not_in_a_loaded_object(void **state)
+{
+    (void)state;
+    fnref r;
+    int on_the_stack = 0;
+    TU_ASSERT_RC(fnref_from(&on_the_stack, &r), MP_EINVAL);
+    TU_ASSERT_RC(fnref_from(NULL, &r), MP_EINVAL);
+    TU_ASSERT_RC(fnref_from((const void *)core_test_target, NULL), MP_EINVAL);
+    fnref missing = { "/nonexistent/libnothing.so", 0 };
+    assert_null(fnref_resolve(&missing));
+    assert_null(fnref_resolve(NULL));
+}
+
 int main(void)
 {
     tu_watchdog(60);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fnref_names_a_main_program_function_from_racing_threads),
+        cmocka_unit_test(test_fnref_names_a_shared_object_function_by_path),
+        cmocka_unit_test(test_fnref_resolves_in_a_forked_child),
+        cmocka_unit_test(test_fnref_refuses_what_is_not_in_a_loaded_object),
         cmocka_unit_test(test_errname_names_every_code),
         cmocka_unit_test(test_buf_append_grows_and_free_resets),
         cmocka_unit_test(test_shared_alloc_is_zeroed_and_shared_with_children),
