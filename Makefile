@@ -49,10 +49,11 @@ test-tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && MPROC_TEST_SLOW=6 ctest --output-on-failure -j 2
 
-# The process and sync tests (and core) under valgrind's memcheck; a test
-# not built yet is skipped with a note (tests/valgrind.sh).
+# The core, process, sync, queue, conn and manager tests under valgrind's
+# memcheck; a test not built yet is skipped with a note (tests/valgrind.sh).
 VALGRIND_TESTS = test_core test_process test_spawn test_thread \
-                 test_sync test_lock test_condition test_barrier
+                 test_sync test_lock test_condition test_barrier \
+                 test_queue test_conn test_manager
 test-valgrind: build
 	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)
 
