@@ -12,52 +12,18 @@
 #include <mproc_mpi.h>
 #include <string.h>
 
+#include "pool_workloads.h"
+
 #define RANKS 3
-
-static int trivial(const void *in, size_t len, mp_buf *out)
-{
-    (void)in, (void)len, (void)out;
-    return 0;
-}
-
-static int square(const void *in, size_t len, mp_buf *out)
-{
-    (void)len;
-    int x;
-    memcpy(&x, in, sizeof x);
-    x *= x;
-    return mp_buf_append(out, &x, sizeof x);
-}
 
 static double rep_apply(void *arg)
 {
-    mp_pool *p = arg;
-    enum { N = 20000 };
-    static mp_future *fs[N];
-    double t0 = bench_now();
-    for (int i = 0; i < N; i++)
-        if (mp_pool_apply_async(p, trivial, NULL, 0, &fs[i]) != 0)
-            return NAN;
-    for (int i = 0; i < N; i++) {
-        if (mp_future_result(fs[i], NULL, MP_FOREVER) != 0)
-            return NAN;
-        mp_future_free(fs[i]);
-    }
-    return bench_rate(t0, N);
+    return pool_apply_rate(arg, 20000);
 }
 
 static double rep_map(void *arg)
 {
-    mp_pool *p = arg;
-    enum { N = 1000000 };
-    static int in[N], out[N];
-    for (int i = 0; i < N; i++)
-        in[i] = i % 10000;
-    double t0 = bench_now();
-    if (mp_pool_map(p, square, in, N, sizeof *in, out, sizeof *out, 0) != 0)
-        return NAN;
-    double r = bench_rate(t0, N);
-    return out[1000] == 1000 * 1000 ? r : NAN;
+    return pool_map_rate(arg);
 }
 
 static void run(int argc, char **argv, const char *prefix, mp_backend backend)
