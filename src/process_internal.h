@@ -129,7 +129,8 @@ int proc_read_file(const char *path, char **data, size_t *len);
 int proc_send_fd(int sock, const void *data, size_t len, int fd);   /* fd < 0: none */
 ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd);    /* *fd = -1 if none */
 /* Up to CONN_PASS_MAX descriptors with one record; the received ones are
- * close-on-exec, any beyond cap are closed, a truncated set is -EMFILE. */
+ * close-on-exec, any beyond cap are closed, a set the kernel truncated
+ * (EMFILE) is closed and -EMFILE. */
 int proc_send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);
 ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds);
 

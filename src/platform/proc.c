@@ -188,7 +188,9 @@ int proc_send_fd(int sock, const void *data, size_t len, int fd)
     return proc_send_fds(sock, data, len, &fd, fd >= 0 ? 1 : 0);
 }
 
-ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds)
+/* all_or_none: a set the kernel truncated (EMFILE) is closed and refused. */
+static ssize_t recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds,
+                        bool all_or_none)
 {
     struct iovec iov = { data, len };
     union fd_ctl ctl;
@@ -216,7 +218,7 @@ ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, si
                 close(fd);       /* more than asked for: never leak them */
         }
     }
-    if (msg.msg_flags & MSG_CTRUNC) {   /* some were lost (EMFILE): all or none */
+    if (all_or_none && (msg.msg_flags & MSG_CTRUNC)) {
         for (size_t i = 0; i < *nfds; i++)
             close(fds[i]);
         *nfds = 0;
@@ -225,10 +227,16 @@ ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, si
     return n;
 }
 
+ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds)
+{
+    return recv_fds(sock, data, len, fds, cap, nfds, true);
+}
+
+/* A lost descriptor is -1 here, the record still arrives: the caller
+ * knows what it asked for (a started child must not be disowned). */
 ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd)
 {
     size_t got;
     *fd = -1;
-    ssize_t n = proc_recv_fds(sock, data, len, fd, 1, &got);
-    return n;
+    return recv_fds(sock, data, len, fd, 1, &got, false);
 }
