@@ -167,8 +167,8 @@ MP_EXTERN int  mp_condition_new(mp_condition **c, mp_lock *l);
 MP_EXTERN int  mp_condition_acquire(mp_condition *c, double timeout);
 MP_EXTERN int  mp_condition_release(mp_condition *c);
 /* Needs the lock (else MP_EINVAL); releases it fully, however deep, and holds
- * it again at that depth on return: 0 notified, MP_ETIMEDOUT, or
- * MP_EOWNERDEAD if a holder died meanwhile (notified or not). */
+ * it again at that depth on return: 0 notified, MP_ETIMEDOUT, MP_EOWNERDEAD
+ * if a holder died meanwhile (notified or not), MP_ENOMEM (arena full). */
 MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);
 /* Needs the lock (else MP_EINVAL; n < 0 too): wakes the first n of those
  * waiting now, oldest first. A waiter killed while waiting is skipped. */
@@ -186,6 +186,7 @@ MP_EXTERN int  mp_barrier_abort(mp_barrier *b);
 MP_EXTERN int  mp_barrier_reset(mp_barrier *b);
 MP_EXTERN int  mp_barrier_parties(mp_barrier *b);
 MP_EXTERN int  mp_barrier_n_waiting(mp_barrier *b);   /* 0 unless filling, as Python */
+MP_EXTERN bool mp_barrier_broken(mp_barrier *b);      /* Python's .broken; false for a bad handle */
 MP_EXTERN void mp_barrier_free(mp_barrier *b);
 
 /* ------------------------------------------------------------------ queues */
@@ -248,8 +249,9 @@ MP_EXTERN void  mp_shared_free(void *p);
  * (name without '/'). MP_CREATE|MP_EXCL: a new one, -EEXIST if taken;
  * MP_CREATE: new or existing; 0: existing, -ENOENT if none. A new one needs
  * size > 0; an existing one keeps its own size, which must be >= size (0: any).
- * name NULL with MP_CREATE: a fresh "psm_xxxxxxxx". The handle is per process:
- * a forked child inherits it, a spawned one opens the name again. */
+ * name NULL with MP_CREATE: a fresh "psm_xxxxxxxx". The handle reaches children
+ * through their argument; a spawned one maps the name on its first mp_shm_buf
+ * (NULL if unlinked by then). mp_shm_free in a child only unmaps it there. */
 MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);
 MP_EXTERN void *mp_shm_buf(const mp_shm *s);
 MP_EXTERN size_t mp_shm_size(const mp_shm *s);

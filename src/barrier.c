@@ -225,6 +225,16 @@ int mp_barrier_n_waiting(mp_barrier *b)
     return n;
 }
 
+bool mp_barrier_broken(mp_barrier *b)
+{
+    if (!barrier_ok(b))
+        return false;
+    barrier_lock(b);
+    bool broken = b->state == BROKEN;
+    rmutex_unlock(&b->m);
+    return broken;
+}
+
 void mp_barrier_free(mp_barrier *b)
 {
     if (!barrier_ok(b))

@@ -22,7 +22,7 @@ struct mp_condition {
     uint32_t magic;
     uint32_t own_lock;
     mp_lock *lock;
-    struct waiter *head, *tail;     /* under lock */
+    struct waiter *head;            /* oldest first; under lock */
 };
 
 int mp_condition_new(mp_condition **out, mp_lock *l)
@@ -83,42 +83,33 @@ static void waiter_free(struct waiter *w)
     arena_free(w);
 }
 
-/* Under the lock. */
+/* Under the lock. The queue is a singly linked list from head, and every
+ * change is one pointer store, so a process killed in the middle of one
+ * leaves a valid list (at worst its own record unreachable). */
 static void queue_push(mp_condition *c, struct waiter *w)
 {
     w->next = NULL;
-    if (c->tail)
-        c->tail->next = w;
-    else
-        c->head = w;
-    c->tail = w;
+    struct waiter **at = &c->head;
+    while (*at)
+        at = &(*at)->next;
+    *at = w;
 }
 
 static struct waiter *queue_pop(mp_condition *c)
 {
     struct waiter *w = c->head;
-    if (w) {
+    if (w)
         c->head = w->next;
-        if (!c->head)
-            c->tail = NULL;
-    }
     return w;
 }
 
 static void queue_remove(mp_condition *c, struct waiter *w)
 {
-    struct waiter *prev = NULL;
-    for (struct waiter *p = c->head; p; prev = p, p = p->next) {
-        if (p != w)
-            continue;
-        if (prev)
-            prev->next = p->next;
-        else
-            c->head = p->next;
-        if (c->tail == p)
-            c->tail = prev;
-        return;
-    }
+    for (struct waiter **at = &c->head; *at; at = &(*at)->next)
+        if (*at == w) {
+            *at = w->next;
+            return;
+        }
 }
 
 int mp_condition_wait(mp_condition *c, double timeout)

@@ -32,20 +32,23 @@ static int server_launch(struct mp_runtime *r)
     int afd = arena_fd();
     if (afd < 0)
         return MP_ENOMEM;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+    process_fork_lock();
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        process_fork_unlock();
         return -errno;
+    }
+    r->fs_sock = sv[0];                 /* from now on, forked children close it */
     char spec[160];
     snprintf(spec, sizeof spec, "%d:%d:%" PRIxPTR ":%zx:%d", sv[1], afd,
              (uintptr_t)arena_base(), arena_size(), (int)getpid());
     int keep[2] = { sv[1], afd };
     pid_t pid;
-    int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, &pid);
-    close(sv[1]);
+    int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, sv[1], &pid);
     if (rc != 0) {
         close(sv[0]);
+        r->fs_sock = -1;
         return rc;
     }
-    r->fs_sock = sv[0];
     r->fs_pid = pid;
     return 0;
 }
@@ -95,13 +98,14 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         if (r->fs_sock < 0 && (rc = server_launch(r)) != 0)
             break;
         rc = ask(r->fs_sock, p, &rep, pidfd);
-        if (rc != -EPIPE && rc != -ECONNRESET)
-            break;
-        server_close(r);            /* the server died: start another one */
+        if (rc != -EPIPE)
+            break;                  /* sent: a retry could start the child twice */
+        server_close(r);            /* it died before the request: start another */
     }
     pthread_mutex_unlock(&r->fs_lock);
     if (rc == 0 && rep.rc != 0) {
-        close(*pidfd);
+        if (*pidfd >= 0)
+            close(*pidfd);
         rc = rep.rc;
     }
     return rc;

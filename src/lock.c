@@ -8,8 +8,6 @@
  */
 #include "sync_internal.h"
 
-#include <limits.h>
-
 /* Manager locks (MAGIC_MLOCK) are served by manager/; these stand in until
  * it is linked, and a strong definition there replaces them. */
 __attribute__((weak)) int mlock_acquire(mp_lock *l, double timeout)
@@ -63,10 +61,10 @@ int mp_rlock_new(mp_lock **l)
  * blocks): a bounded wait runs out its time, an unbounded one is refused. */
 static int self_deadlock(double timeout)
 {
-    if (timeout < 0)
-        return -EDEADLK;
     mp_deadline d = deadline_in(timeout);
-    while (!d.forever && clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &d.at, NULL) == EINTR)
+    if (d.forever)                /* MP_FOREVER, or a timeout too long to tell apart */
+        return -EDEADLK;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &d.at, NULL) == EINTR)
         ;
     return MP_ETIMEDOUT;
 }

@@ -20,6 +20,7 @@
 static struct mp_runtime rt = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .fs_lock = PTHREAD_MUTEX_INITIALIZER,
+    .fork_lock = PTHREAD_MUTEX_INITIALIZER,
     .fs_sock = -1,
     .exe_fd = -1,
     .exit_fd = -1,
@@ -39,6 +40,7 @@ static void after_fork_child(void)
 {
     pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
     rt.pid = getpid();
+    pthread_mutex_init(&rt.fork_lock, NULL);   /* held by the forking thread, if at all */
     for (size_t i = 0; i < rt.nfds; i++)
         close(rt.fds[i].fd);
     rt.nfds = 0;
@@ -261,6 +263,16 @@ void process_enter_child(mp_process *p, int exit_fd)
     p->pid = getpid();
 }
 
+void process_fork_lock(void)
+{
+    pthread_mutex_lock(&runtime()->fork_lock);
+}
+
+void process_fork_unlock(void)
+{
+    pthread_mutex_unlock(&rt.fork_lock);
+}
+
 void process_exit_pipe_child(int fds[2])
 {
     if (fds[0] >= 0)
@@ -396,15 +408,15 @@ int mp_process_set_daemon(mp_process *p, bool daemon)
 static int fork_start(mp_process *p, int *fd)
 {
     int exit_pipe[2];
+    process_fork_lock();
     int rc = proc_exit_pipe(exit_pipe);
-    if (rc != 0)
-        return rc;
     pid_t parent = rt.pid;
-    pid_t pid = fork();
+    pid_t pid = rc == 0 ? fork() : -1;
     if (pid < 0) {
-        rc = -errno;
+        rc = rc ? rc : -errno;
         close(exit_pipe[0]);
         close(exit_pipe[1]);
+        process_fork_unlock();
         return rc;
     }
     if (pid == 0) {
@@ -420,6 +432,7 @@ static int fork_start(mp_process *p, int *fd)
     p->pid = pid;
     p->reaper = parent;
     *fd = process_exit_pipe_parent(exit_pipe, pid);
+    process_fork_unlock();
     return 0;
 }
 

@@ -52,6 +52,7 @@ struct mp_runtime {
     size_t nfds, capfds;
     struct mp_thread *threads;       /* started here, not yet freed */
     unsigned next_thread;
+    struct env_block *envs;          /* environments of execs under way (spawn.c) */
     char *cmdline;                   /* /proc/self/cmdline, for spawn's exec */
     char **argv;                     /* pointers into cmdline, NULL-terminated */
     int exe_fd;                      /* /proc/self/exe, opened once; -1 = not yet */
@@ -60,6 +61,7 @@ struct mp_runtime {
     int fs_sock;                     /* fork server connection, -1 = none */
     pid_t fs_pid;
     pthread_mutex_t fs_lock;         /* one request at a time on fs_sock */
+    pthread_mutex_t fork_lock;       /* process_fork_lock */
 };
 
 struct mp_runtime *runtime(void);     /* initialised on first call */
@@ -72,6 +74,11 @@ void process_enter_child(struct mp_process *p, int exit_fd);   /* runtime says: 
  * the fd to watch (the read end, or a pidfd). */
 void process_exit_pipe_child(int fds[2]);
 int process_exit_pipe_parent(int fds[2], pid_t pid);
+/* Held around every fork of the library, from creating the descriptors a
+ * child must hold alone (exit pipe, exec error pipe, the fork server's
+ * socket) to closing them in the parent: no other child inherits them. */
+void process_fork_lock(void);
+void process_fork_unlock(void);
 int process_run_target(struct mp_process *p);         /* the target's code, 0-255 */
 void process_publish_exit(struct mp_process *p, int code);   /* reaper: status + wake */
 int process_code_from_siginfo(const siginfo_t *si);
@@ -88,11 +95,14 @@ bool forkserver_running(pid_t server);                /* ours, and not exited */
 #define SPAWN_ENV "MPROC_SPAWN"
 #define SERVER_ENV "MPROC_FORKSERVER"
 /* Forks a child that execs this program with name=spec in its environment,
- * keeping keep_fds open; exec failure comes back through an O_CLOEXEC pipe. */
+ * keeping keep_fds open; exec failure comes back through an O_CLOEXEC pipe.
+ * Called with process_fork_lock held: once the child exists the parent
+ * closes parent_close (if >= 0) and releases the lock, then awaits the exec. */
 int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t nkeep,
-               bool daemon, pid_t *pid);
+               bool daemon, int parent_close, pid_t *pid);
 /* Builds "NAME=value" plus the current environment without NAME. */
 char **spawn_env(const char *name, const char *value);
+void spawn_env_free(char **envp);
 /* In a child after fork: execs this program, keeping keep_fds open; returns errno. */
 int spawn_exec_self(const char *path, const char *const *argv, char **envp,
                     const int *keep_fds, size_t nkeep);

@@ -2,13 +2,17 @@
  *
  * A name is a POSIX shm name: like Python we put a '/' in front of the name
  * the caller gives and hand it back without it, so `mp_shm_new(&s, "abc", ..)`
- * and `SharedMemory(name="abc")` open one buffer. The handle is per process
- * (like Python's object): a forked child inherits it, a spawned one opens the
- * name again. The segment lives until mp_shm_unlink, as in POSIX.
+ * and `SharedMemory(name="abc")` open one buffer. The handle lives in the
+ * arena, so it reaches every child; each process keeps its own mapping in a
+ * small local list (a forked child inherits the parent's, a spawned one maps
+ * the name on first use, as Python re-attaches by name). The segment lives
+ * until mp_shm_unlink, as in POSIX.
  */
 #include "internal.h"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,12 +21,63 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-struct mp_shm {
+struct mp_shm {                 /* in the arena */
     uint32_t magic;
-    void *buf;
+    pid_t creator;              /* frees the handle; others only unmap */
     size_t size;
-    char name[];              /* with the leading '/' */
+    char name[NAME_MAX + 2];    /* with the leading '/' */
 };
+
+/* Where this process mapped each handle. */
+struct mapping {
+    const mp_shm *shm;
+    void *buf;
+    struct mapping *next;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    struct mapping *head;
+} local = { PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static void local_after_fork(void)
+{
+    pthread_mutex_init(&local.lock, NULL);   /* another thread may have held it */
+}
+
+__attribute__((constructor)) static void local_init(void)
+{
+    pthread_atfork(NULL, NULL, local_after_fork);
+}
+
+/* Under local.lock. */
+static struct mapping **mapping_of(const mp_shm *s)
+{
+    struct mapping **at = &local.head;
+    while (*at && (*at)->shm != s)
+        at = &(*at)->next;
+    return at;
+}
+
+static int mapping_add(const mp_shm *s, void *buf)
+{
+    struct mapping *m = malloc(sizeof *m);
+    if (!m)
+        return MP_ENOMEM;
+    pthread_mutex_lock(&local.lock);
+    m->shm = s;
+    m->buf = buf;
+    m->next = local.head;
+    local.head = m;
+    pthread_mutex_unlock(&local.lock);
+    return 0;
+}
+
+static int map_fd(int fd, size_t size, void **buf)
+{
+    *buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return *buf == MAP_FAILED ? -errno : 0;
+}
 
 /* Python's _make_filename: "psm_" and 8 random hex digits. */
 static void random_name(char *out, size_t cap)
@@ -90,31 +145,34 @@ int mp_shm_new(mp_shm **out, const char *name, size_t size, int flags)
         (!name && !(flags & MP_CREATE)) || ((flags & MP_CREATE) && size == 0) ||
         size > (size_t)INT64_MAX)
         return MP_EINVAL;
-    size_t cap = (name ? strlen(name) : 12) + 2;
-    mp_shm *s = calloc(1, sizeof *s + cap);
+    if (name && strlen(name) > NAME_MAX)
+        return MP_EINVAL;                /* as shm_open says */
+    mp_shm *s = arena_alloc(sizeof *s);
     if (!s)
         return MP_ENOMEM;
     bool created;
-    int rc = shm_open_any(s->name, cap, name, flags, &created);
+    void *buf = NULL;
+    int rc = shm_open_any(s->name, sizeof s->name, name, flags, &created);
     if (rc < 0)
         goto fail;
     int fd = rc;
     rc = shm_size_of(fd, size, created, &s->size);
-    if (rc == 0) {
-        s->buf = mmap(NULL, s->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        rc = s->buf == MAP_FAILED ? -errno : 0;
-    }
+    if (rc == 0)
+        rc = map_fd(fd, s->size, &buf);
     close(fd);
+    if (rc == 0 && (rc = mapping_add(s, buf)) != 0)
+        munmap(buf, s->size);
     if (rc != 0) {
         if (created)
             shm_unlink(s->name);
         goto fail;
     }
+    s->creator = getpid();
     s->magic = MAGIC_SHM;
     *out = s;
     return 0;
 fail:
-    free(s);
+    arena_free(s);
     return rc;
 }
 
@@ -123,9 +181,31 @@ static bool shm_ok(const mp_shm *s)
     return s && s->magic == MAGIC_SHM;
 }
 
+/* A process that did not make the mapping (a spawned child) opens the name. */
+static void *shm_attach(const mp_shm *s)
+{
+    int fd = shm_open(s->name, O_RDWR, 0);
+    if (fd < 0)
+        return NULL;
+    void *buf = NULL;
+    int rc = map_fd(fd, s->size, &buf);
+    close(fd);
+    if (rc == 0 && mapping_add(s, buf) != 0) {
+        munmap(buf, s->size);
+        rc = MP_ENOMEM;
+    }
+    return rc == 0 ? buf : NULL;
+}
+
 void *mp_shm_buf(const mp_shm *s)
 {
-    return shm_ok(s) ? s->buf : NULL;
+    if (!shm_ok(s))
+        return NULL;
+    pthread_mutex_lock(&local.lock);
+    struct mapping *m = *mapping_of(s);
+    void *buf = m ? m->buf : NULL;
+    pthread_mutex_unlock(&local.lock);
+    return buf ? buf : shm_attach(s);
 }
 
 size_t mp_shm_size(const mp_shm *s)
@@ -149,7 +229,17 @@ void mp_shm_free(mp_shm *s)
 {
     if (!shm_ok(s))
         return;
-    s->magic = MAGIC_FREED;
-    munmap(s->buf, s->size);
-    free(s);
+    pthread_mutex_lock(&local.lock);
+    struct mapping **at = mapping_of(s), *m = *at;
+    if (m)
+        *at = m->next;
+    pthread_mutex_unlock(&local.lock);
+    if (m) {
+        munmap(m->buf, s->size);
+        free(m);
+    }
+    if (s->creator == getpid()) {
+        s->magic = MAGIC_FREED;
+        arena_free(s);
+    }
 }

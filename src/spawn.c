@@ -11,12 +11,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
 
 extern char **environ;
 
@@ -29,15 +29,34 @@ static bool is_ours(const char *entry)
            strncmp(entry, SERVER_ENV "=", sizeof SERVER_ENV) == 0;
 }
 
+/* An environment built for one exec. It stays on a runtime list while in
+ * use: a fork by another thread meanwhile then leaves its child a block that
+ * a global still points to, not one that looks leaked (to valgrind). */
+struct env_block {
+    struct env_block *next, *prev;
+    char *envp[];
+};
+
 char **spawn_env(const char *name, const char *value)
 {
     size_t n = 0;
     while (environ && environ[n])
         n++;
     size_t var_len = strlen(name) + 1 + strlen(value) + 1;
-    char **envp = malloc((n + 2) * sizeof *envp + var_len);
-    if (!envp)
+    struct mp_runtime *r = runtime();
+    runtime_lock();                 /* no fork between malloc and listing */
+    struct env_block *b = malloc(sizeof *b + (n + 2) * sizeof(char *) + var_len);
+    if (!b) {
+        runtime_unlock();
         return NULL;
+    }
+    b->prev = NULL;
+    b->next = r->envs;
+    if (b->next)
+        b->next->prev = b;
+    r->envs = b;
+    runtime_unlock();
+    char **envp = b->envp;
     char *var = (char *)(envp + n + 2);
     snprintf(var, var_len, "%s=%s", name, value);
     size_t k = 0;
@@ -47,6 +66,23 @@ char **spawn_env(const char *name, const char *value)
             envp[k++] = environ[i];
     envp[k] = NULL;
     return envp;
+}
+
+void spawn_env_free(char **envp)
+{
+    if (!envp)
+        return;
+    struct env_block *b = (struct env_block *)((char *)envp - offsetof(struct env_block, envp));
+    struct mp_runtime *r = runtime();
+    runtime_lock();
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        r->envs = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    free(b);
+    runtime_unlock();
 }
 
 /* In the child between fork and exec: only async-signal-safe calls. */
@@ -63,23 +99,19 @@ int spawn_exec_self(const char *path, const char *const *argv, char **envp,
 }
 
 int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t nkeep,
-               bool daemon, pid_t *out)
+               bool daemon, int parent_close, pid_t *out)
 {
     const char *path;
     const char *const *argv = process_exec_argv(&path);
     char **envp = spawn_env(name, spec);
     int pipefd[2] = { -1, -1 }, rc = 0;
-    if (!argv || !envp) {
+    pid_t pid = -1;
+    if (!argv || !envp)
         rc = MP_ENOMEM;
-        goto out;
-    }
-    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+    else if (pipe2(pipefd, O_CLOEXEC) != 0)
         rc = -errno;
-        goto out;
-    }
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
+    if (rc == 0 && (pid = fork()) == 0) {
         close(pipefd[0]);
         if (daemon)
             process_daemon_guard(parent);   /* PDEATHSIG survives exec */
@@ -91,29 +123,29 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
         (void)w;
         _exit(127);
     }
-    if (pid < 0) {
+    if (rc == 0 && pid < 0)
         rc = -errno;
-        goto out;
-    }
-    close(pipefd[1]);
-    pipefd[1] = -1;
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    if (parent_close >= 0)
+        close(parent_close);
+    process_fork_unlock();              /* no write end is left to inherit */
     int err = 0;
-    ssize_t n;
-    do
-        n = read(pipefd[0], &err, sizeof err);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = 0;
+    if (rc == 0) {
+        do
+            n = read(pipefd[0], &err, sizeof err);
+        while (n < 0 && errno == EINTR);
+    }
     if (n > 0) {                        /* exec failed: the child is ours to reap */
         waitpid(pid, NULL, 0);
         rc = err ? -err : MP_ENOMEM;
-        goto out;
     }
-    *out = pid;
-out:
+    if (rc == 0)
+        *out = pid;
     if (pipefd[0] >= 0)
         close(pipefd[0]);
-    if (pipefd[1] >= 0)
-        close(pipefd[1]);
-    free(envp);
+    spawn_env_free(envp);
     return rc;
 }
 
@@ -123,18 +155,23 @@ int spawn_start(struct mp_process *p, int *fd)
     int exit_pipe[2];
     if (afd < 0)
         return MP_ENOMEM;
+    process_fork_lock();
     int rc = proc_exit_pipe(exit_pipe);
-    if (rc != 0)
+    if (rc != 0) {
+        process_fork_unlock();
         return rc;
+    }
     char spec[128];
     snprintf(spec, sizeof spec, "%d:%" PRIxPTR ":%zx:%" PRIxPTR ":%d", afd,
              (uintptr_t)arena_base(), arena_size(), (uintptr_t)p, exit_pipe[1]);
     int keep[2] = { afd, exit_pipe[1] };
     pid_t pid;
-    rc = spawn_exec(SPAWN_ENV, spec, keep, exit_pipe[1] >= 0 ? 2 : 1, p->daemon, &pid);
+    rc = spawn_exec(SPAWN_ENV, spec, keep, exit_pipe[1] >= 0 ? 2 : 1, p->daemon,
+                    exit_pipe[1], &pid);
+    exit_pipe[1] = -1;                  /* closed by spawn_exec */
     if (rc != 0) {
-        close(exit_pipe[0]);
-        close(exit_pipe[1]);
+        if (exit_pipe[0] >= 0)
+            close(exit_pipe[0]);
         return rc;
     }
     p->pid = pid;

@@ -24,7 +24,10 @@ struct mp_event {
     _Atomic uint32_t waiters;
 };
 
-int sync_spin(_Atomic uint32_t *word, uint32_t val)
+/* Spins a few microseconds for *word != val: 0 once it differs, else
+ * MP_ETIMEDOUT. Waiters spin before counting themselves, so a release that
+ * finds nobody counted makes no system call. */
+static int sync_spin(_Atomic uint32_t *word, uint32_t val)
 {
     mp_deadline passed = { { 0, 0 }, false };
     return futex_wait_spin(word, val, &passed);

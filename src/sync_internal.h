@@ -22,9 +22,4 @@ int lock_release_all(mp_lock *l, uint32_t *depth);
 /* Takes l again (no timeout) at that depth: 0 or MP_EOWNERDEAD. */
 int lock_restore(mp_lock *l, uint32_t depth);
 
-/* Spins a few microseconds for *word != val: 0 once it differs, else
- * MP_ETIMEDOUT. Waiters spin before counting themselves, so a release that
- * finds nobody counted makes no system call. */
-int sync_spin(_Atomic uint32_t *word, uint32_t val);
-
 #endif

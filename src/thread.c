@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 struct mp_thread {
@@ -193,8 +192,7 @@ mp_thread *mp_current_thread(void)
 {
     if (self)
         return self;
-    /* Not mp_gettid(): its cached value is the parent's in a forked child. */
-    if (syscall(SYS_gettid) == getpid())
+    if (mp_gettid() == (uint32_t)runtime()->pid)
         return &main_thread;
     if (!foreign.magic) {
         static _Atomic unsigned dummies;
@@ -233,21 +231,19 @@ void thread_join_all_at_exit(void)
     }
 }
 
-/* Only the forking thread exists in the child: the others are over there. */
+/* Only the forking thread exists in the child: the others are over there.
+ * Their records stay listed (the handles are the program's; valgrind would
+ * call them leaked otherwise) but read as ended and joined. */
 void thread_after_fork_child(void)
 {
-    struct mp_runtime *r = runtime();
-    struct mp_thread *t = r->threads;
-    while (t) {
-        struct mp_thread *next = t->next;
-        t->listed = false;
-        if (t != self) {
-            pthread_mutex_init(&t->join_lock, NULL);
-            t->joined = true;
+    for (struct mp_thread *t = runtime()->threads; t; t = t->next) {
+        if (t == self)
+            continue;
+        pthread_mutex_init(&t->join_lock, NULL);
+        t->joined = true;
+        if (atomic_load(&t->state) == PROC_RUNNING) {
             t->exitcode = -1;
             atomic_store(&t->state, PROC_DONE);
         }
-        t = next;
     }
-    r->threads = NULL;
 }

@@ -11,6 +11,17 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
+/* Spawn and forkserver children need pidfd_open, which this valgrind lacks. */
+#define SKIP_START_METHODS_UNDER_VALGRIND() \
+    do { if (RUNNING_ON_VALGRIND) skip(); } while (0)
+
 /* Lives in mp_shared_alloc memory so children and threads see it. */
 typedef struct {
     atomic_int n;

@@ -3,6 +3,10 @@
  * killed while waiting breaks it instead of wedging the others. */
 #include "sync_helpers.h"
 
+#include <limits.h>
+
+#include <stdlib.h>
+
 #define ROUNDS 20
 
 struct track {
@@ -79,11 +83,13 @@ static void test_barrier_calls_refuse_bad_arguments(void **state)
     TU_ASSERT_RC(mp_barrier_new(NULL, 2), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_new(&b, 0), MP_EINVAL);
     assert_null(b);
+    TU_ASSERT_RC(mp_barrier_new(&b, UINT_MAX), MP_EINVAL);     /* indices are ints */
     TU_ASSERT_RC(mp_barrier_wait(NULL, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_abort(NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_reset(NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_parties(NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_barrier_n_waiting(NULL), MP_EINVAL);
+    assert_false(mp_barrier_broken(NULL));
     mp_barrier_free(NULL);
     TU_OK(mp_barrier_new(&b, 2));
     TU_ASSERT_RC(mp_barrier_wait(b, 0.0 / 0.0), MP_EINVAL);
@@ -149,8 +155,10 @@ static void test_barrier_wait_timeout_breaks_it_for_every_waiter(void **state)
     assert_int_equal((intptr_t)thread_join(th), 100);
     assert_int_equal(tu_wait(pid, 10), 100);
     TU_ASSERT_RC(mp_barrier_wait(t->b, 10), MP_EBROKEN);    /* stays broken */
+    assert_true(mp_barrier_broken(t->b));
     assert_int_equal(mp_barrier_n_waiting(t->b), 0);
     TU_OK(mp_barrier_reset(t->b));                           /* reset mends it */
+    assert_false(mp_barrier_broken(t->b));
     pid_t pids[3];
     for (int i = 0; i < 3; i++)
         pids[i] = tu_fork(wait_once, t);
@@ -230,6 +238,42 @@ static void test_barrier_killed_party_breaks_it_instead_of_wedging(void **state)
     track_free(t);
 }
 
+static int cycle_forever(void *arg)
+{
+    struct track *t = arg;
+    for (;;) {
+        int rc = mp_barrier_wait(t->b, 5);
+        if (rc == MP_EBROKEN)
+            mp_barrier_reset(t->b);
+        else if (rc < 0)
+            return 1;
+    }
+}
+
+static void test_barrier_survives_parties_killed_at_random_moments(void **state)
+{
+    (void)state;
+    struct track *t = track_new(3);
+    srand((unsigned)getpid());
+    for (int round = 0; round < 10; round++) {
+        pid_t pids[3];
+        for (int i = 0; i < 3; i++)
+            pids[i] = tu_fork(cycle_forever, t);
+        for (int i = 0; i < 3; i++) {
+            usleep((useconds_t)(rand() % 5000));     /* a random moment, not a synchronisation */
+            kill_child(pids[i]);
+        }
+        TU_OK(mp_barrier_reset(t->b));               /* the dead are taken out, then a round */
+        pthread_t a = thread_start(wait_once_thread, t);
+        pthread_t b = thread_start(wait_once_thread, t);
+        int i = mp_barrier_wait(t->b, 10);
+        assert_true(i >= 0 && i < 3);
+        int seen = (1 << i) | (1 << (intptr_t)thread_join(a)) | (1 << (intptr_t)thread_join(b));
+        assert_int_equal(seen, 0x7);
+    }
+    track_free(t);
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -243,6 +287,7 @@ int main(void)
         cmocka_unit_test(test_barrier_abort_breaks_it_for_every_waiter),
         cmocka_unit_test(test_barrier_reset_breaks_current_waiters_then_works),
         cmocka_unit_test(test_barrier_killed_party_breaks_it_instead_of_wedging),
+        cmocka_unit_test(test_barrier_survives_parties_killed_at_random_moments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,8 @@
  * wake each other, and a killed waiter swallows no notification. */
 #include "sync_helpers.h"
 
+#include <stdlib.h>
+
 struct room {
     mp_condition *cond;
     atomic_int ready, woken, rc, go;
@@ -344,6 +346,50 @@ static void test_condition_bounded_buffer_between_processes_loses_nothing(void *
     mp_shared_free(b);
 }
 
+/* ------------------------------------------------------------------ kill -9 at random */
+
+static int ping_forever(void *arg)
+{
+    struct room *r = arg;
+    for (;;) {
+        int rc = mp_condition_acquire(r->cond, 30);
+        if (rc != 0 && rc != MP_EOWNERDEAD)
+            return 1;
+        mp_condition_notify(r->cond, 1);
+        rc = mp_condition_wait(r->cond, 0.002);
+        if (rc != 0 && rc != MP_ETIMEDOUT && rc != MP_EOWNERDEAD)
+            return 2;
+        mp_condition_release(r->cond);
+    }
+}
+
+static void test_condition_survives_waiters_and_notifiers_killed_at_random_moments(void **state)
+{
+    (void)state;
+    struct room *r = room_new(NULL);
+    srand((unsigned)getpid());
+    for (int round = 0; round < 10; round++) {
+        pid_t pids[3];
+        for (int i = 0; i < 3; i++)
+            pids[i] = tu_fork(ping_forever, r);
+        for (int i = 0; i < 3; i++) {
+            usleep((useconds_t)(rand() % 5000));     /* a random moment, not a synchronisation */
+            kill_child(pids[i]);
+        }
+        int rc = mp_condition_acquire(r->cond, 1);
+        assert_true(rc == 0 || rc == MP_EOWNERDEAD);
+        TU_OK(mp_condition_notify_all(r->cond));     /* only dead records left: drops them */
+        TU_OK(mp_condition_release(r->cond));
+    }
+    atomic_store(&r->ready, 0);                      /* and it still works */
+    pthread_t t = thread_start(wait_in_room_thread, r);
+    acquire_with_waiters(r, 1);
+    TU_OK(mp_condition_notify(r->cond, 1));
+    TU_OK(mp_condition_release(r->cond));
+    assert_int_equal((intptr_t)thread_join(t), 0);
+    room_free(r);
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -357,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_condition_killed_waiter_swallows_no_notification),
         cmocka_unit_test(test_condition_wait_reports_eownerdead_if_the_notifier_dies_holding_the_lock),
         cmocka_unit_test(test_condition_bounded_buffer_between_processes_loses_nothing),
+        cmocka_unit_test(test_condition_survives_waiters_and_notifiers_killed_at_random_moments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

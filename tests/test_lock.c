@@ -2,6 +2,7 @@
  * every error code, timeouts on time, and a holder killed with SIGKILL. */
 #include "sync_helpers.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------ arguments */
@@ -102,6 +103,7 @@ static void test_lock_reacquire_by_its_owner_times_out_or_refuses_forever(void *
     assert_on_time(tu_now() - t0, 0.2);
     t0 = tu_now();
     TU_ASSERT_RC(mp_lock_acquire(l, MP_FOREVER), -EDEADLK);
+    TU_ASSERT_RC(mp_lock_acquire(l, 1e12), -EDEADLK);       /* as good as forever */
     assert_true(tu_now() - t0 < 0.1 * tu_slow());
     TU_OK(mp_lock_release(l));
     mp_lock_free(l);
@@ -299,6 +301,42 @@ static void test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed(void
     mp_lock_free(l);
 }
 
+static int hammer(void *arg)
+{
+    struct counter *c = arg;
+    for (;;) {
+        int rc = mp_lock_acquire(c->lock, 30);
+        if (rc != 0 && rc != MP_EOWNERDEAD)
+            return 1;
+        c->value++;
+        if (mp_lock_release(c->lock) != 0)
+            return 2;
+    }
+}
+
+static void test_lock_survives_holders_killed_at_random_moments(void **state)
+{
+    (void)state;
+    struct counter *c = mp_shared_alloc(sizeof *c);
+    TU_OK(mp_rlock_new(&c->lock));
+    srand((unsigned)getpid());
+    for (int round = 0; round < 20; round++) {
+        pid_t pids[3];
+        for (int i = 0; i < 3; i++)
+            pids[i] = tu_fork(hammer, c);
+        for (int i = 0; i < 3; i++) {
+            usleep((useconds_t)(rand() % 3000));     /* a random moment, not a synchronisation */
+            kill_child(pids[i]);
+        }
+        int rc = mp_lock_acquire(c->lock, 1);
+        assert_true(rc == 0 || rc == MP_EOWNERDEAD);
+        TU_OK(mp_lock_release(c->lock));
+        TU_ASSERT_RC(mp_lock_release(c->lock), MP_EINVAL);
+    }
+    mp_lock_free(c->lock);
+    mp_shared_free(c);
+}
+
 /* ------------------------------------------------------------------ RLock */
 
 static void test_rlock_is_recursive_and_counts_releases(void **state)
@@ -339,6 +377,28 @@ static void test_rlock_is_held_until_the_last_release(void **state)
     mp_lock_free(l);
 }
 
+static int rlock_twice(void *arg)
+{
+    for (int i = 0; i < 2; i++)
+        if (mp_lock_acquire(arg, 0) != 0)
+            return 1;
+    for (int i = 0; i < 2; i++)
+        if (mp_lock_release(arg) != 0)       /* owner checks need the child's own tid */
+            return 2;
+    return mp_lock_release(arg) == MP_EINVAL ? 0 : 3;
+}
+
+static void test_rlock_owner_checks_use_the_forked_childs_own_tid(void **state)
+{
+    (void)state;
+    mp_lock *l;
+    TU_OK(mp_rlock_new(&l));
+    TU_OK(mp_lock_acquire(l, 0));            /* the parent's tid is cached by now */
+    TU_OK(mp_lock_release(l));
+    assert_int_equal(tu_wait(tu_fork(rlock_twice, l), 10), 0);
+    mp_lock_free(l);
+}
+
 /* ------------------------------------------------------------------ start methods */
 
 struct spawned {
@@ -363,6 +423,7 @@ static int contend_then_hold(void *arg)
 static void test_lock_works_and_stays_robust_under_every_start_method(void **state)
 {
     (void)state;
+    SKIP_START_METHODS_UNDER_VALGRIND();
     mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
     for (int m = 0; m < 3; m++) {
         struct spawned *sp = mp_shared_alloc(sizeof *sp);
@@ -408,8 +469,10 @@ int main(void)
         cmocka_unit_test(test_lock_holder_killed_gives_next_acquirer_eownerdead),
         cmocka_unit_test(test_rlock_holder_killed_gives_next_acquirer_eownerdead),
         cmocka_unit_test(test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed),
+        cmocka_unit_test(test_lock_survives_holders_killed_at_random_moments),
         cmocka_unit_test(test_rlock_is_recursive_and_counts_releases),
         cmocka_unit_test(test_rlock_is_held_until_the_last_release),
+        cmocka_unit_test(test_rlock_owner_checks_use_the_forked_childs_own_tid),
         cmocka_unit_test(test_lock_works_and_stays_robust_under_every_start_method),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

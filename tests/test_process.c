@@ -434,6 +434,32 @@ static void test_process_bad_arguments_return_einval(void **state)
     TU_ASSERT_RC(mp_process_join((mp_process *)not_a_process, 0), MP_EINVAL);
 }
 
+static int starts_with_sigchld_ignored(void *arg)
+{
+    (void)arg;
+    signal(SIGCHLD, SIG_IGN);            /* the kernel reaps children itself */
+    int v = 3, code = -1;
+    for (int i = 0; i < 5; i++) {
+        mp_process *p;
+        if (mp_process_new(&p, returns_arg, &v, &(mp_process_opts){ .arg_size = sizeof v }) != 0 ||
+            mp_process_start(p) != 0)
+            return 1;
+        if (mp_process_join(p, 10) != 0 || mp_process_exitcode(p, &code) != 0)
+            return 2;
+        if (code != 0 && code != 3)      /* 0 when the status was gone before us */
+            return 3;
+        if (mp_process_free(p) != 0)
+            return 4;
+    }
+    return 0;
+}
+
+static void test_join_returns_when_sigchld_is_ignored(void **state)
+{
+    (void)state;
+    assert_int_equal(tu_wait(tu_fork(starts_with_sigchld_ignored, NULL), 30), 0);
+}
+
 static void test_start_method_defaults_to_fork_and_can_be_set(void **state)
 {
     (void)state;
@@ -464,10 +490,16 @@ static int joins_sibling(void *arg)
         return 1;
     if (mp_process_join(sibling, 0.05) != MP_ETIMEDOUT)
         return 2;
+    int fd = mp_process_sentinel(sibling);     /* a pidfd opened here; none without pidfds */
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    if (fd != -ENOSYS && (fd < 0 || poll(&pfd, 1, 0) != 0))
+        return 6;
     if (mp_process_kill(sibling) != 0)
         return 3;
     if (mp_process_join(sibling, 10) != 0)
         return 4;
+    if (fd != -ENOSYS && poll(&pfd, 1, 0) != 1)
+        return 7;
     return mp_process_is_alive(sibling) ? 5 : 0;
 }
 
@@ -543,6 +575,7 @@ int main(void)
         cmocka_unit_test(test_process_calls_before_start_return_estate),
         cmocka_unit_test(test_process_bad_arguments_return_einval),
         cmocka_unit_test(test_start_method_defaults_to_fork_and_can_be_set),
+        cmocka_unit_test(test_join_returns_when_sigchld_is_ignored),
         cmocka_unit_test(test_process_exit_code_keeps_low_eight_bits),
         cmocka_unit_test(test_handle_works_in_another_process_of_the_family),
         cmocka_unit_test(test_threads_start_and_join_processes_at_once),

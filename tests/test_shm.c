@@ -1,7 +1,7 @@
 /* test_shm.c - named shared memory: create/open/exclusive rules, sizes,
  * names as Python spells them, sharing with a child and with python3, and
  * nothing left in /dev/shm afterwards. */
-#include "testutil.h"
+#include "sync_helpers.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -142,6 +142,43 @@ static void test_shm_is_shared_with_a_forked_child(void **state)
     mp_shm_free(s);
 }
 
+static int child_reads_writes_and_frees(void *arg)
+{
+    mp_shm *s = *(mp_shm **)arg;           /* the handle itself, through the argument */
+    char *buf = mp_shm_buf(s);
+    if (!buf || strcmp(buf, "from parent") != 0 || mp_shm_size(s) != 4096)
+        return 1;
+    strcpy(buf, "from child");
+    mp_shm_free(s);                        /* unmaps here; the parent's handle lives on */
+    return 0;
+}
+
+static void test_shm_handle_reaches_children_under_every_start_method(void **state)
+{
+    (void)state;
+    SKIP_START_METHODS_UNDER_VALGRIND();
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int m = 0; m < 3; m++) {
+        mp_shm *s;
+        TU_OK(mp_shm_new(&s, name_of("methods"), 4096, MP_CREATE | MP_EXCL));
+        strcpy(mp_shm_buf(s), "from parent");
+        mp_process *p;
+        mp_process_opts o = { .method = methods[m], .arg_size = sizeof s };
+        TU_OK(mp_process_new(&p, child_reads_writes_and_frees, &s, &o));
+        TU_OK(mp_process_start(p));
+        TU_OK(mp_process_join(p, 20 * tu_slow()));
+        int code = -1;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_OK(mp_process_free(p));
+        assert_string_equal(mp_shm_buf(s), "from child");
+        assert_string_equal(mp_shm_name(s), name_of("methods"));
+        TU_OK(mp_shm_unlink(s));
+        mp_shm_free(s);
+    }
+    assert_int_equal(leftovers(), 0);
+}
+
 /* ------------------------------------------------------------------ python3 */
 
 static bool have_python(void)
@@ -217,6 +254,7 @@ int main(void)
         cmocka_unit_test(test_shm_without_a_name_gets_a_python_style_one),
         cmocka_unit_test(test_shm_name_keeps_a_leading_slash_the_caller_gave),
         cmocka_unit_test(test_shm_is_shared_with_a_forked_child),
+        cmocka_unit_test(test_shm_handle_reaches_children_under_every_start_method),
         cmocka_unit_test(test_shm_python_reads_what_c_wrote),
         cmocka_unit_test(test_shm_c_reads_what_python_wrote),
     };

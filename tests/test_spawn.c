@@ -15,6 +15,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 static int main_ran;                 /* set first thing in main */
 
 static mp_start_method method_of(void **state)
@@ -198,6 +205,8 @@ static int starts_with_a_huge_environment(void *arg)
 static void test_exec_failure_is_reported_by_start(void **state)
 {
     mp_start_method m = method_of(state);
+    if (RUNNING_ON_VALGRIND)
+        skip();                          /* valgrind kills a child whose exec fails (101) */
     assert_int_equal(tu_wait(tu_fork(starts_with_a_huge_environment, &m), 20), 0);
 }
 
@@ -324,6 +333,19 @@ static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
     assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);   /* a new server */
 }
 
+static void test_forkserver_is_restarted_when_found_dead(void **state)
+{
+    mp_process *p = start(state, waits_forever, NULL, 0, false);
+    pid_t server = parent_of(mp_process_pid(p));
+    TU_OK(mp_process_kill(p));
+    assert_int_equal(finish(p), -SIGKILL);
+    assert_true(server > 0 && server != getpid());
+    TU_OK(kill(server, SIGKILL));          /* idle, and nobody notices */
+    assert_true(tu_wait_for(dead, &server, 10));
+    assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);
+    assert_true(tu_pid_gone(server));      /* the dead one was reaped on the way */
+}
+
 static int exits_with_a_child(void *arg)
 {
     struct helper_arg *h = arg;
@@ -353,6 +375,50 @@ static void test_exit_joins_children_of_every_method(void **state)
     close(fds[1]);
 }
 
+#define FORKER_MAX 40
+struct forker { mp_process *kids[FORKER_MAX]; int n; _Atomic int stop; };
+
+static int forks_long_lived_children(void *arg)
+{
+    struct forker *f = arg;
+    while (!atomic_load(&f->stop) && f->n < FORKER_MAX) {
+        mp_process **k = &f->kids[f->n];
+        if (mp_process_new(k, waits_forever, NULL, NULL) != 0 || mp_process_start(*k) != 0)
+            return 1;
+        f->n++;
+    }
+    return 0;
+}
+
+/* Descriptors a child must hold alone (exit, exec-error and server pipes)
+ * must not leak into a child another thread forks at the same moment, or
+ * a start or join would wait for that long-lived child. */
+static void test_start_is_not_held_up_by_a_concurrent_fork(void **state)
+{
+    struct forker *f = calloc(1, sizeof *f);
+    mp_thread *t;
+    TU_OK(mp_thread_new(&t, forks_long_lived_children, f, NULL));
+    TU_OK(mp_thread_start(t));
+    double t0 = tu_now();
+    for (int i = 0; i < 10; i++) {
+        struct job j = { i, 0, "copied" };
+        assert_int_equal(finish(start(state, sums_job, &j, sizeof j, false)), i);
+    }
+    assert_true(tu_now() - t0 < 15 * tu_slow());
+    atomic_store(&f->stop, 1);
+    TU_OK(mp_thread_join(t, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_thread_exitcode(t, &code));
+    assert_int_equal(code, 0);
+    TU_OK(mp_thread_free(t));
+    for (int i = 0; i < f->n; i++) {
+        TU_OK(mp_process_kill(f->kids[i]));
+        TU_OK(mp_process_join(f->kids[i], 10 * tu_slow()));
+        TU_OK(mp_process_free(f->kids[i]));
+    }
+    free(f);
+}
+
 static int set_method(void **state, mp_start_method m)
 {
     *state = (void *)(intptr_t)m;
@@ -377,9 +443,11 @@ int main(void)
         BOTH(test_target_outside_any_object_is_refused),
         BOTH(test_many_children_in_a_row),
         BOTH(test_exec_failure_is_reported_by_start),
+        BOTH(test_start_is_not_held_up_by_a_concurrent_fork),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
         cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
+        cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -59,6 +59,10 @@ static void test_bounded_semaphore_release_past_bound_returns_einval(void **stat
     TU_OK(mp_bounded_semaphore_new(&s, 0));
     TU_ASSERT_RC(mp_semaphore_release(s), MP_EINVAL);
     mp_semaphore_free(s);
+    TU_OK(mp_semaphore_new(&s, INT_MAX));                     /* unbounded, but an int */
+    TU_ASSERT_RC(mp_semaphore_release(s), MP_EINVAL);
+    assert_int_equal(mp_semaphore_value(s), INT_MAX);
+    mp_semaphore_free(s);
 }
 
 static void test_semaphore_acquire_times_out_on_time(void **state)

@@ -19,6 +19,8 @@
 
 int proc_pidfd_open(pid_t pid)
 {
+    if (!proc_have_pidfd())
+        return -ENOSYS;                             /* also when forced off */
     long fd = syscall(SYS_pidfd_open, pid, 0);     /* always close-on-exec */
     return fd < 0 ? -errno : (int)fd;
 }
