@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbor-dev \
                libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin
 
-.PHONY: all deps build demo test test-plain test-asan test-tsan test-valgrind bench fuzz install clean
+.PHONY: all deps build demo test test-fuzz test-plain test-asan test-tsan test-valgrind bench fuzz install clean
 
 all: build
 
@@ -31,8 +31,12 @@ build: deps $(BUILD)/Makefile
 demo: build
 	@./examples/tour.sh $(BUILD)
 
-# Every test: the plain build, then ASan+UBSan, then TSan.
-test: test-plain test-asan test-tsan
+# Every test: the plain build, ASan+UBSan, TSan, valgrind on the process and
+# sync tests, then each fuzz target for FUZZ_SECONDS (20 s by default here).
+test: test-plain test-asan test-tsan test-valgrind test-fuzz
+
+test-fuzz:
+	$(MAKE) fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),20)
 
 test-plain: build
 	cd $(BUILD) && ctest --output-on-failure -j 2

@@ -211,9 +211,11 @@ def write_doc(path, result, areas, src_dir):
            "| compiler | %s |" % result.get("compiler", "unknown"),
            "| Python | %s |" % m["python"],
            "| run | %s |" % m["date"], "",
-           "The machine is a small shared VM: absolute numbers are noisy, the",
-           "ratios are the point. Run `make bench` (or `make bench AREAS=\"queue pool\"`)",
-           "to measure yours.", ""]
+           "The machine is a small VM shared with other work: figures move from run",
+           "to run, the blocking hand-offs (round trips, lock hand-over) most, and",
+           "Python's more than mproc's (mproc spins briefly before it sleeps). Compare",
+           "rows of one run. Run `make bench` (or `make bench AREAS=\"queue pool\"`) to",
+           "measure yours.", ""]
     for area in areas:
         a = result["areas"].get(area)
         if not a:

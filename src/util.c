@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,9 +61,11 @@ int mp_buf_reserve(mp_buf *b, size_t cap)
         return MP_EINVAL;
     if (b->cap >= cap)
         return 0;
+    if (cap > PTRDIFF_MAX)                 /* no allocator can give this */
+        return MP_ENOMEM;
     size_t want = b->cap ? b->cap : 64;
     while (want < cap)
-        want = want > SIZE_MAX / 2 ? cap : want * 2;
+        want = want > PTRDIFF_MAX / 2 ? cap : want * 2;
     void *p = realloc(b->data, want);
     if (!p)
         return MP_ENOMEM;

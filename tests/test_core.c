@@ -44,6 +44,24 @@ static void test_buf_append_grows_and_free_resets(void **state)
     mp_buf_free(NULL);
 }
 
+static void test_buf_reserve_keeps_contents_and_refuses_null(void **state)
+{
+    (void)state;
+    mp_buf b = { 0 };
+    TU_OK(mp_buf_append(&b, "xyz", 3));
+    TU_OK(mp_buf_reserve(&b, 1 << 20));
+    assert_true(b.cap >= (1u << 20));
+    assert_int_equal(b.len, 3);
+    assert_memory_equal(b.data, "xyz", 3);
+    size_t cap = b.cap;
+    TU_OK(mp_buf_reserve(&b, 10));          /* never shrinks */
+    assert_int_equal(b.cap, cap);
+    TU_ASSERT_RC(mp_buf_reserve(&b, SIZE_MAX), MP_ENOMEM);
+    assert_int_equal(b.len, 3);             /* a failed reserve loses nothing */
+    TU_ASSERT_RC(mp_buf_reserve(NULL, 1), MP_EINVAL);
+    mp_buf_free(&b);
+}
+
 static int child_writes(void *arg)
 {
     int *p = arg;
@@ -161,6 +179,7 @@ int main(void)
         cmocka_unit_test(test_fnref_refuses_what_is_not_in_a_loaded_object),
         cmocka_unit_test(test_errname_names_every_code),
         cmocka_unit_test(test_buf_append_grows_and_free_resets),
+        cmocka_unit_test(test_buf_reserve_keeps_contents_and_refuses_null),
         cmocka_unit_test(test_shared_alloc_is_zeroed_and_shared_with_children),
         cmocka_unit_test(test_shared_alloc_big_block),
     };
