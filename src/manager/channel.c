@@ -42,8 +42,9 @@ static bool several_cpus(void)
  * pausing saw the change, halves (down to none) each time it did not. So a
  * busy pair on two CPUs hands off in about a microsecond, while a waiter
  * whose peer needs this very CPU (an oversubscribed machine) soon yields at
- * once; it then probes with a short pause every PAUSE_PROBE waits. */
-static __thread uint32_t pause_ns = CHANNEL_PAUSE_MIN_NS;
+ * once; it then probes with a pause every CHANNEL_PAUSE_PROBE waits, long
+ * enough for a round trip with a peer that yields on another CPU. */
+static __thread uint32_t pause_ns = CHANNEL_PAUSE_MAX_NS;
 static __thread uint32_t waits;
 
 static uint32_t pause_budget(uint32_t spin_ns)
@@ -51,7 +52,7 @@ static uint32_t pause_budget(uint32_t spin_ns)
     if (spin_ns == 0 || !several_cpus())
         return 0;
     if (pause_ns == 0 && ++waits % CHANNEL_PAUSE_PROBE == 0)
-        return CHANNEL_PAUSE_MIN_NS;
+        return CHANNEL_PAUSE_PROBE_NS;
     return pause_ns;
 }
 

@@ -30,6 +30,7 @@ enum {
     CHANNEL_PAUSE_STEP_NS = 500,           /* is ~1 us), adaptively, then yields (channel.c) */
     CHANNEL_PAUSE_MAX_NS = 10000,
     CHANNEL_PAUSE_PROBE = 16,
+    CHANNEL_PAUSE_PROBE_NS = 3000,
 };
 #define CHANNEL_VIA_SOCKET UINT32_MAX        /* req_len/resp_len: the frame is on the socket */
 #define CHANNEL_BYE (UINT32_MAX - 1)         /* req_len: the client hangs up */
