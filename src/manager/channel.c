@@ -44,7 +44,7 @@ static bool several_cpus(void)
  * whose peer needs this very CPU (an oversubscribed machine) soon yields at
  * once; it then probes with a pause every CHANNEL_PAUSE_PROBE waits, long
  * enough for a round trip with a peer that yields on another CPU. */
-static __thread uint32_t pause_ns = CHANNEL_PAUSE_MAX_NS;
+static __thread uint32_t pause_ns = CHANNEL_PAUSE_MIN_NS;
 static __thread uint32_t waits;
 
 static uint32_t pause_budget(uint32_t spin_ns)
@@ -66,7 +66,7 @@ int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping
         if (pausing) {
             cpu_relax();
             if (i % 4 == 0 && now_ns() - start > budget) {
-                pause_ns = budget / 2 < CHANNEL_PAUSE_MIN_NS ? 0 : budget / 2;
+                pause_ns = pause_ns / 2 < CHANNEL_PAUSE_MIN_NS ? 0 : pause_ns / 2;
                 pausing = false;
             }
             continue;
