@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 /* The peer is alive while its socket has neither hung up nor hit EOF. */
 static bool peer_alive(int fd)
@@ -25,12 +26,52 @@ static bool peer_alive(int fd)
     return n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR));
 }
 
+/* Pausing only pays when the peer runs on another CPU meanwhile. */
+static bool several_cpus(void)
+{
+    static _Atomic int ncpu;
+    int n = atomic_load_explicit(&ncpu, memory_order_relaxed);
+    if (!n) {
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        atomic_store_explicit(&ncpu, n, memory_order_relaxed);
+    }
+    return n > 1;
+}
+
+/* How long this thread pauses before it yields: grows by a step each time
+ * pausing saw the change, halves (down to none) each time it did not. So a
+ * busy pair on two CPUs hands off in about a microsecond, while a waiter
+ * whose peer needs this very CPU (an oversubscribed machine) soon yields at
+ * once; it then probes with a pause every CHANNEL_PAUSE_PROBE waits, long
+ * enough for a round trip with a peer that yields on another CPU. */
+static __thread uint32_t pause_ns = CHANNEL_PAUSE_MIN_NS;
+static __thread uint32_t waits;
+
+static uint32_t pause_budget(uint32_t spin_ns)
+{
+    if (spin_ns == 0 || !several_cpus())
+        return 0;
+    if (pause_ns == 0 && ++waits % CHANNEL_PAUSE_PROBE == 0)
+        return CHANNEL_PAUSE_PROBE_NS;
+    return pause_ns;
+}
+
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
                  uint32_t spin_ns, int slice_ms, int fd)
 {
-    uint64_t until = now_ns() + spin_ns;
-    while (atomic_load(seq) == old) {
-        if (now_ns() < until) {
+    uint64_t start = now_ns();
+    uint32_t budget = pause_budget(spin_ns);
+    bool pausing = budget > 0;
+    for (unsigned i = 1; atomic_load(seq) == old; i++) {
+        if (pausing) {
+            cpu_relax();
+            if (i % 4 == 0 && now_ns() - start > budget) {
+                pause_ns = pause_ns / 2 < CHANNEL_PAUSE_MIN_NS ? 0 : pause_ns / 2;
+                pausing = false;
+            }
+            continue;
+        }
+        if (now_ns() - start < spin_ns) {
             sched_yield();
             continue;
         }
@@ -41,6 +82,9 @@ int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping
         if (rc == MP_ETIMEDOUT && atomic_load(seq) == old && !peer_alive(fd))
             return MP_EBROKEN;
     }
+    if (pausing)
+        pause_ns = budget + CHANNEL_PAUSE_STEP_NS > CHANNEL_PAUSE_MAX_NS ? CHANNEL_PAUSE_MAX_NS
+                                                                 : budget + CHANNEL_PAUSE_STEP_NS;
     return 0;
 }
 

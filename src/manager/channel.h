@@ -26,6 +26,11 @@ enum {
     CHANNEL_BUF = 32 * 1024,
     CHANNEL_CLIENT_SLICE_MS = 100,         /* a caller notices a dead server this fast */
     CHANNEL_SERVER_SLICE_MS = 500,         /* an idle client costs the server 2 wake-ups/s */
+    CHANNEL_PAUSE_MIN_NS = 250,            /* a waiter first spins with pause (a round trip */
+    CHANNEL_PAUSE_STEP_NS = 500,           /* is ~1 us), adaptively, then yields (channel.c) */
+    CHANNEL_PAUSE_MAX_NS = 3000,
+    CHANNEL_PAUSE_PROBE = 64,
+    CHANNEL_PAUSE_PROBE_NS = 1500,
 };
 #define CHANNEL_VIA_SOCKET UINT32_MAX        /* req_len/resp_len: the frame is on the socket */
 #define CHANNEL_BYE (UINT32_MAX - 1)         /* req_len: the client hangs up */
@@ -45,7 +50,8 @@ struct channel {
     uint8_t buf[CHANNEL_BUF];
 };
 
-/* Waits until *seq != old: spins (yielding) for spin_ns, then sleeps on the
+/* Waits until *seq != old: spins for spin_ns (pausing for an adaptive
+ * 0-3 us first, yielding the CPU after that), then sleeps on the
  * futex in slices of slice_ms, checking the peer's socket fd between slices.
  * 0, or MP_EBROKEN once the peer is gone. sleeping is this side's "wake me"
  * flag. */
