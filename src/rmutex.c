@@ -20,6 +20,7 @@
 #endif
 
 #define SPIN_TRIES 200
+#define RMUTEX_SLICE 0.2     /* seconds a sleeper waits before it looks again */
 
 int rmutex_init(rmutex *m)
 {
@@ -78,11 +79,16 @@ int rmutex_lock(rmutex *m, const mp_deadline *d)
         cpu_relax();
         rc = pthread_mutex_trylock(&m->m);
     }
-    if (rc == EBUSY) {
-        if (d->forever)
-            rc = pthread_mutex_lock(&m->m);
-        else
-            rc = clocklock(m, &d->at);
+    /* Sleep in slices: a holder killed inside pthread_mutex_unlock, after it
+     * cleared the word but before its wake-up, leaves sleepers unwoken (the
+     * kernel's robust-list cleanup sees a free word and wakes nobody). A
+     * slice ends such a sleep; the retry then finds the mutex free. */
+    while (rc == EBUSY || rc == ETIMEDOUT) {
+        mp_deadline slice = deadline_in(RMUTEX_SLICE);
+        bool last = !d->forever && deadline_left(d) <= RMUTEX_SLICE;
+        rc = clocklock(m, last ? &d->at : &slice.at);
+        if (last)
+            break;
     }
     switch (rc) {
     case 0: return 0;
