@@ -298,28 +298,13 @@ static bool flag_set(void *arg)
     return atomic_load((_Atomic int *)arg) != 0;
 }
 
-static pid_t parent_of(pid_t pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *end = strrchr(buf, ')');
-    int ppid = 0;
-    return end && sscanf(end + 2, "%*c %d", &ppid) == 1 ? ppid : 0;
-}
-
 static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
 {
     TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));   /* the orphaned child comes to us */
     _Atomic int *started = mp_shared_alloc(sizeof *started);
     mp_process *p = start(state, waits_until_orphaned, &started, sizeof started, false);
     assert_true(tu_wait_for(flag_set, (void *)started, 10));
-    pid_t child = mp_process_pid(p), server = parent_of(child);
+    pid_t child = mp_process_pid(p), server = tu_proc_ppid(child);
     assert_true(server > 0 && server != getpid());
     TU_OK(kill(server, SIGKILL));              /* the child, orphaned, then returns */
     int code = 0;
@@ -336,7 +321,7 @@ static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
 static void test_forkserver_is_restarted_when_found_dead(void **state)
 {
     mp_process *p = start(state, waits_forever, NULL, 0, false);
-    pid_t server = parent_of(mp_process_pid(p));
+    pid_t server = tu_proc_ppid(mp_process_pid(p));
     TU_OK(mp_process_kill(p));
     assert_int_equal(finish(p), -SIGKILL);
     assert_true(server > 0 && server != getpid());

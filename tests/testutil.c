@@ -82,16 +82,32 @@ bool tu_pid_gone(pid_t pid)
     return kill(pid, 0) != 0;
 }
 
-char tu_proc_state(pid_t pid)
+/* The fields of /proc/<pid>/stat after the name ("S 1234 ..."), or NULL. */
+static const char *proc_stat_fields(pid_t pid, char *buf, size_t cap)
 {
-    char path[64], buf[512];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
+        return NULL;
+    size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
     buf[n] = '\0';
     const char *end = strrchr(buf, ')');     /* the name may hold spaces and parens */
-    return end && end[1] == ' ' ? end[2] : 0;
+    return end && end[1] == ' ' ? end + 2 : NULL;
+}
+
+char tu_proc_state(pid_t pid)
+{
+    char buf[512];
+    const char *fields = proc_stat_fields(pid, buf, sizeof buf);
+    return fields ? fields[0] : 0;
+}
+
+pid_t tu_proc_ppid(pid_t pid)
+{
+    char buf[512];
+    const char *fields = proc_stat_fields(pid, buf, sizeof buf);
+    int ppid = 0;
+    return fields && sscanf(fields, "%*c %d", &ppid) == 1 ? ppid : 0;
 }

@@ -33,6 +33,7 @@ double tu_now(void);                 /* CLOCK_MONOTONIC seconds */
 bool tu_pid_gone(pid_t pid);         /* no such process (or a zombie of ours reaped) */
 double tu_slow(void);                /* the MPROC_TEST_SLOW multiplier, >= 1 */
 char tu_proc_state(pid_t pid);       /* /proc state letter ('S' asleep, 'Z', ...); 0 if gone */
+pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
 
 #define TU_ASSERT_RC(expr, want) assert_int_equal((expr), (want))
 #define TU_OK(expr) assert_int_equal((expr), 0)
