@@ -5,10 +5,7 @@
  * arrive, never the length the peer claims).
  */
 #include "conn_internal.h"
-
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include "peer.h"
 
 static void read_until_error(mp_conn *c, int fd, uint8_t mode)
 {
@@ -41,12 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        abort();
-    int big = 1 << 20;
-    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-    if (size > 1 && write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
-        abort();                       /* the whole stream fits in the socket buffer */
+    fuzz_peer(data + 1, size - 1, sv);
     close(sv[1]);
     mp_conn *c;
     if (conn_from_fd(&c, sv[0], true, true) != 0)

@@ -4,10 +4,7 @@
  * 3.12 or the legacy form); the rest is all the peer writes before closing.
  */
 #include "conn_internal.h"
-
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include "peer.h"
 
 static const char KEY[] = "fuzz key";
 
@@ -16,11 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        abort();
-    if (size > 1 && write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
-        abort();
-    shutdown(sv[1], SHUT_WR);          /* keep reading end open: our replies fit in its buffer */
+    fuzz_peer(data + 1, size - 1, sv);  /* our replies fit in its buffer */
     mp_deadline d = deadline_in(5);
     int rc;
     switch (data[0] % 3) {
