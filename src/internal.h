@@ -90,6 +90,17 @@ int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -ED
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
 
+/* ------------------------------------------------------------------ tid lock */
+
+/* A lighter robust lock for hot paths (the queue): one CAS to take, one
+ * store to give back. The word is the owner's tid; a waiter that has slept a
+ * slice checks that the owner lives and takes a dead owner's lock over
+ * (MP_EOWNERDEAD: held, repair what it guarded). Zero-initialised = free.
+ * No timeout: hold it only briefly. */
+typedef struct { _Atomic uint32_t word; } tlock;
+int tlock_lock(tlock *l);        /* 0, MP_EOWNERDEAD, -EDEADLK (already ours) */
+void tlock_unlock(tlock *l);
+
 /* ------------------------------------------------------------------ functions across exec */
 
 /* A function named by (object, offset) so spawn, forkserver, the pool and

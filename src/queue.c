@@ -27,6 +27,8 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 2000
+#define WAKE_FIRST_SLICE 0.0002 /* seconds: see wait_until */
+#define WAKE_SLICE 1.0
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
  * a producer knows how much room is left. */
@@ -50,7 +52,7 @@ struct journal {
 };
 
 struct side {
-    rmutex lock;
+    tlock lock;
     struct seg *seg;          /* producers: the tail segment; consumers: the head one */
     uint64_t cached;          /* producers: gets last seen; consumers: puts last seen */
     uint64_t cached_head;     /* producers: seg->head last seen */
@@ -171,12 +173,18 @@ static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
     }
 }
 
-/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. A
- * sleeper raises the flag before its last check, and wakers look at the flag
- * after their commit (Dekker, seq_cst), so a wake-up is never lost, and the
- * uncontended path makes no syscall. */
+/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT; *naps
+ * counts the caller's sleeps. A sleeper raises the flag (a full barrier)
+ * before its last check, and a waker looks at the flag after its commit.
+ * The waker does not fence between the two: a fence there would wait for
+ * every store of the item to leave the CPU and cost more than the rest of a
+ * put. So a waker may still read the flag as clear while its commit is in
+ * flight, and the sleeper then misses that wake-up; its first sleep is
+ * therefore short (WAKE_FIRST_SLICE) and it looks again, by which time the
+ * commit is long visible. Later sleeps last WAKE_SLICE, which bounds even
+ * a pathological delay while costing an idle waiter next to nothing. */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
-                      const mp_deadline *d)
+                      const mp_deadline *d, unsigned *naps)
 {
     if (spin_until(q, ready))
         return 0;
@@ -185,14 +193,17 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *)
         ;
     if (ready(q))
         return 0;
-    return futex_wait(&w->word, v | 1, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
+    mp_deadline slice = deadline_in((*naps)++ ? WAKE_SLICE : WAKE_FIRST_SLICE);
+    bool last = !d->forever && deadline_left(d) <= deadline_left(&slice);
+    int rc = futex_wait(&w->word, v | 1, last ? d : &slice);
+    return rc == MP_ETIMEDOUT && last ? MP_ETIMEDOUT : 0;
 }
 
-/* Wakes every sleeper: those that find nothing to do sleep again. */
+/* Wakes every sleeper: those that find nothing to do sleep again. No fence
+ * before the look at the flag: see wait_until. */
 static void wake(struct waitword *w)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    uint32_t v = atomic_load(&w->word);
+    uint32_t v = atomic_load_explicit(&w->word, memory_order_relaxed);
     if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
         futex_wake(&w->word, INT_MAX);
 }
@@ -236,8 +247,7 @@ static void get_repair(mp_queue *q)
 
 static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *))
 {
-    mp_deadline forever = deadline_in(MP_FOREVER);
-    int rc = rmutex_lock(&s->lock, &forever);
+    int rc = tlock_lock(&s->lock);
     if (rc == MP_EOWNERDEAD) {
         repair(q);
         rc = 0;
@@ -330,6 +340,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
         memcpy(big, data, len);
     }
     mp_deadline d = deadline_in(timeout);
+    unsigned naps = 0;
     int rc;
     for (;;) {
         rc = lock_side(q, &q->put, put_repair);
@@ -341,8 +352,8 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
             rc = MP_EFULL;
         else
             rc = put_locked(q, data, len, big);
-        rmutex_unlock(&q->put.lock);
-        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
+        tlock_unlock(&q->put.lock);
+        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d, &naps) != 0)
             break;
     }
     if (rc == 0)
@@ -426,6 +437,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
                       double timeout)
 {
     mp_deadline d = deadline_in(timeout);
+    unsigned naps = 0;
     void *big = NULL;
     int rc;
     for (;;) {
@@ -437,8 +449,8 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             rc = get_locked(q, buf, cap, len, out, &big);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
-        rmutex_unlock(&q->get.lock);
-        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
+        tlock_unlock(&q->get.lock);
+        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d, &naps) != 0)
             break;
     }
     if (rc == 0) {
@@ -509,8 +521,9 @@ int mp_queue_join(mp_queue *q, double timeout)
     if (!queue_ok(q) || !timeout_valid(timeout))
         return MP_EINVAL;
     mp_deadline d = deadline_in(timeout);
+    unsigned naps = 0;
     while (!join_ready(q)) {
-        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
+        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d, &naps) != 0)
             return join_ready(q) ? 0 : MP_ETIMEDOUT;
     }
     return 0;
@@ -527,12 +540,6 @@ int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
     struct seg *s = seg_new(SEG_MIN_CLASS);
     if (!q || !s)
         goto fail;
-    if (rmutex_init(&q->put.lock) != 0)
-        goto fail;
-    if (rmutex_init(&q->get.lock) != 0) {
-        rmutex_destroy(&q->put.lock);
-        goto fail;
-    }
     q->put.seg = q->get.seg = s;
     q->maxsize = o ? o->maxsize : 0;
     q->creator = getpid();
@@ -554,7 +561,7 @@ int mp_queue_shutdown(mp_queue *q)
     if (rc != 0)
         return rc;
     atomic_store(&q->closed, 1);
-    rmutex_unlock(&q->put.lock);
+    tlock_unlock(&q->put.lock);
     atomic_fetch_add(&q->not_empty.word, 2);
     futex_wake(&q->not_empty.word, INT_MAX);
     atomic_fetch_add(&q->not_full.word, 2);
@@ -605,9 +612,9 @@ bool mp__queue_valid(mp_queue *q)
     bool ok = lock_side(q, &q->get, get_repair) == 0;
     if (ok) {
         ok = walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets);
-        rmutex_unlock(&q->get.lock);
+        tlock_unlock(&q->get.lock);
     }
-    rmutex_unlock(&q->put.lock);
+    tlock_unlock(&q->put.lock);
     return ok;
 }
 
@@ -618,7 +625,5 @@ void mp_queue_free(mp_queue *q)
         return;
     q->magic = MAGIC_FREED;
     walk_records(q, true);
-    rmutex_destroy(&q->put.lock);
-    rmutex_destroy(&q->get.lock);
     arena_free(q);
 }
