@@ -44,6 +44,9 @@ enum {
  * use. NULL when size is 0 or too large, or the arena cannot be made. */
 void *arena_alloc(size_t size);
 void *arena_alloc_nozero(size_t size);    /* big message buffers: no memset */
+/* Maps every page of [p, p+n) into this process in one call, so a big copy
+ * does not take a page fault per 4 KiB (a no-op where the kernel cannot). */
+void arena_prefault(void *p, size_t n, bool write);
 void arena_free(void *p);
 bool arena_contains(const void *p, size_t len);
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */

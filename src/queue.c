@@ -27,8 +27,7 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 2000
-#define WAKE_FIRST_SLICE 0.0002 /* seconds: see wait_until */
-#define WAKE_SLICE 1.0
+#define PREFAULT_MIN ((size_t)1 << 20) /* big items from here map their pages in one call */
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
  * a producer knows how much room is left. */
@@ -173,18 +172,12 @@ static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
     }
 }
 
-/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT; *naps
- * counts the caller's sleeps. A sleeper raises the flag (a full barrier)
- * before its last check, and a waker looks at the flag after its commit.
- * The waker does not fence between the two: a fence there would wait for
- * every store of the item to leave the CPU and cost more than the rest of a
- * put. So a waker may still read the flag as clear while its commit is in
- * flight, and the sleeper then misses that wake-up; its first sleep is
- * therefore short (WAKE_FIRST_SLICE) and it looks again, by which time the
- * commit is long visible. Later sleeps last WAKE_SLICE, which bounds even
- * a pathological delay while costing an idle waiter next to nothing. */
+/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. A
+ * sleeper raises the flag before its last check, and wakers look at the flag
+ * after their commit (Dekker, seq_cst), so a wake-up is never lost, and the
+ * uncontended path makes no syscall. */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
-                      const mp_deadline *d, unsigned *naps)
+                      const mp_deadline *d)
 {
     if (spin_until(q, ready))
         return 0;
@@ -193,16 +186,14 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *)
         ;
     if (ready(q))
         return 0;
-    mp_deadline slice = deadline_in((*naps)++ ? WAKE_SLICE : WAKE_FIRST_SLICE);
-    bool last = !d->forever && deadline_left(d) <= deadline_left(&slice);
-    int rc = futex_wait(&w->word, v | 1, last ? d : &slice);
-    return rc == MP_ETIMEDOUT && last ? MP_ETIMEDOUT : 0;
+    return futex_wait(&w->word, v | 1, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
-/* Wakes every sleeper: those that find nothing to do sleep again. No fence
- * before the look at the flag: see wait_until. */
+/* Wakes every sleeper: those that find nothing to do sleep again. The fence
+ * orders the caller's commit before the look at the flag (see wait_until). */
 static void wake(struct waitword *w)
 {
+    atomic_thread_fence(memory_order_seq_cst);
     uint32_t v = atomic_load_explicit(&w->word, memory_order_relaxed);
     if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
         futex_wake(&w->word, INT_MAX);
@@ -337,10 +328,11 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
         big = arena_alloc_nozero(len);
         if (!big)
             return MP_ENOMEM;
+        if (len >= PREFAULT_MIN)
+            arena_prefault(big, len, true);
         memcpy(big, data, len);
     }
     mp_deadline d = deadline_in(timeout);
-    unsigned naps = 0;
     int rc;
     for (;;) {
         rc = lock_side(q, &q->put, put_repair);
@@ -353,7 +345,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
         else
             rc = put_locked(q, data, len, big);
         tlock_unlock(&q->put.lock);
-        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d, &naps) != 0)
+        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
             break;
     }
     if (rc == 0)
@@ -418,8 +410,11 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             return MP_ETOOBIG;
     }
     void *src = is_big ? (void *)(uintptr_t)*ring_word(s, head + 8) : NULL;
-    if (is_big && n)
+    if (is_big && n) {
+        if (n >= PREFAULT_MIN)
+            arena_prefault(src, n, false);
         memcpy(buf, src, n);
+    }
     else
         ring_read(s, head + REC_HEADER, buf, n);
     hook("get_copied");
@@ -437,7 +432,6 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
                       double timeout)
 {
     mp_deadline d = deadline_in(timeout);
-    unsigned naps = 0;
     void *big = NULL;
     int rc;
     for (;;) {
@@ -450,7 +444,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
         tlock_unlock(&q->get.lock);
-        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d, &naps) != 0)
+        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
     }
     if (rc == 0) {
@@ -521,9 +515,8 @@ int mp_queue_join(mp_queue *q, double timeout)
     if (!queue_ok(q) || !timeout_valid(timeout))
         return MP_EINVAL;
     mp_deadline d = deadline_in(timeout);
-    unsigned naps = 0;
     while (!join_ready(q)) {
-        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d, &naps) != 0)
+        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
             return join_ready(q) ? 0 : MP_ETIMEDOUT;
     }
     return 0;
