@@ -55,7 +55,11 @@ struct side {
     struct seg *seg;          /* producers: the tail segment; consumers: the head one */
     uint64_t cached;          /* producers: gets last seen; consumers: puts last seen */
     uint64_t cached_head;     /* producers: seg->head last seen */
-    struct journal j;
+    /* A side spans two lines, the journal on the second. Measured: packed
+     * into one line, a 4 KiB item took up to 25% longer; Intel's spatial
+     * prefetcher fetches lines in 128-byte pairs, and one-line sides put
+     * the producers' and the consumers' hottest lines in the same pair. */
+    alignas(MP_CACHELINE) struct journal j;
 };
 
 /* A futex word: bit 0 says "someone sleeps here", the rest is a sequence
