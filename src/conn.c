@@ -6,6 +6,9 @@
  * fds open across exec) uses the same handle. Each process keeps a registry
  * of the handles it holds; the fork hook counts one more holder for each.
  * Sends and receives each take a robust lock so frames never interleave.
+ * The two ends of mp_pipe carry their frames through byte rings in the
+ * arena instead: the descriptor then carries only doorbells and EOF
+ * (docs/pipes.md).
  */
 #include "conn_internal.h"
 
@@ -25,8 +28,37 @@
 #define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
 #define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
+#define RING_SIZE ((uint64_t)256 << 10)       /* bytes per direction of mp_pipe; a power of two */
+#define RING_CHUNK (RING_SIZE / 8)            /* a longer frame streams once this much is free */
+#define RING_SLICE 0.1                        /* s: a sleeper on a ring rechecks this often */
+#define SPIN_MAX_NS 50000                     /* adaptive spin on a ring, as in queue.c */
+#define SPIN_MIN_NS 2000
 
 static const mp_deadline forever = { { 0, 0 }, true };
+
+/* One direction of a pipe made by mp_pipe: a byte ring holding exactly the
+ * frames a socket would carry. Writers (serialised by send_lock) move tail,
+ * readers (recv_lock) move head; each side's line also keeps its last look
+ * at the other's counter, so a message costs no cache miss while the ring
+ * is neither empty nor full. */
+struct ring {
+    _Atomic uint64_t tail;              /* bytes committed */
+    _Atomic uint32_t reader_sleeps;     /* a reader may be asleep in poll(): ring the doorbell */
+    _Atomic uint32_t always_ring;       /* a reader crossed an exec: mp_wait there cannot arm */
+    uint64_t head_seen;
+    _Alignas(MP_CACHELINE) _Atomic uint64_t head;   /* bytes consumed */
+    _Atomic uint32_t writer_sleeps;     /* futex word: bit 0 while a writer waits for room */
+    uint64_t tail_seen;
+    _Alignas(MP_CACHELINE) uint8_t data[RING_SIZE];
+};
+
+/* What both ends of an mp_pipe share: ring[0] is read by end 0 (a),
+ * ring[1] by end 1 (b), absent for a one-way pipe. */
+struct pipe_shm {
+    _Atomic uint32_t ends;              /* ends not yet destroyed */
+    _Atomic uint32_t closed[2];         /* every holder of that end closed it */
+    struct ring *ring[2];
+};
 
 struct mp_conn {
     struct fdhandle h;
@@ -41,6 +73,10 @@ struct mp_conn {
     _Atomic uint32_t ahead_len;
     uint32_t ahead_pos;
     uint8_t ahead[READ_AHEAD];
+    /* Ends of mp_pipe: frames go through rings, the fd carries doorbells. */
+    struct pipe_shm *shm;               /* NULL: frames go on the descriptor */
+    struct ring *in, *out;
+    uint32_t side;
 };
 
 /* ------------------------------------------------------------------ registry */
@@ -110,6 +146,16 @@ static bool registry_remove(struct fdhandle *h)
     return found;
 }
 
+/* h goes where our registry cannot follow (across an exec, to the fork
+ * server's child): never freed, and if it reads a ring, the writers ring
+ * its doorbell on every message, since mp_wait there cannot raise its flag. */
+static void mark_shared_for_good(struct fdhandle *h)
+{
+    atomic_store(&h->immortal, 1);
+    if (h->magic == MAGIC_CONN && ((mp_conn *)h)->in)
+        atomic_store(&((mp_conn *)h)->in->always_ring, 1);
+}
+
 /* Runs in a forked child just before exec: no locks, no allocation. The
  * registry is this process's copy, so nobody changes it under us. */
 void conn_keep_across_exec(void)
@@ -119,7 +165,7 @@ void conn_keep_across_exec(void)
         int flags = fcntl(h->fd, F_GETFD);
         if (flags >= 0)
             fcntl(h->fd, F_SETFD, flags & ~FD_CLOEXEC);
-        atomic_store(&h->immortal, 1);
+        mark_shared_for_good(h);
     }
 }
 
@@ -129,7 +175,7 @@ size_t conn_live_fds(int *fds, size_t cap)
     pthread_mutex_lock(&registry.lock);
     for (size_t i = 0; i < registry.n && n < cap; i++) {
         fds[n++] = registry.items[i]->fd;
-        atomic_store(&registry.items[i]->immortal, 1);
+        mark_shared_for_good(registry.items[i]);
     }
     pthread_mutex_unlock(&registry.lock);
     return n;
@@ -433,6 +479,277 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
     return read_body(&src, out, (size_t)len);
 }
 
+/* ------------------------------------------------------------------ rings */
+
+/* Spins a few microseconds for ready(arg), the budget adapting as in
+ * queue.c; never on one CPU, where the peer needs the very CPU we spin on. */
+static bool spin_until(bool (*ready)(void *), void *arg)
+{
+    static __thread uint64_t budget = SPIN_MAX_NS;
+    static _Atomic long ncpu;
+    if (!atomic_load_explicit(&ncpu, memory_order_relaxed))
+        atomic_store_explicit(&ncpu, sysconf(_SC_NPROCESSORS_ONLN), memory_order_relaxed);
+    if (atomic_load_explicit(&ncpu, memory_order_relaxed) < 2)
+        return false;
+    uint64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (ready(arg)) {
+            budget = budget * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2;
+            return true;
+        }
+        cpu_relax();
+        if ((i & 31) == 0 && now_ns() - start > budget) {
+            budget = budget / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : budget / 2;
+            return false;
+        }
+    }
+}
+
+static struct ring *ring_new(void)
+{
+    struct ring *r = arena_alloc_nozero(sizeof *r);
+    if (r)
+        memset(r, 0, offsetof(struct ring, data));
+    return r;
+}
+
+static struct pipe_shm *pipe_shm_new(bool duplex)
+{
+    struct pipe_shm *s = arena_alloc(sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->ends, 2);
+    s->ring[0] = ring_new();
+    s->ring[1] = duplex ? ring_new() : NULL;
+    if (!s->ring[0] || (duplex && !s->ring[1])) {
+        arena_free(s->ring[0]);
+        arena_free(s->ring[1]);
+        arena_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static bool ring_has_data(struct ring *r)
+{
+    return atomic_load(&r->tail) != atomic_load(&r->head);
+}
+
+static bool ring_has_data_arg(void *r)
+{
+    return ring_has_data(r);
+}
+
+/* Wakes the writers of r waiting for room (the futex word's bit 0). */
+static void ring_wake_writers(struct ring *r)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t v = atomic_load_explicit(&r->writer_sleeps, memory_order_relaxed);
+    if ((v & 1) && atomic_compare_exchange_strong(&r->writer_sleeps, &v, (v + 2) & ~1u))
+        futex_wake(&r->writer_sleeps, INT_MAX);
+}
+
+/* The last holder of one end is gone: writers toward it fail with -EPIPE,
+ * writers waiting for room learn it now; the last end frees the rings. */
+static void pipe_shm_leave(struct pipe_shm *s, uint32_t side)
+{
+    atomic_store(&s->closed[side], 1);
+    for (int i = 0; i < 2; i++)
+        if (s->ring[i])
+            ring_wake_writers(s->ring[i]);
+    if (atomic_fetch_sub(&s->ends, 1) == 1) {
+        arena_free(s->ring[0]);
+        arena_free(s->ring[1]);
+        arena_free(s);
+    }
+}
+
+/* One doorbell byte to the other end; a full socket already holds one. */
+static int doorbell_ring(mp_conn *c)
+{
+    uint8_t one = 1;
+    struct iovec v = { &one, 1 };
+    for (;;) {
+        if (writev_nosignal(c->h.fd, &v, 1, c->is_socket) >= 0 || errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        if (errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+}
+
+/* Takes every doorbell byte queued: 0, MP_EEOF when every holder of the
+ * other end is gone, or an error. */
+static int doorbell_drain(mp_conn *c)
+{
+    uint8_t sink[256];
+    for (;;) {
+        ssize_t got = read(c->h.fd, sink, sizeof sink);
+        if (got > 0 && (size_t)got < sizeof sink)
+            return 0;
+        if (got == 0 || (got < 0 && errno == ECONNRESET))
+            return MP_EEOF;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (got < 0 && errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+}
+
+/* One sleep of a reader on c's descriptor, at most RING_SLICE (so a doorbell
+ * another waiter drained costs a delay, never a hang): 0 (recheck the
+ * ring), MP_EEOF, MP_ETIMEDOUT once d passed (NULL: forever), or an error.
+ * The flag is raised before the last look at the ring and writers look at
+ * it after their commit (Dekker, seq_cst), so no message is slept through. */
+static int doorbell_wait(mp_conn *c, const mp_deadline *d)
+{
+    atomic_store(&c->in->reader_sleeps, 1);
+    if (ring_has_data(c->in))
+        return 0;
+    double left = d ? deadline_left(d) : RING_SLICE;
+    mp_deadline slice = deadline_in(left < RING_SLICE ? left : RING_SLICE);
+    int r = fd_poll(c->h.fd, POLLIN, &slice);
+    if (r < 0)
+        return r == -EBADF ? MP_ECLOSED : r;
+    if (r > 0)
+        return doorbell_drain(c);
+    return d && deadline_passed(d) ? MP_ETIMEDOUT : 0;
+}
+
+/* Under recv_lock: n bytes from the ring, waiting for them; MP_EEOF when
+ * the writers are all gone and fewer than n bytes are left. */
+static int ring_read(mp_conn *c, void *dst, size_t n)
+{
+    struct ring *r = c->in;
+    while (n > 0) {
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+        if (r->tail_seen == head)
+            r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (r->tail_seen == head) {
+            if (spin_until(ring_has_data_arg, r))
+                continue;
+            int rc = doorbell_wait(c, NULL);
+            if (rc != 0 && !(rc == MP_EEOF && ring_has_data(r)))
+                return rc;
+            continue;
+        }
+        uint64_t avail = r->tail_seen - head;
+        size_t take = n < avail ? n : (size_t)avail;
+        size_t off = (size_t)(head & (RING_SIZE - 1)), first = RING_SIZE - off;
+        first = take < first ? take : first;
+        memcpy(dst, r->data + off, first);
+        memcpy((char *)dst + first, r->data, take - first);
+        atomic_store_explicit(&r->head, head + take, memory_order_release);
+        ring_wake_writers(r);
+        dst = (char *)dst + take;
+        n -= take;
+    }
+    return 0;
+}
+
+/* The room left in r as a writer sees it (under send_lock): head is looked
+ * at again only when the last look shows less than want. */
+static uint64_t ring_room(struct ring *r, uint64_t want)
+{
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    if (RING_SIZE - (tail - r->head_seen) < want)
+        r->head_seen = atomic_load_explicit(&r->head, memory_order_acquire);
+    return RING_SIZE - (tail - r->head_seen);
+}
+
+struct room_want { struct ring *r; uint64_t n; };
+
+static bool room_ready(void *arg)
+{
+    struct room_want *w = arg;
+    return ring_room(w->r, w->n) >= w->n;
+}
+
+/* Every holder of the reading end gone: closed by all (the flag), or died
+ * (the descriptor hangs up). */
+static int ring_peer_gone(mp_conn *c)
+{
+    if (atomic_load(&c->shm->closed[c->side ^ 1]))
+        return -EPIPE;
+    struct pollfd p = { .fd = c->h.fd, .events = 0 };
+    if (poll(&p, 1, 0) < 0)
+        return 0;
+    if (p.revents & POLLNVAL)
+        return MP_ECLOSED;
+    return p.revents & (POLLHUP | POLLERR) ? -EPIPE : 0;
+}
+
+/* Under send_lock: waits until n bytes fit in c's out ring. */
+static int ring_wait_room(mp_conn *c, uint64_t n)
+{
+    struct ring *r = c->out;
+    struct room_want w = { r, n };
+    if (room_ready(&w) || spin_until(room_ready, &w))
+        return 0;
+    for (;;) {
+        uint32_t v = atomic_load(&r->writer_sleeps);
+        while (!(v & 1) && !atomic_compare_exchange_weak(&r->writer_sleeps, &v, v | 1))
+            ;
+        if (room_ready(&w))
+            return 0;
+        if (atomic_load(&c->shm->closed[c->side ^ 1]))
+            return -EPIPE;
+        mp_deadline slice = deadline_in(RING_SLICE);
+        if (futex_wait(&r->writer_sleeps, v | 1, &slice) == MP_ETIMEDOUT) {
+            int rc = ring_peer_gone(c);
+            if (rc != 0)
+                return rc;
+        }
+    }
+}
+
+/* Copies n bytes of the message (head then body) from offset at on into
+ * the ring at tail, and commits them. */
+static void ring_put(struct ring *r, const uint8_t *head, size_t head_len, const char *body,
+                     uint64_t at, uint64_t n)
+{
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    for (uint64_t done = 0; done < n;) {
+        const char *src = at < head_len ? (const char *)head + at : body + (at - head_len);
+        uint64_t span = at < head_len ? head_len - at : n - done;
+        size_t off = (size_t)((tail + done) & (RING_SIZE - 1));
+        size_t take = (size_t)(span < n - done ? span : n - done);
+        take = take < RING_SIZE - off ? take : RING_SIZE - off;
+        memcpy(r->data + off, src, take);
+        done += take;
+        at += take;
+    }
+    atomic_store_explicit(&r->tail, tail + n, memory_order_release);
+}
+
+/* Under send_lock: the frame into c's out ring. A frame that fits is
+ * committed whole, so a writer killed while copying leaves nothing; a
+ * longer one streams through in eighths of the ring, as through a pipe.
+ * Then the doorbell, only if a reader said it sleeps. */
+static int ring_send(mp_conn *c, const uint8_t *head, size_t head_len, const void *body, size_t len)
+{
+    struct ring *r = c->out;
+    uint64_t total = head_len + (uint64_t)len;
+    if (atomic_load_explicit(&c->shm->closed[c->side ^ 1], memory_order_relaxed))
+        return -EPIPE;
+    for (uint64_t at = 0; at < total;) {
+        uint64_t left = total - at, want = total <= RING_SIZE ? total : (left < RING_CHUNK ? left : RING_CHUNK);
+        int rc = ring_wait_room(c, want);
+        if (rc != 0)
+            return rc;
+        uint64_t room = ring_room(r, left), n = left < room ? left : room;
+        ring_put(r, head, head_len, body, at, n);
+        at += n;
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&r->always_ring, memory_order_relaxed) ||
+            (atomic_load_explicit(&r->reader_sleeps, memory_order_relaxed) &&
+             atomic_exchange(&r->reader_sleeps, 0))) {
+            if ((rc = doorbell_ring(c)) != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ handles */
 
 static int conn_check(mp_conn *c)
@@ -443,6 +760,8 @@ static int conn_check(mp_conn *c)
 static void conn_destroy(mp_conn *c)
 {
     c->h.magic = MAGIC_FREED;
+    if (c->shm)
+        pipe_shm_leave(c->shm, c->side);
     rmutex_destroy(&c->send_lock);
     rmutex_destroy(&c->recv_lock);
     arena_free(c);
@@ -494,16 +813,31 @@ static int conn_pair(mp_conn **a, mp_conn **b, int fds[2], bool duplex)
     return rc;
 }
 
+/* The descriptors are non-blocking: only doorbells and EOF cross them. */
 int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 {
     if (!a || !b)
         return MP_EINVAL;
+    struct pipe_shm *s = pipe_shm_new(duplex);
+    if (!s)
+        return MP_ENOMEM;
     int fds[2];
-    int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)
-                   : pipe2(fds, O_CLOEXEC);
-    if (r != 0)
-        return errno_to_mp(errno);
-    return conn_pair(a, b, fds, duplex);
+    int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds)
+                   : pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+    int rc = r == 0 ? conn_pair(a, b, fds, duplex) : errno_to_mp(errno);
+    if (rc != 0) {
+        atomic_store(&s->ends, 1);
+        pipe_shm_leave(s, 0);
+        return rc;
+    }
+    mp_conn *end[2] = { *a, *b };
+    for (uint32_t i = 0; i < 2; i++) {
+        end[i]->shm = s;
+        end[i]->side = i;
+        end[i]->in = end[i]->readable ? s->ring[i] : NULL;
+        end[i]->out = end[i]->writable ? s->ring[i ^ 1] : NULL;
+    }
+    return 0;
 }
 
 int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
@@ -517,7 +851,7 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
     int rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
-    rc = write_all(c->h.fd, c->is_socket, head, n, data, len);
+    rc = c->out ? ring_send(c, head, n, data, len) : write_all(c->h.fd, c->is_socket, head, n, data, len);
     rmutex_unlock(&c->send_lock);
     return rc == -EBADF ? MP_ECLOSED : rc;
 }
@@ -551,6 +885,8 @@ static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
  * see buffered bytes in mp_wait. */
 static int conn_read(mp_conn *c, void *dst, size_t n)
 {
+    if (c->in)
+        return ring_read(c, dst, n);
     uint32_t have = atomic_load(&c->ahead_len);
     size_t take = n < have ? n : have;
     if (n == 0)
@@ -582,17 +918,42 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
     return 0;
 }
 
-/* True when fd is a conn of this process with bytes in its read-ahead. */
-static bool fd_has_buffered(int fd)
+/* The readable conn of this process on fd, or NULL. */
+static mp_conn *conn_of_fd(int fd)
 {
-    bool found = false;
+    mp_conn *c = NULL;
     pthread_mutex_lock(&registry.lock);
-    for (size_t i = 0; i < registry.n && !found; i++) {
+    for (size_t i = 0; i < registry.n && !c; i++) {
         struct fdhandle *h = registry.items[i];
-        found = h->fd == fd && h->magic == MAGIC_CONN && atomic_load(&((mp_conn *)h)->ahead_len) > 0;
+        if (h->fd == fd && h->magic == MAGIC_CONN && ((mp_conn *)h)->readable)
+            c = (mp_conn *)h;
     }
     pthread_mutex_unlock(&registry.lock);
-    return found;
+    return c;
+}
+
+/* Before mp_wait sleeps: true when fd is a conn of this process with a
+ * message already here (read-ahead or ring). A ring end that has none
+ * raises its reader flag first, so a send while we sleep rings the fd. */
+static bool fd_has_buffered(int fd)
+{
+    mp_conn *c = conn_of_fd(fd);
+    if (!c)
+        return false;
+    if (!c->in)
+        return atomic_load(&c->ahead_len) > 0;
+    atomic_store(&c->in->reader_sleeps, 1);
+    return c->has_pending || ring_has_data(c->in);
+}
+
+/* After poll() said fd is readable: a ring end is ready only with data or
+ * at EOF, not for a stale doorbell (which this drains). */
+static bool fd_really_ready(int fd)
+{
+    mp_conn *c = conn_of_fd(fd);
+    if (!c || !c->in)
+        return true;
+    return doorbell_drain(c) != 0 || ring_has_data(c->in);
 }
 
 /* Takes recv_lock and learns the length of the next message, reading its
@@ -649,6 +1010,20 @@ int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
     return recv_end(c, read_body(&src, out, (size_t)n));
 }
 
+/* A ring end is ready with data in the ring or at EOF; doorbells alone are not. */
+static int ring_poll(mp_conn *c, const mp_deadline *d)
+{
+    for (;;) {
+        if (ring_has_data(c->in))
+            return 1;
+        int rc = doorbell_wait(c, d);
+        if (rc == MP_EEOF || ring_has_data(c->in))
+            return 1;
+        if (rc != 0)
+            return rc == MP_ETIMEDOUT ? 0 : rc;
+    }
+}
+
 int mp_conn_poll(mp_conn *c, double timeout)
 {
     if (conn_check(c) != 0 || !c->readable || !timeout_valid(timeout))
@@ -656,6 +1031,8 @@ int mp_conn_poll(mp_conn *c, double timeout)
     if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
+    if (c->in)
+        return ring_poll(c, &d);
     int r = fd_poll(c->h.fd, POLLIN, &d);
     return r == -EBADF ? MP_ECLOSED : r;
 }
@@ -689,6 +1066,28 @@ static size_t take_buffered(struct pollfd *p, size_t n)
     return buffered;
 }
 
+/* One poll of fds, at most RING_SLICE (rings are rechecked that often):
+ * the count ready, 0, or -errno. Ready entries have revents set, or fd -1
+ * for conns with a message buffered. */
+static int wait_once(struct pollfd *p, const int *fds, size_t n, const mp_deadline *d)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+    size_t buffered = take_buffered(p, n);
+    double left = buffered ? 0 : deadline_left(d);
+    mp_deadline slice = deadline_in(left < RING_SLICE ? left : RING_SLICE);
+    int rc = poll_all(p, n, &slice);
+    if (rc < 0)
+        return rc;
+    rc = (int)buffered;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i].fd >= 0 && p[i].revents && !fd_really_ready(p[i].fd))
+            p[i].revents = 0;
+        rc += p[i].fd >= 0 && p[i].revents;
+    }
+    return rc;
+}
+
 int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
 {
     if ((!fds && n) || !timeout_valid(timeout) || n > INT_MAX)
@@ -699,13 +1098,11 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
     struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
     if (n && !p)
         return MP_ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
-    size_t buffered = take_buffered(p, n);
-    mp_deadline d = deadline_in(buffered ? 0 : timeout);
-    int rc = poll_all(p, n, &d);
-    if (rc >= 0)
-        rc += (int)buffered;
+    mp_deadline d = deadline_in(timeout);
+    int rc;
+    do {
+        rc = wait_once(p, fds, n, &d);
+    } while (rc == 0 && !deadline_passed(&d));
     for (size_t i = 0; ready && i < n; i++)
         ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);
