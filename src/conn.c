@@ -28,7 +28,7 @@
 #define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
 #define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
-#define RING_SIZE ((uint64_t)256 << 10)       /* bytes per direction of mp_pipe; a power of two */
+#define RING_SIZE ((uint64_t)PIPE_RING_SIZE)
 #define RING_CHUNK (RING_SIZE / 8)            /* a longer frame streams once this much is free */
 #define RING_SLICE 0.1                        /* s: a sleeper on a ring rechecks this often */
 #define SPIN_MAX_NS 50000                     /* adaptive spin on a ring, as in queue.c */
