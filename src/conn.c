@@ -497,7 +497,10 @@ static bool spin_until(bool (*ready)(void *), void *arg)
             budget = budget * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2;
             return true;
         }
-        cpu_relax();
+        if (i & 1)
+            sched_yield();         /* the peer may need this very CPU */
+        else
+            cpu_relax();
         if ((i & 31) == 0 && now_ns() - start > budget) {
             budget = budget / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : budget / 2;
             return false;
