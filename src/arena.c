@@ -275,6 +275,50 @@ void arena_free(void *p)
     rmutex_unlock(&h->lock);
 }
 
+/* The ranges this process has mapped in already: populating a range whose
+ * pages are all mapped still walks every page table entry (about 1 ms for
+ * 64 MiB here), and a producer reusing freed blocks would pay it per item.
+ * A fork child starts empty (its page tables start empty for the arena). */
+static struct {
+    pthread_mutex_t lock;
+    pid_t pid;
+    uintptr_t start[8];
+    size_t len[8];
+    unsigned next;
+} prefaulted = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static bool prefault_seen(uintptr_t start, size_t len)
+{
+    bool seen = false;
+    pthread_mutex_lock(&prefaulted.lock);
+    if (prefaulted.pid != getpid()) {
+        memset(prefaulted.start, 0, sizeof prefaulted.start);
+        prefaulted.pid = getpid();
+    }
+    for (unsigned i = 0; i < 8 && !seen; i++)
+        seen = prefaulted.start[i] == start && prefaulted.len[i] >= len;
+    if (!seen) {
+        prefaulted.start[prefaulted.next] = start;
+        prefaulted.len[prefaulted.next] = len;
+        prefaulted.next = (prefaulted.next + 1) % 8;
+    }
+    pthread_mutex_unlock(&prefaulted.lock);
+    return seen;
+}
+
+void arena_prefault(void *p, size_t n, bool write)
+{
+#if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    uintptr_t start = (uintptr_t)p & ~(uintptr_t)4095, end = (uintptr_t)p + n;
+    /* Blocks from HUGE_CLASS give their pages back when freed: never cached. */
+    bool huge = n >= ((size_t)1 << HUGE_CLASS) - BLOCK_HEADER;
+    if (n && arena_contains(p, n) && (huge || !prefault_seen(start, end - start)))
+        madvise((void *)start, end - start, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+#else
+    (void)p, (void)n, (void)write;
+#endif
+}
+
 void *mp_shared_alloc(size_t size)
 {
     return arena_alloc(size);

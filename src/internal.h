@@ -44,6 +44,9 @@ enum {
  * use. NULL when size is 0 or too large, or the arena cannot be made. */
 void *arena_alloc(size_t size);
 void *arena_alloc_nozero(size_t size);    /* big message buffers: no memset */
+/* Maps every page of [p, p+n) into this process in one call, so a big copy
+ * does not take a page fault per 4 KiB (a no-op where the kernel cannot). */
+void arena_prefault(void *p, size_t n, bool write);
 void arena_free(void *p);
 bool arena_contains(const void *p, size_t len);
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
@@ -89,6 +92,17 @@ int rmutex_unlock(rmutex *m);                        /* MP_EINVAL if not owner *
 int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -EDEADLK (ours) */
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
+
+/* ------------------------------------------------------------------ tid lock */
+
+/* A lighter robust lock for hot paths (the queue): one CAS to take, one
+ * store to give back. The word is the owner's tid; a waiter that has slept a
+ * slice checks that the owner lives and takes a dead owner's lock over
+ * (MP_EOWNERDEAD: held, repair what it guarded). Zero-initialised = free.
+ * No timeout: hold it only briefly. */
+typedef struct { _Atomic uint32_t word; } tlock;
+int tlock_lock(tlock *l);        /* 0, MP_EOWNERDEAD, -EDEADLK (already ours) */
+void tlock_unlock(tlock *l);
 
 /* ------------------------------------------------------------------ functions across exec */
 

@@ -27,6 +27,7 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 2000
+#define PREFAULT_MIN ((size_t)1 << 20) /* big items from here map their pages in one call */
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
  * a producer knows how much room is left. */
@@ -50,7 +51,7 @@ struct journal {
 };
 
 struct side {
-    rmutex lock;
+    tlock lock;
     struct seg *seg;          /* producers: the tail segment; consumers: the head one */
     uint64_t cached;          /* producers: gets last seen; consumers: puts last seen */
     uint64_t cached_head;     /* producers: seg->head last seen */
@@ -188,11 +189,12 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *)
     return futex_wait(&w->word, v | 1, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
-/* Wakes every sleeper: those that find nothing to do sleep again. */
+/* Wakes every sleeper: those that find nothing to do sleep again. The fence
+ * orders the caller's commit before the look at the flag (see wait_until). */
 static void wake(struct waitword *w)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    uint32_t v = atomic_load(&w->word);
+    uint32_t v = atomic_load_explicit(&w->word, memory_order_relaxed);
     if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
         futex_wake(&w->word, INT_MAX);
 }
@@ -236,8 +238,7 @@ static void get_repair(mp_queue *q)
 
 static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *))
 {
-    mp_deadline forever = deadline_in(MP_FOREVER);
-    int rc = rmutex_lock(&s->lock, &forever);
+    int rc = tlock_lock(&s->lock);
     if (rc == MP_EOWNERDEAD) {
         repair(q);
         rc = 0;
@@ -327,6 +328,8 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
         big = arena_alloc_nozero(len);
         if (!big)
             return MP_ENOMEM;
+        if (len >= PREFAULT_MIN)
+            arena_prefault(big, len, true);
         memcpy(big, data, len);
     }
     mp_deadline d = deadline_in(timeout);
@@ -341,7 +344,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
             rc = MP_EFULL;
         else
             rc = put_locked(q, data, len, big);
-        rmutex_unlock(&q->put.lock);
+        tlock_unlock(&q->put.lock);
         if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
             break;
     }
@@ -407,8 +410,11 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             return MP_ETOOBIG;
     }
     void *src = is_big ? (void *)(uintptr_t)*ring_word(s, head + 8) : NULL;
-    if (is_big && n)
+    if (is_big && n) {
+        if (n >= PREFAULT_MIN)
+            arena_prefault(src, n, false);
         memcpy(buf, src, n);
+    }
     else
         ring_read(s, head + REC_HEADER, buf, n);
     hook("get_copied");
@@ -437,7 +443,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             rc = get_locked(q, buf, cap, len, out, &big);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
-        rmutex_unlock(&q->get.lock);
+        tlock_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
     }
@@ -527,12 +533,6 @@ int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
     struct seg *s = seg_new(SEG_MIN_CLASS);
     if (!q || !s)
         goto fail;
-    if (rmutex_init(&q->put.lock) != 0)
-        goto fail;
-    if (rmutex_init(&q->get.lock) != 0) {
-        rmutex_destroy(&q->put.lock);
-        goto fail;
-    }
     q->put.seg = q->get.seg = s;
     q->maxsize = o ? o->maxsize : 0;
     q->creator = getpid();
@@ -554,7 +554,7 @@ int mp_queue_shutdown(mp_queue *q)
     if (rc != 0)
         return rc;
     atomic_store(&q->closed, 1);
-    rmutex_unlock(&q->put.lock);
+    tlock_unlock(&q->put.lock);
     atomic_fetch_add(&q->not_empty.word, 2);
     futex_wake(&q->not_empty.word, INT_MAX);
     atomic_fetch_add(&q->not_full.word, 2);
@@ -605,9 +605,9 @@ bool mp__queue_valid(mp_queue *q)
     bool ok = lock_side(q, &q->get, get_repair) == 0;
     if (ok) {
         ok = walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets);
-        rmutex_unlock(&q->get.lock);
+        tlock_unlock(&q->get.lock);
     }
-    rmutex_unlock(&q->put.lock);
+    tlock_unlock(&q->put.lock);
     return ok;
 }
 
@@ -618,7 +618,5 @@ void mp_queue_free(mp_queue *q)
         return;
     q->magic = MAGIC_FREED;
     walk_records(q, true);
-    rmutex_destroy(&q->put.lock);
-    rmutex_destroy(&q->get.lock);
     arena_free(q);
 }

@@ -1,10 +1,11 @@
-/* test_core.c - error names, mp_buf, the shared arena, fnref.
- * MPROC_WHITEBOX: links the static library to reach fnref (internal.h). */
+/* test_core.c - error names, mp_buf, the shared arena, fnref, tlock.
+ * MPROC_WHITEBOX: links the static library to reach fnref and tlock (internal.h). */
 #include "testutil.h"
 
 #include "internal.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -169,6 +170,117 @@ static void test_fnref_refuses_what_is_not_in_a_loaded_object(void **state)
     assert_null(fnref_resolve(NULL));
 }
 
+/* ------------------------------------------------------------------ tlock */
+
+static void test_tlock_is_free_when_zeroed_and_refuses_its_own_holder(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    assert_non_null(l);
+    TU_OK(tlock_lock(l));
+    TU_ASSERT_RC(tlock_lock(l), -EDEADLK);
+    tlock_unlock(l);
+    TU_OK(tlock_lock(l));
+    tlock_unlock(l);
+    arena_free(l);
+}
+
+struct tlock_counter {
+    tlock lock;
+    uint64_t n;               /* guarded by lock, bumped non-atomically */
+};
+
+static int bump_many(void *arg)
+{
+    struct tlock_counter *c = arg;
+    for (int i = 0; i < 200000; i++) {
+        if (tlock_lock(&c->lock) != 0)
+            return 1;
+        c->n++;
+        tlock_unlock(&c->lock);
+    }
+    return 0;
+}
+
+static void *bump_many_thread(void *arg)
+{
+    return (void *)(intptr_t)bump_many(arg);
+}
+
+static void test_tlock_excludes_threads_and_processes(void **state)
+{
+    (void)state;
+    struct tlock_counter *c = arena_alloc(sizeof *c);
+    pid_t kids[2] = { tu_fork(bump_many, c), tu_fork(bump_many, c) };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, bump_many_thread, c), 0);
+    assert_int_equal(bump_many(c), 0);
+    void *ret;
+    pthread_join(t, &ret);
+    assert_null(ret);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(tu_wait(kids[i], 60), 0);
+    assert_int_equal(c->n, 4 * 200000);
+    arena_free(c);
+}
+
+static int lock_and_die(void *arg)
+{
+    tlock_lock(arg);
+    raise(SIGKILL);
+    return 0;
+}
+
+/* The holder is killed and left a zombie (not reaped): the next locker is
+ * told at once the owner died, within a few slices, and the lock works on. */
+static void test_tlock_passes_a_dead_holders_lock_on_with_eownerdead(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    pid_t pid = tu_fork(lock_and_die, l);
+    while (tu_proc_state(pid) != 'Z')
+        usleep(1000);
+    double t0 = tu_now();
+    TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
+    assert_true(tu_now() - t0 < 5 * tu_slow());
+    tlock_unlock(l);
+    TU_OK(tlock_lock(l));
+    tlock_unlock(l);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    arena_free(l);
+}
+
+struct holder {
+    tlock *l;
+    _Atomic int held;
+};
+
+static void *hold_for_100ms(void *arg)
+{
+    struct holder *h = arg;
+    TU_OK(tlock_lock(h->l));
+    atomic_store(&h->held, 1);
+    usleep(100000);           /* many of the waiter's slices */
+    tlock_unlock(h->l);
+    return NULL;
+}
+
+/* A waiter that sleeps past its slices finds the owner alive and keeps
+ * waiting: a slow holder is never taken for a dead one. */
+static void test_tlock_waits_out_a_slow_live_holder(void **state)
+{
+    (void)state;
+    struct holder h = { arena_alloc(sizeof(tlock)), 0 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, hold_for_100ms, &h), 0);
+    while (!atomic_load(&h.held))
+        usleep(1000);
+    TU_OK(tlock_lock(h.l));
+    tlock_unlock(h.l);
+    pthread_join(t, NULL);
+    arena_free(h.l);
+}
+
 int main(void)
 {
     tu_watchdog(60);
@@ -182,6 +294,10 @@ int main(void)
         cmocka_unit_test(test_buf_reserve_keeps_contents_and_refuses_null),
         cmocka_unit_test(test_shared_alloc_is_zeroed_and_shared_with_children),
         cmocka_unit_test(test_shared_alloc_big_block),
+        cmocka_unit_test(test_tlock_is_free_when_zeroed_and_refuses_its_own_holder),
+        cmocka_unit_test(test_tlock_excludes_threads_and_processes),
+        cmocka_unit_test(test_tlock_passes_a_dead_holders_lock_on_with_eownerdead),
+        cmocka_unit_test(test_tlock_waits_out_a_slow_live_holder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
