@@ -45,6 +45,8 @@ struct ring {
     _Atomic uint64_t tail;              /* bytes committed */
     _Atomic uint32_t reader_sleeps;     /* a reader may be asleep in poll(): ring the doorbell */
     _Atomic uint32_t always_ring;       /* a reader crossed an exec: mp_wait there cannot arm */
+    _Atomic uint32_t torn;              /* a writer died mid-frame: the stream ends at tail */
+    uint32_t streaming;                 /* a frame longer than the ring is being written */
     uint64_t head_seen;
     _Alignas(MP_CACHELINE) _Atomic uint64_t head;   /* bytes consumed */
     _Atomic uint32_t writer_sleeps;     /* futex word: bit 0 while a writer waits for room */
@@ -533,9 +535,10 @@ static struct pipe_shm *pipe_shm_new(bool duplex)
     return s;
 }
 
+/* Something for a reader: bytes, or the end of a torn stream. */
 static bool ring_has_data(struct ring *r)
 {
-    return atomic_load(&r->tail) != atomic_load(&r->head);
+    return atomic_load(&r->tail) != atomic_load(&r->head) || atomic_load(&r->torn);
 }
 
 static bool ring_has_data_arg(void *r)
@@ -627,6 +630,8 @@ static int ring_read(mp_conn *c, void *dst, size_t n)
         uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
         if (r->tail_seen == head)
             r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (r->tail_seen == head && atomic_load(&r->torn) && atomic_load(&r->tail) == head)
+            return MP_EEOF;
         if (r->tail_seen == head) {
             if (spin_until(ring_has_data_arg, r))
                 continue;
@@ -724,33 +729,58 @@ static void ring_put(struct ring *r, const uint8_t *head, size_t head_len, const
     atomic_store_explicit(&r->tail, tail + n, memory_order_release);
 }
 
+/* After a commit: the doorbell, only if a reader said it sleeps (or
+ * sleeps where it cannot say so). */
+static int ring_notify(mp_conn *c, struct ring *r)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&r->always_ring, memory_order_relaxed) ||
+        (atomic_load_explicit(&r->reader_sleeps, memory_order_relaxed) &&
+         atomic_exchange(&r->reader_sleeps, 0)))
+        return doorbell_ring(c);
+    return 0;
+}
+
 /* Under send_lock: the frame into c's out ring. A frame that fits is
  * committed whole, so a writer killed while copying leaves nothing; a
- * longer one streams through in eighths of the ring, as through a pipe.
- * Then the doorbell, only if a reader said it sleeps. */
+ * longer one streams through in eighths of the ring, as through a pipe,
+ * and a failure halfway ends the stream (torn). */
 static int ring_send(mp_conn *c, const uint8_t *head, size_t head_len, const void *body, size_t len)
 {
     struct ring *r = c->out;
     uint64_t total = head_len + (uint64_t)len;
-    if (atomic_load_explicit(&c->shm->closed[c->side ^ 1], memory_order_relaxed))
+    if (atomic_load_explicit(&c->shm->closed[c->side ^ 1], memory_order_relaxed) ||
+        atomic_load_explicit(&r->torn, memory_order_relaxed))
         return -EPIPE;
+    r->streaming = total > RING_SIZE;
     for (uint64_t at = 0; at < total;) {
         uint64_t left = total - at, want = total <= RING_SIZE ? total : (left < RING_CHUNK ? left : RING_CHUNK);
         int rc = ring_wait_room(c, want);
-        if (rc != 0)
+        if (rc == 0) {
+            uint64_t room = ring_room(r, left), n = left < room ? left : room;
+            ring_put(r, head, head_len, body, at, n);
+            at += n;
+            rc = ring_notify(c, r);
+        }
+        if (rc != 0) {
+            if (at > 0 && at < total)
+                atomic_store(&r->torn, 1);
             return rc;
-        uint64_t room = ring_room(r, left), n = left < room ? left : room;
-        ring_put(r, head, head_len, body, at, n);
-        at += n;
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&r->always_ring, memory_order_relaxed) ||
-            (atomic_load_explicit(&r->reader_sleeps, memory_order_relaxed) &&
-             atomic_exchange(&r->reader_sleeps, 0))) {
-            if ((rc = doorbell_ring(c)) != 0)
-                return rc;
         }
     }
+    r->streaming = 0;
     return 0;
+}
+
+/* The send lock came from a writer that died: if it was streaming a frame,
+ * part of it may be read already and nothing can follow it. The stream
+ * ends there: readers get MP_EEOF after the last byte, writers -EPIPE. */
+static void ring_take_over(mp_conn *c)
+{
+    if (!c->out->streaming)
+        return;
+    atomic_store(&c->out->torn, 1);
+    doorbell_ring(c);
 }
 
 /* ------------------------------------------------------------------ handles */
@@ -854,6 +884,8 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
     int rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
+    if (rc == MP_EOWNERDEAD && c->out)
+        ring_take_over(c);
     rc = c->out ? ring_send(c, head, n, data, len) : write_all(c->h.fd, c->is_socket, head, n, data, len);
     rmutex_unlock(&c->send_lock);
     return rc == -EBADF ? MP_ECLOSED : rc;

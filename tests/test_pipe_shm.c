@@ -149,6 +149,32 @@ static void test_writer_killed_mid_long_message_gives_reader_eeof(void **state)
     }
 }
 
+/* Another writer of the same end is left: the reader may already hold the
+ * first part of the torn frame, so nothing may follow it. */
+static void test_stream_torn_by_a_killed_writer_ends_for_every_holder(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));
+    pid_t pid = tu_fork(child_sends_8mib, b);
+    assert_true(tu_wait_for(sleeps, &pid, 10 * tu_slow()));
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), -SIGKILL);
+    TU_ASSERT_RC(mp_conn_send_bytes(b, "next", 4), -EPIPE);   /* we still hold b */
+    TU_ASSERT_RC(mp_conn_send_bytes(b, "next", 4), -EPIPE);
+    mp_buf in = { 0 };
+    TU_ASSERT_RC(mp_conn_recv_buf(a, &in, 0), MP_EEOF);
+    assert_int_equal(mp_conn_poll(a, 0), 1);
+    int fd = mp_conn_fileno(a);
+    assert_int_equal(mp_wait(&fd, 1, NULL, 0), 1);
+    TU_OK(mp_conn_send_bytes(a, "back", 4));                   /* the other way is whole */
+    TU_OK(mp_conn_recv_buf(b, &in, 0));
+    assert_memory_equal(in.data, "back", 4);
+    mp_buf_free(&in);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 static int child_sends_1000(void *arg)
 {
     send_numbered(arg, 1, 1000);
@@ -397,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_messages_of_every_size_arrive_in_order_one_way),
         cmocka_unit_test(test_reader_drains_the_ring_before_eof),
         cmocka_unit_test(test_writer_killed_mid_long_message_gives_reader_eeof),
+        cmocka_unit_test(test_stream_torn_by_a_killed_writer_ends_for_every_holder),
         cmocka_unit_test(test_writer_killed_waiting_for_room_leaves_no_bytes),
         cmocka_unit_test(test_send_to_a_reader_gone_is_epipe),
         cmocka_unit_test(test_doorbell_rings_only_for_a_sleeping_reader),
