@@ -269,6 +269,32 @@ static void test_doorbell_rings_only_for_a_sleeping_reader(void **state)
     mp_conn_close(b);
 }
 
+static int child_prepares_an_exec(void *arg)
+{
+    (void)arg;
+    conn_keep_across_exec();                        /* what spawn does before exec */
+    return 0;
+}
+
+/* Past an exec the reader is in no registry of ours, so mp_wait there
+ * cannot raise its flag: its writers ring for every message. */
+static void test_reader_past_an_exec_gets_a_doorbell_for_every_message(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, false));
+    assert_int_equal(tu_wait(tu_fork(child_prepares_an_exec, NULL), 10 * tu_slow()), 0);
+    struct pollfd p = { .fd = mp_conn_fileno(a), .events = POLLIN };
+    TU_OK(mp_conn_send_bytes(b, "one", 3));
+    assert_int_equal(poll(&p, 1, 0), 1);            /* nobody slept, yet the doorbell */
+    mp_buf in = { 0 };
+    TU_OK(mp_conn_recv_buf(a, &in, 0));
+    assert_memory_equal(in.data, "one", 3);
+    mp_buf_free(&in);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 struct late { mp_conn *c; pid_t waiter; };
 
 static int child_sends_once_parent_sleeps(void *arg)
@@ -427,6 +453,7 @@ int main(void)
         cmocka_unit_test(test_writer_killed_waiting_for_room_leaves_no_bytes),
         cmocka_unit_test(test_send_to_a_reader_gone_is_epipe),
         cmocka_unit_test(test_doorbell_rings_only_for_a_sleeping_reader),
+        cmocka_unit_test(test_reader_past_an_exec_gets_a_doorbell_for_every_message),
         cmocka_unit_test(test_wait_and_poll_wake_on_a_message_sent_while_they_sleep),
         cmocka_unit_test(test_duplex_pipe_carries_both_directions_at_once),
         cmocka_unit_test(test_forked_child_holding_both_ends_uses_them_and_frees_nothing),
