@@ -969,14 +969,16 @@ static mp_conn *conn_of_fd(int fd)
 
 /* Before mp_wait sleeps: true when fd is a conn of this process with a
  * message already here (read-ahead or ring). A ring end that has none
- * raises its reader flag first, so a send while we sleep rings the fd. */
-static bool fd_has_buffered(int fd)
+ * raises its reader flag first, so a send while we sleep rings the fd,
+ * and sets *ring. */
+static bool fd_has_buffered(int fd, bool *ring)
 {
     mp_conn *c = conn_of_fd(fd);
     if (!c)
         return false;
     if (!c->in)
         return atomic_load(&c->ahead_len) > 0;
+    *ring = true;
     atomic_store(&c->in->reader_sleeps, 1);
     return c->has_pending || ring_has_data(c->in);
 }
@@ -1089,11 +1091,11 @@ void mp_conn_close(mp_conn *c)
 
 /* Conns with bytes in their read-ahead are ready whatever poll says: their
  * entries are switched off (fd -1) and counted. */
-static size_t take_buffered(struct pollfd *p, size_t n)
+static size_t take_buffered(struct pollfd *p, size_t n, bool *rings)
 {
     size_t buffered = 0;
     for (size_t i = 0; i < n; i++) {
-        if (fd_has_buffered(p[i].fd)) {
+        if (fd_has_buffered(p[i].fd, rings)) {
             p[i].fd = -1;
             buffered++;
         }
@@ -1101,16 +1103,17 @@ static size_t take_buffered(struct pollfd *p, size_t n)
     return buffered;
 }
 
-/* One poll of fds, at most RING_SLICE (rings are rechecked that often):
+/* One poll of fds, at most RING_SLICE if a ring end is among them:
  * the count ready, 0, or -errno. Ready entries have revents set, or fd -1
  * for conns with a message buffered. */
 static int wait_once(struct pollfd *p, const int *fds, size_t n, const mp_deadline *d)
 {
     for (size_t i = 0; i < n; i++)
         p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
-    size_t buffered = take_buffered(p, n);
+    bool rings = false;
+    size_t buffered = take_buffered(p, n, &rings);
     double left = buffered ? 0 : deadline_left(d);
-    mp_deadline slice = deadline_in(left < RING_SLICE ? left : RING_SLICE);
+    mp_deadline slice = deadline_in(rings && left > RING_SLICE ? RING_SLICE : left);
     int rc = poll_all(p, n, &slice);
     if (rc < 0)
         return rc;
