@@ -79,6 +79,9 @@ struct mp_conn {
     struct pipe_shm *shm;               /* NULL: frames go on the descriptor */
     struct ring *in, *out;
     uint32_t side;
+    /* The pending frame's body and end in the in ring (valid with
+     * has_pending), and where the rest of a frame whose reader died ends. */
+    uint64_t frame_body, frame_end, skip_to;
 };
 
 /* ------------------------------------------------------------------ registry */
@@ -416,26 +419,30 @@ static int source_read(const struct source *s, void *buf, size_t n)
     return s->c ? conn_read(s->c, buf, n) : fd_read_full(s->fd, buf, n, s->d);
 }
 
-/* Reads a header: -1 announces a 64-bit length, other negatives are
- * malformed. A stream that ends inside the header is MP_EEOF. */
+/* The first 4 bytes of a header: 0 and the length, 1 when -1 announces a
+ * 64-bit length in the next 8 (then header_long), MP_EPROTO for other
+ * negatives. */
+static int header_short(const uint8_t b[4], uint64_t *len)
+{
+    int32_t small = (int32_t)(uint32_t)get_be(b, 4);
+    *len = small >= 0 ? (uint64_t)small : 0;
+    return small >= 0 ? 0 : small == -1 ? 1 : MP_EPROTO;
+}
+
+static int header_long(const uint8_t b[8], uint64_t *len)
+{
+    *len = get_be(b, 8);
+    return *len > (uint64_t)PTRDIFF_MAX ? MP_ETOOBIG : 0;
+}
+
+/* Reads a header. A stream that ends inside it is MP_EEOF. */
 static int read_header(const struct source *src, uint64_t *len)
 {
     uint8_t b[8];
     int rc = source_read(src, b, 4);
-    if (rc != 0)
-        return rc;
-    int32_t small = (int32_t)(uint32_t)get_be(b, 4);
-    if (small >= 0) {
-        *len = (uint64_t)small;
-        return 0;
-    }
-    if (small != -1)
-        return MP_EPROTO;
-    rc = source_read(src, b, 8);
-    if (rc != 0)
-        return rc;
-    *len = get_be(b, 8);
-    return *len > (uint64_t)PTRDIFF_MAX ? MP_ETOOBIG : 0;
+    if (rc == 0 && (rc = header_short(b, len)) == 1 && (rc = source_read(src, b, 8)) == 0)
+        rc = header_long(b, len);
+    return rc;
 }
 
 /* Reads a body of len bytes into out, growing it only as bytes arrive. */
@@ -535,15 +542,24 @@ static struct pipe_shm *pipe_shm_new(bool duplex)
     return s;
 }
 
-/* Something for a reader: bytes, or the end of a torn stream. */
-static bool ring_has_data(struct ring *r)
+/* Something new for a reader that has seen the ring up to since: bytes,
+ * or the end of a torn stream. */
+static bool ring_moved(struct ring *r, uint64_t since)
 {
-    return atomic_load(&r->tail) != atomic_load(&r->head) || atomic_load(&r->torn);
+    return atomic_load(&r->tail) != since || atomic_load(&r->torn);
 }
 
-static bool ring_has_data_arg(void *r)
+static bool ring_has_data(struct ring *r)
 {
-    return ring_has_data(r);
+    return ring_moved(r, atomic_load(&r->head));
+}
+
+struct ring_since { struct ring *r; uint64_t since; };
+
+static bool ring_moved_arg(void *arg)
+{
+    struct ring_since *w = arg;
+    return ring_moved(w->r, w->since);
 }
 
 /* Wakes the writers of r waiting for room (the futex word's bit 0). */
@@ -601,15 +617,16 @@ static int doorbell_drain(mp_conn *c)
     }
 }
 
-/* One sleep of a reader on c's descriptor, at most RING_SLICE (so a doorbell
- * another waiter drained costs a delay, never a hang): 0 (recheck the
- * ring), MP_EEOF, MP_ETIMEDOUT once d passed (NULL: forever), or an error.
- * The flag is raised before the last look at the ring and writers look at
- * it after their commit (Dekker, seq_cst), so no message is slept through. */
-static int doorbell_wait(mp_conn *c, const mp_deadline *d)
+/* One sleep of a reader on c's descriptor until the ring moves past since,
+ * at most RING_SLICE (so a doorbell another waiter drained costs a delay,
+ * never a hang): 0 (recheck the ring), MP_EEOF, MP_ETIMEDOUT once d passed
+ * (NULL: forever), or an error. The flag is raised before the last look
+ * at the ring and writers look at it after their commit (Dekker,
+ * seq_cst), so no message is slept through. */
+static int doorbell_wait(mp_conn *c, const mp_deadline *d, uint64_t since)
 {
     atomic_store(&c->in->reader_sleeps, 1);
-    if (ring_has_data(c->in))
+    if (ring_moved(c->in, since))
         return 0;
     double left = d ? deadline_left(d) : RING_SLICE;
     mp_deadline slice = deadline_in(left < RING_SLICE ? left : RING_SLICE);
@@ -621,37 +638,70 @@ static int doorbell_wait(mp_conn *c, const mp_deadline *d)
     return d && deadline_passed(d) ? MP_ETIMEDOUT : 0;
 }
 
-/* Under recv_lock: n bytes from the ring, waiting for them; MP_EEOF when
- * the writers are all gone and fewer than n bytes are left. */
-static int ring_read(mp_conn *c, void *dst, size_t n)
+/* Under recv_lock: waits until at least need bytes follow head, and says
+ * how many; MP_EEOF when the writers are all gone (or the stream is torn)
+ * with fewer left. */
+static int ring_wait_bytes(mp_conn *c, uint64_t need, uint64_t *avail)
+{
+    struct ring *r = c->in;
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    for (;;) {
+        if (r->tail_seen - head < need)
+            r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (r->tail_seen - head >= need) {
+            *avail = r->tail_seen - head;
+            return 0;
+        }
+        if (atomic_load(&r->torn) && atomic_load(&r->tail) == r->tail_seen)
+            return MP_EEOF;
+        struct ring_since w = { r, r->tail_seen };
+        if (spin_until(ring_moved_arg, &w))
+            continue;
+        int rc = doorbell_wait(c, NULL, w.since);
+        if (rc != 0 && !(rc == MP_EEOF && ring_moved(r, w.since)))
+            return rc;
+    }
+}
+
+static void ring_copy_out(struct ring *r, uint64_t at, void *dst, size_t n)
+{
+    size_t off = (size_t)(at & (RING_SIZE - 1)), first = RING_SIZE - off;
+    first = n < first ? n : first;
+    memcpy(dst, r->data + off, first);
+    memcpy((char *)dst + first, r->data, n - first);
+}
+
+/* Under recv_lock: n bytes from the ring into dst (NULL: dropped), waiting
+ * for them. */
+static int ring_read(mp_conn *c, void *dst, uint64_t n)
 {
     struct ring *r = c->in;
     while (n > 0) {
+        uint64_t avail;
+        int rc = ring_wait_bytes(c, 1, &avail);
+        if (rc != 0)
+            return rc;
         uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-        if (r->tail_seen == head)
-            r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
-        if (r->tail_seen == head && atomic_load(&r->torn) && atomic_load(&r->tail) == head)
-            return MP_EEOF;
-        if (r->tail_seen == head) {
-            if (spin_until(ring_has_data_arg, r))
-                continue;
-            int rc = doorbell_wait(c, NULL);
-            if (rc != 0 && !(rc == MP_EEOF && ring_has_data(r)))
-                return rc;
-            continue;
+        size_t take = (size_t)(n < avail ? n : avail);
+        if (dst) {
+            ring_copy_out(r, head, dst, take);
+            dst = (char *)dst + take;
         }
-        uint64_t avail = r->tail_seen - head;
-        size_t take = n < avail ? n : (size_t)avail;
-        size_t off = (size_t)(head & (RING_SIZE - 1)), first = RING_SIZE - off;
-        first = take < first ? take : first;
-        memcpy(dst, r->data + off, first);
-        memcpy((char *)dst + first, r->data, take - first);
         atomic_store_explicit(&r->head, head + take, memory_order_release);
         ring_wake_writers(r);
-        dst = (char *)dst + take;
         n -= take;
     }
     return 0;
+}
+
+/* Under recv_lock: n bytes at head, left in the ring. */
+static int ring_peek(mp_conn *c, void *dst, size_t n)
+{
+    uint64_t avail;
+    int rc = ring_wait_bytes(c, n, &avail);
+    if (rc == 0)
+        ring_copy_out(c->in, atomic_load_explicit(&c->in->head, memory_order_relaxed), dst, n);
+    return rc;
 }
 
 /* The room left in r as a writer sees it (under send_lock): head is looked
@@ -993,6 +1043,48 @@ static bool fd_really_ready(int fd)
     return doorbell_drain(c) != 0 || ring_has_data(c->in);
 }
 
+/* Under recv_lock, a ring end: makes the next frame pending. Its body and
+ * end are recorded before head moves past its header, so wherever a reader
+ * dies in the frame, the next one can repair (ring_repair). First drops
+ * what is left of a frame whose reader died. */
+static int ring_begin_frame(mp_conn *c)
+{
+    uint64_t head = atomic_load_explicit(&c->in->head, memory_order_relaxed), len;
+    int rc = head < c->skip_to ? ring_read(c, NULL, c->skip_to - head) : 0;
+    uint8_t b[FRAME_HEADER_MAX];
+    size_t header = 4;
+    if (rc == 0 && (rc = ring_peek(c, b, 4)) == 0 && (rc = header_short(b, &len)) == 1) {
+        header = 12;
+        if ((rc = ring_peek(c, b, 12)) == 0)
+            rc = header_long(b + 4, &len);
+    }
+    if (rc != 0)
+        return rc;
+    head = atomic_load_explicit(&c->in->head, memory_order_relaxed);
+    c->pending_len = len;
+    c->frame_body = head + header;
+    c->frame_end = c->frame_body + len;
+    atomic_store(&c->has_pending, true);
+    return ring_read(c, NULL, header);
+}
+
+/* The recv lock came from a reader that died inside a pending frame: if it
+ * had not passed the header, the frame stays pending, whole; if it had
+ * begun the body, that frame is its (lost) and the rest of it is dropped
+ * as it arrives. Every other frame is delivered once, in order. */
+static void ring_repair(mp_conn *c)
+{
+    uint64_t head = atomic_load_explicit(&c->in->head, memory_order_relaxed);
+    if (!c->has_pending || head == c->frame_body)
+        return;
+    if (head < c->frame_body) {
+        ring_read(c, NULL, c->frame_body - head);   /* peeked: already in the ring */
+        return;
+    }
+    c->skip_to = c->frame_end;
+    c->has_pending = false;
+}
+
 /* Takes recv_lock and learns the length of the next message, reading its
  * header unless an earlier call left it pending. On success the lock is
  * held; the caller ends with recv_end. */
@@ -1003,8 +1095,12 @@ static int recv_begin(mp_conn *c, uint64_t *len)
     int rc = rmutex_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
+    if (rc == MP_EOWNERDEAD && c->in)
+        ring_repair(c);
     rc = 0;
-    if (!c->has_pending) {
+    if (!c->has_pending && c->in) {
+        rc = ring_begin_frame(c);
+    } else if (!c->has_pending) {
         struct source src = { c->h.fd, c, NULL };
         rc = read_header(&src, &c->pending_len);
         c->has_pending = rc == 0;
@@ -1021,6 +1117,17 @@ static int recv_end(mp_conn *c, int rc)
     return rc;
 }
 
+/* The pending frame's body was read, or failed halfway (a ring end then
+ * drops the rest as it arrives). Pending until here, so a reader that dies
+ * halfway leaves the frame for ring_repair. */
+static int recv_done(mp_conn *c, int rc)
+{
+    if (rc != 0 && c->in)
+        c->skip_to = c->frame_end;
+    c->has_pending = false;
+    return recv_end(c, rc);
+}
+
 int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
 {
     uint64_t n;
@@ -1030,8 +1137,7 @@ int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
     *len = (size_t)n;
     if (n > cap)
         return recv_end(c, MP_ETOOBIG);     /* the message stays pending for a bigger buffer */
-    c->has_pending = false;
-    return recv_end(c, conn_read(c, buf, (size_t)n));
+    return recv_done(c, conn_read(c, buf, (size_t)n));
 }
 
 int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
@@ -1042,18 +1148,18 @@ int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
         return rc;
     if (maxlen && n > maxlen)
         return recv_end(c, MP_ETOOBIG);     /* pending, and nothing allocated */
-    c->has_pending = false;
     struct source src = { c->h.fd, c, NULL };
-    return recv_end(c, read_body(&src, out, (size_t)n));
+    return recv_done(c, read_body(&src, out, (size_t)n));
 }
 
 /* A ring end is ready with data in the ring or at EOF; doorbells alone are not. */
 static int ring_poll(mp_conn *c, const mp_deadline *d)
 {
     for (;;) {
-        if (ring_has_data(c->in))
+        uint64_t head = atomic_load(&c->in->head);
+        if (ring_moved(c->in, head))
             return 1;
-        int rc = doorbell_wait(c, d);
+        int rc = doorbell_wait(c, d, head);
         if (rc == MP_EEOF || ring_has_data(c->in))
             return 1;
         if (rc != 0)

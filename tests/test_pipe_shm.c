@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define MIB ((size_t)1 << 20)
@@ -173,6 +174,49 @@ static void test_stream_torn_by_a_killed_writer_ends_for_every_holder(void **sta
     mp_buf_free(&in);
     mp_conn_close(a);
     mp_conn_close(b);
+}
+
+static void die_at_once(int sig)
+{
+    (void)sig;
+    raise(SIGKILL);
+}
+
+/* Receives into a buffer whose second half is not mapped: the copy faults
+ * there, and the reader dies with the receive lock held, mid-body. */
+static int child_dies_reading(void *arg)
+{
+    struct sigaction sa = { .sa_handler = die_at_once };
+    sigaction(SIGSEGV, &sa, NULL);
+    char *trap = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (trap == MAP_FAILED || mprotect(trap + 2 * MIB, 6 * MIB, PROT_NONE) != 0)
+        return 1;
+    size_t len;
+    mp_conn_recv_bytes(arg, trap, 8 * MIB, &len);
+    return 2;
+}
+
+static int child_sends_long_then_short(void *arg)
+{
+    return send_numbered(arg, 1, 6 * MIB) == 0 && send_numbered(arg, 2, 100) == 0 ? 0 : 1;
+}
+
+static void test_reader_killed_mid_message_loses_only_that_message(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, false));
+    pid_t reader = tu_fork(child_dies_reading, a);
+    pid_t writer = tu_fork(child_sends_long_then_short, b);
+    mp_conn_close(b);
+    assert_int_equal(tu_wait(reader, 20 * tu_slow()), -SIGKILL);
+    mp_buf in = { 0 };
+    TU_OK(mp_conn_recv_buf(a, &in, 0));            /* the rest of message 1 is dropped */
+    assert_true(is_numbered(&in, 2, 100));
+    assert_int_equal(tu_wait(writer, 20 * tu_slow()), 0);
+    TU_ASSERT_RC(mp_conn_recv_buf(a, &in, 0), MP_EEOF);
+    mp_buf_free(&in);
+    mp_conn_close(a);
 }
 
 static int child_sends_1000(void *arg)
@@ -451,6 +495,7 @@ int main(void)
         cmocka_unit_test(test_writer_killed_mid_long_message_gives_reader_eeof),
         cmocka_unit_test(test_stream_torn_by_a_killed_writer_ends_for_every_holder),
         cmocka_unit_test(test_writer_killed_waiting_for_room_leaves_no_bytes),
+        cmocka_unit_test(test_reader_killed_mid_message_loses_only_that_message),
         cmocka_unit_test(test_send_to_a_reader_gone_is_epipe),
         cmocka_unit_test(test_doorbell_rings_only_for_a_sleeping_reader),
         cmocka_unit_test(test_reader_past_an_exec_gets_a_doorbell_for_every_message),
