@@ -802,12 +802,12 @@ static int ring_send(mp_conn *c, const uint8_t *head, size_t head_len, const voi
     if (atomic_load_explicit(&c->shm->closed[c->side ^ 1], memory_order_relaxed) ||
         atomic_load_explicit(&r->torn, memory_order_relaxed))
         return -EPIPE;
-    r->streaming = total > RING_SIZE;
     for (uint64_t at = 0; at < total;) {
-        uint64_t left = total - at, want = total <= RING_SIZE ? total : (left < RING_CHUNK ? left : RING_CHUNK);
-        int rc = ring_wait_room(c, want);
+        uint64_t left = total - at, chunk = left < RING_CHUNK ? left : RING_CHUNK;
+        int rc = ring_wait_room(c, total <= RING_SIZE ? total : chunk);
         if (rc == 0) {
             uint64_t room = ring_room(r, left), n = left < room ? left : room;
+            r->streaming = at > 0 || n < left;      /* before a commit that leaves a frame partial */
             ring_put(r, head, head_len, body, at, n);
             at += n;
             rc = ring_notify(c, r);
