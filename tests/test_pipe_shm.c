@@ -225,29 +225,39 @@ static int child_sends_1000(void *arg)
     return 1;
 }
 
-/* A frame that fits is committed whole: a writer killed before it could
- * leaves no byte of it, and its send lock is taken over. */
+static int child_sends_1mib(void *arg)
+{
+    send_numbered(arg, 1, MIB);
+    return 1;
+}
+
+/* A frame that fits is committed whole, and a long one streams only once
+ * a chunk fits: a writer killed before either leaves no byte of its
+ * frame, and its send lock is taken over (the stream is not torn). */
 static void test_writer_killed_waiting_for_room_leaves_no_bytes(void **state)
 {
     (void)state;
-    mp_conn *a, *b;
-    TU_OK(mp_pipe(&a, &b, true));
-    size_t fill = PIPE_RING_SIZE - 4 - 500;
-    TU_OK(send_numbered(b, 0, fill));
-    pid_t pid = tu_fork(child_sends_1000, b);      /* 1004 bytes do not fit */
-    assert_true(tu_wait_for(sleeps, &pid, 10 * tu_slow()));
-    kill(pid, SIGKILL);
-    assert_int_equal(tu_wait(pid, 10 * tu_slow()), -SIGKILL);
-    mp_buf in = { 0 };
-    TU_OK(mp_conn_recv_buf(a, &in, 0));
-    assert_true(is_numbered(&in, 0, fill));
-    TU_OK(send_numbered(b, 2, 300));
-    TU_OK(mp_conn_recv_buf(a, &in, 0));
-    assert_true(is_numbered(&in, 2, 300));
-    assert_int_equal(mp_conn_poll(a, 0), 0);
-    mp_buf_free(&in);
-    mp_conn_close(a);
-    mp_conn_close(b);
+    int (*senders[])(void *) = { child_sends_1000, child_sends_1mib };
+    for (int i = 0; i < 2; i++) {
+        mp_conn *a, *b;
+        TU_OK(mp_pipe(&a, &b, true));
+        size_t fill = PIPE_RING_SIZE - 4 - 500;
+        TU_OK(send_numbered(b, 0, fill));
+        pid_t pid = tu_fork(senders[i], b);            /* neither fits in 500 bytes */
+        assert_true(tu_wait_for(sleeps, &pid, 10 * tu_slow()));
+        kill(pid, SIGKILL);
+        assert_int_equal(tu_wait(pid, 10 * tu_slow()), -SIGKILL);
+        mp_buf in = { 0 };
+        TU_OK(mp_conn_recv_buf(a, &in, 0));
+        assert_true(is_numbered(&in, 0, fill));
+        TU_OK(send_numbered(b, 2, 300));
+        TU_OK(mp_conn_recv_buf(a, &in, 0));
+        assert_true(is_numbered(&in, 2, 300));
+        assert_int_equal(mp_conn_poll(a, 0), 0);
+        mp_buf_free(&in);
+        mp_conn_close(a);
+        mp_conn_close(b);
+    }
 }
 
 static int child_sends_8mib_without_reading(void *arg)
