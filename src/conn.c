@@ -6,6 +6,9 @@
  * fds open across exec) uses the same handle. Each process keeps a registry
  * of the handles it holds; the fork hook counts one more holder for each.
  * Sends and receives each take a robust lock so frames never interleave.
+ * The two ends of mp_pipe carry their frames through byte rings in the
+ * arena instead: the descriptor then carries only doorbells and EOF
+ * (docs/pipes.md).
  */
 #include "conn_internal.h"
 
@@ -25,8 +28,39 @@
 #define IO_CHUNK_MAX ((size_t)1 << 30)        /* Linux moves at most ~2 GiB per call */
 #define READ_AHEAD 8192                       /* bytes one read may take beyond a small message */
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
+#define RING_SIZE ((uint64_t)PIPE_RING_SIZE)
+#define RING_CHUNK (RING_SIZE / 8)            /* a longer frame streams once this much is free */
+#define RING_SLICE 0.1                        /* s: a sleeper on a ring rechecks this often */
+#define SPIN_MAX_NS 50000                     /* adaptive spin on a ring, as in queue.c */
+#define SPIN_MIN_NS 2000
 
 static const mp_deadline forever = { { 0, 0 }, true };
+
+/* One direction of a pipe made by mp_pipe: a byte ring holding exactly the
+ * frames a socket would carry. Writers (serialised by send_lock) move tail,
+ * readers (recv_lock) move head; each side's line also keeps its last look
+ * at the other's counter, so a message costs no cache miss while the ring
+ * is neither empty nor full. */
+struct ring {
+    _Atomic uint64_t tail;              /* bytes committed */
+    _Atomic uint32_t reader_sleeps;     /* a reader may be asleep in poll(): ring the doorbell */
+    _Atomic uint32_t always_ring;       /* a reader crossed an exec: mp_wait there cannot arm */
+    _Atomic uint32_t torn;              /* a writer died mid-frame: the stream ends at tail */
+    uint32_t streaming;                 /* a frame longer than the ring is being written */
+    uint64_t head_seen;
+    _Alignas(MP_CACHELINE) _Atomic uint64_t head;   /* bytes consumed */
+    _Atomic uint32_t writer_sleeps;     /* futex word: bit 0 while a writer waits for room */
+    uint64_t tail_seen;
+    _Alignas(MP_CACHELINE) uint8_t data[RING_SIZE];
+};
+
+/* What both ends of an mp_pipe share: ring[0] is read by end 0 (a),
+ * ring[1] by end 1 (b), absent for a one-way pipe. */
+struct pipe_shm {
+    _Atomic uint32_t ends;              /* ends not yet destroyed */
+    _Atomic uint32_t closed[2];         /* every holder of that end closed it */
+    struct ring *ring[2];
+};
 
 struct mp_conn {
     struct fdhandle h;
@@ -41,6 +75,13 @@ struct mp_conn {
     _Atomic uint32_t ahead_len;
     uint32_t ahead_pos;
     uint8_t ahead[READ_AHEAD];
+    /* Ends of mp_pipe: frames go through rings, the fd carries doorbells. */
+    struct pipe_shm *shm;               /* NULL: frames go on the descriptor */
+    struct ring *in, *out;
+    uint32_t side;
+    /* The pending frame's body and end in the in ring (valid with
+     * has_pending), and where the rest of a frame whose reader died ends. */
+    uint64_t frame_body, frame_end, skip_to;
 };
 
 /* ------------------------------------------------------------------ registry */
@@ -110,6 +151,16 @@ static bool registry_remove(struct fdhandle *h)
     return found;
 }
 
+/* h goes where our registry cannot follow (across an exec, to the fork
+ * server's child): never freed, and if it reads a ring, the writers ring
+ * its doorbell on every message, since mp_wait there cannot raise its flag. */
+static void mark_shared_for_good(struct fdhandle *h)
+{
+    atomic_store(&h->immortal, 1);
+    if (h->magic == MAGIC_CONN && ((mp_conn *)h)->in)
+        atomic_store(&((mp_conn *)h)->in->always_ring, 1);
+}
+
 /* Runs in a forked child just before exec: no locks, no allocation. The
  * registry is this process's copy, so nobody changes it under us. */
 void conn_keep_across_exec(void)
@@ -119,7 +170,7 @@ void conn_keep_across_exec(void)
         int flags = fcntl(h->fd, F_GETFD);
         if (flags >= 0)
             fcntl(h->fd, F_SETFD, flags & ~FD_CLOEXEC);
-        atomic_store(&h->immortal, 1);
+        mark_shared_for_good(h);
     }
 }
 
@@ -129,7 +180,7 @@ size_t conn_live_fds(int *fds, size_t cap)
     pthread_mutex_lock(&registry.lock);
     for (size_t i = 0; i < registry.n && n < cap; i++) {
         fds[n++] = registry.items[i]->fd;
-        atomic_store(&registry.items[i]->immortal, 1);
+        mark_shared_for_good(registry.items[i]);
     }
     pthread_mutex_unlock(&registry.lock);
     return n;
@@ -368,26 +419,30 @@ static int source_read(const struct source *s, void *buf, size_t n)
     return s->c ? conn_read(s->c, buf, n) : fd_read_full(s->fd, buf, n, s->d);
 }
 
-/* Reads a header: -1 announces a 64-bit length, other negatives are
- * malformed. A stream that ends inside the header is MP_EEOF. */
+/* The first 4 bytes of a header: 0 and the length, 1 when -1 announces a
+ * 64-bit length in the next 8 (then header_long), MP_EPROTO for other
+ * negatives. */
+static int header_short(const uint8_t b[4], uint64_t *len)
+{
+    int32_t small = (int32_t)(uint32_t)get_be(b, 4);
+    *len = small >= 0 ? (uint64_t)small : 0;
+    return small >= 0 ? 0 : small == -1 ? 1 : MP_EPROTO;
+}
+
+static int header_long(const uint8_t b[8], uint64_t *len)
+{
+    *len = get_be(b, 8);
+    return *len > (uint64_t)PTRDIFF_MAX ? MP_ETOOBIG : 0;
+}
+
+/* Reads a header. A stream that ends inside it is MP_EEOF. */
 static int read_header(const struct source *src, uint64_t *len)
 {
     uint8_t b[8];
     int rc = source_read(src, b, 4);
-    if (rc != 0)
-        return rc;
-    int32_t small = (int32_t)(uint32_t)get_be(b, 4);
-    if (small >= 0) {
-        *len = (uint64_t)small;
-        return 0;
-    }
-    if (small != -1)
-        return MP_EPROTO;
-    rc = source_read(src, b, 8);
-    if (rc != 0)
-        return rc;
-    *len = get_be(b, 8);
-    return *len > (uint64_t)PTRDIFF_MAX ? MP_ETOOBIG : 0;
+    if (rc == 0 && (rc = header_short(b, len)) == 1 && (rc = source_read(src, b, 8)) == 0)
+        rc = header_long(b, len);
+    return rc;
 }
 
 /* Reads a body of len bytes into out, growing it only as bytes arrive. */
@@ -433,6 +488,351 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
     return read_body(&src, out, (size_t)len);
 }
 
+/* ------------------------------------------------------------------ rings */
+
+/* Spins a few microseconds for ready(arg), the budget adapting as in
+ * queue.c; never on one CPU, where the peer needs the very CPU we spin on. */
+static bool spin_until(bool (*ready)(void *), void *arg)
+{
+    static __thread uint64_t budget = SPIN_MAX_NS;
+    static _Atomic long ncpu;
+    if (!atomic_load_explicit(&ncpu, memory_order_relaxed))
+        atomic_store_explicit(&ncpu, sysconf(_SC_NPROCESSORS_ONLN), memory_order_relaxed);
+    if (atomic_load_explicit(&ncpu, memory_order_relaxed) < 2)
+        return false;
+    uint64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (ready(arg)) {
+            budget = budget * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2;
+            return true;
+        }
+        if (i & 1)
+            sched_yield();         /* the peer may need this very CPU */
+        else
+            cpu_relax();
+        if ((i & 31) == 0 && now_ns() - start > budget) {
+            budget = budget / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : budget / 2;
+            return false;
+        }
+    }
+}
+
+static struct ring *ring_new(void)
+{
+    struct ring *r = arena_alloc_nozero(sizeof *r);
+    if (r)
+        memset(r, 0, offsetof(struct ring, data));
+    return r;
+}
+
+static struct pipe_shm *pipe_shm_new(bool duplex)
+{
+    struct pipe_shm *s = arena_alloc(sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->ends, 2);
+    s->ring[0] = ring_new();
+    s->ring[1] = duplex ? ring_new() : NULL;
+    if (!s->ring[0] || (duplex && !s->ring[1])) {
+        arena_free(s->ring[0]);
+        arena_free(s->ring[1]);
+        arena_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Something new for a reader that has seen the ring up to since: bytes,
+ * or the end of a torn stream. */
+static bool ring_moved(struct ring *r, uint64_t since)
+{
+    return atomic_load(&r->tail) != since || atomic_load(&r->torn);
+}
+
+static bool ring_has_data(struct ring *r)
+{
+    return ring_moved(r, atomic_load(&r->head));
+}
+
+struct ring_since { struct ring *r; uint64_t since; };
+
+static bool ring_moved_arg(void *arg)
+{
+    struct ring_since *w = arg;
+    return ring_moved(w->r, w->since);
+}
+
+/* Wakes the writers of r waiting for room (the futex word's bit 0). */
+static void ring_wake_writers(struct ring *r)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t v = atomic_load_explicit(&r->writer_sleeps, memory_order_relaxed);
+    if ((v & 1) && atomic_compare_exchange_strong(&r->writer_sleeps, &v, (v + 2) & ~1u))
+        futex_wake(&r->writer_sleeps, INT_MAX);
+}
+
+/* The last holder of one end is gone: writers toward it fail with -EPIPE,
+ * writers waiting for room learn it now; the last end frees the rings. */
+static void pipe_shm_leave(struct pipe_shm *s, uint32_t side)
+{
+    atomic_store(&s->closed[side], 1);
+    for (int i = 0; i < 2; i++)
+        if (s->ring[i])
+            ring_wake_writers(s->ring[i]);
+    if (atomic_fetch_sub(&s->ends, 1) == 1) {
+        arena_free(s->ring[0]);
+        arena_free(s->ring[1]);
+        arena_free(s);
+    }
+}
+
+/* One doorbell byte to the other end; a full socket already holds one. */
+static int doorbell_ring(mp_conn *c)
+{
+    uint8_t one = 1;
+    struct iovec v = { &one, 1 };
+    for (;;) {
+        if (writev_nosignal(c->h.fd, &v, 1, c->is_socket) >= 0 || errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        if (errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+}
+
+/* Takes every doorbell byte queued: 0, MP_EEOF when every holder of the
+ * other end is gone, or an error. */
+static int doorbell_drain(mp_conn *c)
+{
+    uint8_t sink[256];
+    for (;;) {
+        ssize_t got = read(c->h.fd, sink, sizeof sink);
+        if (got > 0 && (size_t)got < sizeof sink)
+            return 0;
+        if (got == 0 || (got < 0 && errno == ECONNRESET))
+            return MP_EEOF;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (got < 0 && errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+}
+
+/* One sleep of a reader on c's descriptor until the ring moves past since,
+ * at most RING_SLICE (so a doorbell another waiter drained costs a delay,
+ * never a hang): 0 (recheck the ring), MP_EEOF, MP_ETIMEDOUT once d passed
+ * (NULL: forever), or an error. The flag is raised before the last look
+ * at the ring and writers look at it after their commit (Dekker,
+ * seq_cst), so no message is slept through. */
+static int doorbell_wait(mp_conn *c, const mp_deadline *d, uint64_t since)
+{
+    atomic_store(&c->in->reader_sleeps, 1);
+    if (ring_moved(c->in, since))
+        return 0;
+    double left = d ? deadline_left(d) : RING_SLICE;
+    mp_deadline slice = deadline_in(left < RING_SLICE ? left : RING_SLICE);
+    int r = fd_poll(c->h.fd, POLLIN, &slice);
+    if (r < 0)
+        return r == -EBADF ? MP_ECLOSED : r;
+    if (r > 0)
+        return doorbell_drain(c);
+    return d && deadline_passed(d) ? MP_ETIMEDOUT : 0;
+}
+
+/* Under recv_lock: waits until at least need bytes follow head, and says
+ * how many; MP_EEOF when the writers are all gone (or the stream is torn)
+ * with fewer left. */
+static int ring_wait_bytes(mp_conn *c, uint64_t need, uint64_t *avail)
+{
+    struct ring *r = c->in;
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    for (;;) {
+        if (r->tail_seen - head < need)
+            r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (r->tail_seen - head >= need) {
+            *avail = r->tail_seen - head;
+            return 0;
+        }
+        if (atomic_load(&r->torn) && atomic_load(&r->tail) == r->tail_seen)
+            return MP_EEOF;
+        struct ring_since w = { r, r->tail_seen };
+        if (spin_until(ring_moved_arg, &w))
+            continue;
+        int rc = doorbell_wait(c, NULL, w.since);
+        if (rc != 0 && !(rc == MP_EEOF && ring_moved(r, w.since)))
+            return rc;
+    }
+}
+
+static void ring_copy_out(struct ring *r, uint64_t at, void *dst, size_t n)
+{
+    size_t off = (size_t)(at & (RING_SIZE - 1)), first = RING_SIZE - off;
+    first = n < first ? n : first;
+    memcpy(dst, r->data + off, first);
+    memcpy((char *)dst + first, r->data, n - first);
+}
+
+/* Under recv_lock: n bytes from the ring into dst (NULL: dropped), waiting
+ * for them. */
+static int ring_read(mp_conn *c, void *dst, uint64_t n)
+{
+    struct ring *r = c->in;
+    while (n > 0) {
+        uint64_t avail;
+        int rc = ring_wait_bytes(c, 1, &avail);
+        if (rc != 0)
+            return rc;
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+        size_t take = (size_t)(n < avail ? n : avail);
+        if (dst) {
+            ring_copy_out(r, head, dst, take);
+            dst = (char *)dst + take;
+        }
+        atomic_store_explicit(&r->head, head + take, memory_order_release);
+        ring_wake_writers(r);
+        n -= take;
+    }
+    return 0;
+}
+
+/* Under recv_lock: n bytes at head, left in the ring. */
+static int ring_peek(mp_conn *c, void *dst, size_t n)
+{
+    uint64_t avail;
+    int rc = ring_wait_bytes(c, n, &avail);
+    if (rc == 0)
+        ring_copy_out(c->in, atomic_load_explicit(&c->in->head, memory_order_relaxed), dst, n);
+    return rc;
+}
+
+/* The room left in r as a writer sees it (under send_lock): head is looked
+ * at again only when the last look shows less than want. */
+static uint64_t ring_room(struct ring *r, uint64_t want)
+{
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    if (RING_SIZE - (tail - r->head_seen) < want)
+        r->head_seen = atomic_load_explicit(&r->head, memory_order_acquire);
+    return RING_SIZE - (tail - r->head_seen);
+}
+
+struct room_want { struct ring *r; uint64_t n; };
+
+static bool room_ready(void *arg)
+{
+    struct room_want *w = arg;
+    return ring_room(w->r, w->n) >= w->n;
+}
+
+/* Every holder of the reading end gone: closed by all (the flag), or died
+ * (the descriptor hangs up). */
+static int ring_peer_gone(mp_conn *c)
+{
+    if (atomic_load(&c->shm->closed[c->side ^ 1]))
+        return -EPIPE;
+    struct pollfd p = { .fd = c->h.fd, .events = 0 };
+    if (poll(&p, 1, 0) < 0)
+        return 0;
+    if (p.revents & POLLNVAL)
+        return MP_ECLOSED;
+    return p.revents & (POLLHUP | POLLERR) ? -EPIPE : 0;
+}
+
+/* Under send_lock: waits until n bytes fit in c's out ring. */
+static int ring_wait_room(mp_conn *c, uint64_t n)
+{
+    struct ring *r = c->out;
+    struct room_want w = { r, n };
+    if (room_ready(&w) || spin_until(room_ready, &w))
+        return 0;
+    for (;;) {
+        uint32_t v = atomic_load(&r->writer_sleeps);
+        while (!(v & 1) && !atomic_compare_exchange_weak(&r->writer_sleeps, &v, v | 1))
+            ;
+        if (room_ready(&w))
+            return 0;
+        if (atomic_load(&c->shm->closed[c->side ^ 1]))
+            return -EPIPE;
+        mp_deadline slice = deadline_in(RING_SLICE);
+        if (futex_wait(&r->writer_sleeps, v | 1, &slice) == MP_ETIMEDOUT) {
+            int rc = ring_peer_gone(c);
+            if (rc != 0)
+                return rc;
+        }
+    }
+}
+
+/* Copies n bytes of the message (head then body) from offset at on into
+ * the ring at tail, and commits them. */
+static void ring_put(struct ring *r, const uint8_t *head, size_t head_len, const char *body,
+                     uint64_t at, uint64_t n)
+{
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    for (uint64_t done = 0; done < n;) {
+        const char *src = at < head_len ? (const char *)head + at : body + (at - head_len);
+        uint64_t span = at < head_len ? head_len - at : n - done;
+        size_t off = (size_t)((tail + done) & (RING_SIZE - 1));
+        size_t take = (size_t)(span < n - done ? span : n - done);
+        take = take < RING_SIZE - off ? take : RING_SIZE - off;
+        memcpy(r->data + off, src, take);
+        done += take;
+        at += take;
+    }
+    atomic_store_explicit(&r->tail, tail + n, memory_order_release);
+}
+
+/* After a commit: the doorbell, only if a reader said it sleeps (or
+ * sleeps where it cannot say so). */
+static int ring_notify(mp_conn *c, struct ring *r)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&r->always_ring, memory_order_relaxed) ||
+        (atomic_load_explicit(&r->reader_sleeps, memory_order_relaxed) &&
+         atomic_exchange(&r->reader_sleeps, 0)))
+        return doorbell_ring(c);
+    return 0;
+}
+
+/* Under send_lock: the frame into c's out ring. A frame that fits is
+ * committed whole, so a writer killed while copying leaves nothing; a
+ * longer one streams through in eighths of the ring, as through a pipe,
+ * and a failure halfway ends the stream (torn). */
+static int ring_send(mp_conn *c, const uint8_t *head, size_t head_len, const void *body, size_t len)
+{
+    struct ring *r = c->out;
+    uint64_t total = head_len + (uint64_t)len;
+    if (atomic_load_explicit(&c->shm->closed[c->side ^ 1], memory_order_relaxed) ||
+        atomic_load_explicit(&r->torn, memory_order_relaxed))
+        return -EPIPE;
+    for (uint64_t at = 0; at < total;) {
+        uint64_t left = total - at, chunk = left < RING_CHUNK ? left : RING_CHUNK;
+        int rc = ring_wait_room(c, total <= RING_SIZE ? total : chunk);
+        if (rc == 0) {
+            uint64_t room = ring_room(r, left), n = left < room ? left : room;
+            r->streaming = at > 0 || n < left;      /* before a commit that leaves a frame partial */
+            ring_put(r, head, head_len, body, at, n);
+            at += n;
+            rc = ring_notify(c, r);
+        }
+        if (rc != 0) {
+            if (at > 0 && at < total)
+                atomic_store(&r->torn, 1);
+            return rc;
+        }
+    }
+    r->streaming = 0;
+    return 0;
+}
+
+/* The send lock came from a writer that died: if it was streaming a frame,
+ * part of it may be read already and nothing can follow it. The stream
+ * ends there: readers get MP_EEOF after the last byte, writers -EPIPE. */
+static void ring_take_over(mp_conn *c)
+{
+    if (!c->out->streaming)
+        return;
+    atomic_store(&c->out->torn, 1);
+    doorbell_ring(c);
+}
+
 /* ------------------------------------------------------------------ handles */
 
 static int conn_check(mp_conn *c)
@@ -443,6 +843,8 @@ static int conn_check(mp_conn *c)
 static void conn_destroy(mp_conn *c)
 {
     c->h.magic = MAGIC_FREED;
+    if (c->shm)
+        pipe_shm_leave(c->shm, c->side);
     rmutex_destroy(&c->send_lock);
     rmutex_destroy(&c->recv_lock);
     arena_free(c);
@@ -494,16 +896,31 @@ static int conn_pair(mp_conn **a, mp_conn **b, int fds[2], bool duplex)
     return rc;
 }
 
+/* The descriptors are non-blocking: only doorbells and EOF cross them. */
 int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 {
     if (!a || !b)
         return MP_EINVAL;
+    struct pipe_shm *s = pipe_shm_new(duplex);
+    if (!s)
+        return MP_ENOMEM;
     int fds[2];
-    int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)
-                   : pipe2(fds, O_CLOEXEC);
-    if (r != 0)
-        return errno_to_mp(errno);
-    return conn_pair(a, b, fds, duplex);
+    int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds)
+                   : pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+    int rc = r == 0 ? conn_pair(a, b, fds, duplex) : errno_to_mp(errno);
+    if (rc != 0) {
+        atomic_store(&s->ends, 1);
+        pipe_shm_leave(s, 0);
+        return rc;
+    }
+    mp_conn *end[2] = { *a, *b };
+    for (uint32_t i = 0; i < 2; i++) {
+        end[i]->shm = s;
+        end[i]->side = i;
+        end[i]->in = end[i]->readable ? s->ring[i] : NULL;
+        end[i]->out = end[i]->writable ? s->ring[i ^ 1] : NULL;
+    }
+    return 0;
 }
 
 int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
@@ -517,7 +934,9 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
     int rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
-    rc = write_all(c->h.fd, c->is_socket, head, n, data, len);
+    if (rc == MP_EOWNERDEAD && c->out)
+        ring_take_over(c);
+    rc = c->out ? ring_send(c, head, n, data, len) : write_all(c->h.fd, c->is_socket, head, n, data, len);
     rmutex_unlock(&c->send_lock);
     return rc == -EBADF ? MP_ECLOSED : rc;
 }
@@ -551,6 +970,8 @@ static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
  * see buffered bytes in mp_wait. */
 static int conn_read(mp_conn *c, void *dst, size_t n)
 {
+    if (c->in)
+        return ring_read(c, dst, n);
     uint32_t have = atomic_load(&c->ahead_len);
     size_t take = n < have ? n : have;
     if (n == 0)
@@ -582,17 +1003,86 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
     return 0;
 }
 
-/* True when fd is a conn of this process with bytes in its read-ahead. */
-static bool fd_has_buffered(int fd)
+/* The readable conn of this process on fd, or NULL. */
+static mp_conn *conn_of_fd(int fd)
 {
-    bool found = false;
+    mp_conn *c = NULL;
     pthread_mutex_lock(&registry.lock);
-    for (size_t i = 0; i < registry.n && !found; i++) {
+    for (size_t i = 0; i < registry.n && !c; i++) {
         struct fdhandle *h = registry.items[i];
-        found = h->fd == fd && h->magic == MAGIC_CONN && atomic_load(&((mp_conn *)h)->ahead_len) > 0;
+        if (h->fd == fd && h->magic == MAGIC_CONN && ((mp_conn *)h)->readable)
+            c = (mp_conn *)h;
     }
     pthread_mutex_unlock(&registry.lock);
-    return found;
+    return c;
+}
+
+/* Before mp_wait sleeps: true when fd is a conn of this process with a
+ * message already here (read-ahead or ring). A ring end that has none
+ * raises its reader flag first, so a send while we sleep rings the fd,
+ * and sets *ring. */
+static bool fd_has_buffered(int fd, bool *ring)
+{
+    mp_conn *c = conn_of_fd(fd);
+    if (!c)
+        return false;
+    if (!c->in)
+        return atomic_load(&c->ahead_len) > 0;
+    *ring = true;
+    atomic_store(&c->in->reader_sleeps, 1);
+    return c->has_pending || ring_has_data(c->in);
+}
+
+/* After poll() said fd is readable: a ring end is ready only with data or
+ * at EOF, not for a stale doorbell (which this drains). */
+static bool fd_really_ready(int fd)
+{
+    mp_conn *c = conn_of_fd(fd);
+    if (!c || !c->in)
+        return true;
+    return doorbell_drain(c) != 0 || ring_has_data(c->in);
+}
+
+/* Under recv_lock, a ring end: makes the next frame pending. Its body and
+ * end are recorded before head moves past its header, so wherever a reader
+ * dies in the frame, the next one can repair (ring_repair). First drops
+ * what is left of a frame whose reader died. */
+static int ring_begin_frame(mp_conn *c)
+{
+    uint64_t head = atomic_load_explicit(&c->in->head, memory_order_relaxed), len;
+    int rc = head < c->skip_to ? ring_read(c, NULL, c->skip_to - head) : 0;
+    uint8_t b[FRAME_HEADER_MAX];
+    size_t header = 4;
+    if (rc == 0 && (rc = ring_peek(c, b, 4)) == 0 && (rc = header_short(b, &len)) == 1) {
+        header = 12;
+        if ((rc = ring_peek(c, b, 12)) == 0)
+            rc = header_long(b + 4, &len);
+    }
+    if (rc != 0)
+        return rc;
+    head = atomic_load_explicit(&c->in->head, memory_order_relaxed);
+    c->pending_len = len;
+    c->frame_body = head + header;
+    c->frame_end = c->frame_body + len;
+    atomic_store(&c->has_pending, true);
+    return ring_read(c, NULL, header);
+}
+
+/* The recv lock came from a reader that died inside a pending frame: if it
+ * had not passed the header, the frame stays pending, whole; if it had
+ * begun the body, that frame is its (lost) and the rest of it is dropped
+ * as it arrives. Every other frame is delivered once, in order. */
+static void ring_repair(mp_conn *c)
+{
+    uint64_t head = atomic_load_explicit(&c->in->head, memory_order_relaxed);
+    if (!c->has_pending || head == c->frame_body)
+        return;
+    if (head < c->frame_body) {
+        ring_read(c, NULL, c->frame_body - head);   /* peeked: already in the ring */
+        return;
+    }
+    c->skip_to = c->frame_end;
+    c->has_pending = false;
 }
 
 /* Takes recv_lock and learns the length of the next message, reading its
@@ -605,8 +1095,12 @@ static int recv_begin(mp_conn *c, uint64_t *len)
     int rc = rmutex_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
+    if (rc == MP_EOWNERDEAD && c->in)
+        ring_repair(c);
     rc = 0;
-    if (!c->has_pending) {
+    if (!c->has_pending && c->in) {
+        rc = ring_begin_frame(c);
+    } else if (!c->has_pending) {
         struct source src = { c->h.fd, c, NULL };
         rc = read_header(&src, &c->pending_len);
         c->has_pending = rc == 0;
@@ -623,6 +1117,17 @@ static int recv_end(mp_conn *c, int rc)
     return rc;
 }
 
+/* The pending frame's body was read, or failed halfway (a ring end then
+ * drops the rest as it arrives). Pending until here, so a reader that dies
+ * halfway leaves the frame for ring_repair. */
+static int recv_done(mp_conn *c, int rc)
+{
+    if (rc != 0 && c->in)
+        c->skip_to = c->frame_end;
+    c->has_pending = false;
+    return recv_end(c, rc);
+}
+
 int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
 {
     uint64_t n;
@@ -632,8 +1137,7 @@ int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
     *len = (size_t)n;
     if (n > cap)
         return recv_end(c, MP_ETOOBIG);     /* the message stays pending for a bigger buffer */
-    c->has_pending = false;
-    return recv_end(c, conn_read(c, buf, (size_t)n));
+    return recv_done(c, conn_read(c, buf, (size_t)n));
 }
 
 int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
@@ -644,9 +1148,23 @@ int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
         return rc;
     if (maxlen && n > maxlen)
         return recv_end(c, MP_ETOOBIG);     /* pending, and nothing allocated */
-    c->has_pending = false;
     struct source src = { c->h.fd, c, NULL };
-    return recv_end(c, read_body(&src, out, (size_t)n));
+    return recv_done(c, read_body(&src, out, (size_t)n));
+}
+
+/* A ring end is ready with data in the ring or at EOF; doorbells alone are not. */
+static int ring_poll(mp_conn *c, const mp_deadline *d)
+{
+    for (;;) {
+        uint64_t head = atomic_load(&c->in->head);
+        if (ring_moved(c->in, head))
+            return 1;
+        int rc = doorbell_wait(c, d, head);
+        if (rc == MP_EEOF || ring_has_data(c->in))
+            return 1;
+        if (rc != 0)
+            return rc == MP_ETIMEDOUT ? 0 : rc;
+    }
 }
 
 int mp_conn_poll(mp_conn *c, double timeout)
@@ -656,6 +1174,8 @@ int mp_conn_poll(mp_conn *c, double timeout)
     if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
+    if (c->in)
+        return ring_poll(c, &d);
     int r = fd_poll(c->h.fd, POLLIN, &d);
     return r == -EBADF ? MP_ECLOSED : r;
 }
@@ -677,16 +1197,39 @@ void mp_conn_close(mp_conn *c)
 
 /* Conns with bytes in their read-ahead are ready whatever poll says: their
  * entries are switched off (fd -1) and counted. */
-static size_t take_buffered(struct pollfd *p, size_t n)
+static size_t take_buffered(struct pollfd *p, size_t n, bool *rings)
 {
     size_t buffered = 0;
     for (size_t i = 0; i < n; i++) {
-        if (fd_has_buffered(p[i].fd)) {
+        if (fd_has_buffered(p[i].fd, rings)) {
             p[i].fd = -1;
             buffered++;
         }
     }
     return buffered;
+}
+
+/* One poll of fds, at most RING_SLICE if a ring end is among them:
+ * the count ready, 0, or -errno. Ready entries have revents set, or fd -1
+ * for conns with a message buffered. */
+static int wait_once(struct pollfd *p, const int *fds, size_t n, const mp_deadline *d)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+    bool rings = false;
+    size_t buffered = take_buffered(p, n, &rings);
+    double left = buffered ? 0 : deadline_left(d);
+    mp_deadline slice = deadline_in(rings && left > RING_SLICE ? RING_SLICE : left);
+    int rc = poll_all(p, n, &slice);
+    if (rc < 0)
+        return rc;
+    rc = (int)buffered;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i].fd >= 0 && p[i].revents && !fd_really_ready(p[i].fd))
+            p[i].revents = 0;
+        rc += p[i].fd >= 0 && p[i].revents;
+    }
+    return rc;
 }
 
 int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
@@ -699,13 +1242,11 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
     struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
     if (n && !p)
         return MP_ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
-    size_t buffered = take_buffered(p, n);
-    mp_deadline d = deadline_in(buffered ? 0 : timeout);
-    int rc = poll_all(p, n, &d);
-    if (rc >= 0)
-        rc += (int)buffered;
+    mp_deadline d = deadline_in(timeout);
+    int rc;
+    do {
+        rc = wait_once(p, fds, n, &d);
+    } while (rc == 0 && !deadline_passed(&d));
     for (size_t i = 0; ready && i < n; i++)
         ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);

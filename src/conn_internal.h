@@ -55,6 +55,10 @@ int fd_poll(int fd, short events, const mp_deadline *d);
 int conn_send_frame(int fd, const void *data, size_t len);
 int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d);
 
+/* The ends of mp_pipe keep their frames in the arena, one byte ring of
+ * this many bytes (a power of two) per direction (docs/pipes.md). */
+#define PIPE_RING_SIZE ((size_t)256 << 10)
+
 /* Wraps a connected descriptor (socket or pipe end) in an mp_conn; on
  * success the conn owns fd, on failure fd is left open. */
 int conn_from_fd(mp_conn **c, int fd, bool readable, bool writable);
