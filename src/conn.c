@@ -44,7 +44,6 @@ static const mp_deadline forever = { { 0, 0 }, true };
 struct ring {
     _Atomic uint64_t tail;              /* bytes committed */
     _Atomic uint32_t reader_sleeps;     /* a reader may be asleep in poll(): ring the doorbell */
-    _Atomic uint32_t always_ring;       /* a reader crossed an exec: mp_wait there cannot arm */
     _Atomic uint32_t torn;              /* a writer died mid-frame: the stream ends at tail */
     uint32_t streaming;                 /* a frame longer than the ring is being written */
     uint64_t head_seen;
@@ -118,6 +117,9 @@ static void registry_init(void)
 int fdhandle_register(struct fdhandle *h)
 {
     pthread_once(&registry.once, registry_init);
+    struct stat st;
+    if (!h->ino && fstat(h->fd, &st) == 0)
+        h->ino = (uint64_t)st.st_ino;
     int rc = 0;
     pthread_mutex_lock(&registry.lock);
     if (registry.n == registry.cap) {
@@ -152,13 +154,34 @@ static bool registry_remove(struct fdhandle *h)
 }
 
 /* h goes where our registry cannot follow (across an exec, to the fork
- * server's child): never freed, and if it reads a ring, the writers ring
- * its doorbell on every message, since mp_wait there cannot raise its flag. */
+ * server's child): never freed, since its holders can no longer be counted,
+ * and put on the family's list of such handles, where conn_of_fd finds it.
+ * No lock and no allocation: this also runs between fork and exec. */
 static void mark_shared_for_good(struct fdhandle *h)
 {
     atomic_store(&h->immortal, 1);
-    if (h->magic == MAGIC_CONN && ((mp_conn *)h)->in)
-        atomic_store(&((mp_conn *)h)->in->always_ring, 1);
+    struct fdhandle *_Atomic *head = (struct fdhandle *_Atomic *)arena_slot(ARENA_SLOT_CROSSED);
+    if (!head || atomic_exchange(&h->crossed, 1))
+        return;
+    struct fdhandle *first = atomic_load(head);
+    do
+        atomic_store(&h->next_crossed, first);
+    while (!atomic_compare_exchange_weak(head, &first, h));
+}
+
+/* A handle on the family's crossed list whose descriptor fd is, in this
+ * process, still the handle's file. Crossed handles are never freed, so
+ * the walk needs no lock. */
+static struct fdhandle *crossed_of_fd(int fd)
+{
+    struct fdhandle *_Atomic *head = (struct fdhandle *_Atomic *)arena_slot(ARENA_SLOT_CROSSED);
+    struct stat st;
+    if (!head || !atomic_load(head) || fstat(fd, &st) != 0)
+        return NULL;
+    for (struct fdhandle *h = atomic_load(head); h; h = atomic_load(&h->next_crossed))
+        if (h->fd == fd && h->ino == (uint64_t)st.st_ino)
+            return h;
+    return NULL;
 }
 
 /* Runs in a forked child just before exec: no locks, no allocation. The
@@ -779,14 +802,12 @@ static void ring_put(struct ring *r, const uint8_t *head, size_t head_len, const
     atomic_store_explicit(&r->tail, tail + n, memory_order_release);
 }
 
-/* After a commit: the doorbell, only if a reader said it sleeps (or
- * sleeps where it cannot say so). */
+/* After a commit: the doorbell, only if a reader said it sleeps. */
 static int ring_notify(mp_conn *c, struct ring *r)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&r->always_ring, memory_order_relaxed) ||
-        (atomic_load_explicit(&r->reader_sleeps, memory_order_relaxed) &&
-         atomic_exchange(&r->reader_sleeps, 0)))
+    if (atomic_load_explicit(&r->reader_sleeps, memory_order_relaxed) &&
+        atomic_exchange(&r->reader_sleeps, 0))
         return doorbell_ring(c);
     return 0;
 }
@@ -1003,18 +1024,24 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
     return 0;
 }
 
-/* The readable conn of this process on fd, or NULL. */
+static bool is_reading_conn(const struct fdhandle *h, int fd)
+{
+    return h->fd == fd && h->magic == MAGIC_CONN && ((const mp_conn *)h)->readable;
+}
+
+/* The readable conn of this process on fd, or NULL: one it registered, or
+ * one that reached it across an exec or from the fork server. */
 static mp_conn *conn_of_fd(int fd)
 {
-    mp_conn *c = NULL;
+    struct fdhandle *found = NULL;
     pthread_mutex_lock(&registry.lock);
-    for (size_t i = 0; i < registry.n && !c; i++) {
-        struct fdhandle *h = registry.items[i];
-        if (h->fd == fd && h->magic == MAGIC_CONN && ((mp_conn *)h)->readable)
-            c = (mp_conn *)h;
-    }
+    for (size_t i = 0; i < registry.n && !found; i++)
+        if (is_reading_conn(registry.items[i], fd))
+            found = registry.items[i];
     pthread_mutex_unlock(&registry.lock);
-    return c;
+    if (!found && (found = crossed_of_fd(fd)) && !is_reading_conn(found, fd))
+        found = NULL;
+    return (mp_conn *)found;
 }
 
 /* Before mp_wait sleeps: true when fd is a conn of this process with a

@@ -30,6 +30,13 @@ struct fdhandle {
     int fd;
     _Atomic uint32_t refs;
     _Atomic uint32_t immortal;
+    /* Once it crosses an exec or reaches a fork-server child, a handle joins
+     * the family's list of such handles (arena slot ARENA_SLOT_CROSSED), so
+     * a process that got it that way still finds it by its descriptor; ino
+     * tells whether that descriptor is still the handle's file. */
+    uint64_t ino;
+    struct fdhandle *_Atomic next_crossed;
+    _Atomic uint32_t crossed;
 };
 
 /* Records a live handle of this process (fork and exec hooks walk them). */

@@ -57,7 +57,7 @@ int arena_attach(int fd, uintptr_t base, size_t size);
 
 /* Family-wide named slots, so subsystems keep one shared root object each
  * (the fork server's state, ...). Slot values are arena pointers. */
-enum { ARENA_SLOT_FORKSERVER, ARENA_SLOT_COUNT = 16 };
+enum { ARENA_SLOT_FORKSERVER, ARENA_SLOT_CROSSED, ARENA_SLOT_COUNT = 16 };
 void **arena_slot(int slot);
 
 /* ------------------------------------------------------------------ time */

@@ -323,30 +323,67 @@ static void test_doorbell_rings_only_for_a_sleeping_reader(void **state)
     mp_conn_close(b);
 }
 
-static int child_prepares_an_exec(void *arg)
+/* Runs in a spawned child (a fresh exec of this test) or a fork server's
+ * child: its end of the pipe reached it through the argument, not through
+ * its own fork, so only the family's list of crossed handles lets mp_wait
+ * know it reads a ring. */
+static int spawned_waits_on_its_end(void *arg)
 {
-    (void)arg;
-    conn_keep_across_exec();                        /* what spawn does before exec */
-    return 0;
+    mp_conn *c = *(mp_conn **)arg;
+    int fd = mp_conn_fileno(c);
+    bool ready = true;
+    char buf[8];
+    size_t len;
+    if (mp_wait(&fd, 1, &ready, 0.2) != 0 || ready)
+        return 10;                                  /* nothing sent yet */
+    if (mp_conn_send_bytes(c, "ready", 5) != 0)
+        return 11;
+    if (mp_wait(&fd, 1, &ready, 30) != 1 || !ready)
+        return 12;                                  /* woken by the parent's send */
+    if (mp_conn_recv_bytes(c, buf, sizeof buf, &len) != 0 || len != 3 || memcmp(buf, "one", 3))
+        return 13;
+    if (mp_wait(&fd, 1, &ready, 0.3) != 0 || ready)
+        return 14;                                  /* no stale doorbell counts as ready */
+    return mp_conn_send_bytes(c, "done", 4) == 0 ? 0 : 15;
 }
 
-/* Past an exec the reader is in no registry of ours, so mp_wait there
- * cannot raise its flag: its writers ring for every message. */
-static void test_reader_past_an_exec_gets_a_doorbell_for_every_message(void **state)
+static void child_waits_on_a_pipe_end_it_got_as_argument(mp_start_method method)
 {
-    (void)state;
     mp_conn *a, *b;
-    TU_OK(mp_pipe(&a, &b, false));
-    assert_int_equal(tu_wait(tu_fork(child_prepares_an_exec, NULL), 10 * tu_slow()), 0);
-    struct pollfd p = { .fd = mp_conn_fileno(a), .events = POLLIN };
-    TU_OK(mp_conn_send_bytes(b, "one", 3));
-    assert_int_equal(poll(&p, 1, 0), 1);            /* nobody slept, yet the doorbell */
-    mp_buf in = { 0 };
-    TU_OK(mp_conn_recv_buf(a, &in, 0));
-    assert_memory_equal(in.data, "one", 3);
-    mp_buf_free(&in);
+    TU_OK(mp_pipe(&a, &b, true));
+    mp_process *p;
+    TU_OK(mp_process_new(&p, spawned_waits_on_its_end, &b,
+                         &(mp_process_opts){ .method = method, .arg_size = sizeof b }));
+    TU_OK(mp_process_start(p));
+    char buf[8];
+    size_t len;
+    assert_int_equal(mp_conn_poll(a, 30 * tu_slow()), 1);
+    TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));
+    assert_memory_equal(buf, "ready", 5);
+    usleep(50000);                                  /* let the child fall asleep in mp_wait */
+    TU_OK(mp_conn_send_bytes(a, "one", 3));
+    assert_int_equal(mp_conn_poll(a, 30 * tu_slow()), 1);
+    TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));
+    assert_memory_equal(buf, "done", 4);
+    TU_OK(mp_process_join(p, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 0);
+    mp_process_free(p);
     mp_conn_close(a);
     mp_conn_close(b);
+}
+
+static void test_spawned_child_waits_on_a_pipe_end_it_got_as_argument(void **state)
+{
+    (void)state;
+    child_waits_on_a_pipe_end_it_got_as_argument(MP_SPAWN);
+}
+
+static void test_forkserver_child_waits_on_a_pipe_end_it_got_as_argument(void **state)
+{
+    (void)state;
+    child_waits_on_a_pipe_end_it_got_as_argument(MP_FORKSERVER);
 }
 
 struct late { mp_conn *c; pid_t waiter; };
@@ -508,7 +545,8 @@ int main(void)
         cmocka_unit_test(test_reader_killed_mid_message_loses_only_that_message),
         cmocka_unit_test(test_send_to_a_reader_gone_is_epipe),
         cmocka_unit_test(test_doorbell_rings_only_for_a_sleeping_reader),
-        cmocka_unit_test(test_reader_past_an_exec_gets_a_doorbell_for_every_message),
+        cmocka_unit_test(test_spawned_child_waits_on_a_pipe_end_it_got_as_argument),
+        cmocka_unit_test(test_forkserver_child_waits_on_a_pipe_end_it_got_as_argument),
         cmocka_unit_test(test_wait_and_poll_wake_on_a_message_sent_while_they_sleep),
         cmocka_unit_test(test_duplex_pipe_carries_both_directions_at_once),
         cmocka_unit_test(test_forked_child_holding_both_ends_uses_them_and_frees_nothing),
