@@ -176,28 +176,55 @@ static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
     }
 }
 
-/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. A
- * sleeper raises the flag before its last check, and wakers look at the flag
- * after their commit (Dekker, seq_cst), so a wake-up is never lost, and the
- * uncontended path makes no syscall. */
+static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *));
+static void put_repair(mp_queue *q);
+static void get_repair(mp_queue *q);
+
+/* Waking, without a fence on the fast path. A sleeper raises its word's flag
+ * while holding the lock of the side that wakes it (consumers raise
+ * not_empty under the producers' lock, producers not_full under the
+ * consumers'), then looks once more and sleeps. A waker looks at the flag
+ * before it gives that lock back, after its commit. The lock orders the
+ * two: either the waker's turn came first, and the sleeper's last look sees
+ * its commit, or the sleeper's did, and the waker sees the flag. So no
+ * wake-up is lost, and a put or get pays no fence (a fence after a put of
+ * 4 KiB waited for all its stores to reach the other core: 90% of the
+ * producer's time outside memcpy). all_done has no such lock: its flag is
+ * raised with a seq_cst exchange and task_done fences before it looks. */
+static uint32_t raise_flag(mp_queue *q, struct waitword *w)
+{
+    struct side *guard = w == &q->not_empty ? &q->put : w == &q->not_full ? &q->get : NULL;
+    bool locked = guard && lock_side(q, guard, guard == &q->put ? put_repair : get_repair) == 0;
+    uint32_t v = atomic_load(&w->word);
+    while (!(v & 1) && !atomic_compare_exchange_weak(&w->word, &v, v | 1))
+        ;
+    if (locked)
+        tlock_unlock(&guard->lock);
+    return v | 1;
+}
+
+/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
                       const mp_deadline *d)
 {
     if (spin_until(q, ready))
         return 0;
-    uint32_t v = atomic_load(&w->word);
-    while (!(v & 1) && !atomic_compare_exchange_weak(&w->word, &v, v | 1))
-        ;
+    uint32_t v = raise_flag(q, w);
     if (ready(q))
         return 0;
-    return futex_wait(&w->word, v | 1, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
+    return futex_wait(&w->word, v, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
-/* Wakes every sleeper: those that find nothing to do sleep again. The fence
- * orders the caller's commit before the look at the flag (see wait_until). */
+/* Under the waking side's lock, after the commit: does anyone sleep on w? */
+static bool flag_up(struct waitword *w)
+{
+    return atomic_load_explicit(&w->word, memory_order_relaxed) & 1;
+}
+
+/* Wakes every sleeper (those that find nothing to do sleep again); called
+ * after the lock is given back, when flag_up said so. */
 static void wake(struct waitword *w)
 {
-    atomic_thread_fence(memory_order_seq_cst);
     uint32_t v = atomic_load_explicit(&w->word, memory_order_relaxed);
     if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
         futex_wake(&w->word, INT_MAX);
@@ -337,6 +364,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
         memcpy(big, data, len);
     }
     mp_deadline d = deadline_in(timeout);
+    bool sleepers = false;
     int rc;
     for (;;) {
         rc = lock_side(q, &q->put, put_repair);
@@ -348,13 +376,14 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
             rc = MP_EFULL;
         else
             rc = put_locked(q, data, len, big);
+        sleepers = rc == 0 && flag_up(&q->not_empty);
         tlock_unlock(&q->put.lock);
         if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
             break;
     }
-    if (rc == 0)
+    if (sleepers)
         wake(&q->not_empty);
-    else
+    if (rc != 0)
         arena_free(big);
     return rc;
 }
@@ -437,6 +466,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 {
     mp_deadline d = deadline_in(timeout);
     void *big = NULL;
+    bool sleepers = false;
     int rc;
     for (;;) {
         rc = lock_side(q, &q->get, get_repair);
@@ -447,15 +477,15 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             rc = get_locked(q, buf, cap, len, out, &big);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
+        sleepers = rc == 0 && q->maxsize && flag_up(&q->not_full);
         tlock_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
     }
-    if (rc == 0) {
+    if (sleepers)
+        wake(&q->not_full);
+    if (rc == 0)
         arena_free(big);
-        if (q->maxsize)
-            wake(&q->not_full);
-    }
     return rc;
 }
 
@@ -509,8 +539,10 @@ int mp_queue_task_done(mp_queue *q)
         if (d >= atomic_load(&q->gets))
             return MP_EINVAL;
     } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
-    if (d + 1 >= atomic_load(&q->puts))
+    if (d + 1 >= atomic_load(&q->puts)) {
+        atomic_thread_fence(memory_order_seq_cst);
         wake(&q->all_done);
+    }
     return 0;
 }
 

@@ -454,6 +454,60 @@ static int child_consumes_and_marks_done(void *arg)
     return 0;
 }
 
+/* ------------------------------------------------------------------ no lost wake-up */
+
+struct pingpong { mp_queue *ping, *pong; long rounds; };
+
+/* Pauses a random 0-400 µs, long enough for the peer's spin to give up, so
+ * most hand-offs go through a sleep and a wake-up. */
+static void nap(unsigned *seed)
+{
+    usleep((useconds_t)(rand_r(seed) % 400));
+}
+
+static int pong_side(void *arg)
+{
+    struct pingpong *pp = arg;
+    unsigned seed = 7;
+    for (long i = 0; i < pp->rounds; i++) {
+        uint64_t x;
+        size_t len;
+        if (mp_queue_get(pp->ping, &x, sizeof x, &len, 10) != 0 || x != (uint64_t)i)
+            return 1;
+        nap(&seed);
+        if (mp_queue_put(pp->pong, &x, sizeof x, 10) != 0)
+            return 2;
+    }
+    return 0;
+}
+
+/* Waiters sleep on empty (ping, pong) and full (ping is bounded at one)
+ * queues thousands of times; every get and put has a 10 s timeout, so a
+ * wake-up lost by the lock-ordered flags fails here instead of hanging. */
+static void test_queue_sleepers_are_always_woken(void **state)
+{
+    (void)state;
+    struct pingpong *pp = mp_shared_alloc(sizeof *pp);
+    pp->ping = new_queue(1);
+    pp->pong = new_queue(0);
+    pp->rounds = (long)(3000 / tu_slow());
+    pid_t pid = tu_fork(pong_side, pp);
+    unsigned seed = 11;
+    for (long i = 0; i < pp->rounds; i++) {
+        uint64_t x = (uint64_t)i, y;
+        size_t len;
+        TU_OK(mp_queue_put(pp->ping, &x, sizeof x, 10));
+        if (i % 2)
+            nap(&seed);
+        TU_OK(mp_queue_get(pp->pong, &y, sizeof y, &len, 10));
+        assert_int_equal(y, x);
+    }
+    assert_int_equal(tu_wait(pid, 30), 0);
+    mp_queue_free(pp->ping);
+    mp_queue_free(pp->pong);
+    mp_shared_free(pp);
+}
+
 static void test_queue_join_waits_until_every_item_is_done(void **state)
 {
     (void)state;
@@ -948,6 +1002,7 @@ int main(void)
         cmocka_unit_test(test_queue_shutdown_wakes_blocked_getters_and_putters),
         cmocka_unit_test(test_queue_works_in_fork_spawn_and_forkserver_children),
         cmocka_unit_test(test_queue_waiter_killed_in_its_sleep_blocks_nobody),
+        cmocka_unit_test(test_queue_sleepers_are_always_woken),
         cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
         cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
         cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
