@@ -447,9 +447,9 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         if (n >= PREFAULT_MIN)
             arena_prefault(src, n, false);
         memcpy(buf, src, n);
-    }
-    else
+    } else {
         ring_read(s, head + REC_HEADER, buf, n);
+    }
     hook("get_copied");
     uint64_t after = head + record_size(n, is_big);
     uint64_t count = atomic_load_explicit(&q->gets, memory_order_relaxed) + 1;
