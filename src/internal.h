@@ -93,6 +93,14 @@ int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -ED
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
 
+/* ------------------------------------------------------------------ big copies */
+
+/* memcpy, except that from COPY_STREAM_MIN bytes the destination is written
+ * past the cache (streaming stores): for big items, which cannot stay
+ * cached anyway. Ordered before any later store of the caller. */
+#define COPY_STREAM_MIN ((size_t)8 << 20)
+void copy_big(void *dst, const void *src, size_t n);
+
 /* ------------------------------------------------------------------ tid lock */
 
 /* A lighter robust lock for hot paths (the queue): one CAS to take, one

@@ -361,7 +361,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
             return MP_ENOMEM;
         if (len >= PREFAULT_MIN)
             arena_prefault(big, len, true);
-        memcpy(big, data, len);
+        copy_big(big, data, len);
     }
     mp_deadline d = deadline_in(timeout);
     bool sleepers = false;
@@ -446,7 +446,7 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     if (is_big && n) {
         if (n >= PREFAULT_MIN)
             arena_prefault(src, n, false);
-        memcpy(buf, src, n);
+        copy_big(buf, src, n);
     } else {
         ring_read(s, head + REC_HEADER, buf, n);
     }

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -170,6 +171,36 @@ static void test_fnref_refuses_what_is_not_in_a_loaded_object(void **state)
     assert_null(fnref_resolve(NULL));
 }
 
+/* ------------------------------------------------------------------ copy_big */
+
+/* Streaming copies above the threshold, at every alignment of source and
+ * destination and with ragged ends, copy exactly and nothing outside. */
+static void test_copy_big_copies_exactly_at_any_alignment(void **state)
+{
+    (void)state;
+    size_t n = COPY_STREAM_MIN + 4096 + 77;
+    unsigned char *src = malloc(n + 64), *dst = malloc(n + 64);
+    assert_non_null(src);
+    assert_non_null(dst);
+    for (size_t i = 0; i < n + 64; i++)
+        src[i] = (unsigned char)(i * 131 + (i >> 12));
+    size_t sizes[] = { 0, 1, 100, COPY_STREAM_MIN - 1, COPY_STREAM_MIN, n };
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        for (size_t so = 0; so < 17; so += 7) {
+            for (size_t dof = 0; dof < 17; dof += 7) {
+                memset(dst, 0xee, n + 64);
+                copy_big(dst + dof, src + so, sizes[k]);
+                assert_memory_equal(dst + dof, src + so, sizes[k]);
+                for (size_t i = 0; i < dof; i++)
+                    assert_int_equal(dst[i], 0xee);
+                assert_int_equal(dst[dof + sizes[k]], 0xee);
+            }
+        }
+    }
+    free(src);
+    free(dst);
+}
+
 /* ------------------------------------------------------------------ tlock */
 
 static void test_tlock_is_free_when_zeroed_and_refuses_its_own_holder(void **state)
@@ -294,6 +325,7 @@ int main(void)
         cmocka_unit_test(test_buf_reserve_keeps_contents_and_refuses_null),
         cmocka_unit_test(test_shared_alloc_is_zeroed_and_shared_with_children),
         cmocka_unit_test(test_shared_alloc_big_block),
+        cmocka_unit_test(test_copy_big_copies_exactly_at_any_alignment),
         cmocka_unit_test(test_tlock_is_free_when_zeroed_and_refuses_its_own_holder),
         cmocka_unit_test(test_tlock_excludes_threads_and_processes),
         cmocka_unit_test(test_tlock_passes_a_dead_holders_lock_on_with_eownerdead),
