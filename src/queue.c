@@ -56,9 +56,9 @@ struct side {
     uint64_t cached;          /* producers: gets last seen; consumers: puts last seen */
     uint64_t cached_head;     /* producers: seg->head last seen */
     /* A side spans two lines, the journal on the second. Measured: packed
-     * into one line, a 4 KiB item took up to 25% longer; Intel's spatial
-     * prefetcher fetches lines in 128-byte pairs, and one-line sides put
-     * the producers' and the consumers' hottest lines in the same pair. */
+     * into one line, a 4 KiB item took up to 25% longer (likely Intel's
+     * spatial prefetcher, which fetches lines in 128-byte pairs: one-line
+     * sides put the producers' and the consumers' hottest lines in one). */
     alignas(MP_CACHELINE) struct journal j;
 };
 

@@ -216,6 +216,20 @@ static void test_tlock_is_free_when_zeroed_and_refuses_its_own_holder(void **sta
     arena_free(l);
 }
 
+/* A lock that names this thread while it holds none was left by a dead
+ * thread whose tid was handed on to this one: taken over, not a deadlock. */
+static void test_tlock_takes_over_from_a_dead_thread_that_had_our_tid(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    atomic_store(&l->word, mp_gettid());
+    TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
+    tlock_unlock(l);
+    TU_OK(tlock_lock(l));
+    tlock_unlock(l);
+    arena_free(l);
+}
+
 struct tlock_counter {
     tlock lock;
     uint64_t n;               /* guarded by lock, bumped non-atomically */
@@ -327,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_shared_alloc_big_block),
         cmocka_unit_test(test_copy_big_copies_exactly_at_any_alignment),
         cmocka_unit_test(test_tlock_is_free_when_zeroed_and_refuses_its_own_holder),
+        cmocka_unit_test(test_tlock_takes_over_from_a_dead_thread_that_had_our_tid),
         cmocka_unit_test(test_tlock_excludes_threads_and_processes),
         cmocka_unit_test(test_tlock_passes_a_dead_holders_lock_on_with_eownerdead),
         cmocka_unit_test(test_tlock_waits_out_a_slow_live_holder),

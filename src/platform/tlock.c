@@ -23,13 +23,18 @@
 #define TLOCK_SPINS 400
 #define TLOCK_SLICE 0.01      /* seconds a sleeper waits before it looks again */
 
+/* How many tlocks this thread holds. The queue never takes one it holds, so
+ * a lock that names this thread while it holds none was taken by a thread
+ * that died, whose tid the kernel has since given to this one. */
+static __thread unsigned held __attribute__((tls_model("initial-exec")));
+
 static bool owner_gone(uint32_t word)
 {
     pid_t tid = (pid_t)(word & ~TLOCK_WAITERS);
     return tid != 0 && proc_pid_ended(tid);
 }
 
-int tlock_lock(tlock *l)
+static int tlock_take(tlock *l)
 {
     uint32_t self = mp_gettid(), v = 0;
     if (atomic_compare_exchange_strong_explicit(&l->word, &v, self, memory_order_acquire,
@@ -54,8 +59,15 @@ int tlock_lock(tlock *l)
                 return 0;
             continue;
         }
-        if ((v & ~TLOCK_WAITERS) == self)
-            return -EDEADLK;
+        if ((v & ~TLOCK_WAITERS) == self) {
+            if (held)
+                return -EDEADLK;
+            if (atomic_compare_exchange_strong_explicit(&l->word, &v, self | TLOCK_WAITERS,
+                                                        memory_order_acquire,
+                                                        memory_order_relaxed))
+                return MP_EOWNERDEAD;
+            continue;
+        }
         if (!(v & TLOCK_WAITERS) &&
             !atomic_compare_exchange_weak_explicit(&l->word, &v, v | TLOCK_WAITERS,
                                                    memory_order_relaxed, memory_order_relaxed))
@@ -73,8 +85,16 @@ int tlock_lock(tlock *l)
     }
 }
 
+int tlock_lock(tlock *l)
+{
+    int rc = tlock_take(l);
+    held += rc == 0 || rc == MP_EOWNERDEAD;
+    return rc;
+}
+
 void tlock_unlock(tlock *l)
 {
+    held--;
     uint32_t v = atomic_load_explicit(&l->word, memory_order_relaxed);
     if (!(v & TLOCK_WAITERS)) {
         atomic_store_explicit(&l->word, 0, memory_order_release);
