@@ -104,11 +104,11 @@ void copy_big(void *dst, const void *src, size_t n);
 /* ------------------------------------------------------------------ tid lock */
 
 /* A lighter robust lock for hot paths (the queue): one CAS to take, one
- * store to give back. The word is the owner's tid; a waiter that has slept a
- * slice checks that the owner lives and takes a dead owner's lock over
- * (MP_EOWNERDEAD: held, repair what it guarded). Zero-initialised = free.
- * No timeout: hold it only briefly. */
-typedef struct { _Atomic uint32_t word; } tlock;
+ * store to give back. The word names the owner (tid and start time); a
+ * waiter that has slept a slice checks that the owner lives and takes a dead
+ * owner's lock over (MP_EOWNERDEAD: held, repair what it guarded).
+ * Zero-initialised = free. No timeout: hold it only briefly. */
+typedef struct { _Atomic uint64_t word; } tlock;
 int tlock_lock(tlock *l);        /* 0, MP_EOWNERDEAD, -EDEADLK (already ours) */
 void tlock_unlock(tlock *l);
 

@@ -120,6 +120,7 @@ int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
 int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
 int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
 bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
+uint64_t proc_start_ticks(pid_t pid);                 /* start time (clock ticks after boot) of a live task; 0 if gone */
 int proc_exit_pipe(int fds[2]);                       /* {-1,-1} when pidfds work */
 int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
 int proc_set_pdeathsig(int sig);

@@ -3,6 +3,7 @@
 #include "testutil.h"
 
 #include "internal.h"
+#include "process_internal.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -216,17 +217,63 @@ static void test_tlock_is_free_when_zeroed_and_refuses_its_own_holder(void **sta
     arena_free(l);
 }
 
-/* A lock that names this thread while it holds none was left by a dead
- * thread whose tid was handed on to this one: taken over, not a deadlock. */
+/* A lock naming this thread's id with another start time was left by a
+ * dead thread whose id was handed on to this one: taken over, not a
+ * deadlock. */
 static void test_tlock_takes_over_from_a_dead_thread_that_had_our_tid(void **state)
 {
     (void)state;
     tlock *l = arena_alloc(sizeof *l);
-    atomic_store(&l->word, mp_gettid());
+    atomic_store(&l->word, (uint64_t)0x1234 << 32 | mp_gettid());
     TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
     tlock_unlock(l);
     TU_OK(tlock_lock(l));
     tlock_unlock(l);
+    arena_free(l);
+}
+
+static int sleep_until_killed(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+
+struct planted { tlock *l; uint64_t word; };
+
+static void *release_after_100ms(void *arg)
+{
+    struct planted *p = arg;
+    usleep(100000);
+    atomic_store(&p->l->word, 0);
+    return NULL;
+}
+
+/* The id of a dead owner now names a live stranger: its start time gives it
+ * away, and the lock is taken over. The same id with the right start time
+ * is a live owner: waited for. */
+static void test_tlock_tells_a_live_stranger_with_the_owners_tid_from_the_owner(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    pid_t pid = tu_fork(sleep_until_killed, NULL);
+    uint64_t start = 0;
+    for (int i = 0; i < 1000 && !(start = proc_start_ticks(pid)); i++)
+        usleep(1000);
+    assert_true(start != 0);
+    atomic_store(&l->word, (start + 1) << 32 | (uint32_t)pid);
+    TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
+    tlock_unlock(l);
+    struct planted p = { l, start << 32 | (uint32_t)pid };
+    atomic_store(&l->word, p.word);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_after_100ms, &p), 0);
+    TU_OK(tlock_lock(l));                 /* not MP_EOWNERDEAD: the owner lived */
+    tlock_unlock(l);
+    pthread_join(t, NULL);
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
     arena_free(l);
 }
 
@@ -342,6 +389,7 @@ int main(void)
         cmocka_unit_test(test_copy_big_copies_exactly_at_any_alignment),
         cmocka_unit_test(test_tlock_is_free_when_zeroed_and_refuses_its_own_holder),
         cmocka_unit_test(test_tlock_takes_over_from_a_dead_thread_that_had_our_tid),
+        cmocka_unit_test(test_tlock_tells_a_live_stranger_with_the_owners_tid_from_the_owner),
         cmocka_unit_test(test_tlock_excludes_threads_and_processes),
         cmocka_unit_test(test_tlock_passes_a_dead_holders_lock_on_with_eownerdead),
         cmocka_unit_test(test_tlock_waits_out_a_slow_live_holder),

@@ -57,20 +57,43 @@ int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang)
     }
 }
 
+/* The fields of /proc/<pid>/stat after the command name (which may hold
+ * anything, ")" too), read into buf; NULL if there is no such task. Works
+ * for any thread's id as well. */
+static const char *stat_fields(pid_t pid, char *buf, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    const char *end = strrchr(buf, ')');
+    return end && end[1] == ' ' && end[2] ? end + 2 : NULL;
+}
+
 bool proc_pid_ended(pid_t pid)
 {
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return true;
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return true;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    const char *end = strrchr(buf, ')');      /* the name may hold anything */
-    return !end || end[1] == '\0' || end[2] == 'Z' || end[2] == 'X';
+    char buf[512];
+    const char *f = stat_fields(pid, buf, sizeof buf);
+    return !f || f[0] == 'Z' || f[0] == 'X';
+}
+
+uint64_t proc_start_ticks(pid_t pid)
+{
+    char buf[512];
+    const char *f = stat_fields(pid, buf, sizeof buf);
+    if (!f || f[0] == 'Z' || f[0] == 'X')
+        return 0;
+    for (int field = 3; field < 22 && f; field++) {   /* f is at field 3, the state */
+        f = strchr(f, ' ');
+        f = f ? f + 1 : NULL;
+    }
+    return f ? strtoull(f, NULL, 10) : 0;
 }
 
 int proc_exit_pipe(int fds[2])
