@@ -27,6 +27,12 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 2000
+/* Pauses (~11 ns each here) between two looks of a spinning waiter. Each
+ * look pulls the counter's line to this core, and the other side's next
+ * commit must take it back: looking every ~90 ns instead of every ~15 made
+ * 4 KiB items ~5% faster and left the round trip as it was (every ~180 ns:
+ * round trip +15%). */
+#define SPIN_POLL_PAUSES 8
 #define PREFAULT_MIN ((size_t)1 << 20) /* big items from here map their pages in one call */
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
@@ -168,8 +174,9 @@ static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
             spin_budget_ns = spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : spin_budget_ns * 2;
             return true;
         }
-        cpu_relax();
-        if ((i & 31) == 0 && now_ns() - start > spin_budget_ns) {
+        for (int k = 0; k < SPIN_POLL_PAUSES; k++)
+            cpu_relax();
+        if ((i & 7) == 0 && now_ns() - start > spin_budget_ns) {
             spin_budget_ns = spin_budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : spin_budget_ns / 2;
             return false;
         }
