@@ -518,10 +518,7 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
 static bool spin_until(bool (*ready)(void *), void *arg)
 {
     static __thread uint64_t budget = SPIN_MAX_NS;
-    static _Atomic long ncpu;
-    if (!atomic_load_explicit(&ncpu, memory_order_relaxed))
-        atomic_store_explicit(&ncpu, sysconf(_SC_NPROCESSORS_ONLN), memory_order_relaxed);
-    if (atomic_load_explicit(&ncpu, memory_order_relaxed) < 2)
+    if (!several_cpus())
         return false;
     uint64_t start = now_ns();
     for (unsigned i = 1;; i++) {

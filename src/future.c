@@ -101,10 +101,7 @@ void task_run_callbacks(mp_future *f)
 
 static bool spin_until_final(mp_future *f)
 {
-    static int ncpu;
-    if (!ncpu)
-        ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu < 2)
+    if (!several_cpus())
         return false;
     uint64_t start = now_ns();
     for (unsigned i = 0;; i++) {

@@ -79,6 +79,9 @@ void futex_wake(_Atomic uint32_t *word, int n);   /* n = INT32_MAX: all */
 /* Spins a few microseconds for *word != val, then futex_wait. */
 int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
 void cpu_relax(void);
+/* More than one CPU online: spinning only pays when the other side can run
+ * meanwhile. Looked up once. */
+bool several_cpus(void);
 
 /* ------------------------------------------------------------------ robust mutex */
 

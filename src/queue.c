@@ -163,10 +163,7 @@ static __thread uint64_t spin_budget_ns = SPIN_MAX_NS;
  * waiters on an idle queue (or an oversubscribed machine) soon just sleep. */
 static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
 {
-    static _Atomic int ncpu;
-    if (!atomic_load_explicit(&ncpu, memory_order_relaxed))
-        atomic_store_explicit(&ncpu, (int)sysconf(_SC_NPROCESSORS_ONLN), memory_order_relaxed);
-    if (atomic_load_explicit(&ncpu, memory_order_relaxed) < 2)
+    if (!several_cpus())
         return false;
     uint64_t start = now_ns();
     for (unsigned i = 1;; i++) {

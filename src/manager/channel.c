@@ -26,18 +26,6 @@ static bool peer_alive(int fd)
     return n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR));
 }
 
-/* Pausing only pays when the peer runs on another CPU meanwhile. */
-static bool several_cpus(void)
-{
-    static _Atomic int ncpu;
-    int n = atomic_load_explicit(&ncpu, memory_order_relaxed);
-    if (!n) {
-        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-        atomic_store_explicit(&ncpu, n, memory_order_relaxed);
-    }
-    return n > 1;
-}
-
 /* How long this thread pauses before it yields: grows by a step each time
  * pausing saw the change, halves (down to none) each time it did not. So a
  * busy pair on two CPUs hands off in about a microsecond, while a waiter

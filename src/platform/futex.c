@@ -48,16 +48,21 @@ void futex_wake(_Atomic uint32_t *word, int n)
  * or on an oversubscribed machine, soon goes straight to sleep. */
 static __thread uint32_t spin_budget_ns = SPIN_NS;
 
-int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
+bool several_cpus(void)
 {
-    /* Only spin when another CPU can be changing the word. */
     static _Atomic int ncpu;
     int n = atomic_load_explicit(&ncpu, memory_order_relaxed);
     if (!n) {
         n = (int)sysconf(_SC_NPROCESSORS_ONLN);
         atomic_store_explicit(&ncpu, n, memory_order_relaxed);
     }
-    if (n > 1) {
+    return n > 1;
+}
+
+int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
+{
+    /* Only spin when another CPU can be changing the word. */
+    if (several_cpus()) {
         uint64_t start = now_ns();
         for (unsigned i = 0;; i++) {
             if (atomic_load_explicit(word, memory_order_acquire) != val) {
