@@ -31,8 +31,6 @@
 #define RING_SIZE ((uint64_t)PIPE_RING_SIZE)
 #define RING_CHUNK (RING_SIZE / 8)            /* a longer frame streams once this much is free */
 #define RING_SLICE 0.1                        /* s: a sleeper on a ring rechecks this often */
-#define SPIN_MAX_NS 50000                     /* adaptive spin on a ring, as in queue.c */
-#define SPIN_MIN_NS 2000
 
 static const mp_deadline forever = { { 0, 0 }, true };
 
@@ -513,28 +511,13 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
 
 /* ------------------------------------------------------------------ rings */
 
-/* Spins a few microseconds for ready(arg), the budget adapting as in
- * queue.c; never on one CPU, where the peer needs the very CPU we spin on. */
+/* A spinning ring waiter's budget (spin_adaptive), per thread. It yields
+ * every other look: on a loaded machine the peer may need this very CPU. */
+static __thread uint64_t ring_spin_budget;
+
 static bool spin_until(bool (*ready)(void *), void *arg)
 {
-    static __thread uint64_t budget = SPIN_MAX_NS;
-    if (!several_cpus())
-        return false;
-    uint64_t start = now_ns();
-    for (unsigned i = 1;; i++) {
-        if (ready(arg)) {
-            budget = budget * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2;
-            return true;
-        }
-        if (i & 1)
-            sched_yield();         /* the peer may need this very CPU */
-        else
-            cpu_relax();
-        if ((i & 31) == 0 && now_ns() - start > budget) {
-            budget = budget / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : budget / 2;
-            return false;
-        }
-    }
+    return spin_adaptive(ready, arg, &ring_spin_budget, 0);
 }
 
 static struct ring *ring_new(void)

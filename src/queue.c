@@ -25,8 +25,6 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
 #define SEG_MAX_CLASS 20      /* ... doubling up to 1 MiB, then chained */
 #define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
-#define SPIN_MAX_NS 50000
-#define SPIN_MIN_NS 2000
 /* Pauses (~11 ns each here) between two looks of a spinning waiter. Each
  * look pulls the counter's line to this core, and the other side's next
  * commit must take it back: looking every ~90 ns instead of every ~15 made
@@ -156,29 +154,8 @@ static size_t record_size(size_t len, bool big)
 
 /* ------------------------------------------------------------------ waiting */
 
-static __thread uint64_t spin_budget_ns = SPIN_MAX_NS;
-
-/* Spins briefly for ready(q). The budget doubles when spinning paid off and
- * halves when it did not, so busy pairs hand off in microseconds while
- * waiters on an idle queue (or an oversubscribed machine) soon just sleep. */
-static bool spin_until(mp_queue *q, bool (*ready)(mp_queue *))
-{
-    if (!several_cpus())
-        return false;
-    uint64_t start = now_ns();
-    for (unsigned i = 1;; i++) {
-        if (ready(q)) {
-            spin_budget_ns = spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : spin_budget_ns * 2;
-            return true;
-        }
-        for (int k = 0; k < SPIN_POLL_PAUSES; k++)
-            cpu_relax();
-        if ((i & 7) == 0 && now_ns() - start > spin_budget_ns) {
-            spin_budget_ns = spin_budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : spin_budget_ns / 2;
-            return false;
-        }
-    }
-}
+/* A spinning waiter's budget (spin_adaptive), per thread. */
+static __thread uint64_t spin_budget_ns;
 
 static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *));
 static void put_repair(mp_queue *q);
@@ -208,10 +185,10 @@ static uint32_t raise_flag(mp_queue *q, struct waitword *w)
 }
 
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. */
-static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(mp_queue *),
+static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
                       const mp_deadline *d)
 {
-    if (spin_until(q, ready))
+    if (spin_adaptive(ready, q, &spin_budget_ns, SPIN_POLL_PAUSES))
         return 0;
     uint32_t v = raise_flag(q, w);
     if (ready(q))
@@ -234,19 +211,22 @@ static void wake(struct waitword *w)
         futex_wake(&w->word, INT_MAX);
 }
 
-static bool get_ready(mp_queue *q)
+static bool get_ready(void *arg)
 {
+    mp_queue *q = arg;
     return atomic_load(&q->puts) > atomic_load(&q->gets) || atomic_load(&q->closed);
 }
 
-static bool put_ready(mp_queue *q)
+static bool put_ready(void *arg)
 {
+    mp_queue *q = arg;
     uint64_t g = atomic_load(&q->gets);
     return !q->maxsize || atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
 }
 
-static bool join_ready(mp_queue *q)
+static bool join_ready(void *arg)
 {
+    mp_queue *q = arg;
     uint64_t p = atomic_load(&q->puts);
     return atomic_load(&q->done) >= p;
 }

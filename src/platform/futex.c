@@ -59,6 +59,33 @@ bool several_cpus(void)
     return n > 1;
 }
 
+#define ADAPT_MAX_NS 50000
+#define ADAPT_MIN_NS 2000
+
+bool spin_adaptive(bool (*ready)(void *), void *arg, uint64_t *budget_ns, unsigned pauses)
+{
+    if (!several_cpus())
+        return false;
+    if (*budget_ns == 0)
+        *budget_ns = ADAPT_MAX_NS;
+    uint64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (ready(arg)) {
+            *budget_ns = *budget_ns * 2 > ADAPT_MAX_NS ? ADAPT_MAX_NS : *budget_ns * 2;
+            return true;
+        }
+        if (pauses == 0 && (i & 1))
+            sched_yield();
+        else
+            for (unsigned k = 0; k < (pauses ? pauses : 1); k++)
+                cpu_relax();
+        if ((i & 7) == 0 && now_ns() - start > *budget_ns) {
+            *budget_ns = *budget_ns / 2 < ADAPT_MIN_NS ? ADAPT_MIN_NS : *budget_ns / 2;
+            return false;
+        }
+    }
+}
+
 int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
 {
     /* Only spin when another CPU can be changing the word. */
