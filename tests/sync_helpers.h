@@ -11,13 +11,6 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 /* Spawn and forkserver children need pidfd_open, which this valgrind lacks. */
 #define SKIP_START_METHODS_UNDER_VALGRIND() \
     do { if (RUNNING_ON_VALGRIND) skip(); } while (0)

@@ -26,13 +26,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 /* A conn on one end of a socketpair, the raw other end for crafted bytes. */
 static mp_conn *conn_with_raw_peer(int *peer)
 {

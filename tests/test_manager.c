@@ -25,14 +25,6 @@
 #pragma weak mp_lock_release
 #pragma weak mp_lock_free
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
 
 #if defined(__SANITIZE_THREAD__)
 #define TU_TSAN 1

@@ -3,13 +3,6 @@
 #include "testutil.h"
 #include "queue_internal.h"
 
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
