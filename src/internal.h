@@ -84,7 +84,7 @@ void cpu_relax(void);
 bool several_cpus(void);
 /* Spins until ready(arg), for at most *budget_ns (a caller's per-thread
  * variable, 0 at first): it doubles when spinning paid off and halves when it
- * did not, within 2-50 µs, so busy pairs hand off in microseconds while
+ * did not, within 1-50 µs (20 at first), so busy pairs hand off in microseconds while
  * waiters on an idle object, or an oversubscribed machine, soon just sleep.
  * Between looks: `pauses` pauses, or with 0 a sched_yield every other look,
  * for a peer that may need this very CPU. False at once on one CPU. */

@@ -11,7 +11,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define SPIN_NS 20000        /* how long a waiter first spins before sleeping */
+/* spin_adaptive's budget: where it starts, and its bounds. */
+#define SPIN_NS 20000
 #define SPIN_MAX_NS 50000
 #define SPIN_MIN_NS 1000
 
@@ -43,10 +44,8 @@ void futex_wake(_Atomic uint32_t *word, int n)
     syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
-/* Per thread: doubles when a spin saw the change, halves when it did not, so
- * a busy pair hands off in a microsecond while a waiter on an idle object,
- * or on an oversubscribed machine, soon goes straight to sleep. */
-static __thread uint32_t spin_budget_ns = SPIN_NS;
+/* A futex waiter's spin budget (spin_adaptive), per thread. */
+static __thread uint64_t spin_budget_ns;
 
 bool several_cpus(void)
 {
@@ -59,19 +58,16 @@ bool several_cpus(void)
     return n > 1;
 }
 
-#define ADAPT_MAX_NS 50000
-#define ADAPT_MIN_NS 2000
-
 bool spin_adaptive(bool (*ready)(void *), void *arg, uint64_t *budget_ns, unsigned pauses)
 {
     if (!several_cpus())
         return false;
     if (*budget_ns == 0)
-        *budget_ns = ADAPT_MAX_NS;
+        *budget_ns = SPIN_NS;
     uint64_t start = now_ns();
     for (unsigned i = 1;; i++) {
         if (ready(arg)) {
-            *budget_ns = *budget_ns * 2 > ADAPT_MAX_NS ? ADAPT_MAX_NS : *budget_ns * 2;
+            *budget_ns = *budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : *budget_ns * 2;
             return true;
         }
         if (pauses == 0 && (i & 1))
@@ -80,29 +76,25 @@ bool spin_adaptive(bool (*ready)(void *), void *arg, uint64_t *budget_ns, unsign
             for (unsigned k = 0; k < (pauses ? pauses : 1); k++)
                 cpu_relax();
         if ((i & 7) == 0 && now_ns() - start > *budget_ns) {
-            *budget_ns = *budget_ns / 2 < ADAPT_MIN_NS ? ADAPT_MIN_NS : *budget_ns / 2;
+            *budget_ns = *budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : *budget_ns / 2;
             return false;
         }
     }
 }
 
+struct word_wait { _Atomic uint32_t *word; uint32_t val; };
+
+static bool word_changed(void *arg)
+{
+    struct word_wait *w = arg;
+    return atomic_load_explicit(w->word, memory_order_acquire) != w->val;
+}
+
 int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
 {
-    /* Only spin when another CPU can be changing the word. */
-    if (several_cpus()) {
-        uint64_t start = now_ns();
-        for (unsigned i = 0;; i++) {
-            if (atomic_load_explicit(word, memory_order_acquire) != val) {
-                spin_budget_ns = spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : spin_budget_ns * 2;
-                return 0;
-            }
-            cpu_relax();
-            if ((i & 63) == 63 && now_ns() - start > spin_budget_ns) {
-                spin_budget_ns = spin_budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : spin_budget_ns / 2;
-                break;
-            }
-        }
-    }
+    struct word_wait w = { word, val };
+    if (spin_adaptive(word_changed, &w, &spin_budget_ns, 1))
+        return 0;
     return futex_wait(word, val, d);
 }
 

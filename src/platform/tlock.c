@@ -54,10 +54,8 @@ static uint64_t self_word(void)
 static bool owner_gone(uint64_t w)
 {
     pid_t tid = (pid_t)tid_of(w);
-    if (tid == 0 || proc_pid_ended(tid))
-        return tid != 0;
-    uint64_t start = proc_start_ticks(tid);
-    return start != 0 && (uint32_t)start != (uint32_t)(w >> 32);
+    uint64_t start = tid ? proc_start_ticks(tid) : 1;   /* 0: gone, or a zombie */
+    return tid != 0 && (start == 0 || (uint32_t)start != (uint32_t)(w >> 32));
 }
 
 static bool take_from(tlock *l, uint64_t *seen, uint64_t to)
