@@ -52,6 +52,17 @@ def gb_per_sec(size, n):
     return size * (n - 1) / one_to_one_secs(size, n) / 1e9
 
 
+def copy_gb_per_sec(size):
+    """One process copying size bytes between two buffers (memcpy): the
+    ceiling of the 64 MiB row, as in bench/queue.c."""
+    src = bytearray(b"x" * size)
+    dst = bytearray(size)
+    t0 = now()
+    for _ in range(8):
+        dst[:] = src
+    return 8 * size / (now() - t0) / 1e9
+
+
 def echo_pipe(conn):
     while True:
         msg = conn.recv_bytes()
@@ -171,6 +182,8 @@ if __name__ == "__main__":
         row("queue_1to1_4KiB", median_of(reps(3), items_per_sec, 4096, 50000), "items/s", HIGHER)
     if selected("queue_1to1_64MiB"):
         row("queue_1to1_64MiB", median_of(reps(3), gb_per_sec, 64 << 20, 5), "GB/s", HIGHER)
+    if selected("copy_64MiB"):
+        row("copy_64MiB", median_of(reps(5), copy_gb_per_sec, 64 << 20), "GB/s", HIGHER)
     if selected("queue_roundtrip"):
         row("queue_roundtrip", median_of(reps(3), pipe_roundtrip_us), "us", LOWER)
     if selected("queue_roundtrip_pyqueue"):

@@ -311,7 +311,7 @@ void arena_prefault(void *p, size_t n, bool write)
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
     uintptr_t start = (uintptr_t)p & ~(uintptr_t)4095, end = (uintptr_t)p + n;
     /* Blocks from HUGE_CLASS give their pages back when freed: never cached. */
-    bool huge = n >= ((size_t)1 << HUGE_CLASS) - BLOCK_HEADER;
+    bool huge = size_class(n) >= HUGE_CLASS;
     if (n && arena_contains(p, n) && (huge || !prefault_seen(start, end - start)))
         madvise((void *)start, end - start, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 #else

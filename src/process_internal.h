@@ -120,7 +120,9 @@ int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
 int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
 int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
 bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
-uint64_t proc_start_ticks(pid_t pid);                 /* start time (clock ticks after boot) of a live task; 0 if gone */
+/* A task's start time (clock ticks after boot): 1 alive (*start set), 0 gone
+ * or a zombie, -1 unknown (/proc unreadable: EMFILE, hidepid, not mounted). */
+int proc_task_start(pid_t tid, uint64_t *start);
 int proc_exit_pipe(int fds[2]);                       /* {-1,-1} when pidfds work */
 int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
 int proc_set_pdeathsig(int sig);

@@ -32,6 +32,7 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
  * round trip +15%). */
 #define SPIN_POLL_PAUSES 8
 #define PREFAULT_MIN ((size_t)1 << 20) /* big items from here map their pages in one call */
+#define SLEEP_SLICE 0.1       /* seconds: the longest a waiter sleeps before it looks again */
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
  * a producer knows how much room is left. */
@@ -184,7 +185,10 @@ static uint32_t raise_flag(mp_queue *q, struct waitword *w)
     return v | 1;
 }
 
-/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT. */
+/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
+ * A sleep lasts at most SLEEP_SLICE: a process killed between its commit
+ * and its wake-up call wakes nobody, and the sleeper must see the commit
+ * anyway (a lock holder's death is caught sooner, by the repair's wake-up). */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
                       const mp_deadline *d)
 {
@@ -193,7 +197,11 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
     uint32_t v = raise_flag(q, w);
     if (ready(q))
         return 0;
-    return futex_wait(&w->word, v, d) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
+    bool sliced = deadline_left(d) > SLEEP_SLICE;
+    mp_deadline slice = sliced ? deadline_in(SLEEP_SLICE) : *d;
+    if (futex_wait(&w->word, v, &slice) != MP_ETIMEDOUT || sliced)
+        return 0;
+    return MP_ETIMEDOUT;
 }
 
 /* Under the waking side's lock, after the commit: does anyone sleep on w? */
@@ -256,6 +264,10 @@ static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *))
     int rc = tlock_lock(&s->lock);
     if (rc == MP_EOWNERDEAD) {
         repair(q);
+        /* The dead holder may have committed and not lived to wake anyone. */
+        wake(&q->not_empty);
+        wake(&q->not_full);
+        wake(&q->all_done);
         rc = 0;
     }
     return rc;

@@ -9,6 +9,11 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -240,6 +245,17 @@ static int sleep_until_killed(void *arg)
     return 0;
 }
 
+/* A child that sleeps until killed, and its start time. */
+static pid_t fork_sleeper(uint64_t *start)
+{
+    pid_t pid = tu_fork(sleep_until_killed, NULL);
+    *start = 0;
+    for (int i = 0; i < 1000 && proc_task_start(pid, start) != 1; i++)
+        usleep(1000);
+    assert_true(*start != 0);
+    return pid;
+}
+
 struct planted { tlock *l; uint64_t word; };
 
 static void *release_after_100ms(void *arg)
@@ -257,11 +273,8 @@ static void test_tlock_tells_a_live_stranger_with_the_owners_tid_from_the_owner(
 {
     (void)state;
     tlock *l = arena_alloc(sizeof *l);
-    pid_t pid = tu_fork(sleep_until_killed, NULL);
-    uint64_t start = 0;
-    for (int i = 0; i < 1000 && !(start = proc_start_ticks(pid)); i++)
-        usleep(1000);
-    assert_true(start != 0);
+    uint64_t start;
+    pid_t pid = fork_sleeper(&start);
     atomic_store(&l->word, (start + 1) << 32 | (uint32_t)pid);
     TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
     tlock_unlock(l);
@@ -373,6 +386,96 @@ static void test_tlock_waits_out_a_slow_live_holder(void **state)
     arena_free(h.l);
 }
 
+/* A live owner is waited for even when its life cannot be checked: here
+ * the waiter has no descriptor left to open /proc with, and the owner's
+ * word records no start time (its own /proc read had failed). */
+static int lock_planted_word_at_emfile(void *arg)
+{
+    struct planted *p = arg;
+    struct rlimit rl = { 32, 32 };
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 10;
+    while (open("/dev/null", O_RDONLY | O_CLOEXEC) >= 0)
+        ;
+    if (errno != EMFILE)
+        return 11;
+    atomic_store(&p->l->word, p->word);
+    pthread_t t;
+    if (pthread_create(&t, NULL, release_after_100ms, p) != 0)
+        return 12;
+    int rc = tlock_lock(p->l);        /* 0 after ~100 ms, not MP_EOWNERDEAD after 10 */
+    pthread_join(t, NULL);
+    return rc == 0 ? 0 : 13;
+}
+
+static void test_tlock_never_takes_a_live_owners_lock_it_cannot_check(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    uint64_t start;
+    pid_t owner = fork_sleeper(&start);
+    struct planted with_start = { l, start << 32 | (uint32_t)owner };
+    assert_int_equal(tu_wait(tu_fork(lock_planted_word_at_emfile, &with_start), 10), 0);
+    tlock_unlock(l);
+    struct planted no_start = { l, (uint32_t)owner };   /* recorded start 0: unknown */
+    atomic_store(&l->word, no_start.word);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_after_100ms, &no_start), 0);
+    TU_OK(tlock_lock(l));
+    tlock_unlock(l);
+    pthread_join(t, NULL);
+    kill(owner, SIGKILL);
+    assert_int_equal(tu_wait(owner, 10), -SIGKILL);
+    arena_free(l);
+}
+
+/* Signals that break every sleep sooner than a slice do not keep a waiter
+ * from finding that the owner is dead. */
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+static int lock_dead_owners_word_under_signals(void *arg)
+{
+    tlock *l = arg;
+    struct sigaction sa = { .sa_handler = on_alarm };   /* no SA_RESTART */
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval every_3ms = { { 0, 3000 }, { 0, 3000 } };
+    setitimer(ITIMER_REAL, &every_3ms, NULL);
+    int rc = tlock_lock(l);
+    struct itimerval off = { { 0, 0 }, { 0, 0 } };
+    setitimer(ITIMER_REAL, &off, NULL);
+    return rc == MP_EOWNERDEAD ? 0 : 1;
+}
+
+static void test_tlock_finds_a_dead_owner_through_a_storm_of_signals(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    uint64_t start;
+    pid_t dead = fork_sleeper(&start);
+    kill(dead, SIGKILL);
+    assert_int_equal(tu_wait(dead, 10), -SIGKILL);
+    atomic_store(&l->word, start << 32 | (uint32_t)dead);
+    assert_int_equal(tu_wait(tu_fork(lock_dead_owners_word_under_signals, l), 5 * tu_slow()), 0);
+    arena_free(l);
+}
+
+/* A child made by _Fork() runs no atfork handler; it still knows its own
+ * thread id, so its locks are not its parent's. */
+static void test_gettid_is_right_in_a_child_made_without_atfork_handlers(void **state)
+{
+    (void)state;
+    uint32_t parent = mp_gettid();
+    assert_int_equal(parent, (uint32_t)syscall(SYS_gettid));
+    pid_t pid = _Fork();
+    if (pid == 0)
+        _exit(mp_gettid() == (uint32_t)syscall(SYS_gettid) ? 0 : 1);
+    assert_true(pid > 0);
+    assert_int_equal(tu_wait(pid, 10), 0);
+}
+
 int main(void)
 {
     tu_watchdog(60);
@@ -393,6 +496,9 @@ int main(void)
         cmocka_unit_test(test_tlock_excludes_threads_and_processes),
         cmocka_unit_test(test_tlock_passes_a_dead_holders_lock_on_with_eownerdead),
         cmocka_unit_test(test_tlock_waits_out_a_slow_live_holder),
+        cmocka_unit_test(test_tlock_never_takes_a_live_owners_lock_it_cannot_check),
+        cmocka_unit_test(test_tlock_finds_a_dead_owner_through_a_storm_of_signals),
+        cmocka_unit_test(test_gettid_is_right_in_a_child_made_without_atfork_handlers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

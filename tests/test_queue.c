@@ -3,6 +3,7 @@
 #include "testutil.h"
 #include "queue_internal.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -815,6 +816,146 @@ static void test_queue_kill_after_get_commit_never_duplicates(void **state)
     kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true);
 }
 
+/* A process killed after its commit and before its wake-up call wakes
+ * nobody; the sleeper on the other side must find the commit anyway. */
+struct sleeper { mp_queue *q; _Atomic int rc; _Atomic bool done; };
+
+static void *sleep_in_get(void *arg)
+{
+    struct sleeper *s = arg;
+    char b[16];
+    size_t len;
+    atomic_store(&s->rc, mp_queue_get(s->q, b, sizeof b, &len, MP_FOREVER));
+    atomic_store(&s->done, true);
+    return NULL;
+}
+
+static void *sleep_in_put(void *arg)
+{
+    struct sleeper *s = arg;
+    atomic_store(&s->rc, mp_queue_put(s->q, "b", 1, MP_FOREVER));
+    atomic_store(&s->done, true);
+    return NULL;
+}
+
+static bool sleeper_done(void *arg)
+{
+    return atomic_load(&((struct sleeper *)arg)->done);
+}
+
+static int child_puts_one(void *arg)
+{
+    mp__queue_test_hook = kill_at_point;
+    mp_queue_put(arg, "a", 1, MP_FOREVER);
+    return 0;
+}
+
+static int child_gets_one(void *arg)
+{
+    char b[16];
+    size_t len;
+    mp__queue_test_hook = kill_at_point;
+    mp_queue_get(arg, b, sizeof b, &len, MP_FOREVER);
+    return 0;
+}
+
+static void sleeper_sees_a_dead_committer(bool getter)
+{
+    struct sleeper s = { .q = new_queue(1) };
+    if (!getter)
+        TU_OK(mp_queue_put(s.q, "a", 1, 0));          /* full: the putter sleeps */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, getter ? sleep_in_get : sleep_in_put, &s), 0);
+    usleep(50000);                                    /* past its spin, asleep */
+    kill_point = getter ? "put_committed" : "get_committed";
+    kill_countdown = 0;
+    pid_t pid = tu_fork(getter ? child_puts_one : child_gets_one, s.q);
+    assert_int_equal(tu_wait(pid, 10), -SIGKILL);
+    assert_true(tu_wait_for(sleeper_done, &s, 3 * tu_slow()));
+    pthread_join(t, NULL);
+    TU_OK(atomic_load(&s.rc));
+    assert_true(mp__queue_valid(s.q));
+    assert_int_equal(mp_queue_qsize(s.q), getter ? 0 : 1);
+    mp_queue_free(s.q);
+}
+
+static void test_queue_getter_sees_an_item_whose_producer_died_before_waking_it(void **state)
+{
+    (void)state;
+    sleeper_sees_a_dead_committer(true);
+}
+
+static void test_queue_putter_sees_room_whose_consumer_died_before_waking_it(void **state)
+{
+    (void)state;
+    sleeper_sees_a_dead_committer(false);
+}
+
+/* A consumer slow inside its get (a long copy, a preemption) keeps its
+ * lock even against a waiter that cannot look it up in /proc: each item
+ * is still got once. */
+static unsigned slow_once;
+static _Atomic int *slow_inside;       /* shared: the slow consumer is in its copy */
+
+static void slow_at_copy(const char *point)
+{
+    if (strcmp(point, "get_copied") == 0 && slow_once++ == 0) {
+        atomic_store(slow_inside, 1);
+        usleep(300000);
+    }
+}
+
+static bool is_inside(void *arg)
+{
+    (void)arg;
+    return atomic_load(slow_inside) != 0;
+}
+
+static int child_gets_slowly(void *arg)
+{
+    uint64_t x;
+    size_t len;
+    mp__queue_test_hook = slow_at_copy;
+    int rc = mp_queue_get(arg, &x, sizeof x, &len, MP_FOREVER);
+    return rc == 0 && x == 1 ? 0 : 1;
+}
+
+static int get_at_emfile(void *arg)
+{
+    struct rlimit rl = { 32, 32 };
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 10;
+    while (open("/dev/null", O_RDONLY | O_CLOEXEC) >= 0)
+        ;
+    uint64_t x;
+    size_t len;
+    int rc = mp_queue_get(arg, &x, sizeof x, &len, MP_FOREVER);
+    return rc == 0 && x == 2 ? 0 : 1;
+}
+
+static void test_queue_slow_consumer_keeps_its_lock_from_a_waiter_blind_to_proc(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    for (uint64_t x = 1; x <= 3; x++)
+        put_u64(q, x);
+    slow_inside = mp_shared_alloc(sizeof *slow_inside);
+    assert_non_null(slow_inside);
+    pid_t slow = tu_fork(child_gets_slowly, q);
+    assert_true(tu_wait_for(is_inside, NULL, 10));
+    pid_t blind = tu_fork(get_at_emfile, q);
+    assert_int_equal(tu_wait(slow, 10), 0);
+    assert_int_equal(tu_wait(blind, 10), 0);
+    assert_true(mp__queue_valid(q));
+    assert_int_equal(mp_queue_qsize(q), 1);
+    uint64_t x;
+    size_t len;
+    TU_OK(mp_queue_get(q, &x, sizeof x, &len, 0));
+    assert_int_equal(x, 3);
+    mp_shared_free((void *)slow_inside);
+    mp_queue_free(q);
+}
+
 /* ------------------------------------------------------------------ a kill -9 storm */
 
 /* Producers and consumers are SIGKILLed wherever they happen to be, and
@@ -1005,6 +1146,9 @@ int main(void)
         cmocka_unit_test(test_queue_kill_after_put_commit_delivers_the_item_once),
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
+        cmocka_unit_test(test_queue_getter_sees_an_item_whose_producer_died_before_waking_it),
+        cmocka_unit_test(test_queue_putter_sees_room_whose_consumer_died_before_waking_it),
+        cmocka_unit_test(test_queue_slow_consumer_keeps_its_lock_from_a_waiter_blind_to_proc),
         cmocka_unit_test(test_queue_kill9_storm_loses_only_what_the_dead_held),
         cmocka_unit_test(test_queue_idle_blocked_consumer_uses_no_cpu),
     };

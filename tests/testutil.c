@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,9 +42,16 @@ void tu_watchdog(unsigned sec)
 pid_t tu_fork(int (*fn)(void *), void *arg)
 {
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid == 0)
+    if (pid == 0) {
+        /* A test that fails before it reaps its children leaves none behind
+         * (they would hold the runner's output pipe open). */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
         _exit(fn(arg) & 0xff);
+    }
     return pid;
 }
 

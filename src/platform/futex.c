@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -99,22 +100,43 @@ int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
 }
 
 /* fork copies the forking thread's cached tid into the child; bumping a
- * generation in the child (pthread_atfork) makes every cache refresh. */
+ * generation in the child (pthread_atfork) makes every cache refresh. A
+ * child made by _Fork() or a raw clone runs no atfork handler, so a page
+ * the kernel zeroes in every child (MADV_WIPEONFORK, Linux 4.14; the way
+ * glibc's arc4random notices forks) catches those: found zero, it means a
+ * fork nobody told us about. Without it, only the atfork path remains. */
 static _Atomic uint32_t tid_generation = 1;
+static _Atomic uint32_t *fork_marker;
 
 static void tid_after_fork(void)
 {
     atomic_fetch_add_explicit(&tid_generation, 1, memory_order_relaxed);
+    if (fork_marker)
+        atomic_store_explicit(fork_marker, 1, memory_order_relaxed);
 }
 
 __attribute__((constructor)) static void tid_cache_init(void)
 {
     pthread_atfork(NULL, NULL, tid_after_fork);
+#ifdef MADV_WIPEONFORK
+    long page = sysconf(_SC_PAGESIZE);
+    void *p = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    if (madvise(p, (size_t)page, MADV_WIPEONFORK) != 0) {
+        munmap(p, (size_t)page);
+        return;
+    }
+    fork_marker = p;
+    atomic_store_explicit(fork_marker, 1, memory_order_relaxed);
+#endif
 }
 
 uint32_t mp_gettid(void)
 {
     static __thread uint32_t tid, generation;
+    if (fork_marker && !atomic_load_explicit(fork_marker, memory_order_relaxed))
+        tid_after_fork();
     uint32_t g = atomic_load_explicit(&tid_generation, memory_order_relaxed);
     if (generation != g) {
         tid = (uint32_t)syscall(SYS_gettid);

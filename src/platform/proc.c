@@ -58,18 +58,28 @@ int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang)
 }
 
 /* The fields of /proc/<pid>/stat after the command name (which may hold
- * anything, ")" too), read into buf; NULL if there is no such task. Works
- * for any thread's id as well. */
-static const char *stat_fields(pid_t pid, char *buf, size_t cap)
+ * anything, ")" too), read into buf. Works for any thread's id as well.
+ * NULL if unreadable; then *gone says whether that is because there is no
+ * such task (ENOENT, ESRCH), and not some other failure (EMFILE, EACCES
+ * under hidepid, no /proc): only the former is evidence of an end. */
+static const char *stat_fields(pid_t pid, char *buf, size_t cap, bool *gone)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    *gone = false;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
+        *gone = errno == ENOENT || errno == ESRCH;
         return NULL;
+    }
     ssize_t n = read(fd, buf, cap - 1);
+    int err = errno;
     close(fd);
-    buf[n > 0 ? n : 0] = '\0';
+    if (n <= 0) {
+        *gone = n < 0 && err == ESRCH;
+        return NULL;
+    }
+    buf[n] = '\0';
     const char *end = strrchr(buf, ')');
     return end && end[1] == ' ' && end[2] ? end + 2 : NULL;
 }
@@ -79,21 +89,28 @@ bool proc_pid_ended(pid_t pid)
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return true;
     char buf[512];
-    const char *f = stat_fields(pid, buf, sizeof buf);
-    return !f || f[0] == 'Z' || f[0] == 'X';
+    bool gone;
+    const char *f = stat_fields(pid, buf, sizeof buf, &gone);
+    return f ? f[0] == 'Z' || f[0] == 'X' : gone;
 }
 
-uint64_t proc_start_ticks(pid_t pid)
+int proc_task_start(pid_t tid, uint64_t *start)
 {
     char buf[512];
-    const char *f = stat_fields(pid, buf, sizeof buf);
-    if (!f || f[0] == 'Z' || f[0] == 'X')
+    bool gone;
+    const char *f = stat_fields(tid, buf, sizeof buf, &gone);
+    if (!f)
+        return gone ? 0 : -1;
+    if (f[0] == 'Z' || f[0] == 'X')
         return 0;
     for (int field = 3; field < 22 && f; field++) {   /* f is at field 3, the state */
         f = strchr(f, ' ');
         f = f ? f + 1 : NULL;
     }
-    return f ? strtoull(f, NULL, 10) : 0;
+    if (!f)
+        return -1;
+    *start = strtoull(f, NULL, 10);
+    return 1;
 }
 
 int proc_exit_pipe(int fds[2])

@@ -17,6 +17,12 @@
  * store: if it has not slept yet its futex_wait sees the changed word and
  * returns, and if it has, its slice ends the sleep. Either way it retries
  * and finds the lock free; nobody waits longer than a slice for a wake-up.
+ *
+ * One death goes unseen: a thread other than the main one calls execve while
+ * the main thread holds the lock. The kernel ends the main thread and gives
+ * the new program its id and start time, so the lock stays taken until that
+ * program exits. (A robust mutex is released on exec; this corner is the
+ * price of the cheaper lock.)
  */
 #include "internal.h"
 #include "process_internal.h"
@@ -39,23 +45,38 @@ static uint32_t tid_of(uint64_t w)
 }
 
 /* This thread as a lock word: tid and start time, looked up once per thread
- * (and again in a fork child, whose tid differs). */
+ * (and again in a fork child, whose tid differs). If /proc cannot be read
+ * the start is recorded as 0, which waiters take as "unknown". */
 static uint64_t self_word(void)
 {
     static __thread uint64_t word __attribute__((tls_model("initial-exec")));
     uint32_t tid = mp_gettid();
-    if (tid_of(word) != tid)
-        word = (uint64_t)(uint32_t)proc_start_ticks((pid_t)tid) << 32 | tid;
+    if (tid_of(word) != tid) {
+        uint64_t start = 0;
+        if (proc_task_start((pid_t)tid, &start) != 1)
+            start = 0;
+        word = (uint64_t)(uint32_t)start << 32 | tid;
+    }
     return word;
 }
 
 /* The owner word w names a thread that has ended, or whose id now belongs
- * to another thread (its start time differs). */
+ * to another thread (its start time differs from the recorded one). Only
+ * evidence counts: if /proc cannot be read, or the owner recorded no start
+ * time, a live thread with its id is taken for the owner. Taking a live
+ * owner's lock would hand out its item twice; waiting on is the lesser harm. */
 static bool owner_gone(uint64_t w)
 {
-    pid_t tid = (pid_t)tid_of(w);
-    uint64_t start = tid ? proc_start_ticks(tid) : 1;   /* 0: gone, or a zombie */
-    return tid != 0 && (start == 0 || (uint32_t)start != (uint32_t)(w >> 32));
+    uint64_t start = 0;
+    uint32_t recorded = (uint32_t)(w >> 32);
+    switch (proc_task_start((pid_t)tid_of(w), &start)) {
+    case 0:
+        return true;
+    case 1:
+        return recorded != 0 && (uint32_t)start != recorded;
+    default:
+        return false;
+    }
 }
 
 static bool take_from(tlock *l, uint64_t *seen, uint64_t to)
@@ -77,6 +98,8 @@ int tlock_lock(tlock *l)
     }
     /* Sleep. Having slept, take the lock with TLOCK_WAITERS set: others may
      * still sleep, and our unlock must wake the next. */
+    uint64_t watched = 0;
+    mp_deadline check = deadline_in(MP_FOREVER);   /* set once an owner is watched */
     for (;;) {
         v = atomic_load_explicit(&l->word, memory_order_relaxed);
         if (tid_of(v) == 0) {
@@ -91,17 +114,23 @@ int tlock_lock(tlock *l)
                 return MP_EOWNERDEAD;
             continue;
         }
+        /* One owner held it a whole slice, however often signals or
+         * wake-ups broke our sleep: does it still live? */
+        uint64_t owner = v & ~(uint64_t)TLOCK_WAITERS;
+        if (owner != watched) {
+            watched = owner;
+            check = deadline_in(TLOCK_SLICE);
+        } else if (deadline_passed(&check)) {
+            if (owner_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
+                return MP_EOWNERDEAD;
+            check = deadline_in(TLOCK_SLICE);
+            continue;
+        }
         if (!(v & TLOCK_WAITERS) && !atomic_compare_exchange_weak_explicit(
                                         &l->word, &v, v | TLOCK_WAITERS,
                                         memory_order_relaxed, memory_order_relaxed))
             continue;
-        mp_deadline slice = deadline_in(TLOCK_SLICE);
-        if (futex_wait(futex_word(l), (uint32_t)v | TLOCK_WAITERS, &slice) != MP_ETIMEDOUT)
-            continue;
-        /* A whole slice with the same owner: does it still live? */
-        v = atomic_load_explicit(&l->word, memory_order_relaxed);
-        if (tid_of(v) != 0 && owner_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
-            return MP_EOWNERDEAD;
+        futex_wait(futex_word(l), (uint32_t)v | TLOCK_WAITERS, &check);
     }
 }
 
