@@ -7,10 +7,15 @@
  * robust mutex while its waiter lives: notify finds a waiter that was killed
  * (MP_EOWNERDEAD on a trylock), drops its record and wakes the next instead,
  * so a dead waiter neither swallows a notification nor wedges the notifier.
+ * A notifier killed mid-notify leaves its choice marked on the record before
+ * the record leaves the queue, and waiters look at their word every
+ * COND_SLICE, so the one it chose still wakes.
  */
 #include "sync_internal.h"
 
 #include <limits.h>
+
+#define COND_SLICE 0.1            /* s: a waiter looks at its word again this often */
 
 struct waiter {
     rmutex alive;                   /* held by the waiting thread */
@@ -125,15 +130,20 @@ int mp_condition_wait(mp_condition *c, double timeout)
 
     mp_deadline d = deadline_in(timeout);
     int rc = 0;
-    while (!atomic_load(&w->notified) && rc == 0)
-        rc = futex_wait_spin(&w->notified, 0, &d);
+    while (!atomic_load(&w->notified) && rc == 0) {
+        /* In slices: a notifier killed between its store and its wake. */
+        bool last = !d.forever && deadline_left(&d) <= COND_SLICE;
+        mp_deadline slice = deadline_in(COND_SLICE);
+        rc = futex_wait_spin(&w->notified, 0, last ? &d : &slice);
+        if (rc == MP_ETIMEDOUT && !last)
+            rc = 0;
+    }
 
     int relock = lock_restore(c->lock, depth);
     /* A notify that came while the time ran out still counts: it chose us. */
     if (atomic_load(&w->notified))
         rc = 0;
-    else
-        queue_remove(c, w);
+    queue_remove(c, w);           /* a notifier killed before its unlink left us queued */
     waiter_free(w);
     return relock == MP_EOWNERDEAD ? MP_EOWNERDEAD : rc;
 }
@@ -141,13 +151,21 @@ int mp_condition_wait(mp_condition *c, double timeout)
 /* Under the lock. Pops one waiter: true if it was alive (and is now woken). */
 static bool wake_one(mp_condition *c)
 {
-    struct waiter *w = queue_pop(c);
+    struct waiter *w = c->head;
+    if (atomic_load(&w->notified)) {    /* chosen by a notifier killed before its unlink */
+        queue_pop(c);
+        return false;
+    }
     int rc = rmutex_trylock(&w->alive);
     if (rc == MP_ETIMEDOUT) {           /* busy: its waiter lives */
+        /* Marked before it leaves the queue: a notifier killed in between
+         * leaves it queued and chosen, never unlinked and unchosen. */
         atomic_store(&w->notified, 1);
+        queue_pop(c);
         futex_wake(&w->notified, 1);
         return true;
     }
+    queue_pop(c);
     waiter_free(w);                     /* MP_EOWNERDEAD: killed while waiting */
     return false;
 }

@@ -652,9 +652,18 @@ static void handle_notice(mp_pool *p, const struct notice *n)
     if (atomic_load(&f->id) != n->id)
         return;                      /* finished and freed since */
     uint32_t s = atomic_load(&f->state);
-    if ((s & TASK_BASE) == TASK_RUNNING)
+    if ((s & TASK_BASE) == TASK_RUNNING) {
         task_finish(f, TASK_RUNNING, n->rc, n->code);
-    else if (state_final(s) && (s & TASK_NOTIFY) && !(s & TASK_PROCESSED))
+        return;
+    }
+    if (!state_final(s))
+        return;
+    /* It died inside task_finish, after the CAS: its wake-ups may not
+     * have been issued. Issue them again (a spare wake costs nothing). */
+    futex_wake(&f->state, INT_MAX);
+    atomic_fetch_add(&p->sh->any_seq, 1);
+    futex_wake(&p->sh->any_seq, INT_MAX);
+    if ((s & TASK_NOTIFY) && !(s & TASK_PROCESSED))
         collector_push(p->sh, f);
 }
 

@@ -151,8 +151,11 @@ static int fd_for(mp_process *p)
     int fd = MP_ESTATE;
     if (atomic_load(&p->state) == PROC_RUNNING && !proc_pid_ended(p->pid)) {
         fd = proc_pidfd_open(p->pid);
-        if (fd == -ENOSYS)
-            return fd;              /* no pidfds: callers poll instead */
+        /* No pidfds, or none now (EMFILE, ENOMEM): callers poll instead.
+         * Only "no such process" is an end; never cache an "ended" answer
+         * for a process that may live. */
+        if (fd < 0 && fd != -ESRCH)
+            return fd;
     }
     if (fd < 0)
         fd = eventfd(1, EFD_CLOEXEC);
@@ -555,9 +558,9 @@ int mp_process_join(mp_process *p, double timeout)
         runtime_lock();
         int fd = fd_for(p);
         runtime_unlock();
-        if (fd == -ENOSYS)
+        if (fd < 0)                 /* no pidfds, or none to be had now */
             return poll_until_ended(p, &d);
-        int rc = fd < 0 ? fd : proc_poll_fd(fd, &d);
+        int rc = proc_poll_fd(fd, &d);
         if (rc <= 0)
             return rc == 0 ? MP_ETIMEDOUT : rc;
         if (!i_reap(p))
@@ -583,10 +586,10 @@ bool mp_process_is_alive(mp_process *p)
     runtime_lock();                 /* someone else's: ended, if not yet published? */
     int fd = fd_for(p);
     runtime_unlock();
-    if (fd == -ENOSYS)
+    if (fd < 0)
         return !proc_pid_ended(p->pid);
     mp_deadline now = deadline_in(0);
-    return fd < 0 || proc_poll_fd(fd, &now) == 0;
+    return proc_poll_fd(fd, &now) == 0;
 }
 
 static int send_signal(mp_process *p, int sig)
@@ -599,7 +602,7 @@ static int send_signal(mp_process *p, int sig)
         return 0;                   /* finished: nothing to do (as Python) */
     runtime_lock();
     int fd = fd_for(p);
-    int rc = fd == -ENOSYS || fd >= 0 ? proc_signal(fd, p->pid, sig) : fd;
+    int rc = proc_signal(fd, p->pid, sig);   /* fd < 0: by pid */
     runtime_unlock();
     return rc == -ESRCH || rc == -EINVAL ? 0 : rc;   /* gone, or an eventfd: gone */
 }

@@ -1,6 +1,9 @@
 /* testutil.c - shared helpers for the test executables. */
 #include "testutil.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +75,19 @@ int tu_wait(pid_t pid, double timeout)
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
     return TU_TIMEOUT;
+}
+
+bool tu_exhaust_fds(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return false;
+    rl.rlim_cur = rl.rlim_max < 32 ? rl.rlim_max : 32;   /* the hard limit stays (valgrind) */
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return false;
+    while (open("/dev/null", O_RDONLY | O_CLOEXEC) >= 0)
+        ;
+    return errno == EMFILE;
 }
 
 bool tu_wait_for(bool (*cond)(void *), void *arg, double timeout)

@@ -46,6 +46,10 @@ double tu_slow(void);                /* the MPROC_TEST_SLOW multiplier, >= 1 */
 char tu_proc_state(pid_t pid);       /* /proc state letter ('S' asleep, 'Z', ...); 0 if gone */
 pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
 
+/* Leaves this process no free descriptor (soft limit lowered to 32, the
+ * rest opened): false if that could not be done. For a forked child. */
+bool tu_exhaust_fds(void);
+
 #define TU_ASSERT_RC(expr, want) assert_int_equal((expr), (want))
 #define TU_OK(expr) assert_int_equal((expr), 0)
 
