@@ -9,13 +9,11 @@
  * so a dead waiter neither swallows a notification nor wedges the notifier.
  * A notifier killed mid-notify leaves its choice marked on the record before
  * the record leaves the queue, and waiters look at their word every
- * COND_SLICE, so the one it chose still wakes.
+ * FUTEX_SLICE, so the one it chose still wakes.
  */
 #include "sync_internal.h"
 
 #include <limits.h>
-
-#define COND_SLICE 0.1            /* s: a waiter looks at its word again this often */
 
 struct waiter {
     rmutex alive;                   /* held by the waiting thread */
@@ -130,14 +128,8 @@ int mp_condition_wait(mp_condition *c, double timeout)
 
     mp_deadline d = deadline_in(timeout);
     int rc = 0;
-    while (!atomic_load(&w->notified) && rc == 0) {
-        /* In slices: a notifier killed between its store and its wake. */
-        bool last = !d.forever && deadline_left(&d) <= COND_SLICE;
-        mp_deadline slice = deadline_in(COND_SLICE);
-        rc = futex_wait_spin(&w->notified, 0, last ? &d : &slice);
-        if (rc == MP_ETIMEDOUT && !last)
-            rc = 0;
-    }
+    while (!atomic_load(&w->notified) && rc == 0)   /* sliced: a notifier killed before its wake */
+        rc = futex_wait_sliced(&w->notified, 0, &d, true);
 
     int relock = lock_restore(c->lock, depth);
     /* A notify that came while the time ran out still counts: it chose us. */

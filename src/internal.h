@@ -78,6 +78,12 @@ int futex_wait(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
 void futex_wake(_Atomic uint32_t *word, int n);   /* n = INT32_MAX: all */
 /* Spins a few microseconds for *word != val, then futex_wait. */
 int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
+/* One sleep (after a spin if spin) of at most FUTEX_SLICE seconds: 0 when
+ * woken or when the slice ended first (look again), MP_ETIMEDOUT once d has
+ * passed. For waiters whose waker may be killed between its change and its
+ * futex_wake: no sleep outlasts a slice, so none outlasts the change. */
+#define FUTEX_SLICE 0.1
+int futex_wait_sliced(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d, bool spin);
 void cpu_relax(void);
 /* More than one CPU online: spinning only pays when the other side can run
  * meanwhile. Looked up once. */

@@ -32,7 +32,6 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
  * round trip +15%). */
 #define SPIN_POLL_PAUSES 8
 #define PREFAULT_MIN ((size_t)1 << 20) /* big items from here map their pages in one call */
-#define SLEEP_SLICE 0.1       /* seconds: the longest a waiter sleeps before it looks again */
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
  * a producer knows how much room is left. */
@@ -186,7 +185,7 @@ static uint32_t raise_flag(mp_queue *q, struct waitword *w)
 }
 
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
- * A sleep lasts at most SLEEP_SLICE: a process killed between its commit
+ * A sleep lasts at most FUTEX_SLICE: a process killed between its commit
  * and its wake-up call wakes nobody, and the sleeper must see the commit
  * anyway (a lock holder's death is caught sooner, by the repair's wake-up). */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
@@ -197,11 +196,7 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
     uint32_t v = raise_flag(q, w);
     if (ready(q))
         return 0;
-    bool sliced = deadline_left(d) > SLEEP_SLICE;
-    mp_deadline slice = sliced ? deadline_in(SLEEP_SLICE) : *d;
-    if (futex_wait(&w->word, v, &slice) != MP_ETIMEDOUT || sliced)
-        return 0;
-    return MP_ETIMEDOUT;
+    return futex_wait_sliced(&w->word, v, d, false) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
 /* Under the waking side's lock, after the commit: does anyone sleep on w? */

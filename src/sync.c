@@ -5,17 +5,13 @@
  * sleeps on the word; a release or set wakes only when someone is counted.
  * A waiter killed while asleep leaves its count behind: that costs later
  * releases a futex_wake system call each, never a lost wake-up. Sleeps last
- * at most SYNC_SLICE: a releaser killed between its increment and its wake,
+ * at most FUTEX_SLICE: a releaser killed between its increment and its wake,
  * or a woken acquirer killed before it took the count, wakes nobody, and
  * the sleepers must find the count anyway.
  */
 #include "sync_internal.h"
 
 #include <limits.h>
-
-#define SYNC_SLICE 0.1    /* s: a sleeper looks again this often (a releaser or
-                           * setter killed before its wake, a woken waiter
-                           * killed before it took the count) */
 
 struct mp_semaphore {
     uint32_t magic;
@@ -38,16 +34,6 @@ static int sync_spin(_Atomic uint32_t *word, uint32_t val)
 {
     mp_deadline passed = { { 0, 0 }, false };
     return futex_wait_spin(word, val, &passed);
-}
-
-/* One sleep on *word == val, at most SYNC_SLICE: 0 (look again) or
- * MP_ETIMEDOUT once d has passed. */
-static int sync_sleep(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
-{
-    bool last = !d->forever && deadline_left(d) <= SYNC_SLICE;
-    mp_deadline slice = deadline_in(SYNC_SLICE);
-    int rc = futex_wait(word, val, last ? d : &slice);
-    return rc == MP_ETIMEDOUT && !last ? 0 : rc;
 }
 
 /* ------------------------------------------------------------------ semaphore */
@@ -110,7 +96,7 @@ int mp_semaphore_acquire(mp_semaphore *s, double timeout)
         }
         if (rc != 0)                /* timed out: the take above was the last try */
             break;
-        rc = sync_sleep(&s->value, 0, &d);
+        rc = futex_wait_sliced(&s->value, 0, &d, false);
     }
     atomic_fetch_sub(&s->waiters, 1);
     return rc;
@@ -195,7 +181,7 @@ int mp_event_wait(mp_event *e, double timeout)
     atomic_fetch_add(&e->waiters, 1);
     int rc = 0;
     while (!atomic_load(&e->flag) && rc == 0)
-        rc = sync_sleep(&e->flag, 0, &d);
+        rc = futex_wait_sliced(&e->flag, 0, &d, false);
     atomic_fetch_sub(&e->waiters, 1);
     /* Like Python: the flag at the end decides, even if the time ran out. */
     return atomic_load(&e->flag) ? 0 : rc ? rc : MP_ETIMEDOUT;

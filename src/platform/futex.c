@@ -99,6 +99,14 @@ int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d)
     return futex_wait(word, val, d);
 }
 
+int futex_wait_sliced(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d, bool spin)
+{
+    bool last = !d->forever && deadline_left(d) <= FUTEX_SLICE;
+    mp_deadline slice = last ? *d : deadline_in(FUTEX_SLICE);
+    int rc = spin ? futex_wait_spin(word, val, &slice) : futex_wait(word, val, &slice);
+    return rc == MP_ETIMEDOUT && !last ? 0 : rc;
+}
+
 /* fork copies the forking thread's cached tid into the child; bumping a
  * generation in the child (pthread_atfork) makes every cache refresh. A
  * child made by _Fork() or a raw clone runs no atfork handler, so a page
