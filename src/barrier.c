@@ -90,7 +90,12 @@ static struct party *party_enter(mp_barrier *b)
 {
     for (uint32_t i = 0; i < b->parties; i++) {
         struct party *p = &b->slot[i];
-        if (!p->used && rmutex_trylock(&p->alive) == 0) {
+        if (p->used)
+            continue;
+        /* MP_EOWNERDEAD: a party killed between taking this slot and
+         * marking it (or between unmarking and leaving it): ours now. */
+        int rc = rmutex_trylock(&p->alive);
+        if (rc == 0 || rc == MP_EOWNERDEAD) {
             p->used = 1;
             return p;
         }
