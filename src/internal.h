@@ -82,7 +82,7 @@ int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
  * woken or when the slice ended first (look again), MP_ETIMEDOUT once d has
  * passed. For waiters whose waker may be killed between its change and its
  * futex_wake: no sleep outlasts a slice, so none outlasts the change. */
-#define FUTEX_SLICE 0.1
+#define FUTEX_SLICE 0.5
 int futex_wait_sliced(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d, bool spin);
 void cpu_relax(void);
 /* More than one CPU online: spinning only pays when the other side can run
