@@ -13,14 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
+#include "platform/valgrind_check.h"
 
 #define ARENA_MAGIC 0x6d7072636172656eULL   /* "mprcaren" */
 #define BLOCK_MAGIC 0x626c6b21u

@@ -16,14 +16,7 @@
 
 /* RUNNING_ON_VALGRIND: true under valgrind, where tests that time things or
  * need many processes scale down (0 where valgrind's header is absent). */
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
+#include "platform/valgrind_check.h"
 
 /* Aborts the whole test binary after sec seconds: a deadlock fails loudly.
  * Scaled by MPROC_TEST_SLOW (e.g. 4 under sanitizers). */
