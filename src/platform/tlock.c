@@ -52,9 +52,8 @@ static uint64_t self_word(void)
     static __thread uint64_t word __attribute__((tls_model("initial-exec")));
     uint32_t tid = mp_gettid();
     if (tid_of(word) != tid) {
-        uint64_t start = 0;
-        if (proc_task_start((pid_t)tid, &start) != 1)
-            start = 0;
+        uint64_t start = 0;             /* stays 0 unless proc_task_start finds it */
+        proc_task_start((pid_t)tid, &start);
         word = (uint64_t)(uint32_t)start << 32 | tid;
     }
     return word;
