@@ -2,7 +2,8 @@
  *
  * One header, one library. Every call returns 0 (or a count where stated) on
  * success and a negative MP_E* code on failure; no call prints, aborts or exits
- * on bad input. Timeouts are seconds: MP_FOREVER blocks, 0 never blocks.
+ * on bad input. Timeouts are seconds: MP_FOREVER (or +inf) blocks, 0 never
+ * blocks; NaN and any other negative value give MP_EINVAL at once.
  * Handles are opaque; options are zero-initialised structs (NULL = defaults),
  * and more fields may be added to them at any time.
  */

@@ -68,7 +68,7 @@ mp_deadline deadline_in(double timeout);   /* timeout < 0: forever */
 bool deadline_passed(const mp_deadline *d);
 double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever */
 uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
-bool timeout_valid(double timeout);         /* not NaN */
+bool timeout_valid(double timeout);         /* >= 0 (+inf too) or MP_FOREVER */
 
 /* ------------------------------------------------------------------ futex */
 

@@ -71,12 +71,10 @@ static int self_deadlock(double timeout)
 
 int mp_lock_acquire(mp_lock *l, double timeout)
 {
-    if (!l)
+    if (!l || !timeout_valid(timeout))
         return MP_EINVAL;
     if (l->magic != MAGIC_LOCK)
         return l->magic == MAGIC_MLOCK ? mlock_acquire(l, timeout) : MP_EINVAL;
-    if (!timeout_valid(timeout))
-        return MP_EINVAL;
     int rc = rmutex_trylock(&l->m);
     if (rc == -EDEADLK) {
         if (!l->recursive)

@@ -1,0 +1,254 @@
+/* test_timeouts.c - one rule for every blocking call in mproc.h: MP_FOREVER
+ * and +inf block, 0 and positive values bound the wait, and NaN or any other
+ * negative value is refused with MP_EINVAL at once (Python's ValueError).
+ *
+ * Each call is made on a live object that would block if the timeout were
+ * taken for "forever", in a forked child with a one-second bound, so a call
+ * that hangs fails its row instead of the whole binary. */
+#include "testutil.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static struct {
+    mp_process *proc;
+    mp_thread *thread;
+    mp_lock *lock, *rlock, *mlock;
+    mp_semaphore *sem;
+    mp_event *event;
+    mp_condition *cond;
+    mp_barrier *barrier;
+    mp_queue *queue, *full;
+    mp_conn *pa, *pb;
+    mp_listener *listener;
+    mp_pool *pool;
+    mp_future *future;
+    mp_iter *iter;
+    mp_manager *manager;
+    mp_mqueue *mqueue;
+} o;
+
+static volatile sig_atomic_t thread_may_end;
+
+static int sleeps_until_killed(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+
+static int thread_waits(void *arg)
+{
+    (void)arg;
+    while (!thread_may_end)
+        usleep(1000);
+    return 0;
+}
+
+static int slow_task(const void *in, size_t len, mp_buf *out)
+{
+    (void)in, (void)len, (void)out;
+    sleep(30);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the calls */
+
+static int c_process_join(double t)   { return mp_process_join(o.proc, t); }
+static int c_thread_join(double t)    { return mp_thread_join(o.thread, t); }
+static int c_lock_acquire(double t)   { return mp_lock_acquire(o.lock, t); }
+static int c_rlock_acquire(double t)  { return mp_lock_acquire(o.rlock, t); }
+static int c_mlock_acquire(double t)  { return mp_lock_acquire(o.mlock, t); }
+static int c_sem_acquire(double t)    { return mp_semaphore_acquire(o.sem, t); }
+static int c_event_wait(double t)     { return mp_event_wait(o.event, t); }
+static int c_cond_acquire(double t)   { return mp_condition_acquire(o.cond, t); }
+static int c_barrier_wait(double t)   { return mp_barrier_wait(o.barrier, t); }
+static int c_queue_get(double t)
+{
+    char buf[8];
+    size_t len;
+    return mp_queue_get(o.queue, buf, sizeof buf, &len, t);
+}
+static int c_queue_get_buf(double t)
+{
+    mp_buf b = { 0 };
+    int rc = mp_queue_get_buf(o.queue, &b, t);
+    mp_buf_free(&b);
+    return rc;
+}
+static int c_queue_put(double t)      { return mp_queue_put(o.full, "x", 1, t); }
+static int c_queue_join(double t)     { return mp_queue_join(o.full, t); }
+static int c_conn_poll(double t)      { return mp_conn_poll(o.pa, t); }
+static int c_wait(double t)
+{
+    int fd = mp_conn_fileno(o.pa);
+    bool ready;
+    return mp_wait(&fd, 1, &ready, t);
+}
+static int c_accept(double t)
+{
+    mp_conn *c = NULL;
+    return mp_listener_accept(o.listener, &c, t);
+}
+static int c_client(double t)
+{
+    mp_conn *c = NULL;
+    return mp_client(&c, "tcp:192.0.2.1:9", NULL, 0, t);     /* TEST-NET-1: never answers */
+}
+static int c_iter_next(double t)
+{
+    size_t i;
+    return mp_iter_next(o.iter, &i, NULL, t);
+}
+static int c_pool_join(double t)      { return mp_pool_join(o.pool, t); }
+static int c_future_wait(double t)    { return mp_future_wait(o.future, t); }
+static int c_future_result(double t)  { return mp_future_result(o.future, NULL, t); }
+static int c_futures_wait(double t)   { return mp_futures_wait(&o.future, 1, MP_ALL_COMPLETED, t); }
+static int c_mqueue_get(double t)
+{
+    mp_buf b = { 0 };
+    int rc = mp_mqueue_get(o.mqueue, &b, t);
+    mp_buf_free(&b);
+    return rc;
+}
+static int c_mqueue_put(double t)     { return mp_mqueue_put(o.mqueue, "x", 1, t); }
+
+static const struct row {
+    const char *name;
+    int (*call)(double timeout);
+} rows[] = {
+    { "mp_process_join", c_process_join },
+    { "mp_thread_join", c_thread_join },
+    { "mp_lock_acquire", c_lock_acquire },
+    { "mp_lock_acquire (rlock)", c_rlock_acquire },
+    { "mp_lock_acquire (manager lock)", c_mlock_acquire },
+    { "mp_semaphore_acquire", c_sem_acquire },
+    { "mp_event_wait", c_event_wait },
+    { "mp_condition_acquire", c_cond_acquire },
+    { "mp_barrier_wait", c_barrier_wait },
+    { "mp_queue_get", c_queue_get },
+    { "mp_queue_get_buf", c_queue_get_buf },
+    { "mp_queue_put", c_queue_put },
+    { "mp_queue_join", c_queue_join },
+    { "mp_conn_poll", c_conn_poll },
+    { "mp_wait", c_wait },
+    { "mp_listener_accept", c_accept },
+    { "mp_client", c_client },
+    { "mp_iter_next", c_iter_next },
+    { "mp_pool_join", c_pool_join },
+    { "mp_future_wait", c_future_wait },
+    { "mp_future_result", c_future_result },
+    { "mp_futures_wait", c_futures_wait },
+    { "mp_mqueue_get", c_mqueue_get },
+    { "mp_mqueue_put", c_mqueue_put },
+};
+
+static const double bad[] = { -1e-9, -0.5, -2.0, -INFINITY, NAN };
+
+static int probe_child(void *arg)
+{
+    const double *args = arg;
+    const struct row *r = &rows[(size_t)args[0]];
+    return r->call(args[1]) == MP_EINVAL ? 0 : 1;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (mp_process_new(&o.proc, sleeps_until_killed, NULL, NULL) ||
+        mp_process_start(o.proc) ||
+        mp_thread_new(&o.thread, thread_waits, NULL, NULL) || mp_thread_start(o.thread) ||
+        mp_lock_new(&o.lock) || mp_lock_acquire(o.lock, 0) ||
+        mp_rlock_new(&o.rlock) || mp_semaphore_new(&o.sem, 0) || mp_event_new(&o.event) ||
+        mp_condition_new(&o.cond, NULL) || mp_barrier_new(&o.barrier, 2) ||
+        mp_queue_new(&o.queue, NULL) ||
+        mp_queue_new(&o.full, &(mp_queue_opts){ .maxsize = 1 }) ||
+        mp_queue_put(o.full, "x", 1, 0) ||
+        mp_pipe(&o.pa, &o.pb, false) ||
+        mp_listener_new(&o.listener, "unix:@mproc-test-timeouts", NULL, 0) ||
+        mp_pool_new(&o.pool, &(mp_pool_opts){ .processes = 1 }) ||
+        mp_pool_apply_async(o.pool, slow_task, NULL, 0, &o.future) ||
+        mp_pool_imap(o.pool, slow_task, "ab", 2, 1, 1, false, &o.iter) ||
+        mp_pool_close(o.pool) ||
+        mp_manager_start(&o.manager, NULL) ||
+        mp_manager_queue(o.manager, "q", 0, &o.mqueue) ||
+        mp_manager_lock(o.manager, "l", &o.mlock))
+        return -1;
+    /* The item in o.full was put but never got, so join waits; taking the
+     * rlock and the condition's lock from a forked child would not block, so
+     * the parent's hold is what makes them blocking there. */
+    return mp_lock_acquire(o.rlock, 0) || mp_condition_acquire(o.cond, 0) ||
+           mp_lock_acquire(o.mlock, 0) ? -1 : 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    mp_pool_terminate(o.pool);
+    mp_iter_free(o.iter);
+    mp_future_free(o.future);
+    mp_pool_free(o.pool);
+    mp_lock_release(o.mlock);
+    mp_lock_free(o.mlock);
+    mp_mqueue_free(o.mqueue);
+    mp_manager_shutdown(o.manager);
+    mp_manager_free(o.manager);
+    mp_process_kill(o.proc);
+    mp_process_join(o.proc, MP_FOREVER);
+    mp_process_free(o.proc);
+    thread_may_end = 1;
+    mp_thread_join(o.thread, MP_FOREVER);
+    mp_thread_free(o.thread);
+    mp_listener_free(o.listener);
+    mp_conn_close(o.pa);
+    mp_conn_close(o.pb);
+    return 0;
+}
+
+static void test_every_blocking_call_refuses_a_bad_timeout_at_once(void **state)
+{
+    (void)state;
+    int failures = 0;
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+            double args[2] = { (double)r, bad[b] };
+            double t0 = tu_now();
+            int rc = tu_wait(tu_fork(probe_child, args), 1.0 * tu_slow());
+            if (rc != 0) {
+                fprintf(stderr, "%s(timeout %g): %s after %.2f s\n", rows[r].name, bad[b],
+                        rc == TU_TIMEOUT ? "still blocked" : "not MP_EINVAL", tu_now() - t0);
+                failures++;
+            }
+        }
+    }
+    assert_int_equal(failures, 0);
+}
+
+/* The rule does not take MP_FOREVER's or zero's meaning away. */
+static void test_zero_and_forever_keep_their_meaning(void **state)
+{
+    (void)state;
+    TU_ASSERT_RC(mp_event_wait(o.event, 0), MP_ETIMEDOUT);
+    TU_ASSERT_RC(mp_semaphore_acquire(o.sem, 0), MP_ETIMEDOUT);
+    TU_OK(mp_semaphore_release(o.sem));
+    TU_OK(mp_semaphore_acquire(o.sem, MP_FOREVER));
+    TU_OK(mp_semaphore_release(o.sem));
+    TU_OK(mp_semaphore_acquire(o.sem, INFINITY));
+    TU_OK(mp_event_set(o.event));
+    TU_OK(mp_event_wait(o.event, MP_FOREVER));
+    TU_OK(mp_event_wait(o.event, INFINITY));
+    TU_OK(mp_event_clear(o.event));
+}
+
+int main(void)
+{
+    tu_watchdog(120);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_blocking_call_refuses_a_bad_timeout_at_once),
+        cmocka_unit_test(test_zero_and_forever_keep_their_meaning),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
