@@ -1,8 +1,12 @@
-# Top-level wrapper around CMake. `make demo` and `make test` do all set-up on
-# a fresh Debian machine (missing packages are installed when run as root).
+# Top-level wrapper around CMake. `make` and `make install` need only a C
+# compiler, CMake, OpenSSL and libcbor. `make demo` and `make test` first do
+# all set-up on a fresh Debian machine (missing packages are installed when
+# run as root); elsewhere they name what they need and go on.
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# Warnings are errors in CI (CI=true), not on a packager's newer compiler.
+WERROR = -DMPROC_WERROR=$(if $(CI),ON,OFF)
 # libclang-rt-dev: the sanitizer and libFuzzer runtimes (clang only recommends it).
 DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbor-dev \
                libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin
@@ -12,7 +16,10 @@ DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbo
 all: build
 
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+	@if ! command -v dpkg-query >/dev/null; then \
+	  echo "not a Debian system: make sure these (Debian names) are installed:"; \
+	  echo "  $(DEB_PACKAGES)"; exit 0; fi; \
+	missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || \
 	    missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -22,13 +29,14 @@ deps:
 	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
 	fi
 
-$(BUILD)/Makefile: | deps
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+$(BUILD)/Makefile:
+	cmake -S . -B $(BUILD) $(WERROR) $(CMAKE_FLAGS) >/dev/null
 
-build: deps $(BUILD)/Makefile
+build: $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
+demo: deps
+	@$(MAKE) --no-print-directory build
 	@./examples/tour.sh $(BUILD)
 
 # Every test: the plain build, ASan+UBSan, TSan, valgrind on the process and
@@ -38,17 +46,18 @@ test: test-plain test-asan test-tsan test-valgrind test-fuzz
 test-fuzz:
 	$(MAKE) fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),20)
 
-test-plain: build
+test-plain: deps
+	@$(MAKE) --no-print-directory build
 	cd $(BUILD) && ctest --output-on-failure -j 2
 
 test-asan: deps
-	cmake -S . -B build-asan -DMPROC_SANITIZE=address -DCMAKE_C_COMPILER=clang \
+	cmake -S . -B build-asan $(WERROR) -DMPROC_SANITIZE=address -DCMAKE_C_COMPILER=clang \
 	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF >/dev/null
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && MPROC_TEST_SLOW=4 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2
 
 test-tsan: deps
-	cmake -S . -B build-tsan -DMPROC_SANITIZE=thread -DCMAKE_C_COMPILER=clang \
+	cmake -S . -B build-tsan $(WERROR) -DMPROC_SANITIZE=thread -DCMAKE_C_COMPILER=clang \
 	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF >/dev/null
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && MPROC_TEST_SLOW=6 ctest --output-on-failure -j 2
@@ -58,14 +67,16 @@ test-tsan: deps
 VALGRIND_TESTS = test_core test_process test_spawn test_thread \
                  test_sync test_lock test_condition test_barrier \
                  test_queue test_conn test_pipe_shm test_worst_moment test_manager
-test-valgrind: build
+test-valgrind: deps
+	@$(MAKE) --no-print-directory build
 	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)
 
-bench: build
+bench: deps
+	@$(MAKE) --no-print-directory build
 	@./bench/run.sh $(BUILD) $(AREAS)
 
 fuzz: deps
-	cmake -S . -B build-fuzz -DMPROC_FUZZ=ON -DCMAKE_C_COMPILER=clang -DMPROC_SANITIZE=address \
+	cmake -S . -B build-fuzz $(WERROR) -DMPROC_FUZZ=ON -DCMAKE_C_COMPILER=clang -DMPROC_SANITIZE=address \
 	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF -DMPROC_TESTS=OFF >/dev/null
 	cmake --build build-fuzz -j $(JOBS)
 	@./fuzz/run.sh build-fuzz $(FUZZ_SECONDS)

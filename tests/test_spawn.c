@@ -343,6 +343,7 @@ static void test_exit_joins_children_of_every_method(void **state)
     int fds[2];
     TU_OK(pipe(fds));
     struct helper_arg h = { method_of(state), fds[1] };
+    mp_shared_free(mp_shared_alloc(1));  /* the helper's block must be in an arena we share */
     pid_t helper = tu_fork(exits_with_a_child, &h);
     assert_int_equal(tu_wait(helper, 20), 0);
     int *out = NULL;

@@ -36,8 +36,18 @@ static void on_alarm(int sig)
     kill(getpid(), SIGKILL);
 }
 
+/* MPROC_TEST_CASE=name runs that case alone (CTest gives each case its own
+ * entry that way), with MPROC_CASE_TIMEOUT seconds for it instead of the
+ * whole file's bound. */
 void tu_watchdog(unsigned sec)
 {
+    const char *only = getenv("MPROC_TEST_CASE");
+    const char *case_sec = getenv("MPROC_CASE_TIMEOUT");
+    if (only && *only) {
+        cmocka_set_test_filter(only);
+        if (case_sec && atoi(case_sec) > 0)
+            sec = (unsigned)atoi(case_sec);
+    }
     signal(SIGALRM, on_alarm);
     alarm((unsigned)(sec * tu_slow()));
 }

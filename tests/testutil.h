@@ -19,7 +19,8 @@
 #include "platform/valgrind_check.h"
 
 /* Aborts the whole test binary after sec seconds: a deadlock fails loudly.
- * Scaled by MPROC_TEST_SLOW (e.g. 4 under sanitizers). */
+ * Scaled by MPROC_TEST_SLOW (e.g. 4 under sanitizers). With MPROC_TEST_CASE
+ * set, only the case of that name runs, bounded by MPROC_CASE_TIMEOUT. */
 void tu_watchdog(unsigned sec);
 
 /* Forks a child that runs fn(arg) and _exits with its return value. */
