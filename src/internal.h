@@ -103,7 +103,7 @@ bool spin_adaptive(bool (*ready)(void *), void *arg, uint64_t *budget_ns, unsign
  * mutex is made consistent and held). Used by locks, queues, the pool. */
 typedef struct { pthread_mutex_t m; } rmutex;
 int rmutex_init(rmutex *m);
-int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT */
+int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT, -EDEADLK */
 int rmutex_unlock(rmutex *m);                        /* MP_EINVAL if not owner */
 int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -EDEADLK (ours) */
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */

@@ -3,6 +3,11 @@
  * glibc's robust pthread mutex registers each held mutex on the thread's
  * kernel robust list, so when a holder dies the kernel marks the word and the
  * next locker learns it (EOWNERDEAD). We spin on trylock before sleeping.
+ * It lives under platform/ because it reads glibc's mutex layout (the owner's
+ * tid in __data.__lock) and the kernel's robust-futex bits.
+ *
+ * Codes, one per cause: 0, MP_EOWNERDEAD (held, its holder died),
+ * MP_ETIMEDOUT (busy until the deadline), -EDEADLK (the caller holds it).
  */
 #include "internal.h"
 
@@ -94,7 +99,7 @@ int rmutex_lock(rmutex *m, const mp_deadline *d)
     case 0: return 0;
     case EOWNERDEAD: return owner_died(m);
     case ETIMEDOUT: case EBUSY: return MP_ETIMEDOUT;
-    case EDEADLK: return MP_EINVAL;
+    case EDEADLK: return -EDEADLK;
     default: return -rc;
     }
 }
