@@ -8,8 +8,9 @@ CMAKE_FLAGS ?=
 # Warnings are errors in CI (CI=true), not on a packager's newer compiler.
 WERROR = -DMPROC_WERROR=$(if $(CI),ON,OFF)
 # libclang-rt-dev: the sanitizer and libFuzzer runtimes (clang only recommends it).
+# abigail-tools: abidiff, for the ABI check against abi/libmproc.abi.
 DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbor-dev \
-               libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin
+               libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin abigail-tools
 
 .PHONY: all deps build demo test test-fuzz test-plain test-asan test-tsan test-valgrind bench fuzz install clean
 

@@ -1,5 +1,7 @@
 /* test_queue.c - the Queue: order, sizes, bounds, timeouts, joining,
- * shutdown, many producers and consumers, and processes killed mid-operation. */
+ * shutdown, many producers and consumers, and processes killed mid-operation.
+ * MPROC_WHITEBOX: linked with the static library, for the queue's test hook
+ * and validator, which libmproc.so does not export. */
 #include "testutil.h"
 #include "queue_internal.h"
 

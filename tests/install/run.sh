@@ -30,8 +30,18 @@ echo "== soname and exported symbols"
 soname=$(readelf -d "$libdir/libmproc.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
 [ "$soname" = libmproc.so.0 ] || fail "soname is '$soname', want libmproc.so.0"
 [ -e "$libdir/libmproc.so.0" ] || fail "libmproc.so.0 missing"
-others=$(nm -D --defined-only "$libdir/libmproc.so" | awk '{print $3}' | grep -v '^mp_' || true)
-[ -z "$others" ] || fail "exported symbols outside mp_*: $others"
+# Exactly the header's names, each versioned by src/libmproc.map, plus the
+# private seams libmproc_mpi uses.
+src=$(cd "$here/../.." && pwd)
+nm -D --defined-only "$libdir/libmproc.so" | awk '$3 !~ /^MPROC_/ {print $3}' | sort >"$tmp/exported"
+{ "$src/tools/public-symbols.sh" "$src/include/mproc.h" | sed 's/$/@@MPROC_0.2/'
+  sed -n 's/^ *\(mp__[a-z_]*\);$/\1@@MPROC_PRIVATE/p' "$src/src/libmproc.map"; } | sort >"$tmp/wanted"
+# Names added after 0.2 carry a later version: compare names, then versions.
+sed 's/@.*//' "$tmp/exported" >"$tmp/exported_names"
+sed 's/@.*//' "$tmp/wanted" | sort >"$tmp/wanted_names"
+diff "$tmp/wanted_names" "$tmp/exported_names" >"$tmp/symdiff" ||
+  { sed 's/^/    /' "$tmp/symdiff"; fail "exports differ from include/mproc.h (<: missing, >: extra); update src/libmproc.map"; }
+grep -q '@@MPROC_0\.2$' "$tmp/exported" || fail "exports carry no symbol version"
 
 echo "== outside CMake project: find_package(mproc)"
 cmake -S "$here" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
