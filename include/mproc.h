@@ -84,6 +84,10 @@ typedef struct {
                                 0: arg passed as is, so under spawn/forkserver it must
                                 point into shared memory (mp_shared_alloc) */
 } mp_process_opts;
+/* mp_process_exitcode of a forkserver child that ended after its fork server
+ * died, where the kernel no longer tells how (no pidfds, or reaped by init
+ * on a kernel before 6.15): neither an exit status nor a -signal. */
+enum { MP_EXITCODE_UNKNOWN = -256 };
 
 MP_EXTERN int   mp_process_new(mp_process **p, mp_target target, void *arg, const mp_process_opts *o);
 MP_EXTERN int   mp_process_set_daemon(mp_process *p, bool daemon);   /* MP_ESTATE after start */

@@ -120,6 +120,10 @@ int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
 int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
 int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
 bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
+/* How a process that is not our child ended, as far as the kernel still
+ * tells the holder of its pidfd (its zombie's stat, or PIDFD_INFO_EXIT once
+ * reaped): 1 with *code (exit status or -signal), 0 unknown or running. */
+int proc_exit_code(int pidfd, pid_t pid, int *code);
 /* A task's start time (clock ticks after boot): 1 alive (*start set), 0 gone
  * or a zombie, -1 unknown (/proc unreadable: EMFILE, hidepid, not mounted). */
 int proc_task_start(pid_t tid, uint64_t *start);
