@@ -17,7 +17,9 @@
 
 static bool valid(const mp_future *f)
 {
-    return f && arena_contains(f, sizeof *f) && f->magic == MAGIC_FUTURE;
+    /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused. */
+    return f && arena_contains(f, sizeof *f) && f->magic == MAGIC_FUTURE &&
+           !(atomic_load_explicit(&f->state, memory_order_relaxed) & TASK_DETACHED);
 }
 
 mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
@@ -85,6 +87,8 @@ void task_processed(mp_future *f)
         task_free(f);
 }
 
+/* On the collector, before task_processed. A callback gets a handle it can
+ * use even if its caller freed it meanwhile: DETACHED is lifted for it. */
 void task_run_callbacks(mp_future *f)
 {
     pthread_mutex_t *lock = pool_lock(f->owner);
@@ -92,11 +96,16 @@ void task_run_callbacks(mp_future *f)
     struct callback *list = f->callbacks;
     f->callbacks = NULL;
     pthread_mutex_unlock(lock);
+    if (!list)
+        return;
+    uint32_t freed = atomic_fetch_and(&f->state, ~TASK_DETACHED) & TASK_DETACHED;
     for (struct callback *c = list, *next; c; c = next) {
         next = c->next;
         c->cb(f, c->ctx);
         free(c);
     }
+    if (freed)
+        atomic_fetch_or(&f->state, TASK_DETACHED);
 }
 
 static bool spin_until_final(mp_future *f)

@@ -93,9 +93,11 @@ static struct {
 static void live_add(mp_pool *p);
 static void live_register(void);
 
+/* The handle lives in the arena, as every mproc object: a freed one is
+ * still mapped, reads MAGIC_FREED and is refused (ASan sees no heap). */
 static bool valid(const mp_pool *p)
 {
-    return p && p->magic == MAGIC_POOL;
+    return p && arena_contains(p, sizeof *p) && p->magic == MAGIC_POOL;
 }
 
 static pid_t self_pid(void)
@@ -916,7 +918,7 @@ static void pool_destroy(mp_pool *p)
     free(p->pollslots);
     free(p->fns);
     p->magic = MAGIC_FREED;
-    free(p);
+    arena_free(p);
 }
 
 /* Workers first, so a pool that cannot start them is refused. */
@@ -957,7 +959,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     if (rc != 0)
         return rc;
     pthread_once(&live.registered, live_register);   /* before the first fork */
-    mp_pool *p = calloc(1, sizeof *p);
+    mp_pool *p = arena_alloc(sizeof *p);
     if (!p)
         return MP_ENOMEM;
     p->magic = MAGIC_POOL;
@@ -970,7 +972,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
                 : o->processes ? o->processes : mp_cpu_count();
     if (p->nworkers <= 0) {          /* MPI: not under mpirun, or too few ranks */
         rc = p->nworkers < 0 ? p->nworkers : MP_EINVAL;
-        free(p);
+        arena_free(p);
         return rc;
     }
     pthread_mutex_init(&p->lock, NULL);
@@ -1157,10 +1159,8 @@ void mp_pool_free(mp_pool *p)
 {
     if (!valid(p))
         return;
-    if (!pool_owned_here(p)) {       /* a forked child's copy: the parent owns the rest */
-        p->magic = MAGIC_FREED;
-        return;
-    }
+    if (!pool_owned_here(p))
+        return;                      /* the creator's, seen from a forked child: not ours */
     if (in_pool_thread(p))
         return;                      /* from a callback: it would free its own thread */
     if (!atomic_load(&p->finished))

@@ -32,7 +32,7 @@ struct mp_iter {
     size_t nchunks, pending;            /* pending: segments not yet read out */
     size_t emitted;                     /* items handed out */
     int last_code;
-    bool detached;
+    _Atomic bool detached;              /* freed by its caller while items were pending */
 };
 
 static bool mul_overflows(size_t a, size_t b)
@@ -296,7 +296,7 @@ static void iter_destroy(mp_iter *it)
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
     it->magic = MAGIC_FREED;
-    free(it);
+    arena_free(it);
 }
 
 /* Hands records to the iterator; on allocation failure they are lost and
@@ -443,7 +443,7 @@ int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
         return rc;
     if (!out)
         return MP_EINVAL;
-    mp_iter *it = calloc(1, sizeof *it);
+    mp_iter *it = arena_alloc(sizeof *it);   /* a freed handle stays readable: refused */
     if (!it)
         return MP_ENOMEM;
     it->magic = MAGIC_ITER;
@@ -454,7 +454,7 @@ int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     it->tail = &it->segs;
     it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
     if (!unordered && !(it->by_chunk = calloc(it->nchunks ? it->nchunks : 1, sizeof *it->by_chunk))) {
-        free(it);
+        arena_free(it);
         return MP_ENOMEM;
     }
     pthread_mutex_init(&it->lock, NULL);
@@ -483,7 +483,8 @@ fail:
 
 static bool iter_valid(const mp_iter *it)
 {
-    return it && it->magic == MAGIC_ITER;
+    return it && arena_contains(it, sizeof *it) && it->magic == MAGIC_ITER &&
+           !atomic_load_explicit(&it->detached, memory_order_relaxed);
 }
 
 /* The segment holding the next record to hand out, or NULL if not here yet. */

@@ -131,12 +131,64 @@ static void test_future_free_while_pending_detaches(void **state)
     for (int i = 0; i < 10; i++)
         mp_future_free(submit_int(p, t_square, i));    /* queued, never looked at */
     atomic_store(flag, 1);
-    assert_true(tu_wait_for(cb_called, &r, 30));       /* and its callback still runs */
+    assert_true(tu_wait_for(cb_called, &r, 30));       /* and its callback still runs, */
+    TU_OK(r.rc);                                       /* with a handle it can use */
     expect_squares(p, 0, 4);
     TU_OK(mp_pool_close(p));
     TU_OK(mp_pool_join(p, 30));
     mp_shared_free(flag);
     mp_pool_free(p);
+}
+
+/* Freed handles are refused, as the arena's are, and a second free is
+ * harmless: a future freed done or pending, an iterator, a pool. */
+static void test_freed_handles_give_einval_and_double_free_is_harmless(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *done = submit_int(p, t_square, 3);
+    TU_OK(mp_future_wait(done, 30));
+    mp_future_free(done);
+    TU_ASSERT_RC(mp_future_result(done, NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_future_wait(done, 0), MP_EINVAL);
+    assert_false(mp_future_done(done));
+    TU_ASSERT_RC(mp_future_cancel(done), MP_EINVAL);
+    mp_future_free(done);
+    mp_future *pending = submit_wait(p, flag);
+    mp_future_free(pending);                           /* it still runs */
+    TU_ASSERT_RC(mp_future_result(pending, NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_future_on_done(pending, on_done_cb, NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_futures_wait(&pending, 1, MP_ALL_COMPLETED, 0), MP_EINVAL);
+    mp_future_free(pending);
+    int in[64];
+    for (int i = 0; i < 64; i++)
+        in[i] = i;
+    mp_iter *it;
+    TU_OK(mp_pool_imap(p, t_square, in, 64, sizeof *in, 1, false, &it));
+    mp_iter_free(it);                                  /* items pending behind the flag */
+    size_t index;
+    TU_ASSERT_RC(mp_iter_next(it, &index, NULL, 0), MP_EINVAL);
+    mp_iter_free(it);
+    atomic_store(flag, 1);
+    TU_OK(mp_pool_imap(p, t_square, in, 4, sizeof *in, 1, false, &it));
+    while (mp_iter_next(it, &index, NULL, 30) != MP_EEOF)
+        ;
+    mp_iter_free(it);                                  /* finished: gone at once */
+    TU_ASSERT_RC(mp_iter_next(it, &index, NULL, 0), MP_EINVAL);
+    assert_int_equal(mp_iter_code(it), 0);
+    mp_iter_free(it);
+    expect_squares(p, 0, 8);
+    mp_pool_free(p);
+    int x = 1;
+    mp_future *f = NULL;
+    TU_ASSERT_RC(mp_pool_apply_async(p, t_square, &x, sizeof x, &f), MP_EINVAL);
+    assert_null(f);
+    TU_ASSERT_RC(mp_pool_close(p), MP_EINVAL);
+    TU_ASSERT_RC(mp_pool_terminate(p), MP_EINVAL);
+    TU_ASSERT_RC(mp_pool_join(p, 0), MP_EINVAL);
+    mp_pool_free(p);
+    mp_shared_free(flag);
 }
 
 static void test_future_of_a_map_takes_callbacks_and_waits(void **state)
@@ -206,6 +258,7 @@ int main(void)
         cmocka_unit_test(test_future_on_done_runs_on_result_thread_or_at_once),
         cmocka_unit_test(test_futures_wait_first_completed_first_exception_all),
         cmocka_unit_test(test_future_free_while_pending_detaches),
+        cmocka_unit_test(test_freed_handles_give_einval_and_double_free_is_harmless),
         cmocka_unit_test(test_future_of_a_map_takes_callbacks_and_waits),
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
     };
