@@ -274,11 +274,8 @@ static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep, s
     p->pid = pid;
     p->reaper = server;
     int fd = process_exit_pipe_parent(exit_pipe, pid);
-    if (fd < 0) {                   /* our own unreaped child: only EMFILE and such */
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    if (fd < 0)                     /* EMFILE and such: the kid is killed and reaped */
         return fd;
-    }
     s->kids[s->nkids++] = (struct kid){ p, fd, false };
     rep->pid = pid;
     return 0;

@@ -335,7 +335,16 @@ int process_exit_pipe_parent(int fds[2], pid_t pid)
 {
     if (fds[1] >= 0)
         close(fds[1]);
-    return fds[0] >= 0 ? fds[0] : proc_pidfd_open(pid);
+    if (!proc_have_pidfd())
+        return fds[0];              /* the exit pipe's read end */
+    close(fds[0]);                  /* the slot kept for the pidfd */
+    int fd = proc_pidfd_open(pid);
+    if (fd < 0 && fd != -ESRCH) {   /* a start we cannot watch is undone */
+        siginfo_t si;
+        kill(pid, SIGKILL);
+        proc_wait_pid(pid, &si, false);
+    }
+    return fd;
 }
 
 int process_run_target(mp_process *p)
@@ -485,7 +494,7 @@ static int fork_start(mp_process *p, int *fd)
     p->reaper = parent;
     *fd = process_exit_pipe_parent(exit_pipe, pid);
     process_fork_unlock();
-    return 0;
+    return *fd < 0 && *fd != -ESRCH ? *fd : 0;
 }
 
 /* Copies the argument into the arena and names the target for another

@@ -286,6 +286,51 @@ static void test_pool_survives_a_kill_storm_under_every_method(void **state)
     }
 }
 
+/* ------------------------------------------------------------------ descriptor limit */
+
+static int ret_zero(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+/* At the descriptor limit the real cause comes back: -EMFILE, not
+ * MP_ENOMEM. Exit code: 0, or 10 + 10 * method + which call failed. */
+static int starts_at_emfile(void *arg)
+{
+    (void)arg;
+    mp_process *warm;                 /* the arena and this process's record exist */
+    if (mp_process_new(&warm, ret_zero, NULL, NULL) != 0)
+        return 1;
+    if (!tu_exhaust_fds())
+        return 2;
+    for (int m = 0; m < 3; m++) {
+        mp_pool *p = NULL;
+        int rc = mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .method = methods[m] });
+        if (rc != -EMFILE) {
+            fprintf(stderr, "%s: mp_pool_new %d\n", method_names[m], rc);
+            return 10 + 10 * m + 1;
+        }
+        mp_process *c;
+        if (mp_process_new(&c, ret_zero, NULL, &(mp_process_opts){ .method = methods[m] }) != 0)
+            return 10 + 10 * m + 2;
+        rc = mp_process_start(c);
+        if (rc != -EMFILE) {
+            fprintf(stderr, "%s: mp_process_start %d\n", method_names[m], rc);
+            return 10 + 10 * m + 3;
+        }
+        if (mp_process_free(c) != 0)
+            return 10 + 10 * m + 4;
+    }
+    return 0;
+}
+
+static void test_descriptor_limit_gives_emfile_under_every_method(void **state)
+{
+    (void)state;
+    assert_int_equal(tu_wait(tu_fork(starts_at_emfile, NULL), 60), 0);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -293,6 +338,7 @@ int main(void)
         cmocka_unit_test(test_pool_goes_on_when_its_fork_server_is_killed),
         cmocka_unit_test(test_pool_outside_kills_before_ready_do_not_break_it),
         cmocka_unit_test(test_pool_survives_a_kill_storm_under_every_method),
+        cmocka_unit_test(test_descriptor_limit_gives_emfile_under_every_method),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

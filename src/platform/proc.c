@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -170,8 +171,13 @@ int proc_exit_code(int pidfd, pid_t pid, int *code)
 int proc_exit_pipe(int fds[2])
 {
     fds[0] = fds[1] = -1;
-    if (proc_have_pidfd())
-        return 0;
+    if (proc_have_pidfd()) {
+        /* No pipe: a slot for the pidfd, taken before the fork, so that the
+         * descriptor limit fails the start (EMFILE), not the watch of a
+         * child already running. */
+        fds[0] = eventfd(0, EFD_CLOEXEC);
+        return fds[0] >= 0 ? 0 : -errno;
+    }
     return pipe2(fds, O_CLOEXEC) == 0 ? 0 : -errno;
 }
 
