@@ -344,6 +344,10 @@ enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
  * other than MP_ECANCELLED. */
 MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);
 MP_EXTERN void mp_future_free(mp_future *f);    /* safe while pending: the task still runs */
+/* as_completed: an iterator whose mp_iter_next gives the index in fs of each
+ * future as it finishes, and its result (as mp_future_result: rc, out;
+ * mp_iter_code its code), then MP_EEOF. The futures must outlive it. */
+MP_EXTERN int  mp_as_completed(mp_future **fs, size_t n, mp_iter **it);
 
 /* ------------------------------------------------------------------ manager */
 

@@ -191,6 +191,77 @@ static void test_freed_handles_give_einval_and_double_free_is_harmless(void **st
     mp_shared_free(flag);
 }
 
+static int next_of(mp_iter *it, size_t *index, int *value)
+{
+    mp_buf b = { 0 };
+    int rc = mp_iter_next(it, index, &b, 30);
+    if (b.len == sizeof *value)
+        memcpy(value, b.data, sizeof *value);
+    mp_buf_free(&b);
+    return rc;
+}
+
+/* concurrent.futures.as_completed: each future's index as it finishes,
+ * with its result; a timeout while some are pending; then MP_EEOF. */
+static void test_as_completed_gives_each_future_as_it_finishes(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(3, MP_PROCESSES);
+    _Atomic int *a = shared_flag(), *b = shared_flag();
+    mp_future *fs[4];
+    fs[0] = submit_wait(p, a);
+    fs[1] = submit_int(p, t_square, 3);
+    fs[2] = submit_int(p, t_fail_with_input, 7);
+    fs[3] = submit_wait(p, b);
+    mp_iter *it;
+    TU_OK(mp_as_completed(fs, 4, &it));
+    bool seen[4] = { false };
+    for (int k = 0; k < 2; k++) {               /* the two that do not wait */
+        size_t i = 99;
+        int v = -1;
+        int rc = next_of(it, &i, &v);
+        assert_true(i == 1 || i == 2);
+        assert_false(seen[i]);
+        seen[i] = true;
+        if (i == 1) {
+            TU_OK(rc);
+            assert_int_equal(v, 9);
+            assert_int_equal(mp_iter_code(it), 0);
+        } else {
+            TU_ASSERT_RC(rc, MP_ETASK);
+            assert_int_equal(mp_iter_code(it), 7);
+        }
+    }
+    size_t i = 99;
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0.05), MP_ETIMEDOUT);
+    assert_int_equal(i, 99);
+    atomic_store(b, 1);
+    int v;
+    TU_OK(next_of(it, &i, &v));
+    assert_int_equal(i, 3);                     /* the second waiter first */
+    atomic_store(a, 1);
+    TU_OK(next_of(it, &i, &v));
+    assert_int_equal(i, 0);
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EEOF);
+    mp_iter_free(it);
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EINVAL);
+    mp_iter_free(it);                           /* harmless */
+    TU_OK(mp_as_completed(NULL, 0, &it));       /* nothing: at the end at once */
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EEOF);
+    mp_iter_free(it);
+    TU_ASSERT_RC(mp_as_completed(NULL, 1, &it), MP_EINVAL);
+    TU_ASSERT_RC(mp_as_completed(fs, 4, NULL), MP_EINVAL);
+    mp_future_free(fs[1]);
+    TU_ASSERT_RC(mp_as_completed(fs, 4, &it), MP_EINVAL);   /* a freed future */
+    assert_null(it);
+    mp_future_free(fs[0]);
+    mp_future_free(fs[2]);
+    mp_future_free(fs[3]);
+    mp_shared_free(a);
+    mp_shared_free(b);
+    mp_pool_free(p);
+}
+
 static void test_future_of_a_map_takes_callbacks_and_waits(void **state)
 {
     (void)state;
@@ -259,6 +330,7 @@ int main(void)
         cmocka_unit_test(test_futures_wait_first_completed_first_exception_all),
         cmocka_unit_test(test_future_free_while_pending_detaches),
         cmocka_unit_test(test_freed_handles_give_einval_and_double_free_is_harmless),
+        cmocka_unit_test(test_as_completed_gives_each_future_as_it_finishes),
         cmocka_unit_test(test_future_of_a_map_takes_callbacks_and_waits),
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
     };
