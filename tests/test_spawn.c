@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -298,10 +299,16 @@ static bool flag_set(void *arg)
     return atomic_load((_Atomic int *)arg) != 0;
 }
 
+/* As the library decides: forced off, or not there (valgrind, old kernels). */
 static bool pidfds_on(void)
 {
     const char *off = getenv("MPROC_NO_PIDFD");
-    return !(off && *off == '1');
+    if (off && *off == '1')
+        return false;
+    long fd = syscall(SYS_pidfd_open, getpid(), 0);
+    if (fd >= 0)
+        close((int)fd);
+    return fd >= 0;
 }
 
 /* PIDFD_INFO_EXIT: the status of a reaped process, from Linux 6.15. */
