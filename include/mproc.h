@@ -85,6 +85,10 @@ typedef struct {
                                 0: arg passed as is, so under spawn/forkserver it must
                                 point into shared memory (mp_shared_alloc) */
 } mp_process_opts;
+/* mp_process_exitcode of a forkserver child that ended after its fork server
+ * died, where the kernel no longer tells how (no pidfds, or reaped by init
+ * on a kernel before 6.15): neither an exit status nor a -signal. */
+enum { MP_EXITCODE_UNKNOWN = -256 };
 
 MP_EXTERN int   mp_process_new(mp_process **p, mp_target target, void *arg, const mp_process_opts *o);
 MP_EXTERN int   mp_process_set_daemon(mp_process *p, bool daemon);   /* MP_ESTATE after start */
@@ -341,6 +345,10 @@ enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
  * other than MP_ECANCELLED. */
 MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);
 MP_EXTERN void mp_future_free(mp_future *f);    /* safe while pending: the task still runs */
+/* as_completed: an iterator whose mp_iter_next gives the index in fs of each
+ * future as it finishes, and its result (as mp_future_result: rc, out;
+ * mp_iter_code its code), then MP_EEOF. The futures must outlive it. */
+MP_EXTERN int  mp_as_completed(mp_future **fs, size_t n, mp_iter **it);
 
 /* ------------------------------------------------------------------ manager */
 

@@ -6,7 +6,8 @@
  * answers with the pid and a pidfd (SCM_RIGHTS). It reaps its children and
  * publishes their status in the record, so the client joins on a futex word.
  * It watches the client's pidfd: when the client dies it kills the client's
- * daemons and leaves.
+ * daemons and leaves. When the server dies, the client reaps it and starts
+ * another on the next request (process.c settles the orphans' records).
  *
  * The server inherits nothing from the client after it started, so each
  * request carries the descriptors of the client's live connections
@@ -112,9 +113,16 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         if (r->fs_sock < 0 && (rc = server_launch(r)) != 0)
             break;
         rc = ask(r->fs_sock, p, &rep, pidfd);
-        if (rc != -EPIPE)
-            break;                  /* sent: a retry could start the child twice */
-        server_close(r);            /* it died before the request: start another */
+        if (rc == -EPIPE) {
+            server_close(r);        /* it died before the request: start another */
+            continue;
+        }
+        /* It died with the request: a child it forked dies before running
+         * (run_kid), but a retry now could meet one not dead yet. The
+         * caller may try again; that start launches a new server. */
+        if (rc == -ECONNRESET)
+            server_close(r);
+        break;
     }
     pthread_mutex_unlock(&r->fs_lock);
     if (rc == 0 && rep.rc != 0) {
@@ -205,6 +213,13 @@ static void passed_close(struct passed *c)
 static void run_kid(struct server *s, struct mp_process *p, pid_t server, int exit_pipe[2],
                     struct passed *c)
 {
+    /* A server killed before it could answer leaves its client an error
+     * (its record may be reused): a kid orphaned before it runs never
+     * runs, and a daemon dies with the server from now on. */
+    if (p->daemon)
+        process_daemon_guard(server);
+    else if (getppid() != server)
+        _exit(127);
     close(s->sock);
     if (s->client_fd >= 0)
         close(s->client_fd);
@@ -225,8 +240,6 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
     if (conn_adopt_fds(c->fds, c->req->numbers, c->n) != 0)
         _exit(127);
     process_enter_child(p, exit_pipe[1]);
-    if (p->daemon)
-        process_daemon_guard(server);
     exit(process_run_target(p));
 }
 
@@ -261,11 +274,8 @@ static int fork_kid(struct server *s, struct mp_process *p, struct reply *rep, s
     p->pid = pid;
     p->reaper = server;
     int fd = process_exit_pipe_parent(exit_pipe, pid);
-    if (fd < 0) {                   /* our own unreaped child: only EMFILE and such */
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    if (fd < 0)                     /* EMFILE and such: the kid is killed and reaped */
         return fd;
-    }
     s->kids[s->nkids++] = (struct kid){ p, fd, false };
     rep->pid = pid;
     return 0;

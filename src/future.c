@@ -15,9 +15,11 @@
 
 #define SPIN_NS 20000
 
-static bool valid(const mp_future *f)
+bool future_valid(const mp_future *f)
 {
-    return f && arena_contains(f, sizeof *f) && f->magic == MAGIC_FUTURE;
+    /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused. */
+    return f && arena_contains(f, sizeof *f) && f->magic == MAGIC_FUTURE &&
+           !(atomic_load_explicit(&f->state, memory_order_relaxed) & TASK_DETACHED);
 }
 
 mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
@@ -85,6 +87,8 @@ void task_processed(mp_future *f)
         task_free(f);
 }
 
+/* On the collector, before task_processed. A callback gets a handle it can
+ * use even if its caller freed it meanwhile: DETACHED is lifted for it. */
 void task_run_callbacks(mp_future *f)
 {
     pthread_mutex_t *lock = pool_lock(f->owner);
@@ -92,11 +96,16 @@ void task_run_callbacks(mp_future *f)
     struct callback *list = f->callbacks;
     f->callbacks = NULL;
     pthread_mutex_unlock(lock);
+    if (!list)
+        return;
+    uint32_t freed = atomic_fetch_and(&f->state, ~TASK_DETACHED) & TASK_DETACHED;
     for (struct callback *c = list, *next; c; c = next) {
         next = c->next;
         c->cb(f, c->ctx);
         free(c);
     }
+    if (freed)
+        atomic_fetch_or(&f->state, TASK_DETACHED);
 }
 
 static bool spin_until_final(mp_future *f)
@@ -137,7 +146,7 @@ int task_wait(mp_future *f, const mp_deadline *d)
 
 int mp_future_wait(mp_future *f, double timeout)
 {
-    if (!valid(f) || !timeout_valid(timeout))
+    if (!future_valid(f) || !timeout_valid(timeout))
         return MP_EINVAL;
     mp_deadline d = deadline_in(timeout);
     return task_wait(f, &d);
@@ -145,7 +154,7 @@ int mp_future_wait(mp_future *f, double timeout)
 
 bool mp_future_done(mp_future *f)
 {
-    return valid(f) && state_final(atomic_load(&f->state));
+    return future_valid(f) && state_final(atomic_load(&f->state));
 }
 
 int mp_future_result(mp_future *f, mp_buf *out, double timeout)
@@ -164,14 +173,14 @@ int mp_future_result(mp_future *f, mp_buf *out, double timeout)
 
 int mp_future_code(mp_future *f)
 {
-    if (!valid(f) || !state_final(atomic_load(&f->state)))
+    if (!future_valid(f) || !state_final(atomic_load(&f->state)))
         return 0;
     return f->code;
 }
 
 int mp_future_failed_index(mp_future *f, size_t *index)
 {
-    if (!valid(f) || !index)
+    if (!future_valid(f) || !index)
         return MP_EINVAL;
     if (!state_final(atomic_load(&f->state)) || f->fail_index == SIZE_MAX)
         return MP_ESTATE;
@@ -181,7 +190,7 @@ int mp_future_failed_index(mp_future *f, size_t *index)
 
 int mp_future_cancel(mp_future *f)
 {
-    if (!valid(f))
+    if (!future_valid(f))
         return MP_EINVAL;
     if (f->kind != KIND_APPLY)
         return MP_ESTATE;
@@ -198,7 +207,7 @@ int mp_future_cancel(mp_future *f)
 
 int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
 {
-    if (!valid(f) || !cb)
+    if (!future_valid(f) || !cb)
         return MP_EINVAL;
     if (state_final(atomic_load(&f->state))) {
         cb(f, ctx);
@@ -271,7 +280,7 @@ int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
         (mode != MP_FIRST_COMPLETED && mode != MP_FIRST_EXCEPTION && mode != MP_ALL_COMPLETED))
         return MP_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (!valid(fs[i]))
+        if (!future_valid(fs[i]))
             return MP_EINVAL;
     mp_deadline d = deadline_in(timeout);
     int done;
@@ -296,7 +305,7 @@ int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
 
 void mp_future_free(mp_future *f)
 {
-    if (!valid(f))
+    if (!future_valid(f))
         return;
     uint32_t s = atomic_load(&f->state);
     for (;;) {

@@ -5,14 +5,17 @@
  * when a worker dies the pool knows exactly which task it took: the monitor
  * thread sees the death (pidfd), the collector thread fails that one task
  * (MP_ECRASHED, or MP_EKILLED for task_timeout and terminate) and the monitor
- * starts a replacement. The collector also runs on_done callbacks, finishes
- * maps and feeds imap iterators, all in the caller's process. The worker's
- * side is pool_worker.c; map and imap are pool_map.c; futures future.c.
+ * starts a replacement (after a back-off if workers die before ready; only
+ * the pool's own cause breaks it: post_notice). The collector also runs
+ * on_done callbacks, finishes maps and feeds imap iterators, all in the
+ * caller's process. The worker's side is pool_worker.c; map and imap are
+ * pool_map.c; futures future.c.
  */
 #include "pool_internal.h"
 
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +23,11 @@
 #include <unistd.h>
 
 #define PROGRESS_NS 100000000ull
-#define INIT_FAILURES_MAX 3        /* workers dying in their initializer: pool broken */
+#define INIT_FAILURES_MAX 3        /* initializers failing by their own fault in a row: broken */
+#define START_FAILURES_MAX 8       /* starts failing in a row with no worker alive: broken */
+#define BACKOFF_MIN_NS 1000000ull  /* a slot whose workers die before ready waits 1 ms, */
+#define BACKOFF_MAX_NS 500000000ull   /* doubling up to 0.5 s, before its next start */
+#define ENDING_NAP_MS 10           /* a worker ended, its status not published yet */
 
 enum { POOL_OPEN, POOL_CLOSED, POOL_TERMINATED };
 
@@ -29,6 +36,10 @@ struct worker {
     pthread_t thread;               /* threads backend */
     bool alive;
     bool killing;                   /* we killed it: its task ends MP_EKILLED */
+    bool readable;                  /* its sentinel was readable at the last poll */
+    bool ending;                    /* ... but it was not reaped: poll it with naps */
+    unsigned quick_deaths;          /* workers of this slot dead before ready, in a row */
+    uint64_t not_before;            /* no start in this slot before (now_ns clock) */
 };
 
 struct notice {                     /* a worker died holding this task */
@@ -54,6 +65,7 @@ struct mp_pool {
     _Atomic int state;              /* POOL_* */
     int efd;                        /* wakes the monitor */
     struct pollfd *pollfds;         /* the monitor's: efd and one per worker */
+    int *pollslots;                 /* the worker of each pollfds entry */
     pthread_t monitor, collector;
     bool threads_running, threads_joined;
     _Atomic uint32_t monitor_done;
@@ -61,7 +73,8 @@ struct mp_pool {
     _Atomic uint32_t start_rc;      /* futex: 0 starting, 1 started, else the error */
     struct notice *notices;
     _Atomic uint32_t notices_pending;   /* posted, not yet handled */
-    int init_failures;
+    int init_failures;              /* see post_notice */
+    int start_failures;
     struct fncache *fns;
     size_t nfns, capfns;
     uint64_t progress_done, progress_total, progress_ns;
@@ -80,9 +93,11 @@ static struct {
 static void live_add(mp_pool *p);
 static void live_register(void);
 
+/* The handle lives in the arena, as every mproc object: a freed one is
+ * still mapped, reads MAGIC_FREED and is refused (ASan sees no heap). */
 static bool valid(const mp_pool *p)
 {
-    return p && p->magic == MAGIC_POOL;
+    return p && arena_contains(p, sizeof *p) && p->magic == MAGIC_POOL;
 }
 
 static pid_t self_pid(void)
@@ -440,14 +455,48 @@ static int start_worker(mp_pool *p, int slot)
     return rc;
 }
 
+/* A death the worker caused itself: an exit (its initializer's, or one not
+ * found in this image) or a fault of its own code. Outside signals (an OOM
+ * killer's SIGKILL, SIGTERM, ...) and ends nobody can tell are not. */
+static bool own_fault(int status)
+{
+    if (status >= 0)
+        return true;
+    switch (-status) {
+    case SIGSEGV: case SIGBUS: case SIGILL: case SIGFPE: case SIGABRT: case SIGSYS: case SIGTRAP:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Under p->lock: the slot's next start waits, doubling with each worker
+ * that dies before it is ready, so a kill loop cannot make us spin. */
+static void back_off(mp_pool *p, int slot, unsigned times)
+{
+    unsigned shift = times > 0 ? times - 1 : 0;
+    uint64_t wait = shift >= 10 ? BACKOFF_MAX_NS : BACKOFF_MIN_NS << shift;
+    p->workers[slot].not_before = now_ns() + (wait < BACKOFF_MAX_NS ? wait : BACKOFF_MAX_NS);
+}
+
+/* Under p->lock. Only the pool's own cause breaks it: initializers that
+ * fail by their own fault INIT_FAILURES_MAX times in a row. A worker
+ * killed from outside before it was ready is replaced without counting,
+ * after a back-off. */
 static void post_notice(mp_pool *p, int slot, int status)
 {
     struct slot *s = &p->sh->slots[slot];
+    struct worker *w = &p->workers[slot];
     mp_future *f = atomic_load(&s->current);
-    if (!atomic_load(&s->ready) && ++p->init_failures >= INIT_FAILURES_MAX)
-        halt(p, MP_EBROKEN);         /* its initializer kills every worker it starts */
-    else if (atomic_load(&s->ready))
+    bool ours = w->killing || atomic_load(&p->state) == POOL_TERMINATED;
+    if (atomic_load(&s->ready)) {
         p->init_failures = 0;
+        w->quick_deaths = 0;
+    } else if (!ours) {
+        back_off(p, slot, ++w->quick_deaths);
+        if (own_fault(status) && ++p->init_failures >= INIT_FAILURES_MAX)
+            halt(p, MP_EBROKEN);     /* its initializer kills every worker it starts */
+    }
     if (!f)
         return;
     struct notice *n = calloc(1, sizeof *n);
@@ -455,9 +504,8 @@ static void post_notice(mp_pool *p, int slot, int status)
         return;                      /* out of memory: that task stays pending */
     n->f = f;
     n->id = atomic_load(&s->current_id);
-    bool killed = p->workers[slot].killing || atomic_load(&p->state) == POOL_TERMINATED;
-    n->rc = killed ? MP_EKILLED : MP_ECRASHED;
-    n->code = status < 0 ? -status : status;
+    n->rc = ours ? MP_EKILLED : MP_ECRASHED;
+    n->code = status == MP_EXITCODE_UNKNOWN ? 0 : status < 0 ? -status : status;
     n->next = p->notices;
     p->notices = n;
     atomic_fetch_add(&p->notices_pending, 1);
@@ -469,9 +517,15 @@ static bool reap_workers(mp_pool *p)
     bool any = false;
     for (int i = 0; i < p->nworkers; i++) {
         int status;
-        if (!p->workers[i].alive || !p->ops->ended(p, i, &status))
+        struct worker *w = &p->workers[i];
+        if (!w->alive)
             continue;
-        p->workers[i].alive = false;
+        if (!p->ops->ended(p, i, &status)) {
+            w->ending = w->readable;     /* ended, not published yet: no busy poll */
+            w->readable = false;
+            continue;
+        }
+        w->alive = w->readable = w->ending = false;
         post_notice(p, i, status);
         p->ops->release(p, i);
         any = true;
@@ -487,19 +541,38 @@ static int alive_count(const mp_pool *p)
     return n;
 }
 
-/* Under p->lock: keeps the pool at full strength while there is work. */
-static void replace_workers(mp_pool *p)
+/* Under p->lock: keeps the pool at full strength while there is work.
+ * Returns seconds until a slot waiting out its back-off may start, or -1. */
+static double replace_workers(mp_pool *p)
 {
     struct pool_shared *sh = p->sh;
     if (atomic_load(&p->state) == POOL_TERMINATED)
-        return;
+        return -1;
     if (atomic_load(&sh->closing) != CLOSING_NO && atomic_load(&sh->queued) == 0)
-        return;
-    for (int i = 0; i < p->nworkers; i++)
-        if (!p->workers[i].alive)
-            start_worker(p, i);
-    if (alive_count(p) == 0)
-        halt(p, MP_EBROKEN);         /* no worker can be started: fail, don't hang */
+        return -1;
+    uint64_t now = now_ns(), next = UINT64_MAX;
+    for (int i = 0; i < p->nworkers; i++) {
+        struct worker *w = &p->workers[i];
+        if (w->alive)
+            continue;
+        if (w->not_before > now) {
+            next = w->not_before < next ? w->not_before : next;
+            continue;
+        }
+        if (start_worker(p, i) == 0) {
+            p->start_failures = 0;
+            continue;
+        }
+        /* EMFILE, EAGAIN, a fork server that died with the request: try
+         * again later; give up only when nothing runs and nothing starts. */
+        back_off(p, i, ++w->quick_deaths);
+        next = w->not_before < next ? w->not_before : next;
+        if (++p->start_failures >= START_FAILURES_MAX && alive_count(p) == 0) {
+            halt(p, MP_EBROKEN);
+            return -1;
+        }
+    }
+    return next == UINT64_MAX ? -1 : (double)(next - now) / 1e9;
 }
 
 static bool monitor_finished(mp_pool *p)
@@ -539,20 +612,34 @@ static void monitor_poll(mp_pool *p, double wait)
 {
     struct pollfd *fds = p->pollfds;
     nfds_t n = 0;
+    int ms = wait < 0 ? -1 : (int)(wait * 1000) + 1;
     fds[n++] = (struct pollfd){ .fd = p->efd, .events = POLLIN };
     pthread_mutex_lock(&p->lock);
     for (int i = 0; i < p->nworkers; i++) {
-        int fd = p->workers[i].alive ? p->ops->sentinel(p, i) : -1;
-        if (fd >= 0)
+        struct worker *w = &p->workers[i];
+        if (w->alive && w->ending) {
+            ms = ms < 0 || ms > ENDING_NAP_MS ? ENDING_NAP_MS : ms;
+            continue;
+        }
+        int fd = w->alive ? p->ops->sentinel(p, i) : -1;
+        if (fd >= 0) {
+            p->pollslots[n] = i;
             fds[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
+        }
     }
     pthread_mutex_unlock(&p->lock);
-    int ms = wait < 0 ? -1 : (int)(wait * 1000) + 1;
-    if (poll(fds, n, ms) > 0 && (fds[0].revents & POLLIN)) {
+    if (poll(fds, n, ms) <= 0)
+        return;
+    if (fds[0].revents & POLLIN) {
         uint64_t v;
         ssize_t r = read(p->efd, &v, sizeof v);
         (void)r;
     }
+    pthread_mutex_lock(&p->lock);
+    for (nfds_t k = 1; k < n; k++)
+        if (fds[k].revents)
+            p->workers[p->pollslots[k]].readable = true;
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* The first workers are started here too: a process worker is a daemon,
@@ -584,9 +671,10 @@ static void monitor_loop(mp_pool *p)
         if (reap_workers(p))
             wake_collector(p->sh);
         bool done = monitor_finished(p);
-        if (!done)
-            replace_workers(p);
         double wait = done ? 0 : enforce_timeouts(p);
+        double start = done ? -1 : replace_workers(p);
+        if (start >= 0 && (wait < 0 || start < wait))
+            wait = start;
         pthread_mutex_unlock(&p->lock);
         if (done)
             return;
@@ -827,9 +915,10 @@ static void pool_destroy(mp_pool *p)
     pthread_mutex_destroy(&p->fnlock);
     free(p->workers);
     free(p->pollfds);
+    free(p->pollslots);
     free(p->fns);
     p->magic = MAGIC_FREED;
-    free(p);
+    arena_free(p);
 }
 
 /* Workers first, so a pool that cannot start them is refused. */
@@ -870,7 +959,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     if (rc != 0)
         return rc;
     pthread_once(&live.registered, live_register);   /* before the first fork */
-    mp_pool *p = calloc(1, sizeof *p);
+    mp_pool *p = arena_alloc(sizeof *p);
     if (!p)
         return MP_ENOMEM;
     p->magic = MAGIC_POOL;
@@ -883,7 +972,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
                 : o->processes ? o->processes : mp_cpu_count();
     if (p->nworkers <= 0) {          /* MPI: not under mpirun, or too few ranks */
         rc = p->nworkers < 0 ? p->nworkers : MP_EINVAL;
-        free(p);
+        arena_free(p);
         return rc;
     }
     pthread_mutex_init(&p->lock, NULL);
@@ -891,8 +980,11 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     pthread_mutex_init(&p->fnlock, NULL);
     p->workers = calloc((size_t)p->nworkers, sizeof *p->workers);
     p->pollfds = calloc((size_t)p->nworkers + 1, sizeof *p->pollfds);
+    p->pollslots = calloc((size_t)p->nworkers + 1, sizeof *p->pollslots);
     p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    rc = !p->workers || !p->pollfds || p->efd < 0 ? MP_ENOMEM : shared_new(p);
+    rc = p->efd < 0 ? -errno : 0;    /* EMFILE, ENFILE: the real cause */
+    if (rc == 0)
+        rc = !p->workers || !p->pollfds || !p->pollslots ? MP_ENOMEM : shared_new(p);
     if (rc == 0)
         rc = start_all(p);
     if (rc != 0) {
@@ -1067,10 +1159,8 @@ void mp_pool_free(mp_pool *p)
 {
     if (!valid(p))
         return;
-    if (!pool_owned_here(p)) {       /* a forked child's copy: the parent owns the rest */
-        p->magic = MAGIC_FREED;
-        return;
-    }
+    if (!pool_owned_here(p))
+        return;                      /* the creator's, seen from a forked child: not ours */
     if (in_pool_thread(p))
         return;                      /* from a callback: it would free its own thread */
     if (!atomic_load(&p->finished))

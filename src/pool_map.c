@@ -10,6 +10,7 @@
  */
 #include "pool_internal.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,7 +33,10 @@ struct mp_iter {
     size_t nchunks, pending;            /* pending: segments not yet read out */
     size_t emitted;                     /* items handed out */
     int last_code;
-    bool detached;
+    _Atomic bool detached;              /* freed by its caller while items were pending */
+    /* mp_as_completed: the caller's futures, and which are handed out. */
+    mp_future **fs;                     /* NULL for imap */
+    bool *given;
 };
 
 static bool mul_overflows(size_t a, size_t b)
@@ -293,10 +297,12 @@ static void iter_destroy(mp_iter *it)
         }
     }
     free(it->by_chunk);
+    free(it->fs);
+    free(it->given);
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
     it->magic = MAGIC_FREED;
-    free(it);
+    arena_free(it);
 }
 
 /* Hands records to the iterator; on allocation failure they are lost and
@@ -443,7 +449,7 @@ int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
         return rc;
     if (!out)
         return MP_EINVAL;
-    mp_iter *it = calloc(1, sizeof *it);
+    mp_iter *it = arena_alloc(sizeof *it);   /* a freed handle stays readable: refused */
     if (!it)
         return MP_ENOMEM;
     it->magic = MAGIC_ITER;
@@ -454,7 +460,7 @@ int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     it->tail = &it->segs;
     it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
     if (!unordered && !(it->by_chunk = calloc(it->nchunks ? it->nchunks : 1, sizeof *it->by_chunk))) {
-        free(it);
+        arena_free(it);
         return MP_ENOMEM;
     }
     pthread_mutex_init(&it->lock, NULL);
@@ -483,7 +489,8 @@ fail:
 
 static bool iter_valid(const mp_iter *it)
 {
-    return it && it->magic == MAGIC_ITER;
+    return it && arena_contains(it, sizeof *it) && it->magic == MAGIC_ITER &&
+           !atomic_load_explicit(&it->detached, memory_order_relaxed);
 }
 
 /* The segment holding the next record to hand out, or NULL if not here yet. */
@@ -531,12 +538,99 @@ static int take_record(mp_iter *it, struct segment *s, struct segment **link, si
     return r.rc;
 }
 
+/* ------------------------------------------------------------------ as_completed */
+
+int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
+{
+    if (out)
+        *out = NULL;
+    if (!out || (!fs && n) || n > INT_MAX)
+        return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!future_valid(fs[i]))
+            return MP_EINVAL;
+    mp_iter *it = arena_alloc(sizeof *it);
+    if (!it)
+        return MP_ENOMEM;
+    it->fs = malloc((n ? n : 1) * sizeof *fs);
+    it->given = calloc(n ? n : 1, sizeof *it->given);
+    if (!it->fs || !it->given) {
+        free(it->fs);
+        free(it->given);
+        arena_free(it);
+        return MP_ENOMEM;
+    }
+    if (n)
+        memcpy(it->fs, fs, n * sizeof *fs);
+    it->magic = MAGIC_ITER;
+    it->n = n;
+    pthread_mutex_init(&it->lock, NULL);
+    pthread_cond_init(&it->cond, NULL);
+    *out = it;
+    return 0;
+}
+
+/* Under it->lock: the first finished future not handed out yet, or n. */
+static size_t first_finished(mp_iter *it, mp_future **rest, size_t *nrest)
+{
+    *nrest = 0;
+    for (size_t i = 0; i < it->n; i++) {
+        if (it->given[i])
+            continue;
+        if (mp_future_done(it->fs[i]))
+            return i;
+        rest[(*nrest)++] = it->fs[i];
+    }
+    return it->n;
+}
+
+/* Each future once, as it finishes: its result, as mp_future_result. A
+ * wait for several is one mp_futures_wait (FIRST_COMPLETED) on the rest. */
+static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_deadline *d)
+{
+    mp_future **rest = malloc((it->n ? it->n : 1) * sizeof *rest);
+    if (!rest)
+        return MP_ENOMEM;
+    int rc;
+    for (;;) {
+        size_t nrest, i = it->emitted == it->n ? it->n : first_finished(it, rest, &nrest);
+        if (it->emitted == it->n) {
+            rc = MP_EEOF;
+            break;
+        }
+        if (i < it->n) {
+            it->given[i] = true;
+            it->emitted++;
+            rc = mp_future_result(it->fs[i], out, 0);
+            it->last_code = mp_future_code(it->fs[i]);
+            if (index)
+                *index = i;
+            break;
+        }
+        double left = d->forever ? MP_FOREVER : deadline_left(d);
+        rc = mp_futures_wait(rest, nrest, MP_FIRST_COMPLETED, left);
+        if (rc < 0)
+            break;                      /* a future freed under us: MP_EINVAL */
+        if (rc == 0 && deadline_passed(d)) {
+            rc = MP_ETIMEDOUT;
+            break;
+        }
+    }
+    free(rest);
+    return rc;
+}
+
 int mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
 {
     if (!iter_valid(it) || !timeout_valid(timeout))
         return MP_EINVAL;
     mp_deadline d = deadline_in(timeout);
     pthread_mutex_lock(&it->lock);
+    if (it->fs) {
+        int rc = next_completed(it, index, out, &d);
+        pthread_mutex_unlock(&it->lock);
+        return rc;
+    }
     int rc;
     for (;;) {
         struct segment **link, *s;

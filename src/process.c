@@ -3,8 +3,10 @@
  * Records live in the arena, so any process of the family can look at one.
  * The OS parent (the creator under fork and spawn, the fork server under
  * forkserver) waits on a pidfd, reaps its own pid and publishes the exit
- * status in the record's state word for everyone else. Nothing here touches
- * SIGCHLD or waits for a pid the library did not start.
+ * status in the record's state word for everyone else. Should a fork server
+ * die, its client settles its children's records itself from their pidfds
+ * (fs_settle). Nothing here touches SIGCHLD or waits for a pid the library
+ * did not start.
  */
 #include "process_internal.h"
 
@@ -16,6 +18,8 @@
 #include <unistd.h>
 
 #define DAEMON_GRACE 1.0     /* seconds a daemon gets after SIGTERM at exit */
+#define SERVER_CHECK 0.1     /* seconds between checks that the fork server lives */
+#define SERVER_NAP 0.01      /* ... once its child has ended and waits to be published */
 
 static struct mp_runtime rt = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -218,8 +222,53 @@ static bool reap_if_ended(mp_process *p)
     return rc != 0;
 }
 
+enum { FS_RUNNING, FS_ENDING, FS_DONE };
+
+/* A fork-server child seen from its creator: the server reaps it and
+ * publishes its status. */
+static bool fs_child(const mp_process *p)
+{
+    return p->method == MP_FORKSERVER && !i_reap(p) && p->creator == rt.pid;
+}
+
+static int fs_fd(const mp_process *p)
+{
+    runtime_lock();
+    struct proc_fd *e = find_fd(p);
+    int fd = e ? e->fd : -1;
+    runtime_unlock();
+    return fd;
+}
+
+/* Where a fork-server child is: FS_DONE once published; FS_ENDING when it
+ * has ended and its live server is about to publish. A dead server never
+ * will (nor can it write any more: it is reaped), so then the creator
+ * publishes what the kernel still tells through the child's pidfd, or
+ * MP_EXITCODE_UNKNOWN. join, is_alive and exitcode all ask here, so they
+ * agree in every state. */
+static int fs_settle(mp_process *p, int fd)
+{
+    if (atomic_load_explicit(&p->state, memory_order_acquire) == PROC_DONE)
+        return FS_DONE;
+    mp_deadline now = deadline_in(0);
+    if (fd >= 0 ? proc_poll_fd(fd, &now) != 1 : !proc_pid_ended(p->pid))
+        return FS_RUNNING;
+    if (forkserver_running(p->reaper))
+        return FS_ENDING;
+    int code;
+    if (proc_exit_code(fd, p->pid, &code) != 1)
+        code = MP_EXITCODE_UNKNOWN;
+    runtime_lock();
+    if (atomic_load(&p->state) != PROC_DONE)     /* published before the server died */
+        process_publish_exit(p, code);
+    runtime_unlock();
+    return FS_DONE;
+}
+
 static bool ended_now(mp_process *p)
 {
+    if (fs_child(p))
+        return fs_settle(p, fs_fd(p)) == FS_DONE;
     runtime_lock();
     bool done = i_reap(p) ? reap_if_ended(p) : atomic_load(&p->state) == PROC_DONE;
     runtime_unlock();
@@ -286,7 +335,16 @@ int process_exit_pipe_parent(int fds[2], pid_t pid)
 {
     if (fds[1] >= 0)
         close(fds[1]);
-    return fds[0] >= 0 ? fds[0] : proc_pidfd_open(pid);
+    if (!proc_have_pidfd())
+        return fds[0];              /* the exit pipe's read end */
+    close(fds[0]);                  /* the slot kept for the pidfd */
+    int fd = proc_pidfd_open(pid);
+    if (fd < 0 && fd != -ESRCH) {   /* a start we cannot watch is undone */
+        siginfo_t si;
+        kill(pid, SIGKILL);
+        proc_wait_pid(pid, &si, false);
+    }
+    return fd;
 }
 
 int process_run_target(mp_process *p)
@@ -436,7 +494,7 @@ static int fork_start(mp_process *p, int *fd)
     p->reaper = parent;
     *fd = process_exit_pipe_parent(exit_pipe, pid);
     process_fork_unlock();
-    return 0;
+    return *fd < 0 && *fd != -ESRCH ? *fd : 0;
 }
 
 /* Copies the argument into the arena and names the target for another
@@ -505,30 +563,29 @@ int mp_process_start(mp_process *p)
     return rc;
 }
 
-#define SERVER_CHECK 0.1      /* seconds between checks that the fork server lives */
-
-/* A fork-server child: the server publishes its status. Should the server
- * die first, nobody will; then, once the child has ended too, say 255 as
- * Python does when its fork server is lost. */
 static int wait_published(mp_process *p, const mp_deadline *d)
 {
-    uint32_t s;
-    while ((s = atomic_load_explicit(&p->state, memory_order_acquire)) != PROC_DONE) {
-        mp_deadline slice = deadline_in(SERVER_CHECK);
-        if (!d->forever && deadline_left(d) < SERVER_CHECK)
-            slice = *d;
-        atomic_fetch_add(&p->waiters, 1);
-        if (atomic_load(&p->state) == s)
-            futex_wait(&p->state, s, &slice);
-        atomic_fetch_sub(&p->waiters, 1);
-        if (atomic_load(&p->state) == PROC_DONE)
-            break;
+    for (;;) {
+        int fd = fs_fd(p);
+        int where = fs_settle(p, fd);
+        if (where == FS_DONE)
+            return 0;
         if (deadline_passed(d))
             return MP_ETIMEDOUT;
-        if (!forkserver_running(p->reaper) && proc_pid_ended(p->pid))
-            process_publish_exit(p, 255);
+        if (where == FS_RUNNING && fd >= 0) {
+            int rc = proc_poll_fd(fd, d);    /* until it ends: the server matters only then */
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        mp_deadline slice = deadline_in(where == FS_RUNNING ? SERVER_CHECK : SERVER_NAP);
+        if (deadline_left(d) < deadline_left(&slice))
+            slice = *d;
+        atomic_fetch_add(&p->waiters, 1);
+        if (atomic_load(&p->state) != PROC_DONE)
+            futex_wait(&p->state, PROC_RUNNING, &slice);
+        atomic_fetch_sub(&p->waiters, 1);
     }
-    return 0;
 }
 
 /* Without pidfds nothing wakes us for someone else's child: look at /proc
@@ -550,7 +607,7 @@ int mp_process_join(mp_process *p, double timeout)
     if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
         return MP_ESTATE;
     mp_deadline d = deadline_in(timeout);
-    if (!i_reap(p) && p->creator == rt.pid)
+    if (fs_child(p))
         return wait_published(p, &d);   /* ours, reaped by the fork server */
     for (;;) {
         if (atomic_load(&p->state) == PROC_DONE)
@@ -581,8 +638,8 @@ bool mp_process_is_alive(mp_process *p)
         return true;
     if (atomic_load(&p->state) != PROC_RUNNING || ended_now(p))
         return false;
-    if (i_reap(p))
-        return true;
+    if (i_reap(p) || fs_child(p))
+        return true;                /* as join(p, 0) would say */
     runtime_lock();                 /* someone else's: ended, if not yet published? */
     int fd = fd_for(p);
     runtime_unlock();

@@ -71,7 +71,10 @@ void runtime_unlock(void);
 /* process.c: the child side, shared by every start method. */
 void process_enter_child(struct mp_process *p, int exit_fd);   /* runtime says: I am p */
 /* An exit pipe around fork: the child keeps the write end, the parent gets
- * the fd to watch (the read end, or a pidfd). */
+ * the fd to watch (the read end, or a pidfd). Should the pidfd fail (the
+ * descriptor limit reached by another thread meanwhile) the child is killed
+ * and reaped and the error returned; -ESRCH: already reaped by the kernel
+ * (SIGCHLD ignored). */
 void process_exit_pipe_child(int fds[2]);
 int process_exit_pipe_parent(int fds[2], pid_t pid);
 /* Held around every fork of the library, from creating the descriptors a
@@ -120,10 +123,16 @@ int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
 int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
 int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
 bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
+/* How a process that is not our child ended, as far as the kernel still
+ * tells the holder of its pidfd (its zombie's stat, or PIDFD_INFO_EXIT once
+ * reaped): 1 with *code (exit status or -signal), 0 unknown or running. */
+int proc_exit_code(int pidfd, pid_t pid, int *code);
 /* A task's start time (clock ticks after boot): 1 alive (*start set), 0 gone
  * or a zombie, -1 unknown (/proc unreadable: EMFILE, hidepid, not mounted). */
 int proc_task_start(pid_t tid, uint64_t *start);
-int proc_exit_pipe(int fds[2]);                       /* {-1,-1} when pidfds work */
+/* Before a fork: an exit pipe, or with pidfds {slot, -1}, a descriptor
+ * held for the child's pidfd (process_exit_pipe_parent swaps them). */
+int proc_exit_pipe(int fds[2]);
 int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
 int proc_set_pdeathsig(int sig);
 void proc_set_name(const char *name);                 /* the comm shown by ps/top */

@@ -177,7 +177,7 @@ int spawn_start(struct mp_process *p, int *fd)
     p->pid = pid;
     p->reaper = getpid();
     *fd = process_exit_pipe_parent(exit_pipe, pid);
-    return 0;
+    return *fd < 0 && *fd != -ESRCH ? *fd : 0;
 }
 
 /* ------------------------------------------------------------------ the child side */

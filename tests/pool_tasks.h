@@ -180,12 +180,11 @@ static inline void expect_squares(mp_pool *p, int from, int to)
     }
 }
 
-/* Children of this process, and how many of them are zombies. */
-static inline int count_children(int *zombies)
+/* Calls fn(pid, state, ppid, buf, ctx) for every process in /proc; buf is
+ * its stat line (the command name in parentheses). */
+static inline void each_process(void (*fn)(pid_t, char, int, const char *, void *), void *ctx)
 {
     DIR *d = opendir("/proc");
-    int n = 0;
-    *zombies = 0;
     struct dirent *e;
     while (d && (e = readdir(d))) {
         char path[300], buf[512];
@@ -201,14 +200,33 @@ static inline int count_children(int *zombies)
         char *close = strrchr(buf, ')');
         char st;
         int ppid;
-        if (close && sscanf(close + 2, "%c %d", &st, &ppid) == 2 && ppid == getpid()) {
-            n++;
-            *zombies += st == 'Z';
-        }
+        if (close && sscanf(close + 2, "%c %d", &st, &ppid) == 2)
+            fn(atoi(e->d_name), st, ppid, buf, ctx);
     }
     if (d)
         closedir(d);
-    return n;
+}
+
+struct child_count { int n, zombies; };
+
+static inline void count_child(pid_t pid, char st, int ppid, const char *stat, void *ctx)
+{
+    struct child_count *c = ctx;
+    (void)pid;
+    if (ppid == getpid() && !strstr(stat, "(mp-forkserver)")) {
+        c->n++;
+        c->zombies += st == 'Z';
+    }
+}
+
+/* Children of this process but its fork server (which outlives pools),
+ * and how many of them are zombies. */
+static inline int count_children(int *zombies)
+{
+    struct child_count c = { 0, 0 };
+    each_process(count_child, &c);
+    *zombies = c.zombies;
+    return c.n;
 }
 
 static inline mp_pool *pool_of(int n, mp_backend backend)

@@ -131,11 +131,134 @@ static void test_future_free_while_pending_detaches(void **state)
     for (int i = 0; i < 10; i++)
         mp_future_free(submit_int(p, t_square, i));    /* queued, never looked at */
     atomic_store(flag, 1);
-    assert_true(tu_wait_for(cb_called, &r, 30));       /* and its callback still runs */
+    assert_true(tu_wait_for(cb_called, &r, 30));       /* and its callback still runs, */
+    TU_OK(r.rc);                                       /* with a handle it can use */
     expect_squares(p, 0, 4);
     TU_OK(mp_pool_close(p));
     TU_OK(mp_pool_join(p, 30));
     mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+/* Freed handles are refused, as the arena's are, and a second free is
+ * harmless: a future freed done or pending, an iterator, a pool. */
+static void test_freed_handles_give_einval_and_double_free_is_harmless(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *done = submit_int(p, t_square, 3);
+    TU_OK(mp_future_wait(done, 30));
+    mp_future_free(done);
+    TU_ASSERT_RC(mp_future_result(done, NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_future_wait(done, 0), MP_EINVAL);
+    assert_false(mp_future_done(done));
+    TU_ASSERT_RC(mp_future_cancel(done), MP_EINVAL);
+    mp_future_free(done);
+    mp_future *pending = submit_wait(p, flag);
+    mp_future_free(pending);                           /* it still runs */
+    TU_ASSERT_RC(mp_future_result(pending, NULL, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_future_on_done(pending, on_done_cb, NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_futures_wait(&pending, 1, MP_ALL_COMPLETED, 0), MP_EINVAL);
+    mp_future_free(pending);
+    int in[64];
+    for (int i = 0; i < 64; i++)
+        in[i] = i;
+    mp_iter *it;
+    TU_OK(mp_pool_imap(p, t_square, in, 64, sizeof *in, 1, false, &it));
+    mp_iter_free(it);                                  /* items pending behind the flag */
+    size_t index;
+    TU_ASSERT_RC(mp_iter_next(it, &index, NULL, 0), MP_EINVAL);
+    mp_iter_free(it);
+    atomic_store(flag, 1);
+    TU_OK(mp_pool_imap(p, t_square, in, 4, sizeof *in, 1, false, &it));
+    while (mp_iter_next(it, &index, NULL, 30) != MP_EEOF)
+        ;
+    mp_iter_free(it);                                  /* finished: gone at once */
+    TU_ASSERT_RC(mp_iter_next(it, &index, NULL, 0), MP_EINVAL);
+    assert_int_equal(mp_iter_code(it), 0);
+    mp_iter_free(it);
+    expect_squares(p, 0, 8);
+    mp_pool_free(p);
+    int x = 1;
+    mp_future *f = NULL;
+    TU_ASSERT_RC(mp_pool_apply_async(p, t_square, &x, sizeof x, &f), MP_EINVAL);
+    assert_null(f);
+    TU_ASSERT_RC(mp_pool_close(p), MP_EINVAL);
+    TU_ASSERT_RC(mp_pool_terminate(p), MP_EINVAL);
+    TU_ASSERT_RC(mp_pool_join(p, 0), MP_EINVAL);
+    mp_pool_free(p);
+    mp_shared_free(flag);
+}
+
+static int next_of(mp_iter *it, size_t *index, int *value)
+{
+    mp_buf b = { 0 };
+    int rc = mp_iter_next(it, index, &b, 30);
+    if (b.len == sizeof *value)
+        memcpy(value, b.data, sizeof *value);
+    mp_buf_free(&b);
+    return rc;
+}
+
+/* concurrent.futures.as_completed: each future's index as it finishes,
+ * with its result; a timeout while some are pending; then MP_EEOF. */
+static void test_as_completed_gives_each_future_as_it_finishes(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(3, MP_PROCESSES);
+    _Atomic int *a = shared_flag(), *b = shared_flag();
+    mp_future *fs[4];
+    fs[0] = submit_wait(p, a);
+    fs[1] = submit_int(p, t_square, 3);
+    fs[2] = submit_int(p, t_fail_with_input, 7);
+    fs[3] = submit_wait(p, b);
+    mp_iter *it;
+    TU_OK(mp_as_completed(fs, 4, &it));
+    bool seen[4] = { false };
+    for (int k = 0; k < 2; k++) {               /* the two that do not wait */
+        size_t i = 99;
+        int v = -1;
+        int rc = next_of(it, &i, &v);
+        assert_true(i == 1 || i == 2);
+        assert_false(seen[i]);
+        seen[i] = true;
+        if (i == 1) {
+            TU_OK(rc);
+            assert_int_equal(v, 9);
+            assert_int_equal(mp_iter_code(it), 0);
+        } else {
+            TU_ASSERT_RC(rc, MP_ETASK);
+            assert_int_equal(mp_iter_code(it), 7);
+        }
+    }
+    size_t i = 99;
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0.05), MP_ETIMEDOUT);
+    assert_int_equal(i, 99);
+    atomic_store(b, 1);
+    int v;
+    TU_OK(next_of(it, &i, &v));
+    assert_int_equal(i, 3);                     /* the second waiter first */
+    atomic_store(a, 1);
+    TU_OK(next_of(it, &i, &v));
+    assert_int_equal(i, 0);
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EEOF);
+    mp_iter_free(it);
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EINVAL);
+    mp_iter_free(it);                           /* harmless */
+    TU_OK(mp_as_completed(NULL, 0, &it));       /* nothing: at the end at once */
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EEOF);
+    mp_iter_free(it);
+    TU_ASSERT_RC(mp_as_completed(NULL, 1, &it), MP_EINVAL);
+    TU_ASSERT_RC(mp_as_completed(fs, 4, NULL), MP_EINVAL);
+    mp_future_free(fs[1]);
+    TU_ASSERT_RC(mp_as_completed(fs, 4, &it), MP_EINVAL);   /* a freed future */
+    assert_null(it);
+    mp_future_free(fs[0]);
+    mp_future_free(fs[2]);
+    mp_future_free(fs[3]);
+    mp_shared_free(a);
+    mp_shared_free(b);
     mp_pool_free(p);
 }
 
@@ -206,6 +329,8 @@ int main(void)
         cmocka_unit_test(test_future_on_done_runs_on_result_thread_or_at_once),
         cmocka_unit_test(test_futures_wait_first_completed_first_exception_all),
         cmocka_unit_test(test_future_free_while_pending_detaches),
+        cmocka_unit_test(test_freed_handles_give_einval_and_double_free_is_harmless),
+        cmocka_unit_test(test_as_completed_gives_each_future_as_it_finishes),
         cmocka_unit_test(test_future_of_a_map_takes_callbacks_and_waits),
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
     };

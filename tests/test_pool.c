@@ -506,32 +506,36 @@ static void test_pool_initializer_runs_once_per_worker(void **state)
     mp_shared_free(shared_counter);
 }
 
-static void init_dies(void *arg)
-{
-    (void)arg;
-    raise(SIGKILL);
-}
+/* Initializers failing by their own fault: the pool's own cause. */
+static void init_aborts(void *arg) { (void)arg; abort(); }
+static void init_exits(void *arg) { (void)arg; exit(3); }
+static void init_faults(void *arg) { (void)arg; raise(SIGSEGV); }
 
 static void test_pool_initializer_that_kills_workers_breaks_the_pool(void **state)
 {
     (void)state;
-    int zombies, before = count_children(&zombies);
-    mp_pool *p;
-    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .initializer = init_dies }));
-    mp_future *f;
-    int x = 2;
-    int rc = mp_pool_apply_async(p, t_square, &x, sizeof x, &f);
-    if (rc == 0) {                       /* queued before the pool gave up: */
-        TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_EBROKEN);
-        mp_future_free(f);
-    } else {
-        TU_ASSERT_RC(rc, MP_ECLOSED);
+    void (*inits[])(void *) = { init_aborts, init_exits, init_faults };
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int i = 0; i < 9; i++) {
+        int zombies, before = count_children(&zombies);
+        mp_pool *p;
+        TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .initializer = inits[i % 3],
+                                                .method = methods[i / 3] }));
+        mp_future *f;
+        int x = 2;
+        int rc = mp_pool_apply_async(p, t_square, &x, sizeof x, &f);
+        if (rc == 0) {                   /* queued before the pool gave up: */
+            TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_EBROKEN);
+            mp_future_free(f);
+        } else {
+            TU_ASSERT_RC(rc, MP_ECLOSED);
+        }
+        TU_OK(mp_pool_close(p));
+        TU_OK(mp_pool_join(p, 30));     /* no endless respawning */
+        TU_ASSERT_RC(mp_pool_apply_async(p, t_square, &x, sizeof x, &f), MP_ECLOSED);
+        assert_int_equal(count_children(&zombies), before);
+        mp_pool_free(p);
     }
-    TU_OK(mp_pool_close(p));
-    TU_OK(mp_pool_join(p, 30));         /* no endless respawning */
-    TU_ASSERT_RC(mp_pool_apply_async(p, t_square, &x, sizeof x, &f), MP_ECLOSED);
-    assert_int_equal(count_children(&zombies), before);
-    mp_pool_free(p);
 }
 
 static pid_t worker_pid(mp_pool *p)

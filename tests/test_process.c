@@ -1,6 +1,7 @@
 /* test_process.c - mp_process under fork: lifecycle, names, exit codes,
  * daemons, exit handling, and every error a call can return. */
 #include "testutil.h"
+#include "proc_checks.h"
 
 #include <math.h>
 #include <poll.h>
@@ -333,6 +334,27 @@ static void test_exit_joins_normal_children_and_terminates_daemons(void **state)
 
 /* ------------------------------------------------------------------ failures */
 
+/* join(p, 0) and is_alive agree at every moment of a child's life:
+ * once is_alive says no, join(p, 0) joins (the forkserver and spawn
+ * cases are in test_spawn.c). */
+static void test_process_join_zero_and_is_alive_agree(void **state)
+{
+    (void)state;
+    for (int killed = 0; killed < 2; killed++) {
+        mp_process *p;
+        int five = 5;
+        TU_OK(mp_process_new(&p, killed ? sleeps_forever : returns_arg, &five, NULL));
+        TU_OK(mp_process_start(p));
+        if (killed)
+            TU_OK(mp_process_kill(p));
+        join_zero_agrees_with_is_alive(p);
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, killed ? -SIGKILL : 5);
+        TU_OK(mp_process_free(p));
+    }
+}
+
 static void test_process_start_twice_returns_estate(void **state)
 {
     (void)state;
@@ -568,6 +590,7 @@ int main(void)
         cmocka_unit_test(test_daemon_cannot_start_children),
         cmocka_unit_test(test_daemon_dies_when_its_parent_is_sigkilled),
         cmocka_unit_test(test_exit_joins_normal_children_and_terminates_daemons),
+        cmocka_unit_test(test_process_join_zero_and_is_alive_agree),
         cmocka_unit_test(test_process_start_twice_returns_estate),
         cmocka_unit_test(test_process_set_daemon_after_start_returns_estate),
         cmocka_unit_test(test_process_free_while_running_returns_estate),

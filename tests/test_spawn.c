@@ -4,6 +4,7 @@
  * Every test runs once per method (the cmocka state is the method). */
 #include "testutil.h"
 #include "proc_targets.h"
+#include "proc_checks.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -12,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -276,14 +279,19 @@ static void test_daemon_dies_when_its_parent_is_sigkilled(void **state)
     close(fds[1]);
 }
 
-static int waits_until_orphaned(void *arg)
+/* Returns code, or raises sig, once its fork server is gone. */
+struct orphan_arg { _Atomic int *started; int code, sig; };
+
+static int ends_once_orphaned(void *arg)
 {
-    _Atomic int *started = *(_Atomic int **)arg;
+    struct orphan_arg *o = arg;
     pid_t parent = getppid();
-    atomic_store(started, 1);
+    atomic_store(o->started, 1);
     while (getppid() == parent)
         usleep(10000);
-    return 0;
+    if (o->sig)
+        raise(o->sig);
+    return o->code;
 }
 
 static bool flag_set(void *arg)
@@ -291,24 +299,106 @@ static bool flag_set(void *arg)
     return atomic_load((_Atomic int *)arg) != 0;
 }
 
-static void test_forkserver_child_reports_255_when_the_server_dies(void **state)
+/* As the library decides: forced off, or not there (valgrind, old kernels). */
+static bool pidfds_on(void)
 {
-    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));   /* the orphaned child comes to us */
+    const char *off = getenv("MPROC_NO_PIDFD");
+    if (off && *off == '1')
+        return false;
+    long fd = syscall(SYS_pidfd_open, getpid(), 0);
+    if (fd >= 0)
+        close((int)fd);
+    return fd >= 0;
+}
+
+/* PIDFD_INFO_EXIT: the status of a reaped process, from Linux 6.15. */
+static bool kernel_keeps_exit_info(void)
+{
+    struct utsname u;
+    int major = 0, minor = 0;
+    return uname(&u) == 0 && sscanf(u.release, "%d.%d", &major, &minor) == 2 &&
+           (major > 6 || (major == 6 && minor >= 15));
+}
+
+static bool orphaned_to_us(void *pid)
+{
+    return tu_proc_ppid(*(pid_t *)pid) == getpid();
+}
+
+/* Starts a child that ends (code, or sig) once its server is SIGKILLed,
+ * kills the server, and returns the child; the orphan comes to us (the
+ * caller is a subreaper). */
+static mp_process *orphan_of_a_killed_server(void **state, int code, int sig, pid_t *child)
+{
     _Atomic int *started = mp_shared_alloc(sizeof *started);
-    mp_process *p = start(state, waits_until_orphaned, &started, sizeof started, false);
-    assert_true(tu_wait_for(flag_set, (void *)started, 10));
-    pid_t child = mp_process_pid(p), server = tu_proc_ppid(child);
+    struct orphan_arg o = { started, code, sig };
+    mp_process *p = start(state, ends_once_orphaned, &o, sizeof o, false);
+    assert_true(tu_wait_for(flag_set, (void *)started, 10 * tu_slow()));
+    *child = mp_process_pid(p);
+    pid_t server = tu_proc_ppid(*child);
     assert_true(server > 0 && server != getpid());
-    TU_OK(kill(server, SIGKILL));              /* the child, orphaned, then returns */
-    int code = 0;
+    TU_OK(kill(server, SIGKILL));
+    mp_shared_free((void *)started);
+    assert_true(tu_wait_for(orphaned_to_us, child, 10 * tu_slow()));
+    return p;
+}
+
+static int joined_code(mp_process *p)
+{
+    int code = -1000;
     TU_OK(mp_process_join(p, 10 * tu_slow()));
     TU_OK(mp_process_exitcode(p, &code));
-    assert_int_equal(code, 255);               /* nobody left to tell: as Python */
-    assert_int_equal(tu_wait(child, 10), 0);
+    return code;
+}
+
+/* Its zombie still tells (the orphan is ours here, and not yet reaped). */
+static void test_forkserver_child_keeps_its_code_when_the_server_dies(void **state)
+{
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));
+    pid_t child;
+    mp_process *p = orphan_of_a_killed_server(state, 7, 0, &child);
+    assert_int_equal(joined_code(p), pidfds_on() ? 7 : MP_EXITCODE_UNKNOWN);
+    TU_OK(mp_process_free(p));
+    p = orphan_of_a_killed_server(state, 0, SIGUSR1, &child);
+    assert_int_equal(joined_code(p), pidfds_on() ? -SIGUSR1 : MP_EXITCODE_UNKNOWN);
+    assert_int_equal(tu_wait(child, 10), -SIGUSR1);
+    TU_OK(mp_process_free(p));
+    /* Reaped before the join (as init would): the pidfd still tells. */
+    p = orphan_of_a_killed_server(state, 9, 0, &child);
+    assert_int_equal(tu_wait(child, 10), 9);
+    int want = pidfds_on() && kernel_keeps_exit_info() ? 9 : MP_EXITCODE_UNKNOWN;
+    assert_int_equal(joined_code(p), want);
     TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
     TU_OK(mp_process_free(p));
-    mp_shared_free((void *)started);
     assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);   /* a new server */
+}
+
+/* join(p, 0) and is_alive answer the same in every state, the server dead
+ * or alive: once is_alive says no, join(p, 0) joins. */
+static void test_join_zero_and_is_alive_agree_when_the_server_dies(void **state)
+{
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));
+    pid_t child;
+    mp_process *p = orphan_of_a_killed_server(state, 3, 0, &child);
+    join_zero_agrees_with_is_alive(p);
+    int code;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, pidfds_on() ? 3 : MP_EXITCODE_UNKNOWN);
+    assert_int_equal(tu_wait(child, 10), 3);
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
+    TU_OK(mp_process_free(p));
+}
+
+/* The same through a child's whole life, its reaper alive, and killed. */
+static void test_join_zero_and_is_alive_agree_through_a_life(void **state)
+{
+    for (int killed = 0; killed < 2; killed++) {
+        mp_process *p = start(state, killed ? waits_forever : returns_ten, NULL, 0, false);
+        if (killed)
+            TU_OK(mp_process_kill(p));
+        join_zero_agrees_with_is_alive(p);
+        assert_int_equal(finish(p), killed ? -SIGKILL : 10);
+    }
 }
 
 static void test_forkserver_is_restarted_when_found_dead(void **state)
@@ -425,7 +515,9 @@ int main(void)
         BOTH(test_start_is_not_held_up_by_a_concurrent_fork),
         BOTH(test_daemon_dies_when_its_parent_is_sigkilled),
         BOTH(test_exit_joins_children_of_every_method),
-        cmocka_unit_test_setup(test_forkserver_child_reports_255_when_the_server_dies, use_forkserver),
+        BOTH(test_join_zero_and_is_alive_agree_through_a_life),
+        cmocka_unit_test_setup(test_forkserver_child_keeps_its_code_when_the_server_dies, use_forkserver),
+        cmocka_unit_test_setup(test_join_zero_and_is_alive_agree_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
