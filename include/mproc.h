@@ -60,6 +60,17 @@ enum {
 
 MP_EXTERN const char *mp_strerror(int rc);  /* "timeout expired"; any int is accepted */
 MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
+/* The last error of this thread in a sentence that names the call, the
+ * argument and the reason, and says what to do where that is known:
+ * 'mp_listener_new: address "127.0.0.1:8080" has no scheme; use
+ * tcp:HOST:PORT, unix:/path or unix:@name'. Set whenever a call of the
+ * threads, synchronisation, pipes and connections or shared memory sections
+ * returns an error (a timeout too); the other sections leave it unchanged
+ * for now. A successful call does not clear it (as Python keeps its last
+ * exception): read it right after the call that failed.
+ * "" before the first error; never NULL; valid until this thread's next
+ * call into mproc. */
+MP_EXTERN const char *mp_last_error(void);
 
 #define MP_FOREVER (-1.0)
 

@@ -13,6 +13,7 @@
 #include "conn_internal.h"
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -841,6 +843,58 @@ static int conn_check(mp_conn *c)
     return c && c->h.magic == MAGIC_CONN ? 0 : MP_EINVAL;
 }
 
+/* The MP_EINVAL for a conn argument that is not a live conn. */
+static int fail_conn(const char *fn, const mp_conn *c)
+{
+    return mp_fail_handle(fn, "conn", c);
+}
+
+/* The MP_EINVAL for a call on the wrong end of a one-way pipe (or a conn
+ * made for one direction only). */
+static int fail_direction(const char *fn, bool wants_read)
+{
+    return mp_fail(MP_EINVAL, fn, "this conn cannot %s: with mp_pipe(&a, &b, false) a receives "
+                   "and b sends; pass duplex true for both ways", wants_read ? "receive" : "send");
+}
+
+/* An I/O result of fn on c, with the message for an error: what the
+ * common ones mean for a conn. */
+static int fail_io(int rc, const char *fn, const mp_conn *c)
+{
+    if (rc >= 0)
+        return rc;
+    if (rc == MP_EEOF)
+        return mp_fail(rc, fn, "the other end closed (fd %d): no more messages", c->h.fd);
+    if (rc == -EPIPE || rc == -ECONNRESET)
+        return mp_fail(rc, fn, "the other end is closed (fd %d): nobody reads this conn", c->h.fd);
+    if (rc == MP_ECLOSED)
+        return mp_fail(rc, fn, "fd %d of this conn was closed under it (close() on "
+                       "mp_conn_fileno?); use mp_conn_close", c->h.fd);
+    if (rc == MP_EPROTO || rc == MP_ETOOBIG)
+        return mp_fail(rc, fn, "the peer sent a malformed frame header (fd %d): it does not "
+                       "speak multiprocessing.connection's framing; close the conn", c->h.fd);
+    return mp_fail_code(rc, fn);
+}
+
+/* Lengths from SEND_CHECK_MIN bytes on are checked against the process's
+ * mappings before a copy would fault on them (one msync, which fails with
+ * ENOMEM on an unmapped page); shorter ones are the caller's to get right. */
+#define SEND_CHECK_MIN ((size_t)64 << 10)
+
+static int check_send_range(const char *fn, const void *data, size_t len)
+{
+    if (len > (size_t)PTRDIFF_MAX || (uintptr_t)data + len < (uintptr_t)data)
+        return mp_fail(MP_ETOOBIG, fn, "len %zu is more than any buffer can hold (at most "
+                       "PTRDIFF_MAX bytes); pass the buffer's real length", len);
+    if (len < SEND_CHECK_MIN)
+        return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)data & ~(page - 1);
+    if (msync((void *)start, (uintptr_t)data + len - start, MS_ASYNC) != 0 && errno == ENOMEM)
+        return mp_fail(MP_EINVAL, fn, "data..data+%zu runs past this process's memory; pass the "
+                       "buffer's real length", len);
+    return 0;
+}
+
 static void conn_destroy(mp_conn *c)
 {
     c->h.magic = MAGIC_FREED;
@@ -901,10 +955,11 @@ static int conn_pair(mp_conn **a, mp_conn **b, int fds[2], bool duplex)
 int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 {
     if (!a || !b)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "%s (where an end goes) is NULL", !a ? "a" : "b");
     struct pipe_shm *s = pipe_shm_new(duplex);
     if (!s)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena has no room for the pipe's "
+                       "buffers (%zu KiB each way)", PIPE_RING_SIZE >> 10);
     int fds[2];
     int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds)
                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK);
@@ -912,7 +967,7 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
     if (rc != 0) {
         atomic_store(&s->ends, 1);
         pipe_shm_leave(s, 0);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     mp_conn *end[2] = { *a, *b };
     for (uint32_t i = 0; i < 2; i++) {
@@ -926,20 +981,25 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 
 int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
 {
-    if (conn_check(c) != 0 || (!data && len))
-        return MP_EINVAL;
+    if (conn_check(c) != 0)
+        return fail_conn(__func__, c);
+    if (!data && len)
+        return mp_fail(MP_EINVAL, __func__, "data is NULL but len is %zu", len);
     if (!c->writable)
-        return MP_EINVAL;
+        return fail_direction(__func__, false);
+    int rc = check_send_range(__func__, data, len);
+    if (rc != 0)
+        return rc;
     uint8_t head[FRAME_HEADER_MAX];
     size_t n = frame_header_encode(len, head);
-    int rc = rmutex_lock(&c->send_lock, &forever);
+    rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
-        return rc;
+        return mp_fail_code(rc, __func__);
     if (rc == MP_EOWNERDEAD && c->out)
         ring_take_over(c);
     rc = c->out ? ring_send(c, head, n, data, len) : write_all(c->h.fd, c->is_socket, head, n, data, len);
     rmutex_unlock(&c->send_lock);
-    return rc == -EBADF ? MP_ECLOSED : rc;
+    return fail_io(rc == -EBADF ? MP_ECLOSED : rc, __func__, c);
 }
 
 /* One read. On a socket with nothing queued yet, spin a few microseconds
@@ -1097,8 +1157,6 @@ static void ring_repair(mp_conn *c)
  * held; the caller ends with recv_end. */
 static int recv_begin(mp_conn *c, uint64_t *len)
 {
-    if (conn_check(c) != 0 || !c->readable)
-        return MP_EINVAL;
     int rc = rmutex_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
@@ -1135,28 +1193,49 @@ static int recv_done(mp_conn *c, int rc)
     return recv_end(c, rc);
 }
 
+/* The arguments every receive checks, before it takes the lock. */
+static int recv_check(const char *fn, mp_conn *c)
+{
+    if (conn_check(c) != 0)
+        return fail_conn(fn, c);
+    return c->readable ? 0 : fail_direction(fn, true);
+}
+
 int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
 {
     uint64_t n;
-    int rc = !len || (!buf && cap) ? MP_EINVAL : recv_begin(c, &n);
+    int rc = recv_check(__func__, c);
     if (rc != 0)
         return rc;
+    if (!len)
+        return mp_fail(MP_EINVAL, __func__, "len (where the size goes) is NULL");
+    if (!buf && cap)
+        return mp_fail(MP_EINVAL, __func__, "buf is NULL but cap is %zu", cap);
+    if ((rc = recv_begin(c, &n)) != 0)
+        return fail_io(rc, __func__, c);
     *len = (size_t)n;
-    if (n > cap)
-        return recv_end(c, MP_ETOOBIG);     /* the message stays pending for a bigger buffer */
-    return recv_done(c, conn_read(c, buf, (size_t)n));
+    if (n > cap)                            /* the message stays pending for a bigger buffer */
+        return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
+                       "buf has %zu; it stays next: receive it with a buffer of *len bytes "
+                       "or mp_conn_recv_buf", n, cap);
+    return fail_io(recv_done(c, conn_read(c, buf, (size_t)n)), __func__, c);
 }
 
 int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
 {
     uint64_t n;
-    int rc = !out ? MP_EINVAL : recv_begin(c, &n);
+    int rc = recv_check(__func__, c);
     if (rc != 0)
         return rc;
-    if (maxlen && n > maxlen)
-        return recv_end(c, MP_ETOOBIG);     /* pending, and nothing allocated */
+    if (!out)
+        return mp_fail(MP_EINVAL, __func__, "out is NULL");
+    if ((rc = recv_begin(c, &n)) != 0)
+        return fail_io(rc, __func__, c);
+    if (maxlen && n > maxlen)               /* pending, and nothing allocated */
+        return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
+                       "over maxlen %zu; it stays next", n, maxlen);
     struct source src = { c->h.fd, c, NULL };
-    return recv_done(c, read_body(&src, out, (size_t)n));
+    return fail_io(recv_done(c, read_body(&src, out, (size_t)n)), __func__, c);
 }
 
 /* A ring end is ready with data in the ring or at EOF; doorbells alone are not. */
@@ -1176,20 +1255,23 @@ static int ring_poll(mp_conn *c, const mp_deadline *d)
 
 int mp_conn_poll(mp_conn *c, double timeout)
 {
-    if (conn_check(c) != 0 || !c->readable || !timeout_valid(timeout))
-        return MP_EINVAL;
+    int rc = recv_check(__func__, c);
+    if (rc != 0)
+        return rc;
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
     if (c->in)
-        return ring_poll(c, &d);
+        return fail_io(ring_poll(c, &d), __func__, c);
     int r = fd_poll(c->h.fd, POLLIN, &d);
-    return r == -EBADF ? MP_ECLOSED : r;
+    return fail_io(r == -EBADF ? MP_ECLOSED : r, __func__, c);
 }
 
 int mp_conn_fileno(const mp_conn *c)
 {
-    return c && c->h.magic == MAGIC_CONN ? c->h.fd : MP_EINVAL;
+    return c && c->h.magic == MAGIC_CONN ? c->h.fd : fail_conn(__func__, c);
 }
 
 void mp_conn_close(mp_conn *c)
@@ -1241,14 +1323,19 @@ static int wait_once(struct pollfd *p, const int *fds, size_t n, const mp_deadli
 
 int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
 {
-    if ((!fds && n) || !timeout_valid(timeout) || n > INT_MAX)
-        return MP_EINVAL;
+    if (!fds && n)
+        return mp_fail(MP_EINVAL, __func__, "fds is NULL but n is %zu", n);
+    if (n > INT_MAX)
+        return mp_fail(MP_EINVAL, __func__, "n %zu is more than poll() takes", n);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     for (size_t i = 0; i < n; i++)
         if (fds[i] < 0)
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, __func__, "fds[%zu] is %d, not a descriptor; pass "
+                           "mp_conn_fileno, mp_process_sentinel or any open fd", i, fds[i]);
     struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
     if (n && !p)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "no memory for %zu pollfds", n);
     mp_deadline d = deadline_in(timeout);
     int rc;
     do {
@@ -1257,5 +1344,5 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
     for (size_t i = 0; ready && i < n; i++)
         ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);
-    return rc;
+    return mp_fail_code(rc, __func__);
 }
