@@ -151,11 +151,39 @@ MP_EXTERN int  mp_rlock_new(mp_lock **l);       /* recursive: the owner may acqu
 MP_EXTERN int  mp_lock_acquire(mp_lock *l, double timeout);
 MP_EXTERN int  mp_lock_release(mp_lock *l);     /* MP_EINVAL unlocked / not the owner's thread */
 MP_EXTERN void mp_lock_free(mp_lock *l);        /* releases it first if the caller holds it */
-/* Runs the following statement or block with l held. Do not leave it with
- * break, goto or return: the release would be skipped. */
+/* Python's `with lock:`. Runs the following statement or block once with
+ * l held, and only if mp_lock_acquire(l, MP_FOREVER) returned 0 or
+ * MP_EOWNERDEAD; otherwise (NULL or freed lock, -EDEADLK) it skips it.
+ * MP_WITH_LOCK_RC(l, rc) also stores that code in the caller's int rc
+ * before the body, so the caller can tell a skipped body (rc < 0 and not
+ * MP_EOWNERDEAD) and repair after a dead holder (rc == MP_EOWNERDEAD).
+ * Leave the body early with break (or continue): the lock is released.
+ * return and goto would skip the release. */
+typedef struct { mp_lock *lock; int rc, held, once; } mp__with_lock;
+static inline mp__with_lock mp__with_lock_begin(mp_lock *l)
+{
+    mp__with_lock w = { l, mp_lock_acquire(l, MP_FOREVER), 0, 1 };
+    w.held = w.rc == 0 || w.rc == MP_EOWNERDEAD;
+    return w;
+}
+static inline void mp__with_lock_end(mp__with_lock *w)
+{
+    if (w->held)
+        mp_lock_release(w->lock);
+    w->once = 0;
+}
+#define MP__CAT2(a, b) a##b
+#define MP__CAT(a, b) MP__CAT2(a, b)
+/* The inner loop holds the body, so a break ends only it and the outer
+ * loop's step still releases. */
+#define MP__WITH_LOCK(l, rc_store, w, run) \
+    for (mp__with_lock w = mp__with_lock_begin(l); w.once && (rc_store, 1); mp__with_lock_end(&w)) \
+        for (int run = w.held; run; run = 0)
 #define MP_WITH_LOCK(l) \
-    for (int mp__once_ = (mp_lock_acquire((l), MP_FOREVER), 1); mp__once_; \
-         mp__once_ = (mp_lock_release(l), 0))
+    MP__WITH_LOCK((l), (void)0, MP__CAT(mp__w_, __LINE__), MP__CAT(mp__run_, __LINE__))
+#define MP_WITH_LOCK_RC(l, rc) \
+    MP__WITH_LOCK((l), (rc) = MP__CAT(mp__w_, __LINE__).rc, MP__CAT(mp__w_, __LINE__), \
+                  MP__CAT(mp__run_, __LINE__))
 
 /* value <= INT_MAX. No owner: a count taken by a process that dies is lost. */
 MP_EXTERN int  mp_semaphore_new(mp_semaphore **s, unsigned value);
