@@ -259,10 +259,14 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * after them; mp_conn_close closes only this process's copy. Addresses:
  * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT" (port 0:
  * the kernel picks, mp_listener_address tells). authkey NULL: no handshake;
- * accept's timeout covers the handshake too (at most 30 s when forever). */
+ * a non-NULL authkey with keylen 0 runs it with the empty key (Python's
+ * authkey=b"", as CPython 3.13's Listener and Client do); accept's timeout
+ * covers the handshake too (at most 30 s when forever). */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */
+/* len over PTRDIFF_MAX: MP_ETOOBIG; from 64 KiB, a range data..data+len
+ * that is not all mapped memory: MP_EINVAL. Nothing is sent then. */
 MP_EXTERN int  mp_conn_send_bytes(mp_conn *c, const void *data, size_t len);
 MP_EXTERN int  mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len);  /* MP_EEOF, MP_ETOOBIG */
 MP_EXTERN int  mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen);            /* maxlen 0: no limit */
