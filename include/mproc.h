@@ -209,6 +209,14 @@ MP_EXTERN int  mp_condition_release(mp_condition *c);
  * it again at that depth on return: 0 notified, MP_ETIMEDOUT, MP_EOWNERDEAD
  * if a holder died meanwhile (notified or not), MP_ENOMEM (arena full). */
 MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);
+/* Python's wait_for: waits until pred(ctx) is true, calling it with the lock
+ * held, first at once and then after every wake-up. 0: pred returned true;
+ * MP_ETIMEDOUT: it was still false at the timeout (looked at once more after
+ * the last wait, as Python does; Python returns that last value); either
+ * way the lock is held again. MP_EOWNERDEAD: a holder died during a wait
+ * (the lock is held; pred is not called again: repair first). */
+MP_EXTERN int  mp_condition_wait_for(mp_condition *c, bool (*pred)(void *ctx), void *ctx,
+                                     double timeout);
 /* Needs the lock (else MP_EINVAL; n < 0 too): wakes the first n of those
  * waiting now, oldest first. A waiter killed while waiting is skipped. */
 MP_EXTERN int  mp_condition_notify(mp_condition *c, int n);

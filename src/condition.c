@@ -164,6 +164,32 @@ int mp_condition_wait(mp_condition *c, double timeout)
     return mp_fail_code(rc, __func__);
 }
 
+/* Python's wait_for, step for step: the predicate first, then wait and look
+ * again until it holds or the time is up, and at least one wait when it
+ * does not hold at first (timeout 0 included). */
+int mp_condition_wait_for(mp_condition *c, bool (*pred)(void *ctx), void *ctx, double timeout)
+{
+    if (!condition_ok(c))
+        return fail_condition(__func__, c);
+    if (!pred)
+        return mp_fail(MP_EINVAL, __func__, "pred is NULL; pass a function that says whether "
+                       "to stop waiting");
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    if (!lock_is_mine(c->lock))
+        return fail_unlocked(__func__);
+    mp_deadline d = deadline_in(timeout);
+    for (bool waited = false; !pred(ctx); waited = true) {
+        if (waited && deadline_passed(&d))
+            return mp_fail(MP_ETIMEDOUT, __func__, "the predicate was still false at the timeout "
+                           "(the lock is held again)");
+        int rc = mp_condition_wait(c, d.forever ? MP_FOREVER : deadline_left(&d));
+        if (rc != 0 && rc != MP_ETIMEDOUT)
+            return mp_fail_code(rc, __func__);
+    }
+    return 0;
+}
+
 /* Under the lock. Pops one waiter: true if it was alive (and is now woken). */
 static bool wake_one(mp_condition *c)
 {
