@@ -282,6 +282,21 @@ MP_EXTERN int  mp_conn_poll(mp_conn *c, double timeout);     /* 1 data ready (or
 MP_EXTERN int  mp_conn_fileno(const mp_conn *c);
 MP_EXTERN void mp_conn_close(mp_conn *c);
 MP_EXTERN int  mp_wait(const int *fds, size_t n, bool *ready, double timeout);      /* count ready */
+/* Python's reduction.send_handle/recv_handle: a descriptor passed over a
+ * unix-socket conn (SCM_RIGHTS, the byte a Python peer sends and expects).
+ * The receiver gets a new descriptor (close-on-exec) for the same open file;
+ * the sender keeps its own. Not on mp_pipe ends (their messages travel in
+ * shared memory) nor TCP: MP_EINVAL. send_fd: -EBADF if fd is not open.
+ * recv_fd blocks like recv_bytes: MP_ESTATE when a message comes first
+ * (nothing is taken), MP_EPROTO when the peer sent more than one, MP_EEOF.
+ * Receive a descriptor in the process that received the messages before it. */
+MP_EXTERN int  mp_conn_send_fd(mp_conn *c, int fd);
+MP_EXTERN int  mp_conn_recv_fd(mp_conn *c, int *fd);
+/* Python's Connection(fd): wraps a connected stream socket (both ways) or a
+ * pipe end (the way it was opened) in the framing. The conn owns fd from
+ * then on (mp_conn_close closes it) and makes it close-on-exec. MP_EINVAL
+ * for a file, a datagram, listening or unconnected socket; -EBADF if closed. */
+MP_EXTERN int  mp_conn_from_fd(mp_conn **c, int fd);
 
 MP_EXTERN int  mp_listener_new(mp_listener **l, const char *address, const void *authkey, size_t keylen);
 MP_EXTERN int  mp_listener_accept(mp_listener *l, mp_conn **c, double timeout);    /* MP_EAUTH */
