@@ -378,7 +378,10 @@ MP_EXTERN void mp_iter_free(mp_iter *it);                   /* safe while items 
 MP_EXTERN int  mp_pool_close(mp_pool *p);       /* no more tasks; workers leave once all are done */
 MP_EXTERN int  mp_pool_terminate(mp_pool *p);   /* kills the workers, pending tasks end MP_EKILLED
                                                    (MP_THREADS: running tasks finish); returns when all is gone */
-MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);   /* after close/terminate, else MP_ESTATE */
+/* After close/terminate, else MP_ESTATE. Returns once the pool's threads
+ * are done: every task finished and every on_done callback (and the last
+ * progress call) returned. */
+MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);
 MP_EXTERN void mp_pool_free(mp_pool *p);        /* terminates a pool still running */
 /* join, terminate and free wait for the pool's own threads: from an on_done
  * or progress callback they return MP_ESTATE (free does nothing). */
@@ -405,7 +408,9 @@ enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
  * a timeout is not an error). FIRST_EXCEPTION: any ended with an error
  * other than MP_ECANCELLED. */
 MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);
-MP_EXTERN void mp_future_free(mp_future *f);    /* safe while pending: the task still runs */
+/* Safe while pending (the task still runs) and from a callback of f itself:
+ * f stays valid until all its callbacks have returned. */
+MP_EXTERN void mp_future_free(mp_future *f);
 
 /* ------------------------------------------------------------------ manager */
 
@@ -433,13 +438,18 @@ MP_EXTERN int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t l
 MP_EXTERN int mp_dict_get(mp_dict *d, const char *key, mp_buf *val);        /* MP_ENOTFOUND */
 MP_EXTERN int mp_dict_del(mp_dict *d, const char *key);
 MP_EXTERN int mp_dict_len(mp_dict *d, size_t *n);
-MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);                        /* NUL-separated */
+/* Every key followed by its NUL, the last one too, nothing after: len is
+ * the sum of (key length + 1), 0 for an empty dict; in no set order. */
+MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);
 MP_EXTERN int mp_dict_clear(mp_dict *d);
 MP_EXTERN int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v);
 MP_EXTERN int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v);     /* MP_ETYPE */
 MP_EXTERN int mp_dict_set_f64(mp_dict *d, const char *key, double v);
 MP_EXTERN int mp_dict_get_f64(mp_dict *d, const char *key, double *v);
-MP_EXTERN int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result);  /* atomic */
+/* Adds delta on the server (a missing key counts as 0): no update is lost
+ * between processes. result may be NULL; MP_ETYPE for a non-integer value,
+ * MP_ERANGE on overflow. */
+MP_EXTERN int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result);
 MP_EXTERN int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
                           const void *val, size_t vlen);                     /* 0 or MP_ECONFLICT */
 MP_EXTERN void mp_dict_free(mp_dict *d);
