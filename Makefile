@@ -28,7 +28,13 @@ $(BUILD)/Makefile: | deps
 build: deps $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
+# The build is quiet here: one line, and the whole log only if it fails.
+demo: deps
+	@mkdir -p $(BUILD); log=$(BUILD)/demo-build.log; \
+	if { [ -f $(BUILD)/Makefile ] || cmake -S . -B $(BUILD) $(CMAKE_FLAGS); } >$$log 2>&1 && \
+	   cmake --build $(BUILD) -j $(JOBS) >>$$log 2>&1; then \
+	  echo "Built mproc and its examples in $(BUILD)/ (full log: $$log)."; \
+	else cat $$log; echo "The build failed: the log is above and in $$log."; exit 1; fi
 	@./examples/tour.sh $(BUILD)
 
 # Every test: the plain build, ASan+UBSan, TSan, valgrind on the process and
