@@ -331,7 +331,11 @@ int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
 
 const char *mp_listener_address(const mp_listener *l)
 {
-    return listener_check(l) == 0 ? l->address : NULL;
+    if (listener_check(l) != 0) {
+        mp_fail_handle(__func__, "listener", l);
+        return NULL;
+    }
+    return l->address;
 }
 
 int mp_listener_fileno(const mp_listener *l)

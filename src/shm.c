@@ -228,13 +228,21 @@ static void *shm_attach(const mp_shm *s)
 
 void *mp_shm_buf(const mp_shm *s)
 {
-    if (!shm_ok(s))
+    if (!shm_ok(s)) {
+        mp_fail_handle(__func__, "s", s);
         return NULL;
+    }
     pthread_mutex_lock(&local.lock);
     struct mapping *m = *mapping_of(s);
     void *buf = m ? m->buf : NULL;
     pthread_mutex_unlock(&local.lock);
-    return buf ? buf : shm_attach(s);
+    errno = 0;
+    if (!buf && !(buf = shm_attach(s))) {
+        int err = errno ? -errno : MP_ENOMEM;
+        mp_fail(err, __func__, "segment \"%s\" cannot be mapped here (unlinked before this "
+                "process first used it?): %s", s->name + 1, mp_strerror(err));
+    }
+    return buf;
 }
 
 size_t mp_shm_size(const mp_shm *s)
@@ -244,7 +252,11 @@ size_t mp_shm_size(const mp_shm *s)
 
 const char *mp_shm_name(const mp_shm *s)
 {
-    return shm_ok(s) ? s->name + 1 : NULL;
+    if (!shm_ok(s)) {
+        mp_fail_handle(__func__, "s", s);
+        return NULL;
+    }
+    return s->name + 1;
 }
 
 int mp_shm_unlink(mp_shm *s)

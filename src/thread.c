@@ -189,7 +189,11 @@ int mp_thread_exitcode(mp_thread *t, int *code)
 
 const char *mp_thread_name(const mp_thread *t)
 {
-    return valid(t) ? t->name : NULL;
+    if (!valid(t)) {
+        mp_fail_handle(__func__, "thread", t);
+        return NULL;
+    }
+    return t->name;
 }
 
 int mp_thread_free(mp_thread *t)

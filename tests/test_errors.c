@@ -276,6 +276,12 @@ static void test_shm_misuse_says_what_to_do(void **state)
     assert_message_has("name is NULL without MP_CREATE", NULL);
     TU_ASSERT_RC(mp_shm_new(&s, "x", 0, MP_CREATE), MP_EINVAL);
     assert_message_has("needs size > 0", NULL);
+    assert_null(mp_shm_buf(NULL));                 /* getters that return NULL say why too */
+    assert_message_has("mp_shm_buf: s is NULL", NULL);
+    assert_null(mp_listener_address(NULL));
+    assert_message_has("mp_listener_address: listener is NULL", NULL);
+    assert_null(mp_thread_name(NULL));
+    assert_message_has("mp_thread_name: thread is NULL", NULL);
 }
 
 int main(void)
