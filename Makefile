@@ -36,8 +36,13 @@ $(BUILD)/Makefile:
 build: $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The build is quiet here: one line, and the whole log only if it fails.
 demo: deps
-	@$(MAKE) --no-print-directory build
+	@mkdir -p $(BUILD); log=$(BUILD)/demo-build.log; \
+	if { [ -f $(BUILD)/Makefile ] || cmake -S . -B $(BUILD) $(WERROR) $(CMAKE_FLAGS); } >$$log 2>&1 && \
+	   cmake --build $(BUILD) -j $(JOBS) >>$$log 2>&1; then \
+	  echo "Built mproc and its examples in $(BUILD)/ (full log: $$log)."; \
+	else cat $$log; echo "The build failed: the log is above and in $$log."; exit 1; fi
 	@./examples/tour.sh $(BUILD)
 
 # Every test: the plain build, ASan+UBSan, TSan, valgrind on the process and

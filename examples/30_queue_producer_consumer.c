@@ -1,6 +1,6 @@
 /* 30_queue_producer_consumer.c - JoinableQueue: three cooks, two daemon eaters, main waits on q.join() */
 /*
- * The seeds' bun shop: producers put buns into one queue, consumers take them
+ * The Python tutorials' bun shop: producers put buns into one queue, consumers take them
  * and call task_done() for each; the main process waits on mp_queue_join()
  * until every bun put has been eaten. The eaters loop forever, so they are
  * daemons: they end with the main process. The queue lives in the family's

@@ -1,6 +1,6 @@
 /* 32_queue_full_and_nowait.c - Queue(5): full(), a put that would wait, get_nowait on an empty queue */
 /*
- * The seed's walk-through of a bounded queue in one process: five puts fill a
+ * The Python tutorial's walk-through of a bounded queue in one process: five puts fill a
  * Queue(5); a sixth would wait for room (here with a timeout: MP_EFULL); five
  * gets empty it in FIFO order; get_nowait on the empty queue fails at once
  * with MP_EEMPTY instead of waiting. (full() and qsize() are exact at the

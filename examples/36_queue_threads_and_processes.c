@@ -75,6 +75,9 @@ int main(void)
         got += shop->got[i];
         sum += shop->sum[i];
     }
+    printf("  (how the items split between the workers depends on which one is awake\n"
+           "  when an item comes: one quick worker may take nearly all, even all, and\n"
+           "  a worker that got 0 did nothing wrong; what matters is the total)\n");
     bool ok = got == n && sum == n * (n + 1) / 2;
     printf("%llu numbers arrived, summing to %llu: %s\n", (unsigned long long)got,
            (unsigned long long)sum, ok ? "each exactly once" : "WRONG");

@@ -1,9 +1,9 @@
 /* 41_echo_process_per_connection.c - a TCP echo server that starts one process per connection */
 /*
- * The seed's concurrent server: accept a connection, start a process to
+ * The Python tutorial's concurrent server: accept a connection, start a process to
  * talk on it, go back to accept. The listener checks each client's authkey
  * (CPython's HMAC challenge) before the connection is handed over. The
- * seed's warning stands: a process per request, without a limit, brings a
+ * tutorial's warning stands: a process per request, without a limit, brings a
  * machine down under load - this server serves a fixed number of clients;
  * 43_echo_worker_pool.c shows the bounded way.
  */

@@ -14,7 +14,7 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* The seed's task(arg): sleep, then say which one it was. */
+/* The Python version's task(arg): sleep, then say which one it was. */
 static int task(const void *in, size_t len, mp_buf *out)
 {
     int arg;

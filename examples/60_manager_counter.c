@@ -14,7 +14,7 @@ static void nap_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* The seed's f1: read the number, think a little, write it back minus one.
+/* The Python version's f1: read the number, think a little, write it back minus one.
  * Between the read and the write another process can do the same, and one
  * of the two decrements is lost. */
 static int racy_worker(void *arg)
@@ -77,7 +77,7 @@ int main(void)
            WORKERS, STEPS);
 
     int64_t racy = run(d, racy_worker);
-    printf("get, then set (the seed's way, no lock): num = %lld\n", (long long)racy);
+    printf("get, then set (the Python version's way, no lock): num = %lld\n", (long long)racy);
     printf("  %s\n\n", racy == 0 ? "lucky this time: the window between get and set is still there"
                                  : "decrements were lost: two processes read the same value");
 

@@ -1,4 +1,4 @@
-/* 62_manager_lock.c - a lock kept by the manager: the seed's locked counter, then a holder killed */
+/* 62_manager_lock.c - a lock kept by the manager: the Python version's locked counter, then a holder killed */
 #include <mproc.h>
 
 #include <stdio.h>
@@ -18,7 +18,7 @@ static void nap_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* The seed's f1, with the lock: read, think, write back minus one. */
+/* The Python version's f1, with the lock: read, think, write back minus one. */
 static int locked_worker(void *arg)
 {
     struct shared *s = arg;
@@ -72,8 +72,9 @@ int main(void)
     int64_t num;
     mp_dict_get_i64(s.d, "num", &num);
     printf("%d processes, each: lock, get num, sleep, set num - 1, unlock.\n", WORKERS);
-    printf("num = %lld (the seed prints 90: the manager's lock makes get+set one step)\n\n",
-           (long long)num);
+    printf("num = %lld: %s (the Python version prints 90 too): the\n"
+           "  manager's lock makes get+set one step\n\n", (long long)num,
+           num == 100 - WORKERS ? "100 - 10, no decrement lost" : "WRONG, decrements were lost");
 
     mp_process *p;
     mp_process_new(&p, doomed_holder, &s, &(mp_process_opts){ .arg_size = sizeof s });

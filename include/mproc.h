@@ -61,6 +61,17 @@ enum {
 
 MP_EXTERN const char *mp_strerror(int rc);  /* "timeout expired"; any int is accepted */
 MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
+/* The last error of this thread in a sentence that names the call, the
+ * argument and the reason, and says what to do where that is known:
+ * 'mp_listener_new: address "127.0.0.1:8080" has no scheme; use
+ * tcp:HOST:PORT, unix:/path or unix:@name'. Set whenever a call of the
+ * threads, synchronisation, pipes and connections or shared memory sections
+ * returns an error (a timeout too); the other sections leave it unchanged
+ * for now. A successful call does not clear it (as Python keeps its last
+ * exception): read it right after the call that failed.
+ * "" before the first error; never NULL; valid until this thread's next
+ * call into mproc. */
+MP_EXTERN const char *mp_last_error(void);
 
 #define MP_FOREVER (-1.0)
 
@@ -145,11 +156,39 @@ MP_EXTERN int  mp_rlock_new(mp_lock **l);       /* recursive: the owner may acqu
 MP_EXTERN int  mp_lock_acquire(mp_lock *l, double timeout);
 MP_EXTERN int  mp_lock_release(mp_lock *l);     /* MP_EINVAL unlocked / not the owner's thread */
 MP_EXTERN void mp_lock_free(mp_lock *l);        /* releases it first if the caller holds it */
-/* Runs the following statement or block with l held. Do not leave it with
- * break, goto or return: the release would be skipped. */
+/* Python's `with lock:`. Runs the following statement or block once with
+ * l held, and only if mp_lock_acquire(l, MP_FOREVER) returned 0 or
+ * MP_EOWNERDEAD; otherwise (NULL or freed lock, -EDEADLK) it skips it.
+ * MP_WITH_LOCK_RC(l, rc) also stores that code in the caller's int rc
+ * before the body, so the caller can tell a skipped body (rc < 0 and not
+ * MP_EOWNERDEAD) and repair after a dead holder (rc == MP_EOWNERDEAD).
+ * Leave the body early with break (or continue): the lock is released.
+ * return and goto would skip the release. */
+typedef struct { mp_lock *lock; int rc, held, once; } mp__with_lock;
+static inline mp__with_lock mp__with_lock_begin(mp_lock *l)
+{
+    mp__with_lock w = { l, mp_lock_acquire(l, MP_FOREVER), 0, 1 };
+    w.held = w.rc == 0 || w.rc == MP_EOWNERDEAD;
+    return w;
+}
+static inline void mp__with_lock_end(mp__with_lock *w)
+{
+    if (w->held)
+        mp_lock_release(w->lock);
+    w->once = 0;
+}
+#define MP__CAT2(a, b) a##b
+#define MP__CAT(a, b) MP__CAT2(a, b)
+/* The inner loop holds the body, so a break ends only it and the outer
+ * loop's step still releases. */
+#define MP__WITH_LOCK(l, rc_store, w, run) \
+    for (mp__with_lock w = mp__with_lock_begin(l); w.once && (rc_store, 1); mp__with_lock_end(&w)) \
+        for (int run = w.held; run; run = 0)
 #define MP_WITH_LOCK(l) \
-    for (int mp__once_ = (mp_lock_acquire((l), MP_FOREVER), 1); mp__once_; \
-         mp__once_ = (mp_lock_release(l), 0))
+    MP__WITH_LOCK((l), (void)0, MP__CAT(mp__w_, __LINE__), MP__CAT(mp__run_, __LINE__))
+#define MP_WITH_LOCK_RC(l, rc) \
+    MP__WITH_LOCK((l), (rc) = MP__CAT(mp__w_, __LINE__).rc, MP__CAT(mp__w_, __LINE__), \
+                  MP__CAT(mp__run_, __LINE__))
 
 /* value <= INT_MAX. No owner: a count taken by a process that dies is lost. */
 MP_EXTERN int  mp_semaphore_new(mp_semaphore **s, unsigned value);
@@ -175,6 +214,14 @@ MP_EXTERN int  mp_condition_release(mp_condition *c);
  * it again at that depth on return: 0 notified, MP_ETIMEDOUT, MP_EOWNERDEAD
  * if a holder died meanwhile (notified or not), MP_ENOMEM (arena full). */
 MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);
+/* Python's wait_for: waits until pred(ctx) is true, calling it with the lock
+ * held, first at once and then after every wake-up. 0: pred returned true;
+ * MP_ETIMEDOUT: it was still false at the timeout (looked at once more after
+ * the last wait, as Python does; Python returns that last value); either
+ * way the lock is held again. MP_EOWNERDEAD: a holder died during a wait
+ * (the lock is held; pred is not called again: repair first). */
+MP_EXTERN int  mp_condition_wait_for(mp_condition *c, bool (*pred)(void *ctx), void *ctx,
+                                     double timeout);
 /* Needs the lock (else MP_EINVAL; n < 0 too): wakes the first n of those
  * waiting now, oldest first. A waiter killed while waiting is skipped. */
 MP_EXTERN int  mp_condition_notify(mp_condition *c, int n);
@@ -225,10 +272,14 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * after them; mp_conn_close closes only this process's copy. Addresses:
  * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT" (port 0:
  * the kernel picks, mp_listener_address tells). authkey NULL: no handshake;
- * accept's timeout covers the handshake too (at most 30 s when forever). */
+ * a non-NULL authkey with keylen 0 runs it with the empty key (Python's
+ * authkey=b"", as CPython 3.13's Listener and Client do); accept's timeout
+ * covers the handshake too (at most 30 s when forever). */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */
+/* len over PTRDIFF_MAX: MP_ETOOBIG; from 64 KiB, a range data..data+len
+ * that is not all mapped memory: MP_EINVAL. Nothing is sent then. */
 MP_EXTERN int  mp_conn_send_bytes(mp_conn *c, const void *data, size_t len);
 MP_EXTERN int  mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len);  /* MP_EEOF, MP_ETOOBIG */
 MP_EXTERN int  mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen);            /* maxlen 0: no limit */
@@ -236,6 +287,21 @@ MP_EXTERN int  mp_conn_poll(mp_conn *c, double timeout);     /* 1 data ready (or
 MP_EXTERN int  mp_conn_fileno(const mp_conn *c);
 MP_EXTERN void mp_conn_close(mp_conn *c);
 MP_EXTERN int  mp_wait(const int *fds, size_t n, bool *ready, double timeout);      /* count ready */
+/* Python's reduction.send_handle/recv_handle: a descriptor passed over a
+ * unix-socket conn (SCM_RIGHTS, the byte a Python peer sends and expects).
+ * The receiver gets a new descriptor (close-on-exec) for the same open file;
+ * the sender keeps its own. Not on mp_pipe ends (their messages travel in
+ * shared memory) nor TCP: MP_EINVAL. send_fd: -EBADF if fd is not open.
+ * recv_fd blocks like recv_bytes: MP_ESTATE when a message comes first
+ * (nothing is taken), MP_EPROTO when the peer sent more than one, MP_EEOF.
+ * Receive a descriptor in the process that received the messages before it. */
+MP_EXTERN int  mp_conn_send_fd(mp_conn *c, int fd);
+MP_EXTERN int  mp_conn_recv_fd(mp_conn *c, int *fd);
+/* Python's Connection(fd): wraps a connected stream socket (both ways) or a
+ * pipe end (the way it was opened) in the framing. The conn owns fd from
+ * then on (mp_conn_close closes it) and makes it close-on-exec. MP_EINVAL
+ * for a file, a datagram, listening or unconnected socket; -EBADF if closed. */
+MP_EXTERN int  mp_conn_from_fd(mp_conn **c, int fd);
 
 MP_EXTERN int  mp_listener_new(mp_listener **l, const char *address, const void *authkey, size_t keylen);
 MP_EXTERN int  mp_listener_accept(mp_listener *l, mp_conn **c, double timeout);    /* MP_EAUTH */
@@ -317,7 +383,10 @@ MP_EXTERN void mp_iter_free(mp_iter *it);                   /* safe while items 
 MP_EXTERN int  mp_pool_close(mp_pool *p);       /* no more tasks; workers leave once all are done */
 MP_EXTERN int  mp_pool_terminate(mp_pool *p);   /* kills the workers, pending tasks end MP_EKILLED
                                                    (MP_THREADS: running tasks finish); returns when all is gone */
-MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);   /* after close/terminate, else MP_ESTATE */
+/* After close/terminate, else MP_ESTATE. Returns once the pool's threads
+ * are done: every task finished and every on_done callback (and the last
+ * progress call) returned. */
+MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);
 MP_EXTERN void mp_pool_free(mp_pool *p);        /* terminates a pool still running */
 /* join, terminate and free wait for the pool's own threads: from an on_done
  * or progress callback they return MP_ESTATE (free does nothing). */
@@ -344,7 +413,9 @@ enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
  * a timeout is not an error). FIRST_EXCEPTION: any ended with an error
  * other than MP_ECANCELLED. */
 MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);
-MP_EXTERN void mp_future_free(mp_future *f);    /* safe while pending: the task still runs */
+/* Safe while pending (the task still runs) and from a callback of f itself:
+ * f stays valid until all its callbacks have returned. */
+MP_EXTERN void mp_future_free(mp_future *f);
 /* as_completed: an iterator whose mp_iter_next gives the index in fs of each
  * future as it finishes, and its result (as mp_future_result: rc, out;
  * mp_iter_code its code), then MP_EEOF. The futures must outlive it. */
@@ -376,13 +447,18 @@ MP_EXTERN int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t l
 MP_EXTERN int mp_dict_get(mp_dict *d, const char *key, mp_buf *val);        /* MP_ENOTFOUND */
 MP_EXTERN int mp_dict_del(mp_dict *d, const char *key);
 MP_EXTERN int mp_dict_len(mp_dict *d, size_t *n);
-MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);                        /* NUL-separated */
+/* Every key followed by its NUL, the last one too, nothing after: len is
+ * the sum of (key length + 1), 0 for an empty dict; in no set order. */
+MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);
 MP_EXTERN int mp_dict_clear(mp_dict *d);
 MP_EXTERN int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v);
 MP_EXTERN int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v);     /* MP_ETYPE */
 MP_EXTERN int mp_dict_set_f64(mp_dict *d, const char *key, double v);
 MP_EXTERN int mp_dict_get_f64(mp_dict *d, const char *key, double *v);
-MP_EXTERN int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result);  /* atomic */
+/* Adds delta on the server (a missing key counts as 0): no update is lost
+ * between processes. result may be NULL; MP_ETYPE for a non-integer value,
+ * MP_ERANGE on overflow. */
+MP_EXTERN int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result);
 MP_EXTERN int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
                           const void *val, size_t vlen);                     /* 0 or MP_ECONFLICT */
 MP_EXTERN void mp_dict_free(mp_dict *d);

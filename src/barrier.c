@@ -32,19 +32,20 @@ struct mp_barrier {
 int mp_barrier_new(mp_barrier **out, unsigned parties)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "b (where the barrier goes) is NULL");
     *out = NULL;
     if (parties == 0 || parties > INT_MAX / sizeof(struct party))
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "parties is %u; from 1 to %zu", parties,
+                       INT_MAX / sizeof(struct party));
     mp_barrier *b = arena_alloc(sizeof *b + parties * sizeof(struct party));
     if (!b)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     int rc = rmutex_init(&b->m);
     for (unsigned i = 0; i < parties && rc == 0; i++)
         rc = rmutex_init(&b->slot[i].alive);
     if (rc != 0) {
         arena_free(b);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     b->parties = parties;
     b->magic = MAGIC_BARRIER;
@@ -169,8 +170,10 @@ static int barrier_await(mp_barrier *b, const mp_deadline *d, int index)
 
 int mp_barrier_wait(mp_barrier *b, double timeout)
 {
-    if (!barrier_ok(b) || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (!barrier_ok(b))
+        return mp_fail_handle(__func__, "barrier", b);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
     barrier_lock(b);
     int rc = barrier_enter(b, &d);
@@ -188,13 +191,16 @@ int mp_barrier_wait(mp_barrier *b, double timeout)
         barrier_exit(b);
     }
     rmutex_unlock(&b->m);
-    return rc;
+    if (rc == MP_EBROKEN)
+        return mp_fail(rc, __func__, "the barrier is broken (a wait timed out, a party was "
+                       "killed, or mp_barrier_abort); mp_barrier_reset makes it usable again");
+    return mp_fail_code(rc, __func__);
 }
 
 int mp_barrier_abort(mp_barrier *b)
 {
     if (!barrier_ok(b))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "barrier", b);
     barrier_lock(b);
     barrier_break(b);
     rmutex_unlock(&b->m);
@@ -204,7 +210,7 @@ int mp_barrier_abort(mp_barrier *b)
 int mp_barrier_reset(mp_barrier *b)
 {
     if (!barrier_ok(b))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "barrier", b);
     barrier_lock(b);
     if (b->count == 0)
         b->state = FILLING;
@@ -217,13 +223,13 @@ int mp_barrier_reset(mp_barrier *b)
 
 int mp_barrier_parties(mp_barrier *b)
 {
-    return barrier_ok(b) ? (int)b->parties : MP_EINVAL;
+    return barrier_ok(b) ? (int)b->parties : mp_fail_handle(__func__, "barrier", b);
 }
 
 int mp_barrier_n_waiting(mp_barrier *b)
 {
     if (!barrier_ok(b))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "barrier", b);
     barrier_lock(b);
     int n = b->state == FILLING ? (int)b->count : 0;
     rmutex_unlock(&b->m);

@@ -31,19 +31,22 @@ struct mp_condition {
 int mp_condition_new(mp_condition **out, mp_lock *l)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "c (where the condition goes) is NULL");
     *out = NULL;
-    if (l && l->magic != MAGIC_LOCK)     /* manager locks cannot wake our waiters */
-        return MP_EINVAL;
+    if (l && l->magic == MAGIC_MLOCK)    /* manager locks cannot wake our waiters */
+        return mp_fail(MP_EINVAL, __func__, "l is a manager lock; a condition needs a lock from "
+                       "mp_lock_new or mp_rlock_new (or NULL for its own)");
+    if (l && l->magic != MAGIC_LOCK)
+        return mp_fail_handle(__func__, "l", l);
     mp_condition *c = arena_alloc(sizeof *c);
     if (!c)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     c->lock = l;
     if (!l) {
         int rc = mp_rlock_new(&c->lock);
         if (rc != 0) {
             arena_free(c);
-            return rc;
+            return mp_fail_code(rc, __func__);
         }
         c->own_lock = true;
     }
@@ -57,14 +60,26 @@ static bool condition_ok(const mp_condition *c)
     return c && c->magic == MAGIC_COND;
 }
 
+static int fail_condition(const char *fn, const mp_condition *c)
+{
+    return mp_fail_handle(fn, "condition", c);
+}
+
+/* The MP_EINVAL for a call that needs the condition's lock held. */
+static int fail_unlocked(const char *fn)
+{
+    return mp_fail(MP_EINVAL, fn, "this thread does not hold the condition's lock; call "
+                   "mp_condition_acquire first (Python: RuntimeError)");
+}
+
 int mp_condition_acquire(mp_condition *c, double timeout)
 {
-    return condition_ok(c) ? mp_lock_acquire(c->lock, timeout) : MP_EINVAL;
+    return condition_ok(c) ? mp_lock_acquire(c->lock, timeout) : fail_condition(__func__, c);
 }
 
 int mp_condition_release(mp_condition *c)
 {
-    return condition_ok(c) ? mp_lock_release(c->lock) : MP_EINVAL;
+    return condition_ok(c) ? mp_lock_release(c->lock) : fail_condition(__func__, c);
 }
 
 static struct waiter *waiter_new(void)
@@ -117,11 +132,15 @@ static void queue_remove(mp_condition *c, struct waiter *w)
 
 int mp_condition_wait(mp_condition *c, double timeout)
 {
-    if (!condition_ok(c) || !timeout_valid(timeout) || !lock_is_mine(c->lock))
-        return MP_EINVAL;
+    if (!condition_ok(c))
+        return fail_condition(__func__, c);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    if (!lock_is_mine(c->lock))
+        return fail_unlocked(__func__);
     struct waiter *w = waiter_new();
     if (!w)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     queue_push(c, w);
     uint32_t depth;
     lock_release_all(c->lock, &depth);
@@ -137,7 +156,38 @@ int mp_condition_wait(mp_condition *c, double timeout)
         rc = 0;
     queue_remove(c, w);           /* a notifier killed before its unlink left us queued */
     waiter_free(w);
-    return relock == MP_EOWNERDEAD ? MP_EOWNERDEAD : rc;
+    if (relock == MP_EOWNERDEAD)
+        return mp_fail(relock, __func__, "the lock is held again, but a holder died holding it "
+                       "meanwhile: check the data it guards");
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, __func__, "not notified by the timeout (the lock is held again)");
+    return mp_fail_code(rc, __func__);
+}
+
+/* Python's wait_for, step for step: the predicate first, then wait and look
+ * again until it holds or the time is up, and at least one wait when it
+ * does not hold at first (timeout 0 included). */
+int mp_condition_wait_for(mp_condition *c, bool (*pred)(void *ctx), void *ctx, double timeout)
+{
+    if (!condition_ok(c))
+        return fail_condition(__func__, c);
+    if (!pred)
+        return mp_fail(MP_EINVAL, __func__, "pred is NULL; pass a function that says whether "
+                       "to stop waiting");
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    if (!lock_is_mine(c->lock))
+        return fail_unlocked(__func__);
+    mp_deadline d = deadline_in(timeout);
+    for (bool waited = false; !pred(ctx); waited = true) {
+        if (waited && deadline_passed(&d))
+            return mp_fail(MP_ETIMEDOUT, __func__, "the predicate was still false at the timeout "
+                           "(the lock is held again)");
+        int rc = mp_condition_wait(c, d.forever ? MP_FOREVER : deadline_left(&d));
+        if (rc != 0 && rc != MP_ETIMEDOUT)
+            return mp_fail_code(rc, __func__);
+    }
+    return 0;
 }
 
 /* Under the lock. Pops one waiter: true if it was alive (and is now woken). */
@@ -164,8 +214,12 @@ static bool wake_one(mp_condition *c)
 
 int mp_condition_notify(mp_condition *c, int n)
 {
-    if (!condition_ok(c) || n < 0 || !lock_is_mine(c->lock))
-        return MP_EINVAL;
+    if (!condition_ok(c))
+        return fail_condition(__func__, c);
+    if (n < 0)
+        return mp_fail(MP_EINVAL, __func__, "n is %d; it counts waiters to wake, >= 0", n);
+    if (!lock_is_mine(c->lock))
+        return fail_unlocked(__func__);
     for (int woken = 0; woken < n && c->head;)
         woken += wake_one(c);
     return 0;

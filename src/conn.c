@@ -8,11 +8,14 @@
  * Sends and receives each take a robust lock so frames never interleave.
  * The two ends of mp_pipe carry their frames through byte rings in the
  * arena instead: the descriptor then carries only doorbells and EOF
- * (docs/pipes.md).
+ * (docs/pipes.md). Unix-socket conns also carry descriptors (Python's
+ * send_handle: one byte with SCM_RIGHTS); a read-ahead that takes such a
+ * byte keeps its descriptors aside in this process until mp_conn_recv_fd.
  */
 #include "conn_internal.h"
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -71,6 +75,7 @@ struct mp_conn {
      * mp_conn_poll and mp_wait count buffered bytes as ready. */
     _Atomic uint32_t ahead_len;
     uint32_t ahead_pos;
+    uint32_t ahead_fills;      /* refills so far: tells a stale early descriptor */
     uint8_t ahead[READ_AHEAD];
     /* Ends of mp_pipe: frames go through rings, the fd carries doorbells. */
     struct pipe_shm *shm;               /* NULL: frames go on the descriptor */
@@ -841,6 +846,58 @@ static int conn_check(mp_conn *c)
     return c && c->h.magic == MAGIC_CONN ? 0 : MP_EINVAL;
 }
 
+/* The MP_EINVAL for a conn argument that is not a live conn. */
+static int fail_conn(const char *fn, const mp_conn *c)
+{
+    return mp_fail_handle(fn, "conn", c);
+}
+
+/* The MP_EINVAL for a call on the wrong end of a one-way pipe (or a conn
+ * made for one direction only). */
+static int fail_direction(const char *fn, bool wants_read)
+{
+    return mp_fail(MP_EINVAL, fn, "this conn cannot %s: with mp_pipe(&a, &b, false) a receives "
+                   "and b sends; pass duplex true for both ways", wants_read ? "receive" : "send");
+}
+
+/* An I/O result of fn on c, with the message for an error: what the
+ * common ones mean for a conn. */
+static int fail_io(int rc, const char *fn, const mp_conn *c)
+{
+    if (rc >= 0)
+        return rc;
+    if (rc == MP_EEOF)
+        return mp_fail(rc, fn, "the other end closed (fd %d): no more messages", c->h.fd);
+    if (rc == -EPIPE || rc == -ECONNRESET)
+        return mp_fail(rc, fn, "the other end is closed (fd %d): nobody reads this conn", c->h.fd);
+    if (rc == MP_ECLOSED)
+        return mp_fail(rc, fn, "fd %d of this conn was closed under it (close() on "
+                       "mp_conn_fileno?); use mp_conn_close", c->h.fd);
+    if (rc == MP_EPROTO || rc == MP_ETOOBIG)
+        return mp_fail(rc, fn, "the peer sent a malformed frame header (fd %d): it does not "
+                       "speak multiprocessing.connection's framing; close the conn", c->h.fd);
+    return mp_fail_code(rc, fn);
+}
+
+/* Lengths from SEND_CHECK_MIN bytes on are checked against the process's
+ * mappings before a copy would fault on them (one msync, which fails with
+ * ENOMEM on an unmapped page); shorter ones are the caller's to get right. */
+#define SEND_CHECK_MIN ((size_t)64 << 10)
+
+static int check_send_range(const char *fn, const void *data, size_t len)
+{
+    if (len > (size_t)PTRDIFF_MAX || (uintptr_t)data + len < (uintptr_t)data)
+        return mp_fail(MP_ETOOBIG, fn, "len %zu is more than any buffer can hold (at most "
+                       "PTRDIFF_MAX bytes); pass the buffer's real length", len);
+    if (len < SEND_CHECK_MIN)
+        return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)data & ~(page - 1);
+    if (msync((void *)start, (uintptr_t)data + len - start, MS_ASYNC) != 0 && errno == ENOMEM)
+        return mp_fail(MP_EINVAL, fn, "data..data+%zu runs past this process's memory; pass the "
+                       "buffer's real length", len);
+    return 0;
+}
+
 static void conn_destroy(mp_conn *c)
 {
     c->h.magic = MAGIC_FREED;
@@ -901,10 +958,11 @@ static int conn_pair(mp_conn **a, mp_conn **b, int fds[2], bool duplex)
 int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 {
     if (!a || !b)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "%s (where an end goes) is NULL", !a ? "a" : "b");
     struct pipe_shm *s = pipe_shm_new(duplex);
     if (!s)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena has no room for the pipe's "
+                       "buffers (%zu KiB each way)", PIPE_RING_SIZE >> 10);
     int fds[2];
     int r = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds)
                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK);
@@ -912,7 +970,7 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
     if (rc != 0) {
         atomic_store(&s->ends, 1);
         pipe_shm_leave(s, 0);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     mp_conn *end[2] = { *a, *b };
     for (uint32_t i = 0; i < 2; i++) {
@@ -926,31 +984,39 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 
 int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
 {
-    if (conn_check(c) != 0 || (!data && len))
-        return MP_EINVAL;
+    if (conn_check(c) != 0)
+        return fail_conn(__func__, c);
+    if (!data && len)
+        return mp_fail(MP_EINVAL, __func__, "data is NULL but len is %zu", len);
     if (!c->writable)
-        return MP_EINVAL;
+        return fail_direction(__func__, false);
+    int rc = check_send_range(__func__, data, len);
+    if (rc != 0)
+        return rc;
     uint8_t head[FRAME_HEADER_MAX];
     size_t n = frame_header_encode(len, head);
-    int rc = rmutex_lock(&c->send_lock, &forever);
+    rc = rmutex_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
-        return rc;
+        return mp_fail_code(rc, __func__);
     if (rc == MP_EOWNERDEAD && c->out)
         ring_take_over(c);
     rc = c->out ? ring_send(c, head, n, data, len) : write_all(c->h.fd, c->is_socket, head, n, data, len);
     rmutex_unlock(&c->send_lock);
-    return rc == -EBADF ? MP_ECLOSED : rc;
+    return fail_io(rc == -EBADF ? MP_ECLOSED : rc, __func__, c);
 }
+
+static ssize_t sock_read_ahead(mp_conn *c, uint8_t *buf, size_t cap, int flags);
+static void early_drop(const mp_conn *c);
 
 /* One read. On a socket with nothing queued yet, spin a few microseconds
  * on non-blocking reads before sleeping in the kernel: a sleeping reader
  * makes every send pay for a wake-up, and that dominates small messages. */
-static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
+static ssize_t read_spin(mp_conn *c, uint8_t *buf, size_t cap)
 {
     if (c->is_socket) {
         uint64_t end = now_ns() + READ_SPIN_NS;
         for (unsigned i = 0;; i++) {
-            ssize_t r = recv(c->h.fd, buf, cap, MSG_DONTWAIT);
+            ssize_t r = sock_read_ahead(c, buf, cap, MSG_DONTWAIT);
             if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
                 return r;
             if (now_ns() >= end)
@@ -960,6 +1026,7 @@ static ssize_t read_spin(mp_conn *c, void *buf, size_t cap)
             else
                 cpu_relax();
         }
+        return sock_read_ahead(c, buf, cap, 0);
     }
     return read(c->h.fd, buf, cap);
 }
@@ -986,6 +1053,8 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
         return 0;
     if (n > READ_AHEAD / 2 || atomic_load(&c->h.immortal))
         return fd_read_full(c->h.fd, dst, n, NULL);
+    early_drop(c);                      /* what was read ahead before is gone, */
+    c->ahead_fills++;                   /* and so are descriptors kept for it */
     size_t got = 0;
     while (got < n) {
         ssize_t r = read_spin(c, c->ahead + got, READ_AHEAD - got);
@@ -1097,8 +1166,6 @@ static void ring_repair(mp_conn *c)
  * held; the caller ends with recv_end. */
 static int recv_begin(mp_conn *c, uint64_t *len)
 {
-    if (conn_check(c) != 0 || !c->readable)
-        return MP_EINVAL;
     int rc = rmutex_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
@@ -1135,28 +1202,49 @@ static int recv_done(mp_conn *c, int rc)
     return recv_end(c, rc);
 }
 
+/* The arguments every receive checks, before it takes the lock. */
+static int recv_check(const char *fn, mp_conn *c)
+{
+    if (conn_check(c) != 0)
+        return fail_conn(fn, c);
+    return c->readable ? 0 : fail_direction(fn, true);
+}
+
 int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
 {
     uint64_t n;
-    int rc = !len || (!buf && cap) ? MP_EINVAL : recv_begin(c, &n);
+    int rc = recv_check(__func__, c);
     if (rc != 0)
         return rc;
+    if (!len)
+        return mp_fail(MP_EINVAL, __func__, "len (where the size goes) is NULL");
+    if (!buf && cap)
+        return mp_fail(MP_EINVAL, __func__, "buf is NULL but cap is %zu", cap);
+    if ((rc = recv_begin(c, &n)) != 0)
+        return fail_io(rc, __func__, c);
     *len = (size_t)n;
-    if (n > cap)
-        return recv_end(c, MP_ETOOBIG);     /* the message stays pending for a bigger buffer */
-    return recv_done(c, conn_read(c, buf, (size_t)n));
+    if (n > cap)                            /* the message stays pending for a bigger buffer */
+        return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
+                       "buf has %zu; it stays next: receive it with a buffer of *len bytes "
+                       "or mp_conn_recv_buf", n, cap);
+    return fail_io(recv_done(c, conn_read(c, buf, (size_t)n)), __func__, c);
 }
 
 int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
 {
     uint64_t n;
-    int rc = !out ? MP_EINVAL : recv_begin(c, &n);
+    int rc = recv_check(__func__, c);
     if (rc != 0)
         return rc;
-    if (maxlen && n > maxlen)
-        return recv_end(c, MP_ETOOBIG);     /* pending, and nothing allocated */
+    if (!out)
+        return mp_fail(MP_EINVAL, __func__, "out is NULL");
+    if ((rc = recv_begin(c, &n)) != 0)
+        return fail_io(rc, __func__, c);
+    if (maxlen && n > maxlen)               /* pending, and nothing allocated */
+        return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
+                       "over maxlen %zu; it stays next", n, maxlen);
     struct source src = { c->h.fd, c, NULL };
-    return recv_done(c, read_body(&src, out, (size_t)n));
+    return fail_io(recv_done(c, read_body(&src, out, (size_t)n)), __func__, c);
 }
 
 /* A ring end is ready with data in the ring or at EOF; doorbells alone are not. */
@@ -1176,28 +1264,377 @@ static int ring_poll(mp_conn *c, const mp_deadline *d)
 
 int mp_conn_poll(mp_conn *c, double timeout)
 {
-    if (conn_check(c) != 0 || !c->readable || !timeout_valid(timeout))
-        return MP_EINVAL;
+    int rc = recv_check(__func__, c);
+    if (rc != 0)
+        return rc;
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
     if (c->in)
-        return ring_poll(c, &d);
+        return fail_io(ring_poll(c, &d), __func__, c);
     int r = fd_poll(c->h.fd, POLLIN, &d);
-    return r == -EBADF ? MP_ECLOSED : r;
+    return fail_io(r == -EBADF ? MP_ECLOSED : r, __func__, c);
 }
 
 int mp_conn_fileno(const mp_conn *c)
 {
-    return c && c->h.magic == MAGIC_CONN ? c->h.fd : MP_EINVAL;
+    return c && c->h.magic == MAGIC_CONN ? c->h.fd : fail_conn(__func__, c);
 }
 
 void mp_conn_close(mp_conn *c)
 {
     if (conn_check(c) != 0)
         return;
+    early_drop(c);
     if (fdhandle_release(&c->h))
         conn_destroy(c);
+}
+
+/* ------------------------------------------------------------------ descriptors */
+
+/* Python's send_handle/recv_handle on Linux: one byte, the count of
+ * descriptors modulo 256, with the descriptors attached (SCM_RIGHTS), no
+ * acknowledgement. A read ahead may take that byte along with the frames
+ * before it (the kernel ends a read just after a byte carrying
+ * descriptors): the descriptors then wait here, in this process, keyed by
+ * the byte's place in the conn's read-ahead, until mp_conn_recv_fd. */
+#define FDS_PER_BYTE_MAX 8          /* more than Python sends (1): refused, all closed */
+
+struct early_fds {
+    const mp_conn *c;
+    uint32_t fills, pos;            /* the byte's place: ahead[pos] of that refill */
+    int n;
+    bool truncated;
+    int fds[FDS_PER_BYTE_MAX];
+    struct early_fds *next;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    struct early_fds *head;
+    _Atomic uint32_t count;         /* 0: nothing to look for (the usual case) */
+} early = { PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
+
+/* The descriptors in m's control messages into fds (closing what does not fit). */
+static void collect_fds(struct msghdr *m, int *fds, int *n, bool *truncated)
+{
+    *n = 0;
+    *truncated = (m->msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(m); h; h = CMSG_NXTHDR(m, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
+            if (*n < FDS_PER_BYTE_MAX)
+                fds[(*n)++] = fd;
+            else {
+                close(fd);
+                *truncated = true;
+            }
+        }
+    }
+}
+
+static void close_fds(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+/* Under recv_lock: a socket read into the read-ahead buffer at buf that
+ * keeps any descriptors arriving with it. */
+static ssize_t sock_read_ahead(mp_conn *c, uint8_t *buf, size_t cap, int flags)
+{
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * FDS_PER_BYTE_MAX)]; } u;
+    struct iovec v = { buf, cap };
+    struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = &u, .msg_controllen = sizeof u };
+    ssize_t r = recvmsg(c->h.fd, &m, flags | MSG_CMSG_CLOEXEC);
+    if (r <= 0 || m.msg_controllen == 0)
+        return r;
+    struct early_fds *e = calloc(1, sizeof *e), lost;
+    collect_fds(&m, e ? e->fds : lost.fds, e ? &e->n : &lost.n, e ? &e->truncated : &lost.truncated);
+    if (!e) {
+        close_fds(lost.fds, lost.n);    /* recv_fd will say no descriptor came */
+        return r;
+    }
+    e->c = c;
+    e->fills = c->ahead_fills;
+    e->pos = (uint32_t)(buf - c->ahead) + (uint32_t)r - 1;
+    pthread_mutex_lock(&early.lock);
+    e->next = early.head;
+    early.head = e;
+    atomic_fetch_add(&early.count, 1);
+    pthread_mutex_unlock(&early.lock);
+    return r;
+}
+
+/* The early descriptors waiting for c's byte at pos of this refill (taken
+ * off the list), or NULL. */
+static struct early_fds *early_take(const mp_conn *c, uint32_t pos)
+{
+    if (!atomic_load(&early.count))
+        return NULL;
+    struct early_fds *found = NULL;
+    pthread_mutex_lock(&early.lock);
+    for (struct early_fds **at = &early.head; *at; at = &(*at)->next) {
+        if ((*at)->c == c && (*at)->fills == c->ahead_fills && (*at)->pos == pos) {
+            found = *at;
+            *at = found->next;
+            atomic_fetch_sub(&early.count, 1);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&early.lock);
+    return found;
+}
+
+/* Closes every descriptor c's reads left waiting here. */
+static void early_drop(const mp_conn *c)
+{
+    if (!atomic_load(&early.count))
+        return;
+    pthread_mutex_lock(&early.lock);
+    for (struct early_fds **at = &early.head; *at;) {
+        struct early_fds *e = *at;
+        if (e->c != c) {
+            at = &e->next;
+            continue;
+        }
+        *at = e->next;
+        atomic_fetch_sub(&early.count, 1);
+        close_fds(e->fds, e->n);
+        free(e);
+    }
+    pthread_mutex_unlock(&early.lock);
+}
+
+/* The checks send_fd and recv_fd share: a live descriptor conn on a
+ * connected unix stream socket, going the right way. */
+static int fd_conn_check(const char *fn, mp_conn *c, bool receiving)
+{
+    if (conn_check(c) != 0)
+        return fail_conn(fn, c);
+    if (receiving ? !c->readable : !c->writable)
+        return fail_direction(fn, receiving);
+    if (c->shm)
+        return mp_fail(MP_EINVAL, fn, "the ends of mp_pipe carry messages in shared memory, not "
+                       "on a socket; pass descriptors over a unix-socket conn (mp_listener on "
+                       "unix:, mp_client, or mp_conn_from_fd on a socketpair end)");
+    int domain = 0;
+    socklen_t len = sizeof domain;
+    if (getsockopt(c->h.fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX)
+        return mp_fail(MP_EINVAL, fn, "fd %d of this conn is %s; descriptors pass only over "
+                       "unix sockets", c->h.fd, c->is_socket ? "not a unix socket" : "a pipe");
+    return 0;
+}
+
+int mp_conn_send_fd(mp_conn *c, int fd)
+{
+    int rc = fd_conn_check(__func__, c, false);
+    if (rc != 0)
+        return rc;
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+        return mp_fail(-EBADF, __func__, "fd %d is not an open descriptor of this process", fd);
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int))]; } u;
+    memset(&u, 0, sizeof u);
+    uint8_t count = 1;
+    struct iovec v = { &count, 1 };
+    struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = &u, .msg_controllen = sizeof u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    rc = rmutex_lock(&c->send_lock, &forever);
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return mp_fail_code(rc, __func__);
+    for (;;) {
+        if (sendmsg(c->h.fd, &m, MSG_NOSIGNAL) == 1) {
+            rc = 0;
+            break;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            fd_poll(c->h.fd, POLLOUT, NULL);
+        } else if (errno != EINTR) {
+            rc = errno == EBADF ? MP_ECLOSED : -errno;
+            break;
+        }
+    }
+    rmutex_unlock(&c->send_lock);
+    return fail_io(rc, __func__, c);
+}
+
+/* The MP_ESTATE for a recv_fd whose next item is a message; nothing is taken. */
+static int fail_message_first(void)
+{
+    return mp_fail(MP_ESTATE, "mp_conn_recv_fd", "a message comes before any descriptor on this "
+                   "conn (or another process read the descriptor's byte ahead); receive the "
+                   "message first");
+}
+
+/* What one byte with descriptors means: exactly one descriptor, announced
+ * as one; anything else is closed and refused. */
+static int accept_fds(const char *fn, uint8_t count, const int *fds, int n, bool truncated, int *out)
+{
+    if (n == 1 && count == 1 && !truncated) {
+        *out = fds[0];
+        return 0;
+    }
+    close_fds(fds, n);
+    if (n == 0)
+        return mp_fail(MP_EPROTO, fn, "the next byte carried no descriptor: the peer sent a "
+                       "message, not a descriptor (its first byte is now lost)");
+    return mp_fail(MP_EPROTO, fn, "the peer sent %d descriptor(s)%s announced as %u; one is "
+                   "expected (Python's send_handle): all closed", n,
+                   truncated ? " or more" : "", count);
+}
+
+/* Under recv_lock: whether the next byte on the socket carries descriptors,
+ * looked at without taking it (a peek hands over copies: closed at once).
+ * 1 yes, 0 no (a message comes first), or an error. */
+static int next_byte_has_fds(mp_conn *c)
+{
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * FDS_PER_BYTE_MAX)]; } u;
+    uint8_t byte;
+    struct iovec v = { &byte, 1 };
+    for (;;) {
+        struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = &u,
+                            .msg_controllen = sizeof u };
+        ssize_t r = recvmsg(c->h.fd, &m, MSG_PEEK | MSG_CMSG_CLOEXEC);
+        if (r == 1) {
+            int fds[FDS_PER_BYTE_MAX], n;
+            bool truncated;
+            collect_fds(&m, fds, &n, &truncated);
+            close_fds(fds, n);
+            return n > 0 || truncated;
+        }
+        if (r == 0 || errno == ECONNRESET)
+            return MP_EEOF;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            fd_poll(c->h.fd, POLLIN, NULL);
+        else if (errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+}
+
+/* Under recv_lock, nothing read ahead: the byte and its descriptors, read
+ * exactly, once a peek has shown that descriptors come next. */
+static int recv_fd_fresh(mp_conn *c, int *out)
+{
+    int has = next_byte_has_fds(c);
+    if (has < 0)
+        return fail_io(has, "mp_conn_recv_fd", c);
+    if (has == 0)
+        return fail_message_first();
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * FDS_PER_BYTE_MAX)]; } u;
+    uint8_t count;
+    struct iovec v = { &count, 1 };
+    for (;;) {
+        struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = &u,
+                            .msg_controllen = sizeof u };
+        ssize_t r = recvmsg(c->h.fd, &m, MSG_CMSG_CLOEXEC);
+        if (r == 1) {
+            int fds[FDS_PER_BYTE_MAX], n;
+            bool truncated;
+            collect_fds(&m, fds, &n, &truncated);
+            return accept_fds("mp_conn_recv_fd", count, fds, n, truncated, out);
+        }
+        if (r == 0 || errno == ECONNRESET)
+            return fail_io(MP_EEOF, "mp_conn_recv_fd", c);
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            fd_poll(c->h.fd, POLLIN, NULL);
+        else if (errno != EINTR)
+            return fail_io(errno == EBADF ? MP_ECLOSED : -errno, "mp_conn_recv_fd", c);
+    }
+}
+
+/* Under recv_lock, bytes read ahead: the next one must be a byte whose
+ * descriptors this process kept. */
+static int recv_fd_early(mp_conn *c, int *out)
+{
+    uint32_t pos = c->ahead_pos;
+    struct early_fds *e = early_take(c, pos);
+    if (!e)
+        return fail_message_first();
+    uint8_t count = c->ahead[pos];
+    c->ahead_pos++;
+    atomic_fetch_sub(&c->ahead_len, 1);
+    int rc = accept_fds("mp_conn_recv_fd", count, e->fds, e->n, e->truncated, out);
+    free(e);
+    return rc;
+}
+
+int mp_conn_recv_fd(mp_conn *c, int *fd)
+{
+    int rc = fd_conn_check(__func__, c, true);
+    if (rc != 0)
+        return rc;
+    if (!fd)
+        return mp_fail(MP_EINVAL, __func__, "fd (where the descriptor goes) is NULL");
+    rc = rmutex_lock(&c->recv_lock, &forever);
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return mp_fail_code(rc, __func__);
+    if (c->has_pending)
+        rc = mp_fail(MP_ESTATE, __func__, "a message of %" PRIu64 " bytes is next (its header "
+                     "was read by a call that gave MP_ETOOBIG); receive it first", c->pending_len);
+    else if (atomic_load(&c->ahead_len) > 0)
+        rc = recv_fd_early(c, fd);
+    else
+        rc = recv_fd_fresh(c, fd);
+    rmutex_unlock(&c->recv_lock);
+    return rc;
+}
+
+/* A pipe end is readable or writable as it was opened; a socket both. */
+static int fd_directions(const char *fn, int fd, bool *readable, bool *writable)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return mp_fail(-EBADF, fn, "fd %d is not an open descriptor of this process", fd);
+    if (S_ISFIFO(st.st_mode)) {
+        int mode = fcntl(fd, F_GETFL) & O_ACCMODE;
+        *readable = mode != O_WRONLY;
+        *writable = mode != O_RDONLY;
+        return 0;
+    }
+    if (!S_ISSOCK(st.st_mode))
+        return mp_fail(MP_EINVAL, fn, "fd %d is %s, not a connected socket or a pipe", fd,
+                       S_ISREG(st.st_mode) ? "a regular file" : S_ISCHR(st.st_mode)
+                       ? "a character device" : "neither a socket nor a pipe");
+    int type = 0, listening = 0;
+    socklen_t len = sizeof type;
+    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
+    len = sizeof listening;
+    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+    if (type != SOCK_STREAM)
+        return mp_fail(MP_EINVAL, fn, "fd %d is not a stream socket; frames need a byte stream", fd);
+    if (listening)
+        return mp_fail(MP_EINVAL, fn, "fd %d is a listening socket; accept a connection and wrap "
+                       "that", fd);
+    struct sockaddr_storage peer;
+    len = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0)
+        return mp_fail(MP_EINVAL, fn, "fd %d is a socket that is not connected", fd);
+    *readable = *writable = true;
+    return 0;
+}
+
+int mp_conn_from_fd(mp_conn **c, int fd)
+{
+    if (!c)
+        return mp_fail(MP_EINVAL, __func__, "c (where the conn goes) is NULL");
+    bool readable, writable;
+    int rc = fd_directions(__func__, fd, &readable, &writable);
+    if (rc != 0)
+        return rc;
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0)
+        fcntl(fd, F_SETFD, flags | FD_CLOEXEC);   /* as every conn: spawn keeps what it needs */
+    return mp_fail_code(conn_from_fd(c, fd, readable, writable), __func__);
 }
 
 /* ------------------------------------------------------------------ wait */
@@ -1241,14 +1678,19 @@ static int wait_once(struct pollfd *p, const int *fds, size_t n, const mp_deadli
 
 int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
 {
-    if ((!fds && n) || !timeout_valid(timeout) || n > INT_MAX)
-        return MP_EINVAL;
+    if (!fds && n)
+        return mp_fail(MP_EINVAL, __func__, "fds is NULL but n is %zu", n);
+    if (n > INT_MAX)
+        return mp_fail(MP_EINVAL, __func__, "n %zu is more than poll() takes", n);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     for (size_t i = 0; i < n; i++)
         if (fds[i] < 0)
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, __func__, "fds[%zu] is %d, not a descriptor; pass "
+                           "mp_conn_fileno, mp_process_sentinel or any open fd", i, fds[i]);
     struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
     if (n && !p)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "no memory for %zu pollfds", n);
     mp_deadline d = deadline_in(timeout);
     int rc;
     do {
@@ -1257,5 +1699,5 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
     for (size_t i = 0; ready && i < n; i++)
         ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);
-    return rc;
+    return mp_fail_code(rc, __func__);
 }

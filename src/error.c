@@ -1,10 +1,15 @@
-/* error.c - the MP_E* codes and their names.
+/* error.c - the MP_E* codes, their names, and the last error's message.
  *
  * Codes are -errno where one fits and mproc's own (below -1000) otherwise;
  * mp_strerror and mp_errname accept any int and never return NULL.
+ * A failing call also leaves a sentence in a per-thread buffer (mp_fail),
+ * read with mp_last_error; a success leaves it alone, as Python leaves
+ * sys.last_exc, so it means something only right after an error.
  */
 #include "internal.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 static const struct { int code; const char *name, *text; } codes[] = {
@@ -64,4 +69,85 @@ const char *mp_errname(int rc)
             return s;
     }
     return "UNKNOWN";
+}
+
+/* ------------------------------------------------------------------ last error */
+
+#define LAST_ERROR_MAX 512
+
+static __thread char last_error[LAST_ERROR_MAX];
+/* The code of a message a helper recorded without a call's name (fn NULL),
+ * 0 once a public call has named it: mp_fail_code names it then. */
+static __thread int unnamed_rc;
+
+const char *mp_last_error(void)
+{
+    return last_error;
+}
+
+/* A format without '%' is copied as is: timeouts on a polling loop stay cheap. */
+static void put_message(size_t at, const char *fmt, va_list ap)
+{
+    if (!strchr(fmt, '%')) {
+        size_t n = strlen(fmt), room = LAST_ERROR_MAX - 1 - at;
+        n = n < room ? n : room;
+        memcpy(last_error + at, fmt, n);
+        last_error[at + n] = '\0';
+        return;
+    }
+    vsnprintf(last_error + at, LAST_ERROR_MAX - at, fmt, ap);
+}
+
+int mp_fail(int rc, const char *fn, const char *fmt, ...)
+{
+    int saved = errno;
+    size_t at = 0;
+    if (fn) {
+        size_t n = strlen(fn);
+        at = n + 2 < LAST_ERROR_MAX / 2 ? n + 2 : 0;
+        if (at) {
+            memcpy(last_error, fn, n);
+            memcpy(last_error + n, ": ", 2);
+        }
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    put_message(at, fmt, ap);
+    va_end(ap);
+    unnamed_rc = fn ? 0 : rc;
+    errno = saved;
+    return rc;
+}
+
+int mp_fail_code(int rc, const char *fn)
+{
+    if (rc >= 0)
+        return rc;
+    if (unnamed_rc != rc)
+        return mp_fail(rc, fn, "%s (%s)", mp_strerror(rc), mp_errname(rc));
+    size_t n = strlen(fn), len = strlen(last_error);
+    if (n + 2 + len >= LAST_ERROR_MAX)
+        len = LAST_ERROR_MAX - 1 - n - 2;
+    memmove(last_error + n + 2, last_error, len);
+    memcpy(last_error, fn, n);
+    memcpy(last_error + n, ": ", 2);
+    last_error[n + 2 + len] = '\0';
+    unnamed_rc = 0;
+    return rc;
+}
+
+int mp_fail_handle(const char *fn, const char *arg, const void *h)
+{
+    if (!h)
+        return mp_fail(MP_EINVAL, fn, "%s is NULL", arg);
+    if (*(const uint32_t *)h == MAGIC_FREED)
+        return mp_fail(MP_EINVAL, fn, "%s was freed or closed already; make a new one", arg);
+    return mp_fail(MP_EINVAL, fn, "%s is not a live handle of that kind (another object, or garbage)", arg);
+}
+
+int mp_fail_timeout(const char *fn, double timeout)
+{
+    return mp_fail(MP_EINVAL, fn, "timeout %g is %s; use MP_FOREVER to wait for good, 0 not to "
+                   "wait, or a positive number of seconds", timeout,
+                   timeout != timeout ? "not a number" : "negative (a deadline already passed?)");
 }

@@ -172,4 +172,23 @@ int conn_adopt_fds(const int *received, const int *numbers, size_t n);
 uint32_t mp_gettid(void);
 int errno_to_mp(int err);    /* -err, with ENOMEM etc. kept as -errno */
 
+/* ------------------------------------------------------------------ error messages */
+
+/* What mp_last_error tells. A public call that fails returns through one of
+ * these, so the message names the call (fn: pass __func__), the argument,
+ * the reason and, where known, the fix:
+ *   return mp_fail(MP_EINVAL, __func__, "address \"%s\" has no scheme", a);
+ * Each returns rc and keeps errno. A helper that knows the reason but not
+ * the call passes fn NULL; the public call then returns through
+ * mp_fail_code(rc, __func__), which puts its name in front (or, if no
+ * helper said why, writes mp_strerror's text). mp_fail_code returns rc >= 0
+ * untouched, so `return mp_fail_code(rc, __func__);` may end any call. */
+int mp_fail(int rc, const char *fn, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int mp_fail_code(int rc, const char *fn);
+/* MP_EINVAL for a handle argument arg that is NULL, freed (MAGIC_FREED) or
+ * not a handle of its kind; h's first word is its magic. */
+int mp_fail_handle(const char *fn, const char *arg, const void *h);
+/* MP_EINVAL for a timeout that is not a valid number of seconds. */
+int mp_fail_timeout(const char *fn, double timeout);
+
 #endif

@@ -32,18 +32,27 @@ struct mp_listener {
     bool unlink_path;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     char address[ADDRESS_MAX];
-    size_t keylen;
-    uint8_t *key;              /* in the arena too; NULL: no handshake */
+    bool has_key;              /* false: no handshake (authkey NULL) */
+    size_t keylen;             /* 0 with has_key: the handshake with an empty key */
+    uint8_t *key;              /* in the arena too */
 };
 
 /* ------------------------------------------------------------------ addresses */
+
+/* Parse errors are recorded without a call's name (mp_fail with fn NULL):
+ * the listener, the client and the manager put theirs in front. */
+#define ADDRESS_FORMS "use tcp:HOST:PORT, unix:/path or unix:@name"
 
 static int parse_unix(const char *rest, struct sockaddress *out)
 {
     struct sockaddr_un *un = (struct sockaddr_un *)&out->ss;
     size_t n = strlen(rest);
-    if (n == 0 || n >= sizeof un->sun_path)
-        return MP_EINVAL;
+    if (n == 0)
+        return mp_fail(MP_EINVAL, NULL, "address \"unix:\" names no path; %s", ADDRESS_FORMS);
+    if (n >= sizeof un->sun_path)
+        return mp_fail(MP_EINVAL, NULL, "unix address \"%.40s...\" is %zu bytes, longer than the "
+                       "%zu a socket path may have; use a shorter path or unix:@name",
+                       rest, n, sizeof un->sun_path - 1);
     un->sun_family = AF_UNIX;
     memcpy(un->sun_path, rest, n);
     if (rest[0] == '@')
@@ -59,27 +68,35 @@ static int parse_tcp(const char *rest, bool passive, struct sockaddress *out)
     if (rest[0] == '[') {
         const char *end = strchr(rest, ']');
         if (!end || end[1] != ':' || (size_t)(end - rest - 1) >= sizeof host)
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\" is not tcp:[v6]:PORT",
+                           ADDRESS_MAX, rest);
         memcpy(host, rest + 1, (size_t)(end - rest - 1));
         host[end - rest - 1] = '\0';
         port = end + 2;
     } else {
         const char *colon = strrchr(rest, ':');
         if (!colon || (size_t)(colon - rest) >= sizeof host)
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\" has no port; use tcp:HOST:PORT "
+                           "(port 0: any free one)", ADDRESS_MAX, rest);
         memcpy(host, rest, (size_t)(colon - rest));
         host[colon - rest] = '\0';
         port = colon + 1;
     }
     char *end;
     long p = strtol(port, &end, 10);
-    if (!host[0] || !port[0] || *end || p < 0 || p > 65535)
-        return MP_EINVAL;
+    if (!host[0])
+        return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\" has no host; use tcp:HOST:PORT, "
+                       "e.g. tcp:127.0.0.1:%s", ADDRESS_MAX, rest, port);
+    if (!port[0] || *end || p < 0 || p > 65535)
+        return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\": port \"%s\" is not a number "
+                       "from 0 to 65535", ADDRESS_MAX, rest, port);
     struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0) };
     struct addrinfo *ai;
-    if (getaddrinfo(host, port, &hints, &ai) != 0)
-        return MP_EINVAL;
+    int gai = getaddrinfo(host, port, &hints, &ai);
+    if (gai != 0)
+        return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\": host \"%s\" not found (%s)",
+                       ADDRESS_MAX, rest, host, gai_strerror(gai));
     memcpy(&out->ss, ai->ai_addr, ai->ai_addrlen);
     out->len = ai->ai_addrlen;
     freeaddrinfo(ai);
@@ -90,12 +107,16 @@ int sock_parse_address(const char *address, bool passive, struct sockaddress *ou
 {
     memset(out, 0, sizeof *out);
     if (!address)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, NULL, "address is NULL; %s", ADDRESS_FORMS);
     if (strncmp(address, "unix:", 5) == 0)
         return parse_unix(address + 5, out);
     if (strncmp(address, "tcp:", 4) == 0)
         return parse_tcp(address + 4, passive, out);
-    return MP_EINVAL;
+    if (address[0] == '/' || address[0] == '@')
+        return mp_fail(MP_EINVAL, NULL, "address \"%.*s\" has no scheme; use unix:%.*s",
+                       ADDRESS_MAX, address, ADDRESS_MAX, address);
+    return mp_fail(MP_EINVAL, NULL, "address \"%.*s\" has no scheme; %s", ADDRESS_MAX, address,
+                   ADDRESS_FORMS);
 }
 
 void sock_format_address(int fd, const char *asked, char *out, size_t cap)
@@ -154,6 +175,7 @@ static int listener_fill(mp_listener *l, const char *address, const struct socka
     sock_format_address(l->h.fd, address, l->address, sizeof l->address);
     atomic_init(&l->h.refs, 1);
     atomic_init(&l->h.immortal, 0);
+    l->has_key = authkey != NULL;
     if (authkey && keylen) {
         if (!(l->key = arena_alloc(keylen)))
             return MP_ENOMEM;
@@ -164,23 +186,51 @@ static int listener_fill(mp_listener *l, const char *address, const struct socka
     return fdhandle_register(&l->h);
 }
 
+/* The MP_EINVAL for a key length without a key. */
+static int fail_keylen(const char *fn, size_t keylen)
+{
+    return mp_fail(MP_EINVAL, fn, "authkey is NULL but keylen is %zu; pass NULL, 0 for no "
+                   "handshake, or the key and its length", keylen);
+}
+
+/* Why a socket could not listen on or connect to address, and what helps. */
+static int fail_socket(int rc, const char *fn, const char *verb, const char *address)
+{
+    const char *hint = "";
+    if (rc == -EADDRINUSE)
+        hint = strncmp(address, "unix:/", 6) == 0
+                   ? "; the file exists: remove a stale one, or pick another path"
+                   : "; another socket has it: pick another address, or port 0";
+    else if (rc == -ECONNREFUSED || rc == -ENOENT)
+        hint = "; is the listener started, and is the address the one it reports?";
+    else if (rc == -EACCES)
+        hint = "; the directory or port needs permissions this process lacks";
+    else if (rc == MP_ETIMEDOUT)
+        hint = " in time; the listener is busy or unreachable";
+    return mp_fail(rc, fn, "cannot %s \"%s\": %s%s", verb, address,
+                   rc == MP_ETIMEDOUT ? "no answer" : mp_strerror(rc), hint);
+}
+
 int mp_listener_new(mp_listener **out, const char *address, const void *authkey, size_t keylen)
 {
     struct sockaddress a;
-    if (!out || (!authkey && keylen))
-        return MP_EINVAL;
+    if (!out)
+        return mp_fail(MP_EINVAL, __func__, "l (where the listener goes) is NULL");
+    if (!authkey && keylen)
+        return fail_keylen(__func__, keylen);
     int rc = sock_parse_address(address, true, &a);
     if (rc != 0)
-        return rc;
+        return mp_fail_code(rc, __func__);
     if (strlen(address) >= ADDRESS_MAX)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "address is %zu bytes long; at most %d",
+                       strlen(address), ADDRESS_MAX - 1);
     mp_listener *l = arena_alloc(sizeof *l);
     if (!l)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     int fd = sock_listen_on(&a);
     if (fd < 0) {
         arena_free(l);
-        return fd;
+        return fail_socket(fd, __func__, "listen on", address);
     }
     l->h.fd = fd;
     rc = listener_fill(l, address, &a, authkey, keylen);
@@ -189,7 +239,7 @@ int mp_listener_new(mp_listener **out, const char *address, const void *authkey,
             unlink(l->path);
         close(fd);
         listener_destroy(l);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     *out = l;
     return 0;
@@ -235,37 +285,62 @@ static void set_nodelay(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* fails harmlessly on unix */
 }
 
+/* Why a handshake failed, from the side that ran it. */
+static int fail_handshake(int rc, const char *fn, const char *peer)
+{
+    if (rc == MP_EAUTH)
+        return mp_fail(rc, fn, "authkey handshake with %s failed: the keys differ, or one side "
+                       "expects none (authkey NULL: no handshake; \"\" with length 0: an "
+                       "empty key)", peer);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, fn, "%s did not finish the authkey handshake in time", peer);
+    return mp_fail_code(rc, fn);
+}
+
 int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
 {
-    if (listener_check(l) != 0 || !c || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (listener_check(l) != 0)
+        return mp_fail_handle(__func__, "listener", l);
+    if (!c)
+        return mp_fail(MP_EINVAL, __func__, "c (where the connection goes) is NULL");
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
     int fd = accept_one(l, &d);
+    if (fd == MP_ETIMEDOUT)
+        return mp_fail(fd, __func__, "no client connected to %s within %g s", l->address, timeout);
     if (fd < 0)
-        return fd;
+        return mp_fail_code(fd, __func__);
     set_nodelay(fd);
     int rc = 0;
-    if (l->key) {
+    if (l->has_key) {
         mp_deadline hd = handshake_deadline(&d);
         rc = auth_deliver_challenge(fd, l->key, l->keylen, AUTH_DEFAULT_DIGEST, &hd);
         if (rc == 0)
             rc = auth_answer_challenge(fd, l->key, l->keylen, &hd);
     }
-    if (rc == 0)
-        rc = conn_from_fd(c, fd, true, true);
+    if (rc != 0) {
+        close(fd);
+        return fail_handshake(rc, __func__, "a client");
+    }
+    rc = conn_from_fd(c, fd, true, true);
     if (rc != 0)
         close(fd);
-    return rc;
+    return mp_fail_code(rc, __func__);
 }
 
 const char *mp_listener_address(const mp_listener *l)
 {
-    return listener_check(l) == 0 ? l->address : NULL;
+    if (listener_check(l) != 0) {
+        mp_fail_handle(__func__, "listener", l);
+        return NULL;
+    }
+    return l->address;
 }
 
 int mp_listener_fileno(const mp_listener *l)
 {
-    return listener_check(l) == 0 ? l->h.fd : MP_EINVAL;
+    return listener_check(l) == 0 ? l->h.fd : mp_fail_handle(__func__, "listener", l);
 }
 
 /* Like CPython's Finalize, only the creating process removes the path. */
@@ -348,24 +423,33 @@ int sock_connect_by(const struct sockaddress *a, const mp_deadline *d)
 int mp_client(mp_conn **c, const char *address, const void *authkey, size_t keylen, double timeout)
 {
     struct sockaddress a;
-    if (!c || (!authkey && keylen) || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (!c)
+        return mp_fail(MP_EINVAL, __func__, "c (where the connection goes) is NULL");
+    if (!authkey && keylen)
+        return fail_keylen(__func__, keylen);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     int rc = sock_parse_address(address, false, &a);
     if (rc != 0)
-        return rc;
+        return mp_fail_code(rc, __func__);
     mp_deadline d = deadline_in(timeout);
     int fd = sock_connect_by(&a, &d);
     if (fd < 0)
-        return fd;
-    if (authkey && keylen) {
+        return fail_socket(fd, __func__, "connect to", address);
+    if (authkey) {
         mp_deadline hd = handshake_deadline(&d);
         rc = auth_answer_challenge(fd, authkey, keylen, &hd);
         if (rc == 0)
             rc = auth_deliver_challenge(fd, authkey, keylen, AUTH_DEFAULT_DIGEST, &hd);
     }
-    if (rc == 0)
-        rc = conn_from_fd(c, fd, true, true);
+    if (rc != 0) {
+        close(fd);
+        char peer[ADDRESS_MAX + 16];
+        snprintf(peer, sizeof peer, "\"%s\"", address);
+        return fail_handshake(rc, __func__, peer);
+    }
+    rc = conn_from_fd(c, fd, true, true);
     if (rc != 0)
         close(fd);
-    return rc;
+    return mp_fail_code(rc, __func__);
 }

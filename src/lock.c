@@ -28,18 +28,18 @@ __attribute__((weak)) void mlock_free(mp_lock *l)
     MP_UNUSED(l);
 }
 
-static int lock_create(mp_lock **out, bool recursive)
+static int lock_create(mp_lock **out, bool recursive, const char *fn)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, fn, "l (where the lock goes) is NULL");
     *out = NULL;
     mp_lock *l = arena_alloc(sizeof *l);
     if (!l)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, fn, "the shared arena is full");
     int rc = rmutex_init(&l->m);
     if (rc != 0) {
         arena_free(l);
-        return rc;
+        return mp_fail_code(rc, fn);
     }
     l->recursive = recursive;
     l->magic = MAGIC_LOCK;
@@ -49,12 +49,12 @@ static int lock_create(mp_lock **out, bool recursive)
 
 int mp_lock_new(mp_lock **l)
 {
-    return lock_create(l, false);
+    return lock_create(l, false, __func__);
 }
 
 int mp_rlock_new(mp_lock **l)
 {
-    return lock_create(l, true);
+    return lock_create(l, true, __func__);
 }
 
 /* A thread taking a plain Lock it already holds would wait forever (Python
@@ -69,18 +69,35 @@ static int self_deadlock(double timeout)
     return MP_ETIMEDOUT;
 }
 
+/* The message for what an acquire returned (nothing for 0). */
+static int acquire_result(int rc, double timeout)
+{
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, "mp_lock_acquire", timeout == 0 ? "the lock is held (timeout 0)"
+                                                            : "the lock is still held at the timeout");
+    if (rc == -EDEADLK)
+        return mp_fail(rc, "mp_lock_acquire", "this thread holds this Lock already and would wait "
+                       "for itself forever; release it first, or use mp_rlock_new");
+    if (rc == MP_EOWNERDEAD)
+        return mp_fail(rc, "mp_lock_acquire", "acquired, but its last holder died holding it: "
+                       "check the data it guards");
+    return mp_fail_code(rc, "mp_lock_acquire");
+}
+
 int mp_lock_acquire(mp_lock *l, double timeout)
 {
-    if (!l || !timeout_valid(timeout))
-        return MP_EINVAL;
-    if (l->magic != MAGIC_LOCK)
-        return l->magic == MAGIC_MLOCK ? mlock_acquire(l, timeout) : MP_EINVAL;
+    if (!l || (l->magic != MAGIC_LOCK && l->magic != MAGIC_MLOCK))
+        return mp_fail_handle(__func__, "lock", l);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    if (l->magic == MAGIC_MLOCK)
+        return mp_fail_code(mlock_acquire(l, timeout), __func__);
     int rc = rmutex_trylock(&l->m);
     if (rc == -EDEADLK) {
         if (!l->recursive)
-            return self_deadlock(timeout);
+            return acquire_result(self_deadlock(timeout), timeout);
         if (l->depth == UINT32_MAX)
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, __func__, "this RLock is held %u levels deep already", l->depth);
         l->depth++;
         return 0;
     }
@@ -90,22 +107,31 @@ int mp_lock_acquire(mp_lock *l, double timeout)
     }
     if (rc == 0 || rc == MP_EOWNERDEAD)
         l->depth = 1;
-    return rc;
+    return rc == 0 ? 0 : acquire_result(rc, timeout);
+}
+
+/* The MP_EINVAL for a release by a thread that does not hold the lock. */
+static int fail_not_held(mp_lock *l)
+{
+    uint32_t owner = rmutex_owner(&l->m);
+    if (!owner)
+        return mp_fail(MP_EINVAL, "mp_lock_release", "the lock is not held (released already?)");
+    return mp_fail(MP_EINVAL, "mp_lock_release", "the lock is held by thread %u, not by this "
+                   "thread (%u): only the holder releases it", owner, mp_gettid());
 }
 
 int mp_lock_release(mp_lock *l)
 {
-    if (!l)
-        return MP_EINVAL;
-    if (l->magic != MAGIC_LOCK)
-        return l->magic == MAGIC_MLOCK ? mlock_release(l) : MP_EINVAL;
-    if (l->recursive) {
-        if (!lock_is_mine(l))
-            return MP_EINVAL;
-        if (--l->depth > 0)
-            return 0;
-    }
-    return rmutex_unlock(&l->m);     /* the mutex itself refuses a non-owner */
+    if (!l || (l->magic != MAGIC_LOCK && l->magic != MAGIC_MLOCK))
+        return mp_fail_handle(__func__, "lock", l);
+    if (l->magic == MAGIC_MLOCK)
+        return mp_fail_code(mlock_release(l), __func__);
+    if (!lock_is_mine(l))
+        return fail_not_held(l);
+    if (l->recursive && --l->depth > 0)
+        return 0;
+    int rc = rmutex_unlock(&l->m);     /* the mutex itself refuses a non-owner */
+    return rc == 0 ? 0 : fail_not_held(l);
 }
 
 void mp_lock_free(mp_lock *l)

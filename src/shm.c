@@ -136,20 +136,48 @@ static int shm_size_of(int fd, size_t want, bool created, size_t *size)
     return *size == 0 || *size < want ? MP_EINVAL : 0;
 }
 
+/* The first thing wrong with mp_shm_new's arguments, as a message; 0 if none. */
+static int check_shm_args(const char *fn, const char *name, size_t size, int flags)
+{
+    if (flags & ~(MP_CREATE | MP_EXCL))
+        return mp_fail(MP_EINVAL, fn, "flags 0x%x: only MP_CREATE and MP_EXCL are known", flags);
+    if ((flags & MP_EXCL) && !(flags & MP_CREATE))
+        return mp_fail(MP_EINVAL, fn, "MP_EXCL needs MP_CREATE too");
+    if (!name && !(flags & MP_CREATE))
+        return mp_fail(MP_EINVAL, fn, "name is NULL without MP_CREATE: which segment to open?");
+    if ((flags & MP_CREATE) && size == 0)
+        return mp_fail(MP_EINVAL, fn, "a new segment needs size > 0 (Python: ValueError)");
+    if (size > (size_t)INT64_MAX)
+        return mp_fail(MP_EINVAL, fn, "size %zu is too big", size);
+    if (name && strlen(name) > NAME_MAX)     /* as shm_open says */
+        return mp_fail(MP_EINVAL, fn, "name is %zu bytes; at most %d", strlen(name), NAME_MAX);
+    return 0;
+}
+
+/* Why opening or sizing the segment failed. */
+static int fail_open(int rc, const char *fn, const char *name, size_t size)
+{
+    if (rc == -EEXIST)
+        return mp_fail(rc, fn, "segment \"%s\" exists already (MP_EXCL); open it with MP_CREATE "
+                       "or 0, or unlink it", name);
+    if (rc == -ENOENT)
+        return mp_fail(rc, fn, "no segment \"%s\"; create it with MP_CREATE", name);
+    if (rc == MP_EINVAL)
+        return mp_fail(rc, fn, "segment \"%s\" is empty or smaller than size %zu", name, size);
+    return mp_fail(rc, fn, "segment \"%s\": %s", name, mp_strerror(rc));
+}
+
 int mp_shm_new(mp_shm **out, const char *name, size_t size, int flags)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "s (where the segment goes) is NULL");
     *out = NULL;
-    if ((flags & ~(MP_CREATE | MP_EXCL)) || ((flags & MP_EXCL) && !(flags & MP_CREATE)) ||
-        (!name && !(flags & MP_CREATE)) || ((flags & MP_CREATE) && size == 0) ||
-        size > (size_t)INT64_MAX)
-        return MP_EINVAL;
-    if (name && strlen(name) > NAME_MAX)
-        return MP_EINVAL;                /* as shm_open says */
+    int check = check_shm_args(__func__, name, size, flags);
+    if (check != 0)
+        return check;
     mp_shm *s = arena_alloc(sizeof *s);
     if (!s)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     bool created;
     void *buf = NULL;
     int rc = shm_open_any(s->name, sizeof s->name, name, flags, &created);
@@ -172,6 +200,7 @@ int mp_shm_new(mp_shm **out, const char *name, size_t size, int flags)
     *out = s;
     return 0;
 fail:
+    rc = fail_open(rc, __func__, name ? name : s->name + 1, size);
     arena_free(s);
     return rc;
 }
@@ -199,13 +228,21 @@ static void *shm_attach(const mp_shm *s)
 
 void *mp_shm_buf(const mp_shm *s)
 {
-    if (!shm_ok(s))
+    if (!shm_ok(s)) {
+        mp_fail_handle(__func__, "s", s);
         return NULL;
+    }
     pthread_mutex_lock(&local.lock);
     struct mapping *m = *mapping_of(s);
     void *buf = m ? m->buf : NULL;
     pthread_mutex_unlock(&local.lock);
-    return buf ? buf : shm_attach(s);
+    errno = 0;
+    if (!buf && !(buf = shm_attach(s))) {
+        int err = errno ? -errno : MP_ENOMEM;
+        mp_fail(err, __func__, "segment \"%s\" cannot be mapped here (unlinked before this "
+                "process first used it?): %s", s->name + 1, mp_strerror(err));
+    }
+    return buf;
 }
 
 size_t mp_shm_size(const mp_shm *s)
@@ -215,14 +252,20 @@ size_t mp_shm_size(const mp_shm *s)
 
 const char *mp_shm_name(const mp_shm *s)
 {
-    return shm_ok(s) ? s->name + 1 : NULL;
+    if (!shm_ok(s)) {
+        mp_fail_handle(__func__, "s", s);
+        return NULL;
+    }
+    return s->name + 1;
 }
 
 int mp_shm_unlink(mp_shm *s)
 {
     if (!shm_ok(s))
-        return MP_EINVAL;
-    return shm_unlink(s->name) == 0 ? 0 : -errno;
+        return mp_fail_handle(__func__, "s", s);
+    if (shm_unlink(s->name) == 0)
+        return 0;
+    return mp_fail(-errno, __func__, "segment \"%s\": %s", s->name + 1, mp_strerror(-errno));
 }
 
 void mp_shm_free(mp_shm *s)

@@ -38,16 +38,16 @@ static int sync_spin(_Atomic uint32_t *word, uint32_t val)
 
 /* ------------------------------------------------------------------ semaphore */
 
-static int semaphore_create(mp_semaphore **out, unsigned value, bool bounded)
+static int semaphore_create(mp_semaphore **out, unsigned value, bool bounded, const char *fn)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, fn, "s (where the semaphore goes) is NULL");
     *out = NULL;
     if (value > INT_MAX)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, fn, "value %u is over INT_MAX", value);
     mp_semaphore *s = arena_alloc(sizeof *s);
     if (!s)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, fn, "the shared arena is full");
     s->bounded = bounded;
     s->bound = value;
     atomic_store(&s->value, value);
@@ -58,12 +58,12 @@ static int semaphore_create(mp_semaphore **out, unsigned value, bool bounded)
 
 int mp_semaphore_new(mp_semaphore **s, unsigned value)
 {
-    return semaphore_create(s, value, false);
+    return semaphore_create(s, value, false, __func__);
 }
 
 int mp_bounded_semaphore_new(mp_semaphore **s, unsigned value)
 {
-    return semaphore_create(s, value, true);
+    return semaphore_create(s, value, true, __func__);
 }
 
 static bool semaphore_take(mp_semaphore *s)
@@ -76,14 +76,21 @@ static bool semaphore_take(mp_semaphore *s)
     return false;
 }
 
+static int fail_sem(const char *fn, const mp_semaphore *s)
+{
+    return mp_fail_handle(fn, "semaphore", s);
+}
+
 int mp_semaphore_acquire(mp_semaphore *s, double timeout)
 {
-    if (!s || s->magic != MAGIC_SEM || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (!s || s->magic != MAGIC_SEM)
+        return fail_sem(__func__, s);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     if (semaphore_take(s))
         return 0;
     if (timeout == 0)
-        return MP_ETIMEDOUT;
+        return mp_fail(MP_ETIMEDOUT, __func__, "the count is 0 (timeout 0)");
     mp_deadline d = deadline_in(timeout);
     if (sync_spin(&s->value, 0) == 0 && semaphore_take(s))
         return 0;
@@ -99,17 +106,22 @@ int mp_semaphore_acquire(mp_semaphore *s, double timeout)
         rc = futex_wait_sliced(&s->value, 0, &d, false);
     }
     atomic_fetch_sub(&s->waiters, 1);
-    return rc;
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, __func__, "the count stayed 0 until the timeout");
+    return mp_fail_code(rc, __func__);
 }
 
 int mp_semaphore_release(mp_semaphore *s)
 {
     if (!s || s->magic != MAGIC_SEM)
-        return MP_EINVAL;
+        return fail_sem(__func__, s);
     uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
     do {
-        if ((s->bounded && v >= s->bound) || v >= INT_MAX)
-            return MP_EINVAL;
+        if (s->bounded && v >= s->bound)
+            return mp_fail(MP_EINVAL, __func__, "released more times than acquired: the count "
+                           "is at its bound %u (Python: ValueError)", s->bound);
+        if (v >= INT_MAX)
+            return mp_fail(MP_EINVAL, __func__, "the count is at INT_MAX");
     } while (!atomic_compare_exchange_weak(&s->value, &v, v + 1));
     if (atomic_load(&s->waiters))
         futex_wake(&s->value, 1);
@@ -119,7 +131,7 @@ int mp_semaphore_release(mp_semaphore *s)
 int mp_semaphore_value(mp_semaphore *s)
 {
     if (!s || s->magic != MAGIC_SEM)
-        return MP_EINVAL;
+        return fail_sem(__func__, s);
     return (int)atomic_load(&s->value);
 }
 
@@ -136,11 +148,11 @@ void mp_semaphore_free(mp_semaphore *s)
 int mp_event_new(mp_event **out)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "e (where the event goes) is NULL");
     *out = NULL;
     mp_event *e = arena_alloc(sizeof *e);
     if (!e)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     e->magic = MAGIC_EVENT;
     *out = e;
     return 0;
@@ -149,7 +161,7 @@ int mp_event_new(mp_event **out)
 int mp_event_set(mp_event *e)
 {
     if (!e || e->magic != MAGIC_EVENT)
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "event", e);
     atomic_store(&e->flag, 1);
     if (atomic_load(&e->waiters))
         futex_wake(&e->flag, INT32_MAX);
@@ -159,7 +171,7 @@ int mp_event_set(mp_event *e)
 int mp_event_clear(mp_event *e)
 {
     if (!e || e->magic != MAGIC_EVENT)
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "event", e);
     atomic_store(&e->flag, 0);
     return 0;
 }
@@ -171,10 +183,12 @@ bool mp_event_is_set(mp_event *e)
 
 int mp_event_wait(mp_event *e, double timeout)
 {
-    if (!e || e->magic != MAGIC_EVENT || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (!e || e->magic != MAGIC_EVENT)
+        return mp_fail_handle(__func__, "event", e);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     if (atomic_load(&e->flag) || timeout == 0)
-        return atomic_load(&e->flag) ? 0 : MP_ETIMEDOUT;
+        return atomic_load(&e->flag) ? 0 : mp_fail(MP_ETIMEDOUT, __func__, "not set (timeout 0)");
     mp_deadline d = deadline_in(timeout);
     if (sync_spin(&e->flag, 0) == 0)
         return 0;
@@ -184,7 +198,9 @@ int mp_event_wait(mp_event *e, double timeout)
         rc = futex_wait_sliced(&e->flag, 0, &d, false);
     atomic_fetch_sub(&e->waiters, 1);
     /* Like Python: the flag at the end decides, even if the time ran out. */
-    return atomic_load(&e->flag) ? 0 : rc ? rc : MP_ETIMEDOUT;
+    if (atomic_load(&e->flag))
+        return 0;
+    return mp_fail(rc ? rc : MP_ETIMEDOUT, __func__, "not set by the timeout");
 }
 
 void mp_event_free(mp_event *e)

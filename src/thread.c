@@ -66,13 +66,26 @@ static void list_remove(struct mp_runtime *r, struct mp_thread *t)
     t->listed = false;
 }
 
+/* The state a thread is in, for the MP_ESTATE messages. */
+static const char *state_name(const struct mp_thread *t)
+{
+    uint32_t s = atomic_load(&t->state);
+    return s == PROC_NEW ? "not started" : s == PROC_RUNNING ? "running" : "finished";
+}
+
+static int fail_state(const char *fn, const struct mp_thread *t, const char *what)
+{
+    return mp_fail(MP_ESTATE, fn, "thread \"%s\" is %s; %s", t->name, state_name(t), what);
+}
+
 int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_opts *o)
 {
     if (!out || !target)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "%s is NULL", !out ? "t (where the thread goes)"
+                                                                : "target");
     struct mp_thread *t = calloc(1, sizeof *t);
     if (!t)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "no memory for a thread");
     runtime_lock();
     unsigned n = ++runtime()->next_thread;
     runtime_unlock();
@@ -80,7 +93,8 @@ int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_
                            : snprintf(t->name, sizeof t->name, "Thread-%u", n);
     if (len < 0 || (size_t)len >= sizeof t->name) {
         free(t);
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "name is %d bytes; at most %zu", len,
+                       sizeof t->name - 1);
     }
     t->magic = MAGIC_THREAD;
     t->daemon = o && o->daemon;
@@ -103,11 +117,13 @@ static void *trampoline(void *arg)
 
 int mp_thread_start(mp_thread *t)
 {
-    if (!valid(t) || is_builtin(t))
-        return valid(t) ? MP_ESTATE : MP_EINVAL;
+    if (!valid(t))
+        return mp_fail_handle(__func__, "thread", t);
+    if (is_builtin(t))
+        return fail_state(__func__, t, "only threads made by mp_thread_new start");
     uint32_t expect = PROC_NEW;
     if (!atomic_compare_exchange_strong(&t->state, &expect, PROC_RUNNING))
-        return MP_ESTATE;
+        return fail_state(__func__, t, "a thread starts once (Python: RuntimeError); make a new one");
     struct mp_runtime *r = runtime();
     runtime_lock();
     list_add(r, t);
@@ -118,7 +134,7 @@ int mp_thread_start(mp_thread *t)
         list_remove(r, t);
         runtime_unlock();
         atomic_store(&t->state, PROC_NEW);
-        return -err;
+        return mp_fail(-err, __func__, "pthread_create: %s", mp_strerror(-err));
     }
     return 0;
 }
@@ -136,15 +152,20 @@ static void reap(struct mp_thread *t)
 
 int mp_thread_join(mp_thread *t, double timeout)
 {
-    if (!valid(t) || !timeout_valid(timeout))
-        return MP_EINVAL;
-    if (atomic_load(&t->state) == PROC_NEW || t == mp_current_thread() || is_builtin(t))
-        return MP_ESTATE;           /* Python: cannot join the current thread */
+    if (!valid(t))
+        return mp_fail_handle(__func__, "thread", t);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    if (atomic_load(&t->state) == PROC_NEW)
+        return fail_state(__func__, t, "start it before joining it");
+    if (t == mp_current_thread() || is_builtin(t))   /* Python: cannot join the current thread */
+        return fail_state(__func__, t, "a thread cannot join itself (or the main thread)");
     mp_deadline d = deadline_in(timeout);
     uint32_t s;
     while ((s = atomic_load_explicit(&t->state, memory_order_acquire)) != PROC_DONE)
         if (futex_wait(&t->state, s, &d) == MP_ETIMEDOUT)
-            return MP_ETIMEDOUT;
+            return mp_fail(MP_ETIMEDOUT, __func__, "thread \"%s\" still runs at the timeout",
+                           t->name);
     reap(t);
     return 0;
 }
@@ -156,27 +177,35 @@ bool mp_thread_is_alive(mp_thread *t)
 
 int mp_thread_exitcode(mp_thread *t, int *code)
 {
-    if (!valid(t) || !code)
-        return MP_EINVAL;
+    if (!valid(t))
+        return mp_fail_handle(__func__, "thread", t);
+    if (!code)
+        return mp_fail(MP_EINVAL, __func__, "code is NULL");
     if (atomic_load_explicit(&t->state, memory_order_acquire) != PROC_DONE)
-        return MP_ESTATE;
+        return fail_state(__func__, t, "it has no exit code until it finishes: join it first");
     *code = t->exitcode;
     return 0;
 }
 
 const char *mp_thread_name(const mp_thread *t)
 {
-    return valid(t) ? t->name : NULL;
+    if (!valid(t)) {
+        mp_fail_handle(__func__, "thread", t);
+        return NULL;
+    }
+    return t->name;
 }
 
 int mp_thread_free(mp_thread *t)
 {
     if (!t)
         return 0;
-    if (!valid(t) || is_builtin(t))
-        return MP_EINVAL;
+    if (!valid(t))
+        return mp_fail_handle(__func__, "thread", t);
+    if (is_builtin(t))
+        return mp_fail(MP_EINVAL, __func__, "thread \"%s\" was not made by mp_thread_new", t->name);
     if (atomic_load(&t->state) == PROC_RUNNING)
-        return MP_ESTATE;
+        return fail_state(__func__, t, "join it before freeing it");
     if (atomic_load(&t->state) == PROC_DONE)
         reap(t);
     runtime_lock();

@@ -220,13 +220,10 @@ static int child_client(void *p)
     return rc == 0 ? 0 : 5;
 }
 
-static void test_listener_and_client_authenticate_each_other(void **state)
+/* A child client with a's key connects; the listener accepts it and gets its payload. */
+static void accept_payload_from(mp_listener *l, struct client_arg *a)
 {
-    (void)state;
-    mp_listener *l;
-    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
-    struct client_arg good = { mp_listener_address(l), KEY }, bad = { mp_listener_address(l), OTHER };
-    pid_t pid = tu_fork(child_client, &good);
+    pid_t pid = tu_fork(child_client, a);
     mp_conn *c;
     TU_OK(mp_listener_accept(l, &c, 10 * tu_slow()));
     char buf[16];
@@ -235,8 +232,17 @@ static void test_listener_and_client_authenticate_each_other(void **state)
     assert_memory_equal(buf, "payload", 7);
     assert_int_equal(tu_wait(pid, 10), 0);
     mp_conn_close(c);
+}
 
-    pid = tu_fork(child_client, &bad);
+static void test_listener_and_client_authenticate_each_other(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    struct client_arg good = { mp_listener_address(l), KEY }, bad = { mp_listener_address(l), OTHER };
+    accept_payload_from(l, &good);
+    mp_conn *c;
+    pid_t pid = tu_fork(child_client, &bad);
     c = NULL;
     TU_ASSERT_RC(mp_listener_accept(l, &c, 10 * tu_slow()), MP_EAUTH);
     assert_null(c);                                 /* no connection, no data */
@@ -257,6 +263,34 @@ static void test_client_without_key_meets_a_challenge_and_is_refused(void **stat
     mp_listener_free(l);
 }
 
+/* CPython 3.13's rule: authkey None skips the handshake, b"" runs it with
+ * an empty key. So NULL and ("", 0) are different promises. */
+static void test_empty_key_runs_the_handshake_and_null_skips_it(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", "", 0));
+    struct client_arg empty = { mp_listener_address(l), "" }, none = { mp_listener_address(l), NULL },
+                      some = { mp_listener_address(l), KEY };
+    accept_payload_from(l, &empty);
+    mp_conn *c;
+    pid_t pid = tu_fork(child_client, &none);        /* no handshake: its payload is no answer */
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 10 * tu_slow()), MP_EAUTH);
+    assert_int_equal(tu_wait(pid, 10), 0);
+    pid = tu_fork(child_client, &some);
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 10 * tu_slow()), MP_EAUTH);
+    assert_int_equal(tu_wait(pid, 10), 3);
+    mp_listener_free(l);
+
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", NULL, 0));   /* and a keyless listener */
+    empty.address = mp_listener_address(l);
+    pid = tu_fork(child_client, &empty);
+    TU_OK(mp_listener_accept(l, &c, 10 * tu_slow()));
+    mp_conn_close(c);                          /* no challenge came: the client gives up */
+    assert_int_equal(tu_wait(pid, 20), 3);
+    mp_listener_free(l);
+}
+
 /* ------------------------------------------------------------------ python3 */
 
 static bool have_python(void)
@@ -267,7 +301,8 @@ static bool have_python(void)
 /* Starts tests/interop/peer.py MODE ADDRESS KEYHEX with stdout on *out. */
 static pid_t python_peer(const char *mode, const char *address, const char *key, int *out)
 {
-    char script[512], hex[128] = "-";
+    char script[512], hex[128];
+    snprintf(hex, sizeof hex, "%s", key ? "" : "-");      /* "": the empty key b"" */
     const char *src = getenv("MPROC_SOURCE_DIR");
     snprintf(script, sizeof script, "%s/tests/interop/peer.py", src ? src : ".");
     for (size_t i = 0; key && key[i]; i++)
@@ -344,6 +379,14 @@ static void test_python_client_talks_to_mproc_listener(void **state)
     python_client_against_listener("client", NULL, NULL, 0, 0);    /* authkey=None */
 }
 
+/* Python's Client(authkey=b"") answers a challenge with an empty key. */
+static void test_python_client_with_empty_key_runs_the_handshake(void **state)
+{
+    (void)state;
+    python_client_against_listener("client", "", "", 0, 0);
+    python_client_against_listener("client", "", KEY, MP_EAUTH, 3);
+}
+
 static void test_python_client_with_wrong_key_is_refused(void **state)
 {
     (void)state;
@@ -413,6 +456,13 @@ static void test_mproc_client_talks_to_python312_sha256_listener(void **state)
     client_against_python_listener("listener312", "tcp:127.0.0.1:0", OTHER, KEY, MP_EAUTH, 3);
 }
 
+static void test_mproc_client_with_empty_key_meets_python312_listener(void **state)
+{
+    (void)state;
+    client_against_python_listener("listener312", "tcp:127.0.0.1:0", "", "", 0, 0);
+    client_against_python_listener("listener312", "tcp:127.0.0.1:0", "", KEY, MP_EAUTH, 3);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -426,8 +476,11 @@ int main(void)
         cmocka_unit_test(test_deliver_accepts_answers_where_cpython_does),
         cmocka_unit_test(test_listener_and_client_authenticate_each_other),
         cmocka_unit_test(test_client_without_key_meets_a_challenge_and_is_refused),
+        cmocka_unit_test(test_empty_key_runs_the_handshake_and_null_skips_it),
         cmocka_unit_test(test_python_client_talks_to_mproc_listener),
         cmocka_unit_test(test_python_client_with_wrong_key_is_refused),
+        cmocka_unit_test(test_python_client_with_empty_key_runs_the_handshake),
+        cmocka_unit_test(test_mproc_client_with_empty_key_meets_python312_listener),
         cmocka_unit_test(test_python312_sha256_client_talks_to_mproc_listener),
         cmocka_unit_test(test_mproc_client_talks_to_python_listener),
         cmocka_unit_test(test_mproc_client_with_wrong_key_is_refused_by_python),

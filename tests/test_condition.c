@@ -3,7 +3,9 @@
  * wake each other, and a killed waiter swallows no notification. */
 #include "sync_helpers.h"
 
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct room {
     mp_condition *cond;
@@ -390,10 +392,136 @@ static void test_condition_survives_waiters_and_notifiers_killed_at_random_momen
     room_free(r);
 }
 
+/* ------------------------------------------------------------------ wait_for */
+
+/* A shared value and how often the predicate looked at it. */
+struct gauge {
+    mp_condition *cond;
+    atomic_int value, looks, want;
+};
+
+static struct gauge *gauge_new(void)
+{
+    struct gauge *g = mp_shared_alloc(sizeof *g);
+    assert_non_null(g);
+    TU_OK(mp_condition_new(&g->cond, NULL));
+    return g;
+}
+
+static void gauge_free(struct gauge *g)
+{
+    mp_condition_free(g->cond);
+    mp_shared_free(g);
+}
+
+static bool gauge_reached(void *arg)
+{
+    struct gauge *g = arg;
+    atomic_fetch_add(&g->looks, 1);
+    return atomic_load(&g->value) >= atomic_load(&g->want);
+}
+
+static void test_condition_wait_for_returns_at_once_when_the_predicate_holds(void **state)
+{
+    (void)state;
+    struct gauge *g = gauge_new();
+    TU_OK(mp_condition_acquire(g->cond, 1));
+    double t0 = tu_now();
+    TU_OK(mp_condition_wait_for(g->cond, gauge_reached, g, 10));    /* want 0, value 0 */
+    assert_true(tu_now() - t0 < 0.1 * tu_slow());
+    assert_int_equal(atomic_load(&g->looks), 1);
+    TU_OK(mp_condition_release(g->cond));
+    gauge_free(g);
+}
+
+/* As Python: at the timeout the predicate is looked at once more, after
+ * the last wait, and its value decides; the lock is held again. */
+static void test_condition_wait_for_times_out_holding_the_lock(void **state)
+{
+    (void)state;
+    struct gauge *g = gauge_new();
+    atomic_store(&g->want, 1);
+    TU_OK(mp_condition_acquire(g->cond, 1));
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_condition_wait_for(g->cond, gauge_reached, g, 0.2), MP_ETIMEDOUT);
+    assert_on_time(tu_now() - t0, 0.2);
+    assert_true(atomic_load(&g->looks) >= 2);
+    atomic_store(&g->looks, 0);
+    TU_ASSERT_RC(mp_condition_wait_for(g->cond, gauge_reached, g, 0), MP_ETIMEDOUT);
+    assert_int_equal(atomic_load(&g->looks), 2);     /* before and after one wait(0) */
+    TU_OK(mp_condition_release(g->cond));             /* held, once */
+    TU_ASSERT_RC(mp_condition_release(g->cond), MP_EINVAL);
+    gauge_free(g);
+}
+
+/* Raises value to 3 one step at a time, notifying at each: the waiter
+ * (want 3) must sleep through the first two notifications. */
+static int raise_in_steps(void *arg)
+{
+    struct gauge *g = arg;
+    for (int i = 0; i < 3; i++) {
+        if (mp_condition_acquire(g->cond, 30) != 0)
+            return 1;
+        atomic_fetch_add(&g->value, 1);
+        mp_condition_notify_all(g->cond);
+        mp_condition_release(g->cond);
+        usleep(20000);
+    }
+    return 0;
+}
+
+static void *raise_in_steps_thread(void *arg)
+{
+    return (void *)(intptr_t)raise_in_steps(arg);
+}
+
+static void test_condition_wait_for_sleeps_until_the_predicate_holds(void **state)
+{
+    (void)state;
+    struct gauge *g = gauge_new();
+    atomic_store(&g->want, 3);
+    TU_OK(mp_condition_acquire(g->cond, 1));
+    pthread_t t = thread_start(raise_in_steps_thread, g);
+    TU_OK(mp_condition_wait_for(g->cond, gauge_reached, g, 30 * tu_slow()));
+    assert_int_equal(atomic_load(&g->value), 3);
+    assert_true(atomic_load(&g->looks) >= 2);
+    TU_OK(mp_condition_release(g->cond));
+    assert_int_equal((intptr_t)thread_join(t), 0);
+
+    atomic_store(&g->value, 0);                   /* and from another process */
+    TU_OK(mp_condition_acquire(g->cond, 1));
+    pid_t pid = tu_fork(raise_in_steps, g);
+    TU_OK(mp_condition_wait_for(g->cond, gauge_reached, g, MP_FOREVER));
+    assert_int_equal(atomic_load(&g->value), 3);
+    TU_OK(mp_condition_release(g->cond));
+    assert_int_equal(tu_wait(pid, 30), 0);
+    gauge_free(g);
+}
+
+static void test_condition_wait_for_refuses_bad_arguments(void **state)
+{
+    (void)state;
+    struct gauge *g = gauge_new();
+    TU_ASSERT_RC(mp_condition_wait_for(g->cond, gauge_reached, g, 0), MP_EINVAL);   /* not held */
+    assert_non_null(strstr(mp_last_error(), "mp_condition_wait_for: this thread does not hold"));
+    TU_OK(mp_condition_acquire(g->cond, 1));
+    TU_ASSERT_RC(mp_condition_wait_for(g->cond, NULL, g, 0), MP_EINVAL);
+    assert_non_null(strstr(mp_last_error(), "pred is NULL"));
+    TU_ASSERT_RC(mp_condition_wait_for(NULL, gauge_reached, g, 0), MP_EINVAL);
+    TU_ASSERT_RC(mp_condition_wait_for(g->cond, gauge_reached, g, NAN), MP_EINVAL);
+    assert_int_equal(atomic_load(&g->looks), 0);      /* never called on bad arguments */
+    TU_OK(mp_condition_release(g->cond));
+    gauge_free(g);
+}
+
 int main(void)
 {
     tu_watchdog(120);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_condition_wait_for_returns_at_once_when_the_predicate_holds),
+        cmocka_unit_test(test_condition_wait_for_times_out_holding_the_lock),
+        cmocka_unit_test(test_condition_wait_for_sleeps_until_the_predicate_holds),
+        cmocka_unit_test(test_condition_wait_for_refuses_bad_arguments),
         cmocka_unit_test(test_condition_calls_refuse_bad_arguments),
         cmocka_unit_test(test_condition_wait_and_notify_require_holding_the_lock),
         cmocka_unit_test(test_condition_wait_times_out_on_time_holding_the_lock),

@@ -109,6 +109,42 @@ static void test_calls_refuse_bad_arguments_with_einval(void **state)
     mp_conn_close(b);
 }
 
+/* A length no buffer can have, or one running past the process's memory,
+ * is refused before a byte moves: the stream stays whole. */
+static void check_impossible_lengths(mp_conn *tx, mp_conn *rx)
+{
+    size_t lens[] = { SIZE_MAX, SIZE_MAX - 11, (size_t)PTRDIFF_MAX + 1 };
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        TU_ASSERT_RC(mp_conn_send_bytes(tx, "x", lens[i]), MP_ETOOBIG);
+        assert_non_null(strstr(mp_last_error(), "more than any buffer can hold"));
+    }
+    TU_ASSERT_RC(mp_conn_send_bytes(tx, "x", (size_t)1 << 44), MP_EINVAL);
+    assert_non_null(strstr(mp_last_error(), "runs past this process's memory"));
+    TU_OK(mp_conn_send_bytes(tx, "ok", 2));
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(rx, buf, sizeof buf, &len));
+    assert_int_equal(len, 2);
+    assert_memory_equal(buf, "ok", 2);
+}
+
+static void test_send_refuses_impossible_lengths_without_crashing(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    TU_OK(mp_pipe(&a, &b, true));           /* ring ends */
+    check_impossible_lengths(a, b);
+    mp_conn_close(a);
+    mp_conn_close(b);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    TU_OK(conn_from_fd(&a, sv[0], true, true));   /* descriptor ends */
+    TU_OK(conn_from_fd(&b, sv[1], true, true));
+    check_impossible_lengths(a, b);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 static void test_closed_unshared_handle_is_refused(void **state)
 {
     (void)state;
@@ -1061,6 +1097,7 @@ int main(void)
         cmocka_unit_test(test_pipe_duplex_carries_messages_both_ways),
         cmocka_unit_test(test_pipe_one_way_a_receives_b_sends),
         cmocka_unit_test(test_calls_refuse_bad_arguments_with_einval),
+        cmocka_unit_test(test_send_refuses_impossible_lengths_without_crashing),
         cmocka_unit_test(test_closed_unshared_handle_is_refused),
         cmocka_unit_test(test_descriptors_are_close_on_exec),
         cmocka_unit_test(test_frame_header_matches_cpython),

@@ -125,6 +125,85 @@ static void test_lock_with_macro_releases_after_the_block(void **state)
     mp_lock_free(l);
 }
 
+/* The macro's body must not run without the lock: the caller would touch
+ * guarded data unguarded. */
+static void test_lock_with_macro_skips_the_body_when_the_acquire_fails(void **state)
+{
+    (void)state;
+    int ran = 0;
+    MP_WITH_LOCK(NULL)
+        ran++;
+    mp_lock *l;
+    TU_OK(mp_lock_new(&l));
+    mp_lock_free(l);
+    MP_WITH_LOCK(l)
+        ran++;
+    TU_OK(mp_lock_new(&l));
+    TU_OK(mp_lock_acquire(l, 0));
+    MP_WITH_LOCK(l)                       /* -EDEADLK: this thread holds it already */
+        ran++;
+    assert_int_equal(ran, 0);
+    TU_OK(mp_lock_release(l));             /* still held once: the macro released nothing */
+    TU_ASSERT_RC(mp_lock_release(l), MP_EINVAL);
+    mp_lock_free(l);
+}
+
+static void test_lock_with_rc_hands_the_code_to_the_caller(void **state)
+{
+    (void)state;
+    int rc = 1, ran = 0;
+    MP_WITH_LOCK_RC(NULL, rc)
+        ran++;
+    TU_ASSERT_RC(rc, MP_EINVAL);
+    mp_lock *l;
+    TU_OK(mp_lock_new(&l));
+    TU_OK(mp_lock_acquire(l, 0));
+    MP_WITH_LOCK_RC(l, rc)
+        ran++;
+    TU_ASSERT_RC(rc, -EDEADLK);
+    assert_int_equal(ran, 0);
+    TU_OK(mp_lock_release(l));
+    MP_WITH_LOCK_RC(l, rc) {
+        TU_OK(rc);
+        ran++;
+    }
+    assert_int_equal(ran, 1);
+    TU_OK(mp_lock_acquire(l, 0));
+    TU_OK(mp_lock_release(l));
+    mp_lock_free(l);
+}
+
+/* break and continue leave the body early and still release the lock. */
+static void test_lock_with_macro_releases_on_break_and_continue(void **state)
+{
+    (void)state;
+    mp_lock *l;
+    TU_OK(mp_lock_new(&l));
+    int after = 0;
+    for (int i = 0; i < 3; i++) {
+        MP_WITH_LOCK(l) {
+            if (i == 1)
+                continue;
+            if (i == 2)
+                break;
+            after++;
+        }
+        TU_OK(mp_lock_acquire(l, 0));      /* released whichever way the body ended */
+        TU_OK(mp_lock_release(l));
+    }
+    assert_int_equal(after, 1);
+    int rc;
+    MP_WITH_LOCK_RC(l, rc) {
+        MP_WITH_LOCK_RC(l, rc)             /* nested on a plain Lock: -EDEADLK, skipped */
+            fail_msg("the inner body ran without the lock");
+        TU_ASSERT_RC(rc, -EDEADLK);
+        break;
+    }
+    TU_OK(mp_lock_acquire(l, 0));
+    TU_OK(mp_lock_release(l));
+    mp_lock_free(l);
+}
+
 /* ------------------------------------------------------------------ timeouts */
 
 static int child_holds_until_killed(void *arg)
@@ -247,6 +326,27 @@ static void test_lock_holder_killed_gives_next_acquirer_eownerdead(void **state)
     mp_lock *l;
     TU_OK(mp_lock_new(&l));
     check_holder_killed(l);
+    mp_lock_free(l);
+}
+
+/* MP_EOWNERDEAD means held: the body runs, told so, to repair the data. */
+static void test_lock_with_rc_runs_the_body_after_a_holder_died(void **state)
+{
+    (void)state;
+    mp_lock *l;
+    TU_OK(mp_lock_new(&l));
+    void *args[2];
+    kill_child(start_holder(l, args));
+    int rc = 0, ran = 0;
+    MP_WITH_LOCK_RC(l, rc) {
+        TU_ASSERT_RC(rc, MP_EOWNERDEAD);
+        TU_ASSERT_RC(mp_lock_acquire(l, 0), MP_ETIMEDOUT);
+        ran++;
+    }
+    assert_int_equal(ran, 1);
+    TU_OK(mp_lock_acquire(l, 0));
+    TU_OK(mp_lock_release(l));
+    mp_shared_free(args[1]);
     mp_lock_free(l);
 }
 
@@ -463,10 +563,14 @@ int main(void)
         cmocka_unit_test(test_lock_release_by_another_process_returns_einval),
         cmocka_unit_test(test_lock_reacquire_by_its_owner_times_out_or_refuses_forever),
         cmocka_unit_test(test_lock_with_macro_releases_after_the_block),
+        cmocka_unit_test(test_lock_with_macro_skips_the_body_when_the_acquire_fails),
+        cmocka_unit_test(test_lock_with_rc_hands_the_code_to_the_caller),
+        cmocka_unit_test(test_lock_with_macro_releases_on_break_and_continue),
         cmocka_unit_test(test_lock_acquire_times_out_on_time_when_held_elsewhere),
         cmocka_unit_test(test_lock_excludes_processes),
         cmocka_unit_test(test_lock_and_rlock_exclude_threads),
         cmocka_unit_test(test_lock_holder_killed_gives_next_acquirer_eownerdead),
+        cmocka_unit_test(test_lock_with_rc_runs_the_body_after_a_holder_died),
         cmocka_unit_test(test_rlock_holder_killed_gives_next_acquirer_eownerdead),
         cmocka_unit_test(test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed),
         cmocka_unit_test(test_lock_survives_holders_killed_at_random_moments),

@@ -3,7 +3,8 @@
 # the way a user would: an outside CMake project with find_package(mproc)
 # linking mproc::mproc and mproc::mproc_static, a pkg-config consumer (shared
 # and static libmproc.a), the versioned soname, the exported symbols and the
-# mproc-manager program.
+# mproc-manager program, and the programs of docs/getting-started.md built
+# with pkg-config and run without LD_LIBRARY_PATH.
 set -eu
 build=$(cd "$1" && pwd)
 cc=${2:-cc}
@@ -63,9 +64,26 @@ echo "== pkg-config consumer"
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
 # shellcheck disable=SC2046
 $cc -o "$tmp/pc_shared" "$here/consumer.c" $(pkg-config --cflags --libs mproc) || fail "pkg-config shared build"
-LD_LIBRARY_PATH=$libdir "$tmp/pc_shared" || fail "pc_shared"
+env -u LD_LIBRARY_PATH "$tmp/pc_shared" || fail "pc_shared (no LD_LIBRARY_PATH: mproc.pc's rpath)"
+pkg-config --static --libs mproc | grep -q -- '-lcrypto' || fail "mproc.pc lacks Libs.private"
 static_libs=$(pkg-config --static --libs mproc | sed 's/-lmproc\( \|$\)/-l:libmproc.a /')
 # shellcheck disable=SC2046,SC2086
 $cc -o "$tmp/pc_static" "$here/consumer.c" $(pkg-config --cflags mproc) $static_libs || fail "pkg-config static build"
 env -u LD_LIBRARY_PATH "$tmp/pc_static" || fail "pc_static"
+echo "== docs/getting-started.md programs, built as the page says"
+src=$(cd "$here/../.." && pwd)
+awk -v dir="$tmp" '/^<!-- getting-started: .* -->$/ { name = $3; next }
+     name && /^```c$/ { out = dir "/" name; printf "" > out; next }
+     out && /^```$/ { close(out); out = ""; name = ""; next }
+     out { print >> out }' "$src/docs/getting-started.md"
+for want in "hello_process.c:exit code 0" "queue.c:got 16" "pool.c:1 8 27" "manager.c:3 keys:"; do
+  prog=${want%%:*}
+  [ -f "$tmp/$prog" ] || fail "getting-started.md has no $prog"
+  # shellcheck disable=SC2046
+  $cc -Wall -Wextra -Werror -o "$tmp/${prog%.c}" "$tmp/$prog" $(pkg-config --cflags --libs mproc) ||
+    fail "getting-started $prog does not build"
+  out=$(env -u LD_LIBRARY_PATH timeout 60 "$tmp/${prog%.c}") || fail "getting-started $prog failed"
+  echo "$out" | grep -q "${want#*:}" || fail "getting-started $prog printed: $out"
+  echo "$prog: ok"
+done
 echo "install test passed"
