@@ -142,7 +142,7 @@ void *fnref_resolve(const fnref *r);          /* NULL if it cannot be found */
 /* ------------------------------------------------------------------ manager locks */
 
 /* mp_manager_lock hands out an mp_lock whose magic is MAGIC_MLOCK; the
- * mp_lock_* calls in sync.c forward such handles here (manager/). Every
+ * mp_lock_* calls in lock.c forward such handles here (manager/). Every
  * handle struct starts with a uint32_t magic word. */
 int mlock_acquire(mp_lock *l, double timeout);
 int mlock_release(mp_lock *l);
@@ -163,7 +163,7 @@ void conn_keep_across_exec(void);
  * server's own descriptors, puts each received one back at the number it
  * has in the requester (conn_adopt_fds), so handles reached through the
  * argument work as under fork. Defined in conn.c. */
-#define CONN_PASS_MAX 253                      /* SCM_MAX_FD */
+#define CONN_PASS_MAX 253                      /* SCM_MAX_FD, as PROC_FDS_MAX */
 size_t conn_live_fds(int *fds, size_t cap);
 int conn_adopt_fds(const int *received, const int *numbers, size_t n);
 

@@ -5,28 +5,10 @@
  * owner dies, so the next acquirer gets MP_EOWNERDEAD instead of hanging.
  * The uncontended path is one trylock and one unlock, no clock, no syscall.
  * An RLock keeps its depth beside the mutex; only the owner touches it.
+ * A manager's lock (MAGIC_MLOCK) is the same handle type served by the
+ * manager's client (mlock_*, manager/client.c), called directly.
  */
 #include "sync_internal.h"
-
-/* Manager locks (MAGIC_MLOCK) are served by manager/; these stand in until
- * it is linked, and a strong definition there replaces them. */
-__attribute__((weak)) int mlock_acquire(mp_lock *l, double timeout)
-{
-    MP_UNUSED(l);
-    MP_UNUSED(timeout);
-    return MP_EINVAL;
-}
-
-__attribute__((weak)) int mlock_release(mp_lock *l)
-{
-    MP_UNUSED(l);
-    return MP_EINVAL;
-}
-
-__attribute__((weak)) void mlock_free(mp_lock *l)
-{
-    MP_UNUSED(l);
-}
 
 static int lock_create(mp_lock **out, bool recursive, const char *fn)
 {

@@ -9,6 +9,7 @@
 #define MPROC_PROCESS_INTERNAL_H
 
 #include "internal.h"
+#include "platform/platform.h"
 
 #include <signal.h>
 #include <sys/types.h>
@@ -114,36 +115,5 @@ int spawn_run_server(const char *spec);               /* forkserver.c: the serve
 /* thread.c */
 void thread_join_all_at_exit(void);
 void thread_after_fork_child(void);
-
-/* platform/proc.c: the Linux calls, no policy. */
-/* Without pidfds (kernels before 5.3, valgrind, strict seccomp) a child is
- * watched through an exit pipe: it holds the write end, EOF means it ended. */
-bool proc_have_pidfd(void);
-int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
-int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
-int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
-bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
-/* How a process that is not our child ended, as far as the kernel still
- * tells the holder of its pidfd (its zombie's stat, or PIDFD_INFO_EXIT once
- * reaped): 1 with *code (exit status or -signal), 0 unknown or running. */
-int proc_exit_code(int pidfd, pid_t pid, int *code);
-/* A task's start time (clock ticks after boot): 1 alive (*start set), 0 gone
- * or a zombie, -1 unknown (/proc unreadable: EMFILE, hidepid, not mounted). */
-int proc_task_start(pid_t tid, uint64_t *start);
-/* Before a fork: an exit pipe, or with pidfds {slot, -1}, a descriptor
- * held for the child's pidfd (process_exit_pipe_parent swaps them). */
-int proc_exit_pipe(int fds[2]);
-int proc_poll_fd(int fd, const mp_deadline *d);       /* 1 readable, 0 timeout, -errno */
-int proc_set_pdeathsig(int sig);
-void proc_set_name(const char *name);                 /* the comm shown by ps/top */
-int proc_fd_inherit(int fd, bool inherit);            /* clears / sets FD_CLOEXEC */
-int proc_read_file(const char *path, char **data, size_t *len);
-int proc_send_fd(int sock, const void *data, size_t len, int fd);   /* fd < 0: none */
-ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd);    /* *fd = -1 if none */
-/* Up to CONN_PASS_MAX descriptors with one record; the received ones are
- * close-on-exec, any beyond cap are closed, a set the kernel truncated
- * (EMFILE) is closed and -EMFILE. */
-int proc_send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);
-ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds);
 
 #endif

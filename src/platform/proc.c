@@ -4,7 +4,7 @@
  * readable when the process ends, takes signals, and waitid(P_PIDFD) reaps
  * through it. No policy here; process.c decides who reaps what.
  */
-#include "process_internal.h"
+#include "platform/platform.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -253,14 +253,14 @@ int proc_read_file(const char *path, char **data, size_t *len)
 }
 
 /* Room for as many descriptors as one message may carry (SCM_MAX_FD). */
-union fd_ctl { char buf[CMSG_SPACE(CONN_PASS_MAX * sizeof(int))]; struct cmsghdr align; };
+union fd_ctl { char buf[CMSG_SPACE(PROC_FDS_MAX * sizeof(int))]; struct cmsghdr align; };
 
 int proc_send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds)
 {
     struct iovec iov = { (void *)data, len };
     union fd_ctl ctl;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (nfds > CONN_PASS_MAX)
+    if (nfds > PROC_FDS_MAX)
         return MP_EINVAL;
     if (nfds > 0) {
         memset(&ctl, 0, sizeof ctl);
@@ -295,7 +295,7 @@ static ssize_t recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, 
     struct iovec iov = { data, len };
     union fd_ctl ctl;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                          .msg_controllen = CMSG_SPACE((cap < CONN_PASS_MAX ? cap : CONN_PASS_MAX) *
+                          .msg_controllen = CMSG_SPACE((cap < PROC_FDS_MAX ? cap : PROC_FDS_MAX) *
                                                        sizeof(int)) };
     *nfds = 0;
     ssize_t n;

@@ -25,7 +25,7 @@
  * price of the cheaper lock.)
  */
 #include "internal.h"
-#include "process_internal.h"
+#include "platform/platform.h"
 
 #include <endian.h>
 
