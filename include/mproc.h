@@ -184,11 +184,16 @@ static inline void mp__with_lock_end(mp__with_lock *w)
 #define MP__WITH_LOCK(l, rc_store, w, run) \
     for (mp__with_lock w = mp__with_lock_begin(l); w.once && (rc_store, 1); mp__with_lock_end(&w)) \
         for (int run = w.held; run; run = 0)
-#define MP_WITH_LOCK(l) \
-    MP__WITH_LOCK((l), (void)0, MP__CAT(mp__w_, __LINE__), MP__CAT(mp__run_, __LINE__))
-#define MP_WITH_LOCK_RC(l, rc) \
-    MP__WITH_LOCK((l), (rc) = MP__CAT(mp__w_, __LINE__).rc, MP__CAT(mp__w_, __LINE__), \
-                  MP__CAT(mp__run_, __LINE__))
+#ifdef __COUNTER__
+#define MP__UNIQUE __COUNTER__   /* nested uses get their own names, even on one line */
+#else
+#define MP__UNIQUE __LINE__
+#endif
+#define MP__WITH_LOCK_N(l, rc_store, n) MP__WITH_LOCK(l, rc_store, MP__CAT(mp__w_, n), MP__CAT(mp__run_, n))
+#define MP__WITH_LOCK_RC_N(l, rc, n) \
+    MP__WITH_LOCK(l, (rc) = MP__CAT(mp__w_, n).rc, MP__CAT(mp__w_, n), MP__CAT(mp__run_, n))
+#define MP_WITH_LOCK(l) MP__WITH_LOCK_N((l), (void)0, MP__UNIQUE)
+#define MP_WITH_LOCK_RC(l, rc) MP__WITH_LOCK_RC_N((l), rc, MP__UNIQUE)
 
 /* value <= INT_MAX. No owner: a count taken by a process that dies is lost. */
 MP_EXTERN int  mp_semaphore_new(mp_semaphore **s, unsigned value);

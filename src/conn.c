@@ -95,20 +95,27 @@ static struct {
     size_t n, cap;
 } registry = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_ONCE_INIT, NULL, 0, 0 };
 
+static void early_lock(bool take);
+
+/* The early-descriptor list's lock is held across fork too, so a child
+ * never inherits it taken. */
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry.lock);
+    early_lock(true);
     for (size_t i = 0; i < registry.n; i++)
         atomic_fetch_add(&registry.items[i]->refs, 1);
 }
 
 static void fork_parent(void)
 {
+    early_lock(false);
     pthread_mutex_unlock(&registry.lock);
 }
 
 static void fork_child(void)
 {
+    early_lock(false);
     pthread_mutex_unlock(&registry.lock);
 }
 
@@ -1316,6 +1323,14 @@ static struct {
     struct early_fds *head;
     _Atomic uint32_t count;         /* 0: nothing to look for (the usual case) */
 } early = { PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
+
+static void early_lock(bool take)
+{
+    if (take)
+        pthread_mutex_lock(&early.lock);
+    else
+        pthread_mutex_unlock(&early.lock);
+}
 
 /* The descriptors in m's control messages into fds (closing what does not fit). */
 static void collect_fds(struct msghdr *m, int *fds, int *n, bool *truncated)
