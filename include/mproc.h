@@ -297,11 +297,12 @@ MP_EXTERN int  mp_wait(const int *fds, size_t n, bool *ready, double timeout);  
  * The receiver gets a new descriptor (close-on-exec) for the same open file;
  * the sender keeps its own. Not on mp_pipe ends (their messages travel in
  * shared memory) nor TCP: MP_EINVAL. send_fd: -EBADF if fd is not open.
- * recv_fd blocks like recv_bytes: MP_ESTATE when a message comes first
- * (nothing is taken), MP_EPROTO when the peer sent more than one, MP_EEOF.
+ * recv_fd waits up to timeout (MP_ETIMEDOUT): MP_ESTATE when a message
+ * comes first (nothing is taken), MP_EPROTO when the peer sent more than
+ * one, MP_EEOF.
  * Receive a descriptor in the process that received the messages before it. */
 MP_EXTERN int  mp_conn_send_fd(mp_conn *c, int fd);
-MP_EXTERN int  mp_conn_recv_fd(mp_conn *c, int *fd);
+MP_EXTERN int  mp_conn_recv_fd(mp_conn *c, int *fd, double timeout);
 /* Python's Connection(fd): wraps a connected stream socket (both ways) or a
  * pipe end (the way it was opened) in the framing. The conn owns fd from
  * then on (mp_conn_close closes it) and makes it close-on-exec. MP_EINVAL

@@ -1511,12 +1511,17 @@ static int accept_fds(const char *fn, uint8_t count, const int *fds, int n, bool
 /* Under recv_lock: whether the next byte on the socket carries descriptors,
  * looked at without taking it (a peek hands over copies: closed at once).
  * 1 yes, 0 no (a message comes first), or an error. */
-static int next_byte_has_fds(mp_conn *c)
+static int next_byte_has_fds(mp_conn *c, const mp_deadline *d)
 {
     union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * FDS_PER_BYTE_MAX)]; } u;
     uint8_t byte;
     struct iovec v = { &byte, 1 };
     for (;;) {
+        int ready = fd_poll(c->h.fd, POLLIN, d);
+        if (ready == 0)
+            return MP_ETIMEDOUT;
+        if (ready < 0 && ready != -EINTR)
+            return ready == -EBADF ? MP_ECLOSED : ready;
         struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = &u,
                             .msg_controllen = sizeof u };
         ssize_t r = recvmsg(c->h.fd, &m, MSG_PEEK | MSG_CMSG_CLOEXEC);
@@ -1529,18 +1534,16 @@ static int next_byte_has_fds(mp_conn *c)
         }
         if (r == 0 || errno == ECONNRESET)
             return MP_EEOF;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            fd_poll(c->h.fd, POLLIN, NULL);
-        else if (errno != EINTR)
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return errno == EBADF ? MP_ECLOSED : -errno;
     }
 }
 
 /* Under recv_lock, nothing read ahead: the byte and its descriptors, read
  * exactly, once a peek has shown that descriptors come next. */
-static int recv_fd_fresh(mp_conn *c, int *out)
+static int recv_fd_fresh(mp_conn *c, int *out, const mp_deadline *d)
 {
-    int has = next_byte_has_fds(c);
+    int has = next_byte_has_fds(c, d);
     if (has < 0)
         return fail_io(has, "mp_conn_recv_fd", c);
     if (has == 0)
@@ -1583,14 +1586,19 @@ static int recv_fd_early(mp_conn *c, int *out)
     return rc;
 }
 
-int mp_conn_recv_fd(mp_conn *c, int *fd)
+int mp_conn_recv_fd(mp_conn *c, int *fd, double timeout)
 {
     int rc = fd_conn_check(__func__, c, true);
     if (rc != 0)
         return rc;
     if (!fd)
         return mp_fail(MP_EINVAL, __func__, "fd (where the descriptor goes) is NULL");
-    rc = rmutex_lock(&c->recv_lock, &forever);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    mp_deadline d = deadline_in(timeout);
+    rc = rmutex_lock(&c->recv_lock, &d);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, __func__, "another thread is receiving on this conn");
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return mp_fail_code(rc, __func__);
     if (c->has_pending)
@@ -1599,7 +1607,7 @@ int mp_conn_recv_fd(mp_conn *c, int *fd)
     else if (atomic_load(&c->ahead_len) > 0)
         rc = recv_fd_early(c, fd);
     else
-        rc = recv_fd_fresh(c, fd);
+        rc = recv_fd_fresh(c, fd, &d);
     rmutex_unlock(&c->recv_lock);
     return rc;
 }

@@ -50,7 +50,7 @@ static void check_passes_a_pipe_end(mp_conn *tx, mp_conn *rx)
     assert_int_equal(pipe(p), 0);
     TU_OK(mp_conn_send_fd(tx, p[1]));
     int got = -1;
-    TU_OK(mp_conn_recv_fd(rx, &got));
+    TU_OK(mp_conn_recv_fd(rx, &got, MP_FOREVER));
     assert_true(got >= 0 && got != p[1]);
     assert_true(same_file(got, p[1]));
     assert_true(fcntl(got, F_GETFD) & FD_CLOEXEC);
@@ -73,6 +73,32 @@ static void test_send_fd_hands_over_the_same_open_file(void **state)
     mp_conn_close(b);
 }
 
+/* recv_fd keeps its timeout: nothing sent, MP_ETIMEDOUT on time; a bad
+ * timeout is refused; a descriptor sent later still arrives. */
+static void test_recv_fd_times_out_on_time(void **state)
+{
+    (void)state;
+    mp_conn *a, *b;
+    conn_pair(&a, &b);
+    int got = -1;
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_conn_recv_fd(b, &got, 0.2), MP_ETIMEDOUT);
+    double took = tu_now() - t0;
+    assert_true(took >= 0.19 && took < 0.2 + 1.0 * tu_slow());
+    TU_ASSERT_RC(mp_conn_recv_fd(b, &got, 0), MP_ETIMEDOUT);
+    TU_ASSERT_RC(mp_conn_recv_fd(b, &got, -0.5), MP_EINVAL);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    TU_OK(mp_conn_send_fd(a, p[1]));
+    TU_OK(mp_conn_recv_fd(b, &got, 5 * tu_slow()));
+    assert_true(same_file(got, p[1]));
+    close(got);
+    close(p[0]);
+    close(p[1]);
+    mp_conn_close(a);
+    mp_conn_close(b);
+}
+
 /* The receiver's read-ahead takes the descriptor's byte along with the
  * message before it; the descriptor still reaches recv_fd, in order. */
 static void test_descriptor_between_messages_survives_read_ahead(void **state)
@@ -90,21 +116,21 @@ static void test_descriptor_between_messages_survives_read_ahead(void **state)
     int got = -1;
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
     assert_memory_equal(buf, "before", 6);
-    TU_OK(mp_conn_recv_fd(b, &got));
+    TU_OK(mp_conn_recv_fd(b, &got, MP_FOREVER));
     assert_true(same_file(got, p[0]));
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
     assert_memory_equal(buf, "after", 5);
 
     /* a descriptor asked for while a message is next: refused, nothing taken */
     TU_OK(mp_conn_send_bytes(a, "msg", 3));
-    TU_ASSERT_RC(mp_conn_recv_fd(b, &got), MP_ESTATE);
+    TU_ASSERT_RC(mp_conn_recv_fd(b, &got, MP_FOREVER), MP_ESTATE);
     assert_non_null(strstr(mp_last_error(), "a message comes before any descriptor"));
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
     assert_memory_equal(buf, "msg", 3);
     TU_OK(mp_conn_send_bytes(a, "one", 3));
     TU_OK(mp_conn_send_bytes(a, "two", 3));
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* "two" is read ahead now */
-    TU_ASSERT_RC(mp_conn_recv_fd(b, &got), MP_ESTATE);
+    TU_ASSERT_RC(mp_conn_recv_fd(b, &got, MP_FOREVER), MP_ESTATE);
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
     assert_memory_equal(buf, "two", 3);
     close(p[0]);
@@ -118,7 +144,7 @@ static int child_writes_to_received_fd(void *arg)
 {
     mp_conn *c = arg;
     int fd;
-    if (mp_conn_recv_fd(c, &fd) != 0)
+    if (mp_conn_recv_fd(c, &fd, MP_FOREVER) != 0)
         return 1;
     int ok = write(fd, "from child", 10) == 10;
     close(fd);
@@ -155,7 +181,7 @@ static void test_send_fd_refuses_conns_that_cannot_carry_descriptors(void **stat
     TU_ASSERT_RC(mp_conn_send_fd(a, 0), MP_EINVAL);
     assert_non_null(strstr(mp_last_error(), "mp_conn_send_fd: the ends of mp_pipe"));
     int got;
-    TU_ASSERT_RC(mp_conn_recv_fd(b, &got), MP_EINVAL);
+    TU_ASSERT_RC(mp_conn_recv_fd(b, &got, MP_FOREVER), MP_EINVAL);
     mp_conn_close(a);
     mp_conn_close(b);
 
@@ -179,7 +205,7 @@ static void test_send_fd_refuses_conns_that_cannot_carry_descriptors(void **stat
     TU_ASSERT_RC(mp_conn_send_fd(a, 987), -EBADF);
     assert_non_null(strstr(mp_last_error(), "fd 987 is not an open descriptor"));
     TU_ASSERT_RC(mp_conn_send_fd(NULL, 0), MP_EINVAL);
-    TU_ASSERT_RC(mp_conn_recv_fd(b, NULL), MP_EINVAL);
+    TU_ASSERT_RC(mp_conn_recv_fd(b, NULL, MP_FOREVER), MP_EINVAL);
     mp_conn_close(a);
     mp_conn_close(b);
 }
@@ -213,14 +239,14 @@ static void test_recv_fd_refuses_what_python_would_not_send(void **state)
     int fds[3] = { 0, 1, 2 }, got = -1;
     int before = open_fd_count();
     send_raw(sv[1], 3, fds, 3);                  /* three where Python sends one */
-    TU_ASSERT_RC(mp_conn_recv_fd(c, &got), MP_EPROTO);
+    TU_ASSERT_RC(mp_conn_recv_fd(c, &got, MP_FOREVER), MP_EPROTO);
     assert_non_null(strstr(mp_last_error(), "sent 3 descriptor(s)"));
     send_raw(sv[1], 2, fds, 1);                  /* one, announced as two */
-    TU_ASSERT_RC(mp_conn_recv_fd(c, &got), MP_EPROTO);
+    TU_ASSERT_RC(mp_conn_recv_fd(c, &got, MP_FOREVER), MP_EPROTO);
     assert_int_equal(open_fd_count(), before);   /* every one closed again */
     assert_int_equal(got, -1);
     close(sv[1]);                                /* the peer leaves: EOF */
-    TU_ASSERT_RC(mp_conn_recv_fd(c, &got), MP_EEOF);
+    TU_ASSERT_RC(mp_conn_recv_fd(c, &got, MP_FOREVER), MP_EEOF);
     mp_conn_close(c);
 }
 
@@ -316,7 +342,7 @@ static void test_descriptors_pass_both_ways_with_python(void **state)
     assert_int_equal(read(p[0], buf, sizeof buf), 11);
     assert_memory_equal(buf, "from python", 11);
     int got;
-    TU_OK(mp_conn_recv_fd(c, &got));
+    TU_OK(mp_conn_recv_fd(c, &got, MP_FOREVER));
     assert_int_equal(read(got, buf, sizeof buf), 4);
     assert_memory_equal(buf, "to c", 4);
     TU_OK(mp_conn_recv_bytes(c, buf, sizeof buf, &len));
@@ -334,6 +360,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_send_fd_hands_over_the_same_open_file),
         cmocka_unit_test(test_descriptor_between_messages_survives_read_ahead),
+        cmocka_unit_test(test_recv_fd_times_out_on_time),
         cmocka_unit_test(test_descriptor_reaches_a_running_child),
         cmocka_unit_test(test_send_fd_refuses_conns_that_cannot_carry_descriptors),
         cmocka_unit_test(test_recv_fd_refuses_what_python_would_not_send),

@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -18,10 +19,10 @@ static struct {
     mp_lock *lock, *rlock, *mlock;
     mp_semaphore *sem;
     mp_event *event;
-    mp_condition *cond;
+    mp_condition *cond, *cond2;
     mp_barrier *barrier;
     mp_queue *queue, *full;
-    mp_conn *pa, *pb;
+    mp_conn *pa, *pb, *sa, *sb;
     mp_listener *listener;
     mp_pool *pool;
     mp_future *future;
@@ -65,6 +66,26 @@ static int c_mlock_acquire(double t)  { return mp_lock_acquire(o.mlock, t); }
 static int c_sem_acquire(double t)    { return mp_semaphore_acquire(o.sem, t); }
 static int c_event_wait(double t)     { return mp_event_wait(o.event, t); }
 static int c_cond_acquire(double t)   { return mp_condition_acquire(o.cond, t); }
+static bool never(void *ctx)
+{
+    (void)ctx;
+    return false;
+}
+/* The child takes cond2's lock, so only the timeout is wrong (the child
+ * before it died holding it: MP_EOWNERDEAD is held too). */
+static bool take_cond2(void)
+{
+    int rc = mp_condition_acquire(o.cond2, 0);
+    return rc == 0 || rc == MP_EOWNERDEAD;
+}
+static int c_cond_wait(double t)
+{
+    return take_cond2() ? mp_condition_wait(o.cond2, t) : -1;
+}
+static int c_cond_wait_for(double t)
+{
+    return take_cond2() ? mp_condition_wait_for(o.cond2, never, NULL, t) : -1;
+}
 static int c_barrier_wait(double t)   { return mp_barrier_wait(o.barrier, t); }
 static int c_queue_get(double t)
 {
@@ -82,6 +103,11 @@ static int c_queue_get_buf(double t)
 static int c_queue_put(double t)      { return mp_queue_put(o.full, "x", 1, t); }
 static int c_queue_join(double t)     { return mp_queue_join(o.full, t); }
 static int c_conn_poll(double t)      { return mp_conn_poll(o.pa, t); }
+static int c_conn_recv_fd(double t)
+{
+    int fd;
+    return mp_conn_recv_fd(o.sa, &fd, t);
+}
 static int c_wait(double t)
 {
     int fd = mp_conn_fileno(o.pa);
@@ -128,12 +154,15 @@ static const struct row {
     { "mp_semaphore_acquire", c_sem_acquire },
     { "mp_event_wait", c_event_wait },
     { "mp_condition_acquire", c_cond_acquire },
+    { "mp_condition_wait", c_cond_wait },
+    { "mp_condition_wait_for", c_cond_wait_for },
     { "mp_barrier_wait", c_barrier_wait },
     { "mp_queue_get", c_queue_get },
     { "mp_queue_get_buf", c_queue_get_buf },
     { "mp_queue_put", c_queue_put },
     { "mp_queue_join", c_queue_join },
     { "mp_conn_poll", c_conn_poll },
+    { "mp_conn_recv_fd", c_conn_recv_fd },
     { "mp_wait", c_wait },
     { "mp_listener_accept", c_accept },
     { "mp_client", c_client },
@@ -158,16 +187,18 @@ static int probe_child(void *arg)
 static int setup(void **state)
 {
     (void)state;
+    int sv[2];
     if (mp_process_new(&o.proc, sleeps_until_killed, NULL, NULL) ||
         mp_process_start(o.proc) ||
         mp_thread_new(&o.thread, thread_waits, NULL, NULL) || mp_thread_start(o.thread) ||
         mp_lock_new(&o.lock) || mp_lock_acquire(o.lock, 0) ||
         mp_rlock_new(&o.rlock) || mp_semaphore_new(&o.sem, 0) || mp_event_new(&o.event) ||
-        mp_condition_new(&o.cond, NULL) || mp_barrier_new(&o.barrier, 2) ||
+        mp_condition_new(&o.cond, NULL) || mp_condition_new(&o.cond2, NULL) || mp_barrier_new(&o.barrier, 2) ||
         mp_queue_new(&o.queue, NULL) ||
         mp_queue_new(&o.full, &(mp_queue_opts){ .maxsize = 1 }) ||
         mp_queue_put(o.full, "x", 1, 0) ||
-        mp_pipe(&o.pa, &o.pb, false) ||
+        mp_pipe(&o.pa, &o.pb, false) || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) ||
+        mp_conn_from_fd(&o.sa, sv[0]) || mp_conn_from_fd(&o.sb, sv[1]) ||
         mp_listener_new(&o.listener, "unix:@mproc-test-timeouts", NULL, 0) ||
         mp_pool_new(&o.pool, &(mp_pool_opts){ .processes = 1 }) ||
         mp_pool_apply_async(o.pool, slow_task, NULL, 0, &o.future) ||
@@ -205,6 +236,8 @@ static int teardown(void **state)
     mp_listener_free(o.listener);
     mp_conn_close(o.pa);
     mp_conn_close(o.pb);
+    mp_conn_close(o.sa);
+    mp_conn_close(o.sb);
     return 0;
 }
 
