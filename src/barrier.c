@@ -2,15 +2,14 @@
  *
  * State lives under a robust mutex; every change bumps a futex word that
  * waiters sleep on. Each party inside wait() holds a robust mutex of its own
- * slot, and sleepers wake every POLL_S to try those: a party that was killed
- * (MP_EOWNERDEAD) is taken out, and if the barrier was still filling it is
+ * slot, and sleepers wake every BARRIER_SLICE to try those: a party that was
+ * killed (MP_EOWNERDEAD) is taken out, and if the barrier was still filling it is
  * broken, so the survivors get MP_EBROKEN instead of waiting forever.
  */
 #include "sync_internal.h"
 
 #include <limits.h>
 
-#define POLL_S 0.1            /* how soon a killed party is noticed */
 
 enum { FILLING = 0, DRAINING = 1, RESETTING = -1, BROKEN = -2 };   /* Python's _state */
 
@@ -137,7 +136,7 @@ static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
     uint32_t seen = atomic_load(&b->seq);
     rmutex_unlock(&b->m);
     double left = deadline_left(d);
-    mp_deadline slice = deadline_in(left < POLL_S ? left : POLL_S);
+    mp_deadline slice = deadline_in(left < BARRIER_SLICE ? left : BARRIER_SLICE);
     int rc = futex_wait_spin(&b->seq, seen, &slice);
     barrier_lock(b);
     if (rc == MP_ETIMEDOUT)

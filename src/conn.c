@@ -34,7 +34,6 @@
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
 #define RING_SIZE ((uint64_t)PIPE_RING_SIZE)
 #define RING_CHUNK (RING_SIZE / 8)            /* a longer frame streams once this much is free */
-#define RING_SLICE 0.1                        /* s: a sleeper on a ring rechecks this often */
 
 static const mp_deadline forever = { { 0, 0 }, true };
 

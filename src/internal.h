@@ -8,6 +8,7 @@
 #define MPROC_INTERNAL_H
 
 #include "mproc.h"
+#include "platform/slices.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -81,8 +82,8 @@ int futex_wait_spin(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d);
 /* One sleep (after a spin if spin) of at most FUTEX_SLICE seconds: 0 when
  * woken or when the slice ended first (look again), MP_ETIMEDOUT once d has
  * passed. For waiters whose waker may be killed between its change and its
- * futex_wake: no sleep outlasts a slice, so none outlasts the change. */
-#define FUTEX_SLICE 0.5
+ * futex_wake: no sleep outlasts a slice, so none outlasts the change
+ * (platform/slices.h has every slice and the rule). */
 int futex_wait_sliced(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d, bool spin);
 void cpu_relax(void);
 /* More than one CPU online: spinning only pays when the other side can run

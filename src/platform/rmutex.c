@@ -25,7 +25,6 @@
 #endif
 
 #define SPIN_TRIES 200
-#define RMUTEX_SLICE 0.2     /* seconds a sleeper waits before it looks again */
 
 int rmutex_init(rmutex *m)
 {

@@ -31,7 +31,6 @@
 
 #define TLOCK_WAITERS 0x80000000u
 #define TLOCK_SPINS 400
-#define TLOCK_SLICE 0.01      /* seconds a sleeper waits before it looks again */
 
 /* The futex word: the low half of the 64-bit lock word. */
 static _Atomic uint32_t *futex_word(tlock *l)
