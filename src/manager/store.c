@@ -46,6 +46,7 @@ struct object {
     struct value *items;          /* list items, or the queue's ring */
     size_t head, count, cap;
     size_t maxsize;               /* queue bound, 0 = none */
+    bool bound_fixed;             /* a queue op has run: maxsize is final */
     struct store_owner *owner;    /* lock holder */
     bool owner_died;
     struct object *next_lock;
@@ -53,6 +54,7 @@ struct object {
 
 struct store {
     pthread_mutex_t mu;
+    store_wants_fn wants;
     struct table names;
     size_t bytes, max_bytes;
     struct object *locks;
@@ -233,11 +235,12 @@ static int object_get(struct store *s, enum kind kind, const struct mval *name, 
     return 0;
 }
 
-int store_new(struct store **out, size_t max_bytes)
+int store_new(struct store **out, size_t max_bytes, store_wants_fn wants)
 {
     struct store *s = calloc(1, sizeof *s);
     if (!s)
         return MP_ENOMEM;
+    s->wants = wants;
     pthread_mutex_init(&s->mu, NULL);
     s->max_bytes = max_bytes ? max_bytes : STORE_MAX_BYTES_DEFAULT;
     *out = s;
@@ -424,7 +427,9 @@ static int dict_exec(struct store *s, struct object *o, const struct mmsg *m, st
 /* Items live in a ring (head, count, cap); a list is a ring with head 0. */
 static struct value *ring_at(struct object *o, size_t i) { return &o->items[(o->head + i) % o->cap]; }
 
-static int ring_push(struct store *s, struct object *o, const struct mval *v)
+/* Adds v at the tail, or at the head (front: an item put back, which the
+ * budget does not refuse: it was counted before). */
+static int ring_push(struct store *s, struct object *o, const struct mval *v, bool front)
 {
     if (o->count == o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 8;
@@ -438,12 +443,20 @@ static int ring_push(struct store *s, struct object *o, const struct mval *v)
         o->cap = cap;
         o->head = 0;
     }
-    struct value *slot = &o->items[(o->head + o->count) % o->cap];
+    size_t at = front ? (o->head + o->cap - 1) % o->cap : (o->head + o->count) % o->cap;
+    struct value *slot = &o->items[at];
     memset(slot, 0, sizeof *slot);
+    size_t max = s->max_bytes;
+    if (front)
+        s->max_bytes = SIZE_MAX;
     int rc = value_set(s, slot, v);
-    if (rc == 0)
-        o->count++;
-    return rc;
+    s->max_bytes = max;
+    if (rc < 0)
+        return rc;
+    if (front)
+        o->head = at;
+    o->count++;
+    return 0;
 }
 
 /* Removes item i, handing its storage to the reply. */
@@ -481,7 +494,7 @@ static int list_exec(struct store *s, struct object *o, const struct mmsg *m, st
     case OP_LIST_OPEN:
         return 0;
     case OP_LIST_APPEND:
-        return ring_push(s, o, &m->v[2]);
+        return ring_push(s, o, &m->v[2], false);
     case OP_LIST_LEN:
         r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->count };
         return 0;
@@ -510,13 +523,14 @@ static int queue_put(struct store *s, struct object *o, const struct mmsg *m)
             if (o->count >= o->maxsize)
                 return MP_EFULL;
     }
-    int rc = ring_push(s, o, &m->v[2]);
+    int rc = ring_push(s, o, &m->v[2], false);
     if (rc == 0)
         pthread_cond_broadcast(&o->changed);
     return rc;
 }
 
-static int queue_get(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+static int queue_get(struct store *s, struct object *o, struct store_owner *me,
+                     const struct mmsg *m, struct sreply *r)
 {
     struct timespec at;
     bool may_wait = wait_until(&m->v[2], &at);
@@ -525,24 +539,29 @@ static int queue_get(struct store *s, struct object *o, const struct mmsg *m, st
             if (o->count == 0)
                 return MP_EEMPTY;
     }
+    if (s->wants && !s->wants(me))
+        return MP_EBROKEN;           /* nobody to give it to: the next getter has it */
     ring_take(s, o, 0, r);
     pthread_cond_broadcast(&o->changed);
     return 0;
 }
 
-static int queue_exec(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+static int queue_exec(struct store *s, struct object *o, struct store_owner *me,
+                      const struct mmsg *m, struct sreply *r)
 {
+    bool first = !o->bound_fixed;
+    o->bound_fixed = true;             /* the first queue op, whatever it is, fixes it */
     switch (m->v[0].i) {
     case OP_QUEUE_OPEN:
         if (m->v[2].i < 0)
             return MP_EINVAL;
-        if (o->count == 0 && o->cap == 0 && o->maxsize == 0)
-            o->maxsize = (size_t)m->v[2].i;     /* the first opener sets the bound */
+        if (first)
+            o->maxsize = (size_t)m->v[2].i;
         return 0;
     case OP_QUEUE_PUT:
         return queue_put(s, o, m);
     case OP_QUEUE_GET:
-        return queue_get(s, o, m, r);
+        return queue_get(s, o, me, m, r);
     case OP_QUEUE_LEN:
         r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->count };
         return 0;
@@ -586,6 +605,21 @@ static int lock_exec(struct store *s, struct object *o, struct store_owner *me, 
     return MP_EPROTO;
 }
 
+void store_unget_locked(struct store *s, const struct mval *name, const struct mval *item)
+{
+    struct object *o;
+    if (object_get(s, KIND_QUEUE, name, &o) < 0 || ring_push(s, o, item, true) < 0)
+        return;
+    pthread_cond_broadcast(&o->changed);
+}
+
+void store_unget(struct store *s, const struct mval *name, const struct mval *item)
+{
+    pthread_mutex_lock(&s->mu);
+    store_unget_locked(s, name, item);
+    pthread_mutex_unlock(&s->mu);
+}
+
 void store_owner_gone(struct store *s, struct store_owner *owner)
 {
     pthread_mutex_lock(&s->mu);
@@ -622,7 +656,7 @@ void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *r
     switch (kind) {
     case KIND_DICT: r->status = dict_exec(s, o, req, r); break;
     case KIND_LIST: r->status = list_exec(s, o, req, r); break;
-    case KIND_QUEUE: r->status = queue_exec(s, o, req, r); break;
+    case KIND_QUEUE: r->status = queue_exec(s, o, owner, req, r); break;
     case KIND_LOCK: r->status = lock_exec(s, o, owner, req); break;
     }
 }

@@ -29,7 +29,11 @@ struct sreply {
     void *owned;
 };
 
-int store_new(struct store **s, size_t max_bytes);
+/* Asked before a waiting queue get takes an item: false when the client
+ * has gone or given up, and the item stays for the next getter. */
+typedef bool (*store_wants_fn)(struct store_owner *owner);
+
+int store_new(struct store **s, size_t max_bytes, store_wants_fn wants);
 void store_free(struct store *s);
 
 /* Runs one checked request for owner; may block up to the request's
@@ -37,6 +41,12 @@ void store_free(struct store *s);
  * so the reply can be encoded from the value view; call store_done after. */
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_done(struct store *s, struct sreply *r);
+
+/* Puts an item whose reply could not be delivered back at the head of
+ * queue name (its order kept; the bound and budget do not refuse it).
+ * _locked: between store_exec and store_done. */
+void store_unget(struct store *s, const struct mval *name, const struct mval *item);
+void store_unget_locked(struct store *s, const struct mval *name, const struct mval *item);
 
 /* Releases every lock owner holds; the next acquirer gets MP_EOWNERDEAD. */
 void store_owner_gone(struct store *s, struct store_owner *owner);
