@@ -17,6 +17,7 @@
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
 #include "manager/wire.h"
+#include "process_internal.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -24,7 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
+#include <fcntl.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -34,6 +35,7 @@ struct mp_manager {
     uint32_t magic;
     pid_t creator;        /* frees the handle; others only drop their connection */
     pid_t server_pid;     /* > 0 when creator started the server */
+    int watch_fd;         /* creator: the server watches its other end (no pidfds); -1 */
     bool shut;
     size_t keylen;
     char address[WIRE_MAX_ADDRESS];
@@ -462,6 +464,7 @@ static int manager_alloc(mp_manager **out, const char *address, const void *key,
         return MP_ENOMEM;
     m->magic = MAGIC_MANAGER;
     m->creator = getpid();
+    m->watch_fd = -1;
     snprintf(m->address, sizeof m->address, "%s", address);
     if (keylen)
         memcpy(m->key, key, keylen);
@@ -505,22 +508,56 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
     return 0;
 }
 
-/* The child side of mp_manager_start: keep only the listener, serve until
- * shut down or until the parent process exits (a pidfd: PR_SET_PDEATHSIG
- * would fire when the forking *thread* ends), then exit. */
-static void manager_child(int lfd, pid_t parent, const mp_manager *m)
+/* The child side of mp_manager_start: keep only the listener (fd 3) and
+ * the parent watch (fd 4), serve until shut down or until the parent
+ * process exits, then exit. The watch is the parent's pidfd, or without
+ * pidfds the read end of a pipe whose write end the parent holds (its
+ * other children inherit it too, so then the server may outlive the
+ * parent until they end; PR_SET_PDEATHSIG is the backstop, not the rule:
+ * it fires when the forking *thread* ends). */
+static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
 {
-    if (lfd != 3 && dup2(lfd, 3) < 0)
+    if ((lfd != 3 && dup2(lfd, 3) < 0) || (watch >= 0 && watch != 4 && dup2(watch, 4) < 0))
         _exit(1);
-    syscall(SYS_close_range, 4u, ~0u, 0u);   /* other managers' sockets must not linger here */
-    int parent_fd = (int)syscall(SYS_pidfd_open, parent, 0);
-    if (parent_fd < 0)
-        prctl(PR_SET_PDEATHSIG, SIGKILL);    /* old kernel: the next best thing */
+    syscall(SYS_close_range, watch >= 0 ? 5u : 4u, ~0u, 0u);   /* no other manager's sockets */
+    proc_set_name("mproc-manager");
+    int parent_fd = proc_pidfd_open(parent);
+    if (parent_fd < 0 && watch < 0)
+        proc_set_pdeathsig(SIGKILL);
     if (getppid() != parent)
         _exit(0);
-    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key,
-                                      .authkey_len = m->keylen, .stop_fd = parent_fd };
+    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key, .authkey_len = m->keylen,
+                                      .stop_fd = parent_fd >= 0 ? parent_fd : watch >= 0 ? 4 : -1 };
     _exit(manager_serve(&so) < 0 ? 1 : 0);
+}
+
+/* Forks the server through the process layer's fork lock (no other child
+ * of the library inherits the listener or the watch pipe). */
+static int manager_fork(mp_manager *m, int lfd)
+{
+    int pipefd[2] = { -1, -1 };
+    pid_t parent = getpid();
+    process_fork_lock();
+    if (!proc_have_pidfd() && pipe2(pipefd, O_CLOEXEC) < 0) {
+        process_fork_unlock();
+        return errno_to_mp(errno);
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        manager_child(lfd, pipefd[0], parent, m);
+    int err = errno;
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    process_fork_unlock();
+    if (pid < 0) {
+        if (pipefd[1] >= 0)
+            close(pipefd[1]);
+        return errno_to_mp(err);
+    }
+    m->server_pid = pid;
+    m->watch_fd = pipefd[1];
+    return 0;
 }
 
 static int manager_default_address(char *buf, size_t cap)
@@ -542,6 +579,8 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
     uint8_t random_key[MANAGER_KEY_LEN];
     const void *key = o->authkey;
     size_t keylen = o->authkey_len;
+    if (key && keylen == 0)
+        return MP_EINVAL;    /* an empty key would let anyone in */
     if (!key) {          /* like Python: a manager always has an authkey */
         if (keylen || getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
             return MP_EINVAL;
@@ -563,19 +602,13 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         wire_unlink(actual);
         return rc;
     }
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0)
-        manager_child(lfd, parent, m);
+    rc = manager_fork(m, lfd);
     close(lfd);
-    if (pid < 0) {
-        rc = errno_to_mp(errno);
+    if (rc < 0) {
         wire_unlink(actual);
         manager_release(m);
         return rc;
     }
-    m->server_pid = pid;
     if (manager_connect_now(m) < 0) {      /* our own key: the server died */
         mp_manager_shutdown(m);
         manager_release(m);
@@ -605,26 +638,27 @@ pid_t mp_manager_pid(const mp_manager *m)
 }
 
 /* Waits for our server child to exit; SIGKILL when it will not. Without
- * pidfd_open (old kernels, valgrind) it polls waitpid. */
+ * pidfds it polls for the end. */
 static void manager_reap(pid_t pid, double timeout)
 {
-    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    mp_deadline d = deadline_in(timeout);
+    int pfd = proc_pidfd_open(pid);
+    siginfo_t si;
+    int r = 0;
     if (pfd >= 0) {
-        struct pollfd p = { .fd = pfd, .events = POLLIN };
-        if (poll(&p, 1, (int)(timeout * 1000)) == 0)
-            kill(pid, SIGKILL);
-        close(pfd);
+        r = proc_poll_fd(pfd, &d) == 1 ? 0 : -1;
     } else {
-        mp_deadline d = deadline_in(timeout);
-        pid_t r;
-        while ((r = waitpid(pid, NULL, WNOHANG)) == 0 && !deadline_passed(&d))
+        while ((r = proc_wait_pid(pid, &si, true)) == 0 && !deadline_passed(&d))
             poll(NULL, 0, 1);
-        if (r == pid)
-            return;              /* reaped: the pid may already be someone else's */
-        kill(pid, SIGKILL);
+        if (r != 0)
+            return;              /* reaped (or not ours): the pid may be someone else's now */
+        r = -1;
     }
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
+    if (r < 0)
+        proc_signal(pfd, pid, SIGKILL);
+    if (pfd >= 0)
+        close(pfd);
+    proc_wait_pid(pid, &si, false);
 }
 
 int mp_manager_shutdown(mp_manager *m)
@@ -650,6 +684,9 @@ int mp_manager_shutdown(mp_manager *m)
         mconn_end(c);
     }
     manager_reap(m->server_pid, 5.0);
+    if (m->watch_fd >= 0)
+        close(m->watch_fd);
+    m->watch_fd = -1;
     wire_unlink(m->address);
     m->shut = true;
     return 0;
@@ -675,7 +712,7 @@ void mp_manager_free(mp_manager *m)
 static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, bool own,
                       const struct mval *args, size_t n, void **out)
 {
-    if (!manager_ok(m) || !name || !out || strlen(name) == 0 || strlen(name) > MSG_MAX_NAME)
+    if (!manager_ok(m) || !name || !out || !msg_name_ok((const uint8_t *)name, strnlen(name, MSG_MAX_NAME + 1)))
         return MP_EINVAL;
     struct proxy *p = arena_alloc(sizeof *p);
     if (!p)

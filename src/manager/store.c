@@ -366,13 +366,16 @@ static int dict_cas(struct store *s, struct object *o, const struct mmsg *m)
     return dict_set(s, o, &m->v[2], &m->v[4]);
 }
 
-/* Keys, each followed by a NUL, as one byte string. */
+/* Keys, each followed by a NUL, as one byte string; MP_ETOOBIG when that
+ * would not fit one value (the connection stays usable). */
 static int dict_keys(struct object *o, struct sreply *r)
 {
     size_t total = 0;
     for (size_t i = 0; i < o->dict.nslots; i++)
         for (struct entry *e = o->dict.slots[i]; e; e = e->next)
             total += e->klen + 1;
+    if (total > MSG_MAX_VALUE)
+        return MP_ETOOBIG;
     uint8_t *p = malloc(total ? total : 1);
     if (!p)
         return MP_ENOMEM;
