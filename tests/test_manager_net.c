@@ -48,7 +48,7 @@ struct tool_server {
     char keyfile[64];
 };
 
-static bool tool_start(struct tool_server *t, const char *address)
+static bool tool_start_with(struct tool_server *t, const char *address, const char *max_memory)
 {
     const char *bin = getenv("MPROC_BINARY_DIR");
     if (!bin)
@@ -67,7 +67,11 @@ static bool tool_start(struct tool_server *t, const char *address)
         prctl(PR_SET_PDEATHSIG, SIGKILL);     /* a failed test must not leave it behind */
         dup2(p[1], 1);
         close(p[0]);
-        execl(tool, tool, "serve", "--address", address, "--authkey-file", t->keyfile, (char *)NULL);
+        if (max_memory)
+            execl(tool, tool, "serve", "--address", address, "--authkey-file", t->keyfile,
+                  "--max-memory", max_memory, (char *)NULL);
+        else
+            execl(tool, tool, "serve", "--address", address, "--authkey-file", t->keyfile, (char *)NULL);
         _exit(127);
     }
     close(p[1]);
@@ -79,6 +83,11 @@ static bool tool_start(struct tool_server *t, const char *address)
     close(p[0]);
     assert_true(n > 0);
     return true;
+}
+
+static bool tool_start(struct tool_server *t, const char *address)
+{
+    return tool_start_with(t, address, NULL);
 }
 
 static void tool_stop(struct tool_server *t)
@@ -438,6 +447,102 @@ static void test_silent_flood_does_not_lock_out_a_client_with_the_key(void **sta
     mp_manager_free(m);
 }
 
+/* ------------------------------------------------------------------ storage budget */
+
+static long rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+enum { BUDGET_MB = 16, MAX_INSERTS = 2000000 };
+
+/* Runs insert(i) up to MAX_INSERTS times, stopping 1000 after the first
+ * MP_ENOMEM: the count that fit. */
+static int fill_budget(int (*insert)(void *, int), void *arg)
+{
+    int full = -1;
+    for (int i = 0; i < MAX_INSERTS && (full < 0 || i < full + 1000); i++) {
+        int rc = insert(arg, i);
+        if (rc == MP_ENOMEM && full < 0)
+            full = i;
+        if (rc != 0 && !(rc == MP_ENOMEM && full >= 0))
+            fail_msg("insert %d: %s", i, mp_errname(rc));
+    }
+    assert_true(full > 0);                               /* the budget was reached */
+    return full;
+}
+
+static void expect_rss_within_budget(pid_t pid, long base, int inserts)
+{
+    long grown = rss_kb(pid) - base;
+    if (grown >= BUDGET_MB * 1024 * 12 / 10)
+        fail_msg("server RSS grew %ld KiB for a %d MiB budget (%d inserts)", grown, BUDGET_MB, inserts);
+}
+
+static int dict_insert(void *d, int i)
+{
+    char key[16];
+    snprintf(key, sizeof key, "%07d", i);               /* 7-byte keys, int values */
+    return mp_dict_set_i64(d, key, i);
+}
+
+static int list_insert(void *l, int i)
+{
+    int64_t v = i;
+    return mp_list_append(l, &v, sizeof v);
+}
+
+/* Small inserts (up to 2M) fill the budget and then get MP_ENOMEM; the
+ * server stays up and its RSS stays within the budget plus 20%. */
+static void test_budget_counts_every_byte_stored(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND)
+        skip();
+    struct tool_server t;
+    if (!tool_start_with(&t, "unix:@mproc-net-budget", "16M"))
+        skip();
+    mp_manager *m = tool_connect(t.address);
+    mp_dict *d = NULL;
+    TU_OK(mp_dict_open(m, "d", &d));
+    long base = rss_kb(t.pid);
+    int full = fill_budget(dict_insert, d);
+    expect_rss_within_budget(t.pid, base, full);
+    int64_t v;
+    TU_OK(mp_dict_get_i64(d, "0000000", &v));            /* alive, and nothing changed */
+    size_t n;
+    TU_OK(mp_dict_len(d, &n));
+    assert_int_equal(n, (size_t)full);
+    TU_OK(mp_dict_del(d, "0000001"));
+    TU_OK(mp_dict_set_i64(d, "0000001", 1));             /* room again */
+    mp_dict_free(d);
+    mp_manager_free(m);
+    tool_stop(&t);
+
+    if (!tool_start_with(&t, "unix:@mproc-net-budget", "16M"))   /* list items count too */
+        skip();
+    m = tool_connect(t.address);
+    mp_list *l = NULL;
+    TU_OK(mp_list_open(m, "l", &l));
+    base = rss_kb(t.pid);
+    full = fill_budget(list_insert, l);
+    expect_rss_within_budget(t.pid, base, full);
+    TU_OK(mp_list_len(l, &n));
+    assert_int_equal(n, (size_t)full);
+    mp_list_free(l);
+    mp_manager_free(m);
+    tool_stop(&t);
+}
+
 /* ------------------------------------------------------------------ descriptor limit */
 
 static double cpu_seconds(pid_t pid)
@@ -515,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_silent_peer_is_dropped_after_the_handshake_deadline),
         cmocka_unit_test(test_silent_flood_does_not_lock_out_a_client_with_the_key),
         cmocka_unit_test(test_server_at_fd_limit_does_not_spin),
+        cmocka_unit_test(test_budget_counts_every_byte_stored),
     };
     if (getenv("TU_FILTER"))          /* one test by name pattern, e.g. "*storm*" */
         cmocka_set_test_filter(getenv("TU_FILTER"));

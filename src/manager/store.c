@@ -56,9 +56,30 @@ struct store {
     pthread_mutex_t mu;
     store_wants_fn wants;
     struct table names;
-    size_t bytes, max_bytes;
+    size_t bytes, max_bytes;      /* every allocation the store holds, as malloc spends it */
     struct object *locks;
 };
+
+/* What malloc spends on a block of n bytes (glibc: an 8-byte header,
+ * 16-byte granules, 32 bytes at least): the unit the budget counts in, so
+ * a million tiny entries cost what they really cost. */
+static size_t alloc_cost(size_t n)
+{
+    size_t c = (n + 8 + 15) & ~(size_t)15;
+    return c < 32 ? 32 : c;
+}
+
+/* Reserves n bytes of the budget: false (nothing taken) past it. */
+static bool budget_take(struct store *s, size_t n)
+{
+    if (n > s->max_bytes - s->bytes)
+        return false;
+    s->bytes += n;
+    return true;
+}
+
+static size_t slots_cost(size_t nslots) { return nslots ? alloc_cost(nslots * sizeof(struct entry *)) : 0; }
+static size_t entry_cost(size_t klen) { return alloc_cost(sizeof(struct entry)) + alloc_cost(klen + 1); }
 
 static uint64_t hash_bytes(const void *p, size_t len)
 {
@@ -80,14 +101,19 @@ static struct entry **table_find(struct table *t, const void *key, size_t klen, 
     return NULL;
 }
 
-static int table_grow(struct table *t)
+static int table_grow(struct store *s, struct table *t)
 {
     if (t->count < t->nslots)
         return 0;
     size_t n = t->nslots ? t->nslots * 2 : 16;
-    struct entry **slots = calloc(n, sizeof *slots);
-    if (!slots)
+    if (!budget_take(s, slots_cost(n)))     /* old and new both live for a moment */
         return MP_ENOMEM;
+    struct entry **slots = calloc(n, sizeof *slots);
+    if (!slots) {
+        s->bytes -= slots_cost(n);
+        return MP_ENOMEM;
+    }
+    s->bytes -= slots_cost(t->nslots);
     for (size_t i = 0; i < t->nslots; i++) {
         for (struct entry *e = t->slots[i], *next; e; e = next) {
             next = e->next;
@@ -101,13 +127,16 @@ static int table_grow(struct table *t)
     return 0;
 }
 
-/* Adds an entry for a key known to be absent. */
-static struct entry *table_add(struct table *t, const void *key, size_t klen, uint64_t h)
+/* Adds an entry for a key known to be absent, within the budget. */
+static struct entry *table_add(struct store *s, struct table *t, const void *key, size_t klen, uint64_t h)
 {
-    struct entry *e = table_grow(t) == 0 ? calloc(1, sizeof *e) : NULL;
+    if (table_grow(s, t) < 0 || !budget_take(s, entry_cost(klen)))
+        return NULL;
+    struct entry *e = calloc(1, sizeof *e);
     char *k = e ? malloc(klen + 1) : NULL;
     if (!k) {
         free(e);
+        s->bytes -= entry_cost(klen);
         return NULL;
     }
     memcpy(k, key, klen);
@@ -121,7 +150,10 @@ static struct entry *table_add(struct table *t, const void *key, size_t klen, ui
     return e;
 }
 
-static size_t value_cost(const struct value *v) { return v->type == MV_BYTES ? v->len : 0; }
+static size_t value_cost(const struct value *v)
+{
+    return v->type == MV_BYTES ? alloc_cost(v->len ? v->len : 1) : 0;   /* numbers live inline */
+}
 
 static void value_clear(struct store *s, struct value *v)
 {
@@ -135,7 +167,7 @@ static int value_set(struct store *s, struct value *dst, const struct mval *src)
 {
     struct value v = { .type = src->type, .i = src->i, .f = src->f };
     if (src->type == MV_BYTES) {
-        if (src->len > s->max_bytes - s->bytes)
+        if (alloc_cost(src->len ? src->len : 1) > s->max_bytes - s->bytes)
             return MP_ENOMEM;
         v.p = malloc(src->len ? src->len : 1);
         if (!v.p)
@@ -156,7 +188,7 @@ static struct mval value_view(const struct value *v)
 
 static void entry_free(struct store *s, struct entry *e)
 {
-    s->bytes -= e->klen;
+    s->bytes -= entry_cost(e->klen);
     value_clear(s, &e->v);
     free(e->key);
     free(e);
@@ -194,6 +226,8 @@ static int object_new(struct object **out, enum kind kind)
 static void object_free(struct store *s, struct object *o)
 {
     table_clear(s, &o->dict);
+    s->bytes -= slots_cost(o->dict.nslots) + (o->cap ? alloc_cost(o->cap * sizeof *o->items) : 0) +
+                alloc_cost(sizeof *o);
     free(o->dict.slots);
     for (size_t i = 0; i < o->count; i++)
         value_clear(s, &o->items[(o->head + i) % (o->cap ? o->cap : 1)]);
@@ -215,13 +249,15 @@ static int object_get(struct store *s, enum kind kind, const struct mval *name, 
         *out = (*found)->obj;
         return 0;
     }
-    if (s->names.count >= STORE_MAX_OBJECTS)
+    if (s->names.count >= STORE_MAX_OBJECTS || !budget_take(s, alloc_cost(sizeof(struct object))))
         return MP_ENOMEM;
     struct object *o;
     int rc = object_new(&o, kind);
-    if (rc < 0)
+    if (rc < 0) {
+        s->bytes -= alloc_cost(sizeof(struct object));
         return rc;
-    struct entry *e = table_add(&s->names, key, klen, h);
+    }
+    struct entry *e = table_add(s, &s->names, key, klen, h);
     if (!e) {
         object_free(s, o);
         return MP_ENOMEM;
@@ -304,12 +340,9 @@ static int dict_slot(struct store *s, struct object *o, const struct mval *key, 
         *out = *found;
         return 0;
     }
-    if (key->len > s->max_bytes - s->bytes)
-        return MP_ENOMEM;
-    struct entry *e = table_add(&o->dict, key->p, key->len, hash_bytes(key->p, key->len));
+    struct entry *e = table_add(s, &o->dict, key->p, key->len, hash_bytes(key->p, key->len));
     if (!e)
         return MP_ENOMEM;
-    s->bytes += key->len;
     *out = e;
     return 0;
 }
@@ -430,29 +463,50 @@ static int dict_exec(struct store *s, struct object *o, const struct mmsg *m, st
 /* Items live in a ring (head, count, cap); a list is a ring with head 0. */
 static struct value *ring_at(struct object *o, size_t i) { return &o->items[(o->head + i) % o->cap]; }
 
+/* Doubles the ring. One that does not wrap grows in place (realloc:
+ * mremap for big ones, so no old copy lingers); the budget counts old and
+ * new together, as both may be live for a moment (force: counted anyway). */
+static int ring_grow(struct store *s, struct object *o, bool force)
+{
+    size_t cap = o->cap ? o->cap * 2 : 8;
+    size_t cost = alloc_cost(cap * sizeof *o->items), old = o->cap ? alloc_cost(o->cap * sizeof *o->items) : 0;
+    if (force)
+        s->bytes += cost;
+    else if (!budget_take(s, cost))
+        return MP_ENOMEM;
+    struct value *items = o->head == 0 ? realloc(o->items, cap * sizeof *items) : calloc(cap, sizeof *items);
+    if (!items) {
+        s->bytes -= cost;
+        return MP_ENOMEM;
+    }
+    if (o->head == 0) {
+        memset(items + o->cap, 0, (cap - o->cap) * sizeof *items);
+    } else {
+        for (size_t i = 0; i < o->count; i++)
+            items[i] = *ring_at(o, i);
+        free(o->items);
+    }
+    s->bytes -= old;
+    o->items = items;
+    o->cap = cap;
+    o->head = 0;
+    return 0;
+}
+
 /* Adds v at the tail, or at the head (front: an item put back, which the
  * budget does not refuse: it was counted before). */
 static int ring_push(struct store *s, struct object *o, const struct mval *v, bool front)
 {
-    if (o->count == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 8;
-        struct value *items = calloc(cap, sizeof *items);
-        if (!items)
-            return MP_ENOMEM;
-        for (size_t i = 0; i < o->count; i++)
-            items[i] = *ring_at(o, i);
-        free(o->items);
-        o->items = items;
-        o->cap = cap;
-        o->head = 0;
-    }
+    int rc = o->count == o->cap ? ring_grow(s, o, front) : 0;
+    if (rc < 0)
+        return rc;
     size_t at = front ? (o->head + o->cap - 1) % o->cap : (o->head + o->count) % o->cap;
     struct value *slot = &o->items[at];
     memset(slot, 0, sizeof *slot);
     size_t max = s->max_bytes;
     if (front)
         s->max_bytes = SIZE_MAX;
-    int rc = value_set(s, slot, v);
+    rc = value_set(s, slot, v);
     s->max_bytes = max;
     if (rc < 0)
         return rc;

@@ -3,8 +3,9 @@
  * One mutex guards the whole store (requests are microseconds long); each
  * object has a condition variable that blocked queue and lock requests wait
  * on, so a waiter never holds the mutex. Values are owned copies, typed as
- * bytes, int64 or double. Every size is checked against a byte budget
- * before anything is allocated.
+ * bytes, int64 or double. Every allocation is counted, as malloc spends
+ * it, against a byte budget before it is made: past it a write gets
+ * MP_ENOMEM and nothing changes.
  */
 #ifndef MPROC_MANAGER_STORE_H
 #define MPROC_MANAGER_STORE_H
@@ -15,7 +16,8 @@
 
 enum {
     STORE_MAX_OBJECTS = 100000,
-    STORE_MAX_BYTES_DEFAULT = 1024 * 1024 * 1024,  /* all values and keys together */
+    STORE_MAX_BYTES_DEFAULT = 1024 * 1024 * 1024,  /* everything stored: values, keys,
+                                                     * entries, tables, rings, objects */
 };
 
 struct store;
