@@ -10,6 +10,9 @@
  * has its own, so a blocked get or acquire never holds up the others and a
  * lock's owner is exactly one connection. Blocking calls wait on the server
  * in slices and re-ask until their own deadline, letting other threads in.
+ * Every reply is read with a deadline (docs/manager-protocol.md section 9):
+ * a call ends on time whatever the server or the network does, and a
+ * connection that timed out is closed, its state being unknown.
  * A process sharing the server's arena sends its requests through a
  * shared-memory channel instead of the socket (channel.h).
  */
