@@ -2,6 +2,7 @@
  * a server process, reached by address and authkey from any process; what
  * happens when a client or the server dies, and when a peer sends garbage. */
 #include "testutil.h"
+#include "proc_stats.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -740,39 +741,12 @@ static void test_dict_incr_from_8_processes_is_exact(void **state)
     mp_manager_free(m);
 }
 
-static int count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *dir = opendir(path);
-    int n = 0;
-    while (dir && readdir(dir))
-        n++;
-    if (dir)
-        closedir(dir);
-    return n - 2;           /* . and .. */
-}
-
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "RssAnon: %ld", &kb) == 1)   /* not the shared arena */
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 struct fdctx { pid_t pid; int want; };
 
 static bool fds_back_to(void *arg)
 {
     struct fdctx *c = arg;
-    return count_fds(c->pid) <= c->want;
+    return proc_fd_count(c->pid) <= c->want;
 }
 
 static void connect_and_leave(mp_manager *m, int rounds)
@@ -794,13 +768,13 @@ static void test_500_clients_connecting_and_leaving_leave_no_fds_or_memory(void 
     mp_manager *m = start();
     pid_t srv = mp_manager_pid(m);
     connect_and_leave(m, 500);                   /* warm-up: thread stacks, tables */
-    struct fdctx c = { srv, count_fds(srv) };
+    struct fdctx c = { srv, proc_fd_count(srv) };
     assert_true(tu_wait_for(fds_back_to, &c, 10));
-    c.want = count_fds(srv);
-    long rss0 = rss_kb(srv);
+    c.want = proc_fd_count(srv);
+    long rss0 = proc_rss_kb(srv);
     connect_and_leave(m, 500);
     assert_true(tu_wait_for(fds_back_to, &c, 10));
-    long rss1 = rss_kb(srv);
+    long rss1 = proc_rss_kb(srv);
     print_message("server private RSS %ld kB -> %ld kB\n", rss0, rss1);
     if (!RUNNING_ON_VALGRIND)           /* whose own bookkeeping grows */
         assert_true(rss1 - rss0 < RSS_SLACK_KB);

@@ -5,6 +5,7 @@
  * item with it; silent connections must not keep a client with the key
  * out; the descriptor limit must not make the server spin. */
 #include "testutil.h"
+#include "proc_stats.h"
 #include "tcp_relay.h"
 
 #include <errno.h>
@@ -449,20 +450,6 @@ static void test_silent_flood_does_not_lock_out_a_client_with_the_key(void **sta
 
 /* ------------------------------------------------------------------ storage budget */
 
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    long kb = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld", &kb) == 1)
-            break;
-    fclose(f);
-    return kb;
-}
-
 enum { BUDGET_MB = 16, MAX_INSERTS = 2000000 };
 
 /* Runs insert(i) up to MAX_INSERTS times, stopping 1000 after the first
@@ -483,7 +470,7 @@ static int fill_budget(int (*insert)(void *, int), void *arg)
 
 static void expect_rss_within_budget(pid_t pid, long base, int inserts)
 {
-    long grown = rss_kb(pid) - base;
+    long grown = proc_rss_kb(pid) - base;
     if (grown >= BUDGET_MB * 1024 * 12 / 10)
         fail_msg("server RSS grew %ld KiB for a %d MiB budget (%d inserts)", grown, BUDGET_MB, inserts);
 }
@@ -514,7 +501,7 @@ static void test_budget_counts_every_byte_stored(void **state)
     mp_manager *m = tool_connect(t.address);
     mp_dict *d = NULL;
     TU_OK(mp_dict_open(m, "d", &d));
-    long base = rss_kb(t.pid);
+    long base = proc_rss_kb(t.pid);
     int full = fill_budget(dict_insert, d);
     expect_rss_within_budget(t.pid, base, full);
     int64_t v;
@@ -533,7 +520,7 @@ static void test_budget_counts_every_byte_stored(void **state)
     m = tool_connect(t.address);
     mp_list *l = NULL;
     TU_OK(mp_list_open(m, "l", &l));
-    base = rss_kb(t.pid);
+    base = proc_rss_kb(t.pid);
     full = fill_budget(list_insert, l);
     expect_rss_within_budget(t.pid, base, full);
     TU_OK(mp_list_len(l, &n));
