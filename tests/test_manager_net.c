@@ -402,13 +402,15 @@ static void test_silent_peer_is_dropped_after_the_handshake_deadline(void **stat
 }
 
 /* 4,100 silent connections (more than the client cap) do not keep a
- * client with the key out: it connects and sets a key within 1 s. */
+ * client with the key out: it connects and sets a key within 1 s. Under
+ * sanitizers (MPROC_TEST_SLOW > 1), where each server thread costs
+ * milliseconds to start, 1,100 (still many times the handshake cap). */
 static void test_silent_flood_does_not_lock_out_a_client_with_the_key(void **state)
 {
     (void)state;
     if (RUNNING_ON_VALGRIND)
         skip();
-    int want = 4100;
+    int want = tu_slow() > 1 ? 1100 : 4100;
     struct rlimit rl;
     TU_OK(getrlimit(RLIMIT_NOFILE, &rl));
     rlim_t need = (rlim_t)want + 200;
@@ -503,7 +505,8 @@ static void test_budget_counts_every_byte_stored(void **state)
     TU_OK(mp_dict_open(m, "d", &d));
     long base = proc_rss_kb(t.pid);
     int full = fill_budget(dict_insert, d);
-    expect_rss_within_budget(t.pid, base, full);
+    if (tu_slow() <= 1)             /* sanitizers' redzones and quarantine: RSS says little */
+        expect_rss_within_budget(t.pid, base, full);
     int64_t v;
     TU_OK(mp_dict_get_i64(d, "0000000", &v));            /* alive, and nothing changed */
     size_t n;
@@ -522,7 +525,8 @@ static void test_budget_counts_every_byte_stored(void **state)
     TU_OK(mp_list_open(m, "l", &l));
     base = proc_rss_kb(t.pid);
     full = fill_budget(list_insert, l);
-    expect_rss_within_budget(t.pid, base, full);
+    if (tu_slow() <= 1)
+        expect_rss_within_budget(t.pid, base, full);
     TU_OK(mp_list_len(l, &n));
     assert_int_equal(n, (size_t)full);
     mp_list_free(l);
