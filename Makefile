@@ -12,7 +12,7 @@ WERROR = -DMPROC_WERROR=$(if $(CI),ON,OFF)
 DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbor-dev \
                libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin abigail-tools
 
-.PHONY: all deps build demo test test-fuzz test-plain test-asan test-tsan test-valgrind bench fuzz install clean
+.PHONY: all deps build demo test test-fuzz test-plain test-asan test-tsan test-valgrind bench fuzz install clean soak
 
 all: build
 
@@ -81,6 +81,12 @@ test-valgrind: deps
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@./bench/run.sh $(BUILD) $(AREAS)
+
+# The manager soak at full length (SOAK_SECONDS, 600 by default): clients
+# over unix and TCP killed at random; make test runs a 60-second one.
+soak: build
+	cd $(BUILD) && MPROC_SOAK_SECONDS=$(or $(SOAK_SECONDS),600) MPROC_BINARY_DIR=$(CURDIR)/$(BUILD) \
+	  ./tests/test_manager_soak
 
 fuzz: deps
 	cmake -S . -B build-fuzz $(WERROR) -DMPROC_FUZZ=ON -DCMAKE_C_COMPILER=clang -DMPROC_SANITIZE=address \

@@ -2,6 +2,7 @@
  * a server process, reached by address and authkey from any process; what
  * happens when a client or the server dies, and when a peer sends garbage. */
 #include "testutil.h"
+#include "proc_stats.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -215,6 +217,7 @@ static void test_manager_bad_arguments_are_einval(void **state)
     TU_ASSERT_RC(mp_manager_start(NULL, NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_manager_start(&m, &(mp_manager_opts){ .address = "nowhere:x" }), MP_EINVAL);
     TU_ASSERT_RC(mp_manager_start(&m, &(mp_manager_opts){ .authkey_len = 3 }), MP_EINVAL);
+    TU_ASSERT_RC(mp_manager_start(&m, &(mp_manager_opts){ .authkey = "", .authkey_len = 0 }), MP_EINVAL);
     TU_ASSERT_RC(mp_manager_connect(&m, NULL, "k", 1), MP_EINVAL);
     assert_true(mp_manager_connect(&m, "unix:@mproc-nobody-here", "k", 1) < 0);
     assert_null(mp_manager_address(NULL));
@@ -226,6 +229,15 @@ static void test_manager_bad_arguments_are_einval(void **state)
     longname[sizeof longname - 1] = '\0';
     TU_ASSERT_RC(mp_dict_open(m, longname, &d), MP_EINVAL);
     TU_ASSERT_RC(mp_dict_open(m, "", &d), MP_EINVAL);
+    TU_ASSERT_RC(mp_dict_open(m, "bad\xff", &d), MP_EINVAL);          /* not UTF-8 */
+    TU_ASSERT_RC(mp_dict_open(m, "\xc0\x80", &d), MP_EINVAL);        /* overlong NUL */
+    TU_ASSERT_RC(mp_dict_open(m, "\xed\xa0\x80", &d), MP_EINVAL);    /* a surrogate */
+    TU_ASSERT_RC(mp_dict_open(m, "cut\xe2\x82", &d), MP_EINVAL);      /* cut short */
+    longname[255] = '\0';
+    TU_OK(mp_dict_open(m, longname, &d));                             /* 255 bytes: fine */
+    mp_dict_free(d);
+    TU_OK(mp_dict_open(m, "caf\xc3\xa9 \xf0\x9f\x98\x80", &d));       /* UTF-8: fine */
+    mp_dict_free(d);
     TU_ASSERT_RC(mp_dict_open(NULL, "x", &d), MP_EINVAL);
     TU_ASSERT_RC(mp_dict_set(NULL, "k", "v", 1), MP_EINVAL);
     TU_ASSERT_RC(mp_dict_get(NULL, "k", &(mp_buf){ 0 }), MP_EINVAL);
@@ -481,6 +493,81 @@ static void test_mqueue_is_fifo_and_bounded(void **state)
 
 struct qctx { mp_mqueue *q; mp_manager *m; };
 
+/* The first queue op fixes the bound; a later open with another maxsize
+ * does not change it (docs/manager-protocol.md, section 4). */
+static void test_mqueue_bound_is_fixed_by_the_first_op(void **state)
+{
+    mp_manager *m = start();
+    mp_mqueue *q1 = NULL, *q2 = NULL, *q3 = NULL, *q4 = NULL;
+    TU_OK(mp_manager_queue(m, "unbounded", 0, &q1));
+    TU_OK(mp_manager_queue(m, "unbounded", 1, &q2));
+    TU_OK(mp_mqueue_put(q2, "a", 1, 0));
+    TU_OK(mp_mqueue_put(q2, "b", 1, 0));              /* still unbounded */
+    TU_OK(mp_manager_queue(m, "bounded", 1, &q3));
+    TU_OK(mp_manager_queue(m, "bounded", 0, &q4));
+    TU_OK(mp_mqueue_put(q4, "a", 1, 0));
+    TU_ASSERT_RC(mp_mqueue_put(q4, "b", 1, 0), MP_EFULL);   /* still bounded by 1 */
+    mp_mqueue_free(q1);
+    mp_mqueue_free(q2);
+    mp_mqueue_free(q3);
+    mp_mqueue_free(q4);
+    mp_manager_free(m);
+}
+
+/* A key listing over one value's limit is refused with MP_ETOOBIG, and the
+ * connection stays usable. */
+static void test_dict_keys_too_big_is_etoobig_and_the_connection_lives(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "big");
+    char *key = malloc(65536 + 1);
+    assert_non_null(key);
+    for (int i = 0; i < 260; i++) {                   /* 260 x 64 KiB > 16 MiB of keys */
+        memset(key, 'a' + i % 26, 65536);
+        snprintf(key, 8, "%05d", i);
+        key[5] = 'k';
+        key[65536] = '\0';
+        TU_OK(mp_dict_set_i64(d, key, i));
+    }
+    free(key);
+    mp_buf keys = { 0 };
+    TU_ASSERT_RC(mp_dict_keys(d, &keys), MP_ETOOBIG);
+    size_t n = 0;
+    TU_OK(mp_dict_len(d, &n));
+    assert_int_equal(n, 260);
+    TU_OK(mp_dict_clear(d));
+    TU_OK(mp_dict_set(d, "k", "v", 1));
+    TU_OK(mp_dict_keys(d, &keys));
+    assert_int_equal(keys.len, 2);
+    mp_buf_free(&keys);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
+static void on_alarm(int sig) { (void)sig; }
+
+/* Shutting down a server that does not answer ends (the server is killed)
+ * though signals keep interrupting the wait. */
+static void test_shutdown_of_a_stopped_server_survives_signals(void **state)
+{
+    if (RUNNING_ON_VALGRIND)
+        skip();
+    mp_manager *m = start();
+    pid_t srv = mp_manager_pid(m);
+    struct sigaction sa = { .sa_handler = on_alarm }, old;
+    sigaction(SIGALRM, &sa, &old);              /* no SA_RESTART: calls get EINTR */
+    struct itimerval it = { { 0, 20000 }, { 0, 20000 } }, off = { { 0, 0 }, { 0, 0 } };
+    setitimer(ITIMER_REAL, &it, NULL);
+    TU_OK(kill(srv, SIGSTOP));
+    double t0 = tu_now();
+    TU_OK(mp_manager_shutdown(m));
+    setitimer(ITIMER_REAL, &off, NULL);
+    sigaction(SIGALRM, &old, NULL);
+    assert_true(tu_now() - t0 < 12 * tu_slow());
+    assert_true(tu_pid_gone(srv));
+    mp_manager_free(m);
+}
+
 static int child_put_later(void *arg)
 {
     struct qctx *c = arg;
@@ -654,39 +741,12 @@ static void test_dict_incr_from_8_processes_is_exact(void **state)
     mp_manager_free(m);
 }
 
-static int count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *dir = opendir(path);
-    int n = 0;
-    while (dir && readdir(dir))
-        n++;
-    if (dir)
-        closedir(dir);
-    return n - 2;           /* . and .. */
-}
-
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "RssAnon: %ld", &kb) == 1)   /* not the shared arena */
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 struct fdctx { pid_t pid; int want; };
 
 static bool fds_back_to(void *arg)
 {
     struct fdctx *c = arg;
-    return count_fds(c->pid) <= c->want;
+    return proc_fd_count(c->pid) <= c->want;
 }
 
 static void connect_and_leave(mp_manager *m, int rounds)
@@ -708,13 +768,13 @@ static void test_500_clients_connecting_and_leaving_leave_no_fds_or_memory(void 
     mp_manager *m = start();
     pid_t srv = mp_manager_pid(m);
     connect_and_leave(m, 500);                   /* warm-up: thread stacks, tables */
-    struct fdctx c = { srv, count_fds(srv) };
+    struct fdctx c = { srv, proc_fd_count(srv) };
     assert_true(tu_wait_for(fds_back_to, &c, 10));
-    c.want = count_fds(srv);
-    long rss0 = rss_kb(srv);
+    c.want = proc_fd_count(srv);
+    long rss0 = proc_rss_kb(srv);
     connect_and_leave(m, 500);
     assert_true(tu_wait_for(fds_back_to, &c, 10));
-    long rss1 = rss_kb(srv);
+    long rss1 = proc_rss_kb(srv);
     print_message("server private RSS %ld kB -> %ld kB\n", rss0, rss1);
     if (!RUNNING_ON_VALGRIND)           /* whose own bookkeeping grows */
         assert_true(rss1 - rss0 < RSS_SLACK_KB);
@@ -997,6 +1057,8 @@ static void test_malformed_requests_get_an_error_and_others_are_served(void **st
         { "int too big for int64", "\x82\x1b\xff\xff\xff\xff\xff\xff\xff\xff", 10 },
         { "empty name", "\x82\x0a\x60", 3 },
         { "key with NUL", "\x83\x0c\x61x\x62k\x00", 7 },
+        { "name with NUL", "\x82\x0a\x62x\x00", 4 },
+        { "name not UTF-8", "\x82\x0a\x62x\xff", 4 },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int fd = raw_connect(m);
@@ -1241,6 +1303,9 @@ int main(void)
         cmocka_unit_test(test_dict_holds_large_values),
         cmocka_unit_test(test_list_append_get_set_pop_with_negative_indices),
         cmocka_unit_test(test_mqueue_is_fifo_and_bounded),
+        cmocka_unit_test(test_mqueue_bound_is_fixed_by_the_first_op),
+        cmocka_unit_test(test_dict_keys_too_big_is_etoobig_and_the_connection_lives),
+        cmocka_unit_test(test_shutdown_of_a_stopped_server_survives_signals),
         cmocka_unit_test(test_mqueue_blocked_get_wakes_on_put_from_another_process),
         cmocka_unit_test(test_mlock_acquire_release_and_errors),
         cmocka_unit_test(test_mlock_held_by_killed_client_gives_eownerdead),

@@ -1,6 +1,7 @@
 /* mproc-manager.c - run a manager server, or talk to one from the shell.
  *
  *   mproc-manager serve --address tcp:127.0.0.1:50000 --authkey-file KEY
+ *                       [--handshake-timeout SECONDS] [--max-memory BYTES[K|M|G]]
  *   mproc-manager get|set|incr|keys|del --address A --authkey-file K DICT [KEY [VALUE]]
  *
  * Exit codes: 0 ok, 1 not found (or the operation failed), 2 usage,
@@ -23,6 +24,7 @@ enum { EXIT_NOTFOUND = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 
 static const char USAGE[] =
     "usage: mproc-manager serve --address ADDR --authkey-file FILE\n"
+    "                           [--handshake-timeout SECONDS] [--max-memory BYTES[K|M|G]]\n"
     "       mproc-manager get  --address ADDR --authkey-file FILE DICT KEY\n"
     "       mproc-manager set  --address ADDR --authkey-file FILE [--int|--float] DICT KEY VALUE\n"
     "       mproc-manager incr --address ADDR --authkey-file FILE DICT KEY [DELTA]\n"
@@ -31,12 +33,16 @@ static const char USAGE[] =
     "\n"
     "ADDR is unix:/path, unix:@abstract or tcp:HOST:PORT. The authkey is the\n"
     "file's bytes (one trailing newline dropped). `serve` runs in the\n"
-    "foreground and prints its address; SIGTERM or SIGINT stops it.\n"
+    "foreground and prints its address; SIGTERM or SIGINT stops it. A peer\n"
+    "must finish the handshake within --handshake-timeout (default 1 s); all\n"
+    "stored data together may use --max-memory (default 1G).\n"
     "Exit: 0 ok, 1 not found or failed, 2 usage, 3 connection or authkey.\n";
 
 struct args {
     const char *cmd, *address, *keyfile;
     char type;              /* 'b' bytes, 'i' int64, 'f' double (set) */
+    int handshake_ms;       /* serve: 0 = default */
+    size_t max_bytes;       /* serve: 0 = default */
     char **pos;
     int npos;
     uint8_t key[WIRE_MAX_AUTHKEY];
@@ -71,6 +77,8 @@ static int parse_args(int argc, char **argv, struct args *a)
     static const struct option opts[] = {
         { "address", required_argument, NULL, 'a' }, { "authkey-file", required_argument, NULL, 'k' },
         { "int", no_argument, NULL, 'i' }, { "float", no_argument, NULL, 'f' },
+        { "handshake-timeout", required_argument, NULL, 't' },
+        { "max-memory", required_argument, NULL, 'm' },
         { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
     };
     a->type = 'b';
@@ -81,6 +89,26 @@ static int parse_args(int argc, char **argv, struct args *a)
         case 'k': a->keyfile = optarg; break;
         case 'i': a->type = 'i'; break;
         case 'f': a->type = 'f'; break;
+        case 't': {
+            char *end;
+            double t = strtod(optarg, &end);
+            if (*end || !(t > 0 && t <= 3600))
+                return usage_error("--handshake-timeout needs seconds in (0, 3600]");
+            a->handshake_ms = t * 1000 < 1 ? 1 : (int)(t * 1000);
+            break;
+        }
+        case 'm': {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            unsigned shift = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+            if (shift)
+                end++;
+            if (errno || *end || v == 0 || optarg[0] == '-' || v > (SIZE_MAX >> shift))
+                return usage_error("--max-memory needs a positive size (BYTES, or with K, M or G)");
+            a->max_bytes = (size_t)v << shift;
+            break;
+        }
         case 'h': fputs(USAGE, stdout); exit(0);
         default: return EXIT_USAGE;
         }
@@ -130,7 +158,8 @@ static int cmd_serve(struct args *a)
     printf("%s\n", actual);
     fflush(stdout);
     struct manager_server_opts so = { .listen_fd = lfd, .authkey = a->key,
-                                      .authkey_len = a->keylen, .stop_fd = sfd };
+                                      .authkey_len = a->keylen, .stop_fd = sfd,
+                                      .handshake_ms = a->handshake_ms, .max_bytes = a->max_bytes };
     rc = manager_serve(&so);
     close(lfd);
     wire_unlink(actual);

@@ -13,8 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* The peer is alive while its socket has neither hung up nor hit EOF. */
-static bool peer_alive(int fd)
+bool channel_peer_alive(int fd)
 {
     struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
     if (poll(&p, 1, 0) <= 0)
@@ -45,7 +44,7 @@ static uint32_t pause_budget(uint32_t spin_ns)
 }
 
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
-                 uint32_t spin_ns, int slice_ms, int fd)
+                 uint32_t spin_ns, int slice_ms, int fd, const mp_deadline *until)
 {
     uint64_t start = now_ns();
     uint32_t budget = pause_budget(spin_ns);
@@ -63,11 +62,18 @@ int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping
             sched_yield();
             continue;
         }
+        double slice = slice_ms / 1000.0;
+        if (until && !until->forever) {
+            double left = deadline_left(until);
+            if (left <= 0)
+                return MP_ETIMEDOUT;
+            slice = left < slice ? left : slice;
+        }
         atomic_store(sleeping, 1);
-        mp_deadline d = deadline_in(slice_ms / 1000.0);
+        mp_deadline d = deadline_in(slice);
         int rc = atomic_load(seq) == old ? futex_wait(seq, old, &d) : 0;
         atomic_store(sleeping, 0);
-        if (rc == MP_ETIMEDOUT && atomic_load(seq) == old && !peer_alive(fd))
+        if (rc == MP_ETIMEDOUT && atomic_load(seq) == old && !channel_peer_alive(fd))
             return MP_EBROKEN;
     }
     if (pausing)

@@ -53,10 +53,12 @@ struct channel {
 /* Waits until *seq != old: spins for spin_ns (pausing for an adaptive
  * 0-3 us first, yielding the CPU after that), then sleeps on the
  * futex in slices of slice_ms, checking the peer's socket fd between slices.
- * 0, or MP_EBROKEN once the peer is gone. sleeping is this side's "wake me"
- * flag. */
+ * 0, MP_EBROKEN once the peer is gone, MP_ETIMEDOUT once until (NULL: no
+ * limit) has passed. sleeping is this side's "wake me" flag. */
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
-                 uint32_t spin_ns, int slice_ms, int fd);
+                 uint32_t spin_ns, int slice_ms, int fd, const mp_deadline *until);
+/* The peer is alive while its socket has neither hung up nor hit EOF. */
+bool channel_peer_alive(int fd);
 /* Publishes seq = val and wakes the other side if it sleeps. */
 void channel_post(_Atomic uint32_t *seq, uint32_t val, _Atomic uint32_t *sleeping);
 

@@ -10,6 +10,9 @@
  * has its own, so a blocked get or acquire never holds up the others and a
  * lock's owner is exactly one connection. Blocking calls wait on the server
  * in slices and re-ask until their own deadline, letting other threads in.
+ * Every reply is read with a deadline (docs/manager-protocol.md section 9):
+ * a call ends on time whatever the server or the network does, and a
+ * connection that timed out is closed, its state being unknown.
  * A process sharing the server's arena sends its requests through a
  * shared-memory channel instead of the socket (channel.h).
  */
@@ -17,6 +20,7 @@
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
 #include "manager/wire.h"
+#include "process_internal.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -24,7 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
+#include <fcntl.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -34,6 +38,7 @@ struct mp_manager {
     uint32_t magic;
     pid_t creator;        /* frees the handle; others only drop their connection */
     pid_t server_pid;     /* > 0 when creator started the server */
+    int watch_fd;         /* creator: the server watches its other end (no pidfds); -1 */
     bool shut;
     size_t keylen;
     char address[WIRE_MAX_ADDRESS];
@@ -77,7 +82,7 @@ static struct {
     _Atomic pid_t pid;       /* getpid() is a system call: cached, reset on fork */
 } local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
 
-static void mconn_attach(struct mconn *c);
+static void mconn_attach(struct mconn *c, const mp_deadline *d);
 
 static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
 static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
@@ -176,9 +181,18 @@ static void mconn_forget(const void *handle)
     }
 }
 
-static int mconn_open(struct mconn *c, const mp_manager *m)
+/* The earlier of the connect timeout and the call's deadline (NULL: none). */
+static mp_deadline connect_deadline(const mp_deadline *call)
 {
-    mp_deadline d = deadline_in(MANAGER_AUTH_TIMEOUT_S);
+    mp_deadline d = deadline_in(MANAGER_CONNECT_TIMEOUT_S);
+    if (call && !call->forever && deadline_left(call) < deadline_left(&d))
+        d = *call;
+    return d;
+}
+
+static int mconn_open(struct mconn *c, const mp_manager *m, const mp_deadline *call)
+{
+    mp_deadline d = connect_deadline(call);
     int fd;
     int rc = wire_connect(m->address, &fd, &d);
     if (rc < 0)
@@ -191,12 +205,13 @@ static int mconn_open(struct mconn *c, const mp_manager *m)
         return rc == MP_EAUTH ? rc : MP_EBROKEN;
     }
     c->pid = local.pid;
-    mconn_attach(c);
+    mconn_attach(c, &d);
     return 0;
 }
 
-/* Locks c and makes sure it is connected in this process. */
-static int mconn_begin(struct mconn *c, const mp_manager *m)
+/* Locks c and makes sure it is connected in this process, by the call's
+ * deadline (NULL: the connect timeout). */
+static int mconn_begin(struct mconn *c, const mp_manager *m, const mp_deadline *call)
 {
     pthread_mutex_lock(&c->mu);
     if (c->w.fd >= 0 && c->pid == local.pid)
@@ -207,7 +222,8 @@ static int mconn_begin(struct mconn *c, const mp_manager *m)
     }
     /* The key was good when the manager connected: any failure now means
      * the server is gone. */
-    return mconn_open(c, m) < 0 ? MP_EBROKEN : 0;
+    int rc = mconn_open(c, m, call);
+    return rc == MP_ETIMEDOUT && call && deadline_passed(call) ? rc : rc < 0 ? MP_EBROKEN : 0;
 }
 
 static void mconn_end(struct mconn *c)
@@ -215,8 +231,10 @@ static void mconn_end(struct mconn *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* One request and its reply through the shared channel (channel.h). */
-static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len)
+/* One request and its reply through the shared channel (channel.h), the
+ * reply by d. */
+static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len,
+                              const mp_deadline *d)
 {
     struct channel *ch = c->ch;
     bool big = c->req.len > CHANNEL_BUF;
@@ -226,13 +244,14 @@ static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len
     uint32_t seq = ++c->seq;
     /* posted before a big send, or both sides would wait on each other */
     channel_post(&ch->req_seq, seq, &ch->server_sleeping);
-    if (big && wire_send(&c->w, c->req.data, c->req.len) < 0)
-        return MP_EBROKEN;
-    if (channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS,
-                     CHANNEL_CLIENT_SLICE_MS, c->w.fd) < 0)
-        return MP_EBROKEN;
+    int rc = big ? wire_send(&c->w, c->req.data, c->req.len, d) : 0;
+    if (rc == 0)
+        rc = channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS,
+                          CHANNEL_CLIENT_SLICE_MS, c->w.fd, d);
+    if (rc < 0)
+        return rc;
     if (ch->resp_len == CHANNEL_VIA_SOCKET)
-        return wire_recv(&c->w, data, len, WIRE_MAX_FRAME, NULL);
+        return wire_recv(&c->w, data, len, WIRE_MAX_FRAME, d);
     if (ch->resp_len > CHANNEL_BUF)
         return MP_EPROTO;
     *data = ch->buf;
@@ -240,19 +259,22 @@ static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len
     return 0;
 }
 
-/* Sends c->req and decodes the reply into rep; the reply's status, or a
- * transport error (the connection is dropped: the server is gone). */
-static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
+/* Sends c->req and decodes the reply, which must come by d, into rep; the
+ * reply's status, MP_ETIMEDOUT when no reply came in time, or MP_EBROKEN.
+ * After either error the connection is in an unknown state (a request may
+ * be half sent, a reply may still come), so it is dropped; the next call
+ * connects afresh. */
+static int mconn_roundtrip(struct mconn *c, struct mmsg *rep, const mp_deadline *d)
 {
     const uint8_t *data;
     size_t len;
     int rc;
     if (c->ch) {
-        rc = mconn_channel_call(c, &data, &len);
+        rc = mconn_channel_call(c, &data, &len, d);
     } else {
-        rc = wire_send(&c->w, c->req.data, c->req.len);
+        rc = wire_send(&c->w, c->req.data, c->req.len, d);
         if (rc == 0)
-            rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, NULL);
+            rc = wire_recv(&c->w, &data, &len, WIRE_MAX_FRAME, d);
     }
     if (rc == 0)
         rc = msg_decode(data, len, rep);
@@ -260,14 +282,14 @@ static int mconn_roundtrip(struct mconn *c, struct mmsg *rep)
         rc = MP_EPROTO;
     if (rc < 0) {
         mconn_drop(c);
-        return MP_EBROKEN;
+        return rc == MP_ETIMEDOUT ? rc : MP_EBROKEN;
     }
     return (int)rep->v[0].i;
 }
 
 /* Offers the server a channel in our arena; it takes it only if it shares
  * that arena (same family). Either way the connection works. */
-static void mconn_attach(struct mconn *c)
+static void mconn_attach(struct mconn *c, const mp_deadline *d)
 {
     if (!arena_base())
         return;
@@ -286,11 +308,11 @@ static void mconn_attach(struct mconn *c)
     enc_int(&e, (int64_t)(uintptr_t)ch);
     enc_int(&e, (int64_t)ch->nonce);
     struct mmsg rep;
-    int rc = e.rc < 0 ? e.rc : mconn_roundtrip(c, &rep);
+    int rc = e.rc < 0 ? e.rc : mconn_roundtrip(c, &rep, d);
     if (rc == 0) {
         c->ch = ch;
         c->seq = 0;
-    } else if (rc != MP_EBROKEN) {
+    } else if (rc != MP_EBROKEN && rc != MP_ETIMEDOUT) {
         arena_free(ch);      /* refused: never the server's */
     }                        /* else: unknown whether it took it; leave it be */
 }
@@ -300,31 +322,53 @@ static struct mconn *proxy_conn(const struct proxy *p)
     return mconn_of(p->own ? (const void *)p : (const void *)p->m);
 }
 
+/* When a call's reply is due. A call with a deadline of its own (own) gets
+ * MP_ETIMEDOUT when the reply is late; one without gets MP_EBROKEN: the
+ * server did not answer within MANAGER_REPLY_TIMEOUT_S and counts as gone. */
+struct due {
+    mp_deadline reply;
+    bool own;
+};
+
+static struct due due_default(void)
+{
+    return (struct due){ deadline_in(MANAGER_REPLY_TIMEOUT_S), false };
+}
+
 /* One call: the request is the op, the proxy's name, then args. Returns
  * with c locked (the reply points into its buffer): call mconn_end(c). */
 static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mval *args, size_t n,
-                      struct mmsg *rep)
+                      struct mmsg *rep, const struct due *due)
 {
-    int rc = mconn_begin(c, p->m);
+    struct due dflt;
+    if (!due) {
+        dflt = due_default();
+        due = &dflt;
+    }
+    int rc = mconn_begin(c, p->m, &due->reply);
     if (rc < 0)
-        return rc;
+        return rc == MP_ETIMEDOUT && !due->own ? MP_EBROKEN : rc;
     struct menc e;
     enc_begin(&e, &c->req, 2 + n);
     enc_int(&e, op);
     enc_text(&e, p->name, p->nlen);
     for (size_t i = 0; i < n; i++)
         enc_val(&e, &args[i]);
-    return e.rc < 0 ? e.rc : mconn_roundtrip(c, rep);
+    rc = e.rc < 0 ? e.rc : mconn_roundtrip(c, rep, &due->reply);
+    if (rc == MP_ETIMEDOUT && deadline_passed(&due->reply))   /* not the server's status */
+        rc = due->own ? MP_ETIMEDOUT : MP_EBROKEN;
+    return rc;
 }
 
 /* A call whose reply carries nothing the caller needs. */
-static int proxy_simple(struct proxy *p, int op, const struct mval *args, size_t n)
+static int proxy_simple(struct proxy *p, int op, const struct mval *args, size_t n,
+                        const struct due *due)
 {
     struct mconn *c = proxy_conn(p);
     if (!c)
         return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call(p, c, op, args, n, &rep);
+    int rc = proxy_call(p, c, op, args, n, &rep, due);
     mconn_end(c);
     return rc;
 }
@@ -336,7 +380,7 @@ static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n,
     if (!c)
         return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call(p, c, op, args, n, &rep);
+    int rc = proxy_call(p, c, op, args, n, &rep, NULL);
     if (rc == 0 && (rep.n != 2 || rep.v[1].type != MV_INT))
         rc = MP_EPROTO;
     if (rc == 0 && out)
@@ -346,13 +390,14 @@ static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n,
 }
 
 /* A call whose reply value is bytes, copied into out. */
-static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t n, mp_buf *out)
+static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t n, mp_buf *out,
+                       const struct due *due)
 {
     struct mconn *c = proxy_conn(p);
     if (!c)
         return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call(p, c, op, args, n, &rep);
+    int rc = proxy_call(p, c, op, args, n, &rep, due);
     if (rc == 0 && rep.n != 2)
         rc = MP_EPROTO;
     if (rc == 0 && rep.v[1].type != MV_BYTES)
@@ -367,15 +412,27 @@ static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t 
 
 /* A blocking call: asks the server in slices until the deadline, so the
  * connection is free for other threads between slices. `expire` is the
- * code the server gives when a slice ends empty-handed. */
+ * code the server gives when a slice ends empty-handed. The server is asked
+ * to answer MANAGER_REPLY_MARGIN_MS before the deadline, and the reply is
+ * awaited until that margin after it: a stopped or unreachable server
+ * costs the caller its timeout plus the margin, and MP_ETIMEDOUT. With no
+ * deadline (MP_FOREVER) each slice's reply is due within
+ * MANAGER_REPLY_TIMEOUT_S, else MP_EBROKEN. */
 static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, size_t targ,
                           double timeout, int expire, mp_buf *out)
 {
     mp_deadline d = deadline_in(timeout);
+    const double margin = MANAGER_REPLY_MARGIN_MS / 1000.0;
     for (;;) {
-        double left = d.forever ? -1.0 : deadline_left(&d);
-        args[targ] = (struct mval){ .type = MV_FLOAT, .f = left };
-        int rc = out ? proxy_bytes(p, op, args, n, out) : proxy_simple(p, op, args, n);
+        struct due due = due_default();
+        double wait = -1.0;
+        if (!d.forever) {
+            double left = deadline_left(&d);
+            wait = left > margin ? left - margin : 0;
+            due = (struct due){ deadline_in(left + margin), true };
+        }
+        args[targ] = (struct mval){ .type = MV_FLOAT, .f = wait };
+        int rc = out ? proxy_bytes(p, op, args, n, out, &due) : proxy_simple(p, op, args, n, &due);
         if (rc != expire || timeout == 0 || deadline_passed(&d))
             return rc;
     }
@@ -410,6 +467,7 @@ static int manager_alloc(mp_manager **out, const char *address, const void *key,
         return MP_ENOMEM;
     m->magic = MAGIC_MANAGER;
     m->creator = getpid();
+    m->watch_fd = -1;
     snprintf(m->address, sizeof m->address, "%s", address);
     if (keylen)
         memcpy(m->key, key, keylen);
@@ -432,7 +490,7 @@ static int manager_connect_now(mp_manager *m)
     if (!c)
         return MP_ENOMEM;
     pthread_mutex_lock(&c->mu);
-    int rc = mconn_open(c, m);
+    int rc = mconn_open(c, m, NULL);
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
@@ -453,22 +511,56 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
     return 0;
 }
 
-/* The child side of mp_manager_start: keep only the listener, serve until
- * shut down or until the parent process exits (a pidfd: PR_SET_PDEATHSIG
- * would fire when the forking *thread* ends), then exit. */
-static void manager_child(int lfd, pid_t parent, const mp_manager *m)
+/* The child side of mp_manager_start: keep only the listener (fd 3) and
+ * the parent watch (fd 4), serve until shut down or until the parent
+ * process exits, then exit. The watch is the parent's pidfd, or without
+ * pidfds the read end of a pipe whose write end the parent holds (its
+ * other children inherit it too, so then the server may outlive the
+ * parent until they end; PR_SET_PDEATHSIG is the backstop, not the rule:
+ * it fires when the forking *thread* ends). */
+static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
 {
-    if (lfd != 3 && dup2(lfd, 3) < 0)
+    if ((lfd != 3 && dup2(lfd, 3) < 0) || (watch >= 0 && watch != 4 && dup2(watch, 4) < 0))
         _exit(1);
-    syscall(SYS_close_range, 4u, ~0u, 0u);   /* other managers' sockets must not linger here */
-    int parent_fd = (int)syscall(SYS_pidfd_open, parent, 0);
-    if (parent_fd < 0)
-        prctl(PR_SET_PDEATHSIG, SIGKILL);    /* old kernel: the next best thing */
+    syscall(SYS_close_range, watch >= 0 ? 5u : 4u, ~0u, 0u);   /* no other manager's sockets */
+    proc_set_name("mproc-manager");
+    int parent_fd = proc_pidfd_open(parent);
+    if (parent_fd < 0 && watch < 0)
+        proc_set_pdeathsig(SIGKILL);
     if (getppid() != parent)
         _exit(0);
-    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key,
-                                      .authkey_len = m->keylen, .stop_fd = parent_fd };
+    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key, .authkey_len = m->keylen,
+                                      .stop_fd = parent_fd >= 0 ? parent_fd : watch >= 0 ? 4 : -1 };
     _exit(manager_serve(&so) < 0 ? 1 : 0);
+}
+
+/* Forks the server through the process layer's fork lock (no other child
+ * of the library inherits the listener or the watch pipe). */
+static int manager_fork(mp_manager *m, int lfd)
+{
+    int pipefd[2] = { -1, -1 };
+    pid_t parent = getpid();
+    process_fork_lock();
+    if (!proc_have_pidfd() && pipe2(pipefd, O_CLOEXEC) < 0) {
+        process_fork_unlock();
+        return errno_to_mp(errno);
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        manager_child(lfd, pipefd[0], parent, m);
+    int err = errno;
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    process_fork_unlock();
+    if (pid < 0) {
+        if (pipefd[1] >= 0)
+            close(pipefd[1]);
+        return errno_to_mp(err);
+    }
+    m->server_pid = pid;
+    m->watch_fd = pipefd[1];
+    return 0;
 }
 
 static int manager_default_address(char *buf, size_t cap)
@@ -490,6 +582,8 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
     uint8_t random_key[MANAGER_KEY_LEN];
     const void *key = o->authkey;
     size_t keylen = o->authkey_len;
+    if (key && keylen == 0)
+        return MP_EINVAL;    /* an empty key would let anyone in */
     if (!key) {          /* like Python: a manager always has an authkey */
         if (keylen || getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
             return MP_EINVAL;
@@ -511,19 +605,13 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         wire_unlink(actual);
         return rc;
     }
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0)
-        manager_child(lfd, parent, m);
+    rc = manager_fork(m, lfd);
     close(lfd);
-    if (pid < 0) {
-        rc = errno_to_mp(errno);
+    if (rc < 0) {
         wire_unlink(actual);
         manager_release(m);
         return rc;
     }
-    m->server_pid = pid;
     if (manager_connect_now(m) < 0) {      /* our own key: the server died */
         mp_manager_shutdown(m);
         manager_release(m);
@@ -553,26 +641,27 @@ pid_t mp_manager_pid(const mp_manager *m)
 }
 
 /* Waits for our server child to exit; SIGKILL when it will not. Without
- * pidfd_open (old kernels, valgrind) it polls waitpid. */
+ * pidfds it polls for the end. */
 static void manager_reap(pid_t pid, double timeout)
 {
-    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    mp_deadline d = deadline_in(timeout);
+    int pfd = proc_pidfd_open(pid);
+    siginfo_t si;
+    int r = 0;
     if (pfd >= 0) {
-        struct pollfd p = { .fd = pfd, .events = POLLIN };
-        if (poll(&p, 1, (int)(timeout * 1000)) == 0)
-            kill(pid, SIGKILL);
-        close(pfd);
+        r = proc_poll_fd(pfd, &d) == 1 ? 0 : -1;
     } else {
-        mp_deadline d = deadline_in(timeout);
-        pid_t r;
-        while ((r = waitpid(pid, NULL, WNOHANG)) == 0 && !deadline_passed(&d))
+        while ((r = proc_wait_pid(pid, &si, true)) == 0 && !deadline_passed(&d))
             poll(NULL, 0, 1);
-        if (r == pid)
-            return;              /* reaped: the pid may already be someone else's */
-        kill(pid, SIGKILL);
+        if (r != 0)
+            return;              /* reaped (or not ours): the pid may be someone else's now */
+        r = -1;
     }
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
+    if (r < 0)
+        proc_signal(pfd, pid, SIGKILL);
+    if (pfd >= 0)
+        close(pfd);
+    proc_wait_pid(pid, &si, false);
 }
 
 int mp_manager_shutdown(mp_manager *m)
@@ -584,19 +673,23 @@ int mp_manager_shutdown(mp_manager *m)
     if (m->shut)
         return 0;
     struct mconn *c = mconn_of(m);
-    if (c && mconn_begin(c, m) == 0) {
+    mp_deadline d = deadline_in(MANAGER_CONNECT_TIMEOUT_S);
+    if (c && mconn_begin(c, m, &d) == 0) {
         struct menc e;
         struct mmsg rep;
         enc_begin(&e, &c->req, 1);
         enc_int(&e, OP_SHUTDOWN);
         if (e.rc == 0)
-            mconn_roundtrip(c, &rep);
+            mconn_roundtrip(c, &rep, &d);
     }
     if (c) {
         mconn_drop(c);
         mconn_end(c);
     }
     manager_reap(m->server_pid, 5.0);
+    if (m->watch_fd >= 0)
+        close(m->watch_fd);
+    m->watch_fd = -1;
     wire_unlink(m->address);
     m->shut = true;
     return 0;
@@ -622,7 +715,7 @@ void mp_manager_free(mp_manager *m)
 static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, bool own,
                       const struct mval *args, size_t n, void **out)
 {
-    if (!manager_ok(m) || !name || !out || strlen(name) == 0 || strlen(name) > MSG_MAX_NAME)
+    if (!manager_ok(m) || !name || !out || !msg_name_ok((const uint8_t *)name, strnlen(name, MSG_MAX_NAME + 1)))
         return MP_EINVAL;
     struct proxy *p = arena_alloc(sizeof *p);
     if (!p)
@@ -633,7 +726,7 @@ static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, b
     p->own = own;
     p->nlen = strlen(name);
     memcpy(p->name, name, p->nlen + 1);
-    int rc = proxy_simple(p, op, args, n);
+    int rc = proxy_simple(p, op, args, n, NULL);
     if (rc < 0) {
         if (own)
             mconn_forget(p);
@@ -667,7 +760,7 @@ static int dict_set_val(mp_dict *d, const char *key, struct mval v)
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[2] = { text_arg(key), v };
-    return proxy_simple((struct proxy *)d, OP_DICT_SET, args, 2);
+    return proxy_simple((struct proxy *)d, OP_DICT_SET, args, 2, NULL);
 }
 
 int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
@@ -692,7 +785,7 @@ int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !val)
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
-    return proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val);
+    return proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val, NULL);
 }
 
 /* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
@@ -705,7 +798,7 @@ static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct 
     if (!c)
         return MP_ENOMEM;
     struct mmsg rep;
-    int rc = proxy_call((struct proxy *)d, c, OP_DICT_GET, args, 1, &rep);
+    int rc = proxy_call((struct proxy *)d, c, OP_DICT_GET, args, 1, &rep, NULL);
     if (rc == 0 && rep.n != 2)
         rc = MP_EPROTO;
     if (rc == 0 && rep.v[1].type != want)
@@ -743,7 +836,7 @@ int mp_dict_del(mp_dict *d, const char *key)
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
-    return proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1);
+    return proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1, NULL);
 }
 
 int mp_dict_len(mp_dict *d, size_t *n)
@@ -761,14 +854,14 @@ int mp_dict_keys(mp_dict *d, mp_buf *keys)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !keys)
         return MP_EINVAL;
-    return proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys);
+    return proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys, NULL);
 }
 
 int mp_dict_clear(mp_dict *d)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT))
         return MP_EINVAL;
-    return proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0);
+    return proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0, NULL);
 }
 
 int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
@@ -788,7 +881,7 @@ int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
                             bytes_arg(val, vlen) };
-    return proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3);
+    return proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3, NULL);
 }
 
 void mp_dict_free(mp_dict *d)
@@ -808,7 +901,7 @@ int mp_list_append(mp_list *l, const void *val, size_t len)
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
         return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
     struct mval args[1] = { bytes_arg(val, len) };
-    return proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1);
+    return proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1, NULL);
 }
 
 int mp_list_get(mp_list *l, long i, mp_buf *val)
@@ -816,7 +909,7 @@ int mp_list_get(mp_list *l, long i, mp_buf *val)
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
         return MP_EINVAL;
     struct mval args[1] = { int_arg(i) };
-    return proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val);
+    return proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val, NULL);
 }
 
 int mp_list_set(mp_list *l, long i, const void *val, size_t len)
@@ -824,7 +917,7 @@ int mp_list_set(mp_list *l, long i, const void *val, size_t len)
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
         return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
     struct mval args[2] = { int_arg(i), bytes_arg(val, len) };
-    return proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2);
+    return proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2, NULL);
 }
 
 int mp_list_pop(mp_list *l, long i, mp_buf *val)
@@ -832,7 +925,7 @@ int mp_list_pop(mp_list *l, long i, mp_buf *val)
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
         return MP_EINVAL;
     struct mval args[1] = { int_arg(i) };
-    return proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val);
+    return proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val, NULL);
 }
 
 int mp_list_len(mp_list *l, size_t *n)
@@ -903,7 +996,7 @@ int mlock_release(mp_lock *l)
     struct proxy *p = (struct proxy *)l;
     if (!proxy_ok(p, MAGIC_MLOCK))
         return MP_EINVAL;
-    return proxy_simple(p, OP_LOCK_RELEASE, NULL, 0);
+    return proxy_simple(p, OP_LOCK_RELEASE, NULL, 0, NULL);
 }
 
 void mlock_free(mp_lock *l)

@@ -18,8 +18,21 @@ enum {
 enum {
     MANAGER_MAX_CLIENTS = 4096,
     MANAGER_SPIN_NS = 50000,          /* busy-poll before sleeping, both sides */
-    MANAGER_AUTH_TIMEOUT_S = 5,       /* a peer must finish the handshake in time */
+    MANAGER_CONNECT_TIMEOUT_S = 5,    /* a client's connect and handshake */
+    MANAGER_HANDSHAKE_MS = 1000,      /* the server's default handshake deadline */
+    MANAGER_REPLY_TIMEOUT_S = 10,     /* a call with no deadline of its own gets its
+                                       * reply this fast, or the server counts as gone */
+    MANAGER_REPLY_MARGIN_MS = 50,     /* a blocking call: the server answers this much
+                                       * before the caller's deadline, the caller gives
+                                       * up this much after it (docs/manager-protocol.md) */
     MANAGER_KEY_LEN = 32,             /* random authkey when none is given */
+};
+
+enum {
+    MANAGER_MAX_HANDSHAKES = 64,      /* connections still in the handshake; when
+                                       * full, the oldest is dropped for the new one */
+    MANAGER_MAX_HANDSHAKES_PER_SOURCE = 16,   /* the same, per TCP source address */
+    MANAGER_MAX_PER_SOURCE = 1024,    /* connections from one TCP source address */
 };
 
 struct manager_server_opts {
@@ -27,6 +40,8 @@ struct manager_server_opts {
     const void *authkey;
     size_t authkey_len;
     int stop_fd;          /* readable: stop serving (signalfd, parent's pidfd); -1 none */
+    int handshake_ms;     /* a peer must finish the handshake in time; 0: MANAGER_HANDSHAKE_MS */
+    size_t max_bytes;     /* the store's budget; 0: STORE_MAX_BYTES_DEFAULT */
 };
 
 /* Serves until a SHUTDOWN request or stop_fd turns readable; returns 0 then

@@ -170,13 +170,40 @@ static const char *op_shape(int64_t op)
     }
 }
 
+/* Well-formed UTF-8 (RFC 3629: no overlongs, surrogates or code points
+ * above U+10FFFF). */
+static bool utf8_valid(const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        uint8_t c = p[i];
+        size_t n = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2
+                 : c >= 0xf0 && c <= 0xf4 ? 3 : SIZE_MAX;
+        if (n == SIZE_MAX || n >= len - i)      /* a bad lead byte, or cut short */
+            return false;
+        uint8_t lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+        uint8_t hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+        if (n && (p[i + 1] < lo || p[i + 1] > hi))
+            return false;
+        for (size_t k = 2; k <= n; k++)
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+bool msg_name_ok(const uint8_t *p, size_t len)
+{
+    return len > 0 && len <= MSG_MAX_NAME && !memchr(p, 0, len) && utf8_valid(p, len);
+}
+
 static int check_arg(char want, const struct mval *v)
 {
     switch (want) {
     case 'n':
         if (v->type != MV_TEXT)
             return MP_EPROTO;
-        return v->len == 0 || v->len > MSG_MAX_NAME ? MP_EINVAL : 0;
+        return msg_name_ok(v->p, v->len) ? 0 : MP_EINVAL;
     case 'k':
         if (v->type != MV_TEXT)
             return MP_EPROTO;

@@ -53,6 +53,8 @@ int msg_decode(const uint8_t *data, size_t len, struct mmsg *out);
 /* Checks a decoded request's shape for its op: 0 or MP_EPROTO / MP_EINVAL /
  * MP_ETOOBIG (oversized name, key or value). */
 int msg_check_request(const struct mmsg *m);
+/* An object name: 1..MSG_MAX_NAME bytes of valid UTF-8 without NUL. */
+bool msg_name_ok(const uint8_t *p, size_t len);
 
 /* An encoder writing into a growable buffer; errors stick until the end. */
 struct menc {

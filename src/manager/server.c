@@ -8,6 +8,13 @@
  * reply; an oversized or unreadable frame closes that connection only. When
  * a client goes, the locks it held are released and marked so the next
  * acquirer gets MP_EOWNERDEAD.
+ *
+ * Peers that have not proved the key are kept on a short leash: a
+ * handshake deadline, a cap on connections still in the handshake (the
+ * oldest is dropped for a newcomer, so a flood cannot keep anyone out) and
+ * a smaller cap per TCP source address. At the descriptor limit the accept
+ * loop frees a spare descriptor to accept and drop the pending connection
+ * instead of spinning on a listening socket that stays readable.
  */
 #include "manager/channel.h"
 #include "manager/manager_internal.h"
@@ -17,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,21 +35,37 @@ struct server {
     struct store *store;
     const void *key;
     size_t keylen;
+    int handshake_ms;
     int wake[2];                 /* a SHUTDOWN request writes here */
-    pthread_mutex_t mu;          /* guards the client list */
+    int spare;                   /* /dev/null, given up to accept at EMFILE */
+    pthread_mutex_t mu;          /* guards the client lists */
     pthread_cond_t gone;         /* a client thread has finished */
     struct client *clients;
     int nclients;
+    struct client *hs_head, *hs_tail;   /* in the handshake, oldest first */
+    int nhs;
+};
+
+/* A TCP peer's address without its port (unix peers have none). */
+struct source {
+    uint8_t addr[16];
+    uint8_t len;                 /* 0: not TCP */
 };
 
 struct client {
     struct server *srv;
     struct client *prev, *next;
+    struct client *hs_prev, *hs_next;
+    bool in_hs;                  /* on the handshake list */
+    struct source src;
     struct wire w;
     mp_buf in, out;
     struct channel *ch;          /* attached: requests come through it */
     uint32_t seq;                /* last request served on ch */
     bool peer_dead;              /* its socket died: nobody else holds ch */
+    bool item;                   /* c->out carries an item taken from queue item_name */
+    uint8_t item_name_len;
+    char item_name[MSG_MAX_NAME];
 };
 
 int manager_decode_request(const uint8_t *data, size_t len)
@@ -51,12 +75,20 @@ int manager_decode_request(const uint8_t *data, size_t len)
     return rc < 0 ? rc : msg_check_request(&m);
 }
 
+/* Sends c->out; a client that reads nothing for MANAGER_REPLY_TIMEOUT_S is
+ * cut off (a thread must not block on it for ever). */
+static int client_send(struct client *c)
+{
+    mp_deadline d = deadline_in(MANAGER_REPLY_TIMEOUT_S);
+    return wire_send(&c->w, c->out.data, c->out.len, &d);
+}
+
 static int client_reply_status(struct client *c, int status)
 {
     struct menc e;
     enc_begin(&e, &c->out, 1);
     enc_int(&e, status);
-    return e.rc < 0 ? e.rc : wire_send(&c->w, c->out.data, c->out.len);
+    return e.rc < 0 ? e.rc : client_send(c);
 }
 
 /* Takes over a client's shared-memory channel: only if it lies in our
@@ -75,11 +107,34 @@ static int client_attach(struct client *c, const struct mmsg *req)
     return 0;
 }
 
+/* The store asks before it hands a queue item to a waiting getter: is the
+ * client still there and still waiting? (On a channel, a client that gave
+ * up has posted its hang-up.) */
+static bool client_wants(struct store_owner *owner)
+{
+    struct client *c = (struct client *)owner;
+    if (c->ch && atomic_load(&c->ch->req_seq) != c->seq)
+        return false;
+    return channel_peer_alive(c->w.fd);
+}
+
+/* Puts back the queue item of a reply that could not be delivered. */
+static void client_return_item(struct client *c)
+{
+    struct mmsg rep;
+    if (!c->item || msg_decode(c->out.data, c->out.len, &rep) < 0 || rep.n != 2)
+        return;
+    struct mval name = { .type = MV_TEXT, .p = (const uint8_t *)c->item_name, .len = c->item_name_len };
+    store_unget(c->srv->store, &name, &rep.v[1]);
+    c->item = false;
+}
+
 /* Executes one request; its encoded reply is left in c->out. */
 static void client_exec(struct client *c, const uint8_t *data, size_t len, bool *shutdown)
 {
     struct mmsg req;
     struct menc e;
+    c->item = false;
     int rc = msg_decode(data, len, &req);
     if (rc == 0)
         rc = msg_check_request(&req);
@@ -92,6 +147,13 @@ static void client_exec(struct client *c, const uint8_t *data, size_t len, bool 
         enc_int(&e, r.status);
         if (r.v.type != MV_NONE)
             enc_val(&e, &r.v);
+        if (e.rc == 0 && r.status == 0 && req.v[0].i == OP_QUEUE_GET) {
+            c->item = true;
+            c->item_name_len = (uint8_t)req.v[1].len;
+            memcpy(c->item_name, req.v[1].p, req.v[1].len);
+        } else if (e.rc < 0 && r.status == 0 && req.v[0].i == OP_QUEUE_GET) {
+            store_unget_locked(c->srv->store, &req.v[1], &r.v);
+        }
         store_done(c->srv->store, &r);
         *shutdown = req.v[0].i == OP_SHUTDOWN;
         if (e.rc == 0)
@@ -108,7 +170,7 @@ static void client_serve_channel(struct client *c, bool *shutdown)
     struct channel *ch = c->ch;
     while (!*shutdown) {
         if (channel_wait(&ch->req_seq, c->seq, &ch->server_sleeping, MANAGER_SPIN_NS,
-                         CHANNEL_SERVER_SLICE_MS, c->w.fd) < 0) {
+                         CHANNEL_SERVER_SLICE_MS, c->w.fd, NULL) < 0) {
             c->peer_dead = true;
             return;
         }
@@ -129,15 +191,84 @@ static void client_serve_channel(struct client *c, bool *shutdown)
             data = c->in.data;
         }
         client_exec(c, data, n, shutdown);
+        if (c->item && !client_wants((struct store_owner *)c)) {
+            client_return_item(c);       /* it gave up or died while we worked */
+            c->peer_dead = !channel_peer_alive(c->w.fd);
+            return;
+        }
         bool big = c->out.len > CHANNEL_BUF;
         if (!big)
             memcpy(ch->buf, c->out.data, c->out.len);
         ch->resp_len = big ? CHANNEL_VIA_SOCKET : (uint32_t)c->out.len;
         /* posted before a big send, or both sides would wait on each other */
         channel_post(&ch->resp_seq, c->seq, &ch->client_sleeping);
-        if (big && wire_send(&c->w, c->out.data, c->out.len) < 0)
+        if (big && client_send(c) < 0) {
+            client_return_item(c);
             return;
+        }
     }
+}
+
+/* Takes c off the handshake list; srv->mu held. */
+static void hs_unlink(struct server *srv, struct client *c)
+{
+    if (!c->in_hs)
+        return;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        srv->hs_head = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        srv->hs_tail = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    c->in_hs = false;
+    srv->nhs--;
+}
+
+/* Ends a connection still in the handshake: its thread fails out of it. */
+static void hs_drop(struct server *srv, struct client *c)
+{
+    hs_unlink(srv, c);
+    shutdown(c->w.fd, SHUT_RDWR);
+}
+
+/* Makes room for one more handshake from src, dropping the oldest ones
+ * (from that source first); srv->mu held. */
+static void hs_admit(struct server *srv, struct client *c)
+{
+    if (c->src.len) {
+        int same = 0;
+        struct client *oldest = NULL;
+        for (struct client *h = srv->hs_head; h; h = h->hs_next) {
+            if (h->src.len == c->src.len && memcmp(h->src.addr, c->src.addr, c->src.len) == 0) {
+                oldest = oldest ? oldest : h;
+                same++;
+            }
+        }
+        if (same >= MANAGER_MAX_HANDSHAKES_PER_SOURCE)
+            hs_drop(srv, oldest);
+    }
+    if (srv->nhs >= MANAGER_MAX_HANDSHAKES)
+        hs_drop(srv, srv->hs_head);
+    c->in_hs = true;
+    c->hs_prev = srv->hs_tail;
+    if (srv->hs_tail)
+        srv->hs_tail->hs_next = c;
+    else
+        srv->hs_head = c;
+    srv->hs_tail = c;
+    srv->nhs++;
+}
+
+/* Connections from the same TCP source address; srv->mu held. */
+static int source_count(struct server *srv, const struct source *src)
+{
+    int n = 0;
+    for (struct client *c = srv->clients; c; c = c->next)
+        n += c->src.len == src->len && memcmp(c->src.addr, src->addr, src->len) == 0;
+    return n;
 }
 
 /* Unlinks, closes and frees c; the last thing its thread does. */
@@ -145,6 +276,7 @@ static void client_remove(struct client *c)
 {
     struct server *srv = c->srv;
     pthread_mutex_lock(&srv->mu);
+    hs_unlink(srv, c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -170,8 +302,12 @@ static void *client_main(void *arg)
 {
     struct client *c = arg;
     struct server *srv = c->srv;
-    mp_deadline d = deadline_in(MANAGER_AUTH_TIMEOUT_S);
+    mp_deadline d = deadline_in(srv->handshake_ms / 1000.0);
     bool authed = wire_auth_server(&c->w, srv->key, srv->keylen, &d) == 0;
+    pthread_mutex_lock(&srv->mu);
+    authed = authed && c->in_hs;      /* dropped meanwhile: its socket is shut */
+    hs_unlink(srv, c);
+    pthread_mutex_unlock(&srv->mu);
     bool shutdown = false;
     while (authed && !shutdown && !c->ch) {
         const uint8_t *data;
@@ -182,8 +318,10 @@ static void *client_main(void *arg)
         if (rc < 0)
             break;
         client_exec(c, data, len, &shutdown);
-        if (wire_send(&c->w, c->out.data, c->out.len) < 0)
+        if (client_send(c) < 0) {
+            client_return_item(c);
             break;
+        }
     }
     if (c->ch)
         client_serve_channel(c, &shutdown);
@@ -198,23 +336,56 @@ static void *client_main(void *arg)
     return NULL;
 }
 
-static void server_accept(struct server *srv, int lfd, pthread_attr_t *attr)
+static void source_of(const struct sockaddr_storage *ss, struct source *src)
 {
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    memset(src, 0, sizeof *src);
+    if (ss->ss_family == AF_INET) {
+        memcpy(src->addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        src->len = 4;
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(src->addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+        src->len = 16;
+    }
+}
+
+/* Accepts one connection. At the descriptor limit the spare descriptor
+ * makes room to accept it and hang up at once (else the listening socket
+ * stays readable and the loop spins); false: back off a moment. */
+static bool server_accept(struct server *srv, int lfd, pthread_attr_t *attr)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &sslen, SOCK_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+        if (srv->spare < 0)
+            return false;
+        close(srv->spare);
+        fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            close(fd);
+        srv->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        return srv->spare >= 0;
+    }
     if (fd < 0)
-        return;
+        return errno != ENOBUFS && errno != ENOMEM;
+    if (sslen > sizeof ss)
+        ss.ss_family = AF_UNSPEC;
+    wire_keepalive(fd);
     struct client *c = calloc(1, sizeof *c);
     pthread_mutex_lock(&srv->mu);
     pthread_t t;
     if (c && srv->nclients < MANAGER_MAX_CLIENTS) {
         c->srv = srv;
+        source_of(&ss, &c->src);
         wire_init(&c->w, fd, MANAGER_SPIN_NS);
-        if (pthread_create(&t, attr, client_main, c) == 0) {
+        if ((!c->src.len || source_count(srv, &c->src) < MANAGER_MAX_PER_SOURCE) &&
+            pthread_create(&t, attr, client_main, c) == 0) {
             c->next = srv->clients;
             if (c->next)
                 c->next->prev = c;
             srv->clients = c;
             srv->nclients++;
+            hs_admit(srv, c);
             c = NULL;
             fd = -1;
         }
@@ -223,6 +394,7 @@ static void server_accept(struct server *srv, int lfd, pthread_attr_t *attr)
     free(c);
     if (fd >= 0)
         close(fd);
+    return true;
 }
 
 /* Hangs up on every client and waits (bounded) for their threads to go, so
@@ -246,27 +418,35 @@ static bool server_drain(struct server *srv)
 int manager_serve(const struct manager_server_opts *o)
 {
     struct server srv = { .key = o->authkey, .keylen = o->authkey_len,
+                          .handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : MANAGER_HANDSHAKE_MS,
                           .mu = PTHREAD_MUTEX_INITIALIZER, .gone = PTHREAD_COND_INITIALIZER };
-    int rc = store_new(&srv.store, 0);
+    int rc = store_new(&srv.store, o->max_bytes, client_wants);
     if (rc < 0)
         return rc;
     if (pipe2(srv.wake, O_CLOEXEC) < 0) {
         store_free(srv.store);
         return errno_to_mp(errno);
     }
+    srv.spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024);
     struct pollfd pfd[3] = { { o->listen_fd, POLLIN, 0 }, { srv.wake[0], POLLIN, 0 },
                              { o->stop_fd, POLLIN, 0 } };
+    int backoff = -1;
     for (;;) {
-        if (poll(pfd, o->stop_fd >= 0 ? 3 : 2, -1) < 0 && errno != EINTR)
+        pfd[0].fd = backoff < 0 ? o->listen_fd : -1;   /* backing off: not accepting */
+        pfd[0].revents = 0;
+        if (poll(pfd, o->stop_fd >= 0 ? 3 : 2, backoff) < 0 && errno != EINTR)
             break;
         if (pfd[1].revents || (o->stop_fd >= 0 && pfd[2].revents))
             break;
-        if (pfd[0].revents & POLLIN)
-            server_accept(&srv, o->listen_fd, &attr);
+        backoff = -1;
+        if ((pfd[0].revents & POLLIN) && !server_accept(&srv, o->listen_fd, &attr))
+            backoff = 50;
+        if (srv.spare < 0)
+            srv.spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
     pthread_attr_destroy(&attr);
     /* A thread that outlives the drain still uses the store: then it is
@@ -275,5 +455,7 @@ int manager_serve(const struct manager_server_opts *o)
         store_free(srv.store);
     close(srv.wake[0]);
     close(srv.wake[1]);
+    if (srv.spare >= 0)
+        close(srv.spare);
     return 0;
 }

@@ -46,6 +46,7 @@ struct object {
     struct value *items;          /* list items, or the queue's ring */
     size_t head, count, cap;
     size_t maxsize;               /* queue bound, 0 = none */
+    bool bound_fixed;             /* a queue op has run: maxsize is final */
     struct store_owner *owner;    /* lock holder */
     bool owner_died;
     struct object *next_lock;
@@ -53,10 +54,32 @@ struct object {
 
 struct store {
     pthread_mutex_t mu;
+    store_wants_fn wants;
     struct table names;
-    size_t bytes, max_bytes;
+    size_t bytes, max_bytes;      /* every allocation the store holds, as malloc spends it */
     struct object *locks;
 };
+
+/* What malloc spends on a block of n bytes (glibc: an 8-byte header,
+ * 16-byte granules, 32 bytes at least): the unit the budget counts in, so
+ * a million tiny entries cost what they really cost. */
+static size_t alloc_cost(size_t n)
+{
+    size_t c = (n + 8 + 15) & ~(size_t)15;
+    return c < 32 ? 32 : c;
+}
+
+/* Reserves n bytes of the budget: false (nothing taken) past it. */
+static bool budget_take(struct store *s, size_t n)
+{
+    if (n > s->max_bytes - s->bytes)
+        return false;
+    s->bytes += n;
+    return true;
+}
+
+static size_t slots_cost(size_t nslots) { return nslots ? alloc_cost(nslots * sizeof(struct entry *)) : 0; }
+static size_t entry_cost(size_t klen) { return alloc_cost(sizeof(struct entry)) + alloc_cost(klen + 1); }
 
 static uint64_t hash_bytes(const void *p, size_t len)
 {
@@ -78,14 +101,19 @@ static struct entry **table_find(struct table *t, const void *key, size_t klen, 
     return NULL;
 }
 
-static int table_grow(struct table *t)
+static int table_grow(struct store *s, struct table *t)
 {
     if (t->count < t->nslots)
         return 0;
     size_t n = t->nslots ? t->nslots * 2 : 16;
-    struct entry **slots = calloc(n, sizeof *slots);
-    if (!slots)
+    if (!budget_take(s, slots_cost(n)))     /* old and new both live for a moment */
         return MP_ENOMEM;
+    struct entry **slots = calloc(n, sizeof *slots);
+    if (!slots) {
+        s->bytes -= slots_cost(n);
+        return MP_ENOMEM;
+    }
+    s->bytes -= slots_cost(t->nslots);
     for (size_t i = 0; i < t->nslots; i++) {
         for (struct entry *e = t->slots[i], *next; e; e = next) {
             next = e->next;
@@ -99,13 +127,16 @@ static int table_grow(struct table *t)
     return 0;
 }
 
-/* Adds an entry for a key known to be absent. */
-static struct entry *table_add(struct table *t, const void *key, size_t klen, uint64_t h)
+/* Adds an entry for a key known to be absent, within the budget. */
+static struct entry *table_add(struct store *s, struct table *t, const void *key, size_t klen, uint64_t h)
 {
-    struct entry *e = table_grow(t) == 0 ? calloc(1, sizeof *e) : NULL;
+    if (table_grow(s, t) < 0 || !budget_take(s, entry_cost(klen)))
+        return NULL;
+    struct entry *e = calloc(1, sizeof *e);
     char *k = e ? malloc(klen + 1) : NULL;
     if (!k) {
         free(e);
+        s->bytes -= entry_cost(klen);
         return NULL;
     }
     memcpy(k, key, klen);
@@ -119,7 +150,10 @@ static struct entry *table_add(struct table *t, const void *key, size_t klen, ui
     return e;
 }
 
-static size_t value_cost(const struct value *v) { return v->type == MV_BYTES ? v->len : 0; }
+static size_t value_cost(const struct value *v)
+{
+    return v->type == MV_BYTES ? alloc_cost(v->len ? v->len : 1) : 0;   /* numbers live inline */
+}
 
 static void value_clear(struct store *s, struct value *v)
 {
@@ -133,7 +167,7 @@ static int value_set(struct store *s, struct value *dst, const struct mval *src)
 {
     struct value v = { .type = src->type, .i = src->i, .f = src->f };
     if (src->type == MV_BYTES) {
-        if (src->len > s->max_bytes - s->bytes)
+        if (alloc_cost(src->len ? src->len : 1) > s->max_bytes - s->bytes)
             return MP_ENOMEM;
         v.p = malloc(src->len ? src->len : 1);
         if (!v.p)
@@ -154,7 +188,7 @@ static struct mval value_view(const struct value *v)
 
 static void entry_free(struct store *s, struct entry *e)
 {
-    s->bytes -= e->klen;
+    s->bytes -= entry_cost(e->klen);
     value_clear(s, &e->v);
     free(e->key);
     free(e);
@@ -192,6 +226,8 @@ static int object_new(struct object **out, enum kind kind)
 static void object_free(struct store *s, struct object *o)
 {
     table_clear(s, &o->dict);
+    s->bytes -= slots_cost(o->dict.nslots) + (o->cap ? alloc_cost(o->cap * sizeof *o->items) : 0) +
+                alloc_cost(sizeof *o);
     free(o->dict.slots);
     for (size_t i = 0; i < o->count; i++)
         value_clear(s, &o->items[(o->head + i) % (o->cap ? o->cap : 1)]);
@@ -213,13 +249,15 @@ static int object_get(struct store *s, enum kind kind, const struct mval *name, 
         *out = (*found)->obj;
         return 0;
     }
-    if (s->names.count >= STORE_MAX_OBJECTS)
+    if (s->names.count >= STORE_MAX_OBJECTS || !budget_take(s, alloc_cost(sizeof(struct object))))
         return MP_ENOMEM;
     struct object *o;
     int rc = object_new(&o, kind);
-    if (rc < 0)
+    if (rc < 0) {
+        s->bytes -= alloc_cost(sizeof(struct object));
         return rc;
-    struct entry *e = table_add(&s->names, key, klen, h);
+    }
+    struct entry *e = table_add(s, &s->names, key, klen, h);
     if (!e) {
         object_free(s, o);
         return MP_ENOMEM;
@@ -233,11 +271,12 @@ static int object_get(struct store *s, enum kind kind, const struct mval *name, 
     return 0;
 }
 
-int store_new(struct store **out, size_t max_bytes)
+int store_new(struct store **out, size_t max_bytes, store_wants_fn wants)
 {
     struct store *s = calloc(1, sizeof *s);
     if (!s)
         return MP_ENOMEM;
+    s->wants = wants;
     pthread_mutex_init(&s->mu, NULL);
     s->max_bytes = max_bytes ? max_bytes : STORE_MAX_BYTES_DEFAULT;
     *out = s;
@@ -301,12 +340,9 @@ static int dict_slot(struct store *s, struct object *o, const struct mval *key, 
         *out = *found;
         return 0;
     }
-    if (key->len > s->max_bytes - s->bytes)
-        return MP_ENOMEM;
-    struct entry *e = table_add(&o->dict, key->p, key->len, hash_bytes(key->p, key->len));
+    struct entry *e = table_add(s, &o->dict, key->p, key->len, hash_bytes(key->p, key->len));
     if (!e)
         return MP_ENOMEM;
-    s->bytes += key->len;
     *out = e;
     return 0;
 }
@@ -363,13 +399,16 @@ static int dict_cas(struct store *s, struct object *o, const struct mmsg *m)
     return dict_set(s, o, &m->v[2], &m->v[4]);
 }
 
-/* Keys, each followed by a NUL, as one byte string. */
+/* Keys, each followed by a NUL, as one byte string; MP_ETOOBIG when that
+ * would not fit one value (the connection stays usable). */
 static int dict_keys(struct object *o, struct sreply *r)
 {
     size_t total = 0;
     for (size_t i = 0; i < o->dict.nslots; i++)
         for (struct entry *e = o->dict.slots[i]; e; e = e->next)
             total += e->klen + 1;
+    if (total > MSG_MAX_VALUE)
+        return MP_ETOOBIG;
     uint8_t *p = malloc(total ? total : 1);
     if (!p)
         return MP_ENOMEM;
@@ -424,26 +463,57 @@ static int dict_exec(struct store *s, struct object *o, const struct mmsg *m, st
 /* Items live in a ring (head, count, cap); a list is a ring with head 0. */
 static struct value *ring_at(struct object *o, size_t i) { return &o->items[(o->head + i) % o->cap]; }
 
-static int ring_push(struct store *s, struct object *o, const struct mval *v)
+/* Doubles the ring. One that does not wrap grows in place (realloc:
+ * mremap for big ones, so no old copy lingers); the budget counts old and
+ * new together, as both may be live for a moment (force: counted anyway). */
+static int ring_grow(struct store *s, struct object *o, bool force)
 {
-    if (o->count == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 8;
-        struct value *items = calloc(cap, sizeof *items);
-        if (!items)
-            return MP_ENOMEM;
+    size_t cap = o->cap ? o->cap * 2 : 8;
+    size_t cost = alloc_cost(cap * sizeof *o->items), old = o->cap ? alloc_cost(o->cap * sizeof *o->items) : 0;
+    if (force)
+        s->bytes += cost;
+    else if (!budget_take(s, cost))
+        return MP_ENOMEM;
+    struct value *items = o->head == 0 ? realloc(o->items, cap * sizeof *items) : calloc(cap, sizeof *items);
+    if (!items) {
+        s->bytes -= cost;
+        return MP_ENOMEM;
+    }
+    if (o->head == 0) {
+        memset(items + o->cap, 0, (cap - o->cap) * sizeof *items);
+    } else {
         for (size_t i = 0; i < o->count; i++)
             items[i] = *ring_at(o, i);
         free(o->items);
-        o->items = items;
-        o->cap = cap;
-        o->head = 0;
     }
-    struct value *slot = &o->items[(o->head + o->count) % o->cap];
+    s->bytes -= old;
+    o->items = items;
+    o->cap = cap;
+    o->head = 0;
+    return 0;
+}
+
+/* Adds v at the tail, or at the head (front: an item put back, which the
+ * budget does not refuse: it was counted before). */
+static int ring_push(struct store *s, struct object *o, const struct mval *v, bool front)
+{
+    int rc = o->count == o->cap ? ring_grow(s, o, front) : 0;
+    if (rc < 0)
+        return rc;
+    size_t at = front ? (o->head + o->cap - 1) % o->cap : (o->head + o->count) % o->cap;
+    struct value *slot = &o->items[at];
     memset(slot, 0, sizeof *slot);
-    int rc = value_set(s, slot, v);
-    if (rc == 0)
-        o->count++;
-    return rc;
+    size_t max = s->max_bytes;
+    if (front)
+        s->max_bytes = SIZE_MAX;
+    rc = value_set(s, slot, v);
+    s->max_bytes = max;
+    if (rc < 0)
+        return rc;
+    if (front)
+        o->head = at;
+    o->count++;
+    return 0;
 }
 
 /* Removes item i, handing its storage to the reply. */
@@ -481,7 +551,7 @@ static int list_exec(struct store *s, struct object *o, const struct mmsg *m, st
     case OP_LIST_OPEN:
         return 0;
     case OP_LIST_APPEND:
-        return ring_push(s, o, &m->v[2]);
+        return ring_push(s, o, &m->v[2], false);
     case OP_LIST_LEN:
         r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->count };
         return 0;
@@ -510,13 +580,14 @@ static int queue_put(struct store *s, struct object *o, const struct mmsg *m)
             if (o->count >= o->maxsize)
                 return MP_EFULL;
     }
-    int rc = ring_push(s, o, &m->v[2]);
+    int rc = ring_push(s, o, &m->v[2], false);
     if (rc == 0)
         pthread_cond_broadcast(&o->changed);
     return rc;
 }
 
-static int queue_get(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+static int queue_get(struct store *s, struct object *o, struct store_owner *me,
+                     const struct mmsg *m, struct sreply *r)
 {
     struct timespec at;
     bool may_wait = wait_until(&m->v[2], &at);
@@ -525,24 +596,29 @@ static int queue_get(struct store *s, struct object *o, const struct mmsg *m, st
             if (o->count == 0)
                 return MP_EEMPTY;
     }
+    if (s->wants && !s->wants(me))
+        return MP_EBROKEN;           /* nobody to give it to: the next getter has it */
     ring_take(s, o, 0, r);
     pthread_cond_broadcast(&o->changed);
     return 0;
 }
 
-static int queue_exec(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
+static int queue_exec(struct store *s, struct object *o, struct store_owner *me,
+                      const struct mmsg *m, struct sreply *r)
 {
+    bool first = !o->bound_fixed;
+    o->bound_fixed = true;             /* the first queue op, whatever it is, fixes it */
     switch (m->v[0].i) {
     case OP_QUEUE_OPEN:
         if (m->v[2].i < 0)
             return MP_EINVAL;
-        if (o->count == 0 && o->cap == 0 && o->maxsize == 0)
-            o->maxsize = (size_t)m->v[2].i;     /* the first opener sets the bound */
+        if (first)
+            o->maxsize = (size_t)m->v[2].i;
         return 0;
     case OP_QUEUE_PUT:
         return queue_put(s, o, m);
     case OP_QUEUE_GET:
-        return queue_get(s, o, m, r);
+        return queue_get(s, o, me, m, r);
     case OP_QUEUE_LEN:
         r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->count };
         return 0;
@@ -586,6 +662,21 @@ static int lock_exec(struct store *s, struct object *o, struct store_owner *me, 
     return MP_EPROTO;
 }
 
+void store_unget_locked(struct store *s, const struct mval *name, const struct mval *item)
+{
+    struct object *o;
+    if (object_get(s, KIND_QUEUE, name, &o) < 0 || ring_push(s, o, item, true) < 0)
+        return;
+    pthread_cond_broadcast(&o->changed);
+}
+
+void store_unget(struct store *s, const struct mval *name, const struct mval *item)
+{
+    pthread_mutex_lock(&s->mu);
+    store_unget_locked(s, name, item);
+    pthread_mutex_unlock(&s->mu);
+}
+
 void store_owner_gone(struct store *s, struct store_owner *owner)
 {
     pthread_mutex_lock(&s->mu);
@@ -622,7 +713,7 @@ void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *r
     switch (kind) {
     case KIND_DICT: r->status = dict_exec(s, o, req, r); break;
     case KIND_LIST: r->status = list_exec(s, o, req, r); break;
-    case KIND_QUEUE: r->status = queue_exec(s, o, req, r); break;
+    case KIND_QUEUE: r->status = queue_exec(s, o, owner, req, r); break;
     case KIND_LOCK: r->status = lock_exec(s, o, owner, req); break;
     }
 }

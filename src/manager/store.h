@@ -3,8 +3,9 @@
  * One mutex guards the whole store (requests are microseconds long); each
  * object has a condition variable that blocked queue and lock requests wait
  * on, so a waiter never holds the mutex. Values are owned copies, typed as
- * bytes, int64 or double. Every size is checked against a byte budget
- * before anything is allocated.
+ * bytes, int64 or double. Every allocation is counted, as malloc spends
+ * it, against a byte budget before it is made: past it a write gets
+ * MP_ENOMEM and nothing changes.
  */
 #ifndef MPROC_MANAGER_STORE_H
 #define MPROC_MANAGER_STORE_H
@@ -15,7 +16,8 @@
 
 enum {
     STORE_MAX_OBJECTS = 100000,
-    STORE_MAX_BYTES_DEFAULT = 1024 * 1024 * 1024,  /* all values and keys together */
+    STORE_MAX_BYTES_DEFAULT = 1024 * 1024 * 1024,  /* everything stored: values, keys,
+                                                     * entries, tables, rings, objects */
 };
 
 struct store;
@@ -29,7 +31,11 @@ struct sreply {
     void *owned;
 };
 
-int store_new(struct store **s, size_t max_bytes);
+/* Asked before a waiting queue get takes an item: false when the client
+ * has gone or given up, and the item stays for the next getter. */
+typedef bool (*store_wants_fn)(struct store_owner *owner);
+
+int store_new(struct store **s, size_t max_bytes, store_wants_fn wants);
 void store_free(struct store *s);
 
 /* Runs one checked request for owner; may block up to the request's
@@ -37,6 +43,12 @@ void store_free(struct store *s);
  * so the reply can be encoded from the value view; call store_done after. */
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_done(struct store *s, struct sreply *r);
+
+/* Puts an item whose reply could not be delivered back at the head of
+ * queue name (its order kept; the bound and budget do not refuse it).
+ * _locked: between store_exec and store_done. */
+void store_unget(struct store *s, const struct mval *name, const struct mval *item);
+void store_unget_locked(struct store *s, const struct mval *name, const struct mval *item);
 
 /* Releases every lock owner holds; the next acquirer gets MP_EOWNERDEAD. */
 void store_owner_gone(struct store *s, struct store_owner *owner);

@@ -11,6 +11,8 @@
 #include "conn_internal.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -37,17 +39,42 @@ void wire_close(struct wire *w)
     w->fd = -1;
 }
 
+/* Waits until fd is ready for events or the deadline (NULL: none) passes. */
+static int wire_poll(int fd, short events, const mp_deadline *d)
+{
+    int ms = -1;
+    if (d && !d->forever) {
+        double left = deadline_left(d);
+        if (left <= 0)
+            return MP_ETIMEDOUT;
+        ms = (int)(left * 1000.0) + 1;
+    }
+    struct pollfd pfd = { .fd = fd, .events = events };
+    int r = poll(&pfd, 1, ms);
+    if (r < 0 && errno != EINTR)
+        return MP_EBROKEN;
+    return 0;
+}
+
 /* fd_write_full would fstat the descriptor on every frame to tell a pipe
- * from a socket; this is always a socket, and this is the hot path. */
-int wire_send(struct wire *w, const void *data, size_t len)
+ * from a socket; this is always a socket, and this is the hot path. The
+ * send does not block: a peer that stops reading (or a network that went
+ * dark) costs at most the deadline. */
+int wire_send(struct wire *w, const void *data, size_t len, const mp_deadline *d)
 {
     uint8_t head[FRAME_HEADER_MAX];
     struct iovec iov[2] = { { head, frame_header_encode(len, head) }, { (void *)data, len } };
     struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
     while (msg.msg_iovlen > 0) {
-        ssize_t n = sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(w->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int rc = wire_poll(w->fd, POLLOUT, d);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
         if (n < 0)
             return MP_EBROKEN;
         while (msg.msg_iovlen > 0 && (size_t)n >= msg.msg_iov->iov_len) {
@@ -114,18 +141,7 @@ static int wire_wait(struct wire *w, uint64_t spin_until, const mp_deadline *d)
         sched_yield();       /* on a busy machine the peer may need this CPU */
         return 0;
     }
-    int ms = -1;
-    if (d && !d->forever) {
-        double left = deadline_left(d);
-        if (left <= 0)
-            return MP_ETIMEDOUT;
-        ms = (int)(left * 1000.0) + 1;
-    }
-    struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
-    int r = poll(&pfd, 1, ms);
-    if (r < 0 && errno != EINTR)
-        return MP_EBROKEN;
-    return 0;
+    return wire_poll(w->fd, POLLIN, d);
 }
 
 int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
@@ -207,8 +223,25 @@ int wire_connect(const char *address, int *fd, const mp_deadline *d)
     int s = sock_connect_by(&a, d);
     if (s < 0)
         return s;
+    wire_keepalive(s);
     *fd = s;
     return 0;
+}
+
+void wire_keepalive(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return;
+    int on = 1, idle = WIRE_KEEPIDLE_S, intvl = WIRE_KEEPINTVL_S, cnt = WIRE_KEEPCNT;
+    unsigned user = WIRE_USER_TIMEOUT_S * 1000u;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user, sizeof user);
 }
 
 /* ------------------------------------------------------------------ handshake */

@@ -17,6 +17,13 @@ enum {
     WIRE_MAX_FRAME = 16 * 1024 * 1024 + 4096,  /* biggest frame either side accepts */
     WIRE_MAX_ADDRESS = 108 + 16,               /* "unix:" + sun_path, "tcp:host:port" */
     WIRE_MAX_AUTHKEY = 1024,
+    /* TCP only: an idle connection whose peer host vanished is noticed
+     * after KEEPIDLE + KEEPCNT * KEEPINTVL = 16 s; one with unacknowledged
+     * data after USER_TIMEOUT. */
+    WIRE_KEEPIDLE_S = 10,
+    WIRE_KEEPINTVL_S = 2,
+    WIRE_KEEPCNT = 3,
+    WIRE_USER_TIMEOUT_S = 16,
 };
 
 struct wire {
@@ -29,8 +36,10 @@ struct wire {
 void wire_init(struct wire *w, int fd, uint32_t spin_ns);
 void wire_close(struct wire *w);     /* closes fd, frees the buffer */
 
-/* Sends one frame (header and payload in one sendmsg). 0 or MP_EBROKEN. */
-int wire_send(struct wire *w, const void *data, size_t len);
+/* Sends one frame (header and payload in one sendmsg), waiting for room
+ * until d (NULL: no limit). 0, MP_EBROKEN or MP_ETIMEDOUT (then part of the
+ * frame may have gone: the connection is unusable). */
+int wire_send(struct wire *w, const void *data, size_t len, const mp_deadline *d);
 /* Receives one frame of at most maxlen bytes; *data stays valid until the
  * next wire_recv. 0, MP_EEOF (orderly close between frames), MP_EBROKEN,
  * MP_ETOOBIG (header announced more than maxlen), MP_ETIMEDOUT. */
@@ -43,7 +52,9 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
  * non-blocking, the accepted and connected ones are blocking. */
 int wire_listen(const char *address, int *fd, char *actual, size_t cap);
 int wire_connect(const char *address, int *fd, const mp_deadline *d);
-void wire_unlink(const char *address);    /* removes a unix: path socket file */
+void wire_unlink(const char *address);
+/* TCP keepalive and TCP_USER_TIMEOUT on a TCP socket (nothing on others). */
+void wire_keepalive(int fd);    /* removes a unix: path socket file */
 
 /* CPython's mutual HMAC challenge (auth.c): 0, MP_EAUTH (wrong key or the
  * peer left), MP_ETIMEDOUT. */
