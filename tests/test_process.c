@@ -549,8 +549,10 @@ static int starts_many(void *arg)
             mp_process_join(p, 30) != 0 || mp_process_exitcode(p, &code) != 0 ||
             mp_process_free(p) != 0)
             return 1;
-        if (code != i)
+        if (code != i) {
+            fprintf(stderr, "method %d: child %d exited with %d\n", (int)m, i, code);
             return 2;
+        }
     }
     return 0;
 }
