@@ -1,6 +1,7 @@
 /* peer.h - what the contender programs in bench/peers/ share: the workload
- * shapes of bench/queue.c and bench/sync.c, memory shared across fork, and
- * reaping. C and C++ (the Boost peer includes it too).
+ * shapes of bench/queue.c, bench/conn.c and bench/sync.c, memory shared
+ * across fork, reaping, framing on a stream, and the rows. C and C++ (the
+ * Boost contender includes it too).
  *
  * A contender does the work mproc's row does: the same item sizes and
  * counts, processes made by fork (never threads), every item copied in on
@@ -18,6 +19,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +34,11 @@
 #define Q_ROUNDTRIPS 100000L
 #define Q_WARMUP 1000L
 #define Q_4X4_PER_PRODUCER 250000L    /* 8-byte item numbers, 4 producers, 4 consumers */
+
+/* bench/conn.c's workloads: messages per row. */
+#define C_SMALL_N 200000L              /* 64 B one way */
+#define C_RTT_N 20000L                 /* 64 B round trips */
+#define C_MIB_N 500L                   /* 1 MiB one way */
 
 /* bench/sync.c's workloads. */
 #define S_UNCONTENDED 2000000L
@@ -65,6 +72,55 @@ static inline void peer_stamp(char *item, size_t size, long i)
 static inline bool peer_check(const char *item, size_t size, long i)
 {
     return memcmp(item, &i, size < sizeof i ? size : sizeof i) == 0;
+}
+
+/* Reads exactly n bytes from a stream; false on EOF or error. */
+static inline bool peer_read_all(int fd, void *p, size_t n)
+{
+    char *c = (char *)p;
+    while (n > 0) {
+        ssize_t k = read(fd, c, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        c += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* Writes one framed message on a stream: an 8-byte length, then the bytes,
+ * in one writev where the socket takes it all. */
+static inline bool peer_send_frame(int fd, const void *msg, size_t size)
+{
+    uint64_t len = size;
+    struct iovec iov[2] = { { &len, sizeof len }, { (void *)msg, size } };
+    int first = 0;
+    while (first < 2) {
+        ssize_t k = writev(fd, iov + first, 2 - first);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        size_t done = (size_t)k;
+        while (first < 2 && done >= iov[first].iov_len)
+            done -= iov[first++].iov_len;
+        if (first < 2) {
+            iov[first].iov_base = (char *)iov[first].iov_base + done;
+            iov[first].iov_len -= done;
+        }
+    }
+    return true;
+}
+
+/* Reads one framed message into buf (cap bytes): its length, or -1. */
+static inline ssize_t peer_recv_frame(int fd, void *buf, size_t cap)
+{
+    uint64_t len;
+    if (!peer_read_all(fd, &len, sizeof len) || len > cap || !peer_read_all(fd, buf, (size_t)len))
+        return -1;
+    return (ssize_t)len;
 }
 
 /* One 1->1 workload; secs is the contender's run of it: seconds from the

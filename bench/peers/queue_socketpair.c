@@ -4,7 +4,7 @@
  * Items up to 4 KiB go as SOCK_SEQPACKET messages (one write, one read, the
  * boundaries kept; 4x4 shares one pair among all eight processes, which
  * SEQPACKET allows: each read takes one whole message). 1 MiB items go over
- * SOCK_STREAM behind an 8-byte length, read until complete. The kernel
+ * SOCK_STREAM behind an 8-byte length (one writev), read until complete. The kernel
  * copies each item in on write and out on read; the socket's buffer is the
  * default one, so a fast producer blocks as on a bounded queue.
  */
@@ -14,54 +14,16 @@
 
 #define NAME "socketpair"
 
-static bool write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return false;
-        c += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
-static bool read_all(int fd, void *p, size_t n)
-{
-    char *c = p;
-    while (n > 0) {
-        ssize_t k = read(fd, c, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return false;
-        c += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
-/* One item: a message on SEQPACKET, length + bytes on STREAM. */
+/* One item: a message on SEQPACKET, a frame on STREAM. */
 static bool send_item(int fd, bool stream, const char *item, size_t size)
 {
-    if (!stream)
-        return write(fd, item, size) == (ssize_t)size;
-    uint64_t len = size;
-    return write_all(fd, &len, sizeof len) && write_all(fd, item, size);
+    return stream ? peer_send_frame(fd, item, size) : write(fd, item, size) == (ssize_t)size;
 }
 
 /* Reads one item into buf (cap bytes); its length, or -1. */
 static ssize_t recv_item(int fd, bool stream, char *buf, size_t cap)
 {
-    if (!stream)
-        return read(fd, buf, cap);
-    uint64_t len;
-    if (!read_all(fd, &len, sizeof len) || len > cap || !read_all(fd, buf, (size_t)len))
-        return -1;
-    return (ssize_t)len;
+    return stream ? peer_recv_frame(fd, buf, cap) : read(fd, buf, cap);
 }
 
 /* ------------------------------------------------------------------ 1 -> 1 */
