@@ -11,6 +11,9 @@ WERROR = -DMPROC_WERROR=$(if $(CI),ON,OFF)
 # abigail-tools: abidiff, for the ABI check against abi/libmproc.abi.
 DEB_PACKAGES = cmake gcc clang libclang-rt-dev make pkg-config libssl-dev libcbor-dev \
                libcmocka-dev python3 valgrind libopenmpi-dev openmpi-bin abigail-tools
+# The other libraries bench/peers/ measures mproc against: `make bench` only.
+BENCH_DEB_PACKAGES = g++ libboost-dev libzmq3-dev
+DEPS_PACKAGES = $(DEB_PACKAGES)
 
 .PHONY: all deps build demo test test-fuzz test-plain test-asan test-tsan test-valgrind bench fuzz install clean soak
 
@@ -19,8 +22,8 @@ all: build
 deps:
 	@if ! command -v dpkg-query >/dev/null; then \
 	  echo "not a Debian system: make sure these (Debian names) are installed:"; \
-	  echo "  $(DEB_PACKAGES)"; exit 0; fi; \
-	missing=""; for p in $(DEB_PACKAGES); do \
+	  echo "  $(DEPS_PACKAGES)"; exit 0; fi; \
+	missing=""; for p in $(DEPS_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || \
 	    missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -78,6 +81,7 @@ test-valgrind: deps
 	@$(MAKE) --no-print-directory build
 	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)
 
+bench: DEPS_PACKAGES = $(DEB_PACKAGES) $(BENCH_DEB_PACKAGES)
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@./bench/run.sh $(BUILD) $(AREAS)

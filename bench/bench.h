@@ -7,6 +7,11 @@
  * multiprocessing) and reports how many times better mproc is. Progress and
  * diagnostics go to stderr. Header-only: static functions, no library.
  *
+ * The programs under bench/peers/ measure other libraries (ZeroMQ, Boost,
+ * socketpair, glibc's mutex) on mproc's own workload ids and add a fifth
+ * field, the contender's name (bench_peer_row):
+ *     <workload-id> TAB <value> TAB <unit> TAB <higher|lower> TAB <peer>
+ *
  *     static double one_rep(void *arg)            // one repetition -> value
  *     {
  *         long n = 100000;
@@ -109,15 +114,24 @@ static inline bool bench_selected(int argc, char **argv, const char *id)
     return false;
 }
 
-/* Prints one result row (the contract with bench/run.sh) and flushes, so a
- * later crash of the program still leaves the rows printed so far. */
+/* Prints one result row of contender peer (NULL: mproc's own row, four
+ * fields) and flushes, so a later crash of the program still leaves the rows
+ * printed so far. */
+static inline void bench_peer_row(const char *id, double value, const char *unit, bool higher,
+                                  const char *peer)
+{
+    char v[32] = "nan";
+    if (!isnan(value))
+        snprintf(v, sizeof v, "%.6g", value);
+    printf("%s\t%s\t%s\t%s%s%s\n", id, v, unit, higher ? "higher" : "lower",
+           peer ? "\t" : "", peer ? peer : "");
+    fflush(stdout);
+}
+
+/* Prints one result row of mproc's own (the contract with bench/run.sh). */
 static inline void bench_row(const char *id, double value, const char *unit, bool higher)
 {
-    if (isnan(value))
-        printf("%s\tnan\t%s\t%s\n", id, unit, higher ? "higher" : "lower");
-    else
-        printf("%s\t%.6g\t%s\t%s\n", id, value, unit, higher ? "higher" : "lower");
-    fflush(stdout);
+    bench_peer_row(id, value, unit, higher, NULL);
 }
 
 #endif

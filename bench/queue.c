@@ -2,7 +2,8 @@
  * runs the same workloads with Python's multiprocessing).
  *
  * Producers and consumers are separate processes (fork); every row is the
- * median of several repetitions (bench.h). copy_64MiB is no queue: one
+ * median of several repetitions (bench.h). The consumer checks each item's
+ * first bytes (its number). The _bounded rows cap the queue at 1,024 items. copy_64MiB is no queue: one
  * process copying 64 MiB between two buffers, memcpy on both sides, the
  * bandwidth one core has here and so the scale of queue_1to1_64MiB.
  */
@@ -31,7 +32,7 @@ static int reap(pid_t pid)
 
 /* ------------------------------------------------------------------ 1 -> 1 */
 
-struct one_to_one { size_t size; long n; };
+struct one_to_one { size_t size; long n; size_t maxsize; /* 0: unbounded */ };
 
 static void produce(mp_queue *q, size_t size, long n)
 {
@@ -51,10 +52,13 @@ static void produce(mp_queue *q, size_t size, long n)
  * producer's start nor the building of its item (30 ms for 64 MiB, the
  * time of three items through the queue) counts as queue time. bench/queue.py
  * times Python's queue the same way. */
-static double one_to_one_secs(size_t size, long n)
+static double one_to_one_secs(const struct one_to_one *w)
 {
+    size_t size = w->size;
+    long n = w->n;
+    mp_queue_opts opts = { .maxsize = w->maxsize };
     mp_queue *q;
-    int rc = mp_queue_new(&q, NULL);
+    int rc = mp_queue_new(&q, &opts);
     if (rc)
         die("new", rc);
     mp_buf buf = { 0 };
@@ -71,6 +75,8 @@ static double one_to_one_secs(size_t size, long n)
     for (long i = 0; i < n; i++) {
         if ((rc = mp_queue_get_buf(q, &buf, MP_FOREVER)) != 0)
             die("get", rc);
+        if (memcmp(buf.data, &i, size < sizeof i ? size : sizeof i) != 0)
+            die("get", MP_EINVAL);          /* not the item put */
         if (i == 0)
             t0 = bench_now();
     }
@@ -84,13 +90,13 @@ static double one_to_one_secs(size_t size, long n)
 static double items_per_sec(void *arg)
 {
     struct one_to_one *w = arg;
-    return (double)(w->n - 1) / one_to_one_secs(w->size, w->n);
+    return (double)(w->n - 1) / one_to_one_secs(w);
 }
 
 static double gb_per_sec(void *arg)
 {
     struct one_to_one *w = arg;
-    return (double)w->size * (double)(w->n - 1) / one_to_one_secs(w->size, w->n) / 1e9;
+    return (double)w->size * (double)(w->n - 1) / one_to_one_secs(w) / 1e9;
 }
 
 /* The ceiling of the 64 MiB row: one process copying 64 MiB from one buffer
@@ -242,8 +248,9 @@ static void row_idle_cpu(void)
 
 int main(int argc, char **argv)
 {
-    struct one_to_one small = { 64, 2000000 }, page = { 4096, 400000 },
-                      huge = { (size_t)64 << 20, 16 };
+    struct one_to_one small = { 64, 2000000, 0 }, page = { 4096, 400000, 0 },
+                      small_max = { 64, 2000000, 1024 }, page_max = { 4096, 400000, 1024 },
+                      mib = { (size_t)1 << 20, 1000, 0 }, huge = { (size_t)64 << 20, 16, 0 };
     long roundtrips = 100000, per_producer = 250000;
     if (bench_selected(argc, argv, "queue_1to1_64B"))
         bench_row("queue_1to1_64B", bench_median_of(bench_reps(5), items_per_sec, &small),
@@ -251,6 +258,15 @@ int main(int argc, char **argv)
     if (bench_selected(argc, argv, "queue_1to1_4KiB"))
         bench_row("queue_1to1_4KiB", bench_median_of(bench_reps(5), items_per_sec, &page),
                   "items/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_1to1_64B_bounded"))
+        bench_row("queue_1to1_64B_bounded", bench_median_of(bench_reps(5), items_per_sec, &small_max),
+                  "items/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_1to1_4KiB_bounded"))
+        bench_row("queue_1to1_4KiB_bounded", bench_median_of(bench_reps(5), items_per_sec, &page_max),
+                  "items/s", BENCH_HIGHER);
+    if (bench_selected(argc, argv, "queue_1to1_1MiB"))
+        bench_row("queue_1to1_1MiB", bench_median_of(bench_reps(5), gb_per_sec, &mib),
+                  "GB/s", BENCH_HIGHER);
     if (bench_selected(argc, argv, "queue_1to1_64MiB"))
         bench_row("queue_1to1_64MiB", bench_median_of(bench_reps(3), gb_per_sec, &huge),
                   "GB/s", BENCH_HIGHER);

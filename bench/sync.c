@@ -4,7 +4,9 @@
  * lock_uncontended / rlock_uncontended / semaphore_uncontended: ns for one
  * acquire plus one release nobody else wants. lock_handoff_2proc: us per
  * hand-off between two processes, ping-ponging a pair of Events (one round
- * trip is two hand-offs).
+ * trip is two hand-offs). lock_contended_2proc: ns per acquire while two
+ * processes each take the lock CONTENDED times, adding one to a shared
+ * counter inside (checked at the end).
  */
 #include "bench.h"
 #include "mproc.h"
@@ -15,6 +17,7 @@
 
 #define UNCONTENDED 2000000
 #define ROUND_TRIPS 20000
+#define CONTENDED 1000000
 
 static double lock_rep(void *arg)
 {
@@ -36,6 +39,39 @@ static double semaphore_rep(void *arg)
         mp_semaphore_release(s);
     }
     return bench_per_op_ns(t0, UNCONTENDED);
+}
+
+struct contended { mp_lock *l; volatile long go; long count; };
+
+static void contend(struct contended *c)
+{
+    while (!c->go)
+        ;
+    for (long i = 0; i < CONTENDED; i++) {
+        mp_lock_acquire(c->l, MP_FOREVER);
+        c->count++;
+        mp_lock_release(c->l);
+    }
+}
+
+static double contended_rep(void *arg)
+{
+    struct contended *c = arg;
+    c->go = 0;
+    c->count = 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        contend(c);
+        _exit(0);
+    }
+    usleep(10000);                          /* let the child reach the start line */
+    double t0 = bench_now();
+    c->go = 1;
+    contend(c);
+    int st;
+    waitpid(pid, &st, 0);
+    double ns = bench_per_op_ns(t0, 2 * CONTENDED);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 && c->count == 2 * CONTENDED ? ns : NAN;
 }
 
 struct pingpong { mp_event *ping, *pong; };
@@ -77,7 +113,8 @@ int main(int argc, char **argv)
     mp_lock *l, *rl;
     mp_semaphore *s;
     struct pingpong *p = mp_shared_alloc(sizeof *p);
-    if (!p || mp_lock_new(&l) || mp_rlock_new(&rl) || mp_semaphore_new(&s, 1) ||
+    struct contended *c = mp_shared_alloc(sizeof *c);
+    if (!p || !c || mp_lock_new(&l) || mp_rlock_new(&rl) || mp_semaphore_new(&s, 1) ||
         mp_event_new(&p->ping) || mp_event_new(&p->pong)) {
         fprintf(stderr, "bench_sync: cannot create the objects\n");
         return 1;
@@ -89,12 +126,17 @@ int main(int argc, char **argv)
     if (bench_selected(argc, argv, "semaphore_uncontended"))
         bench_row("semaphore_uncontended", bench_median_of(bench_reps(5), semaphore_rep, s), "ns",
                   BENCH_LOWER);
+    c->l = l;
+    if (bench_selected(argc, argv, "lock_contended_2proc"))
+        bench_row("lock_contended_2proc", bench_median_of(bench_reps(5), contended_rep, c), "ns",
+                  BENCH_LOWER);
     if (bench_selected(argc, argv, "lock_handoff_2proc"))
         bench_row("lock_handoff_2proc", bench_median_of(bench_reps(5), handoff_rep, p), "us",
                   BENCH_LOWER);
     mp_event_free(p->ping);
     mp_event_free(p->pong);
     mp_shared_free(p);
+    mp_shared_free(c);
     mp_semaphore_free(s);
     mp_lock_free(rl);
     mp_lock_free(l);
