@@ -202,7 +202,7 @@ static int mconn_open(struct mconn *c, const mp_manager *m, const mp_deadline *c
     rc = wire_auth_client(&c->w, m->key, m->keylen, &d);
     if (rc < 0) {
         mconn_drop(c);
-        return rc == MP_EAUTH ? rc : MP_EBROKEN;
+        return rc == MP_EAUTH || rc == MP_ETIMEDOUT ? rc : MP_EBROKEN;
     }
     c->pid = local.pid;
     mconn_attach(c, &d);
