@@ -49,6 +49,21 @@ void *arena_alloc_nozero(size_t size);    /* big message buffers: no memset */
 void arena_prefault(void *p, size_t n, bool write);
 void arena_free(void *p);
 bool arena_contains(const void *p, size_t len);
+/* p is the start of an arena block in use (what arena_alloc returned). */
+bool arena_is_block(const void *p);
+size_t arena_block_size(const void *p);  /* its usable bytes; p from arena_alloc */
+/* The block came from memory the kernel had no pages for (punched or never
+ * used): worth an arena_prefault before a big copy. Warm blocks are not. */
+bool arena_fresh(const void *p);
+/* Validates the allocator under its lock (after repairing a dead holder's
+ * operation): every header, link and bitmap consistent. Fills *st if not NULL. */
+struct arena_stats {
+    size_t used_bytes, used_blocks, free_bytes, free_blocks, largest_free;
+};
+bool arena_check(struct arena_stats *st);
+/* Called at named points inside alloc and free, so a test can SIGKILL a
+ * process exactly there. NULL in production. */
+MP_EXTERN extern void (*mp__arena_test_hook)(const char *point);
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
 void *arena_base(void);                  /* NULL until created */
 size_t arena_size(void);

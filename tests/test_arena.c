@@ -1,0 +1,124 @@
+/* test_arena.c - the family arena's allocator: freed memory is reused for any
+ * size, its pages go back to the kernel, and a process killed inside alloc
+ * or free leaks at most one block and corrupts nothing (MPROC_WHITEBOX).
+ *
+ * The whole binary runs on a 256 MiB arena (MPROC_ARENA_SIZE, set in main
+ * before the arena exists), so running out is quick and exact. The shared
+ * memory held is the memfd's allocated blocks (fstat st_blocks). */
+#include "testutil.h"
+
+#include "internal.h"
+#include "queue_internal.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MIB ((size_t)1 << 20)
+
+/* Bytes of shared memory the arena's memfd holds now. */
+static size_t held_bytes(void)
+{
+    struct stat st;
+    assert_true(arena_fd() >= 0);
+    assert_int_equal(fstat(arena_fd(), &st), 0);
+    return (size_t)st.st_blocks * 512;
+}
+
+/* ------------------------------------------------------------------ reuse */
+
+/* 1 MiB items fill the queue while the arena has room (a 1 MiB item once took
+ * a 2 MiB block: 127 fitted), then the drained arena gives 3/4 of itself in
+ * one block. */
+static void test_drained_1mib_items_leave_room_for_three_quarters(void **state)
+{
+    (void)state;
+    mp_queue *q;
+    TU_OK(mp_queue_new(&q, NULL));
+    char *item = malloc(MIB);
+    assert_non_null(item);
+    memset(item, 7, MIB);
+    int n = 0;
+    while (n < 1000 && mp_queue_put(q, item, MIB, 0) == 0)
+        n++;
+    print_message("%d items of 1 MiB fitted in a %zu MiB arena\n", n, arena_size() >> 20);
+    assert_true((size_t)n >= (arena_size() / MIB) * 9 / 10);
+    size_t len;
+    for (int i = 0; i < n; i++) {
+        TU_OK(mp_queue_get(q, item, MIB, &len, 0));
+        assert_int_equal(len, MIB);
+        assert_int_equal(item[MIB - 1], 7);
+    }
+    void *big = mp_shared_alloc(arena_size() / 4 * 3);
+    assert_non_null(big);
+    mp_shared_free(big);
+    mp_queue_free(q);
+    free(item);
+}
+
+static void test_64mib_fits_an_empty_arena_and_so_does_three_quarters(void **state)
+{
+    (void)state;
+    void *p = mp_shared_alloc(64 * MIB);
+    assert_non_null(p);
+    void *q = mp_shared_alloc(64 * MIB);
+    assert_non_null(q);
+    mp_shared_free(p);
+    mp_shared_free(q);
+    p = mp_shared_alloc(arena_size() / 4 * 3);
+    assert_non_null(p);
+    mp_shared_free(p);
+}
+
+/* ------------------------------------------------------------------ fragmentation */
+
+/* Rounds that cycle sizes from 1 B to 64 MiB, a window of live blocks at a
+ * time, every byte written: every allocation succeeds, and once all is
+ * freed the arena holds at most 64 MiB more than before. MPROC_ARENA_ROUNDS
+ * raises the count (1000 for the long check). */
+static void test_cycling_sizes_keeps_shared_memory_bounded(void **state)
+{
+    (void)state;
+    const char *env = getenv("MPROC_ARENA_ROUNDS");
+    int rounds = env && atoi(env) > 0 ? atoi(env) : 12;
+    size_t before = held_bytes();
+    enum { WINDOW = 6 };
+    void *live[WINDOW] = { 0 };
+    size_t live_len[WINDOW] = { 0 };
+    unsigned rng = 12345;
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k <= 26; k++) {
+            rng = rng * 1103515245u + 12345u;
+            size_t len = ((size_t)1 << k) + (k > 2 ? (rng >> 8) % ((size_t)1 << (k - 2)) : 0);
+            if (len > 64 * MIB)
+                len = 64 * MIB;
+            int slot = (int)((rng >> 4) % WINDOW);
+            mp_shared_free(live[slot]);
+            live[slot] = mp_shared_alloc(len);
+            assert_non_null(live[slot]);
+            live_len[slot] = len;
+            memset(live[slot], (int)r, len);
+        }
+    }
+    for (int i = 0; i < WINDOW; i++)
+        mp_shared_free(live[i]);
+    (void)live_len;
+    size_t after = held_bytes();
+    print_message("shared memory: %zu MiB before, %zu MiB after %d rounds\n",
+                  before >> 20, after >> 20, rounds);
+    assert_true(after <= before + 64 * MIB);
+}
+
+int main(void)
+{
+    setenv("MPROC_ARENA_SIZE", "256M", 1);
+    tu_watchdog(200);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_64mib_fits_an_empty_arena_and_so_does_three_quarters),
+        cmocka_unit_test(test_drained_1mib_items_leave_room_for_three_quarters),
+        cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
