@@ -72,6 +72,141 @@ static void test_64mib_fits_an_empty_arena_and_so_does_three_quarters(void **sta
     mp_shared_free(p);
 }
 
+/* A freed region serves every smaller or equal request: 1000 blocks freed
+ * leave no more free blocks than before, and their run takes one request
+ * of all their bytes. */
+static void test_neighbours_coalesce(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    static char *ps[N];
+    struct arena_stats before, mid, after;
+    assert_true(arena_check(&before));
+    for (int i = 0; i < N; i++)
+        assert_non_null(ps[i] = mp_shared_alloc(64));
+    char *pin = mp_shared_alloc(64);               /* the run cannot merge with the end */
+    for (int i = 0; i < N; i += 2)
+        mp_shared_free(ps[i]);
+    assert_true(arena_check(&mid));
+    assert_true(mid.free_blocks >= before.free_blocks + N / 2 - 1);
+    for (int i = 1; i < N; i += 2)
+        mp_shared_free(ps[i]);
+    assert_true(arena_check(&after));
+    assert_true(after.free_blocks <= before.free_blocks + 1);
+    char *whole = mp_shared_alloc((size_t)N * 128 - 64);
+    assert_non_null(whole);
+    mp_shared_free(pin);
+    mp_shared_free(whole);
+    assert_true(arena_check(&after));
+    assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static void test_bad_frees_are_refused(void **state)
+{
+    (void)state;
+    struct arena_stats before, after;
+    char *p = mp_shared_alloc(1000);
+    assert_true(arena_is_block(p));
+    assert_false(arena_is_block(p + 64));
+    assert_true(arena_check(&before));
+    mp_shared_free(p + 64);                         /* not a block start */
+    int local;
+    mp_shared_free(&local);                         /* not in the arena */
+    assert_true(arena_check(&after));
+    assert_int_equal(after.used_bytes, before.used_bytes);
+    size_t block = arena_block_size(p) + 64;        /* with its header */
+    assert_true(block >= 1000 + 64);
+    mp_shared_free(p);
+    mp_shared_free(p);                              /* twice */
+    assert_false(arena_is_block(p));
+    assert_true(arena_check(&after));
+    assert_int_equal(after.used_bytes, before.used_bytes - block);
+}
+
+/* ------------------------------------------------------------------ kills */
+
+static const char *die_at;
+
+static void die_here(const char *point)
+{
+    if (die_at && strcmp(point, die_at) == 0)
+        kill(getpid(), SIGKILL);
+}
+
+struct op {
+    const char *point;
+    size_t alloc;         /* allocate this many bytes, or ... */
+    void *free;           /* ... free this block */
+};
+
+static int run_op(void *arg)
+{
+    struct op *o = arg;
+    die_at = o->point;
+    mp__arena_test_hook = die_here;
+    if (o->alloc)
+        mp_shared_alloc(o->alloc);
+    else
+        mp_shared_free(o->free);
+    return 0;                                       /* the point was never reached */
+}
+
+static const char *const alloc_points[] = { "alloc_planned", "alloc_committed", "alloc_unlinked",
+                                            "alloc_applied", "alloc_linked" };
+static const char *const free_points[] = { "free_planned", "free_committed", "free_unlinked",
+                                           "free_applied", "free_linked" };
+
+/* Kills a child at point inside o; the allocator must check clean after
+ * and hold at most the one block in question more than before. */
+static void kill_inside(struct op *o, const char *point, size_t block)
+{
+    struct arena_stats before, after;
+    assert_true(arena_check(&before));
+    o->point = point;
+    assert_int_equal(tu_wait(tu_fork(run_op, o), 10 * tu_slow()), -SIGKILL);
+    assert_true(arena_check(&after));
+    if (o->alloc) {
+        assert_true(after.used_bytes <= before.used_bytes + block);
+    } else {
+        assert_true(after.used_bytes <= before.used_bytes);
+        mp_shared_free(o->free);                    /* still ours if the kill came first */
+        assert_true(arena_check(&after));
+        assert_int_equal(after.used_bytes, before.used_bytes - block);
+    }
+}
+
+/* Every step of alloc (with and without a split) and of free (merging with
+ * neither, either or both neighbours), a SIGKILL at each. */
+static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 5; i++) {
+        struct op split = { .alloc = 3000 };
+        kill_inside(&split, alloc_points[i], 3072 + 64);
+        char *x = mp_shared_alloc(200), *pin = mp_shared_alloc(64);
+        mp_shared_free(x);
+        struct op exact = { .alloc = 200 };           /* takes x's block whole */
+        kill_inside(&exact, alloc_points[i], 320);
+        mp_shared_free(pin);
+    }
+    for (int i = 0; i < 5; i++) {
+        for (int shape = 0; shape < 4; shape++) {
+            char *a = mp_shared_alloc(500), *b = mp_shared_alloc(500);
+            char *c = mp_shared_alloc(500), *d = mp_shared_alloc(500);
+            if (shape & 1)
+                mp_shared_free(a);                    /* a free predecessor */
+            if (shape & 2)
+                mp_shared_free(c);                    /* a free successor */
+            struct op f = { .free = b };
+            kill_inside(&f, free_points[i], 576);
+            mp_shared_free(a);
+            mp_shared_free(c);
+            mp_shared_free(d);
+        }
+    }
+    assert_true(arena_check(NULL));
+}
+
 /* ------------------------------------------------------------------ fragmentation */
 
 /* Rounds that cycle sizes from 1 B to 64 MiB, a window of live blocks at a
@@ -118,6 +253,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_64mib_fits_an_empty_arena_and_so_does_three_quarters),
         cmocka_unit_test(test_drained_1mib_items_leave_room_for_three_quarters),
+        cmocka_unit_test(test_neighbours_coalesce),
+        cmocka_unit_test(test_bad_frees_are_refused),
+        cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
