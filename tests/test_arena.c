@@ -13,6 +13,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +37,7 @@ static size_t held_bytes(void)
 static void test_drained_1mib_items_leave_room_for_three_quarters(void **state)
 {
     (void)state;
+    size_t held = held_bytes();
     mp_queue *q;
     TU_OK(mp_queue_new(&q, NULL));
     char *item = malloc(MIB);
@@ -51,6 +54,9 @@ static void test_drained_1mib_items_leave_room_for_three_quarters(void **state)
         assert_int_equal(len, MIB);
         assert_int_equal(item[MIB - 1], 7);
     }
+    print_message("shared memory: %zu MiB before, %zu MiB drained\n", held >> 20,
+                  held_bytes() >> 20);
+    assert_true(held_bytes() <= held + 64 * MIB);   /* the pages went back */
     void *big = mp_shared_alloc(arena_size() / 4 * 3);
     assert_non_null(big);
     mp_shared_free(big);
@@ -207,6 +213,94 @@ static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
     assert_true(arena_check(NULL));
 }
 
+/* ------------------------------------------------------------------ out of memory */
+
+/* The memory cgroup (v1) this process is in, as a directory; "" if none. */
+static bool memcg_dir(char *out, size_t cap)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[512];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        char *m = strstr(line, ":memory:");
+        if (m) {
+            m[strcspn(m, "\n")] = '\0';
+            snprintf(out, cap, "/sys/fs/cgroup/memory%s", m + 8);
+            found = access(out, W_OK) == 0;
+        }
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+static bool write_file(const char *dir, const char *name, const char *text)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return false;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* In a child limited to 32 MiB, with the kernel's OOM killer off for its
+ * group (so only an allocation outside a fault can fail, and a fault beyond
+ * the limit would hang, not kill): big allocations and puts fail with an
+ * error, small ones still work, and the child lives. */
+static int allocate_beyond_the_limit(void *dir)
+{
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (!write_file(dir, "cgroup.procs", pid))
+        return 10;
+    if (mp_shared_alloc(128 * MIB) != NULL)
+        return 11;
+    mp_queue *q;
+    if (mp_queue_new(&q, NULL) != 0)
+        return 12;
+    /* A source that costs no memory: untouched private pages read as zero. */
+    void *src = mmap(NULL, 100 * MIB, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (src == MAP_FAILED)
+        return 13;
+    int rc = mp_queue_put(q, src, 100 * MIB, 0);
+    if (rc != MP_ENOMEM)
+        return 14;
+    char small[100] = "still fine";
+    if (mp_queue_put(q, small, sizeof small, 0) != 0)
+        return 15;
+    void *p = mp_shared_alloc(4 * MIB);             /* within the limit */
+    if (!p)
+        return 16;
+    memset(p, 1, 4 * MIB);
+    mp_shared_free(p);
+    return arena_check(NULL) ? 0 : 17;
+}
+
+static void test_out_of_memory_is_an_error(void **state)
+{
+    (void)state;
+    char dir[512], sub[600];
+    if (!memcg_dir(dir, sizeof dir)) {
+        skip();
+        return;
+    }
+    snprintf(sub, sizeof sub, "%s/mproc_enomem_%d", dir, (int)getpid());
+    if (mkdir(sub, 0755) != 0) {
+        skip();
+        return;
+    }
+    bool limited = write_file(sub, "memory.limit_in_bytes", "33554432") &&
+                   write_file(sub, "memory.oom_control", "1");
+    if (limited)
+        assert_int_equal(tu_wait(tu_fork(allocate_beyond_the_limit, sub), 60), 0);
+    rmdir(sub);
+    if (!limited)
+        skip();
+    assert_true(arena_check(NULL));
+}
+
 /* ------------------------------------------------------------------ fragmentation */
 
 /* Rounds that cycle sizes from 1 B to 64 MiB, a window of live blocks at a
@@ -256,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_neighbours_coalesce),
         cmocka_unit_test(test_bad_frees_are_refused),
         cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
+        cmocka_unit_test(test_out_of_memory_is_an_error),
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
