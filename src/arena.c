@@ -31,7 +31,7 @@
 #define FL_COUNT 32                          /* blocks up to 2^40 bytes */
 #define MIN_BLOCK 128                        /* a header and 64 bytes */
 #define PUNCH_MIN ((uint64_t)2 << 20)        /* free spans from here give pages back ... */
-#define PUNCH_SLACK ((uint64_t)32 << 20)     /* ... once this much was freed into them */
+#define DIRTY_MAX ((uint64_t)32 << 20)       /* ... once they hold more dirty bytes than this */
 #define RESERVE_MIN ((uint64_t)64 << 10)     /* fresh blocks from here get their pages now */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -57,7 +57,6 @@
 
 enum { BLOCK_USED = 0x626c6b21, BLOCK_FREE = 0x66726565 };
 enum {
-    F_DIRTY = 1,   /* free: its pages may be resident (freed since the last punch) */
     F_FRESH = 2,   /* in use: carved from punched or never-used memory */
     F_END = 4,     /* the sentinel after the last block */
 };
@@ -70,7 +69,11 @@ struct block {
     uint64_t prev_size;   /* the physical predecessor's size, 0 for the first block */
     uint64_t next_free;   /* free blocks: offsets of their list neighbours, 0 = none */
     uint64_t prev_free;
-    char pad[BLOCK_HEADER - 40];
+    /* Free blocks: [dirty_lo, dirty_hi) from the block's start spans every
+     * part freed since its pages were last punched (they may be resident);
+     * outside it the kernel holds no pages. Advisory: not journaled. */
+    uint64_t dirty_lo, dirty_hi;
+    char pad[BLOCK_HEADER - 56];
 };
 
 /* One header as an operation will leave it. */
@@ -88,7 +91,7 @@ struct arena_header {
     uint64_t fl_map;                    /* bit fl: some sl_map[fl] bit set */
     uint32_t sl_map[FL_COUNT];          /* bit sl: heads[fl][sl] non-empty */
     uint64_t heads[FL_COUNT][SL_COUNT];
-    uint64_t unswept;                   /* bytes freed into big spans since the last sweep */
+    uint64_t dirty_big;                 /* dirty bytes in free spans from PUNCH_MIN */
     struct {
         uint32_t n;                     /* entries committed, 0 = none */
         struct jentry e[4];
@@ -419,6 +422,36 @@ static void journal_clear(struct arena_header *h)
     h->j.n = 0;
 }
 
+/* A free block's dirty range in arena offsets, clamped to the block. */
+static void dirty_range(struct arena_header *h, const struct block *b, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t off = block_off(h, b);
+    uint64_t l = b->dirty_lo < b->size ? b->dirty_lo : b->size;
+    uint64_t r = b->dirty_hi < b->size ? b->dirty_hi : b->size;
+    *lo = off + l;
+    *hi = r > l ? off + r : off + l;
+}
+
+static void set_dirty(struct arena_header *h, struct block *b, uint64_t lo, uint64_t hi)
+{
+    uint64_t off = block_off(h, b), end = off + b->size;
+    lo = lo > off ? lo : off;
+    hi = hi < end ? hi : end;
+    b->dirty_lo = hi > lo ? lo - off : 0;
+    b->dirty_hi = hi > lo ? hi - off : 0;
+}
+
+static bool is_dirty(const struct block *b)
+{
+    return b->dirty_hi > b->dirty_lo;
+}
+
+/* What a free block adds to dirty_big. */
+static uint64_t dirty_big(const struct block *b)
+{
+    return b->size >= PUNCH_MIN && is_dirty(b) ? b->dirty_hi - b->dirty_lo : 0;
+}
+
 /* After a holder died mid-operation: finish its headers, then rebuild the
  * lists and bitmaps from the blocks themselves. */
 static void arena_repair(struct arena_header *h)
@@ -429,12 +462,16 @@ static void arena_repair(struct arena_header *h)
         h->j.n = 4;                      /* cannot be; keeps the replay in bounds */
     journal_apply(h);
     memset(h->heads, 0, sizeof h->heads);
+    h->dirty_big = 0;
     memset(h->sl_map, 0, sizeof h->sl_map);
     h->fl_map = 0;
     for (uint64_t off = h->first; off < h->end; off += block_at(h, off)->size) {
         struct block *b = block_at(h, off);
-        if (b->magic == BLOCK_FREE)
+        if (b->magic == BLOCK_FREE) {
+            set_dirty(h, b, off, off + b->size);   /* not journaled: assume resident */
+            h->dirty_big += dirty_big(b);
             list_insert(h, b);
+        }
     }
     journal_clear(h);
 }
@@ -446,25 +483,33 @@ static void arena_lock(struct arena_header *h)
         arena_repair(h);
 }
 
-/* Takes a block of exactly need bytes (a multiple of 64), splitting off the
- * rest when it can stand as a block of its own. */
+/* Takes a block of exactly need bytes, splitting off the rest when it can
+ * stand as a block of its own. From the block's end when that is where its
+ * most recently freed bytes are (its dirty range ends there): a queue's big
+ * items then come back to the block just freed, still in the cache, instead
+ * of walking a ring through the arena. */
 static struct block *alloc_locked(struct arena_header *h, uint64_t need)
 {
     struct block *b = find_free(h, need);
     if (!b)
         return NULL;
-    uint64_t off = block_off(h, b), size = b->size;
-    uint32_t dirty = b->flags & F_DIRTY, n = 1;
-    if (size - need >= MIN_BLOCK) {
+    uint64_t off = block_off(h, b), size = b->size, rest = size - need, lo, hi;
+    dirty_range(h, b, &lo, &hi);
+    bool split = rest >= MIN_BLOCK, high = split && lo < hi && hi == off + size;
+    uint64_t at = high ? off + rest : off, rem = high ? off : off + need;
+    uint64_t used = split ? need : size;
+    uint32_t n = 1, fresh = lo <= at && at + used <= hi ? 0 : F_FRESH;   /* warm: all dirty */
+    if (split) {
         struct block *next = block_at(h, off + size);
-        plan(h, 0, off, need, b->prev_size, BLOCK_USED, dirty ? 0 : F_FRESH);
-        plan(h, 1, off + need, size - need, need, BLOCK_FREE, dirty);
-        plan(h, 2, off + size, next->size, size - need, next->magic, next->flags);
+        plan(h, 0, at, need, high ? rest : b->prev_size, BLOCK_USED, fresh);
+        plan(h, 1, rem, rest, high ? b->prev_size : need, BLOCK_FREE, 0);
+        plan(h, 2, off + size, next->size, high ? need : rest, next->magic, next->flags);
         n = 3;
     } else {
-        plan(h, 0, off, size, b->prev_size, BLOCK_USED, dirty ? 0 : F_FRESH);
+        plan(h, 0, off, size, b->prev_size, BLOCK_USED, fresh);
     }
-    bool in_place = n == 3 && same_list(size, size - need);
+    bool in_place = split && same_list(size, rest);
+    h->dirty_big -= dirty_big(b);
     hook("alloc_planned");
     journal_commit(h, n);
     hook("alloc_committed");
@@ -473,30 +518,36 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
     hook("alloc_unlinked");
     journal_apply(h);
     hook("alloc_applied");
-    if (in_place)
-        list_replace(h, b, block_at(h, off + need));
-    else if (n == 3)
-        list_insert(h, block_at(h, off + need));
+    if (split) {
+        set_dirty(h, block_at(h, rem), lo, hi);
+        h->dirty_big += dirty_big(block_at(h, rem));
+    }
+    if (in_place && !high)
+        list_replace(h, b, block_at(h, rem));
+    else if (split && !in_place)
+        list_insert(h, block_at(h, rem));
     hook("alloc_linked");
     journal_clear(h);
-    return b;
+    return block_at(h, at);
 }
 
 /* Gives the pages inside a free span back to the kernel, keeping the page
  * of its header (and of the next block's). */
 static void punch(struct arena_header *h, struct block *b)
 {
-    uint64_t off = block_off(h, b);
-    uint64_t lo = (off + BLOCK_HEADER + 4095) & ~(uint64_t)4095;
-    uint64_t hi = (off + b->size) & ~(uint64_t)4095;
+    uint64_t off = block_off(h, b), dlo, dhi;
+    dirty_range(h, b, &dlo, &dhi);
+    uint64_t first = off + BLOCK_HEADER > dlo ? off + BLOCK_HEADER : dlo;
+    uint64_t lo = (first + 4095) & ~(uint64_t)4095, hi = dhi & ~(uint64_t)4095;
     if (hi > lo)
         fallocate(arena.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo));
-    b->flags &= ~(uint32_t)F_DIRTY;
+    b->dirty_lo = b->dirty_hi = 0;
 }
 
-/* Punches every dirty free span from PUNCH_MIN up. Called once PUNCH_SLACK
- * bytes were freed into such spans since the last sweep, so a block freed
- * and taken again at once (a queue's 1 MiB items) keeps its pages warm. */
+/* Punches every dirty free span from PUNCH_MIN up. Called when such spans
+ * hold more than DIRTY_MAX dirty bytes: a block freed and soon taken again
+ * (a queue's big items) stays warm, since the free part of a working set is
+ * small, while memory nobody takes goes back. */
 static void sweep_locked(struct arena_header *h)
 {
     int fl0, sl0;
@@ -506,17 +557,10 @@ static void sweep_locked(struct arena_header *h)
             continue;
         for (int sl = 0; sl < SL_COUNT; sl++)
             for (uint64_t off = h->heads[fl][sl]; off; off = block_at(h, off)->next_free)
-                if (block_at(h, off)->flags & F_DIRTY)
+                if (is_dirty(block_at(h, off)))
                     punch(h, block_at(h, off));
     }
-    h->unswept = 0;
-}
-
-/* Bytes of a free neighbour that have not been counted towards a sweep yet:
- * a small dirty span counts once it joins a big one. */
-static uint64_t uncounted(const struct block *b)
-{
-    return (b->flags & F_DIRTY) && b->size < PUNCH_MIN ? b->size : 0;
+    h->dirty_big = 0;
 }
 
 static void free_locked(struct arena_header *h, struct block *b)
@@ -527,10 +571,19 @@ static void free_locked(struct arena_header *h, struct block *b)
     bool with_prev = prev && prev->magic == BLOCK_FREE, with_next = next->magic == BLOCK_FREE;
     uint64_t start = with_prev ? off - prev->size : off;
     uint64_t total = size + (with_prev ? prev->size : 0) + (with_next ? next->size : 0);
-    uint64_t counted = size + (with_prev ? uncounted(prev) : 0) + (with_next ? uncounted(next) : 0);
+    uint64_t gone = (with_prev ? dirty_big(prev) : 0) + (with_next ? dirty_big(next) : 0);
     struct block *after = block_at(h, start + total);
     uint32_t n = 2;
-    plan(h, 0, start, total, with_prev ? prev->prev_size : b->prev_size, BLOCK_FREE, F_DIRTY);
+    uint64_t lo = off, hi = off + size, l, r;   /* the hull of the dirty parts */
+    if (with_prev && is_dirty(prev)) {
+        dirty_range(h, prev, &l, &r);
+        lo = l;
+    }
+    if (with_next && is_dirty(next)) {
+        dirty_range(h, next, &l, &r);
+        hi = r;
+    }
+    plan(h, 0, start, total, with_prev ? prev->prev_size : b->prev_size, BLOCK_FREE, 0);
     plan(h, 1, start + total, after->size, total, after->magic, after->flags);
     if (with_prev)
         plan(h, n++, off, 0, 0, 0, 0);      /* an inner header: no longer a block */
@@ -549,13 +602,15 @@ static void free_locked(struct arena_header *h, struct block *b)
     hook("free_unlinked");
     journal_apply(h);
     hook("free_applied");
+    set_dirty(h, block_at(h, start), lo, hi);
     if (take_next)
         list_replace(h, next, b);
     else if (!keep_prev)
         list_insert(h, block_at(h, start));
     hook("free_linked");
     journal_clear(h);
-    if (total >= PUNCH_MIN && (h->unswept += counted) >= PUNCH_SLACK)
+    h->dirty_big += dirty_big(block_at(h, start)) - gone;
+    if (h->dirty_big > DIRTY_MAX)
         sweep_locked(h);
 }
 

@@ -189,6 +189,11 @@ static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
     for (int i = 0; i < 5; i++) {
         struct op split = { .alloc = 3000 };
         kill_inside(&split, alloc_points[i], 3072 + 64);
+        char *y = mp_shared_alloc(20000), *pin_y = mp_shared_alloc(64);
+        mp_shared_free(y);                            /* dirty to its end: split high */
+        struct op high = { .alloc = 3000 };
+        kill_inside(&high, alloc_points[i], 3072 + 64);
+        mp_shared_free(pin_y);
         char *x = mp_shared_alloc(200), *pin = mp_shared_alloc(64);
         mp_shared_free(x);
         struct op exact = { .alloc = 200 };           /* takes x's block whole */
