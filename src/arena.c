@@ -31,7 +31,8 @@
 #define FL_COUNT 32                          /* blocks up to 2^40 bytes */
 #define MIN_BLOCK 128                        /* a header and 64 bytes */
 #define PUNCH_MIN ((uint64_t)2 << 20)        /* free spans from here give pages back ... */
-#define DIRTY_MAX ((uint64_t)32 << 20)       /* ... once they hold more dirty bytes than this */
+#define DIRTY_MAX ((uint64_t)64 << 20)       /* ... once they hold this many dirty bytes
+                                                more than the blocks in use */
 #define RESERVE_MIN ((uint64_t)64 << 10)     /* fresh blocks from here get their pages now */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -92,6 +93,8 @@ struct arena_header {
     uint32_t sl_map[FL_COUNT];          /* bit sl: heads[fl][sl] non-empty */
     uint64_t heads[FL_COUNT][SL_COUNT];
     uint64_t dirty_big;                 /* dirty bytes in free spans from PUNCH_MIN */
+    uint64_t used;                      /* bytes in blocks in use */
+    _Atomic uint64_t sweeps;            /* sweeps that punched: mappings went away */
     struct {
         uint32_t n;                     /* entries committed, 0 = none */
         struct jentry e[4];
@@ -355,6 +358,12 @@ static void list_replace(struct arena_header *h, struct block *from, struct bloc
 static struct block *find_free(struct arena_header *h, uint64_t size)
 {
     int fl, sl;
+    /* First the head of size's own list: a block freed by an item of the
+     * same size (a queue's stream) is taken again while still warm, where
+     * the rounded search would pass it over for a bigger, colder one. */
+    list_of(size, &fl, &sl);
+    if (fl < FL_COUNT && h->heads[fl][sl] && block_at(h, h->heads[fl][sl])->size >= size)
+        return block_at(h, h->heads[fl][sl]);
     uint64_t r = size >= SMALL_BLOCK ? size + ((uint64_t)1 << (log2_floor(size) - SL_LOG)) - 1
                                      : size;
     list_of(r, &fl, &sl);
@@ -446,10 +455,27 @@ static bool is_dirty(const struct block *b)
     return b->dirty_hi > b->dirty_lo;
 }
 
-/* What a free block adds to dirty_big. */
-static uint64_t dirty_big(const struct block *b)
+/* The pages a punch of a free block would give back: its dirty range
+ * without the page of its header or of the next block's. */
+static void punchable(struct arena_header *h, const struct block *b, uint64_t *lo, uint64_t *hi)
 {
-    return b->size >= PUNCH_MIN && is_dirty(b) ? b->dirty_hi - b->dirty_lo : 0;
+    uint64_t off = block_off(h, b), dlo, dhi;
+    dirty_range(h, b, &dlo, &dhi);
+    uint64_t first = off + BLOCK_HEADER > dlo ? off + BLOCK_HEADER : dlo;
+    *lo = (first + 4095) & ~(uint64_t)4095;
+    *hi = dhi & ~(uint64_t)4095;
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
+/* What a free block adds to dirty_big. */
+static uint64_t dirty_big(struct arena_header *h, const struct block *b)
+{
+    uint64_t lo, hi;
+    if (b->size < PUNCH_MIN || !is_dirty(b))
+        return 0;
+    punchable(h, b, &lo, &hi);
+    return hi - lo;
 }
 
 /* After a holder died mid-operation: finish its headers, then rebuild the
@@ -462,15 +488,17 @@ static void arena_repair(struct arena_header *h)
         h->j.n = 4;                      /* cannot be; keeps the replay in bounds */
     journal_apply(h);
     memset(h->heads, 0, sizeof h->heads);
-    h->dirty_big = 0;
+    h->dirty_big = h->used = 0;
     memset(h->sl_map, 0, sizeof h->sl_map);
     h->fl_map = 0;
     for (uint64_t off = h->first; off < h->end; off += block_at(h, off)->size) {
         struct block *b = block_at(h, off);
         if (b->magic == BLOCK_FREE) {
             set_dirty(h, b, off, off + b->size);   /* not journaled: assume resident */
-            h->dirty_big += dirty_big(b);
+            h->dirty_big += dirty_big(h, b);
             list_insert(h, b);
+        } else {
+            h->used += b->size;
         }
     }
     journal_clear(h);
@@ -509,7 +537,8 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
         plan(h, 0, off, size, b->prev_size, BLOCK_USED, fresh);
     }
     bool in_place = split && same_list(size, rest);
-    h->dirty_big -= dirty_big(b);
+    h->dirty_big -= dirty_big(h, b);
+    h->used += used;
     hook("alloc_planned");
     journal_commit(h, n);
     hook("alloc_committed");
@@ -520,7 +549,7 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
     hook("alloc_applied");
     if (split) {
         set_dirty(h, block_at(h, rem), lo, hi);
-        h->dirty_big += dirty_big(block_at(h, rem));
+        h->dirty_big += dirty_big(h, block_at(h, rem));
     }
     if (in_place && !high)
         list_replace(h, b, block_at(h, rem));
@@ -535,19 +564,19 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
  * of its header (and of the next block's). */
 static void punch(struct arena_header *h, struct block *b)
 {
-    uint64_t off = block_off(h, b), dlo, dhi;
-    dirty_range(h, b, &dlo, &dhi);
-    uint64_t first = off + BLOCK_HEADER > dlo ? off + BLOCK_HEADER : dlo;
-    uint64_t lo = (first + 4095) & ~(uint64_t)4095, hi = dhi & ~(uint64_t)4095;
+    uint64_t lo, hi;
+    punchable(h, b, &lo, &hi);
     if (hi > lo)
         fallocate(arena.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo));
     b->dirty_lo = b->dirty_hi = 0;
 }
 
 /* Punches every dirty free span from PUNCH_MIN up. Called when such spans
- * hold more than DIRTY_MAX dirty bytes: a block freed and soon taken again
- * (a queue's big items) stays warm, since the free part of a working set is
- * small, while memory nobody takes goes back. */
+ * hold DIRTY_MAX dirty bytes more than the blocks in use: a block freed and
+ * soon taken again (a queue's big items) stays warm, since the free part of
+ * a working set is no bigger than the rest of it, while memory nobody takes
+ * goes back as the workload shrinks. Once all is freed, at most DIRTY_MAX
+ * stays. */
 static void sweep_locked(struct arena_header *h)
 {
     int fl0, sl0;
@@ -561,6 +590,7 @@ static void sweep_locked(struct arena_header *h)
                     punch(h, block_at(h, off));
     }
     h->dirty_big = 0;
+    atomic_fetch_add_explicit(&h->sweeps, 1, memory_order_relaxed);
 }
 
 static void free_locked(struct arena_header *h, struct block *b)
@@ -571,7 +601,7 @@ static void free_locked(struct arena_header *h, struct block *b)
     bool with_prev = prev && prev->magic == BLOCK_FREE, with_next = next->magic == BLOCK_FREE;
     uint64_t start = with_prev ? off - prev->size : off;
     uint64_t total = size + (with_prev ? prev->size : 0) + (with_next ? next->size : 0);
-    uint64_t gone = (with_prev ? dirty_big(prev) : 0) + (with_next ? dirty_big(next) : 0);
+    uint64_t gone = (with_prev ? dirty_big(h, prev) : 0) + (with_next ? dirty_big(h, next) : 0);
     struct block *after = block_at(h, start + total);
     uint32_t n = 2;
     uint64_t lo = off, hi = off + size, l, r;   /* the hull of the dirty parts */
@@ -609,8 +639,9 @@ static void free_locked(struct arena_header *h, struct block *b)
         list_insert(h, block_at(h, start));
     hook("free_linked");
     journal_clear(h);
-    h->dirty_big += dirty_big(block_at(h, start)) - gone;
-    if (h->dirty_big > DIRTY_MAX)
+    h->dirty_big += dirty_big(h, block_at(h, start)) - gone;
+    h->used -= size;
+    if (h->dirty_big > DIRTY_MAX + h->used)
         sweep_locked(h);
 }
 
@@ -699,12 +730,6 @@ size_t arena_block_size(const void *p)
     return (size_t)(b->size - BLOCK_HEADER);
 }
 
-bool arena_fresh(const void *p)
-{
-    const struct block *b = (const struct block *)((const char *)p - BLOCK_HEADER);
-    return b->flags & F_FRESH;
-}
-
 /* Walks every block and every free list under the lock (ck_ring_valid's
  * spirit): sizes and links in bounds, each header's predecessor size right,
  * no two free neighbours, every free block in the one list its size names
@@ -761,13 +786,44 @@ bool arena_check(struct arena_stats *st)
     return ok;
 }
 
-/* Maps every page of [p, p+n) into this process in one call (for blocks
- * that arena_fresh says come from memory the kernel has no pages for). */
+/* The big ranges this process has mapped in already, since the last sweep
+ * (a punch unmaps pages in every process): populating a range whose pages
+ * are all mapped still walks every page table entry, and a process reusing
+ * warm blocks would pay it per item. A fork child starts empty (its page
+ * tables start empty for the arena). Direct-mapped by address. */
+#define SEEN_SLOTS 256
+static struct {
+    pthread_mutex_t lock;
+    pid_t pid;
+    struct { uintptr_t start; size_t len; uint64_t sweeps; } e[SEEN_SLOTS];
+} seen = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static bool prefault_seen(uintptr_t start, size_t len, uint64_t sweeps)
+{
+    pthread_mutex_lock(&seen.lock);
+    if (seen.pid != getpid()) {
+        memset(seen.e, 0, sizeof seen.e);
+        seen.pid = getpid();
+    }
+    unsigned slot = (unsigned)(((start >> 12) * 0x9e3779b97f4a7c15ULL) >> 56);
+    bool hit = seen.e[slot].start == start && seen.e[slot].len >= len &&
+               seen.e[slot].sweeps == sweeps;
+    if (!hit) {
+        seen.e[slot].start = start;
+        seen.e[slot].len = len;
+        seen.e[slot].sweeps = sweeps;
+    }
+    pthread_mutex_unlock(&seen.lock);
+    return hit;
+}
+
 void arena_prefault(void *p, size_t n, bool write)
 {
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     uintptr_t start = (uintptr_t)p & ~(uintptr_t)4095, end = (uintptr_t)p + n;
-    if (n && arena_contains(p, n))
+    if (n && h && arena_contains(p, n) &&
+        !prefault_seen(start, end - start, atomic_load_explicit(&h->sweeps, memory_order_relaxed)))
         madvise((void *)start, end - start, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 #else
     (void)p, (void)n, (void)write;

@@ -32,8 +32,8 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
  * 4 KiB items ~5% faster and left the round trip as it was (every ~180 ns:
  * round trip +15%). */
 #define SPIN_POLL_PAUSES 8
-/* Big items from here in blocks of fresh memory map their pages in one call;
- * warm blocks (reused at once) need not. */
+/* Big items from here map their pages in one call, once per block and
+ * process (arena_prefault remembers). */
 #define PREFAULT_MIN ((size_t)1 << 20)
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
@@ -379,7 +379,7 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
         big = arena_alloc_nozero(len);
         if (!big)
             return MP_ENOMEM;
-        if (len >= PREFAULT_MIN && arena_fresh(big))
+        if (len >= PREFAULT_MIN)
             arena_prefault(big, len, true);
         copy_big(big, data, len);
     }
@@ -467,7 +467,7 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         *shared = src;                /* the block changes hands, not its bytes */
         src = NULL;
     } else if (is_big && n) {
-        if (n >= PREFAULT_MIN && arena_fresh(src))
+        if (n >= PREFAULT_MIN)
             arena_prefault(src, n, false);
         copy_big(buf, src, n);
     } else {

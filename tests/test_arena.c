@@ -8,6 +8,7 @@
 #include "testutil.h"
 
 #include "internal.h"
+#include "platform/valgrind_check.h"
 #include "queue_internal.h"
 
 #include <signal.h>
@@ -316,7 +317,7 @@ static void test_cycling_sizes_keeps_shared_memory_bounded(void **state)
 {
     (void)state;
     const char *env = getenv("MPROC_ARENA_ROUNDS");
-    int rounds = env && atoi(env) > 0 ? atoi(env) : 12;
+    int rounds = env && atoi(env) > 0 ? atoi(env) : RUNNING_ON_VALGRIND ? 2 : 12;
     size_t before = held_bytes();
     enum { WINDOW = 6 };
     void *live[WINDOW] = { 0 };
