@@ -32,7 +32,7 @@
 #define MIN_BLOCK 128                        /* a header and 64 bytes */
 #define PUNCH_MIN ((uint64_t)2 << 20)        /* free spans from here give pages back ... */
 #define DIRTY_MAX ((uint64_t)64 << 20)       /* ... once they hold this many dirty bytes
-                                                more than the blocks in use */
+                                                more than 4x the blocks in use */
 #define RESERVE_MIN ((uint64_t)64 << 10)     /* fresh blocks from here get their pages now */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -572,11 +572,10 @@ static void punch(struct arena_header *h, struct block *b)
 }
 
 /* Punches every dirty free span from PUNCH_MIN up. Called when such spans
- * hold DIRTY_MAX dirty bytes more than the blocks in use: a block freed and
- * soon taken again (a queue's big items) stays warm, since the free part of
- * a working set is no bigger than the rest of it, while memory nobody takes
- * goes back as the workload shrinks. Once all is freed, at most DIRTY_MAX
- * stays. */
+ * hold DIRTY_MAX dirty bytes more than four times the blocks in use: a block
+ * freed and soon taken again (a queue's big items, a producer a few items
+ * ahead) stays warm, while memory nobody takes goes back as the workload
+ * shrinks. Once all is freed, at most DIRTY_MAX stays. */
 static void sweep_locked(struct arena_header *h)
 {
     int fl0, sl0;
@@ -641,7 +640,7 @@ static void free_locked(struct arena_header *h, struct block *b)
     journal_clear(h);
     h->dirty_big += dirty_big(h, block_at(h, start)) - gone;
     h->used -= size;
-    if (h->dirty_big > DIRTY_MAX + h->used)
+    if (h->dirty_big > DIRTY_MAX + 4 * h->used)
         sweep_locked(h);
 }
 
