@@ -288,7 +288,9 @@ static void test_out_of_memory_is_an_error(void **state)
 {
     (void)state;
     char dir[512], sub[600];
-    if (!memcg_dir(dir, sizeof dir)) {
+    /* Under valgrind the child's own memory would pass the limit, and with
+     * the OOM killer off a fault beyond it waits for ever. */
+    if (RUNNING_ON_VALGRIND || !memcg_dir(dir, sizeof dir)) {
         skip();
         return;
     }
