@@ -257,6 +257,13 @@ MP_EXTERN int  mp_queue_get(mp_queue *q, void *buf, size_t cap, size_t *len, dou
 MP_EXTERN int  mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout);   /* any size */
 MP_EXTERN int  mp_queue_put_nowait(mp_queue *q, const void *data, size_t len);
 MP_EXTERN int  mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len);
+/* Big items without a copy. p is a block from mp_shared_alloc, len <= its
+ * size (else MP_EINVAL); on success the queue owns it, otherwise the caller
+ * still does. get_shared hands the caller the item's block (*p is valid in
+ * every process of the family; free it with mp_shared_free): an item put by
+ * copy comes in a block of its own, and a plain get copies a shared one. */
+MP_EXTERN int  mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout);
+MP_EXTERN int  mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout);
 MP_EXTERN size_t mp_queue_qsize(mp_queue *q);
 MP_EXTERN bool mp_queue_empty(mp_queue *q);
 MP_EXTERN bool mp_queue_full(mp_queue *q);

@@ -3,24 +3,37 @@
  * One memfd, mapped MAP_SHARED at the same address in every process of the
  * family: fork inherits it, spawn and the fork server map it again at the
  * parent's address from an inherited fd. Nothing has a name, so nothing is
- * left in /dev/shm; the kernel frees it when the last process goes. Blocks
- * come in power-of-two classes with one free list each, under a robust mutex.
+ * left in /dev/shm; the kernel frees it when the last process goes.
+ *
+ * The allocator is TLSF under one robust mutex: blocks split and coalesce,
+ * a journal makes each operation all-or-nothing for a holder killed inside
+ * it, free spans from 2 MiB give their pages back (in sweeps, so warm blocks
+ * stay warm) and fresh big blocks get theirs up front, so running out of
+ * memory is an error and not a SIGBUS. docs/arena.md says why and how.
  */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "platform/valgrind_check.h"
 
-#define ARENA_MAGIC 0x6d7072636172656eULL   /* "mprcaren" */
-#define BLOCK_MAGIC 0x626c6b21u
+#define ARENA_MAGIC 0x6d7072636172656fULL   /* "mprcareo": the TLSF layout */
 #define BLOCK_HEADER 64                      /* keeps payloads cache-line aligned */
-#define MIN_CLASS 6
-#define MAX_CLASS 40
-#define HUGE_CLASS 28                        /* blocks from 256 MiB give pages back when freed */
+#define ALIGN_LOG 6                          /* block sizes are multiples of 64 */
+#define SL_LOG 3                             /* 8 lists per power of two */
+#define SL_COUNT (1 << SL_LOG)
+#define FL_SHIFT (SL_LOG + ALIGN_LOG)
+#define SMALL_BLOCK ((uint64_t)1 << FL_SHIFT) /* below: one list per 64 bytes */
+#define FL_COUNT 32                          /* blocks up to 2^40 bytes */
+#define MIN_BLOCK 128                        /* a header and 64 bytes */
+#define PUNCH_MIN ((uint64_t)2 << 20)        /* free spans from here give pages back ... */
+#define DIRTY_MAX ((uint64_t)64 << 20)       /* ... once they hold this many dirty bytes
+                                                more than 4x the blocks in use */
+#define RESERVE_MIN ((uint64_t)64 << 10)     /* fresh blocks from here get their pages now */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define ARENA_SANITIZED 1
@@ -43,21 +56,55 @@
 #define ARENA_SIZE_VALGRIND ((size_t)256 << 20)
 #define ARENA_SIZE_MIN ((size_t)1 << 20)
 
+enum { BLOCK_USED = 0x626c6b21, BLOCK_FREE = 0x66726565 };
+enum {
+    F_FRESH = 2,   /* in use: carved from punched or never-used memory */
+    F_END = 4,     /* the sentinel after the last block */
+};
+
+/* Every block starts with this header; sizes include it. */
 struct block {
-    uint32_t magic;
-    uint32_t class;
-    uint64_t next;        /* offset of the next free block, 0 = none */
-    char pad[BLOCK_HEADER - 16];
+    uint32_t magic;       /* BLOCK_USED, BLOCK_FREE, or anything else: not a block */
+    uint32_t flags;
+    uint64_t size;
+    uint64_t prev_size;   /* the physical predecessor's size, 0 for the first block */
+    uint64_t next_free;   /* free blocks: offsets of their list neighbours, 0 = none */
+    uint64_t prev_free;
+    /* Free blocks: [dirty_lo, dirty_hi) from the block's start spans every
+     * part freed since its pages were last punched (they may be resident);
+     * outside it the kernel holds no pages. Advisory: not journaled. */
+    uint64_t dirty_lo, dirty_hi;
+    char pad[BLOCK_HEADER - 56];
+};
+
+/* One header as an operation will leave it. */
+struct jentry {
+    uint64_t off, size, prev_size;
+    uint32_t magic, flags;
 };
 
 struct arena_header {
     uint64_t magic;
     uint64_t size;
     rmutex lock;
-    uint64_t bump;                      /* first never-used offset */
-    uint64_t free_head[MAX_CLASS + 1];
+    uint64_t first;                     /* offset of the first block */
+    uint64_t end;                       /* offset of the sentinel */
+    uint64_t fl_map;                    /* bit fl: some sl_map[fl] bit set */
+    uint32_t sl_map[FL_COUNT];          /* bit sl: heads[fl][sl] non-empty */
+    uint64_t heads[FL_COUNT][SL_COUNT];
+    uint64_t dirty_big;                 /* dirty bytes in free spans from PUNCH_MIN */
+    uint64_t used;                      /* bytes in blocks in use */
+    _Atomic uint64_t sweeps;            /* sweeps that punched: mappings went away */
+    struct {
+        uint32_t n;                     /* entries committed, 0 = none */
+        struct jentry e[4];
+    } j;
     void *slots[ARENA_SLOT_COUNT];
 };
+
+void (*mp__arena_test_hook)(const char *point);
+
+static inline void list_of(uint64_t size, int *fl, int *sl);
 
 static struct {
     pthread_mutex_t init;               /* process-local: guards creation */
@@ -112,7 +159,19 @@ static struct arena_header *arena_create(void)
     struct arena_header *h = p;
     h->magic = ARENA_MAGIC;
     h->size = size;
-    h->bump = (sizeof *h + 4095) & ~(uint64_t)4095;
+    /* One free block spans the arena; a used sentinel ends it. */
+    h->first = (sizeof *h + 4095) & ~(uint64_t)4095;
+    h->end = size - BLOCK_HEADER;
+    struct block *all = (struct block *)((char *)p + h->first);
+    *all = (struct block){ .magic = BLOCK_FREE, .size = h->end - h->first };
+    *(struct block *)((char *)p + h->end) =
+        (struct block){ .magic = BLOCK_USED, .flags = F_END, .size = BLOCK_HEADER,
+                        .prev_size = all->size };
+    int fl, sl;
+    list_of(all->size, &fl, &sl);
+    h->heads[fl][sl] = h->first;
+    h->sl_map[fl] = 1u << sl;
+    h->fl_map = (uint64_t)1 << fl;
     if (rmutex_init(&h->lock) != 0) {
         munmap(p, size);
         goto fail;
@@ -194,52 +253,429 @@ bool arena_contains(const void *p, size_t len)
     return h && a >= b && a - b <= arena.size && len <= arena.size - (a - b);
 }
 
-static int size_class(size_t size)
+/* ------------------------------------------------------------------ the allocator
+ *
+ * Two-level segregated fit (TLSF, Masmano et al. 2004; docs/arena.md): free
+ * blocks sit in lists by size, 8 lists per power of two (one per 64 bytes
+ * below 512), found in O(1) through two bitmaps. A request takes the head of
+ * the first non-empty list whose every block fits, and the block is split;
+ * a freed block merges with free physical neighbours (boundary tags: each
+ * header knows its predecessor's size). */
+
+static inline struct block *block_at(struct arena_header *h, uint64_t off)
 {
-    if (size > ((size_t)1 << MAX_CLASS) - BLOCK_HEADER)
-        return -1;
-    size_t need = size + BLOCK_HEADER;
-    int c = MIN_CLASS;
-    while (((size_t)1 << c) < need)
-        c++;
-    return c;
+    return (struct block *)((char *)h + off);
 }
 
-/* Under the arena lock. A holder that died mid-call may have left one block
- * unaccounted for; the lists themselves are updated in single stores. */
-static struct block *take_block(struct arena_header *h, int c)
+static inline uint64_t block_off(struct arena_header *h, const struct block *b)
 {
-    char *base = (char *)h;
-    if (h->free_head[c]) {
-        struct block *b = (struct block *)(base + h->free_head[c]);
-        h->free_head[c] = b->next;
-        return b;
+    return (uint64_t)((const char *)b - (const char *)h);
+}
+
+static inline int log2_floor(uint64_t x)
+{
+    return 63 - __builtin_clzll(x);
+}
+
+/* The list a block of size bytes belongs in. */
+static inline void list_of(uint64_t size, int *fl, int *sl)
+{
+    if (size < SMALL_BLOCK) {
+        *fl = 0;
+        *sl = (int)(size >> ALIGN_LOG);
+    } else {
+        int f = log2_floor(size);
+        *sl = (int)(size >> (f - SL_LOG)) ^ SL_COUNT;
+        *fl = f - FL_SHIFT + 1;
     }
-    uint64_t bytes = (uint64_t)1 << c;
-    /* Big blocks are aligned to 4 KiB so that freeing can punch whole pages. */
-    uint64_t at = c >= 12 ? (h->bump + 4095) & ~(uint64_t)4095 : h->bump;
-    if (at + bytes > h->size)
+}
+
+static void hook(const char *point)
+{
+    if (mp__arena_test_hook)
+        mp__arena_test_hook(point);
+}
+
+static void list_remove(struct arena_header *h, struct block *b)
+{
+    int fl, sl;
+    list_of(b->size, &fl, &sl);
+    if (b->prev_free)
+        block_at(h, b->prev_free)->next_free = b->next_free;
+    else
+        h->heads[fl][sl] = b->next_free;
+    if (b->next_free)
+        block_at(h, b->next_free)->prev_free = b->prev_free;
+    if (!h->heads[fl][sl]) {
+        h->sl_map[fl] &= ~(1u << sl);
+        if (!h->sl_map[fl])
+            h->fl_map &= ~((uint64_t)1 << fl);
+    }
+}
+
+static void list_insert(struct arena_header *h, struct block *b)
+{
+    int fl, sl;
+    list_of(b->size, &fl, &sl);
+    uint64_t off = block_off(h, b);
+    b->prev_free = 0;
+    b->next_free = h->heads[fl][sl];
+    if (b->next_free)
+        block_at(h, b->next_free)->prev_free = off;
+    h->heads[fl][sl] = off;
+    h->sl_map[fl] |= 1u << sl;
+    h->fl_map |= (uint64_t)1 << fl;
+}
+
+static bool same_list(uint64_t a, uint64_t b)
+{
+    int fa, sa, fb, sb;
+    list_of(a, &fa, &sa);
+    list_of(b, &fb, &sb);
+    return fa == fb && sa == sb;
+}
+
+/* Puts to in from's place in its list (a split or merge that leaves the
+ * size in the same list: the common case of a big free span at the end). */
+static void list_replace(struct arena_header *h, struct block *from, struct block *to)
+{
+    int fl, sl;
+    list_of(to->size, &fl, &sl);
+    uint64_t off = block_off(h, to);
+    to->prev_free = from->prev_free;
+    to->next_free = from->next_free;
+    if (to->prev_free)
+        block_at(h, to->prev_free)->next_free = off;
+    else
+        h->heads[fl][sl] = off;
+    if (to->next_free)
+        block_at(h, to->next_free)->prev_free = off;
+}
+
+/* A free block of at least size bytes, or NULL. The search rounds size up to
+ * the next list boundary so any block found fits; failing that, the first
+ * few blocks of size's own list are tried (a nearly-whole-arena request). */
+static struct block *find_free(struct arena_header *h, uint64_t size)
+{
+    int fl, sl;
+    /* First the head of size's own list: a block freed by an item of the
+     * same size (a queue's stream) is taken again while still warm, where
+     * the rounded search would pass it over for a bigger, colder one. */
+    list_of(size, &fl, &sl);
+    if (fl < FL_COUNT && h->heads[fl][sl] && block_at(h, h->heads[fl][sl])->size >= size)
+        return block_at(h, h->heads[fl][sl]);
+    uint64_t r = size >= SMALL_BLOCK ? size + ((uint64_t)1 << (log2_floor(size) - SL_LOG)) - 1
+                                     : size;
+    list_of(r, &fl, &sl);
+    if (fl < FL_COUNT) {
+        uint32_t sm = h->sl_map[fl] & (~0u << sl);
+        if (!sm) {
+            uint64_t fm = fl + 1 < FL_COUNT ? h->fl_map & (~(uint64_t)0 << (fl + 1)) : 0;
+            if (fm) {
+                fl = __builtin_ctzll(fm);
+                sm = h->sl_map[fl];
+            }
+        }
+        if (sm)
+            return block_at(h, h->heads[fl][__builtin_ctz(sm)]);
+    }
+    list_of(size, &fl, &sl);
+    if (fl >= FL_COUNT)
         return NULL;
-    h->bump = at + bytes;
-    return (struct block *)(base + at);
+    uint64_t off = h->heads[fl][sl];
+    for (int i = 0; off && i < 16; i++) {
+        struct block *b = block_at(h, off);
+        if (b->size >= size)
+            return b;
+        off = b->next_free;
+    }
+    return NULL;
+}
+
+/* The journal: every header an operation will change, written and committed
+ * (one store of n) before the first change. A holder killed after the
+ * commit leaves it for the next holder to apply again (the writes are plain
+ * values, so applying twice is harmless) and the free lists to rebuild from
+ * the headers. Killed before the commit, it changed nothing. */
+static void plan(struct arena_header *h, uint32_t i, uint64_t off, uint64_t size,
+                 uint64_t prev_size, uint32_t magic, uint32_t flags)
+{
+    h->j.e[i] = (struct jentry){ off, size, prev_size, magic, flags };
+}
+
+static void journal_commit(struct arena_header *h, uint32_t n)
+{
+    atomic_thread_fence(memory_order_release);
+    h->j.n = n;
+    atomic_thread_fence(memory_order_release);
+}
+
+/* Field by field through volatile: a wider load spanning the narrower
+ * stores plan() just made could not be forwarded from them and would wait
+ * (measured: a third of a small alloc). */
+static void journal_apply(struct arena_header *h)
+{
+    const volatile struct jentry *e = h->j.e;
+    for (uint32_t i = 0, n = h->j.n; i < n; i++) {
+        struct block *b = block_at(h, e[i].off);
+        b->magic = e[i].magic;
+        b->flags = e[i].flags;
+        b->size = e[i].size;
+        b->prev_size = e[i].prev_size;
+    }
+}
+
+static void journal_clear(struct arena_header *h)
+{
+    atomic_thread_fence(memory_order_release);
+    h->j.n = 0;
+}
+
+/* A free block's dirty range in arena offsets, clamped to the block. */
+static void dirty_range(struct arena_header *h, const struct block *b, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t off = block_off(h, b);
+    uint64_t l = b->dirty_lo < b->size ? b->dirty_lo : b->size;
+    uint64_t r = b->dirty_hi < b->size ? b->dirty_hi : b->size;
+    *lo = off + l;
+    *hi = r > l ? off + r : off + l;
+}
+
+static void set_dirty(struct arena_header *h, struct block *b, uint64_t lo, uint64_t hi)
+{
+    uint64_t off = block_off(h, b), end = off + b->size;
+    lo = lo > off ? lo : off;
+    hi = hi < end ? hi : end;
+    b->dirty_lo = hi > lo ? lo - off : 0;
+    b->dirty_hi = hi > lo ? hi - off : 0;
+}
+
+static bool is_dirty(const struct block *b)
+{
+    return b->dirty_hi > b->dirty_lo;
+}
+
+/* The pages a punch of a free block would give back: its dirty range
+ * without the page of its header or of the next block's. */
+static void punchable(struct arena_header *h, const struct block *b, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t off = block_off(h, b), dlo, dhi;
+    dirty_range(h, b, &dlo, &dhi);
+    uint64_t first = off + BLOCK_HEADER > dlo ? off + BLOCK_HEADER : dlo;
+    *lo = (first + 4095) & ~(uint64_t)4095;
+    *hi = dhi & ~(uint64_t)4095;
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
+/* What a free block adds to dirty_big. */
+static uint64_t dirty_big(struct arena_header *h, const struct block *b)
+{
+    uint64_t lo, hi;
+    if (b->size < PUNCH_MIN || !is_dirty(b))
+        return 0;
+    punchable(h, b, &lo, &hi);
+    return hi - lo;
+}
+
+/* After a holder died mid-operation: finish its headers, then rebuild the
+ * lists and bitmaps from the blocks themselves. */
+static void arena_repair(struct arena_header *h)
+{
+    if (!h->j.n)
+        return;                          /* died outside an operation: nothing torn */
+    if (h->j.n > 4)
+        h->j.n = 4;                      /* cannot be; keeps the replay in bounds */
+    journal_apply(h);
+    memset(h->heads, 0, sizeof h->heads);
+    h->dirty_big = h->used = 0;
+    memset(h->sl_map, 0, sizeof h->sl_map);
+    h->fl_map = 0;
+    for (uint64_t off = h->first; off < h->end; off += block_at(h, off)->size) {
+        struct block *b = block_at(h, off);
+        if (b->magic == BLOCK_FREE) {
+            set_dirty(h, b, off, off + b->size);   /* not journaled: assume resident */
+            h->dirty_big += dirty_big(h, b);
+            list_insert(h, b);
+        } else {
+            h->used += b->size;
+        }
+    }
+    journal_clear(h);
+}
+
+static void arena_lock(struct arena_header *h)
+{
+    static const mp_deadline forever = { .forever = true };
+    if (rmutex_lock(&h->lock, &forever) == MP_EOWNERDEAD)
+        arena_repair(h);
+}
+
+/* Takes a block of exactly need bytes, splitting off the rest when it can
+ * stand as a block of its own. From the block's end when that is where its
+ * most recently freed bytes are (its dirty range ends there): a queue's big
+ * items then come back to the block just freed, still in the cache, instead
+ * of walking a ring through the arena. */
+static struct block *alloc_locked(struct arena_header *h, uint64_t need)
+{
+    struct block *b = find_free(h, need);
+    if (!b)
+        return NULL;
+    uint64_t off = block_off(h, b), size = b->size, rest = size - need, lo, hi;
+    dirty_range(h, b, &lo, &hi);
+    bool split = rest >= MIN_BLOCK, high = split && lo < hi && hi == off + size;
+    uint64_t at = high ? off + rest : off, rem = high ? off : off + need;
+    uint64_t used = split ? need : size;
+    uint32_t n = 1, fresh = lo <= at && at + used <= hi ? 0 : F_FRESH;   /* warm: all dirty */
+    if (split) {
+        struct block *next = block_at(h, off + size);
+        plan(h, 0, at, need, high ? rest : b->prev_size, BLOCK_USED, fresh);
+        plan(h, 1, rem, rest, high ? b->prev_size : need, BLOCK_FREE, 0);
+        plan(h, 2, off + size, next->size, high ? need : rest, next->magic, next->flags);
+        n = 3;
+    } else {
+        plan(h, 0, off, size, b->prev_size, BLOCK_USED, fresh);
+    }
+    bool in_place = split && same_list(size, rest);
+    h->dirty_big -= dirty_big(h, b);
+    h->used += used;
+    hook("alloc_planned");
+    journal_commit(h, n);
+    hook("alloc_committed");
+    if (!in_place)
+        list_remove(h, b);
+    hook("alloc_unlinked");
+    journal_apply(h);
+    hook("alloc_applied");
+    if (split) {
+        set_dirty(h, block_at(h, rem), lo, hi);
+        h->dirty_big += dirty_big(h, block_at(h, rem));
+    }
+    if (in_place && !high)
+        list_replace(h, b, block_at(h, rem));
+    else if (split && !in_place)
+        list_insert(h, block_at(h, rem));
+    hook("alloc_linked");
+    journal_clear(h);
+    return block_at(h, at);
+}
+
+/* Gives the pages inside a free span back to the kernel, keeping the page
+ * of its header (and of the next block's). */
+static void punch(struct arena_header *h, struct block *b)
+{
+    uint64_t lo, hi;
+    punchable(h, b, &lo, &hi);
+    if (hi > lo)
+        fallocate(arena.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo));
+    b->dirty_lo = b->dirty_hi = 0;
+}
+
+/* Punches every dirty free span from PUNCH_MIN up. Called when such spans
+ * hold DIRTY_MAX dirty bytes more than four times the blocks in use: a block
+ * freed and soon taken again (a queue's big items, a producer a few items
+ * ahead) stays warm, while memory nobody takes goes back as the workload
+ * shrinks. Once all is freed, at most DIRTY_MAX stays. */
+static void sweep_locked(struct arena_header *h)
+{
+    int fl0, sl0;
+    list_of(PUNCH_MIN, &fl0, &sl0);
+    for (int fl = fl0; fl < FL_COUNT; fl++) {
+        if (!(h->fl_map & ((uint64_t)1 << fl)))
+            continue;
+        for (int sl = 0; sl < SL_COUNT; sl++)
+            for (uint64_t off = h->heads[fl][sl]; off; off = block_at(h, off)->next_free)
+                if (is_dirty(block_at(h, off)))
+                    punch(h, block_at(h, off));
+    }
+    h->dirty_big = 0;
+    atomic_fetch_add_explicit(&h->sweeps, 1, memory_order_relaxed);
+}
+
+static void free_locked(struct arena_header *h, struct block *b)
+{
+    uint64_t off = block_off(h, b), size = b->size;
+    struct block *prev = b->prev_size ? block_at(h, off - b->prev_size) : NULL;
+    struct block *next = block_at(h, off + size);
+    bool with_prev = prev && prev->magic == BLOCK_FREE, with_next = next->magic == BLOCK_FREE;
+    uint64_t start = with_prev ? off - prev->size : off;
+    uint64_t total = size + (with_prev ? prev->size : 0) + (with_next ? next->size : 0);
+    uint64_t gone = (with_prev ? dirty_big(h, prev) : 0) + (with_next ? dirty_big(h, next) : 0);
+    struct block *after = block_at(h, start + total);
+    uint32_t n = 2;
+    uint64_t lo = off, hi = off + size, l, r;   /* the hull of the dirty parts */
+    if (with_prev && is_dirty(prev)) {
+        dirty_range(h, prev, &l, &r);
+        lo = l;
+    }
+    if (with_next && is_dirty(next)) {
+        dirty_range(h, next, &l, &r);
+        hi = r;
+    }
+    plan(h, 0, start, total, with_prev ? prev->prev_size : b->prev_size, BLOCK_FREE, 0);
+    plan(h, 1, start + total, after->size, total, after->magic, after->flags);
+    if (with_prev)
+        plan(h, n++, off, 0, 0, 0, 0);      /* an inner header: no longer a block */
+    if (with_next)
+        plan(h, n++, off + size, 0, 0, 0, 0);
+    /* Merged with one neighbour and still in its list: it keeps its place. */
+    bool keep_prev = with_prev && !with_next && same_list(prev->size, total);
+    bool take_next = with_next && !with_prev && same_list(next->size, total);
+    hook("free_planned");
+    journal_commit(h, n);
+    hook("free_committed");
+    if (with_prev && !keep_prev)
+        list_remove(h, prev);
+    if (with_next && !take_next)
+        list_remove(h, next);
+    hook("free_unlinked");
+    journal_apply(h);
+    hook("free_applied");
+    set_dirty(h, block_at(h, start), lo, hi);
+    if (take_next)
+        list_replace(h, next, b);
+    else if (!keep_prev)
+        list_insert(h, block_at(h, start));
+    hook("free_linked");
+    journal_clear(h);
+    h->dirty_big += dirty_big(h, block_at(h, start)) - gone;
+    h->used -= size;
+    if (h->dirty_big > DIRTY_MAX + 4 * h->used)
+        sweep_locked(h);
+}
+
+/* Makes the kernel supply a fresh block's pages now, so running out of
+ * memory is this call's error and not a SIGBUS at the first touch. */
+static bool reserve(struct arena_header *h, struct block *b)
+{
+    uint64_t off = block_off(h, b);
+    uint64_t lo = (off + BLOCK_HEADER) & ~(uint64_t)4095;
+    uint64_t hi = (off + b->size + 4095) & ~(uint64_t)4095;
+    int rc;
+    do
+        rc = fallocate(arena.fd, FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo));
+    while (rc != 0 && errno == EINTR);
+    return rc == 0;
 }
 
 void *arena_alloc_nozero(size_t size)
 {
     struct arena_header *h = arena_get();
-    int c = size_class(size);
-    if (!h || c < 0 || size == 0)
+    if (!h || size == 0 || size > h->size)
         return NULL;
-    mp_deadline forever = deadline_in(MP_FOREVER);
-    rmutex_lock(&h->lock, &forever);     /* MP_EOWNERDEAD: still ours, carry on */
-    struct block *b = take_block(h, c);
+    uint64_t need = ((uint64_t)size + BLOCK_HEADER + 63) & ~(uint64_t)63;
+    arena_lock(h);
+    struct block *b = alloc_locked(h, need);
     rmutex_unlock(&h->lock);
     if (!b)
         return NULL;
-    b->magic = BLOCK_MAGIC;
-    b->class = (uint32_t)c;
-    b->next = 0;
-    return (char *)b + BLOCK_HEADER;
+    void *p = (char *)b + BLOCK_HEADER;
+    if (b->size >= RESERVE_MIN && ((b->flags & F_FRESH) || b->size >= PUNCH_MIN) &&
+        !reserve(h, b)) {
+        arena_free(p);
+        return NULL;
+    }
+    return p;
 }
 
 void *arena_alloc(size_t size)
@@ -250,62 +686,143 @@ void *arena_alloc(size_t size)
     return p;
 }
 
+/* The in-use block whose payload starts at p, or NULL. Under the lock. */
+static struct block *used_block(struct arena_header *h, const void *p)
+{
+    if (!arena_contains(p, 1))
+        return NULL;
+    uint64_t off = (uint64_t)((const char *)p - (const char *)h) - BLOCK_HEADER;
+    if ((off & 63) || off < h->first || off >= h->end)
+        return NULL;
+    struct block *b = block_at(h, off);
+    if (b->magic != BLOCK_USED || b->size < MIN_BLOCK || (b->size & 63) || b->size > h->end - off)
+        return NULL;
+    return block_at(h, off + b->size)->prev_size == b->size ? b : NULL;
+}
+
 void arena_free(void *p)
 {
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     if (!p || !h || !arena_contains(p, 1))
         return;
-    struct block *b = (struct block *)((char *)p - BLOCK_HEADER);
-    if (b->magic != BLOCK_MAGIC || b->class < MIN_CLASS || b->class > MAX_CLASS)
-        return;                          /* not ours or freed twice: refuse quietly */
-    b->magic = 0;
-    if (b->class >= HUGE_CLASS)          /* give the pages back, keep the header page */
-        madvise((char *)b + 4096, ((size_t)1 << b->class) - 4096, MADV_REMOVE);
-    mp_deadline forever = deadline_in(MP_FOREVER);
-    rmutex_lock(&h->lock, &forever);
-    b->next = h->free_head[b->class];
-    h->free_head[b->class] = (uint64_t)((char *)b - (char *)h);
+    arena_lock(h);
+    struct block *b = used_block(h, p);   /* not ours or freed twice: refuse quietly */
+    if (b)
+        free_locked(h, b);
     rmutex_unlock(&h->lock);
 }
 
-/* The ranges this process has mapped in already: populating a range whose
- * pages are all mapped still walks every page table entry (about 1 ms for
- * 64 MiB here), and a producer reusing freed blocks would pay it per item.
- * A fork child starts empty (its page tables start empty for the arena). */
+bool arena_is_block(const void *p)
+{
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (!p || !h || !arena_contains(p, 1))
+        return false;
+    arena_lock(h);
+    bool ok = used_block(h, p) != NULL;
+    rmutex_unlock(&h->lock);
+    return ok;
+}
+
+size_t arena_block_size(const void *p)
+{
+    const struct block *b = (const struct block *)((const char *)p - BLOCK_HEADER);
+    return (size_t)(b->size - BLOCK_HEADER);
+}
+
+/* Walks every block and every free list under the lock (ck_ring_valid's
+ * spirit): sizes and links in bounds, each header's predecessor size right,
+ * no two free neighbours, every free block in the one list its size names
+ * and in no other, the bitmaps saying which lists are non-empty. */
+bool arena_check(struct arena_stats *st)
+{
+    struct arena_header *h = arena_get();
+    if (!h)
+        return false;
+    struct arena_stats s = { 0 };
+    arena_lock(h);
+    bool ok = h->j.n == 0 && h->first < h->end && h->end + BLOCK_HEADER <= h->size;
+    uint64_t off = h->first, prev = 0;
+    bool prev_free = false;
+    while (ok && off < h->end) {
+        struct block *b = block_at(h, off);
+        bool is_free = b->magic == BLOCK_FREE;
+        ok = (is_free || b->magic == BLOCK_USED) && b->size >= MIN_BLOCK && !(b->size & 63) &&
+             b->size <= h->end - off && b->prev_size == prev && !(is_free && prev_free);
+        if (is_free) {
+            s.free_blocks++, s.free_bytes += b->size;
+            if (b->size > s.largest_free)
+                s.largest_free = b->size;
+        } else {
+            s.used_blocks++, s.used_bytes += b->size;
+        }
+        prev = b->size, prev_free = is_free, off += b->size;
+    }
+    struct block *end = block_at(h, h->end);
+    ok = ok && off == h->end && end->magic == BLOCK_USED && (end->flags & F_END) && end->prev_size == prev;
+    size_t listed = 0;
+    for (int fl = 0; ok && fl < FL_COUNT; fl++) {
+        ok = !!(h->fl_map & ((uint64_t)1 << fl)) == !!h->sl_map[fl];
+        for (int sl = 0; ok && sl < SL_COUNT; sl++) {
+            ok = !!(h->sl_map[fl] & (1u << sl)) == !!h->heads[fl][sl];
+            uint64_t back = 0;
+            for (uint64_t o = h->heads[fl][sl]; ok && o; o = block_at(h, o)->next_free) {
+                struct block *b = block_at(h, o);
+                int f, l;
+                ok = o >= h->first && o < h->end && !(o & 63) && b->magic == BLOCK_FREE &&
+                     b->prev_free == back && ++listed <= s.free_blocks;
+                if (ok) {
+                    list_of(b->size, &f, &l);
+                    ok = f == fl && l == sl;
+                }
+                back = o;
+            }
+        }
+    }
+    ok = ok && listed == s.free_blocks;
+    rmutex_unlock(&h->lock);
+    if (st)
+        *st = s;
+    return ok;
+}
+
+/* The big ranges this process has mapped in already, since the last sweep
+ * (a punch unmaps pages in every process): populating a range whose pages
+ * are all mapped still walks every page table entry, and a process reusing
+ * warm blocks would pay it per item. A fork child starts empty (its page
+ * tables start empty for the arena). Direct-mapped by address. */
+#define SEEN_SLOTS 256
 static struct {
     pthread_mutex_t lock;
     pid_t pid;
-    uintptr_t start[8];
-    size_t len[8];
-    unsigned next;
-} prefaulted = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct { uintptr_t start; size_t len; uint64_t sweeps; } e[SEEN_SLOTS];
+} seen = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
-static bool prefault_seen(uintptr_t start, size_t len)
+static bool prefault_seen(uintptr_t start, size_t len, uint64_t sweeps)
 {
-    bool seen = false;
-    pthread_mutex_lock(&prefaulted.lock);
-    if (prefaulted.pid != getpid()) {
-        memset(prefaulted.start, 0, sizeof prefaulted.start);
-        prefaulted.pid = getpid();
+    pthread_mutex_lock(&seen.lock);
+    if (seen.pid != getpid()) {
+        memset(seen.e, 0, sizeof seen.e);
+        seen.pid = getpid();
     }
-    for (unsigned i = 0; i < 8 && !seen; i++)
-        seen = prefaulted.start[i] == start && prefaulted.len[i] >= len;
-    if (!seen) {
-        prefaulted.start[prefaulted.next] = start;
-        prefaulted.len[prefaulted.next] = len;
-        prefaulted.next = (prefaulted.next + 1) % 8;
+    unsigned slot = (unsigned)(((start >> 12) * 0x9e3779b97f4a7c15ULL) >> 56);
+    bool hit = seen.e[slot].start == start && seen.e[slot].len >= len &&
+               seen.e[slot].sweeps == sweeps;
+    if (!hit) {
+        seen.e[slot].start = start;
+        seen.e[slot].len = len;
+        seen.e[slot].sweeps = sweeps;
     }
-    pthread_mutex_unlock(&prefaulted.lock);
-    return seen;
+    pthread_mutex_unlock(&seen.lock);
+    return hit;
 }
 
 void arena_prefault(void *p, size_t n, bool write)
 {
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     uintptr_t start = (uintptr_t)p & ~(uintptr_t)4095, end = (uintptr_t)p + n;
-    /* Blocks from HUGE_CLASS give their pages back when freed: never cached. */
-    bool huge = size_class(n) >= HUGE_CLASS;
-    if (n && arena_contains(p, n) && (huge || !prefault_seen(start, end - start)))
+    if (n && h && arena_contains(p, n) &&
+        !prefault_seen(start, end - start, atomic_load_explicit(&h->sweeps, memory_order_relaxed)))
         madvise((void *)start, end - start, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 #else
     (void)p, (void)n, (void)write;

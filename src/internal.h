@@ -46,10 +46,24 @@ enum {
 void *arena_alloc(size_t size);
 void *arena_alloc_nozero(size_t size);    /* big message buffers: no memset */
 /* Maps every page of [p, p+n) into this process in one call, so a big copy
- * does not take a page fault per 4 KiB (a no-op where the kernel cannot). */
+ * does not take a page fault per 4 KiB (a no-op where the kernel cannot, or
+ * where this process mapped the range already and no sweep has punched
+ * pages since). */
 void arena_prefault(void *p, size_t n, bool write);
 void arena_free(void *p);
 bool arena_contains(const void *p, size_t len);
+/* p is the start of an arena block in use (what arena_alloc returned). */
+bool arena_is_block(const void *p);
+size_t arena_block_size(const void *p);  /* its usable bytes; p from arena_alloc */
+/* Validates the allocator under its lock (after repairing a dead holder's
+ * operation): every header, link and bitmap consistent. Fills *st if not NULL. */
+struct arena_stats {
+    size_t used_bytes, used_blocks, free_bytes, free_blocks, largest_free;
+};
+bool arena_check(struct arena_stats *st);
+/* Called at named points inside alloc and free, so a test can SIGKILL a
+ * process exactly there. NULL in production. */
+MP_EXTERN extern void (*mp__arena_test_hook)(const char *point);
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
 void *arena_base(void);                  /* NULL until created */
 size_t arena_size(void);

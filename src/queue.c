@@ -7,7 +7,8 @@
  * holder finish the bookkeeping of an operation whose process was killed, so
  * no item is torn or delivered twice, and only an item a killed consumer had
  * already taken is lost (docs/queue.md). Items above QUEUE_INLINE_MAX go out
- * of line in their own arena block: one copy in, one copy out.
+ * of line in their own arena block: one copy in, one copy out, or none for
+ * put_shared and get_shared, which hand the block itself over (docs/arena.md).
  */
 #include "queue_internal.h"
 
@@ -31,7 +32,9 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
  * 4 KiB items ~5% faster and left the round trip as it was (every ~180 ns:
  * round trip +15%). */
 #define SPIN_POLL_PAUSES 8
-#define PREFAULT_MIN ((size_t)1 << 20) /* big items from here map their pages in one call */
+/* Big items from here map their pages in one call, once per block and
+ * process (arena_prefault remembers). */
+#define PREFAULT_MIN ((size_t)1 << 20)
 
 /* A byte ring. Producers own tail, consumers own head; head is published so
  * a producer knows how much room is left. */
@@ -337,23 +340,9 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big)
     return 0;
 }
 
-int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
+/* Commits one item: inline from data, or the out-of-line block big. */
+static int queue_give(mp_queue *q, const void *data, size_t len, void *big, double timeout)
 {
-    if (!queue_ok(q) || (!data && len) || !timeout_valid(timeout) || len > (SIZE_MAX >> 2))
-        return MP_EINVAL;
-    if (atomic_load(&q->closed))
-        return MP_ECLOSED;            /* early outs, so no big item is copied in vain */
-    if (timeout == 0 && mp_queue_full(q))
-        return MP_EFULL;
-    void *big = NULL;
-    if (len > QUEUE_INLINE_MAX) {
-        big = arena_alloc_nozero(len);
-        if (!big)
-            return MP_ENOMEM;
-        if (len >= PREFAULT_MIN)
-            arena_prefault(big, len, true);
-        copy_big(big, data, len);
-    }
     mp_deadline d = deadline_in(timeout);
     bool sleepers = false;
     int rc;
@@ -374,9 +363,40 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
     }
     if (sleepers)
         wake(&q->not_empty);
+    return rc;
+}
+
+int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
+{
+    if (!queue_ok(q) || (!data && len) || !timeout_valid(timeout) || len > (SIZE_MAX >> 2))
+        return MP_EINVAL;
+    if (atomic_load(&q->closed))
+        return MP_ECLOSED;            /* early outs, so no big item is copied in vain */
+    if (timeout == 0 && mp_queue_full(q))
+        return MP_EFULL;
+    void *big = NULL;
+    if (len > QUEUE_INLINE_MAX) {
+        big = arena_alloc_nozero(len);
+        if (!big)
+            return MP_ENOMEM;
+        if (len >= PREFAULT_MIN)
+            arena_prefault(big, len, true);
+        copy_big(big, data, len);
+    }
+    int rc = queue_give(q, data, len, big, timeout);
     if (rc != 0)
         arena_free(big);
     return rc;
+}
+
+int mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout)
+{
+    if (!queue_ok(q) || !timeout_valid(timeout) || !arena_is_block(p) ||
+        len > arena_block_size(p) || len > (SIZE_MAX >> 2))
+        return MP_EINVAL;
+    if (atomic_load(&q->closed))
+        return MP_ECLOSED;
+    return queue_give(q, NULL, len, p, timeout);
 }
 
 int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
@@ -414,15 +434,24 @@ static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr
 
 /* Copies the head item into buf (or out) and commits. Bounded by the copy:
  * the item stays queued until the commit, so a consumer killed mid-copy
- * loses nothing. *big is the out-of-line block to free after unlocking. */
+ * loses nothing. *big is the out-of-line block to free after unlocking.
+ * With shared, the item's block is handed over instead (an inline item is
+ * copied into a new one): killed after the commit, the taker leaks it. */
 static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
-                      void **big)
+                      void **shared, void **big)
 {
     uint64_t head, hdr;
     struct seg *s = next_record_locked(q, &head, &hdr);
     size_t n = (size_t)(hdr >> 2);
     bool is_big = (hdr & 3) == REC_BIG;
-    if (out) {
+    if (shared) {
+        *len = n;
+        if (!is_big) {
+            if (!(buf = arena_alloc_nozero(n ? n : 1)))
+                return MP_ENOMEM;
+            *shared = buf;
+        }
+    } else if (out) {
         int rc = mp_buf_reserve(out, n);
         if (rc != 0)
             return rc;
@@ -434,7 +463,10 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             return MP_ETOOBIG;
     }
     void *src = is_big ? (void *)(uintptr_t)*ring_word(s, head + 8) : NULL;
-    if (is_big && n) {
+    if (shared && is_big) {
+        *shared = src;                /* the block changes hands, not its bytes */
+        src = NULL;
+    } else if (is_big && n) {
         if (n >= PREFAULT_MIN)
             arena_prefault(src, n, false);
         copy_big(buf, src, n);
@@ -453,7 +485,7 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 }
 
 static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
-                      double timeout)
+                      void **shared, double timeout)
 {
     mp_deadline d = deadline_in(timeout);
     void *big = NULL;
@@ -465,7 +497,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             break;
         bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
         if (has_item_locked(q))
-            rc = get_locked(q, buf, cap, len, out, &big);
+            rc = get_locked(q, buf, cap, len, out, shared, &big);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
         sleepers = rc == 0 && q->maxsize && flag_up(&q->not_full);
@@ -484,7 +516,7 @@ int mp_queue_get(mp_queue *q, void *buf, size_t cap, size_t *len, double timeout
 {
     if (!queue_ok(q) || (!buf && cap) || !len || !timeout_valid(timeout))
         return MP_EINVAL;
-    return queue_take(q, buf, cap, len, NULL, timeout);
+    return queue_take(q, buf, cap, len, NULL, NULL, timeout);
 }
 
 int mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len)
@@ -496,7 +528,15 @@ int mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout)
 {
     if (!queue_ok(q) || !out || !timeout_valid(timeout))
         return MP_EINVAL;
-    return queue_take(q, NULL, 0, NULL, out, timeout);
+    return queue_take(q, NULL, 0, NULL, out, NULL, timeout);
+}
+
+int mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout)
+{
+    if (!queue_ok(q) || !p || !len || !timeout_valid(timeout))
+        return MP_EINVAL;
+    *p = NULL;
+    return queue_take(q, NULL, 0, len, NULL, p, timeout);
 }
 
 /* ------------------------------------------------------------------ sizes */
@@ -611,8 +651,7 @@ static bool walk_records(mp_queue *q, bool release)
             continue;
         }
         ok = left > 0 && (kind == REC_INLINE ? len <= QUEUE_INLINE_MAX
-                                             : kind == REC_BIG && len > QUEUE_INLINE_MAX &&
-                                                   arena_contains(ref, len));
+                                             : kind == REC_BIG && arena_contains(ref, len));
         if (ok && release && kind == REC_BIG)
             arena_free(ref);
         head += record_size(len, kind == REC_BIG);

@@ -1,0 +1,365 @@
+/* test_arena.c - the family arena's allocator: freed memory is reused for any
+ * size, its pages go back to the kernel, and a process killed inside alloc
+ * or free leaks at most one block and corrupts nothing (MPROC_WHITEBOX).
+ *
+ * The whole binary runs on a 256 MiB arena (MPROC_ARENA_SIZE, set in main
+ * before the arena exists), so running out is quick and exact. The shared
+ * memory held is the memfd's allocated blocks (fstat st_blocks). */
+#include "testutil.h"
+
+#include "internal.h"
+#include "platform/valgrind_check.h"
+#include "queue_internal.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MIB ((size_t)1 << 20)
+
+/* Bytes of shared memory the arena's memfd holds now. */
+static size_t held_bytes(void)
+{
+    struct stat st;
+    assert_true(arena_fd() >= 0);
+    assert_int_equal(fstat(arena_fd(), &st), 0);
+    return (size_t)st.st_blocks * 512;
+}
+
+/* ------------------------------------------------------------------ reuse */
+
+/* 1 MiB items fill the queue while the arena has room (a 1 MiB item once took
+ * a 2 MiB block: 127 fitted), then the drained arena gives 3/4 of itself in
+ * one block. */
+static void test_drained_1mib_items_leave_room_for_three_quarters(void **state)
+{
+    (void)state;
+    size_t held = held_bytes();
+    mp_queue *q;
+    TU_OK(mp_queue_new(&q, NULL));
+    char *item = malloc(MIB);
+    assert_non_null(item);
+    memset(item, 7, MIB);
+    int n = 0;
+    while (n < 1000 && mp_queue_put(q, item, MIB, 0) == 0)
+        n++;
+    print_message("%d items of 1 MiB fitted in a %zu MiB arena\n", n, arena_size() >> 20);
+    assert_true((size_t)n >= (arena_size() / MIB) * 9 / 10);
+    size_t len;
+    for (int i = 0; i < n; i++) {
+        TU_OK(mp_queue_get(q, item, MIB, &len, 0));
+        assert_int_equal(len, MIB);
+        assert_int_equal(item[MIB - 1], 7);
+    }
+    print_message("shared memory: %zu MiB before, %zu MiB drained\n", held >> 20,
+                  held_bytes() >> 20);
+    assert_true(held_bytes() <= held + 64 * MIB);   /* the pages went back */
+    void *big = mp_shared_alloc(arena_size() / 4 * 3);
+    assert_non_null(big);
+    mp_shared_free(big);
+    mp_queue_free(q);
+    free(item);
+}
+
+static void test_64mib_fits_an_empty_arena_and_so_does_three_quarters(void **state)
+{
+    (void)state;
+    void *p = mp_shared_alloc(64 * MIB);
+    assert_non_null(p);
+    void *q = mp_shared_alloc(64 * MIB);
+    assert_non_null(q);
+    mp_shared_free(p);
+    mp_shared_free(q);
+    p = mp_shared_alloc(arena_size() / 4 * 3);
+    assert_non_null(p);
+    mp_shared_free(p);
+}
+
+/* A freed region serves every smaller or equal request: 1000 blocks freed
+ * leave no more free blocks than before, and their run takes one request
+ * of all their bytes. */
+static void test_neighbours_coalesce(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    static char *ps[N];
+    struct arena_stats before, mid, after;
+    assert_true(arena_check(&before));
+    for (int i = 0; i < N; i++)
+        assert_non_null(ps[i] = mp_shared_alloc(64));
+    char *pin = mp_shared_alloc(64);               /* the run cannot merge with the end */
+    for (int i = 0; i < N; i += 2)
+        mp_shared_free(ps[i]);
+    assert_true(arena_check(&mid));
+    assert_true(mid.free_blocks >= before.free_blocks + N / 2 - 1);
+    for (int i = 1; i < N; i += 2)
+        mp_shared_free(ps[i]);
+    assert_true(arena_check(&after));
+    assert_true(after.free_blocks <= before.free_blocks + 1);
+    char *whole = mp_shared_alloc((size_t)N * 128 - 64);
+    assert_non_null(whole);
+    mp_shared_free(pin);
+    mp_shared_free(whole);
+    assert_true(arena_check(&after));
+    assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static void test_bad_frees_are_refused(void **state)
+{
+    (void)state;
+    struct arena_stats before, after;
+    char *p = mp_shared_alloc(1000);
+    assert_true(arena_is_block(p));
+    assert_false(arena_is_block(p + 64));
+    assert_true(arena_check(&before));
+    mp_shared_free(p + 64);                         /* not a block start */
+    int local;
+    mp_shared_free(&local);                         /* not in the arena */
+    assert_true(arena_check(&after));
+    assert_int_equal(after.used_bytes, before.used_bytes);
+    size_t block = arena_block_size(p) + 64;        /* with its header */
+    assert_true(block >= 1000 + 64);
+    mp_shared_free(p);
+    mp_shared_free(p);                              /* twice */
+    assert_false(arena_is_block(p));
+    assert_true(arena_check(&after));
+    assert_int_equal(after.used_bytes, before.used_bytes - block);
+}
+
+/* ------------------------------------------------------------------ kills */
+
+static const char *die_at;
+
+static void die_here(const char *point)
+{
+    if (die_at && strcmp(point, die_at) == 0)
+        kill(getpid(), SIGKILL);
+}
+
+struct op {
+    const char *point;
+    size_t alloc;         /* allocate this many bytes, or ... */
+    void *free;           /* ... free this block */
+};
+
+static int run_op(void *arg)
+{
+    struct op *o = arg;
+    die_at = o->point;
+    mp__arena_test_hook = die_here;
+    if (o->alloc)
+        mp_shared_alloc(o->alloc);
+    else
+        mp_shared_free(o->free);
+    return 0;                                       /* the point was never reached */
+}
+
+static const char *const alloc_points[] = { "alloc_planned", "alloc_committed", "alloc_unlinked",
+                                            "alloc_applied", "alloc_linked" };
+static const char *const free_points[] = { "free_planned", "free_committed", "free_unlinked",
+                                           "free_applied", "free_linked" };
+
+/* Kills a child at point inside o; the allocator must check clean after
+ * and hold at most the one block in question more than before. */
+static void kill_inside(struct op *o, const char *point, size_t block)
+{
+    struct arena_stats before, after;
+    assert_true(arena_check(&before));
+    o->point = point;
+    assert_int_equal(tu_wait(tu_fork(run_op, o), 10 * tu_slow()), -SIGKILL);
+    assert_true(arena_check(&after));
+    if (o->alloc) {
+        assert_true(after.used_bytes <= before.used_bytes + block);
+    } else {
+        assert_true(after.used_bytes <= before.used_bytes);
+        mp_shared_free(o->free);                    /* still ours if the kill came first */
+        assert_true(arena_check(&after));
+        assert_int_equal(after.used_bytes, before.used_bytes - block);
+    }
+}
+
+/* Every step of alloc (with and without a split) and of free (merging with
+ * neither, either or both neighbours), a SIGKILL at each. */
+static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 5; i++) {
+        struct op split = { .alloc = 3000 };
+        kill_inside(&split, alloc_points[i], 3072 + 64);
+        char *y = mp_shared_alloc(20000), *pin_y = mp_shared_alloc(64);
+        mp_shared_free(y);                            /* dirty to its end: split high */
+        struct op high = { .alloc = 3000 };
+        kill_inside(&high, alloc_points[i], 3072 + 64);
+        mp_shared_free(pin_y);
+        char *x = mp_shared_alloc(200), *pin = mp_shared_alloc(64);
+        mp_shared_free(x);
+        struct op exact = { .alloc = 200 };           /* takes x's block whole */
+        kill_inside(&exact, alloc_points[i], 320);
+        mp_shared_free(pin);
+    }
+    for (int i = 0; i < 5; i++) {
+        for (int shape = 0; shape < 4; shape++) {
+            char *a = mp_shared_alloc(500), *b = mp_shared_alloc(500);
+            char *c = mp_shared_alloc(500), *d = mp_shared_alloc(500);
+            if (shape & 1)
+                mp_shared_free(a);                    /* a free predecessor */
+            if (shape & 2)
+                mp_shared_free(c);                    /* a free successor */
+            struct op f = { .free = b };
+            kill_inside(&f, free_points[i], 576);
+            mp_shared_free(a);
+            mp_shared_free(c);
+            mp_shared_free(d);
+        }
+    }
+    assert_true(arena_check(NULL));
+}
+
+/* ------------------------------------------------------------------ out of memory */
+
+/* The memory cgroup (v1) this process is in, as a directory; "" if none. */
+static bool memcg_dir(char *out, size_t cap)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[512];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        char *m = strstr(line, ":memory:");
+        if (m) {
+            m[strcspn(m, "\n")] = '\0';
+            snprintf(out, cap, "/sys/fs/cgroup/memory%s", m + 8);
+            found = access(out, W_OK) == 0;
+        }
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+static bool write_file(const char *dir, const char *name, const char *text)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return false;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* In a child limited to 32 MiB, with the kernel's OOM killer off for its
+ * group (so only an allocation outside a fault can fail, and a fault beyond
+ * the limit would hang, not kill): big allocations and puts fail with an
+ * error, small ones still work, and the child lives. */
+static int allocate_beyond_the_limit(void *dir)
+{
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (!write_file(dir, "cgroup.procs", pid))
+        return 10;
+    if (mp_shared_alloc(128 * MIB) != NULL)
+        return 11;
+    mp_queue *q;
+    if (mp_queue_new(&q, NULL) != 0)
+        return 12;
+    /* A source that costs no memory: untouched private pages read as zero. */
+    void *src = mmap(NULL, 100 * MIB, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (src == MAP_FAILED)
+        return 13;
+    int rc = mp_queue_put(q, src, 100 * MIB, 0);
+    if (rc != MP_ENOMEM)
+        return 14;
+    char small[100] = "still fine";
+    if (mp_queue_put(q, small, sizeof small, 0) != 0)
+        return 15;
+    void *p = mp_shared_alloc(4 * MIB);             /* within the limit */
+    if (!p)
+        return 16;
+    memset(p, 1, 4 * MIB);
+    mp_shared_free(p);
+    return arena_check(NULL) ? 0 : 17;
+}
+
+static void test_out_of_memory_is_an_error(void **state)
+{
+    (void)state;
+    char dir[512], sub[600];
+    /* Under valgrind the child's own memory would pass the limit, and with
+     * the OOM killer off a fault beyond it waits for ever. */
+    if (RUNNING_ON_VALGRIND || !memcg_dir(dir, sizeof dir)) {
+        skip();
+        return;
+    }
+    snprintf(sub, sizeof sub, "%s/mproc_enomem_%d", dir, (int)getpid());
+    if (mkdir(sub, 0755) != 0) {
+        skip();
+        return;
+    }
+    bool limited = write_file(sub, "memory.limit_in_bytes", "33554432") &&
+                   write_file(sub, "memory.oom_control", "1");
+    if (limited)
+        assert_int_equal(tu_wait(tu_fork(allocate_beyond_the_limit, sub), 60), 0);
+    rmdir(sub);
+    if (!limited)
+        skip();
+    assert_true(arena_check(NULL));
+}
+
+/* ------------------------------------------------------------------ fragmentation */
+
+/* Rounds that cycle sizes from 1 B to 64 MiB, a window of live blocks at a
+ * time, every byte written: every allocation succeeds, and once all is
+ * freed the arena holds at most 64 MiB more than before. MPROC_ARENA_ROUNDS
+ * raises the count (1000 for the long check). */
+static void test_cycling_sizes_keeps_shared_memory_bounded(void **state)
+{
+    (void)state;
+    const char *env = getenv("MPROC_ARENA_ROUNDS");
+    int rounds = env && atoi(env) > 0 ? atoi(env) : RUNNING_ON_VALGRIND ? 2 : 12;
+    size_t before = held_bytes();
+    enum { WINDOW = 6 };
+    void *live[WINDOW] = { 0 };
+    size_t live_len[WINDOW] = { 0 };
+    unsigned rng = 12345;
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k <= 26; k++) {
+            rng = rng * 1103515245u + 12345u;
+            size_t len = ((size_t)1 << k) + (k > 2 ? (rng >> 8) % ((size_t)1 << (k - 2)) : 0);
+            if (len > 64 * MIB)
+                len = 64 * MIB;
+            int slot = (int)((rng >> 4) % WINDOW);
+            mp_shared_free(live[slot]);
+            live[slot] = mp_shared_alloc(len);
+            assert_non_null(live[slot]);
+            live_len[slot] = len;
+            memset(live[slot], (int)r, len);
+        }
+    }
+    for (int i = 0; i < WINDOW; i++)
+        mp_shared_free(live[i]);
+    (void)live_len;
+    size_t after = held_bytes();
+    print_message("shared memory: %zu MiB before, %zu MiB after %d rounds\n",
+                  before >> 20, after >> 20, rounds);
+    assert_true(after <= before + 64 * MIB);
+}
+
+int main(void)
+{
+    setenv("MPROC_ARENA_SIZE", "256M", 1);
+    tu_watchdog(200);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_64mib_fits_an_empty_arena_and_so_does_three_quarters),
+        cmocka_unit_test(test_drained_1mib_items_leave_room_for_three_quarters),
+        cmocka_unit_test(test_neighbours_coalesce),
+        cmocka_unit_test(test_bad_frees_are_refused),
+        cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
+        cmocka_unit_test(test_out_of_memory_is_an_error),
+        cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
