@@ -95,7 +95,17 @@ typedef struct {
     size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver);
                                 0: arg passed as is, so under spawn/forkserver it must
                                 point into shared memory (mp_shared_alloc) */
+    /* Descriptors the child keeps open at the same numbers, under every
+     * method (Python's subprocess pass_fds): a pipe or an accepted socket
+     * for the child to use. fork keeps them as they are; spawn keeps them
+     * across exec and the fork server sends them (SCM_RIGHTS), and there
+     * the child gets them without FD_CLOEXEC. Each must be open, >= 0 and
+     * listed once (else MP_EINVAL, or -EBADF for one not open); at most
+     * MP_PASS_FDS_MAX. The list is copied by mp_process_new. */
+    const int *pass_fds;
+    size_t n_pass_fds;
 } mp_process_opts;
+enum { MP_PASS_FDS_MAX = 200 };
 /* mp_process_exitcode of a forkserver child that ended after its fork server
  * died, where the kernel no longer tells how (no pidfds, or reaped by init
  * on a kernel before 6.15): neither an exit status nor a -signal. */
