@@ -72,7 +72,8 @@ test-tsan: deps
 # memcheck; a test not built yet is skipped with a note (tests/valgrind.sh).
 VALGRIND_TESTS = test_core test_process test_spawn test_thread \
                  test_sync test_lock test_condition test_barrier \
-                 test_queue test_conn test_pipe_shm test_worst_moment test_manager
+                 test_queue test_conn test_pipe_shm test_worst_moment test_manager \
+                 test_pass_fds test_process_errors
 test-valgrind: deps
 	@$(MAKE) --no-print-directory build
 	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)
