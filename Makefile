@@ -76,7 +76,7 @@ test-tsan: deps
 VALGRIND_TESTS = test_core test_process test_spawn test_thread \
                  test_sync test_lock test_condition test_barrier \
                  test_queue test_conn test_pipe_shm test_worst_moment test_manager \
-                 test_errors test_conn_fd
+                 test_errors test_conn_fd test_pass_fds test_process_errors test_queue_shared
 test-valgrind: deps
 	@$(MAKE) --no-print-directory build
 	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)

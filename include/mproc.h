@@ -65,9 +65,11 @@ MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
  * argument and the reason, and says what to do where that is known:
  * 'mp_listener_new: address "127.0.0.1:8080" has no scheme; use
  * tcp:HOST:PORT, unix:/path or unix:@name'. Set whenever a call of the
- * threads, synchronisation, pipes and connections or shared memory sections
- * returns an error (a timeout too); the other sections leave it unchanged
- * for now. A successful call does not clear it (as Python keeps its last
+ * processes, threads, synchronisation, pipes and connections, shared
+ * memory, pool or futures sections returns an error (a timeout, and the end
+ * of an mp_iter, too); the other sections leave it unchanged for now.
+ * mp_pool_apply and mp_pool_map leave the message of the call that failed
+ * inside them (mp_pool_apply_async, mp_future_result, ...). A successful call does not clear it (as Python keeps its last
  * exception): read it right after the call that failed.
  * "" before the first error; never NULL; valid until this thread's next
  * call into mproc. */
@@ -95,7 +97,17 @@ typedef struct {
     size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver);
                                 0: arg passed as is, so under spawn/forkserver it must
                                 point into shared memory (mp_shared_alloc) */
+    /* Descriptors the child keeps open at the same numbers, under every
+     * method (Python's subprocess pass_fds): a pipe or an accepted socket
+     * for the child to use. fork keeps them as they are; spawn keeps them
+     * across exec and the fork server sends them (SCM_RIGHTS), and there
+     * the child gets them without FD_CLOEXEC. Each must be open, >= 0 and
+     * listed once (else MP_EINVAL, or -EBADF for one not open); at most
+     * MP_PASS_FDS_MAX. The list is copied by mp_process_new. */
+    const int *pass_fds;
+    size_t n_pass_fds;
 } mp_process_opts;
+enum { MP_PASS_FDS_MAX = 200 };
 /* mp_process_exitcode of a forkserver child that ended after its fork server
  * died, where the kernel no longer tells how (no pidfds, or reaped by init
  * on a kernel before 6.15): neither an exit status nor a -signal. */

@@ -13,6 +13,8 @@
  * request carries the descriptors of the client's live connections
  * (SCM_RIGHTS) and their numbers; the child puts them back at those
  * numbers, and an mp_conn reached through the argument works as under fork.
+ * The descriptors of the record's pass_fds go first, the same way, and stay
+ * open across an exec of the child.
  */
 #include "process_internal.h"
 
@@ -88,10 +90,16 @@ static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd)
 {
     struct request req = { (uint64_t)(uintptr_t)p, 0, { 0 } };
     int live[CONN_PASS_MAX];
-    size_t n_live = conn_live_fds(live, CONN_PASS_MAX);
-    for (size_t i = 0; i < n_live; i++)      /* one closed behind our back would fail them all */
-        if (fcntl(live[i], F_GETFD) >= 0)
+    for (size_t i = 0; i < p->n_pass_fds; i++)      /* checked at start: open, distinct */
+        req.numbers[req.nfds++] = p->pass_fds[i];
+    size_t n_live = conn_live_fds(live, CONN_PASS_MAX - req.nfds);
+    for (size_t i = 0; i < n_live; i++) {    /* one closed behind our back would fail them all */
+        bool listed = false;
+        for (size_t j = 0; j < p->n_pass_fds && !listed; j++)
+            listed = live[i] == p->pass_fds[j];
+        if (!listed && fcntl(live[i], F_GETFD) >= 0)
             req.numbers[req.nfds++] = live[i];
+    }
     int rc = proc_send_fds(sock, &req, REQUEST_SIZE(req.nfds), req.numbers, req.nfds);
     if (rc != 0)
         return rc;
@@ -239,6 +247,7 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
     }
     if (conn_adopt_fds(c->fds, c->req->numbers, c->n) != 0)
         _exit(127);
+    process_keep_pass_fds(p);
     process_enter_child(p, exit_pipe[1]);
     exit(process_run_target(p));
 }

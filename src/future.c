@@ -144,12 +144,28 @@ int task_wait(mp_future *f, const mp_deadline *d)
     }
 }
 
+static int future_wait(mp_future *f, double timeout, const char *fn)
+{
+    if (!future_valid(f))
+        return mp_fail_handle(fn, "f", f);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(fn, timeout);
+    mp_deadline d = deadline_in(timeout);
+    int rc = task_wait(f, &d);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, fn, "the task has not finished within %g s", timeout);
+    return rc;
+}
+
+int future_fail_listed(const char *fn, size_t i, const mp_future *f)
+{
+    return mp_fail(MP_EINVAL, fn, "fs[%zu] is %s", i, !f ? "NULL" :
+                   *(const uint32_t *)f == MAGIC_FREED ? "a freed future" : "not a future");
+}
+
 int mp_future_wait(mp_future *f, double timeout)
 {
-    if (!future_valid(f) || !timeout_valid(timeout))
-        return MP_EINVAL;
-    mp_deadline d = deadline_in(timeout);
-    return task_wait(f, &d);
+    return future_wait(f, timeout, __func__);
 }
 
 bool mp_future_done(mp_future *f)
@@ -159,16 +175,33 @@ bool mp_future_done(mp_future *f)
 
 int mp_future_result(mp_future *f, mp_buf *out, double timeout)
 {
-    int rc = mp_future_wait(f, timeout);
+    const char *fn = __func__;
+    int rc = future_wait(f, timeout, fn);
     if (rc != 0)
         return rc;
     if (out) {
         out->len = 0;
         rc = mp_buf_append(out, f->out, f->out_len);
         if (rc != 0)
-            return rc;
+            return mp_fail(rc, fn, "no memory for the %zu-byte result in out", f->out_len);
     }
-    return f->rc;
+    switch (f->rc) {
+    case 0:
+        return 0;
+    case MP_ETASK:
+        return mp_fail(f->rc, fn, "the task returned the error code %d (mp_future_code gives it)",
+                       f->code);
+    case MP_ECRASHED:
+        return mp_fail(f->rc, fn, "the worker process running the task died%s", f->code < 0 ?
+                       " of a signal (mp_future_code gives -signal)" : "");
+    case MP_EKILLED:
+        return mp_fail(f->rc, fn, "the pool killed the task (its task_timeout passed, or "
+                       "mp_pool_terminate)");
+    case MP_ECANCELLED:
+        return mp_fail(f->rc, fn, "the task was cancelled before it ran");
+    default:
+        return mp_fail_code(f->rc, fn);
+    }
 }
 
 int mp_future_code(mp_future *f)
@@ -180,10 +213,14 @@ int mp_future_code(mp_future *f)
 
 int mp_future_failed_index(mp_future *f, size_t *index)
 {
-    if (!future_valid(f) || !index)
-        return MP_EINVAL;
-    if (!state_final(atomic_load(&f->state)) || f->fail_index == SIZE_MAX)
-        return MP_ESTATE;
+    if (!future_valid(f))
+        return mp_fail_handle(__func__, "f", f);
+    if (!index)
+        return mp_fail(MP_EINVAL, __func__, "index is NULL");
+    if (!state_final(atomic_load(&f->state)))
+        return mp_fail(MP_ESTATE, __func__, "the map has not finished; wait for it first");
+    if (f->fail_index == SIZE_MAX)
+        return mp_fail(MP_ESTATE, __func__, "no item failed (or f is not a map's future)");
     *index = f->fail_index;
     return 0;
 }
@@ -191,33 +228,41 @@ int mp_future_failed_index(mp_future *f, size_t *index)
 int mp_future_cancel(mp_future *f)
 {
     if (!future_valid(f))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "f", f);
     if (f->kind != KIND_APPLY)
-        return MP_ESTATE;
-    if ((atomic_load(&f->state) & TASK_BASE) != TASK_QUEUED)
-        return MP_ESTATE;
+        return mp_fail(MP_ESTATE, __func__, "only a future of mp_pool_apply_async can be "
+                       "cancelled, not a map's");
     struct pool_shared *sh = f->sh;
     int rc = MP_ESTATE;
-    list_lock(sh);
-    if ((atomic_load(&f->state) & TASK_BASE) == TASK_QUEUED && list_unlink(sh, f))
-        rc = task_finish(f, TASK_QUEUED, MP_ECANCELLED, 0) == 0 ? 0 : MP_ESTATE;
-    list_unlock(sh);
-    return rc;
+    if ((atomic_load(&f->state) & TASK_BASE) == TASK_QUEUED) {
+        list_lock(sh);
+        if ((atomic_load(&f->state) & TASK_BASE) == TASK_QUEUED && list_unlink(sh, f))
+            rc = task_finish(f, TASK_QUEUED, MP_ECANCELLED, 0) == 0 ? 0 : MP_ESTATE;
+        list_unlock(sh);
+    }
+    if (rc != 0)
+        return mp_fail(rc, __func__, "the task is %s; only one still queued can be cancelled "
+                       "(as Python's Future.cancel)", state_final(atomic_load(&f->state)) ?
+                       "finished" : "running");
+    return 0;
 }
 
 int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
 {
-    if (!future_valid(f) || !cb)
-        return MP_EINVAL;
+    if (!future_valid(f))
+        return mp_fail_handle(__func__, "f", f);
+    if (!cb)
+        return mp_fail(MP_EINVAL, __func__, "cb is NULL");
     if (state_final(atomic_load(&f->state))) {
         cb(f, ctx);
         return 0;
     }
     if (!f->owner || !pool_owned_here(f->owner))
-        return MP_ESTATE;
+        return mp_fail(MP_ESTATE, __func__, "callbacks run in the process that made the pool, "
+                       "and this is another one");
     struct callback *c = calloc(1, sizeof *c);
     if (!c)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "no memory for the callback");
     c->cb = cb;
     c->ctx = ctx;
     pthread_mutex_t *lock = pool_lock(f->owner);
@@ -276,12 +321,19 @@ static struct pool_shared *pending_pool(mp_future **fs, size_t n, bool *mixed)
 
 int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
 {
-    if ((!fs && n) || n > INT_MAX || !timeout_valid(timeout) ||
-        (mode != MP_FIRST_COMPLETED && mode != MP_FIRST_EXCEPTION && mode != MP_ALL_COMPLETED))
-        return MP_EINVAL;
+    const char *fn = __func__;
+    if (!fs && n)
+        return mp_fail(MP_EINVAL, fn, "fs is NULL but n is %zu", n);
+    if (n > INT_MAX)
+        return mp_fail(MP_EINVAL, fn, "n is %zu; at most INT_MAX futures", n);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(fn, timeout);
+    if (mode != MP_FIRST_COMPLETED && mode != MP_FIRST_EXCEPTION && mode != MP_ALL_COMPLETED)
+        return mp_fail(MP_EINVAL, fn, "mode is %d; use MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION "
+                       "or MP_ALL_COMPLETED", mode);
     for (size_t i = 0; i < n; i++)
         if (!future_valid(fs[i]))
-            return MP_EINVAL;
+            return future_fail_listed(fn, i, fs[i]);
     mp_deadline d = deadline_in(timeout);
     int done;
     for (;;) {
@@ -305,8 +357,11 @@ int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
 
 void mp_future_free(mp_future *f)
 {
-    if (!future_valid(f))
+    if (!future_valid(f)) {
+        if (f)
+            mp_fail_handle(__func__, "f", f);
         return;
+    }
     uint32_t s = atomic_load(&f->state);
     for (;;) {
         if (state_final(s) && (!(s & TASK_NOTIFY) || (s & TASK_PROCESSED))) {

@@ -75,6 +75,10 @@ int arena_attach(int fd, uintptr_t base, size_t size);
 enum { ARENA_SLOT_FORKSERVER, ARENA_SLOT_CROSSED, ARENA_SLOT_COUNT = 16 };
 void **arena_slot(int slot);
 
+/* p lies in one of this process's mp_shm mappings (shm.c), which another
+ * image of the program maps at another address. */
+bool shm_mapping_contains(const void *p);
+
 /* ------------------------------------------------------------------ time */
 
 /* A timeout turned once into an absolute CLOCK_MONOTONIC deadline. */

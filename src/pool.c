@@ -140,13 +140,27 @@ bool pool_terminating(const mp_pool *p)
     return atomic_load(&p->state) == POOL_TERMINATED;
 }
 
-int pool_check_open(mp_pool *p)
+/* The reason a pool handle cannot be used here, for mp_last_error (with
+ * the call's name still to come: mp_fail_code); 0 if it can. */
+static int pool_check_usable(mp_pool *p)
 {
     if (!valid(p))
-        return MP_EINVAL;
+        return mp_fail_handle(NULL, "pool", p);
     if (!pool_owned_here(p))
-        return MP_ESTATE;
-    return atomic_load(&p->state) == POOL_OPEN ? 0 : MP_ECLOSED;
+        return mp_fail(MP_ESTATE, NULL, "the pool belongs to the process that made it; "
+                       "another process (a forked child) cannot use it");
+    return 0;
+}
+
+int pool_check_open(mp_pool *p)
+{
+    int rc = pool_check_usable(p);
+    if (rc != 0)
+        return rc;
+    if (atomic_load(&p->state) != POOL_OPEN)
+        return mp_fail(MP_ECLOSED, NULL, "the pool is %s; submit work before mp_pool_close",
+                       atomic_load(&p->state) == POOL_CLOSED ? "closed" : "terminated");
+    return 0;
 }
 
 static void signal_monitor(mp_pool *p)
@@ -842,17 +856,29 @@ static void *collector_main(void *arg)
 
 static int check_opts(const mp_pool_opts *o)
 {
-    if (o->processes < 0 || o->maxtasksperchild < 0 || !timeout_valid(o->task_timeout) ||
-        o->task_timeout < 0 || (o->initarg_size && !o->initarg))
-        return MP_EINVAL;
+    const char *fn = "mp_pool_new";
+    if (o->processes < 0)
+        return mp_fail(MP_EINVAL, fn, "opts.processes is %d; use 0 for one per CPU",
+                       o->processes);
+    if (o->maxtasksperchild < 0)
+        return mp_fail(MP_EINVAL, fn, "opts.maxtasksperchild is %d; use 0 for no limit",
+                       o->maxtasksperchild);
+    if (!timeout_valid(o->task_timeout) || o->task_timeout < 0)
+        return mp_fail(MP_EINVAL, fn, "opts.task_timeout is %g; use 0 for none or a positive "
+                       "number of seconds", o->task_timeout);
+    if (o->initarg_size && !o->initarg)
+        return mp_fail(MP_EINVAL, fn, "opts.initarg_size is %zu but opts.initarg is NULL",
+                       o->initarg_size);
     if (o->method < MP_START_DEFAULT || o->method > MP_FORKSERVER)
-        return MP_EINVAL;
-    if (o->backend == MP_THREADS && o->task_timeout > 0)
-        return MP_EINVAL;            /* a thread cannot be killed */
-    if (o->backend == MP_MPI && !&mp__pool_mpi_backend)
-        return MP_EINVAL;            /* needs libmproc_mpi */
+        return mp_fail(MP_EINVAL, fn, "opts.method is %d, not an mp_start_method", (int)o->method);
     if (o->backend != MP_PROCESSES && o->backend != MP_THREADS && o->backend != MP_MPI)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, fn, "opts.backend is %d, not an mp_pool_backend", (int)o->backend);
+    if (o->backend == MP_THREADS && o->task_timeout > 0)
+        return mp_fail(MP_EINVAL, fn, "opts.task_timeout needs MP_PROCESSES: a thread cannot "
+                       "be killed when its task runs late");
+    if (o->backend == MP_MPI && !&mp__pool_mpi_backend)
+        return mp_fail(MP_EINVAL, fn, "opts.backend is MP_MPI, which needs the program "
+                       "linked with libmproc_mpi");
     return 0;
 }
 
@@ -876,7 +902,8 @@ static int shared_new(mp_pool *p)
     if (o->initializer) {
         sh->has_init = true;
         if (fnref_from((const void *)o->initializer, &sh->init_ref) != 0)
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, NULL, "opts.initializer is not a function of the "
+                           "program or a loaded library");
         sh->initarg = o->initarg;
         sh->initarg_size = o->initarg_size;
         if (o->initarg_size) {
@@ -952,7 +979,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
 {
     static const mp_pool_opts defaults;
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "p (where the new pool goes) is NULL");
     *out = NULL;
     o = o ? o : &defaults;
     int rc = check_opts(o);
@@ -961,7 +988,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     pthread_once(&live.registered, live_register);   /* before the first fork */
     mp_pool *p = arena_alloc(sizeof *p);
     if (!p)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "no room in the shared arena for a pool");
     p->magic = MAGIC_POOL;
     p->owner = self_pid();
     p->o = *o;
@@ -973,7 +1000,10 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     if (p->nworkers <= 0) {          /* MPI: not under mpirun, or too few ranks */
         rc = p->nworkers < 0 ? p->nworkers : MP_EINVAL;
         arena_free(p);
-        return rc;
+        if (rc == MP_EINVAL)
+            return mp_fail(rc, __func__, "no MPI ranks to work on (run the program under "
+                           "mpirun with at least 2 ranks)");
+        return mp_fail_code(rc, __func__);
     }
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->cblock, NULL);
@@ -989,7 +1019,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
         rc = start_all(p);
     if (rc != 0) {
         pool_destroy(p);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     live_add(p);
     *out = p;
@@ -998,19 +1028,25 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
 
 int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **out)
 {
+    const char *fname = __func__;
     if (out)
         *out = NULL;
     int rc = pool_check_open(p);
     if (rc != 0)
-        return rc;
-    if (!fn || !out || (!in && len))
-        return MP_EINVAL;
+        return mp_fail_code(rc, fname);
+    if (!fn)
+        return mp_fail(MP_EINVAL, fname, "fn is NULL");
+    if (!out)
+        return mp_fail(MP_EINVAL, fname, "f (where the future goes) is NULL");
+    if (!in && len)
+        return mp_fail(MP_EINVAL, fname, "in is NULL but len is %zu", len);
     const struct fnentry *e = pool_fn(p, fn);
     if (!e)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, fname, "fn is not a function of the program or a loaded "
+                       "library, so a worker cannot find it");
     mp_future *f = task_new(p, KIND_APPLY, len);
     if (!f)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, fname, "no room in the shared arena for a %zu-byte task", len);
     f->sh = p->sh;
     f->fn = e;
     atomic_store_explicit(&f->id, atomic_fetch_add(&p->sh->next_id, 1), memory_order_relaxed);
@@ -1020,7 +1056,9 @@ int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_fut
     pool_progress_add_total(p, 1);
     if ((rc = pool_push(p->sh, f, f, 1)) != 0) {
         task_free(f);
-        return rc;
+        if (rc == MP_ECLOSED)
+            return mp_fail(rc, fname, "the pool was terminated meanwhile");
+        return mp_fail_code(rc, fname);
     }
     *out = f;
     return 0;
@@ -1039,10 +1077,9 @@ int mp_pool_apply(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_buf *out)
 
 int mp_pool_close(mp_pool *p)
 {
-    if (!valid(p))
-        return MP_EINVAL;
-    if (!pool_owned_here(p))
-        return MP_ESTATE;
+    int rc = pool_check_usable(p);
+    if (rc != 0)
+        return mp_fail_code(rc, __func__);
     int open = POOL_OPEN;
     if (atomic_compare_exchange_strong(&p->state, &open, POOL_CLOSED)) {
         uint32_t no = CLOSING_NO;
@@ -1134,31 +1171,50 @@ static void live_remove(mp_pool *p)
     pthread_mutex_unlock(&live.lock);
 }
 
+/* join_threads' refusal, in words. */
+static int join_failed(int rc, const char *fn, double timeout)
+{
+    if (rc == MP_ESTATE)
+        return mp_fail(rc, fn, "called from the pool's own callback thread, which would wait "
+                       "for itself");
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, fn, "the pool's work is still running after %g s", timeout);
+    return mp_fail_code(rc, fn);
+}
+
 int mp_pool_terminate(mp_pool *p)
 {
-    if (!valid(p))
-        return MP_EINVAL;
-    if (!pool_owned_here(p))
-        return MP_ESTATE;
+    int rc = pool_check_usable(p);
+    if (rc != 0)
+        return mp_fail_code(rc, __func__);
     stop_workers_now(p);
     mp_deadline forever = deadline_in(MP_FOREVER);
-    return join_threads(p, &forever);
+    rc = join_threads(p, &forever);
+    return rc ? join_failed(rc, __func__, MP_FOREVER) : 0;
 }
 
 int mp_pool_join(mp_pool *p, double timeout)
 {
-    if (!valid(p) || !timeout_valid(timeout))
-        return MP_EINVAL;
-    if (!pool_owned_here(p) || atomic_load(&p->state) == POOL_OPEN)
-        return MP_ESTATE;
+    if (valid(p) && !timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    int rc = pool_check_usable(p);
+    if (rc != 0)
+        return mp_fail_code(rc, __func__);
+    if (atomic_load(&p->state) == POOL_OPEN)
+        return mp_fail(MP_ESTATE, __func__, "the pool is still open; call mp_pool_close (or "
+                       "mp_pool_terminate) first, as in Python");
     mp_deadline d = deadline_in(timeout);
-    return join_threads(p, &d);
+    rc = join_threads(p, &d);
+    return rc ? join_failed(rc, __func__, timeout) : 0;
 }
 
 void mp_pool_free(mp_pool *p)
 {
-    if (!valid(p))
+    if (!valid(p)) {
+        if (p)
+            mp_fail_handle(__func__, "pool", p);
         return;
+    }
     if (!pool_owned_here(p))
         return;                      /* the creator's, seen from a forked child: not ours */
     if (in_pool_thread(p))

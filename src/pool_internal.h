@@ -107,6 +107,8 @@ static inline bool state_final(uint32_t s) { return (s & TASK_BASE) == TASK_FINA
 mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len);
 void task_free(mp_future *f);
 bool future_valid(const mp_future *f);   /* a live handle: not freed by its caller */
+/* MP_EINVAL for fs[i], not a live future, saying so for fn (mp_last_error). */
+int future_fail_listed(const char *fn, size_t i, const mp_future *f);
 /* Moves f from base state `from` to final with rc/code, wakes its waiters
  * and hands it on: to the collector if NOTIFY, freed if DETACHED. Only one
  * party may finish a task from a given state (the worker running it, the

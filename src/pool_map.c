@@ -109,11 +109,18 @@ static int job_start(mp_pool *p, struct pool_shared *sh, struct job *job, size_t
 static struct job *job_new(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                            size_t out_size, int *rc)
 {
-    *rc = MP_EINVAL;
     const struct fnentry *e = pool_fn(p, fn);
-    if (!e || mul_overflows(n, in_size) || mul_overflows(n, out_size))
+    if (!e) {
+        *rc = mp_fail(MP_EINVAL, NULL, "fn is not a function of the program or a loaded "
+                      "library, so a worker cannot find it");
         return NULL;
-    *rc = MP_ENOMEM;
+    }
+    if (mul_overflows(n, in_size) || mul_overflows(n, out_size)) {
+        *rc = mp_fail(MP_EINVAL, NULL, "n (%zu) items of in_size %zu or out_size %zu bytes "
+                      "overflow a size_t", n, in_size, out_size);
+        return NULL;
+    }
+    *rc = mp_fail(MP_ENOMEM, NULL, "no room in the shared arena for %zu items", n);
     struct job *job = arena_alloc(sizeof *job);
     if (!job)
         return NULL;
@@ -141,22 +148,38 @@ static int map_args_valid(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t
     int rc = pool_check_open(p);
     if (rc != 0)
         return rc;
-    return !fn || (n && in_size && !in) ? MP_EINVAL : 0;
+    if (!fn)
+        return mp_fail(MP_EINVAL, NULL, "fn is NULL");
+    if (n && in_size && !in)
+        return mp_fail(MP_EINVAL, NULL, "in is NULL but there are %zu items of %zu bytes",
+                       n, in_size);
+    return 0;
 }
+
+static int map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                     void *out, size_t out_size, size_t chunksize, mp_future **f);
 
 int mp_pool_map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                       void *out, size_t out_size, size_t chunksize, mp_future **f)
+{
+    return mp_fail_code(map_async(p, fn, in, n, in_size, out, out_size, chunksize, f), __func__);
+}
+
+static int map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                     void *out, size_t out_size, size_t chunksize, mp_future **f)
 {
     if (f)
         *f = NULL;
     int rc = map_args_valid(p, fn, in, n, in_size);
     if (rc != 0)
         return rc;
-    if (!f || (n && out_size && !out))
-        return MP_EINVAL;
+    if (!f)
+        return mp_fail(MP_EINVAL, NULL, "f (where the future goes) is NULL");
+    if (n && out_size && !out)
+        return mp_fail(MP_EINVAL, NULL, "out is NULL but out_size is %zu", out_size);
     mp_future *future = task_new(p, KIND_JOB, 0);
     if (!future)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, NULL, "no room in the shared arena for a task");
     struct job *job = job_new(p, fn, in, n, in_size, out_size, &rc);
     if (!job) {
         task_free(future);
@@ -439,8 +462,17 @@ void chunk_collect(mp_pool *p, mp_future *c)
 
 /* ------------------------------------------------------------------ imap */
 
+static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                size_t chunksize, bool unordered, mp_iter **out);
+
 int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                  size_t chunksize, bool unordered, mp_iter **out)
+{
+    return mp_fail_code(imap(p, fn, in, n, in_size, chunksize, unordered, out), __func__);
+}
+
+static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
+                size_t chunksize, bool unordered, mp_iter **out)
 {
     if (out)
         *out = NULL;
@@ -448,7 +480,7 @@ int mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     if (rc != 0)
         return rc;
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, NULL, "it (where the iterator goes) is NULL");
     mp_iter *it = arena_alloc(sizeof *it);   /* a freed handle stays readable: refused */
     if (!it)
         return MP_ENOMEM;
@@ -542,23 +574,28 @@ static int take_record(mp_iter *it, struct segment *s, struct segment **link, si
 
 int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
 {
+    const char *fn = __func__;
     if (out)
         *out = NULL;
-    if (!out || (!fs && n) || n > INT_MAX)
-        return MP_EINVAL;
+    if (!out)
+        return mp_fail(MP_EINVAL, fn, "it (where the iterator goes) is NULL");
+    if (!fs && n)
+        return mp_fail(MP_EINVAL, fn, "fs is NULL but n is %zu", n);
+    if (n > INT_MAX)
+        return mp_fail(MP_EINVAL, fn, "n is %zu; at most INT_MAX futures", n);
     for (size_t i = 0; i < n; i++)
         if (!future_valid(fs[i]))
-            return MP_EINVAL;
+            return future_fail_listed(fn, i, fs[i]);
     mp_iter *it = arena_alloc(sizeof *it);
     if (!it)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, fn, "no room in the shared arena for an iterator");
     it->fs = malloc((n ? n : 1) * sizeof *fs);
     it->given = calloc(n ? n : 1, sizeof *it->given);
     if (!it->fs || !it->given) {
         free(it->fs);
         free(it->given);
         arena_free(it);
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, fn, "out of memory for %zu futures", n);
     }
     if (n)
         memcpy(it->fs, fs, n * sizeof *fs);
@@ -620,10 +657,27 @@ static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_dead
     return rc;
 }
 
+static int iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout);
+
 int mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
 {
-    if (!iter_valid(it) || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (!iter_valid(it))
+        return mp_fail_handle(__func__, "it", it);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    int rc = iter_next(it, index, out, timeout);
+    if (rc == MP_EEOF)
+        return mp_fail(rc, __func__, "every item has been handed out already");
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, __func__, "no item finished within %g s", timeout);
+    if (rc == MP_ETASK || rc == MP_ECRASHED || rc == MP_EKILLED || rc == MP_ECANCELLED)
+        return mp_fail(rc, __func__, "this item's task failed: %s (mp_iter_code gives its "
+                       "code)", mp_strerror(rc));
+    return mp_fail_code(rc, __func__);
+}
+
+static int iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
+{
     mp_deadline d = deadline_in(timeout);
     pthread_mutex_lock(&it->lock);
     if (it->fs) {

@@ -79,6 +79,16 @@ static bool valid(const mp_process *p)
     return p && p->magic == MAGIC_PROCESS;
 }
 
+/* For messages: where p is in its life. */
+static const char *state_name(const mp_process *p)
+{
+    switch (atomic_load(&p->state)) {
+    case PROC_NEW: return "not started";
+    case PROC_RUNNING: return "started already";
+    default: return "finished";
+    }
+}
+
 static bool i_reap(const mp_process *p)
 {
     return p->reaper == runtime()->pid;
@@ -415,36 +425,86 @@ static bool method_valid(mp_start_method m)
 
 static int name_child(mp_process *p, const mp_process *parent, const char *name)
 {
+    const char *fn = "mp_process_new";
     runtime_lock();
     unsigned n = ++rt.next_child;
     runtime_unlock();
     const char *sep = parent->ident[0] ? ":" : "";
     int len = snprintf(p->ident, sizeof p->ident, "%s%s%u", parent->ident, sep, n);
-    if (len < 0 || (size_t)len >= sizeof p->ident)
-        return MP_EINVAL;           /* a family deeper than any real one */
+    if (len < 0 || (size_t)len >= sizeof p->ident)    /* a family deeper than any real one */
+        return mp_fail(MP_EINVAL, fn, "the family is more than %d generations deep",
+                       PROC_IDENT_MAX / 2);
     len = name ? snprintf(p->name, sizeof p->name, "%s", name)
                : snprintf(p->name, sizeof p->name, "Process-%s", p->ident);
-    return len < 0 || (size_t)len >= sizeof p->name ? MP_EINVAL : 0;
+    if (len < 0 || (size_t)len >= sizeof p->name)
+        return mp_fail(MP_EINVAL, fn, "opts.name is %d bytes; a name has at most %d",
+                       len, PROC_NAME_MAX - 1);
+    return 0;
+}
+
+/* fn's check of a pass_fds list: each >= 0, listed once, open. */
+static int check_pass_fds(const char *fn, const int *fds, size_t n)
+{
+    if (n && !fds)
+        return mp_fail(MP_EINVAL, fn, "opts.n_pass_fds is %zu but opts.pass_fds is NULL", n);
+    if (n > MP_PASS_FDS_MAX)
+        return mp_fail(MP_EINVAL, fn, "opts.n_pass_fds is %zu; at most %d descriptors pass",
+                       n, MP_PASS_FDS_MAX);
+    for (size_t i = 0; i < n; i++) {
+        if (fds[i] < 0)
+            return mp_fail(MP_EINVAL, fn, "opts.pass_fds[%zu] is %d, not a descriptor", i, fds[i]);
+        for (size_t j = 0; j < i; j++)
+            if (fds[j] == fds[i])
+                return mp_fail(MP_EINVAL, fn, "opts.pass_fds[%zu] and [%zu] are both %d; "
+                               "list each descriptor once", j, i, fds[i]);
+        if (fcntl(fds[i], F_GETFD) < 0)
+            return mp_fail(-EBADF, fn, "opts.pass_fds[%zu] is %d, which is not open here",
+                           i, fds[i]);
+    }
+    return 0;
+}
+
+void process_keep_pass_fds(const mp_process *p)
+{
+    for (size_t i = 0; i < p->n_pass_fds; i++)
+        proc_fd_inherit(p->pass_fds[i], true);
 }
 
 int mp_process_new(mp_process **out, mp_target target, void *arg, const mp_process_opts *o)
 {
     static const mp_process_opts defaults = { 0 };
+    const char *fn = __func__;
     if (!o)
         o = &defaults;
-    if (!out || !target || !method_valid(o->method) || (o->arg_size && !arg))
-        return MP_EINVAL;
+    if (!out)
+        return mp_fail(MP_EINVAL, fn, "p (where the new process goes) is NULL");
+    if (!target)
+        return mp_fail(MP_EINVAL, fn, "target is NULL; pass the function the child runs");
+    if (!method_valid(o->method))
+        return mp_fail(MP_EINVAL, fn, "opts.method is %d, not an mp_start_method", (int)o->method);
+    if (o->arg_size && !arg)
+        return mp_fail(MP_EINVAL, fn, "opts.arg_size is %zu but arg is NULL", o->arg_size);
+    int rc = check_pass_fds(fn, o->pass_fds, o->n_pass_fds);
+    if (rc != 0)
+        return rc;
     mp_process *parent = current_record();
     mp_process *p = arena_alloc(sizeof *p);
-    if (!parent || !p) {
+    int *fds = o->n_pass_fds ? arena_alloc(o->n_pass_fds * sizeof *fds) : NULL;
+    if (!parent || !p || (o->n_pass_fds && !fds)) {
         arena_free(p);
-        return MP_ENOMEM;
+        arena_free(fds);
+        return mp_fail(MP_ENOMEM, fn, "no room in the shared arena for a process record");
     }
-    int rc = name_child(p, parent, o->name);
+    rc = name_child(p, parent, o->name);
     if (rc != 0) {
         arena_free(p);
+        arena_free(fds);
         return rc;
     }
+    if (fds)
+        memcpy(fds, o->pass_fds, o->n_pass_fds * sizeof *fds);
+    p->pass_fds = fds;
+    p->n_pass_fds = o->n_pass_fds;
     p->magic = MAGIC_PROCESS;
     atomic_store(&p->state, PROC_NEW);
     p->method = o->method;
@@ -459,9 +519,10 @@ int mp_process_new(mp_process **out, mp_target target, void *arg, const mp_proce
 int mp_process_set_daemon(mp_process *p, bool daemon)
 {
     if (!valid(p))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "p", p);
     if (atomic_load(&p->state) != PROC_NEW)
-        return MP_ESTATE;
+        return mp_fail(MP_ESTATE, __func__, "process \"%s\" is %s; set daemon before "
+                       "mp_process_start", p->name, state_name(p));
     p->daemon = daemon;
     return 0;
 }
@@ -510,8 +571,26 @@ static int prepare(mp_process *p, mp_start_method method)
     }
     p->method = method;
     if (method != MP_FORK && fnref_from((const void *)p->target, &p->target_ref) != 0)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, "mp_process_start", "the target is not a function of the "
+                       "program or a loaded library, so a %s child cannot find it; use "
+                       "MP_FORK", method == MP_SPAWN ? "spawn" : "fork-server");
     return 0;
+}
+
+/* Under spawn and forkserver the child has the arena and nothing else of
+ * ours: an argument passed as is must point into the arena. */
+static int check_arg(const mp_process *p, mp_start_method method)
+{
+    const char *how = method == MP_SPAWN ? "MP_SPAWN" : "MP_FORKSERVER";
+    if (method == MP_FORK || !p->arg || p->arg_size || arena_contains(p->arg, 1))
+        return 0;
+    if (shm_mapping_contains(p->arg))
+        return mp_fail(MP_EINVAL, "mp_process_start", "arg points into an mp_shm buffer, which "
+                       "a %s child maps at another address; pass the mp_shm handle itself "
+                       "and call mp_shm_buf in the child, or set opts.arg_size", how);
+    return mp_fail(MP_EINVAL, "mp_process_start", "arg is not in shared memory and "
+                   "opts.arg_size is 0, so a %s child could not read it; set opts.arg_size "
+                   "to copy the bytes, or allocate arg with mp_shared_alloc", how);
 }
 
 static void unprepare(mp_process *p, void *arg)
@@ -524,20 +603,31 @@ static void unprepare(mp_process *p, void *arg)
 
 int mp_process_start(mp_process *p)
 {
+    const char *fn = __func__;
     if (!valid(p))
-        return MP_EINVAL;
+        return mp_fail_handle(fn, "p", p);
     mp_process *me = current_record();
     if (!me)
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, fn, "no room in the shared arena for this process's record");
     uint32_t expect = PROC_NEW;
-    if (me->daemon || p == me)
-        return MP_ESTATE;           /* daemons have no children (as Python) */
-    if (!atomic_compare_exchange_strong(&p->state, &expect, PROC_RUNNING))
-        return MP_ESTATE;
+    if (p == me)
+        return mp_fail(MP_ESTATE, fn, "p is the calling process itself");
+    if (me->daemon)                 /* daemons have no children (as Python) */
+        return mp_fail(MP_ESTATE, fn, "the calling process \"%s\" is a daemon, and a daemon "
+                       "cannot have children (as in Python)", me->name);
     mp_start_method method = p->method ? p->method : mp_get_start_method();
+    int rc = check_arg(p, method);
+    if (rc == 0)
+        rc = check_pass_fds(fn, p->pass_fds, p->n_pass_fds);
+    if (rc != 0)
+        return rc;
+    if (!atomic_compare_exchange_strong(&p->state, &expect, PROC_RUNNING))
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" is %s; a process starts once (make "
+                       "a new one to run the target again)", p->name,
+                       expect == PROC_DONE ? "finished" : "started already");
     void *arg = p->arg;
     int pidfd = -1;
-    int rc = prepare(p, method);
+    rc = prepare(p, method);
     p->parent = me;
     p->creator = rt.pid;
     if (rc == 0) {
@@ -551,7 +641,7 @@ int mp_process_start(mp_process *p)
     }
     if (rc != 0) {
         unprepare(p, arg);
-        return rc;
+        return mp_fail_code(rc, fn);
     }
     runtime_lock();
     rc = add_child(p);
@@ -560,7 +650,7 @@ int mp_process_start(mp_process *p)
     else if (pidfd < 0 && i_reap(p))
         process_publish_exit(p, 0); /* already reaped by the kernel: SIGCHLD ignored */
     runtime_unlock();
-    return rc;
+    return mp_fail_code(rc, fn);
 }
 
 static int wait_published(mp_process *p, const mp_deadline *d)
@@ -600,12 +690,36 @@ static int poll_until_ended(mp_process *p, const mp_deadline *d)
     return 0;
 }
 
+/* Why a join, a signal or a sentinel makes no sense for p now, or NULL. */
+static const char *not_joinable(const mp_process *p)
+{
+    if (atomic_load(&p->state) == PROC_NEW)
+        return "was never started; call mp_process_start first";
+    if (p == rt.current)
+        return "is the calling process itself";
+    return NULL;
+}
+
+static int join(mp_process *p, double timeout);
+
 int mp_process_join(mp_process *p, double timeout)
 {
-    if (!valid(p) || !timeout_valid(timeout))
-        return MP_EINVAL;
-    if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
-        return MP_ESTATE;
+    const char *fn = __func__;
+    if (!valid(p))
+        return mp_fail_handle(fn, "p", p);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(fn, timeout);
+    const char *why = not_joinable(p);
+    if (why)
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
+    int rc = join(p, timeout);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, fn, "process \"%s\" still runs after %g s", p->name, timeout);
+    return mp_fail_code(rc, fn);
+}
+
+static int join(mp_process *p, double timeout)
+{
     mp_deadline d = deadline_in(timeout);
     if (fs_child(p))
         return wait_published(p, &d);   /* ours, reaped by the fork server */
@@ -649,30 +763,37 @@ bool mp_process_is_alive(mp_process *p)
     return proc_poll_fd(fd, &now) == 0;
 }
 
-static int send_signal(mp_process *p, int sig)
+static int send_signal(mp_process *p, int sig, const char *fn)
 {
     if (!valid(p))
-        return MP_EINVAL;
-    if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
-        return MP_ESTATE;
+        return mp_fail_handle(fn, "p", p);
+    const char *why = not_joinable(p);
+    if (why)
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
     if (atomic_load(&p->state) == PROC_DONE)
         return 0;                   /* finished: nothing to do (as Python) */
     runtime_lock();
     int fd = fd_for(p);
     int rc = proc_signal(fd, p->pid, sig);   /* fd < 0: by pid */
     runtime_unlock();
-    return rc == -ESRCH || rc == -EINVAL ? 0 : rc;   /* gone, or an eventfd: gone */
+    return rc == -ESRCH || rc == -EINVAL ? 0 : mp_fail_code(rc, fn);   /* gone, or an eventfd */
 }
 
-int mp_process_terminate(mp_process *p) { return send_signal(p, SIGTERM); }
-int mp_process_kill(mp_process *p) { return send_signal(p, SIGKILL); }
+int mp_process_terminate(mp_process *p) { return send_signal(p, SIGTERM, __func__); }
+int mp_process_kill(mp_process *p) { return send_signal(p, SIGKILL, __func__); }
 
 int mp_process_exitcode(mp_process *p, int *code)
 {
-    if (!valid(p) || !code)
-        return MP_EINVAL;
-    if (atomic_load(&p->state) == PROC_NEW || !ended_now(p))
-        return MP_ESTATE;
+    const char *fn = __func__;
+    if (!valid(p))
+        return mp_fail_handle(fn, "p", p);
+    if (!code)
+        return mp_fail(MP_EINVAL, fn, "code (where the exit code goes) is NULL");
+    if (atomic_load(&p->state) == PROC_NEW)
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" was never started", p->name);
+    if (!ended_now(p))
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" is still running; join it first",
+                       p->name);
     *code = p->exitcode;
     return 0;
 }
@@ -697,13 +818,14 @@ bool mp_process_daemon(const mp_process *p)
 int mp_process_sentinel(const mp_process *p)
 {
     if (!valid(p))
-        return MP_EINVAL;
-    if (atomic_load(&p->state) == PROC_NEW || p == rt.current)
-        return MP_ESTATE;
+        return mp_fail_handle(__func__, "p", p);
+    const char *why = not_joinable(p);
+    if (why)
+        return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, why);
     runtime_lock();
     int fd = fd_for((mp_process *)p);
     runtime_unlock();
-    return fd;
+    return mp_fail_code(fd, __func__);
 }
 
 int mp_process_free(mp_process *p)
@@ -711,14 +833,18 @@ int mp_process_free(mp_process *p)
     if (!p)
         return 0;
     if (!valid(p))
-        return MP_EINVAL;
-    if (p == rt.current || (atomic_load(&p->state) == PROC_RUNNING && !ended_now(p)))
-        return MP_ESTATE;
+        return mp_fail_handle(__func__, "p", p);
+    if (p == rt.current)
+        return mp_fail(MP_ESTATE, __func__, "p is the calling process itself");
+    if (atomic_load(&p->state) == PROC_RUNNING && !ended_now(p))
+        return mp_fail(MP_ESTATE, __func__, "process \"%s\" is still running; join it (or "
+                       "kill and join it) first", p->name);
     runtime_lock();
     drop_child(p);
     drop_fds(p);
     runtime_unlock();
     arena_free(p->arg_copy);
+    arena_free(p->pass_fds);
     p->magic = MAGIC_FREED;
     arena_free(p);
     return 0;
@@ -729,7 +855,7 @@ int mp_process_free(mp_process *p)
 int mp_active_children(mp_process **out, size_t cap)
 {
     if (!out && cap)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "out is NULL but cap is %zu", cap);
     runtime_lock();
     size_t live = 0;
     for (size_t i = 0; i < rt.nchildren;) {
@@ -757,7 +883,7 @@ int mp_cpu_count(void)
 int mp_set_start_method(mp_start_method m)
 {
     if (!method_valid(m))
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "method is %d, not an mp_start_method", (int)m);
     runtime_lock();
     rt.method = m;
     runtime_unlock();

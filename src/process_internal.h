@@ -37,6 +37,8 @@ struct mp_process {
     void *arg;                       /* what the target gets (the copy when arg_size > 0) */
     void *arg_copy;                  /* arena copy to free, or NULL */
     size_t arg_size;                 /* bytes to copy at start; 0 = pass arg as is */
+    int *pass_fds;                   /* arena copy of opts.pass_fds, or NULL */
+    size_t n_pass_fds;
 };
 
 /* One per process; reset in the child after fork (pthread_atfork). */
@@ -84,6 +86,8 @@ int process_exit_pipe_parent(int fds[2], pid_t pid);
 void process_fork_lock(void);
 void process_fork_unlock(void);
 int process_run_target(struct mp_process *p);         /* the target's code, 0-255 */
+/* In a spawned or fork-server child: clears FD_CLOEXEC on p's pass_fds. */
+void process_keep_pass_fds(const struct mp_process *p);
 void process_publish_exit(struct mp_process *p, int code);   /* reaper: status + wake */
 int process_code_from_siginfo(const siginfo_t *si);
 void process_daemon_guard(pid_t expected_parent);     /* PDEATHSIG + getppid check */

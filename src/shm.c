@@ -226,6 +226,17 @@ static void *shm_attach(const mp_shm *s)
     return rc == 0 ? buf : NULL;
 }
 
+bool shm_mapping_contains(const void *p)
+{
+    bool in = false;
+    pthread_mutex_lock(&local.lock);
+    for (struct mapping *m = local.head; m && !in; m = m->next)
+        in = (const char *)p >= (const char *)m->buf &&
+             (const char *)p < (const char *)m->buf + m->shm->size;
+    pthread_mutex_unlock(&local.lock);
+    return in;
+}
+
 void *mp_shm_buf(const mp_shm *s)
 {
     if (!shm_ok(s)) {

@@ -164,10 +164,14 @@ int spawn_start(struct mp_process *p, int *fd)
     char spec[128];
     snprintf(spec, sizeof spec, "%d:%" PRIxPTR ":%zx:%" PRIxPTR ":%d", afd,
              (uintptr_t)arena_base(), arena_size(), (uintptr_t)p, exit_pipe[1]);
-    int keep[2] = { afd, exit_pipe[1] };
+    int keep[2 + MP_PASS_FDS_MAX] = { afd };
+    size_t nkeep = 1;
+    if (exit_pipe[1] >= 0)
+        keep[nkeep++] = exit_pipe[1];
+    for (size_t i = 0; i < p->n_pass_fds; i++)    /* the user's, kept at their numbers */
+        keep[nkeep++] = p->pass_fds[i];
     pid_t pid;
-    rc = spawn_exec(SPAWN_ENV, spec, keep, exit_pipe[1] >= 0 ? 2 : 1, p->daemon,
-                    exit_pipe[1], &pid);
+    rc = spawn_exec(SPAWN_ENV, spec, keep, nkeep, p->daemon, exit_pipe[1], &pid);
     exit_pipe[1] = -1;                  /* closed by spawn_exec */
     if (rc != 0) {
         if (exit_pipe[0] >= 0)

@@ -13,18 +13,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* The message contains every one of the NULL-terminated fragments. */
-static void assert_message_has(const char *first, ...)
-{
-    const char *msg = mp_last_error();
-    va_list ap;
-    va_start(ap, first);
-    for (const char *want = first; want; want = va_arg(ap, const char *)) {
-        if (!strstr(msg, want))
-            fail_msg("mp_last_error() = \"%s\" lacks \"%s\"", msg, want);
-    }
-    va_end(ap);
-}
 
 static void test_listener_address_without_scheme_says_which_forms_work(void **state)
 {
@@ -34,7 +22,7 @@ static void test_listener_address_without_scheme_says_which_forms_work(void **st
     assert_string_equal(mp_last_error(), "mp_listener_new: address \"127.0.0.1:8080\" has no "
                                          "scheme; use tcp:HOST:PORT, unix:/path or unix:@name");
     TU_ASSERT_RC(mp_listener_new(&l, "/tmp/x.sock", NULL, 0), MP_EINVAL);
-    assert_message_has("mp_listener_new:", "\"/tmp/x.sock\" has no scheme", "use unix:/tmp/x.sock",
+    tu_last_error_has("mp_listener_new:", "\"/tmp/x.sock\" has no scheme", "use unix:/tmp/x.sock",
                        NULL);
 }
 
@@ -44,17 +32,17 @@ static void test_bad_tcp_and_unix_addresses_say_what_part_is_wrong(void **state)
     mp_listener *l;
     mp_conn *c;
     TU_ASSERT_RC(mp_listener_new(&l, "tcp:127.0.0.1", NULL, 0), MP_EINVAL);
-    assert_message_has("mp_listener_new:", "has no port", "tcp:HOST:PORT", NULL);
+    tu_last_error_has("mp_listener_new:", "has no port", "tcp:HOST:PORT", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "tcp:127.0.0.1:http", NULL, 0), MP_EINVAL);
-    assert_message_has("port \"http\" is not a number", NULL);
+    tu_last_error_has("port \"http\" is not a number", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "tcp::80", NULL, 0), MP_EINVAL);
-    assert_message_has("has no host", NULL);
+    tu_last_error_has("has no host", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "unix:", NULL, 0), MP_EINVAL);
-    assert_message_has("names no path", NULL);
+    tu_last_error_has("names no path", NULL);
     TU_ASSERT_RC(mp_client(&c, "localhost:1", NULL, 0, 1), MP_EINVAL);
-    assert_message_has("mp_client: address \"localhost:1\" has no scheme", NULL);
+    tu_last_error_has("mp_client: address \"localhost:1\" has no scheme", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, NULL, NULL, 0), MP_EINVAL);
-    assert_message_has("mp_listener_new: address is NULL", NULL);
+    tu_last_error_has("mp_listener_new: address is NULL", NULL);
 }
 
 static void test_client_to_nothing_says_nothing_listens(void **state)
@@ -63,7 +51,7 @@ static void test_client_to_nothing_says_nothing_listens(void **state)
     mp_conn *c;
     int rc = mp_client(&c, "unix:/nonexistent-mproc-dir/none.sock", NULL, 0, 1);
     TU_ASSERT_RC(rc, -ENOENT);
-    assert_message_has("mp_client: cannot connect to \"unix:/nonexistent-mproc-dir/none.sock\"",
+    tu_last_error_has("mp_client: cannot connect to \"unix:/nonexistent-mproc-dir/none.sock\"",
                        "is the listener started", NULL);
 }
 
@@ -75,7 +63,7 @@ static void test_listening_on_a_taken_address_says_so(void **state)
     char addr[128];
     snprintf(addr, sizeof addr, "%s", mp_listener_address(a));
     TU_ASSERT_RC(mp_listener_new(&b, addr, NULL, 0), -EADDRINUSE);
-    assert_message_has("mp_listener_new: cannot listen on", addr, "port 0", NULL);
+    tu_last_error_has("mp_listener_new: cannot listen on", addr, "port 0", NULL);
     mp_listener_free(a);
 }
 
@@ -91,18 +79,18 @@ static void test_null_handles_are_named(void **state)
     TU_ASSERT_RC(mp_condition_notify(NULL, 1), MP_EINVAL);
     assert_string_equal(mp_last_error(), "mp_condition_notify: condition is NULL");
     TU_ASSERT_RC(mp_lock_new(NULL), MP_EINVAL);
-    assert_message_has("mp_lock_new: l ", "is NULL", NULL);
+    tu_last_error_has("mp_lock_new: l ", "is NULL", NULL);
     TU_ASSERT_RC(mp_barrier_new(NULL, 2), MP_EINVAL);
-    assert_message_has("mp_barrier_new:", NULL);
+    tu_last_error_has("mp_barrier_new:", NULL);
     mp_barrier *b;
     TU_ASSERT_RC(mp_barrier_new(&b, 0), MP_EINVAL);
-    assert_message_has("mp_barrier_new: parties is 0", NULL);
+    tu_last_error_has("mp_barrier_new: parties is 0", NULL);
     mp_conn *a;
     TU_ASSERT_RC(mp_pipe(&a, NULL, true), MP_EINVAL);
-    assert_message_has("mp_pipe: b ", NULL);
+    tu_last_error_has("mp_pipe: b ", NULL);
     size_t len;
     TU_ASSERT_RC(mp_conn_recv_bytes(NULL, NULL, 0, &len), MP_EINVAL);
-    assert_message_has("mp_conn_recv_bytes: conn is NULL", NULL);
+    tu_last_error_has("mp_conn_recv_bytes: conn is NULL", NULL);
 }
 
 static void test_freed_handles_are_named_as_freed(void **state)
@@ -112,12 +100,12 @@ static void test_freed_handles_are_named_as_freed(void **state)
     TU_OK(mp_lock_new(&l));
     mp_lock_free(l);
     TU_ASSERT_RC(mp_lock_acquire(l, 0), MP_EINVAL);
-    assert_message_has("mp_lock_acquire: lock was freed", NULL);
+    tu_last_error_has("mp_lock_acquire: lock was freed", NULL);
     mp_event *e;
     TU_OK(mp_event_new(&e));
     mp_event_free(e);
     TU_ASSERT_RC(mp_event_set(e), MP_EINVAL);
-    assert_message_has("mp_event_set: event was freed", NULL);
+    tu_last_error_has("mp_event_set: event was freed", NULL);
 }
 
 static int return_zero(void *arg)
@@ -134,13 +122,13 @@ static void test_wrong_state_names_the_state(void **state)
     TU_OK(mp_thread_new(&t, return_zero, NULL, &o));
     int code;
     TU_ASSERT_RC(mp_thread_exitcode(t, &code), MP_ESTATE);
-    assert_message_has("mp_thread_exitcode: thread \"worker\" is not started", NULL);
+    tu_last_error_has("mp_thread_exitcode: thread \"worker\" is not started", NULL);
     TU_ASSERT_RC(mp_thread_join(t, 1), MP_ESTATE);
-    assert_message_has("thread \"worker\" is not started", "start it", NULL);
+    tu_last_error_has("thread \"worker\" is not started", "start it", NULL);
     TU_OK(mp_thread_start(t));
     TU_OK(mp_thread_join(t, 10));
     TU_ASSERT_RC(mp_thread_start(t), MP_ESTATE);
-    assert_message_has("mp_thread_start: thread \"worker\" is finished", "starts once", NULL);
+    tu_last_error_has("mp_thread_start: thread \"worker\" is finished", "starts once", NULL);
     TU_OK(mp_thread_free(t));
 }
 
@@ -153,16 +141,16 @@ static void test_lock_misuse_says_who_holds_it(void **state)
     assert_string_equal(mp_last_error(), "mp_lock_release: the lock is not held (released already?)");
     TU_OK(mp_lock_acquire(l, 0));
     TU_ASSERT_RC(mp_lock_acquire(l, MP_FOREVER), -EDEADLK);
-    assert_message_has("mp_lock_acquire: this thread holds this Lock already", "mp_rlock_new", NULL);
+    tu_last_error_has("mp_lock_acquire: this thread holds this Lock already", "mp_rlock_new", NULL);
     TU_ASSERT_RC(mp_lock_acquire(l, 0), MP_ETIMEDOUT);
-    assert_message_has("mp_lock_acquire: the lock is held", NULL);
+    tu_last_error_has("mp_lock_acquire: the lock is held", NULL);
     TU_OK(mp_lock_release(l));
     mp_lock_free(l);
 
     mp_condition *c;
     TU_OK(mp_condition_new(&c, NULL));
     TU_ASSERT_RC(mp_condition_wait(c, 0), MP_EINVAL);
-    assert_message_has("mp_condition_wait: this thread does not hold the condition's lock",
+    tu_last_error_has("mp_condition_wait: this thread does not hold the condition's lock",
                        "mp_condition_acquire first", NULL);
     mp_condition_free(c);
 }
@@ -173,19 +161,19 @@ static void test_conn_misuse_says_which_end_does_what(void **state)
     mp_conn *a, *b;
     TU_OK(mp_pipe(&a, &b, false));
     TU_ASSERT_RC(mp_conn_send_bytes(a, "x", 1), MP_EINVAL);
-    assert_message_has("mp_conn_send_bytes: this conn cannot send", "a receives and b sends", NULL);
+    tu_last_error_has("mp_conn_send_bytes: this conn cannot send", "a receives and b sends", NULL);
     TU_ASSERT_RC(mp_conn_send_bytes(b, NULL, 3), MP_EINVAL);
-    assert_message_has("data is NULL but len is 3", NULL);
+    tu_last_error_has("data is NULL but len is 3", NULL);
     TU_OK(mp_conn_send_bytes(b, "hello", 5));
     char small[2];
     size_t len;
     TU_ASSERT_RC(mp_conn_recv_bytes(a, small, sizeof small, &len), MP_ETOOBIG);
-    assert_message_has("mp_conn_recv_bytes: the message is 5 bytes, buf has 2", NULL);
+    tu_last_error_has("mp_conn_recv_bytes: the message is 5 bytes, buf has 2", NULL);
     mp_conn_close(b);
     char big[8];
     TU_OK(mp_conn_recv_bytes(a, big, sizeof big, &len));
     TU_ASSERT_RC(mp_conn_recv_bytes(a, big, sizeof big, &len), MP_EEOF);
-    assert_message_has("mp_conn_recv_bytes: the other end closed", NULL);
+    tu_last_error_has("mp_conn_recv_bytes: the other end closed", NULL);
     mp_conn_close(a);
 }
 
@@ -212,14 +200,14 @@ static void test_wrong_authkey_says_the_keys_differ(void **state)
     assert_int_equal(pthread_create(&t, NULL, accept_one, &a), 0);
     mp_conn *c;
     TU_ASSERT_RC(mp_client(&c, "unix:@mproc-test-errors-key", "wrong", 5, 20), MP_EAUTH);
-    assert_message_has("mp_client: authkey handshake with \"unix:@mproc-test-errors-key\" failed",
+    tu_last_error_has("mp_client: authkey handshake with \"unix:@mproc-test-errors-key\" failed",
                        "the keys differ", NULL);
     pthread_join(t, NULL);
     TU_ASSERT_RC(a.rc, MP_EAUTH);
     mp_listener_free(l);
 
     TU_ASSERT_RC(mp_listener_new(&l, "unix:@x", NULL, 4), MP_EINVAL);
-    assert_message_has("mp_listener_new: authkey is NULL but keylen is 4", NULL);
+    tu_last_error_has("mp_listener_new: authkey is NULL but keylen is 4", NULL);
 }
 
 static void test_success_leaves_the_message_alone(void **state)
@@ -271,17 +259,17 @@ static void test_shm_misuse_says_what_to_do(void **state)
     (void)state;
     mp_shm *s;
     TU_ASSERT_RC(mp_shm_new(&s, "mproc-test-errors-none", 0, 0), -ENOENT);
-    assert_message_has("mp_shm_new: no segment \"mproc-test-errors-none\"", "MP_CREATE", NULL);
+    tu_last_error_has("mp_shm_new: no segment \"mproc-test-errors-none\"", "MP_CREATE", NULL);
     TU_ASSERT_RC(mp_shm_new(&s, NULL, 16, 0), MP_EINVAL);
-    assert_message_has("name is NULL without MP_CREATE", NULL);
+    tu_last_error_has("name is NULL without MP_CREATE", NULL);
     TU_ASSERT_RC(mp_shm_new(&s, "x", 0, MP_CREATE), MP_EINVAL);
-    assert_message_has("needs size > 0", NULL);
+    tu_last_error_has("needs size > 0", NULL);
     assert_null(mp_shm_buf(NULL));                 /* getters that return NULL say why too */
-    assert_message_has("mp_shm_buf: s is NULL", NULL);
+    tu_last_error_has("mp_shm_buf: s is NULL", NULL);
     assert_null(mp_listener_address(NULL));
-    assert_message_has("mp_listener_address: listener is NULL", NULL);
+    tu_last_error_has("mp_listener_address: listener is NULL", NULL);
     assert_null(mp_thread_name(NULL));
-    assert_message_has("mp_thread_name: thread is NULL", NULL);
+    tu_last_error_has("mp_thread_name: thread is NULL", NULL);
 }
 
 int main(void)

@@ -145,3 +145,15 @@ pid_t tu_proc_ppid(pid_t pid)
     int ppid = 0;
     return fields && sscanf(fields, "%*c %d", &ppid) == 1 ? ppid : 0;
 }
+
+void tu_last_error_has(const char *first, ...)
+{
+    const char *msg = mp_last_error();
+    va_list ap;
+    va_start(ap, first);
+    for (const char *want = first; want; want = va_arg(ap, const char *)) {
+        if (!strstr(msg, want))
+            fail_msg("mp_last_error() = \"%s\" lacks \"%s\"", msg, want);
+    }
+    va_end(ap);
+}

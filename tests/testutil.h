@@ -44,6 +44,10 @@ pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
  * rest opened): false if that could not be done. For a forked child. */
 bool tu_exhaust_fds(void);
 
+/* Fails the test unless mp_last_error() contains each of the fragments
+ * (a NULL-terminated list). */
+void tu_last_error_has(const char *first, ...);
+
 #define TU_ASSERT_RC(expr, want) assert_int_equal((expr), (want))
 #define TU_OK(expr) assert_int_equal((expr), 0)
 
