@@ -84,6 +84,14 @@ struct mp_pool {
 /* Pools still running in this process, terminated at exit (Python's Pool
  * finalizer) before the process module stops their workers: the one piece
  * of global state here, or workers would be replaced while exit kills them. */
+
+/* The MPI backend, registered by libmproc_mpi when it is loaded. */
+static const struct pool_backend *_Atomic mpi_backend;
+
+void mp__pool_register_mpi(const struct pool_backend *b)
+{
+    atomic_store(&mpi_backend, b);
+}
 static struct {
     pthread_mutex_t lock;
     mp_pool *list;
@@ -876,7 +884,7 @@ static int check_opts(const mp_pool_opts *o)
     if (o->backend == MP_THREADS && o->task_timeout > 0)
         return mp_fail(MP_EINVAL, fn, "opts.task_timeout needs MP_PROCESSES: a thread cannot "
                        "be killed when its task runs late");
-    if (o->backend == MP_MPI && !&mp__pool_mpi_backend)
+    if (o->backend == MP_MPI && !atomic_load(&mpi_backend))
         return mp_fail(MP_EINVAL, fn, "opts.backend is MP_MPI, which needs the program "
                        "linked with libmproc_mpi");
     return 0;
@@ -994,7 +1002,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     p->o = *o;
     p->efd = -1;
     p->ops = o->backend == MP_THREADS ? &threads_backend
-           : o->backend == MP_MPI ? &mp__pool_mpi_backend : &processes_backend;
+           : o->backend == MP_MPI ? atomic_load(&mpi_backend) : &processes_backend;
     p->nworkers = p->ops->workers ? p->ops->workers(o->processes)
                 : o->processes ? o->processes : mp_cpu_count();
     if (p->nworkers <= 0) {          /* MPI: not under mpirun, or too few ranks */

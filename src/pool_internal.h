@@ -204,8 +204,8 @@ void chunk_collect(mp_pool *p, mp_future *chunk);
 /* ------------------------------------------------------------------ backends */
 
 /* How workers are started, watched and stopped. Processes and threads live
- * in pool.c; an MPI backend (libmproc_mpi, linked beside libmproc) defines
- * mp__pool_mpi_backend, a weak reference here: absent, MP_MPI is refused. */
+ * in pool.c; the MPI backend lives in libmproc_mpi, which registers it when
+ * it is loaded (mp__pool_register_mpi): unregistered, MP_MPI is refused. */
 struct pool_backend {
     const char *name;
     int (*start)(mp_pool *p, int slot);               /* runs pool_worker_main */
@@ -216,14 +216,13 @@ struct pool_backend {
     void (*stop)(mp_pool *p, int slot);               /* kill, wait, release: failure paths */
     int (*workers)(int processes);    /* optional: pool size for opts.processes, or MP_E* */
 };
-extern const struct pool_backend mp__pool_mpi_backend
-    __attribute__((weak, visibility("default")));
 
 struct worker_arg { struct pool_shared *sh; int slot; const struct task_runner *runner; };
 int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
 
 /* The internals libmproc_mpi, a library of its own, calls: exported. */
 #define POOL_SEAM __attribute__((visibility("default")))
+POOL_SEAM void mp__pool_register_mpi(const struct pool_backend *b);
 POOL_SEAM int mp__pool_worker_main(void *arg);   /* pool_worker_main; -1: WORKER_GONE */
 POOL_SEAM struct pool_shared *mp__pool_shared_of(const mp_pool *p);
 POOL_SEAM void *mp__fnref_resolve(const fnref *r);

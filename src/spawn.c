@@ -20,9 +20,6 @@
 
 extern char **environ;
 
-/* Defined by conn.c when connections exist in the build. */
-__attribute__((weak)) void conn_keep_across_exec(void);
-
 static bool is_ours(const char *entry)
 {
     return strncmp(entry, SPAWN_ENV "=", sizeof SPAWN_ENV) == 0 ||
@@ -116,7 +113,7 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
         if (daemon)
             process_daemon_guard(parent);   /* PDEATHSIG survives exec */
         /* The fork server must not hold connections open: EOF would never come. */
-        if (conn_keep_across_exec && strcmp(name, SPAWN_ENV) == 0)
+        if (strcmp(name, SPAWN_ENV) == 0)
             conn_keep_across_exec();
         int err = spawn_exec_self(path, argv, envp, keep_fds, nkeep);
         ssize_t w = write(pipefd[1], &err, sizeof err);

@@ -316,9 +316,15 @@ static int mpi_workers(int processes)
     return processes ? processes : mpi_world.size - 1;
 }
 
-const struct pool_backend mp__pool_mpi_backend = {
+static const struct pool_backend mpi_backend = {
     "mpi", mpi_start, mpi_ended, mpi_kill, mpi_sentinel, mpi_release, mpi_stop, mpi_workers,
 };
+
+/* Loading libmproc_mpi is what makes MP_MPI available to mp_pool_new. */
+__attribute__((constructor)) static void register_backend(void)
+{
+    mp__pool_register_mpi(&mpi_backend);
+}
 
 /* At exit, after every pool has stopped: each rank gets what it is owed
  * read, up to EXIT_WAIT_NS in all, then STOP. If any rank cannot be settled
