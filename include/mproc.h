@@ -64,13 +64,12 @@ MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
 /* The last error of this thread in a sentence that names the call, the
  * argument and the reason, and says what to do where that is known:
  * 'mp_listener_new: address "127.0.0.1:8080" has no scheme; use
- * tcp:HOST:PORT, unix:/path or unix:@name'. Set whenever a call of the
- * processes, threads, synchronisation, pipes and connections, shared
- * memory, pool or futures sections returns an error (a timeout, and the end
- * of an mp_iter, too); the other sections leave it unchanged for now.
- * mp_pool_apply and mp_pool_map leave the message of the call that failed
- * inside them (mp_pool_apply_async, mp_future_result, ...). A successful call does not clear it (as Python keeps its last
- * exception): read it right after the call that failed.
+ * tcp:HOST:PORT, unix:/path or unix:@name'. Set whenever a call returns
+ * an error (a timeout, and the end of an mp_iter, too), and when
+ * mp_shared_alloc returns NULL. mp_pool_apply and mp_pool_map leave the
+ * message of the call that failed inside them (mp_pool_apply_async,
+ * mp_future_result, ...). A successful call does not clear it (as Python
+ * keeps its last exception): read it right after the call that failed.
  * "" before the first error; never NULL; valid until this thread's next
  * call into mproc. */
 MP_EXTERN const char *mp_last_error(void);

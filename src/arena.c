@@ -831,7 +831,11 @@ void arena_prefault(void *p, size_t n, bool write)
 
 void *mp_shared_alloc(size_t size)
 {
-    return arena_alloc(size);
+    void *p = arena_alloc(size);
+    if (!p)
+        mp_fail(MP_ENOMEM, __func__, "no block of %zu bytes: the shared arena is full, or the "
+                "machine could not give its pages (MPROC_ARENA_SIZE sets the arena's size)", size);
+    return p;
 }
 
 void mp_shared_free(void *p)

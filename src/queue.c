@@ -366,19 +366,53 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, doub
     return rc;
 }
 
-int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
+/* The message for what a put or get ended with (nothing for 0). Constant
+ * strings for the codes a polling loop meets often: they cost no format. */
+static int queue_result(int rc, const char *fn, double timeout)
 {
-    if (!queue_ok(q) || (!data && len) || !timeout_valid(timeout) || len > (SIZE_MAX >> 2))
-        return MP_EINVAL;
+    switch (rc) {
+    case 0: return 0;
+    case MP_EFULL:
+        return mp_fail(rc, fn, timeout == 0 ? "the queue is full (maxsize items)"
+                                            : "the queue stayed full until the timeout");
+    case MP_EEMPTY:
+        return mp_fail(rc, fn, timeout == 0 ? "the queue is empty"
+                                            : "the queue stayed empty until the timeout");
+    case MP_ETIMEDOUT:
+        return mp_fail(rc, fn, "not every item got was marked done (mp_queue_task_done) "
+                               "by the timeout");
+    case MP_ECLOSED:
+        return mp_fail(rc, fn, "the queue was shut down (mp_queue_shutdown): no more puts");
+    case MP_EEOF:
+        return mp_fail(rc, fn, "the queue was shut down and every item has been got");
+    case MP_ENOMEM:
+        return mp_fail(rc, fn, "the shared arena has no room for this item (MPROC_ARENA_SIZE "
+                               "sets its size)");
+    default:
+        return mp_fail_code(rc, fn);
+    }
+}
+
+/* mp_queue_put and mp_queue_put_nowait, named fn in their messages. */
+static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, double timeout)
+{
+    if (!queue_ok(q))
+        return mp_fail_handle(fn, "queue", q);
+    if (!data && len)
+        return mp_fail(MP_EINVAL, fn, "data is NULL but len is %zu", len);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(fn, timeout);
+    if (len > (SIZE_MAX >> 2))
+        return mp_fail(MP_EINVAL, fn, "len %zu is more than any item can be", len);
     if (atomic_load(&q->closed))
-        return MP_ECLOSED;            /* early outs, so no big item is copied in vain */
-    if (timeout == 0 && mp_queue_full(q))
-        return MP_EFULL;
+        return queue_result(MP_ECLOSED, fn, timeout);   /* early outs, so no big item */
+    if (timeout == 0 && mp_queue_full(q))                 /* is copied in vain */
+        return queue_result(MP_EFULL, fn, timeout);
     void *big = NULL;
     if (len > QUEUE_INLINE_MAX) {
         big = arena_alloc_nozero(len);
         if (!big)
-            return MP_ENOMEM;
+            return queue_result(MP_ENOMEM, fn, timeout);
         if (len >= PREFAULT_MIN)
             arena_prefault(big, len, true);
         copy_big(big, data, len);
@@ -386,22 +420,34 @@ int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
     int rc = queue_give(q, data, len, big, timeout);
     if (rc != 0)
         arena_free(big);
-    return rc;
+    return queue_result(rc, fn, timeout);
+}
+
+int mp_queue_put(mp_queue *q, const void *data, size_t len, double timeout)
+{
+    return queue_put(__func__, q, data, len, timeout);
 }
 
 int mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout)
 {
-    if (!queue_ok(q) || !timeout_valid(timeout) || !arena_is_block(p) ||
-        len > arena_block_size(p) || len > (SIZE_MAX >> 2))
-        return MP_EINVAL;
+    if (!queue_ok(q))
+        return mp_fail_handle(__func__, "queue", q);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    if (!arena_is_block(p))
+        return mp_fail(MP_EINVAL, __func__, "p is not a block from mp_shared_alloc (or it was "
+                       "freed, or points inside one)");
+    if (len > arena_block_size(p) || len > (SIZE_MAX >> 2))
+        return mp_fail(MP_EINVAL, __func__, "len %zu is more than the block holds (%zu bytes)",
+                       len, arena_block_size(p));
     if (atomic_load(&q->closed))
-        return MP_ECLOSED;
-    return queue_give(q, NULL, len, p, timeout);
+        return queue_result(MP_ECLOSED, __func__, timeout);
+    return queue_result(queue_give(q, NULL, len, p, timeout), __func__, timeout);
 }
 
 int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
 {
-    return mp_queue_put(q, data, len, 0);
+    return queue_put(__func__, q, data, len, 0);
 }
 
 /* ------------------------------------------------------------------ get */
@@ -512,31 +558,56 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     return rc;
 }
 
+/* The arguments every get checks: 0, or the message's code. */
+static int get_args(const char *fn, mp_queue *q, bool have_out, double timeout)
+{
+    if (!queue_ok(q))
+        return mp_fail_handle(fn, "queue", q);
+    if (!have_out)
+        return mp_fail(MP_EINVAL, fn, "where the item goes is NULL");
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(fn, timeout);
+    return 0;
+}
+
+/* mp_queue_get and mp_queue_get_nowait, named fn in their messages. */
+static int queue_get(const char *fn, mp_queue *q, void *buf, size_t cap, size_t *len,
+                     double timeout)
+{
+    int rc = get_args(fn, q, len && (buf || !cap), timeout);
+    if (rc != 0)
+        return rc;
+    rc = queue_take(q, buf, cap, len, NULL, NULL, timeout);
+    if (rc == MP_ETOOBIG)
+        return mp_fail(rc, fn, "the next item is %zu bytes, more than cap (%zu); it stays "
+                       "queued (mp_queue_get_buf takes any size)", *len, cap);
+    return queue_result(rc, fn, timeout);
+}
+
 int mp_queue_get(mp_queue *q, void *buf, size_t cap, size_t *len, double timeout)
 {
-    if (!queue_ok(q) || (!buf && cap) || !len || !timeout_valid(timeout))
-        return MP_EINVAL;
-    return queue_take(q, buf, cap, len, NULL, NULL, timeout);
+    return queue_get(__func__, q, buf, cap, len, timeout);
 }
 
 int mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len)
 {
-    return mp_queue_get(q, buf, cap, len, 0);
+    return queue_get(__func__, q, buf, cap, len, 0);
 }
 
 int mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout)
 {
-    if (!queue_ok(q) || !out || !timeout_valid(timeout))
-        return MP_EINVAL;
-    return queue_take(q, NULL, 0, NULL, out, NULL, timeout);
+    int rc = get_args(__func__, q, out, timeout);
+    return rc ? rc : queue_result(queue_take(q, NULL, 0, NULL, out, NULL, timeout), __func__,
+                                  timeout);
 }
 
 int mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout)
 {
-    if (!queue_ok(q) || !p || !len || !timeout_valid(timeout))
-        return MP_EINVAL;
+    int rc = get_args(__func__, q, p && len, timeout);
+    if (rc != 0)
+        return rc;
     *p = NULL;
-    return queue_take(q, NULL, 0, len, NULL, p, timeout);
+    return queue_result(queue_take(q, NULL, 0, len, NULL, p, timeout), __func__, timeout);
 }
 
 /* ------------------------------------------------------------------ sizes */
@@ -564,11 +635,11 @@ bool mp_queue_full(mp_queue *q)
 int mp_queue_task_done(mp_queue *q)
 {
     if (!queue_ok(q))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "queue", q);
     uint64_t d = atomic_load(&q->done);
     do {
         if (d >= atomic_load(&q->gets))
-            return MP_EINVAL;
+            return mp_fail(MP_EINVAL, __func__, "called more times than items were got");
     } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
     if (d + 1 >= atomic_load(&q->puts)) {
         atomic_thread_fence(memory_order_seq_cst);
@@ -579,12 +650,14 @@ int mp_queue_task_done(mp_queue *q)
 
 int mp_queue_join(mp_queue *q, double timeout)
 {
-    if (!queue_ok(q) || !timeout_valid(timeout))
-        return MP_EINVAL;
+    if (!queue_ok(q))
+        return mp_fail_handle(__func__, "queue", q);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
     while (!join_ready(q)) {
         if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
-            return join_ready(q) ? 0 : MP_ETIMEDOUT;
+            return join_ready(q) ? 0 : queue_result(MP_ETIMEDOUT, __func__, timeout);
     }
     return 0;
 }
@@ -594,7 +667,7 @@ int mp_queue_join(mp_queue *q, double timeout)
 int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
 {
     if (!out)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "q (where the queue goes) is NULL");
     *out = NULL;
     mp_queue *q = arena_alloc(sizeof *q);
     struct seg *s = seg_new(SEG_MIN_CLASS);
@@ -609,17 +682,17 @@ int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
 fail:
     arena_free(s);
     arena_free(q);
-    return MP_ENOMEM;
+    return queue_result(MP_ENOMEM, __func__, 0);
 }
 
 int mp_queue_shutdown(mp_queue *q)
 {
     if (!queue_ok(q))
-        return MP_EINVAL;
+        return mp_fail_handle(__func__, "queue", q);
     /* Under the producers' lock: a put either committed before, or fails. */
     int rc = lock_side(q, &q->put, put_repair);
     if (rc != 0)
-        return rc;
+        return mp_fail_code(rc, __func__);
     atomic_store(&q->closed, 1);
     tlock_unlock(&q->put.lock);
     atomic_fetch_add(&q->not_empty.word, 2);

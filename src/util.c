@@ -62,11 +62,11 @@ double deadline_left(const mp_deadline *d)
 int mp_buf_reserve(mp_buf *b, size_t cap)
 {
     if (!b)
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, "b is NULL");
     if (b->cap >= cap)
         return 0;
     if (cap > PTRDIFF_MAX)                 /* no allocator can give this */
-        return MP_ENOMEM;
+        return mp_fail(MP_ENOMEM, __func__, "%zu bytes is more than any allocation can be", cap);
     size_t want = b->cap ? b->cap : 64;
     while (want < cap)
         want = want > PTRDIFF_MAX / 2 ? cap : want * 2;
@@ -81,9 +81,9 @@ int mp_buf_reserve(mp_buf *b, size_t cap)
 int mp_buf_append(mp_buf *b, const void *data, size_t len)
 {
     if (!b || (!data && len))
-        return MP_EINVAL;
+        return mp_fail(MP_EINVAL, __func__, !b ? "b is NULL" : "data is NULL but len is %zu", len);
     if (len > SIZE_MAX - b->len)
-        return MP_ETOOBIG;
+        return mp_fail(MP_ETOOBIG, __func__, "len %zu would overflow the buffer's size", len);
     int rc = mp_buf_reserve(b, b->len + len);
     if (rc != 0)
         return rc;

@@ -272,6 +272,64 @@ static void test_shm_misuse_says_what_to_do(void **state)
     tu_last_error_has("mp_thread_name: thread is NULL", NULL);
 }
 
+static void test_queue_misuse_says_what_to_do(void **state)
+{
+    (void)state;
+    mp_queue *q;
+    TU_ASSERT_RC(mp_queue_put(NULL, "x", 1, 0), MP_EINVAL);
+    tu_last_error_has("mp_queue_put: queue is NULL", NULL);
+    TU_OK(mp_queue_new(&q, &(mp_queue_opts){ .maxsize = 1 }));
+    TU_ASSERT_RC(mp_queue_put(q, NULL, 4, 0), MP_EINVAL);
+    tu_last_error_has("mp_queue_put: data is NULL but len is 4", NULL);
+    TU_ASSERT_RC(mp_queue_put(q, "x", 1, -0.5), MP_EINVAL);
+    tu_last_error_has("mp_queue_put: timeout -0.5 is negative", "MP_FOREVER", NULL);
+    char buf[2];
+    size_t len;
+    TU_ASSERT_RC(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+    tu_last_error_has("mp_queue_get_nowait: the queue is empty", NULL);
+    TU_OK(mp_queue_put(q, "abc", 3, 0));
+    TU_ASSERT_RC(mp_queue_put_nowait(q, "x", 1), MP_EFULL);
+    tu_last_error_has("mp_queue_put_nowait: the queue is full", NULL);
+    TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, 0), MP_ETOOBIG);
+    tu_last_error_has("mp_queue_get: the next item is 3 bytes, more than cap (2)", NULL);
+    TU_ASSERT_RC(mp_queue_put_shared(q, buf, 1, 0), MP_EINVAL);
+    tu_last_error_has("mp_queue_put_shared: p is not a block from mp_shared_alloc", NULL);
+    TU_ASSERT_RC(mp_queue_task_done(q), MP_EINVAL);
+    tu_last_error_has("mp_queue_task_done: called more times than items were got", NULL);
+    TU_OK(mp_queue_shutdown(q));
+    TU_ASSERT_RC(mp_queue_put(q, "x", 1, 0), MP_ECLOSED);
+    tu_last_error_has("mp_queue_put: the queue was shut down", NULL);
+    mp_queue_free(q);
+    TU_ASSERT_RC(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EINVAL);
+    tu_last_error_has("mp_queue_get_nowait: queue", NULL);
+}
+
+static void test_manager_misuse_says_what_to_do(void **state)
+{
+    (void)state;
+    mp_dict *d;
+    TU_ASSERT_RC(mp_dict_open(NULL, "x", &d), MP_EINVAL);
+    tu_last_error_has("mp_dict_open: the manager handle is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_set(NULL, "k", "v", 1), MP_EINVAL);
+    tu_last_error_has("mp_dict_set: the handle is NULL", NULL);
+    mp_manager *m;
+    TU_OK(mp_manager_start(&m, NULL));
+    TU_ASSERT_RC(mp_dict_open(m, "", &d), MP_EINVAL);
+    tu_last_error_has("mp_dict_open: name must be 1 to 255 bytes of UTF-8 without NUL", NULL);
+    TU_OK(mp_dict_open(m, "d", &d));
+    TU_ASSERT_RC(mp_dict_set(d, NULL, "v", 1), MP_EINVAL);
+    tu_last_error_has("mp_dict_set: key is NULL", NULL);
+    mp_buf b = { 0 };
+    TU_ASSERT_RC(mp_dict_get(d, "missing", &b), MP_ENOTFOUND);
+    tu_last_error_has("mp_dict_get: ", "MP_ENOTFOUND", NULL);
+    mp_dict_free(d);
+    TU_ASSERT_RC(mp_dict_get(d, "k", &b), MP_EINVAL);
+    tu_last_error_has("mp_dict_get: the handle is freed", NULL);
+    mp_buf_free(&b);
+    mp_manager_shutdown(m);
+    mp_manager_free(m);
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -290,6 +348,8 @@ int main(void)
         cmocka_unit_test(test_each_thread_has_its_own_message),
         cmocka_unit_test(test_strerror_is_unchanged),
         cmocka_unit_test(test_shm_misuse_says_what_to_do),
+        cmocka_unit_test(test_queue_misuse_says_what_to_do),
+        cmocka_unit_test(test_manager_misuse_says_what_to_do),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

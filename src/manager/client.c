@@ -444,19 +444,50 @@ static struct mval text_arg(const char *s) { return (struct mval){ .type = MV_TE
 static struct mval bytes_arg(const void *p, size_t len) { return (struct mval){ .type = MV_BYTES, .p = p, .len = len }; }
 static struct mval int_arg(int64_t i) { return (struct mval){ .type = MV_INT, .i = i }; }
 
-static bool key_ok(const char *key) { return key && strlen(key) <= MSG_MAX_KEY; }
-static bool bytes_ok(const void *p, size_t len) { return (p || len == 0) && len <= MSG_MAX_VALUE; }
+/* The argument checks record why they failed; the public call that returns
+ * the code puts its name in front (mp_fail_code). */
+static bool key_ok(const char *key)
+{
+    if (key && strlen(key) <= MSG_MAX_KEY)
+        return true;
+    mp_fail(MP_EINVAL, NULL, key ? "key is longer than %d bytes" : "key is NULL", MSG_MAX_KEY);
+    return false;
+}
+
+static bool bytes_ok(const void *p, size_t len)
+{
+    if ((p || len == 0) && len <= MSG_MAX_VALUE)
+        return true;
+    if (len > MSG_MAX_VALUE)
+        mp_fail(MP_ETOOBIG, NULL, "a value of %zu bytes is more than a manager stores (%d)",
+                len, MSG_MAX_VALUE);
+    else
+        mp_fail(MP_EINVAL, NULL, "the value is NULL but its length is %zu", len);
+    return false;
+}
 
 /* A freed manager makes its proxies unusable too (arena memory stays
  * mapped, so the check itself is safe). */
 static bool proxy_ok(const struct proxy *p, uint32_t magic)
 {
-    return p && p->magic == magic && p->m && p->m->magic == MAGIC_MANAGER;
+    if (p && p->magic == magic && p->m && p->m->magic == MAGIC_MANAGER)
+        return true;
+    mp_fail(MP_EINVAL, NULL, !p ? "the handle is NULL"
+            : p->magic != magic ? "the handle is freed, or not of this kind"
+                                : "the handle's manager was freed");
+    return false;
 }
 
 /* ------------------------------------------------------------------ managers */
 
-static bool manager_ok(const mp_manager *m) { return m && m->magic == MAGIC_MANAGER; }
+static bool manager_ok(const mp_manager *m)
+{
+    if (m && m->magic == MAGIC_MANAGER)
+        return true;
+    mp_fail(MP_EINVAL, NULL, m ? "the manager handle is freed or not a manager"
+                               : "the manager handle is NULL");
+    return false;
+}
 
 static int manager_alloc(mp_manager **out, const char *address, const void *key, size_t keylen)
 {
@@ -498,14 +529,14 @@ static int manager_connect_now(mp_manager *m)
 int mp_manager_connect(mp_manager **out, const char *address, const void *authkey, size_t len)
 {
     if (!out || !address)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     mp_manager *m;
     int rc = manager_alloc(&m, address, authkey, len);
     if (rc < 0)
-        return rc;
+        return mp_fail_code(rc, __func__);
     if ((rc = manager_connect_now(m)) < 0) {
         manager_release(m);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     *out = m;
     return 0;
@@ -578,15 +609,15 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
     if (!o)
         o = &none;
     if (!out || (o->address && strlen(o->address) >= WIRE_MAX_ADDRESS))
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     uint8_t random_key[MANAGER_KEY_LEN];
     const void *key = o->authkey;
     size_t keylen = o->authkey_len;
     if (key && keylen == 0)
-        return MP_EINVAL;    /* an empty key would let anyone in */
+        return mp_fail_code(MP_EINVAL, __func__);    /* an empty key would let anyone in */
     if (!key) {          /* like Python: a manager always has an authkey */
         if (keylen || getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
-            return MP_EINVAL;
+            return mp_fail_code(MP_EINVAL, __func__);
         key = random_key;
         keylen = sizeof random_key;
     }
@@ -598,24 +629,24 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         rc = manager_default_address(wanted, sizeof wanted);
     int lfd;
     if (rc < 0 || (rc = wire_listen(wanted, &lfd, actual, sizeof actual)) < 0)
-        return rc;
+        return mp_fail_code(rc, __func__);
     mp_manager *m;
     if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
         close(lfd);
         wire_unlink(actual);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     rc = manager_fork(m, lfd);
     close(lfd);
     if (rc < 0) {
         wire_unlink(actual);
         manager_release(m);
-        return rc;
+        return mp_fail_code(rc, __func__);
     }
     if (manager_connect_now(m) < 0) {      /* our own key: the server died */
         mp_manager_shutdown(m);
         manager_release(m);
-        return MP_EBROKEN;
+        return mp_fail_code(MP_EBROKEN, __func__);
     }
     *out = m;
     return 0;
@@ -623,13 +654,18 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
 
 const char *mp_manager_address(const mp_manager *m)
 {
-    return manager_ok(m) ? m->address : NULL;
+    if (manager_ok(m))
+        return m->address;
+    mp_fail_code(MP_EINVAL, __func__);
+    return NULL;
 }
 
 const void *mp_manager_authkey(const mp_manager *m, size_t *len)
 {
-    if (!manager_ok(m))
+    if (!manager_ok(m)) {
+        mp_fail_code(MP_EINVAL, __func__);
         return NULL;
+    }
     if (len)
         *len = m->keylen;
     return m->key;
@@ -667,9 +703,9 @@ static void manager_reap(pid_t pid, double timeout)
 int mp_manager_shutdown(mp_manager *m)
 {
     if (!manager_ok(m))
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     if (m->server_pid <= 0 || m->creator != getpid())
-        return MP_ESTATE;       /* only the process that started the server stops it */
+        return mp_fail_code(MP_ESTATE, __func__);       /* only the process that started the server stops it */
     if (m->shut)
         return 0;
     struct mconn *c = mconn_of(m);
@@ -715,8 +751,13 @@ void mp_manager_free(mp_manager *m)
 static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, bool own,
                       const struct mval *args, size_t n, void **out)
 {
-    if (!manager_ok(m) || !name || !out || !msg_name_ok((const uint8_t *)name, strnlen(name, MSG_MAX_NAME + 1)))
+    if (!manager_ok(m))
         return MP_EINVAL;
+    if (!name || !out)
+        return mp_fail(MP_EINVAL, NULL, "%s is NULL", name ? "where the handle goes" : "name");
+    if (!msg_name_ok((const uint8_t *)name, strnlen(name, MSG_MAX_NAME + 1)))
+        return mp_fail(MP_EINVAL, NULL, "name must be 1 to %d bytes of UTF-8 without NUL",
+                       MSG_MAX_NAME);
     struct proxy *p = arena_alloc(sizeof *p);
     if (!p)
         return MP_ENOMEM;
@@ -752,7 +793,7 @@ static void proxy_free(struct proxy *p, uint32_t magic)
 
 int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
 {
-    return proxy_open(m, name, MAGIC_DICT, OP_DICT_OPEN, false, NULL, 0, (void **)d);
+    return mp_fail_code(proxy_open(m, name, MAGIC_DICT, OP_DICT_OPEN, false, NULL, 0, (void **)d), __func__);
 }
 
 static int dict_set_val(mp_dict *d, const char *key, struct mval v)
@@ -766,26 +807,26 @@ static int dict_set_val(mp_dict *d, const char *key, struct mval v)
 int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
 {
     if (!bytes_ok(val, len))
-        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
-    return dict_set_val(d, key, bytes_arg(val, len));
+        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
+    return mp_fail_code(dict_set_val(d, key, bytes_arg(val, len)), __func__);
 }
 
 int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v)
 {
-    return dict_set_val(d, key, int_arg(v));
+    return mp_fail_code(dict_set_val(d, key, int_arg(v)), __func__);
 }
 
 int mp_dict_set_f64(mp_dict *d, const char *key, double v)
 {
-    return dict_set_val(d, key, (struct mval){ .type = MV_FLOAT, .f = v });
+    return mp_fail_code(dict_set_val(d, key, (struct mval){ .type = MV_FLOAT, .f = v }), __func__);
 }
 
 int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !val)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { text_arg(key) };
-    return proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val, NULL);
+    return mp_fail_code(proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val, NULL), __func__);
 }
 
 /* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
@@ -813,63 +854,63 @@ int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v)
 {
     struct mval got;
     if (!v)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     int rc = dict_get_scalar(d, key, MV_INT, &got);
     if (rc == 0)
         *v = got.i;
-    return rc;
+    return mp_fail_code(rc, __func__);
 }
 
 int mp_dict_get_f64(mp_dict *d, const char *key, double *v)
 {
     struct mval got;
     if (!v)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     int rc = dict_get_scalar(d, key, MV_FLOAT, &got);
     if (rc == 0)
         *v = got.f;
-    return rc;
+    return mp_fail_code(rc, __func__);
 }
 
 int mp_dict_del(mp_dict *d, const char *key)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { text_arg(key) };
-    return proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1, NULL);
+    return mp_fail_code(proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1, NULL), __func__);
 }
 
 int mp_dict_len(mp_dict *d, size_t *n)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !n)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     int64_t v;
     int rc = proxy_int((struct proxy *)d, OP_DICT_LEN, NULL, 0, &v);
     if (rc == 0)
         *n = (size_t)v;
-    return rc;
+    return mp_fail_code(rc, __func__);
 }
 
 int mp_dict_keys(mp_dict *d, mp_buf *keys)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !keys)
-        return MP_EINVAL;
-    return proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys, NULL);
+        return mp_fail_code(MP_EINVAL, __func__);
+    return mp_fail_code(proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys, NULL), __func__);
 }
 
 int mp_dict_clear(mp_dict *d)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT))
-        return MP_EINVAL;
-    return proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0, NULL);
+        return mp_fail_code(MP_EINVAL, __func__);
+    return mp_fail_code(proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0, NULL), __func__);
 }
 
 int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[2] = { text_arg(key), int_arg(delta) };
-    return proxy_int((struct proxy *)d, OP_DICT_INCR, args, 2, result);
+    return mp_fail_code(proxy_int((struct proxy *)d, OP_DICT_INCR, args, 2, result), __func__);
 }
 
 int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
@@ -877,11 +918,11 @@ int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
         (!expect && elen) || elen > MSG_MAX_VALUE)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
                             bytes_arg(val, vlen) };
-    return proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3, NULL);
+    return mp_fail_code(proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3, NULL), __func__);
 }
 
 void mp_dict_free(mp_dict *d)
@@ -893,50 +934,50 @@ void mp_dict_free(mp_dict *d)
 
 int mp_list_open(mp_manager *m, const char *name, mp_list **l)
 {
-    return proxy_open(m, name, MAGIC_LIST, OP_LIST_OPEN, false, NULL, 0, (void **)l);
+    return mp_fail_code(proxy_open(m, name, MAGIC_LIST, OP_LIST_OPEN, false, NULL, 0, (void **)l), __func__);
 }
 
 int mp_list_append(mp_list *l, const void *val, size_t len)
 {
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
-        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
     struct mval args[1] = { bytes_arg(val, len) };
-    return proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1, NULL);
+    return mp_fail_code(proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1, NULL), __func__);
 }
 
 int mp_list_get(mp_list *l, long i, mp_buf *val)
 {
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { int_arg(i) };
-    return proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val, NULL);
+    return mp_fail_code(proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val, NULL), __func__);
 }
 
 int mp_list_set(mp_list *l, long i, const void *val, size_t len)
 {
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
-        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
     struct mval args[2] = { int_arg(i), bytes_arg(val, len) };
-    return proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2, NULL);
+    return mp_fail_code(proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2, NULL), __func__);
 }
 
 int mp_list_pop(mp_list *l, long i, mp_buf *val)
 {
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { int_arg(i) };
-    return proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val, NULL);
+    return mp_fail_code(proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val, NULL), __func__);
 }
 
 int mp_list_len(mp_list *l, size_t *n)
 {
     if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !n)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     int64_t v;
     int rc = proxy_int((struct proxy *)l, OP_LIST_LEN, NULL, 0, &v);
     if (rc == 0)
         *n = (size_t)v;
-    return rc;
+    return mp_fail_code(rc, __func__);
 }
 
 void mp_list_free(mp_list *l)
@@ -949,25 +990,25 @@ void mp_list_free(mp_list *l)
 int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue **q)
 {
     if (maxsize > INT64_MAX)
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { int_arg((int64_t)maxsize) };
-    return proxy_open(m, name, MAGIC_MQUEUE, OP_QUEUE_OPEN, true, args, 1, (void **)q);
+    return mp_fail_code(proxy_open(m, name, MAGIC_MQUEUE, OP_QUEUE_OPEN, true, args, 1, (void **)q), __func__);
 }
 
 int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout)
 {
     if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !bytes_ok(data, len) || !timeout_valid(timeout))
-        return len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL;
+        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
     struct mval args[2] = { bytes_arg(data, len), { 0 } };
-    return proxy_blocking((struct proxy *)q, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL);
+    return mp_fail_code(proxy_blocking((struct proxy *)q, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL), __func__);
 }
 
 int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout)
 {
     if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !out || !timeout_valid(timeout))
-        return MP_EINVAL;
+        return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { { 0 } };
-    return proxy_blocking((struct proxy *)q, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out);
+    return mp_fail_code(proxy_blocking((struct proxy *)q, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out), __func__);
 }
 
 void mp_mqueue_free(mp_mqueue *q)
@@ -979,7 +1020,7 @@ void mp_mqueue_free(mp_mqueue *q)
 
 int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l)
 {
-    return proxy_open(m, name, MAGIC_MLOCK, OP_LOCK_OPEN, true, NULL, 0, (void **)l);
+    return mp_fail_code(proxy_open(m, name, MAGIC_MLOCK, OP_LOCK_OPEN, true, NULL, 0, (void **)l), __func__);
 }
 
 int mlock_acquire(mp_lock *l, double timeout)
