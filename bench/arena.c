@@ -3,7 +3,7 @@
  * handed over with put_shared + get_shared (bench/arena.py runs the Python
  * peers: multiprocessing.Queue, a socketpair, Queue.put + get of 64 MiB).
  *
- * queue_1to1_1MiB and socketpair_1MiB time one producer process and this
+ * arena_queue_1MiB and arena_socketpair_1MiB time one producer process and this
  * one from the first item's arrival to the last's, as bench/queue.c does;
  * the consumer reads each item into one buffer (mp_queue_get into it, recv
  * of the whole item). shared_64MiB is one process: put_shared of a block
@@ -134,11 +134,11 @@ static double shared_64mib_us(void *arg)
 
 int main(int argc, char **argv)
 {
-    if (bench_selected(argc, argv, "queue_1to1_1MiB"))
-        bench_row("queue_1to1_1MiB", bench_median_of(bench_reps(5), queue_1mib, NULL), "GB/s",
+    if (bench_selected(argc, argv, "arena_queue_1MiB"))
+        bench_row("arena_queue_1MiB", bench_median_of(bench_reps(5), queue_1mib, NULL), "GB/s",
                   BENCH_HIGHER);
-    if (bench_selected(argc, argv, "socketpair_1MiB"))
-        bench_row("socketpair_1MiB", bench_median_of(bench_reps(5), socketpair_1mib, NULL),
+    if (bench_selected(argc, argv, "arena_socketpair_1MiB"))
+        bench_row("arena_socketpair_1MiB", bench_median_of(bench_reps(5), socketpair_1mib, NULL),
                   "GB/s", BENCH_HIGHER);
     if (bench_selected(argc, argv, "shared_64MiB"))
         bench_row("shared_64MiB", bench_median_of(bench_reps(5), shared_64mib_us, NULL), "us",

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """arena.py - Python peer of bench/arena.c: big items.
 
-queue_1to1_1MiB: 1 MiB bytes items through multiprocessing.Queue, one
+arena_queue_1MiB: 1 MiB bytes items through multiprocessing.Queue, one
 producer process, timed from the first item's arrival to the last's.
-socketpair_1MiB: the same bytes through socket.socketpair (sendall,
+arena_socketpair_1MiB: the same bytes through socket.socketpair (sendall,
 recv_into one buffer). shared_64MiB: the time per 64 MiB bytes object
 through a Queue from a producer process (pickled, through the queue's pipe,
 unpickled), the price Python pays to pass 64 MiB.
@@ -69,9 +69,9 @@ def shared_64mib_us():
 
 if __name__ == "__main__":
     mp.set_start_method("fork")
-    if selected("queue_1to1_1MiB"):
-        row("queue_1to1_1MiB", median_of(reps(3), queue_1mib), "GB/s", HIGHER)
-    if selected("socketpair_1MiB"):
-        row("socketpair_1MiB", median_of(reps(3), socketpair_1mib), "GB/s", HIGHER)
+    if selected("arena_queue_1MiB"):
+        row("arena_queue_1MiB", median_of(reps(3), queue_1mib), "GB/s", HIGHER)
+    if selected("arena_socketpair_1MiB"):
+        row("arena_socketpair_1MiB", median_of(reps(3), socketpair_1mib), "GB/s", HIGHER)
     if selected("shared_64MiB"):
         row("shared_64MiB", median_of(reps(3), shared_64mib_us), "us", LOWER)
