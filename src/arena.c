@@ -829,6 +829,29 @@ void arena_prefault(void *p, size_t n, bool write)
 #endif
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_LSAN 1
+#endif
+#endif
+#ifdef ARENA_LSAN
+#include <sanitizer/lsan_interface.h>
+#endif
+
+void arena_heap_root(const void *obj, size_t size, bool live)
+{
+#ifdef ARENA_LSAN
+    if (live)
+        __lsan_register_root_region(obj, size);
+    else
+        __lsan_unregister_root_region(obj, size);
+#else
+    (void)obj, (void)size, (void)live;
+#endif
+}
+
 void *mp_shared_alloc(size_t size)
 {
     void *p = arena_alloc(size);

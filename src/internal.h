@@ -51,6 +51,10 @@ void *arena_alloc_nozero(size_t size);    /* big message buffers: no memset */
  * pages since). */
 void arena_prefault(void *p, size_t n, bool write);
 void arena_free(void *p);
+/* LeakSanitizer does not look inside the arena: an arena object holding
+ * pointers to this process's heap is a root for that memory while it lives
+ * (live true at creation, false before its arena_free). No-op without ASan. */
+void arena_heap_root(const void *obj, size_t size, bool live);
 bool arena_contains(const void *p, size_t len);
 /* p is the start of an arena block in use (what arena_alloc returned). */
 bool arena_is_block(const void *p);

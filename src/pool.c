@@ -953,6 +953,7 @@ static void pool_destroy(mp_pool *p)
     free(p->pollslots);
     free(p->fns);
     p->magic = MAGIC_FREED;
+    arena_heap_root(p, sizeof *p, false);
     arena_free(p);
 }
 
@@ -997,6 +998,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     mp_pool *p = arena_alloc(sizeof *p);
     if (!p)
         return mp_fail(MP_ENOMEM, __func__, "no room in the shared arena for a pool");
+    arena_heap_root(p, sizeof *p, true);
     p->magic = MAGIC_POOL;
     p->owner = self_pid();
     p->o = *o;
@@ -1007,6 +1009,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
                 : o->processes ? o->processes : mp_cpu_count();
     if (p->nworkers <= 0) {          /* MPI: not under mpirun, or too few ranks */
         rc = p->nworkers < 0 ? p->nworkers : MP_EINVAL;
+        arena_heap_root(p, sizeof *p, false);
         arena_free(p);
         if (rc == MP_EINVAL)
             return mp_fail(rc, __func__, "no MPI ranks to work on (run the program under "

@@ -325,6 +325,7 @@ static void iter_destroy(mp_iter *it)
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
     it->magic = MAGIC_FREED;
+    arena_heap_root(it, sizeof *it, false);
     arena_free(it);
 }
 
@@ -484,6 +485,7 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     mp_iter *it = arena_alloc(sizeof *it);   /* a freed handle stays readable: refused */
     if (!it)
         return MP_ENOMEM;
+    arena_heap_root(it, sizeof *it, true);
     it->magic = MAGIC_ITER;
     it->pool = p;
     it->n = n;
@@ -492,6 +494,7 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     it->tail = &it->segs;
     it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
     if (!unordered && !(it->by_chunk = calloc(it->nchunks ? it->nchunks : 1, sizeof *it->by_chunk))) {
+        arena_heap_root(it, sizeof *it, false);
         arena_free(it);
         return MP_ENOMEM;
     }
@@ -589,11 +592,13 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     mp_iter *it = arena_alloc(sizeof *it);
     if (!it)
         return mp_fail(MP_ENOMEM, fn, "no room in the shared arena for an iterator");
+    arena_heap_root(it, sizeof *it, true);
     it->fs = malloc((n ? n : 1) * sizeof *fs);
     it->given = calloc(n ? n : 1, sizeof *it->given);
     if (!it->fs || !it->given) {
         free(it->fs);
         free(it->given);
+        arena_heap_root(it, sizeof *it, false);
         arena_free(it);
         return mp_fail(MP_ENOMEM, fn, "out of memory for %zu futures", n);
     }
