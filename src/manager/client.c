@@ -529,7 +529,15 @@ static int manager_connect_now(mp_manager *m)
 int mp_manager_connect(mp_manager **out, const char *address, const void *authkey, size_t len)
 {
     if (!out || !address)
-        return mp_fail_code(MP_EINVAL, __func__);
+        return mp_fail(MP_EINVAL, __func__, "%s is NULL", out ? "address" : "m (where the manager goes)");
+    if (!authkey && len)
+        return mp_fail(MP_EINVAL, __func__, "authkey is NULL but len is %zu", len);
+    if (len > WIRE_MAX_AUTHKEY)
+        return mp_fail(MP_EINVAL, __func__, "an authkey of %zu bytes is longer than %d", len,
+                       WIRE_MAX_AUTHKEY);
+    if (strlen(address) >= WIRE_MAX_ADDRESS)
+        return mp_fail(MP_EINVAL, __func__, "the address is longer than %d bytes",
+                       WIRE_MAX_ADDRESS - 1);
     mp_manager *m;
     int rc = manager_alloc(&m, address, authkey, len);
     if (rc < 0)
@@ -608,16 +616,27 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
     mp_manager_opts none = { 0 };
     if (!o)
         o = &none;
-    if (!out || (o->address && strlen(o->address) >= WIRE_MAX_ADDRESS))
-        return mp_fail_code(MP_EINVAL, __func__);
+    if (!out)
+        return mp_fail(MP_EINVAL, __func__, "m (where the manager goes) is NULL");
+    if (o->address && strlen(o->address) >= WIRE_MAX_ADDRESS)
+        return mp_fail(MP_EINVAL, __func__, "opts.address is longer than %d bytes",
+                       WIRE_MAX_ADDRESS - 1);
     uint8_t random_key[MANAGER_KEY_LEN];
     const void *key = o->authkey;
     size_t keylen = o->authkey_len;
-    if (key && keylen == 0)
-        return mp_fail_code(MP_EINVAL, __func__);    /* an empty key would let anyone in */
+    if (key && keylen == 0)            /* an empty key would let anyone in */
+        return mp_fail(MP_EINVAL, __func__, "opts.authkey_len is 0: an empty authkey would let "
+                       "anyone in; give a key, or NULL for a random one");
+    if (key && keylen > WIRE_MAX_AUTHKEY)
+        return mp_fail(MP_EINVAL, __func__, "opts.authkey_len %zu is more than %d", keylen,
+                       WIRE_MAX_AUTHKEY);
     if (!key) {          /* like Python: a manager always has an authkey */
-        if (keylen || getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
-            return mp_fail_code(MP_EINVAL, __func__);
+        if (keylen)
+            return mp_fail(MP_EINVAL, __func__, "opts.authkey is NULL but opts.authkey_len is "
+                           "%zu", keylen);
+        if (getrandom(random_key, sizeof random_key, 0) != sizeof random_key)
+            return mp_fail(errno ? -errno : -EAGAIN, __func__, "no random authkey: getrandom "
+                           "failed");
         key = random_key;
         keylen = sizeof random_key;
     }
