@@ -646,11 +646,11 @@ static void free_locked(struct arena_header *h, struct block *b)
 
 /* Makes the kernel supply a fresh block's pages now, so running out of
  * memory is this call's error and not a SIGBUS at the first touch. */
-static bool reserve(struct arena_header *h, struct block *b)
+static bool reserve(struct arena_header *h, struct block *b, uint64_t size)
 {
     uint64_t off = block_off(h, b);
     uint64_t lo = (off + BLOCK_HEADER) & ~(uint64_t)4095;
-    uint64_t hi = (off + b->size + 4095) & ~(uint64_t)4095;
+    uint64_t hi = (off + size + 4095) & ~(uint64_t)4095;
     int rc;
     do
         rc = fallocate(arena.fd, FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo));
@@ -666,12 +666,14 @@ void *arena_alloc_nozero(size_t size)
     uint64_t need = ((uint64_t)size + BLOCK_HEADER + 63) & ~(uint64_t)63;
     arena_lock(h);
     struct block *b = alloc_locked(h, need);
+    /* Read under the lock: freeing a neighbour rewrites this header. */
+    uint64_t bsize = b ? b->size : 0;
+    bool fresh = b && (b->flags & F_FRESH);
     rmutex_unlock(&h->lock);
     if (!b)
         return NULL;
     void *p = (char *)b + BLOCK_HEADER;
-    if (b->size >= RESERVE_MIN && ((b->flags & F_FRESH) || b->size >= PUNCH_MIN) &&
-        !reserve(h, b)) {
+    if (bsize >= RESERVE_MIN && (fresh || bsize >= PUNCH_MIN) && !reserve(h, b, bsize)) {
         arena_free(p);
         return NULL;
     }
@@ -725,8 +727,12 @@ bool arena_is_block(const void *p)
 
 size_t arena_block_size(const void *p)
 {
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     const struct block *b = (const struct block *)((const char *)p - BLOCK_HEADER);
-    return (size_t)(b->size - BLOCK_HEADER);
+    arena_lock(h);                   /* freeing a neighbour rewrites this header */
+    uint64_t size = b->size;
+    rmutex_unlock(&h->lock);
+    return (size_t)(size - BLOCK_HEADER);
 }
 
 /* Walks every block and every free list under the lock (ck_ring_valid's

@@ -227,8 +227,12 @@ int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t 
 {
     last->next = NULL;
 #ifdef POOL_TSAN
-    for (mp_future *f = first; f; f = f->next)
+    /* next is read before f is released: once released, f may be done,
+     * freed and its block reused by another thread. */
+    for (mp_future *f = first, *next; f; f = next) {
+        next = f->next;
         HANDOVER_RELEASE(f);
+    }
 #endif
     list_lock(sh);
     if (atomic_load(&sh->closing) == CLOSING_NOW) {   /* terminated since the caller looked */

@@ -8,6 +8,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -31,7 +32,7 @@ static struct {
     mp_mqueue *mqueue;
 } o;
 
-static volatile sig_atomic_t thread_may_end;
+static _Atomic int thread_may_end;
 
 static int sleeps_until_killed(void *arg)
 {
@@ -44,7 +45,7 @@ static int sleeps_until_killed(void *arg)
 static int thread_waits(void *arg)
 {
     (void)arg;
-    while (!thread_may_end)
+    while (!atomic_load(&thread_may_end))
         usleep(1000);
     return 0;
 }
@@ -188,7 +189,12 @@ static int setup(void **state)
 {
     (void)state;
     int sv[2];
-    if (mp_process_new(&o.proc, sleeps_until_killed, NULL, NULL) ||
+    /* The manager first: its server is forked and starts threads, which
+     * ThreadSanitizer refuses in a child of a process that has threads. */
+    if (mp_manager_start(&o.manager, NULL) ||
+        mp_manager_queue(o.manager, "q", 0, &o.mqueue) ||
+        mp_manager_lock(o.manager, "l", &o.mlock) ||
+        mp_process_new(&o.proc, sleeps_until_killed, NULL, NULL) ||
         mp_process_start(o.proc) ||
         mp_thread_new(&o.thread, thread_waits, NULL, NULL) || mp_thread_start(o.thread) ||
         mp_lock_new(&o.lock) || mp_lock_acquire(o.lock, 0) ||
@@ -203,10 +209,7 @@ static int setup(void **state)
         mp_pool_new(&o.pool, &(mp_pool_opts){ .processes = 1 }) ||
         mp_pool_apply_async(o.pool, slow_task, NULL, 0, &o.future) ||
         mp_pool_imap(o.pool, slow_task, "ab", 2, 1, 1, false, &o.iter) ||
-        mp_pool_close(o.pool) ||
-        mp_manager_start(&o.manager, NULL) ||
-        mp_manager_queue(o.manager, "q", 0, &o.mqueue) ||
-        mp_manager_lock(o.manager, "l", &o.mlock))
+        mp_pool_close(o.pool))
         return -1;
     /* The item in o.full was put but never got, so join waits; taking the
      * rlock and the condition's lock from a forked child would not block, so
@@ -230,7 +233,7 @@ static int teardown(void **state)
     mp_process_kill(o.proc);
     mp_process_join(o.proc, MP_FOREVER);
     mp_process_free(o.proc);
-    thread_may_end = 1;
+    atomic_store(&thread_may_end, 1);
     mp_thread_join(o.thread, MP_FOREVER);
     mp_thread_free(o.thread);
     mp_listener_free(o.listener);
