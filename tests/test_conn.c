@@ -118,8 +118,10 @@ static void check_impossible_lengths(mp_conn *tx, mp_conn *rx)
         TU_ASSERT_RC(mp_conn_send_bytes(tx, "x", lens[i]), MP_ETOOBIG);
         assert_non_null(strstr(mp_last_error(), "more than any buffer can hold"));
     }
-    TU_ASSERT_RC(mp_conn_send_bytes(tx, "x", (size_t)1 << 44), MP_EINVAL);
-    assert_non_null(strstr(mp_last_error(), "runs past this process's memory"));
+    if (!RUNNING_ON_VALGRIND) {          /* there valgrind reports such a range itself */
+        TU_ASSERT_RC(mp_conn_send_bytes(tx, "x", (size_t)1 << 44), MP_EINVAL);
+        assert_non_null(strstr(mp_last_error(), "runs past this process's memory"));
+    }
     TU_OK(mp_conn_send_bytes(tx, "ok", 2));
     char buf[8];
     size_t len;
