@@ -8,6 +8,16 @@
 /* Asks is_alive and join(p, 0) over and over until p is joined (10 s at
  * most): they must agree at every moment, and once is_alive says no,
  * join(p, 0) joins. */
+/* Joins p (bounded), frees it and gives its exit code. */
+static inline int finish(mp_process *p)
+{
+    int code = -1000;
+    TU_OK(mp_process_join(p, 20 * tu_slow()));
+    TU_OK(mp_process_exitcode(p, &code));
+    TU_OK(mp_process_free(p));
+    return code;
+}
+
 static inline void join_zero_agrees_with_is_alive(mp_process *p)
 {
     double end = tu_now() + 10 * tu_slow();

@@ -42,15 +42,6 @@ static void stop(mp_process *p)
     TU_OK(mp_process_free(p));
 }
 
-static int finish(mp_process *p)
-{
-    int code = -1000;
-    TU_OK(mp_process_join(p, 10 * tu_slow()));
-    TU_OK(mp_process_exitcode(p, &code));
-    TU_OK(mp_process_free(p));
-    return code;
-}
-
 /* ------------------------------------------------------------------ happy paths */
 
 static void test_process_exit_code_is_targets_return_value(void **state)

@@ -5,6 +5,7 @@
  * freed pool, a future asked too early.
  */
 #include "testutil.h"
+#include "proc_checks.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,15 +16,6 @@
 static int reads_arg(void *arg)
 {
     return *(int *)arg;
-}
-
-static int finish(mp_process *p)
-{
-    int code = -1000;
-    TU_OK(mp_process_join(p, 20 * tu_slow()));
-    TU_OK(mp_process_exitcode(p, &code));
-    TU_OK(mp_process_free(p));
-    return code;
 }
 
 /* ------------------------------------------------------------------ the argument across exec */

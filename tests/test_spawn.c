@@ -34,15 +34,6 @@ static mp_process *start(void **state, mp_target fn, void *arg, size_t arg_size,
     return p;
 }
 
-static int finish(mp_process *p)
-{
-    int code = -1000;
-    TU_OK(mp_process_join(p, 20 * tu_slow()));
-    TU_OK(mp_process_exitcode(p, &code));
-    TU_OK(mp_process_free(p));
-    return code;
-}
-
 static bool proc_entry_gone(pid_t pid)
 {
     char path[64];
