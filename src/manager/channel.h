@@ -6,8 +6,8 @@
  * there and offers it over the socket (OP_ATTACH with the address and a
  * random nonce; the server accepts only if it sees the same nonce at that
  * address, i.e. the memory really is shared). Then each call is: client
- * writes the request into buf and bumps req_seq; the server answers into
- * the same buf and bumps resp_seq. Both sides spin briefly, then sleep on
+ * writes the request into the channel and bumps req_seq; the server
+ * answers the same way and bumps resp_seq (channel_put, below). Both sides spin briefly, then sleep on
  * the futex word in slices, polling the socket between slices: the socket
  * stays the liveness signal (EOF = the peer died) and carries any message
  * too big for buf (len == CHANNEL_VIA_SOCKET). A client hanging up posts
@@ -20,10 +20,14 @@
 
 #include "internal.h"
 
+#include <stddef.h>
+#include <string.h>
+
 enum {
     CHANNEL_MAGIC = 0x4d434843,            /* MCHC */
     CHANNEL_ATTACHED = 0x4d434841,         /* MCHA: a server thread owns it */
     CHANNEL_BUF = 32 * 1024,
+    CHANNEL_INLINE = MP_CACHELINE - 3 * sizeof(uint32_t),  /* 52: in the sequence's line */
     CHANNEL_CLIENT_SLICE_MS = 100,         /* a caller notices a dead server this fast */
     CHANNEL_SERVER_SLICE_MS = 500,         /* an idle client costs the server 2 wake-ups/s */
     CHANNEL_PAUSE_MIN_NS = 250,            /* a waiter first spins with pause (a round trip */
@@ -35,20 +39,50 @@ enum {
 #define CHANNEL_VIA_SOCKET UINT32_MAX        /* req_len/resp_len: the frame is on the socket */
 #define CHANNEL_BYE (UINT32_MAX - 1)         /* req_len: the client hangs up */
 
+/* Three cache lines, then the buffer. A small message (at most
+ * CHANNEL_INLINE bytes: nearly every call) travels inside the line that
+ * carries its sequence word, so a hand-off moves one line each way instead
+ * of two; a bigger one goes through buf, and one bigger than buf through
+ * the socket. The length word alone says where a message is. */
 struct channel {
     _Atomic uint32_t magic;                /* CHANNEL_MAGIC, then _ATTACHED once served */
+    _Atomic uint32_t refs;                 /* client + server; the last one frees */
     uint64_t nonce;
-    _Atomic uint32_t req_seq;              /* client: a request is in buf */
+    _Alignas(MP_CACHELINE) _Atomic uint32_t req_seq;   /* client: a request is in */
     _Atomic uint32_t server_sleeping;
     uint32_t req_len;
-    _Atomic uint32_t refs;                 /* client + server; the last one frees */
-    char pad1[MP_CACHELINE - 6 * sizeof(uint32_t) - sizeof(uint64_t)];
-    _Atomic uint32_t resp_seq;             /* server: the reply is in buf */
+    uint8_t req_inline[CHANNEL_INLINE];
+    _Alignas(MP_CACHELINE) _Atomic uint32_t resp_seq;  /* server: the reply is in */
     _Atomic uint32_t client_sleeping;
     uint32_t resp_len;
-    char pad2[MP_CACHELINE - 3 * sizeof(uint32_t)];
-    uint8_t buf[CHANNEL_BUF];
+    uint8_t resp_inline[CHANNEL_INLINE];
+    _Alignas(MP_CACHELINE) uint8_t buf[CHANNEL_BUF];
 };
+_Static_assert(offsetof(struct channel, resp_seq) == 2 * MP_CACHELINE &&
+               offsetof(struct channel, buf) == 3 * MP_CACHELINE,
+               "a sequence word shares its line with its inline message only");
+
+/* Places a message of len bytes for the other side (in the line at
+ * inline_, in buf, or nowhere) and returns the length word to publish with
+ * it: CHANNEL_VIA_SOCKET when the caller must send it on the socket. */
+static inline uint32_t channel_put(struct channel *ch, uint8_t *inline_, const void *data,
+                                   size_t len)
+{
+    if (len > CHANNEL_BUF)
+        return CHANNEL_VIA_SOCKET;
+    memcpy(len <= CHANNEL_INLINE ? inline_ : ch->buf, data, len);
+    return (uint32_t)len;
+}
+
+/* Where the message with length word len lies, or NULL for a word that
+ * names no message in the channel (on the socket, or out of range). */
+static inline const uint8_t *channel_msg(const struct channel *ch, const uint8_t *inline_,
+                                         uint32_t len)
+{
+    if (len > CHANNEL_BUF)
+        return NULL;
+    return len <= CHANNEL_INLINE ? inline_ : ch->buf;
+}
 
 /* Waits until *seq != old: spins for spin_ns (pausing for an adaptive
  * 0-3 us first, yielding the CPU after that), then sleeps on the

@@ -237,10 +237,8 @@ static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len
                               const mp_deadline *d)
 {
     struct channel *ch = c->ch;
-    bool big = c->req.len > CHANNEL_BUF;
-    if (!big)
-        memcpy(ch->buf, c->req.data, c->req.len);
-    ch->req_len = big ? CHANNEL_VIA_SOCKET : (uint32_t)c->req.len;
+    ch->req_len = channel_put(ch, ch->req_inline, c->req.data, c->req.len);
+    bool big = ch->req_len == CHANNEL_VIA_SOCKET;
     uint32_t seq = ++c->seq;
     /* posted before a big send, or both sides would wait on each other */
     channel_post(&ch->req_seq, seq, &ch->server_sleeping);
@@ -252,9 +250,9 @@ static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len
         return rc;
     if (ch->resp_len == CHANNEL_VIA_SOCKET)
         return wire_recv(&c->w, data, len, WIRE_MAX_FRAME, d);
-    if (ch->resp_len > CHANNEL_BUF)
+    *data = channel_msg(ch, ch->resp_inline, ch->resp_len);
+    if (!*data)
         return MP_EPROTO;
-    *data = ch->buf;
     *len = ch->resp_len;
     return 0;
 }

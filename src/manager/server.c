@@ -185,9 +185,10 @@ static void client_serve_channel(struct client *c, bool *shutdown)
                 return;
         } else {
             /* copied first: the peer could rewrite shared memory while we decode */
-            if (len > CHANNEL_BUF || mp_buf_reserve(&c->in, len ? len : 1) < 0)
+            const uint8_t *msg = channel_msg(ch, ch->req_inline, len);
+            if (!msg || mp_buf_reserve(&c->in, len ? len : 1) < 0)
                 return;
-            memcpy(c->in.data, ch->buf, len);
+            memcpy(c->in.data, msg, len);
             data = c->in.data;
         }
         client_exec(c, data, n, shutdown);
@@ -196,10 +197,8 @@ static void client_serve_channel(struct client *c, bool *shutdown)
             c->peer_dead = !channel_peer_alive(c->w.fd);
             return;
         }
-        bool big = c->out.len > CHANNEL_BUF;
-        if (!big)
-            memcpy(ch->buf, c->out.data, c->out.len);
-        ch->resp_len = big ? CHANNEL_VIA_SOCKET : (uint32_t)c->out.len;
+        ch->resp_len = channel_put(ch, ch->resp_inline, c->out.data, c->out.len);
+        bool big = ch->resp_len == CHANNEL_VIA_SOCKET;
         /* posted before a big send, or both sides would wait on each other */
         channel_post(&ch->resp_seq, c->seq, &ch->client_sleeping);
         if (big && client_send(c) < 0) {
