@@ -55,6 +55,17 @@ static inline double bench_per_op_ns(double t0, long n)
     return n > 0 ? (bench_now() - t0) * 1e9 / (double)n : NAN;
 }
 
+/* One pause in a spin loop: tells the CPU (and a hyperthread sibling) that
+ * this loop only waits. */
+static inline void bench_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
 /* Operations per second since t0 for n operations. */
 static inline double bench_rate(double t0, double n)
 {
