@@ -16,6 +16,11 @@
 #include <time.h>
 
 #define MP_CACHELINE 64
+/* Thread-local storage read on a hot path: the initial-exec model reads it
+ * at a fixed offset from the thread pointer instead of calling
+ * __tls_get_addr. Only for a few small variables: a library loaded by
+ * dlopen takes them from the loader's small static-TLS reserve. */
+#define MP_TLS_HOT __thread __attribute__((tls_model("initial-exec")))
 #define MP_UNUSED(x) ((void)(x))
 
 /* Magic words at the head of every handle: a misused handle is refused with
@@ -91,7 +96,15 @@ mp_deadline deadline_in(double timeout);   /* timeout < 0: forever */
 bool deadline_passed(const mp_deadline *d);
 double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever */
 uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
-bool timeout_valid(double timeout);         /* >= 0 (+inf too) or MP_FOREVER */
+/* One rule for every blocking call: MP_FOREVER and +inf block, 0 and any
+ * positive value bound the wait; NaN and every other negative value are a
+ * mistake (a deadline computed as "then - now" that has already passed, say)
+ * and give MP_EINVAL at once, as Python raises ValueError. Inline: every
+ * acquire asks it. */
+static inline bool timeout_valid(double timeout)
+{
+    return timeout >= 0 || timeout == MP_FOREVER;
+}
 
 /* ------------------------------------------------------------------ futex */
 
@@ -127,8 +140,16 @@ bool spin_adaptive(bool (*ready)(void *), void *arg, uint64_t *budget_ns, unsign
 typedef struct { pthread_mutex_t m; } rmutex;
 int rmutex_init(rmutex *m);
 int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT, -EDEADLK */
+int rmutex_wait(rmutex *m, const mp_deadline *d);   /* rmutex_lock after a trylock found it busy */
 int rmutex_unlock(rmutex *m);                        /* MP_EINVAL if not owner */
-int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -EDEADLK (ours) */
+int rmutex_trylock_failed(rmutex *m, int err);     /* rmutex_trylock's code for pthread's err */
+/* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -EDEADLK (ours). Inline, for the
+ * uncontended acquire: one call into glibc and nothing else. */
+static inline int rmutex_trylock(rmutex *m)
+{
+    int err = pthread_mutex_trylock(&m->m);
+    return err == 0 ? 0 : rmutex_trylock_failed(m, err);
+}
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
 

@@ -31,8 +31,8 @@ bool channel_peer_alive(int fd)
  * whose peer needs this very CPU (an oversubscribed machine) soon yields at
  * once; it then probes with a pause every CHANNEL_PAUSE_PROBE waits, long
  * enough for a round trip with a peer that yields on another CPU. */
-static __thread uint32_t pause_ns = CHANNEL_PAUSE_MIN_NS;
-static __thread uint32_t waits;
+static MP_TLS_HOT uint32_t pause_ns = CHANNEL_PAUSE_MIN_NS;
+static MP_TLS_HOT uint32_t waits;
 
 static uint32_t pause_budget(uint32_t spin_ns)
 {

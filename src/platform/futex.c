@@ -46,7 +46,7 @@ void futex_wake(_Atomic uint32_t *word, int n)
 }
 
 /* A futex waiter's spin budget (spin_adaptive), per thread. */
-static __thread uint64_t spin_budget_ns;
+static MP_TLS_HOT uint64_t spin_budget_ns;
 
 bool several_cpus(void)
 {
@@ -142,7 +142,7 @@ __attribute__((constructor)) static void tid_cache_init(void)
 
 uint32_t mp_gettid(void)
 {
-    static __thread uint32_t tid, generation;
+    static MP_TLS_HOT uint32_t tid, generation;
     if (fork_marker && !atomic_load_explicit(fork_marker, memory_order_relaxed))
         tid_after_fork();
     uint32_t g = atomic_load_explicit(&tid_generation, memory_order_relaxed);

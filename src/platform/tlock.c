@@ -48,7 +48,7 @@ static uint32_t tid_of(uint64_t w)
  * the start is recorded as 0, which waiters take as "unknown". */
 static uint64_t self_word(void)
 {
-    static __thread uint64_t word __attribute__((tls_model("initial-exec")));
+    static MP_TLS_HOT uint64_t word;
     uint32_t tid = mp_gettid();
     if (tid_of(word) != tid) {
         uint64_t start = 0;             /* stays 0 unless proc_task_start finds it */
