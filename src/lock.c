@@ -1,9 +1,10 @@
 /* lock.c - Lock and RLock: a robust, process-shared mutex in the arena.
  *
- * The mutex is glibc's robust errorcheck pthread mutex (rmutex): its futex
- * word holds the owner's tid, and the kernel's robust list marks it when the
- * owner dies, so the next acquirer gets MP_EOWNERDEAD instead of hanging.
- * The uncontended path is one trylock and one unlock, no clock, no syscall.
+ * The mutex is glibc's robust pthread mutex (rmutex): its futex word holds
+ * the owner's tid, and the kernel's robust list marks it when the owner
+ * dies, so the next acquirer gets MP_EOWNERDEAD instead of hanging. The
+ * uncontended path is one trylock and one unlock, no clock, no syscall:
+ * every other check waits until the trylock has failed.
  * An RLock keeps its depth beside the mutex; only the owner touches it.
  * A manager's lock (MAGIC_MLOCK) is the same handle type served by the
  * manager's client (mlock_*, manager/client.c), called directly.
@@ -68,13 +69,20 @@ static int acquire_result(int rc, double timeout)
 
 int mp_lock_acquire(mp_lock *l, double timeout)
 {
+    int rc = MP_EINVAL;
+    if (l && l->magic == MAGIC_LOCK && timeout_valid(timeout)) {
+        rc = rmutex_trylock(&l->m);
+        if (rc == 0) {                 /* the uncontended path: nothing else */
+            l->depth = 1;
+            return 0;
+        }
+    }
     if (!l || (l->magic != MAGIC_LOCK && l->magic != MAGIC_MLOCK))
         return mp_fail_handle(__func__, "lock", l);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
     if (l->magic == MAGIC_MLOCK)
         return mp_fail_code(mlock_acquire(l, timeout), __func__);
-    int rc = rmutex_trylock(&l->m);
     if (rc == -EDEADLK) {
         if (!l->recursive)
             return acquire_result(self_deadlock(timeout), timeout);
@@ -85,7 +93,7 @@ int mp_lock_acquire(mp_lock *l, double timeout)
     }
     if (rc == MP_ETIMEDOUT && timeout != 0) {
         mp_deadline d = deadline_in(timeout);
-        rc = rmutex_lock(&l->m, &d);
+        rc = rmutex_wait(&l->m, &d);
     }
     if (rc == 0 || rc == MP_EOWNERDEAD)
         l->depth = 1;
@@ -108,10 +116,12 @@ int mp_lock_release(mp_lock *l)
         return mp_fail_handle(__func__, "lock", l);
     if (l->magic == MAGIC_MLOCK)
         return mp_fail_code(mlock_release(l), __func__);
-    if (!lock_is_mine(l))
-        return fail_not_held(l);
-    if (l->recursive && --l->depth > 0)
-        return 0;
+    if (l->recursive) {
+        if (!lock_is_mine(l))
+            return fail_not_held(l);
+        if (--l->depth > 0)
+            return 0;
+    }
     int rc = rmutex_unlock(&l->m);     /* the mutex itself refuses a non-owner */
     return rc == 0 ? 0 : fail_not_held(l);
 }

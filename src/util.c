@@ -17,15 +17,6 @@ uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* One rule for every blocking call: MP_FOREVER and +inf block, 0 and any
- * positive value bound the wait; NaN and every other negative value are a
- * mistake (a deadline computed as "then - now" that has already passed, say)
- * and give MP_EINVAL at once, as Python raises ValueError. */
-bool timeout_valid(double timeout)
-{
-    return timeout >= 0 || timeout == MP_FOREVER;
-}
-
 mp_deadline deadline_in(double timeout)
 {
     mp_deadline d = { { 0, 0 }, false };
