@@ -166,6 +166,12 @@ static void value_clear(struct store *s, struct value *v)
 static int value_set(struct store *s, struct value *dst, const struct mval *src)
 {
     struct value v = { .type = src->type, .i = src->i, .f = src->f };
+    if (src->type == MV_BYTES && dst->type == MV_BYTES && dst->len == src->len && src->len) {
+        memcpy(dst->p, src->p, src->len);      /* same size: same block, same cost */
+        dst->i = src->i;
+        dst->f = src->f;
+        return 0;
+    }
     if (src->type == MV_BYTES) {
         if (alloc_cost(src->len ? src->len : 1) > s->max_bytes - s->bytes)
             return MP_ENOMEM;
