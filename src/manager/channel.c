@@ -44,7 +44,7 @@ static uint32_t pause_budget(uint32_t spin_ns)
 }
 
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
-                 uint32_t spin_ns, int slice_ms, int fd, const mp_deadline *until)
+                 uint32_t spin_ns, double slice_s, int fd, const mp_deadline *until)
 {
     uint64_t start = now_ns();
     uint32_t budget = pause_budget(spin_ns);
@@ -62,7 +62,7 @@ int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping
             sched_yield();
             continue;
         }
-        double slice = slice_ms / 1000.0;
+        double slice = slice_s;
         if (until && !until->forever) {
             double left = deadline_left(until);
             if (left <= 0)

@@ -28,8 +28,6 @@ enum {
     CHANNEL_ATTACHED = 0x4d434841,         /* MCHA: a server thread owns it */
     CHANNEL_BUF = 32 * 1024,
     CHANNEL_INLINE = MP_CACHELINE - 3 * sizeof(uint32_t),  /* 52: in the sequence's line */
-    CHANNEL_CLIENT_SLICE_MS = 100,         /* a caller notices a dead server this fast */
-    CHANNEL_SERVER_SLICE_MS = 500,         /* an idle client costs the server 2 wake-ups/s */
     CHANNEL_PAUSE_MIN_NS = 250,            /* a waiter first spins with pause (a round trip */
     CHANNEL_PAUSE_STEP_NS = 500,           /* is ~1 us), adaptively, then yields (channel.c) */
     CHANNEL_PAUSE_MAX_NS = 3000,
@@ -86,11 +84,11 @@ static inline const uint8_t *channel_msg(const struct channel *ch, const uint8_t
 
 /* Waits until *seq != old: spins for spin_ns (pausing for an adaptive
  * 0-3 us first, yielding the CPU after that), then sleeps on the
- * futex in slices of slice_ms, checking the peer's socket fd between slices.
+ * futex in slices of slice_s seconds (platform/slices.h), checking the peer's socket fd between slices.
  * 0, MP_EBROKEN once the peer is gone, MP_ETIMEDOUT once until (NULL: no
  * limit) has passed. sleeping is this side's "wake me" flag. */
 int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping,
-                 uint32_t spin_ns, int slice_ms, int fd, const mp_deadline *until);
+                 uint32_t spin_ns, double slice_s, int fd, const mp_deadline *until);
 /* The peer is alive while its socket has neither hung up nor hit EOF. */
 bool channel_peer_alive(int fd);
 /* Publishes seq = val and wakes the other side if it sleeps. */

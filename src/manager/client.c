@@ -245,7 +245,7 @@ static int mconn_channel_call(struct mconn *c, const uint8_t **data, size_t *len
     int rc = big ? wire_send(&c->w, c->req.data, c->req.len, d) : 0;
     if (rc == 0)
         rc = channel_wait(&ch->resp_seq, seq - 1, &ch->client_sleeping, MANAGER_SPIN_NS,
-                          CHANNEL_CLIENT_SLICE_MS, c->w.fd, d);
+                          MANAGER_CLIENT_SLICE, c->w.fd, d);
     if (rc < 0)
         return rc;
     if (ch->resp_len == CHANNEL_VIA_SOCKET)

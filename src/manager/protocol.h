@@ -27,7 +27,6 @@ enum {
     MSG_MAX_NAME = 255,               /* object names, bytes */
     MSG_MAX_KEY = 64 * 1024,          /* dict keys, bytes */
     MSG_MAX_VALUE = 16 * 1024 * 1024, /* one stored value, bytes */
-    MSG_WAIT_SLICE_MS = 100,          /* longest a server waits inside one request */
 };
 
 enum mtype { MV_NONE, MV_INT, MV_FLOAT, MV_BYTES, MV_TEXT, MV_NULL };

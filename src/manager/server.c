@@ -170,7 +170,7 @@ static void client_serve_channel(struct client *c, bool *shutdown)
     struct channel *ch = c->ch;
     while (!*shutdown) {
         if (channel_wait(&ch->req_seq, c->seq, &ch->server_sleeping, MANAGER_SPIN_NS,
-                         CHANNEL_SERVER_SLICE_MS, c->w.fd, NULL) < 0) {
+                         MANAGER_SERVER_SLICE, c->w.fd, NULL) < 0) {
             c->peer_dead = true;
             return;
         }

@@ -315,7 +315,7 @@ static bool wait_until(const struct mval *timeout, struct timespec *at)
     double t = timeout->type == MV_INT ? (double)timeout->i : timeout->f;
     if (t == 0)
         return false;
-    double slice = MSG_WAIT_SLICE_MS / 1000.0;
+    double slice = MANAGER_REQUEST_SLICE;
     if (t < 0 || t > slice)
         t = slice;
     clock_gettime(CLOCK_MONOTONIC, at);

@@ -39,7 +39,7 @@ int store_new(struct store **s, size_t max_bytes, store_wants_fn wants);
 void store_free(struct store *s);
 
 /* Runs one checked request for owner; may block up to the request's
- * timeout (capped at MSG_WAIT_SLICE_MS). The store mutex is held on return
+ * timeout (capped at MANAGER_REQUEST_SLICE). The store mutex is held on return
  * so the reply can be encoded from the value view; call store_done after. */
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_done(struct store *s, struct sreply *r);

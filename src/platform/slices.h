@@ -23,5 +23,12 @@
 #define RING_SLICE 0.1
 /* Barrier: how soon a party killed while waiting is noticed. */
 #define BARRIER_SLICE 0.1
+/* Manager (manager/): a client waiting on its shared-memory channel notices
+ * a dead server this fast; a server thread waiting on an idle client's
+ * channel wakes this often; a server waits at most this long inside one
+ * request (a blocking get or acquire) before it looks at its client again. */
+#define MANAGER_CLIENT_SLICE 0.1
+#define MANAGER_SERVER_SLICE 0.5
+#define MANAGER_REQUEST_SLICE 0.1
 
 #endif
