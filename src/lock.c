@@ -112,6 +112,8 @@ static int fail_not_held(mp_lock *l)
 
 int mp_lock_release(mp_lock *l)
 {
+    if (l && l->magic == MAGIC_LOCK && !l->recursive)     /* the common path */
+        return rmutex_unlock(&l->m) == 0 ? 0 : fail_not_held(l);
     if (!l || (l->magic != MAGIC_LOCK && l->magic != MAGIC_MLOCK))
         return mp_fail_handle(__func__, "lock", l);
     if (l->magic == MAGIC_MLOCK)

@@ -14,14 +14,7 @@
 
 #include <linux/futex.h>
 
-#if defined(__SANITIZE_THREAD__)
-#define RMUTEX_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define RMUTEX_TSAN 1
-#endif
-#endif
-#ifdef RMUTEX_TSAN
+#ifdef MP_TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
 
@@ -75,7 +68,7 @@ int rmutex_trylock_failed(rmutex *m, int err)
 /* ThreadSanitizer does not intercept pthread_mutex_clocklock: tell it. */
 static int clocklock(rmutex *m, const struct timespec *at)
 {
-#ifdef RMUTEX_TSAN
+#ifdef MP_TSAN
     __tsan_mutex_pre_lock(&m->m, __tsan_mutex_try_lock);
     int rc = pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, at);
     bool got = rc == 0 || rc == EOWNERDEAD;
@@ -122,17 +115,14 @@ int rmutex_wait(rmutex *m, const mp_deadline *d)
     }
 }
 
+#ifdef MP_TSAN
 int rmutex_unlock(rmutex *m)
 {
-    /* A robust mutex refuses a non-owner itself (EPERM), from the tid glibc
-     * keeps at hand. ThreadSanitizer would report the attempt as
-     * a bug of ours, so under it we ask first. */
-#ifdef RMUTEX_TSAN
     if (rmutex_owner(m) != mp_gettid())
         return MP_EINVAL;
-#endif
     return pthread_mutex_unlock(&m->m) == 0 ? 0 : MP_EINVAL;
 }
+#endif
 
 void rmutex_destroy(rmutex *m)
 {
