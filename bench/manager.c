@@ -134,7 +134,8 @@ static double rep_incr(void *arg)
 
 int main(int argc, char **argv)
 {
-    if (mp_manager_start(&manager, NULL) != 0 || mp_dict_open(manager, "bench", &dict) != 0) {
+    if (mp_manager_start(&manager, NULL) != 0 || mp_dict_open(manager, "bench", &dict) != 0 ||
+        mp_dict_set(dict, "key", "12345678", 8) != 0) {      /* manager_dict_get alone reads it */
         fprintf(stderr, "cannot start a manager\n");
         return 1;
     }
