@@ -171,25 +171,6 @@ int mlock_acquire(mp_lock *l, double timeout);
 int mlock_release(mp_lock *l);
 void mlock_free(mp_lock *l);
 
-/* ------------------------------------------------------------------ spawn hooks */
-
-/* Called by spawn in the child between fork and exec: clears FD_CLOEXEC on the
- * descriptors of live mp_conn handles, so a connection created before the
- * child starts stays usable in it at the same fd number (as under fork).
- * Defined in conn.c; spawn.c declares it weak so either can land first. */
-void conn_keep_across_exec(void);
-
-/* For the fork server start method, whose children inherit nothing from the
- * requester: the requester sends the descriptors of its live handles
- * (conn_live_fds, which also marks those handles as shared for good) with
- * the start request, SCM_RIGHTS; the server's child, once it has closed the
- * server's own descriptors, puts each received one back at the number it
- * has in the requester (conn_adopt_fds), so handles reached through the
- * argument work as under fork. Defined in conn.c. */
-#define CONN_PASS_MAX 253                      /* SCM_MAX_FD, as PROC_FDS_MAX */
-size_t conn_live_fds(int *fds, size_t cap);
-int conn_adopt_fds(const int *received, const int *numbers, size_t n);
-
 /* ------------------------------------------------------------------ runtime */
 
 uint32_t mp_gettid(void);

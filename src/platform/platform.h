@@ -45,5 +45,8 @@ ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd);    /* *fd = -1 
  * (EMFILE) is closed and -EMFILE. */
 int proc_send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);
 ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds);
+/* Puts received[i] at descriptor number numbers[i] (close-on-exec), closing
+ * every received one: 0, or the first error (the others are still placed). */
+int proc_place_fds(const int *received, const int *numbers, size_t n);
 
 #endif
