@@ -448,13 +448,14 @@ static struct {
     _Atomic uint32_t count;         /* 0: nothing to look for (the usual case) */
 } early = { PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
 
-/* The list's lock is held across fork, so a child never inherits it taken. */
-static void early_fork_prepare(void) { pthread_mutex_lock(&early.lock); }
-static void early_fork_release(void) { pthread_mutex_unlock(&early.lock); }
+/* The list's lock is held across fork (fork.c), so a child never inherits
+ * it taken. */
+static void early_lock(void) { pthread_mutex_lock(&early.lock); }
+static void early_unlock(void) { pthread_mutex_unlock(&early.lock); }
 
 __attribute__((constructor)) static void early_init(void)
 {
-    pthread_atfork(early_fork_prepare, early_fork_release, early_fork_release);
+    fork_hook_set(FORK_CONN, early_lock, early_unlock, early_unlock);
 }
 
 /* The descriptors in m's control messages into fds (closing what does not fit). */

@@ -20,36 +20,34 @@
  * no other thread exists). */
 static struct {
     pthread_mutex_t lock;
-    pthread_once_t once;
     struct fdhandle **items;
     size_t n, cap;
-} registry = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_ONCE_INIT, NULL, 0, 0 };
+} registry = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
 
-void fdreg_fork_prepare(void)
+static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry.lock);
     for (size_t i = 0; i < registry.n; i++)
         atomic_fetch_add(&registry.items[i]->refs, 1);
 }
 
-void fdreg_fork_parent(void)
+static void fork_parent(void)
 {
     pthread_mutex_unlock(&registry.lock);
 }
 
-void fdreg_fork_child(void)
+static void fork_child(void)
 {
     pthread_mutex_unlock(&registry.lock);
 }
 
-static void registry_init(void)
+__attribute__((constructor)) static void registry_init(void)
 {
-    pthread_atfork(fdreg_fork_prepare, fdreg_fork_parent, fdreg_fork_child);
+    fork_hook_set(FORK_FDREG, fork_prepare, fork_parent, fork_child);
 }
 
 int fdhandle_register(struct fdhandle *h)
 {
-    pthread_once(&registry.once, registry_init);
     struct stat st;
     if (!h->ino && fstat(h->fd, &st) == 0)
         h->ino = (uint64_t)st.st_ino;

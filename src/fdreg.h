@@ -4,7 +4,7 @@
  *
  * It sits below the process layer: spawn.c keeps the registered descriptors
  * open across exec, forkserver.c sends them with each start request, and a
- * fork counts one more holder for each (fdreg_fork_prepare). The handles
+ * fork counts one more holder for each (its fork hook). The handles
  * register themselves (conn.c, listener.c); the registry knows nothing of
  * what they are beyond struct fdhandle.
  */
@@ -65,11 +65,5 @@ void fdreg_keep_across_exec(void);
  * at the number it has in the requester (proc_place_fds), so handles reached
  * through the argument work as under fork. */
 size_t fdreg_live_fds(int *fds, size_t cap);
-
-/* The fork hooks (registered on first use): prepare takes the registry's lock and counts the child as one more holder
- * of every registered handle; parent and child give the lock back. */
-void fdreg_fork_prepare(void);
-void fdreg_fork_parent(void);
-void fdreg_fork_child(void);
 
 #endif

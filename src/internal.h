@@ -171,6 +171,28 @@ int mlock_acquire(mp_lock *l, double timeout);
 int mlock_release(mp_lock *l);
 void mlock_free(mp_lock *l);
 
+/* ------------------------------------------------------------------ fork hooks */
+
+/* The library's one pthread_atfork handler (platform/atfork.c) calls the
+ * hooks each subsystem sets in its slot, in the order of the slots: prepare
+ * from the first slot to the last, parent and child from the last to the
+ * first. That order is the lock order at fork (docs/architecture.md has the
+ * whole list): prepare takes the subsystem's process-local lock, parent and
+ * child give it back; a child hook also drops what the child does not
+ * inherit. A slot set once stays; setting it again changes nothing. */
+enum fork_slot {
+    FORK_POOL,             /* pool.c: child only, resets its list of live pools */
+    FORK_MANAGER_CLIENT,   /* manager/client.c: local.mu, its manager connections */
+    FORK_SHM,              /* shm.c: local.lock, its mappings */
+    FORK_CONN,             /* conn.c: early.lock, descriptors a read-ahead kept */
+    FORK_FDREG,            /* fdreg.c: registry.lock; prepare counts the child as a holder */
+    FORK_PROCESS,          /* process.c: rt.lock, children, pidfds, threads */
+    FORK_TID,              /* platform/futex.c: child only, the tid cache: first in the child */
+    FORK_SLOTS
+};
+void fork_hook_set(enum fork_slot slot, void (*prepare)(void), void (*parent)(void),
+                   void (*child)(void));
+
 /* ------------------------------------------------------------------ runtime */
 
 uint32_t mp_gettid(void);

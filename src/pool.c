@@ -1154,16 +1154,20 @@ static void pools_at_exit(void)
 
 /* A forked child owns none of its parent's pools (and the lock may have
  * been held by another thread at the fork). */
-static void live_after_fork_child(void)
+static void live_fork_child(void)
 {
     pthread_mutex_init(&live.lock, NULL);
     live.list = NULL;
     atomic_store(&live.pid, 0);
 }
 
+__attribute__((constructor)) static void live_fork_hook(void)
+{
+    fork_hook_set(FORK_POOL, NULL, NULL, live_fork_child);
+}
+
 static void live_register(void)
 {
-    pthread_atfork(NULL, NULL, live_after_fork_child);
     atexit(pools_at_exit);
 }
 

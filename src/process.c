@@ -30,19 +30,24 @@ static struct mp_runtime rt = {
     .exit_fd = -1,
 };
 static pthread_once_t rt_once = PTHREAD_ONCE_INIT;
+static _Atomic bool rt_ready;         /* runtime_init ran */
 
 static void at_exit(void);
 
 /* ------------------------------------------------------------------ runtime */
 
+/* Fork hooks (fork.c): rt.lock is held across the fork. */
 static void before_fork(void) { pthread_mutex_lock(&rt.lock); }
 static void after_fork_parent(void) { pthread_mutex_unlock(&rt.lock); }
 
 /* The child has only the forking thread and none of the parent's children:
- * forget them (their pidfds are the parent's business). */
+ * forget them (their pidfds are the parent's business). Nothing to forget
+ * before the runtime was first used. */
 static void after_fork_child(void)
 {
     pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
+    if (!atomic_load_explicit(&rt_ready, memory_order_acquire))
+        return;
     rt.pid = getpid();
     pthread_mutex_init(&rt.fork_lock, NULL);   /* held by the forking thread, if at all */
     for (size_t i = 0; i < rt.nfds; i++)
@@ -56,11 +61,16 @@ static void after_fork_child(void)
     thread_after_fork_child();
 }
 
+__attribute__((constructor)) static void fork_hooks(void)
+{
+    fork_hook_set(FORK_PROCESS, before_fork, after_fork_parent, after_fork_child);
+}
+
 static void runtime_init(void)
 {
     rt.pid = getpid();
-    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     atexit(at_exit);
+    atomic_store_explicit(&rt_ready, true, memory_order_release);
 }
 
 struct mp_runtime *runtime(void)

@@ -41,7 +41,7 @@ struct mp_process {
     size_t n_pass_fds;
 };
 
-/* One per process; reset in the child after fork (pthread_atfork). */
+/* One per process; reset in the child after fork (process.c's fork hook). */
 struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
 struct mp_runtime {
     pthread_mutex_t lock;
