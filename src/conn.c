@@ -229,6 +229,7 @@ static ssize_t read_spin(mp_conn *c, uint8_t *buf, size_t cap)
  * see buffered bytes in mp_wait. */
 static int conn_read(mp_conn *c, void *dst, size_t n)
 {
+    ASSERT_RHELD(&c->recv_lock);
     if (c->in)
         return pipe_read(c, dst, n);
     uint32_t have = atomic_load(&c->ahead_len);

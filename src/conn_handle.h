@@ -44,6 +44,8 @@ struct mp_conn {
      * has_pending), and where the rest of a frame whose reader died ends. */
     uint64_t frame_body, frame_end, skip_to;
 };
+_Static_assert(offsetof(mp_conn, h) == 0, "the registry and mp_fail_handle see a conn as its fdhandle");
+_Static_assert(READ_AHEAD <= UINT32_MAX, "ahead_len and ahead_pos are 32-bit");
 
 /* ------------------------------------------------------------------ pipe_ring.c */
 

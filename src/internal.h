@@ -71,6 +71,12 @@ MP_EXTERN extern void (*mp__arena_test_hook)(const char *point);
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
 void *arena_base(void);                  /* NULL until created */
 size_t arena_size(void);
+/* The bytes the allocator keeps in front of each block (arena.c's
+ * BLOCK_HEADER): a block of 2^k bytes holds 2^k - ARENA_BLOCK_HEADER
+ * (queue.c sizes its segments by it). A cache line, so payloads stay
+ * cache-line aligned. */
+#define ARENA_BLOCK_HEADER 64
+_Static_assert(ARENA_BLOCK_HEADER % MP_CACHELINE == 0, "payloads stay cache-line aligned");
 /* Maps an inherited arena at the parent's address (spawn, forkserver). */
 int arena_attach(int fd, uintptr_t base, size_t size);
 
@@ -131,6 +137,25 @@ int rmutex_unlock(rmutex *m);                        /* MP_EINVAL if not owner *
 int rmutex_trylock(rmutex *m);     /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT (busy), -EDEADLK (ours) */
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
+
+/* ------------------------------------------------------------------ lock-rule checks */
+
+/* What the rules blocks on the structs say, checked where it is cheap:
+ * compiled in with MPROC_CHECKS (CMake's option of that name, on in the
+ * sanitizer and Debug builds), nothing otherwise. A failed check names the
+ * condition, file and line on stderr and aborts: it is a bug in mproc,
+ * never a caller's bad input.
+ *   ASSERT_HELD(&mutex)   a process-local pthread mutex held by this thread
+ *   ASSERT_RHELD(&rmutex) a robust shared mutex held by this thread */
+bool mutex_held_here(pthread_mutex_t *m);           /* platform/rmutex.c */
+#ifdef MPROC_CHECKS
+void mp_check_failed(const char *cond, const char *file, int line) __attribute__((noreturn));
+#define MP_CHECK(cond) ((cond) ? (void)0 : mp_check_failed(#cond, __FILE__, __LINE__))
+#else
+#define MP_CHECK(cond) ((void)0)
+#endif
+#define ASSERT_HELD(m) MP_CHECK(mutex_held_here(m))
+#define ASSERT_RHELD(m) MP_CHECK(rmutex_owner(m) == mp_gettid())
 
 /* ------------------------------------------------------------------ big copies */
 

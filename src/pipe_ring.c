@@ -29,7 +29,16 @@
  * frames a socket would carry. Writers (serialised by send_lock) move tail,
  * readers (recv_lock) move head; each side's line also keeps its last look
  * at the other's counter, so a message costs no cache miss while the ring
- * is neither empty nor full. */
+ * is neither empty nor full.
+ *
+ * Rules. Under the writing end's send_lock: tail (release store after the
+ * bytes), streaming, head_seen, and data[] between tail and head + size.
+ * Under the reading end's recv_lock: head (release store after the copy
+ * out), tail_seen. reader_sleeps: raised by a reader, taken (exchange) by
+ * the writer that rings the doorbell. writer_sleeps: the waitflag a writer
+ * sleeps on (platform/waitflag.h), lowered by a reader's wake. torn: set
+ * once (a writer died mid-frame, or a send failed halfway), never cleared;
+ * sleeper flags and commits are ordered by seq_cst fences on both sides. */
 struct ring {
     _Atomic uint64_t tail;              /* bytes committed */
     _Atomic uint32_t reader_sleeps;     /* a reader may be asleep in poll(): ring the doorbell */
@@ -43,12 +52,18 @@ struct ring {
 };
 
 /* What both ends of an mp_pipe share: ring[0] is read by end 0 (a),
- * ring[1] by end 1 (b), absent for a one-way pipe. */
+ * ring[1] by end 1 (b), absent for a one-way pipe. ring[] is written once
+ * by mp_pipe; closed[i] goes to 1 once, when the last holder of end i
+ * destroys it; ends counts down, and whoever takes it to 0 frees all. */
 struct pipe_shm {
     _Atomic uint32_t ends;              /* ends not yet destroyed */
     _Atomic uint32_t closed[2];         /* every holder of that end closed it */
     struct ring *ring[2];
 };
+
+_Static_assert((RING_SIZE & (RING_SIZE - 1)) == 0, "ring positions wrap with a mask");
+_Static_assert(offsetof(struct ring, head) == MP_CACHELINE, "readers' words on their own line");
+_Static_assert(offsetof(struct ring, data) == 2 * MP_CACHELINE, "data starts on its own line");
 
 /* A spinning ring waiter's budget (spin_adaptive), per thread. It yields
  * every other look: on a loaded machine the peer may need this very CPU. */
@@ -226,6 +241,7 @@ static void ring_copy_out(struct ring *r, uint64_t at, void *dst, size_t n)
  * for them. */
 int pipe_read(mp_conn *c, void *dst, uint64_t n)
 {
+    ASSERT_RHELD(&c->recv_lock);
     struct ring *r = c->in;
     while (n > 0) {
         uint64_t avail;
@@ -341,6 +357,7 @@ static int ring_notify(mp_conn *c, struct ring *r)
  * and a failure halfway ends the stream (torn). */
 int pipe_send(mp_conn *c, const uint8_t *head, size_t head_len, const void *body, size_t len)
 {
+    ASSERT_RHELD(&c->send_lock);
     struct ring *r = c->out;
     uint64_t total = head_len + (uint64_t)len;
     if (atomic_load_explicit(&c->shm->closed[c->side ^ 1], memory_order_relaxed) ||
@@ -371,6 +388,7 @@ int pipe_send(mp_conn *c, const uint8_t *head, size_t head_len, const void *body
  * ends there: readers get MP_EEOF after the last byte, writers -EPIPE. */
 void pipe_take_over(mp_conn *c)
 {
+    ASSERT_RHELD(&c->send_lock);
     if (!c->out->streaming)
         return;
     atomic_store(&c->out->torn, 1);
@@ -385,6 +403,7 @@ void pipe_take_over(mp_conn *c)
  * what is left of a frame whose reader died. */
 int pipe_begin_frame(mp_conn *c)
 {
+    ASSERT_RHELD(&c->recv_lock);
     uint64_t head = atomic_load_explicit(&c->in->head, memory_order_relaxed), len;
     int rc = head < c->skip_to ? pipe_read(c, NULL, c->skip_to - head) : 0;
     uint8_t b[FRAME_HEADER_MAX];
@@ -410,6 +429,7 @@ int pipe_begin_frame(mp_conn *c)
  * as it arrives. Every other frame is delivered once, in order. */
 void pipe_repair(mp_conn *c)
 {
+    ASSERT_RHELD(&c->recv_lock);
     uint64_t head = atomic_load_explicit(&c->in->head, memory_order_relaxed);
     if (!c->has_pending || head == c->frame_body)
         return;

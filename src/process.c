@@ -120,6 +120,7 @@ static int grow(void **array, size_t *cap, size_t used, size_t elem)
 
 static int add_child(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     if (grow((void **)&rt.children, &rt.capchildren, rt.nchildren, sizeof *rt.children) != 0)
         return MP_ENOMEM;
     rt.children[rt.nchildren++] = p;
@@ -128,6 +129,7 @@ static int add_child(mp_process *p)
 
 static void drop_child(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     for (size_t i = 0; i < rt.nchildren; i++)
         if (rt.children[i] == p) {
             rt.children[i] = rt.children[--rt.nchildren];
@@ -138,6 +140,7 @@ static void drop_child(mp_process *p)
 /* Under rt.lock. The entry for p, if this process holds an fd for it. */
 static struct proc_fd *find_fd(const mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     for (size_t i = 0; i < rt.nfds; i++)
         if (rt.fds[i].p == p && rt.fds[i].pid == p->pid)
             return &rt.fds[i];
@@ -169,6 +172,7 @@ static void drop_fds(const mp_process *p)
  * that is readable from the start. */
 static int fd_for(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     struct proc_fd *e = find_fd(p);
     if (e)
         return e->fd;
@@ -229,6 +233,7 @@ static int wait_for_zombie(mp_process *p, siginfo_t *si)
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
 static bool reap_if_ended(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     if (atomic_load(&p->state) == PROC_DONE)
         return true;
     siginfo_t si;
@@ -390,6 +395,7 @@ void process_daemon_guard(pid_t expected_parent)
  * image even if the file was replaced, and valgrind maps it to its client. */
 static void open_exe(void)
 {
+    ASSERT_HELD(&rt.lock);
     if (rt.exe_fd >= 0)
         return;
     rt.exe_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);

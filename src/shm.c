@@ -53,6 +53,7 @@ __attribute__((constructor)) static void local_init(void)
 /* Under local.lock. */
 static struct mapping **mapping_of(const mp_shm *s)
 {
+    ASSERT_HELD(&local.lock);
     struct mapping **at = &local.head;
     while (*at && (*at)->shm != s)
         at = &(*at)->next;

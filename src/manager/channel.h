@@ -49,6 +49,10 @@ struct channel {
     char pad2[MP_CACHELINE - 3 * sizeof(uint32_t)];
     uint8_t buf[CHANNEL_BUF];
 };
+_Static_assert(offsetof(struct channel, resp_seq) == MP_CACHELINE,
+               "the server's words start the second cache line (pad1)");
+_Static_assert(offsetof(struct channel, buf) == 2 * MP_CACHELINE,
+               "the buffer starts the third cache line (pad2)");
 
 /* Waits until *seq != old: spins for spin_ns (pausing for an adaptive
  * 0-3 us first, yielding the CPU after that), then sleeps on the

@@ -15,6 +15,9 @@
 #include <sys/types.h>
 
 #define PROC_FDS_MAX 253     /* SCM_MAX_FD: descriptors one SCM_RIGHTS record carries */
+#ifdef SCM_MAX_FD
+_Static_assert(PROC_FDS_MAX <= SCM_MAX_FD, "the kernel's limit per record");
+#endif
 
 /* Without pidfds (kernels before 5.3, valgrind, strict seccomp) a child is
  * watched through an exit pipe: it holds the write end, EOF means it ended. */

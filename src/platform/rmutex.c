@@ -12,6 +12,8 @@
 #include "internal.h"
 
 #include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #if defined(__SANITIZE_THREAD__)
 #define RMUTEX_TSAN 1
@@ -61,6 +63,20 @@ uint32_t rmutex_owner(rmutex *m)
      * FUTEX_OWNER_DIED) when that owner dies. */
     return __atomic_load_n(&m->m.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK;
 }
+
+/* glibc records the owner's tid in every mutex it locks, of any type. */
+bool mutex_held_here(pthread_mutex_t *m)
+{
+    return __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED) == (int)mp_gettid();
+}
+
+#ifdef MPROC_CHECKS
+void mp_check_failed(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "mproc: lock rule broken at %s:%d: %s\n", file, line, cond);
+    abort();
+}
+#endif
 
 /* ThreadSanitizer does not intercept pthread_mutex_clocklock: tell it. */
 static int clocklock(rmutex *m, const struct timespec *at)
