@@ -66,8 +66,10 @@ struct arena_stats {
 };
 bool arena_check(struct arena_stats *st);
 /* Called at named points inside alloc and free, so a test can SIGKILL a
- * process exactly there. NULL in production. */
+ * process exactly there. Only in the test-only build (MP_TEST_HOOK). */
+#ifdef MPROC_TEST_HOOKS
 MP_EXTERN extern void (*mp__arena_test_hook)(const char *point);
+#endif
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
 void *arena_base(void);                  /* NULL until created */
 size_t arena_size(void);
@@ -88,6 +90,21 @@ void **arena_slot(int slot);
 /* p lies in one of this process's mp_shm mappings (shm.c), which another
  * image of the program maps at another address. */
 bool shm_mapping_contains(const void *p);
+
+/* ------------------------------------------------------------------ test hooks */
+
+/* Hooks the tests use to kill a process at a chosen point or check a
+ * structure (mp__arena_test_hook, mp__queue_test_hook, mp__queue_valid)
+ * exist only in libmproc_testing.a, a static build of the library made
+ * with MPROC_TEST_HOOKS for the tests that need them (tests/CMakeLists.txt).
+ * In libmproc.so and libmproc.a, MP_TEST_HOOK makes them static: a hook
+ * pointer that is never set, which the compiler folds away with every
+ * call through it, and a check nothing calls. */
+#ifdef MPROC_TEST_HOOKS
+#define MP_TEST_HOOK MP_EXTERN
+#else
+#define MP_TEST_HOOK static __attribute__((unused))
+#endif
 
 /* ------------------------------------------------------------------ time */
 
