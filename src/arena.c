@@ -102,7 +102,7 @@ struct arena_header {
     void *slots[ARENA_SLOT_COUNT];
 };
 
-void (*mp__arena_test_hook)(const char *point);
+MP_TEST_HOOK void (*mp__arena_test_hook)(const char *point);
 
 static inline void list_of(uint64_t size, int *fl, int *sl);
 

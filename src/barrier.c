@@ -115,6 +115,7 @@ static void party_leave(mp_barrier *b, struct party *p)
 /* Under the lock: takes out the parties that were killed inside wait(). */
 static void barrier_reap(mp_barrier *b)
 {
+    ASSERT_RHELD(&b->m);
     for (uint32_t i = 0; i < b->parties; i++) {
         struct party *p = &b->slot[i];
         int rc = p->used ? rmutex_trylock(&p->alive) : MP_ETIMEDOUT;
@@ -131,6 +132,7 @@ static void barrier_reap(mp_barrier *b)
 /* Under the lock; returns with it held. MP_ETIMEDOUT once d has passed. */
 static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
 {
+    ASSERT_RHELD(&b->m);
     if (deadline_passed(d))
         return MP_ETIMEDOUT;
     uint32_t seen = atomic_load(&b->seq);

@@ -1,6 +1,8 @@
-/* conn_internal.h - framing, handles and the authkey handshake, for the files
- * that speak CPython's multiprocessing.connection wire format (conn.c,
- * auth.c, listener.c, the manager, the fuzz targets).
+/* conn_internal.h - raw I/O and framing (frame.c), socket addresses
+ * (listener.c) and the authkey handshake (auth.c), for the files that speak
+ * CPython's multiprocessing.connection wire format (conn.c, auth.c,
+ * listener.c, the manager, the fuzz targets). The handles' descriptors are
+ * in the registry (fdreg.h); the mp_conn handle itself is in conn_handle.h.
  *
  * Wire: a frame is a 4-byte big-endian signed length and the body; a body
  * longer than 0x7fffffff is announced by -1 and an 8-byte big-endian length.
@@ -9,41 +11,19 @@
 #define MPROC_CONN_INTERNAL_H
 
 #include "internal.h"
+#include "fdreg.h"
 
 #include <poll.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #define FRAME_HEADER_MAX 12
 #define FRAME_SMALL_MAX 0x7fffffffu
 
 /* The header for a body of len bytes: writes 4 or 12 bytes, returns how many. */
 size_t frame_header_encode(uint64_t len, uint8_t out[FRAME_HEADER_MAX]);
-
-/* Every handle that owns a descriptor (mp_conn, mp_listener) starts with
- * this. Handles live in the arena, so a child reaches them after fork or
- * spawn; refs counts the processes that may hold fd (each fork adds one per
- * live handle), and a handle that crossed an exec is never freed, because
- * its holders can no longer be counted. */
-struct fdhandle {
-    uint32_t magic;
-    int fd;
-    _Atomic uint32_t refs;
-    _Atomic uint32_t immortal;
-    /* Once it crosses an exec or reaches a fork-server child, a handle joins
-     * the family's list of such handles (arena slot ARENA_SLOT_CROSSED), so
-     * a process that got it that way still finds it by its descriptor; ino
-     * tells whether that descriptor is still the handle's file. */
-    uint64_t ino;
-    struct fdhandle *_Atomic next_crossed;
-    _Atomic uint32_t crossed;
-};
-
-/* Records a live handle of this process (fork and exec hooks walk them). */
-int fdhandle_register(struct fdhandle *h);
-/* Closes h's descriptor in this process: true when no process holds it any
- * more and the caller must free the handle. */
-bool fdhandle_release(struct fdhandle *h);
 
 /* Blocking I/O on a raw descriptor, EINTR-safe, whole buffers. d NULL or
  * forever: no timeout. Reads return MP_EEOF when the peer closes first;
@@ -53,6 +33,16 @@ int fd_write_full(int fd, const void *head, size_t head_len, const void *body, s
 /* Waits for events (POLLIN, POLLOUT) on fd, or a hang-up: 1, 0 on timeout,
  * <0 error. EINTR-safe against the deadline. */
 int fd_poll(int fd, short events, const mp_deadline *d);
+/* ppoll over n entries until something is ready or d passes (NULL:
+ * forever): the count, 0, or -errno. */
+int fd_poll_all(struct pollfd *p, size_t n, const mp_deadline *d);
+/* One writev that never raises SIGPIPE (sendmsg MSG_NOSIGNAL on a socket,
+ * SIGPIPE blocked and taken back on a pipe): what writev returns. */
+ssize_t fd_writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socket);
+/* head then body, whole, waiting out EAGAIN: 0 or -errno. */
+int fd_write_all(int fd, bool is_socket, const void *head, size_t head_len,
+                 const void *body, size_t body_len);
+bool fd_is_socket(int fd);
 
 /* One frame on a raw descriptor. conn_recv_frame checks the claimed length
  * against maxlen (0: no limit) before allocating anything: MP_ETOOBIG then,
@@ -62,12 +52,31 @@ int fd_poll(int fd, short events, const mp_deadline *d);
 int conn_send_frame(int fd, const void *data, size_t len);
 int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d);
 
+/* Where frames are read from: read(ctx, ...) when set (a conn, whose
+ * read-ahead comes first), else fd with the deadline d. */
+struct frame_source {
+    int (*read)(void *ctx, void *buf, size_t n);
+    void *ctx;
+    int fd;
+    const mp_deadline *d;
+};
+/* Reads a header: 0 and *len; a stream that ends inside it is MP_EEOF,
+ * a negative length other than -1 MP_EPROTO, one past PTRDIFF_MAX MP_ETOOBIG. */
+int frame_read_header(const struct frame_source *src, uint64_t *len);
+/* Reads a body of len bytes into out, growing it only as bytes arrive. */
+int frame_read_body(const struct frame_source *src, mp_buf *out, size_t len);
+/* A header taken apart by hand (the pipe ring peeks at it): the first 4
+ * bytes give 0 and the length, 1 when -1 announces a 64-bit length in the
+ * next 8 (then frame_header_long), or MP_EPROTO. */
+int frame_header_short(const uint8_t b[4], uint64_t *len);
+int frame_header_long(const uint8_t b[8], uint64_t *len);
+
 /* The ends of mp_pipe keep their frames in the arena, one byte ring of
  * this many bytes (a power of two) per direction (docs/pipes.md). */
 #define PIPE_RING_SIZE ((size_t)256 << 10)
 
-/* Wraps a connected descriptor (socket or pipe end) in an mp_conn; on
- * success the conn owns fd, on failure fd is left open. */
+/* Wraps a connected descriptor (socket or pipe end) in an mp_conn (conn.c);
+ * on success the conn owns fd, on failure fd is left open. */
 int conn_from_fd(mp_conn **c, int fd, bool readable, bool writable);
 
 /* Socket addresses as strings (listener.c; the manager uses them too):

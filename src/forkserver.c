@@ -17,6 +17,7 @@
  * open across an exec of the child.
  */
 #include "process_internal.h"
+#include "fdreg.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -32,7 +33,7 @@
 #define SHUTDOWN_GRACE 2.0   /* seconds the server gets to leave after EOF */
 
 /* Only the first nfds numbers are sent. */
-struct request { uint64_t record; uint32_t nfds; int32_t numbers[CONN_PASS_MAX]; };
+struct request { uint64_t record; uint32_t nfds; int32_t numbers[PROC_FDS_MAX]; };
 #define REQUEST_SIZE(n) (offsetof(struct request, numbers) + (n) * sizeof(int32_t))
 struct reply { int32_t rc; int32_t pid; };
 
@@ -89,10 +90,10 @@ static void server_close(struct mp_runtime *r)
 static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd)
 {
     struct request req = { (uint64_t)(uintptr_t)p, 0, { 0 } };
-    int live[CONN_PASS_MAX];
+    int live[PROC_FDS_MAX];
     for (size_t i = 0; i < p->n_pass_fds; i++)      /* checked at start: open, distinct */
         req.numbers[req.nfds++] = p->pass_fds[i];
-    size_t n_live = conn_live_fds(live, CONN_PASS_MAX - req.nfds);
+    size_t n_live = fdreg_live_fds(live, PROC_FDS_MAX - req.nfds);
     for (size_t i = 0; i < n_live; i++) {    /* one closed behind our back would fail them all */
         bool listed = false;
         for (size_t j = 0; j < p->n_pass_fds && !listed; j++)
@@ -206,7 +207,7 @@ static bool request_valid(const struct mp_process *p)
 }
 
 /* The client's connections, received with the request. */
-struct passed { const struct request *req; int fds[CONN_PASS_MAX]; size_t n; };
+struct passed { const struct request *req; int fds[PROC_FDS_MAX]; size_t n; };
 
 static void passed_close(struct passed *c)
 {
@@ -245,7 +246,7 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
         close(exit_pipe[1]);
         exit_pipe[1] = moved;
     }
-    if (conn_adopt_fds(c->fds, c->req->numbers, c->n) != 0)
+    if (proc_place_fds(c->fds, c->req->numbers, c->n) != 0)
         _exit(127);
     process_keep_pass_fds(p);
     process_enter_child(p, exit_pipe[1]);
@@ -295,7 +296,7 @@ static bool serve_request(struct server *s)
 {
     struct request req;
     struct passed c = { &req, { 0 }, 0 };
-    ssize_t n = proc_recv_fds(s->sock, &req, sizeof req, c.fds, CONN_PASS_MAX, &c.n);
+    ssize_t n = proc_recv_fds(s->sock, &req, sizeof req, c.fds, PROC_FDS_MAX, &c.n);
     if (n == 0 || (n < 0 && n != -EMFILE))
         return false;
     struct reply rep = { n < 0 ? (int)n : MP_EPROTO, 0 };

@@ -79,11 +79,19 @@ struct arena_stats {
 };
 bool arena_check(struct arena_stats *st);
 /* Called at named points inside alloc and free, so a test can SIGKILL a
- * process exactly there. NULL in production. */
+ * process exactly there. Only in the test-only build (MP_TEST_HOOK). */
+#ifdef MPROC_TEST_HOOKS
 MP_EXTERN extern void (*mp__arena_test_hook)(const char *point);
+#endif
 int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
 void *arena_base(void);                  /* NULL until created */
 size_t arena_size(void);
+/* The bytes the allocator keeps in front of each block (arena.c's
+ * BLOCK_HEADER): a block of 2^k bytes holds 2^k - ARENA_BLOCK_HEADER
+ * (queue.c sizes its segments by it). A cache line, so payloads stay
+ * cache-line aligned. */
+#define ARENA_BLOCK_HEADER 64
+_Static_assert(ARENA_BLOCK_HEADER % MP_CACHELINE == 0, "payloads stay cache-line aligned");
 /* Maps an inherited arena at the parent's address (spawn, forkserver). */
 int arena_attach(int fd, uintptr_t base, size_t size);
 
@@ -95,6 +103,21 @@ void **arena_slot(int slot);
 /* p lies in one of this process's mp_shm mappings (shm.c), which another
  * image of the program maps at another address. */
 bool shm_mapping_contains(const void *p);
+
+/* ------------------------------------------------------------------ test hooks */
+
+/* Hooks the tests use to kill a process at a chosen point or check a
+ * structure (mp__arena_test_hook, mp__queue_test_hook, mp__queue_valid)
+ * exist only in libmproc_testing.a, a static build of the library made
+ * with MPROC_TEST_HOOKS for the tests that need them (tests/CMakeLists.txt).
+ * In libmproc.so and libmproc.a, MP_TEST_HOOK makes them static: a hook
+ * pointer that is never set, which the compiler folds away with every
+ * call through it, and a check nothing calls. */
+#ifdef MPROC_TEST_HOOKS
+#define MP_TEST_HOOK MP_EXTERN
+#else
+#define MP_TEST_HOOK static __attribute__((unused))
+#endif
 
 /* ------------------------------------------------------------------ time */
 
@@ -171,6 +194,25 @@ static inline int rmutex_trylock(rmutex *m)
 uint32_t rmutex_owner(rmutex *m);  /* tid of the live holder, 0 if none */
 void rmutex_destroy(rmutex *m);
 
+/* ------------------------------------------------------------------ lock-rule checks */
+
+/* What the rules blocks on the structs say, checked where it is cheap:
+ * compiled in with MPROC_CHECKS (CMake's option of that name, on in the
+ * sanitizer and Debug builds), nothing otherwise. A failed check names the
+ * condition, file and line on stderr and aborts: it is a bug in mproc,
+ * never a caller's bad input.
+ *   ASSERT_HELD(&mutex)   a process-local pthread mutex held by this thread
+ *   ASSERT_RHELD(&rmutex) a robust shared mutex held by this thread */
+bool mutex_held_here(pthread_mutex_t *m);           /* platform/rmutex.c */
+#ifdef MPROC_CHECKS
+void mp_check_failed(const char *cond, const char *file, int line) __attribute__((noreturn));
+#define MP_CHECK(cond) ((cond) ? (void)0 : mp_check_failed(#cond, __FILE__, __LINE__))
+#else
+#define MP_CHECK(cond) ((void)0)
+#endif
+#define ASSERT_HELD(m) MP_CHECK(mutex_held_here(m))
+#define ASSERT_RHELD(m) MP_CHECK(rmutex_owner(m) == mp_gettid())
+
 /* ------------------------------------------------------------------ big copies */
 
 /* memcpy, except that from COPY_STREAM_MIN bytes the destination is written
@@ -210,24 +252,27 @@ int mlock_acquire(mp_lock *l, double timeout);
 int mlock_release(mp_lock *l);
 void mlock_free(mp_lock *l);
 
-/* ------------------------------------------------------------------ spawn hooks */
+/* ------------------------------------------------------------------ fork hooks */
 
-/* Called by spawn in the child between fork and exec: clears FD_CLOEXEC on the
- * descriptors of live mp_conn handles, so a connection created before the
- * child starts stays usable in it at the same fd number (as under fork).
- * Defined in conn.c; spawn.c declares it weak so either can land first. */
-void conn_keep_across_exec(void);
-
-/* For the fork server start method, whose children inherit nothing from the
- * requester: the requester sends the descriptors of its live handles
- * (conn_live_fds, which also marks those handles as shared for good) with
- * the start request, SCM_RIGHTS; the server's child, once it has closed the
- * server's own descriptors, puts each received one back at the number it
- * has in the requester (conn_adopt_fds), so handles reached through the
- * argument work as under fork. Defined in conn.c. */
-#define CONN_PASS_MAX 253                      /* SCM_MAX_FD, as PROC_FDS_MAX */
-size_t conn_live_fds(int *fds, size_t cap);
-int conn_adopt_fds(const int *received, const int *numbers, size_t n);
+/* The library's one pthread_atfork handler (platform/atfork.c) calls the
+ * hooks each subsystem sets in its slot, in the order of the slots: prepare
+ * from the first slot to the last, parent and child from the last to the
+ * first. That order is the lock order at fork (docs/architecture.md has the
+ * whole list): prepare takes the subsystem's process-local lock, parent and
+ * child give it back; a child hook also drops what the child does not
+ * inherit. A slot set once stays; setting it again changes nothing. */
+enum fork_slot {
+    FORK_POOL,             /* pool.c: child only, resets its list of live pools */
+    FORK_MANAGER_CLIENT,   /* manager/client.c: local.mu, its manager connections */
+    FORK_SHM,              /* shm.c: local.lock, its mappings */
+    FORK_CONN,             /* conn.c: early.lock, descriptors a read-ahead kept */
+    FORK_FDREG,            /* fdreg.c: registry.lock; prepare counts the child as a holder */
+    FORK_PROCESS,          /* process.c: rt.lock, children, pidfds, threads */
+    FORK_TID,              /* platform/futex.c: child only, the tid cache: first in the child */
+    FORK_SLOTS
+};
+void fork_hook_set(enum fork_slot slot, void (*prepare)(void), void (*parent)(void),
+                   void (*child)(void));
 
 /* ------------------------------------------------------------------ runtime */
 

@@ -36,6 +36,7 @@ struct mp_listener {
     size_t keylen;             /* 0 with has_key: the handshake with an empty key */
     uint8_t *key;              /* in the arena too */
 };
+_Static_assert(offsetof(struct mp_listener, h) == 0, "the registry sees a listener as its fdhandle");
 
 /* ------------------------------------------------------------------ addresses */
 

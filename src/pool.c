@@ -449,6 +449,7 @@ static void fail_queued(struct pool_shared *sh, int rc)
 /* Under p->lock: no new work, no replacements, every worker killed. */
 static void halt(mp_pool *p, int rc)
 {
+    ASSERT_HELD(&p->lock);
     atomic_store(&p->state, POOL_TERMINATED);
     atomic_store(&p->sh->closing, CLOSING_NOW);
     wake_workers(p->sh);
@@ -500,6 +501,7 @@ static bool own_fault(int status)
  * that dies before it is ready, so a kill loop cannot make us spin. */
 static void back_off(mp_pool *p, int slot, unsigned times)
 {
+    ASSERT_HELD(&p->lock);
     unsigned shift = times > 0 ? times - 1 : 0;
     uint64_t wait = shift >= 10 ? BACKOFF_MAX_NS : BACKOFF_MIN_NS << shift;
     p->workers[slot].not_before = now_ns() + (wait < BACKOFF_MAX_NS ? wait : BACKOFF_MAX_NS);
@@ -540,6 +542,7 @@ static void post_notice(mp_pool *p, int slot, int status)
 /* Under p->lock: reaps ended workers, posting what each held. */
 static bool reap_workers(mp_pool *p)
 {
+    ASSERT_HELD(&p->lock);
     bool any = false;
     for (int i = 0; i < p->nworkers; i++) {
         int status;
@@ -571,6 +574,7 @@ static int alive_count(const mp_pool *p)
  * Returns seconds until a slot waiting out its back-off may start, or -1. */
 static double replace_workers(mp_pool *p)
 {
+    ASSERT_HELD(&p->lock);
     struct pool_shared *sh = p->sh;
     if (atomic_load(&p->state) == POOL_TERMINATED)
         return -1;
@@ -1154,16 +1158,20 @@ static void pools_at_exit(void)
 
 /* A forked child owns none of its parent's pools (and the lock may have
  * been held by another thread at the fork). */
-static void live_after_fork_child(void)
+static void live_fork_child(void)
 {
     pthread_mutex_init(&live.lock, NULL);
     live.list = NULL;
     atomic_store(&live.pid, 0);
 }
 
+__attribute__((constructor)) static void live_fork_hook(void)
+{
+    fork_hook_set(FORK_POOL, NULL, NULL, live_fork_child);
+}
+
 static void live_register(void)
 {
-    pthread_atfork(NULL, NULL, live_after_fork_child);
     atexit(pools_at_exit);
 }
 

@@ -123,6 +123,10 @@ void task_processed(mp_future *f);
 
 /* ------------------------------------------------------------------ the pool */
 
+/* Rules: a slot is written only by the worker it belongs to (current,
+ * current_id, started_ns, ready, exited, all atomic) and read by the
+ * monitor, which clears it before it starts that slot's replacement. One
+ * cache line each, so workers never share one. */
 struct slot {                           /* one worker's record, read after it dies */
     _Atomic(mp_future *) current;
     _Atomic uint64_t current_id;
@@ -131,9 +135,20 @@ struct slot {                           /* one worker's record, read after it di
     _Atomic uint32_t exited;            /* threads backend: the loop returned */
     char pad[MP_CACHELINE - 32];
 };
+_Static_assert(sizeof(struct slot) == MP_CACHELINE, "a worker's slot is one cache line");
 
 enum { CLOSING_NO, CLOSING_DRAIN, CLOSING_NOW };
 
+/* Rules (shared by the pool's creator and its workers, in the arena).
+ * lock (list_lock, robust): head, tail and each task's next; queued and
+ * closing are atomic copies readers look at without it. seq, sleepers:
+ * the workers' futex word and its waiter count (sliced sleeps); done_head,
+ * done_seq, collector_sleeping: a lock-free stack workers push finished
+ * tasks on and the collector alone pops. items_done, items_total, any_seq,
+ * any_waiters, next_id: atomic counters. Everything from count_items to
+ * fns is written by the creator before the first worker starts and read
+ * only after. slots: see struct slot. Each group that different parties
+ * write sits on its own cache line. */
 struct pool_shared {
     uint32_t magic;
     rmutex lock;                        /* the task list */

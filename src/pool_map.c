@@ -615,6 +615,7 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
 /* Under it->lock: the first finished future not handed out yet, or n. */
 static size_t first_finished(mp_iter *it, mp_future **rest, size_t *nrest)
 {
+    ASSERT_HELD(&it->lock);
     *nrest = 0;
     for (size_t i = 0; i < it->n; i++) {
         if (it->given[i])

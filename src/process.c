@@ -30,19 +30,24 @@ static struct mp_runtime rt = {
     .exit_fd = -1,
 };
 static pthread_once_t rt_once = PTHREAD_ONCE_INIT;
+static _Atomic bool rt_ready;         /* runtime_init ran */
 
 static void at_exit(void);
 
 /* ------------------------------------------------------------------ runtime */
 
+/* Fork hooks (fork.c): rt.lock is held across the fork. */
 static void before_fork(void) { pthread_mutex_lock(&rt.lock); }
 static void after_fork_parent(void) { pthread_mutex_unlock(&rt.lock); }
 
 /* The child has only the forking thread and none of the parent's children:
- * forget them (their pidfds are the parent's business). */
+ * forget them (their pidfds are the parent's business). Nothing to forget
+ * before the runtime was first used. */
 static void after_fork_child(void)
 {
     pthread_mutex_unlock(&rt.lock);   /* locked by this same thread in before_fork */
+    if (!atomic_load_explicit(&rt_ready, memory_order_acquire))
+        return;
     rt.pid = getpid();
     pthread_mutex_init(&rt.fork_lock, NULL);   /* held by the forking thread, if at all */
     for (size_t i = 0; i < rt.nfds; i++)
@@ -56,11 +61,16 @@ static void after_fork_child(void)
     thread_after_fork_child();
 }
 
+__attribute__((constructor)) static void fork_hooks(void)
+{
+    fork_hook_set(FORK_PROCESS, before_fork, after_fork_parent, after_fork_child);
+}
+
 static void runtime_init(void)
 {
     rt.pid = getpid();
-    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     atexit(at_exit);
+    atomic_store_explicit(&rt_ready, true, memory_order_release);
 }
 
 struct mp_runtime *runtime(void)
@@ -110,6 +120,7 @@ static int grow(void **array, size_t *cap, size_t used, size_t elem)
 
 static int add_child(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     if (grow((void **)&rt.children, &rt.capchildren, rt.nchildren, sizeof *rt.children) != 0)
         return MP_ENOMEM;
     rt.children[rt.nchildren++] = p;
@@ -118,6 +129,7 @@ static int add_child(mp_process *p)
 
 static void drop_child(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     for (size_t i = 0; i < rt.nchildren; i++)
         if (rt.children[i] == p) {
             rt.children[i] = rt.children[--rt.nchildren];
@@ -128,6 +140,7 @@ static void drop_child(mp_process *p)
 /* Under rt.lock. The entry for p, if this process holds an fd for it. */
 static struct proc_fd *find_fd(const mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     for (size_t i = 0; i < rt.nfds; i++)
         if (rt.fds[i].p == p && rt.fds[i].pid == p->pid)
             return &rt.fds[i];
@@ -159,6 +172,7 @@ static void drop_fds(const mp_process *p)
  * that is readable from the start. */
 static int fd_for(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     struct proc_fd *e = find_fd(p);
     if (e)
         return e->fd;
@@ -219,6 +233,7 @@ static int wait_for_zombie(mp_process *p, siginfo_t *si)
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
 static bool reap_if_ended(mp_process *p)
 {
+    ASSERT_HELD(&rt.lock);
     if (atomic_load(&p->state) == PROC_DONE)
         return true;
     siginfo_t si;
@@ -380,6 +395,7 @@ void process_daemon_guard(pid_t expected_parent)
  * image even if the file was replaced, and valgrind maps it to its client. */
 static void open_exe(void)
 {
+    ASSERT_HELD(&rt.lock);
     if (rt.exe_fd >= 0)
         return;
     rt.exe_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);

@@ -19,6 +19,18 @@ enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
 #define PROC_NAME_MAX 64
 #define PROC_IDENT_MAX 48
 
+/* Rules (shared: a record is in the arena, seen by the whole family).
+ * magic, name, ident, parent, target, target_ref, arg, arg_copy, arg_size,
+ * pass_fds, n_pass_fds, daemon and method are written by the creator
+ * while state is PROC_NEW (mp_process_new, the setters, and start before
+ * its CAS to PROC_RUNNING) and only read after. pid, creator and reaper
+ * are written by the starter once the child exists (the child writes its
+ * own pid too, the same value), before anyone may join it. exitcode is
+ * written by the reaper alone (process_publish_exit, or the client that
+ * settles a dead fork server's orphans, under rt.lock) before state's
+ * seq_cst store of PROC_DONE publishes it; readers load state first.
+ * state moves NEW -> RUNNING (one CAS) -> DONE, and back to NEW only on a
+ * failed start by its starter. waiters is atomic, counted by joiners. */
 struct mp_process {
     uint32_t magic;
     _Atomic uint32_t state;          /* PROC_*; futex word, woken at PROC_DONE */
@@ -41,7 +53,24 @@ struct mp_process {
     size_t n_pass_fds;
 };
 
-/* One per process; reset in the child after fork (pthread_atfork). */
+/* One per process; reset in the child after fork (process.c's fork hook).
+ *
+ * Rules (process-local). Three mutexes, in this order when nested (the
+ * full list: docs/architecture.md): fs_lock, then fork_lock, then lock.
+ *   lock (runtime_lock, ASSERT_HELD in the helpers): current's creation,
+ *     next_child, method, children/nchildren/capchildren,
+ *     fds/nfds/capfds, threads (thread.c's list), next_thread, envs
+ *     (spawn.c), cmdline, argv, exe_fd and exe_path. Held across fork by
+ *     the fork hook, so the child gets every one of these whole.
+ *   fs_lock: fs_sock and fs_pid (forkserver.c), one request at a time.
+ *   fork_lock (process_fork_lock): no field; held around every fork of
+ *     the library, from creating the descriptors only that child may hold
+ *     to closing them in the parent.
+ *   No lock: pid (written at init and in the child hook, before any other
+ *     thread exists), current's later reads (atomic pointer), exit_fd
+ *     (written at child entry, before the target runs).
+ * The child hook re-initialises fs_lock and fork_lock (another thread may
+ * have held them) and drops the parent's children, pidfds and server. */
 struct proc_fd { struct mp_process *p; pid_t pid; int fd; };
 struct mp_runtime {
     pthread_mutex_t lock;

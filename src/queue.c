@@ -17,7 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-void (*mp__queue_test_hook)(const char *point);
+MP_TEST_HOOK void (*mp__queue_test_hook)(const char *point);
 
 enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 
@@ -737,7 +737,7 @@ static bool walk_records(mp_queue *q, bool release)
     return ok;
 }
 
-bool mp__queue_valid(mp_queue *q)
+MP_TEST_HOOK bool mp__queue_valid(mp_queue *q)
 {
     if (!queue_ok(q) || lock_side(q, &q->put, put_repair) != 0)
         return false;

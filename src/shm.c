@@ -40,19 +40,20 @@ static struct {
     struct mapping *head;
 } local = { PTHREAD_MUTEX_INITIALIZER, NULL };
 
-static void local_after_fork(void)
-{
-    pthread_mutex_init(&local.lock, NULL);   /* another thread may have held it */
-}
+/* Fork hooks (fork.c): the list's lock is held across the fork, so the
+ * child's copy of the list is whole and its lock free. */
+static void local_lock(void) { pthread_mutex_lock(&local.lock); }
+static void local_unlock(void) { pthread_mutex_unlock(&local.lock); }
 
 __attribute__((constructor)) static void local_init(void)
 {
-    pthread_atfork(NULL, NULL, local_after_fork);
+    fork_hook_set(FORK_SHM, local_lock, local_unlock, local_unlock);
 }
 
 /* Under local.lock. */
 static struct mapping **mapping_of(const mp_shm *s)
 {
+    ASSERT_HELD(&local.lock);
     struct mapping **at = &local.head;
     while (*at && (*at)->shm != s)
         at = &(*at)->next;

@@ -7,6 +7,7 @@
  * exits: the user's main never runs there, so it needs no guard.
  */
 #include "process_internal.h"
+#include "fdreg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -114,7 +115,7 @@ int spawn_exec(const char *name, const char *spec, const int *keep_fds, size_t n
             process_daemon_guard(parent);   /* PDEATHSIG survives exec */
         /* The fork server must not hold connections open: EOF would never come. */
         if (strcmp(name, SPAWN_ENV) == 0)
-            conn_keep_across_exec();
+            fdreg_keep_across_exec();
         int err = spawn_exec_self(path, argv, envp, keep_fds, nkeep);
         ssize_t w = write(pipefd[1], &err, sizeof err);
         (void)w;

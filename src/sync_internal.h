@@ -9,12 +9,15 @@
 
 #include "internal.h"
 
+/* Rules: magic and recursive are written at creation; depth only by the
+ * thread holding m (ASSERT_RHELD), so it needs no atomics. */
 struct mp_lock {
     uint32_t magic;        /* MAGIC_LOCK (MAGIC_MLOCK handles live elsewhere) */
     uint32_t recursive;
     uint32_t depth;        /* RLock: times acquired by the owner; Lock: 1 while held */
     rmutex m;
 };
+_Static_assert(offsetof(struct mp_lock, magic) == 0, "every handle starts with its magic word");
 
 bool lock_is_mine(mp_lock *l);
 /* Releases l however deep the caller holds it; *depth says how deep. */

@@ -45,6 +45,7 @@ static bool is_builtin(const mp_thread *t)
 
 static void list_add(struct mp_runtime *r, struct mp_thread *t)
 {
+    ASSERT_HELD(&r->lock);
     t->prev = NULL;
     t->next = r->threads;
     if (r->threads)
@@ -55,6 +56,7 @@ static void list_add(struct mp_runtime *r, struct mp_thread *t)
 
 static void list_remove(struct mp_runtime *r, struct mp_thread *t)
 {
+    ASSERT_HELD(&r->lock);
     if (!t->listed)
         return;
     if (t->prev)

@@ -8,6 +8,7 @@
 #include "testutil.h"
 
 #include "conn_internal.h"
+#include "platform/platform.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -622,7 +623,7 @@ static void test_keep_across_exec_clears_cloexec_on_live_connections(void **stat
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
-        conn_keep_across_exec();
+        fdreg_keep_across_exec();
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
@@ -742,12 +743,12 @@ static int child_adopts_sent_descriptors(void *arg)
     mp_conn **ends = arg;
     int want[2] = { mp_conn_fileno(ends[0]), mp_conn_fileno(ends[1]) };
     int live[8];
-    if (conn_live_fds(live, 8) < 2)
+    if (fdreg_live_fds(live, 8) < 2)
         return 1;
     int got[2] = { dup(want[0]), dup(want[1]) };          /* as if they came by SCM_RIGHTS */
     close(want[1]);
     dup2(open("/dev/null", O_RDONLY), want[0]);           /* a number taken by something else */
-    if (conn_adopt_fds(got, want, 2) != 0)
+    if (proc_place_fds(got, want, 2) != 0)
         return 2;
     if (fcntl(got[0], F_GETFD) != -1 || fcntl(got[1], F_GETFD) != -1)
         return 3;                                          /* the received copies are gone */
@@ -758,14 +759,14 @@ static int child_adopts_sent_descriptors(void *arg)
     return len == 7 && memcmp(buf, "adopted", 7) == 0 ? 0 : 5;
 }
 
-static void test_adopt_fds_puts_descriptors_back_at_their_numbers(void **state)
+static void test_place_fds_puts_descriptors_back_at_their_numbers(void **state)
 {
     (void)state;
     mp_conn *ends[2];
     TU_OK(mp_pipe(&ends[0], &ends[1], true));
     assert_int_equal(tu_wait(tu_fork(child_adopts_sent_descriptors, ends), 10), 0);
     int one = 0;
-    TU_ASSERT_RC(conn_adopt_fds(&one, &one, CONN_PASS_MAX + 1), MP_EINVAL);
+    TU_ASSERT_RC(proc_place_fds(&one, &one, PROC_FDS_MAX + 1), MP_EINVAL);
     mp_conn_close(ends[0]);
     mp_conn_close(ends[1]);
 }
@@ -1126,7 +1127,7 @@ int main(void)
         cmocka_unit_test(test_handle_survives_close_in_the_other_process),
         cmocka_unit_test(test_keep_across_exec_clears_cloexec_on_live_connections),
         cmocka_unit_test(test_conn_reaches_children_under_every_start_method),
-        cmocka_unit_test(test_adopt_fds_puts_descriptors_back_at_their_numbers),
+        cmocka_unit_test(test_place_fds_puts_descriptors_back_at_their_numbers),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),
         cmocka_unit_test(test_wait_sees_a_conn_and_a_process_sentinel),

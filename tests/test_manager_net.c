@@ -302,6 +302,15 @@ static bool all_seen(void *arg)
     return true;
 }
 
+static bool consumers_asleep(void *arg)
+{
+    const pid_t *pids = arg;
+    for (int i = 0; i < STORM_CONSUMERS; i++)
+        if (tu_proc_state(pids[i]) != 'S')
+            return false;
+    return true;
+}
+
 static void kill_and_replace(pid_t *pids, int i, struct storm *s)
 {
     kill(pids[i], SIGKILL);
@@ -328,7 +337,7 @@ static void storm_case(mp_manager *m)
     int active_kills = 0;
     uint32_t next = 0;
     for (int round = 0; round < STORM_ROUNDS; round++) {
-        usleep(150 * 1000);          /* every consumer is blocked in its get now */
+        assert_true(tu_wait_for(consumers_asleep, pids, 10));   /* each blocked in its get */
         for (int i = round % 2; i < STORM_CONSUMERS; i += 2)
             kill_and_replace(pids, i, &s);
         uint32_t from = next;

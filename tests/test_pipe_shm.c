@@ -360,7 +360,7 @@ static void child_waits_on_a_pipe_end_it_got_as_argument(mp_start_method method)
     assert_int_equal(mp_conn_poll(a, 30 * tu_slow()), 1);
     TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));
     assert_memory_equal(buf, "ready", 5);
-    usleep(50000);                                  /* let the child fall asleep in mp_wait */
+    assert_true(tu_wait_asleep(mp_process_pid(p), 10));   /* the child sleeps in mp_wait */
     TU_OK(mp_conn_send_bytes(a, "one", 3));
     assert_int_equal(mp_conn_poll(a, 30 * tu_slow()), 1);
     TU_OK(mp_conn_recv_bytes(a, buf, sizeof buf, &len));

@@ -868,7 +868,7 @@ static void sleeper_sees_a_dead_committer(bool getter)
         TU_OK(mp_queue_put(s.q, "a", 1, 0));          /* full: the putter sleeps */
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, getter ? sleep_in_get : sleep_in_put, &s), 0);
-    usleep(50000);                                    /* past its spin, asleep */
+    assert_true(tu_wait_threads_asleep(10));          /* past its spin, asleep */
     kill_point = getter ? "put_committed" : "get_committed";
     kill_countdown = 0;
     pid_t pid = tu_fork(getter ? child_puts_one : child_gets_one, s.q);

@@ -82,7 +82,7 @@ static int sleeper_outlives_a_killed_waker(struct blocked *b, int (*killer)(void
 {
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, run_blocked, b), 0);
-    nap_ms(150);                                   /* past its spin: asleep */
+    assert_true(tu_wait_threads_asleep(10));       /* past its spin: asleep */
     assert_int_equal(tu_wait(tu_fork(killer, obj), 10), -SIGKILL);
     assert_true(tu_wait_for(blocked_done, b, 3));
     pthread_join(t, NULL);
@@ -128,11 +128,11 @@ static void test_semaphore_count_passes_on_when_the_woken_acquirer_dies(void **s
     mp_semaphore *s;
     TU_OK(mp_semaphore_new(&s, 0));
     pid_t first = tu_fork(acquire_and_die_when_woken, s);
-    nap_ms(150);                                   /* the child sleeps first */
+    assert_true(tu_wait_asleep(first, 10));        /* the child sleeps first */
     struct blocked b = { .call = acquire_forever, .obj = s };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, run_blocked, &b), 0);
-    nap_ms(150);
+    assert_true(tu_wait_threads_asleep(10));       /* queued behind the child */
     TU_OK(mp_semaphore_release(s));
     assert_true(tu_wait_for(blocked_done, &b, 3));
     pthread_join(t, NULL);

@@ -1,6 +1,7 @@
 /* testutil.c - shared helpers for the test executables. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -136,6 +137,42 @@ char tu_proc_state(pid_t pid)
     char buf[512];
     const char *fields = proc_stat_fields(pid, buf, sizeof buf);
     return fields ? fields[0] : 0;
+}
+
+static bool asleep(void *arg)
+{
+    return tu_proc_state(*(pid_t *)arg) == 'S';
+}
+
+bool tu_wait_asleep(pid_t pid, double timeout)
+{
+    return tu_wait_for(asleep, &pid, timeout);
+}
+
+/* Every thread of this process but the caller's is asleep, and there is one. */
+static bool others_asleep(void *arg)
+{
+    (void)arg;
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return false;
+    pid_t me = gettid();         /* not syscall(): a test may interpose it */
+    bool all = true;
+    int others = 0;
+    for (struct dirent *e; all && (e = readdir(d)) != NULL;) {
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (tid <= 0 || tid == me)
+            continue;
+        others++;
+        all = tu_proc_state(tid) == 'S';      /* /proc/<tid> names a thread too */
+    }
+    closedir(d);
+    return all && others > 0;
+}
+
+bool tu_wait_threads_asleep(double timeout)
+{
+    return tu_wait_for(others_asleep, NULL, timeout);
 }
 
 pid_t tu_proc_ppid(pid_t pid)

@@ -38,6 +38,12 @@ double tu_now(void);                 /* CLOCK_MONOTONIC seconds */
 bool tu_pid_gone(pid_t pid);         /* no such process (or a zombie of ours reaped) */
 double tu_slow(void);                /* the MPROC_TEST_SLOW multiplier, >= 1 */
 char tu_proc_state(pid_t pid);       /* /proc state letter ('S' asleep, 'Z', ...); 0 if gone */
+/* Polls until pid (a process, or a thread's tid) is asleep in the kernel
+ * ('S': a futex, poll, read), or every thread of this process but the
+ * caller's is: true once so, false after timeout (scaled by
+ * MPROC_TEST_SLOW). For "let it fall asleep" without a fixed sleep. */
+bool tu_wait_asleep(pid_t pid, double timeout);
+bool tu_wait_threads_asleep(double timeout);
 pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
 
 /* Leaves this process no free descriptor (soft limit lowered to 32, the

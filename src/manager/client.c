@@ -84,6 +84,7 @@ static struct {
 
 static void mconn_attach(struct mconn *c, const mp_deadline *d);
 
+/* Fork hooks (fork.c): local.mu is held across the fork. */
 static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
 static void local_parent(void) { pthread_mutex_unlock(&local.mu); }
 
@@ -108,7 +109,7 @@ static void local_child(void)
 static void local_init(void)
 {
     local.pid = getpid();
-    pthread_atfork(local_prepare, local_parent, local_child);
+    fork_hook_set(FORK_MANAGER_CLIENT, local_prepare, local_parent, local_child);
 }
 
 /* Lets go of the channel: tells the server thread to leave, and frees the

@@ -108,7 +108,7 @@ int futex_wait_sliced(_Atomic uint32_t *word, uint32_t val, const mp_deadline *d
 }
 
 /* fork copies the forking thread's cached tid into the child; bumping a
- * generation in the child (pthread_atfork) makes every cache refresh. A
+ * generation in the child (the FORK_TID fork hook) makes every cache refresh. A
  * child made by _Fork() or a raw clone runs no atfork handler, so a page
  * the kernel zeroes in every child (MADV_WIPEONFORK, Linux 4.14; the way
  * glibc's arc4random notices forks) catches those: found zero, it means a
@@ -125,7 +125,7 @@ static void tid_after_fork(void)
 
 __attribute__((constructor)) static void tid_cache_init(void)
 {
-    pthread_atfork(NULL, NULL, tid_after_fork);
+    fork_hook_set(FORK_TID, NULL, NULL, tid_after_fork);
 #ifdef MADV_WIPEONFORK
     long page = sysconf(_SC_PAGESIZE);
     void *p = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

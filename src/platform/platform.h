@@ -15,6 +15,9 @@
 #include <sys/types.h>
 
 #define PROC_FDS_MAX 253     /* SCM_MAX_FD: descriptors one SCM_RIGHTS record carries */
+#ifdef SCM_MAX_FD
+_Static_assert(PROC_FDS_MAX <= SCM_MAX_FD, "the kernel's limit per record");
+#endif
 
 /* Without pidfds (kernels before 5.3, valgrind, strict seccomp) a child is
  * watched through an exit pipe: it holds the write end, EOF means it ended. */
@@ -45,5 +48,8 @@ ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd);    /* *fd = -1 
  * (EMFILE) is closed and -EMFILE. */
 int proc_send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);
 ssize_t proc_recv_fds(int sock, void *data, size_t len, int *fds, size_t cap, size_t *nfds);
+/* Puts received[i] at descriptor number numbers[i] (close-on-exec), closing
+ * every received one: 0, or the first error (the others are still placed). */
+int proc_place_fds(const int *received, const int *numbers, size_t n);
 
 #endif

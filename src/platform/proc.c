@@ -340,3 +340,28 @@ ssize_t proc_recv_fd(int sock, void *data, size_t len, int *fd)
     *fd = -1;
     return recv_fds(sock, data, len, fd, 1, &got, false);
 }
+
+/* First lift every received descriptor above all the wanted numbers, so
+ * none sits where another must go, then drop each at its number. */
+int proc_place_fds(const int *received, const int *numbers, size_t n)
+{
+    int lifted[PROC_FDS_MAX], top = 0, rc = 0;
+    if (n > PROC_FDS_MAX)
+        return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        top = numbers[i] >= top ? numbers[i] + 1 : top;
+    for (size_t i = 0; i < n; i++) {
+        lifted[i] = fcntl(received[i], F_DUPFD_CLOEXEC, top);
+        if (lifted[i] < 0 && rc == 0)
+            rc = -errno;
+        close(received[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (lifted[i] < 0)
+            continue;
+        if (dup3(lifted[i], numbers[i], O_CLOEXEC) < 0 && rc == 0)
+            rc = -errno;
+        close(lifted[i]);
+    }
+    return rc;
+}

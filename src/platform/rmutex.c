@@ -13,6 +13,8 @@
 #include "internal.h"
 
 #include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #ifdef MP_TSAN
 #include <sanitizer/tsan_interface.h>
@@ -64,6 +66,20 @@ int rmutex_trylock_failed(rmutex *m, int err)
     default: return MP_ETIMEDOUT;        /* ENOTRECOVERABLE: never ours */
     }
 }
+
+/* glibc records the owner's tid in every mutex it locks, of any type. */
+bool mutex_held_here(pthread_mutex_t *m)
+{
+    return __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED) == (int)mp_gettid();
+}
+
+#ifdef MPROC_CHECKS
+void mp_check_failed(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "mproc: lock rule broken at %s:%d: %s\n", file, line, cond);
+    abort();
+}
+#endif
 
 /* ThreadSanitizer does not intercept pthread_mutex_clocklock: tell it. */
 static int clocklock(rmutex *m, const struct timespec *at)

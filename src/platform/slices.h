@@ -19,7 +19,7 @@
 /* tlock: how often a sleeper asks whether the owner it waits for still lives
  * (the kernel does not tell a tlock's waiters of its owner's death). */
 #define TLOCK_SLICE 0.01
-/* Pipe rings (conn.c): a sleeper on a ring, and mp_wait over ring ends. */
+/* Pipe rings (pipe_ring.c): a sleeper on a ring, and mp_wait over ring ends. */
 #define RING_SLICE 0.1
 /* Barrier: how soon a party killed while waiting is noticed. */
 #define BARRIER_SLICE 0.1

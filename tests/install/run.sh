@@ -3,8 +3,9 @@
 # the way a user would: an outside CMake project with find_package(mproc)
 # linking mproc::mproc and mproc::mproc_static, a pkg-config consumer (shared
 # and static libmproc.a), the versioned soname, the exported symbols and the
-# mproc-manager program, and the programs of docs/getting-started.md built
-# with pkg-config and run without LD_LIBRARY_PATH.
+# mproc-manager program, the programs of docs/getting-started.md built
+# with pkg-config and run without LD_LIBRARY_PATH, and a binary of the
+# first contract (old_binary.c) running against the installed library.
 set -eu
 build=$(cd "$1" && pwd)
 cc=${2:-cc}
@@ -36,13 +37,18 @@ soname=$(readelf -d "$libdir/libmproc.so" | sed -n 's/.*Library soname: \[\(.*\)
 src=$(cd "$here/../.." && pwd)
 nm -D --defined-only "$libdir/libmproc.so" | awk '$3 !~ /^MPROC_/ {print $3}' | sort >"$tmp/exported"
 { "$src/tools/public-symbols.sh" "$src/include/mproc.h" | sed 's/$/@@MPROC_0.2/'
-  sed -n 's/^ *\(mp__[a-z_]*\);$/\1@@MPROC_PRIVATE/p' "$src/src/libmproc.map"; } | sort >"$tmp/wanted"
+  sed -n 's/^ *\(mp__[a-z_]*\);$/\1@@MPROC_PRIVATE/p' "$src/src/libmproc.map"
+  sed -n 's/^ \* compat: \(mp_[a-z_]*@MPROC_[0-9.]*\)$/\1/p' "$src/src/libmproc.map"; } | sort >"$tmp/wanted"
 # Names added after 0.2 carry a later version: compare names, then versions.
 sed 's/@.*//' "$tmp/exported" >"$tmp/exported_names"
 sed 's/@.*//' "$tmp/wanted" | sort >"$tmp/wanted_names"
 diff "$tmp/wanted_names" "$tmp/exported_names" >"$tmp/symdiff" ||
   { sed 's/^/    /' "$tmp/symdiff"; fail "exports differ from include/mproc.h (<: missing, >: extra); update src/libmproc.map"; }
 grep -q '@@MPROC_0\.2$' "$tmp/exported" || fail "exports carry no symbol version"
+# The older versions of calls whose options grew (src/abi_compat.c).
+for v in $(sed -n 's/^ \* compat: \(mp_[a-z_]*@MPROC_[0-9.]*\)$/\1/p' "$src/src/libmproc.map"); do
+  grep -qx "$v" "$tmp/exported" || fail "$v (src/abi_compat.c) is not exported"
+done
 
 echo "== outside CMake project: find_package(mproc)"
 cmake -S "$here" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
@@ -86,4 +92,21 @@ for want in "hello_process.c:exit code 0" "queue.c:got 16" "pool.c:1 8 27" "mana
   echo "$out" | grep -q "${want#*:}" || fail "getting-started $prog printed: $out"
   echo "$prog: ok"
 done
+
+echo "== a binary of the first contract (no versions, shorter options structs)"
+# Built against an unversioned stand-in with the same names, as programs
+# were before 0.2; run against the installed library, its calls must bind
+# to the MPROC_0.1 shims (src/abi_compat.c, docs/abi.md), which read no
+# further than the old structs (each ends where an unreadable page begins).
+mkdir "$tmp/then"
+for f in mp_pool_new mp_pool_close mp_pool_join mp_pool_free mp_process_new mp_process_start \
+         mp_process_join mp_process_exitcode mp_process_free; do
+  echo "int $f(void) { return 0; }"
+done >"$tmp/then/stub.c"
+$cc -shared -fPIC -Wl,-soname,libmproc.so.0 -o "$tmp/then/libmproc.so.0" "$tmp/then/stub.c" ||
+  fail "stand-in library"
+ln -s libmproc.so.0 "$tmp/then/libmproc.so"
+$cc -o "$tmp/old_binary" "$here/old_binary.c" -L"$tmp/then" -lmproc || fail "old binary"
+readelf -V "$tmp/old_binary" | grep -q MPROC_ && fail "the old binary asks for symbol versions"
+LD_LIBRARY_PATH="$libdir" "$tmp/old_binary" || fail "a binary of the first contract failed"
 echo "install test passed"

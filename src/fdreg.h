@@ -1,0 +1,69 @@
+/* fdreg.h - the registry of descriptor handles: which handles (mp_conn,
+ * mp_listener) this process holds a descriptor for, and the family's list of
+ * those that crossed an exec.
+ *
+ * It sits below the process layer: spawn.c keeps the registered descriptors
+ * open across exec, forkserver.c sends them with each start request, and a
+ * fork counts one more holder for each (its fork hook). The handles
+ * register themselves (conn.c, listener.c); the registry knows nothing of
+ * what they are beyond struct fdhandle.
+ */
+#ifndef MPROC_FDREG_H
+#define MPROC_FDREG_H
+
+#include "internal.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Every handle that owns a descriptor (mp_conn, mp_listener) starts with
+ * this. Handles live in the arena, so a child reaches them after fork or
+ * spawn; refs counts the processes that may hold fd (each fork adds one per
+ * live handle), and a handle that crossed an exec is never freed, because
+ * its holders can no longer be counted.
+ *
+ * Rules: magic and fd are written once, before fdhandle_register, and read
+ * by anyone. refs is changed only atomically: +1 per fork (under this
+ * process's registry lock), -1 per process that closes it. immortal and
+ * crossed go from 0 to 1 once, never back; next_crossed is written only by
+ * the one process that set crossed, before the handle is published on the
+ * family's list (CAS on its head), and never again. */
+struct fdhandle {
+    uint32_t magic;
+    int fd;
+    _Atomic uint32_t refs;
+    _Atomic uint32_t immortal;
+    /* Once it crosses an exec or reaches a fork-server child, a handle joins
+     * the family's list of such handles (arena slot ARENA_SLOT_CROSSED), so
+     * a process that got it that way still finds it by its descriptor; ino
+     * tells whether that descriptor is still the handle's file. */
+    uint64_t ino;
+    struct fdhandle *_Atomic next_crossed;
+    _Atomic uint32_t crossed;
+};
+
+/* Records a live handle of this process (fork and exec hooks walk them). */
+int fdhandle_register(struct fdhandle *h);
+/* Closes h's descriptor in this process: true when no process holds it any
+ * more and the caller must free the handle. */
+bool fdhandle_release(struct fdhandle *h);
+/* The handle of this process on fd that match accepts: one it registered,
+ * or one that reached it across an exec or from the fork server. NULL if
+ * none. match runs under the registry's lock: it must only look at h. */
+struct fdhandle *fdhandle_find(int fd, bool (*match)(const struct fdhandle *h, int fd));
+
+/* Called by spawn in the child between fork and exec: clears FD_CLOEXEC on
+ * the descriptors of the registered handles, so a connection created before
+ * the child starts stays usable in it at the same fd number (as under fork).
+ * No lock, no allocation. */
+void fdreg_keep_across_exec(void);
+
+/* For the fork server start method, whose children inherit nothing from the
+ * requester: the requester sends the descriptors of its registered handles
+ * (at most cap; this also marks those handles as shared for good) with the
+ * start request, SCM_RIGHTS; the server's child puts each received one back
+ * at the number it has in the requester (proc_place_fds), so handles reached
+ * through the argument work as under fork. */
+size_t fdreg_live_fds(int *fds, size_t cap);
+
+#endif

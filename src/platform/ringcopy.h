@@ -1,0 +1,34 @@
+/* ringcopy.h - copies into and out of a byte ring that wraps around.
+ *
+ * A ring is cap bytes at data; a position is a byte count since the ring
+ * began (it never wraps itself), so its place is pos % cap. A copy that
+ * runs past the end goes on at the start. With cap a compile-time power of
+ * two (the pipe ring) the % is a mask. Used by the pipe ring
+ * (pipe_ring.c); the queue's segments do the same in queue.c for now.
+ */
+#ifndef MPROC_PLATFORM_RINGCOPY_H
+#define MPROC_PLATFORM_RINGCOPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* n bytes from src into the ring at pos; n <= cap. */
+static inline void ringcopy_in(uint8_t *data, uint64_t cap, uint64_t pos, const void *src, size_t n)
+{
+    size_t off = (size_t)(pos % cap), first = (size_t)cap - off;
+    first = n < first ? n : first;
+    memcpy(data + off, src, first);
+    memcpy(data, (const char *)src + first, n - first);
+}
+
+/* n bytes of the ring at pos into dst; n <= cap. */
+static inline void ringcopy_out(const uint8_t *data, uint64_t cap, uint64_t pos, void *dst, size_t n)
+{
+    size_t off = (size_t)(pos % cap), first = (size_t)cap - off;
+    first = n < first ? n : first;
+    memcpy(dst, data + off, first);
+    memcpy((char *)dst + first, data, n - first);
+}
+
+#endif
