@@ -162,7 +162,7 @@ static void test_barrier_wait_timeout_breaks_it_for_every_waiter(void **state)
     pid_t pids[3];
     for (int i = 0; i < 3; i++)
         pids[i] = tu_fork(wait_once, t);
-    int i = mp_barrier_wait(t->b, 10);
+    int i = mp_barrier_wait(t->b, 10 * tu_slow());
     assert_true(i >= 0 && i < 4);
     int seen = 1 << i;
     for (int k = 0; k < 3; k++) {
@@ -208,7 +208,7 @@ static void test_barrier_reset_breaks_current_waiters_then_works(void **state)
     TU_OK(mp_barrier_reset(t->b));
     assert_int_equal((intptr_t)thread_join(th), 100);        /* as Python: BrokenBarrierError */
     th = thread_start(wait_once_thread, t);
-    int i = mp_barrier_wait(t->b, 10);
+    int i = mp_barrier_wait(t->b, 10 * tu_slow());
     int j = (int)(intptr_t)thread_join(th);
     assert_true((i == 0 && j == 1) || (i == 1 && j == 0));
     track_free(t);
@@ -232,7 +232,7 @@ static void test_barrier_killed_party_breaks_it_instead_of_wedging(void **state)
     t->timeout = 30;
     pthread_t a = thread_start(wait_once_thread, t);
     pthread_t b = thread_start(wait_once_thread, t);
-    int i = mp_barrier_wait(t->b, 10);
+    int i = mp_barrier_wait(t->b, 10 * tu_slow());
     int seen = (1 << i) | (1 << (intptr_t)thread_join(a)) | (1 << (intptr_t)thread_join(b));
     assert_int_equal(seen, 0x7);
     track_free(t);
@@ -266,7 +266,7 @@ static void test_barrier_survives_parties_killed_at_random_moments(void **state)
         TU_OK(mp_barrier_reset(t->b));               /* the dead are taken out, then a round */
         pthread_t a = thread_start(wait_once_thread, t);
         pthread_t b = thread_start(wait_once_thread, t);
-        int i = mp_barrier_wait(t->b, 10);
+        int i = mp_barrier_wait(t->b, 10 * tu_slow());
         assert_true(i >= 0 && i < 3);
         int seen = (1 << i) | (1 << (intptr_t)thread_join(a)) | (1 << (intptr_t)thread_join(b));
         assert_int_equal(seen, 0x7);
