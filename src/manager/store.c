@@ -17,6 +17,7 @@
 
 struct value {
     enum mtype type;     /* MV_INT, MV_FLOAT or MV_BYTES */
+    uint8_t tag;         /* MV_BYTES written by a Python client: what they were (protocol.h) */
     int64_t i;
     double f;
     uint8_t *p;
@@ -48,6 +49,7 @@ struct object {
     size_t maxsize;               /* queue bound, 0 = none */
     bool bound_fixed;             /* a queue op has run: maxsize is final */
     struct store_owner *owner;    /* lock holder */
+    int waiters;                  /* requests inside wait_changed: store_drop keeps it */
     bool owner_died;
     struct object *next_lock;
 };
@@ -165,7 +167,7 @@ static void value_clear(struct store *s, struct value *v)
 /* Copies a request value into owned storage, within the byte budget. */
 static int value_set(struct store *s, struct value *dst, const struct mval *src)
 {
-    struct value v = { .type = src->type, .i = src->i, .f = src->f };
+    struct value v = { .type = src->type, .tag = src->type == MV_BYTES ? src->tag : 0, .i = src->i, .f = src->f };
     if (src->type == MV_BYTES) {
         if (alloc_cost(src->len ? src->len : 1) > s->max_bytes - s->bytes)
             return MP_ENOMEM;
@@ -183,7 +185,7 @@ static int value_set(struct store *s, struct value *dst, const struct mval *src)
 
 static struct mval value_view(const struct value *v)
 {
-    return (struct mval){ .type = v->type, .i = v->i, .f = v->f, .p = v->p, .len = v->len };
+    return (struct mval){ .type = v->type, .tag = v->tag, .i = v->i, .f = v->f, .p = v->p, .len = v->len };
 }
 
 static void entry_free(struct store *s, struct entry *e)
@@ -322,7 +324,10 @@ static bool wait_until(const struct mval *timeout, struct timespec *at)
 /* One wait on o->changed: false once the time is up. */
 static bool wait_changed(struct store *s, struct object *o, const struct timespec *at)
 {
-    return pthread_cond_timedwait(&o->changed, &s->mu, at) != ETIMEDOUT;
+    o->waiters++;
+    bool changed = pthread_cond_timedwait(&o->changed, &s->mu, at) != ETIMEDOUT;
+    o->waiters--;
+    return changed;
 }
 
 /* ------------------------------------------------------------------ dicts */
@@ -700,8 +705,13 @@ static enum kind op_kind(int64_t op)
 
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
 {
-    memset(r, 0, sizeof *r);
     pthread_mutex_lock(&s->mu);
+    store_exec_locked(s, owner, req, r);
+}
+
+void store_exec_locked(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
+{
+    memset(r, 0, sizeof *r);
     int64_t op = req->v[0].i;
     if (op == OP_PING || op == OP_SHUTDOWN)
         return;
@@ -721,6 +731,44 @@ void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *r
 void store_done(struct store *s, struct sreply *r)
 {
     pthread_mutex_unlock(&s->mu);
+    store_release(r);
+}
+
+void store_release(struct sreply *r)
+{
     free(r->owned);
     r->owned = NULL;
+}
+
+void store_lock(struct store *s) { pthread_mutex_lock(&s->mu); }
+void store_unlock(struct store *s) { pthread_mutex_unlock(&s->mu); }
+
+bool store_drop_locked(struct store *s, int64_t op, const struct mval *name)
+{
+    char key[1 + MSG_MAX_NAME];
+    if (name->len > MSG_MAX_NAME)
+        return false;
+    key[0] = (char)op_kind(op);
+    memcpy(key + 1, name->p, name->len);
+    size_t klen = 1 + name->len;
+    struct entry **found = table_find(&s->names, key, klen, hash_bytes(key, klen));
+    if (!found)
+        return true;
+    struct object *o = (*found)->obj;
+    if (o->waiters > 0)
+        return false;
+    if (o->kind == KIND_LOCK) {
+        struct object **l = &s->locks;
+        while (*l != o)
+            l = &(*l)->next_lock;
+        *l = o->next_lock;
+    }
+    struct entry *e = *found;
+    *found = e->next;
+    s->names.count--;
+    s->bytes -= entry_cost(e->klen);
+    free(e->key);
+    free(e);
+    object_free(s, o);
+    return true;
 }
