@@ -296,13 +296,33 @@ static void raise_status(struct pyconn *cx, int status)
 /* ------------------------------------------------------------------ values */
 
 /* A request's value as the store keeps it; bytes point into the request or
- * into buf (an opaque value's pickle). */
-static int value_of(struct pyconn *cx, struct pk_node *n, mp_buf *buf, struct mval *v)
+ * into buf (an opaque value's pickle, a queue or list number). In a queue
+ * or list (seq), whose C calls carry bytes only, an int is its 8 bytes
+ * (int64, little-endian) and a float its IEEE double's. */
+static int value_of(struct pk_node *n, mp_buf *buf, bool seq, struct mval *v)
 {
     memset(v, 0, sizeof *v);
     switch (n->kind) {
-    case PK_INT: v->type = MV_INT; v->i = n->i; return 0;
-    case PK_FLOAT: v->type = MV_FLOAT; v->f = n->f; return 0;
+    case PK_INT:
+    case PK_FLOAT:
+        if (!seq) {
+            v->type = n->kind == PK_INT ? MV_INT : MV_FLOAT;
+            v->i = n->i;
+            v->f = n->f;
+            return 0;
+        }
+        uint64_t bits;
+        if (n->kind == PK_INT)
+            bits = (uint64_t)n->i;
+        else
+            memcpy(&bits, &n->f, 8);
+        buf->len = 0;
+        if (mp_buf_reserve(buf, 8) < 0)
+            return MP_ENOMEM;
+        for (int i = 0; i < 8; i++)
+            ((uint8_t *)buf->data)[i] = (uint8_t)(bits >> (8 * i));
+        *v = (struct mval){ .type = MV_BYTES, .tag = n->kind == PK_INT ? 'I' : 'F', .p = buf->data, .len = 8 };
+        return 0;
     case PK_BYTES: v->type = MV_BYTES; v->p = n->p; v->len = n->len; break;
     case PK_STR: v->type = MV_BYTES; v->tag = 'S'; v->p = n->p; v->len = n->len; break;
     default: {
@@ -319,8 +339,15 @@ static int value_of(struct pyconn *cx, struct pk_node *n, mp_buf *buf, struct mv
         break;
     }
     }
-    MP_UNUSED(cx);
     return v->len > MSG_MAX_VALUE ? MP_ETOOBIG : 0;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
 }
 
 static void write_value(struct pk_writer *w, const struct mval *v)
@@ -329,7 +356,14 @@ static void write_value(struct pk_writer *w, const struct mval *v)
     case MV_INT: pk_int(w, v->i); break;
     case MV_FLOAT: pk_float(w, v->f); break;
     case MV_BYTES:
-        if (v->tag == 'S')
+        if (v->tag == 'I' && v->len == 8) {
+            pk_int(w, (int64_t)le64(v->p));
+        } else if (v->tag == 'F' && v->len == 8) {
+            uint64_t bits = le64(v->p);
+            double f;
+            memcpy(&f, &bits, 8);
+            pk_float(w, f);
+        } else if (v->tag == 'S')
             pk_str(w, v->p, v->len);
         else if (v->tag == 'P')
             pk_embedded(w, v->p, v->len);
@@ -751,7 +785,7 @@ static int dict_update_from(struct pycall *c, struct pk_node *src)
             struct sreply r;
             int rc = key_of(src->kids[i], &cx->tmp, &k);
             if (rc == 0)
-                rc = value_of(cx, src->kids[i + 1], &cx->tmp2, &v);
+                rc = value_of(src->kids[i + 1], &cx->tmp2, false, &v);
             if (rc == 0)
                 rc = sx(c, OP_DICT_SET, &k, &v, &r);
             if (rc < 0)
@@ -768,7 +802,7 @@ static int dict_update_from(struct pycall *c, struct pk_node *src)
             struct sreply r;
             int rc = key_of(p->kids[0], &cx->tmp, &k);
             if (rc == 0)
-                rc = value_of(cx, p->kids[1], &cx->tmp2, &v);
+                rc = value_of(p->kids[1], &cx->tmp2, false, &v);
             if (rc == 0)
                 rc = sx(c, OP_DICT_SET, &k, &v, &r);
             if (rc < 0)
@@ -826,7 +860,7 @@ static void dict_call(struct pycall *c)
             } else if (setdef) {
                 struct pk_node none = { .kind = PK_NONE };
                 struct pk_node *d = a1 ? a1 : &none;
-                if ((rc = value_of(cx, d, &cx->tmp2, &v)) == 0)
+                if ((rc = value_of(d, &cx->tmp2, false, &v)) == 0)
                     rc = sx(c, OP_DICT_SET, &k, &v, &r);
                 if (rc < 0) {
                     raise_status(cx, rc);
@@ -852,7 +886,7 @@ static void dict_call(struct pycall *c)
     } else if (str_is(m, "__setitem__")) {
         if (!a0 || !a1)
             raise_msg(cx, "TypeError", "__setitem__ takes a key and a value");
-        else if ((rc = key_of(a0, &cx->tmp, &k)) < 0 || (rc = value_of(cx, a1, &cx->tmp2, &v)) < 0 ||
+        else if ((rc = key_of(a0, &cx->tmp, &k)) < 0 || (rc = value_of(a1, &cx->tmp2, false, &v)) < 0 ||
                  (rc = sx(c, OP_DICT_SET, &k, &v, &r)) < 0)
             raise_key(cx, rc, a0);
         else
@@ -1056,7 +1090,7 @@ static void namespace_call(struct pycall *c)
             reply_end(cx);
         }
     } else if (str_is(c->m, "__setattr__") && a1) {
-        if ((rc = value_of(cx, a1, &cx->tmp2, &v)) < 0 || (rc = sx(c, OP_DICT_SET, &k, &v, &r)) < 0)
+        if ((rc = value_of(a1, &cx->tmp2, false, &v)) < 0 || (rc = sx(c, OP_DICT_SET, &k, &v, &r)) < 0)
             raise_status(cx, rc);
         else
             ret_none(cx);
@@ -1139,7 +1173,7 @@ static int list_append_node(struct pycall *c, struct pk_node *n)
 {
     struct mval v;
     struct sreply r;
-    int rc = value_of(c->cx, n, &c->cx->tmp2, &v);
+    int rc = value_of(n, &c->cx->tmp2, true, &v);
     return rc < 0 ? rc : sx(c, OP_LIST_APPEND, &v, NULL, &r);
 }
 
@@ -1149,7 +1183,7 @@ static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int
     struct mval v;
     struct sreply r;
     int64_t len, found = -1;
-    if (value_of(c->cx, n, &c->cx->tmp2, &v) < 0 || list_len(c, &len) < 0)
+    if (value_of(n, &c->cx->tmp2, true, &v) < 0 || list_len(c, &len) < 0)
         return -1;
     if (count)
         *count = 0;
@@ -1299,7 +1333,7 @@ static void list_call(struct pycall *c)
                 store_release(&r);
             }
         } else if (str_is(m, "__setitem__")) {
-            if (!a1 || (rc = value_of(cx, a1, &cx->tmp2, &v)) < 0 || (rc = sx(c, OP_LIST_SET, &at, &v, &r)) < 0)
+            if (!a1 || (rc = value_of(a1, &cx->tmp2, true, &v)) < 0 || (rc = sx(c, OP_LIST_SET, &at, &v, &r)) < 0)
                 raise_msg(cx, "IndexError", "list assignment index out of range");
             else
                 ret_none(cx);
@@ -1392,7 +1426,7 @@ static void queue_call(struct pycall *c)
             raise_msg(cx, "ValueError", "'timeout' must be a non-negative number");
             return;
         }
-        if (put && (rc = value_of(cx, item, &cx->tmp2, &v)) < 0) {
+        if (put && (rc = value_of(item, &cx->tmp2, true, &v)) < 0) {
             raise_status(cx, rc);
             return;
         }
@@ -1710,7 +1744,7 @@ static void prim_call(struct pycall *c)
             reply_end(cx);
         } else if (str_is(m, "set") && arg(c, 0, "value")) {
             struct mval v;
-            if ((rc = value_of(cx, (struct pk_node *)arg(c, 0, "value"), &cx->tmp2, &v)) < 0 ||
+            if ((rc = value_of((struct pk_node *)arg(c, 0, "value"), &cx->tmp2, false, &v)) < 0 ||
                 (rc = sval_set(&o->val, &v)) < 0)
                 raise_status(cx, rc);
             else
@@ -1826,6 +1860,7 @@ static const char *obj_init(struct pycall *c)
         if (act && act->kind != PK_NONE)
             return "mproc-manager: a Barrier action would run code in the server; pass none";
         o->max = p->i;
+        o->gen = 1;                  /* generations up to broken_upto (0) broke */
         if (is_number(t))
             o->val = (struct sval){ .type = MV_FLOAT, .f = number(t) };
         return NULL;
@@ -1833,7 +1868,7 @@ static const char *obj_init(struct pycall *c)
     case PT_VALUE: {
         const struct pk_node *tc = arg(c, 0, "typecode"), *v = arg(c, 1, "value");
         struct mval sv;
-        if (!v || value_of(cx, (struct pk_node *)v, &cx->tmp2, &sv) < 0 || sval_set(&o->val, &sv) < 0)
+        if (!v || value_of((struct pk_node *)v, &cx->tmp2, false, &sv) < 0 || sval_set(&o->val, &sv) < 0)
             return "Value() takes a typecode and a value";
         o->typecode = tc && tc->kind == PK_STR && tc->len == 1 ? (char)tc->p[0] : 'O';
         return NULL;
