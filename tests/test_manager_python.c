@@ -181,6 +181,27 @@ static void test_python_worker_serves_c_producer(void **state)
     mp_manager_free(m);
 }
 
+/* A Python getter killed while it waits in the server takes no item. */
+static void test_killed_python_getter_loses_no_item(void **state)
+{
+    (void)state;
+    if (!have_python())
+        skip();
+    mp_manager *m = start_tcp();
+    mp_mqueue *q;
+    TU_OK(mp_manager_queue(m, "dies", 0, &q));
+    int rc = run_python(m, "getter_dies");
+    assert_int_equal(rc, -SIGKILL);
+    TU_OK(mp_mqueue_put(q, "kept", 4, 1.0));
+    mp_buf b = { 0 };
+    TU_OK(mp_mqueue_get(q, &b, 5.0));
+    assert_int_equal(b.len, 4);
+    assert_memory_equal(b.data, "kept", 4);
+    mp_buf_free(&b);
+    mp_mqueue_free(q);
+    mp_manager_free(m);
+}
+
 /* ------------------------------------------------------------------ hostile pickles */
 
 /* Sends one request frame on a fresh connection; the reply frame. */
@@ -275,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_processes_share_barrier_lock_condition),
         cmocka_unit_test(test_remote_pattern_shares_named_objects_with_c),
         cmocka_unit_test(test_python_worker_serves_c_producer),
+        cmocka_unit_test(test_killed_python_getter_loses_no_item),
         cmocka_unit_test(test_hostile_pickles_get_errors_and_never_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -42,6 +42,7 @@ enum {
     PY_MAX_IDENT = 8 + MSG_MAX_NAME,
     PY_SLICE_MS = 100,
     PY_MAX_ARRAY = 1 << 20,
+    PY_SPIN_NS = 0,
 };
 
 enum pytype {
@@ -144,6 +145,9 @@ struct pyconn {
     struct store_owner *owner;
     struct wire *w;
     mp_buf out, tmp, tmp2;
+    mp_buf item;                 /* the queue item this reply carries, to put back if it is not sent */
+    struct mval item_v, item_queue;
+    bool has_item;
     struct pk_arena arena;
     struct pk_writer pw;
     bool *shutdown;
@@ -1402,6 +1406,22 @@ static void list_call(struct pycall *c)
 
 /* ------------------------------------------------------------------ queue */
 
+/* Keeps a copy of the item a get reply carries and of its queue's name. */
+static int keep_item(struct pyconn *cx, struct pyobj *o, const struct mval *v)
+{
+    cx->item.len = 0;
+    if (mp_buf_append(&cx->item, o->sname, o->snlen) < 0 ||
+        (v->type == MV_BYTES && mp_buf_append(&cx->item, v->p, v->len) < 0))
+        return MP_ENOMEM;
+    const uint8_t *base = cx->item.data;
+    cx->item_queue = (struct mval){ .type = MV_TEXT, .p = base, .len = o->snlen };
+    cx->item_v = *v;
+    if (v->type == MV_BYTES)
+        cx->item_v.p = base + o->snlen;
+    cx->has_item = true;
+    return 0;
+}
+
 static void queue_call(struct pycall *c)
 {
     struct pyconn *cx = c->cx;
@@ -1438,6 +1458,12 @@ static void queue_call(struct pycall *c)
             else
                 write_value(&cx->pw, &r.v);
             reply_end(cx);
+            if (!put && keep_item(cx, o, &r.v) < 0) {
+                struct mval qn = obj_name(o);
+                store_unget_locked(reg->store, &qn, &r.v);   /* never lost for want of memory */
+                cx->has_item = false;
+                rc = MP_ENOMEM;
+            }
         }
         store_unlock(reg->store);
         store_release(&r);
@@ -2180,9 +2206,13 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
 {
     struct pyconn cx = { .reg = reg, .owner = owner, .w = w, .shutdown = shutdown };
     bool serving = false;
+    /* A Python client spends tens of microseconds between requests: the
+     * C clients' busy-poll would only take its CPU away. */
+    w->spin_ns = PY_SPIN_NS;
     for (;;) {
         const char *why = NULL;
         int rc;
+        cx.has_item = false;
         const struct pk_node *req = request_of(&cx.arena, data, len, &why, &rc);
         if (!req)
             traceback(&cx, rc == MP_ETOOBIG ? "request too large" : "malformed request", why);
@@ -2193,7 +2223,12 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
         if (cx.pw.rc < 0)
             traceback(&cx, "the reply could not be pickled", mp_strerror(cx.pw.rc));
         mp_deadline d = deadline_in(10);
-        if (wire_send(w, cx.out.data, cx.out.len, &d) < 0 || !serving || *shutdown)
+        if (wire_send(w, cx.out.data, cx.out.len, &d) < 0) {
+            if (cx.has_item)             /* the getter is gone: the item stays for the next one */
+                store_unget(reg->store, &cx.item_queue, &cx.item_v);
+            break;
+        }
+        if (!serving || *shutdown)
             break;
         if (wire_recv(w, &data, &len, WIRE_MAX_FRAME, NULL) < 0)
             break;
@@ -2203,4 +2238,5 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
     mp_buf_free(&cx.out);
     mp_buf_free(&cx.tmp);
     mp_buf_free(&cx.tmp2);
+    mp_buf_free(&cx.item);
 }

@@ -336,6 +336,18 @@ def worker(address, key):
     print("worker ok", n)
 
 
+def getter_dies(address, key):
+    """Blocks in get on queue "dies" in a thread and is killed meanwhile."""
+    import os
+    import signal
+    m = QueueManager(address=address, authkey=key)
+    m.connect()
+    q = m.get_queue("dies")
+    threading.Thread(target=q.get, daemon=True).start()
+    time.sleep(0.3)                 # long enough for the get to be waiting in the server
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # -- the 3.12+ handshake ({sha256}), as CPython 3.12 writes it -------------------
 
 def handshake312(address, key):
