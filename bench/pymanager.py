@@ -20,6 +20,8 @@ import multiprocessing as mp  # noqa: E402
 from multiprocessing.managers import SyncManager  # noqa: E402
 sys.path.insert(0, _here)
 from common import now, median_of, reps, selected, row, HIGHER, LOWER  # noqa: E402
+sys.path.insert(0, os.path.join(_here, "..", "tests", "interop"))
+from peer import py_address  # noqa: E402  (mproc's address form to Python's)
 
 TOTAL_OPS = 6000          # per measurement, split among the clients
 CLIENTS = (1, 8, 32)
@@ -81,15 +83,6 @@ def run(manager):
                 row(wid, median_of(1, lambda: sorted(r[0] for r in results)[len(results) // 2]), "ops/s", HIGHER)
             if want_p99:
                 row(wid + "_p99", sorted(r[1] for r in results)[len(results) // 2], "us", LOWER)
-
-
-def py_address(a):
-    if a.startswith("unix:@"):
-        return "\0" + a[6:]
-    if a.startswith("unix:"):
-        return a[5:]
-    host, port = a[4:].rsplit(":", 1)
-    return (host, int(port))
 
 
 if __name__ == "__main__":
