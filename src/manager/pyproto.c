@@ -50,13 +50,17 @@ enum pytype {
     PT_RLOCK, PT_SEM, PT_BSEM, PT_EVENT, PT_COND, PT_BARRIER, PT_VALUE, PT_ARRAY, PT_ITER,
 };
 
-static const char *const EXP_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__",
-    "__setitem__", "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values", NULL };
-static const char *const EXP_NAMED_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__len__",
-    "__setitem__", "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values", NULL };
+/* The methods of CPython's DictProxy and ListProxy (3.11-3.13, and the
+ * ones newer versions add), as create and get_methods report them. */
+static const char *const EXP_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__ior__", "__iter__",
+    "__len__", "__or__", "__ror__", "__setitem__", "clear", "copy", "fromkeys", "get", "items", "keys", "pop",
+    "popitem", "setdefault", "update", "values", NULL };
+static const char *const EXP_NAMED_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__ior__", "__len__",
+    "__or__", "__ror__", "__setitem__", "clear", "copy", "fromkeys", "get", "items", "keys", "pop", "popitem",
+    "setdefault", "update", "values", NULL };
 static const char *const EXP_LIST[] = { "__add__", "__contains__", "__delitem__", "__getitem__", "__len__",
-    "__mul__", "__reversed__", "__rmul__", "__setitem__", "append", "count", "extend", "index", "insert", "pop",
-    "remove", "reverse", "sort", "__imul__", NULL };
+    "__mul__", "__reversed__", "__rmul__", "__setitem__", "append", "clear", "copy", "count", "extend", "index",
+    "insert", "pop", "remove", "reverse", "sort", "__imul__", NULL };
 static const char *const EXP_QUEUE[] = { "empty", "full", "get", "get_nowait", "join", "put", "put_nowait",
     "qsize", "task_done", NULL };
 static const char *const EXP_ACQ[] = { "acquire", "release", NULL };
@@ -777,7 +781,18 @@ static int sx_wait(struct pycall *c, int64_t op, const struct mval *item, bool b
 /* ------------------------------------------------------------------ dict (and Namespace) */
 
 static void dict_write_all(struct pycall *c, bool keys, bool values, bool as_dict);
-static int dict_body(struct pycall *c, bool keys, bool values, bool as_dict);
+static int dict_body(struct pycall *c, bool keys, bool values, bool as_dict, bool fresh);
+
+/* SETITEMS of a dict node's pairs onto the dict being written. */
+static void pk_node_items(struct pk_writer *w, struct pk_node *d)
+{
+    if (!d->n)
+        return;
+    pk_mark(w);
+    for (uint32_t i = 0; i < d->n; i++)
+        pk_node(w, d->kids[i]);
+    pk_setitems(w);
+}
 
 /* Stores every pair of a dict node or list of pairs into the call's dict. */
 static int dict_update_from(struct pycall *c, struct pk_node *src)
@@ -905,7 +920,42 @@ static void dict_call(struct pycall *c)
     } else if (str_is(m, "clear")) {
         sx(c, OP_DICT_CLEAR, NULL, NULL, &r);
         ret_none(cx);
-    } else if (str_is(m, "update")) {
+    } else if (str_is(m, "__or__") || str_is(m, "__ror__")) {     /* a new plain dict */
+        bool ror = str_is(m, "__ror__");
+        if (!a0 || a0->kind != PK_DICT) {
+            traceback(cx, "TypeError: unsupported operand type for |", NULL);
+        } else {
+            reply_begin(cx, "#RETURN");
+            if (ror) {
+                pk_empty_dict(&cx->pw);
+                pk_node_items(&cx->pw, a0);
+            }
+            if ((rc = dict_body(c, true, true, true, !ror)) < 0) {
+                raise_status(cx, rc);
+            } else {
+                if (!ror)
+                    pk_node_items(&cx->pw, a0);
+                reply_end(cx);
+            }
+        }
+    } else if (str_is(m, "fromkeys")) {                        /* dict.fromkeys: touches nothing */
+        if (!a0 || (a0->kind != PK_LIST && a0->kind != PK_TUPLE)) {
+            traceback(cx, "TypeError: mproc-manager: fromkeys takes a list or a tuple", NULL);
+        } else {
+            reply_begin(cx, "#RETURN");
+            pk_empty_dict(&cx->pw);
+            for (uint32_t i = 0; i < a0->n; i++) {
+                pk_mark(&cx->pw);
+                pk_node(&cx->pw, a0->kids[i]);
+                if (a1)
+                    pk_node(&cx->pw, a1);
+                else
+                    pk_none(&cx->pw);
+                pk_setitems(&cx->pw);
+            }
+            reply_end(cx);
+        }
+    } else if (str_is(m, "update") || str_is(m, "__ior__")) {
         rc = a0 ? dict_update_from(c, a0) : 0;
         if (rc == 0 && c->kwds)
             rc = dict_update_from(c, (struct pk_node *)c->kwds);
@@ -983,16 +1033,16 @@ static void dict_call(struct pycall *c)
 }
 
 /* Writes keys(), values() or items() as a list, or the whole dict. */
-static int dict_body(struct pycall *c, bool keys, bool values, bool as_dict)
+static int dict_body(struct pycall *c, bool keys, bool values, bool as_dict, bool fresh)
 {
     struct pyconn *cx = c->cx;
     struct sreply kr, r;
     int rc = sx(c, OP_DICT_KEYS, NULL, NULL, &kr);
     if (rc < 0)
         return rc;
-    if (as_dict)
+    if (as_dict && fresh)
         pk_empty_dict(&cx->pw);
-    else
+    else if (fresh)
         pk_empty_list(&cx->pw);
     const uint8_t *p = kr.v.p, *end = kr.v.p + kr.v.len;
     size_t batch = 0;
@@ -1025,7 +1075,7 @@ static int dict_body(struct pycall *c, bool keys, bool values, bool as_dict)
 static void dict_write_all(struct pycall *c, bool keys, bool values, bool as_dict)
 {
     reply_begin(c->cx, "#RETURN");
-    int rc = dict_body(c, keys, values, as_dict);
+    int rc = dict_body(c, keys, values, as_dict, true);
     if (rc < 0)
         raise_status(c->cx, rc);
     else
@@ -1069,7 +1119,7 @@ static void namespace_call(struct pycall *c)
         pk_global(&cx->pw, "multiprocessing.managers", "Namespace");
         pk_tuple(&cx->pw, 0);
         pk_reduce(&cx->pw);
-        if ((rc = dict_body(c, true, true, true)) < 0) {
+        if ((rc = dict_body(c, true, true, true, true)) < 0) {
             raise_status(cx, rc);
         } else {
             pk_build(&cx->pw);
@@ -1388,6 +1438,13 @@ static void list_call(struct pycall *c)
             ret_none(cx);
     } else if (str_is(m, "#GETVALUE") || str_is(m, "copy")) {
         list_write(c, 1, NULL);
+    } else if (str_is(m, "clear")) {
+        for (int64_t i = 0; i < len; i++) {
+            struct mval last = mint(-1);
+            sx(c, OP_LIST_POP, &last, NULL, &r);
+            store_release(&r);
+        }
+        ret_none(cx);
     } else if (str_is(m, "__add__")) {
         if (!a0 || a0->kind != PK_LIST)
             raise_msg(cx, "TypeError", "can only concatenate list to list");

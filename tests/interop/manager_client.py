@@ -75,6 +75,14 @@ def types(address, key):
     del d["u"]
     k, v = d.popitem()
     assert k not in d
+    # what newer CPython versions' DictProxy and ListProxy call
+    d.clear()
+    d["o"] = 1
+    eq(d._callmethod("__or__", ({"p": 2},)), {"o": 1, "p": 2})
+    eq(d._callmethod("__ror__", ({"o": 0, "q": 3},)), {"o": 1, "q": 3})
+    d._callmethod("__ior__", ({"r": 4},))
+    eq(d["r"], 4)
+    eq(d._callmethod("fromkeys", (["a", "b"], 0)), {"a": 0, "b": 0})
     d.clear()
     eq(len(d), 0)
     eq(d._getvalue(), {})
@@ -104,6 +112,9 @@ def types(address, key):
     eq(lst * 2, [b"y", 2, 1, b"y", 2, 1])
     lst += [7]
     eq(lst._getvalue(), [b"y", 2, 1, 7])
+    eq(lst._callmethod("copy"), [b"y", 2, 1, 7])
+    lst._callmethod("clear")
+    eq(len(lst), 0)
 
     for typeid in ("Queue", "JoinableQueue"):
         q = getattr(m, typeid)()
