@@ -2271,8 +2271,11 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
         int rc;
         cx.has_item = false;
         const struct pk_node *req = request_of(&cx.arena, data, len, &why, &rc);
-        if (!req)
-            traceback(&cx, rc == MP_ETOOBIG ? "request too large" : "malformed request", why);
+        if (!req) {                      /* the client raises ValueError(text) */
+            char text[256];
+            snprintf(text, sizeof text, "mproc-manager: %s: %s", rc == MP_ETOOBIG ? "request too large" : "malformed request", why);
+            raise_msg(&cx, "ValueError", text);
+        }
         else if (serving)
             obj_call(&cx, req);
         else

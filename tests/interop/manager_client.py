@@ -234,6 +234,13 @@ def errors(address, key):
     raises(threading.BrokenBarrierError, bar.wait)
     ns = m.Namespace()
     raises(AttributeError, getattr, ns, "x")
+    deep = []
+    for _ in range(150):
+        deep = [deep]
+    e = raises(ValueError, d.__setitem__, "deep", deep)     # past the server's nesting bound
+    assert "nested too deeply" in str(e), e
+    d["after"] = 1                                             # and the connection still serves
+    eq(d["after"], 1)
     # an unknown typeid and a method that is not exposed are tracebacks
     raises(Exception, m._create, "Pool")
     raises(Exception, d._callmethod, "nosuch")
