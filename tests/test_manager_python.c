@@ -202,6 +202,34 @@ static void test_killed_python_getter_loses_no_item(void **state)
     mp_manager_free(m);
 }
 
+/* A TCP server with an empty authkey would let anyone who can connect in
+ * (and a Python client with it unpickles whatever comes back): refused. */
+static void test_tcp_server_refuses_an_empty_authkey(void **state)
+{
+    (void)state;
+    const char *bin = getenv("MPROC_BINARY_DIR");
+    if (!bin)
+        skip();
+    char tool[512], keyfile[64];
+    snprintf(tool, sizeof tool, "%s/tools/mproc-manager", bin);
+    snprintf(keyfile, sizeof keyfile, "/tmp/mproc-pyproto-empty-%d", (int)getpid());
+    FILE *f = fopen(keyfile, "w");
+    assert_non_null(f);
+    fclose(f);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(tool, tool, "serve", "--address", "tcp:127.0.0.1:0", "--authkey-file", keyfile, (char *)NULL);
+        _exit(127);
+    }
+    int rc = tu_wait(pid, 10 * tu_slow());
+    unlink(keyfile);
+    assert_true(rc != 0 && rc != TU_TIMEOUT && rc != 127);
+}
+
 /* ------------------------------------------------------------------ hostile pickles */
 
 /* Sends one request frame on a fresh connection; the reply frame. */
@@ -297,6 +325,7 @@ int main(void)
         cmocka_unit_test(test_remote_pattern_shares_named_objects_with_c),
         cmocka_unit_test(test_python_worker_serves_c_producer),
         cmocka_unit_test(test_killed_python_getter_loses_no_item),
+        cmocka_unit_test(test_tcp_server_refuses_an_empty_authkey),
         cmocka_unit_test(test_hostile_pickles_get_errors_and_never_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -427,6 +427,11 @@ int manager_serve(const struct manager_server_opts *o)
     struct server srv = { .key = o->authkey, .keylen = o->authkey_len,
                           .handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : MANAGER_HANDSHAKE_MS,
                           .mu = PTHREAD_MUTEX_INITIALIZER, .gone = PTHREAD_COND_INITIALIZER };
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    if (o->authkey_len == 0 && getsockname(o->listen_fd, (struct sockaddr *)&ss, &sslen) == 0 &&
+        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
+        return MP_EINVAL;        /* TCP without a key: anyone who can connect would be in */
     int rc = store_new(&srv.store, o->max_bytes, client_wants);
     if (rc < 0)
         return rc;
