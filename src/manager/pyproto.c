@@ -44,6 +44,9 @@ enum {
     PY_MAX_ARRAY = 1 << 20,
     PY_SPIN_NS = 0,
 };
+/* What Value, Array and iterator objects may hold together (the store's
+ * objects have the store's budget). */
+#define PY_MAX_BYTES ((size_t)256 * 1024 * 1024)
 
 enum pytype {
     PT_DICT, PT_LIST, PT_QUEUE, PT_LOCK, PT_NAMESPACE,          /* in the store */
@@ -134,6 +137,7 @@ struct pyobj {
     size_t nitems;
     mp_buf keys;                 /* Iterator: encoded keys, each followed by NUL */
     size_t at;
+    size_t charged;              /* bytes counted against PY_MAX_BYTES */
 };
 
 struct pyreg {
@@ -142,6 +146,7 @@ struct pyreg {
     struct pyobj *buckets[PY_BUCKETS];
     uint64_t next_id;
     long nobjects;
+    size_t bytes;                /* charged by all objects, at most PY_MAX_BYTES */
 };
 
 struct pyconn {
@@ -593,6 +598,9 @@ static void obj_free(struct pyobj *o)
 
 static void obj_destroy(struct pyreg *r, struct pyobj *o)
 {
+    pthread_mutex_lock(&r->mu);
+    r->bytes -= o->charged;
+    pthread_mutex_unlock(&r->mu);
     if (o->ti->t <= PT_NAMESPACE && !o->ti->named) {
         static const int64_t op_of[] = { OP_DICT_OPEN, OP_LIST_OPEN, OP_QUEUE_OPEN, OP_LOCK_OPEN, OP_DICT_OPEN };
         struct mval name = { .type = MV_TEXT, .p = o->sname, .len = o->snlen };
@@ -614,6 +622,17 @@ void pyreg_free(struct pyreg *r)
         }
     pthread_mutex_destroy(&r->mu);
     free(r);
+}
+
+/* Counts n more bytes (or fewer, when negative) for o: false, and nothing
+ * counted, past PY_MAX_BYTES. r->mu held. */
+static bool obj_charge(struct pyreg *r, struct pyobj *o, int64_t n)
+{
+    if (n > 0 && (size_t)n > PY_MAX_BYTES - r->bytes)
+        return false;
+    r->bytes += (size_t)n;
+    o->charged += (size_t)n;
+    return true;
 }
 
 static struct pyobj **obj_slot(struct pyreg *r, const char *id, size_t n)
@@ -1001,13 +1020,14 @@ static void dict_call(struct pycall *c)
         char id[32];
         pthread_mutex_lock(&cx->reg->mu);
         snprintf(id, sizeof id, "%" PRIx64, ++cx->reg->next_id);
-        struct pyobj *it = obj_add(cx->reg, &ITERATOR, id, strlen(id));
-        if (it && mp_buf_append(&it->keys, r.v.p, r.v.len) < 0)
+        bool room = r.v.len <= PY_MAX_BYTES - cx->reg->bytes;
+        struct pyobj *it = room ? obj_add(cx->reg, &ITERATOR, id, strlen(id)) : NULL;
+        if (it && (!obj_charge(cx->reg, it, (int64_t)r.v.len) || mp_buf_append(&it->keys, r.v.p, r.v.len) < 0))
             it->keys.len = 0;
         pthread_mutex_unlock(&cx->reg->mu);
         store_release(&r);
         if (!it) {
-            raise_msg(cx, "MemoryError", "mproc-manager: too many objects");
+            raise_msg(cx, "MemoryError", "mproc-manager: too many objects, or the server's memory budget is spent");
             return;
         }
         reply_begin(cx, "#PROXY");
@@ -1827,8 +1847,10 @@ static void prim_call(struct pycall *c)
             reply_end(cx);
         } else if (str_is(m, "set") && arg(c, 0, "value")) {
             struct mval v;
-            if ((rc = value_of((struct pk_node *)arg(c, 0, "value"), &cx->tmp2, false, &v)) < 0 ||
-                (rc = sval_set(&o->val, &v)) < 0)
+            if ((rc = value_of((struct pk_node *)arg(c, 0, "value"), &cx->tmp2, false, &v)) == 0 &&
+                !obj_charge(cx->reg, o, (int64_t)v.len - (int64_t)o->val.b.len))
+                rc = MP_ENOMEM;
+            if (rc < 0 || (rc = sval_set(&o->val, &v)) < 0)
                 raise_status(cx, rc);
             else
                 ret_none(cx);
@@ -1951,8 +1973,13 @@ static const char *obj_init(struct pycall *c)
     case PT_VALUE: {
         const struct pk_node *tc = arg(c, 0, "typecode"), *v = arg(c, 1, "value");
         struct mval sv;
-        if (!v || value_of((struct pk_node *)v, &cx->tmp2, false, &sv) < 0 || sval_set(&o->val, &sv) < 0)
+        if (!v || value_of((struct pk_node *)v, &cx->tmp2, false, &sv) < 0)
             return "Value() takes a typecode and a value";
+        pthread_mutex_lock(&cx->reg->mu);
+        bool room = obj_charge(cx->reg, o, (int64_t)sv.len);
+        pthread_mutex_unlock(&cx->reg->mu);
+        if (!room || sval_set(&o->val, &sv) < 0)
+            return "mproc-manager: the server's memory budget is spent";
         o->typecode = tc && tc->kind == PK_STR && tc->len == 1 ? (char)tc->p[0] : 'O';
         return NULL;
     }
@@ -1968,9 +1995,14 @@ static const char *obj_init(struct pycall *c)
         } else {
             return "Array() takes a size or a sequence of numbers";
         }
-        o->items = calloc(o->nitems ? o->nitems : 1, sizeof *o->items);
-        if (!o->items)
-            return "mproc-manager: out of memory";
+        pthread_mutex_lock(&cx->reg->mu);
+        bool room = obj_charge(cx->reg, o, (int64_t)(o->nitems * sizeof *o->items));
+        pthread_mutex_unlock(&cx->reg->mu);
+        o->items = room ? calloc(o->nitems ? o->nitems : 1, sizeof *o->items) : NULL;
+        if (!o->items) {
+            o->nitems = 0;
+            return "mproc-manager: the server's memory budget is spent";
+        }
         for (size_t i = 0; i < o->nitems; i++) {
             const struct pk_node *x = is_int(a1) ? NULL : a1->kids[i];
             if (x && !(fl ? is_number(x) : is_int(x)))
