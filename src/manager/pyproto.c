@@ -17,21 +17,16 @@
  * under the table's mutex, and wait on their own condition variable in
  * slices, checking between slices that the client is still there.
  *
- * Values cross to the store by a fixed table (section 10 of
- * docs/manager-protocol.md): int and float as the store's numbers, bytes as
- * bytes, str as its UTF-8 bytes (tagged), anything else as a pickle the
- * writer re-emits from the request's own nodes (tagged), which the client
- * gets back as pickle.loads(bytes). Dict keys are encoded so that Python's
- * equal keys (1, 1.0, True) are one key and a str key is the C key.
+ * Values and dict keys cross to the store by the table of pyvalue.c.
  */
 #include "manager/pyproto.h"
 
 #include "manager/channel.h"
 #include "manager/pickle.h"
+#include "manager/pyvalue.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,15 +92,6 @@ static const struct pytypeinfo TYPES[] = {
     { "get_namespace", PT_NAMESPACE, EXP_NONE, 'n' },
 };
 static const struct pytypeinfo ITERATOR = { "Iterator", PT_ITER, EXP_ITER, 0 };
-
-/* A value kept outside the store (Value, Array items): as the store keeps it. */
-struct sval {
-    enum mtype type;
-    uint8_t tag;
-    int64_t i;
-    double f;
-    mp_buf b;
-};
 
 struct cwaiter {                 /* a Condition.wait in progress */
     struct cwaiter *next;
@@ -304,272 +290,6 @@ static void raise_status(struct pyconn *cx, int status)
     case MP_ETYPE: raise_msg(cx, "TypeError", "mproc-manager: stored value has another type"); break;
     default: raise_msg(cx, "RuntimeError", mp_strerror(status)); break;
     }
-}
-
-/* ------------------------------------------------------------------ values */
-
-/* A request's value as the store keeps it; bytes point into the request or
- * into buf (an opaque value's pickle, a queue or list number). In a queue
- * or list (seq), whose C calls carry bytes only, an int is its 8 bytes
- * (int64, little-endian) and a float its IEEE double's. */
-static int value_of(struct pk_node *n, mp_buf *buf, bool seq, struct mval *v)
-{
-    memset(v, 0, sizeof *v);
-    switch (n->kind) {
-    case PK_INT:
-    case PK_FLOAT:
-        if (!seq) {
-            v->type = n->kind == PK_INT ? MV_INT : MV_FLOAT;
-            v->i = n->i;
-            v->f = n->f;
-            return 0;
-        }
-        uint64_t bits;
-        if (n->kind == PK_INT)
-            bits = (uint64_t)n->i;
-        else
-            memcpy(&bits, &n->f, 8);
-        buf->len = 0;
-        if (mp_buf_reserve(buf, 8) < 0)
-            return MP_ENOMEM;
-        for (int i = 0; i < 8; i++)
-            ((uint8_t *)buf->data)[i] = (uint8_t)(bits >> (8 * i));
-        *v = (struct mval){ .type = MV_BYTES, .tag = n->kind == PK_INT ? 'I' : 'F', .p = buf->data, .len = 8 };
-        return 0;
-    case PK_BYTES: v->type = MV_BYTES; v->p = n->p; v->len = n->len; break;
-    case PK_STR: v->type = MV_BYTES; v->tag = 'S'; v->p = n->p; v->len = n->len; break;
-    default: {
-        struct pk_writer w;
-        pk_begin(&w, buf);
-        pk_node(&w, n);
-        int rc = pk_end(&w);
-        if (rc < 0)
-            return rc;
-        v->type = MV_BYTES;
-        v->tag = 'P';
-        v->p = buf->data;
-        v->len = buf->len;
-        break;
-    }
-    }
-    return v->len > MSG_MAX_VALUE ? MP_ETOOBIG : 0;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void write_value(struct pk_writer *w, const struct mval *v)
-{
-    switch (v->type) {
-    case MV_INT: pk_int(w, v->i); break;
-    case MV_FLOAT: pk_float(w, v->f); break;
-    case MV_BYTES:
-        if (v->tag == 'I' && v->len == 8) {
-            pk_int(w, (int64_t)le64(v->p));
-        } else if (v->tag == 'F' && v->len == 8) {
-            uint64_t bits = le64(v->p);
-            double f;
-            memcpy(&f, &bits, 8);
-            pk_float(w, f);
-        } else if (v->tag == 'S')
-            pk_str(w, v->p, v->len);
-        else if (v->tag == 'P')
-            pk_embedded(w, v->p, v->len);
-        else
-            pk_bytes(w, v->p, v->len);
-        break;
-    default: pk_none(w); break;
-    }
-}
-
-/* Python equality for scalars (1 == 1.0 == True); opaque values by bytes. */
-static bool value_eq(const struct mval *a, const struct mval *b)
-{
-    if ((a->type == MV_INT || a->type == MV_FLOAT) && (b->type == MV_INT || b->type == MV_FLOAT)) {
-        if (a->type == MV_INT && b->type == MV_INT)
-            return a->i == b->i;
-        return (a->type == MV_INT ? (double)a->i : a->f) == (b->type == MV_INT ? (double)b->i : b->f);
-    }
-    return a->type == MV_BYTES && b->type == MV_BYTES && a->tag == b->tag && a->len == b->len &&
-           memcmp(a->p, b->p, a->len) == 0;
-}
-
-static int sval_set(struct sval *s, const struct mval *v)
-{
-    s->type = v->type;
-    s->tag = v->tag;
-    s->i = v->i;
-    s->f = v->f;
-    s->b.len = 0;
-    return v->type == MV_BYTES ? mp_buf_append(&s->b, v->p, v->len) : 0;
-}
-
-static struct mval sval_view(const struct sval *s)
-{
-    return (struct mval){ .type = s->type, .tag = s->tag, .i = s->i, .f = s->f, .p = s->b.data, .len = s->b.len };
-}
-
-/* ------------------------------------------------------------------ dict keys */
-
-static int hex_put(mp_buf *b, const uint8_t *p, size_t n)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        char two[2] = { hx[p[i] >> 4], hx[p[i] & 15] };
-        if (mp_buf_append(b, two, 2) < 0)
-            return MP_ENOMEM;
-    }
-    return 0;
-}
-
-static int key_put(mp_buf *b, const struct pk_node *n, int depth)
-{
-    char num[64];
-    int rc;
-    if (depth > 16)
-        return MP_ETYPE;
-    switch (n->kind) {
-    case PK_STR:
-        if (n->len && n->p[0] != 0xff && !memchr(n->p, 0, n->len) && depth == 0)
-            return mp_buf_append(b, n->p, n->len);
-        return (rc = mp_buf_append(b, "\xffs", 2)) < 0 ? rc : hex_put(b, n->p, n->len);
-    case PK_BOOL:
-    case PK_INT:
-        snprintf(num, sizeof num, "\xffi%" PRId64, n->i);
-        return mp_buf_append(b, num, strlen(num));
-    case PK_FLOAT:
-        if (n->f == floor(n->f) && fabs(n->f) < 9.2e18)
-            snprintf(num, sizeof num, "\xffi%" PRId64, (int64_t)n->f);
-        else
-            snprintf(num, sizeof num, "\xff" "f%a", n->f);
-        return mp_buf_append(b, num, strlen(num));
-    case PK_BIGINT:
-        return (rc = mp_buf_append(b, "\xffL", 2)) < 0 ? rc : hex_put(b, n->p, n->len);
-    case PK_BYTES:
-        return (rc = mp_buf_append(b, "\xff" "b", 2)) < 0 ? rc : hex_put(b, n->p, n->len);
-    case PK_NONE:
-        return mp_buf_append(b, "\xffN", 2);
-    case PK_TUPLE:
-        snprintf(num, sizeof num, "\xfft%" PRIu32 ":", n->n);
-        if ((rc = mp_buf_append(b, num, strlen(num))) < 0)
-            return rc;
-        for (uint32_t i = 0; i < n->n; i++) {
-            size_t at = b->len;
-            if ((rc = mp_buf_append(b, "00000000:", 9)) < 0 || (rc = key_put(b, n->kids[i], depth + 1)) < 0)
-                return rc;
-            snprintf(num, sizeof num, "%08zx", b->len - at - 9);
-            memcpy((char *)b->data + at, num, 8);
-        }
-        return 0;
-    default:
-        return MP_ETYPE;
-    }
-}
-
-/* A dict key node as the store's key: 0, MP_ETYPE (not hashable here) or MP_ETOOBIG. */
-static int key_of(struct pk_node *n, mp_buf *b, struct mval *k)
-{
-    b->len = 0;
-    int rc = key_put(b, n, 0);
-    if (rc < 0)
-        return rc;
-    if (b->len > MSG_MAX_KEY)
-        return MP_ETOOBIG;
-    if (mp_buf_reserve(b, 1) < 0)
-        return MP_ENOMEM;
-    *k = (struct mval){ .type = MV_TEXT, .p = b->data, .len = b->len };
-    return 0;
-}
-
-static int unhex(const uint8_t *p, size_t n, mp_buf *out)
-{
-    out->len = 0;
-    if (n % 2 || mp_buf_reserve(out, n / 2 + 1) < 0)
-        return MP_EPROTO;
-    uint8_t *o = out->data;
-    for (size_t i = 0; i < n; i += 2) {
-        int v = 0;
-        for (int k = 0; k < 2; k++) {
-            uint8_t c = p[i + k];
-            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-            if (d < 0)
-                return MP_EPROTO;
-            v = v * 16 + d;
-        }
-        o[i / 2] = (uint8_t)v;
-    }
-    out->len = n / 2;
-    return 0;
-}
-
-/* Writes the Python key a store key stands for. */
-static int key_write(struct pk_writer *w, const uint8_t *p, size_t n, int depth)
-{
-    if (n == 0 || p[0] != 0xff) {
-        pk_str(w, p, n);
-        return 0;
-    }
-    if (n < 2 || depth > 16)
-        return MP_EPROTO;
-    char buf[80];
-    mp_buf tmp = { 0 };
-    int rc = 0;
-    switch (p[1]) {
-    case 'i':
-    case 'f':
-        if (n - 2 >= sizeof buf)
-            return MP_EPROTO;
-        memcpy(buf, p + 2, n - 2);
-        buf[n - 2] = 0;
-        if (p[1] == 'i')
-            pk_int(w, strtoll(buf, NULL, 10));
-        else
-            pk_float(w, strtod(buf, NULL));
-        return 0;
-    case 'N':
-        pk_none(w);
-        return 0;
-    case 's':
-    case 'b':
-    case 'L':
-        if ((rc = unhex(p + 2, n - 2, &tmp)) == 0) {
-            if (p[1] == 's')
-                pk_str(w, tmp.data, tmp.len);
-            else if (p[1] == 'b')
-                pk_bytes(w, tmp.data, tmp.len);
-            else
-                pk_bigint(w, tmp.data, tmp.len);
-        }
-        mp_buf_free(&tmp);
-        return rc;
-    case 't': {
-        const uint8_t *colon = memchr(p + 2, ':', n - 2);
-        if (!colon)
-            return MP_EPROTO;
-        const uint8_t *q = colon + 1, *end = p + n;
-        pk_mark(w);
-        while (q < end) {
-            if (end - q < 9 || q[8] != ':')
-                return MP_EPROTO;
-            memcpy(buf, q, 8);
-            buf[8] = 0;
-            size_t len = strtoul(buf, NULL, 16);
-            q += 9;
-            if (len > (size_t)(end - q) || (rc = key_write(w, q, len, depth + 1)) < 0)
-                return MP_EPROTO;
-            q += len;
-        }
-        pk_tuple_mark(w);
-        return 0;
-    }
-    }
-    pk_bytes(w, p, n);    /* a C key that happens to start with 0xff */
-    return 0;
 }
 
 /* ------------------------------------------------------------------ the object table */
@@ -821,9 +541,9 @@ static int dict_update_from(struct pycall *c, struct pk_node *src)
         for (uint32_t i = 0; i + 1 < src->n; i += 2) {
             struct mval k, v;
             struct sreply r;
-            int rc = key_of(src->kids[i], &cx->tmp, &k);
+            int rc = pv_key(src->kids[i], &cx->tmp, &k);
             if (rc == 0)
-                rc = value_of(src->kids[i + 1], &cx->tmp2, false, &v);
+                rc = pv_value(src->kids[i + 1], &cx->tmp2, false, &v);
             if (rc == 0)
                 rc = sx(c, OP_DICT_SET, &k, &v, &r);
             if (rc < 0)
@@ -838,9 +558,9 @@ static int dict_update_from(struct pycall *c, struct pk_node *src)
                 return MP_EINVAL;
             struct mval k, v;
             struct sreply r;
-            int rc = key_of(p->kids[0], &cx->tmp, &k);
+            int rc = pv_key(p->kids[0], &cx->tmp, &k);
             if (rc == 0)
-                rc = value_of(p->kids[1], &cx->tmp2, false, &v);
+                rc = pv_value(p->kids[1], &cx->tmp2, false, &v);
             if (rc == 0)
                 rc = sx(c, OP_DICT_SET, &k, &v, &r);
             if (rc < 0)
@@ -880,7 +600,7 @@ static void dict_call(struct pycall *c)
         bool setdef = str_is(m, "setdefault");
         if (!a0) {
             raise_msg(cx, "TypeError", "missing argument");
-        } else if ((rc = key_of(a0, &cx->tmp, &k)) < 0) {
+        } else if ((rc = pv_key(a0, &cx->tmp, &k)) < 0) {
             if (has && rc == MP_ETYPE)
                 ret_bool(cx, false);
             else
@@ -898,7 +618,7 @@ static void dict_call(struct pycall *c)
             } else if (setdef) {
                 struct pk_node none = { .kind = PK_NONE };
                 struct pk_node *d = a1 ? a1 : &none;
-                if ((rc = value_of(d, &cx->tmp2, false, &v)) == 0)
+                if ((rc = pv_value(d, &cx->tmp2, false, &v)) == 0)
                     rc = sx(c, OP_DICT_SET, &k, &v, &r);
                 if (rc < 0) {
                     raise_status(cx, rc);
@@ -916,7 +636,7 @@ static void dict_call(struct pycall *c)
             ret_bool(cx, true);
         } else {
             reply_begin(cx, "#RETURN");
-            write_value(&cx->pw, &r.v);
+            pv_write(&cx->pw, &r.v);
             reply_end(cx);
             if (pop)
                 sx(c, OP_DICT_DEL, &k, NULL, &r);
@@ -924,7 +644,7 @@ static void dict_call(struct pycall *c)
     } else if (str_is(m, "__setitem__")) {
         if (!a0 || !a1)
             raise_msg(cx, "TypeError", "__setitem__ takes a key and a value");
-        else if ((rc = key_of(a0, &cx->tmp, &k)) < 0 || (rc = value_of(a1, &cx->tmp2, false, &v)) < 0 ||
+        else if ((rc = pv_key(a0, &cx->tmp, &k)) < 0 || (rc = pv_value(a1, &cx->tmp2, false, &v)) < 0 ||
                  (rc = sx(c, OP_DICT_SET, &k, &v, &r)) < 0)
             raise_key(cx, rc, a0);
         else
@@ -932,7 +652,7 @@ static void dict_call(struct pycall *c)
     } else if (str_is(m, "__delitem__")) {
         if (!a0)
             raise_msg(cx, "TypeError", "__delitem__ takes a key");
-        else if ((rc = key_of(a0, &cx->tmp, &k)) < 0 || (rc = sx(c, OP_DICT_DEL, &k, NULL, &r)) < 0)
+        else if ((rc = pv_key(a0, &cx->tmp, &k)) < 0 || (rc = sx(c, OP_DICT_DEL, &k, NULL, &r)) < 0)
             raise_key(cx, rc, a0);
         else
             ret_none(cx);
@@ -1003,8 +723,8 @@ static void dict_call(struct pycall *c)
             k = (struct mval){ .type = MV_TEXT, .p = cx->tmp.data, .len = kl };
             sx(c, OP_DICT_GET, &k, NULL, &r);
             reply_begin(cx, "#RETURN");
-            key_write(&cx->pw, k.p, k.len, 0);
-            write_value(&cx->pw, &r.v);
+            pv_key_write(&cx->pw, k.p, k.len, 0);
+            pv_write(&cx->pw, &r.v);
             pk_tuple(&cx->pw, 2);
             reply_end(cx);
             sx(c, OP_DICT_DEL, &k, NULL, &r);
@@ -1072,10 +792,10 @@ static int dict_body(struct pycall *c, bool keys, bool values, bool as_dict, boo
         size_t kl = strlen((const char *)p);
         struct mval k = { .type = MV_TEXT, .p = p, .len = kl };
         if (keys)
-            key_write(&cx->pw, p, kl, 0);
+            pv_key_write(&cx->pw, p, kl, 0);
         if (values) {
             sx(c, OP_DICT_GET, &k, NULL, &r);
-            write_value(&cx->pw, &r.v);
+            pv_write(&cx->pw, &r.v);
         }
         if (keys && values && !as_dict)
             pk_tuple(&cx->pw, 2);
@@ -1119,7 +839,7 @@ static void iter_call(struct pycall *c)
     const uint8_t *p = (const uint8_t *)o->keys.data + o->at;
     size_t kl = strnlen((const char *)p, o->keys.len - o->at);
     reply_begin(cx, "#RETURN");
-    key_write(&cx->pw, p, kl, 0);
+    pv_key_write(&cx->pw, p, kl, 0);
     reply_end(cx);
     o->at += kl + 1;
     pthread_mutex_unlock(&cx->reg->mu);
@@ -1153,18 +873,18 @@ static void namespace_call(struct pycall *c)
         return;
     }
     store_lock(s);
-    if ((rc = key_of(a0, &cx->tmp, &k)) < 0) {
+    if ((rc = pv_key(a0, &cx->tmp, &k)) < 0) {
         raise_status(cx, rc);
     } else if (str_is(c->m, "__getattribute__")) {
         if ((rc = sx(c, OP_DICT_GET, &k, NULL, &r)) < 0) {
             raise_(cx, "builtins", "AttributeError", NULL, a0);
         } else {
             reply_begin(cx, "#RETURN");
-            write_value(&cx->pw, &r.v);
+            pv_write(&cx->pw, &r.v);
             reply_end(cx);
         }
     } else if (str_is(c->m, "__setattr__") && a1) {
-        if ((rc = value_of(a1, &cx->tmp2, false, &v)) < 0 || (rc = sx(c, OP_DICT_SET, &k, &v, &r)) < 0)
+        if ((rc = pv_value(a1, &cx->tmp2, false, &v)) < 0 || (rc = sx(c, OP_DICT_SET, &k, &v, &r)) < 0)
             raise_status(cx, rc);
         else
             ret_none(cx);
@@ -1247,7 +967,7 @@ static int list_append_node(struct pycall *c, struct pk_node *n)
 {
     struct mval v;
     struct sreply r;
-    int rc = value_of(n, &c->cx->tmp2, true, &v);
+    int rc = pv_value(n, &c->cx->tmp2, true, &v);
     return rc < 0 ? rc : sx(c, OP_LIST_APPEND, &v, NULL, &r);
 }
 
@@ -1257,13 +977,13 @@ static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int
     struct mval v;
     struct sreply r;
     int64_t len, found = -1;
-    if (value_of(n, &c->cx->tmp2, true, &v) < 0 || list_len(c, &len) < 0)
+    if (pv_value(n, &c->cx->tmp2, true, &v) < 0 || list_len(c, &len) < 0)
         return -1;
     if (count)
         *count = 0;
     for (int64_t i = start < 0 ? 0 : start; i < len; i++) {
         struct mval at = mint(i);
-        if (sx(c, OP_LIST_GET, &at, NULL, &r) == 0 && value_eq(&r.v, &v)) {
+        if (sx(c, OP_LIST_GET, &at, NULL, &r) == 0 && pv_equal(&r.v, &v)) {
             if (found < 0)
                 found = i;
             if (!count)
@@ -1289,7 +1009,7 @@ static void list_write(struct pycall *c, int64_t times, struct pk_node *extra)
             for (int64_t k = i; k < len && k < i + 1000; k++) {
                 struct mval at = mint(k);
                 sx(c, OP_LIST_GET, &at, NULL, &r);
-                write_value(&cx->pw, &r.v);
+                pv_write(&cx->pw, &r.v);
             }
             pk_appends(&cx->pw);
         }
@@ -1383,7 +1103,7 @@ static void list_call(struct pycall *c)
             struct mval at = mint(i);
             sx(c, OP_LIST_GET, &at, NULL, &r);
             pk_mark(&cx->pw);
-            write_value(&cx->pw, &r.v);
+            pv_write(&cx->pw, &r.v);
             pk_appends(&cx->pw);
         }
         reply_end(cx);
@@ -1402,12 +1122,12 @@ static void list_call(struct pycall *c)
                 raise_msg(cx, "IndexError", pop ? "pop index out of range" : "list index out of range");
             } else {
                 reply_begin(cx, "#RETURN");
-                write_value(&cx->pw, &r.v);
+                pv_write(&cx->pw, &r.v);
                 reply_end(cx);
                 store_release(&r);
             }
         } else if (str_is(m, "__setitem__")) {
-            if (!a1 || (rc = value_of(a1, &cx->tmp2, true, &v)) < 0 || (rc = sx(c, OP_LIST_SET, &at, &v, &r)) < 0)
+            if (!a1 || (rc = pv_value(a1, &cx->tmp2, true, &v)) < 0 || (rc = sx(c, OP_LIST_SET, &at, &v, &r)) < 0)
                 raise_msg(cx, "IndexError", "list assignment index out of range");
             else
                 ret_none(cx);
@@ -1523,7 +1243,7 @@ static void queue_call(struct pycall *c)
             raise_msg(cx, "ValueError", "'timeout' must be a non-negative number");
             return;
         }
-        if (put && (rc = value_of(item, &cx->tmp2, true, &v)) < 0) {
+        if (put && (rc = pv_value(item, &cx->tmp2, true, &v)) < 0) {
             raise_status(cx, rc);
             return;
         }
@@ -1533,7 +1253,7 @@ static void queue_call(struct pycall *c)
             if (put)
                 pk_none(&cx->pw);
             else
-                write_value(&cx->pw, &r.v);
+                pv_write(&cx->pw, &r.v);
             reply_end(cx);
             if (!put && keep_item(cx, o, &r.v) < 0) {
                 struct mval qn = obj_name(o);
@@ -1841,16 +1561,16 @@ static void prim_call(struct pycall *c)
         }
     } else if (t == PT_VALUE) {
         if (str_is(m, "get") || str_is(m, "#GETVALUE")) {
-            struct mval v = sval_view(&o->val);
+            struct mval v = pv_sval_view(&o->val);
             reply_begin(cx, "#RETURN");
-            write_value(&cx->pw, &v);
+            pv_write(&cx->pw, &v);
             reply_end(cx);
         } else if (str_is(m, "set") && arg(c, 0, "value")) {
             struct mval v;
-            if ((rc = value_of((struct pk_node *)arg(c, 0, "value"), &cx->tmp2, false, &v)) == 0 &&
+            if ((rc = pv_value((struct pk_node *)arg(c, 0, "value"), &cx->tmp2, false, &v)) == 0 &&
                 !obj_charge(cx->reg, o, (int64_t)v.len - (int64_t)o->val.b.len))
                 rc = MP_ENOMEM;
-            if (rc < 0 || (rc = sval_set(&o->val, &v)) < 0)
+            if (rc < 0 || (rc = pv_sval_set(&o->val, &v)) < 0)
                 raise_status(cx, rc);
             else
                 ret_none(cx);
@@ -1869,9 +1589,9 @@ static void prim_call(struct pycall *c)
             pk_cstr(&cx->pw, tc);
             pk_empty_list(&cx->pw);
             for (size_t k = 0; k < o->nitems; k++) {
-                struct mval v = sval_view(&o->items[k]);
+                struct mval v = pv_sval_view(&o->items[k]);
                 pk_mark(&cx->pw);
-                write_value(&cx->pw, &v);
+                pv_write(&cx->pw, &v);
                 pk_appends(&cx->pw);
             }
             pk_tuple(&cx->pw, 2);
@@ -1882,9 +1602,9 @@ static void prim_call(struct pycall *c)
         } else if (i < 0 || (size_t)i >= o->nitems) {
             raise_msg(cx, "IndexError", "array index out of range");
         } else if (str_is(m, "__getitem__")) {
-            struct mval v = sval_view(&o->items[i]);
+            struct mval v = pv_sval_view(&o->items[i]);
             reply_begin(cx, "#RETURN");
-            write_value(&cx->pw, &v);
+            pv_write(&cx->pw, &v);
             reply_end(cx);
         } else if (str_is(m, "__setitem__")) {
             const struct pk_node *a1 = arg(c, 1, NULL);
@@ -1893,7 +1613,7 @@ static void prim_call(struct pycall *c)
                 raise_msg(cx, "TypeError", fl ? "must be real number" : "an integer is required");
             } else {
                 struct mval v = fl ? mfloat(number(a1)) : mint(a1->i);
-                sval_set(&o->items[i], &v);
+                pv_sval_set(&o->items[i], &v);
                 ret_none(cx);
             }
         } else {
@@ -1973,12 +1693,12 @@ static const char *obj_init(struct pycall *c)
     case PT_VALUE: {
         const struct pk_node *tc = arg(c, 0, "typecode"), *v = arg(c, 1, "value");
         struct mval sv;
-        if (!v || value_of((struct pk_node *)v, &cx->tmp2, false, &sv) < 0)
+        if (!v || pv_value((struct pk_node *)v, &cx->tmp2, false, &sv) < 0)
             return "Value() takes a typecode and a value";
         pthread_mutex_lock(&cx->reg->mu);
         bool room = obj_charge(cx->reg, o, (int64_t)sv.len);
         pthread_mutex_unlock(&cx->reg->mu);
-        if (!room || sval_set(&o->val, &sv) < 0)
+        if (!room || pv_sval_set(&o->val, &sv) < 0)
             return "mproc-manager: the server's memory budget is spent";
         o->typecode = tc && tc->kind == PK_STR && tc->len == 1 ? (char)tc->p[0] : 'O';
         return NULL;
