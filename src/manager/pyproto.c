@@ -92,6 +92,7 @@ static const struct pytypeinfo TYPES[] = {
     { "get_namespace", PT_NAMESPACE, EXP_NONE, 'n' },
 };
 static const struct pytypeinfo ITERATOR = { "Iterator", PT_ITER, EXP_ITER, 0 };
+static const struct pk_node GETVALUE = { .kind = PK_STR, .p = (const uint8_t *)"#GETVALUE", .len = 9 };
 
 struct cwaiter {                 /* a Condition.wait in progress */
     struct cwaiter *next;
@@ -143,6 +144,7 @@ struct pyconn {
     mp_buf item;                 /* the queue item this reply carries, to put back if it is not sent */
     struct mval item_v, item_queue;
     bool has_item;
+    bool want_repr, wrapped;     /* a __repr__/__str__ call, answered as repr(#GETVALUE) */
     struct pk_arena arena;
     struct pk_writer pw;
     bool *shutdown;
@@ -222,14 +224,23 @@ static bool is_int(const struct pk_node *n) { return n && (n->kind == PK_INT || 
 
 /* ------------------------------------------------------------------ replies */
 
+/* A reply's kind; for a __repr__ call, a #RETURN value goes out as
+ * builtins.repr(value), which the client works out on its own copy. */
 static void reply_begin(struct pyconn *cx, const char *kind)
 {
     pk_begin(&cx->pw, &cx->out);
     pk_cstr(&cx->pw, kind);
+    cx->wrapped = cx->want_repr && strcmp(kind, "#RETURN") == 0;
+    if (cx->wrapped)
+        pk_global(&cx->pw, "builtins", "repr");
 }
 
 static void reply_end(struct pyconn *cx)
 {
+    if (cx->wrapped) {
+        pk_tuple(&cx->pw, 1);
+        pk_reduce(&cx->pw);
+    }
     pk_tuple(&cx->pw, 2);
     pk_end(&cx->pw);
 }
@@ -1051,6 +1062,89 @@ static bool slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64
     return true;
 }
 
+/* One item of a list being sorted: a number, or bytes (str or bytes). */
+struct sort_item {
+    size_t index;                /* its place before: the sort is stable, as Python's */
+    bool is_int;
+    int64_t i;
+    double f;
+    struct sval v;
+};
+
+static int sort_cmp(const void *pa, const void *pb, void *reverse)
+{
+    const struct sort_item *a = pa, *b = pb;
+    int c;
+    if (a->v.type == MV_BYTES && (a->v.tag == 0 || a->v.tag == 'S')) {
+        size_t n = a->v.b.len < b->v.b.len ? a->v.b.len : b->v.b.len;
+        c = memcmp(a->v.b.data, b->v.b.data, n);       /* UTF-8 byte order is code point order */
+        if (c == 0)
+            c = (a->v.b.len > b->v.b.len) - (a->v.b.len < b->v.b.len);
+    } else if (a->is_int && b->is_int) {
+        c = (a->i > b->i) - (a->i < b->i);
+    } else {
+        double x = a->is_int ? (double)a->i : a->f, y = b->is_int ? (double)b->i : b->f;
+        c = (x > y) - (x < y);
+    }
+    if (*(const bool *)reverse)
+        c = -c;
+    return c ? c : (a->index > b->index) - (a->index < b->index);
+}
+
+/* list.sort(reverse=...) of numbers, of str or of bytes (no key function:
+ * the server runs no client code), store mutex held. */
+static void list_sort(struct pycall *c, int64_t len)
+{
+    struct pyconn *cx = c->cx;
+    const struct pk_node *key = arg(c, 99, "key"), *rev = arg(c, 99, "reverse");
+    bool reverse = truthy(rev, false);
+    if ((key && key->kind != PK_NONE) || (c->args && c->args->n)) {
+        traceback(cx, "NotImplementedError: mproc-manager sorts without a key function", NULL);
+        return;
+    }
+    struct sort_item *it = calloc(len ? (size_t)len : 1, sizeof *it);
+    int kind = -1, rc = it ? 0 : MP_ENOMEM;    /* 0 numbers, 'S' str, 'B' bytes */
+    struct sreply r;
+    for (int64_t i = 0; i < len && rc == 0; i++) {
+        struct mval at = mint(i);
+        if ((rc = sx(c, OP_LIST_GET, &at, NULL, &r)) < 0 || (rc = pv_sval_set(&it[i].v, &r.v)) < 0)
+            break;
+        it[i].index = (size_t)i;
+        const struct mval *v = &r.v;
+        int k = v->type == MV_INT || v->type == MV_FLOAT || v->tag == 'I' || v->tag == 'F' ? 0
+              : v->tag == 'S' ? 'S' : v->tag == 0 ? 'B' : -2;
+        if (k == -2 || (kind != -1 && k != kind))
+            rc = MP_ETYPE;
+        kind = k;
+        uint64_t bits = 0;
+        if (v->type == MV_BYTES && v->len == 8 && (v->tag == 'I' || v->tag == 'F'))
+            for (int b = 7; b >= 0; b--)
+                bits = bits << 8 | v->p[b];
+        it[i].is_int = v->type == MV_INT || v->tag == 'I';
+        it[i].i = v->type == MV_INT ? v->i : (int64_t)bits;
+        if (v->type == MV_FLOAT)
+            it[i].f = v->f;
+        else if (v->tag == 'F')
+            memcpy(&it[i].f, &bits, 8);
+    }
+    if (rc == 0) {
+        qsort_r(it, (size_t)len, sizeof *it, sort_cmp, &reverse);
+        for (int64_t i = 0; i < len && rc == 0; i++) {
+            struct mval at = mint(i), v = pv_sval_view(&it[i].v);
+            rc = sx(c, OP_LIST_SET, &at, &v, &r);
+        }
+    }
+    for (int64_t i = 0; it && i < len; i++)
+        mp_buf_free(&it[i].v.b);
+    free(it);
+    if (rc == MP_ETYPE)
+        raise_msg(cx, "TypeError", "mproc-manager: sort() orders lists of numbers, of str or of bytes");
+    else if (rc < 0)
+        raise_status(cx, rc);
+    else
+        ret_none(cx);
+}
+
 static void list_call(struct pycall *c)
 {
     struct pyconn *cx = c->cx;
@@ -1196,7 +1290,10 @@ static void list_call(struct pycall *c)
         else
             list_write(c, a0->i, NULL);
     } else {
-        traceback(cx, "NotImplementedError: mproc-manager does not run this list method", NULL);
+        if (str_is(m, "sort"))
+            list_sort(c, len);
+        else
+            traceback(cx, "NotImplementedError: mproc-manager does not run this list method", NULL);
     }
     store_unlock(s);
 }
@@ -1859,6 +1956,11 @@ static void obj_call(struct pyconn *cx, const struct pk_node *req)
         traceback(cx, "KeyError: no object with this ident (mproc-manager)", NULL);
         return;
     }
+    enum pytype t = c.o->ti->t;
+    cx->want_repr = (str_is(c.m, "__repr__") || str_is(c.m, "__str__")) &&
+                    (t == PT_DICT || t == PT_LIST || t == PT_NAMESPACE || t == PT_ARRAY || t == PT_VALUE);
+    if (cx->want_repr)                  /* Python's server: fallback_repr, repr(obj) */
+        c.m = &GETVALUE;
     bool listed = str_is(c.m, "#GETVALUE");
     for (const char *const *e = c.o->ti->exposed; *e && !listed; e++)
         listed = str_is(c.m, *e);
@@ -1880,6 +1982,7 @@ static void obj_call(struct pyconn *cx, const struct pk_node *req)
         }
     }
     obj_release(cx->reg, c.o);
+    cx->want_repr = false;
 }
 
 static long count_objects(struct pyreg *r, mp_buf *info)

@@ -113,6 +113,15 @@ def types(address, key):
     lst += [7]
     eq(lst._getvalue(), [b"y", 2, 1, 7])
     eq(lst._callmethod("copy"), [b"y", 2, 1, 7])
+    nums = m.list([3, 1.5, -2, 10**12, 1])
+    nums.sort()
+    eq(nums[:], [-2, 1, 1.5, 3, 10**12])
+    nums.sort(reverse=True)
+    eq(nums[:], [10**12, 3, 1.5, 1, -2])
+    words = m.list(["pear", "Äpfel", "apple", ""])
+    words.sort()
+    eq(words[:], sorted(["pear", "Äpfel", "apple", ""]))
+    raises(TypeError, m.list([1, "a"]).sort)
     lst._callmethod("clear")
     eq(len(lst), 0)
 
@@ -187,6 +196,10 @@ def types(address, key):
     farr = m.Array("d", 2)
     farr[1] = 2.5
     eq(list(farr._getvalue()), [0.0, 2.5])
+
+    eq(str(m.dict({"a": (1, "x")})), "{'a': (1, 'x')}")     # str() of a proxy: the referent's repr
+    eq(str(m.list([1, "x", b"y"])), "[1, 'x', b'y']")
+    eq(str(arr), "array('i', [9, 2, 3])")
 
     ns = m.Namespace(a=1)
     ns.b = [1, 2]
