@@ -142,6 +142,11 @@ static void test_remote_pattern_shares_named_objects_with_c(void **state)
     assert_memory_equal(b.data, "naïve", b.len);
     TU_OK(mp_dict_get(d, "from_py_obj", &b));
     assert_int_equal(((uint8_t *)b.data)[0], 0x80);
+    /* keys in insertion order, C's and Python's alike */
+    TU_OK(mp_dict_keys(d, &b));
+    static const char order[] = "count\0ratio\0blob\0from_py_int\0from_py_float\0from_py_str\0from_py_obj\0";
+    assert_int_equal(b.len, sizeof order - 1);
+    assert_memory_equal(b.data, order, b.len);
     size_t n;
     TU_OK(mp_list_len(l, &n));
     assert_int_equal(n, 2);

@@ -726,7 +726,9 @@ static void dict_call(struct pycall *c)
             else
                 raise_msg(cx, "KeyError", "popitem(): dictionary is empty");
         } else {
-            const uint8_t *key = r.v.p;   /* the first key the table has */
+            const uint8_t *key = r.v.p;   /* the last key inserted: Python's LIFO order */
+            for (const uint8_t *q = r.v.p; q < r.v.p + r.v.len; q += strlen((const char *)q) + 1)
+                key = q;
             size_t kl = strlen((const char *)key);
             mp_buf_reserve(&cx->tmp, kl + 1);
             memcpy(cx->tmp.data, key, kl);

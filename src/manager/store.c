@@ -1,6 +1,8 @@
 /* store.c - the manager server's objects and the operations on them.
  *
- * Names and dict keys live in one kind of chained hash table. A request is
+ * Names and dict keys live in one kind of chained hash table, which also
+ * keeps its entries in insertion order (DICT_KEYS lists them so, as a
+ * Python dict does). A request is
  * executed under the store mutex; queue put/get and lock acquire wait on the
  * object's condition variable for at most one wait slice, and the client
  * re-asks until its own deadline, so no server thread waits on a dead peer
@@ -26,6 +28,7 @@ struct value {
 
 struct entry {
     struct entry *next;
+    struct entry *older, *newer;   /* insertion order (a dict's keys come out in it, as in Python) */
     uint64_t hash;
     char *key;
     size_t klen;
@@ -36,6 +39,7 @@ struct entry {
 struct table {
     struct entry **slots;
     size_t nslots, count;
+    struct entry *oldest, *newest;
 };
 
 enum kind { KIND_DICT = 'd', KIND_LIST = 'l', KIND_QUEUE = 'q', KIND_LOCK = 'k' };
@@ -149,7 +153,26 @@ static struct entry *table_add(struct store *s, struct table *t, const void *key
     e->next = t->slots[h & (t->nslots - 1)];
     t->slots[h & (t->nslots - 1)] = e;
     t->count++;
+    e->older = t->newest;
+    if (t->newest)
+        t->newest->newer = e;
+    else
+        t->oldest = e;
+    t->newest = e;
     return e;
+}
+
+/* Takes e out of t's insertion order (its slot chain is the caller's). */
+static void table_unorder(struct table *t, struct entry *e)
+{
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        t->oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        t->newest = e->older;
 }
 
 static size_t value_cost(const struct value *v)
@@ -206,6 +229,7 @@ static void table_clear(struct store *s, struct table *t)
         t->slots[i] = NULL;
     }
     t->count = 0;
+    t->oldest = t->newest = NULL;
 }
 
 /* ------------------------------------------------------------------ objects */
@@ -357,6 +381,7 @@ static void dict_remove(struct store *s, struct object *o, struct entry **link)
     struct entry *e = *link;
     *link = e->next;
     o->dict.count--;
+    table_unorder(&o->dict, e);
     entry_free(s, e);
 }
 
@@ -409,20 +434,17 @@ static int dict_cas(struct store *s, struct object *o, const struct mmsg *m)
 static int dict_keys(struct object *o, struct sreply *r)
 {
     size_t total = 0;
-    for (size_t i = 0; i < o->dict.nslots; i++)
-        for (struct entry *e = o->dict.slots[i]; e; e = e->next)
-            total += e->klen + 1;
+    for (struct entry *e = o->dict.oldest; e; e = e->newer)
+        total += e->klen + 1;
     if (total > MSG_MAX_VALUE)
         return MP_ETOOBIG;
     uint8_t *p = malloc(total ? total : 1);
     if (!p)
         return MP_ENOMEM;
     size_t at = 0;
-    for (size_t i = 0; i < o->dict.nslots; i++) {
-        for (struct entry *e = o->dict.slots[i]; e; e = e->next) {
-            memcpy(p + at, e->key, e->klen + 1);
-            at += e->klen + 1;
-        }
+    for (struct entry *e = o->dict.oldest; e; e = e->newer) {
+        memcpy(p + at, e->key, e->klen + 1);
+        at += e->klen + 1;
     }
     r->owned = p;
     r->v = (struct mval){ .type = MV_BYTES, .p = p, .len = total };
@@ -766,6 +788,7 @@ bool store_drop_locked(struct store *s, int64_t op, const struct mval *name)
     struct entry *e = *found;
     *found = e->next;
     s->names.count--;
+    table_unorder(&s->names, e);
     s->bytes -= entry_cost(e->klen);
     free(e->key);
     free(e);
