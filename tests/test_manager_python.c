@@ -7,7 +7,10 @@
 #include "testutil.h"
 
 #include <fcntl.h>
+#include <stddef.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,6 +238,92 @@ static void test_tcp_server_refuses_an_empty_authkey(void **state)
     assert_true(rc != 0 && rc != TU_TIMEOUT && rc != 127);
 }
 
+/* ------------------------------------------------------------------ known-answer handshakes */
+
+/* HMACs computed with CPython's hmac module for KEY and the challenge bytes
+ * 0, 1, 2, ...: what a 3.12+ peer (prefixed digest over "{name}" + 40
+ * bytes) and a 3.11 peer (bare MD5 over 20 bytes) must receive. */
+static const struct {
+    const char *digest;          /* NULL: the 3.11 challenge */
+    const char *hex;
+} KAT[] = {
+    { "sha256", "43100d7a0b05edfb9b1e5ece13d931489ab410c1e0ea3287cc3806b1fb3cb424" },
+    { "md5", "c3a3ab54ff4ee97c37954ab0d9d2f0af" },
+    { "sha384", "38eca3c0bf5f472e45b06a3352b71c9bc788969e6d0b453910921b959b813693"
+                "f19f7c0a5763c75c55c337be63388595" },
+    { "sha3_256", "d852124d201fe977c6655b7596fb4baecd7c4d8937002835f1fc66d0041abed1" },
+    { NULL, "88563f28d1df7e2e0db7c2c9463bf2d8" },
+};
+
+static bool read_full(int fd, void *p, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, (char *)p + got, n - got);
+        if (r <= 0)
+            return false;
+        got += (size_t)r;
+    }
+    return true;
+}
+
+static void send_frame(int fd, const void *p, size_t n)
+{
+    uint8_t head[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
+    assert_int_equal(write(fd, head, 4), 4);
+    assert_int_equal(write(fd, p, n), (ssize_t)n);
+}
+
+static void test_handshake_answers_match_known_vectors(void **state)
+{
+    (void)state;
+    for (size_t k = 0; k < sizeof KAT / sizeof KAT[0]; k++) {
+        char name[64], address[80];
+        snprintf(name, sizeof name, "mproc-pyproto-kat-%d-%zu", (int)getpid(), k);
+        snprintf(address, sizeof address, "unix:@%s", name);
+        int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        memcpy(sa.sun_path + 1, name, strlen(name));
+        socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+        assert_int_equal(bind(l, (struct sockaddr *)&sa, salen), 0);
+        assert_int_equal(listen(l, 1), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {              /* mproc's client answers our fixed challenge */
+            mp_conn *c;
+            _exit(mp_client(&c, address, KEY, strlen(KEY), 5.0) == 0 ? 0 : 1);
+        }
+        int fd = accept(l, NULL, NULL);
+        assert_true(fd >= 0);
+        uint8_t msg[128];
+        size_t n = 0;
+        memcpy(msg, "#CHALLENGE#", 11);
+        n = 11;
+        if (KAT[k].digest)
+            n += (size_t)sprintf((char *)msg + n, "{%s}", KAT[k].digest);
+        for (int i = 0; i < (KAT[k].digest ? 40 : 20); i++)
+            msg[n++] = (uint8_t)i;
+        send_frame(fd, msg, n);
+        uint8_t head[4], answer[128];
+        assert_true(read_full(fd, head, 4));
+        size_t alen = (size_t)head[0] << 24 | (size_t)head[1] << 16 | (size_t)head[2] << 8 | head[3];
+        assert_true(alen < sizeof answer && read_full(fd, answer, alen));
+        char want[160];
+        size_t w = 0;
+        if (KAT[k].digest)
+            w = (size_t)sprintf(want, "{%s}", KAT[k].digest);
+        for (size_t i = 0; KAT[k].hex[2 * i]; i++) {
+            unsigned b;
+            sscanf(KAT[k].hex + 2 * i, "%2x", &b);
+            want[w++] = (char)b;
+        }
+        assert_int_equal(alen, w);
+        assert_memory_equal(answer, want, w);
+        close(fd);                   /* no #WELCOME#: the client gives up */
+        close(l);
+        assert_int_equal(tu_wait(pid, 10 * tu_slow()), 1);
+    }
+}
+
 /* ------------------------------------------------------------------ hostile pickles */
 
 /* Sends one request frame on a fresh connection; the reply frame. */
@@ -331,6 +420,7 @@ int main(void)
         cmocka_unit_test(test_python_worker_serves_c_producer),
         cmocka_unit_test(test_killed_python_getter_loses_no_item),
         cmocka_unit_test(test_tcp_server_refuses_an_empty_authkey),
+        cmocka_unit_test(test_handshake_answers_match_known_vectors),
         cmocka_unit_test(test_hostile_pickles_get_errors_and_never_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
