@@ -935,7 +935,7 @@ static int list_move(struct pycall *c, int64_t from, int64_t to)
     if (item.type == MV_BYTES) {
         if (mp_buf_append(&keep, item.p, item.len) < 0)
             return MP_ENOMEM;
-        item.p = keep.data;
+        item.p = keep.data ? keep.data : (const uint8_t *)"";
     }
     int step = from < to ? 1 : -1;
     for (int64_t k = from; k != to && rc == 0; k += step) {
@@ -965,7 +965,7 @@ static int list_swap(struct pycall *c, int64_t i, int64_t j)
     if (first.type == MV_BYTES) {
         if (mp_buf_append(&keep, first.p, first.len) < 0)
             return MP_ENOMEM;
-        first.p = keep.data;
+        first.p = keep.data ? keep.data : (const uint8_t *)"";
     }
     if ((rc = sx(c, OP_LIST_GET, &aj, NULL, &r)) == 0) {
         struct mval second = r.v;
@@ -1079,7 +1079,7 @@ static int sort_cmp(const void *pa, const void *pb, void *reverse)
     int c;
     if (a->v.type == MV_BYTES && (a->v.tag == 0 || a->v.tag == 'S')) {
         size_t n = a->v.b.len < b->v.b.len ? a->v.b.len : b->v.b.len;
-        c = memcmp(a->v.b.data, b->v.b.data, n);       /* UTF-8 byte order is code point order */
+        c = n ? memcmp(a->v.b.data, b->v.b.data, n) : 0;   /* UTF-8 byte order is code point order */
         if (c == 0)
             c = (a->v.b.len > b->v.b.len) - (a->v.b.len < b->v.b.len);
     } else if (a->is_int && b->is_int) {

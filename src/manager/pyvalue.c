@@ -99,7 +99,7 @@ bool pv_equal(const struct mval *a, const struct mval *b)
         return (a->type == MV_INT ? (double)a->i : a->f) == (b->type == MV_INT ? (double)b->i : b->f);
     }
     return a->type == MV_BYTES && b->type == MV_BYTES && a->tag == b->tag && a->len == b->len &&
-           memcmp(a->p, b->p, a->len) == 0;
+           (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
 }
 
 int pv_sval_set(struct sval *s, const struct mval *v)
@@ -114,7 +114,7 @@ int pv_sval_set(struct sval *s, const struct mval *v)
 
 struct mval pv_sval_view(const struct sval *s)
 {
-    return (struct mval){ .type = s->type, .tag = s->tag, .i = s->i, .f = s->f, .p = s->b.data, .len = s->b.len };
+    return (struct mval){ .type = s->type, .tag = s->tag, .i = s->i, .f = s->f, .p = s->b.data ? s->b.data : (const uint8_t *)"", .len = s->b.len };
 }
 
 /* ------------------------------------------------------------------ dict keys */
