@@ -2088,13 +2088,30 @@ int py_decode_request(const uint8_t *data, size_t len)
     const char *why;
     int rc;
     const struct pk_node *req = request_of(&a, data, len, &why, &rc);
-    if (req) {   /* and write it back, as an opaque value would be */
-        mp_buf b = { 0 };
+    if (req) {   /* write it back as an opaque value would be; each argument as value and key */
+        mp_buf b = { 0 }, k = { 0 };
         struct pk_writer w;
         pk_begin(&w, &b);
         pk_node(&w, (struct pk_node *)req);
         pk_end(&w);
+        const struct pk_node *args = req->kids[2];
+        for (uint32_t i = 0; i < args->n; i++) {
+            struct mval v, key;
+            for (int seq = 0; seq < 2; seq++) {
+                if (pv_value(args->kids[i], &k, seq, &v) == 0) {
+                    pk_begin(&w, &b);
+                    pv_write(&w, &v);
+                    pk_end(&w);
+                }
+            }
+            if (pv_key(args->kids[i], &k, &key) == 0) {
+                pk_begin(&w, &b);
+                pv_key_write(&w, key.p, key.len, 0);
+                pk_end(&w);
+            }
+        }
         mp_buf_free(&b);
+        mp_buf_free(&k);
     }
     pk_arena_free(&a);
     return rc;
