@@ -45,7 +45,8 @@ struct manager_server_opts {
 };
 
 /* Serves until a SHUTDOWN request or stop_fd turns readable; returns 0 then
- * (client threads may still be running: the caller exits the process). */
+ * (client threads may still be running: the caller exits the process).
+ * MP_EINVAL at once for a TCP listener without an authkey. */
 int manager_serve(const struct manager_server_opts *o);
 
 /* Decodes and checks one request frame (the fuzz target's entry). */

@@ -34,6 +34,7 @@ enum mtype { MV_NONE, MV_INT, MV_FLOAT, MV_BYTES, MV_TEXT, MV_NULL };
 /* A view of one decoded item: bytes/text point into the received frame. */
 struct mval {
     enum mtype type;
+    uint8_t tag;         /* bytes from Python: 0 bytes, 'S' str (UTF-8), 'P' a pickle (pyproto.c) */
     int64_t i;
     double f;
     const uint8_t *p;

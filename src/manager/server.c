@@ -19,6 +19,7 @@
 #include "manager/channel.h"
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
+#include "manager/pyproto.h"
 #include "manager/store.h"
 #include "manager/wire.h"
 
@@ -33,6 +34,7 @@
 
 struct server {
     struct store *store;
+    struct pyreg *py;            /* Python clients' object table (pyproto.c) */
     const void *key;
     size_t keylen;
     int handshake_ms;
@@ -307,7 +309,7 @@ static void *client_main(void *arg)
     authed = authed && c->in_hs;      /* dropped meanwhile: its socket is shut */
     hs_unlink(srv, c);
     pthread_mutex_unlock(&srv->mu);
-    bool shutdown = false;
+    bool shutdown = false, first = true;
     while (authed && !shutdown && !c->ch) {
         const uint8_t *data;
         size_t len;
@@ -316,6 +318,11 @@ static void *client_main(void *arg)
             client_reply_status(c, rc);
         if (rc < 0)
             break;
+        if (first && py_is_request(data, len)) {     /* a Python client: pickles from here on */
+            py_serve(srv->py, (struct store_owner *)c, &c->w, data, len, &shutdown);
+            break;
+        }
+        first = false;
         client_exec(c, data, len, &shutdown);
         if (client_send(c) < 0) {
             client_return_item(c);
@@ -419,10 +426,20 @@ int manager_serve(const struct manager_server_opts *o)
     struct server srv = { .key = o->authkey, .keylen = o->authkey_len,
                           .handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : MANAGER_HANDSHAKE_MS,
                           .mu = PTHREAD_MUTEX_INITIALIZER, .gone = PTHREAD_COND_INITIALIZER };
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    if (o->authkey_len == 0 && getsockname(o->listen_fd, (struct sockaddr *)&ss, &sslen) == 0 &&
+        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
+        return MP_EINVAL;        /* TCP without a key: anyone who can connect would be in */
     int rc = store_new(&srv.store, o->max_bytes, client_wants);
     if (rc < 0)
         return rc;
+    if ((rc = pyreg_new(&srv.py, srv.store)) < 0) {
+        store_free(srv.store);
+        return rc;
+    }
     if (pipe2(srv.wake, O_CLOEXEC) < 0) {
+        pyreg_free(srv.py);
         store_free(srv.store);
         return errno_to_mp(errno);
     }
@@ -450,8 +467,10 @@ int manager_serve(const struct manager_server_opts *o)
     pthread_attr_destroy(&attr);
     /* A thread that outlives the drain still uses the store: then it is
      * left to the process exit that follows. */
-    if (server_drain(&srv))
+    if (server_drain(&srv)) {
+        pyreg_free(srv.py);
         store_free(srv.store);
+    }
     close(srv.wake[0]);
     close(srv.wake[1]);
     if (srv.spare >= 0)

@@ -1,6 +1,8 @@
 /* store.c - the manager server's objects and the operations on them.
  *
- * Names and dict keys live in one kind of chained hash table. A request is
+ * Names and dict keys live in one kind of chained hash table, which also
+ * keeps its entries in insertion order (DICT_KEYS lists them so, as a
+ * Python dict does). A request is
  * executed under the store mutex; queue put/get and lock acquire wait on the
  * object's condition variable for at most one wait slice, and the client
  * re-asks until its own deadline, so no server thread waits on a dead peer
@@ -17,6 +19,7 @@
 
 struct value {
     enum mtype type;     /* MV_INT, MV_FLOAT or MV_BYTES */
+    uint8_t tag;         /* MV_BYTES written by a Python client: what they were (protocol.h) */
     int64_t i;
     double f;
     uint8_t *p;
@@ -25,6 +28,7 @@ struct value {
 
 struct entry {
     struct entry *next;
+    struct entry *older, *newer;   /* insertion order (a dict's keys come out in it, as in Python) */
     uint64_t hash;
     char *key;
     size_t klen;
@@ -35,6 +39,7 @@ struct entry {
 struct table {
     struct entry **slots;
     size_t nslots, count;
+    struct entry *oldest, *newest;
 };
 
 enum kind { KIND_DICT = 'd', KIND_LIST = 'l', KIND_QUEUE = 'q', KIND_LOCK = 'k' };
@@ -48,6 +53,7 @@ struct object {
     size_t maxsize;               /* queue bound, 0 = none */
     bool bound_fixed;             /* a queue op has run: maxsize is final */
     struct store_owner *owner;    /* lock holder */
+    int waiters;                  /* requests inside wait_changed: store_drop keeps it */
     bool owner_died;
     struct object *next_lock;
 };
@@ -147,7 +153,26 @@ static struct entry *table_add(struct store *s, struct table *t, const void *key
     e->next = t->slots[h & (t->nslots - 1)];
     t->slots[h & (t->nslots - 1)] = e;
     t->count++;
+    e->older = t->newest;
+    if (t->newest)
+        t->newest->newer = e;
+    else
+        t->oldest = e;
+    t->newest = e;
     return e;
+}
+
+/* Takes e out of t's insertion order (its slot chain is the caller's). */
+static void table_unorder(struct table *t, struct entry *e)
+{
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        t->oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        t->newest = e->older;
 }
 
 static size_t value_cost(const struct value *v)
@@ -165,9 +190,10 @@ static void value_clear(struct store *s, struct value *v)
 /* Copies a request value into owned storage, within the byte budget. */
 static int value_set(struct store *s, struct value *dst, const struct mval *src)
 {
-    struct value v = { .type = src->type, .i = src->i, .f = src->f };
+    struct value v = { .type = src->type, .tag = src->type == MV_BYTES ? src->tag : 0, .i = src->i, .f = src->f };
     if (src->type == MV_BYTES && dst->type == MV_BYTES && dst->len == src->len && src->len) {
         memcpy(dst->p, src->p, src->len);      /* same size: same block, same cost */
+        dst->tag = v.tag;
         dst->i = src->i;
         dst->f = src->f;
         return 0;
@@ -189,7 +215,7 @@ static int value_set(struct store *s, struct value *dst, const struct mval *src)
 
 static struct mval value_view(const struct value *v)
 {
-    return (struct mval){ .type = v->type, .i = v->i, .f = v->f, .p = v->p, .len = v->len };
+    return (struct mval){ .type = v->type, .tag = v->tag, .i = v->i, .f = v->f, .p = v->p, .len = v->len };
 }
 
 static void entry_free(struct store *s, struct entry *e)
@@ -210,6 +236,7 @@ static void table_clear(struct store *s, struct table *t)
         t->slots[i] = NULL;
     }
     t->count = 0;
+    t->oldest = t->newest = NULL;
 }
 
 /* ------------------------------------------------------------------ objects */
@@ -328,7 +355,10 @@ static bool wait_until(const struct mval *timeout, struct timespec *at)
 /* One wait on o->changed: false once the time is up. */
 static bool wait_changed(struct store *s, struct object *o, const struct timespec *at)
 {
-    return pthread_cond_timedwait(&o->changed, &s->mu, at) != ETIMEDOUT;
+    o->waiters++;
+    bool changed = pthread_cond_timedwait(&o->changed, &s->mu, at) != ETIMEDOUT;
+    o->waiters--;
+    return changed;
 }
 
 /* ------------------------------------------------------------------ dicts */
@@ -358,6 +388,7 @@ static void dict_remove(struct store *s, struct object *o, struct entry **link)
     struct entry *e = *link;
     *link = e->next;
     o->dict.count--;
+    table_unorder(&o->dict, e);
     entry_free(s, e);
 }
 
@@ -410,20 +441,17 @@ static int dict_cas(struct store *s, struct object *o, const struct mmsg *m)
 static int dict_keys(struct object *o, struct sreply *r)
 {
     size_t total = 0;
-    for (size_t i = 0; i < o->dict.nslots; i++)
-        for (struct entry *e = o->dict.slots[i]; e; e = e->next)
-            total += e->klen + 1;
+    for (struct entry *e = o->dict.oldest; e; e = e->newer)
+        total += e->klen + 1;
     if (total > MSG_MAX_VALUE)
         return MP_ETOOBIG;
     uint8_t *p = malloc(total ? total : 1);
     if (!p)
         return MP_ENOMEM;
     size_t at = 0;
-    for (size_t i = 0; i < o->dict.nslots; i++) {
-        for (struct entry *e = o->dict.slots[i]; e; e = e->next) {
-            memcpy(p + at, e->key, e->klen + 1);
-            at += e->klen + 1;
-        }
+    for (struct entry *e = o->dict.oldest; e; e = e->newer) {
+        memcpy(p + at, e->key, e->klen + 1);
+        at += e->klen + 1;
     }
     r->owned = p;
     r->v = (struct mval){ .type = MV_BYTES, .p = p, .len = total };
@@ -706,8 +734,13 @@ static enum kind op_kind(int64_t op)
 
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
 {
-    memset(r, 0, sizeof *r);
     pthread_mutex_lock(&s->mu);
+    store_exec_locked(s, owner, req, r);
+}
+
+void store_exec_locked(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
+{
+    memset(r, 0, sizeof *r);
     int64_t op = req->v[0].i;
     if (op == OP_PING || op == OP_SHUTDOWN)
         return;
@@ -727,6 +760,45 @@ void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *r
 void store_done(struct store *s, struct sreply *r)
 {
     pthread_mutex_unlock(&s->mu);
+    store_release(r);
+}
+
+void store_release(struct sreply *r)
+{
     free(r->owned);
     r->owned = NULL;
+}
+
+void store_lock(struct store *s) { pthread_mutex_lock(&s->mu); }
+void store_unlock(struct store *s) { pthread_mutex_unlock(&s->mu); }
+
+bool store_drop_locked(struct store *s, int64_t op, const struct mval *name)
+{
+    char key[1 + MSG_MAX_NAME];
+    if (name->len > MSG_MAX_NAME)
+        return false;
+    key[0] = (char)op_kind(op);
+    memcpy(key + 1, name->p, name->len);
+    size_t klen = 1 + name->len;
+    struct entry **found = table_find(&s->names, key, klen, hash_bytes(key, klen));
+    if (!found)
+        return true;
+    struct object *o = (*found)->obj;
+    if (o->waiters > 0)
+        return false;
+    if (o->kind == KIND_LOCK) {
+        struct object **l = &s->locks;
+        while (*l != o)
+            l = &(*l)->next_lock;
+        *l = o->next_lock;
+    }
+    struct entry *e = *found;
+    *found = e->next;
+    s->names.count--;
+    table_unorder(&s->names, e);
+    s->bytes -= entry_cost(e->klen);
+    free(e->key);
+    free(e);
+    object_free(s, o);
+    return true;
 }

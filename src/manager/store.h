@@ -44,6 +44,17 @@ void store_free(struct store *s);
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_done(struct store *s, struct sreply *r);
 
+/* For a caller that runs several requests as one (pyproto.c): store_lock,
+ * then any number of store_exec_locked, each followed by store_release
+ * once its reply value is used, then store_unlock. */
+void store_lock(struct store *s);
+void store_unlock(struct store *s);
+void store_exec_locked(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
+void store_release(struct sreply *r);
+/* Deletes the object that requests with op address as name (false: it is
+ * in use by a waiting request; it stays). Store mutex held. */
+bool store_drop_locked(struct store *s, int64_t op, const struct mval *name);
+
 /* Puts an item whose reply could not be delivered back at the head of
  * queue name (its order kept; the bound and budget do not refuse it).
  * _locked: between store_exec and store_done. */
