@@ -37,7 +37,7 @@
 #define RESERVE_MIN ((uint64_t)64 << 10)     /* fresh blocks from here get their pages now */
 #define CACHE_BLOCK_MAX (4096 + BLOCK_HEADER)  /* blocks up to here are cached when freed, */
 #define CACHE_CLASSES (CACHE_BLOCK_MAX / 64 - 1) /* one stack per size (128, 192, ... bytes), */
-#define CACHE_DEPTH 32                       /* each at most this deep: 4.3 MiB in all */
+#define CACHE_DEPTH 32                       /* each at most this deep: 4.2 MiB in all */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define ARENA_SANITIZED 1
