@@ -325,34 +325,44 @@ static void test_cache_is_bounded_and_drained_when_needed(void **state)
 
 /* Threads or processes allocating and freeing small blocks at once, each
  * writing its mark into every byte and finding it intact before the free:
- * no block is ever handed to two owners. */
-#define CHURN_OPS 20000
-#define CHURN_LIVE 16
+ * no block is ever handed to two owners. A job churns `live` slots over
+ * the first `sizes` of the sizes below; one size and two slots hammer one
+ * stack, where a taker that read a stale top (ABA) would hand a block out
+ * twice. */
+struct churn_job {
+    unsigned id;
+    int sizes, live;
+    long ops;
+};
+
+#define CHURN_LIVE_MAX 16
 
 static int churn(void *arg)
 {
-    unsigned id = (unsigned)(uintptr_t)arg, rng = id * 2654435761u + 1;
-    static const size_t sizes[] = { 1, 64, 200, 1000, 4000, 4096, 5000 };
-    unsigned char *live[CHURN_LIVE] = { 0 };
-    size_t len[CHURN_LIVE] = { 0 };
+    const struct churn_job *j = arg;
+    unsigned rng = j->id * 2654435761u + 1;
+    static const size_t sizes[] = { 64, 1, 200, 1000, 4000, 4096, 5000 };
+    unsigned char *live[CHURN_LIVE_MAX] = { 0 };
+    size_t len[CHURN_LIVE_MAX] = { 0 };
     int bad = 0;
-    for (int i = 0; i < CHURN_OPS; i++) {
+    for (long i = 0; i < j->ops; i++) {
         rng = rng * 1103515245u + 12345u;
-        int k = (int)((rng >> 8) % CHURN_LIVE);
+        int k = (int)((rng >> 8) % (unsigned)j->live);
+        unsigned char mark = (unsigned char)(j->id + (unsigned)k);
         if (live[k]) {
-            for (size_t j = 0; j < len[k]; j++)
-                bad |= live[k][j] != (unsigned char)(id + k);
+            for (size_t b = 0; b < len[k]; b++)
+                bad |= live[k][b] != mark;
             mp_shared_free(live[k]);
             live[k] = NULL;
         } else {
-            len[k] = sizes[(rng >> 16) % (sizeof sizes / sizeof *sizes)];
+            len[k] = sizes[(rng >> 16) % (unsigned)j->sizes];
             live[k] = mp_shared_alloc(len[k]);
             if (!live[k])
                 return 2;
-            memset(live[k], (unsigned char)(id + k), len[k]);
+            memset(live[k], mark, len[k]);
         }
     }
-    for (int k = 0; k < CHURN_LIVE; k++)
+    for (int k = 0; k < j->live; k++)
         mp_shared_free(live[k]);
     return bad;
 }
@@ -362,28 +372,43 @@ static void *churn_thread(void *arg)
     return (void *)(intptr_t)churn(arg);
 }
 
-static void test_concurrent_small_blocks_never_shared(void **state)
+/* T threads, then T processes, each running the job with its own marks. */
+static void churn_all(int sizes, int live, long ops)
 {
-    (void)state;
     enum { T = 4 };
     struct arena_stats before, after;
     assert_true(arena_check(&before));
+    struct churn_job jobs[2 * T];
     pthread_t th[T];
+    pid_t kids[T];
+    for (int i = 0; i < 2 * T; i++)
+        jobs[i] = (struct churn_job){ (unsigned)(i * CHURN_LIVE_MAX), sizes, live, ops };
     for (int i = 0; i < T; i++)
-        assert_int_equal(pthread_create(&th[i], NULL, churn_thread, (void *)(uintptr_t)(i * 16)), 0);
+        assert_int_equal(pthread_create(&th[i], NULL, churn_thread, &jobs[i]), 0);
     for (int i = 0; i < T; i++) {
         void *rc;
         pthread_join(th[i], &rc);
         assert_int_equal((intptr_t)rc, 0);
     }
-    pid_t kids[T];
     for (int i = 0; i < T; i++)
-        kids[i] = tu_fork(churn, (void *)(uintptr_t)(100 + i * 16));
+        kids[i] = tu_fork(churn, &jobs[T + i]);
     for (int i = 0; i < T; i++)
-        assert_int_equal(tu_wait(kids[i], 60 * tu_slow()), 0);
+        assert_int_equal(tu_wait(kids[i], 120 * tu_slow()), 0);
     assert_true(arena_check(&after));
     assert_int_equal(after.stray_blocks, before.stray_blocks);
     assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static void test_concurrent_small_blocks_never_shared(void **state)
+{
+    (void)state;
+    churn_all(7, CHURN_LIVE_MAX, 20000);
+}
+
+static void test_one_stack_hammered_never_hands_a_block_out_twice(void **state)
+{
+    (void)state;
+    churn_all(1, 2, RUNNING_ON_VALGRIND ? 20000 : 500000);
 }
 
 /* ------------------------------------------------------------------ out of memory */
@@ -528,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_kill_in_the_cache_leaks_at_most_one_block),
         cmocka_unit_test(test_cache_is_bounded_and_drained_when_needed),
         cmocka_unit_test(test_concurrent_small_blocks_never_shared),
+        cmocka_unit_test(test_one_stack_hammered_never_hands_a_block_out_twice),
         cmocka_unit_test(test_out_of_memory_is_an_error),
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
     };
