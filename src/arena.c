@@ -7,7 +7,8 @@
  *
  * The allocator is TLSF under one robust mutex: blocks split and coalesce,
  * a journal makes each operation all-or-nothing for a holder killed inside
- * it, free spans from 2 MiB give their pages back (in sweeps, so warm blocks
+ * it; small blocks are freed to and taken from lock-free stacks in front
+ * of it (bounded, drained when the lists run short); free spans from 2 MiB give their pages back (in sweeps, so warm blocks
  * stay warm) and fresh big blocks get theirs up front, so running out of
  * memory is an error and not a SIGBUS. docs/arena.md says why and how.
  */
@@ -34,6 +35,9 @@
 #define DIRTY_MAX ((uint64_t)64 << 20)       /* ... once they hold this many dirty bytes
                                                 more than 4x the blocks in use */
 #define RESERVE_MIN ((uint64_t)64 << 10)     /* fresh blocks from here get their pages now */
+#define CACHE_BLOCK_MAX (4096 + BLOCK_HEADER)  /* blocks up to here are cached when freed, */
+#define CACHE_CLASSES (CACHE_BLOCK_MAX / 64 - 1) /* one stack per size (128, 192, ... bytes), */
+#define CACHE_DEPTH 32                       /* each at most this deep: 4.2 MiB in all */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define ARENA_SANITIZED 1
@@ -56,7 +60,9 @@
 #define ARENA_SIZE_VALGRIND ((size_t)256 << 20)
 #define ARENA_SIZE_MIN ((size_t)1 << 20)
 
-enum { BLOCK_USED = 0x626c6b21, BLOCK_FREE = 0x66726565 };
+/* A cached block is in use as far as the lists and coalescing go (it never
+ * merges), and in its size's stack for the next request of that size. */
+enum { BLOCK_USED = 0x626c6b21, BLOCK_FREE = 0x66726565, BLOCK_CACHED = 0x63616368 };
 enum {
     F_FRESH = 2,   /* in use: carved from punched or never-used memory */
     F_END = 4,     /* the sentinel after the last block */
@@ -74,13 +80,20 @@ struct block {
      * part freed since its pages were last punched (they may be resident);
      * outside it the kernel holds no pages. Advisory: not journaled. */
     uint64_t dirty_lo, dirty_hi;
-    char pad[BLOCK_HEADER - 56];
+    /* Cached blocks: (depth << 32) | the next block's index in the stack.
+     * Read without the lock, by a taker that may find the block already
+     * gone (its CAS then fails), so only ever through atomics. */
+    uint64_t link;
 };
 
-/* One header as an operation will leave it. */
+/* One header as an operation will leave it: the whole header, or with
+ * prev_only just its predecessor size (the block after the one operated
+ * on, which may be cached or taken from its stack meanwhile: its magic is
+ * not the operation's to write). */
 struct jentry {
     uint64_t off, size, prev_size;
     uint32_t magic, flags;
+    uint32_t prev_only;
 };
 
 struct arena_header {
@@ -100,6 +113,10 @@ struct arena_header {
         struct jentry e[4];
     } j;
     void *slots[ARENA_SLOT_COUNT];
+    /* The small-block stacks, one per size: (tag << 32) | index of the top
+     * block (offset / 64, 0 = empty), the tag bumped by every change so a
+     * CAS from a stale view fails (ABA). Lock-free; see cache_pop. */
+    _Atomic uint64_t cache[CACHE_CLASSES];
 };
 
 MP_TEST_HOOK void (*mp__arena_test_hook)(const char *point);
@@ -272,6 +289,18 @@ static inline uint64_t block_off(struct arena_header *h, const struct block *b)
     return (uint64_t)((const char *)b - (const char *)h);
 }
 
+/* A block's magic changes without the lock (cached <-> used), so every
+ * access is atomic; relaxed, as the lock or the stack's CAS orders the rest. */
+static inline uint32_t magic_of(const struct block *b)
+{
+    return __atomic_load_n(&b->magic, __ATOMIC_RELAXED);
+}
+
+static inline void set_magic(struct block *b, uint32_t magic)
+{
+    __atomic_store_n(&b->magic, magic, __ATOMIC_RELAXED);
+}
+
 static inline int log2_floor(uint64_t x)
 {
     return 63 - __builtin_clzll(x);
@@ -400,7 +429,12 @@ static struct block *find_free(struct arena_header *h, uint64_t size)
 static void plan(struct arena_header *h, uint32_t i, uint64_t off, uint64_t size,
                  uint64_t prev_size, uint32_t magic, uint32_t flags)
 {
-    h->j.e[i] = (struct jentry){ off, size, prev_size, magic, flags };
+    h->j.e[i] = (struct jentry){ off, size, prev_size, magic, flags, 0 };
+}
+
+static void plan_prev(struct arena_header *h, uint32_t i, uint64_t off, uint64_t prev_size)
+{
+    h->j.e[i] = (struct jentry){ off, 0, prev_size, 0, 0, 1 };
 }
 
 static void journal_commit(struct arena_header *h, uint32_t n)
@@ -412,16 +446,26 @@ static void journal_commit(struct arena_header *h, uint32_t n)
 
 /* Field by field through volatile: a wider load spanning the narrower
  * stores plan() just made could not be forwarded from them and would wait
- * (measured: a third of a small alloc). */
+ * (measured: a third of a small alloc). A field is written only when it
+ * changes: the owner of a block in use reads its header without the lock. */
 static void journal_apply(struct arena_header *h)
 {
     const volatile struct jentry *e = h->j.e;
     for (uint32_t i = 0, n = h->j.n; i < n; i++) {
         struct block *b = block_at(h, e[i].off);
-        b->magic = e[i].magic;
-        b->flags = e[i].flags;
-        b->size = e[i].size;
-        b->prev_size = e[i].prev_size;
+        uint64_t prev_size = e[i].prev_size;
+        if (b->prev_size != prev_size)
+            b->prev_size = prev_size;
+        if (e[i].prev_only)
+            continue;
+        uint64_t size = e[i].size;
+        uint32_t magic = e[i].magic, flags = e[i].flags;
+        if (magic_of(b) != magic)
+            set_magic(b, magic);
+        if (b->flags != flags)
+            b->flags = flags;
+        if (b->size != size)
+            b->size = size;
     }
 }
 
@@ -493,7 +537,7 @@ static void arena_repair(struct arena_header *h)
     h->fl_map = 0;
     for (uint64_t off = h->first; off < h->end; off += block_at(h, off)->size) {
         struct block *b = block_at(h, off);
-        if (b->magic == BLOCK_FREE) {
+        if (magic_of(b) == BLOCK_FREE) {
             set_dirty(h, b, off, off + b->size);   /* not journaled: assume resident */
             h->dirty_big += dirty_big(h, b);
             list_insert(h, b);
@@ -528,10 +572,9 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
     uint64_t used = split ? need : size;
     uint32_t n = 1, fresh = lo <= at && at + used <= hi ? 0 : F_FRESH;   /* warm: all dirty */
     if (split) {
-        struct block *next = block_at(h, off + size);
         plan(h, 0, at, need, high ? rest : b->prev_size, BLOCK_USED, fresh);
         plan(h, 1, rem, rest, high ? b->prev_size : need, BLOCK_FREE, 0);
-        plan(h, 2, off + size, next->size, high ? need : rest, next->magic, next->flags);
+        plan_prev(h, 2, off + size, high ? need : rest);
         n = 3;
     } else {
         plan(h, 0, off, size, b->prev_size, BLOCK_USED, fresh);
@@ -597,11 +640,10 @@ static void free_locked(struct arena_header *h, struct block *b)
     uint64_t off = block_off(h, b), size = b->size;
     struct block *prev = b->prev_size ? block_at(h, off - b->prev_size) : NULL;
     struct block *next = block_at(h, off + size);
-    bool with_prev = prev && prev->magic == BLOCK_FREE, with_next = next->magic == BLOCK_FREE;
+    bool with_prev = prev && magic_of(prev) == BLOCK_FREE, with_next = magic_of(next) == BLOCK_FREE;
     uint64_t start = with_prev ? off - prev->size : off;
     uint64_t total = size + (with_prev ? prev->size : 0) + (with_next ? next->size : 0);
     uint64_t gone = (with_prev ? dirty_big(h, prev) : 0) + (with_next ? dirty_big(h, next) : 0);
-    struct block *after = block_at(h, start + total);
     uint32_t n = 2;
     uint64_t lo = off, hi = off + size, l, r;   /* the hull of the dirty parts */
     if (with_prev && is_dirty(prev)) {
@@ -613,7 +655,7 @@ static void free_locked(struct arena_header *h, struct block *b)
         hi = r;
     }
     plan(h, 0, start, total, with_prev ? prev->prev_size : b->prev_size, BLOCK_FREE, 0);
-    plan(h, 1, start + total, after->size, total, after->magic, after->flags);
+    plan_prev(h, 1, start + total, total);
     if (with_prev)
         plan(h, n++, off, 0, 0, 0, 0);      /* an inner header: no longer a block */
     if (with_next)
@@ -658,14 +700,132 @@ static bool reserve(struct arena_header *h, struct block *b, uint64_t size)
     return rc == 0;
 }
 
+/* ------------------------------------------------------------------ the small-block cache
+ *
+ * A freed block up to CACHE_BLOCK_MAX goes onto its size's stack instead of
+ * back to the lists, and the next request of that size takes it from there:
+ * a CAS each way and no lock, where the lists cost the robust mutex twice
+ * and a journal (docs/arena.md). A Treiber stack (Concurrency Kit's
+ * ck_stack in spirit): the top is (tag << 32) | block index in one 64-bit
+ * word, every change bumps the tag, so a taker whose view went stale (the
+ * block taken, freed, pushed again meanwhile) fails its CAS. Each block
+ * records its depth, and a stack is never deeper than CACHE_DEPTH, so the
+ * memory held stays bounded; when the lists cannot serve a request the
+ * stacks are drained into them.
+ *
+ * A process killed at any step leaks at most the one block it was moving
+ * and tears nothing: a stack changes in one CAS, a block is marked cached
+ * before it is pushed and used after it is taken, and the lists see a
+ * cached block as one in use. */
+
+static inline int cache_class(uint64_t size)
+{
+    return (int)(size >> ALIGN_LOG) - 2;
+}
+
+static inline uint64_t block_link(const struct block *b)
+{
+    return __atomic_load_n(&b->link, __ATOMIC_ACQUIRE);
+}
+
+/* Takes the top block of stack c (marking it used), or NULL if empty. */
+static struct block *cache_pop(struct arena_header *h, int c)
+{
+    _Atomic uint64_t *top = &h->cache[c];
+    uint64_t old = atomic_load_explicit(top, memory_order_acquire), idx;
+    struct block *b;
+    do {
+        idx = old & 0xffffffffu;
+        if (!idx)
+            return NULL;
+        b = block_at(h, idx << ALIGN_LOG);
+        /* b may have been taken and reused meanwhile: then this reads
+         * anything, and the CAS fails on the tag. */
+        uint64_t next = block_link(b) & 0xffffffffu;
+        if (atomic_compare_exchange_weak_explicit(top, &old, ((old >> 32) + 1) << 32 | next,
+                                                  memory_order_acquire, memory_order_acquire))
+            break;
+    } while (1);
+    hook("cache_popped");
+    set_magic(b, BLOCK_USED);
+    return b;
+}
+
+/* Pushes the in-use block b onto its size's stack: false if it is not a
+ * block in use (freed twice) or the stack is full. */
+static bool cache_push(struct arena_header *h, struct block *b, uint64_t size)
+{
+    uint32_t used = BLOCK_USED;
+    if (!__atomic_compare_exchange_n(&b->magic, &used, BLOCK_CACHED, false, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED))
+        return false;
+    hook("cache_marked");
+    _Atomic uint64_t *top = &h->cache[cache_class(size)];
+    uint64_t old = atomic_load_explicit(top, memory_order_acquire);
+    uint64_t idx = block_off(h, b) >> ALIGN_LOG;
+    do {
+        uint64_t below = old & 0xffffffffu;
+        uint64_t depth = below ? (block_link(block_at(h, below << ALIGN_LOG)) >> 32) + 1 : 1;
+        if (depth > CACHE_DEPTH) {
+            set_magic(b, BLOCK_USED);
+            return false;
+        }
+        __atomic_store_n(&b->link, depth << 32 | below, __ATOMIC_RELAXED);
+    } while (!atomic_compare_exchange_weak_explicit(top, &old, ((old >> 32) + 1) << 32 | idx,
+                                                    memory_order_release, memory_order_acquire));
+    hook("cache_pushed");
+    return true;
+}
+
+/* Gives every cached block back to the lists, where it merges with its free
+ * neighbours. Under the lock, when the lists could not serve a request:
+ * true if there was any. */
+static bool cache_drain(struct arena_header *h)
+{
+    bool any = false;
+    for (int c = 0; c < CACHE_CLASSES; c++) {
+        struct block *b;
+        while ((b = cache_pop(h, c)) != NULL) {
+            hook("cache_drained");
+            free_locked(h, b);
+            any = true;
+        }
+    }
+    return any;
+}
+
+/* A block in use, by its payload, without the lock: its owner alone changes
+ * its header, and the lists write the next block's prev_size only when it
+ * changes, which it cannot while this block is in use. NULL for anything
+ * that is not plainly such a block (the locked path then decides). */
+static struct block *cacheable_block(struct arena_header *h, const void *p)
+{
+    uint64_t off = (uint64_t)((const char *)p - (const char *)h) - BLOCK_HEADER;
+    if ((off & 63) || off < h->first || off >= h->end)
+        return NULL;
+    struct block *b = block_at(h, off);
+    uint64_t size = b->size;
+    if (magic_of(b) != BLOCK_USED || size < MIN_BLOCK || size > CACHE_BLOCK_MAX ||
+        (size & 63) || size > h->end - off || block_at(h, off + size)->prev_size != size)
+        return NULL;
+    return b;
+}
+
 void *arena_alloc_nozero(size_t size)
 {
     struct arena_header *h = arena_get();
     if (!h || size == 0 || size > h->size)
         return NULL;
     uint64_t need = ((uint64_t)size + BLOCK_HEADER + 63) & ~(uint64_t)63;
+    if (need <= CACHE_BLOCK_MAX) {
+        struct block *c = cache_pop(h, cache_class(need));
+        if (c)
+            return (char *)c + BLOCK_HEADER;
+    }
     arena_lock(h);
     struct block *b = alloc_locked(h, need);
+    if (!b && cache_drain(h))
+        b = alloc_locked(h, need);
     /* Read under the lock: freeing a neighbour rewrites this header. */
     uint64_t bsize = b ? b->size : 0;
     bool fresh = b && (b->flags & F_FRESH);
@@ -697,7 +857,7 @@ static struct block *used_block(struct arena_header *h, const void *p)
     if ((off & 63) || off < h->first || off >= h->end)
         return NULL;
     struct block *b = block_at(h, off);
-    if (b->magic != BLOCK_USED || b->size < MIN_BLOCK || (b->size & 63) || b->size > h->end - off)
+    if (magic_of(b) != BLOCK_USED || b->size < MIN_BLOCK || (b->size & 63) || b->size > h->end - off)
         return NULL;
     return block_at(h, off + b->size)->prev_size == b->size ? b : NULL;
 }
@@ -706,6 +866,9 @@ void arena_free(void *p)
 {
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     if (!p || !h || !arena_contains(p, 1))
+        return;
+    struct block *c = cacheable_block(h, p);
+    if (c && cache_push(h, c, c->size))
         return;
     arena_lock(h);
     struct block *b = used_block(h, p);   /* not ours or freed twice: refuse quietly */
@@ -738,7 +901,9 @@ size_t arena_block_size(const void *p)
 /* Walks every block and every free list under the lock (ck_ring_valid's
  * spirit): sizes and links in bounds, each header's predecessor size right,
  * no two free neighbours, every free block in the one list its size names
- * and in no other, the bitmaps saying which lists are non-empty. */
+ * and in no other, the bitmaps saying which lists are non-empty, and every
+ * cache stack well formed. The stacks change without the lock: exact only
+ * while no other thread or process allocates or frees. */
 bool arena_check(struct arena_stats *st)
 {
     struct arena_header *h = arena_get();
@@ -749,22 +914,28 @@ bool arena_check(struct arena_stats *st)
     bool ok = h->j.n == 0 && h->first < h->end && h->end + BLOCK_HEADER <= h->size;
     uint64_t off = h->first, prev = 0;
     bool prev_free = false;
+    size_t marked = 0;
     while (ok && off < h->end) {
         struct block *b = block_at(h, off);
-        bool is_free = b->magic == BLOCK_FREE;
-        ok = (is_free || b->magic == BLOCK_USED) && b->size >= MIN_BLOCK && !(b->size & 63) &&
-             b->size <= h->end - off && b->prev_size == prev && !(is_free && prev_free);
+        uint32_t magic = magic_of(b);
+        bool is_free = magic == BLOCK_FREE;
+        ok = (is_free || magic == BLOCK_USED || magic == BLOCK_CACHED) && b->size >= MIN_BLOCK &&
+             !(b->size & 63) && b->size <= h->end - off && b->prev_size == prev &&
+             !(is_free && prev_free) && (magic != BLOCK_CACHED || b->size <= CACHE_BLOCK_MAX);
         if (is_free) {
             s.free_blocks++, s.free_bytes += b->size;
             if (b->size > s.largest_free)
                 s.largest_free = b->size;
+        } else if (magic == BLOCK_CACHED) {
+            marked++;
         } else {
             s.used_blocks++, s.used_bytes += b->size;
         }
         prev = b->size, prev_free = is_free, off += b->size;
     }
     struct block *end = block_at(h, h->end);
-    ok = ok && off == h->end && end->magic == BLOCK_USED && (end->flags & F_END) && end->prev_size == prev;
+    ok = ok && off == h->end && magic_of(end) == BLOCK_USED && (end->flags & F_END) &&
+         end->prev_size == prev;
     size_t listed = 0;
     for (int fl = 0; ok && fl < FL_COUNT; fl++) {
         ok = !!(h->fl_map & ((uint64_t)1 << fl)) == !!h->sl_map[fl];
@@ -774,7 +945,7 @@ bool arena_check(struct arena_stats *st)
             for (uint64_t o = h->heads[fl][sl]; ok && o; o = block_at(h, o)->next_free) {
                 struct block *b = block_at(h, o);
                 int f, l;
-                ok = o >= h->first && o < h->end && !(o & 63) && b->magic == BLOCK_FREE &&
+                ok = o >= h->first && o < h->end && !(o & 63) && magic_of(b) == BLOCK_FREE &&
                      b->prev_free == back && ++listed <= s.free_blocks;
                 if (ok) {
                     list_of(b->size, &f, &l);
@@ -785,6 +956,25 @@ bool arena_check(struct arena_stats *st)
         }
     }
     ok = ok && listed == s.free_blocks;
+    /* The stacks: each entry a cached block of the stack's size, its depth
+     * one more than the entry below; a block marked cached in no stack is
+     * one a killed process was pushing or taking (leaked, not torn). */
+    for (int c = 0; ok && c < CACHE_CLASSES; c++) {
+        uint64_t idx = atomic_load(&h->cache[c]) & 0xffffffffu, depth = 0;
+        for (int n = 0; ok && idx; n++) {
+            uint64_t o = idx << ALIGN_LOG;
+            struct block *b = block_at(h, o);
+            uint64_t link = block_link(b);
+            ok = n < CACHE_DEPTH && o >= h->first && o < h->end && magic_of(b) == BLOCK_CACHED &&
+                 b->size == ((uint64_t)c + 2) << ALIGN_LOG && (!depth || link >> 32 == depth - 1);
+            depth = link >> 32;
+            idx = link & 0xffffffffu;
+            s.cached_blocks++, s.cached_bytes += b->size;
+            ok = ok && (idx ? depth >= 2 : depth == 1);
+        }
+    }
+    ok = ok && s.cached_blocks <= marked;
+    s.stray_blocks = marked - (ok ? s.cached_blocks : marked);
     rmutex_unlock(&h->lock);
     if (st)
         *st = s;

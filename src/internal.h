@@ -73,9 +73,13 @@ bool arena_contains(const void *p, size_t len);
 bool arena_is_block(const void *p);
 size_t arena_block_size(const void *p);  /* its usable bytes; p from arena_alloc */
 /* Validates the allocator under its lock (after repairing a dead holder's
- * operation): every header, link and bitmap consistent. Fills *st if not NULL. */
+ * operation): every header, link, bitmap and cache stack consistent. Fills
+ * *st if not NULL: used counts blocks in use by callers; cached, freed small
+ * blocks waiting in the cache's stacks; stray, blocks marked cached but in
+ * no stack (a process killed while pushing or taking one: leaked). */
 struct arena_stats {
     size_t used_bytes, used_blocks, free_bytes, free_blocks, largest_free;
+    size_t cached_bytes, cached_blocks, stray_blocks;
 };
 bool arena_check(struct arena_stats *st);
 /* Called at named points inside alloc and free, so a test can SIGKILL a

@@ -1,6 +1,8 @@
 /* test_arena.c - the family arena's allocator: freed memory is reused for any
  * size, its pages go back to the kernel, and a process killed inside alloc
- * or free leaks at most one block and corrupts nothing (MPROC_WHITEBOX).
+ * or free, in the lists or in the small-block cache, leaks at most one block
+ * and corrupts nothing (MPROC_WHITEBOX); threads and processes sharing the
+ * cache never get one block twice.
  *
  * The whole binary runs on a 256 MiB arena (MPROC_ARENA_SIZE, set in main
  * before the arena exists), so running out is quick and exact. The shared
@@ -11,6 +13,7 @@
 #include "platform/valgrind_check.h"
 #include "queue_internal.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,17 +84,18 @@ static void test_64mib_fits_an_empty_arena_and_so_does_three_quarters(void **sta
 
 /* A freed region serves every smaller or equal request: 1000 blocks freed
  * leave no more free blocks than before, and their run takes one request
- * of all their bytes. */
+ * of all their bytes. (Blocks above the small-block cache's sizes, which
+ * go back to the lists at once.) */
 static void test_neighbours_coalesce(void **state)
 {
     (void)state;
-    enum { N = 1000 };
+    enum { N = 1000, SIZE = 4500, BLOCK = 4608 };
     static char *ps[N];
     struct arena_stats before, mid, after;
     assert_true(arena_check(&before));
     for (int i = 0; i < N; i++)
-        assert_non_null(ps[i] = mp_shared_alloc(64));
-    char *pin = mp_shared_alloc(64);               /* the run cannot merge with the end */
+        assert_non_null(ps[i] = mp_shared_alloc(SIZE));
+    char *pin = mp_shared_alloc(SIZE);             /* the run cannot merge with the end */
     for (int i = 0; i < N; i += 2)
         mp_shared_free(ps[i]);
     assert_true(arena_check(&mid));
@@ -100,7 +104,7 @@ static void test_neighbours_coalesce(void **state)
         mp_shared_free(ps[i]);
     assert_true(arena_check(&after));
     assert_true(after.free_blocks <= before.free_blocks + 1);
-    char *whole = mp_shared_alloc((size_t)N * 128 - 64);
+    char *whole = mp_shared_alloc((size_t)N * BLOCK - 64);
     assert_non_null(whole);
     mp_shared_free(pin);
     mp_shared_free(whole);
@@ -163,15 +167,23 @@ static const char *const alloc_points[] = { "alloc_planned", "alloc_committed", 
 static const char *const free_points[] = { "free_planned", "free_committed", "free_unlinked",
                                            "free_applied", "free_linked" };
 
+/* Runs o in a child killed at point; the allocator checks clean before
+ * and after. */
+static void kill_at(struct op *o, const char *point, struct arena_stats *before,
+                    struct arena_stats *after)
+{
+    assert_true(arena_check(before));
+    o->point = point;
+    assert_int_equal(tu_wait(tu_fork(run_op, o), 10 * tu_slow()), -SIGKILL);
+    assert_true(arena_check(after));
+}
+
 /* Kills a child at point inside o; the allocator must check clean after
  * and hold at most the one block in question more than before. */
 static void kill_inside(struct op *o, const char *point, size_t block)
 {
     struct arena_stats before, after;
-    assert_true(arena_check(&before));
-    o->point = point;
-    assert_int_equal(tu_wait(tu_fork(run_op, o), 10 * tu_slow()), -SIGKILL);
-    assert_true(arena_check(&after));
+    kill_at(o, point, &before, &after);
     if (o->alloc) {
         assert_true(after.used_bytes <= before.used_bytes + block);
     } else {
@@ -187,36 +199,216 @@ static void kill_inside(struct op *o, const char *point, size_t block)
 static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
 {
     (void)state;
+    /* Sizes above the small-block cache's: these go through the lists. */
     for (int i = 0; i < 5; i++) {
-        struct op split = { .alloc = 3000 };
-        kill_inside(&split, alloc_points[i], 3072 + 64);
-        char *y = mp_shared_alloc(20000), *pin_y = mp_shared_alloc(64);
+        struct op split = { .alloc = 5000 };
+        kill_inside(&split, alloc_points[i], 5120);
+        char *y = mp_shared_alloc(20000), *pin_y = mp_shared_alloc(5000);
         mp_shared_free(y);                            /* dirty to its end: split high */
-        struct op high = { .alloc = 3000 };
-        kill_inside(&high, alloc_points[i], 3072 + 64);
+        struct op high = { .alloc = 5000 };
+        kill_inside(&high, alloc_points[i], 5120);
         mp_shared_free(pin_y);
-        char *x = mp_shared_alloc(200), *pin = mp_shared_alloc(64);
+        char *x = mp_shared_alloc(4200), *pin = mp_shared_alloc(5000);
         mp_shared_free(x);
-        struct op exact = { .alloc = 200 };           /* takes x's block whole */
-        kill_inside(&exact, alloc_points[i], 320);
+        struct op exact = { .alloc = 4200 };          /* takes x's block whole */
+        kill_inside(&exact, alloc_points[i], 4288);
         mp_shared_free(pin);
     }
     for (int i = 0; i < 5; i++) {
         for (int shape = 0; shape < 4; shape++) {
-            char *a = mp_shared_alloc(500), *b = mp_shared_alloc(500);
-            char *c = mp_shared_alloc(500), *d = mp_shared_alloc(500);
+            char *a = mp_shared_alloc(5000), *b = mp_shared_alloc(5000);
+            char *c = mp_shared_alloc(5000), *d = mp_shared_alloc(5000);
             if (shape & 1)
                 mp_shared_free(a);                    /* a free predecessor */
             if (shape & 2)
                 mp_shared_free(c);                    /* a free successor */
             struct op f = { .free = b };
-            kill_inside(&f, free_points[i], 576);
+            kill_inside(&f, free_points[i], 5120);
             mp_shared_free(a);
             mp_shared_free(c);
             mp_shared_free(d);
         }
     }
     assert_true(arena_check(NULL));
+}
+
+/* ------------------------------------------------------------------ the small-block cache */
+
+/* Kills a child at a step of the cache's lock-free paths: the allocator
+ * checks clean after, no free byte is lost, and at most one block went
+ * astray (marked cached in no stack, or taken and never used). */
+static void kill_in_cache(struct op *o, const char *point, size_t block)
+{
+    struct arena_stats before, after;
+    kill_at(o, point, &before, &after);
+    assert_true(after.stray_blocks <= before.stray_blocks + 1);
+    size_t was = before.used_bytes + before.cached_bytes + before.stray_blocks * block;
+    size_t is = after.used_bytes + after.cached_bytes + after.stray_blocks * block;
+    assert_true(is <= was + block);
+    assert_true(after.free_bytes >= before.free_bytes);
+}
+
+static void test_kill_in_the_cache_leaks_at_most_one_block(void **state)
+{
+    (void)state;
+    enum { SIZE = 1000, BLOCK = 1088 };
+    /* Taking: a cached block of the size is there. */
+    mp_shared_free(mp_shared_alloc(SIZE));
+    struct op take = { .alloc = SIZE };
+    kill_in_cache(&take, "cache_popped", BLOCK);
+    /* Giving back: marked, then pushed. */
+    const char *push_points[] = { "cache_marked", "cache_pushed" };
+    for (int i = 0; i < 2; i++) {
+        struct op give = { .free = mp_shared_alloc(SIZE) };
+        kill_in_cache(&give, push_points[i], BLOCK);
+        struct arena_stats before, after;
+        assert_true(arena_check(&before));
+        mp_shared_free(give.free);                   /* the child's: refused either way */
+        assert_true(arena_check(&after));
+        assert_int_equal(after.used_bytes, before.used_bytes);
+        assert_int_equal(after.cached_blocks, before.cached_blocks);
+    }
+    /* Draining: a request the lists cannot serve gives the cache back. */
+    mp_shared_free(mp_shared_alloc(SIZE));
+    struct op drain = { .alloc = arena_size() - 4096 };
+    kill_in_cache(&drain, "cache_drained", BLOCK);
+    assert_true(arena_check(NULL));
+}
+
+/* The cache hands a freed block to the next request of its size (the last
+ * freed first), holds a bounded number, refuses a double free, and gives
+ * its blocks back to the lists when they are needed: the lists then serve
+ * a request that only the cached blocks, merged, can. */
+static void test_cache_is_bounded_and_drained_when_needed(void **state)
+{
+    (void)state;
+    enum { N = 200, SIZE = 4096, BLOCK = 4160 };
+    struct arena_stats st;
+    char *p = mp_shared_alloc(SIZE);
+    mp_shared_free(p);
+    assert_ptr_equal(mp_shared_alloc(SIZE), p);        /* taken again, warm */
+    mp_shared_free(p);
+    mp_shared_free(p);                                 /* twice: refused */
+    assert_true(arena_check(&st));
+    size_t cached = st.cached_blocks, stray = st.stray_blocks;   /* earlier tests' kills */
+    assert_ptr_equal(mp_shared_alloc(SIZE), p);
+    assert_ptr_not_equal(mp_shared_alloc(SIZE), p);    /* it was in the stack once */
+    assert_true(arena_check(&st));
+    assert_int_equal(st.cached_blocks, cached - 1);
+
+    /* Fill the arena with small blocks, then free a run of them: the cache
+     * keeps a bounded number, the rest go back to the lists. */
+    size_t cap = arena_size() / BLOCK + 16, n = 0;
+    char **ps = malloc(cap * sizeof *ps);
+    assert_non_null(ps);
+    while (n < cap && (ps[n] = arena_alloc_nozero(SIZE)) != NULL)
+        n++;
+    assert_true(n > N && n < cap);
+    size_t start = n / 2;
+    for (size_t i = start; i < start + N; i++)
+        mp_shared_free(ps[i]);
+    assert_true(arena_check(&st));
+    assert_true(st.cached_blocks >= 1 && st.cached_blocks < N / 2);
+    assert_int_equal(st.stray_blocks, stray);
+    /* The run's bytes in one block: only with the cached blocks merged in. */
+    void *whole = mp_shared_alloc((size_t)N * BLOCK - 64);
+    assert_non_null(whole);
+    assert_true(arena_check(&st));
+    assert_int_equal(st.cached_blocks, 0);
+    mp_shared_free(whole);
+    for (size_t i = 0; i < n; i++)
+        if (i < start || i >= start + N)
+            mp_shared_free(ps[i]);
+    free(ps);
+    assert_true(arena_check(&st));
+}
+
+/* Threads or processes allocating and freeing small blocks at once, each
+ * writing its mark into every byte and finding it intact before the free:
+ * no block is ever handed to two owners. A job churns `live` slots over
+ * the first `sizes` of the sizes below; one size and two slots hammer one
+ * stack, where a taker that read a stale top (ABA) would hand a block out
+ * twice. */
+struct churn_job {
+    unsigned id;
+    int sizes, live;
+    long ops;
+};
+
+#define CHURN_LIVE_MAX 16
+
+static int churn(void *arg)
+{
+    const struct churn_job *j = arg;
+    unsigned rng = j->id * 2654435761u + 1;
+    static const size_t sizes[] = { 64, 1, 200, 1000, 4000, 4096, 5000 };
+    unsigned char *live[CHURN_LIVE_MAX] = { 0 };
+    size_t len[CHURN_LIVE_MAX] = { 0 };
+    int bad = 0;
+    for (long i = 0; i < j->ops; i++) {
+        rng = rng * 1103515245u + 12345u;
+        int k = (int)((rng >> 8) % (unsigned)j->live);
+        unsigned char mark = (unsigned char)(j->id + (unsigned)k);
+        if (live[k]) {
+            for (size_t b = 0; b < len[k]; b++)
+                bad |= live[k][b] != mark;
+            mp_shared_free(live[k]);
+            live[k] = NULL;
+        } else {
+            len[k] = sizes[(rng >> 16) % (unsigned)j->sizes];
+            live[k] = mp_shared_alloc(len[k]);
+            if (!live[k])
+                return 2;
+            memset(live[k], mark, len[k]);
+        }
+    }
+    for (int k = 0; k < j->live; k++)
+        mp_shared_free(live[k]);
+    return bad;
+}
+
+static void *churn_thread(void *arg)
+{
+    return (void *)(intptr_t)churn(arg);
+}
+
+/* T threads, then T processes, each running the job with its own marks. */
+static void churn_all(int sizes, int live, long ops)
+{
+    enum { T = 4 };
+    struct arena_stats before, after;
+    assert_true(arena_check(&before));
+    struct churn_job jobs[2 * T];
+    pthread_t th[T];
+    pid_t kids[T];
+    for (int i = 0; i < 2 * T; i++)
+        jobs[i] = (struct churn_job){ (unsigned)(i * CHURN_LIVE_MAX), sizes, live, ops };
+    for (int i = 0; i < T; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, churn_thread, &jobs[i]), 0);
+    for (int i = 0; i < T; i++) {
+        void *rc;
+        pthread_join(th[i], &rc);
+        assert_int_equal((intptr_t)rc, 0);
+    }
+    for (int i = 0; i < T; i++)
+        kids[i] = tu_fork(churn, &jobs[T + i]);
+    for (int i = 0; i < T; i++)
+        assert_int_equal(tu_wait(kids[i], 120 * tu_slow()), 0);
+    assert_true(arena_check(&after));
+    assert_int_equal(after.stray_blocks, before.stray_blocks);
+    assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static void test_concurrent_small_blocks_never_shared(void **state)
+{
+    (void)state;
+    churn_all(7, CHURN_LIVE_MAX, 20000);
+}
+
+static void test_one_stack_hammered_never_hands_a_block_out_twice(void **state)
+{
+    (void)state;
+    churn_all(1, 2, RUNNING_ON_VALGRIND ? 20000 : 500000);
 }
 
 /* ------------------------------------------------------------------ out of memory */
@@ -358,6 +550,10 @@ int main(void)
         cmocka_unit_test(test_neighbours_coalesce),
         cmocka_unit_test(test_bad_frees_are_refused),
         cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
+        cmocka_unit_test(test_kill_in_the_cache_leaks_at_most_one_block),
+        cmocka_unit_test(test_cache_is_bounded_and_drained_when_needed),
+        cmocka_unit_test(test_concurrent_small_blocks_never_shared),
+        cmocka_unit_test(test_one_stack_hammered_never_hands_a_block_out_twice),
         cmocka_unit_test(test_out_of_memory_is_an_error),
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
     };
