@@ -23,7 +23,7 @@
 #include "platform/valgrind_check.h"
 
 #define ARENA_MAGIC 0x6d7072636172656fULL   /* "mprcareo": the TLSF layout */
-#define BLOCK_HEADER 64                      /* keeps payloads cache-line aligned */
+#define BLOCK_HEADER ARENA_BLOCK_HEADER      /* 64: keeps payloads cache-line aligned */
 #define ALIGN_LOG 6                          /* block sizes are multiples of 64 */
 #define SL_LOG 3                             /* 8 lists per power of two */
 #define SL_COUNT (1 << SL_LOG)
@@ -85,6 +85,7 @@ struct block {
      * gone (its CAS then fails), so only ever through atomics. */
     uint64_t link;
 };
+_Static_assert(sizeof(struct block) == BLOCK_HEADER, "a header fills the space before the payload");
 
 /* One header as an operation will leave it: the whole header, or with
  * prev_only just its predecessor size (the block after the one operated

@@ -11,6 +11,8 @@
  * put_shared and get_shared, which hand the block itself over (docs/arena.md).
  */
 #include "queue_internal.h"
+#include "platform/ringcopy.h"
+#include "platform/waitflag.h"
 
 #include <limits.h>
 #include <stdalign.h>
@@ -25,7 +27,6 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define REC_REF 16            /* header + an arena pointer (big item, link) */
 #define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
 #define SEG_MAX_CLASS 20      /* ... doubling up to 1 MiB, then chained */
-#define ARENA_BLOCK_HEADER 64 /* the arena's per-block header (arena.c) */
 /* Pauses (~11 ns each here) between two looks of a spinning waiter. Each
  * look pulls the counter's line to this core, and the other side's next
  * commit must take it back: looking every ~90 ns instead of every ~15 made
@@ -119,28 +120,12 @@ static struct seg *seg_new(uint32_t class)
 
 static void ring_write(struct seg *s, uint64_t pos, const void *src, size_t n)
 {
-    size_t off = pos % s->cap, first = s->cap - off;
-    if (n == 0)
-        return;
-    if (first >= n) {
-        memcpy(s->data + off, src, n);
-    } else {
-        memcpy(s->data + off, src, first);
-        memcpy(s->data, (const char *)src + first, n - first);
-    }
+    ringcopy_in(s->data, s->cap, pos, src, n);
 }
 
 static void ring_read(const struct seg *s, uint64_t pos, void *dst, size_t n)
 {
-    size_t off = pos % s->cap, first = s->cap - off;
-    if (n == 0)
-        return;
-    if (first >= n) {
-        memcpy(dst, s->data + off, n);
-    } else {
-        memcpy(dst, s->data + off, first);
-        memcpy((char *)dst + first, s->data, n - first);
-    }
+    ringcopy_out(s->data, s->cap, pos, dst, n);
 }
 
 /* Headers and references are 8-byte words at 8-aligned positions, so they
@@ -179,12 +164,10 @@ static uint32_t raise_flag(mp_queue *q, struct waitword *w)
 {
     struct side *guard = w == &q->not_empty ? &q->put : w == &q->not_full ? &q->get : NULL;
     bool locked = guard && lock_side(q, guard, guard == &q->put ? put_repair : get_repair) == 0;
-    uint32_t v = atomic_load(&w->word);
-    while (!(v & 1) && !atomic_compare_exchange_weak(&w->word, &v, v | 1))
-        ;
+    uint32_t v = waitflag_raise(&w->word);
     if (locked)
         tlock_unlock(&guard->lock);
-    return v | 1;
+    return v;
 }
 
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
@@ -205,16 +188,14 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
 /* Under the waking side's lock, after the commit: does anyone sleep on w? */
 static bool flag_up(struct waitword *w)
 {
-    return atomic_load_explicit(&w->word, memory_order_relaxed) & 1;
+    return waitflag_up(&w->word);
 }
 
 /* Wakes every sleeper (those that find nothing to do sleep again); called
  * after the lock is given back, when flag_up said so. */
 static void wake(struct waitword *w)
 {
-    uint32_t v = atomic_load_explicit(&w->word, memory_order_relaxed);
-    if ((v & 1) && atomic_compare_exchange_strong(&w->word, &v, (v + 2) & ~1u))
-        futex_wake(&w->word, INT_MAX);
+    waitflag_wake(&w->word);
 }
 
 static bool get_ready(void *arg)

@@ -4,7 +4,7 @@
  * began (it never wraps itself), so its place is pos % cap. A copy that
  * runs past the end goes on at the start. With cap a compile-time power of
  * two (the pipe ring) the % is a mask. Used by the pipe ring
- * (pipe_ring.c); the queue's segments do the same in queue.c for now.
+ * (pipe_ring.c) and the queue's segments (queue.c).
  */
 #ifndef MPROC_PLATFORM_RINGCOPY_H
 #define MPROC_PLATFORM_RINGCOPY_H
@@ -17,7 +17,10 @@
 static inline void ringcopy_in(uint8_t *data, uint64_t cap, uint64_t pos, const void *src, size_t n)
 {
     size_t off = (size_t)(pos % cap), first = (size_t)cap - off;
-    first = n < first ? n : first;
+    if (n <= first) {
+        memcpy(data + off, src, n);         /* the usual case: one copy, inlined when n is small */
+        return;
+    }
     memcpy(data + off, src, first);
     memcpy(data, (const char *)src + first, n - first);
 }
@@ -26,7 +29,10 @@ static inline void ringcopy_in(uint8_t *data, uint64_t cap, uint64_t pos, const 
 static inline void ringcopy_out(const uint8_t *data, uint64_t cap, uint64_t pos, void *dst, size_t n)
 {
     size_t off = (size_t)(pos % cap), first = (size_t)cap - off;
-    first = n < first ? n : first;
+    if (n <= first) {
+        memcpy(dst, data + off, n);
+        return;
+    }
     memcpy(dst, data + off, first);
     memcpy((char *)dst + first, data, n - first);
 }

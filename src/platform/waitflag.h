@@ -14,8 +14,7 @@
  * (docs/sleeping.md): a waker killed between its commit and its wake-up
  * wakes nobody.
  *
- * Used by the pipe ring (pipe_ring.c); the queue's waitword is the same
- * protocol, written out in queue.c for now.
+ * Used by the pipe ring (pipe_ring.c) and the queue's wait words (queue.c).
  */
 #ifndef MPROC_PLATFORM_WAITFLAG_H
 #define MPROC_PLATFORM_WAITFLAG_H
