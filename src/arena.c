@@ -97,6 +97,37 @@ struct jentry {
     uint32_t prev_only;
 };
 
+/* The protocol, for every process of the family at once.
+ *
+ * Fields: magic, size, first and end are written by the creator before any
+ * other process maps the arena, and never again. lock (a robust mutex)
+ * guards fl_map, sl_map, heads, dirty_big, used and the journal j, and every
+ * header of a FREE block; sweeps is bumped under it and read by anyone;
+ * cache[] changes only by compare-and-swap. slots[] belong to the
+ * subsystems that set them (arena_slot).
+ *
+ * A block is, by the magic word of its header:
+ *   FREE    in exactly one list (heads[fl][sl]), linked by next_free and
+ *           prev_free; only a holder of lock touches it.
+ *   USED    its owner's, who may read its own header without the lock; its
+ *           prev_size changes under lock when its predecessor splits or
+ *           merges (written only if it changes, so the owner's reads never
+ *           see a torn word).
+ *   CACHED  freed to its size's stack: in use as far as the lists go, never
+ *           merged; link holds the next block of the stack and the depth.
+ *           Pushed and popped by CAS on cache[]; marked CACHED by a CAS
+ *           from USED, so a double free fails, and USED again by its taker.
+ *   (the sentinel at end is USED with F_END: nothing merges past it)
+ * Blocks tile [first, end): each header's size leads to the next header,
+ * and each prev_size back to the previous one.
+ *
+ * A change under lock is planned into j, committed by one store of j.n,
+ * applied, then cleared. A holder killed anywhere leaves the next locker
+ * (MP_EOWNERDEAD) a journal to replay or nothing to do; arena_repair then
+ * rebuilds the lists and the counters from a walk of the blocks. A process
+ * killed between a cache pop and its mark leaves one CACHED block in no
+ * stack: leaked, and counted by arena_check as stray. Nothing else is lost.
+ */
 struct arena_header {
     uint64_t magic;
     uint64_t size;
@@ -993,6 +1024,25 @@ static struct {
     pid_t pid;
     struct { uintptr_t start; size_t len; uint64_t sweeps; } e[SEEN_SLOTS];
 } seen = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* A fork copies these process-local locks as they are: held across it, so
+ * the child never finds one taken by a thread it does not have. */
+static void fork_lock_local(void)
+{
+    pthread_mutex_lock(&arena.init);
+    pthread_mutex_lock(&seen.lock);
+}
+
+static void fork_unlock_local(void)
+{
+    pthread_mutex_unlock(&seen.lock);
+    pthread_mutex_unlock(&arena.init);
+}
+
+__attribute__((constructor)) static void arena_fork_hooks(void)
+{
+    fork_hook_set(FORK_ARENA, fork_lock_local, fork_unlock_local, fork_unlock_local);
+}
 
 static bool prefault_seen(uintptr_t start, size_t len, uint64_t sweeps)
 {

@@ -272,6 +272,7 @@ enum fork_slot {
     FORK_CONN,             /* conn.c: early.lock, descriptors a read-ahead kept */
     FORK_FDREG,            /* fdreg.c: registry.lock; prepare counts the child as a holder */
     FORK_PROCESS,          /* process.c: rt.lock, children, pidfds, threads */
+    FORK_ARENA,            /* arena.c: arena.init, then seen.lock (taken under rt.lock) */
     FORK_TID,              /* platform/futex.c: child only, the tid cache: first in the child */
     FORK_SLOTS
 };

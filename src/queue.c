@@ -77,6 +77,31 @@ struct waitword {
     _Atomic uint32_t word;
 };
 
+/* The rules, field by field ("under put" = holding put.lock, the producers'
+ * tlock; "under get" = the consumers'):
+ *   magic, creator, maxsize  written by mp_queue_new before the handle is
+ *                      shared; read-only after (mp_queue_free clears magic).
+ *   closed             set once, under put, by shutdown; read by anyone.
+ *   put.seg, .cached, .cached_head, .j, and the tail segment's tail
+ *                      under put. tail is published with a release store.
+ *   get.seg, .cached, .j, and the head segment's head
+ *                      under get. head is published with a release store;
+ *                      a producer reads it to know the room left.
+ *   puts / gets        the commit: one store each, under put / under get;
+ *                      read by anyone (the other side, sizes, waiters).
+ *   done               task_done's atomic add, by anyone.
+ *   not_empty          raised by a consumer about to sleep, under put, and
+ *                      woken by a producer after its commit (waitflag.h);
+ *   not_full           the same with the sides swapped;
+ *   all_done           raised by join with a seq_cst exchange, woken by
+ *                      task_done after a fence.
+ * Segments: a producer links a new one under put; the consumer that leaves
+ * an old one frees it under get. Big items' blocks belong to the record that
+ * points at them until a consumer has taken it.
+ * Lock order: put.lock before get.lock (only mp__queue_valid takes both);
+ * waiting is done holding neither. A dead holder's lock passes to the next
+ * locker with MP_EOWNERDEAD, which replays that side's journal (repair)
+ * before anything else. */
 struct mp_queue {
     uint32_t magic;
     pid_t creator;

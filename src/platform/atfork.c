@@ -30,14 +30,14 @@
  *        FORK_CONN            conn.c            early.lock
  *        FORK_FDREG           fdreg.c           registry.lock
  *        FORK_PROCESS         process.c         rt.lock
+ *        FORK_ARENA           arena.c           arena.init, seen.lock
  *      Each is a leaf where it is used: the code takes no other of these
  *      under it (only malloc, and rt.lock the arena's lock), so no thread
  *      can hold one while it waits for an earlier one.
  *   6. shared-memory locks (the arena's, and the rmutexes and tlocks of
  *      queues, conns, pools, locks): robust, per family, never taken at
- *      fork; a thread may hold rt.lock while the arena allocates.
- *      Innermost: arena.c's process-local arena.init and seen.lock, which
- *      have no slot yet (docs/architecture.md).
+ *      fork; a thread may hold rt.lock while the arena allocates (and so
+ *      takes arena.init the first time: FORK_ARENA comes after it).
  *
  * In the child the tid cache (FORK_TID, the last slot) is refreshed first,
  * so every later child hook that asks for its thread id gets the child's.
