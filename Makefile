@@ -63,7 +63,8 @@ test-asan: deps
 	cmake -S . -B build-asan $(WERROR) -DMPROC_SANITIZE=address -DCMAKE_C_COMPILER=clang \
 	      -DMPROC_EXAMPLES=OFF -DMPROC_BENCH=OFF >/dev/null
 	cmake --build build-asan -j $(JOBS)
-	cd build-asan && MPROC_TEST_SLOW=4 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2
+	cd build-asan && MPROC_TEST_SLOW=4 ASAN_OPTIONS=detect_leaks=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp ctest --output-on-failure -j 2
 
 test-tsan: deps
 	cmake -S . -B build-tsan $(WERROR) -DMPROC_SANITIZE=thread -DCMAKE_C_COMPILER=clang \

@@ -139,6 +139,7 @@ struct arena_header {
     uint64_t heads[FL_COUNT][SL_COUNT];
     uint64_t dirty_big;                 /* dirty bytes in free spans from PUNCH_MIN */
     uint64_t used;                      /* bytes in blocks in use */
+    uint32_t corrupt;                   /* a link led outside the blocks: allocate no more */
     _Atomic uint64_t sweeps;            /* sweeps that punched: mappings went away */
     struct {
         uint32_t n;                     /* entries committed, 0 = none */
@@ -321,11 +322,49 @@ static inline uint64_t block_off(struct arena_header *h, const struct block *b)
     return (uint64_t)((const char *)b - (const char *)h);
 }
 
+/* Whether off may be a block's offset: 64-aligned, inside [first, end].
+ * Every link read from shared memory is asked before it is followed; one
+ * that fails can only come from a process that wrote past its block, and
+ * the arena is marked corrupt (no more allocations, arena_check fails)
+ * instead of writing through it. */
+static bool link_ok(struct arena_header *h, uint64_t off)
+{
+    if (off >= h->first && off <= h->end && !(off & 63))
+        return true;
+    h->corrupt = 1;
+    return false;
+}
+
+/* The next block's offset after the one at off, or 0 when its size is
+ * not one a block can have (the arena is then marked corrupt). */
+static uint64_t next_block(struct arena_header *h, uint64_t off)
+{
+    uint64_t size = block_at(h, off)->size;
+    if (size >= BLOCK_HEADER && !(size & 63) && size <= h->end - off)
+        return off + size;
+    h->corrupt = 1;
+    return 0;
+}
+
+
 /* A block's magic changes without the lock (cached <-> used), so every
  * access is atomic; relaxed, as the lock or the stack's CAS orders the rest. */
 static inline uint32_t magic_of(const struct block *b)
 {
     return __atomic_load_n(&b->magic, __ATOMIC_RELAXED);
+}
+
+/* The free block a list link names, or NULL (and the arena marked corrupt)
+ * when the link or the header it leads to is not a free block's. */
+static struct block *free_at(struct arena_header *h, uint64_t off)
+{
+    if (!link_ok(h, off) || off == h->end || !next_block(h, off))
+        return NULL;
+    struct block *b = block_at(h, off);
+    if (magic_of(b) == BLOCK_FREE)
+        return b;
+    h->corrupt = 1;
+    return NULL;
 }
 
 static inline void set_magic(struct block *b, uint32_t magic)
@@ -361,11 +400,13 @@ static void list_remove(struct arena_header *h, struct block *b)
 {
     int fl, sl;
     list_of(b->size, &fl, &sl);
-    if (b->prev_free)
-        block_at(h, b->prev_free)->next_free = b->next_free;
-    else
+    if (b->prev_free) {
+        if (link_ok(h, b->prev_free))
+            block_at(h, b->prev_free)->next_free = b->next_free;
+    } else {
         h->heads[fl][sl] = b->next_free;
-    if (b->next_free)
+    }
+    if (b->next_free && link_ok(h, b->next_free))
         block_at(h, b->next_free)->prev_free = b->prev_free;
     if (!h->heads[fl][sl]) {
         h->sl_map[fl] &= ~(1u << sl);
@@ -381,7 +422,7 @@ static void list_insert(struct arena_header *h, struct block *b)
     uint64_t off = block_off(h, b);
     b->prev_free = 0;
     b->next_free = h->heads[fl][sl];
-    if (b->next_free)
+    if (b->next_free && link_ok(h, b->next_free))
         block_at(h, b->next_free)->prev_free = off;
     h->heads[fl][sl] = off;
     h->sl_map[fl] |= 1u << sl;
@@ -405,11 +446,13 @@ static void list_replace(struct arena_header *h, struct block *from, struct bloc
     uint64_t off = block_off(h, to);
     to->prev_free = from->prev_free;
     to->next_free = from->next_free;
-    if (to->prev_free)
-        block_at(h, to->prev_free)->next_free = off;
-    else
+    if (to->prev_free) {
+        if (link_ok(h, to->prev_free))
+            block_at(h, to->prev_free)->next_free = off;
+    } else {
         h->heads[fl][sl] = off;
-    if (to->next_free)
+    }
+    if (to->next_free && link_ok(h, to->next_free))
         block_at(h, to->next_free)->prev_free = off;
 }
 
@@ -423,8 +466,9 @@ static struct block *find_free(struct arena_header *h, uint64_t size)
      * same size (a queue's stream) is taken again while still warm, where
      * the rounded search would pass it over for a bigger, colder one. */
     list_of(size, &fl, &sl);
-    if (fl < FL_COUNT && h->heads[fl][sl] && block_at(h, h->heads[fl][sl])->size >= size)
-        return block_at(h, h->heads[fl][sl]);
+    struct block *b = fl < FL_COUNT && h->heads[fl][sl] ? free_at(h, h->heads[fl][sl]) : NULL;
+    if (b && b->size >= size)
+        return b;
     uint64_t r = size >= SMALL_BLOCK ? size + ((uint64_t)1 << (log2_floor(size) - SL_LOG)) - 1
                                      : size;
     list_of(r, &fl, &sl);
@@ -438,14 +482,13 @@ static struct block *find_free(struct arena_header *h, uint64_t size)
             }
         }
         if (sm)
-            return block_at(h, h->heads[fl][__builtin_ctz(sm)]);
+            return free_at(h, h->heads[fl][__builtin_ctz(sm)]);
     }
     list_of(size, &fl, &sl);
     if (fl >= FL_COUNT)
         return NULL;
     uint64_t off = h->heads[fl][sl];
-    for (int i = 0; off && i < 16; i++) {
-        struct block *b = block_at(h, off);
+    for (int i = 0; off && i < 16 && (b = free_at(h, off)); i++) {
         if (b->size >= size)
             return b;
         off = b->next_free;
@@ -484,6 +527,8 @@ static void journal_apply(struct arena_header *h)
 {
     const volatile struct jentry *e = h->j.e;
     for (uint32_t i = 0, n = h->j.n; i < n; i++) {
+        if (!link_ok(h, e[i].off))
+            continue;
         struct block *b = block_at(h, e[i].off);
         uint64_t prev_size = e[i].prev_size;
         if (b->prev_size != prev_size)
@@ -567,7 +612,7 @@ static void arena_repair(struct arena_header *h)
     h->dirty_big = h->used = 0;
     memset(h->sl_map, 0, sizeof h->sl_map);
     h->fl_map = 0;
-    for (uint64_t off = h->first; off < h->end; off += block_at(h, off)->size) {
+    for (uint64_t off = h->first; off && off < h->end; off = next_block(h, off)) {
         struct block *b = block_at(h, off);
         if (magic_of(b) == BLOCK_FREE) {
             set_dirty(h, b, off, off + b->size);   /* not journaled: assume resident */
@@ -659,7 +704,8 @@ static void sweep_locked(struct arena_header *h)
         if (!(h->fl_map & ((uint64_t)1 << fl)))
             continue;
         for (int sl = 0; sl < SL_COUNT; sl++)
-            for (uint64_t off = h->heads[fl][sl]; off; off = block_at(h, off)->next_free)
+            for (uint64_t off = h->heads[fl][sl]; off && link_ok(h, off);
+                 off = block_at(h, off)->next_free)
                 if (is_dirty(block_at(h, off)))
                     punch(h, block_at(h, off));
     }
@@ -670,7 +716,10 @@ static void sweep_locked(struct arena_header *h)
 static void free_locked(struct arena_header *h, struct block *b)
 {
     uint64_t off = block_off(h, b), size = b->size;
-    struct block *prev = b->prev_size ? block_at(h, off - b->prev_size) : NULL;
+    struct block *prev = b->prev_size && b->prev_size <= off && link_ok(h, off - b->prev_size)
+                         ? block_at(h, off - b->prev_size) : NULL;
+    if (!next_block(h, off))
+        return;                          /* corrupt: leak it rather than guess */
     struct block *next = block_at(h, off + size);
     bool with_prev = prev && magic_of(prev) == BLOCK_FREE, with_next = magic_of(next) == BLOCK_FREE;
     uint64_t start = with_prev ? off - prev->size : off;
@@ -855,8 +904,8 @@ void *arena_alloc_nozero(size_t size)
             return (char *)c + BLOCK_HEADER;
     }
     arena_lock(h);
-    struct block *b = alloc_locked(h, need);
-    if (!b && cache_drain(h))
+    struct block *b = h->corrupt ? NULL : alloc_locked(h, need);
+    if (!b && !h->corrupt && cache_drain(h))
         b = alloc_locked(h, need);
     /* Read under the lock: freeing a neighbour rewrites this header. */
     uint64_t bsize = b ? b->size : 0;
@@ -943,7 +992,7 @@ bool arena_check(struct arena_stats *st)
         return false;
     struct arena_stats s = { 0 };
     arena_lock(h);
-    bool ok = h->j.n == 0 && h->first < h->end && h->end + BLOCK_HEADER <= h->size;
+    bool ok = h->j.n == 0 && !h->corrupt && h->first < h->end && h->end + BLOCK_HEADER <= h->size;
     uint64_t off = h->first, prev = 0;
     bool prev_free = false;
     size_t marked = 0;
