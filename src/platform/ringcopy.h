@@ -17,6 +17,8 @@
 static inline void ringcopy_in(uint8_t *data, uint64_t cap, uint64_t pos, const void *src, size_t n)
 {
     size_t off = (size_t)(pos % cap), first = (size_t)cap - off;
+    if (n == 0)
+        return;                             /* src may be NULL then */
     if (n <= first) {
         memcpy(data + off, src, n);         /* the usual case: one copy, inlined when n is small */
         return;
@@ -29,6 +31,8 @@ static inline void ringcopy_in(uint8_t *data, uint64_t cap, uint64_t pos, const 
 static inline void ringcopy_out(const uint8_t *data, uint64_t cap, uint64_t pos, void *dst, size_t n)
 {
     size_t off = (size_t)(pos % cap), first = (size_t)cap - off;
+    if (n == 0)
+        return;                             /* dst may be NULL then */
     if (n <= first) {
         memcpy(dst, data + off, n);
         return;
