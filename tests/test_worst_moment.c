@@ -205,17 +205,31 @@ static void test_condition_waiter_is_woken_though_its_notifier_died_before_wakin
 
 /* ------------------------------------------------------------------ pool */
 
+/* Where the caller's waiting thread says who it is, in the arena, so the
+ * worker (another process) can watch it fall asleep. */
+struct waiter_id {
+    mp_future *f;
+    _Atomic pid_t tid;
+};
+
 static int task_dies_at_its_wake(const void *in, size_t len, mp_buf *out)
 {
-    (void)in, (void)len, (void)out;
+    (void)out;
+    struct waiter_id *w;
+    if (len != sizeof w)
+        return 1;
+    memcpy(&w, in, sizeof w);
     die_at_wake = 1;                               /* this worker dies at its next wake */
-    nap_ms(200);                                   /* the caller is asleep by now */
-    return 0;
+    for (int i = 0; i < 1000 && !atomic_load(&w->tid); i++)
+        nap_ms(10);
+    return tu_wait_asleep(atomic_load(&w->tid), 10) ? 0 : 1;   /* the caller sleeps */
 }
 
-static int wait_future_forever(void *f)
+static int wait_future_forever(void *arg)
 {
-    return mp_future_wait(f, MP_FOREVER);
+    struct waiter_id *w = arg;
+    atomic_store(&w->tid, gettid());
+    return mp_future_wait(w->f, MP_FOREVER);
 }
 
 /* The worker made the future final and died before waking its waiter. */
@@ -224,9 +238,13 @@ static void test_future_waiter_returns_when_the_worker_dies_before_waking_it(voi
     (void)state;
     mp_pool *p;
     TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1 }));
+    struct waiter_id *w = mp_shared_alloc(sizeof *w);
+    assert_non_null(w);
+    atomic_store(&w->tid, 0);
     mp_future *f;
-    TU_OK(mp_pool_apply_async(p, task_dies_at_its_wake, "x", 1, &f));
-    struct blocked b = { .call = wait_future_forever, .obj = f };
+    TU_OK(mp_pool_apply_async(p, task_dies_at_its_wake, &w, sizeof w, &f));
+    w->f = f;
+    struct blocked b = { .call = wait_future_forever, .obj = w };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, run_blocked, &b), 0);
     assert_true(tu_wait_for(blocked_done, &b, 5));
@@ -235,6 +253,7 @@ static void test_future_waiter_returns_when_the_worker_dies_before_waking_it(voi
     TU_OK(mp_future_result(f, NULL, 0));           /* final before the death: its result */
     mp_future_free(f);
     mp_pool_free(p);
+    mp_shared_free(w);
 }
 
 /* ------------------------------------------------------------------ process */
