@@ -713,6 +713,15 @@ static void sweep_locked(struct arena_header *h)
     atomic_fetch_add_explicit(&h->sweeps, 1, memory_order_relaxed);
 }
 
+/* prev's size is the prev_size its successor records; else corrupt. */
+static bool prev_agrees(struct arena_header *h, const struct block *prev, uint64_t prev_size)
+{
+    if (prev->size == prev_size)
+        return true;
+    h->corrupt = 1;
+    return false;
+}
+
 static void free_locked(struct arena_header *h, struct block *b)
 {
     uint64_t off = block_off(h, b), size = b->size;
@@ -721,7 +730,10 @@ static void free_locked(struct arena_header *h, struct block *b)
     if (!next_block(h, off))
         return;                          /* corrupt: leak it rather than guess */
     struct block *next = block_at(h, off + size);
-    bool with_prev = prev && magic_of(prev) == BLOCK_FREE, with_next = magic_of(next) == BLOCK_FREE;
+    /* A neighbour merges only if its header agrees with ours: a size that
+     * does not would send the merged block's end outside its span. */
+    bool with_prev = prev && magic_of(prev) == BLOCK_FREE && prev_agrees(h, prev, b->prev_size);
+    bool with_next = magic_of(next) == BLOCK_FREE && next_block(h, off + size);
     uint64_t start = with_prev ? off - prev->size : off;
     uint64_t total = size + (with_prev ? prev->size : 0) + (with_next ? next->size : 0);
     uint64_t gone = (with_prev ? dirty_big(h, prev) : 0) + (with_next ? dirty_big(h, next) : 0);
