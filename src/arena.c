@@ -532,7 +532,7 @@ static void journal_apply(struct arena_header *h)
         struct block *b = block_at(h, e[i].off);
         uint64_t prev_size = e[i].prev_size;
         if (b->prev_size != prev_size)
-            b->prev_size = prev_size;
+            __atomic_store_n(&b->prev_size, prev_size, __ATOMIC_RELAXED);
         if (e[i].prev_only)
             continue;
         uint64_t size = e[i].size;
@@ -540,9 +540,9 @@ static void journal_apply(struct arena_header *h)
         if (magic_of(b) != magic)
             set_magic(b, magic);
         if (b->flags != flags)
-            b->flags = flags;
-        if (b->size != size)
-            b->size = size;
+            __atomic_store_n(&b->flags, flags, __ATOMIC_RELAXED);
+        if (b->size != size)                  /* atomic: read without the lock by a freer */
+            __atomic_store_n(&b->size, size, __ATOMIC_RELAXED);
     }
 }
 
@@ -897,9 +897,10 @@ static struct block *cacheable_block(struct arena_header *h, const void *p)
     if ((off & 63) || off < h->first || off >= h->end)
         return NULL;
     struct block *b = block_at(h, off);
-    uint64_t size = b->size;
+    uint64_t size = __atomic_load_n(&b->size, __ATOMIC_RELAXED);
     if (magic_of(b) != BLOCK_USED || size < MIN_BLOCK || size > CACHE_BLOCK_MAX ||
-        (size & 63) || size > h->end - off || block_at(h, off + size)->prev_size != size)
+        (size & 63) || size > h->end - off ||
+        __atomic_load_n(&block_at(h, off + size)->prev_size, __ATOMIC_RELAXED) != size)
         return NULL;
     return b;
 }
@@ -961,7 +962,7 @@ void arena_free(void *p)
     if (!p || !h || !arena_contains(p, 1))
         return;
     struct block *c = cacheable_block(h, p);
-    if (c && cache_push(h, c, c->size))
+    if (c && cache_push(h, c, __atomic_load_n(&c->size, __ATOMIC_RELAXED)))
         return;
     arena_lock(h);
     struct block *b = used_block(h, p);   /* not ours or freed twice: refuse quietly */
