@@ -131,6 +131,9 @@ mp_deadline deadline_in(double timeout);   /* timeout < 0: forever */
 bool deadline_passed(const mp_deadline *d);
 double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever */
 uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
+/* A process-local condition variable whose timed waits use CLOCK_MONOTONIC,
+ * the clock of every mp_deadline. */
+void cond_init_monotonic(pthread_cond_t *c);
 /* One rule for every blocking call: MP_FOREVER and +inf block, 0 and any
  * positive value bound the wait; NaN and every other negative value are a
  * mistake (a deadline computed as "then - now" that has already passed, say)

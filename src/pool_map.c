@@ -499,11 +499,7 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
         return MP_ENOMEM;
     }
     pthread_mutex_init(&it->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&it->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&it->cond);
     if (n) {
         it->job = job_new(p, fn, in, n, in_size, 0, &rc);
         if (!it->job)

@@ -382,11 +382,7 @@ static struct pyobj *obj_add(struct pyreg *r, const struct pytypeinfo *ti, const
     struct pyobj *o = calloc(1, sizeof *o);
     if (!o)
         return NULL;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&o->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&o->cond);
     o->ti = ti;
     o->refs = 1;
     memcpy(o->ident, id, idlen);

@@ -246,11 +246,7 @@ static int object_new(struct object **out, enum kind kind)
     struct object *o = calloc(1, sizeof *o);
     if (!o)
         return MP_ENOMEM;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&o->changed, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&o->changed);
     o->kind = kind;
     *out = o;
     return 0;
