@@ -10,6 +10,7 @@
 #include "queue_internal.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -98,8 +99,10 @@ static int consume(void *arg)
                              : mp_queue_get_buf(r->q, &b, 30);
         if (rc == MP_EEOF)
             break;
-        if (rc != 0)
+        if (rc != 0) {
+            fprintf(stderr, "consumer %d: %s: %s\n", r->who, mp_errname(rc), mp_last_error());
             return 1;
+        }
         if (r->who == 1)
             p = b.data, len = b.len;
         uint64_t id = check(p, len);
@@ -207,6 +210,7 @@ static void test_a_stopped_producer_holds_no_getter_past_its_timeout(void **stat
     mp_queue *q;
     TU_OK(mp_queue_new(&q, NULL));
     pid_t pid = start_stopped_producer(q);
+    double stopped = tu_now();
     unsigned char *buf = malloc(4 * MIB);
     size_t len;
     follows = 0;
@@ -215,7 +219,11 @@ static void test_a_stopped_producer_holds_no_getter_past_its_timeout(void **stat
     TU_ASSERT_RC(mp_queue_get(q, buf, 4 * MIB, &len, 0.3), MP_EEMPTY);
     double took = tu_now() - t0;
     mp__queue_test_hook = NULL;
-    assert_true(follows > 0);     /* it did copy the first half out */
+    /* It copied the first half out, unless this machine is so slow that the
+     * producer's claim was already a second old (then taken for a dead
+     * producer's, and nobody follows it). */
+    if (t0 - stopped < 0.5)
+        assert_true(follows > 0);
     assert_true(took >= 0.29 && took < 0.3 + 0.5 * tu_slow());
     kill(pid, SIGCONT);
     memset(buf, 0, 4 * MIB);
@@ -309,12 +317,14 @@ static void test_a_consumer_killed_copying_stalls_no_producer(void **state)
         TU_OK(mp_queue_put(q, item, MIB, 1));
     }
     assert_int_equal(tu_wait(tu_fork(get_and_die, q), 10 * tu_slow()), -SIGKILL);
-    double t0 = tu_now();
+    double putting = 0;
     for (uint64_t id = 3; id < 40; id++) {
         fill(item, MIB, id);
+        double t0 = tu_now();
         TU_OK(mp_queue_put(q, item, MIB, 1));
+        putting += tu_now() - t0;
     }
-    assert_true(tu_now() - t0 < 2 * tu_slow());
+    assert_true(putting < 2 * tu_slow());
     unsigned char *buf = malloc(MIB);
     for (uint64_t id = 0; id < 40; id++) {
         size_t len;
