@@ -311,7 +311,14 @@ static void test_a_consumer_killed_copying_stalls_no_producer(void **state)
     (void)state;
     mp_queue *q;
     TU_OK(mp_queue_new(&q, NULL));
-    unsigned char *item = malloc(MIB);
+    unsigned char *item = malloc(MIB), *buf = malloc(MIB);
+    size_t len;
+    /* Blocks the puts below will reuse: a first touch of shared memory can
+     * take milliseconds a page on a loaded machine. */
+    for (int i = 0; i < 40; i++)
+        TU_OK(mp_queue_put(q, item, MIB, 1));
+    for (int i = 0; i < 40; i++)
+        TU_OK(mp_queue_get(q, buf, MIB, &len, 1));
     for (uint64_t id = 0; id < 3; id++) {
         fill(item, MIB, id);
         TU_OK(mp_queue_put(q, item, MIB, 1));
@@ -325,9 +332,7 @@ static void test_a_consumer_killed_copying_stalls_no_producer(void **state)
         putting += tu_now() - t0;
     }
     assert_true(putting < 2 * tu_slow());
-    unsigned char *buf = malloc(MIB);
     for (uint64_t id = 0; id < 40; id++) {
-        size_t len;
         TU_OK(mp_queue_get(q, buf, MIB, &len, 1));
         assert_int_equal(check(buf, len), id);
     }
