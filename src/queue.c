@@ -15,6 +15,7 @@
 #include "platform/waitflag.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdalign.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,12 +28,20 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 #define REC_REF 16            /* header + an arena pointer (big item, link) */
 #define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
 #define SEG_MAX_CLASS 20      /* ... doubling up to 1 MiB, then chained */
-/* Pauses (~11 ns each here) between two looks of a spinning waiter. Each
- * look pulls the counter's line to this core, and the other side's next
- * commit must take it back: looking every ~90 ns instead of every ~15 made
- * 4 KiB items ~5% faster and left the round trip as it was (every ~180 ns:
- * round trip +15%). */
-#define SPIN_POLL_PAUSES 8
+/* A spinning waiter looks about every LOOK_NS. Each look pulls the
+ * counter's line to this core, and the other side's next commit must take
+ * it back: looking every ~90 ns instead of every ~15 made 4 KiB items ~5%
+ * faster; every ~180 ns made the round trip 15% slower. One pause costs 11
+ * ns on one host here and 29 on another, so the pauses per look are
+ * measured (look_pauses). */
+#define LOOK_NS 60
+/* The spin budget (queue_spin): where it starts, its bounds, and after how
+ * many spins in a row that ended in a sleep one spin probes the whole
+ * SPIN_MAX_NS again. */
+#define SPIN_NS 20000
+#define SPIN_MIN_NS 1000
+#define SPIN_MAX_NS 50000
+#define SPIN_PROBE_AFTER 16
 /* Big items from here map their pages in one call, once per block and
  * process (arena_prefault remembers). */
 #define PREFAULT_MIN ((size_t)1 << 20)
@@ -75,6 +84,7 @@ struct side {
  * killed in its sleep costs one spare wake-up, not a syscall on every put. */
 struct waitword {
     _Atomic uint32_t word;
+    _Atomic uint32_t waker_cpu;   /* 1 + the CPU of the last commit that wakes here; 0: none */
 };
 
 /* The rules, field by field ("under put" = holding put.lock, the producers'
@@ -95,6 +105,9 @@ struct waitword {
  *   not_full           the same with the sides swapped;
  *   all_done           raised by join with a seq_cst exchange, woken by
  *                      task_done after a fence.
+ *   .waker_cpu         not_empty's under put, after a commit, not_full's
+ *                      under get (bounded queues only); a hint read by
+ *                      spinning waiters, never trusted for correctness.
  * Segments: a producer links a new one under put; the consumer that leaves
  * an old one frees it under get. Big items' blocks belong to the record that
  * points at them until a consumer has taken it.
@@ -167,8 +180,10 @@ static size_t record_size(size_t len, bool big)
 
 /* ------------------------------------------------------------------ waiting */
 
-/* A spinning waiter's budget (spin_adaptive), per thread. */
-static __thread uint64_t spin_budget_ns;
+/* A spinning waiter's budget (queue_spin) and how many spins in a row
+ * ended in a sleep, per thread. */
+static MP_TLS_HOT uint64_t spin_budget_ns;
+static MP_TLS_HOT uint32_t spin_failures;
 
 static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *));
 static void put_repair(mp_queue *q);
@@ -195,6 +210,82 @@ static uint32_t raise_flag(mp_queue *q, struct waitword *w)
     return v;
 }
 
+/* Pauses per look, so that a look comes about every LOOK_NS: measured
+ * once per process (a preemption during the measure only makes looks
+ * more frequent). */
+static unsigned look_pauses(void)
+{
+    static _Atomic unsigned measured;
+    unsigned n = atomic_load_explicit(&measured, memory_order_relaxed);
+    if (n)
+        return n;
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < 64; i++)
+        cpu_relax();
+    uint64_t per = (now_ns() - t0) / 64;
+    n = per == 0 ? 16 : per >= LOOK_NS ? 1 : (unsigned)(LOOK_NS / per);
+    atomic_store_explicit(&measured, n, memory_order_relaxed);
+    return n;
+}
+
+/* 1 + the CPU this thread runs on (glibc reads it from rseq: ~2 ns), or 0. */
+static uint32_t this_cpu(void)
+{
+    int c = sched_getcpu();
+    return c < 0 ? 0 : (uint32_t)c + 1;
+}
+
+/* After a commit that wakes waiters on w: says where it was made. */
+static void note_waker_cpu(struct waitword *w)
+{
+    uint32_t c = this_cpu();
+    if (atomic_load_explicit(&w->waker_cpu, memory_order_relaxed) != c)
+        atomic_store_explicit(&w->waker_cpu, c, memory_order_relaxed);
+}
+
+/* Spins until ready(q), within this thread's budget: true if it came.
+ *
+ * The one whose commit we wait for may be runnable on this very CPU,
+ * waiting for us to give it back: then every look is wasted until the
+ * scheduler preempts us, and the budget runs out first. So when the last
+ * waker committed on the CPU we spin on, we yield. Only then: yielding on
+ * a schedule gives the CPU to unrelated work on a loaded machine, and if
+ * the waker now runs elsewhere, its next commit corrects the hint.
+ *
+ * The budget doubles when the wait ends in a spin and halves when it ends
+ * in a sleep. Halving alone never recovers: once waits last a little
+ * longer than the budget, every one of them sleeps and the budget stays at
+ * its floor. So after SPIN_PROBE_AFTER sleeps in a row, one spin probes the
+ * whole SPIN_MAX_NS; if the item comes, the budget is set to that. */
+static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *))
+{
+    if (!several_cpus())
+        return false;
+    if (spin_budget_ns == 0)
+        spin_budget_ns = SPIN_NS;
+    bool probe = spin_failures >= SPIN_PROBE_AFTER;
+    uint64_t budget = probe ? SPIN_MAX_NS : spin_budget_ns;
+    unsigned pauses = look_pauses();
+    uint64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (ready(q)) {
+            spin_failures = 0;
+            spin_budget_ns = probe || spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS
+                                                                       : spin_budget_ns * 2;
+            return true;
+        }
+        for (unsigned k = 0; k < pauses; k++)
+            cpu_relax();
+        if ((i & 3) == 1 && atomic_load_explicit(&w->waker_cpu, memory_order_relaxed) == this_cpu())
+            sched_yield();
+        if ((i & 7) == 0 && now_ns() - start > budget) {
+            spin_failures = probe ? 0 : spin_failures + 1;
+            spin_budget_ns = spin_budget_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : spin_budget_ns / 2;
+            return false;
+        }
+    }
+}
+
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
  * A sleep lasts at most FUTEX_SLICE: a process killed between its commit
  * and its wake-up call wakes nobody, and the sleeper must see the commit
@@ -202,7 +293,7 @@ static uint32_t raise_flag(mp_queue *q, struct waitword *w)
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
                       const mp_deadline *d)
 {
-    if (spin_adaptive(ready, q, &spin_budget_ns, SPIN_POLL_PAUSES))
+    if (queue_spin(q, w, ready))
         return 0;
     uint32_t v = raise_flag(q, w);
     if (ready(q))
@@ -362,6 +453,8 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, doub
             rc = MP_EFULL;
         else
             rc = put_locked(q, data, len, big);
+        if (rc == 0)
+            note_waker_cpu(&q->not_empty);
         sleepers = rc == 0 && flag_up(&q->not_empty);
         tlock_unlock(&q->put.lock);
         if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
@@ -552,6 +645,8 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             rc = get_locked(q, buf, cap, len, out, shared, &big);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
+        if (rc == 0 && q->maxsize)
+            note_waker_cpu(&q->not_full);
         sleepers = rc == 0 && q->maxsize && flag_up(&q->not_full);
         tlock_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
