@@ -286,19 +286,31 @@ static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *))
     }
 }
 
+/* A call's deadline, made when it first waits: most puts and gets never
+ * do, and making one costs more than the rest of a put. */
+struct wait_deadline {
+    double timeout;
+    bool set;
+    mp_deadline at;
+};
+
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
  * A sleep lasts at most FUTEX_SLICE: a process killed between its commit
  * and its wake-up call wakes nobody, and the sleeper must see the commit
  * anyway (a lock holder's death is caught sooner, by the repair's wake-up). */
 static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
-                      const mp_deadline *d)
+                      struct wait_deadline *d)
 {
+    if (!d->set) {
+        d->at = deadline_in(d->timeout);
+        d->set = true;
+    }
     if (queue_spin(q, w, ready))
         return 0;
     uint32_t v = raise_flag(q, w);
     if (ready(q))
         return 0;
-    return futex_wait_sliced(&w->word, v, d, false) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
+    return futex_wait_sliced(&w->word, v, &d->at, false) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
 
 /* Under the waking side's lock, after the commit: does anyone sleep on w? */
@@ -440,7 +452,7 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big)
 /* Commits one item: inline from data, or the out-of-line block big. */
 static int queue_give(mp_queue *q, const void *data, size_t len, void *big, double timeout)
 {
-    mp_deadline d = deadline_in(timeout);
+    struct wait_deadline d = { .timeout = timeout };
     bool sleepers = false;
     int rc;
     for (;;) {
@@ -632,7 +644,7 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
                       void **shared, double timeout)
 {
-    mp_deadline d = deadline_in(timeout);
+    struct wait_deadline d = { .timeout = timeout };
     void *big = NULL;
     bool sleepers = false;
     int rc;
@@ -755,7 +767,7 @@ int mp_queue_join(mp_queue *q, double timeout)
         return mp_fail_handle(__func__, "queue", q);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
-    mp_deadline d = deadline_in(timeout);
+    struct wait_deadline d = { .timeout = timeout };
     while (!join_ready(q)) {
         if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
             return join_ready(q) ? 0 : queue_result(MP_ETIMEDOUT, __func__, timeout);
