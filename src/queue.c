@@ -278,17 +278,8 @@ static void note_waker_cpu(struct waitword *w)
  * in a sleep. Halving alone never recovers: once waits last a little
  * longer than the budget, every one of them sleeps and the budget stays at
  * its floor. So after SPIN_PROBE_AFTER sleeps in a row, one spin probes the
- * whole SPIN_MAX_NS; if the item comes, the budget is set to that.
- *
- * hint, a consumer's, is where the next record will be written: each look
- * also asks for its first two lines. A look sees the commit one cache-line
- * transfer after it is made, and the record's lines then come in the same
- * transfer instead of one more after it (a producer writes the record
- * before it commits, and takes the lines back only to write the one after).
- * Round trip, medians of eight interleaved runs: 1.10 -> 0.97 us. The
- * address may be stale (another consumer moved on, the segment was left):
- * a prefetch never faults, and arena memory stays mapped. */
-static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *), const char *hint)
+ * whole SPIN_MAX_NS; if the item comes, the budget is set to that. */
+static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *))
 {
     if (!several_cpus())
         return false;
@@ -304,10 +295,6 @@ static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *), c
             spin_budget_ns = probe || spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS
                                                                        : spin_budget_ns * 2;
             return true;
-        }
-        if (hint) {
-            __builtin_prefetch(hint);
-            __builtin_prefetch(hint + MP_CACHELINE);
         }
         for (unsigned k = 0; k < pauses; k++)
             cpu_relax();
@@ -333,14 +320,14 @@ struct wait_deadline {
  * A sleep lasts at most FUTEX_SLICE: a process killed between its commit
  * and its wake-up call wakes nobody, and the sleeper must see the commit
  * anyway (a lock holder's death is caught sooner, by the repair's wake-up). */
-static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *), const char *hint,
+static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
                       struct wait_deadline *d)
 {
     if (!d->set) {
         d->at = deadline_in(d->timeout);
         d->set = true;
     }
-    if (queue_spin(q, w, ready, hint))
+    if (queue_spin(q, w, ready))
         return 0;
     uint32_t v = raise_flag(q, w);
     if (ready(q))
@@ -504,7 +491,7 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, doub
             note_waker_cpu(&q->not_empty);
         sleepers = rc == 0 && flag_up(&q->not_empty);
         tlock_unlock(&q->put.lock);
-        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, NULL, &d) != 0)
+        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
             break;
     }
     if (sleepers)
@@ -681,7 +668,6 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 {
     struct wait_deadline d = { .timeout = timeout };
     void *big = NULL;
-    const char *hint = NULL;
     bool sleepers = false;
     int rc;
     for (;;) {
@@ -693,15 +679,11 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             rc = get_locked(q, buf, cap, len, out, shared, &big);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
-        if (rc == MP_EEMPTY) {       /* where the next item will be, for the spin */
-            struct seg *s = q->get.seg;
-            hint = (const char *)ring_word(s, atomic_load_explicit(&s->head, memory_order_relaxed));
-        }
         if (rc == 0 && q->maxsize)
             note_waker_cpu(&q->not_full);
         sleepers = rc == 0 && q->maxsize && flag_up(&q->not_full);
         tlock_unlock(&q->get.lock);
-        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, hint, &d) != 0)
+        if (rc != MP_EEMPTY || timeout == 0 || wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
     }
     if (sleepers)
@@ -809,7 +791,7 @@ int mp_queue_join(mp_queue *q, double timeout)
         return mp_fail_timeout(__func__, timeout);
     struct wait_deadline d = { .timeout = timeout };
     while (!join_ready(q)) {
-        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, NULL, &d) != 0)
+        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
             return join_ready(q) ? 0 : queue_result(MP_ETIMEDOUT, __func__, timeout);
     }
     return 0;
