@@ -32,10 +32,10 @@ enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2 };
 /* A spinning waiter looks about every LOOK_NS. Each look pulls the
  * counter's line to this core, and the other side's next commit must take
  * it back: looking every ~90 ns instead of every ~15 made 4 KiB items ~5%
- * faster; every ~180 ns made the round trip 15% slower. One pause costs 11
- * ns on one host here and 29 on another, so the pauses per look are
- * measured (look_pauses). */
-#define LOOK_NS 60
+ * faster; every ~180 ns made the round trip 15% slower. That was 8 pauses
+ * of 11 ns; on another host here one pause costs 29 ns (8: a look every
+ * 230 ns), so the pauses per look are measured (look_pauses). */
+#define LOOK_NS 90
 /* The spin budget (queue_spin): where it starts, its bounds, and after how
  * many spins in a row that ended in a sleep one spin probes the whole
  * SPIN_MAX_NS again. */
