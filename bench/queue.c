@@ -6,11 +6,19 @@
  * first bytes (its number). The _bounded rows cap the queue at 1,024 items. copy_64MiB is no queue: one
  * process copying 64 MiB between two buffers, memcpy on both sides, the
  * bandwidth one core has here and so the scale of queue_1to1_64MiB.
+ * queue_roundtrip is the mean of 100,000 round trips of a 64-byte item over
+ * two queues; queue_roundtrip_p50 and _p99 time each round trip on its own
+ * (a clock read each, ~45 ns) and give, per repetition, their median and
+ * 99th percentile. queue_roundtrip_floor is no queue: two processes handing
+ * a counter back and forth through two cache lines of shared memory, both
+ * spinning, what no round trip can beat on this machine at this moment
+ * (where the host places the two virtual CPUs moves it severalfold).
  */
 #include <mproc.h>
 
 #include "bench.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/resource.h>
 #include <sys/time.h>
@@ -124,9 +132,11 @@ static double copy_gb_per_sec(void *arg)
 
 /* ------------------------------------------------------------------ round trip */
 
-static double roundtrip_us(void *arg)
+/* Microseconds per round trip, n of them after a thousand to warm up; with
+ * lat, each one's own time in ns goes there too (a clock read per round
+ * trip, ~45 ns here, so only the percentile rows pay for it). */
+static double roundtrip_run(long n, double *lat)
 {
-    long n = *(long *)arg;
     mp_queue *ping, *pong;
     mp_queue_new(&ping, NULL);
     mp_queue_new(&pong, NULL);
@@ -140,12 +150,17 @@ static double roundtrip_us(void *arg)
     }
     char msg[64] = "ping";
     size_t len;
-    double t0 = 0;
+    double t0 = 0, t = 0;
     for (long i = -1000; i < n; i++) {    /* the first thousand warm up */
         if (i == 0)
-            t0 = bench_now();
+            t0 = t = bench_now();
         mp_queue_put(ping, msg, sizeof msg, MP_FOREVER);
         mp_queue_get(pong, msg, sizeof msg, &len, MP_FOREVER);
+        if (lat && i >= 0) {
+            double now = bench_now();
+            lat[i] = (now - t) * 1e9;
+            t = now;
+        }
     }
     double us = bench_per_op_ns(t0, n) / 1e3;
     mp_queue_shutdown(ping);
@@ -153,6 +168,63 @@ static double roundtrip_us(void *arg)
     mp_queue_free(ping);
     mp_queue_free(pong);
     return us;
+}
+
+static double roundtrip_us(void *arg)
+{
+    return roundtrip_run(*(long *)arg, NULL);
+}
+
+/* The queue_roundtrip_p50 and _p99 rows: per repetition, the median and
+ * the 99th percentile of the single round trips; the medians of those. */
+static void rows_roundtrip_percentiles(long n)
+{
+    double p50[64], p99[64], *lat = malloc((size_t)n * sizeof *lat);
+    int reps = bench_reps(5) > 64 ? 64 : bench_reps(5);
+    for (int r = 0; r < reps; r++) {
+        roundtrip_run(n, lat);
+        qsort(lat, (size_t)n, sizeof *lat, bench_cmp_double_);
+        p50[r] = lat[n / 2] / 1e3;
+        p99[r] = lat[n * 99 / 100] / 1e3;
+    }
+    free(lat);
+    bench_row("queue_roundtrip_p50", bench_median(p50, reps), "us", BENCH_LOWER);
+    bench_row("queue_roundtrip_p99", bench_median(p99, reps), "us", BENCH_LOWER);
+}
+
+/* The floor: microseconds per round trip of two processes handing a
+ * counter back and forth through two cache lines of shared memory, both
+ * spinning, nothing else; what no queue can beat here at this moment. */
+static double roundtrip_floor_us(void *arg)
+{
+    long n = *(long *)arg;
+    struct line { _Alignas(64) _Atomic long v; };
+    struct line *w = mp_shared_alloc(2 * sizeof *w);
+    if (!w)
+        return NAN;
+    atomic_init(&w[0].v, 0);
+    atomic_init(&w[1].v, 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (long i = 1; i <= n + 1000; i++) {
+            while (atomic_load_explicit(&w[0].v, memory_order_acquire) != i)
+                bench_pause();
+            atomic_store_explicit(&w[1].v, i, memory_order_release);
+        }
+        _exit(0);
+    }
+    double t0 = 0;
+    for (long i = 1; pid > 0 && i <= n + 1000; i++) {
+        if (i == 1001)
+            t0 = bench_now();
+        atomic_store_explicit(&w[0].v, i, memory_order_release);
+        while (atomic_load_explicit(&w[1].v, memory_order_acquire) != i)
+            bench_pause();
+    }
+    double us = bench_per_op_ns(t0, n) / 1e3;
+    bool ok = pid > 0 && reap(pid) == 0;
+    mp_shared_free(w);
+    return ok ? us : NAN;
 }
 
 /* ------------------------------------------------------------------ 4 x 4 */
@@ -276,6 +348,12 @@ int main(int argc, char **argv)
     if (bench_selected(argc, argv, "queue_roundtrip"))
         bench_row("queue_roundtrip", bench_median_of(bench_reps(5), roundtrip_us, &roundtrips),
                   "us", BENCH_LOWER);
+    if (bench_selected(argc, argv, "queue_roundtrip_p50") ||
+        bench_selected(argc, argv, "queue_roundtrip_p99"))
+        rows_roundtrip_percentiles(roundtrips);
+    if (bench_selected(argc, argv, "queue_roundtrip_floor"))
+        bench_row("queue_roundtrip_floor", bench_median_of(bench_reps(5), roundtrip_floor_us,
+                                                           &roundtrips), "us", BENCH_LOWER);
     if (bench_selected(argc, argv, "queue_4x4"))
         bench_row("queue_4x4", bench_median_of(bench_reps(3), many_to_many, &per_producer),
                   "items/s", BENCH_HIGHER);

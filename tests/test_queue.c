@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1116,6 +1117,89 @@ static void test_queue_idle_blocked_consumer_uses_no_cpu(void **state)
     mp_queue_free(q);
 }
 
+/* ------------------------------------------------------------------ spinning */
+
+/* A round trip's echo: each item on ping names how long (us) to busy-wait
+ * before it goes back on pong; 0 ends. */
+struct echo { mp_queue *ping, *pong; };
+
+static int child_echoes_after_a_delay(void *arg)
+{
+    struct echo *e = arg;
+    uint64_t us;
+    size_t len;
+    while (mp_queue_get(e->ping, &us, sizeof us, &len, 30 * tu_slow()) == 0 && us) {
+        for (double until = tu_now() + (double)us / 1e6; tu_now() < until;)
+            ;
+        if (mp_queue_put(e->pong, &us, sizeof us, MP_FOREVER) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Round trips of delay_us each; the sleeps (voluntary context switches:
+ * a yield is not one) this thread made in them. */
+static long round_trips_sleeping(struct echo *e, int n, uint64_t delay_us)
+{
+    struct rusage before, after;
+    getrusage(RUSAGE_THREAD, &before);
+    for (int i = 0; i < n; i++) {
+        put_u64(e->ping, delay_us);
+        assert_int_equal(get_u64(e->pong), delay_us);
+    }
+    getrusage(RUSAGE_THREAD, &after);
+    return after.ru_nvcsw - before.ru_nvcsw;
+}
+
+/* Replies slower than any spin (300 us) shrink a waiter's spin budget to
+ * its floor; replies in 5 us must then bring it back, or every later wait
+ * sleeps though a spin of a few microseconds would have seen the item. */
+static void test_queue_spin_budget_recovers_after_slow_replies(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND || sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        skip();                          /* no spinning on one CPU */
+    struct echo e = { new_queue(0), new_queue(0) };
+    pid_t pid = tu_fork(child_echoes_after_a_delay, &e);
+    round_trips_sleeping(&e, 40, 300);
+    round_trips_sleeping(&e, 100, 5);    /* time to recover */
+    long sleeps = round_trips_sleeping(&e, 200, 5);
+    put_u64(e.ping, 0);
+    assert_int_equal(tu_wait(pid, 30 * tu_slow()), 0);
+    if (sleeps >= 100)
+        fail_msg("%ld of 200 waits for a 5 us reply slept", sleeps);
+    mp_queue_free(e.ping);
+    mp_queue_free(e.pong);
+}
+
+/* Both ends on one CPU: the one whose reply we wait for can only run if we
+ * give the CPU up. Spinning through the budget instead starves it, and
+ * the wait ends in a sleep every time. */
+static void test_queue_spinner_yields_to_a_peer_on_its_cpu(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND || sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        skip();
+    cpu_set_t one, all;
+    assert_int_equal(sched_getaffinity(0, sizeof all, &all), 0);
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE && CPU_COUNT(&one) == 0; c++)
+        if (CPU_ISSET(c, &all))
+            CPU_SET(c, &one);
+    assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0);   /* the child inherits it */
+    struct echo e = { new_queue(0), new_queue(0) };
+    pid_t pid = tu_fork(child_echoes_after_a_delay, &e);
+    round_trips_sleeping(&e, 100, 1);
+    long sleeps = round_trips_sleeping(&e, 400, 1);
+    put_u64(e.ping, 0);
+    assert_int_equal(tu_wait(pid, 30 * tu_slow()), 0);
+    assert_int_equal(sched_setaffinity(0, sizeof all, &all), 0);
+    if (sleeps >= 200)
+        fail_msg("%ld of 400 waits for a peer on the same CPU slept", sleeps);
+    mp_queue_free(e.ping);
+    mp_queue_free(e.pong);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -1150,6 +1234,8 @@ int main(void)
         cmocka_unit_test(test_queue_slow_consumer_keeps_its_lock_from_a_waiter_blind_to_proc),
         cmocka_unit_test(test_queue_kill9_storm_loses_only_what_the_dead_held),
         cmocka_unit_test(test_queue_idle_blocked_consumer_uses_no_cpu),
+        cmocka_unit_test(test_queue_spin_budget_recovers_after_slow_replies),
+        cmocka_unit_test(test_queue_spinner_yields_to_a_peer_on_its_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
