@@ -12,6 +12,7 @@
 #include "manager/shdict.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -213,6 +214,61 @@ static void test_direct_calls_fail_once_the_server_is_shut_down_or_killed(void *
     assert_true(after.used_blocks + after.stray_blocks <= before.used_blocks + before.stray_blocks + 4);
 }
 
+/* ------------------------------------------------------------------ the budget */
+
+static int exec3(struct shstore *s, int op, const char *key, const struct mval *v, struct mval *out)
+{
+    struct mmsg m = { .n = v ? 4 : 3 };
+    m.v[0] = (struct mval){ .type = MV_INT, .i = op };
+    m.v[1] = (struct mval){ .type = MV_TEXT, .p = (const uint8_t *)"b", .len = 1 };
+    m.v[2] = (struct mval){ .type = MV_TEXT, .p = (const uint8_t *)key, .len = strlen(key) };
+    if (v)
+        m.v[3] = *v;
+    void *owned;
+    struct mval none;
+    TU_OK(shstore_lock(s));
+    int rc = shdict_exec(s, &m, out ? out : &none, &owned);
+    shstore_unlock(s);
+    free(owned);
+    return rc;
+}
+
+static void test_store_budget_counts_every_block_and_refuses_past_it(void **state)
+{
+    (void)state;
+    struct shstore *s = shstore_new();
+    assert_non_null(s);
+    TU_OK(shstore_serve(s, 64 * 1024));
+    struct shstore_stats st;
+    char val[100] = { 0 }, key[16];
+    struct mval v = { .type = MV_BYTES, .p = (const uint8_t *)val, .len = sizeof val };
+    int n = 0, rc;
+    for (; (rc = exec3(s, OP_DICT_SET, (snprintf(key, sizeof key, "k%d", n), key), &v, NULL)) == 0; n++)
+        ;
+    assert_int_equal(rc, MP_ENOMEM);
+    assert_true(n > 200 && n < 400);           /* 192-byte entries and their table, in 64 KiB */
+    assert_true(shstore_check(s, &st));
+    assert_true(st.bytes <= 64 * 1024 && shstore_bytes(s) == st.bytes);
+    assert_int_equal(st.entries, n);
+    struct mval num = { .type = MV_INT, .i = 7 }, got;
+    assert_int_equal(exec3(s, OP_DICT_SET, key, &num, NULL), MP_ENOMEM);   /* nothing changed */
+    assert_int_equal(exec3(s, OP_DICT_GET, key, NULL, NULL), MP_ENOTFOUND);
+    TU_OK(exec3(s, OP_DICT_SET, "k0", &v, NULL));              /* a replace of the same size fits */
+    TU_OK(exec3(s, OP_DICT_SET, "k1", &num, NULL));            /* and a smaller one */
+    TU_OK(exec3(s, OP_DICT_DEL, "k2", NULL, NULL));            /* a delete gives room back */
+    struct mval three = { .type = MV_INT, .i = 3 };
+    TU_OK(exec3(s, OP_DICT_INCR, "k1", &three, &got));
+    assert_int_equal(got.i, 10);
+    TU_OK(exec3(s, OP_DICT_SET, key, &num, NULL));
+    assert_true(shstore_check(s, &st));
+    assert_true(st.bytes <= 64 * 1024);
+    TU_OK(exec3(s, OP_DICT_CLEAR, "-", NULL, NULL));
+    assert_true(shstore_check(s, &st));
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.blocks, 2);            /* the directory and the dict */
+    shstore_destroy(s);
+}
+
 /* ------------------------------------------------------------------ a direct caller killed */
 
 struct scenario {
@@ -395,6 +451,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_direct_and_server_paths_are_one_dict_with_the_same_answers, setup),
         cmocka_unit_test_setup(test_direct_calls_fail_once_the_server_is_shut_down_or_killed, setup),
+        cmocka_unit_test_setup(test_store_budget_counts_every_block_and_refuses_past_it, setup),
         cmocka_unit_test_setup(test_direct_caller_killed_at_every_step_leaves_the_dict_whole, setup),
         cmocka_unit_test_setup(test_server_killed_inside_a_dict_operation_leaves_a_store_its_reaper_frees, setup),
     };
