@@ -214,6 +214,79 @@ static void test_direct_calls_fail_once_the_server_is_shut_down_or_killed(void *
     assert_true(after.used_blocks + after.stray_blocks <= before.used_blocks + before.stray_blocks + 4);
 }
 
+/* ------------------------------------------------------------------ many processes */
+
+struct storm {
+    mp_dict *d;
+    _Atomic long done;        /* incrs that returned 0, all children */
+    _Atomic bool stop;
+};
+
+/* Increments n (and churns a key of its own, so entries come and go and
+ * tables grow) until told to stop or killed. */
+static int storm_child(void *arg)
+{
+    struct storm *st = arg;
+    char key[32];
+    snprintf(key, sizeof key, "own%d", (int)getpid());
+    for (long i = 0; !atomic_load(&st->stop); i++) {
+        if (mp_dict_incr(st->d, "n", 1, NULL) != 0)
+            return 1;
+        atomic_fetch_add(&st->done, 1);
+        if ((i % 3 == 0 ? mp_dict_set(st->d, key, "v", 1) : i % 3 == 1 ? mp_dict_del(st->d, key) : 0) != 0)
+            return 2;
+    }
+    return 0;
+}
+
+/* Direct callers SIGKILLed at random moments while others keep going, and
+ * a caller through the server beside them: every counted increment is in
+ * the total (a killed caller's last one may be too), the store stays valid
+ * and a kill loses at most a block. */
+static void test_kill_storm_of_direct_callers_loses_no_counted_increment(void **state)
+{
+    (void)state;
+    mp_manager *m, *remote;
+    mp_dict *d, *r;
+    start_pair(&m, &remote, &d, &r);
+    struct storm *st = mmap(NULL, sizeof *st, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(st != MAP_FAILED);
+    st->d = d;
+    TU_OK(mp_dict_set_i64(d, "n", 0));
+    long leak0 = unaccounted(manager_dicts(m));
+    enum { KIDS = 3, KILLS = 30 };
+    pid_t kids[KIDS];
+    for (int i = 0; i < KIDS; i++)
+        kids[i] = tu_fork(storm_child, st);
+    unsigned seed = (unsigned)getpid();
+    long remote_done = 0;
+    for (int k = 0; k < KILLS; k++) {
+        for (int j = 0; j < 10; j++, remote_done++)
+            TU_OK(mp_dict_incr(r, "n", 1, NULL));
+        usleep((useconds_t)(rand_r(&seed) % 2000));
+        int i = rand_r(&seed) % KIDS;
+        kill(kids[i], SIGKILL);
+        assert_int_equal(tu_wait(kids[i], 10 * tu_slow()), -SIGKILL);
+        kids[i] = tu_fork(storm_child, st);
+    }
+    atomic_store(&st->stop, true);
+    for (int i = 0; i < KIDS; i++)
+        assert_int_equal(tu_wait(kids[i], 10 * tu_slow()), 0);
+    int64_t n;
+    TU_OK(mp_dict_get_i64(r, "n", &n));
+    long counted = atomic_load(&st->done) + remote_done;
+    assert_true(n >= counted && n <= counted + KILLS);
+    long leaked = unaccounted(manager_dicts(m)) - leak0;
+    size_t len;
+    TU_OK(mp_dict_len(d, &len));
+    assert_true(leaked <= KILLS + (long)len);   /* the children's own keys left behind are not leaks */
+    munmap(st, sizeof *st);
+    mp_dict_free(r);
+    mp_dict_free(d);
+    mp_manager_free(remote);
+    mp_manager_free(m);
+}
+
 /* ------------------------------------------------------------------ the budget */
 
 static int exec3(struct shstore *s, int op, const char *key, const struct mval *v, struct mval *out)
@@ -536,6 +609,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_direct_and_server_paths_are_one_dict_with_the_same_answers, setup),
         cmocka_unit_test_setup(test_direct_calls_fail_once_the_server_is_shut_down_or_killed, setup),
+        cmocka_unit_test_setup(test_kill_storm_of_direct_callers_loses_no_counted_increment, setup),
         cmocka_unit_test_setup(test_store_budget_counts_every_block_and_refuses_past_it, setup),
         cmocka_unit_test_setup(test_direct_caller_killed_at_every_step_leaves_the_dict_whole, setup),
         cmocka_unit_test_setup(test_close_and_drop_killed_midway_are_finished_by_the_next_holder, setup),
