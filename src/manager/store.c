@@ -626,6 +626,16 @@ static enum kind op_kind(int64_t op)
 
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
 {
+    int64_t op = req->v[0].i;
+    if (op >= OP_DICT_OPEN && op_kind(op) == KIND_DICT) {
+        /* the dicts' lock alone: a request waiting for it (direct callers
+         * busy) does not hold up the other objects' requests */
+        memset(r, 0, sizeof *r);
+        r->dicts_only = true;
+        r->dicts_locked = shstore_lock(s->dicts) == 0;
+        r->status = r->dicts_locked ? shdict_exec(s->dicts, req, &r->v, &r->owned) : MP_EBROKEN;
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     store_exec_locked(s, owner, req, r);
 }
@@ -655,6 +665,12 @@ void store_exec_locked(struct store *s, struct store_owner *owner, const struct 
 
 void store_done(struct store *s, struct sreply *r)
 {
+    if (r->dicts_only) {
+        if (r->dicts_locked)
+            shstore_unlock(s->dicts);
+        store_release(r);
+        return;
+    }
     store_leave(s);
     pthread_mutex_unlock(&s->mu);
     store_release(r);

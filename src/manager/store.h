@@ -32,6 +32,7 @@ struct sreply {
     int status;
     struct mval v;
     void *owned;
+    bool dicts_only, dicts_locked;   /* store_exec ran a dict request under the dicts' lock alone */
 };
 
 /* Asked before a waiting queue get takes an item: false when the client
@@ -49,8 +50,9 @@ int store_new_shared(struct store **s, struct shstore *dicts, size_t max_bytes, 
 void store_free(struct store *s);
 
 /* Runs one checked request for owner; may block up to the request's
- * timeout (capped at MANAGER_REQUEST_SLICE). The store mutex is held on return
- * so the reply can be encoded from the value view; call store_done after. */
+ * timeout (capped at MANAGER_REQUEST_SLICE). The store mutex (for a dict
+ * request, the dicts' lock instead) is held on return so the reply can be
+ * encoded from the value view; call store_done after. */
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_done(struct store *s, struct sreply *r);
 
