@@ -1,6 +1,9 @@
 """manager.py - the workloads of bench/manager.c with multiprocessing.Manager.
 
 manager_dict_set / manager_dict_get: one client, d['key'] = 8 bytes / d['key'].
+manager_dict_set_remote / manager_dict_get_remote: the same (a Python proxy has
+one path, the server's, whoever holds it), beside mproc's calls through its
+server.
 manager_incr_8clients / manager_incr_64clients: 8 or 64 processes each add 1
 to d['n'] under a manager Lock (Python has no atomic increment on a proxy),
 aggregate ops/s; total checked.
@@ -73,6 +76,10 @@ if __name__ == "__main__":
             row("manager_dict_set", median_of(reps(3), lambda: rep_set(d)), "ops/s", HIGHER)
         if selected("manager_dict_get"):
             row("manager_dict_get", median_of(reps(3), lambda: rep_get(d)), "ops/s", HIGHER)
+        if selected("manager_dict_set_remote"):
+            row("manager_dict_set_remote", median_of(reps(3), lambda: rep_set(d)), "ops/s", HIGHER)
+        if selected("manager_dict_get_remote"):
+            row("manager_dict_get_remote", median_of(reps(3), lambda: rep_get(d)), "ops/s", HIGHER)
         if selected("manager_incr_8clients"):
             row("manager_incr_8clients", median_of(reps(3), lambda: rep_incr(manager, d, 8, INCR_OPS)),
                 "ops/s", HIGHER)

@@ -14,11 +14,14 @@
  * a call ends on time whatever the server or the network does, and a
  * connection that timed out is closed, its state being unknown.
  * A process sharing the server's arena sends its requests through a
- * shared-memory channel instead of the socket (channel.h).
+ * shared-memory channel instead of the socket (channel.h), and a process of
+ * the family that started the server does not send its dict calls at all:
+ * it runs them on the dicts in the arena, under their lock (shdict.h).
  */
 #include "manager/channel.h"
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
+#include "manager/shdict.h"
 #include "manager/wire.h"
 #include "process_internal.h"
 
@@ -40,6 +43,7 @@ struct mp_manager {
     pid_t server_pid;     /* > 0 when creator started the server */
     int watch_fd;         /* creator: the server watches its other end (no pidfds); -1 */
     bool shut;
+    struct shstore *dicts;   /* started here: its dicts, which the family uses directly */
     size_t keylen;
     char address[WIRE_MAX_ADDRESS];
     uint8_t key[WIRE_MAX_AUTHKEY];
@@ -509,6 +513,7 @@ static int manager_alloc(mp_manager **out, const char *address, const void *key,
 static void manager_release(mp_manager *m)
 {
     mconn_forget(m);
+    shstore_destroy(m->dicts);
     m->magic = MAGIC_FREED;
     arena_free(m);
 }
@@ -568,6 +573,7 @@ static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
     if (getppid() != parent)
         _exit(0);
     struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key, .authkey_len = m->keylen,
+                                      .dicts = m->dicts,
                                       .stop_fd = parent_fd >= 0 ? parent_fd : watch >= 0 ? 4 : -1 };
     _exit(manager_serve(&so) < 0 ? 1 : 0);
 }
@@ -654,6 +660,7 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         wire_unlink(actual);
         return mp_fail_code(rc, __func__);
     }
+    m->dicts = shstore_new();       /* none (no room): dicts go through the server */
     rc = manager_fork(m, lfd);
     close(lfd);
     if (rc < 0) {
@@ -687,6 +694,11 @@ const void *mp_manager_authkey(const mp_manager *m, size_t *len)
     if (len)
         *len = m->keylen;
     return m->key;
+}
+
+struct shstore *manager_dicts(const mp_manager *m)
+{
+    return manager_ok(m) ? m->dicts : NULL;
 }
 
 pid_t mp_manager_pid(const mp_manager *m)
@@ -741,6 +753,7 @@ int mp_manager_shutdown(mp_manager *m)
         mconn_end(c);
     }
     manager_reap(m->server_pid, 5.0);
+    shstore_close(m->dicts);         /* what a killed server left */
     if (m->watch_fd >= 0)
         close(m->watch_fd);
     m->watch_fd = -1;
@@ -764,6 +777,9 @@ void mp_manager_free(mp_manager *m)
 
 /* ------------------------------------------------------------------ proxies */
 
+static int dict_call(struct proxy *p, int op, const struct mval *args, size_t n, enum mtype want,
+                     mp_buf *out, struct mval *num);
+
 /* Opens a proxy: checks arguments, sends the kind's OPEN op (which creates
  * the object when missing). own: the proxy gets its own connection. */
 static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, bool own,
@@ -785,7 +801,8 @@ static int proxy_open(mp_manager *m, const char *name, uint32_t magic, int op, b
     p->own = own;
     p->nlen = strlen(name);
     memcpy(p->name, name, p->nlen + 1);
-    int rc = proxy_simple(p, op, args, n, NULL);
+    int rc = magic == MAGIC_DICT ? dict_call(p, op, args, n, MV_NONE, NULL, NULL)
+                                 : proxy_simple(p, op, args, n, NULL);
     if (rc < 0) {
         if (own)
             mconn_forget(p);
@@ -809,6 +826,53 @@ static void proxy_free(struct proxy *p, uint32_t magic)
     arena_free(p);
 }
 
+/* A dict call, and what its reply carries: want is the value's type
+ * (MV_NONE: nothing), bytes go into out, a number into *num. A process
+ * sharing the server's arena runs it on the store itself, under the store's
+ * lock (shdict.h); any other goes through the server. Either way the same
+ * codes: MP_ETYPE for a value of another type, MP_EBROKEN once the server
+ * is gone or shut down. */
+static int dict_call(struct proxy *p, int op, const struct mval *args, size_t n, enum mtype want,
+                     mp_buf *out, struct mval *num)
+{
+    struct mmsg m = { .n = 2 + n };
+    struct mval v;
+    struct shstore *direct = p->m->dicts;
+    struct mconn *c = NULL;
+    void *owned = NULL;
+    int rc;
+    if (direct) {
+        m.v[0] = int_arg(op);
+        m.v[1] = (struct mval){ .type = MV_TEXT, .p = (const uint8_t *)p->name, .len = p->nlen };
+        for (size_t i = 0; i < n; i++)
+            m.v[2 + i] = args[i];
+        if (shstore_lock(direct) < 0)
+            return MP_EBROKEN;
+        rc = shstore_live(direct) ? shdict_exec(direct, &m, &v, &owned) : MP_EBROKEN;
+    } else {
+        if (!(c = proxy_conn(p)))
+            return MP_ENOMEM;
+        rc = proxy_call(p, c, op, args, n, &m, NULL);
+        if (rc == 0 && want != MV_NONE && m.n != 2)
+            rc = MP_EPROTO;
+        v = m.v[1];
+    }
+    if (rc == 0 && want != MV_NONE && v.type != want)
+        rc = MP_ETYPE;
+    if (rc == 0 && out) {
+        out->len = 0;
+        rc = mp_buf_append(out, v.p, v.len);
+    } else if (rc == 0 && num) {
+        *num = v;
+    }
+    if (direct)
+        shstore_unlock(direct);
+    else
+        mconn_end(c);
+    free(owned);
+    return rc;
+}
+
 int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
 {
     return mp_fail_code(proxy_open(m, name, MAGIC_DICT, OP_DICT_OPEN, false, NULL, 0, (void **)d), __func__);
@@ -819,7 +883,7 @@ static int dict_set_val(mp_dict *d, const char *key, struct mval v)
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[2] = { text_arg(key), v };
-    return proxy_simple((struct proxy *)d, OP_DICT_SET, args, 2, NULL);
+    return dict_call((struct proxy *)d, OP_DICT_SET, args, 2, MV_NONE, NULL, NULL);
 }
 
 int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
@@ -844,7 +908,7 @@ int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !val)
         return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { text_arg(key) };
-    return mp_fail_code(proxy_bytes((struct proxy *)d, OP_DICT_GET, args, 1, val, NULL), __func__);
+    return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_GET, args, 1, MV_BYTES, val, NULL), __func__);
 }
 
 /* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
@@ -853,19 +917,7 @@ static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct 
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return MP_EINVAL;
     struct mval args[1] = { text_arg(key) };
-    struct mconn *c = proxy_conn((struct proxy *)d);
-    if (!c)
-        return MP_ENOMEM;
-    struct mmsg rep;
-    int rc = proxy_call((struct proxy *)d, c, OP_DICT_GET, args, 1, &rep, NULL);
-    if (rc == 0 && rep.n != 2)
-        rc = MP_EPROTO;
-    if (rc == 0 && rep.v[1].type != want)
-        rc = MP_ETYPE;
-    if (rc == 0)
-        *out = rep.v[1];
-    mconn_end(c);
-    return rc;
+    return dict_call((struct proxy *)d, OP_DICT_GET, args, 1, want, NULL, out);
 }
 
 int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v)
@@ -895,17 +947,17 @@ int mp_dict_del(mp_dict *d, const char *key)
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[1] = { text_arg(key) };
-    return mp_fail_code(proxy_simple((struct proxy *)d, OP_DICT_DEL, args, 1, NULL), __func__);
+    return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_DEL, args, 1, MV_NONE, NULL, NULL), __func__);
 }
 
 int mp_dict_len(mp_dict *d, size_t *n)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !n)
         return mp_fail_code(MP_EINVAL, __func__);
-    int64_t v;
-    int rc = proxy_int((struct proxy *)d, OP_DICT_LEN, NULL, 0, &v);
+    struct mval v;
+    int rc = dict_call((struct proxy *)d, OP_DICT_LEN, NULL, 0, MV_INT, NULL, &v);
     if (rc == 0)
-        *n = (size_t)v;
+        *n = (size_t)v.i;
     return mp_fail_code(rc, __func__);
 }
 
@@ -913,22 +965,25 @@ int mp_dict_keys(mp_dict *d, mp_buf *keys)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !keys)
         return mp_fail_code(MP_EINVAL, __func__);
-    return mp_fail_code(proxy_bytes((struct proxy *)d, OP_DICT_KEYS, NULL, 0, keys, NULL), __func__);
+    return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_KEYS, NULL, 0, MV_BYTES, keys, NULL), __func__);
 }
 
 int mp_dict_clear(mp_dict *d)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT))
         return mp_fail_code(MP_EINVAL, __func__);
-    return mp_fail_code(proxy_simple((struct proxy *)d, OP_DICT_CLEAR, NULL, 0, NULL), __func__);
+    return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_CLEAR, NULL, 0, MV_NONE, NULL, NULL), __func__);
 }
 
 int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
         return mp_fail_code(MP_EINVAL, __func__);
-    struct mval args[2] = { text_arg(key), int_arg(delta) };
-    return mp_fail_code(proxy_int((struct proxy *)d, OP_DICT_INCR, args, 2, result), __func__);
+    struct mval args[2] = { text_arg(key), int_arg(delta) }, v;
+    int rc = dict_call((struct proxy *)d, OP_DICT_INCR, args, 2, MV_INT, NULL, &v);
+    if (rc == 0 && result)
+        *result = v.i;
+    return mp_fail_code(rc, __func__);
 }
 
 int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
@@ -940,7 +995,7 @@ int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
                             bytes_arg(val, vlen) };
-    return mp_fail_code(proxy_simple((struct proxy *)d, OP_DICT_CAS, args, 3, NULL), __func__);
+    return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_CAS, args, 3, MV_NONE, NULL, NULL), __func__);
 }
 
 void mp_dict_free(mp_dict *d)

@@ -35,6 +35,8 @@ enum {
     MANAGER_MAX_PER_SOURCE = 1024,    /* connections from one TCP source address */
 };
 
+struct shstore;
+
 struct manager_server_opts {
     int listen_fd;
     const void *authkey;
@@ -42,12 +44,17 @@ struct manager_server_opts {
     int stop_fd;          /* readable: stop serving (signalfd, parent's pidfd); -1 none */
     int handshake_ms;     /* a peer must finish the handshake in time; 0: MANAGER_HANDSHAKE_MS */
     size_t max_bytes;     /* the store's budget; 0: STORE_MAX_BYTES_DEFAULT */
+    struct shstore *dicts;   /* the dicts, shared with the starter's family (shdict.h); NULL: its own */
 };
 
 /* Serves until a SHUTDOWN request or stop_fd turns readable; returns 0 then
  * (client threads may still be running: the caller exits the process).
  * MP_EINVAL at once for a TCP listener without an authkey. */
 int manager_serve(const struct manager_server_opts *o);
+
+/* The dicts a manager started by this family shares with it (NULL for a
+ * connected one): what the tests check after a kill. */
+struct shstore *manager_dicts(const mp_manager *m);
 
 /* Decodes and checks one request frame (the fuzz target's entry). */
 int manager_decode_request(const uint8_t *data, size_t len);

@@ -431,7 +431,7 @@ int manager_serve(const struct manager_server_opts *o)
     if (o->authkey_len == 0 && getsockname(o->listen_fd, (struct sockaddr *)&ss, &sslen) == 0 &&
         (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
         return MP_EINVAL;        /* TCP without a key: anyone who can connect would be in */
-    int rc = store_new(&srv.store, o->max_bytes, client_wants);
+    int rc = store_new_shared(&srv.store, o->dicts, o->max_bytes, client_wants);
     if (rc < 0)
         return rc;
     if ((rc = pyreg_new(&srv.py, srv.store)) < 0) {

@@ -1,14 +1,16 @@
 /* store.c - the manager server's objects and the operations on them.
  *
- * Names and dict keys live in one kind of chained hash table, which also
- * keeps its entries in insertion order (DICT_KEYS lists them so, as a
- * Python dict does). A request is
+ * Dicts live in the family arena (shdict.c), where same-family clients
+ * work on them directly; a dict request takes their robust lock after the
+ * store mutex and keeps it until the mutex is let go. Lists, queues and
+ * locks live here, their names in a chained hash table. A request is
  * executed under the store mutex; queue put/get and lock acquire wait on the
  * object's condition variable for at most one wait slice, and the client
  * re-asks until its own deadline, so no server thread waits on a dead peer
  * for long.
  */
 #include "manager/store.h"
+#include "manager/shdict.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -32,8 +34,7 @@ struct entry {
     uint64_t hash;
     char *key;
     size_t klen;
-    struct value v;      /* dict entries */
-    void *obj;           /* name table entries */
+    void *obj;
 };
 
 struct table {
@@ -47,7 +48,6 @@ enum kind { KIND_DICT = 'd', KIND_LIST = 'l', KIND_QUEUE = 'q', KIND_LOCK = 'k' 
 struct object {
     enum kind kind;
     pthread_cond_t changed;       /* queue items / lock owner changed */
-    struct table dict;
     struct value *items;          /* list items, or the queue's ring */
     size_t head, count, cap;
     size_t maxsize;               /* queue bound, 0 = none */
@@ -61,9 +61,12 @@ struct object {
 struct store {
     pthread_mutex_t mu;
     store_wants_fn wants;
-    struct table names;
+    struct table names;           /* lists, queues, locks */
     size_t bytes, max_bytes;      /* every allocation the store holds, as malloc spends it */
     struct object *locks;
+    struct shstore *dicts;        /* the dicts, in the arena (shdict.h) */
+    bool own_dicts;               /* made by store_new: freed with the store */
+    bool dicts_locked;            /* its lock is held, under mu, until the next unlock */
 };
 
 /* What malloc spends on a block of n bytes (glibc: an 8-byte header,
@@ -76,9 +79,15 @@ static size_t alloc_cost(size_t n)
 }
 
 /* Reserves n bytes of the budget: false (nothing taken) past it. */
+static bool budget_room(struct store *s, size_t n)
+{
+    size_t dicts = shstore_bytes(s->dicts);     /* the dicts share the budget */
+    return dicts <= s->max_bytes - s->bytes && n <= s->max_bytes - s->bytes - dicts;
+}
+
 static bool budget_take(struct store *s, size_t n)
 {
-    if (n > s->max_bytes - s->bytes)
+    if (!budget_room(s, n))
         return false;
     s->bytes += n;
     return true;
@@ -199,7 +208,7 @@ static int value_set(struct store *s, struct value *dst, const struct mval *src)
         return 0;
     }
     if (src->type == MV_BYTES) {
-        if (alloc_cost(src->len ? src->len : 1) > s->max_bytes - s->bytes)
+        if (!budget_room(s, alloc_cost(src->len ? src->len : 1)))
             return MP_ENOMEM;
         v.p = malloc(src->len ? src->len : 1);
         if (!v.p)
@@ -218,26 +227,6 @@ static struct mval value_view(const struct value *v)
     return (struct mval){ .type = v->type, .tag = v->tag, .i = v->i, .f = v->f, .p = v->p, .len = v->len };
 }
 
-static void entry_free(struct store *s, struct entry *e)
-{
-    s->bytes -= entry_cost(e->klen);
-    value_clear(s, &e->v);
-    free(e->key);
-    free(e);
-}
-
-static void table_clear(struct store *s, struct table *t)
-{
-    for (size_t i = 0; i < t->nslots; i++) {
-        for (struct entry *e = t->slots[i], *next; e; e = next) {
-            next = e->next;
-            entry_free(s, e);
-        }
-        t->slots[i] = NULL;
-    }
-    t->count = 0;
-    t->oldest = t->newest = NULL;
-}
 
 /* ------------------------------------------------------------------ objects */
 
@@ -254,10 +243,7 @@ static int object_new(struct object **out, enum kind kind)
 
 static void object_free(struct store *s, struct object *o)
 {
-    table_clear(s, &o->dict);
-    s->bytes -= slots_cost(o->dict.nslots) + (o->cap ? alloc_cost(o->cap * sizeof *o->items) : 0) +
-                alloc_cost(sizeof *o);
-    free(o->dict.slots);
+    s->bytes -= (o->cap ? alloc_cost(o->cap * sizeof *o->items) : 0) + alloc_cost(sizeof *o);
     for (size_t i = 0; i < o->count; i++)
         value_clear(s, &o->items[(o->head + i) % (o->cap ? o->cap : 1)]);
     free(o->items);
@@ -278,7 +264,8 @@ static int object_get(struct store *s, enum kind kind, const struct mval *name, 
         *out = (*found)->obj;
         return 0;
     }
-    if (s->names.count >= STORE_MAX_OBJECTS || !budget_take(s, alloc_cost(sizeof(struct object))))
+    if (s->names.count + shstore_objects(s->dicts) >= STORE_MAX_OBJECTS ||
+        !budget_take(s, alloc_cost(sizeof(struct object))))
         return MP_ENOMEM;
     struct object *o;
     int rc = object_new(&o, kind);
@@ -300,16 +287,30 @@ static int object_get(struct store *s, enum kind kind, const struct mval *name, 
     return 0;
 }
 
-int store_new(struct store **out, size_t max_bytes, store_wants_fn wants)
+int store_new_shared(struct store **out, struct shstore *dicts, size_t max_bytes, store_wants_fn wants)
 {
-    struct store *s = calloc(1, sizeof *s);
-    if (!s)
+    bool own = !dicts;
+    if (own && !(dicts = shstore_new()))
         return MP_ENOMEM;
+    struct store *s = calloc(1, sizeof *s);
+    if (!s || shstore_serve(dicts, max_bytes) < 0) {
+        free(s);
+        if (own)
+            shstore_destroy(dicts);
+        return MP_ENOMEM;
+    }
     s->wants = wants;
+    s->dicts = dicts;
+    s->own_dicts = own;
     pthread_mutex_init(&s->mu, NULL);
     s->max_bytes = max_bytes ? max_bytes : STORE_MAX_BYTES_DEFAULT;
     *out = s;
     return 0;
+}
+
+int store_new(struct store **out, size_t max_bytes, store_wants_fn wants)
+{
+    return store_new_shared(out, NULL, max_bytes, wants);
 }
 
 void store_free(struct store *s)
@@ -325,8 +326,32 @@ void store_free(struct store *s)
         }
     }
     free(s->names.slots);
+    if (s->own_dicts)
+        shstore_destroy(s->dicts);
+    else
+        shstore_close(s->dicts);
     pthread_mutex_destroy(&s->mu);
     free(s);
+}
+
+/* The dicts' lock, taken by the first dict request after store_lock and
+ * held until the store mutex is let go (so a run of requests is one, as
+ * for the other objects). False: not to be had (a holder that hangs). */
+static bool dicts_lock(struct store *s)
+{
+    if (!s->dicts_locked && shstore_lock(s->dicts) == 0)
+        s->dicts_locked = true;
+    return s->dicts_locked;
+}
+
+/* Before the store mutex is let go: the dicts' lock too, and the budget
+ * the server's objects spend made known to direct dict callers. */
+static void store_leave(struct store *s)
+{
+    shstore_publish(s->dicts, s->bytes, s->names.count);
+    if (s->dicts_locked)
+        shstore_unlock(s->dicts);
+    s->dicts_locked = false;
 }
 
 /* ------------------------------------------------------------------ waiting */
@@ -351,141 +376,11 @@ static bool wait_until(const struct mval *timeout, struct timespec *at)
 /* One wait on o->changed: false once the time is up. */
 static bool wait_changed(struct store *s, struct object *o, const struct timespec *at)
 {
+    store_leave(s);           /* no waiting with the dicts locked */
     o->waiters++;
     bool changed = pthread_cond_timedwait(&o->changed, &s->mu, at) != ETIMEDOUT;
     o->waiters--;
     return changed;
-}
-
-/* ------------------------------------------------------------------ dicts */
-
-static struct entry **dict_find(struct object *o, const struct mval *key)
-{
-    return table_find(&o->dict, key->p, key->len, hash_bytes(key->p, key->len));
-}
-
-/* The entry for key, added with an empty value when missing. */
-static int dict_slot(struct store *s, struct object *o, const struct mval *key, struct entry **out)
-{
-    struct entry **found = dict_find(o, key);
-    if (found) {
-        *out = *found;
-        return 0;
-    }
-    struct entry *e = table_add(s, &o->dict, key->p, key->len, hash_bytes(key->p, key->len));
-    if (!e)
-        return MP_ENOMEM;
-    *out = e;
-    return 0;
-}
-
-static void dict_remove(struct store *s, struct object *o, struct entry **link)
-{
-    struct entry *e = *link;
-    *link = e->next;
-    o->dict.count--;
-    table_unorder(&o->dict, e);
-    entry_free(s, e);
-}
-
-static int dict_set(struct store *s, struct object *o, const struct mval *key, const struct mval *val)
-{
-    struct entry *e;
-    int rc = dict_slot(s, o, key, &e);
-    if (rc == 0 && (rc = value_set(s, &e->v, val)) < 0 && e->v.type == MV_NONE)
-        dict_remove(s, o, dict_find(o, key));
-    return rc;
-}
-
-static int dict_incr(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
-{
-    struct entry **found = dict_find(o, &m->v[2]);
-    int64_t now = 0;
-    if (found && (*found)->v.type != MV_INT)
-        return MP_ETYPE;
-    if (found)
-        now = (*found)->v.i;
-    if (__builtin_add_overflow(now, m->v[3].i, &now))
-        return MP_ERANGE;
-    struct mval nv = { .type = MV_INT, .i = now };
-    int rc = dict_set(s, o, &m->v[2], &nv);
-    r->v = nv;
-    return rc;
-}
-
-static int dict_cas(struct store *s, struct object *o, const struct mmsg *m)
-{
-    struct entry **found = dict_find(o, &m->v[2]);
-    const struct mval *expect = &m->v[3];
-    if (expect->type == MV_NULL) {
-        if (found)
-            return MP_ECONFLICT;
-    } else {
-        if (!found)
-            return MP_ECONFLICT;
-        const struct value *v = &(*found)->v;
-        if (v->type != MV_BYTES)
-            return MP_ETYPE;
-        if (v->len != expect->len || memcmp(v->p, expect->p, v->len) != 0)
-            return MP_ECONFLICT;
-    }
-    return dict_set(s, o, &m->v[2], &m->v[4]);
-}
-
-/* Keys, each followed by a NUL, as one byte string; MP_ETOOBIG when that
- * would not fit one value (the connection stays usable). */
-static int dict_keys(struct object *o, struct sreply *r)
-{
-    size_t total = 0;
-    for (struct entry *e = o->dict.oldest; e; e = e->newer)
-        total += e->klen + 1;
-    if (total > MSG_MAX_VALUE)
-        return MP_ETOOBIG;
-    uint8_t *p = malloc(total ? total : 1);
-    if (!p)
-        return MP_ENOMEM;
-    size_t at = 0;
-    for (struct entry *e = o->dict.oldest; e; e = e->newer) {
-        memcpy(p + at, e->key, e->klen + 1);
-        at += e->klen + 1;
-    }
-    r->owned = p;
-    r->v = (struct mval){ .type = MV_BYTES, .p = p, .len = total };
-    return 0;
-}
-
-static int dict_exec(struct store *s, struct object *o, const struct mmsg *m, struct sreply *r)
-{
-    struct entry **found;
-    switch (m->v[0].i) {
-    case OP_DICT_OPEN:
-        return 0;
-    case OP_DICT_SET:
-        return dict_set(s, o, &m->v[2], &m->v[3]);
-    case OP_DICT_GET:
-        if (!(found = dict_find(o, &m->v[2])))
-            return MP_ENOTFOUND;
-        r->v = value_view(&(*found)->v);
-        return 0;
-    case OP_DICT_DEL:
-        if (!(found = dict_find(o, &m->v[2])))
-            return MP_ENOTFOUND;
-        dict_remove(s, o, found);
-        return 0;
-    case OP_DICT_LEN:
-        r->v = (struct mval){ .type = MV_INT, .i = (int64_t)o->dict.count };
-        return 0;
-    case OP_DICT_KEYS:
-        return dict_keys(o, r);
-    case OP_DICT_CLEAR:
-        table_clear(s, &o->dict);
-        return 0;
-    case OP_DICT_INCR:
-        return dict_incr(s, o, m, r);
-    case OP_DICT_CAS:
-        return dict_cas(s, o, m);
-    }
-    return MP_EPROTO;
 }
 
 /* ------------------------------------------------------------------ lists and queues */
@@ -704,6 +599,7 @@ void store_unget(struct store *s, const struct mval *name, const struct mval *it
 {
     pthread_mutex_lock(&s->mu);
     store_unget_locked(s, name, item);
+    store_leave(s);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -730,6 +626,16 @@ static enum kind op_kind(int64_t op)
 
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r)
 {
+    int64_t op = req->v[0].i;
+    if (op >= OP_DICT_OPEN && op_kind(op) == KIND_DICT) {
+        /* the dicts' lock alone: a request waiting for it (direct callers
+         * busy) does not hold up the other objects' requests */
+        memset(r, 0, sizeof *r);
+        r->dicts_only = true;
+        r->dicts_locked = shstore_lock(s->dicts) == 0;
+        r->status = r->dicts_locked ? shdict_exec(s->dicts, req, &r->v, &r->owned) : MP_EBROKEN;
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     store_exec_locked(s, owner, req, r);
 }
@@ -741,12 +647,16 @@ void store_exec_locked(struct store *s, struct store_owner *owner, const struct 
     if (op == OP_PING || op == OP_SHUTDOWN)
         return;
     enum kind kind = op_kind(op);
+    if (kind == KIND_DICT) {
+        r->status = dicts_lock(s) ? shdict_exec(s->dicts, req, &r->v, &r->owned) : MP_EBROKEN;
+        return;
+    }
     struct object *o;
     r->status = object_get(s, kind, &req->v[1], &o);
     if (r->status < 0)
         return;
     switch (kind) {
-    case KIND_DICT: r->status = dict_exec(s, o, req, r); break;
+    case KIND_DICT: break;
     case KIND_LIST: r->status = list_exec(s, o, req, r); break;
     case KIND_QUEUE: r->status = queue_exec(s, o, owner, req, r); break;
     case KIND_LOCK: r->status = lock_exec(s, o, owner, req); break;
@@ -755,6 +665,13 @@ void store_exec_locked(struct store *s, struct store_owner *owner, const struct 
 
 void store_done(struct store *s, struct sreply *r)
 {
+    if (r->dicts_only) {
+        if (r->dicts_locked)
+            shstore_unlock(s->dicts);
+        store_release(r);
+        return;
+    }
+    store_leave(s);
     pthread_mutex_unlock(&s->mu);
     store_release(r);
 }
@@ -766,13 +683,22 @@ void store_release(struct sreply *r)
 }
 
 void store_lock(struct store *s) { pthread_mutex_lock(&s->mu); }
-void store_unlock(struct store *s) { pthread_mutex_unlock(&s->mu); }
+void store_unlock(struct store *s)
+{
+    store_leave(s);
+    pthread_mutex_unlock(&s->mu);
+}
 
 bool store_drop_locked(struct store *s, int64_t op, const struct mval *name)
 {
     char key[1 + MSG_MAX_NAME];
     if (name->len > MSG_MAX_NAME)
         return false;
+    if (op_kind(op) == KIND_DICT) {
+        if (dicts_lock(s))
+            shdict_drop(s->dicts, name->p, name->len);
+        return true;
+    }
     key[0] = (char)op_kind(op);
     memcpy(key + 1, name->p, name->len);
     size_t klen = 1 + name->len;

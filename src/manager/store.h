@@ -1,6 +1,9 @@
 /* store.h - the manager server's named objects: dicts, lists, queues, locks.
  *
- * One mutex guards the whole store (requests are microseconds long); each
+ * One mutex guards the whole store (requests are microseconds long); the
+ * dicts live in the family arena under a robust lock of their own
+ * (shdict.h), which a dict request takes too and holds until the store
+ * mutex is let go, so a run of requests under store_lock stays one; each
  * object has a condition variable that blocked queue and lock requests wait
  * on, so a waiter never holds the mutex. Values are owned copies, typed as
  * bytes, int64 or double. Every allocation is counted, as malloc spends
@@ -29,6 +32,7 @@ struct sreply {
     int status;
     struct mval v;
     void *owned;
+    bool dicts_only, dicts_locked;   /* store_exec ran a dict request under the dicts' lock alone */
 };
 
 /* Asked before a waiting queue get takes an item: false when the client
@@ -36,11 +40,19 @@ struct sreply {
 typedef bool (*store_wants_fn)(struct store_owner *owner);
 
 int store_new(struct store **s, size_t max_bytes, store_wants_fn wants);
+/* The same, keeping the dicts in a shared store made by the server's
+ * starter (shstore_new), which direct callers of its family use too:
+ * store_free then empties and closes it but leaves it to its maker. The
+ * calling thread becomes the one whose life direct callers watch (it must
+ * live until store_free). */
+struct shstore;
+int store_new_shared(struct store **s, struct shstore *dicts, size_t max_bytes, store_wants_fn wants);
 void store_free(struct store *s);
 
 /* Runs one checked request for owner; may block up to the request's
- * timeout (capped at MANAGER_REQUEST_SLICE). The store mutex is held on return
- * so the reply can be encoded from the value view; call store_done after. */
+ * timeout (capped at MANAGER_REQUEST_SLICE). The store mutex (for a dict
+ * request, the dicts' lock instead) is held on return so the reply can be
+ * encoded from the value view; call store_done after. */
 void store_exec(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_done(struct store *s, struct sreply *r);
 
