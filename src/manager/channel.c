@@ -65,8 +65,8 @@ int channel_wait(_Atomic uint32_t *seq, uint32_t old, _Atomic uint32_t *sleeping
         double slice = slice_s;
         if (until && !until->forever) {
             double left = deadline_left(until);
-            if (left <= 0)
-                return MP_ETIMEDOUT;
+            if (left <= 0)      /* a dead server is the answer, not a timeout */
+                return channel_peer_alive(fd) ? MP_ETIMEDOUT : MP_EBROKEN;
             slice = left < slice ? left : slice;
         }
         atomic_store(sleeping, 1);
