@@ -3,7 +3,9 @@
  * conn_recv_frame reads a header, then a body, and sleeps in poll; the
  * manager's hot path needs better: one input buffer per socket that recv
  * fills with whatever has arrived (a frame is a pointer into it, so a
- * request costs one recv and one send) and a short spin before sleeping. Lengths are checked against the caller's limit before the
+ * request costs one recv and one send) and a short spin before sleeping,
+ * or, for a reader that must not spin, a recv that sleeps by itself.
+ * Lengths are checked against the caller's limit before the
  * buffer grows for a frame, so a hostile header cannot make us allocate.
  */
 #include "manager/wire.h"
@@ -148,6 +150,10 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d)
 {
     uint64_t spin_until = now_ns() + w->spin_ns;
+    /* Neither a spin nor a deadline: recv itself sleeps (the socket is
+     * blocking), one system call where recv, poll and recv again were
+     * three; a non-blocking socket just takes the poll path below. */
+    bool block = w->spin_ns == 0 && (!d || d->forever);
     for (;;) {
         size_t hdr = 0, body = 0;
         int rc = wire_header(w, maxlen, &hdr, &body);
@@ -166,7 +172,7 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
         size_t grown = w->len * 2 + 65536;
         if (wire_reserve(w, want < grown ? want : grown) < 0)
             return MP_ENOMEM;
-        ssize_t n = recv(w->fd, w->in + w->start + w->len, w->cap - w->start - w->len, MSG_DONTWAIT);
+        ssize_t n = recv(w->fd, w->in + w->start + w->len, w->cap - w->start - w->len, block ? 0 : MSG_DONTWAIT);
         if (n > 0) {
             w->len += (size_t)n;
             continue;
