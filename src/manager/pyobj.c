@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The methods of CPython's DictProxy and ListProxy (3.11-3.13, and the
  * ones newer versions add), as create and get_methods report them. */
@@ -126,6 +127,8 @@ int pyreg_new(struct pyreg **out, struct store *s)
         return MP_ENOMEM;
     r->store = s;
     pthread_mutex_init(&r->mu, NULL);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    r->ncpu = ncpu > 0 && ncpu < 65536 ? (int)ncpu : 1;
     *out = r;
     return 0;
 }

@@ -15,6 +15,7 @@
 #include "manager/store.h"
 #include "manager/wire.h"
 
+#include <stdatomic.h>
 #include <time.h>
 
 enum {
@@ -83,6 +84,8 @@ struct pyreg {
     uint64_t next_id;
     long nobjects;
     size_t bytes;                /* charged by all objects, at most PY_MAX_BYTES */
+    _Atomic int serving;         /* connections serving proxies now */
+    int ncpu;
 };
 
 struct pyconn {

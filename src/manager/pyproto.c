@@ -23,7 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PY_SPIN_NS = 0 };
+/* While fewer clients are being served than there are CPUs, a connection's
+ * thread polls this long for the next request before it sleeps: a CPU no
+ * client needs saves a wake-up on every round trip. With more clients it
+ * sleeps at once, leaving every CPU to them. */
+enum { PY_SPIN_NS = 50000 };
 
 static const struct pk_node GETVALUE = { .kind = PK_STR, .p = (const uint8_t *)"#GETVALUE", .len = 9 };
 
@@ -385,12 +389,13 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
               bool *shutdown)
 {
     struct pyconn cx = { .reg = reg, .owner = owner, .w = w, .shutdown = shutdown };
-    bool serving = false;
-    /* A Python client spends tens of microseconds between requests: the
-     * C clients' busy-poll would only take its CPU away. */
-    w->spin_ns = PY_SPIN_NS;
+    bool serving = false, counted = false;
     for (;;) {
         conn_request(&cx, data, len, &serving);
+        if (serving && !counted) {
+            atomic_fetch_add(&reg->serving, 1);
+            counted = true;
+        }
         mp_deadline d = deadline_in(10);
         if (wire_send(w, cx.out.data, cx.out.len, &d) < 0) {
             if (cx.has_item)             /* the getter is gone: the item stays for the next one */
@@ -399,9 +404,13 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
         }
         if (!serving || *shutdown)
             break;
+        bool few = atomic_load_explicit(&reg->serving, memory_order_relaxed) < reg->ncpu;
+        w->spin_ns = few ? PY_SPIN_NS : 0;     /* 0: wire_recv sleeps in recv */
         if (wire_recv(w, &data, &len, WIRE_MAX_FRAME, NULL) < 0)
             break;
     }
+    if (counted)
+        atomic_fetch_sub(&reg->serving, 1);
     conn_gone(&cx);
     pk_arena_free(&cx.arena);
     mp_buf_free(&cx.out);
