@@ -3,10 +3,11 @@
  * After the handshake a Python client sends pickled (ident, method, args,
  * kwds) tuples where a C client sends CBOR arrays; the first byte of its
  * first request tells them apart (a pickle starts with PROTO, 0x80; a CBOR
- * request with an array head, 0x81-0x86). pyproto.c keeps Python's object
- * table (idents, reference counts, typeids) and runs each proxy method on
- * the store (dict, list, queue and lock, shared with C clients by name) or
- * on its own state (events, semaphores, conditions, barriers, values,
+ * request with an array head, 0x81-0x86). pyproto.c serves the connection;
+ * pyobj.c keeps Python's object table (idents, reference counts, typeids),
+ * and the per-type files (pyobj.h) run each proxy method on the store
+ * (dict, list, queue and lock, shared with C clients by name) or on the
+ * table's own state (events, semaphores, conditions, barriers, values,
  * arrays, iterators). See docs/manager-protocol.md, section 10.
  */
 #ifndef MPROC_MANAGER_PYPROTO_H

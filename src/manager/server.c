@@ -34,7 +34,7 @@
 
 struct server {
     struct store *store;
-    struct pyreg *py;            /* Python clients' object table (pyproto.c) */
+    struct pyreg *py;            /* Python clients' object table (pyobj.c) */
     const void *key;
     size_t keylen;
     int handshake_ms;

@@ -3,7 +3,9 @@
  * conn_recv_frame reads a header, then a body, and sleeps in poll; the
  * manager's hot path needs better: one input buffer per socket that recv
  * fills with whatever has arrived (a frame is a pointer into it, so a
- * request costs one recv and one send) and a short spin before sleeping. Lengths are checked against the caller's limit before the
+ * request costs one recv and one send) and a short spin before sleeping,
+ * or, for a reader that must not spin, a poll before the recv.
+ * Lengths are checked against the caller's limit before the
  * buffer grows for a frame, so a hostile header cannot make us allocate.
  */
 #include "manager/wire.h"
@@ -148,6 +150,16 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d)
 {
     uint64_t spin_until = now_ns() + w->spin_ns;
+    /* Neither a spin nor a deadline, and nothing buffered: the peer has
+     * not sent yet, so sleep in poll first rather than try a recv that
+     * finds nothing (poll and recv instead of recv, poll and recv). Not a
+     * blocking recv: a unix socket wakes it whenever the peer reads what
+     * we sent, a wake-up for nothing on every round trip. */
+    if (w->spin_ns == 0 && (!d || d->forever) && w->len == 0) {
+        int rc = wire_poll(w->fd, POLLIN, NULL);
+        if (rc < 0)
+            return rc;
+    }
     for (;;) {
         size_t hdr = 0, body = 0;
         int rc = wire_header(w, maxlen, &hdr, &body);

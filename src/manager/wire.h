@@ -4,6 +4,7 @@
  * keeps one growing input buffer per socket and busy-polls it with
  * non-blocking recv for a few tens of microseconds before sleeping in poll:
  * a blocking wake-up costs 70-300 us on a small VM, a spinning one ~1 us.
+ * A reader with no spin budget and no deadline polls before its recv.
  */
 #ifndef MPROC_MANAGER_WIRE_H
 #define MPROC_MANAGER_WIRE_H

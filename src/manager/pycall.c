@@ -1,0 +1,220 @@
+/* pycall.c - what every Python method has to hand (pyobj.h): its
+ * arguments as Python passes them, its reply, and the store.
+ *
+ * A reply is ('#RETURN', value), ('#ERROR', exception) or ('#TRACEBACK',
+ * text), pickled into the connection's output buffer; an exception is
+ * written as a REDUCE of the class Python's server would raise, so the
+ * client raises it. Store calls run on the call's object by its name in
+ * the store; the ones that may wait do so in slices while the client is
+ * there.
+ */
+#include "manager/pyobj.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ arguments */
+
+const struct pk_node *py_arg(const struct pycall *c, uint32_t i, const char *name)
+{
+    if (c->args && i < c->args->n)
+        return c->args->kids[i];
+    if (c->kwds && name)
+        for (uint32_t k = 0; k + 1 < c->kwds->n; k += 2)
+            if (str_is(c->kwds->kids[k], name))
+                return c->kwds->kids[k + 1];
+    return NULL;
+}
+
+bool py_truthy(const struct pk_node *n, bool dflt)
+{
+    if (!n)
+        return dflt;
+    switch (n->kind) {
+    case PK_NONE: return false;
+    case PK_BOOL:
+    case PK_INT: return n->i != 0;
+    case PK_FLOAT: return n->f != 0;
+    case PK_STR:
+    case PK_BYTES:
+    case PK_TUPLE:
+    case PK_LIST:
+    case PK_DICT: return n->len || n->n;
+    default: return true;
+    }
+}
+
+bool py_acquire_args(struct pycall *c, bool *blocking, bool *has_deadline, struct timespec *until)
+{
+    const struct pk_node *b = py_arg(c, 0, "blocking"), *t = py_arg(c, 1, "timeout");
+    *blocking = py_truthy(b, true);
+    *has_deadline = false;
+    if (t && t->kind != PK_NONE) {
+        if (!is_number(t)) {
+            py_raise_msg(c->cx, "TypeError", "timeout must be a number");
+            return false;
+        }
+        double secs = number(t);
+        if (!*blocking && secs != -1) {
+            py_raise_msg(c->cx, "ValueError", "can't specify a timeout for a non-blocking call");
+            return false;
+        }
+        if (secs < 0 && secs != -1) {
+            py_raise_msg(c->cx, "ValueError", "timeout value must be a non-negative number");
+            return false;
+        }
+        if (secs >= 0) {
+            *has_deadline = true;
+            *until = py_mono_in(secs);
+        }
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ replies */
+
+void py_reply_begin(struct pyconn *cx, const char *kind)
+{
+    pk_begin(&cx->pw, &cx->out);
+    pk_cstr(&cx->pw, kind);
+    cx->wrapped = cx->want_repr && strcmp(kind, "#RETURN") == 0;
+    if (cx->wrapped)
+        pk_global(&cx->pw, "builtins", "repr");
+}
+
+void py_reply_end(struct pyconn *cx)
+{
+    if (cx->wrapped) {
+        pk_tuple(&cx->pw, 1);
+        pk_reduce(&cx->pw);
+    }
+    pk_tuple(&cx->pw, 2);
+    pk_end(&cx->pw);
+}
+
+void py_traceback(struct pyconn *cx, const char *fmt, const char *detail)
+{
+    char text[512];
+    snprintf(text, sizeof text, "mproc-manager: %s%s%s\n", fmt, detail ? ": " : "", detail ? detail : "");
+    py_reply_begin(cx, "#TRACEBACK");
+    pk_cstr(&cx->pw, text);
+    py_reply_end(cx);
+}
+
+void py_ret_none(struct pyconn *cx)
+{
+    py_reply_begin(cx, "#RETURN");
+    pk_none(&cx->pw);
+    py_reply_end(cx);
+}
+
+void py_ret_bool(struct pyconn *cx, bool v)
+{
+    py_reply_begin(cx, "#RETURN");
+    pk_bool(&cx->pw, v);
+    py_reply_end(cx);
+}
+
+void py_ret_int(struct pyconn *cx, int64_t v)
+{
+    py_reply_begin(cx, "#RETURN");
+    pk_int(&cx->pw, v);
+    py_reply_end(cx);
+}
+
+void py_ret_value(struct pyconn *cx, const struct mval *v)
+{
+    py_reply_begin(cx, "#RETURN");
+    pv_write(&cx->pw, v);
+    py_reply_end(cx);
+}
+
+void py_ret_node(struct pyconn *cx, struct pk_node *n)
+{
+    py_reply_begin(cx, "#RETURN");
+    if (n)
+        pk_node(&cx->pw, n);
+    else
+        pk_none(&cx->pw);
+    py_reply_end(cx);
+}
+
+void py_raise(struct pyconn *cx, const char *module, const char *name, const char *msg, struct pk_node *n)
+{
+    py_reply_begin(cx, "#ERROR");
+    pk_global(&cx->pw, module, name);
+    if (msg)
+        pk_cstr(&cx->pw, msg);
+    else if (n)
+        pk_node(&cx->pw, n);
+    pk_tuple(&cx->pw, msg || n ? 1 : 0);
+    pk_reduce(&cx->pw);
+    py_reply_end(cx);
+}
+
+void py_raise_msg(struct pyconn *cx, const char *name, const char *msg) { py_raise(cx, "builtins", name, msg, NULL); }
+
+void py_raise_status(struct pyconn *cx, int status)
+{
+    switch (status) {
+    case MP_ENOMEM: py_raise_msg(cx, "MemoryError", "mproc-manager: the server's memory budget is spent"); break;
+    case MP_ETOOBIG: py_raise_msg(cx, "ValueError", "mproc-manager: value or key too large"); break;
+    case MP_ERANGE: py_raise_msg(cx, "IndexError", "list index out of range"); break;
+    case MP_ETYPE: py_raise_msg(cx, "TypeError", "mproc-manager: stored value has another type"); break;
+    default: py_raise_msg(cx, "RuntimeError", mp_strerror(status)); break;
+    }
+}
+
+void py_write_exposed(struct pk_writer *w, const char *const *e)
+{
+    pk_mark(w);
+    for (; *e; e++)
+        pk_cstr(w, *e);
+    pk_tuple_mark(w);
+}
+
+/* ------------------------------------------------------------------ store calls */
+
+int py_sx(struct pycall *c, int64_t op, const struct mval *a, const struct mval *b, struct sreply *r)
+{
+    struct mmsg m = { .n = 2 + (a != NULL) + (b != NULL) };
+    m.v[0] = mint(op);
+    m.v[1] = obj_name(c->o);
+    if (a)
+        m.v[2] = *a;
+    if (b)
+        m.v[3] = *b;
+    store_exec_locked(c->cx->reg->store, c->cx->owner, &m, r);
+    return r->status;
+}
+
+int py_sx_wait(struct pycall *c, int64_t op, const struct mval *item, bool block, const struct timespec *until,
+               struct sreply *r)
+{
+    struct store *s = c->cx->reg->store;
+    for (;;) {
+        double t = !block ? 0 : until ? py_mono_left(until) : -1;
+        if (block && until && t <= 0)
+            t = 0;
+        struct mval tm = mfloat(t), name = obj_name(c->o);
+        struct mmsg m = { .n = item ? 4 : 3 };
+        m.v[0] = mint(op);
+        m.v[1] = name;
+        m.v[2] = item ? *item : tm;
+        m.v[3] = tm;
+        store_lock(s);
+        store_exec_locked(s, c->cx->owner, &m, r);
+        bool again = (r->status == MP_EEMPTY || r->status == MP_EFULL || r->status == MP_ETIMEDOUT) &&
+                     block && t != 0;
+        if (!again)
+            return r->status;
+        store_unlock(s);
+        store_release(r);
+        if (!py_peer_alive(c->cx)) {
+            store_lock(s);
+            memset(r, 0, sizeof *r);
+            r->status = MP_EBROKEN;
+            return MP_EBROKEN;
+        }
+    }
+}

@@ -1,0 +1,529 @@
+/* pylist.c - list for Python's clients (pyobj.h).
+ *
+ * A list is a store list, shared with C clients by name; its items are
+ * values by pyvalue.c's table (numbers as tagged bytes, as a C list holds
+ * bytes). The store knows get, set, append, pop and length; everything
+ * else Python's list does (insert, remove, reverse, sort, slices, + and *)
+ * is built from those here, under the store mutex, so each is atomic as it
+ * is in Python's server.
+ */
+#include "manager/pyobj.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int64_t list_len(struct pycall *c)
+{
+    struct sreply r;
+    py_sx(c, OP_LIST_LEN, NULL, NULL, &r);
+    return r.v.i;
+}
+
+/* Item i's value, kept in keep while the store changes under it. */
+static int list_copy_item(struct pycall *c, int64_t i, mp_buf *keep, struct mval *out)
+{
+    struct sreply r;
+    struct mval at = mint(i);
+    int rc = py_sx(c, OP_LIST_GET, &at, NULL, &r);
+    if (rc < 0)
+        return rc;
+    *out = r.v;
+    if (out->type == MV_BYTES) {
+        if (mp_buf_append(keep, out->p, out->len) < 0)
+            return MP_ENOMEM;
+        out->p = keep->data ? keep->data : (const uint8_t *)"";
+    }
+    return 0;
+}
+
+/* Moves item from to index to (shifting the ones between), store mutex held. */
+static int list_move(struct pycall *c, int64_t from, int64_t to)
+{
+    struct sreply r;
+    struct mval item;
+    mp_buf keep = { 0 };
+    int rc = list_copy_item(c, from, &keep, &item);
+    int step = from < to ? 1 : -1;
+    for (int64_t k = from; k != to && rc == 0; k += step) {
+        struct mval src = mint(k + step), dst = mint(k);
+        if ((rc = py_sx(c, OP_LIST_GET, &src, NULL, &r)) == 0) {
+            struct mval moved = r.v;
+            rc = py_sx(c, OP_LIST_SET, &dst, &moved, &r);
+        }
+    }
+    struct mval at = mint(to);
+    if (rc == 0)
+        rc = py_sx(c, OP_LIST_SET, &at, &item, &r);
+    mp_buf_free(&keep);
+    return rc;
+}
+
+/* Exchanges items i and j, store mutex held. */
+static int list_swap(struct pycall *c, int64_t i, int64_t j)
+{
+    struct sreply r;
+    struct mval ai = mint(i), aj = mint(j), first;
+    mp_buf keep = { 0 };
+    int rc = list_copy_item(c, i, &keep, &first);
+    if (rc == 0 && (rc = py_sx(c, OP_LIST_GET, &aj, NULL, &r)) == 0) {
+        struct mval second = r.v;
+        if ((rc = py_sx(c, OP_LIST_SET, &ai, &second, &r)) == 0)
+            rc = py_sx(c, OP_LIST_SET, &aj, &first, &r);
+    }
+    mp_buf_free(&keep);
+    return rc;
+}
+
+int pylist_append(struct pycall *c, struct pk_node *n)
+{
+    struct mval v;
+    struct sreply r;
+    int rc = pv_value(n, &c->cx->tmp2, true, &v);
+    return rc < 0 ? rc : py_sx(c, OP_LIST_APPEND, &v, NULL, &r);
+}
+
+/* Index of the first item equal to n at or after start, or -1; with
+ * count, counts them all. */
+static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int64_t *count)
+{
+    struct mval v;
+    struct sreply r;
+    int64_t found = -1;
+    if (pv_value(n, &c->cx->tmp2, true, &v) < 0)
+        return -1;
+    int64_t len = list_len(c);
+    if (count)
+        *count = 0;
+    for (int64_t i = start < 0 ? 0 : start; i < len; i++) {
+        struct mval at = mint(i);
+        if (py_sx(c, OP_LIST_GET, &at, NULL, &r) == 0 && pv_equal(&r.v, &v)) {
+            if (found < 0)
+                found = i;
+            if (!count)
+                break;
+            (*count)++;
+        }
+    }
+    return found;
+}
+
+/* Writes the whole list, times times, then extra's items, as a list. */
+static void list_write(struct pycall *c, int64_t times, struct pk_node *extra)
+{
+    struct pyconn *cx = c->cx;
+    struct sreply r;
+    int64_t len = list_len(c);
+    py_reply_begin(cx, "#RETURN");
+    pk_empty_list(&cx->pw);
+    for (int64_t t = 0; t < times; t++) {
+        for (int64_t i = 0; i < len; i += 1000) {
+            pk_mark(&cx->pw);
+            for (int64_t k = i; k < len && k < i + 1000; k++) {
+                struct mval at = mint(k);
+                py_sx(c, OP_LIST_GET, &at, NULL, &r);
+                pv_write(&cx->pw, &r.v);
+            }
+            pk_appends(&cx->pw);
+        }
+    }
+    if (extra && extra->n) {
+        pk_mark(&cx->pw);
+        for (uint32_t i = 0; i < extra->n; i++)
+            pk_node(&cx->pw, extra->kids[i]);
+        pk_appends(&cx->pw);
+    }
+    py_reply_end(cx);
+}
+
+/* A builtins.slice(start, stop, step) node, resolved against len. */
+static bool slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *stop, int64_t *step)
+{
+    if (!n || n->kind != PK_OBJECT || n->op != 'R' || n->kids[0]->kind != PK_GLOBAL || n->kids[1]->n != 3)
+        return false;
+    const struct pk_node *g = n->kids[0], *a = n->kids[1];
+    if (g->len != 8 || memcmp(g->p, "builtins", 8) || g->len2 != 5 || memcmp(g->p2, "slice", 5))
+        return false;
+    *step = a->kids[2]->kind == PK_NONE ? 1 : a->kids[2]->i;
+    if (*step == 0 || (a->kids[2]->kind != PK_NONE && !is_int(a->kids[2])))
+        return false;
+    int64_t v[2];
+    for (int k = 0; k < 2; k++) {
+        const struct pk_node *x = a->kids[k];
+        if (x->kind == PK_NONE) {
+            v[k] = k == 0 ? (*step > 0 ? 0 : len - 1) : (*step > 0 ? len : -1);
+            continue;
+        }
+        if (!is_int(x))
+            return false;
+        v[k] = x->i < 0 ? x->i + len : x->i;
+        int64_t lo = *step > 0 ? 0 : -1, hi = *step > 0 ? len : len - 1;
+        v[k] = v[k] < lo ? lo : v[k] > hi ? hi : v[k];
+    }
+    *start = v[0];
+    *stop = v[1];
+    return true;
+}
+
+/* ------------------------------------------------------------------ sort */
+
+/* One item of a list being sorted: a number, or bytes (str or bytes). */
+struct sort_item {
+    size_t index;                /* its place before: the sort is stable, as Python's */
+    bool is_int;
+    int64_t i;
+    double f;
+    struct sval v;
+};
+
+static int sort_cmp(const void *pa, const void *pb, void *reverse)
+{
+    const struct sort_item *a = pa, *b = pb;
+    int c;
+    if (a->v.type == MV_BYTES && (a->v.tag == 0 || a->v.tag == 'S')) {
+        size_t n = a->v.b.len < b->v.b.len ? a->v.b.len : b->v.b.len;
+        c = n ? memcmp(a->v.b.data, b->v.b.data, n) : 0;   /* UTF-8 byte order is code point order */
+        if (c == 0)
+            c = (a->v.b.len > b->v.b.len) - (a->v.b.len < b->v.b.len);
+    } else if (a->is_int && b->is_int) {
+        c = (a->i > b->i) - (a->i < b->i);
+    } else {
+        double x = a->is_int ? (double)a->i : a->f, y = b->is_int ? (double)b->i : b->f;
+        c = (x > y) - (x < y);
+    }
+    if (*(const bool *)reverse)
+        c = -c;
+    return c ? c : (a->index > b->index) - (a->index < b->index);
+}
+
+/* Reads item i for sorting; kind is 0 for numbers, 'S' str, 'B' bytes,
+ * and every item must be of the first one's kind. */
+static int sort_load(struct pycall *c, int64_t i, struct sort_item *it, int *kind)
+{
+    struct sreply r;
+    struct mval at = mint(i);
+    int rc;
+    if ((rc = py_sx(c, OP_LIST_GET, &at, NULL, &r)) < 0 || (rc = pv_sval_set(&it->v, &r.v)) < 0)
+        return rc;
+    it->index = (size_t)i;
+    const struct mval *v = &r.v;
+    int k = v->type == MV_INT || v->type == MV_FLOAT || v->tag == 'I' || v->tag == 'F' ? 0
+          : v->tag == 'S' ? 'S' : v->tag == 0 ? 'B' : -2;
+    if (k == -2 || (*kind != -1 && k != *kind))
+        rc = MP_ETYPE;
+    *kind = k;
+    uint64_t bits = 0;
+    if (v->type == MV_BYTES && v->len == 8 && (v->tag == 'I' || v->tag == 'F'))
+        for (int b = 7; b >= 0; b--)
+            bits = bits << 8 | v->p[b];
+    it->is_int = v->type == MV_INT || v->tag == 'I';
+    it->i = v->type == MV_INT ? v->i : (int64_t)bits;
+    if (v->type == MV_FLOAT)
+        it->f = v->f;
+    else if (v->tag == 'F')
+        memcpy(&it->f, &bits, 8);
+    return rc;
+}
+
+/* list.sort(reverse=...) of numbers, of str or of bytes (no key function:
+ * the server runs no client code). */
+static void list_sort(struct pycall *c)
+{
+    struct pyconn *cx = c->cx;
+    const struct pk_node *key = py_arg(c, 99, "key"), *rev = py_arg(c, 99, "reverse");
+    bool reverse = py_truthy(rev, false);
+    if ((key && key->kind != PK_NONE) || (c->args && c->args->n)) {
+        py_traceback(cx, "NotImplementedError: mproc-manager sorts without a key function", NULL);
+        return;
+    }
+    int64_t len = list_len(c);
+    struct sort_item *it = calloc(len ? (size_t)len : 1, sizeof *it);
+    int kind = -1, rc = it ? 0 : MP_ENOMEM;
+    struct sreply r;
+    for (int64_t i = 0; i < len && rc == 0; i++)
+        rc = sort_load(c, i, &it[i], &kind);
+    if (rc == 0) {
+        qsort_r(it, (size_t)len, sizeof *it, sort_cmp, &reverse);
+        for (int64_t i = 0; i < len && rc == 0; i++) {
+            struct mval at = mint(i), v = pv_sval_view(&it[i].v);
+            rc = py_sx(c, OP_LIST_SET, &at, &v, &r);
+        }
+    }
+    for (int64_t i = 0; it && i < len; i++)
+        mp_buf_free(&it[i].v.b);
+    free(it);
+    if (rc == MP_ETYPE)
+        py_raise_msg(cx, "TypeError", "mproc-manager: sort() orders lists of numbers, of str or of bytes");
+    else if (rc < 0)
+        py_raise_status(cx, rc);
+    else
+        py_ret_none(cx);
+}
+
+/* ------------------------------------------------------------------ methods */
+
+static void reply_status(struct pyconn *cx, int rc)
+{
+    if (rc < 0)
+        py_raise_status(cx, rc);
+    else
+        py_ret_none(cx);
+}
+
+static void list_len_method(struct pycall *c) { py_ret_int(c->cx, list_len(c)); }
+
+static void list_append(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    reply_status(c->cx, a0 ? pylist_append(c, a0) : MP_EINVAL);
+}
+
+static void list_extend(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    int rc = 0;
+    if (!a0 || (a0->kind != PK_LIST && a0->kind != PK_TUPLE))
+        rc = MP_ETYPE;
+    for (uint32_t i = 0; rc == 0 && i < a0->n; i++)
+        rc = pylist_append(c, a0->kids[i]);
+    reply_status(c->cx, rc);
+}
+
+static void list_imul(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    struct sreply r;
+    int64_t times = is_int(a0) ? a0->i : 1, len = list_len(c);
+    int rc = 0;
+    for (int64_t t = 1; t < times && rc == 0; t++)
+        for (int64_t i = 0; i < len && rc == 0; i++) {
+            struct mval at = mint(i);
+            if ((rc = py_sx(c, OP_LIST_GET, &at, NULL, &r)) == 0) {
+                struct mval item = r.v;
+                rc = py_sx(c, OP_LIST_APPEND, &item, NULL, &r);
+            }
+        }
+    for (int64_t i = times <= 0 ? len : 0; i > 0 && rc == 0; i--) {
+        struct mval last = mint(-1);
+        rc = py_sx(c, OP_LIST_POP, &last, NULL, &r);
+        store_release(&r);
+    }
+    reply_status(c->cx, rc);
+}
+
+/* The index argument of l[i], l[i] = v, del l[i] and pop(i): false when an
+ * error reply was written. */
+static bool list_index(struct pycall *c, bool pop, struct mval *at)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    *at = mint(pop && !a0 ? -1 : is_int(a0) ? a0->i : 0);
+    if (!pop && !is_int(a0))
+        py_raise_msg(c->cx, "TypeError", "list indices must be integers (mproc-manager: or slices, to read)");
+    else if (pop && a0 && !is_int(a0))
+        py_raise_msg(c->cx, "TypeError", "'pop' index must be an integer");
+    else if (pop && list_len(c) == 0)
+        py_raise_msg(c->cx, "IndexError", "pop from empty list");
+    else
+        return true;
+    return false;
+}
+
+/* l[i] or pop(i): the item, taken out by pop. */
+static void list_take(struct pycall *c, bool pop)
+{
+    struct sreply r;
+    struct mval at;
+    if (!list_index(c, pop, &at))
+        return;
+    if (py_sx(c, pop ? OP_LIST_POP : OP_LIST_GET, &at, NULL, &r) < 0) {
+        py_raise_msg(c->cx, "IndexError", pop ? "pop index out of range" : "list index out of range");
+        return;
+    }
+    py_ret_value(c->cx, &r.v);
+    store_release(&r);
+}
+
+static void list_getitem(struct pycall *c)
+{
+    struct pyconn *cx = c->cx;
+    struct sreply r;
+    int64_t start, stop, step;
+    if (!slice_of(py_pos(c, 0), list_len(c), &start, &stop, &step)) {
+        list_take(c, false);
+        return;
+    }
+    py_reply_begin(cx, "#RETURN");
+    pk_empty_list(&cx->pw);
+    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+        struct mval at = mint(i);
+        py_sx(c, OP_LIST_GET, &at, NULL, &r);
+        pk_mark(&cx->pw);
+        pv_write(&cx->pw, &r.v);
+        pk_appends(&cx->pw);
+    }
+    py_reply_end(cx);
+}
+
+static void list_pop(struct pycall *c) { list_take(c, true); }
+
+static void list_setitem(struct pycall *c)
+{
+    struct pk_node *a1 = py_pos(c, 1);
+    struct sreply r;
+    struct mval at, v;
+    if (!list_index(c, false, &at))
+        return;
+    if (!a1 || pv_value(a1, &c->cx->tmp2, true, &v) < 0 || py_sx(c, OP_LIST_SET, &at, &v, &r) < 0)
+        py_raise_msg(c->cx, "IndexError", "list assignment index out of range");
+    else
+        py_ret_none(c->cx);
+}
+
+static void list_delitem(struct pycall *c)
+{
+    struct sreply r;
+    struct mval at;
+    if (!list_index(c, false, &at))
+        return;
+    if (py_sx(c, OP_LIST_POP, &at, NULL, &r) < 0)
+        py_raise_msg(c->cx, "IndexError", "list assignment index out of range");
+    else
+        py_ret_none(c->cx);
+    store_release(&r);
+}
+
+static void list_insert(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0), *a1 = py_pos(c, 1);
+    if (!is_int(a0) || !a1) {
+        py_raise_msg(c->cx, "TypeError", "insert takes an index and an item");
+        return;
+    }
+    int64_t len = list_len(c), at = a0->i < 0 ? a0->i + len : a0->i;
+    at = at < 0 ? 0 : at > len ? len : at;
+    int rc = pylist_append(c, a1);
+    if (rc == 0 && at < len)
+        rc = list_move(c, len, at);
+    reply_status(c->cx, rc);
+}
+
+static void list_contains(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    py_ret_bool(c->cx, a0 && list_find(c, a0, 0, NULL) >= 0);
+}
+
+static void list_count(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    int64_t count = 0;
+    if (a0)
+        list_find(c, a0, 0, &count);
+    py_ret_int(c->cx, count);
+}
+
+static void list_index_method(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0), *a1 = py_pos(c, 1);
+    int64_t from = is_int(a1) ? (a1->i < 0 ? a1->i + list_len(c) : a1->i) : 0;
+    int64_t found = a0 ? list_find(c, a0, from, NULL) : -1;
+    if (found < 0)
+        py_raise_msg(c->cx, "ValueError", "item is not in list");
+    else
+        py_ret_int(c->cx, found);
+}
+
+static void list_remove(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    struct sreply r;
+    int64_t found = a0 ? list_find(c, a0, 0, NULL) : -1;
+    if (found < 0) {
+        py_raise_msg(c->cx, "ValueError", "list.remove(x): x not in list");
+        return;
+    }
+    struct mval at = mint(found);
+    py_sx(c, OP_LIST_POP, &at, NULL, &r);
+    store_release(&r);
+    py_ret_none(c->cx);
+}
+
+static void list_reverse(struct pycall *c)
+{
+    int64_t len = list_len(c);
+    int rc = 0;
+    for (int64_t i = 0; i < len / 2 && rc == 0; i++)
+        rc = list_swap(c, i, len - 1 - i);
+    reply_status(c->cx, rc);
+}
+
+static void list_copy(struct pycall *c) { list_write(c, 1, NULL); }
+
+static void list_clear(struct pycall *c)
+{
+    struct sreply r;
+    for (int64_t i = list_len(c); i > 0; i--) {
+        struct mval last = mint(-1);
+        py_sx(c, OP_LIST_POP, &last, NULL, &r);
+        store_release(&r);
+    }
+    py_ret_none(c->cx);
+}
+
+static void list_add(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    if (!a0 || a0->kind != PK_LIST)
+        py_raise_msg(c->cx, "TypeError", "can only concatenate list to list");
+    else
+        list_write(c, 1, a0);
+}
+
+static void list_mul(struct pycall *c)
+{
+    struct pk_node *a0 = py_pos(c, 0);
+    if (!is_int(a0))
+        py_raise_msg(c->cx, "TypeError", "can't multiply sequence by non-int");
+    else
+        list_write(c, a0->i, NULL);
+}
+
+static const char *list_init(struct pycall *c)
+{
+    struct store *s = c->cx->reg->store;
+    struct pk_node *a0 = py_pos(c, 0);
+    struct sreply r;
+    store_lock(s);
+    int rc = py_sx(c, OP_LIST_OPEN, NULL, NULL, &r);
+    if (rc == 0 && a0 && a0->kind != PK_LIST && a0->kind != PK_TUPLE)
+        rc = MP_ETYPE;
+    for (uint32_t i = 0; a0 && rc == 0 && i < a0->n; i++)
+        rc = pylist_append(c, a0->kids[i]);
+    store_unlock(s);
+    return rc < 0 ? "mproc-manager: list() takes a list or a tuple" : NULL;
+}
+
+static const struct pymethod LIST_METHODS[] = {
+    { "#GETVALUE", HOLD_STORE, list_copy },
+    { "__add__", HOLD_STORE, list_add },
+    { "__contains__", HOLD_STORE, list_contains },
+    { "__delitem__", HOLD_STORE, list_delitem },
+    { "__getitem__", HOLD_STORE, list_getitem },
+    { "__imul__", HOLD_STORE, list_imul },
+    { "__len__", HOLD_STORE, list_len_method },
+    { "__mul__", HOLD_STORE, list_mul },
+    { "__rmul__", HOLD_STORE, list_mul },
+    { "__setitem__", HOLD_STORE, list_setitem },
+    { "append", HOLD_STORE, list_append },
+    { "clear", HOLD_STORE, list_clear },
+    { "copy", HOLD_STORE, list_copy },
+    { "count", HOLD_STORE, list_count },
+    { "extend", HOLD_STORE, list_extend },
+    { "index", HOLD_STORE, list_index_method },
+    { "insert", HOLD_STORE, list_insert },
+    { "pop", HOLD_STORE, list_pop },
+    { "remove", HOLD_STORE, list_remove },
+    { "reverse", HOLD_STORE, list_reverse },
+    { "sort", HOLD_STORE, list_sort },
+};
+const struct pyclass py_list_class = { LIST_METHODS, sizeof LIST_METHODS / sizeof LIST_METHODS[0], list_init,
+                                       "NotImplementedError: mproc-manager does not run this list method" };
