@@ -457,7 +457,8 @@ static uint64_t show_begin(mp_queue *q, void *block, size_t len, uint64_t *claim
     struct preview *pv = &q->shown;
     uint64_t now = now_ns() / 1000000 + 1;
     uint64_t old = atomic_load_explicit(&pv->claim, memory_order_relaxed);
-    if ((old != 0 && now - old < PREVIEW_STALE_MS) ||
+    /* Signed: a claim made just after now was read is newer, not stale. */
+    if ((old != 0 && (int64_t)(now - old) < PREVIEW_STALE_MS) ||
         !atomic_compare_exchange_strong(&pv->claim, &old, now))
         return 0;
     uint64_t gen = atomic_fetch_add(&pv->next, 1) + 1;
@@ -527,7 +528,7 @@ static bool follow(mp_queue *q, struct follow *f, void *buf, size_t cap, mp_buf 
     if (gen == 0)
         return false;
     uint64_t claim = atomic_load_explicit(&pv->claim, memory_order_relaxed);
-    if (claim == 0 || now_ns() / 1000000 + 1 - claim >= PREVIEW_STALE_MS)
+    if (claim == 0 || (int64_t)(now_ns() / 1000000 + 1 - claim) >= PREVIEW_STALE_MS)
         return false;         /* its producer died showing it */
     const unsigned char *block = (const void *)atomic_load_explicit(&pv->block,
                                                                     memory_order_relaxed);
