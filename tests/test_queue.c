@@ -1161,9 +1161,15 @@ static void test_queue_spin_budget_recovers_after_slow_replies(void **state)
         skip();                          /* no spinning on one CPU */
     struct echo e = { new_queue(0), new_queue(0) };
     pid_t pid = tu_fork(child_echoes_after_a_delay, &e);
-    round_trips_sleeping(&e, 40, 300);
-    round_trips_sleeping(&e, 100, 5);    /* time to recover */
-    long sleeps = round_trips_sleeping(&e, 200, 5);
+    /* Other work on the machine (a parallel test, a sanitizer's threads)
+     * can make any wait end asleep, so the best of a few tries counts: a
+     * budget that never recovers sleeps on nearly every wait, every try. */
+    long sleeps = 200;
+    for (int try = 0; try < 5 && sleeps >= 100; try++) {
+        round_trips_sleeping(&e, 40, 300);
+        round_trips_sleeping(&e, 100, 5);    /* time to recover */
+        sleeps = round_trips_sleeping(&e, 200, 5);
+    }
     put_u64(e.ping, 0);
     assert_int_equal(tu_wait(pid, 30 * tu_slow()), 0);
     if (sleeps >= 100)
@@ -1190,7 +1196,9 @@ static void test_queue_spinner_yields_to_a_peer_on_its_cpu(void **state)
     struct echo e = { new_queue(0), new_queue(0) };
     pid_t pid = tu_fork(child_echoes_after_a_delay, &e);
     round_trips_sleeping(&e, 100, 1);
-    long sleeps = round_trips_sleeping(&e, 400, 1);
+    long sleeps = 400;                   /* the best of a few tries, as above */
+    for (int try = 0; try < 5 && sleeps >= 200; try++)
+        sleeps = round_trips_sleeping(&e, 400, 1);
     put_u64(e.ping, 0);
     assert_int_equal(tu_wait(pid, 30 * tu_slow()), 0);
     assert_int_equal(sched_setaffinity(0, sizeof all, &all), 0);
