@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -62,9 +63,21 @@ static int split_digest(const uint8_t *m, size_t len, const char **name, size_t 
     return -1;
 }
 
+/* OpenSSL frees its locks from an atexit handler, which would pull them
+ * from under a thread still in a handshake when the process exits (a
+ * server's connection threads: ThreadSanitizer saw it). Initialised here
+ * first, it registers none; its memory goes with the process. */
+static pthread_once_t openssl_once = PTHREAD_ONCE_INIT;
+
+static void openssl_init(void)
+{
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
+}
+
 static int hmac_of(const char *name, size_t name_len, const void *key, size_t keylen,
                    const uint8_t *msg, size_t len, uint8_t *out, unsigned *out_len)
 {
+    pthread_once(&openssl_once, openssl_init);
     const EVP_MD *md = digest_by_name(name, name_len ? name_len : strlen(name));
     if (!md || keylen > INT32_MAX)
         return MP_EAUTH;
