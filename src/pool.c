@@ -15,6 +15,7 @@
 
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -446,6 +447,28 @@ static void fail_queued(struct pool_shared *sh, int rc)
     }
 }
 
+/* A worker's hand-over is an allocation and a copy: this long at most,
+ * unless the worker is stopped, and then it is killed anyway (one block may
+ * leak, as for any process killed inside the allocator). */
+#define HOLD_WAIT_NS (100 * 1000000ull)
+
+static void request_kill(mp_pool *p, int i)
+{
+    if (p->ops == &processes_backend)   /* a thread or a rank's proxy is never killed */
+        atomic_store(&p->sh->slots[i].kill_req, 1);
+}
+
+/* Kills worker i outside an arena hand-over (struct slot). */
+static void kill_worker(mp_pool *p, int i)
+{
+    struct slot *s = &p->sh->slots[i];
+    request_kill(p, i);
+    uint64_t start = now_ns();
+    while (atomic_load(&s->hold) && now_ns() - start < HOLD_WAIT_NS)
+        sched_yield();
+    p->ops->kill(p, i);
+}
+
 /* Under p->lock: no new work, no replacements, every worker killed. */
 static void halt(mp_pool *p, int rc)
 {
@@ -454,9 +477,12 @@ static void halt(mp_pool *p, int rc)
     atomic_store(&p->sh->closing, CLOSING_NOW);
     wake_workers(p->sh);
     fail_queued(p->sh, rc);
+    for (int i = 0; i < p->nworkers; i++)   /* all at once, then each waited out */
+        if (p->workers[i].alive)
+            request_kill(p, i);
     for (int i = 0; i < p->nworkers; i++)
         if (p->workers[i].alive)
-            p->ops->kill(p, i);
+            kill_worker(p, i);
 }
 
 /* ------------------------------------------------------------------ the monitor */
@@ -469,6 +495,8 @@ static int start_worker(mp_pool *p, int slot)
     atomic_store(&s->started_ns, 0);
     atomic_store(&s->ready, 0);
     atomic_store(&s->exited, 0);
+    atomic_store(&s->hold, 0);
+    atomic_store(&s->kill_req, 0);
     /* Not while a submitter is inside dladdr (pool_fn): a child forked
      * then could inherit the loader's lock held (ThreadSanitizer's
      * interceptor does deadlock so), and it needs the loader to find fns.
@@ -632,7 +660,7 @@ static double enforce_timeouts(mp_pool *p)
             next = next < limit - age ? next : limit - age;
         } else if (!p->workers[i].killing) {
             p->workers[i].killing = true;
-            p->ops->kill(p, i);
+            kill_worker(p, i);
         }
     }
     return next;

@@ -133,7 +133,15 @@ struct slot {                           /* one worker's record, read after it di
     _Atomic uint64_t started_ns;        /* this item's start (task_timeout only), 0 idle */
     _Atomic uint32_t ready;             /* initializer ran */
     _Atomic uint32_t exited;            /* threads backend: the loop returned */
-    char pad[MP_CACHELINE - 32];
+    /* A worker killed between taking an arena block and publishing it in
+     * its task would leak the block, so the pool kills its own workers
+     * only outside such a hand-over: the killer raises kill_req and waits
+     * out hold (HOLD_WAIT_NS at most); a worker raises hold, then looks at
+     * kill_req and, if it is up, dies there, with nothing half done. Both
+     * sequentially consistent: one of the two sees the other's store. */
+    _Atomic uint32_t hold;
+    _Atomic uint32_t kill_req;          /* set only for a worker that is a process */
+    char pad[MP_CACHELINE - 40];
 };
 _Static_assert(sizeof(struct slot) == MP_CACHELINE, "a worker's slot is one cache line");
 
@@ -233,6 +241,9 @@ struct pool_backend {
 };
 
 struct worker_arg { struct pool_shared *sh; int slot; const struct task_runner *runner; };
+/* In a worker, around an arena hand-over (struct slot). */
+void worker_hold(struct slot *s);
+void worker_release(struct slot *s);
 int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
 
 /* The internals libmproc_mpi, a library of its own, calls: exported. */

@@ -222,21 +222,26 @@ int mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
 
 /* ------------------------------------------------------------------ in the worker */
 
-static int append_record(mp_future *f, size_t index, int rc, int code, const mp_buf *out)
+static int append_record(struct slot *s, mp_future *f, size_t index, int rc, int code,
+                         const mp_buf *out)
 {
     size_t need = RECORD_SIZE(out->len), len = atomic_load(&f->blob_len);
     if (len + need > f->blob_cap) {
         size_t cap = f->blob_cap ? f->blob_cap * 2 : 4096;
         while (cap < len + need)
             cap *= 2;
+        worker_hold(s);
         unsigned char *b = arena_alloc_nozero(cap), *old = f->blob;
-        if (!b)
+        if (!b) {
+            worker_release(s);
             return MP_ENOMEM;
+        }
         if (len)
             memcpy(b, old, len);
         f->blob = b;                     /* published before the old one goes */
         f->blob_cap = cap;
         arena_free(old);
+        worker_release(s);
     }
     struct record r = { index, out->len, rc, code };
     memcpy(f->blob + len, &r, sizeof r);
@@ -246,7 +251,7 @@ static int append_record(mp_future *f, size_t index, int rc, int code, const mp_
     return 0;
 }
 
-static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn,
+static int run_item(struct slot *s, struct job *job, mp_future *f, size_t index, mp_fn fn,
                     const struct task_runner *r, mp_buf *out, int *code)
 {
     const unsigned char *in = job->in ? job->in + index * job->in_size : NULL;   /* in_size 0 */
@@ -254,7 +259,7 @@ static int run_item(struct job *job, mp_future *f, size_t index, mp_fn fn,
     if (rc == WORKER_GONE)
         return rc;
     if (job->imap) {
-        int arc = append_record(f, index, rc, *code, out);
+        int arc = append_record(s, f, index, rc, *code, out);
         return arc ? arc : rc;
     }
     if (rc == 0 && out->len > job->out_size)
@@ -277,7 +282,7 @@ int chunk_run(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn fn,
         int code = 0;
         if (timed)
             atomic_store(&s->started_ns, now_ns());
-        int rc = run_item(job, f, index, fn, r, out, &code);
+        int rc = run_item(s, job, f, index, fn, r, out, &code);
         if (rc == WORKER_GONE)
             return rc;
         if (job->imap && rc == MP_ENOMEM) {

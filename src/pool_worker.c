@@ -9,6 +9,7 @@
 #include "pool_internal.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,17 +93,35 @@ static mp_future *take_task(struct pool_shared *sh, struct slot *s)
     }
 }
 
+void worker_hold(struct slot *s)
+{
+    atomic_store(&s->hold, 1);
+    if (atomic_load(&s->kill_req)) {
+        atomic_store(&s->hold, 0);
+        raise(SIGKILL);              /* the pool is killing us: here nothing is half done */
+    }
+}
+
+void worker_release(struct slot *s)
+{
+    atomic_store(&s->hold, 0);
+}
+
 /* Copies the worker's output into the task: inline when small. */
-static int store_output(mp_future *f, const mp_buf *out)
+static int store_output(struct slot *s, mp_future *f, const mp_buf *out)
 {
     if (out->len == 0)
         return 0;
     void *dst = f->out_inline;
-    if (out->len > TASK_INLINE && !(dst = arena_alloc_nozero(out->len)))
+    worker_hold(s);
+    if (out->len > TASK_INLINE && !(dst = arena_alloc_nozero(out->len))) {
+        worker_release(s);
         return MP_ENOMEM;
+    }
     memcpy(dst, out->data, out->len);
     f->out = dst;
     f->out_len = out->len;
+    worker_release(s);
     return 0;
 }
 
@@ -132,7 +151,7 @@ static int run_apply(struct pool_shared *sh, struct slot *s, mp_future *f, mp_fn
         return rc;
     atomic_store(&s->started_ns, 0);
     if (rc == 0 || rc == MP_ETASK) {
-        int src = store_output(f, out);
+        int src = store_output(s, f, out);
         rc = src ? src : rc;
     }
     task_finish(f, TASK_RUNNING, rc, code);
