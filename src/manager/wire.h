@@ -32,6 +32,7 @@ struct wire {
     uint8_t *in;             /* received bytes not yet consumed */
     size_t start, len, cap;  /* live bytes are in[start .. start+len) */
     uint32_t spin_ns;        /* busy-poll budget before sleeping */
+    uint32_t looks;          /* recvs that found nothing, while spinning */
 };
 
 void wire_init(struct wire *w, int fd, uint32_t spin_ns);
