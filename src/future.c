@@ -45,6 +45,10 @@ void task_free(mp_future *f)
     if (f->out && f->out != f->out_inline)
         arena_free(f->out);
     arena_free(f->blob);
+    if (f->blob_new && f->blob_new != f->blob)   /* its worker died growing blob */
+        arena_free(f->blob_new);
+    if (f->blob_old && f->blob_old != f->blob)
+        arena_free(f->blob_old);
     for (struct callback *c = f->callbacks, *next; c; c = next) {
         next = c->next;
         free(c);

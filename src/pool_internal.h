@@ -78,6 +78,9 @@ struct mp_future {
     unsigned char *blob;                /* imap chunks: records, arena */
     _Atomic size_t blob_len;
     size_t blob_cap;
+    /* While a worker grows blob: the new block, then the old one too, so a
+     * worker killed meanwhile leaves them to task_free (append_record). */
+    unsigned char *blob_new, *blob_old;
     unsigned char out_inline[TASK_INLINE];
     size_t in_len;
     alignas(16) unsigned char in[];
@@ -244,6 +247,13 @@ struct worker_arg { struct pool_shared *sh; int slot; const struct task_runner *
 /* In a worker, around an arena hand-over (struct slot). */
 void worker_hold(struct slot *s);
 void worker_release(struct slot *s);
+/* Named points inside a worker's hand-overs ("blob_copied",
+ * "output_copied") where a test can SIGKILL the worker: calls
+ * mp__pool_test_hook in the test-only build, nothing otherwise. */
+void pool_hook(const char *point);
+#ifdef MPROC_TEST_HOOKS
+MP_EXTERN extern void (*mp__pool_test_hook)(const char *point);
+#endif
 int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
 
 /* The internals libmproc_mpi, a library of its own, calls: exported. */

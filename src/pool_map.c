@@ -230,16 +230,29 @@ static int append_record(struct slot *s, mp_future *f, size_t index, int rc, int
         size_t cap = f->blob_cap ? f->blob_cap * 2 : 4096;
         while (cap < len + need)
             cap *= 2;
+        /* Killed at any point from the first store to the last, the worker
+         * leaves every block it holds named in f, for task_free; the
+         * signal fences keep the compiler from moving the stores across
+         * each other (a kill is seen like a signal: between two stores). */
         worker_hold(s);
         unsigned char *b = arena_alloc_nozero(cap), *old = f->blob;
         if (!b) {
             worker_release(s);
             return MP_ENOMEM;
         }
+        f->blob_new = b;
+        atomic_signal_fence(memory_order_seq_cst);
         if (len)
             memcpy(b, old, len);
+        pool_hook("blob_copied");
+        f->blob_old = old;
+        atomic_signal_fence(memory_order_seq_cst);
         f->blob = b;                     /* published before the old one goes */
         f->blob_cap = cap;
+        atomic_signal_fence(memory_order_seq_cst);
+        f->blob_new = NULL;
+        f->blob_old = NULL;
+        atomic_signal_fence(memory_order_seq_cst);
         arena_free(old);
         worker_release(s);
     }

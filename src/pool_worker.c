@@ -93,6 +93,14 @@ static mp_future *take_task(struct pool_shared *sh, struct slot *s)
     }
 }
 
+MP_TEST_HOOK void (*mp__pool_test_hook)(const char *point);
+
+void pool_hook(const char *point)
+{
+    if (mp__pool_test_hook)
+        mp__pool_test_hook(point);
+}
+
 void worker_hold(struct slot *s)
 {
     atomic_store(&s->hold, 1);
@@ -118,8 +126,10 @@ static int store_output(struct slot *s, mp_future *f, const mp_buf *out)
         worker_release(s);
         return MP_ENOMEM;
     }
+    f->out = dst;                    /* before the copy: a killed worker's block is task_free's */
+    atomic_signal_fence(memory_order_seq_cst);
     memcpy(dst, out->data, out->len);
-    f->out = dst;
+    pool_hook("output_copied");
     f->out_len = out->len;
     worker_release(s);
     return 0;

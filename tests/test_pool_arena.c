@@ -6,7 +6,10 @@
 #include "pool_tasks.h"
 
 #include "internal.h"
+#include "pool_internal.h"
 
+#include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
 static void on_done_count(mp_future *f, void *ctx)
@@ -116,12 +119,93 @@ static void test_pool_terminate_in_a_hand_over_leaks_nothing(void **state)
     assert_int_equal(grown, 0);
 }
 
+/* How many workers the hook below still kills: in the arena, so every
+ * worker (forked: the hook is inherited) counts down the same number. */
+static _Atomic int *kills_left;
+static const char *kill_point;
+
+static void kill_at_point(const char *point)
+{
+    if (strcmp(point, kill_point) == 0 && atomic_fetch_sub(kills_left, 1) > 0)
+        raise(SIGKILL);
+}
+
+/* A worker killed from outside (here: by itself, at the worst moment)
+ * after taking a block and before publishing it leaves the block named in
+ * its task, and the pool frees it with the task. */
+static void killed_in_hand_over(const char *point, bool imap, int size)
+{
+    mp_pool *warm;
+    TU_OK(mp_pool_new(&warm, &(mp_pool_opts){ .processes = 2, .method = MP_FORK }));
+    mp_pool_free(warm);
+    kills_left = mp_shared_alloc(sizeof *kills_left);
+    assert_non_null(kills_left);
+    struct arena_stats before, after;
+    assert_true(arena_check(&before));
+    atomic_store(kills_left, 6);
+    kill_point = point;
+    mp__pool_test_hook = kill_at_point;
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .method = MP_FORK }));
+    enum { N = 400 };
+    static int in[N];
+    for (int i = 0; i < N; i++)
+        in[i] = size;
+    int crashed = 0;
+    if (imap) {
+        mp_iter *it;
+        TU_OK(mp_pool_imap(p, t_bytes, in, N, sizeof *in, N / 4, false, &it));
+        mp_buf b = { 0 };
+        int rc;
+        while ((rc = mp_iter_next(it, NULL, &b, 30 * tu_slow())) != MP_EEOF) {
+            crashed += rc == MP_ECRASHED;
+            assert_true(rc == 0 || rc == MP_ECRASHED);
+        }
+        mp_buf_free(&b);
+        mp_iter_free(it);
+    } else {
+        mp_future *fs[40];
+        for (int i = 0; i < 40; i++)
+            fs[i] = submit_int(p, t_bytes, size);
+        for (int i = 0; i < 40; i++) {
+            int rc = mp_future_result(fs[i], NULL, 30 * tu_slow());
+            crashed += rc == MP_ECRASHED;
+            assert_true(rc == 0 || rc == MP_ECRASHED);
+            mp_future_free(fs[i]);
+        }
+    }
+    TU_OK(mp_pool_close(p));
+    TU_OK(mp_pool_join(p, 30 * tu_slow()));
+    mp_pool_free(p);
+    mp__pool_test_hook = NULL;
+    assert_int_equal(crashed, 6);                /* each kill hit a hand-over */
+    assert_true(arena_check(&after));
+    mp_shared_free((void *)kills_left);
+    print_message("%s: arena use grew by %zu bytes after 6 kills\n", point,
+                  after.used_bytes > before.used_bytes ? after.used_bytes - before.used_bytes : 0);
+    assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static void test_pool_worker_killed_growing_imap_records_leaks_nothing(void **state)
+{
+    (void)state;
+    killed_in_hand_over("blob_copied", true, 4096);
+}
+
+static void test_pool_worker_killed_storing_a_big_result_leaks_nothing(void **state)
+{
+    (void)state;
+    killed_in_hand_over("output_copied", false, 64 << 10);
+}
+
 int main(void)
 {
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_rounds_do_not_grow_the_arena),
         cmocka_unit_test(test_pool_terminate_in_a_hand_over_leaks_nothing),
+        cmocka_unit_test(test_pool_worker_killed_growing_imap_records_leaks_nothing),
+        cmocka_unit_test(test_pool_worker_killed_storing_a_big_result_leaks_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
