@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define BENCH_HIGHER true    /* throughput: items/s, MB/s, ops/s */
 #define BENCH_LOWER false    /* latency: ns, us, ms, s */
@@ -143,6 +145,55 @@ static inline void bench_peer_row(const char *id, double value, const char *unit
 static inline void bench_row(const char *id, double value, const char *unit, bool higher)
 {
     bench_peer_row(id, value, unit, higher, NULL);
+}
+
+/* The path of bench/<name> (a Python script a program runs): from
+ * MPROC_SOURCE_DIR, the working directory, or beside this executable's
+ * build directory (BUILD/bench/<exe> -> ../../bench/<name>). */
+static inline void bench_script_path(const char *name, char *out, size_t cap)
+{
+    const char *src = getenv("MPROC_SOURCE_DIR");
+    char here[4200];
+    snprintf(here, sizeof here, "bench/%s", name);
+    if (src) {
+        snprintf(out, cap, "%s/bench/%s", src, name);
+        return;
+    }
+    if (access(here, R_OK) == 0) {
+        snprintf(out, cap, "%s", here);
+        return;
+    }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = 0;
+    snprintf(out, cap, "%s/../../bench/%s", exe, name);
+}
+
+/* Runs python3 (or $PYTHON) with args (args[0] is ignored), then the
+ * caller's argv[1..] appended: its exit code, or 1 if it could not run. */
+static inline int bench_run_python(char **args, int nargs, int argc, char **argv)
+{
+    char *all[64];
+    int n = 0;
+    for (int i = 0; i < nargs && n < 63; i++)
+        all[n++] = args[i];
+    for (int i = 1; i < argc && n < 63; i++)
+        all[n++] = argv[i];
+    all[n] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *py = getenv("PYTHON");
+        execvp(py ? py : "python3", all);
+        _exit(127);
+    }
+    int status = 0;
+    while (pid > 0 && waitpid(pid, &status, 0) < 0)
+        ;
+    return pid > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
 #endif

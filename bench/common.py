@@ -76,11 +76,12 @@ def selected(workload_id, argv=None):
     return not args or any(a in workload_id for a in args)
 
 
-def row(workload_id, value, unit, higher):
-    """Prints one result row (the contract with bench/run.sh) and flushes."""
+def row(workload_id, value, unit, higher, peer=None):
+    """Prints one result row (the contract with bench/run.sh) and flushes;
+    a contender's rows carry its name in a fifth field."""
     v = "nan" if value is None or math.isnan(value) else "%.6g" % value
-    print("%s\t%s\t%s\t%s" % (workload_id, v, unit, "higher" if higher else "lower"),
-          flush=True)
+    print("%s\t%s\t%s\t%s%s" % (workload_id, v, unit, "higher" if higher else "lower",
+                                 "\t" + peer if peer else ""), flush=True)
 
 
 def log(*a):

@@ -4,7 +4,12 @@
  * multiprocessing.Manager() uses a unix socket) and runs bench/pymanager.py
  * against it with --address and --authkey: its rows are this program's.
  * bench/pymanager.py without arguments measures the same client code
- * against Python's own server, and run.sh puts the two side by side.
+ * against Python's own server, and run.sh puts the two side by side. The
+ * contenders canned-threads and canned-epoll (bench/peers/pymanager_canned.c)
+ * are the limit: servers that do no work and answer every call at once with
+ * a canned reply. No server can beat them with this client on this
+ * machine, so mproc ÷ peer says how close to the limit mproc's server is,
+ * and peer ÷ python how far ahead of Python's any server could be.
  */
 #include "bench.h"
 #include <mproc.h>
@@ -14,28 +19,6 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-/* bench/pymanager.py: from MPROC_SOURCE_DIR, the working directory, or
- * beside this executable's build directory. */
-static void script_path(char *out, size_t cap)
-{
-    const char *src = getenv("MPROC_SOURCE_DIR");
-    if (src) {
-        snprintf(out, cap, "%s/bench/pymanager.py", src);
-        return;
-    }
-    if (access("bench/pymanager.py", R_OK) == 0) {
-        snprintf(out, cap, "bench/pymanager.py");
-        return;
-    }
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[n > 0 ? n : 0] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash)
-        *slash = 0;
-    snprintf(out, cap, "%s/../../bench/pymanager.py", exe);
-}
 
 int main(int argc, char **argv)
 {
@@ -48,24 +31,11 @@ int main(int argc, char **argv)
         return 1;
     }
     char script[4200], hex[2 * sizeof key + 1];
-    script_path(script, sizeof script);
+    bench_script_path("pymanager.py", script, sizeof script);
     for (size_t i = 0; i + 1 < sizeof key; i++)
         snprintf(hex + 2 * i, 3, "%02x", (unsigned char)key[i]);
-    char *args[64] = { "python3", script, "--address", (char *)mp_manager_address(m), "--authkey", hex };
-    int n = 6;
-    for (int i = 1; i < argc && n < 63; i++)
-        args[n++] = argv[i];
-    args[n] = NULL;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *py = getenv("PYTHON");
-        execvp(py ? py : "python3", args);
-        _exit(127);
-    }
-    int status = 0;
-    while (pid > 0 && waitpid(pid, &status, 0) < 0)
-        ;
+    char *args[] = { "python3", script, "--address", (char *)mp_manager_address(m), "--authkey", hex };
+    rc = bench_run_python(args, 6, argc, argv);
     mp_manager_free(m);
-    return pid > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+    return rc;
 }

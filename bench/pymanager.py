@@ -3,7 +3,9 @@
 Without arguments (bench/run.sh's "python" side) the server is Python's own
 (multiprocessing.Manager()). bench_pymanager (the "c" side) starts
 mproc's manager and runs this file with --address ADDR --authkey HEX: the
-client code below is then unchanged, only the server differs.
+client code below is then unchanged, only the server differs. With
+--canned ADDR NAME (bench/peers/pymanager_canned.c) the server answers every
+call at once with a canned reply: the limit, rows named NAME.
 
 pymgr_dict_set_<n>c / pymgr_dict_get_<n>c: n client processes each do
 d['k<i>'] = 8 bytes / d['k<i>'] on one shared dict; aggregate ops/s.
@@ -17,7 +19,8 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 import multiprocessing as mp  # noqa: E402
-from multiprocessing.managers import SyncManager  # noqa: E402
+from multiprocessing.connection import Client  # noqa: E402
+from multiprocessing.managers import DictProxy, MakeProxyType, SyncManager, Token  # noqa: E402
 sys.path.insert(0, _here)
 from common import now, median_of, reps, selected, row, HIGHER, LOWER  # noqa: E402
 sys.path.insert(0, os.path.join(_here, "..", "tests", "interop"))
@@ -28,7 +31,22 @@ CLIENTS = (1, 8, 32)
 CTX = mp.get_context("fork")
 
 
+QueueProxy = MakeProxyType("QueueProxy", ("put", "get"))   # as AutoProxy makes it
+
+
+def canned_proxy(address, kind):
+    """A proxy whose connection is straight to a canned server (no
+    handshake, no object made on the server: neither is timed)."""
+    cls = QueueProxy if kind == "queue_putget" else DictProxy
+    p = cls(Token(kind, ("canned", 0), "0"), "pickle", manager=None, authkey=b"",
+            incref=False, manager_owned=True)
+    p._tls.connection = Client(address)
+    return p
+
+
 def client(kind, obj, ops, ready, go, out):
+    if isinstance(obj, tuple):
+        obj = canned_proxy(obj[1], kind)
     val = b"12345678"
     key = "k%d" % os.getpid()
     lat = []
@@ -51,7 +69,10 @@ def client(kind, obj, ops, ready, go, out):
 
 
 def measure(manager, kind, n):
-    obj = manager.Queue() if kind == "queue_putget" else manager.dict()
+    if isinstance(manager, str):
+        obj = ("canned", manager)
+    else:
+        obj = manager.Queue() if kind == "queue_putget" else manager.dict()
     ops = max(TOTAL_OPS // n, 50)
     ready, go = CTX.Semaphore(0), CTX.Event()
     pipes = [CTX.Pipe(duplex=False) for _ in range(n)]
@@ -71,7 +92,7 @@ def measure(manager, kind, n):
     return n * ops / dt, p99
 
 
-def run(manager):
+def run(manager, peer=None):
     for kind in ("dict_set", "dict_get", "queue_putget"):
         for n in CLIENTS:
             wid = "pymgr_%s_%dc" % (kind, n)
@@ -80,9 +101,10 @@ def run(manager):
                 continue
             results = [measure(manager, kind, n) for _ in range(reps(3))]
             if selected(wid):
-                row(wid, median_of(1, lambda: sorted(r[0] for r in results)[len(results) // 2]), "ops/s", HIGHER)
+                row(wid, median_of(1, lambda: sorted(r[0] for r in results)[len(results) // 2]), "ops/s", HIGHER,
+                    peer)
             if want_p99:
-                row(wid + "_p99", sorted(r[1] for r in results)[len(results) // 2], "us", LOWER)
+                row(wid + "_p99", sorted(r[1] for r in results)[len(results) // 2], "us", LOWER, peer)
 
 
 if __name__ == "__main__":
@@ -93,6 +115,10 @@ if __name__ == "__main__":
         m = SyncManager(address=address, authkey=key)
         m.connect()
         run(m)
+    elif args[:1] == ["--canned"]:
+        address, name = py_address(args[1]), args[2]
+        sys.argv = [sys.argv[0]] + args[3:]
+        run(address, name)
     else:
         with CTX.Manager() as m:
             run(m)
