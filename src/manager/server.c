@@ -109,14 +109,20 @@ static int client_attach(struct client *c, const struct mmsg *req)
     return 0;
 }
 
-/* The store asks before it hands a queue item to a waiting getter: is the
- * client still there and still waiting? (On a channel, a client that gave
- * up has posted its hang-up.) */
-static bool client_wants(struct store_owner *owner)
+/* The store asks before it hands a queue item to a getter: is the client
+ * still there and still waiting? (On a channel, a client that gave up has
+ * posted its hang-up.) A unix socket client whose get did not wait was
+ * there a moment ago, and if it died since, the reply cannot be sent (its
+ * socket is closed: EPIPE) and the item goes back: no system call to ask.
+ * Over TCP a send after the peer's FIN still succeeds, so a TCP client is
+ * always asked. */
+static bool client_wants(struct store_owner *owner, bool waited)
 {
     struct client *c = (struct client *)owner;
     if (c->ch && atomic_load(&c->ch->req_seq) != c->seq)
         return false;
+    if (!waited && !c->ch && c->src.len == 0)
+        return true;
     return channel_peer_alive(c->w.fd);
 }
 
@@ -194,7 +200,7 @@ static void client_serve_channel(struct client *c, bool *shutdown)
             data = c->in.data;
         }
         client_exec(c, data, n, shutdown);
-        if (c->item && !client_wants((struct store_owner *)c)) {
+        if (c->item && !client_wants((struct store_owner *)c, true)) {
             client_return_item(c);       /* it gave up or died while we worked */
             c->peer_dead = !channel_peer_alive(c->w.fd);
             return;

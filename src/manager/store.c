@@ -515,13 +515,14 @@ static int queue_get(struct store *s, struct object *o, struct store_owner *me,
                      const struct mmsg *m, struct sreply *r)
 {
     struct timespec at;
-    bool may_wait = wait_until(&m->v[2], &at);
+    bool may_wait = wait_until(&m->v[2], &at), waited = false;
     while (o->count == 0) {
+        waited = may_wait;
         if (!may_wait || !wait_changed(s, o, &at))
             if (o->count == 0)
                 return MP_EEMPTY;
     }
-    if (s->wants && !s->wants(me))
+    if (s->wants && !s->wants(me, waited))
         return MP_EBROKEN;           /* nobody to give it to: the next getter has it */
     ring_take(s, o, 0, r);
     pthread_cond_broadcast(&o->changed);

@@ -35,9 +35,10 @@ struct sreply {
     bool dicts_only, dicts_locked;   /* store_exec ran a dict request under the dicts' lock alone */
 };
 
-/* Asked before a waiting queue get takes an item: false when the client
- * has gone or given up, and the item stays for the next getter. */
-typedef bool (*store_wants_fn)(struct store_owner *owner);
+/* Asked before a queue get takes an item (waited: the get waited for it):
+ * false when the client has gone or given up, and the item stays for the
+ * next getter. */
+typedef bool (*store_wants_fn)(struct store_owner *owner, bool waited);
 
 int store_new(struct store **s, size_t max_bytes, store_wants_fn wants);
 /* The same, keeping the dicts in a shared store made by the server's
