@@ -305,5 +305,10 @@ int mp_fail_code(int rc, const char *fn);
 int mp_fail_handle(const char *fn, const char *arg, const void *h);
 /* MP_EINVAL for a timeout that is not a valid number of seconds. */
 int mp_fail_timeout(const char *fn, double timeout);
+/* Whether the caller's bytes what..what+len can all be read before they
+ * are copied: MP_ETOOBIG past PTRDIFF_MAX (or wrapping round), MP_EINVAL
+ * when the range reaches a page this process has not mapped (one msync),
+ * so a wrong length is an error code instead of a fault in the copy. */
+int mem_range_check(const char *fn, const char *what, const void *data, size_t len);
 
 #endif
