@@ -72,15 +72,10 @@ static int fail_io(int rc, const char *fn, const mp_conn *c)
     return mp_fail_code(rc, fn);
 }
 
-/* Lengths from SEND_CHECK_MIN bytes on are checked against the process's
- * mappings before a copy would fault on them (mem_range_check); shorter
- * ones are the caller's to get right. */
-#define SEND_CHECK_MIN ((size_t)64 << 10)
-
+/* Lengths from MEM_CHECK_MIN bytes on are checked against the process's
+ * mappings before a copy would fault on them (mem_range_check). */
 static int check_send_range(const char *fn, const void *data, size_t len)
 {
-    if (len < SEND_CHECK_MIN && (uintptr_t)data + len >= (uintptr_t)data)
-        return 0;
     return mem_range_check(fn, "data", data, len);
 }
 

@@ -308,7 +308,10 @@ int mp_fail_timeout(const char *fn, double timeout);
 /* Whether the caller's bytes what..what+len can all be read before they
  * are copied: MP_ETOOBIG past PTRDIFF_MAX (or wrapping round), MP_EINVAL
  * when the range reaches a page this process has not mapped (one msync),
- * so a wrong length is an error code instead of a fault in the copy. */
+ * so a wrong length is an error code instead of a fault in the copy.
+ * Ranges under MEM_CHECK_MIN bytes are the caller's to get right (a
+ * system call would cost more than their copy). */
+#define MEM_CHECK_MIN ((size_t)64 << 10)
 int mem_range_check(const char *fn, const char *what, const void *data, size_t len);
 
 #endif

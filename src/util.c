@@ -122,7 +122,7 @@ int mem_range_check(const char *fn, const char *what, const void *data, size_t l
                        "most PTRDIFF_MAX bytes); pass the buffer's real length", what, len);
     /* Under valgrind the probe is its own error (msync's range must be
      * defined memory there), and valgrind reports a bad range itself. */
-    if (len == 0 || RUNNING_ON_VALGRIND)
+    if (len < MEM_CHECK_MIN || RUNNING_ON_VALGRIND)
         return 0;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)data & ~(page - 1);
     if (msync((void *)start, (uintptr_t)data + len - start, MS_ASYNC) != 0 && errno == ENOMEM)

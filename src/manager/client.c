@@ -460,7 +460,7 @@ static bool key_ok(const char *key)
 static bool bytes_ok(const void *p, size_t len)
 {
     if ((p || len == 0) && len <= MSG_MAX_VALUE)
-        return true;
+        return mem_range_check(NULL, "val", p, len) == 0;
     if (len > MSG_MAX_VALUE)
         mp_fail(MP_ETOOBIG, NULL, "a value of %zu bytes is more than a manager stores (%d)",
                 len, MSG_MAX_VALUE);
@@ -990,7 +990,8 @@ int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
                 const void *val, size_t vlen)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
-        (!expect && elen) || elen > MSG_MAX_VALUE)
+        (!expect && elen) || elen > MSG_MAX_VALUE ||
+        mem_range_check(NULL, "expect", expect, elen) != 0)
         return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
