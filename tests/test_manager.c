@@ -249,19 +249,22 @@ static void test_manager_bad_arguments_are_einval(void **state)
     TU_ASSERT_RC(mp_dict_set(d, "k", "v", (size_t)17 * 1024 * 1024), MP_ETOOBIG);
     TU_ASSERT_RC(mp_dict_get_i64(d, "k", NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_dict_set(d, "", "empty key is fine", 17), 0);
-    /* A length past the caller's memory is refused, not a fault in the copy. */
-    char *small = tu_page_before_hole();
-    TU_ASSERT_RC(mp_dict_set(d, "k", small, (size_t)8 << 20), MP_EINVAL);
-    tu_last_error_has("mp_dict_set: val..val+8388608 runs past this process's memory", NULL);
-    TU_ASSERT_RC(mp_dict_cas(d, "k", small, (size_t)8 << 20, "v", 1), MP_EINVAL);
-    mp_list *l = NULL;
-    TU_OK(mp_list_open(m, "l", &l));
-    TU_ASSERT_RC(mp_list_append(l, small, (size_t)8 << 20), MP_EINVAL);
-    mp_list_free(l);
-    mp_mqueue *q = NULL;
-    TU_OK(mp_manager_queue(m, "q", 0, &q));
-    TU_ASSERT_RC(mp_mqueue_put(q, small, (size_t)8 << 20, 0), MP_EINVAL);
-    mp_mqueue_free(q);
+    /* A length past the caller's memory is refused, not a fault in the copy
+     * (under valgrind, valgrind reports such a range itself). */
+    if (!RUNNING_ON_VALGRIND) {
+        char *small = tu_page_before_hole();
+        TU_ASSERT_RC(mp_dict_set(d, "k", small, (size_t)8 << 20), MP_EINVAL);
+        tu_last_error_has("mp_dict_set: val..val+8388608 runs past this process's memory", NULL);
+        TU_ASSERT_RC(mp_dict_cas(d, "k", small, (size_t)8 << 20, "v", 1), MP_EINVAL);
+        mp_list *l = NULL;
+        TU_OK(mp_list_open(m, "l", &l));
+        TU_ASSERT_RC(mp_list_append(l, small, (size_t)8 << 20), MP_EINVAL);
+        mp_list_free(l);
+        mp_mqueue *q = NULL;
+        TU_OK(mp_manager_queue(m, "q", 0, &q));
+        TU_ASSERT_RC(mp_mqueue_put(q, small, (size_t)8 << 20, 0), MP_EINVAL);
+        mp_mqueue_free(q);
+    }
     mp_dict_free(d);
     mp_manager_free(m);
 }

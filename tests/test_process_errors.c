@@ -154,9 +154,11 @@ static void test_arg_size_past_the_arguments_memory_is_refused(void **state)
     for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++) {
         mp_process *p = NULL;
         mp_process_opts o = { .method = methods[m], .arg_size = (size_t)1 << 20 };
-        assert_int_equal(mp_process_new(&p, reads_arg, edge, &o), MP_EINVAL);
-        tu_last_error_has("mp_process_new: arg..arg+1048576 runs past this process's memory", NULL);
-        assert_null(p);
+        if (!RUNNING_ON_VALGRIND) {      /* there valgrind reports such a range itself */
+            assert_int_equal(mp_process_new(&p, reads_arg, edge, &o), MP_EINVAL);
+            tu_last_error_has("mp_process_new: arg..arg+1048576 runs past this process's memory", NULL);
+            assert_null(p);
+        }
         o.arg_size = SIZE_MAX;
         assert_int_equal(mp_process_new(&p, reads_arg, &arg, &o), MP_ETOOBIG);
         tu_last_error_has("mp_process_new: arg's length", "PTRDIFF_MAX", NULL);
