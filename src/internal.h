@@ -130,6 +130,10 @@ typedef struct { struct timespec at; bool forever; } mp_deadline;
 mp_deadline deadline_in(double timeout);   /* timeout < 0: forever */
 bool deadline_passed(const mp_deadline *d);
 double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever */
+/* poll()'s timeout for what is left of d: -1 when forever, else the
+ * milliseconds left rounded up and capped at INT_MAX (a wait of more than
+ * 24 days polls again for the rest; a bigger double would overflow int). */
+int deadline_poll_ms(const mp_deadline *d);
 uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
 /* A process-local condition variable whose timed waits use CLOCK_MONOTONIC,
  * the clock of every mp_deadline. */

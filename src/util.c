@@ -6,6 +6,7 @@
 #include "internal.h"
 #include "platform/valgrind_check.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -60,6 +61,14 @@ double deadline_left(const mp_deadline *d)
     clock_gettime(CLOCK_MONOTONIC, &now);
     double left = (double)(d->at.tv_sec - now.tv_sec) + (double)(d->at.tv_nsec - now.tv_nsec) / 1e9;
     return left > 0 ? left : 0;
+}
+
+int deadline_poll_ms(const mp_deadline *d)
+{
+    if (d->forever)
+        return -1;
+    double ms = ceil(deadline_left(d) * 1000.0);
+    return ms < (double)INT_MAX ? (int)ms : INT_MAX;
 }
 
 int mp_buf_reserve(mp_buf *b, size_t cap)
