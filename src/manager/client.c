@@ -548,6 +548,10 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
         return mp_fail_code(rc, __func__);
     if ((rc = manager_connect_now(m)) < 0) {
         manager_release(m);
+        if (rc == MP_ETIMEDOUT)
+            return mp_fail(rc, __func__, "the server at \"%s\" did not complete the connection "
+                           "and handshake within %d s (stopped, overloaded, or not a manager)",
+                           address, MANAGER_CONNECT_TIMEOUT_S);
         return mp_fail_code(rc, __func__);
     }
     *out = m;
