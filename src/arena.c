@@ -1164,10 +1164,18 @@ void arena_heap_root(const void *obj, size_t size, bool live)
 void *mp_shared_alloc(size_t size)
 {
     void *p = arena_alloc(size);
-    if (!p)
+    if (p)
+        return p;
+    size_t whole = arena_size();
+    if (size == 0)
+        mp_fail(MP_EINVAL, __func__, "size is 0: ask for at least one byte");
+    else if (whole && size > whole)
+        mp_fail(MP_ENOMEM, __func__, "%zu bytes is more than the whole shared arena (%zu bytes; "
+                "MPROC_ARENA_SIZE sets it)", size, whole);
+    else
         mp_fail(MP_ENOMEM, __func__, "no block of %zu bytes: the shared arena is full, or the "
                 "machine could not give its pages (MPROC_ARENA_SIZE sets the arena's size)", size);
-    return p;
+    return NULL;
 }
 
 void mp_shared_free(void *p)

@@ -4,7 +4,9 @@
  * waiters sleep on. Each party inside wait() holds a robust mutex of its own
  * slot, and sleepers wake every BARRIER_SLICE to try those: a party that was
  * killed (MP_EOWNERDEAD) is taken out, and if the barrier was still filling it is
- * broken, so the survivors get MP_EBROKEN instead of waiting forever.
+ * broken, so the survivors get MP_EBROKEN instead of waiting forever. The
+ * party that would trip it, n_waiting and broken take the dead out too, so
+ * a party killed with no one else waiting breaks it as well.
  */
 #include "sync_internal.h"
 
@@ -197,6 +199,14 @@ int mp_barrier_wait(mp_barrier *b, double timeout)
     mp_deadline d = deadline_in(timeout);
     barrier_lock(b);
     int rc = barrier_enter(b, &d);
+    /* The party that would trip it first takes out any killed while they
+     * waited, which no sleeper may have done yet (or ever, when the dead
+     * were the only ones waiting): a dead party must break the round, not
+     * complete it. */
+    if (rc == 0 && b->count + 1 == b->parties) {
+        barrier_reap(b);
+        rc = b->state < 0 ? MP_EBROKEN : 0;
+    }
     if (rc == 0) {
         int index = (int)b->count++;
         hook("barrier_counted");
@@ -252,6 +262,7 @@ int mp_barrier_n_waiting(mp_barrier *b)
     if (!barrier_ok(b))
         return mp_fail_handle(__func__, "barrier", b);
     barrier_lock(b);
+    barrier_reap(b);
     int n = b->state == FILLING ? (int)b->count : 0;
     rmutex_unlock(&b->m);
     return n;
@@ -262,6 +273,7 @@ bool mp_barrier_broken(mp_barrier *b)
     if (!barrier_ok(b))
         return false;
     barrier_lock(b);
+    barrier_reap(b);
     bool broken = b->state == BROKEN;
     rmutex_unlock(&b->m);
     return broken;

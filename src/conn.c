@@ -14,7 +14,6 @@
  * process until mp_conn_recv_fd.
  */
 #include "conn_handle.h"
-#include "platform/valgrind_check.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -26,7 +25,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -74,25 +72,11 @@ static int fail_io(int rc, const char *fn, const mp_conn *c)
     return mp_fail_code(rc, fn);
 }
 
-/* Lengths from SEND_CHECK_MIN bytes on are checked against the process's
- * mappings before a copy would fault on them (one msync, which fails with
- * ENOMEM on an unmapped page); shorter ones are the caller's to get right. */
-#define SEND_CHECK_MIN ((size_t)64 << 10)
-
+/* Lengths from MEM_CHECK_MIN bytes on are checked against the process's
+ * mappings before a copy would fault on them (mem_range_check). */
 static int check_send_range(const char *fn, const void *data, size_t len)
 {
-    if (len > (size_t)PTRDIFF_MAX || (uintptr_t)data + len < (uintptr_t)data)
-        return mp_fail(MP_ETOOBIG, fn, "len %zu is more than any buffer can hold (at most "
-                       "PTRDIFF_MAX bytes); pass the buffer's real length", len);
-    /* Under valgrind the probe is its own error (msync's range must be
-     * defined memory there), and valgrind reports a bad range itself. */
-    if (len < SEND_CHECK_MIN || RUNNING_ON_VALGRIND)
-        return 0;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)data & ~(page - 1);
-    if (msync((void *)start, (uintptr_t)data + len - start, MS_ASYNC) != 0 && errno == ENOMEM)
-        return mp_fail(MP_EINVAL, fn, "data..data+%zu runs past this process's memory; pass the "
-                       "buffer's real length", len);
-    return 0;
+    return mem_range_check(fn, "data", data, len);
 }
 
 static void conn_destroy(mp_conn *c)

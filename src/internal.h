@@ -130,6 +130,10 @@ typedef struct { struct timespec at; bool forever; } mp_deadline;
 mp_deadline deadline_in(double timeout);   /* timeout < 0: forever */
 bool deadline_passed(const mp_deadline *d);
 double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever */
+/* poll()'s timeout for what is left of d: -1 when forever, else the
+ * milliseconds left rounded up and capped at INT_MAX (a wait of more than
+ * 24 days polls again for the rest; a bigger double would overflow int). */
+int deadline_poll_ms(const mp_deadline *d);
 uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
 /* A process-local condition variable whose timed waits use CLOCK_MONOTONIC,
  * the clock of every mp_deadline. */
@@ -305,5 +309,13 @@ int mp_fail_code(int rc, const char *fn);
 int mp_fail_handle(const char *fn, const char *arg, const void *h);
 /* MP_EINVAL for a timeout that is not a valid number of seconds. */
 int mp_fail_timeout(const char *fn, double timeout);
+/* Whether the caller's bytes what..what+len can all be read before they
+ * are copied: MP_ETOOBIG past PTRDIFF_MAX (or wrapping round), MP_EINVAL
+ * when the range reaches a page this process has not mapped (one msync),
+ * so a wrong length is an error code instead of a fault in the copy.
+ * Ranges under MEM_CHECK_MIN bytes are the caller's to get right (a
+ * system call would cost more than their copy). */
+#define MEM_CHECK_MIN ((size_t)64 << 10)
+int mem_range_check(const char *fn, const char *what, const void *data, size_t len);
 
 #endif

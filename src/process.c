@@ -500,7 +500,9 @@ int mp_process_new(mp_process **out, mp_target target, void *arg, const mp_proce
         return mp_fail(MP_EINVAL, fn, "opts.method is %d, not an mp_start_method", (int)o->method);
     if (o->arg_size && !arg)
         return mp_fail(MP_EINVAL, fn, "opts.arg_size is %zu but arg is NULL", o->arg_size);
-    int rc = check_pass_fds(fn, o->pass_fds, o->n_pass_fds);
+    int rc = mem_range_check(fn, "arg", arg, o->arg_size);   /* copied at start: no fault there */
+    if (rc == 0)
+        rc = check_pass_fds(fn, o->pass_fds, o->n_pass_fds);
     if (rc != 0)
         return rc;
     mp_process *parent = current_record();

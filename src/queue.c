@@ -761,6 +761,11 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
         big = arena_alloc_nozero(len);
         if (!big)
             return queue_result(MP_ENOMEM, fn, timeout);
+        int bad = mem_range_check(fn, "data", data, len);   /* before a fault in the copy */
+        if (bad != 0) {
+            arena_free(big);
+            return bad;
+        }
         if (len >= PREFAULT_MIN)
             arena_prefault(big, len, true);
         if (len >= PREVIEW_MIN && len < COPY_STREAM_MIN && timeout != 0 && several_cpus()) {

@@ -152,6 +152,13 @@ static int check_shm_args(const char *fn, const char *name, size_t size, int fla
         return mp_fail(MP_EINVAL, fn, "size %zu is too big", size);
     if (name && strlen(name) > NAME_MAX)     /* as shm_open says */
         return mp_fail(MP_EINVAL, fn, "name is %zu bytes; at most %d", strlen(name), NAME_MAX);
+    const char *word = name && name[0] == '/' ? name + 1 : name;   /* a leading '/' is kept */
+    if (word && !*word)
+        return mp_fail(MP_EINVAL, fn, "name \"%s\" is empty; pass NULL with MP_CREATE for a "
+                       "fresh one", name);
+    if (word && strchr(word, '/'))           /* shm_open's EINVAL, which would read as a size's */
+        return mp_fail(MP_EINVAL, fn, "name \"%s\" has a '/' inside; a segment's name is one "
+                       "word (as Python's SharedMemory name=)", name);
     return 0;
 }
 

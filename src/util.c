@@ -4,11 +4,15 @@
  * of a call, and every retry (EINTR, spurious wake-up) is measured against it.
  */
 #include "internal.h"
+#include "platform/valgrind_check.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 uint64_t now_ns(void)
 {
@@ -57,6 +61,14 @@ double deadline_left(const mp_deadline *d)
     clock_gettime(CLOCK_MONOTONIC, &now);
     double left = (double)(d->at.tv_sec - now.tv_sec) + (double)(d->at.tv_nsec - now.tv_nsec) / 1e9;
     return left > 0 ? left : 0;
+}
+
+int deadline_poll_ms(const mp_deadline *d)
+{
+    if (d->forever)
+        return -1;
+    double ms = ceil(deadline_left(d) * 1000.0);
+    return ms < (double)INT_MAX ? (int)ms : INT_MAX;
 }
 
 int mp_buf_reserve(mp_buf *b, size_t cap)
@@ -110,4 +122,20 @@ unsigned mp_version(void)
 const char *mp_version_string(void)
 {
     return "0.1.0";
+}
+
+int mem_range_check(const char *fn, const char *what, const void *data, size_t len)
+{
+    if (len > (size_t)PTRDIFF_MAX || (uintptr_t)data + len < (uintptr_t)data)
+        return mp_fail(MP_ETOOBIG, fn, "%s's length %zu is more than any buffer can hold (at "
+                       "most PTRDIFF_MAX bytes); pass the buffer's real length", what, len);
+    /* Under valgrind the probe is its own error (msync's range must be
+     * defined memory there), and valgrind reports a bad range itself. */
+    if (len < MEM_CHECK_MIN || RUNNING_ON_VALGRIND)
+        return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)data & ~(page - 1);
+    if (msync((void *)start, (uintptr_t)data + len - start, MS_ASYNC) != 0 && errno == ENOMEM)
+        return mp_fail(MP_EINVAL, fn, "%s..%s+%zu runs past this process's memory; pass the "
+                       "buffer's real length", what, what, len);
+    return 0;
 }

@@ -112,6 +112,20 @@ static void test_neighbours_coalesce(void **state)
     assert_int_equal(after.used_bytes, before.used_bytes);
 }
 
+/* A size no arena could give says so, rather than that the arena is full. */
+static void test_impossible_sizes_say_why(void **state)
+{
+    (void)state;
+    assert_null(mp_shared_alloc(0));
+    tu_last_error_has("mp_shared_alloc", "size is 0", NULL);
+    assert_null(mp_shared_alloc(SIZE_MAX));
+    tu_last_error_has("mp_shared_alloc", "more than the whole shared arena", NULL);
+    assert_null(mp_shared_alloc(arena_size() + 1));
+    tu_last_error_has("more than the whole shared arena", NULL);
+    struct arena_stats st;
+    assert_true(arena_check(&st));
+}
+
 static void test_bad_frees_are_refused(void **state)
 {
     (void)state;
@@ -548,6 +562,7 @@ int main(void)
         cmocka_unit_test(test_64mib_fits_an_empty_arena_and_so_does_three_quarters),
         cmocka_unit_test(test_drained_1mib_items_leave_room_for_three_quarters),
         cmocka_unit_test(test_neighbours_coalesce),
+        cmocka_unit_test(test_impossible_sizes_say_why),
         cmocka_unit_test(test_bad_frees_are_refused),
         cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
         cmocka_unit_test(test_kill_in_the_cache_leaks_at_most_one_block),

@@ -238,6 +238,35 @@ static void test_barrier_killed_party_breaks_it_instead_of_wedging(void **state)
     track_free(t);
 }
 
+/* The party killed was the only one waiting, so no sleeper is there to take
+ * it out: the next party to arrive (or to ask) must, and find the barrier
+ * broken, not trip it with the dead one's count. */
+static void test_barrier_party_killed_alone_breaks_it_for_the_next(void **state)
+{
+    (void)state;
+    struct track *t = track_new(2);
+    t->timeout = MP_FOREVER;
+    pid_t pid = tu_fork(wait_once, t);
+    assert_true(n_waiting_reaches(t->b, 1));
+    kill_child(pid);
+    assert_int_equal(mp_barrier_wait(t->b, 1.0 * tu_slow()), MP_EBROKEN);
+    assert_true(mp_barrier_broken(t->b));
+    TU_OK(mp_barrier_reset(t->b));
+
+    pid = tu_fork(wait_once, t);                     /* the queries take it out too */
+    assert_true(n_waiting_reaches(t->b, 1));
+    kill_child(pid);
+    assert_true(mp_barrier_broken(t->b));
+    assert_int_equal(mp_barrier_n_waiting(t->b), 0);
+    TU_OK(mp_barrier_reset(t->b));
+
+    t->timeout = 30;                                 /* and it is mended */
+    pthread_t a = thread_start(wait_once_thread, t);
+    int i = mp_barrier_wait(t->b, 10 * tu_slow());
+    assert_int_equal((1 << i) | (1 << (intptr_t)thread_join(a)), 0x3);
+    track_free(t);
+}
+
 static int cycle_forever(void *arg)
 {
     struct track *t = arg;
@@ -287,6 +316,7 @@ int main(void)
         cmocka_unit_test(test_barrier_abort_breaks_it_for_every_waiter),
         cmocka_unit_test(test_barrier_reset_breaks_current_waiters_then_works),
         cmocka_unit_test(test_barrier_killed_party_breaks_it_instead_of_wedging),
+        cmocka_unit_test(test_barrier_party_killed_alone_breaks_it_for_the_next),
         cmocka_unit_test(test_barrier_survives_parties_killed_at_random_moments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

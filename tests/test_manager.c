@@ -249,6 +249,37 @@ static void test_manager_bad_arguments_are_einval(void **state)
     TU_ASSERT_RC(mp_dict_set(d, "k", "v", (size_t)17 * 1024 * 1024), MP_ETOOBIG);
     TU_ASSERT_RC(mp_dict_get_i64(d, "k", NULL), MP_EINVAL);
     TU_ASSERT_RC(mp_dict_set(d, "", "empty key is fine", 17), 0);
+    /* The reason is told, not only the code. */
+    TU_OK(mp_dict_set_i64(d, "top", INT64_MAX));
+    TU_ASSERT_RC(mp_dict_incr(d, "top", 1, NULL), MP_ERANGE);
+    tu_last_error_has("mp_dict_incr: adding 1 to the value of \"top\" would overflow", NULL);
+    TU_ASSERT_RC(mp_dict_incr(d, "", 1, NULL), MP_ETYPE);
+    tu_last_error_has("mp_dict_incr: the value of \"\" is not an integer", NULL);
+    mp_mqueue *mq = NULL;
+    TU_ASSERT_RC(mp_manager_queue(m, "q", SIZE_MAX, &mq), MP_EINVAL);
+    tu_last_error_has("mp_manager_queue: maxsize", "over INT64_MAX", NULL);
+    TU_OK(mp_manager_queue(m, "q", 0, &mq));
+    TU_ASSERT_RC(mp_mqueue_get(mq, NULL, 0), MP_EINVAL);
+    tu_last_error_has("mp_mqueue_get: out (where the item goes) is NULL", NULL);
+    TU_ASSERT_RC(mp_mqueue_get(mq, &(mp_buf){ 0 }, -2), MP_EINVAL);
+    tu_last_error_has("mp_mqueue_get", NULL);
+    mp_mqueue_free(mq);
+    /* A length past the caller's memory is refused, not a fault in the copy
+     * (under valgrind, valgrind reports such a range itself). */
+    if (!RUNNING_ON_VALGRIND) {
+        char *small = tu_page_before_hole();
+        TU_ASSERT_RC(mp_dict_set(d, "k", small, (size_t)8 << 20), MP_EINVAL);
+        tu_last_error_has("mp_dict_set: val..val+8388608 runs past this process's memory", NULL);
+        TU_ASSERT_RC(mp_dict_cas(d, "k", small, (size_t)8 << 20, "v", 1), MP_EINVAL);
+        mp_list *l = NULL;
+        TU_OK(mp_list_open(m, "l", &l));
+        TU_ASSERT_RC(mp_list_append(l, small, (size_t)8 << 20), MP_EINVAL);
+        mp_list_free(l);
+        mp_mqueue *q = NULL;
+        TU_OK(mp_manager_queue(m, "q", 0, &q));
+        TU_ASSERT_RC(mp_mqueue_put(q, small, (size_t)8 << 20, 0), MP_EINVAL);
+        mp_mqueue_free(q);
+    }
     mp_dict_free(d);
     mp_manager_free(m);
 }

@@ -410,6 +410,26 @@ static void test_silent_peer_is_dropped_after_the_handshake_deadline(void **stat
     mp_manager_free(m);
 }
 
+/* A listener that takes connections and never answers (not a manager, or
+ * one that hangs before its handshake): mp_manager_connect gives up at its
+ * connect timeout (5 s) with MP_ETIMEDOUT and says why. */
+static void test_connect_to_a_server_that_never_answers_times_out_and_says_why(void **state)
+{
+    (void)state;
+    mp_listener *silent = NULL;
+    char address[64];
+    snprintf(address, sizeof address, "unix:@mproc-net-silent-%d", (int)getpid());
+    TU_OK(mp_listener_new(&silent, address, NULL, 0));     /* the kernel queues; no one answers */
+    mp_manager *m = NULL;
+    double t0 = tu_now();
+    assert_int_equal(mp_manager_connect(&m, address, "netkey", 6), MP_ETIMEDOUT);
+    double took = tu_now() - t0;
+    assert_true(took > 4.9 && took < 5.0 + 0.5 * tu_slow());
+    assert_null(m);
+    tu_last_error_has("mp_manager_connect: the server at", "did not complete the connection", NULL);
+    mp_listener_free(silent);
+}
+
 /* 4,100 silent connections (more than the client cap) do not keep a
  * client with the key out: it connects and sets a key within 1 s. Under
  * sanitizers (MPROC_TEST_SLOW > 1), where each server thread costs
@@ -618,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_relay_paused_blackholed_and_half_open),
         cmocka_unit_test(test_kill_storm_of_consumers_loses_nothing_beyond_the_guarantee),
         cmocka_unit_test(test_silent_peer_is_dropped_after_the_handshake_deadline),
+        cmocka_unit_test(test_connect_to_a_server_that_never_answers_times_out_and_says_why),
         cmocka_unit_test(test_silent_flood_does_not_lock_out_a_client_with_the_key),
         cmocka_unit_test(test_server_at_fd_limit_does_not_spin),
         cmocka_unit_test(test_budget_counts_every_byte_stored),

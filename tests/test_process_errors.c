@@ -143,6 +143,36 @@ static void test_bad_process_options_name_the_field(void **state)
     tu_last_error_has("mp_set_start_method: method is -1", NULL);
 }
 
+/* An arg_size past the argument's memory is refused by mp_process_new,
+ * under every method, instead of faulting when start copies it. */
+static void test_arg_size_past_the_arguments_memory_is_refused(void **state)
+{
+    (void)state;
+    static int arg = 7;
+    char *edge = tu_page_before_hole();
+    const mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++) {
+        mp_process *p = NULL;
+        mp_process_opts o = { .method = methods[m], .arg_size = (size_t)1 << 20 };
+        if (!RUNNING_ON_VALGRIND) {      /* there valgrind reports such a range itself */
+            assert_int_equal(mp_process_new(&p, reads_arg, edge, &o), MP_EINVAL);
+            tu_last_error_has("mp_process_new: arg..arg+1048576 runs past this process's memory", NULL);
+            assert_null(p);
+        }
+        o.arg_size = SIZE_MAX;
+        assert_int_equal(mp_process_new(&p, reads_arg, &arg, &o), MP_ETOOBIG);
+        tu_last_error_has("mp_process_new: arg's length", "PTRDIFF_MAX", NULL);
+        o.arg_size = sizeof arg;                     /* the right length still starts */
+        TU_OK(mp_process_new(&p, reads_arg, &arg, &o));
+        TU_OK(mp_process_start(p));
+        TU_OK(mp_process_join(p, 30 * tu_slow()));
+        int code = -1;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 7);
+        TU_OK(mp_process_free(p));
+    }
+}
+
 static int sleeps(void *arg)
 {
     (void)arg;
@@ -294,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_start_twice_names_the_state),
         cmocka_unit_test(test_unstarted_process_cannot_be_joined_killed_or_asked),
         cmocka_unit_test(test_bad_process_options_name_the_field),
+        cmocka_unit_test(test_arg_size_past_the_arguments_memory_is_refused),
         cmocka_unit_test(test_running_process_cannot_be_freed_or_asked_its_code),
         cmocka_unit_test(test_bad_pool_options_name_the_field),
         cmocka_unit_test(test_pool_misuse_names_the_state),

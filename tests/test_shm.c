@@ -44,7 +44,10 @@ static void test_shm_new_refuses_bad_arguments(void **state)
     TU_ASSERT_RC(mp_shm_new(&s, name_of("a"), 10, 4), MP_EINVAL);          /* unknown flag */
     TU_ASSERT_RC(mp_shm_new(&s, NULL, 10, 0), MP_EINVAL);                  /* open needs a name */
     TU_ASSERT_RC(mp_shm_new(&s, "a/b", 10, MP_CREATE), MP_EINVAL);         /* as shm_open says */
+    tu_last_error_has("mp_shm_new: name \"a/b\" has a '/' inside", NULL);   /* not a size's fault */
     TU_ASSERT_RC(mp_shm_new(&s, "", 10, MP_CREATE), MP_EINVAL);
+    tu_last_error_has("mp_shm_new: name \"\" is empty", NULL);
+    TU_ASSERT_RC(mp_shm_new(&s, "/", 10, MP_CREATE), MP_EINVAL);
     char longname[300];
     memset(longname, 'n', sizeof longname - 1);
     longname[sizeof longname - 1] = 0;

@@ -4,13 +4,17 @@
  *
  * Each call is made on a live object that would block if the timeout were
  * taken for "forever", in a forked child with a one-second bound, so a call
- * that hangs fails its row instead of the whole binary. */
+ * that hangs fails its row instead of the whole binary. Zero, -0.0 and
+ * vanishing timeouts poll; finite ones too long to matter (up to DBL_MAX)
+ * wait as MP_FOREVER does. */
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -279,12 +283,90 @@ static void test_zero_and_forever_keep_their_meaning(void **state)
     TU_OK(mp_event_clear(o.event));
 }
 
+/* A zero, negative-zero or vanishing timeout is a poll: it returns at
+ * once, and it is not refused as negative. */
+static int tiny_child(void *arg)
+{
+    const double *args = arg;
+    return rows[(size_t)args[0]].call(args[1]) == MP_EINVAL ? 1 : 0;
+}
+
+static void test_tiny_timeouts_poll_and_are_not_refused(void **state)
+{
+    (void)state;
+    const double tiny[] = { 0.0, -0.0, 1e-9, 5e-324 };
+    int failures = 0;
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        for (size_t k = 0; k < sizeof tiny / sizeof tiny[0]; k++) {
+            double args[2] = { (double)r, tiny[k] };
+            int rc = tu_wait(tu_fork(tiny_child, args), 1.0);
+            if (rc != 0) {
+                fprintf(stderr, "%s(timeout %g): %s\n", rows[r].name, tiny[k],
+                        rc == TU_TIMEOUT ? "still blocked" : "MP_EINVAL");
+                failures++;
+            }
+        }
+        mp_barrier_reset(o.barrier);               /* a timed-out wait broke it */
+    }
+    assert_int_equal(failures, 0);
+}
+
+/* A finite timeout too long to matter waits as MP_FOREVER does: it must
+ * not overflow into "already passed" (an early MP_ETIMEDOUT, MP_EEMPTY,
+ * MP_EFULL) or be refused. Every call is made at once, each in its own
+ * child, and each must still be waiting a while later. */
+static int huge_child(void *arg)
+{
+    const double *args = arg;
+    int rc = rows[(size_t)args[0]].call(args[1]);
+    return rc == MP_EINVAL || rc == MP_ETIMEDOUT || rc == MP_EEMPTY || rc == MP_EFULL ? 1 : 0;
+}
+
+static void test_huge_timeouts_wait_like_forever(void **state)
+{
+    (void)state;
+    const double huge[] = { 5e8, 1e10, 1e300, DBL_MAX };
+    enum { N = sizeof rows / sizeof rows[0] };
+    int failures = 0;
+    for (size_t k = 0; k < sizeof huge / sizeof huge[0]; k++) {
+        double args[N][2];
+        pid_t pids[N];
+        for (size_t r = 0; r < N; r++) {
+            args[r][0] = (double)r;
+            args[r][1] = huge[k];
+            /* An iterator is its pool creator's alone, and the creator's
+             * mp_iter_free must not meet a waiter killed in another process. */
+            pids[r] = rows[r].call == c_iter_next ? 0 : tu_fork(huge_child, args[r]);
+        }
+        usleep((useconds_t)(300000 * tu_slow()));
+        for (size_t r = 0; r < N; r++) {
+            int st;
+            if (pids[r] == 0)
+                continue;
+            if (waitpid(pids[r], &st, WNOHANG) == pids[r]) {
+                if (WIFEXITED(st) && WEXITSTATUS(st) == 1) {
+                    fprintf(stderr, "%s(timeout %g): returned a timeout or MP_EINVAL at once\n",
+                            rows[r].name, huge[k]);
+                    failures++;
+                }
+                continue;                          /* another code: not the timeout's doing */
+            }
+            kill(pids[r], SIGKILL);
+            waitpid(pids[r], &st, 0);
+        }
+        mp_barrier_reset(o.barrier);               /* its waiter was killed */
+    }
+    assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
     tu_watchdog(120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_blocking_call_refuses_a_bad_timeout_at_once),
         cmocka_unit_test(test_zero_and_forever_keep_their_meaning),
+        cmocka_unit_test(test_tiny_timeouts_poll_and_are_not_refused),
+        cmocka_unit_test(test_huge_timeouts_wait_like_forever),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -193,4 +194,13 @@ void tu_last_error_has(const char *first, ...)
             fail_msg("mp_last_error() = \"%s\" lacks \"%s\"", msg, want);
     }
     va_end(ap);
+}
+
+char *tu_page_before_hole(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *p = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    assert_int_equal(munmap(p + page, page), 0);
+    return p;
 }

@@ -50,6 +50,10 @@ pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
  * rest opened): false if that could not be done. For a forked child. */
 bool tu_exhaust_fds(void);
 
+/* A readable page whose next page is not mapped: a buffer there with a
+ * length longer than a page runs past this process's memory. */
+char *tu_page_before_hole(void);
+
 /* Fails the test unless mp_last_error() contains each of the fragments
  * (a NULL-terminated list). */
 void tu_last_error_has(const char *first, ...);

@@ -460,7 +460,7 @@ static bool key_ok(const char *key)
 static bool bytes_ok(const void *p, size_t len)
 {
     if ((p || len == 0) && len <= MSG_MAX_VALUE)
-        return true;
+        return mem_range_check(NULL, "val", p, len) == 0;
     if (len > MSG_MAX_VALUE)
         mp_fail(MP_ETOOBIG, NULL, "a value of %zu bytes is more than a manager stores (%d)",
                 len, MSG_MAX_VALUE);
@@ -548,6 +548,10 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
         return mp_fail_code(rc, __func__);
     if ((rc = manager_connect_now(m)) < 0) {
         manager_release(m);
+        if (rc == MP_ETIMEDOUT)
+            return mp_fail(rc, __func__, "the server at \"%s\" did not complete the connection "
+                           "and handshake within %d s (stopped, overloaded, or not a manager)",
+                           address, MANAGER_CONNECT_TIMEOUT_S);
         return mp_fail_code(rc, __func__);
     }
     *out = m;
@@ -983,6 +987,12 @@ int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
     int rc = dict_call((struct proxy *)d, OP_DICT_INCR, args, 2, MV_INT, NULL, &v);
     if (rc == 0 && result)
         *result = v.i;
+    if (rc == MP_ERANGE)
+        return mp_fail(rc, __func__, "adding %lld to the value of \"%s\" would overflow a 64-bit "
+                       "integer; nothing was changed", (long long)delta, key);
+    if (rc == MP_ETYPE)
+        return mp_fail(rc, __func__, "the value of \"%s\" is not an integer (set by mp_dict_set "
+                       "or mp_dict_set_f64?); nothing was changed", key);
     return mp_fail_code(rc, __func__);
 }
 
@@ -990,7 +1000,8 @@ int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
                 const void *val, size_t vlen)
 {
     if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
-        (!expect && elen) || elen > MSG_MAX_VALUE)
+        (!expect && elen) || elen > MSG_MAX_VALUE ||
+        mem_range_check(NULL, "expect", expect, elen) != 0)
         return mp_fail_code(MP_EINVAL, __func__);
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
@@ -1063,7 +1074,8 @@ void mp_list_free(mp_list *l)
 int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue **q)
 {
     if (maxsize > INT64_MAX)
-        return mp_fail_code(MP_EINVAL, __func__);
+        return mp_fail(MP_EINVAL, __func__, "maxsize %zu is over INT64_MAX; use 0 for no bound",
+                       maxsize);
     struct mval args[1] = { int_arg((int64_t)maxsize) };
     return mp_fail_code(proxy_open(m, name, MAGIC_MQUEUE, OP_QUEUE_OPEN, true, args, 1, (void **)q), __func__);
 }
@@ -1078,8 +1090,12 @@ int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout)
 
 int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout)
 {
-    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !out || !timeout_valid(timeout))
+    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE))
         return mp_fail_code(MP_EINVAL, __func__);
+    if (!out)
+        return mp_fail(MP_EINVAL, __func__, "out (where the item goes) is NULL");
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
     struct mval args[1] = { { 0 } };
     return mp_fail_code(proxy_blocking((struct proxy *)q, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out), __func__);
 }

@@ -185,9 +185,7 @@ int proc_poll_fd(int fd, const mp_deadline *d)
 {
     for (;;) {
         struct pollfd pfd = { fd, POLLIN, 0 };
-        double left = deadline_left(d);
-        int ms = d->forever ? -1 : (int)(left * 1000.0 + 0.999);
-        int rc = poll(&pfd, 1, ms);
+        int rc = poll(&pfd, 1, deadline_poll_ms(d));
         if (rc > 0)
             return 1;
         if (rc == 0) {
