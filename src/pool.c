@@ -109,7 +109,7 @@ static bool valid(const mp_pool *p)
     return p && arena_contains(p, sizeof *p) && p->magic == MAGIC_POOL;
 }
 
-static pid_t self_pid(void)
+pid_t pool_self_pid(void)
 {
     pid_t pid = atomic_load_explicit(&live.pid, memory_order_relaxed);
     if (!pid) {
@@ -121,7 +121,7 @@ static pid_t self_pid(void)
 
 bool pool_owned_here(const mp_pool *p)
 {
-    return p->owner == self_pid();
+    return p->owner == pool_self_pid();
 }
 
 pthread_mutex_t *pool_lock(mp_pool *p)
@@ -1036,7 +1036,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
         return mp_fail(MP_ENOMEM, __func__, "no room in the shared arena for a pool");
     arena_heap_root(p, sizeof *p, true);
     p->magic = MAGIC_POOL;
-    p->owner = self_pid();
+    p->owner = pool_self_pid();
     p->o = *o;
     p->efd = -1;
     p->ops = o->backend == MP_THREADS ? &threads_backend
@@ -1087,6 +1087,8 @@ int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_fut
         return mp_fail(MP_EINVAL, fname, "f (where the future goes) is NULL");
     if (!in && len)
         return mp_fail(MP_EINVAL, fname, "in is NULL but len is %zu", len);
+    if (len && (rc = mem_range_check(fname, "in", in, len)) != 0)   /* before a fault in the copy */
+        return rc;
     const struct fnentry *e = pool_fn(p, fn);
     if (!e)
         return mp_fail(MP_EINVAL, fname, "fn is not a function of the program or a loaded "
@@ -1238,6 +1240,9 @@ int mp_pool_terminate(mp_pool *p)
     int rc = pool_check_usable(p);
     if (rc != 0)
         return mp_fail_code(rc, __func__);
+    if (in_pool_thread(p))               /* refused before anything is stopped */
+        return mp_fail(MP_ESTATE, __func__, "called from the pool's own callback thread, which "
+                       "would wait for itself");
     stop_workers_now(p);
     mp_deadline forever = deadline_in(MP_FOREVER);
     rc = join_threads(p, &forever);

@@ -244,6 +244,9 @@ struct pool_backend {
 };
 
 struct worker_arg { struct pool_shared *sh; int slot; const struct task_runner *runner; };
+/* getpid(), cached (a system call otherwise) and reset at fork. */
+pid_t pool_self_pid(void);
+
 /* In a worker, around an arena hand-over (struct slot). */
 void worker_hold(struct slot *s);
 void worker_release(struct slot *s);

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct segment {                        /* imap records, moved to the caller's heap */
     struct segment *next;
@@ -22,6 +23,7 @@ struct segment {                        /* imap records, moved to the caller's h
 
 struct mp_iter {
     uint32_t magic;
+    pid_t creator;                      /* its lock and condition are this process's */
     mp_pool *pool;
     struct job *job;                    /* NULL once every chunk is collected */
     size_t n, chunksize;
@@ -505,6 +507,7 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
         return MP_ENOMEM;
     arena_heap_root(it, sizeof *it, true);
     it->magic = MAGIC_ITER;
+    it->creator = pool_self_pid();
     it->pool = p;
     it->n = n;
     it->chunksize = chunksize ? chunksize : auto_chunksize(p, n);
@@ -619,6 +622,7 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     if (n)
         memcpy(it->fs, fs, n * sizeof *fs);
     it->magic = MAGIC_ITER;
+    it->creator = pool_self_pid();
     it->n = n;
     pthread_mutex_init(&it->lock, NULL);
     pthread_cond_init(&it->cond, NULL);
@@ -679,12 +683,24 @@ static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_dead
 
 static int iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout);
 
+/* Another process (a forked child) sees the iterator in the arena, but its
+ * lock and condition variable are not process-shared: waiting on them from
+ * there is undefined, and a waiter killed there would wedge the creator's
+ * mp_iter_free in pthread_cond_destroy. */
+static bool iter_here(const mp_iter *it)
+{
+    return it->creator == pool_self_pid();
+}
+
 int mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
 {
     if (!iter_valid(it))
         return mp_fail_handle(__func__, "it", it);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
+    if (!iter_here(it))
+        return mp_fail(MP_ESTATE, __func__, "the iterator belongs to the process that made it "
+                       "(%d), not to this one", (int)it->creator);
     int rc = iter_next(it, index, out, timeout);
     if (rc == MP_EEOF)
         return mp_fail(rc, __func__, "every item has been handed out already");
@@ -731,7 +747,7 @@ static int iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
 
 int mp_iter_code(mp_iter *it)
 {
-    if (!iter_valid(it))
+    if (!iter_valid(it) || !iter_here(it))
         return 0;
     pthread_mutex_lock(&it->lock);
     int code = it->last_code;
@@ -741,8 +757,8 @@ int mp_iter_code(mp_iter *it)
 
 void mp_iter_free(mp_iter *it)
 {
-    if (!iter_valid(it))
-        return;
+    if (!iter_valid(it) || !iter_here(it))
+        return;                          /* the creator's, seen from a forked child: not ours */
     pthread_mutex_lock(&it->lock);
     bool pending = it->job != NULL;
     it->detached = pending;

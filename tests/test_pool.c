@@ -727,6 +727,85 @@ static void test_pool_progress_reports_items_done(void **state)
     mp_pool_free(p);
 }
 
+/* A forked child sees its parent's iterator, but may not wait on it: its
+ * lock is the parent's. Killed while waiting there, it used to wedge the
+ * parent's mp_iter_free for ever; now it is refused, and its free is a
+ * no-op that leaves the parent's iterator whole. */
+static int child_uses_parents_iter(void *arg)
+{
+    mp_iter *it = arg;
+    size_t i;
+    int rc = mp_iter_next(it, &i, NULL, 5);
+    mp_iter_free(it);
+    return rc == MP_ESTATE ? 0 : 1;
+}
+
+static void test_pool_iterator_belongs_to_its_process(void **state)
+{
+    (void)state;
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1 }));
+    static int in[4] = { 1, 2, 3, 4 };
+    mp_iter *it;
+    TU_OK(mp_pool_imap(p, t_square, in, 4, sizeof *in, 1, false, &it));
+    assert_int_equal(tu_wait(tu_fork(child_uses_parents_iter, it), 10 * tu_slow()), 0);
+    mp_buf b = { 0 };
+    for (int k = 0; k < 4; k++) {
+        size_t index;
+        TU_OK(mp_iter_next(it, &index, &b, 10 * tu_slow()));
+        assert_int_equal(index, (size_t)k);
+        assert_int_equal(get_int(b.data), in[k] * in[k]);
+    }
+    mp_buf_free(&b);
+    mp_iter_free(it);
+    mp_pool_free(p);
+}
+
+static void test_pool_apply_async_refuses_a_length_past_memory(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND)
+        skip();                           /* valgrind reports such a range itself */
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1 }));
+    char *edge = tu_page_before_hole();
+    mp_future *f = (mp_future *)1;
+    TU_ASSERT_RC(mp_pool_apply_async(p, t_square, edge, (size_t)256 << 10, &f), MP_EINVAL);
+    assert_null(f);
+    mp_pool_free(p);
+}
+
+/* terminate from a callback is refused, and nothing is stopped by it. */
+struct terminating { mp_pool *p; _Atomic int said; };
+
+static void terminate_from_callback(mp_future *f, void *ctx)
+{
+    (void)f;
+    struct terminating *c = ctx;
+    atomic_store(&c->said, mp_pool_terminate(c->p) == MP_ESTATE ? 1 : 2);
+}
+
+static void test_pool_terminate_from_a_callback_changes_nothing(void **state)
+{
+    (void)state;
+    struct terminating c = { NULL, 0 };
+    TU_OK(mp_pool_new(&c.p, &(mp_pool_opts){ .processes = 1 }));
+    mp_future *f = submit_int(c.p, t_square, 3);
+    TU_OK(mp_future_on_done(f, terminate_from_callback, &c));
+    TU_OK(mp_future_wait(f, 10 * tu_slow()));
+    for (int i = 0; i < 1000 && !atomic_load(&c.said); i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&c.said), 1);
+    mp_future_free(f);
+    f = submit_int(c.p, t_square, 4);                 /* still open and working */
+    mp_buf b = { 0 };
+    TU_OK(mp_future_result(f, &b, 10 * tu_slow()));
+    assert_int_equal(get_int(b.data), 16);
+    mp_buf_free(&b);
+    mp_future_free(f);
+    mp_pool_free(c.p);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -761,6 +840,9 @@ int main(void)
         cmocka_unit_test(test_pool_free_of_a_running_pool_terminates_it),
         cmocka_unit_test(test_pool_leaves_no_zombie_after_crashes_and_join),
         cmocka_unit_test(test_pool_progress_reports_items_done),
+        cmocka_unit_test(test_pool_iterator_belongs_to_its_process),
+        cmocka_unit_test(test_pool_apply_async_refuses_a_length_past_memory),
+        cmocka_unit_test(test_pool_terminate_from_a_callback_changes_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

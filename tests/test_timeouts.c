@@ -334,8 +334,8 @@ static void test_huge_timeouts_wait_like_forever(void **state)
         for (size_t r = 0; r < N; r++) {
             args[r][0] = (double)r;
             args[r][1] = huge[k];
-            /* An iterator is its pool creator's alone, and the creator's
-             * mp_iter_free must not meet a waiter killed in another process. */
+            /* An iterator is its pool creator's alone: another process's
+             * wait is refused (MP_ESTATE) at once, so it has no row here. */
             pids[r] = rows[r].call == c_iter_next ? 0 : tu_fork(huge_child, args[r]);
         }
         usleep((useconds_t)(300000 * tu_slow()));

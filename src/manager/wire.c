@@ -46,10 +46,9 @@ static int wire_poll(int fd, short events, const mp_deadline *d)
 {
     int ms = -1;
     if (d && !d->forever) {
-        double left = deadline_left(d);
-        if (left <= 0)
+        if (deadline_left(d) <= 0)
             return MP_ETIMEDOUT;
-        ms = (int)(left * 1000.0) + 1;
+        ms = deadline_poll_ms(d);        /* capped: a caller polls again for the rest */
     }
     struct pollfd pfd = { .fd = fd, .events = events };
     int r = poll(&pfd, 1, ms);
