@@ -238,9 +238,12 @@ void copy_big(void *dst, const void *src, size_t n);
  * store to give back. The word names the owner (tid and start time); a
  * waiter that has slept a slice checks that the owner lives and takes a dead
  * owner's lock over (MP_EOWNERDEAD: held, repair what it guarded).
- * Zero-initialised = free. No timeout: hold it only briefly. */
+ * Zero-initialised = free. Hold it only briefly. */
 typedef struct { _Atomic uint64_t word; } tlock;
 int tlock_lock(tlock *l);        /* 0, MP_EOWNERDEAD, -EDEADLK (already ours) */
+/* The same, or MP_ETIMEDOUT once timeout seconds (MP_FOREVER: none) have
+ * passed with the lock held by another: a holder that is stopped. */
+int tlock_lock_timed(tlock *l, double timeout);
 void tlock_unlock(tlock *l);
 
 /* ------------------------------------------------------------------ functions across exec */

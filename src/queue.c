@@ -255,7 +255,7 @@ static size_t record_room(size_t len, uint64_t kind)
 static MP_TLS_HOT uint64_t spin_budget_ns;
 static MP_TLS_HOT uint32_t spin_failures;
 
-static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *));
+static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *), double timeout);
 static void put_repair(mp_queue *q);
 static void get_repair(mp_queue *q);
 
@@ -270,10 +270,14 @@ static void get_repair(mp_queue *q);
  * 4 KiB waited for all its stores to reach the other core: 90% of the
  * producer's time outside memcpy). all_done has no such lock: its flag is
  * raised with a seq_cst exchange and task_done fences before it looks. */
-static uint32_t raise_flag(mp_queue *q, struct waitword *w)
+static uint32_t raise_flag(mp_queue *q, struct waitword *w, double lock_timeout)
 {
+    /* A guard held past the call's time (its holder stopped) is not waited
+     * for: the flag goes up unguarded, and a wake-up lost to that costs a
+     * slice at most (sleeps are sliced). */
     struct side *guard = w == &q->not_empty ? &q->put : w == &q->not_full ? &q->get : NULL;
-    bool locked = guard && lock_side(q, guard, guard == &q->put ? put_repair : get_repair) == 0;
+    bool locked = guard && lock_side(q, guard, guard == &q->put ? put_repair : get_repair,
+                                     lock_timeout) == 0;
     uint32_t v = waitflag_raise(&w->word);
     if (locked)
         tlock_unlock(&guard->lock);
@@ -373,6 +377,24 @@ static const mp_deadline *deadline_at(struct wait_deadline *d)
     return &d->at;
 }
 
+/* queue_give and queue_take: the side's lock stayed held by another past
+ * the call's time. MP_EFULL and MP_EEMPTY, as Python's Queue raises Full
+ * and Empty when it cannot take its lock in time. */
+enum { SIDE_BUSY_PUT = 1, SIDE_BUSY_GET = 2 };
+
+/* How long a call waits for a side's lock: its time left, but at least
+ * LOCK_GRACE_S, so that a _nowait call does not fail because another is
+ * copying an item out; MP_FOREVER for a call without a deadline. Only a
+ * holder that is stopped (or a huge item's copy) makes it matter. */
+#define LOCK_GRACE_S 0.01
+static double lock_wait(struct wait_deadline *d)
+{
+    if (d->timeout < 0 || d->timeout > 1e9)
+        return MP_FOREVER;
+    double left = d->set ? deadline_left(&d->at) : d->timeout;
+    return left > LOCK_GRACE_S ? left : LOCK_GRACE_S;
+}
+
 /* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
  * A sleep lasts at most FUTEX_SLICE: a process killed between its commit
  * and its wake-up call wakes nobody, and the sleeper must see the commit
@@ -383,7 +405,7 @@ static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
     const mp_deadline *at = deadline_at(d);
     if (queue_spin(q, w, ready))
         return 0;
-    uint32_t v = raise_flag(q, w);
+    uint32_t v = raise_flag(q, w, lock_wait(d));
     if (ready(q))
         return 0;
     return futex_wait_sliced(&w->word, v, at, false) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
@@ -597,9 +619,9 @@ static void get_repair(mp_queue *q)
         atomic_store(&j->seg->head, j->pos_after);
 }
 
-static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *))
+static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *), double timeout)
 {
-    int rc = tlock_lock(&s->lock);
+    int rc = tlock_lock_timed(&s->lock, timeout);
     if (rc == MP_EOWNERDEAD) {
         repair(q);
         /* The dead holder may have committed and not lived to wake anyone. */
@@ -692,9 +714,11 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
     bool sleepers = false;
     int rc;
     for (;;) {
-        rc = lock_side(q, &q->put, put_repair);
-        if (rc != 0)
+        rc = lock_side(q, &q->put, put_repair, lock_wait(&d));
+        if (rc != 0) {
+            rc = rc == MP_ETIMEDOUT ? SIDE_BUSY_PUT : rc;
             break;
+        }
         if (atomic_load(&q->closed))
             rc = MP_ECLOSED;
         else if (full_locked(q))
@@ -719,6 +743,12 @@ static int queue_result(int rc, const char *fn, double timeout)
 {
     switch (rc) {
     case 0: return 0;
+    case SIDE_BUSY_PUT:
+        return mp_fail(MP_EFULL, fn, "another producer held the queue until the timeout (is "
+                       "it stopped?)");
+    case SIDE_BUSY_GET:
+        return mp_fail(MP_EEMPTY, fn, "another consumer held the queue until the timeout (is "
+                       "it stopped?)");
     case MP_EFULL:
         return mp_fail(rc, fn, timeout == 0 ? "the queue is full (maxsize items)"
                                             : "the queue stayed full until the timeout");
@@ -909,9 +939,11 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     bool sleepers = false;
     int rc;
     for (;;) {
-        rc = lock_side(q, &q->get, get_repair);
-        if (rc != 0)
+        rc = lock_side(q, &q->get, get_repair, lock_wait(&d));
+        if (rc != 0) {
+            rc = rc == MP_ETIMEDOUT ? SIDE_BUSY_GET : rc;
             break;
+        }
         bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
         if (has_item_locked(q))
             rc = get_locked(q, buf, cap, len, out, shared, &f, &big);
@@ -1067,7 +1099,7 @@ int mp_queue_shutdown(mp_queue *q)
     if (!queue_ok(q))
         return mp_fail_handle(__func__, "queue", q);
     /* Under the producers' lock: a put either committed before, or fails. */
-    int rc = lock_side(q, &q->put, put_repair);
+    int rc = lock_side(q, &q->put, put_repair, MP_FOREVER);
     if (rc != 0)
         return mp_fail_code(rc, __func__);
     atomic_store(&q->closed, 1);
@@ -1116,9 +1148,9 @@ static bool walk_records(mp_queue *q, bool release)
 
 MP_TEST_HOOK bool mp__queue_valid(mp_queue *q)
 {
-    if (!queue_ok(q) || lock_side(q, &q->put, put_repair) != 0)
+    if (!queue_ok(q) || lock_side(q, &q->put, put_repair, MP_FOREVER) != 0)
         return false;
-    bool ok = lock_side(q, &q->get, get_repair) == 0;
+    bool ok = lock_side(q, &q->get, get_repair, MP_FOREVER) == 0;
     if (ok) {
         ok = walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets);
         tlock_unlock(&q->get.lock);

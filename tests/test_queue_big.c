@@ -342,6 +342,63 @@ static void test_a_consumer_killed_copying_stalls_no_producer(void **state)
     mp_queue_free(q);
 }
 
+/* Gets one item, stopping itself (SIGSTOP) while it copies it out, with
+ * the consumers' lock held. */
+static int get_and_stop(void *arg)
+{
+    mp_queue *q = arg;
+    unsigned char *buf = malloc(4 * MIB);
+    size_t len;
+    stop_at = "get_copying";
+    stop_signal = SIGSTOP;
+    mp__queue_test_hook = stop_here;
+    int rc = mp_queue_get(q, buf, 4 * MIB, &len, MP_FOREVER);
+    return rc == 0 && len == 4 * MIB && check(buf, len) == 5 ? 0 : 1;
+}
+
+/* A consumer stopped with the consumers' lock held (a debugger, a job
+ * control stop, a frozen cgroup) holds no other consumer past its timeout:
+ * a timed get returns MP_EEMPTY on time and a get_nowait at once, as
+ * Python's get does when it cannot take its lock. Producers are not held
+ * at all. Once it runs again, every item arrives whole and once. */
+static void test_a_stopped_consumer_holds_no_getter_past_its_timeout(void **state)
+{
+    (void)state;
+    mp_queue *q;
+    TU_OK(mp_queue_new(&q, NULL));
+    unsigned char *item = malloc(4 * MIB);
+    fill(item, 4 * MIB, 5);
+    TU_OK(mp_queue_put(q, item, 4 * MIB, 1));
+    TU_OK(mp_queue_put(q, "small", 5, 1));
+    pid_t pid = tu_fork(get_and_stop, q);
+    int status;
+    assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
+    assert_true(WIFSTOPPED(status));
+    mp_buf b = { 0 };
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_queue_get_buf(q, &b, 0.2), MP_EEMPTY);
+    double took = tu_now() - t0;
+    assert_true(took >= 0.19 && took < 0.2 + 0.5 * tu_slow());
+    tu_last_error_has("another consumer held the queue until the timeout", NULL);
+    size_t len;
+    char small[8];
+    t0 = tu_now();
+    TU_ASSERT_RC(mp_queue_get_nowait(q, small, sizeof small, &len), MP_EEMPTY);
+    assert_true(tu_now() - t0 < 0.01 + 0.5 * tu_slow());
+    TU_OK(mp_queue_put(q, "after", 5, 1));                     /* producers go on */
+    kill(pid, SIGCONT);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), 0);
+    TU_OK(mp_queue_get(q, small, sizeof small, &len, 10 * tu_slow()));
+    assert_memory_equal(small, "small", 5);
+    TU_OK(mp_queue_get(q, small, sizeof small, &len, 10 * tu_slow()));
+    assert_memory_equal(small, "after", 5);
+    assert_true(mp_queue_empty(q));
+    assert_true(mp__queue_valid(q));
+    mp_buf_free(&b);
+    free(item);
+    mp_queue_free(q);
+}
+
 int main(void)
 {
     tu_watchdog(300);
@@ -352,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_a_producer_killed_half_way_hands_out_nothing),
         cmocka_unit_test(test_a_follower_with_a_small_buffer_leaves_the_item),
         cmocka_unit_test(test_a_consumer_killed_copying_stalls_no_producer),
+        cmocka_unit_test(test_a_stopped_consumer_holds_no_getter_past_its_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -83,7 +83,23 @@ static bool take_from(tlock *l, uint64_t *seen, uint64_t to)
                                                    memory_order_relaxed);
 }
 
+/* The sooner of two deadlines. */
+static const mp_deadline *sooner(const mp_deadline *a, const mp_deadline *b)
+{
+    if (a->forever)
+        return b;
+    if (b->forever)
+        return a;
+    return a->at.tv_sec < b->at.tv_sec ||
+           (a->at.tv_sec == b->at.tv_sec && a->at.tv_nsec < b->at.tv_nsec) ? a : b;
+}
+
 int tlock_lock(tlock *l)
+{
+    return tlock_lock_timed(l, MP_FOREVER);
+}
+
+int tlock_lock_timed(tlock *l, double timeout)
 {
     uint64_t self = self_word(), v = 0;
     if (take_from(l, &v, self))
@@ -98,6 +114,7 @@ int tlock_lock(tlock *l)
      * still sleep, and our unlock must wake the next. */
     uint64_t watched = 0;
     mp_deadline check = deadline_in(MP_FOREVER);   /* set once an owner is watched */
+    mp_deadline until = deadline_in(timeout);      /* made only now: most takes never get here */
     for (;;) {
         v = atomic_load_explicit(&l->word, memory_order_relaxed);
         if (tid_of(v) == 0) {
@@ -124,11 +141,13 @@ int tlock_lock(tlock *l)
             check = deadline_in(TLOCK_SLICE);
             continue;
         }
+        if (deadline_passed(&until))
+            return MP_ETIMEDOUT;
         if (!(v & TLOCK_WAITERS) && !atomic_compare_exchange_weak_explicit(
                                         &l->word, &v, v | TLOCK_WAITERS,
                                         memory_order_relaxed, memory_order_relaxed))
             continue;
-        futex_wait(futex_word(l), (uint32_t)v | TLOCK_WAITERS, &check);
+        futex_wait(futex_word(l), (uint32_t)v | TLOCK_WAITERS, sooner(&check, &until));
     }
 }
 
