@@ -291,16 +291,22 @@ static void test_a_follower_with_a_small_buffer_leaves_the_item(void **state)
     mp_queue_free(q);
 }
 
-static int get_and_die(void *arg)
+/* Gets one item, sending itself sig while it copies it out (with the
+ * consumers' lock held): 0 if it then got item 5 whole. */
+static int get_signalled_copying(mp_queue *q, int sig)
 {
-    mp_queue *q = arg;
     unsigned char *buf = malloc(4 * MIB);
     size_t len;
     stop_at = "get_copying";
-    stop_signal = SIGKILL;
+    stop_signal = sig;
     mp__queue_test_hook = stop_here;
-    mp_queue_get(q, buf, 4 * MIB, &len, 5);
-    return 1;
+    int rc = mp_queue_get(q, buf, 4 * MIB, &len, sig == SIGKILL ? 5 : MP_FOREVER);
+    return rc == 0 && len == 4 * MIB && check(buf, len) == 5 ? 0 : 1;
+}
+
+static int get_and_die(void *arg)
+{
+    return get_signalled_copying(arg, SIGKILL);
 }
 
 /* A consumer killed while it copied a big item out leaves the item queued
@@ -342,18 +348,9 @@ static void test_a_consumer_killed_copying_stalls_no_producer(void **state)
     mp_queue_free(q);
 }
 
-/* Gets one item, stopping itself (SIGSTOP) while it copies it out, with
- * the consumers' lock held. */
 static int get_and_stop(void *arg)
 {
-    mp_queue *q = arg;
-    unsigned char *buf = malloc(4 * MIB);
-    size_t len;
-    stop_at = "get_copying";
-    stop_signal = SIGSTOP;
-    mp__queue_test_hook = stop_here;
-    int rc = mp_queue_get(q, buf, 4 * MIB, &len, MP_FOREVER);
-    return rc == 0 && len == 4 * MIB && check(buf, len) == 5 ? 0 : 1;
+    return get_signalled_copying(arg, SIGSTOP);
 }
 
 /* A consumer stopped with the consumers' lock held (a debugger, a job
