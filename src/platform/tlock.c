@@ -141,8 +141,14 @@ int tlock_lock_timed(tlock *l, double timeout)
             check = deadline_in(TLOCK_SLICE);
             continue;
         }
-        if (deadline_passed(&until))
+        if (deadline_passed(&until)) {
+            /* Not before asking whether the owner lives: a caller whose
+             * time is shorter than a slice would otherwise never take a
+             * dead owner's lock over, however often it came back. */
+            if (owner_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
+                return MP_EOWNERDEAD;
             return MP_ETIMEDOUT;
+        }
         if (!(v & TLOCK_WAITERS) && !atomic_compare_exchange_weak_explicit(
                                         &l->word, &v, v | TLOCK_WAITERS,
                                         memory_order_relaxed, memory_order_relaxed))
