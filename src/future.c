@@ -9,6 +9,7 @@
 
 #include <limits.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,7 +30,13 @@ mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
     mp_future *f = arena_alloc_nozero(sizeof *f + in_len);
     if (!f)
         return NULL;
-    memset(f, 0, sizeof *f);
+    /* The collector may still read the id of the task this block was (a
+     * dead worker's notice: a different id says that task is gone), so the
+     * id is cleared atomically and the rest around it. */
+    size_t at = offsetof(mp_future, id), after = at + sizeof f->id;
+    atomic_store_explicit(&f->id, 0, memory_order_relaxed);
+    memset(f, 0, at);
+    memset((char *)f + after, 0, sizeof *f - after);
     f->magic = MAGIC_FUTURE;
     f->kind = kind;
     f->owner = p;
