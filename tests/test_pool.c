@@ -525,13 +525,13 @@ static void test_pool_initializer_that_kills_workers_breaks_the_pool(void **stat
         int x = 2;
         int rc = mp_pool_apply_async(p, t_square, &x, sizeof x, &f);
         if (rc == 0) {                   /* queued before the pool gave up: */
-            TU_ASSERT_RC(mp_future_result(f, NULL, 30), MP_EBROKEN);
+            TU_ASSERT_RC(mp_future_result(f, NULL, 30 * tu_slow()), MP_EBROKEN);
             mp_future_free(f);
         } else {
             TU_ASSERT_RC(rc, MP_ECLOSED);
         }
         TU_OK(mp_pool_close(p));
-        TU_OK(mp_pool_join(p, 30));     /* no endless respawning */
+        TU_OK(mp_pool_join(p, 30 * tu_slow()));     /* no endless respawning */
         TU_ASSERT_RC(mp_pool_apply_async(p, t_square, &x, sizeof x, &f), MP_ECLOSED);
         assert_int_equal(count_children(&zombies), before);
         mp_pool_free(p);
