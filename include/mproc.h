@@ -279,7 +279,9 @@ MP_EXTERN size_t mp_queue_qsize(mp_queue *q);
 MP_EXTERN bool mp_queue_empty(mp_queue *q);
 MP_EXTERN bool mp_queue_full(mp_queue *q);
 MP_EXTERN int  mp_queue_task_done(mp_queue *q);             /* MP_EINVAL if more than items got */
-MP_EXTERN int  mp_queue_join(mp_queue *q, double timeout);  /* until every item got is task_done */
+/* Until every item put is got and task_done; MP_EBROKEN (once) when some
+ * were got by a process that died before marking them done. */
+MP_EXTERN int  mp_queue_join(mp_queue *q, double timeout);
 MP_EXTERN int  mp_queue_shutdown(mp_queue *q);              /* puts MP_ECLOSED; gets drain, then MP_EEOF */
 MP_EXTERN void mp_queue_free(mp_queue *q);
 

@@ -241,6 +241,11 @@ void copy_big(void *dst, const void *src, size_t n);
  * Zero-initialised = free. Hold it only briefly. */
 typedef struct { _Atomic uint64_t word; } tlock;
 int tlock_lock(tlock *l);        /* 0, MP_EOWNERDEAD, -EDEADLK (already ours) */
+/* A thread or process as the tlock names its owner: the id in the low half,
+ * the low half of its start time in the high half (0: unknown). Gone: there
+ * is evidence that it ended (a zombie has; an unreadable /proc is none). */
+uint64_t task_word(uint32_t id);
+bool task_word_gone(uint64_t w);
 /* The same, or MP_ETIMEDOUT once timeout seconds (MP_FOREVER: none) have
  * passed with the lock held by another: a holder that is stopped. */
 int tlock_lock_timed(tlock *l, double timeout);

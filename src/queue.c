@@ -81,12 +81,25 @@ struct seg {
 
 _Static_assert(offsetof(struct seg, data) % MP_CACHELINE == 0, "records' lines are the arena's");
 
+/* A process that got items, and what it owes: got - lost - done task_done
+ * calls (see "joining past a dead consumer"). */
+#define TAKERS 32
+struct taker {
+    _Atomic uint64_t owner;   /* task_word of the process; 0 = free */
+    _Atomic uint64_t got;     /* items its processes got */
+    _Atomic uint64_t lost;    /* written off when a dead owner owed them */
+    _Atomic uint64_t done;    /* task_done calls counted to it */
+};
+
 /* What the holder of a side is about to commit: if it dies right after the
- * commit store, the next holder moves the position from here. */
+ * commit store, the next holder moves the position from here (and, for a
+ * get, the taker's count). */
 struct journal {
     struct seg *seg;
     uint64_t pos_after;
     uint64_t count_after;
+    struct taker *taker;
+    uint64_t got_after;
 };
 
 struct side {
@@ -135,6 +148,10 @@ struct preview {
  *   puts / gets        the commit: one store each, under put / under get;
  *                      read by anyone (the other side, sizes, waiters).
  *   done               task_done's atomic add, by anyone.
+ *   takers[].owner, .got, .lost, and lost
+ *                      under get (lost is the sum of the takers' lost; a
+ *                      repair sums it again); takers[].done and lost_told
+ *                      atomic, by anyone.
  *   not_empty          raised by a consumer about to sleep, under put, and
  *                      woken by a producer after its commit (waitflag.h);
  *   not_full           the same with the sides swapped;
@@ -163,10 +180,13 @@ struct mp_queue {
     alignas(MP_CACHELINE) _Atomic uint64_t puts;   /* items committed by producers */
     alignas(MP_CACHELINE) _Atomic uint64_t gets;   /* items committed by consumers */
     alignas(MP_CACHELINE) _Atomic uint64_t done;   /* task_done calls */
+    _Atomic uint64_t lost;         /* items written off: got by processes that died owing them */
+    _Atomic uint64_t lost_told;    /* how many of those a join has reported */
     alignas(MP_CACHELINE) struct waitword not_empty;
     alignas(MP_CACHELINE) struct waitword not_full;
     alignas(MP_CACHELINE) struct waitword all_done;
     alignas(MP_CACHELINE) struct preview shown;
+    alignas(MP_CACHELINE) struct taker takers[TAKERS];
 };
 
 static void hook(const char *point)
@@ -441,7 +461,7 @@ static bool join_ready(void *arg)
 {
     mp_queue *q = arg;
     uint64_t p = atomic_load(&q->puts);
-    return atomic_load(&q->done) >= p;
+    return atomic_load(&q->done) + atomic_load(&q->lost) >= p;
 }
 
 /* ------------------------------------------------------------------ big items in flight */
@@ -612,11 +632,17 @@ static void put_repair(mp_queue *q)
     q->put.cached_head = atomic_load(&q->put.seg->head);
 }
 
+static void sum_lost_locked(mp_queue *q);
+
 static void get_repair(mp_queue *q)
 {
     struct journal *j = &q->get.j;
-    if (atomic_load(&q->gets) == j->count_after && j->seg == q->get.seg)
+    if (atomic_load(&q->gets) == j->count_after && j->seg == q->get.seg) {
         atomic_store(&j->seg->head, j->pos_after);
+        if (j->taker)
+            atomic_store_explicit(&j->taker->got, j->got_after, memory_order_relaxed);
+    }
+    sum_lost_locked(q);      /* a write-off cut between its two stores */
 }
 
 static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *), double timeout)
@@ -636,12 +662,14 @@ static int lock_side(mp_queue *q, struct side *s, void (*repair)(mp_queue *), do
 /* Invalidates the old journal before filling in the new one, so a holder
  * killed half-way through writing it leaves nothing to replay. */
 static void journal_write(struct journal *j, struct seg *s, uint64_t pos_after,
-                          uint64_t count_after)
+                          uint64_t count_after, struct taker *t, uint64_t got_after)
 {
     j->count_after = count_after;
     atomic_thread_fence(memory_order_release);
     j->seg = s;
     j->pos_after = pos_after;
+    j->taker = t;
+    j->got_after = got_after;
     atomic_thread_fence(memory_order_release);
 }
 
@@ -698,7 +726,7 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
         ring_write(s, tail + REC_HEADER, data, len);
     hook("put_written");
     uint64_t count = atomic_load_explicit(&q->puts, memory_order_relaxed) + 1;
-    journal_write(&q->put.j, s, after, count);
+    journal_write(&q->put.j, s, after, count, NULL, 0);
     atomic_store_explicit(&q->puts, count, memory_order_release);   /* commit */
     hook("put_committed");
     atomic_store_explicit(&s->tail, after, memory_order_relaxed);
@@ -842,6 +870,155 @@ int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
     return queue_put(__func__, q, data, len, 0);
 }
 
+/* ------------------------------------------------------------------ joining past a dead consumer */
+
+/* A consumer killed between get and task_done owes its items for ever, and
+ * Python's join waits for them for ever. So each process that gets items
+ * has a taker: what it got (counted at the get's commit, and replayed with
+ * it from the journal), and the task_done calls counted to it. A join that
+ * waits looks for takers whose process ended owing items, writes those off
+ * as lost (join_ready counts them with the done ones), and returns
+ * MP_EBROKEN once everything else is done. A task_done counts to the
+ * caller's own taker if it owes one, else to any taker that does, so an
+ * item handed to another process after the get is not lost when its getter
+ * dies. A process that finds all TAKERS in use by live processes goes
+ * untracked: join then waits for its items as Python's does. */
+
+/* This process as a taker's owner, looked up once per thread (a fork child
+ * has another tid, so it looks again). */
+static uint64_t self_process(void)
+{
+    static MP_TLS_HOT uint32_t for_tid;
+    static MP_TLS_HOT uint64_t word;
+    uint32_t tid = mp_gettid();
+    if (for_tid != tid) {
+        word = task_word((uint32_t)getpid());
+        for_tid = tid;
+    }
+    return word;
+}
+
+/* What t owes: 0 when a task_done raced a write-off past it. */
+static uint64_t owed(const struct taker *t)
+{
+    uint64_t got = atomic_load_explicit(&t->got, memory_order_relaxed);
+    uint64_t paid = atomic_load_explicit(&t->lost, memory_order_relaxed) +
+                    atomic_load_explicit(&t->done, memory_order_relaxed);
+    return got > paid ? got - paid : 0;
+}
+
+static void sum_lost_locked(mp_queue *q)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < TAKERS; i++)
+        sum += atomic_load_explicit(&q->takers[i].lost, memory_order_relaxed);
+    if (atomic_load_explicit(&q->lost, memory_order_relaxed) != sum)
+        atomic_store(&q->lost, sum);
+}
+
+/* Under get, a taker whose owner is known to have ended: what it owed is
+ * lost, and the taker is free again (its counts go on under a new owner). */
+static uint64_t write_off_locked(struct taker *t)
+{
+    uint64_t w = atomic_load_explicit(&t->owner, memory_order_relaxed);
+    if (w == 0 || !task_word_gone(w))
+        return 0;
+    uint64_t n = owed(t);
+    if (n)
+        atomic_store_explicit(&t->lost, atomic_load_explicit(&t->lost, memory_order_relaxed) + n,
+                              memory_order_relaxed);
+    atomic_store_explicit(&t->owner, 0, memory_order_relaxed);
+    return n;
+}
+
+/* The takers this thread used last, a few queues' worth. Only a hint: a
+ * taker counts as this process's while its owner word says so. */
+#define TAKER_CACHE 4
+static MP_TLS_HOT struct { mp_queue *q; struct taker *t; } taker_cache[TAKER_CACHE];
+
+static struct taker *cached_taker(mp_queue *q, uint64_t self)
+{
+    unsigned i = (unsigned)((uintptr_t)q >> 12) % TAKER_CACHE;
+    struct taker *t = taker_cache[i].q == q ? taker_cache[i].t : NULL;
+    return t && atomic_load_explicit(&t->owner, memory_order_relaxed) == self ? t : NULL;
+}
+
+/* Under get, before an item is taken: this process's taker, claimed on
+ * its first get (a free one, else one whose owner ended), or NULL if every
+ * one belongs to a live process. */
+static struct taker *taker_locked(mp_queue *q)
+{
+    uint64_t self = self_process();
+    struct taker *t = cached_taker(q, self);
+    if (t)
+        return t;
+    struct taker *free = NULL;
+    t = NULL;
+    for (int i = 0; i < TAKERS && !t; i++) {
+        uint64_t w = atomic_load_explicit(&q->takers[i].owner, memory_order_relaxed);
+        if (w == self)
+            t = &q->takers[i];
+        else if (w == 0 && !free)
+            free = &q->takers[i];
+    }
+    bool lost = false;
+    for (int i = 0; i < TAKERS && !t && !free; i++) {
+        lost |= write_off_locked(&q->takers[i]) != 0;
+        if (atomic_load_explicit(&q->takers[i].owner, memory_order_relaxed) == 0)
+            free = &q->takers[i];
+    }
+    if (lost) {
+        sum_lost_locked(q);
+        wake(&q->all_done);
+    }
+    if (!t && free) {
+        t = free;
+        atomic_store_explicit(&t->owner, self, memory_order_relaxed);
+    }
+    unsigned i = (unsigned)((uintptr_t)q >> 12) % TAKER_CACHE;
+    taker_cache[i].q = q;
+    taker_cache[i].t = t;
+    return t;
+}
+
+/* Looks for processes that ended owing items and writes those off: true
+ * if it did. Takes get for a moment (not past LOCK_GRACE_S: a stopped
+ * holder only delays the look to the joiner's next one). */
+static bool write_off_dead(mp_queue *q)
+{
+    uint64_t accounted = atomic_load(&q->done) + atomic_load(&q->lost);
+    if (atomic_load(&q->gets) <= accounted)
+        return false;                 /* nobody owes anything */
+    if (lock_side(q, &q->get, get_repair, LOCK_GRACE_S) != 0)
+        return false;
+    bool lost = false;
+    for (int i = 0; i < TAKERS; i++)
+        if (owed(&q->takers[i]))
+            lost |= write_off_locked(&q->takers[i]) != 0;
+    if (lost)
+        sum_lost_locked(q);
+    tlock_unlock(&q->get.lock);
+    return lost;
+}
+
+/* Counts one task_done to the caller's taker if it owes one, else to the
+ * first that does. */
+static void count_done(mp_queue *q)
+{
+    struct taker *t = cached_taker(q, self_process());
+    if (t && owed(t)) {
+        atomic_fetch_add(&t->done, 1);
+        return;
+    }
+    for (int i = 0; i < TAKERS; i++) {
+        t = &q->takers[i];
+        uint64_t d = atomic_load(&t->done);
+        while (owed(t))
+            if (atomic_compare_exchange_weak(&t->done, &d, d + 1))
+                return;
+    }
+}
+
 /* ------------------------------------------------------------------ get */
 
 static bool has_item_locked(mp_queue *q)
@@ -876,7 +1053,7 @@ static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr
  * With shared, the item's block is handed over instead (an inline item is
  * copied into a new one): killed after the commit, the taker leaks it. */
 static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
-                      void **shared, const struct follow *f, void **big)
+                      void **shared, const struct follow *f, void **big, struct taker *t)
 {
     uint64_t head, hdr;
     struct seg *s = next_record_locked(q, &head, &hdr);
@@ -922,9 +1099,12 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     hook("get_copied");
     uint64_t after = record_end(head, n, kind);
     uint64_t count = atomic_load_explicit(&q->gets, memory_order_relaxed) + 1;
-    journal_write(&q->get.j, s, after, count);
+    uint64_t got = t ? atomic_load_explicit(&t->got, memory_order_relaxed) + 1 : 0;
+    journal_write(&q->get.j, s, after, count, t, got);
     atomic_store_explicit(&q->gets, count, memory_order_release);   /* commit */
     hook("get_committed");
+    if (t)
+        atomic_store_explicit(&t->got, got, memory_order_relaxed);
     atomic_store_explicit(&s->head, after, memory_order_release);
     *big = src;
     return 0;
@@ -946,7 +1126,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         }
         bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
         if (has_item_locked(q))
-            rc = get_locked(q, buf, cap, len, out, shared, &f, &big);
+            rc = get_locked(q, buf, cap, len, out, shared, &f, &big, taker_locked(q));
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
         if (rc == 0 && q->maxsize)
@@ -1047,10 +1227,12 @@ int mp_queue_task_done(mp_queue *q)
         return mp_fail_handle(__func__, "queue", q);
     uint64_t d = atomic_load(&q->done);
     do {
-        if (d >= atomic_load(&q->gets))
-            return mp_fail(MP_EINVAL, __func__, "called more times than items were got");
+        if (d + atomic_load(&q->lost) >= atomic_load(&q->gets))
+            return mp_fail(MP_EINVAL, __func__, "called more times than items were got (and "
+                           "not lost with a dead consumer)");
     } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
-    if (d + 1 >= atomic_load(&q->puts)) {
+    count_done(q);      /* after: killed between, a loss is overcounted, never missed */
+    if (d + 1 + atomic_load(&q->lost) >= atomic_load(&q->puts)) {
         atomic_thread_fence(memory_order_seq_cst);
         wake(&q->all_done);
     }
@@ -1065,8 +1247,21 @@ int mp_queue_join(mp_queue *q, double timeout)
         return mp_fail_timeout(__func__, timeout);
     struct wait_deadline d = { .timeout = timeout };
     while (!join_ready(q)) {
-        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0)
-            return join_ready(q) ? 0 : queue_result(MP_ETIMEDOUT, __func__, timeout);
+        if (write_off_dead(q))
+            continue;
+        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0) {
+            if (!join_ready(q))
+                return queue_result(MP_ETIMEDOUT, __func__, timeout);
+            break;
+        }
+    }
+    /* Every item is done or lost. The first join to see a loss reports it. */
+    uint64_t told = atomic_load(&q->lost_told), lost = atomic_load(&q->lost);
+    while (lost > told) {
+        if (atomic_compare_exchange_weak(&q->lost_told, &told, lost))
+            return mp_fail(MP_EBROKEN, __func__, "%llu item%s got by consumers that died before "
+                           "marking them done (mp_queue_task_done): they never will be",
+                           (unsigned long long)(lost - told), lost - told == 1 ? " was" : "s were");
     }
     return 0;
 }
@@ -1152,7 +1347,14 @@ MP_TEST_HOOK bool mp__queue_valid(mp_queue *q)
         return false;
     bool ok = lock_side(q, &q->get, get_repair, MP_FOREVER) == 0;
     if (ok) {
-        ok = walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets);
+        uint64_t lost = 0;
+        for (int i = 0; i < TAKERS; i++) {
+            const struct taker *t = &q->takers[i];
+            lost += atomic_load(&t->lost);
+            ok = ok && atomic_load(&t->lost) <= atomic_load(&t->got);
+        }
+        ok = ok && walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets) &&
+             lost == atomic_load(&q->lost) && lost <= atomic_load(&q->gets);
         tlock_unlock(&q->get.lock);
     }
     tlock_unlock(&q->put.lock);

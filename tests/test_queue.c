@@ -1216,6 +1216,113 @@ static void test_queue_spinner_yields_to_a_peer_on_its_cpu(void **state)
     mp_queue_free(e.pong);
 }
 
+/* ------------------------------------------------------------------ joining past a dead consumer */
+
+struct doomed { mp_queue *q; int got, done; };
+
+/* Gets d->got items, marks d->done of them done, and dies. */
+static int child_gets_then_dies(void *arg)
+{
+    struct doomed *d = arg;
+    for (int i = 0; i < d->got; i++)
+        get_u64(d->q);
+    for (int i = 0; i < d->done; i++)
+        if (mp_queue_task_done(d->q) != 0)
+            return 1;
+    raise(SIGKILL);
+    return 2;
+}
+
+/* A consumer killed between get and task_done would leave join waiting for
+ * ever (Python's does): join instead writes its items off as lost and
+ * returns MP_EBROKEN once everything else is done. A later join, with
+ * nothing more lost, returns 0 again. */
+static void test_queue_join_reports_items_a_dead_consumer_never_finished(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    for (uint64_t i = 0; i < 5; i++)
+        put_u64(q, i);
+    struct doomed d = { q, 3, 1 };     /* 3 got, 1 done: 2 lost */
+    pid_t pid = tu_fork(child_gets_then_dies, &d);
+    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    TU_ASSERT_RC(mp_queue_join(q, 0), MP_ETIMEDOUT);  /* 2 items not even got */
+    get_u64(q);
+    TU_OK(mp_queue_task_done(q));
+    get_u64(q);
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_queue_join(q, 0.2), MP_ETIMEDOUT); /* ours is not done either */
+    TU_OK(mp_queue_task_done(q));
+    TU_ASSERT_RC(mp_queue_join(q, 30 * tu_slow()), MP_EBROKEN);
+    assert_true(tu_now() - t0 < 10 * tu_slow());
+    assert_non_null(strstr(mp_last_error(), "2 items"));
+    TU_OK(mp_queue_join(q, 0));        /* reported once: nothing new is lost */
+    TU_ASSERT_RC(mp_queue_task_done(q), MP_EINVAL);
+    put_u64(q, 9);                     /* and the queue keeps working */
+    TU_ASSERT_RC(mp_queue_join(q, 0), MP_ETIMEDOUT);
+    assert_int_equal(get_u64(q), 9);
+    TU_OK(mp_queue_task_done(q));
+    TU_OK(mp_queue_join(q, 0));
+    assert_true(mp__queue_valid(q));
+    mp_queue_free(q);
+}
+
+/* A joiner already asleep when the consumer dies wakes with MP_EBROKEN. */
+static void test_queue_join_waiting_when_a_consumer_dies_returns_ebroken(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    put_u64(q, 1);
+    put_u64(q, 2);
+    struct doomed d = { q, 2, 1 };
+    pid_t pid = tu_fork(child_gets_then_dies, &d);
+    TU_ASSERT_RC(mp_queue_join(q, 30 * tu_slow()), MP_EBROKEN);
+    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    mp_queue_free(q);
+}
+
+/* The worst moment: killed right after its get's commit, still holding the
+ * consumers' lock. The item counts as the dead process's (the journal
+ * replays that too), so join reports it instead of waiting for it. */
+static void test_queue_join_counts_a_consumer_killed_at_its_commit(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    put_items(q, 100, 1, 3);
+    kill_point = "get_committed";
+    kill_countdown = 1;                /* item 1 is got; 2 is cut after its commit */
+    struct kill_job k = { q, 100, 0, 0 };
+    pid_t pid = tu_fork(child_gets_until_killed, &k);
+    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    expect_items(q, 100, (uint64_t[]){ 3 }, 1);
+    TU_OK(mp_queue_task_done(q));
+    TU_ASSERT_RC(mp_queue_join(q, 30 * tu_slow()), MP_EBROKEN);
+    assert_non_null(strstr(mp_last_error(), "2 items"));
+    assert_true(mp__queue_valid(q));
+    mp_queue_free(q);
+}
+
+/* An item one process got and another marked done is not lost when the
+ * getter dies: task_done counts against whichever consumer still owes one. */
+static int child_marks_done(void *arg)
+{
+    return mp_queue_task_done(arg) == 0 ? 0 : 1;
+}
+
+static void test_queue_join_counts_task_done_from_another_process(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    put_u64(q, 1);
+    struct doomed d = { q, 1, 0 };
+    pid_t getter = tu_fork(child_gets_then_dies, &d);
+    assert_int_equal(tu_wait(getter, 30), -SIGKILL);
+    pid_t marker = tu_fork(child_marks_done, q);
+    assert_int_equal(tu_wait(marker, 30), 0);
+    TU_OK(mp_queue_join(q, 0));
+    mp_queue_free(q);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -1238,6 +1345,10 @@ int main(void)
         cmocka_unit_test(test_queue_sleepers_are_always_woken),
         cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
         cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
+        cmocka_unit_test(test_queue_join_reports_items_a_dead_consumer_never_finished),
+        cmocka_unit_test(test_queue_join_waiting_when_a_consumer_dies_returns_ebroken),
+        cmocka_unit_test(test_queue_join_counts_a_consumer_killed_at_its_commit),
+        cmocka_unit_test(test_queue_join_counts_task_done_from_another_process),
         cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
         cmocka_unit_test(test_queue_bounded_4x4_loses_and_duplicates_nothing),
         cmocka_unit_test(test_queue_works_between_threads),

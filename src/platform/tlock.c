@@ -50,20 +50,24 @@ static uint64_t self_word(void)
 {
     static MP_TLS_HOT uint64_t word;
     uint32_t tid = mp_gettid();
-    if (tid_of(word) != tid) {
-        uint64_t start = 0;             /* stays 0 unless proc_task_start finds it */
-        proc_task_start((pid_t)tid, &start);
-        word = (uint64_t)(uint32_t)start << 32 | tid;
-    }
+    if (tid_of(word) != tid)
+        word = task_word(tid);
     return word;
 }
 
-/* The owner word w names a thread that has ended, or whose id now belongs
+uint64_t task_word(uint32_t id)
+{
+    uint64_t start = 0;                 /* stays 0 unless proc_task_start finds it */
+    proc_task_start((pid_t)id, &start);
+    return (uint64_t)(uint32_t)start << 32 | id;
+}
+
+/* The word w names a task that has ended, or whose id now belongs
  * to another thread (its start time differs from the recorded one). Only
  * evidence counts: if /proc cannot be read, or the owner recorded no start
  * time, a live thread with its id is taken for the owner. Taking a live
  * owner's lock would hand out its item twice; waiting on is the lesser harm. */
-static bool owner_gone(uint64_t w)
+bool task_word_gone(uint64_t w)
 {
     uint64_t start = 0;
     uint32_t recorded = (uint32_t)(w >> 32);
@@ -136,7 +140,7 @@ int tlock_lock_timed(tlock *l, double timeout)
             watched = owner;
             check = deadline_in(TLOCK_SLICE);
         } else if (deadline_passed(&check)) {
-            if (owner_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
+            if (task_word_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
                 return MP_EOWNERDEAD;
             check = deadline_in(TLOCK_SLICE);
             continue;
@@ -145,7 +149,7 @@ int tlock_lock_timed(tlock *l, double timeout)
             /* Not before asking whether the owner lives: a caller whose
              * time is shorter than a slice would otherwise never take a
              * dead owner's lock over, however often it came back. */
-            if (owner_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
+            if (task_word_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
                 return MP_EOWNERDEAD;
             return MP_ETIMEDOUT;
         }
