@@ -151,7 +151,7 @@ struct preview {
  *   takers[].owner, .got, .lost, and lost
  *                      under get (lost is the sum of the takers' lost; a
  *                      repair sums it again); takers[].done and lost_told
- *                      atomic, by anyone.
+ *                      atomic, by anyone; dead_look by CAS, by joiners.
  *   not_empty          raised by a consumer about to sleep, under put, and
  *                      woken by a producer after its commit (waitflag.h);
  *   not_full           the same with the sides swapped;
@@ -182,6 +182,7 @@ struct mp_queue {
     alignas(MP_CACHELINE) _Atomic uint64_t done;   /* task_done calls */
     _Atomic uint64_t lost;         /* items written off: got by processes that died owing them */
     _Atomic uint64_t lost_told;    /* how many of those a join has reported */
+    _Atomic uint64_t dead_look;    /* when a join last looked for dead takers (now_ns) */
     alignas(MP_CACHELINE) struct waitword not_empty;
     alignas(MP_CACHELINE) struct waitword not_full;
     alignas(MP_CACHELINE) struct waitword all_done;
@@ -884,15 +885,22 @@ int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
  * dies. A process that finds all TAKERS in use by live processes goes
  * untracked: join then waits for its items as Python's does. */
 
-/* This process as a taker's owner, looked up once per thread (a fork child
- * has another tid, so it looks again). */
+/* This process as a taker's owner: read from /proc once per process, and
+ * checked against getpid once per thread (a fork child has another tid,
+ * so it checks again). */
 static uint64_t self_process(void)
 {
     static MP_TLS_HOT uint32_t for_tid;
     static MP_TLS_HOT uint64_t word;
+    static _Atomic uint64_t process_word;
     uint32_t tid = mp_gettid();
     if (for_tid != tid) {
-        word = task_word((uint32_t)getpid());
+        uint32_t pid = (uint32_t)getpid();
+        word = atomic_load_explicit(&process_word, memory_order_relaxed);
+        if ((uint32_t)word != pid) {
+            word = task_word(pid);
+            atomic_store_explicit(&process_word, word, memory_order_relaxed);
+        }
         for_tid = tid;
     }
     return word;
@@ -982,13 +990,20 @@ static struct taker *taker_locked(mp_queue *q)
 }
 
 /* Looks for processes that ended owing items and writes those off: true
- * if it did. Takes get for a moment (not past LOCK_GRACE_S: a stopped
- * holder only delays the look to the joiner's next one). */
+ * if it did. At most once per DEAD_LOOK_NS per queue, as it reads /proc
+ * for each taker that owes (a join(q, 0) may be polled in a loop); and it
+ * takes get for a moment, not past LOCK_GRACE_S (a stopped holder only
+ * delays the look to the next one). */
+#define DEAD_LOOK_NS 10000000
 static bool write_off_dead(mp_queue *q)
 {
     uint64_t accounted = atomic_load(&q->done) + atomic_load(&q->lost);
     if (atomic_load(&q->gets) <= accounted)
         return false;                 /* nobody owes anything */
+    uint64_t now = now_ns(), last = atomic_load_explicit(&q->dead_look, memory_order_relaxed);
+    if ((last != 0 && now - last < DEAD_LOOK_NS) ||
+        !atomic_compare_exchange_strong(&q->dead_look, &last, now))
+        return false;
     if (lock_side(q, &q->get, get_repair, LOCK_GRACE_S) != 0)
         return false;
     bool lost = false;
@@ -1125,10 +1140,14 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             break;
         }
         bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
-        if (has_item_locked(q))
+        const unsigned char *next = NULL;
+        if (has_item_locked(q)) {
             rc = get_locked(q, buf, cap, len, out, shared, &f, &big, taker_locked(q));
-        else
+        } else {
             rc = closed ? MP_EEOF : MP_EEMPTY;
+            struct seg *s = q->get.seg;
+            next = s->data + atomic_load_explicit(&s->head, memory_order_relaxed) % s->cap;
+        }
         if (rc == 0 && q->maxsize)
             note_waker_cpu(&q->not_full);
         sleepers = rc == 0 && q->maxsize && flag_up(&q->not_full);
@@ -1139,6 +1158,11 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             continue;
         if (wait_until(q, &q->not_empty, get_ready, &d) != 0)
             break;
+        /* Where the item that came most likely is: its lines start on
+         * their way here while we take the lock. Only a hint (another
+         * consumer may have moved on): a prefetch never faults. */
+        __builtin_prefetch(next);
+        __builtin_prefetch(next + MP_CACHELINE);
     }
     if (sleepers)
         wake(&q->not_full);
