@@ -6,7 +6,9 @@
  * locks are robust: the next process to take a lock a dead one held finishes
  * or rolls back what the dead one was doing. Here two consumers share the
  * work; one is SIGKILLed half-way; the other still gets every item that was
- * not already handed to the dead one - none twice.
+ * not already handed to the dead one - none twice. Every item is marked done
+ * (a JoinableQueue): Python's join would wait for ever for the item the
+ * dead one took; mproc's returns MP_EBROKEN and says how many were lost.
  */
 #include <mproc.h>
 
@@ -28,6 +30,7 @@ static void consume(mp_queue *q, struct tally *t)
     while (mp_queue_get(q, &x, sizeof x, &len, MP_FOREVER) == 0) {
         t->got++;
         t->sum += x;
+        mp_queue_task_done(q);
     }
 }
 
@@ -67,6 +70,13 @@ int main(void)
     bool ok = (got == ITEMS && t[0].sum + t[1].sum == sum) || got == ITEMS - 1;
     printf("%s\n", ok ? "Nothing was lost (beyond what the dead one took) and nothing came twice."
                       : "Items were lost or duplicated!");
+    int rc = mp_queue_join(q, 10);                    /* Python's would hang if one was lost */
+    if (rc == 0)
+        printf("join: every item was marked done (the victim died between two items).\n");
+    else if (rc == MP_EBROKEN)
+        printf("join returned at once: %s\n", mp_last_error());
+    else
+        ok = false;
     mp_shared_free(t);
     mp_queue_free(q);
     return ok ? 0 : 1;

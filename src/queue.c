@@ -1283,9 +1283,12 @@ int mp_queue_join(mp_queue *q, double timeout)
     uint64_t told = atomic_load(&q->lost_told), lost = atomic_load(&q->lost);
     while (lost > told) {
         if (atomic_compare_exchange_weak(&q->lost_told, &told, lost))
-            return mp_fail(MP_EBROKEN, __func__, "%llu item%s got by consumers that died before "
-                           "marking them done (mp_queue_task_done): they never will be",
-                           (unsigned long long)(lost - told), lost - told == 1 ? " was" : "s were");
+            return lost - told == 1
+                       ? mp_fail(MP_EBROKEN, __func__, "1 item was got by a consumer that died "
+                                 "before marking it done (mp_queue_task_done): it never will be")
+                       : mp_fail(MP_EBROKEN, __func__, "%llu items were got by consumers that died "
+                                 "before marking them done (mp_queue_task_done): they never "
+                                 "will be", (unsigned long long)(lost - told));
     }
     return 0;
 }
