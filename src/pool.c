@@ -10,6 +10,17 @@
  * on_done callbacks, finishes maps and feeds imap iterators, all in the
  * caller's process. The worker's side is pool_worker.c; map and imap are
  * pool_map.c; futures future.c.
+ *
+ * Forks and the heap. The monitor forks replacements while the collector
+ * and the caller's threads run, and a forked worker inherits every lock
+ * another thread held at that instant. glibc's malloc takes its own locks
+ * around fork(); a sanitizer's malloc may not (ThreadSanitizer's does not,
+ * up to LLVM 17 at least), and a worker forked while the collector was
+ * inside it hung at its first allocation, holding its chunk for ever. So
+ * what the collector and the iterators make and free while workers start
+ * (notices, imap records, callbacks) comes from the arena, whose locks are
+ * process-shared and whose holder lives on in this process after the fork
+ * (pool_mem_alloc); the heap only when the arena is full.
  */
 #include "pool_internal.h"
 
@@ -177,6 +188,20 @@ static void signal_monitor(mp_pool *p)
     uint64_t one = 1;
     ssize_t w = write(p->efd, &one, sizeof one);
     (void)w;
+}
+
+void *pool_mem_alloc(size_t size)
+{
+    void *p = arena_alloc_nozero(size);
+    return p ? p : malloc(size);
+}
+
+void pool_mem_free(void *p)
+{
+    if (arena_contains(p, 1))
+        arena_free(p);
+    else
+        free(p);
 }
 
 /* ------------------------------------------------------------------ task list */
@@ -555,7 +580,7 @@ static void post_notice(mp_pool *p, int slot, int status)
     }
     if (!f)
         return;
-    struct notice *n = calloc(1, sizeof *n);
+    struct notice *n = pool_mem_alloc(sizeof *n);
     if (!n)
         return;                      /* out of memory: that task stays pending */
     n->f = f;
@@ -864,7 +889,7 @@ static bool collector_round(mp_pool *p)
     for (struct notice *n = notes, *next; n; n = next, handled++) {
         next = n->next;
         handle_notice(p, n);
-        free(n);
+        pool_mem_free(n);
     }
     if (handled) {
         /* What the notices just failed (a chunk queues its rest again) is
