@@ -23,6 +23,7 @@
  * (pool_mem_alloc); the heap only when the arena is full.
  */
 #include "pool_internal.h"
+#include "process_internal.h"
 
 #include <limits.h>
 #include <poll.h>
@@ -1225,8 +1226,15 @@ __attribute__((constructor)) static void live_fork_hook(void)
     fork_hook_set(FORK_POOL, NULL, NULL, live_fork_child);
 }
 
+/* atexit handlers run last registered first, so the process layer's (at
+ * its runtime's first use) is registered here before ours: whatever mproc
+ * call a program made first, its live pools are terminated at exit before
+ * the process layer joins their workers, which a running monitor would
+ * otherwise replace under it (a record reused by a replacement was joined
+ * for ever). */
 static void live_register(void)
 {
+    runtime();
     atexit(pools_at_exit);
 }
 
