@@ -84,6 +84,7 @@ struct mp_pool {
     _Atomic uint32_t monitor_done;
     _Atomic uint32_t finished;      /* futex: the collector has drained everything */
     _Atomic uint32_t start_rc;      /* futex: 0 starting, 1 started, else the error */
+    _Atomic uint32_t collector_up;  /* futex: the collector's thread has started */
     struct notice *notices;
     _Atomic uint32_t notices_pending;   /* posted, not yet handled */
     int init_failures;              /* see post_notice */
@@ -905,6 +906,9 @@ static bool collector_round(mp_pool *p)
 static void *collector_main(void *arg)
 {
     mp_pool *p = arg;
+    pool_hook("collector_started");
+    atomic_store(&p->collector_up, 1);
+    futex_wake(&p->collector_up, INT_MAX);
     for (;;) {
         bool stop = atomic_load(&p->monitor_done);
         bool any = collector_round(p);
@@ -1019,21 +1023,25 @@ static void pool_destroy(mp_pool *p)
     arena_free(p);
 }
 
-/* Workers first, so a pool that cannot start them is refused. */
 /* Starts the collector and the monitor, which starts the workers; a pool
- * whose workers cannot start is refused. */
+ * whose workers cannot start is refused. The monitor is made once the
+ * collector runs: a thread's start may allocate (a sanitizer's runtime
+ * does, in pthread_getattr_np), and the first workers are forked at once
+ * (see "Forks and the heap"). */
 static int start_all(mp_pool *p)
 {
     int rc = -pthread_create(&p->collector, NULL, collector_main, p);
     if (rc != 0)
         return rc;
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    while (!atomic_load(&p->collector_up))
+        futex_wait(&p->collector_up, 0, &forever);
     if ((rc = -pthread_create(&p->monitor, NULL, monitor_main, p)) != 0) {
         atomic_store(&p->monitor_done, 1);
         wake_collector(p->sh);
         pthread_join(p->collector, NULL);
         return rc;
     }
-    mp_deadline forever = deadline_in(MP_FOREVER);
     uint32_t started;
     while ((started = atomic_load(&p->start_rc)) == 0)
         futex_wait(&p->start_rc, 0, &forever);

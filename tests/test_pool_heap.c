@@ -11,9 +11,13 @@
  * the heap while the monitor forks workers.
  *
  * Plain builds only: under a sanitizer malloc is the sanitizer's, and the
- * cases are skipped.
+ * cases are skipped. A pool thread's start is reached through the pool's
+ * test hook (MPROC_WHITEBOX).
  */
 #include "pool_tasks.h"
+
+#include "internal.h"
+#include "pool_internal.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -41,6 +45,7 @@ static _Atomic int overlaps;            /* forks while another thread was in the
 #if HEAP_OWN
 static _Atomic int in_heap;             /* threads inside the heap now */
 static __thread bool forker;            /* this thread has forked (the pool's monitor) */
+static __thread unsigned hold_us = 300; /* how long a watched call holds the lock */
 
 void *__libc_malloc(size_t size);
 void *__libc_calloc(size_t n, size_t size);
@@ -54,7 +59,7 @@ static void heap_enter(void)
     atomic_fetch_add(&in_heap, 1);
     pthread_mutex_lock(&heap_lock);
     if (atomic_load_explicit(&watching, memory_order_relaxed) && !forker)
-        usleep(300);                    /* as a sanitizer's refill under its lock, slowed */
+        usleep(hold_us);                /* as a sanitizer's refill under its lock, slowed */
 }
 
 static void heap_leave(void)
@@ -111,6 +116,21 @@ static void watch(bool on)
     if (on)
         atomic_store(&overlaps, 0);
     atomic_store(&watching, on);
+}
+
+/* A pool thread starting: as a sanitizer's runtime does in each new thread
+ * (pthread_getattr_np), it allocates, here slowly. */
+static void allocate_at_thread_start(const char *point)
+{
+#if HEAP_OWN
+    if (strcmp(point, "collector_started") == 0) {
+        hold_us = 20000;
+        free(malloc(64));
+        hold_us = 300;
+    }
+#else
+    (void)point;
+#endif
 }
 
 static void need_own_heap(void)
@@ -217,6 +237,31 @@ static void test_pool_callbacks_and_as_completed_stay_out_of_the_heap_at_forks(v
     mp_pool_free(p);
 }
 
+/* The first workers are forked as the pool starts, just as its collector
+ * thread starts too. */
+static void test_pool_start_forks_no_worker_while_its_collector_starts(void **state)
+{
+    (void)state;
+    need_own_heap();
+    mp__pool_test_hook = allocate_at_thread_start;
+    watch(true);
+    for (int i = 0; i < 4; i++) {
+        mp_pool *p = pool_of(2, MP_PROCESSES);
+        mp_future *f = submit_int(p, t_square, 7);
+        int rc = mp_future_result(f, NULL, 10 * tu_slow());
+        mp_future_free(f);
+        mp_pool_free(p);
+        if (rc != 0 || atomic_load(&overlaps) != 0) {
+            watch(false);
+            mp__pool_test_hook = NULL;
+            TU_OK(rc);
+        }
+    }
+    watch(false);
+    mp__pool_test_hook = NULL;
+    assert_int_equal(atomic_load(&overlaps), 0);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -226,6 +271,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_imap_survives_crashes_with_a_heap_fork_does_not_lock),
         cmocka_unit_test(test_pool_callbacks_and_as_completed_stay_out_of_the_heap_at_forks),
+        cmocka_unit_test(test_pool_start_forks_no_worker_while_its_collector_starts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
