@@ -527,7 +527,8 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
     if (!unordered) {
         size_t nc = it->nchunks ? it->nchunks : 1;
-        if (!(it->by_chunk = pool_mem_alloc(nc * sizeof *it->by_chunk))) {
+        if (mul_overflows(nc, sizeof *it->by_chunk) ||
+            !(it->by_chunk = pool_mem_alloc(nc * sizeof *it->by_chunk))) {
             arena_heap_root(it, sizeof *it, false);
             arena_free(it);
             return MP_ENOMEM;

@@ -50,6 +50,10 @@ static void test_pool_calls_reject_bad_arguments(void **state)
     TU_ASSERT_RC(mp_pool_map(p, t_square, &x, 1, 4, NULL, 4, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_map(p, t_square, &x, SIZE_MAX / 2, 4, &out, 4, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, 1, 4, 0, false, NULL), MP_EINVAL);
+    mp_iter *it = (mp_iter *)&x;
+    /* One chunk per item: a table of chunks whose size wraps to 8 bytes. */
+    TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, SIZE_MAX / 8 + 2, 4, 1, false, &it), MP_ENOMEM);
+    assert_null(it);
     TU_ASSERT_RC(mp_pool_join(p, 1), MP_ESTATE);          /* not closed yet */
     TU_ASSERT_RC(mp_pool_join(NULL, 1), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_close(NULL), MP_EINVAL);
