@@ -209,11 +209,26 @@ void pool_mem_free(void *p)
 /* ------------------------------------------------------------------ task list */
 
 /* A worker killed inside list_pop may have claimed the head without
- * unlinking it: the head is then no longer QUEUED. */
+ * unlinking it: the head is then no longer QUEUED. Killed before that, it
+ * named the head in its slot without claiming it: that claim is void (the
+ * head stays queued for another worker, and the dead one's notice must not
+ * fail it there). Only a worker inside list_pop, under this lock, names a
+ * queued task, so a slot naming the queued head is the dead worker's. */
 static void list_repair(struct pool_shared *sh)
 {
-    if (sh->head && (atomic_load(&sh->head->state) & TASK_BASE) != TASK_QUEUED)
-        sh->head = sh->head->next;
+    mp_future *head = sh->head;
+    if (head && (atomic_load(&head->state) & TASK_BASE) != TASK_QUEUED) {
+        sh->head = head->next;
+    } else if (head) {
+        uint64_t id = atomic_load(&head->id);
+        for (int i = 0; i < sh->nslots; i++) {
+            struct slot *s = &sh->slots[i];
+            if (atomic_load(&s->current) == head && atomic_load(&s->current_id) == id) {
+                atomic_store(&s->current, NULL);
+                atomic_store(&s->current_id, 0);
+            }
+        }
+    }
     uint64_t n = 0;
     sh->tail = NULL;
     for (mp_future *f = sh->head; f; f = f->next, n++)
@@ -570,7 +585,10 @@ static void post_notice(mp_pool *p, int slot, int status)
 {
     struct slot *s = &p->sh->slots[slot];
     struct worker *w = &p->workers[slot];
+    list_lock(p->sh);                /* repaired first: a claim it died making is void */
     mp_future *f = atomic_load(&s->current);
+    uint64_t id = atomic_load(&s->current_id);
+    list_unlock(p->sh);
     bool ours = w->killing || atomic_load(&p->state) == POOL_TERMINATED;
     if (atomic_load(&s->ready)) {
         p->init_failures = 0;
@@ -586,7 +604,7 @@ static void post_notice(mp_pool *p, int slot, int status)
     if (!n)
         return;                      /* out of memory: that task stays pending */
     n->f = f;
-    n->id = atomic_load(&s->current_id);
+    n->id = id;
     n->rc = ours ? MP_EKILLED : MP_ECRASHED;
     n->code = status == MP_EXITCODE_UNKNOWN ? 0 : status < 0 ? -status : status;
     n->next = p->notices;
@@ -821,6 +839,7 @@ static void collect(mp_pool *p, mp_future *f)
 static void handle_notice(mp_pool *p, const struct notice *n)
 {
     mp_future *f = n->f;
+    pool_hook("notice");
     HANDOVER_ACQUIRE(f);
     if (atomic_load(&f->id) != n->id)
         return;                      /* finished and freed since */
