@@ -58,7 +58,7 @@ void task_free(mp_future *f)
         arena_free(f->blob_old);
     for (struct callback *c = f->callbacks, *next; c; c = next) {
         next = c->next;
-        free(c);
+        pool_mem_free(c);
     }
     arena_free(f);
 }
@@ -113,7 +113,7 @@ void task_run_callbacks(mp_future *f)
     for (struct callback *c = list, *next; c; c = next) {
         next = c->next;
         c->cb(f, c->ctx);
-        free(c);
+        pool_mem_free(c);
     }
     if (freed)
         atomic_fetch_or(&f->state, TASK_DETACHED);
@@ -271,11 +271,12 @@ int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
     if (!f->owner || !pool_owned_here(f->owner))
         return mp_fail(MP_ESTATE, __func__, "callbacks run in the process that made the pool, "
                        "and this is another one");
-    struct callback *c = calloc(1, sizeof *c);
+    struct callback *c = pool_mem_alloc(sizeof *c);   /* the collector frees it */
     if (!c)
         return mp_fail(MP_ENOMEM, __func__, "no memory for the callback");
     c->cb = cb;
     c->ctx = ctx;
+    c->next = NULL;
     pthread_mutex_t *lock = pool_lock(f->owner);
     pthread_mutex_lock(lock);
     uint32_t s = atomic_load(&f->state);
@@ -283,7 +284,7 @@ int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
         ;
     if (state_final(s)) {            /* finished meanwhile: run it here, now */
         pthread_mutex_unlock(lock);
-        free(c);
+        pool_mem_free(c);
         cb(f, ctx);
         return 0;
     }

@@ -10,8 +10,20 @@
  * on_done callbacks, finishes maps and feeds imap iterators, all in the
  * caller's process. The worker's side is pool_worker.c; map and imap are
  * pool_map.c; futures future.c.
+ *
+ * Forks and the heap. The monitor forks replacements while the collector
+ * and the caller's threads run, and a forked worker inherits every lock
+ * another thread held at that instant. glibc's malloc takes its own locks
+ * around fork(); a sanitizer's malloc may not (ThreadSanitizer's does not,
+ * up to LLVM 17 at least), and a worker forked while the collector was
+ * inside it hung at its first allocation, holding its chunk for ever. So
+ * what the collector and the iterators make and free while workers start
+ * (notices, imap records, callbacks) comes from the arena, whose locks are
+ * process-shared and whose holder lives on in this process after the fork
+ * (pool_mem_alloc); the heap only when the arena is full.
  */
 #include "pool_internal.h"
+#include "process_internal.h"
 
 #include <limits.h>
 #include <poll.h>
@@ -72,6 +84,7 @@ struct mp_pool {
     _Atomic uint32_t monitor_done;
     _Atomic uint32_t finished;      /* futex: the collector has drained everything */
     _Atomic uint32_t start_rc;      /* futex: 0 starting, 1 started, else the error */
+    _Atomic uint32_t collector_up;  /* futex: the collector's thread has started */
     struct notice *notices;
     _Atomic uint32_t notices_pending;   /* posted, not yet handled */
     int init_failures;              /* see post_notice */
@@ -179,14 +192,43 @@ static void signal_monitor(mp_pool *p)
     (void)w;
 }
 
+void *pool_mem_alloc(size_t size)
+{
+    void *p = arena_alloc_nozero(size);
+    return p ? p : malloc(size);
+}
+
+void pool_mem_free(void *p)
+{
+    if (arena_contains(p, 1))
+        arena_free(p);
+    else
+        free(p);
+}
+
 /* ------------------------------------------------------------------ task list */
 
 /* A worker killed inside list_pop may have claimed the head without
- * unlinking it: the head is then no longer QUEUED. */
+ * unlinking it: the head is then no longer QUEUED. Killed before that, it
+ * named the head in its slot without claiming it: that claim is void (the
+ * head stays queued for another worker, and the dead one's notice must not
+ * fail it there). Only a worker inside list_pop, under this lock, names a
+ * queued task, so a slot naming the queued head is the dead worker's. */
 static void list_repair(struct pool_shared *sh)
 {
-    if (sh->head && (atomic_load(&sh->head->state) & TASK_BASE) != TASK_QUEUED)
-        sh->head = sh->head->next;
+    mp_future *head = sh->head;
+    if (head && (atomic_load(&head->state) & TASK_BASE) != TASK_QUEUED) {
+        sh->head = head->next;
+    } else if (head) {
+        uint64_t id = atomic_load(&head->id);
+        for (int i = 0; i < sh->nslots; i++) {
+            struct slot *s = &sh->slots[i];
+            if (atomic_load(&s->current) == head && atomic_load(&s->current_id) == id) {
+                atomic_store(&s->current, NULL);
+                atomic_store(&s->current_id, 0);
+            }
+        }
+    }
     uint64_t n = 0;
     sh->tail = NULL;
     for (mp_future *f = sh->head; f; f = f->next, n++)
@@ -543,7 +585,10 @@ static void post_notice(mp_pool *p, int slot, int status)
 {
     struct slot *s = &p->sh->slots[slot];
     struct worker *w = &p->workers[slot];
+    list_lock(p->sh);                /* repaired first: a claim it died making is void */
     mp_future *f = atomic_load(&s->current);
+    uint64_t id = atomic_load(&s->current_id);
+    list_unlock(p->sh);
     bool ours = w->killing || atomic_load(&p->state) == POOL_TERMINATED;
     if (atomic_load(&s->ready)) {
         p->init_failures = 0;
@@ -555,11 +600,11 @@ static void post_notice(mp_pool *p, int slot, int status)
     }
     if (!f)
         return;
-    struct notice *n = calloc(1, sizeof *n);
+    struct notice *n = pool_mem_alloc(sizeof *n);
     if (!n)
         return;                      /* out of memory: that task stays pending */
     n->f = f;
-    n->id = atomic_load(&s->current_id);
+    n->id = id;
     n->rc = ours ? MP_EKILLED : MP_ECRASHED;
     n->code = status == MP_EXITCODE_UNKNOWN ? 0 : status < 0 ? -status : status;
     n->next = p->notices;
@@ -794,6 +839,7 @@ static void collect(mp_pool *p, mp_future *f)
 static void handle_notice(mp_pool *p, const struct notice *n)
 {
     mp_future *f = n->f;
+    pool_hook("notice");
     HANDOVER_ACQUIRE(f);
     if (atomic_load(&f->id) != n->id)
         return;                      /* finished and freed since */
@@ -864,7 +910,7 @@ static bool collector_round(mp_pool *p)
     for (struct notice *n = notes, *next; n; n = next, handled++) {
         next = n->next;
         handle_notice(p, n);
-        free(n);
+        pool_mem_free(n);
     }
     if (handled) {
         /* What the notices just failed (a chunk queues its rest again) is
@@ -879,6 +925,9 @@ static bool collector_round(mp_pool *p)
 static void *collector_main(void *arg)
 {
     mp_pool *p = arg;
+    pool_hook("collector_started");
+    atomic_store(&p->collector_up, 1);
+    futex_wake(&p->collector_up, INT_MAX);
     for (;;) {
         bool stop = atomic_load(&p->monitor_done);
         bool any = collector_round(p);
@@ -993,21 +1042,25 @@ static void pool_destroy(mp_pool *p)
     arena_free(p);
 }
 
-/* Workers first, so a pool that cannot start them is refused. */
 /* Starts the collector and the monitor, which starts the workers; a pool
- * whose workers cannot start is refused. */
+ * whose workers cannot start is refused. The monitor is made once the
+ * collector runs: a thread's start may allocate (a sanitizer's runtime
+ * does, in pthread_getattr_np), and the first workers are forked at once
+ * (see "Forks and the heap"). */
 static int start_all(mp_pool *p)
 {
     int rc = -pthread_create(&p->collector, NULL, collector_main, p);
     if (rc != 0)
         return rc;
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    while (!atomic_load(&p->collector_up))
+        futex_wait(&p->collector_up, 0, &forever);
     if ((rc = -pthread_create(&p->monitor, NULL, monitor_main, p)) != 0) {
         atomic_store(&p->monitor_done, 1);
         wake_collector(p->sh);
         pthread_join(p->collector, NULL);
         return rc;
     }
-    mp_deadline forever = deadline_in(MP_FOREVER);
     uint32_t started;
     while ((started = atomic_load(&p->start_rc)) == 0)
         futex_wait(&p->start_rc, 0, &forever);
@@ -1200,8 +1253,15 @@ __attribute__((constructor)) static void live_fork_hook(void)
     fork_hook_set(FORK_POOL, NULL, NULL, live_fork_child);
 }
 
+/* atexit handlers run last registered first, so the process layer's (at
+ * its runtime's first use) is registered here before ours: whatever mproc
+ * call a program made first, its live pools are terminated at exit before
+ * the process layer joins their workers, which a running monitor would
+ * otherwise replace under it (a record reused by a replacement was joined
+ * for ever). */
 static void live_register(void)
 {
+    runtime();
     atexit(pools_at_exit);
 }
 

@@ -186,6 +186,12 @@ struct pool_shared {
     alignas(MP_CACHELINE) struct slot slots[];
 };
 
+/* Memory for what the pool's threads and its iterators make and free
+ * while workers are being forked: the arena, the heap only when the arena
+ * is full (pool.c, "Forks and the heap"). Not zeroed; free takes either. */
+void *pool_mem_alloc(size_t size);
+void pool_mem_free(void *p);
+
 /* The task list: lock repairs what a worker killed mid-pop left. */
 void list_lock(struct pool_shared *sh);
 void list_unlock(struct pool_shared *sh);

@@ -15,9 +15,9 @@
 #include <string.h>
 #include <unistd.h>
 
-struct segment {                        /* imap records, moved to the caller's heap */
+struct segment {                        /* imap records, copied out of a chunk */
     struct segment *next;
-    unsigned char *data;
+    unsigned char *data;                /* just after the header, one block (pool_mem_alloc) */
     size_t len, off;                    /* off: next record to read */
 };
 
@@ -335,13 +335,12 @@ static void iter_destroy(mp_iter *it)
         struct segment *list = c < it->nchunks ? (it->by_chunk ? it->by_chunk[c] : NULL) : it->segs;
         for (struct segment *s = list, *next; s; s = next) {
             next = s->next;
-            free(s->data);
-            free(s);
+            pool_mem_free(s);
         }
     }
-    free(it->by_chunk);
-    free(it->fs);
-    free(it->given);
+    pool_mem_free(it->by_chunk);
+    pool_mem_free(it->fs);
+    pool_mem_free(it->given);
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
     it->magic = MAGIC_FREED;
@@ -349,21 +348,24 @@ static void iter_destroy(mp_iter *it)
     arena_free(it);
 }
 
-/* Hands records to the iterator; on allocation failure they are lost and
- * the reader would wait for them forever, so the data is kept by the caller. */
-static void iter_deliver(mp_iter *it, size_t chunk, const unsigned char *data, size_t len)
+/* A segment for len bytes of records, or NULL. The collector makes it while
+ * workers may be forked: pool_mem_alloc, not the heap. */
+static struct segment *segment_new(size_t len)
 {
-    struct segment *s = calloc(1, sizeof *s);
-    unsigned char *copy = len ? malloc(len) : NULL;
-    if (!s || (len && !copy)) {
-        free(s);
-        free(copy);
-        return;
-    }
-    if (len)
-        memcpy(copy, data, len);
-    s->data = copy;
-    s->len = len;
+    if (len > SIZE_MAX - sizeof(struct segment))
+        return NULL;
+    struct segment *s = pool_mem_alloc(sizeof *s + len);
+    if (!s)
+        return NULL;
+    *s = (struct segment){ .data = (unsigned char *)(s + 1), .len = len };
+    return s;
+}
+
+/* Hands the records of s to the iterator, under the original chunk they
+ * came from. (A segment that cannot be made loses its records, and the
+ * reader waits for them until its timeout.) */
+static void iter_file(mp_iter *it, size_t chunk, struct segment *s)
+{
     pthread_mutex_lock(&it->lock);
     if (it->unordered) {
         *it->tail = s;
@@ -377,19 +379,28 @@ static void iter_deliver(mp_iter *it, size_t chunk, const unsigned char *data, s
     pthread_mutex_unlock(&it->lock);
 }
 
+static void iter_deliver(mp_iter *it, size_t chunk, const unsigned char *data, size_t len)
+{
+    struct segment *s = segment_new(len);
+    if (!s)
+        return;
+    if (len)
+        memcpy(s->data, data, len);
+    iter_file(it, chunk, s);
+}
+
 /* Records of items [from, to) that never ran, all failing with rc. */
 static void iter_deliver_failed(mp_iter *it, size_t from, size_t to, int rc, int code)
 {
     size_t n = to - from, size = RECORD_SIZE(0);
-    unsigned char *data = malloc(n * size);
-    if (!data)
+    struct segment *s = n <= SIZE_MAX / size ? segment_new(n * size) : NULL;
+    if (!s)
         return;
     for (size_t i = 0; i < n; i++) {
         struct record r = { from + i, 0, rc, code };
-        memcpy(data + i * size, &r, sizeof r);
+        memcpy(s->data + i * size, &r, sizeof r);
     }
-    iter_deliver(it, from / it->chunksize, data, n * size);
-    free(data);
+    iter_file(it, from / it->chunksize, s);
 }
 
 static size_t records_len(const unsigned char *blob, size_t count)
@@ -514,10 +525,15 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     it->unordered = unordered;
     it->tail = &it->segs;
     it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
-    if (!unordered && !(it->by_chunk = calloc(it->nchunks ? it->nchunks : 1, sizeof *it->by_chunk))) {
-        arena_heap_root(it, sizeof *it, false);
-        arena_free(it);
-        return MP_ENOMEM;
+    if (!unordered) {
+        size_t nc = it->nchunks ? it->nchunks : 1;
+        if (mul_overflows(nc, sizeof *it->by_chunk) ||
+            !(it->by_chunk = pool_mem_alloc(nc * sizeof *it->by_chunk))) {
+            arena_heap_root(it, sizeof *it, false);
+            arena_free(it);
+            return MP_ENOMEM;
+        }
+        memset(it->by_chunk, 0, nc * sizeof *it->by_chunk);
     }
     pthread_mutex_init(&it->lock, NULL);
     cond_init_monotonic(&it->cond);
@@ -584,8 +600,7 @@ static int take_record(mp_iter *it, struct segment *s, struct segment **link, si
         if (it->tail == &s->next)
             it->tail = link;
         it->pending--;
-        free(s->data);
-        free(s);
+        pool_mem_free(s);
     }
     return r.rc;
 }
@@ -610,17 +625,18 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     if (!it)
         return mp_fail(MP_ENOMEM, fn, "no room in the shared arena for an iterator");
     arena_heap_root(it, sizeof *it, true);
-    it->fs = malloc((n ? n : 1) * sizeof *fs);
-    it->given = calloc(n ? n : 1, sizeof *it->given);
+    it->fs = pool_mem_alloc((n ? n : 1) * sizeof *fs);
+    it->given = pool_mem_alloc((n ? n : 1) * sizeof *it->given);
     if (!it->fs || !it->given) {
-        free(it->fs);
-        free(it->given);
+        pool_mem_free(it->fs);
+        pool_mem_free(it->given);
         arena_heap_root(it, sizeof *it, false);
         arena_free(it);
         return mp_fail(MP_ENOMEM, fn, "out of memory for %zu futures", n);
     }
     if (n)
         memcpy(it->fs, fs, n * sizeof *fs);
+    memset(it->given, 0, (n ? n : 1) * sizeof *it->given);
     it->magic = MAGIC_ITER;
     it->creator = pool_self_pid();
     it->n = n;
@@ -649,7 +665,7 @@ static size_t first_finished(mp_iter *it, mp_future **rest, size_t *nrest)
  * wait for several is one mp_futures_wait (FIRST_COMPLETED) on the rest. */
 static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_deadline *d)
 {
-    mp_future **rest = malloc((it->n ? it->n : 1) * sizeof *rest);
+    mp_future **rest = pool_mem_alloc((it->n ? it->n : 1) * sizeof *rest);
     if (!rest)
         return MP_ENOMEM;
     int rc;
@@ -677,7 +693,7 @@ static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_dead
             break;
         }
     }
-    free(rest);
+    pool_mem_free(rest);
     return rc;
 }
 

@@ -24,6 +24,7 @@ static mp_future *list_pop(struct pool_shared *sh, struct slot *s)
     if (f) {
         atomic_store(&s->current_id, atomic_load(&f->id));
         atomic_store(&s->current, f);
+        pool_hook("claimed");
         uint32_t st = atomic_load(&f->state);
         while (!atomic_compare_exchange_weak(&f->state, &st, (st & ~TASK_BASE) | TASK_RUNNING))
             ;

@@ -50,6 +50,10 @@ static void test_pool_calls_reject_bad_arguments(void **state)
     TU_ASSERT_RC(mp_pool_map(p, t_square, &x, 1, 4, NULL, 4, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_map(p, t_square, &x, SIZE_MAX / 2, 4, &out, 4, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, 1, 4, 0, false, NULL), MP_EINVAL);
+    mp_iter *it = (mp_iter *)&x;
+    /* One chunk per item: a table of chunks whose size wraps to 8 bytes. */
+    TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, SIZE_MAX / 8 + 2, 4, 1, false, &it), MP_ENOMEM);
+    assert_null(it);
     TU_ASSERT_RC(mp_pool_join(p, 1), MP_ESTATE);          /* not closed yet */
     TU_ASSERT_RC(mp_pool_join(NULL, 1), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_close(NULL), MP_EINVAL);
@@ -806,8 +810,47 @@ static void test_pool_terminate_from_a_callback_changes_nothing(void **state)
     mp_pool_free(c.p);
 }
 
+/* A program that returns from main with a pool still running, the pool its
+ * first mproc call: the test binary runs itself again so (EXIT_CHILD_ENV). */
+#define EXIT_CHILD_ENV "MPROC_TEST_POOL_EXIT_CHILD"
+
+static int exit_with_a_live_pool(void)
+{
+    mp_pool *p;
+    if (mp_pool_new(&p, &(mp_pool_opts){ .processes = 4 }) != 0)
+        return 2;
+    int x = 3;
+    return mp_pool_apply(p, t_square, &x, sizeof x, NULL) == 0 ? 0 : 3;
+}
+
+static void test_pool_left_running_does_not_hang_the_exit(void **state)
+{
+    (void)state;
+    enum { KIDS = 6 };                  /* the race it had was lost about half the time */
+    pid_t kids[KIDS];
+    for (int i = 0; i < KIDS; i++) {
+        kids[i] = fork();
+        if (kids[i] == 0) {
+            setenv(EXIT_CHILD_ENV, "1", 1);
+            execl("/proc/self/exe", "test_pool", (char *)NULL);
+            _exit(127);
+        }
+        assert_true(kids[i] > 0);
+    }
+    int status[KIDS];
+    for (int i = 0; i < KIDS; i++)      /* each waited for (or killed) before any check */
+        status[i] = tu_wait(kids[i], 10);   /* scaled by MPROC_TEST_SLOW */
+    for (int i = 0; i < KIDS; i++) {
+        assert_int_not_equal(status[i], TU_TIMEOUT);
+        if (EXIT_STATUS_KEPT)
+            assert_int_equal(status[i], 0);
+    }
+}
+
 int main(void)
 {
+    if (getenv(EXIT_CHILD_ENV))
+        return exit_with_a_live_pool();
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_new_rejects_bad_options),
@@ -843,6 +886,7 @@ int main(void)
         cmocka_unit_test(test_pool_iterator_belongs_to_its_process),
         cmocka_unit_test(test_pool_apply_async_refuses_a_length_past_memory),
         cmocka_unit_test(test_pool_terminate_from_a_callback_changes_nothing),
+        cmocka_unit_test(test_pool_left_running_does_not_hang_the_exit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

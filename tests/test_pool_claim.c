@@ -1,0 +1,60 @@
+/* test_pool_claim.c - a worker killed while it claims a task (MPROC_WHITEBOX).
+ *
+ * A worker names the head task in its slot before it marks it running and
+ * takes it off the list, so that whenever it dies its slot or the list
+ * still names the task. Killed between the two, it leaves the task queued
+ * and its slot naming it: another worker then runs that task, and the dead
+ * worker's notice must not fail it under that worker. The pool's test hook
+ * kills the first worker to reach that point ("claimed") and holds the
+ * collector at the notice ("notice") until the task runs elsewhere.
+ */
+#include "pool_tasks.h"
+
+#include "internal.h"
+#include "pool_internal.h"
+
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+static _Atomic int *shared;             /* [0] release, [1] started, [2] one kill done */
+
+static void kill_once_at_claim(const char *point)
+{
+    if (strcmp(point, "claimed") == 0 && atomic_exchange(&shared[2], 1) == 0)
+        raise(SIGKILL);                 /* in the worker, its slot naming the head */
+    if (strcmp(point, "notice") == 0) { /* in the collector: the task runs elsewhere first */
+        for (int i = 0; i < 10000 && !atomic_load(&shared[1]); i++)
+            usleep(1000);
+    }
+}
+
+static void test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere(void **state)
+{
+    (void)state;
+    shared = mp_shared_alloc(3 * sizeof *shared);
+    assert_non_null(shared);
+    mp__pool_test_hook = kill_once_at_claim;   /* before the workers are forked */
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    mp_future *f = submit_wait(p, shared);
+    bool ran = tu_wait_for(started, (void *)shared, 30);
+    atomic_store(&shared[0], 1);        /* let it finish */
+    int rc = mp_future_result(f, NULL, 30 * tu_slow());
+    mp__pool_test_hook = NULL;
+    assert_true(ran);
+    assert_int_equal(atomic_load(&shared[2]), 1);   /* a worker did die at its claim */
+    TU_OK(rc);                          /* not MP_ECRASHED while another worker ran it */
+    mp_future_free(f);
+    expect_squares(p, 0, 8);
+    mp_pool_free(p);
+    mp_shared_free(shared);
+}
+
+int main(void)
+{
+    tu_watchdog(120);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
