@@ -16,7 +16,14 @@
 
 static void raise_key(struct pyconn *cx, int rc, struct pk_node *key)
 {
-    if (rc == MP_ETYPE)
+    char msg[64];
+    bool unhashable = key && (key->kind == PK_LIST || key->kind == PK_DICT || key->kind == PK_SET ||
+                              key->kind == PK_BYTEARRAY);
+    if (unhashable)
+        snprintf(msg, sizeof msg, "unhashable type: '%s'", py_type_name(key));
+    if (rc == MP_ETYPE && unhashable)
+        py_raise_msg(cx, "TypeError", msg);
+    else if (rc == MP_ETYPE)
         py_raise_msg(cx, "TypeError", "mproc-manager: dict keys are str, bytes, int, float, bool, None or tuples of these");
     else if (rc == MP_ENOTFOUND)
         py_raise(cx, "builtins", "KeyError", NULL, key);
@@ -158,6 +165,8 @@ static void dict_get(struct pycall *c)
 {
     struct mval k;
     struct sreply r;
+    if (!py_nargs(c, "get", 1, 2))
+        return;
     int found = dict_lookup(c, false, &k, &r);
     if (found == 0)
         py_ret_node(c->cx, py_pos(c, 1));
@@ -178,6 +187,8 @@ static void dict_pop(struct pycall *c)
 {
     struct mval k;
     struct sreply r;
+    if (!py_nargs(c, "pop", 1, 2))
+        return;
     int found = dict_lookup(c, false, &k, &r);
     if (found == 0 && py_pos(c, 1)) {
         py_ret_node(c->cx, py_pos(c, 1));
@@ -194,6 +205,8 @@ static void dict_setdefault(struct pycall *c)
     struct pyconn *cx = c->cx;
     struct mval k, v;
     struct sreply r;
+    if (!py_nargs(c, "setdefault", 1, 2))
+        return;
     int found = dict_lookup(c, false, &k, &r), rc;
     if (found > 0) {
         py_ret_value(cx, &r.v);
@@ -302,6 +315,14 @@ static void dict_fromkeys(struct pycall *c)
 static void dict_update(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
+    if (!py_nargs(c, "update", 0, 1))
+        return;
+    if (a0 && (a0->kind == PK_INT || a0->kind == PK_BOOL || a0->kind == PK_FLOAT || a0->kind == PK_NONE)) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "'%s' object is not iterable", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+        return;
+    }
     int rc = a0 ? pydict_update_from(c, a0) : 0;
     if (rc == 0 && c->kwds)
         rc = pydict_update_from(c, (struct pk_node *)c->kwds);
@@ -469,7 +490,8 @@ static void namespace_getattribute(struct pycall *c)
     if (!namespace_key(c, &k))
         return;
     if (py_sx(c, OP_DICT_GET, &k, NULL, &r) < 0)
-        py_raise(c->cx, "builtins", "AttributeError", NULL, py_pos(c, 0));
+        py_raise_about(c->cx, "AttributeError", "'Namespace' object has no attribute %s", py_pos(c, 0),
+                       "'Namespace' object has no such attribute");
     else
         py_ret_value(c->cx, &r.v);
 }
@@ -497,7 +519,8 @@ static void namespace_delattr(struct pycall *c)
     if (!namespace_key(c, &k))
         return;
     if (py_sx(c, OP_DICT_DEL, &k, NULL, &r) < 0)
-        py_raise(c->cx, "builtins", "AttributeError", NULL, py_pos(c, 0));
+        py_raise_about(c->cx, "AttributeError", "'Namespace' object has no attribute %s", py_pos(c, 0),
+                       "'Namespace' object has no such attribute");
     else
         py_ret_none(c->cx);
 }

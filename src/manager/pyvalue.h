@@ -33,6 +33,8 @@ int pv_value(struct pk_node *n, mp_buf *buf, bool seq, struct mval *v);
 void pv_write(struct pk_writer *w, const struct mval *v);
 /* Python's == for numbers; other values by their bytes and tag. */
 bool pv_equal(const struct mval *a, const struct mval *b);
+/* A stored int, float or bool as a number: false for anything else. */
+bool pv_number(const struct mval *v, bool *is_int, int64_t *i, double *f);
 int pv_sval_set(struct sval *s, const struct mval *v);
 struct mval pv_sval_view(const struct sval *s);
 
