@@ -45,29 +45,49 @@ bool py_truthy(const struct pk_node *n, bool dflt)
     }
 }
 
-bool py_acquire_args(struct pycall *c, bool *blocking, bool *has_deadline, struct timespec *until)
+bool py_timeout_of(struct pycall *c, const struct pk_node *t, const char *bad, bool *has, struct timespec *until)
+{
+    *has = false;
+    if (!t || t->kind == PK_NONE)
+        return true;
+    if (!is_number(t)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, bad, py_type_name(t));
+        py_raise_msg(c->cx, "TypeError", msg);
+        return false;
+    }
+    *has = py_deadline_of(t, until);
+    return true;
+}
+
+bool py_acquire_args(struct pycall *c, bool sem, bool *blocking, bool *has_deadline, struct timespec *until)
 {
     const struct pk_node *b = py_arg(c, 0, "blocking"), *t = py_arg(c, 1, "timeout");
     *blocking = py_truthy(b, true);
     *has_deadline = false;
-    if (t && t->kind != PK_NONE) {
-        if (!is_number(t)) {
-            py_raise_msg(c->cx, "TypeError", "timeout must be a number");
+    if (sem) {                          /* threading.Semaphore's Python code */
+        if (!*blocking && t && t->kind != PK_NONE) {
+            py_raise_msg(c->cx, "ValueError", "can't specify timeout for non-blocking acquire");
             return false;
         }
-        double secs = number(t);
-        if (!*blocking && secs != -1) {
-            py_raise_msg(c->cx, "ValueError", "can't specify a timeout for a non-blocking call");
-            return false;
-        }
-        if (secs < 0 && secs != -1) {
-            py_raise_msg(c->cx, "ValueError", "timeout value must be a non-negative number");
-            return false;
-        }
-        if (secs >= 0) {
-            *has_deadline = true;
-            *until = py_mono_in(secs);
-        }
+        return py_timeout_of(c, t, "unsupported operand type(s) for +: 'float' and '%s'", has_deadline, until);
+    }
+    if (!t || t->kind == PK_NONE)       /* _thread's lock: timeout=None is refused there, -1 means none */
+        return true;
+    if (!is_number(t))
+        return py_timeout_of(c, t, "'%s' object cannot be interpreted as an integer", has_deadline, until);
+    double secs = number(t);
+    if (!*blocking && secs != -1) {
+        py_raise_msg(c->cx, "ValueError", "can't specify a timeout for a non-blocking call");
+        return false;
+    }
+    if (secs < 0 && secs != -1) {
+        py_raise_msg(c->cx, "ValueError", "timeout value must be positive");
+        return false;
+    }
+    if (secs >= 0) {
+        *has_deadline = true;
+        *until = py_mono_in(secs);
     }
     return true;
 }

@@ -14,14 +14,17 @@
 #include <stdio.h>
 #include <string.h>
 
+static bool unhashable(const struct pk_node *key)
+{
+    return key && (key->kind == PK_LIST || key->kind == PK_DICT || key->kind == PK_SET || key->kind == PK_BYTEARRAY);
+}
+
 static void raise_key(struct pyconn *cx, int rc, struct pk_node *key)
 {
     char msg[64];
-    bool unhashable = key && (key->kind == PK_LIST || key->kind == PK_DICT || key->kind == PK_SET ||
-                              key->kind == PK_BYTEARRAY);
-    if (unhashable)
+    if (unhashable(key))
         snprintf(msg, sizeof msg, "unhashable type: '%s'", py_type_name(key));
-    if (rc == MP_ETYPE && unhashable)
+    if (rc == MP_ETYPE && unhashable(key))
         py_raise_msg(cx, "TypeError", msg);
     else if (rc == MP_ETYPE)
         py_raise_msg(cx, "TypeError", "mproc-manager: dict keys are str, bytes, int, float, bool, None or tuples of these");
@@ -136,7 +139,7 @@ static int dict_lookup(struct pycall *c, bool untyped_absent, struct mval *k, st
         return -1;
     }
     if ((rc = pv_key(a0, &cx->tmp, k)) < 0) {
-        if (untyped_absent && rc == MP_ETYPE)
+        if (untyped_absent && rc == MP_ETYPE && !unhashable(a0))   /* Python hashes it: absent */
             return 0;
         raise_key(cx, rc, a0);
         return -1;

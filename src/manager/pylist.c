@@ -392,10 +392,15 @@ static void list_extend(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
     int rc = a0 ? pylist_extend_from(c, a0) : MP_ETYPE;
-    if (rc == MP_ETYPE)
+    char msg[96];
+    if (rc == MP_ETYPE && a0 && (is_number(a0) || a0->kind == PK_NONE || a0->kind == PK_BIGINT)) {
+        snprintf(msg, sizeof msg, "'%s' object is not iterable", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+    } else if (rc == MP_ETYPE) {
         py_raise_msg(c->cx, "TypeError", "mproc-manager: extend() takes a list, tuple, range, str, bytes or dict");
-    else
+    } else {
         reply_status(c->cx, rc);
+    }
 }
 
 static void list_imul(struct pycall *c)

@@ -224,9 +224,13 @@ int py_sx(struct pycall *c, int64_t op, const struct mval *a, const struct mval 
  * client is there. Returns with the store mutex held, like store_exec. */
 int py_sx_wait(struct pycall *c, int64_t op, const struct mval *item, bool block, const struct timespec *until,
                struct sreply *r);
-/* acquire(blocking=True, timeout=-1) as threading.Lock reads it; false
- * when an error reply was written. */
-bool py_acquire_args(struct pycall *c, bool *blocking, bool *has_deadline, struct timespec *until);
+/* A timeout argument: None or absent (no deadline) or a number of
+ * seconds; anything else writes the TypeError whose message is bad with
+ * the argument's type name, and gives false. */
+bool py_timeout_of(struct pycall *c, const struct pk_node *t, const char *bad, bool *has, struct timespec *until);
+/* acquire(blocking=True, timeout=-1) as threading.Lock reads it (sem: as
+ * threading.Semaphore does); false when an error reply was written. */
+bool py_acquire_args(struct pycall *c, bool sem, bool *blocking, bool *has_deadline, struct timespec *until);
 
 /* ------------------------------------------------------------------ shared by the types */
 
