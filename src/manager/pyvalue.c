@@ -216,6 +216,8 @@ static int key_put(mp_buf *b, const struct pk_node *n, int depth, bool lists)
     int rc;
     if (depth > 16)
         return MP_ETYPE;
+    if (b->len > MSG_MAX_KEY)      /* a tuple the memo repeats could expand without end */
+        return MP_ETOOBIG;
     switch (n->kind) {
     case PK_STR:
         if (n->len && n->p[0] != 0xff && !memchr(n->p, 0, n->len) && depth == 0)
