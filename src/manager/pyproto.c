@@ -13,6 +13,8 @@
  * (anonymous ones under a name no C client can spell); get_dict, get_list,
  * get_queue, get_lock('name') are the store's objects of that name, the
  * ones C clients open. The other types live in the object table (pyobj.c).
+ * An object a proxy in a request refers to is pinned there for good, as
+ * Python's server keeps the referent of every proxy it unpickles.
  */
 #include "manager/pyproto.h"
 

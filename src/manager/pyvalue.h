@@ -9,7 +9,8 @@
  * the client gets back as pickle.loads(bytes). A dict key: a str is its
  * UTF-8 text (the C key); numbers, None, bytes and tuples of these are
  * encoded after a 0xff byte so that Python's equal keys (1, 1.0, True) are
- * one key.
+ * one key. The same encoding (with lists too) is how two stored values are
+ * compared with Python's ==.
  */
 #ifndef MPROC_MANAGER_PYVALUE_H
 #define MPROC_MANAGER_PYVALUE_H

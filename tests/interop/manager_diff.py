@@ -14,6 +14,12 @@ limit written down in docs/manager-protocol.md, section 10): it must still
 differ, in the observations named there and no others. Exit 0 when nothing
 differs unexpectedly; every difference is printed.
 """
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
 import gc
 import os
 import queue
@@ -25,7 +31,7 @@ import threading
 import time
 import traceback
 from multiprocessing import connection, current_process, get_context
-from multiprocessing.managers import (BaseProxy, DictProxy, ListProxy, Namespace,
+from multiprocessing.managers import (BaseManager, BaseProxy, DictProxy, ListProxy, Namespace,
                                       NamespaceProxy, RemoteError, SyncManager,
                                       dispatch)
 
@@ -170,6 +176,19 @@ def join_all(procs):
     for p in procs:
         p.join(30 * SLOW)
     return [p.exitcode for p in procs]
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+@dataclasses.dataclass
+class Job:
+    name: str
+    size: int = 0
+
+
+class Colour(enum.Enum):
+    RED = 1
 
 
 # -- dict ------------------------------------------------------------------------
@@ -335,10 +354,13 @@ def sc_dict_integral_float_key_reads_back_as_int(m, r):
     r("keys", d.keys)
 
 
-def sc_dict_frozenset_key(m, r):
+def sc_dict_keys_of_other_types(m, r):
     d = m.dict()
     r("frozenset key", d.__setitem__, frozenset([1, 2]), "fs")
     r("get frozenset", d.get, frozenset([2, 1]))
+    r("namedtuple key", d.__setitem__, Point(1, 2), "p")
+    r("date key", d.__setitem__, datetime.date(2026, 1, 2), "d")
+    r("enum key", d.__setitem__, Colour.RED, "e")
 
 
 def sc_dict_value_types(m, r):
@@ -1501,8 +1523,9 @@ EXPECTED = {
                                     "a Condition always has its own lock; one made over a lock proxy is refused"),
     "dict_integral_float_key_reads_back_as_int": (("keys",),
                                                   "an integral float key is stored as the int it equals"),
-    "dict_frozenset_key": (("frozenset key", "get frozenset"),
-                           "dict keys are str, bytes, numbers, None and tuples of these"),
+    "dict_keys_of_other_types": (("frozenset key", "get frozenset", "namedtuple key", "date key", "enum key"),
+                                 "dict keys are str, bytes, numbers, None and tuples of these: "
+                                 "the hash and == of other classes are their code"),
     "array_from_a_size": (("size",), "Array(typecode, n) makes n zeros, as multiprocessing.Array does "
                                      "(Python's server raises TypeError)"),
     "lock_release_unlocked": (("Lock", "get_lock"),
@@ -1510,9 +1533,57 @@ EXPECTED = {
     "proxy_as_an_iterable_argument": (("dict(proxy)", "list(proxy)", "extend(proxy)"),
                                       "a proxy passed as an argument is an opaque value here: the "
                                       "server does not iterate another object through it"),
+    "equality_that_runs_code": (("Decimal == int", "Fraction == float"),
+                                "an opaque value equals only a value with the same pickle: Python's "
+                                "== of other classes is their code"),
     "lock_release_by_other_connection": (("release by other", "acquire again"),
                                          "a store Lock is released only by the connection holding it"),
 }
+
+
+def sc_library_values_round_trip(m, r):
+    vals = [datetime.datetime(2026, 12, 6, 7, 0), datetime.date(2026, 1, 2), decimal.Decimal("1.10"),
+            fractions.Fraction(1, 3), collections.OrderedDict(a=1), Point(1, 2), Job("j", 3), Colour.RED,
+            collections.Counter("aab"), collections.deque([1, 2])]
+    d, q, lst = m.dict(), m.Queue(), m.list()
+    for i, v in enumerate(vals):
+        d[i] = v
+        q.put(v)
+        lst.append(v)
+    r("dict", lambda: [d[i] for i in range(len(vals))])
+    r("queue", lambda: [q.get(timeout=5) for _ in vals])
+    r("list", lambda: lst[:])
+    r("index same object", lst.index, Job("j", 3))
+    r("in", lambda: Point(1, 2) in lst)
+
+
+def sc_equality_that_runs_code(m, r):
+    lst = m.list([1, 2.5])
+    r("Decimal == int", lst.count, decimal.Decimal(1))
+    r("Fraction == float", lambda: fractions.Fraction(5, 2) in lst)
+
+
+class QueueManager(BaseManager):
+    pass
+
+
+QueueManager.register("get_queue")
+QueueManager.register("get_dict")
+
+
+def sc_base_manager_client(m, r):
+    qm = QueueManager(address=r.address, authkey=KEY)
+    qm.connect()
+    q = qm.get_queue(r.name())
+    r("put", q.put, {"task": 1})
+    r("get", q.get, timeout=5)
+    r("qsize", q.qsize)
+    d = qm.get_dict(r.name())
+    r("setitem", d.__setitem__, "k", 1)
+    r("getitem", d.__getitem__, "k")
+    r("keys", d.keys)
+    r("iterate", lambda: list(d))
+    r("unregistered", lambda: qm.get_list)
 
 
 # -- mproc alone: what Python's server cannot be compared on ---------------------------
