@@ -47,9 +47,36 @@ static int dict_set_pair(struct pycall *c, struct pk_node *key, struct pk_node *
     return rc < 0 ? rc : 0;
 }
 
+/* Stores every pair of dict from into the call's dict, store mutex held. */
+static int dict_update_from_dict(struct pycall *c, struct pyobj *from)
+{
+    struct pycall src = { .cx = c->cx, .o = from };
+    struct sreply kr, r, w;
+    if (from == c->o)                   /* d.update(d) changes nothing */
+        return 0;
+    int rc = py_sx(&src, OP_DICT_KEYS, NULL, NULL, &kr);
+    for (const uint8_t *p = kr.v.p, *end = kr.v.p + (rc == 0 ? kr.v.len : 0); p < end && rc == 0;) {
+        size_t kl = strlen((const char *)p);
+        struct mval k = { .type = MV_TEXT, .p = p, .len = kl };
+        if ((rc = py_sx(&src, OP_DICT_GET, &k, NULL, &r)) == 0) {
+            struct mval v = r.v;
+            rc = py_sx(c, OP_DICT_SET, &k, &v, &w);
+        }
+        p += kl + 1;
+    }
+    store_release(&kr);
+    return rc;
+}
+
 int pydict_update_from(struct pycall *c, struct pk_node *src)
 {
     int rc = 0;
+    struct pyobj *proxied = py_proxy_hold(c->cx->reg, src);
+    if (proxied) {                      /* a dict proxy: its pairs, as Python's server reads them */
+        rc = proxied->ti->t == PT_DICT ? dict_update_from_dict(c, proxied) : MP_ETYPE;
+        pyobj_release(c->cx->reg, proxied);
+        return rc;
+    }
     if (src->kind == PK_DICT) {
         for (uint32_t i = 0; i + 1 < src->n && rc == 0; i += 2)
             rc = dict_set_pair(c, src->kids[i], src->kids[i + 1]);

@@ -113,10 +113,34 @@ static bool range_of(const struct pk_node *n, int64_t *start, int64_t *stop, int
 /* Appends every item of src as list(src) would see them: a list or tuple,
  * a range, a str (its characters), bytes (their ints), a dict (its keys).
  * MP_ETYPE for anything whose iteration would run code. */
+/* Appends the items of list from (its length now: extending a list by
+ * itself doubles it), store mutex held. */
+static int list_extend_from_list(struct pycall *c, struct pyobj *from)
+{
+    struct pycall src = { .cx = c->cx, .o = from };
+    struct sreply r, w;
+    int64_t n = list_len(&src);
+    int rc = 0;
+    for (int64_t i = 0; i < n && rc == 0; i++) {
+        struct mval at = mint(i);
+        if ((rc = py_sx(&src, OP_LIST_GET, &at, NULL, &r)) == 0) {
+            struct mval item = r.v;
+            rc = py_sx(c, OP_LIST_APPEND, &item, NULL, &w);
+        }
+    }
+    return rc;
+}
+
 int pylist_extend_from(struct pycall *c, struct pk_node *src)
 {
     int64_t start, stop, step;
     int rc = 0;
+    struct pyobj *proxied = py_proxy_hold(c->cx->reg, src);
+    if (proxied) {                      /* a list proxy: its items, as Python's server iterates it */
+        rc = proxied->ti->t == PT_LIST ? list_extend_from_list(c, proxied) : MP_ETYPE;
+        pyobj_release(c->cx->reg, proxied);
+        return rc;
+    }
     if (src->kind == PK_LIST || src->kind == PK_TUPLE || src->kind == PK_DICT) {
         uint32_t every = src->kind == PK_DICT ? 2 : 1;
         for (uint32_t i = 0; rc == 0 && i < src->n; i += every)

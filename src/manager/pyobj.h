@@ -234,6 +234,11 @@ bool py_acquire_args(struct pycall *c, bool sem, bool *blocking, bool *has_deadl
 
 /* ------------------------------------------------------------------ shared by the types */
 
+/* The object of this table a proxy node (a request's RebuildProxy) refers
+ * to, held, or NULL. The request pinned it (pyproto.c), so its release
+ * never frees it, even under the store mutex. */
+struct pyobj *py_proxy_hold(struct pyreg *r, const struct pk_node *n);
+
 /* Stores every pair of a dict node or list of pairs into the call's dict. */
 int pydict_update_from(struct pycall *c, struct pk_node *src);
 /* Writes keys(), values() or items() as a list, or the whole dict. */

@@ -379,6 +379,12 @@ static const struct pk_node *proxy_id(const struct pk_node *n)
     return token_id(n->kids[1]->kids[1]);
 }
 
+struct pyobj *py_proxy_hold(struct pyreg *r, const struct pk_node *n)
+{
+    const struct pk_node *id = n ? proxy_id(n) : NULL;
+    return id ? pyobj_hold(r, id) : NULL;
+}
+
 /* Pins every object of this table that a proxy inside n refers to: a
  * proxy a client stores in a dict, list, queue or new object here.
  * Python's server unpickles such a proxy and keeps its referent for as
