@@ -10,6 +10,7 @@
  */
 #include "manager/pyobj.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,31 +45,101 @@ bool py_truthy(const struct pk_node *n, bool dflt)
     }
 }
 
-bool py_acquire_args(struct pycall *c, bool *blocking, bool *has_deadline, struct timespec *until)
+bool py_timeout_of(struct pycall *c, const struct pk_node *t, const char *bad, bool *has, struct timespec *until)
+{
+    *has = false;
+    if (!t || t->kind == PK_NONE)
+        return true;
+    if (!is_number(t)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, bad, py_type_name(t));
+        py_raise_msg(c->cx, "TypeError", msg);
+        return false;
+    }
+    *has = py_deadline_of(t, until);
+    return true;
+}
+
+bool py_acquire_args(struct pycall *c, bool sem, bool *blocking, bool *has_deadline, struct timespec *until)
 {
     const struct pk_node *b = py_arg(c, 0, "blocking"), *t = py_arg(c, 1, "timeout");
     *blocking = py_truthy(b, true);
     *has_deadline = false;
-    if (t && t->kind != PK_NONE) {
-        if (!is_number(t)) {
-            py_raise_msg(c->cx, "TypeError", "timeout must be a number");
+    if (sem) {                          /* threading.Semaphore's Python code */
+        if (!*blocking && t && t->kind != PK_NONE) {
+            py_raise_msg(c->cx, "ValueError", "can't specify timeout for non-blocking acquire");
             return false;
         }
-        double secs = number(t);
-        if (!*blocking && secs != -1) {
-            py_raise_msg(c->cx, "ValueError", "can't specify a timeout for a non-blocking call");
-            return false;
-        }
-        if (secs < 0 && secs != -1) {
-            py_raise_msg(c->cx, "ValueError", "timeout value must be a non-negative number");
-            return false;
-        }
-        if (secs >= 0) {
-            *has_deadline = true;
-            *until = py_mono_in(secs);
-        }
+        return py_timeout_of(c, t, "unsupported operand type(s) for +: 'float' and '%s'", has_deadline, until);
+    }
+    if (!t || t->kind == PK_NONE)       /* _thread's lock: timeout=None is refused there, -1 means none */
+        return true;
+    if (!is_number(t))
+        return py_timeout_of(c, t, "'%s' object cannot be interpreted as an integer", has_deadline, until);
+    double secs = number(t);
+    if (!*blocking && secs != -1) {
+        py_raise_msg(c->cx, "ValueError", "can't specify a timeout for a non-blocking call");
+        return false;
+    }
+    if (secs < 0 && secs != -1) {
+        py_raise_msg(c->cx, "ValueError", "timeout value must be positive");
+        return false;
+    }
+    if (secs >= 0) {
+        *has_deadline = true;
+        *until = py_mono_in(secs);
     }
     return true;
+}
+
+const char *py_type_name(const struct pk_node *n)
+{
+    static const char *const NAMES[] = { [PK_NONE] = "NoneType", [PK_BOOL] = "bool", [PK_INT] = "int",
+        [PK_BIGINT] = "int", [PK_FLOAT] = "float", [PK_BYTES] = "bytes",
+        [PK_STR] = "str", [PK_BYTEARRAY] = "bytearray", [PK_TUPLE] = "tuple", [PK_LIST] = "list",
+        [PK_DICT] = "dict", [PK_SET] = "set", [PK_FROZENSET] = "frozenset" };
+    size_t k = n ? (size_t)n->kind : PK_NONE;
+    return k < sizeof NAMES / sizeof NAMES[0] && NAMES[k] ? NAMES[k] : "object";
+}
+
+bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *stop, int64_t *step)
+{
+    if (!n || n->kind != PK_OBJECT || n->op != 'R' || n->kids[0]->kind != PK_GLOBAL || n->kids[1]->n != 3)
+        return false;
+    const struct pk_node *g = n->kids[0], *a = n->kids[1];
+    if (g->len != 8 || memcmp(g->p, "builtins", 8) || g->len2 != 5 || memcmp(g->p2, "slice", 5))
+        return false;
+    *step = a->kids[2]->kind == PK_NONE ? 1 : a->kids[2]->i;
+    if (*step == 0 || (a->kids[2]->kind != PK_NONE && !is_int(a->kids[2])))
+        return false;
+    int64_t v[2];
+    for (int k = 0; k < 2; k++) {
+        const struct pk_node *x = a->kids[k];
+        if (x->kind == PK_NONE) {
+            v[k] = k == 0 ? (*step > 0 ? 0 : len - 1) : (*step > 0 ? len : -1);
+            continue;
+        }
+        if (!is_int(x))
+            return false;
+        v[k] = x->i < 0 ? x->i + len : x->i;
+        int64_t lo = *step > 0 ? 0 : -1, hi = *step > 0 ? len : len - 1;
+        v[k] = v[k] < lo ? lo : v[k] > hi ? hi : v[k];
+    }
+    *start = v[0];
+    *stop = v[1];
+    return true;
+}
+
+bool py_nargs(struct pycall *c, const char *name, uint32_t min, uint32_t max)
+{
+    uint32_t n = c->args ? c->args->n : 0;
+    char msg[128];
+    if (n >= min && n <= max)
+        return true;
+    snprintf(msg, sizeof msg, "%s expected at %s %" PRIu32 " argument%s, got %" PRIu32, name,
+             n < min ? "least" : "most", n < min ? min : max, (n < min ? min : max) == 1 ? "" : "s", n);
+    py_raise_msg(c->cx, "TypeError", msg);
+    return false;
 }
 
 /* ------------------------------------------------------------------ replies */
@@ -78,13 +149,22 @@ void py_reply_begin(struct pyconn *cx, const char *kind)
     pk_begin(&cx->pw, &cx->out);
     pk_cstr(&cx->pw, kind);
     cx->wrapped = cx->want_repr && strcmp(kind, "#RETURN") == 0;
-    if (cx->wrapped)
+    if (cx->wrapped && cx->repr_typecode) {     /* Value.__repr__: "Value(%r, %r)" % (typecode, value) */
+        pk_global(&cx->pw, "operator", "mod");
+        pk_cstr(&cx->pw, "Value(%r, %r)");
+        pk_str(&cx->pw, &cx->repr_typecode, 1);
+    } else if (cx->wrapped) {
         pk_global(&cx->pw, "builtins", "repr");
+    }
 }
 
 void py_reply_end(struct pyconn *cx)
 {
-    if (cx->wrapped) {
+    if (cx->wrapped && cx->repr_typecode) {
+        pk_tuple(&cx->pw, 2);
+        pk_tuple(&cx->pw, 2);
+        pk_reduce(&cx->pw);
+    } else if (cx->wrapped) {
         pk_tuple(&cx->pw, 1);
         pk_reduce(&cx->pw);
     }
@@ -150,6 +230,43 @@ void py_raise(struct pyconn *cx, const char *module, const char *name, const cha
     pk_tuple(&cx->pw, msg || n ? 1 : 0);
     pk_reduce(&cx->pw);
     py_reply_end(cx);
+}
+
+/* Python's repr of a small int, bool, None or printable-ASCII str, in buf:
+ * false for anything else (its repr would need Python). */
+static bool repr_simple(const struct pk_node *n, char *buf, size_t cap)
+{
+    if (!n)
+        return false;
+    if (n->kind == PK_INT)
+        return (size_t)snprintf(buf, cap, "%" PRId64, n->i) < cap;
+    if (n->kind == PK_BOOL || n->kind == PK_NONE)
+        return (size_t)snprintf(buf, cap, "%s", n->kind == PK_NONE ? "None" : n->i ? "True" : "False") < cap;
+    if (n->kind != PK_STR || n->len + 3 > cap)
+        return false;
+    bool single = false, dbl = false;
+    for (size_t i = 0; i < n->len; i++) {
+        if (n->p[i] < 0x20 || n->p[i] > 0x7e || n->p[i] == '\\')
+            return false;
+        single |= n->p[i] == '\'';
+        dbl |= n->p[i] == '"';
+    }
+    if (single && dbl)
+        return false;
+    char q = single ? '"' : '\'';
+    snprintf(buf, cap, "%c%.*s%c", q, (int)n->len, (const char *)n->p, q);
+    return true;
+}
+
+void py_raise_about(struct pyconn *cx, const char *name, const char *fmt, const struct pk_node *n, const char *other)
+{
+    char r[256], msg[400];
+    if (repr_simple(n, r, sizeof r)) {
+        snprintf(msg, sizeof msg, fmt, r);
+        py_raise_msg(cx, name, msg);
+    } else {
+        py_raise_msg(cx, name, other);
+    }
 }
 
 void py_raise_msg(struct pyconn *cx, const char *name, const char *msg) { py_raise(cx, "builtins", name, msg, NULL); }

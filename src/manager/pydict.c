@@ -14,9 +14,19 @@
 #include <stdio.h>
 #include <string.h>
 
+static bool unhashable(const struct pk_node *key)
+{
+    return key && (key->kind == PK_LIST || key->kind == PK_DICT || key->kind == PK_SET || key->kind == PK_BYTEARRAY);
+}
+
 static void raise_key(struct pyconn *cx, int rc, struct pk_node *key)
 {
-    if (rc == MP_ETYPE)
+    char msg[64];
+    if (unhashable(key))
+        snprintf(msg, sizeof msg, "unhashable type: '%s'", py_type_name(key));
+    if (rc == MP_ETYPE && unhashable(key))
+        py_raise_msg(cx, "TypeError", msg);
+    else if (rc == MP_ETYPE)
         py_raise_msg(cx, "TypeError", "mproc-manager: dict keys are str, bytes, int, float, bool, None or tuples of these");
     else if (rc == MP_ENOTFOUND)
         py_raise(cx, "builtins", "KeyError", NULL, key);
@@ -37,9 +47,36 @@ static int dict_set_pair(struct pycall *c, struct pk_node *key, struct pk_node *
     return rc < 0 ? rc : 0;
 }
 
+/* Stores every pair of dict from into the call's dict, store mutex held. */
+static int dict_update_from_dict(struct pycall *c, struct pyobj *from)
+{
+    struct pycall src = { .cx = c->cx, .o = from };
+    struct sreply kr, r, w;
+    if (from == c->o)                   /* d.update(d) changes nothing */
+        return 0;
+    int rc = py_sx(&src, OP_DICT_KEYS, NULL, NULL, &kr);
+    for (const uint8_t *p = kr.v.p, *end = kr.v.p + (rc == 0 ? kr.v.len : 0); p < end && rc == 0;) {
+        size_t kl = strlen((const char *)p);
+        struct mval k = { .type = MV_TEXT, .p = p, .len = kl };
+        if ((rc = py_sx(&src, OP_DICT_GET, &k, NULL, &r)) == 0) {
+            struct mval v = r.v;
+            rc = py_sx(c, OP_DICT_SET, &k, &v, &w);
+        }
+        p += kl + 1;
+    }
+    store_release(&kr);
+    return rc;
+}
+
 int pydict_update_from(struct pycall *c, struct pk_node *src)
 {
     int rc = 0;
+    struct pyobj *proxied = py_proxy_hold(c->cx->reg, src);
+    if (proxied) {                      /* a dict proxy: its pairs, as Python's server reads them */
+        rc = proxied->ti->t == PT_DICT ? dict_update_from_dict(c, proxied) : MP_ETYPE;
+        pyobj_release(c->cx->reg, proxied);
+        return rc;
+    }
     if (src->kind == PK_DICT) {
         for (uint32_t i = 0; i + 1 < src->n && rc == 0; i += 2)
             rc = dict_set_pair(c, src->kids[i], src->kids[i + 1]);
@@ -129,7 +166,7 @@ static int dict_lookup(struct pycall *c, bool untyped_absent, struct mval *k, st
         return -1;
     }
     if ((rc = pv_key(a0, &cx->tmp, k)) < 0) {
-        if (untyped_absent && rc == MP_ETYPE)
+        if (untyped_absent && rc == MP_ETYPE && !unhashable(a0))   /* Python hashes it: absent */
             return 0;
         raise_key(cx, rc, a0);
         return -1;
@@ -158,6 +195,8 @@ static void dict_get(struct pycall *c)
 {
     struct mval k;
     struct sreply r;
+    if (!py_nargs(c, "get", 1, 2))
+        return;
     int found = dict_lookup(c, false, &k, &r);
     if (found == 0)
         py_ret_node(c->cx, py_pos(c, 1));
@@ -178,6 +217,8 @@ static void dict_pop(struct pycall *c)
 {
     struct mval k;
     struct sreply r;
+    if (!py_nargs(c, "pop", 1, 2))
+        return;
     int found = dict_lookup(c, false, &k, &r);
     if (found == 0 && py_pos(c, 1)) {
         py_ret_node(c->cx, py_pos(c, 1));
@@ -194,6 +235,8 @@ static void dict_setdefault(struct pycall *c)
     struct pyconn *cx = c->cx;
     struct mval k, v;
     struct sreply r;
+    if (!py_nargs(c, "setdefault", 1, 2))
+        return;
     int found = dict_lookup(c, false, &k, &r), rc;
     if (found > 0) {
         py_ret_value(cx, &r.v);
@@ -302,6 +345,14 @@ static void dict_fromkeys(struct pycall *c)
 static void dict_update(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
+    if (!py_nargs(c, "update", 0, 1))
+        return;
+    if (a0 && (a0->kind == PK_INT || a0->kind == PK_BOOL || a0->kind == PK_FLOAT || a0->kind == PK_NONE)) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "'%s' object is not iterable", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+        return;
+    }
     int rc = a0 ? pydict_update_from(c, a0) : 0;
     if (rc == 0 && c->kwds)
         rc = pydict_update_from(c, (struct pk_node *)c->kwds);
@@ -469,7 +520,8 @@ static void namespace_getattribute(struct pycall *c)
     if (!namespace_key(c, &k))
         return;
     if (py_sx(c, OP_DICT_GET, &k, NULL, &r) < 0)
-        py_raise(c->cx, "builtins", "AttributeError", NULL, py_pos(c, 0));
+        py_raise_about(c->cx, "AttributeError", "'Namespace' object has no attribute %s", py_pos(c, 0),
+                       "'Namespace' object has no such attribute");
     else
         py_ret_value(c->cx, &r.v);
 }
@@ -497,7 +549,8 @@ static void namespace_delattr(struct pycall *c)
     if (!namespace_key(c, &k))
         return;
     if (py_sx(c, OP_DICT_DEL, &k, NULL, &r) < 0)
-        py_raise(c->cx, "builtins", "AttributeError", NULL, py_pos(c, 0));
+        py_raise_about(c->cx, "AttributeError", "'Namespace' object has no attribute %s", py_pos(c, 0),
+                       "'Namespace' object has no such attribute");
     else
         py_ret_none(c->cx);
 }

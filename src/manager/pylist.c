@@ -9,8 +9,18 @@
  */
 #include "manager/pyobj.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static void reply_status(struct pyconn *cx, int rc)
+{
+    if (rc < 0)
+        py_raise_status(cx, rc);
+    else
+        py_ret_none(cx);
+}
 
 static int64_t list_len(struct pycall *c)
 {
@@ -82,6 +92,82 @@ int pylist_append(struct pycall *c, struct pk_node *n)
     return rc < 0 ? rc : py_sx(c, OP_LIST_APPEND, &v, NULL, &r);
 }
 
+/* A builtins.range(start, stop, step) node's three numbers: false if n is
+ * not one (nothing is called: the numbers are the pickle's own). */
+static bool range_of(const struct pk_node *n, int64_t *start, int64_t *stop, int64_t *step)
+{
+    if (!n || n->kind != PK_OBJECT || n->op != 'R' || n->kids[0]->kind != PK_GLOBAL || n->kids[1]->n != 3)
+        return false;
+    const struct pk_node *g = n->kids[0], *a = n->kids[1];
+    if (g->len != 8 || memcmp(g->p, "builtins", 8) || g->len2 != 5 || memcmp(g->p2, "range", 5))
+        return false;
+    for (int k = 0; k < 3; k++)
+        if (a->kids[k]->kind != PK_INT)
+            return false;
+    *start = a->kids[0]->i;
+    *stop = a->kids[1]->i;
+    *step = a->kids[2]->i;
+    return *step != 0;
+}
+
+/* Appends every item of src as list(src) would see them: a list or tuple,
+ * a range, a str (its characters), bytes (their ints), a dict (its keys).
+ * MP_ETYPE for anything whose iteration would run code. */
+/* Appends the items of list from (its length now: extending a list by
+ * itself doubles it), store mutex held. */
+static int list_extend_from_list(struct pycall *c, struct pyobj *from)
+{
+    struct pycall src = { .cx = c->cx, .o = from };
+    struct sreply r, w;
+    int64_t n = list_len(&src);
+    int rc = 0;
+    for (int64_t i = 0; i < n && rc == 0; i++) {
+        struct mval at = mint(i);
+        if ((rc = py_sx(&src, OP_LIST_GET, &at, NULL, &r)) == 0) {
+            struct mval item = r.v;
+            rc = py_sx(c, OP_LIST_APPEND, &item, NULL, &w);
+        }
+    }
+    return rc;
+}
+
+int pylist_extend_from(struct pycall *c, struct pk_node *src)
+{
+    int64_t start, stop, step;
+    int rc = 0;
+    struct pyobj *proxied = py_proxy_hold(c->cx->reg, src);
+    if (proxied) {                      /* a list proxy: its items, as Python's server iterates it */
+        rc = proxied->ti->t == PT_LIST ? list_extend_from_list(c, proxied) : MP_ETYPE;
+        pyobj_release(c->cx->reg, proxied);
+        return rc;
+    }
+    if (src->kind == PK_LIST || src->kind == PK_TUPLE || src->kind == PK_DICT) {
+        uint32_t every = src->kind == PK_DICT ? 2 : 1;
+        for (uint32_t i = 0; rc == 0 && i < src->n; i += every)
+            rc = pylist_append(c, src->kids[i]);
+    } else if (range_of(src, &start, &stop, &step)) {
+        for (int64_t i = start; rc == 0 && (step > 0 ? i < stop : i > stop); i += step) {
+            struct pk_node item = { .kind = PK_INT, .i = i };
+            rc = pylist_append(c, &item);
+            if (step > 0 ? i > INT64_MAX - step : i < INT64_MIN - step)
+                break;
+        }
+    } else if (src->kind == PK_STR || src->kind == PK_BYTES) {
+        for (size_t at = 0, w; rc == 0 && at < src->len; at += w) {
+            w = 1;
+            if (src->kind == PK_STR)       /* the reader has checked the UTF-8 */
+                while (at + w < src->len && (src->p[at + w] & 0xc0) == 0x80)
+                    w++;
+            struct pk_node item = { .kind = src->kind == PK_STR ? PK_STR : PK_INT, .p = src->p + at, .len = w,
+                                    .i = src->p[at] };
+            rc = pylist_append(c, &item);
+        }
+    } else {
+        rc = MP_ETYPE;
+    }
+    return rc;
+}
+
 /* Index of the first item equal to n at or after start, or -1; with
  * count, counts them all. */
 static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int64_t *count)
@@ -108,12 +194,11 @@ static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int
 }
 
 /* Writes the whole list, times times, then extra's items, as a list. */
-static void list_write(struct pycall *c, int64_t times, struct pk_node *extra)
+static void list_body(struct pycall *c, int64_t times, struct pk_node *extra)
 {
     struct pyconn *cx = c->cx;
     struct sreply r;
     int64_t len = list_len(c);
-    py_reply_begin(cx, "#RETURN");
     pk_empty_list(&cx->pw);
     for (int64_t t = 0; t < times; t++) {
         for (int64_t i = 0; i < len; i += 1000) {
@@ -132,36 +217,96 @@ static void list_write(struct pycall *c, int64_t times, struct pk_node *extra)
             pk_node(&cx->pw, extra->kids[i]);
         pk_appends(&cx->pw);
     }
+}
+
+static void list_write(struct pycall *c, int64_t times, struct pk_node *extra)
+{
+    py_reply_begin(c->cx, "#RETURN");
+    list_body(c, times, extra);
+    py_reply_end(c->cx);
+}
+
+/* reversed(l): builtins.reversed of a copy, which the client makes. */
+static void list_reversed(struct pycall *c)
+{
+    struct pyconn *cx = c->cx;
+    py_reply_begin(cx, "#RETURN");
+    pk_global(&cx->pw, "builtins", "reversed");
+    list_body(c, 1, NULL);
+    pk_tuple(&cx->pw, 1);
+    pk_reduce(&cx->pw);
     py_reply_end(cx);
 }
 
-/* A builtins.slice(start, stop, step) node, resolved against len. */
-static bool slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *stop, int64_t *step)
+/* Whether n is a builtins.slice whose step is 0 (Python's ValueError). */
+static bool slice_step_zero(const struct pk_node *n)
 {
+    int64_t a, b, step;
     if (!n || n->kind != PK_OBJECT || n->op != 'R' || n->kids[0]->kind != PK_GLOBAL || n->kids[1]->n != 3)
         return false;
-    const struct pk_node *g = n->kids[0], *a = n->kids[1];
-    if (g->len != 8 || memcmp(g->p, "builtins", 8) || g->len2 != 5 || memcmp(g->p2, "slice", 5))
-        return false;
-    *step = a->kids[2]->kind == PK_NONE ? 1 : a->kids[2]->i;
-    if (*step == 0 || (a->kids[2]->kind != PK_NONE && !is_int(a->kids[2])))
-        return false;
-    int64_t v[2];
-    for (int k = 0; k < 2; k++) {
-        const struct pk_node *x = a->kids[k];
-        if (x->kind == PK_NONE) {
-            v[k] = k == 0 ? (*step > 0 ? 0 : len - 1) : (*step > 0 ? len : -1);
-            continue;
-        }
-        if (!is_int(x))
-            return false;
-        v[k] = x->i < 0 ? x->i + len : x->i;
-        int64_t lo = *step > 0 ? 0 : -1, hi = *step > 0 ? len : len - 1;
-        v[k] = v[k] < lo ? lo : v[k] > hi ? hi : v[k];
+    const struct pk_node *g = n->kids[0], *st = n->kids[1]->kids[2];
+    return g->len2 == 5 && memcmp(g->p2, "slice", 5) == 0 && is_int(st) && st->i == 0 &&
+           !py_slice_of(n, 0, &a, &b, &step);
+}
+
+/* The number of indices of a resolved slice. */
+static int64_t slice_count(int64_t start, int64_t stop, int64_t step)
+{
+    if (step > 0)
+        return start < stop ? (stop - start - 1) / step + 1 : 0;
+    return start > stop ? (start - stop - 1) / -step + 1 : 0;
+}
+
+/* del l[start:stop:step], highest index first so the others stay put. */
+static int list_del_slice(struct pycall *c, int64_t start, int64_t stop, int64_t step)
+{
+    struct sreply r;
+    int64_t n = slice_count(start, stop, step);
+    int64_t first = step > 0 ? start + (n - 1) * step : start, by = step > 0 ? -step : step;
+    int rc = 0;
+    for (int64_t k = 0, i = first; k < n && rc == 0; k++, i += by) {
+        struct mval at = mint(i);
+        rc = py_sx(c, OP_LIST_POP, &at, NULL, &r);
+        store_release(&r);
     }
-    *start = v[0];
-    *stop = v[1];
-    return true;
+    return rc;
+}
+
+/* l[start:stop:step] = items (a list or tuple node): a plain slice is
+ * replaced whatever the sizes, an extended one item by item. */
+static void list_set_slice(struct pycall *c, int64_t start, int64_t stop, int64_t step, struct pk_node *items)
+{
+    struct pyconn *cx = c->cx;
+    struct sreply r;
+    int64_t n = slice_count(start, stop, step);
+    int rc = 0;
+    char msg[128];
+    if (!items || (items->kind != PK_LIST && items->kind != PK_TUPLE)) {
+        py_raise_msg(cx, "TypeError", step == 1 ? "can only assign an iterable"
+                                                : "must assign iterable to extended slice");
+        return;
+    }
+    if (step != 1 && (int64_t)items->n != n) {
+        snprintf(msg, sizeof msg, "attempt to assign sequence of size %" PRIu32 " to extended slice of size %" PRId64,
+                 items->n, n);
+        py_raise_msg(cx, "ValueError", msg);
+        return;
+    }
+    if (step != 1) {
+        for (int64_t k = 0; k < n && rc == 0; k++) {
+            struct mval at = mint(start + k * step), v;
+            if ((rc = pv_value(items->kids[k], &cx->tmp2, true, &v)) == 0)
+                rc = py_sx(c, OP_LIST_SET, &at, &v, &r);
+        }
+    } else {
+        rc = list_del_slice(c, start, stop, 1);
+        for (uint32_t k = 0; k < items->n && rc == 0; k++) {
+            int64_t len = list_len(c);
+            if ((rc = pylist_append(c, items->kids[k])) == 0 && start + k < len)
+                rc = list_move(c, len, start + k);
+        }
+    }
+    reply_status(cx, rc);
 }
 
 /* ------------------------------------------------------------------ sort */
@@ -206,21 +351,11 @@ static int sort_load(struct pycall *c, int64_t i, struct sort_item *it, int *kin
         return rc;
     it->index = (size_t)i;
     const struct mval *v = &r.v;
-    int k = v->type == MV_INT || v->type == MV_FLOAT || v->tag == 'I' || v->tag == 'F' ? 0
-          : v->tag == 'S' ? 'S' : v->tag == 0 ? 'B' : -2;
+    bool num = pv_number(v, &it->is_int, &it->i, &it->f);
+    int k = num ? 0 : v->tag == 'S' ? 'S' : v->type == MV_BYTES && v->tag == 0 ? 'B' : -2;
     if (k == -2 || (*kind != -1 && k != *kind))
         rc = MP_ETYPE;
     *kind = k;
-    uint64_t bits = 0;
-    if (v->type == MV_BYTES && v->len == 8 && (v->tag == 'I' || v->tag == 'F'))
-        for (int b = 7; b >= 0; b--)
-            bits = bits << 8 | v->p[b];
-    it->is_int = v->type == MV_INT || v->tag == 'I';
-    it->i = v->type == MV_INT ? v->i : (int64_t)bits;
-    if (v->type == MV_FLOAT)
-        it->f = v->f;
-    else if (v->tag == 'F')
-        memcpy(&it->f, &bits, 8);
     return rc;
 }
 
@@ -231,11 +366,19 @@ static void list_sort(struct pycall *c)
     struct pyconn *cx = c->cx;
     const struct pk_node *key = py_arg(c, 99, "key"), *rev = py_arg(c, 99, "reverse");
     bool reverse = py_truthy(rev, false);
-    if ((key && key->kind != PK_NONE) || (c->args && c->args->n)) {
+    if (c->args && c->args->n) {
+        py_raise_msg(cx, "TypeError", "sort() takes no positional arguments");
+        return;
+    }
+    if (key && key->kind != PK_NONE) {
         py_traceback(cx, "NotImplementedError: mproc-manager sorts without a key function", NULL);
         return;
     }
     int64_t len = list_len(c);
+    if (len < 2) {                      /* Python compares nothing */
+        py_ret_none(cx);
+        return;
+    }
     struct sort_item *it = calloc(len ? (size_t)len : 1, sizeof *it);
     int kind = -1, rc = it ? 0 : MP_ENOMEM;
     struct sreply r;
@@ -261,14 +404,6 @@ static void list_sort(struct pycall *c)
 
 /* ------------------------------------------------------------------ methods */
 
-static void reply_status(struct pyconn *cx, int rc)
-{
-    if (rc < 0)
-        py_raise_status(cx, rc);
-    else
-        py_ret_none(cx);
-}
-
 static void list_len_method(struct pycall *c) { py_ret_int(c->cx, list_len(c)); }
 
 static void list_append(struct pycall *c)
@@ -280,19 +415,29 @@ static void list_append(struct pycall *c)
 static void list_extend(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
-    int rc = 0;
-    if (!a0 || (a0->kind != PK_LIST && a0->kind != PK_TUPLE))
-        rc = MP_ETYPE;
-    for (uint32_t i = 0; rc == 0 && i < a0->n; i++)
-        rc = pylist_append(c, a0->kids[i]);
-    reply_status(c->cx, rc);
+    int rc = a0 ? pylist_extend_from(c, a0) : MP_ETYPE;
+    char msg[96];
+    if (rc == MP_ETYPE && a0 && (is_number(a0) || a0->kind == PK_NONE || a0->kind == PK_BIGINT)) {
+        snprintf(msg, sizeof msg, "'%s' object is not iterable", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+    } else if (rc == MP_ETYPE) {
+        py_raise_msg(c->cx, "TypeError", "mproc-manager: extend() takes a list, tuple, range, str, bytes or dict");
+    } else {
+        reply_status(c->cx, rc);
+    }
 }
 
 static void list_imul(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
     struct sreply r;
-    int64_t times = is_int(a0) ? a0->i : 1, len = list_len(c);
+    if (!is_int(a0)) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "'%s' object cannot be interpreted as an integer", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+        return;
+    }
+    int64_t times = a0->i, len = list_len(c);
     int rc = 0;
     for (int64_t t = 1; t < times && rc == 0; t++)
         for (int64_t i = 0; i < len && rc == 0; i++) {
@@ -316,14 +461,18 @@ static bool list_index(struct pycall *c, bool pop, struct mval *at)
 {
     struct pk_node *a0 = py_pos(c, 0);
     *at = mint(pop && !a0 ? -1 : is_int(a0) ? a0->i : 0);
-    if (!pop && !is_int(a0))
-        py_raise_msg(c->cx, "TypeError", "list indices must be integers (mproc-manager: or slices, to read)");
-    else if (pop && a0 && !is_int(a0))
-        py_raise_msg(c->cx, "TypeError", "'pop' index must be an integer");
-    else if (pop && list_len(c) == 0)
+    char msg[96];
+    if (!pop && !is_int(a0)) {
+        snprintf(msg, sizeof msg, "list indices must be integers or slices, not %s", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+    } else if (pop && a0 && !is_int(a0)) {
+        snprintf(msg, sizeof msg, "'%s' object cannot be interpreted as an integer", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+    } else if (pop && list_len(c) == 0) {
         py_raise_msg(c->cx, "IndexError", "pop from empty list");
-    else
+    } else {
         return true;
+    }
     return false;
 }
 
@@ -347,7 +496,11 @@ static void list_getitem(struct pycall *c)
     struct pyconn *cx = c->cx;
     struct sreply r;
     int64_t start, stop, step;
-    if (!slice_of(py_pos(c, 0), list_len(c), &start, &stop, &step)) {
+    if (slice_step_zero(py_pos(c, 0))) {
+        py_raise_msg(cx, "ValueError", "slice step cannot be zero");
+        return;
+    }
+    if (!py_slice_of(py_pos(c, 0), list_len(c), &start, &stop, &step)) {
         list_take(c, false);
         return;
     }
@@ -370,6 +523,15 @@ static void list_setitem(struct pycall *c)
     struct pk_node *a1 = py_pos(c, 1);
     struct sreply r;
     struct mval at, v;
+    int64_t start, stop, step;
+    if (slice_step_zero(py_pos(c, 0))) {
+        py_raise_msg(c->cx, "ValueError", "slice step cannot be zero");
+        return;
+    }
+    if (py_slice_of(py_pos(c, 0), list_len(c), &start, &stop, &step)) {
+        list_set_slice(c, start, stop, step, a1);
+        return;
+    }
     if (!list_index(c, false, &at))
         return;
     if (!a1 || pv_value(a1, &c->cx->tmp2, true, &v) < 0 || py_sx(c, OP_LIST_SET, &at, &v, &r) < 0)
@@ -382,6 +544,15 @@ static void list_delitem(struct pycall *c)
 {
     struct sreply r;
     struct mval at;
+    int64_t start, stop, step;
+    if (slice_step_zero(py_pos(c, 0))) {
+        py_raise_msg(c->cx, "ValueError", "slice step cannot be zero");
+        return;
+    }
+    if (py_slice_of(py_pos(c, 0), list_len(c), &start, &stop, &step)) {
+        reply_status(c->cx, list_del_slice(c, start, stop, step));
+        return;
+    }
     if (!list_index(c, false, &at))
         return;
     if (py_sx(c, OP_LIST_POP, &at, NULL, &r) < 0)
@@ -427,7 +598,7 @@ static void list_index_method(struct pycall *c)
     int64_t from = is_int(a1) ? (a1->i < 0 ? a1->i + list_len(c) : a1->i) : 0;
     int64_t found = a0 ? list_find(c, a0, from, NULL) : -1;
     if (found < 0)
-        py_raise_msg(c->cx, "ValueError", "item is not in list");
+        py_raise_about(c->cx, "ValueError", "%s is not in list", a0, "item is not in list");
     else
         py_ret_int(c->cx, found);
 }
@@ -436,6 +607,13 @@ static void list_remove(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
     struct sreply r;
+    if (!c->args || c->args->n != 1) {
+        char msg[80];
+        snprintf(msg, sizeof msg, "list.remove() takes exactly one argument (%" PRIu32 " given)",
+                 c->args ? c->args->n : 0);
+        py_raise_msg(c->cx, "TypeError", msg);
+        return;
+    }
     int64_t found = a0 ? list_find(c, a0, 0, NULL) : -1;
     if (found < 0) {
         py_raise_msg(c->cx, "ValueError", "list.remove(x): x not in list");
@@ -472,18 +650,22 @@ static void list_clear(struct pycall *c)
 static void list_add(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
-    if (!a0 || a0->kind != PK_LIST)
-        py_raise_msg(c->cx, "TypeError", "can only concatenate list to list");
-    else
+    char msg[96];
+    if (!a0 || a0->kind != PK_LIST) {
+        snprintf(msg, sizeof msg, "can only concatenate list (not \"%s\") to list", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+    } else
         list_write(c, 1, a0);
 }
 
 static void list_mul(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
-    if (!is_int(a0))
-        py_raise_msg(c->cx, "TypeError", "can't multiply sequence by non-int");
-    else
+    char msg[96];
+    if (!is_int(a0)) {
+        snprintf(msg, sizeof msg, "'%s' object cannot be interpreted as an integer", py_type_name(a0));
+        py_raise_msg(c->cx, "TypeError", msg);
+    } else
         list_write(c, a0->i, NULL);
 }
 
@@ -494,12 +676,10 @@ static const char *list_init(struct pycall *c)
     struct sreply r;
     store_lock(s);
     int rc = py_sx(c, OP_LIST_OPEN, NULL, NULL, &r);
-    if (rc == 0 && a0 && a0->kind != PK_LIST && a0->kind != PK_TUPLE)
-        rc = MP_ETYPE;
-    for (uint32_t i = 0; a0 && rc == 0 && i < a0->n; i++)
-        rc = pylist_append(c, a0->kids[i]);
+    if (rc == 0 && a0)
+        rc = pylist_extend_from(c, a0);
     store_unlock(s);
-    return rc < 0 ? "mproc-manager: list() takes a list or a tuple" : NULL;
+    return rc < 0 ? "mproc-manager: list() takes a list, tuple, range, str, bytes or dict" : NULL;
 }
 
 static const struct pymethod LIST_METHODS[] = {
@@ -511,6 +691,7 @@ static const struct pymethod LIST_METHODS[] = {
     { "__imul__", HOLD_STORE, list_imul },
     { "__len__", HOLD_STORE, list_len_method },
     { "__mul__", HOLD_STORE, list_mul },
+    { "__reversed__", HOLD_STORE, list_reversed },
     { "__rmul__", HOLD_STORE, list_mul },
     { "__setitem__", HOLD_STORE, list_setitem },
     { "append", HOLD_STORE, list_append },

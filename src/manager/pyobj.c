@@ -22,7 +22,7 @@
 static const char *const EXP_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__ior__", "__iter__",
     "__len__", "__or__", "__ror__", "__setitem__", "clear", "copy", "fromkeys", "get", "items", "keys", "pop",
     "popitem", "setdefault", "update", "values", NULL };
-static const char *const EXP_NAMED_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__ior__", "__len__",
+static const char *const EXP_NAMED_DICT[] = { "__contains__", "__delitem__", "__getitem__", "__ior__", "__iter__", "__len__",
     "__or__", "__ror__", "__setitem__", "clear", "copy", "fromkeys", "get", "items", "keys", "pop", "popitem",
     "setdefault", "update", "values", NULL };
 static const char *const EXP_LIST[] = { "__add__", "__contains__", "__delitem__", "__getitem__", "__len__",
@@ -242,7 +242,7 @@ int pyobj_decref(struct pyreg *r, const struct pk_node *id)
         pthread_mutex_unlock(&r->mu);
         return MP_ENOTFOUND;
     }
-    if (--o->refs == 0 && !o->ti->named) {
+    if (--o->refs == 0 && !o->ti->named && !o->pinned) {
         *slot = o->next;
         r->nobjects--;
         o->gone = true;

@@ -57,6 +57,7 @@ struct pyobj {
     long refs;
     int holds;                   /* requests using it now */
     bool gone;                   /* out of the table: freed at holds == 0 */
+    bool pinned;                 /* a proxy of it is stored here: kept with no references */
     uint8_t sname[MSG_MAX_NAME]; /* its name in the store */
     size_t snlen;
     pthread_cond_t cond;
@@ -97,6 +98,7 @@ struct pyconn {
     struct mval item_v, item_queue;
     bool has_item;
     bool want_repr, wrapped;     /* a __repr__/__str__ call, answered as repr(#GETVALUE) */
+    char repr_typecode;          /* ... or, for a Value, as Python's Value.__repr__ writes it */
     struct pk_arena arena;
     struct pk_writer pw;
     bool *shutdown;
@@ -170,6 +172,14 @@ int pyobj_wait(struct pyconn *cx, struct pyobj *o, const struct timespec *until)
 /* Argument i (positional) or name (keyword), or NULL. */
 const struct pk_node *py_arg(const struct pycall *c, uint32_t i, const char *name);
 bool py_truthy(const struct pk_node *n, bool dflt);
+/* Python's name for the type of a node ("str", "float", ...; "object" for instances). */
+const char *py_type_name(const struct pk_node *n);
+/* A builtins.slice(start, stop, step) node resolved against len, as
+ * slice.indices does: false if n is no slice (or its step is 0). */
+bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *stop, int64_t *step);
+/* Whether the call has min..max positional arguments; else writes the
+ * TypeError Python's builtins raise ("get expected at least 1 argument, got 0"). */
+bool py_nargs(struct pycall *c, const char *name, uint32_t min, uint32_t max);
 /* Positional argument i, or NULL (a node the writer may re-write). */
 static inline struct pk_node *py_pos(const struct pycall *c, uint32_t i) { return (struct pk_node *)py_arg(c, i, NULL); }
 static inline bool str_is(const struct pk_node *n, const char *s) { return pk_is_str(n, s); }
@@ -187,7 +197,8 @@ static inline struct mval obj_name(const struct pyobj *o)
 }
 
 /* A reply's kind; for a __repr__ call, a #RETURN value goes out as
- * builtins.repr(value), which the client works out on its own copy. */
+ * builtins.repr(value) (a Value's as operator.mod("Value(%r, %r)",
+ * (typecode, value))), which the client works out on its own copy. */
 void py_reply_begin(struct pyconn *cx, const char *kind);
 void py_reply_end(struct pyconn *cx);
 void py_traceback(struct pyconn *cx, const char *fmt, const char *detail);
@@ -199,6 +210,9 @@ void py_ret_node(struct pyconn *cx, struct pk_node *n);
 /* ('#ERROR', module.name(*args)) with args a message, a node, or nothing. */
 void py_raise(struct pyconn *cx, const char *module, const char *name, const char *msg, struct pk_node *n);
 void py_raise_msg(struct pyconn *cx, const char *name, const char *msg);
+/* name(fmt % repr(n)) as Python words it, where the server can write n's
+ * repr (small ints, str, None, bool); else name(other). */
+void py_raise_about(struct pyconn *cx, const char *name, const char *fmt, const struct pk_node *n, const char *other);
 /* A store status as the exception Python's server would raise. */
 void py_raise_status(struct pyconn *cx, int status);
 void py_write_exposed(struct pk_writer *w, const char *const *e);
@@ -210,17 +224,29 @@ int py_sx(struct pycall *c, int64_t op, const struct mval *a, const struct mval 
  * client is there. Returns with the store mutex held, like store_exec. */
 int py_sx_wait(struct pycall *c, int64_t op, const struct mval *item, bool block, const struct timespec *until,
                struct sreply *r);
-/* acquire(blocking=True, timeout=-1) as threading.Lock reads it; false
- * when an error reply was written. */
-bool py_acquire_args(struct pycall *c, bool *blocking, bool *has_deadline, struct timespec *until);
+/* A timeout argument: None or absent (no deadline) or a number of
+ * seconds; anything else writes the TypeError whose message is bad with
+ * the argument's type name, and gives false. */
+bool py_timeout_of(struct pycall *c, const struct pk_node *t, const char *bad, bool *has, struct timespec *until);
+/* acquire(blocking=True, timeout=-1) as threading.Lock reads it (sem: as
+ * threading.Semaphore does); false when an error reply was written. */
+bool py_acquire_args(struct pycall *c, bool sem, bool *blocking, bool *has_deadline, struct timespec *until);
 
 /* ------------------------------------------------------------------ shared by the types */
+
+/* The object of this table a proxy node (a request's RebuildProxy) refers
+ * to, held, or NULL. The request pinned it (pyproto.c), so its release
+ * never frees it, even under the store mutex. */
+struct pyobj *py_proxy_hold(struct pyreg *r, const struct pk_node *n);
 
 /* Stores every pair of a dict node or list of pairs into the call's dict. */
 int pydict_update_from(struct pycall *c, struct pk_node *src);
 /* Writes keys(), values() or items() as a list, or the whole dict. */
 int pydict_body(struct pycall *c, bool keys, bool values, bool as_dict, bool fresh);
 int pylist_append(struct pycall *c, struct pk_node *n);
+/* Appends the items list(src) would give, for the sources the server can
+ * iterate without running code: 0, MP_ETYPE (another source) or a store error. */
+int pylist_extend_from(struct pycall *c, struct pk_node *src);
 /* Frees an RLock or a Condition's lock and wakes its waiters; r->mu held. */
 void pysync_release_all(struct pyobj *o);
 

@@ -13,6 +13,8 @@
  * (anonymous ones under a name no C client can spell); get_dict, get_list,
  * get_queue, get_lock('name') are the store's objects of that name, the
  * ones C clients open. The other types live in the object table (pyobj.c).
+ * An object a proxy in a request refers to is pinned there for good, as
+ * Python's server keeps the referent of every proxy it unpickles.
  */
 #include "manager/pyproto.h"
 
@@ -167,8 +169,6 @@ static bool exposed(const struct pyobj *o, const struct pk_node *m)
     bool listed = str_is(m, "#GETVALUE");
     for (const char *const *e = o->ti->exposed; *e && !listed; e++)
         listed = str_is(m, *e);
-    if (o->ti->named == 'd' && str_is(m, "__iter__"))
-        listed = false;
     if (o->ti->named == 'n')
         listed = str_is(m, "__getattribute__") || str_is(m, "__setattr__") || str_is(m, "__delattr__") || listed;
     return listed;
@@ -200,6 +200,7 @@ static void obj_call(struct pyconn *cx, const struct pk_node *req)
                     (t == PT_DICT || t == PT_LIST || t == PT_NAMESPACE || t == PT_ARRAY || t == PT_VALUE);
     if (cx->want_repr)                  /* Python's server: fallback_repr, repr(obj) */
         c.m = &GETVALUE;
+    cx->repr_typecode = cx->want_repr && t == PT_VALUE ? c.o->typecode : 0;
     const struct pyclass *cls = py_class(t);
     const struct pymethod *pm = py_method(cls, c.m);
     if (!exposed(c.o, c.m))
@@ -365,6 +366,52 @@ static void conn_gone(struct pyconn *cx)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The token id of a proxy pickled inside a request: REDUCE(RebuildProxy,
+ * (func, token, serializer, kwds)). */
+static const struct pk_node *proxy_id(const struct pk_node *n)
+{
+    if (n->kind != PK_OBJECT || n->kids[0]->kind != PK_GLOBAL || n->n < 2 || n->kids[1]->kind != PK_TUPLE ||
+        n->kids[1]->n < 2)
+        return NULL;
+    const struct pk_node *g = n->kids[0];
+    if (g->len2 != 12 || memcmp(g->p2, "RebuildProxy", 12) != 0)
+        return NULL;
+    return token_id(n->kids[1]->kids[1]);
+}
+
+struct pyobj *py_proxy_hold(struct pyreg *r, const struct pk_node *n)
+{
+    const struct pk_node *id = n ? proxy_id(n) : NULL;
+    return id ? pyobj_hold(r, id) : NULL;
+}
+
+/* Pins every object of this table that a proxy inside n refers to: a
+ * proxy a client stores in a dict, list, queue or new object here.
+ * Python's server unpickles such a proxy and keeps its referent for as
+ * long as it runs, so whoever reads the proxy back can use it after its
+ * first owner dropped it. */
+static void pin_proxies(struct pyreg *r, const struct pk_node *n, uint32_t *budget)
+{
+    if (!n || *budget == 0)        /* the memo can make a DAG: each visit counts */
+        return;
+    --*budget;
+    const struct pk_node *id = proxy_id(n);
+    if (id && id->kind == PK_STR && id->len <= PY_MAX_IDENT) {
+        pthread_mutex_lock(&r->mu);
+        struct pyobj *o = *pyobj_slot(r, (const char *)id->p, id->len);
+        if (o && !o->gone)
+            o->pinned = true;
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+    for (uint32_t i = 0; i < n->n; i++)
+        pin_proxies(r, n->kids[i], budget);
+    for (uint32_t i = 0; n->kind == PK_OBJECT && i < n->nsteps; i++) {
+        pin_proxies(r, n->steps[i].a, budget);
+        pin_proxies(r, n->steps[i].b, budget);
+    }
+}
+
 /* Runs one request frame; its reply is left in cx->out. */
 static void conn_request(struct pyconn *cx, const uint8_t *data, size_t len, bool *serving)
 {
@@ -376,10 +423,16 @@ static void conn_request(struct pyconn *cx, const uint8_t *data, size_t len, boo
         char text[256];
         snprintf(text, sizeof text, "mproc-manager: %s: %s", rc == MP_ETOOBIG ? "request too large" : "malformed request", why);
         py_raise_msg(cx, "ValueError", text);
-    } else if (*serving) {
-        obj_call(cx, req);
     } else {
-        *serving = srv_call(cx, req);
+        uint32_t budget = PK_MAX_NODES;
+        if (memmem(data, len, "RebuildProxy", 12)) {    /* a proxy among the arguments */
+            pin_proxies(cx->reg, req->kids[2], &budget);
+            pin_proxies(cx->reg, req->kids[3], &budget);
+        }
+        if (*serving)
+            obj_call(cx, req);
+        else
+            *serving = srv_call(cx, req);
     }
     if (cx->pw.rc < 0)
         py_traceback(cx, "the reply could not be pickled", mp_strerror(cx->pw.rc));

@@ -37,9 +37,11 @@ static void queue_move(struct pycall *c, bool put, bool nowait)
     struct pk_node *item = put ? (struct pk_node *)py_arg(c, 0, "item") : NULL;
     const struct pk_node *block = py_arg(c, put ? 1 : 0, "block"), *timeout = py_arg(c, put ? 2 : 1, "timeout");
     bool blocking = !nowait && py_truthy(block, true);
-    bool has_deadline = py_deadline_of(timeout, &until);
+    bool has_deadline;
     struct mval v;
     int rc;
+    if (!py_timeout_of(c, timeout, "'<' not supported between instances of '%s' and 'int'", &has_deadline, &until))
+        return;
     if (put && !item) {
         py_raise_msg(cx, "TypeError", "put() missing 1 required positional argument: 'item'");
         return;
@@ -158,7 +160,7 @@ static void lock_acquire(struct pycall *c)
     struct sreply r;
     bool blocking, has_deadline;
     struct timespec until;
-    if (!py_acquire_args(c, &blocking, &has_deadline, &until))
+    if (!py_acquire_args(c, false, &blocking, &has_deadline, &until))
         return;
     int rc = py_sx_wait(c, OP_LOCK_ACQUIRE, NULL, blocking, has_deadline ? &until : NULL, &r);
     store_unlock(c->cx->reg->store);

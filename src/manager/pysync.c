@@ -40,7 +40,7 @@ static void rlock_acquire(struct pycall *c)
 {
     bool blocking, has_deadline;
     struct timespec until;
-    if (py_acquire_args(c, &blocking, &has_deadline, &until))
+    if (py_acquire_args(c, false, &blocking, &has_deadline, &until))
         py_ret_bool(c->cx, rlock_take(c->cx, c->o, blocking, has_deadline ? &until : NULL, 1) == 0);
 }
 
@@ -69,7 +69,7 @@ static void sem_acquire(struct pycall *c)
     bool blocking, has_deadline;
     struct timespec until;
     int rc = 0;
-    if (!py_acquire_args(c, &blocking, &has_deadline, &until))
+    if (!py_acquire_args(c, true, &blocking, &has_deadline, &until))
         return;
     while (o->count <= 0 && blocking && rc == 0)
         rc = pyobj_wait(c->cx, o, has_deadline ? &until : NULL);
@@ -120,7 +120,10 @@ static void cond_wait(struct pycall *c)
         py_raise_msg(cx, "RuntimeError", "cannot wait on un-acquired lock");
         return;
     }
-    bool has_deadline = py_deadline_of(py_arg(c, 0, "timeout"), &until);
+    bool has_deadline;
+    if (!py_timeout_of(c, py_arg(c, 0, "timeout"), "'>' not supported between instances of '%s' and 'int'",
+                       &has_deadline, &until))
+        return;
     struct cwaiter me = { .next = NULL };
     struct cwaiter **tail = &o->cwaiters;
     while (*tail)
@@ -206,8 +209,11 @@ static void event_clear(struct pycall *c)
 static void event_wait(struct pycall *c)
 {
     struct timespec until;
-    bool has_deadline = py_deadline_of(py_arg(c, 0, "timeout"), &until);
+    bool has_deadline;
     int rc = 0;
+    if (!py_timeout_of(c, py_arg(c, 0, "timeout"), "'>' not supported between instances of '%s' and 'int'",
+                       &has_deadline, &until))
+        return;
     while (!c->o->flag && rc == 0)
         rc = pyobj_wait(c->cx, c->o, has_deadline ? &until : NULL);
     py_ret_bool(c->cx, c->o->flag);
@@ -231,8 +237,11 @@ static void barrier_wait(struct pycall *c)
     struct pyconn *cx = c->cx;
     struct pyobj *o = c->o;
     struct timespec until;
-    bool has_deadline = py_deadline_of(py_arg(c, 0, "timeout"), &until);
+    bool has_deadline;
     int rc = 0;
+    if (!py_timeout_of(c, py_arg(c, 0, "timeout"), "unsupported operand type(s) for +: 'float' and '%s'",
+                       &has_deadline, &until))
+        return;
     if (!has_deadline && o->val.type == MV_FLOAT)
         has_deadline = (until = py_mono_in(o->val.f), true);
     uint64_t gen = o->gen;

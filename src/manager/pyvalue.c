@@ -90,16 +90,96 @@ void pv_write(struct pk_writer *w, const struct mval *v)
     }
 }
 
-/* Python equality for scalars (1 == 1.0 == True); opaque values by bytes. */
+/* A stored number (an int, a float, or their tagged 8 bytes in a queue or
+ * list) as a node: false for anything else. */
+static bool number_node(const struct mval *v, struct pk_node *n)
+{
+    memset(n, 0, sizeof *n);
+    if (v->type == MV_INT || v->type == MV_FLOAT) {
+        n->kind = v->type == MV_INT ? PK_INT : PK_FLOAT;
+        n->i = v->i;
+        n->f = v->f;
+        return true;
+    }
+    if (v->type != MV_BYTES || v->len != 8 || (v->tag != 'I' && v->tag != 'F'))
+        return false;
+    uint64_t bits = le64(v->p);
+    n->kind = v->tag == 'I' ? PK_INT : PK_FLOAT;
+    n->i = (int64_t)bits;
+    memcpy(&n->f, &bits, 8);
+    return true;
+}
+
+static int key_put(mp_buf *b, const struct pk_node *n, int depth, bool lists);
+
+bool pv_number(const struct mval *v, bool *is_int, int64_t *i, double *f)
+{
+    struct pk_node n;
+    bool ok = number_node(v, &n);
+    if (!ok && v->type == MV_BYTES && v->tag == 'P' && v->len < 16) {     /* a bool's pickle is tiny */
+        struct pk_arena a = { 0 };
+        struct pk_node *root;
+        const char *why;
+        if (pk_read(&a, v->p, v->len, &root, &why) == 0 && root->kind == PK_BOOL) {
+            n = (struct pk_node){ .kind = PK_INT, .i = root->i };
+            ok = true;
+        }
+        pk_arena_free(&a);
+    }
+    if (ok) {
+        *is_int = n.kind == PK_INT;
+        *i = n.i;
+        *f = n.f;
+    }
+    return ok;
+}
+
+/* v as a canonical form under Python's ==, in out: numbers, str, bytes,
+ * None, bool and tuples and lists of these, as the dict key encoding
+ * writes them (which already makes 1, 1.0 and True one). False for any
+ * other value, whose pickle alone says what it is. */
+static bool canonical(const struct mval *v, mp_buf *out)
+{
+    struct pk_node n;
+    out->len = 0;
+    if (number_node(v, &n))
+        return key_put(out, &n, 1, true) == 0;
+    if (v->type != MV_BYTES || (v->tag != 0 && v->tag != 'S' && v->tag != 'P'))
+        return false;
+    if (v->tag != 'P') {
+        n.kind = v->tag == 'S' ? PK_STR : PK_BYTES;
+        n.p = v->p;
+        n.len = v->len;
+        return key_put(out, &n, 1, true) == 0;
+    }
+    struct pk_arena a = { 0 };
+    struct pk_node *root;
+    const char *why;
+    bool ok = pk_read(&a, v->p, v->len, &root, &why) == 0 && key_put(out, root, 1, true) == 0;
+    pk_arena_free(&a);
+    return ok;
+}
+
+/* Python's == (1 == 1.0 == True, (1, 2) == (1.0, 2)) for the values whose
+ * equality the server can tell without running code; any other value
+ * equals only a value with the same pickle. */
 bool pv_equal(const struct mval *a, const struct mval *b)
 {
-    if ((a->type == MV_INT || a->type == MV_FLOAT) && (b->type == MV_INT || b->type == MV_FLOAT)) {
-        if (a->type == MV_INT && b->type == MV_INT)
-            return a->i == b->i;
-        return (a->type == MV_INT ? (double)a->i : a->f) == (b->type == MV_INT ? (double)b->i : b->f);
+    struct pk_node x, y;
+    if (number_node(a, &x) && number_node(b, &y)) {
+        if (x.kind == PK_INT && y.kind == PK_INT)
+            return x.i == y.i;
+        return (x.kind == PK_INT ? (double)x.i : x.f) == (y.kind == PK_INT ? (double)y.i : y.f);
     }
-    return a->type == MV_BYTES && b->type == MV_BYTES && a->tag == b->tag && a->len == b->len &&
-           (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
+    if (a->type == MV_BYTES && b->type == MV_BYTES && a->tag == b->tag && a->len == b->len &&
+        (a->len == 0 || memcmp(a->p, b->p, a->len) == 0))
+        return true;
+    mp_buf ca = { 0 }, cb = { 0 };
+    bool eq = canonical(a, &ca) && canonical(b, &cb) && ca.len == cb.len &&
+              memcmp(ca.data, cb.data, ca.len) == 0;
+    mp_buf_free(&ca);
+    mp_buf_free(&cb);
+    return eq;
 }
 
 int pv_sval_set(struct sval *s, const struct mval *v)
@@ -130,12 +210,14 @@ static int hex_put(mp_buf *b, const uint8_t *p, size_t n)
     return 0;
 }
 
-static int key_put(mp_buf *b, const struct pk_node *n, int depth)
+static int key_put(mp_buf *b, const struct pk_node *n, int depth, bool lists)
 {
     char num[64];
     int rc;
     if (depth > 16)
         return MP_ETYPE;
+    if (b->len > MSG_MAX_KEY)      /* a tuple the memo repeats could expand without end */
+        return MP_ETOOBIG;
     switch (n->kind) {
     case PK_STR:
         if (n->len && n->p[0] != 0xff && !memchr(n->p, 0, n->len) && depth == 0)
@@ -157,13 +239,16 @@ static int key_put(mp_buf *b, const struct pk_node *n, int depth)
         return (rc = mp_buf_append(b, "\xff" "b", 2)) < 0 ? rc : hex_put(b, n->p, n->len);
     case PK_NONE:
         return mp_buf_append(b, "\xffN", 2);
+    case PK_LIST:
     case PK_TUPLE:
-        snprintf(num, sizeof num, "\xfft%" PRIu32 ":", n->n);
+        if (n->kind == PK_LIST && !lists)
+            return MP_ETYPE;
+        snprintf(num, sizeof num, n->kind == PK_LIST ? "\xffl%" PRIu32 ":" : "\xfft%" PRIu32 ":", n->n);
         if ((rc = mp_buf_append(b, num, strlen(num))) < 0)
             return rc;
         for (uint32_t i = 0; i < n->n; i++) {
             size_t at = b->len;
-            if ((rc = mp_buf_append(b, "00000000:", 9)) < 0 || (rc = key_put(b, n->kids[i], depth + 1)) < 0)
+            if ((rc = mp_buf_append(b, "00000000:", 9)) < 0 || (rc = key_put(b, n->kids[i], depth + 1, lists)) < 0)
                 return rc;
             snprintf(num, sizeof num, "%08zx", b->len - at - 9);
             memcpy((char *)b->data + at, num, 8);
@@ -178,7 +263,7 @@ static int key_put(mp_buf *b, const struct pk_node *n, int depth)
 int pv_key(struct pk_node *n, mp_buf *b, struct mval *k)
 {
     b->len = 0;
-    int rc = key_put(b, n, 0);
+    int rc = key_put(b, n, 0, false);
     if (rc < 0)
         return rc;
     if (b->len > MSG_MAX_KEY)

@@ -9,7 +9,8 @@
  * the client gets back as pickle.loads(bytes). A dict key: a str is its
  * UTF-8 text (the C key); numbers, None, bytes and tuples of these are
  * encoded after a 0xff byte so that Python's equal keys (1, 1.0, True) are
- * one key.
+ * one key. The same encoding (with lists too) is how two stored values are
+ * compared with Python's ==.
  */
 #ifndef MPROC_MANAGER_PYVALUE_H
 #define MPROC_MANAGER_PYVALUE_H
@@ -33,6 +34,8 @@ int pv_value(struct pk_node *n, mp_buf *buf, bool seq, struct mval *v);
 void pv_write(struct pk_writer *w, const struct mval *v);
 /* Python's == for numbers; other values by their bytes and tag. */
 bool pv_equal(const struct mval *a, const struct mval *b);
+/* A stored int, float or bool as a number: false for anything else. */
+bool pv_number(const struct mval *v, bool *is_int, int64_t *i, double *f);
 int pv_sval_set(struct sval *s, const struct mval *v);
 struct mval pv_sval_view(const struct sval *s);
 
