@@ -1155,8 +1155,9 @@ int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_fut
     if (len)
         memcpy(f->in, in, len);
     atomic_store_explicit(&f->state, TASK_QUEUED, memory_order_relaxed);
-    pool_progress_add_total(p, 1);
+    pool_progress_add_total(p, 1);      /* before the push, as pool_map's */
     if ((rc = pool_push(p->sh, f, f, 1)) != 0) {
+        pool_progress_add_total(p, 0 - (uint64_t)1);
         task_free(f);
         if (rc == MP_ECLOSED)
             return mp_fail(rc, fname, "the pool was terminated meanwhile");

@@ -97,9 +97,13 @@ static int job_start(mp_pool *p, struct pool_shared *sh, struct job *job, size_t
         last = c;
     }
     job->chunks_left = nchunks;
-    if (rc == 0 && first && (rc = pool_push(sh, first, last, nchunks)) == 0) {
+    if (rc == 0 && first) {
+        /* Counted before the push: a worker may finish items at once, and
+         * the progress callback must never see more done than in total. */
         pool_progress_add_total(p, job->n);
-        return 0;
+        if ((rc = pool_push(sh, first, last, nchunks)) == 0)
+            return 0;
+        pool_progress_add_total(p, 0 - (uint64_t)job->n);   /* taken back */
     }
     for (mp_future *t = first, *next; t; t = next) {
         next = t->next;
