@@ -135,6 +135,21 @@ double deadline_left(const mp_deadline *d);  /* seconds, >= 0; huge if forever *
  * 24 days polls again for the rest; a bigger double would overflow int). */
 int deadline_poll_ms(const mp_deadline *d);
 uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
+/* A call's deadline made only when it first waits: most queue puts and
+ * gets never do, and reading the clock costs more than the rest of a put. */
+typedef struct {
+    double timeout;
+    bool set;
+    mp_deadline at;
+} lazy_deadline;
+static inline const mp_deadline *lazy_deadline_at(lazy_deadline *d)
+{
+    if (!d->set) {
+        d->at = deadline_in(d->timeout);
+        d->set = true;
+    }
+    return &d->at;
+}
 /* A process-local condition variable whose timed waits use CLOCK_MONOTONIC,
  * the clock of every mp_deadline. */
 void cond_init_monotonic(pthread_cond_t *c);
@@ -237,9 +252,23 @@ void copy_big(void *dst, const void *src, size_t n);
 /* A lighter robust lock for hot paths (the queue): one CAS to take, one
  * store to give back. The word names the owner (tid and start time); a
  * waiter that has slept a slice checks that the owner lives and takes a dead
- * owner's lock over (MP_EOWNERDEAD: held, repair what it guarded).
- * Zero-initialised = free. Hold it only briefly. */
-typedef struct { _Atomic uint64_t word; } tlock;
+ * owner's lock over (MP_EOWNERDEAD: held, repair what it guarded). A thread
+ * that takes it many times in a row is lent it: it then takes and gives it
+ * back with plain stores, until another locker calls the loan in
+ * (platform/tlock.c). Zero-initialised = free. Hold it only briefly. */
+#define TLOCK_BORROWERS 4
+typedef struct {
+    _Atomic uint64_t word;    /* the owner through the word, | TLOCK_WAITERS */
+    _Atomic uint64_t lent;    /* the borrower's word, | TLOCK_CALLED_IN once the loan ends */
+    _Atomic uint32_t uses;    /* takes under the current loan (by the borrower) */
+    uint32_t streak;          /* under word: takes in a row by last, */
+    uint64_t last;
+    uint32_t need;            /* and how many earn a loan (0: TLOCK_LEND_MIN) */
+    struct tlock_borrower {   /* threads lent it (now or before), each with */
+        _Atomic uint64_t who; /* its own flag: no one else ever stores to it */
+        _Atomic uint32_t in;  /* 1 while it takes or holds the lock as borrower */
+    } borrowers[TLOCK_BORROWERS];
+} tlock;
 int tlock_lock(tlock *l);        /* 0, MP_EOWNERDEAD, -EDEADLK (already ours) */
 /* A thread or process as the tlock names its owner: the id in the low half,
  * the low half of its start time in the high half (0: unknown). Gone: there
@@ -250,6 +279,8 @@ bool task_word_gone(uint64_t w);
  * passed with the lock held by another: a holder that is stopped. */
 int tlock_lock_timed(tlock *l, double timeout);
 void tlock_unlock(tlock *l);
+/* Whether this thread can be lent a tlock (membarrier works here). */
+bool tlock_lending(void);
 
 /* ------------------------------------------------------------------ functions across exec */
 

@@ -6,6 +6,7 @@
 #include "process_internal.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,19 +291,33 @@ static void test_tlock_tells_a_live_stranger_with_the_owners_tid_from_the_owner(
     arena_free(l);
 }
 
+/* A count bumped without atomics under the lock, by processes and a thread
+ * taking it in bursts (yielding between them). */
 struct tlock_counter {
     tlock lock;
-    uint64_t n;               /* guarded by lock, bumped non-atomically */
+    uint64_t n;               /* guarded by lock */
+    int bursts, per_burst;
+    _Atomic uint32_t loans;   /* bursts that ended with the lock lent to their thread */
 };
+
+static bool lent_to_me(tlock *l)
+{
+    return atomic_load(&l->lent) == task_word(mp_gettid());
+}
 
 static int bump_many(void *arg)
 {
     struct tlock_counter *c = arg;
-    for (int i = 0; i < 200000; i++) {
-        if (tlock_lock(&c->lock) != 0)
-            return 1;
-        c->n++;
-        tlock_unlock(&c->lock);
+    for (int burst = 0; burst < c->bursts; burst++) {
+        for (int i = 0; i < c->per_burst; i++) {
+            if (tlock_lock(&c->lock) != 0)
+                return 1;
+            c->n++;
+            tlock_unlock(&c->lock);
+        }
+        if (lent_to_me(&c->lock))
+            atomic_fetch_add(&c->loans, 1);
+        sched_yield();
     }
     return 0;
 }
@@ -312,21 +327,35 @@ static void *bump_many_thread(void *arg)
     return (void *)(intptr_t)bump_many(arg);
 }
 
-static void test_tlock_excludes_threads_and_processes(void **state)
+/* kids processes, a thread and this one each take the lock bursts times
+ * per_burst times; the count must be exact. The bursts that ended with a
+ * loan. */
+static uint32_t bump_from_everywhere(int bursts, int per_burst, int kids)
 {
-    (void)state;
     struct tlock_counter *c = arena_alloc(sizeof *c);
-    pid_t kids[2] = { tu_fork(bump_many, c), tu_fork(bump_many, c) };
+    c->bursts = bursts;
+    c->per_burst = per_burst;
+    pid_t pids[2];
+    for (int i = 0; i < kids; i++)
+        pids[i] = tu_fork(bump_many, c);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, bump_many_thread, c), 0);
     assert_int_equal(bump_many(c), 0);
     void *ret;
     pthread_join(t, &ret);
     assert_null(ret);
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(tu_wait(kids[i], 60), 0);
-    assert_int_equal(c->n, 4 * 200000);
+    for (int i = 0; i < kids; i++)
+        assert_int_equal(tu_wait(pids[i], 60 * tu_slow()), 0);
+    assert_int_equal(c->n, (uint64_t)(kids + 2) * (uint64_t)bursts * (uint64_t)per_burst);
+    uint32_t loans = atomic_load(&c->loans);
     arena_free(c);
+    return loans;
+}
+
+static void test_tlock_excludes_threads_and_processes(void **state)
+{
+    (void)state;
+    bump_from_everywhere(1, 200000, 2);
 }
 
 static int lock_and_die(void *arg)
@@ -338,6 +367,18 @@ static int lock_and_die(void *arg)
 
 /* The holder is killed and left a zombie (not reaped): the next locker is
  * told at once the owner died, within a few slices, and the lock works on. */
+/* The next take of l, whose holder died, is told so within a few slices,
+ * and the lock works on. */
+static void expect_taken_over(tlock *l)
+{
+    double t0 = tu_now();
+    TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
+    assert_true(tu_now() - t0 < 5 * tu_slow());
+    tlock_unlock(l);
+    TU_OK(tlock_lock(l));
+    tlock_unlock(l);
+}
+
 static void test_tlock_passes_a_dead_holders_lock_on_with_eownerdead(void **state)
 {
     (void)state;
@@ -345,12 +386,7 @@ static void test_tlock_passes_a_dead_holders_lock_on_with_eownerdead(void **stat
     pid_t pid = tu_fork(lock_and_die, l);
     while (tu_proc_state(pid) != 'Z')
         usleep(1000);
-    double t0 = tu_now();
-    TU_ASSERT_RC(tlock_lock(l), MP_EOWNERDEAD);
-    assert_true(tu_now() - t0 < 5 * tu_slow());
-    tlock_unlock(l);
-    TU_OK(tlock_lock(l));
-    tlock_unlock(l);
+    expect_taken_over(l);
     assert_int_equal(tu_wait(pid, 10), -SIGKILL);
     arena_free(l);
 }
@@ -424,6 +460,144 @@ static void test_tlock_never_takes_a_live_owners_lock_it_cannot_check(void **sta
     arena_free(l);
 }
 
+/* ------------------------------------------------------------------ tlock loans */
+
+/* Takes and gives back l n times: the streak that earns a loan. */
+static void take_often(tlock *l, int n)
+{
+    for (int i = 0; i < n; i++) {
+        TU_OK(tlock_lock(l));
+        tlock_unlock(l);
+    }
+}
+
+static int take_once(void *arg)
+{
+    tlock *l = arg;
+    int rc = tlock_lock_timed(l, 10);
+    tlock_unlock(l);
+    return rc == 0 ? 0 : 1;
+}
+
+/* A thread that takes the lock thousands of times in a row is lent it, and
+ * then takes it as borrower (and is refused a second take, as any holder
+ * is); another process's take calls the loan in, and the borrower goes on
+ * through the word. */
+static void test_tlock_is_lent_to_a_thread_that_takes_it_in_a_row_and_called_in(void **state)
+{
+    (void)state;
+    if (!tlock_lending())
+        skip();                       /* no membarrier here: never lent */
+    tlock *l = arena_alloc(sizeof *l);
+    take_often(l, 5000);
+    assert_true(lent_to_me(l));
+    TU_OK(tlock_lock(l));
+    TU_ASSERT_RC(tlock_lock(l), -EDEADLK);
+    tlock_unlock(l);
+    assert_int_equal(tu_wait(tu_fork(take_once, l), 10), 0);
+    assert_false(lent_to_me(l));
+    TU_OK(tlock_lock(l));
+    assert_int_equal(atomic_load(&l->word) & 0xffffffffu, mp_gettid());   /* the word's */
+    tlock_unlock(l);
+    arena_free(l);
+}
+
+/* Two processes and a thread each take the lock in bursts long enough to
+ * earn loans, and call each other's loans in; the count loses nothing. */
+static void test_tlock_loans_keep_threads_and_processes_apart(void **state)
+{
+    (void)state;
+    uint32_t loans = bump_from_everywhere(40, 3000, 1);
+    if (tlock_lending())
+        assert_true(loans > 0);
+}
+
+/* A child earns a loan, then dies (a) holding the lock as borrower, or
+ * (b) after giving it back. (a) passes the lock on with MP_EOWNERDEAD,
+ * within a few slices; (b) is a plain take. */
+/* Earns a loan of l and takes l as its borrower: false if not lent. */
+static bool take_as_borrower(tlock *l)
+{
+    take_often(l, 5000);
+    return lent_to_me(l) && tlock_lock(l) == 0;
+}
+
+static int borrow_and_die(void *arg)
+{
+    if (!take_as_borrower(arg))
+        return 2;
+    raise(SIGKILL);
+    return 3;
+}
+
+static int borrow_give_back_and_die(void *arg)
+{
+    if (!take_as_borrower(arg))
+        return 2;
+    tlock_unlock(arg);
+    raise(SIGKILL);
+    return 3;
+}
+
+static void test_tlock_passes_a_dead_borrowers_lock_on_with_eownerdead(void **state)
+{
+    (void)state;
+    if (!tlock_lending())
+        skip();
+    tlock *l = arena_alloc(sizeof *l);
+    pid_t pid = tu_fork(borrow_and_die, l);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), -SIGKILL);
+    expect_taken_over(l);
+
+    pid = tu_fork(borrow_give_back_and_die, l);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), -SIGKILL);
+    TU_OK(tlock_lock(l));             /* it held nothing: no repair */
+    tlock_unlock(l);
+    arena_free(l);
+}
+
+/* A borrower stopped inside holds every caller until its timeout, the
+ * second caller too (the loan is already called in); once it goes on and
+ * gives the lock back, the lock is free. */
+struct stopped_borrower {
+    tlock lock;
+    _Atomic int inside;
+};
+
+static int borrow_and_stop(void *arg)
+{
+    struct stopped_borrower *b = arg;
+    if (!take_as_borrower(&b->lock))
+        return 2;
+    atomic_store(&b->inside, 1);
+    raise(SIGSTOP);
+    tlock_unlock(&b->lock);
+    return 0;
+}
+
+static void test_tlock_waits_out_a_stopped_borrower_until_the_timeout(void **state)
+{
+    (void)state;
+    if (!tlock_lending())
+        skip();
+    struct stopped_borrower *b = arena_alloc(sizeof *b);
+    pid_t pid = tu_fork(borrow_and_stop, b);
+    while (tu_proc_state(pid) != 'T')
+        usleep(1000);
+    assert_int_equal(atomic_load(&b->inside), 1);
+    for (int i = 0; i < 2; i++) {
+        double t0 = tu_now();
+        TU_ASSERT_RC(tlock_lock_timed(&b->lock, 0.2), MP_ETIMEDOUT);
+        double took = tu_now() - t0;
+        assert_true(took >= 0.19 && took < 2 * tu_slow());
+    }
+    kill(pid, SIGCONT);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), 0);
+    TU_OK(tlock_lock_timed(&b->lock, 10));
+    tlock_unlock(&b->lock);
+    arena_free(b);
+}
+
 /* Signals that break every sleep sooner than a slice do not keep a waiter
  * from finding that the owner is dead. */
 static void on_alarm(int sig)
@@ -490,6 +664,10 @@ int main(void)
         cmocka_unit_test(test_tlock_tells_a_live_stranger_with_the_owners_tid_from_the_owner),
         cmocka_unit_test(test_tlock_excludes_threads_and_processes),
         cmocka_unit_test(test_tlock_passes_a_dead_holders_lock_on_with_eownerdead),
+        cmocka_unit_test(test_tlock_is_lent_to_a_thread_that_takes_it_in_a_row_and_called_in),
+        cmocka_unit_test(test_tlock_loans_keep_threads_and_processes_apart),
+        cmocka_unit_test(test_tlock_passes_a_dead_borrowers_lock_on_with_eownerdead),
+        cmocka_unit_test(test_tlock_waits_out_a_stopped_borrower_until_the_timeout),
         cmocka_unit_test(test_tlock_waits_out_a_slow_live_holder),
         cmocka_unit_test(test_tlock_never_takes_a_live_owners_lock_it_cannot_check),
         cmocka_unit_test(test_tlock_finds_a_dead_owner_through_a_storm_of_signals),
