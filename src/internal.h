@@ -279,8 +279,10 @@ bool task_word_gone(uint64_t w);
  * passed with the lock held by another: a holder that is stopped. */
 int tlock_lock_timed(tlock *l, double timeout);
 void tlock_unlock(tlock *l);
-/* Whether this thread can be lent a tlock (membarrier works here). */
+/* Whether this thread can be lent a tlock (membarrier works here), and
+ * whether l is lent to it now. */
 bool tlock_lending(void);
+bool tlock_lent_to_caller(tlock *l);
 
 /* ------------------------------------------------------------------ functions across exec */
 

@@ -1382,6 +1382,11 @@ MP_TEST_HOOK bool mp__queue_valid(mp_queue *q)
     return ok;
 }
 
+MP_TEST_HOOK bool mp__queue_lent(mp_queue *q, bool put)
+{
+    return tlock_lent_to_caller(put ? &q->put.lock : &q->get.lock);
+}
+
 void mp_queue_free(mp_queue *q)
 {
     /* A child's handle is a view of the creator's queue: only the creator frees. */

@@ -20,6 +20,11 @@ MP_EXTERN extern void (*mp__queue_test_hook)(const char *point);
  * dead holder first): every counted item present and well-formed, nothing
  * else. For tests; safe while the queue is in use. */
 MP_EXTERN bool mp__queue_valid(mp_queue *q);
+
+/* Whether the producers' (put) or the consumers' lock is lent to the
+ * calling thread (platform/tlock.c): then it takes that lock with plain
+ * stores. For tests. */
+MP_EXTERN bool mp__queue_lent(mp_queue *q, bool put);
 #endif
 
 /* Items inline in the ring up to this size; bigger ones go out of line. */

@@ -300,11 +300,6 @@ struct tlock_counter {
     _Atomic uint32_t loans;   /* bursts that ended with the lock lent to their thread */
 };
 
-static bool lent_to_me(tlock *l)
-{
-    return atomic_load(&l->lent) == task_word(mp_gettid());
-}
-
 static int bump_many(void *arg)
 {
     struct tlock_counter *c = arg;
@@ -315,7 +310,7 @@ static int bump_many(void *arg)
             c->n++;
             tlock_unlock(&c->lock);
         }
-        if (lent_to_me(&c->lock))
+        if (tlock_lent_to_caller(&c->lock))
             atomic_fetch_add(&c->loans, 1);
         sched_yield();
     }
@@ -490,12 +485,12 @@ static void test_tlock_is_lent_to_a_thread_that_takes_it_in_a_row_and_called_in(
         skip();                       /* no membarrier here: never lent */
     tlock *l = arena_alloc(sizeof *l);
     take_often(l, 5000);
-    assert_true(lent_to_me(l));
+    assert_true(tlock_lent_to_caller(l));
     TU_OK(tlock_lock(l));
     TU_ASSERT_RC(tlock_lock(l), -EDEADLK);
     tlock_unlock(l);
     assert_int_equal(tu_wait(tu_fork(take_once, l), 10), 0);
-    assert_false(lent_to_me(l));
+    assert_false(tlock_lent_to_caller(l));
     TU_OK(tlock_lock(l));
     assert_int_equal(atomic_load(&l->word) & 0xffffffffu, mp_gettid());   /* the word's */
     tlock_unlock(l);
@@ -519,7 +514,7 @@ static void test_tlock_loans_keep_threads_and_processes_apart(void **state)
 static bool take_as_borrower(tlock *l)
 {
     take_often(l, 5000);
-    return lent_to_me(l) && tlock_lock(l) == 0;
+    return tlock_lent_to_caller(l) && tlock_lock(l) == 0;
 }
 
 static int borrow_and_die(void *arg)

@@ -689,11 +689,17 @@ static void test_queue_works_between_threads(void **state)
 
 static const char *kill_point;
 static unsigned kill_countdown;        /* how many passes of the point to survive */
+static mp_queue *kill_queue;           /* with kill_side_lent: the queue, and */
+static bool kill_put_side;             /* which side's lock must be lent to the */
+static bool kill_side_lent;            /* victim when it dies */
 
 static void kill_at_point(const char *point)
 {
-    if (strcmp(point, kill_point) == 0 && kill_countdown-- == 0)
-        raise(SIGKILL);
+    if (strcmp(point, kill_point) != 0 || kill_countdown-- != 0)
+        return;
+    if (kill_side_lent && !mp__queue_lent(kill_queue, kill_put_side))
+        _exit(7);                      /* not a borrower: the test would prove nothing */
+    raise(SIGKILL);
 }
 
 struct kill_job { mp_queue *q; size_t size; uint64_t first, count; };
@@ -758,73 +764,99 @@ static void expect_items(mp_queue *q, size_t size, const uint64_t *want, size_t 
     mp_buf_free(&out);
 }
 
-static void kill_inside_put(const char *point, size_t size, bool delivered)
+/* Items first, first + 1, ... n of them, into want; the new n. */
+static size_t run_of(uint64_t *want, size_t n, uint64_t first, uint64_t count)
+{
+    for (uint64_t x = first; x < first + count; x++)
+        want[n++] = x;
+    return n;
+}
+
+/* A producer child puts items 10, 11, ...: survive of them go through, the
+ * next is cut at point. With survive in the thousands the child holds the
+ * producers' lock as its borrower when it dies (checked). */
+static void kill_inside_put(const char *point, size_t size, bool delivered, unsigned survive)
 {
     mp_queue *q = new_queue(0);
     put_items(q, size, 1, 3);
     kill_point = point;
-    kill_countdown = 2;                /* items 10, 11 go through; 12 is cut */
-    struct kill_job k = { q, size, 10, 5 };
+    kill_countdown = survive;
+    kill_queue = q;
+    kill_put_side = true;
+    kill_side_lent = survive >= 2000 && tlock_lending();
+    struct kill_job k = { q, size, 10, survive + 3 };
     pid_t pid = tu_fork(child_puts_until_killed, &k);
-    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    kill_side_lent = false;
+    assert_int_equal(tu_wait(pid, 30 * tu_slow()), -SIGKILL);
     assert_true(mp__queue_valid(q));   /* repairs, then finds the structure whole */
-    put_items(q, size, 20, 3);
-    uint64_t with[] = { 1, 2, 3, 10, 11, 12, 20, 21, 22 };
-    uint64_t without[] = { 1, 2, 3, 10, 11, 20, 21, 22 };
-    if (delivered)
-        expect_items(q, size, with, 9);
-    else
-        expect_items(q, size, without, 8);
+    put_items(q, size, 1000000, 3);
+    uint64_t *want = malloc((survive + 8) * sizeof *want);
+    size_t n = run_of(want, 0, 1, 3);
+    n = run_of(want, n, 10, survive + (delivered ? 1 : 0));
+    n = run_of(want, n, 1000000, 3);
+    expect_items(q, size, want, n);
+    free(want);
     put_items(q, size, 30, 1);         /* and the queue keeps working */
     expect_items(q, size, (uint64_t[]){ 30 }, 1);
     mp_queue_free(q);
 }
 
-static void kill_inside_get(const char *point, size_t size, bool consumed)
+/* A consumer child gets items 1, 2, ...: survive of them, and is cut at
+ * point getting the next. */
+static void kill_inside_get(const char *point, size_t size, bool consumed, unsigned survive)
 {
     mp_queue *q = new_queue(0);
-    put_items(q, size, 1, 6);
+    put_items(q, size, 1, survive + 4);
     kill_point = point;
-    kill_countdown = 2;                /* items 1, 2 are got; 3 is cut */
+    kill_countdown = survive;
+    kill_queue = q;
+    kill_put_side = false;
+    kill_side_lent = survive >= 2000 && tlock_lending();
     struct kill_job k = { q, size, 0, 0 };
     pid_t pid = tu_fork(child_gets_until_killed, &k);
-    assert_int_equal(tu_wait(pid, 30), -SIGKILL);
+    kill_side_lent = false;
+    assert_int_equal(tu_wait(pid, 30 * tu_slow()), -SIGKILL);
     assert_true(mp__queue_valid(q));
-    put_items(q, size, 7, 1);
-    uint64_t kept[] = { 3, 4, 5, 6, 7 };
-    if (consumed)
-        expect_items(q, size, kept + 1, 4);
-    else
-        expect_items(q, size, kept, 5);
+    put_items(q, size, 1000000, 1);
+    uint64_t *want = malloc((survive + 8) * sizeof *want);
+    uint64_t cut = survive + 1;
+    size_t n = run_of(want, 0, consumed ? cut + 1 : cut, consumed ? 3 : 4);
+    n = run_of(want, n, 1000000, 1);
+    expect_items(q, size, want, n);
+    free(want);
     mp_queue_free(q);
 }
 
 static void test_queue_kill_before_put_commit_drops_only_that_item(void **state)
 {
     (void)state;
-    kill_inside_put("put_written", 100, false);
-    kill_inside_put("put_written", QUEUE_INLINE_MAX * 3, false);
+    kill_inside_put("put_written", 100, false, 2);
+    kill_inside_put("put_written", 100, false, 3000);
+    kill_inside_put("put_written", QUEUE_INLINE_MAX * 3, false, 2);
 }
 
 static void test_queue_kill_after_put_commit_delivers_the_item_once(void **state)
 {
     (void)state;
-    kill_inside_put("put_committed", 100, true);
-    kill_inside_put("put_committed", QUEUE_INLINE_MAX * 3, true);
+    kill_inside_put("put_committed", 100, true, 2);
+    kill_inside_put("put_committed", 100, true, 3000);
+    kill_inside_put("put_committed", QUEUE_INLINE_MAX * 3, true, 2);
 }
 
 static void test_queue_kill_before_get_commit_leaves_the_item_queued(void **state)
 {
     (void)state;
-    kill_inside_get("get_copied", 100, false);
-    kill_inside_get("get_copied", QUEUE_INLINE_MAX * 3, false);
+    kill_inside_get("get_copied", 100, false, 2);
+    kill_inside_get("get_copied", 100, false, 3000);
+    kill_inside_get("get_copied", QUEUE_INLINE_MAX * 3, false, 2);
 }
 
 static void test_queue_kill_after_get_commit_never_duplicates(void **state)
 {
     (void)state;
-    kill_inside_get("get_committed", 100, true);
-    kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true);
+    kill_inside_get("get_committed", 100, true, 2);
+    kill_inside_get("get_committed", 100, true, 3000);
+    kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true, 2);
 }
 
 /* A process killed after its commit and before its wake-up call wakes

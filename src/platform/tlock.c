@@ -158,6 +158,11 @@ bool tlock_lending(void)
     return may_borrow();
 }
 
+bool tlock_lent_to_caller(tlock *l)
+{
+    return atomic_load_explicit(&l->lent, memory_order_relaxed) == self_word();
+}
+
 /* The heavy half of the borrower's fence: after it, every borrower that
  * runs has either made its in = 1 visible or will see lent cleared. */
 static void fence_borrowers(void)
