@@ -933,9 +933,14 @@ static uint64_t write_off_locked(struct taker *t)
 #define TAKER_CACHE 4
 static MP_TLS_HOT struct { mp_queue *q; struct taker *t; } taker_cache[TAKER_CACHE];
 
+static unsigned taker_slot(const mp_queue *q)
+{
+    return (unsigned)((uintptr_t)q >> 12) % TAKER_CACHE;
+}
+
 static struct taker *cached_taker(mp_queue *q, uint64_t self)
 {
-    unsigned i = (unsigned)((uintptr_t)q >> 12) % TAKER_CACHE;
+    unsigned i = taker_slot(q);
     struct taker *t = taker_cache[i].q == q ? taker_cache[i].t : NULL;
     return t && atomic_load_explicit(&t->owner, memory_order_relaxed) == self ? t : NULL;
 }
@@ -972,7 +977,7 @@ static struct taker *taker_locked(mp_queue *q)
         t = free;
         atomic_store_explicit(&t->owner, self, memory_order_relaxed);
     }
-    unsigned i = (unsigned)((uintptr_t)q >> 12) % TAKER_CACHE;
+    unsigned i = taker_slot(q);
     taker_cache[i].q = q;
     taker_cache[i].t = t;
     return t;
