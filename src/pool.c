@@ -44,6 +44,14 @@
 
 enum { POOL_OPEN, POOL_CLOSED, POOL_TERMINATED };
 
+struct notice {                     /* a worker died holding this task */
+    struct notice *next;
+    mp_future *f;
+    uint64_t id;
+    int rc, code;
+    _Atomic bool *spare_of;         /* a worker's spare: handed back, not freed */
+};
+
 struct worker {
     mp_process *proc;               /* processes backend */
     pthread_t thread;               /* threads backend */
@@ -53,13 +61,10 @@ struct worker {
     bool ending;                    /* ... but it was not reaped: poll it with naps */
     unsigned quick_deaths;          /* workers of this slot dead before ready, in a row */
     uint64_t not_before;            /* no start in this slot before (now_ns clock) */
-};
-
-struct notice {                     /* a worker died holding this task */
-    struct notice *next;
-    mp_future *f;
-    uint64_t id;
-    int rc, code;
+    /* The notice of a death when neither the arena nor the heap has room
+     * for one: posted by the monitor, handed back by the collector. */
+    struct notice spare;
+    _Atomic bool spare_posted;
 };
 
 struct fncache { const void *fn; const struct fnentry *e; };
@@ -600,9 +605,17 @@ static void post_notice(mp_pool *p, int slot, int status)
     }
     if (!f)
         return;
-    struct notice *n = pool_mem_alloc(sizeof *n);
-    if (!n)
-        return;                      /* out of memory: that task stays pending */
+    struct notice *n = pool_alloc_refused("notice") ? NULL : pool_mem_alloc(sizeof *n);
+    if (n) {
+        n->spare_of = NULL;
+    } else if (!atomic_exchange(&w->spare_posted, true)) {
+        n = &w->spare;               /* out of memory: the slot's own */
+        n->spare_of = &w->spare_posted;
+    } else {
+        /* Its spare still carries the last death, not yet handled: this
+         * task stays pending. */
+        return;
+    }
     n->f = f;
     n->id = id;
     n->rc = ours ? MP_EKILLED : MP_ECRASHED;
@@ -910,7 +923,10 @@ static bool collector_round(mp_pool *p)
     for (struct notice *n = notes, *next; n; n = next, handled++) {
         next = n->next;
         handle_notice(p, n);
-        pool_mem_free(n);
+        if (n->spare_of)
+            atomic_store(n->spare_of, false);
+        else
+            pool_mem_free(n);
     }
     if (handled) {
         /* What the notices just failed (a chunk queues its rest again) is

@@ -260,8 +260,12 @@ void worker_release(struct slot *s);
  * "output_copied") where a test can SIGKILL the worker: calls
  * mp__pool_test_hook in the test-only build, nothing otherwise. */
 void pool_hook(const char *point);
+/* Whether a test has the named allocation ("notice") fail, as if the
+ * arena and the heap were both full: never, outside the test-only build. */
+bool pool_alloc_refused(const char *what);
 #ifdef MPROC_TEST_HOOKS
 MP_EXTERN extern void (*mp__pool_test_hook)(const char *point);
+MP_EXTERN extern bool (*mp__pool_refuse_alloc)(const char *what);
 #endif
 int pool_worker_main(void *arg);        /* a worker's whole life; its exit code */
 

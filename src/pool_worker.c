@@ -95,11 +95,17 @@ static mp_future *take_task(struct pool_shared *sh, struct slot *s)
 }
 
 MP_TEST_HOOK void (*mp__pool_test_hook)(const char *point);
+MP_TEST_HOOK bool (*mp__pool_refuse_alloc)(const char *what);
 
 void pool_hook(const char *point)
 {
     if (mp__pool_test_hook)
         mp__pool_test_hook(point);
+}
+
+bool pool_alloc_refused(const char *what)
+{
+    return mp__pool_refuse_alloc && mp__pool_refuse_alloc(what);
 }
 
 void worker_hold(struct slot *s)

@@ -1,4 +1,5 @@
-/* test_pool_claim.c - a worker killed while it claims a task (MPROC_WHITEBOX).
+/* test_pool_claim.c - a worker killed while it claims a task, or when there
+ * is no memory for its notice (MPROC_WHITEBOX).
  *
  * A worker names the head task in its slot before it marks it running and
  * takes it off the list, so that whenever it dies its slot or the list
@@ -50,11 +51,35 @@ static void test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere(void **
     mp_shared_free(shared);
 }
 
+/* With no memory for a notice (arena and heap both full), a task whose
+ * worker died still fails with MP_ECRASHED, through the worker slot's own
+ * notice; twice in a row from the same slot; and the pool works on. */
+static bool refuse_notices(const char *what)
+{
+    return strcmp(what, "notice") == 0;
+}
+
+static void test_pool_fails_a_dead_workers_task_with_no_memory_for_its_notice(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    mp__pool_refuse_alloc = refuse_notices;
+    for (int i = 0; i < 2; i++) {
+        mp_future *f = submit_int(p, t_signal_self, SIGKILL);
+        TU_ASSERT_RC(mp_future_result(f, NULL, 10 * tu_slow()), MP_ECRASHED);
+        mp_future_free(f);
+    }
+    mp__pool_refuse_alloc = NULL;
+    expect_squares(p, 0, 8);
+    mp_pool_free(p);
+}
+
 int main(void)
 {
     tu_watchdog(120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere),
+        cmocka_unit_test(test_pool_fails_a_dead_workers_task_with_no_memory_for_its_notice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
