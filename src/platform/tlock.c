@@ -41,16 +41,17 @@
  * flag, to find the loan gone, must not lower the flag of whoever borrows
  * the lock now. A call-in costs the caller a system call of some 25 us
  * here, so loans go only to threads that take the lock thousands of times
- * without anyone else: a queue's only producer, or its only consumer. A process where membarrier does not
- * work (old kernels, valgrind, seccomp) is never lent a lock.
+ * without anyone else: a queue's only producer, or its only consumer. A
+ * process where membarrier does not work (old kernels, valgrind, seccomp)
+ * is never lent a lock.
  *
  * Robustness is unchanged. A borrower killed holding the lock leaves its
  * flag up and the caller waiting on it; the caller asks each slice whether
  * the borrower lives and, if not, takes over with MP_EOWNERDEAD, as from a
- * dead owner of the word. A borrower killed outside it leaves a loan that the next
- * caller clears. A stopped borrower holds the caller until its timeout, as
- * a stopped owner does; whoever takes the word later waits on its flag too,
- * and no loan is made while a flag is up.
+ * dead owner of the word. A borrower killed outside it leaves a loan that
+ * the next caller ends. A stopped borrower holds the caller until its
+ * timeout, as a stopped owner does; whoever takes the word later waits on
+ * its flag too, and no loan is made while a flag is up.
  *
  * One death goes unseen: a thread other than the main one calls execve while
  * the main thread holds the lock. The kernel ends the main thread and gives
@@ -164,7 +165,7 @@ bool tlock_lent_to_caller(tlock *l)
 }
 
 /* The heavy half of the borrower's fence: after it, every borrower that
- * runs has either made its in = 1 visible or will see lent cleared. */
+ * runs has either made its raised flag visible or will see the loan ended. */
 static void fence_borrowers(void)
 {
     if (membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 ||
