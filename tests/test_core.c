@@ -502,7 +502,7 @@ static void test_tlock_is_lent_to_a_thread_that_takes_it_in_a_row_and_called_in(
 static void test_tlock_loans_keep_threads_and_processes_apart(void **state)
 {
     (void)state;
-    uint32_t loans = bump_from_everywhere(40, 3000, 1);
+    uint32_t loans = bump_from_everywhere(20, 10000, 1);
     if (tlock_lending())
         assert_true(loans > 0);
 }
