@@ -380,6 +380,7 @@ void mp_future_free(mp_future *f)
             task_free(f);
             return;
         }
+        HANDOVER_RELEASE(f);          /* a worker may free it from here on */
         if (atomic_compare_exchange_weak(&f->state, &s, s | TASK_DETACHED))
             return;
     }

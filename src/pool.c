@@ -200,6 +200,8 @@ static void signal_monitor(mp_pool *p)
 void *pool_mem_alloc(size_t size)
 {
     void *p = arena_alloc_nozero(size);
+    if (p)
+        HANDOVER_ACQUIRE(p);   /* it may be a block this process handed to a worker, freed there */
     return p ? p : malloc(size);
 }
 
