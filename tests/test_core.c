@@ -593,6 +593,33 @@ static void test_tlock_waits_out_a_stopped_borrower_until_the_timeout(void **sta
     arena_free(b);
 }
 
+/* A caller takes over a dead owner's word and then times out waiting on a
+ * borrower's flag (a live thread stopped inside): the dead owner's repair
+ * is still owed, so the next taker must be told MP_EOWNERDEAD too. */
+static void test_tlock_keeps_a_dead_owners_repair_owed_past_a_timeout(void **state)
+{
+    (void)state;
+    tlock *l = arena_alloc(sizeof *l);
+    uint64_t dead_start, live_start;
+    pid_t dead = fork_sleeper(&dead_start), live = fork_sleeper(&live_start);
+    kill(dead, SIGKILL);
+    assert_int_equal(tu_wait(dead, 10), -SIGKILL);
+    uint64_t live_word = live_start << 32 | (uint32_t)live;
+    atomic_store(&l->borrowers[0].who, live_word);
+    atomic_store(&l->borrowers[0].in, 1);
+    atomic_store(&l->lent, live_word | 0x80000000u);     /* a loan already called in */
+    atomic_store(&l->word, dead_start << 32 | (uint32_t)dead);
+    TU_ASSERT_RC(tlock_lock_timed(l, 0.1), MP_ETIMEDOUT);
+    atomic_store(&l->borrowers[0].in, 0);                /* the borrower goes on, out */
+    TU_ASSERT_RC(tlock_lock_timed(l, 10), MP_EOWNERDEAD);
+    tlock_unlock(l);
+    TU_OK(tlock_lock(l));
+    tlock_unlock(l);
+    kill(live, SIGKILL);
+    assert_int_equal(tu_wait(live, 10), -SIGKILL);
+    arena_free(l);
+}
+
 /* Signals that break every sleep sooner than a slice do not keep a waiter
  * from finding that the owner is dead. */
 static void on_alarm(int sig)
@@ -663,6 +690,7 @@ int main(void)
         cmocka_unit_test(test_tlock_loans_keep_threads_and_processes_apart),
         cmocka_unit_test(test_tlock_passes_a_dead_borrowers_lock_on_with_eownerdead),
         cmocka_unit_test(test_tlock_waits_out_a_stopped_borrower_until_the_timeout),
+        cmocka_unit_test(test_tlock_keeps_a_dead_owners_repair_owed_past_a_timeout),
         cmocka_unit_test(test_tlock_waits_out_a_slow_live_holder),
         cmocka_unit_test(test_tlock_never_takes_a_live_owners_lock_it_cannot_check),
         cmocka_unit_test(test_tlock_finds_a_dead_owner_through_a_storm_of_signals),

@@ -236,10 +236,20 @@ static struct tlock_borrower *flag_up(tlock *l)
     return NULL;
 }
 
+/* Gives the word back as to: 0, or the dead owner's word it was taken
+ * from, so that the next taker is told MP_EOWNERDEAD and repairs. */
+static void give_word_back(tlock *l, uint64_t to)
+{
+    uint64_t v = atomic_load_explicit(&l->word, memory_order_relaxed);
+    atomic_store_explicit(&l->word, to, memory_order_release);
+    if (v & TLOCK_WAITERS)
+        futex_wake(futex_word(l), 1);
+}
+
 /* Holding the word: ends any loan and waits until no borrower is inside.
  * 0; MP_EOWNERDEAD if the borrower died inside (the lock is ours: repair);
- * MP_ETIMEDOUT at until (the word is given back). */
-static int call_in(tlock *l, uint64_t self, lazy_deadline *u)
+ * MP_ETIMEDOUT at until (the word is given back as dead: see give_word_back). */
+static int call_in(tlock *l, uint64_t self, lazy_deadline *u, uint64_t dead)
 {
     uint64_t lent = atomic_load_explicit(&l->lent, memory_order_relaxed);
     if (lent == 0)
@@ -282,7 +292,7 @@ static int call_in(tlock *l, uint64_t self, lazy_deadline *u)
             check = deadline_in(TLOCK_SLICE);
         }
         if (time_up) {
-            tlock_unlock(l);
+            give_word_back(l, dead);
             return MP_ETIMEDOUT;
         }
         mp_deadline nap = deadline_in((double)step_ns * 1e-9);
@@ -334,8 +344,9 @@ int tlock_lock(tlock *l)
     return tlock_lock_timed(l, MP_FOREVER);
 }
 
-/* Takes the word: 0, MP_EOWNERDEAD, -EDEADLK or MP_ETIMEDOUT. */
-static int take_word(tlock *l, uint64_t self, lazy_deadline *u)
+/* Takes the word: 0, MP_EOWNERDEAD (*dead: the dead owner's word), -EDEADLK
+ * or MP_ETIMEDOUT. */
+static int take_word(tlock *l, uint64_t self, lazy_deadline *u, uint64_t *dead)
 {
     uint64_t v = 0;
     if (take_from(l, &v, self))
@@ -361,8 +372,10 @@ static int take_word(tlock *l, uint64_t self, lazy_deadline *u)
         if ((v & ~(uint64_t)TLOCK_WAITERS) == self)
             return -EDEADLK;
         if (tid_of(v) == tid_of(self)) {      /* a dead thread's, with our id */
-            if (take_from(l, &v, self | TLOCK_WAITERS))
+            if (take_from(l, &v, self | TLOCK_WAITERS)) {
+                *dead = v & ~(uint64_t)TLOCK_WAITERS;
                 return MP_EOWNERDEAD;
+            }
             continue;
         }
         /* One owner held it a whole slice, however often signals or
@@ -372,8 +385,10 @@ static int take_word(tlock *l, uint64_t self, lazy_deadline *u)
             watched = owner;
             check = deadline_in(TLOCK_SLICE);
         } else if (deadline_passed(&check)) {
-            if (task_word_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
+            if (task_word_gone(v) && take_from(l, &v, self | TLOCK_WAITERS)) {
+                *dead = v & ~(uint64_t)TLOCK_WAITERS;
                 return MP_EOWNERDEAD;
+            }
             check = deadline_in(TLOCK_SLICE);
             continue;
         }
@@ -381,8 +396,10 @@ static int take_word(tlock *l, uint64_t self, lazy_deadline *u)
             /* Not before asking whether the owner lives: a caller whose
              * time is shorter than a slice would otherwise never take a
              * dead owner's lock over, however often it came back. */
-            if (task_word_gone(v) && take_from(l, &v, self | TLOCK_WAITERS))
+            if (task_word_gone(v) && take_from(l, &v, self | TLOCK_WAITERS)) {
+                *dead = v & ~(uint64_t)TLOCK_WAITERS;
                 return MP_EOWNERDEAD;
+            }
             return MP_ETIMEDOUT;
         }
         if (!(v & TLOCK_WAITERS) && !atomic_compare_exchange_weak_explicit(
@@ -409,10 +426,11 @@ int tlock_lock_timed(tlock *l, double timeout)
             return -EDEADLK;
     }
     lazy_deadline u = { .timeout = timeout };
-    int rc = take_word(l, self, &u);
+    uint64_t dead = 0;
+    int rc = take_word(l, self, &u, &dead);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
-    int called = call_in(l, self, &u);
+    int called = call_in(l, self, &u, dead);
     if (called == MP_ETIMEDOUT)
         return called;
     if (l->last == self) {
