@@ -269,13 +269,15 @@ static int call_in(tlock *l, uint64_t self, lazy_deadline *u, uint64_t dead)
      * to lower it again. Borrowers wake nobody, so look, then sleep a little
      * longer each time. */
     uint64_t step_ns = 20000;
-    mp_deadline check = deadline_in(TLOCK_SLICE);
+    mp_deadline check = { .forever = true };   /* set once the spins are over */
     struct tlock_borrower *up;
     for (int i = 0; (up = flag_up(l)); i++) {
         if (i < TLOCK_SPINS) {
             cpu_relax();
             continue;
         }
+        if (i == TLOCK_SPINS)
+            check = deadline_in(TLOCK_SLICE);
         /* Each slice, and before giving up (else a caller whose time is
          * shorter than a slice would never take over from a dead borrower),
          * ask whether the flag's thread still lives. */
@@ -454,7 +456,5 @@ void tlock_unlock(tlock *l)
     }
     if (!(v & TLOCK_WAITERS))
         maybe_lend(l, self);
-    atomic_store_explicit(&l->word, 0, memory_order_release);
-    if (v & TLOCK_WAITERS)
-        futex_wake(futex_word(l), 1);
+    give_word_back(l, 0);
 }
