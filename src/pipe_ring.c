@@ -24,6 +24,7 @@
 
 #define RING_SIZE ((uint64_t)PIPE_RING_SIZE)
 #define RING_CHUNK (RING_SIZE / 8)            /* a longer frame streams once this much is free */
+_Static_assert((RING_SIZE & (RING_SIZE - 1)) == 0, "ringcopy needs a power of two");
 
 /* One direction of a pipe made by mp_pipe: a byte ring holding exactly the
  * frames a socket would carry. Writers (serialised by send_lock) move tail,

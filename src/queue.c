@@ -1,12 +1,12 @@
 /* queue.c - Queue, SimpleQueue and JoinableQueue: one MPMC queue in the arena.
  *
  * Items are records in a chain of byte rings ("segments") in the family arena.
- * One robust mutex serialises producers, another consumers, so a producer and
- * a consumer never wait for each other. An operation commits with ONE store of
- * a counter (puts, gets); a journal written just before it lets the next
- * holder finish the bookkeeping of an operation whose process was killed, so
- * no item is torn or delivered twice, and only an item a killed consumer had
- * already taken is lost (docs/queue.md). Items above QUEUE_INLINE_MAX go out
+ * One lock (a tlock) serialises producers, another consumers, so a producer and
+ * a consumer never wait for each other. An operation commits with ONE store:
+ * a put of its record's header, a get of a counter (gets); a journal written
+ * just before it lets the next holder finish the bookkeeping of an operation
+ * whose process was killed, so no item is torn or delivered twice, and only
+ * an item a killed consumer had already taken is lost (docs/queue.md). Items above QUEUE_INLINE_MAX go out
  * of line in their own arena block: one copy in, one copy out, or none for
  * put_shared and get_shared, which hand the block itself over (docs/arena.md).
  */
@@ -23,16 +23,19 @@
 
 MP_TEST_HOOK void (*mp__queue_test_hook)(const char *point);
 
-/* A record's kind, in its header's low two bits. REC_SHOWN is a big item
+/* A record's kind, in bits 1-2 of its header. REC_SHOWN is a big item
  * that was shown while it was copied in: a third word holds the gen it was
  * shown under (see "big items in flight"). */
 enum { REC_INLINE = 0, REC_BIG = 1, REC_LINK = 2, REC_SHOWN = 3 };
 
-#define REC_HEADER 8          /* (len << 2) | kind; records are 8-byte aligned */
+#define REC_HEADER 8          /* header(len, kind); records are 8-byte aligned */
 #define REC_REF 16            /* header + an arena pointer (big item, link) */
 #define REC_SHOWN_SIZE 24     /* header + an arena pointer + a gen */
-#define SEG_MIN_CLASS 16      /* segments are arena blocks of 64 KiB ... */
+#define SEG_MIN_CLASS 16      /* segments' rings are 64 KiB ... */
 #define SEG_MAX_CLASS 20      /* ... doubling up to 1 MiB, then chained */
+/* Segments of 1 MiB a consumer leaves are kept for the producers' next
+ * ones, up to SPARES (see seg_retire). */
+#define SPARES 4
 /* A spinning waiter looks about every LOOK_NS. Each look pulls the
  * counter's line to this core, and the other side's next commit must take
  * it back: looking every ~90 ns instead of every ~15 made 4 KiB items ~5%
@@ -73,7 +76,7 @@ struct seg {
     char pad0[MP_CACHELINE - 8];
     _Atomic uint64_t head;
     char pad1[MP_CACHELINE - 8];
-    uint64_t cap;             /* data bytes, whole cache lines */
+    uint64_t cap;             /* data bytes, a power of two: a place is pos & (cap - 1) */
     uint32_t class;
     char pad2[MP_CACHELINE - 12];
     alignas(8) unsigned char data[];
@@ -105,11 +108,11 @@ struct journal {
 struct side {
     tlock lock;
     struct seg *seg;          /* producers: the tail segment; consumers: the head one */
-    uint64_t cached;          /* producers: gets last seen; consumers: puts last seen */
+    uint64_t cached;          /* producers: gets last seen (bounded queues) */
     uint64_t cached_head;     /* producers: seg->head last seen */
-    uint64_t count;           /* the side's own copy of its counter (puts, gets): the
-                               * other side reads the counter's line, so loading it
-                               * would wait for that line to come back */
+    uint64_t count;           /* the side's own copy of its counter (puts, gets): others
+                               * read the counter's line, so loading it could wait
+                               * for that line to come back */
     /* The journal starts a line of its own (the lock with its borrowers'
      * flags and the fields above take the two before it). Measured when a
      * side was one line packed: a 4 KiB item took up to 25% longer (likely
@@ -150,8 +153,12 @@ struct preview {
  *   get.seg, .cached, .count, .j, and the head segment's head
  *                      under get. head is published with a release store;
  *                      a producer reads it to know the room left.
- *   puts / gets        the commit: one store each, under put / under get;
- *                      read by anyone (the other side, sizes, waiters).
+ *   a record's header  a put's commit: stored last, with release, under
+ *                      put; cleared by the consumer that took it, under
+ *                      get. Read by consumers under get (waiters: a hint).
+ *   puts               items put: stored after the header, under put.
+ *   gets               a get's commit: one store, under get.
+ *                      Both read by anyone (sizes, waiters, joins).
  *   done               task_done's atomic add, by anyone.
  *   takers[].owner, .got, .lost, and lost
  *                      under get (lost is the sum of the takers' lost; a
@@ -169,7 +176,9 @@ struct preview {
  *                      by CAS), read by any consumer as a seqlock; but
  *                      shown.copying, which is written under get.
  * Segments: a producer links a new one under put; the consumer that leaves
- * an old one frees it under get. Big items' blocks belong to the record that
+ * an old one frees it, or keeps it in spare, under get. A consumer only
+ * fills an empty spare slot (by CAS) and a producer only empties a full
+ * one (by exchange, under put). Big items' blocks belong to the record that
  * points at them until a consumer has taken it.
  * Lock order: put.lock before get.lock (only mp__queue_valid takes both);
  * waiting is done holding neither. A dead holder's lock passes to the next
@@ -192,6 +201,7 @@ struct mp_queue {
     alignas(MP_CACHELINE) struct waitword not_full;
     alignas(MP_CACHELINE) struct waitword all_done;
     alignas(MP_CACHELINE) struct preview shown;
+    alignas(MP_CACHELINE) _Atomic(struct seg *) spare[SPARES];   /* NULL: none */
     alignas(MP_CACHELINE) struct taker takers[TAKERS];
 };
 
@@ -208,17 +218,90 @@ static bool queue_ok(const mp_queue *q)
 
 /* ------------------------------------------------------------------ segments */
 
+/* A record's header is its commit: (len << 3) | (kind << 1) | 1, stored
+ * last, with release. The word where the next record's header will go
+ * holds 0 until then: a producer zeroes it before it commits the record in
+ * front of it, and a new segment starts with a 0. So a consumer learns
+ * that an item is there, and what it is, from the one line it reads the
+ * item from; the producers' count (puts) is bookkeeping for sizes and
+ * joins, stored after the commit. */
+static uint64_t header(size_t len, uint64_t kind)
+{
+    return ((uint64_t)len << 3) | (kind << 1) | 1;
+}
+
+static size_t header_len(uint64_t h)
+{
+    return (size_t)(h >> 3);
+}
+
+static uint64_t header_kind(uint64_t h)
+{
+    return (h >> 1) & 3;
+}
+
+static _Atomic uint64_t *ring_header(struct seg *s, uint64_t pos)
+{
+    return (_Atomic uint64_t *)(void *)(s->data + (pos & (s->cap - 1)));
+}
+
 static struct seg *seg_new(uint32_t class)
 {
-    size_t total = ((size_t)1 << class) - ARENA_BLOCK_HEADER;
-    struct seg *s = arena_alloc_nozero(total);
+    struct seg *s = arena_alloc_nozero(sizeof *s + ((size_t)1 << class));
     if (!s)
         return NULL;
     atomic_init(&s->tail, 0);
     atomic_init(&s->head, 0);
-    s->cap = (total - sizeof *s) & ~(uint64_t)(MP_CACHELINE - 1);
+    s->cap = (uint64_t)1 << class;
     s->class = class;
+    atomic_init(ring_header(s, 0), 0);   /* no record yet */
     return s;
+}
+
+/* Maps a new segment's pages into this process in one call, rather than
+ * a fault per page as the ring reaches them (in a fork child, or once the
+ * arena has given them back, every page faults: about a fault per 32 items
+ * of 64 bytes). Once per segment and process (arena_prefault remembers). */
+static void seg_prefault(struct seg *s)
+{
+    arena_prefault(s, sizeof *s + s->cap, true);
+}
+
+/* A segment the producers move to when the tail one is full: a spare if
+ * there is one of that class, else a new one. */
+static struct seg *seg_next(mp_queue *q, uint32_t class)
+{
+    for (int i = 0; class == SEG_MAX_CLASS && i < SPARES; i++) {
+        if (!atomic_load_explicit(&q->spare[i], memory_order_relaxed))
+            continue;
+        struct seg *s = atomic_exchange(&q->spare[i], NULL);
+        atomic_store_explicit(&s->tail, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->head, 0, memory_order_relaxed);
+        atomic_store_explicit(ring_header(s, 0), 0, memory_order_relaxed);
+        return s;
+    }
+    struct seg *s = seg_new(class);
+    if (s)
+        seg_prefault(s);
+    return s;
+}
+
+/* A segment the consumers left. On this machine's kind of host, a
+ * process's first touch of a page costs it about 15 us (its page tables,
+ * and the host's behind them, start empty in a fork child, and a page the
+ * arena gave back starts empty everywhere): a 1 MiB segment is 256 such
+ * touches in each process, about 0.5 us per 64-byte item. A producer that
+ * runs ahead of its consumer moves to a new segment each MiB, so spares
+ * let the two cycle through pages both have touched, rather than through
+ * new ones. At most SPARES MiB stay so, until mp_queue_free. */
+static void seg_retire(mp_queue *q, struct seg *s)
+{
+    for (int i = 0; s->class == SEG_MAX_CLASS && i < SPARES; i++) {
+        struct seg *none = NULL;
+        if (atomic_compare_exchange_strong(&q->spare[i], &none, s))
+            return;
+    }
+    arena_free(s);
 }
 
 static void ring_write(struct seg *s, uint64_t pos, const void *src, size_t n)
@@ -235,7 +318,7 @@ static void ring_read(const struct seg *s, uint64_t pos, void *dst, size_t n)
  * never straddle the end of the ring. */
 static uint64_t *ring_word(struct seg *s, uint64_t pos)
 {
-    return (uint64_t *)(void *)(s->data + pos % s->cap);
+    return (uint64_t *)(void *)(s->data + (pos & (s->cap - 1)));
 }
 
 static bool kind_big(uint64_t kind)
@@ -357,7 +440,7 @@ static void note_waker_cpu(struct waitword *w)
  * longer than the budget, every one of them sleeps and the budget stays at
  * its floor. So after SPIN_PROBE_AFTER sleeps in a row, one spin probes the
  * whole SPIN_MAX_NS; if the item comes, the budget is set to that. */
-static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *))
+static bool queue_spin(void *arg, struct waitword *w, bool (*ready)(void *, bool))
 {
     if (!several_cpus())
         return false;
@@ -368,7 +451,7 @@ static bool queue_spin(mp_queue *q, struct waitword *w, bool (*ready)(void *))
     unsigned pauses = look_pauses();
     uint64_t start = now_ns();
     for (unsigned i = 1;; i++) {
-        if (ready(q)) {
+        if (ready(arg, true)) {
             spin_failures = 0;
             spin_budget_ns = probe || spin_budget_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS
                                                                        : spin_budget_ns * 2;
@@ -404,18 +487,21 @@ static double lock_wait(lazy_deadline *d)
     return left > LOCK_GRACE_S ? left : LOCK_GRACE_S;
 }
 
-/* Waits until ready(q) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
+/* Waits until ready(arg, ...) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
+ * ready is asked with spinning true while the waiter spins (it may then
+ * answer from a hint), and false once the waiter's flag is up, just before
+ * it sleeps (then it must not miss what is there).
  * A sleep lasts at most FUTEX_SLICE: a process killed between its commit
  * and its wake-up call wakes nobody, and the sleeper must see the commit
  * anyway (a lock holder's death is caught sooner, by the repair's wake-up). */
-static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *),
-                      lazy_deadline *d)
+static int wait_until(mp_queue *q, struct waitword *w, bool (*ready)(void *, bool),
+                      void *arg, lazy_deadline *d)
 {
     const mp_deadline *at = lazy_deadline_at(d);
-    if (queue_spin(q, w, ready))
+    if (queue_spin(arg, w, ready))
         return 0;
     uint32_t v = raise_flag(q, w, lock_wait(d));
-    if (ready(q))
+    if (ready(arg, false))
         return 0;
     return futex_wait_sliced(&w->word, v, at, false) == MP_ETIMEDOUT ? MP_ETIMEDOUT : 0;
 }
@@ -433,21 +519,44 @@ static void wake(struct waitword *w)
     waitflag_wake(&w->word);
 }
 
-static bool get_ready(void *arg)
+/* Items counted in and not yet out. A consumer may take an item between
+ * its producer's commit and the count, so gets can pass puts for a moment:
+ * then 0. */
+static uint64_t queued(mp_queue *q)
 {
-    mp_queue *q = arg;
-    return atomic_load(&q->puts) > atomic_load(&q->gets) || atomic_load(&q->closed);
-}
-
-static bool put_ready(void *arg)
-{
-    mp_queue *q = arg;
     uint64_t g = atomic_load(&q->gets);
-    return !q->maxsize || atomic_load(&q->puts) - g < q->maxsize || atomic_load(&q->closed);
+    uint64_t p = atomic_load(&q->puts);
+    return p > g ? p - g : 0;
 }
 
-static bool join_ready(void *arg)
+/* What a consumer waits on: the word where the next item's header will be
+ * (found under get, so only a hint once the lock is given back: another
+ * consumer may have taken that item and left the segment). Spinning, it
+ * watches only that word, so the producers' count stays in their cache;
+ * before it sleeps it also asks the counts, which the hint cannot fool. */
+struct get_wait {
+    mp_queue *q;
+    const _Atomic uint64_t *watch;
+};
+
+static bool get_ready(void *arg, bool spinning)
 {
+    const struct get_wait *g = arg;
+    return atomic_load_explicit(g->watch, memory_order_relaxed) != 0 ||
+           atomic_load_explicit(&g->q->closed, memory_order_relaxed) ||
+           (!spinning && queued(g->q) > 0);
+}
+
+static bool put_ready(void *arg, bool spinning)
+{
+    (void)spinning;
+    mp_queue *q = arg;
+    return !q->maxsize || queued(q) < q->maxsize || atomic_load(&q->closed);
+}
+
+static bool join_ready(void *arg, bool spinning)
+{
+    (void)spinning;
     mp_queue *q = arg;
     uint64_t p = atomic_load(&q->puts);
     return atomic_load(&q->done) + atomic_load(&q->lost) >= p;
@@ -512,8 +621,7 @@ static void pace(mp_queue *q)
     uint64_t start = 0;
     for (unsigned i = 1;; i++) {
         uint64_t since = atomic_load_explicit(&q->shown.copying, memory_order_relaxed);
-        uint64_t g = atomic_load_explicit(&q->gets, memory_order_relaxed);
-        if (since == 0 || atomic_load_explicit(&q->puts, memory_order_relaxed) - g < PACE_ITEMS)
+        if (since == 0 || queued(q) < PACE_ITEMS)
             return;
         cpu_relax();
         if ((i & 63) == 0) {
@@ -551,9 +659,10 @@ static void show_end(mp_queue *q, uint64_t gen, uint64_t claim)
 /* Copies out what the producer showing an item has written, and goes on as
  * it writes, while it makes progress and nothing is ready to take: true if
  * it copied anything. The item goes to buf (cap bytes) or out (grown). */
-static bool follow(mp_queue *q, struct follow *f, void *buf, size_t cap, mp_buf *out,
+static bool follow(struct get_wait *w, struct follow *f, void *buf, size_t cap, mp_buf *out,
                    const mp_deadline *d)
 {
+    mp_queue *q = w->q;
     struct preview *pv = &q->shown;
     uint64_t gen = atomic_load_explicit(&pv->gen, memory_order_acquire);
     if (gen == 0)
@@ -587,7 +696,7 @@ static bool follow(mp_queue *q, struct follow *f, void *buf, size_t cap, mp_buf 
             still = 0;
             continue;
         }
-        if (get_ready(q))
+        if (get_ready(w, true))
             break;
         cpu_relax();
         if ((i & 63) == 0) {
@@ -610,15 +719,34 @@ static size_t followed(const struct follow *f, uint64_t gen, const void *src, si
 
 /* ------------------------------------------------------------------ repair */
 
-/* A holder died. If its commit store happened, finish moving the position it
- * journaled; otherwise its record was never counted and is overwritten. The
- * journal names the segment, so a stale one (already left behind) is ignored. */
+/* A holder died. A producer's commit is the header at the tail: if that
+ * word is not 0, the record there was committed and the position (and,
+ * from the journal, the count) is moved past it; a link there was
+ * published and the switch to its segment is finished. A consumer that
+ * already took that record cleared its header, but its position then
+ * stands past the tail (it never passes an uncommitted record), and the
+ * record ends where the journal says. Otherwise the record was never
+ * committed and is overwritten. A consumer's commit is
+ * gets: if it happened, finish moving the position it journaled. The
+ * journal names the segment, so a stale one (already left behind) is
+ * ignored. */
 static void put_repair(mp_queue *q)
 {
     struct journal *j = &q->put.j;
-    if (atomic_load(&q->puts) == j->count_after && j->seg == q->put.seg)
-        atomic_store(&j->seg->tail, j->pos_after);
-    q->put.cached_head = atomic_load(&q->put.seg->head);
+    struct seg *s = q->put.seg;
+    uint64_t tail = atomic_load(&s->tail);
+    uint64_t h = atomic_load(ring_header(s, tail));
+    bool taken = atomic_load(&s->head) > tail;
+    if (h && header_kind(h) == REC_LINK) {
+        s = (struct seg *)(uintptr_t)*ring_word(s, tail + 8);
+        q->put.seg = s;
+    } else if (h || (taken && j->seg == s)) {
+        uint64_t after = h ? record_end(tail, header_len(h), header_kind(h)) : j->pos_after;
+        if (j->seg == s && j->pos_after == after && atomic_load(&q->puts) < j->count_after)
+            atomic_store(&q->puts, j->count_after);
+        atomic_store(&s->tail, after);
+    }
+    q->put.cached_head = atomic_load(&s->head);
     q->put.count = atomic_load(&q->puts);
 }
 
@@ -689,14 +817,16 @@ static struct seg *room_locked(mp_queue *q, size_t need)
     if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
         return s;
     uint32_t class = s->class < SEG_MAX_CLASS ? s->class + 1 : s->class;
-    struct seg *n = seg_new(class);
+    struct seg *n = seg_next(q, class);
     if (!n)
         return NULL;
-    /* Consumers reach the link only once an item after it is committed. */
-    *ring_word(s, tail) = REC_LINK;
+    /* Consumers pass the link only once an item in n is committed, so s
+     * stays theirs until the switch below is done (a producer killed in
+     * between leaves it to put_repair). */
     *ring_word(s, tail + 8) = (uint64_t)(uintptr_t)n;
+    atomic_store_explicit(ring_header(s, tail), header(0, REC_LINK), memory_order_release);
     q->put.cached_head = 0;
-    q->put.seg = n;           /* the switch is this one store */
+    q->put.seg = n;
     return n;
 }
 
@@ -708,19 +838,22 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
         return MP_ENOMEM;
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
     uint64_t after = record_end(tail, len, kind);
-    *ring_word(s, tail) = ((uint64_t)len << 2) | kind;
     if (big)
         *ring_word(s, tail + 8) = (uint64_t)(uintptr_t)big;
     if (gen)
         *ring_word(s, tail + 16) = gen;
     if (!big)
         ring_write(s, tail + REC_HEADER, data, len);
+    _Atomic uint64_t *next = ring_header(s, after);
+    if (atomic_load_explicit(next, memory_order_relaxed) != 0)
+        atomic_store_explicit(next, 0, memory_order_relaxed);       /* next: none yet */
     hook("put_written");
     uint64_t count = q->put.count + 1;
     journal_write(&q->put.j, s, after, count, NULL, 0);
-    atomic_store_explicit(&q->puts, count, memory_order_release);   /* commit */
-    q->put.count = count;
+    atomic_store_explicit(ring_header(s, tail), header(len, kind), memory_order_release);
     hook("put_committed");
+    atomic_store_explicit(&q->puts, count, memory_order_release);
+    q->put.count = count;
     atomic_store_explicit(&s->tail, after, memory_order_relaxed);
     return 0;
 }
@@ -749,7 +882,8 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
             note_waker_cpu(&q->not_empty);
         sleepers = rc == 0 && flag_up(&q->not_empty);
         tlock_unlock(&q->put.lock);
-        if (rc != MP_EFULL || timeout == 0 || wait_until(q, &q->not_full, put_ready, &d) != 0)
+        if (rc != MP_EFULL || timeout == 0 ||
+            wait_until(q, &q->not_full, put_ready, q, &d) != 0)
             break;
     }
     if (sleepers)
@@ -799,7 +933,7 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
         return mp_fail(MP_EINVAL, fn, "data is NULL but len is %zu", len);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(fn, timeout);
-    if (len > (SIZE_MAX >> 2))
+    if (len > (SIZE_MAX >> 3))
         return mp_fail(MP_EINVAL, fn, "len %zu is more than any item can be", len);
     if (atomic_load(&q->closed))
         return queue_result(MP_ECLOSED, fn, timeout);   /* early outs, so no big item */
@@ -849,7 +983,7 @@ int mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout)
     if (!arena_is_block(p))
         return mp_fail(MP_EINVAL, __func__, "p is not a block from mp_shared_alloc (or it was "
                        "freed, or points inside one)");
-    if (len > arena_block_size(p) || len > (SIZE_MAX >> 2))
+    if (len > arena_block_size(p) || len > (SIZE_MAX >> 3))
         return mp_fail(MP_EINVAL, __func__, "len %zu is more than the block holds (%zu bytes)",
                        len, arena_block_size(p));
     if (atomic_load(&q->closed))
@@ -1032,33 +1166,39 @@ static void count_done(mp_queue *q)
 
 /* ------------------------------------------------------------------ get */
 
-static bool has_item_locked(mp_queue *q)
-{
-    uint64_t g = q->get.count;
-    if (q->get.cached > g)
-        return true;
-    q->get.cached = atomic_load_explicit(&q->puts, memory_order_acquire);
-    return q->get.cached > g;
-}
-
-/* Where the next item is: follows (and frees) segments the producers left. */
-static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr)
+/* The head record: its segment, position and header (0: no item yet),
+ * following (and freeing) segments the producers left. *watch is the
+ * header word the next item will show up in. A link is passed only once
+ * the segment it leads to holds a committed item (see room_locked). */
+static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr,
+                                      const _Atomic uint64_t **watch)
 {
     struct seg *s = q->get.seg;
     *head = atomic_load_explicit(&s->head, memory_order_relaxed);
-    uint64_t *w = ring_word(s, *head);
+    _Atomic uint64_t *w = ring_header(s, *head);
     /* The item's bytes go on into the next line: fetch both at once,
      * rather than learn the length first and only then miss again. */
     __builtin_prefetch((const char *)w + MP_CACHELINE);
-    *hdr = *w;
-    while ((*hdr & 3) == REC_LINK) {
+    *hdr = atomic_load_explicit(w, memory_order_acquire);
+    while (*hdr && header_kind(*hdr) == REC_LINK) {
         struct seg *n = (struct seg *)(uintptr_t)*ring_word(s, *head + 8);
+        uint64_t first = atomic_load_explicit(&n->head, memory_order_relaxed);
+        _Atomic uint64_t *nw = ring_header(n, first);
+        uint64_t nh = atomic_load_explicit(nw, memory_order_acquire);
+        if (!nh) {
+            *watch = nw;
+            *hdr = 0;
+            return s;
+        }
+        seg_prefault(n);
         q->get.seg = n;       /* a consumer killed here only leaks the old one */
-        arena_free(s);
+        seg_retire(q, s);
         s = n;
-        *head = atomic_load_explicit(&s->head, memory_order_relaxed);
-        *hdr = *ring_word(s, *head);
+        *head = first;
+        w = nw;
+        *hdr = nh;
     }
+    *watch = w;
     return s;
 }
 
@@ -1067,13 +1207,12 @@ static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr
  * loses nothing. *big is the out-of-line block to free after unlocking.
  * With shared, the item's block is handed over instead (an inline item is
  * copied into a new one): killed after the commit, the taker leaks it. */
-static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
-                      void **shared, const struct follow *f, void **big, struct taker *t)
+static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, void *buf,
+                      size_t cap, size_t *len, mp_buf *out, void **shared,
+                      const struct follow *f, void **big, struct taker *t)
 {
-    uint64_t head, hdr;
-    struct seg *s = next_record_locked(q, &head, &hdr);
-    size_t n = (size_t)(hdr >> 2);
-    uint64_t kind = hdr & 3;
+    size_t n = header_len(hdr);
+    uint64_t kind = header_kind(hdr);
     bool is_big = kind_big(kind);
     if (shared) {
         *len = n;
@@ -1121,6 +1260,7 @@ static int get_locked(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     hook("get_committed");
     if (t)
         atomic_store_explicit(&t->got, got, memory_order_relaxed);
+    atomic_store_explicit(ring_header(s, head), 0, memory_order_relaxed);
     atomic_store_explicit(&s->head, after, memory_order_release);
     *big = src;
     return 0;
@@ -1131,6 +1271,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
 {
     lazy_deadline d = { .timeout = timeout };
     struct follow f = { 0 };
+    struct get_wait wait = { .q = q };
     void *big = NULL;
     bool sleepers = false;
     int rc;
@@ -1140,30 +1281,29 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
             rc = rc == MP_ETIMEDOUT ? SIDE_BUSY_GET : rc;
             break;
         }
-        bool closed = atomic_load(&q->closed);   /* before puts: see every last put */
-        const unsigned char *next = NULL;
-        if (has_item_locked(q)) {
-            rc = get_locked(q, buf, cap, len, out, shared, &f, &big, taker_locked(q));
-        } else {
+        bool closed = atomic_load(&q->closed);   /* before the header: see every last put */
+        uint64_t head, hdr;
+        struct seg *s = next_record_locked(q, &head, &hdr, &wait.watch);
+        if (hdr)
+            rc = get_locked(q, s, head, hdr, buf, cap, len, out, shared, &f, &big,
+                            taker_locked(q));
+        else
             rc = closed ? MP_EEOF : MP_EEMPTY;
-            struct seg *s = q->get.seg;
-            next = s->data + atomic_load_explicit(&s->head, memory_order_relaxed) % s->cap;
-        }
         if (rc == 0 && q->maxsize)
             note_waker_cpu(&q->not_full);
         sleepers = rc == 0 && q->maxsize && flag_up(&q->not_full);
         tlock_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0)
             break;
-        if (!shared && follow(q, &f, buf, cap, out, lazy_deadline_at(&d)))
+        if (!shared && follow(&wait, &f, buf, cap, out, lazy_deadline_at(&d)))
             continue;
-        if (wait_until(q, &q->not_empty, get_ready, &d) != 0)
+        if (wait_until(q, &q->not_empty, get_ready, &wait, &d) != 0)
             break;
         /* Where the item that came most likely is: its lines start on
          * their way here while we take the lock. Only a hint (another
          * consumer may have moved on): a prefetch never faults. */
-        __builtin_prefetch(next);
-        __builtin_prefetch(next + MP_CACHELINE);
+        __builtin_prefetch((const char *)wait.watch);
+        __builtin_prefetch((const char *)wait.watch + MP_CACHELINE);
     }
     if (sleepers)
         wake(&q->not_full);
@@ -1230,8 +1370,7 @@ size_t mp_queue_qsize(mp_queue *q)
 {
     if (!queue_ok(q))
         return 0;
-    uint64_t g = atomic_load(&q->gets);   /* gets first: never more than puts */
-    return (size_t)(atomic_load(&q->puts) - g);
+    return (size_t)queued(q);
 }
 
 bool mp_queue_empty(mp_queue *q)
@@ -1271,11 +1410,11 @@ int mp_queue_join(mp_queue *q, double timeout)
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
     lazy_deadline d = { .timeout = timeout };
-    while (!join_ready(q)) {
+    while (!join_ready(q, false)) {
         if (write_off_dead(q))
             continue;
-        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, &d) != 0) {
-            if (!join_ready(q))
+        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, q, &d) != 0) {
+            if (!join_ready(q, false))
                 return queue_result(MP_ETIMEDOUT, __func__, timeout);
             break;
         }
@@ -1344,9 +1483,13 @@ static bool walk_records(mp_queue *q, bool release)
     uint64_t left = atomic_load(&q->puts) - atomic_load(&q->gets);
     bool ok = true;
     while (ok && (left || s != q->put.seg)) {
-        uint64_t hdr = *ring_word(s, head), kind = hdr & 3;
+        uint64_t hdr = atomic_load(ring_header(s, head)), kind = header_kind(hdr);
         void *ref = kind == REC_INLINE ? NULL : (void *)(uintptr_t)*ring_word(s, head + 8);
-        size_t len = (size_t)(hdr >> 2);
+        size_t len = header_len(hdr);
+        if (!hdr) {
+            ok = false;
+            break;
+        }
         if (kind == REC_LINK) {
             ok = arena_contains(ref, sizeof *s);
             if (release)
@@ -1363,7 +1506,8 @@ static bool walk_records(mp_queue *q, bool release)
         ok = ok && head <= atomic_load(&s->tail);
         left--;
     }
-    ok = ok && s == q->put.seg && head == atomic_load(&s->tail);
+    ok = ok && s == q->put.seg && head == atomic_load(&s->tail) &&
+         atomic_load(ring_header(s, head)) == 0;
     if (release)
         arena_free(s);
     return ok;
@@ -1401,5 +1545,7 @@ void mp_queue_free(mp_queue *q)
         return;
     q->magic = MAGIC_FREED;
     walk_records(q, true);
+    for (int i = 0; i < SPARES; i++)
+        arena_free(atomic_load(&q->spare[i]));
     arena_free(q);
 }

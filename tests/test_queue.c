@@ -175,6 +175,38 @@ static void test_queue_unbounded_grows_past_its_first_segment(void **state)
     mp_queue_free(q);
 }
 
+/* A producer that runs megabytes ahead moves to a new segment each MiB,
+ * and the segments its consumer leaves are kept for the next ones: backlog
+ * after backlog, every item arrives whole and in order, and once the queue
+ * is freed the arena holds no more than before it. */
+static void test_queue_backlogs_reuse_the_segments_they_leave(void **state)
+{
+    (void)state;
+    struct arena_stats start, end;
+    assert_true(arena_check(&start));
+    mp_queue *q = new_queue(0);
+    unsigned char item[200];
+    long n = 30000;                   /* ~7 MiB of records: segments of 1 MiB */
+    for (unsigned round = 0; round < 5; round++) {
+        for (long i = 0; i < n; i++) {
+            pattern(item, sizeof item, round * 100000 + (unsigned)i);
+            TU_OK(mp_queue_put(q, item, sizeof item, 0));
+        }
+        assert_true(mp__queue_valid(q));
+        for (long i = 0; i < n; i++) {
+            size_t len;
+            TU_OK(mp_queue_get(q, item, sizeof item, &len, 0));
+            assert_int_equal(len, sizeof item);
+            if (!pattern_ok(item, len, round * 100000 + (unsigned)i))
+                fail_msg("round %u: item %ld torn", round, i);
+        }
+        assert_true(mp__queue_valid(q));
+    }
+    mp_queue_free(q);
+    assert_true(arena_check(&end));
+    assert_int_equal(end.used_bytes, start.used_bytes);
+}
+
 /* ------------------------------------------------------------------ errors */
 
 static void test_queue_refuses_bad_arguments_and_handles(void **state)
@@ -1377,6 +1409,7 @@ int main(void)
         cmocka_unit_test(test_queue_get_returns_etoobig_and_keeps_the_item),
         cmocka_unit_test(test_queue_qsize_empty_full_are_exact),
         cmocka_unit_test(test_queue_unbounded_grows_past_its_first_segment),
+        cmocka_unit_test(test_queue_backlogs_reuse_the_segments_they_leave),
         cmocka_unit_test(test_queue_refuses_bad_arguments_and_handles),
         cmocka_unit_test(test_queue_put_returns_efull_when_bounded),
         cmocka_unit_test(test_queue_get_returns_eempty_on_time),
