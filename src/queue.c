@@ -220,11 +220,12 @@ static bool queue_ok(const mp_queue *q)
 
 /* A record's header is its commit: (len << 3) | (kind << 1) | 1, stored
  * last, with release. The word where the next record's header will go
- * holds 0 until then: a producer zeroes it before it commits the record in
- * front of it, and a new segment starts with a 0. So a consumer learns
- * that an item is there, and what it is, from the one line it reads the
- * item from; the producers' count (puts) is bookkeeping for sizes and
- * joins, stored after the commit. */
+ * holds 0 until then: a producer makes sure of it before it commits the
+ * record in front of it (a consumer clears each header it takes, so the
+ * word is mostly 0 already), and a new segment starts with a 0. So a
+ * consumer learns that an item is there, and what it is, from the one line
+ * it reads the item from; the producers' count (puts) is bookkeeping for
+ * sizes and joins, stored after the commit. */
 static uint64_t header(size_t len, uint64_t kind)
 {
     return ((uint64_t)len << 3) | (kind << 1) | 1;
