@@ -41,6 +41,7 @@
 #define BACKOFF_MIN_NS 1000000ull  /* a slot whose workers die before ready waits 1 ms, */
 #define BACKOFF_MAX_NS 500000000ull   /* doubling up to 0.5 s, before its next start */
 #define ENDING_NAP_MS 10           /* a worker ended, its status not published yet */
+#define OWED_RETRY_S 0.01          /* a death owed a notice: try again at least this often */
 
 enum { POOL_OPEN, POOL_CLOSED, POOL_TERMINATED };
 
@@ -65,6 +66,13 @@ struct worker {
      * for one: posted by the monitor, handed back by the collector. */
     struct notice spare;
     _Atomic bool spare_posted;
+    /* A death with no notice to post it in (no memory, and the spare still
+     * carries the last one): the slot is not restarted until it is posted,
+     * so it owes one death at most. */
+    bool owes_notice;
+    mp_future *owed_f;
+    uint64_t owed_id;
+    int owed_status;
 };
 
 struct fncache { const void *fn; const struct fnentry *e; };
@@ -584,6 +592,50 @@ static void back_off(mp_pool *p, int slot, unsigned times)
     p->workers[slot].not_before = now_ns() + (wait < BACKOFF_MAX_NS ? wait : BACKOFF_MAX_NS);
 }
 
+/* Under p->lock: the notice that slot's worker died (w->owed_status)
+ * holding task w->owed_f, counted in notices_pending already. False if
+ * there is no notice to post it in: no memory, and the slot's own still
+ * carries the last death, not yet handled. */
+static bool post_death(mp_pool *p, int slot)
+{
+    struct worker *w = &p->workers[slot];
+    struct notice *n = pool_alloc_refused("notice") ? NULL : pool_mem_alloc(sizeof *n);
+    if (n) {
+        n->spare_of = NULL;
+    } else if (!atomic_exchange(&w->spare_posted, true)) {
+        n = &w->spare;               /* out of memory: the slot's own */
+        n->spare_of = &w->spare_posted;
+    } else {
+        return false;
+    }
+    int status = w->owed_status;
+    bool ours = w->killing || atomic_load(&p->state) == POOL_TERMINATED;
+    n->f = w->owed_f;
+    n->id = w->owed_id;
+    n->rc = ours ? MP_EKILLED : MP_ECRASHED;
+    n->code = status == MP_EXITCODE_UNKNOWN ? 0 : status < 0 ? -status : status;
+    n->next = p->notices;
+    p->notices = n;
+    return true;
+}
+
+/* Under p->lock: posts the deaths slots owe (see struct worker), true if
+ * it posted any; *owing tells whether some are still owed. */
+static bool post_owed(mp_pool *p, bool *owing)
+{
+    bool any = false;
+    *owing = false;
+    for (int i = 0; i < p->nworkers; i++) {
+        struct worker *w = &p->workers[i];
+        if (!w->owes_notice)
+            continue;
+        w->owes_notice = !post_death(p, i);
+        any |= !w->owes_notice;
+        *owing |= w->owes_notice;
+    }
+    return any;
+}
+
 /* Under p->lock. Only the pool's own cause breaks it: initializers that
  * fail by their own fault INIT_FAILURES_MAX times in a row. A worker
  * killed from outside before it was ready is replaced without counting,
@@ -607,24 +659,11 @@ static void post_notice(mp_pool *p, int slot, int status)
     }
     if (!f)
         return;
-    struct notice *n = pool_alloc_refused("notice") ? NULL : pool_mem_alloc(sizeof *n);
-    if (n) {
-        n->spare_of = NULL;
-    } else if (!atomic_exchange(&w->spare_posted, true)) {
-        n = &w->spare;               /* out of memory: the slot's own */
-        n->spare_of = &w->spare_posted;
-    } else {
-        /* Its spare still carries the last death, not yet handled: this
-         * task stays pending. */
-        return;
-    }
-    n->f = f;
-    n->id = id;
-    n->rc = ours ? MP_EKILLED : MP_ECRASHED;
-    n->code = status == MP_EXITCODE_UNKNOWN ? 0 : status < 0 ? -status : status;
-    n->next = p->notices;
-    p->notices = n;
     atomic_fetch_add(&p->notices_pending, 1);
+    w->owed_f = f;
+    w->owed_id = id;
+    w->owed_status = status;
+    w->owes_notice = !post_death(p, slot);
 }
 
 /* Under p->lock: reaps ended workers, posting what each held. */
@@ -671,7 +710,7 @@ static double replace_workers(mp_pool *p)
     uint64_t now = now_ns(), next = UINT64_MAX;
     for (int i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->workers[i];
-        if (w->alive)
+        if (w->alive || w->owes_notice)
             continue;
         if (w->not_before > now) {
             next = w->not_before < next ? w->not_before : next;
@@ -786,13 +825,17 @@ static void monitor_loop(mp_pool *p)
 {
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        if (reap_workers(p))
+        bool owing, posted = reap_workers(p);
+        posted |= post_owed(p, &owing);
+        if (posted)
             wake_collector(p->sh);
         bool done = monitor_finished(p);
         double wait = done ? 0 : enforce_timeouts(p);
         double start = done ? -1 : replace_workers(p);
         if (start >= 0 && (wait < 0 || start < wait))
             wait = start;
+        if (owing && (wait < 0 || wait > OWED_RETRY_S))
+            wait = OWED_RETRY_S;     /* memory may come back before the spare does */
         pthread_mutex_unlock(&p->lock);
         if (done)
             return;

@@ -74,12 +74,65 @@ static void test_pool_fails_a_dead_workers_task_with_no_memory_for_its_notice(vo
     mp_pool_free(p);
 }
 
+/* A second death in the same slot while the slot's own notice still
+ * carries the first (the collector has not handled it yet), memory still
+ * short: the second task also ends MP_ECRASHED. The slot is not restarted
+ * before its notice is handed back, so no third death can come first. */
+static int t_count_and_die(const void *in, size_t len, mp_buf *out)
+{
+    (void)in, (void)len, (void)out;
+    atomic_fetch_add(&shared[0], 1);
+    raise(SIGKILL);
+    return 0;
+}
+
+static void hold_notices(const char *point)
+{
+    if (strcmp(point, "notice") != 0)
+        return;
+    atomic_fetch_add(&shared[1], 1);
+    for (int i = 0; i < 30000 && !atomic_load(&shared[2]); i++)
+        usleep(1000);
+}
+
+static bool shared_reaches(void *arg)
+{
+    const int *want = arg;
+    return atomic_load(&shared[want[0]]) >= want[1];
+}
+
+static void test_pool_fails_a_second_death_while_the_slots_notice_is_out(void **state)
+{
+    (void)state;
+    shared = mp_shared_alloc(3 * sizeof *shared);
+    assert_non_null(shared);
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    mp__pool_refuse_alloc = refuse_notices;
+    mp__pool_test_hook = hold_notices;
+    mp_future *first = submit_int(p, t_count_and_die, 0);
+    assert_true(tu_wait_for(shared_reaches, (int[]){ 1, 1 }, 10 * tu_slow()));
+    mp_future *second = submit_int(p, t_count_and_die, 0);
+    assert_true(tu_wait_for(shared_reaches, (int[]){ 0, 2 }, 10 * tu_slow()));
+    usleep(200000);                     /* the second death is reaped, the notice still out */
+    atomic_store(&shared[2], 1);        /* the collector goes on */
+    TU_ASSERT_RC(mp_future_result(first, NULL, 10 * tu_slow()), MP_ECRASHED);
+    TU_ASSERT_RC(mp_future_result(second, NULL, 10 * tu_slow()), MP_ECRASHED);
+    mp__pool_test_hook = NULL;
+    mp__pool_refuse_alloc = NULL;
+    mp_future_free(first);
+    mp_future_free(second);
+    expect_squares(p, 0, 8);
+    mp_pool_free(p);
+    mp_shared_free(shared);
+}
+
 int main(void)
 {
     tu_watchdog(120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere),
         cmocka_unit_test(test_pool_fails_a_dead_workers_task_with_no_memory_for_its_notice),
+        cmocka_unit_test(test_pool_fails_a_second_death_while_the_slots_notice_is_out),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
