@@ -82,7 +82,7 @@ struct mp_runtime {
     size_t nchildren, capchildren;
     struct proc_fd *fds;             /* pidfds this process holds, by record */
     size_t nfds, capfds;
-    struct mp_thread *threads;       /* started here, not yet freed */
+    struct mp_thread *threads;       /* made here, not yet freed */
     unsigned next_thread;
     struct env_block *envs;          /* environments of execs under way (spawn.c) */
     char *cmdline;                   /* /proc/self/cmdline, for spawn's exec */

@@ -2,8 +2,10 @@
  *
  * A thread publishes its end in a futex word, so a join with a timeout waits
  * on that word and only then calls pthread_join (which cannot time out).
- * Threads started here are listed in the runtime, so exit can join the
- * non-daemon ones and mp_active_count can count them.
+ * Threads made here are listed in the runtime from mp_thread_new until
+ * mp_thread_free, so exit can join the non-daemon ones, mp_active_count can
+ * count them, and a child that another thread forks meanwhile still reaches
+ * every record (see mp_thread_new).
  */
 #include "process_internal.h"
 
@@ -85,15 +87,25 @@ int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_
     if (!out || !target)
         return mp_fail(MP_EINVAL, __func__, "%s is NULL", !out ? "t (where the thread goes)"
                                                                 : "target");
+    /* Made and listed under the runtime's lock, which a fork takes: a child
+     * forked by another thread meanwhile finds the record on the list, not
+     * only in the registers of a thread it does not have (valgrind would
+     * call it lost there, and fail that child). */
+    struct mp_runtime *r = runtime();
+    runtime_lock();
     struct mp_thread *t = calloc(1, sizeof *t);
+    if (t)
+        list_add(r, t);
+    unsigned n = ++r->next_thread;
+    runtime_unlock();
     if (!t)
         return mp_fail(MP_ENOMEM, __func__, "no memory for a thread");
-    runtime_lock();
-    unsigned n = ++runtime()->next_thread;
-    runtime_unlock();
     int len = o && o->name ? snprintf(t->name, sizeof t->name, "%s", o->name)
                            : snprintf(t->name, sizeof t->name, "Thread-%u", n);
     if (len < 0 || (size_t)len >= sizeof t->name) {
+        runtime_lock();
+        list_remove(r, t);
+        runtime_unlock();
         free(t);
         return mp_fail(MP_EINVAL, __func__, "name is %d bytes; at most %zu", len,
                        sizeof t->name - 1);
@@ -126,15 +138,8 @@ int mp_thread_start(mp_thread *t)
     uint32_t expect = PROC_NEW;
     if (!atomic_compare_exchange_strong(&t->state, &expect, PROC_RUNNING))
         return fail_state(__func__, t, "a thread starts once (Python: RuntimeError); make a new one");
-    struct mp_runtime *r = runtime();
-    runtime_lock();
-    list_add(r, t);
-    runtime_unlock();
     int err = pthread_create(&t->handle, NULL, trampoline, t);
     if (err != 0) {
-        runtime_lock();
-        list_remove(r, t);
-        runtime_unlock();
         atomic_store(&t->state, PROC_NEW);
         return mp_fail(-err, __func__, "pthread_create: %s", mp_strerror(-err));
     }
@@ -268,8 +273,8 @@ void thread_join_all_at_exit(void)
 void thread_after_fork_child(void)
 {
     for (struct mp_thread *t = runtime()->threads; t; t = t->next) {
-        if (t == self)
-            continue;
+        if (t == self || atomic_load(&t->state) == PROC_NEW)
+            continue;                 /* a thread not started may start here */
         pthread_mutex_init(&t->join_lock, NULL);
         t->joined = true;
         if (atomic_load(&t->state) == PROC_RUNNING) {
