@@ -6,9 +6,10 @@
  * a put of its record's header, a get of a counter (gets); a journal written
  * just before it lets the next holder finish the bookkeeping of an operation
  * whose process was killed, so no item is torn or delivered twice, and only
- * an item a killed consumer had already taken is lost (docs/queue.md). Items above QUEUE_INLINE_MAX go out
- * of line in their own arena block: one copy in, one copy out, or none for
- * put_shared and get_shared, which hand the block itself over (docs/arena.md).
+ * an item a killed consumer had already taken is lost (docs/queue.md). Items
+ * above QUEUE_INLINE_MAX go out of line in their own arena block: one copy
+ * in, one copy out, or none for put_shared and get_shared, which hand the
+ * block itself over (docs/arena.md).
  */
 #include "queue_internal.h"
 #include "platform/ringcopy.h"
@@ -241,9 +242,23 @@ static uint64_t header_kind(uint64_t h)
     return (h >> 1) & 3;
 }
 
+/* The place of position pos in s's ring. */
+static unsigned char *ring_at(struct seg *s, uint64_t pos)
+{
+    return s->data + (pos & (s->cap - 1));
+}
+
 static _Atomic uint64_t *ring_header(struct seg *s, uint64_t pos)
 {
-    return (_Atomic uint64_t *)(void *)(s->data + (pos & (s->cap - 1)));
+    return (_Atomic uint64_t *)(void *)ring_at(s, pos);
+}
+
+/* An empty ring: positions at 0, and no record at the first. */
+static void seg_reset(struct seg *s)
+{
+    atomic_store_explicit(&s->tail, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->head, 0, memory_order_relaxed);
+    atomic_store_explicit(ring_header(s, 0), 0, memory_order_relaxed);
 }
 
 static struct seg *seg_new(uint32_t class)
@@ -251,11 +266,9 @@ static struct seg *seg_new(uint32_t class)
     struct seg *s = arena_alloc_nozero(sizeof *s + ((size_t)1 << class));
     if (!s)
         return NULL;
-    atomic_init(&s->tail, 0);
-    atomic_init(&s->head, 0);
     s->cap = (uint64_t)1 << class;
     s->class = class;
-    atomic_init(ring_header(s, 0), 0);   /* no record yet */
+    seg_reset(s);
     return s;
 }
 
@@ -276,9 +289,7 @@ static struct seg *seg_next(mp_queue *q, uint32_t class)
         if (!atomic_load_explicit(&q->spare[i], memory_order_relaxed))
             continue;
         struct seg *s = atomic_exchange(&q->spare[i], NULL);
-        atomic_store_explicit(&s->tail, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->head, 0, memory_order_relaxed);
-        atomic_store_explicit(ring_header(s, 0), 0, memory_order_relaxed);
+        seg_reset(s);
         return s;
     }
     struct seg *s = seg_new(class);
@@ -319,7 +330,7 @@ static void ring_read(const struct seg *s, uint64_t pos, void *dst, size_t n)
  * never straddle the end of the ring. */
 static uint64_t *ring_word(struct seg *s, uint64_t pos)
 {
-    return (uint64_t *)(void *)(s->data + (pos & (s->cap - 1)));
+    return (uint64_t *)(void *)ring_at(s, pos);
 }
 
 static bool kind_big(uint64_t kind)
