@@ -140,7 +140,8 @@ int mp_fail_handle(const char *fn, const char *arg, const void *h)
 {
     if (!h)
         return mp_fail(MP_EINVAL, fn, "%s is NULL", arg);
-    if (*(const uint32_t *)h == MAGIC_FREED)
+    /* relaxed: a pool's collector may free a detached handle as it is read */
+    if (atomic_load_explicit((const _Atomic uint32_t *)h, memory_order_relaxed) == MAGIC_FREED)
         return mp_fail(MP_EINVAL, fn, "%s was freed or closed already; make a new one", arg);
     return mp_fail(MP_EINVAL, fn, "%s is not a live handle of that kind (another object, or garbage)", arg);
 }

@@ -19,7 +19,7 @@
 bool future_valid(const mp_future *f)
 {
     /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused. */
-    return f && arena_contains(f, sizeof *f) && f->magic == MAGIC_FUTURE &&
+    return f && arena_contains(f, sizeof *f) && atomic_load_explicit(&f->magic, memory_order_relaxed) == MAGIC_FUTURE &&
            !(atomic_load_explicit(&f->state, memory_order_relaxed) & TASK_DETACHED);
 }
 
@@ -37,7 +37,7 @@ mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
     atomic_store_explicit(&f->id, 0, memory_order_relaxed);
     memset(f, 0, at);
     memset((char *)f + after, 0, sizeof *f - after);
-    f->magic = MAGIC_FUTURE;
+    atomic_store_explicit(&f->magic, MAGIC_FUTURE, memory_order_relaxed);
     f->kind = kind;
     f->owner = p;
     f->fail_index = SIZE_MAX;
@@ -48,7 +48,7 @@ mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
 void task_free(mp_future *f)
 {
     atomic_store(&f->id, 0);
-    f->magic = MAGIC_FREED;
+    atomic_store_explicit(&f->magic, MAGIC_FREED, memory_order_relaxed);
     if (f->out && f->out != f->out_inline)
         arena_free(f->out);
     arena_free(f->blob);

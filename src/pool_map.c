@@ -22,7 +22,7 @@ struct segment {                        /* imap records, copied out of a chunk *
 };
 
 struct mp_iter {
-    uint32_t magic;
+    _Atomic uint32_t magic;             /* relaxed: a freed handle may be checked as the collector frees it */
     pid_t creator;                      /* its lock and condition are this process's */
     mp_pool *pool;
     struct job *job;                    /* NULL once every chunk is collected */
@@ -347,7 +347,7 @@ static void iter_destroy(mp_iter *it)
     pool_mem_free(it->given);
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
-    it->magic = MAGIC_FREED;
+    atomic_store_explicit(&it->magic, MAGIC_FREED, memory_order_relaxed);
     arena_heap_root(it, sizeof *it, false);
     arena_free(it);
 }
@@ -521,7 +521,7 @@ static int imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     if (!it)
         return MP_ENOMEM;
     arena_heap_root(it, sizeof *it, true);
-    it->magic = MAGIC_ITER;
+    atomic_store_explicit(&it->magic, MAGIC_ITER, memory_order_relaxed);
     it->creator = pool_self_pid();
     it->pool = p;
     it->n = n;
@@ -561,7 +561,7 @@ fail:
 
 static bool iter_valid(const mp_iter *it)
 {
-    return it && arena_contains(it, sizeof *it) && it->magic == MAGIC_ITER &&
+    return it && arena_contains(it, sizeof *it) && atomic_load_explicit(&it->magic, memory_order_relaxed) == MAGIC_ITER &&
            !atomic_load_explicit(&it->detached, memory_order_relaxed);
 }
 
@@ -641,7 +641,7 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     if (n)
         memcpy(it->fs, fs, n * sizeof *fs);
     memset(it->given, 0, (n ? n : 1) * sizeof *it->given);
-    it->magic = MAGIC_ITER;
+    atomic_store_explicit(&it->magic, MAGIC_ITER, memory_order_relaxed);
     it->creator = pool_self_pid();
     it->n = n;
     pthread_mutex_init(&it->lock, NULL);

@@ -156,13 +156,28 @@ static inline mp_future *submit_wait(mp_pool *p, _Atomic int *flag)
     return f;
 }
 
+/* The tests' own thread and the heap. Pools fork replacement workers while
+ * the test's thread waits for results, and a worker forked while that thread
+ * was inside malloc or free inherits the allocator's lock held: under a
+ * sanitizer's malloc, which does not take its locks around fork() (clang 14's
+ * ASan and TSan), the worker hangs at its first allocation, a square's
+ * result, and the test times out (docs/pool.md, "Forks and the heap"). So
+ * results come back through one buffer per thread that only ever grows:
+ * reserved before main for the main thread, it is never reallocated for an
+ * int and never freed (a thread's own buffer is left to its exit). */
+static _Thread_local mp_buf result_buf;
+
+__attribute__((constructor)) static void reserve_result_buf(void)
+{
+    if (mp_buf_reserve(&result_buf, 64) != 0)
+        abort();
+}
+
 static inline int result_int(mp_future *f, int *value)
 {
-    mp_buf b = { 0 };
-    int rc = mp_future_result(f, &b, 30);
-    if (rc == 0 && b.len == sizeof(int))
-        memcpy(value, b.data, sizeof(int));
-    mp_buf_free(&b);
+    int rc = mp_future_result(f, &result_buf, 30);
+    if (rc == 0 && result_buf.len == sizeof(int))
+        memcpy(value, result_buf.data, sizeof(int));
     return rc;
 }
 
