@@ -734,25 +734,28 @@ static size_t followed(const struct follow *f, uint64_t gen, const void *src, si
 /* A holder died. A producer's commit is the header at the tail: if that
  * word is not 0, the record there was committed and the position (and,
  * from the journal, the count) is moved past it; a link there was
- * published and the switch to its segment is finished. A consumer that
- * already took that record cleared its header, but its position then
- * stands past the tail (it never passes an uncommitted record), and the
- * record ends where the journal says. Otherwise the record was never
- * committed and is overwritten. A consumer's commit is
- * gets: if it happened, finish moving the position it journaled. The
- * journal names the segment, so a stale one (already left behind) is
- * ignored. */
+ * published and the switch to its segment is finished. A consumer may
+ * already have taken that record and cleared its header (and may not have
+ * moved its own position yet: it died there, or is there now). Then the
+ * counts tell: its consumer counted it (gets passed puts: only the one
+ * record its producer did not count can make it), or its producer did
+ * (puts passed the side's own copy, which a put stores after its tail),
+ * and the record ends where the journal says. Otherwise the record was
+ * never committed and is overwritten. A consumer's commit is gets: if it
+ * happened, finish moving the position it journaled. The journal names the
+ * segment, so a stale one (already left behind) is ignored. */
 static void put_repair(mp_queue *q)
 {
     struct journal *j = &q->put.j;
     struct seg *s = q->put.seg;
     uint64_t tail = atomic_load(&s->tail);
     uint64_t h = atomic_load(ring_header(s, tail));
-    bool taken = atomic_load(&s->head) > tail;
+    uint64_t puts = atomic_load(&q->puts);
+    bool counted = puts > q->put.count || atomic_load(&q->gets) > puts;
     if (h && header_kind(h) == REC_LINK) {
         s = (struct seg *)(uintptr_t)*ring_word(s, tail + 8);
         q->put.seg = s;
-    } else if (h || (taken && j->seg == s)) {
+    } else if (h || (counted && j->seg == s)) {
         uint64_t after = h ? record_end(tail, header_len(h), header_kind(h)) : j->pos_after;
         if (j->seg == s && j->pos_after == after && atomic_load(&q->puts) < j->count_after)
             atomic_store(&q->puts, j->count_after);
@@ -865,8 +868,9 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
     atomic_store_explicit(ring_header(s, tail), header(len, kind), memory_order_release);
     hook("put_committed");
     atomic_store_explicit(&q->puts, count, memory_order_release);
-    q->put.count = count;
+    hook("put_counted");
     atomic_store_explicit(&s->tail, after, memory_order_relaxed);
+    q->put.count = count;                     /* after tail: see put_repair */
     return 0;
 }
 
@@ -1273,6 +1277,7 @@ static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, v
     if (t)
         atomic_store_explicit(&t->got, got, memory_order_relaxed);
     atomic_store_explicit(ring_header(s, head), 0, memory_order_relaxed);
+    hook("get_cleared");
     atomic_store_explicit(&s->head, after, memory_order_release);
     *big = src;
     return 0;

@@ -873,6 +873,8 @@ static void test_queue_kill_after_put_commit_delivers_the_item_once(void **state
     kill_inside_put("put_committed", 100, true, 2);
     kill_inside_put("put_committed", 100, true, 3000);
     kill_inside_put("put_committed", QUEUE_INLINE_MAX * 3, true, 2);
+    kill_inside_put("put_counted", 100, true, 2);
+    kill_inside_put("put_counted", 100, true, 3000);
 }
 
 static void test_queue_kill_before_get_commit_leaves_the_item_queued(void **state)
@@ -889,6 +891,35 @@ static void test_queue_kill_after_get_commit_never_duplicates(void **state)
     kill_inside_get("get_committed", 100, true, 2);
     kill_inside_get("get_committed", 100, true, 3000);
     kill_inside_get("get_committed", QUEUE_INLINE_MAX * 3, true, 2);
+    kill_inside_get("get_cleared", 100, true, 2);
+    kill_inside_get("get_cleared", 100, true, 3000);
+}
+
+/* Two deaths at once: a producer killed after its commit, before it moved
+ * its tail, and the consumer that took that very item killed after it
+ * cleared the item's header, before it moved its head. The next producer's
+ * repair finds neither a header at the tail nor the head past it, and must
+ * still know the item was put (it was counted by its consumer): taken for
+ * never put, its place would be written over, and the consumers' repair
+ * would then skip the new item that sits there. */
+static void test_queue_repair_after_two_deaths_keeps_the_next_item(void **state)
+{
+    (void)state;
+    for (size_t size = 100; size <= 300; size += 200) {   /* the next item the same size, or not */
+        mp_queue *q = new_queue(0);
+        put_items(q, size, 1, 3);
+        kill_point = "put_committed";
+        kill_countdown = 0;
+        struct kill_job k = { q, size, 10, 1 };
+        assert_int_equal(tu_wait(tu_fork(child_puts_until_killed, &k), 30 * tu_slow()), -SIGKILL);
+        kill_point = "get_cleared";
+        kill_countdown = 3;                /* items 1, 2 and 3 go through; 10 is cut */
+        assert_int_equal(tu_wait(tu_fork(child_gets_until_killed, &k), 30 * tu_slow()), -SIGKILL);
+        put_items(q, 100, 1000000, 2);     /* the producers' repair comes first */
+        assert_true(mp__queue_valid(q));
+        expect_items(q, 100, (uint64_t[]){ 1000000, 1000001 }, 2);
+        mp_queue_free(q);
+    }
 }
 
 /* A process killed after its commit and before its wake-up call wakes
@@ -1433,6 +1464,7 @@ int main(void)
         cmocka_unit_test(test_queue_kill_after_put_commit_delivers_the_item_once),
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
+        cmocka_unit_test(test_queue_repair_after_two_deaths_keeps_the_next_item),
         cmocka_unit_test(test_queue_getter_sees_an_item_whose_producer_died_before_waking_it),
         cmocka_unit_test(test_queue_putter_sees_room_whose_consumer_died_before_waking_it),
         cmocka_unit_test(test_queue_slow_consumer_keeps_its_lock_from_a_waiter_blind_to_proc),
