@@ -922,6 +922,64 @@ static void test_queue_repair_after_two_deaths_keeps_the_next_item(void **state)
     }
 }
 
+/* The same with a live consumer: it took the dead producer's item, cleared
+ * its header and stands still, its head not moved yet, while the next
+ * producer repairs. Then it goes on and returns the item. */
+struct paused_get { mp_queue *q; _Atomic int at_point, go; _Atomic uint64_t got; };
+static struct paused_get *paused;
+
+static void pause_at_point(const char *point)
+{
+    if (strcmp(point, "get_cleared") != 0)
+        return;
+    atomic_store(&paused->at_point, 1);
+    while (!atomic_load(&paused->go))
+        usleep(1000);
+}
+
+static int child_gets_one_pausing(void *arg)
+{
+    struct paused_get *p = arg;
+    uint64_t x = 0;
+    size_t len;
+    mp__queue_test_hook = pause_at_point;
+    int rc = mp_queue_get(p->q, &x, sizeof x, &len, 30);
+    atomic_store(&p->got, x);
+    return rc == 0 ? 0 : 1;
+}
+
+static bool consumer_paused(void *arg)
+{
+    return atomic_load(&((struct paused_get *)arg)->at_point) != 0;
+}
+
+static void test_queue_repair_beside_a_paused_consumer_keeps_the_next_item(void **state)
+{
+    (void)state;
+    mp_queue *q = new_queue(0);
+    kill_point = "put_committed";
+    kill_countdown = 0;
+    struct kill_job k = { q, sizeof(uint64_t), 10, 1 };
+    assert_int_equal(tu_wait(tu_fork(child_puts_until_killed, &k), 30 * tu_slow()), -SIGKILL);
+    paused = mp_shared_alloc(sizeof *paused);
+    assert_non_null(paused);
+    paused->q = q;
+    pid_t consumer = tu_fork(child_gets_one_pausing, paused);
+    assert_true(tu_wait_for(consumer_paused, paused, 10 * tu_slow()));
+    put_u64(q, 1000000);                      /* repairs beside it */
+    atomic_store(&paused->go, 1);
+    assert_int_equal(tu_wait(consumer, 30 * tu_slow()), 0);
+    assert_int_equal(atomic_load(&paused->got), 10);
+    assert_true(mp__queue_valid(q));
+    uint64_t x = 0;
+    size_t len;
+    TU_OK(mp_queue_get(q, &x, sizeof x, &len, 5 * tu_slow()));
+    assert_int_equal(x, 1000000);
+    TU_ASSERT_RC(mp_queue_get_nowait(q, &x, sizeof x, &len), MP_EEMPTY);
+    mp_shared_free(paused);
+    mp_queue_free(q);
+}
+
 /* A process killed after its commit and before its wake-up call wakes
  * nobody; the sleeper on the other side must find the commit anyway. */
 struct sleeper { mp_queue *q; _Atomic int rc; _Atomic bool done; };
@@ -1465,6 +1523,7 @@ int main(void)
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
         cmocka_unit_test(test_queue_repair_after_two_deaths_keeps_the_next_item),
+        cmocka_unit_test(test_queue_repair_beside_a_paused_consumer_keeps_the_next_item),
         cmocka_unit_test(test_queue_getter_sees_an_item_whose_producer_died_before_waking_it),
         cmocka_unit_test(test_queue_putter_sees_room_whose_consumer_died_before_waking_it),
         cmocka_unit_test(test_queue_slow_consumer_keeps_its_lock_from_a_waiter_blind_to_proc),
