@@ -19,7 +19,8 @@
 bool future_valid(const mp_future *f)
 {
     /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused. */
-    return f && arena_contains(f, sizeof *f) && atomic_load_explicit(&f->magic, memory_order_relaxed) == MAGIC_FUTURE &&
+    return f && arena_contains(f, sizeof *f) &&
+           atomic_load_explicit(&f->magic, memory_order_relaxed) == MAGIC_FUTURE &&
            !(atomic_load_explicit(&f->state, memory_order_relaxed) & TASK_DETACHED);
 }
 

@@ -57,7 +57,8 @@ struct pool_shared;
 #define TASK_INLINE 32          /* small results live in the task itself */
 
 struct mp_future {
-    _Atomic uint32_t magic;             /* relaxed: a freed handle may be checked as the collector frees it */
+    _Atomic uint32_t magic;             /* relaxed: a caller may check a freed handle
+                                         * while the collector frees it */
     uint32_t kind;
     _Atomic uint32_t state;
     _Atomic uint64_t id;                /* unique per pool; 0 once freed */

@@ -22,7 +22,8 @@ struct segment {                        /* imap records, copied out of a chunk *
 };
 
 struct mp_iter {
-    _Atomic uint32_t magic;             /* relaxed: a freed handle may be checked as the collector frees it */
+    _Atomic uint32_t magic;             /* relaxed: a caller may check a freed handle
+                                         * while the collector frees it */
     pid_t creator;                      /* its lock and condition are this process's */
     mp_pool *pool;
     struct job *job;                    /* NULL once every chunk is collected */
@@ -561,7 +562,8 @@ fail:
 
 static bool iter_valid(const mp_iter *it)
 {
-    return it && arena_contains(it, sizeof *it) && atomic_load_explicit(&it->magic, memory_order_relaxed) == MAGIC_ITER &&
+    return it && arena_contains(it, sizeof *it) &&
+           atomic_load_explicit(&it->magic, memory_order_relaxed) == MAGIC_ITER &&
            !atomic_load_explicit(&it->detached, memory_order_relaxed);
 }
 

@@ -164,7 +164,8 @@ static inline mp_future *submit_wait(mp_pool *p, _Atomic int *flag)
  * result, and the test times out (docs/pool.md, "Forks and the heap"). So
  * results come back through one buffer per thread that only ever grows:
  * reserved before main for the main thread, it is never reallocated for an
- * int and never freed (a thread's own buffer is left to its exit). */
+ * int and never freed. (Only the main thread asks for results here; another
+ * thread's buffer would be left behind at its exit.) */
 static _Thread_local mp_buf result_buf;
 
 __attribute__((constructor)) static void reserve_result_buf(void)
