@@ -757,7 +757,7 @@ static void put_repair(mp_queue *q)
         q->put.seg = s;
     } else if (h || (counted && j->seg == s)) {
         uint64_t after = h ? record_end(tail, header_len(h), header_kind(h)) : j->pos_after;
-        if (j->seg == s && j->pos_after == after && atomic_load(&q->puts) < j->count_after)
+        if (j->seg == s && j->pos_after == after && puts < j->count_after)
             atomic_store(&q->puts, j->count_after);
         atomic_store(&s->tail, after);
     }

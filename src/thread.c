@@ -87,34 +87,33 @@ int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_
     if (!out || !target)
         return mp_fail(MP_EINVAL, __func__, "%s is NULL", !out ? "t (where the thread goes)"
                                                                 : "target");
-    /* Made and listed under the runtime's lock, which a fork takes: a child
-     * forked by another thread meanwhile finds the record on the list, not
-     * only in the registers of a thread it does not have (valgrind would
-     * call it lost there, and fail that child). */
+    /* Made, filled in and listed under the runtime's lock, which a fork
+     * takes: a child forked by another thread meanwhile finds the record
+     * whole on the list, not only in the registers of a thread it does not
+     * have (valgrind would call it lost there, and fail that child). */
     struct mp_runtime *r = runtime();
+    size_t cap = sizeof ((struct mp_thread *)NULL)->name;
+    size_t name_len = o && o->name ? strlen(o->name) : 0;
     runtime_lock();
-    struct mp_thread *t = calloc(1, sizeof *t);
-    if (t)
-        list_add(r, t);
     unsigned n = ++r->next_thread;
+    struct mp_thread *t = name_len < cap ? calloc(1, sizeof *t) : NULL;
+    if (t) {
+        if (o && o->name)
+            memcpy(t->name, o->name, name_len + 1);
+        else
+            snprintf(t->name, cap, "Thread-%u", n);
+        t->magic = MAGIC_THREAD;
+        t->daemon = o && o->daemon;
+        t->target = target;
+        t->arg = arg;
+        pthread_mutex_init(&t->join_lock, NULL);
+        list_add(r, t);
+    }
     runtime_unlock();
+    if (name_len >= cap)
+        return mp_fail(MP_EINVAL, __func__, "name is %zu bytes; at most %zu", name_len, cap - 1);
     if (!t)
         return mp_fail(MP_ENOMEM, __func__, "no memory for a thread");
-    int len = o && o->name ? snprintf(t->name, sizeof t->name, "%s", o->name)
-                           : snprintf(t->name, sizeof t->name, "Thread-%u", n);
-    if (len < 0 || (size_t)len >= sizeof t->name) {
-        runtime_lock();
-        list_remove(r, t);
-        runtime_unlock();
-        free(t);
-        return mp_fail(MP_EINVAL, __func__, "name is %d bytes; at most %zu", len,
-                       sizeof t->name - 1);
-    }
-    t->magic = MAGIC_THREAD;
-    t->daemon = o && o->daemon;
-    t->target = target;
-    t->arg = arg;
-    pthread_mutex_init(&t->join_lock, NULL);
     *out = t;
     return 0;
 }
