@@ -566,12 +566,15 @@ static bool put_ready(void *arg, bool spinning)
     return !q->maxsize || queued(q) < q->maxsize || atomic_load(&q->closed);
 }
 
+/* Every item put is done or lost. gets passes puts when a producer's item
+ * was got before the producer counted it: that item is owed a task_done
+ * too. */
 static bool join_ready(void *arg, bool spinning)
 {
     (void)spinning;
     mp_queue *q = arg;
-    uint64_t p = atomic_load(&q->puts);
-    return atomic_load(&q->done) + atomic_load(&q->lost) >= p;
+    uint64_t p = atomic_load(&q->puts), g = atomic_load(&q->gets);
+    return atomic_load(&q->done) + atomic_load(&q->lost) >= (g > p ? g : p);
 }
 
 /* ------------------------------------------------------------------ big items in flight */
@@ -1427,15 +1430,23 @@ int mp_queue_join(mp_queue *q, double timeout)
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
     lazy_deadline d = { .timeout = timeout };
-    while (!join_ready(q, false)) {
-        if (write_off_dead(q))
-            continue;
-        if (timeout == 0 || wait_until(q, &q->all_done, join_ready, q, &d) != 0) {
-            if (!join_ready(q, false))
-                return queue_result(MP_ETIMEDOUT, __func__, timeout);
-            break;
+    do {
+        while (!join_ready(q, false)) {
+            if (write_off_dead(q))
+                continue;
+            if (timeout == 0 || wait_until(q, &q->all_done, join_ready, q, &d) != 0) {
+                if (!join_ready(q, false))
+                    return queue_result(MP_ETIMEDOUT, __func__, timeout);
+                break;
+            }
         }
-    }
+        /* A producer killed between its commit and its count left an item
+         * puts does not show: taking the producers' lock replays its
+         * journal. A live holder is a put still under way, which a join
+         * need not wait for. */
+        if (lock_side(q, &q->put, put_repair, LOCK_GRACE_S) == 0)
+            tlock_unlock(&q->put.lock);
+    } while (!join_ready(q, false));
     /* Every item is done or lost. The first join to see a loss reports it. */
     uint64_t told = atomic_load(&q->lost_told), lost = atomic_load(&q->lost);
     while (lost > told) {

@@ -1467,6 +1467,33 @@ static void test_queue_join_counts_a_consumer_killed_at_its_commit(void **state)
     mp_queue_free(q);
 }
 
+/* A producer killed after its commit, before it counted the item, and no
+ * producer after it to replay its journal: the item is in the queue all
+ * the same, so join waits for it to be got and marked done, whether it
+ * looks before the get or after. */
+static void test_queue_join_waits_for_the_item_of_a_producer_killed_at_its_commit(void **state)
+{
+    (void)state;
+    for (int got_first = 0; got_first < 2; got_first++) {
+        mp_queue *q = new_queue(0);
+        kill_point = "put_committed";
+        kill_countdown = 0;
+        struct kill_job k = { q, 100, 10, 1 };
+        assert_int_equal(tu_wait(tu_fork(child_puts_until_killed, &k), 30 * tu_slow()), -SIGKILL);
+        if (!got_first) {
+            TU_ASSERT_RC(mp_queue_join(q, 0), MP_ETIMEDOUT);
+            TU_ASSERT_RC(mp_queue_join(q, 0.05), MP_ETIMEDOUT);
+        }
+        expect_items(q, 100, (uint64_t[]){ 10 }, 1);
+        TU_ASSERT_RC(mp_queue_join(q, 0), MP_ETIMEDOUT);    /* got, not done */
+        TU_ASSERT_RC(mp_queue_join(q, 0.05), MP_ETIMEDOUT);
+        TU_OK(mp_queue_task_done(q));
+        TU_OK(mp_queue_join(q, 0));
+        assert_true(mp__queue_valid(q));
+        mp_queue_free(q);
+    }
+}
+
 /* An item one process got and another marked done is not lost when the
  * getter dies: task_done counts against whichever consumer still owes one. */
 static int child_marks_done(void *arg)
@@ -1512,6 +1539,7 @@ int main(void)
         cmocka_unit_test(test_queue_join_waits_until_every_item_is_done),
         cmocka_unit_test(test_queue_task_done_more_than_got_returns_einval),
         cmocka_unit_test(test_queue_join_reports_items_a_dead_consumer_never_finished),
+        cmocka_unit_test(test_queue_join_waits_for_the_item_of_a_producer_killed_at_its_commit),
         cmocka_unit_test(test_queue_join_waiting_when_a_consumer_dies_returns_ebroken),
         cmocka_unit_test(test_queue_join_counts_a_consumer_killed_at_its_commit),
         cmocka_unit_test(test_queue_join_counts_task_done_from_another_process),
