@@ -874,6 +874,54 @@ static void test_threads_share_one_handle_safely(void **state)
     mp_manager_free(m);
 }
 
+/* A thread waiting on a queue for ever holds the handle's connection for
+ * one slice of the server's at a time (or, with the server stopped, for as
+ * long as a reply may take): another thread's call on the same handle
+ * still keeps its own deadline, and still gets its turn. A stopped server
+ * may also answer a call MP_ETIMEDOUT (its reply came too late). */
+struct forever_get { mp_mqueue *q; int rc; };
+
+static void *get_forever(void *arg)
+{
+    struct forever_get *g = arg;
+    mp_buf b = { 0 };
+    g->rc = mp_mqueue_get(g->q, &b, MP_FOREVER);
+    mp_buf_free(&b);
+    return NULL;
+}
+
+static void test_timed_calls_keep_their_deadline_beside_a_forever_call_on_one_handle(void **state)
+{
+    (void)state;
+    mp_manager *m = start();
+    pid_t srv = mp_manager_pid(m);
+    mp_mqueue *q;
+    TU_OK(mp_manager_queue(m, "q", 0, &q));
+    struct forever_get g = { q, 1 };
+    pthread_t t;
+    TU_OK(pthread_create(&t, NULL, get_forever, &g));
+    usleep(300000);                    /* its slices under way */
+    mp_buf b = { 0 };
+    for (int stopped = 0; stopped < 2; stopped++) {
+        if (stopped)
+            TU_OK(kill(srv, SIGSTOP));
+        for (int i = 0; i < 3; i++) {
+            double t0 = tu_now();
+            int rc = mp_mqueue_get(q, &b, 0.2);    /* Python's queue.Empty */
+            assert_true(rc == MP_EEMPTY || (stopped && rc == MP_ETIMEDOUT));
+            assert_true(tu_now() - t0 < 0.2 + 0.3 * tu_slow());
+        }
+        if (stopped)
+            TU_OK(kill(srv, SIGCONT));
+    }
+    TU_OK(mp_mqueue_put(q, "x", 1, 0.5 * tu_slow()));   /* a turn, not only a timeout */
+    TU_OK(pthread_join(t, NULL));
+    assert_int_equal(g.rc, 0);
+    mp_buf_free(&b);
+    mp_mqueue_free(q);
+    mp_manager_free(m);
+}
+
 static int child_uses_inherited_handle(void *arg)
 {
     mp_dict *d = arg;
@@ -1345,6 +1393,7 @@ int main(void)
         cmocka_unit_test(test_500_clients_connecting_and_leaving_leave_no_fds_or_memory),
         cmocka_unit_test(test_server_stays_responsive_with_500_connected_clients),
         cmocka_unit_test(test_threads_share_one_handle_safely),
+        cmocka_unit_test(test_timed_calls_keep_their_deadline_beside_a_forever_call_on_one_handle),
         cmocka_unit_test(test_handles_created_before_fork_work_in_the_child),
         cmocka_unit_test(test_handles_work_in_spawned_and_forked_processes),
         cmocka_unit_test(test_server_killed_makes_every_call_fail_within_a_second),

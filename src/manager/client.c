@@ -70,6 +70,7 @@ struct mlock { struct proxy p; };
  * proxy). */
 struct mconn {
     pthread_mutex_t mu;
+    _Atomic int waiting; /* threads waiting for mu */
     struct wire w;       /* fd -1 until connected */
     pid_t pid;           /* process the socket belongs to */
     struct channel *ch;  /* same-family fast path; the server's once attached */
@@ -100,6 +101,7 @@ static void local_child(void)
     local.pid = getpid();
     for (struct mconn *c = local.head; c; c = c->next) {
         pthread_mutex_init(&c->mu, NULL);
+        atomic_store(&c->waiting, 0);      /* the parent's other threads */
         if (c->w.fd >= 0)
             close(c->w.fd);
         c->w.fd = -1;
@@ -214,11 +216,51 @@ static int mconn_open(struct mconn *c, const mp_manager *m, const mp_deadline *c
     return 0;
 }
 
-/* Locks c and makes sure it is connected in this process, by the call's
+/* The connection this thread holds, from mconn_begin to mconn_end: none
+ * after a call that timed out waiting for it. */
+static _Thread_local struct mconn *held;
+
+/* Takes c's lock, by *by if given (another thread's call may hold it for
+ * a slice of a blocking call, or until a stopped server's reply is due):
+ * 0, or MP_ETIMEDOUT without it. */
+static int mconn_lock(struct mconn *c, const mp_deadline *by)
+{
+    int e = 0;
+    atomic_fetch_add(&c->waiting, 1);
+    if (!by || by->forever) {
+        pthread_mutex_lock(&c->mu);
+    } else {
+        /* timedlock takes CLOCK_REALTIME: the deadline moved onto it
+         * (clocklock would take it as it is, but not every sanitizer
+         * knows it for a lock) */
+        struct timespec now, at;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        clock_gettime(CLOCK_REALTIME, &at);
+        long ns = (by->at.tv_sec - now.tv_sec) * 1000000000L + (by->at.tv_nsec - now.tv_nsec);
+        if (ns < 0)
+            ns = 0;
+        at.tv_sec += ns / 1000000000L;
+        at.tv_nsec += ns % 1000000000L;
+        if (at.tv_nsec >= 1000000000L) {
+            at.tv_sec++;
+            at.tv_nsec -= 1000000000L;
+        }
+        e = pthread_mutex_timedlock(&c->mu, &at);
+    }
+    atomic_fetch_sub(&c->waiting, 1);
+    if (e != 0)
+        return MP_ETIMEDOUT;
+    held = c;
+    return 0;
+}
+
+/* Locks c, unless this thread holds it already (proxy_blocking takes it
+ * first), and makes sure it is connected in this process, by the call's
  * deadline (NULL: the connect timeout). */
 static int mconn_begin(struct mconn *c, const mp_manager *m, const mp_deadline *call)
 {
-    pthread_mutex_lock(&c->mu);
+    if (held != c)
+        mconn_lock(c, NULL);
     if (c->w.fd >= 0 && c->pid == local.pid)
         return 0;
     if (c->w.fd >= 0) {    /* forked without the atfork hook (raw clone): */
@@ -233,7 +275,19 @@ static int mconn_begin(struct mconn *c, const mp_manager *m, const mp_deadline *
 
 static void mconn_end(struct mconn *c)
 {
+    if (held != c)
+        return;
+    held = NULL;
     pthread_mutex_unlock(&c->mu);
+}
+
+/* Between the slices of a blocking call: the mutex is not fair, and the
+ * caller would take it straight back, so threads waiting for it get their
+ * turn first (a few ms at most). */
+static void mconn_give_way(struct mconn *c)
+{
+    for (int i = 0; i < 200 && atomic_load(&c->waiting) > 0; i++)
+        usleep(10);
 }
 
 /* One request and its reply through the shared channel (channel.h), the
@@ -427,6 +481,17 @@ static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, 
     mp_deadline d = deadline_in(timeout);
     const double margin = MANAGER_REPLY_MARGIN_MS / 1000.0;
     for (;;) {
+        struct mconn *c = proxy_conn(p);
+        if (!c)
+            return MP_ENOMEM;
+        /* Another thread's call on this handle may hold the connection for
+         * a slice of its own, or until a stopped server's reply is due:
+         * wait for it until the deadline (and its margin) at most, as the
+         * queue in the arena waits for its lock, and only then see how
+         * long the server may take. */
+        mp_deadline by = d.forever ? d : deadline_in(deadline_left(&d) + margin);
+        if (mconn_lock(c, &by) != 0)
+            return expire;
         struct due due = due_default();
         double wait = -1.0;
         if (!d.forever) {
@@ -438,6 +503,7 @@ static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, 
         int rc = out ? proxy_bytes(p, op, args, n, out, &due) : proxy_simple(p, op, args, n, &due);
         if (rc != expire || timeout == 0 || deadline_passed(&d))
             return rc;
+        mconn_give_way(c);
     }
 }
 
