@@ -193,14 +193,22 @@ static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int
     return found;
 }
 
-/* Writes the whole list, times times, then extra's items, as a list. */
-static void list_body(struct pycall *c, int64_t times, struct pk_node *extra)
+/* Writes the whole list, times times, then extra's items, as a list:
+ * false, with nothing more written, once the reply would pass
+ * PY_MAX_BYTES (the first round tells what each costs). An empty list
+ * takes no rounds, whatever times says. */
+static bool list_body(struct pycall *c, int64_t times, struct pk_node *extra)
 {
     struct pyconn *cx = c->cx;
     struct sreply r;
     int64_t len = list_len(c);
     pk_empty_list(&cx->pw);
-    for (int64_t t = 0; t < times; t++) {
+    size_t start = cx->out.len;
+    for (int64_t t = 0; t < times && len > 0; t++) {
+        size_t per = cx->out.len - start;
+        if (cx->out.len > PY_MAX_BYTES ||
+            (t == 1 && per && (uint64_t)(times - 1) > (PY_MAX_BYTES - cx->out.len) / per))
+            return false;
         for (int64_t i = 0; i < len; i += 1000) {
             pk_mark(&cx->pw);
             for (int64_t k = i; k < len && k < i + 1000; k++) {
@@ -217,13 +225,21 @@ static void list_body(struct pycall *c, int64_t times, struct pk_node *extra)
             pk_node(&cx->pw, extra->kids[i]);
         pk_appends(&cx->pw);
     }
+    return cx->out.len <= PY_MAX_BYTES;
+}
+
+static void list_too_big(struct pycall *c)
+{
+    py_raise_msg(c->cx, "MemoryError", "mproc-manager: the list is too large to send");
 }
 
 static void list_write(struct pycall *c, int64_t times, struct pk_node *extra)
 {
     py_reply_begin(c->cx, "#RETURN");
-    list_body(c, times, extra);
-    py_reply_end(c->cx);
+    if (list_body(c, times, extra))
+        py_reply_end(c->cx);
+    else
+        list_too_big(c);
 }
 
 /* reversed(l): builtins.reversed of a copy, which the client makes. */
@@ -232,7 +248,10 @@ static void list_reversed(struct pycall *c)
     struct pyconn *cx = c->cx;
     py_reply_begin(cx, "#RETURN");
     pk_global(&cx->pw, "builtins", "reversed");
-    list_body(c, 1, NULL);
+    if (!list_body(c, 1, NULL)) {
+        list_too_big(c);
+        return;
+    }
     pk_tuple(&cx->pw, 1);
     pk_reduce(&cx->pw);
     py_reply_end(cx);
@@ -439,7 +458,7 @@ static void list_imul(struct pycall *c)
     }
     int64_t times = a0->i, len = list_len(c);
     int rc = 0;
-    for (int64_t t = 1; t < times && rc == 0; t++)
+    for (int64_t t = 1; t < times && len > 0 && rc == 0; t++)   /* [] * n is [] at once */
         for (int64_t i = 0; i < len && rc == 0; i++) {
             struct mval at = mint(i);
             if ((rc = py_sx(c, OP_LIST_GET, &at, NULL, &r)) == 0) {

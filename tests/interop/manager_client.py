@@ -256,6 +256,23 @@ def errors(address, key):
     assert "nested too deeply" in str(e), e
     d["after"] = 1                                             # and the connection still serves
     eq(d["after"], 1)
+    # l * n and l *= n: [] at once for an empty list (not n empty rounds
+    # with the store held), MemoryError when the reply would pass the bound
+    empty = m.list()
+    got = []
+    t = threading.Thread(target=lambda: got.append((empty * 10**18, empty.__imul__(10**18))),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert got, "l * 10**18 on an empty list took over 10 s"
+    eq(got[0][0], [])
+    eq(len(empty), 0)
+    big = m.list([b"x" * 2**20])
+    raises(MemoryError, big.__mul__, 10**6)                  # a reply of 1 TiB
+    eq(big * 2, [b"x" * 2**20] * 2)
+    eq(len(big), 1)
+    d["after-mul"] = 1                                         # and the server serves on
+    eq(d["after-mul"], 1)
     # an unknown typeid and a method that is not exposed are tracebacks
     raises(Exception, m._create, "Pool")
     raises(Exception, d._callmethod, "nosuch")
