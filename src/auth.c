@@ -87,10 +87,16 @@ static int hmac_of(const char *name, size_t name_len, const void *key, size_t ke
     return 0;
 }
 
-/* Any failure to talk is a failed authentication, except running out of time. */
+/* Any failure to talk is a failed authentication, except running out of
+ * time, and the peer hanging up before its verdict (a reset or a broken
+ * pipe too): MP_EEOF, no verdict at all, which a caller that may connect
+ * again can take as such (a server drops handshakes it has begun to make
+ * room in a flood). */
 static int auth_error(int rc)
 {
-    return rc == 0 || rc == MP_ETIMEDOUT ? rc : MP_EAUTH;
+    if (rc == 0 || rc == MP_ETIMEDOUT)
+        return rc;
+    return rc == MP_EEOF || rc == -ECONNRESET || rc == -EPIPE ? MP_EEOF : MP_EAUTH;
 }
 
 static int verify_answer(const void *key, size_t keylen, const uint8_t *message, size_t mlen,

@@ -289,6 +289,9 @@ static void set_nodelay(int fd)
 /* Why a handshake failed, from the side that ran it. */
 static int fail_handshake(int rc, const char *fn, const char *peer)
 {
+    if (rc == MP_EEOF)
+        return mp_fail(MP_EAUTH, fn, "%s hung up during the authkey handshake: the keys differ, "
+                       "or it expects none", peer);
     if (rc == MP_EAUTH)
         return mp_fail(rc, fn, "authkey handshake with %s failed: the keys differ, or one side "
                        "expects none (authkey NULL: no handshake; \"\" with length 0: an "

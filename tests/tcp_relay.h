@@ -9,6 +9,9 @@
  *   RELAY_BLACKHOLE  read and throw away both ways: nothing ever arrives;
  *   RELAY_HALF_OPEN  close the server side, keep the client side open and
  *                    silent (a peer that vanished without a reset).
+ * hang_ups, whatever the mode: the next that many connections are closed
+ * once the server's first bytes have reached the client, as a server
+ * drops a handshake it has begun (to make room in a flood).
  * One thread does it all with poll; everything it holds is freed by
  * relay_stop.
  */
@@ -33,7 +36,9 @@ struct relay {
     pthread_t thread;
     _Atomic int mode;
     _Atomic bool stop;
+    _Atomic int hang_ups;
     int cfd[RELAY_MAX_PAIRS], sfd[RELAY_MAX_PAIRS];   /* -1: slot free / side closed */
+    bool doomed[RELAY_MAX_PAIRS];                      /* one of the hang_ups */
 };
 
 /* A blocking TCP connection to 127.0.0.1:port, or -1. */
@@ -111,6 +116,8 @@ static void *relay_main(void *arg)
             if (s >= 0) {
                 r->cfd[slot] = c;
                 r->sfd[slot] = s;
+                int h = atomic_load(&r->hang_ups);
+                r->doomed[slot] = h > 0 && atomic_compare_exchange_strong(&r->hang_ups, &h, h - 1);
             } else if (c >= 0) {
                 close(c);
             }
@@ -127,6 +134,9 @@ static void *relay_main(void *arg)
             if (from >= 0 && !relay_pump(from, to)) {
                 if (mode == RELAY_HALF_OPEN && !client_side)
                     continue;
+                relay_close_pair(r, i);
+            } else if (!client_side && r->doomed[i]) {
+                r->doomed[i] = false;
                 relay_close_pair(r, i);
             }
         }

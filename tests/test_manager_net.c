@@ -430,6 +430,36 @@ static void test_connect_to_a_server_that_never_answers_times_out_and_says_why(v
     mp_listener_free(silent);
 }
 
+/* A server that drops a handshake it has begun (it makes room so in a
+ * flood of silent connections, oldest first) has not refused the key:
+ * the client connects again, within its deadline, and gets in. A wrong
+ * key is still refused at once. */
+static void test_handshake_dropped_by_the_server_is_tried_again(void **state)
+{
+    (void)state;
+    mp_manager *m = start_at("tcp:127.0.0.1:0");
+    struct relay r;
+    TU_OK(relay_start(&r, tcp_port_of(mp_manager_address(m))));
+    char address[64];
+    snprintf(address, sizeof address, "tcp:127.0.0.1:%d", r.port);
+    size_t klen;
+    const void *key = mp_manager_authkey(m, &klen);
+    atomic_store(&r.hang_ups, 3);
+    mp_manager *other = NULL;
+    TU_OK(mp_manager_connect(&other, address, key, klen));
+    assert_int_equal(atomic_load(&r.hang_ups), 0);
+    mp_dict *d = NULL;
+    TU_OK(mp_dict_open(other, "d", &d));
+    TU_OK(mp_dict_set(d, "k", "v", 1));
+    mp_dict_free(d);
+    mp_manager_free(other);
+    double t0 = tu_now();
+    assert_int_equal(mp_manager_connect(&other, address, "wrong", 5), MP_EAUTH);
+    assert_true(tu_now() - t0 < 1.0 * tu_slow());
+    relay_stop(&r);
+    mp_manager_free(m);
+}
+
 /* 4,100 silent connections (more than the client cap) do not keep a
  * client with the key out: it connects and sets a key within 1 s. Under
  * sanitizers (MPROC_TEST_SLOW > 1), where each server thread costs
@@ -639,6 +669,7 @@ int main(void)
         cmocka_unit_test(test_kill_storm_of_consumers_loses_nothing_beyond_the_guarantee),
         cmocka_unit_test(test_silent_peer_is_dropped_after_the_handshake_deadline),
         cmocka_unit_test(test_connect_to_a_server_that_never_answers_times_out_and_says_why),
+        cmocka_unit_test(test_handshake_dropped_by_the_server_is_tried_again),
         cmocka_unit_test(test_silent_flood_does_not_lock_out_a_client_with_the_key),
         cmocka_unit_test(test_server_at_fd_limit_does_not_spin),
         cmocka_unit_test(test_budget_counts_every_byte_stored),

@@ -200,16 +200,23 @@ static mp_deadline connect_deadline(const mp_deadline *call)
 static int mconn_open(struct mconn *c, const mp_manager *m, const mp_deadline *call)
 {
     mp_deadline d = connect_deadline(call);
-    int fd;
-    int rc = wire_connect(m->address, &fd, &d);
-    if (rc < 0)
-        return rc;
-    wire_close(&c->w);
-    wire_init(&c->w, fd, MANAGER_SPIN_NS);
-    rc = wire_auth_client(&c->w, m->key, m->keylen, &d);
-    if (rc < 0) {
+    int rc;
+    /* A server that hangs up in the handshake without its verdict (it
+     * drops the oldest handshakes to make room in a flood) has not
+     * refused the key: connect again, after a short nap, by d. */
+    for (useconds_t nap = 1000;; nap = nap < 64000 ? 2 * nap : nap) {
+        int fd;
+        if ((rc = wire_connect(m->address, &fd, &d)) < 0)
+            return rc;
+        wire_close(&c->w);
+        wire_init(&c->w, fd, MANAGER_SPIN_NS);
+        rc = wire_auth_client(&c->w, m->key, m->keylen, &d);
+        if (rc == 0)
+            break;
         mconn_drop(c);
-        return rc == MP_EAUTH || rc == MP_ETIMEDOUT ? rc : MP_EBROKEN;
+        if (rc != MP_EEOF || deadline_left(&d) * 1e6 < nap)
+            return rc == MP_EAUTH || rc == MP_ETIMEDOUT ? rc : MP_EBROKEN;
+        usleep(nap);
     }
     c->pid = local.pid;
     mconn_attach(c, &d);
