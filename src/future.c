@@ -308,6 +308,8 @@ static bool wait_satisfied(mp_future **fs, size_t n, int mode, int *done)
         failed |= fs[i]->rc != 0 && fs[i]->rc != MP_ECANCELLED;
     }
     *done = count;
+    if ((size_t)count == n)          /* all done, or nothing to wait for (Python's wait([])) */
+        return true;
     if (mode == MP_FIRST_COMPLETED)
         return count > 0;
     if (mode == MP_FIRST_EXCEPTION && failed)

@@ -113,6 +113,12 @@ static void test_futures_wait_first_completed_first_exception_all(void **state)
     atomic_store(flag, 1);
     assert_int_equal(mp_futures_wait(fs, 3, MP_ALL_COMPLETED, 30), 3);
     assert_int_equal(mp_futures_wait(fs, 0, MP_ALL_COMPLETED, 0), 0);
+    for (int mode = MP_FIRST_COMPLETED; mode <= MP_ALL_COMPLETED; mode++) {
+        double t0 = tu_now();                  /* nothing to wait for: at once (Python's wait([])) */
+        assert_int_equal(mp_futures_wait(fs, 0, mode, 2.0), 0);
+        assert_true(tu_now() - t0 < 1.0);
+        assert_int_equal(mp_futures_wait(NULL, 0, mode, MP_FOREVER), 0);
+    }
     for (int i = 0; i < 3; i++)
         mp_future_free(fs[i]);
     mp_shared_free(flag);
