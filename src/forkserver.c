@@ -152,11 +152,15 @@ void forkserver_after_fork_child(void)
     r->fs_pid = 0;
 }
 
+/* Never waits behind a start under way: it waits for the server's answer
+ * with no timeout (a stopped server gives none), and a timed join asks
+ * here. Busy, it says the server runs; callers nap and ask again. */
 bool forkserver_running(pid_t server)
 {
     struct mp_runtime *r = runtime();
     siginfo_t si;
-    pthread_mutex_lock(&r->fs_lock);
+    if (pthread_mutex_trylock(&r->fs_lock) != 0)
+        return true;
     bool alive = server == r->fs_pid && r->fs_sock >= 0 && proc_wait_pid(server, &si, true) == 0;
     if (!alive && server == r->fs_pid && r->fs_sock >= 0) {
         close(r->fs_sock);          /* it died (and is reaped now): forget it */

@@ -7,6 +7,7 @@
 #include "proc_checks.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -405,6 +406,41 @@ static void test_forkserver_is_restarted_when_found_dead(void **state)
     assert_true(tu_pid_gone(server));      /* the dead one was reaped on the way */
 }
 
+/* A stopped (SIGSTOP) fork server answers nothing: a thread starting a
+ * process through it waits until it resumes, but a timed join of another
+ * of its children, from another thread, still returns on time. */
+struct starter { mp_process *p; int rc; };
+
+static void *start_in_thread(void *arg)
+{
+    struct starter *s = arg;
+    s->rc = mp_process_start(s->p);
+    return NULL;
+}
+
+static void test_timed_join_holds_beside_a_start_on_a_stopped_server(void **state)
+{
+    mp_process *q = start(state, waits_forever, NULL, 0, false);
+    pid_t server = tu_proc_ppid(mp_process_pid(q));
+    assert_true(server > 0 && server != getpid());
+    struct starter s = { NULL, 1 };
+    TU_OK(mp_process_new(&s.p, waits_forever, NULL, &(mp_process_opts){ .method = MP_FORKSERVER }));
+    TU_OK(kill(server, SIGSTOP));
+    TU_OK(mp_process_kill(q));
+    pthread_t t;
+    TU_OK(pthread_create(&t, NULL, start_in_thread, &s));
+    usleep(200 * 1000);                  /* the thread waits for the server's answer */
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_process_join(q, 0.5), MP_ETIMEDOUT);
+    assert_true(tu_now() - t0 < 0.5 + 1.0 * tu_slow());
+    TU_OK(kill(server, SIGCONT));
+    TU_OK(pthread_join(t, NULL));
+    TU_OK(s.rc);
+    assert_int_equal(finish(q), -SIGKILL);
+    TU_OK(mp_process_kill(s.p));
+    assert_int_equal(finish(s.p), -SIGKILL);
+}
+
 static int exits_with_a_child(void *arg)
 {
     struct helper_arg *h = arg;
@@ -510,6 +546,7 @@ int main(void)
         cmocka_unit_test_setup(test_forkserver_child_keeps_its_code_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_join_zero_and_is_alive_agree_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
+        cmocka_unit_test_setup(test_timed_join_holds_beside_a_start_on_a_stopped_server, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
