@@ -533,13 +533,20 @@ static void halt(mp_pool *p, int rc)
     atomic_store(&p->state, POOL_TERMINATED);
     atomic_store(&p->sh->closing, CLOSING_NOW);
     wake_workers(p->sh);
-    fail_queued(p->sh, rc);
+    /* Processes die before their queue is failed: one stopped (SIGSTOP)
+     * inside list_pop holds the list until it dies, and its death gives
+     * the lock back (robust). Threads are never killed: theirs goes now. */
+    bool killed = p->ops == &processes_backend;
+    if (!killed)
+        fail_queued(p->sh, rc);
     for (int i = 0; i < p->nworkers; i++)   /* all at once, then each waited out */
         if (p->workers[i].alive)
             request_kill(p, i);
     for (int i = 0; i < p->nworkers; i++)
         if (p->workers[i].alive)
             kill_worker(p, i);
+    if (killed)
+        fail_queued(p->sh, rc);
 }
 
 /* ------------------------------------------------------------------ the monitor */
@@ -636,18 +643,23 @@ static bool post_owed(mp_pool *p, bool *owing)
     return any;
 }
 
-/* Under p->lock. Only the pool's own cause breaks it: initializers that
- * fail by their own fault INIT_FAILURES_MAX times in a row. A worker
- * killed from outside before it was ready is replaced without counting,
- * after a back-off. */
+/* Under p->lock, which it gives up while it takes the list: a worker
+ * stopped (SIGSTOP) inside list_pop holds the list, and terminate needs
+ * p->lock to kill it. The slot is no longer alive, so nothing touches it
+ * meanwhile. Only the pool's own cause breaks it: initializers that fail
+ * by their own fault INIT_FAILURES_MAX times in a row. A worker killed
+ * from outside before it was ready is replaced without counting, after a
+ * back-off. */
 static void post_notice(mp_pool *p, int slot, int status)
 {
     struct slot *s = &p->sh->slots[slot];
     struct worker *w = &p->workers[slot];
+    pthread_mutex_unlock(&p->lock);
     list_lock(p->sh);                /* repaired first: a claim it died making is void */
     mp_future *f = atomic_load(&s->current);
     uint64_t id = atomic_load(&s->current_id);
     list_unlock(p->sh);
+    pthread_mutex_lock(&p->lock);
     bool ours = w->killing || atomic_load(&p->state) == POOL_TERMINATED;
     if (atomic_load(&s->ready)) {
         p->init_failures = 0;
@@ -666,7 +678,8 @@ static void post_notice(mp_pool *p, int slot, int status)
     w->owes_notice = !post_death(p, slot);
 }
 
-/* Under p->lock: reaps ended workers, posting what each held. */
+/* Under p->lock (which post_notice gives up for a moment): reaps ended
+ * workers, posting what each held. */
 static bool reap_workers(mp_pool *p)
 {
     ASSERT_HELD(&p->lock);

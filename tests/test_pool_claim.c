@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "pool_internal.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -126,11 +127,78 @@ static void test_pool_fails_a_second_death_while_the_slots_notice_is_out(void **
     mp_shared_free(shared);
 }
 
+/* A worker stopped (SIGSTOP) while it holds the task list, and another
+ * killed meanwhile: terminate kills the stopped one (its lock comes back
+ * through the robust mutex) rather than wait for the list behind it, and
+ * the pool's monitor does not wait for the list holding the pool's lock
+ * while it notes the other's death. A thread resumes the stopped worker
+ * after a while, so the old order fails slowly instead of hanging. */
+static _Atomic pid_t stopped_pid;
+
+static void stop_once_at_claim(const char *point)
+{
+    if (strcmp(point, "claimed") == 0 && atomic_exchange(&shared[2], 1) == 0) {
+        atomic_store(&shared[1], getpid());
+        raise(SIGSTOP);
+    }
+}
+
+static void kill_other_worker(pid_t pid, char st, int ppid, const char *stat, void *ctx)
+{
+    (void)st;
+    (void)ctx;
+    if (ppid == getpid() && pid != atomic_load(&stopped_pid) && !strstr(stat, "(mp-forkserver)"))
+        kill(pid, SIGKILL);
+}
+
+static void *resume_later(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 1000 && atomic_load(&stopped_pid); i++)
+        usleep(10 * 1000);
+    pid_t pid = atomic_exchange(&stopped_pid, 0);
+    if (pid)
+        kill(pid, SIGCONT);
+    return NULL;
+}
+
+static void test_pool_terminate_kills_a_worker_stopped_holding_the_task_list(void **state)
+{
+    (void)state;
+    shared = mp_shared_alloc(3 * sizeof *shared);
+    assert_non_null(shared);
+    mp__pool_test_hook = stop_once_at_claim;   /* before the workers are forked */
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    mp_future *f = submit_int(p, t_square, 3);
+    assert_true(tu_wait_for(started, (void *)shared, 30));
+    atomic_store(&stopped_pid, (pid_t)atomic_load(&shared[1]));
+    usleep(50 * 1000);                  /* stopped, the list lock in hand */
+    each_process(kill_other_worker, NULL);
+    usleep(100 * 1000);                 /* the monitor notes that death */
+    pthread_t t;
+    TU_OK(pthread_create(&t, NULL, resume_later, NULL));
+    double t0 = tu_now();
+    TU_OK(mp_pool_terminate(p));
+    double took = tu_now() - t0;
+    bool was_stopped = atomic_exchange(&stopped_pid, 0) != 0;
+    TU_OK(pthread_join(t, NULL));
+    mp__pool_test_hook = NULL;
+    assert_true(was_stopped);           /* terminate did not wait for the resume */
+    assert_true(took < 5.0);
+    int rc = mp_future_result(f, NULL, 10 * tu_slow());
+    assert_true(rc == MP_EKILLED || rc == MP_ECRASHED);
+    mp_future_free(f);
+    TU_OK(mp_pool_join(p, 10 * tu_slow()));
+    mp_pool_free(p);
+    mp_shared_free(shared);
+}
+
 int main(void)
 {
     tu_watchdog(120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere),
+        cmocka_unit_test(test_pool_terminate_kills_a_worker_stopped_holding_the_task_list),
         cmocka_unit_test(test_pool_fails_a_dead_workers_task_with_no_memory_for_its_notice),
         cmocka_unit_test(test_pool_fails_a_second_death_while_the_slots_notice_is_out),
     };
