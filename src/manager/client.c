@@ -508,6 +508,7 @@ static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, 
         }
         args[targ] = (struct mval){ .type = MV_FLOAT, .f = wait };
         int rc = out ? proxy_bytes(p, op, args, n, out, &due) : proxy_simple(p, op, args, n, &due);
+        mconn_end(c);                /* given back already, unless the call failed before */
         if (rc != expire || timeout == 0 || deadline_passed(&d))
             return rc;
         mconn_give_way(c);
