@@ -657,10 +657,13 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
         plan(h, 0, off, size, b->prev_size, BLOCK_USED, fresh);
     }
     bool in_place = split && same_list(size, rest);
-    h->dirty_big -= dirty_big(h, b);
-    h->used += used;
     hook("alloc_planned");
     journal_commit(h, n);
+    /* The counters change only while the journal is committed: a holder
+     * killed before leaves them as they were, one killed after has them
+     * recounted by arena_repair. */
+    h->dirty_big -= dirty_big(h, b);
+    h->used += used;
     hook("alloc_committed");
     if (!in_place)
         list_remove(h, b);
@@ -771,10 +774,10 @@ static void free_locked(struct arena_header *h, struct block *b)
         list_replace(h, next, b);
     else if (!keep_prev)
         list_insert(h, block_at(h, start));
+    h->dirty_big += dirty_big(h, block_at(h, start)) - gone;
+    h->used -= size;                 /* before the journal ends, as in alloc_locked */
     hook("free_linked");
     journal_clear(h);
-    h->dirty_big += dirty_big(h, block_at(h, start)) - gone;
-    h->used -= size;
     if (h->dirty_big > DIRTY_MAX + 4 * h->used)
         sweep_locked(h);
 }
@@ -1008,7 +1011,7 @@ bool arena_check(struct arena_stats *st)
     bool ok = h->j.n == 0 && !h->corrupt && h->first < h->end && h->end + BLOCK_HEADER <= h->size;
     uint64_t off = h->first, prev = 0;
     bool prev_free = false;
-    size_t marked = 0;
+    size_t marked = 0, in_use = 0;      /* in_use: every block not free, as h->used counts */
     while (ok && off < h->end) {
         struct block *b = block_at(h, off);
         uint32_t magic = magic_of(b);
@@ -1025,8 +1028,10 @@ bool arena_check(struct arena_stats *st)
         } else {
             s.used_blocks++, s.used_bytes += b->size;
         }
+        in_use += is_free ? 0 : b->size;
         prev = b->size, prev_free = is_free, off += b->size;
     }
+    ok = ok && h->used == in_use;       /* else frees stop giving memory back (see sweep) */
     struct block *end = block_at(h, h->end);
     ok = ok && off == h->end && magic_of(end) == BLOCK_USED && (end->flags & F_END) &&
          end->prev_size == prev;
