@@ -21,6 +21,12 @@ struct mp_semaphore {
     _Atomic uint32_t waiters;
 };
 
+/* flag: EVENT_SET while set; the bits above count the sets (mod 2^31), so a
+ * waiter that saw the word clear knows a set came during its wait even if a
+ * clear followed before it woke up (Python: wait returns True). */
+#define EVENT_SET 1u
+#define EVENT_GEN 2u
+
 struct mp_event {
     uint32_t magic;
     _Atomic uint32_t flag;
@@ -162,7 +168,9 @@ int mp_event_set(mp_event *e)
 {
     if (!e || e->magic != MAGIC_EVENT)
         return mp_fail_handle(__func__, "event", e);
-    atomic_store(&e->flag, 1);
+    uint32_t v = atomic_load(&e->flag);
+    while (!(v & EVENT_SET) && !atomic_compare_exchange_weak(&e->flag, &v, (v + EVENT_GEN) | EVENT_SET))
+        ;
     if (atomic_load(&e->waiters))
         futex_wake(&e->flag, INT32_MAX);
     return 0;
@@ -172,13 +180,13 @@ int mp_event_clear(mp_event *e)
 {
     if (!e || e->magic != MAGIC_EVENT)
         return mp_fail_handle(__func__, "event", e);
-    atomic_store(&e->flag, 0);
+    atomic_fetch_and(&e->flag, ~EVENT_SET);
     return 0;
 }
 
 bool mp_event_is_set(mp_event *e)
 {
-    return e && e->magic == MAGIC_EVENT && atomic_load(&e->flag);
+    return e && e->magic == MAGIC_EVENT && (atomic_load(&e->flag) & EVENT_SET);
 }
 
 int mp_event_wait(mp_event *e, double timeout)
@@ -187,18 +195,22 @@ int mp_event_wait(mp_event *e, double timeout)
         return mp_fail_handle(__func__, "event", e);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
-    if (atomic_load(&e->flag) || timeout == 0)
-        return atomic_load(&e->flag) ? 0 : mp_fail(MP_ETIMEDOUT, __func__, "not set (timeout 0)");
+    /* Any change of the word from w0 is a set (a clear of a clear word
+     * changes nothing): set during the wait, even if cleared since. */
+    uint32_t w0 = atomic_load(&e->flag);
+    if ((w0 & EVENT_SET) || timeout == 0)
+        return (w0 & EVENT_SET) ? 0 : mp_fail(MP_ETIMEDOUT, __func__, "not set (timeout 0)");
     mp_deadline d = deadline_in(timeout);
-    if (sync_spin(&e->flag, 0) == 0)
+    if (sync_spin(&e->flag, w0) == 0)
         return 0;
     atomic_fetch_add(&e->waiters, 1);
     int rc = 0;
-    while (!atomic_load(&e->flag) && rc == 0)
-        rc = futex_wait_sliced(&e->flag, 0, &d, false);
+    while (atomic_load(&e->flag) == w0 && rc == 0)
+        rc = futex_wait_sliced(&e->flag, w0, &d, false);
     atomic_fetch_sub(&e->waiters, 1);
-    /* Like Python: the flag at the end decides, even if the time ran out. */
-    if (atomic_load(&e->flag))
+    /* Like threading.Event: a set during the wait counts, even if the time
+     * ran out since or a clear came after it. */
+    if (atomic_load(&e->flag) != w0)
         return 0;
     return mp_fail(rc ? rc : MP_ETIMEDOUT, __func__, "not set by the timeout");
 }

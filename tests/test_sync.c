@@ -252,6 +252,36 @@ static void test_event_set_wakes_threads_and_survives_a_killed_waiter(void **sta
     mp_event_free(e);
 }
 
+/* A set cleared again at once still wakes a process already waiting
+ * (Python's threading.Event.wait returns True: the flag was set after the
+ * wait began); before, the waiter slept out its whole timeout. */
+static int pulse_later(void *arg)
+{
+    usleep(200 * 1000);                /* the parent is asleep in its wait by then */
+    return mp_event_set(arg) == 0 && mp_event_clear(arg) == 0 ? 0 : 1;
+}
+
+static void test_event_set_then_cleared_wakes_a_waiter(void **state)
+{
+    (void)state;
+    mp_event *e;
+    TU_OK(mp_event_new(&e));
+    pid_t pid = tu_fork(pulse_later, e);
+    double t0 = tu_now();
+    TU_OK(mp_event_wait(e, 5.0 * tu_slow()));
+    assert_true(tu_now() - t0 < 4.0 * tu_slow());
+    assert_int_equal(tu_wait(pid, 10), 0);
+    assert_false(mp_event_is_set(e));
+    TU_ASSERT_RC(mp_event_wait(e, 0.05), MP_ETIMEDOUT);   /* cleared: a new wait waits */
+    TU_OK(mp_event_set(e));
+    TU_OK(mp_event_set(e));            /* twice: still set, one set */
+    TU_OK(mp_event_wait(e, 0));
+    TU_OK(mp_event_clear(e));
+    TU_OK(mp_event_clear(e));
+    TU_ASSERT_RC(mp_event_wait(e, 0), MP_ETIMEDOUT);
+    mp_event_free(e);
+}
+
 int main(void)
 {
     tu_watchdog(120);
@@ -267,6 +297,7 @@ int main(void)
         cmocka_unit_test(test_event_set_clear_and_wait),
         cmocka_unit_test(test_event_set_wakes_every_waiting_process),
         cmocka_unit_test(test_event_set_wakes_threads_and_survives_a_killed_waiter),
+        cmocka_unit_test(test_event_set_then_cleared_wakes_a_waiter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
