@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <string.h>
 #include <unistd.h>
 
 /* Rules: items, n and cap are this process's own, read and written under
@@ -163,4 +164,21 @@ bool fdhandle_release(struct fdhandle *h)
     if (atomic_load(&h->immortal))
         close(h->fd);
     return false;
+}
+
+/* In a forked child that is about to exit: every handle it inherited or
+ * made and did not close is closed through close_one (which drops this
+ * process's count), so a child that returns without closing its copies
+ * does not keep them, and the arena memory behind them, for ever. */
+void fdreg_close_all(void (*close_one)(struct fdhandle *h))
+{
+    pthread_mutex_lock(&registry.lock);
+    size_t n = registry.n;
+    struct fdhandle **copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (copy)
+        memcpy(copy, registry.items, n * sizeof *copy);
+    pthread_mutex_unlock(&registry.lock);
+    for (size_t i = 0; copy && i < n; i++)
+        close_one(copy[i]);
+    free(copy);
 }

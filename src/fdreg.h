@@ -66,4 +66,7 @@ void fdreg_keep_across_exec(void);
  * through the argument work as under fork. */
 size_t fdreg_live_fds(int *fds, size_t cap);
 
+/* A forked child about to exit: close_one on every handle still registered. */
+void fdreg_close_all(void (*close_one)(struct fdhandle *h));
+
 #endif

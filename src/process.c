@@ -9,6 +9,7 @@
  * did not start.
  */
 #include "process_internal.h"
+#include "fdreg.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -545,6 +546,21 @@ int mp_process_set_daemon(mp_process *p, bool daemon)
     return 0;
 }
 
+/* A forked child's handles go with it when it returns: each one's count
+ * of holders drops, so the last holder to close frees it (a pipe's rings, a
+ * conn), as if the child had closed it. Not while a daemon thread of the
+ * child's may still use them: then they stay held, as before (a thread
+ * started with pthread_create directly is not seen: it must not use a
+ * handle past its process's return). A child killed by a signal keeps
+ * them held too, until the family ends. */
+static void close_inherited(struct fdhandle *h)
+{
+    if (h->magic == MAGIC_CONN)
+        mp_conn_close((mp_conn *)h);
+    else if (h->magic == MAGIC_LISTENER)
+        mp_listener_free((mp_listener *)h);
+}
+
 static int fork_start(mp_process *p, int *fd)
 {
     int exit_pipe[2];
@@ -566,6 +582,8 @@ static int fork_start(mp_process *p, int *fd)
             process_daemon_guard(parent);
         int code = process_run_target(p);
         at_exit();                  /* join our own children and threads, */
+        if (mp_active_count() == 1)
+            fdreg_close_all(close_inherited);
         fflush(NULL);               /* but not the parent's atexit handlers */
         _exit(code);
     }
