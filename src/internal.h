@@ -195,6 +195,10 @@ bool spin_adaptive(bool (*ready)(void *), void *arg, uint64_t *budget_ns, unsign
  * robust list tells the next owner when a holder died (MP_EOWNERDEAD, and the
  * mutex is made consistent and held). Used by locks, queues, the pool. */
 typedef struct { pthread_mutex_t m; } rmutex;
+/* pthread_mutex_clocklock by a CLOCK_MONOTONIC time (a deadline's at), so
+ * that every sanitizer sees it for a lock: pthread's code (0, ETIMEDOUT,
+ * EOWNERDEAD, ...). */
+int mutex_clocklock(pthread_mutex_t *m, const struct timespec *at);
 int rmutex_init(rmutex *m);
 int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT, -EDEADLK */
 int rmutex_wait(rmutex *m, const mp_deadline *d);   /* rmutex_lock after a trylock found it busy */

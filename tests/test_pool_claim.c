@@ -21,6 +21,16 @@
 
 static _Atomic int *shared;             /* [0] release, [1] started, [2] one kill done */
 
+/* Two process workers that run hook at the pool's test points (set
+ * before they are forked), and shared[] zeroed. */
+static mp_pool *pool_with_hook(void (*hook)(const char *point))
+{
+    shared = mp_shared_alloc(3 * sizeof *shared);
+    assert_non_null(shared);
+    mp__pool_test_hook = hook;
+    return pool_of(2, MP_PROCESSES);
+}
+
 static void kill_once_at_claim(const char *point)
 {
     if (strcmp(point, "claimed") == 0 && atomic_exchange(&shared[2], 1) == 0)
@@ -34,10 +44,7 @@ static void kill_once_at_claim(const char *point)
 static void test_pool_task_claimed_by_a_dying_worker_runs_once_elsewhere(void **state)
 {
     (void)state;
-    shared = mp_shared_alloc(3 * sizeof *shared);
-    assert_non_null(shared);
-    mp__pool_test_hook = kill_once_at_claim;   /* before the workers are forked */
-    mp_pool *p = pool_of(2, MP_PROCESSES);
+    mp_pool *p = pool_with_hook(kill_once_at_claim);
     mp_future *f = submit_wait(p, shared);
     bool ran = tu_wait_for(started, (void *)shared, 30);
     atomic_store(&shared[0], 1);        /* let it finish */
@@ -165,10 +172,7 @@ static void *resume_later(void *arg)
 static void test_pool_terminate_kills_a_worker_stopped_holding_the_task_list(void **state)
 {
     (void)state;
-    shared = mp_shared_alloc(3 * sizeof *shared);
-    assert_non_null(shared);
-    mp__pool_test_hook = stop_once_at_claim;   /* before the workers are forked */
-    mp_pool *p = pool_of(2, MP_PROCESSES);
+    mp_pool *p = pool_with_hook(stop_once_at_claim);
     mp_future *f = submit_int(p, t_square, 3);
     assert_true(tu_wait_for(started, (void *)shared, 30));
     atomic_store(&stopped_pid, (pid_t)atomic_load(&shared[1]));

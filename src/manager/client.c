@@ -232,28 +232,8 @@ static _Thread_local struct mconn *held;
  * 0, or MP_ETIMEDOUT without it. */
 static int mconn_lock(struct mconn *c, const mp_deadline *by)
 {
-    int e = 0;
     atomic_fetch_add(&c->waiting, 1);
-    if (!by || by->forever) {
-        pthread_mutex_lock(&c->mu);
-    } else {
-        /* timedlock takes CLOCK_REALTIME: the deadline moved onto it
-         * (clocklock would take it as it is, but not every sanitizer
-         * knows it for a lock) */
-        struct timespec now, at;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        clock_gettime(CLOCK_REALTIME, &at);
-        long ns = (by->at.tv_sec - now.tv_sec) * 1000000000L + (by->at.tv_nsec - now.tv_nsec);
-        if (ns < 0)
-            ns = 0;
-        at.tv_sec += ns / 1000000000L;
-        at.tv_nsec += ns % 1000000000L;
-        if (at.tv_nsec >= 1000000000L) {
-            at.tv_sec++;
-            at.tv_nsec -= 1000000000L;
-        }
-        e = pthread_mutex_timedlock(&c->mu, &at);
-    }
+    int e = !by || by->forever ? pthread_mutex_lock(&c->mu) : mutex_clocklock(&c->mu, &by->at);
     atomic_fetch_sub(&c->waiting, 1);
     if (e != 0)
         return MP_ETIMEDOUT;

@@ -82,16 +82,16 @@ void mp_check_failed(const char *cond, const char *file, int line)
 #endif
 
 /* ThreadSanitizer does not intercept pthread_mutex_clocklock: tell it. */
-static int clocklock(rmutex *m, const struct timespec *at)
+int mutex_clocklock(pthread_mutex_t *m, const struct timespec *at)
 {
 #ifdef MP_TSAN
-    __tsan_mutex_pre_lock(&m->m, __tsan_mutex_try_lock);
-    int rc = pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, at);
+    __tsan_mutex_pre_lock(m, __tsan_mutex_try_lock);
+    int rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, at);
     bool got = rc == 0 || rc == EOWNERDEAD;
-    __tsan_mutex_post_lock(&m->m, __tsan_mutex_try_lock | (got ? 0 : __tsan_mutex_try_lock_failed), 0);
+    __tsan_mutex_post_lock(m, __tsan_mutex_try_lock | (got ? 0 : __tsan_mutex_try_lock_failed), 0);
     return rc;
 #else
-    return pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, at);
+    return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, at);
 #endif
 }
 
@@ -118,7 +118,7 @@ int rmutex_wait(rmutex *m, const mp_deadline *d)
     while (rc == EBUSY || rc == ETIMEDOUT) {
         mp_deadline slice = deadline_in(RMUTEX_SLICE);
         bool last = !d->forever && deadline_left(d) <= RMUTEX_SLICE;
-        rc = clocklock(m, last ? &d->at : &slice.at);
+        rc = mutex_clocklock(&m->m, last ? &d->at : &slice.at);
         if (last)
             break;
     }
