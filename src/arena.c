@@ -14,6 +14,8 @@
  */
 #include "internal.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -177,20 +179,40 @@ static int map_at(int fd, uintptr_t base, size_t size, void **out)
     return 0;
 }
 
-/* The arena's size: MPROC_ARENA_SIZE (bytes, or with a K/M/G suffix) when
- * set, e.g. where overcommit is off; a small one under valgrind. */
+/* MPROC_ARENA_SIZE's value in bytes (digits, then K, M or G in either
+ * case), or 0 when it is none or out of ARENA_SIZE_MIN..ARENA_SIZE. */
+static size_t arena_parse_size(const char *s)
+{
+    if (*s < '0' || *s > '9')
+        return 0;                     /* strtoull would take "-1" or " 1" */
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    int c = *end | 0x20;              /* lower case */
+    int shift = c == 'k' ? 10 : c == 'm' ? 20 : c == 'g' ? 30 : 0;
+    if (errno != 0 || end[shift ? 1 : 0] != '\0' || n > (ARENA_SIZE >> shift))
+        return 0;
+    size_t size = ((size_t)n << shift) & ~(size_t)4095;
+    return size >= ARENA_SIZE_MIN ? size : 0;
+}
+
+/* The arena's size: MPROC_ARENA_SIZE when set, e.g. where overcommit is
+ * off; a small one under valgrind. A value that is no size is said once
+ * on stderr, as no call could report it (the arena is made on first use,
+ * by whichever call needs it), and the default is used. */
 static size_t arena_pick_size(void)
 {
+    size_t fallback = RUNNING_ON_VALGRIND ? ARENA_SIZE_VALGRIND : ARENA_SIZE;
     const char *s = getenv("MPROC_ARENA_SIZE");
-    if (s && *s) {
-        char *end;
-        unsigned long long n = strtoull(s, &end, 10);
-        int shift = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
-        if (n > 0 && end[shift ? 1 : 0] == '\0' && n <= (ARENA_SIZE >> shift)
-            && (n << shift) >= ARENA_SIZE_MIN)
-            return ((size_t)n << shift) & ~(size_t)4095;
-    }
-    return RUNNING_ON_VALGRIND ? ARENA_SIZE_VALGRIND : ARENA_SIZE;
+    if (!s || !*s)
+        return fallback;
+    size_t size = arena_parse_size(s);
+    if (size == 0)
+        fprintf(stderr, "mproc: MPROC_ARENA_SIZE=%.40s is not a size from 1M to %zuG (bytes, "
+                "or a number with K, M or G): the arena takes its default, %zu%s\n",
+                s, ARENA_SIZE >> 30, fallback >> (fallback >> 30 ? 30 : 20),
+                fallback >> 30 ? "G" : "M");
+    return size ? size : fallback;
 }
 
 static struct arena_header *arena_create(void)

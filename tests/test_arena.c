@@ -13,6 +13,7 @@
 #include "platform/valgrind_check.h"
 #include "queue_internal.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MIB ((size_t)1 << 20)
@@ -596,8 +598,88 @@ static void test_pipe_shared_with_forked_children_is_freed_after_them(void **sta
     assert_int_equal(after.used_bytes, before.used_bytes);
 }
 
-int main(void)
+/* ------------------------------------------------------------------ size */
+
+/* Reads fd to its end (at most cap bytes): how many it read. */
+static ssize_t read_to_end(int fd, char *buf, size_t cap)
 {
+    size_t done = 0;
+    ssize_t n;
+    while (done < cap && (n = read(fd, buf + done, cap - done)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+/* What a fresh process with MPROC_ARENA_SIZE=value (unset when NULL) takes
+ * as its arena's size, and what it wrote on stderr (into err). */
+static size_t arena_size_with(const char *value, char *err, size_t cap)
+{
+    int out[2], errp[2];
+    assert_int_equal(pipe(out), 0);
+    assert_int_equal(pipe(errp), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        dup2(errp[1], 2);
+        if (value)
+            setenv("MPROC_ARENA_SIZE", value, 1);
+        else
+            unsetenv("MPROC_ARENA_SIZE");
+        execl("/proc/self/exe", "test_arena", "arena_size_helper", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    close(errp[1]);
+    char buf[64] = { 0 };
+    ssize_t n = read_to_end(out[0], buf, sizeof buf - 1);
+    ssize_t m = read_to_end(errp[0], err, cap - 1);
+    err[m > 0 ? m : 0] = '\0';
+    close(out[0]);
+    close(errp[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(n > 0);
+    return (size_t)strtoull(buf, NULL, 10);
+}
+
+/* Sizes take K, M or G in either case; what is no size (a unit it does not
+ * know, nothing, below 1 MiB or above the default) is said on stderr and
+ * the default is used, where it was once ignored in silence. */
+static void test_arena_size_from_the_environment(void **state)
+{
+    (void)state;
+    char err[512];
+    size_t fallback = arena_size_with(NULL, err, sizeof err);
+    assert_string_equal(err, "");
+    assert_int_equal(arena_size_with("64M", err, sizeof err), 64 * MIB);
+    assert_string_equal(err, "");
+    assert_int_equal(arena_size_with("65536k", err, sizeof err), 64 * MIB);
+    assert_string_equal(err, "");
+    assert_int_equal(arena_size_with("33554432", err, sizeof err), 32 * MIB);
+    assert_string_equal(err, "");
+    const char *bad[] = { "256MB", "M", "-1", " 64M", "0", "1K", "1000000G",
+                          "99999999999999999999" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(arena_size_with(bad[i], err, sizeof err), fallback);
+        print_message("MPROC_ARENA_SIZE=%s: %s", bad[i], err);
+        assert_non_null(strstr(err, "MPROC_ARENA_SIZE="));
+        assert_non_null(strstr(err, "is not a size"));
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "arena_size_helper") == 0) {
+        printf("%zu\n", arena_size());
+        return 0;
+    }
     setenv("MPROC_ARENA_SIZE", "256M", 1);
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
@@ -614,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_out_of_memory_is_an_error),
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
+        cmocka_unit_test(test_arena_size_from_the_environment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
