@@ -156,6 +156,8 @@ static int check_shm_args(const char *fn, const char *name, size_t size, int fla
     if (word && !*word)
         return mp_fail(MP_EINVAL, fn, "name \"%s\" is empty; pass NULL with MP_CREATE for a "
                        "fresh one", name);
+    if (word && (strcmp(word, ".") == 0 || strcmp(word, "..") == 0))
+        return mp_fail(MP_EINVAL, fn, "name \"%s\" names a directory, not a segment", name);
     if (word && strchr(word, '/'))           /* shm_open's EINVAL, which would read as a size's */
         return mp_fail(MP_EINVAL, fn, "name \"%s\" has a '/' inside; a segment's name is one "
                        "word (as Python's SharedMemory name=)", name);

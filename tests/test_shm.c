@@ -48,6 +48,11 @@ static void test_shm_new_refuses_bad_arguments(void **state)
     TU_ASSERT_RC(mp_shm_new(&s, "", 10, MP_CREATE), MP_EINVAL);
     tu_last_error_has("mp_shm_new: name \"\" is empty", NULL);
     TU_ASSERT_RC(mp_shm_new(&s, "/", 10, MP_CREATE), MP_EINVAL);
+    const char *dots[] = { ".", "..", "/.", "/.." };          /* not "empty or smaller" */
+    for (int i = 0; i < 4; i++) {
+        TU_ASSERT_RC(mp_shm_new(&s, dots[i], 10, MP_CREATE), MP_EINVAL);
+        tu_last_error_has("mp_shm_new: name \"", dots[i], "\" names a directory", NULL);
+    }
     char longname[300];
     memset(longname, 'n', sizeof longname - 1);
     longname[sizeof longname - 1] = 0;
