@@ -89,6 +89,11 @@ static void conn_destroy(mp_conn *c)
     arena_free(c);
 }
 
+void conn_destroy_unheld(struct fdhandle *h)
+{
+    conn_destroy((mp_conn *)h);
+}
+
 int conn_from_fd(mp_conn **out, int fd, bool readable, bool writable)
 {
     if (!out || fd < 0)

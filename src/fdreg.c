@@ -25,9 +25,44 @@ static struct {
     size_t n, cap;
 } registry = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
 
+/* A forked mp_process child's holds (fdreg.h). slot[i].held is 1 until
+ * the hold on slot[i].h is given back, by the child or its reaper, whoever
+ * takes it to 0. */
+struct fdreg_lease {
+    uint32_t cap;             /* slots allocated */
+    uint32_t n;               /* slots filled by the fork */
+    struct lease_slot {
+        struct fdhandle *h;
+        _Atomic uint32_t held;
+    } slot[];
+};
+
+/* Room past the handles registered now, for those made before the fork. */
+#define LEASE_SPARE 16
+
+/* The lease the next fork of this thread fills in, and in a child, its
+ * own (set by the fork hook for every fork: a raw fork's child has none). */
+static __thread struct fdreg_lease *lease_armed;
+static struct fdreg_lease *lease_mine;
+
+static void lease_fill(struct fdreg_lease *l)
+{
+    if (!l)
+        return;
+    l->n = 0;                 /* too many handles now: the child's holds are not leased */
+    if (registry.n > l->cap)
+        return;
+    for (size_t i = 0; i < registry.n; i++) {
+        l->slot[i].h = registry.items[i];
+        atomic_init(&l->slot[i].held, 1);
+    }
+    l->n = (uint32_t)registry.n;
+}
+
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry.lock);
+    lease_fill(lease_armed);
     for (size_t i = 0; i < registry.n; i++)
         atomic_fetch_add(&registry.items[i]->refs, 1);
 }
@@ -39,6 +74,8 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+    lease_mine = lease_armed && lease_armed->n ? lease_armed : NULL;
+    lease_armed = NULL;
     pthread_mutex_unlock(&registry.lock);
 }
 
@@ -154,11 +191,27 @@ size_t fdreg_live_fds(int *fds, size_t cap)
     return n;
 }
 
+/* Whether this process gives back its hold on h itself: yes, unless h is
+ * one its lease names and the reaper has given that hold back already
+ * (it never does while we live: then this only marks the slot). */
+static bool lease_give_back(struct fdhandle *h)
+{
+    struct fdreg_lease *l = lease_mine;
+    for (uint32_t i = 0; l && i < l->n; i++) {
+        if (l->slot[i].h != h)
+            continue;
+        uint32_t held = 1;
+        return atomic_compare_exchange_strong(&l->slot[i].held, &held, 0);
+    }
+    return true;
+}
+
 bool fdhandle_release(struct fdhandle *h)
 {
     if (registry_remove(h)) {
         close(h->fd);
-        return !atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1;
+        return !atomic_load(&h->immortal) && lease_give_back(h) &&
+               atomic_fetch_sub(&h->refs, 1) == 1;
     }
     /* Reached through a spawned child's argument: never registered here. */
     if (atomic_load(&h->immortal))
@@ -181,4 +234,35 @@ void fdreg_close_all(void (*close_one)(struct fdhandle *h))
     for (size_t i = 0; copy && i < n; i++)
         close_one(copy[i]);
     free(copy);
+}
+
+struct fdreg_lease *fdreg_lease_new(void)
+{
+    pthread_mutex_lock(&registry.lock);
+    size_t cap = registry.n + LEASE_SPARE;
+    pthread_mutex_unlock(&registry.lock);
+    struct fdreg_lease *l = arena_alloc(sizeof *l + cap * sizeof l->slot[0]);
+    if (l)
+        l->cap = (uint32_t)cap;
+    return l;
+}
+
+void fdreg_lease_arm(struct fdreg_lease *lease)
+{
+    lease_armed = lease;
+}
+
+void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle *h))
+{
+    if (!lease)
+        return;
+    for (uint32_t i = 0; i < lease->n; i++) {
+        struct lease_slot *s = &lease->slot[i];
+        uint32_t held = 1;
+        if (!atomic_compare_exchange_strong(&s->held, &held, 0))
+            continue;                          /* the child gave it back */
+        if (!atomic_load(&s->h->immortal) && atomic_fetch_sub(&s->h->refs, 1) == 1)
+            destroy(s->h);
+    }
+    arena_free(lease);
 }

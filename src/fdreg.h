@@ -69,4 +69,27 @@ size_t fdreg_live_fds(int *fds, size_t cap);
 /* A forked child about to exit: close_one on every handle still registered. */
 void fdreg_close_all(void (*close_one)(struct fdhandle *h));
 
+/* The holds a forked mp_process child took on its parent's handles, kept
+ * so that its reaper gives back what the child could not (it was killed,
+ * or called _exit, or a daemon thread of its kept them): each hold is given
+ * back exactly once, by the child's close or by fdreg_lease_end, never
+ * twice (a CAS per hold decides who), at worst not at all (a child killed
+ * between its CAS and its count). In the arena; NULL when none could be
+ * made, and then the child's holds stay as a raw fork's do.
+ *   fdreg_lease_new: before the fork, in the parent;
+ *   fdreg_lease_arm: the next fork by this thread fills in lease (its fork
+ *     hook, under the registry's lock, as it counts the child) and makes
+ *     it the child's own; NULL disarms. Under process_fork_lock;
+ *   fdreg_lease_end: once the child has ended (reaped), by its reaper:
+ *     gives back the holds the child still had, calling destroy on each
+ *     handle no process holds any more, and frees the lease. */
+struct fdreg_lease;
+/* Frees a conn's or a listener's handle once no process holds it (h's
+ * magic says which): for fdreg_lease_end's destroy. */
+void conn_destroy_unheld(struct fdhandle *h);
+void listener_destroy_unheld(struct fdhandle *h);
+struct fdreg_lease *fdreg_lease_new(void);
+void fdreg_lease_arm(struct fdreg_lease *lease);
+void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle *h));
+
 #endif

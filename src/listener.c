@@ -164,6 +164,11 @@ static void listener_destroy(mp_listener *l)
     arena_free(l);
 }
 
+void listener_destroy_unheld(struct fdhandle *h)
+{
+    listener_destroy((mp_listener *)h);
+}
+
 static int listener_fill(mp_listener *l, const char *address, const struct sockaddress *a,
                          const void *authkey, size_t keylen)
 {

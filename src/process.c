@@ -231,6 +231,22 @@ static int wait_for_zombie(mp_process *p, siginfo_t *si)
     return rc;
 }
 
+static void destroy_unheld(struct fdhandle *h)
+{
+    if (h->magic == MAGIC_CONN)
+        conn_destroy_unheld(h);
+    else if (h->magic == MAGIC_LISTENER)
+        listener_destroy_unheld(h);
+}
+
+/* p has ended and is reaped: the holds it kept on our handles go back. */
+static void end_lease(mp_process *p)
+{
+    struct fdreg_lease *l = p->lease;
+    p->lease = NULL;
+    fdreg_lease_end(l, destroy_unheld);
+}
+
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
 static bool reap_if_ended(mp_process *p)
 {
@@ -245,6 +261,8 @@ static bool reap_if_ended(mp_process *p)
         process_publish_exit(p, process_code_from_siginfo(&si));
     else if (rc < 0)                /* not ours to wait for after all (SIGCHLD ignored) */
         process_publish_exit(p, 0);
+    if (rc != 0)
+        end_lease(p);
     return rc != 0;
 }
 
@@ -549,10 +567,11 @@ int mp_process_set_daemon(mp_process *p, bool daemon)
 /* A forked child's handles go with it when it returns: each one's count
  * of holders drops, so the last holder to close frees it (a pipe's rings, a
  * conn), as if the child had closed it. Not while a daemon thread of the
- * child's may still use them: then they stay held, as before (a thread
- * started with pthread_create directly is not seen: it must not use a
- * handle past its process's return). A child killed by a signal keeps
- * them held too, until the family ends. */
+ * child's may still use them (a thread started with pthread_create
+ * directly is not seen: it must not use a handle past its process's
+ * return). What it did not give back, having been killed, having called
+ * _exit, or for a daemon thread, its reaper gives back for it through the
+ * lease (end_lease). */
 static void close_inherited(struct fdhandle *h)
 {
     if (h->magic == MAGIC_CONN)
@@ -564,15 +583,19 @@ static void close_inherited(struct fdhandle *h)
 static int fork_start(mp_process *p, int *fd)
 {
     int exit_pipe[2];
+    struct fdreg_lease *lease = fdreg_lease_new();    /* NULL: its holds stay, as before */
     process_fork_lock();
     int rc = proc_exit_pipe(exit_pipe);
     pid_t parent = rt.pid;
+    fdreg_lease_arm(lease);
     pid_t pid = rc == 0 ? fork() : -1;
+    fdreg_lease_arm(NULL);
     if (pid < 0) {
         rc = rc ? rc : -errno;
         close(exit_pipe[0]);
         close(exit_pipe[1]);
         process_fork_unlock();
+        fdreg_lease_end(lease, destroy_unheld);        /* no child took holds: frees it */
         return rc;
     }
     if (pid == 0) {
@@ -589,6 +612,7 @@ static int fork_start(mp_process *p, int *fd)
     }
     p->pid = pid;
     p->reaper = parent;
+    p->lease = lease;
     *fd = process_exit_pipe_parent(exit_pipe, pid);
     process_fork_unlock();
     return *fd < 0 && *fd != -ESRCH ? *fd : 0;
@@ -683,8 +707,10 @@ int mp_process_start(mp_process *p)
     rc = add_child(p);
     if (rc == 0 && pidfd >= 0)
         rc = add_fd(p, pidfd);
-    else if (pidfd < 0 && i_reap(p))
+    else if (pidfd < 0 && i_reap(p)) {
         process_publish_exit(p, 0); /* already reaped by the kernel: SIGCHLD ignored */
+        end_lease(p);
+    }
     runtime_unlock();
     return mp_fail_code(rc, fn);
 }

@@ -51,6 +51,7 @@ struct mp_process {
     size_t arg_size;                 /* bytes to copy at start; 0 = pass arg as is */
     int *pass_fds;                   /* arena copy of opts.pass_fds, or NULL */
     size_t n_pass_fds;
+    struct fdreg_lease *lease;       /* fork: the child's holds on our handles, or NULL */
 };
 
 /* One per process; reset in the child after fork (process.c's fork hook).

@@ -598,6 +598,78 @@ static void test_pipe_shared_with_forked_children_is_freed_after_them(void **sta
     assert_int_equal(after.used_bytes, before.used_bytes);
 }
 
+/* Children that give nothing back themselves: killed while they wait
+ * (after closing one end, or none), or gone by _exit. Their reaper gives
+ * back their holds, exactly once: the pipe still works for the parent after
+ * the reap, and its rings go back once the parent closes its ends, whether
+ * it closed them before the child ended or after. Before, each round kept
+ * 529 KiB for good. */
+static int child_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    if (mp_conn_send_bytes(ends[1], "r", 1) != 0)
+        return 1;
+    for (;;)
+        pause();
+}
+
+static int child_closes_one_and_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_conn_close(ends[0]);
+    return child_waits(arg);
+}
+
+static int child_exits_at_once(void *arg)
+{
+    (void)arg;
+    _exit(0);
+}
+
+static void test_pipe_held_by_killed_children_is_freed_after_them(void **state)
+{
+    (void)state;
+    mp_target kinds[] = { child_waits, child_closes_one_and_waits, child_exits_at_once };
+    struct arena_stats before, after;
+    for (int round = 0; round < 13; round++) {
+        if (round == 1)
+            assert_true(arena_check(&before));
+        mp_target target = kinds[round % 3];
+        bool close_first = round % 2;          /* the parent closes its ends before the end */
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, target, ends, &o));
+        TU_OK(mp_process_start(p));
+        char buf[8];
+        size_t len;
+        if (target != child_exits_at_once) {
+            TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));   /* it is waiting */
+            assert_int_equal(len, 1);
+        }
+        if (close_first) {
+            mp_conn_close(ends[0]);
+            mp_conn_close(ends[1]);
+        }
+        if (target != child_exits_at_once)
+            TU_OK(mp_process_kill(p));
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        TU_OK(mp_process_free(p));
+        if (!close_first) {                     /* nothing was freed under the parent */
+            TU_OK(mp_conn_send_bytes(ends[1], "after", 5));
+            TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+            assert_memory_equal(buf, "after", 5);
+            mp_conn_close(ends[0]);
+            mp_conn_close(ends[1]);
+        }
+    }
+    assert_true(arena_check(&after));
+    print_message("arena used: %zu bytes before, %zu after\n", (size_t)before.used_bytes,
+                  (size_t)after.used_bytes);
+    assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
 /* ------------------------------------------------------------------ size */
 
 /* Reads fd to its end (at most cap bytes): how many it read. */
@@ -696,6 +768,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_out_of_memory_is_an_error),
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
+        cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
         cmocka_unit_test(test_arena_size_from_the_environment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
