@@ -307,6 +307,8 @@ MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a r
  * that is not all mapped memory: MP_EINVAL. Nothing is sent then. */
 MP_EXTERN int  mp_conn_send_bytes(mp_conn *c, const void *data, size_t len);
 MP_EXTERN int  mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len);  /* MP_EEOF, MP_ETOOBIG */
+/* MP_ENOMEM: out could not grow; that message is dropped, the next receive
+ * gets the next one. */
 MP_EXTERN int  mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen);            /* maxlen 0: no limit */
 MP_EXTERN int  mp_conn_poll(mp_conn *c, double timeout);     /* 1 data ready (or EOF), 0 none */
 MP_EXTERN int  mp_conn_fileno(const mp_conn *c);

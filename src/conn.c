@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #define READ_SPIN_NS 20000                    /* spin this long before a read sleeps */
+#define SKIP_CHUNK 4096                       /* a dropped frame's rest goes in reads this big */
 
 static const mp_deadline forever = { { 0, 0 }, true };
 
@@ -260,6 +261,74 @@ static int conn_read_cb(void *c, void *dst, size_t n)
     return conn_read(c, dst, n);
 }
 
+/* ------------------------------------------------------------------ dropped frames */
+
+/* Under recv_lock, a descriptor conn: the next n bytes of the stream are
+ * the rest of a frame given up on. What of them is read ahead goes now;
+ * the rest (skip_len) goes by the next call that reads (skip_rest), not in
+ * this one: it may not have arrived, and the failing call should not wait
+ * for it. */
+static void skip_start(mp_conn *c, uint64_t n)
+{
+    uint32_t have = atomic_load(&c->ahead_len);
+    uint32_t take = n < have ? (uint32_t)n : have;
+    c->ahead_pos += take;
+    atomic_store(&c->ahead_len, have - take);
+    atomic_store(&c->skip_len, n - take);
+}
+
+/* Under recv_lock: drops what skip_start left on the descriptor, read
+ * straight from it (the read-ahead is empty meanwhile), waiting for its
+ * bytes until d. 0 once all are gone, MP_ETIMEDOUT, or the stream's error.
+ * skip_len counts down as bytes go, so a call that gives up leaves the
+ * rest to the next. Never reads past the frame: a byte with descriptors
+ * after it stays for mp_conn_recv_fd. */
+static int skip_rest(mp_conn *c, const mp_deadline *d)
+{
+    uint8_t scratch[SKIP_CHUNK];
+    uint64_t left;
+    while ((left = atomic_load(&c->skip_len)) > 0) {
+        int r = fd_poll(c->h.fd, POLLIN, d);
+        if (r <= 0)
+            return r == 0 ? MP_ETIMEDOUT : r == -EBADF ? MP_ECLOSED : r;
+        ssize_t got = read(c->h.fd, scratch, left < SKIP_CHUNK ? (size_t)left : SKIP_CHUNK);
+        if (got > 0)
+            atomic_store(&c->skip_len, left - (uint64_t)got);
+        else if (got == 0 || errno == ECONNRESET)
+            return MP_EEOF;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return errno == EBADF ? MP_ECLOSED : -errno;
+    }
+    return 0;
+}
+
+/* skip_rest for mp_conn_poll and mp_wait, which hold no lock: takes
+ * recv_lock until d. If another receiver keeps it that long, that one
+ * drops the rest: 0, and the caller's answer is only a hint, as ever. */
+static int skip_unlocked(mp_conn *c, const mp_deadline *d)
+{
+    int rc = rmutex_lock(&c->recv_lock, d);
+    if (rc == MP_ETIMEDOUT)
+        return 0;
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return rc;
+    rc = skip_rest(c, d);
+    rmutex_unlock(&c->recv_lock);
+    return rc;
+}
+
+/* After poll() said a descriptor conn with a dropped frame's rest due is
+ * readable: ready only if more than that rest is there (or EOF, or an
+ * error for the receive to report). */
+static bool ready_past_skip(mp_conn *c)
+{
+    mp_deadline now = deadline_in(0);
+    int rc = skip_unlocked(c, &now);
+    if (rc != 0)
+        return rc != MP_ETIMEDOUT;
+    return atomic_load(&c->ahead_len) > 0 || fd_poll(c->h.fd, POLLIN, &now) != 0;
+}
+
 static bool is_reading_conn(const struct fdhandle *h, int fd)
 {
     return h->fd == fd && h->magic == MAGIC_CONN && ((const mp_conn *)h)->readable;
@@ -288,13 +357,16 @@ static bool fd_has_buffered(int fd, bool *ring)
 }
 
 /* After poll() said fd is readable: a ring end is ready only with data or
- * at EOF, not for a stale doorbell (which this drains). */
+ * at EOF, not for a stale doorbell (which this drains); a descriptor conn
+ * not for the rest of a dropped frame alone. */
 static bool fd_really_ready(int fd)
 {
     mp_conn *c = conn_of_fd(fd);
-    if (!c || !c->in)
+    if (!c)
         return true;
-    return pipe_ready_after_poll(c);
+    if (c->in)
+        return pipe_ready_after_poll(c);
+    return atomic_load(&c->skip_len) == 0 || ready_past_skip(c);
 }
 /* Takes recv_lock and learns the length of the next message, reading its
  * header unless an earlier call left it pending. On success the lock is
@@ -309,7 +381,7 @@ static int recv_begin(mp_conn *c, uint64_t *len)
     rc = 0;
     if (!c->has_pending && c->in) {
         rc = pipe_begin_frame(c);
-    } else if (!c->has_pending) {
+    } else if (!c->has_pending && (rc = skip_rest(c, &forever)) == 0) {
         struct frame_source src = { conn_read_cb, c, c->h.fd, NULL };
         rc = frame_read_header(&src, &c->pending_len);
         c->has_pending = rc == 0;
@@ -326,13 +398,18 @@ static int recv_end(mp_conn *c, int rc)
     return rc;
 }
 
-/* The pending frame's body was read, or failed halfway (a ring end then
- * drops the rest as it arrives). Pending until here, so a reader that dies
- * halfway leaves the frame for pipe_repair. */
-static int recv_done(mp_conn *c, int rc)
+/* The pending frame's body was read, or failed halfway with unread bytes
+ * of it left. A ring end then drops the rest as it arrives; a descriptor
+ * conn too, after MP_ENOMEM (no memory for the body), when the stream is
+ * intact. Any other failure there is the stream's own (EOF, a dead
+ * descriptor), and the next receive meets it again. Pending until here, so
+ * a reader that dies halfway leaves the frame for pipe_repair. */
+static int recv_done(mp_conn *c, int rc, uint64_t unread)
 {
     if (rc != 0 && c->in)
         c->skip_to = c->frame_end;
+    else if (rc == MP_ENOMEM)
+        skip_start(c, unread);
     c->has_pending = false;
     return recv_end(c, rc);
 }
@@ -362,7 +439,7 @@ int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
         return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
                        "buf has %zu; it stays next: receive it with a buffer of *len bytes "
                        "or mp_conn_recv_buf", n, cap);
-    return fail_io(recv_done(c, conn_read(c, buf, (size_t)n)), __func__, c);
+    return fail_io(recv_done(c, conn_read(c, buf, (size_t)n), 0), __func__, c);
 }
 
 int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
@@ -379,7 +456,13 @@ int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
         return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
                        "over maxlen %zu; it stays next", n, maxlen);
     struct frame_source src = { conn_read_cb, c, c->h.fd, NULL };
-    return fail_io(recv_done(c, frame_read_body(&src, out, (size_t)n)), __func__, c);
+    size_t got;
+    rc = frame_read_body(&src, out, (size_t)n, &got);
+    rc = recv_done(c, rc, n - got);
+    if (rc == MP_ENOMEM)
+        return mp_fail(rc, __func__, "no memory for the message's %" PRIu64 " bytes: it was "
+                       "dropped; the conn stays usable, the next receive gets the next message", n);
+    return fail_io(rc, __func__, c);
 }
 
 
@@ -393,6 +476,13 @@ int mp_conn_poll(mp_conn *c, double timeout)
     if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
+    if (atomic_load(&c->skip_len) > 0) {          /* its bytes are no message */
+        rc = skip_unlocked(c, &d);
+        if (rc == MP_ETIMEDOUT || rc == MP_EEOF)
+            return rc == MP_EEOF;
+        if (rc != 0)
+            return fail_io(rc, __func__, c);
+    }
     if (c->in)
         return fail_io(pipe_poll(c, &d), __func__, c);
     int r = fd_poll(c->h.fd, POLLIN, &d);
@@ -720,6 +810,8 @@ int mp_conn_recv_fd(mp_conn *c, int *fd, double timeout)
     if (c->has_pending)
         rc = mp_fail(MP_ESTATE, __func__, "a message of %" PRIu64 " bytes is next (its header "
                      "was read by a call that gave MP_ETOOBIG); receive it first", c->pending_len);
+    else if ((rc = skip_rest(c, &d)) != 0)       /* a dropped message's rest comes first */
+        rc = fail_io(rc, __func__, c);
     else if (atomic_load(&c->ahead_len) > 0)
         rc = recv_fd_early(c, fd);
     else

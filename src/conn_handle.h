@@ -19,9 +19,10 @@ struct pipe_shm;                   /* what both ends of a pipe share (pipe_ring.
  * takes the same lock): every write to the descriptor or the out ring.
  * Under recv_lock: has_pending, pending_len, the read-ahead (ahead_pos,
  * ahead_fills, ahead[], and ahead_len's decrements and refills),
- * frame_body, frame_end, skip_to, and every read of the descriptor or the
- * in ring. has_pending and ahead_len are atomic because mp_conn_poll and
- * mp_wait look at them without the lock (a hint: ready, look again). */
+ * frame_body, frame_end, skip_to, skip_len, and every read of the
+ * descriptor or the in ring. has_pending, ahead_len and skip_len are atomic
+ * because mp_conn_poll and mp_wait look at them without the lock (a hint:
+ * ready, look again). */
 struct mp_conn {
     struct fdhandle h;
     bool readable, writable, is_socket;
@@ -36,6 +37,11 @@ struct mp_conn {
     uint32_t ahead_pos;
     uint32_t ahead_fills;      /* refills so far: tells a stale early descriptor */
     uint8_t ahead[READ_AHEAD];
+    /* Bytes of a frame whose body found no memory (MP_ENOMEM) still on
+     * the descriptor, dropped before the next header is read. The
+     * read-ahead is empty while any are left: what it holds is always the
+     * next messages' bytes, so mp_wait and mp_conn_poll count it as ready. */
+    _Atomic uint64_t skip_len;
     /* Ends of mp_pipe: frames go through rings, the fd carries doorbells. */
     struct pipe_shm *shm;               /* NULL: frames go on the descriptor */
     struct ring *in, *out;

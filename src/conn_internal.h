@@ -46,7 +46,8 @@ bool fd_is_socket(int fd);
 
 /* One frame on a raw descriptor. conn_recv_frame checks the claimed length
  * against maxlen (0: no limit) before allocating anything: MP_ETOOBIG then,
- * with the header consumed, so the stream is unusable: close it. Memory
+ * with the header consumed, so the stream is unusable: close it (as after
+ * MP_ENOMEM, which leaves it inside the body). Memory
  * grows with the bytes that actually arrive, so a peer lying about a huge
  * length costs at most 64 KiB or twice what it sent. */
 int conn_send_frame(int fd, const void *data, size_t len);
@@ -63,8 +64,11 @@ struct frame_source {
 /* Reads a header: 0 and *len; a stream that ends inside it is MP_EEOF,
  * a negative length other than -1 MP_EPROTO, one past PTRDIFF_MAX MP_ETOOBIG. */
 int frame_read_header(const struct frame_source *src, uint64_t *len);
-/* Reads a body of len bytes into out, growing it only as bytes arrive. */
-int frame_read_body(const struct frame_source *src, mp_buf *out, size_t len);
+/* Reads a body of len bytes into out, growing it only as bytes arrive.
+ * *got: the bytes of it taken from src, all of them on success. After
+ * MP_ENOMEM (out could not grow) the other len - *got are still in the
+ * stream, which is otherwise intact: a reader that goes on must drop them. */
+int frame_read_body(const struct frame_source *src, mp_buf *out, size_t len, size_t *got);
 /* A header taken apart by hand (the pipe ring peeks at it): the first 4
  * bytes give 0 and the length, 1 when -1 announces a 64-bit length in the
  * next 8 (then frame_header_long), or MP_EPROTO. */

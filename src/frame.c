@@ -234,7 +234,7 @@ int frame_read_header(const struct frame_source *src, uint64_t *len)
 }
 
 /* Reads a body of len bytes into out, growing it only as bytes arrive. */
-int frame_read_body(const struct frame_source *src, mp_buf *out, size_t len)
+int frame_read_body(const struct frame_source *src, mp_buf *out, size_t len, size_t *got)
 {
     size_t first = len < RECV_FIRST_CHUNK ? len : RECV_FIRST_CHUNK;
     int rc = mp_buf_reserve(out, first ? first : 1);
@@ -246,10 +246,12 @@ int frame_read_body(const struct frame_source *src, mp_buf *out, size_t len)
             break;
         size_t want = (len < out->cap ? len : out->cap) - done;
         rc = source_read(src, (char *)out->data + done, want);
-        done += want;
+        if (rc == 0)
+            done += want;
     }
     if (rc == 0)
         out->len = len;
+    *got = done;
     return rc;
 }
 
@@ -273,5 +275,6 @@ int conn_recv_frame(int fd, mp_buf *out, size_t maxlen, const mp_deadline *d)
         return rc;
     if (maxlen && len > maxlen)
         return MP_ETOOBIG;
-    return frame_read_body(&src, out, (size_t)len);
+    size_t got;
+    return frame_read_body(&src, out, (size_t)len, &got);
 }

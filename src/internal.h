@@ -122,6 +122,11 @@ bool shm_mapping_contains(const void *p);
 #else
 #define MP_TEST_HOOK static __attribute__((unused))
 #endif
+/* Asked by mp_buf_reserve before it grows a buffer to cap bytes: true
+ * fails the growth with MP_ENOMEM, as a full heap would. */
+#ifdef MPROC_TEST_HOOKS
+MP_EXTERN extern bool (*mp__buf_refuse_alloc)(size_t cap);
+#endif
 
 /* ------------------------------------------------------------------ time */
 

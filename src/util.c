@@ -71,6 +71,8 @@ int deadline_poll_ms(const mp_deadline *d)
     return ms < (double)INT_MAX ? (int)ms : INT_MAX;
 }
 
+MP_TEST_HOOK bool (*mp__buf_refuse_alloc)(size_t cap);
+
 int mp_buf_reserve(mp_buf *b, size_t cap)
 {
     if (!b)
@@ -82,7 +84,7 @@ int mp_buf_reserve(mp_buf *b, size_t cap)
     size_t want = b->cap ? b->cap : 64;
     while (want < cap)
         want = want > PTRDIFF_MAX / 2 ? cap : want * 2;
-    void *p = realloc(b->data, want);
+    void *p = mp__buf_refuse_alloc && mp__buf_refuse_alloc(cap) ? NULL : realloc(b->data, want);
     if (!p)
         return MP_ENOMEM;
     b->data = p;

@@ -352,6 +352,146 @@ static void test_negative_length_is_eproto(void **state)
     mp_conn_close(c);
 }
 
+/* ------------------------------------------------------------------ no memory for a body */
+
+/* mp_buf_reserve refuses one growth to refuse_from bytes or more (0: none). */
+static _Atomic size_t refuse_from;
+
+static bool refuse_once(size_t cap)
+{
+    size_t at = atomic_load(&refuse_from);
+    return at && cap >= at && atomic_compare_exchange_strong(&refuse_from, &at, 0);
+}
+
+static void refuse_growth_to(size_t cap)
+{
+    atomic_store(&refuse_from, cap);
+    mp__buf_refuse_alloc = refuse_once;
+}
+
+static void *send_big_then_next_then_close(void *p)
+{
+    int fd = *(int *)p;
+    size_t size = (size_t)1 << 20;
+    char *big = malloc(size);
+    memset(big, 'b', size);              /* read as a header: a 1.6 GB length */
+    int rc = big ? conn_send_frame(fd, big, size) : MP_ENOMEM;
+    if (rc == 0)
+        rc = conn_send_frame(fd, "next", 4);
+    free(big);
+    close(fd);
+    return (void *)(intptr_t)rc;
+}
+
+/* The next message on c is "next". */
+static void expect_next(mp_conn *c)
+{
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(c, buf, sizeof buf, &len));
+    assert_int_equal(len, 4);
+    assert_memory_equal(buf, "next", 4);
+}
+
+/* The body outgrows the first chunk and one growth finds no memory: that
+ * message is dropped, whole, and the next receive gets the next one. */
+static void test_recv_buf_without_memory_drops_the_message_and_keeps_sync(void **state)
+{
+    (void)state;
+    int peer;
+    mp_conn *c = conn_with_raw_peer(&peer);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, send_big_then_next_then_close, &peer), 0);
+    mp_buf out = { 0 };
+    refuse_growth_to((size_t)256 << 10);
+    TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_ENOMEM);
+    mp__buf_refuse_alloc = NULL;
+    assert_int_equal(atomic_load(&refuse_from), 0);     /* refused halfway, not before */
+    tu_last_error_has("1048576 bytes", "dropped", "stays usable", NULL);
+    TU_OK(mp_conn_recv_buf(c, &out, 0));
+    assert_int_equal(out.len, 4);
+    assert_memory_equal(out.data, "next", 4);
+    TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_EEOF);
+    void *sent;
+    pthread_join(t, &sent);
+    assert_int_equal((intptr_t)sent, 0);
+    mp_buf_free(&out);
+    mp_conn_close(c);
+}
+
+/* A small message read ahead whole with the next: it is dropped from the
+ * read-ahead, which then holds just the next message (ready). */
+static void test_message_dropped_without_memory_leaves_the_next_read_ahead(void **state)
+{
+    (void)state;
+    int peer;
+    mp_conn *c = conn_with_raw_peer(&peer);
+    uint8_t wire[4 + 1000 + 8];
+    memcpy(wire, "\0\0\x03\xe8", 4);
+    memset(wire + 4, 'x', 1000);
+    memcpy(wire + 1004, "\0\0\0\4next", 8);
+    write_raw(peer, wire, sizeof wire);
+    mp_buf out = { 0 };
+    refuse_growth_to(1000);
+    TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_ENOMEM);
+    mp__buf_refuse_alloc = NULL;
+    int fd = mp_conn_fileno(c);
+    bool ready;
+    assert_int_equal(mp_conn_poll(c, 0), 1);
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 1);
+    expect_next(c);
+    assert_int_equal(mp_conn_poll(c, 0), 0);
+    mp_buf_free(&out);
+    close(peer);
+    mp_conn_close(c);
+}
+
+/* The peer is still sending the dropped message: its bytes make neither
+ * mp_conn_poll nor mp_wait ready, and a descriptor sent after it is the
+ * next thing mp_conn_recv_fd gets. */
+static void test_rest_of_a_dropped_message_is_not_ready_and_comes_out_first(void **state)
+{
+    (void)state;
+    int peer;
+    mp_conn *c = conn_with_raw_peer(&peer);
+    size_t size = (size_t)150 << 10, first = (size_t)80 << 10;
+    uint8_t head[FRAME_HEADER_MAX];
+    size_t n = frame_header_encode(size, head);
+    char *body = malloc(size);
+    assert_non_null(body);
+    memset(body, 'r', size);
+    write_raw(peer, head, n);
+    write_raw(peer, body, first);
+    mp_buf out = { 0 };
+    refuse_growth_to((size_t)128 << 10);            /* after the first 64 KiB */
+    TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_ENOMEM);
+    mp__buf_refuse_alloc = NULL;
+    int fd = mp_conn_fileno(c);
+    bool ready;
+    assert_int_equal(mp_conn_poll(c, 0), 0);        /* only the dropped message's bytes */
+    assert_int_equal(mp_wait(&fd, 1, &ready, 0), 0);
+    assert_false(ready);
+    write_raw(peer, body + first, size - first);
+    mp_conn *p;
+    TU_OK(conn_from_fd(&p, peer, true, true));
+    int sent = open("/dev/null", O_RDONLY | O_CLOEXEC), got = -1;
+    TU_OK(mp_conn_send_fd(p, sent));
+    TU_OK(mp_conn_send_bytes(p, "next", 4));
+    TU_OK(mp_conn_recv_fd(c, &got, 5 * tu_slow()));
+    struct stat a, b;
+    assert_int_equal(fstat(sent, &a), 0);
+    assert_int_equal(fstat(got, &b), 0);
+    assert_true(a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+    assert_int_equal(mp_conn_poll(c, 5 * tu_slow()), 1);
+    expect_next(c);
+    close(sent);
+    close(got);
+    free(body);
+    mp_buf_free(&out);
+    mp_conn_close(p);
+    mp_conn_close(c);
+}
+
 static void test_poll_times_out_then_sees_data(void **state)
 {
     (void)state;
@@ -1114,6 +1254,9 @@ int main(void)
         cmocka_unit_test(test_truncated_header_is_eeof),
         cmocka_unit_test(test_truncated_body_is_eeof),
         cmocka_unit_test(test_negative_length_is_eproto),
+        cmocka_unit_test(test_recv_buf_without_memory_drops_the_message_and_keeps_sync),
+        cmocka_unit_test(test_message_dropped_without_memory_leaves_the_next_read_ahead),
+        cmocka_unit_test(test_rest_of_a_dropped_message_is_not_ready_and_comes_out_first),
         cmocka_unit_test(test_poll_times_out_then_sees_data),
         cmocka_unit_test(test_send_to_closed_peer_is_epipe_not_sigpipe),
         cmocka_unit_test(test_buffered_messages_count_as_ready),
