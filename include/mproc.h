@@ -227,8 +227,9 @@ MP_EXTERN int  mp_condition_new(mp_condition **c, mp_lock *l);
 MP_EXTERN int  mp_condition_acquire(mp_condition *c, double timeout);
 MP_EXTERN int  mp_condition_release(mp_condition *c);
 /* Needs the lock (else MP_EINVAL); releases it fully, however deep, and holds
- * it again at that depth on return: 0 notified, MP_ETIMEDOUT, MP_EOWNERDEAD
- * if a holder died meanwhile (notified or not), MP_ENOMEM (arena full). */
+ * it again at that depth on return (taking it back is not timed, as Python):
+ * 0 notified, MP_ETIMEDOUT, MP_EOWNERDEAD if a holder died meanwhile
+ * (notified or not), MP_ENOMEM (arena full). */
 MP_EXTERN int  mp_condition_wait(mp_condition *c, double timeout);
 /* Python's wait_for: waits until pred(ctx) is true, calling it with the lock
  * held, first at once and then after every wake-up. 0: pred returned true;
@@ -245,7 +246,8 @@ MP_EXTERN int  mp_condition_notify_all(mp_condition *c);
 MP_EXTERN void mp_condition_free(mp_condition *c);
 
 /* threading.Barrier: wait returns a distinct index 0..parties-1 to each party
- * of a round. A wait that times out, abort, or a party killed while waiting
+ * of a round. A wait that times out (a process stopped inside a barrier call
+ * holds it no longer), abort, or a party killed while waiting
  * (noticed within 0.1 s) breaks it: every waiter and every later wait gets
  * MP_EBROKEN until reset; a reset while parties wait breaks their wait too. */
 MP_EXTERN int  mp_barrier_new(mp_barrier **b, unsigned parties);   /* parties >= 1 */

@@ -6,7 +6,10 @@
  * killed (MP_EOWNERDEAD) is taken out, and if the barrier was still filling it is
  * broken, so the survivors get MP_EBROKEN instead of waiting forever. The
  * party that would trip it, n_waiting and broken take the dead out too, so
- * a party killed with no one else waiting breaks it as well.
+ * a party killed with no one else waiting breaks it as well. A timed wait
+ * waits for the mutex only until its deadline (a holder may be stopped):
+ * then it leaves the barrier broken through the next holder, see
+ * barrier_give_up.
  */
 #include "sync_internal.h"
 
@@ -25,6 +28,7 @@ struct mp_barrier {
     uint32_t parties;
     rmutex m;
     _Atomic uint32_t seq;     /* bumped on every change of state or count */
+    _Atomic uint32_t break_owed;  /* set without m by a wait that could not take it */
     int32_t state;
     uint32_t count;           /* parties inside wait(), as Python's _count */
     struct party slot[];
@@ -88,22 +92,44 @@ static void hook(const char *point)
         mp__barrier_test_hook(point);
 }
 
-/* A party died in here: what it was changing cannot be trusted, so the
- * barrier breaks. Its count is made again from the slots: whenever the
- * lock is free, a party is counted exactly while its slot is marked used
- * (both change under the lock), so one killed between the two changes is
- * counted as its slot says, and the slots' own repair (barrier_reap, a
- * used slot whose owner died) takes it out once, not twice or never. */
-static void barrier_lock(mp_barrier *b)
+/* Takes the lock by d (waiting at least LOCK_GRACE_S, so that a short
+ * timeout does not fail because another party holds it for a moment; only
+ * a stopped holder makes d matter): 0, or MP_ETIMEDOUT without it.
+ * MP_EOWNERDEAD: a party died in here, and what it was changing cannot be
+ * trusted, so the barrier breaks. Its count is made again from the slots:
+ * whenever the lock is free, a party is counted exactly while its slot is
+ * marked used (both change under the lock; a wait that gave up keeps both,
+ * barrier_give_up), so one killed between the two changes is counted as
+ * its slot says, and the slots' own repair (barrier_reap, a used slot
+ * whose owner is gone) takes it out once, not twice or never. */
+static int barrier_lock(mp_barrier *b, const mp_deadline *d)
 {
-    mp_deadline forever = deadline_in(MP_FOREVER);
-    if (rmutex_lock(&b->m, &forever) == MP_EOWNERDEAD) {
+    int rc = rmutex_trylock(&b->m);
+    if (rc == MP_ETIMEDOUT) {
+        double left = deadline_left(d);
+        mp_deadline at = d->forever ? *d : deadline_in(left > LOCK_GRACE_S ? left : LOCK_GRACE_S);
+        rc = rmutex_wait(&b->m, &at);
+    }
+    if (rc == MP_ETIMEDOUT)
+        return rc;
+    if (rc == MP_EOWNERDEAD) {
         uint32_t n = 0;
         for (uint32_t i = 0; i < b->parties; i++)
             n += b->slot[i].used != 0;
         b->count = n;
         barrier_break(b);
     }
+    if (atomic_load(&b->break_owed) && atomic_exchange(&b->break_owed, 0))
+        barrier_break(b);
+    return 0;
+}
+
+/* For the calls without a timeout: they wait as a lock does, for as long
+ * as a stopped holder stays stopped. */
+static void barrier_lock_untimed(mp_barrier *b)
+{
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    barrier_lock(b, &forever);
 }
 
 static struct party *party_enter(mp_barrier *b)
@@ -133,7 +159,8 @@ static void party_leave(mp_barrier *b, struct party *p)
     }
 }
 
-/* Under the lock: takes out the parties that were killed inside wait(). */
+/* Under the lock: takes out the parties that left wait() without it,
+ * killed or given up (barrier_give_up): a used slot whose alive is free. */
 static void barrier_reap(mp_barrier *b)
 {
     ASSERT_RHELD(&b->m);
@@ -150,7 +177,12 @@ static void barrier_reap(mp_barrier *b)
     }
 }
 
-/* Under the lock; returns with it held. MP_ETIMEDOUT once d has passed. */
+/* The answer of a wait that could not take the lock by its deadline: it
+ * no longer holds it (not an index, nor any MP_E code). */
+enum { LOCK_MISSED = INT_MIN };
+
+/* Under the lock; returns with it held: 0 (look again), MP_ETIMEDOUT once
+ * d has passed; or LOCK_MISSED without it. */
 static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
 {
     ASSERT_RHELD(&b->m);
@@ -158,10 +190,12 @@ static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
         return MP_ETIMEDOUT;
     uint32_t seen = atomic_load(&b->seq);
     rmutex_unlock(&b->m);
+    hook("barrier_asleep");
     double left = deadline_left(d);
     mp_deadline slice = deadline_in(left < BARRIER_SLICE ? left : BARRIER_SLICE);
     int rc = futex_wait_spin(&b->seq, seen, &slice);
-    barrier_lock(b);
+    if (barrier_lock(b, d) != 0)
+        return LOCK_MISSED;
     if (rc == MP_ETIMEDOUT)
         barrier_reap(b);
     return deadline_passed(d) ? MP_ETIMEDOUT : 0;
@@ -170,35 +204,58 @@ static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
 /* Python's _enter: wait while the previous round drains or resets. */
 static int barrier_enter(mp_barrier *b, const mp_deadline *d)
 {
-    while (b->state == DRAINING || b->state == RESETTING)
-        if (barrier_sleep(b, d) == MP_ETIMEDOUT &&
-            (b->state == DRAINING || b->state == RESETTING)) {
+    while (b->state == DRAINING || b->state == RESETTING) {
+        int rc = barrier_sleep(b, d);
+        if (rc == LOCK_MISSED)
+            return rc;
+        if (rc == MP_ETIMEDOUT && (b->state == DRAINING || b->state == RESETTING)) {
             barrier_break(b);
             return MP_EBROKEN;
         }
+    }
     return b->state < 0 ? MP_EBROKEN : 0;
 }
 
 /* Python's _wait: until the barrier trips; timing out breaks it. */
 static int barrier_await(mp_barrier *b, const mp_deadline *d, int index)
 {
-    while (b->state == FILLING)
-        if (barrier_sleep(b, d) == MP_ETIMEDOUT && b->state == FILLING) {
+    while (b->state == FILLING) {
+        int rc = barrier_sleep(b, d);
+        if (rc == LOCK_MISSED)
+            return rc;
+        if (rc == MP_ETIMEDOUT && b->state == FILLING) {
             barrier_break(b);
             return MP_EBROKEN;
         }
+    }
     return b->state < 0 ? MP_EBROKEN : index;
 }
 
-int mp_barrier_wait(mp_barrier *b, double timeout)
+/* A wait that could not take the lock by its deadline (its holder is
+ * stopped) has timed out, and a wait that times out breaks the barrier;
+ * but breaking takes the lock. So it leaves the break owed, and the next
+ * holder makes it before anything else (barrier_lock): no call sees the
+ * barrier without the lock, so to every call made after this one returns
+ * the barrier was broken by then. It breaks whatever the state (it cannot
+ * see whether its round tripped), as a wait timing out in _enter does.
+ * Counted (me), it gives its slot's alive mutex back but leaves the slot
+ * marked and counted: barrier_reap takes it out, once, as a killed party. */
+static int barrier_give_up(mp_barrier *b, struct party *me)
 {
-    if (!barrier_ok(b))
-        return mp_fail_handle(__func__, "barrier", b);
-    if (!timeout_valid(timeout))
-        return mp_fail_timeout(__func__, timeout);
-    mp_deadline d = deadline_in(timeout);
-    barrier_lock(b);
-    int rc = barrier_enter(b, &d);
+    atomic_store(&b->break_owed, 1);
+    if (me)
+        rmutex_unlock(&me->alive);
+    changed(b);                     /* sleepers go for the lock, and make the break */
+    return LOCK_MISSED;
+}
+
+/* Under the lock: one party's way through (Python's wait). Its index,
+ * MP_EBROKEN, or LOCK_MISSED (it gave up), the lock given back. */
+static int barrier_pass(mp_barrier *b, const mp_deadline *d)
+{
+    int rc = barrier_enter(b, d);
+    if (rc == LOCK_MISSED)
+        return barrier_give_up(b, NULL);
     /* The party that would trip it first takes out any killed while they
      * waited, which no sleeper may have done yet (or ever, when the dead
      * were the only ones waiting): a dead party must break the round, not
@@ -216,12 +273,29 @@ int mp_barrier_wait(mp_barrier *b, double timeout)
             changed(b);
             rc = index;
         } else {
-            rc = barrier_await(b, &d, index);
+            rc = barrier_await(b, d, index);
+            if (rc == LOCK_MISSED)
+                return barrier_give_up(b, me);
         }
         party_leave(b, me);
         barrier_exit(b);
     }
     rmutex_unlock(&b->m);
+    return rc;
+}
+
+int mp_barrier_wait(mp_barrier *b, double timeout)
+{
+    if (!barrier_ok(b))
+        return mp_fail_handle(__func__, "barrier", b);
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(__func__, timeout);
+    mp_deadline d = deadline_in(timeout);
+    int rc = barrier_lock(b, &d) == 0 ? barrier_pass(b, &d) : barrier_give_up(b, NULL);
+    if (rc == LOCK_MISSED)
+        return mp_fail(MP_EBROKEN, __func__, "another process held the barrier's lock past the "
+                       "timeout (a stopped one?): the wait gave up, which breaks the barrier as a "
+                       "timeout does; mp_barrier_reset makes it usable again");
     if (rc == MP_EBROKEN)
         return mp_fail(rc, __func__, "the barrier is broken (a wait timed out, a party was "
                        "killed, or mp_barrier_abort); mp_barrier_reset makes it usable again");
@@ -232,7 +306,7 @@ int mp_barrier_abort(mp_barrier *b)
 {
     if (!barrier_ok(b))
         return mp_fail_handle(__func__, "barrier", b);
-    barrier_lock(b);
+    barrier_lock_untimed(b);
     barrier_break(b);
     rmutex_unlock(&b->m);
     return 0;
@@ -242,7 +316,7 @@ int mp_barrier_reset(mp_barrier *b)
 {
     if (!barrier_ok(b))
         return mp_fail_handle(__func__, "barrier", b);
-    barrier_lock(b);
+    barrier_lock_untimed(b);
     if (b->count == 0)
         b->state = FILLING;
     else if (b->state == FILLING || b->state == BROKEN)
@@ -261,7 +335,7 @@ int mp_barrier_n_waiting(mp_barrier *b)
 {
     if (!barrier_ok(b))
         return mp_fail_handle(__func__, "barrier", b);
-    barrier_lock(b);
+    barrier_lock_untimed(b);
     barrier_reap(b);
     int n = b->state == FILLING ? (int)b->count : 0;
     rmutex_unlock(&b->m);
@@ -272,7 +346,7 @@ bool mp_barrier_broken(mp_barrier *b)
 {
     if (!barrier_ok(b))
         return false;
-    barrier_lock(b);
+    barrier_lock_untimed(b);
     barrier_reap(b);
     bool broken = b->state == BROKEN;
     rmutex_unlock(&b->m);

@@ -207,6 +207,11 @@ int mutex_clocklock(pthread_mutex_t *m, const struct timespec *at);
 int rmutex_init(rmutex *m);
 int rmutex_lock(rmutex *m, const mp_deadline *d);   /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT, -EDEADLK */
 int rmutex_wait(rmutex *m, const mp_deadline *d);   /* rmutex_lock after a trylock found it busy */
+/* A timed call waits for an object's internal lock (a queue's side, a
+ * barrier's state) for its time left, but at least this long, so that a
+ * timeout of 0 does not fail because another holds the lock for a moment;
+ * only a holder that is stopped makes the deadline matter. Seconds. */
+#define LOCK_GRACE_S 0.01
 /* MP_EINVAL if not the owner: a robust mutex refuses a non-owner itself
  * (EPERM), from the tid glibc keeps at hand. ThreadSanitizer would report
  * the attempt as a bug of ours, so under it rmutex.c asks first. */

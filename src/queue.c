@@ -490,7 +490,6 @@ enum { SIDE_BUSY_PUT = 1, SIDE_BUSY_GET = 2 };
  * LOCK_GRACE_S, so that a _nowait call does not fail because another is
  * copying an item out; MP_FOREVER for a call without a deadline. Only a
  * holder that is stopped (or a huge item's copy) makes it matter. */
-#define LOCK_GRACE_S 0.01
 static double lock_wait(lazy_deadline *d)
 {
     if (d->timeout < 0 || d->timeout > 1e9)

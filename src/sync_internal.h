@@ -25,10 +25,11 @@ int lock_release_all(mp_lock *l, uint32_t *depth);
 /* Takes l again (no timeout) at that depth: 0 or MP_EOWNERDEAD. */
 int lock_restore(mp_lock *l, uint32_t depth);
 
-/* Points inside mp_barrier_wait where a test can SIGKILL a party with the
- * barrier's lock held: "barrier_counted" (counted, its slot not yet
- * marked) and "barrier_uncounted" (leaving: uncounted, its slot still
- * marked). Only in the test-only build (MP_TEST_HOOK). */
+/* Points inside mp_barrier_wait where a test can SIGKILL or SIGSTOP a party
+ * with the barrier's lock held: "barrier_counted" (counted, its slot not
+ * yet marked) and "barrier_uncounted" (leaving: uncounted, its slot still
+ * marked); and without it: "barrier_asleep" (about to sleep a slice).
+ * Only in the test-only build (MP_TEST_HOOK). */
 #ifdef MPROC_TEST_HOOKS
 MP_EXTERN extern void (*mp__barrier_test_hook)(const char *point);
 #endif

@@ -158,17 +158,6 @@ static void kill_other_worker(pid_t pid, char st, int ppid, const char *stat, vo
         kill(pid, SIGKILL);
 }
 
-static void *resume_later(void *arg)
-{
-    (void)arg;
-    for (int i = 0; i < 1000 && atomic_load(&stopped_pid); i++)
-        usleep(10 * 1000);
-    pid_t pid = atomic_exchange(&stopped_pid, 0);
-    if (pid)
-        kill(pid, SIGCONT);
-    return NULL;
-}
-
 static void test_pool_terminate_kills_a_worker_stopped_holding_the_task_list(void **state)
 {
     (void)state;
@@ -180,7 +169,7 @@ static void test_pool_terminate_kills_a_worker_stopped_holding_the_task_list(voi
     each_process(kill_other_worker, NULL);
     usleep(100 * 1000);                 /* the monitor notes that death */
     pthread_t t;
-    TU_OK(pthread_create(&t, NULL, resume_later, NULL));
+    TU_OK(pthread_create(&t, NULL, tu_resume_later, &stopped_pid));
     double t0 = tu_now();
     TU_OK(mp_pool_terminate(p));
     double took = tu_now() - t0;

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +175,17 @@ static bool others_asleep(void *arg)
 bool tu_wait_threads_asleep(double timeout)
 {
     return tu_wait_for(others_asleep, NULL, timeout);
+}
+
+void *tu_resume_later(void *slot)
+{
+    _Atomic pid_t *stopped = slot;
+    for (int i = 0; i < 1000 && atomic_load(stopped); i++)
+        usleep(10 * 1000);
+    pid_t pid = atomic_exchange(stopped, 0);
+    if (pid)
+        kill(pid, SIGCONT);
+    return NULL;
 }
 
 pid_t tu_proc_ppid(pid_t pid)

@@ -45,6 +45,11 @@ char tu_proc_state(pid_t pid);       /* /proc state letter ('S' asleep, 'Z', ...
 bool tu_wait_asleep(pid_t pid, double timeout);
 bool tu_wait_threads_asleep(double timeout);
 pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
+/* A thread body for a test that stops a process: after 10 s it resumes
+ * (SIGCONT) the pid in *slot (an _Atomic pid_t) unless the test has set it
+ * to 0 first, so a call that waits for the stopped process fails slowly
+ * instead of hanging. */
+void *tu_resume_later(void *slot);
 
 /* Leaves this process no free descriptor (soft limit lowered to 32, the
  * rest opened): false if that could not be done. For a forked child. */
