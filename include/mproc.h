@@ -120,7 +120,8 @@ MP_EXTERN bool  mp_process_is_alive(mp_process *p);
 MP_EXTERN int   mp_process_terminate(mp_process *p);                 /* SIGTERM */
 MP_EXTERN int   mp_process_kill(mp_process *p);                      /* SIGKILL */
 MP_EXTERN int   mp_process_exitcode(mp_process *p, int *code);       /* MP_ESTATE if not finished; <0 = -signal */
-MP_EXTERN pid_t mp_process_pid(const mp_process *p);
+MP_EXTERN pid_t mp_process_pid(const mp_process *p);                 /* 0 before start or for NULL
+                                                                        (Python: None): not for kill() */
 MP_EXTERN const char *mp_process_name(const mp_process *p);
 MP_EXTERN bool  mp_process_daemon(const mp_process *p);
 MP_EXTERN int   mp_process_sentinel(const mp_process *p);            /* fd readable once ended */

@@ -1331,13 +1331,14 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     return rc;
 }
 
-/* The arguments every get checks: 0, or the message's code. */
-static int get_args(const char *fn, mp_queue *q, bool have_out, double timeout)
+/* The arguments every get checks (no_out: what is wrong with where the
+ * item goes, or NULL): 0, or the message's code. */
+static int get_args(const char *fn, mp_queue *q, const char *no_out, double timeout)
 {
     if (!queue_ok(q))
         return mp_fail_handle(fn, "queue", q);
-    if (!have_out)
-        return mp_fail(MP_EINVAL, fn, "where the item goes is NULL");
+    if (no_out)
+        return mp_fail(MP_EINVAL, fn, "%s", no_out);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(fn, timeout);
     return 0;
@@ -1347,7 +1348,9 @@ static int get_args(const char *fn, mp_queue *q, bool have_out, double timeout)
 static int queue_get(const char *fn, mp_queue *q, void *buf, size_t cap, size_t *len,
                      double timeout)
 {
-    int rc = get_args(fn, q, len && (buf || !cap), timeout);
+    const char *no_out = !len ? "len (where the item's size goes) is NULL"
+                         : !buf && cap ? "buf is NULL but cap is not 0" : NULL;
+    int rc = get_args(fn, q, no_out, timeout);
     if (rc != 0)
         return rc;
     rc = queue_take(q, buf, cap, len, NULL, NULL, timeout);
@@ -1369,14 +1372,16 @@ int mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len)
 
 int mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout)
 {
-    int rc = get_args(__func__, q, out, timeout);
+    int rc = get_args(__func__, q, out ? NULL : "out is NULL", timeout);
     return rc ? rc : queue_result(queue_take(q, NULL, 0, NULL, out, NULL, timeout), __func__,
                                   timeout);
 }
 
 int mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout)
 {
-    int rc = get_args(__func__, q, p && len, timeout);
+    int rc = get_args(__func__, q, !p ? "p (where the block goes) is NULL"
+                                   : !len ? "len (where the item's size goes) is NULL" : NULL,
+                      timeout);
     if (rc != 0)
         return rc;
     *p = NULL;

@@ -205,6 +205,7 @@ static void test_manager_wrong_authkey_is_refused_with_eauth(void **state)
     mp_dict *d = open_dict(m, "secret");
     TU_OK(mp_dict_set(d, "k", "v", 1));
     TU_ASSERT_RC(mp_manager_connect(&c, mp_manager_address(m), "wrong", 5), MP_EAUTH);
+    tu_last_error_has("refused the authkey (5 bytes)", NULL);
     assert_null(c);
     TU_ASSERT_RC(mp_manager_connect(&c, mp_manager_address(m), NULL, 0), MP_EAUTH);
     mp_dict_free(d);
@@ -384,6 +385,7 @@ static void test_dict_typed_values_return_etype_on_mismatch(void **state)
     TU_OK(mp_dict_get_f64(d, "f", &f));
     assert_true(f == 2.5);
     TU_ASSERT_RC(mp_dict_get_i64(d, "f", &i), MP_ETYPE);
+    tu_last_error_has("mp_dict_get_i64: the value of \"f\" is not an integer", NULL);
     TU_ASSERT_RC(mp_dict_get_i64(d, "b", &i), MP_ETYPE);
     TU_ASSERT_RC(mp_dict_get_f64(d, "i", &f), MP_ETYPE);
     TU_ASSERT_RC(mp_dict_get(d, "i", &b), MP_ETYPE);

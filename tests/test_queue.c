@@ -237,9 +237,12 @@ static void test_queue_refuses_bad_arguments_and_handles(void **state)
     TU_ASSERT_RC(mp_queue_put(q, NULL, 1, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_put(q, "x", 1, NAN), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_get(q, NULL, 8, &len, 0), MP_EINVAL);
+    tu_last_error_has("mp_queue_get: buf is NULL but cap is not 0", NULL);
     TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, NULL, 0), MP_EINVAL);
+    tu_last_error_has("mp_queue_get: len (where the item's size goes) is NULL", NULL);
     TU_ASSERT_RC(mp_queue_get(q, buf, sizeof buf, &len, NAN), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_get_buf(q, NULL, 0), MP_EINVAL);
+    tu_last_error_has("mp_queue_get_buf: out is NULL", NULL);
     TU_ASSERT_RC(mp_queue_join(q, NAN), MP_EINVAL);
     TU_ASSERT_RC(mp_queue_put(q, buf, SIZE_MAX, 0), MP_EINVAL);
     /* More than the arena can ever hold: refused before a byte is read. */

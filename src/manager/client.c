@@ -606,6 +606,10 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
             return mp_fail(rc, __func__, "the server at \"%s\" did not complete the connection "
                            "and handshake within %d s (stopped, overloaded, or not a manager)",
                            address, MANAGER_CONNECT_TIMEOUT_S);
+        if (rc == MP_EAUTH)
+            return mp_fail(rc, __func__, "the server at \"%s\" refused the authkey (%zu bytes): "
+                           "pass the key the manager was started with (mp_manager_address and "
+                           "its creator's authkey)", address, len);
         return mp_fail_code(rc, __func__);
     }
     *out = m;
@@ -978,26 +982,35 @@ static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct 
     return dict_call((struct proxy *)d, OP_DICT_GET, args, 1, want, NULL, out);
 }
 
+/* A typed get's message: which key held what it did not want. */
+static int dict_get_result(int rc, const char *fn, const char *key, const char *want)
+{
+    if (rc == MP_ETYPE)
+        return mp_fail(rc, fn, "the value of \"%s\" is not %s (it was set as another "
+                       "type)", key, want);
+    return mp_fail_code(rc, fn);
+}
+
 int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v)
 {
     struct mval got;
     if (!v)
-        return mp_fail_code(MP_EINVAL, __func__);
+        return mp_fail(MP_EINVAL, __func__, "v (where the value goes) is NULL");
     int rc = dict_get_scalar(d, key, MV_INT, &got);
     if (rc == 0)
         *v = got.i;
-    return mp_fail_code(rc, __func__);
+    return dict_get_result(rc, __func__, key, "an integer");
 }
 
 int mp_dict_get_f64(mp_dict *d, const char *key, double *v)
 {
     struct mval got;
     if (!v)
-        return mp_fail_code(MP_EINVAL, __func__);
+        return mp_fail(MP_EINVAL, __func__, "v (where the value goes) is NULL");
     int rc = dict_get_scalar(d, key, MV_FLOAT, &got);
     if (rc == 0)
         *v = got.f;
-    return mp_fail_code(rc, __func__);
+    return dict_get_result(rc, __func__, key, "a float");
 }
 
 int mp_dict_del(mp_dict *d, const char *key)
