@@ -27,12 +27,15 @@ static struct {
 
 /* A forked mp_process child's holds (fdreg.h). slot[i].held is 1 until
  * the hold on slot[i].h is given back, by the child or its reaper, whoever
- * takes it to 0. */
+ * takes it to 0. The child then clears slot[i].h, before its count can
+ * free the handle: a handle it makes later may get the same address, and
+ * is no inherited one (its close must count). The reaper reads h only
+ * after taking held from 1. */
 struct fdreg_lease {
     uint32_t cap;             /* slots allocated */
     uint32_t n;               /* slots filled by the fork */
     struct lease_slot {
-        struct fdhandle *h;
+        struct fdhandle *_Atomic h;
         _Atomic uint32_t held;
     } slot[];
 };
@@ -53,7 +56,7 @@ static void lease_fill(struct fdreg_lease *l)
     if (registry.n > l->cap)
         return;
     for (size_t i = 0; i < registry.n; i++) {
-        l->slot[i].h = registry.items[i];
+        atomic_init(&l->slot[i].h, registry.items[i]);
         atomic_init(&l->slot[i].held, 1);
     }
     l->n = (uint32_t)registry.n;
@@ -198,10 +201,13 @@ static bool lease_give_back(struct fdhandle *h)
 {
     struct fdreg_lease *l = lease_mine;
     for (uint32_t i = 0; l && i < l->n; i++) {
-        if (l->slot[i].h != h)
+        if (atomic_load_explicit(&l->slot[i].h, memory_order_relaxed) != h)
             continue;
         uint32_t held = 1;
-        return atomic_compare_exchange_strong(&l->slot[i].held, &held, 0);
+        bool mine = atomic_compare_exchange_strong(&l->slot[i].held, &held, 0);
+        if (mine)             /* the slot is spent: never h's again, nor its address's */
+            atomic_store_explicit(&l->slot[i].h, NULL, memory_order_relaxed);
+        return mine;
     }
     return true;
 }
@@ -261,8 +267,9 @@ void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle 
         uint32_t held = 1;
         if (!atomic_compare_exchange_strong(&s->held, &held, 0))
             continue;                          /* the child gave it back */
-        if (!atomic_load(&s->h->immortal) && atomic_fetch_sub(&s->h->refs, 1) == 1)
-            destroy(s->h);
+        struct fdhandle *h = atomic_load_explicit(&s->h, memory_order_relaxed);
+        if (!atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1)
+            destroy(h);
     }
     arena_free(lease);
 }

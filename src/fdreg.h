@@ -24,7 +24,8 @@
  *
  * Rules: magic and fd are written once, before fdhandle_register, and read
  * by anyone. refs is changed only atomically: +1 per fork (under this
- * process's registry lock), -1 per process that closes it. immortal and
+ * process's registry lock), -1 per process that closes it, or for a forked
+ * mp_process child that did not, by its reaper (fdreg_lease_end). immortal and
  * crossed go from 0 to 1 once, never back; next_crossed is written only by
  * the one process that set crossed, before the handle is published on the
  * family's list (CAS on its head), and never again. */

@@ -615,7 +615,12 @@ static int fork_start(mp_process *p, int *fd)
     p->lease = lease;
     *fd = process_exit_pipe_parent(exit_pipe, pid);
     process_fork_unlock();
-    return *fd < 0 && *fd != -ESRCH ? *fd : 0;
+    if (*fd < 0 && *fd != -ESRCH) {             /* undone: the child is killed and reaped */
+        p->lease = NULL;
+        fdreg_lease_end(lease, destroy_unheld);
+        return *fd;
+    }
+    return 0;
 }
 
 /* Copies the argument into the arena and names the target for another

@@ -670,6 +670,395 @@ static void test_pipe_held_by_killed_children_is_freed_after_them(void **state)
     assert_int_equal(after.used_bytes, before.used_bytes);
 }
 
+
+/* ------------------------------------------------------------------ hostile: lease */
+
+/* A child frees an inherited pipe (the parent closed first: the child's
+ * close is the last), then makes a new pipe, which the arena places at the
+ * freed addresses; the child's close of the new pipe must free it. */
+static int reuse_sync[2];
+
+static int child_frees_then_reuses(void *arg)
+{
+    mp_conn **ends = arg;
+    char b;
+    if (read(reuse_sync[0], &b, 1) != 1)      /* the parent has closed its ends */
+        return 2;
+    void *old0 = ends[0], *old1 = ends[1];
+    mp_conn_close(ends[0]);
+    mp_conn_close(ends[1]);                   /* last holder: freed */
+    for (int i = 0; i < 4; i++) {
+        mp_conn *a, *c;
+        if (mp_pipe(&a, &c, true) != 0)
+            return 3;
+        if (i == 0)
+            fprintf(stderr, "child: old %p %p new %p %p\n", old0, old1, (void *)a, (void *)c);
+        mp_conn_close(a);
+        mp_conn_close(c);
+    }
+    return 0;
+}
+
+static void test_hostile_child_reuses_address_of_freed_leased_pipe(void **state)
+{
+    (void)state;
+    struct arena_stats before, after;
+    for (int round = 0; round < 4; round++) {
+        if (round == 1)
+            assert_true(arena_check(&before));
+        assert_int_equal(pipe(reuse_sync), 0);
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, child_frees_then_reuses, ends, &o));
+        TU_OK(mp_process_start(p));
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+        assert_int_equal(write(reuse_sync[1], "g", 1), 1);
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_OK(mp_process_free(p));
+        close(reuse_sync[0]);
+        close(reuse_sync[1]);
+    }
+    assert_true(arena_check(&after));
+    print_message("arena used: %zu before, %zu after\n", (size_t)before.used_bytes,
+                  (size_t)after.used_bytes);
+    assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static size_t used_now(void)
+{
+    struct arena_stats st;
+    assert_true(arena_check(&st));
+    return (size_t)st.used_bytes;
+}
+
+static void pipe_still_works(mp_conn **ends)
+{
+    char buf[8];
+    size_t len;
+    TU_OK(mp_conn_send_bytes(ends[1], "after", 5));
+    TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+    assert_int_equal(len, 5);
+    assert_memory_equal(buf, "after", 5);
+}
+
+static int gchild_sends_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_conn_close(ends[0]);
+    if (mp_conn_send_bytes(ends[1], "g", 1) != 0)
+        return 1;
+    for (;;)
+        pause();
+}
+
+/* A child that forks its own child with the pipe, kills and reaps it. */
+static int child_nests(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_process *g;
+    mp_process_opts o = { .method = MP_FORK };
+    if (mp_process_new(&g, gchild_sends_waits, ends, &o) || mp_process_start(g))
+        return 2;
+    char buf[8];
+    size_t len;
+    if (mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len) != 0)
+        return 3;
+    mp_process_kill(g);
+    if (mp_process_join(g, 10) != 0)
+        return 4;
+    mp_process_free(g);
+    if (mp_conn_send_bytes(ends[1], "c", 1) != 0)
+        return 5;
+    return 0;
+}
+
+static void test_hostile_nested_children(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    for (int round = 0; round < 6; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, child_nests, ends, &o));
+        TU_OK(mp_process_start(p));
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        char buf[8];
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        assert_int_equal(buf[0], 'c');
+        TU_OK(mp_process_free(p));
+        pipe_still_works(ends);
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("nested: %zu before, %zu after\n", before, after);
+    assert_int_equal(after, before);
+}
+
+static int task_dies(const void *in, size_t len, mp_buf *out)
+{
+    (void)len; (void)out;
+    if (*(const char *)in == 'k')
+        raise(SIGKILL);
+    return 0;
+}
+
+/* A child runs a pool whose workers die. */
+static int child_runs_pool(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_pool *pool;
+    if (mp_pool_new(&pool, &(mp_pool_opts){ .processes = 2, .method = MP_FORK }) != 0)
+        return 2;
+    mp_buf out = { 0 };
+    for (int i = 0; i < 4; i++)
+        mp_pool_apply(pool, task_dies, i % 2 ? "k" : "o", 1, &out);
+    mp_buf_free(&out);
+    mp_pool_terminate(pool);
+    mp_pool_free(pool);
+    return mp_conn_send_bytes(ends[1], "c", 1) ? 3 : 0;
+}
+
+static void test_hostile_pool_in_child(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    for (int round = 0; round < 4; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, child_runs_pool, ends, &o));
+        TU_OK(mp_process_start(p));
+        char buf[8];
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        TU_OK(mp_process_join(p, 30 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_OK(mp_process_free(p));
+        pipe_still_works(ends);
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("pool in child: %zu before, %zu after\n", before, after);
+    assert_int_equal(after, before);
+}
+
+/* A pool in the parent, made after a pipe; its workers die in storms. */
+static void test_hostile_pool_kill_storm(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    for (int round = 0; round < 3; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_pool *pool;
+        TU_OK(mp_pool_new(&pool, &(mp_pool_opts){ .processes = 2, .method = MP_FORK }));
+        mp_future *f[24];
+        for (int i = 0; i < 24; i++)
+            TU_OK(mp_pool_apply_async(pool, task_dies, i % 3 ? "k" : "o", 1, &f[i]));
+        for (int i = 0; i < 24; i++) {
+            mp_future_wait(f[i], MP_FOREVER);
+            mp_future_free(f[i]);
+            if (i == 10)
+                pipe_still_works(ends);
+        }
+        pipe_still_works(ends);
+        if (round % 2) {
+            mp_conn_close(ends[0]);
+            mp_conn_close(ends[1]);
+        }
+        TU_OK(mp_pool_terminate(pool));
+        mp_pool_free(pool);
+        if (!(round % 2)) {
+            pipe_still_works(ends);
+            mp_conn_close(ends[0]);
+            mp_conn_close(ends[1]);
+        }
+    }
+    size_t after = used_now();
+    print_message("pool storm: %zu before, %zu after\n", before, after);
+    assert_int_equal(after, before);
+}
+
+/* 200 rounds of Pipe + Process + terminate/kill + reap by many paths. */
+static int child_sends_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    if (arg && mp_conn_send_bytes(ends[1], "r", 1) != 0)
+        return 1;
+    for (;;)
+        pause();
+}
+
+static void test_hostile_200_rounds(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    int rounds = 200;
+    for (int round = 0; round < rounds; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, round % 5 == 4 ? child_closes_one_and_waits : child_sends_waits,
+                             ends, &o));
+        TU_OK(mp_process_start(p));
+        char buf[8];
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        if (round % 3 == 0) {
+            mp_conn_close(ends[0]);
+            mp_conn_close(ends[1]);
+        }
+        TU_OK(round % 2 ? mp_process_kill(p) : mp_process_terminate(p));
+        switch (round % 4) {
+        case 0: TU_OK(mp_process_join(p, 10 * tu_slow())); break;
+        case 1: while (mp_process_is_alive(p)) usleep(200); break;
+        case 2: while (mp_active_children(NULL, 0) > 0) usleep(200); break;
+        case 3: { int code; while (mp_process_exitcode(p, &code) != 0) usleep(200); } break;
+        }
+        TU_OK(mp_process_free(p));
+        if (round % 3 != 0) {
+            pipe_still_works(ends);
+            mp_conn_close(ends[0]);
+            mp_conn_close(ends[1]);
+        }
+    }
+    size_t after = used_now();
+    print_message("200 rounds: %zu before, %zu after\n", before, after);
+    assert_int_equal(after, before);
+}
+
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+/* pidfd_open fails (ENOMEM) from now on in this process. */
+static void break_pidfd_open(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    assert_int_equal(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+    assert_int_equal(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+}
+
+/* A start whose child cannot be watched (pidfd_open fails) is undone: the
+ * child is killed and reaped at once; its holds must go back too. */
+static void undone_starts(void)
+{
+    mp_process *warm;
+    mp_process_opts o = { .method = MP_FORK };
+    TU_OK(mp_process_new(&warm, child_returns, (mp_conn *[2]){ (mp_conn *)1, NULL }, &o));
+    TU_OK(mp_process_start(warm));             /* pidfds are probed while they work */
+    TU_OK(mp_process_join(warm, 10 * tu_slow()));
+    TU_OK(mp_process_free(warm));
+    size_t before = used_now();
+    break_pidfd_open();
+    for (int round = 0; round < 3; round++) {
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        TU_OK(mp_process_new(&p, child_sends_waits, NULL, &o));
+        assert_int_equal(mp_process_start(p), MP_ENOMEM);
+        TU_OK(mp_process_free(p));
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("undone starts: %zu before, %zu after\n", before, after);
+    assert_int_equal(after, before);
+}
+
+static void test_hostile_undone_start_gives_holds_back(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();                        /* the filter stays in there */
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        undone_starts();
+        fflush(NULL);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* A forked child spawns (and so marks the pipe shared for good), then is
+ * killed; its reaper must not give back a hold on the immortal pipe. */
+static int child_spawns_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_process *g;
+    mp_process_opts o = { .method = MP_SPAWN, .arg_size = 2 * sizeof(mp_conn *) };
+    if (mp_process_new(&g, gchild_sends_waits, ends, &o) || mp_process_start(g))
+        return 2;
+    if (mp_process_kill(g) || mp_process_join(g, 10) != 0)
+        return 3;
+    mp_process_free(g);
+    if (mp_conn_send_bytes(ends[1], "c", 1) != 0)
+        return 4;
+    for (;;)
+        pause();
+}
+
+
+static void test_hostile_spawning_child_killed(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 3; round++) {
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, child_spawns_waits, ends, &o));
+        TU_OK(mp_process_start(p));
+        char buf[8];
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        assert_int_equal(buf[0], 'c');
+        TU_OK(mp_process_kill(p));
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        TU_OK(mp_process_free(p));
+        pipe_still_works(ends);
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+}
+
 /* ------------------------------------------------------------------ size */
 
 /* Reads fd to its end (at most cap bytes): how many it read. */
@@ -770,6 +1159,13 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
         cmocka_unit_test(test_arena_size_from_the_environment),
+        cmocka_unit_test(test_hostile_child_reuses_address_of_freed_leased_pipe),
+        cmocka_unit_test(test_hostile_nested_children),
+        cmocka_unit_test(test_hostile_pool_in_child),
+        cmocka_unit_test(test_hostile_pool_kill_storm),
+        cmocka_unit_test(test_hostile_200_rounds),
+        cmocka_unit_test(test_hostile_spawning_child_killed),
+        cmocka_unit_test(test_hostile_undone_start_gives_holds_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
