@@ -48,18 +48,19 @@ struct fdreg_lease {
 static __thread struct fdreg_lease *lease_armed;
 static struct fdreg_lease *lease_mine;
 
+/* Past cap (handles made since the lease was sized), the child's holds
+ * are not leased: its close counts them as ever, and its death leaks them,
+ * as a raw fork's would. */
 static void lease_fill(struct fdreg_lease *l)
 {
     if (!l)
         return;
-    l->n = 0;                 /* too many handles now: the child's holds are not leased */
-    if (registry.n > l->cap)
-        return;
-    for (size_t i = 0; i < registry.n; i++) {
+    size_t n = registry.n < l->cap ? registry.n : l->cap;
+    for (size_t i = 0; i < n; i++) {
         atomic_init(&l->slot[i].h, registry.items[i]);
         atomic_init(&l->slot[i].held, 1);
     }
-    l->n = (uint32_t)registry.n;
+    l->n = (uint32_t)n;
 }
 
 static void fork_prepare(void)

@@ -257,12 +257,12 @@ static bool reap_if_ended(mp_process *p)
     int rc = proc_wait_pid(p->pid, &si, true);
     if (rc == 0 && !proc_have_pidfd() && exit_pipe_closed(p))
         rc = wait_for_zombie(p, &si);
+    if (rc != 0)                    /* gone: its holds go back before a join returns */
+        end_lease(p);
     if (rc == 1)
         process_publish_exit(p, process_code_from_siginfo(&si));
     else if (rc < 0)                /* not ours to wait for after all (SIGCHLD ignored) */
         process_publish_exit(p, 0);
-    if (rc != 0)
-        end_lease(p);
     return rc != 0;
 }
 
@@ -713,8 +713,8 @@ int mp_process_start(mp_process *p)
     if (rc == 0 && pidfd >= 0)
         rc = add_fd(p, pidfd);
     else if (pidfd < 0 && i_reap(p)) {
-        process_publish_exit(p, 0); /* already reaped by the kernel: SIGCHLD ignored */
         end_lease(p);
+        process_publish_exit(p, 0); /* already reaped by the kernel: SIGCHLD ignored */
     }
     runtime_unlock();
     return mp_fail_code(rc, fn);

@@ -26,6 +26,14 @@
 
 #define MIB ((size_t)1 << 20)
 
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+
 /* Bytes of shared memory the arena's memfd holds now. */
 static size_t held_bytes(void)
 {
@@ -670,8 +678,7 @@ static void test_pipe_held_by_killed_children_is_freed_after_them(void **state)
     assert_int_equal(after.used_bytes, before.used_bytes);
 }
 
-
-/* ------------------------------------------------------------------ hostile: lease */
+/* ------------------------------------------------------------------ leases */
 
 /* A child frees an inherited pipe (the parent closed first: the child's
  * close is the last), then makes a new pipe, which the arena places at the
@@ -684,22 +691,19 @@ static int child_frees_then_reuses(void *arg)
     char b;
     if (read(reuse_sync[0], &b, 1) != 1)      /* the parent has closed its ends */
         return 2;
-    void *old0 = ends[0], *old1 = ends[1];
     mp_conn_close(ends[0]);
     mp_conn_close(ends[1]);                   /* last holder: freed */
     for (int i = 0; i < 4; i++) {
         mp_conn *a, *c;
         if (mp_pipe(&a, &c, true) != 0)
             return 3;
-        if (i == 0)
-            fprintf(stderr, "child: old %p %p new %p %p\n", old0, old1, (void *)a, (void *)c);
         mp_conn_close(a);
         mp_conn_close(c);
     }
     return 0;
 }
 
-static void test_hostile_child_reuses_address_of_freed_leased_pipe(void **state)
+static void test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed(void **state)
 {
     (void)state;
     struct arena_stats before, after;
@@ -778,7 +782,7 @@ static int child_nests(void *arg)
     return 0;
 }
 
-static void test_hostile_nested_children(void **state)
+static void test_pipe_held_by_nested_killed_children_is_freed(void **state)
 {
     (void)state;
     size_t before = 0;
@@ -833,9 +837,14 @@ static int child_runs_pool(void *arg)
     return mp_conn_send_bytes(ends[1], "c", 1) ? 3 : 0;
 }
 
-static void test_hostile_pool_in_child(void **state)
+static void test_pipe_held_by_a_child_running_a_pool_is_freed(void **state)
 {
     (void)state;
+#ifdef UNDER_TSAN
+    /* TSan keeps the fork lock the parent held across the fork as locked in
+     * the child (which re-creates it), and the child's pool monitor takes it. */
+    skip();
+#endif
     size_t before = 0;
     for (int round = 0; round < 4; round++) {
         if (round == 1)
@@ -864,7 +873,7 @@ static void test_hostile_pool_in_child(void **state)
 }
 
 /* A pool in the parent, made after a pipe; its workers die in storms. */
-static void test_hostile_pool_kill_storm(void **state)
+static void test_pipe_made_before_a_pool_outlives_killed_workers_and_is_freed(void **state)
 {
     (void)state;
     size_t before = 0;
@@ -912,7 +921,7 @@ static int child_sends_waits(void *arg)
         pause();
 }
 
-static void test_hostile_200_rounds(void **state)
+static void test_200_killed_children_over_every_reaping_path_keep_the_arena_flat(void **state)
 {
     (void)state;
     size_t before = 0;
@@ -1000,7 +1009,7 @@ static void undone_starts(void)
     assert_int_equal(after, before);
 }
 
-static void test_hostile_undone_start_gives_holds_back(void **state)
+static void test_undone_start_gives_the_child_holds_back(void **state)
 {
     (void)state;
     fflush(NULL);
@@ -1036,7 +1045,7 @@ static int child_spawns_waits(void *arg)
 }
 
 
-static void test_hostile_spawning_child_killed(void **state)
+static void test_pipe_held_by_a_killed_child_that_spawned_still_works(void **state)
 {
     (void)state;
     for (int round = 0; round < 3; round++) {
@@ -1159,13 +1168,13 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
         cmocka_unit_test(test_arena_size_from_the_environment),
-        cmocka_unit_test(test_hostile_child_reuses_address_of_freed_leased_pipe),
-        cmocka_unit_test(test_hostile_nested_children),
-        cmocka_unit_test(test_hostile_pool_in_child),
-        cmocka_unit_test(test_hostile_pool_kill_storm),
-        cmocka_unit_test(test_hostile_200_rounds),
-        cmocka_unit_test(test_hostile_spawning_child_killed),
-        cmocka_unit_test(test_hostile_undone_start_gives_holds_back),
+        cmocka_unit_test(test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed),
+        cmocka_unit_test(test_pipe_held_by_nested_killed_children_is_freed),
+        cmocka_unit_test(test_pipe_held_by_a_child_running_a_pool_is_freed),
+        cmocka_unit_test(test_pipe_made_before_a_pool_outlives_killed_workers_and_is_freed),
+        cmocka_unit_test(test_200_killed_children_over_every_reaping_path_keep_the_arena_flat),
+        cmocka_unit_test(test_pipe_held_by_a_killed_child_that_spawned_still_works),
+        cmocka_unit_test(test_undone_start_gives_the_child_holds_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
