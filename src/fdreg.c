@@ -1,12 +1,14 @@
 /* fdreg.c - the registry of descriptor handles (fdreg.h).
  *
  * Each process keeps a list of the handles it holds a descriptor for. A fork
- * counts the child as one more holder of each; spawn keeps their
- * descriptors open across exec, and the fork server's requester sends them
- * along. Either way the handle then goes where no registry can follow it:
- * it becomes immortal and joins the family's list of crossed handles (an
- * arena slot), where a process that got it that way finds it by its
- * descriptor.
+ * counts the child as one more holder of each, and for an mp_process child
+ * (forked or spawned) records those holds in a lease that its reaper ends.
+ * Spawn keeps the descriptors open across exec, and the new image adopts
+ * its lease; the fork server's requester sends them along. A handle that
+ * goes where no registry or lease can follow it (to a fork-server child,
+ * or past a lease's room) becomes immortal and joins the family's list of
+ * crossed handles (an arena slot), where a process that got it that way
+ * finds it by its descriptor.
  */
 #include "fdreg.h"
 
@@ -171,15 +173,20 @@ struct fdhandle *fdhandle_find(int fd, bool (*match)(const struct fdhandle *h, i
 }
 
 /* Runs in a forked child just before exec: no locks, no allocation. The
- * registry is this process's copy, so nobody changes it under us. */
+ * registry is this process's copy, so nobody changes it under us. The
+ * handles the fork leased (the first lease_mine->n, in registry order) go
+ * to the new image through the lease (fdreg_lease_adopt); only the others
+ * are held for good. */
 void fdreg_keep_across_exec(void)
 {
+    size_t leased = lease_mine ? lease_mine->n : 0;
     for (size_t i = 0; i < registry.n; i++) {
         struct fdhandle *h = registry.items[i];
         int flags = fcntl(h->fd, F_GETFD);
         if (flags >= 0)
             fcntl(h->fd, F_SETFD, flags & ~FD_CLOEXEC);
-        mark_shared_for_good(h);
+        if (i >= leased)
+            mark_shared_for_good(h);
     }
 }
 
@@ -257,6 +264,18 @@ struct fdreg_lease *fdreg_lease_new(void)
 void fdreg_lease_arm(struct fdreg_lease *lease)
 {
     lease_armed = lease;
+}
+
+void fdreg_lease_adopt(struct fdreg_lease *lease)
+{
+    if (!lease || !arena_contains(lease, sizeof *lease))
+        return;
+    for (uint32_t i = 0; i < lease->n; i++) {
+        struct fdhandle *h = atomic_load_explicit(&lease->slot[i].h, memory_order_relaxed);
+        if (h)
+            fdhandle_register(h);   /* on ENOMEM: unregistered, its hold still the lease's */
+    }
+    lease_mine = lease;
 }
 
 void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle *h))

@@ -55,8 +55,9 @@ struct fdhandle *fdhandle_find(int fd, bool (*match)(const struct fdhandle *h, i
 
 /* Called by spawn in the child between fork and exec: clears FD_CLOEXEC on
  * the descriptors of the registered handles, so a connection created before
- * the child starts stays usable in it at the same fd number (as under fork).
- * No lock, no allocation. */
+ * the child starts stays usable in it at the same fd number (as under fork);
+ * those the fork did not lease are held for good from then on. No lock, no
+ * allocation. */
 void fdreg_keep_across_exec(void);
 
 /* For the fork server start method, whose children inherit nothing from the
@@ -91,6 +92,11 @@ void conn_destroy_unheld(struct fdhandle *h);
 void listener_destroy_unheld(struct fdhandle *h);
 struct fdreg_lease *fdreg_lease_new(void);
 void fdreg_lease_arm(struct fdreg_lease *lease);
+/* In a spawned child, before its target runs: the handles its parent's
+ * fork leased reached it at their numbers (fdreg_keep_across_exec), and
+ * become its own, as a forked child's are: registered (its own forks count
+ * them), given back by its close or by its reaper, not held for good. */
+void fdreg_lease_adopt(struct fdreg_lease *lease);
 void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle *h));
 
 #endif

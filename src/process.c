@@ -247,6 +247,12 @@ static void end_lease(mp_process *p)
     fdreg_lease_end(l, destroy_unheld);
 }
 
+void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
+{
+    p->lease = NULL;
+    fdreg_lease_end(lease, destroy_unheld);
+}
+
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
 static bool reap_if_ended(mp_process *p)
 {
@@ -595,7 +601,7 @@ static int fork_start(mp_process *p, int *fd)
         close(exit_pipe[0]);
         close(exit_pipe[1]);
         process_fork_unlock();
-        fdreg_lease_end(lease, destroy_unheld);        /* no child took holds: frees it */
+        process_lease_undo(p, lease);
         return rc;
     }
     if (pid == 0) {
@@ -616,8 +622,7 @@ static int fork_start(mp_process *p, int *fd)
     *fd = process_exit_pipe_parent(exit_pipe, pid);
     process_fork_unlock();
     if (*fd < 0 && *fd != -ESRCH) {             /* undone: the child is killed and reaped */
-        p->lease = NULL;
-        fdreg_lease_end(lease, destroy_unheld);
+        process_lease_undo(p, lease);
         return *fd;
     }
     return 0;

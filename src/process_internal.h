@@ -110,6 +110,11 @@ void process_enter_child(struct mp_process *p, int exit_fd);   /* runtime says: 
  * (SIGCHLD ignored). */
 void process_exit_pipe_child(int fds[2]);
 int process_exit_pipe_parent(int fds[2], pid_t pid);
+/* A start undone (no child, or one killed and reaped already): the holds
+ * its fork counted for the child on our handles go back, and lease with
+ * them (fdreg.h); p keeps none. */
+struct fdreg_lease;
+void process_lease_undo(struct mp_process *p, struct fdreg_lease *lease);
 /* Held around every fork of the library, from creating the descriptors a
  * child must hold alone (exit pipe, exec error pipe, the fork server's
  * socket) to closing them in the parent: no other child inherits them. */

@@ -153,10 +153,14 @@ int spawn_start(struct mp_process *p, int *fd)
     int exit_pipe[2];
     if (afd < 0)
         return MP_ENOMEM;
+    /* The child's holds on our handles, as for fork (process.c): the new
+     * image adopts them from p->lease, and the reaper gives back the rest. */
+    struct fdreg_lease *lease = fdreg_lease_new();
     process_fork_lock();
     int rc = proc_exit_pipe(exit_pipe);
     if (rc != 0) {
         process_fork_unlock();
+        process_lease_undo(p, lease);
         return rc;
     }
     char spec[128];
@@ -169,17 +173,25 @@ int spawn_start(struct mp_process *p, int *fd)
     for (size_t i = 0; i < p->n_pass_fds; i++)    /* the user's, kept at their numbers */
         keep[nkeep++] = p->pass_fds[i];
     pid_t pid;
+    p->lease = lease;                   /* before the fork: the new image reads it */
+    fdreg_lease_arm(lease);
     rc = spawn_exec(SPAWN_ENV, spec, keep, nkeep, p->daemon, exit_pipe[1], &pid);
+    fdreg_lease_arm(NULL);
     exit_pipe[1] = -1;                  /* closed by spawn_exec */
-    if (rc != 0) {
+    if (rc != 0) {                      /* no child, or one that is reaped */
         if (exit_pipe[0] >= 0)
             close(exit_pipe[0]);
+        process_lease_undo(p, lease);
         return rc;
     }
     p->pid = pid;
     p->reaper = getpid();
     *fd = process_exit_pipe_parent(exit_pipe, pid);
-    return *fd < 0 && *fd != -ESRCH ? *fd : 0;
+    if (*fd < 0 && *fd != -ESRCH) {     /* undone: the child is killed and reaped */
+        process_lease_undo(p, lease);
+        return *fd;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ the child side */
@@ -202,6 +214,7 @@ static void run_spawned(const char *spec)
     if (!arena_contains(p, sizeof *p) || p->magic != MAGIC_PROCESS)
         _exit(127);
     process_enter_child(p, exit_fd);
+    fdreg_lease_adopt(p->lease);
     exit(process_run_target(p));    /* the normal exit path: atexit, stdio */
 }
 

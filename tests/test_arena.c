@@ -634,35 +634,40 @@ static int child_exits_at_once(void *arg)
     _exit(0);
 }
 
-static void test_pipe_held_by_killed_children_is_freed_after_them(void **state)
+/* Rounds of a pipe shared with a child of method running kinds[round % 3]:
+ * each child but `quiet` first sends a byte on ends[1]; each but `returns`
+ * is then killed; the parent closes its ends before the child ends in odd
+ * rounds, after it (and then uses the pipe first) in even ones. The arena
+ * must hold as much after the last round as after the first. */
+static void pipe_rounds_leave_the_arena_as_it_was(mp_start_method method, const mp_target *kinds,
+                                                  int rounds, mp_target quiet, mp_target returns)
 {
-    (void)state;
-    mp_target kinds[] = { child_waits, child_closes_one_and_waits, child_exits_at_once };
     struct arena_stats before, after;
-    for (int round = 0; round < 13; round++) {
+    for (int round = 0; round < rounds; round++) {
         if (round == 1)
             assert_true(arena_check(&before));
         mp_target target = kinds[round % 3];
-        bool close_first = round % 2;          /* the parent closes its ends before the end */
+        bool close_first = round % 2;
         mp_conn *ends[2];
         TU_OK(mp_pipe(&ends[0], &ends[1], true));
         mp_process *p;
-        mp_process_opts o = { .method = MP_FORK };
+        mp_process_opts o = { .method = method, .arg_size = sizeof ends };
         TU_OK(mp_process_new(&p, target, ends, &o));
         TU_OK(mp_process_start(p));
         char buf[8];
         size_t len;
-        if (target != child_exits_at_once) {
-            TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));   /* it is waiting */
+        if (target != quiet) {                  /* it is waiting, or about to return */
+            assert_int_equal(mp_conn_poll(ends[0], 30 * tu_slow()), 1);
+            TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
             assert_int_equal(len, 1);
         }
         if (close_first) {
             mp_conn_close(ends[0]);
             mp_conn_close(ends[1]);
         }
-        if (target != child_exits_at_once)
+        if (target != returns)
             TU_OK(mp_process_kill(p));
-        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        TU_OK(mp_process_join(p, 30 * tu_slow()));
         TU_OK(mp_process_free(p));
         if (!close_first) {                     /* nothing was freed under the parent */
             TU_OK(mp_conn_send_bytes(ends[1], "after", 5));
@@ -676,6 +681,14 @@ static void test_pipe_held_by_killed_children_is_freed_after_them(void **state)
     print_message("arena used: %zu bytes before, %zu after\n", (size_t)before.used_bytes,
                   (size_t)after.used_bytes);
     assert_int_equal(after.used_bytes, before.used_bytes);
+}
+
+static void test_pipe_held_by_killed_children_is_freed_after_them(void **state)
+{
+    (void)state;
+    mp_target kinds[] = { child_waits, child_closes_one_and_waits, child_exits_at_once };
+    pipe_rounds_leave_the_arena_as_it_was(MP_FORK, kinds, 13, child_exits_at_once,
+                                          child_exits_at_once);
 }
 
 /* ------------------------------------------------------------------ leases */
@@ -1068,6 +1081,31 @@ static void test_pipe_held_by_a_killed_child_that_spawned_still_works(void **sta
     }
 }
 
+/* The same for spawned children, whose ends reach them across an exec:
+ * a child that returns, one killed while it waits, and one killed after
+ * closing an end. Their holds are leased as a forked child's are, so the
+ * rings go back once the parent has closed its ends and reaped them.
+ * Before, every such pipe was held for good. */
+static int spawned_sends(void *arg)
+{
+    mp_conn **ends = arg;
+    return mp_conn_send_bytes(ends[1], "r", 1) == 0 ? 0 : 1;
+}
+
+static int spawned_closes_one_and_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_conn_close(ends[0]);
+    return child_waits(arg);
+}
+
+static void test_pipe_held_by_spawned_children_is_freed_after_them(void **state)
+{
+    (void)state;
+    mp_target kinds[] = { spawned_sends, child_waits, spawned_closes_one_and_waits };
+    pipe_rounds_leave_the_arena_as_it_was(MP_SPAWN, kinds, 7, NULL, spawned_sends);
+}
+
 /* ------------------------------------------------------------------ size */
 
 /* Reads fd to its end (at most cap bytes): how many it read. */
@@ -1167,6 +1205,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cycling_sizes_keeps_shared_memory_bounded),
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
+        cmocka_unit_test(test_pipe_held_by_spawned_children_is_freed_after_them),
         cmocka_unit_test(test_arena_size_from_the_environment),
         cmocka_unit_test(test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed),
         cmocka_unit_test(test_pipe_held_by_nested_killed_children_is_freed),
