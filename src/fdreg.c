@@ -272,8 +272,11 @@ void fdreg_lease_adopt(struct fdreg_lease *lease)
         return;
     for (uint32_t i = 0; i < lease->n; i++) {
         struct fdhandle *h = atomic_load_explicit(&lease->slot[i].h, memory_order_relaxed);
-        if (h)
-            fdhandle_register(h);   /* on ENOMEM: unregistered, its hold still the lease's */
+        struct stat st;
+        /* Only a descriptor that is still the handle's file here is ours to
+         * close; unregistered (or on ENOMEM), the hold stays the lease's. */
+        if (h && fstat(h->fd, &st) == 0 && (uint64_t)st.st_ino == h->ino)
+            fdhandle_register(h);
     }
     lease_mine = lease;
 }
