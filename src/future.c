@@ -204,8 +204,9 @@ int mp_future_result(mp_future *f, mp_buf *out, double timeout)
         return mp_fail(f->rc, fn, "the task returned the error code %d (mp_future_code gives it)",
                        f->code);
     case MP_ECRASHED:
-        return mp_fail(f->rc, fn, "the worker process running the task died%s", f->code < 0 ?
-                       " of a signal (mp_future_code gives -signal)" : "");
+        return mp_fail(f->rc, fn, "the worker process running the task died, by signal %d or "
+                       "exit(%d) (mp_future_code gives it; the pool runs the next tasks in a new "
+                       "worker)", f->code, f->code);
     case MP_EKILLED:
         return mp_fail(f->rc, fn, "the pool killed the task (its task_timeout passed, or "
                        "mp_pool_terminate)");
