@@ -34,6 +34,8 @@ static pthread_once_t rt_once = PTHREAD_ONCE_INIT;
 static _Atomic bool rt_ready;         /* runtime_init ran */
 
 static void at_exit(void);
+static void join_at_exit(void);
+static void close_inherited(struct fdhandle *h);
 
 /* ------------------------------------------------------------------ runtime */
 
@@ -971,14 +973,26 @@ mp_start_method mp_get_start_method(void)
 }
 
 /* Python's _exit_function: daemons are terminated, everyone else joined.
- * A daemon that ignores SIGTERM gets SIGKILL after a grace period. */
+ * A daemon that ignores SIGTERM gets SIGKILL after a grace period. A
+ * spawned child then closes the handles it still holds, as a forked one
+ * does when it returns (fork_start): its reaper may be gone (its parent
+ * killed), and then nothing else gives back the holds its lease names.
+ * The spawned image registers this handler before its target runs, so it
+ * runs after the target's own. */
 static void at_exit(void)
 {
     runtime_lock();
     bool idle = !rt.nchildren && !rt.threads && rt.fs_sock < 0;
+    bool spawned = rt.current && rt.current->method == MP_SPAWN && rt.current->pid == rt.pid;
     runtime_unlock();
-    if (idle)
-        return;                     /* the common case: a child that started nothing */
+    if (!idle)
+        join_at_exit();
+    if (spawned && mp_active_count() == 1)
+        fdreg_close_all(close_inherited);
+}
+
+static void join_at_exit(void)
+{
     thread_join_all_at_exit();
     mp_process *kids[64];
     int n, before = INT32_MAX;
