@@ -1128,7 +1128,7 @@ static void fork_unlock_local(void)
     pthread_mutex_unlock(&arena.init);
 }
 
-__attribute__((constructor)) static void arena_fork_hooks(void)
+MP_SETUP_CONSTRUCTOR static void arena_fork_hooks(void)
 {
     fork_hook_set(FORK_ARENA, fork_lock_local, fork_unlock_local, fork_unlock_local);
 }

@@ -533,7 +533,7 @@ static struct {
 static void early_lock(void) { pthread_mutex_lock(&early.lock); }
 static void early_unlock(void) { pthread_mutex_unlock(&early.lock); }
 
-__attribute__((constructor)) static void early_init(void)
+MP_SETUP_CONSTRUCTOR static void early_init(void)
 {
     fork_hook_set(FORK_CONN, early_lock, early_unlock, early_unlock);
 }

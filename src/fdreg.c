@@ -85,7 +85,7 @@ static void fork_child(void)
     pthread_mutex_unlock(&registry.lock);
 }
 
-__attribute__((constructor)) static void registry_init(void)
+MP_SETUP_CONSTRUCTOR static void registry_init(void)
 {
     fork_hook_set(FORK_FDREG, fork_prepare, fork_parent, fork_child);
 }

@@ -340,6 +340,13 @@ enum fork_slot {
 };
 void fork_hook_set(enum fork_slot slot, void (*prepare)(void), void (*parent)(void),
                    void (*child)(void));
+/* The slots set so far: bit s for slot s. */
+uint32_t fork_hooks_set(void);
+/* For the constructors that set the library up (fork hooks, caches): they
+ * run before the plain ones, and so before spawn_take_aside and
+ * take_ranks_aside, which may run a target (and fork) before main. Without
+ * a priority the order would be the link order. */
+#define MP_SETUP_CONSTRUCTOR __attribute__((constructor(150)))
 
 /* ------------------------------------------------------------------ runtime */
 

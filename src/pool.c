@@ -1323,7 +1323,7 @@ static void live_fork_child(void)
     atomic_store(&live.pid, 0);
 }
 
-__attribute__((constructor)) static void live_fork_hook(void)
+MP_SETUP_CONSTRUCTOR static void live_fork_hook(void)
 {
     fork_hook_set(FORK_POOL, NULL, NULL, live_fork_child);
 }

@@ -64,7 +64,7 @@ static void after_fork_child(void)
     thread_after_fork_child();
 }
 
-__attribute__((constructor)) static void fork_hooks(void)
+MP_SETUP_CONSTRUCTOR static void fork_hooks(void)
 {
     fork_hook_set(FORK_PROCESS, before_fork, after_fork_parent, after_fork_child);
 }

@@ -45,7 +45,7 @@ static struct {
 static void local_lock(void) { pthread_mutex_lock(&local.lock); }
 static void local_unlock(void) { pthread_mutex_unlock(&local.lock); }
 
-__attribute__((constructor)) static void local_init(void)
+MP_SETUP_CONSTRUCTOR static void local_init(void)
 {
     fork_hook_set(FORK_SHM, local_lock, local_unlock, local_unlock);
 }

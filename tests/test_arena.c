@@ -1171,6 +1171,33 @@ static void test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns
     assert_true(after - before < (size_t)(rounds - 1) * 16384);
 }
 
+/* A spawned target runs in a constructor, before main: every fork hook the
+ * library's constructors set must be set by then, or a spawned target that
+ * forks while another of its threads holds the arena's local locks gives
+ * its child those locks taken. */
+static int spawned_finds_the_fork_hooks_set(void *arg)
+{
+    (void)arg;
+    uint32_t want = 1u << FORK_POOL | 1u << FORK_SHM | 1u << FORK_CONN | 1u << FORK_FDREG |
+                    1u << FORK_PROCESS | 1u << FORK_ARENA | 1u << FORK_TID;
+    uint32_t set = fork_hooks_set();
+    return (set & want) == want ? 0 : 100 + (int)__builtin_ctz(want & ~set);
+}
+
+static void test_spawned_target_runs_with_every_fork_hook_set(void **state)
+{
+    (void)state;
+    mp_process *p;
+    TU_OK(mp_process_new(&p, spawned_finds_the_fork_hooks_set, NULL,
+                         &(mp_process_opts){ .method = MP_SPAWN }));
+    TU_OK(mp_process_start(p));
+    TU_OK(mp_process_join(p, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, 0);              /* 100 + the first slot missing */
+    TU_OK(mp_process_free(p));
+}
+
 /* ------------------------------------------------------------------ size */
 
 /* Reads fd to its end (at most cap bytes): how many it read. */
@@ -1271,6 +1298,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_spawned_children_is_freed_after_them),
+        cmocka_unit_test(test_spawned_target_runs_with_every_fork_hook_set),
         cmocka_unit_test(test_arena_size_from_the_environment),
         cmocka_unit_test(test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed),
         cmocka_unit_test(test_pipe_held_by_nested_killed_children_is_freed),

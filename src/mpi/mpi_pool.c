@@ -321,7 +321,7 @@ static const struct pool_backend mpi_backend = {
 };
 
 /* Loading libmproc_mpi is what makes MP_MPI available to mp_pool_new. */
-__attribute__((constructor)) static void register_backend(void)
+MP_SETUP_CONSTRUCTOR static void register_backend(void)
 {
     mp__pool_register_mpi(&mpi_backend);
 }

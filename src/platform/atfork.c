@@ -85,6 +85,11 @@ static void init(void)
     pthread_atfork(prepare, parent, child);
 }
 
+uint32_t fork_hooks_set(void)
+{
+    return atomic_load_explicit(&set_mask, memory_order_acquire);
+}
+
 static _Atomic uint32_t claimed_mask;      /* bit s: someone is filling in table[s] */
 
 void fork_hook_set(enum fork_slot slot, void (*pre)(void), void (*par)(void), void (*chi)(void))

@@ -123,7 +123,7 @@ static void tid_after_fork(void)
         atomic_store_explicit(fork_marker, 1, memory_order_relaxed);
 }
 
-__attribute__((constructor)) static void tid_cache_init(void)
+MP_SETUP_CONSTRUCTOR static void tid_cache_init(void)
 {
     fork_hook_set(FORK_TID, NULL, NULL, tid_after_fork);
 #ifdef MADV_WIPEONFORK
