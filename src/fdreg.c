@@ -2,11 +2,11 @@
  *
  * Each process keeps a list of the handles it holds a descriptor for. A fork
  * counts the child as one more holder of each, and for an mp_process child
- * (forked or spawned) records those holds in a lease that its reaper ends.
- * Spawn keeps the descriptors open across exec, and the new image adopts
- * its lease; the fork server's requester sends them along. A handle that
- * goes where no registry or lease can follow it (to a fork-server child,
- * or past a lease's room) becomes immortal and joins the family's list of
+ * records those holds in a lease that whoever learns of its end gives back.
+ * Spawn keeps the descriptors open across exec, and the fork server's
+ * requester sends them along with the lease's holds; either child adopts
+ * its lease. A handle that goes where no registry or lease can follow it
+ * (past a lease's room) becomes immortal and joins the family's list of
  * crossed handles (an arena slot), where a process that got it that way
  * finds it by its descriptor.
  */
@@ -190,14 +190,25 @@ void fdreg_keep_across_exec(void)
     }
 }
 
-size_t fdreg_live_fds(int *fds, size_t cap)
+size_t fdreg_live_fds(struct fdreg_lease *lease, int *fds, size_t cap)
 {
     size_t n = 0;
+    uint32_t leased = 0;
     pthread_mutex_lock(&registry.lock);
     for (size_t i = 0; i < registry.n && n < cap; i++) {
-        fds[n++] = registry.items[i]->fd;
-        mark_shared_for_good(registry.items[i]);
+        struct fdhandle *h = registry.items[i];
+        fds[n++] = h->fd;
+        if (lease && leased < lease->cap) {     /* a hold for the child, as a fork counts */
+            atomic_init(&lease->slot[leased].h, h);
+            atomic_init(&lease->slot[leased].held, 1);
+            atomic_fetch_add(&h->refs, 1);
+            leased++;
+        } else {
+            mark_shared_for_good(h);
+        }
     }
+    if (lease)
+        lease->n = leased;
     pthread_mutex_unlock(&registry.lock);
     return n;
 }

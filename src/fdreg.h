@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+struct fdreg_lease;           /* a child's holds on our handles (below) */
+
 /* Every handle that owns a descriptor (mp_conn, mp_listener) starts with
  * this. Handles live in the arena, so a child reaches them after fork or
  * spawn; refs counts the processes that may hold fd (each fork adds one per
@@ -62,11 +64,13 @@ void fdreg_keep_across_exec(void);
 
 /* For the fork server start method, whose children inherit nothing from the
  * requester: the requester sends the descriptors of its registered handles
- * (at most cap; this also marks those handles as shared for good) with the
- * start request, SCM_RIGHTS; the server's child puts each received one back
- * at the number it has in the requester (proc_place_fds), so handles reached
- * through the argument work as under fork. */
-size_t fdreg_live_fds(int *fds, size_t cap);
+ * (at most cap) with the start request, SCM_RIGHTS; the server's child puts
+ * each received one back at the number it has in the requester
+ * (proc_place_fds) and adopts lease, so handles reached through the
+ * argument work as under fork. Each handle gets a hold in lease for the
+ * child, as a fork counts one; those past its room (or all, lease NULL)
+ * are marked shared for good. */
+size_t fdreg_live_fds(struct fdreg_lease *lease, int *fds, size_t cap);
 
 /* A forked child about to exit: close_one on every handle still registered. */
 void fdreg_close_all(void (*close_one)(struct fdhandle *h));
@@ -85,7 +89,6 @@ void fdreg_close_all(void (*close_one)(struct fdhandle *h));
  *   fdreg_lease_end: once the child has ended (reaped), by its reaper:
  *     gives back the holds the child still had, calling destroy on each
  *     handle no process holds any more, and frees the lease. */
-struct fdreg_lease;
 /* Frees a conn's or a listener's handle once no process holds it (h's
  * magic says which): for fdreg_lease_end's destroy. */
 void conn_destroy_unheld(struct fdhandle *h);

@@ -56,7 +56,14 @@ static int server_launch(struct mp_runtime *r)
              (uintptr_t)arena_base(), arena_size(), (int)getpid());
     int keep[2] = { sv[1], afd };
     pid_t pid;
+    /* The fork counts the server as a holder of our handles, but its exec
+     * closes them all: by the time spawn_exec returns it has exec'd (or
+     * failed and been reaped), so those holds go back at once. */
+    struct fdreg_lease *lease = fdreg_lease_new();
+    fdreg_lease_arm(lease);
     int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, sv[1], &pid);
+    fdreg_lease_arm(NULL);
+    process_lease_undo(NULL, lease);
     if (rc != 0) {
         close(sv[0]);
         r->fs_sock = -1;
@@ -87,13 +94,17 @@ static void server_close(struct mp_runtime *r)
     r->fs_pid = 0;
 }
 
-static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd)
+/* Sends p's request with our handles' descriptors, their holds in
+ * p->lease, and reads the answer. *sent: the server has the request (and
+ * may have started a child), whatever the answer. */
+static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd, bool *sent)
 {
     struct request req = { (uint64_t)(uintptr_t)p, 0, { 0 } };
     int live[PROC_FDS_MAX];
+    *sent = false;
     for (size_t i = 0; i < p->n_pass_fds; i++)      /* checked at start: open, distinct */
         req.numbers[req.nfds++] = p->pass_fds[i];
-    size_t n_live = fdreg_live_fds(live, PROC_FDS_MAX - req.nfds);
+    size_t n_live = fdreg_live_fds(p->lease, live, PROC_FDS_MAX - req.nfds);
     for (size_t i = 0; i < n_live; i++) {    /* one closed behind our back would fail them all */
         bool listed = false;
         for (size_t j = 0; j < p->n_pass_fds && !listed; j++)
@@ -104,6 +115,7 @@ static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd)
     int rc = proc_send_fds(sock, &req, REQUEST_SIZE(req.nfds), req.numbers, req.nfds);
     if (rc != 0)
         return rc;
+    *sent = true;
     ssize_t n = proc_recv_fd(sock, rep, sizeof *rep, pidfd);
     if (n == (ssize_t)sizeof *rep)
         return 0;
@@ -117,11 +129,18 @@ int forkserver_start(struct mp_process *p, int *pidfd)
     struct mp_runtime *r = runtime();
     struct reply rep = { 0, 0 };
     int rc = 0;
+    bool sent = false;
     pthread_mutex_lock(&r->fs_lock);
     for (int attempt = 0; attempt < 2; attempt++) {
         if (r->fs_sock < 0 && (rc = server_launch(r)) != 0)
             break;
-        rc = ask(r->fs_sock, p, &rep, pidfd);
+        /* The child's holds on our handles, as for fork (process.c): it
+         * adopts them from p->lease, and we give back the rest once it has
+         * ended (fs_settle). */
+        p->lease = fdreg_lease_new();
+        rc = ask(r->fs_sock, p, &rep, pidfd, &sent);
+        if (!sent)                  /* no child can have read the lease */
+            process_lease_undo(p, p->lease);
         if (rc == -EPIPE) {
             server_close(r);        /* it died before the request: start another */
             continue;
@@ -134,10 +153,13 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         break;
     }
     pthread_mutex_unlock(&r->fs_lock);
-    if (rc == 0 && rep.rc != 0) {
+    if (rc == 0 && rep.rc != 0) {   /* refused: no child runs (one it made is reaped) */
         if (*pidfd >= 0)
             close(*pidfd);
+        process_lease_undo(p, p->lease);
         rc = rep.rc;
+    } else if (rc != 0 && sent) {
+        p->lease = NULL;            /* a child may read it yet: its holds stay, for good */
     }
     return rc;
 }
@@ -254,6 +276,7 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
         _exit(127);
     process_keep_pass_fds(p);
     process_enter_child(p, exit_pipe[1]);
+    fdreg_lease_adopt(p->lease);
     exit(process_run_target(p));
 }
 

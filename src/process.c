@@ -251,7 +251,8 @@ static void end_lease(mp_process *p)
 
 void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
 {
-    p->lease = NULL;
+    if (p)
+        p->lease = NULL;
     fdreg_lease_end(lease, destroy_unheld);
 }
 
@@ -292,6 +293,18 @@ static int fs_fd(const mp_process *p)
     return fd;
 }
 
+/* A fork-server child has ended (published): the holds it kept on our
+ * handles go back, once, by whichever of its creator's calls sees it first. */
+static int fs_done(mp_process *p)
+{
+    runtime_lock();
+    struct fdreg_lease *l = p->lease;
+    p->lease = NULL;
+    runtime_unlock();
+    fdreg_lease_end(l, destroy_unheld);
+    return FS_DONE;
+}
+
 /* Where a fork-server child is: FS_DONE once published; FS_ENDING when it
  * has ended and its live server is about to publish. A dead server never
  * will (nor can it write any more: it is reaped), so then the creator
@@ -301,7 +314,7 @@ static int fs_fd(const mp_process *p)
 static int fs_settle(mp_process *p, int fd)
 {
     if (atomic_load_explicit(&p->state, memory_order_acquire) == PROC_DONE)
-        return FS_DONE;
+        return fs_done(p);
     mp_deadline now = deadline_in(0);
     if (fd >= 0 ? proc_poll_fd(fd, &now) != 1 : !proc_pid_ended(p->pid))
         return FS_RUNNING;
@@ -314,7 +327,7 @@ static int fs_settle(mp_process *p, int fd)
     if (atomic_load(&p->state) != PROC_DONE)     /* published before the server died */
         process_publish_exit(p, code);
     runtime_unlock();
-    return FS_DONE;
+    return fs_done(p);
 }
 
 static bool ended_now(mp_process *p)

@@ -112,7 +112,7 @@ void process_exit_pipe_child(int fds[2]);
 int process_exit_pipe_parent(int fds[2], pid_t pid);
 /* A start undone (no child, or one killed and reaped already): the holds
  * its fork counted for the child on our handles go back, and lease with
- * them (fdreg.h); p keeps none. */
+ * them (fdreg.h); p (if any) keeps none. */
 struct fdreg_lease;
 void process_lease_undo(struct mp_process *p, struct fdreg_lease *lease);
 /* Held around every fork of the library, from creating the descriptors a

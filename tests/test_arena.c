@@ -1171,6 +1171,17 @@ static void test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns
     assert_true(after - before < (size_t)(rounds - 1) * 16384);
 }
 
+/* And for fork-server children, whose ends come with the start request:
+ * the requester leases their holds, the child adopts them, and the
+ * requester gives back the rest once the server has published the end.
+ * Before, every handle sent to the server was held for good. */
+static void test_pipe_held_by_fork_server_children_is_freed_after_them(void **state)
+{
+    (void)state;
+    mp_target kinds[] = { spawned_sends, child_waits, spawned_closes_one_and_waits };
+    pipe_rounds_leave_the_arena_as_it_was(MP_FORKSERVER, kinds, 7, NULL, spawned_sends);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1298,6 +1309,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_shared_with_forked_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_spawned_children_is_freed_after_them),
+        cmocka_unit_test(test_pipe_held_by_fork_server_children_is_freed_after_them),
         cmocka_unit_test(test_spawned_target_runs_with_every_fork_hook_set),
         cmocka_unit_test(test_arena_size_from_the_environment),
         cmocka_unit_test(test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed),

@@ -883,7 +883,7 @@ static int child_adopts_sent_descriptors(void *arg)
     mp_conn **ends = arg;
     int want[2] = { mp_conn_fileno(ends[0]), mp_conn_fileno(ends[1]) };
     int live[8];
-    if (fdreg_live_fds(live, 8) < 2)
+    if (fdreg_live_fds(NULL, live, 8) < 2)
         return 1;
     int got[2] = { dup(want[0]), dup(want[1]) };          /* as if they came by SCM_RIGHTS */
     close(want[1]);
