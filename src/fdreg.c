@@ -27,12 +27,13 @@ static struct {
     size_t n, cap;
 } registry = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
 
-/* A forked mp_process child's holds (fdreg.h). slot[i].held is 1 until
- * the hold on slot[i].h is given back, by the child or its reaper, whoever
+/* An mp_process child's holds (fdreg.h): forked, spawned or from the fork
+ * server. slot[i].held is 1 until the hold on slot[i].h is given back, by
+ * the child or by whoever learns of its end (fdreg_lease_end), whichever
  * takes it to 0. The child then clears slot[i].h, before its count can
  * free the handle: a handle it makes later may get the same address, and
- * is no inherited one (its close must count). The reaper reads h only
- * after taking held from 1. */
+ * is no inherited one (its close must count). fdreg_lease_end reads h
+ * only after taking held from 1. */
 struct fdreg_lease {
     uint32_t cap;             /* slots allocated */
     uint32_t n;               /* slots filled by the fork */
