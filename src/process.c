@@ -927,6 +927,8 @@ int mp_process_free(mp_process *p)
         return mp_fail(MP_ESTATE, __func__, "process \"%s\" is still running; join it (or "
                        "kill and join it) first", p->name);
     runtime_lock();
+    if (fs_child(p))                /* ended, maybe never settled here: its holds go back */
+        end_lease(p);
     drop_child(p);
     drop_fds(p);
     runtime_unlock();
@@ -948,6 +950,8 @@ int mp_active_children(mp_process **out, size_t cap)
     for (size_t i = 0; i < rt.nchildren;) {
         mp_process *c = rt.children[i];
         bool done = i_reap(c) ? reap_if_ended(c) : atomic_load(&c->state) == PROC_DONE;
+        if (done && fs_child(c))    /* published by its server: its holds go back */
+            end_lease(c);
         if (done) {                 /* forgotten here, still the caller's handle */
             rt.children[i] = rt.children[--rt.nchildren];
             continue;

@@ -1182,6 +1182,43 @@ static void test_pipe_held_by_fork_server_children_is_freed_after_them(void **st
     pipe_rounds_leave_the_arena_as_it_was(MP_FORKSERVER, kinds, 7, NULL, spawned_sends);
 }
 
+/* A fork-server child that has ended (its server published it) and is freed
+ * without a join, exitcode or is_alive first (mp_active_children has
+ * forgotten it): its holds still go back, so the pipe's rings go back once
+ * the parent closes its ends. */
+static bool no_active_children(void *arg)
+{
+    (void)arg;
+    return mp_active_children(NULL, 0) == 0;
+}
+
+static void test_pipe_held_by_a_fork_server_child_freed_unjoined_is_freed(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    int rounds = 5;
+    for (int round = 0; round < rounds; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORKSERVER, .arg_size = sizeof ends };
+        TU_OK(mp_process_new(&p, spawned_sends, ends, &o));
+        TU_OK(mp_process_start(p));
+        char buf[8];
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        assert_true(tu_wait_for(no_active_children, NULL, 10 * tu_slow()));
+        TU_OK(mp_process_free(p));
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("arena used: %zu before, %zu after %d rounds\n", before, after, rounds);
+    assert_true(after - before < 16384);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1310,6 +1347,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_killed_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_spawned_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_fork_server_children_is_freed_after_them),
+        cmocka_unit_test(test_pipe_held_by_a_fork_server_child_freed_unjoined_is_freed),
         cmocka_unit_test(test_spawned_target_runs_with_every_fork_hook_set),
         cmocka_unit_test(test_arena_size_from_the_environment),
         cmocka_unit_test(test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed),
