@@ -991,16 +991,19 @@ mp_start_method mp_get_start_method(void)
 
 /* Python's _exit_function: daemons are terminated, everyone else joined.
  * A daemon that ignores SIGTERM gets SIGKILL after a grace period. A
- * spawned child then closes the handles it still holds, as a forked one
- * does when it returns (fork_start): its reaper may be gone (its parent
- * killed), and then nothing else gives back the holds its lease names.
- * The spawned image registers this handler before its target runs, so it
- * runs after the target's own. */
+ * spawned or fork-server child then closes the handles it still holds, as
+ * a forked one does when it returns (fork_start): whoever ends its lease
+ * (its reaper, or its creator) may be gone (killed), and then nothing else
+ * gives back the holds its lease names; nor those on handles it made.
+ * The spawned image (and the fork server, whose children exit through
+ * here) registers this handler before any target runs, so it runs after
+ * the target's own. */
 static void at_exit(void)
 {
     runtime_lock();
     bool idle = !rt.nchildren && !rt.threads && rt.fs_sock < 0;
-    bool spawned = rt.current && rt.current->method == MP_SPAWN && rt.current->pid == rt.pid;
+    bool spawned = rt.current && rt.current->pid == rt.pid &&
+                   (rt.current->method == MP_SPAWN || rt.current->method == MP_FORKSERVER);
     runtime_unlock();
     if (!idle)
         join_at_exit();

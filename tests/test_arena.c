@@ -1219,6 +1219,56 @@ static void test_pipe_held_by_a_fork_server_child_freed_unjoined_is_freed(void *
     assert_true(after - before < 16384);
 }
 
+/* A fork-server child whose creator (a forked child) was killed, so no
+ * creator gives back its holds at its end, and that then returns: it gives
+ * them back itself as it exits, as forked and spawned children do, so the
+ * pipe goes back to the arena once the first process closes its ends. */
+static int child_starts_a_fork_server_orphan_and_waits(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_process *g;
+    mp_process_opts o = { .method = MP_FORKSERVER, .arg_size = 2 * sizeof(mp_conn *) };
+    if (mp_process_new(&g, orphan_returns_after_the_go, ends, &o) || mp_process_start(g))
+        return 2;
+    for (;;)
+        pause();
+}
+
+static void test_pipe_held_by_an_orphaned_fork_server_child_is_freed_once_it_returns(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    int rounds = 4;
+    for (int round = 0; round < rounds; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, child_starts_a_fork_server_orphan_and_waits, ends, &o));
+        TU_OK(mp_process_start(p));
+        pid_t orphan;
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], &orphan, sizeof orphan, &len));
+        TU_OK(mp_process_kill(p));
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        TU_OK(mp_process_free(p));
+        char buf[8];
+        TU_OK(mp_conn_send_bytes(ends[0], "go", 2));
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        assert_memory_equal(buf, "done", 4);
+        double end = tu_now() + 10 * tu_slow();
+        while (tu_proc_state(orphan) != 0 && tu_proc_state(orphan) != 'Z' && tu_now() < end)
+            usleep(1000);
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("orphans: %zu before, %zu after %d rounds\n", before, after, rounds);
+    assert_true(after - before < (size_t)(rounds - 1) * 16384);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1348,6 +1398,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_spawned_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_fork_server_children_is_freed_after_them),
         cmocka_unit_test(test_pipe_held_by_a_fork_server_child_freed_unjoined_is_freed),
+        cmocka_unit_test(test_pipe_held_by_an_orphaned_fork_server_child_is_freed_once_it_returns),
         cmocka_unit_test(test_spawned_target_runs_with_every_fork_hook_set),
         cmocka_unit_test(test_arena_size_from_the_environment),
         cmocka_unit_test(test_child_pipe_at_the_address_of_a_freed_inherited_one_is_freed),
