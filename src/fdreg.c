@@ -245,11 +245,29 @@ bool fdhandle_release(struct fdhandle *h)
     return false;
 }
 
-/* In a forked child that is about to exit: every handle it inherited or
- * made and did not close is closed through close_one (which drops this
- * process's count), so a child that returns without closing its copies
- * does not keep them, and the arena memory behind them, for ever. */
-void fdreg_close_all(void (*close_one)(struct fdhandle *h))
+/* A handle's own close (its magic says which), or its own free once no
+ * process holds it. */
+static void handle_close(struct fdhandle *h)
+{
+    if (h->magic == MAGIC_CONN)
+        mp_conn_close((mp_conn *)h);
+    else if (h->magic == MAGIC_LISTENER)
+        mp_listener_free((mp_listener *)h);
+}
+
+static void handle_destroy(struct fdhandle *h)
+{
+    if (h->magic == MAGIC_CONN)
+        conn_destroy_unheld(h);
+    else if (h->magic == MAGIC_LISTENER)
+        listener_destroy_unheld(h);
+}
+
+/* In a child that is about to exit: every handle it inherited or made and
+ * did not close is closed (which drops this process's count), so a child
+ * that returns without closing its copies does not keep them, and the
+ * arena memory behind them, for ever. */
+void fdreg_close_all(void)
 {
     pthread_mutex_lock(&registry.lock);
     size_t n = registry.n;
@@ -258,7 +276,7 @@ void fdreg_close_all(void (*close_one)(struct fdhandle *h))
         memcpy(copy, registry.items, n * sizeof *copy);
     pthread_mutex_unlock(&registry.lock);
     for (size_t i = 0; copy && i < n; i++)
-        close_one(copy[i]);
+        handle_close(copy[i]);
     free(copy);
 }
 
@@ -293,7 +311,7 @@ void fdreg_lease_adopt(struct fdreg_lease *lease)
     lease_mine = lease;
 }
 
-void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle *h))
+void fdreg_lease_end(struct fdreg_lease *lease)
 {
     if (!lease)
         return;
@@ -304,7 +322,7 @@ void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle 
             continue;                          /* the child gave it back */
         struct fdhandle *h = atomic_load_explicit(&s->h, memory_order_relaxed);
         if (!atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1)
-            destroy(h);
+            handle_destroy(h);
     }
     arena_free(lease);
 }

@@ -72,34 +72,39 @@ void fdreg_keep_across_exec(void);
  * are marked shared for good. */
 size_t fdreg_live_fds(struct fdreg_lease *lease, int *fds, size_t cap);
 
-/* A forked child about to exit: close_one on every handle still registered. */
-void fdreg_close_all(void (*close_one)(struct fdhandle *h));
+/* A child about to exit: closes every handle still registered (mp_conn_close,
+ * mp_listener_free), which drops this process's count of each. */
+void fdreg_close_all(void);
 
-/* The holds a forked mp_process child took on its parent's handles, kept
- * so that its reaper gives back what the child could not (it was killed,
- * or called _exit, or a daemon thread of its kept them): each hold is given
- * back exactly once, by the child's close or by fdreg_lease_end, never
- * twice (a CAS per hold decides who), at worst not at all (a child killed
- * between its CAS and its count). In the arena; NULL when none could be
- * made, and then the child's holds stay as a raw fork's do.
- *   fdreg_lease_new: before the fork, in the parent;
+/* The holds an mp_process child took on its parent's handles, kept so
+ * that what the child could not give back (it was killed, or called _exit,
+ * or a daemon thread of its kept them) is given back by whoever learns of
+ * its end: each hold exactly once, by the child's close or by
+ * fdreg_lease_end, never twice (a CAS per hold decides who), at worst not
+ * at all (a child killed between its CAS and its count). In the arena;
+ * NULL when none could be made, and then the child's holds stay as a raw
+ * fork's do.
+ *   fdreg_lease_new: before the start, in the parent;
  *   fdreg_lease_arm: the next fork by this thread fills in lease (its fork
  *     hook, under the registry's lock, as it counts the child) and makes
  *     it the child's own; NULL disarms. Under process_fork_lock;
- *   fdreg_lease_end: once the child has ended (reaped), by its reaper:
- *     gives back the holds the child still had, calling destroy on each
- *     handle no process holds any more, and frees the lease. */
-/* Frees a conn's or a listener's handle once no process holds it (h's
- * magic says which): for fdreg_lease_end's destroy. */
-void conn_destroy_unheld(struct fdhandle *h);
-void listener_destroy_unheld(struct fdhandle *h);
+ *   fdreg_lease_adopt: in a spawned or fork-server child, before its
+ *     target runs: the handles leased to it reached it at their numbers
+ *     (fdreg_keep_across_exec, or the request's descriptors) and become its
+ *     own, as a forked child's are: registered (its own forks count them),
+ *     given back by its close or by fdreg_lease_end, not held for good;
+ *   fdreg_lease_end: once the child has ended, by its reaper (for a
+ *     fork-server child, its creator), or for a start undone: gives back
+ *     the holds the child still had, frees each handle no process holds
+ *     any more, and frees the lease. NULL: nothing. */
 struct fdreg_lease *fdreg_lease_new(void);
 void fdreg_lease_arm(struct fdreg_lease *lease);
-/* In a spawned child, before its target runs: the handles its parent's
- * fork leased reached it at their numbers (fdreg_keep_across_exec), and
- * become its own, as a forked child's are: registered (its own forks count
- * them), given back by its close or by its reaper, not held for good. */
 void fdreg_lease_adopt(struct fdreg_lease *lease);
-void fdreg_lease_end(struct fdreg_lease *lease, void (*destroy)(struct fdhandle *h));
+void fdreg_lease_end(struct fdreg_lease *lease);
+
+/* Frees a conn's or a listener's handle once no process holds it: for
+ * fdreg_lease_end, which tells them apart by magic. */
+void conn_destroy_unheld(struct fdhandle *h);
+void listener_destroy_unheld(struct fdhandle *h);
 
 #endif

@@ -35,7 +35,6 @@ static _Atomic bool rt_ready;         /* runtime_init ran */
 
 static void at_exit(void);
 static void join_at_exit(void);
-static void close_inherited(struct fdhandle *h);
 
 /* ------------------------------------------------------------------ runtime */
 
@@ -233,27 +232,19 @@ static int wait_for_zombie(mp_process *p, siginfo_t *si)
     return rc;
 }
 
-static void destroy_unheld(struct fdhandle *h)
-{
-    if (h->magic == MAGIC_CONN)
-        conn_destroy_unheld(h);
-    else if (h->magic == MAGIC_LISTENER)
-        listener_destroy_unheld(h);
-}
-
 /* p has ended and is reaped: the holds it kept on our handles go back. */
 static void end_lease(mp_process *p)
 {
     struct fdreg_lease *l = p->lease;
     p->lease = NULL;
-    fdreg_lease_end(l, destroy_unheld);
+    fdreg_lease_end(l);
 }
 
 void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
 {
     if (p)
         p->lease = NULL;
-    fdreg_lease_end(lease, destroy_unheld);
+    fdreg_lease_end(lease);
 }
 
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
@@ -301,7 +292,7 @@ static int fs_done(mp_process *p)
     struct fdreg_lease *l = p->lease;
     p->lease = NULL;
     runtime_unlock();
-    fdreg_lease_end(l, destroy_unheld);
+    fdreg_lease_end(l);
     return FS_DONE;
 }
 
@@ -585,22 +576,6 @@ int mp_process_set_daemon(mp_process *p, bool daemon)
     return 0;
 }
 
-/* A forked child's handles go with it when it returns: each one's count
- * of holders drops, so the last holder to close frees it (a pipe's rings, a
- * conn), as if the child had closed it. Not while a daemon thread of the
- * child's may still use them (a thread started with pthread_create
- * directly is not seen: it must not use a handle past its process's
- * return). What it did not give back, having been killed, having called
- * _exit, or for a daemon thread, its reaper gives back for it through the
- * lease (end_lease). */
-static void close_inherited(struct fdhandle *h)
-{
-    if (h->magic == MAGIC_CONN)
-        mp_conn_close((mp_conn *)h);
-    else if (h->magic == MAGIC_LISTENER)
-        mp_listener_free((mp_listener *)h);
-}
-
 static int fork_start(mp_process *p, int *fd)
 {
     int exit_pipe[2];
@@ -626,8 +601,14 @@ static int fork_start(mp_process *p, int *fd)
             process_daemon_guard(parent);
         int code = process_run_target(p);
         at_exit();                  /* join our own children and threads, */
+        /* A forked child's handles go with it when it returns: each one's
+         * count of holders drops, as if it had closed them. Not while a
+         * daemon thread of its own may still use them (one started with
+         * pthread_create directly is not seen: it must not use a handle
+         * past its process's return). What it did not give back (killed,
+         * _exit, a daemon thread) its reaper gives back through the lease. */
         if (mp_active_count() == 1)
-            fdreg_close_all(close_inherited);
+            fdreg_close_all();
         fflush(NULL);               /* but not the parent's atexit handlers */
         _exit(code);
     }
@@ -1008,7 +989,7 @@ static void at_exit(void)
     if (!idle)
         join_at_exit();
     if (spawned && mp_active_count() == 1)
-        fdreg_close_all(close_inherited);
+        fdreg_close_all();
 }
 
 static void join_at_exit(void)
