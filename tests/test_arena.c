@@ -764,23 +764,13 @@ static void pipe_still_works(mp_conn **ends)
     assert_memory_equal(buf, "after", 5);
 }
 
-static int gchild_sends_waits(void *arg)
-{
-    mp_conn **ends = arg;
-    mp_conn_close(ends[0]);
-    if (mp_conn_send_bytes(ends[1], "g", 1) != 0)
-        return 1;
-    for (;;)
-        pause();
-}
-
 /* A child that forks its own child with the pipe, kills and reaps it. */
 static int child_nests(void *arg)
 {
     mp_conn **ends = arg;
     mp_process *g;
     mp_process_opts o = { .method = MP_FORK };
-    if (mp_process_new(&g, gchild_sends_waits, ends, &o) || mp_process_start(g))
+    if (mp_process_new(&g, child_closes_one_and_waits, ends, &o) || mp_process_start(g))
         return 2;
     char buf[8];
     size_t len;
@@ -925,15 +915,6 @@ static void test_pipe_made_before_a_pool_outlives_killed_workers_and_is_freed(vo
 }
 
 /* 200 rounds of Pipe + Process + terminate/kill + reap by many paths. */
-static int child_sends_waits(void *arg)
-{
-    mp_conn **ends = arg;
-    if (arg && mp_conn_send_bytes(ends[1], "r", 1) != 0)
-        return 1;
-    for (;;)
-        pause();
-}
-
 static void test_200_killed_children_over_every_reaping_path_keep_the_arena_flat(void **state)
 {
     (void)state;
@@ -946,7 +927,7 @@ static void test_200_killed_children_over_every_reaping_path_keep_the_arena_flat
         TU_OK(mp_pipe(&ends[0], &ends[1], true));
         mp_process *p;
         mp_process_opts o = { .method = MP_FORK };
-        TU_OK(mp_process_new(&p, round % 5 == 4 ? child_closes_one_and_waits : child_sends_waits,
+        TU_OK(mp_process_new(&p, round % 5 == 4 ? child_closes_one_and_waits : child_waits,
                              ends, &o));
         TU_OK(mp_process_start(p));
         char buf[8];
@@ -975,26 +956,6 @@ static void test_200_killed_children_over_every_reaping_path_keep_the_arena_flat
     assert_int_equal(after, before);
 }
 
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-
-/* pidfd_open fails (ENOMEM) from now on in this process. */
-static void break_pidfd_open(void)
-{
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
-    assert_int_equal(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-    assert_int_equal(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
-}
-
 /* A start whose child cannot be watched (pidfd_open fails) is undone: the
  * child is killed and reaped at once; its holds must go back too. */
 static void undone_starts(void)
@@ -1006,12 +967,12 @@ static void undone_starts(void)
     TU_OK(mp_process_join(warm, 10 * tu_slow()));
     TU_OK(mp_process_free(warm));
     size_t before = used_now();
-    break_pidfd_open();
+    assert_true(tu_fail_pidfd_open());
     for (int round = 0; round < 3; round++) {
         mp_conn *ends[2];
         TU_OK(mp_pipe(&ends[0], &ends[1], true));
         mp_process *p;
-        TU_OK(mp_process_new(&p, child_sends_waits, NULL, &o));
+        TU_OK(mp_process_new(&p, child_waits, ends, &o));
         assert_int_equal(mp_process_start(p), MP_ENOMEM);
         TU_OK(mp_process_free(p));
         mp_conn_close(ends[0]);
@@ -1046,7 +1007,7 @@ static int child_spawns_waits(void *arg)
     mp_conn **ends = arg;
     mp_process *g;
     mp_process_opts o = { .method = MP_SPAWN, .arg_size = 2 * sizeof(mp_conn *) };
-    if (mp_process_new(&g, gchild_sends_waits, ends, &o) || mp_process_start(g))
+    if (mp_process_new(&g, child_closes_one_and_waits, ends, &o) || mp_process_start(g))
         return 2;
     if (mp_process_kill(g) || mp_process_join(g, 10) != 0)
         return 3;
@@ -1123,20 +1084,28 @@ static int orphan_returns_after_the_go(void *arg)
     return mp_conn_send_bytes(ends[1], "done", 4) == 0 ? 0 : 2;
 }
 
-static int child_spawns_an_orphan_and_waits(void *arg)
+/* The middle child: starts the orphan-to-be with orphan_method, then waits
+ * to be killed. */
+static mp_start_method orphan_method;
+
+static int child_starts_an_orphan_and_waits(void *arg)
 {
     mp_conn **ends = arg;
     mp_process *g;
-    mp_process_opts o = { .method = MP_SPAWN, .arg_size = 2 * sizeof(mp_conn *) };
+    mp_process_opts o = { .method = orphan_method, .arg_size = 2 * sizeof(mp_conn *) };
     if (mp_process_new(&g, orphan_returns_after_the_go, ends, &o) || mp_process_start(g))
         return 2;
     for (;;)
         pause();
 }
 
-static void test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns(void **state)
+/* Rounds of: a forked child starts a grandchild of method holding the
+ * pipe, and is killed; the grandchild then returns. The killed middle
+ * child's record of the orphan stays (a few hundred bytes a round); a pipe
+ * would be 529 KiB. */
+static void orphan_rounds_leave_the_pipes_back(mp_start_method method)
 {
-    (void)state;
+    orphan_method = method;
     size_t before = 0;
     int rounds = 4;
     for (int round = 0; round < rounds; round++) {
@@ -1146,7 +1115,7 @@ static void test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns
         TU_OK(mp_pipe(&ends[0], &ends[1], true));
         mp_process *p;
         mp_process_opts o = { .method = MP_FORK };
-        TU_OK(mp_process_new(&p, child_spawns_an_orphan_and_waits, ends, &o));
+        TU_OK(mp_process_new(&p, child_starts_an_orphan_and_waits, ends, &o));
         TU_OK(mp_process_start(p));
         pid_t orphan;
         size_t len;
@@ -1166,9 +1135,13 @@ static void test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns
     }
     size_t after = used_now();
     print_message("orphans: %zu before, %zu after %d rounds\n", before, after, rounds);
-    /* The killed middle child's record of the orphan stays (a few hundred
-     * bytes a round); a pipe would be 529 KiB. */
     assert_true(after - before < (size_t)(rounds - 1) * 16384);
+}
+
+static void test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns(void **state)
+{
+    (void)state;
+    orphan_rounds_leave_the_pipes_back(MP_SPAWN);
 }
 
 /* And for fork-server children, whose ends come with the start request:
@@ -1221,52 +1194,11 @@ static void test_pipe_held_by_a_fork_server_child_freed_unjoined_is_freed(void *
 
 /* A fork-server child whose creator (a forked child) was killed, so no
  * creator gives back its holds at its end, and that then returns: it gives
- * them back itself as it exits, as forked and spawned children do, so the
- * pipe goes back to the arena once the first process closes its ends. */
-static int child_starts_a_fork_server_orphan_and_waits(void *arg)
-{
-    mp_conn **ends = arg;
-    mp_process *g;
-    mp_process_opts o = { .method = MP_FORKSERVER, .arg_size = 2 * sizeof(mp_conn *) };
-    if (mp_process_new(&g, orphan_returns_after_the_go, ends, &o) || mp_process_start(g))
-        return 2;
-    for (;;)
-        pause();
-}
-
+ * them back itself as it exits, as forked and spawned children do. */
 static void test_pipe_held_by_an_orphaned_fork_server_child_is_freed_once_it_returns(void **state)
 {
     (void)state;
-    size_t before = 0;
-    int rounds = 4;
-    for (int round = 0; round < rounds; round++) {
-        if (round == 1)
-            before = used_now();
-        mp_conn *ends[2];
-        TU_OK(mp_pipe(&ends[0], &ends[1], true));
-        mp_process *p;
-        mp_process_opts o = { .method = MP_FORK };
-        TU_OK(mp_process_new(&p, child_starts_a_fork_server_orphan_and_waits, ends, &o));
-        TU_OK(mp_process_start(p));
-        pid_t orphan;
-        size_t len;
-        TU_OK(mp_conn_recv_bytes(ends[0], &orphan, sizeof orphan, &len));
-        TU_OK(mp_process_kill(p));
-        TU_OK(mp_process_join(p, 10 * tu_slow()));
-        TU_OK(mp_process_free(p));
-        char buf[8];
-        TU_OK(mp_conn_send_bytes(ends[0], "go", 2));
-        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
-        assert_memory_equal(buf, "done", 4);
-        double end = tu_now() + 10 * tu_slow();
-        while (tu_proc_state(orphan) != 0 && tu_proc_state(orphan) != 'Z' && tu_now() < end)
-            usleep(1000);
-        mp_conn_close(ends[0]);
-        mp_conn_close(ends[1]);
-    }
-    size_t after = used_now();
-    print_message("orphans: %zu before, %zu after %d rounds\n", before, after, rounds);
-    assert_true(after - before < (size_t)(rounds - 1) * 16384);
+    orphan_rounds_leave_the_pipes_back(MP_FORKSERVER);
 }
 
 /* A spawned target runs in a constructor, before main: every fork hook the

@@ -51,6 +51,10 @@ pid_t tu_proc_ppid(pid_t pid);       /* parent pid from /proc; 0 if gone */
  * instead of hanging. */
 void *tu_resume_later(void *slot);
 
+/* Makes pidfd_open fail with ENOMEM in this process from now on (a seccomp
+ * filter, inherited by its children): false if it could not. */
+bool tu_fail_pidfd_open(void);
+
 /* Leaves this process no free descriptor (soft limit lowered to 32, the
  * rest opened): false if that could not be done. For a forked child. */
 bool tu_exhaust_fds(void);
