@@ -232,19 +232,18 @@ static int wait_for_zombie(mp_process *p, siginfo_t *si)
     return rc;
 }
 
-/* p has ended and is reaped: the holds it kept on our handles go back. */
-static void end_lease(mp_process *p)
-{
-    struct fdreg_lease *l = p->lease;
-    p->lease = NULL;
-    fdreg_lease_end(l);
-}
-
 void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
 {
     if (p)
         p->lease = NULL;
     fdreg_lease_end(lease);
+}
+
+/* Under rt.lock (or before p is shared): p has ended, so the holds it kept
+ * on our handles go back, once (p->lease is taken). */
+static void end_lease(mp_process *p)
+{
+    process_lease_undo(p, p->lease);
 }
 
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
@@ -289,10 +288,8 @@ static int fs_fd(const mp_process *p)
 static int fs_done(mp_process *p)
 {
     runtime_lock();
-    struct fdreg_lease *l = p->lease;
-    p->lease = NULL;
+    end_lease(p);
     runtime_unlock();
-    fdreg_lease_end(l);
     return FS_DONE;
 }
 
