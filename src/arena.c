@@ -64,7 +64,8 @@
 
 /* A cached block is in use as far as the lists and coalescing go (it never
  * merges), and in its size's stack for the next request of that size. */
-enum { BLOCK_USED = 0x626c6b21, BLOCK_FREE = 0x66726565, BLOCK_CACHED = 0x63616368 };
+enum { BLOCK_USED = 0x626c6b21, BLOCK_FREE = 0x66726565, BLOCK_CACHED = 0x63616368,
+       BLOCK_DEFERRED = 0x64656672 };
 enum {
     F_FRESH = 2,   /* in use: carved from punched or never-used memory */
     F_END = 4,     /* the sentinel after the last block */
@@ -84,7 +85,8 @@ struct block {
     uint64_t dirty_lo, dirty_hi;
     /* Cached blocks: (depth << 32) | the next block's index in the stack.
      * Read without the lock, by a taker that may find the block already
-     * gone (its CAS then fails), so only ever through atomics. */
+     * gone (its CAS then fails), so only ever through atomics. Deferred
+     * blocks: the next block's index in the deferred stack. */
     uint64_t link;
 };
 _Static_assert(sizeof(struct block) == BLOCK_HEADER, "a header fills the space before the payload");
@@ -119,6 +121,11 @@ struct jentry {
  *           merged; link holds the next block of the stack and the depth.
  *           Pushed and popped by CAS on cache[]; marked CACHED by a CAS
  *           from USED, so a double free fails, and USED again by its taker.
+ *   DEFERRED freed by a caller that could not take lock in time (a process
+ *           stopped holding it): in use as far as the lists go, in the
+ *           deferred stack (pushed by CAS, marked from USED by a CAS as a
+ *           cached block is), and freed by the next holder of lock, which
+ *           pops it under the lock.
  *   (the sentinel at end is USED with F_END: nothing merges past it)
  * Blocks tile [first, end): each header's size leads to the next header,
  * and each prev_size back to the previous one.
@@ -128,7 +135,9 @@ struct jentry {
  * (MP_EOWNERDEAD) a journal to replay or nothing to do; arena_repair then
  * rebuilds the lists and the counters from a walk of the blocks. A process
  * killed between a cache pop and its mark leaves one CACHED block in no
- * stack: leaked, and counted by arena_check as stray. Nothing else is lost.
+ * stack: leaked, and counted by arena_check as stray; so does a holder
+ * killed between a deferred pop and its free, for a DEFERRED block. Nothing
+ * else is lost.
  */
 struct arena_header {
     uint64_t magic;
@@ -152,6 +161,8 @@ struct arena_header {
      * block (offset / 64, 0 = empty), the tag bumped by every change so a
      * CAS from a stale view fails (ABA). Lock-free; see cache_pop. */
     _Atomic uint64_t cache[CACHE_CLASSES];
+    /* The deferred stack: (tag << 32) | index of the top block, 0 = empty. */
+    _Atomic uint64_t deferred;
 };
 
 MP_TEST_HOOK void (*mp__arena_test_hook)(const char *point);
@@ -647,11 +658,37 @@ static void arena_repair(struct arena_header *h)
     journal_clear(h);
 }
 
-static void arena_lock(struct arena_header *h)
+static void deferred_drain(struct arena_header *h);
+
+/* Takes the lock, waiting until d (NULL: for as long as its holder lives),
+ * and frees the deferred blocks. A timed wait lasts at least LOCK_GRACE_S,
+ * so a call with a timeout of 0 does not fail because another process is
+ * allocating at that moment; only a holder that does not go on (stopped:
+ * SIGSTOP, a debugger, a frozen cgroup) makes it time out. false: the lock
+ * was not taken. */
+static bool arena_lock_until(struct arena_header *h, const mp_deadline *d)
 {
     static const mp_deadline forever = { .forever = true };
-    if (rmutex_lock(&h->lock, &forever) == MP_EOWNERDEAD)
+    int rc = rmutex_trylock(&h->lock);
+    if (rc == MP_ETIMEDOUT) {
+        mp_deadline grace;
+        if (d && !d->forever && deadline_left(d) < LOCK_GRACE_S) {
+            grace = deadline_in(LOCK_GRACE_S);
+            d = &grace;
+        }
+        rc = rmutex_wait(&h->lock, d ? d : &forever);
+    }
+    if (rc == MP_ETIMEDOUT)
+        return false;
+    if (rc == MP_EOWNERDEAD)
         arena_repair(h);
+    deferred_drain(h);
+    return true;
+}
+
+static void arena_lock(struct arena_header *h)
+{
+    arena_lock_until(h, NULL);
 }
 
 /* Takes a block of exactly need bytes, splitting off the rest when it can
@@ -912,25 +949,75 @@ static bool cache_drain(struct arena_header *h)
     return any;
 }
 
-/* A block in use, by its payload, without the lock: its owner alone changes
- * its header, and the lists write the next block's prev_size only when it
- * changes, which it cannot while this block is in use. NULL for anything
- * that is not plainly such a block (the locked path then decides). */
-static struct block *cacheable_block(struct arena_header *h, const void *p)
+/* A block in use of at most max bytes, by its payload, without the lock:
+ * its owner alone changes its header, and the lists write the next block's
+ * prev_size only when it changes, which it cannot while this block is in
+ * use. NULL for anything that is not plainly such a block (the locked path
+ * then decides). */
+static struct block *owned_block(struct arena_header *h, const void *p, uint64_t max)
 {
     uint64_t off = (uint64_t)((const char *)p - (const char *)h) - BLOCK_HEADER;
     if ((off & 63) || off < h->first || off >= h->end)
         return NULL;
     struct block *b = block_at(h, off);
     uint64_t size = __atomic_load_n(&b->size, __ATOMIC_RELAXED);
-    if (magic_of(b) != BLOCK_USED || size < MIN_BLOCK || size > CACHE_BLOCK_MAX ||
+    if (magic_of(b) != BLOCK_USED || size < MIN_BLOCK || size > max ||
         (size & 63) || size > h->end - off ||
         __atomic_load_n(&block_at(h, off + size)->prev_size, __ATOMIC_RELAXED) != size)
         return NULL;
     return b;
 }
 
-void *arena_alloc_nozero(size_t size)
+static struct block *cacheable_block(struct arena_header *h, const void *p)
+{
+    return owned_block(h, p, CACHE_BLOCK_MAX);
+}
+
+/* ------------------------------------------------------------------ deferred frees
+ *
+ * A free that cannot take the lock within LOCK_GRACE_S (its holder is
+ * stopped: SIGSTOP, a debugger, a frozen cgroup) does not wait on: it
+ * pushes the block onto the deferred stack, and whoever takes the lock next
+ * frees it. So a call with a timeout that frees a block (a get of a big
+ * item) keeps its timeout. Pushed by CAS from any process; popped only
+ * under the lock, one block at a time. */
+
+/* b is in use: marks it DEFERRED (a CAS from USED, so a double free fails)
+ * and pushes it. */
+static bool deferred_push(struct arena_header *h, struct block *b)
+{
+    uint32_t used = BLOCK_USED;
+    if (!__atomic_compare_exchange_n(&b->magic, &used, BLOCK_DEFERRED, false, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED))
+        return false;
+    uint64_t old = atomic_load_explicit(&h->deferred, memory_order_acquire);
+    uint64_t idx = block_off(h, b) >> ALIGN_LOG;
+    do
+        __atomic_store_n(&b->link, old & 0xffffffffu, __ATOMIC_RELAXED);
+    while (!atomic_compare_exchange_weak_explicit(&h->deferred, &old, ((old >> 32) + 1) << 32 | idx,
+                                                  memory_order_release, memory_order_acquire));
+    return true;
+}
+
+/* Under the lock: frees every deferred block. A holder killed between a pop
+ * and its free leaves that one block DEFERRED in no stack (stray). */
+static void deferred_drain(struct arena_header *h)
+{
+    uint64_t old = atomic_load_explicit(&h->deferred, memory_order_acquire);
+    while (old & 0xffffffffu) {
+        struct block *b = block_at(h, (old & 0xffffffffu) << ALIGN_LOG);
+        uint64_t next = __atomic_load_n(&b->link, __ATOMIC_RELAXED) & 0xffffffffu;
+        if (!atomic_compare_exchange_weak_explicit(&h->deferred, &old,
+                                                   ((old >> 32) + 1) << 32 | next,
+                                                   memory_order_acquire, memory_order_acquire))
+            continue;
+        set_magic(b, BLOCK_USED);
+        free_locked(h, b);
+        old = atomic_load_explicit(&h->deferred, memory_order_acquire);
+    }
+}
+
+void *arena_alloc_nozero_until(size_t size, const mp_deadline *d)
 {
     struct arena_header *h = arena_get();
     if (!h || size == 0 || size > h->size)
@@ -941,7 +1028,10 @@ void *arena_alloc_nozero(size_t size)
         if (c)
             return (char *)c + BLOCK_HEADER;
     }
-    arena_lock(h);
+    if (!arena_lock_until(h, d)) {
+        errno = ETIMEDOUT;
+        return NULL;
+    }
     struct block *b = h->corrupt ? NULL : alloc_locked(h, need);
     if (!b && !h->corrupt && cache_drain(h))
         b = alloc_locked(h, need);
@@ -959,12 +1049,22 @@ void *arena_alloc_nozero(size_t size)
     return p;
 }
 
-void *arena_alloc(size_t size)
+void *arena_alloc_nozero(size_t size)
 {
-    void *p = arena_alloc_nozero(size);
+    return arena_alloc_nozero_until(size, NULL);
+}
+
+void *arena_alloc_until(size_t size, const mp_deadline *d)
+{
+    void *p = arena_alloc_nozero_until(size, d);
     if (p)
         memset(p, 0, size);
     return p;
+}
+
+void *arena_alloc(size_t size)
+{
+    return arena_alloc_until(size, NULL);
 }
 
 /* The in-use block whose payload starts at p, or NULL. Under the lock. */
@@ -989,7 +1089,14 @@ void arena_free(void *p)
     struct block *c = cacheable_block(h, p);
     if (c && cache_push(h, c, __atomic_load_n(&c->size, __ATOMIC_RELAXED)))
         return;
-    arena_lock(h);
+    static const mp_deadline now = { { 0, 0 }, false };   /* passed: the grace alone */
+    if (!arena_lock_until(h, &now)) {
+        /* Not ours or freed twice: refused, as under the lock. */
+        struct block *b = owned_block(h, p, UINT64_MAX);
+        if (b)
+            deferred_push(h, b);
+        return;
+    }
     struct block *b = used_block(h, p);   /* not ours or freed twice: refuse quietly */
     if (b)
         free_locked(h, b);
@@ -998,13 +1105,21 @@ void arena_free(void *p)
 
 bool arena_is_block(const void *p)
 {
+    return arena_block_until(p, NULL, NULL) == 1;
+}
+
+int arena_block_until(const void *p, const mp_deadline *d, size_t *size)
+{
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     if (!p || !h || !arena_contains(p, 1))
-        return false;
-    arena_lock(h);
-    bool ok = used_block(h, p) != NULL;
+        return 0;
+    if (!arena_lock_until(h, d))
+        return -1;
+    struct block *b = used_block(h, p);
+    if (b && size)
+        *size = (size_t)(b->size - BLOCK_HEADER);
     rmutex_unlock(&h->lock);
-    return ok;
+    return b != NULL;
 }
 
 size_t arena_block_size(const void *p)
@@ -1038,14 +1153,15 @@ bool arena_check(struct arena_stats *st)
         struct block *b = block_at(h, off);
         uint32_t magic = magic_of(b);
         bool is_free = magic == BLOCK_FREE;
-        ok = (is_free || magic == BLOCK_USED || magic == BLOCK_CACHED) && b->size >= MIN_BLOCK &&
+        ok = (is_free || magic == BLOCK_USED || magic == BLOCK_CACHED ||
+              magic == BLOCK_DEFERRED) && b->size >= MIN_BLOCK &&
              !(b->size & 63) && b->size <= h->end - off && b->prev_size == prev &&
              !(is_free && prev_free) && (magic != BLOCK_CACHED || b->size <= CACHE_BLOCK_MAX);
         if (is_free) {
             s.free_blocks++, s.free_bytes += b->size;
             if (b->size > s.largest_free)
                 s.largest_free = b->size;
-        } else if (magic == BLOCK_CACHED) {
+        } else if (magic == BLOCK_CACHED || magic == BLOCK_DEFERRED) {
             marked++;
         } else {
             s.used_blocks++, s.used_bytes += b->size;
@@ -1094,8 +1210,18 @@ bool arena_check(struct arena_stats *st)
             ok = ok && (idx ? depth >= 2 : depth == 1);
         }
     }
-    ok = ok && s.cached_blocks <= marked;
-    s.stray_blocks = marked - (ok ? s.cached_blocks : marked);
+    /* The deferred stack: the lock's taking emptied it, so an entry here was
+     * pushed since, by a free that did not wait for us. */
+    size_t deferred = 0;
+    for (uint64_t idx = atomic_load(&h->deferred) & 0xffffffffu; ok && idx; deferred++) {
+        uint64_t o = idx << ALIGN_LOG;
+        ok = o >= h->first && o < h->end && magic_of(block_at(h, o)) == BLOCK_DEFERRED &&
+             deferred < marked;
+        idx = ok ? block_link(block_at(h, o)) & 0xffffffffu : 0;
+    }
+    ok = ok && s.cached_blocks + deferred <= marked;
+    s.deferred_blocks = deferred;
+    s.stray_blocks = marked - (ok ? s.cached_blocks + deferred : marked);
     rmutex_unlock(&h->lock);
     if (st)
         *st = s;

@@ -82,9 +82,10 @@ int mp_condition_release(mp_condition *c)
     return condition_ok(c) ? mp_lock_release(c->lock) : fail_condition(__func__, c);
 }
 
-static struct waiter *waiter_new(void)
+/* d bounds the wait for the arena's lock (see arena_alloc_until). */
+static struct waiter *waiter_new(const mp_deadline *d)
 {
-    struct waiter *w = arena_alloc(sizeof *w);
+    struct waiter *w = arena_alloc_until(sizeof *w, d);
     if (!w)
         return NULL;
     if (rmutex_init(&w->alive) != 0 || rmutex_trylock(&w->alive) != 0) {
@@ -138,14 +139,18 @@ int mp_condition_wait(mp_condition *c, double timeout)
         return mp_fail_timeout(__func__, timeout);
     if (!lock_is_mine(c->lock))
         return fail_unlocked(__func__);
-    struct waiter *w = waiter_new();
+    mp_deadline d = deadline_in(timeout);
+    errno = 0;
+    struct waiter *w = waiter_new(&d);
+    if (!w && errno == ETIMEDOUT)
+        return mp_fail(MP_ETIMEDOUT, __func__, "another process held the shared arena's lock "
+                       "until the timeout (is it stopped?); the lock is still held");
     if (!w)
         return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
     queue_push(c, w);
     uint32_t depth;
     lock_release_all(c->lock, &depth);
 
-    mp_deadline d = deadline_in(timeout);
     int rc = 0;
     while (!atomic_load(&w->notified) && rc == 0)   /* sliced: a notifier killed before its wake */
         rc = futex_wait_sliced(&w->notified, 0, &d, true);

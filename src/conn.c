@@ -97,11 +97,17 @@ void conn_destroy_unheld(struct fdhandle *h)
 
 int conn_from_fd(mp_conn **out, int fd, bool readable, bool writable)
 {
+    return conn_from_fd_until(out, fd, readable, writable, NULL);
+}
+
+int conn_from_fd_until(mp_conn **out, int fd, bool readable, bool writable, const mp_deadline *d)
+{
     if (!out || fd < 0)
         return MP_EINVAL;
-    mp_conn *c = arena_alloc(sizeof *c);
+    errno = 0;
+    mp_conn *c = arena_alloc_until(sizeof *c, d);
     if (!c)
-        return MP_ENOMEM;
+        return errno == ETIMEDOUT ? MP_ETIMEDOUT : MP_ENOMEM;
     c->h.fd = fd;
     atomic_init(&c->h.refs, 1);
     atomic_init(&c->h.immortal, 0);

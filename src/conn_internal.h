@@ -82,6 +82,9 @@ int frame_header_long(const uint8_t b[8], uint64_t *len);
 /* Wraps a connected descriptor (socket or pipe end) in an mp_conn (conn.c);
  * on success the conn owns fd, on failure fd is left open. */
 int conn_from_fd(mp_conn **c, int fd, bool readable, bool writable);
+/* As conn_from_fd, for a call with deadline d: MP_ETIMEDOUT when another
+ * process held the arena's lock until then (see arena_alloc_until). */
+int conn_from_fd_until(mp_conn **c, int fd, bool readable, bool writable, const mp_deadline *d);
 
 /* Socket addresses as strings (listener.c; the manager uses them too):
  * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT".

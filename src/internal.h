@@ -75,11 +75,13 @@ size_t arena_block_size(const void *p);  /* its usable bytes; p from arena_alloc
 /* Validates the allocator under its lock (after repairing a dead holder's
  * operation): every header, link, bitmap and cache stack consistent. Fills
  * *st if not NULL: used counts blocks in use by callers; cached, freed small
- * blocks waiting in the cache's stacks; stray, blocks marked cached but in
- * no stack (a process killed while pushing or taking one: leaked). */
+ * blocks waiting in the cache's stacks; deferred, freed blocks waiting in
+ * the deferred stack for the lock (taking it frees them, so only frees made
+ * since); stray, blocks marked cached or deferred but in no stack (a process
+ * killed while pushing or taking one: leaked). */
 struct arena_stats {
     size_t used_bytes, used_blocks, free_bytes, free_blocks, largest_free;
-    size_t cached_bytes, cached_blocks, stray_blocks;
+    size_t cached_bytes, cached_blocks, deferred_blocks, stray_blocks;
 };
 bool arena_check(struct arena_stats *st);
 /* Called at named points inside alloc and free, so a test can SIGKILL a
@@ -158,6 +160,17 @@ static inline const mp_deadline *lazy_deadline_at(lazy_deadline *d)
 /* A process-local condition variable whose timed waits use CLOCK_MONOTONIC,
  * the clock of every mp_deadline. */
 void cond_init_monotonic(pthread_cond_t *c);
+
+/* arena_alloc and arena_alloc_nozero for a call with a timeout: they wait
+ * for the arena's lock, which another process may hold stopped inside an
+ * allocation, only until d (at least LOCK_GRACE_S): NULL with errno
+ * ETIMEDOUT then. NULL d: as long as the holder lives, as arena_alloc. */
+void *arena_alloc_until(size_t size, const mp_deadline *d);
+void *arena_alloc_nozero_until(size_t size, const mp_deadline *d);
+/* arena_is_block for a call with a timeout: 1 (and *size, if not NULL, its
+ * usable bytes), 0 not a block in use, -1 the arena's lock stayed held
+ * until d (at least LOCK_GRACE_S). */
+int arena_block_until(const void *p, const mp_deadline *d, size_t *size);
 /* One rule for every blocking call: MP_FOREVER and +inf block, 0 and any
  * positive value bound the wait; NaN and every other negative value are a
  * mistake (a deadline computed as "then - now" that has already passed, say)

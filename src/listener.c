@@ -332,9 +332,12 @@ int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
         close(fd);
         return fail_handshake(rc, __func__, "a client");
     }
-    rc = conn_from_fd(c, fd, true, true);
+    rc = conn_from_fd_until(c, fd, true, true, &d);
     if (rc != 0)
         close(fd);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, __func__, "another process held the shared arena's lock until the "
+                       "timeout (is it stopped?)");
     return mp_fail_code(rc, __func__);
 }
 
@@ -457,8 +460,11 @@ int mp_client(mp_conn **c, const char *address, const void *authkey, size_t keyl
         snprintf(peer, sizeof peer, "\"%s\"", address);
         return fail_handshake(rc, __func__, peer);
     }
-    rc = conn_from_fd(c, fd, true, true);
+    rc = conn_from_fd_until(c, fd, true, true, &d);
     if (rc != 0)
         close(fd);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, __func__, "another process held the shared arena's lock until the "
+                       "timeout (is it stopped?)");
     return mp_fail_code(rc, __func__);
 }

@@ -40,6 +40,9 @@ struct mp_iter {
     /* mp_as_completed: the caller's futures, and which are handed out. */
     mp_future **fs;                     /* NULL for imap */
     bool *given;
+    mp_future **rest;                   /* next_completed's scratch: made here, so that a
+                                           timed next makes no allocation (the arena's
+                                           lock may be held by a stopped process) */
 };
 
 static bool mul_overflows(size_t a, size_t b)
@@ -346,6 +349,7 @@ static void iter_destroy(mp_iter *it)
     pool_mem_free(it->by_chunk);
     pool_mem_free(it->fs);
     pool_mem_free(it->given);
+    pool_mem_free(it->rest);
     pthread_mutex_destroy(&it->lock);
     pthread_cond_destroy(&it->cond);
     atomic_store_explicit(&it->magic, MAGIC_FREED, memory_order_relaxed);
@@ -633,9 +637,11 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     arena_heap_root(it, sizeof *it, true);
     it->fs = pool_mem_alloc((n ? n : 1) * sizeof *fs);
     it->given = pool_mem_alloc((n ? n : 1) * sizeof *it->given);
-    if (!it->fs || !it->given) {
+    it->rest = pool_mem_alloc((n ? n : 1) * sizeof *it->rest);
+    if (!it->fs || !it->given || !it->rest) {
         pool_mem_free(it->fs);
         pool_mem_free(it->given);
+        pool_mem_free(it->rest);
         arena_heap_root(it, sizeof *it, false);
         arena_free(it);
         return mp_fail(MP_ENOMEM, fn, "out of memory for %zu futures", n);
@@ -671,9 +677,7 @@ static size_t first_finished(mp_iter *it, mp_future **rest, size_t *nrest)
  * wait for several is one mp_futures_wait (FIRST_COMPLETED) on the rest. */
 static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_deadline *d)
 {
-    mp_future **rest = pool_mem_alloc((it->n ? it->n : 1) * sizeof *rest);
-    if (!rest)
-        return MP_ENOMEM;
+    mp_future **rest = it->rest;
     int rc;
     for (;;) {
         size_t nrest, i = it->emitted == it->n ? it->n : first_finished(it, rest, &nrest);
@@ -699,7 +703,6 @@ static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_dead
             break;
         }
     }
-    pool_mem_free(rest);
     return rc;
 }
 

@@ -261,9 +261,11 @@ static void seg_reset(struct seg *s)
     atomic_store_explicit(ring_header(s, 0), 0, memory_order_relaxed);
 }
 
-static struct seg *seg_new(uint32_t class)
+/* d: the caller's deadline for the arena's lock (NULL: none). */
+static struct seg *seg_new(uint32_t class, lazy_deadline *d)
 {
-    struct seg *s = arena_alloc_nozero(sizeof *s + ((size_t)1 << class));
+    size_t size = sizeof(struct seg) + ((size_t)1 << class);
+    struct seg *s = d ? arena_alloc_nozero_until(size, lazy_deadline_at(d)) : arena_alloc_nozero(size);
     if (!s)
         return NULL;
     s->cap = (uint64_t)1 << class;
@@ -283,7 +285,7 @@ static void seg_prefault(struct seg *s)
 
 /* A segment the producers move to when the tail one is full: a spare if
  * there is one of that class, else a new one. */
-static struct seg *seg_next(mp_queue *q, uint32_t class)
+static struct seg *seg_next(mp_queue *q, uint32_t class, lazy_deadline *d)
 {
     for (int i = 0; class == SEG_MAX_CLASS && i < SPARES; i++) {
         if (!atomic_load_explicit(&q->spare[i], memory_order_relaxed))
@@ -292,7 +294,7 @@ static struct seg *seg_next(mp_queue *q, uint32_t class)
         seg_reset(s);
         return s;
     }
-    struct seg *s = seg_new(class);
+    struct seg *s = seg_new(class, d);
     if (s)
         seg_prefault(s);
     return s;
@@ -484,7 +486,16 @@ static bool queue_spin(void *arg, struct waitword *w, bool (*ready)(void *, bool
 /* queue_give and queue_take: the side's lock stayed held by another past
  * the call's time. MP_EFULL and MP_EEMPTY, as Python's Queue raises Full
  * and Empty when it cannot take its lock in time. */
-enum { SIDE_BUSY_PUT = 1, SIDE_BUSY_GET = 2 };
+enum { SIDE_BUSY_PUT = 1, SIDE_BUSY_GET = 2, ARENA_BUSY_PUT = 3, ARENA_BUSY_GET = 4 };
+
+/* What a put (or get) makes of a block the arena did not give: the
+ * arena's lock held past the call's deadline, or no room. */
+static int no_block(bool put)
+{
+    if (errno == ETIMEDOUT)
+        return put ? ARENA_BUSY_PUT : ARENA_BUSY_GET;
+    return MP_ENOMEM;
+}
 
 /* How long a call waits for a side's lock: its time left, but at least
  * LOCK_GRACE_S, so that a _nowait call does not fail because another is
@@ -824,7 +835,7 @@ static bool full_locked(mp_queue *q)
 
 /* Room for need bytes plus a link record, moving to a new segment (linked
  * from the old one) if the tail segment has none. */
-static struct seg *room_locked(mp_queue *q, size_t need)
+static struct seg *room_locked(mp_queue *q, size_t need, lazy_deadline *d)
 {
     struct seg *s = q->put.seg;
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
@@ -834,7 +845,8 @@ static struct seg *room_locked(mp_queue *q, size_t need)
     if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
         return s;
     uint32_t class = s->class < SEG_MAX_CLASS ? s->class + 1 : s->class;
-    struct seg *n = seg_next(q, class);
+    errno = 0;
+    struct seg *n = seg_next(q, class, d);
     if (!n)
         return NULL;
     /* Consumers pass the link only once an item in n is committed, so s
@@ -847,12 +859,13 @@ static struct seg *room_locked(mp_queue *q, size_t need)
     return n;
 }
 
-static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint64_t gen)
+static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint64_t gen,
+                      lazy_deadline *d)
 {
     uint64_t kind = !big ? REC_INLINE : gen ? REC_SHOWN : REC_BIG;
-    struct seg *s = room_locked(q, record_room(len, kind));
+    struct seg *s = room_locked(q, record_room(len, kind), d);
     if (!s)
-        return MP_ENOMEM;
+        return no_block(true);
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
     uint64_t after = record_end(tail, len, kind);
     if (big)
@@ -895,7 +908,7 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
         else if (full_locked(q))
             rc = MP_EFULL;
         else
-            rc = put_locked(q, data, len, big, gen);
+            rc = put_locked(q, data, len, big, gen, &d);
         if (rc == 0)
             note_waker_cpu(&q->not_empty);
         sleepers = rc == 0 && flag_up(&q->not_empty);
@@ -921,6 +934,10 @@ static int queue_result(int rc, const char *fn, double timeout)
     case SIDE_BUSY_GET:
         return mp_fail(MP_EEMPTY, fn, "another consumer held the queue until the timeout (is "
                        "it stopped?)");
+    case ARENA_BUSY_PUT:
+    case ARENA_BUSY_GET:
+        return mp_fail(rc == ARENA_BUSY_PUT ? MP_EFULL : MP_EEMPTY, fn, "another process held "
+                       "the shared arena's lock until the timeout (is it stopped?)");
     case MP_EFULL:
         return mp_fail(rc, fn, timeout == 0 ? "the queue is full (maxsize items)"
                                             : "the queue stayed full until the timeout");
@@ -960,9 +977,11 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
     void *big = NULL;
     uint64_t gen = 0, claim = 0;
     if (len > QUEUE_INLINE_MAX) {
-        big = arena_alloc_nozero(len);
+        mp_deadline d = deadline_in(timeout);
+        errno = 0;
+        big = arena_alloc_nozero_until(len, &d);
         if (!big)
-            return queue_result(MP_ENOMEM, fn, timeout);
+            return queue_result(no_block(true), fn, timeout);
         int bad = mem_range_check(fn, "data", data, len);   /* before a fault in the copy */
         if (bad != 0) {
             arena_free(big);
@@ -998,12 +1017,17 @@ int mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout)
         return mp_fail_handle(__func__, "queue", q);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
-    if (!arena_is_block(p))
+    mp_deadline d = deadline_in(timeout);
+    size_t size = 0;
+    int is = arena_block_until(p, &d, &size);
+    if (is < 0)
+        return queue_result(ARENA_BUSY_PUT, __func__, timeout);
+    if (!is)
         return mp_fail(MP_EINVAL, __func__, "p is not a block from mp_shared_alloc (or it was "
                        "freed, or points inside one)");
-    if (len > arena_block_size(p) || len > (SIZE_MAX >> 3))
+    if (len > size || len > (SIZE_MAX >> 3))
         return mp_fail(MP_EINVAL, __func__, "len %zu is more than the block holds (%zu bytes)",
-                       len, arena_block_size(p));
+                       len, size);
     if (atomic_load(&q->closed))
         return queue_result(MP_ECLOSED, __func__, timeout);
     return queue_result(queue_give(q, NULL, len, p, 0, timeout), __func__, timeout);
@@ -1227,7 +1251,7 @@ static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr
  * copied into a new one): killed after the commit, the taker leaks it. */
 static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, void *buf,
                       size_t cap, size_t *len, mp_buf *out, void **shared,
-                      const struct follow *f, void **big, struct taker *t)
+                      const struct follow *f, void **big, struct taker *t, lazy_deadline *d)
 {
     size_t n = header_len(hdr);
     uint64_t kind = header_kind(hdr);
@@ -1235,8 +1259,9 @@ static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, v
     if (shared) {
         *len = n;
         if (!is_big) {
-            if (!(buf = arena_alloc_nozero(n ? n : 1)))
-                return MP_ENOMEM;
+            errno = 0;
+            if (!(buf = arena_alloc_nozero_until(n ? n : 1, lazy_deadline_at(d))))
+                return no_block(false);
             *shared = buf;
         }
     } else if (out) {
@@ -1305,7 +1330,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         struct seg *s = next_record_locked(q, &head, &hdr, &wait.watch);
         if (hdr)
             rc = get_locked(q, s, head, hdr, buf, cap, len, out, shared, &f, &big,
-                            taker_locked(q));
+                            taker_locked(q), &d);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
         if (rc == 0 && q->maxsize)
@@ -1473,7 +1498,7 @@ int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
         return mp_fail(MP_EINVAL, __func__, "q (where the queue goes) is NULL");
     *out = NULL;
     mp_queue *q = arena_alloc(sizeof *q);
-    struct seg *s = seg_new(SEG_MIN_CLASS);
+    struct seg *s = seg_new(SEG_MIN_CLASS, NULL);
     if (!q || !s)
         goto fail;
     q->put.seg = q->get.seg = s;

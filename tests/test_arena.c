@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -254,6 +256,204 @@ static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
         }
     }
     assert_true(arena_check(NULL));
+}
+
+/* ------------------------------------------------------------------ a stopped holder */
+
+static void stop_here(const char *point)
+{
+    if (die_at && strcmp(point, die_at) == 0)
+        raise(SIGSTOP);
+}
+
+static int stops_inside_alloc(void *arg)
+{
+    (void)arg;
+    die_at = "alloc_linked";
+    mp__arena_test_hook = stop_here;
+    mp_shared_alloc(5 * MIB);
+    return 0;
+}
+
+static int sleeps_long(const void *in, size_t len, mp_buf *out)
+{
+    (void)in, (void)len, (void)out;
+    sleep(30);
+    return 0;
+}
+
+static struct {
+    mp_queue *q, *big, *small;
+    mp_condition *cond;
+    mp_listener *listener;
+    void *block;
+    mp_mqueue *mq;
+} held;
+
+/* Each a timed call that allocates from the arena: 0 if it returned its
+ * timeout's code within its timeout (0.2 s) and 0.2 s more. */
+static int timed_call(void *arg)
+{
+    static char big[MIB];
+    int which = (int)(intptr_t)arg, rc = -1;
+    double t0 = tu_now();
+    mp_conn *c = NULL;
+    void *p;
+    size_t len;
+    switch (which) {
+    case 0:
+        rc = mp_queue_put(held.q, big, sizeof big, 0.2) == MP_EFULL ? 0 : 1;
+        break;
+    case 1:
+        rc = mp_queue_put(held.q, big, sizeof big, 0) == MP_EFULL ? 0 : 1;
+        break;
+    case 2:
+        rc = mp_queue_get_shared(held.q, &p, &len, 0.2) == MP_EEMPTY ? 0 : 2;
+        break;
+    case 3:
+        if (mp_condition_acquire(held.cond, 0) != 0)
+            return 3;
+        rc = mp_condition_wait(held.cond, 0.2) == MP_ETIMEDOUT ? 0 : 4;
+        break;
+    case 4:
+        rc = mp_client(&c, mp_listener_address(held.listener), NULL, 0, 0.2) == MP_ETIMEDOUT ? 0 : 5;
+        break;
+    case 5:
+        rc = mp_listener_accept(held.listener, &c, 0.2) == MP_ETIMEDOUT ? 0 : 6;
+        break;
+    case 6: {                      /* gets it, and its block's free waits for no one */
+        mp_buf b = { 0 };
+        rc = mp_queue_get_buf(held.big, &b, 0.2) == 0 && b.len == MIB ? 0 : 7;
+        mp_buf_free(&b);
+        break;
+    }
+    case 7:
+        rc = mp_queue_put_shared(held.q, held.block, 100, 0.2) == MP_EFULL ? 0 : 8;
+        break;
+    case 9: {                      /* small items, until the queue needs a new segment */
+        int put = 0;
+        for (int i = 0; i < 1000000 && (put = mp_queue_put(held.small, "0123456789abcdef", 16,
+                                                           0.2)) == 0; i++)
+            ;
+        rc = put == MP_EFULL ? 0 : 10;
+        break;
+    }
+    case 8: {                      /* this process's first call: it connects */
+        mp_buf b = { 0 };
+        rc = mp_mqueue_get(held.mq, &b, 0.2) == MP_EEMPTY ? 0 : 9;
+        mp_buf_free(&b);
+        break;
+    }
+    }
+    return rc == 0 && tu_now() - t0 > 0.4 * tu_slow() ? 10 + which : rc;
+}
+
+/* A process stopped (SIGSTOP, a debugger) inside an allocation holds the
+ * arena's lock. A timed call that needs a block waits for that lock only
+ * until its deadline (at least LOCK_GRACE_S) and returns its timeout's code,
+ * and one that frees a block leaves it to the lock's next holder: before,
+ * mp_queue_put of a big item, mp_queue_get_shared of a small one,
+ * mp_condition_wait, mp_client, mp_listener_accept, mp_queue_get_buf of a
+ * big item, mp_queue_put_shared, mp_queue_put of a small item that needs
+ * a new segment, a process's first mp_mqueue_get (its
+ * connection's channel) and mp_iter_next on an mp_as_completed iterator,
+ * each with a 0.2 s timeout, waited until the stopped process went on. The
+ * small-block cache is emptied first, so the small blocks come from the
+ * lists too. */
+static void test_timed_calls_keep_their_timeout_while_a_stopped_process_holds_the_arena(void **state)
+{
+    (void)state;
+    mp_manager *m;                 /* first: its server is forked before the pool's threads */
+    TU_OK(mp_manager_start(&m, NULL));
+    TU_OK(mp_manager_queue(m, "q", 0, &held.mq));
+    mp_pool *pool;                 /* an iterator is its creator's: this process's */
+    mp_future *pending;
+    mp_iter *it;
+    TU_OK(mp_pool_new(&pool, &(mp_pool_opts){ .processes = 1 }));
+    TU_OK(mp_pool_apply_async(pool, sleeps_long, NULL, 0, &pending));
+    TU_OK(mp_as_completed(&pending, 1, &it));
+    TU_OK(mp_queue_new(&held.q, NULL));
+    TU_OK(mp_queue_put(held.q, "x", 1, 0));
+    TU_OK(mp_condition_new(&held.cond, NULL));
+    TU_OK(mp_listener_new(&held.listener, "unix:@mproc-test-arena-stopped", NULL, 0));
+    TU_OK(mp_queue_new(&held.big, NULL));
+    TU_OK(mp_queue_new(&held.small, NULL));
+    static char big[MIB];
+    TU_OK(mp_queue_put(held.big, big, sizeof big, 0));
+    assert_non_null(held.block = mp_shared_alloc(100));
+    static void *kept[4096];
+    size_t nkept = 0;
+    struct arena_stats st;
+    while (arena_check(&st) && st.cached_blocks > 0 && nkept + 64 <= 4096)
+        for (size_t size = 1; size <= 4096; size += 64)
+            kept[nkept++] = mp_shared_alloc(size);   /* each size's stack, popped */
+    assert_int_equal(st.cached_blocks, 0);
+    struct arena_stats before;
+    assert_true(arena_check(&before));
+    static _Atomic pid_t stopped;
+    pid_t pid = tu_fork(stops_inside_alloc, NULL);
+    atomic_store(&stopped, pid);
+    pthread_t resumer;
+    TU_OK(pthread_create(&resumer, NULL, tu_resume_later, &stopped));
+    bool is_stopped = false;
+    for (int i = 0; i < 5000 && !is_stopped; i++) {
+        is_stopped = tu_proc_state(pid) == 'T';
+        if (!is_stopped)
+            usleep(1000);
+    }
+    assert_true(is_stopped);
+    int failures = 0;
+    enum { CALLS = 10 };
+    pid_t calls[CALLS];
+    double until = tu_now() + 3.0 * tu_slow();
+    for (int which = 0; which < CALLS; which++)    /* at once: the resumer comes after 10 s */
+        calls[which] = tu_fork(timed_call, (void *)(intptr_t)which);
+    for (int which = 0; which < CALLS; which++) {
+        double left = until - tu_now();
+        int rc = tu_wait(calls[which], left > 0.1 ? left : 0.1);
+        if (rc != 0)
+            fprintf(stderr, "call %d: %s (%d)\n", which,
+                    rc == TU_TIMEOUT ? "still waiting after 3 s" : "wrong code or late", rc);
+        failures += rc != 0;
+    }
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_iter_next(it, NULL, NULL, 0.2), MP_ETIMEDOUT);
+    double iter_took = tu_now() - t0;
+    if (iter_took > 0.4 * tu_slow())
+        fprintf(stderr, "mp_iter_next (as_completed): %.2f s\n", iter_took);
+    failures += iter_took > 0.4 * tu_slow();
+    atomic_store(&stopped, 0);
+    kill(pid, SIGCONT);
+    pthread_join(resumer, NULL);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), 0);
+    void *p;
+    size_t len;
+    TU_OK(mp_queue_get_shared(held.q, &p, &len, 0));   /* the queue and the arena work on */
+    mp_shared_free(p);
+    struct arena_stats after;
+    assert_true(arena_check(&after));
+    /* The got item's block was freed by the lock's next holder: in use now
+     * is what was before, less that MiB, plus the 5 MiB the stopped child
+     * took (and kept: it is gone, its block not). */
+    assert_true(after.used_bytes <= before.used_bytes + 4 * MIB + 4096);
+    assert_int_equal(after.deferred_blocks, 0);
+    assert_int_equal(after.stray_blocks, before.stray_blocks);
+    mp_shared_free(held.block);
+    for (size_t i = 0; i < nkept; i++)
+        mp_shared_free(kept[i]);
+    mp_queue_free(held.big);
+    mp_queue_free(held.small);
+    mp_iter_free(it);
+    TU_OK(mp_pool_terminate(pool));
+    mp_future_free(pending);
+    mp_pool_free(pool);
+    mp_listener_free(held.listener);
+    mp_condition_free(held.cond);
+    mp_queue_free(held.q);
+    mp_mqueue_free(held.mq);
+    TU_OK(mp_manager_shutdown(m));
+    mp_manager_free(m);
+    assert_int_equal(failures, 0);
 }
 
 /* ------------------------------------------------------------------ the small-block cache */
@@ -1319,6 +1519,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_impossible_sizes_say_why),
         cmocka_unit_test(test_bad_frees_are_refused),
         cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
+        cmocka_unit_test(test_timed_calls_keep_their_timeout_while_a_stopped_process_holds_the_arena),
         cmocka_unit_test(test_kill_in_the_cache_leaks_at_most_one_block),
         cmocka_unit_test(test_cache_is_bounded_and_drained_when_needed),
         cmocka_unit_test(test_concurrent_small_blocks_never_shared),

@@ -87,7 +87,7 @@ static struct {
     _Atomic pid_t pid;       /* getpid() is a system call: cached, reset on fork */
 } local = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
 
-static void mconn_attach(struct mconn *c, const mp_deadline *d);
+static void mconn_attach(struct mconn *c, const mp_deadline *d, const mp_deadline *alloc_by);
 
 /* Fork hooks (fork.c): local.mu is held across the fork. */
 static void local_prepare(void) { pthread_mutex_lock(&local.mu); }
@@ -219,7 +219,10 @@ static int mconn_open(struct mconn *c, const mp_manager *m, const mp_deadline *c
         usleep(nap);
     }
     c->pid = local.pid;
-    mconn_attach(c, &d);
+    /* A call with a deadline of its own leaves its time to its request:
+     * the channel waits for the arena's lock only LOCK_GRACE_S. */
+    static const mp_deadline passed = { { 0, 0 }, false };
+    mconn_attach(c, &d, call && !call->forever ? &passed : &d);
     return 0;
 }
 
@@ -332,12 +335,14 @@ static int mconn_roundtrip(struct mconn *c, struct mmsg *rep, const mp_deadline 
 }
 
 /* Offers the server a channel in our arena; it takes it only if it shares
- * that arena (same family). Either way the connection works. */
-static void mconn_attach(struct mconn *c, const mp_deadline *d)
+ * that arena (same family). Either way the connection works, so a channel
+ * the arena does not give by alloc_by (its lock held by a stopped process)
+ * is done without. */
+static void mconn_attach(struct mconn *c, const mp_deadline *d, const mp_deadline *alloc_by)
 {
     if (!arena_base())
         return;
-    struct channel *ch = arena_alloc(sizeof *ch);
+    struct channel *ch = arena_alloc_until(sizeof *ch, alloc_by);
     uint64_t nonce;
     if (!ch || getrandom(&nonce, sizeof nonce, 0) != sizeof nonce) {
         arena_free(ch);
