@@ -36,7 +36,14 @@ static struct {
  * only after taking held from 1. */
 struct fdreg_lease {
     uint32_t cap;             /* slots allocated */
-    uint32_t n;               /* slots filled by the fork */
+    _Atomic uint32_t n;       /* slots filled by the fork, each after its count */
+    /* Whether a child has the lease (LEASE_TAKEN) or its starter's reaper
+     * gave its holds back after the starter died inside the start
+     * (LEASE_VOID): a CAS from LEASE_OPEN decides (fdreg_lease_take,
+     * fdreg_lease_abandon). exec_drops: the child execs a program that
+     * closes every handle (the fork server), so it never takes it. */
+    _Atomic uint32_t taken;
+    bool exec_drops;
     struct lease_slot {
         struct fdhandle *_Atomic h;
         _Atomic uint32_t held;
@@ -46,32 +53,37 @@ struct fdreg_lease {
 /* Room past the handles registered now, for those made before the fork. */
 #define LEASE_SPARE 16
 
+enum { LEASE_OPEN, LEASE_TAKEN, LEASE_VOID };
+
 /* The lease the next fork of this thread fills in, and in a child, its
  * own (set by the fork hook for every fork: a raw fork's child has none). */
 static __thread struct fdreg_lease *lease_armed;
 static struct fdreg_lease *lease_mine;
 
-/* Past cap (handles made since the lease was sized), the child's holds
- * are not leased: its close counts them as ever, and its death leaks them,
- * as a raw fork's would. */
-static void lease_fill(struct fdreg_lease *l)
+/* One more hold on h for a child, recorded in l's next slot while there
+ * is room: the count first, then the slot, then n, so a starter killed
+ * in between leaves at worst a hold unrecorded (kept for good), never a
+ * recorded one that was not counted (given back twice). Past cap
+ * (handles made since the lease was sized), the child's holds are not
+ * leased: its close counts them as ever, and its death leaks them, as a
+ * raw fork's would. */
+static bool lease_hold(struct fdreg_lease *l, struct fdhandle *h)
 {
-    if (!l)
-        return;
-    size_t n = registry.n < l->cap ? registry.n : l->cap;
-    for (size_t i = 0; i < n; i++) {
-        atomic_init(&l->slot[i].h, registry.items[i]);
-        atomic_init(&l->slot[i].held, 1);
-    }
-    l->n = (uint32_t)n;
+    atomic_fetch_add(&h->refs, 1);
+    uint32_t n = l ? atomic_load_explicit(&l->n, memory_order_relaxed) : 0;
+    if (!l || n >= l->cap)
+        return false;
+    atomic_store_explicit(&l->slot[n].h, h, memory_order_relaxed);
+    atomic_store_explicit(&l->slot[n].held, 1, memory_order_relaxed);
+    atomic_store_explicit(&l->n, n + 1, memory_order_release);
+    return true;
 }
 
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry.lock);
-    lease_fill(lease_armed);
     for (size_t i = 0; i < registry.n; i++)
-        atomic_fetch_add(&registry.items[i]->refs, 1);
+        lease_hold(lease_armed, registry.items[i]);
 }
 
 static void fork_parent(void)
@@ -81,9 +93,14 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
-    lease_mine = lease_armed && lease_armed->n ? lease_armed : NULL;
+    struct fdreg_lease *l = lease_armed;
+    lease_mine = l && l->n ? l : NULL;
     lease_armed = NULL;
     pthread_mutex_unlock(&registry.lock);
+    /* Our starter died after the fork and its reaper has given our holds
+     * back: we hold nothing we could use, so we never run. */
+    if (l && !l->exec_drops && !fdreg_lease_take(l))
+        _exit(127);
 }
 
 MP_SETUP_CONSTRUCTOR static void registry_init(void)
@@ -194,22 +211,18 @@ void fdreg_keep_across_exec(void)
 size_t fdreg_live_fds(struct fdreg_lease *lease, int *fds, size_t cap)
 {
     size_t n = 0;
-    uint32_t leased = 0;
+    uint32_t leased = 0;     /* lease->n is 0: a new lease */
     pthread_mutex_lock(&registry.lock);
     for (size_t i = 0; i < registry.n && n < cap; i++) {
         struct fdhandle *h = registry.items[i];
         fds[n++] = h->fd;
         if (lease && leased < lease->cap) {     /* a hold for the child, as a fork counts */
-            atomic_init(&lease->slot[leased].h, h);
-            atomic_init(&lease->slot[leased].held, 1);
-            atomic_fetch_add(&h->refs, 1);
+            lease_hold(lease, h);
             leased++;
         } else {
             mark_shared_for_good(h);
         }
     }
-    if (lease)
-        lease->n = leased;
     pthread_mutex_unlock(&registry.lock);
     return n;
 }
@@ -296,10 +309,19 @@ void fdreg_lease_arm(struct fdreg_lease *lease)
     lease_armed = lease;
 }
 
-void fdreg_lease_adopt(struct fdreg_lease *lease)
+bool fdreg_lease_take(struct fdreg_lease *lease)
+{
+    uint32_t open = LEASE_OPEN;
+    return atomic_compare_exchange_strong(&lease->taken, &open, LEASE_TAKEN) ||
+           open == LEASE_TAKEN;
+}
+
+bool fdreg_lease_adopt(struct fdreg_lease *lease)
 {
     if (!lease || !arena_contains(lease, sizeof *lease))
-        return;
+        return true;
+    if (!fdreg_lease_take(lease))
+        return false;
     for (uint32_t i = 0; i < lease->n; i++) {
         struct fdhandle *h = atomic_load_explicit(&lease->slot[i].h, memory_order_relaxed);
         struct stat st;
@@ -309,13 +331,21 @@ void fdreg_lease_adopt(struct fdreg_lease *lease)
             fdhandle_register(h);
     }
     lease_mine = lease;
+    return true;
 }
 
-void fdreg_lease_end(struct fdreg_lease *lease)
+void fdreg_lease_dies_at_exec(struct fdreg_lease *lease)
 {
-    if (!lease)
-        return;
-    for (uint32_t i = 0; i < lease->n; i++) {
+    if (lease)
+        lease->exec_drops = true;
+}
+
+/* Gives back the holds lease still has; frees each handle no process
+ * holds any more. */
+static void lease_give_back_all(struct fdreg_lease *lease)
+{
+    uint32_t n = atomic_load_explicit(&lease->n, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++) {
         struct lease_slot *s = &lease->slot[i];
         uint32_t held = 1;
         if (!atomic_compare_exchange_strong(&s->held, &held, 0))
@@ -324,5 +354,23 @@ void fdreg_lease_end(struct fdreg_lease *lease)
         if (!atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1)
             handle_destroy(h);
     }
+}
+
+void fdreg_lease_abandon(struct fdreg_lease *lease)
+{
+    if (!lease)
+        return;
+    uint32_t open = LEASE_OPEN;
+    if (lease->exec_drops || atomic_compare_exchange_strong(&lease->taken, &open, LEASE_VOID))
+        lease_give_back_all(lease);
+    /* The block stays: a child forked just before its starter died may
+     * yet look at it (and then never runs), or has taken it. */
+}
+
+void fdreg_lease_end(struct fdreg_lease *lease)
+{
+    if (!lease)
+        return;
+    lease_give_back_all(lease);
     arena_free(lease);
 }

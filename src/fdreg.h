@@ -96,11 +96,29 @@ void fdreg_close_all(void);
  *   fdreg_lease_end: once the child has ended, by its reaper (for a
  *     fork-server child, its creator), or for a start undone: gives back
  *     the holds the child still had, frees each handle no process holds
- *     any more, and frees the lease. NULL: nothing. */
+ *     any more, and frees the lease. NULL: nothing.
+ * A starter killed inside its start, after the holds were counted and
+ * before it could end or hand over the lease, would leave them held for
+ * good (no child may exist to give them back). So the starter names the
+ * lease in its own record while the start is under way (process.c's
+ * process_starting), and its reaper abandons it:
+ *   fdreg_lease_take: by the child, first thing (the fork hook, and
+ *     fdreg_lease_adopt in a new image): true if the lease is its own,
+ *     false if the starter's reaper abandoned it first; the child then
+ *     exits (127) before its target runs, touching no handle;
+ *   fdreg_lease_abandon: by the reaper of a starter that died with the
+ *     lease named: unless a child took it, gives back its holds (the
+ *     lease's block stays: a child may yet look at it). NULL: nothing;
+ *   fdreg_lease_dies_at_exec: the child execs a program that keeps none of
+ *     our handles (the fork server): it never takes the lease, and its
+ *     holds always go back when abandoned. */
 struct fdreg_lease *fdreg_lease_new(void);
 void fdreg_lease_arm(struct fdreg_lease *lease);
-void fdreg_lease_adopt(struct fdreg_lease *lease);
+bool fdreg_lease_adopt(struct fdreg_lease *lease);   /* false: fdreg_lease_take failed */
 void fdreg_lease_end(struct fdreg_lease *lease);
+bool fdreg_lease_take(struct fdreg_lease *lease);
+void fdreg_lease_abandon(struct fdreg_lease *lease);
+void fdreg_lease_dies_at_exec(struct fdreg_lease *lease);
 
 /* Frees a conn's or a listener's handle once no process holds it: for
  * fdreg_lease_end, which tells them apart by magic. */

@@ -60,9 +60,12 @@ static int server_launch(struct mp_runtime *r)
      * closes them all: by the time spawn_exec returns it has exec'd (or
      * failed and been reaped), so those holds go back at once. */
     struct fdreg_lease *lease = fdreg_lease_new();
+    fdreg_lease_dies_at_exec(lease);
+    process_starting(lease);
     fdreg_lease_arm(lease);
     int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, sv[1], &pid);
     fdreg_lease_arm(NULL);
+    process_starting(NULL);
     process_lease_undo(NULL, lease);
     if (rc != 0) {
         close(sv[0]);
@@ -138,7 +141,9 @@ int forkserver_start(struct mp_process *p, int *pidfd)
          * adopts them from p->lease, and we give back the rest once it has
          * ended (fs_settle). */
         p->lease = fdreg_lease_new();
+        process_starting(p->lease);
         rc = ask(r->fs_sock, p, &rep, pidfd, &sent);
+        process_starting(NULL);
         if (!sent)                  /* no child can have read the lease */
             process_lease_undo(p, p->lease);
         if (rc == -EPIPE) {
@@ -276,7 +281,8 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
         _exit(127);
     process_keep_pass_fds(p);
     process_enter_child(p, exit_pipe[1]);
-    fdreg_lease_adopt(p->lease);
+    if (!fdreg_lease_adopt(p->lease))
+        _exit(127);                 /* our requester died and its holds for us went back */
     exit(process_run_target(p));
 }
 

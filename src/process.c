@@ -239,11 +239,20 @@ void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
     fdreg_lease_end(lease);
 }
 
+void process_starting(struct fdreg_lease *lease)
+{
+    mp_process *me = atomic_load(&runtime()->current);
+    if (me)
+        atomic_store(&me->starting, lease);
+}
+
 /* Under rt.lock (or before p is shared): p has ended, so the holds it kept
- * on our handles go back, once (p->lease is taken). */
+ * on our handles go back, once (p->lease is taken), and so do those a
+ * start of its own had counted for a child when it died. */
 static void end_lease(mp_process *p)
 {
     process_lease_undo(p, p->lease);
+    fdreg_lease_abandon(atomic_exchange(&p->starting, NULL));
 }
 
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
@@ -580,9 +589,12 @@ static int fork_start(mp_process *p, int *fd)
     process_fork_lock();
     int rc = proc_exit_pipe(exit_pipe);
     pid_t parent = rt.pid;
+    process_starting(lease);
     fdreg_lease_arm(lease);
     pid_t pid = rc == 0 ? fork() : -1;
     fdreg_lease_arm(NULL);
+    if (pid != 0)
+        process_starting(NULL);
     if (pid < 0) {
         rc = rc ? rc : -errno;
         close(exit_pipe[0]);

@@ -52,6 +52,10 @@ struct mp_process {
     int *pass_fds;                   /* arena copy of opts.pass_fds, or NULL */
     size_t n_pass_fds;
     struct fdreg_lease *lease;       /* fork: the child's holds on our handles, or NULL */
+    /* In this process's own record: the lease of a start of ours under
+     * way, from before its holds are counted until the start has its
+     * child (or none); its reaper abandons it if we die in between. */
+    struct fdreg_lease *_Atomic starting;
 };
 
 /* One per process; reset in the child after fork (process.c's fork hook).
@@ -115,6 +119,11 @@ int process_exit_pipe_parent(int fds[2], pid_t pid);
  * them (fdreg.h); p (if any) keeps none. */
 struct fdreg_lease;
 void process_lease_undo(struct mp_process *p, struct fdreg_lease *lease);
+/* Names lease in this process's record as the start under way (NULL: none
+ * any more), before the start counts its holds and until it has its child
+ * or none, so this process's reaper can give them back should it die in
+ * between (fdreg_lease_abandon). */
+void process_starting(struct fdreg_lease *lease);
 /* Held around every fork of the library, from creating the descriptors a
  * child must hold alone (exit pipe, exec error pipe, the fork server's
  * socket) to closing them in the parent: no other child inherits them. */

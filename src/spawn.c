@@ -174,9 +174,11 @@ int spawn_start(struct mp_process *p, int *fd)
         keep[nkeep++] = p->pass_fds[i];
     pid_t pid;
     p->lease = lease;                   /* before the fork: the new image reads it */
+    process_starting(lease);
     fdreg_lease_arm(lease);
     rc = spawn_exec(SPAWN_ENV, spec, keep, nkeep, p->daemon, exit_pipe[1], &pid);
     fdreg_lease_arm(NULL);
+    process_starting(NULL);
     exit_pipe[1] = -1;                  /* closed by spawn_exec */
     if (rc != 0) {                      /* no child, or one that is reaped */
         if (exit_pipe[0] >= 0)
@@ -214,7 +216,8 @@ static void run_spawned(const char *spec)
     if (!arena_contains(p, sizeof *p) || p->magic != MAGIC_PROCESS)
         _exit(127);
     process_enter_child(p, exit_fd);
-    fdreg_lease_adopt(p->lease);
+    if (!fdreg_lease_adopt(p->lease))
+        _exit(127);                 /* our starter died and its holds for us went back */
     exit(process_run_target(p));    /* the normal exit path: atexit, stdio */
 }
 

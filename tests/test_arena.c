@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1401,6 +1402,73 @@ static void test_pipe_held_by_an_orphaned_fork_server_child_is_freed_once_it_ret
     orphan_rounds_leave_the_pipes_back(MP_FORKSERVER);
 }
 
+/* A child killed inside its own mp_process_start, after the start counted
+ * the grandchild-to-be as one more holder of each handle and before any
+ * grandchild could give those holds back: at the fork itself (a fork
+ * child, a spawned one, the fork server's launch), or as it sends the
+ * fork server its request. No grandchild exists, and the starter's reaper
+ * must give the holds back with the starter's own. Before, each such
+ * death kept the pipe's 529 KiB for good, so a kill storm of processes
+ * that start processes filled the arena. */
+static mp_start_method starter_method;
+static long starter_dies_at;
+
+static int child_dies_inside_its_start(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_process_opts o = { .method = starter_method, .arg_size = 2 * sizeof(mp_conn *) };
+    mp_process *g;
+    if (starter_dies_at == SYS_sendmsg) {       /* the server runs: the request is next */
+        if (mp_process_new(&g, child_returns, ends, &o) || mp_process_start(g) ||
+            mp_process_join(g, 10) || mp_process_free(g))
+            return 2;
+    }
+    if (!tu_die_at_syscall(starter_dies_at))
+        return 3;
+    if (mp_process_new(&g, child_returns, ends, &o))
+        return 4;
+    mp_process_start(g);
+    return 5;                                   /* not reached */
+}
+
+static void starter_deaths_leave_the_arena_as_it_was(mp_start_method method, long nr)
+{
+    starter_method = method;
+    starter_dies_at = nr;
+    size_t before = 0;
+    int rounds = 5;
+    for (int round = 0; round < rounds; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_FORK };
+        TU_OK(mp_process_new(&p, child_dies_inside_its_start, ends, &o));
+        TU_OK(mp_process_start(p));
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        int code;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, -SIGSYS);
+        TU_OK(mp_process_free(p));
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("starters killed in their start: %zu before, %zu after %d rounds\n", before,
+                  after, rounds);
+    assert_true(after - before < (size_t)(rounds - 1) * 16384);
+}
+
+static void test_pipe_held_by_a_child_killed_inside_its_start_is_freed(void **state)
+{
+    (void)state;
+    starter_deaths_leave_the_arena_as_it_was(MP_FORK, SYS_clone);
+    starter_deaths_leave_the_arena_as_it_was(MP_SPAWN, SYS_clone);
+    starter_deaths_leave_the_arena_as_it_was(MP_FORKSERVER, SYS_clone);
+    starter_deaths_leave_the_arena_as_it_was(MP_FORKSERVER, SYS_sendmsg);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1542,6 +1610,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_a_killed_child_that_spawned_still_works),
         cmocka_unit_test(test_undone_start_gives_the_child_holds_back),
         cmocka_unit_test(test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns),
+        cmocka_unit_test(test_pipe_held_by_a_child_killed_inside_its_start_is_freed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -55,6 +55,11 @@ void *tu_resume_later(void *slot);
  * filter, inherited by its children): false if it could not. */
 bool tu_fail_pidfd_open(void);
 
+/* Makes this process die (SIGSYS) at its next call of system call nr
+ * (SYS_clone: inside fork, after every prepare hook ran; SYS_sendmsg: as
+ * it sends a descriptor): false if it could not. */
+bool tu_die_at_syscall(long nr);
+
 /* Leaves this process no free descriptor (soft limit lowered to 32, the
  * rest opened): false if that could not be done. For a forked child. */
 bool tu_exhaust_fds(void);
