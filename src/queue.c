@@ -160,7 +160,10 @@ struct preview {
  *   puts               items put: stored after the header, under put.
  *   gets               a get's commit: one store, under get.
  *                      Both read by anyone (sizes, waiters, joins).
- *   done               task_done's atomic add, by anyone.
+ *   done               task_done calls no taker could be charged with
+ *                      (items got by a process no taker tracks): CAS, by
+ *                      anyone. Every other call is counted in a taker's
+ *                      done only, so one atomic step counts a call.
  *   takers[].owner, .got, .lost, and lost
  *                      under get (lost is the sum of the takers' lost; a
  *                      repair sums it again); takers[].done and lost_told
@@ -194,7 +197,7 @@ struct mp_queue {
     alignas(MP_CACHELINE) struct side get;
     alignas(MP_CACHELINE) _Atomic uint64_t puts;   /* items committed by producers */
     alignas(MP_CACHELINE) _Atomic uint64_t gets;   /* items committed by consumers */
-    alignas(MP_CACHELINE) _Atomic uint64_t done;   /* task_done calls */
+    alignas(MP_CACHELINE) _Atomic uint64_t done;   /* task_done calls counted to no taker */
     _Atomic uint64_t lost;         /* items written off: got by processes that died owing them */
     _Atomic uint64_t lost_told;    /* how many of those a join has reported */
     _Atomic uint64_t dead_look;    /* when a join last looked for dead takers (now_ns) */
@@ -576,6 +579,21 @@ static bool put_ready(void *arg, bool spinning)
     return !q->maxsize || queued(q) < q->maxsize || atomic_load(&q->closed);
 }
 
+/* task_done calls counted to the takers. */
+static uint64_t takers_done(mp_queue *q)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < TAKERS; i++)
+        sum += atomic_load(&q->takers[i].done);
+    return sum;
+}
+
+/* task_done calls so far: those counted to the takers, and the others. */
+static uint64_t done_total(mp_queue *q)
+{
+    return takers_done(q) + atomic_load(&q->done);
+}
+
 /* Every item put is done or lost. gets passes puts when a producer's item
  * was got before the producer counted it: that item is owed a task_done
  * too. */
@@ -584,7 +602,7 @@ static bool join_ready(void *arg, bool spinning)
     (void)spinning;
     mp_queue *q = arg;
     uint64_t p = atomic_load(&q->puts), g = atomic_load(&q->gets);
-    return atomic_load(&q->done) + atomic_load(&q->lost) >= (g > p ? g : p);
+    return done_total(q) + atomic_load(&q->lost) >= (g > p ? g : p);
 }
 
 /* ------------------------------------------------------------------ big items in flight */
@@ -1169,7 +1187,7 @@ static struct taker *taker_locked(mp_queue *q)
 #define DEAD_LOOK_NS 10000000
 static bool write_off_dead(mp_queue *q)
 {
-    uint64_t accounted = atomic_load(&q->done) + atomic_load(&q->lost);
+    uint64_t accounted = done_total(q) + atomic_load(&q->lost);
     if (atomic_load(&q->gets) <= accounted)
         return false;                 /* nobody owes anything */
     uint64_t now = now_ns(), last = atomic_load_explicit(&q->dead_look, memory_order_relaxed);
@@ -1188,22 +1206,28 @@ static bool write_off_dead(mp_queue *q)
     return lost;
 }
 
+/* One more task_done counted to t if it owes an item: true if so. */
+static bool charge(struct taker *t)
+{
+    uint64_t d = atomic_load(&t->done);
+    while (owed(t))
+        if (atomic_compare_exchange_weak(&t->done, &d, d + 1))
+            return true;
+    return false;
+}
+
 /* Counts one task_done to the caller's taker if it owes one, else to the
- * first that does. */
-static void count_done(mp_queue *q)
+ * first that does: false if none does. One CAS counts it, so a caller
+ * killed at any moment has counted it wholly or not at all. */
+static bool count_done(mp_queue *q)
 {
     struct taker *t = cached_taker(q, self_process());
-    if (t && owed(t)) {
-        atomic_fetch_add(&t->done, 1);
-        return;
-    }
-    for (int i = 0; i < TAKERS; i++) {
-        t = &q->takers[i];
-        uint64_t d = atomic_load(&t->done);
-        while (owed(t))
-            if (atomic_compare_exchange_weak(&t->done, &d, d + 1))
-                return;
-    }
+    if (t && charge(t))
+        return true;
+    for (int i = 0; i < TAKERS; i++)
+        if (charge(&q->takers[i]))
+            return true;
+    return false;
 }
 
 /* ------------------------------------------------------------------ get */
@@ -1438,17 +1462,26 @@ int mp_queue_task_done(mp_queue *q)
 {
     if (!queue_ok(q))
         return mp_fail_handle(__func__, "queue", q);
-    uint64_t d = atomic_load(&q->done);
-    do {
-        if (d + atomic_load(&q->lost) >= atomic_load(&q->gets))
-            return mp_fail(MP_EINVAL, __func__, "called more times than items were got (and "
-                           "not lost with a dead consumer)");
-    } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
-    count_done(q);      /* after: killed between, a loss is overcounted, never missed */
-    if (d + 1 + atomic_load(&q->lost) >= atomic_load(&q->puts)) {
-        atomic_thread_fence(memory_order_seq_cst);
-        wake(&q->all_done);
+    /* Counted once, in one place: to a taker that owes an item, or, when
+     * none does (an item got by a process no taker tracks), in the queue's
+     * own count. It was counted in the queue first and then to a taker: a
+     * caller killed between the two left its taker owing an item that was
+     * done, which a join then wrote off as lost (MP_EBROKEN while another
+     * item was still being worked on, whose task_done was then refused). */
+    if (!count_done(q)) {
+        uint64_t d = atomic_load(&q->done);
+        do {
+            if (takers_done(q) + d + atomic_load(&q->lost) >= atomic_load(&q->gets))
+                return mp_fail(MP_EINVAL, __func__, "called more times than items were got "
+                               "(and not lost with a dead consumer)");
+        } while (!atomic_compare_exchange_weak(&q->done, &d, d + 1));
     }
+    hook("task_done_counted");
+    /* A joiner raises its flag (seq_cst) and then looks at the counts: it
+     * sees this call, or this fence orders our look at its flag after it. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (flag_up(&q->all_done) && join_ready(q, false))
+        wake(&q->all_done);
     return 0;
 }
 
@@ -1582,7 +1615,7 @@ MP_TEST_HOOK bool mp__queue_valid(mp_queue *q)
             lost += atomic_load(&t->lost);
             ok = ok && atomic_load(&t->lost) <= atomic_load(&t->got);
         }
-        ok = ok && walk_records(q, false) && atomic_load(&q->done) <= atomic_load(&q->gets) &&
+        ok = ok && walk_records(q, false) && done_total(q) <= atomic_load(&q->gets) &&
              lost == atomic_load(&q->lost) && lost <= atomic_load(&q->gets);
         tlock_unlock(&q->get.lock);
     }
