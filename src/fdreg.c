@@ -31,12 +31,19 @@ static struct {
  * server. slot[i].held is 1 until the hold on slot[i].h is given back, by
  * the child or by whoever learns of its end (fdreg_lease_end), whichever
  * takes it to 0. The child then clears slot[i].h, before its count can
- * free the handle: a handle it makes later may get the same address, and
- * is no inherited one (its close must count). fdreg_lease_end reads h
- * only after taking held from 1. */
+ * free the handle: a handle it makes later may get the same address (and
+ * is recorded afresh, see lease_record). fdreg_lease_end reads h only
+ * after taking held from 1.
+ * The handles the child makes itself are its holds too: it records each
+ * in its lease (lease_record), in a spent slot or a free one, and past the
+ * lease's room in chunks chained from it (next, each a struct fdreg_lease
+ * of its own), so its reaper gives them back as well. Only the child
+ * changes its lease's slots while it lives (under the registry's lock, or
+ * its own CAS on held); its reaper reads them once it has ended. */
 struct fdreg_lease {
     uint32_t cap;             /* slots allocated */
-    _Atomic uint32_t n;       /* slots filled by the fork, each after its count */
+    _Atomic uint32_t n;       /* slots filled, each after its count */
+    struct fdreg_lease *_Atomic next;   /* more slots for handles the child made */
     /* Whether a child has the lease (LEASE_TAKEN) or its starter's reaper
      * gave its holds back after the starter died inside the start
      * (LEASE_VOID): a CAS from LEASE_OPEN decides (fdreg_lease_take,
@@ -52,6 +59,8 @@ struct fdreg_lease {
 
 /* Room past the handles registered now, for those made before the fork. */
 #define LEASE_SPARE 16
+/* Slots in each chunk chained for the handles a child makes. */
+#define LEASE_CHUNK 32
 
 enum { LEASE_OPEN, LEASE_TAKEN, LEASE_VOID };
 
@@ -94,7 +103,7 @@ static void fork_parent(void)
 static void fork_child(void)
 {
     struct fdreg_lease *l = lease_armed;
-    lease_mine = l && l->n ? l : NULL;
+    lease_mine = l;
     lease_armed = NULL;
     pthread_mutex_unlock(&registry.lock);
     /* Our starter died after the fork and its reaper has given our holds
@@ -108,7 +117,45 @@ MP_SETUP_CONSTRUCTOR static void registry_init(void)
     fork_hook_set(FORK_FDREG, fork_prepare, fork_parent, fork_child);
 }
 
-int fdhandle_register(struct fdhandle *h)
+/* Under the registry's lock, in a child with a lease: h, which it has just
+ * made (its own hold, the only one), becomes one of the lease's holds, so
+ * that its reaper gives it back should the child die holding it. A spent
+ * slot is reused, else a free one taken, else a chunk chained; slot then
+ * count, so a child killed half-way leaves at worst h unrecorded (kept
+ * for good, as before), never a slot its reaper could misread. */
+static void lease_record(struct fdhandle *h)
+{
+    struct fdreg_lease *l = lease_mine, *last = NULL;
+    for (; l; last = l, l = atomic_load_explicit(&l->next, memory_order_acquire)) {
+        uint32_t n = atomic_load_explicit(&l->n, memory_order_relaxed);
+        for (uint32_t i = 0; i < n; i++) {
+            struct lease_slot *sl = &l->slot[i];
+            if (atomic_load(&sl->held) || atomic_load(&sl->h))
+                continue;
+            atomic_store(&sl->h, h);
+            atomic_store(&sl->held, 1);
+            return;
+        }
+        if (n < l->cap) {
+            atomic_store_explicit(&l->slot[n].h, h, memory_order_relaxed);
+            atomic_store_explicit(&l->slot[n].held, 1, memory_order_relaxed);
+            atomic_store_explicit(&l->n, n + 1, memory_order_release);
+            return;
+        }
+    }
+    if (!last)
+        return;
+    struct fdreg_lease *c = arena_alloc(sizeof *c + LEASE_CHUNK * sizeof c->slot[0]);
+    if (!c)
+        return;                       /* unrecorded: kept for good, as before */
+    c->cap = LEASE_CHUNK;
+    atomic_store_explicit(&c->slot[0].h, h, memory_order_relaxed);
+    atomic_store_explicit(&c->slot[0].held, 1, memory_order_relaxed);
+    atomic_store_explicit(&c->n, 1, memory_order_relaxed);
+    atomic_store_explicit(&last->next, c, memory_order_release);
+}
+
+static int registry_add(struct fdhandle *h, bool made)
 {
     struct stat st;
     if (!h->ino && fstat(h->fd, &st) == 0)
@@ -125,10 +172,18 @@ int fdhandle_register(struct fdhandle *h)
             rc = MP_ENOMEM;
         }
     }
-    if (rc == 0)
+    if (rc == 0) {
         registry.items[registry.n++] = h;
+        if (made)
+            lease_record(h);
+    }
     pthread_mutex_unlock(&registry.lock);
     return rc;
+}
+
+int fdhandle_register(struct fdhandle *h)
+{
+    return registry_add(h, true);
 }
 
 static bool registry_remove(struct fdhandle *h)
@@ -232,15 +287,17 @@ size_t fdreg_live_fds(struct fdreg_lease *lease, int *fds, size_t cap)
  * (it never does while we live: then this only marks the slot). */
 static bool lease_give_back(struct fdhandle *h)
 {
-    struct fdreg_lease *l = lease_mine;
-    for (uint32_t i = 0; l && i < l->n; i++) {
-        if (atomic_load_explicit(&l->slot[i].h, memory_order_relaxed) != h)
-            continue;
-        uint32_t held = 1;
-        bool mine = atomic_compare_exchange_strong(&l->slot[i].held, &held, 0);
-        if (mine)             /* the slot is spent: never h's again, nor its address's */
-            atomic_store_explicit(&l->slot[i].h, NULL, memory_order_relaxed);
-        return mine;
+    for (struct fdreg_lease *l = lease_mine; l; l = atomic_load_explicit(&l->next, memory_order_acquire)) {
+        uint32_t n = atomic_load_explicit(&l->n, memory_order_acquire);
+        for (uint32_t i = 0; i < n; i++) {
+            if (atomic_load_explicit(&l->slot[i].h, memory_order_relaxed) != h)
+                continue;
+            uint32_t held = 1;
+            bool mine = atomic_compare_exchange_strong(&l->slot[i].held, &held, 0);
+            if (mine)         /* the slot is spent: never h's again, nor its address's */
+                atomic_store_explicit(&l->slot[i].h, NULL, memory_order_relaxed);
+            return mine;
+        }
     }
     return true;
 }
@@ -328,7 +385,7 @@ bool fdreg_lease_adopt(struct fdreg_lease *lease)
         /* Only a descriptor that is still the handle's file here is ours to
          * close; unregistered (or on ENOMEM), the hold stays the lease's. */
         if (h && fstat(h->fd, &st) == 0 && (uint64_t)st.st_ino == h->ino)
-            fdhandle_register(h);
+            registry_add(h, false);      /* leased already */
     }
     lease_mine = lease;
     return true;
@@ -344,15 +401,17 @@ void fdreg_lease_dies_at_exec(struct fdreg_lease *lease)
  * holds any more. */
 static void lease_give_back_all(struct fdreg_lease *lease)
 {
-    uint32_t n = atomic_load_explicit(&lease->n, memory_order_acquire);
-    for (uint32_t i = 0; i < n; i++) {
-        struct lease_slot *s = &lease->slot[i];
-        uint32_t held = 1;
-        if (!atomic_compare_exchange_strong(&s->held, &held, 0))
-            continue;                          /* the child gave it back */
-        struct fdhandle *h = atomic_load_explicit(&s->h, memory_order_relaxed);
-        if (!atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1)
-            handle_destroy(h);
+    for (; lease; lease = atomic_load_explicit(&lease->next, memory_order_acquire)) {
+        uint32_t n = atomic_load_explicit(&lease->n, memory_order_acquire);
+        for (uint32_t i = 0; i < n; i++) {
+            struct lease_slot *s = &lease->slot[i];
+            uint32_t held = 1;
+            if (!atomic_compare_exchange_strong(&s->held, &held, 0))
+                continue;                      /* the child gave it back */
+            struct fdhandle *h = atomic_load_explicit(&s->h, memory_order_relaxed);
+            if (!atomic_load(&h->immortal) && atomic_fetch_sub(&h->refs, 1) == 1)
+                handle_destroy(h);
+        }
     }
 }
 
@@ -372,5 +431,9 @@ void fdreg_lease_end(struct fdreg_lease *lease)
     if (!lease)
         return;
     lease_give_back_all(lease);
-    arena_free(lease);
+    while (lease) {
+        struct fdreg_lease *next = atomic_load_explicit(&lease->next, memory_order_acquire);
+        arena_free(lease);
+        lease = next;
+    }
 }

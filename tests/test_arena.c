@@ -1469,6 +1469,64 @@ static void test_pipe_held_by_a_child_killed_inside_its_start_is_freed(void **st
     starter_deaths_leave_the_arena_as_it_was(MP_FORKSERVER, SYS_sendmsg);
 }
 
+/* A child that makes handles of its own (a pipe, a listener, the conn an
+ * accept gives) and is killed before it closes them: no other process
+ * holds them, and its reaper gives them back with the holds its lease
+ * names, under every start method. Before, only inherited handles were
+ * leased, so each such death kept a pipe's 529 KiB (a listener's or an
+ * accepted conn's 8 KiB) for good: a supervisor restarting crashed
+ * workers that each opened a pipe filled the arena. */
+static int child_makes_handles_and_is_killed(void *arg)
+{
+    mp_conn **ends = arg;
+    mp_conn *a, *b;
+    mp_listener *l;
+    char addr[64];
+    snprintf(addr, sizeof addr, "unix:@mproc-test-made-%d", (int)getpid());
+    if (mp_pipe(&a, &b, true) != 0 || mp_listener_new(&l, addr, NULL, 0) != 0)
+        return 2;
+    mp_conn *c, *s;
+    if (mp_client(&c, addr, NULL, 0, 10) != 0 || mp_listener_accept(l, &s, 10) != 0)
+        return 3;
+    if (mp_conn_send_bytes(ends[1], "m", 1) != 0)     /* they are made: kill me */
+        return 4;
+    for (;;)
+        pause();
+}
+
+static void test_handles_made_by_a_killed_child_are_freed(void **state)
+{
+    (void)state;
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int m = 0; m < 3; m++) {
+        size_t before = 0;
+        int rounds = 5;
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        for (int round = 0; round < rounds; round++) {
+            if (round == 1)
+                before = used_now();
+            mp_process *p;
+            mp_process_opts o = { .method = methods[m], .arg_size = sizeof ends };
+            TU_OK(mp_process_new(&p, child_makes_handles_and_is_killed, ends, &o));
+            TU_OK(mp_process_start(p));
+            assert_int_equal(mp_conn_poll(ends[0], 30 * tu_slow()), 1);
+            char buf[8];
+            size_t len;
+            TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+            TU_OK(mp_process_kill(p));
+            TU_OK(mp_process_join(p, 30 * tu_slow()));
+            TU_OK(mp_process_free(p));
+        }
+        size_t after = used_now();
+        print_message("method %d: %zu before, %zu after %d rounds\n", (int)methods[m], before,
+                      after, rounds);
+        assert_int_equal(after, before);
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1611,6 +1669,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_undone_start_gives_the_child_holds_back),
         cmocka_unit_test(test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns),
         cmocka_unit_test(test_pipe_held_by_a_child_killed_inside_its_start_is_freed),
+        cmocka_unit_test(test_handles_made_by_a_killed_child_are_freed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
