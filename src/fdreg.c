@@ -415,15 +415,17 @@ static void lease_give_back_all(struct fdreg_lease *lease)
     }
 }
 
-void fdreg_lease_abandon(struct fdreg_lease *lease)
+bool fdreg_lease_abandon(struct fdreg_lease *lease)
 {
     if (!lease)
-        return;
+        return false;
     uint32_t open = LEASE_OPEN;
-    if (lease->exec_drops || atomic_compare_exchange_strong(&lease->taken, &open, LEASE_VOID))
+    bool voided = atomic_compare_exchange_strong(&lease->taken, &open, LEASE_VOID);
+    if (voided || lease->exec_drops)
         lease_give_back_all(lease);
     /* The block stays: a child forked just before its starter died may
      * yet look at it (and then never runs), or has taken it. */
+    return voided;
 }
 
 void fdreg_lease_end(struct fdreg_lease *lease)

@@ -117,7 +117,7 @@ void fdreg_lease_arm(struct fdreg_lease *lease);
 bool fdreg_lease_adopt(struct fdreg_lease *lease);   /* false: fdreg_lease_take failed */
 void fdreg_lease_end(struct fdreg_lease *lease);
 bool fdreg_lease_take(struct fdreg_lease *lease);
-void fdreg_lease_abandon(struct fdreg_lease *lease);
+bool fdreg_lease_abandon(struct fdreg_lease *lease);   /* true: no child took it */
 void fdreg_lease_dies_at_exec(struct fdreg_lease *lease);
 
 /* Frees a conn's or a listener's handle once no process holds it: for

@@ -164,7 +164,13 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         process_lease_undo(p, p->lease);
         rc = rep.rc;
     } else if (rc != 0 && sent) {
-        p->lease = NULL;            /* a child may read it yet: its holds stay, for good */
+        /* The server may have forked a child with our request, which
+         * reads (and writes) p, its argument and its lease: they are kept
+         * for good (p->unanswered). One that has taken its lease runs and
+         * gives its holds back itself as it exits; one that has not never
+         * runs once we abandon the lease, so its holds go back now. */
+        fdreg_lease_abandon(p->lease);
+        p->unanswered = true;
     }
     return rc;
 }

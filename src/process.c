@@ -251,6 +251,8 @@ void process_starting(struct fdreg_lease *lease)
  * start of its own had counted for a child when it died. */
 static void end_lease(mp_process *p)
 {
+    if (p->unanswered)              /* its lease may be a running child's: kept */
+        return;
     process_lease_undo(p, p->lease);
     fdreg_lease_abandon(atomic_exchange(&p->starting, NULL));
 }
@@ -714,6 +716,13 @@ int mp_process_start(mp_process *p)
         else
             rc = forkserver_start(p, &pidfd);
     }
+    if (rc != 0 && p->unanswered) { /* a child may run with p: it is spent, not new again */
+        p->exitcode = MP_EXITCODE_UNKNOWN;
+        atomic_store(&p->state, PROC_DONE);
+        return mp_fail(rc, fn, "the fork server died with the request (%s); a child it may "
+                       "have started runs unwatched; make a new process to start again",
+                       mp_errname(rc));
+    }
     if (rc != 0) {
         unprepare(p, arg);
         return mp_fail_code(rc, fn);
@@ -916,6 +925,8 @@ int mp_process_free(mp_process *p)
     if (atomic_load(&p->state) == PROC_RUNNING && !ended_now(p))
         return mp_fail(MP_ESTATE, __func__, "process \"%s\" is still running; join it (or "
                        "kill and join it) first", p->name);
+    if (p->unanswered)              /* a child may run with it: kept for good */
+        return 0;
     runtime_lock();
     if (fs_child(p))                /* ended, maybe never settled here: its holds go back */
         end_lease(p);

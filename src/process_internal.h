@@ -56,6 +56,10 @@ struct mp_process {
      * way, from before its holds are counted until the start has its
      * child (or none); its reaper abandons it if we die in between. */
     struct fdreg_lease *_Atomic starting;
+    /* A fork-server start that failed after the server got its request:
+     * a child it forked may still run with this record, its argument
+     * copy and its lease, so none of them is ever freed or reused. */
+    bool unanswered;
 };
 
 /* One per process; reset in the child after fork (process.c's fork hook).

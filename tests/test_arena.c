@@ -1527,6 +1527,70 @@ static void test_handles_made_by_a_killed_child_are_freed(void **state)
     }
 }
 
+/* A fork-server start whose server dies after it got the request and
+ * before it answered (stopped, then killed): the start fails. A child the
+ * server may have forked with the request reads and writes the process's
+ * record, its argument copy and its lease, so the record is spent (a new
+ * start is MP_ESTATE) and never handed out again, not even after
+ * mp_process_free. And since no child took the lease here, the holds the
+ * request counted go back at once: the pipe is freed once its ends are
+ * closed. Before, the record and argument were freed at once and the next
+ * mp_process_new got the same record, into which such a child then wrote
+ * its pid (and read a reused lease pointer); and the holds stayed for
+ * good, a pipe's 529 KiB for each server death under a start. */
+static void *start_in_thread(void *arg)
+{
+    mp_process *p = arg;
+    return (void *)(intptr_t)mp_process_start(p);
+}
+
+static void test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed(void **state)
+{
+    (void)state;
+    size_t before = 0;
+    int rounds = 4;
+    for (int round = 0; round < rounds; round++) {
+        if (round == 1)
+            before = used_now();
+        mp_conn *ends[2];
+        TU_OK(mp_pipe(&ends[0], &ends[1], true));
+        mp_process_opts o = { .method = MP_FORKSERVER, .arg_size = sizeof ends };
+        mp_process *q, *p;
+        TU_OK(mp_process_new(&q, child_waits, ends, &o));
+        TU_OK(mp_process_start(q));
+        char buf[8];
+        size_t len;
+        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
+        pid_t server = tu_proc_ppid(mp_process_pid(q));
+        assert_true(server > 0 && server != getpid());
+        TU_OK(mp_process_kill(q));
+        TU_OK(mp_process_join(q, 10 * tu_slow()));
+        TU_OK(mp_process_free(q));
+        TU_OK(kill(server, SIGSTOP));
+        TU_OK(mp_process_new(&p, child_returns, ends, &o));
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, start_in_thread, p), 0);
+        assert_true(tu_wait_threads_asleep(10));   /* the request is sent: it waits */
+        TU_OK(kill(server, SIGKILL));
+        void *rc;
+        assert_int_equal(pthread_join(t, &rc), 0);
+        assert_true((intptr_t)rc != 0);
+        TU_ASSERT_RC(mp_process_start(p), MP_ESTATE);
+        TU_OK(mp_process_free(p));
+        for (int i = 0; i < 4; i++) {           /* its record is nobody else's */
+            TU_OK(mp_process_new(&q, child_returns, ends, &o));
+            assert_ptr_not_equal(q, p);
+            TU_OK(mp_process_free(q));
+        }
+        mp_conn_close(ends[0]);
+        mp_conn_close(ends[1]);
+    }
+    size_t after = used_now();
+    print_message("server deaths under a start: %zu before, %zu after %d rounds\n", before,
+                  after, rounds);
+    assert_true(after - before < (size_t)(rounds - 1) * 4096);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1670,6 +1734,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_an_orphaned_spawned_child_is_freed_once_it_returns),
         cmocka_unit_test(test_pipe_held_by_a_child_killed_inside_its_start_is_freed),
         cmocka_unit_test(test_handles_made_by_a_killed_child_are_freed),
+        cmocka_unit_test(test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
