@@ -122,7 +122,7 @@ int conn_from_fd_until(mp_conn **out, int fd, bool readable, bool writable, cons
         return rc;
     }
     c->h.magic = MAGIC_CONN;
-    if ((rc = fdhandle_register(&c->h)) != 0) {
+    if ((rc = fdhandle_register_until(&c->h, d)) != 0) {
         conn_destroy(c);
         return rc;
     }

@@ -122,8 +122,12 @@ MP_SETUP_CONSTRUCTOR static void registry_init(void)
  * that its reaper gives it back should the child die holding it. A spent
  * slot is reused, else a free one taken, else a chunk chained; slot then
  * count, so a child killed half-way leaves at worst h unrecorded (kept
- * for good, as before), never a slot its reaper could misread. */
-static void lease_record(struct fdhandle *h)
+ * for good, as before), never a slot its reaper could misread. The chunk
+ * waits for the arena's lock until d at most (NULL: as long as its holder
+ * lives), so a timed call that made h keeps its timeout while a stopped
+ * process holds that lock; h is then unrecorded, as when the arena is
+ * full. */
+static void lease_record(struct fdhandle *h, const mp_deadline *d)
 {
     struct fdreg_lease *l = lease_mine, *last = NULL;
     for (; l; last = l, l = atomic_load_explicit(&l->next, memory_order_acquire)) {
@@ -145,7 +149,7 @@ static void lease_record(struct fdhandle *h)
     }
     if (!last)
         return;
-    struct fdreg_lease *c = arena_alloc(sizeof *c + LEASE_CHUNK * sizeof c->slot[0]);
+    struct fdreg_lease *c = arena_alloc_until(sizeof *c + LEASE_CHUNK * sizeof c->slot[0], d);
     if (!c)
         return;                       /* unrecorded: kept for good, as before */
     c->cap = LEASE_CHUNK;
@@ -155,7 +159,7 @@ static void lease_record(struct fdhandle *h)
     atomic_store_explicit(&last->next, c, memory_order_release);
 }
 
-static int registry_add(struct fdhandle *h, bool made)
+static int registry_add(struct fdhandle *h, bool made, const mp_deadline *d)
 {
     struct stat st;
     if (!h->ino && fstat(h->fd, &st) == 0)
@@ -175,7 +179,7 @@ static int registry_add(struct fdhandle *h, bool made)
     if (rc == 0) {
         registry.items[registry.n++] = h;
         if (made)
-            lease_record(h);
+            lease_record(h, d);
     }
     pthread_mutex_unlock(&registry.lock);
     return rc;
@@ -183,7 +187,12 @@ static int registry_add(struct fdhandle *h, bool made)
 
 int fdhandle_register(struct fdhandle *h)
 {
-    return registry_add(h, true);
+    return registry_add(h, true, NULL);
+}
+
+int fdhandle_register_until(struct fdhandle *h, const mp_deadline *d)
+{
+    return registry_add(h, true, d);
 }
 
 static bool registry_remove(struct fdhandle *h)
@@ -385,7 +394,7 @@ bool fdreg_lease_adopt(struct fdreg_lease *lease)
         /* Only a descriptor that is still the handle's file here is ours to
          * close; unregistered (or on ENOMEM), the hold stays the lease's. */
         if (h && fstat(h->fd, &st) == 0 && (uint64_t)st.st_ino == h->ino)
-            registry_add(h, false);      /* leased already */
+            registry_add(h, false, NULL);      /* leased already */
     }
     lease_mine = lease;
     return true;

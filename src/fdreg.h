@@ -45,8 +45,12 @@ struct fdhandle {
     _Atomic uint32_t crossed;
 };
 
-/* Records a live handle of this process (fork and exec hooks walk them). */
+/* Records a live handle of this process (fork and exec hooks walk them).
+ * _until: for a handle a timed call made; d bounds the wait for the
+ * arena's lock should the handle's record in this child's lease need more
+ * room (the handle is then kept unrecorded). */
 int fdhandle_register(struct fdhandle *h);
+int fdhandle_register_until(struct fdhandle *h, const mp_deadline *d);
 /* Closes h's descriptor in this process: true when no process holds it any
  * more and the caller must free the handle. */
 bool fdhandle_release(struct fdhandle *h);

@@ -22,6 +22,12 @@
 #include <string.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -455,6 +461,132 @@ static void test_timed_calls_keep_their_timeout_while_a_stopped_process_holds_th
     TU_OK(mp_manager_shutdown(m));
     mp_manager_free(m);
     assert_int_equal(failures, 0);
+}
+
+/* A child whose lease is full (a slot for every handle it holds) makes one
+ * more handle with a timed call, mp_client, and another process takes the
+ * arena's lock and is stopped holding it just after the call got its conn:
+ * the call keeps its timeout. Recording the new conn in the lease needs a
+ * chunk chained from it, and that allocation waited for the lock with no
+ * deadline (under the registry's lock, so every other thread of the child
+ * that forked or closed a handle waited too), for as long as the other
+ * process stayed stopped. The child is held at its first fstat after the
+ * conn's allocation (a seccomp trap) while the other process stops. */
+static struct { int ready_w, go_r; _Atomic int trapped; double resumed; } full_lease;
+
+static void full_lease_trap(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig, (void)si, (void)uc;
+    if (atomic_exchange(&full_lease.trapped, 1))
+        return;                       /* later ones fail with ENOSYS: harmless here */
+    char x = 's';
+    if (write(full_lease.ready_w, &x, 1) != 1 || read(full_lease.go_r, &x, 1) != 1)
+        _exit(5);
+    full_lease.resumed = tu_now();
+}
+
+static bool trap_fstat(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fstat, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_newfstatat, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    struct sigaction sa = { .sa_sigaction = full_lease_trap, .sa_flags = SA_SIGINFO };
+    return sigaction(SIGSYS, &sa, NULL) == 0 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+           prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+static int client_with_a_full_lease(void *arg)
+{
+    const char *addr = arg;
+    mp_conn *mine[16];
+    for (int i = 0; i < 16; i += 2) {     /* the lease's 16 spare slots, one conn each */
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0 ||
+            mp_conn_from_fd(&mine[i], sv[0]) != 0 || mp_conn_from_fd(&mine[i + 1], sv[1]) != 0)
+            return 2;
+    }
+    if (!trap_fstat())
+        return 3;
+    mp_conn *c = NULL;
+    int rc = mp_client(&c, addr, NULL, 0, 0.2);
+    double took = tu_now() - full_lease.resumed;
+    if (!atomic_load(&full_lease.trapped))
+        return 6;
+    if (took > 0.4 * tu_slow()) {
+        fprintf(stderr, "mp_client with a full lease: %.2f s after the arena was held (rc %d)\n",
+                took, rc);
+        return 4;
+    }
+    return 0;
+}
+
+static void test_timed_call_of_a_child_with_a_full_lease_keeps_its_timeout(void **state)
+{
+    (void)state;
+    char addr[64];
+    snprintf(addr, sizeof addr, "unix:@mproc-test-full-lease-%d", (int)getpid());
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, addr, NULL, 0));
+    int ready[2], go[2];
+    assert_int_equal(pipe(ready), 0);
+    assert_int_equal(pipe(go), 0);
+    full_lease.ready_w = ready[1];
+    full_lease.go_r = go[0];
+    mp_process *p;
+    mp_process_opts o = { .method = MP_FORK, .arg_size = sizeof addr };
+    TU_OK(mp_process_new(&p, client_with_a_full_lease, addr, &o));
+    TU_OK(mp_process_start(p));
+    struct pollfd pf = { ready[0], POLLIN, 0 };
+    assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
+    char x;
+    assert_int_equal(read(ready[0], &x, 1), 1);
+    /* The child has its conn. Every small size's stack emptied, so the
+     * lease's chunk needs the lock; then another process takes it and stops. */
+    static void *kept[4096];
+    size_t nkept = 0;
+    struct arena_stats st;
+    while (arena_check(&st) && st.cached_blocks > 0 && nkept + 64 <= 4096)
+        for (size_t size = 1; size <= 4096; size += 64)
+            kept[nkept++] = mp_shared_alloc(size);
+    assert_int_equal(st.cached_blocks, 0);
+    static _Atomic pid_t stopped;
+    pid_t pid = tu_fork(stops_inside_alloc, NULL);
+    atomic_store(&stopped, pid);
+    pthread_t resumer;
+    TU_OK(pthread_create(&resumer, NULL, tu_resume_later, &stopped));
+    bool is_stopped = false;
+    for (int i = 0; i < 5000 && !is_stopped; i++) {
+        is_stopped = tu_proc_state(pid) == 'T';
+        if (!is_stopped)
+            usleep(1000);
+    }
+    assert_true(is_stopped);
+    assert_int_equal(write(go[1], "g", 1), 1);
+    int rc = mp_process_join(p, 3 * tu_slow());
+    atomic_store(&stopped, 0);
+    kill(pid, SIGCONT);
+    pthread_join(resumer, NULL);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), 0);
+    if (rc != 0)
+        fprintf(stderr, "the child was still in its timed call after 3 s\n");
+    TU_OK(mp_process_join(p, 30 * tu_slow()));
+    int code = -1;
+    TU_OK(mp_process_exitcode(p, &code));
+    TU_OK(mp_process_free(p));
+    for (size_t i = 0; i < nkept; i++)
+        mp_shared_free(kept[i]);
+    mp_listener_free(l);
+    close(ready[0]);
+    close(ready[1]);
+    close(go[0]);
+    close(go[1]);
+    assert_int_equal(rc, 0);
+    assert_int_equal(code, 0);
 }
 
 /* ------------------------------------------------------------------ the small-block cache */
@@ -1735,6 +1867,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_a_child_killed_inside_its_start_is_freed),
         cmocka_unit_test(test_handles_made_by_a_killed_child_are_freed),
         cmocka_unit_test(test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed),
+        cmocka_unit_test(test_timed_call_of_a_child_with_a_full_lease_keeps_its_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
