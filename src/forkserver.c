@@ -65,7 +65,7 @@ static int server_launch(struct mp_runtime *r)
     fdreg_lease_arm(lease);
     int rc = spawn_exec(SERVER_ENV, spec, keep, 2, false, sv[1], &pid);
     fdreg_lease_arm(NULL);
-    process_starting(NULL);
+    process_started(lease);
     process_lease_undo(NULL, lease);
     if (rc != 0) {
         close(sv[0]);
@@ -143,7 +143,7 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         p->lease = fdreg_lease_new();
         process_starting(p->lease);
         rc = ask(r->fs_sock, p, &rep, pidfd, &sent);
-        process_starting(NULL);
+        process_started(p->lease);
         if (!sent)                  /* no child can have read the lease */
             process_lease_undo(p, p->lease);
         if (rc == -EPIPE) {

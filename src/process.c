@@ -242,8 +242,21 @@ void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
 void process_starting(struct fdreg_lease *lease)
 {
     mp_process *me = atomic_load(&runtime()->current);
-    if (me)
-        atomic_store(&me->starting, lease);
+    for (int i = 0; me && lease && i < PROC_STARTS_NAMED; i++) {
+        struct fdreg_lease *none = NULL;
+        if (atomic_compare_exchange_strong(&me->starting[i], &none, lease))
+            return;
+    }
+}
+
+void process_started(struct fdreg_lease *lease)
+{
+    mp_process *me = atomic_load(&runtime()->current);
+    for (int i = 0; me && lease && i < PROC_STARTS_NAMED; i++) {
+        struct fdreg_lease *mine = lease;
+        if (atomic_compare_exchange_strong(&me->starting[i], &mine, NULL))
+            return;
+    }
 }
 
 /* Under rt.lock (or before p is shared): p has ended, so the holds it kept
@@ -254,7 +267,8 @@ static void end_lease(mp_process *p)
     if (p->unanswered)              /* its lease may be a running child's: kept */
         return;
     process_lease_undo(p, p->lease);
-    fdreg_lease_abandon(atomic_exchange(&p->starting, NULL));
+    for (int i = 0; i < PROC_STARTS_NAMED; i++)
+        fdreg_lease_abandon(atomic_exchange(&p->starting[i], NULL));
 }
 
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */
@@ -596,7 +610,7 @@ static int fork_start(mp_process *p, int *fd)
     pid_t pid = rc == 0 ? fork() : -1;
     fdreg_lease_arm(NULL);
     if (pid != 0)
-        process_starting(NULL);
+        process_started(lease);
     if (pid < 0) {
         rc = rc ? rc : -errno;
         close(exit_pipe[0]);

@@ -31,6 +31,10 @@ enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
  * seq_cst store of PROC_DONE publishes it; readers load state first.
  * state moves NEW -> RUNNING (one CAS) -> DONE, and back to NEW only on a
  * failed start by its starter. waiters is atomic, counted by joiners. */
+/* Starts of one process that may be under way at once and still be
+ * named in its record (process_starting). */
+#define PROC_STARTS_NAMED 8
+
 struct mp_process {
     uint32_t magic;
     _Atomic uint32_t state;          /* PROC_*; futex word, woken at PROC_DONE */
@@ -52,10 +56,12 @@ struct mp_process {
     int *pass_fds;                   /* arena copy of opts.pass_fds, or NULL */
     size_t n_pass_fds;
     struct fdreg_lease *lease;       /* fork: the child's holds on our handles, or NULL */
-    /* In this process's own record: the lease of a start of ours under
-     * way, from before its holds are counted until the start has its
-     * child (or none); its reaper abandons it if we die in between. */
-    struct fdreg_lease *_Atomic starting;
+    /* In this process's own record: the leases of the starts of ours
+     * under way (one slot each, taken by a CAS from NULL, as several
+     * threads may start children at once), each from before its holds are
+     * counted until the start has its child (or none); its reaper abandons
+     * them if we die in between. */
+    struct fdreg_lease *_Atomic starting[PROC_STARTS_NAMED];
     /* A fork-server start that failed after the server got its request:
      * a child it forked may still run with this record, its argument
      * copy and its lease, so none of them is ever freed or reused. */
@@ -123,11 +129,15 @@ int process_exit_pipe_parent(int fds[2], pid_t pid);
  * them (fdreg.h); p (if any) keeps none. */
 struct fdreg_lease;
 void process_lease_undo(struct mp_process *p, struct fdreg_lease *lease);
-/* Names lease in this process's record as the start under way (NULL: none
- * any more), before the start counts its holds and until it has its child
- * or none, so this process's reaper can give them back should it die in
- * between (fdreg_lease_abandon). */
+/* Names lease in this process's record as a start under way, before the
+ * start counts its holds, and process_started un-names it once the start
+ * has its child or none, so this process's reaper can give them back
+ * should it die in between (fdreg_lease_abandon). Each start under way
+ * has a slot of its own: another thread's start ending meanwhile leaves
+ * it named. Past PROC_STARTS_NAMED starts at once, the others go unnamed
+ * (their holds kept for good should we die in them). NULL: nothing. */
 void process_starting(struct fdreg_lease *lease);
+void process_started(struct fdreg_lease *lease);
 /* Held around every fork of the library, from creating the descriptors a
  * child must hold alone (exit pipe, exec error pipe, the fork server's
  * socket) to closing them in the parent: no other child inherits them. */

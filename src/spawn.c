@@ -178,7 +178,7 @@ int spawn_start(struct mp_process *p, int *fd)
     fdreg_lease_arm(lease);
     rc = spawn_exec(SPAWN_ENV, spec, keep, nkeep, p->daemon, exit_pipe[1], &pid);
     fdreg_lease_arm(NULL);
-    process_starting(NULL);
+    process_started(lease);
     exit_pipe[1] = -1;                  /* closed by spawn_exec */
     if (rc != 0) {                      /* no child, or one that is reaped */
         if (exit_pipe[0] >= 0)

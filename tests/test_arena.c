@@ -1723,6 +1723,77 @@ static void test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed(
     assert_true(after - before < (size_t)(rounds - 1) * 4096);
 }
 
+/* A process with two starts under way at once, in two threads, killed
+ * while one of them still waits: the holds that start counted for its
+ * child go back when the process is reaped. Here one thread's fork-server
+ * request waits for a stopped server while the main thread forks and
+ * joins a child; then the process is killed and its server too, so no
+ * child ever takes the request's lease. Before, the record named only
+ * one start under way, and the second start's end cleared it, so the
+ * waiting start's holds (the pipe) were kept for good. */
+struct two_starts { mp_conn *ends[2]; int report_w; };
+
+static void *start_in_thread(void *arg);
+
+static int starts_twice_and_waits(void *arg)
+{
+    struct two_starts *a = arg;
+    mp_process_opts fs = { .method = MP_FORKSERVER, .arg_size = sizeof a->ends };
+    mp_process *q, *p, *f;
+    char buf[8];
+    size_t len;
+    if (mp_process_new(&q, child_waits, a->ends, &fs) != 0 || mp_process_start(q) != 0 ||
+        mp_conn_recv_bytes(a->ends[0], buf, sizeof buf, &len) != 0)
+        return 2;
+    pid_t server = tu_proc_ppid(mp_process_pid(q));
+    if (server <= 0 || mp_process_kill(q) != 0 || mp_process_join(q, 10 * tu_slow()) != 0 ||
+        mp_process_free(q) != 0 || kill(server, SIGSTOP) != 0)
+        return 3;
+    pthread_t t;
+    if (mp_process_new(&p, child_returns, a->ends, &fs) != 0 ||
+        pthread_create(&t, NULL, start_in_thread, p) != 0 || !tu_wait_threads_asleep(10))
+        return 4;                     /* the request is sent: it waits */
+    mp_process_opts fo = { .method = MP_FORK };
+    if (mp_process_new(&f, child_returns, a->ends, &fo) != 0 || mp_process_start(f) != 0 ||
+        mp_process_join(f, 10 * tu_slow()) != 0 || mp_process_free(f) != 0)
+        return 5;
+    if (write(a->report_w, &server, sizeof server) != sizeof server)
+        return 6;
+    for (;;)
+        pause();
+}
+
+static void test_holds_of_a_start_under_way_go_back_when_another_start_ended_first(void **state)
+{
+    (void)state;
+    size_t before = used_now();
+    struct two_starts a;
+    int report[2];
+    assert_int_equal(pipe(report), 0);
+    a.report_w = report[1];
+    TU_OK(mp_pipe(&a.ends[0], &a.ends[1], true));
+    mp_process *s;
+    mp_process_opts o = { .method = MP_FORK, .arg_size = sizeof a };
+    TU_OK(mp_process_new(&s, starts_twice_and_waits, &a, &o));
+    TU_OK(mp_process_start(s));
+    struct pollfd pf = { report[0], POLLIN, 0 };
+    assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
+    pid_t server = 0;
+    assert_int_equal(read(report[0], &server, sizeof server), (ssize_t)sizeof server);
+    TU_OK(mp_process_kill(s));
+    TU_OK(mp_process_join(s, 10 * tu_slow()));
+    TU_OK(mp_process_free(s));
+    kill(server, SIGKILL);
+    kill(server, SIGCONT);
+    mp_conn_close(a.ends[0]);
+    mp_conn_close(a.ends[1]);
+    close(report[0]);
+    close(report[1]);
+    size_t after = used_now();
+    print_message("two starts, the starter killed: %zu before, %zu after\n", before, after);
+    assert_true(after < before + 64 * 1024);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1867,6 +1938,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_a_child_killed_inside_its_start_is_freed),
         cmocka_unit_test(test_handles_made_by_a_killed_child_are_freed),
         cmocka_unit_test(test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed),
+        cmocka_unit_test(test_holds_of_a_start_under_way_go_back_when_another_start_ended_first),
         cmocka_unit_test(test_timed_call_of_a_child_with_a_full_lease_keeps_its_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
