@@ -239,9 +239,18 @@ void process_lease_undo(mp_process *p, struct fdreg_lease *lease)
     fdreg_lease_end(lease);
 }
 
-void process_starting(struct fdreg_lease *lease)
+/* This process's own record, or NULL: a raw fork's child still has its
+ * parent's as current, and must not name its starts there (the parent's
+ * reaper would abandon them while this child lives). */
+static mp_process *own_record(void)
 {
     mp_process *me = atomic_load(&runtime()->current);
+    return me && me->pid == rt.pid ? me : NULL;
+}
+
+void process_starting(struct fdreg_lease *lease)
+{
+    mp_process *me = own_record();
     for (int i = 0; me && lease && i < PROC_STARTS_NAMED; i++) {
         struct fdreg_lease *none = NULL;
         if (atomic_compare_exchange_strong(&me->starting[i], &none, lease))
@@ -251,7 +260,7 @@ void process_starting(struct fdreg_lease *lease)
 
 void process_started(struct fdreg_lease *lease)
 {
-    mp_process *me = atomic_load(&runtime()->current);
+    mp_process *me = own_record();
     for (int i = 0; me && lease && i < PROC_STARTS_NAMED; i++) {
         struct fdreg_lease *mine = lease;
         if (atomic_compare_exchange_strong(&me->starting[i], &mine, NULL))

@@ -1794,6 +1794,80 @@ static void test_holds_of_a_start_under_way_go_back_when_another_start_ended_fir
     assert_true(after < before + 64 * 1024);
 }
 
+/* A raw fork()'s child of a process still has its parent's record as its
+ * current one. Its own starts must not be named there: when the parent
+ * dies, the parent's reaper abandons the starts named in its record, and a
+ * child of the raw child that had not taken its lease yet would then exit
+ * 127 before its target, though its starter lives. Here the raw child's
+ * fork-server request waits on its stopped server while the parent is
+ * killed and reaped; then the server goes on and the child must run. */
+struct raw_start { mp_conn *ends[2]; int report_w; };
+
+static int raw_child_starts_while_parent_dies(void *arg)
+{
+    struct raw_start *a = arg;
+    pid_t r = fork();
+    if (r != 0)
+        return r > 0 ? (pause(), 0) : 2;          /* S: waits to be killed */
+    mp_process_opts fs = { .method = MP_FORKSERVER, .arg_size = sizeof a->ends };
+    mp_process *q, *p;
+    char buf[8];
+    size_t len;
+    int code = -1;
+    if (mp_process_new(&q, child_waits, a->ends, &fs) != 0 || mp_process_start(q) != 0 ||
+        mp_conn_recv_bytes(a->ends[0], buf, sizeof buf, &len) != 0)
+        _exit(3);
+    pid_t server = tu_proc_ppid(mp_process_pid(q));
+    if (server <= 0 || mp_process_kill(q) != 0 || mp_process_join(q, 10 * tu_slow()) != 0 ||
+        mp_process_free(q) != 0 || kill(server, SIGSTOP) != 0)
+        _exit(4);
+    pthread_t t;
+    if (mp_process_new(&p, child_returns, a->ends, &fs) != 0 ||
+        pthread_create(&t, NULL, start_in_thread, p) != 0 || !tu_wait_threads_asleep(10))
+        _exit(5);                     /* the request is sent: it waits */
+    if (write(a->report_w, &server, sizeof server) != sizeof server)
+        _exit(6);
+    /* The test kills and reaps our parent, then resumes our server. */
+    void *rc;
+    if (pthread_join(t, &rc) != 0 || rc != NULL || mp_process_join(p, 20 * tu_slow()) != 0)
+        _exit(7);
+    if (mp_process_exitcode(p, &code) != 0)
+        _exit(9);
+    if (write(a->report_w, &code, sizeof code) != sizeof code)
+        _exit(8);
+    _exit(0);
+}
+
+static void test_start_of_a_raw_fork_child_survives_its_parent_reaped(void **state)
+{
+    (void)state;
+    struct raw_start a;
+    int report[2];
+    assert_int_equal(pipe(report), 0);
+    a.report_w = report[1];
+    TU_OK(mp_pipe(&a.ends[0], &a.ends[1], true));
+    mp_process *s;
+    mp_process_opts o = { .method = MP_FORK, .arg_size = sizeof a };
+    TU_OK(mp_process_new(&s, raw_child_starts_while_parent_dies, &a, &o));
+    TU_OK(mp_process_start(s));
+    struct pollfd pf = { report[0], POLLIN, 0 };
+    assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
+    pid_t server = 0;
+    assert_int_equal(read(report[0], &server, sizeof server), (ssize_t)sizeof server);
+    TU_OK(mp_process_kill(s));
+    TU_OK(mp_process_join(s, 10 * tu_slow()));      /* the reaper ends s's lease */
+    TU_OK(mp_process_free(s));
+    kill(server, SIGCONT);
+    assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
+    int code = -1;
+    assert_int_equal(read(report[0], &code, sizeof code), (ssize_t)sizeof code);
+    assert_int_equal(code, 0);        /* child_returns ran: 127 if it found its lease void */
+    mp_conn_close(a.ends[0]);
+    mp_conn_close(a.ends[1]);
+    close(report[0]);
+    close(report[1]);
+}
+
 /* A spawned target runs in a constructor, before main: every fork hook the
  * library's constructors set must be set by then, or a spawned target that
  * forks while another of its threads holds the arena's local locks gives
@@ -1939,6 +2013,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_handles_made_by_a_killed_child_are_freed),
         cmocka_unit_test(test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed),
         cmocka_unit_test(test_holds_of_a_start_under_way_go_back_when_another_start_ended_first),
+        cmocka_unit_test(test_start_of_a_raw_fork_child_survives_its_parent_reaped),
         cmocka_unit_test(test_timed_call_of_a_child_with_a_full_lease_keeps_its_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
