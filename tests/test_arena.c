@@ -1763,18 +1763,18 @@ static int starts_twice_and_waits(void *arg)
         pause();
 }
 
-static void test_holds_of_a_start_under_way_go_back_when_another_start_ended_first(void **state)
+/* Makes a's pipe and report pipe, starts target (forked) with a, waits
+ * for it to report the pid of the fork server its request waits on, then
+ * kills and reaps it (its reaper ends its lease): that pid. */
+static pid_t run_starter_until_its_request_waits(int (*target)(void *), struct two_starts *a,
+                                                 int report[2])
 {
-    (void)state;
-    size_t before = used_now();
-    struct two_starts a;
-    int report[2];
     assert_int_equal(pipe(report), 0);
-    a.report_w = report[1];
-    TU_OK(mp_pipe(&a.ends[0], &a.ends[1], true));
+    a->report_w = report[1];
+    TU_OK(mp_pipe(&a->ends[0], &a->ends[1], true));
     mp_process *s;
-    mp_process_opts o = { .method = MP_FORK, .arg_size = sizeof a };
-    TU_OK(mp_process_new(&s, starts_twice_and_waits, &a, &o));
+    mp_process_opts o = { .method = MP_FORK, .arg_size = sizeof *a };
+    TU_OK(mp_process_new(&s, target, a, &o));
     TU_OK(mp_process_start(s));
     struct pollfd pf = { report[0], POLLIN, 0 };
     assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
@@ -1783,6 +1783,16 @@ static void test_holds_of_a_start_under_way_go_back_when_another_start_ended_fir
     TU_OK(mp_process_kill(s));
     TU_OK(mp_process_join(s, 10 * tu_slow()));
     TU_OK(mp_process_free(s));
+    return server;
+}
+
+static void test_holds_of_a_start_under_way_go_back_when_another_start_ended_first(void **state)
+{
+    (void)state;
+    size_t before = used_now();
+    struct two_starts a;
+    int report[2];
+    pid_t server = run_starter_until_its_request_waits(starts_twice_and_waits, &a, report);
     kill(server, SIGKILL);
     kill(server, SIGCONT);
     mp_conn_close(a.ends[0]);
@@ -1801,11 +1811,9 @@ static void test_holds_of_a_start_under_way_go_back_when_another_start_ended_fir
  * 127 before its target, though its starter lives. Here the raw child's
  * fork-server request waits on its stopped server while the parent is
  * killed and reaped; then the server goes on and the child must run. */
-struct raw_start { mp_conn *ends[2]; int report_w; };
-
 static int raw_child_starts_while_parent_dies(void *arg)
 {
-    struct raw_start *a = arg;
+    struct two_starts *a = arg;
     pid_t r = fork();
     if (r != 0)
         return r > 0 ? (pause(), 0) : 2;          /* S: waits to be killed */
@@ -1841,23 +1849,12 @@ static int raw_child_starts_while_parent_dies(void *arg)
 static void test_start_of_a_raw_fork_child_survives_its_parent_reaped(void **state)
 {
     (void)state;
-    struct raw_start a;
+    struct two_starts a;
     int report[2];
-    assert_int_equal(pipe(report), 0);
-    a.report_w = report[1];
-    TU_OK(mp_pipe(&a.ends[0], &a.ends[1], true));
-    mp_process *s;
-    mp_process_opts o = { .method = MP_FORK, .arg_size = sizeof a };
-    TU_OK(mp_process_new(&s, raw_child_starts_while_parent_dies, &a, &o));
-    TU_OK(mp_process_start(s));
-    struct pollfd pf = { report[0], POLLIN, 0 };
-    assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
-    pid_t server = 0;
-    assert_int_equal(read(report[0], &server, sizeof server), (ssize_t)sizeof server);
-    TU_OK(mp_process_kill(s));
-    TU_OK(mp_process_join(s, 10 * tu_slow()));      /* the reaper ends s's lease */
-    TU_OK(mp_process_free(s));
+    pid_t server = run_starter_until_its_request_waits(raw_child_starts_while_parent_dies, &a,
+                                                       report);
     kill(server, SIGCONT);
+    struct pollfd pf = { report[0], POLLIN, 0 };
     assert_int_equal(poll(&pf, 1, (int)(30000 * tu_slow())), 1);
     int code = -1;
     assert_int_equal(read(report[0], &code, sizeof code), (ssize_t)sizeof code);
