@@ -355,6 +355,36 @@ static int timed_call(void *arg)
     return rc == 0 && tu_now() - t0 > 0.4 * tu_slow() ? 10 + which : rc;
 }
 
+/* Empties every small size's cache stack into kept (cap entries; *nkept
+ * filled), so that small allocations too need the arena's lock. */
+static void drain_small_caches(void **kept, size_t cap, size_t *nkept)
+{
+    struct arena_stats st;
+    *nkept = 0;
+    while (arena_check(&st) && st.cached_blocks > 0 && *nkept + 64 <= cap)
+        for (size_t size = 1; size <= 4096; size += 64)
+            kept[(*nkept)++] = mp_shared_alloc(size);   /* each size's stack, popped */
+    assert_int_equal(st.cached_blocks, 0);
+}
+
+/* A child stopped inside an allocation, holding the arena's lock: its pid,
+ * also in *stopped, which *resumer resumes after 10 s unless *stopped is
+ * cleared first (then the caller resumes it, and joins *resumer). */
+static pid_t fork_stopped_inside_alloc(_Atomic pid_t *stopped, pthread_t *resumer)
+{
+    pid_t pid = tu_fork(stops_inside_alloc, NULL);
+    atomic_store(stopped, pid);
+    TU_OK(pthread_create(resumer, NULL, tu_resume_later, stopped));
+    bool is_stopped = false;
+    for (int i = 0; i < 5000 && !is_stopped; i++) {
+        is_stopped = tu_proc_state(pid) == 'T';
+        if (!is_stopped)
+            usleep(1000);
+    }
+    assert_true(is_stopped);
+    return pid;
+}
+
 /* A process stopped (SIGSTOP, a debugger) inside an allocation holds the
  * arena's lock. A timed call that needs a block waits for that lock only
  * until its deadline (at least LOCK_GRACE_S) and returns its timeout's code,
@@ -389,26 +419,13 @@ static void test_timed_calls_keep_their_timeout_while_a_stopped_process_holds_th
     TU_OK(mp_queue_put(held.big, big, sizeof big, 0));
     assert_non_null(held.block = mp_shared_alloc(100));
     static void *kept[4096];
-    size_t nkept = 0;
-    struct arena_stats st;
-    while (arena_check(&st) && st.cached_blocks > 0 && nkept + 64 <= 4096)
-        for (size_t size = 1; size <= 4096; size += 64)
-            kept[nkept++] = mp_shared_alloc(size);   /* each size's stack, popped */
-    assert_int_equal(st.cached_blocks, 0);
+    size_t nkept;
+    drain_small_caches(kept, 4096, &nkept);
     struct arena_stats before;
     assert_true(arena_check(&before));
     static _Atomic pid_t stopped;
-    pid_t pid = tu_fork(stops_inside_alloc, NULL);
-    atomic_store(&stopped, pid);
     pthread_t resumer;
-    TU_OK(pthread_create(&resumer, NULL, tu_resume_later, &stopped));
-    bool is_stopped = false;
-    for (int i = 0; i < 5000 && !is_stopped; i++) {
-        is_stopped = tu_proc_state(pid) == 'T';
-        if (!is_stopped)
-            usleep(1000);
-    }
-    assert_true(is_stopped);
+    pid_t pid = fork_stopped_inside_alloc(&stopped, &resumer);
     int failures = 0;
     enum { CALLS = 10 };
     pid_t calls[CALLS];
@@ -548,24 +565,11 @@ static void test_timed_call_of_a_child_with_a_full_lease_keeps_its_timeout(void 
     /* The child has its conn. Every small size's stack emptied, so the
      * lease's chunk needs the lock; then another process takes it and stops. */
     static void *kept[4096];
-    size_t nkept = 0;
-    struct arena_stats st;
-    while (arena_check(&st) && st.cached_blocks > 0 && nkept + 64 <= 4096)
-        for (size_t size = 1; size <= 4096; size += 64)
-            kept[nkept++] = mp_shared_alloc(size);
-    assert_int_equal(st.cached_blocks, 0);
+    size_t nkept;
+    drain_small_caches(kept, 4096, &nkept);
     static _Atomic pid_t stopped;
-    pid_t pid = tu_fork(stops_inside_alloc, NULL);
-    atomic_store(&stopped, pid);
     pthread_t resumer;
-    TU_OK(pthread_create(&resumer, NULL, tu_resume_later, &stopped));
-    bool is_stopped = false;
-    for (int i = 0; i < 5000 && !is_stopped; i++) {
-        is_stopped = tu_proc_state(pid) == 'T';
-        if (!is_stopped)
-            usleep(1000);
-    }
-    assert_true(is_stopped);
+    pid_t pid = fork_stopped_inside_alloc(&stopped, &resumer);
     assert_int_equal(write(go[1], "g", 1), 1);
     int rc = mp_process_join(p, 3 * tu_slow());
     atomic_store(&stopped, 0);
