@@ -135,9 +135,11 @@ struct jentry {
  * (MP_EOWNERDEAD) a journal to replay or nothing to do; arena_repair then
  * rebuilds the lists and the counters from a walk of the blocks. A process
  * killed between a cache pop and its mark leaves one CACHED block in no
- * stack: leaked, and counted by arena_check as stray; so does a holder
- * killed between a deferred pop and its free, for a DEFERRED block. Nothing
- * else is lost.
+ * stack: leaked, and counted by arena_check as stray. A holder killed
+ * while it frees a deferred block leaves that one block leaked too: DEFERRED
+ * in no stack (stray) if killed before it marks the block USED again, in
+ * use by nobody if after (its free's journal is then replayed or not, as
+ * any free's). Nothing else is lost.
  */
 struct arena_header {
     uint64_t magic;
@@ -1000,7 +1002,7 @@ static bool deferred_push(struct arena_header *h, struct block *b)
 }
 
 /* Under the lock: frees every deferred block. A holder killed between a pop
- * and its free leaves that one block DEFERRED in no stack (stray). */
+ * and its free leaks that one block (see the comment at the top). */
 static void deferred_drain(struct arena_header *h)
 {
     uint64_t old = atomic_load_explicit(&h->deferred, memory_order_acquire);
