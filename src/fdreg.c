@@ -76,16 +76,22 @@ static struct fdreg_lease *lease_mine;
  * (handles made since the lease was sized), the child's holds are not
  * leased: its close counts them as ever, and its death leaks them, as a
  * raw fork's would. */
-static bool lease_hold(struct fdreg_lease *l, struct fdhandle *h)
+/* Records a hold on h in l's next slot, slot before n: false if l is full. */
+static bool lease_append(struct fdreg_lease *l, struct fdhandle *h)
 {
-    atomic_fetch_add(&h->refs, 1);
-    uint32_t n = l ? atomic_load_explicit(&l->n, memory_order_relaxed) : 0;
-    if (!l || n >= l->cap)
+    uint32_t n = atomic_load_explicit(&l->n, memory_order_relaxed);
+    if (n >= l->cap)
         return false;
     atomic_store_explicit(&l->slot[n].h, h, memory_order_relaxed);
     atomic_store_explicit(&l->slot[n].held, 1, memory_order_relaxed);
     atomic_store_explicit(&l->n, n + 1, memory_order_release);
     return true;
+}
+
+static bool lease_hold(struct fdreg_lease *l, struct fdhandle *h)
+{
+    atomic_fetch_add(&h->refs, 1);
+    return l && lease_append(l, h);
 }
 
 static void fork_prepare(void)
@@ -140,12 +146,8 @@ static void lease_record(struct fdhandle *h, const mp_deadline *d)
             atomic_store(&sl->held, 1);
             return;
         }
-        if (n < l->cap) {
-            atomic_store_explicit(&l->slot[n].h, h, memory_order_relaxed);
-            atomic_store_explicit(&l->slot[n].held, 1, memory_order_relaxed);
-            atomic_store_explicit(&l->n, n + 1, memory_order_release);
+        if (lease_append(l, h))
             return;
-        }
     }
     if (!last)
         return;
@@ -153,9 +155,7 @@ static void lease_record(struct fdhandle *h, const mp_deadline *d)
     if (!c)
         return;                       /* unrecorded: kept for good, as before */
     c->cap = LEASE_CHUNK;
-    atomic_store_explicit(&c->slot[0].h, h, memory_order_relaxed);
-    atomic_store_explicit(&c->slot[0].held, 1, memory_order_relaxed);
-    atomic_store_explicit(&c->n, 1, memory_order_relaxed);
+    lease_append(c, h);
     atomic_store_explicit(&last->next, c, memory_order_release);
 }
 

@@ -248,24 +248,28 @@ static mp_process *own_record(void)
     return me && me->pid == rt.pid ? me : NULL;
 }
 
-void process_starting(struct fdreg_lease *lease)
+/* Replaces the first of our record's start names that is from with to
+ * (by CAS: other threads name and clear their own starts meanwhile). */
+static void rename_start(struct fdreg_lease *from, struct fdreg_lease *to)
 {
     mp_process *me = own_record();
-    for (int i = 0; me && lease && i < PROC_STARTS_NAMED; i++) {
-        struct fdreg_lease *none = NULL;
-        if (atomic_compare_exchange_strong(&me->starting[i], &none, lease))
+    for (int i = 0; me && i < PROC_STARTS_NAMED; i++) {
+        struct fdreg_lease *seen = from;
+        if (atomic_compare_exchange_strong(&me->starting[i], &seen, to))
             return;
     }
 }
 
+void process_starting(struct fdreg_lease *lease)
+{
+    if (lease)
+        rename_start(NULL, lease);
+}
+
 void process_started(struct fdreg_lease *lease)
 {
-    mp_process *me = own_record();
-    for (int i = 0; me && lease && i < PROC_STARTS_NAMED; i++) {
-        struct fdreg_lease *mine = lease;
-        if (atomic_compare_exchange_strong(&me->starting[i], &mine, NULL))
-            return;
-    }
+    if (lease)
+        rename_start(lease, NULL);
 }
 
 /* Under rt.lock (or before p is shared): p has ended, so the holds it kept
