@@ -1680,6 +1680,24 @@ static void *start_in_thread(void *arg)
     return (void *)(intptr_t)mp_process_start(p);
 }
 
+/* Starts a fork-server child that waits (child_waits, on ends), learns its
+ * server's pid, kills and frees the child, and stops the server (SIGSTOP):
+ * the server's pid, or -1 if a step failed. For tests and their children. */
+static pid_t stop_a_fork_server(mp_conn **ends, const mp_process_opts *fs)
+{
+    mp_process *q;
+    char buf[8];
+    size_t len;
+    if (mp_process_new(&q, child_waits, ends, fs) != 0 || mp_process_start(q) != 0 ||
+        mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len) != 0)
+        return -1;
+    pid_t server = tu_proc_ppid(mp_process_pid(q));
+    if (server <= 0 || mp_process_kill(q) != 0 || mp_process_join(q, 10 * tu_slow()) != 0 ||
+        mp_process_free(q) != 0 || kill(server, SIGSTOP) != 0)
+        return -1;
+    return server;
+}
+
 static void test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed(void **state)
 {
     (void)state;
@@ -1692,17 +1710,8 @@ static void test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed(
         TU_OK(mp_pipe(&ends[0], &ends[1], true));
         mp_process_opts o = { .method = MP_FORKSERVER, .arg_size = sizeof ends };
         mp_process *q, *p;
-        TU_OK(mp_process_new(&q, child_waits, ends, &o));
-        TU_OK(mp_process_start(q));
-        char buf[8];
-        size_t len;
-        TU_OK(mp_conn_recv_bytes(ends[0], buf, sizeof buf, &len));
-        pid_t server = tu_proc_ppid(mp_process_pid(q));
+        pid_t server = stop_a_fork_server(ends, &o);
         assert_true(server > 0 && server != getpid());
-        TU_OK(mp_process_kill(q));
-        TU_OK(mp_process_join(q, 10 * tu_slow()));
-        TU_OK(mp_process_free(q));
-        TU_OK(kill(server, SIGSTOP));
         TU_OK(mp_process_new(&p, child_returns, ends, &o));
         pthread_t t;
         assert_int_equal(pthread_create(&t, NULL, start_in_thread, p), 0);
@@ -1743,15 +1752,9 @@ static int starts_twice_and_waits(void *arg)
 {
     struct two_starts *a = arg;
     mp_process_opts fs = { .method = MP_FORKSERVER, .arg_size = sizeof a->ends };
-    mp_process *q, *p, *f;
-    char buf[8];
-    size_t len;
-    if (mp_process_new(&q, child_waits, a->ends, &fs) != 0 || mp_process_start(q) != 0 ||
-        mp_conn_recv_bytes(a->ends[0], buf, sizeof buf, &len) != 0)
-        return 2;
-    pid_t server = tu_proc_ppid(mp_process_pid(q));
-    if (server <= 0 || mp_process_kill(q) != 0 || mp_process_join(q, 10 * tu_slow()) != 0 ||
-        mp_process_free(q) != 0 || kill(server, SIGSTOP) != 0)
+    mp_process *p, *f;
+    pid_t server = stop_a_fork_server(a->ends, &fs);
+    if (server <= 0)
         return 3;
     pthread_t t;
     if (mp_process_new(&p, child_returns, a->ends, &fs) != 0 ||
@@ -1822,16 +1825,10 @@ static int raw_child_starts_while_parent_dies(void *arg)
     if (r != 0)
         return r > 0 ? (pause(), 0) : 2;          /* S: waits to be killed */
     mp_process_opts fs = { .method = MP_FORKSERVER, .arg_size = sizeof a->ends };
-    mp_process *q, *p;
-    char buf[8];
-    size_t len;
+    mp_process *p;
     int code = -1;
-    if (mp_process_new(&q, child_waits, a->ends, &fs) != 0 || mp_process_start(q) != 0 ||
-        mp_conn_recv_bytes(a->ends[0], buf, sizeof buf, &len) != 0)
-        _exit(3);
-    pid_t server = tu_proc_ppid(mp_process_pid(q));
-    if (server <= 0 || mp_process_kill(q) != 0 || mp_process_join(q, 10 * tu_slow()) != 0 ||
-        mp_process_free(q) != 0 || kill(server, SIGSTOP) != 0)
+    pid_t server = stop_a_fork_server(a->ends, &fs);
+    if (server <= 0)
         _exit(4);
     pthread_t t;
     if (mp_process_new(&p, child_returns, a->ends, &fs) != 0 ||
