@@ -312,22 +312,28 @@ static bool fs_child(const mp_process *p)
     return p->method == MP_FORKSERVER && !i_reap(p) && p->creator == rt.pid;
 }
 
+static int fs_fd_locked(const mp_process *p)
+{
+    ASSERT_HELD(&rt.lock);
+    struct proc_fd *e = find_fd(p);
+    return e ? e->fd : -1;
+}
+
 static int fs_fd(const mp_process *p)
 {
     runtime_lock();
-    struct proc_fd *e = find_fd(p);
-    int fd = e ? e->fd : -1;
+    int fd = fs_fd_locked(p);
     runtime_unlock();
     return fd;
 }
 
-/* A fork-server child has ended (published): the holds it kept on our
- * handles go back, once, by whichever of its creator's calls sees it first. */
+/* Under rt.lock. A fork-server child has ended (published): the holds it
+ * kept on our handles go back, once, by whichever of its creator's calls
+ * sees it first. */
 static int fs_done(mp_process *p)
 {
-    runtime_lock();
+    ASSERT_HELD(&rt.lock);
     end_lease(p);
-    runtime_unlock();
     return FS_DONE;
 }
 
@@ -337,31 +343,45 @@ static int fs_done(mp_process *p)
  * publishes what the kernel still tells through the child's pidfd, or
  * MP_EXITCODE_UNKNOWN. join, is_alive and exitcode all ask here, so they
  * agree in every state. */
-static int fs_settle(mp_process *p, int fd)
+static int fs_settle_locked(mp_process *p, int fd)
 {
+    ASSERT_HELD(&rt.lock);
     if (atomic_load_explicit(&p->state, memory_order_acquire) == PROC_DONE)
         return fs_done(p);
     mp_deadline now = deadline_in(0);
     if (fd >= 0 ? proc_poll_fd(fd, &now) != 1 : !proc_pid_ended(p->pid))
         return FS_RUNNING;
-    if (forkserver_running(p->reaper))
+    if (forkserver_running(p->reaper))          /* tries its lock only: never waits */
         return FS_ENDING;
     int code;
     if (proc_exit_code(fd, p->pid, &code) != 1)
         code = MP_EXITCODE_UNKNOWN;
-    runtime_lock();
     if (atomic_load(&p->state) != PROC_DONE)     /* published before the server died */
         process_publish_exit(p, code);
-    runtime_unlock();
     return fs_done(p);
+}
+
+static int fs_settle(mp_process *p, int fd)
+{
+    runtime_lock();
+    int where = fs_settle_locked(p, fd);
+    runtime_unlock();
+    return where;
+}
+
+/* Under rt.lock: has p ended? Settles it (reaped, or published) if so. */
+static bool ended_locked(mp_process *p)
+{
+    ASSERT_HELD(&rt.lock);
+    if (fs_child(p))
+        return fs_settle_locked(p, fs_fd_locked(p)) == FS_DONE;
+    return i_reap(p) ? reap_if_ended(p) : atomic_load(&p->state) == PROC_DONE;
 }
 
 static bool ended_now(mp_process *p)
 {
-    if (fs_child(p))
-        return fs_settle(p, fs_fd(p)) == FS_DONE;
     runtime_lock();
-    bool done = i_reap(p) ? reap_if_ended(p) : atomic_load(&p->state) == PROC_DONE;
+    bool done = ended_locked(p);
     runtime_unlock();
     return done;
 }
@@ -977,10 +997,7 @@ int mp_active_children(mp_process **out, size_t cap)
     size_t live = 0;
     for (size_t i = 0; i < rt.nchildren;) {
         mp_process *c = rt.children[i];
-        bool done = i_reap(c) ? reap_if_ended(c) : atomic_load(&c->state) == PROC_DONE;
-        if (done && fs_child(c))    /* published by its server: its holds go back */
-            end_lease(c);
-        if (done) {                 /* forgotten here, still the caller's handle */
+        if (ended_locked(c)) {      /* forgotten here, still the caller's handle */
             rt.children[i] = rt.children[--rt.nchildren];
             continue;
         }

@@ -381,6 +381,28 @@ static void test_join_zero_and_is_alive_agree_when_the_server_dies(void **state)
     TU_OK(mp_process_free(p));
 }
 
+static bool no_active_children(void *unused)
+{
+    (void)unused;
+    return mp_active_children(NULL, 0) == 0;
+}
+
+/* As Python's active_children: a child that ended is dropped, even when the
+ * server that would have published its end is dead. Its code stays known. */
+static void test_active_children_drops_a_child_that_ended_after_its_server_died(void **state)
+{
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 1));
+    pid_t child;
+    mp_process *p = orphan_of_a_killed_server(state, 5, 0, &child);
+    assert_true(tu_wait_for(no_active_children, NULL, 10 * tu_slow()));
+    int code = -1000;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, pidfds_on() ? 5 : MP_EXITCODE_UNKNOWN);
+    assert_int_equal(tu_wait(child, 10), 5);
+    TU_OK(prctl(PR_SET_CHILD_SUBREAPER, 0));
+    TU_OK(mp_process_free(p));
+}
+
 /* The same through a child's whole life, its reaper alive, and killed. */
 static void test_join_zero_and_is_alive_agree_through_a_life(void **state)
 {
@@ -545,6 +567,7 @@ int main(void)
         BOTH(test_join_zero_and_is_alive_agree_through_a_life),
         cmocka_unit_test_setup(test_forkserver_child_keeps_its_code_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_join_zero_and_is_alive_agree_when_the_server_dies, use_forkserver),
+        cmocka_unit_test_setup(test_active_children_drops_a_child_that_ended_after_its_server_died, use_forkserver),
         cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
         cmocka_unit_test_setup(test_timed_join_holds_beside_a_start_on_a_stopped_server, use_forkserver),
     };
