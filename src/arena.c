@@ -1019,16 +1019,25 @@ static void deferred_drain(struct arena_header *h)
     }
 }
 
-void *arena_alloc_nozero_until(size_t size, const mp_deadline *d)
+/* Takes a block of size bytes, its pages reserved, not zeroed. slot, if
+ * not NULL, gets the block's address as soon as the block is taken (under
+ * the lock, or right after the cache's CAS), before the pages are reserved:
+ * see arena_alloc_held. */
+static void *take(size_t size, const mp_deadline *d, void *_Atomic *slot)
 {
     struct arena_header *h = arena_get();
     if (!h || size == 0 || size > h->size)
         return NULL;
     uint64_t need = ((uint64_t)size + BLOCK_HEADER + 63) & ~(uint64_t)63;
+    void *was = slot ? atomic_load_explicit(slot, memory_order_relaxed) : NULL;
     if (need <= CACHE_BLOCK_MAX) {
         struct block *c = cache_pop(h, cache_class(need));
-        if (c)
+        if (c && slot)
+            atomic_store_explicit(slot, (char *)c + BLOCK_HEADER, memory_order_release);
+        if (c) {
+            hook("alloc_taken");
             return (char *)c + BLOCK_HEADER;
+        }
     }
     if (!arena_lock_until(h, d)) {
         errno = ETIMEDOUT;
@@ -1037,23 +1046,41 @@ void *arena_alloc_nozero_until(size_t size, const mp_deadline *d)
     struct block *b = h->corrupt ? NULL : alloc_locked(h, need);
     if (!b && !h->corrupt && cache_drain(h))
         b = alloc_locked(h, need);
+    if (b && slot)
+        atomic_store_explicit(slot, (char *)b + BLOCK_HEADER, memory_order_release);
     /* Read under the lock: freeing a neighbour rewrites this header. */
     uint64_t bsize = b ? b->size : 0;
     bool fresh = b && (b->flags & F_FRESH);
     rmutex_unlock(&h->lock);
     if (!b)
         return NULL;
+    hook("alloc_taken");
     void *p = (char *)b + BLOCK_HEADER;
     if (bsize >= RESERVE_MIN && (fresh || bsize >= PUNCH_MIN) && !reserve(h, b, bsize)) {
+        if (slot)
+            atomic_store_explicit(slot, was, memory_order_release);
         arena_free(p);
         return NULL;
     }
     return p;
 }
 
+void *arena_alloc_nozero_until(size_t size, const mp_deadline *d)
+{
+    return take(size, d, NULL);
+}
+
 void *arena_alloc_nozero(size_t size)
 {
-    return arena_alloc_nozero_until(size, NULL);
+    return take(size, NULL, NULL);
+}
+
+void *arena_alloc_held(size_t size, bool zero, const mp_deadline *d, void *_Atomic *slot)
+{
+    void *p = take(size, d, slot);
+    if (p && zero)
+        memset(p, 0, size);
+    return p;
 }
 
 void *arena_alloc_until(size_t size, const mp_deadline *d)

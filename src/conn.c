@@ -152,7 +152,8 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
 {
     if (!a || !b)
         return mp_fail(MP_EINVAL, __func__, "%s (where an end goes) is NULL", !a ? "a" : "b");
-    struct pipe_shm *s = pipe_shm_new(duplex);
+    void *_Atomic *held[PIPE_HELD];
+    struct pipe_shm *s = pipe_shm_new(duplex, held);
     if (!s)
         return mp_fail(MP_ENOMEM, __func__, "the shared arena has no room for the pipe's "
                        "buffers (%zu KiB each way)", PIPE_RING_SIZE >> 10);
@@ -161,9 +162,10 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK);
     int rc = r == 0 ? conn_pair(a, b, fds, duplex) : errno_to_mp(errno);
     if (rc != 0) {
-        pipe_shm_discard(s);
+        pipe_shm_discard(s, held);
         return mp_fail_code(rc, __func__);
     }
+    pipe_shm_hand_over(held);       /* a kill from here to the attach leaks the rings */
     pipe_attach(*a, s, 0);
     pipe_attach(*b, s, 1);
     return 0;

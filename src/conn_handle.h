@@ -57,12 +57,17 @@ _Static_assert(READ_AHEAD <= UINT32_MAX, "ahead_len and ahead_pos are 32-bit");
 
 /* The rings of a new pipe (one for a one-way pipe), NULL without arena
  * room; pipe_attach then makes end side (0 reads ring 0, 1 reads ring 1)
- * of it. pipe_shm_leave: the last holder of end side is gone (writers
- * toward it fail with -EPIPE from now); the last end frees the rings. */
-struct pipe_shm *pipe_shm_new(bool duplex);
+ * of it. Until then its blocks are held in hand (internal.h), in held, so
+ * a process killed while it makes the pipe leaves them to its reaper:
+ * pipe_shm_hand_over releases them just before the ends are attached.
+ * pipe_shm_leave: the last holder of end side is gone (writers toward it
+ * fail with -EPIPE from now); the last end frees the rings. */
+#define PIPE_HELD 3
+struct pipe_shm *pipe_shm_new(bool duplex, void *_Atomic *held[PIPE_HELD]);
+void pipe_shm_hand_over(void *_Atomic *held[PIPE_HELD]);
 void pipe_attach(mp_conn *c, struct pipe_shm *s, uint32_t side);
 void pipe_shm_leave(struct pipe_shm *s, uint32_t side);
-void pipe_shm_discard(struct pipe_shm *s);     /* never attached: freed */
+void pipe_shm_discard(struct pipe_shm *s, void *_Atomic *held[PIPE_HELD]);  /* never attached */
 
 /* Under send_lock: one frame (head then body) into c's out ring; 0,
  * -EPIPE when nobody reads any more, or an error. pipe_take_over: the send

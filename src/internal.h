@@ -167,6 +167,24 @@ void cond_init_monotonic(pthread_cond_t *c);
  * ETIMEDOUT then. NULL d: as long as the holder lives, as arena_alloc. */
 void *arena_alloc_until(size_t size, const mp_deadline *d);
 void *arena_alloc_nozero_until(size_t size, const mp_deadline *d);
+/* Blocks in hand. A process that takes a block nobody else names yet, and
+ * then works on it for a while (copies a big item in and waits for room to
+ * queue it, builds a pipe's rings), takes it into a slot of its own record:
+ * arena_alloc_held writes the block's address into *slot as soon as the
+ * block is taken, under the arena's lock, before its pages are reserved
+ * or zeroed. Should the process die holding it, its reaper frees it.
+ * hand_claim takes a free slot (NULL: this process has no record of its
+ * own, as the first process and a raw fork's child, or all PROC_HANDS are
+ * taken; the block is then held as any other). hand_release empties one,
+ * just before the block is named elsewhere (the commit that queues it) or
+ * freed: a process killed between the two leaks that block, as one killed
+ * inside arena_alloc does. hand_alloc claims and takes (on failure NULL,
+ * the slot released); hand_free releases and frees. NULL slots: no-ops. */
+void *arena_alloc_held(size_t size, bool zero, const mp_deadline *d, void *_Atomic *slot);
+void *_Atomic *hand_claim(void);
+void hand_release(void *_Atomic *slot);
+void *hand_alloc(size_t size, bool zero, const mp_deadline *d, void *_Atomic **slot);
+void hand_free(void *_Atomic *slot, void *p);
 /* arena_is_block for a call with a timeout: 1 (and *size, if not NULL, its
  * usable bytes), 0 not a block in use, -1 the arena's lock stayed held
  * until d (at least LOCK_GRACE_S). */

@@ -75,29 +75,35 @@ static bool spin_until(bool (*ready)(void *), void *arg)
     return spin_adaptive(ready, arg, &ring_spin_budget, 0);
 }
 
-static struct ring *ring_new(void)
+static struct ring *ring_new(void *_Atomic **held)
 {
-    struct ring *r = arena_alloc_nozero(sizeof *r);
+    struct ring *r = hand_alloc(sizeof *r, false, NULL, held);
     if (r)
         memset(r, 0, offsetof(struct ring, data));
     return r;
 }
 
-struct pipe_shm *pipe_shm_new(bool duplex)
+struct pipe_shm *pipe_shm_new(bool duplex, void *_Atomic *held[PIPE_HELD])
 {
-    struct pipe_shm *s = arena_alloc(sizeof *s);
+    for (int i = 0; i < PIPE_HELD; i++)
+        held[i] = NULL;
+    struct pipe_shm *s = hand_alloc(sizeof *s, true, NULL, &held[0]);
     if (!s)
         return NULL;
     atomic_init(&s->ends, 2);
-    s->ring[0] = ring_new();
-    s->ring[1] = duplex ? ring_new() : NULL;
+    s->ring[0] = ring_new(&held[1]);
+    s->ring[1] = duplex ? ring_new(&held[2]) : NULL;
     if (!s->ring[0] || (duplex && !s->ring[1])) {
-        arena_free(s->ring[0]);
-        arena_free(s->ring[1]);
-        arena_free(s);
+        pipe_shm_discard(s, held);
         return NULL;
     }
     return s;
+}
+
+void pipe_shm_hand_over(void *_Atomic *held[PIPE_HELD])
+{
+    for (int i = 0; i < PIPE_HELD; i++)
+        hand_release(held[i]);
 }
 
 void pipe_attach(mp_conn *c, struct pipe_shm *s, uint32_t side)
@@ -150,8 +156,9 @@ void pipe_shm_leave(struct pipe_shm *s, uint32_t side)
     }
 }
 
-void pipe_shm_discard(struct pipe_shm *s)
+void pipe_shm_discard(struct pipe_shm *s, void *_Atomic *held[PIPE_HELD])
 {
+    pipe_shm_hand_over(held);
     atomic_store(&s->ends, 1);
     pipe_shm_leave(s, 0);
 }

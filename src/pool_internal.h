@@ -68,7 +68,8 @@ struct mp_future {
     struct mp_future *_Atomic next_done;   /* collector stack */
     const struct fnentry *fn;
     int rc, code;                       /* valid once final */
-    void *out;                          /* result: out_inline or an arena block */
+    void *_Atomic out;                  /* result: out_inline or an arena block,
+                                         * named here from its taking on */
     size_t out_len;
     struct callback *callbacks;         /* creating process only, under owner's lock */
     struct job *job;                    /* chunks: their map or imap; KIND_JOB: its own */

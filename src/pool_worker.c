@@ -129,11 +129,13 @@ static int store_output(struct slot *s, mp_future *f, const mp_buf *out)
         return 0;
     void *dst = f->out_inline;
     worker_hold(s);
-    if (out->len > TASK_INLINE && !(dst = arena_alloc_nozero(out->len))) {
+    /* f->out names the block from its taking on, before its pages are
+     * reserved: a worker killed after that leaves it to task_free. */
+    if (out->len > TASK_INLINE && !(dst = arena_alloc_held(out->len, false, NULL, &f->out))) {
         worker_release(s);
         return MP_ENOMEM;
     }
-    f->out = dst;                    /* before the copy: a killed worker's block is task_free's */
+    f->out = dst;
     atomic_signal_fence(memory_order_seq_cst);
     memcpy(dst, out->data, out->len);
     pool_hook("output_copied");

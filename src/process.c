@@ -272,9 +272,48 @@ void process_started(struct fdreg_lease *lease)
         rename_start(lease, NULL);
 }
 
+/* A claimed slot before arena_alloc_held fills it: never a block's address. */
+#define HAND_CLAIMED ((void *)(uintptr_t)1)
+
+void *_Atomic *hand_claim(void)
+{
+    mp_process *me = own_record();
+    for (int i = 0; me && i < PROC_HANDS; i++) {
+        void *seen = NULL;
+        if (!atomic_load_explicit(&me->hand[i], memory_order_relaxed) &&
+            atomic_compare_exchange_strong(&me->hand[i], &seen, HAND_CLAIMED))
+            return &me->hand[i];
+    }
+    return NULL;
+}
+
+void hand_release(void *_Atomic *slot)
+{
+    if (slot)
+        atomic_store_explicit(slot, NULL, memory_order_release);
+}
+
+void *hand_alloc(size_t size, bool zero, const mp_deadline *d, void *_Atomic **slot)
+{
+    *slot = hand_claim();
+    void *p = arena_alloc_held(size, zero, d, *slot);
+    if (!p) {
+        hand_release(*slot);
+        *slot = NULL;
+    }
+    return p;
+}
+
+void hand_free(void *_Atomic *slot, void *p)
+{
+    hand_release(slot);
+    arena_free(p);
+}
+
 /* Under rt.lock (or before p is shared): p has ended, so the holds it kept
  * on our handles go back, once (p->lease is taken), and so do those a
- * start of its own had counted for a child when it died. */
+ * start of its own had counted for a child when it died, and the blocks it
+ * held in hand. */
 static void end_lease(mp_process *p)
 {
     if (p->unanswered)              /* its lease may be a running child's: kept */
@@ -282,6 +321,11 @@ static void end_lease(mp_process *p)
     process_lease_undo(p, p->lease);
     for (int i = 0; i < PROC_STARTS_NAMED; i++)
         fdreg_lease_abandon(atomic_exchange(&p->starting[i], NULL));
+    for (int i = 0; i < PROC_HANDS; i++) {
+        void *b = atomic_exchange(&p->hand[i], NULL);
+        if (b && b != HAND_CLAIMED)
+            arena_free(b);
+    }
 }
 
 /* Under rt.lock, as p's reaper: reaps p if it has ended. true once done. */

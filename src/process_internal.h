@@ -34,6 +34,8 @@ enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
 /* Starts of one process that may be under way at once and still be
  * named in its record (process_starting). */
 #define PROC_STARTS_NAMED 8
+/* Blocks one process may hold in hand at once (internal.h, hand_claim). */
+#define PROC_HANDS 8
 
 struct mp_process {
     uint32_t magic;
@@ -62,6 +64,9 @@ struct mp_process {
      * counted until the start has its child (or none); its reaper abandons
      * them if we die in between. */
     struct fdreg_lease *_Atomic starting[PROC_STARTS_NAMED];
+    /* In this process's own record: the blocks it holds in hand (a slot
+     * each, claimed by a CAS from NULL); its reaper frees them. */
+    void *_Atomic hand[PROC_HANDS];
     /* A fork-server start that failed after the server got its request:
      * a child it forked may still run with this record, its argument
      * copy and its lease, so none of them is ever freed or reused. */

@@ -264,11 +264,17 @@ static void seg_reset(struct seg *s)
     atomic_store_explicit(ring_header(s, 0), 0, memory_order_relaxed);
 }
 
-/* d: the caller's deadline for the arena's lock (NULL: none). */
-static struct seg *seg_new(uint32_t class, lazy_deadline *d)
+/* d: the caller's deadline for the arena's lock (NULL: none). held, if
+ * not NULL, gets the hand it is held in (internal.h). */
+static struct seg *seg_new(uint32_t class, lazy_deadline *d, void *_Atomic **held)
 {
     size_t size = sizeof(struct seg) + ((size_t)1 << class);
-    struct seg *s = d ? arena_alloc_nozero_until(size, lazy_deadline_at(d)) : arena_alloc_nozero(size);
+    void *_Atomic *hand = NULL;
+    struct seg *s = held ? hand_alloc(size, false, d ? lazy_deadline_at(d) : NULL, &hand)
+                  : d    ? arena_alloc_nozero_until(size, lazy_deadline_at(d))
+                         : arena_alloc_nozero(size);
+    if (held)
+        *held = hand;
     if (!s)
         return NULL;
     s->cap = (uint64_t)1 << class;
@@ -287,8 +293,8 @@ static void seg_prefault(struct seg *s)
 }
 
 /* A segment the producers move to when the tail one is full: a spare if
- * there is one of that class, else a new one. */
-static struct seg *seg_next(mp_queue *q, uint32_t class, lazy_deadline *d)
+ * there is one of that class, else a new one, held in *held until linked. */
+static struct seg *seg_next(mp_queue *q, uint32_t class, lazy_deadline *d, void *_Atomic **held)
 {
     for (int i = 0; class == SEG_MAX_CLASS && i < SPARES; i++) {
         if (!atomic_load_explicit(&q->spare[i], memory_order_relaxed))
@@ -297,7 +303,7 @@ static struct seg *seg_next(mp_queue *q, uint32_t class, lazy_deadline *d)
         seg_reset(s);
         return s;
     }
-    struct seg *s = seg_new(class, d);
+    struct seg *s = seg_new(class, d, held);
     if (s)
         seg_prefault(s);
     return s;
@@ -864,13 +870,15 @@ static struct seg *room_locked(mp_queue *q, size_t need, lazy_deadline *d)
         return s;
     uint32_t class = s->class < SEG_MAX_CLASS ? s->class + 1 : s->class;
     errno = 0;
-    struct seg *n = seg_next(q, class, d);
+    void *_Atomic *held = NULL;
+    struct seg *n = seg_next(q, class, d, &held);
     if (!n)
         return NULL;
     /* Consumers pass the link only once an item in n is committed, so s
      * stays theirs until the switch below is done (a producer killed in
      * between leaves it to put_repair). */
     *ring_word(s, tail + 8) = (uint64_t)(uintptr_t)n;
+    hand_release(held);                   /* the link names n from here on */
     atomic_store_explicit(ring_header(s, tail), header(0, REC_LINK), memory_order_release);
     q->put.cached_head = 0;
     q->put.seg = n;
@@ -878,7 +886,7 @@ static struct seg *room_locked(mp_queue *q, size_t need, lazy_deadline *d)
 }
 
 static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint64_t gen,
-                      lazy_deadline *d)
+                      void *_Atomic *held, lazy_deadline *d)
 {
     uint64_t kind = !big ? REC_INLINE : gen ? REC_SHOWN : REC_BIG;
     struct seg *s = room_locked(q, record_room(len, kind), d);
@@ -896,6 +904,7 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
     if (atomic_load_explicit(next, memory_order_relaxed) != 0)
         atomic_store_explicit(next, 0, memory_order_relaxed);       /* next: none yet */
     hook("put_written");
+    hand_release(held);                       /* the queue names big from the commit on */
     uint64_t count = q->put.count + 1;
     journal_write(&q->put.j, s, after, count, NULL, 0);
     atomic_store_explicit(ring_header(s, tail), header(len, kind), memory_order_release);
@@ -908,9 +917,9 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
 }
 
 /* Commits one item: inline from data, or the out-of-line block big (shown
- * under gen, if not 0). */
+ * under gen, if not 0; held in hand in held, if not NULL, until the commit). */
 static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint64_t gen,
-                      double timeout)
+                      void *_Atomic *held, double timeout)
 {
     lazy_deadline d = { .timeout = timeout };
     bool sleepers = false;
@@ -926,7 +935,7 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
         else if (full_locked(q))
             rc = MP_EFULL;
         else
-            rc = put_locked(q, data, len, big, gen, &d);
+            rc = put_locked(q, data, len, big, gen, held, &d);
         if (rc == 0)
             note_waker_cpu(&q->not_empty);
         sleepers = rc == 0 && flag_up(&q->not_empty);
@@ -993,16 +1002,17 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
     if (timeout == 0 && mp_queue_full(q))                 /* is copied in vain */
         return queue_result(MP_EFULL, fn, timeout);
     void *big = NULL;
+    void *_Atomic *held = NULL;
     uint64_t gen = 0, claim = 0;
     if (len > QUEUE_INLINE_MAX) {
         mp_deadline d = deadline_in(timeout);
         errno = 0;
-        big = arena_alloc_nozero_until(len, &d);
-        if (!big)
+        big = hand_alloc(len, false, &d, &held);    /* a producer killed before the */
+        if (!big)                                   /* commit leaves it to its reaper */
             return queue_result(no_block(true), fn, timeout);
         int bad = mem_range_check(fn, "data", data, len);   /* before a fault in the copy */
         if (bad != 0) {
-            arena_free(big);
+            hand_free(held, big);
             return bad;
         }
         if (len >= PREFAULT_MIN)
@@ -1016,11 +1026,11 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
         else
             copy_big(big, data, len);
     }
-    int rc = queue_give(q, data, len, big, gen, timeout);
+    int rc = queue_give(q, data, len, big, gen, held, timeout);
     if (gen)
         show_end(q, gen, claim);
     if (rc != 0)
-        arena_free(big);
+        hand_free(held, big);
     return queue_result(rc, fn, timeout);
 }
 
@@ -1048,7 +1058,7 @@ int mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout)
                        len, size);
     if (atomic_load(&q->closed))
         return queue_result(MP_ECLOSED, __func__, timeout);
-    return queue_result(queue_give(q, NULL, len, p, 0, timeout), __func__, timeout);
+    return queue_result(queue_give(q, NULL, len, p, 0, NULL, timeout), __func__, timeout);
 }
 
 int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
@@ -1531,7 +1541,7 @@ int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
         return mp_fail(MP_EINVAL, __func__, "q (where the queue goes) is NULL");
     *out = NULL;
     mp_queue *q = arena_alloc(sizeof *q);
-    struct seg *s = seg_new(SEG_MIN_CLASS, NULL);
+    struct seg *s = seg_new(SEG_MIN_CLASS, NULL, NULL);
     if (!q || !s)
         goto fail;
     q->put.seg = q->get.seg = s;

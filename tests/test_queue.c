@@ -862,6 +862,121 @@ static void kill_inside_get(const char *point, size_t size, bool consumed, unsig
     mp_queue_free(q);
 }
 
+/* ------------------------------------------------------------------ big items in hand */
+
+static size_t used_now(void)
+{
+    struct arena_stats st;
+    assert_true(arena_check(&st));
+    return st.used_bytes;
+}
+
+struct big_put { mp_queue *q; const char *point; size_t size; };
+
+static int child_puts_one_big_item(void *arg)
+{
+    struct big_put *b = arg;
+    kill_point = b->point ? b->point : "";
+    kill_countdown = 0;
+    mp__queue_test_hook = kill_at_point;
+    unsigned char *item = malloc(b->size);
+    make_item(item, b->size, 77);
+    mp_queue_put(b->q, item, b->size, MP_FOREVER);
+    return 3;                          /* not reached: killed inside the put */
+}
+
+static bool arena_grew_by(void *arg)
+{
+    const size_t *at_least = arg;
+    return used_now() >= at_least[0] + at_least[1];
+}
+
+/* A producer process killed while it holds a big item it has not queued
+ * yet (point NULL: waiting for room in a full queue; else at that point)
+ * leaves no block behind: its reaper frees what it held. Killed after the
+ * commit, the item is queued, whole, and its block goes when it is got.
+ * Before, each such death kept a block as big as the item for good. */
+static void big_item_of_a_killed_producer(const char *point, bool delivered)
+{
+    size_t size = (size_t)4 << 20;
+    mp_queue *q = new_queue(point ? 0 : 1);
+    if (!point)
+        put_u64(q, 1);                 /* full: the big put waits for room */
+    size_t before = used_now();
+    struct big_put b = { q, point, size };
+    mp_process *p = tu_start_fork(child_puts_one_big_item, &b, 0);
+    if (!point) {
+        size_t grown[2] = { before, size };
+        assert_true(tu_wait_for(arena_grew_by, grown, 30));
+        TU_OK(mp_process_kill(p));
+    }
+    assert_int_equal(tu_join_free(p, 30), -SIGKILL);
+    if (!point)
+        assert_int_equal(get_u64(q), 1);
+    if (delivered)
+        expect_items(q, size, (uint64_t[]){ 77 }, 1);
+    size_t after = used_now();
+    print_message("%s: %zu bytes in use before, %zu after\n", point ? point : "waiting", before,
+                  after);
+    assert_int_equal(after, before);
+    mp_queue_free(q);
+}
+
+static int returns_zero(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+/* The same for a new segment: a producer killed as soon as it took one,
+ * before its pages are reserved and it is linked, leaves it to its reaper,
+ * and every item it committed before is there. */
+static void die_now(const char *point)
+{
+    if (strcmp(point, "alloc_taken") == 0)
+        raise(SIGKILL);
+}
+
+static int child_puts_until_a_new_segment(void *arg)
+{
+    mp_queue *q = arg;
+    mp__arena_test_hook = die_now;
+    for (uint64_t x = 0;; x++)
+        if (mp_queue_put(q, &x, sizeof x, MP_FOREVER) != 0)
+            return 2;
+}
+
+static void new_segment_of_a_killed_producer(void)
+{
+    mp_queue *q = new_queue(0);
+    size_t before = used_now();
+    assert_int_equal(tu_join_free(tu_start_fork(child_puts_until_a_new_segment, q, 0), 30),
+                     -SIGKILL);
+    assert_true(mp__queue_valid(q));
+    size_t after = used_now();
+    print_message("new segment: %zu bytes in use before, %zu after\n", before, after);
+    assert_int_equal(after, before);
+    uint64_t n = 0;
+    size_t len;
+    for (uint64_t x; mp_queue_get_nowait(q, &x, sizeof x, &len) == 0; n++)
+        assert_int_equal(x, n);
+    assert_true(n > 1000);             /* the first segment's worth */
+    put_u64(q, 5);                     /* and the queue goes on */
+    assert_int_equal(get_u64(q), 5);
+    mp_queue_free(q);
+}
+
+static void test_queue_big_item_of_a_killed_producer_is_freed_or_delivered(void **state)
+{
+    (void)state;
+    /* this process's own record is made once, here */
+    assert_int_equal(tu_join_free(tu_start_fork(returns_zero, NULL, 0), 30), 0);
+    big_item_of_a_killed_producer(NULL, false);
+    big_item_of_a_killed_producer("put_written", false);
+    big_item_of_a_killed_producer("put_committed", true);
+    new_segment_of_a_killed_producer();
+}
+
 static void test_queue_kill_before_put_commit_drops_only_that_item(void **state)
 {
     (void)state;
@@ -1590,6 +1705,7 @@ int main(void)
         cmocka_unit_test(test_queue_works_between_threads),
         cmocka_unit_test(test_queue_kill_before_put_commit_drops_only_that_item),
         cmocka_unit_test(test_queue_kill_after_put_commit_delivers_the_item_once),
+        cmocka_unit_test(test_queue_big_item_of_a_killed_producer_is_freed_or_delivered),
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
         cmocka_unit_test(test_queue_repair_after_two_deaths_keeps_the_next_item),

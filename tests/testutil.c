@@ -246,3 +246,21 @@ bool tu_fail_pidfd_open(void)
     return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
 }
+
+mp_process *tu_start_fork(mp_target target, void *arg, size_t arg_size)
+{
+    mp_process *p = NULL;
+    mp_process_opts o = { .method = MP_FORK, .arg_size = arg_size };
+    assert_int_equal(mp_process_new(&p, target, arg, &o), 0);
+    assert_int_equal(mp_process_start(p), 0);
+    return p;
+}
+
+int tu_join_free(mp_process *p, double timeout)
+{
+    int code = -1000;
+    assert_int_equal(mp_process_join(p, timeout * tu_slow()), 0);
+    assert_int_equal(mp_process_exitcode(p, &code), 0);
+    assert_int_equal(mp_process_free(p), 0);
+    return code;
+}

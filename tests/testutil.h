@@ -34,6 +34,13 @@ int tu_wait(pid_t pid, double timeout);
 /* Polls cond(arg) every millisecond up to timeout: true once it holds. */
 bool tu_wait_for(bool (*cond)(void *), void *arg, double timeout);
 
+/* Starts target(arg) in an MP_FORK child (copying arg_size bytes of arg,
+ * or passing arg as is for 0) and returns it; fails the test if it cannot. */
+mp_process *tu_start_fork(mp_target target, void *arg, size_t arg_size);
+/* Joins p within timeout seconds (scaled by tu_slow), frees it, and
+ * returns its exit code (-signal if a signal ended it). */
+int tu_join_free(mp_process *p, double timeout);
+
 double tu_now(void);                 /* CLOCK_MONOTONIC seconds */
 bool tu_pid_gone(pid_t pid);         /* no such process (or a zombie of ours reaped) */
 double tu_slow(void);                /* the MPROC_TEST_SLOW multiplier, >= 1 */
