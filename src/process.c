@@ -502,14 +502,35 @@ int process_exit_pipe_parent(int fds[2], pid_t pid)
     return fd;
 }
 
+static void target_left_main_thread(void *unused)
+{
+    (void)unused;
+    proc_leave_main_thread();
+}
+
+/* A spawn or fork-server child runs its target inside a constructor, before
+ * main. A target that ends its thread there (pthread_exit, or another
+ * thread cancels it) would unwind past the constructor, where glibc keeps
+ * nothing to return to after main: a SIGSEGV. Its cleanup handler ends the
+ * thread, or the process, as glibc does after main. A fork child runs its
+ * target from its starter's stack, inside main or a thread: glibc's own. */
+static int run_target_in_constructor(mp_target fn, void *arg)
+{
+    int code;
+    pthread_cleanup_push(target_left_main_thread, NULL);
+    code = fn(arg);
+    pthread_cleanup_pop(0);
+    return code;
+}
+
 int process_run_target(mp_process *p)
 {
-    mp_target fn = p->target;
-    if (p->method != MP_FORK)
-        fn = (mp_target)fnref_resolve(&p->target_ref);
+    if (p->method == MP_FORK)
+        return p->target(p->arg) & 0xff;
+    mp_target fn = (mp_target)fnref_resolve(&p->target_ref);
     if (!fn)
         return 127;                 /* like a shell's "command not found" */
-    return fn(p->arg) & 0xff;
+    return run_target_in_constructor(fn, p->arg) & 0xff;
 }
 
 void process_daemon_guard(pid_t expected_parent)

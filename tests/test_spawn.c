@@ -403,6 +403,67 @@ static void test_active_children_drops_a_child_that_ended_after_its_server_died(
     TU_OK(mp_process_free(p));
 }
 
+/* A child whose main thread has ended while another thread runs is alive:
+ * its leader is a zombie ('Z' in /proc) until the last thread ends. Seen
+ * from a creator that is not its parent (a fork-server child) without
+ * pidfds, /proc is all there is, and a zombie leader with threads left must
+ * not read as ended: its holds would go back while it still uses them. */
+static void *exits_once_told(void *arg)
+{
+    while (!atomic_load((_Atomic int *)arg))
+        usleep(1000);
+    _exit(4);
+}
+
+static int leader_ends_first(void *arg)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, exits_once_told, *(void **)arg) != 0)
+        return 2;
+    pthread_exit(NULL);
+}
+
+static bool leader_is_a_zombie(void *pid)
+{
+    return tu_proc_state(*(pid_t *)pid) == 'Z';
+}
+
+struct kin { pid_t child, parent; };
+
+static bool parent_changed(void *arg)
+{
+    struct kin *k = arg;
+    pid_t ppid = tu_proc_ppid(k->child);
+    return ppid != 0 && ppid != k->parent;
+}
+
+static void still_alive(mp_process *p)
+{
+    assert_true(mp_process_is_alive(p));
+    assert_int_equal(mp_process_join(p, 0), MP_ETIMEDOUT);
+    assert_int_equal(mp_active_children(NULL, 0), 1);
+}
+
+static void test_child_whose_main_thread_ended_first_is_alive_until_its_last(void **state)
+{
+    _Atomic int *told = mp_shared_alloc(sizeof *told);
+    mp_process *p = start(state, leader_ends_first, &told, sizeof told, false);
+    pid_t pid = mp_process_pid(p);
+    assert_true(tu_wait_for(leader_is_a_zombie, &pid, 10));
+    still_alive(p);
+    if (method_of(state) == MP_FORKSERVER) {   /* its server gone, we ask /proc */
+        struct kin k = { pid, tu_proc_ppid(pid) };
+        assert_true(k.parent > 0 && k.parent != getpid());
+        TU_OK(kill(k.parent, SIGKILL));
+        assert_true(tu_wait_for(parent_changed, &k, 10));
+        still_alive(p);
+    }
+    atomic_store(told, 1);
+    int code = finish(p);
+    assert_true(code == 4 || (method_of(state) == MP_FORKSERVER && code == MP_EXITCODE_UNKNOWN));
+    mp_shared_free((void *)told);
+}
+
 /* The same through a child's whole life, its reaper alive, and killed. */
 static void test_join_zero_and_is_alive_agree_through_a_life(void **state)
 {
@@ -568,6 +629,7 @@ int main(void)
         cmocka_unit_test_setup(test_forkserver_child_keeps_its_code_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_join_zero_and_is_alive_agree_when_the_server_dies, use_forkserver),
         cmocka_unit_test_setup(test_active_children_drops_a_child_that_ended_after_its_server_died, use_forkserver),
+        BOTH(test_child_whose_main_thread_ended_first_is_alive_until_its_last),
         cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
         cmocka_unit_test_setup(test_timed_join_holds_beside_a_start_on_a_stopped_server, use_forkserver),
     };

@@ -25,7 +25,12 @@ bool proc_have_pidfd(void);
 int proc_pidfd_open(pid_t pid);                       /* fd or -errno */
 int proc_signal(int fd, pid_t pid, int sig);          /* through the pidfd if any; 0 or -errno */
 int proc_wait_pid(pid_t pid, siginfo_t *si, bool nohang);   /* own child: 1 reaped, 0 not yet, -errno */
-bool proc_pid_ended(pid_t pid);                       /* gone, or a zombie */
+bool proc_pid_ended(pid_t pid);    /* gone, or a zombie with no thread left running */
+/* What glibc does once main's thread calls pthread_exit: that thread ends
+ * alone while other threads run (the process lives on until the last one
+ * ends), or else the process exits with status 0. For a main thread with
+ * nothing of glibc's to return to (a target run inside a constructor). */
+_Noreturn void proc_leave_main_thread(void);
 /* How a process that is not our child ended, as far as the kernel still
  * tells the holder of its pidfd (its zombie's stat, or PIDFD_INFO_EXIT once
  * reaped): 1 with *code (exit status or -signal), 0 unknown or running. */

@@ -86,6 +86,39 @@ static const char *stat_fields(pid_t pid, char *buf, size_t cap, bool *gone)
     return end && end[1] == ' ' && end[2] ? end + 2 : NULL;
 }
 
+/* Field n (n >= 3) of a stat line whose field 3, the state, is at f. */
+static const char *stat_field(const char *f, int n)
+{
+    for (int field = 3; field < n && f; field++) {
+        f = strchr(f, ' ');
+        f = f ? f + 1 : NULL;
+    }
+    return f;
+}
+
+/* From a process's stat at f: every thread of it has ended. Its leader
+ * reads 'Z' as soon as it ended, even while other threads run on (it called
+ * pthread_exit): field 20 still counts those. */
+static bool group_ended(const char *f)
+{
+    if (f[0] != 'Z' && f[0] != 'X')
+        return false;
+    const char *n = stat_field(f, 20);
+    return !n || strtol(n, NULL, 10) <= 1;
+}
+
+void proc_leave_main_thread(void)
+{
+    char buf[512];
+    bool gone;
+    const char *f = stat_fields(getpid(), buf, sizeof buf, &gone);
+    const char *n = f ? stat_field(f, 20) : NULL;
+    if (n && strtol(n, NULL, 10) > 1)
+        for (;;)
+            syscall(SYS_exit, 0);        /* this thread alone: the others run on */
+    exit(0);
+}
+
 bool proc_pid_ended(pid_t pid)
 {
     if (kill(pid, 0) != 0 && errno == ESRCH)
@@ -93,7 +126,7 @@ bool proc_pid_ended(pid_t pid)
     char buf[512];
     bool gone;
     const char *f = stat_fields(pid, buf, sizeof buf, &gone);
-    return f ? f[0] == 'Z' || f[0] == 'X' : gone;
+    return f ? group_ended(f) : gone;
 }
 
 int proc_task_start(pid_t tid, uint64_t *start)
@@ -105,10 +138,7 @@ int proc_task_start(pid_t tid, uint64_t *start)
         return gone ? 0 : -1;
     if (f[0] == 'Z' || f[0] == 'X')
         return 0;
-    for (int field = 3; field < 22 && f; field++) {   /* f is at field 3, the state */
-        f = strchr(f, ' ');
-        f = f ? f + 1 : NULL;
-    }
+    f = stat_field(f, 22);
     if (!f)
         return -1;
     *start = strtoull(f, NULL, 10);
@@ -148,12 +178,9 @@ static bool zombie_status(int pidfd, pid_t pid, int *code)
     char buf[1024];
     bool gone;
     const char *f = stat_fields(pid, buf, sizeof buf, &gone);
-    if (!f || f[0] != 'Z')
+    if (!f || f[0] != 'Z' || !group_ended(f))
         return false;
-    for (int field = 3; field < 52 && f; field++) {   /* f is at field 3, the state */
-        f = strchr(f, ' ');
-        f = f ? f + 1 : NULL;
-    }
+    f = stat_field(f, 52);
     if (!f || syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) != 0)
         return false;
     *code = code_from_status((int)strtol(f, NULL, 10));
