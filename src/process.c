@@ -179,7 +179,7 @@ static int fd_for(mp_process *p)
     if (e)
         return e->fd;
     int fd = MP_ESTATE;
-    if (atomic_load(&p->state) == PROC_RUNNING && !proc_pid_ended(p->pid)) {
+    if (atomic_load(&p->state) == PROC_RUNNING) {   /* a zombie's too: it tells its code */
         fd = proc_pidfd_open(p->pid);
         /* No pidfds, or none now (EMFILE, ENOMEM): callers poll instead.
          * Only "no such process" is an end; never cache an "ended" answer
@@ -980,6 +980,27 @@ static int send_signal(mp_process *p, int sig, const char *fn)
 int mp_process_terminate(mp_process *p) { return send_signal(p, SIGTERM, __func__); }
 int mp_process_kill(mp_process *p) { return send_signal(p, SIGKILL, __func__); }
 
+/* Someone else's child (not ours to reap, nor a fork-server child of ours)
+ * whose end its reaper has not published yet: 1 with *code, as its zombie
+ * (or, reaped, its pidfd) still tells; 0 ended, its code unknown here; -1
+ * running (or not someone else's). */
+static int code_from_kernel(mp_process *p, int *code)
+{
+    if (i_reap(p) || fs_child(p))
+        return -1;
+    runtime_lock();
+    int fd = fd_for(p);
+    runtime_unlock();
+    mp_deadline now = deadline_in(0);
+    if (fd >= 0 ? proc_poll_fd(fd, &now) != 1 : !proc_pid_ended(p->pid))
+        return -1;
+    if (atomic_load_explicit(&p->state, memory_order_acquire) == PROC_DONE) {
+        *code = p->exitcode;                    /* published meanwhile */
+        return 1;
+    }
+    return fd >= 0 && proc_exit_code(fd, p->pid, code) == 1 ? 1 : 0;
+}
+
 int mp_process_exitcode(mp_process *p, int *code)
 {
     const char *fn = __func__;
@@ -989,11 +1010,19 @@ int mp_process_exitcode(mp_process *p, int *code)
         return mp_fail(MP_EINVAL, fn, "code (where the exit code goes) is NULL");
     if (atomic_load(&p->state) == PROC_NEW)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" was never started", p->name);
-    if (!ended_now(p))
-        return mp_fail(MP_ESTATE, fn, "process \"%s\" is still running; join it first",
-                       p->name);
-    *code = p->exitcode;
-    return 0;
+    if (ended_now(p)) {
+        *code = p->exitcode;
+        return 0;
+    }
+    int known = code_from_kernel(p, code);
+    if (known == 1)
+        return 0;
+    if (known == 0)
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" has ended, but its exit code is known "
+                       "here only once its parent has reaped it (a join, is_alive or "
+                       "mp_active_children there)", p->name);
+    return mp_fail(MP_ESTATE, fn, "process \"%s\" is still running; join it first",
+                   p->name);
 }
 
 pid_t mp_process_pid(const mp_process *p)

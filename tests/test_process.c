@@ -513,6 +513,12 @@ static int joins_sibling(void *arg)
         return 4;
     if (fd != -ENOSYS && poll(&pfd, 1, 0) != 1)
         return 7;
+    /* Not reaped yet (our parent is busy joining us): its zombie tells its
+     * code through our pidfd; with none, the error says who will know. */
+    int code = 0, rc = mp_process_exitcode(sibling, &code);
+    if (fd != -ENOSYS ? rc != 0 || code != -SIGKILL
+                      : rc != MP_ESTATE || !strstr(mp_last_error(), "once its parent has reaped"))
+        return 8;
     return mp_process_is_alive(sibling) ? 5 : 0;
 }
 
