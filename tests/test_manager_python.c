@@ -78,6 +78,18 @@ static void test_refcounts_free_objects_with_their_proxies(void **state)
     python_mode("refcount");
 }
 
+/* Barrier(timeout=nan), Semaphore past 2**63-1, notify(-2**63) and slice
+ * steps of +-2**63: each is answered (an exception where Python's would
+ * differ), and the server lives on. They were a float-to-int cast of NaN,
+ * signed overflows and a negation of INT64_MIN in the server: the ASan
+ * build's server died on each, the plain one wrapped a semaphore's count
+ * to -2**63 (acquire never succeeded again). */
+static void test_extreme_numbers_are_answered_and_the_server_lives(void **state)
+{
+    (void)state;
+    python_mode("extremes");
+}
+
 static void test_python312_handshake_and_wrong_key(void **state)
 {
     (void)state;
@@ -414,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_sync_manager_every_typeid),
         cmocka_unit_test(test_errors_are_the_exceptions_python_raises),
         cmocka_unit_test(test_refcounts_free_objects_with_their_proxies),
+        cmocka_unit_test(test_extreme_numbers_are_answered_and_the_server_lives),
         cmocka_unit_test(test_python312_handshake_and_wrong_key),
         cmocka_unit_test(test_processes_share_barrier_lock_condition),
         cmocka_unit_test(test_remote_pattern_shares_named_objects_with_c),

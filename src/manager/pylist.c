@@ -268,12 +268,13 @@ static bool slice_step_zero(const struct pk_node *n)
            !py_slice_of(n, 0, &a, &b, &step);
 }
 
-/* The number of indices of a resolved slice. */
+/* The number of indices of a resolved slice (any step, INT64_MIN too:
+ * the division is unsigned, so -step never overflows). */
 static int64_t slice_count(int64_t start, int64_t stop, int64_t step)
 {
     if (step > 0)
-        return start < stop ? (stop - start - 1) / step + 1 : 0;
-    return start > stop ? (start - stop - 1) / -step + 1 : 0;
+        return start < stop ? (int64_t)((uint64_t)(stop - start - 1) / (uint64_t)step) + 1 : 0;
+    return start > stop ? (int64_t)((uint64_t)(start - stop - 1) / (0 - (uint64_t)step)) + 1 : 0;
 }
 
 /* del l[start:stop:step], highest index first so the others stay put. */
@@ -525,8 +526,9 @@ static void list_getitem(struct pycall *c)
     }
     py_reply_begin(cx, "#RETURN");
     pk_empty_list(&cx->pw);
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-        struct mval at = mint(i);
+    int64_t n = slice_count(start, stop, step);
+    for (int64_t k = 0; k < n; k++) {          /* i += step could pass INT64_MAX after the last */
+        struct mval at = mint(start + k * step);
         py_sx(c, OP_LIST_GET, &at, NULL, &r);
         pk_mark(&cx->pw);
         pv_write(&cx->pw, &r.v);

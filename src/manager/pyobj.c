@@ -279,7 +279,9 @@ struct timespec py_mono_in(double s)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
-    if (s > 1e9)
+    if (!(s > 0))                 /* NaN, negative, -inf (a Barrier's own timeout): now */
+        s = 0;
+    else if (s > 1e9)
         s = 1e9;
     int64_t ns = t.tv_nsec + (int64_t)(s * 1e9);
     t.tv_sec += ns / 1000000000;

@@ -86,8 +86,10 @@ static void sem_release(struct pycall *c)
     int64_t k = is_int(n) ? n->i : 1;
     if (k < 1) {
         py_raise_msg(c->cx, "ValueError", "n must be one or more");
-    } else if (o->ti->t == PT_BSEM && o->count + k > o->max) {
+    } else if (o->ti->t == PT_BSEM && k > o->max - o->count) {
         py_raise_msg(c->cx, "ValueError", "Semaphore released too many times");
+    } else if (k > INT64_MAX - o->count) {     /* the count is an int64 here, not Python's int */
+        py_raise_msg(c->cx, "OverflowError", "mproc-manager: a semaphore's value is at most 2**63-1");
     } else {
         o->count += k;
         pthread_cond_broadcast(&o->cond);
@@ -157,7 +159,7 @@ static void cond_notify_n(struct pycall *c, int64_t k)
         py_raise_msg(c->cx, "RuntimeError", "cannot notify on un-acquired lock");
         return;
     }
-    while (k-- > 0 && o->cwaiters) {
+    for (; k > 0 && o->cwaiters; k--) {          /* notify(n <= 0) wakes nobody */
         o->cwaiters->notified = true;
         o->cwaiters = o->cwaiters->next;
     }

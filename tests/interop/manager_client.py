@@ -3,7 +3,7 @@
     manager_client.py MODE ADDRESS KEYHEX
 
 MODE is one of the functions below (types, errors, refcount, remote,
-worker, handshake312, processes). ADDRESS is mproc's form
+worker, handshake312, processes, extremes). ADDRESS is mproc's form
 ("tcp:HOST:PORT", "unix:/p", "unix:@name"). Nothing here knows it talks to
 mproc: this is the code users run against Python's own server. Exit 0 when
 every check passed; an assertion prints what differed.
@@ -449,6 +449,46 @@ def processes(address, key):
     eq(out.get(timeout=10), True)
     p.join(10)
     print("processes ok")
+
+
+# -- numbers at the ends of int64 and float: answers, never a dead server --------
+
+def _method(proxy, name, *args):
+    """proxy.name(*args) sent as is (the proxies' own signatures drop some)."""
+    return proxy._callmethod(name, args)
+
+
+def extremes(address, key):
+    m = connect(address, key)
+    lo, hi = -2 ** 63, 2 ** 63 - 1
+    for t in (float("nan"), float("-inf"), -1e300):   # a Barrier's own timeout
+        b = m.Barrier(2, timeout=t)
+        raises(threading.BrokenBarrierError, b.wait)
+    s = m.Semaphore(hi)
+    raises(OverflowError, _method, s, "release", 1)
+    eq(s.acquire(False), True)                        # still 2**63-1, less one
+    s = m.Semaphore(1)
+    raises(OverflowError, _method, s, "release", hi)
+    eq(s.acquire(False), True)
+    eq(s.acquire(False), False)
+    bs = m.BoundedSemaphore(1)
+    raises(ValueError, _method, bs, "release", hi)
+    c = m.Condition()
+    c.acquire()
+    eq(_method(c, "notify", lo), None)
+    c.release()
+    l = m.list([1, 2, 3])
+    eq(l[::lo], [3])
+    eq(l[1::hi], [2])
+    eq(l[hi::-1], [3, 2, 1])
+    l[::lo] = [9]
+    eq(l[:], [1, 2, 9])
+    del l[::lo]
+    eq(l[:], [1, 2])
+    del l[1::hi]
+    eq(l[:], [1])
+    eq(m.dict(a=1)["a"], 1)                           # the server is still there
+    print("extremes ok")
 
 
 def main():
