@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -88,6 +89,75 @@ static void test_extreme_numbers_are_answered_and_the_server_lives(void **state)
 {
     (void)state;
     python_mode("extremes");
+}
+
+/* mproc-manager serve --max-memory 64M in the background; its address
+ * goes in addr. False when the build's tool is not found. */
+static bool start_tool_64m(pid_t *pid, char *addr, size_t cap, const char *keyfile)
+{
+    const char *bin = getenv("MPROC_BINARY_DIR");
+    if (!bin)
+        return false;
+    char tool[512];
+    snprintf(tool, sizeof tool, "%s/tools/mproc-manager", bin);
+    FILE *f = fopen(keyfile, "w");
+    assert_non_null(f);
+    fputs(KEY, f);
+    fclose(f);
+    int p[2];
+    TU_OK(pipe(p));
+    *pid = fork();
+    if (*pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(p[1], 1);
+        close(p[0]);
+        execl(tool, tool, "serve", "--address", "tcp:127.0.0.1:0", "--authkey-file", keyfile,
+              "--max-memory", "64M", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    while (n + 1 < cap && read(p[0], addr + n, 1) == 1 && addr[n] != '\n')
+        n++;
+    addr[n] = '\0';
+    close(p[0]);
+    assert_true(n > 0);
+    return true;
+}
+
+/* l *= 2**40 and l.extend(range(10**12)) are refused at once and leave l
+ * as it was; a l *= n that passes the budget part way is put back. They
+ * used to run until the whole budget was spent (seconds with the store
+ * held, every other client waiting) and keep what they had appended, so
+ * every later store write got MemoryError. */
+static void test_list_growth_past_the_budget_keeps_nothing(void **state)
+{
+    (void)state;
+    if (!have_python())
+        skip();
+    char addr[128], keyfile[64], hex[2 * sizeof KEY + 1], script[512];
+    snprintf(keyfile, sizeof keyfile, "/tmp/mproc-pybudget-key-%d", (int)getpid());
+    pid_t srv;
+    if (!start_tool_64m(&srv, addr, sizeof addr, keyfile)) {
+        unlink(keyfile);
+        skip();
+    }
+    const char *src = getenv("MPROC_SOURCE_DIR");
+    snprintf(script, sizeof script, "%s/tests/interop/manager_client.py", src ? src : ".");
+    for (size_t i = 0; i < strlen(KEY); i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)KEY[i]);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp("python3", "python3", script, "list_budget", addr, hex, (char *)NULL);
+        _exit(127);
+    }
+    assert_true(pid > 0);
+    int rc = tu_wait(pid, PY_TIMEOUT * tu_slow());
+    kill(srv, SIGTERM);
+    assert_int_equal(tu_wait(srv, 10 * tu_slow()), 0);
+    unlink(keyfile);
+    assert_int_equal(rc, 0);
 }
 
 static void test_python312_handshake_and_wrong_key(void **state)
@@ -427,6 +497,7 @@ int main(void)
         cmocka_unit_test(test_errors_are_the_exceptions_python_raises),
         cmocka_unit_test(test_refcounts_free_objects_with_their_proxies),
         cmocka_unit_test(test_extreme_numbers_are_answered_and_the_server_lives),
+        cmocka_unit_test(test_list_growth_past_the_budget_keeps_nothing),
         cmocka_unit_test(test_python312_handshake_and_wrong_key),
         cmocka_unit_test(test_processes_share_barrier_lock_condition),
         cmocka_unit_test(test_remote_pattern_shares_named_objects_with_c),

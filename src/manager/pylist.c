@@ -84,6 +84,26 @@ static int list_swap(struct pycall *c, int64_t i, int64_t j)
     return rc;
 }
 
+/* Pops the list back to len0 items: a call that fails part way (past the
+ * budget) leaves the list as it found it, as Python's list does. */
+static void list_truncate(struct pycall *c, int64_t len0)
+{
+    struct sreply r;
+    struct mval last = mint(-1);
+    for (int64_t n = list_len(c); n > len0; n--) {
+        if (py_sx(c, OP_LIST_POP, &last, NULL, &r) < 0)
+            break;
+        store_release(&r);
+    }
+}
+
+/* Whether n more items could fit the store's budget; false for a count
+ * past int64 too. */
+static bool items_fit(struct pycall *c, uint64_t n)
+{
+    return n <= INT64_MAX && store_items_fit_locked(c->cx->reg->store, n);
+}
+
 int pylist_append(struct pycall *c, struct pk_node *n)
 {
     struct mval v;
@@ -120,7 +140,7 @@ static int list_extend_from_list(struct pycall *c, struct pyobj *from)
     struct pycall src = { .cx = c->cx, .o = from };
     struct sreply r, w;
     int64_t n = list_len(&src);
-    int rc = 0;
+    int rc = items_fit(c, (uint64_t)n) ? 0 : MP_ENOMEM;
     for (int64_t i = 0; i < n && rc == 0; i++) {
         struct mval at = mint(i);
         if ((rc = py_sx(&src, OP_LIST_GET, &at, NULL, &r)) == 0) {
@@ -131,7 +151,7 @@ static int list_extend_from_list(struct pycall *c, struct pyobj *from)
     return rc;
 }
 
-int pylist_extend_from(struct pycall *c, struct pk_node *src)
+static int extend_from(struct pycall *c, struct pk_node *src)
 {
     int64_t start, stop, step;
     int rc = 0;
@@ -140,6 +160,12 @@ int pylist_extend_from(struct pycall *c, struct pk_node *src)
         rc = proxied->ti->t == PT_LIST ? list_extend_from_list(c, proxied) : MP_ETYPE;
         pyobj_release(c->cx->reg, proxied);
         return rc;
+    }
+    if (range_of(src, &start, &stop, &step)) {   /* range(10**18) is refused at once */
+        uint64_t n = step > 0 ? (start < stop ? ((uint64_t)stop - (uint64_t)start - 1) / (uint64_t)step + 1 : 0)
+                              : (start > stop ? ((uint64_t)start - (uint64_t)stop - 1) / (0 - (uint64_t)step) + 1 : 0);
+        if (!items_fit(c, n))
+            return MP_ENOMEM;
     }
     if (src->kind == PK_LIST || src->kind == PK_TUPLE || src->kind == PK_DICT) {
         uint32_t every = src->kind == PK_DICT ? 2 : 1;
@@ -165,6 +191,15 @@ int pylist_extend_from(struct pycall *c, struct pk_node *src)
     } else {
         rc = MP_ETYPE;
     }
+    return rc;
+}
+
+int pylist_extend_from(struct pycall *c, struct pk_node *src)
+{
+    int64_t len0 = list_len(c);
+    int rc = extend_from(c, src);
+    if (rc < 0)
+        list_truncate(c, len0);
     return rc;
 }
 
@@ -458,8 +493,18 @@ static void list_imul(struct pycall *c)
         return;
     }
     int64_t times = a0->i, len = list_len(c);
+    struct store *s = c->cx->reg->store;
     int rc = 0;
-    for (int64_t t = 1; t < times && len > 0 && rc == 0; t++)   /* [] * n is [] at once */
+    /* Refused before it starts when the copies cannot fit: their slots,
+     * then (once one copy is made) half what that copy cost for each of the
+     * rest; past the budget part way, the list is put back as it was.
+     * l *= 10**18 used to fill the whole budget, with the store held for
+     * seconds, and keep what it had made. */
+    if (times > 1 && len > 0 && ((uint64_t)(times - 1) > UINT64_MAX / (uint64_t)len ||
+                                 !items_fit(c, (uint64_t)len * (uint64_t)(times - 1))))
+        rc = MP_ENOMEM;
+    size_t room = store_room_locked(s);
+    for (int64_t t = 1; t < times && len > 0 && rc == 0; t++) {   /* [] * n is [] at once */
         for (int64_t i = 0; i < len && rc == 0; i++) {
             struct mval at = mint(i);
             if ((rc = py_sx(c, OP_LIST_GET, &at, NULL, &r)) == 0) {
@@ -467,6 +512,12 @@ static void list_imul(struct pycall *c)
                 rc = py_sx(c, OP_LIST_APPEND, &item, NULL, &r);
             }
         }
+        size_t left = store_room_locked(s), per = room > left ? room - left : 0;
+        if (rc == 0 && t == 1 && per && (uint64_t)(times - 2) / 2 > left / per)   /* the ring grows in steps */
+            rc = MP_ENOMEM;
+    }
+    if (rc < 0)
+        list_truncate(c, len);
     for (int64_t i = times <= 0 ? len : 0; i > 0 && rc == 0; i--) {
         struct mval last = mint(-1);
         rc = py_sx(c, OP_LIST_POP, &last, NULL, &r);

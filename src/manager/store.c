@@ -85,6 +85,17 @@ static bool budget_room(struct store *s, size_t n)
     return dicts <= s->max_bytes - s->bytes && n <= s->max_bytes - s->bytes - dicts;
 }
 
+size_t store_room_locked(struct store *s)
+{
+    size_t dicts = shstore_bytes(s->dicts);
+    return dicts <= s->max_bytes - s->bytes ? s->max_bytes - s->bytes - dicts : 0;
+}
+
+bool store_items_fit_locked(struct store *s, uint64_t n)
+{
+    return n <= store_room_locked(s) / sizeof(struct value);
+}
+
 static bool budget_take(struct store *s, size_t n)
 {
     if (!budget_room(s, n))

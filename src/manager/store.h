@@ -64,6 +64,12 @@ void store_lock(struct store *s);
 void store_unlock(struct store *s);
 void store_exec_locked(struct store *s, struct store_owner *owner, const struct mmsg *req, struct sreply *r);
 void store_release(struct sreply *r);
+/* The bytes of the budget still free, and whether n more list items
+ * could fit it (counting only their slots, which every item takes: a
+ * lower bound, so a call that cannot succeed is refused before it
+ * starts). Store mutex held. */
+size_t store_room_locked(struct store *s);
+bool store_items_fit_locked(struct store *s, uint64_t n);
 /* Deletes the object that requests with op address as name (false: it is
  * in use by a waiting request; it stays). Store mutex held. */
 bool store_drop_locked(struct store *s, int64_t op, const struct mval *name);

@@ -491,6 +491,28 @@ def extremes(address, key):
     print("extremes ok")
 
 
+def list_budget(address, key):
+    """Against a server with --max-memory 64M."""
+    m = connect(address, key)
+    l = m.list([1, 2])
+    t0 = time.monotonic()
+    raises(MemoryError, l.__imul__, 2 ** 40)         # refused before it starts
+    raises(MemoryError, l.extend, range(10 ** 12))
+    raises(MemoryError, l.extend, range(0, -10 ** 12, -1))
+    took = time.monotonic() - t0
+    assert took < 2, "took %r s" % took
+    eq(len(l), 2)                                     # nothing kept
+    eq(l[:], [1, 2])
+    big = m.list([b"x" * 100000] * 8)
+    raises(MemoryError, big.__imul__, 100)            # fails part way, put back
+    eq(len(big), 8)
+    keep = m.list([b"y" * 1000] * 10000)              # the budget is free again
+    eq(len(keep), 10000)
+    l *= 3
+    eq(l[:], [1, 2, 1, 2, 1, 2])
+    print("list_budget ok")
+
+
 def main():
     mode, address, keyhex = sys.argv[1:4]
     globals()[mode](py_address(address), bytes.fromhex(keyhex))
