@@ -34,8 +34,9 @@ static mp_manager *start_tcp(void)
     return m;
 }
 
-/* Runs manager_client.py MODE against m; its exit code (TU_TIMEOUT if it hung). */
-static int run_python(mp_manager *m, const char *mode)
+/* Runs manager_client.py MODE against the manager at addr; its exit code
+ * (TU_TIMEOUT if it hung). */
+static int run_python_at(const char *addr, const char *mode)
 {
     char script[512], hex[2 * sizeof KEY + 1];
     const char *src = getenv("MPROC_SOURCE_DIR");
@@ -45,11 +46,16 @@ static int run_python(mp_manager *m, const char *mode)
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
-        execlp("python3", "python3", script, mode, mp_manager_address(m), hex, (char *)NULL);
+        execlp("python3", "python3", script, mode, addr, hex, (char *)NULL);
         _exit(127);
     }
     assert_true(pid > 0);
     return tu_wait(pid, PY_TIMEOUT * tu_slow());
+}
+
+static int run_python(mp_manager *m, const char *mode)
+{
+    return run_python_at(mp_manager_address(m), mode);
 }
 
 static void python_mode(const char *mode)
@@ -135,25 +141,14 @@ static void test_list_growth_past_the_budget_keeps_nothing(void **state)
     (void)state;
     if (!have_python())
         skip();
-    char addr[128], keyfile[64], hex[2 * sizeof KEY + 1], script[512];
+    char addr[128], keyfile[64];
     snprintf(keyfile, sizeof keyfile, "/tmp/mproc-pybudget-key-%d", (int)getpid());
-    pid_t srv;
+    pid_t srv = 0;
     if (!start_tool_64m(&srv, addr, sizeof addr, keyfile)) {
         unlink(keyfile);
         skip();
     }
-    const char *src = getenv("MPROC_SOURCE_DIR");
-    snprintf(script, sizeof script, "%s/tests/interop/manager_client.py", src ? src : ".");
-    for (size_t i = 0; i < strlen(KEY); i++)
-        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)KEY[i]);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        execlp("python3", "python3", script, "list_budget", addr, hex, (char *)NULL);
-        _exit(127);
-    }
-    assert_true(pid > 0);
-    int rc = tu_wait(pid, PY_TIMEOUT * tu_slow());
+    int rc = run_python_at(addr, "list_budget");
     kill(srv, SIGTERM);
     assert_int_equal(tu_wait(srv, 10 * tu_slow()), 0);
     unlink(keyfile);
