@@ -157,6 +157,10 @@ struct arena_header {
     struct {
         uint32_t n;                     /* entries committed, 0 = none */
         struct jentry e[4];
+        /* An alloc's hand slot (arena_alloc_held), 0 = none: once the
+         * journal is committed the block of e[0] is taken, and a repair
+         * writes its address there, as the dead holder was about to. */
+        uint64_t slot;
     } j;
     void *slots[ARENA_SLOT_COUNT];
     /* The small-block stacks, one per size: (tag << 32) | index of the top
@@ -585,6 +589,7 @@ static void journal_clear(struct arena_header *h)
 {
     atomic_thread_fence(memory_order_release);
     h->j.n = 0;
+    h->j.slot = 0;
 }
 
 /* A free block's dirty range in arena offsets, clamped to the block. */
@@ -638,11 +643,17 @@ static uint64_t dirty_big(struct arena_header *h, const struct block *b)
  * lists and bitmaps from the blocks themselves. */
 static void arena_repair(struct arena_header *h)
 {
-    if (!h->j.n)
+    if (!h->j.n) {
+        h->j.slot = 0;                   /* an alloc's, planned and never committed */
         return;                          /* died outside an operation: nothing torn */
+    }
     if (h->j.n > 4)
         h->j.n = 4;                      /* cannot be; keeps the replay in bounds */
     journal_apply(h);
+    if (h->j.slot)                       /* an alloc's block in hand: it is taken now */
+        atomic_store_explicit((void *_Atomic *)(uintptr_t)h->j.slot,
+                              (char *)block_at(h, h->j.e[0].off) + BLOCK_HEADER,
+                              memory_order_release);
     memset(h->heads, 0, sizeof h->heads);
     h->dirty_big = h->used = 0;
     memset(h->sl_map, 0, sizeof h->sl_map);
@@ -698,7 +709,7 @@ static void arena_lock(struct arena_header *h)
  * most recently freed bytes are (its dirty range ends there): a queue's big
  * items then come back to the block just freed, still in the cache, instead
  * of walking a ring through the arena. */
-static struct block *alloc_locked(struct arena_header *h, uint64_t need)
+static struct block *alloc_locked(struct arena_header *h, uint64_t need, void *_Atomic *slot)
 {
     struct block *b = find_free(h, need);
     if (!b)
@@ -718,6 +729,7 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
         plan(h, 0, off, size, b->prev_size, BLOCK_USED, fresh);
     }
     bool in_place = split && same_list(size, rest);
+    h->j.slot = (uint64_t)(uintptr_t)slot;
     hook("alloc_planned");
     journal_commit(h, n);
     /* The counters change only while the journal is committed: a holder
@@ -726,6 +738,10 @@ static struct block *alloc_locked(struct arena_header *h, uint64_t need)
     h->dirty_big -= dirty_big(h, b);
     h->used += used;
     hook("alloc_committed");
+    /* From the commit the block is taken (a repair rolls forward): named in
+     * hand now, or by the repair should we die before this store. */
+    if (slot)
+        atomic_store_explicit(slot, (char *)block_at(h, at) + BLOCK_HEADER, memory_order_release);
     if (!in_place)
         list_remove(h, b);
     hook("alloc_unlinked");
@@ -820,6 +836,7 @@ static void free_locked(struct arena_header *h, struct block *b)
     /* Merged with one neighbour and still in its list: it keeps its place. */
     bool keep_prev = with_prev && !with_next && same_list(prev->size, total);
     bool take_next = with_next && !with_prev && same_list(next->size, total);
+    h->j.slot = 0;
     hook("free_planned");
     journal_commit(h, n);
     hook("free_committed");
@@ -1043,10 +1060,14 @@ static void *take(size_t size, const mp_deadline *d, void *_Atomic *slot)
         errno = ETIMEDOUT;
         return NULL;
     }
-    struct block *b = h->corrupt ? NULL : alloc_locked(h, need);
+    /* A hand slot (claimed, not yet filled) is named in the allocation's
+     * journal, so a holder killed between its commit and the store leaves
+     * the block named there too; any other slot is written after. */
+    void *_Atomic *in_hand = slot && was == HAND_CLAIMED ? slot : NULL;
+    struct block *b = h->corrupt ? NULL : alloc_locked(h, need, in_hand);
     if (!b && !h->corrupt && cache_drain(h))
-        b = alloc_locked(h, need);
-    if (b && slot)
+        b = alloc_locked(h, need, in_hand);
+    if (b && slot && !in_hand)
         atomic_store_explicit(slot, (char *)b + BLOCK_HEADER, memory_order_release);
     /* Read under the lock: freeing a neighbour rewrites this header. */
     uint64_t bsize = b ? b->size : 0;
@@ -1130,6 +1151,14 @@ void arena_free(void *p)
     if (b)
         free_locked(h, b);
     rmutex_unlock(&h->lock);
+}
+
+void arena_settle(void)
+{
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    static const mp_deadline now = { { 0, 0 }, false };   /* passed: the grace alone */
+    if (h && arena_lock_until(h, &now))
+        rmutex_unlock(&h->lock);
 }
 
 bool arena_is_block(const void *p)

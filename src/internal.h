@@ -181,6 +181,14 @@ void *arena_alloc_nozero_until(size_t size, const mp_deadline *d);
  * inside arena_alloc does. hand_alloc claims and takes (on failure NULL,
  * the slot released); hand_free releases and frees. NULL slots: no-ops. */
 void *arena_alloc_held(size_t size, bool zero, const mp_deadline *d, void *_Atomic *slot);
+/* A hand slot claimed and not yet filled: never a block's address. Such a
+ * slot is named in the allocation's journal, so a process killed inside
+ * arena_alloc_held once its block is taken leaves the block in the slot (the
+ * next holder of the arena's lock repairs, and writes it there). */
+#define HAND_CLAIMED ((void *)(uintptr_t)1)
+/* Takes the arena's lock and gives it back (waiting LOCK_GRACE_S at most):
+ * a dead holder's journal is repaired by then. */
+void arena_settle(void);
 void *_Atomic *hand_claim(void);
 void hand_release(void *_Atomic *slot);
 void *hand_alloc(size_t size, bool zero, const mp_deadline *d, void *_Atomic **slot);

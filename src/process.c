@@ -272,9 +272,6 @@ void process_started(struct fdreg_lease *lease)
         rename_start(lease, NULL);
 }
 
-/* A claimed slot before arena_alloc_held fills it: never a block's address. */
-#define HAND_CLAIMED ((void *)(uintptr_t)1)
-
 void *_Atomic *hand_claim(void)
 {
     mp_process *me = own_record();
@@ -321,6 +318,14 @@ static void end_lease(mp_process *p)
     process_lease_undo(p, p->lease);
     for (int i = 0; i < PROC_STARTS_NAMED; i++)
         fdreg_lease_abandon(atomic_exchange(&p->starting[i], NULL));
+    /* A slot claimed and not filled: p may have died inside arena_alloc_held
+     * holding the arena's lock, its block taken and named only in the
+     * journal. Taking the lock repairs that, which fills the slot. */
+    for (int i = 0; i < PROC_HANDS; i++)
+        if (atomic_load(&p->hand[i]) == HAND_CLAIMED) {
+            arena_settle();
+            break;
+        }
     for (int i = 0; i < PROC_HANDS; i++) {
         void *b = atomic_exchange(&p->hand[i], NULL);
         if (b && b != HAND_CLAIMED)
