@@ -76,6 +76,7 @@ static_libs=$(pkg-config --static --libs mproc | sed 's/-lmproc\( \|$\)/-l:libmp
 # shellcheck disable=SC2046,SC2086
 $cc -o "$tmp/pc_static" "$here/consumer.c" $(pkg-config --cflags mproc) $static_libs || fail "pkg-config static build"
 env -u LD_LIBRARY_PATH "$tmp/pc_static" || fail "pc_static"
+readelf -d "$tmp/pc_static" | grep -q 'libmproc' && fail "pc_static needs libmproc.so"
 echo "== docs/getting-started.md programs, built as the page says"
 src=$(cd "$here/../.." && pwd)
 awk -v dir="$tmp" '/^<!-- getting-started: .* -->$/ { name = $3; next }
