@@ -90,7 +90,8 @@ typedef struct mp_process mp_process;
 typedef int (*mp_target)(void *arg);        /* return value = exit code (0-255) */
 typedef enum { MP_START_DEFAULT, MP_FORK, MP_SPAWN, MP_FORKSERVER } mp_start_method;
 typedef struct {
-    const char *name;        /* default "Process-N" (N counts per parent) */
+    const char *name;        /* default "Process-N" (N counts per parent); at most
+                                63 bytes, else MP_EINVAL */
     bool daemon;             /* killed when the parent exits, normally or not */
     mp_start_method method;
     size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver);
@@ -137,7 +138,8 @@ MP_EXTERN mp_start_method mp_get_start_method(void);
 /* ------------------------------------------------------------------ threads */
 
 typedef struct mp_thread mp_thread;
-typedef struct { const char *name; bool daemon; } mp_thread_opts;  /* "Thread-N" */
+/* name: default "Thread-N"; at most 63 bytes, else MP_EINVAL */
+typedef struct { const char *name; bool daemon; } mp_thread_opts;
 MP_EXTERN int  mp_thread_new(mp_thread **t, mp_target target, void *arg, const mp_thread_opts *o);
 MP_EXTERN int  mp_thread_start(mp_thread *t);
 MP_EXTERN int  mp_thread_join(mp_thread *t, double timeout);  /* 0, MP_ETIMEDOUT */
