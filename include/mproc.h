@@ -253,7 +253,10 @@ MP_EXTERN void mp_condition_free(mp_condition *c);
  * holds it no longer), abort, or a party killed while waiting
  * (noticed within 0.1 s) breaks it: every waiter and every later wait gets
  * MP_EBROKEN until reset; a reset while parties wait breaks their wait too. */
-MP_EXTERN int  mp_barrier_new(mp_barrier **b, unsigned parties);   /* parties >= 1 */
+/* parties 1..44739242 on x86-64 (INT_MAX / 48: each party is a 48-byte
+ * slot in the arena, so the largest barrier takes 2 GiB); else MP_EINVAL,
+ * and mp_last_error names the bound. */
+MP_EXTERN int  mp_barrier_new(mp_barrier **b, unsigned parties);
 MP_EXTERN int  mp_barrier_wait(mp_barrier *b, double timeout);     /* index, MP_EBROKEN */
 MP_EXTERN int  mp_barrier_abort(mp_barrier *b);
 MP_EXTERN int  mp_barrier_reset(mp_barrier *b);
