@@ -463,7 +463,12 @@ MP_EXTERN int  mp_as_completed(mp_future **fs, size_t n, mp_iter **it);
  * has its address ("unix:/path", "unix:@abstract", "tcp:host:port") and
  * authkey. NULL opts or address: a fresh abstract unix address; no authkey:
  * 32 random bytes (mp_manager_authkey). Handles work in children under every
- * start method. Wire protocol: docs/manager-protocol.md. */
+ * start method. Wire protocol: docs/manager-protocol.md.
+ * Limits (its section 5): an object name is 1..255 bytes of UTF-8 and a dict
+ * key at most 65536 bytes, else MP_EINVAL; a value (dict, list, queue item)
+ * and a dict's whole key list (mp_dict_keys) at most 16 MiB, else
+ * MP_ETOOBIG. mp_manager_connect gives up after 5 s without a finished
+ * connection and handshake: MP_ETIMEDOUT. */
 typedef struct mp_manager mp_manager;
 typedef struct mp_dict mp_dict;
 typedef struct mp_list mp_list;
