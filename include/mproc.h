@@ -489,7 +489,9 @@ MP_EXTERN int mp_dict_get(mp_dict *d, const char *key, mp_buf *val);        /* M
 MP_EXTERN int mp_dict_del(mp_dict *d, const char *key);
 MP_EXTERN int mp_dict_len(mp_dict *d, size_t *n);
 /* Every key followed by its NUL, the last one too, nothing after: len is
- * the sum of (key length + 1), 0 for an empty dict; in no set order. */
+ * the sum of (key length + 1), 0 for an empty dict. Oldest first, as a
+ * Python dict: a replaced key keeps its place, one deleted and set again
+ * goes last. */
 MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);
 MP_EXTERN int mp_dict_clear(mp_dict *d);
 MP_EXTERN int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v);

@@ -353,7 +353,7 @@ static void test_dict_set_get_del_len_keys_clear(void **state)
     TU_OK(mp_dict_len(d, &n));
     assert_int_equal(n, 3);
     TU_OK(mp_dict_keys(d, &b));
-    assert_int_equal(b.len, 6);                /* "a\0b\0z\0" in some order */
+    assert_int_equal(b.len, 6);                /* "a\0b\0z\0" */
     int seen = 0;
     for (size_t at = 0; at < b.len; at += strlen((char *)b.data + at) + 1)
         seen |= 1 << (((char *)b.data)[at] - 'a') % 26;
@@ -365,6 +365,27 @@ static void test_dict_set_get_del_len_keys_clear(void **state)
     assert_int_equal(n, 0);
     TU_OK(mp_dict_keys(d, &b));
     assert_int_equal(b.len, 0);
+    mp_buf_free(&b);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
+/* Keys are listed oldest first, as a Python dict's: a replace keeps a
+ * key's place, a delete and a new set put it last. */
+static void test_dict_keys_list_oldest_first(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "order");
+    mp_buf b = { 0 };
+    TU_OK(mp_dict_set_i64(d, "c", 1));
+    TU_OK(mp_dict_set_i64(d, "a", 2));
+    TU_OK(mp_dict_set_i64(d, "b", 3));
+    TU_OK(mp_dict_set(d, "c", "4", 1));        /* replaced, by another type too */
+    TU_OK(mp_dict_del(d, "a"));
+    TU_OK(mp_dict_set_i64(d, "a", 5));
+    TU_OK(mp_dict_keys(d, &b));
+    assert_int_equal(b.len, 6);
+    assert_memory_equal(b.data, "c\0b\0a\0", 6);
     mp_buf_free(&b);
     mp_dict_free(d);
     mp_manager_free(m);
@@ -1378,6 +1399,7 @@ int main(void)
         cmocka_unit_test(test_proxy_calls_check_sizes_and_handles),
         cmocka_unit_test(test_calls_after_shutdown_return_ebroken),
         cmocka_unit_test(test_dict_set_get_del_len_keys_clear),
+        cmocka_unit_test(test_dict_keys_list_oldest_first),
         cmocka_unit_test(test_dict_typed_values_return_etype_on_mismatch),
         cmocka_unit_test(test_dict_incr_starts_at_zero_and_checks_type_and_overflow),
         cmocka_unit_test(test_dict_cas_swaps_only_on_expected_value),
