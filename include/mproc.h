@@ -352,13 +352,15 @@ typedef struct mp_shm mp_shm;
 enum { MP_CREATE = 1, MP_EXCL = 2 };
 MP_EXTERN void *mp_shared_alloc(size_t size);   /* zeroed, visible to children started after it */
 MP_EXTERN void  mp_shared_free(void *p);
-/* A POSIX shm segment, named as Python's SharedMemory(name=...) names it
- * (name without '/'). MP_CREATE|MP_EXCL: a new one, -EEXIST if taken;
- * MP_CREATE: new or existing; 0: existing, -ENOENT if none. A new one needs
- * size > 0; an existing one keeps its own size, which must be >= size (0: any).
- * name NULL with MP_CREATE: a fresh "psm_xxxxxxxx". The handle reaches children
- * through their argument; a spawned one maps the name on its first mp_shm_buf
- * (NULL if unlinked by then). mp_shm_free in a child only unmaps it there. */
+/* A POSIX shm segment, named as Python's SharedMemory(name=...) names it:
+ * "x" and "/x" are both /dev/shm/x (mp_shm_name gives the name as given);
+ * a '/' anywhere else is MP_EINVAL. MP_CREATE|MP_EXCL: a new one, -EEXIST
+ * if taken; MP_CREATE: new or existing; 0: existing, -ENOENT if none. A new
+ * one needs size > 0; an existing one keeps its own size, which must be
+ * >= size (0: any). name NULL with MP_CREATE: a fresh "psm_xxxxxxxx".
+ * The handle reaches children through their argument; a spawned one maps
+ * the name on its first mp_shm_buf (NULL if unlinked by then). mp_shm_free
+ * in a child only unmaps it there. */
 MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);
 MP_EXTERN void *mp_shm_buf(const mp_shm *s);
 MP_EXTERN size_t mp_shm_size(const mp_shm *s);
