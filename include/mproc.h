@@ -520,7 +520,10 @@ MP_EXTERN int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, 
 MP_EXTERN int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout);
 MP_EXTERN int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout);
 MP_EXTERN void mp_mqueue_free(mp_mqueue *q);
-MP_EXTERN int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l);  /* same mp_lock_* calls */
+/* A plain Lock, taken with the same mp_lock_* calls. Its holder is the thread
+ * that took it through this handle: -EDEADLK when that thread acquires it
+ * again through the handle with MP_FOREVER; other threads and processes wait. */
+MP_EXTERN int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -678,6 +679,136 @@ static void test_mlock_acquire_release_and_errors(void **state)
     TU_OK(mp_lock_release(b));
     mp_lock_free(a);
     mp_lock_free(b);
+    mp_manager_free(m);
+}
+
+/* A thread taking a manager lock it holds already, through the handle it
+ * took it with, would wait for itself: refused at once for MP_FOREVER, as
+ * a local Lock refuses it, and a timeout still runs out. */
+static int child_acquires_twice(void *arg)
+{
+    mp_lock *l = arg;
+    if (mp_lock_acquire(l, 0) != 0)
+        return 10;
+    if (mp_lock_acquire(l, MP_FOREVER) != -EDEADLK)
+        return 11;
+    return mp_lock_release(l) == 0 ? 0 : 12;
+}
+
+static void test_mlock_acquired_again_by_its_holder_thread_is_edeadlk_at_once(void **state)
+{
+    skip_without_sync();
+    mp_manager *m = start();
+    mp_lock *l = NULL, *other = NULL;
+    TU_OK(mp_manager_lock(m, "L", &l));
+    TU_OK(mp_manager_lock(m, "L", &other));
+    /* in a child first: before the fix the second acquire never returned */
+    assert_int_equal(tu_wait(tu_fork(child_acquires_twice, l), 5 * tu_slow()), 0);
+    TU_OK(mp_lock_acquire(l, 0));
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_lock_acquire(l, MP_FOREVER), -EDEADLK);
+    assert_true(tu_now() - t0 < 0.5 * tu_slow());
+    tu_last_error_has("mp_lock_acquire", "holds this manager lock already", NULL);
+    t0 = tu_now();
+    TU_ASSERT_RC(mp_lock_acquire(l, 0.2), MP_ETIMEDOUT);
+    assert_true(tu_now() - t0 >= 0.2);
+    TU_ASSERT_RC(mp_lock_acquire(l, 0), MP_ETIMEDOUT);
+    TU_ASSERT_RC(mp_lock_acquire(other, 0), MP_ETIMEDOUT);   /* still held */
+    TU_OK(mp_lock_release(l));
+    TU_ASSERT_RC(mp_lock_release(l), MP_EINVAL);
+    TU_OK(mp_lock_acquire(l, MP_FOREVER));                /* free again: taken, not refused */
+    TU_OK(mp_lock_release(l));
+    mp_lock_free(other);
+    mp_lock_free(l);
+    mp_manager_free(m);
+}
+
+/* The holder is a thread of a process: another process with the same
+ * handle, another thread of the holder's process, and a thread started
+ * after the holder ended (its pthread_t may be the holder's) all wait for
+ * the lock instead of being refused. */
+struct ended { pid_t pid; int status; };
+
+static bool child_ended(void *arg)
+{
+    struct ended *e = arg;
+    return waitpid(e->pid, &e->status, WNOHANG) == e->pid;
+}
+
+static int child_acquires_forever(void *arg)
+{
+    mp_lock *l = arg;
+    if (mp_lock_acquire(l, MP_FOREVER) != 0)
+        return 10;
+    return mp_lock_release(l) == 0 ? 0 : 11;
+}
+
+struct mlock_waiter { mp_lock *l; _Atomic int rc; bool release; };
+
+static void *thread_acquires(void *arg)
+{
+    struct mlock_waiter *w = arg;
+    int rc = mp_lock_acquire(w->l, w->release ? MP_FOREVER : 0);
+    if (rc == 0 && w->release)
+        rc = mp_lock_release(w->l);
+    atomic_store(&w->rc, rc);
+    return NULL;
+}
+
+static bool waiter_done(void *arg)
+{
+    return atomic_load(&((struct mlock_waiter *)arg)->rc) != 1;
+}
+
+/* Starts a thread that acquires l for ever (then releases it), and checks
+ * that it waits while the lock is held; the caller releases it then. */
+static pthread_t start_blocked_acquirer(struct mlock_waiter *w, mp_lock *l)
+{
+    *w = (struct mlock_waiter){ .l = l, .rc = 1, .release = true };
+    pthread_t t;
+    TU_OK(pthread_create(&t, NULL, thread_acquires, w));
+    assert_false(tu_wait_for(waiter_done, w, 0.3));
+    return t;
+}
+
+static void finish_blocked_acquirer(struct mlock_waiter *w, pthread_t t)
+{
+    assert_true(tu_wait_for(waiter_done, w, 5 * tu_slow()));
+    assert_int_equal(atomic_load(&w->rc), 0);
+    TU_OK(pthread_join(t, NULL));
+}
+
+static void test_mlock_holder_is_a_thread_others_wait_and_are_not_refused(void **state)
+{
+    skip_without_sync();
+    mp_manager *m = start();
+    mp_lock *l = NULL;
+    TU_OK(mp_manager_lock(m, "L", &l));
+    TU_OK(mp_lock_acquire(l, 0));
+    /* another process, the same handle (forked before any thread here) */
+    struct ended e = { tu_fork(child_acquires_forever, l), 0 };
+    assert_true(tu_wait_asleep(e.pid, 5));
+    assert_false(tu_wait_for(child_ended, &e, 0.3));
+    TU_OK(mp_lock_release(l));
+    assert_int_equal(tu_wait(e.pid, 5 * tu_slow()), 0);
+    /* another thread of this process */
+    TU_OK(mp_lock_acquire(l, 0));
+    struct mlock_waiter w;
+    pthread_t t = start_blocked_acquirer(&w, l);
+    TU_OK(mp_lock_release(l));
+    finish_blocked_acquirer(&w, t);
+    /* a thread that ended holding it: the handle's connection still holds
+     * it, and a new thread waits for it until a release on the connection */
+    struct mlock_waiter gone = { .l = l, .rc = 1, .release = false };
+    TU_OK(pthread_create(&t, NULL, thread_acquires, &gone));
+    TU_OK(pthread_join(t, NULL));
+    TU_OK(atomic_load(&gone.rc));
+    t = start_blocked_acquirer(&w, l);
+    TU_OK(mp_lock_release(l));
+    finish_blocked_acquirer(&w, t);
+    TU_OK(mp_lock_acquire(l, 0));                     /* released by the waiter */
+    TU_OK(mp_lock_release(l));
+    mp_lock_free(l);
     mp_manager_free(m);
 }
 
@@ -1411,6 +1542,8 @@ int main(void)
         cmocka_unit_test(test_shutdown_of_a_stopped_server_survives_signals),
         cmocka_unit_test(test_mqueue_blocked_get_wakes_on_put_from_another_process),
         cmocka_unit_test(test_mlock_acquire_release_and_errors),
+        cmocka_unit_test(test_mlock_acquired_again_by_its_holder_thread_is_edeadlk_at_once),
+        cmocka_unit_test(test_mlock_holder_is_a_thread_others_wait_and_are_not_refused),
         cmocka_unit_test(test_mlock_held_by_killed_client_gives_eownerdead),
         cmocka_unit_test(test_mlock_of_killed_holder_is_freed_though_its_child_lives),
         cmocka_unit_test(test_dict_incr_from_8_processes_is_exact),

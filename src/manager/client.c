@@ -75,6 +75,11 @@ struct mconn {
     pid_t pid;           /* process the socket belongs to */
     struct channel *ch;  /* same-family fast path; the server's once attached */
     uint32_t seq;        /* last request posted on ch */
+    /* A lock handle's: the thread (thread_token) that took the lock through
+     * this connection, 0 while it does not hold it. The server knows only
+     * the connection; which thread of ours took it is known only here.
+     * Written under mu; read without it by the thread it names. */
+    _Atomic uint64_t holder;
     mp_buf req;
     const void *handle;
     struct mconn *next;
@@ -108,6 +113,7 @@ static void local_child(void)
         c->w.start = c->w.len = 0;
         c->pid = 0;
         c->ch = NULL;        /* the parent's connection's: its server frees it */
+        atomic_store(&c->holder, 0);   /* the parent's threads held its locks */
     }
     pthread_mutex_unlock(&local.mu);
 }
@@ -138,6 +144,7 @@ static void mconn_drop(struct mconn *c)
     wire_close(&c->w);
     c->w.spin_ns = MANAGER_SPIN_NS;
     c->pid = 0;
+    atomic_store(&c->holder, 0);     /* the server frees a closed connection's locks */
 }
 
 /* Locks the registry and finds handle's entry: the link pointing at it, or
@@ -384,6 +391,28 @@ static struct due due_default(void)
     return (struct due){ deadline_in(MANAGER_REPLY_TIMEOUT_S), false };
 }
 
+/* This thread, as a lock's holder: numbered from 1 in this process and
+ * never reused, as a tid or a pthread_t is once its thread ends. */
+static uint64_t thread_token(void)
+{
+    static _Atomic uint64_t last;
+    static _Thread_local uint64_t mine;
+    if (mine == 0)
+        mine = atomic_fetch_add(&last, 1) + 1;
+    return mine;
+}
+
+/* Notes which thread holds a lock through c after a lock call's reply
+ * (c locked): an acquire that got it, a release (or one refused because
+ * the connection does not hold it). */
+static void lock_note_holder(struct mconn *c, int op, int rc)
+{
+    if (op == OP_LOCK_ACQUIRE && (rc == 0 || rc == MP_EOWNERDEAD))
+        atomic_store(&c->holder, thread_token());
+    else if (op == OP_LOCK_RELEASE && (rc == 0 || rc == MP_EINVAL))
+        atomic_store(&c->holder, 0);
+}
+
 /* One call: the request is the op, the proxy's name, then args. Returns
  * with c locked (the reply points into its buffer): call mconn_end(c). */
 static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mval *args, size_t n,
@@ -406,6 +435,7 @@ static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mva
     rc = e.rc < 0 ? e.rc : mconn_roundtrip(c, rep, &due->reply);
     if (rc == MP_ETIMEDOUT && deadline_passed(&due->reply))   /* not the server's status */
         rc = due->own ? MP_ETIMEDOUT : MP_EBROKEN;
+    lock_note_holder(c, op, rc);
     return rc;
 }
 
@@ -1184,11 +1214,27 @@ int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l)
     return mp_fail_code(proxy_open(m, name, MAGIC_MLOCK, OP_LOCK_OPEN, true, NULL, 0, (void **)l), __func__);
 }
 
+static bool held_by_this_thread(struct proxy *p)
+{
+    struct mconn *c = proxy_conn(p);
+    return c && atomic_load(&c->holder) == thread_token();
+}
+
+/* The lock's holder is a thread: the server tells connections apart, and
+ * this process's connection for the handle tells its threads apart. The
+ * holder waiting for ever for itself is refused, as a local Lock refuses
+ * it; another thread, another process, or this thread through another
+ * handle (another connection) waits. A timed acquire waits out its time. */
 int mlock_acquire(mp_lock *l, double timeout)
 {
     struct proxy *p = (struct proxy *)l;
-    if (!proxy_ok(p, MAGIC_MLOCK) || !timeout_valid(timeout))
+    if (!proxy_ok(p, MAGIC_MLOCK))
         return MP_EINVAL;
+    if (!timeout_valid(timeout))
+        return mp_fail_timeout(NULL, timeout);
+    if (deadline_in(timeout).forever && held_by_this_thread(p))
+        return mp_fail(-EDEADLK, NULL, "this thread holds this manager lock already (through "
+                       "this handle) and would wait for itself forever; release it first");
     struct mval args[1] = { { 0 } };
     return proxy_blocking(p, OP_LOCK_ACQUIRE, args, 1, 0, timeout, MP_ETIMEDOUT, NULL);
 }
