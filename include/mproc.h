@@ -512,7 +512,7 @@ MP_EXTERN int mp_list_open(mp_manager *m, const char *name, mp_list **l);
 MP_EXTERN int mp_list_append(mp_list *l, const void *val, size_t len);
 MP_EXTERN int mp_list_get(mp_list *l, long i, mp_buf *val);                 /* negative i from the end; MP_ERANGE */
 MP_EXTERN int mp_list_set(mp_list *l, long i, const void *val, size_t len);
-MP_EXTERN int mp_list_pop(mp_list *l, long i, mp_buf *val);
+MP_EXTERN int mp_list_pop(mp_list *l, long i, mp_buf *val);                 /* val NULL: dropped, not copied */
 MP_EXTERN int mp_list_len(mp_list *l, size_t *n);
 MP_EXTERN void mp_list_free(mp_list *l);
 

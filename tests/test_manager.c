@@ -316,6 +316,93 @@ static void test_proxy_calls_check_sizes_and_handles(void **state)
     mp_manager_free(m);
 }
 
+/* Every proxy call's argument error names the argument and the rule, as
+ * the local calls' do. */
+static void test_proxy_argument_errors_name_the_argument_and_the_rule(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "d");
+    mp_list *l = NULL;
+    mp_mqueue *q = NULL;
+    TU_OK(mp_list_open(m, "l", &l));
+    TU_OK(mp_manager_queue(m, "q", 0, &q));
+    size_t big = (size_t)17 * 1024 * 1024;
+    TU_ASSERT_RC(mp_mqueue_put(q, "x", 1, NAN), MP_EINVAL);
+    tu_last_error_has("mp_mqueue_put: timeout", "not a number", NULL);
+    TU_ASSERT_RC(mp_mqueue_put(q, "x", 1, -0.5), MP_EINVAL);
+    tu_last_error_has("mp_mqueue_put: timeout", "negative", NULL);
+    TU_ASSERT_RC(mp_mqueue_put(q, NULL, 3, 0), MP_EINVAL);
+    tu_last_error_has("mp_mqueue_put: data is NULL but len is 3", NULL);
+    TU_ASSERT_RC(mp_mqueue_put(q, "x", big, 0), MP_ETOOBIG);
+    tu_last_error_has("mp_mqueue_put: len 17825792 is more than", NULL);
+    TU_ASSERT_RC(mp_mqueue_put(NULL, "x", big, 0), MP_EINVAL);     /* the handle first */
+    tu_last_error_has("mp_mqueue_put: the handle is NULL", NULL);
+    TU_ASSERT_RC(mp_list_get(l, 0, NULL), MP_EINVAL);
+    tu_last_error_has("mp_list_get: val (where the value goes) is NULL", NULL);
+    TU_ASSERT_RC(mp_list_len(l, NULL), MP_EINVAL);
+    tu_last_error_has("mp_list_len: n (where the length goes) is NULL", NULL);
+    TU_ASSERT_RC(mp_list_len(NULL, &(size_t){ 0 }), MP_EINVAL);
+    tu_last_error_has("mp_list_len: the handle is NULL", NULL);
+    TU_ASSERT_RC(mp_list_pop(NULL, -1, NULL), MP_EINVAL);
+    tu_last_error_has("mp_list_pop: the handle is NULL", NULL);
+    TU_ASSERT_RC(mp_list_append(l, NULL, 2), MP_EINVAL);
+    tu_last_error_has("mp_list_append: val is NULL but len is 2", NULL);
+    TU_ASSERT_RC(mp_list_set(l, 0, "x", big), MP_ETOOBIG);
+    tu_last_error_has("mp_list_set: len 17825792 is more than", NULL);
+    TU_ASSERT_RC(mp_dict_get(d, "k", NULL), MP_EINVAL);
+    tu_last_error_has("mp_dict_get: val (where the value goes) is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_len(d, NULL), MP_EINVAL);
+    tu_last_error_has("mp_dict_len: n (where the length goes) is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_keys(d, NULL), MP_EINVAL);
+    tu_last_error_has("mp_dict_keys: keys (where the keys go) is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_del(d, NULL), MP_EINVAL);
+    tu_last_error_has("mp_dict_del: key is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_incr(d, NULL, 1, NULL), MP_EINVAL);
+    tu_last_error_has("mp_dict_incr: key is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_clear(NULL), MP_EINVAL);
+    tu_last_error_has("mp_dict_clear: the handle is NULL", NULL);
+    TU_ASSERT_RC(mp_dict_cas(d, "k", NULL, 1, "v", 1), MP_EINVAL);
+    tu_last_error_has("mp_dict_cas: expect is NULL but elen is 1", NULL);
+    TU_ASSERT_RC(mp_dict_cas(d, "k", "e", big, "v", 1), MP_ETOOBIG);
+    tu_last_error_has("mp_dict_cas: elen 17825792 is more than", NULL);
+    TU_ASSERT_RC(mp_dict_cas(d, "k", NULL, 0, NULL, 1), MP_EINVAL);
+    tu_last_error_has("mp_dict_cas: val is NULL but vlen is 1", NULL);
+    if (mp_lock_acquire) {
+        mp_lock *lk = NULL;
+        TU_OK(mp_manager_lock(m, "lk", &lk));
+        TU_ASSERT_RC(mp_lock_acquire(lk, NAN), MP_EINVAL);
+        tu_last_error_has("mp_lock_acquire: timeout", "not a number", NULL);
+        mp_lock_free(lk);
+    }
+    mp_mqueue_free(q);
+    mp_list_free(l);
+    mp_dict_free(d);
+    mp_manager_free(m);
+}
+
+/* As mp_future_result takes a NULL out: the item is removed, not copied. */
+static void test_list_pop_with_null_val_discards_the_item(void **state)
+{
+    mp_manager *m = start();
+    mp_list *l = NULL;
+    TU_OK(mp_list_open(m, "l", &l));
+    TU_OK(mp_list_append(l, "a", 1));
+    TU_OK(mp_list_append(l, "b", 1));
+    TU_OK(mp_list_pop(l, -1, NULL));
+    size_t n = 0;
+    TU_OK(mp_list_len(l, &n));
+    assert_int_equal(n, 1);
+    mp_buf b = { 0 };
+    TU_OK(mp_list_get(l, 0, &b));
+    assert_int_equal(b.len, 1);
+    assert_memory_equal(b.data, "a", 1);
+    TU_OK(mp_list_pop(l, 0, NULL));
+    TU_ASSERT_RC(mp_list_pop(l, 0, NULL), MP_ERANGE);
+    mp_buf_free(&b);
+    mp_list_free(l);
+    mp_manager_free(m);
+}
+
 static void test_calls_after_shutdown_return_ebroken(void **state)
 {
     mp_manager *m = start();
@@ -1528,6 +1615,8 @@ int main(void)
         cmocka_unit_test(test_manager_wrong_authkey_is_refused_with_eauth),
         cmocka_unit_test(test_manager_bad_arguments_are_einval),
         cmocka_unit_test(test_proxy_calls_check_sizes_and_handles),
+        cmocka_unit_test(test_proxy_argument_errors_name_the_argument_and_the_rule),
+        cmocka_unit_test(test_list_pop_with_null_val_discards_the_item),
         cmocka_unit_test(test_calls_after_shutdown_return_ebroken),
         cmocka_unit_test(test_dict_set_get_del_len_keys_clear),
         cmocka_unit_test(test_dict_keys_list_oldest_first),

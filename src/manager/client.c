@@ -468,7 +468,7 @@ static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n,
     return rc;
 }
 
-/* A call whose reply value is bytes, copied into out. */
+/* A call whose reply value is bytes, copied into out (NULL: dropped). */
 static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t n, mp_buf *out,
                        const struct due *due)
 {
@@ -481,7 +481,7 @@ static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t 
         rc = MP_EPROTO;
     if (rc == 0 && rep.v[1].type != MV_BYTES)
         rc = MP_ETYPE;
-    if (rc == 0) {
+    if (rc == 0 && out) {
         out->len = 0;
         rc = mp_buf_append(out, rep.v[1].p, rep.v[1].len);
     }
@@ -536,38 +536,46 @@ static struct mval text_arg(const char *s) { return (struct mval){ .type = MV_TE
 static struct mval bytes_arg(const void *p, size_t len) { return (struct mval){ .type = MV_BYTES, .p = p, .len = len }; }
 static struct mval int_arg(int64_t i) { return (struct mval){ .type = MV_INT, .i = i }; }
 
-/* The argument checks record why they failed; the public call that returns
- * the code puts its name in front (mp_fail_code). */
-static bool key_ok(const char *key)
+/* The argument checks: 0, or the code with why it failed recorded; the
+ * public call that returns the code puts its name in front (mp_fail_code). */
+static int key_check(const char *key)
 {
     if (key && strlen(key) <= MSG_MAX_KEY)
-        return true;
-    mp_fail(MP_EINVAL, NULL, key ? "key is longer than %d bytes" : "key is NULL", MSG_MAX_KEY);
-    return false;
+        return 0;
+    return mp_fail(MP_EINVAL, NULL, key ? "key is longer than %d bytes" : "key is NULL", MSG_MAX_KEY);
 }
 
-static bool bytes_ok(const void *p, size_t len)
+/* what..what+len, the bytes of a value: len_name is what the call calls len. */
+static int bytes_check(const char *what, const char *len_name, const void *p, size_t len)
 {
-    if ((p || len == 0) && len <= MSG_MAX_VALUE)
-        return mem_range_check(NULL, "val", p, len) == 0;
     if (len > MSG_MAX_VALUE)
-        mp_fail(MP_ETOOBIG, NULL, "a value of %zu bytes is more than a manager stores (%d)",
-                len, MSG_MAX_VALUE);
-    else
-        mp_fail(MP_EINVAL, NULL, "the value is NULL but its length is %zu", len);
-    return false;
+        return mp_fail(MP_ETOOBIG, NULL, "%s %zu is more than a manager stores in one value "
+                       "(%d bytes)", len_name, len, MSG_MAX_VALUE);
+    if (!p && len)
+        return mp_fail(MP_EINVAL, NULL, "%s is NULL but %s is %zu", what, len_name, len);
+    return mem_range_check(NULL, what, p, len);
+}
+
+/* what: the argument's name and what it is for. */
+static int out_check(const void *out, const char *what)
+{
+    return out ? 0 : mp_fail(MP_EINVAL, NULL, "%s is NULL", what);
+}
+
+static int timeout_check(double timeout)
+{
+    return timeout_valid(timeout) ? 0 : mp_fail_timeout(NULL, timeout);
 }
 
 /* A freed manager makes its proxies unusable too (arena memory stays
  * mapped, so the check itself is safe). */
-static bool proxy_ok(const struct proxy *p, uint32_t magic)
+static int proxy_check(const struct proxy *p, uint32_t magic)
 {
     if (p && p->magic == magic && p->m && p->m->magic == MAGIC_MANAGER)
-        return true;
-    mp_fail(MP_EINVAL, NULL, !p ? "the handle is NULL"
-            : p->magic != magic ? "the handle is freed, or not of this kind"
-                                : "the handle's manager was freed");
-    return false;
+        return 0;
+    return mp_fail(MP_EINVAL, NULL, !p ? "the handle is NULL"
+                   : p->magic != magic ? "the handle is freed, or not of this kind"
+                                       : "the handle's manager was freed");
 }
 
 /* ------------------------------------------------------------------ managers */
@@ -581,10 +589,9 @@ static bool manager_ok(const mp_manager *m)
     return false;
 }
 
+/* The callers have checked key, keylen and the address's length. */
 static int manager_alloc(mp_manager **out, const char *address, const void *key, size_t keylen)
 {
-    if (keylen > WIRE_MAX_AUTHKEY || (!key && keylen) || strlen(address) >= WIRE_MAX_ADDRESS)
-        return MP_EINVAL;
     mp_manager *m = arena_alloc(sizeof *m);
     if (!m)
         return MP_ENOMEM;
@@ -708,7 +715,7 @@ static int manager_default_address(char *buf, size_t cap)
 {
     uint64_t r;
     if (getrandom(&r, sizeof r, 0) != sizeof r)
-        return MP_EINVAL;
+        return mp_fail(errno ? -errno : -EAGAIN, NULL, "no random address: getrandom failed");
     snprintf(buf, cap, "unix:@mproc-manager-%d-%016llx", (int)getpid(), (unsigned long long)r);
     return 0;
 }
@@ -977,16 +984,16 @@ int mp_dict_open(mp_manager *m, const char *name, mp_dict **d)
 
 static int dict_set_val(mp_dict *d, const char *key, struct mval v)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
-        return MP_EINVAL;
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 || (rc = key_check(key)) < 0 ||
+        (v.type == MV_BYTES && (rc = bytes_check("val", "len", v.p, v.len)) < 0))
+        return rc;
     struct mval args[2] = { text_arg(key), v };
     return dict_call((struct proxy *)d, OP_DICT_SET, args, 2, MV_NONE, NULL, NULL);
 }
 
 int mp_dict_set(mp_dict *d, const char *key, const void *val, size_t len)
 {
-    if (!bytes_ok(val, len))
-        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
     return mp_fail_code(dict_set_val(d, key, bytes_arg(val, len)), __func__);
 }
 
@@ -1002,8 +1009,10 @@ int mp_dict_set_f64(mp_dict *d, const char *key, double v)
 
 int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !val)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 || (rc = key_check(key)) < 0 ||
+        (rc = out_check(val, "val (where the value goes)")) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[1] = { text_arg(key) };
     return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_GET, args, 1, MV_BYTES, val, NULL), __func__);
 }
@@ -1011,8 +1020,9 @@ int mp_dict_get(mp_dict *d, const char *key, mp_buf *val)
 /* Gets a typed scalar: MP_ETYPE when the stored value has another type. */
 static int dict_get_scalar(mp_dict *d, const char *key, enum mtype want, struct mval *out)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
-        return MP_EINVAL;
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 || (rc = key_check(key)) < 0)
+        return rc;
     struct mval args[1] = { text_arg(key) };
     return dict_call((struct proxy *)d, OP_DICT_GET, args, 1, want, NULL, out);
 }
@@ -1050,18 +1060,21 @@ int mp_dict_get_f64(mp_dict *d, const char *key, double *v)
 
 int mp_dict_del(mp_dict *d, const char *key)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 || (rc = key_check(key)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[1] = { text_arg(key) };
     return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_DEL, args, 1, MV_NONE, NULL, NULL), __func__);
 }
 
 int mp_dict_len(mp_dict *d, size_t *n)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !n)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 ||
+        (rc = out_check(n, "n (where the length goes)")) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval v;
-    int rc = dict_call((struct proxy *)d, OP_DICT_LEN, NULL, 0, MV_INT, NULL, &v);
+    rc = dict_call((struct proxy *)d, OP_DICT_LEN, NULL, 0, MV_INT, NULL, &v);
     if (rc == 0)
         *n = (size_t)v.i;
     return mp_fail_code(rc, __func__);
@@ -1069,24 +1082,28 @@ int mp_dict_len(mp_dict *d, size_t *n)
 
 int mp_dict_keys(mp_dict *d, mp_buf *keys)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !keys)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 ||
+        (rc = out_check(keys, "keys (where the keys go)")) < 0)
+        return mp_fail_code(rc, __func__);
     return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_KEYS, NULL, 0, MV_BYTES, keys, NULL), __func__);
 }
 
 int mp_dict_clear(mp_dict *d)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT))
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc = proxy_check((struct proxy *)d, MAGIC_DICT);
+    if (rc < 0)
+        return mp_fail_code(rc, __func__);
     return mp_fail_code(dict_call((struct proxy *)d, OP_DICT_CLEAR, NULL, 0, MV_NONE, NULL, NULL), __func__);
 }
 
 int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key))
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 || (rc = key_check(key)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[2] = { text_arg(key), int_arg(delta) }, v;
-    int rc = dict_call((struct proxy *)d, OP_DICT_INCR, args, 2, MV_INT, NULL, &v);
+    rc = dict_call((struct proxy *)d, OP_DICT_INCR, args, 2, MV_INT, NULL, &v);
     if (rc == 0 && result)
         *result = v.i;
     if (rc == MP_ERANGE)
@@ -1101,10 +1118,11 @@ int mp_dict_incr(mp_dict *d, const char *key, int64_t delta, int64_t *result)
 int mp_dict_cas(mp_dict *d, const char *key, const void *expect, size_t elen,
                 const void *val, size_t vlen)
 {
-    if (!proxy_ok((struct proxy *)d, MAGIC_DICT) || !key_ok(key) || !bytes_ok(val, vlen) ||
-        (!expect && elen) || elen > MSG_MAX_VALUE ||
-        mem_range_check(NULL, "expect", expect, elen) != 0)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)d, MAGIC_DICT)) < 0 || (rc = key_check(key)) < 0 ||
+        (rc = bytes_check("expect", "elen", expect, elen)) < 0 ||
+        (rc = bytes_check("val", "vlen", val, vlen)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[3] = { text_arg(key),
                             expect ? bytes_arg(expect, elen) : (struct mval){ .type = MV_NULL },
                             bytes_arg(val, vlen) };
@@ -1125,42 +1143,51 @@ int mp_list_open(mp_manager *m, const char *name, mp_list **l)
 
 int mp_list_append(mp_list *l, const void *val, size_t len)
 {
-    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
-        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)l, MAGIC_LIST)) < 0 ||
+        (rc = bytes_check("val", "len", val, len)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[1] = { bytes_arg(val, len) };
     return mp_fail_code(proxy_simple((struct proxy *)l, OP_LIST_APPEND, args, 1, NULL), __func__);
 }
 
 int mp_list_get(mp_list *l, long i, mp_buf *val)
 {
-    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)l, MAGIC_LIST)) < 0 ||
+        (rc = out_check(val, "val (where the value goes)")) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[1] = { int_arg(i) };
     return mp_fail_code(proxy_bytes((struct proxy *)l, OP_LIST_GET, args, 1, val, NULL), __func__);
 }
 
 int mp_list_set(mp_list *l, long i, const void *val, size_t len)
 {
-    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !bytes_ok(val, len))
-        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)l, MAGIC_LIST)) < 0 ||
+        (rc = bytes_check("val", "len", val, len)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[2] = { int_arg(i), bytes_arg(val, len) };
     return mp_fail_code(proxy_simple((struct proxy *)l, OP_LIST_SET, args, 2, NULL), __func__);
 }
 
 int mp_list_pop(mp_list *l, long i, mp_buf *val)
 {
-    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !val)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc = proxy_check((struct proxy *)l, MAGIC_LIST);
+    if (rc < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[1] = { int_arg(i) };
     return mp_fail_code(proxy_bytes((struct proxy *)l, OP_LIST_POP, args, 1, val, NULL), __func__);
 }
 
 int mp_list_len(mp_list *l, size_t *n)
 {
-    if (!proxy_ok((struct proxy *)l, MAGIC_LIST) || !n)
-        return mp_fail_code(MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)l, MAGIC_LIST)) < 0 ||
+        (rc = out_check(n, "n (where the length goes)")) < 0)
+        return mp_fail_code(rc, __func__);
     int64_t v;
-    int rc = proxy_int((struct proxy *)l, OP_LIST_LEN, NULL, 0, &v);
+    rc = proxy_int((struct proxy *)l, OP_LIST_LEN, NULL, 0, &v);
     if (rc == 0)
         *n = (size_t)v;
     return mp_fail_code(rc, __func__);
@@ -1184,20 +1211,20 @@ int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, mp_mqueue 
 
 int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout)
 {
-    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE) || !bytes_ok(data, len) || !timeout_valid(timeout))
-        return mp_fail_code(len > MSG_MAX_VALUE ? MP_ETOOBIG : MP_EINVAL, __func__);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)q, MAGIC_MQUEUE)) < 0 ||
+        (rc = bytes_check("data", "len", data, len)) < 0 || (rc = timeout_check(timeout)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[2] = { bytes_arg(data, len), { 0 } };
     return mp_fail_code(proxy_blocking((struct proxy *)q, OP_QUEUE_PUT, args, 2, 1, timeout, MP_EFULL, NULL), __func__);
 }
 
 int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout)
 {
-    if (!proxy_ok((struct proxy *)q, MAGIC_MQUEUE))
-        return mp_fail_code(MP_EINVAL, __func__);
-    if (!out)
-        return mp_fail(MP_EINVAL, __func__, "out (where the item goes) is NULL");
-    if (!timeout_valid(timeout))
-        return mp_fail_timeout(__func__, timeout);
+    int rc;
+    if ((rc = proxy_check((struct proxy *)q, MAGIC_MQUEUE)) < 0 ||
+        (rc = out_check(out, "out (where the item goes)")) < 0 || (rc = timeout_check(timeout)) < 0)
+        return mp_fail_code(rc, __func__);
     struct mval args[1] = { { 0 } };
     return mp_fail_code(proxy_blocking((struct proxy *)q, OP_QUEUE_GET, args, 1, 0, timeout, MP_EEMPTY, out), __func__);
 }
@@ -1228,10 +1255,9 @@ static bool held_by_this_thread(struct proxy *p)
 int mlock_acquire(mp_lock *l, double timeout)
 {
     struct proxy *p = (struct proxy *)l;
-    if (!proxy_ok(p, MAGIC_MLOCK))
-        return MP_EINVAL;
-    if (!timeout_valid(timeout))
-        return mp_fail_timeout(NULL, timeout);
+    int rc;
+    if ((rc = proxy_check(p, MAGIC_MLOCK)) < 0 || (rc = timeout_check(timeout)) < 0)
+        return rc;
     if (deadline_in(timeout).forever && held_by_this_thread(p))
         return mp_fail(-EDEADLK, NULL, "this thread holds this manager lock already (through "
                        "this handle) and would wait for itself forever; release it first");
@@ -1242,8 +1268,9 @@ int mlock_acquire(mp_lock *l, double timeout)
 int mlock_release(mp_lock *l)
 {
     struct proxy *p = (struct proxy *)l;
-    if (!proxy_ok(p, MAGIC_MLOCK))
-        return MP_EINVAL;
+    int rc = proxy_check(p, MAGIC_MLOCK);
+    if (rc < 0)
+        return rc;
     return proxy_simple(p, OP_LOCK_RELEASE, NULL, 0, NULL);
 }
 
