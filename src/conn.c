@@ -80,14 +80,18 @@ static int check_send_range(const char *fn, const void *data, size_t len)
     return mem_range_check(fn, "data", data, len);
 }
 
+/* No process holds c any more (its last hold went): it is ours alone, in
+ * hand until freed, so a kill while a pipe's rings are freed here leaves c
+ * to our reaper too. */
 static void conn_destroy(mp_conn *c)
 {
+    void *_Atomic *held = hand_hold(c);
     c->h.magic = MAGIC_FREED;
     if (c->shm)
         pipe_shm_leave(c->shm, c->side);
     rmutex_destroy(&c->send_lock);
     rmutex_destroy(&c->recv_lock);
-    arena_free(c);
+    hand_free(held, c);
 }
 
 void conn_destroy_unheld(struct fdhandle *h)

@@ -190,6 +190,11 @@ void *arena_alloc_held(size_t size, bool zero, const mp_deadline *d, void *_Atom
  * a dead holder's journal is repaired by then. */
 void arena_settle(void);
 void *_Atomic *hand_claim(void);
+/* Puts p, a block this process has just become the only holder of (the
+ * last reference to a shared thing it is about to free), in hand: the slot,
+ * or NULL (none free). A process killed between becoming its holder and
+ * this store leaks it, as one killed between a release and a commit. */
+void *_Atomic *hand_hold(void *p);
 void hand_release(void *_Atomic *slot);
 void *hand_alloc(size_t size, bool zero, const mp_deadline *d, void *_Atomic **slot);
 void hand_free(void *_Atomic *slot, void *p);

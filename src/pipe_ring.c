@@ -149,10 +149,12 @@ void pipe_shm_leave(struct pipe_shm *s, uint32_t side)
     for (int i = 0; i < 2; i++)
         if (s->ring[i])
             ring_wake_writers(s->ring[i]);
-    if (atomic_fetch_sub(&s->ends, 1) == 1) {
-        arena_free(s->ring[0]);
-        arena_free(s->ring[1]);
-        arena_free(s);
+    if (atomic_fetch_sub(&s->ends, 1) == 1) {     /* ours alone now: in hand until freed */
+        void *_Atomic *held[PIPE_HELD] = { hand_hold(s), hand_hold(s->ring[0]),
+                                           s->ring[1] ? hand_hold(s->ring[1]) : NULL };
+        hand_free(held[2], s->ring[1]);
+        hand_free(held[1], s->ring[0]);
+        hand_free(held[0], s);
     }
 }
 

@@ -284,6 +284,14 @@ void *_Atomic *hand_claim(void)
     return NULL;
 }
 
+void *_Atomic *hand_hold(void *p)
+{
+    void *_Atomic *slot = hand_claim();
+    if (slot)
+        atomic_store_explicit(slot, p, memory_order_release);
+    return slot;
+}
+
 void hand_release(void *_Atomic *slot)
 {
     if (slot)

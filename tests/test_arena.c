@@ -1701,6 +1701,50 @@ static void test_pipe_of_a_child_killed_while_it_makes_it_is_freed(void **state)
     }
 }
 
+/* A child killed while it closes the last end of its pipe, right after
+ * each block that close frees but the last (the rings, the shared part,
+ * the conn): what it had not freed yet is in its hand, and its reaper
+ * frees it. Before, a kill there kept what was left: up to a ring, the
+ * shared part and the conn, 272 KiB. (Killed inside a free, it leaks that
+ * block, as docs/arena.md says.) */
+static unsigned free_countdown;
+
+static void die_at_free(const char *point)
+{
+    bool freed = strcmp(point, "free_linked") == 0 || strcmp(point, "cache_pushed") == 0;
+    if (freed && free_countdown-- == 0)
+        kill(getpid(), SIGKILL);
+}
+
+static int child_closes_a_pipe_and_dies(void *arg)
+{
+    mp_conn *a, *b;
+    if (mp_pipe(&a, &b, true) != 0)
+        return 2;
+    mp_conn_close(a);
+    free_countdown = *(unsigned *)arg;
+    mp__arena_test_hook = die_at_free;
+    mp_conn_close(b);
+    mp__arena_test_hook = NULL;
+    return 9;                               /* no such block */
+}
+
+static void test_pipe_of_a_child_killed_while_it_closes_it_is_freed(void **state)
+{
+    (void)state;
+    /* our own record is made once, here */
+    assert_int_equal(tu_join_free(tu_start_fork(child_exits_at_once, NULL, 0), 10), 0);
+    for (unsigned at = 0; at < 3; at++) {
+        size_t before = used_now();
+        mp_process *p = tu_start_fork(child_closes_a_pipe_and_dies, &at, sizeof at);
+        assert_int_equal(tu_join_free(p, 30), -SIGKILL);
+        size_t after = used_now();
+        print_message("killed at its free %u: %zu bytes in use before, %zu after\n", at, before,
+                      after);
+        assert_int_equal(after, before);
+    }
+}
+
 /* A fork-server start whose server dies after it got the request and
  * before it answered (stopped, then killed): the start fails. A child the
  * server may have forked with the request reads and writes the process's
@@ -2048,6 +2092,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pipe_held_by_a_child_killed_inside_its_start_is_freed),
         cmocka_unit_test(test_handles_made_by_a_killed_child_are_freed),
         cmocka_unit_test(test_pipe_of_a_child_killed_while_it_makes_it_is_freed),
+        cmocka_unit_test(test_pipe_of_a_child_killed_while_it_closes_it_is_freed),
         cmocka_unit_test(test_pipe_sent_to_a_fork_server_that_died_before_answering_is_freed),
         cmocka_unit_test(test_holds_of_a_start_under_way_go_back_when_another_start_ended_first),
         cmocka_unit_test(test_start_of_a_raw_fork_child_survives_its_parent_reaped),
