@@ -1685,20 +1685,26 @@ static int child_makes_a_pipe_and_dies(void *arg)
     return rc == 0 ? 9 : 2;                 /* no such block */
 }
 
-static void test_pipe_of_a_child_killed_while_it_makes_it_is_freed(void **state)
+/* Runs child(&at) for at = 0 .. points-1, each killed at its point at:
+ * the arena's bytes in use are what they were before each. */
+static void killed_children_leave_the_arena_as_it_was(mp_target child, unsigned points)
 {
-    (void)state;
     /* our own record is made once, here */
     assert_int_equal(tu_join_free(tu_start_fork(child_exits_at_once, NULL, 0), 10), 0);
-    for (unsigned at = 0; at < 3; at++) {
+    for (unsigned at = 0; at < points; at++) {
         size_t before = used_now();
-        mp_process *p = tu_start_fork(child_makes_a_pipe_and_dies, &at, sizeof at);
-        assert_int_equal(tu_join_free(p, 30), -SIGKILL);
+        assert_int_equal(tu_join_free(tu_start_fork(child, &at, sizeof at), 30), -SIGKILL);
         size_t after = used_now();
-        print_message("killed at its block %u: %zu bytes in use before, %zu after\n", at, before,
+        print_message("killed at its point %u: %zu bytes in use before, %zu after\n", at, before,
                       after);
         assert_int_equal(after, before);
     }
+}
+
+static void test_pipe_of_a_child_killed_while_it_makes_it_is_freed(void **state)
+{
+    (void)state;
+    killed_children_leave_the_arena_as_it_was(child_makes_a_pipe_and_dies, 3);
 }
 
 /* A child killed while it closes the last end of its pipe, right after
@@ -1732,17 +1738,7 @@ static int child_closes_a_pipe_and_dies(void *arg)
 static void test_pipe_of_a_child_killed_while_it_closes_it_is_freed(void **state)
 {
     (void)state;
-    /* our own record is made once, here */
-    assert_int_equal(tu_join_free(tu_start_fork(child_exits_at_once, NULL, 0), 10), 0);
-    for (unsigned at = 0; at < 3; at++) {
-        size_t before = used_now();
-        mp_process *p = tu_start_fork(child_closes_a_pipe_and_dies, &at, sizeof at);
-        assert_int_equal(tu_join_free(p, 30), -SIGKILL);
-        size_t after = used_now();
-        print_message("killed at its free %u: %zu bytes in use before, %zu after\n", at, before,
-                      after);
-        assert_int_equal(after, before);
-    }
+    killed_children_leave_the_arena_as_it_was(child_closes_a_pipe_and_dies, 3);
 }
 
 /* A fork-server start whose server dies after it got the request and
