@@ -1156,7 +1156,7 @@ void arena_free(void *p)
 void arena_settle(void)
 {
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
-    static const mp_deadline now = { { 0, 0 }, false };   /* passed: the grace alone */
+    mp_deadline now = deadline_in(0);       /* passed: the grace alone */
     if (h && arena_lock_until(h, &now))
         rmutex_unlock(&h->lock);
 }

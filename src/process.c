@@ -955,6 +955,19 @@ static int join(mp_process *p, double timeout)
     }
 }
 
+/* Someone else's child, not published yet: has it ended, as this process
+ * sees it (through its own pidfd, *fd, or /proc without one)? */
+static bool ended_elsewhere(mp_process *p, int *fd)
+{
+    runtime_lock();
+    *fd = fd_for(p);
+    runtime_unlock();
+    if (*fd < 0)
+        return proc_pid_ended(p->pid);
+    mp_deadline now = deadline_in(0);
+    return proc_poll_fd(*fd, &now) != 0;
+}
+
 bool mp_process_is_alive(mp_process *p)
 {
     if (!valid(p))
@@ -965,13 +978,8 @@ bool mp_process_is_alive(mp_process *p)
         return false;
     if (i_reap(p) || fs_child(p))
         return true;                /* as join(p, 0) would say */
-    runtime_lock();                 /* someone else's: ended, if not yet published? */
-    int fd = fd_for(p);
-    runtime_unlock();
-    if (fd < 0)
-        return !proc_pid_ended(p->pid);
-    mp_deadline now = deadline_in(0);
-    return proc_poll_fd(fd, &now) == 0;
+    int fd;
+    return !ended_elsewhere(p, &fd);
 }
 
 static int send_signal(mp_process *p, int sig, const char *fn)
@@ -999,13 +1007,8 @@ int mp_process_kill(mp_process *p) { return send_signal(p, SIGKILL, __func__); }
  * running (or not someone else's). */
 static int code_from_kernel(mp_process *p, int *code)
 {
-    if (i_reap(p) || fs_child(p))
-        return -1;
-    runtime_lock();
-    int fd = fd_for(p);
-    runtime_unlock();
-    mp_deadline now = deadline_in(0);
-    if (fd >= 0 ? proc_poll_fd(fd, &now) != 1 : !proc_pid_ended(p->pid))
+    int fd;
+    if (i_reap(p) || fs_child(p) || !ended_elsewhere(p, &fd))
         return -1;
     if (atomic_load_explicit(&p->state, memory_order_acquire) == PROC_DONE) {
         *code = p->exitcode;                    /* published meanwhile */

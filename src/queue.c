@@ -269,12 +269,8 @@ static void seg_reset(struct seg *s)
 static struct seg *seg_new(uint32_t class, lazy_deadline *d, void *_Atomic **held)
 {
     size_t size = sizeof(struct seg) + ((size_t)1 << class);
-    void *_Atomic *hand = NULL;
-    struct seg *s = held ? hand_alloc(size, false, d ? lazy_deadline_at(d) : NULL, &hand)
-                  : d    ? arena_alloc_nozero_until(size, lazy_deadline_at(d))
-                         : arena_alloc_nozero(size);
-    if (held)
-        *held = hand;
+    const mp_deadline *at = d ? lazy_deadline_at(d) : NULL;
+    struct seg *s = held ? hand_alloc(size, false, at, held) : arena_alloc_nozero_until(size, at);
     if (!s)
         return NULL;
     s->cap = (uint64_t)1 << class;
