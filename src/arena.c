@@ -1372,6 +1372,23 @@ void arena_heap_root(const void *obj, size_t size, bool live)
 #endif
 }
 
+#ifdef MP_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+void arena_handed_over(void)
+{
+#ifdef MP_TSAN
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (!h)
+        return;
+    __tsan_acquire(&h->lock);        /* what each unlock of it released */
+    for (int i = 0; i < CACHE_CLASSES; i++)
+        __tsan_acquire(&h->cache[i]);   /* and each push on a stack */
+    __tsan_acquire(&h->deferred);
+#endif
+}
+
 void *mp_shared_alloc(size_t size)
 {
     void *p = arena_alloc(size);

@@ -69,6 +69,13 @@ void arena_free(void *p);
  * (live true at creation, false before its arena_free). No-op without ASan. */
 void arena_heap_root(const void *obj, size_t size, bool live);
 bool arena_contains(const void *p, size_t len);
+/* This process starts using memory that another process took from the
+ * arena and handed over (through a socket, say). ThreadSanitizer cannot
+ * see the other process take the arena's lock, so it would take the block
+ * headers this process's threads once wrote in those bytes for a race with
+ * the new owner's data: this tells it that every allocation and free this
+ * process made so far came first. A no-op in other builds. */
+void arena_handed_over(void);
 /* p is the start of an arena block in use (what arena_alloc returned). */
 bool arena_is_block(const void *p);
 size_t arena_block_size(const void *p);  /* its usable bytes; p from arena_alloc */

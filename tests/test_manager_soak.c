@@ -270,6 +270,8 @@ static void test_soak_mixed_clients_killed_at_random(void **state)
                i ? "tcp " : "unix", rss_start[i], rss_end[i], fds_start[i], fds_end[i],
                fds_idle[i], fds_after[i]);
     fflush(stdout);
+    for (int i = 0; i < 2 && !fds_ok; i++)
+        proc_print_fds(mp_manager_pid(servers[i]));
     assert_true(warmed);
     assert_true(fds_ok);
     assert_int_equal(dup, 0);

@@ -100,6 +100,7 @@ static int client_attach(struct client *c, const struct mmsg *req)
 {
     struct channel *ch = (struct channel *)(uintptr_t)req->v[1].i;
     uint32_t magic = CHANNEL_MAGIC;
+    arena_handed_over();
     if (c->ch || (uintptr_t)ch % _Alignof(struct channel) != 0 ||
         !arena_contains(ch, sizeof *ch) || ch->nonce != (uint64_t)req->v[2].i ||
         !atomic_compare_exchange_strong(&ch->magic, &magic, CHANNEL_ATTACHED))
