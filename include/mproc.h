@@ -306,8 +306,14 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT" (port 0:
  * the kernel picks, mp_listener_address tells). authkey NULL: no handshake;
  * a non-NULL authkey with keylen 0 runs it with the empty key (Python's
- * authkey=b"", as CPython 3.13's Listener and Client do); accept's timeout
- * covers the handshake too (at most 30 s when forever). */
+ * authkey=b"", as CPython 3.13's Listener and Client do). With a key,
+ * accept runs the handshakes of all waiting connections side by side and
+ * returns the first that ends well, so a peer that connects and says
+ * nothing delays no one else: one that is not done within 30 s is dropped
+ * and its accept call fails with MP_EAUTH, as does one with the wrong key.
+ * A handshake still under way when accept's timeout passes goes on in
+ * the next accept call of this process (up to 64 at once; more: the oldest
+ * is dropped); mp_listener_free closes those. */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */

@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #define CHALLENGE "#CHALLENGE#"
 #define WELCOME "#WELCOME#"
@@ -100,11 +101,11 @@ static int auth_error(int rc)
 }
 
 static int verify_answer(const void *key, size_t keylen, const uint8_t *message, size_t mlen,
-                         const mp_buf *answer)
+                         const uint8_t *answer, size_t alen)
 {
     const char *name;
     size_t name_len;
-    int at = split_digest(answer->data, answer->len, &name, &name_len);
+    int at = split_digest(answer, alen, &name, &name_len);
     if (at < 0)
         return MP_EAUTH;
     uint8_t expected[EVP_MAX_MD_SIZE];
@@ -112,16 +113,16 @@ static int verify_answer(const void *key, size_t keylen, const uint8_t *message,
     int rc = hmac_of(name, name_len, key, keylen, message, mlen, expected, &elen);
     if (rc != 0)
         return rc;
-    size_t got = answer->len - (size_t)at;
-    if (got != elen || CRYPTO_memcmp(expected, (const uint8_t *)answer->data + at, elen) != 0)
+    size_t got = alen - (size_t)at;
+    if (got != elen || CRYPTO_memcmp(expected, answer + at, elen) != 0)
         return MP_EAUTH;
     return 0;
 }
 
-int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *digest,
-                           const mp_deadline *d)
+/* "#CHALLENGE#", "{digest}" unless digest is NULL, and random bytes, into
+ * msg (AUTH_CHALLENGE_MAX bytes); its length, or MP_EINVAL / MP_EAUTH. */
+static int make_challenge(const char *digest, uint8_t *msg)
 {
-    uint8_t msg[CHALLENGE_LEN + MAX_DIGEST_NAME + 2 + MESSAGE_LENGTH];
     size_t n = CHALLENGE_LEN;
     memcpy(msg, CHALLENGE, n);
     size_t random_len = LEGACY_MESSAGE_LENGTH;
@@ -137,13 +138,26 @@ int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *d
     }
     if (getrandom(msg + n, random_len, 0) != (ssize_t)random_len)
         return MP_EAUTH;
-    n += random_len;
+    return (int)(n + random_len);
+}
+_Static_assert(CHALLENGE_LEN + MAX_DIGEST_NAME + 2 + MESSAGE_LENGTH <= AUTH_CHALLENGE_MAX,
+               "a challenge fits its buffer");
+_Static_assert(AUTH_FRAME_MAX == FRAME_HEADER_MAX + HANDSHAKE_MAX, "a frame fits its buffer");
+
+int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *digest,
+                           const mp_deadline *d)
+{
+    uint8_t msg[AUTH_CHALLENGE_MAX];
+    int n = make_challenge(digest, msg);
+    if (n < 0)
+        return n;
     mp_buf answer = { 0 };
-    int rc = conn_send_frame(fd, msg, n);
+    int rc = conn_send_frame(fd, msg, (size_t)n);
     if (rc == 0)
         rc = conn_recv_frame(fd, &answer, HANDSHAKE_MAX, d);
     if (rc == 0) {
-        rc = verify_answer(key, keylen, msg + CHALLENGE_LEN, n - CHALLENGE_LEN, &answer);
+        rc = verify_answer(key, keylen, msg + CHALLENGE_LEN, (size_t)n - CHALLENGE_LEN,
+                           answer.data, answer.len);
         const char *reply = rc == 0 ? WELCOME : FAILURE;
         int sent = conn_send_frame(fd, reply, strlen(reply));
         if (rc == 0)
@@ -153,14 +167,13 @@ int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *d
     return auth_error(rc);
 }
 
-static int build_answer(const void *key, size_t keylen, const mp_buf *challenge, uint8_t *out,
-                        size_t *out_len)
+static int build_answer(const void *key, size_t keylen, const uint8_t *m, size_t len,
+                        uint8_t *out, size_t *out_len)
 {
-    const uint8_t *m = challenge->data;
-    if (challenge->len < CHALLENGE_LEN || memcmp(m, CHALLENGE, CHALLENGE_LEN) != 0)
+    if (len < CHALLENGE_LEN || memcmp(m, CHALLENGE, CHALLENGE_LEN) != 0)
         return MP_EAUTH;
     m += CHALLENGE_LEN;
-    size_t mlen = challenge->len - CHALLENGE_LEN;
+    size_t mlen = len - CHALLENGE_LEN;
     const char *name;
     size_t name_len;
     if (mlen < LEGACY_MESSAGE_LENGTH || split_digest(m, mlen, &name, &name_len) < 0)
@@ -178,6 +191,11 @@ static int build_answer(const void *key, size_t keylen, const mp_buf *challenge,
     return rc;
 }
 
+static bool is_welcome(const uint8_t *m, size_t len)
+{
+    return len == strlen(WELCOME) && memcmp(m, WELCOME, len) == 0;
+}
+
 int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d)
 {
     mp_buf msg = { 0 };
@@ -185,13 +203,104 @@ int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadl
     size_t answer_len = 0;
     int rc = conn_recv_frame(fd, &msg, HANDSHAKE_MAX, d);
     if (rc == 0)
-        rc = build_answer(key, keylen, &msg, answer, &answer_len);
+        rc = build_answer(key, keylen, msg.data, msg.len, answer, &answer_len);
     if (rc == 0)
         rc = conn_send_frame(fd, answer, answer_len);
     if (rc == 0)
         rc = conn_recv_frame(fd, &msg, HANDSHAKE_MAX, d);
-    if (rc == 0 && (msg.len != strlen(WELCOME) || memcmp(msg.data, WELCOME, msg.len) != 0))
+    if (rc == 0 && !is_welcome(msg.data, msg.len))
         rc = MP_EAUTH;
     mp_buf_free(&msg);
     return auth_error(rc);
+}
+
+/* ------------------------------------------------------------------ step by step */
+
+enum { WAIT_ANSWER, WAIT_CHALLENGE, WAIT_VERDICT };
+
+/* One frame in a single send that does not wait: the handshake's frames
+ * are small, and a peer that leaves no room for one in an empty socket
+ * buffer is not one to wait for. */
+static int send_now(int fd, const void *data, size_t len)
+{
+    uint8_t buf[FRAME_HEADER_MAX + HANDSHAKE_MAX];
+    size_t h = frame_header_encode(len, buf);
+    memcpy(buf + h, data, len);
+    ssize_t n = send(fd, buf, h + len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n == (ssize_t)(h + len))
+        return 0;
+    return n >= 0 || errno == EAGAIN || errno == EWOULDBLOCK ? MP_EAUTH : -errno;
+}
+
+int auth_server_start(struct auth_server *a, int fd)
+{
+    memset(a, 0, sizeof *a);
+    int n = make_challenge(AUTH_DEFAULT_DIGEST, a->challenge);
+    if (n < 0)
+        return n;
+    a->challenge_len = (uint8_t)n;
+    a->phase = WAIT_ANSWER;
+    a->want = 4;
+    return auth_error(send_now(fd, a->challenge, (size_t)n));
+}
+
+/* Reads toward the frame being awaited, never past it (the peer's first
+ * message may follow its last handshake frame): 1 when it is whole, 0 when
+ * the socket has nothing more for now, or an error. */
+static int read_frame(struct auth_server *a, int fd)
+{
+    while (a->have < a->want) {
+        ssize_t n = recv(fd, a->frame + a->have, a->want - a->have, MSG_DONTWAIT);
+        if (n == 0)
+            return MP_EEOF;
+        if (n < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
+        a->have += (uint16_t)n;
+        if (a->have < a->want || a->head)
+            continue;
+        uint64_t len;
+        int rc = a->have == 4 ? frame_header_short(a->frame, &len)
+                              : frame_header_long(a->frame + 4, &len);
+        if (rc == 1) {
+            a->want = 12;             /* an 8-byte length follows */
+            continue;
+        }
+        if (rc < 0 || len > HANDSHAKE_MAX)
+            return MP_EAUTH;
+        a->head = a->have;
+        a->want = (uint16_t)(a->have + len);
+    }
+    return 1;
+}
+
+int auth_server_step(struct auth_server *a, int fd, const void *key, size_t keylen)
+{
+    for (;;) {
+        int rc = read_frame(a, fd);
+        if (rc <= 0)
+            return rc == 0 ? 1 : auth_error(rc);
+        const uint8_t *body = a->frame + a->head;
+        size_t len = (size_t)(a->want - a->head);
+        a->have = a->head = 0;
+        a->want = 4;
+        if (a->phase == WAIT_ANSWER) {
+            rc = verify_answer(key, keylen, a->challenge + CHALLENGE_LEN,
+                               a->challenge_len - CHALLENGE_LEN, body, len);
+            int sent = send_now(fd, rc == 0 ? WELCOME : FAILURE, strlen(rc == 0 ? WELCOME : FAILURE));
+            if (rc == 0)
+                rc = sent;
+            a->phase = WAIT_CHALLENGE;
+        } else if (a->phase == WAIT_CHALLENGE) {
+            uint8_t answer[MAX_DIGEST_NAME + 2 + EVP_MAX_MD_SIZE];
+            size_t answer_len = 0;
+            rc = build_answer(key, keylen, body, len, answer, &answer_len);
+            if (rc == 0)
+                rc = send_now(fd, answer, answer_len);
+            a->phase = WAIT_VERDICT;
+        } else {
+            return is_welcome(body, len) ? 0 : MP_EAUTH;
+        }
+        if (rc != 0)
+            return auth_error(rc);
+    }
 }

@@ -113,4 +113,22 @@ int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *d
                            const mp_deadline *d);
 int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d);
 
+/* The listener's side (deliver, then answer) one step at a time on a
+ * socket it never waits on, so that one process runs many handshakes at
+ * once and a peer that says nothing holds up no one else. start sends the
+ * challenge; step reads what has come and acts on it: 0 once the peer is
+ * welcome, 1 while it waits for more, or MP_EAUTH, MP_EEOF (the peer left
+ * before its verdict), -errno. */
+#define AUTH_CHALLENGE_MAX 64
+#define AUTH_FRAME_MAX (12 + 256)
+struct auth_server {
+    uint8_t phase;                          /* the frame it waits for */
+    uint8_t challenge_len;
+    uint16_t have, want, head;              /* bytes read, needed, and the header's */
+    uint8_t challenge[AUTH_CHALLENGE_MAX];  /* what it sent */
+    uint8_t frame[AUTH_FRAME_MAX];          /* the frame being read */
+};
+int auth_server_start(struct auth_server *a, int fd);
+int auth_server_step(struct auth_server *a, int fd, const void *key, size_t keylen);
+
 #endif

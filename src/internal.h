@@ -379,6 +379,7 @@ void mlock_free(mp_lock *l);
  * child give it back; a child hook also drops what the child does not
  * inherit. A slot set once stays; setting it again changes nothing. */
 enum fork_slot {
+    FORK_LISTENER,         /* listener.c: sets.mu, the handshakes under way */
     FORK_POOL,             /* pool.c: child only, resets its list of live pools */
     FORK_MANAGER_CLIENT,   /* manager/client.c: local.mu, its manager connections */
     FORK_SHM,              /* shm.c: local.lock, its mappings */

@@ -5,8 +5,10 @@
  * listening socket is non-blocking, so several processes may share one
  * listener (a pre-started set of workers) and each waits with poll; the
  * accepted sockets are blocking. Like CPython, the listener challenges then
- * answers, the client answers then challenges; a silent peer cannot hold
- * the listener longer than the accept timeout (or HANDSHAKE_TIMEOUT).
+ * answers, the client answers then challenges. Unlike CPython, a listener
+ * runs the handshakes of all its new connections at once (each within
+ * HANDSHAKE_TIMEOUT), so a peer that connects and says nothing delays no
+ * one else.
  */
 #include "conn_internal.h"
 
@@ -15,6 +17,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,8 +160,112 @@ int sock_listen_on(const struct sockaddress *a)
     return fd;
 }
 
+/* ------------------------------------------------------------------ handshakes under way
+ *
+ * A keyed accept takes every connection waiting in the backlog and runs
+ * their handshakes side by side (auth_server_step), each by its own
+ * deadline, and returns the first that ends well. They belong to this
+ * process, as their sockets do: a set per listener in a process-local
+ * list. A call that times out leaves them to the next call. One thread
+ * runs a set at a time; another waits its turn by its own deadline. */
+enum { HANDSHAKES_MAX = 64 };   /* more: the oldest one is dropped */
+
+struct handshake {
+    int fd;
+    mp_deadline until;
+    struct auth_server a;
+};
+
+struct hs_set {
+    const mp_listener *l;
+    pthread_mutex_t drive;       /* held by the thread running the set */
+    int n;                       /* under way, oldest first */
+    struct handshake hs[HANDSHAKES_MAX];
+    struct hs_set *next;
+};
+
+static struct {
+    pthread_mutex_t mu;          /* the list; nothing is taken under it */
+    struct hs_set *head;
+} sets = { PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static void sets_lock(void) { pthread_mutex_lock(&sets.mu); }
+static void sets_unlock(void) { pthread_mutex_unlock(&sets.mu); }
+
+static void hs_set_free(struct hs_set *set)
+{
+    for (int i = 0; i < set->n; i++)
+        close(set->hs[i].fd);
+    pthread_mutex_destroy(&set->drive);
+    free(set);
+}
+
+/* The child's copies of the parent's sockets: the parent goes on with
+ * those handshakes, the child closes its copies. */
+static void sets_fork_child(void)
+{
+    struct hs_set *set = sets.head;
+    sets.head = NULL;
+    pthread_mutex_init(&sets.mu, NULL);
+    while (set) {
+        struct hs_set *next = set->next;
+        pthread_mutex_init(&set->drive, NULL);   /* another thread may have held it */
+        hs_set_free(set);
+        set = next;
+    }
+}
+
+MP_SETUP_CONSTRUCTOR static void listener_fork_hooks(void)
+{
+    fork_hook_set(FORK_LISTENER, sets_lock, sets_unlock, sets_fork_child);
+}
+
+/* This process's set for l, made on first use; NULL if memory is short. */
+static struct hs_set *hs_set_of(const mp_listener *l)
+{
+    sets_lock();
+    struct hs_set *set = sets.head;
+    while (set && set->l != l)
+        set = set->next;
+    if (!set && (set = calloc(1, sizeof *set))) {
+        set->l = l;
+        pthread_mutex_init(&set->drive, NULL);
+        set->next = sets.head;
+        sets.head = set;
+    }
+    sets_unlock();
+    return set;
+}
+
+/* Closes this process's handshakes on l, at its free. */
+static void hs_set_drop(const mp_listener *l)
+{
+    sets_lock();
+    struct hs_set **link = &sets.head;
+    while (*link && (*link)->l != l)
+        link = &(*link)->next;
+    struct hs_set *set = *link;
+    if (set)
+        *link = set->next;
+    sets_unlock();
+    if (set)
+        hs_set_free(set);
+}
+
+/* Takes handshake i out of the set, closing its socket unless keep. */
+static int hs_remove(struct hs_set *set, int i, bool keep)
+{
+    int fd = set->hs[i].fd;
+    if (!keep)
+        close(fd);
+    memmove(&set->hs[i], &set->hs[i + 1], (size_t)(set->n - i - 1) * sizeof set->hs[0]);
+    set->n--;
+    return fd;
+}
+
 static void listener_destroy(mp_listener *l)
 {
+    hs_set_drop(l);
     l->h.magic = MAGIC_FREED;
     arena_free(l->key);
     arena_free(l);
@@ -276,9 +383,8 @@ static int accept_one(mp_listener *l, const mp_deadline *d)
     }
 }
 
-/* The handshake gets what is left of the caller's timeout, at most
- * HANDSHAKE_TIMEOUT, so a peer that connects and says nothing cannot wedge
- * a listener that was asked to wait forever. */
+/* A client's handshake gets what is left of the caller's timeout, at most
+ * HANDSHAKE_TIMEOUT. */
 static mp_deadline handshake_deadline(const mp_deadline *d)
 {
     double left = deadline_left(d);
@@ -289,6 +395,94 @@ static void set_nodelay(int fd)
 {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* fails harmlessly on unix */
+}
+
+/* Admits a new connection to the set, its challenge sent; the oldest
+ * handshake makes room in a full set. 0, or why its first send failed. */
+static int hs_admit(struct hs_set *set, int fd)
+{
+    if (set->n == HANDSHAKES_MAX)
+        hs_remove(set, 0, false);
+    struct handshake *h = &set->hs[set->n];
+    set_nodelay(fd);
+    int rc = auth_server_start(&h->a, fd);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    h->fd = fd;
+    h->until = deadline_in(HANDSHAKE_TIMEOUT);
+    set->n++;
+    return 0;
+}
+
+/* Runs the set's handshakes and admits new connections until one ends
+ * well (its socket, blocking again) or d passes; a handshake that fails
+ * or runs out of time ends the call with its error. */
+static int hs_run(mp_listener *l, struct hs_set *set, const mp_deadline *d)
+{
+    struct pollfd p[1 + HANDSHAKES_MAX];
+    for (;;) {
+        mp_deadline wake = *d;
+        for (int i = 0; i < set->n; i++) {
+            if (deadline_passed(&set->hs[i].until)) {
+                hs_remove(set, i, false);
+                return MP_ETIMEDOUT;
+            }
+            if (wake.forever || deadline_left(&set->hs[i].until) < deadline_left(&wake))
+                wake = set->hs[i].until;
+            p[1 + i] = (struct pollfd){ .fd = set->hs[i].fd, .events = POLLIN };
+        }
+        p[0] = (struct pollfd){ .fd = l->h.fd, .events = POLLIN };
+        int r = fd_poll_all(p, 1 + (size_t)set->n, &wake);
+        if (r < 0)
+            return r;
+        if (p[0].revents & POLLNVAL)
+            return MP_ECLOSED;
+        for (int i = 0; r > 0 && i < set->n; i++) {
+            if (!p[1 + i].revents)
+                continue;
+            int rc = auth_server_step(&set->hs[i].a, set->hs[i].fd, l->key, l->keylen);
+            if (rc == 1)
+                continue;
+            int fd = hs_remove(set, i, rc == 0);
+            if (rc != 0)
+                return rc;
+            int flags = fcntl(fd, F_GETFL);
+            if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+                close(fd);
+                return errno_to_mp(errno);
+            }
+            return fd;
+        }
+        if (p[0].revents & POLLIN) {
+            int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd >= 0) {
+                int rc = hs_admit(set, fd);
+                if (rc != 0)
+                    return rc;
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                       errno != ECONNABORTED) {
+                return errno_to_mp(errno);
+            }
+        }
+        if (deadline_passed(d))
+            return MP_ETIMEDOUT;
+    }
+}
+
+/* A keyed listener's next connection whose handshake ended well. */
+static int accept_keyed(mp_listener *l, const mp_deadline *d)
+{
+    struct hs_set *set = hs_set_of(l);
+    if (!set)
+        return MP_ENOMEM;
+    int e = d->forever ? pthread_mutex_lock(&set->drive) : mutex_clocklock(&set->drive, &d->at);
+    if (e != 0)
+        return MP_ETIMEDOUT;
+    int rc = hs_run(l, set, d);
+    pthread_mutex_unlock(&set->drive);
+    return rc;
 }
 
 /* Why a handshake failed, from the side that ran it. */
@@ -315,24 +509,21 @@ int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
-    int fd = accept_one(l, &d);
-    if (fd == MP_ETIMEDOUT)
-        return mp_fail(fd, __func__, "no client connected to %s within %g s", l->address, timeout);
+    int fd = l->has_key ? accept_keyed(l, &d) : accept_one(l, &d);
+    if (fd == MP_ETIMEDOUT && deadline_passed(&d))
+        return mp_fail(fd, __func__, "no client %s %s within %g s",
+                       l->has_key ? "finished the authkey handshake with" : "connected to",
+                       l->address, timeout);
+    if (fd == MP_ETIMEDOUT)       /* not ours: a handshake's own time ran out */
+        return mp_fail(MP_EAUTH, __func__, "a client connected but did not finish the authkey "
+                       "handshake within %g s", HANDSHAKE_TIMEOUT);
+    if (fd < 0 && l->has_key)
+        return fail_handshake(fd, __func__, "a client");
     if (fd < 0)
         return mp_fail_code(fd, __func__);
-    set_nodelay(fd);
-    int rc = 0;
-    if (l->has_key) {
-        mp_deadline hd = handshake_deadline(&d);
-        rc = auth_deliver_challenge(fd, l->key, l->keylen, AUTH_DEFAULT_DIGEST, &hd);
-        if (rc == 0)
-            rc = auth_answer_challenge(fd, l->key, l->keylen, &hd);
-    }
-    if (rc != 0) {
-        close(fd);
-        return fail_handshake(rc, __func__, "a client");
-    }
-    rc = conn_from_fd_until(c, fd, true, true, &d);
+    if (!l->has_key)
+        set_nodelay(fd);
+    int rc = conn_from_fd_until(c, fd, true, true, &d);
     if (rc != 0)
         close(fd);
     if (rc == MP_ETIMEDOUT)

@@ -8,7 +8,9 @@
 
 #include "conn_internal.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <poll.h>
@@ -463,6 +465,196 @@ static void test_mproc_client_with_empty_key_meets_python312_listener(void **sta
     client_against_python_listener("listener312", "tcp:127.0.0.1:0", "", KEY, MP_EAUTH, 3);
 }
 
+/* ------------------------------------------------------------------ a listener's handshakes side by side */
+
+/* A raw TCP socket connected to l, which then says nothing. */
+static int connect_raw(mp_listener *l)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    return fd;
+}
+
+/* Writes a frame one byte at a time, a millisecond apart. */
+static bool trickle(int fd, const void *p, size_t n)
+{
+    uint8_t buf[FRAME_HEADER_MAX + 256];
+    size_t h = frame_header_encode(n, buf);
+    memcpy(buf + h, p, n);
+    for (size_t i = 0; i < h + n; i++) {
+        if (write(fd, buf + i, 1) != 1)
+            return false;
+        usleep(1000);
+    }
+    return true;
+}
+
+struct slow_client { mp_listener *l; double pause; };
+
+/* The client's side written out by hand: a pause before its answer,
+ * every frame a byte at a time, and its first message in the same write
+ * as its last handshake frame. */
+static int slow_client(void *arg)
+{
+    struct slow_client *sc = arg;
+    int fd = connect_raw(sc->l);
+    mp_deadline d = deadline_in(20 * tu_slow());
+    mp_buf m = { 0 };
+    if (conn_recv_frame(fd, &m, 256, &d) != 0 || m.len < 11 + 8)
+        return 1;
+    usleep((useconds_t)(sc->pause * 1e6));
+    uint8_t out[64];
+    unsigned n;
+    memcpy(out, "{sha256}", 8);                    /* the listener asks for sha256 */
+    HMAC(EVP_sha256(), KEY, (int)strlen(KEY), (const uint8_t *)m.data + 11, m.len - 11, out + 8, &n);
+    if (!trickle(fd, out, 8 + n) || conn_recv_frame(fd, &m, 256, &d) != 0 ||
+        m.len != 9 || memcmp(m.data, "#WELCOME#", 9) != 0)
+        return 2;
+    static const char challenge[] = "#CHALLENGE#{sha256}0123456789012345678901234567890123456789";
+    if (!trickle(fd, challenge, strlen(challenge)) || conn_recv_frame(fd, &m, 256, &d) != 0)
+        return 3;
+    uint8_t want[32];
+    HMAC(EVP_sha256(), KEY, (int)strlen(KEY), (const uint8_t *)challenge + 11, strlen(challenge) - 11,
+         want, &n);
+    if (m.len != 8 + n || memcmp((uint8_t *)m.data + 8, want, n) != 0)
+        return 4;
+    uint8_t last[2 * FRAME_HEADER_MAX + 16];
+    size_t h = frame_header_encode(9, last);
+    memcpy(last + h, "#WELCOME#", 9);
+    size_t h2 = frame_header_encode(5, last + h + 9);
+    memcpy(last + h + 9 + h2, "hello", 5);
+    if (write(fd, last, h + 9 + h2 + 5) != (ssize_t)(h + 9 + h2 + 5))
+        return 5;
+    if (conn_recv_frame(fd, &m, 256, &d) != 0 || m.len != 2 || memcmp(m.data, "ok", 2) != 0)
+        return 6;
+    mp_buf_free(&m);
+    close(fd);
+    return 0;
+}
+
+/* Takes the client's "hello" on c and answers "ok". */
+static void greet(mp_conn *c)
+{
+    char b[16];
+    size_t n;
+    assert_int_equal(mp_conn_poll(c, 10 * tu_slow()), 1);
+    TU_OK(mp_conn_recv_bytes(c, b, sizeof b, &n));
+    assert_int_equal(n, 5);
+    assert_memory_equal(b, "hello", 5);
+    TU_OK(mp_conn_send_bytes(c, "ok", 2));
+    mp_conn_close(c);
+}
+
+static int quick_client(void *arg)
+{
+    mp_listener *l = arg;
+    mp_conn *c;
+    if (mp_client(&c, mp_listener_address(l), KEY, strlen(KEY), 20 * tu_slow()) != 0 ||
+        mp_conn_send_bytes(c, "hello", 5) != 0)
+        return 1;
+    char b[16];
+    size_t n;
+    int rc = mp_conn_poll(c, 20 * tu_slow()) == 1 && mp_conn_recv_bytes(c, b, sizeof b, &n) == 0 &&
+             n == 2 ? 0 : 2;
+    mp_conn_close(c);
+    return rc;
+}
+
+/* Peers that connect and say nothing, more of them than the listener runs
+ * at once: the client behind them is served, within the call. */
+static void test_listener_serves_a_client_behind_silent_ones(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    int silent[70];
+    for (int i = 0; i < 70; i++)
+        silent[i] = connect_raw(l);
+    pid_t pid = tu_fork(quick_client, l);
+    mp_conn *c;
+    TU_OK(mp_listener_accept(l, &c, 20 * tu_slow()));
+    greet(c);
+    assert_int_equal(tu_wait(pid, 20), 0);
+    for (int i = 0; i < 70; i++)
+        close(silent[i]);
+    mp_listener_free(l);
+}
+
+/* A slow client's handshake goes on across accept calls that time out,
+ * and across a fork whose child accepts too (the handshake is the
+ * parent's); it is read a byte at a time, and never past its end. */
+static void test_listener_handshake_goes_on_across_calls_and_forks(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    struct slow_client sc = { l, 0.6 };
+    pid_t pid = tu_fork(slow_client, &sc);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.2), MP_ETIMEDOUT);   /* the challenge went out */
+    pid_t child = fork();             /* accepting while the answer comes in */
+    if (child == 0)
+        _exit(mp_listener_accept(l, &c, 1.5) == MP_ETIMEDOUT ? 0 : 1);
+    assert_int_equal(tu_wait(child, 10), 0);
+    TU_OK(mp_listener_accept(l, &c, 20 * tu_slow()));
+    greet(c);
+    assert_int_equal(tu_wait(pid, 20), 0);
+    mp_listener_free(l);
+}
+
+/* Freeing the listener closes the handshakes still under way. */
+static void test_listener_free_closes_its_handshakes(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    int fd = connect_raw(l);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.2), MP_ETIMEDOUT);
+    mp_buf m = { 0 };
+    mp_deadline d = deadline_in(5 * tu_slow());
+    TU_OK(conn_recv_frame(fd, &m, 256, &d));           /* the challenge: it is under way */
+    assert_memory_equal(m.data, "#CHALLENGE#", 11);
+    mp_listener_free(l);
+    TU_ASSERT_RC(conn_recv_frame(fd, &m, 256, &d), MP_EEOF);
+    mp_buf_free(&m);
+    close(fd);
+}
+
+static int wrong_key_client(void *arg)
+{
+    mp_listener *l = arg;
+    mp_conn *c;
+    return mp_client(&c, mp_listener_address(l), OTHER, strlen(OTHER), 20 * tu_slow()) == MP_EAUTH
+               ? 0 : 1;
+}
+
+/* A wrong key fails the call that sees it; the good client beside it is
+ * served by the next. */
+static void test_listener_wrong_key_beside_a_good_client(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    pid_t bad = tu_fork(wrong_key_client, l);
+    struct slow_client sc = { l, 0 };
+    pid_t good = tu_fork(slow_client, &sc);
+    mp_conn *c;
+    int rc = mp_listener_accept(l, &c, 20 * tu_slow());
+    if (rc == MP_EAUTH)
+        rc = mp_listener_accept(l, &c, 20 * tu_slow());
+    else                              /* the good one came first: the bad one next */
+        TU_ASSERT_RC(mp_listener_accept(l, &(mp_conn *){ NULL }, 20 * tu_slow()), MP_EAUTH);
+    TU_OK(rc);
+    greet(c);
+    assert_int_equal(tu_wait(good, 20), 0);
+    assert_int_equal(tu_wait(bad, 20), 0);
+    mp_listener_free(l);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -485,6 +677,10 @@ int main(void)
         cmocka_unit_test(test_mproc_client_talks_to_python_listener),
         cmocka_unit_test(test_mproc_client_with_wrong_key_is_refused_by_python),
         cmocka_unit_test(test_mproc_client_talks_to_python312_sha256_listener),
+        cmocka_unit_test(test_listener_serves_a_client_behind_silent_ones),
+        cmocka_unit_test(test_listener_handshake_goes_on_across_calls_and_forks),
+        cmocka_unit_test(test_listener_free_closes_its_handshakes),
+        cmocka_unit_test(test_listener_wrong_key_beside_a_good_client),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
