@@ -1951,8 +1951,8 @@ static void test_start_of_a_raw_fork_child_survives_its_parent_reaped(void **sta
 static int spawned_finds_the_fork_hooks_set(void *arg)
 {
     (void)arg;
-    uint32_t want = 1u << FORK_POOL | 1u << FORK_SHM | 1u << FORK_CONN | 1u << FORK_FDREG |
-                    1u << FORK_PROCESS | 1u << FORK_ARENA | 1u << FORK_TID;
+    uint32_t want = 1u << FORK_LISTENER | 1u << FORK_POOL | 1u << FORK_SHM | 1u << FORK_CONN |
+                    1u << FORK_FDREG | 1u << FORK_PROCESS | 1u << FORK_ARENA | 1u << FORK_TID;
     uint32_t set = fork_hooks_set();
     return (set & want) == want ? 0 : 100 + (int)__builtin_ctz(want & ~set);
 }
