@@ -191,9 +191,15 @@ static int build_answer(const void *key, size_t keylen, const uint8_t *m, size_t
     return rc;
 }
 
-static bool is_welcome(const uint8_t *m, size_t len)
+/* The peer's verdict, and if it is welcome, an ACK for it at once: a
+ * client's WELCOME is its last handshake frame and its first request comes
+ * straight after (sock_ack_now). */
+static bool is_welcome(int fd, const uint8_t *m, size_t len)
 {
-    return len == strlen(WELCOME) && memcmp(m, WELCOME, len) == 0;
+    if (len != strlen(WELCOME) || memcmp(m, WELCOME, len) != 0)
+        return false;
+    sock_ack_now(fd);
+    return true;
 }
 
 int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d)
@@ -208,7 +214,7 @@ int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadl
         rc = conn_send_frame(fd, answer, answer_len);
     if (rc == 0)
         rc = conn_recv_frame(fd, &msg, HANDSHAKE_MAX, d);
-    if (rc == 0 && !is_welcome(msg.data, msg.len))
+    if (rc == 0 && !is_welcome(fd, msg.data, msg.len))
         rc = MP_EAUTH;
     mp_buf_free(&msg);
     return auth_error(rc);
@@ -298,7 +304,7 @@ int auth_server_step(struct auth_server *a, int fd, const void *key, size_t keyl
                 rc = send_now(fd, answer, answer_len);
             a->phase = WAIT_VERDICT;
         } else {
-            return is_welcome(body, len) ? 0 : MP_EAUTH;
+            return is_welcome(fd, body, len) ? 0 : MP_EAUTH;
         }
         if (rc != 0)
             return auth_error(rc);

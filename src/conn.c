@@ -118,6 +118,7 @@ int conn_from_fd_until(mp_conn **out, int fd, bool readable, bool writable, cons
     c->readable = readable;
     c->writable = writable;
     c->is_socket = fd_is_socket(fd);
+    c->is_tcp = c->is_socket && sock_is_tcp(fd);
     int rc = rmutex_init(&c->send_lock);
     if (rc == 0 && (rc = rmutex_init(&c->recv_lock)) != 0)
         rmutex_destroy(&c->send_lock);
@@ -219,6 +220,8 @@ static ssize_t read_spin(mp_conn *c, uint8_t *buf, size_t cap)
             else
                 cpu_relax();
         }
+        if (c->is_tcp)
+            sock_ack_now(c->h.fd);     /* a frame's body may wait for it */
         return sock_read_ahead(c, buf, cap, 0);
     }
     return read(c->h.fd, buf, cap);
@@ -245,8 +248,11 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
     n -= take;
     if (n == 0)
         return 0;
-    if (n > READ_AHEAD / 2 || atomic_load(&c->h.immortal))
+    if (n > READ_AHEAD / 2 || atomic_load(&c->h.immortal)) {
+        if (c->is_tcp)
+            sock_ack_now(c->h.fd);
         return fd_read_full(c->h.fd, dst, n, NULL);
+    }
     early_drop(c);                      /* what was read ahead before is gone, */
     c->ahead_fills++;                   /* and so are descriptors kept for it */
     size_t got = 0;

@@ -12,7 +12,7 @@
 struct ring;                       /* one direction of a pipe (pipe_ring.c) */
 struct pipe_shm;                   /* what both ends of a pipe share (pipe_ring.c) */
 
-/* Rules: magic, fd, readable, writable, is_socket, shm, in, out and side
+/* Rules: magic, fd, readable, writable, is_socket, is_tcp, shm, in, out and side
  * are written once, before the conn is handed out (mp_pipe sets the pipe
  * fields before it returns), and only read afterwards.
  * Under send_lock (a robust mutex in the conn, so every process holding it
@@ -25,7 +25,7 @@ struct pipe_shm;                   /* what both ends of a pipe share (pipe_ring.
  * ready, look again). */
 struct mp_conn {
     struct fdhandle h;
-    bool readable, writable, is_socket;
+    bool readable, writable, is_socket, is_tcp;
     _Atomic bool has_pending;  /* a header was read, its body was not (MP_ETOOBIG) */
     uint64_t pending_len;
     rmutex send_lock, recv_lock;

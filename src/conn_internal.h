@@ -43,6 +43,14 @@ ssize_t fd_writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socke
 int fd_write_all(int fd, bool is_socket, const void *head, size_t head_len,
                  const void *body, size_t body_len);
 bool fd_is_socket(int fd);
+/* Acks what the TCP socket fd has received at once. A peer with Nagle's
+ * algorithm on (CPython's Connection is one) holds a small send back until
+ * its previous one is acked; a delayed ACK makes that 40 ms. So a reader
+ * calls this where such a peer is about to wait: after the peer's last
+ * handshake frame, and before waiting for the body of a frame whose
+ * header came alone. false on other sockets (nothing done). */
+bool sock_ack_now(int fd);
+bool sock_is_tcp(int fd);          /* an AF_INET or AF_INET6 socket */
 
 /* One frame on a raw descriptor. conn_recv_frame checks the claimed length
  * against maxlen (0: no limit) before allocating anything: MP_ETOOBIG then,

@@ -10,6 +10,8 @@
  */
 #include "conn_internal.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -155,6 +157,20 @@ int fd_write_all(int fd, bool is_socket, const void *head, size_t head_len,
         }
     }
     return 0;
+}
+
+bool sock_is_tcp(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+           (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+}
+
+bool sock_ack_now(int fd)
+{
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one) == 0;
 }
 
 bool fd_is_socket(int fd)

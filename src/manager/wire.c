@@ -192,6 +192,8 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return MP_EBROKEN;
+        if (rc == 1 && !w->not_tcp)          /* a header alone: its sender waits for our ACK */
+            w->not_tcp = !sock_ack_now(w->fd);
         if ((rc = wire_wait(w, spin_until, d)) < 0)
             return rc;
     }
@@ -245,10 +247,7 @@ int wire_connect(const char *address, int *fd, const mp_deadline *d)
 
 void wire_keepalive(int fd)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
-        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+    if (!sock_is_tcp(fd))
         return;
     int on = 1, idle = WIRE_KEEPIDLE_S, intvl = WIRE_KEEPINTVL_S, cnt = WIRE_KEEPCNT;
     unsigned user = WIRE_USER_TIMEOUT_S * 1000u;

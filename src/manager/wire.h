@@ -33,6 +33,7 @@ struct wire {
     size_t start, len, cap;  /* live bytes are in[start .. start+len) */
     uint32_t spin_ns;        /* busy-poll budget before sleeping */
     uint32_t looks;          /* recvs that found nothing, while spinning */
+    bool not_tcp;            /* sock_ack_now said so: not asked again */
 };
 
 void wire_init(struct wire *w, int fd, uint32_t spin_ns);
