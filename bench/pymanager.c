@@ -9,7 +9,8 @@
  * are the limit: servers that do no work and answer every call at once with
  * a canned reply. No server can beat them with this client on this
  * machine, so mproc ÷ peer says how close to the limit mproc's server is,
- * and peer ÷ python how far ahead of Python's any server could be.
+ * and peer ÷ python how far ahead of Python's any server could be. A
+ * second manager on TCP (--tcp) serves the rows that make connections.
  */
 #include "bench.h"
 #include <mproc.h>
@@ -22,10 +23,13 @@
 
 int main(int argc, char **argv)
 {
-    mp_manager *m;
+    mp_manager *m, *tcp;
     static const char key[] = "pymanager-bench-key";
     mp_manager_opts o = { .authkey = key, .authkey_len = sizeof key - 1 };
+    mp_manager_opts t = { .address = "tcp:127.0.0.1:0", .authkey = key, .authkey_len = sizeof key - 1 };
     int rc = mp_manager_start(&m, &o);
+    if (rc == 0 && (rc = mp_manager_start(&tcp, &t)) < 0)
+        mp_manager_free(m);
     if (rc < 0) {
         fprintf(stderr, "pymanager: mp_manager_start: %s\n", mp_strerror(rc));
         return 1;
@@ -34,8 +38,10 @@ int main(int argc, char **argv)
     bench_script_path("pymanager.py", script, sizeof script);
     for (size_t i = 0; i + 1 < sizeof key; i++)
         snprintf(hex + 2 * i, 3, "%02x", (unsigned char)key[i]);
-    char *args[] = { "python3", script, "--address", (char *)mp_manager_address(m), "--authkey", hex };
-    rc = bench_run_python(args, 6, argc, argv);
+    char *args[] = { "python3", script, "--address", (char *)mp_manager_address(m), "--authkey", hex,
+                     "--tcp", (char *)mp_manager_address(tcp) };
+    rc = bench_run_python(args, 8, argc, argv);
+    mp_manager_free(tcp);
     mp_manager_free(m);
     return rc;
 }

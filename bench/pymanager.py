@@ -12,6 +12,12 @@ d['k<i>'] = 8 bytes / d['k<i>'] on one shared dict; aggregate ops/s.
 pymgr_queue_putget_<n>c: each client does q.put(8 bytes); q.get() on one
 shared queue (one op = the pair). *_8c_p99: the 99th percentile of one
 call's latency (one pair for the queue) at 8 clients, in microseconds.
+pymgr_new_proxy_tcp: over TCP, microseconds for d = m.dict(); d['k'] = 8
+bytes; del d, which opens four connections (the create, the proxy's own,
+its incref and its decref), each with its authkey handshake.
+pymgr_dict_set_20k_tcp: over TCP, microseconds for one d['k'] = 20,000
+bytes (Python sends the header and the body of a message over 16 KiB in
+two sends).
 """
 import os
 import sys
@@ -92,6 +98,41 @@ def measure(manager, kind, n):
     return n * ops / dt, p99
 
 
+PROXY_ROUNDS = 20
+
+
+def new_proxy_tcp(address, key):
+    """Microseconds per round of a dict made, set once and let go."""
+    m = SyncManager(address=address, authkey=key)
+    m.connect()
+    t0 = now()
+    for _ in range(PROXY_ROUNDS):
+        d = m.dict()
+        d["k"] = b"12345678"
+        del d
+    return (now() - t0) / PROXY_ROUNDS * 1e6
+
+
+def dict_set_20k_tcp(address, key):
+    """Microseconds per set of a 20,000-byte value."""
+    m = SyncManager(address=address, authkey=key)
+    m.connect()
+    d = m.dict()
+    val = b"x" * 20000
+    d["k"] = val
+    t0 = now()
+    for _ in range(PROXY_ROUNDS):
+        d["k"] = val
+    return (now() - t0) / PROXY_ROUNDS * 1e6
+
+
+def run_tcp(address, key):
+    for wid, fn in (("pymgr_new_proxy_tcp", new_proxy_tcp), ("pymgr_dict_set_20k_tcp", dict_set_20k_tcp)):
+        if selected(wid):
+            results = sorted(fn(address, key) for _ in range(reps(3)))
+            row(wid, results[len(results) // 2], "us", LOWER)
+
+
 def run(manager, peer=None):
     for kind in ("dict_set", "dict_get", "queue_putget"):
         for n in CLIENTS:
@@ -111,10 +152,13 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--address"]:
         address, key = py_address(args[1]), bytes.fromhex(args[3])
-        sys.argv = [sys.argv[0]] + args[4:]
+        tcp = py_address(args[5]) if args[4:5] == ["--tcp"] else None
+        sys.argv = [sys.argv[0]] + args[6 if tcp else 4:]
         m = SyncManager(address=address, authkey=key)
         m.connect()
         run(m)
+        if tcp:
+            run_tcp(tcp, key)
     elif args[:1] == ["--canned"]:
         address, name = py_address(args[1]), args[2]
         sys.argv = [sys.argv[0]] + args[3:]
@@ -122,3 +166,10 @@ if __name__ == "__main__":
     else:
         with CTX.Manager() as m:
             run(m)
+        key = b"pymanager-bench-key"
+        tcp = SyncManager(address=("127.0.0.1", 0), authkey=key, ctx=CTX)
+        tcp.start()
+        try:
+            run_tcp(tcp.address, key)
+        finally:
+            tcp.shutdown()
