@@ -6,7 +6,11 @@
  * pipe_1MiB     1 MiB messages streamed one way: MB/s
  * tcp_rtt_20KB_pyclient
  *               a Python Client's 20,000-byte ping-pong over TCP with an
- *               mp_listener's echo (bench/conn.py --client): round trips/s
+ *               mp_listener's echo (bench/conn.py --client): round trips/s.
+ *               Python sends a message over 16 KiB as two sends, the
+ *               second held by Nagle's algorithm until the first is acked;
+ *               Python's Listener acks late (40 ms) and splits its echo
+ *               too, mproc acks at once and sends each frame in one write.
  * The peer is an mp_process (fork, like Python's default on Linux).
  */
 #include "bench.h"

@@ -10,7 +10,9 @@
  * a canned reply. No server can beat them with this client on this
  * machine, so mproc ÷ peer says how close to the limit mproc's server is,
  * and peer ÷ python how far ahead of Python's any server could be. A
- * second manager on TCP (--tcp) serves the rows that make connections.
+ * second manager on TCP (--tcp) serves the *_tcp rows, where Python's
+ * server leaves the client waiting 40 ms for a delayed ACK at each new
+ * connection and each message over 16 KiB (docs/manager-protocol.md).
  */
 #include "bench.h"
 #include <mproc.h>
