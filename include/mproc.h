@@ -313,7 +313,9 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * and its accept call fails with MP_EAUTH, as does one with the wrong key.
  * A handshake still under way when accept's timeout passes goes on in
  * the next accept call of this process (up to 64 at once; more: the oldest
- * is dropped); mp_listener_free closes those. */
+ * is dropped); mp_listener_free closes those. mp_listener_free also wakes
+ * this process's threads inside mp_listener_accept on l: they return
+ * MP_ECLOSED at once (in CPython, closing a listener does not wake them). */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */

@@ -8,7 +8,7 @@
  * answers, the client answers then challenges. Unlike CPython, a listener
  * runs the handshakes of all its new connections at once (each within
  * HANDSHAKE_TIMEOUT), so a peer that connects and says nothing delays no
- * one else.
+ * one else, and freeing it wakes the threads inside accept.
  */
 #include "conn_internal.h"
 
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -160,14 +161,18 @@ int sock_listen_on(const struct sockaddress *a)
     return fd;
 }
 
-/* ------------------------------------------------------------------ handshakes under way
+/* ------------------------------------------------------------------ this process's side
  *
- * A keyed accept takes every connection waiting in the backlog and runs
- * their handshakes side by side (auth_server_step), each by its own
- * deadline, and returns the first that ends well. They belong to this
- * process, as their sockets do: a set per listener in a process-local
- * list. A call that times out leaves them to the next call. One thread
- * runs a set at a time; another waits its turn by its own deadline. */
+ * Each process that accepts on a listener keeps a record of its own (a
+ * process-local list): a descriptor that mp_listener_free signals, so a
+ * thread inside accept returns MP_ECLOSED at once (closing the listening
+ * socket would not wake its poll), and with a key, the handshakes under
+ * way. A keyed accept takes every connection waiting in the backlog and
+ * runs their handshakes side by side (auth_server_step), each by its own
+ * deadline, and returns the first that ends well; a call that times out
+ * leaves the rest to the next call. They are this process's, as their
+ * sockets are. One thread runs the handshakes at a time; another waits
+ * its turn by its own deadline. */
 enum { HANDSHAKES_MAX = 64 };   /* more: the oldest one is dropped */
 
 struct handshake {
@@ -176,42 +181,46 @@ struct handshake {
     struct auth_server a;
 };
 
-struct hs_set {
+struct local {
     const mp_listener *l;
-    pthread_mutex_t drive;       /* held by the thread running the set */
+    int closed_fd;               /* an eventfd, readable once the listener is freed */
+    int users;                   /* accept calls inside, under sets.mu */
+    _Atomic bool closed;         /* freed: the last user frees this */
+    pthread_mutex_t drive;       /* held by the thread running the handshakes */
     int n;                       /* under way, oldest first */
     struct handshake hs[HANDSHAKES_MAX];
-    struct hs_set *next;
+    struct local *next;
 };
 
 static struct {
-    pthread_mutex_t mu;          /* the list; nothing is taken under it */
-    struct hs_set *head;
+    pthread_mutex_t mu;          /* the list and users; nothing is taken under it */
+    struct local *head;
 } sets = { PTHREAD_MUTEX_INITIALIZER, NULL };
 
 static void sets_lock(void) { pthread_mutex_lock(&sets.mu); }
 static void sets_unlock(void) { pthread_mutex_unlock(&sets.mu); }
 
-static void hs_set_free(struct hs_set *set)
+static void local_free(struct local *loc)
 {
-    for (int i = 0; i < set->n; i++)
-        close(set->hs[i].fd);
-    pthread_mutex_destroy(&set->drive);
-    free(set);
+    for (int i = 0; i < loc->n; i++)
+        close(loc->hs[i].fd);
+    close(loc->closed_fd);
+    pthread_mutex_destroy(&loc->drive);
+    free(loc);
 }
 
 /* The child's copies of the parent's sockets: the parent goes on with
  * those handshakes, the child closes its copies. */
 static void sets_fork_child(void)
 {
-    struct hs_set *set = sets.head;
+    struct local *loc = sets.head;
     sets.head = NULL;
     pthread_mutex_init(&sets.mu, NULL);
-    while (set) {
-        struct hs_set *next = set->next;
-        pthread_mutex_init(&set->drive, NULL);   /* another thread may have held it */
-        hs_set_free(set);
-        set = next;
+    while (loc) {
+        struct local *next = loc->next;
+        pthread_mutex_init(&loc->drive, NULL);   /* another thread may have held it */
+        local_free(loc);
+        loc = next;
     }
 }
 
@@ -220,52 +229,79 @@ MP_SETUP_CONSTRUCTOR static void listener_fork_hooks(void)
     fork_hook_set(FORK_LISTENER, sets_lock, sets_unlock, sets_fork_child);
 }
 
-/* This process's set for l, made on first use; NULL if memory is short. */
-static struct hs_set *hs_set_of(const mp_listener *l)
+/* This process's record for l, made on first use, with one more user;
+ * NULL if it cannot be made (out of memory or descriptors). */
+static struct local *local_enter(const mp_listener *l)
 {
     sets_lock();
-    struct hs_set *set = sets.head;
-    while (set && set->l != l)
-        set = set->next;
-    if (!set && (set = calloc(1, sizeof *set))) {
-        set->l = l;
-        pthread_mutex_init(&set->drive, NULL);
-        set->next = sets.head;
-        sets.head = set;
+    struct local *loc = sets.head;
+    while (loc && loc->l != l)
+        loc = loc->next;
+    if (!loc && (loc = calloc(1, sizeof *loc))) {
+        loc->closed_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (loc->closed_fd < 0) {
+            free(loc);
+            loc = NULL;
+        } else {
+            loc->l = l;
+            pthread_mutex_init(&loc->drive, NULL);
+            loc->next = sets.head;
+            sets.head = loc;
+        }
     }
+    if (loc)
+        loc->users++;
     sets_unlock();
-    return set;
+    return loc;
 }
 
-/* Closes this process's handshakes on l, at its free. */
-static void hs_set_drop(const mp_listener *l)
+static void local_leave(struct local *loc)
 {
     sets_lock();
-    struct hs_set **link = &sets.head;
+    bool last = --loc->users == 0 && atomic_load(&loc->closed);
+    sets_unlock();
+    if (last)
+        local_free(loc);
+}
+
+/* At l's free in this process: wakes the accept calls inside (they return
+ * MP_ECLOSED) and closes the handshakes under way, now or as the last of
+ * those calls leaves. */
+static void local_close(const mp_listener *l)
+{
+    sets_lock();
+    struct local **link = &sets.head;
     while (*link && (*link)->l != l)
         link = &(*link)->next;
-    struct hs_set *set = *link;
-    if (set)
-        *link = set->next;
+    struct local *loc = *link;
+    bool now = false;
+    if (loc) {
+        *link = loc->next;
+        atomic_store(&loc->closed, true);
+        uint64_t one = 1;
+        ssize_t w = write(loc->closed_fd, &one, sizeof one);
+        MP_UNUSED(w);
+        now = loc->users == 0;
+    }
     sets_unlock();
-    if (set)
-        hs_set_free(set);
+    if (now)
+        local_free(loc);
 }
 
-/* Takes handshake i out of the set, closing its socket unless keep. */
-static int hs_remove(struct hs_set *set, int i, bool keep)
+/* Takes handshake i out, closing its socket unless keep. */
+static int hs_remove(struct local *loc, int i, bool keep)
 {
-    int fd = set->hs[i].fd;
+    int fd = loc->hs[i].fd;
     if (!keep)
         close(fd);
-    memmove(&set->hs[i], &set->hs[i + 1], (size_t)(set->n - i - 1) * sizeof set->hs[0]);
-    set->n--;
+    memmove(&loc->hs[i], &loc->hs[i + 1], (size_t)(loc->n - i - 1) * sizeof loc->hs[0]);
+    loc->n--;
     return fd;
 }
 
 static void listener_destroy(mp_listener *l)
 {
-    hs_set_drop(l);
+    local_close(l);
     l->h.magic = MAGIC_FREED;
     arena_free(l->key);
     arena_free(l);
@@ -363,16 +399,20 @@ static int listener_check(const mp_listener *l)
     return l && l->h.magic == MAGIC_LISTENER ? 0 : MP_EINVAL;
 }
 
-/* Waits for and takes one connection; EAGAIN means a sibling process
- * sharing the listener took it first. */
-static int accept_one(mp_listener *l, const mp_deadline *d)
+/* Waits for and takes one connection (no key); EAGAIN means a sibling
+ * process sharing the listener took it first. */
+static int accept_one(mp_listener *l, struct local *loc, const mp_deadline *d)
 {
     for (;;) {
-        int r = fd_poll(l->h.fd, POLLIN, d);
+        struct pollfd p[2] = { { .fd = l->h.fd, .events = POLLIN },
+                               { .fd = loc->closed_fd, .events = POLLIN } };
+        int r = fd_poll_all(p, 2, d);
         if (r == 0)
             return MP_ETIMEDOUT;
         if (r < 0)
-            return r == -EBADF ? MP_ECLOSED : r;
+            return r;
+        if (p[1].revents || (p[0].revents & POLLNVAL))
+            return MP_ECLOSED;
         int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0)
             return fd;
@@ -397,13 +437,13 @@ static void set_nodelay(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* fails harmlessly on unix */
 }
 
-/* Admits a new connection to the set, its challenge sent; the oldest
- * handshake makes room in a full set. 0, or why its first send failed. */
-static int hs_admit(struct hs_set *set, int fd)
+/* Admits a new connection, its challenge sent; the oldest handshake makes
+ * room when HANDSHAKES_MAX are under way. 0, or why its first send failed. */
+static int hs_admit(struct local *loc, int fd)
 {
-    if (set->n == HANDSHAKES_MAX)
-        hs_remove(set, 0, false);
-    struct handshake *h = &set->hs[set->n];
+    if (loc->n == HANDSHAKES_MAX)
+        hs_remove(loc, 0, false);
+    struct handshake *h = &loc->hs[loc->n];
     set_nodelay(fd);
     int rc = auth_server_start(&h->a, fd);
     if (rc != 0) {
@@ -412,40 +452,41 @@ static int hs_admit(struct hs_set *set, int fd)
     }
     h->fd = fd;
     h->until = deadline_in(HANDSHAKE_TIMEOUT);
-    set->n++;
+    loc->n++;
     return 0;
 }
 
-/* Runs the set's handshakes and admits new connections until one ends
- * well (its socket, blocking again) or d passes; a handshake that fails
- * or runs out of time ends the call with its error. */
-static int hs_run(mp_listener *l, struct hs_set *set, const mp_deadline *d)
+/* Runs the handshakes and admits new connections until one ends well (its
+ * socket, blocking again) or d passes; a handshake that fails or runs out
+ * of time ends the call with its error. */
+static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
 {
-    struct pollfd p[1 + HANDSHAKES_MAX];
+    struct pollfd p[2 + HANDSHAKES_MAX];
     for (;;) {
         mp_deadline wake = *d;
-        for (int i = 0; i < set->n; i++) {
-            if (deadline_passed(&set->hs[i].until)) {
-                hs_remove(set, i, false);
+        for (int i = 0; i < loc->n; i++) {
+            if (deadline_passed(&loc->hs[i].until)) {
+                hs_remove(loc, i, false);
                 return MP_ETIMEDOUT;
             }
-            if (wake.forever || deadline_left(&set->hs[i].until) < deadline_left(&wake))
-                wake = set->hs[i].until;
-            p[1 + i] = (struct pollfd){ .fd = set->hs[i].fd, .events = POLLIN };
+            if (wake.forever || deadline_left(&loc->hs[i].until) < deadline_left(&wake))
+                wake = loc->hs[i].until;
+            p[2 + i] = (struct pollfd){ .fd = loc->hs[i].fd, .events = POLLIN };
         }
         p[0] = (struct pollfd){ .fd = l->h.fd, .events = POLLIN };
-        int r = fd_poll_all(p, 1 + (size_t)set->n, &wake);
+        p[1] = (struct pollfd){ .fd = loc->closed_fd, .events = POLLIN };
+        int r = fd_poll_all(p, 2 + (size_t)loc->n, &wake);
         if (r < 0)
             return r;
-        if (p[0].revents & POLLNVAL)
+        if (p[1].revents || (p[0].revents & POLLNVAL))
             return MP_ECLOSED;
-        for (int i = 0; r > 0 && i < set->n; i++) {
-            if (!p[1 + i].revents)
+        for (int i = 0; r > 0 && i < loc->n; i++) {
+            if (!p[2 + i].revents)
                 continue;
-            int rc = auth_server_step(&set->hs[i].a, set->hs[i].fd, l->key, l->keylen);
+            int rc = auth_server_step(&loc->hs[i].a, loc->hs[i].fd, l->key, l->keylen);
             if (rc == 1)
                 continue;
-            int fd = hs_remove(set, i, rc == 0);
+            int fd = hs_remove(loc, i, rc == 0);
             if (rc != 0)
                 return rc;
             int flags = fcntl(fd, F_GETFL);
@@ -458,7 +499,7 @@ static int hs_run(mp_listener *l, struct hs_set *set, const mp_deadline *d)
         if (p[0].revents & POLLIN) {
             int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
             if (fd >= 0) {
-                int rc = hs_admit(set, fd);
+                int rc = hs_admit(loc, fd);
                 if (rc != 0)
                     return rc;
             } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
@@ -472,16 +513,13 @@ static int hs_run(mp_listener *l, struct hs_set *set, const mp_deadline *d)
 }
 
 /* A keyed listener's next connection whose handshake ended well. */
-static int accept_keyed(mp_listener *l, const mp_deadline *d)
+static int accept_keyed(mp_listener *l, struct local *loc, const mp_deadline *d)
 {
-    struct hs_set *set = hs_set_of(l);
-    if (!set)
-        return MP_ENOMEM;
-    int e = d->forever ? pthread_mutex_lock(&set->drive) : mutex_clocklock(&set->drive, &d->at);
+    int e = d->forever ? pthread_mutex_lock(&loc->drive) : mutex_clocklock(&loc->drive, &d->at);
     if (e != 0)
         return MP_ETIMEDOUT;
-    int rc = hs_run(l, set, d);
-    pthread_mutex_unlock(&set->drive);
+    int rc = atomic_load(&loc->closed) ? MP_ECLOSED : hs_run(l, loc, d);
+    pthread_mutex_unlock(&loc->drive);
     return rc;
 }
 
@@ -509,19 +547,27 @@ int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
-    int fd = l->has_key ? accept_keyed(l, &d) : accept_one(l, &d);
+    bool keyed = l->has_key;
+    struct local *loc = local_enter(l);
+    if (!loc)
+        return mp_fail(errno == ENOMEM ? MP_ENOMEM : errno_to_mp(errno), __func__,
+                       "cannot make this process's record of the listener");
+    int fd = keyed ? accept_keyed(l, loc, &d) : accept_one(l, loc, &d);
+    local_leave(loc);
+    if (fd == MP_ECLOSED)              /* l may be gone: not touched again */
+        return mp_fail(fd, __func__, "the listener was freed during the call");
     if (fd == MP_ETIMEDOUT && deadline_passed(&d))
         return mp_fail(fd, __func__, "no client %s %s within %g s",
-                       l->has_key ? "finished the authkey handshake with" : "connected to",
+                       keyed ? "finished the authkey handshake with" : "connected to",
                        l->address, timeout);
     if (fd == MP_ETIMEDOUT)       /* not ours: a handshake's own time ran out */
         return mp_fail(MP_EAUTH, __func__, "a client connected but did not finish the authkey "
                        "handshake within %g s", HANDSHAKE_TIMEOUT);
-    if (fd < 0 && l->has_key)
+    if (fd < 0 && keyed)
         return fail_handshake(fd, __func__, "a client");
     if (fd < 0)
         return mp_fail_code(fd, __func__);
-    if (!l->has_key)
+    if (!keyed)
         set_nodelay(fd);
     int rc = conn_from_fd_until(c, fd, true, true, &d);
     if (rc != 0)
@@ -555,6 +601,7 @@ void mp_listener_free(mp_listener *l)
         unlink(l->path);
         l->unlink_path = false;
     }
+    local_close(l);
     if (fdhandle_release(&l->h))
         listener_destroy(l);
 }

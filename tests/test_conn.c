@@ -1131,6 +1131,53 @@ static void test_accept_gives_up_on_a_silent_client(void **state)
     mp_listener_free(l);
 }
 
+struct accepting { mp_listener *l; int rc; };
+
+static void *accept_forever(void *arg)
+{
+    struct accepting *a = arg;
+    mp_conn *c;
+    a->rc = mp_listener_accept(a->l, &c, MP_FOREVER);
+    return NULL;
+}
+
+/* A thread inside accept with no timeout, the listener freed by another:
+ * the accept returns MP_ECLOSED (closing the socket alone would not wake
+ * its poll), with and without a key, and a handshake under way is closed. */
+static void test_free_wakes_a_thread_inside_accept(void **state)
+{
+    (void)state;
+    for (int keyed = 0; keyed < 2; keyed++) {
+        struct accepting a = { NULL, 1 };
+        TU_OK(mp_listener_new(&a.l, "tcp:127.0.0.1:0", keyed ? "key" : NULL, keyed ? 3 : 0));
+        int raw = -1;
+        if (keyed) {                   /* a silent peer: its handshake is under way */
+            struct sockaddr_in sin = { .sin_family = AF_INET,
+                                       .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                       .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(a.l), ':') + 1)) };
+            raw = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            assert_int_equal(connect(raw, (struct sockaddr *)&sin, sizeof sin), 0);
+        }
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, accept_forever, &a), 0);
+        usleep(200000);
+        mp_listener_free(a.l);
+        struct timespec at;
+        clock_gettime(CLOCK_REALTIME, &at);
+        at.tv_sec += (time_t)(10 * tu_slow());
+        assert_int_equal(pthread_timedjoin_np(t, NULL, &at), 0);
+        TU_ASSERT_RC(a.rc, MP_ECLOSED);
+        if (keyed) {
+            char buf[256];
+            ssize_t n;
+            while ((n = read(raw, buf, sizeof buf)) > 0)     /* the challenge, then EOF */
+                ;
+            assert_int_equal(n, 0);
+            close(raw);
+        }
+    }
+}
+
 static void test_client_waits_for_room_in_a_full_unix_backlog(void **state)
 {
     (void)state;
@@ -1281,6 +1328,7 @@ int main(void)
         cmocka_unit_test(test_unix_abstract_listener),
         cmocka_unit_test(test_accept_times_out),
         cmocka_unit_test(test_accept_gives_up_on_a_silent_client),
+        cmocka_unit_test(test_free_wakes_a_thread_inside_accept),
         cmocka_unit_test(test_client_waits_for_room_in_a_full_unix_backlog),
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
