@@ -194,8 +194,9 @@ struct local {
 
 static struct {
     pthread_mutex_t mu;          /* the list and users; nothing is taken under it */
+    pthread_cond_t left;         /* a user of a closed record left */
     struct local *head;
-} sets = { PTHREAD_MUTEX_INITIALIZER, NULL };
+} sets = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL };
 
 static void sets_lock(void) { pthread_mutex_lock(&sets.mu); }
 static void sets_unlock(void) { pthread_mutex_unlock(&sets.mu); }
@@ -216,6 +217,7 @@ static void sets_fork_child(void)
     struct local *loc = sets.head;
     sets.head = NULL;
     pthread_mutex_init(&sets.mu, NULL);
+    pthread_cond_init(&sets.left, NULL);
     while (loc) {
         struct local *next = loc->next;
         pthread_mutex_init(&loc->drive, NULL);   /* another thread may have held it */
@@ -258,15 +260,16 @@ static struct local *local_enter(const mp_listener *l)
 static void local_leave(struct local *loc)
 {
     sets_lock();
-    bool last = --loc->users == 0 && atomic_load(&loc->closed);
+    if (--loc->users == 0 && atomic_load(&loc->closed))
+        pthread_cond_broadcast(&sets.left);
     sets_unlock();
-    if (last)
-        local_free(loc);
 }
 
-/* At l's free in this process: wakes the accept calls inside (they return
- * MP_ECLOSED) and closes the handshakes under way, now or as the last of
- * those calls leaves. */
+/* At l's free in this process: wakes the accept calls inside, which
+ * return MP_ECLOSED without touching l again, waits for them to leave (a
+ * moment; at most LISTENER_LEAVE_S, should one be held up), then closes
+ * the handshakes under way. */
+#define LISTENER_LEAVE_S 2
 static void local_close(const mp_listener *l)
 {
     sets_lock();
@@ -274,18 +277,25 @@ static void local_close(const mp_listener *l)
     while (*link && (*link)->l != l)
         link = &(*link)->next;
     struct local *loc = *link;
-    bool now = false;
-    if (loc) {
-        *link = loc->next;
-        atomic_store(&loc->closed, true);
-        uint64_t one = 1;
-        ssize_t w = write(loc->closed_fd, &one, sizeof one);
-        MP_UNUSED(w);
-        now = loc->users == 0;
+    if (!loc) {
+        sets_unlock();
+        return;
     }
+    *link = loc->next;
+    atomic_store(&loc->closed, true);
+    uint64_t one = 1;
+    ssize_t w = write(loc->closed_fd, &one, sizeof one);
+    MP_UNUSED(w);
+    struct timespec at;
+    clock_gettime(CLOCK_REALTIME, &at);
+    at.tv_sec += LISTENER_LEAVE_S;
+    int e = 0;
+    while (loc->users > 0 && e == 0)
+        e = pthread_cond_timedwait(&sets.left, &sets.mu, &at);
+    bool gone = loc->users == 0;
     sets_unlock();
-    if (now)
-        local_free(loc);
+    if (gone)
+        local_free(loc);      /* else left to the process: a user may still be inside */
 }
 
 /* Takes handshake i out, closing its socket unless keep. */
