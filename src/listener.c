@@ -185,7 +185,7 @@ struct local {
     const mp_listener *l;
     int closed_fd;               /* an eventfd, readable once the listener is freed */
     int users;                   /* accept calls inside, under sets.mu */
-    _Atomic bool closed;         /* freed: the last user frees this */
+    _Atomic bool closed;         /* the listener was freed: callers leave */
     pthread_mutex_t drive;       /* held by the thread running the handshakes */
     int n;                       /* under way, oldest first */
     struct handshake hs[HANDSHAKES_MAX];
