@@ -309,11 +309,16 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * authkey=b"", as CPython 3.13's Listener and Client do). With a key,
  * accept runs the handshakes of all waiting connections side by side and
  * returns the first that ends well, so a peer that connects and says
- * nothing delays no one else: one that is not done within 30 s is dropped
- * and its accept call fails with MP_EAUTH, as does one with the wrong key.
- * A handshake still under way when accept's timeout passes goes on in
- * the next accept call of this process (up to 64 at once; more: the oldest
- * is dropped); mp_listener_free closes those. mp_listener_free also wakes
+ * nothing delays the connections behind it by 0.1 s at most (each new
+ * handshake has that long to itself before accept takes the next, so a
+ * burst spreads over the processes sharing a listener): one that is not
+ * done within 30 s is dropped and its accept call fails with MP_EAUTH, as
+ * does one with the wrong key. A handshake still under way when accept's
+ * timeout passes goes on in the next accept call of this process (up to
+ * 64 at once; more: the oldest is dropped), and is not seen on the
+ * listener's descriptor: with a key, wait in accept, not in mp_wait on
+ * mp_listener_fileno. mp_listener_free closes this process's handshakes
+ * (whether or not other processes still hold the listener), and wakes
  * this process's threads inside mp_listener_accept on l: they return
  * MP_ECLOSED at once (in CPython, closing a listener does not wake them). */
 typedef struct mp_conn mp_conn;

@@ -7,8 +7,9 @@
  * accepted sockets are blocking. Like CPython, the listener challenges then
  * answers, the client answers then challenges. Unlike CPython, a listener
  * runs the handshakes of all its new connections at once (each within
- * HANDSHAKE_TIMEOUT), so a peer that connects and says nothing delays no
- * one else, and freeing it wakes the threads inside accept.
+ * HANDSHAKE_TIMEOUT), so a peer that connects and says nothing delays
+ * the others by HANDSHAKE_PATIENCE at most, and freeing it wakes the
+ * threads inside accept.
  */
 #include "conn_internal.h"
 
@@ -28,6 +29,14 @@
 #include <unistd.h>
 
 #define HANDSHAKE_TIMEOUT 30.0
+/* How long a new handshake has to itself before the next connection is
+ * taken from the backlog: a client that answers at once is served
+ * before this process takes more (a burst spreads over the processes
+ * sharing the listener, and none waits in the handshakes of one that went
+ * off to serve another), and a flood of new connections cannot push one
+ * out before it has had time to answer. A silent peer delays the
+ * connections behind it by this much. */
+#define HANDSHAKE_PATIENCE 0.1
 #define ADDRESS_MAX 128
 
 struct mp_listener {
@@ -178,6 +187,7 @@ enum { HANDSHAKES_MAX = 64 };   /* more: the oldest one is dropped */
 struct handshake {
     int fd;
     mp_deadline until;
+    mp_deadline patient;         /* the next connection waits for this one until then */
     struct auth_server a;
 };
 
@@ -193,7 +203,8 @@ struct local {
 };
 
 static struct {
-    pthread_mutex_t mu;          /* the list and users; nothing is taken under it */
+    pthread_mutex_t mu;          /* the list, users, and each record's sockets; nothing
+                                  * is taken under it */
     pthread_cond_t left;         /* a user of a closed record left */
     struct local *head;
 } sets = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL };
@@ -292,20 +303,28 @@ static void local_close(const mp_listener *l)
     int e = 0;
     while (loc->users > 0 && e == 0)
         e = pthread_cond_timedwait(&sets.left, &sets.mu, &at);
-    bool gone = loc->users == 0;
+    if (loc->users == 0)      /* else left to the process: a user may still be inside */
+        local_free(loc);      /* under sets.mu: a fork sees the sockets or none */
     sets_unlock();
-    if (gone)
-        local_free(loc);      /* else left to the process: a user may still be inside */
 }
 
-/* Takes handshake i out, closing its socket unless keep. */
-static int hs_remove(struct local *loc, int i, bool keep)
+/* Takes handshake i out, closing its socket unless keep; sets.mu held,
+ * so that a fork never sees the record half changed. */
+static int hs_remove_locked(struct local *loc, int i, bool keep)
 {
     int fd = loc->hs[i].fd;
     if (!keep)
         close(fd);
     memmove(&loc->hs[i], &loc->hs[i + 1], (size_t)(loc->n - i - 1) * sizeof loc->hs[0]);
     loc->n--;
+    return fd;
+}
+
+static int hs_remove(struct local *loc, int i, bool keep)
+{
+    sets_lock();
+    int fd = hs_remove_locked(loc, i, keep);
+    sets_unlock();
     return fd;
 }
 
@@ -447,26 +466,38 @@ static void set_nodelay(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* fails harmlessly on unix */
 }
 
-/* Admits a new connection, its challenge sent; the oldest handshake makes
- * room when HANDSHAKES_MAX are under way. 0, or why its first send failed. */
-static int hs_admit(struct local *loc, int fd)
+/* Takes a connection waiting on l, if one still is (a sibling process
+ * may have taken it), and sends its challenge; the oldest handshake makes
+ * room when HANDSHAKES_MAX are under way. The socket joins the record
+ * under sets.mu in the same breath as accept4 makes it, so a fork child
+ * finds every copy it has to close. 0, or why accept or the first send
+ * failed. */
+static int hs_admit(mp_listener *l, struct local *loc)
 {
-    if (loc->n == HANDSHAKES_MAX)
-        hs_remove(loc, 0, false);
-    struct handshake *h = &loc->hs[loc->n];
-    set_nodelay(fd);
-    int rc = auth_server_start(&h->a, fd);
-    if (rc != 0) {
-        close(fd);
-        return rc;
+    sets_lock();
+    int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int err = errno;
+    if (fd >= 0) {
+        if (loc->n == HANDSHAKES_MAX)
+            hs_remove_locked(loc, 0, false);
+        loc->hs[loc->n++].fd = fd;
     }
-    h->fd = fd;
+    sets_unlock();
+    if (fd < 0)
+        return err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED
+                   ? 0 : errno_to_mp(err);
+    struct handshake *h = &loc->hs[loc->n - 1];
+    set_nodelay(fd);
     h->until = deadline_in(HANDSHAKE_TIMEOUT);
-    loc->n++;
-    return 0;
+    h->patient = deadline_in(HANDSHAKE_PATIENCE);
+    int rc = auth_server_start(&h->a, fd);
+    if (rc != 0)
+        hs_remove(loc, loc->n - 1, false);
+    return rc;
 }
 
-/* Runs the handshakes and admits new connections until one ends well (its
+/* Runs the handshakes and admits new connections (one at a time, each
+ * once the one before has had HANDSHAKE_PATIENCE) until one ends well (its
  * socket, blocking again) or d passes; a handshake that fails or runs out
  * of time ends the call with its error. */
 static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
@@ -483,7 +514,11 @@ static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
                 wake = loc->hs[i].until;
             p[2 + i] = (struct pollfd){ .fd = loc->hs[i].fd, .events = POLLIN };
         }
-        p[0] = (struct pollfd){ .fd = l->h.fd, .events = POLLIN };
+        const mp_deadline *youngest = loc->n ? &loc->hs[loc->n - 1].patient : NULL;
+        bool admit = !youngest || deadline_passed(youngest);
+        if (!admit && (wake.forever || deadline_left(youngest) < deadline_left(&wake)))
+            wake = *youngest;
+        p[0] = (struct pollfd){ .fd = l->h.fd, .events = admit ? POLLIN : 0 };
         p[1] = (struct pollfd){ .fd = loc->closed_fd, .events = POLLIN };
         int r = fd_poll_all(p, 2 + (size_t)loc->n, &wake);
         if (r < 0)
@@ -507,15 +542,9 @@ static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
             return fd;
         }
         if (p[0].revents & POLLIN) {
-            int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-            if (fd >= 0) {
-                int rc = hs_admit(loc, fd);
-                if (rc != 0)
-                    return rc;
-            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                       errno != ECONNABORTED) {
-                return errno_to_mp(errno);
-            }
+            int rc = hs_admit(l, loc);
+            if (rc != 0)
+                return rc;
         }
         if (deadline_passed(d))
             return MP_ETIMEDOUT;

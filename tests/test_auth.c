@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -655,6 +656,269 @@ static void test_listener_wrong_key_beside_a_good_client(void **state)
     mp_listener_free(l);
 }
 
+
+/* Holds its copy of the listener (inherited by fork) until the pipe's
+ * write end is closed. */
+static int hold_listener(void *arg)
+{
+    int *pfd = arg;
+    close(pfd[1]);
+    char b;
+    while (read(pfd[0], &b, 1) > 0)
+        ;
+    return 0;
+}
+
+/* Freeing the listener in this process closes this process's handshakes
+ * even while another process still holds the listener. */
+static void test_listener_free_closes_its_handshakes_while_a_child_holds_it(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    int pfd[2];
+    assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+    mp_process *holder = tu_start_fork(hold_listener, pfd, sizeof pfd);
+    close(pfd[0]);
+    int fd = connect_raw(l);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.2), MP_ETIMEDOUT);
+    mp_buf m = { 0 };
+    mp_deadline d = deadline_in(5 * tu_slow());
+    TU_OK(conn_recv_frame(fd, &m, 256, &d));           /* the challenge: it is under way */
+    mp_listener_free(l);                                /* the child still holds it */
+    mp_deadline d2 = deadline_in(2 * tu_slow());
+    int rc = conn_recv_frame(fd, &m, 256, &d2);
+    close(pfd[1]);
+    assert_int_equal(tu_join_free(holder, 10), 0);
+    mp_buf_free(&m);
+    close(fd);
+    TU_ASSERT_RC(rc, MP_EEOF);
+}
+
+/* A listener freed while a child held it leaves nothing behind for a new
+ * listener of this process: its accept never returns an old one's peer. */
+static void test_new_listener_never_returns_an_old_ones_handshake(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    int pfd[2];
+    assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+    mp_process *holder = tu_start_fork(hold_listener, pfd, sizeof pfd);
+    close(pfd[0]);
+    int fd = connect_raw(l);
+    mp_conn *c = NULL;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.2), MP_ETIMEDOUT);
+    mp_buf m = { 0 };
+    mp_deadline d = deadline_in(5 * tu_slow());
+    TU_OK(conn_recv_frame(fd, &m, 256, &d));           /* the old listener's challenge */
+    mp_listener_free(l);
+    close(pfd[1]);
+    assert_int_equal(tu_join_free(holder, 10), 0);      /* the last holder: l is gone */
+    mp_listener *l2, *others[64];
+    int k = 0;
+    TU_OK(mp_listener_new(&l2, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    while (l2 != l && k < 64) {                /* the arena hands out l's block again */
+        others[k++] = l2;
+        TU_OK(mp_listener_new(&l2, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    }
+    while (k > 0)
+        mp_listener_free(others[--k]);
+    if (l2 != l) {                             /* the check would check nothing */
+        mp_listener_free(l2);
+        mp_buf_free(&m);
+        close(fd);
+        skip();
+    }
+    /* the old peer answers its challenge correctly, late */
+    uint8_t out[64];
+    unsigned n;
+    memcpy(out, "{sha256}", 8);
+    HMAC(EVP_sha256(), KEY, (int)strlen(KEY), (const uint8_t *)m.data + 11, m.len - 11, out + 8, &n);
+    if (conn_send_frame(fd, out, 8 + n) == 0 &&      /* fails once the socket is closed */
+        conn_send_frame(fd, "#CHALLENGE#{sha256}0123456789012345678901234567890123456789", 59) == 0)
+        conn_send_frame(fd, "#WELCOME#", 9);
+    int rc = mp_listener_accept(l2, &c, 0.5);
+    if (rc == 0)
+        mp_conn_close(c);
+    mp_listener_free(l2);
+    mp_buf_free(&m);
+    close(fd);
+    TU_ASSERT_RC(rc, MP_ETIMEDOUT);
+}
+
+
+/* Accepts on l until stop is set: every peer hangs up, so every
+ * handshake is admitted and soon removed again. */
+struct churn { mp_listener *l; _Atomic bool stop; int port; };
+
+static void *churn_accept(void *arg)
+{
+    struct churn *ch = arg;
+    while (!ch->stop) {
+        mp_conn *c;
+        if (mp_listener_accept(ch->l, &c, 0.05) == 0)
+            mp_conn_close(c);
+    }
+    return NULL;
+}
+
+static void *churn_connect(void *arg)
+{
+    struct churn *ch = arg;
+    while (!ch->stop) {
+        int fd = connect_raw(ch->l);
+        usleep(200);
+        close(fd);
+    }
+    return NULL;
+}
+
+/* In a fork child: the accepted sockets of the listener's port it holds
+ * (the listening socket aside). */
+static int accepted_sockets_held(int port)
+{
+    int n = 0;
+    for (int fd = 3; fd < 1024; fd++) {
+        struct sockaddr_in sin;
+        socklen_t len = sizeof sin;
+        int listening = 0;
+        socklen_t ll = sizeof listening;
+        if (getsockname(fd, (struct sockaddr *)&sin, &len) == 0 && sin.sin_family == AF_INET &&
+            ntohs(sin.sin_port) == port &&
+            getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && !listening)
+            n++;
+    }
+    return n;
+}
+
+static int count_strays(void *arg)
+{
+    return accepted_sockets_held(*(int *)arg) ? 1 : 0;
+}
+
+/* A fork while another thread admits and drops handshakes: the child
+ * closes every handshake socket it inherits, never one fewer. */
+static void test_fork_child_closes_every_handshake_socket_it_inherits(void **state)
+{
+    (void)state;
+    struct churn ch = { .stop = false };
+    TU_OK(mp_listener_new(&ch.l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    ch.port = atoi(strrchr(mp_listener_address(ch.l), ':') + 1);
+    pthread_t a, b;
+    assert_int_equal(pthread_create(&a, NULL, churn_accept, &ch), 0);
+    assert_int_equal(pthread_create(&b, NULL, churn_connect, &ch), 0);
+    int forks = 0, strays = 0;
+    double until = tu_now() + 2 * tu_slow();
+    while (tu_now() < until && strays == 0) {
+        strays += tu_wait(tu_fork(count_strays, &ch.port), 10) != 0;
+        forks++;
+    }
+    ch.stop = true;
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    mp_listener_free(ch.l);
+    assert_int_equal(strays, 0);
+    assert_true(forks > 20);          /* the check had its chances */
+}
+
+
+/* A client ahead of a flood of peers that connect and say nothing, more
+ * of them than the listener runs at once: it is not pushed out before it
+ * could answer, and is served within the call. */
+static void test_listener_serves_a_client_ahead_of_silent_ones(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    pid_t pid = tu_fork(quick_client, l);
+    assert_true(tu_wait_asleep(pid, 10));          /* connected, waiting for its challenge */
+    int silent[100];
+    for (int i = 0; i < 100; i++)
+        silent[i] = connect_raw(l);
+    mp_conn *c;
+    TU_OK(mp_listener_accept(l, &c, 10 * tu_slow()));
+    greet(c);
+    assert_int_equal(tu_wait(pid, 20), 0);
+    for (int i = 0; i < 100; i++)
+        close(silent[i]);
+    mp_listener_free(l);
+}
+
+/* A worker process that accepts one connection and keeps it, unanswered,
+ * until the pipe's write end closes. */
+static int busy_worker(void *arg)
+{
+    int *pfd = arg;
+    close(pfd[1]);
+    mp_listener *l = *(mp_listener **)(pfd + 2);
+    mp_conn *c;
+    if (mp_listener_accept(l, &c, 20 * tu_slow()) != 0)
+        return 1;
+    char b;
+    while (read(pfd[0], &b, 1) > 0)
+        ;
+    char buf[16];
+    size_t n;
+    int rc = mp_conn_poll(c, 10 * tu_slow()) == 1 && mp_conn_recv_bytes(c, buf, sizeof buf, &n) == 0 &&
+             mp_conn_send_bytes(c, "ok", 2) == 0 ? 0 : 2;
+    mp_conn_close(c);
+    return rc;
+}
+
+/* A worker process that serves connections until a call times out. */
+static int serving_worker(void *arg)
+{
+    mp_listener *l = arg;
+    int served = 0;
+    mp_conn *c;
+    while (mp_listener_accept(l, &c, 2 * tu_slow()) == 0) {
+        char buf[16];
+        size_t n;
+        if (mp_conn_poll(c, 10 * tu_slow()) == 1 && mp_conn_recv_bytes(c, buf, sizeof buf, &n) == 0)
+            mp_conn_send_bytes(c, "ok", 2);
+        mp_conn_close(c);
+        served++;
+    }
+    return served;
+}
+
+/* Two pre-started workers share a keyed listener; one goes off to serve
+ * a connection for long. A burst of clients is served by the other
+ * meanwhile: none waits in the busy one's handshakes. */
+static void test_listener_burst_goes_to_the_idle_worker(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    int arg[2 + sizeof(mp_listener *) / sizeof(int) + 1];
+    assert_int_equal(pipe2(arg, O_CLOEXEC), 0);
+    memcpy(arg + 2, &l, sizeof l);
+    pid_t busy = tu_fork(busy_worker, arg);
+    close(arg[0]);
+    pid_t idle = tu_fork(serving_worker, l);
+    assert_true(tu_wait_asleep(busy, 10) && tu_wait_asleep(idle, 10));
+    enum { CLIENTS = 5 };
+    pid_t cl[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        cl[i] = tu_fork(quick_client, l);
+    int done = 0, held = -1;
+    for (int i = 0; i < CLIENTS; i++) {
+        int code = tu_wait(cl[i], 3 * tu_slow());
+        if (code == 0)
+            done++;
+        else if (code == TU_TIMEOUT && held < 0)
+            held = i;                  /* the busy worker's own client, killed */
+    }
+    close(arg[1]);
+    int code = tu_wait(busy, 20);
+    assert_true(code == 0 || (held >= 0 && code == 2));   /* its client may be gone */
+    assert_int_equal(tu_wait(idle, 30), done);
+    mp_listener_free(l);
+    assert_int_equal(done, CLIENTS - 1);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -681,6 +945,11 @@ int main(void)
         cmocka_unit_test(test_listener_handshake_goes_on_across_calls_and_forks),
         cmocka_unit_test(test_listener_free_closes_its_handshakes),
         cmocka_unit_test(test_listener_wrong_key_beside_a_good_client),
+        cmocka_unit_test(test_listener_free_closes_its_handshakes_while_a_child_holds_it),
+        cmocka_unit_test(test_new_listener_never_returns_an_old_ones_handshake),
+        cmocka_unit_test(test_fork_child_closes_every_handshake_socket_it_inherits),
+        cmocka_unit_test(test_listener_serves_a_client_ahead_of_silent_ones),
+        cmocka_unit_test(test_listener_burst_goes_to_the_idle_worker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
