@@ -669,23 +669,31 @@ static int hold_listener(void *arg)
     return 0;
 }
 
+/* A keyed listener held by a forked child too (until pfd[1] closes), and a
+ * raw peer (*fd) whose handshake is under way: its challenge is in *m. */
+static mp_process *handshake_beside_a_holder(mp_listener **l, int pfd[2], int *fd, mp_buf *m)
+{
+    TU_OK(mp_listener_new(l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+    mp_process *holder = tu_start_fork(hold_listener, pfd, 2 * sizeof *pfd);
+    close(pfd[0]);
+    *fd = connect_raw(*l);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(*l, &c, 0.2), MP_ETIMEDOUT);
+    mp_deadline d = deadline_in(5 * tu_slow());
+    TU_OK(conn_recv_frame(*fd, m, 256, &d));
+    return holder;
+}
+
 /* Freeing the listener in this process closes this process's handshakes
  * even while another process still holds the listener. */
 static void test_listener_free_closes_its_handshakes_while_a_child_holds_it(void **state)
 {
     (void)state;
     mp_listener *l;
-    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
-    int pfd[2];
-    assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
-    mp_process *holder = tu_start_fork(hold_listener, pfd, sizeof pfd);
-    close(pfd[0]);
-    int fd = connect_raw(l);
-    mp_conn *c;
-    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.2), MP_ETIMEDOUT);
+    int pfd[2], fd;
     mp_buf m = { 0 };
-    mp_deadline d = deadline_in(5 * tu_slow());
-    TU_OK(conn_recv_frame(fd, &m, 256, &d));           /* the challenge: it is under way */
+    mp_process *holder = handshake_beside_a_holder(&l, pfd, &fd, &m);
     mp_listener_free(l);                                /* the child still holds it */
     mp_deadline d2 = deadline_in(2 * tu_slow());
     int rc = conn_recv_frame(fd, &m, 256, &d2);
@@ -702,17 +710,10 @@ static void test_new_listener_never_returns_an_old_ones_handshake(void **state)
 {
     (void)state;
     mp_listener *l;
-    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
-    int pfd[2];
-    assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
-    mp_process *holder = tu_start_fork(hold_listener, pfd, sizeof pfd);
-    close(pfd[0]);
-    int fd = connect_raw(l);
-    mp_conn *c = NULL;
-    TU_ASSERT_RC(mp_listener_accept(l, &c, 0.2), MP_ETIMEDOUT);
+    int pfd[2], fd;
     mp_buf m = { 0 };
-    mp_deadline d = deadline_in(5 * tu_slow());
-    TU_OK(conn_recv_frame(fd, &m, 256, &d));           /* the old listener's challenge */
+    mp_process *holder = handshake_beside_a_holder(&l, pfd, &fd, &m);
+    mp_conn *c = NULL;
     mp_listener_free(l);
     close(pfd[1]);
     assert_int_equal(tu_join_free(holder, 10), 0);      /* the last holder: l is gone */
