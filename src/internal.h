@@ -379,7 +379,6 @@ void mlock_free(mp_lock *l);
  * child give it back; a child hook also drops what the child does not
  * inherit. A slot set once stays; setting it again changes nothing. */
 enum fork_slot {
-    FORK_LISTENER,         /* listener.c: sets.mu, the handshakes under way */
     FORK_POOL,             /* pool.c: child only, resets its list of live pools */
     FORK_MANAGER_CLIENT,   /* manager/client.c: local.mu, its manager connections */
     FORK_SHM,              /* shm.c: local.lock, its mappings */
@@ -387,6 +386,8 @@ enum fork_slot {
     FORK_FDREG,            /* fdreg.c: registry.lock; prepare counts the child as a holder */
     FORK_PROCESS,          /* process.c: rt.lock, children, pidfds, threads */
     FORK_ARENA,            /* arena.c: arena.init, then seen.lock (taken under rt.lock) */
+    FORK_LISTENER,         /* listener.c: sets.mu, the handshakes under way (taken under
+                            * rt.lock and registry.lock, by a reaper that frees a listener) */
     FORK_TID,              /* platform/futex.c: child only, the tid cache: first in the child */
     FORK_SLOTS
 };

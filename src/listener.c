@@ -227,14 +227,13 @@ static void sets_fork_child(void)
 {
     struct local *loc = sets.head;
     sets.head = NULL;
-    pthread_mutex_init(&sets.mu, NULL);
-    pthread_cond_init(&sets.left, NULL);
     while (loc) {
         struct local *next = loc->next;
         pthread_mutex_init(&loc->drive, NULL);   /* another thread may have held it */
         local_free(loc);
         loc = next;
     }
+    sets_unlock();                /* taken by this same thread in prepare */
 }
 
 MP_SETUP_CONSTRUCTOR static void listener_fork_hooks(void)

@@ -794,8 +794,10 @@ static void test_pool_terminate_from_a_callback_changes_nothing(void **state)
     (void)state;
     struct terminating c = { NULL, 0 };
     TU_OK(mp_pool_new(&c.p, &(mp_pool_opts){ .processes = 1 }));
-    mp_future *f = submit_int(c.p, t_square, 3);
-    TU_OK(mp_future_on_done(f, terminate_from_callback, &c));
+    _Atomic int *flag = shared_flag();
+    mp_future *f = submit_wait(c.p, flag);      /* not done before its callback is set: */
+    TU_OK(mp_future_on_done(f, terminate_from_callback, &c));   /* else it runs here */
+    atomic_store(flag, 1);
     TU_OK(mp_future_wait(f, 10 * tu_slow()));
     for (int i = 0; i < 1000 && !atomic_load(&c.said); i++)
         usleep(10000);
@@ -808,6 +810,7 @@ static void test_pool_terminate_from_a_callback_changes_nothing(void **state)
     mp_buf_free(&b);
     mp_future_free(f);
     mp_pool_free(c.p);
+    mp_shared_free(flag);
 }
 
 /* A program that returns from main with a pool still running, the pool its
