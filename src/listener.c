@@ -283,15 +283,13 @@ static void local_leave(struct local *loc)
 static void local_close(const mp_listener *l)
 {
     sets_lock();
-    struct local **link = &sets.head;
-    while (*link && (*link)->l != l)
-        link = &(*link)->next;
-    struct local *loc = *link;
-    if (!loc) {
+    struct local *loc = sets.head;
+    while (loc && loc->l != l)
+        loc = loc->next;
+    if (!loc || atomic_load(&loc->closed)) {
         sets_unlock();
         return;
     }
-    *link = loc->next;
     atomic_store(&loc->closed, true);
     uint64_t one = 1;
     ssize_t w = write(loc->closed_fd, &one, sizeof one);
@@ -302,6 +300,11 @@ static void local_close(const mp_listener *l)
     int e = 0;
     while (loc->users > 0 && e == 0)
         e = pthread_cond_timedwait(&sets.left, &sets.mu, &at);
+    /* Unlinked only now: a fork while we waited closed the child's copies. */
+    struct local **link = &sets.head;
+    while (*link != loc)
+        link = &(*link)->next;
+    *link = loc->next;
     if (loc->users == 0)      /* else left to the process: a user may still be inside */
         local_free(loc);      /* under sets.mu: a fork sees the sockets or none */
     sets_unlock();
