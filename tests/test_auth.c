@@ -887,10 +887,15 @@ static int serving_worker(void *arg)
 
 /* Two pre-started workers share a keyed listener; one goes off to serve
  * a connection for long. A burst of clients is served by the other
- * meanwhile: none waits in the busy one's handshakes. */
+ * meanwhile: none waits in the busy one's handshakes. That holds for
+ * clients that answer within HANDSHAKE_PATIENCE (0.1 s); under a
+ * sanitizer's slowdown they do not, and the busy worker may take a second
+ * one before its first is through, so the case runs in plain builds. */
 static void test_listener_burst_goes_to_the_idle_worker(void **state)
 {
     (void)state;
+    if (tu_slow() > 1)
+        skip();
     mp_listener *l;
     TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
     int arg[2 + sizeof(mp_listener *) / sizeof(int) + 1];
