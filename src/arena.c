@@ -1389,6 +1389,19 @@ void arena_handed_over(void)
 #endif
 }
 
+void arena_looked_at(void)
+{
+#ifdef MP_TSAN
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (!h)
+        return;
+    __tsan_release(&h->lock);        /* what the next lock of it acquires */
+    for (int i = 0; i < CACHE_CLASSES; i++)
+        __tsan_release(&h->cache[i]);   /* and the next pop of a stack */
+    __tsan_release(&h->deferred);
+#endif
+}
+
 void *mp_shared_alloc(size_t size)
 {
     void *p = arena_alloc(size);

@@ -76,6 +76,11 @@ bool arena_contains(const void *p, size_t len);
  * the new owner's data: this tells it that every allocation and free this
  * process made so far came first. A no-op in other builds. */
 void arena_handed_over(void);
+/* The other way round: this thread has just read a word of a block that
+ * may have been freed meanwhile (a stale handle's id, checked on purpose),
+ * and an allocation that reuses the block in this process comes after
+ * that read. Also a no-op outside ThreadSanitizer. */
+void arena_looked_at(void);
 /* p is the start of an arena block in use (what arena_alloc returned). */
 bool arena_is_block(const void *p);
 size_t arena_block_size(const void *p);  /* its usable bytes; p from arena_alloc */

@@ -912,7 +912,9 @@ static void handle_notice(mp_pool *p, const struct notice *n)
     mp_future *f = n->f;
     pool_hook("notice");
     HANDOVER_ACQUIRE(f);
-    if (atomic_load(&f->id) != n->id)
+    bool same = atomic_load(&f->id) == n->id;
+    arena_looked_at();               /* f may be freed, and reused by the next task */
+    if (!same)
         return;                      /* finished and freed since */
     uint32_t s = atomic_load(&f->state);
     if ((s & TASK_BASE) == TASK_RUNNING) {
