@@ -1376,29 +1376,33 @@ void arena_heap_root(const void *obj, size_t size, bool live)
 #include <sanitizer/tsan_interface.h>
 #endif
 
-void arena_handed_over(void)
-{
 #ifdef MP_TSAN
+/* Applies op (__tsan_acquire or __tsan_release) to every word through
+ * which the allocator orders its users: the lock, and each lock-free
+ * stack (the cache's and the deferred one). */
+static void arena_sync(void (*op)(void *))
+{
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     if (!h)
         return;
-    __tsan_acquire(&h->lock);        /* what each unlock of it released */
+    op(&h->lock);
     for (int i = 0; i < CACHE_CLASSES; i++)
-        __tsan_acquire(&h->cache[i]);   /* and each push on a stack */
-    __tsan_acquire(&h->deferred);
+        op(&h->cache[i]);
+    op(&h->deferred);
+}
+#endif
+
+void arena_handed_over(void)
+{
+#ifdef MP_TSAN
+    arena_sync(__tsan_acquire);      /* what each unlock and push released */
 #endif
 }
 
 void arena_looked_at(void)
 {
 #ifdef MP_TSAN
-    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
-    if (!h)
-        return;
-    __tsan_release(&h->lock);        /* what the next lock of it acquires */
-    for (int i = 0; i < CACHE_CLASSES; i++)
-        __tsan_release(&h->cache[i]);   /* and the next pop of a stack */
-    __tsan_release(&h->deferred);
+    arena_sync(__tsan_release);      /* what the next lock and pop acquire */
 #endif
 }
 
