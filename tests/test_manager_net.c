@@ -311,6 +311,36 @@ static bool consumers_asleep(void *arg)
     return true;
 }
 
+/* What the end of a storm waits for: every item seen, or nothing more to
+ * come. The items still missing then went with consumers killed after the
+ * server gave them out, so waiting on for them would only run out the
+ * timeout. Nothing more comes once no item has arrived for a while
+ * (CALM_S, scaled with the build's slowness, so that a slow server's reply
+ * is not taken for a loss) and every consumer is blocked in its get. */
+#define CALM_S 0.2
+struct settle {
+    struct seen_ctx *seen;
+    const pid_t *pids;
+    uint32_t arrived;
+    double calm_since;          /* when arrived last changed; 0: not looked yet */
+};
+
+static bool settled(void *arg)
+{
+    struct settle *w = arg;
+    if (all_seen(w->seen))
+        return true;
+    uint32_t arrived = 0;
+    for (uint32_t i = w->seen->from; i < w->seen->to; i++)
+        arrived += atomic_load(&w->seen->s->seen[i]);
+    if (arrived != w->arrived || w->calm_since == 0) {
+        w->arrived = arrived;
+        w->calm_since = tu_now();
+        return false;
+    }
+    return tu_now() - w->calm_since >= CALM_S * tu_slow() && consumers_asleep((void *)w->pids);
+}
+
 static void kill_and_replace(pid_t *pids, int i, struct storm *s)
 {
     kill(pids[i], SIGKILL);
@@ -354,7 +384,8 @@ static void storm_case(mp_manager *m)
     }
     /* every item is either seen once or (rarely) lost with an active kill */
     struct seen_ctx c = { &s, 0, next };
-    tu_wait_for(all_seen, &c, 3 * tu_slow());
+    struct settle calm = { .seen = &c, .pids = pids };
+    tu_wait_for(settled, &calm, 3 * tu_slow());
     int lost = 0;
     for (uint32_t i = 0; i < next; i++) {
         uint32_t n = atomic_load(&s.seen[i]);
