@@ -546,10 +546,9 @@ static void test_dict_cas_swaps_only_on_expected_value(void **state)
     mp_manager_free(m);
 }
 
-static void test_dict_holds_large_values(void **state)
+/* A 4 MiB value goes into d under "v" and comes back whole. */
+static void check_big_value(mp_dict *d)
 {
-    mp_manager *m = start();
-    mp_dict *d = open_dict(m, "big");
     size_t n = 4 * 1024 * 1024;
     char *val = malloc(n);
     for (size_t i = 0; i < n; i++)
@@ -561,7 +560,37 @@ static void test_dict_holds_large_values(void **state)
     assert_memory_equal(b.data, val, n);
     free(val);
     mp_buf_free(&b);
+}
+
+static void test_dict_holds_large_values(void **state)
+{
+    mp_manager *m = start();
+    mp_dict *d = open_dict(m, "big");
+    check_big_value(d);
     mp_dict_free(d);
+    mp_manager_free(m);
+}
+
+/* A client that reaches the server by address has its dicts stored by the
+ * server in the server's own arena: big values and many keys there too. */
+static void test_dict_through_the_server_holds_large_values_and_many_keys(void **state)
+{
+    mp_manager *m = start(), *c = NULL;
+    size_t klen;
+    const void *key = mp_manager_authkey(m, &klen);
+    TU_OK(mp_manager_connect(&c, mp_manager_address(m), key, klen));
+    mp_dict *d = open_dict(c, "big");
+    check_big_value(d);
+    for (int i = 0; i < 5000; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "key%d", i);
+        TU_OK(mp_dict_set_i64(d, k, i));
+    }
+    size_t len;
+    TU_OK(mp_dict_len(d, &len));
+    assert_int_equal(len, 5001);
+    mp_dict_free(d);
+    mp_manager_free(c);
     mp_manager_free(m);
 }
 
@@ -1622,6 +1651,7 @@ int main(void)
         cmocka_unit_test(test_dict_incr_starts_at_zero_and_checks_type_and_overflow),
         cmocka_unit_test(test_dict_cas_swaps_only_on_expected_value),
         cmocka_unit_test(test_dict_holds_large_values),
+        cmocka_unit_test(test_dict_through_the_server_holds_large_values_and_many_keys),
         cmocka_unit_test(test_list_append_get_set_pop_with_negative_indices),
         cmocka_unit_test(test_mqueue_is_fifo_and_bounded),
         cmocka_unit_test(test_mqueue_bound_is_fixed_by_the_first_op),

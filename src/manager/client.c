@@ -658,27 +658,52 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
     return 0;
 }
 
-/* The child side of mp_manager_start: keep only the listener (fd 3) and
- * the parent watch (fd 4), serve until shut down or until the parent
- * process exits, then exit. The watch is the parent's pidfd, or without
- * pidfds the read end of a pipe whose write end the parent holds (its
- * other children inherit it too, so then the server may outlive the
- * parent until they end; PR_SET_PDEATHSIG is the backstop, not the rule:
- * it fires when the forking *thread* ends). */
+/* Closes every descriptor from 3 up but the n in keep (sorted here). */
+static void close_all_but(int *keep, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int t = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = t;
+        }
+    unsigned from = 3;
+    for (int i = 0; i < n; i++) {
+        if (keep[i] < (int)from)
+            continue;
+        if (keep[i] > (int)from)
+            syscall(SYS_close_range, from, (unsigned)keep[i] - 1, 0u);
+        from = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, from, ~0u, 0u);
+}
+
+/* The child side of mp_manager_start: keep only the listener, the parent
+ * watch and the arena (the dicts of clients that come by address are
+ * stored in it, and big blocks are reserved through its descriptor), serve
+ * until shut down or until the parent process exits, then exit. The watch
+ * is the parent's pidfd, or without pidfds the read end of a pipe whose
+ * write end the parent holds (its other children inherit it too, so then
+ * the server may outlive the parent until they end; PR_SET_PDEATHSIG is
+ * the backstop, not the rule: it fires when the forking *thread* ends). */
 static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
 {
-    if ((lfd != 3 && dup2(lfd, 3) < 0) || (watch >= 0 && watch != 4 && dup2(watch, 4) < 0))
-        _exit(1);
-    syscall(SYS_close_range, watch >= 0 ? 5u : 4u, ~0u, 0u);   /* no other manager's sockets */
+    int keep[3], n = 0;
+    keep[n++] = lfd;
+    if (watch >= 0)
+        keep[n++] = watch;
+    if (arena_fd() >= 0)
+        keep[n++] = arena_fd();
+    close_all_but(keep, n);                  /* no other manager's sockets */
     proc_set_name("mproc-manager");
     int parent_fd = proc_pidfd_open(parent);
     if (parent_fd < 0 && watch < 0)
         proc_set_pdeathsig(SIGKILL);
     if (getppid() != parent)
         _exit(0);
-    struct manager_server_opts so = { .listen_fd = 3, .authkey = m->key, .authkey_len = m->keylen,
+    struct manager_server_opts so = { .listen_fd = lfd, .authkey = m->key, .authkey_len = m->keylen,
                                       .dicts = m->dicts,
-                                      .stop_fd = parent_fd >= 0 ? parent_fd : watch >= 0 ? 4 : -1 };
+                                      .stop_fd = parent_fd >= 0 ? parent_fd : watch };
     _exit(manager_serve(&so) < 0 ? 1 : 0);
 }
 
