@@ -456,8 +456,10 @@ MP_EXTERN int  mp_future_failed_index(mp_future *f, size_t *index);   /* map: lo
 MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (result: MP_ECANCELLED),
                                                    else MP_ESTATE; maps cannot be cancelled */
 /* cb runs once f is done: at once in the calling thread if it already is,
- * else on the pool's result thread in the process that created the pool
- * (so it must not wait for another future of that pool). */
+ * else on the pool's result thread in the process that created the pool.
+ * That thread finishes maps and feeds imap iterators, so there a map of
+ * that pool, or a wait for one (result, wait, mp_iter_next), returns
+ * MP_ESTATE at once (a timeout of 0 still polls); an apply works. */
 MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx);
 enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
 /* Count done when the mode is met or at the timeout (like Python's wait:

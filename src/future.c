@@ -162,6 +162,10 @@ static int future_wait(mp_future *f, double timeout, const char *fn)
         return mp_fail_handle(fn, "f", f);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(fn, timeout);
+    if (timeout != 0 && f->kind == KIND_JOB && !state_final(atomic_load(&f->state)) &&
+        pool_thread_serves(f->sh))
+        return mp_fail(MP_ESTATE, fn, "called from the pool's own result thread (an on_done or "
+                       "progress callback), which finishes this map: it would wait for itself");
     mp_deadline d = deadline_in(timeout);
     int rc = task_wait(f, &d);
     if (rc == MP_ETIMEDOUT)

@@ -856,9 +856,18 @@ static void monitor_loop(mp_pool *p)
     }
 }
 
+/* The pool whose monitor or collector the calling thread is (NULL: none). */
+static __thread const struct pool_shared *serving;
+
+bool pool_thread_serves(const struct pool_shared *sh)
+{
+    return sh && serving == sh;
+}
+
 static void *monitor_main(void *arg)
 {
     mp_pool *p = arg;
+    serving = p->sh;
     if (start_first_workers(p) == 0)
         monitor_loop(p);
     atomic_store(&p->monitor_done, 1);
@@ -1001,6 +1010,7 @@ static bool collector_round(mp_pool *p)
 static void *collector_main(void *arg)
 {
     mp_pool *p = arg;
+    serving = p->sh;
     pool_hook("collector_started");
     atomic_store(&p->collector_up, 1);
     futex_wake(&p->collector_up, INT_MAX);

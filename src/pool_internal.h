@@ -254,6 +254,10 @@ struct pool_backend {
 struct worker_arg { struct pool_shared *sh; int slot; const struct task_runner *runner; };
 /* getpid(), cached (a system call otherwise) and reset at fork. */
 pid_t pool_self_pid(void);
+/* Whether the calling thread is one of sh's pool's own threads, where its
+ * on_done and progress callbacks run: the collector finishes maps and
+ * feeds imap iterators, so a wait there for one of them would never end. */
+bool pool_thread_serves(const struct pool_shared *sh);
 
 /* In a worker, around an arena hand-over (struct slot). */
 void worker_hold(struct slot *s);

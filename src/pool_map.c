@@ -726,6 +726,10 @@ int mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout)
     if (!iter_here(it))
         return mp_fail(MP_ESTATE, __func__, "the iterator belongs to the process that made it "
                        "(%d), not to this one", (int)it->creator);
+    if (timeout != 0 && !it->fs && pool_thread_serves(pool_shared_of(it->pool)) && it->job)
+        return mp_fail(MP_ESTATE, __func__, "called from the pool's own result thread (an "
+                       "on_done or progress callback), which feeds this iterator: it would wait "
+                       "for itself");
     int rc = iter_next(it, index, out, timeout);
     if (rc == MP_EEOF)
         return mp_fail(rc, __func__, "every item has been handed out already");

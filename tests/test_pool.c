@@ -813,6 +813,57 @@ static void test_pool_terminate_from_a_callback_changes_nothing(void **state)
     mp_shared_free(flag);
 }
 
+/* What a callback got from a map, an imap's next and an apply of its own
+ * pool; done once it has all three. */
+struct waiting_inside {
+    mp_pool *p;
+    int map, next, apply;
+    _Atomic int done;
+};
+
+static void wait_from_callback(mp_future *f, void *ctx)
+{
+    (void)f;
+    struct waiting_inside *c = ctx;
+    int in[3] = { 1, 2, 3 }, out[3];
+    c->map = mp_pool_map(c->p, t_square, in, 3, sizeof *in, out, sizeof *out, 0);
+    mp_iter *it;
+    c->next = mp_pool_imap(c->p, t_square, in, 3, sizeof *in, 1, false, &it);
+    if (c->next == 0) {
+        mp_buf b = { 0 };
+        c->next = mp_iter_next(it, NULL, &b, MP_FOREVER);
+        mp_buf_free(&b);
+        mp_iter_free(it);
+    }
+    c->apply = mp_pool_apply(c->p, t_square, in, sizeof *in, NULL);
+    atomic_store(&c->done, 1);
+}
+
+/* The pool's result thread finishes maps and feeds iterators, so a
+ * callback on it that waits for one is refused rather than left waiting
+ * for itself; an apply is finished by its worker and works. */
+static void test_pool_map_from_a_callback_is_refused_not_hung(void **state)
+{
+    (void)state;
+    struct waiting_inside c = { .p = NULL };
+    TU_OK(mp_pool_new(&c.p, &(mp_pool_opts){ .processes = 2 }));
+    _Atomic int *flag = shared_flag();
+    mp_future *f = submit_wait(c.p, flag);
+    TU_OK(mp_future_on_done(f, wait_from_callback, &c));
+    atomic_store(flag, 1);
+    TU_OK(mp_future_wait(f, 10 * tu_slow()));
+    for (int i = 0; i < 1000 && !atomic_load(&c.done); i++)
+        usleep(10000);
+    assert_true(atomic_load(&c.done));
+    assert_int_equal(c.map, MP_ESTATE);
+    assert_int_equal(c.next, MP_ESTATE);
+    assert_int_equal(c.apply, 0);
+    mp_future_free(f);
+    TU_OK(mp_pool_terminate(c.p));
+    mp_pool_free(c.p);
+    mp_shared_free(flag);
+}
+
 /* A program that returns from main with a pool still running, the pool its
  * first mproc call: the test binary runs itself again so (EXIT_CHILD_ENV). */
 #define EXIT_CHILD_ENV "MPROC_TEST_POOL_EXIT_CHILD"
@@ -889,6 +940,7 @@ int main(void)
         cmocka_unit_test(test_pool_iterator_belongs_to_its_process),
         cmocka_unit_test(test_pool_apply_async_refuses_a_length_past_memory),
         cmocka_unit_test(test_pool_terminate_from_a_callback_changes_nothing),
+        cmocka_unit_test(test_pool_map_from_a_callback_is_refused_not_hung),
         cmocka_unit_test(test_pool_left_running_does_not_hang_the_exit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
