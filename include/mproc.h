@@ -372,7 +372,8 @@ MP_EXTERN void  mp_shared_free(void *p);
  * one needs size > 0; an existing one keeps its own size, which must be
  * >= size (0: any). name NULL with MP_CREATE: a fresh "psm_xxxxxxxx".
  * The handle reaches children through their argument; a spawned one maps
- * the name on its first mp_shm_buf (NULL if unlinked by then). mp_shm_free
+ * the name on its first mp_shm_buf (NULL if unlinked by then, or if the
+ * name was made again or the segment made smaller meanwhile). mp_shm_free
  * in a child only unmaps it there. */
 MP_EXTERN int   mp_shm_new(mp_shm **s, const char *name, size_t size, int flags);
 MP_EXTERN void *mp_shm_buf(const mp_shm *s);

@@ -25,6 +25,8 @@ struct mp_shm {                 /* in the arena */
     uint32_t magic;
     pid_t creator;              /* frees the handle; others only unmap */
     size_t size;
+    dev_t dev;                  /* the segment itself: a name unlinked and made */
+    ino_t ino;                  /* again is another one */
     char name[NAME_MAX + 2];    /* with the leading '/' */
 };
 
@@ -126,15 +128,17 @@ static int shm_open_any(char *name, size_t cap, const char *want, int flags, boo
 
 /* Sizes the segment: a new one to size; an existing one keeps its own size,
  * which must hold the size asked for. */
-static int shm_size_of(int fd, size_t want, bool created, size_t *size)
+static int shm_size_of(int fd, size_t want, bool created, mp_shm *s)
 {
     if (created && ftruncate(fd, (off_t)want) != 0)
         return -errno;
     struct stat st;
     if (fstat(fd, &st) != 0)
         return -errno;
-    *size = (size_t)st.st_size;
-    return *size == 0 || *size < want ? MP_EINVAL : 0;
+    s->size = (size_t)st.st_size;
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    return s->size == 0 || s->size < want ? MP_EINVAL : 0;
 }
 
 /* The first thing wrong with mp_shm_new's arguments, as a message; 0 if none. */
@@ -194,7 +198,7 @@ int mp_shm_new(mp_shm **out, const char *name, size_t size, int flags)
     if (rc < 0)
         goto fail;
     int fd = rc;
-    rc = shm_size_of(fd, size, created, &s->size);
+    rc = shm_size_of(fd, size, created, s);
     if (rc == 0)
         rc = map_fd(fd, s->size, &buf);
     close(fd);
@@ -220,20 +224,27 @@ static bool shm_ok(const mp_shm *s)
     return s && s->magic == MAGIC_SHM;
 }
 
-/* A process that did not make the mapping (a spawned child) opens the name. */
-static void *shm_attach(const mp_shm *s)
+/* A process that did not make the mapping (a spawned child) opens the name:
+ * 0 and *buf, or -ENOENT if the name is gone, MP_ESTATE if it now names
+ * another segment (unlinked and made again: mapping that one would read
+ * someone else's bytes) or the segment is smaller than the handle says
+ * (truncated: reading past its end would fault with SIGBUS), or -errno. */
+static int shm_attach(const mp_shm *s, void **buf)
 {
     int fd = shm_open(s->name, O_RDWR, 0);
     if (fd < 0)
-        return NULL;
-    void *buf = NULL;
-    int rc = map_fd(fd, s->size, &buf);
+        return -errno;
+    struct stat st;
+    int rc = fstat(fd, &st) != 0 ? -errno
+           : st.st_dev != s->dev || st.st_ino != s->ino ? MP_ESTATE
+           : (uint64_t)st.st_size < s->size ? MP_ESTATE
+           : map_fd(fd, s->size, buf);
     close(fd);
-    if (rc == 0 && mapping_add(s, buf) != 0) {
-        munmap(buf, s->size);
+    if (rc == 0 && mapping_add(s, *buf) != 0) {
+        munmap(*buf, s->size);
         rc = MP_ENOMEM;
     }
-    return rc == 0 ? buf : NULL;
+    return rc;
 }
 
 bool shm_mapping_contains(const void *p)
@@ -257,13 +268,18 @@ void *mp_shm_buf(const mp_shm *s)
     struct mapping *m = *mapping_of(s);
     void *buf = m ? m->buf : NULL;
     pthread_mutex_unlock(&local.lock);
-    errno = 0;
-    if (!buf && !(buf = shm_attach(s))) {
-        int err = errno ? -errno : MP_ENOMEM;
-        mp_fail(err, __func__, "segment \"%s\" cannot be mapped here (unlinked before this "
-                "process first used it?): %s", s->name + 1, mp_strerror(err));
-    }
-    return buf;
+    int rc = buf ? 0 : shm_attach(s, &buf);
+    if (rc == -ENOENT)
+        mp_fail(rc, __func__, "segment \"%s\" was unlinked before this process first used it",
+                s->name + 1);
+    else if (rc == MP_ESTATE)
+        mp_fail(rc, __func__, "segment \"%s\" changed before this process first used it: "
+                "unlinked and made again, or made smaller than its %zu bytes", s->name + 1,
+                s->size);
+    else if (rc != 0)
+        mp_fail(rc, __func__, "segment \"%s\" cannot be mapped here: %s", s->name + 1,
+                mp_strerror(rc));
+    return rc == 0 ? buf : NULL;
 }
 
 size_t mp_shm_size(const mp_shm *s)

@@ -187,6 +187,53 @@ static void test_shm_handle_reaches_children_under_every_start_method(void **sta
     assert_int_equal(leftovers(), 0);
 }
 
+struct swapped { mp_shm *s; mp_event *go; };
+
+/* A spawned child's first mp_shm_buf, after the name was made again: 0 if
+ * it is refused, as the message says. */
+static int child_maps_after_the_swap(void *arg)
+{
+    struct swapped *w = arg;
+    if (mp_event_wait(w->go, 20 * tu_slow()) != 0)
+        return 2;
+    if (mp_shm_buf(w->s) != NULL)
+        return 3;
+    return strstr(mp_last_error(), "changed before this process first used it") ? 0 : 4;
+}
+
+/* A spawned child maps the handle's segment by name. Made again under that
+ * name (smaller, or the same size), it is another segment: the child gets
+ * NULL, not a mapping whose tail faults or whose bytes are another's. */
+static void test_shm_name_made_again_is_not_mapped_as_the_handle(void **state)
+{
+    (void)state;
+    SKIP_START_METHODS_UNDER_VALGRIND();
+    size_t sizes[] = { 4096, (size_t)1 << 20 };
+    for (int i = 0; i < 2; i++) {
+        struct swapped w;
+        TU_OK(mp_shm_new(&w.s, name_of("swap"), (size_t)1 << 20, MP_CREATE | MP_EXCL));
+        TU_OK(mp_event_new(&w.go));
+        mp_process *p;
+        mp_process_opts o = { .method = MP_SPAWN, .arg_size = sizeof w };
+        TU_OK(mp_process_new(&p, child_maps_after_the_swap, &w, &o));
+        TU_OK(mp_process_start(p));
+        TU_OK(mp_shm_unlink(w.s));
+        mp_shm *other;
+        TU_OK(mp_shm_new(&other, name_of("swap"), sizes[i], MP_CREATE | MP_EXCL));
+        TU_OK(mp_event_set(w.go));
+        TU_OK(mp_process_join(p, 20 * tu_slow()));
+        int code = -1;
+        TU_OK(mp_process_exitcode(p, &code));
+        assert_int_equal(code, 0);
+        TU_OK(mp_process_free(p));
+        TU_OK(mp_shm_unlink(other));
+        mp_shm_free(other);
+        mp_shm_free(w.s);
+        mp_event_free(w.go);
+    }
+    assert_int_equal(leftovers(), 0);
+}
+
 /* ------------------------------------------------------------------ python3 */
 
 static bool have_python(void)
@@ -263,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_shm_name_keeps_a_leading_slash_the_caller_gave),
         cmocka_unit_test(test_shm_is_shared_with_a_forked_child),
         cmocka_unit_test(test_shm_handle_reaches_children_under_every_start_method),
+        cmocka_unit_test(test_shm_name_made_again_is_not_mapped_as_the_handle),
         cmocka_unit_test(test_shm_python_reads_what_c_wrote),
         cmocka_unit_test(test_shm_c_reads_what_python_wrote),
     };
