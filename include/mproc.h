@@ -413,7 +413,8 @@ MP_EXTERN int  mp_pool_new(mp_pool **p, const mp_pool_opts *o);
 MP_EXTERN int  mp_pool_apply(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_buf *out);
                                       /* the task's result code, as mp_future_result */
 MP_EXTERN int  mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **f);
-                                      /* MP_ECLOSED after close or terminate */
+                                      /* MP_ECLOSED after close or terminate,
+                                         MP_EBROKEN once the pool broke */
 /* map: out[i] = fn(in[i]) for n elements of in_size bytes; each result must
  * fit out_size bytes (shorter ones are zero-padded; longer fail the item
  * with MP_ETOOBIG). starmap is map over an array of argument structs. Every

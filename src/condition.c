@@ -79,7 +79,7 @@ int mp_condition_acquire(mp_condition *c, double timeout)
 
 int mp_condition_release(mp_condition *c)
 {
-    return condition_ok(c) ? mp_lock_release(c->lock) : fail_condition(__func__, c);
+    return condition_ok(c) ? lock_release_as(c->lock, __func__) : fail_condition(__func__, c);
 }
 
 /* d bounds the wait for the arena's lock (see arena_alloc_until). */

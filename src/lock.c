@@ -101,31 +101,42 @@ int mp_lock_acquire(mp_lock *l, double timeout)
 }
 
 /* The MP_EINVAL for a release by a thread that does not hold the lock. */
-static int fail_not_held(mp_lock *l)
+static int fail_not_held(mp_lock *l, const char *fn)
 {
     uint32_t owner = rmutex_owner(&l->m);
     if (!owner)
-        return mp_fail(MP_EINVAL, "mp_lock_release", "the lock is not held (released already?)");
-    return mp_fail(MP_EINVAL, "mp_lock_release", "the lock is held by thread %u, not by this "
-                   "thread (%u): only the holder releases it", owner, mp_gettid());
+        return mp_fail(MP_EINVAL, fn, "the lock is not held (released already?)");
+    return mp_fail(MP_EINVAL, fn, "the lock is held by thread %u, not by this thread (%u): "
+                   "only the holder releases it", owner, mp_gettid());
 }
 
-int mp_lock_release(mp_lock *l)
+/* mp_lock_release, its messages named fn (a condition releases its lock). */
+static inline int release(mp_lock *l, const char *fn)
 {
     if (l && l->magic == MAGIC_LOCK && !l->recursive)     /* the common path */
-        return rmutex_unlock(&l->m) == 0 ? 0 : fail_not_held(l);
+        return rmutex_unlock(&l->m) == 0 ? 0 : fail_not_held(l, fn);
     if (!l || (l->magic != MAGIC_LOCK && l->magic != MAGIC_MLOCK))
-        return mp_fail_handle(__func__, "lock", l);
+        return mp_fail_handle(fn, "lock", l);
     if (l->magic == MAGIC_MLOCK)
-        return mp_fail_code(mlock_release(l), __func__);
+        return mp_fail_code(mlock_release(l), fn);
     if (l->recursive) {
         if (!lock_is_mine(l))
-            return fail_not_held(l);
+            return fail_not_held(l, fn);
         if (--l->depth > 0)
             return 0;
     }
     int rc = rmutex_unlock(&l->m);     /* the mutex itself refuses a non-owner */
-    return rc == 0 ? 0 : fail_not_held(l);
+    return rc == 0 ? 0 : fail_not_held(l, fn);
+}
+
+int mp_lock_release(mp_lock *l)
+{
+    return release(l, __func__);
+}
+
+int lock_release_as(mp_lock *l, const char *fn)
+{
+    return release(l, fn);
 }
 
 void mp_lock_free(mp_lock *l)

@@ -89,6 +89,7 @@ struct mp_pool {
     pthread_mutex_t cblock;         /* callbacks of this pool's futures */
     pthread_mutex_t fnlock;         /* fncache and the shared function list */
     _Atomic int state;              /* POOL_* */
+    _Atomic int halted_by;          /* what halt failed the tasks with: MP_EBROKEN, ... */
     int efd;                        /* wakes the monitor */
     struct pollfd *pollfds;         /* the monitor's: efd and one per worker */
     int *pollslots;                 /* the worker of each pollfds entry */
@@ -192,9 +193,13 @@ int pool_check_open(mp_pool *p)
     int rc = pool_check_usable(p);
     if (rc != 0)
         return rc;
-    if (atomic_load(&p->state) != POOL_OPEN)
+    int state = atomic_load(&p->state);
+    if (state == POOL_TERMINATED && atomic_load(&p->halted_by) == MP_EBROKEN)
+        return mp_fail(MP_EBROKEN, NULL, "the pool is broken: it could not keep a worker alive "
+                       "(does its initializer kill them?); make a new one");
+    if (state != POOL_OPEN)
         return mp_fail(MP_ECLOSED, NULL, "the pool is %s; submit work before mp_pool_close",
-                       atomic_load(&p->state) == POOL_CLOSED ? "closed" : "terminated");
+                       state == POOL_CLOSED ? "closed" : "terminated");
     return 0;
 }
 
@@ -530,6 +535,7 @@ static void kill_worker(mp_pool *p, int i)
 static void halt(mp_pool *p, int rc)
 {
     ASSERT_HELD(&p->lock);
+    atomic_store(&p->halted_by, rc);
     atomic_store(&p->state, POOL_TERMINATED);
     atomic_store(&p->sh->closing, CLOSING_NOW);
     wake_workers(p->sh);

@@ -20,6 +20,8 @@ struct mp_lock {
 _Static_assert(offsetof(struct mp_lock, magic) == 0, "every handle starts with its magic word");
 
 bool lock_is_mine(mp_lock *l);
+/* mp_lock_release, its failures told as fn's. */
+int lock_release_as(mp_lock *l, const char *fn);
 /* Releases l however deep the caller holds it; *depth says how deep. */
 int lock_release_all(mp_lock *l, uint32_t *depth);
 /* Takes l again (no timeout) at that depth: 0 or MP_EOWNERDEAD. */

@@ -108,6 +108,7 @@ static void test_condition_wait_and_notify_require_holding_the_lock(void **state
     TU_ASSERT_RC(mp_condition_notify(c, 1), MP_EINVAL);
     TU_ASSERT_RC(mp_condition_notify_all(c), MP_EINVAL);
     TU_ASSERT_RC(mp_condition_release(c), MP_EINVAL);
+    assert_true(strncmp(mp_last_error(), "mp_condition_release: ", 22) == 0);
     TU_OK(mp_condition_acquire(c, 0));
     pthread_t t = thread_start(notify_from_thread, c);   /* held, but not by that thread */
     assert_int_equal((intptr_t)thread_join(t), MP_EINVAL);
