@@ -64,6 +64,8 @@ static int fail_io(int rc, const char *fn, const mp_conn *c)
         return mp_fail(rc, fn, "the other end closed (fd %d): no more messages", c->h.fd);
     if (rc == -EPIPE || rc == -ECONNRESET)
         return mp_fail(rc, fn, "the other end is closed (fd %d): nobody reads this conn", c->h.fd);
+    if (rc == MP_ECLOSED && call_closed())
+        return mp_fail(rc, fn, "the conn was closed by mp_conn_close during the call");
     if (rc == MP_ECLOSED)
         return mp_fail(rc, fn, "fd %d of this conn was closed under it (close() on "
                        "mp_conn_fileno?); use mp_conn_close", c->h.fd);
@@ -71,6 +73,16 @@ static int fail_io(int rc, const char *fn, const mp_conn *c)
         return mp_fail(rc, fn, "the peer sent a malformed frame header (fd %d): it does not "
                        "speak multiprocessing.connection's framing; close the conn", c->h.fd);
     return mp_fail_code(rc, fn);
+}
+
+/* The failure of call_enter: c was closed in this process (or its
+ * descriptor number is another conn's now); not touched. */
+static int fail_enter(int rc, const char *fn)
+{
+    if (rc == MP_ECLOSED)
+        return mp_fail(rc, fn, "this conn was closed in this process (mp_conn_close, or "
+                       "close() on its fileno); a process that still holds it may go on");
+    return mp_fail(rc, fn, "no memory for this process's record of the conn");
 }
 
 /* Lengths from MEM_CHECK_MIN bytes on are checked against the process's
@@ -97,6 +109,15 @@ static void conn_destroy(mp_conn *c)
 void conn_destroy_unheld(struct fdhandle *h)
 {
     conn_destroy((mp_conn *)h);
+}
+
+static void early_drop(const mp_conn *c);
+
+void conn_release(mp_conn *c)
+{
+    early_drop(c);
+    if (fdhandle_release(&c->h))
+        conn_destroy(c);
 }
 
 int conn_from_fd(mp_conn **out, int fd, bool readable, bool writable)
@@ -131,6 +152,7 @@ int conn_from_fd_until(mp_conn **out, int fd, bool readable, bool writable, cons
         conn_destroy(c);
         return rc;
     }
+    calls_claim(c, fd);
     *out = c;
     return 0;
 }
@@ -176,6 +198,22 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
     return 0;
 }
 
+/* Inside a call: one frame, under the send lock. */
+static int send_frame(mp_conn *c, const void *data, size_t len)
+{
+    uint8_t head[FRAME_HEADER_MAX];
+    size_t n = frame_header_encode(len, head);
+    int rc = call_lock(c, &c->send_lock, &forever);
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return rc;
+    if (rc == MP_EOWNERDEAD && c->out)
+        pipe_take_over(c);
+    rc = c->out ? pipe_send(c, head, n, data, len)
+                : fd_write_all(c->h.fd, c->is_socket, call_wake_fd(), head, n, data, len);
+    rmutex_unlock(&c->send_lock);
+    return rc;
+}
+
 int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
 {
     if (conn_check(c) != 0)
@@ -187,24 +225,21 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
     int rc = check_send_range(__func__, data, len);
     if (rc != 0)
         return rc;
-    uint8_t head[FRAME_HEADER_MAX];
-    size_t n = frame_header_encode(len, head);
-    rc = rmutex_lock(&c->send_lock, &forever);
-    if (rc != 0 && rc != MP_EOWNERDEAD)
-        return mp_fail_code(rc, __func__);
-    if (rc == MP_EOWNERDEAD && c->out)
-        pipe_take_over(c);
-    rc = c->out ? pipe_send(c, head, n, data, len) : fd_write_all(c->h.fd, c->is_socket, head, n, data, len);
-    rmutex_unlock(&c->send_lock);
-    return fail_io(rc == -EBADF ? MP_ECLOSED : rc, __func__, c);
+    if ((rc = call_enter(c)) != 0)
+        return fail_enter(rc, __func__);
+    rc = send_frame(c, data, len);
+    rc = fail_io(rc == -EBADF ? MP_ECLOSED : rc, __func__, c);
+    call_leave(c);
+    return rc;
 }
 
 static ssize_t sock_read_ahead(mp_conn *c, uint8_t *buf, size_t cap, int flags);
-static void early_drop(const mp_conn *c);
 
 /* One read. On a socket with nothing queued yet, spin a few microseconds
- * on non-blocking reads before sleeping in the kernel: a sleeping reader
- * makes every send pay for a wake-up, and that dominates small messages. */
+ * on non-blocking reads before sleeping: a sleeping reader makes every
+ * send pay for a wake-up, and that dominates small messages. The sleep is
+ * in poll, which a close in this process ends (-1, errno ECANCELED), never
+ * in the read. */
 static ssize_t read_spin(mp_conn *c, uint8_t *buf, size_t cap)
 {
     if (c->is_socket) {
@@ -222,9 +257,13 @@ static ssize_t read_spin(mp_conn *c, uint8_t *buf, size_t cap)
         }
         if (c->is_tcp)
             sock_ack_now(c->h.fd);     /* a frame's body may wait for it */
-        return sock_read_ahead(c, buf, cap, 0);
     }
-    return read(c->h.fd, buf, cap);
+    int r = call_poll(c->h.fd, POLLIN, NULL);
+    if (r < 0) {
+        errno = r == MP_ECLOSED ? ECANCELED : -r;
+        return -1;
+    }
+    return c->is_socket ? sock_read_ahead(c, buf, cap, MSG_DONTWAIT) : read(c->h.fd, buf, cap);
 }
 
 /* Under recv_lock: n bytes of the stream, buffered ones first. A short
@@ -251,7 +290,7 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
     if (n > READ_AHEAD / 2 || atomic_load(&c->h.immortal)) {
         if (c->is_tcp)
             sock_ack_now(c->h.fd);
-        return fd_read_full(c->h.fd, dst, n, NULL);
+        return fd_read_woken(c->h.fd, dst, n, call_wake_fd(), NULL);
     }
     early_drop(c);                      /* what was read ahead before is gone, */
     c->ahead_fills++;                   /* and so are descriptors kept for it */
@@ -262,10 +301,10 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
             got += (size_t)r;
         else if (r == 0 || errno == ECONNRESET)
             return MP_EEOF;
-        else if (errno == EAGAIN || errno == EWOULDBLOCK)
-            fd_poll(c->h.fd, POLLIN, NULL);
-        else if (errno != EINTR)
-            return errno == EBADF ? MP_ECLOSED : -errno;
+        else if (errno == ECANCELED || errno == EBADF)
+            return MP_ECLOSED;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -errno;
     }
     memcpy(dst, c->ahead, n);
     c->ahead_pos = (uint32_t)n;
@@ -306,7 +345,7 @@ static int skip_rest(mp_conn *c, const mp_deadline *d)
     uint8_t scratch[SKIP_CHUNK];
     uint64_t left;
     while ((left = atomic_load(&c->skip_len)) > 0) {
-        int r = fd_poll(c->h.fd, POLLIN, d);
+        int r = call_poll(c->h.fd, POLLIN, d);
         if (r <= 0)
             return r == 0 ? MP_ETIMEDOUT : r == -EBADF ? MP_ECLOSED : r;
         ssize_t got = read(c->h.fd, scratch, left < SKIP_CHUNK ? (size_t)left : SKIP_CHUNK);
@@ -325,7 +364,7 @@ static int skip_rest(mp_conn *c, const mp_deadline *d)
  * drops the rest: 0, and the caller's answer is only a hint, as ever. */
 static int skip_unlocked(mp_conn *c, const mp_deadline *d)
 {
-    int rc = rmutex_lock(&c->recv_lock, d);
+    int rc = call_lock(c, &c->recv_lock, d);
     if (rc == MP_ETIMEDOUT)
         return 0;
     if (rc != 0 && rc != MP_EOWNERDEAD)
@@ -391,7 +430,7 @@ static bool fd_really_ready(int fd)
  * held; the caller ends with recv_end. */
 static int recv_begin(mp_conn *c, uint64_t *len)
 {
-    int rc = rmutex_lock(&c->recv_lock, &forever);
+    int rc = call_lock(c, &c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     if (rc == MP_EOWNERDEAD && c->in)
@@ -440,9 +479,24 @@ static int recv_check(const char *fn, mp_conn *c)
     return c->readable ? 0 : fail_direction(fn, true);
 }
 
+/* Inside a call: the next message into buf. */
+static int recv_into(mp_conn *c, void *buf, size_t cap, size_t *len)
+{
+    static const char fn[] = "mp_conn_recv_bytes";
+    uint64_t n;
+    int rc = recv_begin(c, &n);
+    if (rc != 0)
+        return fail_io(rc, fn, c);
+    *len = (size_t)n;
+    if (n > cap)                            /* the message stays pending for a bigger buffer */
+        return mp_fail(recv_end(c, MP_ETOOBIG), fn, "the message is %" PRIu64 " bytes, "
+                       "buf has %zu; it stays next: receive it with a buffer of *len bytes "
+                       "or mp_conn_recv_buf", n, cap);
+    return fail_io(recv_done(c, conn_read(c, buf, (size_t)n), 0), fn, c);
+}
+
 int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
 {
-    uint64_t n;
     int rc = recv_check(__func__, c);
     if (rc != 0)
         return rc;
@@ -450,39 +504,64 @@ int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
         return mp_fail(MP_EINVAL, __func__, "len (where the size goes) is NULL");
     if (!buf && cap)
         return mp_fail(MP_EINVAL, __func__, "buf is NULL but cap is %zu", cap);
-    if ((rc = recv_begin(c, &n)) != 0)
-        return fail_io(rc, __func__, c);
-    *len = (size_t)n;
-    if (n > cap)                            /* the message stays pending for a bigger buffer */
-        return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
-                       "buf has %zu; it stays next: receive it with a buffer of *len bytes "
-                       "or mp_conn_recv_buf", n, cap);
-    return fail_io(recv_done(c, conn_read(c, buf, (size_t)n), 0), __func__, c);
+    if ((rc = call_enter(c)) != 0)
+        return fail_enter(rc, __func__);
+    rc = recv_into(c, buf, cap, len);
+    call_leave(c);
+    return rc;
 }
 
-int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
+/* Inside a call: the next message into out, grown to fit. */
+static int recv_grow(mp_conn *c, mp_buf *out, size_t maxlen)
 {
+    static const char fn[] = "mp_conn_recv_buf";
     uint64_t n;
-    int rc = recv_check(__func__, c);
+    int rc = recv_begin(c, &n);
     if (rc != 0)
-        return rc;
-    if (!out)
-        return mp_fail(MP_EINVAL, __func__, "out is NULL");
-    if ((rc = recv_begin(c, &n)) != 0)
-        return fail_io(rc, __func__, c);
+        return fail_io(rc, fn, c);
     if (maxlen && n > maxlen)               /* pending, and nothing allocated */
-        return mp_fail(recv_end(c, MP_ETOOBIG), __func__, "the message is %" PRIu64 " bytes, "
+        return mp_fail(recv_end(c, MP_ETOOBIG), fn, "the message is %" PRIu64 " bytes, "
                        "over maxlen %zu; it stays next", n, maxlen);
     struct frame_source src = { conn_read_cb, c, c->h.fd, NULL };
     size_t got;
     rc = frame_read_body(&src, out, (size_t)n, &got);
     rc = recv_done(c, rc, n - got);
     if (rc == MP_ENOMEM)
-        return mp_fail(rc, __func__, "no memory for the message's %" PRIu64 " bytes: it was "
+        return mp_fail(rc, fn, "no memory for the message's %" PRIu64 " bytes: it was "
                        "dropped; the conn stays usable, the next receive gets the next message", n);
-    return fail_io(rc, __func__, c);
+    return fail_io(rc, fn, c);
 }
 
+int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
+{
+    int rc = recv_check(__func__, c);
+    if (rc != 0)
+        return rc;
+    if (!out)
+        return mp_fail(MP_EINVAL, __func__, "out is NULL");
+    if ((rc = call_enter(c)) != 0)
+        return fail_enter(rc, __func__);
+    rc = recv_grow(c, out, maxlen);
+    call_leave(c);
+    return rc;
+}
+
+/* Inside a call: whether a message (or EOF) comes before d. */
+static int poll_until(mp_conn *c, const mp_deadline *d)
+{
+    static const char fn[] = "mp_conn_poll";
+    if (atomic_load(&c->skip_len) > 0) {          /* its bytes are no message */
+        int rc = skip_unlocked(c, d);
+        if (rc == MP_ETIMEDOUT || rc == MP_EEOF)
+            return rc == MP_EEOF;
+        if (rc != 0)
+            return fail_io(rc, fn, c);
+    }
+    if (c->in)
+        return fail_io(pipe_poll(c, d), fn, c);
+    int r = call_poll(c->h.fd, POLLIN, d);
+    return fail_io(r == -EBADF ? MP_ECLOSED : r, fn, c);
+}
 
 int mp_conn_poll(mp_conn *c, double timeout)
 {
@@ -494,17 +573,11 @@ int mp_conn_poll(mp_conn *c, double timeout)
     if (c->has_pending || atomic_load(&c->ahead_len) > 0)
         return 1;
     mp_deadline d = deadline_in(timeout);
-    if (atomic_load(&c->skip_len) > 0) {          /* its bytes are no message */
-        rc = skip_unlocked(c, &d);
-        if (rc == MP_ETIMEDOUT || rc == MP_EEOF)
-            return rc == MP_EEOF;
-        if (rc != 0)
-            return fail_io(rc, __func__, c);
-    }
-    if (c->in)
-        return fail_io(pipe_poll(c, &d), __func__, c);
-    int r = fd_poll(c->h.fd, POLLIN, &d);
-    return fail_io(r == -EBADF ? MP_ECLOSED : r, __func__, c);
+    if ((rc = call_enter(c)) != 0)
+        return fail_enter(rc, __func__);
+    rc = poll_until(c, &d);
+    call_leave(c);
+    return rc;
 }
 
 int mp_conn_fileno(const mp_conn *c)
@@ -516,9 +589,10 @@ void mp_conn_close(mp_conn *c)
 {
     if (conn_check(c) != 0)
         return;
-    early_drop(c);
-    if (fdhandle_release(&c->h))
-        conn_destroy(c);
+    if (c->shm)
+        conn_release(c);
+    else
+        calls_close(c);
 }
 
 /* ------------------------------------------------------------------ descriptors */
@@ -671,6 +745,29 @@ static int fd_conn_check(const char *fn, mp_conn *c, bool receiving)
     return 0;
 }
 
+/* Inside a call: the byte and its descriptor, under the send lock. */
+static int send_fd_byte(mp_conn *c, const struct msghdr *m)
+{
+    int rc = call_lock(c, &c->send_lock, &forever);
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return rc;
+    for (;;) {
+        if (sendmsg(c->h.fd, m, MSG_NOSIGNAL | MSG_DONTWAIT) == 1) {
+            rc = 0;
+            break;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if ((rc = call_poll(c->h.fd, POLLOUT, NULL)) < 0)
+                break;
+        } else if (errno != EINTR) {
+            rc = errno == EBADF ? MP_ECLOSED : -errno;
+            break;
+        }
+    }
+    rmutex_unlock(&c->send_lock);
+    return rc;
+}
+
 int mp_conn_send_fd(mp_conn *c, int fd)
 {
     int rc = fd_conn_check(__func__, c, false);
@@ -688,23 +785,11 @@ int mp_conn_send_fd(mp_conn *c, int fd)
     h->cmsg_type = SCM_RIGHTS;
     h->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(h), &fd, sizeof fd);
-    rc = rmutex_lock(&c->send_lock, &forever);
-    if (rc != 0 && rc != MP_EOWNERDEAD)
-        return mp_fail_code(rc, __func__);
-    for (;;) {
-        if (sendmsg(c->h.fd, &m, MSG_NOSIGNAL) == 1) {
-            rc = 0;
-            break;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            fd_poll(c->h.fd, POLLOUT, NULL);
-        } else if (errno != EINTR) {
-            rc = errno == EBADF ? MP_ECLOSED : -errno;
-            break;
-        }
-    }
-    rmutex_unlock(&c->send_lock);
-    return fail_io(rc, __func__, c);
+    if ((rc = call_enter(c)) != 0)
+        return fail_enter(rc, __func__);
+    rc = fail_io(send_fd_byte(c, &m), __func__, c);
+    call_leave(c);
+    return rc;
 }
 
 /* The MP_ESTATE for a recv_fd whose next item is a message; nothing is taken. */
@@ -741,7 +826,7 @@ static int next_byte_has_fds(mp_conn *c, const mp_deadline *d)
     uint8_t byte;
     struct iovec v = { &byte, 1 };
     for (;;) {
-        int ready = fd_poll(c->h.fd, POLLIN, d);
+        int ready = call_poll(c->h.fd, POLLIN, d);
         if (ready == 0)
             return MP_ETIMEDOUT;
         if (ready < 0 && ready != -EINTR)
@@ -788,7 +873,7 @@ static int recv_fd_fresh(mp_conn *c, int *out, const mp_deadline *d)
         if (r == 0 || errno == ECONNRESET)
             return fail_io(MP_EEOF, "mp_conn_recv_fd", c);
         if (errno == EAGAIN || errno == EWOULDBLOCK)
-            fd_poll(c->h.fd, POLLIN, NULL);
+            call_poll(c->h.fd, POLLIN, NULL);
         else if (errno != EINTR)
             return fail_io(errno == EBADF ? MP_ECLOSED : -errno, "mp_conn_recv_fd", c);
     }
@@ -810,6 +895,28 @@ static int recv_fd_early(mp_conn *c, int *out)
     return rc;
 }
 
+/* Inside a call: the next descriptor, under the receive lock. */
+static int recv_fd_locked(mp_conn *c, int *fd, const mp_deadline *d)
+{
+    static const char fn[] = "mp_conn_recv_fd";
+    int rc = call_lock(c, &c->recv_lock, d);
+    if (rc == MP_ETIMEDOUT)
+        return mp_fail(rc, fn, "another thread is receiving on this conn");
+    if (rc != 0 && rc != MP_EOWNERDEAD)
+        return fail_io(rc, fn, c);
+    if (c->has_pending)
+        rc = mp_fail(MP_ESTATE, fn, "a message of %" PRIu64 " bytes is next (its header "
+                     "was read by a call that gave MP_ETOOBIG); receive it first", c->pending_len);
+    else if ((rc = skip_rest(c, d)) != 0)       /* a dropped message's rest comes first */
+        rc = fail_io(rc, fn, c);
+    else if (atomic_load(&c->ahead_len) > 0)
+        rc = recv_fd_early(c, fd);
+    else
+        rc = recv_fd_fresh(c, fd, d);
+    rmutex_unlock(&c->recv_lock);
+    return rc;
+}
+
 int mp_conn_recv_fd(mp_conn *c, int *fd, double timeout)
 {
     int rc = fd_conn_check(__func__, c, true);
@@ -820,21 +927,10 @@ int mp_conn_recv_fd(mp_conn *c, int *fd, double timeout)
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
-    rc = rmutex_lock(&c->recv_lock, &d);
-    if (rc == MP_ETIMEDOUT)
-        return mp_fail(rc, __func__, "another thread is receiving on this conn");
-    if (rc != 0 && rc != MP_EOWNERDEAD)
-        return mp_fail_code(rc, __func__);
-    if (c->has_pending)
-        rc = mp_fail(MP_ESTATE, __func__, "a message of %" PRIu64 " bytes is next (its header "
-                     "was read by a call that gave MP_ETOOBIG); receive it first", c->pending_len);
-    else if ((rc = skip_rest(c, &d)) != 0)       /* a dropped message's rest comes first */
-        rc = fail_io(rc, __func__, c);
-    else if (atomic_load(&c->ahead_len) > 0)
-        rc = recv_fd_early(c, fd);
-    else
-        rc = recv_fd_fresh(c, fd, &d);
-    rmutex_unlock(&c->recv_lock);
+    if ((rc = call_enter(c)) != 0)
+        return fail_enter(rc, __func__);
+    rc = recv_fd_locked(c, fd, &d);
+    call_leave(c);
     return rc;
 }
 
@@ -902,25 +998,58 @@ static size_t take_buffered(struct pollfd *p, size_t n, bool *rings)
     return buffered;
 }
 
-/* One poll of fds, at most RING_SLICE if a ring end is among them:
- * the count ready, 0, or -errno. Ready entries have revents set, or fd -1
- * for conns with a message buffered. */
-static int wait_once(struct pollfd *p, const int *fds, size_t n, const mp_deadline *d)
+/* A descriptor conn of this process that mp_wait waits on is one of its
+ * calls, so that closing it wakes the wait (its close signal is polled
+ * too) and waits for it to leave; one closed here already is ready. */
+struct waited {
+    struct conn_local *loc;      /* NULL: not such a conn, or no memory for its record */
+    bool closed;
+};
+
+static void wait_enter(const int *fds, size_t n, struct waited *w)
+{
+    for (size_t i = 0; i < n; i++) {
+        mp_conn *c = conn_of_fd(fds[i]);
+        int rc = 0;
+        w[i].loc = c && !c->shm ? calls_enter(c, fds[i], &rc) : NULL;
+        w[i].closed = rc == MP_ECLOSED;
+    }
+}
+
+static void wait_leave(struct waited *w, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+        if (w[i].loc)
+            calls_leave(w[i].loc);
+}
+
+/* One poll of fds, and after them in p the close signals of the conns
+ * among them, at most RING_SLICE if a ring end is among them: the count
+ * ready, 0, or -errno. Ready entries have revents set, or fd -1 for conns
+ * with a message buffered or closed in this process. */
+static int wait_once(struct pollfd *p, const int *fds, size_t n, const struct waited *w,
+                     const mp_deadline *d)
+{
+    for (size_t i = 0; i < n; i++) {
+        p[i] = (struct pollfd){ .fd = w[i].closed ? -1 : fds[i], .events = POLLIN };
+        p[n + i] = (struct pollfd){ .fd = calls_wake_fd(w[i].loc), .events = POLLIN };
+    }
     bool rings = false;
-    size_t buffered = take_buffered(p, n, &rings);
-    double left = buffered ? 0 : deadline_left(d);
+    size_t ready = take_buffered(p, n, &rings);
+    for (size_t i = 0; i < n; i++)
+        ready += w[i].closed;
+    double left = ready ? 0 : deadline_left(d);
     mp_deadline slice = deadline_in(rings && left > RING_SLICE ? RING_SLICE : left);
-    int rc = fd_poll_all(p, n, &slice);
+    int rc = fd_poll_all(p, 2 * n, &slice);
     if (rc < 0)
         return rc;
-    rc = (int)buffered;
+    rc = 0;
     for (size_t i = 0; i < n; i++) {
-        if (p[i].fd >= 0 && p[i].revents && !fd_really_ready(p[i].fd))
+        if (p[n + i].revents)
+            p[i].fd = -1;                   /* closed by another thread meanwhile */
+        else if (p[i].fd >= 0 && p[i].revents && !fd_really_ready(p[i].fd))
             p[i].revents = 0;
-        rc += p[i].fd >= 0 && p[i].revents;
+        rc += p[i].fd < 0 || p[i].revents;
     }
     return rc;
 }
@@ -929,7 +1058,7 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
 {
     if (!fds && n)
         return mp_fail(MP_EINVAL, __func__, "fds is NULL but n is %zu", n);
-    if (n > INT_MAX)
+    if (n > INT_MAX / 2)
         return mp_fail(MP_EINVAL, __func__, "n %zu is more than poll() takes", n);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(__func__, timeout);
@@ -937,16 +1066,23 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
         if (fds[i] < 0)
             return mp_fail(MP_EINVAL, __func__, "fds[%zu] is %d, not a descriptor; pass "
                            "mp_conn_fileno, mp_process_sentinel or any open fd", i, fds[i]);
-    struct pollfd *p = n ? calloc(n, sizeof *p) : NULL;
-    if (n && !p)
+    struct pollfd *p = n ? calloc(2 * n, sizeof *p) : NULL;
+    struct waited *w = n ? calloc(n, sizeof *w) : NULL;
+    if (n && (!p || !w)) {
+        free(p);
+        free(w);
         return mp_fail(MP_ENOMEM, __func__, "no memory for %zu pollfds", n);
+    }
+    wait_enter(fds, n, w);
     mp_deadline d = deadline_in(timeout);
     int rc;
     do {
-        rc = wait_once(p, fds, n, &d);
+        rc = wait_once(p, fds, n, w, &d);
     } while (rc == 0 && !deadline_passed(&d));
+    wait_leave(w, n);
     for (size_t i = 0; ready && i < n; i++)
         ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);
+    free(w);
     return mp_fail_code(rc, __func__);
 }

@@ -1,5 +1,6 @@
-/* conn_handle.h - the mp_conn handle, for the two files that make it work:
- * conn.c (the handles, descriptor passing, mp_wait) and pipe_ring.c (the
+/* conn_handle.h - the mp_conn handle, for the files that make it work:
+ * conn.c (the handles, descriptor passing, mp_wait), conn_calls.c (the
+ * calls inside a conn, and the close that wakes them) and pipe_ring.c (the
  * shared-memory rings that carry the frames of mp_pipe's ends).
  */
 #ifndef MPROC_CONN_HANDLE_H
@@ -52,6 +53,35 @@ struct mp_conn {
 };
 _Static_assert(offsetof(mp_conn, h) == 0, "the registry and mp_fail_handle see a conn as its fdhandle");
 _Static_assert(READ_AHEAD <= UINT32_MAX, "ahead_len and ahead_pos are 32-bit");
+
+/* ------------------------------------------------------------------ conn_calls.c */
+
+/* This process's calls inside its descriptor conns (the ends of mp_pipe
+ * have none: their waits are sliced and see their descriptor go). A
+ * public call brackets its work with call_enter (0, MP_ECLOSED once c is
+ * closed in this process, MP_ENOMEM) and call_leave, whatever happened in
+ * between; its waits go through call_poll and call_lock (or watch
+ * call_wake_fd), which return
+ * MP_ECLOSED as soon as another thread closes c (call_closed then says
+ * so). calls_close is mp_conn_close for a descriptor conn: it wakes the
+ * calls inside, waits for them to leave (the last ends the close should
+ * one be held up), then conn_release lets go of c in this process.
+ * calls_claim: a new conn of this process owns descriptor number fd now.
+ * mp_wait enters the conns it waits on by hand: calls_enter (NULL with
+ * *rc as call_enter's), calls_wake_fd to poll beside them, calls_leave. */
+int call_enter(mp_conn *c);
+void call_leave(const mp_conn *c);
+bool call_closed(void);
+int call_poll(int fd, short events, const mp_deadline *d);   /* as fd_poll, or MP_ECLOSED */
+int call_wake_fd(void);             /* the close signal to watch in other waits; -1: none */
+int call_lock(const mp_conn *c, rmutex *m, const mp_deadline *d);   /* as rmutex_lock, or MP_ECLOSED */
+void calls_close(mp_conn *c);
+void calls_claim(const mp_conn *c, int fd);
+struct conn_local;
+struct conn_local *calls_enter(const mp_conn *c, int fd, int *rc);
+int calls_wake_fd(const struct conn_local *loc);
+void calls_leave(struct conn_local *loc);
+void conn_release(mp_conn *c);      /* conn.c: this process's hold on c goes */
 
 /* ------------------------------------------------------------------ pipe_ring.c */
 

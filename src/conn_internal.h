@@ -33,14 +33,21 @@ int fd_write_full(int fd, const void *head, size_t head_len, const void *body, s
 /* Waits for events (POLLIN, POLLOUT) on fd, or a hang-up: 1, 0 on timeout,
  * <0 error. EINTR-safe against the deadline. */
 int fd_poll(int fd, short events, const mp_deadline *d);
+/* The same, also ending with MP_ECLOSED once wake_fd (an eventfd that a
+ * close writes; -1: none) is readable: a conn's waits (conn_calls.c).
+ * fd_read_woken is fd_read_full whose every wait does so. */
+int fd_poll_woken(int fd, short events, int wake_fd, const mp_deadline *d);
+int fd_read_woken(int fd, void *buf, size_t n, int wake_fd, const mp_deadline *d);
 /* ppoll over n entries until something is ready or d passes (NULL:
  * forever): the count, 0, or -errno. */
 int fd_poll_all(struct pollfd *p, size_t n, const mp_deadline *d);
 /* One writev that never raises SIGPIPE (sendmsg MSG_NOSIGNAL on a socket,
  * SIGPIPE blocked and taken back on a pipe): what writev returns. */
 ssize_t fd_writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socket);
-/* head then body, whole, waiting out EAGAIN: 0 or -errno. */
-int fd_write_all(int fd, bool is_socket, const void *head, size_t head_len,
+/* head then body, whole, waiting out EAGAIN (and, with wake_fd >= 0, never
+ * asleep in a socket's sendmsg: MP_ECLOSED once wake_fd is readable, as
+ * fd_poll_woken): 0 or -errno. */
+int fd_write_all(int fd, bool is_socket, int wake_fd, const void *head, size_t head_len,
                  const void *body, size_t body_len);
 bool fd_is_socket(int fd);
 /* Acks what the TCP socket fd has received at once. A peer with Nagle's

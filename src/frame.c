@@ -53,29 +53,51 @@ int fd_poll_all(struct pollfd *p, size_t n, const mp_deadline *d)
 
 int fd_poll(int fd, short events, const mp_deadline *d)
 {
-    struct pollfd p = { .fd = fd, .events = events };
-    int r = fd_poll_all(&p, 1, d);
-    return r > 0 && (p.revents & POLLNVAL) ? -EBADF : r;
+    return fd_poll_woken(fd, events, -1, d);
+}
+
+/* poll() skips an entry whose fd is negative: no wake_fd costs nothing. */
+int fd_poll_woken(int fd, short events, int wake_fd, const mp_deadline *d)
+{
+    struct pollfd p[2] = { { .fd = fd, .events = events }, { .fd = wake_fd, .events = POLLIN } };
+    int r = fd_poll_all(p, 2, d);
+    if (r > 0 && p[1].revents)
+        return MP_ECLOSED;
+    return r > 0 && (p[0].revents & POLLNVAL) ? -EBADF : r;
 }
 
 int fd_read_full(int fd, void *buf, size_t n, const mp_deadline *d)
 {
-    bool timed = d && !d->forever;
+    return fd_read_woken(fd, buf, n, -1, d);
+}
+
+/* Timed, every read waits in poll first. Watched by wake_fd alone, a
+ * socket is read without sleeping (MSG_DONTWAIT) and polled only when
+ * nothing is there, so bytes already queued cost no poll; anything else
+ * is polled first. */
+int fd_read_woken(int fd, void *buf, size_t n, int wake_fd, const mp_deadline *d)
+{
+    bool poll_first = d && !d->forever;
+    bool nowait = !poll_first && wake_fd >= 0;
     size_t done = 0;
     while (done < n) {
-        if (timed) {
-            int r = fd_poll(fd, POLLIN, d);
+        if (poll_first) {
+            int r = fd_poll_woken(fd, POLLIN, wake_fd, d);
             if (r <= 0)
                 return r == 0 ? MP_ETIMEDOUT : r;
         }
         size_t want = n - done < IO_CHUNK_MAX ? n - done : IO_CHUNK_MAX;
-        ssize_t got = read(fd, (char *)buf + done, want);
-        if (got > 0) {
+        ssize_t got = nowait ? recv(fd, (char *)buf + done, want, MSG_DONTWAIT)
+                             : read(fd, (char *)buf + done, want);
+        if (got < 0 && errno == ENOTSOCK) {
+            nowait = false;
+            poll_first = true;
+        } else if (got > 0) {
             done += (size_t)got;
         } else if (got == 0) {
             return MP_EEOF;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int r = fd_poll(fd, POLLIN, d);
+            int r = fd_poll_woken(fd, POLLIN, wake_fd, d);
             if (r <= 0)
                 return r == 0 ? MP_ETIMEDOUT : r;
         } else if (errno == ECONNRESET) {
@@ -109,20 +131,29 @@ static ssize_t pipe_writev(int fd, const struct iovec *iov, int n)
     return r;
 }
 
-ssize_t fd_writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socket)
+/* flags: MSG_DONTWAIT or 0, for a socket. */
+static ssize_t writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socket, int flags)
 {
     if (!is_socket)
         return pipe_writev(fd, iov, n);
     struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
-    ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL | flags);
     if (r < 0 && errno == ENOTSOCK)
         return pipe_writev(fd, iov, n);
     return r;
 }
 
-int fd_write_all(int fd, bool is_socket, const void *head, size_t head_len,
-                     const void *body, size_t body_len)
+ssize_t fd_writev_nosignal(int fd, const struct iovec *iov, int n, bool is_socket)
 {
+    return writev_nosignal(fd, iov, n, is_socket, 0);
+}
+
+/* With wake_fd, a socket is written without sleeping in sendmsg (whose
+ * sleep nothing of ours could end): a full buffer is waited out in poll. */
+int fd_write_all(int fd, bool is_socket, int wake_fd, const void *head, size_t head_len,
+                 const void *body, size_t body_len)
+{
+    int flags = wake_fd >= 0 ? MSG_DONTWAIT : 0;
     struct iovec iov[2] = { { (void *)head, head_len }, { (void *)body, body_len } };
     int first = head_len ? 0 : 1;
     while (first < 2) {
@@ -134,12 +165,12 @@ int fd_write_all(int fd, bool is_socket, const void *head, size_t head_len,
                 chunk[n].iov_len = IO_CHUNK_MAX;
             n++;
         }
-        ssize_t w = fd_writev_nosignal(fd, chunk, n, is_socket);
+        ssize_t w = writev_nosignal(fd, chunk, n, is_socket, flags);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                int r = fd_poll(fd, POLLOUT, NULL);
+                int r = fd_poll_woken(fd, POLLOUT, wake_fd, NULL);
                 if (r < 0)
                     return r;
                 continue;
@@ -182,7 +213,7 @@ bool fd_is_socket(int fd)
 /* Tries the socket call first: a pipe answers ENOTSOCK and takes the pipe path. */
 int fd_write_full(int fd, const void *head, size_t head_len, const void *body, size_t body_len)
 {
-    return fd_write_all(fd, true, head, head_len, body, body_len);
+    return fd_write_all(fd, true, -1, head, head_len, body, body_len);
 }
 
 /* ------------------------------------------------------------------ frames */

@@ -387,6 +387,8 @@ enum fork_slot {
     FORK_POOL,             /* pool.c: child only, resets its list of live pools */
     FORK_MANAGER_CLIENT,   /* manager/client.c: local.mu, its manager connections */
     FORK_SHM,              /* shm.c: local.lock, its mappings */
+    FORK_CONN_CALLS,       /* conn_calls.c: calls.mu, the calls inside conns (a close lets go
+                            * of its conn under it: takes the locks of the slots after) */
     FORK_CONN,             /* conn.c: early.lock, descriptors a read-ahead kept */
     FORK_FDREG,            /* fdreg.c: registry.lock; prepare counts the child as a holder */
     FORK_PROCESS,          /* process.c: rt.lock, children, pidfds, threads */

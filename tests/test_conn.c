@@ -1280,6 +1280,270 @@ static void test_forked_workers_share_one_listener(void **state)
     mp_listener_free(l);
 }
 
+/* ------------------------------------------------------------------ closing under a call */
+
+/* What a thread does inside a conn while another closes it. */
+enum inside_op { INSIDE_RECV, INSIDE_POLL, INSIDE_SEND_BIG, INSIDE_WAIT };
+
+struct inside {
+    mp_conn *c;
+    enum inside_op op;
+    int other_fd;                /* INSIDE_WAIT: a second descriptor that never gets ready */
+    _Atomic pid_t tid;
+    int rc;
+    char error[256];             /* the call's mp_last_error */
+    bool ready[2];
+    pthread_t t;
+};
+
+#define BIG_SEND ((size_t)16 << 20)          /* more than any socket buffer holds */
+
+static void *call_inside(void *p)
+{
+    struct inside *in = p;
+    atomic_store(&in->tid, (pid_t)syscall(SYS_gettid));
+    char buf[64];
+    size_t len;
+    if (in->op == INSIDE_RECV) {
+        in->rc = mp_conn_recv_bytes(in->c, buf, sizeof buf, &len);
+    } else if (in->op == INSIDE_POLL) {
+        in->rc = mp_conn_poll(in->c, 30);
+    } else if (in->op == INSIDE_SEND_BIG) {
+        char *big = calloc(1, BIG_SEND);
+        in->rc = mp_conn_send_bytes(in->c, big, BIG_SEND);
+        free(big);
+    } else {
+        int fds[2] = { mp_conn_fileno(in->c), in->other_fd };
+        in->rc = mp_wait(fds, 2, in->ready, MP_FOREVER);
+    }
+    snprintf(in->error, sizeof in->error, "%s", mp_last_error());
+    return NULL;
+}
+
+/* Starts op on c in a thread and returns once that thread sleeps in the
+ * kernel (inside the call, waiting). */
+static void start_inside(struct inside *in, mp_conn *c, enum inside_op op)
+{
+    in->c = c;
+    in->op = op;
+    in->rc = 1;
+    atomic_store(&in->tid, 0);
+    assert_int_equal(pthread_create(&in->t, NULL, call_inside, in), 0);
+    for (double t0 = tu_now(); !atomic_load(&in->tid) && tu_now() - t0 < 10;)
+        sched_yield();
+    assert_true(tu_wait_asleep(atomic_load(&in->tid), 10));
+}
+
+/* Joins the thread within a bound: a call that closing did not wake fails
+ * here instead of hanging. */
+static int join_inside(struct inside *in)
+{
+    struct timespec at;
+    clock_gettime(CLOCK_REALTIME, &at);
+    at.tv_sec += (time_t)(5 * tu_slow());
+    assert_int_equal(pthread_timedjoin_np(in->t, NULL, &at), 0);
+    return in->rc;
+}
+
+/* Closes c and says how long it took: close returns once the calls inside
+ * have left, so this is how long they took to notice. */
+static double close_timed(mp_conn *c)
+{
+    double t0 = tu_now();
+    mp_conn_close(c);
+    return tu_now() - t0;
+}
+
+#define PROMPT (0.05 * tu_slow())            /* "at once": well under 100 ms */
+
+static void test_close_wakes_a_thread_in_recv_forever(void **state)
+{
+    (void)state;
+    int raw;
+    struct inside in;
+    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_RECV);
+    assert_true(close_timed(in.c) < PROMPT);
+    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
+    assert_non_null(strstr(in.error, "closed by mp_conn_close during the call"));
+    close(raw);
+}
+
+static void test_close_wakes_a_thread_in_poll_with_a_timeout(void **state)
+{
+    (void)state;
+    int raw;
+    struct inside in;
+    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_POLL);
+    assert_true(close_timed(in.c) < PROMPT);
+    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
+    close(raw);
+}
+
+static void test_close_wakes_a_thread_sending_into_a_full_buffer(void **state)
+{
+    (void)state;
+    int raw;
+    struct inside in;
+    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_SEND_BIG);   /* the peer reads nothing */
+    assert_true(close_timed(in.c) < PROMPT);
+    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
+    close(raw);
+}
+
+/* One thread holds the receive lock, the other waits for it; a third
+ * polls. Every one of them leaves. */
+static void test_close_wakes_every_thread_inside(void **state)
+{
+    (void)state;
+    int raw;
+    mp_conn *c = conn_with_raw_peer(&raw);
+    struct inside in[3];
+    start_inside(&in[0], c, INSIDE_RECV);
+    start_inside(&in[1], c, INSIDE_RECV);
+    start_inside(&in[2], c, INSIDE_POLL);
+    assert_true(close_timed(c) < PROMPT);
+    for (int i = 0; i < 3; i++)
+        TU_ASSERT_RC(join_inside(&in[i]), MP_ECLOSED);
+    close(raw);
+}
+
+static void test_close_wakes_mp_wait_and_marks_the_conn_ready(void **state)
+{
+    (void)state;
+    int raw, idle[2];
+    assert_int_equal(pipe2(idle, O_CLOEXEC), 0);
+    struct inside in = { .other_fd = idle[0] };
+    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_WAIT);
+    assert_true(close_timed(in.c) < PROMPT);
+    assert_int_equal(join_inside(&in), 1);
+    assert_true(in.ready[0]);
+    assert_false(in.ready[1]);
+    close(raw);
+    close(idle[0]);
+    close(idle[1]);
+}
+
+/* The peer is a process with a client conn that waits for its end of the
+ * stream: the close wakes our receiver and hangs up on the peer. */
+static int peer_waits_for_eof(void *arg)
+{
+    mp_conn *c;
+    if (mp_client(&c, arg, NULL, 0, 10) != 0)
+        return 2;
+    char buf[8];
+    size_t len;
+    return mp_conn_recv_bytes(c, buf, sizeof buf, &len) == MP_EEOF ? 0 : 3;
+}
+
+static void test_close_wakes_a_receiver_while_the_peer_process_lives(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", NULL, 0));
+    char address[128];
+    snprintf(address, sizeof address, "%s", mp_listener_address(l));
+    mp_process *peer = tu_start_fork(peer_waits_for_eof, address, sizeof address);
+    mp_conn *c;
+    TU_OK(mp_listener_accept(l, &c, 10));
+    struct inside in;
+    start_inside(&in, c, INSIDE_RECV);
+    assert_true(close_timed(c) < PROMPT);
+    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
+    assert_int_equal(tu_join_free(peer, 10), 0);
+    mp_listener_free(l);
+}
+
+/* Calls made after the close fail, even though the conn lives on in a
+ * child and its descriptor number went to another file meanwhile. */
+static int child_holds_until_eof(void *p)
+{
+    int *gate = p;
+    char byte;
+    close(gate[1]);
+    return read(gate[0], &byte, 1) == 0 ? 0 : 1;
+}
+
+static void test_calls_after_close_fail_while_another_process_holds_the_conn(void **state)
+{
+    (void)state;
+    int raw, gate[2];
+    assert_int_equal(pipe2(gate, O_CLOEXEC), 0);
+    mp_conn *c = conn_with_raw_peer(&raw);
+    pid_t pid = tu_fork(child_holds_until_eof, gate);
+    close(gate[0]);
+    int fd = mp_conn_fileno(c);
+    mp_conn_close(c);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    int reuse = dup3(null, fd, O_CLOEXEC);            /* the conn's number, another file now */
+    assert_int_equal(reuse, fd);
+    close(null);
+    char buf[8];
+    size_t len;
+    TU_ASSERT_RC(mp_conn_recv_bytes(c, buf, sizeof buf, &len), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_poll(c, 0), MP_ECLOSED);
+    TU_ASSERT_RC(mp_conn_send_bytes(c, "x", 1), MP_ECLOSED);
+    tu_last_error_has("closed in this process", NULL);
+    mp_conn_close(c);                                  /* a second close: nothing */
+    close(reuse);
+    close(gate[1]);
+    assert_int_equal(tu_wait(pid, 10), 0);
+    close(raw);
+}
+
+/* A child forked while a thread of ours is inside a call gets a working
+ * copy: not closing, no eventfd of ours, and it can send and receive once
+ * our thread has left. */
+static int eventfds_open(void)
+{
+    int n = 0;
+    char path[64], link[64];
+    for (int fd = 0; fd < 1024; fd++) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t k = readlink(path, link, sizeof link - 1);
+        if (k > 0) {
+            link[k] = '\0';
+            n += strstr(link, "eventfd") != NULL;
+        }
+    }
+    return n;
+}
+
+static int child_uses_its_copy(void *p)
+{
+    mp_conn *c = p;
+    if (eventfds_open() != 0)
+        return 1;
+    if (mp_conn_send_bytes(c, "hi", 2) != 0)
+        return 2;
+    char buf[8];
+    size_t len;
+    if (mp_conn_recv_bytes(c, buf, sizeof buf, &len) != 0 || len != 2 || memcmp(buf, "yo", 2))
+        return 3;
+    return mp_conn_poll(c, 0) == 0 ? 0 : 4;
+}
+
+static void test_child_forked_while_a_thread_is_inside_keeps_a_working_conn(void **state)
+{
+    (void)state;
+    int raw;
+    struct inside in;
+    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_RECV);
+    pid_t pid = tu_fork(child_uses_its_copy, in.c);
+    uint8_t frame[6];
+    size_t got = 0;
+    while (got < sizeof frame) {
+        ssize_t r = read(raw, frame + got, sizeof frame - got);
+        assert_true(r > 0);
+        got += (size_t)r;
+    }
+    assert_memory_equal(frame + 4, "hi", 2);           /* the child sent while we were inside */
+    assert_true(close_timed(in.c) < PROMPT);
+    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
+    write_raw(raw, "\0\0\0\2yo", 6);                    /* now the child's receive gets the lock */
+    assert_int_equal(tu_wait(pid, 10), 0);
+    close(raw);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -1333,6 +1597,14 @@ int main(void)
         cmocka_unit_test(test_bad_addresses_are_einval),
         cmocka_unit_test(test_client_reports_refused_and_missing),
         cmocka_unit_test(test_forked_workers_share_one_listener),
+        cmocka_unit_test(test_close_wakes_a_thread_in_recv_forever),
+        cmocka_unit_test(test_close_wakes_a_thread_in_poll_with_a_timeout),
+        cmocka_unit_test(test_close_wakes_a_thread_sending_into_a_full_buffer),
+        cmocka_unit_test(test_close_wakes_every_thread_inside),
+        cmocka_unit_test(test_close_wakes_mp_wait_and_marks_the_conn_ready),
+        cmocka_unit_test(test_close_wakes_a_receiver_while_the_peer_process_lives),
+        cmocka_unit_test(test_calls_after_close_fail_while_another_process_holds_the_conn),
+        cmocka_unit_test(test_child_forked_while_a_thread_is_inside_keeps_a_working_conn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

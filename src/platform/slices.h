@@ -21,6 +21,9 @@
 #define TLOCK_SLICE 0.01
 /* Pipe rings (pipe_ring.c): a sleeper on a ring, and mp_wait over ring ends. */
 #define RING_SLICE 0.1
+/* A call on a conn waiting for its send or receive lock, which another
+ * process may hold: how soon it notices that this process closed the conn. */
+#define CALL_LOCK_SLICE 0.05
 /* Barrier: how soon a party killed while waiting is noticed. */
 #define BARRIER_SLICE 0.1
 /* Manager (manager/): a client waiting on its shared-memory channel notices
