@@ -104,6 +104,10 @@ static int parse_tcp(const char *rest, bool passive, struct sockaddress *out)
     if (!port[0] || *end || p < 0 || p > 65535)
         return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\": port \"%s\" is not a number "
                        "from 0 to 65535", ADDRESS_MAX, rest, port);
+    if (p == 0 && !passive)         /* a SYN to port 0 goes unanswered: the call would hang */
+        return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\": port 0 means \"any free one\" "
+                       "to a listener only; connect to the port it got (mp_listener_address)",
+                       ADDRESS_MAX, rest);
     struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0) };
     struct addrinfo *ai;

@@ -39,6 +39,11 @@ static void test_bad_tcp_and_unix_addresses_say_what_part_is_wrong(void **state)
     tu_last_error_has("has no host", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "unix:", NULL, 0), MP_EINVAL);
     tu_last_error_has("names no path", NULL);
+    TU_ASSERT_RC(mp_client(&c, "tcp:192.0.2.1:0", NULL, 0, MP_FOREVER), MP_EINVAL);
+    tu_last_error_has("mp_client:", "port 0 means \"any free one\" to a listener only", NULL);
+    mp_manager *m;
+    TU_ASSERT_RC(mp_manager_connect(&m, "tcp:192.0.2.1:0", "k", 1), MP_EINVAL);
+    tu_last_error_has("mp_manager_connect:", "port 0", NULL);
     TU_ASSERT_RC(mp_client(&c, "localhost:1", NULL, 0, 1), MP_EINVAL);
     tu_last_error_has("mp_client: address \"localhost:1\" has no scheme", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, NULL, NULL, 0), MP_EINVAL);
