@@ -461,8 +461,9 @@ MP_EXTERN int  mp_future_result(mp_future *f, mp_buf *out, double timeout);
 MP_EXTERN int  mp_future_code(mp_future *f);
 MP_EXTERN int  mp_future_failed_index(mp_future *f, size_t *index);   /* map: lowest failing item;
                                                    MP_ESTATE if none failed or not done */
-MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (result: MP_ECANCELLED),
-                                                   else MP_ESTATE; maps cannot be cancelled */
+MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (result: MP_ECANCELLED)
+                                                   or was cancelled already, else MP_ESTATE;
+                                                   maps cannot be cancelled */
 /* cb runs once f is done: at once in the calling thread if it already is,
  * else on the pool's result thread in the process that created the pool.
  * That thread finishes maps and feeds imap iterators, so there a map of

@@ -257,6 +257,8 @@ int mp_future_cancel(mp_future *f)
             rc = task_finish(f, TASK_QUEUED, MP_ECANCELLED, 0) == 0 ? 0 : MP_ESTATE;
         list_unlock(sh);
     }
+    if (rc != 0 && state_final(atomic_load(&f->state)) && f->rc == MP_ECANCELLED)
+        return 0;                     /* cancelled already: Python's cancel says True again */
     if (rc != 0)
         return mp_fail(rc, __func__, "the task is %s; only one still queued can be cancelled "
                        "(as Python's Future.cancel)", state_final(atomic_load(&f->state)) ?

@@ -385,6 +385,8 @@ static int fail_socket(int rc, const char *fn, const char *verb, const char *add
         hint = strncmp(address, "unix:/", 6) == 0
                    ? "; the file exists: remove a stale one, or pick another path"
                    : "; another socket has it: pick another address, or port 0";
+    else if (rc == -ENOENT && strcmp(verb, "listen on") == 0)
+        hint = "; the socket file's directory does not exist";
     else if (rc == -ECONNREFUSED || rc == -ENOENT)
         hint = "; is the listener started, and is the address the one it reports?";
     else if (rc == -EACCES)

@@ -226,6 +226,15 @@ int mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
     if (rc != 0)
         return rc;
     rc = mp_future_result(f, NULL, MP_FOREVER);
+    size_t i;
+    if ((rc == MP_ETASK || rc == MP_ECRASHED || rc == MP_EKILLED) &&
+        mp_future_failed_index(f, &i) == 0)
+        rc = mp_fail(rc, __func__, "item %zu, the lowest that failed: %s %d (mp_pool_map_async's "
+                     "future gives the index and code: mp_future_failed_index, mp_future_code)",
+                     i, rc == MP_ETASK ? "fn returned the error code"
+                        : rc == MP_ECRASHED ? "the worker running it died, by signal or exit"
+                        : "the pool killed its task (task_timeout, or terminate); code",
+                     mp_future_code(f));
     mp_future_free(f);
     return rc;
 }

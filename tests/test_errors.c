@@ -7,6 +7,8 @@
  */
 #include "testutil.h"
 
+#include <errno.h>
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +39,8 @@ static void test_bad_tcp_and_unix_addresses_say_what_part_is_wrong(void **state)
     tu_last_error_has("port \"http\" is not a number", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "tcp::80", NULL, 0), MP_EINVAL);
     tu_last_error_has("has no host", NULL);
+    TU_ASSERT_RC(mp_listener_new(&l, "unix:/nonexistent-dir-of-mproc/x.sock", NULL, 0), -ENOENT);
+    tu_last_error_has("mp_listener_new:", "the socket file's directory does not exist", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "unix:", NULL, 0), MP_EINVAL);
     tu_last_error_has("names no path", NULL);
     TU_ASSERT_RC(mp_client(&c, "tcp:192.0.2.1:0", NULL, 0, MP_FOREVER), MP_EINVAL);

@@ -36,7 +36,7 @@ static void test_future_cancel_before_start_gives_ecancelled(void **state)
     mp_future *after = submit_int(p, t_square, 6);
     TU_OK(mp_future_cancel(queued));
     TU_ASSERT_RC(mp_future_result(queued, NULL, 0), MP_ECANCELLED);
-    TU_ASSERT_RC(mp_future_cancel(queued), MP_ESTATE);
+    TU_OK(mp_future_cancel(queued));                         /* again: as Python, True */
     assert_true(mp_future_done(queued));
     atomic_store(flag, 1);
     TU_OK(mp_future_wait(busy, 30));

@@ -325,6 +325,11 @@ static void test_pool_map_reports_the_lowest_failing_index(void **state)
         if (in[i] != 7 && in[i] != 13)
             assert_int_equal(out[i], in[i] * in[i]);
     TU_ASSERT_RC(mp_pool_map(p, t_map_mixed, in, 40, sizeof *in, out, sizeof *out, 0), MP_ECRASHED);
+    tu_last_error_has("mp_pool_map: item 27, the lowest that failed: the worker running it died",
+                      "or exit 9", NULL);
+    in[0] = 13;
+    TU_ASSERT_RC(mp_pool_map(p, t_map_mixed, in, 40, sizeof *in, out, sizeof *out, 0), MP_ETASK);
+    tu_last_error_has("mp_pool_map: item 0,", "fn returned the error code 50", NULL);
     mp_pool_free(p);
 }
 
