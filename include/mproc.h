@@ -459,6 +459,11 @@ MP_EXTERN int  mp_future_result(mp_future *f, mp_buf *out, double timeout);
 /* MP_ETASK: fn's return value; MP_ECRASHED: the signal that killed the
  * worker, or its exit status if it called exit(); 0 otherwise. */
 MP_EXTERN int  mp_future_code(mp_future *f);
+/* MP_ECRASHED only: how the worker ended, as mp_process_exitcode tells a
+ * process's (-signal if a signal killed it, else its exit status), so a
+ * signal and an exit() of the same number differ. MP_ESTATE for a task
+ * that is not done or did not crash. */
+MP_EXTERN int  mp_future_exitcode(mp_future *f, int *exitcode);
 MP_EXTERN int  mp_future_failed_index(mp_future *f, size_t *index);   /* map: lowest failing item;
                                                    MP_ESTATE if none failed or not done */
 MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (result: MP_ECANCELLED)

@@ -208,9 +208,13 @@ int mp_future_result(mp_future *f, mp_buf *out, double timeout)
         return mp_fail(f->rc, fn, "the task returned the error code %d (mp_future_code gives it)",
                        f->code);
     case MP_ECRASHED:
-        return mp_fail(f->rc, fn, "the worker process running the task died, by signal %d or "
-                       "exit(%d) (mp_future_code gives it; the pool runs the next tasks in a new "
-                       "worker)", f->code, f->code);
+        if (f->code < 0)
+            return mp_fail(f->rc, fn, "the worker process running the task was killed by signal "
+                           "%d (mp_future_code gives it; the pool runs the next tasks in a new "
+                           "worker)", -f->code);
+        return mp_fail(f->rc, fn, "the worker process running the task exited, with status %d "
+                       "(did the task call exit? mp_future_code gives it; the pool runs the next "
+                       "tasks in a new worker)", f->code);
     case MP_EKILLED:
         return mp_fail(f->rc, fn, "the pool killed the task (its task_timeout passed, or "
                        "mp_pool_terminate)");
@@ -225,7 +229,22 @@ int mp_future_code(mp_future *f)
 {
     if (!future_valid(f) || !state_final(atomic_load(&f->state)))
         return 0;
-    return f->code;
+    return task_code(f->rc, f->code);
+}
+
+int mp_future_exitcode(mp_future *f, int *exitcode)
+{
+    if (!future_valid(f))
+        return mp_fail_handle(__func__, "f", f);
+    if (!exitcode)
+        return mp_fail(MP_EINVAL, __func__, "exitcode is NULL");
+    if (!state_final(atomic_load(&f->state)))
+        return mp_fail(MP_ESTATE, __func__, "the task has not finished; wait for it first");
+    if (f->rc != MP_ECRASHED)
+        return mp_fail(MP_ESTATE, __func__, "the task's worker did not die under it (its "
+                       "result is %s)", mp_errname(f->rc));
+    *exitcode = f->code;
+    return 0;
 }
 
 int mp_future_failed_index(mp_future *f, size_t *index)

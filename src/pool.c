@@ -626,7 +626,8 @@ static bool post_death(mp_pool *p, int slot)
     n->f = w->owed_f;
     n->id = w->owed_id;
     n->rc = ours ? MP_EKILLED : MP_ECRASHED;
-    n->code = status == MP_EXITCODE_UNKNOWN ? 0 : status < 0 ? -status : status;
+    n->code = status == MP_EXITCODE_UNKNOWN ? 0               /* a crash's signed: task_code */
+            : ours && status < 0 ? -status : status;
     n->next = p->notices;
     p->notices = n;
     return true;

@@ -109,6 +109,15 @@ struct job {                            /* a map or imap, in the arena */
 
 static inline bool state_final(uint32_t s) { return (s & TASK_BASE) == TASK_FINAL; }
 
+/* A task's code as callers see it (mp_future_code, mp_iter_code): for
+ * MP_ECRASHED the code is kept signed as mp_process_exitcode gives a
+ * worker's end (-signal, or the exit status), and shown as its size;
+ * mp_future_exitcode gives the sign too. */
+static inline int task_code(int rc, int code)
+{
+    return rc == MP_ECRASHED && code < 0 ? -code : code;
+}
+
 mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len);
 void task_free(mp_future *f);
 bool future_valid(const mp_future *f);   /* a live handle: not freed by its caller */

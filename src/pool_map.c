@@ -232,8 +232,10 @@ int mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
         rc = mp_fail(rc, __func__, "item %zu, the lowest that failed: %s %d (mp_pool_map_async's "
                      "future gives the index and code: mp_future_failed_index, mp_future_code)",
                      i, rc == MP_ETASK ? "fn returned the error code"
-                        : rc == MP_ECRASHED ? "the worker running it died, by signal or exit"
-                        : "the pool killed its task (task_timeout, or terminate); code",
+                        : rc == MP_EKILLED ? "the pool killed its task (task_timeout, or "
+                                             "terminate); code"
+                        : f->code < 0 ? "the worker running it was killed by signal"
+                        : "the worker running it exited with status",
                      mp_future_code(f));
     mp_future_free(f);
     return rc;
@@ -611,7 +613,7 @@ static int take_record(mp_iter *it, struct segment *s, struct segment **link, si
     }
     s->off += RECORD_SIZE(r.len);
     it->emitted++;
-    it->last_code = r.code;
+    it->last_code = task_code(r.rc, r.code);
     if (index)
         *index = (size_t)r.index;
     if (s->off == s->len) {
