@@ -11,6 +11,9 @@
 #include "process_internal.h"
 #include "fdreg.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -453,6 +456,7 @@ static mp_process *current_record(void)
         if (p) {
             p->magic = MAGIC_PROCESS;
             atomic_store(&p->state, PROC_RUNNING);
+            atomic_store(&p->started, 1);
             p->pid = getpid();
             strcpy(p->name, "MainProcess");
             rt.current = p;
@@ -861,7 +865,47 @@ int mp_process_start(mp_process *p)
         process_publish_exit(p, 0); /* already reaped by the kernel: SIGCHLD ignored */
     }
     runtime_unlock();
+    atomic_store(&p->started, 1);   /* the child exists: other threads' calls go on */
+    futex_wake(&p->started, INT_MAX);
     return mp_fail_code(rc, fn);
+}
+
+/* How often a call waiting for another thread's start looks whether the
+ * starting process still lives. */
+#define START_LOOK_S 0.01
+
+/* p's start may be under way in another thread (or process): its state
+ * says RUNNING from the starter's CAS on, but its pid is known only once
+ * the child exists, and a signal, join or look by pid before that would
+ * aim at pid 0 (kill(0) signals our whole process group). Waits until the
+ * start has its child, failed (NEW again, or DONE), or d passes:
+ * 0, MP_ETIMEDOUT, or MP_ESTATE if the starting process died first. */
+static int wait_started(const mp_process *p, const mp_deadline *d)
+{
+    mp_process *q = (mp_process *)p;
+    while (atomic_load(&q->state) == PROC_RUNNING && !atomic_load(&q->started)) {
+        if (deadline_passed(d))
+            return MP_ETIMEDOUT;
+        pid_t by = q->creator;
+        if (by > 0 && by != rt.pid && kill(by, 0) != 0 && errno == ESRCH)
+            return MP_ESTATE;
+        mp_deadline slice = deadline_in(START_LOOK_S);
+        if (deadline_left(d) < deadline_left(&slice))
+            slice = *d;
+        futex_wait(&q->started, 0, &slice);
+    }
+    return 0;
+}
+
+/* wait_started without a deadline, for the calls that take none: the
+ * message for a starter that died first, or 0. */
+static int started_or_fail(const mp_process *p, const char *fn)
+{
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    if (wait_started(p, &forever) == 0)
+        return 0;
+    return mp_fail(MP_ESTATE, fn, "process \"%s\" was being started by a process that died "
+                   "before its child existed", p->name);
 }
 
 static int wait_published(mp_process *p, const mp_deadline *d)
@@ -926,12 +970,20 @@ int mp_process_join(mp_process *p, double timeout)
     int rc = join(p, timeout);
     if (rc == MP_ETIMEDOUT)
         return mp_fail(rc, fn, "process \"%s\" still runs after %g s", p->name, timeout);
+    if (rc == MP_ESTATE)
+        return mp_fail(rc, fn, "process \"%s\" has no child: its start, under way in another "
+                       "thread, failed or died with the process making it", p->name);
     return mp_fail_code(rc, fn);
 }
 
 static int join(mp_process *p, double timeout)
 {
     mp_deadline d = deadline_in(timeout);
+    int rc = wait_started(p, &d);
+    if (rc != 0)
+        return rc;
+    if (atomic_load(&p->state) == PROC_NEW)
+        return MP_ESTATE;           /* its start failed meanwhile */
     if (fs_child(p))
         return wait_published(p, &d);   /* ours, reaped by the fork server */
     for (;;) {
@@ -974,6 +1026,8 @@ bool mp_process_is_alive(mp_process *p)
         return false;
     if (p == rt.current)
         return true;
+    if (started_or_fail(p, __func__) != 0)
+        return false;
     if (atomic_load(&p->state) != PROC_RUNNING || ended_now(p))
         return false;
     if (i_reap(p) || fs_child(p))
@@ -989,6 +1043,10 @@ static int send_signal(mp_process *p, int sig, const char *fn)
     const char *why = not_joinable(p);
     if (why)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
+    if (started_or_fail(p, fn) != 0)
+        return MP_ESTATE;
+    if (atomic_load(&p->state) == PROC_NEW)
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, not_joinable(p));
     if (atomic_load(&p->state) == PROC_DONE)
         return 0;                   /* finished: nothing to do (as Python) */
     runtime_lock();
@@ -1026,6 +1084,8 @@ int mp_process_exitcode(mp_process *p, int *code)
         return mp_fail(MP_EINVAL, fn, "code (where the exit code goes) is NULL");
     if (atomic_load(&p->state) == PROC_NEW)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" was never started", p->name);
+    if (started_or_fail(p, fn) != 0)
+        return MP_ESTATE;
     if (ended_now(p)) {
         *code = p->exitcode;
         return 0;
@@ -1044,6 +1104,8 @@ int mp_process_exitcode(mp_process *p, int *code)
 pid_t mp_process_pid(const mp_process *p)
 {
     if (!valid(p) || atomic_load(&p->state) == PROC_NEW)
+        return 0;
+    if (p != rt.current && started_or_fail(p, __func__) != 0)
         return 0;
     return p == rt.current ? rt.pid : p->pid;
 }
@@ -1065,6 +1127,10 @@ int mp_process_sentinel(const mp_process *p)
     const char *why = not_joinable(p);
     if (why)
         return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, why);
+    if (started_or_fail(p, __func__) != 0)
+        return MP_ESTATE;
+    if (atomic_load(&p->state) == PROC_NEW)
+        return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, not_joinable(p));
     runtime_lock();
     int fd = fd_for((mp_process *)p);
     runtime_unlock();
@@ -1079,6 +1145,8 @@ int mp_process_free(mp_process *p)
         return mp_fail_handle(__func__, "p", p);
     if (p == rt.current)
         return mp_fail(MP_ESTATE, __func__, "p is the calling process itself");
+    if (started_or_fail(p, __func__) != 0)
+        return MP_ESTATE;
     if (atomic_load(&p->state) == PROC_RUNNING && !ended_now(p))
         return mp_fail(MP_ESTATE, __func__, "process \"%s\" is still running; join it (or "
                        "kill and join it) first", p->name);

@@ -5,7 +5,9 @@
 
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -473,6 +475,67 @@ static void test_join_returns_when_sigchld_is_ignored(void **state)
     assert_int_equal(tu_wait(tu_fork(starts_with_sigchld_ignored, NULL), 30), 0);
 }
 
+/* ------------------------------------------------------------------ calls during a start */
+
+static int sleeps_then_exits_5(void *arg)
+{
+    (void)arg;
+    usleep(300 * 1000);
+    return 5;
+}
+
+static void *starts_it(void *p)
+{
+    return (void *)(intptr_t)mp_process_start(p);
+}
+
+/* In its own process group (so that a signal to "pid 0" could only hit
+ * it): another thread starts a process while this one kills it (what
+ * 'k'), or joins it ('j'), as soon as it is no longer "never started".
+ * The call must wait for the start, then act on the child itself. */
+static int call_during_start(void *arg)
+{
+    int what = (int)(intptr_t)arg >> 8, method = (int)(intptr_t)arg & 0xff;
+    setpgid(0, 0);
+    mp_process *p;
+    if (mp_process_new(&p, sleeps_then_exits_5, NULL, &(mp_process_opts){ .method = method }))
+        return 10;
+    pthread_t t;
+    if (pthread_create(&t, NULL, starts_it, p) != 0)
+        return 11;
+    int rc;
+    double until = tu_now() + 10;
+    do                                  /* MP_ESTATE: not started yet */
+        rc = what == 'k' ? mp_process_kill(p) : mp_process_join(p, 30);
+    while (rc == MP_ESTATE && tu_now() < until);
+    void *started;
+    pthread_join(t, &started);
+    if (rc != 0 || started != NULL)
+        return 12;
+    int code = 0;
+    if (what == 'j' && (mp_process_exitcode(p, &code) != 0 || code != 5))
+        return 13;           /* joined before the child ended */
+    if (mp_process_join(p, 30) != 0 || mp_process_exitcode(p, &code) != 0)
+        return 14;
+    if (what == 'k' && code != -SIGKILL && code != 5)
+        return 15;
+    return mp_process_free(p) == 0 ? 0 : 16;
+}
+
+static void test_kill_and_join_during_another_threads_start_wait_for_the_child(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND)            /* spawn and forkserver need pidfd_open */
+        skip();
+    mp_start_method methods[] = { MP_FORK, MP_SPAWN, MP_FORKSERVER };
+    for (int round = 0; round < 3; round++)
+        for (int m = 0; m < 3; m++)
+            for (int what = 'j'; what <= 'k'; what++) {
+                intptr_t arg = what << 8 | methods[m];
+                assert_int_equal(tu_wait(tu_fork(call_during_start, (void *)arg), 60), 0);
+            }
+}
+
 static void test_start_method_defaults_to_fork_and_can_be_set(void **state)
 {
     (void)state;
@@ -578,6 +641,7 @@ int main(void)
     tu_watchdog(120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_process_exit_code_is_targets_return_value),
+        cmocka_unit_test(test_kill_and_join_during_another_threads_start_wait_for_the_child),
         cmocka_unit_test(test_process_arg_size_copies_the_bytes),
         cmocka_unit_test(test_process_arg_without_size_is_passed_unchanged),
         cmocka_unit_test(test_process_knows_its_name_pid_and_parent),
