@@ -1281,7 +1281,8 @@ static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr
  * copied into a new one): killed after the commit, the taker leaks it. */
 static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, void *buf,
                       size_t cap, size_t *len, mp_buf *out, void **shared,
-                      const struct follow *f, void **big, struct taker *t, lazy_deadline *d)
+                      const struct follow *f, void **big, void *_Atomic **held,
+                      struct taker *t, lazy_deadline *d)
 {
     size_t n = header_len(hdr);
     uint64_t kind = header_kind(hdr);
@@ -1324,11 +1325,17 @@ static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, v
         ring_read(s, head + REC_HEADER, buf, n);
     }
     hook("get_copied");
+    /* From the commit on, the big block is ours alone to free: in hand,
+     * so that our reaper frees it should we die before we do. The slot is
+     * claimed first, so that only one store follows the commit. */
+    *held = src ? hand_claim() : NULL;
     uint64_t after = record_end(head, n, kind);
     uint64_t count = q->get.count + 1;
     uint64_t got = t ? atomic_load_explicit(&t->got, memory_order_relaxed) + 1 : 0;
     journal_write(&q->get.j, s, after, count, t, got);
     atomic_store_explicit(&q->gets, count, memory_order_release);   /* commit */
+    if (*held)
+        atomic_store_explicit(*held, src, memory_order_release);
     q->get.count = count;
     hook("get_committed");
     if (t)
@@ -1347,6 +1354,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     struct follow f = { 0 };
     struct get_wait wait = { .q = q };
     void *big = NULL;
+    void *_Atomic *held = NULL;
     bool sleepers = false;
     int rc;
     for (;;) {
@@ -1360,7 +1368,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         struct seg *s = next_record_locked(q, &head, &hdr, &wait.watch);
         if (hdr)
             rc = get_locked(q, s, head, hdr, buf, cap, len, out, shared, &f, &big,
-                            taker_locked(q), &d);
+                            &held, taker_locked(q), &d);
         else
             rc = closed ? MP_EEOF : MP_EEMPTY;
         if (rc == 0 && q->maxsize)
@@ -1382,7 +1390,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
     if (sleepers)
         wake(&q->not_full);
     if (rc == 0)
-        arena_free(big);
+        hand_free(held, big);
     return rc;
 }
 
