@@ -333,12 +333,14 @@ MP_EXTERN int  mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len
 MP_EXTERN int  mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen);            /* maxlen 0: no limit */
 MP_EXTERN int  mp_conn_poll(mp_conn *c, double timeout);     /* 1 data ready (or EOF), 0 none */
 MP_EXTERN int  mp_conn_fileno(const mp_conn *c);
-/* Closes this process's copy. Threads of this process inside a call on a
- * socket conn (recv, poll, send, mp_wait) return MP_ECLOSED at once (a
- * send cut short leaves a partial frame: the other holders' stream is
- * broken); close returns once they have left, and later calls on c in
- * this process fail (MP_ECLOSED, or MP_EINVAL once c is freed). In
- * CPython, closing does not wake them. */
+/* Closes this process's copy. Threads of this process inside a call on c
+ * (recv, poll, send, mp_wait; socket conns and mp_pipe ends alike) return
+ * MP_ECLOSED at once (a send cut short leaves a partial frame: the other
+ * holders' stream is broken, and ends there); close returns once they
+ * have left, and later calls on c in this process fail (MP_ECLOSED, or
+ * MP_EINVAL once c is freed; c is a pointer, so once a new conn is made
+ * at its address, as free() would allow, it names that one). In CPython,
+ * closing does not wake them. */
 MP_EXTERN void mp_conn_close(mp_conn *c);
 MP_EXTERN int  mp_wait(const int *fds, size_t n, bool *ready, double timeout);      /* count ready */
 /* Python's reduction.send_handle/recv_handle: a descriptor passed over a

@@ -589,10 +589,7 @@ void mp_conn_close(mp_conn *c)
 {
     if (conn_check(c) != 0)
         return;
-    if (c->shm)
-        conn_release(c);
-    else
-        calls_close(c);
+    calls_close(c);
 }
 
 /* ------------------------------------------------------------------ descriptors */
@@ -1011,7 +1008,7 @@ static void wait_enter(const int *fds, size_t n, struct waited *w)
     for (size_t i = 0; i < n; i++) {
         mp_conn *c = conn_of_fd(fds[i]);
         int rc = 0;
-        w[i].loc = c && !c->shm ? calls_enter(c, fds[i], &rc) : NULL;
+        w[i].loc = c ? calls_enter(c, fds[i], &rc) : NULL;
         w[i].closed = rc == MP_ECLOSED;
     }
 }

@@ -116,15 +116,24 @@ static struct conn_local *local_new(const mp_conn *c, int state)
     return loc;
 }
 
-/* Under calls.mu: wakes the calls inside loc. */
-static void local_wake(struct conn_local *loc)
+/* Under calls.mu: rings loc's eventfd, if it has one. */
+static void local_ring(struct conn_local *loc)
 {
-    atomic_store(&loc->state, CONN_CLOSING);
     uint64_t one = 1;
     if (loc->wake_fd >= 0) {
         ssize_t w = write(loc->wake_fd, &one, sizeof one);
         MP_UNUSED(w);
     }
+}
+
+/* Under calls.mu: wakes the calls inside loc (a pipe end's writers wait
+ * for room on a futex word, not on a descriptor). */
+static void local_wake(struct conn_local *loc)
+{
+    atomic_store(&loc->state, CONN_CLOSING);
+    local_ring(loc);
+    if (loc->c->shm)
+        pipe_wake_writers(loc->c);
 }
 
 /* Under calls.mu, the calls inside gone: lets go of c in this process
@@ -182,7 +191,7 @@ struct conn_local *calls_enter(const mp_conn *c, int fd, int *rc)
         *rc = MP_ENOMEM;
     else if (loc->c != c || atomic_load(&loc->state) != CONN_OPEN)
         *rc = MP_ECLOSED;          /* closed here, or its number is another conn's now */
-    if (*rc == 0 && loc->wake_fd < 0)
+    if (*rc == 0 && loc->wake_fd < 0 && !c->shm)   /* a pipe end's: when it first sleeps */
         *rc = local_wake_fd(loc, fd);
     if (*rc == 0)
         loc->users++;
@@ -212,27 +221,31 @@ void calls_leave(struct conn_local *loc)
     calls_unlock();
 }
 
-int calls_wake_fd(const struct conn_local *loc)
+int calls_wake_fd(struct conn_local *loc)
 {
-    return loc ? loc->wake_fd : -1;
+    if (!loc || loc->wake_fd >= 0 || !loc->c->shm)
+        return loc ? loc->wake_fd : -1;
+    calls_lock();                 /* a pipe end about to sleep: its eventfd now */
+    if (loc->wake_fd < 0 && local_wake_fd(loc, loc->c->h.fd) == 0 &&
+        atomic_load(&loc->state) != CONN_OPEN)
+        local_ring(loc);          /* closed before it had one */
+    calls_unlock();
+    return loc->wake_fd;
 }
 
-/* A ring end has no record (its waits are sliced and see its descriptor
- * go): its calls, the fastest, touch no thread-local either. */
 int call_enter(mp_conn *c)
 {
     int rc = 0;
-    if (!c->shm)
-        call_now = calls_enter(c, c->h.fd, &rc);
+    call_now = calls_enter(c, c->h.fd, &rc);
     return rc;
 }
 
 void call_leave(const mp_conn *c)
 {
-    if (!c->shm && call_now)
+    (void)c;
+    if (call_now)
         calls_leave(call_now);
-    if (!c->shm)
-        call_now = NULL;
+    call_now = NULL;
 }
 
 bool call_closed(void)
@@ -254,8 +267,7 @@ int call_poll(int fd, short events, const mp_deadline *d)
  * the wait looks at the close every CALL_LOCK_SLICE. */
 int call_lock(const mp_conn *c, rmutex *m, const mp_deadline *d)
 {
-    if (c->shm)
-        return rmutex_lock(m, d);
+    (void)c;
     int rc = rmutex_trylock(m);
     while (rc == MP_ETIMEDOUT && call_now) {
         double left = d->forever ? CALL_LOCK_SLICE : deadline_left(d);

@@ -56,8 +56,8 @@ _Static_assert(READ_AHEAD <= UINT32_MAX, "ahead_len and ahead_pos are 32-bit");
 
 /* ------------------------------------------------------------------ conn_calls.c */
 
-/* This process's calls inside its descriptor conns (the ends of mp_pipe
- * have none: their waits are sliced and see their descriptor go). A
+/* This process's calls inside its conns (the ends of mp_pipe too: their
+ * eventfd is made when one of their calls first sleeps). A
  * public call brackets its work with call_enter (0, MP_ECLOSED once c is
  * closed in this process, MP_ENOMEM) and call_leave, whatever happened in
  * between; its waits go through call_poll and call_lock (or watch
@@ -79,7 +79,7 @@ void calls_close(mp_conn *c);
 void calls_claim(const mp_conn *c, int fd);
 struct conn_local;
 struct conn_local *calls_enter(const mp_conn *c, int fd, int *rc);
-int calls_wake_fd(const struct conn_local *loc);
+int calls_wake_fd(struct conn_local *loc);
 void calls_leave(struct conn_local *loc);
 void conn_release(mp_conn *c);      /* conn.c: this process's hold on c goes */
 
@@ -105,6 +105,9 @@ void pipe_shm_discard(struct pipe_shm *s, void *_Atomic *held[PIPE_HELD]);  /* n
  * stream (torn). */
 int pipe_send(mp_conn *c, const uint8_t *head, size_t head_len, const void *body, size_t len);
 void pipe_take_over(mp_conn *c);
+/* Wakes the writers of this process (and, spuriously, of others) asleep
+ * for room in c's out ring, so they look whether c was closed. */
+void pipe_wake_writers(const mp_conn *c);
 
 /* Under recv_lock: n bytes of the in ring into dst (NULL: dropped), waiting
  * for them; MP_EEOF when the writers are gone first. pipe_begin_frame makes

@@ -209,7 +209,7 @@ static int doorbell_wait(mp_conn *c, const mp_deadline *d, uint64_t since)
         return 0;
     double left = d ? deadline_left(d) : RING_SLICE;
     mp_deadline slice = deadline_in(left < RING_SLICE ? left : RING_SLICE);
-    int r = fd_poll(c->h.fd, POLLIN, &slice);
+    int r = call_poll(c->h.fd, POLLIN, &slice);    /* or a close in this process */
     if (r < 0)
         return r == -EBADF ? MP_ECLOSED : r;
     if (r > 0)
@@ -326,13 +326,24 @@ static int ring_wait_room(mp_conn *c, uint64_t n)
             return 0;
         if (atomic_load(&c->shm->closed[c->side ^ 1]))
             return -EPIPE;
+        if (call_closed())
+            return MP_ECLOSED;
         mp_deadline slice = deadline_in(RING_SLICE);
-        if (futex_wait(&r->writer_sleeps, v, &slice) == MP_ETIMEDOUT) {
+        int slept = futex_wait(&r->writer_sleeps, v, &slice);
+        if (call_closed())                 /* closed in this process: pipe_wake_writers */
+            return MP_ECLOSED;
+        if (slept == MP_ETIMEDOUT) {
             int rc = ring_peer_gone(c);
             if (rc != 0)
                 return rc;
         }
     }
+}
+
+void pipe_wake_writers(const mp_conn *c)
+{
+    if (c->out)
+        futex_wake(&c->out->writer_sleeps, INT_MAX);
 }
 
 /* Copies n bytes of the message (head then body) from offset at on into

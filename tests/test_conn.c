@@ -1423,6 +1423,52 @@ static void test_close_wakes_mp_wait_and_marks_the_conn_ready(void **state)
     close(idle[1]);
 }
 
+/* The same for the ends of mp_pipe, whose calls wait on its rings: each
+ * call inside leaves at once, and none touches the end's descriptor
+ * number afterwards, which the next descriptor made takes (it reads a
+ * pipe(2) made there right after the close, whose bytes stay whole). */
+static void test_close_wakes_every_call_inside_a_pipe_end(void **state)
+{
+    (void)state;
+    enum inside_op ops[] = { INSIDE_RECV, INSIDE_POLL, INSIDE_SEND_BIG, INSIDE_WAIT };
+    for (size_t k = 0; k < 5; k++) {
+        mp_conn *a, *b;
+        TU_OK(mp_pipe(&a, &b, true));
+        int idle[2];
+        assert_int_equal(pipe2(idle, O_CLOEXEC), 0);
+        struct inside in[2] = { { .other_fd = idle[0] }, { .other_fd = idle[0] } };
+        int n = k < 4 ? 1 : 2;             /* the last round: two receivers at once */
+        for (int i = 0; i < n; i++)
+            start_inside(&in[i], a, k < 4 ? ops[k] : INSIDE_RECV);
+        int fd = mp_conn_fileno(a);
+        assert_true(close_timed(a) < PROMPT);
+        int next[2];
+        assert_int_equal(pipe2(next, O_CLOEXEC), 0);
+        assert_true(next[0] == fd || next[1] == fd);   /* the number went to it */
+        assert_int_equal(write(next[1], "whole", 5), 5);
+        for (int i = 0; i < n; i++) {
+            int rc = join_inside(&in[i]);
+            if (ops[k % 4] == INSIDE_WAIT) {
+                assert_int_equal(rc, 1);
+                assert_true(in[i].ready[0]);
+            } else {
+                TU_ASSERT_RC(rc, MP_ECLOSED);
+            }
+        }
+        char got[8];
+        assert_int_equal(read(next[0], got, sizeof got), 5);
+        assert_memory_equal(got, "whole", 5);
+        mp_buf rest = { 0 };               /* a send cut short ends the stream, cleanly */
+        TU_ASSERT_RC(mp_conn_recv_buf(b, &rest, 0), MP_EEOF);
+        mp_buf_free(&rest);
+        mp_conn_close(b);
+        for (int i = 0; i < 2; i++) {
+            close(next[i]);
+            close(idle[i]);
+        }
+    }
+}
+
 /* The peer is a process with a client conn that waits for its end of the
  * stream: the close wakes our receiver and hangs up on the peer. */
 static int peer_waits_for_eof(void *arg)
@@ -1602,6 +1648,7 @@ int main(void)
         cmocka_unit_test(test_close_wakes_a_thread_sending_into_a_full_buffer),
         cmocka_unit_test(test_close_wakes_every_thread_inside),
         cmocka_unit_test(test_close_wakes_mp_wait_and_marks_the_conn_ready),
+        cmocka_unit_test(test_close_wakes_every_call_inside_a_pipe_end),
         cmocka_unit_test(test_close_wakes_a_receiver_while_the_peer_process_lives),
         cmocka_unit_test(test_calls_after_close_fail_while_another_process_holds_the_conn),
         cmocka_unit_test(test_child_forked_while_a_thread_is_inside_keeps_a_working_conn),
