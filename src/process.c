@@ -835,7 +835,8 @@ int mp_process_start(mp_process *p)
     int pidfd = -1;
     rc = prepare(p, method);
     p->parent = me;
-    p->creator = rt.pid;
+    /* atomic: wait_started reads it while the start is under way */
+    __atomic_store_n(&p->creator, rt.pid, __ATOMIC_RELAXED);
     if (rc == 0) {
         fflush(NULL);               /* or buffered output is printed twice */
         if (method == MP_FORK)
@@ -886,7 +887,7 @@ static int wait_started(const mp_process *p, const mp_deadline *d)
     while (atomic_load(&q->state) == PROC_RUNNING && !atomic_load(&q->started)) {
         if (deadline_passed(d))
             return MP_ETIMEDOUT;
-        pid_t by = q->creator;
+        pid_t by = __atomic_load_n(&q->creator, __ATOMIC_RELAXED);
         if (by > 0 && by != rt.pid && kill(by, 0) != 0 && errno == ESRCH)
             return MP_ESTATE;
         mp_deadline slice = deadline_in(START_LOOK_S);
