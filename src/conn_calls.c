@@ -27,35 +27,49 @@
 
 enum { CONN_OPEN, CONN_CLOSING, CONN_CLOSED };
 
+/* A call enters and leaves without the lock while its conn is open (one
+ * atomic add each way): it counts itself in users, then looks at state;
+ * a close sets state, then looks at users (both seq_cst, so one of them
+ * sees the other), and the last call to leave a closing conn takes the
+ * lock to tell it. So a record, once reachable, is never freed while this
+ * process may still use it (a reset gives it to the next conn of its
+ * number; only a fork's child, with one thread, frees them), and the
+ * table is never moved under a reader (a bigger one replaces it; the old
+ * ones are kept). Everything else is under calls.mu. */
 struct conn_local {
-    const mp_conn *c;
-    int wake_fd;                 /* an eventfd, readable once c is closed here; -1: none yet */
-    int users;                   /* calls inside, under calls.mu */
-    _Atomic int state;           /* CONN_*: a call looks at it without the lock */
+    _Atomic(const mp_conn *) c;
+    _Atomic int wake_fd;         /* an eventfd, readable once c is closed here; -1: none yet */
+    _Atomic int users;           /* calls inside */
+    _Atomic int state;           /* CONN_* */
     bool leaver_ends;            /* close stopped waiting: the last call to leave ends it */
     bool detached;               /* out of the table (its number went to a new conn) */
     struct conn_local *next_detached;
 };
 
+struct table {
+    struct table *older;         /* replaced, kept for readers that still see it */
+    size_t cap;
+    struct conn_local *_Atomic at[];   /* by descriptor number */
+};
+
 static struct {
     pthread_mutex_t mu;          /* everything here; a close releases its conn under it */
     pthread_cond_t left;         /* a call of a closing conn left */
-    struct conn_local **at;      /* by descriptor number */
-    size_t cap;
+    struct table *_Atomic table;
     struct conn_local *detached; /* records with calls still inside, out of the table */
-} calls = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, NULL };
+} calls = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL };
 
 /* The record of the call this thread is in (the public calls enter one
  * conn each), for its waits and its error message. */
-static __thread struct conn_local *call_now;
+static MP_TLS_HOT struct conn_local *call_now;
 
 static void calls_lock(void) { pthread_mutex_lock(&calls.mu); }
 static void calls_unlock(void) { pthread_mutex_unlock(&calls.mu); }
 
 static void local_free(struct conn_local *loc)
 {
-    if (loc->wake_fd >= 0)
-        close(loc->wake_fd);
+    if (atomic_load(&loc->wake_fd) >= 0)
+        close(atomic_load(&loc->wake_fd));
     free(loc);
 }
 
@@ -65,11 +79,12 @@ static void local_free(struct conn_local *loc)
  * way, whose conn the child still holds. Tombstones stay true. */
 static void calls_fork_child(void)
 {
-    for (size_t fd = 0; fd < calls.cap; fd++) {
-        struct conn_local *loc = calls.at[fd];
+    struct table *t = atomic_load(&calls.table);
+    for (size_t fd = 0; t && fd < t->cap; fd++) {
+        struct conn_local *loc = atomic_load(&t->at[fd]);
         if (loc && atomic_load(&loc->state) != CONN_CLOSED) {
             local_free(loc);
-            calls.at[fd] = NULL;
+            atomic_store(&t->at[fd], NULL);
         }
     }
     while (calls.detached) {
@@ -88,40 +103,66 @@ MP_SETUP_CONSTRUCTOR static void calls_fork_hooks(void)
 
 /* Under calls.mu: the slot of descriptor fd, the table grown to hold it;
  * NULL without memory. */
-static struct conn_local **slot_of(int fd)
+static struct conn_local *_Atomic *slot_of(int fd)
 {
     size_t want = (size_t)fd + 1;
-    if (want > calls.cap) {
-        size_t cap = calls.cap ? calls.cap : 64;
+    struct table *t = atomic_load(&calls.table);
+    if (!t || want > t->cap) {
+        size_t cap = t ? t->cap : 64;
         while (cap < want)
             cap *= 2;
-        struct conn_local **at = realloc(calls.at, cap * sizeof *at);
-        if (!at)
+        struct table *n = calloc(1, sizeof *n + cap * sizeof n->at[0]);
+        if (!n)
             return NULL;
-        memset(at + calls.cap, 0, (cap - calls.cap) * sizeof *at);
-        calls.at = at;
-        calls.cap = cap;
+        n->cap = cap;
+        n->older = t;
+        for (size_t i = 0; t && i < t->cap; i++)
+            atomic_init(&n->at[i], atomic_load(&t->at[i]));
+        atomic_store_explicit(&calls.table, n, memory_order_release);
+        t = n;
     }
-    return &calls.at[fd];
+    return &t->at[fd];
+}
+
+/* The record at descriptor number fd, without the lock (NULL: none). */
+static struct conn_local *record_at(int fd)
+{
+    struct table *t = atomic_load_explicit(&calls.table, memory_order_acquire);
+    if (!t || fd < 0 || (size_t)fd >= t->cap)
+        return NULL;
+    return atomic_load_explicit(&t->at[fd], memory_order_acquire);
 }
 
 static struct conn_local *local_new(const mp_conn *c, int state)
 {
     struct conn_local *loc = calloc(1, sizeof *loc);
     if (loc) {
-        loc->c = c;
-        loc->wake_fd = -1;
+        atomic_init(&loc->c, c);
+        atomic_init(&loc->wake_fd, -1);
         atomic_init(&loc->state, state);
     }
     return loc;
+}
+
+/* Under calls.mu, nobody inside: loc is c's now (a call of the conn it
+ * was, should one be about to count itself, sees c and goes away). */
+static void local_reset(struct conn_local *loc, const mp_conn *c)
+{
+    int fd = atomic_exchange(&loc->wake_fd, -1);
+    if (fd >= 0)
+        close(fd);
+    loc->leaver_ends = false;
+    atomic_store(&loc->c, c);
+    atomic_store(&loc->state, CONN_OPEN);
 }
 
 /* Under calls.mu: rings loc's eventfd, if it has one. */
 static void local_ring(struct conn_local *loc)
 {
     uint64_t one = 1;
-    if (loc->wake_fd >= 0) {
-        ssize_t w = write(loc->wake_fd, &one, sizeof one);
+    int fd = atomic_load(&loc->wake_fd);
+    if (fd >= 0) {
+        ssize_t w = write(fd, &one, sizeof one);
         MP_UNUSED(w);
     }
 }
@@ -132,8 +173,9 @@ static void local_wake(struct conn_local *loc)
 {
     atomic_store(&loc->state, CONN_CLOSING);
     local_ring(loc);
-    if (loc->c->shm)
-        pipe_wake_writers(loc->c);
+    const mp_conn *c = atomic_load(&loc->c);
+    if (c->shm)
+        pipe_wake_writers(c);
 }
 
 /* Under calls.mu, the calls inside gone: lets go of c in this process
@@ -143,26 +185,28 @@ static void local_end(struct conn_local *loc, mp_conn *c)
 {
     atomic_store(&loc->state, CONN_CLOSED);
     loc->leaver_ends = false;
-    if (loc->wake_fd >= 0)
-        close(loc->wake_fd);
-    loc->wake_fd = -1;
+    int fd = atomic_exchange(&loc->wake_fd, -1);
+    if (fd >= 0)
+        close(fd);
     conn_release(c);
 }
 
 void calls_claim(const mp_conn *c, int fd)
 {
     calls_lock();
-    struct conn_local **at = slot_of(fd), *old = at ? *at : NULL;
-    if (old && old->users > 0) {          /* its descriptor was closed behind its back */
+    struct conn_local *_Atomic *at = slot_of(fd);
+    struct conn_local *old = at ? atomic_load(at) : NULL;
+    if (old && atomic_load(&old->users) > 0) {   /* its descriptor was closed behind its back */
         local_wake(old);
-        old->detached = true;
+        old->detached = true;            /* kept: calls of it may still look */
         old->next_detached = calls.detached;
         calls.detached = old;
+        atomic_store(at, local_new(c, CONN_OPEN));   /* without memory: made on first use */
     } else if (old) {
-        local_free(old);
+        local_reset(old, c);
+    } else if (at) {
+        atomic_store(at, local_new(c, CONN_OPEN));
     }
-    if (at)
-        *at = local_new(c, CONN_OPEN);    /* without memory: made on first use */
     calls_unlock();
 }
 
@@ -172,65 +216,82 @@ void calls_claim(const mp_conn *c, int fd)
  * descriptor was closed behind its back. */
 static int local_wake_fd(struct conn_local *loc, int fd)
 {
-    loc->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (loc->wake_fd != fd)
-        return 0;
-    close(loc->wake_fd);
-    loc->wake_fd = -1;
-    return MP_ECLOSED;
+    int e = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e == fd) {
+        close(e);
+        return MP_ECLOSED;
+    }
+    atomic_store(&loc->wake_fd, e);
+    return 0;
+}
+
+/* Counts a call of c into loc, without the lock, if c is open there and
+ * has what its waits need (a socket conn its eventfd). */
+static bool enter_open(struct conn_local *loc, const mp_conn *c)
+{
+    if (!loc || atomic_load_explicit(&loc->c, memory_order_relaxed) != c ||
+        (!c->shm && atomic_load_explicit(&loc->wake_fd, memory_order_relaxed) < 0))
+        return false;
+    atomic_fetch_add(&loc->users, 1);
+    if (atomic_load(&loc->state) == CONN_OPEN && atomic_load(&loc->c) == c)
+        return true;
+    calls_leave(loc);             /* closing, or given to another conn meanwhile */
+    return false;
 }
 
 struct conn_local *calls_enter(const mp_conn *c, int fd, int *rc)
 {
-    calls_lock();
-    struct conn_local **at = slot_of(fd), *loc = at ? *at : NULL;
+    struct conn_local *loc = record_at(fd);
     *rc = 0;
+    if (enter_open(loc, c))
+        return loc;
+    calls_lock();
+    struct conn_local *_Atomic *at = slot_of(fd);
+    loc = at ? atomic_load(at) : NULL;
     if (!at)
         *rc = MP_ENOMEM;
-    else if (!loc && !(loc = *at = local_new(c, CONN_OPEN)))
+    else if (!loc && !(loc = local_new(c, CONN_OPEN)))
         *rc = MP_ENOMEM;
-    else if (loc->c != c || atomic_load(&loc->state) != CONN_OPEN)
+    else if (atomic_load(&loc->c) != c || atomic_load(&loc->state) != CONN_OPEN)
         *rc = MP_ECLOSED;          /* closed here, or its number is another conn's now */
-    if (*rc == 0 && loc->wake_fd < 0 && !c->shm)   /* a pipe end's: when it first sleeps */
-        *rc = local_wake_fd(loc, fd);
+    if (at && loc && !atomic_load(at))
+        atomic_store(at, loc);
+    if (*rc == 0 && atomic_load(&loc->wake_fd) < 0 && !c->shm)   /* a pipe end's: when it */
+        *rc = local_wake_fd(loc, fd);                              /* first sleeps */
     if (*rc == 0)
-        loc->users++;
+        atomic_fetch_add(&loc->users, 1);
     calls_unlock();
     return *rc == 0 ? loc : NULL;
 }
 
-static void unlink_detached(struct conn_local *loc)
-{
-    struct conn_local **link = &calls.detached;
-    while (*link != loc)
-        link = &(*link)->next_detached;
-    *link = loc->next_detached;
-}
-
 void calls_leave(struct conn_local *loc)
 {
-    calls_lock();
-    if (--loc->users == 0 && loc->detached) {
-        unlink_detached(loc);
-        local_free(loc);
-    } else if (loc->users == 0 && loc->leaver_ends) {
-        local_end(loc, (mp_conn *)loc->c);
-    } else if (loc->users == 0 && atomic_load(&loc->state) == CONN_CLOSING) {
-        pthread_cond_broadcast(&calls.left);
+    if (atomic_fetch_sub(&loc->users, 1) != 1 || atomic_load(&loc->state) != CONN_CLOSING)
+        return;
+    calls_lock();                 /* the last of a closing conn: tell its close */
+    if (atomic_load(&loc->users) == 0 && !loc->detached && atomic_load(&loc->state) == CONN_CLOSING) {
+        if (loc->leaver_ends)
+            local_end(loc, (mp_conn *)atomic_load(&loc->c));
+        else
+            pthread_cond_broadcast(&calls.left);
     }
     calls_unlock();
 }
 
 int calls_wake_fd(struct conn_local *loc)
 {
-    if (!loc || loc->wake_fd >= 0 || !loc->c->shm)
-        return loc ? loc->wake_fd : -1;
+    if (!loc)
+        return -1;
+    int fd = atomic_load(&loc->wake_fd);
+    const mp_conn *c = atomic_load(&loc->c);
+    if (fd >= 0 || !c->shm)
+        return fd;
     calls_lock();                 /* a pipe end about to sleep: its eventfd now */
-    if (loc->wake_fd < 0 && local_wake_fd(loc, loc->c->h.fd) == 0 &&
+    if (atomic_load(&loc->wake_fd) < 0 && local_wake_fd(loc, c->h.fd) == 0 &&
         atomic_load(&loc->state) != CONN_OPEN)
         local_ring(loc);          /* closed before it had one */
     calls_unlock();
-    return loc->wake_fd;
+    return atomic_load(&loc->wake_fd);
 }
 
 int call_enter(mp_conn *c)
@@ -288,13 +349,14 @@ int call_lock(const mp_conn *c, rmutex *m, const mp_deadline *d)
 void calls_close(mp_conn *c)
 {
     calls_lock();
-    struct conn_local **at = slot_of(c->h.fd), *loc = at ? *at : NULL;
-    if (loc && (loc->c != c || atomic_load(&loc->state) != CONN_OPEN)) {
+    struct conn_local *_Atomic *at = slot_of(c->h.fd);
+    struct conn_local *loc = at ? atomic_load(at) : NULL;
+    if (loc && (atomic_load(&loc->c) != c || atomic_load(&loc->state) != CONN_OPEN)) {
         calls_unlock();           /* closed here already, or closing */
         return;
     }
-    if (!loc && at)
-        loc = *at = local_new(c, CONN_OPEN);
+    if (!loc && at && (loc = local_new(c, CONN_OPEN)))
+        atomic_store(at, loc);
     if (!loc) {                   /* no memory for a tombstone: close unguarded */
         conn_release(c);
         calls_unlock();
@@ -305,9 +367,9 @@ void calls_close(mp_conn *c)
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += CALLS_LEAVE_S;
     int e = 0;
-    while (loc->users > 0 && e == 0)
+    while (atomic_load(&loc->users) > 0 && e == 0)
         e = pthread_cond_timedwait(&calls.left, &calls.mu, &until);
-    if (loc->users == 0)
+    if (atomic_load(&loc->users) == 0)
         local_end(loc, c);
     else
         loc->leaver_ends = true;
