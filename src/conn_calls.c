@@ -1,8 +1,9 @@
-/* conn_calls.c - this process's calls inside its descriptor conns, and the
- * close that wakes them.
+/* conn_calls.c - this process's calls inside its conns, and the close that
+ * wakes them.
  *
- * As the listener does for accept (listener.c), each descriptor conn has a
- * record in this process: the calls inside it and an eventfd that
+ * As the listener does for accept (listener.c), each conn (a socket, or an
+ * end of mp_pipe, whose descriptor carries its doorbells) has a record in
+ * this process: the calls inside it and an eventfd that
  * mp_conn_close writes, which every wait of those calls watches beside the
  * conn's descriptor (never a sleep in read or send), so they return
  * MP_ECLOSED at once; close then waits for them to leave before it lets go
