@@ -203,7 +203,7 @@ static int send_frame(mp_conn *c, const void *data, size_t len)
 {
     uint8_t head[FRAME_HEADER_MAX];
     size_t n = frame_header_encode(len, head);
-    int rc = call_lock(c, &c->send_lock, &forever);
+    int rc = call_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     if (rc == MP_EOWNERDEAD && c->out)
@@ -229,7 +229,7 @@ int mp_conn_send_bytes(mp_conn *c, const void *data, size_t len)
         return fail_enter(rc, __func__);
     rc = send_frame(c, data, len);
     rc = fail_io(rc == -EBADF ? MP_ECLOSED : rc, __func__, c);
-    call_leave(c);
+    call_leave();
     return rc;
 }
 
@@ -364,7 +364,7 @@ static int skip_rest(mp_conn *c, const mp_deadline *d)
  * drops the rest: 0, and the caller's answer is only a hint, as ever. */
 static int skip_unlocked(mp_conn *c, const mp_deadline *d)
 {
-    int rc = call_lock(c, &c->recv_lock, d);
+    int rc = call_lock(&c->recv_lock, d);
     if (rc == MP_ETIMEDOUT)
         return 0;
     if (rc != 0 && rc != MP_EOWNERDEAD)
@@ -430,7 +430,7 @@ static bool fd_really_ready(int fd)
  * held; the caller ends with recv_end. */
 static int recv_begin(mp_conn *c, uint64_t *len)
 {
-    int rc = call_lock(c, &c->recv_lock, &forever);
+    int rc = call_lock(&c->recv_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     if (rc == MP_EOWNERDEAD && c->in)
@@ -507,7 +507,7 @@ int mp_conn_recv_bytes(mp_conn *c, void *buf, size_t cap, size_t *len)
     if ((rc = call_enter(c)) != 0)
         return fail_enter(rc, __func__);
     rc = recv_into(c, buf, cap, len);
-    call_leave(c);
+    call_leave();
     return rc;
 }
 
@@ -542,7 +542,7 @@ int mp_conn_recv_buf(mp_conn *c, mp_buf *out, size_t maxlen)
     if ((rc = call_enter(c)) != 0)
         return fail_enter(rc, __func__);
     rc = recv_grow(c, out, maxlen);
-    call_leave(c);
+    call_leave();
     return rc;
 }
 
@@ -576,7 +576,7 @@ int mp_conn_poll(mp_conn *c, double timeout)
     if ((rc = call_enter(c)) != 0)
         return fail_enter(rc, __func__);
     rc = poll_until(c, &d);
-    call_leave(c);
+    call_leave();
     return rc;
 }
 
@@ -745,7 +745,7 @@ static int fd_conn_check(const char *fn, mp_conn *c, bool receiving)
 /* Inside a call: the byte and its descriptor, under the send lock. */
 static int send_fd_byte(mp_conn *c, const struct msghdr *m)
 {
-    int rc = call_lock(c, &c->send_lock, &forever);
+    int rc = call_lock(&c->send_lock, &forever);
     if (rc != 0 && rc != MP_EOWNERDEAD)
         return rc;
     for (;;) {
@@ -785,7 +785,7 @@ int mp_conn_send_fd(mp_conn *c, int fd)
     if ((rc = call_enter(c)) != 0)
         return fail_enter(rc, __func__);
     rc = fail_io(send_fd_byte(c, &m), __func__, c);
-    call_leave(c);
+    call_leave();
     return rc;
 }
 
@@ -896,7 +896,7 @@ static int recv_fd_early(mp_conn *c, int *out)
 static int recv_fd_locked(mp_conn *c, int *fd, const mp_deadline *d)
 {
     static const char fn[] = "mp_conn_recv_fd";
-    int rc = call_lock(c, &c->recv_lock, d);
+    int rc = call_lock(&c->recv_lock, d);
     if (rc == MP_ETIMEDOUT)
         return mp_fail(rc, fn, "another thread is receiving on this conn");
     if (rc != 0 && rc != MP_EOWNERDEAD)
@@ -927,7 +927,7 @@ int mp_conn_recv_fd(mp_conn *c, int *fd, double timeout)
     if ((rc = call_enter(c)) != 0)
         return fail_enter(rc, __func__);
     rc = recv_fd_locked(c, fd, &d);
-    call_leave(c);
+    call_leave();
     return rc;
 }
 

@@ -302,9 +302,8 @@ int call_enter(mp_conn *c)
     return rc;
 }
 
-void call_leave(const mp_conn *c)
+void call_leave(void)
 {
-    (void)c;
     if (call_now)
         calls_leave(call_now);
     call_now = NULL;
@@ -327,9 +326,8 @@ int call_poll(int fd, short events, const mp_deadline *d)
 
 /* A lock's holder may be another process, which our close cannot wake:
  * the wait looks at the close every CALL_LOCK_SLICE. */
-int call_lock(const mp_conn *c, rmutex *m, const mp_deadline *d)
+int call_lock(rmutex *m, const mp_deadline *d)
 {
-    (void)c;
     int rc = rmutex_trylock(m);
     while (rc == MP_ETIMEDOUT && call_now) {
         double left = d->forever ? CALL_LOCK_SLICE : deadline_left(d);

@@ -70,11 +70,11 @@ _Static_assert(READ_AHEAD <= UINT32_MAX, "ahead_len and ahead_pos are 32-bit");
  * mp_wait enters the conns it waits on by hand: calls_enter (NULL with
  * *rc as call_enter's), calls_wake_fd to poll beside them, calls_leave. */
 int call_enter(mp_conn *c);
-void call_leave(const mp_conn *c);
+void call_leave(void);
 bool call_closed(void);
 int call_poll(int fd, short events, const mp_deadline *d);   /* as fd_poll, or MP_ECLOSED */
 int call_wake_fd(void);             /* the close signal to watch in other waits; -1: none */
-int call_lock(const mp_conn *c, rmutex *m, const mp_deadline *d);   /* as rmutex_lock, or MP_ECLOSED */
+int call_lock(rmutex *m, const mp_deadline *d);   /* as rmutex_lock, or MP_ECLOSED */
 void calls_close(mp_conn *c);
 void calls_claim(const mp_conn *c, int fd);
 struct conn_local;

@@ -232,14 +232,25 @@ int mp_future_code(mp_future *f)
     return task_code(f->rc, f->code);
 }
 
-int mp_future_exitcode(mp_future *f, int *exitcode)
+/* The checks of a call that reads what a finished f tells into out (named
+ * out_name; f is what): 0, or the code of the message made for fn. */
+static int finished_check(mp_future *f, const void *out, const char *out_name,
+                          const char *what, const char *fn)
 {
     if (!future_valid(f))
-        return mp_fail_handle(__func__, "f", f);
-    if (!exitcode)
-        return mp_fail(MP_EINVAL, __func__, "exitcode is NULL");
+        return mp_fail_handle(fn, "f", f);
+    if (!out)
+        return mp_fail(MP_EINVAL, fn, "%s is NULL", out_name);
     if (!state_final(atomic_load(&f->state)))
-        return mp_fail(MP_ESTATE, __func__, "the task has not finished; wait for it first");
+        return mp_fail(MP_ESTATE, fn, "the %s has not finished; wait for it first", what);
+    return 0;
+}
+
+int mp_future_exitcode(mp_future *f, int *exitcode)
+{
+    int rc = finished_check(f, exitcode, "exitcode", "task", __func__);
+    if (rc != 0)
+        return rc;
     if (f->rc != MP_ECRASHED)
         return mp_fail(MP_ESTATE, __func__, "the task's worker did not die under it (its "
                        "result is %s)", mp_errname(f->rc));
@@ -249,12 +260,9 @@ int mp_future_exitcode(mp_future *f, int *exitcode)
 
 int mp_future_failed_index(mp_future *f, size_t *index)
 {
-    if (!future_valid(f))
-        return mp_fail_handle(__func__, "f", f);
-    if (!index)
-        return mp_fail(MP_EINVAL, __func__, "index is NULL");
-    if (!state_final(atomic_load(&f->state)))
-        return mp_fail(MP_ESTATE, __func__, "the map has not finished; wait for it first");
+    int rc = finished_check(f, index, "index", "map", __func__);
+    if (rc != 0)
+        return rc;
     if (f->fail_index == SIZE_MAX)
         return mp_fail(MP_ESTATE, __func__, "no item failed (or f is not a map's future)");
     *index = f->fail_index;

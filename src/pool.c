@@ -1296,8 +1296,7 @@ static void stop_workers_now(mp_pool *p)
 
 static bool in_pool_thread(const mp_pool *p)
 {
-    return p->threads_running && (pthread_equal(pthread_self(), p->monitor) ||
-                                  pthread_equal(pthread_self(), p->collector));
+    return pool_thread_serves(p->sh);
 }
 
 static int join_threads(mp_pool *p, const mp_deadline *d)

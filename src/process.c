@@ -1041,13 +1041,11 @@ static int send_signal(mp_process *p, int sig, const char *fn)
 {
     if (!valid(p))
         return mp_fail_handle(fn, "p", p);
-    const char *why = not_joinable(p);
-    if (why)
-        return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
     if (started_or_fail(p, fn) != 0)
         return MP_ESTATE;
-    if (atomic_load(&p->state) == PROC_NEW)
-        return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, not_joinable(p));
+    const char *why = not_joinable(p);      /* after the wait: a failed start is NEW again */
+    if (why)
+        return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
     if (atomic_load(&p->state) == PROC_DONE)
         return 0;                   /* finished: nothing to do (as Python) */
     runtime_lock();
@@ -1125,13 +1123,11 @@ int mp_process_sentinel(const mp_process *p)
 {
     if (!valid(p))
         return mp_fail_handle(__func__, "p", p);
-    const char *why = not_joinable(p);
-    if (why)
-        return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, why);
     if (started_or_fail(p, __func__) != 0)
         return MP_ESTATE;
-    if (atomic_load(&p->state) == PROC_NEW)
-        return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, not_joinable(p));
+    const char *why = not_joinable(p);      /* after the wait: a failed start is NEW again */
+    if (why)
+        return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, why);
     runtime_lock();
     int fd = fd_for((mp_process *)p);
     runtime_unlock();

@@ -1356,38 +1356,39 @@ static double close_timed(mp_conn *c)
 
 #define PROMPT (0.05 * tu_slow())            /* "at once": well under 100 ms */
 
+/* A thread doing op on a conn with a silent peer, and the close that
+ * wakes it: prompt, MP_ECLOSED; the message of the call it ended. */
+static void expect_close_wakes(enum inside_op op, char *error, size_t cap)
+{
+    int raw;
+    struct inside in;
+    start_inside(&in, conn_with_raw_peer(&raw), op);   /* the peer reads nothing */
+    assert_true(close_timed(in.c) < PROMPT);
+    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
+    snprintf(error, cap, "%s", in.error);
+    close(raw);
+}
+
 static void test_close_wakes_a_thread_in_recv_forever(void **state)
 {
     (void)state;
-    int raw;
-    struct inside in;
-    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_RECV);
-    assert_true(close_timed(in.c) < PROMPT);
-    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
-    assert_non_null(strstr(in.error, "closed by mp_conn_close during the call"));
-    close(raw);
+    char error[256];
+    expect_close_wakes(INSIDE_RECV, error, sizeof error);
+    assert_non_null(strstr(error, "closed by mp_conn_close during the call"));
 }
 
 static void test_close_wakes_a_thread_in_poll_with_a_timeout(void **state)
 {
     (void)state;
-    int raw;
-    struct inside in;
-    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_POLL);
-    assert_true(close_timed(in.c) < PROMPT);
-    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
-    close(raw);
+    char error[256];
+    expect_close_wakes(INSIDE_POLL, error, sizeof error);
 }
 
 static void test_close_wakes_a_thread_sending_into_a_full_buffer(void **state)
 {
     (void)state;
-    int raw;
-    struct inside in;
-    start_inside(&in, conn_with_raw_peer(&raw), INSIDE_SEND_BIG);   /* the peer reads nothing */
-    assert_true(close_timed(in.c) < PROMPT);
-    TU_ASSERT_RC(join_inside(&in), MP_ECLOSED);
-    close(raw);
+    char error[256];
+    expect_close_wakes(INSIDE_SEND_BIG, error, sizeof error);
 }
 
 /* One thread holds the receive lock, the other waits for it; a third
