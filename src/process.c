@@ -835,7 +835,7 @@ int mp_process_start(mp_process *p)
     int pidfd = -1;
     rc = prepare(p, method);
     p->parent = me;
-    /* atomic: wait_started reads it while the start is under way */
+    /* atomic: settled_state reads it while the start is under way */
     __atomic_store_n(&p->creator, rt.pid, __ATOMIC_RELAXED);
     if (rc == 0) {
         fflush(NULL);               /* or buffered output is printed twice */
@@ -879,12 +879,18 @@ int mp_process_start(mp_process *p)
  * says RUNNING from the starter's CAS on, but its pid is known only once
  * the child exists, and a signal, join or look by pid before that would
  * aim at pid 0 (kill(0) signals our whole process group). Waits until the
- * start has its child, failed (NEW again, or DONE), or d passes:
- * 0, MP_ETIMEDOUT, or MP_ESTATE if the starting process died first. */
-static int wait_started(const mp_process *p, const mp_deadline *d)
+ * start has its child, failed, or d passes, and returns the state it
+ * settled on: PROC_NEW (never started, or the start failed), PROC_RUNNING
+ * with its child, PROC_DONE; or MP_ETIMEDOUT, or MP_ESTATE if the starting
+ * process died first. Callers decide on this one answer: a second load of
+ * state could see a start that began after the first, with no pid yet. */
+static int settled_state(const mp_process *p, const mp_deadline *d)
 {
     mp_process *q = (mp_process *)p;
-    while (atomic_load(&q->state) == PROC_RUNNING && !atomic_load(&q->started)) {
+    for (;;) {
+        int state = (int)atomic_load(&q->state);
+        if (state != PROC_RUNNING || atomic_load(&q->started))
+            return state;
         if (deadline_passed(d))
             return MP_ETIMEDOUT;
         pid_t by = __atomic_load_n(&q->creator, __ATOMIC_RELAXED);
@@ -895,16 +901,16 @@ static int wait_started(const mp_process *p, const mp_deadline *d)
             slice = *d;
         futex_wait(&q->started, 0, &slice);
     }
-    return 0;
 }
 
-/* wait_started without a deadline, for the calls that take none: the
- * message for a starter that died first, or 0. */
-static int started_or_fail(const mp_process *p, const char *fn)
+/* settled_state without a deadline, for the calls that take none: the
+ * state, or the message for a starter that died first (MP_ESTATE). */
+static int settled_or_fail(const mp_process *p, const char *fn)
 {
     mp_deadline forever = deadline_in(MP_FOREVER);
-    if (wait_started(p, &forever) == 0)
-        return 0;
+    int state = settled_state(p, &forever);
+    if (state >= 0)
+        return state;
     return mp_fail(MP_ESTATE, fn, "process \"%s\" was being started by a process that died "
                    "before its child existed", p->name);
 }
@@ -946,10 +952,11 @@ static int poll_until_ended(mp_process *p, const mp_deadline *d)
     return 0;
 }
 
-/* Why a join, a signal or a sentinel makes no sense for p now, or NULL. */
-static const char *not_joinable(const mp_process *p)
+/* Why a join, a signal or a sentinel makes no sense for p in state (as
+ * settled_state gave it), or NULL. */
+static const char *not_joinable(const mp_process *p, int state)
 {
-    if (atomic_load(&p->state) == PROC_NEW)
+    if (state == PROC_NEW)
         return "was never started; call mp_process_start first";
     if (p == rt.current)
         return "is the calling process itself";
@@ -965,7 +972,7 @@ int mp_process_join(mp_process *p, double timeout)
         return mp_fail_handle(fn, "p", p);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(fn, timeout);
-    const char *why = not_joinable(p);
+    const char *why = not_joinable(p, (int)atomic_load(&p->state));
     if (why)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
     int rc = join(p, timeout);
@@ -980,10 +987,10 @@ int mp_process_join(mp_process *p, double timeout)
 static int join(mp_process *p, double timeout)
 {
     mp_deadline d = deadline_in(timeout);
-    int rc = wait_started(p, &d);
-    if (rc != 0)
-        return rc;
-    if (atomic_load(&p->state) == PROC_NEW)
+    int state = settled_state(p, &d);
+    if (state < 0)
+        return state;
+    if (state == PROC_NEW)
         return MP_ESTATE;           /* its start failed meanwhile */
     if (fs_child(p))
         return wait_published(p, &d);   /* ours, reaped by the fork server */
@@ -1027,9 +1034,7 @@ bool mp_process_is_alive(mp_process *p)
         return false;
     if (p == rt.current)
         return true;
-    if (started_or_fail(p, __func__) != 0)
-        return false;
-    if (atomic_load(&p->state) != PROC_RUNNING || ended_now(p))
+    if (settled_or_fail(p, __func__) != PROC_RUNNING || ended_now(p))
         return false;
     if (i_reap(p) || fs_child(p))
         return true;                /* as join(p, 0) would say */
@@ -1041,12 +1046,13 @@ static int send_signal(mp_process *p, int sig, const char *fn)
 {
     if (!valid(p))
         return mp_fail_handle(fn, "p", p);
-    if (started_or_fail(p, fn) != 0)
-        return MP_ESTATE;
-    const char *why = not_joinable(p);      /* after the wait: a failed start is NEW again */
+    int state = settled_or_fail(p, fn);
+    if (state < 0)
+        return state;
+    const char *why = not_joinable(p, state);   /* a failed start is NEW again */
     if (why)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
-    if (atomic_load(&p->state) == PROC_DONE)
+    if (state == PROC_DONE)
         return 0;                   /* finished: nothing to do (as Python) */
     runtime_lock();
     int fd = fd_for(p);
@@ -1081,10 +1087,11 @@ int mp_process_exitcode(mp_process *p, int *code)
         return mp_fail_handle(fn, "p", p);
     if (!code)
         return mp_fail(MP_EINVAL, fn, "code (where the exit code goes) is NULL");
-    if (atomic_load(&p->state) == PROC_NEW)
+    int state = settled_or_fail(p, fn);
+    if (state < 0)
+        return state;
+    if (state == PROC_NEW)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" was never started", p->name);
-    if (started_or_fail(p, fn) != 0)
-        return MP_ESTATE;
     if (ended_now(p)) {
         *code = p->exitcode;
         return 0;
@@ -1102,11 +1109,12 @@ int mp_process_exitcode(mp_process *p, int *code)
 
 pid_t mp_process_pid(const mp_process *p)
 {
-    if (!valid(p) || atomic_load(&p->state) == PROC_NEW)
+    if (!valid(p))
         return 0;
-    if (p != rt.current && started_or_fail(p, __func__) != 0)
-        return 0;
-    return p == rt.current ? rt.pid : p->pid;
+    if (p == rt.current)
+        return rt.pid;
+    int state = settled_or_fail(p, __func__);
+    return state == PROC_RUNNING || state == PROC_DONE ? p->pid : 0;
 }
 
 const char *mp_process_name(const mp_process *p)
@@ -1123,9 +1131,10 @@ int mp_process_sentinel(const mp_process *p)
 {
     if (!valid(p))
         return mp_fail_handle(__func__, "p", p);
-    if (started_or_fail(p, __func__) != 0)
-        return MP_ESTATE;
-    const char *why = not_joinable(p);      /* after the wait: a failed start is NEW again */
+    int state = settled_or_fail(p, __func__);
+    if (state < 0)
+        return state;
+    const char *why = not_joinable(p, state);   /* a failed start is NEW again */
     if (why)
         return mp_fail(MP_ESTATE, __func__, "process \"%s\" %s", p->name, why);
     runtime_lock();
@@ -1142,9 +1151,10 @@ int mp_process_free(mp_process *p)
         return mp_fail_handle(__func__, "p", p);
     if (p == rt.current)
         return mp_fail(MP_ESTATE, __func__, "p is the calling process itself");
-    if (started_or_fail(p, __func__) != 0)
-        return MP_ESTATE;
-    if (atomic_load(&p->state) == PROC_RUNNING && !ended_now(p))
+    int state = settled_or_fail(p, __func__);
+    if (state < 0)
+        return state;
+    if (state == PROC_RUNNING && !ended_now(p))
         return mp_fail(MP_ESTATE, __func__, "process \"%s\" is still running; join it (or "
                        "kill and join it) first", p->name);
     if (p->unanswered)              /* a child may run with it: kept for good */

@@ -26,7 +26,7 @@ enum { PROC_NEW, PROC_RUNNING, PROC_DONE };   /* mp_process.state */
  * its CAS to PROC_RUNNING) and only read after. pid, creator and reaper
  * are written by the starter once the child exists (the child writes its
  * own pid too, the same value), then started turns 1: a call of another
- * thread on a RUNNING record waits for that first (wait_started). exitcode is
+ * thread on a RUNNING record waits for that first (settled_state). exitcode is
  * written by the reaper alone (process_publish_exit, or the client that
  * settles a dead fork server's orphans, under rt.lock) before state's
  * seq_cst store of PROC_DONE publishes it; readers load state first.
@@ -43,7 +43,7 @@ struct mp_process {
     _Atomic uint32_t state;          /* PROC_*; futex word, woken at PROC_DONE */
     _Atomic uint32_t waiters;        /* sleeping on state: wake only if any */
     _Atomic uint32_t started;        /* 1 once a start has its child: pid, creator and
-                                      * reaper are written (futex word; wait_started) */
+                                      * reaper are written (futex word; settled_state) */
     int exitcode;                    /* valid at PROC_DONE: code or -signal */
     pid_t pid;
     pid_t creator;                   /* the process that called mp_process_start */
