@@ -196,7 +196,10 @@ static int barrier_sleep(mp_barrier *b, const mp_deadline *d)
     int rc = futex_wait_spin(&b->seq, seen, &slice);
     if (barrier_lock(b, d) != 0)
         return LOCK_MISSED;
-    if (rc == MP_ETIMEDOUT)
+    /* Its slice passed, or a signal cut it short with nothing changed: a
+     * process whose signals come faster than BARRIER_SLICE (an interval
+     * timer) must still look for killed parties. */
+    if (rc == MP_ETIMEDOUT || atomic_load(&b->seq) == seen)
         barrier_reap(b);
     return deadline_passed(d) ? MP_ETIMEDOUT : 0;
 }

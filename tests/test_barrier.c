@@ -4,6 +4,8 @@
 #include "sync_helpers.h"
 
 #include <limits.h>
+#include <signal.h>
+#include <sys/time.h>
 
 #include <stdlib.h>
 
@@ -267,6 +269,47 @@ static void test_barrier_party_killed_alone_breaks_it_for_the_next(void **state)
     track_free(t);
 }
 
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+static int kills_after_200ms(void *arg)
+{
+    usleep(200 * 1000);
+    return kill((pid_t)(intptr_t)arg, SIGKILL) == 0 ? 0 : 1;
+}
+
+/* A sleeper takes out killed parties when its sleep ends with nothing
+ * changed: a signal ends it too, and a process with an interval timer (a
+ * profiler's SIGPROF, an alarm every 20 ms) would otherwise never see its
+ * time slice pass, and wait for ever beside a dead party. */
+static int waits_beside_a_killed_party_under_signals(void *arg)
+{
+    struct track *t = arg;
+    pid_t party = tu_fork(wait_once, t);
+    if (!n_waiting_reaches(t->b, 1))
+        return 10;
+    struct sigaction sa = { .sa_handler = on_alarm, .sa_flags = SA_RESTART };
+    struct itimerval every_20ms = { { 0, 20 * 1000 }, { 0, 20 * 1000 } };
+    if (sigaction(SIGALRM, &sa, NULL) != 0 || setitimer(ITIMER_REAL, &every_20ms, NULL) != 0)
+        return 11;
+    pid_t killer = tu_fork(kills_after_200ms, (void *)(intptr_t)party);
+    int rc = mp_barrier_wait(t->b, MP_FOREVER);
+    if (tu_wait(killer, 10) != 0 || tu_wait(party, 10) != -SIGKILL)
+        return 12;
+    return rc == MP_EBROKEN ? 0 : 13;
+}
+
+static void test_barrier_killed_party_is_noticed_by_a_sleeper_under_signals(void **state)
+{
+    (void)state;
+    struct track *t = track_new(3);
+    t->timeout = MP_FOREVER;
+    assert_int_equal(tu_wait(tu_fork(waits_beside_a_killed_party_under_signals, t), 10), 0);
+    track_free(t);
+}
+
 static int cycle_forever(void *arg)
 {
     struct track *t = arg;
@@ -317,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_barrier_reset_breaks_current_waiters_then_works),
         cmocka_unit_test(test_barrier_killed_party_breaks_it_instead_of_wedging),
         cmocka_unit_test(test_barrier_party_killed_alone_breaks_it_for_the_next),
+        cmocka_unit_test(test_barrier_killed_party_is_noticed_by_a_sleeper_under_signals),
         cmocka_unit_test(test_barrier_survives_parties_killed_at_random_moments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
