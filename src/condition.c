@@ -2,14 +2,17 @@
  *
  * As in Python's threading.Condition, a waiter queues a record of its own
  * (here in the arena) under the lock, releases the lock fully and sleeps;
- * notify(n) takes the first n records off the queue and wakes them, so it
- * wakes exactly those already waiting and at most n. Each record holds a
- * robust mutex while its waiter lives: notify finds a waiter that was killed
- * (MP_EOWNERDEAD on a trylock), drops its record and wakes the next instead,
- * so a dead waiter neither swallows a notification nor wedges the notifier.
- * A notifier killed mid-notify leaves its choice marked on the record before
- * the record leaves the queue, and waiters look at their word every
- * FUTEX_SLICE, so the one it chose still wakes.
+ * notify(n) marks the first n records not yet notified and wakes them, so
+ * it wakes exactly those already waiting and at most n. A record leaves the
+ * queue only under the lock, taken out by its own waiter once it holds the
+ * lock again, or by a notify (or free) that finds its waiter dead: each
+ * record holds a robust mutex while its waiter lives, and a trylock that
+ * gives MP_EOWNERDEAD says the waiter was killed. So a waiter killed while
+ * waiting swallows no notification (notify wakes the next instead), and one
+ * killed after its notify, on its way back to the lock, leaves its record
+ * where the next notify frees it. Marking is one store, so a notifier
+ * killed mid-notify leaves its choice marked, and waiters look at their
+ * word every FUTEX_SLICE: the one it chose still wakes.
  */
 #include "sync_internal.h"
 
@@ -114,14 +117,6 @@ static void queue_push(mp_condition *c, struct waiter *w)
     *at = w;
 }
 
-static struct waiter *queue_pop(mp_condition *c)
-{
-    struct waiter *w = c->head;
-    if (w)
-        c->head = w->next;
-    return w;
-}
-
 static void queue_remove(mp_condition *c, struct waiter *w)
 {
     for (struct waiter **at = &c->head; *at; at = &(*at)->next)
@@ -159,7 +154,7 @@ int mp_condition_wait(mp_condition *c, double timeout)
     /* A notify that came while the time ran out still counts: it chose us. */
     if (atomic_load(&w->notified))
         rc = 0;
-    queue_remove(c, w);           /* a notifier killed before its unlink left us queued */
+    queue_remove(c, w);
     waiter_free(w);
     if (relock == MP_EOWNERDEAD)
         return mp_fail(relock, __func__, "the lock is held again, but a holder died holding it "
@@ -195,28 +190,6 @@ int mp_condition_wait_for(mp_condition *c, bool (*pred)(void *ctx), void *ctx, d
     return 0;
 }
 
-/* Under the lock. Pops one waiter: true if it was alive (and is now woken). */
-static bool wake_one(mp_condition *c)
-{
-    struct waiter *w = c->head;
-    if (atomic_load(&w->notified)) {    /* chosen by a notifier killed before its unlink */
-        queue_pop(c);
-        return false;
-    }
-    int rc = rmutex_trylock(&w->alive);
-    if (rc == MP_ETIMEDOUT) {           /* busy: its waiter lives */
-        /* Marked before it leaves the queue: a notifier killed in between
-         * leaves it queued and chosen, never unlinked and unchosen. */
-        atomic_store(&w->notified, 1);
-        queue_pop(c);
-        futex_wake(&w->notified, 1);
-        return true;
-    }
-    queue_pop(c);
-    waiter_free(w);                     /* MP_EOWNERDEAD: killed while waiting */
-    return false;
-}
-
 int mp_condition_notify(mp_condition *c, int n)
 {
     if (!condition_ok(c))
@@ -225,8 +198,20 @@ int mp_condition_notify(mp_condition *c, int n)
         return mp_fail(MP_EINVAL, __func__, "n is %d; it counts waiters to wake, >= 0", n);
     if (!lock_is_mine(c->lock))
         return fail_unlocked(__func__);
-    for (int woken = 0; woken < n && c->head;)
-        woken += wake_one(c);
+    int woken = 0;
+    for (struct waiter **at = &c->head, *w; woken < n && (w = *at);) {
+        if (rmutex_trylock(&w->alive) != MP_ETIMEDOUT) {
+            *at = w->next;              /* MP_EOWNERDEAD: its waiter was killed */
+            waiter_free(w);
+            continue;
+        }
+        if (!atomic_load(&w->notified)) {   /* a live waiter not chosen yet */
+            atomic_store(&w->notified, 1);
+            futex_wake(&w->notified, 1);
+            woken++;
+        }
+        at = &w->next;
+    }
     return 0;
 }
 

@@ -1,7 +1,10 @@
 /* test_condition.c - Condition: who must hold the lock, notify(n) wakes at
  * most n of those waiting, a recursive lock is released fully, processes
- * wake each other, and a killed waiter swallows no notification. */
+ * wake each other, and a killed waiter swallows no notification and leaves
+ * no record behind.
+ * MPROC_WHITEBOX: linked with the static library, for the arena's figures. */
 #include "sync_helpers.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -232,6 +235,36 @@ static void test_condition_killed_waiter_swallows_no_notification(void **state)
     TU_OK(mp_condition_notify(r->cond, 1));    /* skips the dead one */
     TU_OK(mp_condition_release(r->cond));
     assert_int_equal((intptr_t)thread_join(t), 0);
+    room_free(r);
+}
+
+static size_t arena_used(void)
+{
+    struct arena_stats st;
+    assert_true(arena_check(&st));
+    return st.used_bytes;
+}
+
+/* A waiter notified and killed before it took the lock back (it waits for
+ * the notifier's release): its record must go, once a notify passes it or
+ * the condition is freed, not stay in the arena for the family's life. */
+static void test_condition_waiter_killed_after_its_notify_leaves_no_record(void **state)
+{
+    (void)state;
+    struct room *r = room_new(NULL);
+    size_t before = arena_used();
+    for (int i = 0; i < 20; i++) {
+        atomic_store(&r->ready, 0);
+        pid_t pid = tu_fork(wait_in_room, r);
+        acquire_with_waiters(r, 1);
+        TU_OK(mp_condition_notify(r->cond, 1));    /* chosen: it now waits for the lock */
+        kill_child(pid);
+        TU_OK(mp_condition_release(r->cond));
+    }
+    TU_OK(mp_condition_acquire(r->cond, 10));      /* the next notify takes the dead out */
+    TU_OK(mp_condition_notify(r->cond, 1));
+    TU_OK(mp_condition_release(r->cond));
+    assert_int_equal(arena_used(), before);
     room_free(r);
 }
 
@@ -530,6 +563,7 @@ int main(void)
         cmocka_unit_test(test_condition_wait_releases_a_recursive_lock_fully_and_restores_it),
         cmocka_unit_test(test_condition_notify_all_wakes_waiting_processes),
         cmocka_unit_test(test_condition_killed_waiter_swallows_no_notification),
+        cmocka_unit_test(test_condition_waiter_killed_after_its_notify_leaves_no_record),
         cmocka_unit_test(test_condition_wait_reports_eownerdead_if_the_notifier_dies_holding_the_lock),
         cmocka_unit_test(test_condition_bounded_buffer_between_processes_loses_nothing),
         cmocka_unit_test(test_condition_survives_waiters_and_notifiers_killed_at_random_moments),
