@@ -144,10 +144,13 @@ MP_EXTERN int  mp_thread_new(mp_thread **t, mp_target target, void *arg, const m
 MP_EXTERN int  mp_thread_start(mp_thread *t);
 MP_EXTERN int  mp_thread_join(mp_thread *t, double timeout);  /* 0, MP_ETIMEDOUT */
 MP_EXTERN bool mp_thread_is_alive(mp_thread *t);
-MP_EXTERN int  mp_thread_exitcode(mp_thread *t, int *code);   /* target's return value */
+MP_EXTERN int  mp_thread_exitcode(mp_thread *t, int *code);   /* target's return value;
+                                                                 * -1 after pthread_exit */
 MP_EXTERN const char *mp_thread_name(const mp_thread *t);
 MP_EXTERN int  mp_thread_free(mp_thread *t);                  /* MP_ESTATE while it runs */
-MP_EXTERN mp_thread *mp_current_thread(void);                 /* "MainThread" on the main one */
+/* "MainThread" on the main one; "Dummy-N" on a thread mproc did not start,
+ * alive until it ends, never joined (MP_ESTATE) */
+MP_EXTERN mp_thread *mp_current_thread(void);
 MP_EXTERN int  mp_active_count(void);                         /* live threads started here + main */
 
 /* ------------------------------------------------------------------ synchronisation */

@@ -5,10 +5,14 @@
  * Threads made here are listed in the runtime from mp_thread_new until
  * mp_thread_free, so exit can join the non-daemon ones, mp_active_count can
  * count them, and a child that another thread forks meanwhile still reaches
- * every record (see mp_thread_new).
+ * every record (see mp_thread_new). A thread mproc did not start gets a
+ * record of its own the first time it asks for one (Python's _DummyThread):
+ * it reads as running until the thread ends, and is reused by the next such
+ * thread after that, so their number stays that of such threads at once.
  */
 #include "process_internal.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +23,7 @@ struct mp_thread {
     _Atomic uint32_t state;          /* PROC_NEW, PROC_RUNNING, PROC_DONE; futex word */
     int exitcode;
     bool daemon;
+    bool builtin;                    /* the main thread or a dummy: never started here */
     bool joined;                     /* pthread_join done (under join_lock) */
     bool listed;                     /* in the runtime's list (under runtime_lock) */
     pthread_t handle;
@@ -30,10 +35,18 @@ struct mp_thread {
 };
 
 static struct mp_thread main_thread = {
-    .magic = MAGIC_THREAD, .state = PROC_RUNNING, .name = "MainThread",
+    .magic = MAGIC_THREAD, .state = PROC_RUNNING, .builtin = true, .name = "MainThread",
 };
 static __thread struct mp_thread *self;
-static __thread struct mp_thread foreign;   /* a thread mproc did not start */
+
+/* Dummies: records of threads mproc did not start (mp_current_thread). A
+ * dummy's thread marks it ended at its exit (dummy_key's destructor) and
+ * puts it on spare_dummies, under the runtime's lock, for the next. */
+static pthread_key_t dummy_key;
+static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
+static struct mp_thread *spare_dummies;
+static unsigned dummies;
+static __thread struct mp_thread no_memory_dummy;   /* when none can be had */
 
 static bool valid(const mp_thread *t)
 {
@@ -42,7 +55,7 @@ static bool valid(const mp_thread *t)
 
 static bool is_builtin(const mp_thread *t)
 {
-    return t == &main_thread || t == &foreign;
+    return t->builtin;
 }
 
 static void list_add(struct mp_runtime *r, struct mp_thread *t)
@@ -118,13 +131,31 @@ int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_
     return 0;
 }
 
+static void thread_ended(struct mp_thread *t)
+{
+    atomic_store_explicit(&t->state, PROC_DONE, memory_order_release);
+    futex_wake(&t->state, INT32_MAX);
+}
+
+/* A target that ends its thread with pthread_exit, or is cancelled, has
+ * finished too (exit code -1): its joiners and exit must not wait on. */
+static void ended_early(void *arg)
+{
+    struct mp_thread *t = arg;
+    t->exitcode = -1;
+    thread_ended(t);
+}
+
 static void *trampoline(void *arg)
 {
     struct mp_thread *t = arg;
     self = t;
-    t->exitcode = t->target(t->arg);
-    atomic_store_explicit(&t->state, PROC_DONE, memory_order_release);
-    futex_wake(&t->state, INT32_MAX);
+    int code;
+    pthread_cleanup_push(ended_early, t);
+    code = t->target(t->arg);
+    pthread_cleanup_pop(0);
+    t->exitcode = code;
+    thread_ended(t);
     return NULL;
 }
 
@@ -164,8 +195,11 @@ int mp_thread_join(mp_thread *t, double timeout)
         return mp_fail_timeout(__func__, timeout);
     if (atomic_load(&t->state) == PROC_NEW)
         return fail_state(__func__, t, "start it before joining it");
-    if (t == mp_current_thread() || is_builtin(t))   /* Python: cannot join the current thread */
-        return fail_state(__func__, t, "a thread cannot join itself (or the main thread)");
+    if (t == mp_current_thread())    /* Python: cannot join the current thread */
+        return fail_state(__func__, t, "a thread cannot join itself");
+    if (is_builtin(t))
+        return mp_fail(MP_ESTATE, __func__, "thread \"%s\" was not started by mproc (the main "
+                       "thread, or a dummy: Python cannot join those either)", t->name);
     mp_deadline d = deadline_in(timeout);
     uint32_t s;
     while ((s = atomic_load_explicit(&t->state, memory_order_acquire)) != PROC_DONE)
@@ -223,24 +257,58 @@ int mp_thread_free(mp_thread *t)
     return 0;
 }
 
+static void dummy_thread_ends(void *arg)
+{
+    struct mp_thread *t = arg;
+    thread_ended(t);
+    runtime_lock();
+    t->next = spare_dummies;
+    spare_dummies = t;
+    runtime_unlock();
+}
+
+static void dummy_key_make(void)
+{
+    pthread_key_create(&dummy_key, dummy_thread_ends);
+}
+
+/* This thread's dummy, made (or a spare one reused) now. */
+static struct mp_thread *dummy_new(void)
+{
+    pthread_once(&dummy_once, dummy_key_make);
+    runtime_lock();
+    struct mp_thread *t = spare_dummies;
+    if (t)
+        spare_dummies = t->next;
+    else
+        t = calloc(1, sizeof *t);
+    unsigned n = ++dummies;
+    runtime_unlock();
+    if (!t || pthread_setspecific(dummy_key, t) != 0) {
+        free(t);                     /* never named: ours alone */
+        t = &no_memory_dummy;
+    }
+    t->magic = MAGIC_THREAD;
+    t->builtin = true;
+    t->next = NULL;
+    snprintf(t->name, sizeof t->name, "Dummy-%u", n);
+    atomic_store(&t->state, PROC_RUNNING);
+    return t;
+}
+
 mp_thread *mp_current_thread(void)
 {
     if (self)
         return self;
     if (mp_gettid() == (uint32_t)runtime()->pid)
         return &main_thread;
-    if (!foreign.magic) {
-        static _Atomic unsigned dummies;
-        foreign.magic = MAGIC_THREAD;
-        atomic_store(&foreign.state, PROC_RUNNING);
-        snprintf(foreign.name, sizeof foreign.name, "Dummy-%u", atomic_fetch_add(&dummies, 1) + 1);
-    }
-    return &foreign;
+    self = dummy_new();
+    return self;
 }
 
 int mp_active_count(void)
 {
-    int n = 1;
+    int n = atomic_load(&main_thread.state) == PROC_RUNNING;
     runtime_lock();
     for (struct mp_thread *t = runtime()->threads; t; t = t->next)
         n += atomic_load(&t->state) == PROC_RUNNING;
@@ -268,9 +336,16 @@ void thread_join_all_at_exit(void)
 
 /* Only the forking thread exists in the child: the others are over there.
  * Their records stay listed (the handles are the program's; valgrind would
- * call them leaked otherwise) but read as ended and joined. */
+ * call them leaked otherwise) but read as ended and joined. The forking
+ * thread is the child's main thread, as in Python: a dummy becomes
+ * MainThread (its tid is now the pid), and a thread started here keeps its
+ * record, which stands for the main thread (main_thread reads as ended). */
 void thread_after_fork_child(void)
 {
+    if (self && self->builtin)
+        self = NULL;
+    else if (self)
+        atomic_store(&main_thread.state, PROC_DONE);
     for (struct mp_thread *t = runtime()->threads; t; t = t->next) {
         if (t == self || atomic_load(&t->state) == PROC_NEW)
             continue;                 /* a thread not started may start here */

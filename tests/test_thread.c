@@ -3,6 +3,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,88 @@ static void test_thread_cannot_join_itself(void **state)
     TU_OK(mp_thread_free(t));
 }
 
+static int ends_by_pthread_exit(void *arg)
+{
+    (void)arg;
+    pthread_exit(NULL);
+}
+
+/* A target that ends its thread with pthread_exit (or is cancelled) has
+ * finished: join returns, and exit does not wait for it for ever. */
+static void test_thread_ended_by_pthread_exit_is_finished(void **state)
+{
+    (void)state;
+    mp_thread *t = start(ends_by_pthread_exit, NULL, NULL);
+    TU_OK(mp_thread_join(t, 10));
+    assert_false(mp_thread_is_alive(t));
+    int code = 0;
+    TU_OK(mp_thread_exitcode(t, &code));
+    assert_int_equal(code, -1);
+    TU_OK(mp_thread_free(t));
+}
+
+struct foreign_seen {
+    _Atomic(mp_thread *) handle;
+    atomic_int go;
+};
+
+static void *raw_thread_names_itself(void *arg)
+{
+    struct foreign_seen *f = arg;
+    atomic_store(&f->handle, mp_current_thread());
+    while (!atomic_load(&f->go))
+        usleep(1000);
+    return NULL;
+}
+
+/* A thread mproc did not start (a "Dummy" in Python) has a handle that other
+ * threads may look at while it runs and just after it ends: never joined
+ * (Python: "cannot join a dummy thread"), alive until it ends. */
+static void test_foreign_threads_handle_is_alive_until_it_ends_and_never_joined(void **state)
+{
+    (void)state;
+    struct foreign_seen f = { NULL, 0 };
+    pthread_t raw;
+    assert_int_equal(pthread_create(&raw, NULL, raw_thread_names_itself, &f), 0);
+    for (double t0 = tu_now(); !atomic_load(&f.handle) && tu_now() - t0 < 10;)
+        usleep(1000);
+    mp_thread *h = atomic_load(&f.handle);
+    assert_non_null(h);
+    assert_non_null(strstr(mp_thread_name(h), "Dummy-"));
+    assert_true(mp_thread_is_alive(h));
+    TU_ASSERT_RC(mp_thread_join(h, MP_FOREVER), MP_ESTATE);   /* at once, not a hang */
+    TU_ASSERT_RC(mp_thread_free(h), MP_EINVAL);
+    atomic_store(&f.go, 1);
+    assert_int_equal(pthread_join(raw, NULL), 0);
+    assert_false(mp_thread_is_alive(h));
+    TU_ASSERT_RC(mp_thread_join(h, MP_FOREVER), MP_ESTATE);
+}
+
+static int counts_threads(void *arg)
+{
+    (void)arg;
+    return mp_active_count();
+}
+
+static int forks_a_counter(void *arg)
+{
+    (void)arg;
+    return tu_wait(tu_fork(counts_threads, NULL), 10);
+}
+
+/* A child forked by a thread that is not the main one has that thread
+ * alone: it is the child's main thread, as in Python, and counts once. */
+static void test_child_forked_by_another_thread_counts_one_thread(void **state)
+{
+    (void)state;
+    mp_thread *t = start(forks_a_counter, NULL, NULL);
+    TU_OK(mp_thread_join(t, 10));
+    int code = 0;
+    TU_OK(mp_thread_exitcode(t, &code));
+    assert_int_equal(code, 1);
+    TU_OK(mp_thread_free(t));
+}
+
 int main(void)
 {
     tu_watchdog(60);
@@ -236,6 +319,9 @@ int main(void)
         cmocka_unit_test(test_exit_joins_non_daemon_threads_only),
         cmocka_unit_test(test_thread_errors),
         cmocka_unit_test(test_thread_cannot_join_itself),
+        cmocka_unit_test(test_thread_ended_by_pthread_exit_is_finished),
+        cmocka_unit_test(test_foreign_threads_handle_is_alive_until_it_ends_and_never_joined),
+        cmocka_unit_test(test_child_forked_by_another_thread_counts_one_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
