@@ -35,14 +35,6 @@
 
 #define MIB ((size_t)1 << 20)
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-
 /* Bytes of shared memory the arena's memfd holds now. */
 static size_t held_bytes(void)
 {
@@ -1180,7 +1172,7 @@ static int child_runs_pool(void *arg)
 static void test_pipe_held_by_a_child_running_a_pool_is_freed(void **state)
 {
     (void)state;
-#ifdef UNDER_TSAN
+#if TU_TSAN
     /* TSan keeps the fork lock the parent held across the fork as locked in
      * the child (which re-creates it), and the child's pool monitor takes it. */
     skip();

@@ -329,6 +329,48 @@ static void test_lock_holder_killed_gives_next_acquirer_eownerdead(void **state)
     mp_lock_free(l);
 }
 
+/* More than the kernel's robust-list walk releases (ROBUST_LIST_LIMIT,
+ * 2048 entries). */
+#define MANY_LOCKS 2060
+
+struct many_locks {
+    mp_lock *l[MANY_LOCKS];
+    tu_flag taken;
+};
+
+static int takes_many_locks(void *arg)
+{
+    struct many_locks *m = arg;
+    for (int i = 0; i < MANY_LOCKS; i++)
+        if (mp_lock_acquire(m->l[i], 10) != 0)
+            return 1;
+    atomic_store(&m->taken.n, 1);
+    return block_forever();
+}
+
+/* A process killed holding more locks than the kernel releases for it: the
+ * oldest stayed held by nobody for ever. A waiter that sleeps a slice
+ * finds the holder gone and takes the lock over, told MP_EOWNERDEAD. */
+static void test_lock_holder_killed_holding_thousands_gives_every_one_back(void **state)
+{
+    (void)state;
+    if (TU_TSAN)                        /* it follows at most 64 locks a thread holds */
+        skip();
+    struct many_locks *m = mp_shared_alloc(sizeof *m);
+    assert_non_null(m);
+    for (int i = 0; i < MANY_LOCKS; i++)
+        TU_OK(mp_lock_new(&m->l[i]));
+    pid_t pid = tu_fork(takes_many_locks, m);
+    assert_true(flag_wait(&m->taken, 30));
+    kill_child(pid);
+    for (int i = 0; i < MANY_LOCKS; i++) {
+        TU_ASSERT_RC(mp_lock_acquire(m->l[i], 5), MP_EOWNERDEAD);
+        TU_OK(mp_lock_release(m->l[i]));
+        mp_lock_free(m->l[i]);
+    }
+    mp_shared_free(m);
+}
+
 /* MP_EOWNERDEAD means held: the body runs, told so, to repair the data. */
 static void test_lock_with_rc_runs_the_body_after_a_holder_died(void **state)
 {
@@ -570,6 +612,7 @@ int main(void)
         cmocka_unit_test(test_lock_excludes_processes),
         cmocka_unit_test(test_lock_and_rlock_exclude_threads),
         cmocka_unit_test(test_lock_holder_killed_gives_next_acquirer_eownerdead),
+        cmocka_unit_test(test_lock_holder_killed_holding_thousands_gives_every_one_back),
         cmocka_unit_test(test_lock_with_rc_runs_the_body_after_a_holder_died),
         cmocka_unit_test(test_rlock_holder_killed_gives_next_acquirer_eownerdead),
         cmocka_unit_test(test_lock_waiter_is_woken_with_eownerdead_when_holder_is_killed),

@@ -28,18 +28,6 @@
 #pragma weak mp_lock_release
 #pragma weak mp_lock_free
 
-
-#if defined(__SANITIZE_THREAD__)
-#define TU_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TU_TSAN 1
-#endif
-#endif
-#ifndef TU_TSAN
-#define TU_TSAN 0
-#endif
-
 /* Sanitizers keep freed memory in quarantine: RSS says little there. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define RSS_SLACK_KB (256 * 1024)

@@ -18,6 +18,19 @@
  * need many processes scale down (0 where valgrind's header is absent). */
 #include "platform/valgrind_check.h"
 
+/* TU_TSAN: 1 under ThreadSanitizer, which cannot follow some tests (a
+ * thread holding thousands of locks, memory figures). */
+#if defined(__SANITIZE_THREAD__)
+#define TU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TU_TSAN 1
+#endif
+#endif
+#ifndef TU_TSAN
+#define TU_TSAN 0
+#endif
+
 /* Aborts the whole test binary after sec seconds: a deadlock fails loudly.
  * Scaled by MPROC_TEST_SLOW (e.g. 4 under sanitizers). With MPROC_TEST_CASE
  * set, only the case of that name runs, bounded by MPROC_CASE_TIMEOUT. */

@@ -11,6 +11,7 @@
  * MP_ETIMEDOUT (busy until the deadline), -EDEADLK (the caller holds it).
  */
 #include "internal.h"
+#include "platform/platform.h"
 
 #include <linux/futex.h>
 #include <stdio.h>
@@ -101,6 +102,30 @@ int rmutex_lock(rmutex *m, const mp_deadline *d)
     return rc == MP_ETIMEDOUT ? rmutex_wait(m, d) : rc;
 }
 
+/* The kernel gives a dead holder's robust mutexes back by walking its
+ * robust list, but at most ROBUST_LIST_LIMIT (2048) entries of it: a thread
+ * killed holding more leaves the oldest with its tid in the word, held by
+ * nobody for ever. A sleeper whose slice ended asks /proc whether that tid
+ * still names a live thread; if not, it does what the walk would have
+ * done: the owner-died bit set, the tid cleared, the waiters bit kept, one
+ * sleeper woken, and glibc's next lock takes the mutex with EOWNERDEAD.
+ * A zombie is not a live thread; a new thread given the same tid passes
+ * for the holder (as a live one must); and "no such task" counts only
+ * where /proc finds the sleeper itself. */
+static void give_back_if_holder_gone(rmutex *m)
+{
+    uint32_t *word = (uint32_t *)&m->m.__data.__lock;
+    uint32_t w = __atomic_load_n(word, __ATOMIC_RELAXED);
+    uint64_t start;
+    if ((w & FUTEX_TID_MASK) == 0 || proc_task_start((pid_t)(w & FUTEX_TID_MASK), &start) != 0)
+        return;
+    if (proc_task_start((pid_t)mp_gettid(), &start) != 1)
+        return;                     /* no /proc to ask: "not found" says nothing */
+    uint32_t dead = (w & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
+    if (__atomic_compare_exchange_n(word, &w, dead, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+        futex_wake((_Atomic uint32_t *)word, 1);
+}
+
 int rmutex_wait(rmutex *m, const mp_deadline *d)
 {
     /* Spin by looking, not by trying: a failed trylock takes the cache line
@@ -121,6 +146,8 @@ int rmutex_wait(rmutex *m, const mp_deadline *d)
         rc = mutex_clocklock(&m->m, last ? &d->at : &slice.at);
         if (last)
             break;
+        if (rc == ETIMEDOUT)
+            give_back_if_holder_gone(m);
     }
     switch (rc) {
     case 0: return 0;
