@@ -1073,6 +1073,40 @@ static void test_500_clients_connecting_and_leaving_leave_no_fds_or_memory(void 
     mp_manager_free(m);
 }
 
+/* One big request from each of 8 clients, which then stay connected and
+ * idle: the server keeps no buffer the size of a request past its reply
+ * (8 x 16 MiB before, outside --max-memory: any client with the key could
+ * make the server hold a frame's worth per connection). */
+static void test_idle_clients_leave_no_request_sized_buffers_in_the_server(void **state)
+{
+    (void)state;
+    mp_manager *m = start();
+    pid_t srv = mp_manager_pid(m);
+    size_t klen, big = (size_t)16 << 20;
+    const void *key = mp_manager_authkey(m, &klen);
+    char *value = calloc(1, big);
+    assert_non_null(value);
+    mp_manager *c[9];
+    long rss0 = 0;
+    for (int i = 0; i < 9; i++) {
+        TU_OK(mp_manager_connect(&c[i], mp_manager_address(m), key, klen));
+        mp_list *l;
+        TU_OK(mp_list_open(c[i], "empty", &l));
+        TU_ASSERT_RC(mp_list_set(l, 0, value, big), MP_ERANGE);   /* stores nothing */
+        mp_list_free(l);
+        if (i == 0)
+            rss0 = proc_rss_kb(srv);    /* after one: its thread, its first mapping */
+    }
+    long rss1 = proc_rss_kb(srv);
+    print_message("server private RSS %ld kB -> %ld kB with 8 more idle clients\n", rss0, rss1);
+    if (!RUNNING_ON_VALGRIND && RSS_SLACK_KB < 16 * 1024)
+        assert_true(rss1 - rss0 < 16 * 1024);
+    for (int i = 0; i < 9; i++)
+        mp_manager_free(c[i]);
+    free(value);
+    mp_manager_free(m);
+}
+
 static void test_server_stays_responsive_with_500_connected_clients(void **state)
 {
     if (RUNNING_ON_VALGRIND)
@@ -1653,6 +1687,7 @@ int main(void)
         cmocka_unit_test(test_mlock_of_killed_holder_is_freed_though_its_child_lives),
         cmocka_unit_test(test_dict_incr_from_8_processes_is_exact),
         cmocka_unit_test(test_500_clients_connecting_and_leaving_leave_no_fds_or_memory),
+        cmocka_unit_test(test_idle_clients_leave_no_request_sized_buffers_in_the_server),
         cmocka_unit_test(test_server_stays_responsive_with_500_connected_clients),
         cmocka_unit_test(test_threads_share_one_handle_safely),
         cmocka_unit_test(test_timed_calls_keep_their_deadline_beside_a_forever_call_on_one_handle),

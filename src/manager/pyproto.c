@@ -455,6 +455,8 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
                 store_unget(reg->store, &cx.item_queue, &cx.item_v);
             break;
         }
+        wire_buf_trim(&cx.out);
+        wire_buf_trim(&cx.tmp);
         if (!serving || *shutdown)
             break;
         bool few = atomic_load_explicit(&reg->serving, memory_order_relaxed) < reg->ncpu;

@@ -214,6 +214,9 @@ static void client_serve_channel(struct client *c, bool *shutdown)
             client_return_item(c);
             return;
         }
+        wire_trim(&c->w);
+        wire_buf_trim(&c->out);
+        wire_buf_trim(&c->in);
     }
 }
 
@@ -335,6 +338,7 @@ static void *client_main(void *arg)
             client_return_item(c);
             break;
         }
+        wire_buf_trim(&c->out);
     }
     if (c->ch)
         client_serve_channel(c, &shutdown);

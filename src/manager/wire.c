@@ -92,6 +92,21 @@ int wire_send(struct wire *w, const void *data, size_t len, const mp_deadline *d
 }
 
 /* Makes room for `need` live bytes plus some read-ahead. */
+void wire_trim(struct wire *w)
+{
+    if (w->len == 0 && w->cap > WIRE_KEEP_BYTES) {
+        free(w->in);
+        w->in = NULL;
+        w->start = w->cap = 0;
+    }
+}
+
+void wire_buf_trim(mp_buf *b)
+{
+    if (b->cap > WIRE_KEEP_BYTES)
+        mp_buf_free(b);
+}
+
 static int wire_reserve(struct wire *w, size_t need)
 {
     if (w->start > 0 && (w->len == 0 || w->start + need > w->cap)) {
@@ -153,6 +168,7 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d)
 {
     uint64_t spin_until = now_ns() + w->spin_ns;
+    wire_trim(w);                   /* the last frame was consumed: it may have been big */
     /* Neither a spin nor a deadline, and nothing buffered: the peer has
      * not sent yet, so sleep in poll first rather than try a recv that
      * finds nothing (poll and recv instead of recv, poll and recv). Not a

@@ -25,6 +25,9 @@ enum {
     WIRE_KEEPINTVL_S = 2,
     WIRE_KEEPCNT = 3,
     WIRE_USER_TIMEOUT_S = 16,
+    /* A buffer above this is given back once what it held is consumed: a
+     * connection keeps no request-sized buffer while idle. */
+    WIRE_KEEP_BYTES = 64 * 1024,
 };
 
 struct wire {
@@ -37,6 +40,11 @@ struct wire {
 };
 
 void wire_init(struct wire *w, int fd, uint32_t spin_ns);
+/* Frees w's input buffer if it holds more than WIRE_KEEP_BYTES and nothing
+ * unread (the frame wire_recv gave is then gone too); wire_recv does it
+ * first. wire_buf_trim: frees b if it holds more (a big reply, once sent). */
+void wire_trim(struct wire *w);
+void wire_buf_trim(mp_buf *b);
 void wire_close(struct wire *w);     /* closes fd, frees the buffer */
 
 /* Sends one frame (header and payload in one sendmsg), waiting for room
