@@ -1391,6 +1391,109 @@ static int raw_connect(mp_manager *m)
     return fd;
 }
 
+/* A fake server: the handshake (answering with key), then an empty success
+ * to every open, a refusal of ATTACH (the client stays on the socket), and
+ * reply to everything else. */
+struct fake_server {
+    int lfd;
+    const char *key;
+    const uint8_t *reply;
+    size_t reply_len;
+    pthread_t conns[8];
+    int nconns;
+};
+
+struct fake_conn { struct fake_server *f; int fd; };
+
+static void *fake_conn_main(void *arg)
+{
+    struct fake_conn *fc = arg;
+    struct fake_server *f = fc->f;
+    int fd = fc->fd;
+    free(fc);
+    hmac_fn hmac = (hmac_fn)dlsym(RTLD_DEFAULT, "HMAC");
+    const void *(*sha256)(void) = (const void *(*)(void))dlsym(RTLD_DEFAULT, "EVP_sha256");
+    uint8_t chal[11 + 8 + 40] = "#CHALLENGE#{sha256}", msg[256], resp[8 + 32] = "{sha256}";
+    unsigned int out;
+    ssize_t len;
+    if (raw_send(fd, chal, sizeof chal) == 0 && raw_recv(fd, msg, sizeof msg) >= 0 &&
+        raw_send(fd, "#WELCOME#", 9) == 0 && (len = raw_recv(fd, msg, sizeof msg)) > 11) {
+        hmac(sha256(), f->key, (int)strlen(f->key), msg + 11, (size_t)len - 11, resp + 8, &out);
+        if (raw_send(fd, resp, sizeof resp) == 0 && raw_recv(fd, msg, sizeof msg) >= 0)
+            while ((len = raw_recv(fd, msg, sizeof msg)) >= 2) {
+                int op = msg[1] < 24 ? msg[1] : msg[2];
+                if (op == 2)
+                    raw_send(fd, "\x81\x35", 2);        /* ATTACH: [-22] */
+                else if (op == 10 || op == 40)
+                    raw_send(fd, "\x81\x00", 2);        /* DICT_OPEN, LOCK_OPEN: [0] */
+                else
+                    raw_send(fd, f->reply, f->reply_len);
+            }
+    }
+    close(fd);
+    return NULL;
+}
+
+/* Serves each connection on a thread of its own until lfd is shut down. */
+static void *fake_server_main(void *arg)
+{
+    struct fake_server *f = arg;
+    int fd;
+    while (f->nconns < 8 && (fd = accept(f->lfd, NULL, NULL)) >= 0) {
+        struct fake_conn *fc = malloc(sizeof *fc);
+        *fc = (struct fake_conn){ f, fd };
+        pthread_create(&f->conns[f->nconns++], NULL, fake_conn_main, fc);
+    }
+    return NULL;
+}
+
+/* A reply status is 0 or an mproc code: anything else (a positive one, or
+ * INT64_MIN, which truncated to 0 said "acquired") is a broken server, and
+ * so is a negative length. */
+static void test_client_refuses_impossible_reply_statuses_and_lengths(void **state)
+{
+    (void)state;
+    static const struct { const char *bytes; size_t len; } replies[] = {
+        { "\x82\x05\x00", 3 },                                      /* [5, 0] */
+        { "\x82\x3b\x7f\xff\xff\xff\xff\xff\xff\xff\x00", 11 },   /* [INT64_MIN, 0] */
+        { "\x82\x00\x3b\x7f\xff\xff\xff\xff\xff\xff\xff", 11 },   /* [0, INT64_MIN] */
+    };
+    for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++) {
+        char addr[64];
+        snprintf(addr, sizeof addr, "unix:@mproc-fake-%d-%zu", (int)getpid(), i);
+        struct sockaddr_un un = { .sun_family = AF_UNIX };
+        size_t n = strlen(addr + 5);
+        memcpy(un.sun_path, addr + 5, n);
+        un.sun_path[0] = '\0';
+        struct fake_server f = { .lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0),
+                                 .key = "fake key", .reply = (const uint8_t *)replies[i].bytes,
+                                 .reply_len = replies[i].len };
+        TU_OK(bind(f.lfd, (struct sockaddr *)&un, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n)));
+        TU_OK(listen(f.lfd, 4));
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, fake_server_main, &f), 0);
+        mp_manager *m = NULL;
+        TU_OK(mp_manager_connect(&m, addr, f.key, strlen(f.key)));
+        size_t len = 0;
+        mp_dict *d = open_dict(m, "d");
+        if (i < 2) {
+            mp_lock *l = NULL;
+            TU_OK(mp_manager_lock(m, "l", &l));
+            assert_int_equal(mp_lock_acquire(l, 5), MP_EBROKEN);
+            mp_lock_free(l);
+        } else {
+            assert_int_equal(mp_dict_len(d, &len), MP_EPROTO);
+        }
+        mp_dict_free(d);
+        mp_manager_free(m);
+        shutdown(f.lfd, SHUT_RDWR);
+        pthread_join(t, NULL);
+        for (int c = 0; c < f.nconns; c++)
+            pthread_join(f.conns[c], NULL);
+        close(f.lfd);
+    }
+}
+
 /* After a bad frame: an error reply (a 1-item array with a negative
  * status) or a closed connection, and the server still serves others. */
 static void expect_error_or_close(mp_manager *m, int fd, mp_dict *d)
@@ -1695,6 +1798,7 @@ int main(void)
         cmocka_unit_test(test_handles_work_in_spawned_and_forked_processes),
         cmocka_unit_test(test_server_killed_makes_every_call_fail_within_a_second),
         cmocka_unit_test(test_malformed_requests_get_an_error_and_others_are_served),
+        cmocka_unit_test(test_client_refuses_impossible_reply_statuses_and_lengths),
         cmocka_unit_test(test_oversized_and_truncated_frames_close_only_that_connection),
         cmocka_unit_test(test_attach_refuses_memory_that_is_not_a_shared_channel),
         cmocka_unit_test(test_python_client_speaks_the_documented_protocol),

@@ -332,7 +332,9 @@ static int mconn_roundtrip(struct mconn *c, struct mmsg *rep, const mp_deadline 
     }
     if (rc == 0)
         rc = msg_decode(data, len, rep);
-    if (rc == 0 && rep->v[0].type != MV_INT)
+    /* A status is 0 or an mproc code (all above -4096): anything else is a
+     * broken server, not a value to cut to an int (INT64_MIN would read 0). */
+    if (rc == 0 && (rep->v[0].type != MV_INT || rep->v[0].i > 0 || rep->v[0].i < -4095))
         rc = MP_EPROTO;
     if (rc < 0) {
         mconn_drop(c);
@@ -460,8 +462,8 @@ static int proxy_int(struct proxy *p, int op, const struct mval *args, size_t n,
         return MP_ENOMEM;
     struct mmsg rep;
     int rc = proxy_call(p, c, op, args, n, &rep, NULL);
-    if (rc == 0 && (rep.n != 2 || rep.v[1].type != MV_INT))
-        rc = MP_EPROTO;
+    if (rc == 0 && (rep.n != 2 || rep.v[1].type != MV_INT || rep.v[1].i < 0))
+        rc = MP_EPROTO;             /* a count (its one use): never negative */
     if (rc == 0 && out)
         *out = rep.v[1].i;
     mconn_end(c);
@@ -1100,7 +1102,9 @@ int mp_dict_len(mp_dict *d, size_t *n)
         return mp_fail_code(rc, __func__);
     struct mval v;
     rc = dict_call((struct proxy *)d, OP_DICT_LEN, NULL, 0, MV_INT, NULL, &v);
-    if (rc == 0)
+    if (rc == 0 && v.i < 0)
+        rc = mp_fail(MP_EPROTO, __func__, "the server sent a negative length");
+    else if (rc == 0)
         *n = (size_t)v.i;
     return mp_fail_code(rc, __func__);
 }
