@@ -311,10 +311,11 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * a non-NULL authkey with keylen 0 runs it with the empty key (Python's
  * authkey=b"", as CPython 3.13's Listener and Client do). With a key,
  * accept runs the handshakes of all waiting connections side by side and
- * returns the first that ends well, so a peer that connects and says
- * nothing delays the connections behind it by 0.1 s at most (each new
- * handshake has that long to itself before accept takes the next, so a
- * burst spreads over the processes sharing a listener): one that is not
+ * returns the first that ends well, so peers that connect and say nothing
+ * delay the connections behind them by about 0.1 s, however many (each
+ * new handshake has that long to itself before accept takes the next, so
+ * a burst spreads over the processes sharing a listener; behind one that
+ * had it unfinished, accept takes up to 32 at once): one that is not
  * done within 30 s is dropped and its accept call fails with MP_EAUTH, as
  * does one with the wrong key. A handshake still under way when accept's
  * timeout passes goes on in the next accept call of this process (up to
@@ -323,7 +324,10 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * mp_listener_fileno. mp_listener_free closes this process's handshakes
  * (whether or not other processes still hold the listener), and wakes
  * this process's threads inside mp_listener_accept on l: they return
- * MP_ECLOSED at once (in CPython, closing a listener does not wake them). */
+ * MP_ECLOSED at once (in CPython, closing a listener does not wake them).
+ * With no descriptor (or memory) free for a waiting connection, accept
+ * waits out its timeout, looking again every 10 ms, then returns -EMFILE
+ * (-ENFILE, ...): the connection stays in the backlog. */
 typedef struct mp_conn mp_conn;
 typedef struct mp_listener mp_listener;
 MP_EXTERN int  mp_pipe(mp_conn **a, mp_conn **b, bool duplex);   /* one-way: a receives, b sends */

@@ -34,9 +34,18 @@
  * before this process takes more (a burst spreads over the processes
  * sharing the listener, and none waits in the handshakes of one that went
  * off to serve another), and a flood of new connections cannot push one
- * out before it has had time to answer. A silent peer delays the
- * connections behind it by this much. */
+ * out before it has had time to answer. A handshake that has had its
+ * patience unfinished says the peers ahead are slow or silent: the next
+ * admission then takes up to HANDSHAKES_BATCH at once, so a stream of
+ * silent peers, however fast, cannot outpace the intake and push a client
+ * behind it past its timeout (HANDSHAKES_MAX is twice that: each of them
+ * has a whole patience before it can be dropped for a newer one). */
 #define HANDSHAKE_PATIENCE 0.1
+#define HANDSHAKES_BATCH (HANDSHAKES_MAX / 2)
+/* With no descriptor free for a new connection (EMFILE and the like), how
+ * often accept looks again: the connection stays in the backlog, and a
+ * call returns the error only when its timeout passes. */
+#define ACCEPT_RETRY_S 0.01
 #define ADDRESS_MAX 128
 
 struct mp_listener {
@@ -438,25 +447,37 @@ static int listener_check(const mp_listener *l)
 
 /* Waits for and takes one connection (no key); EAGAIN means a sibling
  * process sharing the listener took it first. */
+/* accept4's failures that the next moment may mend (a descriptor, a
+ * buffer freed): the connection stays in the backlog meanwhile. */
+static bool out_of_resources(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 static int accept_one(mp_listener *l, struct local *loc, const mp_deadline *d)
 {
+    int starved = 0;                /* the last accept4's lack: returned at d */
     for (;;) {
-        struct pollfd p[2] = { { .fd = l->h.fd, .events = POLLIN },
+        mp_deadline retry = deadline_in(ACCEPT_RETRY_S);
+        const mp_deadline *wake = starved && deadline_left(&retry) < deadline_left(d) ? &retry : d;
+        struct pollfd p[2] = { { .fd = l->h.fd, .events = starved ? 0 : POLLIN },
                                { .fd = loc->closed_fd, .events = POLLIN } };
-        int r = fd_poll_all(p, 2, d);
-        if (r == 0)
-            return MP_ETIMEDOUT;
+        int r = fd_poll_all(p, 2, wake);
         if (r < 0)
             return r;
         if (p[1].revents || (p[0].revents & POLLNVAL))
             return MP_ECLOSED;
+        if (r == 0 && deadline_passed(d))
+            return starved ? starved : MP_ETIMEDOUT;
         int fd = accept4(l->h.fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0)
             return fd;
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        starved = out_of_resources(errno) ? errno_to_mp(errno) : 0;
+        if (!starved && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+            errno != ECONNABORTED)
             return errno_to_mp(errno);
         if (deadline_passed(d))
-            return MP_ETIMEDOUT;
+            return starved ? starved : MP_ETIMEDOUT;
     }
 }
 
@@ -478,8 +499,8 @@ static void set_nodelay(int fd)
  * may have taken it), and sends its challenge; the oldest handshake makes
  * room when HANDSHAKES_MAX are under way. The socket joins the record
  * under sets.mu in the same breath as accept4 makes it, so a fork child
- * finds every copy it has to close. 0, or why accept or the first send
- * failed. */
+ * finds every copy it has to close. 1 taken, 0 none was waiting, or why
+ * accept or the first send failed. */
 static int hs_admit(mp_listener *l, struct local *loc)
 {
     sets_lock();
@@ -501,7 +522,7 @@ static int hs_admit(mp_listener *l, struct local *loc)
     int rc = auth_server_start(&h->a, fd);
     if (rc != 0)
         hs_remove(loc, loc->n - 1, false);
-    return rc;
+    return rc != 0 ? rc : 1;
 }
 
 /* Runs the handshakes and admits new connections (one at a time, each
@@ -511,6 +532,8 @@ static int hs_admit(mp_listener *l, struct local *loc)
 static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
 {
     struct pollfd p[2 + HANDSHAKES_MAX];
+    int starved = 0;                /* hs_admit's last lack: returned at d */
+    mp_deadline retry = { 0 };
     for (;;) {
         mp_deadline wake = *d;
         for (int i = 0; i < loc->n; i++) {
@@ -523,6 +546,8 @@ static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
             p[2 + i] = (struct pollfd){ .fd = loc->hs[i].fd, .events = POLLIN };
         }
         const mp_deadline *youngest = loc->n ? &loc->hs[loc->n - 1].patient : NULL;
+        if (starved && (!youngest || deadline_left(&retry) > deadline_left(youngest)))
+            youngest = &retry;      /* no descriptor: look again a little later */
         bool admit = !youngest || deadline_passed(youngest);
         if (!admit && (wake.forever || deadline_left(youngest) < deadline_left(&wake)))
             wake = *youngest;
@@ -550,12 +575,18 @@ static int hs_run(mp_listener *l, struct local *loc, const mp_deadline *d)
             return fd;
         }
         if (p[0].revents & POLLIN) {
-            int rc = hs_admit(l, loc);
-            if (rc != 0)
+            /* one, or a batch behind a handshake that had its patience */
+            int batch = loc->n ? HANDSHAKES_BATCH : 1, rc = 1;
+            for (int i = 0; i < batch && rc == 1; i++)
+                rc = hs_admit(l, loc);
+            starved = out_of_resources(-rc) ? rc : 0;
+            if (starved)
+                retry = deadline_in(ACCEPT_RETRY_S);
+            else if (rc < 0)
                 return rc;
         }
         if (deadline_passed(d))
-            return MP_ETIMEDOUT;
+            return starved ? starved : MP_ETIMEDOUT;
     }
 }
 
@@ -610,6 +641,10 @@ int mp_listener_accept(mp_listener *l, mp_conn **c, double timeout)
     if (fd == MP_ETIMEDOUT)       /* not ours: a handshake's own time ran out */
         return mp_fail(MP_EAUTH, __func__, "a client connected but did not finish the authkey "
                        "handshake within %g s", HANDSHAKE_TIMEOUT);
+    if (fd < 0 && out_of_resources(-fd))
+        return mp_fail(fd, __func__, "a connection waited, but this process had no %s for "
+                       "it until the timeout (%s); it stays in the backlog", fd == -EMFILE ||
+                       fd == -ENFILE ? "descriptor" : "memory", mp_errname(fd));
     if (fd < 0 && keyed)
         return fail_handshake(fd, __func__, "a client");
     if (fd < 0)

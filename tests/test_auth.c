@@ -549,11 +549,11 @@ static void greet(mp_conn *c)
     mp_conn_close(c);
 }
 
-static int quick_client(void *arg)
+/* A client that connects within timeout, says "hello" and wants "ok". */
+static int client_says_hello(mp_listener *l, double timeout)
 {
-    mp_listener *l = arg;
     mp_conn *c;
-    if (mp_client(&c, mp_listener_address(l), KEY, strlen(KEY), 20 * tu_slow()) != 0 ||
+    if (mp_client(&c, mp_listener_address(l), KEY, strlen(KEY), timeout) != 0 ||
         mp_conn_send_bytes(c, "hello", 5) != 0)
         return 1;
     char b[16];
@@ -562,6 +562,11 @@ static int quick_client(void *arg)
              n == 2 ? 0 : 2;
     mp_conn_close(c);
     return rc;
+}
+
+static int quick_client(void *arg)
+{
+    return client_says_hello(arg, 20 * tu_slow());
 }
 
 /* Peers that connect and say nothing, more of them than the listener runs
@@ -847,6 +852,87 @@ static void test_listener_serves_a_client_ahead_of_silent_ones(void **state)
     mp_listener_free(l);
 }
 
+/* Connects and says nothing, 50 times a second, for the seconds given;
+ * the sockets stay open until it exits. */
+static int floods_with_silent_peers(void *arg)
+{
+    mp_listener *l = arg;
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    for (double until = tu_now() + 4; tu_now() < until;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0)
+            return 1;
+        usleep(20 * 1000);
+    }
+    return 0;
+}
+
+static int client_within_3s(void *arg)
+{
+    return client_says_hello(arg, 3 * tu_slow());
+}
+
+/* Silent peers arriving faster than one per HANDSHAKE_PATIENCE, without
+ * end: a listener that admitted one per patience fell further behind
+ * every second, and a client that came after a second of it waited
+ * behind all of them. Once a handshake has had its patience, the next
+ * admission takes many at once: intake keeps up, the client is served. */
+static void test_listener_keeps_up_with_a_stream_of_silent_peers(void **state)
+{
+    (void)state;
+    mp_listener *l;
+    TU_OK(mp_listener_new(&l, "tcp:127.0.0.1:0", KEY, strlen(KEY)));
+    pid_t flood = tu_fork(floods_with_silent_peers, l);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_listener_accept(l, &c, 1.0), MP_ETIMEDOUT);   /* a second of the flood */
+    pid_t pid = tu_fork(client_within_3s, l);
+    int rc;
+    double until = tu_now() + 10 * tu_slow();
+    do                                  /* MP_EAUTH: a silent peer hung up */
+        rc = mp_listener_accept(l, &c, 10 * tu_slow());
+    while (rc == MP_EAUTH && tu_now() < until);
+    TU_OK(rc);
+    greet(c);
+    assert_int_equal(tu_wait(pid, 20), 0);
+    assert_int_equal(tu_wait(flood, 20), 0);
+    mp_listener_free(l);
+}
+
+static int accepts_with_no_descriptor_free(void *arg)
+{
+    bool keyed = arg != NULL;
+    mp_listener *l;
+    if (mp_listener_new(&l, "tcp:127.0.0.1:0", keyed ? KEY : NULL, keyed ? strlen(KEY) : 0) != 0)
+        return 10;
+    mp_conn *c;
+    if (mp_listener_accept(l, &c, 0) != MP_ETIMEDOUT)   /* this process's record is made */
+        return 15;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);   /* a client waits in the backlog */
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0)
+        return 11;
+    if (!tu_exhaust_fds())
+        return 12;
+    double t0 = tu_now();
+    int rc = mp_listener_accept(l, &c, 0.3);
+    double took = tu_now() - t0;
+    if (rc != -EMFILE)
+        return 13;
+    return took >= 0.29 ? 0 : 14;        /* the timeout holds: no return at once to spin on */
+}
+
+/* With no descriptor free, accept4 fails at once and the connection stays
+ * in the backlog: accept waits out its timeout (looking again now and
+ * then), then says why, instead of returning at once for a loop to spin. */
+static void test_accept_with_no_descriptor_free_waits_its_timeout_then_says_emfile(void **state)
+{
+    (void)state;
+    assert_int_equal(tu_wait(tu_fork(accepts_with_no_descriptor_free, NULL), 20), 0);
+    assert_int_equal(tu_wait(tu_fork(accepts_with_no_descriptor_free, (void *)1), 20), 0);
+}
+
 /* A worker process that accepts one connection and keeps it, unanswered,
  * until the pipe's write end closes. */
 static int busy_worker(void *arg)
@@ -955,6 +1041,8 @@ int main(void)
         cmocka_unit_test(test_new_listener_never_returns_an_old_ones_handshake),
         cmocka_unit_test(test_fork_child_closes_every_handshake_socket_it_inherits),
         cmocka_unit_test(test_listener_serves_a_client_ahead_of_silent_ones),
+        cmocka_unit_test(test_listener_keeps_up_with_a_stream_of_silent_peers),
+        cmocka_unit_test(test_accept_with_no_descriptor_free_waits_its_timeout_then_says_emfile),
         cmocka_unit_test(test_listener_burst_goes_to_the_idle_worker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
