@@ -14,6 +14,7 @@
 #include "conn_internal.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -110,7 +111,7 @@ static int parse_tcp(const char *rest, bool passive, struct sockaddress *out)
     if (!host[0])
         return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\" has no host; use tcp:HOST:PORT, "
                        "e.g. tcp:127.0.0.1:%s", ADDRESS_MAX, rest, port);
-    if (!port[0] || *end || p < 0 || p > 65535)
+    if (!isdigit((unsigned char)port[0]) || *end || p > 65535)   /* strtol takes " 80", "+80" */
         return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\": port \"%s\" is not a number "
                        "from 0 to 65535", ADDRESS_MAX, rest, port);
     if (p == 0 && !passive)         /* a SYN to port 0 goes unanswered: the call would hang */

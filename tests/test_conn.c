@@ -1215,6 +1215,7 @@ static void test_bad_addresses_are_einval(void **state)
     (void)state;
     static const char *bad[] = { "", "unix:", "tcp:", "tcp:127.0.0.1", "tcp:127.0.0.1:x",
                                  "tcp:127.0.0.1:70000", "tcp:[::1:5", "tcp::80", "udp:1.2.3.4:5",
+                                 "tcp:127.0.0.1: 80", "tcp:127.0.0.1:+80", "tcp:127.0.0.1:-1",
                                  ("unix:/tmp/a-path-that-is-far-too-long-for-a-unix-socket-address-"
                                   "because-sun-path-holds-only-one-hundred-and-eight-bytes.sock") };
     mp_listener *l;
