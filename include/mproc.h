@@ -481,7 +481,8 @@ MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (resu
 /* cb runs once f is done: at once in the calling thread if it already is,
  * else on the pool's result thread in the process that created the pool.
  * That thread finishes maps and feeds imap iterators, so there a map of
- * that pool, or a wait for one (result, wait, mp_iter_next), returns
+ * that pool, or a wait for one (result, wait, mp_futures_wait with one
+ * among fs, mp_iter_next of an imap or of as_completed over one), returns
  * MP_ESTATE at once (a timeout of 0 still polls); an apply works. */
 MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx);
 enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };

@@ -156,16 +156,26 @@ int task_wait(mp_future *f, const mp_deadline *d)
     }
 }
 
+/* A map's future that only the calling thread could finish: it is that
+ * pool's result thread (in an on_done or progress callback), which
+ * finishes maps. A wait for it would wait for itself. */
+static bool finished_only_by_caller(const mp_future *f)
+{
+    return f->kind == KIND_JOB && !state_final(atomic_load(&f->state)) &&
+           pool_thread_serves(f->sh);
+}
+
+#define WAITS_FOR_ITSELF "called from the pool's own result thread (an on_done or progress " \
+                         "callback), which finishes this map: it would wait for itself"
+
 static int future_wait(mp_future *f, double timeout, const char *fn)
 {
     if (!future_valid(f))
         return mp_fail_handle(fn, "f", f);
     if (!timeout_valid(timeout))
         return mp_fail_timeout(fn, timeout);
-    if (timeout != 0 && f->kind == KIND_JOB && !state_final(atomic_load(&f->state)) &&
-        pool_thread_serves(f->sh))
-        return mp_fail(MP_ESTATE, fn, "called from the pool's own result thread (an on_done or "
-                       "progress callback), which finishes this map: it would wait for itself");
+    if (timeout != 0 && finished_only_by_caller(f))
+        return mp_fail(MP_ESTATE, fn, WAITS_FOR_ITSELF);
     mp_deadline d = deadline_in(timeout);
     int rc = task_wait(f, &d);
     if (rc == MP_ETIMEDOUT)
@@ -383,6 +393,9 @@ int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
     for (size_t i = 0; i < n; i++)
         if (!future_valid(fs[i]))
             return future_fail_listed(fn, i, fs[i]);
+    for (size_t i = 0; timeout != 0 && i < n; i++)
+        if (finished_only_by_caller(fs[i]))
+            return mp_fail(MP_ESTATE, fn, "fs[%zu]: " WAITS_FOR_ITSELF, i);
     mp_deadline d = deadline_in(timeout);
     int done;
     for (;;) {

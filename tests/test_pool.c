@@ -833,7 +833,7 @@ static void test_pool_terminate_from_a_callback_changes_nothing(void **state)
  * pool; done once it has all three. */
 struct waiting_inside {
     mp_pool *p;
-    int map, next, apply;
+    int map, next, apply, wait_all, wait_first, completed;
     _Atomic int done;
 };
 
@@ -852,6 +852,18 @@ static void wait_from_callback(mp_future *f, void *ctx)
         mp_iter_free(it);
     }
     c->apply = mp_pool_apply(c->p, t_square, in, sizeof *in, NULL);
+    mp_future *m;                       /* a map's future, waited for among others */
+    if (mp_pool_map_async(c->p, t_square, in, 3, sizeof *in, out, sizeof *out, 0, &m) == 0) {
+        c->wait_all = mp_futures_wait(&m, 1, MP_ALL_COMPLETED, 2);
+        c->wait_first = mp_futures_wait(&m, 1, MP_FIRST_COMPLETED, MP_FOREVER);
+        mp_iter *ac;
+        c->completed = mp_as_completed(&m, 1, &ac);
+        if (c->completed == 0) {
+            c->completed = mp_iter_next(ac, NULL, NULL, MP_FOREVER);
+            mp_iter_free(ac);
+        }
+        mp_future_free(m);
+    }
     atomic_store(&c->done, 1);
 }
 
@@ -874,6 +886,9 @@ static void test_pool_map_from_a_callback_is_refused_not_hung(void **state)
     assert_int_equal(c.map, MP_ESTATE);
     assert_int_equal(c.next, MP_ESTATE);
     assert_int_equal(c.apply, 0);
+    assert_int_equal(c.wait_all, MP_ESTATE);
+    assert_int_equal(c.wait_first, MP_ESTATE);
+    assert_int_equal(c.completed, MP_ESTATE);
     mp_future_free(f);
     TU_OK(mp_pool_terminate(c.p));
     mp_pool_free(c.p);
