@@ -163,6 +163,8 @@ static int map_args_valid(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t
     if (n && in_size && !in)
         return mp_fail(MP_EINVAL, NULL, "in is NULL but there are %zu items of %zu bytes",
                        n, in_size);
+    if (n && in_size && !mul_overflows(n, in_size))     /* before a fault in the copy */
+        return mem_range_check(NULL, "in", in, n * in_size);
     return 0;
 }
 
@@ -187,6 +189,9 @@ static int map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_s
         return mp_fail(MP_EINVAL, NULL, "f (where the future goes) is NULL");
     if (n && out_size && !out)
         return mp_fail(MP_EINVAL, NULL, "out is NULL but out_size is %zu", out_size);
+    if (n && out_size && !mul_overflows(n, out_size) &&   /* before a fault in the collector */
+        (rc = mem_range_check(NULL, "out", out, n * out_size)) != 0)
+        return rc;
     mp_future *future = task_new(p, KIND_JOB, 0);
     if (!future)
         return mp_fail(MP_ENOMEM, NULL, "no room in the shared arena for a task");

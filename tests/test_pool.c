@@ -51,9 +51,11 @@ static void test_pool_calls_reject_bad_arguments(void **state)
     TU_ASSERT_RC(mp_pool_map(p, t_square, &x, SIZE_MAX / 2, 4, &out, 4, 0), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, 1, 4, 0, false, NULL), MP_EINVAL);
     mp_iter *it = (mp_iter *)&x;
-    /* One chunk per item: a table of chunks whose size wraps to 8 bytes. */
-    TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, SIZE_MAX / 8 + 2, 4, 1, false, &it), MP_ENOMEM);
+    /* One chunk per item: a table of chunks whose size wraps to 8 bytes
+     * (items of 0 bytes: no input range to refuse first). */
+    TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, SIZE_MAX / 8 + 2, 0, 1, false, &it), MP_ENOMEM);
     assert_null(it);
+    TU_ASSERT_RC(mp_pool_imap(p, t_square, &x, SIZE_MAX / 8 + 2, 4, 1, false, &it), MP_ETOOBIG);
     TU_ASSERT_RC(mp_pool_join(p, 1), MP_ESTATE);          /* not closed yet */
     TU_ASSERT_RC(mp_pool_join(NULL, 1), MP_EINVAL);
     TU_ASSERT_RC(mp_pool_close(NULL), MP_EINVAL);
@@ -795,6 +797,32 @@ static void test_pool_apply_async_refuses_a_length_past_memory(void **state)
     mp_pool_free(p);
 }
 
+/* A map's in and out are checked as an apply's in is: the copy of in, and
+ * the collector's writes to out, would fault (the caller's SIGSEGV). */
+static void test_pool_map_refuses_in_and_out_past_memory(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND)
+        skip();
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 1 }));
+    char *edge = tu_page_before_hole();
+    int in[4] = { 1, 2, 3, 4 }, out[4];
+    size_t n = (size_t)64 << 10;          /* 64 Ki ints: 256 KiB from the last page */
+    TU_ASSERT_RC(mp_pool_map(p, t_square, edge, n, sizeof *in, out, sizeof *out, 0), MP_EINVAL);
+    tu_last_error_has("in..in+262144 runs past this process's memory", NULL);
+    TU_ASSERT_RC(mp_pool_map(p, t_square, in, n, sizeof *in, edge, sizeof *out, 0), MP_EINVAL);
+    mp_future *f = (mp_future *)1;
+    TU_ASSERT_RC(mp_pool_map_async(p, t_square, in, n, sizeof *in, edge, sizeof *out, 0, &f),
+                 MP_EINVAL);
+    assert_null(f);
+    mp_iter *it = (mp_iter *)1;
+    TU_ASSERT_RC(mp_pool_imap(p, t_square, edge, n, sizeof *in, 1, false, &it), MP_EINVAL);
+    TU_OK(mp_pool_map(p, t_square, in, 4, sizeof *in, out, sizeof *out, 0));   /* still works */
+    assert_int_equal(out[3], 16);
+    mp_pool_free(p);
+}
+
 /* terminate from a callback is refused, and nothing is stopped by it. */
 struct terminating { mp_pool *p; _Atomic int said; };
 
@@ -970,6 +998,7 @@ int main(void)
         cmocka_unit_test(test_pool_progress_reports_items_done),
         cmocka_unit_test(test_pool_iterator_belongs_to_its_process),
         cmocka_unit_test(test_pool_apply_async_refuses_a_length_past_memory),
+        cmocka_unit_test(test_pool_map_refuses_in_and_out_past_memory),
         cmocka_unit_test(test_pool_terminate_from_a_callback_changes_nothing),
         cmocka_unit_test(test_pool_map_from_a_callback_is_refused_not_hung),
         cmocka_unit_test(test_pool_left_running_does_not_hang_the_exit),
