@@ -78,23 +78,39 @@ static int server_launch(struct mp_runtime *r)
 
 /* Closes the connection and reaps the server (our child), killing it if it
  * does not leave within the grace period. */
-static void server_close(struct mp_runtime *r)
+/* Closes and reaps the server: true if it is known to have ended by its
+ * own doing (an exit, a fault, or hanging on until we killed it), false if
+ * a signal from outside ended it (SIGKILL, SIGTERM, ...) or nobody can
+ * tell (reaped by someone else). */
+static bool server_close(struct mp_runtime *r)
 {
     if (r->fs_sock < 0)
-        return;
+        return false;
     close(r->fs_sock);
     r->fs_sock = -1;
     mp_deadline d = deadline_in(SHUTDOWN_GRACE);
     siginfo_t si;
-    while (proc_wait_pid(r->fs_pid, &si, true) == 0) {
+    bool own = false;
+    int got;
+    while ((got = proc_wait_pid(r->fs_pid, &si, true)) == 0) {
         if (deadline_passed(&d)) {
             kill(r->fs_pid, SIGKILL);
             proc_wait_pid(r->fs_pid, &si, false);
+            got = -1;
+            own = true;
             break;
         }
         usleep(500);                /* it is on its way out: EOF is its signal */
     }
+    if (got == 1 && si.si_code == CLD_EXITED)
+        own = true;
+    else if (got == 1)
+        switch (si.si_status) {
+        case SIGSEGV: case SIGBUS: case SIGILL: case SIGFPE: case SIGABRT: case SIGSYS: case SIGTRAP:
+            own = true;
+        }
     r->fs_pid = 0;
+    return own;
 }
 
 /* Sends p's request with our handles' descriptors, their holds in
@@ -147,14 +163,18 @@ int forkserver_start(struct mp_process *p, int *pidfd)
         if (!sent)                  /* no child can have read the lease */
             process_lease_undo(p, p->lease);
         if (rc == -EPIPE) {
-            server_close(r);        /* it died before the request: start another */
+            /* it died before the request: start another */
+            if (server_close(r))
+                rc = MP_EBROKEN;
             continue;
         }
         /* It died with the request: a child it forked dies before running
          * (run_kid), but a retry now could meet one not dead yet. The
-         * caller may try again; that start launches a new server. */
-        if (rc == -ECONNRESET)
-            server_close(r);
+         * caller may try again; that start launches a new server. A server
+         * that died of its own fault says MP_EBROKEN instead: ECONNRESET
+         * and EPIPE mean killed from outside, which a pool survives. */
+        if (rc == -ECONNRESET && server_close(r))
+            rc = MP_EBROKEN;
         break;
     }
     pthread_mutex_unlock(&r->fs_lock);

@@ -736,14 +736,20 @@ static double replace_workers(mp_pool *p)
             next = w->not_before < next ? w->not_before : next;
             continue;
         }
-        if (start_worker(p, i) == 0) {
+        int rc = start_worker(p, i);
+        if (rc == 0) {
             p->start_failures = 0;
             continue;
         }
         /* EMFILE, EAGAIN, a fork server that died with the request: try
-         * again later; give up only when nothing runs and nothing starts. */
+         * again later; give up only when nothing runs and nothing starts.
+         * A fork server killed from outside (ECONNRESET, EPIPE: forkserver.c
+         * says MP_EBROKEN for one that died of its own fault) is an outside
+         * death, which a pool survives: the next start launches another. */
         back_off(p, i, ++w->quick_deaths);
         next = w->not_before < next ? w->not_before : next;
+        if (rc == -ECONNRESET || rc == -EPIPE)
+            continue;
         if (++p->start_failures >= START_FAILURES_MAX && alive_count(p) == 0) {
             halt(p, MP_EBROKEN);
             return -1;

@@ -255,6 +255,63 @@ static void storm_round(mp_pool *p, bool fail_ok, int *crashed)
     mp_iter_free(it);
 }
 
+/* Kills this process's fork servers, each as soon as it is seen: every
+ * child of ours (a forkserver pool's workers are the server's children),
+ * also one that has not named itself mp-forkserver yet. */
+static void *server_killer(void *arg)
+{
+    struct storm *s = arg;
+    static struct scan sc;
+    while (!atomic_load(&s->stop) && tu_now() < s->end) {
+        sc.me = getpid();
+        sc.nservers = sc.n = 0;
+        each_process(scan_one, &sc);
+        for (size_t i = 0; i < sc.nservers; i++)
+            s->done += kill(sc.servers[i], SIGKILL) == 0;
+        for (size_t i = 0; i < sc.n; i++)
+            if (sc.ppids[i] == sc.me)
+                s->done += kill(sc.pids[i], SIGKILL) == 0;
+        usleep(2000);
+    }
+    return NULL;
+}
+
+/* The fork server killed from outside again and again, each new one as
+ * soon as it is up: every start in flight fails with it. That is an
+ * outside death, not the pool's own failure to start workers: once the
+ * kills stop, the pool serves (8 such starts in a row broke it for good). */
+static void test_pool_survives_its_fork_server_killed_again_and_again(void **state)
+{
+    (void)state;
+    mp_pool *p;
+    TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .method = MP_FORKSERVER }));
+    expect_squares(p, 0, 4);
+    struct storm s = { .end = tu_now() + 2 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, server_killer, &s), 0);
+    mp_future *fs[20];
+    for (int i = 0; i < 20; i++) {                   /* work during the storm */
+        fs[i] = NULL;
+        int x = i;
+        int rc = mp_pool_apply_async(p, t_square_slowly, &x, sizeof x, &fs[i]);
+        if (rc != 0)                                 /* the old failure: broken for good */
+            TU_OK(rc);
+        usleep(100 * 1000);
+    }
+    pthread_join(t, NULL);
+    print_message("%d fork servers killed\n", s.done);
+    assert_true(s.done >= 8);
+    for (int i = 0; i < 20; i++) {
+        int rc = mp_future_result(fs[i], NULL, 60 * tu_slow());
+        if (rc != 0)
+            check_crash(rc, mp_future_code(fs[i]));
+        mp_future_free(fs[i]);
+    }
+    expect_squares(p, 0, 16);                        /* every later task completes */
+    TU_OK(mp_pool_terminate(p));
+    mp_pool_free(p);
+}
+
 /* Workers killed at random, before ready too, by SIGKILL and SIGTERM:
  * every task gets its result or MP_ECRASHED, and the pool goes on.
  * MPROC_STORM_SEED repeats a run. */
@@ -341,6 +398,7 @@ int main(void)
     tu_watchdog(200);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_goes_on_when_its_fork_server_is_killed),
+        cmocka_unit_test(test_pool_survives_its_fork_server_killed_again_and_again),
         cmocka_unit_test(test_pool_outside_kills_before_ready_do_not_break_it),
         cmocka_unit_test(test_pool_survives_a_kill_storm_under_every_method),
         cmocka_unit_test(test_descriptor_limit_gives_emfile_under_every_method),
