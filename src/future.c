@@ -50,8 +50,11 @@ void task_free(mp_future *f)
 {
     atomic_store(&f->id, 0);
     atomic_store_explicit(&f->magic, MAGIC_FREED, memory_order_relaxed);
-    if (f->out && f->out != f->out_inline)
-        arena_free(f->out);
+    if (atomic_load(&f->out) == HAND_CLAIMED)
+        arena_settle();             /* its worker died allocating: the repair names the block */
+    void *out = atomic_load(&f->out);
+    if (out && out != HAND_CLAIMED && out != f->out_inline)
+        arena_free(out);
     arena_free(f->blob);
     if (f->blob_new && f->blob_new != f->blob)   /* its worker died growing blob */
         arena_free(f->blob_new);
@@ -207,7 +210,7 @@ int mp_future_result(mp_future *f, mp_buf *out, double timeout)
         return rc;
     if (out) {
         out->len = 0;
-        rc = mp_buf_append(out, f->out, f->out_len);
+        rc = f->out_len ? mp_buf_append(out, f->out, f->out_len) : 0;   /* else maybe claimed only */
         if (rc != 0)
             return mp_fail(rc, fn, "no memory for the %zu-byte result in out", f->out_len);
     }

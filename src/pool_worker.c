@@ -130,10 +130,16 @@ static int store_output(struct slot *s, mp_future *f, const mp_buf *out)
     void *dst = f->out_inline;
     worker_hold(s);
     /* f->out names the block from its taking on, before its pages are
-     * reserved: a worker killed after that leaves it to task_free. */
-    if (out->len > TASK_INLINE && !(dst = arena_alloc_held(out->len, false, NULL, &f->out))) {
-        worker_release(s);
-        return MP_ENOMEM;
+     * reserved: a worker killed after that leaves it to task_free. Claimed
+     * first, so that the allocation's journal names it: one killed between
+     * the commit and the store leaves the block there too, by the repair. */
+    if (out->len > TASK_INLINE) {
+        atomic_store(&f->out, HAND_CLAIMED);
+        if (!(dst = arena_alloc_held(out->len, false, NULL, &f->out))) {
+            atomic_store(&f->out, NULL);
+            worker_release(s);
+            return MP_ENOMEM;
+        }
     }
     f->out = dst;
     atomic_signal_fence(memory_order_seq_cst);
