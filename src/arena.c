@@ -141,6 +141,10 @@ struct jentry {
  * use by nobody if after (its free's journal is then replayed or not, as
  * any free's). Nothing else is lost.
  */
+/* In j.slot: a free's slot, emptied by a repair (slots are pointers,
+ * so the low bit is free). */
+#define SLOT_EMPTIED 1u
+
 struct arena_header {
     uint64_t magic;
     uint64_t size;
@@ -159,7 +163,9 @@ struct arena_header {
         struct jentry e[4];
         /* An alloc's hand slot (arena_alloc_held), 0 = none: once the
          * journal is committed the block of e[0] is taken, and a repair
-         * writes its address there, as the dead holder was about to. */
+         * writes its address there, as the dead holder was about to. With
+         * SLOT_EMPTIED set, a free's (arena_free_held): once committed the
+         * block is free, and a repair empties the slot. */
         uint64_t slot;
     } j;
     void *slots[ARENA_SLOT_COUNT];
@@ -650,7 +656,10 @@ static void arena_repair(struct arena_header *h)
     if (h->j.n > 4)
         h->j.n = 4;                      /* cannot be; keeps the replay in bounds */
     journal_apply(h);
-    if (h->j.slot)                       /* an alloc's block in hand: it is taken now */
+    if (h->j.slot & SLOT_EMPTIED)        /* a free's block in hand: it is free now */
+        atomic_store_explicit((void *_Atomic *)(uintptr_t)(h->j.slot & ~(uint64_t)SLOT_EMPTIED),
+                              NULL, memory_order_release);
+    else if (h->j.slot)                  /* an alloc's block in hand: it is taken now */
         atomic_store_explicit((void *_Atomic *)(uintptr_t)h->j.slot,
                               (char *)block_at(h, h->j.e[0].off) + BLOCK_HEADER,
                               memory_order_release);
@@ -802,7 +811,8 @@ static bool prev_agrees(struct arena_header *h, const struct block *prev, uint64
     return false;
 }
 
-static void free_locked(struct arena_header *h, struct block *b)
+/* slot: the hand that names b until the free is committed (NULL: none). */
+static void free_locked(struct arena_header *h, struct block *b, void *_Atomic *slot)
 {
     uint64_t off = block_off(h, b), size = b->size;
     struct block *prev = b->prev_size && b->prev_size <= off && link_ok(h, off - b->prev_size)
@@ -836,9 +846,11 @@ static void free_locked(struct arena_header *h, struct block *b)
     /* Merged with one neighbour and still in its list: it keeps its place. */
     bool keep_prev = with_prev && !with_next && same_list(prev->size, total);
     bool take_next = with_next && !with_prev && same_list(next->size, total);
-    h->j.slot = 0;
+    h->j.slot = slot ? (uint64_t)(uintptr_t)slot | SLOT_EMPTIED : 0;
     hook("free_planned");
     journal_commit(h, n);
+    if (slot)                            /* else emptied by the repair */
+        atomic_store_explicit(slot, NULL, memory_order_release);
     hook("free_committed");
     if (with_prev && !keep_prev)
         list_remove(h, prev);
@@ -961,7 +973,7 @@ static bool cache_drain(struct arena_header *h)
         struct block *b;
         while ((b = cache_pop(h, c)) != NULL) {
             hook("cache_drained");
-            free_locked(h, b);
+            free_locked(h, b, NULL);
             any = true;
         }
     }
@@ -1031,7 +1043,7 @@ static void deferred_drain(struct arena_header *h)
                                                    memory_order_acquire, memory_order_acquire))
             continue;
         set_magic(b, BLOCK_USED);
-        free_locked(h, b);
+        free_locked(h, b, NULL);
         old = atomic_load_explicit(&h->deferred, memory_order_acquire);
     }
 }
@@ -1149,7 +1161,30 @@ void arena_free(void *p)
     }
     struct block *b = used_block(h, p);   /* not ours or freed twice: refuse quietly */
     if (b)
-        free_locked(h, b);
+        free_locked(h, b, NULL);
+    rmutex_unlock(&h->lock);
+}
+
+void arena_free_held(void *_Atomic *slot, void *p)
+{
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (!slot || !p || !h || !arena_contains(p, 1)) {
+        if (slot)
+            atomic_store_explicit(slot, NULL, memory_order_release);
+        arena_free(p);
+        return;
+    }
+    static const mp_deadline now = { { 0, 0 }, false };   /* passed: the grace alone */
+    if (!arena_lock_until(h, &now)) {
+        atomic_store_explicit(slot, NULL, memory_order_release);
+        arena_free(p);                   /* deferred, as any free then */
+        return;
+    }
+    struct block *b = used_block(h, p);
+    if (b)
+        free_locked(h, b, slot);
+    else
+        atomic_store_explicit(slot, NULL, memory_order_release);
     rmutex_unlock(&h->lock);
 }
 

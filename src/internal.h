@@ -191,7 +191,8 @@ void *arena_alloc_nozero_until(size_t size, const mp_deadline *d);
  * just before the block is named elsewhere (the commit that queues it) or
  * freed: a process killed between the two leaks that block, as one killed
  * inside arena_alloc does. hand_alloc claims and takes (on failure NULL,
- * the slot released); hand_free releases and frees. NULL slots: no-ops. */
+ * the slot released); hand_free frees and empties the slot in one step
+ * (arena_free_held). NULL slots: no-ops. */
 void *arena_alloc_held(size_t size, bool zero, const mp_deadline *d, void *_Atomic *slot);
 /* A hand slot claimed and not yet filled: never a block's address. Such a
  * slot is named in the allocation's journal, so a process killed inside
@@ -210,6 +211,12 @@ void *_Atomic *hand_hold(void *p);
 void hand_release(void *_Atomic *slot);
 void *hand_alloc(size_t size, bool zero, const mp_deadline *d, void *_Atomic **slot);
 void hand_free(void *_Atomic *slot, void *p);
+/* Frees p, which slot names, and empties slot in the same step: the free's
+ * journal names it, so a process killed before the commit leaves p in the
+ * slot (its reaper frees it), and one killed after has the repair empty it
+ * (nothing is freed twice). Without the arena's lock within its grace it
+ * empties the slot first, as arena_free defers. slot NULL: arena_free. */
+void arena_free_held(void *_Atomic *slot, void *p);
 /* arena_is_block for a call with a timeout: 1 (and *size, if not NULL, its
  * usable bytes), 0 not a block in use, -1 the arena's lock stayed held
  * until d (at least LOCK_GRACE_S). */

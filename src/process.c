@@ -314,8 +314,7 @@ void *hand_alloc(size_t size, bool zero, const mp_deadline *d, void *_Atomic **s
 
 void hand_free(void *_Atomic *slot, void *p)
 {
-    hand_release(slot);
-    arena_free(p);
+    arena_free_held(slot, p);
 }
 
 /* Under rt.lock (or before p is shared): p has ended, so the holds it kept

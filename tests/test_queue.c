@@ -1044,6 +1044,50 @@ static int child_puts_a_big_item_and_dies_in_the_allocator(void *arg)
     return 3;                          /* not reached */
 }
 
+static int child_gets_one_big_item_and_dies_freeing_it(void *arg)
+{
+    mp_queue *q = arg;
+    mp__arena_test_hook = die_at_alloc_point;   /* alloc_kill_point: a free's point */
+    mp_buf b = { 0 };
+    mp_queue_get_buf(q, &b, MP_FOREVER);
+    return 3;                          /* not reached: killed inside the free */
+}
+
+/* A consumer killed inside the arena's free of the big item it got, at
+ * each point: before the free's commit the block is still its own, named
+ * in its hand, and the reaper frees it; from the commit on the free rolls
+ * forward and takes the block out of the hand, so the reaper frees nothing
+ * twice. Before, the hand let go of the block before the free took the
+ * arena's lock (a wait behind other processes' allocations): a consumer
+ * killed in that wait kept the block, one per 100-200 consumer kills in a
+ * storm of big items. */
+static void test_queue_big_item_freed_by_a_consumer_killed_in_the_free_is_freed_once(void **state)
+{
+    (void)state;
+    assert_int_equal(tu_join_free(tu_start_fork(returns_zero, NULL, 0), 30), 0);
+    static const char *points[] = { "free_planned", "free_committed", "free_unlinked",
+                                    "free_applied", "free_linked" };
+    size_t size = (size_t)2 << 20;
+    unsigned char *item = malloc(size);
+    make_item(item, size, 80);
+    for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
+        mp_queue *q = new_queue(0);
+        put_u64(q, 1);                 /* the first segment exists already */
+        assert_int_equal(get_u64(q), 1);
+        size_t before = used_now();
+        TU_OK(mp_queue_put(q, item, size, MP_FOREVER));
+        alloc_kill_point = points[i];
+        assert_int_equal(tu_join_free(tu_start_fork(child_gets_one_big_item_and_dies_freeing_it,
+                                                    q, 0), 30), -SIGKILL);
+        assert_true(mp__queue_valid(q));
+        size_t after = used_now();
+        print_message("%s: %zu bytes in use before, %zu after\n", points[i], before, after);
+        assert_int_equal(after, before);
+        mp_queue_free(q);
+    }
+    free(item);
+}
+
 static void test_queue_big_item_taken_by_a_producer_killed_in_the_allocator_is_freed(void **state)
 {
     (void)state;
@@ -1798,6 +1842,7 @@ int main(void)
         cmocka_unit_test(test_queue_big_item_of_a_killed_producer_is_freed_or_delivered),
         cmocka_unit_test(test_queue_big_item_of_a_killed_consumer_is_freed),
         cmocka_unit_test(test_queue_big_item_taken_by_a_producer_killed_in_the_allocator_is_freed),
+        cmocka_unit_test(test_queue_big_item_freed_by_a_consumer_killed_in_the_free_is_freed_once),
         cmocka_unit_test(test_queue_kill_before_get_commit_leaves_the_item_queued),
         cmocka_unit_test(test_queue_kill_after_get_commit_never_duplicates),
         cmocka_unit_test(test_queue_repair_after_two_deaths_keeps_the_next_item),
