@@ -50,8 +50,12 @@ void task_free(mp_future *f)
 {
     atomic_store(&f->id, 0);
     atomic_store_explicit(&f->magic, MAGIC_FREED, memory_order_relaxed);
-    if (atomic_load(&f->out) == HAND_CLAIMED)
-        arena_settle();             /* its worker died allocating: the repair names the block */
+    /* A worker that died inside the allocator taking f->out's block left
+     * the slot named in the allocation's journal: the repair (which the
+     * next holder of the arena's lock makes) writes there, so it must come
+     * before f is freed, and before f->out is read. */
+    if (f->rc == MP_ECRASHED || f->rc == MP_EKILLED || atomic_load(&f->out) == HAND_CLAIMED)
+        arena_settle();
     void *out = atomic_load(&f->out);
     if (out && out != HAND_CLAIMED && out != f->out_inline)
         arena_free(out);
