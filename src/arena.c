@@ -650,7 +650,7 @@ static uint64_t dirty_big(struct arena_header *h, const struct block *b)
 static void arena_repair(struct arena_header *h)
 {
     if (!h->j.n) {
-        h->j.slot = 0;                   /* an alloc's, planned and never committed */
+        h->j.slot = 0;                   /* an alloc's or a free's, never committed */
         return;                          /* died outside an operation: nothing torn */
     }
     if (h->j.n > 4)

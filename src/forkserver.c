@@ -77,11 +77,10 @@ static int server_launch(struct mp_runtime *r)
 }
 
 /* Closes the connection and reaps the server (our child), killing it if it
- * does not leave within the grace period. */
-/* Closes and reaps the server: true if it is known to have ended by its
- * own doing (an exit, a fault, or hanging on until we killed it), false if
- * a signal from outside ended it (SIGKILL, SIGTERM, ...) or nobody can
- * tell (reaped by someone else). */
+ * does not leave within the grace period. True if it is known to have
+ * ended by its own doing (an exit, a fault signal, or hanging on until we
+ * killed it); false if a signal from outside ended it (SIGKILL, SIGTERM,
+ * ...) or nobody can tell (reaped by someone else). */
 static bool server_close(struct mp_runtime *r)
 {
     if (r->fs_sock < 0)

@@ -446,8 +446,6 @@ static int listener_check(const mp_listener *l)
     return l && l->h.magic == MAGIC_LISTENER ? 0 : MP_EINVAL;
 }
 
-/* Waits for and takes one connection (no key); EAGAIN means a sibling
- * process sharing the listener took it first. */
 /* accept4's failures that the next moment may mend (a descriptor, a
  * buffer freed): the connection stays in the backlog meanwhile. */
 static bool out_of_resources(int err)
@@ -455,6 +453,9 @@ static bool out_of_resources(int err)
     return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
 }
 
+/* Waits for and takes one connection (no key); EAGAIN means a sibling
+ * process sharing the listener took it first. Out of resources, it looks
+ * again every ACCEPT_RETRY_S and returns that error at d. */
 static int accept_one(mp_listener *l, struct local *loc, const mp_deadline *d)
 {
     int starved = 0;                /* the last accept4's lack: returned at d */

@@ -91,7 +91,6 @@ int wire_send(struct wire *w, const void *data, size_t len, const mp_deadline *d
     return 0;
 }
 
-/* Makes room for `need` live bytes plus some read-ahead. */
 void wire_trim(struct wire *w)
 {
     if (w->len == 0 && w->cap > WIRE_KEEP_BYTES) {
@@ -107,6 +106,7 @@ void wire_buf_trim(mp_buf *b)
         mp_buf_free(b);
 }
 
+/* Makes room for `need` live bytes plus some read-ahead. */
 static int wire_reserve(struct wire *w, size_t need)
 {
     if (w->start > 0 && (w->len == 0 || w->start + need > w->cap)) {
