@@ -101,13 +101,8 @@ static bool server_close(struct mp_runtime *r)
         }
         usleep(500);                /* it is on its way out: EOF is its signal */
     }
-    if (got == 1 && si.si_code == CLD_EXITED)
-        own = true;
-    else if (got == 1)
-        switch (si.si_status) {
-        case SIGSEGV: case SIGBUS: case SIGILL: case SIGFPE: case SIGABRT: case SIGSYS: case SIGTRAP:
-            own = true;
-        }
+    if (got == 1)
+        own = si.si_code == CLD_EXITED || proc_fault_signal(si.si_status);
     r->fs_pid = 0;
     return own;
 }

@@ -585,14 +585,7 @@ static int start_worker(mp_pool *p, int slot)
  * killer's SIGKILL, SIGTERM, ...) and ends nobody can tell are not. */
 static bool own_fault(int status)
 {
-    if (status >= 0)
-        return true;
-    switch (-status) {
-    case SIGSEGV: case SIGBUS: case SIGILL: case SIGFPE: case SIGABRT: case SIGSYS: case SIGTRAP:
-        return true;
-    default:
-        return false;
-    }
+    return status >= 0 || proc_fault_signal(-status);
 }
 
 /* Under p->lock: the slot's next start waits, doubling with each worker

@@ -469,10 +469,16 @@ static void test_mproc_client_with_empty_key_meets_python312_listener(void **sta
 /* ------------------------------------------------------------------ a listener's handshakes side by side */
 
 /* A raw TCP socket connected to l, which then says nothing. */
+/* The loopback address of a "tcp:127.0.0.1:PORT" listener. */
+static struct sockaddr_in loopback_of(const mp_listener *l)
+{
+    return (struct sockaddr_in){ .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                 .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+}
+
 static int connect_raw(mp_listener *l)
 {
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    struct sockaddr_in sin = loopback_of(l);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
     assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof sin), 0);
@@ -857,8 +863,7 @@ static void test_listener_serves_a_client_ahead_of_silent_ones(void **state)
 static int floods_with_silent_peers(void *arg)
 {
     mp_listener *l = arg;
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    struct sockaddr_in sin = loopback_of(l);
     for (double until = tu_now() + 4; tu_now() < until;) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0)
@@ -909,8 +914,7 @@ static int accepts_with_no_descriptor_free(void *arg)
     if (mp_listener_accept(l, &c, 0) != MP_ETIMEDOUT)   /* this process's record is made */
         return 15;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);   /* a client waits in the backlog */
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                               .sin_port = htons((uint16_t)atoi(strrchr(mp_listener_address(l), ':') + 1)) };
+    struct sockaddr_in sin = loopback_of(l);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0)
         return 11;
     if (!tu_exhaust_fds())

@@ -38,6 +38,9 @@ int proc_exit_code(int pidfd, pid_t pid, int *code);
 /* A task's start time (clock ticks after boot): 1 alive (*start set), 0 gone
  * or a zombie, -1 unknown (/proc unreadable: EMFILE, hidepid, not mounted). */
 int proc_task_start(pid_t tid, uint64_t *start);
+/* A signal a process's own code raises (a fault, abort, a trap), not one
+ * sent from outside (SIGKILL, SIGTERM, an OOM killer's). */
+bool proc_fault_signal(int sig);
 /* Before a fork: an exit pipe, or with pidfds {slot, -1}, a descriptor
  * held for the child's pidfd (process_exit_pipe_parent swaps them). */
 int proc_exit_pipe(int fds[2]);

@@ -119,6 +119,16 @@ void proc_leave_main_thread(void)
     exit(0);
 }
 
+bool proc_fault_signal(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: case SIGBUS: case SIGILL: case SIGFPE: case SIGABRT: case SIGSYS: case SIGTRAP:
+        return true;
+    default:
+        return false;
+    }
+}
+
 bool proc_pid_ended(pid_t pid)
 {
     if (kill(pid, 0) != 0 && errno == ESRCH)
