@@ -1096,10 +1096,14 @@ static void test_idle_clients_leave_no_request_sized_buffers_in_the_server(void 
     const void *key = mp_manager_authkey(m, &klen);
     char *value = calloc(1, big);
     assert_non_null(value);
+    /* A sanitizer's RSS says nothing either: there the test only runs the
+     * server's give-back path, and two clients are enough for that. */
+    bool measured = RSS_SLACK_KB <= 4 * 1024;
+    int n = measured ? 9 : 2;
     mp_manager *c[9];
     struct rss_below below = { srv, 4 * 1024 };
     long rss0 = proc_rss_kb(srv);
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < n; i++) {
         TU_OK(mp_manager_connect(&c[i], mp_manager_address(m), key, klen));
         mp_list *l;
         TU_OK(mp_list_open(c[i], "empty", &l));
@@ -1109,12 +1113,11 @@ static void test_idle_clients_leave_no_request_sized_buffers_in_the_server(void 
     /* The server gives a buffer back just after its reply, and the kernel's
      * count of resident pages follows a moment later. */
     below.kb += rss0;
-    bool gave_back = tu_wait_for(rss_is_below, &below, 10);
-    long rss1 = proc_rss_kb(srv);
-    print_message("server private RSS %ld kB -> %ld kB with 9 idle clients\n", rss0, rss1);
-    if (RSS_SLACK_KB <= 4 * 1024)       /* not under a sanitizer */
-        assert_true(gave_back);
-    for (int i = 0; i < 9; i++)
+    if (measured)
+        assert_true(tu_wait_for(rss_is_below, &below, 10));
+    print_message("server private RSS %ld kB -> %ld kB with %d idle clients\n",
+                  rss0, proc_rss_kb(srv), n);
+    for (int i = 0; i < n; i++)
         mp_manager_free(c[i]);
     free(value);
     mp_manager_free(m);
