@@ -74,10 +74,11 @@ test-tsan: deps
 
 # The core, process, sync, queue, conn and manager tests under valgrind's
 # memcheck; a test not built yet is skipped with a note (tests/valgrind.sh).
-VALGRIND_TESTS = test_core test_process test_spawn test_thread \
-                 test_sync test_lock test_condition test_barrier \
-                 test_queue test_conn test_pipe_shm test_worst_moment test_manager \
-                 test_errors test_conn_fd test_pass_fds test_process_errors test_queue_shared
+# They run side by side, the longest first (75, 55, 25 s... alone here).
+VALGRIND_TESTS = test_queue test_manager test_core test_process test_conn \
+                 test_pipe_shm test_sync test_spawn test_lock test_condition \
+                 test_process_errors test_barrier test_worst_moment test_queue_shared \
+                 test_pass_fds test_thread test_errors test_conn_fd
 test-valgrind: deps
 	@$(MAKE) --no-print-directory build
 	@./tests/valgrind.sh $(BUILD) $(VALGRIND_TESTS)
