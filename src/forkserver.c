@@ -21,6 +21,7 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
@@ -31,11 +32,21 @@
 #include <unistd.h>
 
 #define SHUTDOWN_GRACE 2.0   /* seconds the server gets to leave after EOF */
+#define VERDICT_SLICE 0.01   /* how often a child waiting for its verdict looks at its elders */
 
-/* Only the first nfds numbers are sent. */
-struct request { uint64_t record; uint32_t nfds; int32_t numbers[PROC_FDS_MAX]; };
-#define REQUEST_SIZE(n) (offsetof(struct request, numbers) + (n) * sizeof(int32_t))
+/* The client's working directory, which the child starts in (as
+ * Python's), and only the first dirlen bytes of it are sent. */
+struct request {
+    uint64_t record;
+    uint32_t nfds, dirlen;
+    int32_t numbers[PROC_FDS_MAX];
+    char dir[PATH_MAX];
+};
+#define REQUEST_SIZE(dirlen) (offsetof(struct request, dir) + (dirlen))
 struct reply { int32_t rc; int32_t pid; };
+
+/* A start's verdict (mp_process.verdict): none yet, or its client's. */
+enum { FS_WAITING, FS_GO, FS_NO_GO };
 
 /* ------------------------------------------------------------------ client side */
 
@@ -110,11 +121,13 @@ static bool server_close(struct mp_runtime *r)
 /* Sends p's request with our handles' descriptors, their holds in
  * p->lease, and reads the answer. *sent: the server has the request (and
  * may have started a child), whatever the answer. */
-static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd, bool *sent)
+static int ask(int sock, struct mp_process *p, const char *dir, struct reply *rep, int *pidfd,
+               bool *sent)
 {
-    struct request req = { (uint64_t)(uintptr_t)p, 0, { 0 } };
+    struct request req = { (uint64_t)(uintptr_t)p, 0, (uint32_t)strlen(dir), { 0 }, "" };
     int live[PROC_FDS_MAX];
     *sent = false;
+    memcpy(req.dir, dir, req.dirlen);
     for (size_t i = 0; i < p->n_pass_fds; i++)      /* checked at start: open, distinct */
         req.numbers[req.nfds++] = p->pass_fds[i];
     size_t n_live = fdreg_live_fds(p->lease, live, PROC_FDS_MAX - req.nfds);
@@ -125,7 +138,8 @@ static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd, bo
         if (!listed && fcntl(live[i], F_GETFD) >= 0)
             req.numbers[req.nfds++] = live[i];
     }
-    int rc = proc_send_fds(sock, &req, REQUEST_SIZE(req.nfds), req.numbers, req.nfds);
+    atomic_store(&p->verdict, FS_WAITING);
+    int rc = proc_send_fds(sock, &req, REQUEST_SIZE(req.dirlen), req.numbers, req.nfds);
     if (rc != 0)
         return rc;
     *sent = true;
@@ -137,12 +151,25 @@ static int ask(int sock, struct mp_process *p, struct reply *rep, int *pidfd, bo
     return n < 0 ? (int)n : n == 0 ? -ECONNRESET : MP_EPROTO;
 }
 
+/* Tells the child of a start whether its client has the server's answer:
+ * it runs only then, so a start that failed never runs its target, and one
+ * that succeeded always does, whatever happens to the server meanwhile. */
+static void give_verdict(struct mp_process *p, bool go)
+{
+    atomic_store(&p->verdict, go ? FS_GO : FS_NO_GO);
+    futex_wake(&p->verdict, 1);
+}
+
 int forkserver_start(struct mp_process *p, int *pidfd)
 {
     struct mp_runtime *r = runtime();
     struct reply rep = { 0, 0 };
     int rc = 0;
     bool sent = false;
+    char dir[PATH_MAX];
+    if (!getcwd(dir, sizeof dir))   /* as Python's os.getcwd() in the start */
+        return mp_fail(-errno, "mp_process_start", "a fork-server child starts in the working "
+                       "directory, which cannot be read: %s", strerror(errno));
     pthread_mutex_lock(&r->fs_lock);
     for (int attempt = 0; attempt < 2; attempt++) {
         if (r->fs_sock < 0 && (rc = server_launch(r)) != 0)
@@ -152,7 +179,9 @@ int forkserver_start(struct mp_process *p, int *pidfd)
          * ended (fs_settle). */
         p->lease = fdreg_lease_new();
         process_starting(p->lease);
-        rc = ask(r->fs_sock, p, &rep, pidfd, &sent);
+        rc = ask(r->fs_sock, p, dir, &rep, pidfd, &sent);
+        if (sent)
+            give_verdict(p, rc == 0 && rep.rc == 0);
         process_started(p->lease);
         if (!sent)                  /* no child can have read the lease */
             process_lease_undo(p, p->lease);
@@ -180,9 +209,8 @@ int forkserver_start(struct mp_process *p, int *pidfd)
     } else if (rc != 0 && sent) {
         /* The server may have forked a child with our request, which
          * reads (and writes) p, its argument and its lease: they are kept
-         * for good (p->unanswered). One that has taken its lease runs and
-         * gives its holds back itself as it exits; one that has not never
-         * runs once we abandon the lease, so its holds go back now. */
+         * for good (p->unanswered). It has our verdict: it exits without
+         * running and never takes its lease, so the holds go back now. */
         fdreg_lease_abandon(p->lease);
         p->unanswered = true;
     }
@@ -267,19 +295,31 @@ static void passed_close(struct passed *c)
     c->n = 0;
 }
 
+/* In the new child: waits for its client's verdict on the start (its
+ * answer from the server usually came before we get here). A client
+ * killed before it gave one stops the server too; a child that finds both
+ * gone never runs. */
+static bool verdict_go(struct mp_process *p, pid_t server)
+{
+    uint32_t v;
+    while ((v = atomic_load(&p->verdict)) == FS_WAITING) {
+        if (getppid() != server && proc_pid_ended(p->creator))
+            return false;
+        mp_deadline slice = deadline_in(VERDICT_SLICE);
+        futex_wait(&p->verdict, FS_WAITING, &slice);
+    }
+    return v == FS_GO;
+}
+
 /* In the new child: drop the server's descriptors, put the client's
  * connections at their numbers, become p, run it. The exit pipe's write
  * end (no pidfds) first moves above those numbers, out of their way. */
 static void run_kid(struct server *s, struct mp_process *p, pid_t server, int exit_pipe[2],
                     struct passed *c)
 {
-    /* A server killed before it could answer leaves its client an error
-     * (its record may be reused): a kid orphaned before it runs never
-     * runs, and a daemon dies with the server from now on. */
+    /* A daemon dies with the server from now on. */
     if (p->daemon)
         process_daemon_guard(server);
-    else if (getppid() != server)
-        _exit(127);
     close(s->sock);
     if (s->client_fd >= 0)
         close(s->client_fd);
@@ -300,6 +340,8 @@ static void run_kid(struct server *s, struct mp_process *p, pid_t server, int ex
     if (proc_place_fds(c->fds, c->req->numbers, c->n) != 0)
         _exit(127);
     process_keep_pass_fds(p);
+    if (!verdict_go(p, server))
+        _exit(127);                 /* our start failed: its caller was told so */
     process_enter_child(p, exit_pipe[1]);
     if (!fdreg_lease_adopt(p->lease))
         _exit(127);                 /* our requester died and its holds for us went back */
@@ -354,9 +396,13 @@ static bool serve_request(struct server *s)
         return false;
     struct reply rep = { n < 0 ? (int)n : MP_EPROTO, 0 };
     struct mp_process *p = (struct mp_process *)(uintptr_t)req.record;
-    if (n >= (ssize_t)REQUEST_SIZE(0) && req.nfds == c.n && n == (ssize_t)REQUEST_SIZE(c.n) &&
-        request_valid(p))
-        rep.rc = fork_kid(s, p, &rep, &c);
+    if (n >= (ssize_t)REQUEST_SIZE(0) && req.nfds == c.n && req.dirlen < sizeof req.dir &&
+        n == (ssize_t)REQUEST_SIZE(req.dirlen) && request_valid(p)) {
+        req.dir[req.dirlen] = '\0';
+        /* The kid starts where its client is (a client that moved since
+         * the last start moved too), or the start fails. */
+        rep.rc = chdir(req.dir) == 0 ? fork_kid(s, p, &rep, &c) : -errno;
+    }
     passed_close(&c);                   /* the child has its own copies now */
     int fd = rep.rc == 0 ? s->kids[s->nkids - 1].fd : -1;
     return proc_send_fd(s->sock, &rep, sizeof rep, fd) == 0 || rep.rc != 0;

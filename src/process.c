@@ -481,6 +481,7 @@ void process_enter_child(mp_process *p, int exit_fd)
 {
     runtime();
     rt.current = p;
+    rt.method = p->method;          /* our children's default, as Python's start forces */
     rt.next_child = 0;
     rt.exit_fd = exit_fd;
     p->pid = getpid();
@@ -606,19 +607,31 @@ static bool method_valid(mp_start_method m)
     return m == MP_START_DEFAULT || m == MP_FORK || m == MP_SPAWN || m == MP_FORKSERVER;
 }
 
+/* The identity of the parent's child number n, "1:2:n" (Python's
+ * _identity), into out. A family too deep for PROC_IDENT_MAX keeps its
+ * youngest generations: "...:7:1:n". */
+static void ident_child(char out[PROC_IDENT_MAX], const char *parent, unsigned n)
+{
+    char full[PROC_IDENT_MAX + 16];
+    int len = snprintf(full, sizeof full, "%s%s%u", parent, parent[0] ? ":" : "", n);
+    const char *tail = full;
+    if (len >= PROC_IDENT_MAX)          /* the last ":n" always fits */
+        while ((tail = strchr(tail + 1, ':')) && strlen(tail) + 3 >= PROC_IDENT_MAX)
+            ;
+    size_t dots = tail == full ? 0 : 3, rest = strlen(tail);
+    memcpy(out, "...", dots);
+    memcpy(out + dots, tail, rest + 1);     /* fits: see above */
+}
+
 static int name_child(mp_process *p, const mp_process *parent, const char *name)
 {
     const char *fn = "mp_process_new";
     runtime_lock();
     unsigned n = ++rt.next_child;
     runtime_unlock();
-    const char *sep = parent->ident[0] ? ":" : "";
-    int len = snprintf(p->ident, sizeof p->ident, "%s%s%u", parent->ident, sep, n);
-    if (len < 0 || (size_t)len >= sizeof p->ident)    /* a family deeper than any real one */
-        return mp_fail(MP_EINVAL, fn, "the family is more than %d generations deep",
-                       PROC_IDENT_MAX / 2);
-    len = name ? snprintf(p->name, sizeof p->name, "%s", name)
-               : snprintf(p->name, sizeof p->name, "Process-%s", p->ident);
+    ident_child(p->ident, parent->ident, n);
+    int len = name && *name ? snprintf(p->name, sizeof p->name, "%s", name)
+                            : snprintf(p->name, sizeof p->name, "Process-%s", p->ident);
     if (len < 0 || (size_t)len >= sizeof p->name)
         return mp_fail(MP_EINVAL, fn, "opts.name is %d bytes; a name has at most %d",
                        len, PROC_NAME_MAX - 1);
@@ -849,8 +862,8 @@ int mp_process_start(mp_process *p)
         p->exitcode = MP_EXITCODE_UNKNOWN;
         atomic_store(&p->state, PROC_DONE);
         return mp_fail(rc, fn, "the fork server died with the request (%s); a child it may "
-                       "have started runs unwatched; make a new process to start again",
-                       mp_errname(rc));
+                       "have forked does not run the target; make a new process to start "
+                       "again", mp_errname(rc));
     }
     if (rc != 0) {
         unprepare(p, arg);

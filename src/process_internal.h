@@ -70,6 +70,10 @@ struct mp_process {
     /* In this process's own record: the blocks it holds in hand (a slot
      * each, claimed by a CAS from NULL); its reaper frees them. */
     void *_Atomic hand[PROC_HANDS];
+    /* A fork-server start's verdict, given by its client once the
+     * server's answer came (FS_GO) or did not (FS_NO_GO); the child waits
+     * for it before it runs (futex word; forkserver.c). */
+    _Atomic uint32_t verdict;
     /* A fork-server start that failed after the server got its request:
      * a child it forked may still run with this record, its argument
      * copy and its lease, so none of them is ever freed or reused. */

@@ -108,13 +108,12 @@ int mp_thread_new(mp_thread **out, mp_target target, void *arg, const mp_thread_
     size_t cap = sizeof ((struct mp_thread *)NULL)->name;
     size_t name_len = o && o->name ? strlen(o->name) : 0;
     runtime_lock();
-    unsigned n = ++r->next_thread;
     struct mp_thread *t = name_len < cap ? calloc(1, sizeof *t) : NULL;
     if (t) {
-        if (o && o->name)
+        if (name_len)
             memcpy(t->name, o->name, name_len + 1);
-        else
-            snprintf(t->name, cap, "Thread-%u", n);
+        else        /* NULL or "", as Python's: only these count */
+            snprintf(t->name, cap, "Thread-%u", ++r->next_thread);
         t->magic = MAGIC_THREAD;
         t->daemon = o && o->daemon;
         t->target = target;

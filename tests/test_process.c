@@ -148,9 +148,45 @@ static void test_process_names_count_up_and_can_be_chosen(void **state)
     assert_int_equal(nb, na + 1);
     assert_string_equal(mp_process_name(c), "worker");
     assert_int_equal(mp_process_pid(a), 0);               /* not started: no pid */
+    mp_process *d;                                        /* "": unnamed, as Python's */
+    TU_OK(mp_process_new(&d, returns_arg, &zero, &(mp_process_opts){ .name = "" }));
+    unsigned nd;
+    assert_int_equal(sscanf(mp_process_name(d), "Process-%u", &nd), 1);
+    assert_int_equal(nd, nb + 2);                         /* c took a number too (Python) */
     TU_OK(mp_process_free(a));
     TU_OK(mp_process_free(b));
     TU_OK(mp_process_free(c));
+    TU_OK(mp_process_free(d));
+}
+
+/* Children starting children, deeper than a name can spell: each starts
+ * (Python has no limit), and a default name keeps the youngest generations.
+ * Exit code: 0, 1 when a start failed, 2 when a name is wrong, 3 when a
+ * join timed out. */
+static int starts_a_deeper_child(void *arg)
+{
+    int left = *(int *)arg - 1;
+    if (left == 0) {
+        const char *name = mp_process_name(mp_current_process());
+        return strncmp(name, "Process-...:", 12) == 0 && strstr(name, ":1:1:1") ? 0 : 2;
+    }
+    mp_process *p;
+    if (mp_process_new(&p, starts_a_deeper_child, &left, &(mp_process_opts){
+                           .arg_size = sizeof left }) != 0 || mp_process_start(p) != 0)
+        return 1;
+    int code = 3;                   /* no cmocka in a child: plain calls */
+    if (mp_process_join(p, 60) == 0)
+        mp_process_exitcode(p, &code);
+    mp_process_free(p);
+    return code;
+}
+
+static void test_a_family_deeper_than_a_name_still_starts(void **state)
+{
+    (void)state;
+    int depth = 40;
+    assert_int_equal(finish(start(starts_a_deeper_child, &depth, &(mp_process_opts){
+                                      .arg_size = sizeof depth })), 0);
 }
 
 static void test_process_sentinel_becomes_readable_when_it_ends(void **state)
@@ -726,6 +762,7 @@ int main(void)
         cmocka_unit_test(test_process_exit_code_keeps_low_eight_bits),
         cmocka_unit_test(test_handle_works_in_another_process_of_the_family),
         cmocka_unit_test(test_threads_start_and_join_processes_at_once),
+        cmocka_unit_test(test_a_family_deeper_than_a_name_still_starts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

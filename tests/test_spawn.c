@@ -598,6 +598,89 @@ static void test_start_is_not_held_up_by_a_concurrent_fork(void **state)
     free(f);
 }
 
+/* The child of a caller that moved: it starts where the caller is now, and
+ * its own children default to the method that started it (Python's
+ * spawn.prepare: os.chdir(dir), set_start_method(start_method)). 0, or
+ * which of the two it got wrong. */
+struct where { char dir[256]; mp_start_method method; };
+
+static int reports_where(void *arg)
+{
+    const struct where *w = arg;
+    char cwd[sizeof w->dir];
+    if (!getcwd(cwd, sizeof cwd) || strcmp(cwd, w->dir) != 0)
+        return 1;
+    return mp_get_start_method() == w->method ? 0 : 2;
+}
+
+static void test_child_starts_where_its_caller_is_and_defaults_to_its_method(void **state)
+{
+    char home[4096], dir[] = "/tmp/mproc-cwd-XXXXXX";
+    assert_non_null(getcwd(home, sizeof home));
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);   /* a server, here */
+    TU_OK(chdir(dir));
+    struct where w = { "", method_of(state) };
+    assert_non_null(getcwd(w.dir, sizeof w.dir));           /* dir, symbolic links resolved */
+    int code = finish(start(state, reports_where, &w, sizeof w, false));
+    TU_OK(chdir(home));
+    TU_OK(rmdir(dir));
+    assert_int_equal(code, 0);
+}
+
+/* A caller whose directory is gone cannot say where a fork-server child
+ * starts (Python's os.getcwd() raises): the start fails, and nothing runs. */
+static void test_start_from_a_removed_directory_fails_and_runs_nothing(void **state)
+{
+    char home[4096], dir[] = "/tmp/mproc-cwd-XXXXXX";
+    assert_non_null(getcwd(home, sizeof home));
+    assert_non_null(mkdtemp(dir));
+    TU_OK(chdir(dir));
+    TU_OK(rmdir(dir));
+    mp_process *p;
+    TU_OK(mp_process_new(&p, returns_ten, NULL, &(mp_process_opts){ .method = method_of(state) }));
+    int rc = mp_process_start(p);
+    TU_OK(chdir(home));
+    TU_ASSERT_RC(rc, -ENOENT);
+    TU_OK(mp_process_free(p));
+    assert_int_equal(finish(start(state, returns_ten, NULL, 0, false)), 10);
+}
+
+static int reports_server(void *arg)
+{
+    atomic_store((_Atomic pid_t *)arg, getppid());
+    return 0;
+}
+
+static int marks_it_ran(void *arg)
+{
+    atomic_store((_Atomic int *)arg, 1);
+    return 6;
+}
+
+/* A start that returned 0 runs its target even if the server is killed at
+ * once: the child waits for its caller's word, not for the server's life. */
+static void test_started_child_runs_when_its_server_is_killed_at_once(void **state)
+{
+    _Atomic pid_t *server = mp_shared_alloc(sizeof *server);
+    _Atomic int *ran = mp_shared_alloc(sizeof *ran);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(finish(start(state, reports_server, (void *)server, 0, false)), 0);
+        atomic_store(ran, 0);
+        mp_process *p = start(state, marks_it_ran, (void *)ran, 0, false);
+        TU_OK(kill(atomic_load(server), SIGKILL));
+        int code = -1000;
+        TU_OK(mp_process_join(p, 10 * tu_slow()));
+        TU_OK(mp_process_exitcode(p, &code));
+        TU_OK(mp_process_free(p));
+        assert_int_equal(atomic_load(ran), 1);
+        if (pidfds_on())            /* without, a child orphaned by its server tells no code */
+            assert_int_equal(code, 6);
+    }
+    mp_shared_free((void *)ran);
+    mp_shared_free((void *)server);
+}
+
 static int set_method(void **state, mp_start_method m)
 {
     *state = (void *)(intptr_t)m;
@@ -632,6 +715,9 @@ int main(void)
         BOTH(test_child_whose_main_thread_ended_first_is_alive_until_its_last),
         cmocka_unit_test_setup(test_forkserver_is_restarted_when_found_dead, use_forkserver),
         cmocka_unit_test_setup(test_timed_join_holds_beside_a_start_on_a_stopped_server, use_forkserver),
+        BOTH(test_child_starts_where_its_caller_is_and_defaults_to_its_method),
+        cmocka_unit_test_setup(test_start_from_a_removed_directory_fails_and_runs_nothing, use_forkserver),
+        cmocka_unit_test_setup(test_started_child_runs_when_its_server_is_killed_at_once, use_forkserver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -48,18 +48,22 @@ static void test_thread_exit_code_is_targets_return_value(void **state)
 static void test_thread_names_count_up_and_can_be_chosen(void **state)
 {
     (void)state;
-    mp_thread *a, *b, *c;
+    mp_thread *a, *b, *c, *d;
     TU_OK(mp_thread_new(&a, returns_arg, NULL, NULL));
-    TU_OK(mp_thread_new(&b, returns_arg, NULL, NULL));
     TU_OK(mp_thread_new(&c, returns_arg, NULL, &(mp_thread_opts){ .name = "reader" }));
-    unsigned na, nb;
+    TU_OK(mp_thread_new(&b, returns_arg, NULL, NULL));
+    TU_OK(mp_thread_new(&d, returns_arg, NULL, &(mp_thread_opts){ .name = "" }));
+    unsigned na, nb, nd;
     assert_int_equal(sscanf(mp_thread_name(a), "Thread-%u", &na), 1);
     assert_int_equal(sscanf(mp_thread_name(b), "Thread-%u", &nb), 1);
-    assert_int_equal(nb, na + 1);
+    assert_int_equal(nb, na + 1);           /* a named thread takes no number (Python) */
     assert_string_equal(mp_thread_name(c), "reader");
+    assert_int_equal(sscanf(mp_thread_name(d), "Thread-%u", &nd), 1);   /* "": unnamed */
+    assert_int_equal(nd, nb + 1);
     TU_OK(mp_thread_free(a));
     TU_OK(mp_thread_free(b));
     TU_OK(mp_thread_free(c));
+    TU_OK(mp_thread_free(d));
 }
 
 static _Atomic(mp_thread *) seen_self;
