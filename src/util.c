@@ -98,11 +98,16 @@ int mp_buf_append(mp_buf *b, const void *data, size_t len)
         return mp_fail(MP_EINVAL, __func__, !b ? "b is NULL" : "data is NULL but len is %zu", len);
     if (len > SIZE_MAX - b->len)
         return mp_fail(MP_ETOOBIG, __func__, "len %zu would overflow the buffer's size", len);
+    /* data may be b's own bytes (Python's ba += ba), which growing moves. */
+    uintptr_t at = (uintptr_t)data, base = (uintptr_t)b->data;
+    bool own = b->data && at >= base && at < base + b->cap;
     int rc = mp_buf_reserve(b, b->len + len);
     if (rc != 0)
         return rc;
+    if (own)
+        data = (char *)b->data + (at - base);
     if (len)
-        memcpy((char *)b->data + b->len, data, len);
+        memmove((char *)b->data + b->len, data, len);
     b->len += len;
     return 0;
 }

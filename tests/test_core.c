@@ -53,6 +53,25 @@ static void test_buf_append_grows_and_free_resets(void **state)
     mp_buf_free(NULL);
 }
 
+/* Appending a buffer to itself, or a part of itself (Python's ba += ba):
+ * growing moves the bytes being appended. */
+static void test_buf_append_of_its_own_bytes_survives_the_move(void **state)
+{
+    (void)state;
+    mp_buf b = { 0 };
+    TU_OK(mp_buf_append(&b, "ab", 2));
+    for (int i = 0; i < 20; i++)            /* 2 MiB at the end: moved by realloc */
+        TU_OK(mp_buf_append(&b, b.data, b.len));
+    assert_int_equal(b.len, (size_t)2 << 20);
+    for (size_t i = 0; i < b.len; i++)
+        if (((char *)b.data)[i] != "ab"[i & 1])
+            fail_msg("byte %zu of %zu is wrong", i, b.len);
+    size_t len = b.len;
+    TU_OK(mp_buf_append(&b, (char *)b.data + 1, 3));      /* a part: "bab" */
+    assert_memory_equal((char *)b.data + len, "bab", 3);
+    mp_buf_free(&b);
+}
+
 static void test_buf_reserve_keeps_contents_and_refuses_null(void **state)
 {
     (void)state;
@@ -677,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_fnref_refuses_what_is_not_in_a_loaded_object),
         cmocka_unit_test(test_errname_names_every_code),
         cmocka_unit_test(test_buf_append_grows_and_free_resets),
+        cmocka_unit_test(test_buf_append_of_its_own_bytes_survives_the_move),
         cmocka_unit_test(test_buf_reserve_keeps_contents_and_refuses_null),
         cmocka_unit_test(test_shared_alloc_is_zeroed_and_shared_with_children),
         cmocka_unit_test(test_shared_alloc_big_block),
