@@ -21,19 +21,27 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define CREATOR_GRACE 1.0       /* seconds an empty segment's creator gets to size it */
+
 struct mp_shm {                 /* in the arena */
     uint32_t magic;
     pid_t creator;              /* frees the handle; others only unmap */
     size_t size;
     dev_t dev;                  /* the segment itself: a name unlinked and made */
     ino_t ino;                  /* again is another one */
+    uint64_t made;              /* when (now_ns): tells this handle from one freed at
+                                 * the same address */
     char name[NAME_MAX + 2];    /* with the leading '/' */
 };
 
-/* Where this process mapped each handle. */
+/* Where this process mapped each handle. A handle freed by its creator
+ * leaves its mapping in the other processes until they look it up again:
+ * then its address may hold another handle, which made tells apart. */
 struct mapping {
     const mp_shm *shm;
+    uint64_t made;
     void *buf;
+    size_t size;
     struct mapping *next;
 };
 
@@ -52,13 +60,22 @@ MP_SETUP_CONSTRUCTOR static void local_init(void)
     fork_hook_set(FORK_SHM, local_lock, local_unlock, local_unlock);
 }
 
-/* Under local.lock. */
+/* Under local.lock: where s's mapping is linked (*at NULL: none). One
+ * left by a freed handle at s's address goes on the way. */
 static struct mapping **mapping_of(const mp_shm *s)
 {
     ASSERT_HELD(&local.lock);
     struct mapping **at = &local.head;
-    while (*at && (*at)->shm != s)
-        at = &(*at)->next;
+    while (*at && ((*at)->shm != s || (*at)->made != s->made)) {
+        struct mapping *m = *at;
+        if (m->shm != s) {
+            at = &m->next;
+            continue;
+        }
+        *at = m->next;
+        munmap(m->buf, m->size);
+        free(m);
+    }
     return at;
 }
 
@@ -69,7 +86,9 @@ static int mapping_add(const mp_shm *s, void *buf)
         return MP_ENOMEM;
     pthread_mutex_lock(&local.lock);
     m->shm = s;
+    m->made = s->made;
     m->buf = buf;
+    m->size = s->size;
     m->next = local.head;
     local.head = m;
     pthread_mutex_unlock(&local.lock);
@@ -135,6 +154,12 @@ static int shm_size_of(int fd, size_t want, bool created, mp_shm *s)
     struct stat st;
     if (fstat(fd, &st) != 0)
         return -errno;
+    /* Empty: its creator may be between its shm_open and its ftruncate. */
+    for (mp_deadline d = deadline_in(CREATOR_GRACE); st.st_size == 0 && !deadline_passed(&d);) {
+        usleep(1000);
+        if (fstat(fd, &st) != 0)
+            return -errno;
+    }
     s->size = (size_t)st.st_size;
     s->dev = st.st_dev;
     s->ino = st.st_ino;
@@ -192,6 +217,7 @@ int mp_shm_new(mp_shm **out, const char *name, size_t size, int flags)
     mp_shm *s = arena_alloc(sizeof *s);
     if (!s)
         return mp_fail(MP_ENOMEM, __func__, "the shared arena is full");
+    s->made = now_ns();
     bool created;
     void *buf = NULL;
     int rc = shm_open_any(s->name, sizeof s->name, name, flags, &created);
@@ -253,7 +279,7 @@ bool shm_mapping_contains(const void *p)
     pthread_mutex_lock(&local.lock);
     for (struct mapping *m = local.head; m && !in; m = m->next)
         in = (const char *)p >= (const char *)m->buf &&
-             (const char *)p < (const char *)m->buf + m->shm->size;
+             (const char *)p < (const char *)m->buf + m->size;
     pthread_mutex_unlock(&local.lock);
     return in;
 }
@@ -315,7 +341,7 @@ void mp_shm_free(mp_shm *s)
         *at = m->next;
     pthread_mutex_unlock(&local.lock);
     if (m) {
-        munmap(m->buf, s->size);
+        munmap(m->buf, m->size);
         free(m);
     }
     if (s->creator == getpid()) {

@@ -4,10 +4,12 @@
 #include "sync_helpers.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char prefix[64];
@@ -244,6 +246,88 @@ static bool have_python(void)
 /* Python's tracker would unlink (and warn about) a segment it did not make. */
 #define PY_PRELUDE "from multiprocessing import shared_memory as sm, resource_tracker as rt; "
 
+/* A child that mapped a handle its creator then freed, given the new handle
+ * made at the same address: it maps the new segment, not the old one. */
+struct reused { mp_shm *_Atomic now; _Atomic int step; };
+
+static bool first_mapped(void *arg)
+{
+    return atomic_load(&((struct reused *)arg)->step) == 1;
+}
+
+static int child_maps_both(void *arg)
+{
+    struct reused *r = arg;
+    char *first = mp_shm_buf(atomic_load(&r->now));
+    if (!first || strcmp(first, "first") != 0)
+        return 1;
+    atomic_store(&r->step, 1);
+    while (atomic_load(&r->step) != 2)
+        usleep(1000);
+    mp_shm *s = atomic_load(&r->now);
+    char *second = mp_shm_buf(s);
+    if (!second || strcmp(second, "second") != 0)
+        return 2;
+    memset(second, 'x', mp_shm_size(s));    /* all of it: mapped at its size */
+    mp_shm_free(s);
+    return 0;
+}
+
+static void test_shm_handle_made_where_a_freed_one_was_maps_its_own_segment(void **state)
+{
+    (void)state;
+    struct reused *r = mp_shared_alloc(sizeof *r);
+    mp_shm *s1, *s2;
+    TU_OK(mp_shm_new(&s1, NULL, 4096, MP_CREATE));
+    strcpy(mp_shm_buf(s1), "first");
+    atomic_store(&r->now, s1);
+    pid_t child = tu_fork(child_maps_both, r);
+    assert_true(tu_wait_for(first_mapped, r, 10 * tu_slow()));
+    TU_OK(mp_shm_unlink(s1));
+    mp_shm_free(s1);
+    TU_OK(mp_shm_new(&s2, NULL, 1 << 20, MP_CREATE));
+    assert_ptr_equal(s2, s1);               /* the arena gives the freed block back first */
+    strcpy(mp_shm_buf(s2), "second");
+    atomic_store(&r->now, s2);
+    atomic_store(&r->step, 2);
+    assert_int_equal(tu_wait(child, 10 * tu_slow()), 0);
+    assert_int_equal(((char *)mp_shm_buf(s2))[(1 << 20) - 1], 'x');
+    TU_OK(mp_shm_unlink(s2));
+    mp_shm_free(s2);
+    mp_shared_free(r);
+}
+
+static int child_opens_or_makes(void *arg)
+{
+    (void)arg;
+    mp_shm *s;
+    if (mp_shm_new(&s, name_of("sizing"), 4096, MP_CREATE) != 0)
+        return 1;
+    int ok = mp_shm_size(s) == 4096;
+    mp_shm_free(s);
+    return ok ? 0 : 2;
+}
+
+/* "New or existing" meeting a segment whose maker is between its open and
+ * its sizing (shm_open, then ftruncate: two calls): it waits for the size. */
+static void test_shm_opened_while_its_maker_sizes_it_waits_for_the_size(void **state)
+{
+    (void)state;
+    char path[160];
+    snprintf(path, sizeof path, "/%s", name_of("sizing"));
+    int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);     /* made, not sized yet */
+    assert_true(fd >= 0);
+    double t0 = tu_now();
+    pid_t child = tu_fork(child_opens_or_makes, NULL);
+    usleep(100 * 1000);
+    TU_OK(ftruncate(fd, 4096));
+    close(fd);
+    assert_int_equal(tu_wait(child, 10 * tu_slow()), 0);
+    assert_true(tu_now() - t0 >= 0.1);
+    TU_OK(shm_unlink(path));
+    assert_int_equal(leftovers(), 0);
+}
+
 static void test_shm_python_reads_what_c_wrote(void **state)
 {
     (void)state;
@@ -311,6 +395,8 @@ int main(void)
         cmocka_unit_test(test_shm_is_shared_with_a_forked_child),
         cmocka_unit_test(test_shm_handle_reaches_children_under_every_start_method),
         cmocka_unit_test(test_shm_name_made_again_is_not_mapped_as_the_handle),
+        cmocka_unit_test(test_shm_handle_made_where_a_freed_one_was_maps_its_own_segment),
+        cmocka_unit_test(test_shm_opened_while_its_maker_sizes_it_waits_for_the_size),
         cmocka_unit_test(test_shm_python_reads_what_c_wrote),
         cmocka_unit_test(test_shm_c_reads_what_python_wrote),
     };
