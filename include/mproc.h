@@ -479,7 +479,9 @@ MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (resu
                                                    or was cancelled already, else MP_ESTATE;
                                                    maps cannot be cancelled */
 /* cb runs once f is done: at once in the calling thread if it already is,
- * else on the pool's result thread in the process that created the pool.
+ * in the thread whose mp_future_cancel finishes it (before cancel returns,
+ * as Python's; in the process that created the pool), else on the pool's
+ * result thread in the process that created the pool.
  * That thread finishes maps and feeds imap iterators, so there a map of
  * that pool, or a wait for one (result, wait, mp_futures_wait with one
  * among fs, mp_iter_next of an imap or of as_completed over one), returns
@@ -488,14 +490,17 @@ MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), 
 enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
 /* Count done when the mode is met or at the timeout (like Python's wait:
  * a timeout is not an error). FIRST_EXCEPTION: any ended with an error
- * other than MP_ECANCELLED. */
+ * other than MP_ECANCELLED. A future listed twice counts once (Python's
+ * wait takes a set). */
 MP_EXTERN int  mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout);
 /* Safe while pending (the task still runs) and from a callback of f itself:
  * f stays valid until all its callbacks have returned. */
 MP_EXTERN void mp_future_free(mp_future *f);
 /* as_completed: an iterator whose mp_iter_next gives the index in fs of each
  * future as it finishes, and its result (as mp_future_result: rc, out;
- * mp_iter_code its code), then MP_EEOF. The futures must outlive it. */
+ * mp_iter_code its code), then MP_EEOF. A future listed twice is given
+ * once, at its first index (Python's takes a set). The futures must
+ * outlive it. */
 MP_EXTERN int  mp_as_completed(mp_future **fs, size_t n, mp_iter **it);
 
 /* ------------------------------------------------------------------ manager */

@@ -73,6 +73,11 @@ void task_free(mp_future *f)
 
 int task_finish(mp_future *f, uint32_t from, int rc, int code)
 {
+    return task_finish_as(f, from, rc, code, false);
+}
+
+int task_finish_as(mp_future *f, uint32_t from, int rc, int code, bool callbacks_here)
+{
     struct pool_shared *sh = f->sh;
     uint32_t kind = f->kind;
     uint32_t s = atomic_load(&f->state);
@@ -92,6 +97,8 @@ int task_finish(mp_future *f, uint32_t from, int rc, int code)
         atomic_fetch_add(&sh->any_seq, 1);
         futex_wake(&sh->any_seq, INT_MAX);
     }
+    if ((s & TASK_NOTIFY) && callbacks_here)
+        return 1;
     if (s & TASK_NOTIFY)
         collector_push(sh, f);
     else if (s & TASK_DETACHED)
@@ -294,13 +301,23 @@ int mp_future_cancel(mp_future *f)
         return mp_fail(MP_ESTATE, __func__, "only a future of mp_pool_apply_async can be "
                        "cancelled, not a map's");
     struct pool_shared *sh = f->sh;
-    int rc = MP_ESTATE;
+    int rc = MP_ESTATE, finished = -1;
     if ((atomic_load(&f->state) & TASK_BASE) == TASK_QUEUED) {
         list_lock(sh);
+        /* Its callbacks run here before we return, as Python's cancel
+         * runs them, where they can: in the process that made the pool
+         * (alive while f is queued in it). */
         if ((atomic_load(&f->state) & TASK_BASE) == TASK_QUEUED && list_unlink(sh, f))
-            rc = task_finish(f, TASK_QUEUED, MP_ECANCELLED, 0) == 0 ? 0 : MP_ESTATE;
+            finished = task_finish_as(f, TASK_QUEUED, MP_ECANCELLED, 0,
+                                      f->owner && pool_owned_here(f->owner));
         list_unlock(sh);
     }
+    if (finished == 1) {                /* as the result thread would */
+        task_run_callbacks(f);
+        task_processed(f);
+    }
+    if (finished >= 0)
+        rc = 0;
     if (rc != 0 && state_final(atomic_load(&f->state)) && f->rc == MP_ECANCELLED)
         return 0;                     /* cancelled already: Python's cancel says True again */
     if (rc != 0)
@@ -348,17 +365,58 @@ int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
     return 0;
 }
 
-static bool wait_satisfied(mp_future **fs, size_t n, int mode, int *done)
+/* A table of the futures seen, by address (open addressing): no sort,
+ * which may allocate from the heap; a pool's caller stays out of it. */
+static bool seen_before(uintptr_t *table, size_t mask, uintptr_t f)
+{
+    size_t at = (size_t)((f >> 4) * 0x9E3779B97F4A7C15ull) & mask;
+    while (table[at] && table[at] != f)
+        at = (at + 1) & mask;
+    bool seen = table[at] == f;
+    table[at] = f;
+    return seen;
+}
+
+int futures_repeats(mp_future *const *fs, size_t n, bool *repeat)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    uintptr_t *table = n > REPEATS_BY_PAIRS ? pool_mem_alloc(cap * sizeof *table) : NULL;
+    if (table)
+        memset(table, 0, cap * sizeof *table);
+    int count = 0;
+    for (size_t i = 0; i < n; i++) {
+        repeat[i] = false;
+        if (table)
+            repeat[i] = seen_before(table, cap - 1, (uintptr_t)fs[i]);
+        else
+            for (size_t j = 0; j < i && !repeat[i]; j++)   /* few, or no memory */
+                repeat[i] = fs[j] == fs[i];
+        count += repeat[i];
+    }
+    pool_mem_free(table);
+    return count;
+}
+
+/* Whether the wait for fs (each counted once: repeat[i] marks a future
+ * listed before) is over; *done: how many are. */
+static bool wait_satisfied(mp_future **fs, size_t n, const bool *repeat, int mode, int *done)
 {
     int count = 0;
+    size_t distinct = 0;
     bool failed = false;
     for (size_t i = 0; i < n; i++) {
+        if (repeat && repeat[i])
+            continue;
+        distinct++;
         if (!state_final(atomic_load(&fs[i]->state)))
             continue;
         count++;
         failed |= fs[i]->rc != 0 && fs[i]->rc != MP_ECANCELLED;
     }
     *done = count;
+    n = distinct;
     if ((size_t)count == n)          /* all done, or nothing to wait for (Python's wait([])) */
         return true;
     if (mode == MP_FIRST_COMPLETED)
@@ -387,7 +445,12 @@ static struct pool_shared *pending_pool(mp_future **fs, size_t n, bool *mixed)
 
 int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
 {
-    const char *fn = __func__;
+    return futures_wait(fs, n, mode, timeout, false);
+}
+
+int futures_wait(mp_future **fs, size_t n, int mode, double timeout, bool distinct)
+{
+    const char *fn = "mp_futures_wait";
     if (!fs && n)
         return mp_fail(MP_EINVAL, fn, "fs is NULL but n is %zu", n);
     if (n > INT_MAX)
@@ -403,18 +466,25 @@ int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
     for (size_t i = 0; timeout != 0 && i < n; i++)
         if (finished_only_by_caller(fs[i]))
             return mp_fail(MP_ESTATE, fn, "fs[%zu]: " WAITS_FOR_ITSELF, i);
+    /* A future listed twice counts once (Python's wait works on a set). */
+    bool few[REPEATS_BY_PAIRS], *repeat = distinct ? NULL : n <= REPEATS_BY_PAIRS ? few
+                                                   : pool_mem_alloc(n);
+    if (!distinct && !repeat)
+        return mp_fail(MP_ENOMEM, fn, "no memory to look over %zu futures", n);
+    if (repeat)
+        futures_repeats(fs, n, repeat);
     mp_deadline d = deadline_in(timeout);
     int done;
     for (;;) {
-        if (wait_satisfied(fs, n, mode, &done) || deadline_passed(&d))
-            return done;
+        if (wait_satisfied(fs, n, repeat, mode, &done) || deadline_passed(&d))
+            break;
         bool mixed;
         struct pool_shared *sh = pending_pool(fs, n, &mixed);
         if (!sh)
             continue;
         atomic_fetch_add(&sh->any_waiters, 1);
         uint32_t seq = atomic_load(&sh->any_seq);
-        if (!wait_satisfied(fs, n, mode, &done)) {
+        if (!wait_satisfied(fs, n, repeat, mode, &done)) {
             mp_deadline slice = d;
             if (mixed && deadline_left(&d) > 0.01)
                 slice = deadline_in(0.01);
@@ -422,6 +492,9 @@ int mp_futures_wait(mp_future **fs, size_t n, int mode, double timeout)
         }
         atomic_fetch_sub(&sh->any_waiters, 1);
     }
+    if (repeat != few)
+        pool_mem_free(repeat);
+    return done;
 }
 
 void mp_future_free(mp_future *f)

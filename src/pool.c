@@ -203,6 +203,12 @@ int pool_check_open(mp_pool *p)
     return 0;
 }
 
+int pool_closed_meanwhile(mp_pool *p)
+{
+    int rc = pool_check_open(p);        /* broke, or terminated: it says which */
+    return rc ? rc : mp_fail(MP_ECLOSED, NULL, "the pool was terminated meanwhile");
+}
+
 static void signal_monitor(mp_pool *p)
 {
     uint64_t one = 1;
@@ -1251,9 +1257,7 @@ int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_fut
     if ((rc = pool_push(p->sh, f, f, 1)) != 0) {
         pool_progress_add_total(p, 0 - (uint64_t)1);
         task_free(f);
-        if (rc == MP_ECLOSED)
-            return mp_fail(rc, fname, "the pool was terminated meanwhile");
-        return mp_fail_code(rc, fname);
+        return mp_fail_code(rc == MP_ECLOSED ? pool_closed_meanwhile(p) : rc, fname);
     }
     *out = f;
     return 0;

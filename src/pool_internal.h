@@ -123,6 +123,14 @@ void task_free(mp_future *f);
 bool future_valid(const mp_future *f);   /* a live handle: not freed by its caller */
 /* MP_EINVAL for fs[i], not a live future, saying so for fn (mp_last_error). */
 int future_fail_listed(const char *fn, size_t i, const mp_future *f);
+/* Marks in repeat[i] each fs[i] listed before (at a lower index) and
+ * counts them. Up to REPEATS_BY_PAIRS futures (or with no memory) by
+ * comparing pairs, more through a table from pool_mem_alloc. */
+#define REPEATS_BY_PAIRS 256
+int futures_repeats(mp_future *const *fs, size_t n, bool *repeat);
+/* mp_futures_wait; distinct: fs lists no future twice (as_completed's
+ * rest), so nothing is allocated. */
+int futures_wait(mp_future **fs, size_t n, int mode, double timeout, bool distinct);
 /* Moves f from base state `from` to final with rc/code, wakes its waiters
  * and hands it on: to the collector if NOTIFY, freed if DETACHED. Only one
  * party may finish a task from a given state (the worker running it, the
@@ -130,6 +138,10 @@ int future_fail_listed(const char *fn, size_t i, const mp_future *f);
  * lock), so rc and code are written before the one CAS that publishes them.
  * Returns 0, or -1 if f was not in state `from`. f may be gone on return. */
 int task_finish(mp_future *f, uint32_t from, int rc, int code);
+/* task_finish, but with callbacks_here a future that has callbacks is left
+ * to the caller (1), which runs them (task_run_callbacks, task_processed)
+ * instead of the result thread. */
+int task_finish_as(mp_future *f, uint32_t from, int rc, int code, bool callbacks_here);
 int task_wait(mp_future *f, const mp_deadline *d);
 void task_run_callbacks(mp_future *f);
 /* The collector marks a NOTIFY task handled; frees it if detached. */
@@ -212,7 +224,10 @@ int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t 
 /* The collector's inbox: lock-free push from any process. */
 void collector_push(struct pool_shared *sh, mp_future *f);
 const struct fnentry *pool_fn(mp_pool *p, mp_fn fn);   /* NULL: not in a loaded object */
-int pool_check_open(mp_pool *p);        /* 0, MP_EINVAL, MP_ECLOSED, MP_ESTATE */
+int pool_check_open(mp_pool *p);        /* 0, MP_EINVAL, MP_ECLOSED, MP_EBROKEN, MP_ESTATE */
+/* After pool_push's MP_ECLOSED: MP_EBROKEN if the pool broke meanwhile,
+ * else MP_ECLOSED, with its message. */
+int pool_closed_meanwhile(mp_pool *p);
 bool pool_owned_here(const mp_pool *p); /* this process created p */
 int pool_worker_count(const mp_pool *p);
 struct pool_shared *pool_shared_of(const mp_pool *p);

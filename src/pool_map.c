@@ -107,6 +107,8 @@ static int job_start(mp_pool *p, struct pool_shared *sh, struct job *job, size_t
         pool_progress_add_total(p, job->n);
         if ((rc = pool_push(sh, first, last, nchunks)) == 0)
             return 0;
+        if (rc == MP_ECLOSED)
+            rc = pool_closed_meanwhile(p);
         pool_progress_add_total(p, 0 - (uint64_t)job->n);   /* taken back */
     }
     for (mp_future *t = first, *next; t; t = next) {
@@ -654,7 +656,10 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     it->fs = pool_mem_alloc((n ? n : 1) * sizeof *fs);
     it->given = pool_mem_alloc((n ? n : 1) * sizeof *it->given);
     it->rest = pool_mem_alloc((n ? n : 1) * sizeof *it->rest);
-    if (!it->fs || !it->given || !it->rest) {
+    /* A future listed twice is handed out once (Python's as_completed
+     * works on a set): its repeats count as handed out already. */
+    int repeats = it->fs && it->given && it->rest ? futures_repeats(fs, n, it->given) : -1;
+    if (repeats < 0) {
         pool_mem_free(it->fs);
         pool_mem_free(it->given);
         pool_mem_free(it->rest);
@@ -664,7 +669,7 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     }
     if (n)
         memcpy(it->fs, fs, n * sizeof *fs);
-    memset(it->given, 0, (n ? n : 1) * sizeof *it->given);
+    it->emitted = (size_t)repeats;
     atomic_store_explicit(&it->magic, MAGIC_ITER, memory_order_relaxed);
     it->creator = pool_self_pid();
     it->n = n;
@@ -711,7 +716,7 @@ static int next_completed(mp_iter *it, size_t *index, mp_buf *out, const mp_dead
             break;
         }
         double left = d->forever ? MP_FOREVER : deadline_left(d);
-        rc = mp_futures_wait(rest, nrest, MP_FIRST_COMPLETED, left);
+        rc = futures_wait(rest, nrest, MP_FIRST_COMPLETED, left, true);
         if (rc < 0)
             break;                      /* a future freed under us: MP_EINVAL */
         if (rc == 0 && deadline_passed(d)) {

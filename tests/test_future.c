@@ -268,6 +268,67 @@ static void test_as_completed_gives_each_future_as_it_finishes(void **state)
     mp_pool_free(p);
 }
 
+/* A future listed more than once counts once, as in Python (whose wait and
+ * as_completed work on a set of futures). */
+static void test_futures_listed_twice_count_once(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(2, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *done = submit_int(p, t_square, 4), *waits = submit_wait(p, flag);
+    TU_OK(mp_future_wait(done, 30));
+    mp_future *fs[] = { done, waits, done, done };
+    assert_int_equal(mp_futures_wait(fs, 4, MP_ALL_COMPLETED, 0.05), 1);
+    assert_int_equal(mp_futures_wait(fs, 4, MP_FIRST_COMPLETED, 0), 1);
+    mp_future *same[300];               /* past REPEATS_BY_PAIRS: through a table */
+    for (int k = 0; k < 300; k++)
+        same[k] = k % 3 ? done : waits;
+    assert_int_equal(mp_futures_wait(same, 2, MP_ALL_COMPLETED, 0), 1);
+    assert_int_equal(mp_futures_wait(same, 300, MP_ALL_COMPLETED, 0), 1);
+    mp_iter *it;
+    TU_OK(mp_as_completed(fs, 4, &it));
+    size_t i = 99;
+    TU_OK(mp_iter_next(it, &i, NULL, 30));
+    assert_int_equal(i, 0);                     /* the first place it is listed */
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0.05), MP_ETIMEDOUT);
+    atomic_store(flag, 1);
+    TU_OK(mp_iter_next(it, &i, NULL, 30));
+    assert_int_equal(i, 1);
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EEOF);
+    mp_iter_free(it);
+    TU_OK(mp_as_completed(same, 300, &it));
+    TU_OK(mp_iter_next(it, &i, NULL, 0));
+    TU_OK(mp_iter_next(it, &i, NULL, 0));
+    TU_ASSERT_RC(mp_iter_next(it, &i, NULL, 0), MP_EEOF);
+    mp_iter_free(it);
+    mp_future_free(done);
+    mp_future_free(waits);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
+/* Python's cancel runs the future's callbacks before it returns True. */
+static void test_future_cancel_runs_its_callbacks_before_it_returns(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *busy = submit_wait(p, flag), *queued = submit_int(p, t_square, 5);
+    struct cb_record r = { 0 };
+    TU_OK(mp_future_on_done(queued, on_done_cb, &r));
+    TU_OK(mp_future_cancel(queued));
+    assert_int_equal(atomic_load(&r.calls), 1);
+    assert_int_equal(atomic_load(&r.rc), MP_ECANCELLED);
+    assert_true(pthread_equal(atomic_load(&r.thread), pthread_self()));
+    atomic_store(flag, 1);
+    TU_OK(mp_future_wait(busy, 30));
+    mp_future_free(busy);
+    mp_future_free(queued);
+    assert_int_equal(atomic_load(&r.calls), 1);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
 static void test_future_of_a_map_takes_callbacks_and_waits(void **state)
 {
     (void)state;
@@ -337,6 +398,8 @@ int main(void)
         cmocka_unit_test(test_future_free_while_pending_detaches),
         cmocka_unit_test(test_freed_handles_give_einval_and_double_free_is_harmless),
         cmocka_unit_test(test_as_completed_gives_each_future_as_it_finishes),
+        cmocka_unit_test(test_futures_listed_twice_count_once),
+        cmocka_unit_test(test_future_cancel_runs_its_callbacks_before_it_returns),
         cmocka_unit_test(test_future_of_a_map_takes_callbacks_and_waits),
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
     };

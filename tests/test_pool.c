@@ -560,6 +560,29 @@ static void test_pool_initializer_that_kills_workers_breaks_the_pool(void **stat
     }
 }
 
+/* Work submitted while the pool breaks is refused as broken, never as
+ * closed: nobody closed it. Each submits until the first refusal. */
+static void test_pool_breaking_under_submissions_says_broken_not_closed(void **state)
+{
+    (void)state;
+    int x = 2;
+    for (int i = 0; i < 20; i++) {
+        mp_pool *p;
+        TU_OK(mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .initializer = init_exits }));
+        int rc;
+        mp_future *f;
+        while ((rc = mp_pool_apply_async(p, t_square, &x, sizeof x, &f)) == 0)
+            mp_future_free(f);
+        TU_ASSERT_RC(rc, MP_EBROKEN);
+        int in[4] = { 1, 2, 3, 4 }, out[4];
+        while ((rc = mp_pool_map_async(p, t_square, in, 4, sizeof *in, out, sizeof *out, 1,
+                                       &f)) == 0)
+            mp_future_free(f);
+        TU_ASSERT_RC(rc, MP_EBROKEN);
+        mp_pool_free(p);
+    }
+}
+
 static pid_t worker_pid(mp_pool *p)
 {
     mp_buf b = { 0 };
@@ -988,6 +1011,7 @@ int main(void)
         cmocka_unit_test(test_pool_maxtasksperchild_replaces_workers),
         cmocka_unit_test(test_pool_initializer_runs_once_per_worker),
         cmocka_unit_test(test_pool_initializer_that_kills_workers_breaks_the_pool),
+        cmocka_unit_test(test_pool_breaking_under_submissions_says_broken_not_closed),
         cmocka_unit_test(test_pool_outlives_the_thread_that_made_it),
         cmocka_unit_test(test_pool_threads_backend_runs_everything),
         cmocka_unit_test(test_pool_spawn_and_forkserver_workers),
