@@ -1148,8 +1148,10 @@ static struct taker *cached_taker(mp_queue *q, uint64_t self)
 }
 
 /* Under get, before an item is taken: this process's taker, claimed on
- * its first get (a free one, else one whose owner ended), or NULL if every
- * one belongs to a live process. */
+ * its first get (a free one, else one whose owner ended owing nothing), or
+ * NULL if every one belongs to a live process or to an ended one that
+ * still owes items. Those stay for a join to write off: the items may
+ * have been handed on, and their task_done calls may be still to come. */
 static struct taker *taker_locked(mp_queue *q)
 {
     uint64_t self = self_process();
@@ -1165,15 +1167,12 @@ static struct taker *taker_locked(mp_queue *q)
         else if (w == 0 && !free)
             free = &q->takers[i];
     }
-    bool lost = false;
     for (int i = 0; i < TAKERS && !t && !free; i++) {
-        lost |= write_off_locked(&q->takers[i]) != 0;
-        if (atomic_load_explicit(&q->takers[i].owner, memory_order_relaxed) == 0)
-            free = &q->takers[i];
-    }
-    if (lost) {
-        sum_lost_locked(q);
-        wake(&q->all_done);
+        struct taker *c = &q->takers[i];
+        if (owed(c) == 0)           /* stays 0: only a get, under our lock, adds */
+            write_off_locked(c);    /* frees it if its owner ended */
+        if (atomic_load_explicit(&c->owner, memory_order_relaxed) == 0)
+            free = c;
     }
     if (!t && free) {
         t = free;

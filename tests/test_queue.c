@@ -1805,6 +1805,43 @@ static void test_queue_join_counts_task_done_from_another_process(void **state)
     mp_queue_free(q);
 }
 
+/* More getter processes than the queue has takers, one after another: each
+ * gets an item, hands it on to the parent and exits; the parent marks
+ * them all done. None is lost: only a join writes items off. */
+struct hand_on { mp_queue *work, *back; };
+
+static int child_gets_and_hands_on(void *arg)
+{
+    struct hand_on *h = arg;
+    uint64_t v;
+    size_t len;
+    if (mp_queue_get(h->work, &v, sizeof v, &len, 30) != 0 ||
+        mp_queue_put(h->back, &v, sizeof v, 30) != 0)
+        return 1;
+    return 0;
+}
+
+static void test_queue_getters_past_the_takers_hand_items_on_and_join(void **state)
+{
+    (void)state;
+    enum { N = 40 };                    /* > 32 takers */
+    struct hand_on h = { new_queue(0), new_queue(0) };
+    for (uint64_t i = 0; i < N; i++) {
+        put_u64(h.work, i);
+        assert_int_equal(tu_wait(tu_fork(child_gets_and_hands_on, &h), 30), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        uint64_t v;
+        size_t len;
+        TU_OK(mp_queue_get(h.back, &v, sizeof v, &len, 10));
+        TU_OK(mp_queue_task_done(h.work));
+    }
+    TU_ASSERT_RC(mp_queue_task_done(h.work), MP_EINVAL);   /* one more than got */
+    TU_OK(mp_queue_join(h.work, 10));
+    mp_queue_free(h.work);
+    mp_queue_free(h.back);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -1834,6 +1871,7 @@ int main(void)
         cmocka_unit_test(test_queue_join_counts_a_consumer_killed_at_its_commit),
         cmocka_unit_test(test_queue_join_counts_task_done_from_another_process),
         cmocka_unit_test(test_queue_consumer_killed_right_after_task_done_loses_nothing),
+        cmocka_unit_test(test_queue_getters_past_the_takers_hand_items_on_and_join),
         cmocka_unit_test(test_queue_4x4_processes_lose_and_duplicate_nothing),
         cmocka_unit_test(test_queue_bounded_4x4_loses_and_duplicates_nothing),
         cmocka_unit_test(test_queue_works_between_threads),
