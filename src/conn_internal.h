@@ -118,6 +118,18 @@ int sock_listen_on(const struct sockaddress *a);
 int sock_connect_by(const struct sockaddress *a, const mp_deadline *d);
 void sock_format_address(int fd, const char *asked, char *out, size_t cap);
 
+/* A unix socket's file, as bound: removed later only while the path still
+ * names that file, not one someone bound there since (as after our own
+ * remove). sock_file_of: the path fd is bound to, false if none (tcp, an
+ * abstract name). */
+struct sock_file {
+    char path[108];
+    dev_t dev;
+    ino_t ino;
+};
+bool sock_file_of(int fd, struct sock_file *f);
+void sock_file_remove(const struct sock_file *f);
+
 /* The authkey handshake of multiprocessing.connection. The listener calls
  * deliver then answer, the client answer then deliver. digest NULL sends
  * the legacy (<= 3.11) 20-byte challenge; otherwise "{digest}" + 40 bytes

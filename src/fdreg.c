@@ -346,7 +346,7 @@ static void handle_destroy(struct fdhandle *h)
  * did not close is closed (which drops this process's count), so a child
  * that returns without closing its copies does not keep them, and the
  * arena memory behind them, for ever. */
-void fdreg_close_all(void)
+void fdreg_each(void (*fn)(struct fdhandle *h))
 {
     pthread_mutex_lock(&registry.lock);
     size_t n = registry.n;
@@ -355,8 +355,13 @@ void fdreg_close_all(void)
         memcpy(copy, registry.items, n * sizeof *copy);
     pthread_mutex_unlock(&registry.lock);
     for (size_t i = 0; copy && i < n; i++)
-        handle_close(copy[i]);
+        fn(copy[i]);
     free(copy);
+}
+
+void fdreg_close_all(void)
+{
+    fdreg_each(handle_close);
 }
 
 struct fdreg_lease *fdreg_lease_new(void)

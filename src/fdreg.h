@@ -79,6 +79,9 @@ size_t fdreg_live_fds(struct fdreg_lease *lease, int *fds, size_t cap);
 /* A child about to exit: closes every handle still registered (mp_conn_close,
  * mp_listener_free), which drops this process's count of each. */
 void fdreg_close_all(void);
+/* Calls fn on each handle registered in this process (on a copy of the
+ * list, taken under its lock). */
+void fdreg_each(void (*fn)(struct fdhandle *h));
 
 /* The holds an mp_process child took on its parent's handles, kept so
  * that what the child could not give back (it was killed, or called _exit,

@@ -20,11 +20,13 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -52,8 +54,8 @@
 struct mp_listener {
     struct fdhandle h;
     pid_t creator;
-    bool unlink_path;
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    bool unlink_path;          /* file is ours to remove: at free, or at our exit */
+    struct sock_file file;
     char address[ADDRESS_MAX];
     bool has_key;              /* false: no handshake (authkey NULL) */
     size_t keylen;             /* 0 with has_key: the handshake with an empty key */
@@ -145,6 +147,32 @@ int sock_parse_address(const char *address, bool passive, struct sockaddress *ou
                        ADDRESS_MAX, address, ADDRESS_MAX, address);
     return mp_fail(MP_EINVAL, NULL, "address \"%.*s\" has no scheme; %s", ADDRESS_MAX, address,
                    ADDRESS_FORMS);
+}
+
+bool sock_file_of(int fd, struct sock_file *f)
+{
+    struct sockaddr_un un;
+    socklen_t len = sizeof un;
+    struct stat st;
+    if (getsockname(fd, (struct sockaddr *)&un, &len) != 0 || un.sun_family != AF_UNIX ||
+        len <= offsetof(struct sockaddr_un, sun_path) || !un.sun_path[0])
+        return false;
+    size_t n = len - offsetof(struct sockaddr_un, sun_path);
+    n = n < sizeof f->path ? n : sizeof f->path - 1;
+    memcpy(f->path, un.sun_path, n);
+    f->path[n] = '\0';
+    if (stat(f->path, &st) != 0)
+        return false;
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    return true;
+}
+
+void sock_file_remove(const struct sock_file *f)
+{
+    struct stat st;
+    if (stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
+        unlink(f->path);
 }
 
 void sock_format_address(int fd, const char *asked, char *out, size_t cap)
@@ -357,13 +385,35 @@ void listener_destroy_unheld(struct fdhandle *h)
     listener_destroy((mp_listener *)h);
 }
 
+/* Like CPython's Finalize for a Listener: a unix listener's file goes when
+ * its creator exits, freed or not. */
+static void remove_own_file(struct fdhandle *h)
+{
+    mp_listener *l = (mp_listener *)h;
+    if (h->magic == MAGIC_LISTENER && l->unlink_path && l->creator == getpid()) {
+        l->unlink_path = false;
+        sock_file_remove(&l->file);
+    }
+}
+
+static void listeners_at_exit(void)
+{
+    fdreg_each(remove_own_file);
+}
+
+static pthread_once_t exit_hook_once = PTHREAD_ONCE_INIT;
+
+static void exit_hook_register(void)
+{
+    atexit(listeners_at_exit);
+}
+
 static int listener_fill(mp_listener *l, const char *address, const struct sockaddress *a,
                          const void *authkey, size_t keylen)
 {
-    const struct sockaddr_un *un = (const struct sockaddr_un *)&a->ss;
-    if (a->ss.ss_family == AF_UNIX && un->sun_path[0]) {
+    if (a->ss.ss_family == AF_UNIX && sock_file_of(l->h.fd, &l->file)) {
         l->unlink_path = true;
-        memcpy(l->path, un->sun_path, sizeof l->path);
+        pthread_once(&exit_hook_once, exit_hook_register);
     }
     l->creator = getpid();
     sock_format_address(l->h.fd, address, l->address, sizeof l->address);
@@ -432,7 +482,7 @@ int mp_listener_new(mp_listener **out, const char *address, const void *authkey,
     rc = listener_fill(l, address, &a, authkey, keylen);
     if (rc != 0) {
         if (l->unlink_path)
-            unlink(l->path);
+            sock_file_remove(&l->file);
         close(fd);
         listener_destroy(l);
         return mp_fail_code(rc, __func__);
@@ -681,10 +731,7 @@ void mp_listener_free(mp_listener *l)
 {
     if (listener_check(l) != 0)
         return;
-    if (l->unlink_path && l->creator == getpid()) {
-        unlink(l->path);
-        l->unlink_path = false;
-    }
+    remove_own_file(&l->h);
     local_close(l);
     if (fdhandle_release(&l->h))
         listener_destroy(l);

@@ -435,6 +435,34 @@ static void client_against_python_listener(const char *mode, const char *address
     close(out);
 }
 
+/* A unix listener's file goes when its creator exits without freeing it
+ * (CPython's Finalize), and not when a child that inherited it exits. */
+static int exits_at_once(void *arg)
+{
+    (void)arg;
+    exit(0);
+}
+
+static int makes_a_listener_and_leaves(void *arg)
+{
+    mp_listener *l;
+    if (mp_listener_new(&l, arg, NULL, 0) != 0)
+        return 1;
+    const char *path = (const char *)arg + strlen("unix:");
+    if (tu_wait(tu_fork(exits_at_once, NULL), 10) != 0 || access(path, F_OK) != 0)
+        return 2;                      /* a forked child's exit left it */
+    exit(0);                           /* no mp_listener_free; atexit runs */
+}
+
+static void test_listener_file_goes_when_its_creator_exits(void **state)
+{
+    (void)state;
+    char addr[96];
+    snprintf(addr, sizeof addr, "unix:/tmp/mproc-auth-exit-%d.sock", (int)getpid());
+    assert_int_equal(tu_wait(tu_fork(makes_a_listener_and_leaves, addr), 10 * tu_slow()), 0);
+    assert_int_equal(access(addr + strlen("unix:"), F_OK), -1);
+}
+
 static void test_mproc_client_talks_to_python_listener(void **state)
 {
     (void)state;
@@ -1048,6 +1076,7 @@ int main(void)
         cmocka_unit_test(test_listener_keeps_up_with_a_stream_of_silent_peers),
         cmocka_unit_test(test_accept_with_no_descriptor_free_waits_its_timeout_then_says_emfile),
         cmocka_unit_test(test_listener_burst_goes_to_the_idle_worker),
+        cmocka_unit_test(test_listener_file_goes_when_its_creator_exits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

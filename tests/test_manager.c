@@ -187,6 +187,53 @@ static void test_manager_unix_path_address_is_removed_at_shutdown(void **state)
     assert_int_equal(access(path, F_OK), -1);
 }
 
+/* A starter that returns without shutdown, or is killed: the server goes,
+ * and takes its file with it. One shut down does not take the file of a
+ * manager started at the same path since. */
+static int starts_and_leaves(void *arg)
+{
+    mp_manager *m;
+    if (mp_manager_start(&m, &(mp_manager_opts){ .address = arg }) != 0)
+        return 1;
+    if (strstr(arg, "killed"))
+        raise(SIGKILL);
+    return 0;                          /* no shutdown, no free */
+}
+
+static bool file_gone(void *path)
+{
+    return access(path, F_OK) != 0;
+}
+
+static void test_manager_unix_file_goes_however_its_starter_ends(void **state)
+{
+    (void)state;
+    const char *how[] = { "left", "killed" };
+    for (int i = 0; i < 2; i++) {
+        char path[96], addr[112];
+        snprintf(path, sizeof path, "/tmp/mproc-test-mgr-%d-%s.sock", (int)getpid(), how[i]);
+        snprintf(addr, sizeof addr, "unix:%s", path);
+        int code = tu_wait(tu_fork(starts_and_leaves, addr), 10 * tu_slow());
+        assert_int_equal(code, i ? -SIGKILL : 0);
+        assert_true(tu_wait_for(file_gone, path, 10 * tu_slow()));
+    }
+    char path[96], addr[112];
+    snprintf(path, sizeof path, "/tmp/mproc-test-mgr-%d-again.sock", (int)getpid());
+    snprintf(addr, sizeof addr, "unix:%s", path);
+    mp_manager *old, *now;
+    TU_OK(mp_manager_start(&old, &(mp_manager_opts){ .address = addr }));
+    TU_OK(mp_manager_shutdown(old));   /* removes the file; its server goes after */
+    TU_OK(mp_manager_start(&now, &(mp_manager_opts){ .address = addr }));
+    usleep(300 * 1000);
+    assert_int_equal(access(path, F_OK), 0);
+    mp_dict *d = open_dict(now, "d");
+    TU_OK(mp_dict_set(d, "k", "v", 1));
+    mp_dict_free(d);
+    mp_manager_free(old);
+    mp_manager_free(now);
+    assert_true(file_gone(path));
+}
+
 static void test_manager_wrong_authkey_is_refused_with_eauth(void **state)
 {
     mp_manager *m = NULL, *c = NULL;
@@ -1776,6 +1823,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_manager_start_gives_address_authkey_and_pid),
         cmocka_unit_test(test_manager_outlives_the_thread_that_started_it),
+        cmocka_unit_test(test_manager_unix_file_goes_however_its_starter_ends),
         cmocka_unit_test(test_manager_server_exits_when_its_starter_is_killed),
         cmocka_unit_test(test_manager_connect_by_address_and_key_sees_same_objects),
         cmocka_unit_test(test_manager_tcp_address_with_port_zero_gets_a_port),

@@ -16,6 +16,7 @@
  * loop frees a spare descriptor to accept and drop the pending connection
  * instead of spinning on a listening socket that stays readable.
  */
+#include "conn_internal.h"
 #include "manager/channel.h"
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
@@ -455,6 +456,11 @@ int manager_serve(const struct manager_server_opts *o)
         return errno_to_mp(errno);
     }
     srv.spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    /* A unix address's file goes with the server, however its client
+     * ended (Python's server removes it at shutdown): unless someone has
+     * bound the path again since. */
+    struct sock_file file;
+    bool own_file = sock_file_of(o->listen_fd, &file);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -486,5 +492,7 @@ int manager_serve(const struct manager_server_opts *o)
     close(srv.wake[1]);
     if (srv.spare >= 0)
         close(srv.spare);
+    if (own_file)
+        sock_file_remove(&file);
     return 0;
 }

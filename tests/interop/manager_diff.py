@@ -23,6 +23,7 @@ import fractions
 import gc
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -1812,6 +1813,7 @@ def main():
             pys.shutdown()
         except Exception:
             pass
+        shutil.rmtree(tmp, ignore_errors=True)
     print("%d scenarios, %d unexpected differences or failed checks" % (len(scenarios), bad))
     return 1 if bad else 0
 
