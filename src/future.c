@@ -244,6 +244,11 @@ int mp_future_result(mp_future *f, mp_buf *out, double timeout)
                        "mp_pool_terminate)");
     case MP_ECANCELLED:
         return mp_fail(f->rc, fn, "the task was cancelled before it ran");
+    case MP_EBROKEN:
+        return mp_fail(f->rc, fn, "the pool broke before the task ran: it could not start a "
+                       "worker for %.0f s (out of descriptors, processes or memory), or its "
+                       "initializer kills the workers; a submit to it says which",
+                       POOL_SHORTAGE_MAX_S);
     default:
         return mp_fail_code(f->rc, fn);
     }

@@ -37,7 +37,10 @@
 
 #define PROGRESS_NS 100000000ull
 #define INIT_FAILURES_MAX 3        /* initializers failing by their own fault in a row: broken */
-#define START_FAILURES_MAX 8       /* starts failing in a row with no worker alive: broken */
+#define START_FAILURES_MAX 8       /* starts failing in a row with no worker alive: broken, */
+#define SHORTAGE_MAX_NS ((uint64_t)(POOL_SHORTAGE_MAX_S * 1e9))   /* or for this long,
+                                   * when for want of a resource (descriptors, processes, memory) */
+#define UNWATCHED_NAP_MS 50        /* a live worker with no sentinel: look this often */
 #define BACKOFF_MIN_NS 1000000ull  /* a slot whose workers die before ready waits 1 ms, */
 #define BACKOFF_MAX_NS 500000000ull   /* doubling up to 0.5 s, before its next start */
 #define ENDING_NAP_MS 10           /* a worker ended, its status not published yet */
@@ -90,6 +93,7 @@ struct mp_pool {
     pthread_mutex_t fnlock;         /* fncache and the shared function list */
     _Atomic int state;              /* POOL_* */
     _Atomic int halted_by;          /* what halt failed the tasks with: MP_EBROKEN, ... */
+    _Atomic int broken_start;       /* the start failure that broke the pool, or 0 */
     int efd;                        /* wakes the monitor */
     struct pollfd *pollfds;         /* the monitor's: efd and one per worker */
     int *pollslots;                 /* the worker of each pollfds entry */
@@ -103,6 +107,7 @@ struct mp_pool {
     _Atomic uint32_t notices_pending;   /* posted, not yet handled */
     int init_failures;              /* see post_notice */
     int start_failures;
+    uint64_t short_since;           /* when starts began to fail for want of a resource */
     struct fncache *fns;
     size_t nfns, capfns;
     uint64_t progress_done, progress_total, progress_ns;
@@ -188,6 +193,16 @@ static int pool_check_usable(mp_pool *p)
     return 0;
 }
 
+int pool_broken_why(mp_pool *p)
+{
+    int why = atomic_load(&p->broken_start);
+    if (why)
+        return mp_fail(MP_EBROKEN, NULL, "the pool is broken: no worker could be started for "
+                       "%.0f s (%s); make a new one", POOL_SHORTAGE_MAX_S, mp_strerror(why));
+    return mp_fail(MP_EBROKEN, NULL, "the pool is broken: it could not keep a worker alive "
+                   "(does its initializer kill them?); make a new one");
+}
+
 int pool_check_open(mp_pool *p)
 {
     int rc = pool_check_usable(p);
@@ -195,8 +210,7 @@ int pool_check_open(mp_pool *p)
         return rc;
     int state = atomic_load(&p->state);
     if (state == POOL_TERMINATED && atomic_load(&p->halted_by) == MP_EBROKEN)
-        return mp_fail(MP_EBROKEN, NULL, "the pool is broken: it could not keep a worker alive "
-                       "(does its initializer kill them?); make a new one");
+        return pool_broken_why(p);
     if (state != POOL_OPEN)
         return mp_fail(MP_ECLOSED, NULL, "the pool is %s; submit work before mp_pool_close",
                        state == POOL_CLOSED ? "closed" : "terminated");
@@ -738,18 +752,27 @@ static double replace_workers(mp_pool *p)
         int rc = start_worker(p, i);
         if (rc == 0) {
             p->start_failures = 0;
+            p->short_since = 0;
             continue;
         }
-        /* EMFILE, EAGAIN, a fork server that died with the request: try
-         * again later; give up only when nothing runs and nothing starts.
-         * A fork server killed from outside (ECONNRESET, EPIPE: forkserver.c
-         * says MP_EBROKEN for one that died of its own fault) is an outside
-         * death, which a pool survives: the next start launches another. */
+        /* Try again later; give up only when nothing runs and nothing
+         * starts. A fork server killed from outside (ECONNRESET, EPIPE:
+         * forkserver.c says MP_EBROKEN for one that died of its own fault)
+         * is an outside death, which a pool survives: the next start
+         * launches another. A shortage (EMFILE, EAGAIN, ...) may pass: it
+         * breaks the pool only once it has lasted SHORTAGE_MAX_NS. */
         back_off(p, i, ++w->quick_deaths);
         next = w->not_before < next ? w->not_before : next;
         if (rc == -ECONNRESET || rc == -EPIPE)
             continue;
-        if (++p->start_failures >= START_FAILURES_MAX && alive_count(p) == 0) {
+        bool shortage = rc == -EMFILE || rc == -ENFILE || rc == -EAGAIN || rc == -ENOMEM ||
+                        rc == MP_ENOMEM || rc == -ENOBUFS || rc == -ENOSPC;
+        if (shortage && !p->short_since)
+            p->short_since = now;
+        bool gave_up = shortage ? now - p->short_since >= SHORTAGE_MAX_NS
+                                : ++p->start_failures >= START_FAILURES_MAX;
+        if (gave_up && alive_count(p) == 0) {
+            atomic_store(&p->broken_start, rc);
             halt(p, MP_EBROKEN);
             return -1;
         }
@@ -807,6 +830,8 @@ static void monitor_poll(mp_pool *p, double wait)
         if (fd >= 0) {
             p->pollslots[n] = i;
             fds[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
+        } else if (w->alive) {      /* none to be had (EMFILE): ask ended() now and then */
+            ms = ms < 0 || ms > UNWATCHED_NAP_MS ? UNWATCHED_NAP_MS : ms;
         }
     }
     pthread_mutex_unlock(&p->lock);
@@ -857,6 +882,7 @@ static void monitor_loop(mp_pool *p)
         bool done = monitor_finished(p);
         double wait = done ? 0 : enforce_timeouts(p);
         double start = done ? -1 : replace_workers(p);
+        done = done || monitor_finished(p);     /* replace_workers may have broken it */
         if (start >= 0 && (wait < 0 || start < wait))
             wait = start;
         if (owing && (wait < 0 || wait > OWED_RETRY_S))

@@ -228,6 +228,11 @@ int pool_check_open(mp_pool *p);        /* 0, MP_EINVAL, MP_ECLOSED, MP_EBROKEN,
 /* After pool_push's MP_ECLOSED: MP_EBROKEN if the pool broke meanwhile,
  * else MP_ECLOSED, with its message. */
 int pool_closed_meanwhile(mp_pool *p);
+/* Starts failing for want of a resource (EMFILE, EAGAIN, ...) with no
+ * worker alive break a pool only once they have failed this long. */
+#define POOL_SHORTAGE_MAX_S 10.0
+/* MP_EBROKEN, with the message that says why the pool broke. */
+int pool_broken_why(mp_pool *p);
 bool pool_owned_here(const mp_pool *p); /* this process created p */
 int pool_worker_count(const mp_pool *p);
 struct pool_shared *pool_shared_of(const mp_pool *p);

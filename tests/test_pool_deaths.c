@@ -393,6 +393,84 @@ static void test_descriptor_limit_gives_emfile_under_every_method(void **state)
     assert_int_equal(tu_wait(tu_fork(starts_at_emfile, NULL), 60), 0);
 }
 
+static rlim_t set_nofile(rlim_t n)
+{
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = n;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    return was;
+}
+
+static bool squares_to(mp_future *f, int x)
+{
+    mp_buf b = { 0 };
+    int y = -1;
+    bool ok = mp_future_result(f, &b, 30) == 0 && b.len == sizeof y;
+    if (ok)
+        memcpy(&y, b.data, sizeof y);
+    mp_buf_free(&b);
+    mp_future_free(f);
+    return ok && y == x * x;
+}
+
+/* Out of descriptors for a moment, a pool whose workers each run one task
+ * cannot start their replacements: it tries again until the shortage
+ * passes, and then runs every task. A shortage that lasts breaks it,
+ * saying why, and its close and join still return. Exit code: 0, or
+ * 10 * method + which step failed. */
+static int rides_out_a_shortage(void *arg)
+{
+    (void)arg;
+    for (int m = 0; m < 3; m++) {
+        mp_pool *p;
+        mp_future *f[6];
+        if (mp_pool_new(&p, &(mp_pool_opts){ .processes = 2, .maxtasksperchild = 1,
+                                             .method = methods[m] }) != 0)
+            return 10 * m + 1;
+        rlim_t was = set_nofile(3);
+        for (int i = 0; i < 6; i++)
+            if (mp_pool_apply_async(p, t_square, &i, sizeof i, &f[i]) != 0)
+                return 10 * m + 2;
+        usleep(300 * 1000);
+        set_nofile(was);
+        for (int i = 0; i < 6; i++)
+            if (!squares_to(f[i], i))
+                return 10 * m + 3;
+        if (mp_pool_close(p) != 0 || mp_pool_join(p, 30) != 0)
+            return 10 * m + 4;
+        mp_pool_free(p);
+    }
+    mp_pool *p;
+    mp_future *f;
+    int x = 3;
+    if (mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .maxtasksperchild = 1 }) != 0 ||
+        mp_pool_apply_async(p, t_square, &x, sizeof x, &f) != 0 || !squares_to(f, x))
+        return 41;
+    rlim_t was = set_nofile(3);         /* for good: the worker that ran x is not replaced */
+    if (mp_pool_apply_async(p, t_square, &x, sizeof x, &f) != 0)
+        return 42;
+    int rc = mp_future_result(f, NULL, 60);
+    mp_future_free(f);
+    set_nofile(was);
+    if (rc != MP_EBROKEN)
+        return 43;
+    if (mp_pool_apply_async(p, t_square, &x, sizeof x, &f) != MP_EBROKEN ||
+        !strstr(mp_last_error(), "no worker could be started"))
+        return 44;
+    if (mp_pool_close(p) != 0 || mp_pool_join(p, 5) != 0)
+        return 45;
+    mp_pool_free(p);
+    return 0;
+}
+
+static void test_pool_rides_out_a_descriptor_shortage_and_breaks_on_a_lasting_one(void **state)
+{
+    (void)state;
+    assert_int_equal(tu_wait(tu_fork(rides_out_a_shortage, NULL), 120), 0);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -402,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_pool_outside_kills_before_ready_do_not_break_it),
         cmocka_unit_test(test_pool_survives_a_kill_storm_under_every_method),
         cmocka_unit_test(test_descriptor_limit_gives_emfile_under_every_method),
+        cmocka_unit_test(test_pool_rides_out_a_descriptor_shortage_and_breaks_on_a_lasting_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
