@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -232,6 +233,71 @@ static void test_manager_unix_file_goes_however_its_starter_ends(void **state)
     mp_manager_free(old);
     mp_manager_free(now);
     assert_true(file_gone(path));
+}
+
+/* At the descriptor or process limit a start says so at once (-EMFILE,
+ * -EAGAIN), whether the starter or its server meets it: never MP_EBROKEN,
+ * never after the connect timeout. Exit code: 0, or which check failed. */
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n - 1;                       /* the directory's own */
+}
+
+static int start_within(int resource, rlim_t lim, int shortage, bool *short_seen)
+{
+    struct rlimit rl;
+    getrlimit(resource, &rl);
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = lim;
+    setrlimit(resource, &rl);
+    double t0 = tu_now();
+    mp_manager *m;
+    int rc = mp_manager_start(&m, NULL);
+    double took = tu_now() - t0;
+    rl.rlim_cur = was;
+    setrlimit(resource, &rl);
+    if (rc == 0) {
+        mp_manager_shutdown(m);
+        mp_manager_free(m);
+    }
+    if ((rc != 0 && rc != shortage) || took > 3)
+        return fprintf(stderr, "limit %d: %s after %.1f s: %s\n", (int)lim, mp_errname(rc),
+                       took, mp_last_error()), 1;
+    *short_seen |= rc == shortage;
+    return 0;
+}
+
+static int starts_at_limits(void *arg)
+{
+    (void)arg;
+    bool seen = false;
+    int base = open_fds();
+    for (int extra = 1; extra <= 10; extra++)
+        if (start_within(RLIMIT_NOFILE, (rlim_t)(base + extra), -EMFILE, &seen) != 0)
+            return 1;
+    if (!seen)
+        return 2;
+    if (getuid() != 0 || setgid(65534) != 0 || setuid(65534) != 0)
+        return 0;                       /* RLIMIT_NPROC binds only the unprivileged */
+    seen = false;
+    for (rlim_t lim = 1; lim <= 3; lim++)
+        if (start_within(RLIMIT_NPROC, lim, -EAGAIN, &seen) != 0)
+            return 3;
+    return seen ? 0 : 4;
+}
+
+static void test_manager_start_at_the_descriptor_or_process_limit_says_so_at_once(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND)            /* which keeps descriptors of its own */
+        skip();
+    assert_int_equal(tu_wait(tu_fork(starts_at_limits, NULL), 120), 0);
 }
 
 static void test_manager_wrong_authkey_is_refused_with_eauth(void **state)
@@ -1824,6 +1890,7 @@ int main(void)
         cmocka_unit_test(test_manager_start_gives_address_authkey_and_pid),
         cmocka_unit_test(test_manager_outlives_the_thread_that_started_it),
         cmocka_unit_test(test_manager_unix_file_goes_however_its_starter_ends),
+        cmocka_unit_test(test_manager_start_at_the_descriptor_or_process_limit_says_so_at_once),
         cmocka_unit_test(test_manager_server_exits_when_its_starter_is_killed),
         cmocka_unit_test(test_manager_connect_by_address_and_key_sees_same_objects),
         cmocka_unit_test(test_manager_tcp_address_with_port_zero_gets_a_port),

@@ -417,6 +417,13 @@ static void lock_note_holder(struct mconn *c, int op, int rc)
 
 /* One call: the request is the op, the proxy's name, then args. Returns
  * with c locked (the reply points into its buffer): call mconn_end(c). */
+/* MP_EBROKEN for a call on m, with what it means. */
+static int manager_gone(const mp_manager *m)
+{
+    return mp_fail(MP_EBROKEN, NULL, "the manager at \"%s\" is gone: its server was shut "
+                   "down, or died", m->address);
+}
+
 static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mval *args, size_t n,
                       struct mmsg *rep, const struct due *due)
 {
@@ -426,8 +433,10 @@ static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mva
         due = &dflt;
     }
     int rc = mconn_begin(c, p->m, &due->reply);
+    if (rc == MP_EBROKEN || (rc == MP_ETIMEDOUT && !due->own))
+        return manager_gone(p->m);
     if (rc < 0)
-        return rc == MP_ETIMEDOUT && !due->own ? MP_EBROKEN : rc;
+        return rc;
     struct menc e;
     enc_begin(&e, &c->req, 2 + n);
     enc_int(&e, op);
@@ -438,7 +447,7 @@ static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mva
     if (rc == MP_ETIMEDOUT && deadline_passed(&due->reply))   /* not the server's status */
         rc = due->own ? MP_ETIMEDOUT : MP_EBROKEN;
     lock_note_holder(c, op, rc);
-    return rc;
+    return rc == MP_EBROKEN ? manager_gone(p->m) : rc;
 }
 
 /* A call whose reply carries nothing the caller needs. */
@@ -654,7 +663,11 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
             return mp_fail(rc, __func__, "the server at \"%s\" refused the authkey (%zu bytes): "
                            "pass the key the manager was started with (mp_manager_address and "
                            "its creator's authkey)", address, len);
-        return mp_fail_code(rc, __func__);
+        if (rc == MP_EINVAL)                /* the address: its parser said why */
+            return mp_fail_code(rc, __func__);
+        return mp_fail(rc, __func__, "cannot connect to the manager at \"%s\": %s%s", address,
+                       mp_strerror(rc), rc == -ECONNREFUSED || rc == -ENOENT ?
+                       "; is its server started, and at this address?" : "");
     }
     *out = m;
     return 0;
@@ -688,6 +701,10 @@ static void close_all_but(int *keep, int n)
  * write end the parent holds (its other children inherit it too, so then
  * the server may outlive the parent until they end; PR_SET_PDEATHSIG is
  * the backstop, not the rule: it fires when the forking *thread* ends). */
+/* Exit statuses of a server that could not serve: the errno, or this. */
+#define SERVER_STATUS_OTHER 126
+#define SERVER_START_GRACE 1.0      /* seconds a failed start waits for its server's status */
+
 static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
 {
     int keep[3], n = 0;
@@ -706,7 +723,26 @@ static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
     struct manager_server_opts so = { .listen_fd = lfd, .authkey = m->key, .authkey_len = m->keylen,
                                       .dicts = m->dicts,
                                       .stop_fd = parent_fd >= 0 ? parent_fd : watch };
-    _exit(manager_serve(&so) < 0 ? 1 : 0);
+    int rc = manager_serve(&so);
+    _exit(rc == 0 ? 0 : rc < 0 && rc > -SERVER_STATUS_OTHER ? -rc : SERVER_STATUS_OTHER);
+}
+
+/* The server's own failure to start, told by its exit status (manager_child):
+ * -errno, MP_EBROKEN for another, or 0 if it has not exited within timeout
+ * (then it is still ours to shut down). Reaps it if it has. */
+static int server_start_failure(mp_manager *m, double timeout)
+{
+    mp_deadline d = deadline_in(timeout);
+    siginfo_t si;
+    int r;
+    while ((r = proc_wait_pid(m->server_pid, &si, true)) == 0 && !deadline_passed(&d))
+        poll(NULL, 0, 1);
+    if (r != 1)
+        return 0;
+    m->server_pid = 0;              /* reaped: nothing to shut down */
+    if (si.si_code == CLD_EXITED && si.si_status > 0 && si.si_status < SERVER_STATUS_OTHER)
+        return -si.si_status;
+    return MP_EBROKEN;
 }
 
 /* Forks the server through the process layer's fork lock (no other child
@@ -783,8 +819,14 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
     else
         rc = manager_default_address(wanted, sizeof wanted);
     int lfd;
-    if (rc < 0 || (rc = wire_listen(wanted, &lfd, actual, sizeof actual)) < 0)
+    if (rc < 0)
         return mp_fail_code(rc, __func__);
+    if ((rc = wire_listen(wanted, &lfd, actual, sizeof actual)) == MP_EINVAL)
+        return mp_fail_code(rc, __func__);
+    if (rc < 0)
+        return mp_fail(rc, __func__, "cannot listen on \"%s\": %s%s", wanted, mp_strerror(rc),
+                       rc == -EADDRINUSE ? " (another server has it, or a file was left there "
+                       "by one that was killed: remove it)" : "");
     mp_manager *m;
     if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
         close(lfd);
@@ -799,10 +841,18 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         manager_release(m);
         return mp_fail_code(rc, __func__);
     }
-    if (manager_connect_now(m) < 0) {      /* our own key: the server died */
-        mp_manager_shutdown(m);
+    if ((rc = manager_connect_now(m)) < 0) {   /* our own key: the server failed */
+        int why = server_start_failure(m, SERVER_START_GRACE);
+        if (m->server_pid > 0)
+            mp_manager_shutdown(m);
         manager_release(m);
-        return mp_fail_code(MP_EBROKEN, __func__);
+        if (why && why != MP_EBROKEN)
+            return mp_fail(why, __func__, "the manager's server could not start: %s",
+                           mp_strerror(why));
+        if (why)
+            return mp_fail(why, __func__, "the manager's server died as it started");
+        return mp_fail(rc > -4096 ? rc : MP_EBROKEN, __func__, "the manager's server started, "
+                       "but its starter could not connect to it: %s", mp_strerror(rc));
     }
     *out = m;
     return 0;
@@ -978,8 +1028,8 @@ static int dict_call(struct proxy *p, int op, const struct mval *args, size_t n,
         for (size_t i = 0; i < n; i++)
             m.v[2 + i] = args[i];
         if (shstore_lock(direct) < 0)
-            return MP_EBROKEN;
-        rc = shstore_live(direct) ? shdict_exec(direct, &m, &v, &owned) : MP_EBROKEN;
+            return manager_gone(p->m);
+        rc = shstore_live(direct) ? shdict_exec(direct, &m, &v, &owned) : manager_gone(p->m);
     } else {
         if (!(c = proxy_conn(p)))
             return MP_ENOMEM;

@@ -433,6 +433,22 @@ static bool server_drain(struct server *srv)
     return drained;
 }
 
+static void *probe_main(void *arg)
+{
+    return arg;
+}
+
+/* 0 if this process can start a thread, else the error (EAGAIN at the
+ * process limit). */
+static int thread_probe(void)
+{
+    pthread_t t;
+    int err = pthread_create(&t, NULL, probe_main, NULL);
+    if (err == 0)
+        pthread_join(t, NULL);
+    return err;
+}
+
 int manager_serve(const struct manager_server_opts *o)
 {
     struct server srv = { .key = o->authkey, .keylen = o->authkey_len,
@@ -455,7 +471,23 @@ int manager_serve(const struct manager_server_opts *o)
         store_free(srv.store);
         return errno_to_mp(errno);
     }
+    /* A server that can serve no one fails now, saying why, not at its
+     * first client: it needs its spare descriptor, one for a client and a
+     * thread per client. */
     srv.spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int probe = srv.spare < 0 ? -1 : open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int err = probe < 0 ? errno : thread_probe();
+    if (probe >= 0)
+        close(probe);
+    if (err) {
+        if (srv.spare >= 0)
+            close(srv.spare);
+        close(srv.wake[0]);
+        close(srv.wake[1]);
+        pyreg_free(srv.py);
+        store_free(srv.store);
+        return errno_to_mp(err);
+    }
     /* A unix address's file goes with the server, however its client
      * ended (Python's server removes it at shutdown): unless someone has
      * bound the path again since. */
