@@ -66,9 +66,9 @@ MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
  * 'mp_listener_new: address "127.0.0.1:8080" has no scheme; use
  * tcp:HOST:PORT, unix:/path or unix:@name'. Set whenever a call returns
  * an error (a timeout, and the end of an mp_iter, too), and when
- * mp_shared_alloc returns NULL. mp_pool_apply and mp_pool_map leave the
- * message of the call that failed inside them (mp_pool_apply_async,
- * mp_future_result, ...). A successful call does not clear it (as Python
+ * mp_shared_alloc returns NULL. mp_pool_apply and mp_pool_map name
+ * themselves for a bad argument, and otherwise leave the message of the
+ * call that failed inside them (mp_future_result, ...). A successful call does not clear it (as Python
  * keeps its last exception): read it right after the call that failed.
  * "" before the first error; never NULL; valid until this thread's next
  * call into mproc. */

@@ -1250,9 +1250,10 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *o)
     return 0;
 }
 
-int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **out)
+/* mp_pool_apply_async, whose messages name fname. */
+static int apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **out,
+                       const char *fname)
 {
-    const char *fname = __func__;
     if (out)
         *out = NULL;
     int rc = pool_check_open(p);
@@ -1289,10 +1290,15 @@ int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_fut
     return 0;
 }
 
+int mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_future **out)
+{
+    return apply_async(p, fn, in, len, out, __func__);
+}
+
 int mp_pool_apply(mp_pool *p, mp_fn fn, const void *in, size_t len, mp_buf *out)
 {
     mp_future *f;
-    int rc = mp_pool_apply_async(p, fn, in, len, &f);
+    int rc = apply_async(p, fn, in, len, &f, __func__);
     if (rc != 0)
         return rc;
     rc = mp_future_result(f, out, MP_FOREVER);

@@ -229,9 +229,9 @@ int mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                 void *out, size_t out_size, size_t chunksize)
 {
     mp_future *f;
-    int rc = mp_pool_map_async(p, fn, in, n, in_size, out, out_size, chunksize, &f);
+    int rc = map_async(p, fn, in, n, in_size, out, out_size, chunksize, &f);
     if (rc != 0)
-        return rc;
+        return mp_fail_code(rc, __func__);
     rc = mp_future_result(f, NULL, MP_FOREVER);
     size_t i;
     if ((rc == MP_ETASK || rc == MP_ECRASHED || rc == MP_EKILLED) &&

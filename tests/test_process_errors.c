@@ -247,6 +247,8 @@ static void test_pool_misuse_names_the_state(void **state)
     assert_string_equal(mp_last_error(), "mp_pool_apply_async: fn is NULL");
     assert_int_equal(mp_pool_apply_async(p, fails_with_7, NULL, 5, &f), MP_EINVAL);
     tu_last_error_has("mp_pool_apply_async: in is NULL but len is 5", NULL);
+    assert_int_equal(mp_pool_apply(p, NULL, NULL, 0, NULL), MP_EINVAL);
+    assert_string_equal(mp_last_error(), "mp_pool_apply: fn is NULL");   /* its own name */
 
     TU_OK(mp_pool_apply_async(p, fails_with_7, NULL, 0, &f));
     assert_int_equal(mp_future_wait(f, -0.5), MP_EINVAL);
@@ -277,7 +279,7 @@ static void test_pool_misuse_names_the_state(void **state)
                                          "before mp_pool_close");
     int out[1];
     assert_int_equal(mp_pool_map(p, fails_with_7, out, 1, sizeof out[0], NULL, 0, 0), MP_ECLOSED);
-    tu_last_error_has("mp_pool_map_async: the pool is closed", NULL);
+    tu_last_error_has("mp_pool_map: the pool is closed", NULL);   /* its own name */
     TU_OK(mp_pool_join(p, 20 * tu_slow()));
     mp_pool_free(p);
     assert_int_equal(mp_pool_apply_async(p, fails_with_7, NULL, 0, &f), MP_EINVAL);
