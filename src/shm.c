@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define CREATOR_GRACE 1.0       /* seconds an empty segment's creator gets to size it */
@@ -149,6 +150,12 @@ static int shm_open_any(char *name, size_t cap, const char *want, int flags, boo
  * which must hold the size asked for. */
 static int shm_size_of(int fd, size_t want, bool created, mp_shm *s)
 {
+    /* A segment is sparse: one bigger than the room left where it lives
+     * would be made, and its first write past that room would be SIGBUS. */
+    struct statvfs fs;
+    if (created && fstatvfs(fd, &fs) == 0 && fs.f_blocks &&
+        want / fs.f_frsize > (uint64_t)fs.f_bavail)
+        return -ENOSPC;
     if (created && ftruncate(fd, (off_t)want) != 0)
         return -errno;
     struct stat st;
@@ -201,6 +208,9 @@ static int fail_open(int rc, const char *fn, const char *name, size_t size)
                        "or 0, or unlink it", name);
     if (rc == -ENOENT)
         return mp_fail(rc, fn, "no segment \"%s\"; create it with MP_CREATE", name);
+    if (rc == -ENOSPC)
+        return mp_fail(rc, fn, "segment \"%s\" of %zu bytes: more than /dev/shm has room for "
+                       "(a write past its room would kill the process with SIGBUS)", name, size);
     if (rc == MP_EINVAL)
         return mp_fail(rc, fn, "segment \"%s\" is empty or smaller than size %zu", name, size);
     return mp_fail(rc, fn, "segment \"%s\": %s", name, mp_strerror(rc));

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 static char prefix[64];
@@ -64,6 +65,21 @@ static void test_shm_new_refuses_bad_arguments(void **state)
     assert_null(mp_shm_name(NULL));
     TU_ASSERT_RC(mp_shm_unlink(NULL), MP_EINVAL);
     mp_shm_free(NULL);
+    assert_int_equal(leftovers(), 0);
+}
+
+/* A segment bigger than the room /dev/shm has left is refused as it is
+ * made, not at its first write past that room (SIGBUS). */
+static void test_shm_bigger_than_dev_shm_is_enospc(void **state)
+{
+    (void)state;
+    struct statvfs fs;
+    TU_OK(statvfs("/dev/shm", &fs));
+    size_t room = (size_t)fs.f_bavail * fs.f_frsize;
+    mp_shm *s;
+    TU_ASSERT_RC(mp_shm_new(&s, name_of("huge"), room + ((size_t)1 << 30), MP_CREATE), -ENOSPC);
+    assert_null(s);
+    tu_last_error_has("more than /dev/shm has room for", NULL);
     assert_int_equal(leftovers(), 0);
 }
 
@@ -389,6 +405,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shm_new_refuses_bad_arguments),
         cmocka_unit_test(test_shm_open_of_missing_name_returns_enoent),
+        cmocka_unit_test(test_shm_bigger_than_dev_shm_is_enospc),
         cmocka_unit_test(test_shm_create_then_open_share_one_buffer),
         cmocka_unit_test(test_shm_without_a_name_gets_a_python_style_one),
         cmocka_unit_test(test_shm_name_keeps_a_leading_slash_the_caller_gave),
