@@ -1441,9 +1441,15 @@ void arena_looked_at(void)
 #endif
 }
 
+/* The caller's block is in hand from the moment it is taken until it is
+ * returned (and from the free's start to its commit): a process killed
+ * inside either call, zeroing a big block say, leaves it to its reaper,
+ * where it leaked before. */
 void *mp_shared_alloc(size_t size)
 {
-    void *p = arena_alloc(size);
+    void *_Atomic *slot;
+    void *p = hand_alloc(size, true, NULL, &slot);
+    hand_release(slot);
     if (p)
         return p;
     size_t whole = arena_size();
@@ -1460,5 +1466,5 @@ void *mp_shared_alloc(size_t size)
 
 void mp_shared_free(void *p)
 {
-    arena_free(p);
+    arena_free_held(p ? hand_hold(p) : NULL, p);
 }

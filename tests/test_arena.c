@@ -257,6 +257,55 @@ static void test_kill_at_every_step_leaks_at_most_one_block(void **state)
     assert_true(arena_check(NULL));
 }
 
+/* The same, in a child with a record of its own (an mp_process): the
+ * caller's block is in hand inside mp_shared_alloc and mp_shared_free, so
+ * a kill at any of their steps, zeroing a big block included, leaves
+ * nothing once the child is reaped. */
+static int run_op_as_process(void *arg)
+{
+    run_op(arg);
+    return 0;
+}
+
+static void kill_process_inside(struct op *o, const char *point)
+{
+    struct arena_stats before, after;
+    if (!mp_current_process())              /* made on first use: not the child's to free */
+        fail();
+    assert_true(arena_check(&before));
+    o->point = point;
+    mp_process *p;
+    TU_OK(mp_process_new(&p, run_op_as_process, o, &(mp_process_opts){ .arg_size = sizeof *o }));
+    TU_OK(mp_process_start(p));
+    TU_OK(mp_process_join(p, 10 * tu_slow()));
+    int code;
+    TU_OK(mp_process_exitcode(p, &code));
+    assert_int_equal(code, -SIGKILL);
+    TU_OK(mp_process_free(p));
+    assert_true(arena_check(&after));
+    if (!o->alloc)                          /* the child's free, done by its reaper */
+        assert_false(arena_is_block(o->free));
+    assert_int_equal(after.used_bytes, before.used_bytes - (o->alloc ? 0 : 5120));
+}
+
+static void test_process_killed_inside_shared_alloc_or_free_leaks_nothing(void **state)
+{
+    (void)state;
+    static const char *const big_points[] = { "alloc_planned", "alloc_committed",
+                                              "alloc_taken", "alloc_applied" };
+    for (int i = 0; i < 5; i++) {
+        struct op a = { .alloc = 5000 };
+        kill_process_inside(&a, alloc_points[i]);
+        struct op f = { .free = mp_shared_alloc(5000) };
+        kill_process_inside(&f, free_points[i]);
+    }
+    for (int i = 0; i < 4; i++) {           /* reserved and zeroed after it is taken */
+        struct op a = { .alloc = 300000 };
+        kill_process_inside(&a, big_points[i]);
+    }
+    assert_true(arena_check(NULL));
+}
+
 /* ------------------------------------------------------------------ a stopped holder */
 
 static void stop_here(const char *point)
@@ -2054,6 +2103,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_impossible_sizes_say_why),
         cmocka_unit_test(test_bad_frees_are_refused),
         cmocka_unit_test(test_kill_at_every_step_leaks_at_most_one_block),
+        cmocka_unit_test(test_process_killed_inside_shared_alloc_or_free_leaks_nothing),
         cmocka_unit_test(test_timed_calls_keep_their_timeout_while_a_stopped_process_holds_the_arena),
         cmocka_unit_test(test_kill_in_the_cache_leaks_at_most_one_block),
         cmocka_unit_test(test_cache_is_bounded_and_drained_when_needed),
