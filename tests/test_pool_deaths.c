@@ -443,14 +443,21 @@ static int rides_out_a_shortage(void *arg)
         mp_pool_free(p);
     }
     mp_pool *p;
-    mp_future *f;
+    mp_future *a, *f;
     int x = 3;
-    if (mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .maxtasksperchild = 1 }) != 0 ||
-        mp_pool_apply_async(p, t_square, &x, sizeof x, &f) != 0 || !squares_to(f, x))
+    _Atomic int *flag = mp_shared_alloc(2 * sizeof *flag);
+    if (!flag || mp_pool_new(&p, &(mp_pool_opts){ .processes = 1, .maxtasksperchild = 1 }) != 0 ||
+        mp_pool_apply_async(p, t_wait_flag, &flag, sizeof flag, &a) != 0)
         return 41;
-    rlim_t was = set_nofile(3);         /* for good: the worker that ran x is not replaced */
+    for (int i = 0; i < 30000 && !atomic_load(&flag[1]); i++)
+        usleep(1000);                   /* a runs: its worker is the pool's only one */
+    rlim_t was = set_nofile(3);         /* for good: that worker, once a is done, is not replaced */
     if (mp_pool_apply_async(p, t_square, &x, sizeof x, &f) != 0)
         return 42;
+    atomic_store(flag, 1);
+    if (mp_future_result(a, NULL, 30) != 0)
+        return 46;
+    mp_future_free(a);
     int rc = mp_future_result(f, NULL, 60);
     mp_future_free(f);
     set_nofile(was);
