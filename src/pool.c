@@ -830,7 +830,9 @@ static void monitor_poll(mp_pool *p, double wait)
         if (fd >= 0) {
             p->pollslots[n] = i;
             fds[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
-        } else if (w->alive) {      /* none to be had (EMFILE): ask ended() now and then */
+        } else if (w->alive && p->ops == &processes_backend) {
+            /* none to be had (EMFILE): ask ended() now and then. (A thread
+             * has none by design: its end is rung on efd.) */
             ms = ms < 0 || ms > UNWATCHED_NAP_MS ? UNWATCHED_NAP_MS : ms;
         }
     }
