@@ -382,12 +382,12 @@ static bool seen_before(uintptr_t *table, size_t mask, uintptr_t f)
     return seen;
 }
 
-int futures_repeats(mp_future *const *fs, size_t n, bool *repeat)
+int futures_repeats(mp_future *const *fs, size_t n, bool *repeat, const mp_deadline *d)
 {
     size_t cap = 16;
     while (cap < 2 * n)
         cap *= 2;
-    uintptr_t *table = n > REPEATS_BY_PAIRS ? pool_mem_alloc(cap * sizeof *table) : NULL;
+    uintptr_t *table = n > REPEATS_BY_PAIRS ? pool_mem_alloc_until(cap * sizeof *table, d) : NULL;
     if (table)
         memset(table, 0, cap * sizeof *table);
     int count = 0;
@@ -472,13 +472,13 @@ int futures_wait(mp_future **fs, size_t n, int mode, double timeout, bool distin
         if (finished_only_by_caller(fs[i]))
             return mp_fail(MP_ESTATE, fn, "fs[%zu]: " WAITS_FOR_ITSELF, i);
     /* A future listed twice counts once (Python's wait works on a set). */
+    mp_deadline d = deadline_in(timeout);
     bool few[REPEATS_BY_PAIRS], *repeat = distinct ? NULL : n <= REPEATS_BY_PAIRS ? few
-                                                   : pool_mem_alloc(n);
+                                                   : pool_mem_alloc_until(n, &d);
     if (!distinct && !repeat)
         return mp_fail(MP_ENOMEM, fn, "no memory to look over %zu futures", n);
     if (repeat)
-        futures_repeats(fs, n, repeat);
-    mp_deadline d = deadline_in(timeout);
+        futures_repeats(fs, n, repeat, &d);
     int done;
     for (;;) {
         if (wait_satisfied(fs, n, repeat, mode, &done) || deadline_passed(&d))

@@ -232,7 +232,12 @@ static void signal_monitor(mp_pool *p)
 
 void *pool_mem_alloc(size_t size)
 {
-    void *p = arena_alloc_nozero(size);
+    return pool_mem_alloc_until(size, NULL);
+}
+
+void *pool_mem_alloc_until(size_t size, const mp_deadline *d)
+{
+    void *p = d ? arena_alloc_nozero_until(size, d) : arena_alloc_nozero(size);
     if (p)
         HANDOVER_ACQUIRE(p);   /* it may be a block this process handed to a worker, freed there */
     return p ? p : malloc(size);

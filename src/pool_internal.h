@@ -125,9 +125,9 @@ bool future_valid(const mp_future *f);   /* a live handle: not freed by its call
 int future_fail_listed(const char *fn, size_t i, const mp_future *f);
 /* Marks in repeat[i] each fs[i] listed before (at a lower index) and
  * counts them. Up to REPEATS_BY_PAIRS futures (or with no memory) by
- * comparing pairs, more through a table from pool_mem_alloc. */
+ * comparing pairs, more through a table from pool_mem_alloc_until(d). */
 #define REPEATS_BY_PAIRS 256
-int futures_repeats(mp_future *const *fs, size_t n, bool *repeat);
+int futures_repeats(mp_future *const *fs, size_t n, bool *repeat, const mp_deadline *d);
 /* mp_futures_wait; distinct: fs lists no future twice (as_completed's
  * rest), so nothing is allocated. */
 int futures_wait(mp_future **fs, size_t n, int mode, double timeout, bool distinct);
@@ -213,6 +213,9 @@ struct pool_shared {
  * while workers are being forked: the arena, the heap only when the arena
  * is full (pool.c, "Forks and the heap"). Not zeroed; free takes either. */
 void *pool_mem_alloc(size_t size);
+/* The same for a call with deadline d: the arena's lock is waited for only
+ * until d (at least LOCK_GRACE_S), and then the heap serves. */
+void *pool_mem_alloc_until(size_t size, const mp_deadline *d);
 void pool_mem_free(void *p);
 
 /* The task list: lock repairs what a worker killed mid-pop left. */

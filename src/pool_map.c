@@ -658,7 +658,8 @@ int mp_as_completed(mp_future **fs, size_t n, mp_iter **out)
     it->rest = pool_mem_alloc((n ? n : 1) * sizeof *it->rest);
     /* A future listed twice is handed out once (Python's as_completed
      * works on a set): its repeats count as handed out already. */
-    int repeats = it->fs && it->given && it->rest ? futures_repeats(fs, n, it->given) : -1;
+    int repeats = it->fs && it->given && it->rest ? futures_repeats(fs, n, it->given, NULL)
+                                                  : -1;
     if (repeats < 0) {
         pool_mem_free(it->fs);
         pool_mem_free(it->given);
