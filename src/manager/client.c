@@ -18,6 +18,7 @@
  * the family that started the server does not send its dict calls at all:
  * it runs them on the dicts in the arena, under their lock (shdict.h).
  */
+#include "conn_internal.h"
 #include "manager/channel.h"
 #include "manager/manager_internal.h"
 #include "manager/protocol.h"
@@ -718,8 +719,12 @@ static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
     int parent_fd = proc_pidfd_open(parent);
     if (parent_fd < 0 && watch < 0)
         proc_set_pdeathsig(SIGKILL);
-    if (getppid() != parent)
+    if (getppid() != parent) {              /* it died as it started us: no one to serve */
+        struct sock_file f;
+        if (sock_file_of(lfd, &f))
+            sock_file_remove(&f);
         _exit(0);
+    }
     struct manager_server_opts so = { .listen_fd = lfd, .authkey = m->key, .authkey_len = m->keylen,
                                       .dicts = m->dicts,
                                       .stop_fd = parent_fd >= 0 ? parent_fd : watch };
