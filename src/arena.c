@@ -186,7 +186,8 @@ static struct {
     struct arena_header *_Atomic hdr;
     int fd;
     size_t size;
-} arena = { PTHREAD_MUTEX_INITIALIZER, NULL, -1, 0 };
+    int create_err;                     /* why the last creation failed (-errno), or 0 */
+} arena = { PTHREAD_MUTEX_INITIALIZER, NULL, -1, 0, 0 };
 
 static int map_at(int fd, uintptr_t base, size_t size, void **out)
 {
@@ -241,6 +242,7 @@ static size_t arena_pick_size(void)
 static struct arena_header *arena_create(void)
 {
     int fd = memfd_create("mproc-arena", MFD_CLOEXEC);
+    arena.create_err = fd < 0 ? -errno : 0;     /* EMFILE at the descriptor limit */
     if (fd < 0)
         return NULL;
     void *p = NULL;
@@ -320,7 +322,7 @@ out:
 
 int arena_fd(void)
 {
-    return arena_get() ? arena.fd : MP_ENOMEM;
+    return arena_get() ? arena.fd : arena.create_err ? arena.create_err : MP_ENOMEM;
 }
 
 void *arena_base(void)
@@ -1143,13 +1145,17 @@ static struct block *used_block(struct arena_header *h, const void *p)
     return block_at(h, off + b->size)->prev_size == b->size ? b : NULL;
 }
 
+/* A small block onto its size's stack, without the lock: true if so. */
+static bool free_to_cache(struct arena_header *h, void *p)
+{
+    struct block *c = cacheable_block(h, p);
+    return c && cache_push(h, c, __atomic_load_n(&c->size, __ATOMIC_RELAXED));
+}
+
 void arena_free(void *p)
 {
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
-    if (!p || !h || !arena_contains(p, 1))
-        return;
-    struct block *c = cacheable_block(h, p);
-    if (c && cache_push(h, c, __atomic_load_n(&c->size, __ATOMIC_RELAXED)))
+    if (!p || !h || !arena_contains(p, 1) || free_to_cache(h, p))
         return;
     static const mp_deadline now = { { 0, 0 }, false };   /* passed: the grace alone */
     if (!arena_lock_until(h, &now)) {
@@ -1466,5 +1472,8 @@ void *mp_shared_alloc(size_t size)
 
 void mp_shared_free(void *p)
 {
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (p && h && arena_contains(p, 1) && free_to_cache(h, p))
+        return;                     /* small: one CAS (a kill there leaks at most it) */
     arena_free_held(p ? hand_hold(p) : NULL, p);
 }

@@ -55,7 +55,7 @@ static int server_launch(struct mp_runtime *r)
     int sv[2];
     int afd = arena_fd();
     if (afd < 0)
-        return MP_ENOMEM;
+        return afd;
     process_fork_lock();
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
         process_fork_unlock();

@@ -101,7 +101,8 @@ bool arena_check(struct arena_stats *st);
 #ifdef MPROC_TEST_HOOKS
 MP_EXTERN extern void (*mp__arena_test_hook)(const char *point);
 #endif
-int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure */
+int arena_fd(void);                      /* the memfd, creating the arena; <0 on failure:
+                                          * why (-EMFILE, ...), else MP_ENOMEM */
 void *arena_base(void);                  /* NULL until created */
 size_t arena_size(void);
 /* The bytes the allocator keeps in front of each block (arena.c's

@@ -152,7 +152,7 @@ int spawn_start(struct mp_process *p, int *fd)
     int afd = arena_fd();
     int exit_pipe[2];
     if (afd < 0)
-        return MP_ENOMEM;
+        return afd;
     /* The child's holds on our handles, as for fork (process.c): the new
      * image adopts them from p->lease, and the reaper gives back the rest. */
     struct fdreg_lease *lease = fdreg_lease_new();
