@@ -160,9 +160,8 @@ static int cmd_serve(struct args *a)
     struct manager_server_opts so = { .listen_fd = lfd, .authkey = a->key,
                                       .authkey_len = a->keylen, .stop_fd = sfd,
                                       .handshake_ms = a->handshake_ms, .max_bytes = a->max_bytes };
-    rc = manager_serve(&so);
+    rc = manager_serve(&so);            /* which removes a unix address's file */
     close(lfd);
-    wire_unlink(actual);
     if (rc < 0) {
         fprintf(stderr, "mproc-manager: %s\n", mp_strerror(rc));
         return 1;

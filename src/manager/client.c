@@ -44,6 +44,9 @@ struct mp_manager {
     pid_t server_pid;     /* > 0 when creator started the server */
     int watch_fd;         /* creator: the server watches its other end (no pidfds); -1 */
     bool shut;
+    bool has_file;        /* creator, a unix address: its socket file, removed at shutdown
+                           * only while the path still names it */
+    struct sock_file file;
     struct shstore *dicts;   /* started here: its dicts, which the family uses directly */
     size_t keylen;
     char address[WIRE_MAX_ADDRESS];
@@ -606,7 +609,7 @@ static int manager_alloc(mp_manager **out, const char *address, const void *key,
 {
     mp_manager *m = arena_alloc(sizeof *m);
     if (!m)
-        return MP_ENOMEM;
+        return arena_fd() < 0 ? arena_fd() : MP_ENOMEM;   /* no arena: why, as -EMFILE */
     m->magic = MAGIC_MANAGER;
     m->creator = getpid();
     m->watch_fd = -1;
@@ -832,17 +835,23 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         return mp_fail(rc, __func__, "cannot listen on \"%s\": %s%s", wanted, mp_strerror(rc),
                        rc == -EADDRINUSE ? " (another server has it, or a file was left there "
                        "by one that was killed: remove it)" : "");
+    struct sock_file file;
+    bool has_file = sock_file_of(lfd, &file);
     mp_manager *m;
     if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
         close(lfd);
-        wire_unlink(actual);
+        if (has_file)
+            sock_file_remove(&file);
         return mp_fail_code(rc, __func__);
     }
+    m->has_file = has_file;
+    m->file = file;
     m->dicts = shstore_new();       /* none (no room): dicts go through the server */
     rc = manager_fork(m, lfd);
     close(lfd);
     if (rc < 0) {
-        wire_unlink(actual);
+        if (has_file)
+            sock_file_remove(&file);
         manager_release(m);
         return mp_fail_code(rc, __func__);
     }
@@ -850,6 +859,8 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         int why = server_start_failure(m, SERVER_START_GRACE);
         if (m->server_pid > 0)
             mp_manager_shutdown(m);
+        else if (has_file)
+            sock_file_remove(&file);
         manager_release(m);
         if (why && why != MP_EBROKEN)
             return mp_fail(why, __func__, "the manager's server could not start: %s",
@@ -943,7 +954,8 @@ int mp_manager_shutdown(mp_manager *m)
     if (m->watch_fd >= 0)
         close(m->watch_fd);
     m->watch_fd = -1;
-    wire_unlink(m->address);
+    if (m->has_file)
+        sock_file_remove(&m->file);   /* not a file someone bound there since */
     m->shut = true;
     return 0;
 }

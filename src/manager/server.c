@@ -459,17 +459,23 @@ int manager_serve(const struct manager_server_opts *o)
     if (o->authkey_len == 0 && getsockname(o->listen_fd, (struct sockaddr *)&ss, &sslen) == 0 &&
         (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
         return MP_EINVAL;        /* TCP without a key: anyone who can connect would be in */
+    /* A unix address's file goes with the server, however it ends or its
+     * client ended (Python's server removes it at shutdown): unless
+     * someone has bound the path again since. */
+    struct sock_file file;
+    bool own_file = sock_file_of(o->listen_fd, &file);
     int rc = store_new_shared(&srv.store, o->dicts, o->max_bytes, client_wants);
-    if (rc < 0)
-        return rc;
-    if ((rc = pyreg_new(&srv.py, srv.store)) < 0) {
+    if (rc == 0 && (rc = pyreg_new(&srv.py, srv.store)) < 0)
         store_free(srv.store);
-        return rc;
-    }
-    if (pipe2(srv.wake, O_CLOEXEC) < 0) {
+    if (rc == 0 && pipe2(srv.wake, O_CLOEXEC) < 0) {
+        rc = errno_to_mp(errno);
         pyreg_free(srv.py);
         store_free(srv.store);
-        return errno_to_mp(errno);
+    }
+    if (rc < 0) {
+        if (own_file)
+            sock_file_remove(&file);
+        return rc;
     }
     /* A server that can serve no one fails now, saying why, not at its
      * first client: it needs its spare descriptor, one for a client and a
@@ -486,13 +492,10 @@ int manager_serve(const struct manager_server_opts *o)
         close(srv.wake[1]);
         pyreg_free(srv.py);
         store_free(srv.store);
+        if (own_file)
+            sock_file_remove(&file);
         return errno_to_mp(err);
     }
-    /* A unix address's file goes with the server, however its client
-     * ended (Python's server removes it at shutdown): unless someone has
-     * bound the path again since. */
-    struct sock_file file;
-    bool own_file = sock_file_of(o->listen_fd, &file);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

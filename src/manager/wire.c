@@ -239,14 +239,6 @@ int wire_listen(const char *address, int *fd, char *actual, size_t cap)
     return 0;
 }
 
-void wire_unlink(const char *address)
-{
-    struct sockaddress a;
-    const struct sockaddr_un *un = (const struct sockaddr_un *)&a.ss;
-    if (wire_parse(address, false, &a) == 0 && a.ss.ss_family == AF_UNIX && un->sun_path[0])
-        unlink(un->sun_path);
-}
-
 int wire_connect(const char *address, int *fd, const mp_deadline *d)
 {
     struct sockaddress a;

@@ -63,9 +63,8 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
  * non-blocking, the accepted and connected ones are blocking. */
 int wire_listen(const char *address, int *fd, char *actual, size_t cap);
 int wire_connect(const char *address, int *fd, const mp_deadline *d);
-void wire_unlink(const char *address);
 /* TCP keepalive and TCP_USER_TIMEOUT on a TCP socket (nothing on others). */
-void wire_keepalive(int fd);    /* removes a unix: path socket file */
+void wire_keepalive(int fd);
 
 /* CPython's mutual HMAC challenge (auth.c): 0, MP_EAUTH (wrong key or the
  * peer left), MP_ETIMEDOUT. */
