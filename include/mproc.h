@@ -463,7 +463,8 @@ MP_EXTERN int  mp_future_wait(mp_future *f, double timeout);   /* 0 done, MP_ETI
 MP_EXTERN bool mp_future_done(mp_future *f);
 MP_EXTERN int  mp_future_result(mp_future *f, mp_buf *out, double timeout);
                /* 0, MP_ETASK, MP_ECRASHED, MP_EKILLED, MP_ECANCELLED; MP_ETIMEDOUT = not done yet;
-                  MP_EBROKEN: the pool could not keep a worker alive (its initializer kills them);
+                  MP_EBROKEN: the pool could not keep a worker alive (its initializer kills
+                  them, or none could be started for 10 s: out of descriptors or processes);
                   out (may be NULL) gets what fn wrote, also when it returned non-zero */
 /* MP_ETASK: fn's return value; MP_ECRASHED: the signal that killed the
  * worker, or its exit status if it called exit(); 0 otherwise. */

@@ -772,11 +772,12 @@ static double replace_workers(mp_pool *p)
             continue;
         bool shortage = rc == -EMFILE || rc == -ENFILE || rc == -EAGAIN || rc == -ENOMEM ||
                         rc == MP_ENOMEM || rc == -ENOBUFS || rc == -ENOSPC;
-        if (shortage && !p->short_since)
-            p->short_since = now;
-        bool gave_up = shortage ? now - p->short_since >= SHORTAGE_MAX_NS
+        bool none = alive_count(p) == 0;   /* the clock runs only while none works */
+        if (shortage && (!none || !p->short_since))
+            p->short_since = none ? now : 0;
+        bool gave_up = shortage ? p->short_since && now - p->short_since >= SHORTAGE_MAX_NS
                                 : ++p->start_failures >= START_FAILURES_MAX;
-        if (gave_up && alive_count(p) == 0) {
+        if (gave_up && none) {
             atomic_store(&p->broken_start, rc);
             halt(p, MP_EBROKEN);
             return -1;

@@ -148,7 +148,7 @@ static int shm_open_any(char *name, size_t cap, const char *want, int flags, boo
 
 /* Sizes the segment: a new one to size; an existing one keeps its own size,
  * which must hold the size asked for. */
-static int shm_size_of(int fd, size_t want, bool created, mp_shm *s)
+static int shm_size_of(int fd, size_t want, bool created, bool maybe_new, mp_shm *s)
 {
     /* A segment is sparse: one bigger than the room left where it lives
      * would be made, and its first write past that room would be SIGBUS. */
@@ -161,8 +161,11 @@ static int shm_size_of(int fd, size_t want, bool created, mp_shm *s)
     struct stat st;
     if (fstat(fd, &st) != 0)
         return -errno;
-    /* Empty: its creator may be between its shm_open and its ftruncate. */
-    for (mp_deadline d = deadline_in(CREATOR_GRACE); st.st_size == 0 && !deadline_passed(&d);) {
+    /* Empty, asked for "new or existing": its maker, asking the same at
+     * the same moment, may be between its shm_open and its ftruncate. (A
+     * plain open of an empty segment fails at once, as Python's.) */
+    mp_deadline d = deadline_in(maybe_new ? CREATOR_GRACE : 0);
+    while (st.st_size == 0 && !deadline_passed(&d)) {
         usleep(1000);
         if (fstat(fd, &st) != 0)
             return -errno;
@@ -234,7 +237,7 @@ int mp_shm_new(mp_shm **out, const char *name, size_t size, int flags)
     if (rc < 0)
         goto fail;
     int fd = rc;
-    rc = shm_size_of(fd, size, created, s);
+    rc = shm_size_of(fd, size, created, (flags & MP_CREATE) != 0, s);
     if (rc == 0)
         rc = map_fd(fd, s->size, &buf);
     close(fd);
