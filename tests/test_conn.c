@@ -1131,12 +1131,13 @@ static void test_accept_gives_up_on_a_silent_client(void **state)
     mp_listener_free(l);
 }
 
-struct accepting { mp_listener *l; int rc; };
+struct accepting { mp_listener *l; int rc; _Atomic pid_t tid; };
 
 static void *accept_forever(void *arg)
 {
     struct accepting *a = arg;
     mp_conn *c;
+    atomic_store(&a->tid, (pid_t)syscall(SYS_gettid));
     a->rc = mp_listener_accept(a->l, &c, MP_FOREVER);
     return NULL;
 }
@@ -1148,7 +1149,7 @@ static void test_free_wakes_a_thread_inside_accept(void **state)
 {
     (void)state;
     for (int keyed = 0; keyed < 2; keyed++) {
-        struct accepting a = { NULL, 1 };
+        struct accepting a = { NULL, 1, 0 };
         TU_OK(mp_listener_new(&a.l, "tcp:127.0.0.1:0", keyed ? "key" : NULL, keyed ? 3 : 0));
         int raw = -1;
         if (keyed) {                   /* a silent peer: its handshake is under way */
@@ -1160,7 +1161,9 @@ static void test_free_wakes_a_thread_inside_accept(void **state)
         }
         pthread_t t;
         assert_int_equal(pthread_create(&t, NULL, accept_forever, &a), 0);
-        usleep(200000);
+        for (double t0 = tu_now(); !atomic_load(&a.tid) && tu_now() - t0 < 10;)
+            sched_yield();
+        assert_true(tu_wait_asleep(atomic_load(&a.tid), 10));   /* inside accept */
         mp_listener_free(a.l);
         struct timespec at;
         clock_gettime(CLOCK_REALTIME, &at);
