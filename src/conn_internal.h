@@ -121,7 +121,8 @@ void sock_format_address(int fd, const char *asked, char *out, size_t cap);
 /* A unix socket's file, as bound: removed later only while the path still
  * names that file, not one someone bound there since (as after our own
  * remove). sock_file_of: the path fd is bound to, false if none (tcp, an
- * abstract name). */
+ * abstract name): then f's path is empty, and sock_file_remove of it does
+ * nothing. */
 struct sock_file {
     char path[108];
     dev_t dev;

@@ -154,6 +154,7 @@ bool sock_file_of(int fd, struct sock_file *f)
     struct sockaddr_un un;
     socklen_t len = sizeof un;
     struct stat st;
+    f->path[0] = '\0';
     if (getsockname(fd, (struct sockaddr *)&un, &len) != 0 || un.sun_family != AF_UNIX ||
         len <= offsetof(struct sockaddr_un, sun_path) || !un.sun_path[0])
         return false;
@@ -161,8 +162,10 @@ bool sock_file_of(int fd, struct sock_file *f)
     n = n < sizeof f->path ? n : sizeof f->path - 1;
     memcpy(f->path, un.sun_path, n);
     f->path[n] = '\0';
-    if (stat(f->path, &st) != 0)
+    if (stat(f->path, &st) != 0) {
+        f->path[0] = '\0';
         return false;
+    }
     f->dev = st.st_dev;
     f->ino = st.st_ino;
     return true;
@@ -171,7 +174,7 @@ bool sock_file_of(int fd, struct sock_file *f)
 void sock_file_remove(const struct sock_file *f)
 {
     struct stat st;
-    if (stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
+    if (f->path[0] && stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
         unlink(f->path);
 }
 

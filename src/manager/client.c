@@ -44,9 +44,8 @@ struct mp_manager {
     pid_t server_pid;     /* > 0 when creator started the server */
     int watch_fd;         /* creator: the server watches its other end (no pidfds); -1 */
     bool shut;
-    bool has_file;        /* creator, a unix address: its socket file, removed at shutdown
-                           * only while the path still names it */
-    struct sock_file file;
+    struct sock_file file;   /* creator, a unix address: its socket file, removed at
+                              * shutdown only while the path still names it */
     struct shstore *dicts;   /* started here: its dicts, which the family uses directly */
     size_t keylen;
     char address[WIRE_MAX_ADDRESS];
@@ -608,8 +607,9 @@ static bool manager_ok(const mp_manager *m)
 static int manager_alloc(mp_manager **out, const char *address, const void *key, size_t keylen)
 {
     mp_manager *m = arena_alloc(sizeof *m);
+    int why = m ? 0 : arena_fd();       /* no arena: why, as -EMFILE */
     if (!m)
-        return arena_fd() < 0 ? arena_fd() : MP_ENOMEM;   /* no arena: why, as -EMFILE */
+        return why < 0 ? why : MP_ENOMEM;
     m->magic = MAGIC_MANAGER;
     m->creator = getpid();
     m->watch_fd = -1;
@@ -724,8 +724,8 @@ static void manager_child(int lfd, int watch, pid_t parent, const mp_manager *m)
         proc_set_pdeathsig(SIGKILL);
     if (getppid() != parent) {              /* it died as it started us: no one to serve */
         struct sock_file f;
-        if (sock_file_of(lfd, &f))
-            sock_file_remove(&f);
+        sock_file_of(lfd, &f);
+        sock_file_remove(&f);
         _exit(0);
     }
     struct manager_server_opts so = { .listen_fd = lfd, .authkey = m->key, .authkey_len = m->keylen,
@@ -836,22 +836,19 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
                        rc == -EADDRINUSE ? " (another server has it, or a file was left there "
                        "by one that was killed: remove it)" : "");
     struct sock_file file;
-    bool has_file = sock_file_of(lfd, &file);
+    sock_file_of(lfd, &file);           /* none (empty): tcp, an abstract name */
     mp_manager *m;
     if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
         close(lfd);
-        if (has_file)
-            sock_file_remove(&file);
+        sock_file_remove(&file);
         return mp_fail_code(rc, __func__);
     }
-    m->has_file = has_file;
     m->file = file;
     m->dicts = shstore_new();       /* none (no room): dicts go through the server */
     rc = manager_fork(m, lfd);
     close(lfd);
     if (rc < 0) {
-        if (has_file)
-            sock_file_remove(&file);
+        sock_file_remove(&file);
         manager_release(m);
         return mp_fail_code(rc, __func__);
     }
@@ -859,7 +856,7 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
         int why = server_start_failure(m, SERVER_START_GRACE);
         if (m->server_pid > 0)
             mp_manager_shutdown(m);
-        else if (has_file)
+        else
             sock_file_remove(&file);
         manager_release(m);
         if (why && why != MP_EBROKEN)
@@ -954,8 +951,7 @@ int mp_manager_shutdown(mp_manager *m)
     if (m->watch_fd >= 0)
         close(m->watch_fd);
     m->watch_fd = -1;
-    if (m->has_file)
-        sock_file_remove(&m->file);   /* not a file someone bound there since */
+    sock_file_remove(&m->file);         /* not a file someone bound there since */
     m->shut = true;
     return 0;
 }

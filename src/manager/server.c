@@ -463,7 +463,7 @@ int manager_serve(const struct manager_server_opts *o)
      * client ended (Python's server removes it at shutdown): unless
      * someone has bound the path again since. */
     struct sock_file file;
-    bool own_file = sock_file_of(o->listen_fd, &file);
+    sock_file_of(o->listen_fd, &file);
     int rc = store_new_shared(&srv.store, o->dicts, o->max_bytes, client_wants);
     if (rc == 0 && (rc = pyreg_new(&srv.py, srv.store)) < 0)
         store_free(srv.store);
@@ -473,8 +473,7 @@ int manager_serve(const struct manager_server_opts *o)
         store_free(srv.store);
     }
     if (rc < 0) {
-        if (own_file)
-            sock_file_remove(&file);
+        sock_file_remove(&file);
         return rc;
     }
     /* A server that can serve no one fails now, saying why, not at its
@@ -492,8 +491,7 @@ int manager_serve(const struct manager_server_opts *o)
         close(srv.wake[1]);
         pyreg_free(srv.py);
         store_free(srv.store);
-        if (own_file)
-            sock_file_remove(&file);
+        sock_file_remove(&file);
         return errno_to_mp(err);
     }
     pthread_attr_t attr;
@@ -527,7 +525,6 @@ int manager_serve(const struct manager_server_opts *o)
     close(srv.wake[1]);
     if (srv.spare >= 0)
         close(srv.spare);
-    if (own_file)
-        sock_file_remove(&file);
+    sock_file_remove(&file);
     return 0;
 }
