@@ -30,6 +30,12 @@
  * dlopen takes them from the loader's small static-TLS reserve. */
 #define MP_TLS_HOT __thread __attribute__((tls_model("initial-exec")))
 #define MP_UNUSED(x) ((void)(x))
+/* A function compiled into each caller, so that arguments a caller passes
+ * as constants prune what it does not need (the queue's common paths). */
+#define MP_ALWAYS_INLINE inline __attribute__((always_inline))
+/* A function kept out of its callers, so that their common case does not
+ * pay for its stack frame. */
+#define MP_NOINLINE __attribute__((noinline))
 
 /* Magic words at the head of every handle: a misused handle is refused with
  * MP_EINVAL instead of crashing (SQLite's SafetyCheck). */

@@ -492,6 +492,9 @@ static bool queue_spin(void *arg, struct waitword *w, bool (*ready)(void *, bool
  * the call's time. MP_EFULL and MP_EEMPTY, as Python's Queue raises Full
  * and Empty when it cannot take its lock in time. */
 enum { SIDE_BUSY_PUT = 1, SIDE_BUSY_GET = 2, ARENA_BUSY_PUT = 3, ARENA_BUSY_GET = 4 };
+/* give_inline and take_inline: the general path (queue_give, queue_take)
+ * has this call. */
+enum { GO_GENERAL = 5 };
 
 /* What a put (or get) makes of a block the arena did not give: the
  * arena's lock held past the call's deadline, or no room. */
@@ -506,12 +509,19 @@ static int no_block(bool put)
  * LOCK_GRACE_S, so that a _nowait call does not fail because another is
  * copying an item out; MP_FOREVER for a call without a deadline. Only a
  * holder that is stopped (or a huge item's copy) makes it matter. */
+static double lock_wait_s(double left)
+{
+    if (left < 0 || left > 1e9)
+        return MP_FOREVER;
+    return left > LOCK_GRACE_S ? left : LOCK_GRACE_S;
+}
+
+/* The same for a call whose deadline may be set by now. */
 static double lock_wait(lazy_deadline *d)
 {
     if (d->timeout < 0 || d->timeout > 1e9)
         return MP_FOREVER;
-    double left = d->set ? deadline_left(&d->at) : d->timeout;
-    return left > LOCK_GRACE_S ? left : LOCK_GRACE_S;
+    return lock_wait_s(d->set ? deadline_left(&d->at) : d->timeout);
 }
 
 /* Waits until ready(arg, ...) or the deadline: 0 (recheck) or MP_ETIMEDOUT.
@@ -853,17 +863,25 @@ static bool full_locked(mp_queue *q)
     return p - q->put.cached >= q->maxsize;
 }
 
+/* Whether the tail segment has room for need bytes plus a link record. */
+static MP_ALWAYS_INLINE bool tail_has_room(mp_queue *q, size_t need)
+{
+    struct seg *s = q->put.seg;
+    uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
+        return true;
+    q->put.cached_head = atomic_load_explicit(&s->head, memory_order_acquire);
+    return s->cap - (tail - q->put.cached_head) >= need + REC_REF;
+}
+
 /* Room for need bytes plus a link record, moving to a new segment (linked
  * from the old one) if the tail segment has none. */
 static struct seg *room_locked(mp_queue *q, size_t need, lazy_deadline *d)
 {
     struct seg *s = q->put.seg;
+    if (tail_has_room(q, need))
+        return s;
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
-    if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
-        return s;
-    q->put.cached_head = atomic_load_explicit(&s->head, memory_order_acquire);
-    if (s->cap - (tail - q->put.cached_head) >= need + REC_REF)
-        return s;
     uint32_t class = s->class < SEG_MAX_CLASS ? s->class + 1 : s->class;
     errno = 0;
     void *_Atomic *held = NULL;
@@ -881,13 +899,11 @@ static struct seg *room_locked(mp_queue *q, size_t need, lazy_deadline *d)
     return n;
 }
 
-static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint64_t gen,
-                      void *_Atomic *held, lazy_deadline *d)
+/* Writes the record at the tail of s, which has room for it, and commits it. */
+static MP_ALWAYS_INLINE void put_record(mp_queue *q, struct seg *s, const void *data, size_t len,
+                                        void *big, uint64_t gen, void *_Atomic *held)
 {
     uint64_t kind = !big ? REC_INLINE : gen ? REC_SHOWN : REC_BIG;
-    struct seg *s = room_locked(q, record_room(len, kind), d);
-    if (!s)
-        return no_block(true);
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
     uint64_t after = record_end(tail, len, kind);
     if (big)
@@ -900,7 +916,8 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
     if (atomic_load_explicit(next, memory_order_relaxed) != 0)
         atomic_store_explicit(next, 0, memory_order_relaxed);       /* next: none yet */
     hook("put_written");
-    hand_release(held);                       /* the queue names big from the commit on */
+    if (held)
+        hand_release(held);                   /* the queue names big from the commit on */
     uint64_t count = q->put.count + 1;
     journal_write(&q->put.j, s, after, count, NULL, 0);
     atomic_store_explicit(ring_header(s, tail), header(len, kind), memory_order_release);
@@ -909,6 +926,16 @@ static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint
     hook("put_counted");
     atomic_store_explicit(&s->tail, after, memory_order_relaxed);
     q->put.count = count;                     /* after tail: see put_repair */
+}
+
+static int put_locked(mp_queue *q, const void *data, size_t len, void *big, uint64_t gen,
+                      void *_Atomic *held, lazy_deadline *d)
+{
+    uint64_t kind = !big ? REC_INLINE : gen ? REC_SHOWN : REC_BIG;
+    struct seg *s = room_locked(q, record_room(len, kind), d);
+    if (!s)
+        return no_block(true);
+    put_record(q, s, data, len, big, gen, held);
     return 0;
 }
 
@@ -940,6 +967,35 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
             wait_until(q, &q->not_full, put_ready, q, &d) != 0)
             break;
     }
+    if (sleepers)
+        wake(&q->not_empty);
+    return rc;
+}
+
+/* The common put on its own: an inline item, in a queue not full, into a
+ * tail segment with room; GO_GENERAL for anything else (a wait for room, a
+ * new segment). The same steps as queue_give's, without what its other
+ * cases keep on the stack (a deadline, a big block in hand, the retry):
+ * where the consumer's core is far from the producer's, a put waits on the
+ * stores it makes (a 64-byte put made 72, and makes 57: valgrind's count),
+ * and 64-byte items 1->1 went from 8.3 to 11.3 M/s (medians of 30 rows). */
+static int give_inline(mp_queue *q, const void *data, size_t len, double timeout)
+{
+    int rc = lock_side(q, &q->put, put_repair, lock_wait_s(timeout));
+    if (rc != 0)
+        return rc == MP_ETIMEDOUT ? SIDE_BUSY_PUT : rc;
+    if (atomic_load(&q->closed))
+        rc = MP_ECLOSED;
+    else if (full_locked(q) || !tail_has_room(q, record_room(len, REC_INLINE)))
+        rc = GO_GENERAL;
+    else
+        put_record(q, q->put.seg, data, len, NULL, 0, NULL);
+    bool sleepers = false;
+    if (rc == 0) {
+        note_waker_cpu(&q->not_empty);
+        sleepers = flag_up(&q->not_empty);
+    }
+    tlock_unlock(&q->put.lock);
     if (sleepers)
         wake(&q->not_empty);
     return rc;
@@ -982,6 +1038,40 @@ static int queue_result(int rc, const char *fn, double timeout)
     }
 }
 
+/* A put of an item above QUEUE_INLINE_MAX: copied into a block of its own. */
+static MP_NOINLINE int put_big(const char *fn, mp_queue *q, const void *data, size_t len,
+                               double timeout)
+{
+    mp_deadline d = deadline_in(timeout);
+    errno = 0;
+    void *_Atomic *held = NULL;
+    void *big = hand_alloc(len, false, &d, &held);  /* a producer killed before the */
+    if (!big)                                       /* commit leaves it to its reaper */
+        return queue_result(no_block(true), fn, timeout);
+    int bad = mem_range_check(fn, "data", data, len);   /* before a fault in the copy */
+    if (bad != 0) {
+        hand_free(held, big);
+        return bad;
+    }
+    if (len >= PREFAULT_MIN)
+        arena_prefault(big, len, true);
+    uint64_t gen = 0, claim = 0;
+    if (len >= PREVIEW_MIN && len < COPY_STREAM_MIN && timeout != 0 && several_cpus()) {
+        pace(q);
+        gen = show_begin(q, big, len, &claim);
+    }
+    if (gen)
+        show_copy(q, big, data, len);
+    else
+        copy_big(big, data, len);
+    int rc = queue_give(q, data, len, big, gen, held, timeout);
+    if (gen)
+        show_end(q, gen, claim);
+    if (rc != 0)
+        hand_free(held, big);
+    return queue_result(rc, fn, timeout);
+}
+
 /* mp_queue_put and mp_queue_put_nowait, named fn in their messages. */
 static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, double timeout)
 {
@@ -997,36 +1087,11 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
         return queue_result(MP_ECLOSED, fn, timeout);   /* early outs, so no big item */
     if (timeout == 0 && mp_queue_full(q))                 /* is copied in vain */
         return queue_result(MP_EFULL, fn, timeout);
-    void *big = NULL;
-    void *_Atomic *held = NULL;
-    uint64_t gen = 0, claim = 0;
-    if (len > QUEUE_INLINE_MAX) {
-        mp_deadline d = deadline_in(timeout);
-        errno = 0;
-        big = hand_alloc(len, false, &d, &held);    /* a producer killed before the */
-        if (!big)                                   /* commit leaves it to its reaper */
-            return queue_result(no_block(true), fn, timeout);
-        int bad = mem_range_check(fn, "data", data, len);   /* before a fault in the copy */
-        if (bad != 0) {
-            hand_free(held, big);
-            return bad;
-        }
-        if (len >= PREFAULT_MIN)
-            arena_prefault(big, len, true);
-        if (len >= PREVIEW_MIN && len < COPY_STREAM_MIN && timeout != 0 && several_cpus()) {
-            pace(q);
-            gen = show_begin(q, big, len, &claim);
-        }
-        if (gen)
-            show_copy(q, big, data, len);
-        else
-            copy_big(big, data, len);
-    }
-    int rc = queue_give(q, data, len, big, gen, held, timeout);
-    if (gen)
-        show_end(q, gen, claim);
-    if (rc != 0)
-        hand_free(held, big);
+    if (len > QUEUE_INLINE_MAX)
+        return put_big(fn, q, data, len, timeout);
+    int rc = give_inline(q, data, len, timeout);
+    if (rc == GO_GENERAL)
+        rc = queue_give(q, data, len, NULL, 0, NULL, timeout);
     return queue_result(rc, fn, timeout);
 }
 
@@ -1278,10 +1343,10 @@ static struct seg *next_record_locked(mp_queue *q, uint64_t *head, uint64_t *hdr
  * loses nothing. *big is the out-of-line block to free after unlocking.
  * With shared, the item's block is handed over instead (an inline item is
  * copied into a new one): killed after the commit, the taker leaks it. */
-static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, void *buf,
-                      size_t cap, size_t *len, mp_buf *out, void **shared,
-                      const struct follow *f, void **big, void *_Atomic **held,
-                      struct taker *t, lazy_deadline *d)
+static MP_ALWAYS_INLINE int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr,
+                                       void *buf, size_t cap, size_t *len, mp_buf *out,
+                                       void **shared, const struct follow *f, void **big,
+                                       void *_Atomic **held, struct taker *t, lazy_deadline *d)
 {
     size_t n = header_len(hdr);
     uint64_t kind = header_kind(hdr);
@@ -1344,6 +1409,38 @@ static int get_locked(mp_queue *q, struct seg *s, uint64_t head, uint64_t hdr, v
     atomic_store_explicit(&s->head, after, memory_order_release);
     *big = src;
     return 0;
+}
+
+/* The common get on its own, as give_inline is the common put: an inline
+ * item into buf or out; GO_GENERAL for a big item, or to wait for one. */
+static int take_inline(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
+                       double timeout)
+{
+    int rc = lock_side(q, &q->get, get_repair, lock_wait_s(timeout));
+    if (rc != 0)
+        return rc == MP_ETIMEDOUT ? SIDE_BUSY_GET : rc;
+    bool closed = atomic_load(&q->closed);   /* before the header: see every last put */
+    uint64_t head, hdr;
+    const _Atomic uint64_t *watch;
+    struct seg *s = next_record_locked(q, &head, &hdr, &watch);
+    void *big = NULL;
+    void *_Atomic *held = NULL;
+    if (!hdr)
+        rc = closed ? MP_EEOF : timeout == 0 ? MP_EEMPTY : GO_GENERAL;
+    else if (header_kind(hdr) != REC_INLINE)
+        rc = GO_GENERAL;
+    else
+        rc = get_locked(q, s, head, hdr, buf, cap, len, out, NULL, NULL, &big, &held,
+                        taker_locked(q), NULL);
+    bool sleepers = false;
+    if (rc == 0 && q->maxsize) {
+        note_waker_cpu(&q->not_full);
+        sleepers = flag_up(&q->not_full);
+    }
+    tlock_unlock(&q->get.lock);
+    if (sleepers)
+        wake(&q->not_full);
+    return rc;
 }
 
 static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
@@ -1415,7 +1512,9 @@ static int queue_get(const char *fn, mp_queue *q, void *buf, size_t cap, size_t 
     int rc = get_args(fn, q, no_out, timeout);
     if (rc != 0)
         return rc;
-    rc = queue_take(q, buf, cap, len, NULL, NULL, timeout);
+    rc = take_inline(q, buf, cap, len, NULL, timeout);
+    if (rc == GO_GENERAL)
+        rc = queue_take(q, buf, cap, len, NULL, NULL, timeout);
     if (rc == MP_ETOOBIG)
         return mp_fail(rc, fn, "the next item is %zu bytes, more than cap (%zu); it stays "
                        "queued (mp_queue_get_buf takes any size)", *len, cap);
@@ -1435,8 +1534,12 @@ int mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len)
 int mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout)
 {
     int rc = get_args(__func__, q, out ? NULL : "out is NULL", timeout);
-    return rc ? rc : queue_result(queue_take(q, NULL, 0, NULL, out, NULL, timeout), __func__,
-                                  timeout);
+    if (rc != 0)
+        return rc;
+    rc = take_inline(q, NULL, 0, NULL, out, timeout);
+    if (rc == GO_GENERAL)
+        rc = queue_take(q, NULL, 0, NULL, out, NULL, timeout);
+    return queue_result(rc, __func__, timeout);
 }
 
 int mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout)
