@@ -302,8 +302,10 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * byte for byte. A message too big for the buffer (recv_bytes: *len says its
  * size) or over maxlen (recv_buf) gives MP_ETOOBIG and stays pending: the
  * next call with room enough gets it; nothing is allocated for it first.
- * A conn reads ahead: wait on it with mp_conn_poll or mp_wait (which count
- * buffered messages), not with poll() on its fileno. Sends never raise
+ * A receive reads exactly its frame, as Python's, so a socket's descriptor
+ * can be handed on (mp_conn_send_fd, mp_conn_from_fd) with the messages
+ * behind it. Wait on a conn with mp_conn_poll or mp_wait, not with poll()
+ * on its fileno (an mp_pipe's messages are in shared memory). Sends never raise
  * SIGPIPE (a vanished peer is -EPIPE). Handles work in children started
  * after them; mp_conn_close closes only this process's copy. Addresses:
  * "unix:/path", "unix:@abstract", "tcp:HOST:PORT", "tcp:[v6]:PORT" (port 0:

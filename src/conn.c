@@ -266,11 +266,13 @@ static ssize_t read_spin(mp_conn *c, uint8_t *buf, size_t cap)
     return c->is_socket ? sock_read_ahead(c, buf, cap, MSG_DONTWAIT) : read(c->h.fd, buf, cap);
 }
 
-/* Under recv_lock: n bytes of the stream, buffered ones first. A short
- * remainder refills the buffer with one read of whatever is queued; a long
- * one is read straight into dst. A handle that crossed an exec reads
- * exactly, because a process that has it but not our registry could not
- * see buffered bytes in mp_wait. */
+/* Under recv_lock: n bytes of the stream, buffered ones first (the rest of
+ * a frame given up on). Never more: as Python's, a receive reads exactly
+ * its frame, so what follows stays in the descriptor for whoever reads it
+ * next, through this handle or through another made on the descriptor
+ * (Python's send_handle pattern: read a request, hand the socket on). A
+ * short remainder goes through the buffer, spinning briefly before it
+ * sleeps (read_spin); a long one is read straight into dst. */
 static int conn_read(mp_conn *c, void *dst, size_t n)
 {
     ASSERT_RHELD(&c->recv_lock);
@@ -296,7 +298,7 @@ static int conn_read(mp_conn *c, void *dst, size_t n)
     c->ahead_fills++;                   /* and so are descriptors kept for it */
     size_t got = 0;
     while (got < n) {
-        ssize_t r = read_spin(c, c->ahead + got, READ_AHEAD - got);
+        ssize_t r = read_spin(c, c->ahead + got, n - got);
         if (r > 0)
             got += (size_t)r;
         else if (r == 0 || errno == ECONNRESET)

@@ -8,7 +8,7 @@
 
 #include "conn_internal.h"
 
-#define READ_AHEAD 8192            /* bytes one read may take beyond a small message */
+#define READ_AHEAD 8192            /* reads up to half this go through the buffer, spinning first */
 
 struct ring;                       /* one direction of a pipe (pipe_ring.c) */
 struct pipe_shm;                   /* what both ends of a pipe share (pipe_ring.c) */
@@ -30,9 +30,11 @@ struct mp_conn {
     _Atomic bool has_pending;  /* a header was read, its body was not (MP_ETOOBIG) */
     uint64_t pending_len;
     rmutex send_lock, recv_lock;
-    /* Read-ahead: one read() takes whatever the peer has queued, so a
-     * stream of small messages costs one syscall for many. It lives here,
-     * in the arena, so every process holding the conn sees the same stream;
+    /* The buffer short reads go through (conn_read): they take exactly
+     * the bytes asked for, never the next frame's, so the stream past a
+     * frame stays in the descriptor for whoever reads it next. It holds
+     * bytes only for a frame given up on (skip_start). It lives here, in
+     * the arena, so every process holding the conn sees the same stream;
      * mp_conn_poll and mp_wait count buffered bytes as ready. */
     _Atomic uint32_t ahead_len;
     uint32_t ahead_pos;

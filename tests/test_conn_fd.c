@@ -129,7 +129,7 @@ static void test_descriptor_between_messages_survives_read_ahead(void **state)
     assert_memory_equal(buf, "msg", 3);
     TU_OK(mp_conn_send_bytes(a, "one", 3));
     TU_OK(mp_conn_send_bytes(a, "two", 3));
-    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* "two" is read ahead now */
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));   /* "two" is next */
     TU_ASSERT_RC(mp_conn_recv_fd(b, &got, MP_FOREVER), MP_ESTATE);
     TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
     assert_memory_equal(buf, "two", 3);
@@ -137,6 +137,41 @@ static void test_descriptor_between_messages_survives_read_ahead(void **state)
     close(p[1]);
     mp_conn_close(a);
     mp_conn_close(b);
+}
+
+/* Python's send_handle pattern: read a request, then hand the socket on.
+ * A receive reads exactly its frame (as Python's does), so the messages
+ * already sent behind it stay in the socket for whoever wraps the
+ * descriptor next; none of them stays behind in the old handle. */
+static void test_descriptor_handed_on_after_a_receive_carries_the_messages_behind_it(void **state)
+{
+    (void)state;
+    mp_conn *a, *b, *c;
+    conn_pair(&a, &b);
+    for (int i = 1; i <= 5; i++) {
+        char m[8];
+        TU_OK(mp_conn_send_bytes(a, m, (size_t)snprintf(m, sizeof m, "msg%d", i)));
+    }
+    TU_OK(mp_conn_send_bytes(a, NULL, 0));
+    char buf[16];
+    size_t len;
+    TU_OK(mp_conn_recv_bytes(b, buf, sizeof buf, &len));
+    assert_int_equal(len, 4);
+    assert_memory_equal(buf, "msg1", 4);
+    TU_OK(mp_conn_from_fd(&c, dup(mp_conn_fileno(b))));
+    mp_conn_close(b);
+    for (int i = 2; i <= 5; i++) {
+        char want[8];
+        snprintf(want, sizeof want, "msg%d", i);
+        assert_int_equal(mp_conn_poll(c, 5.0), 1);
+        TU_OK(mp_conn_recv_bytes(c, buf, sizeof buf, &len));
+        assert_int_equal(len, 4);
+        assert_memory_equal(buf, want, 4);
+    }
+    TU_OK(mp_conn_recv_bytes(c, buf, sizeof buf, &len));
+    assert_int_equal(len, 0);
+    mp_conn_close(a);
+    mp_conn_close(c);
 }
 
 /* A child started before the file existed gets it through the conn. */
@@ -361,6 +396,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_send_fd_hands_over_the_same_open_file),
         cmocka_unit_test(test_descriptor_between_messages_survives_read_ahead),
+        cmocka_unit_test(test_descriptor_handed_on_after_a_receive_carries_the_messages_behind_it),
         cmocka_unit_test(test_recv_fd_times_out_on_time),
         cmocka_unit_test(test_descriptor_reaches_a_running_child),
         cmocka_unit_test(test_send_fd_refuses_conns_that_cannot_carry_descriptors),
