@@ -1003,6 +1003,7 @@ static size_t take_buffered(struct pollfd *p, size_t n, bool *rings)
 struct waited {
     struct conn_local *loc;      /* NULL: not such a conn, or no memory for its record */
     bool closed;
+    size_t wake;                 /* its close signal's entry in the poll, 0: none */
 };
 
 static void wait_enter(const int *fds, size_t n, struct waited *w)
@@ -1023,15 +1024,20 @@ static void wait_leave(struct waited *w, size_t n)
 }
 
 /* One poll of fds, and after them in p the close signals of the conns
- * among them, at most RING_SLICE if a ring end is among them: the count
- * ready, 0, or -errno. Ready entries have revents set, or fd -1 for conns
- * with a message buffered or closed in this process. */
-static int wait_once(struct pollfd *p, const int *fds, size_t n, const struct waited *w,
+ * among them (only those: poll refuses more entries than the descriptor
+ * limit, even unused ones), at most RING_SLICE if a ring end is among
+ * them: the count ready, 0, or -errno. Ready entries have revents set, or
+ * fd -1 for conns with a message buffered or closed in this process. */
+static int wait_once(struct pollfd *p, const int *fds, size_t n, struct waited *w,
                      const mp_deadline *d)
 {
+    size_t entries = n;
     for (size_t i = 0; i < n; i++) {
         p[i] = (struct pollfd){ .fd = w[i].closed ? -1 : fds[i], .events = POLLIN };
-        p[n + i] = (struct pollfd){ .fd = calls_wake_fd(w[i].loc), .events = POLLIN };
+        int wake = calls_wake_fd(w[i].loc);
+        w[i].wake = wake >= 0 ? entries : 0;
+        if (wake >= 0)
+            p[entries++] = (struct pollfd){ .fd = wake, .events = POLLIN };
     }
     bool rings = false;
     size_t ready = take_buffered(p, n, &rings);
@@ -1039,12 +1045,12 @@ static int wait_once(struct pollfd *p, const int *fds, size_t n, const struct wa
         ready += w[i].closed;
     double left = ready ? 0 : deadline_left(d);
     mp_deadline slice = deadline_in(rings && left > RING_SLICE ? RING_SLICE : left);
-    int rc = fd_poll_all(p, 2 * n, &slice);
+    int rc = fd_poll_all(p, entries, &slice);
     if (rc < 0)
         return rc;
     rc = 0;
     for (size_t i = 0; i < n; i++) {
-        if (p[n + i].revents)
+        if (w[i].wake && p[w[i].wake].revents)
             p[i].fd = -1;                   /* closed by another thread meanwhile */
         else if (p[i].fd >= 0 && p[i].revents && !fd_really_ready(p[i].fd))
             p[i].revents = 0;
@@ -1083,5 +1089,9 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
         ready[i] = rc > 0 && (p[i].revents != 0 || p[i].fd < 0);
     free(p);
     free(w);
+    if (rc == -EINVAL)
+        return mp_fail(MP_EINVAL, __func__, "poll() refused %zu descriptors (and the close "
+                       "signals of the conns among them): more than the descriptor limit "
+                       "(RLIMIT_NOFILE)", n);
     return mp_fail_code(rc, __func__);
 }

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -938,6 +939,33 @@ static void test_wait_reports_which_pipes_are_ready(void **state)
     }
 }
 
+/* More descriptors than half the descriptor limit: poll() refuses more
+ * entries than the limit, and a wait must not ask it for two per plain
+ * descriptor (Python's connection.wait takes them all). */
+static void test_wait_takes_more_descriptors_than_half_the_limit(void **state)
+{
+    (void)state;
+    enum { PIPES = 300 };
+    struct rlimit was, lim;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &was), 0);
+    lim = was;
+    lim.rlim_cur = 1024 < was.rlim_max ? 1024 : was.rlim_max;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    int fds[2 * PIPES];
+    static bool ready[2 * PIPES];
+    for (int i = 0; i < PIPES; i++) {
+        assert_int_equal(pipe(fds + 2 * i), 0);
+    }
+    assert_int_equal(mp_wait(fds, 2 * PIPES, ready, 0.01), 0);
+    assert_int_equal(write(fds[2 * 150 + 1], "x", 1), 1);
+    assert_int_equal(mp_wait(fds, 2 * PIPES, ready, MP_FOREVER), 1);
+    for (int i = 0; i < 2 * PIPES; i++)
+        assert_int_equal(ready[i], i == 2 * 150);
+    for (int i = 0; i < 2 * PIPES; i++)
+        close(fds[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &was), 0);
+}
+
 static int child_exits_quickly(void *p)
 {
     (void)p;
@@ -1637,6 +1665,7 @@ int main(void)
         cmocka_unit_test(test_conn_reaches_children_under_every_start_method),
         cmocka_unit_test(test_place_fds_puts_descriptors_back_at_their_numbers),
         cmocka_unit_test(test_wait_reports_which_pipes_are_ready),
+        cmocka_unit_test(test_wait_takes_more_descriptors_than_half_the_limit),
         cmocka_unit_test(test_wait_sees_a_process_end_through_a_pidfd),
         cmocka_unit_test(test_wait_sees_a_conn_and_a_process_sentinel),
         cmocka_unit_test(test_wait_validates_and_times_out),
