@@ -264,10 +264,12 @@ int frame_header_short(const uint8_t b[4], uint64_t *len)
     return small >= 0 ? 0 : small == -1 ? 1 : MP_EPROTO;
 }
 
+/* A length no process can hold is malformed (MP_EPROTO), not MP_ETOOBIG,
+ * which leaves a message pending for a bigger buffer. */
 int frame_header_long(const uint8_t b[8], uint64_t *len)
 {
     *len = get_be(b, 8);
-    return *len > (uint64_t)PTRDIFF_MAX ? MP_ETOOBIG : 0;
+    return *len > (uint64_t)PTRDIFF_MAX ? MP_EPROTO : 0;
 }
 
 /* Reads a header. A stream that ends inside it is MP_EEOF. */

@@ -351,6 +351,18 @@ static void test_negative_length_is_eproto(void **state)
     TU_ASSERT_RC(mp_conn_recv_buf(c, &out, 0), MP_EPROTO);
     close(peer);
     mp_conn_close(c);
+
+    /* A 64-bit length no process can hold is as malformed: not MP_ETOOBIG,
+     * whose message stays pending for a bigger buffer. */
+    c = conn_with_raw_peer(&peer);
+    write_raw(peer, "\xff\xff\xff\xff\x80\0\0\0\0\0\0\0", 12);
+    char buf[16];
+    size_t len = 7;
+    TU_ASSERT_RC(mp_conn_recv_bytes(c, buf, sizeof buf, &len), MP_EPROTO);
+    assert_non_null(strstr(mp_last_error(), "malformed frame header"));
+    close(peer);
+    mp_conn_close(c);
+    mp_buf_free(&out);
 }
 
 /* ------------------------------------------------------------------ no memory for a body */
