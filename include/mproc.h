@@ -374,6 +374,8 @@ MP_EXTERN int  mp_listener_accept(mp_listener *l, mp_conn **c, double timeout); 
 MP_EXTERN const char *mp_listener_address(const mp_listener *l);
 MP_EXTERN int  mp_listener_fileno(const mp_listener *l);
 MP_EXTERN void mp_listener_free(mp_listener *l);
+/* MP_EAUTH: the server has another key (it answered "#FAILURE#"); MP_EEOF:
+ * it hung up during the handshake, with no verdict (Python's EOFError). */
 MP_EXTERN int  mp_client(mp_conn **c, const char *address, const void *authkey, size_t keylen, double timeout);
 
 /* ------------------------------------------------------------------ shared memory */

@@ -830,6 +830,11 @@ int mp_client(mp_conn **c, const char *address, const void *authkey, size_t keyl
         close(fd);
         char peer[ADDRESS_MAX + 16];
         snprintf(peer, sizeof peer, "\"%s\"", address);
+        /* No verdict on the key, as Python's Client raises EOFError. */
+        if (rc == MP_EEOF)
+            return mp_fail(rc, __func__, "%s hung up during the authkey handshake, with no "
+                           "verdict on the key: it ended, or dropped the connection to make "
+                           "room (another key gets \"#FAILURE#\": MP_EAUTH)", peer);
         return fail_handshake(rc, __func__, peer);
     }
     rc = conn_from_fd_until(c, fd, true, true, &d);

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 
@@ -198,6 +200,37 @@ static void *accept_one(void *p)
     return NULL;
 }
 
+/* A server that hangs up during the handshake gave no verdict on the key:
+ * MP_EEOF, as Python's Client raises EOFError, not MP_EAUTH. */
+static void *accept_and_hang_up(void *p)
+{
+    int s = accept(*(int *)p, NULL, NULL);
+    if (s >= 0)
+        close(s);
+    return NULL;
+}
+
+static void test_server_hanging_up_in_the_handshake_is_eof_not_a_wrong_key(void **state)
+{
+    (void)state;
+    tu_watchdog(60);
+    int srv = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    static const char name[] = "mproc-test-errors-hangup";
+    memcpy(a.sun_path + 1, name, sizeof name - 1);
+    socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + sizeof name);
+    assert_int_equal(bind(srv, (struct sockaddr *)&a, alen), 0);
+    assert_int_equal(listen(srv, 4), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, accept_and_hang_up, &srv), 0);
+    mp_conn *c;
+    TU_ASSERT_RC(mp_client(&c, "unix:@mproc-test-errors-hangup", "key", 3, 20), MP_EEOF);
+    tu_last_error_has("mp_client: \"unix:@mproc-test-errors-hangup\" hung up during the authkey "
+                      "handshake", NULL);
+    pthread_join(t, NULL);
+    close(srv);
+}
+
 static void test_wrong_authkey_says_the_keys_differ(void **state)
 {
     (void)state;
@@ -352,6 +385,7 @@ int main(void)
         cmocka_unit_test(test_wrong_state_names_the_state),
         cmocka_unit_test(test_lock_misuse_says_who_holds_it),
         cmocka_unit_test(test_conn_misuse_says_which_end_does_what),
+        cmocka_unit_test(test_server_hanging_up_in_the_handshake_is_eof_not_a_wrong_key),
         cmocka_unit_test(test_wrong_authkey_says_the_keys_differ),
         cmocka_unit_test(test_success_leaves_the_message_alone),
         cmocka_unit_test(test_each_thread_has_its_own_message),
