@@ -2,8 +2,9 @@
  *
  * One header, one library. Every call returns 0 (or a count where stated) on
  * success and a negative MP_E* code on failure; no call prints, aborts or exits
- * on bad input. Timeouts are seconds: MP_FOREVER (or +inf) blocks, 0 never
- * blocks; NaN and any other negative value give MP_EINVAL at once.
+ * on bad input. Timeouts are seconds: MP_FOREVER (or +inf, or anything
+ * above 1e9 s, some 31 years) blocks, 0 never blocks; NaN and any other
+ * negative value give MP_EINVAL at once.
  * Handles are opaque; options are zero-initialised structs (NULL = defaults),
  * and more fields may be added to them at any time.
  */
@@ -314,10 +315,11 @@ MP_EXTERN void mp_queue_free(mp_queue *q);
  * authkey=b"", as CPython 3.13's Listener and Client do). With a key,
  * accept runs the handshakes of all waiting connections side by side and
  * returns the first that ends well, so peers that connect and say nothing
- * delay the connections behind them by about 0.1 s, however many (each
- * new handshake has that long to itself before accept takes the next, so
- * a burst spreads over the processes sharing a listener; behind one that
- * had it unfinished, accept takes up to 32 at once): one that is not
+ * delay the connections behind them by about 0.1 s for each 32 of them
+ * (each new handshake has that long to itself before accept takes the
+ * next, so a burst spreads over the processes sharing a listener; behind
+ * one that had it unfinished, accept takes up to 32 at once; CPython's
+ * accept waits behind the first silent one for ever): one that is not
  * done within 30 s is dropped and its accept call fails with MP_EAUTH, as
  * does one with the wrong key. A handshake still under way when accept's
  * timeout passes goes on in the next accept call of this process (up to

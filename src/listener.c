@@ -444,10 +444,13 @@ static int fail_keylen(const char *fn, size_t keylen)
 static int fail_socket(int rc, const char *fn, const char *verb, const char *address)
 {
     const char *hint = "";
-    if (rc == -EADDRINUSE)
-        hint = strncmp(address, "unix:/", 6) == 0
-                   ? "; the file exists: remove a stale one, or pick another path"
-                   : "; another socket has it: pick another address, or port 0";
+    struct stat st;
+    if (rc == -EADDRINUSE && strncmp(address, "unix:/", 6) == 0)
+        hint = stat(address + 5, &st) == 0 && !S_ISSOCK(st.st_mode)
+                   ? "; the path exists and is no socket file: pick another path"
+                   : "; the file exists: remove a stale one, or pick another path";
+    else if (rc == -EADDRINUSE)
+        hint = "; another socket has it: pick another address, or port 0";
     else if (rc == -ENOENT && strcmp(verb, "listen on") == 0)
         hint = "; the socket file's directory does not exist";
     else if (rc == -ECONNREFUSED || rc == -ENOENT)

@@ -45,6 +45,8 @@ static void test_bad_tcp_and_unix_addresses_say_what_part_is_wrong(void **state)
     tu_last_error_has("mp_listener_new:", "the socket file's directory does not exist", NULL);
     TU_ASSERT_RC(mp_listener_new(&l, "unix:", NULL, 0), MP_EINVAL);
     tu_last_error_has("names no path", NULL);
+    TU_ASSERT_RC(mp_listener_new(&l, "unix:/", NULL, 0), -EADDRINUSE);   /* no "remove" advice */
+    tu_last_error_has("the path exists and is no socket file: pick another path", NULL);
     TU_ASSERT_RC(mp_client(&c, "tcp:192.0.2.1:0", NULL, 0, MP_FOREVER), MP_EINVAL);
     tu_last_error_has("mp_client:", "port 0 means \"any free one\" to a listener only", NULL);
     mp_manager *m;
