@@ -55,12 +55,12 @@ static const char *value_init(struct pycall *c)
 }
 
 static const struct pymethod VALUE_METHODS[] = {
-    { "#GETVALUE", HOLD_TABLE, value_get },
-    { "get", HOLD_TABLE, value_get },
-    { "set", HOLD_TABLE, value_set },
+    { "#GETVALUE", HOLD_TABLE, value_get, NULL },
+    { "get", HOLD_TABLE, value_get, "py" },
+    { "set", HOLD_TABLE, value_set, "py value" },
 };
 const struct pyclass py_value_class = { VALUE_METHODS, sizeof VALUE_METHODS / sizeof VALUE_METHODS[0], value_init,
-                                        "AttributeError: method not supported" };
+                                        "AttributeError: method not supported", "Value" };
 
 /* ------------------------------------------------------------------ Array */
 
@@ -223,10 +223,10 @@ static const char *array_init(struct pycall *c)
 }
 
 static const struct pymethod ARRAY_METHODS[] = {
-    { "#GETVALUE", HOLD_TABLE, array_getvalue },
-    { "__getitem__", HOLD_TABLE, array_getitem },
-    { "__len__", HOLD_TABLE, array_len },
-    { "__setitem__", HOLD_TABLE, array_setitem },
+    { "#GETVALUE", HOLD_TABLE, array_getvalue, NULL },
+    { "__getitem__", HOLD_TABLE, array_getitem, NULL },
+    { "__len__", HOLD_TABLE, array_len, NULL },
+    { "__setitem__", HOLD_TABLE, array_setitem, NULL },
 };
 const struct pyclass py_array_class = { ARRAY_METHODS, sizeof ARRAY_METHODS / sizeof ARRAY_METHODS[0], array_init,
-                                        "AttributeError: method not supported" };
+                                        "AttributeError: method not supported", "array" };

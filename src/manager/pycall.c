@@ -130,6 +130,52 @@ bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *
     return true;
 }
 
+/* Whether the word w (n bytes) is one of the space-separated words of list. */
+static bool word_in(const char *list, const void *w, size_t n)
+{
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, " ");
+        if (len == n && memcmp(p, w, n) == 0)
+            return true;
+        p += len + (p[len] == ' ');
+    }
+    return false;
+}
+
+bool py_kwds_ok(struct pycall *c, const struct pyclass *cls, const struct pymethod *pm)
+{
+    if (!c->kwds || c->kwds->n == 0 || (pm->kw && strcmp(pm->kw, "*") == 0))
+        return true;
+    char msg[256];
+    if (!pm->kw) {
+        snprintf(msg, sizeof msg, "%s.%s() takes no keyword arguments", cls->pyname, pm->name);
+        py_raise_msg(c->cx, "TypeError", msg);
+        return false;
+    }
+    bool py = strncmp(pm->kw, "py", 2) == 0;
+    const char *names = pm->kw + (py ? 2 : 1);
+    names += *names == ' ';
+    for (uint32_t k = 0; k + 1 < c->kwds->n; k += 2) {
+        const struct pk_node *key = c->kwds->kids[k];
+        if (key->kind != PK_STR) {
+            py_raise_msg(c->cx, "TypeError", "keywords must be strings");
+            return false;
+        }
+        if (word_in(names, key->p, key->len))
+            continue;
+        int n = key->len > 64 ? 64 : (int)key->len;
+        if (py)
+            snprintf(msg, sizeof msg, "%s.%s() got an unexpected keyword argument '%.*s'",
+                     cls->pyname, pm->name, n, (const char *)key->p);
+        else
+            snprintf(msg, sizeof msg, "'%.*s' is an invalid keyword argument for %s()", n,
+                     (const char *)key->p, pm->name);
+        py_raise_msg(c->cx, "TypeError", msg);
+        return false;
+    }
+    return true;
+}
+
 bool py_nargs(struct pycall *c, const char *name, uint32_t min, uint32_t max)
 {
     uint32_t n = c->args ? c->args->n : 0;

@@ -452,30 +452,30 @@ static const char *dict_init(struct pycall *c)
 }
 
 static const struct pymethod DICT_METHODS[] = {
-    { "#GETVALUE", HOLD_STORE, dict_copy },
-    { "__contains__", HOLD_STORE, dict_contains },
-    { "__delitem__", HOLD_STORE, dict_delitem },
-    { "__getitem__", HOLD_STORE, dict_getitem },
-    { "__ior__", HOLD_STORE, dict_update },
-    { "__iter__", HOLD_NONE, dict_iter },
-    { "__len__", HOLD_STORE, dict_len },
-    { "__or__", HOLD_STORE, dict_or },
-    { "__ror__", HOLD_STORE, dict_ror },
-    { "__setitem__", HOLD_STORE, dict_setitem },
-    { "clear", HOLD_STORE, dict_clear },
-    { "copy", HOLD_STORE, dict_copy },
-    { "fromkeys", HOLD_STORE, dict_fromkeys },
-    { "get", HOLD_STORE, dict_get },
-    { "items", HOLD_STORE, dict_items },
-    { "keys", HOLD_STORE, dict_keys },
-    { "pop", HOLD_STORE, dict_pop },
-    { "popitem", HOLD_STORE, dict_popitem },
-    { "setdefault", HOLD_STORE, dict_setdefault },
-    { "update", HOLD_STORE, dict_update },
-    { "values", HOLD_STORE, dict_values },
+    { "#GETVALUE", HOLD_STORE, dict_copy, NULL },
+    { "__contains__", HOLD_STORE, dict_contains, NULL },
+    { "__delitem__", HOLD_STORE, dict_delitem, NULL },
+    { "__getitem__", HOLD_STORE, dict_getitem, NULL },
+    { "__ior__", HOLD_STORE, dict_update, NULL },
+    { "__iter__", HOLD_NONE, dict_iter, NULL },
+    { "__len__", HOLD_STORE, dict_len, NULL },
+    { "__or__", HOLD_STORE, dict_or, NULL },
+    { "__ror__", HOLD_STORE, dict_ror, NULL },
+    { "__setitem__", HOLD_STORE, dict_setitem, NULL },
+    { "clear", HOLD_STORE, dict_clear, NULL },
+    { "copy", HOLD_STORE, dict_copy, NULL },
+    { "fromkeys", HOLD_STORE, dict_fromkeys, NULL },
+    { "get", HOLD_STORE, dict_get, NULL },
+    { "items", HOLD_STORE, dict_items, NULL },
+    { "keys", HOLD_STORE, dict_keys, NULL },
+    { "pop", HOLD_STORE, dict_pop, NULL },
+    { "popitem", HOLD_STORE, dict_popitem, NULL },
+    { "setdefault", HOLD_STORE, dict_setdefault, NULL },
+    { "update", HOLD_STORE, dict_update, "*" },
+    { "values", HOLD_STORE, dict_values, NULL },
 };
 const struct pyclass py_dict_class = { DICT_METHODS, sizeof DICT_METHODS / sizeof DICT_METHODS[0], dict_init,
-                                       "AttributeError: method not supported" };
+                                       "AttributeError: method not supported", "dict" };
 
 /* ------------------------------------------------------------------ Namespace */
 
@@ -556,13 +556,14 @@ static void namespace_delattr(struct pycall *c)
 }
 
 static const struct pymethod NAMESPACE_METHODS[] = {
-    { "#GETVALUE", HOLD_STORE, namespace_getvalue },
-    { "__delattr__", HOLD_STORE, namespace_delattr },
-    { "__getattribute__", HOLD_STORE, namespace_getattribute },
-    { "__setattr__", HOLD_STORE, namespace_setattr },
+    { "#GETVALUE", HOLD_STORE, namespace_getvalue, NULL },
+    { "__delattr__", HOLD_STORE, namespace_delattr, NULL },
+    { "__getattribute__", HOLD_STORE, namespace_getattribute, NULL },
+    { "__setattr__", HOLD_STORE, namespace_setattr, NULL },
 };
 const struct pyclass py_namespace_class = { NAMESPACE_METHODS, sizeof NAMESPACE_METHODS / sizeof NAMESPACE_METHODS[0],
-                                            dict_init, "AttributeError: method not supported" };
+                                            dict_init, "AttributeError: method not supported",
+                                            "Namespace" };
 
 /* ------------------------------------------------------------------ iterator */
 
@@ -582,6 +583,7 @@ static void iter_next(struct pycall *c)
 }
 
 static const struct pymethod ITER_METHODS[] = {
-    { "__next__", HOLD_TABLE, iter_next },
+    { "__next__", HOLD_TABLE, iter_next, NULL },
 };
-const struct pyclass py_iter_class = { ITER_METHODS, 1, NULL, "AttributeError: method not supported" };
+const struct pyclass py_iter_class = { ITER_METHODS, 1, NULL, "AttributeError: method not supported",
+                                       "generator" };

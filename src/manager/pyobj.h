@@ -115,10 +115,18 @@ struct pycall {
  * dispatcher; HOLD_NONE methods wait, so they lock for themselves. */
 enum pyhold { HOLD_NONE, HOLD_STORE, HOLD_TABLE };
 
+/* kw: the keywords Python's method takes, checked before it runs (a
+ * keyword it does not take is Python's TypeError, and the call does
+ * nothing). NULL: none, a builtin's ("dict.get() takes no keyword
+ * arguments"); "*": any (dict.update); "py a b": a Python function's
+ * parameters ("Queue.get() got an unexpected keyword argument 'x'"); "c a
+ * b": a builtin's that takes keywords ("'x' is an invalid keyword argument
+ * for acquire()"). */
 struct pymethod {
     const char *name;
     enum pyhold hold;
     void (*run)(struct pycall *c);
+    const char *kw;
 };
 
 struct pyclass {
@@ -128,6 +136,7 @@ struct pyclass {
      * for TypeError. NULL: nothing to set up. */
     const char *(*init)(struct pycall *c);
     const char *missing;                 /* the traceback for an exposed method not run here */
+    const char *pyname;                  /* Python's name of the class, for messages */
 };
 
 extern const struct pyclass py_dict_class, py_namespace_class, py_iter_class, py_list_class,
@@ -210,6 +219,8 @@ void py_ret_node(struct pyconn *cx, struct pk_node *n);
 /* ('#ERROR', module.name(*args)) with args a message, a node, or nothing. */
 void py_raise(struct pyconn *cx, const char *module, const char *name, const char *msg, struct pk_node *n);
 void py_raise_msg(struct pyconn *cx, const char *name, const char *msg);
+/* Whether c's keywords are ones pm takes (else raises Python's TypeError). */
+bool py_kwds_ok(struct pycall *c, const struct pyclass *cls, const struct pymethod *pm);
 /* name(fmt % repr(n)) as Python words it, where the server can write n's
  * repr (small ints, str, None, bool); else name(other). */
 void py_raise_about(struct pyconn *cx, const char *name, const char *fmt, const struct pk_node *n, const char *other);

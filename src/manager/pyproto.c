@@ -207,7 +207,7 @@ static void obj_call(struct pyconn *cx, const struct pk_node *req)
         py_traceback(cx, "AttributeError: method is not exposed", NULL);
     else if (!pm)
         py_traceback(cx, cls->missing, NULL);
-    else
+    else if (py_kwds_ok(&c, cls, pm))
         method_run(&c, pm);
     pyobj_release(cx->reg, c.o);
     cx->want_repr = false;

@@ -140,18 +140,18 @@ static const char *queue_init(struct pycall *c)
 }
 
 static const struct pymethod QUEUE_METHODS[] = {
-    { "empty", HOLD_NONE, queue_empty },
-    { "full", HOLD_NONE, queue_full },
-    { "get", HOLD_NONE, queue_get },
-    { "get_nowait", HOLD_NONE, queue_get_nowait },
-    { "join", HOLD_TABLE, queue_join },
-    { "put", HOLD_NONE, queue_put },
-    { "put_nowait", HOLD_NONE, queue_put_nowait },
-    { "qsize", HOLD_NONE, queue_qsize },
-    { "task_done", HOLD_TABLE, queue_task_done },
+    { "empty", HOLD_NONE, queue_empty, "py" },
+    { "full", HOLD_NONE, queue_full, "py" },
+    { "get", HOLD_NONE, queue_get, "py block timeout" },
+    { "get_nowait", HOLD_NONE, queue_get_nowait, "py" },
+    { "join", HOLD_TABLE, queue_join, "py" },
+    { "put", HOLD_NONE, queue_put, "py item block timeout" },
+    { "put_nowait", HOLD_NONE, queue_put_nowait, "py item" },
+    { "qsize", HOLD_NONE, queue_qsize, "py" },
+    { "task_done", HOLD_TABLE, queue_task_done, "py" },
 };
 const struct pyclass py_queue_class = { QUEUE_METHODS, sizeof QUEUE_METHODS / sizeof QUEUE_METHODS[0], queue_init,
-                                        "AttributeError: method not supported" };
+                                        "AttributeError: method not supported", "Queue" };
 
 /* ------------------------------------------------------------------ Lock */
 
@@ -192,10 +192,10 @@ static const char *lock_init(struct pycall *c)
 }
 
 static const struct pymethod LOCK_METHODS[] = {
-    { "__enter__", HOLD_NONE, lock_acquire },
-    { "__exit__", HOLD_STORE, lock_release },
-    { "acquire", HOLD_NONE, lock_acquire },
-    { "release", HOLD_STORE, lock_release },
+    { "__enter__", HOLD_NONE, lock_acquire, NULL },
+    { "__exit__", HOLD_STORE, lock_release, NULL },
+    { "acquire", HOLD_NONE, lock_acquire, "c blocking timeout" },
+    { "release", HOLD_STORE, lock_release, NULL },
 };
 const struct pyclass py_lock_class = { LOCK_METHODS, sizeof LOCK_METHODS / sizeof LOCK_METHODS[0], lock_init,
-                                       "AttributeError: method not supported" };
+                                       "AttributeError: method not supported", "lock" };

@@ -56,10 +56,11 @@ static void rlock_release(struct pycall *c)
 }
 
 static const struct pymethod RLOCK_METHODS[] = {
-    { "acquire", HOLD_TABLE, rlock_acquire },
-    { "release", HOLD_TABLE, rlock_release },
+    { "acquire", HOLD_TABLE, rlock_acquire, "c blocking timeout" },
+    { "release", HOLD_TABLE, rlock_release, NULL },
 };
-const struct pyclass py_rlock_class = { RLOCK_METHODS, 2, NULL, "AttributeError: method not supported" };
+const struct pyclass py_rlock_class = { RLOCK_METHODS, 2, NULL, "AttributeError: method not supported",
+                                        "RLock" };
 
 /* ------------------------------------------------------------------ Semaphore, BoundedSemaphore */
 
@@ -105,10 +106,11 @@ static const char *sem_init(struct pycall *c)
 }
 
 static const struct pymethod SEM_METHODS[] = {
-    { "acquire", HOLD_TABLE, sem_acquire },
-    { "release", HOLD_TABLE, sem_release },
+    { "acquire", HOLD_TABLE, sem_acquire, "py blocking timeout" },
+    { "release", HOLD_TABLE, sem_release, "py n" },
 };
-const struct pyclass py_sem_class = { SEM_METHODS, 2, sem_init, "AttributeError: method not supported" };
+const struct pyclass py_sem_class = { SEM_METHODS, 2, sem_init, "AttributeError: method not supported",
+                                      "Semaphore" };
 
 /* ------------------------------------------------------------------ Condition */
 
@@ -182,14 +184,14 @@ static const char *cond_init(struct pycall *c)
 }
 
 static const struct pymethod COND_METHODS[] = {
-    { "acquire", HOLD_TABLE, rlock_acquire },
-    { "notify", HOLD_TABLE, cond_notify },
-    { "notify_all", HOLD_TABLE, cond_notify_all },
-    { "release", HOLD_TABLE, rlock_release },
-    { "wait", HOLD_TABLE, cond_wait },
+    { "acquire", HOLD_TABLE, rlock_acquire, "c blocking timeout" },
+    { "notify", HOLD_TABLE, cond_notify, "py n" },
+    { "notify_all", HOLD_TABLE, cond_notify_all, "py" },
+    { "release", HOLD_TABLE, rlock_release, NULL },
+    { "wait", HOLD_TABLE, cond_wait, "py timeout" },
 };
 const struct pyclass py_cond_class = { COND_METHODS, sizeof COND_METHODS / sizeof COND_METHODS[0], cond_init,
-                                       "AttributeError: method not supported" };
+                                       "AttributeError: method not supported", "Condition" };
 
 /* ------------------------------------------------------------------ Event */
 
@@ -222,13 +224,13 @@ static void event_wait(struct pycall *c)
 }
 
 static const struct pymethod EVENT_METHODS[] = {
-    { "clear", HOLD_TABLE, event_clear },
-    { "is_set", HOLD_TABLE, event_is_set },
-    { "set", HOLD_TABLE, event_set },
-    { "wait", HOLD_TABLE, event_wait },
+    { "clear", HOLD_TABLE, event_clear, "py" },
+    { "is_set", HOLD_TABLE, event_is_set, "py" },
+    { "set", HOLD_TABLE, event_set, "py" },
+    { "wait", HOLD_TABLE, event_wait, "py timeout" },
 };
 const struct pyclass py_event_class = { EVENT_METHODS, sizeof EVENT_METHODS / sizeof EVENT_METHODS[0], NULL,
-                                        "AttributeError: method not supported" };
+                                        "AttributeError: method not supported", "Event" };
 
 /* ------------------------------------------------------------------ Barrier */
 
@@ -324,10 +326,11 @@ static const char *barrier_init(struct pycall *c)
 }
 
 static const struct pymethod BARRIER_METHODS[] = {
-    { "__getattribute__", HOLD_TABLE, barrier_getattribute },
-    { "abort", HOLD_TABLE, barrier_abort },
-    { "reset", HOLD_TABLE, barrier_reset },
-    { "wait", HOLD_TABLE, barrier_wait },
+    { "__getattribute__", HOLD_TABLE, barrier_getattribute, NULL },
+    { "abort", HOLD_TABLE, barrier_abort, "py" },
+    { "reset", HOLD_TABLE, barrier_reset, "py" },
+    { "wait", HOLD_TABLE, barrier_wait, "py timeout" },
 };
 const struct pyclass py_barrier_class = { BARRIER_METHODS, sizeof BARRIER_METHODS / sizeof BARRIER_METHODS[0],
-                                          barrier_init, "AttributeError: method not supported" };
+                                          barrier_init, "AttributeError: method not supported",
+                                          "Barrier" };

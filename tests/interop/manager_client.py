@@ -276,6 +276,36 @@ def errors(address, key):
     # an unknown typeid and a method that is not exposed are tracebacks
     raises(Exception, m._create, "Pool")
     raises(Exception, d._callmethod, "nosuch")
+    # a keyword the method does not take is Python's TypeError, and the
+    # call does nothing (a misspelt block= would otherwise wait for ever)
+    kq = m.Queue()
+    kq.put(1)
+    eq(str(raises(TypeError, kq.get, blk=False)),
+       "Queue.get() got an unexpected keyword argument 'blk'")
+    raises(TypeError, kq.get, bogus=1)
+    eq(kq.qsize(), 1)
+    eq(kq.get(block=False), 1)                       # the keywords it takes still work
+    kq.put(item=2, block=True, timeout=1)
+    eq(kq.get(timeout=1), 2)
+    kd = m.dict({"a": 5})
+    eq(str(raises(TypeError, kd.get, "a", default=1)), "dict.get() takes no keyword arguments")
+    kd.update(b=6)                                   # dict.update takes any keyword
+    eq(kd["b"], 6)
+    kl = m.list([3, 1, 2])
+    eq(str(raises(TypeError, kl.pop, index=0)), "list.pop() takes no keyword arguments")
+    eq(str(raises(TypeError, kl.sort, revers=True)),
+       "'revers' is an invalid keyword argument for sort()")
+    eq(kl[:], [3, 1, 2])
+    kl.sort(reverse=True)
+    eq(kl[:], [3, 2, 1])
+    eq(str(raises(TypeError, m.Lock()._callmethod, "acquire", (), {"blk": 1})),
+       "'blk' is an invalid keyword argument for acquire()")
+    ev = m.Event()
+    eq(str(raises(TypeError, ev._callmethod, "wait", (), {"tmo": 1})),  # the proxy's own wait
+       "Event.wait() got an unexpected keyword argument 'tmo'")         # checks its keywords
+    eq(ev.wait(timeout=0.01), False)
+    eq(str(raises(TypeError, m.Condition()._callmethod, "notify", (), {"k": 1})),
+       "Condition.notify() got an unexpected keyword argument 'k'")
     # the object a request never mentioned by a real id
     t0 = time.monotonic()
     raises(queue.Empty, q.get, True, 0.3)
