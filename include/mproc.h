@@ -463,7 +463,8 @@ MP_EXTERN int  mp_pool_terminate(mp_pool *p);   /* kills the workers, pending ta
 MP_EXTERN int  mp_pool_join(mp_pool *p, double timeout);
 MP_EXTERN void mp_pool_free(mp_pool *p);        /* terminates a pool still running */
 /* join, terminate and free wait for the pool's own threads: from an on_done
- * or progress callback they return MP_ESTATE (free does nothing). */
+ * or progress callback, or a task of an MP_THREADS pool, they return
+ * MP_ESTATE (free does nothing). */
 
 MP_EXTERN int  mp_future_wait(mp_future *f, double timeout);   /* 0 done, MP_ETIMEDOUT */
 MP_EXTERN bool mp_future_done(mp_future *f);

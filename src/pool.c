@@ -458,10 +458,15 @@ static const struct pool_backend processes_backend = {
 
 struct thread_arg { struct worker_arg a; mp_pool *p; };
 
+/* The thread pool whose worker this thread is: its tasks must not wait for
+ * the pool's threads, their own among them. */
+static __thread const mp_pool *working_for;
+
 static void *thread_main(void *arg)
 {
     struct thread_arg t = *(struct thread_arg *)arg;
     free(arg);
+    working_for = t.p;
     pool_worker_main(&t.a);
     atomic_store(&t.a.sh->slots[t.a.slot].exited, 1);
     signal_monitor(t.p);
@@ -1337,9 +1342,12 @@ static void stop_workers_now(mp_pool *p)
     signal_monitor(p);
 }
 
+/* Whether this thread is one that join, terminate and free wait for: the
+ * pool's result or monitor thread (a callback), or one of its thread
+ * workers (a task). */
 static bool in_pool_thread(const mp_pool *p)
 {
-    return pool_thread_serves(p->sh);
+    return pool_thread_serves(p->sh) || working_for == p;
 }
 
 static int join_threads(mp_pool *p, const mp_deadline *d)
@@ -1424,8 +1432,8 @@ static void live_remove(mp_pool *p)
 static int join_failed(int rc, const char *fn, double timeout)
 {
     if (rc == MP_ESTATE)
-        return mp_fail(rc, fn, "called from the pool's own callback thread, which would wait "
-                       "for itself");
+        return mp_fail(rc, fn, "called from the pool's own thread (a callback, or a task of a "
+                       "thread pool), which would wait for itself");
     if (rc == MP_ETIMEDOUT)
         return mp_fail(rc, fn, "the pool's work is still running after %g s", timeout);
     return mp_fail_code(rc, fn);
@@ -1437,8 +1445,7 @@ int mp_pool_terminate(mp_pool *p)
     if (rc != 0)
         return mp_fail_code(rc, __func__);
     if (in_pool_thread(p))               /* refused before anything is stopped */
-        return mp_fail(MP_ESTATE, __func__, "called from the pool's own callback thread, which "
-                       "would wait for itself");
+        return join_failed(MP_ESTATE, __func__, MP_FOREVER);
     stop_workers_now(p);
     mp_deadline forever = deadline_in(MP_FOREVER);
     rc = join_threads(p, &forever);

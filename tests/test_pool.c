@@ -642,6 +642,42 @@ static void test_pool_threads_backend_runs_everything(void **state)
     mp_pool_free(p);
 }
 
+/* A thread pool's task that asks its own pool to terminate, join or go
+ * would wait for its own thread: refused (MP_ESTATE), as from a callback,
+ * where the calls hung the process for good. The task reports the codes. */
+static int t_waits_for_its_own_pool(const void *in, size_t len, mp_buf *out)
+{
+    (void)len;
+    mp_pool *p;
+    memcpy(&p, in, sizeof p);
+    int rc[4] = { mp_pool_close(p), mp_pool_join(p, MP_FOREVER), mp_pool_join(p, 2),
+                  mp_pool_terminate(p) };
+    mp_pool_free(p);                                 /* does nothing from here */
+    return mp_buf_append(out, rc, sizeof rc);
+}
+
+static void test_thread_pool_task_cannot_wait_for_its_own_pool(void **state)
+{
+    (void)state;
+    tu_watchdog(60);
+    mp_pool *p = pool_of(2, MP_THREADS);
+    mp_future *f;
+    TU_OK(mp_pool_apply_async(p, t_waits_for_its_own_pool, &p, sizeof p, &f));
+    mp_buf b = { 0 };
+    TU_OK(mp_future_result(f, &b, 30));
+    int rc[4];
+    assert_int_equal(b.len, sizeof rc);
+    memcpy(rc, b.data, sizeof rc);
+    TU_OK(rc[0]);                                    /* close is no wait */
+    TU_ASSERT_RC(rc[1], MP_ESTATE);
+    TU_ASSERT_RC(rc[2], MP_ESTATE);
+    TU_ASSERT_RC(rc[3], MP_ESTATE);
+    mp_future_free(f);
+    mp_buf_free(&b);
+    TU_OK(mp_pool_join(p, 30));                      /* the pool ends as it should */
+    mp_pool_free(p);
+}
+
 static void test_pool_spawn_and_forkserver_workers(void **state)
 {
     (void)state;
@@ -1014,6 +1050,7 @@ int main(void)
         cmocka_unit_test(test_pool_breaking_under_submissions_says_broken_not_closed),
         cmocka_unit_test(test_pool_outlives_the_thread_that_made_it),
         cmocka_unit_test(test_pool_threads_backend_runs_everything),
+        cmocka_unit_test(test_thread_pool_task_cannot_wait_for_its_own_pool),
         cmocka_unit_test(test_pool_spawn_and_forkserver_workers),
         cmocka_unit_test(test_pool_runs_a_function_of_a_loaded_library_under_every_method),
         cmocka_unit_test(test_pool_terminate_kills_pending_and_leaves_no_process),
