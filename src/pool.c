@@ -869,8 +869,16 @@ static int start_first_workers(mp_pool *p)
 {
     pthread_mutex_lock(&p->lock);
     int rc = 0;
-    for (int i = 0; i < p->nworkers && rc == 0; i++)
+    for (int i = 0; i < p->nworkers && rc == 0; i++) {
         rc = start_worker(p, i);
+        /* A fork server killed from outside with the request is an outside
+         * death here too: the slot is started again after its back-off,
+         * as replace_workers does (mp_pool_new failed with ECONNRESET). */
+        if (rc == -ECONNRESET || rc == -EPIPE) {
+            back_off(p, i, ++p->workers[i].quick_deaths);
+            rc = 0;
+        }
+    }
     if (rc != 0) {
         atomic_store(&p->sh->closing, CLOSING_NOW);
         wake_workers(p->sh);
