@@ -443,8 +443,15 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
 {
     struct pyconn cx = { .reg = reg, .owner = owner, .w = w, .shutdown = shutdown };
     bool serving = false, counted = false;
+    int got = 0;
     for (;;) {
-        conn_request(&cx, data, len, &serving);
+        if (got == MP_ETOOBIG) {         /* its bytes are dropped as they come */
+            cx.has_item = false;
+            py_raise_msg(&cx, "MemoryError", "mproc-manager: a request over 16 MiB (a value "
+                         "is at most 16 MiB); nothing was stored");
+        } else {
+            conn_request(&cx, data, len, &serving);
+        }
         if (serving && !counted) {
             atomic_fetch_add(&reg->serving, 1);
             counted = true;
@@ -461,7 +468,10 @@ void py_serve(struct pyreg *reg, struct store_owner *owner, struct wire *w, cons
             break;
         bool few = atomic_load_explicit(&reg->serving, memory_order_relaxed) < reg->ncpu;
         w->spin_ns = few ? PY_SPIN_NS : 0;     /* 0: wire_recv sleeps in recv */
-        if (wire_recv(w, &data, &len, WIRE_MAX_FRAME, NULL) < 0)
+        got = wire_recv(w, &data, &len, WIRE_MAX_FRAME, NULL);
+        if (got == MP_ETOOBIG)
+            wire_drop_frame(w);
+        else if (got < 0)
             break;
     }
     if (counted)

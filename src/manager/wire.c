@@ -164,6 +164,25 @@ static int wire_wait(struct wire *w, uint64_t spin_until, const mp_deadline *d)
     return wire_poll(w->fd, POLLIN, d);
 }
 
+void wire_drop_frame(struct wire *w)
+{
+    size_t hdr = 0, body = 0;
+    if (wire_header(w, SIZE_MAX, &hdr, &body) == 1)
+        w->skip = (uint64_t)hdr + body;
+}
+
+/* Drops what is buffered of the frame given up on: true once it is all gone. */
+static bool skip_buffered(struct wire *w)
+{
+    size_t n = w->skip < w->len ? (size_t)w->skip : w->len;
+    w->start += n;
+    w->len -= n;
+    w->skip -= n;
+    if (w->len == 0)
+        w->start = 0;
+    return w->skip == 0;
+}
+
 int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d)
 {
@@ -181,7 +200,7 @@ int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
     }
     for (;;) {
         size_t hdr = 0, body = 0;
-        int rc = wire_header(w, maxlen, &hdr, &body);
+        int rc = w->skip && !skip_buffered(w) ? 0 : wire_header(w, maxlen, &hdr, &body);
         if (rc < 0)
             return rc;
         if (rc == 1 && w->len >= hdr + body) {

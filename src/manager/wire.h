@@ -37,6 +37,7 @@ struct wire {
     uint32_t spin_ns;        /* busy-poll budget before sleeping */
     uint32_t looks;          /* recvs that found nothing, while spinning */
     bool not_tcp;            /* sock_ack_now said so: not asked again */
+    uint64_t skip;           /* bytes of a frame given up on, dropped as they come */
 };
 
 void wire_init(struct wire *w, int fd, uint32_t spin_ns);
@@ -53,7 +54,10 @@ void wire_close(struct wire *w);     /* closes fd, frees the buffer */
 int wire_send(struct wire *w, const void *data, size_t len, const mp_deadline *d);
 /* Receives one frame of at most maxlen bytes; *data stays valid until the
  * next wire_recv. 0, MP_EEOF (orderly close between frames), MP_EBROKEN,
- * MP_ETOOBIG (header announced more than maxlen), MP_ETIMEDOUT. */
+ * MP_ETOOBIG (header announced more than maxlen), MP_ETIMEDOUT. After
+ * MP_ETOOBIG, wire_drop_frame gives that frame up: the next wire_recv drops
+ * its bytes as they come (never holding them) and reads the frame after. */
+void wire_drop_frame(struct wire *w);
 int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d);
 

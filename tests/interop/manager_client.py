@@ -306,6 +306,13 @@ def errors(address, key):
     eq(ev.wait(timeout=0.01), False)
     eq(str(raises(TypeError, m.Condition()._callmethod, "notify", (), {"k": 1})),
        "Condition.notify() got an unexpected keyword argument 'k'")
+    # a request over 16 MiB is MemoryError, and the connection serves on
+    # (it was cut, and every later call on the proxy raised BrokenPipeError)
+    bd = m.dict()
+    raises(MemoryError, bd.__setitem__, "x", b"\0" * (17 * 2**20))
+    eq(len(bd), 0)
+    bd["y"] = b"\1" * 2**20
+    eq(len(bd["y"]), 2**20)
     # the object a request never mentioned by a real id
     t0 = time.monotonic()
     raises(queue.Empty, q.get, True, 0.3)
