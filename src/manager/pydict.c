@@ -86,8 +86,21 @@ int pydict_update_from(struct pycall *c, struct pk_node *src)
         return MP_ETYPE;
     for (uint32_t i = 0; i < src->n && rc == 0; i++) {
         struct pk_node *p = src->kids[i];
-        if ((p->kind != PK_TUPLE && p->kind != PK_LIST) || p->n != 2)
+        bool seq = p->kind == PK_TUPLE || p->kind == PK_LIST;
+        bool text = p->kind == PK_STR || p->kind == PK_BYTES;
+        size_t len = seq ? p->n : text ? p->len : 0;
+        for (size_t b = 0; p->kind == PK_STR && b < p->len; b++)
+            len -= (p->p[b] & 0xC0) == 0x80;   /* characters, not bytes */
+        if (!seq || p->n != 2) {        /* Python's words for what is wrong with it */
+            if ((seq || text) && len != 2)
+                snprintf(c->why, sizeof c->why, "dictionary update sequence element #%" PRIu32
+                         " has length %zu; 2 is required", i, len);
+            else if (!text)
+                snprintf(c->why, sizeof c->why, "cannot convert dictionary update sequence "
+                         "element #%" PRIu32 " to a sequence", i);
+            c->why_value = seq || text;
             return MP_EINVAL;
+        }
         rc = dict_set_pair(c, p->kids[0], p->kids[1]);
     }
     return rc;
@@ -356,7 +369,9 @@ static void dict_update(struct pycall *c)
     int rc = a0 ? pydict_update_from(c, a0) : 0;
     if (rc == 0 && c->kwds)
         rc = pydict_update_from(c, (struct pk_node *)c->kwds);
-    if (rc < 0)
+    if (rc == MP_EINVAL && c->why[0])
+        py_raise_msg(c->cx, c->why_value ? "ValueError" : "TypeError", c->why);
+    else if (rc < 0)
         raise_key(c->cx, rc, a0);
     else
         py_ret_none(c->cx);
@@ -448,6 +463,8 @@ static const char *dict_init(struct pycall *c)
     if (rc == 0 && c->kwds)
         rc = pydict_update_from(c, (struct pk_node *)c->kwds);
     store_unlock(s);
+    if (rc == MP_EINVAL && c->why[0])
+        return c->why;
     return rc < 0 ? "mproc-manager: dict() takes a dict or pairs, with str, bytes, number or tuple keys" : NULL;
 }
 

@@ -463,8 +463,14 @@ static void list_len_method(struct pycall *c) { py_ret_int(c->cx, list_len(c)); 
 
 static void list_append(struct pycall *c)
 {
-    struct pk_node *a0 = py_pos(c, 0);
-    reply_status(c->cx, a0 ? pylist_append(c, a0) : MP_EINVAL);
+    uint32_t n = c->args ? c->args->n : 0;
+    if (n != 1) {                       /* Python's TypeError, not a RuntimeError */
+        char msg[80];
+        snprintf(msg, sizeof msg, "list.append() takes exactly one argument (%" PRIu32 " given)", n);
+        py_raise_msg(c->cx, "TypeError", msg);
+        return;
+    }
+    reply_status(c->cx, pylist_append(c, py_pos(c, 0)));
 }
 
 static void list_extend(struct pycall *c)

@@ -109,6 +109,8 @@ struct pycall {
     struct pyconn *cx;
     struct pyobj *o;
     const struct pk_node *m, *args, *kwds;
+    char why[96];                /* what a method found wrong, in Python's words ("": nothing) */
+    bool why_value;              /* ... a ValueError's, not a TypeError's */
 };
 
 /* The mutex a method runs under, taken and released around it by the

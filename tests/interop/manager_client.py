@@ -306,6 +306,17 @@ def errors(address, key):
     eq(ev.wait(timeout=0.01), False)
     eq(str(raises(TypeError, m.Condition()._callmethod, "notify", (), {"k": 1})),
        "Condition.notify() got an unexpected keyword argument 'k'")
+    # malformed arguments raise what Python raises, not RuntimeError
+    ud = m.dict()
+    eq(str(raises(TypeError, ud.update, [1, 2])),
+       "cannot convert dictionary update sequence element #0 to a sequence")
+    eq(str(raises(ValueError, ud.update, [("a", 1, 2)])),
+       "dictionary update sequence element #0 has length 3; 2 is required")
+    eq(str(raises(ValueError, ud.update, [("a", 1), "\u00e9\u00e9\u00e9"])),
+       "dictionary update sequence element #1 has length 3; 2 is required")
+    eq(ud.copy(), {"a": 1})                          # pairs before the bad one stay, as in Python
+    eq(str(raises(TypeError, m.list()._callmethod, "append", ())),
+       "list.append() takes exactly one argument (0 given)")
     # a request over 16 MiB is MemoryError, and the connection serves on
     # (it was cut, and every later call on the proxy raised BrokenPipeError)
     bd = m.dict()
