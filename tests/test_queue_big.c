@@ -9,6 +9,7 @@
 #include "internal.h"
 #include "queue_internal.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,6 +358,45 @@ static int get_and_stop(void *arg)
     return get_signalled_copying(arg, SIGSTOP);
 }
 
+static void *continue_later(void *arg)
+{
+    usleep(900 * 1000);
+    kill(*(pid_t *)arg, SIGCONT);
+    return NULL;
+}
+
+/* A getter that waited for the consumers' lock for most of its timeout,
+ * and then found the queue empty, waits out the rest of that timeout, not
+ * a whole timeout more (1.9 s for a 1 s get, the lock's wait and then the
+ * general path's). */
+static void test_a_getter_held_for_most_of_its_timeout_waits_no_longer(void **state)
+{
+    (void)state;
+    mp_queue *q;
+    TU_OK(mp_queue_new(&q, NULL));
+    unsigned char *item = malloc(4 * MIB);
+    fill(item, 4 * MIB, 5);
+    TU_OK(mp_queue_put(q, item, 4 * MIB, 1));
+    pid_t pid = tu_fork(get_and_stop, q);
+    int status;
+    assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
+    assert_true(WIFSTOPPED(status));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, continue_later, &pid), 0);
+    mp_buf b = { 0 };
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_queue_get_buf(q, &b, 1.0), MP_EEMPTY);     /* the stopped one took it */
+    double took = tu_now() - t0;
+    print_message("took %.3f s\n", took);
+    assert_true(took >= 0.99 && took < 1.0 + 0.5 * tu_slow());
+    pthread_join(t, NULL);
+    assert_int_equal(tu_wait(pid, 10 * tu_slow()), 0);
+    assert_true(mp__queue_valid(q));
+    mp_buf_free(&b);
+    free(item);
+    mp_queue_free(q);
+}
+
 /* A consumer stopped with the consumers' lock held (a debugger, a job
  * control stop, a frozen cgroup) holds no other consumer past its timeout:
  * a timed get returns MP_EEMPTY on time and a get_nowait at once, as
@@ -411,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_a_follower_with_a_small_buffer_leaves_the_item),
         cmocka_unit_test(test_a_consumer_killed_copying_stalls_no_producer),
         cmocka_unit_test(test_a_stopped_consumer_holds_no_getter_past_its_timeout),
+        cmocka_unit_test(test_a_getter_held_for_most_of_its_timeout_waits_no_longer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
