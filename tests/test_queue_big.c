@@ -358,6 +358,17 @@ static int get_and_stop(void *arg)
     return get_signalled_copying(arg, SIGSTOP);
 }
 
+/* A child that stopped while copying out the 4 MiB item at the head of q,
+ * holding the consumers' lock. */
+static pid_t consumer_stopped_copying(mp_queue *q)
+{
+    pid_t pid = tu_fork(get_and_stop, q);
+    int status;
+    assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
+    assert_true(WIFSTOPPED(status));
+    return pid;
+}
+
 static void *continue_later(void *arg)
 {
     usleep(900 * 1000);
@@ -377,10 +388,7 @@ static void test_a_getter_held_for_most_of_its_timeout_waits_no_longer(void **st
     unsigned char *item = malloc(4 * MIB);
     fill(item, 4 * MIB, 5);
     TU_OK(mp_queue_put(q, item, 4 * MIB, 1));
-    pid_t pid = tu_fork(get_and_stop, q);
-    int status;
-    assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
-    assert_true(WIFSTOPPED(status));
+    pid_t pid = consumer_stopped_copying(q);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, continue_later, &pid), 0);
     mp_buf b = { 0 };
@@ -411,10 +419,7 @@ static void test_a_stopped_consumer_holds_no_getter_past_its_timeout(void **stat
     fill(item, 4 * MIB, 5);
     TU_OK(mp_queue_put(q, item, 4 * MIB, 1));
     TU_OK(mp_queue_put(q, "small", 5, 1));
-    pid_t pid = tu_fork(get_and_stop, q);
-    int status;
-    assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
-    assert_true(WIFSTOPPED(status));
+    pid_t pid = consumer_stopped_copying(q);
     mp_buf b = { 0 };
     double t0 = tu_now();
     TU_ASSERT_RC(mp_queue_get_buf(q, &b, 0.2), MP_EEMPTY);
