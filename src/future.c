@@ -31,6 +31,7 @@ mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
     mp_future *f = arena_alloc_nozero(sizeof *f + in_len);
     if (!f)
         return NULL;
+    HANDOVER_ACQUIRE(f);     /* it may be a task's block, freed after a worker ran it */
     /* The collector may still read the id of the task this block was (a
      * dead worker's notice: a different id says that task is gone), so the
      * id is cleared atomically and the rest around it. */

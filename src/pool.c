@@ -327,10 +327,12 @@ int pool_push(struct pool_shared *sh, mp_future *first, mp_future *last, size_t 
         list_unlock(sh);
         return MP_ECLOSED;
     }
-    if (sh->tail)
+    if (sh->tail) {
         sh->tail->next = first;
-    else
+        HANDOVER_RELEASE(sh->tail);  /* released when pushed, and written again since */
+    } else {
         sh->head = first;
+    }
     sh->tail = last;
     atomic_fetch_add(&sh->queued, count);
     list_unlock(sh);
