@@ -976,12 +976,20 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
  * where the consumer's core is far from the producer's, a put waits on the
  * stores it makes (a 64-byte put made 72, and makes 57: valgrind's count),
  * and 64-byte items 1->1 went from 8.3 to 11.3 M/s (medians of 30 rows). */
-static int give_inline(mp_queue *q, const void *data, size_t len)
+/* How long the common paths wait for a side's lock: a call with a deadline
+ * at most LOCK_GRACE_S, leaving a holder that keeps it longer (one that is
+ * stopped, or a big item's copy) to the general path, which waits within
+ * the call's deadline; a call without one for ever, as the general path
+ * would (a timed wait costs a contended lock a timer per sleep: 4x4 lost
+ * about 7%). */
+static double inline_lock_wait(double timeout)
 {
-    /* At most LOCK_GRACE_S here: a holder that keeps the lock longer (one
-     * that is stopped, or a big item's copy) is waited for by the general
-     * path, within the call's own deadline. */
-    int rc = lock_side(q, &q->put, put_repair, LOCK_GRACE_S);
+    return timeout < 0 || timeout > 1e9 ? MP_FOREVER : LOCK_GRACE_S;
+}
+
+static int give_inline(mp_queue *q, const void *data, size_t len, double timeout)
+{
+    int rc = lock_side(q, &q->put, put_repair, inline_lock_wait(timeout));
     if (rc != 0)
         return rc == MP_ETIMEDOUT ? GO_GENERAL : rc;
     if (atomic_load(&q->closed))
@@ -1089,7 +1097,7 @@ static int queue_put(const char *fn, mp_queue *q, const void *data, size_t len, 
         return queue_result(MP_EFULL, fn, timeout);
     if (len > QUEUE_INLINE_MAX)
         return put_big(fn, q, data, len, timeout);
-    int rc = give_inline(q, data, len);
+    int rc = give_inline(q, data, len, timeout);
     if (rc == GO_GENERAL)
         rc = queue_give(q, data, len, NULL, 0, NULL, timeout);
     return queue_result(rc, fn, timeout);
@@ -1414,9 +1422,9 @@ static MP_ALWAYS_INLINE int get_locked(mp_queue *q, struct seg *s, uint64_t head
 /* The common get on its own, as give_inline is the common put: an inline
  * item into buf or out; GO_GENERAL for a big item, or to wait for one. */
 static int take_inline(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
-                       double timeout)
+                       double timeout, const _Atomic uint64_t **empty_at)
 {
-    int rc = lock_side(q, &q->get, get_repair, LOCK_GRACE_S);   /* as give_inline */
+    int rc = lock_side(q, &q->get, get_repair, inline_lock_wait(timeout));
     if (rc != 0)
         return rc == MP_ETIMEDOUT ? GO_GENERAL : rc;
     bool closed = atomic_load(&q->closed);   /* before the header: see every last put */
@@ -1425,13 +1433,16 @@ static int take_inline(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *
     struct seg *s = next_record_locked(q, &head, &hdr, &watch);
     void *big = NULL;
     void *_Atomic *held = NULL;
-    if (!hdr)
+    if (!hdr) {
         rc = closed ? MP_EEOF : timeout == 0 ? MP_EEMPTY : GO_GENERAL;
-    else if (header_kind(hdr) != REC_INLINE)
+        if (rc == GO_GENERAL)
+            *empty_at = watch;                /* queue_take waits there at once */
+    } else if (header_kind(hdr) != REC_INLINE) {
         rc = GO_GENERAL;
-    else
+    } else {
         rc = get_locked(q, s, head, hdr, buf, cap, len, out, NULL, NULL, &big, &held,
                         taker_locked(q), NULL);
+    }
     bool sleepers = false;
     if (rc == 0 && q->maxsize) {
         note_waker_cpu(&q->not_full);
@@ -1443,17 +1454,22 @@ static int take_inline(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *
     return rc;
 }
 
+/* empty_at: take_inline found the queue empty, the next item to come at
+ * that header word; then the first look is skipped (each look takes the
+ * consumers' lock, which other consumers want: 4x4 lost ~9% to a second). */
 static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
-                      void **shared, double timeout)
+                      void **shared, double timeout, const _Atomic uint64_t *empty_at)
 {
     lazy_deadline d = { .timeout = timeout };
     struct follow f = { 0 };
-    struct get_wait wait = { .q = q };
+    struct get_wait wait = { .q = q, .watch = empty_at };
     void *big = NULL;
     void *_Atomic *held = NULL;
     bool sleepers = false;
-    int rc;
-    for (;;) {
+    int rc = MP_EEMPTY;
+    for (bool look = !empty_at;; look = true) {
+        if (!look)
+            goto wait;
         rc = lock_side(q, &q->get, get_repair, lock_wait(&d));
         if (rc != 0) {
             rc = rc == MP_ETIMEDOUT ? SIDE_BUSY_GET : rc;
@@ -1473,6 +1489,7 @@ static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *o
         tlock_unlock(&q->get.lock);
         if (rc != MP_EEMPTY || timeout == 0)
             break;
+    wait:
         if (!shared && follow(&wait, &f, buf, cap, out, lazy_deadline_at(&d)))
             continue;
         if (wait_until(q, &q->not_empty, get_ready, &wait, &d) != 0)
@@ -1512,9 +1529,10 @@ static int queue_get(const char *fn, mp_queue *q, void *buf, size_t cap, size_t 
     int rc = get_args(fn, q, no_out, timeout);
     if (rc != 0)
         return rc;
-    rc = take_inline(q, buf, cap, len, NULL, timeout);
+    const _Atomic uint64_t *empty_at = NULL;
+    rc = take_inline(q, buf, cap, len, NULL, timeout, &empty_at);
     if (rc == GO_GENERAL)
-        rc = queue_take(q, buf, cap, len, NULL, NULL, timeout);
+        rc = queue_take(q, buf, cap, len, NULL, NULL, timeout, empty_at);
     if (rc == MP_ETOOBIG)
         return mp_fail(rc, fn, "the next item is %zu bytes, more than cap (%zu); it stays "
                        "queued (mp_queue_get_buf takes any size)", *len, cap);
@@ -1536,9 +1554,10 @@ int mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout)
     int rc = get_args(__func__, q, out ? NULL : "out is NULL", timeout);
     if (rc != 0)
         return rc;
-    rc = take_inline(q, NULL, 0, NULL, out, timeout);
+    const _Atomic uint64_t *empty_at = NULL;
+    rc = take_inline(q, NULL, 0, NULL, out, timeout, &empty_at);
     if (rc == GO_GENERAL)
-        rc = queue_take(q, NULL, 0, NULL, out, NULL, timeout);
+        rc = queue_take(q, NULL, 0, NULL, out, NULL, timeout, empty_at);
     return queue_result(rc, __func__, timeout);
 }
 
@@ -1550,7 +1569,7 @@ int mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout)
     if (rc != 0)
         return rc;
     *p = NULL;
-    return queue_result(queue_take(q, NULL, 0, len, NULL, p, timeout), __func__, timeout);
+    return queue_result(queue_take(q, NULL, 0, len, NULL, p, timeout, NULL), __func__, timeout);
 }
 
 /* ------------------------------------------------------------------ sizes */
