@@ -980,8 +980,7 @@ static int queue_give(mp_queue *q, const void *data, size_t len, void *big, uint
  * at most LOCK_GRACE_S, leaving a holder that keeps it longer (one that is
  * stopped, or a big item's copy) to the general path, which waits within
  * the call's deadline; a call without one for ever, as the general path
- * would (a timed wait costs a contended lock a timer per sleep: 4x4 lost
- * about 7%). */
+ * would (a timed wait costs a contended lock a timer per sleep). */
 static double inline_lock_wait(double timeout)
 {
     return timeout < 0 || timeout > 1e9 ? MP_FOREVER : LOCK_GRACE_S;
@@ -1456,7 +1455,7 @@ static int take_inline(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *
 
 /* empty_at: take_inline found the queue empty, the next item to come at
  * that header word; then the first look is skipped (each look takes the
- * consumers' lock, which other consumers want: 4x4 lost ~9% to a second). */
+ * consumers' lock, which other consumers want). */
 static int queue_take(mp_queue *q, void *buf, size_t cap, size_t *len, mp_buf *out,
                       void **shared, double timeout, const _Atomic uint64_t *empty_at)
 {
