@@ -358,6 +358,17 @@ static int get_and_stop(void *arg)
     return get_signalled_copying(arg, SIGSTOP);
 }
 
+/* A new queue holding one 4 MiB item (filled with id 5), and the item's
+ * bytes, for the caller to free. */
+static unsigned char *queue_with_a_big_item(mp_queue **q)
+{
+    TU_OK(mp_queue_new(q, NULL));
+    unsigned char *item = malloc(4 * MIB);
+    fill(item, 4 * MIB, 5);
+    TU_OK(mp_queue_put(*q, item, 4 * MIB, 1));
+    return item;
+}
+
 /* A child that stopped while copying out the 4 MiB item at the head of q,
  * holding the consumers' lock. */
 static pid_t consumer_stopped_copying(mp_queue *q)
@@ -384,10 +395,7 @@ static void test_a_getter_held_for_most_of_its_timeout_waits_no_longer(void **st
 {
     (void)state;
     mp_queue *q;
-    TU_OK(mp_queue_new(&q, NULL));
-    unsigned char *item = malloc(4 * MIB);
-    fill(item, 4 * MIB, 5);
-    TU_OK(mp_queue_put(q, item, 4 * MIB, 1));
+    unsigned char *item = queue_with_a_big_item(&q);
     pid_t pid = consumer_stopped_copying(q);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, continue_later, &pid), 0);
@@ -414,10 +422,7 @@ static void test_a_stopped_consumer_holds_no_getter_past_its_timeout(void **stat
 {
     (void)state;
     mp_queue *q;
-    TU_OK(mp_queue_new(&q, NULL));
-    unsigned char *item = malloc(4 * MIB);
-    fill(item, 4 * MIB, 5);
-    TU_OK(mp_queue_put(q, item, 4 * MIB, 1));
+    unsigned char *item = queue_with_a_big_item(&q);
     TU_OK(mp_queue_put(q, "small", 5, 1));
     pid_t pid = consumer_stopped_copying(q);
     mp_buf b = { 0 };
