@@ -14,7 +14,8 @@
 #include "manager/pyvalue.h"
 
 /* The input as one pickle; if it is a key, its store form must come back
- * unchanged from the pickle the server writes for it. */
+ * unchanged from the pickle the server writes for it (but for a key with
+ * a NaN in it, which is a new key each time, as in Python). */
 static void key_round_trip(const uint8_t *data, size_t size)
 {
     struct pk_arena a = { 0 }, a2 = { 0 };
@@ -27,8 +28,9 @@ static void key_round_trip(const uint8_t *data, size_t size)
         pk_begin(&w, &out);
         if (pv_key_write(&w, key.p, key.len, 0) != 0 || pk_end(&w) != 0)
             __builtin_trap();
+        bool nan = memmem(key.p, key.len, "\xffn", 2) != NULL;
         if (pk_read(&a2, out.data, out.len, &back, &why) != 0 || pv_key(back, &k2, &key2) != 0 ||
-            key2.len != key.len || memcmp(key2.p, key.p, key.len) != 0)
+            (!nan && (key2.len != key.len || memcmp(key2.p, key.p, key.len) != 0)))
             __builtin_trap();
     }
     mp_buf_free(&k1);

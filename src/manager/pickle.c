@@ -268,6 +268,10 @@ static int read_long(struct pk_reader *r, int lenbytes)
         return fail(r, "truncated pickle");
     const uint8_t *b = r->p;
     r->p += len;
+    /* Sign bytes Python's minimal encoding leaves out (another writer's
+     * pickle may carry them): one number, one node, whoever wrote it. */
+    while (len > 1 && ((b[len - 1] == 0 && !(b[len - 2] & 0x80)) || (b[len - 1] == 0xff && (b[len - 2] & 0x80))))
+        len--;
     struct pk_node *n = node_new(r, PK_INT);
     if (!n)
         return MP_EPROTO;

@@ -102,6 +102,17 @@ const char *py_type_name(const struct pk_node *n)
     return k < sizeof NAMES / sizeof NAMES[0] && NAMES[k] ? NAMES[k] : "object";
 }
 
+bool py_int_clamped(const struct pk_node *n, int64_t *v)
+{
+    if (is_int(n))
+        *v = n->i;
+    else if (n && n->kind == PK_BIGINT && n->len)  /* the reader left it past int64 */
+        *v = n->p[n->len - 1] & 0x80 ? INT64_MIN : INT64_MAX;
+    else
+        return false;
+    return true;
+}
+
 bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *stop, int64_t *step)
 {
     if (!n || n->kind != PK_OBJECT || n->op != 'R' || n->kids[0]->kind != PK_GLOBAL || n->kids[1]->n != 3)
@@ -109,9 +120,13 @@ bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *
     const struct pk_node *g = n->kids[0], *a = n->kids[1];
     if (g->len != 8 || memcmp(g->p, "builtins", 8) || g->len2 != 5 || memcmp(g->p2, "slice", 5))
         return false;
-    *step = a->kids[2]->kind == PK_NONE ? 1 : a->kids[2]->i;
-    if (*step == 0 || (a->kids[2]->kind != PK_NONE && !is_int(a->kids[2])))
+    *step = 1;
+    if (a->kids[2]->kind != PK_NONE && !py_int_clamped(a->kids[2], step))
         return false;
+    if (*step == 0)
+        return false;
+    if (*step < -INT64_MAX)
+        *step = -INT64_MAX;                   /* as Python's slice.indices, so -step fits */
     int64_t v[2];
     for (int k = 0; k < 2; k++) {
         const struct pk_node *x = a->kids[k];
@@ -119,9 +134,9 @@ bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *
             v[k] = k == 0 ? (*step > 0 ? 0 : len - 1) : (*step > 0 ? len : -1);
             continue;
         }
-        if (!is_int(x))
+        if (!py_int_clamped(x, &v[k]))
             return false;
-        v[k] = x->i < 0 ? x->i + len : x->i;
+        v[k] = v[k] < 0 ? v[k] + len : v[k];
         int64_t lo = *step > 0 ? 0 : -1, hi = *step > 0 ? len : len - 1;
         v[k] = v[k] < lo ? lo : v[k] > hi ? hi : v[k];
     }

@@ -205,7 +205,7 @@ int pylist_extend_from(struct pycall *c, struct pk_node *src)
 
 /* Index of the first item equal to n at or after start, or -1; with
  * count, counts them all. */
-static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int64_t *count)
+static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int64_t stop, int64_t *count)
 {
     struct mval v;
     struct sreply r;
@@ -213,6 +213,8 @@ static int64_t list_find(struct pycall *c, struct pk_node *n, int64_t start, int
     if (pv_value(n, &c->cx->tmp2, true, &v) < 0)
         return -1;
     int64_t len = list_len(c);
+    if (stop < len)
+        len = stop;
     if (count)
         *count = 0;
     for (int64_t i = start < 0 ? 0 : start; i < len; i++) {
@@ -539,7 +541,12 @@ static bool list_index(struct pycall *c, bool pop, struct mval *at)
     struct pk_node *a0 = py_pos(c, 0);
     *at = mint(pop && !a0 ? -1 : is_int(a0) ? a0->i : 0);
     char msg[96];
-    if (!pop && !is_int(a0)) {
+    if (a0 && a0->kind == PK_BIGINT) {
+        if (pop)
+            py_raise_msg(c->cx, "OverflowError", "Python int too large to convert to C ssize_t");
+        else
+            py_raise_msg(c->cx, "IndexError", "cannot fit 'int' into an index-sized integer");
+    } else if (!pop && !is_int(a0)) {
         snprintf(msg, sizeof msg, "list indices must be integers or slices, not %s", py_type_name(a0));
         py_raise_msg(c->cx, "TypeError", msg);
     } else if (pop && a0 && !is_int(a0)) {
@@ -643,6 +650,10 @@ static void list_delitem(struct pycall *c)
 static void list_insert(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0), *a1 = py_pos(c, 1);
+    if (a0 && a0->kind == PK_BIGINT && a1) {
+        py_raise_msg(c->cx, "OverflowError", "Python int too large to convert to C ssize_t");
+        return;
+    }
     if (!is_int(a0) || !a1) {
         py_raise_msg(c->cx, "TypeError", "insert takes an index and an item");
         return;
@@ -658,7 +669,7 @@ static void list_insert(struct pycall *c)
 static void list_contains(struct pycall *c)
 {
     struct pk_node *a0 = py_pos(c, 0);
-    py_ret_bool(c->cx, a0 && list_find(c, a0, 0, NULL) >= 0);
+    py_ret_bool(c->cx, a0 && list_find(c, a0, 0, INT64_MAX, NULL) >= 0);
 }
 
 static void list_count(struct pycall *c)
@@ -666,15 +677,26 @@ static void list_count(struct pycall *c)
     struct pk_node *a0 = py_pos(c, 0);
     int64_t count = 0;
     if (a0)
-        list_find(c, a0, 0, &count);
+        list_find(c, a0, 0, INT64_MAX, &count);
     py_ret_int(c->cx, count);
 }
 
+/* index(x[, start[, stop]]): start and stop as Python's list.index takes
+ * them (ints past int64 clamped, negatives from the end). */
 static void list_index_method(struct pycall *c)
 {
-    struct pk_node *a0 = py_pos(c, 0), *a1 = py_pos(c, 1);
-    int64_t from = is_int(a1) ? (a1->i < 0 ? a1->i + list_len(c) : a1->i) : 0;
-    int64_t found = a0 ? list_find(c, a0, from, NULL) : -1;
+    struct pk_node *a0 = py_pos(c, 0);
+    int64_t len = list_len(c), bound[2] = { 0, INT64_MAX };
+    for (uint32_t k = 0; k < 2; k++) {
+        struct pk_node *b = py_pos(c, k + 1);
+        if (b && !py_int_clamped(b, &bound[k])) {
+            py_raise_msg(c->cx, "TypeError", "slice indices must be integers or have an __index__ method");
+            return;
+        }
+        if (bound[k] < 0)
+            bound[k] = bound[k] + len < 0 ? 0 : bound[k] + len;
+    }
+    int64_t found = a0 ? list_find(c, a0, bound[0], bound[1], NULL) : -1;
     if (found < 0)
         py_raise_about(c->cx, "ValueError", "%s is not in list", a0, "item is not in list");
     else
@@ -692,7 +714,7 @@ static void list_remove(struct pycall *c)
         py_raise_msg(c->cx, "TypeError", msg);
         return;
     }
-    int64_t found = a0 ? list_find(c, a0, 0, NULL) : -1;
+    int64_t found = a0 ? list_find(c, a0, 0, INT64_MAX, NULL) : -1;
     if (found < 0) {
         py_raise_msg(c->cx, "ValueError", "list.remove(x): x not in list");
         return;

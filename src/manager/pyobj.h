@@ -185,6 +185,10 @@ const struct pk_node *py_arg(const struct pycall *c, uint32_t i, const char *nam
 bool py_truthy(const struct pk_node *n, bool dflt);
 /* Python's name for the type of a node ("str", "float", ...; "object" for instances). */
 const char *py_type_name(const struct pk_node *n);
+/* An int node (int, bool, or one past int64, which is clamped to
+ * INT64_MIN or INT64_MAX as Python clamps slice bounds) as *v: false for
+ * any other node. */
+bool py_int_clamped(const struct pk_node *n, int64_t *v);
 /* A builtins.slice(start, stop, step) node resolved against len, as
  * slice.indices does: false if n is no slice (or its step is 0). */
 bool py_slice_of(const struct pk_node *n, int64_t len, int64_t *start, int64_t *stop, int64_t *step);

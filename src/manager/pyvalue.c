@@ -5,6 +5,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,19 @@ static bool number_node(const struct mval *v, struct pk_node *n)
 
 static int key_put(mp_buf *b, const struct pk_node *n, int depth, bool lists);
 
+/* Whether f is an int64 value: integral and in range (false for NaN and
+ * the infinities). */
+static bool float_is_int64(double f)
+{
+    return f >= -9223372036854775808.0 && f < 9223372036854775808.0 && f == floor(f);
+}
+
+/* Python's i == f, exact: 2**53 + 1 is not 2.0**53, which (double)i would say. */
+static bool int_equals_float(int64_t i, double f)
+{
+    return float_is_int64(f) && (int64_t)f == i;
+}
+
 bool pv_number(const struct mval *v, bool *is_int, int64_t *i, double *f)
 {
     struct pk_node n;
@@ -169,7 +183,9 @@ bool pv_equal(const struct mval *a, const struct mval *b)
     if (number_node(a, &x) && number_node(b, &y)) {
         if (x.kind == PK_INT && y.kind == PK_INT)
             return x.i == y.i;
-        return (x.kind == PK_INT ? (double)x.i : x.f) == (y.kind == PK_INT ? (double)y.i : y.f);
+        if (x.kind == PK_FLOAT && y.kind == PK_FLOAT)
+            return x.f == y.f;
+        return x.kind == PK_INT ? int_equals_float(x.i, y.f) : int_equals_float(y.i, x.f);
     }
     if (a->type == MV_BYTES && b->type == MV_BYTES && a->tag == b->tag && a->len == b->len &&
         (a->len == 0 || memcmp(a->p, b->p, a->len) == 0))
@@ -210,11 +226,70 @@ static int hex_put(mp_buf *b, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* An int's bytes as pickle's LONG1 and LONG4 carry them (two's complement,
+ * little-endian) without the sign bytes Python's minimal encoding leaves
+ * out, so that every writer's bytes for one number are one key. */
+static size_t bigint_trim(const uint8_t *p, size_t n)
+{
+    while (n > 1 && ((p[n - 1] == 0 && !(p[n - 2] & 0x80)) || (p[n - 1] == 0xff && (p[n - 2] & 0x80))))
+        n--;
+    return n;
+}
+
+/* The bytes (as bigint_trim leaves them) of the int a finite, integral f
+ * equals; out holds any double's (2**1024 takes 129 bytes). */
+#define FLOAT_INT_BYTES 130
+static size_t float_int_bytes(double f, uint8_t out[FLOAT_INT_BYTES])
+{
+    int e;
+    uint64_t mant = (uint64_t)ldexp(frexp(fabs(f), &e), 53);   /* |f| = mant * 2**(e - 53) */
+    memset(out, 0, FLOAT_INT_BYTES);
+    for (int bit = 0; bit < 53; bit++) {
+        int at = bit + e - 53;
+        if (at >= 0 && (mant >> bit & 1))
+            out[at / 8] |= (uint8_t)(1u << (at % 8));
+    }
+    size_t n = (size_t)e / 8 + 2;             /* the magnitude's bytes and a sign byte */
+    if (f < 0) {
+        unsigned carry = 1;
+        for (size_t i = 0; i < n; i++) {
+            unsigned v = (uint8_t)~out[i] + carry;
+            out[i] = (uint8_t)v;
+            carry = v >> 8;
+        }
+    }
+    return bigint_trim(out, n);
+}
+
+/* An int's bytes as a key: "i" and its digits if it fits in an int64, else
+ * "L" and the hex of its trimmed bytes. */
+static int int_key_put(mp_buf *b, const uint8_t *p, size_t n)
+{
+    n = bigint_trim(p, n);
+    if (n > 8) {
+        int rc = mp_buf_append(b, "\xffL", 2);
+        return rc < 0 ? rc : hex_put(b, p, n);
+    }
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;)
+        v = v << 8 | p[i];
+    if (n < 8 && (p[n - 1] & 0x80))
+        v |= ~(uint64_t)0 << (8 * n);          /* sign-extend */
+    char num[32];
+    snprintf(num, sizeof num, "\xffi%" PRId64, (int64_t)v);
+    return mp_buf_append(b, num, strlen(num));
+}
+
+/* A NaN key is a key of its own: Python's dict finds a key by identity or
+ * ==, and each NaN the server unpickles is a new object equal to nothing,
+ * so d[nan] = 1 twice makes two keys and d[nan] finds neither. */
+static _Atomic uint64_t nan_keys;
+
 static int key_put(mp_buf *b, const struct pk_node *n, int depth, bool lists)
 {
     char num[64];
     int rc;
-    if (depth > 16)
+    if (depth > PK_MAX_DEPTH)
         return MP_ETYPE;
     if (b->len > MSG_MAX_KEY)      /* a tuple the memo repeats could expand without end */
         return MP_ETOOBIG;
@@ -228,13 +303,19 @@ static int key_put(mp_buf *b, const struct pk_node *n, int depth, bool lists)
         snprintf(num, sizeof num, "\xffi%" PRId64, n->i);
         return mp_buf_append(b, num, strlen(num));
     case PK_FLOAT:
-        if (n->f == floor(n->f) && fabs(n->f) < 9.2e18)
+        if (float_is_int64(n->f)) {
             snprintf(num, sizeof num, "\xffi%" PRId64, (int64_t)n->f);
-        else
+        } else if (isfinite(n->f) && n->f == floor(n->f)) {
+            uint8_t bytes[FLOAT_INT_BYTES];       /* the int it equals, as that int's key */
+            return int_key_put(b, bytes, float_int_bytes(n->f, bytes));
+        } else if (isnan(n->f)) {
+            snprintf(num, sizeof num, "\xffn%" PRIu64, atomic_fetch_add(&nan_keys, 1));
+        } else {
             snprintf(num, sizeof num, "\xff" "f%a", n->f);
+        }
         return mp_buf_append(b, num, strlen(num));
     case PK_BIGINT:
-        return (rc = mp_buf_append(b, "\xffL", 2)) < 0 ? rc : hex_put(b, n->p, n->len);
+        return n->len ? int_key_put(b, n->p, n->len) : mp_buf_append(b, "\xffi0", 3);
     case PK_BYTES:
         return (rc = mp_buf_append(b, "\xff" "b", 2)) < 0 ? rc : hex_put(b, n->p, n->len);
     case PK_NONE:
@@ -302,7 +383,7 @@ int pv_key_write(struct pk_writer *w, const uint8_t *p, size_t n, int depth)
         pk_str(w, p, n);
         return 0;
     }
-    if (n < 2 || depth > 16)
+    if (n < 2 || depth > PK_MAX_DEPTH)
         return MP_EPROTO;
     char buf[80];
     mp_buf tmp = { 0 };
@@ -321,6 +402,9 @@ int pv_key_write(struct pk_writer *w, const uint8_t *p, size_t n, int depth)
         return 0;
     case 'N':
         pk_none(w);
+        return 0;
+    case 'n':
+        pk_float(w, NAN);
         return 0;
     case 's':
     case 'b':

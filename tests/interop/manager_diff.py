@@ -1588,6 +1588,69 @@ def sc_equality_that_runs_code(m, r):
     r("Fraction == float", lambda: fractions.Fraction(5, 2) in lst)
 
 
+def sc_numbers_equal_across_types(m, r):
+    d = m.dict()
+    d[2**63] = "big"
+    d[2**100] = "huge"
+    d[-2**64] = "neg"
+    r("float of 2**63", lambda: d[float(2**63)])
+    r("float of 2**100", lambda: d.get(2.0**100))
+    r("float of -2**64", lambda: d.get(-2.0**64))
+    r("keys", lambda: sorted(d.keys()))
+    d[float(2**70)] = "f70"
+    r("int of float 2**70", lambda: d.get(2**70))
+    r("True is 1", lambda: (d.__setitem__(1, "one"), d.get(True))[1])
+    lst = m.list([2**100, 2**63, 1.5])
+    r("count 2.0**100", lst.count, 2.0**100)
+    r("index float 2**63", lst.index, float(2**63))
+    r("in", lambda: 2.0**100 in lst)
+    r("remove by float", lambda: (lst.remove(2.0**63), lst[:])[1])
+    d[2**53 + 1] = "odd"
+    r("2**53 + 1 is not 2.0**53", lambda: d.get(float(2**53)))
+    r("count exact", m.list([2**53 + 1, 2**63 - 1]).count, 2.0**53)
+    r("2**63 - 1 is not 2.0**63", lambda: 2.0**63 in m.list([2**63 - 1]))
+    r("tuple of a big float", lambda: (d.__setitem__((1, 2**64), "t"), d.get((1.0, 2.0**64)))[1])
+    r("infinity", lambda: (d.__setitem__(float("inf"), "inf"), d.get(float("inf")), d.get(-float("inf")))[1:])
+
+
+def sc_nan_keys(m, r):
+    d = m.dict()
+    nan = float("nan")
+    d[nan] = 1
+    d[nan] = 2
+    r("len", len, d)
+    r("get", lambda: d.get(float("nan"), "none"))
+    lst = m.list([nan])
+    r("count", lst.count, nan)
+    r("in", lambda: nan in lst)
+
+
+def sc_list_indices_past_ssize_t(m, r):
+    lst = m.list([1, 2, 3])
+    r("getitem", lambda: lst[2**70])
+    r("getitem neg", lambda: lst[-2**70])
+    r("setitem", lambda: lst.__setitem__(2**70, 0))
+    r("delitem", lambda: lst.__delitem__(2**70))
+    r("insert", lst.insert, 2**70, 9)
+    r("pop", lst.pop, 2**70)
+    r("slice step", lambda: lst[::2**70])
+    r("slice neg step", lambda: lst[::-2**70])
+    r("slice bounds", lambda: lst[-2**70:2**70])
+    r("index range", lst.index, 2, 2**70)
+    r("index neg range", lst.index, 2, -2**70, 2**70)
+    r("state", lambda: lst[:])
+
+
+def sc_deeply_nested_tuple_keys(m, r):
+    d = m.dict()
+    for depth in (15, 16, 17, 40):
+        k = 1
+        for _ in range(depth):
+            k = (k,)
+        r("set %d" % depth, d.__setitem__, k, depth)
+        r("get %d" % depth, d.get, k)
+
+
 class QueueManager(BaseManager):
     pass
 
