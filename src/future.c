@@ -16,12 +16,26 @@
 
 #define SPIN_NS 20000
 
+/* The future whose on_done callbacks this thread is running (NULL: none). */
+static __thread const mp_future *callbacks_of;
+
 bool future_valid(const mp_future *f)
 {
-    /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused. */
+    /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused; but
+     * its own callbacks keep their handle to the end (task_run_callbacks),
+     * freed by its caller meanwhile or not. */
     return f && arena_contains(f, sizeof *f) &&
            atomic_load_explicit(&f->magic, memory_order_relaxed) == MAGIC_FUTURE &&
-           !(atomic_load_explicit(&f->state, memory_order_relaxed) & TASK_DETACHED);
+           (!(atomic_load_explicit(&f->state, memory_order_relaxed) & TASK_DETACHED) ||
+            f == callbacks_of);
+}
+
+bool task_settled(const mp_future *f, uint32_t s)
+{
+    if (!state_final(s))
+        return false;
+    return !(s & TASK_NOTIFY) || (s & TASK_PROCESSED) ||
+           f == callbacks_of || pool_thread_serves(f->sh) || f->callbacks_pid != pool_self_pid();
 }
 
 mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
@@ -109,7 +123,15 @@ int task_finish_as(mp_future *f, uint32_t from, int rc, int code, bool callbacks
 
 void task_processed(mp_future *f)
 {
+    struct pool_shared *sh = f->sh;
     uint32_t s = atomic_fetch_or(&f->state, TASK_PROCESSED);
+    /* Waiters in the callbacks' process wait for this (task_settled). */
+    if (s & TASK_WAITERS)
+        futex_wake(&f->state, INT_MAX);
+    if (atomic_load(&sh->any_waiters)) {
+        atomic_fetch_add(&sh->any_seq, 1);
+        futex_wake(&sh->any_seq, INT_MAX);
+    }
     if (s & TASK_DETACHED)
         task_free(f);
 }
@@ -126,22 +148,25 @@ void task_run_callbacks(mp_future *f)
     if (!list)
         return;
     uint32_t freed = atomic_fetch_and(&f->state, ~TASK_DETACHED) & TASK_DETACHED;
+    const mp_future *outer = callbacks_of;   /* a callback's cancel runs another's here */
+    callbacks_of = f;
     for (struct callback *c = list, *next; c; c = next) {
         next = c->next;
         c->cb(f, c->ctx);
         pool_mem_free(c);
     }
+    callbacks_of = outer;
     if (freed)
         atomic_fetch_or(&f->state, TASK_DETACHED);
 }
 
-static bool spin_until_final(mp_future *f)
+static bool spin_until_settled(mp_future *f)
 {
     if (!several_cpus())
         return false;
     uint64_t start = now_ns();
     for (unsigned i = 0;; i++) {
-        if (state_final(atomic_load_explicit(&f->state, memory_order_acquire)))
+        if (task_settled(f, atomic_load_explicit(&f->state, memory_order_acquire)))
             return true;
         sched_yield();               /* the worker we wait for may need this CPU */
         if ((i & 7) == 7 && now_ns() - start > SPIN_NS)
@@ -151,15 +176,15 @@ static bool spin_until_final(mp_future *f)
 
 int task_wait(mp_future *f, const mp_deadline *d)
 {
-    if (state_final(atomic_load(&f->state)))
+    if (task_settled(f, atomic_load(&f->state)))
         return 0;
     if (deadline_passed(d))
         return MP_ETIMEDOUT;
-    if (spin_until_final(f))
+    if (spin_until_settled(f))
         return 0;
     for (;;) {
         uint32_t s = atomic_load(&f->state);
-        if (state_final(s))
+        if (task_settled(f, s))
             return 0;
         if (!(s & TASK_WAITERS)) {
             if (!atomic_compare_exchange_weak(&f->state, &s, s | TASK_WAITERS))
@@ -167,7 +192,7 @@ int task_wait(mp_future *f, const mp_deadline *d)
             s |= TASK_WAITERS;
         }
         if (futex_wait(&f->state, s, d) == MP_ETIMEDOUT)
-            return state_final(atomic_load(&f->state)) ? 0 : MP_ETIMEDOUT;
+            return task_settled(f, atomic_load(&f->state)) ? 0 : MP_ETIMEDOUT;
     }
 }
 
@@ -211,7 +236,7 @@ int mp_future_wait(mp_future *f, double timeout)
 
 bool mp_future_done(mp_future *f)
 {
-    return future_valid(f) && state_final(atomic_load(&f->state));
+    return future_valid(f) && task_settled(f, atomic_load(&f->state));
 }
 
 int mp_future_result(mp_future *f, mp_buf *out, double timeout)
@@ -257,7 +282,7 @@ int mp_future_result(mp_future *f, mp_buf *out, double timeout)
 
 int mp_future_code(mp_future *f)
 {
-    if (!future_valid(f) || !state_final(atomic_load(&f->state)))
+    if (!future_valid(f) || !task_settled(f, atomic_load(&f->state)))
         return 0;
     return task_code(f->rc, f->code);
 }
@@ -271,7 +296,7 @@ static int finished_check(mp_future *f, const void *out, const char *out_name,
         return mp_fail_handle(fn, "f", f);
     if (!out)
         return mp_fail(MP_EINVAL, fn, "%s is NULL", out_name);
-    if (!state_final(atomic_load(&f->state)))
+    if (!task_settled(f, atomic_load(&f->state)))
         return mp_fail(MP_ESTATE, fn, "the %s has not finished; wait for it first", what);
     return 0;
 }
@@ -354,6 +379,7 @@ int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
     c->next = NULL;
     pthread_mutex_t *lock = pool_lock(f->owner);
     pthread_mutex_lock(lock);
+    f->callbacks_pid = pool_self_pid();  /* before NOTIFY, which the CAS publishes */
     uint32_t s = atomic_load(&f->state);
     while (!state_final(s) && !atomic_compare_exchange_weak(&f->state, &s, s | TASK_NOTIFY))
         ;
@@ -416,7 +442,7 @@ static bool wait_satisfied(mp_future **fs, size_t n, const bool *repeat, int mod
         if (repeat && repeat[i])
             continue;
         distinct++;
-        if (!state_final(atomic_load(&fs[i]->state)))
+        if (!task_settled(fs[i], atomic_load(&fs[i]->state)))
             continue;
         count++;
         failed |= fs[i]->rc != 0 && fs[i]->rc != MP_ECANCELLED;
@@ -439,7 +465,7 @@ static struct pool_shared *pending_pool(mp_future **fs, size_t n, bool *mixed)
     struct pool_shared *sh = NULL;
     *mixed = false;
     for (size_t i = 0; i < n; i++) {
-        if (state_final(atomic_load(&fs[i]->state)))
+        if (task_settled(fs[i], atomic_load(&fs[i]->state)))
             continue;
         if (sh && fs[i]->sh != sh)
             *mixed = true;

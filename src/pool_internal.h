@@ -72,6 +72,7 @@ struct mp_future {
                                          * named here from its taking on */
     size_t out_len;
     struct callback *callbacks;         /* creating process only, under owner's lock */
+    pid_t callbacks_pid;                /* where they run: set before TASK_NOTIFY */
     struct job *job;                    /* chunks: their map or imap; KIND_JOB: its own */
     size_t start, count;                /* chunks: items [start, start + count) */
     _Atomic size_t cur;                 /* chunks: items finished so far */
@@ -142,7 +143,14 @@ int task_finish(mp_future *f, uint32_t from, int rc, int code);
  * to the caller (1), which runs them (task_run_callbacks, task_processed)
  * instead of the result thread. */
 int task_finish_as(mp_future *f, uint32_t from, int rc, int code, bool callbacks_here);
+/* Waits until f is done as its caller sees it (task_settled). */
 int task_wait(mp_future *f, const mp_deadline *d);
+/* Whether f, in state s, is done as its caller sees it: final, and (in the
+ * process its on_done callbacks run in) those callbacks have returned, as
+ * Python's AsyncResult runs callback= before get() returns. A thread that
+ * runs them (f's own callbacks, or any on its pool's result thread, which
+ * runs them one after another) sees f done once final. */
+bool task_settled(const mp_future *f, uint32_t s);
 void task_run_callbacks(mp_future *f);
 /* The collector marks a NOTIFY task handled; frees it if detached. */
 void task_processed(mp_future *f);

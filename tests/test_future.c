@@ -387,6 +387,91 @@ static void test_future_callback_cannot_wait_for_its_own_pool(void **state)
     mp_pool_free(p);
 }
 
+/* A callback slow enough that a wait which did not wait for it would
+ * return first. */
+struct slow_cb { _Atomic int started, finished, rc, code; };
+
+static void slow_callback(mp_future *f, void *ctx)
+{
+    struct slow_cb *r = ctx;
+    atomic_store(&r->started, 1);
+    usleep(100 * 1000);
+    r->rc = mp_future_result(f, NULL, 0);
+    r->code = mp_future_code(f);
+    atomic_store(&r->finished, 1);
+}
+
+/* Python's AsyncResult runs callback= before wait() and get() return, so
+ * what the callback did is there to read after them. */
+static void test_wait_and_result_return_after_the_callbacks(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    mp_future *f = submit_int(p, t_fail_with_input, 42);
+    struct slow_cb r = { 0 };
+    TU_OK(mp_future_on_done(f, slow_callback, &r));
+    TU_OK(mp_future_wait(f, 30));
+    assert_int_equal(atomic_load(&r.finished), 1);
+    assert_true(mp_future_done(f));
+    TU_ASSERT_RC(r.rc, MP_ETASK);
+    assert_int_equal(r.code, 42);
+
+    mp_future *g = submit_int(p, t_fail_with_input, 7);
+    struct slow_cb r2 = { 0 };
+    TU_OK(mp_future_on_done(g, slow_callback, &r2));
+    mp_buf out = { 0 };
+    TU_ASSERT_RC(mp_future_result(g, &out, 30), MP_ETASK);
+    assert_int_equal(atomic_load(&r2.finished), 1);
+    assert_int_equal(mp_future_code(g), 7);
+    mp_future *both[] = { f, g };
+    assert_int_equal(mp_futures_wait(both, 2, MP_ALL_COMPLETED, 0), 2);
+    mp_buf_free(&out);
+    mp_future_free(f);
+    mp_future_free(g);
+    mp_pool_free(p);
+}
+
+struct freed_under { _Atomic int started, freed, rc, code; char out[4]; };
+
+static bool flag_set(void *arg) { return atomic_load((_Atomic int *)arg) != 0; }
+
+static void reads_after_free(mp_future *f, void *ctx)
+{
+    struct freed_under *r = ctx;
+    atomic_store(&r->started, 1);
+    tu_wait_for(flag_set, &r->freed, 30);
+    mp_buf out = { 0 };
+    r->rc = mp_future_result(f, &out, 0);
+    r->code = mp_future_code(f);
+    if (out.len == 3)
+        memcpy(r->out, out.data, 3);
+    mp_buf_free(&out);
+    atomic_store(&r->started, 2);
+}
+
+static bool callback_ended(void *arg) { return atomic_load(&((struct freed_under *)arg)->started) == 2; }
+
+/* The header's promise: f stays valid until all its callbacks have
+ * returned, even when its caller frees it while one runs. */
+static void test_a_callback_keeps_its_future_when_the_caller_frees_it_meanwhile(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    mp_future *f = submit_int(p, t_fail_with_input, 42);
+    struct freed_under r = { 0 };
+    TU_OK(mp_future_on_done(f, reads_after_free, &r));
+    assert_true(tu_wait_for(flag_set, &r.started, 30));
+    mp_future_free(f);                   /* while its callback runs */
+    atomic_store(&r.freed, 1);
+    assert_true(tu_wait_for(callback_ended, &r, 30));
+    TU_ASSERT_RC(r.rc, MP_ETASK);
+    assert_int_equal(r.code, 42);
+    assert_memory_equal(r.out, "bad", 3);
+    TU_OK(mp_pool_close(p));
+    TU_OK(mp_pool_join(p, 30));
+    mp_pool_free(p);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -402,6 +487,8 @@ int main(void)
         cmocka_unit_test(test_future_cancel_runs_its_callbacks_before_it_returns),
         cmocka_unit_test(test_future_of_a_map_takes_callbacks_and_waits),
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
+        cmocka_unit_test(test_wait_and_result_return_after_the_callbacks),
+        cmocka_unit_test(test_a_callback_keeps_its_future_when_the_caller_frees_it_meanwhile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
