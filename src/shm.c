@@ -32,7 +32,7 @@ struct mp_shm {                 /* in the arena */
     ino_t ino;                  /* again is another one */
     uint64_t made;              /* when (now_ns): tells this handle from one freed at
                                  * the same address */
-    char name[NAME_MAX + 2];    /* with the leading '/' */
+    char name[NAME_MAX + 3];    /* with the leading '/', and the caller's own if it gave one */
 };
 
 /* Where this process mapped each handle. A handle freed by its creator
@@ -189,9 +189,10 @@ static int check_shm_args(const char *fn, const char *name, size_t size, int fla
         return mp_fail(MP_EINVAL, fn, "a new segment needs size > 0 (Python: ValueError)");
     if (size > (size_t)INT64_MAX)
         return mp_fail(MP_EINVAL, fn, "size %zu is too big", size);
-    if (name && strlen(name) > NAME_MAX)     /* as shm_open says */
-        return mp_fail(MP_EINVAL, fn, "name is %zu bytes; at most %d", strlen(name), NAME_MAX);
     const char *word = name && name[0] == '/' ? name + 1 : name;   /* a leading '/' is kept */
+    if (word && strlen(word) > NAME_MAX)     /* as shm_open says, past the leading '/' */
+        return mp_fail(MP_EINVAL, fn, "name is %zu bytes after any leading '/'; at most %d",
+                       strlen(word), NAME_MAX);
     if (word && !*word)
         return mp_fail(MP_EINVAL, fn, "name \"%s\" is empty; pass NULL with MP_CREATE for a "
                        "fresh one", name);

@@ -60,6 +60,24 @@ static void test_shm_new_refuses_bad_arguments(void **state)
     memset(longname, 'n', sizeof longname - 1);
     longname[sizeof longname - 1] = 0;
     TU_ASSERT_RC(mp_shm_new(&s, longname, 10, MP_CREATE), MP_EINVAL);    /* glibc: past NAME_MAX */
+    /* NAME_MAX bytes are the most, with a leading '/' or without (Python's
+     * SharedMemory takes "/" and 255 more); the name comes back as given. */
+    char longest[NAME_MAX + 2];
+    snprintf(longest, sizeof longest, "/%s", prefix);
+    memset(longest + 1 + strlen(prefix), 'm', NAME_MAX - strlen(prefix));
+    longest[NAME_MAX + 1] = 0;
+    for (int slash = 1; slash >= 0; slash--) {
+        const char *given = longest + !slash;
+        TU_OK(mp_shm_new(&s, given, 10, MP_CREATE | MP_EXCL));
+        assert_string_equal(mp_shm_name(s), given);
+        TU_OK(mp_shm_unlink(s));
+        mp_shm_free(s);
+    }
+    longest[NAME_MAX] = 'm';                       /* one more past the '/' */
+    char past[NAME_MAX + 3];
+    snprintf(past, sizeof past, "%sm", longest);
+    TU_ASSERT_RC(mp_shm_new(&s, past, 10, MP_CREATE), MP_EINVAL);
+    tu_last_error_has("name is 256 bytes after any leading '/'", NULL);
     assert_null(mp_shm_buf(NULL));
     assert_int_equal(mp_shm_size(NULL), 0);
     assert_null(mp_shm_name(NULL));
