@@ -1677,7 +1677,8 @@ int mp_queue_new(mp_queue **out, const mp_queue_opts *o)
 fail:
     arena_free(s);
     arena_free(q);
-    return queue_result(MP_ENOMEM, __func__, 0);
+    return mp_fail(MP_ENOMEM, __func__, "the shared arena has no room for a new queue "
+                   "(MPROC_ARENA_SIZE sets its size)");
 }
 
 int mp_queue_shutdown(mp_queue *q)
