@@ -61,7 +61,7 @@ enum {
 };
 
 MP_EXTERN const char *mp_strerror(int rc);  /* "timeout expired"; any int is accepted */
-MP_EXTERN const char *mp_errname(int rc);   /* "MP_ETIMEDOUT", "EBADF", ... */
+MP_EXTERN const char *mp_errname(int rc);   /* "OK" for 0, "MP_ETIMEDOUT", "EBADF", ... */
 /* The last error of this thread in a sentence that names the call, the
  * argument and the reason, and says what to do where that is known:
  * 'mp_listener_new: address "127.0.0.1:8080" has no scheme; use
@@ -97,7 +97,11 @@ typedef struct {
     mp_start_method method;
     size_t arg_size;         /* bytes at arg copied to the child (needed for spawn/forkserver);
                                 0: arg passed as is, so under spawn/forkserver it must
-                                point into shared memory (mp_shared_alloc) */
+                                point into shared memory (mp_shared_alloc), else
+                                mp_process_start refuses it (MP_EINVAL). Copied bytes
+                                are copied as they are: a pointer inside them to
+                                private memory (a string literal, the heap) means
+                                nothing in a spawned child */
     /* Descriptors the child keeps open at the same numbers, under every
      * method (Python's subprocess pass_fds): a pipe or an accepted socket
      * for the child to use. fork keeps them as they are; spawn keeps them
@@ -178,9 +182,11 @@ MP_EXTERN void mp_lock_free(mp_lock *l);        /* releases it first if the call
  * l held, and only if mp_lock_acquire(l, MP_FOREVER) returned 0 or
  * MP_EOWNERDEAD; otherwise (NULL or freed lock, -EDEADLK) it skips it.
  * MP_WITH_LOCK_RC(l, rc) also stores that code in the caller's int rc
- * before the body, so the caller can tell a skipped body (rc < 0 and not
- * MP_EOWNERDEAD) and repair after a dead holder (rc == MP_EOWNERDEAD).
- * Leave the body early with break (or continue): the lock is released.
+ * (any int lvalue) before the body, so the caller can tell a skipped body
+ * (rc < 0 and not MP_EOWNERDEAD) and repair after a dead holder
+ * (rc == MP_EOWNERDEAD). Leave the body early with break (or continue):
+ * the lock is released. Unlike Python's break inside `with`, it leaves
+ * only the body, not a loop around it: set a flag and break again after.
  * return and goto would skip the release. */
 typedef struct { mp_lock *lock; int rc, held, once; } mp__with_lock;
 static inline mp__with_lock mp__with_lock_begin(mp_lock *l)
@@ -208,10 +214,10 @@ static inline void mp__with_lock_end(mp__with_lock *w)
 #define MP__UNIQUE __LINE__
 #endif
 #define MP__WITH_LOCK_N(l, rc_store, n) MP__WITH_LOCK(l, rc_store, MP__CAT(mp__w_, n), MP__CAT(mp__run_, n))
-#define MP__WITH_LOCK_RC_N(l, rc, n) \
-    MP__WITH_LOCK(l, (rc) = MP__CAT(mp__w_, n).rc, MP__CAT(mp__w_, n), MP__CAT(mp__run_, n))
+#define MP__WITH_LOCK_RC_N(l, rc_lvalue, n) \
+    MP__WITH_LOCK(l, (rc_lvalue) = MP__CAT(mp__w_, n).rc, MP__CAT(mp__w_, n), MP__CAT(mp__run_, n))
 #define MP_WITH_LOCK(l) MP__WITH_LOCK_N((l), (void)0, MP__UNIQUE)
-#define MP_WITH_LOCK_RC(l, rc) MP__WITH_LOCK_RC_N((l), rc, MP__UNIQUE)
+#define MP_WITH_LOCK_RC(l, rc_lvalue) MP__WITH_LOCK_RC_N((l), rc_lvalue, MP__UNIQUE)
 
 /* value <= INT_MAX. No owner: a count taken by a process that dies is lost. */
 MP_EXTERN int  mp_semaphore_new(mp_semaphore **s, unsigned value);
@@ -281,8 +287,9 @@ MP_EXTERN int  mp_queue_get_buf(mp_queue *q, mp_buf *out, double timeout);   /* 
 MP_EXTERN int  mp_queue_put_nowait(mp_queue *q, const void *data, size_t len);
 MP_EXTERN int  mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len);
 /* Big items without a copy. p is a block from mp_shared_alloc, len <= its
- * size (else MP_EINVAL); on success the queue owns it, otherwise the caller
- * still does. get_shared hands the caller the item's block (*p is valid in
+ * room (what was asked for, rounded up to a multiple of 64; else
+ * MP_EINVAL); on success the queue owns it, otherwise the
+ * caller still does: put a block once, and leave it alone until it is got. get_shared hands the caller the item's block (*p is valid in
  * every process of the family; free it with mp_shared_free): an item put by
  * copy comes in a block of its own, and a plain get copies a shared one. */
 MP_EXTERN int  mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout);
@@ -441,7 +448,9 @@ MP_EXTERN int  mp_pool_apply_async(mp_pool *p, mp_fn fn, const void *in, size_t 
  * with MP_ETOOBIG). starmap is map over an array of argument structs. Every
  * item runs even when some fail; the call returns the error of the lowest
  * failing item (MP_ETASK, MP_ECRASHED, ...); map_async's future tells its
- * index (mp_future_failed_index) and code. out must stay valid until done. */
+ * index (mp_future_failed_index) and code. A failed item's out slot is
+ * zeros, and later failures are not told: use imap to see each item's
+ * code. out must stay valid until done. */
 MP_EXTERN int  mp_pool_map(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                            void *out, size_t out_size, size_t chunksize);   /* chunksize 0: automatic */
 MP_EXTERN int  mp_pool_map_async(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
@@ -451,7 +460,8 @@ MP_EXTERN int  mp_pool_map_async(mp_pool *p, mp_fn fn, const void *in, size_t n,
  * MP_EKILLED; mp_iter_code tells the task's code) or MP_EEOF after the last. */
 MP_EXTERN int  mp_pool_imap(mp_pool *p, mp_fn fn, const void *in, size_t n, size_t in_size,
                             size_t chunksize, bool unordered, mp_iter **it);
-MP_EXTERN int  mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout);  /* MP_EEOF at end */
+MP_EXTERN int  mp_iter_next(mp_iter *it, size_t *index, mp_buf *out, double timeout);  /* MP_EEOF at end;
+                                                   index or out NULL: not wanted */
 MP_EXTERN int  mp_iter_code(mp_iter *it);                   /* code of the item last returned */
 MP_EXTERN void mp_iter_free(mp_iter *it);                   /* safe while items are pending */
 MP_EXTERN int  mp_pool_close(mp_pool *p);       /* no more tasks; workers leave once all are done */
@@ -486,14 +496,17 @@ MP_EXTERN int  mp_future_failed_index(mp_future *f, size_t *index);   /* map: lo
 MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (result: MP_ECANCELLED)
                                                    or was cancelled already, else MP_ESTATE;
                                                    maps cannot be cancelled */
-/* cb runs once f is done: at once in the calling thread if it already is,
+/* cb runs once f's task has ended: at once in the calling thread if it has,
  * in the thread whose mp_future_cancel finishes it (before cancel returns,
  * as Python's; in the process that created the pool), else on the pool's
  * result thread in the process that created the pool.
  * That thread finishes maps and feeds imap iterators, so there a map of
  * that pool, or a wait for one (result, wait, mp_futures_wait with one
  * among fs, mp_iter_next of an imap or of as_completed over one), returns
- * MP_ESTATE at once (a timeout of 0 still polls); an apply works. */
+ * MP_ESTATE at once (a timeout of 0 still polls); an apply works.
+ * In the process that made the pool, f is done (mp_future_wait, result,
+ * done, mp_futures_wait, as_completed) once its callbacks have returned,
+ * as Python's AsyncResult runs callback= before get() returns. */
 MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx);
 enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
 /* Count done when the mode is met or at the timeout (like Python's wait:
@@ -535,6 +548,8 @@ MP_EXTERN const char *mp_manager_address(const mp_manager *m);
 MP_EXTERN const void *mp_manager_authkey(const mp_manager *m, size_t *len);
 MP_EXTERN pid_t mp_manager_pid(const mp_manager *m);   /* server pid if started here, else -1 */
 MP_EXTERN int  mp_manager_shutdown(mp_manager *m);   /* MP_ESTATE unless started by this process */
+/* Closes the connection; a manager started by this process is shut down
+ * first (its server stops, as Python's manager does when it is collected). */
 MP_EXTERN void mp_manager_free(mp_manager *m);
 
 MP_EXTERN int mp_dict_open(mp_manager *m, const char *name, mp_dict **d);   /* created if missing */
@@ -549,9 +564,9 @@ MP_EXTERN int mp_dict_len(mp_dict *d, size_t *n);
 MP_EXTERN int mp_dict_keys(mp_dict *d, mp_buf *keys);
 MP_EXTERN int mp_dict_clear(mp_dict *d);
 MP_EXTERN int mp_dict_set_i64(mp_dict *d, const char *key, int64_t v);
-MP_EXTERN int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v);     /* MP_ETYPE */
+MP_EXTERN int mp_dict_get_i64(mp_dict *d, const char *key, int64_t *v);     /* MP_ENOTFOUND, MP_ETYPE */
 MP_EXTERN int mp_dict_set_f64(mp_dict *d, const char *key, double v);
-MP_EXTERN int mp_dict_get_f64(mp_dict *d, const char *key, double *v);
+MP_EXTERN int mp_dict_get_f64(mp_dict *d, const char *key, double *v);     /* MP_ENOTFOUND, MP_ETYPE */
 /* Adds delta on the server (a missing key counts as 0): no update is lost
  * between processes. result may be NULL; MP_ETYPE for a non-integer value,
  * MP_ERANGE on overflow. */
@@ -572,9 +587,12 @@ MP_EXTERN int mp_manager_queue(mp_manager *m, const char *name, size_t maxsize, 
 MP_EXTERN int mp_mqueue_put(mp_mqueue *q, const void *data, size_t len, double timeout);
 MP_EXTERN int mp_mqueue_get(mp_mqueue *q, mp_buf *out, double timeout);
 MP_EXTERN void mp_mqueue_free(mp_mqueue *q);
-/* A plain Lock, taken with the same mp_lock_* calls. Its holder is the thread
- * that took it through this handle: -EDEADLK when that thread acquires it
- * again through the handle with MP_FOREVER; other threads and processes wait. */
+/* A plain Lock, taken with the same mp_lock_* calls and freed with
+ * mp_lock_free (which releases it if this thread holds it). Its holder is
+ * the thread that took it through this handle: -EDEADLK when that thread
+ * acquires it again through the handle with MP_FOREVER; other threads and
+ * processes wait. A holder whose connection closes (its process died)
+ * hands the next acquirer MP_EOWNERDEAD, as a local lock's dead holder. */
 MP_EXTERN int mp_manager_lock(mp_manager *m, const char *name, mp_lock **l);
 
 #ifdef __cplusplus

@@ -168,6 +168,21 @@ static void test_lock_with_rc_hands_the_code_to_the_caller(void **state)
         ran++;
     }
     assert_int_equal(ran, 1);
+    /* Any int lvalue takes the code, whatever its name: the macro's own
+     * member of the same name (.rc) once took the caller's name instead. */
+    int lock_rc = 1;
+    struct { int rc, other; } codes = { 1, 1 };
+    int *where = &codes.other;
+    MP_WITH_LOCK_RC(l, lock_rc)
+        ran++;
+    MP_WITH_LOCK_RC(l, codes.rc)
+        ran++;
+    MP_WITH_LOCK_RC(l, *where)
+        ran++;
+    TU_OK(lock_rc);
+    TU_OK(codes.rc);
+    TU_OK(codes.other);
+    assert_int_equal(ran, 4);
     TU_OK(mp_lock_acquire(l, 0));
     TU_OK(mp_lock_release(l));
     mp_lock_free(l);
