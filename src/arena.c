@@ -936,6 +936,7 @@ static struct block *cache_pop(struct arena_header *h, int c)
     } while (1);
     hook("cache_popped");
     set_magic(b, BLOCK_USED);
+    __atomic_store_n(&b->link, 0, __ATOMIC_RELAXED);   /* not in a queue (arena_mark_queued) */
     return b;
 }
 
@@ -1083,6 +1084,8 @@ static void *take(size_t size, const mp_deadline *d, void *_Atomic *slot)
         b = alloc_locked(h, need, in_hand);
     if (b && slot && !in_hand)
         atomic_store_explicit(slot, (char *)b + BLOCK_HEADER, memory_order_release);
+    if (b)
+        __atomic_store_n(&b->link, 0, __ATOMIC_RELAXED);   /* not in a queue */
     /* Read under the lock: freeing a neighbour rewrites this header. */
     uint64_t bsize = b ? b->size : 0;
     bool fresh = b && (b->flags & F_FRESH);
@@ -1219,6 +1222,44 @@ int arena_block_until(const void *p, const mp_deadline *d, size_t *size)
         *size = (size_t)(b->size - BLOCK_HEADER);
     rmutex_unlock(&h->lock);
     return b != NULL;
+}
+
+/* A block in use carries QUEUED in its link word (a cached block's stack
+ * link, unused while it is in use and cleared when it is taken) while a
+ * queue holds it (mp_queue_put_shared). */
+#define QUEUED UINT64_MAX
+
+int arena_mark_queued(void *p, const mp_deadline *d, size_t *size)
+{
+    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (!p || !h || !arena_contains(p, 1))
+        return 0;
+    if (!arena_lock_until(h, d))
+        return -1;
+    struct block *b = used_block(h, p);
+    int rc = 0;
+    if (b) {
+        uint64_t none = 0;
+        rc = __atomic_compare_exchange_n(&b->link, &none, QUEUED, false, __ATOMIC_RELAXED,
+                                         __ATOMIC_RELAXED) ? 1 : -2;
+        if (size)
+            *size = (size_t)(b->size - BLOCK_HEADER);
+    }
+    rmutex_unlock(&h->lock);
+    return rc;
+}
+
+void arena_unmark_queued(void *p)
+{
+    struct block *b = (struct block *)((char *)p - BLOCK_HEADER);
+    __atomic_store_n(&b->link, 0, __ATOMIC_RELAXED);
+}
+
+/* Whether p is a block a queue holds: a hint, read without the lock. */
+static bool queued_block(struct arena_header *h, const void *p)
+{
+    struct block *b = owned_block(h, p, UINT64_MAX);
+    return b && __atomic_load_n(&b->link, __ATOMIC_RELAXED) == QUEUED;
 }
 
 size_t arena_block_size(const void *p)
@@ -1473,6 +1514,11 @@ void *mp_shared_alloc(size_t size)
 void mp_shared_free(void *p)
 {
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
+    if (p && h && arena_contains(p, 1) && queued_block(h, p)) {
+        mp_fail(MP_EINVAL, __func__, "p is in a queue (mp_queue_put_shared): the queue owns it "
+                "until mp_queue_get_shared hands it out");
+        return;
+    }
     if (p && h && arena_contains(p, 1) && free_to_cache(h, p))
         return;                     /* small: one CAS (a kill there leaks at most it) */
     arena_free_held(p ? hand_hold(p) : NULL, p);

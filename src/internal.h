@@ -228,6 +228,13 @@ void arena_free_held(void *_Atomic *slot, void *p);
  * usable bytes), 0 not a block in use, -1 the arena's lock stayed held
  * until d (at least LOCK_GRACE_S). */
 int arena_block_until(const void *p, const mp_deadline *d, size_t *size);
+/* arena_block_until that also marks the block as a queue's
+ * (mp_queue_put_shared): -2 if it is a queue's already; mp_shared_free
+ * refuses it until arena_unmark_queued (its get_shared, or a put that
+ * failed). A free by the library (a get that copied it) needs no unmark:
+ * a block taken again starts unmarked. */
+int arena_mark_queued(void *p, const mp_deadline *d, size_t *size);
+void arena_unmark_queued(void *p);
 /* One rule for every blocking call: MP_FOREVER and +inf block, 0 and any
  * positive value bound the wait; NaN and every other negative value are a
  * mistake (a deadline computed as "then - now" that has already passed, say)

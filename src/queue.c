@@ -1115,18 +1115,29 @@ int mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout)
         return mp_fail_timeout(__func__, timeout);
     mp_deadline d = deadline_in(timeout);
     size_t size = 0;
-    int is = arena_block_until(p, &d, &size);
-    if (is < 0)
+    /* Marked as a queue's from here, so that a second put of it (or an
+     * mp_shared_free) is refused while a queue holds it: two getters
+     * would have had one block. */
+    int is = arena_mark_queued(p, &d, &size);
+    if (is == -1)
         return queue_result(ARENA_BUSY_PUT, __func__, timeout);
+    if (is == -2)
+        return mp_fail(MP_EINVAL, __func__, "p is in a queue already: a block is put once, "
+                       "and is the getter's from mp_queue_get_shared on");
     if (!is)
         return mp_fail(MP_EINVAL, __func__, "p is not a block from mp_shared_alloc (or it was "
                        "freed, or points inside one)");
+    int rc;
     if (len > size || len > (SIZE_MAX >> 3))
-        return mp_fail(MP_EINVAL, __func__, "len %zu is more than the block holds (%zu bytes)",
-                       len, size);
-    if (atomic_load(&q->closed))
-        return queue_result(MP_ECLOSED, __func__, timeout);
-    return queue_result(queue_give(q, NULL, len, p, 0, NULL, timeout), __func__, timeout);
+        rc = mp_fail(MP_EINVAL, __func__, "len %zu is more than the block holds (%zu bytes)",
+                     len, size);
+    else if (atomic_load(&q->closed))
+        rc = queue_result(MP_ECLOSED, __func__, timeout);
+    else
+        rc = queue_result(queue_give(q, NULL, len, p, 0, NULL, timeout), __func__, timeout);
+    if (rc != 0)
+        arena_unmark_queued(p);              /* still the caller's */
+    return rc;
 }
 
 int mp_queue_put_nowait(mp_queue *q, const void *data, size_t len)
@@ -1568,7 +1579,10 @@ int mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout)
     if (rc != 0)
         return rc;
     *p = NULL;
-    return queue_result(queue_take(q, NULL, 0, len, NULL, p, timeout, NULL), __func__, timeout);
+    rc = queue_take(q, NULL, 0, len, NULL, p, timeout, NULL);
+    if (rc == 0)
+        arena_unmark_queued(*p);             /* the caller's now: free it when done */
+    return queue_result(rc, __func__, timeout);
 }
 
 /* ------------------------------------------------------------------ sizes */

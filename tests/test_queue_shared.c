@@ -130,9 +130,64 @@ static void test_a_failed_put_leaves_the_block_with_the_caller(void **state)
     TU_OK(mp_queue_shutdown(q));
     TU_ASSERT_RC(mp_queue_put_shared(q, b, 100, 0), MP_ECLOSED);
     assert_true(arena_is_block(b));
+    mp_queue *open;                                  /* still the caller's to put */
+    TU_OK(mp_queue_new(&open, NULL));
+    TU_OK(mp_queue_put_shared(open, b, 100, 0));
+    void *got;
+    size_t len;
+    TU_OK(mp_queue_get_shared(open, &got, &len, 0));
+    assert_ptr_equal(got, b);
+    mp_queue_free(open);
     mp_shared_free(b);
     mp_queue_free(q);                                /* frees a, still queued */
     assert_false(arena_is_block(a));
+}
+
+/* A block is put once: a second put of it, or a free of it, while a queue
+ * holds it is refused. Accepted, two getters had one block, and the first
+ * one's free handed it to the next allocation under the second. */
+static void test_a_queued_block_is_not_put_twice_nor_freed(void **state)
+{
+    (void)state;
+    mp_queue *q, *other;
+    TU_OK(mp_queue_new(&q, NULL));
+    TU_OK(mp_queue_new(&other, NULL));
+    unsigned char *p = mp_shared_alloc(100000);
+    fill(p, 100000, 3);
+    TU_OK(mp_queue_put_shared(q, p, 100000, 0));
+    TU_ASSERT_RC(mp_queue_put_shared(q, p, 100000, 0), MP_EINVAL);
+    tu_last_error_has("p is in a queue already", NULL);
+    TU_ASSERT_RC(mp_queue_put_shared(other, p, 100000, 0), MP_EINVAL);
+    mp_shared_free(p);                               /* refused: the queue's */
+    tu_last_error_has("mp_shared_free: p is in a queue", NULL);
+    assert_int_equal(mp_queue_qsize(q), 1);
+    assert_int_equal(mp_queue_qsize(other), 0);
+    void *got;
+    size_t len;
+    TU_OK(mp_queue_get_shared(q, &got, &len, 0));
+    assert_ptr_equal(got, p);
+    assert_int_equal(len, 100000);
+    static unsigned char want[100000];               /* zeros, as mp_shared_alloc's */
+    fill(want, 100000, 3);
+    assert_memory_equal(got, want, 100000);          /* the free above changed nothing */
+    TU_OK(mp_queue_put_shared(other, got, len, 0));  /* the getter's: it may put it again */
+    TU_OK(mp_queue_get_shared(other, &got, &len, 0));
+    mp_shared_free(got);
+    assert_false(arena_is_block(got));
+
+    /* A block a plain get copied and freed comes back unmarked. */
+    for (int i = 0; i < 2; i++) {
+        unsigned char *small = mp_shared_alloc(i ? 100 : 100000);
+        TU_OK(mp_queue_put_shared(q, small, 10, 0));
+        unsigned char buf[16];
+        TU_OK(mp_queue_get(q, buf, sizeof buf, &len, 0));
+        unsigned char *again = mp_shared_alloc(i ? 100 : 100000);
+        TU_OK(mp_queue_put_shared(q, again, 10, 0));
+        TU_OK(mp_queue_get_shared(q, &got, &len, 0));
+        mp_shared_free(got);
+    }
+    mp_queue_free(q);
+    mp_queue_free(other);
 }
 
 static int put_shared_and_die(void *q)
@@ -229,6 +284,7 @@ int main(void)
         cmocka_unit_test(test_mixes_with_plain_put_and_get),
         cmocka_unit_test(test_refuses_what_is_not_a_block),
         cmocka_unit_test(test_a_failed_put_leaves_the_block_with_the_caller),
+        cmocka_unit_test(test_a_queued_block_is_not_put_twice_nor_freed),
         cmocka_unit_test(test_get_shared_after_the_putter_died),
         cmocka_unit_test(test_getter_killed_leaks_at_most_the_item),
     };
