@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -124,6 +125,15 @@ static int parse_tcp(const char *rest, bool passive, struct sockaddress *out)
                               .ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0) };
     struct addrinfo *ai;
     int gai = getaddrinfo(host, port, &hints, &ai);
+    int err = errno;
+    if (gai == EAI_AGAIN)           /* the resolver did not answer: not the address's fault */
+        return mp_fail(-EAGAIN, NULL, "address \"tcp:%.*s\": host \"%s\" could not be looked "
+                       "up now (%s); try again later", ADDRESS_MAX, rest, host, gai_strerror(gai));
+    if (gai == EAI_MEMORY || (gai == EAI_SYSTEM && err == ENOMEM))
+        return mp_fail(MP_ENOMEM, NULL, "no memory to look up host \"%s\"", host);
+    if (gai == EAI_SYSTEM)
+        return mp_fail(err ? -err : MP_EINVAL, NULL, "address \"tcp:%.*s\": looking up host "
+                       "\"%s\" failed: %s", ADDRESS_MAX, rest, host, mp_strerror(-err));
     if (gai != 0)
         return mp_fail(MP_EINVAL, NULL, "address \"tcp:%.*s\": host \"%s\" not found (%s)",
                        ADDRESS_MAX, rest, host, gai_strerror(gai));

@@ -8,8 +8,12 @@
 #include "proc_stats.h"
 #include "tcp_relay.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,7 +165,18 @@ static void stopped_server_case(mp_manager *m, pid_t server)
     TU_OK(mp_manager_queue(m, "q", 0, &q));
     if (mp_lock_acquire)
         TU_OK(mp_manager_lock(m, "l", &l));
+    mp_buf b = { 0 };
+    TU_ASSERT_RC(mp_mqueue_get(q, &b, 0), MP_EEMPTY);       /* connected */
+    mp_buf_free(&b);
     TU_OK(kill(server, SIGSTOP));
+    while (tu_proc_state(server) != 'T')    /* its threads may still run a moment */
+        usleep(1000);
+    /* A put that timed out against a stopped server was not put (Python's
+     * Full): expect_recovery's get finds only what is put after the server
+     * resumes. First, while the connection is up, so that the request
+     * reaches the server. (Through a network that holds the hang-up as
+     * long as the request, the server cannot tell: the relay cases.) */
+    TU_ASSERT_RC(mp_mqueue_put(q, "timed out", 9, 0.3), MP_ETIMEDOUT);
     expect_calls_time_out(q, l);
     TU_OK(kill(server, SIGCONT));
     expect_recovery(q, l);
@@ -689,6 +704,90 @@ static void test_server_at_fd_limit_does_not_spin(void **state)
     mp_manager_free(m);
 }
 
+/* A timed call near its deadline waits on the server, not in a loop of
+ * asks: a get(0.1) on an empty queue, in a loop, took half a CPU on each
+ * side (the server was asked to answer 50 ms before the deadline, so for
+ * the last 50 ms it answered at once, and the client asked again). */
+static void calls_near_their_deadline_do_not_spin(mp_manager *m, pid_t server)
+{
+    mp_mqueue *q = NULL;
+    TU_OK(mp_manager_queue(m, "idle", 0, &q));
+    mp_buf b = { 0 };
+    TU_ASSERT_RC(mp_mqueue_get(q, &b, 0), MP_EEMPTY);       /* connected before the count */
+    double me0 = cpu_seconds(getpid()), srv0 = cpu_seconds(server), t0 = tu_now();
+    for (int i = 0; i < 10; i++)
+        TU_ASSERT_RC(mp_mqueue_get(q, &b, 0.1), MP_EEMPTY);
+    double wall = tu_now() - t0;
+    double me = cpu_seconds(getpid()) - me0, srv = cpu_seconds(server) - srv0;
+    assert_true(wall >= 0.99);
+    if (me > 0.2 * wall || srv > 0.2 * wall)
+        fail_msg("10 gets of 0.1 s took %.2f s of this process's CPU and %.2f s of the "
+                 "server's in %.2f s", me, srv, wall);
+    mp_buf_free(&b);
+    mp_mqueue_free(q);
+}
+
+static void test_timed_calls_wait_on_the_server_near_their_deadline(void **state)
+{
+    (void)state;
+    mp_manager *m = start_at(NULL);                  /* the same family: the channel */
+    calls_near_their_deadline_do_not_spin(m, mp_manager_pid(m));
+    mp_manager_free(m);
+    struct tool_server t;
+    if (!tool_start(&t, "tcp:127.0.0.1:0"))           /* another family: the socket */
+        skip();
+    m = tool_connect(t.address);
+    calls_near_their_deadline_do_not_spin(m, t.pid);
+    mp_manager_free(m);
+    tool_stop(&t);
+}
+
+/* The resolver, counted, and made slow on demand: this executable's
+ * getaddrinfo is the one libmproc calls. */
+static _Atomic int lookups;
+static _Atomic bool slow_lookups;
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    static int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "getaddrinfo");
+    atomic_fetch_add(&lookups, 1);
+    if (atomic_load(&slow_lookups))
+        usleep(2000 * 1000);             /* a DNS server that does not answer: 10 s and more */
+    return real(node, service, hints, res);
+}
+
+/* A connection made again (after a call timed out) does not look the host
+ * up again: with a resolver that did not answer, get(0) took 10 s. */
+static void test_a_connection_made_again_does_not_wait_on_the_resolver(void **state)
+{
+    (void)state;
+    struct tool_server t;
+    if (!tool_start(&t, "tcp:localhost:0"))
+        skip();
+    mp_manager *m = tool_connect(t.address);
+    mp_mqueue *q = NULL;
+    TU_OK(mp_manager_queue(m, "q", 0, &q));
+    int before = atomic_load(&lookups);
+    atomic_store(&slow_lookups, true);
+    mp_buf b = { 0 };
+    TU_OK(kill(t.pid, SIGSTOP));
+    TU_ASSERT_RC(mp_mqueue_get(q, &b, 0.2), MP_ETIMEDOUT);   /* drops the connection */
+    TU_OK(kill(t.pid, SIGCONT));
+    double t0 = tu_now();
+    TU_ASSERT_RC(mp_mqueue_get(q, &b, 0), MP_EEMPTY);        /* connects again */
+    double took = tu_now() - t0;
+    atomic_store(&slow_lookups, false);
+    assert_true(took < 1.0 * tu_slow());
+    assert_int_equal(atomic_load(&lookups), before);
+    mp_buf_free(&b);
+    mp_mqueue_free(q);
+    mp_manager_free(m);
+    tool_stop(&t);
+}
+
 int main(void)
 {
     tu_watchdog(220);
@@ -696,6 +795,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stopped_server_family_unix_and_tcp),
         cmocka_unit_test(test_stopped_server_socket_unix_and_tcp),
+        cmocka_unit_test(test_timed_calls_wait_on_the_server_near_their_deadline),
+        cmocka_unit_test(test_a_connection_made_again_does_not_wait_on_the_resolver),
         cmocka_unit_test(test_relay_paused_blackholed_and_half_open),
         cmocka_unit_test(test_kill_storm_of_consumers_loses_nothing_beyond_the_guarantee),
         cmocka_unit_test(test_silent_peer_is_dropped_after_the_handshake_deadline),

@@ -214,6 +214,42 @@ static void test_direct_calls_fail_once_the_server_is_shut_down_or_killed(void *
     assert_true(after.used_blocks + after.stray_blocks <= before.used_blocks + before.stray_blocks + 4);
 }
 
+/* Each connection of the family sets up a shared-memory channel (32 KiB)
+ * with the server, and the last of the two to let go frees it. A server
+ * killed never lets go: its clients free the channels themselves when they
+ * see its process ended (they were left until the family ended). */
+static void test_channels_of_a_killed_server_are_freed_by_their_clients(void **state)
+{
+    (void)state;
+    struct arena_stats before, after;
+    assert_true(arena_check(&before));
+    mp_manager *m;
+    mp_list *l;
+    mp_mqueue *q;
+    TU_OK(mp_manager_start(&m, NULL));
+    TU_OK(mp_list_open(m, "l", &l));
+    TU_OK(mp_list_append(l, "x", 1));
+    TU_OK(mp_manager_queue(m, "q", 0, &q));
+    TU_OK(mp_mqueue_put(q, "y", 1, MP_FOREVER));
+    struct arena_stats during;
+    assert_true(arena_check(&during));
+    assert_true(during.used_bytes >= before.used_bytes + 64 * 1024);   /* two channels */
+    TU_OK(kill(mp_manager_pid(m), SIGKILL));
+    size_t n;
+    double end = tu_now() + 5 * tu_slow();
+    int rc;
+    while ((rc = mp_list_len(l, &n)) == 0 && tu_now() < end)
+        usleep(1000);
+    assert_int_equal(rc, MP_EBROKEN);
+    mp_mqueue_free(q);
+    mp_list_free(l);
+    mp_manager_free(m);
+    assert_true(arena_check(&after));
+    if (after.used_bytes > before.used_bytes + 8 * 1024)
+        fail_msg("%zu bytes of the arena still in use after the manager was freed",
+                 (size_t)(after.used_bytes - before.used_bytes));
+}
+
 /* ------------------------------------------------------------------ many processes */
 
 struct storm {
@@ -609,6 +645,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_direct_and_server_paths_are_one_dict_with_the_same_answers, setup),
         cmocka_unit_test_setup(test_direct_calls_fail_once_the_server_is_shut_down_or_killed, setup),
+        cmocka_unit_test_setup(test_channels_of_a_killed_server_are_freed_by_their_clients, setup),
         cmocka_unit_test_setup(test_kill_storm_of_direct_callers_loses_no_counted_increment, setup),
         cmocka_unit_test_setup(test_store_budget_counts_every_block_and_refuses_past_it, setup),
         cmocka_unit_test_setup(test_direct_caller_killed_at_every_step_leaves_the_dict_whole, setup),

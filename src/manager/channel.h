@@ -46,6 +46,11 @@ struct channel {
     _Atomic uint32_t magic;                /* CHANNEL_MAGIC, then _ATTACHED once served */
     _Atomic uint32_t refs;                 /* client + server; the last one frees */
     uint64_t nonce;
+    /* The server process that took it (written before its ATTACH reply),
+     * and when it started: a client whose server died holding its
+     * reference frees the channel itself (mconn_leave_channel). */
+    pid_t server_pid;
+    uint64_t server_start;
     _Alignas(MP_CACHELINE) _Atomic uint32_t req_seq;   /* client: a request is in */
     _Atomic uint32_t server_sleeping;
     uint32_t req_len;

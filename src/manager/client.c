@@ -50,6 +50,11 @@ struct mp_manager {
     size_t keylen;
     char address[WIRE_MAX_ADDRESS];
     uint8_t key[WIRE_MAX_AUTHKEY];
+    /* address, resolved once when the handle is made: a connection made
+     * again later (after a call timed out, or in a child) must not wait on
+     * the resolver, which has no deadline (a DNS server that does not
+     * answer held every such call 10 s, a timeout of 0 too). */
+    struct sockaddress to;
 };
 
 /* A proxy: an object's name, reached through a manager. */
@@ -127,8 +132,22 @@ static void local_init(void)
     fork_hook_set(FORK_MANAGER_CLIENT, local_prepare, local_parent, local_child);
 }
 
+/* Whether the server will never let go of ch: it never took it (a peer
+ * that said yes to ATTACH without sharing our memory), or its process
+ * ended (SIGKILL: its threads never ran their goodbyes). A process not
+ * seen to have ended (its /proc unreadable, say) is taken to live on. */
+static bool server_let_go_never(const struct channel *ch)
+{
+    if (atomic_load(&ch->magic) == CHANNEL_MAGIC)
+        return true;
+    uint64_t start;
+    int alive = ch->server_pid > 0 ? proc_task_start(ch->server_pid, &start) : -1;
+    return alive == 0 || (alive == 1 && start != ch->server_start);
+}
+
 /* Lets go of the channel: tells the server thread to leave, and frees the
- * channel if that thread has already gone. */
+ * channel if that thread has already gone, or will never let go of it (a
+ * server killed after a channel was set up leaked its 32 KiB each time). */
 static void mconn_leave_channel(struct mconn *c)
 {
     struct channel *ch = c->ch;
@@ -136,7 +155,9 @@ static void mconn_leave_channel(struct mconn *c)
         return;
     ch->req_len = CHANNEL_BYE;
     channel_post(&ch->req_seq, ++c->seq, &ch->server_sleeping);
-    if (atomic_fetch_sub(&ch->refs, 1) == 1)
+    /* Asked while our reference keeps it ours: once we let go, a server
+     * thread may free it, and the memory may hold another's channel. */
+    if (server_let_go_never(ch) || atomic_fetch_sub(&ch->refs, 1) == 1)
         arena_free(ch);
     c->ch = NULL;
 }
@@ -216,7 +237,7 @@ static int mconn_open(struct mconn *c, const mp_manager *m, const mp_deadline *c
      * refused the key: connect again, after a short nap, by d. */
     for (useconds_t nap = 1000;; nap = nap < 64000 ? 2 * nap : nap) {
         int fd;
-        if ((rc = wire_connect(m->address, &fd, &d)) < 0)
+        if ((rc = wire_connect_to(&m->to, &fd, &d)) < 0)
             return rc;
         wire_close(&c->w);
         wire_init(&c->w, fd, MANAGER_SPIN_NS);
@@ -268,8 +289,12 @@ static int mconn_begin(struct mconn *c, const mp_manager *m, const mp_deadline *
         mconn_drop(c);
     }
     /* The key was good when the manager connected: any failure now means
-     * the server is gone. */
+     * the server is gone, but for this process's own shortage (out of
+     * descriptors at its limit said the server was gone). */
     int rc = mconn_open(c, m, call);
+    if (rc == -EMFILE || rc == -ENFILE || rc == MP_ENOMEM || rc == -ENOBUFS)
+        return mp_fail(rc, NULL, "cannot connect to the manager at \"%s\": %s", m->address,
+                       mp_strerror(rc));
     return rc == MP_ETIMEDOUT && call && deadline_passed(call) ? rc : rc < 0 ? MP_EBROKEN : 0;
 }
 
@@ -341,7 +366,7 @@ static int mconn_roundtrip(struct mconn *c, struct mmsg *rep, const mp_deadline 
         rc = MP_EPROTO;
     if (rc < 0) {
         mconn_drop(c);
-        return rc == MP_ETIMEDOUT ? rc : MP_EBROKEN;
+        return rc == MP_ETIMEDOUT || rc == MP_EPROTO ? rc : MP_EBROKEN;
     }
     return (int)rep->v[0].i;
 }
@@ -450,6 +475,10 @@ static int proxy_call(struct proxy *p, struct mconn *c, int op, const struct mva
     if (rc == MP_ETIMEDOUT && deadline_passed(&due->reply))   /* not the server's status */
         rc = due->own ? MP_ETIMEDOUT : MP_EBROKEN;
     lock_note_holder(c, op, rc);
+    if (rc == MP_EPROTO && c->w.fd < 0)      /* the reply itself (a status is never this) */
+        return mp_fail(rc, NULL, "the manager at \"%s\" sent a malformed reply (a broken "
+                       "server, or not an mproc manager); the connection was closed",
+                       p->m->address);
     return rc == MP_EBROKEN ? manager_gone(p->m) : rc;
 }
 
@@ -506,10 +535,13 @@ static int proxy_bytes(struct proxy *p, int op, const struct mval *args, size_t 
 /* A blocking call: asks the server in slices until the deadline, so the
  * connection is free for other threads between slices. `expire` is the
  * code the server gives when a slice ends empty-handed. The server is asked
- * to answer MANAGER_REPLY_MARGIN_MS before the deadline, and the reply is
- * awaited until that margin after it: a stopped or unreachable server
- * costs the caller its timeout plus the margin, and MP_ETIMEDOUT. With no
- * deadline (MP_FOREVER) each slice's reply is due within
+ * to wait for all the time left (it answers at least once a slice), and
+ * the reply is awaited until MANAGER_REPLY_MARGIN_MS after the deadline: a
+ * stopped or unreachable server costs the caller its timeout plus the
+ * margin, and MP_ETIMEDOUT. (Asked to answer the margin before the
+ * deadline, a server answered at once for the last 50 ms, and the call
+ * asked again and again: half a CPU on each side for a get(0.1) in a loop.)
+ * With no deadline (MP_FOREVER) each slice's reply is due within
  * MANAGER_REPLY_TIMEOUT_S, else MP_EBROKEN. */
 static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, size_t targ,
                           double timeout, int expire, mp_buf *out)
@@ -532,7 +564,7 @@ static int proxy_blocking(struct proxy *p, int op, struct mval *args, size_t n, 
         double wait = -1.0;
         if (!d.forever) {
             double left = deadline_left(&d);
-            wait = left > margin ? left - margin : 0;
+            wait = left;
             due = (struct due){ deadline_in(left + margin), true };
         }
         args[targ] = (struct mval){ .type = MV_FLOAT, .f = wait };
@@ -621,6 +653,12 @@ static int manager_alloc(mp_manager **out, const char *address, const void *key,
     return 0;
 }
 
+/* Resolves m->address into m->to, once, before the handle is shared. */
+static int manager_resolve(mp_manager *m)
+{
+    return wire_resolve(m->address, &m->to);
+}
+
 static void manager_release(mp_manager *m)
 {
     mconn_forget(m);
@@ -657,6 +695,10 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
     int rc = manager_alloc(&m, address, authkey, len);
     if (rc < 0)
         return mp_fail_code(rc, __func__);
+    if ((rc = manager_resolve(m)) < 0) {
+        manager_release(m);
+        return mp_fail_code(rc, __func__);  /* the address, or the resolver: its parser said */
+    }
     if ((rc = manager_connect_now(m)) < 0) {
         manager_release(m);
         if (rc == MP_ETIMEDOUT)
@@ -837,8 +879,10 @@ int mp_manager_start(mp_manager **out, const mp_manager_opts *o)
                        "by one that was killed: remove it)" : "");
     struct sock_file file;
     sock_file_of(lfd, &file);           /* none (empty): tcp, an abstract name */
-    mp_manager *m;
-    if ((rc = manager_alloc(&m, actual, key, keylen)) < 0) {
+    mp_manager *m = NULL;
+    if ((rc = manager_alloc(&m, actual, key, keylen)) < 0 || (rc = manager_resolve(m)) < 0) {
+        if (m)
+            manager_release(m);
         close(lfd);
         sock_file_remove(&file);
         return mp_fail_code(rc, __func__);

@@ -23,6 +23,7 @@
 #include "manager/pyproto.h"
 #include "manager/store.h"
 #include "manager/wire.h"
+#include "platform/platform.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -106,6 +107,11 @@ static int client_attach(struct client *c, const struct mmsg *req)
         !arena_contains(ch, sizeof *ch) || ch->nonce != (uint64_t)req->v[2].i ||
         !atomic_compare_exchange_strong(&ch->magic, &magic, CHANNEL_ATTACHED))
         return MP_EINVAL;
+    uint64_t start = 0;
+    if (proc_task_start(getpid(), &start) == 1) {
+        ch->server_start = start;
+        ch->server_pid = getpid();
+    }
     c->ch = ch;
     c->seq = atomic_load(&ch->req_seq);
     return 0;

@@ -507,7 +507,8 @@ static int list_exec(struct store *s, struct object *o, const struct mmsg *m, st
     return MP_EPROTO;
 }
 
-static int queue_put(struct store *s, struct object *o, const struct mmsg *m)
+static int queue_put(struct store *s, struct object *o, struct store_owner *me,
+                     const struct mmsg *m)
 {
     struct timespec at;
     bool may_wait = wait_until(&m->v[3], &at);
@@ -516,6 +517,14 @@ static int queue_put(struct store *s, struct object *o, const struct mmsg *m)
             if (o->count >= o->maxsize)
                 return MP_EFULL;
     }
+    /* A put with a deadline goes in only while its client still waits for
+     * the answer. One that gave up has told its caller MP_ETIMEDOUT (as
+     * Python's Full: not put): a server stopped past the deadline found the
+     * request on resuming and put the item all the same, so a producer that
+     * retried put it twice. */
+    bool timed = (m->v[3].type == MV_INT ? (double)m->v[3].i : m->v[3].f) >= 0;
+    if (timed && s->wants && !s->wants(me, true))
+        return MP_EBROKEN;
     int rc = ring_push(s, o, &m->v[2], false);
     if (rc == 0)
         pthread_cond_broadcast(&o->changed);
@@ -553,7 +562,7 @@ static int queue_exec(struct store *s, struct object *o, struct store_owner *me,
             o->maxsize = (size_t)m->v[2].i;
         return 0;
     case OP_QUEUE_PUT:
-        return queue_put(s, o, m);
+        return queue_put(s, o, me, m);
     case OP_QUEUE_GET:
         return queue_get(s, o, me, m, r);
     case OP_QUEUE_LEN:

@@ -35,9 +35,10 @@ struct sreply {
     bool dicts_only, dicts_locked;   /* store_exec ran a dict request under the dicts' lock alone */
 };
 
-/* Asked before a queue get takes an item (waited: the get waited for it):
- * false when the client has gone or given up, and the item stays for the
- * next getter. */
+/* Asked before a queue get takes an item (waited: the get waited for it),
+ * and before a put with a deadline commits (waited: true, so always asked):
+ * false when the client has gone or given up; the item stays for the next
+ * getter, or is not put. */
 typedef bool (*store_wants_fn)(struct store_owner *owner, bool waited);
 
 int store_new(struct store **s, size_t max_bytes, store_wants_fn wants);

@@ -258,18 +258,26 @@ int wire_listen(const char *address, int *fd, char *actual, size_t cap)
     return 0;
 }
 
-int wire_connect(const char *address, int *fd, const mp_deadline *d)
+int wire_resolve(const char *address, struct sockaddress *a)
 {
-    struct sockaddress a;
-    int rc = wire_parse(address, false, &a);
-    if (rc < 0)
-        return rc;
-    int s = sock_connect_by(&a, d);
+    return wire_parse(address, false, a);
+}
+
+int wire_connect_to(const struct sockaddress *a, int *fd, const mp_deadline *d)
+{
+    int s = sock_connect_by(a, d);
     if (s < 0)
         return s;
     wire_keepalive(s);
     *fd = s;
     return 0;
+}
+
+int wire_connect(const char *address, int *fd, const mp_deadline *d)
+{
+    struct sockaddress a;
+    int rc = wire_resolve(address, &a);
+    return rc < 0 ? rc : wire_connect_to(&a, fd, d);
 }
 
 void wire_keepalive(int fd)

@@ -61,12 +61,18 @@ void wire_drop_frame(struct wire *w);
 int wire_recv(struct wire *w, const uint8_t **data, size_t *len, size_t maxlen,
               const mp_deadline *d);
 
+struct sockaddress;
 /* "unix:/path", "unix:@abstract", "tcp:host:port", "tcp:[v6]:port" (port
  * 0: any), parsed and set up by listener.c's sock_* calls. The listener
  * writes its real address (chosen port) into actual; its socket is
  * non-blocking, the accepted and connected ones are blocking. */
 int wire_listen(const char *address, int *fd, char *actual, size_t cap);
 int wire_connect(const char *address, int *fd, const mp_deadline *d);
+/* The two halves of wire_connect: the address resolved once (a host name
+ * looked up: that may take the resolver's own time, which has no deadline),
+ * then connected by d as often as needed. */
+int wire_resolve(const char *address, struct sockaddress *a);
+int wire_connect_to(const struct sockaddress *a, int *fd, const mp_deadline *d);
 /* TCP keepalive and TCP_USER_TIMEOUT on a TCP socket (nothing on others). */
 void wire_keepalive(int fd);
 
