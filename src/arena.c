@@ -1210,26 +1210,15 @@ bool arena_is_block(const void *p)
     return arena_block_until(p, NULL, NULL) == 1;
 }
 
-int arena_block_until(const void *p, const mp_deadline *d, size_t *size)
-{
-    struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
-    if (!p || !h || !arena_contains(p, 1))
-        return 0;
-    if (!arena_lock_until(h, d))
-        return -1;
-    struct block *b = used_block(h, p);
-    if (b && size)
-        *size = (size_t)(b->size - BLOCK_HEADER);
-    rmutex_unlock(&h->lock);
-    return b != NULL;
-}
-
 /* A block in use carries QUEUED in its link word (a cached block's stack
  * link, unused while it is in use and cleared when it is taken) while a
  * queue holds it (mp_queue_put_shared). */
 #define QUEUED UINT64_MAX
 
-int arena_mark_queued(void *p, const mp_deadline *d, size_t *size)
+/* p looked at under the lock: 1 a block in use (*size, if not NULL, its
+ * bytes; with mark, marked a queue's now), -2 (mark) a queue's already, 0
+ * not a block in use, -1 the lock stayed held until d. */
+static int look_at_block(const void *p, const mp_deadline *d, size_t *size, bool mark)
 {
     struct arena_header *h = atomic_load_explicit(&arena.hdr, memory_order_acquire);
     if (!p || !h || !arena_contains(p, 1))
@@ -1237,16 +1226,25 @@ int arena_mark_queued(void *p, const mp_deadline *d, size_t *size)
     if (!arena_lock_until(h, d))
         return -1;
     struct block *b = used_block(h, p);
-    int rc = 0;
-    if (b) {
-        uint64_t none = 0;
-        rc = __atomic_compare_exchange_n(&b->link, &none, QUEUED, false, __ATOMIC_RELAXED,
-                                         __ATOMIC_RELAXED) ? 1 : -2;
-        if (size)
-            *size = (size_t)(b->size - BLOCK_HEADER);
-    }
+    int rc = b != NULL;
+    uint64_t none = 0;
+    if (b && mark && !__atomic_compare_exchange_n(&b->link, &none, QUEUED, false,
+                                                 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        rc = -2;
+    if (b && size)
+        *size = (size_t)(b->size - BLOCK_HEADER);
     rmutex_unlock(&h->lock);
     return rc;
+}
+
+int arena_block_until(const void *p, const mp_deadline *d, size_t *size)
+{
+    return look_at_block(p, d, size, false);
+}
+
+int arena_mark_queued(void *p, const mp_deadline *d, size_t *size)
+{
+    return look_at_block(p, d, size, true);
 }
 
 void arena_unmark_queued(void *p)
