@@ -28,6 +28,14 @@
 #define MAX_DIGEST_NAME 8          /* "sha3_256" */
 #define HANDSHAKE_MAX 256          /* CPython's recv_bytes(256) */
 
+/* Why this thread's last handshake failed with MP_EAUTH (auth_why). */
+static _Thread_local const char *why;
+
+const char *auth_why(void)
+{
+    return why ? why : "it failed the handshake";
+}
+
 static const EVP_MD *digest_by_name(const char *name, size_t n)
 {
     static const struct { const char *name; const EVP_MD *(*md)(void); } known[] = {
@@ -97,7 +105,11 @@ static int auth_error(int rc)
 {
     if (rc == 0 || rc == MP_ETIMEDOUT)
         return rc;
-    return rc == MP_EEOF || rc == -ECONNRESET || rc == -EPIPE ? MP_EEOF : MP_EAUTH;
+    if (rc == MP_EEOF || rc == -ECONNRESET || rc == -EPIPE)
+        return MP_EEOF;
+    if (rc != MP_EAUTH)
+        why = "it sent no handshake frame this protocol knows";
+    return MP_EAUTH;
 }
 
 static int verify_answer(const void *key, size_t keylen, const uint8_t *message, size_t mlen,
@@ -114,8 +126,10 @@ static int verify_answer(const void *key, size_t keylen, const uint8_t *message,
     if (rc != 0)
         return rc;
     size_t got = alen - (size_t)at;
-    if (got != elen || CRYPTO_memcmp(expected, answer + at, elen) != 0)
+    if (got != elen || CRYPTO_memcmp(expected, answer + at, elen) != 0) {
+        why = "its answer to our challenge is wrong: it does not have the authkey";
         return MP_EAUTH;
+    }
     return 0;
 }
 
@@ -147,6 +161,7 @@ _Static_assert(AUTH_FRAME_MAX == FRAME_HEADER_MAX + HANDSHAKE_MAX, "a frame fits
 int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *digest,
                            const mp_deadline *d)
 {
+    why = NULL;
     uint8_t msg[AUTH_CHALLENGE_MAX];
     int n = make_challenge(digest, msg);
     if (n < 0)
@@ -170,6 +185,7 @@ int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *d
 static int build_answer(const void *key, size_t keylen, const uint8_t *m, size_t len,
                         uint8_t *out, size_t *out_len)
 {
+    why = "its first message is no #CHALLENGE#: it does not speak this protocol";
     if (len < CHALLENGE_LEN || memcmp(m, CHALLENGE, CHALLENGE_LEN) != 0)
         return MP_EAUTH;
     m += CHALLENGE_LEN;
@@ -196,14 +212,19 @@ static int build_answer(const void *key, size_t keylen, const uint8_t *m, size_t
  * straight after (sock_ack_now). */
 static bool is_welcome(int fd, const uint8_t *m, size_t len)
 {
-    if (len != strlen(WELCOME) || memcmp(m, WELCOME, len) != 0)
+    if (len != strlen(WELCOME) || memcmp(m, WELCOME, len) != 0) {
+        why = len == strlen(FAILURE) && memcmp(m, FAILURE, len) == 0
+              ? "it refused our answer (#FAILURE#): the authkeys differ"
+              : "its verdict is neither #WELCOME# nor #FAILURE#: it does not speak this protocol";
         return false;
+    }
     sock_ack_now(fd);
     return true;
 }
 
 int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d)
 {
+    why = NULL;
     mp_buf msg = { 0 };
     uint8_t answer[MAX_DIGEST_NAME + 2 + EVP_MAX_MD_SIZE];
     size_t answer_len = 0;

@@ -140,6 +140,9 @@ void sock_file_remove(const struct sock_file *f);
 int auth_deliver_challenge(int fd, const void *key, size_t keylen, const char *digest,
                            const mp_deadline *d);
 int auth_answer_challenge(int fd, const void *key, size_t keylen, const mp_deadline *d);
+/* Why this thread's last handshake ended in MP_EAUTH, as a phrase about
+ * the peer ("it refused our answer (#FAILURE#): the authkeys differ"). */
+const char *auth_why(void);
 
 /* The listener's side (deliver, then answer) one step at a time on a
  * socket it never waits on, so that one process runs many handshakes at

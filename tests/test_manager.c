@@ -310,6 +310,47 @@ static void test_manager_start_at_the_descriptor_or_process_limit_says_so_at_onc
     assert_int_equal(tu_wait(tu_fork(starts_at_limits, NULL), 120), 0);
 }
 
+/* A peer that is no manager: accepts, sends one frame that is no
+ * challenge, and waits to be hung up on. */
+static void *not_a_manager(void *arg)
+{
+    int lfd = *(int *)arg, fd = accept(lfd, NULL, NULL);
+    if (fd >= 0) {
+        static const char frame[] = "\0\0\0\x05hello";
+        ssize_t sent = send(fd, frame, sizeof frame - 1, MSG_NOSIGNAL);
+        char b[64];
+        while (sent > 0 && read(fd, b, sizeof b) > 0)
+            ;
+        close(fd);
+    }
+    return NULL;
+}
+
+/* The refusal says which way the handshake failed: a wrong key (the
+ * server's #FAILURE#), or a peer that does not speak the protocol (it was
+ * "refused the authkey" either way). */
+static void test_a_peer_that_is_no_manager_is_told_apart_from_a_wrong_key(void **state)
+{
+    (void)state;
+    char addr[64];
+    snprintf(addr, sizeof addr, "unix:@mproc-notmgr-%d", (int)getpid());
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    size_t n = strlen(addr + 5);
+    memcpy(un.sun_path, addr + 5, n);
+    un.sun_path[0] = '\0';
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    TU_OK(bind(lfd, (struct sockaddr *)&un, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n)));
+    TU_OK(listen(lfd, 4));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, not_a_manager, &lfd), 0);
+    mp_manager *c = NULL;
+    TU_ASSERT_RC(mp_manager_connect(&c, addr, "key", 3), MP_EAUTH);
+    tu_last_error_has("no #CHALLENGE#: it does not speak this protocol", NULL);
+    assert_null(c);
+    pthread_join(t, NULL);
+    close(lfd);
+}
+
 static void test_manager_wrong_authkey_is_refused_with_eauth(void **state)
 {
     mp_manager *m = NULL, *c = NULL;
@@ -317,7 +358,7 @@ static void test_manager_wrong_authkey_is_refused_with_eauth(void **state)
     mp_dict *d = open_dict(m, "secret");
     TU_OK(mp_dict_set(d, "k", "v", 1));
     TU_ASSERT_RC(mp_manager_connect(&c, mp_manager_address(m), "wrong", 5), MP_EAUTH);
-    tu_last_error_has("refused the authkey (5 bytes)", NULL);
+    tu_last_error_has("#FAILURE#): the authkeys differ (authkey of 5 bytes", NULL);
     assert_null(c);
     TU_ASSERT_RC(mp_manager_connect(&c, mp_manager_address(m), NULL, 0), MP_EAUTH);
     mp_dict_free(d);
@@ -1907,6 +1948,7 @@ int main(void)
         cmocka_unit_test(test_manager_tcp_address_with_port_zero_gets_a_port),
         cmocka_unit_test(test_manager_unix_path_address_is_removed_at_shutdown),
         cmocka_unit_test(test_manager_wrong_authkey_is_refused_with_eauth),
+        cmocka_unit_test(test_a_peer_that_is_no_manager_is_told_apart_from_a_wrong_key),
         cmocka_unit_test(test_manager_bad_arguments_are_einval),
         cmocka_unit_test(test_proxy_calls_check_sizes_and_handles),
         cmocka_unit_test(test_proxy_argument_errors_name_the_argument_and_the_rule),

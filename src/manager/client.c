@@ -706,9 +706,9 @@ int mp_manager_connect(mp_manager **out, const char *address, const void *authke
                            "and handshake within %d s (stopped, overloaded, or not a manager)",
                            address, MANAGER_CONNECT_TIMEOUT_S);
         if (rc == MP_EAUTH)
-            return mp_fail(rc, __func__, "the server at \"%s\" refused the authkey (%zu bytes): "
-                           "pass the key the manager was started with (mp_manager_address and "
-                           "its creator's authkey)", address, len);
+            return mp_fail(rc, __func__, "the handshake with the server at \"%s\" failed, as "
+                           "%s (authkey of %zu bytes: pass the key the manager was started with, "
+                           "mp_manager_authkey of its creator)", address, auth_why(), len);
         if (rc == MP_EINVAL)                /* the address: its parser said why */
             return mp_fail_code(rc, __func__);
         return mp_fail(rc, __func__, "cannot connect to the manager at \"%s\": %s%s", address,
