@@ -989,7 +989,8 @@ int mp_process_join(mp_process *p, double timeout)
         return mp_fail(MP_ESTATE, fn, "process \"%s\" %s", p->name, why);
     int rc = join(p, timeout);
     if (rc == MP_ETIMEDOUT)
-        return mp_fail(rc, fn, "process \"%s\" still runs after %g s", p->name, timeout);
+        return mp_fail(rc, fn, "process \"%s\" still runs after %g s", p->name,
+                       timeout == 0 ? 0.0 : timeout);      /* not "-0 s" */
     if (rc == MP_ESTATE)
         return mp_fail(rc, fn, "process \"%s\" has no child: its start, under way in another "
                        "thread, failed or died with the process making it", p->name);

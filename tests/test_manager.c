@@ -982,6 +982,7 @@ static void test_mlock_acquired_again_by_its_holder_thread_is_edeadlk_at_once(vo
     TU_ASSERT_RC(mp_lock_acquire(other, 0), MP_ETIMEDOUT);   /* still held */
     TU_OK(mp_lock_release(l));
     TU_ASSERT_RC(mp_lock_release(l), MP_EINVAL);
+    tu_last_error_has("mp_lock_release: this manager lock is not held through this handle", NULL);
     TU_OK(mp_lock_acquire(l, MP_FOREVER));                /* free again: taken, not refused */
     TU_OK(mp_lock_release(l));
     mp_lock_free(other);

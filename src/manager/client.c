@@ -1407,7 +1407,12 @@ int mlock_release(mp_lock *l)
     int rc = proxy_check(p, MAGIC_MLOCK);
     if (rc < 0)
         return rc;
-    return proxy_simple(p, OP_LOCK_RELEASE, NULL, 0, NULL);
+    rc = proxy_simple(p, OP_LOCK_RELEASE, NULL, 0, NULL);
+    if (rc == MP_EINVAL)
+        return mp_fail(rc, NULL, "this manager lock is not held through this handle's "
+                       "connection (a lock is released by the handle that took it, in the "
+                       "process that took it)");
+    return rc;
 }
 
 void mlock_free(mp_lock *l)
