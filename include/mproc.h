@@ -506,7 +506,9 @@ MP_EXTERN int  mp_future_cancel(mp_future *f);  /* 0 if it had not started (resu
  * MP_ESTATE at once (a timeout of 0 still polls); an apply works.
  * In the process that made the pool, f is done (mp_future_wait, result,
  * done, mp_futures_wait, as_completed) once its callbacks have returned,
- * as Python's AsyncResult runs callback= before get() returns. */
+ * as Python's AsyncResult runs callback= before get() returns; but to a
+ * thread running callbacks, once its task has ended (callbacks never wait
+ * for callbacks). */
 MP_EXTERN int  mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx);
 enum { MP_FIRST_COMPLETED, MP_FIRST_EXCEPTION, MP_ALL_COMPLETED };
 /* Count done when the mode is met or at the timeout (like Python's wait:

@@ -16,8 +16,23 @@
 
 #define SPIN_NS 20000
 
-/* The future whose on_done callbacks this thread is running (NULL: none). */
+/* The future whose on_done callbacks this thread is running (NULL: none),
+ * and how many callbacks it is inside (a callback's cancel or on_done runs
+ * others in it). */
 static __thread const mp_future *callbacks_of;
+static __thread unsigned callbacks_depth;
+
+/* Runs cb on f as one of f's callbacks: f's handle stays valid in it, and
+ * the thread sees futures done once final (task_settled). */
+static void run_callback(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
+{
+    const mp_future *outer = callbacks_of;
+    callbacks_of = f;
+    callbacks_depth++;
+    cb(f, ctx);
+    callbacks_depth--;
+    callbacks_of = outer;
+}
 
 bool future_valid(const mp_future *f)
 {
@@ -34,8 +49,8 @@ bool task_settled(const mp_future *f, uint32_t s)
 {
     if (!state_final(s))
         return false;
-    return !(s & TASK_NOTIFY) || (s & TASK_PROCESSED) ||
-           f == callbacks_of || pool_thread_serves(f->sh) || f->callbacks_pid != pool_self_pid();
+    return !(s & TASK_NOTIFY) || (s & TASK_PROCESSED) || callbacks_depth > 0 ||
+           pool_thread_serves_any() || f->callbacks_pid != pool_self_pid();
 }
 
 mp_future *task_new(mp_pool *p, uint32_t kind, size_t in_len)
@@ -148,14 +163,11 @@ void task_run_callbacks(mp_future *f)
     if (!list)
         return;
     uint32_t freed = atomic_fetch_and(&f->state, ~TASK_DETACHED) & TASK_DETACHED;
-    const mp_future *outer = callbacks_of;   /* a callback's cancel runs another's here */
-    callbacks_of = f;
     for (struct callback *c = list, *next; c; c = next) {
         next = c->next;
-        c->cb(f, c->ctx);
+        run_callback(f, c->cb, c->ctx);
         pool_mem_free(c);
     }
-    callbacks_of = outer;
     if (freed)
         atomic_fetch_or(&f->state, TASK_DETACHED);
 }
@@ -365,7 +377,7 @@ int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
     if (!cb)
         return mp_fail(MP_EINVAL, __func__, "cb is NULL");
     if (state_final(atomic_load(&f->state))) {
-        cb(f, ctx);
+        run_callback(f, cb, ctx);
         return 0;
     }
     if (!f->owner || !pool_owned_here(f->owner))
@@ -386,7 +398,7 @@ int mp_future_on_done(mp_future *f, void (*cb)(mp_future *, void *), void *ctx)
     if (state_final(s)) {            /* finished meanwhile: run it here, now */
         pthread_mutex_unlock(lock);
         pool_mem_free(c);
-        cb(f, ctx);
+        run_callback(f, cb, ctx);
         return 0;
     }
     struct callback **tail = &f->callbacks;

@@ -925,6 +925,11 @@ bool pool_thread_serves(const struct pool_shared *sh)
     return sh && serving == sh;
 }
 
+bool pool_thread_serves_any(void)
+{
+    return serving != NULL;
+}
+
 static void *monitor_main(void *arg)
 {
     mp_pool *p = arg;

@@ -148,8 +148,10 @@ int task_wait(mp_future *f, const mp_deadline *d);
 /* Whether f, in state s, is done as its caller sees it: final, and (in the
  * process its on_done callbacks run in) those callbacks have returned, as
  * Python's AsyncResult runs callback= before get() returns. A thread that
- * runs them (f's own callbacks, or any on its pool's result thread, which
- * runs them one after another) sees f done once final. */
+ * runs callbacks (any pool's result thread, or one whose cancel or
+ * on_done runs them) sees f done once final: callbacks never wait for
+ * callbacks, so two that wait on each other's futures, or a cancel's
+ * callback on the future being cancelled, cannot deadlock. */
 bool task_settled(const mp_future *f, uint32_t s);
 void task_run_callbacks(mp_future *f);
 /* The collector marks a NOTIFY task handled; frees it if detached. */
@@ -298,6 +300,8 @@ pid_t pool_self_pid(void);
  * on_done and progress callbacks run: the collector finishes maps and
  * feeds imap iterators, so a wait there for one of them would never end. */
 bool pool_thread_serves(const struct pool_shared *sh);
+/* Whether it is any pool's monitor or result thread. */
+bool pool_thread_serves_any(void);
 
 /* In a worker, around an arena hand-over (struct slot). */
 void worker_hold(struct slot *s);

@@ -472,6 +472,114 @@ static void test_a_callback_keeps_its_future_when_the_caller_frees_it_meanwhile(
     mp_pool_free(p);
 }
 
+/* Callbacks never wait for callbacks: a thread running them sees a future
+ * done once its task ends. Else each of two callbacks that wait on the
+ * other pool's future waited for the other's callback, for good. */
+struct waits_on { mp_future *other; _Atomic int rc, ran; };
+
+static void wait_on_other(mp_future *f, void *ctx)
+{
+    (void)f;
+    struct waits_on *w = ctx;
+    w->rc = mp_future_wait(w->other, 10);
+    atomic_store(&w->ran, 1);
+}
+
+static void test_callbacks_waiting_on_each_other_across_pools_do_not_deadlock(void **state)
+{
+    (void)state;
+    mp_pool *a = pool_of(1, MP_PROCESSES), *b = pool_of(1, MP_THREADS);
+    _Atomic int *flag = shared_flag();
+    mp_future *fa = submit_wait(a, flag), *fb = submit_wait(b, flag);
+    struct waits_on on_b = { fb, 1, 0 }, on_a = { fa, 1, 0 };
+    TU_OK(mp_future_on_done(fa, wait_on_other, &on_b));
+    TU_OK(mp_future_on_done(fb, wait_on_other, &on_a));
+    atomic_store(flag, 1);
+    TU_OK(mp_future_wait(fa, 30));
+    TU_OK(mp_future_wait(fb, 30));
+    assert_int_equal(on_b.ran + on_a.ran, 2);
+    TU_OK(on_b.rc);                      /* not MP_ETIMEDOUT after 10 s */
+    TU_OK(on_a.rc);
+    mp_future_free(fa);
+    mp_future_free(fb);
+    mp_shared_free(flag);
+    mp_pool_free(a);
+    mp_pool_free(b);
+}
+
+/* A cancel runs the callbacks in the cancelling thread; one that cancels
+ * another future, whose callback waits on the first, ran nested in that
+ * thread and waited on itself. */
+struct nested { mp_future *first, *second; _Atomic int rc, ran; };
+
+static void cancel_second(mp_future *f, void *ctx)
+{
+    (void)f;
+    struct nested *n = ctx;
+    mp_future_cancel(n->second);
+}
+
+static void wait_on_first(mp_future *f, void *ctx)
+{
+    (void)f;
+    struct nested *n = ctx;
+    n->rc = mp_future_wait(n->first, 10);
+    atomic_store(&n->ran, 1);
+}
+
+static void test_a_cancels_callbacks_may_wait_on_the_cancelled_future(void **state)
+{
+    (void)state;
+    mp_pool *a = pool_of(1, MP_PROCESSES), *b = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *busy_a = submit_wait(a, flag), *busy_b = submit_wait(b, flag);
+    struct nested n = { submit_int(a, t_square, 2), submit_int(b, t_square, 3), 1, 0 };
+    TU_OK(mp_future_on_done(n.first, cancel_second, &n));
+    TU_OK(mp_future_on_done(n.second, wait_on_first, &n));
+    TU_OK(mp_future_cancel(n.first));    /* both queued behind the busy ones */
+    assert_int_equal(atomic_load(&n.ran), 1);
+    TU_OK(n.rc);
+    TU_ASSERT_RC(mp_future_result(n.second, NULL, 0), MP_ECANCELLED);
+    atomic_store(flag, 1);
+    TU_OK(mp_future_wait(busy_a, 30));
+    TU_OK(mp_future_wait(busy_b, 30));
+    mp_future *all[] = { busy_a, busy_b, n.first, n.second };
+    for (int i = 0; i < 4; i++)
+        mp_future_free(all[i]);
+    mp_shared_free(flag);
+    mp_pool_free(a);
+    mp_pool_free(b);
+}
+
+/* A callback added once the task has ended runs at once in the adding
+ * thread, as one of f's own: it sees f done, though an earlier callback
+ * still runs on the result thread. */
+struct late { struct slow_cb slow; _Atomic int done, rc; };
+
+static void late_callback(mp_future *f, void *ctx)
+{
+    struct late *l = ctx;
+    l->done = mp_future_done(f);
+    l->rc = mp_future_wait(f, 0);
+}
+
+static void test_a_callback_added_late_sees_its_future_done(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    mp_future *f = submit_int(p, t_fail_with_input, 5);
+    struct late l = { { 0 }, 0, 1 };
+    TU_OK(mp_future_on_done(f, slow_callback, &l.slow));
+    assert_true(tu_wait_for(flag_set, &l.slow.started, 30));   /* f's task has ended */
+    TU_OK(mp_future_on_done(f, late_callback, &l));
+    assert_int_equal(l.done, 1);
+    TU_OK(l.rc);
+    TU_OK(mp_future_wait(f, 30));
+    assert_int_equal(atomic_load(&l.slow.finished), 1);
+    mp_future_free(f);
+    mp_pool_free(p);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -489,6 +597,9 @@ int main(void)
         cmocka_unit_test(test_future_callback_cannot_wait_for_its_own_pool),
         cmocka_unit_test(test_wait_and_result_return_after_the_callbacks),
         cmocka_unit_test(test_a_callback_keeps_its_future_when_the_caller_frees_it_meanwhile),
+        cmocka_unit_test(test_callbacks_waiting_on_each_other_across_pools_do_not_deadlock),
+        cmocka_unit_test(test_a_cancels_callbacks_may_wait_on_the_cancelled_future),
+        cmocka_unit_test(test_a_callback_added_late_sees_its_future_done),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
