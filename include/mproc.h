@@ -288,10 +288,12 @@ MP_EXTERN int  mp_queue_put_nowait(mp_queue *q, const void *data, size_t len);
 MP_EXTERN int  mp_queue_get_nowait(mp_queue *q, void *buf, size_t cap, size_t *len);
 /* Big items without a copy. p is a block from mp_shared_alloc, len <= its
  * room (what was asked for, rounded up to a multiple of 64; else
- * MP_EINVAL); on success the queue owns it, otherwise the
- * caller still does: put a block once, and leave it alone until it is got. get_shared hands the caller the item's block (*p is valid in
- * every process of the family; free it with mp_shared_free): an item put by
- * copy comes in a block of its own, and a plain get copies a shared one. */
+ * MP_EINVAL); on success the queue owns it, otherwise the caller still
+ * does: a block is put once (a second put, or a free, while a queue holds
+ * it is MP_EINVAL). get_shared hands the caller the item's block (*p is
+ * valid in every process of the family; free it with mp_shared_free): an
+ * item put by copy comes in a block of its own, and a plain get copies a
+ * shared one. */
 MP_EXTERN int  mp_queue_put_shared(mp_queue *q, void *p, size_t len, double timeout);
 MP_EXTERN int  mp_queue_get_shared(mp_queue *q, void **p, size_t *len, double timeout);
 MP_EXTERN size_t mp_queue_qsize(mp_queue *q);
