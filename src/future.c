@@ -34,6 +34,11 @@ static void run_callback(mp_future *f, void (*cb)(mp_future *, void *), void *ct
     callbacks_of = outer;
 }
 
+bool future_in_callbacks(void)
+{
+    return callbacks_depth > 0;
+}
+
 bool future_valid(const mp_future *f)
 {
     /* Freed while pending (DETACHED) or since (MAGIC_FREED): refused; but
@@ -356,8 +361,11 @@ int mp_future_cancel(mp_future *f)
         list_unlock(sh);
     }
     if (finished == 1) {                /* as the result thread would */
+        mp_pool *owner = f->owner;       /* f may be freed by task_processed */
+        pool_cancel_callbacks(owner, true);
         task_run_callbacks(f);
         task_processed(f);
+        pool_cancel_callbacks(owner, false);
     }
     if (finished >= 0)
         rc = 0;

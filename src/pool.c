@@ -101,6 +101,7 @@ struct mp_pool {
     bool threads_running, threads_joined;
     _Atomic uint32_t monitor_done;
     _Atomic uint32_t finished;      /* futex: the collector has drained everything */
+    _Atomic uint32_t cancel_callbacks;   /* futex: cancels running callbacks in their thread */
     _Atomic uint32_t start_rc;      /* futex: 0 starting, 1 started, else the error */
     _Atomic uint32_t collector_up;  /* futex: the collector's thread has started */
     struct notice *notices;
@@ -1365,6 +1366,27 @@ static bool in_pool_thread(const mp_pool *p)
     return pool_thread_serves(p->sh) || working_for == p;
 }
 
+void pool_cancel_callbacks(mp_pool *p, bool begin)
+{
+    if (begin) {
+        atomic_fetch_add(&p->cancel_callbacks, 1);
+    } else if (atomic_fetch_sub(&p->cancel_callbacks, 1) == 1) {
+        futex_wake(&p->cancel_callbacks, INT_MAX);
+    }
+}
+
+/* Waits, by d, for the callbacks cancels run in their own threads; but a
+ * thread inside callbacks (one of those) does not wait for itself. */
+static int wait_cancel_callbacks(mp_pool *p, const mp_deadline *d)
+{
+    uint32_t n;
+    while (!future_in_callbacks() && (n = atomic_load(&p->cancel_callbacks)) != 0)
+        if (futex_wait(&p->cancel_callbacks, n, d) == MP_ETIMEDOUT &&
+            atomic_load(&p->cancel_callbacks) != 0)
+            return MP_ETIMEDOUT;
+    return 0;
+}
+
 static int join_threads(mp_pool *p, const mp_deadline *d)
 {
     if (in_pool_thread(p))
@@ -1372,6 +1394,8 @@ static int join_threads(mp_pool *p, const mp_deadline *d)
     while (!atomic_load(&p->finished))
         if (futex_wait(&p->finished, 0, d) == MP_ETIMEDOUT && !atomic_load(&p->finished))
             return MP_ETIMEDOUT;
+    if (wait_cancel_callbacks(p, d) != 0)
+        return MP_ETIMEDOUT;
     pthread_mutex_lock(&p->lock);
     if (p->threads_running && !p->threads_joined) {
         p->threads_joined = true;
@@ -1497,6 +1521,8 @@ void mp_pool_free(mp_pool *p)
         mp_pool_terminate(p);
     else
         mp_pool_join(p, MP_FOREVER);
+    mp_deadline forever = deadline_in(MP_FOREVER);
+    wait_cancel_callbacks(p, &forever);  /* joined already, or the join failed */
     live_remove(p);
     pool_destroy(p);
 }

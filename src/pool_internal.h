@@ -302,6 +302,11 @@ pid_t pool_self_pid(void);
 bool pool_thread_serves(const struct pool_shared *sh);
 /* Whether it is any pool's monitor or result thread. */
 bool pool_thread_serves_any(void);
+/* Around the callbacks a cancel runs in its own thread (begin, then not):
+ * join, terminate and free wait for them as for the result thread's. */
+void pool_cancel_callbacks(mp_pool *p, bool begin);
+/* Whether this thread is inside an on_done callback (future.c). */
+bool future_in_callbacks(void);
 
 /* In a worker, around an arena hand-over (struct slot). */
 void worker_hold(struct slot *s);

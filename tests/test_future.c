@@ -580,6 +580,38 @@ static void test_a_callback_added_late_sees_its_future_done(void **state)
     mp_pool_free(p);
 }
 
+/* join waits for every on_done callback, those a cancel runs in its own
+ * thread too: it returned while one still ran, and free then freed the
+ * pool under it. */
+static void *cancel_in_thread(void *f)
+{
+    mp_future_cancel(f);
+    return NULL;
+}
+
+static void test_join_waits_for_the_callbacks_a_cancel_runs(void **state)
+{
+    (void)state;
+    mp_pool *p = pool_of(1, MP_PROCESSES);
+    _Atomic int *flag = shared_flag();
+    mp_future *busy = submit_wait(p, flag), *queued = submit_int(p, t_square, 4);
+    struct slow_cb r = { 0 };
+    TU_OK(mp_future_on_done(queued, slow_callback, &r));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cancel_in_thread, queued), 0);
+    assert_true(tu_wait_for(flag_set, &r.started, 30));
+    TU_OK(mp_pool_close(p));
+    atomic_store(flag, 1);
+    TU_OK(mp_pool_join(p, 30));
+    assert_int_equal(atomic_load(&r.finished), 1);
+    pthread_join(t, NULL);
+    TU_ASSERT_RC(r.rc, MP_ECANCELLED);
+    mp_future_free(busy);
+    mp_future_free(queued);
+    mp_shared_free(flag);
+    mp_pool_free(p);
+}
+
 int main(void)
 {
     tu_watchdog(200);
@@ -600,6 +632,7 @@ int main(void)
         cmocka_unit_test(test_callbacks_waiting_on_each_other_across_pools_do_not_deadlock),
         cmocka_unit_test(test_a_cancels_callbacks_may_wait_on_the_cancelled_future),
         cmocka_unit_test(test_a_callback_added_late_sees_its_future_done),
+        cmocka_unit_test(test_join_waits_for_the_callbacks_a_cancel_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
