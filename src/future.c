@@ -16,11 +16,9 @@
 
 #define SPIN_NS 20000
 
-/* The future whose on_done callbacks this thread is running (NULL: none),
- * and how many callbacks it is inside (a callback's cancel or on_done runs
- * others in it). */
+/* The future whose on_done callbacks this thread is running, the innermost
+ * (a callback's cancel or on_done runs others in it); NULL: none. */
 static __thread const mp_future *callbacks_of;
-static __thread unsigned callbacks_depth;
 
 /* Runs cb on f as one of f's callbacks: f's handle stays valid in it, and
  * the thread sees futures done once final (task_settled). */
@@ -28,15 +26,13 @@ static void run_callback(mp_future *f, void (*cb)(mp_future *, void *), void *ct
 {
     const mp_future *outer = callbacks_of;
     callbacks_of = f;
-    callbacks_depth++;
     cb(f, ctx);
-    callbacks_depth--;
     callbacks_of = outer;
 }
 
 bool future_in_callbacks(void)
 {
-    return callbacks_depth > 0;
+    return callbacks_of != NULL;
 }
 
 bool future_valid(const mp_future *f)
@@ -54,7 +50,7 @@ bool task_settled(const mp_future *f, uint32_t s)
 {
     if (!state_final(s))
         return false;
-    return !(s & TASK_NOTIFY) || (s & TASK_PROCESSED) || callbacks_depth > 0 ||
+    return !(s & TASK_NOTIFY) || (s & TASK_PROCESSED) || callbacks_of ||
            pool_thread_serves_any() || f->callbacks_pid != pool_self_pid();
 }
 
@@ -106,6 +102,18 @@ void task_free(mp_future *f)
     arena_free(f);
 }
 
+/* Wakes whoever waits for f (state s, before the change just made): its
+ * own waiters, and mp_futures_wait's on its pool. */
+static void wake_waiters(mp_future *f, struct pool_shared *sh, uint32_t s)
+{
+    if (s & TASK_WAITERS)
+        futex_wake(&f->state, INT_MAX);
+    if (atomic_load(&sh->any_waiters)) {
+        atomic_fetch_add(&sh->any_seq, 1);
+        futex_wake(&sh->any_seq, INT_MAX);
+    }
+}
+
 int task_finish(mp_future *f, uint32_t from, int rc, int code)
 {
     return task_finish_as(f, from, rc, code, false);
@@ -126,12 +134,7 @@ int task_finish_as(mp_future *f, uint32_t from, int rc, int code, bool callbacks
     /* From here f may belong to its caller again: touch only what s allows. */
     if (kind == KIND_APPLY && sh->count_items)
         atomic_fetch_add(&sh->items_done, 1);
-    if (s & TASK_WAITERS)
-        futex_wake(&f->state, INT_MAX);
-    if (atomic_load(&sh->any_waiters)) {
-        atomic_fetch_add(&sh->any_seq, 1);
-        futex_wake(&sh->any_seq, INT_MAX);
-    }
+    wake_waiters(f, sh, s);
     if ((s & TASK_NOTIFY) && callbacks_here)
         return 1;
     if (s & TASK_NOTIFY)
@@ -145,13 +148,7 @@ void task_processed(mp_future *f)
 {
     struct pool_shared *sh = f->sh;
     uint32_t s = atomic_fetch_or(&f->state, TASK_PROCESSED);
-    /* Waiters in the callbacks' process wait for this (task_settled). */
-    if (s & TASK_WAITERS)
-        futex_wake(&f->state, INT_MAX);
-    if (atomic_load(&sh->any_waiters)) {
-        atomic_fetch_add(&sh->any_seq, 1);
-        futex_wake(&sh->any_seq, INT_MAX);
-    }
+    wake_waiters(f, sh, s);              /* those in the callbacks' process wait for this */
     if (s & TASK_DETACHED)
         task_free(f);
 }

@@ -191,13 +191,19 @@ static int put_and_stop(void *arg)
     return mp_queue_put(q, item, 4 * MIB, MP_FOREVER) == 0 ? 0 : 1;
 }
 
-static pid_t start_stopped_producer(mp_queue *q)
+/* A child running fn(q), once it has stopped itself at its hook. */
+static pid_t fork_until_stopped(int (*fn)(void *), mp_queue *q)
 {
-    pid_t pid = tu_fork(put_and_stop, q);
+    pid_t pid = tu_fork(fn, q);
     int status;
     assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
     assert_true(WIFSTOPPED(status));
     return pid;
+}
+
+static pid_t start_stopped_producer(mp_queue *q)
+{
+    return fork_until_stopped(put_and_stop, q);
 }
 
 /* A getter follows a stopped producer's item as far as it got, gives up
@@ -373,11 +379,7 @@ static unsigned char *queue_with_a_big_item(mp_queue **q)
  * holding the consumers' lock. */
 static pid_t consumer_stopped_copying(mp_queue *q)
 {
-    pid_t pid = tu_fork(get_and_stop, q);
-    int status;
-    assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);   /* bounded by the watchdog */
-    assert_true(WIFSTOPPED(status));
-    return pid;
+    return fork_until_stopped(get_and_stop, q);
 }
 
 static void *continue_later(void *arg)

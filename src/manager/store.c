@@ -369,9 +369,15 @@ static void store_leave(struct store *s)
 
 /* The absolute time a blocking request may wait until: its timeout, capped
  * at one slice. Returns false for timeout 0 (do not wait). */
+/* A request's timeout argument in seconds (negative: none). */
+static double timeout_of(const struct mval *timeout)
+{
+    return timeout->type == MV_INT ? (double)timeout->i : timeout->f;
+}
+
 static bool wait_until(const struct mval *timeout, struct timespec *at)
 {
-    double t = timeout->type == MV_INT ? (double)timeout->i : timeout->f;
+    double t = timeout_of(timeout);
     if (t == 0)
         return false;
     double slice = MANAGER_REQUEST_SLICE;
@@ -522,8 +528,7 @@ static int queue_put(struct store *s, struct object *o, struct store_owner *me,
      * Python's Full: not put): a server stopped past the deadline found the
      * request on resuming and put the item all the same, so a producer that
      * retried put it twice. */
-    bool timed = (m->v[3].type == MV_INT ? (double)m->v[3].i : m->v[3].f) >= 0;
-    if (timed && s->wants && !s->wants(me, true))
+    if (timeout_of(&m->v[3]) >= 0 && s->wants && !s->wants(me, true))
         return MP_EBROKEN;
     int rc = ring_push(s, o, &m->v[2], false);
     if (rc == 0)
